@@ -1,0 +1,1 @@
+"""The benchmark harness: one subprocess per configuration, rows, limit search."""

@@ -1,0 +1,1 @@
+"""Runtime: images, losses and targets, gradient steps, optimisers, the run loop."""

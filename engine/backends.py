@@ -1,0 +1,27 @@
+"""Choosing a Step: the one place that knows every backend."""
+from __future__ import annotations
+
+from styleengine.engine.errors import ConfigError
+from styleengine.engine.losses import LossConfig
+from styleengine.engine.steps import Step, TorchStep
+from styleengine.export.vgg import Pooling
+from styleengine.export.weights import Weights
+
+BACKENDS = ("torch", "ort", "tensorrt")
+PROVIDERS = ("cpu", "cuda", "tensorrt")
+
+
+def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
+              device: str = "cpu", precision: str = "fp32", provider: str = "cpu") -> Step:
+    """A ready Step (call set_targets before stepping).
+
+    backend "torch" runs on `device`; "ort" runs the exported step graph on
+    ONNX Runtime's `provider`; "tensorrt" builds a TensorRT engine from it.
+    """
+    if backend == "torch":
+        return TorchStep(weights, loss, pooling=pooling, device=device, precision=precision)
+    if backend in ("ort", "tensorrt"):
+        from styleengine.engine.ort_step import make_graph_step
+
+        return make_graph_step(backend, weights, loss, pooling=pooling, provider=provider, precision=precision)
+    raise ConfigError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")

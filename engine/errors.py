@@ -1,0 +1,29 @@
+"""Errors a user can fix (bad files, bad flags, missing providers).
+
+The CLI prints a UserError as one line on stderr and exits 1; any other
+exception is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Something the user can fix; its message is one line."""
+
+
+class ImageError(UserError):
+    pass
+
+
+class WeightsError(UserError):
+    pass
+
+
+class ConfigError(UserError):
+    """A bad setting: unknown layer, backend, provider, precision..."""
+
+
+class UnavailableError(UserError):
+    """A backend, provider or device this machine does not have."""
+
+
+class ExportValidationError(Exception):
+    """An exported graph disagrees with the torch reference (a bug, not a user error)."""

@@ -1,0 +1,140 @@
+"""Gradient steps: image -> (loss, d loss / d image).
+
+Everything that differs between backends lives behind this interface; the
+loop, optimisers, targets and CLI never know which step runs. The image is
+RGB in [0, 1], (1, 3, H, W) fp32, on the step's device: preprocessing by
+the weights' input convention happens inside the step, so the optimiser
+and the TV term see pixels whatever the weights expect.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from styleengine.engine.errors import ConfigError, UnavailableError
+from styleengine.engine.losses import LossConfig, Targets, gram, total_loss
+from styleengine.export.vgg import Pooling, VGGFeatures
+from styleengine.export.weights import Convention, Weights
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    grad: torch.Tensor  # (1, 3, H, W) fp32, on the step's device
+    parts: dict[str, float]  # weighted terms: content, style, tv
+
+
+class Step(Protocol):
+    device: torch.device
+
+    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Activations (fp32) of the named layers for an image in [0, 1]."""
+
+    def set_targets(self, targets: Targets) -> None: ...
+
+    def __call__(self, image: torch.Tensor) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnavailableError("--device cuda: this torch build or machine has no CUDA device (try --device cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    return torch.device(device)
+
+
+def preprocess_params(convention: Convention, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    scale, shift = convention.scale_shift()
+    return (torch.tensor(scale, device=device).view(1, 3, 1, 1),
+            torch.tensor(shift, device=device).view(1, 3, 1, 1), convention.rgb_permutation())
+
+
+def build_network(weights: Weights, names: list[str], pooling: Pooling) -> VGGFeatures:
+    net = VGGFeatures(weights.model, names, pooling)
+    state = {k: v for k, v in weights.state.items() if k in net.state_dict()}
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+class TorchStep:
+    """The reference: autograd through the frozen VGG, input gradient only."""
+
+    def __init__(self, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
+                 device: str = "cpu", precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
+        loss.validate(weights.model)
+        self.device = resolve_device(device)
+        self.loss, self.precision = loss, precision
+        self.net = build_network(weights, loss.layers, pooling).to(self.device)
+        # channels-last lets oneDNN pick its blocked kernels (bf16: 0.74 s vs 1.28 s fp32 at 512 px)
+        self.memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.memory_format)
+        self.scale, self.shift, self.perm = preprocess_params(weights.convention, self.device)
+        self.targets: Targets | None = None
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        x = (image * self.scale + self.shift)[:, self.perm].contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            return self.net(x, names)
+
+    @torch.no_grad()
+    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.float() for k, v in self._forward(image.to(self.device), names).items()}
+
+    def set_targets(self, targets: Targets) -> None:
+        self.targets = targets.to(self.device)
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        if self.targets is None:
+            raise RuntimeError("set_targets() before stepping")
+        x = image.detach().to(self.device).requires_grad_(True)
+        with torch.enable_grad():
+            feats = self._forward(x, self.loss.layers)
+            terms = total_loss(self.loss, feats, self.targets, x)
+            (grad,) = torch.autograd.grad(terms["loss"], x)
+        return StepResult(terms["loss"].item(), grad, {k: terms[k].item() for k in ("content", "style", "tv")})
+
+    def close(self) -> None:
+        self.net = None  # type: ignore[assignment]
+
+
+def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,
+                 styles: list[torch.Tensor], blend: list[float] | None = None,
+                 output_positions: int | None = None) -> Targets:
+    """Content features and blended style Grams, computed with the step's own network.
+
+    content: (1, 3, H, W) or None (texture synthesis); styles: already at the
+    size their features should be taken at.
+    """
+    from styleengine.engine.losses import blend_grams
+
+    targets = Targets()
+    if content is not None and loss.content_layers:
+        targets.content = step.features(content, list(loss.content_layers))
+    if loss.style_layers:
+        if not styles:
+            raise ConfigError("style layers are set but no style image was given")
+        grams, positions = [], []
+        for style in styles:
+            feats = step.features(style, list(loss.style_layers))
+            grams.append({n: gram(f) for n, f in feats.items()})
+            positions.append(style.shape[2] * style.shape[3])
+        if output_positions is None:
+            output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]
+        targets.grams = blend_grams(grams, positions, output_positions, blend)
+    return targets

@@ -1,0 +1,1 @@
+"""The VGG layer table, weight loading, ONNX step graphs and their validation."""

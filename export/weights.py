@@ -1,0 +1,205 @@
+"""Weight sources (ImageNet via torch.hub, a file, seeded random) and the
+input convention that travels with them."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from styleengine.engine.errors import WeightsError
+from styleengine.export.vgg import conv_weight_keys, layer_table
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How an RGB image in [0, 1] becomes the network's input."""
+
+    channel_order: str  # "RGB" or "BGR"
+    pixel_range: float  # 1.0 or 255.0: the input is pixel * pixel_range
+    mean: tuple[float, float, float]  # in channel_order, in pixel_range units
+    std: tuple[float, float, float]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def scale_shift(self) -> tuple[list[float], list[float]]:
+        """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""
+        order = [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
+        scale, shift = [0.0] * 3, [0.0] * 3
+        for pos, rgb in enumerate(order):  # input channel `pos` holds colour `rgb`
+            scale[rgb] = self.pixel_range / self.std[pos]
+            shift[rgb] = -self.mean[pos] / self.std[pos]
+        return scale, shift
+
+    def rgb_permutation(self) -> list[int]:
+        """Network input channel i takes RGB channel perm[i]."""
+        return [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
+
+
+TORCHVISION = Convention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CAFFE = Convention("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+# Seeded random weights: any convention works; this one keeps inputs O(1).
+RANDOM = Convention("RGB", 1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+# torchvision's ImageNet checkpoints; the 8 hex digits are the sha256 prefix
+# torch.hub checks (check_hash=True).
+IMAGENET_URLS = {
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+# sha256 prefixes of checkpoints whose convention we know without metadata
+KNOWN_PREFIXES = {
+    "397923af": TORCHVISION,  # torchvision vgg16
+    "dcbb9e9d": TORCHVISION,  # torchvision vgg19
+    "d01eb7cb": CAFFE,  # caffe VGG19 converted for neural-style-pt (vgg19-d01eb7cb.pth)
+}
+
+
+@dataclass(frozen=True)
+class Weights:
+    model: str
+    source: str  # "imagenet", "random:SEED" or a file path
+    state: dict[str, torch.Tensor]  # conv keys only, float32
+    convention: Convention
+    sha256: str  # of the tensors (file hash for files), keys the export cache
+
+    @property
+    def is_random(self) -> bool:
+        return self.source.startswith("random")
+
+
+def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_state(model: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Kaiming-normal convs (fan-in: activations stay O(1) through the stack), zero bias."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, (_, shape) in conv_weight_keys(model).items():
+        if key.endswith(".weight"):
+            fan_in = shape[1] * shape[2] * shape[3]
+            state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+        else:
+            state[key] = torch.zeros(shape)
+    return state
+
+
+def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """Keep the conv keys of `model`, checking each key and shape."""
+    expected = conv_weight_keys(model)
+    out = {}
+    for key, (layer, shape) in expected.items():
+        if key not in state:
+            raise WeightsError(f"{origin}: missing key {key} ({layer}); is this a {model} checkpoint?")
+        tensor = state[key]
+        if tuple(tensor.shape) != shape:
+            raise WeightsError(
+                f"{origin}: {key} ({layer}) has shape {tuple(tensor.shape)}, {model} needs {shape}; "
+                f"wrong architecture?"
+            )
+        out[key] = tensor.detach().to(torch.float32).contiguous()
+    # a VGG19 checkpoint passed as VGG16 has all of VGG16's keys at the wrong
+    # places: its features.17 is a conv where VGG16 has one too, but shapes
+    # differ somewhere, which the loop above catches. Extra conv keys beyond
+    # the model's stack mean a deeper net.
+    deepest = max(int(k.split(".")[1]) for k in expected)
+    extra = [k for k in state if k.startswith("features.") and k.endswith(".weight") and int(k.split(".")[1]) > deepest]
+    if extra:
+        raise WeightsError(f"{origin}: unexpected key {extra[0]}; this looks like a deeper network than {model}")
+    return out
+
+
+def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"cannot read safetensors file {path}: {e}") from e
+        return state, meta
+    if suffix in (".pth", ".pt", ".bin"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise WeightsError(
+                f"refusing {path}: it needs code to unpickle (only plain tensors are loaded, weights_only=True)"
+            ) from e
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+            raise WeightsError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise WeightsError(f"{path} is not a state dict of tensors")
+        return obj, {}
+    raise WeightsError(f"unsupported weights file {path}: use .safetensors or .pth")
+
+
+def convention_from_metadata(meta: dict[str, str]) -> Convention | None:
+    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std."""
+    if "channel_order" not in meta:
+        return None
+    try:
+        rng = meta.get("pixel_range", "0-1")
+        pixel_range = float(rng.split("-")[-1]) if "-" in rng else float(rng)
+        mean = tuple(float(v) for v in meta["mean"].split(","))
+        std = tuple(float(v) for v in meta.get("std", "1,1,1").split(","))
+        return Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"weights metadata has an unreadable input convention: {e}") from e
+
+
+def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None) -> Weights:
+    """spec: "imagenet" (torch.hub, hash-checked), "random" or a file path.
+
+    The input convention comes from, in order: `convention` (flags), the
+    file's safetensors metadata, the known checkpoints' hashes; files with
+    none of these are assumed to be torchvision-style (RGB, ImageNet mean/std).
+    """
+    layer_table(model)  # validates the model name
+    if spec == "random":
+        state = random_state(model, seed)
+        return Weights(model, f"random:{seed}", state, convention or RANDOM, _tensor_digest(state))
+    if spec == "imagenet":
+        url = IMAGENET_URLS[model]
+        try:
+            raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False, weights_only=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WeightsError(
+                f"cannot download {model} ImageNet weights ({reason}); pass a local file with --weights PATH "
+                f"(.safetensors or .pth), or --weights random for timing"
+            ) from e
+        state = check_state(model, raw, url)
+        return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0])
+    path = Path(spec).expanduser()
+    raw, meta = _load_file(path)
+    state = check_state(model, raw, str(path))
+    digest = _file_sha256(path)
+    found = convention or convention_from_metadata(meta) or KNOWN_PREFIXES.get(digest[:8])
+    if found is None:
+        prefix = path.stem.rsplit("-", 1)[-1]
+        found = KNOWN_PREFIXES.get(prefix, TORCHVISION)
+    return Weights(model, str(path), state, found, digest)
