@@ -1,0 +1,197 @@
+"""Images in and out: decode anything PIL reads into float RGB, resize, write atomically.
+
+Arrays are float32 (H, W, 3) RGB in [0, 1]; tensors are (1, 3, H, W). Every
+bad input raises ImageError with a one-line message that names the file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from styleengine.engine.errors import ImageError
+
+MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha blended over white."""
+    alpha = rgba[..., 3:4]
+    return rgba[..., :3] * alpha + (1.0 - alpha)
+
+
+def _to_float_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
+        gray = np.asarray(img).astype(np.float64) / 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    if mode == "F":
+        gray = np.asarray(img, dtype=np.float64)
+        # float images are read as [0, 1]; ones that go past 1 are taken as 0-255
+        if np.nanmax(gray) > 1.0:
+            gray = gray / 255.0
+        gray = np.nan_to_num(gray, nan=0.0)
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("1", "L"):
+        img = img.convert("RGB")
+    elif mode == "La":
+        img = img.convert("LA")
+    elif mode == "RGBa":
+        img = img.convert("RGBA")
+    if img.mode == "LA":
+        la = np.asarray(img, dtype=np.float32) / 255.0
+        return _composite_on_white(la[..., [0, 0, 0, 1]]).astype(np.float32)
+    if img.mode == "RGBA":
+        return _composite_on_white(np.asarray(img, dtype=np.float32) / 255.0).astype(np.float32)
+    if img.mode != "RGB":  # CMYK, YCbCr, LAB, HSV, ...
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode `path` fully into float32 (H, W, 3) RGB in [0, 1].
+
+    Alpha is composited on white; palette, greyscale, CMYK, 16-bit and float
+    images are converted. Missing, unreadable, non-image, truncated, tiny
+    (< 32 px a side) and decompression-bomb files raise ImageError.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"cannot read image {path}: it is a directory")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey band
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode every byte now: truncation shows here, not later
+                img = ImageOps.exif_transpose(img) or img
+                size = img.size
+                array = _to_float_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"refusing {path}: {_first_line(e)}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image (or a format PIL cannot read): {path}") from None
+    except PermissionError:
+        raise ImageError(f"cannot read image {path}: permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {_first_line(e)}") from None
+    if min(size) < MIN_SIDE:
+        raise ImageError(f"image {path} is {size[0]}x{size[1]} px; both sides must be at least {MIN_SIDE} px")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array -> (1, 3, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) tensor (or an (H, W, 3) array) -> (H, W, 3) float32 array."""
+    if isinstance(image, np.ndarray):
+        return np.asarray(image, dtype=np.float32)
+    t = image.detach().float().cpu()
+    if t.dim() == 4:
+        t = t[0]
+    return t.permute(1, 2, 0).contiguous().numpy()
+
+
+def long_side_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longer side is `long_side`, aspect kept."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_tensor(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(1, 3, H, W) -> (1, 3, height, width): antialiased bicubic, clamped to [0, 1]."""
+    if tuple(image.shape[2:]) == (height, width):
+        return image
+    out = torch.nn.functional.interpolate(image, size=(height, width), mode="bicubic",
+                                          align_corners=False, antialias=True)
+    return out.clamp_(0.0, 1.0)
+
+
+def resize(array: np.ndarray, long_side: int) -> np.ndarray:
+    """(H, W, 3) array with its longer side scaled to `long_side`."""
+    height, width = long_side_shape(array.shape[0], array.shape[1], long_side)
+    return to_array(resize_tensor(to_tensor(array), height, width))
+
+
+def _format_for(path: Path) -> str:
+    formats = Image.registered_extensions()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix or '(none)'!r}; use .png or .jpg")
+    return fmt
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise ImageError unless `path` could be written: its folder exists and its suffix names a format."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise ImageError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise ImageError(f"cannot write {path}: it is a directory")
+    _format_for(path)
+
+
+def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
+    """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace."""
+    path = Path(path)
+    check_output_path(path)
+    fmt = _format_for(path)
+    array = np.clip(to_array(image), 0.0, 1.0)
+    pil = Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except (OSError, ValueError, KeyError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ImageError(f"cannot write {path}: {_first_line(e)}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# YIQ (NTSC): Y is luminance, I and Q carry the chroma
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], dtype=np.float64)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def preserve_colors(output: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Luminance of `output` with the chroma of `content` (neural-style's -original_colors 1, in YIQ).
+
+    Not in Gatys et al. 2016 (their later paper on colour preservation).
+    `content` is resized to the output's size if needed.
+    """
+    if content.shape[:2] != output.shape[:2]:
+        content = to_array(resize_tensor(to_tensor(content), output.shape[0], output.shape[1]))
+    out_yiq = output.astype(np.float64) @ _RGB_TO_YIQ.T
+    content_yiq = content.astype(np.float64) @ _RGB_TO_YIQ.T
+    mixed = np.concatenate([out_yiq[..., :1], content_yiq[..., 1:]], axis=2)
+    return np.clip(mixed @ _YIQ_TO_RGB.T, 0.0, 1.0).astype(np.float32)
