@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from styleengine.export.vgg import Layer, Pooling, truncated
 from styleengine.export.weights import Weights
 
-OPSET = 17
+OPSET = 17  # bf16 Conv needs opset 22
 IMAGE = "image"
 GRAD = "grad"
 LOSS_OUTPUTS = ("loss", "content_loss", "style_loss", "tv_loss")
@@ -57,7 +57,11 @@ class ExportSpec:
     content_layers: tuple[str, ...]
     style_layers: tuple[str, ...]
     precision: str = "fp32"  # compute type of convolutions; losses and Grams stay fp32
-    opset: int = OPSET
+    opset: int = 0  # 0: the lowest opset that has every op in this precision
+
+    def __post_init__(self):
+        if not self.opset:
+            object.__setattr__(self, "opset", 22 if self.precision == "bf16" else OPSET)
 
     @property
     def layers(self) -> list[str]:

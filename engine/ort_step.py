@@ -1,0 +1,173 @@
+"""The ONNX Runtime step: one run of the exported step graph per iteration.
+
+Inputs and outputs are bound once (I/O binding) to torch tensors on the
+step's device, so on a GPU provider the image and gradient never leave the
+device; targets and loss weights are bound at set_targets and reused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from styleengine.engine.errors import ConfigError, UnavailableError
+from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.steps import StepResult
+from styleengine.export import onnx_step as names
+from styleengine.export.cache import Export, cached_export
+from styleengine.export.onnx_step import ExportSpec
+from styleengine.export.vgg import Pooling
+from styleengine.export.weights import Weights
+
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def create_session(path: Path, provider: str, threads: int | None = None):
+    """An InferenceSession on exactly `provider`, or UnavailableError.
+
+    ORT silently falls back to the CPU when a GPU provider cannot start
+    (missing CUDA libraries, no device), so the session's providers are
+    checked after creation.
+    """
+    import onnxruntime as ort
+
+    if provider not in PROVIDER_NAMES:
+        raise ConfigError(f"unknown provider {provider!r}; choose {', '.join(PROVIDER_NAMES)}")
+    wanted = PROVIDER_NAMES[provider]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
+    providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    got = session.get_providers()
+    if not got or got[0] != wanted:
+        raise UnavailableError(f"ONNX Runtime could not start {wanted} (the session got {', '.join(got)}); "
+                               f"check the CUDA/TensorRT libraries or use --provider cpu")
+    return session
+
+
+def _ort_device(device: torch.device) -> tuple[str, int]:
+    return ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+
+
+class OrtStep:
+    def __init__(self, export: Export, spec: ExportSpec, loss: LossConfig, *, provider: str = "cpu",
+                 threads: int | None = None):
+        self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
+        self.session = create_session(export.step_path, provider, threads)
+        self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
+        self.binding = self.session.io_binding()
+        self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
+        self._shape: tuple[int, ...] | None = None
+        self._scalars: dict[str, np.ndarray] = {}
+        self.grad: torch.Tensor | None = None
+        self.has_targets = False
+        self._features = None
+
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        tensor = tensor.detach().to(self.device, torch.float32).contiguous()
+        self._constants.append(tensor)
+        kind, index = _ort_device(self.device)
+        self.binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
+
+    def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+        """Runs the feature graph; its session lives until set_targets (targets are its only use)."""
+        if self._features is None:
+            self._features = create_session(self.export.features_path, self.provider, self.threads)
+        session = self._features
+        out_names = [o.name for o in session.get_outputs()]
+        unknown = set(layer_names) - set(out_names)
+        if unknown:
+            raise ConfigError(f"the feature graph has no layer {sorted(unknown)[0]}")
+        values = session.run(layer_names, {names.IMAGE: image.detach().float().cpu().numpy()})
+        return {n: torch.from_numpy(v).to(self.device) for n, v in zip(layer_names, values)}
+
+    def set_targets(self, targets: Targets) -> None:
+        self._features = None
+        self.binding.clear_binding_inputs()
+        self._constants = []
+        for n in self.spec.content_layers:
+            self._bind(names.content_input(n), targets.content[n])
+        for n in self.spec.style_layers:
+            self._bind(names.gram_input(n), targets.grams[n])
+        self._bind(names.CONTENT_WEIGHT, torch.tensor(self.loss.content_weight))
+        self._bind(names.STYLE_WEIGHT, torch.tensor(self.loss.style_weight))
+        self._bind(names.STYLE_LAYER_WEIGHTS, torch.tensor(self.loss.layer_weights(), dtype=torch.float32))
+        self._bind(names.TV_WEIGHT, torch.tensor(self.loss.tv_weight))
+        self.has_targets = True
+        self._shape = None
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        if not self.has_targets:
+            raise RuntimeError("set_targets() before stepping")
+        x = image.detach().to(self.device, torch.float32).contiguous()
+        kind, index = _ort_device(self.device)
+        self.binding.bind_input(names.IMAGE, kind, index, np.float32, list(x.shape), x.data_ptr())
+        if self._shape != tuple(x.shape):
+            # the gradient buffer is ours, reused across iterations
+            self.grad = torch.empty_like(x)
+            self.binding.bind_output(names.GRAD, kind, index, np.float32, list(x.shape), self.grad.data_ptr())
+            for n in names.LOSS_OUTPUTS:
+                self._scalars[n] = np.empty((), np.float32)
+                self.binding.bind_output(n, "cpu", 0, np.float32, [], self._scalars[n].ctypes.data)
+            self._shape = tuple(x.shape)
+        self.session.run_with_iobinding(self.binding)
+        s = self._scalars
+        return StepResult(float(s["loss"]), self.grad.clone(),
+                          {"content": float(s["content_loss"]), "style": float(s["style_loss"]),
+                           "tv": float(s["tv_loss"])})
+
+    def close(self) -> None:
+        self.session = None
+        self.binding = None
+        self._constants = []
+
+
+def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str) -> ExportSpec:
+    loss.validate(weights.model)
+    return ExportSpec(weights.model, pooling, tuple(loss.content_layers), tuple(loss.style_layers), precision)
+
+
+def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str = "fp32",
+                  provider: str = "cpu") -> Export:
+    """The cached export, built and validated against torch on a miss."""
+    from styleengine.export.validate import validate_step
+
+    spec = graph_spec(weights, loss, pooling, precision)
+
+    def validate(export: Export) -> list[dict]:
+        # validate on the provider that will run it: fp16 graphs need a GPU provider
+        check_provider = "cpu" if precision == "fp32" else provider
+        report = validate_step(lambda: OrtStep(export, spec, loss, provider=check_provider),
+                               weights, loss, spec)
+        return [c.to_json() for c in report]
+
+    return cached_export(weights, spec, validate)
+
+
+def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
+                    provider: str = "cpu", precision: str = "fp32", threads: int | None = None):
+    if precision not in names.DTYPES:
+        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(names.DTYPES)}")
+    if backend == "tensorrt":
+        from styleengine.engine.trt_step import make_trt_step
+
+        return make_trt_step(weights, loss, pooling=pooling, precision=precision)
+    if precision != "fp32" and provider == "cpu":
+        raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt); the CPU provider runs fp32")
+    export = ensure_export(weights, loss, pooling, precision, provider)
+    return OrtStep(export, graph_spec(weights, loss, pooling, precision), loss, provider=provider, threads=threads)
+

@@ -1,0 +1,90 @@
+"""Validate an exported step graph against the torch reference.
+
+Names first, then shapes, then values: loss relative error and gradient
+relative L2 error at several sizes (one non-square, one odd), with max and
+p99 absolute differences reported.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from styleengine.engine.errors import ExportValidationError
+from styleengine.engine.losses import LossConfig
+from styleengine.export.onnx_step import ExportSpec
+from styleengine.export.weights import Weights
+
+# (loss relative error, gradient relative L2 error) per precision; torch fp32
+# itself is ~3e-4 from fp64 in gradient, so fp32 graphs must agree to 1e-3
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 5e-2), "bf16": (3e-2, 1e-1)}
+SIZES = ((64, 64), (96, 80), (72, 57))  # square, non-square, odd after pooling
+
+
+@dataclass(frozen=True)
+class Comparison:
+    height: int
+    width: int
+    loss_rel: float
+    grad_rel_l2: float
+    grad_max_abs: float
+    grad_p99_abs: float
+    grad_max_rel: float  # max |diff| / max |reference|
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def compare_grads(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    ref, oth = reference.astype(np.float64).ravel(), other.astype(np.float64).ravel()
+    diff = np.abs(oth - ref)
+    return {"grad_rel_l2": float(np.linalg.norm(oth - ref) / max(np.linalg.norm(ref), 1e-30)),
+            "grad_max_abs": float(diff.max()), "grad_p99_abs": float(np.quantile(diff, 0.99)),
+            "grad_max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-30))}
+
+
+def check_signature(session, spec: ExportSpec) -> None:
+    """Input and output names of a session against the spec."""
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if sorted(got_in) != sorted(spec.input_names()):
+        raise ExportValidationError(f"step graph inputs {got_in} differ from the spec's {spec.input_names()}")
+    if sorted(got_out) != sorted(spec.output_names()):
+        raise ExportValidationError(f"step graph outputs {got_out} differ from the spec's {spec.output_names()}")
+
+
+def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: ExportSpec,
+                  sizes=SIZES, seed: int = 0) -> list[Comparison]:
+    """Run the graph step and the torch step on the same random images.
+
+    make_graph_step() returns a ready graph Step; raises ExportValidationError
+    on a mismatch beyond the precision's tolerance.
+    """
+    from styleengine.engine.steps import TorchStep, make_targets
+
+    loss_tol, grad_tol = TOLERANCES[spec.precision]
+    reference = TorchStep(weights, loss, pooling=spec.pooling)
+    graph_step = make_graph_step()
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    try:
+        for height, width in sizes:
+            content, style, image = (torch.rand(1, 3, height, width, generator=gen) for _ in range(3))
+            targets = make_targets(reference, loss, content, [style])
+            reference.set_targets(targets)
+            graph_step.set_targets(targets)
+            ref, got = reference(image), graph_step(image.to(graph_step.device))
+            if tuple(got.grad.shape) != tuple(ref.grad.shape):
+                raise ExportValidationError(f"gradient shape {tuple(got.grad.shape)} != {tuple(ref.grad.shape)}")
+            stats = compare_grads(ref.grad.cpu().numpy(), got.grad.float().cpu().numpy())
+            c = Comparison(height, width, abs(got.loss - ref.loss) / max(abs(ref.loss), 1e-30), **stats)
+            results.append(c)
+            if not (c.loss_rel <= loss_tol and c.grad_rel_l2 <= grad_tol):
+                raise ExportValidationError(
+                    f"{spec.precision} step graph disagrees with torch at {height}x{width}: loss rel {c.loss_rel:.2e} "
+                    f"(tol {loss_tol:.0e}), grad rel L2 {c.grad_rel_l2:.2e} (tol {grad_tol:.0e}), "
+                    f"max abs {c.grad_max_abs:.2e}, p99 abs {c.grad_p99_abs:.2e}")
+    finally:
+        graph_step.close()
+    return results
