@@ -160,12 +160,12 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
 def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
                     provider: str = "cpu", precision: str = "fp32", threads: int | None = None):
-    if precision not in names.DTYPES:
-        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(names.DTYPES)}")
     if backend == "tensorrt":
         from styleengine.engine.trt_step import make_trt_step
 
         return make_trt_step(weights, loss, pooling=pooling, precision=precision)
+    if precision not in names.DTYPES:
+        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(names.DTYPES)}")
     if precision != "fp32" and provider == "cpu":
         raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt); the CPU provider runs fp32")
     export = ensure_export(weights, loss, pooling, precision, provider)

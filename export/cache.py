@@ -71,7 +71,7 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
     files = {}
     for name, build in ((STEP_FILE, build_step_graph), (FEATURES_FILE, build_feature_graph)):
         data = build(weights, spec).SerializeToString()
-        _atomic_write(folder / name, data)
+        atomic_write(folder / name, data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     meta = {"builder_version": BUILDER_VERSION, "spec": spec.to_json(), "weights_sha256": weights.sha256,
             "weights_source": weights.source, "convention": weights.convention.to_json(),
@@ -79,17 +79,17 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
             "dynamic_axes": {"image": {"2": "height", "3": "width"}}, "files": files,
             "inputs": spec.input_names(), "outputs": spec.output_names(),
             "validation": validation}
-    _atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
     return Export(folder, meta)
 
 
 def record_validation(export: Export, validation: list[dict]) -> Export:
     meta = dict(export.meta, validation=validation)
-    _atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode())
     return Export(export.folder, meta)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

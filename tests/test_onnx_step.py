@@ -198,3 +198,20 @@ def test_spec_names_and_opset():
     spec = ExportSpec("vgg19", "avg", ("relu4_2",), ("relu1_1",))
     assert spec.opset == 17 and ExportSpec("vgg19", "avg", ("relu4_2",), ("relu1_1",), "bf16").opset == 22
     assert spec.input_names()[0] == "image" and spec.output_names()[-1] == "grad"
+
+
+def test_tensorrt_backend_unavailable_is_one_line(vgg19_random):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if torch.cuda.is_available():
+            pytest.skip("TensorRT and a GPU are present: the GPU script checks this backend")
+    with pytest.raises(UnavailableError) as err:
+        make_graph_step("tensorrt", vgg19_random, SHORT)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="tensorrt backend runs"):
+        from styleengine.engine.trt_step import make_trt_step
+
+        make_trt_step(vgg19_random, SHORT, precision="int8")
