@@ -509,12 +509,16 @@ def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, 
     """Search one configuration's largest square size; each probe is one worker process
     (no warm-up, one timed iteration; the worker stops it once it passes either budget)."""
     mem_budget = mem_budget_bytes or default_mem_budget(config, runner.machine)
+    saved = runner.mem_budget_bytes, runner.time_limit_s
     runner.mem_budget_bytes, runner.time_limit_s = mem_budget, time_budget_s
 
     def probe(res: int) -> Probe:
         return judge(runner.run(config.at(res, res), iters=1, warmup=0), mem_budget, time_budget_s)
 
-    limit, probes = search_limit(probe, start=start)
+    try:
+        limit, probes = search_limit(probe, start=start)
+    finally:
+        runner.mem_budget_bytes, runner.time_limit_s = saved
     at_limit = next((p.row for p in probes if p.res == limit), None)
     paper = next((p for p in probes if p.res == PAPER_RES), None)
     first_fail = min((p for p in probes if not p.fits), key=lambda p: p.res, default=None)

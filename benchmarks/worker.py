@@ -147,19 +147,7 @@ def cpu_name() -> str:
 
 def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     """Time one configuration; returns the raw measurements (the harness adds the rest)."""
-    import torch
-
-    from styleengine.engine.backends import make_step
-    from styleengine.engine.losses import LossConfig
-    from styleengine.engine.steps import make_targets
-    from styleengine.export.weights import load_weights
-
-    h, w = int(spec["height"]), int(spec["width"])
-    base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [],
-            "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None}
-    dog = Watchdog(emit, base, spec.get("mem_limit_bytes"), spec.get("time_limit_s"))
-    dog.start()
-    fault = os.environ.get(FAULT_ENV, "")
+    fault = os.environ.get(FAULT_ENV, "")  # test-only, checked before the slow imports
     if fault == "error":
         raise RuntimeError(f"injected failure ({FAULT_ENV}=error)")
     if fault == "oom":
@@ -168,6 +156,18 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "hang":
         time.sleep(3600)
+    import torch
+
+    from styleengine.engine.backends import make_step
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.steps import make_targets
+    from styleengine.export.weights import load_weights
+
+    base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [],
+            "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None}
+    dog = Watchdog(emit, base, spec.get("mem_limit_bytes"), spec.get("time_limit_s"))
+    dog.start()
+    h, w = int(spec["height"]), int(spec["width"])
 
     torch.manual_seed(0)
     weights = load_weights(spec["model"], "random")
@@ -329,8 +329,20 @@ def run_machine(spec: dict) -> dict:
     return info
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the harness dies, so a killed bench leaves no worker behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     out = os.fdopen(os.dup(1), "w")  # the real stdout, for the one JSON line
     os.dup2(2, 1)  # C-level prints from libraries go to stderr
     sys.stdout = sys.stderr

@@ -73,8 +73,9 @@ def bench(
                                                         "within the budgets (ignores --res).")] = False,
     mem_budget: Annotated[Optional[float], typer.Option(
         "--mem-budget", help="Memory budget in GiB [default: 80% of what is available on the device].")] = None,
-    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds per iteration allowed (--limit).")
-                           ] = h.DEFAULT_TIME_BUDGET_S,
+    time_budget: Annotated[float, typer.Option(
+        "--time-budget", help="Seconds one iteration may take; a longer one is stopped (a 'timeout' row) and "
+                              "bounds the --limit search.")] = h.DEFAULT_TIME_BUDGET_S,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a configuration's process is "
                                                              "killed (a 'timeout' row).")] = h.DEFAULT_TIMEOUT_S,
 ) -> None:
@@ -112,14 +113,26 @@ def bench(
               f"{machine['fp32_peak_gflops']:.1f} GFLOP/s ({'cached' if machine['fp32_peak_cached'] else 'measured'})"
               f", load average {machine['load_avg_1m']:.2f}[/]")
 
+    args = sys.argv[1:]
+    args = args[args.index("bench") + 1:] if "bench" in args else args
+    command = " ".join(["styleengine bench"] + [shlex.quote(a) for a in args])
+    finished: list[dict] = []
+
     def progress(event: str, config: h.Config, row: dict | None) -> None:
         name = h.series_name(asdict(config))
         if event == "done" and row is not None:
             detail = f"{row['median_s']:.2f} s/iter" if row["status"] == "ok" else row["reason"]
-            err.print(f"  {name} {config.height}x{config.width}: {row['status']} ({detail})")
+            err.print(f"  {name} {config.height}x{config.width}: {row['status']} ({detail})", highlight=False)
+            if json_path is not None:  # a partial document after every row: an interrupted run keeps its rows
+                finished.append(dict(row))
+                h.add_speedups(finished)
+                partial = h.document(machine, finished, command=command)
+                partial["machine"]["partial"] = True
+                h.write_json(json_path, partial)
 
-    runner = h.Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout,
-                      mem_budget_bytes=int(mem_budget * 2**30) if mem_budget else None, progress=progress)
+    budget_bytes = int(mem_budget * 2**30) if mem_budget else None
+    runner = h.Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
+                      mem_budget_bytes=budget_bytes, progress=progress)
     limits: list[dict] = []
     if limit:
         kinds = h.expand([(h.PAPER_RES, h.PAPER_RES)], backend_list, provider_list, device_list, precision_list,
@@ -132,7 +145,7 @@ def bench(
                 continue
             err.print(f"searching the limit of {config.backend} {config.provider or ''} {config.device} "
                       f"{config.precision} ...")
-            found = h.find_limit(runner, config, mem_budget_bytes=runner.mem_budget_bytes, time_budget_s=time_budget)
+            found = h.find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
             limits.append(found)
             if found["at_limit"]:
                 rows.append(found["at_limit"])
@@ -142,9 +155,6 @@ def bench(
                                        model, pooling))
     elapsed = time.perf_counter() - started
 
-    args = sys.argv[1:]
-    args = args[args.index("bench") + 1:] if "bench" in args else args
-    command = " ".join(["styleengine bench"] + [shlex.quote(a) for a in args])
     doc = h.document(machine, rows, limits=limits, command=command)
     doc["machine"]["elapsed_s"] = elapsed
     title = "styleengine bench: the size limit" if limit else "styleengine bench: one loss-and-gradient iteration"

@@ -1,0 +1,280 @@
+"""styleengine bench: schema, failure rows, bad input, limit search, slopes.
+
+Fast: tiny sizes, one iteration, no warm-up, random weights; no assertion
+on how long anything takes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from styleengine.benchmarks import harness as h
+
+CPU_MACHINE = {  # a machine description as the worker reports it, without running one
+    "cpu": "test cpu", "torch_threads": 2, "cuda": False, "cuda_reason": "no CUDA here", "gpus": [],
+    "ort_providers": ["CPUExecutionProvider"], "ort_reason": "", "tensorrt": False,
+    "tensorrt_reason": "tensorrt not importable", "fp32_peak_gflops": 100.0, "memory_available_bytes": 8 * 2**30,
+    "versions": {"torch": "x"},
+}
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return h.machine_info()
+
+
+@pytest.fixture(scope="module")
+def torch_rows(machine):
+    runner = h.Runner(machine, iters=1, warmup=0, timeout_s=120)
+    rows = runner.run_all(h.expand([(32, 32), (48, 48)], ["torch"], ["cpu"], ["cpu", "cuda"], ["fp32"]))
+    return rows
+
+
+# ---------------------------------------------------------------- real runs (torch, tiny)
+
+def test_rows_have_the_stable_keys_and_raw_floats(torch_rows, machine):
+    assert len(torch_rows) == 4
+    for row in torch_rows:
+        assert set(h.ROW_KEYS) <= set(row)
+        assert row["status"] in h.STATUSES
+        assert isinstance(row["versions"], dict) and "torch" in row["versions"]
+    ok = [r for r in torch_rows if r["device"] == "cpu"]
+    assert [r["status"] for r in ok] == ["ok", "ok"], [r["reason"] for r in ok]
+    for row in ok:
+        for key in ("median_s", "p10_s", "p90_s", "gflop_per_iter", "gflops", "peak_fraction", "iters_per_s"):
+            assert isinstance(row[key], float) and row[key] > 0, key
+        assert isinstance(row["peak_rss_bytes"], int) and row["peak_rss_bytes"] > row["base_rss_bytes"] > 0
+        assert row["p10_s"] <= row["median_s"] <= row["p90_s"]
+        assert row["threads"] >= 1 and row["iters"] == 1
+        assert row["speedup"] == pytest.approx(1.0)
+        assert math.isclose(row["gflops"] * row["median_s"], row["gflop_per_iter"])
+    assert machine["fp32_peak_gflops"] > 0
+
+
+def test_cuda_rows_are_unavailable_with_a_reason(torch_rows, machine):
+    if machine["cuda"]:
+        pytest.skip("this machine has CUDA")
+    cuda = [r for r in torch_rows if r["device"] == "cuda"]
+    assert [r["status"] for r in cuda] == ["unavailable", "unavailable"]
+    assert all("CUDA" in r["reason"] for r in cuda)
+    assert all(r["median_s"] is None and r["gflops"] is None for r in cuda)
+
+
+def test_json_and_csv_files(torch_rows, machine, tmp_path):
+    doc = h.document(machine, torch_rows, command="styleengine bench --res 32,48")
+    h.write_json(tmp_path / "b.json", doc)
+    h.write_csv(tmp_path / "b.csv", doc["rows"])
+    loaded = json.loads((tmp_path / "b.json").read_text())
+    assert {"machine", "rows"} <= set(loaded)
+    assert all(tuple(row)[: len(h.ROW_KEYS)] == h.ROW_KEYS for row in loaded["rows"])
+    assert loaded["machine"]["cpu"] and loaded["machine"]["fp32_peak_gflops"] > 0
+    with open(tmp_path / "b.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == h.COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(torch_rows)
+    assert json.loads(rows[0]["versions"])["torch"]
+    fit = next(f for f in loaded["fits"] if f["series"] == "torch cpu fp32")
+    assert fit["points"] == 2 and isinstance(fit["time_slope"], float)
+
+
+def test_report_and_plot(torch_rows, machine, tmp_path):
+    pytest.importorskip("matplotlib")
+    doc = h.document(machine, torch_rows)
+    h.write_plot(tmp_path / "p.png", doc)
+    h.write_report(tmp_path / "r.md", doc, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    text = (tmp_path / "r.md").read_text()
+    assert "| torch cpu fp32 | 32x32 | ok |" in text and "](p.png)" in text
+
+
+# ---------------------------------------------------------------- failures become rows
+
+@pytest.mark.parametrize("fault,status", [("error", "error"), ("oom", "oom"), ("kill", "oom")])
+def test_a_failing_worker_is_a_row(fault, status):
+    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, env={"STYLEENGINE_BENCH_FAULT": fault})
+    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    assert row["status"] == status and row["reason"]
+    assert row["median_s"] is None and row["gflop_per_iter"] > 0
+
+
+def test_a_hanging_worker_is_a_timeout_row():
+    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=3, env={"STYLEENGINE_BENCH_FAULT": "hang"})
+    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    assert row["status"] == "timeout" and "3 s" in row["reason"]
+
+
+def test_the_worker_enforces_the_memory_budget():
+    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, mem_budget_bytes=50 * 2**20)
+    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    assert row["status"] == "oom" and "memory budget" in row["reason"]
+
+
+def test_missing_backend_module_is_unavailable():
+    from styleengine.benchmarks.worker import classify
+    from styleengine.engine.errors import ConfigError
+
+    err = ModuleNotFoundError("No module named 'styleengine.engine.ort_step'", name="styleengine.engine.ort_step")
+    assert classify(err)[0] == "unavailable"
+    assert classify(ModuleNotFoundError("No module named 'numpyy'", name="numpyy"))[0] == "error"
+    assert classify(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
+    assert classify(ValueError("bad"))[0] == "error"
+    assert classify(ConfigError("the torch backend runs fp32 or bf16, not 'fp16'")) == (
+        "unavailable", "the torch backend runs fp32 or bf16, not 'fp16'")
+
+
+def test_availability_without_running_anything():
+    m = CPU_MACHINE
+    assert h.availability(h.Config("torch", None, "cpu", "fp32", 64, 64), m) is None
+    assert h.availability(h.Config("torch", None, "cuda", "fp32", 64, 64), m) == "no CUDA here"
+    assert "CUDAExecutionProvider" in h.availability(h.Config("ort", "cuda", "cuda", "fp32", 64, 64), m)
+    gpu = {**m, "cuda": True, "gpus": [{"name": "gpu", "memory_free_bytes": 2**30, "fp32_peak_gflops": 1.0}]}
+    assert "tensorrt" in h.availability(h.Config("tensorrt", "tensorrt", "cuda", "fp32", 64, 64), gpu)
+    assert h.availability(h.Config("torch", None, "cuda", "fp32", 64, 64), gpu) is None
+
+
+def test_expand_orders_sizes_then_backends():
+    configs = h.expand([(64, 64), (32, 32)], ["torch", "ort", "tensorrt"], ["cpu", "cuda"], ["cpu"], ["fp32"])
+    assert [(c.backend, c.provider, c.device, c.height) for c in configs[:4]] == [
+        ("torch", None, "cpu", 64), ("ort", "cpu", "cpu", 64), ("ort", "cuda", "cuda", 64),
+        ("tensorrt", "tensorrt", "cuda", 64)]
+    assert len(configs) == 8
+
+
+def test_speedups_against_the_first_ok_row_per_size():
+    rows = [{"height": 64, "width": 64, "model": "vgg19", "pooling": "avg", "status": s, "median_s": t}
+            for s, t in (("ok", 4.0), ("ok", 1.0), ("error", None))]
+    h.add_speedups(rows)
+    assert [r["speedup"] for r in rows] == [1.0, 4.0, None]
+
+
+def test_percentiles_match_numpy():
+    np = pytest.importorskip("numpy")
+    values = [3.0, 1.0, 2.0, 10.0]
+    for q in (10, 50, 90):
+        assert h.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+# ---------------------------------------------------------------- limit search (stubbed probes)
+
+def _stub(limit: int):
+    calls = []
+
+    def probe(res: int) -> h.Probe:
+        calls.append(res)
+        return h.Probe(res, res <= limit, "fits" if res <= limit else "too big")
+
+    return probe, calls
+
+
+@pytest.mark.parametrize("limit", [32, 48, 500, 512, 1000, 1776, 4096, 5000])
+def test_search_finds_the_largest_fitting_multiple_of_16(limit):
+    probe, calls = _stub(limit)
+    found, probes = h.search_limit(probe)
+    assert found == limit // 16 * 16
+    assert calls[0] == 512 and len(calls) == len(set(calls)) and len(calls) <= 16
+    assert all(r % 16 == 0 for r in calls)
+    assert [p.res for p in probes] == calls
+
+
+def test_search_when_nothing_fits_or_everything_fits():
+    assert h.search_limit(_stub(10)[0])[0] is None
+    found, probes = h.search_limit(_stub(10**9)[0], ceiling=2048)
+    assert found == 2048 and probes[-1].res == 2048
+
+
+def test_judge_applies_both_budgets():
+    row = {"height": 256, "status": "ok", "reason": "", "device": "cpu", "peak_rss_bytes": 2 * 2**30,
+           "peak_device_bytes": None, "median_s": 5.0}
+    assert h.judge(row, 4 * 2**30, 10.0).fits
+    assert "memory" in h.judge(row, 1 * 2**30, 10.0).why
+    assert "s/iteration" in h.judge(row, 4 * 2**30, 1.0).why
+    assert not h.judge({**row, "status": "oom", "reason": "killed"}, 4 * 2**30, 10.0).fits
+
+
+def test_find_limit_with_a_fake_runner():
+    class FakeRunner:  # time ~ pixels: 512 px takes 1 s
+        machine, mem_budget_bytes, time_limit_s = CPU_MACHINE, None, None
+
+        def run(self, config, *, iters, warmup):
+            t = (config.height / 512) ** 2
+            return {"height": config.height, "width": config.width, "status": "ok", "reason": "", "device": "cpu",
+                    "peak_rss_bytes": 2**30, "peak_device_bytes": None, "median_s": t}
+
+    result = h.find_limit(FakeRunner(), h.Config("torch", None, "cpu", "fp32", 512, 512), mem_budget_bytes=None,
+                          time_budget_s=4.0)
+    assert result["limit_px"] == 1024 and result["at_limit"]["height"] == 1024
+    assert result["paper_512"]["time_fraction_of_budget"] == pytest.approx(0.25)
+    assert result["paper_512"]["limit_pixels_over_512"] == pytest.approx(4.0)
+    assert "1024 px" in h.limit_sentence(result)
+
+
+# ---------------------------------------------------------------- slopes
+
+def test_loglog_slope():
+    px = [512**2, 1024**2, 2048**2]
+    assert h.loglog_slope(px, [2.0 * p for p in px]) == pytest.approx(1.0)
+    assert h.loglog_slope(px, [p**0.5 for p in px]) == pytest.approx(0.5)
+    assert h.loglog_slope([4.0, 4.0], [1.0, 2.0]) is None
+
+
+def test_fit_slopes_groups_by_series():
+    rows = [{"backend": "torch", "provider": None, "device": "cpu", "precision": "fp32", "status": "ok",
+             "height": s, "width": s, "median_s": s * s * 1e-6, "peak_rss_bytes": 10**8 + s * s * 100,
+             "base_rss_bytes": 10**8, "peak_device_bytes": None} for s in (256, 512, 1024)]
+    (fit,) = h.fit_slopes(rows)
+    assert fit["series"] == "torch cpu fp32" and fit["time_slope"] == pytest.approx(1.0)
+    assert fit["mem_slope"] < 1.0 and fit["mem_slope_net"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _bench_app():
+    """The project's CLI if it registers `bench`, else a one-command app around the same function."""
+    from styleengine.cli_bench import bench
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command("bench")(bench)
+    app.command("other")(lambda: None)  # two commands keep `bench` a subcommand
+    return app
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--res", "16"], "32 px"), (["--res", "abc"], "512x768"), (["--res", ","], "at least one"),
+    (["--backends", "jax"], "unknown backend"), (["--providers", "rocm"], "unknown provider"),
+    (["--precision", "fp64"], "unknown precision"), (["--backends", ""], "at least one"),
+    (["--mem-budget", "0"], "--mem-budget"), (["--time-budget", "0"], "--time-budget"),
+    (["--iters", "0"], "--iters"),
+])
+def test_bad_input_is_a_config_error(args, needle):
+    from styleengine.engine.errors import ConfigError
+
+    result = CliRunner().invoke(_bench_app(), ["bench", *args])
+    assert isinstance(result.exception, ConfigError) and needle in str(result.exception)
+
+
+def test_bad_input_via_the_cli_is_one_line_and_exit_1():
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "bench", "--res", "16"], capture_output=True,
+                          text=True, timeout=60)
+    if "No such command" in proc.stderr:
+        proc = subprocess.run([sys.executable, "-m", "styleengine.cli_bench", "--res", "16"], capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
+
+
+def test_the_command_end_to_end(tmp_path):
+    result = CliRunner().invoke(_bench_app(), [
+        "bench", "--res", "32", "--backends", "torch", "--iters", "1", "--warmup", "0",
+        "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["status"] for r in doc["rows"]] == ["ok"]
+    assert "timing does not depend on weight values" in result.output
