@@ -1,0 +1,212 @@
+"""One stylisation run: settings -> weights, step, targets, init, loop, colour.
+
+No printing, no argument parsing, no output paths: the caller (the CLI, a
+notebook, a test) gets each iteration through `callback` and the final
+image as an array.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from styleengine.engine import images
+from styleengine.engine.backends import BACKENDS, PROVIDERS, make_step
+from styleengine.engine.errors import ConfigError
+from styleengine.engine.loop import OPTIMIZERS, Record, Result, optimise
+from styleengine.engine.losses import LossConfig
+from styleengine.engine.steps import PRECISIONS, Step, make_targets
+from styleengine.export.vgg import MODELS
+from styleengine.export.weights import Convention, Weights, load_weights
+
+INITS = ("noise", "content", "style")  # or a path to an image
+POOLINGS = ("avg", "max")
+DEVICES = ("auto", "cpu", "cuda")
+TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
+_LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
+
+# callback(record, current): `current()` returns the image so far as an
+# (H, W, 3) array, finished as the final one will be (colours preserved)
+Callback = Callable[[Record, Callable[[], np.ndarray]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a run needs besides the images; each default is written here once."""
+
+    size: int = 512  # long side of the output in px (the paper's ~512x512)
+    iterations: int = 300  # optimiser iterations (L-BFGS: one loss-and-gradient evaluation each)
+    optimizer: str = "lbfgs"  # "lbfgs" (the paper's) or "adam"
+    lr: float | None = None  # step size; None is the optimiser's default (L-BFGS 1, Adam 0.02)
+    # the paper starts from white noise; content init reaches a readable result
+    # in far fewer iterations, which matters on a CPU (its Fig. 6 compares both)
+    init: str = "content"  # "noise" (seeded), "content", "style" or a path to an image
+    seed: int = 0  # seeds the noise init and random weights (a local torch.Generator)
+    model: str = "vgg19"  # "vgg19" (the paper's) or "vgg16"
+    weights: str = "imagenet"  # "imagenet", "random" (tests, timing) or a .safetensors/.pth path
+    # overrides the weights' input convention (channel order, range, mean, std)
+    convention: Convention | None = None
+    pooling: str = "avg"  # "avg" (the paper's) or "max"
+    content_layers: tuple[str, ...] = _LOSS.content_layers  # layers whose features P^l are matched
+    style_layers: tuple[str, ...] = _LOSS.style_layers  # layers whose Gram matrices A^l are matched
+    style_layer_weights: tuple[float, ...] | None = _LOSS.style_layer_weights  # w_l; None: 1/len each
+    content_weight: float = _LOSS.content_weight  # alpha
+    style_weight: float = _LOSS.style_weight  # beta
+    tv_weight: float = _LOSS.tv_weight  # total-variation weight (not in the paper)
+    style_blend: tuple[float, ...] | None = None  # one weight per style image; None: equal
+    # style images are resized to the output's long side times this before
+    # their Grams are taken (the paper: 1, same size as the content)
+    style_scale: float = 1.0
+    preserve_colors: bool = False  # keep the content's chroma, take only luminance from the run
+    backend: str = "torch"  # "torch", "ort" or "tensorrt": who computes loss and gradient
+    provider: str = "cpu"  # ONNX Runtime execution provider for the ort/tensorrt backends
+    device: str = "auto"  # torch backend: "cpu", "cuda" or "auto" (cuda when present)
+    precision: str = "fp32"  # "fp32", "bf16" (torch, ort) or "fp16" (graph backends)
+    save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
+
+    def loss_config(self, *, texture: bool = False) -> LossConfig:
+        """The LossConfig of these settings; texture synthesis drops the content term (alpha = 0)."""
+        return LossConfig(
+            content_layers=() if texture else self.content_layers,
+            style_layers=self.style_layers,
+            style_layer_weights=self.style_layer_weights,
+            content_weight=0.0 if texture else self.content_weight,
+            style_weight=self.style_weight,
+            tv_weight=self.tv_weight,
+        )
+
+    def validate(self, *, texture: bool = False) -> None:
+        """Raise ConfigError for any setting that cannot work, before any long work starts."""
+        def choice(name: str, value: str, options: tuple[str, ...]) -> None:
+            if value not in options:
+                raise ConfigError(f"unknown {name} {value!r}; choose {', '.join(options)}")
+
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("model", self.model, MODELS)
+        choice("pooling", self.pooling, POOLINGS)
+        choice("backend", self.backend, BACKENDS)
+        choice("provider", self.provider, PROVIDERS)
+        choice("device", self.device, DEVICES)
+        choice("precision", self.precision, PRECISIONS)
+        if self.size < images.MIN_SIDE:
+            raise ConfigError(f"size must be at least {images.MIN_SIDE} px, got {self.size}")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
+        if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
+            raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
+        if self.save_every < 0:
+            raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+        for name, values in (("style layer weight", self.style_layer_weights), ("style blend weight", self.style_blend)):
+            for v in values or ():
+                if not (v >= 0 and math.isfinite(v)):
+                    raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+        self.loss_config(texture=texture).validate(self.model)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The images of one run at the output size, as (1, 3, H, W) tensors in [0, 1]."""
+
+    content: torch.Tensor | None
+    styles: list[torch.Tensor]
+    height: int
+    width: int
+
+
+def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int) -> Prepared:
+    """Resize the content to `size` on its long side and each style to size * style_scale.
+
+    A texture (no content) takes the first style image's aspect ratio.
+    """
+    if not styles:
+        raise ConfigError("at least one style image is needed")
+    ref = content if content is not None else styles[0]
+    height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
+    content_t = images.to_tensor(images.resize(content, size)) if content is not None else None
+    style_side = max(images.MIN_SIDE, round(size * settings.style_scale))
+    style_ts = [images.to_tensor(images.resize(s, style_side)) for s in styles]
+    return Prepared(content_t, style_ts, height, width)
+
+
+def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None) -> torch.Tensor:
+    """The starting image (1, 3, H, W): seeded noise, the content, the first style, or a given image."""
+    shape = (1, 3, prepared.height, prepared.width)
+    if settings.init == "noise":
+        gen = torch.Generator().manual_seed(settings.seed)  # local: never touches torch's global RNG
+        return torch.rand(shape, generator=gen)  # uniform white noise in [0, 1]
+    if settings.init == "content":
+        if prepared.content is None:
+            raise ConfigError("init 'content' needs a content image")
+        return prepared.content.clone()
+    if settings.init == "style":
+        return images.resize_tensor(prepared.styles[0], prepared.height, prepared.width).clone()
+    if init_image is None:
+        init_image = images.load_image(settings.init)
+    return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
+
+
+def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
+                     callback: Callable[[Record, torch.Tensor], None] | None) -> Result:
+    """Targets at this size, then the loop from `init`.
+
+    One scale of a run; a coarse-to-fine run would call this per size
+    (growing by sqrt(2)), each init the previous result upsampled.
+    """
+    targets = make_targets(step, loss, prepared.content, prepared.styles,
+                           list(settings.style_blend) if settings.style_blend else None,
+                           output_positions=prepared.height * prepared.width)
+    step.set_targets(targets)
+    return optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
+                    callback=callback)
+
+
+def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
+            callback: Callback | None = None, weights: Weights | None = None,
+            init_image: np.ndarray | None = None) -> tuple[np.ndarray, Result]:
+    """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
+
+    weights: already loaded (else loaded from settings.weights). init_image:
+    the image for an init path, if the caller has loaded it already.
+    Returns the final (H, W, 3) array and the loop's Result (records, why
+    it stopped); after a non-finite loss the array is the last finite image.
+    """
+    texture = content is None
+    if texture:
+        # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
+        settings = dataclasses.replace(settings, preserve_colors=False,
+                                       init=TEXTURE_INIT if settings.init == "content" else settings.init)
+    settings.validate(texture=texture)
+    if weights is None:
+        weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
+    elif weights.model != settings.model:
+        raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
+    loss = settings.loss_config(texture=texture)
+    prepared = prepare(content, styles, settings, settings.size)
+    init = make_init(settings, prepared, init_image)
+    content_array = images.to_array(prepared.content) if prepared.content is not None else None
+
+    def finish(image: torch.Tensor) -> np.ndarray:
+        out = np.clip(images.to_array(image), 0.0, 1.0)
+        if settings.preserve_colors and content_array is not None:
+            out = images.preserve_colors(out, content_array)
+        return out
+
+    loop_callback = None
+    if callback is not None:
+        def loop_callback(record: Record, image: torch.Tensor) -> None:
+            callback(record, lambda: finish(image))
+
+    with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
+        step = make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
+                         device=settings.device, precision=settings.precision, provider=settings.provider)
+    try:
+        result = optimise_at_size(step, loss, settings, prepared, init, loop_callback)
+    finally:
+        step.close()
+    return finish(result.image), result
