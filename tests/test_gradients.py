@@ -171,3 +171,16 @@ def test_torchstep_gradient_against_float64(random_weights, problem, images, pre
     assert rel < bound
     assert loss_rel < bound
     assert sum(result.parts.values()) == pytest.approx(result.loss, rel=1e-6)
+
+
+def test_torchstep_refuses_other_precisions(vgg19_random):
+    from styleengine.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16"):
+        TorchStep(vgg19_random, CONFIG, precision="fp16")
+
+
+def test_torchstep_needs_targets(vgg19_random, images):
+    step = TorchStep(vgg19_random, LossConfig(content_layers=("relu1_1",), style_layers=()))
+    with pytest.raises(RuntimeError, match="set_targets"):
+        step(images[2].float())
