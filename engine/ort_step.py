@@ -6,6 +6,7 @@ device; targets and loss weights are bound at set_targets and reused.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,31 @@ def session_options(threads: int | None = None):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
+    # The memory pattern preallocates one block per input shape on the second
+    # run; next to the arena's freed chunks it raised the peak from 0.79 to
+    # 1.40 GiB at 512 px. Without it the arena reuses the first run's chunks.
+    so.enable_mem_pattern = False
     so.log_severity_level = 3
     return so
+
+
+def machine_tag() -> str:
+    """ONNX Runtime version and CPU identity: what an ORT-optimised CPU graph depends on."""
+    import hashlib
+    import platform
+
+    import onnxruntime as ort
+
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
+        flags = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("flags")), "")
+        cpu += model + " ".join(sorted(f for f in flags.split() if f.startswith(("avx", "fma", "amx", "f16c"))))
+    except OSError:
+        pass
+    return hashlib.sha256(f"{ort.__version__}|{cpu}".encode()).hexdigest()[:12]
 
 
 def create_session(path: Path, provider: str, threads: int | None = None):
@@ -41,6 +65,11 @@ def create_session(path: Path, provider: str, threads: int | None = None):
     ORT silently falls back to the CPU when a GPU provider cannot start
     (missing CUDA libraries, no device), so the session's providers are
     checked after creation.
+
+    On the CPU provider the graph as ORT optimised it (fusions, NCHWc
+    layout) is cached beside the portable file and loaded with optimisation
+    off: optimising at load time left both weight layouts resident (0.30 vs
+    0.19 GiB after loading, 0.79 vs 0.67 GiB peak at 512 px).
     """
     import onnxruntime as ort
 
@@ -51,11 +80,34 @@ def create_session(path: Path, provider: str, threads: int | None = None):
     if wanted not in available:
         raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    options = session_options(threads)
+    if provider == "cpu":
+        session = _cpu_session(path, options)
+    else:
+        session = ort.InferenceSession(str(path), options, providers=providers)
     got = session.get_providers()
     if not got or got[0] != wanted:
         raise UnavailableError(f"ONNX Runtime could not start {wanted} (the session got {', '.join(got)}); "
                                f"check the CUDA/TensorRT libraries or use --provider cpu")
+    return session
+
+
+def _cpu_session(path: Path, options):
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+
+    optimised = path.with_name(f"{path.stem}.ort-{machine_tag()}.onnx")
+    if optimised.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(optimised), options, providers=["CPUExecutionProvider"])
+        except (InvalidProtobuf, InvalidGraph, Fail):  # a truncated or stale cache file: rebuild it
+            optimised.unlink(missing_ok=True)
+        options = session_options(options.intra_op_num_threads)
+    partial = optimised.with_name(f".{optimised.name}.{os.getpid()}")
+    options.optimized_model_filepath = str(partial)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    os.replace(partial, optimised)
     return session
 
 

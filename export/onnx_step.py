@@ -7,7 +7,8 @@ rule, one rule per forward op:
 
   conv 3x3/s1/p1   grad_in = Conv(grad_out, W flipped in H and W, in/out swapped)
   relu             grad_in = grad_out * (y > 0), the mask kept as one byte
-  avg pool 2x2     grad_in = Pad(Resize_nearest(grad_out) / 4)  (Pad: odd sizes)
+  avg pool 2x2     grad_in = Pad(Resize_nearest(grad_out)) / 4  (Pad: odd sizes;
+                   the 1/4 folded into the backward weights of the conv above)
   max pool 2x2     grad_in = Pad(Resize_nearest(grad_out)) * (y == Resize(max))
   Gram style       grad_F  = w / (N^2 M^2) * (G - A) F
   content          grad_F  = alpha * (F - P)
@@ -219,16 +220,20 @@ def _pad_to(g: _Graph, x: str, shape: str, hint: str) -> str:
 
 
 def _losses(g: _Graph, spec: ExportSpec, feats: dict[str, str]):
-    """Loss terms (fp32 scalars) and the gradient injected at each loss layer."""
+    """Loss terms (fp32 scalars), and per loss layer the functions that emit its
+    gradient: called when the backward pass reaches the layer, so that ONNX
+    Runtime, which runs nodes in the order they are emitted, computes each
+    gradient just before it is consumed rather than holding them all."""
     f32 = TensorProto.FLOAT
-    inject: dict[str, list[str]] = {}
+    inject: dict[str, list] = {}
     content_terms, style_terms = [], []
     half = g.const(0.5, "half")
     for name in spec.content_layers:
         diff = g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff")
         content_terms.append(g.op("Mul", [g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")],
                                                 f"{name}_csum", keepdims=0), half], f"{name}_closs"))
-        inject.setdefault(name, []).append(g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
+        inject.setdefault(name, []).append(
+            lambda diff=diff, name=name: g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
     for i, name in enumerate(spec.style_layers):
         f = feats[name]
         shape = g.op("Shape", [f], f"{name}_shape")
@@ -246,8 +251,12 @@ def _losses(g: _Graph, spec: ExportSpec, feats: dict[str, str]):
                                         g.op("Mul", [layer_w, g.const(0.25, "quarter")], f"{name}_wq")],
                                 f"{name}_sloss"))
         coeff = g.op("Mul", [g.op("Mul", [layer_w, STYLE_WEIGHT], f"{name}_wb"), inv_nm2], f"{name}_coeff")
-        grad_flat = g.op("Mul", [g.op("MatMul", [diff, flat], f"{name}_dgf"), coeff], f"{name}_sgradf")
-        inject.setdefault(name, []).append(g.op("Reshape", [grad_flat, shape], f"{name}_sgrad"))
+
+        def style_grad(diff=diff, flat=flat, coeff=coeff, shape=shape, name=name):
+            grad_flat = g.op("Mul", [g.op("MatMul", [diff, flat], f"{name}_dgf"), coeff], f"{name}_sgradf")
+            return g.op("Reshape", [grad_flat, shape], f"{name}_sgrad")
+
+        inject.setdefault(name, []).append(style_grad)
     return content_terms, style_terms, inject
 
 
@@ -298,8 +307,8 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     for pos in range(len(layers) - 1, -1, -1):
         layer = layers[pos]
         if layer.name in inject:
-            extra = [i if ft == TensorProto.FLOAT else g.op("Cast", [i], f"{layer.name}_gcast", to=ft)
-                     for i in inject[layer.name]]
+            extra = [emit() for emit in inject[layer.name]]
+            extra = [i if ft == TensorProto.FLOAT else g.op("Cast", [i], f"{layer.name}_gcast", to=ft) for i in extra]
             grad = _sum(g, ([grad] if grad else []) + extra, f"{layer.name}_gin")
         if grad is None:
             continue
@@ -315,7 +324,8 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
         elif layer.kind == "pool":
             up = g.op("Resize", [grad, "", g.const([1, 1, 2, 2], "up2")], f"{layer.name}_gup", mode="nearest")
             if spec.pooling == "avg":
-                up = g.op("Mul", [up, g.const(0.25, "quarter_f", _np(ft))], f"{layer.name}_gavg")
+                if layer.name in inject:  # else the 1/4 is folded into the next conv's backward weights
+                    up = g.op("Mul", [up, g.const(0.25, "quarter_f", _np(ft))], f"{layer.name}_gavg")
             else:
                 up = g.op("Mul", [up, g.op("Cast", [saved[layer.name]["mask"]], f"{layer.name}_maskf", to=ft)],
                           f"{layer.name}_gmax")
@@ -323,6 +333,9 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
         else:
             w, _ = _conv_weights(weights, layer)
             w_back = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (Cin, Cout, 3, 3)
+            below = layers[pos - 1] if pos else None
+            if below is not None and below.kind == "pool" and spec.pooling == "avg" and below.name not in inject:
+                w_back = w_back * np.float32(0.25)  # the average pool's 1/4, exact in binary
             grad = g.op("Conv", [grad, g.weight(w_back, f"{layer.name}.weight_grad")], f"{layer.name}_gin",
                         kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     scale, _ = weights.convention.scale_shift()
