@@ -109,6 +109,40 @@ class TorchStep:
             (grad,) = torch.autograd.grad(terms["loss"], x)
         return StepResult(terms["loss"].item(), grad, {k: terms[k].item() for k in ("content", "style", "tv")})
 
+    def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
+        """One tile of an exactly tiled step (engine/tiled.py).
+
+        tile (1, 3, h, w); core = (top, left, bottom, right) in tile pixels: the
+        positions whose loss this tile owns (top/left multiples of the total
+        stride); content: content targets over the whole tile at each content
+        layer; gram_diffs: G - A of the FULL image per style layer;
+        style_coeffs: style_weight * w_l / (N_l^2 M_l^2) with M_l of the full image.
+        Returns the weighted content loss over the core and
+        d(content + style) / d tile; TV is the caller's (it is not local to tiles).
+        """
+        x = tile.detach().to(self.device).requires_grad_(True)
+        strides = {layer.name: layer.stride for layer in self.net.layers}
+        top, left, bottom, right = core
+        with torch.enable_grad():
+            feats = self._forward(x, self.loss.layers)
+            zero = x.new_zeros(())
+
+            def crop(name: str, f: torch.Tensor) -> torch.Tensor:
+                s = strides[name]
+                return f[:, :, top // s: bottom // s, left // s: right // s].float()
+
+            content_loss = sum((0.5 * (crop(n, feats[n]) - crop(n, content[n].to(self.device))).pow(2).sum()
+                                for n in self.loss.content_layers), zero) * self.loss.content_weight
+            # 1/2 tr(F^T D F) has gradient D F (D = G - A is symmetric): the style
+            # gradient with the full image's Gram, restricted to this core
+            style = zero
+            for n in self.loss.style_layers:
+                f = crop(n, feats[n]).reshape(feats[n].shape[1], -1)  # (C, M_core)
+                style = style + 0.5 * style_coeffs[n] * (f * (gram_diffs[n].to(self.device) @ f)).sum()
+            (grad,) = torch.autograd.grad(content_loss + style, x)
+        return content_loss.item(), grad
+
     def close(self) -> None:
         self.net = None  # type: ignore[assignment]
 
