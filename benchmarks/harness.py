@@ -410,12 +410,13 @@ def fit_slopes(rows: list[dict]) -> list[dict]:
     subtracts the process's RSS before the first image-sized tensor (torch,
     the weights, the runtime), which is constant in the size.
     """
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
+    groups: dict[str, dict[tuple, dict]] = {}
+    for row in rows:  # one point per series and size (a limit's probes repeat its table row)
         if row["status"] == "ok":
-            groups.setdefault(series_name(row), []).append(row)
+            groups.setdefault(series_name(row), {}).setdefault((row["height"], row["width"]), row)
     fits = []
-    for name, rs in groups.items():
+    for name, points in groups.items():
+        rs = list(points.values())
         px = [r["height"] * r["width"] for r in rs]
         mem = [r["peak_device_bytes"] if r["device"] == "cuda" else r["peak_rss_bytes"] for r in rs]
         net = [(r["peak_rss_bytes"] - r["base_rss_bytes"]) if r["device"] == "cpu" and r.get("base_rss_bytes")
@@ -531,7 +532,8 @@ def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, 
         "probes": [{"res": p.res, "fits": p.fits, "why": p.why,
                     "median_s": p.row["median_s"] if p.row else None,
                     "peak_rss_bytes": p.row["peak_rss_bytes"] if p.row else None,
-                    "peak_device_bytes": p.row["peak_device_bytes"] if p.row else None} for p in probes],
+                    "peak_device_bytes": p.row["peak_device_bytes"] if p.row else None,
+                    "base_rss_bytes": p.row.get("base_rss_bytes") if p.row else None} for p in probes],
         "paper_512": None,
     }
     if paper is not None and paper.row is not None:
@@ -553,7 +555,7 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
     return {
         "machine": {**machine, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command},
         "rows": [{k: row.get(k) for k in COLUMNS} for row in rows],
-        "fits": fit_slopes(rows + [p for lim in (limits or []) for p in _probe_rows(lim)]),
+        "fits": fit_slopes(rows + [p for lim in (limits or []) for p in _limit_points(lim)]),
         "limits": limits or [],
         "notes": {
             "weights": "random (seeded); timing does not depend on weight values",
@@ -562,10 +564,6 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
             "gflop_per_iter": "convolutions forward + input gradient + Gram terms, from the layer table",
         },
     }
-
-
-def _probe_rows(limit: dict) -> list[dict]:
-    return [limit["at_limit"]] if limit.get("at_limit") else []
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -609,7 +607,8 @@ def write_plot(path: Path, doc: dict) -> None:
     if rows:
         loss = LossConfig()
         sizes = sorted({r["height"] for r in rows} | {PAPER_RES})
-        grid = [sizes[0] * (sizes[-1] / sizes[0]) ** (i / 40) for i in range(41)]
+        grid = sorted({max(QUANTUM, round(sizes[0] * (sizes[-1] / sizes[0]) ** (i / 40) / QUANTUM) * QUANTUM)
+                       for i in range(41)})
         model = rows[0].get("model") or DEFAULT_MODEL
         for device, peak in (("cpu", machine.get("fp32_peak_gflops")),
                              ("cuda", (machine.get("gpus") or [{}])[0].get("fp32_peak_gflops"))):
@@ -627,7 +626,7 @@ def write_plot(path: Path, doc: dict) -> None:
         ax.set_xlabel("megapixels")
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_ylabel("seconds per iteration (median)")
-    ax_m.set_ylabel("peak memory (GiB; host RSS on cpu, device on cuda)")
+    ax_m.set_ylabel("peak memory, GiB (host RSS; GPU: device)")
     ax_t.legend(fontsize=7)
     ax_m.legend(fontsize=7)
     fig.suptitle(f"styleengine step: {machine.get('cpu', '')}"
@@ -641,7 +640,8 @@ def _limit_points(limit: dict) -> list[dict]:
     """Probe results as plot points (ok probes that ran to completion)."""
     base = {k: limit[k] for k in ("backend", "provider", "device", "precision", "model")}
     return [{**base, "height": p["res"], "width": p["res"], "median_s": p["median_s"],
-             "peak_rss_bytes": p["peak_rss_bytes"], "peak_device_bytes": p["peak_device_bytes"], "status": "ok"}
+             "peak_rss_bytes": p["peak_rss_bytes"], "peak_device_bytes": p["peak_device_bytes"],
+             "base_rss_bytes": p.get("base_rss_bytes"), "status": "ok"}
             for p in limit["probes"] if p["median_s"] is not None]
 
 
@@ -708,7 +708,7 @@ def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
              f"- GPUs: {', '.join(g['name'] for g in m.get('gpus', [])) or 'none'}",
              f"- fp32 peak (measured): {_fmt(m.get('fp32_peak_gflops'), '.1f')} GFLOP/s ({m.get('fp32_peak_method')})",
              f"- versions: {json.dumps(m.get('versions'), sort_keys=True)}",
-             f"- command: `{m.get('command')}`", f"- {doc['notes']['weights']}", ""]
+             f"- command: `{m.get('command')}`", f"- weights: {doc['notes']['weights']}", ""]
     if doc["rows"]:
         lines += ["## Per-iteration figures", "", markdown_table(*table_rows(doc["rows"])), "",
                   f"speed-up: {doc['notes']['speedup']}.", ""]

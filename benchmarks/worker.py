@@ -244,7 +244,7 @@ def _peak_cache_path():
     return Path(platformdirs.user_cache_dir("styleengine")) / "fp32_peak.json"
 
 
-def measure_fp32_peak(device: str, reps: int = 5) -> float:
+def measure_fp32_peak(device: str, reps: int = 10) -> float:
     """GFLOP/s of a large fp32 3x3 convolution (256 -> 256 channels), best of `reps`, all threads."""
     import torch
     import torch.nn.functional as F
@@ -316,7 +316,7 @@ def run_machine(spec: dict) -> dict:
         info["tensorrt_reason"] = f"tensorrt not importable: {e}"
     key = f"cpu|{info['cpu']}|threads={info['torch_threads']}|torch={torch.__version__}"
     info["fp32_peak_gflops"], info["fp32_peak_cached"] = cached_fp32_peak("cpu", key, spec.get("refresh_peak", False))
-    info["fp32_peak_method"] = "best of 5 fp32 conv2d 256->256 3x3 at 128x128, torch, all threads"
+    info["fp32_peak_method"] = "best of 10 fp32 conv2d 256->256 3x3 at 128x128, torch, all threads"
     if info["cuda"]:
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)

@@ -73,9 +73,10 @@ def bench(
                                                         "within the budgets (ignores --res).")] = False,
     mem_budget: Annotated[Optional[float], typer.Option(
         "--mem-budget", help="Memory budget in GiB [default: 80% of what is available on the device].")] = None,
-    time_budget: Annotated[float, typer.Option(
-        "--time-budget", help="Seconds one iteration may take; a longer one is stopped (a 'timeout' row) and "
-                              "bounds the --limit search.")] = h.DEFAULT_TIME_BUDGET_S,
+    time_budget: Annotated[Optional[float], typer.Option(
+        "--time-budget", help=f"Seconds one iteration may take (--limit: the time budget) [default: "
+                              f"{h.DEFAULT_TIME_BUDGET_S:g} with --limit, none otherwise]; a longer iteration "
+                              f"is stopped and becomes a 'timeout' row.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a configuration's process is "
                                                              "killed (a 'timeout' row).")] = h.DEFAULT_TIMEOUT_S,
 ) -> None:
@@ -131,6 +132,8 @@ def bench(
                 h.write_json(json_path, partial)
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
+    if limit and time_budget is None:
+        time_budget = h.DEFAULT_TIME_BUDGET_S
     runner = h.Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
                       mem_budget_bytes=budget_bytes, progress=progress)
     limits: list[dict] = []

@@ -278,3 +278,19 @@ def test_the_command_end_to_end(tmp_path):
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [r["status"] for r in doc["rows"]] == ["ok"]
     assert "timing does not depend on weight values" in result.output
+
+
+# ---------------------------------------------------------------- the README table
+
+def test_readme_table_from_result_files(torch_rows, machine, tmp_path):
+    from styleengine.benchmarks import readme_table
+
+    h.write_json(tmp_path / "cpu-test.json", h.document(machine, torch_rows))
+    body = readme_table.table(tmp_path)
+    assert "| torch cpu fp32 | 32x32 |" in body and "cpu-test.json" in body
+    readme = f"# x\n\nbefore\n{readme_table.START}\nold\n{readme_table.END}\nafter\n"
+    new = readme_table.splice(readme, body)
+    assert new.startswith("# x\n\nbefore\n") and new.endswith(f"{readme_table.END}\nafter\n") and "old" not in new
+    assert readme_table.splice(new, body) == new
+    with pytest.raises(ValueError):
+        readme_table.splice("# no markers\n", body)
