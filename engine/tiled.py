@@ -1,0 +1,269 @@
+"""An exactly tiled step: the same loss and gradient as the untiled step, tile by tile.
+
+The Gatys loss is a sum over positions: the content term directly, the style
+term through the Grams G_l = sum_k F_ik F_jk. So one iteration runs two
+passes over tiles of the image:
+
+  pass 1: forward each tile, crop every style layer to the tile's core and
+          accumulate G_l += F F^T (fp32); then E_l and D_l = G_l - A_l;
+  pass 2: forward and backward each tile with the full image's D_l
+          (base.tile_step), restricted to the core, and add the tile's
+          input gradient into the full gradient at the tile's place.
+
+A core activation is exact when its tile carries a halo of at least half the
+receptive field of the deepest layer used, rounded up to the total stride
+(VGG19 to relu5_1: 156 px -> 78 -> 80), and the tile's top-left is a
+multiple of that stride, so the pooling grids of tile and image agree; zero
+padding then only happens at the true image borders. The tile's gradient is
+then exact too: the core outputs are the same functions of the same pixels.
+Peak memory is bounded by the tile: only the Grams, the full content target,
+the image and its gradient live across tiles.
+
+TV is not local to tiles (3 channels, cheap): it is computed on the full
+image in closed form.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from styleengine.engine.errors import ConfigError
+from styleengine.engine.losses import LossConfig, Targets, blend_grams
+from styleengine.engine.steps import Step, StepResult
+from styleengine.export import vgg
+
+STRIDE = 16  # total stride of every VGG: tile origins and core sizes are multiples of it
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: the box read from the image and the core whose loss it owns, in image pixels."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    core_top: int
+    core_left: int
+    core_bottom: int
+    core_right: int
+
+    def core_in_tile(self) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) of the core in tile pixels (tile_step's `core`)."""
+        return (self.core_top - self.top, self.core_left - self.left,
+                self.core_bottom - self.top, self.core_right - self.left)
+
+
+def halo_for(model: str, names: list[str]) -> int:
+    """Half the receptive field of the deepest of `names`, rounded up to the total stride."""
+    deepest = max(vgg.resolve(model, names), key=lambda layer: layer.index)
+    return math.ceil(vgg.receptive_field(model, deepest.name) / 2 / STRIDE) * STRIDE
+
+
+def tiles(height: int, width: int, tile: int, halo: int) -> Iterator[Tile]:
+    """Cores of `tile` px (the last row/column of cores ends at the border), each with its halo, row-major."""
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            yield Tile(max(0, top - halo), max(0, left - halo), min(height, bottom + halo),
+                       min(width, right + halo), top, left, bottom, right)
+
+
+def tv_loss_and_grad(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """engine.losses.tv_loss and its gradient in closed form (no autograd graph over the full image)."""
+    x = image.float()
+    grad = torch.zeros_like(x)
+    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+    loss = dy.pow(2).sum()
+    grad[:, :, 1:, :] += 2 * dy
+    grad[:, :, :-1, :] -= 2 * dy
+    del dy
+    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+    loss = loss + dx.pow(2).sum()
+    grad[:, :, :, 1:] += 2 * dx
+    grad[:, :, :, :-1] -= 2 * dx
+    return loss, grad
+
+
+class TiledStep:
+    """Wraps a step that has `features` and `tile_step` (torch, ORT) and computes the same function tile by tile.
+
+    tile: core size in px, a multiple of 16; halo: px read around each core
+    (None: half the receptive field of the deepest loss layer, rounded up to 16).
+    """
+
+    def __init__(self, base: Step, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
+        loss.validate(model)
+        if not hasattr(base, "tile_step"):
+            raise ConfigError(f"the {type(base).__name__} step cannot be tiled (it has no tile_step)")
+        if tile <= 0 or tile % STRIDE:
+            raise ConfigError(f"tile size must be a positive multiple of {STRIDE} px, got {tile}")
+        if halo is not None and (halo < 0 or halo % STRIDE):
+            raise ConfigError(f"tile halo must be a multiple of {STRIDE} px >= 0, got {halo}")
+        self.base, self.loss, self.model, self.tile = base, loss, model, tile
+        self.halo = halo_for(model, loss.layers) if halo is None else halo
+        self.device = base.device
+        self.strides = {layer.name: layer.stride for layer in vgg.layer_table(model)}
+        self.channels = {layer.name: layer.out_channels for layer in vgg.layer_table(model)}
+        self.targets: Targets | None = None
+
+    # ------------------------------------------------------------ helpers
+    def _tiles(self, image: torch.Tensor, halo: int) -> Iterator[tuple[Tile, torch.Tensor]]:
+        for t in tiles(image.shape[2], image.shape[3], self.tile, halo):
+            yield t, image[:, :, t.top:t.bottom, t.left:t.right]
+
+    def _core(self, t: Tile, name: str, f: torch.Tensor) -> torch.Tensor:
+        """Crop a tile's layer map (1, C, h, w) to the tile's core (layer coords = pixel // stride)."""
+        s = self.strides[name]
+        top, left, bottom, right = t.core_in_tile()
+        return f[:, :, top // s: bottom // s, left // s: right // s]
+
+    # ------------------------------------------------------------ Step protocol
+    @torch.no_grad()
+    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Each named layer's full map (fp32, on the device), assembled from the tiles' cores."""
+        height, width = image.shape[2], image.shape[3]
+        halo = max(self.halo, halo_for(self.model, names))
+        out: dict[str, torch.Tensor] = {}
+        for t, x in self._tiles(image, halo):
+            feats = self.base.features(x, names)
+            for n in names:
+                s = self.strides[n]
+                if n not in out:
+                    out[n] = torch.empty(1, self.channels[n], height // s, width // s, device=self.device)
+                out[n][:, :, t.core_top // s: t.core_bottom // s, t.core_left // s: t.core_right // s] = \
+                    self._core(t, n, feats[n])
+            del feats
+        return out
+
+    @torch.no_grad()
+    def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Gram matrices (C, C) fp32 of the named layers over the whole image, accumulated tile by tile."""
+        halo = max(self.halo, halo_for(self.model, names))
+        out = {n: torch.zeros(self.channels[n], self.channels[n], device=self.device) for n in names}
+        for t, x in self._tiles(image, halo):
+            feats = self.base.features(x, names)
+            for n in names:
+                f = self._core(t, n, feats[n]).float()
+                f = f.reshape(f.shape[1], -1)  # (C, M_core)
+                out[n].addmm_(f, f.T)
+            del feats
+        return out
+
+    def set_targets(self, targets: Targets) -> None:
+        # kept here: tile_step takes its targets per call, the base step never sees full-size ones
+        self.targets = targets.to(self.device)
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        if self.targets is None:
+            raise RuntimeError("set_targets() before stepping")
+        loss, targets = self.loss, self.targets
+        image = image.detach().to(self.device, torch.float32)
+        height, width = image.shape[2], image.shape[3]
+
+        # pass 1: the full image's Grams, then E_l and D_l = G_l - A_l
+        style = 0.0
+        diffs: dict[str, torch.Tensor] = {}
+        coeffs: dict[str, float] = {}
+        if loss.style_layers:
+            grams = self.grams(image, list(loss.style_layers))
+            for n, w in zip(loss.style_layers, loss.layer_weights()):
+                s, c = self.strides[n], self.channels[n]
+                positions = (height // s) * (width // s)  # M_l of the full image
+                diffs[n] = grams.pop(n) - targets.grams[n]
+                style += w * diffs[n].pow(2).sum().item() / (4.0 * c**2 * positions**2)
+                coeffs[n] = loss.style_weight * w / (c**2 * positions**2)
+            style *= loss.style_weight
+
+        # pass 2: per tile, d(content + style)/d tile over its core, added at the tile's place
+        grad = torch.zeros_like(image)
+        content = 0.0
+        for t, x in self._tiles(image, self.halo):
+            tile_content = {}
+            for n in loss.content_layers:
+                s = self.strides[n]
+                h, w = (t.bottom - t.top) // s, (t.right - t.left) // s
+                tile_content[n] = targets.content[n][:, :, t.top // s: t.top // s + h, t.left // s: t.left // s + w]
+            part, g = self.base.tile_step(x, t.core_in_tile(), tile_content, diffs, coeffs)
+            content += part
+            grad[:, :, t.top:t.bottom, t.left:t.right] += g.to(self.device)
+            del g
+
+        tv = 0.0
+        if loss.tv_weight:
+            tv_value, tv_grad = tv_loss_and_grad(image)
+            tv = loss.tv_weight * tv_value.item()
+            grad.add_(tv_grad, alpha=loss.tv_weight)
+            del tv_grad
+        return StepResult(content + style + tv, grad, {"content": content, "style": style, "tv": tv})
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def tiled_targets(step: TiledStep, loss: LossConfig, content: torch.Tensor | None, styles: list[torch.Tensor],
+                  blend: list[float] | None = None, output_positions: int | None = None) -> Targets:
+    """steps.make_targets with the style Grams accumulated tile by tile.
+
+    make_targets takes each style layer's full map (relu1_1 of an 8192 px
+    style image is 17 GB); this never holds more than a tile's activations.
+    """
+    targets = Targets()
+    if content is not None and loss.content_layers:
+        targets.content = step.features(content, list(loss.content_layers))
+    if loss.style_layers:
+        if not styles:
+            raise ConfigError("style layers are set but no style image was given")
+        grams = [step.grams(s, list(loss.style_layers)) for s in styles]
+        positions = [s.shape[2] * s.shape[3] for s in styles]
+        if output_positions is None:
+            output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]
+        targets.grams = blend_grams(grams, positions, output_positions, blend)
+    return targets
+
+
+# ---------------------------------------------------------------- tile size from a memory budget
+
+# Bytes per tile pixel of a torch fp32 tile step, on top of the process's
+# baseline: autograd keeps each layer's output (conv and ReLU) and the
+# backward holds about as much again transiently, so
+#   bytes/px = STEP_FACTOR * 4 * sum over layers up to the deepest of C_l / stride_l^2
+# STEP_FACTOR calibrated on this machine: untiled VGG19 default loss, 1024 px,
+# peak RSS 2.71 GB - 0.42 GB baseline = 2.18 kB/px against a layer sum of
+# 4 * 610 = 2.44 kB/px, so 0.89, rounded up to 1.0 (a tile also holds its
+# pass-1 style maps, freed before pass 2).
+STEP_FACTOR = 1.0
+
+
+def step_bytes_per_pixel(model: str, names: list[str]) -> float:
+    return STEP_FACTOR * 4.0 * sum(layer.out_channels / layer.stride**2 for layer in vgg.truncated(model, names))
+
+
+def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int, width: int,
+                    baseline_gib: float = 0.5) -> int | None:
+    """The largest core size (multiple of 16) whose step fits `budget_gib`; None if the untiled step fits.
+
+    Fixed cost, whatever the tile: the process baseline, the image, its
+    gradient and L-BFGS's copies (counted as 8 image-sized fp32 buffers;
+    the optimiser's history adds 2 per remembered iteration and is not
+    counted), and the content targets (fp32, C_l / stride_l^2 per pixel).
+    """
+    if not (budget_gib > 0 and math.isfinite(budget_gib)):
+        raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {budget_gib}")
+    per_px = step_bytes_per_pixel(model, loss.layers)
+    pixels = height * width
+    content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
+    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content)
+    budget = budget_gib * 2**30
+    if fixed + per_px * pixels <= budget:
+        return None
+    halo = halo_for(model, loss.layers)
+    side = math.sqrt(max(0.0, budget - fixed) / per_px) - 2 * halo  # core side of an inner tile
+    tile = int(side // STRIDE) * STRIDE
+    if tile < STRIDE:
+        raise ConfigError(f"a memory budget of {budget_gib:g} GiB is too small for a {width}x{height} image "
+                          f"(the image, gradient and targets alone need {fixed / 2**30:.1f} GiB)")
+    return tile
