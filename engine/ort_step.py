@@ -128,6 +128,7 @@ class OrtStep:
         self.grad: torch.Tensor | None = None
         self.has_targets = False
         self._features = None
+        self._tile = None
 
     def _bind(self, name: str, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to(self.device, torch.float32).contiguous()
@@ -182,7 +183,27 @@ class OrtStep:
                           {"content": float(s["content_loss"]), "style": float(s["style_loss"]),
                            "tv": float(s["tv_loss"])})
 
+    def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
+        """One tile of an exactly tiled step: see TorchStep.tile_step for the contract.
+
+        Runs the export's tile graph (a second session, made on first use).
+        Inputs go through host memory: tiling is for images too big for one
+        step, where a copy per tile is small against the tile's convolutions.
+        """
+        if self._tile is None:
+            self._tile = create_session(self.export.tile_path, self.provider, self.threads)
+        host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+        feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
+                 names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32),
+                 names.CONTENT_WEIGHT: np.asarray(self.loss.content_weight, np.float32)}
+        feeds.update({names.content_input(n): host(content[n]) for n in self.spec.content_layers})
+        feeds.update({names.gram_diff_input(n): host(gram_diffs[n]) for n in self.spec.style_layers})
+        content_loss, grad = self._tile.run(list(names.TILE_OUTPUTS), feeds)
+        return float(content_loss), torch.from_numpy(grad).to(self.device)
+
     def close(self) -> None:
+        self._tile = None
         self.session = None
         self.binding = None
         self._constants = []

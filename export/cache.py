@@ -1,7 +1,7 @@
 """The export cache: ONNX graphs built once per (model, weights, pooling,
 layers, opset, precision) and reused by `run` and `bench`.
 
-Each entry is a folder holding step.onnx, features.onnx and export.json
+Each entry is a folder holding step.onnx, features.onnx, tile_step.onnx and export.json
 (the spec, the weights' sha256, the files' sha256 and the validation
 figures). An entry whose files are missing, truncated or do not match
 their recorded hashes is rebuilt, never trusted.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import onnx
 
-from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph
+from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.weights import Weights
 
 # bump when the graph builder changes what it emits: old entries are then ignored
-BUILDER_VERSION = 1
-STEP_FILE, FEATURES_FILE, META_FILE = "step.onnx", "features.onnx", "export.json"
+BUILDER_VERSION = 2
+STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Export:
     @property
     def features_path(self) -> Path:
         return self.folder / FEATURES_FILE
+
+    @property
+    def tile_path(self) -> Path:
+        return self.folder / TILE_FILE
 
 
 def cache_root() -> Path:
@@ -69,7 +73,8 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
     """Build both graphs into `folder` (created), atomically per file."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, build in ((STEP_FILE, build_step_graph), (FEATURES_FILE, build_feature_graph)):
+    for name, build in ((STEP_FILE, build_step_graph), (FEATURES_FILE, build_feature_graph),
+                        (TILE_FILE, build_tile_graph)):
         data = build(weights, spec).SerializeToString()
         atomic_write(folder / name, data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -119,7 +124,7 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         path = folder / name
         if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
             return None
-    if set(meta.get("files", {})) != {STEP_FILE, FEATURES_FILE}:
+    if set(meta.get("files", {})) != {STEP_FILE, FEATURES_FILE, TILE_FILE}:
         return None
     return Export(folder, meta)
 

@@ -288,21 +288,10 @@ def _tv(g: _Graph) -> tuple[str, str]:
     return loss, grad
 
 
-def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
-    g = _Graph(DTYPES[spec.precision])
+def _backward(g: _Graph, weights: Weights, spec: ExportSpec, layers: list[Layer], saved: dict,
+              inject: dict[str, list]) -> str | None:
+    """Emit the input-gradient pass, deepest layer first; returns d/d(network input)."""
     ft = g.float_type
-    feats, saved, layers = _forward(g, weights, spec, keep_masks=True)
-    content_terms, style_terms, inject = _losses(g, spec, feats)
-    content = g.op("Mul", [_sum(g, content_terms, "content_sum"), CONTENT_WEIGHT], "content_loss_w")
-    style = g.op("Mul", [_sum(g, style_terms, "style_sum"), STYLE_WEIGHT], "style_loss_w")
-    tv_raw, tv_grad = _tv(g)
-    tv = g.op("Mul", [tv_raw, TV_WEIGHT], "tv_loss_w")
-    g.nodes.append(helper.make_node("Identity", [content], ["content_loss"], name="out_content"))
-    g.nodes.append(helper.make_node("Identity", [style], ["style_loss"], name="out_style"))
-    g.nodes.append(helper.make_node("Identity", [tv], ["tv_loss"], name="out_tv"))
-    g.nodes.append(helper.make_node("Sum", ["content_loss", "style_loss", "tv_loss"], ["loss"], name="out_loss"))
-
-    # backward, deepest layer first
     grad: str | None = None
     for pos in range(len(layers) - 1, -1, -1):
         layer = layers[pos]
@@ -338,6 +327,24 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
                 w_back = w_back * np.float32(0.25)  # the average pool's 1/4, exact in binary
             grad = g.op("Conv", [grad, g.weight(w_back, f"{layer.name}.weight_grad")], f"{layer.name}_gin",
                         kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return grad
+
+
+def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
+    g = _Graph(DTYPES[spec.precision])
+    ft = g.float_type
+    feats, saved, layers = _forward(g, weights, spec, keep_masks=True)
+    content_terms, style_terms, inject = _losses(g, spec, feats)
+    content = g.op("Mul", [_sum(g, content_terms, "content_sum"), CONTENT_WEIGHT], "content_loss_w")
+    style = g.op("Mul", [_sum(g, style_terms, "style_sum"), STYLE_WEIGHT], "style_loss_w")
+    tv_raw, tv_grad = _tv(g)
+    tv = g.op("Mul", [tv_raw, TV_WEIGHT], "tv_loss_w")
+    g.nodes.append(helper.make_node("Identity", [content], ["content_loss"], name="out_content"))
+    g.nodes.append(helper.make_node("Identity", [style], ["style_loss"], name="out_style"))
+    g.nodes.append(helper.make_node("Identity", [tv], ["tv_loss"], name="out_tv"))
+    g.nodes.append(helper.make_node("Sum", ["content_loss", "style_loss", "tv_loss"], ["loss"], name="out_loss"))
+
+    grad = _backward(g, weights, spec, layers, saved, inject)
     scale, _ = weights.convention.scale_shift()
     image_grad = g.const(np.zeros((1, 3, 1, 1)), "no_grad") if grad is None else grad
     if ft != TensorProto.FLOAT and grad is not None:
@@ -382,4 +389,98 @@ def build_feature_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
                               producer_name="styleengine")
     model.ir_version = 8
     _metadata(model, spec, weights, "features")
+    return model
+
+
+# --- the tile graph: one tile of an exactly tiled step (engine/tiled.py) ---
+CORE_BOX = "core_box"  # int64 [top, left, bottom, right] in tile pixels
+STYLE_COEFFS = "style_coeffs"  # (S,) style_weight * w_l / (N_l^2 M_l^2), M_l of the full image
+TILE_OUTPUTS = ("content_loss", GRAD)
+
+
+def gram_diff_input(name: str) -> str:
+    return f"gram_diff.{name}"
+
+
+def _core_mask(g: _Graph, feature: str, stride: int, hint: str) -> str:
+    """(1, 1, h, w) float mask of the positions of `feature` inside the core box."""
+    shape = g.op("Shape", [feature], f"{hint}_mshape")
+    box = g.op("Div", [CORE_BOX, g.const([stride] * 4, f"stride{stride}", np.int64)], f"{hint}_box")
+    axes = []
+    for axis, (lo_i, hi_i) in ((2, (0, 2)), (3, (1, 3))):
+        size = g.op("Gather", [shape, g.const(axis, "axis", np.int64)], f"{hint}_n{axis}", axis=0)
+        idx = g.op("Range", [g.const(0, "r0", np.int64), size, g.const(1, "r1", np.int64)], f"{hint}_idx{axis}")
+        lo = g.op("Gather", [box, g.const(lo_i, "lo", np.int64)], f"{hint}_lo{axis}", axis=0)
+        hi = g.op("Gather", [box, g.const(hi_i, "hi", np.int64)], f"{hint}_hi{axis}", axis=0)
+        inside = g.op("And", [g.op("GreaterOrEqual", [idx, lo], f"{hint}_ge{axis}"),
+                              g.op("Less", [idx, hi], f"{hint}_lt{axis}")], f"{hint}_in{axis}")
+        dims = [1, 1, -1, 1] if axis == 2 else [1, 1, 1, -1]
+        axes.append(g.op("Reshape", [g.op("Cast", [inside], f"{hint}_f{axis}", to=TensorProto.FLOAT),
+                                     g.const(dims, "dims", np.int64)], f"{hint}_m{axis}"))
+    return g.op("Mul", axes, f"{hint}_mask")
+
+
+def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
+    """(tile, core box, content targets over the tile, the full image's G - A, style
+    coefficients, alpha) -> (content loss over the core, d(content + style)/d tile).
+
+    The same forward and backward as the step graph; only the loss differs:
+    each loss layer counts the core positions only, and the style gradient
+    uses the Gram of the whole image (1/2 tr(F^T D F) has gradient D F).
+    """
+    g = _Graph(DTYPES[spec.precision])
+    feats, saved, layers = _forward(g, weights, spec, keep_masks=True)
+    strides = {l.name: l.stride for l in layers}
+    inject: dict[str, list] = {}
+    content_terms = []
+    for name in spec.content_layers:
+        mask = _core_mask(g, feats[name], strides[name], f"{name}_c")
+        diff = g.op("Mul", [g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff"), mask], f"{name}_cdm")
+        content_terms.append(g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")], f"{name}_csum", keepdims=0))
+        inject.setdefault(name, []).append(
+            lambda diff=diff, name=name: g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
+    for i, name in enumerate(spec.style_layers):
+        f = feats[name]
+
+        def style_grad(f=f, name=name, i=i):
+            mask = _core_mask(g, f, strides[name], f"{name}_s")
+            shape = g.op("Shape", [f], f"{name}_shape")
+            channels = g.op("Slice", [shape, g.const([1], "i1", np.int64), g.const([2], "i2", np.int64)], f"{name}_c")
+            flat = g.op("Reshape", [g.op("Mul", [f, mask], f"{name}_fm"),
+                                    g.op("Concat", [channels, g.const([-1], "m1", np.int64)], f"{name}_cm", axis=0)],
+                        f"{name}_flat")  # (C, M_tile), zero outside the core
+            coeff = g.op("Gather", [STYLE_COEFFS, g.const(i, "idx", np.int64)], f"{name}_coeff", axis=0)
+            grad_flat = g.op("Mul", [g.op("MatMul", [gram_diff_input(name), flat], f"{name}_dgf"), coeff],
+                             f"{name}_sgradf")
+            return g.op("Reshape", [grad_flat, shape], f"{name}_sgrad")
+
+        inject.setdefault(name, []).append(style_grad)
+    half = g.const(0.5, "half")
+    content = g.op("Mul", [g.op("Mul", [_sum(g, content_terms, "content_sum"), half], "content_half"),
+                           CONTENT_WEIGHT], "content_loss_w")
+    g.nodes.append(helper.make_node("Identity", [content], ["content_loss"], name="out_content"))
+    grad = _backward(g, weights, spec, layers, saved, inject)
+    scale, _ = weights.convention.scale_shift()
+    if grad is None:
+        grad = g.op("Mul", [IMAGE, g.const(0.0, "zero_f")], "no_grad")
+    elif g.float_type != TensorProto.FLOAT:
+        grad = g.op("Cast", [grad], "grad_f32", to=TensorProto.FLOAT)
+    g.nodes.append(helper.make_node("Mul", [grad, g.const(np.array(scale).reshape(1, 3, 1, 1), "pre_scale_g")],
+                                    [GRAD], name="out_grad"))
+    f32 = TensorProto.FLOAT
+    channels = {l.name: l.out_channels for l in layers}
+    inputs = [helper.make_tensor_value_info(IMAGE, f32, [1, 3, "height", "width"]),
+              helper.make_tensor_value_info(CORE_BOX, TensorProto.INT64, [4])]
+    for n in spec.content_layers:
+        inputs.append(helper.make_tensor_value_info(content_input(n), f32, [1, channels[n], f"{n}_h", f"{n}_w"]))
+    for n in spec.style_layers:
+        inputs.append(helper.make_tensor_value_info(gram_diff_input(n), f32, [channels[n], channels[n]]))
+    inputs += [helper.make_tensor_value_info(STYLE_COEFFS, f32, [len(spec.style_layers)]),
+               helper.make_tensor_value_info(CONTENT_WEIGHT, f32, [])]
+    outputs = [helper.make_tensor_value_info("content_loss", f32, []),
+               helper.make_tensor_value_info(GRAD, f32, [1, 3, "height", "width"])]
+    graph = helper.make_graph(g.nodes, "styleengine_tile_step", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)], producer_name="styleengine")
+    model.ir_version = 8
+    _metadata(model, spec, weights, "tile_step")
     return model

@@ -233,3 +233,38 @@ def test_optimised_cpu_graph_is_cached_and_rebuilt_when_broken(vgg19_random, mak
         s.set_targets(targets)
     assert step(image).loss == pytest.approx(reference(image).loss, rel=1e-5)
     assert first(image).loss == pytest.approx(step(image).loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling):
+    from styleengine.engine.losses import gram
+
+    weights = random_weights("vgg19")
+    torch_step, ort_step = TorchStep(weights, SHORT, pooling=pooling), make_graph_step("ort", weights, SHORT, pooling=pooling)
+    height, width = 70, 53
+    image = make_image(height, width, 3)
+    targets = make_targets(torch_step, SHORT, make_image(height, width, 1), [make_image(height, width, 2)])
+    feats = torch_step.features(image, list(SHORT.style_layers))
+    diffs = {n: gram(feats[n]) - targets.grams[n] for n in SHORT.style_layers}
+    coeffs = {n: SHORT.style_weight * w / (feats[n].shape[1] ** 2 * (feats[n].shape[2] * feats[n].shape[3]) ** 2)
+              for n, w in zip(SHORT.style_layers, SHORT.layer_weights())}
+    for core in ((0, 0, height, width), (16, 0, 48, 37), (32, 16, height, width)):
+        ref_loss, ref_grad = torch_step.tile_step(image, core, targets.content, diffs, coeffs)
+        got_loss, got_grad = ort_step.tile_step(image, core, targets.content, diffs, coeffs)
+        assert got_loss == pytest.approx(ref_loss, rel=1e-5)
+        assert float((got_grad - ref_grad).norm() / ref_grad.norm()) < 1e-5
+    # the whole image as one core is the untiled step without TV
+    torch_step.set_targets(targets)
+    full = torch_step(image)
+    loss, grad = ort_step.tile_step(image, (0, 0, height, width), targets.content, diffs, coeffs)
+    untiled_no_tv = full.grad - _tv_grad(image) * SHORT.tv_weight  # TV is the tiled step's caller's
+    assert loss == pytest.approx(full.parts["content"], rel=1e-5)
+    assert float((grad - untiled_no_tv).norm() / untiled_no_tv.norm()) < 1e-5
+
+
+def _tv_grad(image: torch.Tensor) -> torch.Tensor:
+    from styleengine.engine.losses import tv_loss
+
+    x = image.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(tv_loss(x), x)
+    return grad
