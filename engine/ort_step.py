@@ -79,6 +79,10 @@ def create_session(path: Path, provider: str, threads: int | None = None):
     available = ort.get_available_providers()
     if wanted not in available:
         raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
+    if provider != "cpu" and not torch.cuda.is_available():
+        # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
+        raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
+                               f"device here; use --provider cpu")
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     options = session_options(threads)
     if provider == "cpu":
