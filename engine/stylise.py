@@ -18,8 +18,9 @@ from styleengine.engine import images
 from styleengine.engine.backends import BACKENDS, PROVIDERS, make_step
 from styleengine.engine.errors import ConfigError
 from styleengine.engine.loop import OPTIMIZERS, Record, Result, optimise
-from styleengine.engine.losses import LossConfig
-from styleengine.engine.steps import PRECISIONS, Step, make_targets
+from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.steps import PRECISIONS, Step, StepResult, make_targets
+from styleengine.engine.tiled import TiledStep, tile_for_budget, tiled_targets
 from styleengine.export.vgg import MODELS
 from styleengine.export.weights import Convention, Weights, load_weights
 
@@ -67,6 +68,21 @@ class Settings:
     device: str = "auto"  # torch backend: "cpu", "cuda" or "auto" (cuda when present)
     precision: str = "fp32"  # "fp32", "bf16" (torch, ort) or "fp16" (graph backends)
     save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
+    # coarse-to-fine (not in the paper): scales grow by about sqrt(2) up to `size`, each starting from the
+    # previous result upsampled (bicubic, antialiased), style targets recomputed at each scale.
+    # None: 1 scale up to AUTO_SCALES_ABOVE px, above that enough to start between 512 and 724 px
+    scales: int | None = None
+    start_size: int | None = None  # long side of the first scale; None: from `scales`
+    iters_per_scale: int | None = None  # iterations at every scale but the last; None: `iterations`
+    # exact tiling (engine/tiled.py): core size in px, a multiple of 16; None: untiled unless mem_budget_gib
+    tile: int | None = None
+    mem_budget_gib: float | None = None  # pick the tile for this budget (tiled.tile_for_budget's formula)
+
+    def scale_plan(self) -> list[tuple[int, int]]:
+        """(long side, iterations) per scale, coarse to fine; the last is (size, iterations)."""
+        sizes = scale_sizes(self.size, self.scales, self.start_size)
+        between = self.iterations if self.iters_per_scale is None else self.iters_per_scale
+        return [(s, between) for s in sizes[:-1]] + [(sizes[-1], self.iterations)]
 
     def loss_config(self, *, texture: bool = False) -> LossConfig:
         """The LossConfig of these settings; texture synthesis drops the content term (alpha = 0)."""
@@ -102,11 +118,54 @@ class Settings:
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
         if self.save_every < 0:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+        if self.iters_per_scale is not None and self.iters_per_scale < 0:
+            raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
+        if self.tile is not None and (self.tile <= 0 or self.tile % 16):
+            raise ConfigError(f"tile size must be a positive multiple of 16 px, got {self.tile}")
+        if self.mem_budget_gib is not None and not (self.mem_budget_gib > 0 and math.isfinite(self.mem_budget_gib)):
+            raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {self.mem_budget_gib}")
+        scale_sizes(self.size, self.scales, self.start_size)  # raises ConfigError for impossible scales
         for name, values in (("style layer weight", self.style_layer_weights), ("style blend weight", self.style_blend)):
             for v in values or ():
                 if not (v >= 0 and math.isfinite(v)):
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         self.loss_config(texture=texture).validate(self.model)
+
+
+AUTO_SCALES_ABOVE = 1024  # sizes above this run coarse-to-fine unless `scales` says otherwise
+AUTO_START = 512 * math.sqrt(2)  # an automatic first scale lies in (512, 724] px
+
+
+def scale_sizes(size: int, scales: int | None = None, start_size: int | None = None) -> list[int]:
+    """Long sides of a coarse-to-fine run, growing by about sqrt(2) and ending at `size`.
+
+    scales and start_size both None: [size] up to AUTO_SCALES_ABOVE, else
+    from the first size in (512, 724] (2048 -> 724, 1024, 1448, 2048).
+    scales only: `scales` sizes, each sqrt(2) times the one before.
+    start_size only: from start_size, as many ~sqrt(2) steps as come closest.
+    Both: `scales` sizes from start_size to size, evenly spaced in log size.
+    """
+    if scales is not None and scales < 1:
+        raise ConfigError(f"scales must be >= 1, got {scales}")
+    if start_size is not None and not (images.MIN_SIDE <= start_size <= size):
+        raise ConfigError(f"start size must be between {images.MIN_SIDE} and the size {size} px, got {start_size}")
+    if scales is None and start_size is None:
+        if size <= AUTO_SCALES_ABOVE:
+            return [size]
+        scales = math.ceil(2 * math.log2(size / AUTO_START) - 1e-9) + 1
+    if start_size is None:
+        ratio = math.sqrt(2)
+    else:
+        if scales is None:
+            scales = round(2 * math.log2(size / start_size)) + 1
+        if scales == 1:
+            return [size]
+        ratio = (size / start_size) ** (1 / (scales - 1))
+    sizes = [round(size / ratio ** (scales - 1 - i)) for i in range(scales)]
+    if sizes[0] < images.MIN_SIDE:
+        raise ConfigError(f"{scales} scales up to {size} px start at {sizes[0]} px, below the minimum "
+                          f"{images.MIN_SIDE} px; use fewer scales")
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -151,16 +210,55 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
+class _ScaledGradient:
+    """The step with its gradient divided by a constant fixed at the first call; loss and parts unchanged.
+
+    Not in the paper: torch's L-BFGS falls back to a raw gradient step (H = I)
+    when it rejects a curvature pair (y.s <= 1e-10); with the paper's loss
+    (~1e12 for these weights) that step moved pixels by ~1e9 at 512 px and
+    overflowed fp32. L-BFGS is otherwise invariant to the gradient's scale, so
+    scaling the first gradient's largest entry to 1e-2 only tames that step.
+    """
+
+    def __init__(self, step: Step):
+        self.step, self.device = step, step.device
+        self.scale: float | None = None
+
+    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return self.step.features(image, names)
+
+    def set_targets(self, targets: Targets) -> None:
+        self.step.set_targets(targets)
+        self.scale = None  # new targets (a new scale of a coarse-to-fine run): new gradient scale
+
+    def close(self) -> None:
+        self.step.close()
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        result = self.step(image)
+        if self.scale is None:
+            peak = float(result.grad.abs().max())
+            if not (math.isfinite(peak) and peak > 0):
+                return result
+            self.scale = 1e-2 / peak
+        return StepResult(result.loss, result.grad * self.scale, result.parts)
+
+
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
-                     callback: Callable[[Record, torch.Tensor], None] | None) -> Result:
+                     callback: Callable[[Record, torch.Tensor], None] | None, *,
+                     targets_step: Step | None = None) -> Result:
     """Targets at this size, then the loop from `init`.
 
-    One scale of a run; a coarse-to-fine run would call this per size
-    (growing by sqrt(2)), each init the previous result upsampled.
+    One scale of a run; a coarse-to-fine run calls this per size (growing
+    by sqrt(2)), each init the previous result upsampled. targets_step: the
+    step that computes the targets (default `step`); a TiledStep takes the
+    style Grams tile by tile.
     """
-    targets = make_targets(step, loss, prepared.content, prepared.styles,
-                           list(settings.style_blend) if settings.style_blend else None,
-                           output_positions=prepared.height * prepared.width)
+    targets_step = targets_step or step
+    make = tiled_targets if isinstance(targets_step, TiledStep) else make_targets
+    targets = make(targets_step, loss, prepared.content, prepared.styles,  # type: ignore[arg-type]
+                   list(settings.style_blend) if settings.style_blend else None,
+                   output_positions=prepared.height * prepared.width)
     step.set_targets(targets)
     return optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
                     callback=callback)
@@ -187,26 +285,52 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
-    prepared = prepare(content, styles, settings, settings.size)
+    plan = settings.scale_plan()
+    prepared = prepare(content, styles, settings, plan[0][0])
     init = make_init(settings, prepared, init_image)
-    content_array = images.to_array(prepared.content) if prepared.content is not None else None
+    # per scale: the content at this scale's size (colour preservation) and the iterations done before it
+    scale: dict = {"content": images.to_array(prepared.content) if prepared.content is not None else None,
+                   "offset": 0}
 
     def finish(image: torch.Tensor) -> np.ndarray:
         out = np.clip(images.to_array(image), 0.0, 1.0)
-        if settings.preserve_colors and content_array is not None:
-            out = images.preserve_colors(out, content_array)
+        if settings.preserve_colors and scale["content"] is not None:
+            out = images.preserve_colors(out, scale["content"])
         return out
 
     loop_callback = None
     if callback is not None:
         def loop_callback(record: Record, image: torch.Tensor) -> None:
-            callback(record, lambda: finish(image))
+            # iterations count across scales; the record's height/width say which scale it is
+            callback(dataclasses.replace(record, iteration=record.iteration + scale["offset"]), lambda: finish(image))
 
     with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
         step = make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
                          device=settings.device, precision=settings.precision, provider=settings.provider)
+    tiled = None
+    tile = settings.tile
+    if tile is None and settings.mem_budget_gib is not None:
+        ref = content if content is not None else styles[0]
+        tile = tile_for_budget(settings.mem_budget_gib, settings.model, loss,
+                               *images.long_side_shape(ref.shape[0], ref.shape[1], settings.size))
+    if tile is not None:
+        step = tiled = TiledStep(step, loss, settings.model, tile=tile)
+    if settings.optimizer == "lbfgs":
+        step = _ScaledGradient(step)
+    records: list[Record] = []
     try:
-        result = optimise_at_size(step, loss, settings, prepared, init, loop_callback)
+        for index, (size, iterations) in enumerate(plan):
+            if index:
+                prepared = prepare(content, styles, settings, size)
+                init = images.resize_tensor(result.image.detach().cpu(), prepared.height, prepared.width)
+                scale["content"] = images.to_array(prepared.content) if prepared.content is not None else None
+            scale["offset"] = len(records)
+            part = optimise_at_size(step, loss, dataclasses.replace(settings, iterations=iterations), prepared,
+                                    init, loop_callback, targets_step=tiled)
+            records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
+            result = Result(part.image, len(records), part.stopped, records)
+            if part.stopped is not None:
+                break
     finally:
         step.close()
     return finish(result.image), result
