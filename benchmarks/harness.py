@@ -37,6 +37,7 @@ STATUSES = ("ok", "oom", "error", "timeout", "unavailable")
 MIN_RESOLUTION = 32
 QUANTUM = 16  # the limit search works on multiples of this
 PAPER_RES = 512  # "images of about 512x512 pixels" (Gatys et al.)
+MIN_FIT_SPAN = 2.0  # slopes need sizes spanning at least this ratio of pixel counts
 
 # Defaults, written once; the CLI reads them from here. 1 warm-up + 2 timed
 # iterations keep `bench --res 512,1024` (torch and ort) under 4 minutes on a
@@ -421,6 +422,8 @@ def fit_slopes(rows: list[dict]) -> list[dict]:
         mem = [r["peak_device_bytes"] if r["device"] == "cuda" else r["peak_rss_bytes"] for r in rs]
         net = [(r["peak_rss_bytes"] - r["base_rss_bytes"]) if r["device"] == "cpu" and r.get("base_rss_bytes")
                else r["peak_device_bytes"] for r in rs]
+        if max(px) < MIN_FIT_SPAN * min(px):  # a slope over a few percent of pixels is noise
+            continue
         fits.append({"series": name, "points": len(rs), "min_px": min(r["height"] for r in rs),
                      "max_px": max(r["height"] for r in rs),
                      "time_slope": loglog_slope(px, [r["median_s"] for r in rs]),
@@ -508,13 +511,15 @@ def judge(row: dict, mem_budget: int, time_budget: float) -> Probe:
 def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, time_budget_s: float,
                start: int = PAPER_RES) -> dict:
     """Search one configuration's largest square size; each probe is one worker process
-    (no warm-up, one timed iteration; the worker stops it once it passes either budget)."""
+    (one warm-up and one timed iteration; the worker stops it once it passes either budget)."""
     mem_budget = mem_budget_bytes or default_mem_budget(config, runner.machine)
     saved = runner.mem_budget_bytes, runner.time_limit_s
     runner.mem_budget_bytes, runner.time_limit_s = mem_budget, time_budget_s
 
     def probe(res: int) -> Probe:
-        return judge(runner.run(config.at(res, res), iters=1, warmup=0), mem_budget, time_budget_s)
+        # one warm-up: ORT's CPU arena keeps growing after the first run, so a
+        # single iteration would understate the memory at the limit
+        return judge(runner.run(config.at(res, res), iters=1, warmup=1), mem_budget, time_budget_s)
 
     try:
         limit, probes = search_limit(probe, start=start)
@@ -586,6 +591,7 @@ def write_plot(path: Path, doc: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from styleengine.engine.losses import LossConfig
     from styleengine.export.vgg import gflop
@@ -625,6 +631,9 @@ def write_plot(path: Path, doc: dict) -> None:
                 color="grey")
         ax.set_xlabel("megapixels")
         ax.grid(True, which="both", alpha=0.3)
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not powers of ten
+            axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax_t.set_ylabel("seconds per iteration (median)")
     ax_m.set_ylabel("peak memory, GiB (host RSS; GPU: device)")
     ax_t.legend(fontsize=7)

@@ -48,6 +48,20 @@ def _console_table(rows: list[dict], title: str):
     return table, [f"[{n}] {reason}" for reason, n in notes.items()]
 
 
+def _command_line(**values) -> str:
+    """The flags that differ from their defaults, as a command line for the record."""
+    import inspect
+
+    defaults = {name.replace("_path", ""): p.default for name, p in inspect.signature(bench).parameters.items()}
+    parts = ["styleengine bench"]
+    for name, value in values.items():
+        if value == defaults.get(name) or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
 def bench(
     res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768.")
                    ] = h.DEFAULT_RES,
@@ -114,9 +128,10 @@ def bench(
               f"{machine['fp32_peak_gflops']:.1f} GFLOP/s ({'cached' if machine['fp32_peak_cached'] else 'measured'})"
               f", load average {machine['load_avg_1m']:.2f}[/]")
 
-    args = sys.argv[1:]
-    args = args[args.index("bench") + 1:] if "bench" in args else args
-    command = " ".join(["styleengine bench"] + [shlex.quote(a) for a in args])
+    command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
+                            pooling=pooling, precision=precision, iters=iters, warmup=warmup, json=json_path,
+                            csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
+                            time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
 
     def progress(event: str, config: h.Config, row: dict | None) -> None:
@@ -146,8 +161,9 @@ def bench(
             if reason:
                 rows.append(runner.run(config))
                 continue
-            err.print(f"searching the limit of {config.backend} {config.provider or ''} {config.device} "
-                      f"{config.precision} ...")
+            err.print(f"searching the limit of {h.series_name(asdict(config))} (time budget {time_budget:g} s per "
+                      f"iteration, memory budget {h.gib(budget_bytes or h.default_mem_budget(config, machine))} GiB)"
+                      f" ...", highlight=False)
             found = h.find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
             limits.append(found)
             if found["at_limit"]:

@@ -26,15 +26,30 @@ CPU_MACHINE = {  # a machine description as the worker reports it, without runni
 
 
 @pytest.fixture(scope="module")
-def machine():
-    return h.machine_info()
+def cli_run(tmp_path_factory):
+    """One real run through the command: torch at 32 and 48 px on cpu and cuda, every output file."""
+    out = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(_bench_app(), [
+        "bench", "--res", "32,48", "--backends", "torch", "--devices", "cpu,cuda", "--iters", "1", "--warmup", "0",
+        "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"),
+        "--report", str(out / "r.md")])
+    assert result.exit_code == 0, result.output
+    return out, result.output
 
 
 @pytest.fixture(scope="module")
-def torch_rows(machine):
-    runner = h.Runner(machine, iters=1, warmup=0, timeout_s=120)
-    rows = runner.run_all(h.expand([(32, 32), (48, 48)], ["torch"], ["cpu"], ["cpu", "cuda"], ["fp32"]))
-    return rows
+def doc(cli_run):
+    return json.loads((cli_run[0] / "r.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def machine(doc):
+    return doc["machine"]
+
+
+@pytest.fixture(scope="module")
+def torch_rows(doc):
+    return doc["rows"]
 
 
 # ---------------------------------------------------------------- real runs (torch, tiny)
@@ -67,32 +82,27 @@ def test_cuda_rows_are_unavailable_with_a_reason(torch_rows, machine):
     assert all(r["median_s"] is None and r["gflops"] is None for r in cuda)
 
 
-def test_json_and_csv_files(torch_rows, machine, tmp_path):
-    doc = h.document(machine, torch_rows, command="styleengine bench --res 32,48")
-    h.write_json(tmp_path / "b.json", doc)
-    h.write_csv(tmp_path / "b.csv", doc["rows"])
-    loaded = json.loads((tmp_path / "b.json").read_text())
-    assert {"machine", "rows"} <= set(loaded)
-    assert all(tuple(row)[: len(h.ROW_KEYS)] == h.ROW_KEYS for row in loaded["rows"])
-    assert loaded["machine"]["cpu"] and loaded["machine"]["fp32_peak_gflops"] > 0
-    with open(tmp_path / "b.csv", newline="") as f:
+def test_json_and_csv_files(cli_run, doc):
+    assert {"machine", "rows"} <= set(doc)
+    assert all(tuple(row)[: len(h.ROW_KEYS)] == h.ROW_KEYS for row in doc["rows"])
+    assert doc["machine"]["cpu"] and doc["machine"]["fp32_peak_gflops"] > 0
+    assert "--res 32,48" in doc["machine"]["command"]
+    with open(cli_run[0] / "r.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == h.COLUMNS
         rows = list(reader)
-    assert len(rows) == len(torch_rows)
+    assert len(rows) == len(doc["rows"])
     assert json.loads(rows[0]["versions"])["torch"]
-    fit = next(f for f in loaded["fits"] if f["series"] == "torch cpu fp32")
+    fit = next(f for f in doc["fits"] if f["series"] == "torch cpu fp32")
     assert fit["points"] == 2 and isinstance(fit["time_slope"], float)
 
 
-def test_report_and_plot(torch_rows, machine, tmp_path):
-    pytest.importorskip("matplotlib")
-    doc = h.document(machine, torch_rows)
-    h.write_plot(tmp_path / "p.png", doc)
-    h.write_report(tmp_path / "r.md", doc, tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 1000
-    text = (tmp_path / "r.md").read_text()
-    assert "| torch cpu fp32 | 32x32 | ok |" in text and "](p.png)" in text
+def test_console_output_report_and_plot(cli_run):
+    out, text = cli_run
+    assert "timing does not depend on weight values" in text and "torch cpu fp32" in text
+    assert (out / "r.png").stat().st_size > 1000
+    report = (out / "r.md").read_text()
+    assert "| torch cpu fp32 | 32x32 | ok |" in report and "](r.png)" in report
 
 
 # ---------------------------------------------------------------- failures become rows
@@ -270,22 +280,12 @@ def test_bad_input_via_the_cli_is_one_line_and_exit_1():
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
 
 
-def test_the_command_end_to_end(tmp_path):
-    result = CliRunner().invoke(_bench_app(), [
-        "bench", "--res", "32", "--backends", "torch", "--iters", "1", "--warmup", "0",
-        "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")])
-    assert result.exit_code == 0, result.output
-    doc = json.loads((tmp_path / "r.json").read_text())
-    assert [r["status"] for r in doc["rows"]] == ["ok"]
-    assert "timing does not depend on weight values" in result.output
-
-
 # ---------------------------------------------------------------- the README table
 
-def test_readme_table_from_result_files(torch_rows, machine, tmp_path):
+def test_readme_table_from_result_files(cli_run, tmp_path):
     from styleengine.benchmarks import readme_table
 
-    h.write_json(tmp_path / "cpu-test.json", h.document(machine, torch_rows))
+    (tmp_path / "cpu-test.json").write_text((cli_run[0] / "r.json").read_text())
     body = readme_table.table(tmp_path)
     assert "| torch cpu fp32 | 32x32 |" in body and "cpu-test.json" in body
     readme = f"# x\n\nbefore\n{readme_table.START}\nold\n{readme_table.END}\nafter\n"
