@@ -93,6 +93,8 @@ class TiledStep:
 
     tile: core size in px, a multiple of 16; halo: px read around each core
     (None: half the receptive field of the deepest loss layer, rounded up to 16).
+    An image that fits in one core (the early scales of a coarse-to-fine
+    run) goes to the base step untiled: same function, no second pass.
     """
 
     def __init__(self, base: Step, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
@@ -109,6 +111,10 @@ class TiledStep:
         self.strides = {layer.name: layer.stride for layer in vgg.layer_table(model)}
         self.channels = {layer.name: layer.out_channels for layer in vgg.layer_table(model)}
         self.targets: Targets | None = None
+        self._base_has_targets = False
+
+    def _fits(self, image: torch.Tensor) -> bool:
+        return image.shape[2] <= self.tile and image.shape[3] <= self.tile
 
     # ------------------------------------------------------------ helpers
     def _tiles(self, image: torch.Tensor, halo: int) -> Iterator[tuple[Tile, torch.Tensor]]:
@@ -126,6 +132,8 @@ class TiledStep:
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Each named layer's full map (fp32, on the device), assembled from the tiles' cores."""
         height, width = image.shape[2], image.shape[3]
+        if self._fits(image):
+            return self.base.features(image, names)
         halo = max(self.halo, halo_for(self.model, names))
         out: dict[str, torch.Tensor] = {}
         for t, x in self._tiles(image, halo):
@@ -156,12 +164,18 @@ class TiledStep:
     def set_targets(self, targets: Targets) -> None:
         # kept here: tile_step takes its targets per call, the base step never sees full-size ones
         self.targets = targets.to(self.device)
+        self._base_has_targets = False
 
     def __call__(self, image: torch.Tensor) -> StepResult:
         if self.targets is None:
             raise RuntimeError("set_targets() before stepping")
         loss, targets = self.loss, self.targets
         image = image.detach().to(self.device, torch.float32)
+        if self._fits(image):
+            if not self._base_has_targets:
+                self.base.set_targets(self.targets)
+                self._base_has_targets = True
+            return self.base(image)
         height, width = image.shape[2], image.shape[3]
 
         # pass 1: the full image's Grams, then E_l and D_l = G_l - A_l

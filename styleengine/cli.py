@@ -203,7 +203,8 @@ def _execute(*, content: Path | None, styles: list[Path], output: Path, settings
     trace_file = open(trace, "w", encoding="utf-8") if trace is not None else None
     try:
         with progress:
-            task = progress.add_task("texture" if texture else "stylise", total=settings.iterations,
+            total = sum(iters for _, iters in settings.scale_plan())  # over all scales of a coarse-to-fine run
+            task = progress.add_task("texture" if texture else "stylise", total=total,
                                      loss=float("nan"), spi=0.0)
 
             def on_iteration(record: Any, current: Callable[[], Any]) -> None:
@@ -215,8 +216,8 @@ def _execute(*, content: Path | None, styles: list[Path], output: Path, settings
                         "height": record.height, "width": record.width}) + "\n")
                     trace_file.flush()
                 every = settings.save_every
-                if every and record.iteration % every == 0 and record.iteration < settings.iterations:
-                    images.save_image(current(), _numbered(output, record.iteration, settings.iterations))
+                if every and record.iteration % every == 0 and record.iteration < total:
+                    images.save_image(current(), _numbered(output, record.iteration, total))
 
             image, result = stylise(content_array, style_arrays, settings, callback=on_iteration, weights=weights,
                                     init_image=init_image)
@@ -278,6 +279,17 @@ def _commands() -> dict[str, Callable[..., None]]:
     Mean = Annotated[Optional[str], typer.Option("--mean", help="Override the weights' input mean: r,g,b "
                                                                 "(in channel order, pixel-range units).")]
     Std = Annotated[Optional[str], typer.Option("--std", help="Override the weights' input std: three numbers.")]
+    Scales = Annotated[Optional[int], typer.Option(
+        "--scales", help="Coarse-to-fine scales, each ~sqrt(2) larger, ending at --size (default: 1 up to "
+                         "1024 px, above that enough to start at 512-724 px).")]
+    StartSize = Annotated[Optional[int], typer.Option("--start-size", help="Long side of the first scale in px.")]
+    ItersPerScale = Annotated[Optional[int], typer.Option(
+        "--iters-per-scale", help="Iterations at each scale but the last (default: --iters).")]
+    Tile = Annotated[Optional[int], typer.Option(
+        "--tile", help="Exact tiled step with cores of SIZE px (a multiple of 16): same result, memory "
+                       "bounded by the tile (default: untiled).")]
+    MemBudget = Annotated[Optional[float], typer.Option(
+        "--mem-budget", help="Choose the tile size for this many GiB (ignored with --tile).")]
 
     def run(
         content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)],
@@ -315,6 +327,11 @@ def _commands() -> dict[str, Callable[..., None]]:
         pixel_range: PixelRange = None,
         mean: Mean = None,
         std: Std = None,
+        scales: Scales = d.scales,
+        start_size: StartSize = d.start_size,
+        iters_per_scale: ItersPerScale = d.iters_per_scale,
+        tile: Tile = d.tile,
+        mem_budget: MemBudget = d.mem_budget_gib,
     ) -> None:
         """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
         settings = Settings(
@@ -325,7 +342,8 @@ def _commands() -> dict[str, Callable[..., None]]:
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
             preserve_colors=preserve_colors, backend=backend, provider=provider, device=device,
-            precision=precision, save_every=save_every)
+            precision=precision, save_every=save_every, scales=scales, start_size=start_size,
+            iters_per_scale=iters_per_scale, tile=tile, mem_budget_gib=mem_budget)
         _execute(content=content, styles=styles, output=output, settings=settings, trace=trace,
                  channel_order=channel_order, pixel_range=pixel_range, mean=mean, std=std)
 
@@ -357,6 +375,11 @@ def _commands() -> dict[str, Callable[..., None]]:
         pixel_range: PixelRange = None,
         mean: Mean = None,
         std: Std = None,
+        scales: Scales = d.scales,
+        start_size: StartSize = d.start_size,
+        iters_per_scale: ItersPerScale = d.iters_per_scale,
+        tile: Tile = d.tile,
+        mem_budget: MemBudget = d.mem_budget_gib,
     ) -> None:
         """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
         settings = Settings(
@@ -365,7 +388,8 @@ def _commands() -> dict[str, Callable[..., None]]:
             style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
             style_weight=style_weight, tv_weight=tv_weight, style_blend=_floats(style_blend, "--style-blend"),
             style_scale=style_scale, backend=backend, provider=provider, device=device, precision=precision,
-            save_every=save_every)
+            save_every=save_every, scales=scales, start_size=start_size, iters_per_scale=iters_per_scale,
+            tile=tile, mem_budget_gib=mem_budget)
         _execute(content=None, styles=styles, output=output, settings=settings, trace=trace,
                  channel_order=channel_order, pixel_range=pixel_range, mean=mean, std=std)
 
