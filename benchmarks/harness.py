@@ -730,9 +730,8 @@ def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
     if doc.get("limits"):
         lines += ["## Resolution limit", ""] + [f"- {limit_sentence(lim)}" for lim in doc["limits"]] + [""]
     if plot_path is not None:
-        try:
-            rel = Path(plot_path).resolve().relative_to(Path(path).resolve().parent)
-        except ValueError:
-            rel = Path(plot_path).resolve()
+        import os
+
+        rel = Path(os.path.relpath(Path(plot_path).resolve(), Path(path).resolve().parent))
         lines += ["## Plot", "", f"![time and memory against megapixels]({rel.as_posix()})", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

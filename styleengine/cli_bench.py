@@ -86,11 +86,11 @@ def bench(
     limit: Annotated[bool, typer.Option("--limit", help="Search each configuration's largest square size "
                                                         "within the budgets (ignores --res).")] = False,
     mem_budget: Annotated[Optional[float], typer.Option(
-        "--mem-budget", help="Memory budget in GiB [default: 80% of what is available on the device].")] = None,
+        "--mem-budget", help="Memory budget in GiB (default: 80% of what is available on the device).")] = None,
     time_budget: Annotated[Optional[float], typer.Option(
-        "--time-budget", help=f"Seconds one iteration may take (--limit: the time budget) [default: "
-                              f"{h.DEFAULT_TIME_BUDGET_S:g} with --limit, none otherwise]; a longer iteration "
-                              f"is stopped and becomes a 'timeout' row.")] = None,
+        "--time-budget", help=f"Seconds one iteration may take (default: {h.DEFAULT_TIME_BUDGET_S:g} with "
+                              f"--limit, none otherwise); a longer one is stopped and becomes a 'timeout' row.")
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a configuration's process is "
                                                              "killed (a 'timeout' row).")] = h.DEFAULT_TIMEOUT_S,
 ) -> None:
