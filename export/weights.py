@@ -144,10 +144,12 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise WeightsError(
-                f"refusing {path}: it needs code to unpickle (only plain tensors are loaded, weights_only=True)"
-            ) from e
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+            if "Unsupported global" in str(e):  # a class or function the pickle would have to run
+                raise WeightsError(
+                    f"refusing {path}: it needs code to unpickle (only plain tensors are loaded, weights_only=True)"
+                ) from e
+            raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
+        except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
             raise WeightsError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]

@@ -119,9 +119,6 @@ def test_autograd_matches_central_differences(problem, images):
     assert max(errors) < 1e-5, errors
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine.losses.total_loss casts features and image to fp32 "
-                   "(.float() in gram/content_loss/tv), so a float64 loss is only fp32-accurate and "
-                   "finite differences in float64 are noise")
 def test_engine_total_loss_in_float64_matches_central_differences(problem, images):
     x = images[2]
     assert problem.loss(x, total_loss_sum).item() == pytest.approx(problem.loss(x).item(), rel=1e-12)

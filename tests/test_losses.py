@@ -216,8 +216,6 @@ def test_layers_property_dedupes_content_first():
     assert cfg.layers == ["relu2_1", "relu1_1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: gram/content_loss/tv_loss call .float(), so float64 inputs are "
-                   "silently computed in float32 (should upcast only below fp32)")
 def test_loss_terms_keep_float64():
     f = torch.from_numpy(_rand(1, 3, 4, 5, seed=20))
     p = torch.from_numpy(_rand(1, 3, 4, 5, seed=21))
@@ -305,8 +303,6 @@ def test_zero_term_weights_are_valid(field):
     LossConfig(**{field: 0.0}).validate("vgg19")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LossConfig.validate does not check style_layer_weights values "
-                   "(negative, NaN or inf per-layer weights pass)")
 @pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf")])
 def test_bad_style_layer_weights(bad):
     with pytest.raises(ConfigError):

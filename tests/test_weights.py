@@ -148,8 +148,6 @@ def test_pth_of_non_tensors(tmp_path):
         load_weights("vgg16", str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: every UnpicklingError is reported as 'needs code to unpickle'; "
-                   "a text file named .pth gets that message instead of 'cannot read checkpoint'")
 def test_garbage_pth_is_not_called_code(tmp_path):
     path = tmp_path / "bad.pth"
     path.write_bytes(b"not a checkpoint at all")
