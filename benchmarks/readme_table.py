@@ -26,8 +26,10 @@ README = ROOT / "README.md"
 def _machine_label(machine: dict, row: dict) -> str:
     if row["device"] == "cuda":
         return row.get("device_name") or "GPU"
-    cores = machine.get("logical_cpus")
-    return f"{machine.get('cpu', 'CPU')} ({cores} threads)" if cores else machine.get("cpu", "CPU")
+    notes = [f"{row['threads']} threads"] if row.get("threads") else []
+    if machine.get("load_avg_1m") is not None:  # other work on the machine slows every figure
+        notes.append(f"load {machine['load_avg_1m']:.1f}")
+    return f"{machine.get('cpu', 'CPU')} ({', '.join(notes)})" if notes else machine.get("cpu", "CPU")
 
 
 def table(results: Path = RESULTS) -> str:
