@@ -218,11 +218,13 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
         dog.end_phase()
 
     if cuda:
-        base["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        if nvml is not None:
+        torch_peak = int(torch.cuda.max_memory_allocated(device))
+        if spec["backend"] == "torch":
+            base["peak_device_bytes"] = torch_peak
+        elif nvml is not None:  # torch's counter sees only the bound tensors, not the runtime's memory
             nvml.sample()
             nvml.stopped.set()
-            base["peak_device_bytes"] = max(base["peak_device_bytes"], nvml.peak) or None
+            base["peak_device_bytes"] = max(torch_peak, nvml.peak) or None
     step.close()
     dog.stopped.set()
     base["peak_rss_bytes"] = peak_rss_bytes()
