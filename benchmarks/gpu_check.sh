@@ -4,6 +4,8 @@
 #
 #   PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
 #
+# (install nvidia-ml-py for the device memory of the ORT and TensorRT rows)
+#
 # Writes into benchmarks/results/: gpu-<device>.json (torch and ORT on the
 # CPU and on CUDA, fp32 and bf16, at 512/1024/2048 px: the speed-up column is
 # GPU vs CPU and ORT vs torch), gpu-<device>-tensorrt.json (ORT's TensorRT
