@@ -26,6 +26,12 @@ import time
 from pathlib import Path
 
 
+def _cpu() -> float:
+    """User + system CPU seconds of this process: on a shared machine, far steadier than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -61,9 +67,9 @@ def worker(size: int, tile: int | None, iters: int, backend: str, pooling: str, 
 
     def logged(phase, fn):
         def call(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu()
             result = fn(*args, **kwargs)
-            out.write(json.dumps({"phase": phase, "seconds": time.perf_counter() - t0,
+            out.write(json.dumps({"phase": phase, "seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0,
                                   "since_start": time.perf_counter() - start, "maxrss": _maxrss()}) + "\n")
             out.flush()
             return result
@@ -82,16 +88,17 @@ def worker(size: int, tile: int | None, iters: int, backend: str, pooling: str, 
         base.tile_step = logged("pass2", base.tile_step)
     step.set_targets(targets)
     base_rss = _maxrss()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         result = step(x)
         seconds.append(time.perf_counter() - t0)
+        cpu_seconds.append(_cpu() - c0)
         out.write(json.dumps({"phase": "iteration", "seconds": seconds[-1], "maxrss": _maxrss()}) + "\n")
         out.flush()
     assert result.grad.shape == x.shape
     return {"size": size, "tile": tile, "halo": getattr(step, "halo", None), "tiles": n_tiles, "probe": probe,
-            "seconds": seconds, "peak_rss_bytes": _maxrss(), "setup_rss_bytes": base_rss,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_bytes": _maxrss(), "setup_rss_bytes": base_rss,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
@@ -115,11 +122,14 @@ def run_config(spec: str, iters: int, budget_s: float, backend: str, pooling: st
             row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
             row["status"] = "ok"
             row["s_per_it"] = min(row["seconds"])
+            row["cpu_s_per_it"] = min(row["cpu_seconds"])
             if probe:  # a measured peak, an estimated time: every tile as long as the largest one
                 calls = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
                 per_tile = {p: max(c["seconds"] for c in calls if c["phase"] == p) for p in ("pass1", "pass2")}
                 row["probe_tile_seconds"] = per_tile
                 row["estimated_s_per_it"] = row["tiles"] * (per_tile["pass1"] + per_tile["pass2"])
+                cpu = {p: max(c.get("cpu_s", 0.0) for c in calls if c["phase"] == p) for p in ("pass1", "pass2")}
+                row["estimated_cpu_s_per_it"] = row["tiles"] * (cpu["pass1"] + cpu["pass2"])
                 row["status"] = "ok (peak measured, time estimated)"
                 del row["s_per_it"]
         else:
@@ -224,12 +234,16 @@ def main() -> None:
         doc["rows"] = [r for r in doc["rows"] if r.get("config") != f"{size}:{tile}"]
         doc["rows"].append(estimate_row(int(size), int(tile), by_config[ref]))
         save()
-    # overhead ratios where both a tiled and an untiled row were measured
+    # overhead ratios where both a tiled and an untiled row were measured, in CPU seconds (the machine
+    # is shared: wall time moves with the other users' load) and in wall seconds
     ratios = {}
+    by_config = {r["config"]: r for r in doc["rows"]}
     for r in doc["rows"]:
         u = by_config.get(str(r["size"]))
         if r.get("tile") and r.get("status") == "ok" and u and u.get("status") == "ok":
-            ratios[r["config"]] = r["s_per_it"] / u["s_per_it"]
+            ratios[r["config"]] = {"wall": r["s_per_it"] / u["s_per_it"]}
+            if r.get("cpu_s_per_it") and u.get("cpu_s_per_it"):
+                ratios[r["config"]]["cpu"] = r["cpu_s_per_it"] / u["cpu_s_per_it"]
     doc["overhead_vs_untiled"] = ratios
     save()
 
