@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph, build_tile_graph
-from styleengine.export.weights import Weights
+from styleengine.export.weights import Weights, file_sha256
 
 # bump when the graph builder changes what it emits: old entries are then ignored
 BUILDER_VERSION = 2
@@ -59,14 +59,6 @@ def cache_key(weights: Weights, spec: ExportSpec) -> str:
                           "convention": weights.convention.to_json(), "builder": BUILDER_VERSION},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: list[dict] | None = None) -> Export:
@@ -122,7 +114,7 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         return None
     for name, info in meta.get("files", {}).items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+        if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
             return None
     if set(meta.get("files", {})) != {STEP_FILE, FEATURES_FILE, TILE_FILE}:
         return None

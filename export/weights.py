@@ -80,7 +80,7 @@ def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -199,7 +199,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     path = Path(spec).expanduser()
     raw, meta = _load_file(path)
     state = check_state(model, raw, str(path))
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     found = convention or convention_from_metadata(meta) or KNOWN_PREFIXES.get(digest[:8])
     if found is None:
         prefix = path.stem.rsplit("-", 1)[-1]
