@@ -25,10 +25,13 @@ PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
                   "tensorrt": "TensorrtExecutionProvider"}
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, arena: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    # a one-off run (targets) without the arena hands its memory back to the
+    # system when it ends, so it does not add to the step's own peak
+    so.enable_cpu_mem_arena = arena
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
@@ -59,7 +62,7 @@ def machine_tag() -> str:
     return hashlib.sha256(f"{ort.__version__}|{cpu}".encode()).hexdigest()[:12]
 
 
-def create_session(path: Path, provider: str, threads: int | None = None):
+def create_session(path: Path, provider: str, threads: int | None = None, arena: bool = True):
     """An InferenceSession on exactly `provider`, or UnavailableError.
 
     ORT silently falls back to the CPU when a GPU provider cannot start
@@ -84,7 +87,7 @@ def create_session(path: Path, provider: str, threads: int | None = None):
         raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
                                f"device here; use --provider cpu")
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
-    options = session_options(threads)
+    options = session_options(threads, arena)
     if provider == "cpu":
         session = _cpu_session(path, options)
     else:
@@ -107,7 +110,7 @@ def _cpu_session(path: Path, options):
             return ort.InferenceSession(str(optimised), options, providers=["CPUExecutionProvider"])
         except (InvalidProtobuf, InvalidGraph, Fail):  # a truncated or stale cache file: rebuild it
             optimised.unlink(missing_ok=True)
-        options = session_options(options.intra_op_num_threads)
+        options = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena)
     partial = optimised.with_name(f".{optimised.name}.{os.getpid()}")
     options.optimized_model_filepath = str(partial)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -143,7 +146,7 @@ class OrtStep:
     def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
         """Runs the feature graph; its session lives until set_targets (targets are its only use)."""
         if self._features is None:
-            self._features = create_session(self.export.features_path, self.provider, self.threads)
+            self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False)
         session = self._features
         out_names = [o.name for o in session.get_outputs()]
         unknown = set(layer_names) - set(out_names)
