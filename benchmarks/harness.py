@@ -6,7 +6,7 @@ an out-of-memory, a crash or a time-out is a row with a status and a reason
 (`ok`, `oom`, `error`, `timeout`, `unavailable`), never a missing line.
 
 This module computes and returns; it never prints and never picks a path:
-the CLI (styleengine/cli_bench.py) presents and writes where it is told.
+the CLI (src/styleengine/cli_bench.py) presents and writes where it is told.
 It does not import torch at module level, so bad flags fail fast.
 """
 from __future__ import annotations

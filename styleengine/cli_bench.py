@@ -3,7 +3,7 @@ backend, size and device; `--limit` finds the largest size that fits.
 
 The harness (styleengine.benchmarks.harness) measures; this module parses
 flags, shows progress and the table, and writes the files it is asked for.
-Registered by styleengine/cli.py; `python -m styleengine.cli_bench` runs it alone.
+Registered by src/styleengine/cli.py; `python -m styleengine.cli_bench` runs it alone.
 """
 from __future__ import annotations
 

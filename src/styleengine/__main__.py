@@ -1,0 +1,3 @@
+from styleengine.cli import app
+
+app()
