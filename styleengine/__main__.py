@@ -1,3 +1,0 @@
-from styleengine.cli import app
-
-app()
