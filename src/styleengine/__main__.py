@@ -1,3 +1,3 @@
-from styleengine.cli import app
+from styleengine.cli import main
 
-app()
+main()
