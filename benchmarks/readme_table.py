@@ -39,6 +39,8 @@ def table(results: Path = RESULTS) -> str:
     limits = []
     for path in sorted(results.glob("*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc.get("rows"), list) or not all("device" in r for r in doc["rows"]):
+            continue  # another script's results (tiling, interleaved): not `styleengine bench` rows
         machine = doc.get("machine", {})
         for row in doc.get("rows", []):
             if row.get("status") != "ok":
