@@ -165,8 +165,11 @@ def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,
             raise ConfigError("style layers are set but no style image was given")
         grams, positions = [], []
         for style in styles:
-            feats = step.features(style, list(loss.style_layers))
-            grams.append({n: gram(f) for n, f in feats.items()})
+            if hasattr(step, "grams"):  # a tiled step sums Grams tile by tile, never holding a full map
+                grams.append(step.grams(style, list(loss.style_layers)))
+            else:
+                feats = step.features(style, list(loss.style_layers))
+                grams.append({n: gram(f) for n, f in feats.items()})
             positions.append(style.shape[2] * style.shape[3])
         if output_positions is None:
             output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]

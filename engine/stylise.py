@@ -20,7 +20,7 @@ from styleengine.engine.errors import ConfigError
 from styleengine.engine.loop import OPTIMIZERS, Record, Result, optimise
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import PRECISIONS, Step, StepResult, make_targets
-from styleengine.engine.tiled import TiledStep, tile_for_budget, tiled_targets
+from styleengine.engine.tiled import TiledStep, tile_for_budget
 from styleengine.export.vgg import MODELS
 from styleengine.export.weights import Convention, Weights, load_weights
 
@@ -255,8 +255,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     style Grams tile by tile.
     """
     targets_step = targets_step or step
-    make = tiled_targets if isinstance(targets_step, TiledStep) else make_targets
-    targets = make(targets_step, loss, prepared.content, prepared.styles,  # type: ignore[arg-type]
+    targets = make_targets(targets_step, loss, prepared.content, prepared.styles,
                    list(settings.style_blend) if settings.style_blend else None,
                    output_positions=prepared.height * prepared.width)
     step.set_targets(targets)

@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 
 from styleengine.engine.errors import ConfigError
-from styleengine.engine.losses import LossConfig, Targets, blend_grams
+from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import Step, StepResult
 from styleengine.export import vgg
 
@@ -217,26 +217,6 @@ class TiledStep:
     def close(self) -> None:
         self.base.close()
 
-
-def tiled_targets(step: TiledStep, loss: LossConfig, content: torch.Tensor | None, styles: list[torch.Tensor],
-                  blend: list[float] | None = None, output_positions: int | None = None) -> Targets:
-    """steps.make_targets with the style Grams accumulated tile by tile.
-
-    make_targets takes each style layer's full map (relu1_1 of an 8192 px
-    style image is 17 GB); this never holds more than a tile's activations.
-    """
-    targets = Targets()
-    if content is not None and loss.content_layers:
-        targets.content = step.features(content, list(loss.content_layers))
-    if loss.style_layers:
-        if not styles:
-            raise ConfigError("style layers are set but no style image was given")
-        grams = [step.grams(s, list(loss.style_layers)) for s in styles]
-        positions = [s.shape[2] * s.shape[3] for s in styles]
-        if output_positions is None:
-            output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]
-        targets.grams = blend_grams(grams, positions, output_positions, blend)
-    return targets
 
 
 # ---------------------------------------------------------------- tile size from a memory budget

@@ -12,7 +12,7 @@ from styleengine.engine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import TorchStep, make_targets
 from styleengine.engine.stylise import Settings, scale_sizes, stylise
-from styleengine.engine.tiled import TiledStep, halo_for, tile_for_budget, tiled_targets, tiles
+from styleengine.engine.tiled import TiledStep, halo_for, tile_for_budget, tiles
 
 # a short loss so the halo is small: conv3_1 has a receptive field of 24 px -> halo 16
 SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"), tv_weight=0.5)
@@ -83,7 +83,7 @@ def test_tiled_features_and_targets(vgg19_random, make_image, pooling):
         assert out[n].shape == ref[n].shape
         assert rel(out[n], ref[n]) <= 1e-5, n
     styles = [make_image(80, 96, seed=5)]
-    want, got = make_targets(base, SHORT, x, styles), tiled_targets(tiled, SHORT, x, styles)
+    want, got = make_targets(base, SHORT, x, styles), make_targets(tiled, SHORT, x, styles)
     for n in SHORT.style_layers:
         assert rel(got.grams[n], want.grams[n]) <= 1e-5
     assert rel(got.content["relu2_2"], want.content["relu2_2"]) <= 1e-5
