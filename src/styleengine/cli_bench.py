@@ -120,7 +120,9 @@ def bench(
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'styleengine[plot]'") from None
 
-    out, err = Console(), Console(stderr=True)
+    # piped or logged output gets room for every column (rich assumes 80 without a terminal)
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    err = Console(stderr=True)
     err.print(f"[dim]{WEIGHTS_NOTE}[/]")
     started = time.perf_counter()
     machine = h.machine_info()
