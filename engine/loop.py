@@ -71,13 +71,26 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
     records: list[Record] = []
     height, width = x.shape[2], x.shape[3]
     current: dict = {}
+    # Not in the paper: L-BFGS sees the gradient divided by a constant fixed at the
+    # first evaluation (largest entry 1e-2). torch's L-BFGS takes a raw gradient
+    # step (H = I) while it has no accepted curvature pair; with the paper's loss
+    # (~1e12 with ImageNet weights) that step moved pixels by ~1e9 at 512 px and
+    # overflowed fp32. L-BFGS is otherwise invariant to the scale; the records
+    # keep the true loss.
+    grad_scale: list[float] = []
 
     def closure() -> torch.Tensor:
         result = step(x.detach())
         if not math.isfinite(result.loss):
             raise NonFiniteLoss
         last_finite.copy_(x.detach())
-        x.grad = result.grad.to(x.dtype)
+        grad = result.grad.to(x.dtype)
+        if optimizer == "lbfgs":
+            if not grad_scale:
+                peak = float(grad.abs().max())
+                grad_scale.append(1e-2 / peak if math.isfinite(peak) and peak > 0 else 1.0)
+            grad = grad * grad_scale[0]
+        x.grad = grad
         current["result"] = result
         return torch.tensor(result.loss)
 

@@ -18,8 +18,8 @@ from styleengine.engine import images
 from styleengine.engine.backends import BACKENDS, PROVIDERS, make_step
 from styleengine.engine.errors import ConfigError
 from styleengine.engine.loop import OPTIMIZERS, Record, Result, optimise
-from styleengine.engine.losses import LossConfig, Targets
-from styleengine.engine.steps import PRECISIONS, Step, StepResult, make_targets
+from styleengine.engine.losses import LossConfig
+from styleengine.engine.steps import PRECISIONS, Step, make_targets
 from styleengine.engine.tiled import TiledStep, tile_for_budget
 from styleengine.export.vgg import MODELS
 from styleengine.export.weights import Convention, Weights, load_weights
@@ -210,40 +210,6 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
-class _ScaledGradient:
-    """The step with its gradient divided by a constant fixed at the first call; loss and parts unchanged.
-
-    Not in the paper: torch's L-BFGS falls back to a raw gradient step (H = I)
-    when it rejects a curvature pair (y.s <= 1e-10); with the paper's loss
-    (~1e12 for these weights) that step moved pixels by ~1e9 at 512 px and
-    overflowed fp32. L-BFGS is otherwise invariant to the gradient's scale, so
-    scaling the first gradient's largest entry to 1e-2 only tames that step.
-    """
-
-    def __init__(self, step: Step):
-        self.step, self.device = step, step.device
-        self.scale: float | None = None
-
-    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        return self.step.features(image, names)
-
-    def set_targets(self, targets: Targets) -> None:
-        self.step.set_targets(targets)
-        self.scale = None  # new targets (a new scale of a coarse-to-fine run): new gradient scale
-
-    def close(self) -> None:
-        self.step.close()
-
-    def __call__(self, image: torch.Tensor) -> StepResult:
-        result = self.step(image)
-        if self.scale is None:
-            peak = float(result.grad.abs().max())
-            if not (math.isfinite(peak) and peak > 0):
-                return result
-            self.scale = 1e-2 / peak
-        return StepResult(result.loss, result.grad * self.scale, result.parts)
-
-
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
                      callback: Callable[[Record, torch.Tensor], None] | None, *,
                      targets_step: Step | None = None) -> Result:
@@ -314,8 +280,6 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
                                *images.long_side_shape(ref.shape[0], ref.shape[1], settings.size))
     if tile is not None:
         step = tiled = TiledStep(step, loss, settings.model, tile=tile)
-    if settings.optimizer == "lbfgs":
-        step = _ScaledGradient(step)
     records: list[Record] = []
     try:
         for index, (size, iterations) in enumerate(plan):

@@ -66,6 +66,8 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
     loss_tol, grad_tol = TOLERANCES[spec.precision]
     reference = TorchStep(weights, loss, pooling=spec.pooling)
     graph_step = make_graph_step()
+    if hasattr(graph_step, "session"):  # names before values
+        check_signature(graph_step.session, spec)
     gen = torch.Generator().manual_seed(seed)
     results = []
     try:

@@ -275,3 +275,15 @@ def _tv_grad(image: torch.Tensor) -> torch.Tensor:
     x = image.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(tv_loss(x), x)
     return grad
+
+
+def test_validation_checks_names_first(vgg19_random):
+    """A graph whose inputs differ from the spec fails on names, before any value is compared."""
+    from styleengine.export.validate import check_signature
+
+    export = ensure_export(vgg19_random, SHORT, "avg")
+    session = create_session(export.step_path, "cpu")
+    check_signature(session, graph_spec(vgg19_random, SHORT, "avg", "fp32"))
+    other = LossConfig(content_layers=SHORT.content_layers, style_layers=SHORT.style_layers + ("relu3_1",))
+    with pytest.raises(ExportValidationError, match="inputs"):
+        check_signature(session, graph_spec(vgg19_random, other, "avg", "fp32"))
