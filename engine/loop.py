@@ -16,6 +16,7 @@ from styleengine.engine.errors import ConfigError
 from styleengine.engine.steps import Step
 
 OPTIMIZERS = ("lbfgs", "adam")
+LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,14 @@ class NonFiniteLoss(Exception):
     pass
 
 
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None,
+                   history: int = LBFGS_HISTORY) -> torch.optim.Optimizer:
     if name == "lbfgs":
-        # the paper's choice; tolerances off so it runs the iterations asked for,
-        # as neural-style does; history 100 as in neural-style
-        return torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, history_size=100,
+        # the paper's choice; tolerances off so it runs the iterations asked for, as
+        # neural-style does. Each curvature pair is two image-sized fp32 vectors.
+        if history < 1:
+            raise ConfigError(f"L-BFGS history must be >= 1, got {history}")
+        return torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, history_size=history,
                                  tolerance_grad=-1.0, tolerance_change=-1.0)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr or 0.02)
@@ -56,9 +60,11 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None) -> t
 
 
 def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",
-             lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None) -> Result:
+             lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
+             history: int = LBFGS_HISTORY) -> Result:
     """Run `iterations` steps from `init` (1, 3, H, W) on the step's device.
 
+    history: L-BFGS's curvature pairs (2 * history image-sized vectors).
     The callback gets each Record and the current image (do not modify it).
     Ctrl-C and a non-finite loss end the loop early; the result keeps the
     last image whose loss was finite.
@@ -66,7 +72,7 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
     x = init.detach().to(step.device, torch.float32).clone().requires_grad_(True)
-    opt = make_optimizer(optimizer, [x], lr)
+    opt = make_optimizer(optimizer, [x], lr, history)
     last_finite = x.detach().clone()
     records: list[Record] = []
     height, width = x.shape[2], x.shape[3]

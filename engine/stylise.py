@@ -17,7 +17,7 @@ import torch
 from styleengine.engine import images
 from styleengine.engine.backends import BACKENDS, PROVIDERS, make_step
 from styleengine.engine.errors import ConfigError
-from styleengine.engine.loop import OPTIMIZERS, Record, Result, optimise
+from styleengine.engine.loop import LBFGS_HISTORY, OPTIMIZERS, Record, Result, optimise
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import PRECISIONS, Step, make_targets
 from styleengine.engine.tiled import TiledStep, tile_for_budget
@@ -43,6 +43,9 @@ class Settings:
     iterations: int = 300  # optimiser iterations (L-BFGS: one loss-and-gradient evaluation each)
     optimizer: str = "lbfgs"  # "lbfgs" (the paper's) or "adam"
     lr: float | None = None  # step size; None is the optimiser's default (L-BFGS 1, Adam 0.02)
+    # L-BFGS curvature pairs (two image-sized vectors each: 100 cost 10 GB at 2048x2048).
+    # None: LBFGS_HISTORY, fewer where that would pass a quarter of the memory (lbfgs_history())
+    lbfgs_history: int | None = None
     # the paper starts from white noise; content init reaches a readable result
     # in far fewer iterations, which matters on a CPU (its Fig. 6 compares both)
     init: str = "content"  # "noise" (seeded), "content", "style" or a path to an image
@@ -118,6 +121,8 @@ class Settings:
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
         if self.save_every < 0:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+        if self.lbfgs_history is not None and self.lbfgs_history < 1:
+            raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
         if self.iters_per_scale is not None and self.iters_per_scale < 0:
             raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
         if self.tile is not None and (self.tile <= 0 or self.tile % 16):
@@ -130,6 +135,26 @@ class Settings:
                 if not (v >= 0 and math.isfinite(v)):
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         self.loss_config(texture=texture).validate(self.model)
+
+
+HISTORY_SHARE = 0.25  # of the memory budget (or of the memory available) that L-BFGS's history may take
+MIN_AUTO_HISTORY = 3  # below this L-BFGS is little better than gradient descent; kept even if over the share
+
+
+def lbfgs_history(settings: Settings, height: int, width: int) -> int:
+    """The L-BFGS history for an image of height x width: the setting, or LBFGS_HISTORY capped so the
+    pairs (2 * 3 * H * W fp32 values each) stay within HISTORY_SHARE of the memory budget
+    (settings.mem_budget_gib, else the memory available now)."""
+    if settings.lbfgs_history is not None:
+        return settings.lbfgs_history
+    if settings.mem_budget_gib is not None:
+        budget = settings.mem_budget_gib * 2**30
+    else:
+        import psutil
+
+        budget = psutil.virtual_memory().available
+    pair_bytes = 2 * 3 * height * width * 4
+    return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // pair_bytes)))
 
 
 AUTO_SCALES_ABOVE = 1024  # sizes above this run coarse-to-fine unless `scales` says otherwise
@@ -210,6 +235,16 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
+def tile_for_scale(settings: Settings, loss: LossConfig, height: int, width: int) -> int | None:
+    """The tile core for one scale: settings.tile, else from the memory budget (what L-BFGS's history
+    takes counted against it); None: untiled (no tile or budget asked for, or the untiled step fits)."""
+    if settings.tile is not None or settings.mem_budget_gib is None:
+        return settings.tile
+    history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
+    return tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
+                           other_bytes=history * 2 * 3 * height * width * 4)
+
+
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
                      callback: Callable[[Record, torch.Tensor], None] | None, *,
                      targets_step: Step | None = None) -> Result:
@@ -226,7 +261,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
                    output_positions=prepared.height * prepared.width)
     step.set_targets(targets)
     return optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
-                    callback=callback)
+                    callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width))
 
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
@@ -251,6 +286,8 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
     plan = settings.scale_plan()
+    ref = content if content is not None else styles[0]
+    tile_for_scale(settings, loss, *images.long_side_shape(ref.shape[0], ref.shape[1], settings.size))  # raises early
     prepared = prepare(content, styles, settings, plan[0][0])
     init = make_init(settings, prepared, init_image)
     # per scale: the content at this scale's size (colour preservation) and the iterations done before it
@@ -272,14 +309,6 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
         step = make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
                          device=settings.device, precision=settings.precision, provider=settings.provider)
-    tiled = None
-    tile = settings.tile
-    if tile is None and settings.mem_budget_gib is not None:
-        ref = content if content is not None else styles[0]
-        tile = tile_for_budget(settings.mem_budget_gib, settings.model, loss,
-                               *images.long_side_shape(ref.shape[0], ref.shape[1], settings.size))
-    if tile is not None:
-        step = tiled = TiledStep(step, loss, settings.model, tile=tile)
     records: list[Record] = []
     try:
         for index, (size, iterations) in enumerate(plan):
@@ -288,8 +317,10 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
                 init = images.resize_tensor(result.image.detach().cpu(), prepared.height, prepared.width)
                 scale["content"] = images.to_array(prepared.content) if prepared.content is not None else None
             scale["offset"] = len(records)
-            part = optimise_at_size(step, loss, dataclasses.replace(settings, iterations=iterations), prepared,
-                                    init, loop_callback, targets_step=tiled)
+            tile = tile_for_scale(settings, loss, prepared.height, prepared.width)
+            tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
+            part = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
+                                    prepared, init, loop_callback, targets_step=tiled)
             records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
             result = Result(part.image, len(records), part.stopped, records)
             if part.stopped is not None:

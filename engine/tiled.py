@@ -237,20 +237,20 @@ def step_bytes_per_pixel(model: str, names: list[str]) -> float:
 
 
 def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int, width: int,
-                    baseline_gib: float = 0.5) -> int | None:
+                    baseline_gib: float = 0.5, other_bytes: float = 0.0) -> int | None:
     """The largest core size (multiple of 16) whose step fits `budget_gib`; None if the untiled step fits.
 
     Fixed cost, whatever the tile: the process baseline, the image, its
     gradient and L-BFGS's copies (counted as 8 image-sized fp32 buffers;
-    the optimiser's history adds 2 per remembered iteration and is not
-    counted), and the content targets (fp32, C_l / stride_l^2 per pixel).
+    the optimiser's history, 2 per remembered iteration, is the caller's
+    `other_bytes`), and the content targets (fp32, C_l / stride_l^2 per pixel).
     """
     if not (budget_gib > 0 and math.isfinite(budget_gib)):
         raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {budget_gib}")
     per_px = step_bytes_per_pixel(model, loss.layers)
     pixels = height * width
     content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
-    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content)
+    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content) + other_bytes
     budget = budget_gib * 2**30
     if fixed + per_px * pixels <= budget:
         return None
@@ -259,5 +259,5 @@ def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int
     tile = int(side // STRIDE) * STRIDE
     if tile < STRIDE:
         raise ConfigError(f"a memory budget of {budget_gib:g} GiB is too small for a {width}x{height} image "
-                          f"(the image, gradient and targets alone need {fixed / 2**30:.1f} GiB)")
+                          f"(the image, gradient, targets and optimiser alone need {fixed / 2**30:.1f} GiB)")
     return tile

@@ -166,3 +166,54 @@ def test_interrupt_in_callback_keeps_image(make_image):
     result = optimise(fake, make_image(8, 8), iterations=10, callback=stop)
     assert result.stopped == "interrupted" and result.iterations == 2
     assert torch.isfinite(result.image).all()
+
+
+def test_lbfgs_keeps_only_the_history_asked_for():
+    from styleengine.engine.loop import make_optimizer
+
+    x = torch.zeros(50, requires_grad=True)
+    target = torch.linspace(-1, 1, 50)
+    scales = torch.linspace(1, 10, 50)  # ill-conditioned, so L-BFGS keeps accepting curvature pairs
+    opt = make_optimizer("lbfgs", [x], None, history=2)
+
+    def closure():
+        x.grad = scales * (x.detach() - target)
+        return (0.5 * scales * (x.detach() - target) ** 2).sum()
+
+    for _ in range(6):
+        opt.step(closure)
+    assert len(opt.state[opt._params[0]]["old_dirs"]) == 2
+    with pytest.raises(ConfigError, match="history"):
+        make_optimizer("lbfgs", [x], None, history=0)
+
+
+def test_auto_lbfgs_history_fits_a_quarter_of_the_budget():
+    from styleengine.engine.stylise import MIN_AUTO_HISTORY, Settings, lbfgs_history
+
+    pair = 2 * 3 * 4  # bytes per pixel of one curvature pair
+    assert lbfgs_history(Settings(lbfgs_history=7), 4096, 4096) == 7  # asked for: kept
+    assert lbfgs_history(Settings(mem_budget_gib=64), 512, 512) == 100  # plenty: neural-style's 100
+    budget = 4 * 2**30
+    expected = int(0.25 * budget // (pair * 2048 * 2048))
+    assert 3 < expected < 100
+    assert lbfgs_history(Settings(mem_budget_gib=4), 2048, 2048) == expected
+    assert lbfgs_history(Settings(mem_budget_gib=0.5), 8192, 8192) == MIN_AUTO_HISTORY
+    with pytest.raises(ConfigError, match="history"):
+        Settings(lbfgs_history=0).validate()
+
+
+def test_tile_per_scale_from_the_budget():
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.stylise import Settings, tile_for_scale
+
+    loss = LossConfig()
+    assert tile_for_scale(Settings(), loss, 4096, 4096) is None  # no tile, no budget: untiled
+    assert tile_for_scale(Settings(tile=256, mem_budget_gib=1), loss, 4096, 4096) == 256  # --tile wins
+    budget = Settings(mem_budget_gib=8, model="vgg16")
+    assert tile_for_scale(budget, loss, 724, 724) is None  # an early scale that fits runs untiled
+    tile = tile_for_scale(budget, loss, 2048, 2048)
+    assert tile is not None and tile % 16 == 0 and tile < 2048
+    # the L-BFGS history counts against the budget: a fixed long history leaves a smaller tile
+    assert tile_for_scale(Settings(mem_budget_gib=8, model="vgg16", lbfgs_history=60), loss, 2048, 2048) < tile
+    with pytest.raises(ConfigError, match="too small"):
+        tile_for_scale(Settings(mem_budget_gib=1), loss, 4096, 4096)

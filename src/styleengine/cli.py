@@ -252,6 +252,9 @@ def _commands() -> dict[str, Callable[..., None]]:
     Iters = Annotated[int, typer.Option("--iters", help="Optimiser iterations.")]
     Optimizer = Annotated[str, typer.Option("--optimizer", help="lbfgs (the paper's) or adam.")]
     Lr = Annotated[Optional[float], typer.Option("--lr", help="Step size (default: the optimiser's own).")]
+    History = Annotated[Optional[int], typer.Option(
+        "--lbfgs-history", help="L-BFGS curvature pairs, two image-sized vectors each (default: 100, fewer "
+                                "where 100 would take over a quarter of the memory budget or of free memory).")]
     Seed = Annotated[int, typer.Option("--seed", help="Seed of the noise init and random weights.")]
     Model = Annotated[str, typer.Option("--model", help="vgg19 or vgg16.")]
     Weights = Annotated[str, typer.Option("--weights", help="imagenet (torchvision, cached download), random, "
@@ -299,6 +302,7 @@ def _commands() -> dict[str, Callable[..., None]]:
         iters: Iters = d.iterations,
         optimizer: Optimizer = d.optimizer,
         lr: Lr = d.lr,
+        lbfgs_history: History = d.lbfgs_history,
         init: Annotated[str, typer.Option("--init", help="noise, content, style or an image path.")] = d.init,
         seed: Seed = d.seed,
         model: Model = d.model,
@@ -335,7 +339,8 @@ def _commands() -> dict[str, Callable[..., None]]:
     ) -> None:
         """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
         settings = Settings(
-            size=size, iterations=iters, optimizer=optimizer, lr=lr, init=init, seed=seed, model=model,
+            size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+            seed=seed, model=model,
             weights=weights, pooling=pooling, content_layers=_split(content_layers, "--content-layers"),
             style_layers=_split(style_layers, "--style-layers"),
             style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
@@ -354,6 +359,7 @@ def _commands() -> dict[str, Callable[..., None]]:
         iters: Iters = d.iterations,
         optimizer: Optimizer = d.optimizer,
         lr: Lr = d.lr,
+        lbfgs_history: History = d.lbfgs_history,
         init: Annotated[str, typer.Option("--init", help="noise, style or an image path.")] = TEXTURE_INIT,
         seed: Seed = d.seed,
         model: Model = d.model,
@@ -383,7 +389,8 @@ def _commands() -> dict[str, Callable[..., None]]:
     ) -> None:
         """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
         settings = Settings(
-            size=size, iterations=iters, optimizer=optimizer, lr=lr, init=init, seed=seed, model=model,
+            size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+            seed=seed, model=model,
             weights=weights, pooling=pooling, style_layers=_split(style_layers, "--style-layers"),
             style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
             style_weight=style_weight, tv_weight=tv_weight, style_blend=_floats(style_blend, "--style-blend"),
