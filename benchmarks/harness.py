@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +60,8 @@ DEFAULT_MEM_FRACTION = 0.8  # of the memory available when the run starts
 ROW_KEYS = ("backend", "provider", "device", "precision", "threads", "height", "width", "status", "reason",
             "median_s", "p10_s", "p90_s", "peak_rss_bytes", "peak_device_bytes", "gflop_per_iter", "gflops",
             "peak_fraction", "versions")
-EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup")
+EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup",
+              "tile", "tiles")
 COLUMNS = ROW_KEYS + EXTRA_KEYS
 SPEEDUP_NOTE = ("the first ok row's median at the same size over this row's (torch on cpu at fp32 when it "
                 "ran, so ORT vs torch and GPU vs CPU)")
@@ -100,6 +102,26 @@ def parse_resolutions(text: str) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
+def parse_tiles(text: str | None) -> list[int | None]:
+    """--tile: comma-separated core sizes (multiples of 16); `none` (or 0) is the untiled step.
+    "none,1024" times both in the same run, so the overhead is a ratio of one run's rows."""
+    if text is None:
+        return [None]
+    out: list[int | None] = []
+    for item in _items(text, "--tile"):
+        if item.lower() in ("none", "0"):
+            out.append(None)
+            continue
+        try:
+            tile = int(item)
+        except ValueError:
+            raise ConfigError(f"--tile: {item!r} is not a size in px (or none)") from None
+        if tile <= 0 or tile % QUANTUM:
+            raise ConfigError(f"--tile: {tile} is not a positive multiple of {QUANTUM} px")
+        out.append(tile)
+    return list(dict.fromkeys(out))
+
+
 def positive(value: float | None, flag: str) -> float | None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{flag} must be a number > 0, got {value}")
@@ -118,19 +140,22 @@ class Config:
     width: int
     model: str = DEFAULT_MODEL
     pooling: str = DEFAULT_POOLING
+    tile: int | None = None  # core size of the exact tiled step (engine/tiled.py); None: untiled
 
     @property
     def key(self) -> tuple:
         """What a limit search and a speed-up compare across (everything but the size)."""
-        return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling)
+        return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling, self.tile)
 
     def at(self, height: int, width: int) -> "Config":
-        return Config(self.backend, self.provider, self.device, self.precision, height, width, self.model, self.pooling)
+        return dataclasses.replace(self, height=height, width=width)
 
 
 def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: list[str], devices: list[str],
-           precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING) -> list[Config]:
-    """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT.
+           precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING,
+           tiles: list[int | None] = (None,)) -> list[Config]:
+    """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT,
+    each untiled and/or tiled as `tiles` lists (None: untiled).
 
     torch runs on each of `devices`; ort on each of `providers` (cpu -> cpu
     tensors, cuda/tensorrt -> cuda tensors); tensorrt always on cuda.
@@ -143,8 +168,8 @@ def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: l
             kinds += [("ort", p, "cpu" if p == "cpu" else "cuda") for p in providers]
         else:
             kinds.append(("tensorrt", "tensorrt", "cuda"))
-    return [Config(b, p, d, prec, h, w, model, pooling)
-            for (h, w) in resolutions for (b, p, d) in kinds for prec in precisions]
+    return [Config(b, p, d, prec, h, w, model, pooling, tile)
+            for (h, w) in resolutions for (b, p, d) in kinds for prec in precisions for tile in tiles]
 
 
 # ---------------------------------------------------------------- environment
@@ -304,6 +329,7 @@ def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup
         "model": config.model, "pooling": config.pooling, "iters": len(times) if ok else iters,
         "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
         "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
+        "tile": config.tile, "tiles": d.get("tiles"),
     }
     return row
 
@@ -398,10 +424,11 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 def series_name(row: dict) -> str:
-    """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32."""
+    """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32, ort cpu fp32 tile 1024."""
     backend, provider = row["backend"], row.get("provider")
     where = row["device"] if backend == "torch" else (provider if provider and provider != backend else "")
-    return " ".join(p for p in (backend, where, row["precision"]) if p)
+    tile = f"tile {row['tile']}" if row.get("tile") else ""
+    return " ".join(p for p in (backend, where, row["precision"], tile) if p)
 
 
 def fit_slopes(rows: list[dict]) -> list[dict]:
@@ -530,7 +557,7 @@ def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, 
     first_fail = min((p for p in probes if not p.fits), key=lambda p: p.res, default=None)
     result = {
         "backend": config.backend, "provider": config.provider, "device": config.device,
-        "precision": config.precision, "model": config.model, "pooling": config.pooling,
+        "precision": config.precision, "model": config.model, "pooling": config.pooling, "tile": config.tile,
         "mem_budget_bytes": mem_budget, "time_budget_s": time_budget_s, "limit_px": limit,
         "limited_by": first_fail.why if first_fail else "the search ceiling",
         "at_limit": at_limit,
@@ -567,6 +594,9 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
             "speedup": SPEEDUP_NOTE,
             "peak_fraction": "achieved GFLOP/s over the device's measured fp32 conv peak (bf16/fp16 may exceed 1)",
             "gflop_per_iter": "convolutions forward + input gradient + Gram terms, from the layer table",
+            "tile": ("tiled rows (engine/tiled.py: exact, two passes over tiles with a halo) count the untiled "
+                     "step's GFLOP, the useful work, so their GFLOP/s and speed-up show the tiling overhead; "
+                     "their targets are random of the right shapes (the time does not depend on their values)"),
         },
     }
 
@@ -647,7 +677,7 @@ def write_plot(path: Path, doc: dict) -> None:
 
 def _limit_points(limit: dict) -> list[dict]:
     """Probe results as plot points (ok probes that ran to completion)."""
-    base = {k: limit[k] for k in ("backend", "provider", "device", "precision", "model")}
+    base = {k: limit.get(k) for k in ("backend", "provider", "device", "precision", "model", "tile")}
     return [{**base, "height": p["res"], "width": p["res"], "median_s": p["median_s"],
              "peak_rss_bytes": p["peak_rss_bytes"], "peak_device_bytes": p["peak_device_bytes"],
              "base_rss_bytes": p.get("base_rss_bytes"), "status": "ok"}

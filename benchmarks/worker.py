@@ -148,6 +148,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def random_targets(model: str, loss, height: int, width: int, gen):
+    """Targets with the shapes a height x width image gives (content maps, symmetric PSD Grams), random values."""
+    import torch
+
+    from styleengine.engine.losses import Targets
+    from styleengine.export import vgg
+
+    layers = {layer.name: layer for layer in vgg.layer_table(model)}
+    content = {n: torch.rand(1, layers[n].out_channels, height // layers[n].stride, width // layers[n].stride,
+                             generator=gen) for n in loss.content_layers}
+    grams = {}
+    for n in loss.style_layers:
+        a = torch.rand(layers[n].out_channels, layers[n].out_channels, generator=gen)
+        grams[n] = a @ a.T
+    return Targets(content, grams)
+
+
 def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     """Time one configuration; returns the raw measurements (the harness adds the rest)."""
     fault = os.environ.get(FAULT_ENV, "")  # test-only, checked before the slow imports
@@ -166,7 +183,7 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     from styleengine.engine.steps import make_targets
     from styleengine.export.weights import load_weights
 
-    base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [],
+    base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [], "tiles": None,
             "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None}
     dog = Watchdog(emit, base, spec.get("mem_limit_bytes"), spec.get("time_limit_s"))
     dog.start()
@@ -177,6 +194,12 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     loss = LossConfig()
     step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
                      precision=spec["precision"], provider=spec.get("provider") or "cpu")
+    tile = spec.get("tile")
+    if tile:
+        from styleengine.engine.tiled import TiledStep, tiles
+
+        step = TiledStep(step, loss, spec["model"], tile=int(tile))
+        base["tiles"] = len(list(tiles(h, w, step.tile, step.halo)))
     device = step.device
     cuda = device.type == "cuda"
     base["device_name"] = torch.cuda.get_device_name(device) if cuda else cpu_name()
@@ -192,14 +215,20 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     base["base_rss_bytes"] = current_rss_bytes()
 
     gen = torch.Generator().manual_seed(0)
-    content = torch.rand(1, 3, h, w, generator=gen)
-    # a small style image: timing does not depend on target values, and this
-    # spares a full-size forward (its Grams are rescaled to h*w positions)
-    style = torch.rand(1, 3, min(h, 64), min(w, 64), generator=gen)
     # the first run at a new size pays one-off costs (primitive creation, arena
     # growth): targets and warm-up get WARMUP_ALLOWANCE x the per-iteration budget
     dog.start_phase("computing the targets", WARMUP_ALLOWANCE)
-    step.set_targets(make_targets(step, loss, content, [style], output_positions=h * w))
+    if tile:
+        # random targets of the right shapes: timing does not depend on their values, and at 8192 px the
+        # content target's own tiled forward would take a third of an iteration
+        step.set_targets(random_targets(spec["model"], loss, h, w, gen))
+    else:
+        content = torch.rand(1, 3, h, w, generator=gen)
+        # a small style image: timing does not depend on target values, and this
+        # spares a full-size forward (its Grams are rescaled to h*w positions)
+        style = torch.rand(1, 3, min(h, 64), min(w, 64), generator=gen)
+        step.set_targets(make_targets(step, loss, content, [style], output_positions=h * w))
+        del content, style
     dog.end_phase()
     image = torch.rand(1, 3, h, w, generator=gen).to(device)
 

@@ -261,7 +261,7 @@ def _bench_app():
     (["--backends", "jax"], "unknown backend"), (["--providers", "rocm"], "unknown provider"),
     (["--precision", "fp64"], "unknown precision"), (["--backends", ""], "at least one"),
     (["--mem-budget", "0"], "--mem-budget"), (["--time-budget", "0"], "--time-budget"),
-    (["--iters", "0"], "--iters"),
+    (["--iters", "0"], "--iters"), (["--tile", "100"], "multiple of 16"), (["--tile", "big"], "not a size"),
 ])
 def test_bad_input_is_a_config_error(args, needle):
     from styleengine.engine.errors import ConfigError
@@ -278,6 +278,31 @@ def test_bad_input_via_the_cli_is_one_line_and_exit_1():
                               text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
+
+
+def test_tiled_and_untiled_rows_in_one_run(tmp_path):
+    """--tile none,32 at 64 px: both steps time in one run; the tiled row says its tile and tile count,
+    counts the untiled GFLOP and takes the untiled row as its speed-up baseline."""
+    result = CliRunner().invoke(_bench_app(), [
+        "bench", "--res", "64", "--backends", "torch", "--tile", "none,32", "--iters", "1", "--warmup", "0",
+        "--json", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    untiled, tiled = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert untiled["status"] == tiled["status"] == "ok", (untiled["reason"], tiled["reason"])
+    assert untiled["tile"] is None and untiled["tiles"] is None
+    assert tiled["tile"] == 32 and tiled["tiles"] == 4
+    assert tiled["gflop_per_iter"] == untiled["gflop_per_iter"]
+    assert tiled["speedup"] == pytest.approx(untiled["median_s"] / tiled["median_s"])
+    assert h.series_name(tiled) == "torch cpu fp32 tile 32" and h.series_name(untiled) == "torch cpu fp32"
+    assert "tile 32" in result.output
+
+
+def test_parse_tiles_and_expand():
+    assert h.parse_tiles(None) == [None]
+    assert h.parse_tiles("none,1024,0,1024") == [None, 1024]
+    configs = h.expand([(512, 512)], ["ort"], ["cpu"], ["cpu"], ["fp32"], tiles=[None, 256])
+    assert [c.tile for c in configs] == [None, 256]
+    assert configs[1].key != configs[0].key and configs[1].at(64, 64).tile == 256
 
 
 # ---------------------------------------------------------------- the README table

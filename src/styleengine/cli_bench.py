@@ -74,6 +74,9 @@ def bench(
     pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = h.DEFAULT_POOLING,
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, bf16, fp16.")
                          ] = h.DEFAULT_PRECISIONS,
+    tile: Annotated[Optional[str], typer.Option(
+        "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
+                       "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
     iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration.")] = h.DEFAULT_ITERS,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them.")] = h.DEFAULT_WARMUP,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.")
@@ -105,6 +108,7 @@ def bench(
     precision_list = h.parse_choices(precision, h.PRECISIONS, "--precision")
     model = h.parse_choices(model, h.MODELS, "--model")[0]
     pooling = h.parse_choices(pooling, h.POOLINGS, "--pooling")[0]
+    tile_list = h.parse_tiles(tile)
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
@@ -131,7 +135,7 @@ def bench(
               f", load average {machine['load_avg_1m']:.2f}[/]")
 
     command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
-                            pooling=pooling, precision=precision, iters=iters, warmup=warmup, json=json_path,
+                            pooling=pooling, precision=precision, tile=tile, iters=iters, warmup=warmup, json=json_path,
                             csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
@@ -156,7 +160,7 @@ def bench(
     limits: list[dict] = []
     if limit:
         kinds = h.expand([(h.PAPER_RES, h.PAPER_RES)], backend_list, provider_list, device_list, precision_list,
-                         model, pooling)
+                         model, pooling, tile_list)
         rows = []
         for config in kinds:
             reason = h.availability(config, machine)
@@ -173,7 +177,7 @@ def bench(
         h.add_speedups(rows)
     else:
         rows = runner.run_all(h.expand(sizes, backend_list, provider_list, device_list, precision_list,
-                                       model, pooling))
+                                       model, pooling, tile_list))
     elapsed = time.perf_counter() - started
 
     doc = h.document(machine, rows, limits=limits, command=command)
