@@ -144,7 +144,7 @@ def test_texture_bad_style(tmp_path, monkeypatch, capsys):
 
 
 def test_python_dash_m_entry_point_is_one_line(tmp_path):
-    """`python -m styleengine` (which calls app(), not main()) also gives one line and exit 1."""
+    """`python -m styleengine` gives one line and exit 1."""
     out = tmp_path / "out.png"
     proc = subprocess.run([sys.executable, "-m", "styleengine", "run", str(tmp_path / "missing.png"),
                            str(tmp_path / "s.png"), "-o", str(out), "--weights", "random"],
@@ -152,6 +152,21 @@ def test_python_dash_m_entry_point_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: image not found: {tmp_path / 'missing.png'}"]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [["run", "a.png", "b.png", "-o", "c.png", "--iters", "abc"],
+                                  ["run", "a.png", "-o", "c.png", "--no-such-flag"], ["bench", "--iters", "x"],
+                                  ["no-such-command"]])
+def test_flags_click_cannot_parse_are_one_line_and_exit_1(args):
+    proc = subprocess.run([sys.executable, "-m", "styleengine", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: "), proc.stderr
+    assert "--help" in proc.stderr  # it says where to look
+
+
+def test_bare_command_lists_the_commands_and_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "styleengine"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "run" in proc.stdout and "bench" in proc.stdout
 
 
 def test_top_level_help_does_not_import_torch():

@@ -106,10 +106,22 @@ def _fail(error: UserError) -> None:
 
 
 def main() -> None:
+    """The console script: a user error (ours or a flag click cannot parse) is one line and exit 1."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as e:
         _fail(e)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `styleengine`: the listing, as --help gives it
+        print(e.ctx.get_help() if e.ctx is not None else str(e))
+        sys.exit(0)
+    except click.exceptions.UsageError as e:
+        command = e.ctx.command_path if e.ctx is not None else "styleengine"
+        print(f"error: {e.format_message().splitlines()[0]} (see '{command} --help')", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:  # EOF at a prompt
+        sys.exit(1)
+    # a command's typer.Exit(n) (Ctrl-C: 130) comes back as n; a normal return as None
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # ---------------------------------------------------------------- run / texture
