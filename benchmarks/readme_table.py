@@ -26,7 +26,8 @@ README = ROOT / "README.md"
 def _machine_label(machine: dict, row: dict) -> str:
     if row["device"] == "cuda":
         return row.get("device_name") or "GPU"
-    notes = [f"{row['threads']} threads"] if row.get("threads") else []
+    notes = [machine["cpu_isa"]] if machine.get("cpu_isa") else []
+    notes += [f"{row['threads']} threads"] if row.get("threads") else []
     if machine.get("load_avg_1m") is not None:  # other work on the machine slows every figure
         notes.append(f"load {machine['load_avg_1m']:.1f}")
     return f"{machine.get('cpu', 'CPU')} ({', '.join(notes)})" if notes else machine.get("cpu", "CPU")

@@ -148,6 +148,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The widest vector ISA the CPU reports (avx512 / avx2 / ...): two CPUs of one name can differ,
+    and the fp32 peak and every time with them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return platform.machine()
+    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2")):
+        if flag in flags:
+            return isa + ("+bf16" if isa == "avx512" and "avx512_bf16" in flags else "")
+    return platform.machine()
+
+
 def random_targets(model: str, loss, height: int, width: int, gen):
     """Targets with the shapes a height x width image gives (content maps, symmetric PSD Grams), random values."""
     import torch
@@ -329,7 +343,7 @@ def run_machine(spec: dict) -> dict:
     import torch
 
     info: dict[str, Any] = {
-        "cpu": cpu_name(), "arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu_name(), "cpu_isa": cpu_isa(), "arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
         "logical_cpus": psutil.cpu_count(logical=True), "physical_cpus": psutil.cpu_count(logical=False),
         "memory_total_bytes": int(psutil.virtual_memory().total),
         "memory_available_bytes": int(psutil.virtual_memory().available),
@@ -350,7 +364,7 @@ def run_machine(spec: dict) -> dict:
         info["tensorrt"] = True
     except ImportError as e:
         info["tensorrt_reason"] = f"tensorrt not importable: {e}"
-    key = f"cpu|{info['cpu']}|threads={info['torch_threads']}|torch={torch.__version__}"
+    key = f"cpu|{info['cpu']}|{info['cpu_isa']}|threads={info['torch_threads']}|torch={torch.__version__}"
     info["fp32_peak_gflops"], info["fp32_peak_cached"] = cached_fp32_peak("cpu", key, spec.get("refresh_peak", False))
     info["fp32_peak_method"] = "best of 10 fp32 conv2d 256->256 3x3 at 128x128, torch, all threads"
     if info["cuda"]:

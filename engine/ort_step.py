@@ -126,16 +126,28 @@ class OrtStep:
     def __init__(self, export: Export, spec: ExportSpec, loss: LossConfig, *, provider: str = "cpu",
                  threads: int | None = None):
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
-        self.session = create_session(export.step_path, provider, threads)
         self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
+        self.session = None
+        self._open()  # fail here, not at the first step, if the provider cannot start
+        self._features = None
+        self._tile = None
+
+    def _open(self) -> None:
+        self.session = create_session(self.export.step_path, self.provider, self.threads)
         self.binding = self.session.io_binding()
         self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
         self._shape: tuple[int, ...] | None = None
         self._scalars: dict[str, np.ndarray] = {}
         self.grad: torch.Tensor | None = None
         self.has_targets = False
-        self._features = None
-        self._tile = None
+
+    def trim(self) -> None:
+        """Hand back what the step session holds: its arena keeps the buffers of the largest image it
+        ran (4-5 GiB at 1448 px), which a tiled scale after an untiled one never uses again. The
+        session is made again (targets included) if the untiled step is called after this."""
+        self.session = self.binding = self.grad = None
+        self._constants = []
+        self.has_targets = False
 
     def _bind(self, name: str, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to(self.device, torch.float32).contiguous()
@@ -157,6 +169,8 @@ class OrtStep:
 
     def set_targets(self, targets: Targets) -> None:
         self._features = None
+        if self.session is None:
+            self._open()
         self.binding.clear_binding_inputs()
         self._constants = []
         for n in self.spec.content_layers:
@@ -197,9 +211,12 @@ class OrtStep:
         Runs the export's tile graph (a second session, made on first use).
         Inputs go through host memory: tiling is for images too big for one
         step, where a copy per tile is small against the tile's convolutions.
+        The session has no arena: tiles differ in size (the last row and
+        column), and an arena keeps the largest of each buffer, grown in
+        powers of two, which is what tiling is meant to bound.
         """
         if self._tile is None:
-            self._tile = create_session(self.export.tile_path, self.provider, self.threads)
+            self._tile = create_session(self.export.tile_path, self.provider, self.threads, arena=False)
         host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
                  names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32),

@@ -106,6 +106,9 @@ class TiledStep:
         if halo is not None and (halo < 0 or halo % STRIDE):
             raise ConfigError(f"tile halo must be a multiple of {STRIDE} px >= 0, got {halo}")
         self.base, self.loss, self.model, self.tile = base, loss, model, tile
+        trim = getattr(base, "trim", None)
+        if trim is not None:  # the base's untiled buffers (an earlier scale's) are not needed by tiles
+            trim()
         self.halo = halo_for(model, loss.layers) if halo is None else halo
         self.device = base.device
         self.strides = {layer.name: layer.stride for layer in vgg.layer_table(model)}

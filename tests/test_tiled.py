@@ -174,11 +174,16 @@ def test_ort_tile_step(vgg19_random, make_image):
     targets = make_targets(base, SHORT, content, [style])
     base.set_targets(targets)
     ref = base(x)
-    tiled = TiledStep(make_step("ort", vgg19_random, SHORT, pooling="avg"), SHORT, "vgg19", tile=32)
+    # the same step, tiled, as a coarse-to-fine run does it: the untiled session's memory is handed back
+    tiled = TiledStep(base, SHORT, "vgg19", tile=32)
+    assert base.session is None
     tiled.set_targets(targets)
     out = tiled(x)
     assert abs(out.loss - ref.loss) / abs(ref.loss) <= 1e-4
     assert rel(out.grad, ref.grad) <= 1e-4
+    base.set_targets(targets)  # and the untiled step comes back when asked for
+    again = base(x)
+    assert again.loss == ref.loss and torch.equal(again.grad, ref.grad)
 
 
 def test_cli_tile_and_scales(tmp_path, monkeypatch, capsys):
