@@ -211,12 +211,13 @@ class OrtStep:
         Runs the export's tile graph (a second session, made on first use).
         Inputs go through host memory: tiling is for images too big for one
         step, where a copy per tile is small against the tile's convolutions.
-        The session has no arena: tiles differ in size (the last row and
-        column), and an arena keeps the largest of each buffer, grown in
-        powers of two, which is what tiling is meant to bound.
+        The session keeps ORT's arena: tiles differ in size (the last row
+        and column) and the arena keeps the largest tile's buffers, but
+        without it every tile's buffers are fresh pages (2048 px, VGG16,
+        4 tiles: 68 s/iteration and 5.4 GB peak without, 54 s and 7.8 GB with).
         """
         if self._tile is None:
-            self._tile = create_session(self.export.tile_path, self.provider, self.threads, arena=False)
+            self._tile = create_session(self.export.tile_path, self.provider, self.threads)
         host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
                  names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32),
