@@ -131,6 +131,7 @@ class OrtStep:
         self._open()  # fail here, not at the first step, if the provider cannot start
         self._features = None
         self._tile = None
+        self._tile_features = None
 
     def _open(self) -> None:
         self.session = create_session(self.export.step_path, self.provider, self.threads)
@@ -156,10 +157,21 @@ class OrtStep:
         self.binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
 
     def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
-        """Runs the feature graph; its session lives until set_targets (targets are its only use)."""
+        """Runs the feature graph; its session lives until set_targets (targets are its only use) and has
+        no arena, so what a one-off run took goes back before the step runs."""
         if self._features is None:
             self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False)
-        session = self._features
+        return self._run_features(self._features, image, layer_names)
+
+    def tile_features(self, tile: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+        """features() for a tiled step's first pass, which runs every iteration: a session of its own
+        that keeps ORT's arena between tiles (without it every tile's buffers are fresh pages:
+        pass 1 at 2048 px took 23.5 s instead of 18.5 s)."""
+        if self._tile_features is None:
+            self._tile_features = create_session(self.export.features_path, self.provider, self.threads)
+        return self._run_features(self._tile_features, tile, layer_names)
+
+    def _run_features(self, session, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
         out_names = [o.name for o in session.get_outputs()]
         unknown = set(layer_names) - set(out_names)
         if unknown:
@@ -228,7 +240,7 @@ class OrtStep:
         return float(content_loss), torch.from_numpy(grad).to(self.device)
 
     def close(self) -> None:
-        self._tile = None
+        self._tile = self._tile_features = self._features = None
         self.session = None
         self.binding = None
         self._constants = []

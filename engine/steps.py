@@ -96,6 +96,8 @@ class TorchStep:
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         return {k: v.float() for k, v in self._forward(image.to(self.device), names).items()}
 
+    tile_features = features  # a tiled step's first pass; torch's allocator needs no separate care
+
     def set_targets(self, targets: Targets) -> None:
         self.targets = targets.to(self.device)
 

@@ -89,7 +89,8 @@ def tv_loss_and_grad(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TiledStep:
-    """Wraps a step that has `features` and `tile_step` (torch, ORT) and computes the same function tile by tile.
+    """Wraps a step that has `features`, `tile_features` and `tile_step` (torch, ORT) and computes the
+    same function tile by tile.
 
     tile: core size in px, a multiple of 16; halo: px read around each core
     (None: half the receptive field of the deepest loss layer, rounded up to 16).
@@ -99,8 +100,8 @@ class TiledStep:
 
     def __init__(self, base: Step, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
         loss.validate(model)
-        if not hasattr(base, "tile_step"):
-            raise ConfigError(f"the {type(base).__name__} step cannot be tiled (it has no tile_step)")
+        if not (hasattr(base, "tile_step") and hasattr(base, "tile_features")):
+            raise ConfigError(f"the {type(base).__name__} step cannot be tiled (it has no tile_step and tile_features)")
         if tile <= 0 or tile % STRIDE:
             raise ConfigError(f"tile size must be a positive multiple of {STRIDE} px, got {tile}")
         if halo is not None and (halo < 0 or halo % STRIDE):
@@ -156,7 +157,7 @@ class TiledStep:
         halo = max(self.halo, halo_for(self.model, names))
         out = {n: torch.zeros(self.channels[n], self.channels[n], device=self.device) for n in names}
         for t, x in self._tiles(image, halo):
-            feats = self.base.features(x, names)
+            feats = self.base.tile_features(x, names)
             for n in names:
                 f = self._core(t, n, feats[n]).float()
                 f = f.reshape(f.shape[1], -1)  # (C, M_core)
