@@ -319,3 +319,23 @@ def test_readme_table_from_result_files(cli_run, tmp_path):
     assert readme_table.splice(new, body) == new
     with pytest.raises(ValueError):
         readme_table.splice("# no markers\n", body)
+
+
+def test_readme_table_puts_tiled_runs_in_their_own_table(tmp_path):
+    from styleengine.benchmarks import readme_table
+
+    def row(tile, size, median, status="ok", reason=""):
+        return {"backend": "ort", "provider": "cpu", "device": "cpu", "precision": "fp32", "threads": 2,
+                "height": size, "width": size, "status": status, "reason": reason, "median_s": median,
+                "peak_rss_bytes": 2**30, "peak_device_bytes": None, "gflops": 1.0, "peak_fraction": None,
+                "speedup": None, "tile": tile, "tiles": 4 if tile else None}
+
+    doc = {"machine": {"cpu": "test cpu"},
+           "rows": [row(None, 2048, 30.0), row(1024, 2048, 51.0),
+                    row(None, 4096, None, "oom", "over the memory budget"), row(1024, 4096, 240.0)]}
+    (tmp_path / "tiled.json").write_text(json.dumps(doc))
+    body = readme_table.table(tmp_path)
+    tiled_part = body.split("exact tiled step")[1]
+    assert "| ort cpu fp32 tile 1024 | 2048x2048 | ok | 51.00 | 1.00 | 4 | 1.70x |" in tiled_part
+    assert "oom: over the memory budget" in tiled_part  # the untiled failure is part of the story
+    assert "| ort cpu fp32 tile 1024 | 4096x4096 | ok | 240.00 | 1.00 | 4 | - |" in tiled_part
