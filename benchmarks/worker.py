@@ -343,7 +343,8 @@ def run_machine(spec: dict) -> dict:
     import torch
 
     info: dict[str, Any] = {
-        "cpu": cpu_name(), "cpu_isa": cpu_isa(), "arch": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu_name(), "cpu_isa": cpu_isa(), "arch": platform.machine(), "os": platform.platform(),
+        "python": platform.python_version(),
         "logical_cpus": psutil.cpu_count(logical=True), "physical_cpus": psutil.cpu_count(logical=False),
         "memory_total_bytes": int(psutil.virtual_memory().total),
         "memory_available_bytes": int(psutil.virtual_memory().available),
