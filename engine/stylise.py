@@ -141,6 +141,11 @@ HISTORY_SHARE = 0.25  # of the memory budget (or of the memory available) that L
 MIN_AUTO_HISTORY = 3  # below this L-BFGS is little better than gradient descent; kept even if over the share
 
 
+def lbfgs_pair_bytes(height: int, width: int) -> int:
+    """Memory of one L-BFGS curvature pair: two fp32 vectors the size of a (3, H, W) image."""
+    return 2 * 3 * height * width * 4
+
+
 def lbfgs_history(settings: Settings, height: int, width: int) -> int:
     """The L-BFGS history for an image of height x width: the setting, or LBFGS_HISTORY capped so the
     pairs (2 * 3 * H * W fp32 values each) stay within HISTORY_SHARE of the memory budget
@@ -153,8 +158,7 @@ def lbfgs_history(settings: Settings, height: int, width: int) -> int:
         import psutil
 
         budget = psutil.virtual_memory().available
-    pair_bytes = 2 * 3 * height * width * 4
-    return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // pair_bytes)))
+    return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // lbfgs_pair_bytes(height, width))))
 
 
 AUTO_SCALES_ABOVE = 1024  # sizes above this run coarse-to-fine unless `scales` says otherwise
@@ -242,7 +246,7 @@ def tile_for_scale(settings: Settings, loss: LossConfig, height: int, width: int
         return settings.tile
     history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
     return tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
-                           other_bytes=history * 2 * 3 * height * width * 4)
+                           other_bytes=history * lbfgs_pair_bytes(height, width))
 
 
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
