@@ -26,14 +26,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from styleengine.engine.errors import ConfigError
+from styleengine.choices import BACKENDS, MODELS, POOLINGS, PRECISIONS, PROVIDERS
+from styleengine.errors import ConfigError
 
-BACKENDS = ("torch", "ort", "tensorrt")
-PROVIDERS = ("cpu", "cuda", "tensorrt")
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
-POOLINGS = ("avg", "max")
-MODELS = ("vgg19", "vgg16")
+DEVICES = ("cpu", "cuda")  # a bench row names the device it ran on: no "auto"
 STATUSES = ("ok", "oom", "error", "timeout", "unavailable")
 MIN_RESOLUTION = 32
 QUANTUM = 16  # the limit search works on multiples of this
@@ -289,7 +285,7 @@ def peak_gflops(config: Config, machine: dict) -> float | None:
 def gflop_per_iter(config: Config) -> float:
     """GFLOP of one loss-and-gradient iteration from the layer table (the default loss's layers)."""
     from styleengine.engine.losses import LossConfig
-    from styleengine.export.vgg import gflop
+    from styleengine.model.vgg import gflop
 
     loss = LossConfig()
     return gflop(config.model, list(loss.content_layers), list(loss.style_layers), config.height, config.width)["total"]
@@ -624,7 +620,7 @@ def write_plot(path: Path, doc: dict) -> None:
     import matplotlib.ticker
 
     from styleengine.engine.losses import LossConfig
-    from styleengine.export.vgg import gflop
+    from styleengine.model.vgg import gflop
 
     machine = doc["machine"]
     rows = [r for r in doc["rows"] if r["status"] == "ok"]

@@ -23,8 +23,8 @@ def run(size: int, pairs: int) -> dict:
     from styleengine.engine.backends import make_step
     from styleengine.engine.losses import LossConfig
     from styleengine.engine.steps import make_targets
-    from styleengine.export.vgg import gflop
-    from styleengine.export.weights import load_weights
+    from styleengine.model.vgg import gflop
+    from styleengine.model.weights import load_weights
 
     weights, loss = load_weights("vgg19", "random"), LossConfig()
     steps = {"torch": make_step("torch", weights, loss), "ort": make_step("ort", weights, loss)}

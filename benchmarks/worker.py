@@ -60,7 +60,7 @@ def is_oom_message(text: str) -> bool:
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status, one-line reason) for an exception raised while building or stepping."""
-    from styleengine.engine.errors import ConfigError, UnavailableError
+    from styleengine.errors import ConfigError, UnavailableError
 
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     if isinstance(exc, MemoryError):
@@ -167,7 +167,7 @@ def random_targets(model: str, loss, height: int, width: int, gen):
     import torch
 
     from styleengine.engine.losses import Targets
-    from styleengine.export import vgg
+    from styleengine.model import vgg
 
     layers = {layer.name: layer for layer in vgg.layer_table(model)}
     content = {n: torch.rand(1, layers[n].out_channels, height // layers[n].stride, width // layers[n].stride,
@@ -195,7 +195,7 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     from styleengine.engine.backends import make_step
     from styleengine.engine.losses import LossConfig
     from styleengine.engine.steps import make_targets
-    from styleengine.export.weights import load_weights
+    from styleengine.model.weights import load_weights
 
     base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [], "tiles": None,
             "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None}
@@ -277,7 +277,7 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
 def run_prepare(spec: dict) -> dict:
     from styleengine.engine.backends import make_step
     from styleengine.engine.losses import LossConfig
-    from styleengine.export.weights import load_weights
+    from styleengine.model.weights import load_weights
 
     weights = load_weights(spec["model"], "random")
     step = make_step(spec["backend"], weights, LossConfig(), pooling=spec["pooling"], device=spec["device"],
@@ -287,11 +287,9 @@ def run_prepare(spec: dict) -> dict:
 
 
 def _peak_cache_path():
-    from pathlib import Path
+    from styleengine.export.cache import cache_root
 
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("styleengine")) / "fp32_peak.json"
+    return cache_root() / "fp32_peak.json"
 
 
 def measure_fp32_peak(device: str, reps: int = 10) -> float:

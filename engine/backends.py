@@ -1,14 +1,11 @@
 """Choosing a Step: the one place that knows every backend."""
 from __future__ import annotations
 
-from styleengine.engine.errors import ConfigError
+from styleengine.choices import BACKENDS, check_choice
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import Step, TorchStep
-from styleengine.export.vgg import Pooling
-from styleengine.export.weights import Weights
-
-BACKENDS = ("torch", "ort", "tensorrt")
-PROVIDERS = ("cpu", "cuda", "tensorrt")
+from styleengine.model.vgg import Pooling
+from styleengine.model.weights import Weights
 
 
 def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
@@ -18,10 +15,11 @@ def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pool
     backend "torch" runs on `device`; "ort" runs the exported step graph on
     ONNX Runtime's `provider`; "tensorrt" builds a TensorRT engine from it.
     """
+    check_choice("backend", backend, BACKENDS)
     if backend == "torch":
         return TorchStep(weights, loss, pooling=pooling, device=device, precision=precision)
     if backend in ("ort", "tensorrt"):
         from styleengine.engine.ort_step import make_graph_step
 
         return make_graph_step(backend, weights, loss, pooling=pooling, provider=provider, precision=precision)
-    raise ConfigError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    raise AssertionError(backend)  # every name in BACKENDS is handled above

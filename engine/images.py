@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from styleengine.engine.errors import ImageError
+from styleengine.errors import ImageError
 
 MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
 

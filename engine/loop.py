@@ -12,11 +12,10 @@ from typing import Callable
 
 import torch
 
-from styleengine.engine.errors import ConfigError
+from styleengine.choices import LBFGS_HISTORY, OPTIMIZERS, check_choice
+from styleengine.errors import ConfigError
 from styleengine.engine.steps import Step
 
-OPTIMIZERS = ("lbfgs", "adam")
-LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class NonFiniteLoss(Exception):
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None,
                    history: int = LBFGS_HISTORY) -> torch.optim.Optimizer:
+    check_choice("optimizer", name, OPTIMIZERS)
     if name == "lbfgs":
         # the paper's choice; tolerances off so it runs the iterations asked for, as
         # neural-style does. Each curvature pair is two image-sized fp32 vectors.
@@ -56,7 +56,7 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None,
                                  tolerance_grad=-1.0, tolerance_change=-1.0)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr or 0.02)
-    raise ConfigError(f"unknown optimizer {name!r}; choose {', '.join(OPTIMIZERS)}")
+    raise AssertionError(name)  # every name in OPTIMIZERS is handled above
 
 
 def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",

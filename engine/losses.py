@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from styleengine.engine.errors import ConfigError
-from styleengine.export import vgg
+from styleengine.errors import ConfigError
+from styleengine.model import vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)

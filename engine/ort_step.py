@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from styleengine.engine.errors import ConfigError, UnavailableError
+from styleengine.choices import BACKEND_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
+from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepResult
 from styleengine.export import onnx_step as names
 from styleengine.export.cache import Export, cached_export
 from styleengine.export.onnx_step import ExportSpec
-from styleengine.export.vgg import Pooling
-from styleengine.export.weights import Weights
+from styleengine.model.vgg import Pooling
+from styleengine.model.weights import Weights
 
-PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                  "tensorrt": "TensorrtExecutionProvider"}
 
 
 def session_options(threads: int | None = None, arena: bool = True):
@@ -76,8 +75,7 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     """
     import onnxruntime as ort
 
-    if provider not in PROVIDER_NAMES:
-        raise ConfigError(f"unknown provider {provider!r}; choose {', '.join(PROVIDER_NAMES)}")
+    check_choice("provider", provider, PROVIDERS)
     wanted = PROVIDER_NAMES[provider]
     available = ort.get_available_providers()
     if wanted not in available:
@@ -254,7 +252,7 @@ def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: 
 def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str = "fp32",
                   provider: str = "cpu") -> Export:
     """The cached export, built and validated against torch on a miss."""
-    from styleengine.export.validate import validate_step
+    from styleengine.engine.validate import validate_step
 
     spec = graph_spec(weights, loss, pooling, precision)
 
@@ -274,8 +272,7 @@ def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling
         from styleengine.engine.trt_step import make_trt_step
 
         return make_trt_step(weights, loss, pooling=pooling, precision=precision)
-    if precision not in names.DTYPES:
-        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(names.DTYPES)}")
+    check_choice("precision", precision, BACKEND_PRECISIONS["ort"])
     if precision != "fp32" and provider == "cpu":
         raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt); the CPU provider runs fp32")
     export = ensure_export(weights, loss, pooling, precision, provider)

@@ -14,12 +14,10 @@ from typing import Protocol
 
 import torch
 
-from styleengine.engine.errors import ConfigError, UnavailableError
+from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets, gram, total_loss
-from styleengine.export.vgg import Pooling, VGGFeatures
-from styleengine.export.weights import Convention, Weights
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from styleengine.model.vgg import Pooling, VGGFeatures
+from styleengine.model.weights import Convention, Weights
 
 
 @dataclass(frozen=True)

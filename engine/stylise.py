@@ -15,18 +15,16 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.engine.backends import BACKENDS, PROVIDERS, make_step
-from styleengine.engine.errors import ConfigError
-from styleengine.engine.loop import LBFGS_HISTORY, OPTIMIZERS, Record, Result, optimise
+from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
+                                 PROVIDERS, check_choice)
+from styleengine.engine.backends import make_step
+from styleengine.errors import ConfigError
+from styleengine.engine.loop import Record, Result, optimise
 from styleengine.engine.losses import LossConfig
-from styleengine.engine.steps import PRECISIONS, Step, make_targets
+from styleengine.engine.steps import Step, make_targets
 from styleengine.engine.tiled import TiledStep, tile_for_budget
-from styleengine.export.vgg import MODELS
-from styleengine.export.weights import Convention, Weights, load_weights
+from styleengine.model.weights import Convention, Weights, load_weights
 
-INITS = ("noise", "content", "style")  # or a path to an image
-POOLINGS = ("avg", "max")
-DEVICES = ("auto", "cpu", "cuda")
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
@@ -100,17 +98,16 @@ class Settings:
 
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts."""
-        def choice(name: str, value: str, options: tuple[str, ...]) -> None:
-            if value not in options:
-                raise ConfigError(f"unknown {name} {value!r}; choose {', '.join(options)}")
-
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        choice("model", self.model, MODELS)
-        choice("pooling", self.pooling, POOLINGS)
-        choice("backend", self.backend, BACKENDS)
-        choice("provider", self.provider, PROVIDERS)
-        choice("device", self.device, DEVICES)
-        choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("model", self.model, MODELS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("provider", self.provider, PROVIDERS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.precision not in BACKEND_PRECISIONS[self.backend]:
+            raise ConfigError(f"the {self.backend} backend runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
+                              f"not {self.precision}")
         if self.size < images.MIN_SIDE:
             raise ConfigError(f"size must be at least {images.MIN_SIDE} px, got {self.size}")
         if self.iterations < 0:

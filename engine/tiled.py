@@ -30,10 +30,10 @@ from typing import Iterator
 
 import torch
 
-from styleengine.engine.errors import ConfigError
+from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import Step, StepResult
-from styleengine.export import vgg
+from styleengine.model import vgg
 
 STRIDE = 16  # total stride of every VGG: tile origins and core sizes are multiples of it
 

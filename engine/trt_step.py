@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
-from styleengine.engine.errors import ConfigError, UnavailableError
+from styleengine.choices import BACKEND_PRECISIONS
+from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepResult
 from styleengine.export import onnx_step as names
 from styleengine.export.cache import atomic_write
-from styleengine.export.vgg import Pooling, resolve
-from styleengine.export.weights import Weights
+from styleengine.model.vgg import Pooling, resolve
+from styleengine.model.weights import Weights
 
-TRT_PRECISIONS = ("fp32", "tf32", "fp16")
+TRT_PRECISIONS = BACKEND_PRECISIONS["tensorrt"]
 # the optimisation profile's default range of image sides; --size outside it rebuilds
 DEFAULT_PROFILE = (64, 512, 2048)
 

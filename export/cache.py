@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph, build_tile_graph
-from styleengine.export.weights import Weights, file_sha256
+from styleengine.model.weights import Weights, file_sha256
 
 # bump when the graph builder changes what it emits: old entries are then ignored
 BUILDER_VERSION = 2

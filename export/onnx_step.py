@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from styleengine.export.vgg import Layer, Pooling, truncated
-from styleengine.export.weights import Weights
+from styleengine.model.vgg import Layer, Pooling, truncated
+from styleengine.model.weights import Weights
 
 OPSET = 17  # bf16 Conv needs opset 22
 IMAGE = "image"

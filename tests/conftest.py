@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 import torch
 
-from styleengine.export.weights import Weights, load_weights
+from styleengine.model.weights import Weights, load_weights
 
 SHARED_VGG16_NAME = "vgg16_imagenet_features.safetensors"
 # the repo checkout sits next to shared/ (/work/main and /work/shared)
@@ -41,6 +41,18 @@ _SKIP_SHARED = (
     f"shared VGG16 weights not found at {_DEFAULT_SHARED_WEIGHTS} "
     "(set STYLEENGINE_SHARED_WEIGHTS to the file or its folder)"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Every test session gets its own cache folder (exports, the bench's peak figure): no test reads or
+    writes the user's real cache. Sessions share it between tests, since a VGG export costs seconds;
+    a test that needs an empty cache sets STYLEENGINE_CACHE_DIR itself (monkeypatch)."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("cache")
+    mp.setenv("STYLEENGINE_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

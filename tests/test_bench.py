@@ -129,7 +129,7 @@ def test_the_worker_enforces_the_memory_budget():
 
 def test_missing_backend_module_is_unavailable():
     from styleengine.benchmarks.worker import classify
-    from styleengine.engine.errors import ConfigError
+    from styleengine.errors import ConfigError
 
     err = ModuleNotFoundError("No module named 'styleengine.engine.ort_step'", name="styleengine.engine.ort_step")
     assert classify(err)[0] == "unavailable"
@@ -264,7 +264,7 @@ def _bench_app():
     (["--iters", "0"], "--iters"), (["--tile", "100"], "multiple of 16"), (["--tile", "big"], "not a size"),
 ])
 def test_bad_input_is_a_config_error(args, needle):
-    from styleengine.engine.errors import ConfigError
+    from styleengine.errors import ConfigError
 
     result = CliRunner().invoke(_bench_app(), ["bench", *args])
     assert isinstance(result.exception, ConfigError) and needle in str(result.exception)

@@ -126,7 +126,7 @@ def test_trace_in_missing_folder(tmp_path, monkeypatch, capsys, pics):
 def test_weights_of_the_wrong_architecture(tmp_path, monkeypatch, capsys, pics):
     from safetensors.torch import save_file
 
-    from styleengine.export.weights import random_state
+    from styleengine.model.weights import random_state
 
     weights = tmp_path / "vgg16.safetensors"
     save_file(random_state("vgg16"), str(weights))

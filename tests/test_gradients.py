@@ -7,7 +7,7 @@ import torch
 
 from styleengine.engine.losses import LossConfig, Targets, total_loss
 from styleengine.engine.steps import TorchStep, build_network, preprocess_params
-from styleengine.export.weights import Weights
+from styleengine.model.weights import Weights
 
 H, W = 20, 24  # non-square; 20x24 -> 10x12 -> 5x6 -> 2x3 -> 1x1: odd after pooling
 N_PIXELS = 20
@@ -171,7 +171,7 @@ def test_torchstep_gradient_against_float64(random_weights, problem, images, pre
 
 
 def test_torchstep_refuses_other_precisions(vgg19_random):
-    from styleengine.engine.errors import ConfigError
+    from styleengine.errors import ConfigError
 
     with pytest.raises(ConfigError, match="fp16"):
         TorchStep(vgg19_random, CONFIG, precision="fp16")

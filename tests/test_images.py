@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from styleengine.engine import images
-from styleengine.engine.errors import ImageError
+from styleengine.errors import ImageError
 
 
 def save(tmp_path: Path, img: Image.Image, name: str, **kw) -> Path:

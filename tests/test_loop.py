@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from styleengine.engine.errors import ConfigError
+from styleengine.errors import ConfigError
 from styleengine.engine.loop import optimise
 from styleengine.engine.losses import LossConfig, gram
 from styleengine.engine.steps import StepResult, TorchStep, make_targets

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from styleengine.engine.errors import ConfigError
+from styleengine.errors import ConfigError
 from styleengine.engine.losses import (
     CONTENT_LAYERS,
     STYLE_LAYERS,

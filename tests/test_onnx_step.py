@@ -9,25 +9,17 @@ import onnx
 import pytest
 import torch
 
-from styleengine.engine.errors import ConfigError, ExportValidationError, UnavailableError
+from styleengine.errors import ConfigError, ExportValidationError, UnavailableError
 from styleengine.engine.loop import optimise
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.ort_step import OrtStep, create_session, ensure_export, graph_spec, make_graph_step
 from styleengine.engine.steps import TorchStep, make_targets
 from styleengine.export import cache
 from styleengine.export.onnx_step import ExportSpec, build_step_graph
-from styleengine.export.validate import validate_step
+from styleengine.engine.validate import validate_step
 
 # a short stack keeps graphs small and tests fast; the full VGG19 runs once below
 SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"), tv_weight=0.05)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def export_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
 
 
 def test_graph_uses_standard_ops_only(vgg19_random):
@@ -279,7 +271,7 @@ def _tv_grad(image: torch.Tensor) -> torch.Tensor:
 
 def test_validation_checks_names_first(vgg19_random):
     """A graph whose inputs differ from the spec fails on names, before any value is compared."""
-    from styleengine.export.validate import check_signature
+    from styleengine.engine.validate import check_signature
 
     export = ensure_export(vgg19_random, SHORT, "avg")
     session = create_session(export.step_path, "cpu")

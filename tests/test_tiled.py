@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from styleengine import cli
-from styleengine.engine.errors import ConfigError
+from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import TorchStep, make_targets
 from styleengine.engine.stylise import Settings, scale_sizes, stylise

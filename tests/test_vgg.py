@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from styleengine.export.vgg import (
+from styleengine.model.vgg import (
     VGGFeatures,
     gflop,
     layer_names,

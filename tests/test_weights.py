@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from styleengine.engine.errors import WeightsError
+from styleengine.errors import WeightsError
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import TorchStep
-from styleengine.export import weights as weights_mod
-from styleengine.export.weights import (
+from styleengine.model import weights as weights_mod
+from styleengine.model.weights import (
     CAFFE,
     RANDOM,
     TORCHVISION,

@@ -22,7 +22,7 @@ import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
-from styleengine.engine.errors import ConfigError, UserError
+from styleengine.errors import ConfigError, UserError
 
 # command -> (module, function, short help); the modules are imported on first use
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -188,7 +188,7 @@ def _execute(*, content: Path | None, styles: list[Path], output: Path, settings
 
     from styleengine.engine import images
     from styleengine.engine.stylise import INITS, stylise
-    from styleengine.export.weights import load_weights
+    from styleengine.model.weights import load_weights
 
     console = Console(stderr=True)
     texture = content is None

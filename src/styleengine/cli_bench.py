@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from styleengine.benchmarks import harness as h
-from styleengine.engine.errors import ConfigError
+from styleengine.errors import ConfigError
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
 
@@ -211,7 +211,7 @@ def bench(
 
 def main() -> None:
     """`python -m styleengine.cli_bench ...`: the bench command alone (one-line errors, exit 1)."""
-    from styleengine.engine.errors import UserError
+    from styleengine.errors import UserError
 
     try:
         typer.run(bench)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from styleengine.engine.errors import ConfigError
+from styleengine.choices import GRAPH_PRECISIONS, POOLINGS, check_choice
+from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 
 _DEFAULT = LossConfig()
@@ -36,14 +37,11 @@ def export(
 
     from styleengine.engine.ort_step import OrtStep, graph_spec
     from styleengine.export.cache import record_validation, write_export
-    from styleengine.export.onnx_step import DTYPES
-    from styleengine.export.validate import validate_step
-    from styleengine.export.weights import load_weights
+    from styleengine.engine.validate import validate_step
+    from styleengine.model.weights import load_weights
 
-    if precision not in DTYPES:
-        raise ConfigError(f"unknown precision {precision!r}; choose {', '.join(DTYPES)}")
-    if pooling not in ("avg", "max"):
-        raise ConfigError(f"unknown pooling {pooling!r}; choose avg or max")
+    check_choice("precision", precision, GRAPH_PRECISIONS)
+    check_choice("pooling", pooling, POOLINGS)
     if not output.parent.exists():
         raise ConfigError(f"output folder's parent does not exist: {output.parent}")
     if output.exists() and not output.is_dir():

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from styleengine import choices
+
 Kind = Literal["conv", "relu", "pool"]
 Pooling = Literal["avg", "max"]
 
@@ -21,6 +23,7 @@ _CFGS: dict[str, list[int | str]] = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 MODELS = tuple(_CFGS)
+assert set(MODELS) == set(choices.MODELS), "styleengine.choices.MODELS names every layer table"
 
 
 @dataclass(frozen=True)

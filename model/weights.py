@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from styleengine.engine.errors import WeightsError
-from styleengine.export.vgg import conv_weight_keys, layer_table
+from styleengine.errors import WeightsError
+from styleengine.model.vgg import conv_weight_keys, layer_table
 
 
 @dataclass(frozen=True)

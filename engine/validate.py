@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from styleengine.engine.errors import ExportValidationError
+from styleengine.errors import ExportValidationError
 from styleengine.engine.losses import LossConfig
 from styleengine.export.onnx_step import ExportSpec
-from styleengine.export.weights import Weights
+from styleengine.model.weights import Weights
 
 # (loss relative error, gradient relative L2 error) per precision; torch fp32
 # itself is ~3e-4 from fp64 in gradient, so fp32 graphs must agree to 1e-3

@@ -1,0 +1,1 @@
+"""The model: VGG layer tables, the torch network derived from them, and weight loading."""

@@ -1,0 +1,30 @@
+"""Every choice a user can make, written once: the CLI, the engine and bench read them here.
+
+Torch-free and import-free, so the CLI can build its help text without
+loading torch or ONNX Runtime.
+"""
+from __future__ import annotations
+
+MODELS = ("vgg19", "vgg16")  # model/vgg.py has one layer table per name
+POOLINGS = ("avg", "max")
+BACKENDS = ("torch", "ort", "tensorrt")
+PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by short name
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+DEVICES = ("auto", "cpu", "cuda")  # the torch backend's device
+# compute precision of the convolutions; losses and Grams always accumulate in fp32
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "ort": ("fp32", "fp16", "bf16"),
+                      "tensorrt": ("fp32", "tf32", "fp16")}
+PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
+GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
+OPTIMIZERS = ("lbfgs", "adam")
+LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
+INITS = ("noise", "content", "style")  # or a path to an image
+
+
+def check_choice(what: str, value: str, options) -> None:
+    """ConfigError naming the options when `value` is not one of them."""
+    if value not in options:
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"unknown {what} {value!r}; choose {', '.join(options)}")
