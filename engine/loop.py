@@ -1,7 +1,10 @@
-"""The optimisation loop: x = init; repeat { loss, grad = step(x); x = opt(x, grad) }.
+"""The optimisation loop: x = init; repeat { losses, grad = step(x); x = opt(x, grad) }.
 
-It works with any Step: the optimisers read the gradient the step returns
-(torch.optim only ever sees `x.grad`), never autograd.
+It works with any Step: the optimisers read the gradient the step returns,
+never autograd. Nothing in an iteration waits for the device: the loss terms
+stay in a device buffer and reach the host only at a read (a caller that
+looks, or the periodic non-finite check), so a GPU queues iteration after
+iteration while the host is free.
 """
 from __future__ import annotations
 
@@ -13,9 +16,17 @@ from typing import Callable
 import torch
 
 from styleengine.choices import LBFGS_HISTORY, OPTIMIZERS, check_choice
+from styleengine.engine.lbfgs import DeviceLBFGS
+from styleengine.engine.steps import LOSS_TERMS, Step
 from styleengine.errors import ConfigError
-from styleengine.engine.steps import Step
 
+# Reads: the records reach the host (one sync) when the last one is older than
+# READ_INTERVAL_S (a progress bar needs no more than ~10 a second), at every
+# iteration `read_at` names (--save-every: the image of exactly that iteration),
+# every CHECK_EVERY iterations (the non-finite check: a NaN wastes at most that
+# many iterations, whose results are thrown away), and at the end.
+READ_INTERVAL_S = 0.1
+CHECK_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,9 @@ class Record:
     content_loss: float
     style_loss: float
     tv_loss: float
-    seconds: float  # wall time of this iteration (step + optimiser update)
+    # wall time of this iteration (step + optimiser update); iterations read together share
+    # their time evenly (on a GPU the host only knows when a read returns)
+    seconds: float
     height: int
     width: int
 
@@ -40,87 +53,122 @@ class Result:
     records: list[Record]
 
 
-class NonFiniteLoss(Exception):
-    pass
+def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:
+    """The constant L-BFGS's gradients are multiplied by, fixed at the first evaluation (a device scalar).
 
-
-def make_optimizer(name: str, params: list[torch.Tensor], lr: float | None,
-                   history: int = LBFGS_HISTORY) -> torch.optim.Optimizer:
-    check_choice("optimizer", name, OPTIMIZERS)
-    if name == "lbfgs":
-        # the paper's choice; tolerances off so it runs the iterations asked for, as
-        # neural-style does. Each curvature pair is two image-sized fp32 vectors.
-        if history < 1:
-            raise ConfigError(f"L-BFGS history must be >= 1, got {history}")
-        return torch.optim.LBFGS(params, lr=lr or 1.0, max_iter=1, history_size=history,
-                                 tolerance_grad=-1.0, tolerance_change=-1.0)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr or 0.02)
-    raise AssertionError(name)  # every name in OPTIMIZERS is handled above
+    Not in the paper: torch's L-BFGS takes a raw gradient step (H = I) while it
+    has no accepted curvature pair; with the paper's loss (~1e12 with ImageNet
+    weights) that step moved pixels by ~1e9 at 512 px and overflowed fp32. The
+    gradient is scaled so its largest entry is 1e-2; L-BFGS is otherwise
+    invariant to the scale, and the records keep the true loss.
+    """
+    peak = grad.abs().max()
+    usable = torch.isfinite(peak) & (peak > 0)
+    return torch.where(usable, 1e-2 / torch.where(usable, peak, 1.0), 1.0)
 
 
 def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",
              lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
-             history: int = LBFGS_HISTORY) -> Result:
+             history: int = LBFGS_HISTORY, read_at: Callable[[int], bool] | None = None,
+             read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY) -> Result:
     """Run `iterations` steps from `init` (1, 3, H, W) on the step's device.
 
-    history: L-BFGS's curvature pairs (2 * history image-sized vectors).
-    The callback gets each Record and the current image (do not modify it).
-    Ctrl-C and a non-finite loss end the loop early; the result keeps the
-    last image whose loss was finite.
+    history: L-BFGS's curvature pairs (2 * (history + 1) image-sized vectors).
+    callback(record, image) gets every record, in order, at reads (see
+    READ_INTERVAL_S); `image` is the current image, exact for the newest
+    record of the read (do not modify it). read_at(i) names iterations that
+    must be read (e.g. --save-every). Ctrl-C and a non-finite loss end the
+    loop early; the result keeps the last image whose loss was finite.
     """
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
-    x = init.detach().to(step.device, torch.float32).clone().requires_grad_(True)
-    opt = make_optimizer(optimizer, [x], lr, history)
-    last_finite = x.detach().clone()
-    records: list[Record] = []
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "lbfgs" and history < 1:
+        raise ConfigError(f"L-BFGS history must be >= 1, got {history}")
+    if check_every < 1:
+        raise ConfigError(f"check_every must be >= 1, got {check_every}")
+    device = step.device
+    x = init.detach().to(device, torch.float32).clone(memory_format=torch.contiguous_format)
     height, width = x.shape[2], x.shape[3]
-    current: dict = {}
-    # Not in the paper: L-BFGS sees the gradient divided by a constant fixed at the
-    # first evaluation (largest entry 1e-2). torch's L-BFGS takes a raw gradient
-    # step (H = I) while it has no accepted curvature pair; with the paper's loss
-    # (~1e12 with ImageNet weights) that step moved pixels by ~1e9 at 512 px and
-    # overflowed fp32. L-BFGS is otherwise invariant to the scale; the records
-    # keep the true loss.
-    grad_scale: list[float] = []
+    if optimizer == "lbfgs":
+        # the paper's choice; tolerances off so it runs the iterations asked for, as neural-style does
+        update = _lbfgs_update(x, history, lr or 1.0)
+    else:
+        update = _adam_update(x, lr or 0.02)
+    losses = torch.empty(max(iterations, 1), len(LOSS_TERMS), device=device)  # per iteration, read later
+    finite = torch.ones((), dtype=torch.bool, device=device)  # no non-finite loss so far
+    last_finite = x.clone()
 
-    def closure() -> torch.Tensor:
-        result = step(x.detach())
-        if not math.isfinite(result.loss):
-            raise NonFiniteLoss
-        last_finite.copy_(x.detach())
-        grad = result.grad.to(x.dtype)
-        if optimizer == "lbfgs":
-            if not grad_scale:
-                peak = float(grad.abs().max())
-                grad_scale.append(1e-2 / peak if math.isfinite(peak) and peak > 0 else 1.0)
-            grad = grad * grad_scale[0]
-        x.grad = grad
-        current["result"] = result
-        return torch.tensor(result.loss)
+    records: list[Record] = []
+    state = {"unread": 0, "last_read": time.perf_counter(), "stopped": None, "in_callback": False}
 
-    stopped = None
-    for i in range(1, iterations + 1):
-        start = time.perf_counter()
-        try:
-            opt.step(closure)
-        except NonFiniteLoss:
-            stopped = "non-finite loss"
-            break
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            break
-        result = current["result"]
-        record = Record(i, result.loss, result.parts["content"], result.parts["style"], result.parts["tv"],
-                        time.perf_counter() - start, height, width)
-        records.append(record)
-        if callback is not None:
-            try:
+    def read(upto: int) -> None:
+        """Bring iterations [unread, upto) to the host, in order; stop at a non-finite loss."""
+        values = losses[state["unread"]:upto].tolist()  # the one sync of a read
+        now = time.perf_counter()
+        seconds = (now - state["last_read"]) / max(1, upto - state["unread"])
+        state["last_read"] = now
+        for loss, content, style, tv in values:
+            if not math.isfinite(loss):
+                state["stopped"] = "non-finite loss"
+                return
+            state["unread"] += 1
+            record = Record(state["unread"], loss, content, style, tv, seconds, height, width)
+            records.append(record)
+            if callback is not None:
+                state["in_callback"] = True
                 callback(record, x.detach())
-            except KeyboardInterrupt:
-                stopped = "interrupted"
-                break
-    if stopped is None:
-        last_finite = x.detach().clone()  # the final update has not been evaluated but is the result
-    return Result(last_finite, len(records), stopped, records)
+                state["in_callback"] = False
+
+    done = 0
+    with torch.no_grad():
+        try:
+            for i in range(iterations):
+                result = step(x)
+                losses[i].copy_(result.losses)
+                finite &= torch.isfinite(result.losses[0])
+                torch.where(finite, x, last_finite, out=last_finite)
+                update(result.grad)
+                done = i + 1
+                if (done == iterations or done - state["unread"] >= check_every
+                        or (read_at is not None and read_at(done))
+                        or time.perf_counter() - state["last_read"] >= read_interval_s):
+                    read(done)
+                    if state["stopped"] is not None:
+                        break
+        except KeyboardInterrupt:
+            state["stopped"] = "interrupted"
+    if state["stopped"] is None:
+        # the final update is not evaluated but is the result
+        return Result(x.detach(), len(records), None, records)
+    if state["stopped"] == "interrupted" and state["unread"] < done and not state["in_callback"]:
+        # Ctrl-C during a step: the iterations that finished keep their records, unless one was not finite
+        state["stopped"] = None
+        try:
+            read(done)
+        except KeyboardInterrupt:
+            pass
+        state["stopped"] = state["stopped"] or "interrupted"
+    return Result(last_finite, len(records), state["stopped"], records)
+
+
+def _lbfgs_update(x: torch.Tensor, history: int, lr: float) -> Callable[[torch.Tensor], None]:
+    opt = DeviceLBFGS(x.view(-1), history, lr)
+    scale: list[torch.Tensor] = []
+
+    def update(grad: torch.Tensor) -> None:
+        if not scale:
+            scale.append(lbfgs_grad_scale(grad))
+        opt.step(x.view(-1), (grad * scale[0]).view(-1))
+
+    return update
+
+
+def _adam_update(x: torch.Tensor, lr: float) -> Callable[[torch.Tensor], None]:
+    opt = torch.optim.Adam([x], lr=lr)  # x is a plain tensor: the gradient comes from the step
+
+    def update(grad: torch.Tensor) -> None:
+        x.grad = grad.to(x.dtype)
+        opt.step()
+
+    return update

@@ -15,7 +15,7 @@ import torch
 from styleengine.choices import BACKEND_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
-from styleengine.engine.steps import StepResult
+from styleengine.engine.steps import StepBase, StepResult
 from styleengine.export import onnx_step as names
 from styleengine.export.cache import Export, cached_export
 from styleengine.export.onnx_step import ExportSpec
@@ -120,7 +120,7 @@ def _ort_device(device: torch.device) -> tuple[str, int]:
     return ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
 
 
-class OrtStep:
+class OrtStep(StepBase):
     def __init__(self, export: Export, spec: ExportSpec, loss: LossConfig, *, provider: str = "cpu",
                  threads: int | None = None):
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
@@ -136,8 +136,8 @@ class OrtStep:
         self.binding = self.session.io_binding()
         self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
         self._shape: tuple[int, ...] | None = None
-        self._scalars: dict[str, np.ndarray] = {}
         self.grad: torch.Tensor | None = None
+        self.losses: torch.Tensor | None = None
         self.has_targets = False
 
     def trim(self) -> None:
@@ -201,18 +201,16 @@ class OrtStep:
         kind, index = _ort_device(self.device)
         self.binding.bind_input(names.IMAGE, kind, index, np.float32, list(x.shape), x.data_ptr())
         if self._shape != tuple(x.shape):
-            # the gradient buffer is ours, reused across iterations
+            # the outputs are ours, on the step's device, reused across iterations: the loss terms
+            # land in one (4,) tensor (nothing goes through the host on a GPU)
             self.grad = torch.empty_like(x)
             self.binding.bind_output(names.GRAD, kind, index, np.float32, list(x.shape), self.grad.data_ptr())
-            for n in names.LOSS_OUTPUTS:
-                self._scalars[n] = np.empty((), np.float32)
-                self.binding.bind_output(n, "cpu", 0, np.float32, [], self._scalars[n].ctypes.data)
+            self.losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)
+            for i, n in enumerate(names.LOSS_OUTPUTS):
+                self.binding.bind_output(n, kind, index, np.float32, [], self.losses[i:].data_ptr())
             self._shape = tuple(x.shape)
         self.session.run_with_iobinding(self.binding)
-        s = self._scalars
-        return StepResult(float(s["loss"]), self.grad.clone(),
-                          {"content": float(s["content_loss"]), "style": float(s["style_loss"]),
-                           "tv": float(s["tv_loss"])})
+        return StepResult(self.losses, self.grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
                   gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
@@ -235,7 +233,7 @@ class OrtStep:
         feeds.update({names.content_input(n): host(content[n]) for n in self.spec.content_layers})
         feeds.update({names.gram_diff_input(n): host(gram_diffs[n]) for n in self.spec.style_layers})
         content_loss, grad = self._tile.run(list(names.TILE_OUTPUTS), feeds)
-        return float(content_loss), torch.from_numpy(grad).to(self.device)
+        return torch.from_numpy(content_loss).to(self.device), torch.from_numpy(grad).to(self.device)
 
     def close(self) -> None:
         self._tile = self._tile_features = self._features = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -20,24 +20,86 @@ from styleengine.model.vgg import Pooling, VGGFeatures
 from styleengine.model.weights import Convention, Weights
 
 
+LOSS_TERMS = ("loss", "content", "style", "tv")  # the order of StepResult.losses
+
+
 @dataclass(frozen=True)
 class StepResult:
-    loss: float
+    """One evaluation, left on the step's device: reading a value on the host is the caller's
+    choice (on a GPU, a sync). The tensors may be reused by the step's next call."""
+
+    losses: torch.Tensor  # (4,) fp32: the total and the weighted content, style and tv terms (LOSS_TERMS)
     grad: torch.Tensor  # (1, 3, H, W) fp32, on the step's device
-    parts: dict[str, float]  # weighted terms: content, style, tv
+
+    @classmethod
+    def from_floats(cls, loss: float, grad: torch.Tensor, parts: dict[str, float]) -> "StepResult":
+        values = [loss] + [parts[k] for k in LOSS_TERMS[1:]]
+        return cls(torch.tensor(values, dtype=torch.float32, device=grad.device), grad)
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses[0])
+
+    @property
+    def parts(self) -> dict[str, float]:
+        return dict(zip(LOSS_TERMS[1:], self.losses[1:].tolist()))
 
 
 class Step(Protocol):
+    """What the loop and the targets need of a backend (torch, ORT, TensorRT, tiled)."""
+
     device: torch.device
 
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Activations (fp32) of the named layers for an image in [0, 1]."""
 
+    def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """Gram matrices (C, C) fp32 of the named layers (StepBase: from features)."""
+
     def set_targets(self, targets: Targets) -> None: ...
 
     def __call__(self, image: torch.Tensor) -> StepResult: ...
 
+    def trim(self) -> None:
+        """Hand back what is only needed for untiled steps (a tiled step is about to run)."""
+
     def close(self) -> None: ...
+
+    def __enter__(self) -> "Step": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+@runtime_checkable
+class TileableStep(Step, Protocol):
+    """A step an exact TiledStep can wrap (engine/tiled.py): features per tile and a tile's step."""
+
+    def tile_features(self, tile: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """features() for a tiled step's first pass, which runs every iteration."""
+
+    def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted content loss over the core, a 0-d tensor; d(content + style) / d tile)."""
+
+
+class StepBase:
+    """Defaults every step shares: a context manager that closes it, Grams from features, no trimming."""
+
+    def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: gram(f) for n, f in self.features(image, names).items()}  # type: ignore[attr-defined]
+
+    def trim(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,7 +125,7 @@ def build_network(weights: Weights, names: list[str], pooling: Pooling) -> VGGFe
     return net.eval()
 
 
-class TorchStep:
+class TorchStep(StepBase):
     """The reference: autograd through the frozen VGG, input gradient only."""
 
     def __init__(self, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
@@ -74,8 +136,11 @@ class TorchStep:
         self.device = resolve_device(device)
         self.loss, self.precision = loss, precision
         self.net = build_network(weights, loss.layers, pooling).to(self.device)
-        # channels-last lets oneDNN pick its blocked kernels (bf16: 0.74 s vs 1.28 s fp32 at 512 px)
-        self.memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        # channels-last lets oneDNN pick its blocked kernels (bf16: 0.74 s vs 1.28 s fp32 at 512 px) and
+        # cuDNN its NHWC ones. Not for fp32 on the CPU: 0.93x the time at 384x512 on an AVX-512 CPU, but its
+        # gradient is 2.8e-4 from float64 (rel L2, VGG19 at 64 px) where NCHW's is 1.2e-6
+        fast_layout = precision == "bf16" or self.device.type == "cuda"
+        self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
         self.scale, self.shift, self.perm = preprocess_params(weights.convention, self.device)
         self.targets: Targets | None = None
@@ -107,10 +172,11 @@ class TorchStep:
             feats = self._forward(x, self.loss.layers)
             terms = total_loss(self.loss, feats, self.targets, x)
             (grad,) = torch.autograd.grad(terms["loss"], x)
-        return StepResult(terms["loss"].item(), grad, {k: terms[k].item() for k in ("content", "style", "tv")})
+        return StepResult(torch.stack([terms[k].detach().float() for k in LOSS_TERMS]), grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
-                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """One tile of an exactly tiled step (engine/tiled.py).
 
         tile (1, 3, h, w); core = (top, left, bottom, right) in tile pixels: the
@@ -141,7 +207,7 @@ class TorchStep:
                 f = crop(n, feats[n]).reshape(feats[n].shape[1], -1)  # (C, M_core)
                 style = style + 0.5 * style_coeffs[n] * (f * (gram_diffs[n].to(self.device) @ f)).sum()
             (grad,) = torch.autograd.grad(content_loss + style, x)
-        return content_loss.item(), grad
+        return content_loss.detach(), grad
 
     def close(self) -> None:
         self.net = None  # type: ignore[assignment]
@@ -165,11 +231,7 @@ def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,
             raise ConfigError("style layers are set but no style image was given")
         grams, positions = [], []
         for style in styles:
-            if hasattr(step, "grams"):  # a tiled step sums Grams tile by tile, never holding a full map
-                grams.append(step.grams(style, list(loss.style_layers)))
-            else:
-                feats = step.features(style, list(loss.style_layers))
-                grams.append({n: gram(f) for n, f in feats.items()})
+            grams.append(step.grams(style, list(loss.style_layers)))  # a tiled step sums them tile by tile
             positions.append(style.shape[2] * style.shape[3])
         if output_positions is None:
             output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]

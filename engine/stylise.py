@@ -248,7 +248,7 @@ def tile_for_scale(settings: Settings, loss: LossConfig, height: int, width: int
 
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
                      callback: Callable[[Record, torch.Tensor], None] | None, *,
-                     targets_step: Step | None = None) -> Result:
+                     targets_step: Step | None = None, offset: int = 0) -> Result:
     """Targets at this size, then the loop from `init`.
 
     One scale of a run; a coarse-to-fine run calls this per size (growing
@@ -261,8 +261,12 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
                    list(settings.style_blend) if settings.style_blend else None,
                    output_positions=prepared.height * prepared.width)
     step.set_targets(targets)
+    every = settings.save_every
+    # --save-every counts iterations across scales: the loop reads (and the caller saves) exactly those
+    read_at = (lambda i: (offset + i) % every == 0) if every else None
     return optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
-                    callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width))
+                    callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width),
+                    read_at=read_at)
 
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
@@ -321,7 +325,7 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
             tile = tile_for_scale(settings, loss, prepared.height, prepared.width)
             tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
             part = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
-                                    prepared, init, loop_callback, targets_step=tiled)
+                                    prepared, init, loop_callback, targets_step=tiled, offset=scale["offset"])
             records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
             result = Result(part.image, len(records), part.stopped, records)
             if part.stopped is not None:

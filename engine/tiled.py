@@ -32,7 +32,7 @@ import torch
 
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig, Targets
-from styleengine.engine.steps import Step, StepResult
+from styleengine.engine.steps import StepBase, StepResult, TileableStep
 from styleengine.model import vgg
 
 STRIDE = 16  # total stride of every VGG: tile origins and core sizes are multiples of it
@@ -88,7 +88,7 @@ def tv_loss_and_grad(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, grad
 
 
-class TiledStep:
+class TiledStep(StepBase):
     """Wraps a step that has `features`, `tile_features` and `tile_step` (torch, ORT) and computes the
     same function tile by tile.
 
@@ -98,18 +98,16 @@ class TiledStep:
     run) goes to the base step untiled: same function, no second pass.
     """
 
-    def __init__(self, base: Step, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
+    def __init__(self, base: TileableStep, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
         loss.validate(model)
-        if not (hasattr(base, "tile_step") and hasattr(base, "tile_features")):
+        if not isinstance(base, TileableStep):
             raise ConfigError(f"the {type(base).__name__} step cannot be tiled (it has no tile_step and tile_features)")
         if tile <= 0 or tile % STRIDE:
             raise ConfigError(f"tile size must be a positive multiple of {STRIDE} px, got {tile}")
         if halo is not None and (halo < 0 or halo % STRIDE):
             raise ConfigError(f"tile halo must be a multiple of {STRIDE} px >= 0, got {halo}")
         self.base, self.loss, self.model, self.tile = base, loss, model, tile
-        trim = getattr(base, "trim", None)
-        if trim is not None:  # the base's untiled buffers (an earlier scale's) are not needed by tiles
-            trim()
+        base.trim()  # the base's untiled buffers (an earlier scale's) are not needed by tiles
         self.halo = halo_for(model, loss.layers) if halo is None else halo
         self.device = base.device
         self.strides = {layer.name: layer.stride for layer in vgg.layer_table(model)}
@@ -183,7 +181,8 @@ class TiledStep:
         height, width = image.shape[2], image.shape[3]
 
         # pass 1: the full image's Grams, then E_l and D_l = G_l - A_l
-        style = 0.0
+        zero = torch.zeros((), device=self.device)
+        style = zero
         diffs: dict[str, torch.Tensor] = {}
         coeffs: dict[str, float] = {}
         if loss.style_layers:
@@ -192,13 +191,13 @@ class TiledStep:
                 s, c = self.strides[n], self.channels[n]
                 positions = (height // s) * (width // s)  # M_l of the full image
                 diffs[n] = grams.pop(n) - targets.grams[n]
-                style += w * diffs[n].pow(2).sum().item() / (4.0 * c**2 * positions**2)
+                style = style + w * diffs[n].pow(2).sum() / (4.0 * c**2 * positions**2)
                 coeffs[n] = loss.style_weight * w / (c**2 * positions**2)
-            style *= loss.style_weight
+            style = style * loss.style_weight
 
         # pass 2: per tile, d(content + style)/d tile over its core, added at the tile's place
         grad = torch.zeros_like(image)
-        content = 0.0
+        content = zero
         for t, x in self._tiles(image, self.halo):
             tile_content = {}
             for n in loss.content_layers:
@@ -206,17 +205,17 @@ class TiledStep:
                 h, w = (t.bottom - t.top) // s, (t.right - t.left) // s
                 tile_content[n] = targets.content[n][:, :, t.top // s: t.top // s + h, t.left // s: t.left // s + w]
             part, g = self.base.tile_step(x, t.core_in_tile(), tile_content, diffs, coeffs)
-            content += part
+            content = content + part
             grad[:, :, t.top:t.bottom, t.left:t.right] += g.to(self.device)
             del g
 
-        tv = 0.0
+        tv = zero
         if loss.tv_weight:
             tv_value, tv_grad = tv_loss_and_grad(image)
-            tv = loss.tv_weight * tv_value.item()
+            tv = loss.tv_weight * tv_value
             grad.add_(tv_grad, alpha=loss.tv_weight)
             del tv_grad
-        return StepResult(content + style + tv, grad, {"content": content, "style": style, "tv": tv})
+        return StepResult(torch.stack([content + style + tv, content, style, tv]).float(), grad)
 
     def close(self) -> None:
         self.base.close()

@@ -16,7 +16,7 @@ import torch
 from styleengine.choices import BACKEND_PRECISIONS
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
-from styleengine.engine.steps import StepResult
+from styleengine.engine.steps import StepBase, StepResult
 from styleengine.export import onnx_step as names
 from styleengine.export.cache import atomic_write
 from styleengine.model.vgg import Pooling, resolve
@@ -38,7 +38,7 @@ def _import_tensorrt():
     return trt
 
 
-class TrtStep:
+class TrtStep(StepBase):
     def __init__(self, engine_bytes: bytes, spec: names.ExportSpec, loss: LossConfig, features_step):
         trt = _import_tensorrt()
         self.spec, self.loss = spec, loss
@@ -73,7 +73,8 @@ class TrtStep:
         self.context.set_input_shape(names.IMAGE, tuple(x.shape))
         self.context.set_tensor_address(names.IMAGE, x.data_ptr())
         if not self._outputs or self._outputs[names.GRAD].shape != x.shape:
-            self._outputs = {n: torch.empty((), device=self.device) for n in names.LOSS_OUTPUTS}
+            self._losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)  # one (4,) tensor, no host copy
+            self._outputs = {n: self._losses[i] for i, n in enumerate(names.LOSS_OUTPUTS)}
             self._outputs[names.GRAD] = torch.empty_like(x)
             for n, t in self._outputs.items():
                 self.context.set_tensor_address(n, t.data_ptr())
@@ -81,9 +82,7 @@ class TrtStep:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        scalars = torch.stack([self._outputs[n] for n in names.LOSS_OUTPUTS]).tolist()  # synchronises
-        loss, content, style, tv = scalars
-        return StepResult(loss, self._outputs[names.GRAD].clone(), {"content": content, "style": style, "tv": tv})
+        return StepResult(self._losses, self._outputs[names.GRAD])
 
     def close(self) -> None:
         self.context = None

@@ -132,11 +132,13 @@ class VGGFeatures(nn.Module):
         self.model, self.pooling = model, pooling
         self.layers = truncated(model, names)
         modules: list[nn.Module] = []
-        for layer in self.layers:
+        wanted = set(names)
+        for previous, layer in zip([None] + self.layers, self.layers):
             if layer.kind == "conv":
                 modules.append(nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1))
             elif layer.kind == "relu":
-                modules.append(nn.ReLU(inplace=False))
+                # in place (no second activation per layer) unless the conv output it overwrites is asked for
+                modules.append(nn.ReLU(inplace=previous is None or previous.name not in wanted))
             else:
                 modules.append(nn.AvgPool2d(2, 2) if pooling == "avg" else nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*modules)

@@ -14,7 +14,9 @@ from PIL import Image
 from styleengine import cli
 from styleengine.engine import images, stylise as stylise_module
 from styleengine.engine.loop import optimise
-from styleengine.engine.steps import StepResult
+from styleengine.engine.steps import StepBase, StepResult
+
+from fakes import QuadraticStep
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_images import bad_files
 except ModuleNotFoundError:
@@ -180,23 +182,9 @@ def test_top_level_help_does_not_import_torch():
 
 # ------------------------------------------------------------------ NaN and Ctrl-C
 
-class FakeStep:
+def FakeStep(bad_call: int, failure: str = "nan") -> QuadraticStep:
     """loss = sum(x^2); returns NaN (or raises KeyboardInterrupt) on call `bad_call`."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, bad_call: int, failure: str = "nan"):
-        self.calls, self.bad_call, self.failure, self.seen = 0, bad_call, failure, []
-
-    def __call__(self, image):
-        self.calls += 1
-        self.seen.append(image.clone())
-        if self.calls == self.bad_call:
-            if self.failure == "interrupt":
-                raise KeyboardInterrupt
-            return StepResult(math.nan, torch.zeros_like(image), {"content": math.nan, "style": 0.0, "tv": 0.0})
-        loss = float((image ** 2).sum())
-        return StepResult(loss, 2 * image, {"content": loss, "style": 0.0, "tv": 0.0})
+    return QuadraticStep(bad_call=bad_call, failure=failure)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -210,7 +198,7 @@ def test_nan_loss_stops_and_keeps_last_finite_image(optimizer):
     assert torch.isfinite(result.image).all()
 
 
-class WrappedStep:
+class WrappedStep(StepBase):
     """A real step that fails (NaN or Ctrl-C) on call `bad_call`."""
 
     def __init__(self, inner, bad_call: int, failure: str):
@@ -232,7 +220,7 @@ class WrappedStep:
             if self.failure == "interrupt":
                 raise KeyboardInterrupt
             result = self.inner(image)
-            return StepResult(math.nan, result.grad, result.parts)
+            return StepResult.from_floats(math.nan, result.grad, result.parts)
         return self.inner(image)
 
 
@@ -340,15 +328,15 @@ def test_stylise_is_seeded_locally():
 def test_lbfgs_gradient_scaling_keeps_loss_and_tames_the_gradient():
     """The loop's L-BFGS sees the gradient scaled so its first max is 1e-2; records keep the true loss."""
 
-    class Huge(FakeStep):
+    class Huge(QuadraticStep):
         def __call__(self, image):
             r = super().__call__(image)
-            return StepResult(r.loss * 1e12, r.grad * 1e12, {k: v * 1e12 for k, v in r.parts.items()})
+            return StepResult.from_floats(r.loss * 1e12, r.grad * 1e12, {k: v * 1e12 for k, v in r.parts.items()})
 
     x = torch.full((1, 3, 4, 4), 0.5)
-    first = optimise(Huge(bad_call=0), x, iterations=1, optimizer="lbfgs")
+    first = optimise(Huge(), x, iterations=1, optimizer="lbfgs")
     assert first.records[0].loss == pytest.approx(0.25 * 48 * 1e12)  # the loss the records show is unscaled
     moved = float((first.image - x).abs().max())
     assert 0 < moved <= 1e-2 * (1 + 1e-6)  # the first (raw-gradient) step moves pixels by at most 1e-2
-    result = optimise(Huge(bad_call=0), x, iterations=5, optimizer="lbfgs")
+    result = optimise(Huge(), x, iterations=5, optimizer="lbfgs")
     assert result.stopped is None and torch.isfinite(result.image).all()

@@ -10,7 +10,9 @@ import torch
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import optimise
 from styleengine.engine.losses import LossConfig, gram
-from styleengine.engine.steps import StepResult, TorchStep, make_targets
+from styleengine.engine.steps import TorchStep, make_targets
+
+from fakes import QuadraticStep
 
 SIZE = (32, 40)
 CONFIG = LossConfig(content_weight=1.0, style_weight=1e4)
@@ -103,27 +105,17 @@ def test_noise_init_same_seed_is_reproducible(setup):
     assert [r.loss for r in ra.records] == [r.loss for r in rb.records]
 
 
-class FakeStep:
+def FakeStep(nan_at: int | None = 3) -> QuadraticStep:
     """loss = sum (x - 0.25)^2; the `nan_at`-th call returns NaN."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, nan_at: int | None = 3):
-        self.calls, self.nan_at, self.seen = 0, nan_at, []
-
-    def __call__(self, image):
-        self.calls += 1
-        self.seen.append(image.clone())
-        d = image - 0.25
-        loss = float("nan") if self.calls == self.nan_at else d.pow(2).sum().item()
-        return StepResult(loss, 2 * d, {"content": loss, "style": 0.0, "tv": 0.0})
+    return QuadraticStep(bad_call=nan_at, target=0.25)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_nan_stops_and_keeps_last_finite_image(make_image, optimizer):
     fake = FakeStep(nan_at=3)
     init = make_image(8, 8)
-    result = optimise(fake, init, iterations=10, optimizer=optimizer, lr=0.1)
+    # check_every=1: the non-finite flag is read every iteration, so the loop stops at once
+    result = optimise(fake, init, iterations=10, optimizer=optimizer, lr=0.1, check_every=1)
     assert result.stopped == "non-finite loss"
     assert fake.calls == 3
     assert result.iterations == len(result.records) == 2
@@ -168,23 +160,19 @@ def test_interrupt_in_callback_keeps_image(make_image):
     assert torch.isfinite(result.image).all()
 
 
-def test_lbfgs_keeps_only_the_history_asked_for():
-    from styleengine.engine.loop import make_optimizer
+def test_lbfgs_keeps_only_the_history_asked_for(make_image):
+    from styleengine.engine.lbfgs import DeviceLBFGS
 
-    x = torch.zeros(50, requires_grad=True)
+    x = torch.zeros(50)
     target = torch.linspace(-1, 1, 50)
     scales = torch.linspace(1, 10, 50)  # ill-conditioned, so L-BFGS keeps accepting curvature pairs
-    opt = make_optimizer("lbfgs", [x], None, history=2)
-
-    def closure():
-        x.grad = scales * (x.detach() - target)
-        return (0.5 * scales * (x.detach() - target) ** 2).sum()
-
+    opt = DeviceLBFGS(x, history=2)
     for _ in range(6):
-        opt.step(closure)
-    assert len(opt.state[opt._params[0]]["old_dirs"]) == 2
+        opt.step(x, scales * (x - target))
+    assert int((opt.ro != 0).sum()) == 2  # pairs in use
+    assert opt.pairs.shape == (2 * 3, 50)  # history + 1 slots of s and y
     with pytest.raises(ConfigError, match="history"):
-        make_optimizer("lbfgs", [x], None, history=0)
+        optimise(FakeStep(), make_image(8, 8), iterations=1, history=0)
 
 
 def test_auto_lbfgs_history_fits_a_quarter_of_the_budget():

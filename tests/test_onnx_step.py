@@ -250,14 +250,14 @@ def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling)
     for core in ((0, 0, height, width), (16, 0, 48, 37), (32, 16, height, width)):
         ref_loss, ref_grad = torch_step.tile_step(image, core, targets.content, diffs, coeffs)
         got_loss, got_grad = ort_step.tile_step(image, core, targets.content, diffs, coeffs)
-        assert got_loss == pytest.approx(ref_loss, rel=1e-5)
+        assert float(got_loss) == pytest.approx(float(ref_loss), rel=1e-5)
         assert float((got_grad - ref_grad).norm() / ref_grad.norm()) < 1e-5
     # the whole image as one core is the untiled step without TV
     torch_step.set_targets(targets)
     full = torch_step(image)
     loss, grad = ort_step.tile_step(image, (0, 0, height, width), targets.content, diffs, coeffs)
     untiled_no_tv = full.grad - _tv_grad(image) * SHORT.tv_weight  # TV is the tiled step's caller's
-    assert loss == pytest.approx(full.parts["content"], rel=1e-5)
+    assert float(loss) == pytest.approx(full.parts["content"], rel=1e-5)
     assert float((grad - untiled_no_tv).norm() / untiled_no_tv.norm()) < 1e-5
 
 

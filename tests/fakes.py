@@ -1,0 +1,32 @@
+"""Test doubles shared by the test modules (import: `from fakes import QuadraticStep`)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from styleengine.engine.steps import StepBase, StepResult
+
+
+class QuadraticStep(StepBase):
+    """loss = sum (x - target)^2, gradient 2 (x - target): a problem the loop itself must solve.
+
+    Call number `bad_call` (1-based) returns a NaN loss (failure "nan") or
+    raises KeyboardInterrupt (failure "interrupt"). `seen` keeps every image.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, bad_call: int | None = None, failure: str = "nan", target: float = 0.0):
+        self.calls, self.bad_call, self.failure, self.target, self.seen = 0, bad_call, failure, target, []
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        self.calls += 1
+        self.seen.append(image.clone())
+        d = image - self.target
+        loss = d.pow(2).sum().item()
+        if self.calls == self.bad_call:
+            if self.failure == "interrupt":
+                raise KeyboardInterrupt
+            loss = math.nan
+        return StepResult.from_floats(loss, 2 * d, {"content": loss, "style": 0.0, "tv": 0.0})
