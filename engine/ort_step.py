@@ -16,9 +16,9 @@ from styleengine.choices import BACKEND_PRECISIONS, PROVIDER_NAMES, PROVIDERS, c
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepResult
-from styleengine.export import onnx_step as names
+from styleengine.export import spec as names
 from styleengine.export.cache import Export, cached_export
-from styleengine.export.onnx_step import ExportSpec
+from styleengine.export.spec import ExportSpec
 from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Weights
 

@@ -17,7 +17,7 @@ from styleengine.choices import BACKEND_PRECISIONS
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepResult
-from styleengine.export import onnx_step as names
+from styleengine.export import spec as names
 from styleengine.export.cache import atomic_write
 from styleengine.model.vgg import Pooling, resolve
 from styleengine.model.weights import Weights

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import onnx
 
-from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph, build_tile_graph
+from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
+from styleengine.export.spec import ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 
 # bump when the graph builder changes what it emits: old entries are then ignored
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
 
 
