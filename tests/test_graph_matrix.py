@@ -20,26 +20,21 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.ort_step import graph_spec
+from styleengine.errors import ExportValidationError
+from styleengine.export.check import strict_check
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import OPSETS, ir_version
 
 MATRIX_LOSS = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "pool1", "conv3_1"))
 BUILDERS = {"features": build_feature_graph, "step": build_step_graph, "tile_step": build_tile_graph}
 CPU_KERNELS = {"fp32": True, "fp16": True, "bf16": False}  # ORT's CPU provider has no bf16 Conv
-
-
-def strict_check(model: onnx.ModelProto) -> None:
-    """The full checker, strict shape and type inference, standard domains, the opset's IR version."""
-    onnx.checker.check_model(model, full_check=True)
-    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    assert {o.domain for o in model.opset_import} == {""}
-    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
-    assert model.ir_version == ir_version(model.opset_import[0].version)
 
 
 def check_cpu_session(model: onnx.ModelProto, precision: str) -> None:
@@ -62,13 +57,39 @@ def test_ir_versions():
     assert ir_version(OPSETS["fp32"]) == 8 and ir_version(OPSETS["bf16"]) == 10
 
 
-@pytest.mark.parametrize("kind,precision,model,pooling",
-                         list(itertools.product(BUILDERS, ("fp32", "fp16", "bf16"), ("vgg19", "vgg16"), ("avg", "max"))))
+def _relu_mask_graph(zero: onnx.TensorProto, ir: int = 10, domain: str = "") -> onnx.ModelProto:
+    """bf16 x -> Relu(x) > zero: the node that failed on the H200 when zero was fp32."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Greater", ["y", "zero"], ["mask"])]
+    if domain:
+        nodes.append(helper.make_node("ReorderInput", ["x"], ["z"], domain=domain))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [1, 4])],
+                              [helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 4])], [zero])
+    imports = [helper.make_opsetid("", 22)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = ir
+    return model
+
+
+def test_strict_check_rejects_what_runtimes_reject():
+    bf16_zero = helper.make_tensor("zero", TensorProto.BFLOAT16, [], b"\x00\x00", raw=True)
+    strict_check(_relu_mask_graph(bf16_zero))
+    with pytest.raises(ExportValidationError, match="Greater"):  # the bf16 graph's fault before the fix
+        strict_check(_relu_mask_graph(numpy_helper.from_array(np.zeros((), np.float32), "zero")))
+    with pytest.raises(ExportValidationError, match="IR version 8; opset 22 needs 10"):
+        strict_check(_relu_mask_graph(bf16_zero, ir=8))
+    with pytest.raises(ExportValidationError, match="com.microsoft.nchwc"):  # what ORT's optimiser adds
+        strict_check(_relu_mask_graph(bf16_zero, domain="com.microsoft.nchwc"))
+
+
+MATRIX = list(itertools.product(BUILDERS, ("fp32", "fp16", "bf16"), ("vgg19", "vgg16"), ("avg", "max")))
+
+
+@pytest.mark.parametrize("kind,precision,model,pooling", MATRIX)
 def test_graph_is_strictly_valid_and_loads(random_weights, kind, precision, model, pooling):
     weights = random_weights(model)
     spec = graph_spec(weights, MATRIX_LOSS, pooling, precision)
     graph = BUILDERS[kind](weights, spec)
-    strict_check(graph)
+    strict_check(graph, kind)
     check_cpu_session(graph, precision)
 
 
