@@ -284,11 +284,14 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
 
 def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
-                    provider: str = "cpu", precision: str = "fp32", threads: int | None = None):
+                    provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                    max_side: int | None = None):
+    """An ORT or TensorRT step. max_side (tensorrt): the longest side the run will use, so that one engine
+    covers every scale; None: an engine covering each new largest image is built (and cached) when it comes."""
     if backend == "tensorrt":
         from styleengine.engine.trt_step import make_trt_step
 
-        return make_trt_step(weights, loss, pooling=pooling, precision=precision)
+        return make_trt_step(weights, loss, pooling=pooling, precision=precision, max_side=max_side)
     check_choice("precision", precision, BACKEND_PRECISIONS["ort"])
     if provider == "cpu" and precision not in ORT_CPU_PRECISIONS:
         raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt): ONNX Runtime's CPU "
