@@ -110,8 +110,13 @@ def describe_files(folder: Path, names) -> dict[str, dict]:
 
 
 def files_match(folder: Path, files: dict[str, dict]) -> bool:
-    """Every recorded file present with its size and hash (size first: cheap)."""
+    """Every recorded file present with its size and hash (size first: cheap); False for a malformed record."""
+    if not isinstance(files, dict):
+        return False
     for name, info in files.items():
+        if not (isinstance(name, str) and isinstance(info, dict) and isinstance(info.get("bytes"), int)
+                and isinstance(info.get("sha256"), str)):
+            return False
         path = folder / name
         if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
             return False
@@ -130,7 +135,7 @@ def read_record(folder: Path) -> dict[str, dict] | None:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged record: the entry is rebuilt
-    if not isinstance(files, dict) or not files or not files_match(folder, files):
+    if not files or not files_match(folder, files):
         return None
     return files
 
@@ -167,7 +172,12 @@ def entry_lock(folder: Path) -> Iterator[None]:
     """Hold the exclusive lock of the entry `folder` (waiting for another process that holds it), and
     remove the staging folders beside it that no live process owns."""
     parent = make_folder(folder.parent)
-    with open(_lock_path(parent, folder.name), "a+b") as f:
+    try:
+        f = open(_lock_path(parent, folder.name), "a+b")
+    except OSError as e:
+        raise ConfigError(f"cannot write in the cache folder {parent} ({e.strerror or e}); "
+                          f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
+    with f:
         _try_lock(f, blocking=True)
         _remove_stale_staging(parent, folder.name)
         yield  # closing the file releases the lock
@@ -246,7 +256,7 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
             "onnx_version": onnx.__version__, "opset": spec.opset, "ir_version": model.ir_version,
             "precision": spec.precision, "dynamic_axes": DYNAMIC_AXES, "files": files,
             "inputs": spec.input_names(), "outputs": spec.output_names(),
-            "validation": validation}
+            "validation": validation, "validated_on": None}
     atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
     return Export(folder, meta)
 
@@ -266,9 +276,10 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged export.json: the entry is rebuilt
-    if (meta.get("builder_version") != BUILDER_VERSION or meta.get("spec") != spec.to_json()
+    if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION or meta.get("spec") != spec.to_json()
             or meta.get("weights_sha256") != weights.sha256 or not meta.get("validation")
-            or set(meta.get("files", {})) != set(GRAPH_FILES) or not files_match(folder, meta["files"])):
+            or not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(GRAPH_FILES)
+            or not files_match(folder, meta["files"])):
         return None
     return Export(folder, meta)
 

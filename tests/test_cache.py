@@ -95,11 +95,22 @@ def test_empty_or_two_byte_optimised_graph_is_rebuilt(module_cache, vgg16_random
     assert path.stat().st_size > 1000 and cache.read_record(path.parent) is not None
 
 
-def test_damaged_export_json_is_rebuilt(module_cache, vgg16_random):
+@pytest.mark.parametrize("damage", ["{not json", '{"files": {"step.onnx": 3}}', "[]"])
+def test_damaged_export_json_is_rebuilt(module_cache, vgg16_random, damage):
     export = ensure_export(vgg16_random, SHORT, "avg")
-    (export.folder / cache.META_FILE).write_text("{not json")
+    (export.folder / cache.META_FILE).write_text(damage)
     again = ensure_export(vgg16_random, SHORT, "avg")
     assert again.folder == export.folder and again.meta["validation"]
+
+
+@pytest.mark.parametrize("damage", ["", "{not json", '{"optimised.onnx": {"bytes": "x"}}', "[1]"])
+def test_damaged_record_is_rebuilt(module_cache, vgg16_random, make_image, damage):
+    export = ensure_export(vgg16_random, SHORT, "avg")
+    clean = _losses(vgg16_random, export, make_image, iterations=1)
+    record = _optimised(export).parent / cache.RECORD_FILE
+    record.write_text(damage)
+    assert _losses(vgg16_random, export, make_image, iterations=1) == pytest.approx(clean, rel=1e-6)
+    assert cache.read_record(record.parent) is not None
 
 
 _FIRST_RUN = """
