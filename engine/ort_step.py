@@ -6,22 +6,21 @@ device; targets and loss weights are bound at set_targets and reused.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from styleengine.choices import BACKEND_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
+from styleengine.choices import BACKEND_PRECISIONS, ORT_CPU_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepBase, StepResult
-from styleengine.export import onnx_step as names
-from styleengine.export.cache import Export, cached_export
-from styleengine.export.onnx_step import ExportSpec
+from styleengine.export import spec as names
+from styleengine.export.cache import (Export, cache_root, cached_export, entry_lock, publish, read_record,
+                                      record_validation, staging_folder, write_record)
+from styleengine.export.spec import ExportSpec
 from styleengine.model.vgg import Pooling
-from styleengine.model.weights import Weights
-
+from styleengine.model.weights import Weights, file_sha256
 
 
 def session_options(threads: int | None = None, arena: bool = True):
@@ -61,7 +60,8 @@ def machine_tag() -> str:
     return hashlib.sha256(f"{ort.__version__}|{cpu}".encode()).hexdigest()[:12]
 
 
-def create_session(path: Path, provider: str, threads: int | None = None, arena: bool = True):
+def create_session(path: Path, provider: str, threads: int | None = None, arena: bool = True, *,
+                   sha256: str | None = None):
     """An InferenceSession on exactly `provider`, or UnavailableError.
 
     ORT silently falls back to the CPU when a GPU provider cannot start
@@ -69,9 +69,10 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     checked after creation.
 
     On the CPU provider the graph as ORT optimised it (fusions, NCHWc
-    layout) is cached beside the portable file and loaded with optimisation
-    off: optimising at load time left both weight layouts resident (0.30 vs
-    0.19 GiB after loading, 0.79 vs 0.67 GiB peak at 512 px).
+    layout) is cached in the cache folder, keyed by the graph's sha256 (the
+    export's record, else hashed here) and machine_tag(), and loaded with
+    optimisation off: optimising at load time left both weight layouts
+    resident (0.30 vs 0.19 GiB after loading, 0.79 vs 0.67 GiB peak at 512 px).
     """
     import onnxruntime as ort
 
@@ -87,7 +88,7 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     options = session_options(threads, arena)
     if provider == "cpu":
-        session = _cpu_session(path, options)
+        session = _cpu_session(path, sha256 or file_sha256(path), options)
     else:
         session = ort.InferenceSession(str(path), options, providers=providers)
     got = session.get_providers()
@@ -97,22 +98,36 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     return session
 
 
-def _cpu_session(path: Path, options):
-    import onnxruntime as ort
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+OPTIMISED_FILE = "optimised.onnx"
 
-    optimised = path.with_name(f"{path.stem}.ort-{machine_tag()}.onnx")
-    if optimised.is_file():
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:
-            return ort.InferenceSession(str(optimised), options, providers=["CPUExecutionProvider"])
-        except (InvalidProtobuf, InvalidGraph, Fail):  # a truncated or stale cache file: rebuild it
-            optimised.unlink(missing_ok=True)
-        options = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena)
-    partial = optimised.with_name(f".{optimised.name}.{os.getpid()}")
-    options.optimized_model_filepath = str(partial)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    os.replace(partial, optimised)
+
+def optimised_folder(sha256: str) -> Path:
+    """The cache entry of ORT's optimised CPU graph of the graph with this sha256, on this ORT and CPU."""
+    return cache_root() / "ort-optimised" / machine_tag() / sha256[:32]
+
+
+def _cpu_session(path: Path, sha256: str, options):
+    """A CPU session from the cached optimised graph, checked against its recorded hash; on a miss,
+    a mismatch or a load error, one from `path` that writes the optimised graph into a new entry."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    load_errors = (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile,
+                   state.NotImplemented)
+    folder = optimised_folder(sha256)
+    with entry_lock(folder):
+        if read_record(folder) is not None:
+            loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena)
+            loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
+            except load_errors:
+                pass  # hash-checked yet unloadable (written by a broken build of ORT?): made again below
+        with staging_folder(folder) as staging:
+            options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            write_record(staging, [OPTIMISED_FILE])
+            publish(staging, folder)
     return session
 
 
@@ -132,7 +147,8 @@ class OrtStep(StepBase):
         self._tile_features = None
 
     def _open(self) -> None:
-        self.session = create_session(self.export.step_path, self.provider, self.threads)
+        self.session = create_session(self.export.step_path, self.provider, self.threads,
+                                      sha256=self.export.sha256(self.export.step_path))
         self.binding = self.session.io_binding()
         self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
         self._shape: tuple[int, ...] | None = None
@@ -158,7 +174,8 @@ class OrtStep(StepBase):
         """Runs the feature graph; its session lives until set_targets (targets are its only use) and has
         no arena, so what a one-off run took goes back before the step runs."""
         if self._features is None:
-            self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False)
+            self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False,
+                                            sha256=self.export.sha256(self.export.features_path))
         return self._run_features(self._features, image, layer_names)
 
     def tile_features(self, tile: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
@@ -166,7 +183,8 @@ class OrtStep(StepBase):
         that keeps ORT's arena between tiles (without it every tile's buffers are fresh pages:
         pass 1 at 2048 px took 23.5 s instead of 18.5 s)."""
         if self._tile_features is None:
-            self._tile_features = create_session(self.export.features_path, self.provider, self.threads)
+            self._tile_features = create_session(self.export.features_path, self.provider, self.threads,
+                                                 sha256=self.export.sha256(self.export.features_path))
         return self._run_features(self._tile_features, tile, layer_names)
 
     def _run_features(self, session, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
@@ -254,25 +272,29 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
     spec = graph_spec(weights, loss, pooling, precision)
 
-    def validate(export: Export) -> list[dict]:
-        # validate on the provider that will run it: fp16 graphs need a GPU provider
-        check_provider = "cpu" if precision == "fp32" else provider
-        report = validate_step(lambda: OrtStep(export, spec, loss, provider=check_provider),
-                               weights, loss, spec)
-        return [c.to_json() for c in report]
+    def validate(export: Export) -> Export:
+        # fp32 on the CPU (one entry serves every provider); fp16 and bf16 where they run, a GPU provider
+        check_provider = "cpu" if precision in ORT_CPU_PRECISIONS else provider
+        report = validate_step(lambda: OrtStep(export, spec, loss, provider=check_provider), weights, loss, spec)
+        return record_validation(export, [c.to_json() for c in report], check_provider)
 
     return cached_export(weights, spec, validate)
 
 
 def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
-                    provider: str = "cpu", precision: str = "fp32", threads: int | None = None):
+                    provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                    max_side: int | None = None):
+    """An ORT or TensorRT step. max_side (tensorrt): the longest side the run will use, so that one engine
+    covers every scale; None: an engine covering each new largest image is built (and cached) when it comes."""
     if backend == "tensorrt":
         from styleengine.engine.trt_step import make_trt_step
 
-        return make_trt_step(weights, loss, pooling=pooling, precision=precision)
+        return make_trt_step(weights, loss, pooling=pooling, precision=precision, max_side=max_side)
     check_choice("precision", precision, BACKEND_PRECISIONS["ort"])
-    if precision != "fp32" and provider == "cpu":
-        raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt); the CPU provider runs fp32")
+    if provider == "cpu" and precision not in ORT_CPU_PRECISIONS:
+        raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt): ONNX Runtime's CPU "
+                          f"provider has no {precision} convolutions (it would run them in fp32, no faster); "
+                          f"use --precision fp32")
     export = ensure_export(weights, loss, pooling, precision, provider)
     return OrtStep(export, graph_spec(weights, loss, pooling, precision), loss, provider=provider, threads=threads)
 

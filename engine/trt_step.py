@@ -1,30 +1,46 @@
 """The TensorRT step: an engine built from the same exported step graph.
 
+UNTESTED ON A GPU HERE: TensorRT cannot be installed on this project's
+machines (the `tensorrt` wheels on PyPI are source distributions that
+download NVIDIA's libraries at install time from NVIDIA's own index, which
+these machines cannot reach). What is tested (tests/test_trt.py, with a fake
+`tensorrt` module) is what this module asks of TensorRT: the network parsed
+from the step graph, the optimisation profile, the precision flags and the
+engine's cache key.
+
 Precisions: fp32 (TF32 off), tf32, fp16. fp16 uses the fp16 step graph,
 parsed as a strongly typed network so TensorRT keeps the graph's own fp32
-Gram and loss sums instead of choosing precisions itself. Engines are
-cached beside the ONNX export, keyed by TensorRT version, GPU and profile.
+Gram and loss sums instead of choosing precisions itself.
+
+The optimisation profile covers every image from MIN_SIDE x MIN_SIDE (the
+smallest image a run accepts) up to the largest the run will use: the
+`max_side` given (a coarse-to-fine run's last scale), else the largest image
+seen so far, the engine being rebuilt (or loaded from the cache) when a
+larger one comes. Engines are cached (cache/tensorrt/KEY/), hash-checked,
+keyed by the step graph's sha256, TensorRT's version, the GPU, the
+precision and the profile.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import torch
 
 from styleengine.choices import BACKEND_PRECISIONS
 from styleengine.errors import ConfigError, UnavailableError
+from styleengine.engine.images import MIN_SIDE
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepBase, StepResult
-from styleengine.export import onnx_step as names
-from styleengine.export.cache import atomic_write
+from styleengine.export import spec as names
+from styleengine.export.cache import Export, cache_root, entry_lock, publish, read_record, staging_folder, write_record
 from styleengine.model.vgg import Pooling, resolve
 from styleengine.model.weights import Weights
 
 TRT_PRECISIONS = BACKEND_PRECISIONS["tensorrt"]
-# the optimisation profile's default range of image sides; --size outside it rebuilds
-DEFAULT_PROFILE = (64, 512, 2048)
+ENGINE_FILE = "step.engine"
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max) shape
 
 
 def _import_tensorrt():
@@ -38,65 +54,23 @@ def _import_tensorrt():
     return trt
 
 
-class TrtStep(StepBase):
-    def __init__(self, engine_bytes: bytes, spec: names.ExportSpec, loss: LossConfig, features_step):
-        trt = _import_tensorrt()
-        self.spec, self.loss = spec, loss
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(engine_bytes)
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream(self.device)
-        self._features = features_step  # an ORT step on the same export, for targets
-        self._inputs: dict[str, torch.Tensor] = {}
-        self._outputs: dict[str, torch.Tensor] = {}
+def profile_shapes(spec: names.ExportSpec, low: tuple[int, int], high: tuple[int, int]) -> Profile:
+    """(min, opt, max) of every input whose shape follows the image's, for images from low to high (H, W).
+    opt is the largest: a run's last scale is its largest and, usually, its longest."""
+    def image(hw):
+        return (1, 3, *hw)
 
-    def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in self._features.features(image, layer_names).items()}
-
-    def set_targets(self, targets: Targets) -> None:
-        f = dict(device=self.device, dtype=torch.float32)
-        inputs = {names.content_input(n): targets.content[n].to(**f).contiguous() for n in self.spec.content_layers}
-        inputs.update({names.gram_input(n): targets.grams[n].to(**f).contiguous() for n in self.spec.style_layers})
-        inputs[names.CONTENT_WEIGHT] = torch.tensor(self.loss.content_weight, **f)
-        inputs[names.STYLE_WEIGHT] = torch.tensor(self.loss.style_weight, **f)
-        inputs[names.STYLE_LAYER_WEIGHTS] = torch.tensor(self.loss.layer_weights(), **f)
-        inputs[names.TV_WEIGHT] = torch.tensor(self.loss.tv_weight, **f)
-        for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        self._inputs = inputs
-        self._outputs = {}
-
-    def __call__(self, image: torch.Tensor) -> StepResult:
-        x = image.detach().to(self.device, torch.float32).contiguous()
-        self.context.set_input_shape(names.IMAGE, tuple(x.shape))
-        self.context.set_tensor_address(names.IMAGE, x.data_ptr())
-        if not self._outputs or self._outputs[names.GRAD].shape != x.shape:
-            self._losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)  # one (4,) tensor, no host copy
-            self._outputs = {n: self._losses[i] for i, n in enumerate(names.LOSS_OUTPUTS)}
-            self._outputs[names.GRAD] = torch.empty_like(x)
-            for n, t in self._outputs.items():
-                self.context.set_tensor_address(n, t.data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return StepResult(self._losses, self._outputs[names.GRAD])
-
-    def close(self) -> None:
-        self.context = None
-        self.engine = None
-
-
-def _profile_shapes(spec: names.ExportSpec, side: int) -> dict[str, tuple[int, ...]]:
-    shapes = {names.IMAGE: (1, 3, side, side)}
+    shapes = {names.IMAGE: (image(low), image(high), image(high))}
     for layer in resolve(spec.model, list(spec.content_layers)):
-        shapes[names.content_input(layer.name)] = (1, layer.out_channels, side // layer.stride, side // layer.stride)
+        def feature(hw, layer=layer):  # 2x2 stride-2 pools floor: the map is H // stride
+            return (1, layer.out_channels, hw[0] // layer.stride, hw[1] // layer.stride)
+
+        shapes[names.content_input(layer.name)] = (feature(low), feature(high), feature(high))
     return shapes
 
 
-def build_engine(onnx_path: Path, spec: names.ExportSpec, precision: str, profile=DEFAULT_PROFILE) -> bytes:
+def build_engine(onnx_path, precision: str, profile: Profile) -> bytes:
+    """Parse the step graph into a network and build a serialized engine for `profile`."""
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -114,9 +88,8 @@ def build_engine(onnx_path: Path, spec: names.ExportSpec, precision: str, profil
     elif precision == "tf32":
         config.set_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
-    lo, opt, hi = (_profile_shapes(spec, s) for s in profile)
-    for name in lo:
-        opt_profile.set_shape(name, lo[name], opt[name], hi[name])
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(opt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -124,27 +97,128 @@ def build_engine(onnx_path: Path, spec: names.ExportSpec, precision: str, profil
     return bytes(serialized)
 
 
+def engine_key(step_sha256: str, precision: str, profile: Profile) -> str:
+    """What an engine depends on: the graph, TensorRT's version, the GPU, the precision and the profile."""
+    trt = _import_tensorrt()
+    payload = {"graph": step_sha256, "trt": trt.__version__, "gpu": torch.cuda.get_device_name(),
+               "precision": precision, "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_engine(export: Export, precision: str, profile: Profile, *, rebuild: bool = False) -> bytes:
+    """The serialized engine for (step graph, precision, profile), hash-checked; built on a miss."""
+    folder = cache_root() / "tensorrt" / engine_key(export.sha256(export.step_path), precision, profile)
+    with entry_lock(folder):
+        if not rebuild and read_record(folder) is not None:
+            return (folder / ENGINE_FILE).read_bytes()
+        data = build_engine(export.step_path, precision, profile)
+        with staging_folder(folder) as staging:
+            (staging / ENGINE_FILE).write_bytes(data)
+            write_record(staging, [ENGINE_FILE])
+            publish(staging, folder)
+    return data
+
+
+class TrtStep(StepBase):
+    """device: the CUDA device to run on (default the current one); tests with a fake tensorrt pass the CPU."""
+
+    def __init__(self, export: Export, spec: names.ExportSpec, loss: LossConfig, precision: str, features_step, *,
+                 max_side: int | None = None, device: torch.device | None = None):
+        trt = _import_tensorrt()
+        self.export, self.spec, self.loss, self.precision = export, spec, loss, precision
+        self.device = device or torch.device("cuda", torch.cuda.current_device())
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._features = features_step  # an ORT step on the fp32 export, for targets
+        self.engine = self.context = None
+        self._covers: tuple[tuple[int, int], tuple[int, int]] | None = None  # the engine's (low, high) image (H, W)
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, torch.Tensor] = {}
+        if max_side is not None:  # one engine for the whole run
+            self._engine_for((1, 3, max_side, max_side))
+
+    def _engine_for(self, shape: Shape) -> None:
+        """Make sure the engine's profile covers an image of `shape`; else load or build one that covers it and
+        every image the current one covered (so a coarse-to-fine run rebuilds at most once per new largest size)."""
+        hw = (shape[2], shape[3])
+        if self._covers is not None:
+            (lo_h, lo_w), (hi_h, hi_w) = self._covers
+            if lo_h <= hw[0] <= hi_h and lo_w <= hw[1] <= hi_w:
+                return
+            low, high = (min(lo_h, hw[0]), min(lo_w, hw[1])), (max(hi_h, hw[0]), max(hi_w, hw[1]))
+        else:
+            low, high = (min(MIN_SIDE, hw[0]), min(MIN_SIDE, hw[1])), hw
+        profile = profile_shapes(self.spec, low, high)
+        self.engine = self._runtime.deserialize_cuda_engine(cached_engine(self.export, self.precision, profile))
+        if self.engine is None:  # hash-checked yet not loadable (another TensorRT build wrote it?): rebuilt
+            data = cached_engine(self.export, self.precision, profile, rebuild=True)
+            self.engine = self._runtime.deserialize_cuda_engine(data)
+        self.context = self.engine.create_execution_context()
+        self._covers = (low, high)
+        self._outputs = {}
+        self._bind_inputs()
+
+    def _bind_inputs(self) -> None:
+        if self.context is None:
+            return
+        for name, tensor in self._inputs.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+
+    def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self._features.features(image, layer_names).items()}
+
+    def set_targets(self, targets: Targets) -> None:
+        f = dict(device=self.device, dtype=torch.float32)
+        inputs = {names.content_input(n): targets.content[n].to(**f).contiguous() for n in self.spec.content_layers}
+        inputs.update({names.gram_input(n): targets.grams[n].to(**f).contiguous() for n in self.spec.style_layers})
+        inputs[names.CONTENT_WEIGHT] = torch.tensor(self.loss.content_weight, **f)
+        inputs[names.STYLE_WEIGHT] = torch.tensor(self.loss.style_weight, **f)
+        inputs[names.STYLE_LAYER_WEIGHTS] = torch.tensor(self.loss.layer_weights(), **f)
+        inputs[names.TV_WEIGHT] = torch.tensor(self.loss.tv_weight, **f)
+        self._inputs = inputs
+        self._bind_inputs()
+        self._outputs = {}
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        if not self._inputs:
+            raise RuntimeError("set_targets() before stepping")
+        x = image.detach().to(self.device, torch.float32).contiguous()
+        self._engine_for(tuple(x.shape))
+        self.context.set_input_shape(names.IMAGE, tuple(x.shape))
+        self.context.set_tensor_address(names.IMAGE, x.data_ptr())
+        if not self._outputs or self._outputs[names.GRAD].shape != x.shape:
+            self._losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)  # one (4,) tensor, no host copy
+            self._outputs = {n: self._losses[i] for i, n in enumerate(names.LOSS_OUTPUTS)}
+            self._outputs[names.GRAD] = torch.empty_like(x)
+            for n, t in self._outputs.items():
+                self.context.set_tensor_address(n, t.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return StepResult(self._losses, self._outputs[names.GRAD])
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None
+        self._features.close()
+
+
 def make_trt_step(weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg", precision: str = "fp32",
-                  profile=DEFAULT_PROFILE) -> TrtStep:
+                  max_side: int | None = None, device: torch.device | None = None) -> TrtStep:
+    """A TensorRT step on the cached step graph (fp16: the fp16 graph, validated on ORT's CUDA provider).
+    max_side: the longest side the run will use, for one engine that covers every scale; None: the engine
+    grows with the largest image seen (one more build, then cached, per new largest size)."""
     if precision not in TRT_PRECISIONS:
         raise ConfigError(f"the tensorrt backend runs {', '.join(TRT_PRECISIONS)}, not {precision!r}")
-    trt = _import_tensorrt()
+    _import_tensorrt()
     from styleengine.engine.ort_step import OrtStep, ensure_export, graph_spec
 
     graph_precision = "fp16" if precision == "fp16" else "fp32"
-    export = ensure_export(weights, loss, pooling, "fp32")
-    if graph_precision == "fp16":
-        export16 = ensure_export(weights, loss, pooling, "fp16", provider="cuda")
-    onnx_export = export16 if graph_precision == "fp16" else export
-    spec = graph_spec(weights, loss, pooling, graph_precision)
-    key = hashlib.sha256(json.dumps({"export": onnx_export.meta["files"]["step.onnx"]["sha256"],
-                                     "trt": trt.__version__, "gpu": torch.cuda.get_device_name(),
-                                     "precision": precision, "profile": list(profile)}).encode()).hexdigest()[:16]
-    engine_path = onnx_export.folder / f"step-{key}.engine"
-    if engine_path.is_file():
-        data = engine_path.read_bytes()
-    else:
-        data = build_engine(onnx_export.step_path, spec, precision, profile)
-        atomic_write(engine_path, data)
-    features = OrtStep(export, graph_spec(weights, loss, pooling, "fp32"), loss, provider="cpu")
-    return TrtStep(data, spec, loss, features)
+    export32 = ensure_export(weights, loss, pooling, "fp32")
+    export = ensure_export(weights, loss, pooling, "fp16", provider="cuda") if graph_precision == "fp16" else export32
+    features = OrtStep(export32, graph_spec(weights, loss, pooling, "fp32"), loss, provider="cpu")
+    return TrtStep(export, graph_spec(weights, loss, pooling, graph_precision), loss, precision, features,
+                   max_side=max_side, device=device)

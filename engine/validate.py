@@ -13,7 +13,7 @@ import torch
 
 from styleengine.errors import ExportValidationError
 from styleengine.engine.losses import LossConfig
-from styleengine.export.onnx_step import ExportSpec
+from styleengine.export.spec import ExportSpec
 from styleengine.model.weights import Weights
 
 # (loss relative error, gradient relative L2 error) per precision; torch fp32

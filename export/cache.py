@@ -1,33 +1,56 @@
-"""The export cache: ONNX graphs built once per (model, weights, pooling,
-layers, opset, precision) and reused by `run` and `bench`.
+"""The cache: exported graphs, and what runtimes derive from them, built once and reused.
 
-Each entry is a folder holding step.onnx, features.onnx, tile_step.onnx and export.json
-(the spec, the weights' sha256, the files' sha256 and the validation
-figures). An entry whose files are missing, truncated or do not match
-their recorded hashes is rebuilt, never trusted.
+Layout under cache_root():
+  exports/KEY/               step.onnx, features.onnx, tile_step.onnx, export.json (the spec, the
+                             weights' sha256, each file's sha256 and size, the validation figures)
+  ort-optimised/TAG/SHA/     ONNX Runtime's optimised CPU graph of the graph with sha256 SHA,
+                             for one ORT version and CPU (TAG), and files.json with its hash
+  tensorrt/KEY/              a TensorRT engine and files.json
+
+Every entry is a folder published whole: built in a staging folder beside it
+(.build-NAME-XXXX), its files hashed into a record, then renamed into place.
+Every use checks each file against the record; a file that is missing, of
+another size or another hash makes the entry be rebuilt, never trusted.
+Checking, building and publishing an entry happen under an exclusive lock
+(.NAME.lock beside it), so two processes on an empty cache build it once and
+neither removes what the other is using; the lock goes with its process, so
+a killed process leaves a staging folder whose lock anyone can take, and
+the next lock-taker in that folder removes it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 
-from styleengine.export.onnx_step import ExportSpec, build_feature_graph, build_step_graph, build_tile_graph
+from styleengine.errors import ConfigError
+from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
+from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 
 # bump when the graph builder changes what it emits: old entries are then ignored
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
+GRAPH_FILES = (STEP_FILE, FEATURES_FILE, TILE_FILE)
+RECORD_FILE = "files.json"  # a derived entry's {file: {sha256, bytes}}
+STAGING_PREFIX = ".build-"
+# a staging folder with no lock file beside it (made by a version before locks) is stale after this long
+UNOWNED_STAGING_AGE_S = 3600
 
 
 @dataclass(frozen=True)
 class Export:
+    """A folder of graphs whose files were checked against meta["files"] (or just written)."""
+
     folder: Path
     meta: dict
 
@@ -42,6 +65,10 @@ class Export:
     @property
     def tile_path(self) -> Path:
         return self.folder / TILE_FILE
+
+    def sha256(self, path: Path) -> str:
+        """The recorded hash of one of this export's files."""
+        return self.meta["files"][path.name]["sha256"]
 
 
 def cache_root() -> Path:
@@ -61,30 +88,7 @@ def cache_key(weights: Weights, spec: ExportSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: list[dict] | None = None) -> Export:
-    """Build both graphs into `folder` (created), atomically per file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name, build in ((STEP_FILE, build_step_graph), (FEATURES_FILE, build_feature_graph),
-                        (TILE_FILE, build_tile_graph)):
-        data = build(weights, spec).SerializeToString()
-        atomic_write(folder / name, data)
-        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    meta = {"builder_version": BUILDER_VERSION, "spec": spec.to_json(), "weights_sha256": weights.sha256,
-            "weights_source": weights.source, "convention": weights.convention.to_json(),
-            "onnx_version": onnx.__version__, "opset": spec.opset, "precision": spec.precision,
-            "dynamic_axes": {"image": {"2": "height", "3": "width"}}, "files": files,
-            "inputs": spec.input_names(), "outputs": spec.output_names(),
-            "validation": validation}
-    atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
-    return Export(folder, meta)
-
-
-def record_validation(export: Export, validation: list[dict]) -> Export:
-    meta = dict(export.meta, validation=validation)
-    atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode())
-    return Export(export.folder, meta)
-
+# --- files and records ---
 
 def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -100,23 +104,182 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | None:
-    """The entry if every file is present and matches its recorded hash; None if it must be (re)built."""
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if (meta.get("builder_version") != BUILDER_VERSION or meta.get("spec") != spec.to_json()
-            or meta.get("weights_sha256") != weights.sha256 or not meta.get("validation")):
-        return None
-    for name, info in meta.get("files", {}).items():
+def describe_files(folder: Path, names) -> dict[str, dict]:
+    """{name: {sha256, bytes}} of files in `folder`, as a record holds them."""
+    return {n: {"sha256": file_sha256(folder / n), "bytes": (folder / n).stat().st_size} for n in names}
+
+
+def files_match(folder: Path, files: dict[str, dict]) -> bool:
+    """Every recorded file present with its size and hash (size first: cheap); False for a malformed record."""
+    if not isinstance(files, dict):
+        return False
+    for name, info in files.items():
+        if not (isinstance(name, str) and isinstance(info, dict) and isinstance(info.get("bytes"), int)
+                and isinstance(info.get("sha256"), str)):
+            return False
         path = folder / name
         if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
-            return None
-    if set(meta.get("files", {})) != {STEP_FILE, FEATURES_FILE, TILE_FILE}:
+            return False
+    return True
+
+
+def write_record(folder: Path, names) -> None:
+    atomic_write(folder / RECORD_FILE, json.dumps(describe_files(folder, names), indent=2).encode())
+
+
+def read_record(folder: Path) -> dict[str, dict] | None:
+    """A derived entry's record if its files all match it; None if the entry must be (re)built."""
+    try:
+        files = json.loads((folder / RECORD_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged record: the entry is rebuilt
+    if not files or not files_match(folder, files):
+        return None
+    return files
+
+
+# --- entries: locked, staged, published whole ---
+
+def _lock_path(parent: Path, name: str) -> Path:
+    return parent / f".{name}.lock"
+
+
+def _try_lock(f, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not blocking:
+                    return False
+                time.sleep(0.1)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def entry_lock(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the entry `folder` (waiting for another process that holds it), and
+    remove the staging folders beside it that no live process owns."""
+    parent = make_folder(folder.parent)
+    try:
+        f = open(_lock_path(parent, folder.name), "a+b")
+    except OSError as e:
+        raise ConfigError(f"cannot write in the cache folder {parent} ({e.strerror or e}); "
+                          f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
+    with f:
+        _try_lock(f, blocking=True)
+        _remove_stale_staging(parent, folder.name)
+        yield  # closing the file releases the lock
+
+
+def _remove_stale_staging(parent: Path, held: str) -> None:
+    """Staging folders are named .build-OWNER-XXXX and exist only while OWNER's lock is held: one
+    whose lock can be taken was left by a process that died (SIGKILL, a power cut)."""
+    for staging in parent.glob(f"{STAGING_PREFIX}*"):
+        owner = staging.name[len(STAGING_PREFIX):].rsplit("-", 1)[0]
+        if owner == held:  # we hold this lock: nobody else is building OWNER
+            shutil.rmtree(staging, ignore_errors=True)
+            continue
+        try:
+            f = open(_lock_path(parent, owner), "rb")
+        except FileNotFoundError:  # made before entries had locks: only its age tells
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - staging.stat().st_mtime > UNOWNED_STAGING_AGE_S:
+                    shutil.rmtree(staging, ignore_errors=True)
+            continue
+        with f:
+            if _try_lock(f, blocking=False):
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder(folder: Path) -> Iterator[Path]:
+    """A fresh folder to build the entry `folder` in (hold entry_lock(folder)); removed unless published."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=make_folder(folder.parent)))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, folder: Path) -> None:
+    """Rename a built entry into place (hold entry_lock(folder)); an entry found invalid there is
+    moved aside first, so the path never points at a half-removed folder."""
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
+def make_folder(path: Path) -> Path:
+    """mkdir -p, or a ConfigError naming the cache setting when it cannot be made."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the cache folder {path} ({e.strerror or e}); "
+                          f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
+    return path
+
+
+# --- exports ---
+
+def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: list[dict] | None = None) -> Export:
+    """Build the three graphs into `folder` (created), atomically per file, each strictly checked first."""
+    from styleengine.export.check import strict_check
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, build in ((STEP_FILE, build_step_graph), (FEATURES_FILE, build_feature_graph),
+                        (TILE_FILE, build_tile_graph)):
+        model = build(weights, spec)
+        strict_check(model, name)
+        data = model.SerializeToString()
+        atomic_write(folder / name, data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    meta = {"builder_version": BUILDER_VERSION, "spec": spec.to_json(), "weights_sha256": weights.sha256,
+            "weights_source": weights.source, "convention": weights.convention.to_json(),
+            "onnx_version": onnx.__version__, "opset": spec.opset, "ir_version": model.ir_version,
+            "precision": spec.precision, "dynamic_axes": DYNAMIC_AXES, "files": files,
+            "inputs": spec.input_names(), "outputs": spec.output_names(),
+            "validation": validation, "validated_on": None}
+    atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
+    return Export(folder, meta)
+
+
+def record_validation(export: Export, validation: list[dict], provider: str = "cpu") -> Export:
+    """Store the validation figures, and the ONNX Runtime provider they were made on, in export.json."""
+    meta = dict(export.meta, validation=validation, validated_on=provider)
+    atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode())
+    return Export(export.folder, meta)
+
+
+def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | None:
+    """The entry if every file is present and matches its recorded hash; None if it must be (re)built."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged export.json: the entry is rebuilt
+    if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION or meta.get("spec") != spec.to_json()
+            or meta.get("weights_sha256") != weights.sha256 or not meta.get("validation")
+            or not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(GRAPH_FILES)
+            or not files_match(folder, meta["files"])):
         return None
     return Export(folder, meta)
 
@@ -124,26 +287,15 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
 def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
     """The cached export for (weights, spec), built and validated on a miss.
 
-    validate(export) -> list of per-size figures; it raises on a mismatch,
-    in which case nothing is left in the cache.
+    validate(export) -> the export with its validation recorded (record_validation); it
+    raises on a mismatch, in which case nothing is left in the cache.
     """
     folder = cache_root() / "exports" / cache_key(weights, spec)
-    found = check_entry(folder, weights, spec)
-    if found is not None:
-        return found
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=_mkdir(folder.parent)))
-    try:
-        export = write_export(weights, spec, staging)
-        export = record_validation(export, validate(export))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with entry_lock(folder):
+        found = check_entry(folder, weights, spec)
+        if found is not None:
+            return found
+        with staging_folder(folder) as staging:
+            export = validate(write_export(weights, spec, staging))
+            publish(staging, folder)
     return Export(folder, export.meta)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -216,24 +216,6 @@ def test_tensorrt_backend_unavailable_is_one_line(vgg19_random):
         make_trt_step(vgg19_random, SHORT, precision="int8")
 
 
-def test_optimised_cpu_graph_is_cached_and_rebuilt_when_broken(vgg19_random, make_image):
-    export = ensure_export(vgg19_random, SHORT, "avg")
-    spec = graph_spec(vgg19_random, SHORT, "avg", "fp32")
-    first = OrtStep(export, spec, SHORT)
-    optimised = list(export.folder.glob("step.ort-*.onnx"))
-    assert len(optimised) == 1
-    optimised[0].write_bytes(optimised[0].read_bytes()[:1000])  # truncated
-    step = OrtStep(export, spec, SHORT)  # loads, fails, rebuilds
-    assert optimised[0].stat().st_size > 1000
-    reference = TorchStep(vgg19_random, SHORT)
-    targets = make_targets(reference, SHORT, make_image(40, 40, 1), [make_image(40, 40, 2)])
-    image = make_image(40, 40, 3)
-    for s in (first, step, reference):
-        s.set_targets(targets)
-    assert step(image).loss == pytest.approx(reference(image).loss, rel=1e-5)
-    assert first(image).loss == pytest.approx(step(image).loss, rel=1e-6)
-
-
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling):
     from styleengine.engine.losses import gram

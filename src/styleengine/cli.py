@@ -284,7 +284,8 @@ def _commands() -> dict[str, Callable[..., None]]:
                                                                   "(0: never).")]
     Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.")]
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (torch backend).")]
-    Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt.")]
+    Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt (untested: TensorRT cannot be "
+                                                            "installed where this is built; see README).")]
     Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ort backend).")]
     Precision = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16.")]
     ChannelOrder = Annotated[Optional[str], typer.Option(

@@ -1,13 +1,19 @@
-"""`styleengine export`: write the feature and step graphs, validated against torch."""
+"""`styleengine export`: write the portable graphs and their manifest, strictly checked and validated against torch.
+
+The folder gets step.onnx, features.onnx, tile_step.onnx and export.json,
+nothing else: what a runtime derives from them for one machine (ONNX
+Runtime's optimised CPU graph) goes to the cache folder.
+"""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from styleengine.choices import GRAPH_PRECISIONS, POOLINGS, check_choice
+from styleengine.choices import GRAPH_PRECISIONS, MODELS, ORT_CPU_PRECISIONS, POOLINGS, check_choice
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 
@@ -20,50 +26,88 @@ def _layers(value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _writable_folder(output: Path) -> None:
+    """ConfigError unless `output` is, or can be made as, a folder this process can write in; nothing is
+    left behind by the check."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} exists and is not a folder")
+    where = output if output.is_dir() else output.parent
+    if not where.is_dir():
+        raise ConfigError(f"output folder's parent is not an existing folder: {where}")
+    try:
+        Path(tempfile.mkdtemp(prefix=".styleengine-probe-", dir=where)).rmdir()
+    except OSError as e:
+        raise ConfigError(f"cannot write into {where}: {e.strerror or e}") from e
+
+
+def validation_provider(precision: str) -> str | None:
+    """Where an exported graph is validated: where it will run. fp32 on the CPU; fp16 and bf16 on CUDA when
+    there is a GPU, else fp16 on the CPU (a check of what the graph computes) and bf16 not at all."""
+    if precision in ORT_CPU_PRECISIONS:
+        return "cpu"
+    import onnxruntime as ort
+    import torch
+
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    return "cpu" if precision == "fp16" else None
+
+
+_NOT_ON_A_GPU = {
+    "fp16": "validated on the CPU provider, which has no fp16 convolution kernels and runs them in fp32 between "
+            "casts: this checks what the graph computes, not GPU fp16 arithmetic (no GPU here)",
+    "bf16": "not validated against torch: ONNX Runtime's CPU provider has no bf16 kernels and there is no GPU "
+            "here; the graphs passed ONNX's strict checks",
+}
+
+
 def export(
-    output: Path = typer.Option(..., "-o", "--output", help="Folder to write step.onnx, features.onnx, export.json"),
-    model: str = typer.Option("vgg19", help="vgg19 or vgg16"),
+    output: Path = typer.Option(..., "-o", "--output",
+                                help="Folder to write step.onnx, features.onnx, tile_step.onnx and export.json"),
+    model: str = typer.Option("vgg19", help=" or ".join(MODELS)),
     weights: str = typer.Option("imagenet", help="imagenet, random, or a .safetensors/.pth file"),
     pooling: str = typer.Option("avg", help="avg (the paper's) or max"),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 convolutions (losses stay fp32)"),
     content_layers: Optional[str] = typer.Option(None, help=f"comma-separated (default {','.join(_DEFAULT.content_layers)})"),
     style_layers: Optional[str] = typer.Option(None, help=f"comma-separated (default {','.join(_DEFAULT.style_layers)})"),
     seed: int = typer.Option(0, help="seed for --weights random"),
-    validate: bool = typer.Option(True, help="compare against torch at three sizes (fp32 and fp16 on this CPU)"),
+    validate: bool = typer.Option(True, help="compare against torch at three sizes where the graph runs: fp32 on "
+                                             "the CPU; fp16 and bf16 on CUDA, else fp16 on the CPU and bf16 not"),
 ) -> None:
-    """Export the VGG feature graph and the loss-and-gradient step graph to ONNX."""
+    """Export the VGG feature graph and the loss-and-gradient step graphs to ONNX (portable: standard ops only)."""
     from rich.console import Console
     from rich.table import Table
 
     from styleengine.engine.ort_step import OrtStep, graph_spec
-    from styleengine.export.cache import record_validation, write_export
     from styleengine.engine.validate import validate_step
+    from styleengine.export.cache import record_validation, write_export
     from styleengine.model.weights import load_weights
 
+    check_choice("model", model, MODELS)
     check_choice("precision", precision, GRAPH_PRECISIONS)
     check_choice("pooling", pooling, POOLINGS)
-    if not output.parent.exists():
-        raise ConfigError(f"output folder's parent does not exist: {output.parent}")
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"output {output} exists and is not a folder")
     loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))
+    loss.validate(model)
+    _writable_folder(output)
     w = load_weights(model, weights, seed=seed)
-    spec = graph_spec(w, loss, pooling, precision)  # validates layer names
+    spec = graph_spec(w, loss, pooling, precision)
     console = Console(stderr=True)
     written = write_export(w, spec, output)
-    if validate and precision != "bf16":
-        report = validate_step(lambda: OrtStep(written, spec, loss, provider="cpu"), w, loss, spec)
-        record_validation(written, [c.to_json() for c in report])
-        table = Table(title=f"{precision} step graph vs torch fp32")
+    provider = validation_provider(precision) if validate else None
+    if provider is not None:
+        report = validate_step(lambda: OrtStep(written, spec, loss, provider=provider), w, loss, spec)
+        record_validation(written, [c.to_json() for c in report], provider)
+        table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
         for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs"):
             table.add_column(col, justify="right")
         for c in report:
             table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
                           f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}")
         console.print(table)
-    elif validate:
-        console.print("bf16 graphs need a GPU provider to run; not validated here")
+    if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
+        console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
     meta = json.loads((output / "export.json").read_text())
-    console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
-                  f"features.onnx, export.json (opset {spec.opset}, weights sha256 {w.sha256[:12]})")
+    console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), features.onnx, "
+                  f"tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
+                  f"weights sha256 {w.sha256[:12]})")
