@@ -27,6 +27,10 @@ from styleengine.errors import ConfigError
 # many iterations, whose results are thrown away), and at the end.
 READ_INTERVAL_S = 0.1
 CHECK_EVERY = 16
+# On CUDA, a capturable step's iteration (step + update) is captured in a CUDA graph after this many eager
+# ones (cuDNN's autotuning and the optimiser's first, different, iteration) and replayed: one launch per
+# iteration instead of a few hundred kernels. Rebuilt per call, so per scale of a coarse-to-fine run.
+CAPTURE_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -120,15 +124,28 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
                 callback(record, x.detach())
                 state["in_callback"] = False
 
+    current = torch.empty(len(LOSS_TERMS), device=device)  # this iteration's terms (a CUDA graph's output)
+
+    def iteration() -> None:
+        result = step(x)
+        current.copy_(result.losses)
+        finite.logical_and_(torch.isfinite(current[0]))
+        torch.where(finite, x, last_finite, out=last_finite)
+        update(result.grad)
+
+    capture = device.type == "cuda" and step.capturable and iterations > CAPTURE_AFTER + 1
+    graph = None
     done = 0
     with torch.no_grad():
         try:
             for i in range(iterations):
-                result = step(x)
-                losses[i].copy_(result.losses)
-                finite &= torch.isfinite(result.losses[0])
-                torch.where(finite, x, last_finite, out=last_finite)
-                update(result.grad)
+                if graph is not None:
+                    graph.replay()
+                elif capture and i == CAPTURE_AFTER:
+                    graph = _capture(iteration)  # runs this iteration once, then records it for the next ones
+                else:
+                    iteration()
+                losses[i].copy_(current)
                 done = i + 1
                 if (done == iterations or done - state["unread"] >= check_every
                         or (read_at is not None and read_at(done))
@@ -150,6 +167,19 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
             pass
         state["stopped"] = state["stopped"] or "interrupted"
     return Result(last_finite, len(records), state["stopped"], records)
+
+
+def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of one iteration, after one more eager run on a side stream (as torch.cuda.graphs asks)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        iteration()  # this iteration, run for real on the capture's stream (the warm-up capture needs)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        iteration()
+    return graph
 
 
 def _lbfgs_update(x: torch.Tensor, history: int, lr: float) -> Callable[[torch.Tensor], None]:
