@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from styleengine.benchmarks import harness as h
+from styleengine.benchmarks.config import series_name
+from styleengine.benchmarks.report import fmt, gib, limit_sentence
 
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,20 +47,20 @@ def table(results: Path = RESULTS) -> str:
             continue  # another script's results (tiling, interleaved): not `styleengine bench` rows
         machine = doc.get("machine", {})
         for lim in doc.get("limits", []):
-            limits.append(f"- {h.limit_sentence(lim)} ({path.name})")
+            limits.append(f"- {limit_sentence(lim)} ({path.name})")
         if any(row.get("tile") for row in doc["rows"]):  # a --tile run: its own table, failures included
-            untiled = {(h.series_name(r), r["height"], r["width"]): r["median_s"] for r in doc["rows"]
+            untiled = {(series_name(r), r["height"], r["width"]): r["median_s"] for r in doc["rows"]
                        if not r.get("tile") and r["status"] == "ok"}
             for row in doc["rows"]:
                 if row["status"] == "unavailable":
                     continue
                 mem = row["peak_device_bytes"] if row["device"] == "cuda" else row["peak_rss_bytes"]
                 status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
-                base = untiled.get((h.series_name({**row, "tile": None}), row["height"], row["width"]))
+                base = untiled.get((series_name({**row, "tile": None}), row["height"], row["width"]))
                 ratio = f"{row['median_s'] / base:.2f}x" if row.get("tile") and base and row["median_s"] else "-"
                 tiled.append(
-                    f"| {_machine_label(machine, row)} | {h.series_name(row)} | {row['height']}x{row['width']} | "
-                    f"{status} | {h._fmt(row['median_s'], '.2f')} | {h.gib(mem)} | {row.get('tiles') or 1} | "
+                    f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
+                    f"{status} | {fmt(row['median_s'], '.2f')} | {gib(mem)} | {row.get('tiles') or 1} | "
                     f"{ratio} | "
                     f"{path.name} |")
             continue
@@ -70,9 +71,9 @@ def table(results: Path = RESULTS) -> str:
                 continue  # the limit document's rows are one-iteration probes; its sentence says more
             mem = row["peak_device_bytes"] if row["device"] == "cuda" else row["peak_rss_bytes"]
             lines.append(
-                f"| {_machine_label(machine, row)} | {h.series_name(row)} | {row['height']}x{row['width']} | "
+                f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
                 f"{row['median_s']:.2f} | {row['gflops']:.0f} | "
-                f"{'-' if row['peak_fraction'] is None else format(row['peak_fraction'], '.0%')} | {h.gib(mem)} | "
+                f"{'-' if row['peak_fraction'] is None else format(row['peak_fraction'], '.0%')} | {gib(mem)} | "
                 f"{'-' if row.get('speedup') is None else format(row['speedup'], '.2f') + 'x'} | {path.name} |")
     text = "\n".join(lines)
     if len(lines) == 2:

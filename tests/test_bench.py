@@ -15,7 +15,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from styleengine.benchmarks import harness as h
+from styleengine.benchmarks.analysis import Probe, find_limit, fit_slopes, judge, loglog_slope, search_limit
+from styleengine.benchmarks.config import COLUMNS, ROW_KEYS, STATUSES, Config, expand, parse_tiles, series_name
+from styleengine.benchmarks.report import limit_sentence
+from styleengine.benchmarks.runner import Runner, add_speedups, availability, percentile
 
 CPU_MACHINE = {  # a machine description as the worker reports it, without running one
     "cpu": "test cpu", "torch_threads": 2, "cuda": False, "cuda_reason": "no CUDA here", "gpus": [],
@@ -57,8 +60,8 @@ def torch_rows(doc):
 def test_rows_have_the_stable_keys_and_raw_floats(torch_rows, machine):
     assert len(torch_rows) == 4
     for row in torch_rows:
-        assert set(h.ROW_KEYS) <= set(row)
-        assert row["status"] in h.STATUSES
+        assert set(ROW_KEYS) <= set(row)
+        assert row["status"] in STATUSES
         assert isinstance(row["versions"], dict) and "torch" in row["versions"]
     ok = [r for r in torch_rows if r["device"] == "cpu"]
     assert [r["status"] for r in ok] == ["ok", "ok"], [r["reason"] for r in ok]
@@ -84,12 +87,12 @@ def test_cuda_rows_are_unavailable_with_a_reason(torch_rows, machine):
 
 def test_json_and_csv_files(cli_run, doc):
     assert {"machine", "rows"} <= set(doc)
-    assert all(tuple(row)[: len(h.ROW_KEYS)] == h.ROW_KEYS for row in doc["rows"])
+    assert all(tuple(row)[: len(ROW_KEYS)] == ROW_KEYS for row in doc["rows"])
     assert doc["machine"]["cpu"] and doc["machine"]["fp32_peak_gflops"] > 0
     assert "--res 32,48" in doc["machine"]["command"]
     with open(cli_run[0] / "r.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == h.COLUMNS
+        assert tuple(reader.fieldnames) == COLUMNS
         rows = list(reader)
     assert len(rows) == len(doc["rows"])
     assert json.loads(rows[0]["versions"])["torch"]
@@ -109,21 +112,21 @@ def test_console_output_report_and_plot(cli_run):
 
 @pytest.mark.parametrize("fault,status", [("error", "error"), ("oom", "oom"), ("kill", "oom")])
 def test_a_failing_worker_is_a_row(fault, status):
-    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, env={"STYLEENGINE_BENCH_FAULT": fault})
-    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    runner = Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, env={"STYLEENGINE_BENCH_FAULT": fault})
+    row = runner.run(Config("torch", None, "cpu", "fp32", 32, 32))
     assert row["status"] == status and row["reason"]
     assert row["median_s"] is None and row["gflop_per_iter"] > 0
 
 
 def test_a_hanging_worker_is_a_timeout_row():
-    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=3, env={"STYLEENGINE_BENCH_FAULT": "hang"})
-    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    runner = Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=3, env={"STYLEENGINE_BENCH_FAULT": "hang"})
+    row = runner.run(Config("torch", None, "cpu", "fp32", 32, 32))
     assert row["status"] == "timeout" and "3 s" in row["reason"]
 
 
 def test_the_worker_enforces_the_memory_budget():
-    runner = h.Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, mem_budget_bytes=50 * 2**20)
-    row = runner.run(h.Config("torch", None, "cpu", "fp32", 32, 32))
+    runner = Runner(CPU_MACHINE, iters=1, warmup=0, timeout_s=120, mem_budget_bytes=50 * 2**20)
+    row = runner.run(Config("torch", None, "cpu", "fp32", 32, 32))
     assert row["status"] == "oom" and "memory budget" in row["reason"]
 
 
@@ -142,16 +145,16 @@ def test_missing_backend_module_is_unavailable():
 
 def test_availability_without_running_anything():
     m = CPU_MACHINE
-    assert h.availability(h.Config("torch", None, "cpu", "fp32", 64, 64), m) is None
-    assert h.availability(h.Config("torch", None, "cuda", "fp32", 64, 64), m) == "no CUDA here"
-    assert "CUDAExecutionProvider" in h.availability(h.Config("ort", "cuda", "cuda", "fp32", 64, 64), m)
+    assert availability(Config("torch", None, "cpu", "fp32", 64, 64), m) is None
+    assert availability(Config("torch", None, "cuda", "fp32", 64, 64), m) == "no CUDA here"
+    assert "CUDAExecutionProvider" in availability(Config("ort", "cuda", "cuda", "fp32", 64, 64), m)
     gpu = {**m, "cuda": True, "gpus": [{"name": "gpu", "memory_free_bytes": 2**30, "fp32_peak_gflops": 1.0}]}
-    assert "tensorrt" in h.availability(h.Config("tensorrt", "tensorrt", "cuda", "fp32", 64, 64), gpu)
-    assert h.availability(h.Config("torch", None, "cuda", "fp32", 64, 64), gpu) is None
+    assert "tensorrt" in availability(Config("tensorrt", "tensorrt", "cuda", "fp32", 64, 64), gpu)
+    assert availability(Config("torch", None, "cuda", "fp32", 64, 64), gpu) is None
 
 
 def test_expand_orders_sizes_then_backends():
-    configs = h.expand([(64, 64), (32, 32)], ["torch", "ort", "tensorrt"], ["cpu", "cuda"], ["cpu"], ["fp32"])
+    configs = expand([(64, 64), (32, 32)], ["torch", "ort", "tensorrt"], ["cpu", "cuda"], ["cpu"], ["fp32"])
     assert [(c.backend, c.provider, c.device, c.height) for c in configs[:4]] == [
         ("torch", None, "cpu", 64), ("ort", "cpu", "cpu", 64), ("ort", "cuda", "cuda", 64),
         ("tensorrt", "tensorrt", "cuda", 64)]
@@ -161,7 +164,7 @@ def test_expand_orders_sizes_then_backends():
 def test_speedups_against_the_first_ok_row_per_size():
     rows = [{"height": 64, "width": 64, "model": "vgg19", "pooling": "avg", "status": s, "median_s": t}
             for s, t in (("ok", 4.0), ("ok", 1.0), ("error", None))]
-    h.add_speedups(rows)
+    add_speedups(rows)
     assert [r["speedup"] for r in rows] == [1.0, 4.0, None]
 
 
@@ -169,7 +172,7 @@ def test_percentiles_match_numpy():
     np = pytest.importorskip("numpy")
     values = [3.0, 1.0, 2.0, 10.0]
     for q in (10, 50, 90):
-        assert h.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
 # ---------------------------------------------------------------- limit search (stubbed probes)
@@ -177,9 +180,9 @@ def test_percentiles_match_numpy():
 def _stub(limit: int):
     calls = []
 
-    def probe(res: int) -> h.Probe:
+    def probe(res: int) -> Probe:
         calls.append(res)
-        return h.Probe(res, res <= limit, "fits" if res <= limit else "too big")
+        return Probe(res, res <= limit, "fits" if res <= limit else "too big")
 
     return probe, calls
 
@@ -187,7 +190,7 @@ def _stub(limit: int):
 @pytest.mark.parametrize("limit", [32, 48, 500, 512, 1000, 1776, 4096, 5000])
 def test_search_finds_the_largest_fitting_multiple_of_16(limit):
     probe, calls = _stub(limit)
-    found, probes = h.search_limit(probe)
+    found, probes = search_limit(probe)
     assert found == limit // 16 * 16
     assert calls[0] == 512 and len(calls) == len(set(calls)) and len(calls) <= 16
     assert all(r % 16 == 0 for r in calls)
@@ -195,51 +198,55 @@ def test_search_finds_the_largest_fitting_multiple_of_16(limit):
 
 
 def test_search_when_nothing_fits_or_everything_fits():
-    assert h.search_limit(_stub(10)[0])[0] is None
-    found, probes = h.search_limit(_stub(10**9)[0], ceiling=2048)
+    assert search_limit(_stub(10)[0])[0] is None
+    found, probes = search_limit(_stub(10**9)[0], ceiling=2048)
     assert found == 2048 and probes[-1].res == 2048
 
 
 def test_judge_applies_both_budgets():
     row = {"height": 256, "status": "ok", "reason": "", "device": "cpu", "peak_rss_bytes": 2 * 2**30,
            "peak_device_bytes": None, "median_s": 5.0}
-    assert h.judge(row, 4 * 2**30, 10.0).fits
-    assert "memory" in h.judge(row, 1 * 2**30, 10.0).why
-    assert "s/iteration" in h.judge(row, 4 * 2**30, 1.0).why
-    assert not h.judge({**row, "status": "oom", "reason": "killed"}, 4 * 2**30, 10.0).fits
+    assert judge(row, 4 * 2**30, 10.0).fits
+    assert "memory" in judge(row, 1 * 2**30, 10.0).why
+    assert "s/iteration" in judge(row, 4 * 2**30, 1.0).why
+    assert not judge({**row, "status": "oom", "reason": "killed"}, 4 * 2**30, 10.0).fits
 
 
 def test_find_limit_with_a_fake_runner():
     class FakeRunner:  # time ~ pixels: 512 px takes 1 s
-        machine, mem_budget_bytes, time_limit_s = CPU_MACHINE, None, None
+        machine = CPU_MACHINE
+        budgets = set()
 
-        def run(self, config, *, iters, warmup):
+        def run(self, config, *, iters, warmup, mem_budget_bytes, time_limit_s):
+            self.budgets.add((mem_budget_bytes, time_limit_s))
             t = (config.height / 512) ** 2
             return {"height": config.height, "width": config.width, "status": "ok", "reason": "", "device": "cpu",
                     "peak_rss_bytes": 2**30, "peak_device_bytes": None, "median_s": t}
 
-    result = h.find_limit(FakeRunner(), h.Config("torch", None, "cpu", "fp32", 512, 512), mem_budget_bytes=None,
-                          time_budget_s=4.0)
+    runner = FakeRunner()
+    result = find_limit(runner, Config("torch", None, "cpu", "fp32", 512, 512), mem_budget_bytes=None,
+                        time_budget_s=4.0)
+    assert runner.budgets == {(int(0.8 * 8 * 2**30), 4.0)}  # every probe gets the budgets as arguments
     assert result["limit_px"] == 1024 and result["at_limit"]["height"] == 1024
     assert result["paper_512"]["time_fraction_of_budget"] == pytest.approx(0.25)
     assert result["paper_512"]["limit_pixels_over_512"] == pytest.approx(4.0)
-    assert "1024 px" in h.limit_sentence(result)
+    assert "1024 px" in limit_sentence(result)
 
 
 # ---------------------------------------------------------------- slopes
 
 def test_loglog_slope():
     px = [512**2, 1024**2, 2048**2]
-    assert h.loglog_slope(px, [2.0 * p for p in px]) == pytest.approx(1.0)
-    assert h.loglog_slope(px, [p**0.5 for p in px]) == pytest.approx(0.5)
-    assert h.loglog_slope([4.0, 4.0], [1.0, 2.0]) is None
+    assert loglog_slope(px, [2.0 * p for p in px]) == pytest.approx(1.0)
+    assert loglog_slope(px, [p**0.5 for p in px]) == pytest.approx(0.5)
+    assert loglog_slope([4.0, 4.0], [1.0, 2.0]) is None
 
 
 def test_fit_slopes_groups_by_series():
     rows = [{"backend": "torch", "provider": None, "device": "cpu", "precision": "fp32", "status": "ok",
              "height": s, "width": s, "median_s": s * s * 1e-6, "peak_rss_bytes": 10**8 + s * s * 100,
              "base_rss_bytes": 10**8, "peak_device_bytes": None} for s in (256, 512, 1024)]
-    (fit,) = h.fit_slopes(rows)
+    (fit,) = fit_slopes(rows)
     assert fit["series"] == "torch cpu fp32" and fit["time_slope"] == pytest.approx(1.0)
     assert fit["mem_slope"] < 1.0 and fit["mem_slope_net"] == pytest.approx(1.0)
 
@@ -293,14 +300,14 @@ def test_tiled_and_untiled_rows_in_one_run(tmp_path):
     assert tiled["tile"] == 32 and tiled["tiles"] == 4
     assert tiled["gflop_per_iter"] == untiled["gflop_per_iter"]
     assert tiled["speedup"] == pytest.approx(untiled["median_s"] / tiled["median_s"])
-    assert h.series_name(tiled) == "torch cpu fp32 tile 32" and h.series_name(untiled) == "torch cpu fp32"
+    assert series_name(tiled) == "torch cpu fp32 tile 32" and series_name(untiled) == "torch cpu fp32"
     assert "tile 32" in result.output
 
 
 def test_parse_tiles_and_expand():
-    assert h.parse_tiles(None) == [None]
-    assert h.parse_tiles("none,1024,0,1024") == [None, 1024]
-    configs = h.expand([(512, 512)], ["ort"], ["cpu"], ["cpu"], ["fp32"], tiles=[None, 256])
+    assert parse_tiles(None) == [None]
+    assert parse_tiles("none,1024,0,1024") == [None, 1024]
+    configs = expand([(512, 512)], ["ort"], ["cpu"], ["cpu"], ["fp32"], tiles=[None, 256])
     assert [c.tile for c in configs] == [None, 256]
     assert configs[1].key != configs[0].key and configs[1].at(64, 64).tile == 256
 

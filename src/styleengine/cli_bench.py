@@ -1,7 +1,7 @@
 """`styleengine bench`: per-iteration time, memory and FLOP/s of the step, per
 backend, size and device; `--limit` finds the largest size that fits.
 
-The harness (styleengine.benchmarks.harness) measures; this module parses
+styleengine.benchmarks measures (config, runner, analysis, report); this module parses
 flags, shows progress and the table, and writes the files it is asked for.
 Registered by src/styleengine/cli.py; `python -m styleengine.cli_bench` runs it alone.
 """
@@ -16,7 +16,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from styleengine.benchmarks import harness as h
+from styleengine.benchmarks.analysis import find_limit
+from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DEFAULT_ITERS, DEFAULT_MODEL,
+                                           DEFAULT_POOLING, DEFAULT_PRECISIONS, DEFAULT_PROVIDERS, DEFAULT_RES,
+                                           DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP, DEVICES,
+                                           PAPER_RES, SPEEDUP_NOTE, Config, expand, parse_choices, parse_resolutions,
+                                           parse_tiles, positive, series_name)
+from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, table_rows, write_csv, write_json,
+                                           write_plot, write_report)
+from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
+from styleengine.choices import BACKENDS, MODELS, POOLINGS, PRECISIONS, PROVIDERS
 from styleengine.errors import ConfigError
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
@@ -31,10 +40,10 @@ def _console_table(rows: list[dict], title: str):
     """The rows as a rich table; reasons go below it as numbered notes to keep it narrow."""
     from rich.table import Table
 
-    header, cells = h.table_rows(rows, reasons=False)
+    header, cells = table_rows(rows, reasons=False)
     show_speedup = sum(r["status"] == "ok" for r in rows) > len({(r["height"], r["width"]) for r in rows})
     keep = [i for i, name in enumerate(header) if name != "speed-up" or show_speedup]
-    table = Table(title=title, caption="speed-up: " + h.SPEEDUP_NOTE if show_speedup else None)
+    table = Table(title=title, caption="speed-up: " + SPEEDUP_NOTE if show_speedup else None)
     for i in keep:
         table.add_column(header[i], justify="left" if i < 3 else "right", no_wrap=True)
     styles = {"ok": "green", "oom": "red", "error": "red", "timeout": "yellow", "unavailable": "dim"}
@@ -64,21 +73,21 @@ def _command_line(**values) -> str:
 
 def bench(
     res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768.")
-                   ] = h.DEFAULT_RES,
+                   ] = DEFAULT_RES,
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, ort, tensorrt.")
-                        ] = h.DEFAULT_BACKENDS,
+                        ] = DEFAULT_BACKENDS,
     providers: Annotated[str, typer.Option("--providers", help="ORT providers: cpu, cuda, tensorrt.")
-                         ] = h.DEFAULT_PROVIDERS,
-    devices: Annotated[str, typer.Option("--devices", help="torch devices: cpu, cuda.")] = h.DEFAULT_DEVICES,
-    model: Annotated[str, typer.Option("--model", help="vgg19 (the paper's) or vgg16.")] = h.DEFAULT_MODEL,
-    pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = h.DEFAULT_POOLING,
+                         ] = DEFAULT_PROVIDERS,
+    devices: Annotated[str, typer.Option("--devices", help="torch devices: cpu, cuda.")] = DEFAULT_DEVICES,
+    model: Annotated[str, typer.Option("--model", help="vgg19 (the paper's) or vgg16.")] = DEFAULT_MODEL,
+    pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = DEFAULT_POOLING,
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, bf16, fp16.")
-                         ] = h.DEFAULT_PRECISIONS,
+                         ] = DEFAULT_PRECISIONS,
     tile: Annotated[Optional[str], typer.Option(
         "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
-    iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration.")] = h.DEFAULT_ITERS,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them.")] = h.DEFAULT_WARMUP,
+    iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration.")] = DEFAULT_ITERS,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them.")] = DEFAULT_WARMUP,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.")
                          ] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows as CSV here.")] = None,
@@ -91,31 +100,31 @@ def bench(
     mem_budget: Annotated[Optional[float], typer.Option(
         "--mem-budget", help="Memory budget in GiB (default: 80% of what is available on the device).")] = None,
     time_budget: Annotated[Optional[float], typer.Option(
-        "--time-budget", help=f"Seconds one iteration may take (default: {h.DEFAULT_TIME_BUDGET_S:g} with "
+        "--time-budget", help=f"Seconds one iteration may take (default: {DEFAULT_TIME_BUDGET_S:g} with "
                               f"--limit, none otherwise); a longer one is stopped and becomes a 'timeout' row.")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a configuration's process is "
-                                                             "killed (a 'timeout' row).")] = h.DEFAULT_TIMEOUT_S,
+                                                             "killed (a 'timeout' row).")] = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Time the loss-and-gradient step across backends, sizes and devices."""
     from rich.console import Console
 
     # 1. every flag checked before anything runs
-    sizes = h.parse_resolutions(res)
-    backend_list = h.parse_choices(backends, h.BACKENDS, "--backends")
-    provider_list = h.parse_choices(providers, h.PROVIDERS, "--providers")
-    device_list = h.parse_choices(devices, h.DEVICES, "--devices")
-    precision_list = h.parse_choices(precision, h.PRECISIONS, "--precision")
-    model = h.parse_choices(model, h.MODELS, "--model")[0]
-    pooling = h.parse_choices(pooling, h.POOLINGS, "--pooling")[0]
-    tile_list = h.parse_tiles(tile)
+    sizes = parse_resolutions(res)
+    backend_list = parse_choices(backends, BACKENDS, "--backends")
+    provider_list = parse_choices(providers, PROVIDERS, "--providers")
+    device_list = parse_choices(devices, DEVICES, "--devices")
+    precision_list = parse_choices(precision, PRECISIONS, "--precision")
+    model = parse_choices(model, MODELS, "--model")[0]
+    pooling = parse_choices(pooling, POOLINGS, "--pooling")[0]
+    tile_list = parse_tiles(tile)
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
-    h.positive(mem_budget, "--mem-budget")
-    h.positive(time_budget, "--time-budget")
-    h.positive(timeout, "--timeout")
+    positive(mem_budget, "--mem-budget")
+    positive(time_budget, "--time-budget")
+    positive(timeout, "--timeout")
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot, "--plot"), (report, "--report")):
         _check_writable(path, flag)
     if plot is not None:
@@ -129,7 +138,7 @@ def bench(
     err = Console(stderr=True)
     err.print(f"[dim]{WEIGHTS_NOTE}[/]")
     started = time.perf_counter()
-    machine = h.machine_info()
+    machine = machine_info()
     err.print(f"[dim]{machine['cpu']}, {machine['torch_threads']} threads, fp32 peak "
               f"{machine['fp32_peak_gflops']:.1f} GFLOP/s ({'cached' if machine['fp32_peak_cached'] else 'measured'})"
               f", load average {machine['load_avg_1m']:.2f}[/]")
@@ -140,47 +149,47 @@ def bench(
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
 
-    def progress(event: str, config: h.Config, row: dict | None) -> None:
-        name = h.series_name(asdict(config))
+    def progress(event: str, config: Config, row: dict | None) -> None:
+        name = series_name(asdict(config))
         if event == "done" and row is not None:
             detail = f"{row['median_s']:.2f} s/iter" if row["status"] == "ok" else row["reason"]
             err.print(f"  {name} {config.height}x{config.width}: {row['status']} ({detail})", highlight=False)
             if json_path is not None:  # a partial document after every row: an interrupted run keeps its rows
                 finished.append(dict(row))
-                h.add_speedups(finished)
-                partial = h.document(machine, finished, command=command)
+                add_speedups(finished)
+                partial = document(machine, finished, command=command)
                 partial["machine"]["partial"] = True
-                h.write_json(json_path, partial)
+                write_json(json_path, partial)
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
     if limit and time_budget is None:
-        time_budget = h.DEFAULT_TIME_BUDGET_S
-    runner = h.Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
+        time_budget = DEFAULT_TIME_BUDGET_S
+    runner = Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
                       mem_budget_bytes=budget_bytes, progress=progress)
     limits: list[dict] = []
     if limit:
-        kinds = h.expand([(h.PAPER_RES, h.PAPER_RES)], backend_list, provider_list, device_list, precision_list,
+        kinds = expand([(PAPER_RES, PAPER_RES)], backend_list, provider_list, device_list, precision_list,
                          model, pooling, tile_list)
         rows = []
         for config in kinds:
-            reason = h.availability(config, machine)
+            reason = availability(config, machine)
             if reason:
                 rows.append(runner.run(config))
                 continue
-            err.print(f"searching the limit of {h.series_name(asdict(config))} (time budget {time_budget:g} s per "
-                      f"iteration, memory budget {h.gib(budget_bytes or h.default_mem_budget(config, machine))} GiB)"
+            err.print(f"searching the limit of {series_name(asdict(config))} (time budget {time_budget:g} s per "
+                      f"iteration, memory budget {gib(budget_bytes or default_mem_budget(config, machine))} GiB)"
                       f" ...", highlight=False)
-            found = h.find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
+            found = find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
             limits.append(found)
             if found["at_limit"]:
                 rows.append(found["at_limit"])
-        h.add_speedups(rows)
+        add_speedups(rows)
     else:
-        rows = runner.run_all(h.expand(sizes, backend_list, provider_list, device_list, precision_list,
+        rows = runner.run_all(expand(sizes, backend_list, provider_list, device_list, precision_list,
                                        model, pooling, tile_list))
     elapsed = time.perf_counter() - started
 
-    doc = h.document(machine, rows, limits=limits, command=command)
+    doc = document(machine, rows, limits=limits, command=command)
     doc["machine"]["elapsed_s"] = elapsed
     title = "styleengine bench: the size limit" if limit else "styleengine bench: one loss-and-gradient iteration"
     table, notes = _console_table(doc["rows"], f"{title} ({machine['cpu']})")
@@ -190,20 +199,20 @@ def bench(
     for fit in doc["fits"]:
         if fit["time_slope"] is not None:
             out.print(f"scaling {fit['series']} ({fit['min_px']}-{fit['max_px']} px): time ~ pixels^"
-                      f"{fit['time_slope']:.2f}, memory ~ pixels^{h._fmt(fit['mem_slope'], '.2f')} "
-                      f"(pixels^{h._fmt(fit['mem_slope_net'], '.2f')} above the fixed base)")
+                      f"{fit['time_slope']:.2f}, memory ~ pixels^{fmt(fit['mem_slope'], '.2f')} "
+                      f"(pixels^{fmt(fit['mem_slope_net'], '.2f')} above the fixed base)")
     for found in limits:
-        out.print(h.limit_sentence(found))
+        out.print(limit_sentence(found))
     out.print(f"[dim]{WEIGHTS_NOTE}; {elapsed:.0f} s in all[/]")
 
     if json_path is not None:
-        h.write_json(json_path, doc)
+        write_json(json_path, doc)
     if csv_path is not None:
-        h.write_csv(csv_path, doc["rows"])
+        write_csv(csv_path, doc["rows"])
     if plot is not None:
-        h.write_plot(plot, doc)
+        write_plot(plot, doc)
     if report is not None:
-        h.write_report(report, doc, plot)
+        write_report(report, doc, plot)
     for path in (json_path, csv_path, plot, report):
         if path is not None:
             err.print(f"wrote {path}")

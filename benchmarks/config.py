@@ -1,0 +1,160 @@
+"""Bench configurations: the defaults, flag parsing, `Config`, the row schema.
+
+Torch-free and quick to import, so bad flags fail before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from styleengine.errors import ConfigError
+
+DEVICES = ("cpu", "cuda")  # a bench row names the device it ran on: no "auto"
+STATUSES = ("ok", "oom", "error", "timeout", "unavailable")
+MIN_RESOLUTION = 32
+QUANTUM = 16  # the limit search works on multiples of this
+PAPER_RES = 512  # "images of about 512x512 pixels" (Gatys et al.)
+MIN_FIT_SPAN = 2.0  # slopes need sizes spanning at least this ratio of pixel counts
+
+# Defaults, written once; the CLI reads them from here. 1 warm-up + 2 timed
+# iterations keep `bench --res 512,1024` (torch and ort) under 4 minutes on a
+# 2-core CPU, where one 1024 px iteration takes ~20 s.
+DEFAULT_RES = "512,1024"
+DEFAULT_BACKENDS = "torch,ort"
+DEFAULT_PROVIDERS = "cpu"
+DEFAULT_DEVICES = "cpu"
+DEFAULT_PRECISIONS = "fp32"
+DEFAULT_MODEL = "vgg19"  # the paper's network
+DEFAULT_POOLING = "avg"  # the paper's choice
+DEFAULT_ITERS = 2
+DEFAULT_WARMUP = 1
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIME_BUDGET_S = 60.0  # per iteration; ~1000 L-BFGS iterations in under a day
+DEFAULT_MEM_FRACTION = 0.8  # of the memory available when the run starts
+
+# the stable row schema a user scripts against; the CSV has the same columns
+ROW_KEYS = ("backend", "provider", "device", "precision", "threads", "height", "width", "status", "reason",
+            "median_s", "p10_s", "p90_s", "peak_rss_bytes", "peak_device_bytes", "gflop_per_iter", "gflops",
+            "peak_fraction", "versions")
+EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup",
+              "tile", "tiles")
+COLUMNS = ROW_KEYS + EXTRA_KEYS
+SPEEDUP_NOTE = ("the first ok row's median at the same size over this row's (torch on cpu at fp32 when it "
+                "ran, so ORT vs torch and GPU vs CPU)")
+
+
+
+# ---------------------------------------------------------------- parsing
+
+def _items(text: str, flag: str) -> list[str]:
+    items = [part.strip().lower() for part in str(text).split(",") if part.strip()]
+    if not items:
+        raise ConfigError(f"{flag} needs at least one value, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def parse_choices(text: str, allowed: Iterable[str], flag: str) -> list[str]:
+    allowed = tuple(allowed)
+    items = _items(text, flag)
+    for item in items:
+        if item not in allowed:
+            raise ConfigError(f"unknown {flag.lstrip('-').rstrip('s')} {item!r} in {flag}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_resolutions(text: str) -> list[tuple[int, int]]:
+    """'512,1024' or '512x768' -> [(h, w), ...]; each side an integer >= 32."""
+    out = []
+    for item in _items(text, "--res"):
+        parts = item.split("x")
+        try:
+            if len(parts) not in (1, 2):
+                raise ValueError
+            h, w = (int(parts[0]), int(parts[-1]))
+        except ValueError:
+            raise ConfigError(f"--res takes sizes like 512 or 512x768, got {item!r}") from None
+        if min(h, w) < MIN_RESOLUTION:
+            raise ConfigError(f"--res {item}: the smallest size is {MIN_RESOLUTION} px (VGG pools 4 times)")
+        out.append((h, w))
+    return list(dict.fromkeys(out))
+
+
+def parse_tiles(text: str | None) -> list[int | None]:
+    """--tile: comma-separated core sizes (multiples of 16); `none` (or 0) is the untiled step.
+    "none,1024" times both in the same run, so the overhead is a ratio of one run's rows."""
+    if text is None:
+        return [None]
+    out: list[int | None] = []
+    for item in _items(text, "--tile"):
+        if item.lower() in ("none", "0"):
+            out.append(None)
+            continue
+        try:
+            tile = int(item)
+        except ValueError:
+            raise ConfigError(f"--tile: {item!r} is not a size in px (or none)") from None
+        if tile <= 0 or tile % QUANTUM:
+            raise ConfigError(f"--tile: {tile} is not a positive multiple of {QUANTUM} px")
+        out.append(tile)
+    return list(dict.fromkeys(out))
+
+
+def positive(value: float | None, flag: str) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{flag} must be a number > 0, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- configurations
+
+@dataclass(frozen=True)
+class Config:
+    backend: str
+    provider: str | None  # ORT's execution provider; None for torch
+    device: str  # cpu or cuda: where the step's tensors live
+    precision: str
+    height: int
+    width: int
+    model: str = DEFAULT_MODEL
+    pooling: str = DEFAULT_POOLING
+    tile: int | None = None  # core size of the exact tiled step (engine/tiled.py); None: untiled
+
+    @property
+    def key(self) -> tuple:
+        """What a limit search and a speed-up compare across (everything but the size)."""
+        return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling, self.tile)
+
+    def at(self, height: int, width: int) -> "Config":
+        return dataclasses.replace(self, height=height, width=width)
+
+
+def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: list[str], devices: list[str],
+           precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING,
+           tiles: list[int | None] = (None,)) -> list[Config]:
+    """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT,
+    each untiled and/or tiled as `tiles` lists (None: untiled).
+
+    torch runs on each of `devices`; ort on each of `providers` (cpu -> cpu
+    tensors, cuda/tensorrt -> cuda tensors); tensorrt always on cuda.
+    """
+    kinds: list[tuple[str, str | None, str]] = []
+    for backend in backends:
+        if backend == "torch":
+            kinds += [("torch", None, d) for d in devices]
+        elif backend == "ort":
+            kinds += [("ort", p, "cpu" if p == "cpu" else "cuda") for p in providers]
+        else:
+            kinds.append(("tensorrt", "tensorrt", "cuda"))
+    return [Config(b, p, d, prec, h, w, model, pooling, tile)
+            for (h, w) in resolutions for (b, p, d) in kinds for prec in precisions for tile in tiles]
+
+
+def series_name(row: dict) -> str:
+    """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32, ort cpu fp32 tile 1024."""
+    backend, provider = row["backend"], row.get("provider")
+    where = row["device"] if backend == "torch" else (provider if provider and provider != backend else "")
+    tile = f"tile {row['tile']}" if row.get("tile") else ""
+    return " ".join(p for p in (backend, where, row["precision"], tile) if p)
+

@@ -1,0 +1,262 @@
+"""Running bench configurations: one `python -m styleengine.benchmarks.worker`
+process each (JSON spec in, one JSON row out), so its peak memory is its own and
+an out-of-memory, a crash or a time-out is a row with a status and a reason
+(`ok`, `oom`, `error`, `timeout`, `unavailable`), never a missing line.
+
+Computes and returns; never prints. No torch at module level.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Callable
+
+from styleengine.benchmarks.config import (DEFAULT_ITERS, DEFAULT_MEM_FRACTION, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP,
+                                           STATUSES, Config)
+
+# ---------------------------------------------------------------- environment
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the runtimes every row depends on (no import needed)."""
+    def version(*names: str) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {"styleengine": version("styleengine"), "torch": version("torch"),
+            "onnxruntime": version("onnxruntime-gpu", "onnxruntime"),
+            "tensorrt": version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12"),
+            "python": platform.python_version()}
+
+
+def availability(config: Config, machine: dict) -> str | None:
+    """Why `config` cannot run on `machine`, or None if it may."""
+    if config.device == "cuda" and not machine.get("cuda") and config.backend != "ort":
+        return machine.get("cuda_reason") or "no CUDA device"
+    if config.backend == "ort":
+        if machine.get("ort_reason"):
+            return machine["ort_reason"]
+        wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}[config.provider or "cpu"]
+        if wanted not in machine.get("ort_providers", []):
+            return f"ONNX Runtime has no {wanted} here (available: {', '.join(machine.get('ort_providers', []))})"
+        if config.device == "cuda" and not machine.get("cuda"):
+            return machine.get("cuda_reason") or "no CUDA device"
+    if config.backend == "tensorrt" and not machine.get("tensorrt"):
+        return machine.get("tensorrt_reason") or "tensorrt is not installed"
+    return None
+
+
+# ---------------------------------------------------------------- subprocesses
+
+@dataclass
+class Outcome:
+    """What one worker process gave back."""
+
+    status: str
+    reason: str
+    data: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def run_worker(spec: dict, timeout_s: float, env: dict | None = None) -> Outcome:
+    """Run one worker job; every way it can end becomes an Outcome with a status."""
+    cmd = [sys.executable, "-m", "styleengine.benchmarks.worker", json.dumps(spec)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return Outcome("timeout", f"no result within {timeout_s:g} s (the process was killed)",
+                       wall_s=time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    data = None
+    if lines:
+        try:
+            data = json.loads(lines[-1])
+        except ValueError:
+            data = None
+    if isinstance(data, dict) and data.get("status") in STATUSES:
+        return Outcome(data["status"], data.get("reason") or "", data, wall)
+    err = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    tail = err[-1][:300] if err else "no output"
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGKILL:
+            return Outcome("oom", "killed by SIGKILL (most likely the kernel's out-of-memory killer)", wall_s=wall)
+        return Outcome("error", f"killed by {name}: {tail}", wall_s=wall)
+    if is_oom_text(proc.stderr):
+        return Outcome("oom", tail, wall_s=wall)
+    return Outcome("error", f"exit code {proc.returncode}: {tail}", wall_s=wall)
+
+
+def is_oom_text(text: str) -> bool:
+    low = text.lower()
+    return any(t in low for t in ("out of memory", "memoryerror", "can't allocate memory", "failed to allocate memory"))
+
+
+def machine_info(timeout_s: float = 300.0, refresh_peak: bool = False) -> dict:
+    """This machine (CPU, memory, CUDA, ORT providers, TensorRT, fp32 peak), from a worker process."""
+    out = run_worker({"kind": "machine", "refresh_peak": refresh_peak}, timeout_s)
+    if out.status != "ok":
+        raise RuntimeError(f"could not describe this machine: {out.status}: {out.reason}")
+    info = {k: v for k, v in out.data.items() if k not in ("status", "reason")}
+    try:
+        info["load_avg_1m"] = os.getloadavg()[0]  # other work on the machine skews every figure
+    except (OSError, AttributeError):
+        info["load_avg_1m"] = None
+    info["versions"] = versions()
+    return info
+
+
+def default_mem_budget(config: Config, machine: dict) -> int:
+    """80% of what is available on the config's device when the run starts."""
+    if config.device == "cuda" and machine.get("gpus"):
+        return int(DEFAULT_MEM_FRACTION * machine["gpus"][0]["memory_free_bytes"])
+    return int(DEFAULT_MEM_FRACTION * machine["memory_available_bytes"])
+
+
+def peak_gflops(config: Config, machine: dict) -> float | None:
+    if config.device == "cuda":
+        return machine["gpus"][0]["fp32_peak_gflops"] if machine.get("gpus") else None
+    return machine.get("fp32_peak_gflops")
+
+
+def gflop_per_iter(config: Config) -> float:
+    """GFLOP of one loss-and-gradient iteration from the layer table (the default loss's layers)."""
+    from styleengine.engine.losses import LossConfig
+    from styleengine.model.vgg import gflop
+
+    loss = LossConfig()
+    return gflop(config.model, list(loss.content_layers), list(loss.style_layers), config.height, config.width)["total"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup: int) -> dict:
+    """One row with every column; measured figures only where the run gave them."""
+    d = outcome.data
+    times = [float(t) for t in d.get("times_s") or []]
+    ok = outcome.status == "ok" and bool(times)
+    gf = gflop_per_iter(config)
+    median = statistics.median(times) if ok else None
+    peak = peak_gflops(config, machine)
+    gpus = machine.get("gpus") or []
+    row = {
+        "backend": config.backend, "provider": config.provider, "device": config.device,
+        "precision": config.precision, "threads": d.get("threads", machine.get("torch_threads")),
+        "height": config.height, "width": config.width,
+        "status": outcome.status if (ok or outcome.status != "ok") else "error",
+        "reason": outcome.reason if (ok or outcome.status != "ok") else "the worker returned no timings",
+        "median_s": median, "p10_s": percentile(times, 10) if ok else None,
+        "p90_s": percentile(times, 90) if ok else None,
+        "peak_rss_bytes": d.get("peak_rss_bytes"), "peak_device_bytes": d.get("peak_device_bytes"),
+        "gflop_per_iter": gf, "gflops": gf / median if ok else None,
+        "peak_fraction": gf / median / peak if ok and peak else None,
+        "versions": machine.get("versions") or versions(),
+        "device_name": d.get("device_name") or (gpus[0]["name"] if config.device == "cuda" and gpus
+                                                 else machine.get("cpu")),
+        "model": config.model, "pooling": config.pooling, "iters": len(times) if ok else iters,
+        "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
+        "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
+        "tile": config.tile, "tiles": d.get("tiles"),
+    }
+    return row
+
+
+# ---------------------------------------------------------------- running
+
+Progress = Callable[[str, Config, dict | None], None]  # (event, config, row or None)
+
+
+@dataclass
+class Runner:
+    """Runs configurations one at a time (never two timed processes at once)."""
+
+    machine: dict
+    iters: int = DEFAULT_ITERS
+    warmup: int = DEFAULT_WARMUP
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    mem_budget_bytes: int | None = None  # None: 80% of available on the device
+    time_limit_s: float | None = None  # per iteration, enforced inside the worker
+    env: dict | None = None  # extra environment for the workers (tests)
+    progress: Progress | None = None
+    _prepared: dict = field(default_factory=dict)
+
+    def _env(self) -> dict | None:
+        if not self.env:
+            return None
+        return {**os.environ, **self.env}
+
+    def _prepare(self, config: Config) -> Outcome:
+        """Build (and cache) an exporting backend's graph in its own process, once per kind."""
+        key = config.key
+        if key not in self._prepared:
+            spec = {"kind": "prepare", **asdict(config)}
+            self._prepared[key] = run_worker(spec, self.timeout_s, self._env())
+        return self._prepared[key]
+
+    def run(self, config: Config, *, iters: int | None = None, warmup: int | None = None,
+            mem_budget_bytes: int | None = None, time_limit_s: float | None = None) -> dict:
+        """One configuration's row; each keyword left None takes the runner's own setting."""
+        iters = self.iters if iters is None else iters
+        warmup = self.warmup if warmup is None else warmup
+        mem_budget_bytes = self.mem_budget_bytes if mem_budget_bytes is None else mem_budget_bytes
+        time_limit_s = self.time_limit_s if time_limit_s is None else time_limit_s
+        if self.progress:
+            self.progress("start", config, None)
+        reason = availability(config, self.machine)
+        if reason:
+            outcome = Outcome("unavailable", reason)
+        else:
+            outcome = self._prepare(config) if config.backend != "torch" else Outcome("ok", "")
+            if outcome.status == "ok":
+                budget = mem_budget_bytes or default_mem_budget(config, self.machine)
+                spec = {"kind": "step", **asdict(config), "iters": iters, "warmup": warmup,
+                        # the watchdog can only see host memory; device memory is checked after
+                        "mem_limit_bytes": budget if config.device == "cpu" else None,
+                        "time_limit_s": time_limit_s}
+                outcome = run_worker(spec, self.timeout_s, self._env())
+            else:
+                outcome = Outcome(outcome.status, f"preparing the step: {outcome.reason}")
+        row = make_row(config, outcome, self.machine, iters, warmup)
+        if self.progress:
+            self.progress("done", config, row)
+        return row
+
+    def run_all(self, configs: list[Config]) -> list[dict]:
+        rows = [self.run(c) for c in configs]
+        add_speedups(rows)
+        return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup = baseline median / row median, per size; the baseline is the first
+    ok row at that size in table order (torch on cpu at fp32 when it ran)."""
+    baselines: dict[tuple, float] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            baselines.setdefault((row["height"], row["width"], row["model"], row["pooling"]), row["median_s"])
+    for row in rows:
+        base = baselines.get((row["height"], row["width"], row["model"], row["pooling"]))
+        row["speedup"] = base / row["median_s"] if row["status"] == "ok" and base else None
+
