@@ -9,7 +9,12 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+from styleengine.choices import BACKENDS
 from styleengine.errors import ConfigError
+
+# the engine's backends and `naive`: the loop popular implementations run (benchmarks/naive.py), the
+# baseline every speed-up is against
+BENCH_BACKENDS = ("naive",) + BACKENDS
 
 DEVICES = ("cpu", "cuda")  # a bench row names the device it ran on: no "auto"
 STATUSES = ("ok", "oom", "error", "timeout", "unavailable")
@@ -22,9 +27,9 @@ MIN_FIT_SPAN = 2.0  # slopes need sizes spanning at least this ratio of pixel co
 # iterations keep `bench --res 512,1024` (torch and ort) under 4 minutes on a
 # 2-core CPU, where one 1024 px iteration takes ~20 s.
 DEFAULT_RES = "512,1024"
-DEFAULT_BACKENDS = "torch,ort"
-DEFAULT_PROVIDERS = "cpu"
-DEFAULT_DEVICES = "cpu"
+DEFAULT_BACKENDS = "naive,torch,ort"
+DEFAULT_PROVIDERS = "auto"  # cpu, and cuda where ONNX Runtime has it and a GPU is here
+DEFAULT_DEVICES = "auto"  # cpu, and cuda where a GPU is here: CPU against GPU is what bench is for
 DEFAULT_PRECISIONS = "fp32"
 DEFAULT_MODEL = "vgg19"  # the paper's network
 DEFAULT_POOLING = "avg"  # the paper's choice
@@ -39,10 +44,12 @@ ROW_KEYS = ("backend", "provider", "device", "precision", "threads", "height", "
             "median_s", "p10_s", "p90_s", "peak_rss_bytes", "peak_device_bytes", "gflop_per_iter", "gflops",
             "peak_fraction", "versions")
 EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup",
-              "tile", "tiles")
+              "tile", "tiles", "loop")
 COLUMNS = ROW_KEYS + EXTRA_KEYS
-SPEEDUP_NOTE = ("the first ok row's median at the same size over this row's (torch on cpu at fp32 when it "
-                "ran, so ORT vs torch and GPU vs CPU)")
+SPEEDUP_NOTE = ("the first ok row's median at the same size and kind (step or loop) over this row's: the naive "
+                "loop on cpu at fp32 when it ran, so every row against what users run today, and GPU vs CPU")
+# --loop N: N whole iterations (step + L-BFGS update + bookkeeping, history 100) timed per iteration
+LOOP_HISTORY = 100
 
 
 
@@ -120,11 +127,13 @@ class Config:
     model: str = DEFAULT_MODEL
     pooling: str = DEFAULT_POOLING
     tile: int | None = None  # core size of the exact tiled step (engine/tiled.py); None: untiled
+    loop: int = 0  # 0: time the step alone; N: time N whole iterations of the loop (step + optimiser)
 
     @property
     def key(self) -> tuple:
         """What a limit search and a speed-up compare across (everything but the size)."""
-        return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling, self.tile)
+        return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling, self.tile,
+                self.loop)
 
     def at(self, height: int, width: int) -> "Config":
         return dataclasses.replace(self, height=height, width=width)
@@ -132,29 +141,33 @@ class Config:
 
 def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: list[str], devices: list[str],
            precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING,
-           tiles: list[int | None] = (None,)) -> list[Config]:
+           tiles: list[int | None] = (None,), loop: int = 0) -> list[Config]:
     """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT,
-    each untiled and/or tiled as `tiles` lists (None: untiled).
+    each untiled and/or tiled as `tiles` lists (None: untiled); with `loop` N, each step row is followed
+    by the same configuration timed over N whole iterations of the loop.
 
     torch runs on each of `devices`; ort on each of `providers` (cpu -> cpu
     tensors, cuda/tensorrt -> cuda tensors); tensorrt always on cuda.
     """
     kinds: list[tuple[str, str | None, str]] = []
     for backend in backends:
-        if backend == "torch":
-            kinds += [("torch", None, d) for d in devices]
+        if backend in ("naive", "torch"):
+            kinds += [(backend, None, d) for d in devices]
         elif backend == "ort":
             kinds += [("ort", p, "cpu" if p == "cpu" else "cuda") for p in providers]
         else:
             kinds.append(("tensorrt", "tensorrt", "cuda"))
-    return [Config(b, p, d, prec, h, w, model, pooling, tile)
-            for (h, w) in resolutions for (b, p, d) in kinds for prec in precisions for tile in tiles]
+    loops = (0, loop) if loop else (0,)
+    return [Config(b, p, d, prec, h, w, model, pooling, tile, n)
+            for (h, w) in resolutions for n in loops for (b, p, d) in kinds for prec in precisions
+            for tile in tiles if not (b == "naive" and (prec != "fp32" or tile))]
 
 
 def series_name(row: dict) -> str:
     """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32, ort cpu fp32 tile 1024."""
     backend, provider = row["backend"], row.get("provider")
-    where = row["device"] if backend == "torch" else (provider if provider and provider != backend else "")
+    where = row["device"] if backend in ("naive", "torch") else (provider if provider and provider != backend else "")
     tile = f"tile {row['tile']}" if row.get("tile") else ""
-    return " ".join(p for p in (backend, where, row["precision"], tile) if p)
+    loop = "loop" if row.get("loop") else ""
+    return " ".join(p for p in (backend, where, row["precision"], tile, loop) if p)
 

@@ -102,39 +102,48 @@ def build_model(weights: Weights, pooling: str, content_layers, style_layers, co
     return model.eval(), content_losses, style_losses
 
 
-def run(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, style: torch.Tensor, *,
-        iterations: int, content_layers=("relu4_2",),
-        style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), content_weight: float = 1.0,
-        style_weight: float = 1e5, pooling: str = "avg", history: int = 100, device: str = "cpu",
-        on_iteration=None) -> tuple[torch.Tensor, list[float], list[float]]:
-    """The whole optimisation; returns (image, the loss of each evaluation, the time each iteration took).
-
-    Times are host timestamps between closure calls: torch's LBFGS reads the loss every iteration
-    (`float(loss)`), so on a GPU each one has finished by then.
-    """
+def prepare(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, style: torch.Tensor, *,
+            content_layers=("relu4_2",), style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+            content_weight: float = 1.0, style_weight: float = 1e5, pooling: str = "avg", device: str = "cpu"):
+    """(image, closure): the model with its loss modules, the image to optimise and the tutorial's closure."""
     device_t = torch.device(device)
     if device_t.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model, content_losses, style_losses = build_model(
         weights, pooling, content_layers, style_layers, content, style, content_weight, style_weight, device_t)
     img = init.detach().clone().to(device_t).requires_grad_(True)
+
+    def closure():
+        if img.grad is not None:
+            img.grad.zero_()  # optimizer.zero_grad() on the one parameter
+        model(img)
+        loss = sum(m.loss for m in content_losses) + sum(m.loss for m in style_losses)
+        loss.backward()
+        return loss
+
+    return img, closure
+
+
+def run(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, style: torch.Tensor, *,
+        iterations: int, history: int = 100, **loss) -> tuple[torch.Tensor, list[float], list[float]]:
+    """The whole optimisation; returns (image, the loss of each evaluation, the time each iteration took).
+
+    Times are host timestamps between closure calls: torch's LBFGS reads the loss every iteration
+    (`float(loss)`), so on a GPU each one has finished by then. `loss`: prepare()'s keywords.
+    """
+    img, closure = prepare(weights, init, content, style, **loss)
     optimizer = torch.optim.LBFGS([img], lr=1.0, max_iter=iterations, history_size=history,
                                   tolerance_grad=-1.0, tolerance_change=-1.0)
     losses: list[float] = []
     stamps: list[float] = [time.perf_counter()]
 
-    def closure():
-        optimizer.zero_grad()
-        model(img)
-        loss = sum(m.loss for m in content_losses) + sum(m.loss for m in style_losses)
-        loss.backward()
-        losses.append(loss.item())
+    def timed_closure():
+        loss = closure()
+        losses.append(loss.item())  # what the popular loops print; LBFGS reads it anyway
         stamps.append(time.perf_counter())
-        if on_iteration is not None:
-            on_iteration(len(losses))
         return loss
 
     if iterations:
-        optimizer.step(closure)
+        optimizer.step(timed_closure)
     seconds = [b - a for a, b in zip(stamps, stamps[1:])]
     return img.detach(), losses, seconds

@@ -178,7 +178,7 @@ def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup
         "model": config.model, "pooling": config.pooling, "iters": len(times) if ok else iters,
         "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
         "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
-        "tile": config.tile, "tiles": d.get("tiles"),
+        "tile": config.tile, "tiles": d.get("tiles"), "loop": config.loop,
     }
     return row
 
@@ -228,7 +228,7 @@ class Runner:
         if reason:
             outcome = Outcome("unavailable", reason)
         else:
-            outcome = self._prepare(config) if config.backend != "torch" else Outcome("ok", "")
+            outcome = self._prepare(config) if config.backend not in ("naive", "torch") else Outcome("ok", "")
             if outcome.status == "ok":
                 budget = mem_budget_bytes or default_mem_budget(config, self.machine)
                 spec = {"kind": "step", **asdict(config), "iters": iters, "warmup": warmup,
@@ -250,13 +250,16 @@ class Runner:
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """speedup = baseline median / row median, per size; the baseline is the first
-    ok row at that size in table order (torch on cpu at fp32 when it ran)."""
+    """speedup = baseline median / row median, per size and kind (step or loop); the baseline is the first
+    ok row of them in table order (the naive loop on cpu at fp32 when it ran)."""
+    def kind(row: dict) -> tuple:
+        return (row["height"], row["width"], row["model"], row["pooling"], bool(row.get("loop")))
+
     baselines: dict[tuple, float] = {}
     for row in rows:
         if row["status"] == "ok":
-            baselines.setdefault((row["height"], row["width"], row["model"], row["pooling"]), row["median_s"])
+            baselines.setdefault(kind(row), row["median_s"])
     for row in rows:
-        base = baselines.get((row["height"], row["width"], row["model"], row["pooling"]))
+        base = baselines.get(kind(row))
         row["speedup"] = base / row["median_s"] if row["status"] == "ok" and base else None
 

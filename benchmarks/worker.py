@@ -206,6 +206,8 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     torch.manual_seed(0)
     weights = load_weights(spec["model"], "random")
     loss = LossConfig()
+    if spec["backend"] == "naive":
+        return _run_naive(spec, weights, base, dog)
     step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
                      precision=spec["precision"], provider=spec.get("provider") or "cpu")
     tile = spec.get("tile")
@@ -246,12 +248,17 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     dog.end_phase()
     image = torch.rand(1, 3, h, w, generator=gen).to(device)
 
-    for i in range(int(spec["warmup"])):
+    if spec.get("loop"):
+        from styleengine.benchmarks.loops import time_engine_loop
+
+        base["times_s"] = time_engine_loop(step, image, int(spec["loop"]), int(spec["warmup"]), dog,
+                                           lambda: _synchronize(device))
+    for i in range(int(spec["warmup"]) if not spec.get("loop") else 0):
         dog.start_phase(f"warm-up iteration {i + 1}", WARMUP_ALLOWANCE)
         step(image)
         _synchronize(device)
         dog.end_phase()
-    for i in range(int(spec["iters"])):
+    for i in range(int(spec["iters"]) if not spec.get("loop") else 0):
         _synchronize(device)
         dog.start_phase(f"iteration {i + 1}")
         t0 = time.perf_counter()
@@ -269,6 +276,31 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
             nvml.stopped.set()
             base["peak_device_bytes"] = max(torch_peak, nvml.peak) or None
     step.close()
+    dog.stopped.set()
+    base["peak_rss_bytes"] = peak_rss_bytes()
+    return {**base, "status": "ok", "reason": ""}
+
+
+def _run_naive(spec: dict, weights, base: dict, dog) -> dict:
+    """The naive backend (benchmarks/naive.py): its own model and loop, the engine's random weights."""
+    import torch
+
+    from styleengine.benchmarks.loops import time_naive
+
+    h, w = int(spec["height"]), int(spec["width"])
+    device = torch.device(spec["device"])
+    base["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base["base_rss_bytes"] = current_rss_bytes()
+    gen = torch.Generator().manual_seed(0)
+    content, image = (torch.rand(1, 3, h, w, generator=gen) for _ in range(2))
+    style = torch.rand(1, 3, min(h, 64), min(w, 64), generator=gen)  # as the engine's rows: values do not matter
+    base["times_s"] = time_naive(weights, image, content, style, loop=int(spec.get("loop") or 0),
+                                 iters=int(spec["iters"]), warmup=int(spec["warmup"]), pooling=spec["pooling"],
+                                 device=spec["device"], dog=dog, sync=lambda: _synchronize(device))
+    if device.type == "cuda":
+        base["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(device))
     dog.stopped.set()
     base["peak_rss_bytes"] = peak_rss_bytes()
     return {**base, "status": "ok", "reason": ""}

@@ -19,16 +19,24 @@ import typer
 from styleengine.benchmarks.analysis import find_limit
 from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DEFAULT_ITERS, DEFAULT_MODEL,
                                            DEFAULT_POOLING, DEFAULT_PRECISIONS, DEFAULT_PROVIDERS, DEFAULT_RES,
-                                           DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP, DEVICES,
+                                           DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP, DEVICES, BENCH_BACKENDS,
                                            PAPER_RES, SPEEDUP_NOTE, Config, expand, parse_choices, parse_resolutions,
                                            parse_tiles, positive, series_name)
 from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, table_rows, write_csv, write_json,
                                            write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
-from styleengine.choices import BACKENDS, MODELS, POOLINGS, PRECISIONS, PROVIDERS
+from styleengine.choices import MODELS, POOLINGS, PRECISIONS, PROVIDERS
 from styleengine.errors import ConfigError
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
+
+
+def _resolve_auto(chosen: list[str], auto: list[str]) -> list[str]:
+    """`auto` in a device or provider list stands for what this machine has."""
+    out: list[str] = []
+    for item in chosen:
+        out += auto if item == "auto" else [item]
+    return list(dict.fromkeys(out))
 
 
 def _check_writable(path: Path | None, flag: str) -> None:
@@ -74,11 +82,15 @@ def _command_line(**values) -> str:
 def bench(
     res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768.")
                    ] = DEFAULT_RES,
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: torch, ort, tensorrt.")
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated: naive (the plain PyTorch loop "
+                                                           "popular implementations run: the baseline), torch, ort, "
+                                                           "tensorrt (untested: not installable here).")
                         ] = DEFAULT_BACKENDS,
-    providers: Annotated[str, typer.Option("--providers", help="ORT providers: cpu, cuda, tensorrt.")
+    providers: Annotated[str, typer.Option("--providers", help="ORT providers: cpu, cuda, tensorrt; auto: cpu, "
+                                                             "and cuda when ONNX Runtime has it and a GPU is here.")
                          ] = DEFAULT_PROVIDERS,
-    devices: Annotated[str, typer.Option("--devices", help="torch devices: cpu, cuda.")] = DEFAULT_DEVICES,
+    devices: Annotated[str, typer.Option("--devices", help="torch (and naive) devices: cpu, cuda; auto: cpu, and "
+                                                         "cuda when a GPU is here.")] = DEFAULT_DEVICES,
     model: Annotated[str, typer.Option("--model", help="vgg19 (the paper's) or vgg16.")] = DEFAULT_MODEL,
     pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = DEFAULT_POOLING,
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, bf16, fp16.")
@@ -87,6 +99,9 @@ def bench(
         "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
     iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration.")] = DEFAULT_ITERS,
+    loop: Annotated[int, typer.Option("--loop", help="Also time N whole iterations of the loop (step + L-BFGS "
+                                                     "update with a 100-pair history + bookkeeping): a loop row "
+                                                     "after each step row, speed-ups against the naive loop.")] = 0,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them.")] = DEFAULT_WARMUP,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.")
                          ] = None,
@@ -111,9 +126,13 @@ def bench(
 
     # 1. every flag checked before anything runs
     sizes = parse_resolutions(res)
-    backend_list = parse_choices(backends, BACKENDS, "--backends")
-    provider_list = parse_choices(providers, PROVIDERS, "--providers")
-    device_list = parse_choices(devices, DEVICES, "--devices")
+    backend_list = parse_choices(backends, BENCH_BACKENDS, "--backends")
+    provider_list = parse_choices(providers, PROVIDERS + ("auto",), "--providers")
+    device_list = parse_choices(devices, DEVICES + ("auto",), "--devices")
+    if loop < 0 or loop == 1:
+        raise ConfigError(f"--loop needs at least 2 iterations (0: no loop rows), got {loop}")
+    if loop and limit:
+        raise ConfigError("--loop and --limit do not go together: the limit search times the step")
     precision_list = parse_choices(precision, PRECISIONS, "--precision")
     model = parse_choices(model, MODELS, "--model")[0]
     pooling = parse_choices(pooling, POOLINGS, "--pooling")[0]
@@ -143,8 +162,12 @@ def bench(
               f"{machine['fp32_peak_gflops']:.1f} GFLOP/s ({'cached' if machine['fp32_peak_cached'] else 'measured'})"
               f", load average {machine['load_avg_1m']:.2f}[/]")
 
+    device_list = _resolve_auto(device_list, ["cpu"] + (["cuda"] if machine.get("cuda") else []))
+    provider_list = _resolve_auto(provider_list, ["cpu"] + (
+        ["cuda"] if machine.get("cuda") and "CUDAExecutionProvider" in machine.get("ort_providers", []) else []))
     command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
-                            pooling=pooling, precision=precision, tile=tile, iters=iters, warmup=warmup, json=json_path,
+                            pooling=pooling, precision=precision, tile=tile, iters=iters, loop=loop,
+                            warmup=warmup, json=json_path,
                             csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
@@ -186,12 +209,13 @@ def bench(
         add_speedups(rows)
     else:
         rows = runner.run_all(expand(sizes, backend_list, provider_list, device_list, precision_list,
-                                       model, pooling, tile_list))
+                                       model, pooling, tile_list, loop))
     elapsed = time.perf_counter() - started
 
     doc = document(machine, rows, limits=limits, command=command)
     doc["machine"]["elapsed_s"] = elapsed
-    title = "styleengine bench: the size limit" if limit else "styleengine bench: one loss-and-gradient iteration"
+    title = ("styleengine bench: the size limit" if limit else "styleengine bench: one loss-and-gradient iteration"
+             + (" and the whole loop" if loop else ""))
     table, notes = _console_table(doc["rows"], f"{title} ({machine['cpu']})")
     out.print(table)
     for note in notes:
