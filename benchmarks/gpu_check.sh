@@ -1,46 +1,34 @@
 #!/usr/bin/env bash
-# The whole GPU comparison in one call, on a machine with an NVIDIA GPU
-# (at most about 8.5 minutes). Run it with the project's Python:
+# What needs a GPU, in one call of at most ~6 minutes, on a lent NVIDIA machine:
 #
-#   PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
+#   . .gpu/last/setup.sh && bash benchmarks/gpu_check.sh      (../shared/tools/gpu: onnxruntime-gpu)
 #
-# (install nvidia-ml-py for the device memory of the ORT and TensorRT rows)
-#
-# Writes into benchmarks/results/: gpu-<device>.json (torch and ORT on the
-# CPU and on CUDA, fp32 and bf16, at 512/1024/2048 px: the speed-up column is
-# GPU vs CPU and ORT vs torch), gpu-<device>-tensorrt.json (ORT's TensorRT
-# provider and the TensorRT backend) and gpu-<device>-limit.json (--limit
-# for torch on the GPU), plus a plot and a report.
+# Every part has its own timeout and writes its file into $OUT (default benchmarks/results/gpu) as
+# soon as it ends, so a part that fails or hangs loses nothing else:
+#   env.txt      the GPU, torch, onnxruntime and its providers
+#   correct.json the CUDA-graph loop vs the eager loop; the ORT CUDA step vs torch
+#   loop.json    the whole loop at 384x512 (naive vs ours), and each step alone
+#   step.json    the step at 512 and 2048 in every precision
+#   bench.json   `styleengine bench --res 512 --backends naive,torch,ort --loop 20` on the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
-OUT=benchmarks/results
+OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
-
-echo "== onnxruntime providers"
-"$PY" -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
-echo "== torch"
-"$PY" -c "import torch; print(torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-echo "== tensorrt"
-"$PY" -c "import tensorrt; print(tensorrt.__version__)" 2>&1 | tail -1
-echo "== nvidia-smi"
-nvidia-smi || echo "nvidia-smi failed"
-
-NAME=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-') if torch.cuda.is_available() else 'no-gpu')")
-echo "== device tag: $NAME"
-
-# Each bench rewrites its JSON after every row, so `timeout` never loses the
-# rows already measured; --time-budget stops any one iteration that is too slow.
-# 1. GPU vs CPU, torch vs ORT, fp32 vs bf16 (~4.5 min)
-timeout 280 "$PY" -m styleengine bench --res 512,1024,2048 --backends torch,ort --providers cpu,cuda \
-    --devices cpu,cuda --precision fp32,bf16 --iters 5 --warmup 2 --time-budget 10 --timeout 90 \
-    --json "$OUT/gpu-$NAME.json" --plot "$OUT/gpu-$NAME.png" --report "$OUT/gpu-$NAME.md"
-# 2. TensorRT: ORT's TensorRT provider and the TensorRT backend (engine builds are slow; ~2 min)
-timeout 120 "$PY" -m styleengine bench --res 512,1024 --backends ort,tensorrt --providers tensorrt \
-    --devices cuda --precision fp32,fp16 --iters 5 --warmup 2 --time-budget 10 --timeout 100 \
-    --json "$OUT/gpu-$NAME-tensorrt.json"
-# 3. the resolution limit of the torch CUDA step: 80% of free GPU memory, 2 s per iteration (~1.5 min)
-timeout 100 "$PY" -m styleengine bench --limit --backends torch --devices cuda --precision fp32 --time-budget 2 \
-    --timeout 60 --json "$OUT/gpu-$NAME-limit.json"
-
-ls -l "$OUT"
+export STYLEENGINE_CACHE_DIR="${STYLEENGINE_CACHE_DIR:-/tmp/styleengine-cache}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+{
+  nvidia-smi -L
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+  "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+check() {  # check NAME SECONDS: one part of gpu_check.py into NAME.json, its log into NAME.log
+  timeout "$2" "$PY" -m styleengine.benchmarks.gpu_check "$1" > "$OUT/$1.json" 2> "$OUT/$1.log"
+  echo "== $1: exit $?"; cat "$OUT/$1.json"; tail -3 "$OUT/$1.log"
+}
+check correct 60
+check loop 130
+check step 80
+timeout 90 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda --providers cuda \
+    --precision fp32 --loop 20 --iters 10 --warmup 3 --timeout 40 --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "== bench: exit $?"; tail -25 "$OUT/bench.log"

@@ -1,0 +1,140 @@
+"""Checks and timings that need a GPU, for a lent machine (benchmarks/gpu_check.sh runs them).
+
+    python -m styleengine.benchmarks.gpu_check correct|loop|step  (prints one JSON object)
+
+- correct: on CUDA the loop with its CUDA graph gives the losses of the eager loop; the ORT CUDA step
+  (own stream, no host sync) gives torch's losses;
+- loop: the whole loop at 384x512 (VGG19, random weights, avg pooling, noise init, 100-pair history) as
+  the issue measures it: (time of a 520-iteration run - time of a 20-iteration run) / 500, so set-up
+  and the first, cheaper iterations cancel; naive vs torch fp32/bf16 vs ORT CUDA fp32/fp16, two rounds
+  interleaved; and each step alone (median of 20) for loop/step;
+- step: the step alone at 512 and 2048 in every precision (median of 10).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from styleengine.engine.backends import make_step
+from styleengine.engine.loop import optimise
+from styleengine.engine.losses import LossConfig
+from styleengine.engine.steps import make_targets
+from styleengine.model.weights import load_weights
+
+LOSS = LossConfig()
+H, W = 384, 512
+
+
+def images(h: int, w: int):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.rand(1, 3, h, w, generator=gen) for _ in range(3)]  # content, style, noise init
+
+
+def ready_step(weights, backend: str, precision: str, h: int, w: int):
+    step = make_step(backend, weights, LOSS, device="cuda", precision=precision, provider="cuda")
+    content, style, init = images(h, w)
+    step.set_targets(make_targets(step, LOSS, content, [style]))
+    return step, init
+
+
+def timed_run(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def correct(weights) -> dict:
+    out = {}
+    step, init = ready_step(weights, "torch", "fp32", H, W)
+    graphed = [r.loss for r in optimise(step, init, iterations=30).records]
+    step.capturable = False
+    eager = [r.loss for r in optimise(step, init, iterations=30).records]
+    out["torch_graph_vs_eager_max_rel"] = max(abs(a - b) / abs(b) for a, b in zip(graphed, eager))
+    out["torch_losses"] = eager[:8]
+    try:
+        ort_step, _ = ready_step(weights, "ort", "fp32", H, W)
+        ort = [r.loss for r in optimise(ort_step, init, iterations=8).records]
+        out["ort_cuda_vs_torch_max_rel_first8"] = max(abs(a - b) / abs(b) for a, b in zip(ort, eager[:8]))
+        out["ort_losses"] = ort
+    except Exception as e:  # noqa: BLE001 - reported, the check goes on
+        out["ort_error"] = f"{type(e).__name__}: {e}"[:400]
+    return out
+
+
+def loop(weights) -> dict:
+    from styleengine.benchmarks import naive
+
+    content, style, init = images(H, W)
+    short, long = 20, 520
+    methods = {"naive": None, "torch fp32": ("torch", "fp32"), "torch bf16": ("torch", "bf16"),
+               "ort cuda fp32": ("ort", "fp32"), "ort cuda fp16": ("ort", "fp16")}
+    steps, errors = {}, {}
+    for name, kind in methods.items():
+        if kind is None:
+            continue
+        try:
+            steps[name] = ready_step(weights, *kind, H, W)[0]
+            optimise(steps[name], init, iterations=8)  # warm-up: cuDNN autotuning, capture
+        except Exception as e:  # noqa: BLE001
+            errors[name] = f"{type(e).__name__}: {e}"[:400]
+
+    def run(name: str, n: int) -> float:
+        if name == "naive":
+            return timed_run(lambda: naive.run(weights, init, content, style, iterations=n, device="cuda"))
+        return timed_run(lambda: optimise(steps[name], init, iterations=n, history=100))
+
+    run("naive", short)
+    per_iter: dict[str, list[float]] = {}
+    for _ in range(2):  # interleaved rounds
+        for name in ["naive"] + list(steps):
+            per_iter.setdefault(name, []).append((run(name, long) - run(name, short)) / (long - short))
+    step_ms = {}
+    x = init.cuda()
+    for name, step in steps.items():
+        times = []
+        for _ in range(23):
+            times.append(timed_run(lambda: step(x)))
+        step_ms[name] = 1e3 * statistics.median(times[3:])
+    loop_ms = {k: 1e3 * min(v) for k, v in per_iter.items()}
+    return {"size": [H, W], "loop_ms_per_iter": loop_ms, "loop_rounds_ms": {k: [1e3 * t for t in v]
+                                                                             for k, v in per_iter.items()},
+            "step_ms": step_ms, "loop_over_step": {k: loop_ms[k] / step_ms[k] for k in step_ms},
+            "speedup_vs_naive": {k: loop_ms["naive"] / v for k, v in loop_ms.items()}, "errors": errors}
+
+
+def step(weights) -> dict:
+    out, errors = {}, {}
+    for side in (512, 2048):
+        for backend, precision in (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "fp16"),
+                                   ("ort", "bf16")):
+            name = f"{backend} {precision} {side}"
+            try:
+                s, init = ready_step(weights, backend, precision, side, side)
+                x = init.cuda()
+                times = [timed_run(lambda: s(x)) for _ in range(13)]
+                out[name] = 1e3 * statistics.median(times[3:])
+                s.close()
+            except Exception as e:  # noqa: BLE001
+                errors[name] = f"{type(e).__name__}: {e}"[:400]
+            torch.cuda.empty_cache()
+    return {"step_ms": out, "errors": errors}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    torch.manual_seed(0)
+    weights = load_weights("vgg19", "random")
+    result = {"correct": correct, "loop": loop, "step": step}[mode](weights)
+    result["device"] = torch.cuda.get_device_name(0)
+    result["torch"] = torch.__version__
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
