@@ -164,6 +164,17 @@ def weights_file(tmp_path, name, state=None, metadata=None) -> Path:
     return path
 
 
+@pytest.mark.parametrize("key,value", [("features.0.weight", float("nan")), ("features.28.bias", float("inf")),
+                                       ("features.14.weight", -float("inf"))])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_non_finite_weights_are_refused_at_load(tmp_path, key, value, suffix):
+    state = random_state("vgg16")
+    state[key] = state[key].clone()
+    state[key].view(-1)[5] = value
+    with pytest.raises(WeightsError, match=f"{key} .* NaN or infinite"):
+        load_weights("vgg16", str(weights_file(tmp_path, f"w{suffix}", state)))
+
+
 # ------------------------------------------------------------------ 11. signals
 
 def self_signal(signum):
