@@ -23,7 +23,7 @@ from PIL import Image
 from styleengine import paths
 from styleengine.engine import images, stylise as stylise_module
 from styleengine.engine.steps import StepBase
-from styleengine.engine.stylise import Settings
+from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import ConfigError, ImageError, UnavailableError, WeightsError
 from styleengine.model.weights import load_weights, random_state
 
@@ -124,6 +124,27 @@ def eight_gib(monkeypatch):
     monkeypatch.setattr(stylise_module, "available_memory", lambda settings: 8 * 2**30)
 
 
+def test_memory_check_suggests_tile_and_budget(eight_gib, monkeypatch):
+    big = Settings(size=4096, scales=1, weights="random")
+    with pytest.raises(ConfigError, match=r"untiled; add --mem-budget 7.2 .* or --tile \d+"):
+        check_run(big, (4096, 4096), [(64, 64)])
+    check_run(Settings(size=4096, scales=1, tile=512), (4096, 4096), [(64, 64)])  # fits tiled
+    with pytest.raises(ConfigError, match=r"--tile 4000 at 4096x4096 .* use --tile \d+ or less"):
+        check_run(Settings(size=4096, scales=1, tile=4000), (4096, 4096), [(64, 64)])
+    check_run(Settings(size=4096, scales=1, mem_budget_gib=8), (4096, 4096), [(64, 64)])  # the budget is trusted
+    with pytest.raises(ConfigError, match="too small"):
+        check_run(Settings(size=4096, scales=1, mem_budget_gib=0.6), (4096, 4096), [(64, 64)])
+    monkeypatch.setattr(stylise_module, "check_available", lambda settings: None)  # as on a machine with TensorRT
+    with pytest.raises(ConfigError, match="tensorrt backend cannot tile"):
+        check_run(Settings(size=4096, scales=1, backend="tensorrt", precision="fp32"), (4096, 4096), [(64, 64)])
+    check_run(Settings(size=512), (512, 512), [(64, 64)])
+
+
+def test_memory_check_counts_the_style_images(eight_gib):
+    with pytest.raises(ConfigError, match="4096x4096"):
+        check_run(Settings(size=512, style_scale=8), (512, 512), [(64, 64)])
+
+
 # ------------------------------------------------------------------ 8. non-finite inputs
 
 def float_tiff(path: Path, values: np.ndarray) -> Path:
@@ -193,3 +214,24 @@ def test_same_file_and_writable_helpers(tmp_path):
     with pytest.raises(ConfigError, match="too long"):
         paths.check_writable(tmp_path / LONG_NAME, "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_ctrl_c_between_scales_keeps_the_last_scale(monkeypatch, make_image):
+    """The loop's contract holds between scales too: a KeyboardInterrupt while the next scale's targets are
+    computed ends the run with the previous scale's image, not a lost run."""
+    real = stylise_module.make_step
+
+    class InterruptedTargets(HookedStep):
+        def features(self, image, names):
+            self.feature_calls = getattr(self, "feature_calls", 0) + 1
+            if self.feature_calls == 3:  # scale 2's content features (scale 1: content, then style)
+                raise KeyboardInterrupt
+            return self.inner.features(image, names)
+
+    monkeypatch.setattr(stylise_module, "make_step", lambda *a, **k: InterruptedTargets(real(*a, **k), {}))
+    content = images.to_array(make_image(64, 64, seed=1))
+    style = images.to_array(make_image(64, 64, seed=2))
+    settings = Settings(size=64, scales=2, iterations=2, weights="random", model="vgg16", device="cpu")
+    image, result = stylise_module.stylise(content, [style], settings)
+    assert result.stopped == "interrupted" and result.iterations == 2
+    assert image.shape == (45, 45, 3) and np.isfinite(image).all()
