@@ -5,8 +5,8 @@ bad input raises ImageError with a one-line message that names the file.
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from styleengine import paths
 from styleengine.errors import ImageError
 
 MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
+FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
 
 
 def _first_line(error: BaseException) -> str:
@@ -30,19 +32,31 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return rgba[..., :3] * alpha + (1.0 - alpha)
 
 
+class _RangeError(ValueError):
+    """Pixel values a float RGB image cannot honestly be made of; load_image names the file."""
+
+
+def _check_range(values: np.ndarray, low: float, high: float, kind: str, expected: str) -> None:
+    if not np.isfinite(values).all():
+        raise _RangeError("has NaN or infinite pixel values")
+    if values.size and (values.min() < low or values.max() > high):
+        raise _RangeError(f"has {kind} pixel values from {values.min():g} to {values.max():g}; {kind} images are "
+                          f"read as {expected}: rescale it or save it as 8 or 16 bits per channel")
+
+
 def _to_float_rgb(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
-        gray = np.asarray(img).astype(np.float64) / 65535.0
-        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+        gray = np.asarray(img).astype(np.float64)
+        _check_range(gray, 0.0, 65535.0, "integer", "0-65535")
+        return np.repeat((gray / 65535.0)[..., None], 3, axis=2).astype(np.float32)
     if mode == "F":
+        # float images are taken as [0, 1]; anything else (NaN, inf, 0-255 floats, HDR values) is refused
+        # rather than guessed at: dividing by 255 or clipping would silently change the picture
         gray = np.asarray(img, dtype=np.float64)
-        # float images are read as [0, 1]; ones that go past 1 are taken as 0-255
-        if np.nanmax(gray) > 1.0:
-            gray = gray / 255.0
-        gray = np.nan_to_num(gray, nan=0.0)
+        _check_range(gray, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
         return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
@@ -69,7 +83,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
     Alpha is composited on white; palette, greyscale, CMYK, 16-bit and float
     images are converted. Missing, unreadable, non-image, truncated, tiny
-    (< 32 px a side) and decompression-bomb files raise ImageError.
+    (< 32 px a side) and decompression-bomb files raise ImageError, and so
+    do float images with NaN, inf or values outside [0, 1] (taken as 0-1,
+    never rescaled by a guess) and 32-bit integer images outside 0-65535.
     """
     path = Path(path)
     if not path.exists():
@@ -85,6 +101,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 img = ImageOps.exif_transpose(img) or img
                 size = img.size
                 array = _to_float_rgb(img)
+    except _RangeError as e:
+        raise ImageError(f"refusing {path}: it {e}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"refusing {path}: {_first_line(e)}") from None
     except UnidentifiedImageError:
@@ -135,7 +153,7 @@ def resize(array: np.ndarray, long_side: int) -> np.ndarray:
 
 
 def _format_for(path: Path) -> str:
-    formats = Image.registered_extensions()
+    formats = Image.registered_extensions()  # also loads every plugin, filling Image.SAVE
     fmt = formats.get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix or '(none)'!r}; use .png or .jpg")
@@ -143,25 +161,33 @@ def _format_for(path: Path) -> str:
 
 
 def check_output_path(path: str | os.PathLike) -> None:
-    """Raise ImageError unless `path` could be written: its folder exists and its suffix names a format."""
+    """Raise ImageError unless an RGB image could be written to `path`, by trying what save_image will do:
+    its folder exists, its suffix names a format whose encoder takes 8-bit RGB (PIL cannot save RGB as
+    .xbm or .msp, has no .bufr encoder), and its temp file can be made there (permissions, read-only or
+    pseudo file systems, a name too long once the temp prefix is added)."""
     path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise ImageError(f"cannot write {path}: folder {folder} does not exist")
-    if path.is_dir():
-        raise ImageError(f"cannot write {path}: it is a directory")
-    _format_for(path)
+    fmt = _format_for(path)
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({_first_line(e)}); "
+                         f"use .png or .jpg") from None
+    paths.check_writable(path, "image", ImageError)
 
 
 def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace."""
     path = Path(path)
-    check_output_path(path)
     fmt = _format_for(path)
+    if not path.parent.is_dir():
+        raise ImageError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ImageError(f"cannot write {path}: it is a directory")
     array = np.clip(to_array(image), 0.0, 1.0)
     pil = Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = paths.temp_beside(path)
         with os.fdopen(fd, "wb") as f:
             pil.save(f, format=fmt)
         umask = os.umask(0)
@@ -169,10 +195,12 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except (OSError, ValueError, KeyError) as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise ImageError(f"cannot write {path}: {_first_line(e)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

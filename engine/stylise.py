@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, check_choice)
+from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS,
+                                 POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice)
 from styleengine.engine.backends import make_step
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.loop import Record, Result, optimise
 from styleengine.engine.losses import LossConfig
-from styleengine.engine.steps import Step, make_targets
+from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.tiled import TiledStep, tile_for_budget
 from styleengine.model.weights import Convention, Weights, load_weights
 
@@ -131,6 +131,15 @@ class Settings:
             for v in values or ():
                 if not (v >= 0 and math.isfinite(v)):
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+        if self.style_blend is not None and not sum(self.style_blend) > 0:
+            raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+        if self.backend == "ort" and self.precision != "fp32" and self.provider == "cpu":
+            raise ConfigError(f"{self.precision} step graphs run on GPU providers (cuda, tensorrt); "
+                              f"the CPU provider runs fp32")
+        if self.backend == "tensorrt" and self.tile is not None:
+            raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
+        if self.convention is not None:
+            self.convention.validate()
         self.loss_config(texture=texture).validate(self.model)
 
 
@@ -143,6 +152,20 @@ def lbfgs_pair_bytes(height: int, width: int) -> int:
     return 2 * 3 * height * width * 4
 
 
+def available_memory(settings: Settings) -> int:
+    """Bytes free now where the run's tensors live: the GPU's for a CUDA device or a GPU provider
+    (their steps keep the image, gradient and L-BFGS history there too), else the host's."""
+    if settings.backend == "torch":
+        on_gpu = resolve_device(settings.device).type == "cuda"
+    else:
+        on_gpu = settings.backend == "tensorrt" or settings.provider != "cpu"
+    if on_gpu and torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def lbfgs_history(settings: Settings, height: int, width: int) -> int:
     """The L-BFGS history for an image of height x width: the setting, or LBFGS_HISTORY capped so the
     pairs (2 * 3 * H * W fp32 values each) stay within HISTORY_SHARE of the memory budget
@@ -152,9 +175,7 @@ def lbfgs_history(settings: Settings, height: int, width: int) -> int:
     if settings.mem_budget_gib is not None:
         budget = settings.mem_budget_gib * 2**30
     else:
-        import psutil
-
-        budget = psutil.virtual_memory().available
+        budget = available_memory(settings)
     return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // lbfgs_pair_bytes(height, width))))
 
 
@@ -204,6 +225,11 @@ class Prepared:
     width: int
 
 
+def style_size(settings: Settings, size: int) -> int:
+    """The style images' long side at an output long side of `size`."""
+    return max(images.MIN_SIDE, round(size * settings.style_scale))
+
+
 def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int) -> Prepared:
     """Resize the content to `size` on its long side and each style to size * style_scale.
 
@@ -214,8 +240,7 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     ref = content if content is not None else styles[0]
     height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
     content_t = images.to_tensor(images.resize(content, size)) if content is not None else None
-    style_side = max(images.MIN_SIDE, round(size * settings.style_scale))
-    style_ts = [images.to_tensor(images.resize(s, style_side)) for s in styles]
+    style_ts = [images.to_tensor(images.resize(s, style_size(settings, size))) for s in styles]
     return Prepared(content_t, style_ts, height, width)
 
 
@@ -244,6 +269,110 @@ def tile_for_scale(settings: Settings, loss: LossConfig, height: int, width: int
     history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
     return tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
                            other_bytes=history * lbfgs_pair_bytes(height, width))
+
+
+def check_available(settings: Settings) -> None:
+    """UnavailableError now rather than after an export: the torch device, the ONNX Runtime provider
+    (the checks create_session makes once the graphs exist) or TensorRT."""
+    if settings.backend == "torch":
+        resolve_device(settings.device)
+    elif settings.backend == "tensorrt":
+        from styleengine.engine.trt_step import _import_tensorrt
+
+        _import_tensorrt()
+    else:
+        import onnxruntime as ort
+
+        wanted, available = PROVIDER_NAMES[settings.provider], ort.get_available_providers()
+        if wanted not in available:
+            raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; "
+                                   f"available: {', '.join(available)}")
+        if settings.provider != "cpu" and not torch.cuda.is_available():
+            raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
+                                   f"device here; use --provider cpu")
+
+
+def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str) -> None:
+    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum."""
+    height, width = images.long_side_shape(shape[0], shape[1], long_side)
+    if min(height, width) >= images.MIN_SIDE:
+        return
+    needed = math.ceil(images.MIN_SIDE * max(shape) / min(shape))
+    raise ConfigError(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
+                      f"be at least {images.MIN_SIDE} px, so its long side needs at least {needed} px: crop the "
+                      f"image or use a larger size")
+
+
+def _gib(value: float) -> str:
+    return f"{math.floor(value * 10) / 10:g}"
+
+
+def _suggested_budget(free_gib: float) -> str:
+    return _gib(0.9 * free_gib)  # a margin under what is free now
+
+
+def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int, available: int,
+                  history: int) -> None:
+    """ConfigError unless a height x width image's step fits `available` bytes as the settings run it
+    (untiled, or with settings.tile), by tile_for_budget's estimate with `history` L-BFGS pairs."""
+    free = available / 2**30
+    try:
+        fits = tile_for_budget(free, settings.model, loss, height, width,
+                               other_bytes=history * lbfgs_pair_bytes(height, width))
+    except ConfigError:
+        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available, "
+                          f"even tiled (the image, its gradient, the targets and {history} L-BFGS pairs alone); "
+                          f"use a smaller --size") from None
+    if fits is None or (settings.tile is not None and settings.tile <= fits):
+        return
+    if settings.backend == "tensorrt":
+        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
+                          f"untiled, and the tensorrt backend cannot tile; use --backend ort with "
+                          f"--mem-budget {_suggested_budget(free)}")
+    if settings.tile is not None:
+        raise ConfigError(f"--tile {settings.tile} at {width}x{height} needs more than the {_gib(free)} GiB of "
+                          f"memory available; use --tile {fits} or less, or --mem-budget {_suggested_budget(free)}")
+    raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
+                      f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
+
+
+def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
+              content_label: str = "the content image", style_labels: list[str] | None = None) -> None:
+    """Everything the settings and the images' (height, width) decide, before any work; ConfigError or
+    UnavailableError. content_shape None: a texture. At every scale: each image resized has both sides
+    >= MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a memory
+    budget, a tile exists for it; else the step, as run, fits the memory available now (by tile_for_budget's
+    estimate with L-BFGS's history); the style blend has one weight per style; the device or provider exists."""
+    texture = content_shape is None
+    settings.validate(texture=texture)
+    if not style_shapes:
+        raise ConfigError("at least one style image is needed")
+    if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
+        raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")
+    check_available(settings)
+    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    ref = content_shape if content_shape is not None else style_shapes[0]
+    loss = settings.loss_config(texture=texture)
+    sizes = [size for size, _ in settings.scale_plan()]
+    for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
+        side = style_size(settings, size)
+        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px")
+        for label, shape in zip(labels, style_shapes):
+            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)")
+    available = available_memory(settings) if settings.mem_budget_gib is None else None
+    for size in reversed(sizes):  # the largest first: its error is the one to act on
+        height, width = images.long_side_shape(ref[0], ref[1], size)
+        style_side = style_size(settings, size)
+        if available is None:  # ConfigError if the budget is too small
+            if tile_for_scale(settings, loss, height, width) is not None and settings.backend == "tensorrt":
+                raise ConfigError(f"a {width}x{height} image needs a tile within --mem-budget "
+                                  f"{settings.mem_budget_gib:g}, and the tensorrt backend cannot tile; "
+                                  f"use --backend ort")
+            continue
+        history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
+        _check_memory(settings, loss, height, width, available, history)
+        for shape in style_shapes:  # the style targets' forward pass, at the style size
+            _check_memory(settings, loss, *images.long_side_shape(shape[0], shape[1], style_side), available, 0)
 
 
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
@@ -284,15 +413,13 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
         # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
         settings = dataclasses.replace(settings, preserve_colors=False,
                                        init=TEXTURE_INIT if settings.init == "content" else settings.init)
-    settings.validate(texture=texture)
+    check_run(settings, content.shape[:2] if content is not None else None, [s.shape[:2] for s in styles])
     if weights is None:
         weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
     plan = settings.scale_plan()
-    ref = content if content is not None else styles[0]
-    tile_for_scale(settings, loss, *images.long_side_shape(ref.shape[0], ref.shape[1], settings.size))  # raises early
     prepared = prepare(content, styles, settings, plan[0][0])
     init = make_init(settings, prepared, init_image)
     # per scale: the content at this scale's size (colour preservation) and the iterations done before it
@@ -317,15 +444,22 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     records: list[Record] = []
     try:
         for index, (size, iterations) in enumerate(plan):
-            if index:
-                prepared = prepare(content, styles, settings, size)
-                init = images.resize_tensor(result.image.detach().cpu(), prepared.height, prepared.width)
-                scale["content"] = images.to_array(prepared.content) if prepared.content is not None else None
-            scale["offset"] = len(records)
-            tile = tile_for_scale(settings, loss, prepared.height, prepared.width)
-            tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
-            part = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
-                                    prepared, init, loop_callback, targets_step=tiled, offset=scale["offset"])
+            try:
+                if index:
+                    prepared = prepare(content, styles, settings, size)
+                    init = images.resize_tensor(result.image.detach().cpu(), prepared.height, prepared.width)
+                    scale["content"] = images.to_array(prepared.content) if prepared.content is not None else None
+                scale["offset"] = len(records)
+                tile = tile_for_scale(settings, loss, prepared.height, prepared.width)
+                tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
+                part = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
+                                        prepared, init, loop_callback, targets_step=tiled, offset=scale["offset"])
+            except KeyboardInterrupt:
+                # between scales (the next scale's targets): the loop's contract, the last scale's image
+                if not index:
+                    raise
+                result = Result(result.image, len(records), "interrupted", records)
+                break
             records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
             result = Result(part.image, len(records), part.stopped, records)
             if part.stopped is not None:

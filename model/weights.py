@@ -26,6 +26,24 @@ class Convention:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> None:
+        """ConfigError unless every field can work: RGB/BGR, a finite range > 0, three finite means,
+        three finite stds > 0 (a zero std divides by zero)."""
+        import math
+
+        from styleengine.errors import ConfigError
+
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"input channel order must be RGB or BGR, got {self.channel_order!r}")
+        if not (self.pixel_range > 0 and math.isfinite(self.pixel_range)):
+            raise ConfigError(f"input pixel range must be a finite number > 0, got {self.pixel_range}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"input {name} needs three finite numbers, one per channel, got "
+                                  f"{','.join(f'{v:g}' for v in values)}")
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"input std values must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
+
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""
         order = [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
@@ -102,7 +120,7 @@ def random_state(model: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """Keep the conv keys of `model`, checking each key and shape."""
+    """Keep the conv keys of `model`, checking each key, shape and value (NaN or inf is refused)."""
     expected = conv_weight_keys(model)
     out = {}
     for key, (layer, shape) in expected.items():
@@ -114,15 +132,24 @@ def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict
                 f"{origin}: {key} ({layer}) has shape {tuple(tensor.shape)}, {model} needs {shape}; "
                 f"wrong architecture?"
             )
-        out[key] = tensor.detach().to(torch.float32).contiguous()
+        tensor = tensor.detach().to(torch.float32).contiguous()
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(f"{origin}: {key} ({layer}) has {bad} NaN or infinite values")
+        out[key] = tensor
     # a VGG19 checkpoint passed as VGG16 has all of VGG16's keys at the wrong
     # places: its features.17 is a conv where VGG16 has one too, but shapes
-    # differ somewhere, which the loop above catches. Extra conv keys beyond
-    # the model's stack mean a deeper net.
+    # differ somewhere, which the loop above catches. Any other key under
+    # features. is a different network (deeper, batch-norm, renamed layers);
+    # keys outside it (classifier.*) are not read.
     deepest = max(int(k.split(".")[1]) for k in expected)
-    extra = [k for k in state if k.startswith("features.") and k.endswith(".weight") and int(k.split(".")[1]) > deepest]
-    if extra:
-        raise WeightsError(f"{origin}: unexpected key {extra[0]}; this looks like a deeper network than {model}")
+    for key in state:
+        if key.startswith("features.") and key not in expected:
+            index = key.split(".")[1]
+            if index.isdigit() and int(index) > deepest:
+                raise WeightsError(f"{origin}: unexpected key {key}; this looks like a deeper network than {model}")
+            raise WeightsError(f"{origin}: unexpected key {key}; a {model} checkpoint has only "
+                               f"features.<conv index>.weight and .bias under features.")
     return out
 
 
@@ -150,17 +177,21 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 ) from e
             raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
-            raise WeightsError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
+            raise WeightsError(f"cannot read checkpoint {path}: {reason}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in obj.items()):
             raise WeightsError(f"{path} is not a state dict of tensors")
         return obj, {}
     raise WeightsError(f"unsupported weights file {path}: use .safetensors or .pth")
 
 
-def convention_from_metadata(meta: dict[str, str]) -> Convention | None:
-    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std."""
+def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> Convention | None:
+    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std (`origin` names the file)."""
+    from styleengine.errors import ConfigError
+
     if "channel_order" not in meta:
         return None
     try:
@@ -168,9 +199,13 @@ def convention_from_metadata(meta: dict[str, str]) -> Convention | None:
         pixel_range = float(rng.split("-")[-1]) if "-" in rng else float(rng)
         mean = tuple(float(v) for v in meta["mean"].split(","))
         std = tuple(float(v) for v in meta.get("std", "1,1,1").split(","))
-        return Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
-    except (KeyError, ValueError) as e:
-        raise WeightsError(f"weights metadata has an unreadable input convention: {e}") from e
+        convention = Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
+        convention.validate()
+    except KeyError as e:
+        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
+    except (ValueError, ConfigError) as e:
+        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: {e}") from None
+    return convention
 
 
 def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None) -> Weights:
@@ -181,6 +216,8 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     none of these are assumed to be torchvision-style (RGB, ImageNet mean/std).
     """
     layer_table(model)  # validates the model name
+    if convention is not None:
+        convention.validate()
     if spec == "random":
         state = random_state(model, seed)
         return Weights(model, f"random:{seed}", state, convention or RANDOM, _tensor_digest(state))
@@ -200,7 +237,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     raw, meta = _load_file(path)
     state = check_state(model, raw, str(path))
     digest = file_sha256(path)
-    found = convention or convention_from_metadata(meta) or KNOWN_PREFIXES.get(digest[:8])
+    found = convention or convention_from_metadata(meta, str(path)) or KNOWN_PREFIXES.get(digest[:8])
     if found is None:
         prefix = path.stem.rsplit("-", 1)[-1]
         found = KNOWN_PREFIXES.get(prefix, TORCHVISION)

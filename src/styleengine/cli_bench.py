@@ -27,6 +27,7 @@ from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, t
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import MODELS, POOLINGS, PRECISIONS, PROVIDERS
 from styleengine.errors import ConfigError
+from styleengine.paths import check_writable
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
 
@@ -40,8 +41,9 @@ def _resolve_auto(chosen: list[str], auto: list[str]) -> list[str]:
 
 
 def _check_writable(path: Path | None, flag: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise ConfigError(f"cannot write {flag} {path}: folder {path.parent} does not exist")
+    """Before row 1: the folder exists and takes a new file, the name is not a directory's (see paths)."""
+    if path is not None:
+        check_writable(path, flag)
 
 
 def _console_table(rows: list[dict], title: str):

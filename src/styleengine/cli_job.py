@@ -1,0 +1,206 @@
+"""One run or texture job for the CLI: check everything, run with a progress bar, write the files.
+
+Order: (1) settings, then every file the job will write (folders writable,
+an encoder for the suffix, names that fit, no output that is an input,
+the export cache), then the images (and with them the sizes at every scale
+and the memory they need), then the weights; (2) the long work; (3) the
+result, written whatever stopped the loop and, should that write fail,
+saved next to the trace or in the temp folder instead. A signal during (1)
+or set-up is one line (exit 130 for Ctrl-C, 143 for SIGTERM) and nothing
+is written; during the loop it stops the loop and the current image is
+written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from styleengine import paths
+from styleengine.cli import signals
+from styleengine.engine import images
+from styleengine.engine.stylise import INITS, Settings, check_run, stylise
+from styleengine.errors import ConfigError, ImageError
+
+
+def numbered(output: Path, iteration: int, iterations: int) -> Path:
+    """OUT.png -> OUT_0050.png for iteration 50 of up to 9999."""
+    return output.with_name(f"{output.stem}_{iteration:0{len(str(iterations))}d}{output.suffix}")
+
+
+class TraceWriter:
+    """--trace: one JSON object per iteration, the file opened at the first record (so an interrupted
+    set-up leaves no empty file). A write that fails mid-run stops the trace, not the run."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.file, self.failure = path, None, None
+
+    def write(self, record: Any) -> None:
+        if self.path is None or self.failure is not None:
+            return
+        try:
+            if self.file is None:
+                self.file = open(self.path, "w", encoding="utf-8")
+            self.file.write(json.dumps({
+                "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
+                "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
+                "height": record.height, "width": record.width}) + "\n")
+            self.file.flush()
+        except OSError as e:
+            self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
+                 trace: Path | None) -> None:
+    """Every file the job writes can be written, and none of them is one it reads."""
+    total = sum(iters for _, iters in settings.scale_plan())
+    images.check_output_path(output)
+    every = settings.save_every
+    saves = [numbered(output, i, total) for i in range(every, total, every)] if every else []
+    if saves:
+        images.check_output_path(saves[-1])  # the same folder and suffix; the longest name
+    if trace is not None:
+        paths.check_writable(trace, "trace")
+    inputs = {f"style image {i + 1}" if len(styles) > 1 else "style image": p for i, p in enumerate(styles)}
+    if content is not None:
+        inputs["content image"] = content
+    if settings.init not in INITS:
+        inputs["init image"] = Path(settings.init)
+    if settings.weights not in ("imagenet", "random"):
+        inputs["weights file"] = Path(settings.weights)
+    for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
+        if path is not None:
+            paths.check_not_an_input(path, what, inputs)
+    if trace is not None and paths.same_file(trace, output):
+        raise ConfigError(f"trace {trace} is the output image; choose another file name")
+    if settings.backend != "torch":  # the ONNX backends export into the cache before the first iteration
+        from styleengine.export.cache import cache_root
+
+        paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
+
+
+def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | None, str | None]:
+    """Write the result to `output`; should that fail, to a new PNG next to the trace or in the temp
+    folder. (where it went or None, why `output` failed or None)."""
+    try:
+        images.save_image(image, output)
+        return output, None
+    except ImageError as e:
+        failure = str(e)
+    for folder in ([trace.parent] if trace is not None else []) + [Path(tempfile.gettempdir())]:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
+        except OSError:
+            continue
+        os.close(fd)
+        try:
+            images.save_image(image, name)
+            return Path(name), failure
+        except ImageError:
+            Path(name).unlink(missing_ok=True)
+    return None, failure
+
+
+def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
+            convention: dict[str, Any]) -> None:
+    """Check, run, write (see the module's docstring). `content` None: a texture; `convention`: the input
+    convention's fields the flags override."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
+                                               trace=trace, convention=convention, console=console)
+    except KeyboardInterrupt:
+        signals.reported = True
+        print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
+        raise typer.Exit(signals.exit_code) from None
+
+    # 3. the image is written whatever stopped the loop (a signal: the current one; NaN: the last finite
+    # one), with further signals held back until it is
+    with signals.shielded():
+        written, failure = _write_result(image, output, trace)
+    for note in failures:
+        console.print(f"warning: {note}", soft_wrap=True, highlight=False)
+    if failure is not None:
+        where = f"saved the image to {written} instead" if written else "nor could a copy be saved; the image is lost"
+        print(f"error: {failure}; {where}", file=sys.stderr)
+        raise typer.Exit(1)
+    seconds = sum(r.seconds for r in result.records)
+    if result.stopped == "interrupted":
+        signals.reported = True
+        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(signals.exit_code)
+    if result.stopped == "non-finite loss":
+        print(f"error: the loss became non-finite after {result.iterations} iterations; "
+              f"wrote the last finite image to {output}", file=sys.stderr)
+        raise typer.Exit(1)
+    console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s)", soft_wrap=True)
+
+
+def _checked_run(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
+                 trace: Path | None, convention: dict[str, Any], console: Any) -> tuple[Any, Any, list[str]]:
+    """Steps 1 and 2: (the image to write, the loop's Result, warnings for the end)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from styleengine.model.weights import load_weights
+
+    texture = content is None
+    # 1. everything cheap first: settings, the files to write, images, sizes and memory; then weights
+    settings.validate(texture=texture)
+    _check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    content_array = images.load_image(content) if content is not None else None
+    style_arrays = [images.load_image(p) for p in styles]
+    check_run(settings, content_array.shape[:2] if content_array is not None else None,
+              [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
+              style_labels=[f"style image {p}" for p in styles])
+    init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed)
+    if convention:
+        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
+    if weights.is_random:
+        console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
+                      "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)
+
+    # 2. the long work
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[spi]:.2f} s/it"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    tracer = TraceWriter(trace)
+    failures: list[str] = []
+    total = sum(iters for _, iters in settings.scale_plan())  # over all scales of a coarse-to-fine run
+    try:
+        with progress:
+            task = progress.add_task("texture" if texture else "stylise", total=total, loss=float("nan"), spi=0.0)
+
+            def on_iteration(record: Any, current: Callable[[], Any]) -> None:
+                progress.update(task, advance=1, loss=record.loss, spi=record.seconds)
+                tracer.write(record)
+                every = settings.save_every
+                if every and record.iteration % every == 0 and record.iteration < total:
+                    path = numbered(output, record.iteration, total)
+                    try:
+                        images.save_image(current(), path)
+                    except ImageError as e:  # a lost snapshot is no reason to lose the run
+                        if not failures:
+                            failures.append(f"{e}; later snapshots were still tried")
+
+            image, result = stylise(content_array, style_arrays, settings, callback=on_iteration, weights=weights,
+                                    init_image=init_image)
+    finally:
+        tracer.close()
+    if tracer.failure:
+        failures.append(tracer.failure)
+    return image, result, failures

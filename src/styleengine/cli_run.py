@@ -1,0 +1,205 @@
+"""`styleengine run` and `styleengine texture`: flags -> Settings, then cli_job.execute.
+
+Imported only when one of them is invoked (or asked for --help): every
+default shown is read from Settings, which needs the engine (torch).
+"""
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from styleengine.cli_job import execute
+from styleengine.engine.stylise import TEXTURE_INIT, Settings
+from styleengine.errors import ConfigError
+from styleengine.model.weights import TORCHVISION
+
+
+def _split(text: str | None, what: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    items = _split(text, what)
+    if items is None:
+        return None
+    try:
+        return tuple(float(v) for v in items)
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _convention_changes(channel_order: str | None, pixel_range: float | None, mean: str | None,
+                        std: str | None) -> dict[str, Any]:
+    """The input-convention fields the flags override, checked by Convention.validate now (on a
+    complete convention whose other fields are valid), before any weights are loaded."""
+    changes: dict[str, Any] = {}
+    if channel_order is not None:
+        changes["channel_order"] = channel_order.upper()
+    if pixel_range is not None:
+        changes["pixel_range"] = float(pixel_range)
+    for flag, text in (("mean", mean), ("std", std)):
+        values = _floats(text, f"--{flag}")
+        if values is not None:
+            changes[flag] = values
+    dataclasses.replace(TORCHVISION, **changes).validate()
+    return changes
+
+
+d = Settings()  # every default below is read from here
+csv = ",".join
+Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.")]
+Size = Annotated[int, typer.Option("--size", help="Long side of the output in px.")]
+Iters = Annotated[int, typer.Option("--iters", help="Optimiser iterations.")]
+Optimizer = Annotated[str, typer.Option("--optimizer", help="lbfgs (the paper's) or adam.")]
+Lr = Annotated[Optional[float], typer.Option("--lr", help="Step size (default: the optimiser's own).")]
+History = Annotated[Optional[int], typer.Option(
+    "--lbfgs-history", help="L-BFGS curvature pairs, two image-sized vectors each (default: 100, fewer "
+                            "where 100 would take over a quarter of the memory budget or of free memory).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the noise init and random weights.")]
+Model = Annotated[str, typer.Option("--model", help="vgg19 or vgg16.")]
+Weights = Annotated[str, typer.Option("--weights", help="imagenet (torchvision, cached download), random, "
+                                                           "or a .safetensors/.pth file.")]
+Pooling = Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")]
+StyleWeight = Annotated[float, typer.Option("--style-weight", help="beta, the style loss weight.")]
+TvWeight = Annotated[float, typer.Option("--tv-weight", help="Total-variation weight (smooths noise).")]
+StyleLayers = Annotated[str, typer.Option("--style-layers", help="Comma-separated layers, e.g. relu1_1,relu2_1.")]
+LayerWeights = Annotated[Optional[str], typer.Option(
+    "--style-layer-weights", help="Comma-separated w_l, one per style layer (default: 1/n each).")]
+Blend = Annotated[Optional[str], typer.Option(
+    "--style-blend", help="Comma-separated weights, one per style image (default: equal).")]
+StyleScale = Annotated[float, typer.Option("--style-scale", help="Style images are resized to size * this.")]
+SaveEvery = Annotated[int, typer.Option("--save-every", help="Also write OUT_<iteration> every N iterations "
+                                                              "(0: never).")]
+Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (torch backend).")]
+Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt (untested: TensorRT cannot be "
+                                                        "installed where this is built; see README).")]
+Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ort backend).")]
+Precision = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16.")]
+ChannelOrder = Annotated[Optional[str], typer.Option(
+    "--channel-order", help="Override the weights' input channel order: RGB or BGR.")]
+PixelRange = Annotated[Optional[float], typer.Option(
+    "--pixel-range", help="Override the weights' pixel range: 1 or 255.")]
+Mean = Annotated[Optional[str], typer.Option("--mean", help="Override the weights' input mean: r,g,b "
+                                                            "(in channel order, pixel-range units).")]
+Std = Annotated[Optional[str], typer.Option("--std", help="Override the weights' input std: three numbers.")]
+Scales = Annotated[Optional[int], typer.Option(
+    "--scales", help="Coarse-to-fine scales, each ~sqrt(2) larger, ending at --size (default: 1 up to "
+                     "1024 px, above that enough to start at 512-724 px).")]
+StartSize = Annotated[Optional[int], typer.Option("--start-size", help="Long side of the first scale in px.")]
+ItersPerScale = Annotated[Optional[int], typer.Option(
+    "--iters-per-scale", help="Iterations at each scale but the last (default: --iters).")]
+Tile = Annotated[Optional[int], typer.Option(
+    "--tile", help="Exact tiled step with cores of SIZE px (a multiple of 16): same result, memory "
+                   "bounded by the tile (default: untiled).")]
+MemBudget = Annotated[Optional[float], typer.Option(
+    "--mem-budget", help="Choose the tile size for this many GiB (ignored with --tile).")]
+
+def run(
+    content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)],
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.", show_default=False)],
+    output: Output,
+    size: Size = d.size,
+    iters: Iters = d.iterations,
+    optimizer: Optimizer = d.optimizer,
+    lr: Lr = d.lr,
+    lbfgs_history: History = d.lbfgs_history,
+    init: Annotated[str, typer.Option("--init", help="noise, content, style or an image path.")] = d.init,
+    seed: Seed = d.seed,
+    model: Model = d.model,
+    weights: Weights = d.weights,
+    pooling: Pooling = d.pooling,
+    content_weight: Annotated[float, typer.Option("--content-weight", help="alpha, the content loss weight.")
+                              ] = d.content_weight,
+    style_weight: StyleWeight = d.style_weight,
+    tv_weight: TvWeight = d.tv_weight,
+    content_layers: Annotated[str, typer.Option("--content-layers", help="Comma-separated layers, e.g. relu4_2.")
+                              ] = csv(d.content_layers),
+    style_layers: StyleLayers = csv(d.style_layers),
+    style_layer_weights: LayerWeights = None,
+    style_blend: Blend = None,
+    style_scale: StyleScale = d.style_scale,
+    preserve_colors: Annotated[bool, typer.Option(
+        "--preserve-colors/--no-preserve-colors", help="Keep the content's colours; transfer luminance only.")
+    ] = d.preserve_colors,
+    save_every: SaveEvery = d.save_every,
+    trace: Trace = None,
+    device: Device = d.device,
+    backend: Backend = d.backend,
+    provider: Provider = d.provider,
+    precision: Precision = d.precision,
+    channel_order: ChannelOrder = None,
+    pixel_range: PixelRange = None,
+    mean: Mean = None,
+    std: Std = None,
+    scales: Scales = d.scales,
+    start_size: StartSize = d.start_size,
+    iters_per_scale: ItersPerScale = d.iters_per_scale,
+    tile: Tile = d.tile,
+    mem_budget: MemBudget = d.mem_budget_gib,
+) -> None:
+    """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
+    settings = Settings(
+        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+        seed=seed, model=model,
+        weights=weights, pooling=pooling, content_layers=_split(content_layers, "--content-layers"),
+        style_layers=_split(style_layers, "--style-layers"),
+        style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+        style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
+        preserve_colors=preserve_colors, backend=backend, provider=provider, device=device,
+        precision=precision, save_every=save_every, scales=scales, start_size=start_size,
+        iters_per_scale=iters_per_scale, tile=tile, mem_budget_gib=mem_budget)
+    execute(content=content, styles=styles, output=output, settings=settings, trace=trace,
+            convention=_convention_changes(channel_order, pixel_range, mean, std))
+
+def texture(
+    styles: Annotated[list[Path], typer.Argument(help="One or more style images.", show_default=False)],
+    output: Output,
+    size: Size = d.size,
+    iters: Iters = d.iterations,
+    optimizer: Optimizer = d.optimizer,
+    lr: Lr = d.lr,
+    lbfgs_history: History = d.lbfgs_history,
+    init: Annotated[str, typer.Option("--init", help="noise, style or an image path.")] = TEXTURE_INIT,
+    seed: Seed = d.seed,
+    model: Model = d.model,
+    weights: Weights = d.weights,
+    pooling: Pooling = d.pooling,
+    style_weight: StyleWeight = d.style_weight,
+    tv_weight: TvWeight = d.tv_weight,
+    style_layers: StyleLayers = csv(d.style_layers),
+    style_layer_weights: LayerWeights = None,
+    style_blend: Blend = None,
+    style_scale: StyleScale = d.style_scale,
+    save_every: SaveEvery = d.save_every,
+    trace: Trace = None,
+    device: Device = d.device,
+    backend: Backend = d.backend,
+    provider: Provider = d.provider,
+    precision: Precision = d.precision,
+    channel_order: ChannelOrder = None,
+    pixel_range: PixelRange = None,
+    mean: Mean = None,
+    std: Std = None,
+    scales: Scales = d.scales,
+    start_size: StartSize = d.start_size,
+    iters_per_scale: ItersPerScale = d.iters_per_scale,
+    tile: Tile = d.tile,
+    mem_budget: MemBudget = d.mem_budget_gib,
+) -> None:
+    """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
+    settings = Settings(
+        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+        seed=seed, model=model,
+        weights=weights, pooling=pooling, style_layers=_split(style_layers, "--style-layers"),
+        style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
+        style_weight=style_weight, tv_weight=tv_weight, style_blend=_floats(style_blend, "--style-blend"),
+        style_scale=style_scale, backend=backend, provider=provider, device=device, precision=precision,
+        save_every=save_every, scales=scales, start_size=start_size, iters_per_scale=iters_per_scale,
+        tile=tile, mem_budget_gib=mem_budget)
+    execute(content=None, styles=styles, output=output, settings=settings, trace=trace,
+            convention=_convention_changes(channel_order, pixel_range, mean, std))

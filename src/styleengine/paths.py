@@ -1,0 +1,83 @@
+"""Checks on the files a command reads and writes, made before any long work (torch-free).
+
+A path is writable when its folder exists and a file named as the atomic
+write's temp file (`.NAME.XXXXXXXX.tmp`) can be created there and removed:
+trying answers for permissions (root included), read-only and pseudo file
+systems (/proc) and names that become too long with the temp prefix, where
+os.access and string checks cannot.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from styleengine.errors import ConfigError, UserError
+
+
+TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what temp_beside's name adds to the file's name
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def temp_beside(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temp file in `path`'s folder, named `.NAME.XXXXXXXX.tmp`: an atomic write's first half."""
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
+    """Raise `error` unless `path` (a file) could be written atomically; `what` names it ("trace", "--json")."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "does not exist" if not folder.exists() else "is not a folder"
+        raise error(f"cannot write {what} {path}: folder {folder} {problem}")
+    if path.is_dir():
+        raise error(f"cannot write {what} {path}: it is a directory")
+    if path.exists() and not path.is_file():
+        raise error(f"cannot write {what} {path}: it is not a regular file")
+    try:
+        fd, tmp = temp_beside(path)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise error(f"cannot write {what} {path}: the name is too long ({len(path.name)} characters, "
+                        f"{len(path.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)") from None
+        raise error(f"cannot write {what} {path}: cannot create files in {folder} ({_reason(e)})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise error(f"cannot write {what} {path}: the file is read-only")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether a and b name one file: after symlinks and relative paths, or the same inode (hard links)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:  # one of them does not exist (yet)
+        pass
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None:
+    """ConfigError if `output` is one of `inputs` ({"content image": path, ...}): a run never overwrites its sources."""
+    for role, source in inputs.items():
+        if same_file(output, source):
+            raise ConfigError(f"{what} {output} is the {role} {source}; choose another file name")
+
+
+def check_cache_dir(root: Path, env_var: str | None = None) -> None:
+    """ConfigError unless the cache folder `root` exists or can be made, and is writable."""
+    named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"cannot use the cache folder {root}{named}: it is a file")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=root)
+    except OSError as e:
+        raise ConfigError(f"cannot use the cache folder {root}{named}: {_reason(e)}") from None
+    os.close(fd)
+    os.unlink(tmp)
