@@ -83,6 +83,18 @@ class Graph:
         """x (fp32) in the graph's float type."""
         return x if self.float_type == F32 else self.op("Cast", [x], hint, to=self.float_type)
 
+    def compare(self, op_type: str, a: str, b: str, hint: str) -> str:
+        """Greater/Equal of two activations: in bf16 graphs on fp32 copies (ONNX Runtime's CUDA provider has
+        no bf16 comparison kernels: a bf16 graph failed to load there with 'Provider type for Greater node
+        ... is not set'); casting is exact, so the mask is the same."""
+        if self.float_type == TensorProto.BFLOAT16:
+            a, b = self.to_f32(a, f"{hint}_a32"), self.to_f32(b, f"{hint}_b32")
+        return self.op(op_type, [a, b], hint)
+
+    def positive(self, x: str, hint: str) -> str:
+        """x > 0 as a bool mask."""
+        return self.compare("Greater", x, self.fconst(0, "zero"), hint)
+
     def to_f32(self, x: str, hint: str) -> str:
         """x (the graph's float type) in fp32."""
         return x if self.float_type == F32 else self.op("Cast", [x], hint, to=F32)
@@ -127,7 +139,7 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
             max_pool_next = nxt is not None and nxt.kind == "pool" and spec.pooling == "max"
             if keep_masks and layer.name not in wanted and not max_pool_next:
                 # the backward needs only y > 0: one byte instead of four
-                saved[layer.name] = {"mask": g.op("Greater", [h, g.fconst(0, "zero")], f"{layer.name}_mask")}
+                saved[layer.name] = {"mask": g.positive(h, f"{layer.name}_mask")}
             else:
                 saved[layer.name] = {"y": h}
         else:
@@ -140,12 +152,12 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
                 # inputs, and zeros are masked by the ReLU below anyway)
                 cropped = crop_even(g, pre, saved[layer.name]["in_shape"], layer.name)
                 up = g.op("Resize", [h, "", g.const([1, 1, 2, 2], "up2")], f"{layer.name}_up", mode="nearest")
-                eq = g.op("Equal", [cropped, up], f"{layer.name}_argmax")
+                eq = g.compare("Equal", cropped, up, f"{layer.name}_argmax")
                 relu_name = layers[pos - 1].name
                 if relu_name in wanted:
                     saved[layer.name]["mask"] = eq  # the relu keeps y and masks itself
                 else:
-                    pos_mask = g.op("Greater", [cropped, g.fconst(0, "zero")], f"{layer.name}_pos")
+                    pos_mask = g.positive(cropped, f"{layer.name}_pos")
                     saved[layer.name]["mask"] = g.op("And", [eq, pos_mask], f"{layer.name}_mask")
                     saved[relu_name] = {}  # folded into the pool's mask
         if layer.name in wanted:
@@ -199,7 +211,7 @@ def backward(g: Graph, weights: Weights, spec: ExportSpec, layers: list[Layer], 
             if "mask" in keep:
                 mask = keep["mask"]
             elif "y" in keep:
-                mask = g.op("Greater", [keep["y"], g.fconst(0, "zero")], f"{layer.name}_bmask")
+                mask = g.positive(keep["y"], f"{layer.name}_bmask")
             else:
                 continue  # folded into the following max pool's mask
             grad = g.op("Mul", [grad, g.op("Cast", [mask], f"{layer.name}_maskf", to=g.float_type)],
