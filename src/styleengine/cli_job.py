@@ -170,6 +170,10 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     weights = load_weights(settings.model, settings.weights, seed=settings.seed)
     if convention:
         weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
+    if settings.precision == "auto":
+        settings = settings.resolved()
+        console.print(f"precision auto: {settings.precision} (the fastest that passes validation on this device; "
+                      f"fp32 on the CPU)", highlight=False, soft_wrap=True)
     if weights.is_random:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
                       "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)

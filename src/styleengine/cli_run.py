@@ -78,7 +78,9 @@ Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (torch 
 Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt (untested: TensorRT cannot be "
                                                         "installed where this is built; see README).")]
 Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ort backend).")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto (fp32 on the CPU; on a GPU the fastest that "
+                                                             "passes validation: torch bf16, ORT/TensorRT fp16), "
+                                                             "fp32, bf16, fp16 or tf32 (tensorrt).")]
 ChannelOrder = Annotated[Optional[str], typer.Option(
     "--channel-order", help="Override the weights' input channel order: RGB or BGR.")]
 PixelRange = Annotated[Optional[float], typer.Option(
