@@ -1,11 +1,15 @@
-"""Torch eager against the ORT step, interleaved in one process.
+"""Methods against each other, interleaved in one process (A B C A B C ...), as ratios.
 
-    python -m styleengine.benchmarks.interleaved --res 512 --pairs 5 [--json PATH]
+    python -m styleengine.benchmarks.interleaved --res 384x512,192x256 --methods naive,torch,torch-bf16,ort \
+        --loop 5 --rounds 3 [--json PATH]
 
-On a shared machine the load drifts between two subprocess runs; stepping
-torch and ORT alternately (A B A B ...) exposes both to the same load, and
-the per-pair ratio's median is the figure to quote. Peak memory is not
-measured here (one process holds both steps): `styleengine bench` measures it.
+On a shared machine the load drifts between two subprocess runs; taking turns
+exposes every method to the same load, and the per-round ratio to the first
+method (median over rounds) is the figure to quote. A turn is `--loop N`
+whole iterations (the engine's optimise with a 100-pair L-BFGS history, or
+the naive loop's one LBFGS(max_iter=N) call; the first iteration of each turn
+is not counted) or, with --loop 0, one step. Peak memory is not measured here
+(one process holds every method): `styleengine bench` measures it.
 """
 from __future__ import annotations
 
@@ -16,49 +20,87 @@ import statistics
 import sys
 import time
 
+METHODS = {"naive": ("naive", "fp32"), "torch": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"),
+           "ort": ("ort", "fp32")}
 
-def run(size: int, pairs: int) -> dict:
+
+def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> dict:
     import torch
 
+    from styleengine.benchmarks import naive
+    from styleengine.benchmarks.config import LOOP_HISTORY
+    from styleengine.benchmarks.machine import cpu_isa
     from styleengine.engine.backends import make_step
+    from styleengine.engine.loop import optimise
     from styleengine.engine.losses import LossConfig
     from styleengine.engine.steps import make_targets
-    from styleengine.model.vgg import gflop
     from styleengine.model.weights import load_weights
 
     weights, loss = load_weights("vgg19", "random"), LossConfig()
-    steps = {"torch": make_step("torch", weights, loss), "ort": make_step("ort", weights, loss)}
     gen = torch.Generator().manual_seed(0)
-    content, style, image = (torch.rand(1, 3, size, size, generator=gen) for _ in range(3))
-    for step in steps.values():
-        step.set_targets(make_targets(step, loss, content, [style]))
-        step(image)  # warm-up: first-run costs at this size
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(pairs):
-        for name, step in steps.items():
+    content, style, image = (torch.rand(1, 3, height, width, generator=gen) for _ in range(3))
+    steps = {}
+    for name in methods:
+        backend, precision = METHODS[name]
+        if backend != "naive":
+            steps[name] = make_step(backend, weights, loss, precision=precision)
+            steps[name].set_targets(make_targets(steps[name], loss, content, [style]))
+
+    def turn(name: str) -> float:
+        """One turn's time per iteration (median over the turn's iterations but the first)."""
+        if name == "naive":
+            if not loop:
+                _, closure = naive.prepare(weights, image, content, style)
+                closure()
+                t0 = time.perf_counter()
+                closure()
+                return time.perf_counter() - t0
+            return statistics.median(naive.run(weights, image, content, style, iterations=loop + 1,
+                                               history=LOOP_HISTORY)[2][1:])
+        if not loop:
             t0 = time.perf_counter()
-            step(image)
-            times[name].append(time.perf_counter() - t0)
-    ratios = [o / t for o, t in zip(times["ort"], times["torch"])]
-    return {"size": size, "pairs": pairs, "threads": torch.get_num_threads(),
-            "gflop_per_iter": gflop("vgg19", list(loss.content_layers), list(loss.style_layers), size, size)["total"],
-            "torch_s": times["torch"], "ort_s": times["ort"],
-            "torch_median_s": statistics.median(times["torch"]), "ort_median_s": statistics.median(times["ort"]),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            steps[name](image)
+            return time.perf_counter() - t0
+        records = optimise(steps[name], image, iterations=loop + 1, history=LOOP_HISTORY).records
+        return statistics.median(r.seconds for r in records[1:])
+
+    for name in methods:
+        turn(name)  # warm-up: first-run costs at this size
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name in methods:
+            times[name].append(turn(name))
+    base = methods[0]
+    ratios = {name: [t / b for t, b in zip(times[name], times[base])] for name in methods[1:]}
+    return {"height": height, "width": width, "loop": loop, "rounds": rounds, "threads": torch.get_num_threads(),
+            "cpu_isa": cpu_isa(), "times_s": times,
+            "median_s": {name: statistics.median(v) for name, v in times.items()},
+            "ratio_to": base, "ratio_median": {name: statistics.median(v) for name, v in ratios.items()},
+            "ratio_range": {name: [min(v), max(v)] for name, v in ratios.items()},
             "load_avg_1m": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--res", default="512", help="comma-separated square sizes")
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--res", default="384x512", help="comma-separated sizes, 512 or 384x512")
+    parser.add_argument("--methods", default="naive,torch,ort", help=f"comma-separated: {', '.join(METHODS)}")
+    parser.add_argument("--loop", type=int, default=5, help="iterations per turn (0: one step per turn)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    results = [run(int(s), args.pairs) for s in args.res.split(",")]
-    for r in results:
-        print(f"{r['size']} px: torch {r['torch_median_s']:.2f} s, ort {r['ort_median_s']:.2f} s, "
-              f"ort/torch per pair: median {r['ratio_median']:.3f} (min {r['ratio_min']:.3f}, max "
-              f"{r['ratio_max']:.3f}), load {r['load_avg_1m']:.1f}")
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or len(methods) < 2:
+        parser.error(f"--methods: two or more of {', '.join(METHODS)}")
+    results = []
+    for size in args.res.split(","):
+        h, _, w = size.partition("x")
+        results.append(run(int(h), int(w or h), methods, args.loop, args.rounds))
+        r = results[-1]
+        print(f"{r['height']}x{r['width']} ({'loop' if args.loop else 'step'}): "
+              + ", ".join(f"{m} {s:.3f} s" for m, s in r["median_s"].items()) + "; vs " + r["ratio_to"] + ": "
+              + ", ".join(f"{m} {q:.3f}x" for m, q in r["ratio_median"].items())
+              + f" (load {r['load_avg_1m']:.1f})", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results}, f, indent=2)
