@@ -28,8 +28,6 @@ from styleengine.engine.losses import LossConfig, Targets, gram, gram_style, tot
 from styleengine.engine.steps import TorchStep, build_network, preprocess_params
 from styleengine.engine.tiled import TiledStep
 
-pytest.importorskip("onnxruntime")
-
 HEIGHT, WIDTH, TILE = 45, 38, 32  # odd after pooling; 2 x 2 tiles of 32 px cores with a 16 px halo
 LAYERS = {"content_layers": ("relu2_2",), "style_layers": ("relu1_1", "relu2_1", "conv3_1")}
 OFF = {"content_weight": 0.0, "style_weight": 0.0, "tv_weight": 0.0}
