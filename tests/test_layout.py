@@ -40,6 +40,25 @@ def test_no_module_imports_a_root_folder_by_its_bare_name():
     assert not offenders, "import these as styleengine.<package>: " + "; ".join(offenders)
 
 
+# what each layer may not import (the arrows of docs/ARCHITECTURE.md: cli -> engine, benchmarks -> export -> model)
+FORBIDDEN = {
+    "model": ("styleengine.engine", "styleengine.export", "styleengine.benchmarks", "styleengine.cli"),
+    "export": ("styleengine.engine", "styleengine.benchmarks", "styleengine.cli"),
+    "engine": ("styleengine.benchmarks", "styleengine.cli"),
+}
+
+
+def test_imports_point_one_way():
+    offenders = []
+    for folder, forbidden in FORBIDDEN.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.startswith(forbidden)]
+    assert not offenders, offenders
+
+
 def test_the_scan_finds_a_bare_import():
     source = "import engine.steps\nfrom export import spec\nfrom styleengine.export import spec\nfrom . import x\n"
     assert _bare_imports(source, "probe.py") == ["probe.py:1: engine.steps", "probe.py:2: export"]
