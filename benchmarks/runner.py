@@ -22,6 +22,7 @@ from typing import Callable
 
 from styleengine.benchmarks.config import (DEFAULT_ITERS, DEFAULT_MEM_FRACTION, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP,
                                            STATUSES, Config)
+from styleengine.choices import PROVIDER_NAMES
 
 # ---------------------------------------------------------------- environment
 
@@ -48,8 +49,7 @@ def availability(config: Config, machine: dict) -> str | None:
     if config.backend == "ort":
         if machine.get("ort_reason"):
             return machine["ort_reason"]
-        wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                  "tensorrt": "TensorrtExecutionProvider"}[config.provider or "cpu"]
+        wanted = PROVIDER_NAMES[config.provider or "cpu"]
         if wanted not in machine.get("ort_providers", []):
             return f"ONNX Runtime has no {wanted} here (available: {', '.join(machine.get('ort_providers', []))})"
         if config.device == "cuda" and not machine.get("cuda"):

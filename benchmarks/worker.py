@@ -11,7 +11,7 @@ library writes to stdout goes to stderr instead. Kinds of job:
 - "prepare": construct the step once and close it (an exporting backend
   builds and caches its graph here, so the timed job's peak RSS excludes it).
 - "machine": what this machine has (CPU, memory, CUDA, ORT providers,
-  TensorRT) and its measured fp32 peak, cached per machine.
+  TensorRT) and its measured fp32 peak, cached per machine (machine.py).
 
 A watchdog thread enforces the memory budget (host RSS) and the time budget
 (per iteration) from inside, so an over-budget probe ends as a row instead
@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
+
+from styleengine.benchmarks.machine import cpu_name, run_machine, synchronize
 
 FAULT_ENV = "STYLEENGINE_BENCH_FAULT"
 WARMUP_ALLOWANCE = 3.0  # x the per-iteration time budget for the targets and warm-up runs
@@ -130,38 +131,6 @@ class NvmlPeak(threading.Thread):
             self.sample()
 
 
-def _synchronize(device: Any) -> None:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        torch.cuda.synchronize()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The widest vector ISA the CPU reports (avx512 / avx2 / ...): two CPUs of one name can differ,
-    and the fp32 peak and every time with them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return platform.machine()
-    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2")):
-        if flag in flags:
-            return isa + ("+bf16" if isa == "avx512" and "avx512_bf16" in flags else "")
-    return platform.machine()
-
-
 def random_targets(model: str, loss, height: int, width: int, gen):
     """Targets with the shapes a height x width image gives (content maps, symmetric PSD Grams), random values."""
     import torch
@@ -252,18 +221,18 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
         from styleengine.benchmarks.loops import time_engine_loop
 
         base["times_s"] = time_engine_loop(step, image, int(spec["loop"]), int(spec["warmup"]), dog,
-                                           lambda: _synchronize(device))
+                                           lambda: synchronize(device))
     for i in range(int(spec["warmup"]) if not spec.get("loop") else 0):
         dog.start_phase(f"warm-up iteration {i + 1}", WARMUP_ALLOWANCE)
         step(image)
-        _synchronize(device)
+        synchronize(device)
         dog.end_phase()
     for i in range(int(spec["iters"]) if not spec.get("loop") else 0):
-        _synchronize(device)
+        synchronize(device)
         dog.start_phase(f"iteration {i + 1}")
         t0 = time.perf_counter()
         step(image)
-        _synchronize(device)
+        synchronize(device)
         base["times_s"].append(time.perf_counter() - t0)
         dog.end_phase()
 
@@ -300,7 +269,7 @@ def _run_naive(spec: dict, weights, base: dict, dog) -> dict:
     style = torch.rand(1, 3, h, w, generator=gen)
     base["times_s"] = time_naive(weights, image, content, style, loop=int(spec.get("loop") or 0),
                                  iters=int(spec["iters"]), warmup=int(spec["warmup"]), pooling=spec["pooling"],
-                                 device=spec["device"], dog=dog, sync=lambda: _synchronize(device))
+                                 device=spec["device"], dog=dog, sync=lambda: synchronize(device))
     if device.type == "cuda":
         base["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(device))
     dog.stopped.set()
@@ -318,98 +287,6 @@ def run_prepare(spec: dict) -> dict:
                      precision=spec["precision"], provider=spec.get("provider") or "cpu")
     step.close()
     return {"status": "ok", "reason": ""}
-
-
-def _peak_cache_path():
-    from styleengine.export.cache import cache_root
-
-    return cache_root() / "fp32_peak.json"
-
-
-def measure_fp32_peak(device: str, reps: int = 10) -> float:
-    """GFLOP/s of a large fp32 3x3 convolution (256 -> 256 channels), best of `reps`, all threads."""
-    import torch
-    import torch.nn.functional as F
-
-    batch, channels, size = (1, 256, 128) if device == "cpu" else (32, 256, 128)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    k = torch.randn(channels, channels, 3, 3, generator=gen).to(device) * 0.01
-    flop = 2.0 * 9 * channels * channels * size * size * batch
-    best = float("inf")
-    with torch.no_grad():
-        F.conv2d(x, k, padding=1)  # warm-up: primitive creation, allocations
-        for _ in range(reps):
-            _synchronize(x.device)
-            t0 = time.perf_counter()
-            F.conv2d(x, k, padding=1)
-            _synchronize(x.device)
-            best = min(best, time.perf_counter() - t0)
-    return flop / best / 1e9
-
-
-def cached_fp32_peak(device: str, key: str, refresh: bool = False) -> tuple[float, bool]:
-    """(GFLOP/s, from cache?) keyed by device model, thread count and torch version."""
-    path = _peak_cache_path()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if not refresh and isinstance(cache.get(key), (int, float)):
-        return float(cache[key]), True
-    value = measure_fp32_peak(device)
-    cache[key] = value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError:
-        pass  # an unwritable cache only costs a re-measurement
-    return value, False
-
-
-def run_machine(spec: dict) -> dict:
-    """This machine's hardware, runtimes and fp32 peak(s)."""
-    import psutil
-    import torch
-
-    info: dict[str, Any] = {
-        "cpu": cpu_name(), "cpu_isa": cpu_isa(), "arch": platform.machine(), "os": platform.platform(),
-        "python": platform.python_version(),
-        "logical_cpus": psutil.cpu_count(logical=True), "physical_cpus": psutil.cpu_count(logical=False),
-        "memory_total_bytes": int(psutil.virtual_memory().total),
-        "memory_available_bytes": int(psutil.virtual_memory().available),
-        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-        "cuda_reason": "" if torch.cuda.is_available() else
-        f"torch {torch.__version__} sees no CUDA device (cuda build: {torch.version.cuda or 'no'})",
-        "gpus": [], "ort_providers": [], "ort_reason": "", "tensorrt": False, "tensorrt_reason": "",
-    }
-    try:
-        import onnxruntime
-
-        info["ort_providers"] = list(onnxruntime.get_available_providers())
-    except ImportError as e:
-        info["ort_reason"] = f"onnxruntime not importable: {e}"
-    try:
-        import tensorrt  # noqa: F401
-
-        info["tensorrt"] = True
-    except ImportError as e:
-        info["tensorrt_reason"] = f"tensorrt not importable: {e}"
-    key = f"cpu|{info['cpu']}|{info['cpu_isa']}|threads={info['torch_threads']}|torch={torch.__version__}"
-    info["fp32_peak_gflops"], info["fp32_peak_cached"] = cached_fp32_peak("cpu", key, spec.get("refresh_peak", False))
-    info["fp32_peak_method"] = "best of 10 fp32 conv2d 256->256 3x3 at 128x128, torch, all threads"
-    if info["cuda"]:
-        for i in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(i)
-            name = torch.cuda.get_device_name(i)
-            peak, cached = cached_fp32_peak(f"cuda:{i}", f"cuda|{name}|torch={torch.__version__}",
-                                            spec.get("refresh_peak", False))
-            info["gpus"].append({"index": i, "name": name, "memory_free_bytes": int(free),
-                                 "memory_total_bytes": int(total), "fp32_peak_gflops": peak,
-                                 "fp32_peak_cached": cached})
-    return info
 
 
 def _die_with_parent() -> None:

@@ -4,8 +4,14 @@ Formulas follow Gatys et al. (CVPR 2016) exactly:
   L_content = 1/2 sum (F - P)^2
   E_l       = 1/(4 N_l^2 M_l^2) sum (G^l - A^l)^2,  G = F F^T (unnormalised)
   L         = alpha * L_content + beta * sum_l w_l E_l + tv_weight * L_tv
-The ONNX step graph (export/onnx_step.py) builds the same sums from the
-same LossConfig; tests compare both against numpy.
+This module is the one definition of each term. The torch step (total_loss),
+the tiled step and TorchStep.tile_step (the style terms from the whole
+image's Grams, gram_style; its gradient with a given G - A,
+style_grad_surrogate; tv_loss_and_grad) call these functions. The ONNX
+graphs (export/onnx_step.py) cannot call torch: they write each term again,
+and tests/test_loss_terms.py checks every implementation, term by term,
+against these functions run in float64 (tests/test_losses.py checks these
+against numpy).
 """
 from __future__ import annotations
 
@@ -96,16 +102,80 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * (_accumulate(features) - target).pow(2).sum()
 
 
+def style_from_gram_diff(gram_diff: torch.Tensor, channels: int, positions: int) -> torch.Tensor:
+    """E_l from D = G - A, (C, C): sum D^2 / (4 N^2 M^2), M the positions G was summed over."""
+    return gram_diff.pow(2).sum() / (4.0 * channels**2 * positions**2)
+
+
 def style_layer_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
     channels, positions = features.shape[1], features.shape[2] * features.shape[3]
-    return (gram(features) - target_gram).pow(2).sum() / (4.0 * channels**2 * positions**2)
+    return style_from_gram_diff(gram(features) - target_gram, channels, positions)
+
+
+def style_grad_coeff(weight: float, channels: int, positions: int) -> float:
+    """c in d(weight * E_l)/dF = c (G - A) F: weight / (N^2 M^2)."""
+    return weight / (channels**2 * positions**2)
+
+
+def gram_style(config: LossConfig, grams: dict[str, torch.Tensor], targets: Targets, positions: dict[str, int]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """The weighted style term from the whole image's Grams (a tiled step sums them over tiles), with
+    what its gradient needs per layer: D_l = G_l - A_l and style_grad_coeff of beta * w_l.
+    positions: M_l per style layer, of the whole image."""
+    style = next(iter(grams.values())).new_zeros(()) if grams else torch.zeros(())
+    diffs: dict[str, torch.Tensor] = {}
+    coeffs: dict[str, float] = {}
+    for n, w in zip(config.style_layers, config.layer_weights()):
+        channels = grams[n].shape[0]
+        diffs[n] = grams[n] - targets.grams[n]
+        style = style + w * style_from_gram_diff(diffs[n], channels, positions[n])
+        coeffs[n] = style_grad_coeff(config.style_weight * w, channels, positions[n])
+    return style * config.style_weight, diffs, coeffs
+
+
+def style_grad_surrogate(features: torch.Tensor, gram_diff: torch.Tensor, coeff: float) -> torch.Tensor:
+    """1/2 coeff tr(F^T D F) for F (1, C, h, w) and a D = G - A held fixed: its gradient is coeff D F (D is
+    symmetric), the style term's gradient at these positions when D is the whole image's (tile_step)."""
+    f = features.reshape(features.shape[1], -1)  # (C, M)
+    return 0.5 * coeff * (f * (gram_diff @ f)).sum()
+
+
+def tv_loss_and_grad(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared differences of vertical and horizontal neighbours, and its gradient in closed form
+    (no autograd graph over the full image); fp32 at least."""
+    x = _accumulate(image)
+    grad = torch.zeros_like(x)
+    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
+    loss = dy.pow(2).sum()
+    grad[:, :, 1:, :] += 2 * dy
+    grad[:, :, :-1, :] -= 2 * dy
+    del dy
+    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
+    loss = loss + dx.pow(2).sum()
+    grad[:, :, :, 1:] += 2 * dx
+    grad[:, :, :, :-1] -= 2 * dx
+    return loss, grad
+
+
+class _TotalVariation(torch.autograd.Function):
+    """tv_loss_and_grad as an autograd function: the value and its closed-form gradient."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
+        loss, grad = tv_loss_and_grad(image)
+        ctx.save_for_backward(grad)
+        ctx.dtype = image.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (grad,) = ctx.saved_tensors
+        return (grad_output * grad).to(ctx.dtype)
 
 
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
-    """Sum of squared differences of vertical and horizontal neighbours."""
-    dy = image[:, :, 1:, :] - image[:, :, :-1, :]
-    dx = image[:, :, :, 1:] - image[:, :, :, :-1]
-    return dy.pow(2).sum() + dx.pow(2).sum()
+    """tv_loss_and_grad's value; autograd gets its closed-form gradient."""
+    return _TotalVariation.apply(image)
 
 
 def total_loss(config: LossConfig, features: dict[str, torch.Tensor], targets: Targets,

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from styleengine.errors import ConfigError, UnavailableError
-from styleengine.engine.losses import LossConfig, Targets, gram, total_loss
+from styleengine.engine.losses import LossConfig, Targets, content_loss, gram, style_grad_surrogate, total_loss
 from styleengine.model.vgg import Pooling, VGGFeatures
 from styleengine.model.weights import Convention, Weights
 
@@ -190,8 +190,8 @@ class TorchStep(StepBase):
         tile (1, 3, h, w); core = (top, left, bottom, right) in tile pixels: the
         positions whose loss this tile owns (top/left multiples of the total
         stride); content: content targets over the whole tile at each content
-        layer; gram_diffs: G - A of the FULL image per style layer;
-        style_coeffs: style_weight * w_l / (N_l^2 M_l^2) with M_l of the full image.
+        layer; gram_diffs: G - A of the FULL image per style layer; style_coeffs:
+        beta w_l / (N_l^2 M_l^2) with M_l of the full image (engine.losses.gram_style).
         Returns the weighted content loss over the core and
         d(content + style) / d tile; TV is the caller's (it is not local to tiles).
         """
@@ -206,16 +206,14 @@ class TorchStep(StepBase):
                 s = strides[name]
                 return f[:, :, top // s: bottom // s, left // s: right // s].float()
 
-            content_loss = sum((0.5 * (crop(n, feats[n]) - crop(n, content[n].to(self.device))).pow(2).sum()
+            content_term = sum((content_loss(crop(n, feats[n]), crop(n, content[n].to(self.device)))
                                 for n in self.loss.content_layers), zero) * self.loss.content_weight
-            # 1/2 tr(F^T D F) has gradient D F (D = G - A is symmetric): the style
-            # gradient with the full image's Gram, restricted to this core
+            # the style gradient with the full image's G - A, restricted to this core
             style = zero
             for n in self.loss.style_layers:
-                f = crop(n, feats[n]).reshape(feats[n].shape[1], -1)  # (C, M_core)
-                style = style + 0.5 * style_coeffs[n] * (f * (gram_diffs[n].to(self.device) @ f)).sum()
-            (grad,) = torch.autograd.grad(content_loss + style, x)
-        return content_loss.detach(), grad
+                style = style + style_grad_surrogate(crop(n, feats[n]), gram_diffs[n].to(self.device), style_coeffs[n])
+            (grad,) = torch.autograd.grad(content_term + style, x)
+        return content_term.detach(), grad
 
     def close(self) -> None:
         self.net = None  # type: ignore[assignment]

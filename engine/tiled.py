@@ -20,7 +20,7 @@ Peak memory is bounded by the tile: only the Grams, the full content target,
 the image and its gradient live across tiles.
 
 TV is not local to tiles (3 channels, cheap): it is computed on the full
-image in closed form.
+image in closed form. Every loss term comes from engine/losses.py.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 
 from styleengine.errors import ConfigError
-from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.losses import LossConfig, Targets, gram_style, tv_loss_and_grad
 from styleengine.engine.steps import StepBase, StepResult, TileableStep
 from styleengine.model import vgg
 
@@ -70,22 +70,6 @@ def tiles(height: int, width: int, tile: int, halo: int) -> Iterator[Tile]:
             bottom, right = min(top + tile, height), min(left + tile, width)
             yield Tile(max(0, top - halo), max(0, left - halo), min(height, bottom + halo),
                        min(width, right + halo), top, left, bottom, right)
-
-
-def tv_loss_and_grad(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """engine.losses.tv_loss and its gradient in closed form (no autograd graph over the full image)."""
-    x = image.float()
-    grad = torch.zeros_like(x)
-    dy = x[:, :, 1:, :] - x[:, :, :-1, :]
-    loss = dy.pow(2).sum()
-    grad[:, :, 1:, :] += 2 * dy
-    grad[:, :, :-1, :] -= 2 * dy
-    del dy
-    dx = x[:, :, :, 1:] - x[:, :, :, :-1]
-    loss = loss + dx.pow(2).sum()
-    grad[:, :, :, 1:] += 2 * dx
-    grad[:, :, :, :-1] -= 2 * dx
-    return loss, grad
 
 
 class TiledStep(StepBase):
@@ -159,7 +143,7 @@ class TiledStep(StepBase):
             for n in names:
                 f = self._core(t, n, feats[n]).float()
                 f = f.reshape(f.shape[1], -1)  # (C, M_core)
-                out[n].addmm_(f, f.T)
+                out[n].addmm_(f, f.T)  # engine.losses.gram of the core, summed in place
             del feats
         return out
 
@@ -186,14 +170,9 @@ class TiledStep(StepBase):
         diffs: dict[str, torch.Tensor] = {}
         coeffs: dict[str, float] = {}
         if loss.style_layers:
-            grams = self.grams(image, list(loss.style_layers))
-            for n, w in zip(loss.style_layers, loss.layer_weights()):
-                s, c = self.strides[n], self.channels[n]
-                positions = (height // s) * (width // s)  # M_l of the full image
-                diffs[n] = grams.pop(n) - targets.grams[n]
-                style = style + w * diffs[n].pow(2).sum() / (4.0 * c**2 * positions**2)
-                coeffs[n] = loss.style_weight * w / (c**2 * positions**2)
-            style = style * loss.style_weight
+            positions = {n: (height // self.strides[n]) * (width // self.strides[n])  # M_l of the full image
+                         for n in loss.style_layers}
+            style, diffs, coeffs = gram_style(loss, self.grams(image, list(loss.style_layers)), targets, positions)
 
         # pass 2: per tile, d(content + style)/d tile over its core, added at the tile's place
         grad = torch.zeros_like(image)
@@ -219,7 +198,6 @@ class TiledStep(StepBase):
 
     def close(self) -> None:
         self.base.close()
-
 
 
 # ---------------------------------------------------------------- tile size from a memory budget

@@ -58,19 +58,19 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
                   sizes=SIZES, seed: int = 0) -> list[Comparison]:
     """Run the graph step and the torch step on the same random images.
 
-    make_graph_step() returns a ready graph Step; raises ExportValidationError
-    on a mismatch beyond the precision's tolerance.
+    make_graph_step() returns a ready OrtStep (its session's names are checked
+    first); raises ExportValidationError on a mismatch beyond the precision's
+    tolerance.
     """
     from styleengine.engine.steps import TorchStep, make_targets
 
     loss_tol, grad_tol = TOLERANCES[spec.precision]
     reference = TorchStep(weights, loss, pooling=spec.pooling)
     graph_step = make_graph_step()
-    if hasattr(graph_step, "session"):  # names before values
-        check_signature(graph_step.session, spec)
     gen = torch.Generator().manual_seed(seed)
     results = []
     try:
+        check_signature(graph_step.session, spec)  # names before values
         for height, width in sizes:
             content, style, image = (torch.rand(1, 3, height, width, generator=gen) for _ in range(3))
             targets = make_targets(reference, loss, content, [style])

@@ -12,6 +12,10 @@ the losses and their gradients:
   Gram style       grad_F  = w / (N^2 M^2) * (G - A) F
   content          grad_F  = alpha * (F - P)
   total variation  grad_x  = 2 (dy[i-1] - dy[i]) + 2 (dx[j-1] - dx[j])
+
+A graph cannot call torch, so each term is written here again by hand; the
+definition is engine/losses.py, and tests/test_loss_terms.py checks both
+graphs against it term by term (value and gradient).
 """
 from __future__ import annotations
 
@@ -56,13 +60,13 @@ def _losses(g: Graph, spec: ExportSpec, feats: dict[str, str]):
     inject: dict[str, list] = {}
     content_terms, style_terms = [], []
     half = g.const(0.5, "half")
-    for name in spec.content_layers:
+    for name in spec.content_layers:  # by hand: engine.losses.content_loss, its gradient alpha (F - P)
         diff = g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff")
         content_terms.append(g.op("Mul", [g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")],
                                                 f"{name}_csum", keepdims=0), half], f"{name}_closs"))
         inject.setdefault(name, []).append(
             lambda diff=diff, name=name: g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
-    for i, name in enumerate(spec.style_layers):
+    for i, name in enumerate(spec.style_layers):  # by hand: engine.losses.style_layer_loss, style_grad_coeff
         f = feats[name]
         shape = g.op("Shape", [f], f"{name}_shape")
         channels = g.op("Slice", [shape, g.const([1], "i1", np.int64), g.const([2], "i2", np.int64)], f"{name}_c")
@@ -89,7 +93,7 @@ def _losses(g: Graph, spec: ExportSpec, feats: dict[str, str]):
 
 
 def _tv(g: Graph) -> tuple[str, str]:
-    """Squared-difference total variation of the image and its gradient."""
+    """Squared-difference total variation of the image and its gradient (by hand: engine.losses.tv_loss_and_grad)."""
     big = g.const([2**62], "inf_i", np.int64)
     one, zero, minus1 = g.const([1], "i1", np.int64), g.const([0], "i0", np.int64), g.const([-1], "m1", np.int64)
     total, grads = [], []
@@ -188,7 +192,7 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     strides = {l.name: l.stride for l in layers}
     inject: dict[str, list] = {}
     content_terms = []
-    for name in spec.content_layers:
+    for name in spec.content_layers:  # by hand: engine.losses.content_loss over the core
         mask = _core_mask(g, feats[name], strides[name], f"{name}_c")
         diff = g.op("Mul", [g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff"), mask], f"{name}_cdm")
         content_terms.append(g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")], f"{name}_csum", keepdims=0))
@@ -197,7 +201,7 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     for i, name in enumerate(spec.style_layers):
         f = feats[name]
 
-        def style_grad(f=f, name=name, i=i):
+        def style_grad(f=f, name=name, i=i):  # by hand: engine.losses.style_grad_surrogate's gradient
             mask = _core_mask(g, f, strides[name], f"{name}_s")
             shape = g.op("Shape", [f], f"{name}_shape")
             channels = g.op("Slice", [shape, g.const([1], "i1", np.int64), g.const([2], "i2", np.int64)], f"{name}_c")

@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from styleengine.benchmarks.analysis import Probe, find_limit, fit_slopes, judge, loglog_slope, search_limit
 from styleengine.benchmarks.config import COLUMNS, ROW_KEYS, STATUSES, Config, expand, parse_tiles, series_name
 from styleengine.benchmarks.report import limit_sentence
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, percentile
+from styleengine.cli import app  # the project's CLI, which registers `bench`
 
 CPU_MACHINE = {  # a machine description as the worker reports it, without running one
     "cpu": "test cpu", "torch_threads": 2, "cuda": False, "cuda_reason": "no CUDA here", "gpus": [],
@@ -32,7 +32,7 @@ CPU_MACHINE = {  # a machine description as the worker reports it, without runni
 def cli_run(tmp_path_factory):
     """One real run through the command: torch at 32 and 48 px on cpu and cuda, every output file."""
     out = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(_bench_app(), [
+    result = CliRunner().invoke(app, [
         "bench", "--res", "32,48", "--backends", "torch", "--devices", "cpu,cuda", "--iters", "1", "--warmup", "0",
         "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"),
         "--report", str(out / "r.md")])
@@ -169,7 +169,7 @@ def test_speedups_against_the_first_ok_row_per_size():
 
 
 def test_percentiles_match_numpy():
-    np = pytest.importorskip("numpy")
+    import numpy as np
     values = [3.0, 1.0, 2.0, 10.0]
     for q in (10, 50, 90):
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
@@ -253,16 +253,6 @@ def test_fit_slopes_groups_by_series():
 
 # ---------------------------------------------------------------- the command line
 
-def _bench_app():
-    """The project's CLI if it registers `bench`, else a one-command app around the same function."""
-    from styleengine.cli_bench import bench
-
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("bench")(bench)
-    app.command("other")(lambda: None)  # two commands keep `bench` a subcommand
-    return app
-
-
 @pytest.mark.parametrize("args,needle", [
     (["--res", "16"], "32 px"), (["--res", "abc"], "512x768"), (["--res", ","], "at least one"),
     (["--backends", "jax"], "unknown backend"), (["--providers", "rocm"], "unknown provider"),
@@ -273,16 +263,13 @@ def _bench_app():
 def test_bad_input_is_a_config_error(args, needle):
     from styleengine.errors import ConfigError
 
-    result = CliRunner().invoke(_bench_app(), ["bench", *args])
+    result = CliRunner().invoke(app, ["bench", *args])
     assert isinstance(result.exception, ConfigError) and needle in str(result.exception)
 
 
 def test_bad_input_via_the_cli_is_one_line_and_exit_1():
     proc = subprocess.run([sys.executable, "-m", "styleengine", "bench", "--res", "16"], capture_output=True,
                           text=True, timeout=60)
-    if "No such command" in proc.stderr:
-        proc = subprocess.run([sys.executable, "-m", "styleengine.cli_bench", "--res", "16"], capture_output=True,
-                              text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
 
@@ -290,7 +277,7 @@ def test_bad_input_via_the_cli_is_one_line_and_exit_1():
 def test_tiled_and_untiled_rows_in_one_run(tmp_path):
     """--tile none,32 at 64 px: both steps time in one run; the tiled row says its tile and tile count,
     counts the untiled GFLOP and takes the untiled row as its speed-up baseline."""
-    result = CliRunner().invoke(_bench_app(), [
+    result = CliRunner().invoke(app, [
         "bench", "--res", "64", "--backends", "torch", "--tile", "none,32", "--iters", "1", "--warmup", "0",
         "--json", str(tmp_path / "t.json")])
     assert result.exit_code == 0, result.output

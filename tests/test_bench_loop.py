@@ -7,13 +7,12 @@ import pytest
 from typer.testing import CliRunner
 
 from styleengine.benchmarks.config import Config, expand, series_name
+from styleengine.cli import app
 from styleengine.errors import ConfigError
-
-from test_bench import _bench_app
 
 
 def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path):
-    result = CliRunner().invoke(_bench_app(), [
+    result = CliRunner().invoke(app, [
         "bench", "--res", "32", "--backends", "naive,torch,ort", "--loop", "3", "--iters", "1", "--warmup", "1",
         "--json", str(tmp_path / "l.json")])
     assert result.exit_code == 0, result.output
@@ -44,7 +43,7 @@ def test_expand_with_loop_and_naive_only_in_fp32_untiled():
                                           (["--loop", "4", "--limit"], "--limit"),
                                           (["--backends", "plain"], "naive")])
 def test_bad_loop_flags(args, needle):
-    result = CliRunner().invoke(_bench_app(), ["bench", "--res", "32", *args])
+    result = CliRunner().invoke(app, ["bench", "--res", "32", *args])
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError) or needle in result.output
     if isinstance(result.exception, ConfigError):

@@ -123,15 +123,16 @@ def test_style_normalisation_is_exactly_the_papers(channels, height, width):
 
 
 def test_style_normalisation_scales_with_n_and_m():
-    # one channel, M positions of value 1, target 0: G = M, E = M^2 / (4 M^2) = 1/4;
-    # target A = M/2: E = (M/2)^2 / (4 M^2) = 1/16. Two channels with A = 0 on the
-    # diagonal and G everywhere M: E = 4 M^2 / (4 * 4 * M^2) = 1/4.
+    # one channel, M = 6 positions of value 1: G = M. Target 0: E = M^2 / (4 M^2) = 1/4;
+    # target M/2: E = (M/2)^2 / (4 M^2) = 1/16. Two channels, G = M everywhere, target M off
+    # the diagonal and 0 on it: G - A = M I, so E = 2 M^2 / (4 * 2^2 * M^2) = 1/8.
     m = 6
     f1 = torch.ones(1, 1, 2, 3)
+    assert style_layer_loss(f1, torch.zeros(1, 1)).item() == 1 / 4
     assert style_layer_loss(f1, torch.full((1, 1), m / 2)).item() == 1 / 16
     f2 = torch.ones(1, 2, 2, 3)
     a2 = torch.tensor([[0.0, m], [m, 0.0]])  # only the diagonal differs by M
-    assert style_layer_loss(f2, a2).item() == pytest.approx(2 * m**2 / (4 * 4 * m**2), rel=0, abs=0)
+    assert style_layer_loss(f2, a2).item() == 1 / 8
 
 
 def test_tv_loss_matches_numpy():

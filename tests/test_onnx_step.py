@@ -218,7 +218,7 @@ def test_tensorrt_backend_unavailable_is_one_line(vgg19_random):
 
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling):
-    from styleengine.engine.losses import gram
+    from styleengine.engine.losses import gram, gram_style, tv_loss_and_grad
 
     weights = random_weights("vgg19")
     torch_step, ort_step = TorchStep(weights, SHORT, pooling=pooling), make_graph_step("ort", weights, SHORT, pooling=pooling)
@@ -226,9 +226,8 @@ def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling)
     image = make_image(height, width, 3)
     targets = make_targets(torch_step, SHORT, make_image(height, width, 1), [make_image(height, width, 2)])
     feats = torch_step.features(image, list(SHORT.style_layers))
-    diffs = {n: gram(feats[n]) - targets.grams[n] for n in SHORT.style_layers}
-    coeffs = {n: SHORT.style_weight * w / (feats[n].shape[1] ** 2 * (feats[n].shape[2] * feats[n].shape[3]) ** 2)
-              for n, w in zip(SHORT.style_layers, SHORT.layer_weights())}
+    _, diffs, coeffs = gram_style(SHORT, {n: gram(f) for n, f in feats.items()}, targets,
+                                  {n: f.shape[2] * f.shape[3] for n, f in feats.items()})
     for core in ((0, 0, height, width), (16, 0, 48, 37), (32, 16, height, width)):
         ref_loss, ref_grad = torch_step.tile_step(image, core, targets.content, diffs, coeffs)
         got_loss, got_grad = ort_step.tile_step(image, core, targets.content, diffs, coeffs)
@@ -238,17 +237,9 @@ def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling)
     torch_step.set_targets(targets)
     full = torch_step(image)
     loss, grad = ort_step.tile_step(image, (0, 0, height, width), targets.content, diffs, coeffs)
-    untiled_no_tv = full.grad - _tv_grad(image) * SHORT.tv_weight  # TV is the tiled step's caller's
+    untiled_no_tv = full.grad - tv_loss_and_grad(image)[1] * SHORT.tv_weight  # TV is the tiled step's caller's
     assert float(loss) == pytest.approx(full.parts["content"], rel=1e-5)
     assert float((grad - untiled_no_tv).norm() / untiled_no_tv.norm()) < 1e-5
-
-
-def _tv_grad(image: torch.Tensor) -> torch.Tensor:
-    from styleengine.engine.losses import tv_loss
-
-    x = image.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(tv_loss(x), x)
-    return grad
 
 
 def test_validation_checks_names_first(vgg19_random):

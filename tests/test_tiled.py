@@ -163,10 +163,6 @@ def test_tiled_stylise_equals_untiled(vgg19_random):
 
 
 def test_ort_tile_step(vgg19_random, make_image):
-    ort_step = pytest.importorskip("styleengine.engine.ort_step")
-    pytest.importorskip("onnxruntime")
-    if not hasattr(ort_step.OrtStep, "tile_step"):
-        pytest.skip("OrtStep.tile_step has not landed yet")
     from styleengine.engine.backends import make_step
 
     base = make_step("ort", vgg19_random, SHORT, pooling="avg")

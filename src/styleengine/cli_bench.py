@@ -25,7 +25,7 @@ from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DE
 from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, table_rows, write_csv, write_json,
                                            write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
-from styleengine.choices import MODELS, POOLINGS, PRECISIONS, PROVIDERS
+from styleengine.choices import MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError
 from styleengine.paths import check_writable
 
@@ -166,7 +166,7 @@ def bench(
 
     device_list = _resolve_auto(device_list, ["cpu"] + (["cuda"] if machine.get("cuda") else []))
     provider_list = _resolve_auto(provider_list, ["cpu"] + (
-        ["cuda"] if machine.get("cuda") and "CUDAExecutionProvider" in machine.get("ort_providers", []) else []))
+        ["cuda"] if machine.get("cuda") and PROVIDER_NAMES["cuda"] in machine.get("ort_providers", []) else []))
     command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
                             pooling=pooling, precision=precision, tile=tile, iters=iters, loop=loop,
                             warmup=warmup, json=json_path,
