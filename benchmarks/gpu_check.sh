@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What needs a GPU, in one call of at most ~6 minutes, on a lent NVIDIA machine:
 #
-#   . .gpu/last/setup.sh && bash benchmarks/gpu_check.sh      (../shared/tools/gpu: onnxruntime-gpu)
+#   . .gpu/last/setup.sh && bash benchmarks/gpu_check.sh [PART ...]   (../shared/tools/gpu: onnxruntime-gpu)
 #
+# PARTS: correct loop step bench (default: all, in that order).
 # Every part has its own timeout and writes its file into $OUT (default benchmarks/results/gpu) as
 # soon as it ends, so a part that fails or hangs loses nothing else:
 #   env.txt      the GPU, torch, onnxruntime and its providers
@@ -26,9 +27,15 @@ check() {  # check NAME SECONDS: one part of gpu_check.py into NAME.json, its lo
   timeout "$2" "$PY" -m styleengine.benchmarks.gpu_check "$1" > "$OUT/$1.json" 2> "$OUT/$1.log"
   echo "== $1: exit $?"; cat "$OUT/$1.json"; tail -3 "$OUT/$1.log"
 }
-check correct 60
-check loop 130
-check step 80
-timeout 90 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda --providers cuda \
-    --precision fp32 --loop 20 --iters 10 --warmup 3 --timeout 40 --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-echo "== bench: exit $?"; tail -25 "$OUT/bench.log"
+for part in ${*:-correct loop step bench}; do
+  case "$part" in
+    correct) check correct 60 ;;
+    loop) check loop 130 ;;
+    step) check step 80 ;;
+    bench)
+      timeout 150 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda \
+          --providers cuda --precision fp32,bf16,fp16 --loop 20 --iters 10 --warmup 3 --timeout 60 \
+          --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+      echo "== bench: exit $?"; tail -30 "$OUT/bench.log" ;;
+  esac
+done
