@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from styleengine.choices import BACKEND_PRECISIONS, ORT_CPU_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
+from styleengine.choices import BACKEND_PRECISIONS, BF16_ON_ORT_CUDA, ORT_CPU_PRECISIONS, ORT_CUDA_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.steps import StepBase, StepResult
@@ -314,6 +314,8 @@ def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling
         raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt): ONNX Runtime's CPU "
                           f"provider has no {precision} convolutions (it would run them in fp32, no faster); "
                           f"use --precision fp32")
+    if provider == "cuda" and precision not in ORT_CUDA_PRECISIONS:
+        raise ConfigError(f"--precision {precision} --provider cuda: {BF16_ON_ORT_CUDA}")
     export = ensure_export(weights, loss, pooling, precision, provider)
     return OrtStep(export, graph_spec(weights, loss, pooling, precision), loss, provider=provider, threads=threads)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS,
+from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS,
                                  POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice)
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError, UnavailableError
@@ -141,6 +141,8 @@ class Settings:
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
             raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+        if self.backend == "ort" and self.provider == "cuda" and self.precision == "bf16":
+            raise ConfigError(f"--precision bf16 --provider cuda: {BF16_ON_ORT_CUDA}")
         if self.backend == "ort" and self.precision not in ("auto", "fp32") and self.provider == "cpu":
             raise ConfigError(f"{self.precision} step graphs run on GPU providers (cuda, tensorrt); "
                               f"the CPU provider runs fp32")

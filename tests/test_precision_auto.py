@@ -31,3 +31,10 @@ def test_torch_on_a_missing_gpu_is_unavailable(monkeypatch):
     with pytest.raises(UnavailableError):
         auto_precision("torch", "cpu", "cuda")
     assert auto_precision("torch", "cpu", "auto") == "fp32"
+
+
+def test_bf16_on_ort_cuda_is_refused_with_the_reason():
+    """The bf16 step graph loads nowhere in ONNX Runtime: the CUDA provider lacks bf16 Resize/Greater kernels
+    (seen on an H200); the run is refused before any work, pointing at fp16 and the torch backend."""
+    with pytest.raises(ConfigError, match="fp16"):
+        Settings(backend="ort", provider="cuda", precision="bf16").validate()

@@ -20,6 +20,12 @@ GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
 # what ONNX Runtime's CPU provider runs: it has no bf16 Conv, and it runs an fp16 graph by converting its
 # convolutions back to fp32 (VGG19 at 256 px: 1.15 s/iteration vs 1.10 s for fp32), so fp16 buys nothing there
 ORT_CPU_PRECISIONS = ("fp32",)
+# ONNX Runtime's CUDA provider has no bf16 kernels for several of the step's ops (Greater, then Resize: the
+# bf16 step failed to load on an H200 with onnxruntime-gpu 1.31.1); its fast precision there is fp16
+ORT_CUDA_PRECISIONS = ("fp32", "fp16")
+BF16_ON_ORT_CUDA = ("ONNX Runtime's CUDA provider has no bf16 kernels for the step's Resize and comparisons "
+                    "(seen with onnxruntime-gpu 1.31.1 on an H200); use --precision fp16 (or the torch backend "
+                    "for bf16)")
 OPTIMIZERS = ("lbfgs", "adam")
 LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 INITS = ("noise", "content", "style")  # or a path to an image

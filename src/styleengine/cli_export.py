@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from styleengine.choices import GRAPH_PRECISIONS, MODELS, ORT_CPU_PRECISIONS, POOLINGS, check_choice
+from styleengine.choices import GRAPH_PRECISIONS, MODELS, ORT_CPU_PRECISIONS, ORT_CUDA_PRECISIONS, POOLINGS, check_choice
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 
@@ -49,15 +49,15 @@ def validation_provider(precision: str) -> str | None:
     import torch
 
     if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
-        return "cuda"
+        return "cuda" if precision in ORT_CUDA_PRECISIONS else None  # bf16: no CUDA kernels either
     return "cpu" if precision == "fp16" else None
 
 
 _NOT_ON_A_GPU = {
     "fp16": "validated on the CPU provider, which has no fp16 convolution kernels and runs them in fp32 between "
             "casts: this checks what the graph computes, not GPU fp16 arithmetic (no GPU here)",
-    "bf16": "not validated against torch: ONNX Runtime's CPU provider has no bf16 kernels and there is no GPU "
-            "here; the graphs passed ONNX's strict checks",
+    "bf16": "not validated against torch: neither ONNX Runtime's CPU provider nor its CUDA provider has bf16 "
+            "kernels for every op of the step (for bf16 use the torch backend); the graphs passed ONNX's strict checks",
 }
 
 
