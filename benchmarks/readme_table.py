@@ -34,15 +34,42 @@ def _machine_label(machine: dict, row: dict) -> str:
     return f"{machine.get('cpu', 'CPU')} ({', '.join(notes)})" if notes else machine.get("cpu", "CPU")
 
 
+def _time(seconds: float | None) -> str:
+    """A per-iteration time: ms below a second (GPU rows), else s."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _interleaved(doc: dict, name: str) -> list[str]:
+    """Rows of benchmarks/interleaved.py's document: each method's median and its ratio to the first."""
+    out = []
+    for r in doc["results"]:
+        kind = f"loop ({r['loop']} iterations a turn)" if r.get("loop") else "step"
+        for method, median in r["median_s"].items():
+            ratio = "1.00x" if method == r["ratio_to"] else f"{r['ratio_median'][method]:.3f}x"
+            out.append(f"| {r.get('cpu_isa', '-')}, {r['threads']} threads, load {r['load_avg_1m']:.1f} | "
+                       f"{r['height']}x{r['width']} | {kind} | {method} | {_time(median)} | {ratio} | {name} |")
+    return out
+
+
 def table(results: Path = RESULTS) -> str:
     """The markdown table (and limit lines) from every JSON document in `results`."""
-    lines = ["| machine | configuration | size | s/iter (median) | GFLOP/s | of fp32 peak | peak memory GiB | "
+    lines = ["| machine | configuration | size | time/iteration (median) | GFLOP/s | of fp32 peak | peak memory GiB | "
              "speed-up | source |", "|---|---|---|---|---|---|---|---|---|"]
     limits = []
+    loops = ["| machine | configuration | size | time/iteration (median) | peak memory GiB | vs naive loop | source |",
+             "|---|---|---|---|---|---|---|"]
+    turns = ["| CPU | size | timed | method | time/iteration (median) | vs first (median of rounds) | source |",
+             "|---|---|---|---|---|---|---|"]
     tiled = ["| machine | configuration | size | status | s/iter | peak memory GiB | tiles | vs untiled | source |",
              "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(doc.get("results"), list) and all("ratio_median" in r and "median_s" in r
+                                                        and isinstance(r["median_s"], dict) for r in doc["results"]):
+            turns += _interleaved(doc, path.name)  # benchmarks/interleaved.py: methods taking turns
+            continue
         if not isinstance(doc.get("rows"), list) or not all("device" in r for r in doc["rows"]):
             continue  # another script's results (tiling, interleaved): not `styleengine bench` rows
         machine = doc.get("machine", {})
@@ -70,9 +97,15 @@ def table(results: Path = RESULTS) -> str:
             if path.name.endswith("-limit.json"):
                 continue  # the limit document's rows are one-iteration probes; its sentence says more
             mem = row["peak_device_bytes"] if row["device"] == "cuda" else row["peak_rss_bytes"]
+            if row.get("loop"):
+                loops.append(
+                    f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
+                    f"{_time(row['median_s'])} | {gib(mem)} | "
+                    f"{'-' if row.get('speedup') is None else format(row['speedup'], '.2f') + 'x'} | {path.name} |")
+                continue
             lines.append(
                 f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
-                f"{row['median_s']:.2f} | {row['gflops']:.0f} | "
+                f"{_time(row['median_s'])} | {row['gflops']:.0f} | "
                 f"{'-' if row['peak_fraction'] is None else format(row['peak_fraction'], '.0%')} | {gib(mem)} | "
                 f"{'-' if row.get('speedup') is None else format(row['speedup'], '.2f') + 'x'} | {path.name} |")
     text = "\n".join(lines)
@@ -80,13 +113,21 @@ def table(results: Path = RESULTS) -> str:
         text += "\n\n(no results committed yet)"
     if limits:
         text += "\n\nLargest square size within the budgets (`styleengine bench --limit`):\n\n" + "\n".join(limits)
+    if len(loops) > 2:
+        text += ("\n\nThe whole loop (`styleengine bench --loop N`: N iterations of step + L-BFGS update with a "
+                 "100-pair history + bookkeeping, after the step rows of the same run; 'vs naive loop' is the "
+                 "naive row's time over this row's, at the same size in the same run):\n\n" + "\n".join(loops))
+    if len(turns) > 2:
+        text += ("\n\nThe same methods taking turns in one process (`python -m styleengine.benchmarks.interleaved`: "
+                 "every method under the same load; the ratio is the median over rounds of each round's time "
+                 "over the first method's):\n\n" + "\n".join(turns))
     if len(tiled) > 2:
         text += ("\n\nThe exact tiled step (`styleengine bench --tile`; one iteration, tiles of the given core "
                  "size plus the halo; 'vs untiled' is this row's time over the same backend's untiled row at "
                  "its size in the same run):\n\n" + "\n".join(tiled))
     note = ("Generated by `python -m styleengine.benchmarks.readme_table` from `benchmarks/results/`; random "
-            "weights (timing does not depend on weight values); speed-up is against torch on the CPU at fp32 "
-            "at the same size in the same run.")
+            "weights (timing does not depend on weight values); speed-up is against the first row of the same size "
+            "and kind in the same run: the naive loop where it ran, else torch on the CPU at fp32.")
     return text + "\n\n" + note
 
 

@@ -30,3 +30,29 @@ class QuadraticStep(StepBase):
                 raise KeyboardInterrupt
             loss = math.nan
         return StepResult.from_floats(loss, 2 * d, {"content": loss, "style": 0.0, "tv": 0.0})
+
+
+class WrappedStep(StepBase):
+    """A real step with faults injected by call number: `hooks[n]()` runs before the n-th call (raise
+    KeyboardInterrupt there, say), and call `nan_at` returns a NaN loss with the real gradient."""
+
+    def __init__(self, inner, hooks: dict | None = None, nan_at: int | None = None):
+        self.inner, self.device, self.hooks, self.nan_at, self.calls = inner, inner.device, hooks or {}, nan_at, 0
+
+    def features(self, image, names):
+        return self.inner.features(image, names)
+
+    def set_targets(self, targets):
+        self.inner.set_targets(targets)
+
+    def close(self):
+        self.inner.close()
+
+    def __call__(self, image):
+        self.calls += 1
+        if self.calls in self.hooks:
+            self.hooks[self.calls]()
+        result = self.inner(image)
+        if self.calls == self.nan_at:
+            return StepResult.from_floats(math.nan, result.grad, result.parts)
+        return result

@@ -14,9 +14,9 @@ from PIL import Image
 from styleengine import cli
 from styleengine.engine import images, stylise as stylise_module
 from styleengine.engine.loop import optimise
-from styleengine.engine.steps import StepBase, StepResult
+from styleengine.engine.steps import StepResult
 
-from fakes import QuadraticStep
+from fakes import QuadraticStep, WrappedStep
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_images import bad_files
 except ModuleNotFoundError:
@@ -198,37 +198,16 @@ def test_nan_loss_stops_and_keeps_last_finite_image(optimizer):
     assert torch.isfinite(result.image).all()
 
 
-class WrappedStep(StepBase):
-    """A real step that fails (NaN or Ctrl-C) on call `bad_call`."""
-
-    def __init__(self, inner, bad_call: int, failure: str):
-        self.inner, self.device = inner, inner.device
-        self.calls, self.bad_call, self.failure = 0, bad_call, failure
-
-    def features(self, image, names):
-        return self.inner.features(image, names)
-
-    def set_targets(self, targets):
-        self.inner.set_targets(targets)
-
-    def close(self):
-        self.inner.close()
-
-    def __call__(self, image):
-        self.calls += 1
-        if self.calls == self.bad_call:
-            if self.failure == "interrupt":
-                raise KeyboardInterrupt
-            result = self.inner(image)
-            return StepResult.from_floats(math.nan, result.grad, result.parts)
-        return self.inner(image)
-
-
 def failing_make_step(failure: str, bad_call: int = 3):
     real = stylise_module.make_step
 
+    def interrupt():
+        raise KeyboardInterrupt
+
     def make_step(*args, **kwargs):
-        return WrappedStep(real(*args, **kwargs), bad_call, failure)
+        if failure == "interrupt":
+            return WrappedStep(real(*args, **kwargs), hooks={bad_call: interrupt})
+        return WrappedStep(real(*args, **kwargs), nan_at=bad_call)
     return make_step
 
 

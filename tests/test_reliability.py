@@ -22,7 +22,7 @@ from PIL import Image
 
 from styleengine import paths
 from styleengine.engine import images, stylise as stylise_module
-from styleengine.engine.steps import StepBase
+from fakes import WrappedStep
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import ConfigError, ImageError, UnavailableError, WeightsError
 from styleengine.model.weights import load_weights, random_state
@@ -103,26 +103,9 @@ def test_save_image_temp_file_failure_is_an_image_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-class HookedStep(StepBase):
+def HookedStep(inner, hooks) -> WrappedStep:
     """A real step that runs `hooks[n]()` before its n-th call."""
-
-    def __init__(self, inner, hooks):
-        self.inner, self.device, self.hooks, self.calls = inner, inner.device, hooks, 0
-
-    def features(self, image, names):
-        return self.inner.features(image, names)
-
-    def set_targets(self, targets):
-        self.inner.set_targets(targets)
-
-    def close(self):
-        self.inner.close()
-
-    def __call__(self, image):
-        self.calls += 1
-        if self.calls in self.hooks:
-            self.hooks[self.calls]()
-        return self.inner(image)
+    return WrappedStep(inner, hooks=hooks)
 
 
 def hooked(monkeypatch, hooks):
@@ -459,7 +442,7 @@ def test_ctrl_c_between_scales_keeps_the_last_scale(monkeypatch, make_image):
     computed ends the run with the previous scale's image, not a lost run."""
     real = stylise_module.make_step
 
-    class InterruptedTargets(HookedStep):
+    class InterruptedTargets(WrappedStep):
         def features(self, image, names):
             self.feature_calls = getattr(self, "feature_calls", 0) + 1
             if self.feature_calls == 3:  # scale 2's content features (scale 1: content, then style)
