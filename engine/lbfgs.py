@@ -44,7 +44,8 @@ class DeviceLBFGS:
     what CUDA-graph capture needs.
     """
 
-    def __init__(self, x: torch.Tensor, history: int, lr: float = 1.0, tolerance_change: float = -1.0):
+    def __init__(self, x: torch.Tensor, history: int, lr: float = 1.0, tolerance_change: float = -1.0, *,
+                 static: bool = False):
         if history < 1:
             raise ValueError(f"L-BFGS history must be >= 1, got {history}")
         n = x.numel()
@@ -62,6 +63,10 @@ class DeviceLBFGS:
         self.g_prev = zeros(n)
         self.threshold = -tolerance_change  # torch skips the update when g.d > -tolerance_change
         self.steps = 0
+        # before the ring is full only the first `steps` slots can hold a pair: the products skip the
+        # rest (the first 100 iterations of a 100-pair run read a growing part of the history, as torch's
+        # do). static: always the whole ring, one kernel sequence for every call (a CUDA graph's replay)
+        self.static = static
         self._ages = torch.arange(1, slots + 1, device=x.device)  # newest first: head - 1, head - 2, ...
         self._eye = torch.eye(slots, device=x.device, dtype=x.dtype)
 
@@ -92,7 +97,14 @@ class DeviceLBFGS:
         y = g - self.g_prev
         # the new pair always goes to the free slot; whether it counts is decided below
         self.pairs.index_copy_(0, torch.cat((head, head + slots)), torch.stack((s, y)))
-        dots = torch.mm(self.pairs, torch.stack((g, s, y)).T)  # (2 * slots, 3): [S; Y] . (g, s, y)
+        live = self._live()
+        vectors = torch.stack((g, s, y)).T  # (n, 3)
+        if live == slots:
+            dots = torch.mm(self.pairs, vectors)  # (2 * slots, 3): [S; Y] . (g, s, y)
+        else:  # the unused slots are zeros: their products are too
+            dots = torch.zeros(2 * slots, 3, device=g.device, dtype=g.dtype)
+            torch.mm(self.pairs[:live], vectors, out=dots[:live])
+            torch.mm(self.pairs[slots:slots + live], vectors, out=dots[slots:slots + live])
         self._gs, self._gy = dots[:slots, 0], dots[slots:, 0]  # s_i . g, y_i . g
         self.sy.index_copy_(1, head, dots[:slots, 2:3])  # s_i . y_new
         self.sy.index_copy_(0, head, dots[slots:, 1:2].T)  # s_new . y_j
@@ -131,4 +143,12 @@ class DeviceLBFGS:
         coeffs = torch.zeros(2 * slots, device=g.device, dtype=g.dtype)
         coeffs.index_copy_(0, order, c)
         coeffs.index_copy_(0, order + slots, -self.h_diag * alpha)
-        return torch.addmv(g * -self.h_diag, self.pairs.T, coeffs)
+        live = self._live()
+        if live == slots:
+            return torch.addmv(g * -self.h_diag, self.pairs.T, coeffs)
+        d = torch.addmv(g * -self.h_diag, self.pairs[:live].T, coeffs[:live])
+        return d.addmv_(self.pairs[slots:slots + live].T, coeffs[slots:slots + live])
+
+    def _live(self) -> int:
+        """Slots that may hold a pair: the step-th call has written at most `steps` pairs, from slot 0."""
+        return self.slots if self.static else min(self.steps, self.slots)

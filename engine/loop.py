@@ -94,9 +94,10 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
     device = step.device
     x = init.detach().to(device, torch.float32).clone(memory_format=torch.contiguous_format)
     height, width = x.shape[2], x.shape[3]
+    capture = device.type == "cuda" and step.capturable and iterations > CAPTURE_AFTER + 1
     if optimizer == "lbfgs":
         # the paper's choice; tolerances off so it runs the iterations asked for, as neural-style does
-        update = _lbfgs_update(x, history, lr or 1.0)
+        update = _lbfgs_update(x, history, lr or 1.0, static=capture)
     else:
         update = _adam_update(x, lr or 0.02)
     losses = torch.empty(max(iterations, 1), len(LOSS_TERMS), device=device)  # per iteration, read later
@@ -133,7 +134,6 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
         torch.where(finite, x, last_finite, out=last_finite)
         update(result.grad)
 
-    capture = device.type == "cuda" and step.capturable and iterations > CAPTURE_AFTER + 1
     graph = None
     done = 0
     with torch.no_grad():
@@ -182,8 +182,8 @@ def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
     return graph
 
 
-def _lbfgs_update(x: torch.Tensor, history: int, lr: float) -> Callable[[torch.Tensor], None]:
-    opt = DeviceLBFGS(x.view(-1), history, lr)
+def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool) -> Callable[[torch.Tensor], None]:
+    opt = DeviceLBFGS(x.view(-1), history, lr, static=static)
     scale: list[torch.Tensor] = []
 
     def update(grad: torch.Tensor) -> None:

@@ -36,9 +36,10 @@ def torch_lbfgs_iterates(evaluate, x0: torch.Tensor, iterations: int, history: i
     return out
 
 
-def device_lbfgs_iterates(evaluate, x0: torch.Tensor, iterations: int, history: int) -> list[torch.Tensor]:
+def device_lbfgs_iterates(evaluate, x0: torch.Tensor, iterations: int, history: int,
+                          static: bool = False) -> list[torch.Tensor]:
     x = x0.clone().reshape(-1)
-    opt = DeviceLBFGS(x, history)
+    opt = DeviceLBFGS(x, history, static=static)
     out = []
     for _ in range(iterations):
         _, grad = evaluate(x.view_as(x0))
@@ -63,11 +64,12 @@ def nonconvex(n: int = 40, seed: int = 0):
     return evaluate, torch.randn(n, generator=gen, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("static", [False, True])  # products over the written slots / the whole ring
 @pytest.mark.parametrize("history", [1, 3, 100])
-def test_same_iterates_as_torch_in_float64(history):
+def test_same_iterates_as_torch_in_float64(history, static):
     evaluate, x0 = nonconvex()
     ref = torch_lbfgs_iterates(evaluate, x0, 60, history, scale=False)
-    got = device_lbfgs_iterates(evaluate, x0, 60, history)
+    got = device_lbfgs_iterates(evaluate, x0, 60, history, static)
     worst = max(float((r - g).norm() / r.norm()) for r, g in zip(ref, got))
     assert worst < 1e-10
 
