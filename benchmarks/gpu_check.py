@@ -34,10 +34,10 @@ def images(h: int, w: int):
     return [torch.rand(1, 3, h, w, generator=gen) for _ in range(3)]  # content, style, noise init
 
 
-def ready_step(weights, backend: str, precision: str, h: int, w: int):
-    step = make_step(backend, weights, LOSS, device="cuda", precision=precision, provider="cuda")
+def ready_step(weights, backend: str, precision: str, h: int, w: int, loss: LossConfig = LOSS):
+    step = make_step(backend, weights, loss, device="cuda", precision=precision, provider="cuda")
     content, style, init = images(h, w)
-    step.set_targets(make_targets(step, LOSS, content, [style]))
+    step.set_targets(make_targets(step, loss, content, [style]))
     return step, init
 
 
@@ -57,6 +57,12 @@ def correct(weights) -> dict:
     eager = [r.loss for r in optimise(step, init, iterations=30).records]
     out["torch_graph_vs_eager_max_rel"] = max(abs(a - b) / abs(b) for a, b in zip(graphed, eager))
     out["torch_losses"] = eager[:8]
+    for precision in ("fp32", "bf16"):  # with TV (its closed-form autograd Function inside the graph)
+        step, init = ready_step(weights, "torch", precision, H, W, LossConfig(tv_weight=10.0))
+        graphed = [r.loss for r in optimise(step, init, iterations=30).records]
+        step.capturable = False
+        eager = [r.loss for r in optimise(step, init, iterations=30).records]
+        out[f"torch_{precision}_tv_graph_vs_eager_max_rel"] = max(abs(a - b) / abs(b) for a, b in zip(graphed, eager))
     try:
         ort_step, _ = ready_step(weights, "ort", "fp32", H, W)
         ort = [r.loss for r in optimise(ort_step, init, iterations=8).records]
