@@ -52,7 +52,10 @@ class DeviceLBFGS:
         self.slots = slots = history + 1
         self.history, self.lr = history, lr
         zeros = lambda *shape: torch.zeros(*shape, device=x.device, dtype=x.dtype)  # noqa: E731
-        self.pairs = zeros(2 * slots, n)  # [S; Y]: rows 0..slots-1 are s, slots.. are y
+        # [S; Y]: rows 0..slots-1 are s, slots.. are y. Not static: rows are zeroed as they come into use,
+        # so the memory of a run that has few pairs yet is not touched (resident) before it is needed
+        self.pairs = zeros(2 * slots, n) if static else torch.empty(2 * slots, n, device=x.device, dtype=x.dtype)
+        # rows [0, _zeroed) of S and of Y hold zeros or pairs (set below)
         self.sy = zeros(slots, slots)  # sy[i, j] = s_i . y_j
         self.yy = zeros(slots, slots)  # yy[i, j] = y_i . y_j
         self.ro = zeros(slots)  # 1 / (y.s) of the pairs in use, 0 for the free and the evicted slots
@@ -67,6 +70,7 @@ class DeviceLBFGS:
         # rest (the first 100 iterations of a 100-pair run read a growing part of the history, as torch's
         # do). static: always the whole ring, one kernel sequence for every call (a CUDA graph's replay)
         self.static = static
+        self._zeroed = slots if static else 0
         self._ages = torch.arange(1, slots + 1, device=x.device)  # newest first: head - 1, head - 2, ...
         self._eye = torch.eye(slots, device=x.device, dtype=x.dtype)
 
@@ -93,11 +97,15 @@ class DeviceLBFGS:
 
     def _add_pair(self, g: torch.Tensor) -> None:
         slots, head = self.slots, self.head
+        live = self._live()
+        if self._zeroed < live:  # a slot comes into use: zeros until a pair lands there
+            self.pairs[self._zeroed:live].zero_()
+            self.pairs[slots + self._zeroed:slots + live].zero_()
+            self._zeroed = live
         s = self.d * self.t
         y = g - self.g_prev
         # the new pair always goes to the free slot; whether it counts is decided below
         self.pairs.index_copy_(0, torch.cat((head, head + slots)), torch.stack((s, y)))
-        live = self._live()
         vectors = torch.stack((g, s, y)).T  # (n, 3)
         if live == slots:
             dots = torch.mm(self.pairs, vectors)  # (2 * slots, 3): [S; Y] . (g, s, y)
