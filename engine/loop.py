@@ -94,7 +94,9 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
     device = step.device
     x = init.detach().to(device, torch.float32).clone(memory_format=torch.contiguous_format)
     height, width = x.shape[2], x.shape[3]
-    capture = device.type == "cuda" and step.capturable and iterations > CAPTURE_AFTER + 1
+    # torch's Adam keeps its step count on the host (capturable=False): only L-BFGS's update is captured
+    capture = (device.type == "cuda" and step.capturable and optimizer == "lbfgs"
+               and iterations > CAPTURE_AFTER + 1)
     if optimizer == "lbfgs":
         # the paper's choice; tolerances off so it runs the iterations asked for, as neural-style does
         update = _lbfgs_update(x, history, lr or 1.0, static=capture)
