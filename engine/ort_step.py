@@ -60,6 +60,22 @@ def machine_tag() -> str:
     return hashlib.sha256(f"{ort.__version__}|{cpu}".encode()).hexdigest()[:12]
 
 
+def check_provider(provider: str) -> str:
+    """ONNX Runtime's name for `provider` if it can run here, else UnavailableError (ConfigError if unknown)."""
+    import onnxruntime as ort
+
+    check_choice("provider", provider, PROVIDERS)
+    wanted = PROVIDER_NAMES[provider]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
+    if provider != "cpu" and not torch.cuda.is_available():
+        # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
+        raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
+                               f"device here; use --provider cpu")
+    return wanted
+
+
 def create_session(path: Path, provider: str, threads: int | None = None, arena: bool = True, *,
                    sha256: str | None = None, stream: "torch.cuda.Stream | None" = None):
     """An InferenceSession on exactly `provider`, or UnavailableError.
@@ -79,15 +95,7 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     """
     import onnxruntime as ort
 
-    check_choice("provider", provider, PROVIDERS)
-    wanted = PROVIDER_NAMES[provider]
-    available = ort.get_available_providers()
-    if wanted not in available:
-        raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
-    if provider != "cpu" and not torch.cuda.is_available():
-        # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
-        raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
-                               f"device here; use --provider cpu")
+    wanted = check_provider(provider)
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     if provider == "cuda" and stream is not None:
         providers[0] = (wanted, {"device_id": str(stream.device.index or 0), "has_user_compute_stream": "1",

@@ -8,7 +8,6 @@ and the TV term see pixels whatever the weights expect.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 

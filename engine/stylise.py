@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, DEVICES, INITS, LBFGS_HISTORY, MODELS, OPTIMIZERS,
-                                 POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice)
+from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, DEVICES, LBFGS_HISTORY, MODELS, OPTIMIZERS,
+                                 POOLINGS, PRECISIONS, PROVIDERS, check_choice)
 from styleengine.engine.backends import make_step
-from styleengine.errors import ConfigError, UnavailableError
+from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import Step, make_targets, resolve_device
@@ -302,15 +302,9 @@ def check_available(settings: Settings) -> None:
 
         _import_tensorrt()
     else:
-        import onnxruntime as ort
+        from styleengine.engine.ort_step import check_provider
 
-        wanted, available = PROVIDER_NAMES[settings.provider], ort.get_available_providers()
-        if wanted not in available:
-            raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; "
-                                   f"available: {', '.join(available)}")
-        if settings.provider != "cpu" and not torch.cuda.is_available():
-            raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
-                                   f"device here; use --provider cpu")
+        check_provider(settings.provider)
 
 
 def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str) -> None:

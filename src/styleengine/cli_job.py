@@ -23,9 +23,10 @@ from typing import Any, Callable
 import typer
 
 from styleengine import paths
+from styleengine.choices import INITS
 from styleengine.cli import signals
 from styleengine.engine import images
-from styleengine.engine.stylise import INITS, Settings, check_run, stylise
+from styleengine.engine.stylise import Settings, check_run, stylise
 from styleengine.errors import ConfigError, ImageError
 
 
