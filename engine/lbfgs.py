@@ -64,6 +64,7 @@ class DeviceLBFGS:
         self.d = zeros(n)  # the last direction
         self.t = torch.zeros((), device=x.device, dtype=x.dtype)  # the last step length
         self.g_prev = zeros(n)
+        self._work = zeros(3, n)  # (g, s_new, y_new) of the current call: no image-sized allocation per call
         self.threshold = -tolerance_change  # torch skips the update when g.d > -tolerance_change
         self.steps = 0
         # before the ring is full only the first `steps` slots can hold a pair: the products skip the
@@ -87,7 +88,7 @@ class DeviceLBFGS:
             self.t.copy_(torch.clamp(g.abs().sum().reciprocal(), max=1.0) * self.lr)
         else:
             self._add_pair(g)
-            self.d.copy_(self._direction(g))
+            self._direction(g)  # into self.d
             self.t.fill_(self.lr)
         self.steps += 1
         self.g_prev.copy_(g)
@@ -102,11 +103,13 @@ class DeviceLBFGS:
             self.pairs[self._zeroed:live].zero_()
             self.pairs[slots + self._zeroed:slots + live].zero_()
             self._zeroed = live
-        s = self.d * self.t
-        y = g - self.g_prev
+        work = self._work
+        work[0].copy_(g)
+        torch.mul(self.d, self.t, out=work[1])  # s = t d
+        torch.sub(g, self.g_prev, out=work[2])  # y = g - g_prev
         # the new pair always goes to the free slot; whether it counts is decided below
-        self.pairs.index_copy_(0, torch.cat((head, head + slots)), torch.stack((s, y)))
-        vectors = torch.stack((g, s, y)).T  # (n, 3)
+        self.pairs.index_copy_(0, torch.cat((head, head + slots)), work[1:])
+        vectors = work.T  # (n, 3)
         if live == slots:
             dots = torch.mm(self.pairs, vectors)  # (2 * slots, 3): [S; Y] . (g, s, y)
         else:  # the unused slots are zeros: their products are too
@@ -128,8 +131,9 @@ class DeviceLBFGS:
         self.h_diag.copy_(torch.where(accept, ys / yy, self.h_diag.view(1)).view(()))
         self.head.copy_(torch.where(accept, following, head))
 
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """The two-loop recursion of torch's LBFGS as two triangular solves over the pairs' dot products."""
+    def _direction(self, g: torch.Tensor) -> None:
+        """The two-loop recursion of torch's LBFGS as two triangular solves over the pairs' dot products;
+        the direction is written into self.d."""
         slots = self.slots
         order = torch.remainder(self.head - self._ages, slots)  # slot of the k-th newest pair
         ro = self.ro.index_select(0, order)
@@ -152,10 +156,12 @@ class DeviceLBFGS:
         coeffs.index_copy_(0, order, c)
         coeffs.index_copy_(0, order + slots, -self.h_diag * alpha)
         live = self._live()
+        d = torch.mul(g, -self.h_diag, out=self.d)
         if live == slots:
-            return torch.addmv(g * -self.h_diag, self.pairs.T, coeffs)
-        d = torch.addmv(g * -self.h_diag, self.pairs[:live].T, coeffs[:live])
-        return d.addmv_(self.pairs[slots:slots + live].T, coeffs[slots:slots + live])
+            d.addmv_(self.pairs.T, coeffs)
+        else:
+            d.addmv_(self.pairs[:live].T, coeffs[:live])
+            d.addmv_(self.pairs[slots:slots + live].T, coeffs[slots:slots + live])
 
     def _live(self) -> int:
         """Slots that may hold a pair: the step-th call has written at most `steps` pairs, from slot 0."""

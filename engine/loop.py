@@ -187,11 +187,13 @@ def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
 def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool) -> Callable[[torch.Tensor], None]:
     opt = DeviceLBFGS(x.view(-1), history, lr, static=static)
     scale: list[torch.Tensor] = []
+    scaled = torch.empty_like(x)  # the scaled gradient, reused (the step's own buffer is not ours to change)
 
     def update(grad: torch.Tensor) -> None:
         if not scale:
             scale.append(lbfgs_grad_scale(grad))
-        opt.step(x.view(-1), (grad * scale[0]).view(-1))
+        torch.mul(grad, scale[0], out=scaled)
+        opt.step(x.view(-1), scaled.view(-1))
 
     return update
 
