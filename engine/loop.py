@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -47,6 +47,8 @@ class Record:
     seconds: float
     height: int
     width: int
+    # engine.quality.Distances of the image after this iteration, where the caller asked for them
+    distances: Any = None
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Result:
     iterations: int
     stopped: str | None  # None, "interrupted" or "non-finite loss"
     records: list[Record]
+    distances: Any = None  # engine.quality.Distances of `image`, where the caller measured them
 
 
 def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:

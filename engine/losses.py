@@ -1,9 +1,15 @@
 """The Gatys loss: content, Gram style, total variation, and their targets.
 
-Formulas follow Gatys et al. (CVPR 2016) exactly:
+Formulas follow Gatys et al. (CVPR 2016):
   L_content = 1/2 sum (F - P)^2
   E_l       = 1/(4 N_l^2 M_l^2) sum (G^l - A^l)^2,  G = F F^T (unnormalised)
-  L         = alpha * L_content + beta * sum_l w_l E_l + tv_weight * L_tv
+  L         = alpha * c_l * L_content + beta * sum_l w_l E_l + tv_weight * t * L_tv
+with c_l and t the weighting's factors (content_scales, tv_scale): 1 in the
+paper's weighting, where the content and TV terms are sums over positions and
+grow with the pixel count while E_l does not (the same beta weighs 16x less at
+2048 px than at 512); 1/(N_l M_l) and 1/(3 H W) in the size-invariant one (the
+default), where each term is a mean over positions and channels, like E_l, so
+alpha, beta and the TV weight mean the same at every size.
 This module is the one definition of each term. The torch step (total_loss),
 the tiled step and TorchStep.tile_step (the style terms from the whole
 image's Grams, gram_style; its gradient with a given G - A,
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from styleengine.choices import WEIGHTINGS, check_choice
 from styleengine.errors import ConfigError
 from styleengine.model import vgg
 
@@ -37,14 +44,16 @@ class LossConfig:
     # w_l per style layer; None is the paper's 1/len(style_layers) each
     style_layer_weights: tuple[float, ...] | None = None
     content_weight: float = 1.0  # alpha
-    # beta: alpha/beta = 1e-5 with the paper's E_l (tuned with the shared VGG16
-    # weights, astronaut + immunohistochemistry, content init: at 256 px 1e4 was
-    # clearly stylised and readable, 1e5 heavy); the content term grows with the
-    # pixel count and E_l does not, so 1e5 at the 512 px default is 2.5e4 at 256
-    style_weight: float = 1e5
+    # beta: alpha/beta = 100 in the size-invariant weighting, tuned with the shared VGG16 (caffe convention:
+    # BGR, 0-255) on astronaut x The Starry Night, content init, 150 L-BFGS iterations at 256 px: 1e-2 strongly
+    # stylised with the face readable (style distance 0.18, content 0.75), 3e-2 heavier (0.14, 0.88), the face
+    # half gone. Weights whose features are on another scale (torchvision's [0, 1] input) need another beta:
+    # content is quadratic and style quartic in the features
+    style_weight: float = 1e-2
     # squared-difference total variation on the [0, 1] RGB image (not in the
     # paper; the usual remedy for its low-level noise)
     tv_weight: float = 0.0
+    weighting: str = "invariant"  # "invariant" or "paper" (the module docstring)
 
     def layer_weights(self) -> tuple[float, ...]:
         if self.style_layer_weights is None:
@@ -52,6 +61,7 @@ class LossConfig:
         return self.style_layer_weights
 
     def validate(self, model: str) -> None:
+        check_choice("weighting", self.weighting, WEIGHTINGS)
         try:
             vgg.resolve(model, list(self.content_layers) + list(self.style_layers))
         except ValueError as e:
@@ -85,6 +95,23 @@ class Targets:
     def to(self, device: torch.device | str) -> "Targets":
         return Targets({k: v.to(device) for k, v in self.content.items()},
                        {k: v.to(device) for k, v in self.grams.items()})
+
+
+def content_scales(config: LossConfig, targets: Targets) -> dict[str, float]:
+    """c_l per content layer: 1 (paper) or 1 / (N_l M_l) of its target P^l (invariant: a mean)."""
+    if config.weighting == "paper":
+        return {n: 1.0 for n in config.content_layers}
+    return {n: 1.0 / targets.content[n].numel() for n in config.content_layers}
+
+
+def content_coeffs(config: LossConfig, targets: Targets) -> dict[str, float]:
+    """alpha * c_l per content layer: what each layer's 1/2 sum (F - P)^2 is multiplied by."""
+    return {n: config.content_weight * c for n, c in content_scales(config, targets).items()}
+
+
+def tv_scale(config: LossConfig, height: int, width: int) -> float:
+    """t: 1 (paper) or 1 / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
+    return 1.0 if config.weighting == "paper" else 1.0 / (3 * height * width)
 
 
 def _accumulate(t: torch.Tensor) -> torch.Tensor:
@@ -182,11 +209,13 @@ def total_loss(config: LossConfig, features: dict[str, torch.Tensor], targets: T
                image: torch.Tensor) -> dict[str, torch.Tensor]:
     """Weighted terms {"content", "style", "tv", "loss"}; "loss" is their sum."""
     zero = image.new_zeros(())
-    content = sum((content_loss(features[n], targets.content[n]) for n in config.content_layers), zero)
+    content = sum((c * content_loss(features[n], targets.content[n])
+                   for n, c in content_coeffs(config, targets).items()), zero)
     style = sum((w * style_layer_loss(features[n], targets.grams[n])
                  for n, w in zip(config.style_layers, config.layer_weights())), zero)
-    terms = {"content": config.content_weight * content, "style": config.style_weight * style,
-             "tv": config.tv_weight * tv_loss(_accumulate(image)) if config.tv_weight else zero}
+    tv_weight = config.tv_weight * tv_scale(config, image.shape[2], image.shape[3])
+    terms = {"content": content, "style": config.style_weight * style,
+             "tv": tv_weight * tv_loss(_accumulate(image)) if config.tv_weight else zero}
     terms["loss"] = terms["content"] + terms["style"] + terms["tv"]
     return terms
 

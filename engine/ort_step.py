@@ -13,7 +13,7 @@ import torch
 
 from styleengine.choices import BACKEND_PRECISIONS, BF16_ON_ORT_CUDA, ORT_CPU_PRECISIONS, ORT_CUDA_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
-from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
 from styleengine.engine.steps import StepBase, StepResult
 from styleengine.export import spec as names
 from styleengine.export.cache import (Export, cache_root, cached_export, entry_lock, publish, read_record,
@@ -227,10 +227,13 @@ class OrtStep(StepBase):
             self._bind(names.content_input(n), targets.content[n])
         for n in self.spec.style_layers:
             self._bind(names.gram_input(n), targets.grams[n])
-        self._bind(names.CONTENT_WEIGHT, torch.tensor(self.loss.content_weight))
+        if self.spec.content_layers:
+            coeffs = content_coeffs(self.loss, targets)
+            self._bind(names.CONTENT_COEFFS, torch.tensor([coeffs[n] for n in self.spec.content_layers]))
         self._bind(names.STYLE_WEIGHT, torch.tensor(self.loss.style_weight))
         self._bind(names.STYLE_LAYER_WEIGHTS, torch.tensor(self.loss.layer_weights(), dtype=torch.float32))
-        self._bind(names.TV_WEIGHT, torch.tensor(self.loss.tv_weight))
+        self._bind(names.TV_WEIGHT, torch.zeros(()))  # tv_weight * t, set in __call__ for the image's size
+        self._tv_weight = self._constants[-1]
         self.has_targets = True
         self._shape = None
 
@@ -248,6 +251,7 @@ class OrtStep(StepBase):
             self.losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)
             for i, n in enumerate(names.LOSS_OUTPUTS):
                 self.binding.bind_output(n, kind, index, np.float32, [], self.losses[i:].data_ptr())
+            self._tv_weight.fill_(self.loss.tv_weight * tv_scale(self.loss, x.shape[2], x.shape[3]))
             self._shape = tuple(x.shape)
         if self.stream is None:
             self.session.run_with_iobinding(self.binding, self.run_options)
@@ -258,7 +262,8 @@ class OrtStep(StepBase):
         return StepResult(self.losses, self.grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
-                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],
+                  content_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
         """One tile of an exactly tiled step: see TorchStep.tile_step for the contract.
 
         Runs the export's tile graph (a second session, made on first use).
@@ -273,8 +278,9 @@ class OrtStep(StepBase):
             self._tile = create_session(self.export.tile_path, self.provider, self.threads)
         host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
-                 names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32),
-                 names.CONTENT_WEIGHT: np.asarray(self.loss.content_weight, np.float32)}
+                 names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32)}
+        if self.spec.content_layers:
+            feeds[names.CONTENT_COEFFS] = np.asarray([content_coeffs[n] for n in self.spec.content_layers], np.float32)
         feeds.update({names.content_input(n): host(content[n]) for n in self.spec.content_layers})
         feeds.update({names.gram_diff_input(n): host(gram_diffs[n]) for n in self.spec.style_layers})
         content_loss, grad = self._tile.run(list(names.TILE_OUTPUTS), feeds)

@@ -77,8 +77,8 @@ class TileableStep(Step, Protocol):
         """features() for a tiled step's first pass, which runs every iteration."""
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
-                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],
+                  content_coeffs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """(weighted content loss over the core, a 0-d tensor; d(content + style) / d tile)."""
 
 
@@ -182,15 +182,16 @@ class TorchStep(StepBase):
         return StepResult(torch.stack([terms[k].detach().float() for k in LOSS_TERMS]), grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
-                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],
+                  content_coeffs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """One tile of an exactly tiled step (engine/tiled.py).
 
         tile (1, 3, h, w); core = (top, left, bottom, right) in tile pixels: the
         positions whose loss this tile owns (top/left multiples of the total
         stride); content: content targets over the whole tile at each content
         layer; gram_diffs: G - A of the FULL image per style layer; style_coeffs:
-        beta w_l / (N_l^2 M_l^2) with M_l of the full image (engine.losses.gram_style).
+        beta w_l / (N_l^2 M_l^2) with M_l of the full image (engine.losses.gram_style); content_coeffs:
+        alpha c_l per content layer, c_l of the full image (engine.losses.content_coeffs).
         Returns the weighted content loss over the core and
         d(content + style) / d tile; TV is the caller's (it is not local to tiles).
         """
@@ -205,8 +206,8 @@ class TorchStep(StepBase):
                 s = strides[name]
                 return f[:, :, top // s: bottom // s, left // s: right // s].float()
 
-            content_term = sum((content_loss(crop(n, feats[n]), crop(n, content[n].to(self.device)))
-                                for n in self.loss.content_layers), zero) * self.loss.content_weight
+            content_term = sum((content_coeffs[n] * content_loss(crop(n, feats[n]), crop(n, content[n].to(self.device)))
+                                for n in self.loss.content_layers), zero)
             # the style gradient with the full image's G - A, restricted to this core
             style = zero
             for n in self.loss.style_layers:

@@ -21,6 +21,7 @@ from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise
 from styleengine.engine.losses import LossConfig
+from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.tiled import TiledStep, tile_for_budget
 from styleengine.model.weights import Convention, Weights, load_weights
@@ -59,6 +60,8 @@ class Settings:
     content_weight: float = _LOSS.content_weight  # alpha
     style_weight: float = _LOSS.style_weight  # beta
     tv_weight: float = _LOSS.tv_weight  # total-variation weight (not in the paper)
+    # "invariant": the terms' balance does not depend on the pixel count; "paper": Gatys et al.'s sums
+    weighting: str = _LOSS.weighting
     style_blend: tuple[float, ...] | None = None  # one weight per style image; None: equal
     # style images are resized to the output's long side times this before
     # their Grams are taken (the paper: 1, same size as the content)
@@ -71,6 +74,9 @@ class Settings:
     # (auto_precision); or "fp32", "bf16" (torch, ort), "fp16" (graph backends), "tf32" (tensorrt)
     precision: str = "auto"
     save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
+    # style and content distances (engine/quality.py) in the record of every N-th iteration (0: never; a
+    # forward pass each); the result always has the final image's
+    distance_every: int = 0
     # coarse-to-fine (not in the paper): scales grow by about sqrt(2) up to `size`, each starting from the
     # previous result upsampled (bicubic, antialiased), style targets recomputed at each scale.
     # None: 1 scale up to AUTO_SCALES_ABOVE px, above that enough to start between 512 and 724 px
@@ -102,6 +108,7 @@ class Settings:
             content_weight=0.0 if texture else self.content_weight,
             style_weight=self.style_weight,
             tv_weight=self.tv_weight,
+            weighting=self.weighting,
         )
 
     def validate(self, *, texture: bool = False) -> None:
@@ -126,6 +133,8 @@ class Settings:
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
         if self.save_every < 0:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+        if self.distance_every < 0:
+            raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
         if self.lbfgs_history is not None and self.lbfgs_history < 1:
             raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
         if self.iters_per_scale is not None and self.iters_per_scale < 0:
@@ -394,24 +403,37 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
                      callback: Callable[[Record, torch.Tensor], None] | None, *,
                      targets_step: Step | None = None, offset: int = 0) -> Result:
-    """Targets at this size, then the loop from `init`.
+    """Targets at this size, then the loop from `init`, then the distances of its result.
 
     One scale of a run; a coarse-to-fine run calls this per size (growing
     by sqrt(2)), each init the previous result upsampled. targets_step: the
-    step that computes the targets (default `step`); a TiledStep takes the
-    style Grams tile by tile.
+    step that computes the targets and distances (default `step`); a
+    TiledStep takes the style Grams tile by tile. Records of every
+    settings.distance_every-th iteration (counted across scales) carry the
+    distances of the image after it.
     """
     targets_step = targets_step or step
     targets = make_targets(targets_step, loss, prepared.content, prepared.styles,
                    list(settings.style_blend) if settings.style_blend else None,
                    output_positions=prepared.height * prepared.width)
     step.set_targets(targets)
-    every = settings.save_every
-    # --save-every counts iterations across scales: the loop reads (and the caller saves) exactly those
-    read_at = (lambda i: (offset + i) % every == 0) if every else None
-    return optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
-                    callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width),
-                    read_at=read_at)
+    wanted = [every for every in (settings.save_every, settings.distance_every) if every]
+    # --save-every and --distance-every count iterations across scales: the loop reads exactly those
+    read_at = (lambda i: any((offset + i) % every == 0 for every in wanted)) if wanted else None
+    if settings.distance_every and callback is not None:
+        inner, every = callback, settings.distance_every
+
+        def callback(record: Record, image: torch.Tensor) -> None:
+            if (offset + record.iteration) % every == 0:
+                record = dataclasses.replace(record, distances=distances(targets_step, image, targets, loss))
+            inner(record, image)
+
+    result = optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
+                      callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width),
+                      read_at=read_at)
+    if result.stopped == "interrupted":  # the user wants out: no more forward passes
+        return result
+    return dataclasses.replace(result, distances=distances(targets_step, result.image, targets, loss))
 
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
@@ -475,10 +497,10 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:
                     raise
-                result = Result(result.image, len(records), "interrupted", records)
+                result = Result(result.image, len(records), "interrupted", records, result.distances)
                 break
             records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
-            result = Result(part.image, len(records), part.stopped, records)
+            result = Result(part.image, len(records), part.stopped, records, part.distances)
             if part.stopped is not None:
                 break
     finally:

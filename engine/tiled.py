@@ -31,7 +31,7 @@ from typing import Iterator
 import torch
 
 from styleengine.errors import ConfigError
-from styleengine.engine.losses import LossConfig, Targets, gram_style, tv_loss_and_grad
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram_style, tv_loss_and_grad, tv_scale
 from styleengine.engine.steps import StepBase, StepResult, TileableStep
 from styleengine.model import vgg
 
@@ -177,13 +177,14 @@ class TiledStep(StepBase):
         # pass 2: per tile, d(content + style)/d tile over its core, added at the tile's place
         grad = torch.zeros_like(image)
         content = zero
+        content_w = content_coeffs(loss, targets)  # c_l of the full image's targets
         for t, x in self._tiles(image, self.halo):
             tile_content = {}
             for n in loss.content_layers:
                 s = self.strides[n]
                 h, w = (t.bottom - t.top) // s, (t.right - t.left) // s
                 tile_content[n] = targets.content[n][:, :, t.top // s: t.top // s + h, t.left // s: t.left // s + w]
-            part, g = self.base.tile_step(x, t.core_in_tile(), tile_content, diffs, coeffs)
+            part, g = self.base.tile_step(x, t.core_in_tile(), tile_content, diffs, coeffs, content_w)
             content = content + part
             grad[:, :, t.top:t.bottom, t.left:t.right] += g.to(self.device)
             del g
@@ -191,8 +192,9 @@ class TiledStep(StepBase):
         tv = zero
         if loss.tv_weight:
             tv_value, tv_grad = tv_loss_and_grad(image)
-            tv = loss.tv_weight * tv_value
-            grad.add_(tv_grad, alpha=loss.tv_weight)
+            tv_weight = loss.tv_weight * tv_scale(loss, height, width)
+            tv = tv_weight * tv_value
+            grad.add_(tv_grad, alpha=tv_weight)
             del tv_grad
         return StepResult(torch.stack([content + style + tv, content, style, tv]).float(), grad)
 

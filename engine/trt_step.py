@@ -30,7 +30,7 @@ import torch
 from styleengine.choices import BACKEND_PRECISIONS
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.images import MIN_SIDE
-from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
 from styleengine.engine.steps import StepBase, StepResult
 from styleengine.export import spec as names
 from styleengine.export.cache import Export, cache_root, entry_lock, publish, read_record, staging_folder, write_record
@@ -173,10 +173,12 @@ class TrtStep(StepBase):
         f = dict(device=self.device, dtype=torch.float32)
         inputs = {names.content_input(n): targets.content[n].to(**f).contiguous() for n in self.spec.content_layers}
         inputs.update({names.gram_input(n): targets.grams[n].to(**f).contiguous() for n in self.spec.style_layers})
-        inputs[names.CONTENT_WEIGHT] = torch.tensor(self.loss.content_weight, **f)
+        if self.spec.content_layers:
+            coeffs = content_coeffs(self.loss, targets)
+            inputs[names.CONTENT_COEFFS] = torch.tensor([coeffs[n] for n in self.spec.content_layers], **f)
         inputs[names.STYLE_WEIGHT] = torch.tensor(self.loss.style_weight, **f)
         inputs[names.STYLE_LAYER_WEIGHTS] = torch.tensor(self.loss.layer_weights(), **f)
-        inputs[names.TV_WEIGHT] = torch.tensor(self.loss.tv_weight, **f)
+        inputs[names.TV_WEIGHT] = torch.zeros((), **f)  # tv_weight * t, set in __call__ for the image's size
         self._inputs = inputs
         self._bind_inputs()
         self._outputs = {}
@@ -194,6 +196,7 @@ class TrtStep(StepBase):
             self._outputs[names.GRAD] = torch.empty_like(x)
             for n, t in self._outputs.items():
                 self.context.set_tensor_address(n, t.data_ptr())
+            self._inputs[names.TV_WEIGHT].fill_(self.loss.tv_weight * tv_scale(self.loss, x.shape[2], x.shape[3]))
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")

@@ -10,7 +10,7 @@ The forward and backward passes are shared (graph_ops.py); this module adds
 the losses and their gradients:
 
   Gram style       grad_F  = w / (N^2 M^2) * (G - A) F
-  content          grad_F  = alpha * (F - P)
+  content          grad_F  = alpha c_l * (F - P)
   total variation  grad_x  = 2 (dy[i-1] - dy[i]) + 2 (dx[j-1] - dx[j])
 
 A graph cannot call torch, so each term is written here again by hand; the
@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from styleengine.export.graph_ops import F32, Graph, backward, forward, sum_terms
-from styleengine.export.spec import (CONTENT_WEIGHT, CORE_BOX, DTYPES, DYNAMIC_AXES, GRAD, IMAGE, LOSS_OUTPUTS,
+from styleengine.export.spec import (CONTENT_COEFFS, CORE_BOX, DTYPES, DYNAMIC_AXES, GRAD, IMAGE, LOSS_OUTPUTS,
                                      STYLE_COEFFS, STYLE_LAYER_WEIGHTS, STYLE_WEIGHT, TV_WEIGHT, ExportSpec,
                                      content_input, gram_diff_input, gram_input, ir_version)
 from styleengine.model.weights import Weights
@@ -55,17 +55,24 @@ def _feature_info(name: str, channels: int, layer: str):
     return helper.make_tensor_value_info(name, F32, [1, channels, f"{layer}_h", f"{layer}_w"])
 
 
+def _content_coeff(g: Graph, i: int, name: str) -> str:
+    """alpha c_l of the i-th content layer, a scalar from the CONTENT_COEFFS input."""
+    return g.op("Gather", [CONTENT_COEFFS, g.const(i, "idx", np.int64)], f"{name}_ccoeff", axis=0)
+
+
 def _losses(g: Graph, spec: ExportSpec, feats: dict[str, str]):
     """Loss terms (fp32 scalars), and per loss layer the functions that emit its gradient (backward's inject)."""
     inject: dict[str, list] = {}
     content_terms, style_terms = [], []
     half = g.const(0.5, "half")
-    for name in spec.content_layers:  # by hand: engine.losses.content_loss, its gradient alpha (F - P)
+    for i, name in enumerate(spec.content_layers):  # by hand: engine.losses.content_loss times alpha c_l
         diff = g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff")
-        content_terms.append(g.op("Mul", [g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")],
-                                                f"{name}_csum", keepdims=0), half], f"{name}_closs"))
+        coeff = _content_coeff(g, i, name)
+        content_terms.append(g.op("Mul", [g.op("Mul", [g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")],
+                                                            f"{name}_csum", keepdims=0), half], f"{name}_closs"),
+                                          coeff], f"{name}_closs_w"))
         inject.setdefault(name, []).append(
-            lambda diff=diff, name=name: g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
+            lambda diff=diff, name=name, coeff=coeff: g.op("Mul", [diff, coeff], f"{name}_cgrad"))
     for i, name in enumerate(spec.style_layers):  # by hand: engine.losses.style_layer_loss, style_grad_coeff
         f = feats[name]
         shape = g.op("Shape", [f], f"{name}_shape")
@@ -124,7 +131,7 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     g = Graph(DTYPES[spec.precision])
     feats, saved, layers = forward(g, weights, spec, keep_masks=True)
     content_terms, style_terms, inject = _losses(g, spec, feats)
-    content = g.op("Mul", [sum_terms(g, content_terms, "content_sum"), CONTENT_WEIGHT], "content_loss_w")
+    content = sum_terms(g, content_terms, "content_sum")
     style = g.op("Mul", [sum_terms(g, style_terms, "style_sum"), STYLE_WEIGHT], "style_loss_w")
     tv_raw, tv_grad = _tv(g)
     tv = g.op("Mul", [tv_raw, TV_WEIGHT], "tv_loss_w")
@@ -142,8 +149,9 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     inputs += [_feature_info(content_input(n), channels[n], n) for n in spec.content_layers]
     inputs += [helper.make_tensor_value_info(gram_input(n), F32, [channels[n], channels[n]])
                for n in spec.style_layers]
-    inputs += [helper.make_tensor_value_info(CONTENT_WEIGHT, F32, []),
-               helper.make_tensor_value_info(STYLE_WEIGHT, F32, []),
+    if spec.content_layers:
+        inputs.append(helper.make_tensor_value_info(CONTENT_COEFFS, F32, [len(spec.content_layers)]))
+    inputs += [helper.make_tensor_value_info(STYLE_WEIGHT, F32, []),
                helper.make_tensor_value_info(STYLE_LAYER_WEIGHTS, F32, [len(spec.style_layers)]),
                helper.make_tensor_value_info(TV_WEIGHT, F32, [])]
     outputs = [helper.make_tensor_value_info(n, F32, []) for n in LOSS_OUTPUTS] + [_image_info(GRAD)]
@@ -192,12 +200,14 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     strides = {l.name: l.stride for l in layers}
     inject: dict[str, list] = {}
     content_terms = []
-    for name in spec.content_layers:  # by hand: engine.losses.content_loss over the core
+    for i, name in enumerate(spec.content_layers):  # by hand: engine.losses.content_loss over the core
         mask = _core_mask(g, feats[name], strides[name], f"{name}_c")
         diff = g.op("Mul", [g.op("Sub", [feats[name], content_input(name)], f"{name}_cdiff"), mask], f"{name}_cdm")
-        content_terms.append(g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")], f"{name}_csum", keepdims=0))
+        coeff = _content_coeff(g, i, name)
+        content_terms.append(g.op("Mul", [g.op("ReduceSum", [g.op("Mul", [diff, diff], f"{name}_csq")],
+                                                f"{name}_csum", keepdims=0), coeff], f"{name}_csum_w"))
         inject.setdefault(name, []).append(
-            lambda diff=diff, name=name: g.op("Mul", [diff, CONTENT_WEIGHT], f"{name}_cgrad"))
+            lambda diff=diff, name=name, coeff=coeff: g.op("Mul", [diff, coeff], f"{name}_cgrad"))
     for i, name in enumerate(spec.style_layers):
         f = feats[name]
 
@@ -215,8 +225,7 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
 
         inject.setdefault(name, []).append(style_grad)
     half = g.const(0.5, "half")
-    content = g.op("Mul", [g.op("Mul", [sum_terms(g, content_terms, "content_sum"), half], "content_half"),
-                           CONTENT_WEIGHT], "content_loss_w")
+    content = g.op("Mul", [sum_terms(g, content_terms, "content_sum"), half], "content_half")
     g.output("Identity", [content], "content_loss")
     grad = backward(g, weights, spec, layers, saved, inject)
     if grad is None:
@@ -229,7 +238,8 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     inputs += [_feature_info(content_input(n), channels[n], n) for n in spec.content_layers]
     inputs += [helper.make_tensor_value_info(gram_diff_input(n), F32, [channels[n], channels[n]])
                for n in spec.style_layers]
-    inputs += [helper.make_tensor_value_info(STYLE_COEFFS, F32, [len(spec.style_layers)]),
-               helper.make_tensor_value_info(CONTENT_WEIGHT, F32, [])]
+    inputs += [helper.make_tensor_value_info(STYLE_COEFFS, F32, [len(spec.style_layers)])]
+    if spec.content_layers:
+        inputs.append(helper.make_tensor_value_info(CONTENT_COEFFS, F32, [len(spec.content_layers)]))
     outputs = [helper.make_tensor_value_info("content_loss", F32, []), _image_info(GRAD)]
     return _model(g, "styleengine_tile_step", inputs, outputs, spec, weights, "tile_step")

@@ -20,8 +20,10 @@ DTYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "bf16": Tensor
 IMAGE = "image"
 GRAD = "grad"
 LOSS_OUTPUTS = ("loss", "content_loss", "style_loss", "tv_loss")
-CONTENT_WEIGHT, STYLE_WEIGHT, STYLE_LAYER_WEIGHTS, TV_WEIGHT = (
-    "content_weight", "style_weight", "style_layer_weights", "tv_weight")
+STYLE_WEIGHT, STYLE_LAYER_WEIGHTS, TV_WEIGHT = "style_weight", "style_layer_weights", "tv_weight"
+# (C,) per content layer alpha * c_l (engine.losses.content_coeffs: the weighting's factor is the caller's);
+# both the step and the tile graph take it, and neither has it without content layers
+CONTENT_COEFFS = "content_coeffs"
 # the tile graph's own inputs and outputs (engine/tiled.py)
 CORE_BOX = "core_box"  # int64 [top, left, bottom, right] in tile pixels
 STYLE_COEFFS = "style_coeffs"  # (S,) style_weight * w_l / (N_l^2 M_l^2), M_l of the full image
@@ -68,7 +70,7 @@ class ExportSpec:
     def input_names(self) -> list[str]:
         return ([IMAGE] + [content_input(n) for n in self.content_layers]
                 + [gram_input(n) for n in self.style_layers]
-                + [CONTENT_WEIGHT, STYLE_WEIGHT, STYLE_LAYER_WEIGHTS, TV_WEIGHT])
+                + ([CONTENT_COEFFS] if self.content_layers else []) + [STYLE_WEIGHT, STYLE_LAYER_WEIGHTS, TV_WEIGHT])
 
     def output_names(self) -> list[str]:
         return list(LOSS_OUTPUTS) + [GRAD]

@@ -13,7 +13,7 @@ H, W = 20, 24  # non-square; 20x24 -> 10x12 -> 5x6 -> 2x3 -> 1x1: odd after pool
 N_PIXELS = 20
 FD_STEP = 1e-5
 # every term contributes at the test image: content ~ 14, style ~ 39, tv ~ 23
-CONFIG = LossConfig(content_weight=10.0, style_weight=1e5, tv_weight=0.05)
+CONFIG = LossConfig(content_weight=10.0, style_weight=1e5, tv_weight=0.05, weighting="paper")
 
 
 def loss64(config: LossConfig, feats: dict[str, torch.Tensor], targets: Targets, image: torch.Tensor) -> torch.Tensor:

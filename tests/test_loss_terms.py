@@ -24,22 +24,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from styleengine.engine.losses import LossConfig, Targets, gram, gram_style, total_loss
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram, gram_style, total_loss
 from styleengine.engine.steps import TorchStep, build_network, preprocess_params
 from styleengine.engine.tiled import TiledStep
 
 HEIGHT, WIDTH, TILE = 45, 38, 32  # odd after pooling; 2 x 2 tiles of 32 px cores with a 16 px halo
 LAYERS = {"content_layers": ("relu2_2",), "style_layers": ("relu1_1", "relu2_1", "conv3_1")}
 OFF = {"content_weight": 0.0, "style_weight": 0.0, "tv_weight": 0.0}
+PAPER = {"weighting": "paper"}
 TERMS = {  # name: (StepResult part, the loss with only that term weighted)
-    "content": ("content", LossConfig(**LAYERS, **{**OFF, "content_weight": 0.2})),
-    **{f"style {name}": ("style", LossConfig(**LAYERS, **{**OFF, "style_weight": 3e5},
+    "content": ("content", LossConfig(**LAYERS, **PAPER, **{**OFF, "content_weight": 0.2})),
+    **{f"style {name}": ("style", LossConfig(**LAYERS, **PAPER, **{**OFF, "style_weight": 3e5},
                                              style_layer_weights=tuple(1.5 * (n == name) for n in LAYERS["style_layers"])))
        for name in LAYERS["style_layers"]},
-    "tv": ("tv", LossConfig(**LAYERS, **{**OFF, "tv_weight": 0.5})),
+    "tv": ("tv", LossConfig(**LAYERS, **PAPER, **{**OFF, "tv_weight": 0.5})),
     # the weights balance the terms' gradients at the test image (norms 80 to 270), so each one counts
-    "sum": ("loss", LossConfig(**LAYERS, content_weight=0.2, style_weight=3e5, style_layer_weights=(1.5, 0.5, 2.0),
-                               tv_weight=0.5)),
+    "sum": ("loss", LossConfig(**LAYERS, **PAPER, content_weight=0.2, style_weight=3e5,
+                               style_layer_weights=(1.5, 0.5, 2.0), tv_weight=0.5)),
+    # the size-invariant weighting (the default): content / (N M) of relu2_2 (128 x 22 x 19), TV / (3 H W);
+    # alpha and the TV weight scaled up by as much, so the sum stays balanced
+    "content invariant": ("content", LossConfig(**LAYERS, **{**OFF, "content_weight": 0.2 * 128 * 22 * 19})),
+    "tv invariant": ("tv", LossConfig(**LAYERS, **{**OFF, "tv_weight": 0.5 * 3 * HEIGHT * WIDTH})),
+    "sum invariant": ("loss", LossConfig(**LAYERS, content_weight=0.2 * 128 * 22 * 19, style_weight=3e5,
+                                         style_layer_weights=(1.5, 0.5, 2.0), tv_weight=0.5 * 3 * HEIGHT * WIDTH)),
 }
 VALUE_REL, GRAD_REL_L2 = 1e-5, 1e-5  # fp32 against float64: measured up to 1.4e-6 and 6.5e-7
 
@@ -105,7 +112,8 @@ def _tile_step(step, loss, targets, image, part):
     feats = step.features(image, list(loss.style_layers))
     positions = {n: f.shape[2] * f.shape[3] for n, f in feats.items()}
     style, diffs, coeffs = gram_style(loss, {n: gram(f) for n, f in feats.items()}, targets, positions)
-    content, grad = step.tile_step(image, (0, 0, HEIGHT, WIDTH), targets.content, diffs, coeffs)
+    content, grad = step.tile_step(image, (0, 0, HEIGHT, WIDTH), targets.content, diffs, coeffs,
+                                   content_coeffs(loss, targets))
     return {"content": float(content), "style": float(style), "loss": float(content) + float(style)}[part], grad
 
 

@@ -173,18 +173,22 @@ def _total_fixture(seed=10):
     return feats, content_t, grams, image
 
 
-def test_total_loss_matches_numpy():
+@pytest.mark.parametrize("weighting", ["paper", "invariant"])
+def test_total_loss_matches_numpy(weighting):
+    """The paper's sums; the size-invariant weighting divides the content term by the content layer's
+    N M (its target's element count) and TV by 3 H W, and leaves the style term as the paper has it."""
     feats, content_t, grams, image = _total_fixture()
-    cfg = LossConfig(content_layers=("relu4_2",), style_layers=("relu1_1", "relu2_1"),
+    cfg = LossConfig(content_layers=("relu4_2",), style_layers=("relu1_1", "relu2_1"), weighting=weighting,
                      style_layer_weights=(0.3, 1.7), content_weight=0.7, style_weight=3.0, tv_weight=0.2)
     cfg.validate("vgg19")
     targets = Targets({k: _t(v) for k, v in content_t.items()}, {k: _t(v) for k, v in grams.items()})
     terms = total_loss(cfg, {k: _t(v) for k, v in feats.items()}, targets, _t(image))
 
-    want_content = 0.7 * np_content(feats["relu4_2"], content_t["relu4_2"])
+    paper = weighting == "paper"
+    want_content = 0.7 * np_content(feats["relu4_2"], content_t["relu4_2"]) / (1 if paper else content_t["relu4_2"].size)
     want_style = 3.0 * (0.3 * np_style(feats["relu1_1"], grams["relu1_1"])
                         + 1.7 * np_style(feats["relu2_1"], grams["relu2_1"]))
-    want_tv = 0.2 * np_tv(image)
+    want_tv = 0.2 * np_tv(image) / (1 if paper else image.size)
     assert terms["content"].item() == pytest.approx(want_content, rel=RTOL)
     assert terms["style"].item() == pytest.approx(want_style, rel=RTOL)
     assert terms["tv"].item() == pytest.approx(want_tv, rel=RTOL)

@@ -29,6 +29,9 @@ BF16_ON_ORT_CUDA = ("ONNX Runtime's CUDA provider has no bf16 kernels for the st
 OPTIMIZERS = ("lbfgs", "adam")
 LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 INITS = ("noise", "content", "style")  # or a path to an image
+# how the loss terms are normalised (engine/losses.py): "invariant" makes the balance of content, style and
+# TV independent of the pixel count; "paper" is Gatys et al.'s exact loss (content and TV summed over positions)
+WEIGHTINGS = ("invariant", "paper")
 
 
 def check_choice(what: str, value: str, options) -> None:

@@ -51,7 +51,8 @@ class TraceWriter:
             self.file.write(json.dumps({
                 "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
                 "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
-                "height": record.height, "width": record.width}) + "\n")
+                "height": record.height, "width": record.width,
+                **(record.distances.to_json() if record.distances is not None else {})}) + "\n")
             self.file.flush()
         except OSError as e:
             self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
@@ -147,7 +148,17 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         print(f"error: the loss became non-finite after {result.iterations} iterations; "
               f"wrote the last finite image to {output}", file=sys.stderr)
         raise typer.Exit(1)
-    console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s)", soft_wrap=True)
+    console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
+                  soft_wrap=True)
+
+
+def describe(distances: Any) -> str:
+    """'; style distance 0.123, content distance 0.456' (engine/quality.py), or '' when not measured."""
+    if distances is None:
+        return ""
+    parts = [f"{what} distance {value:.3g}" for what, value in (("style", distances.style),
+                                                                ("content", distances.content)) if value is not None]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _checked_run(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,

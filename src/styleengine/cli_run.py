@@ -74,6 +74,9 @@ StyleScale = Annotated[float, typer.Option("--style-scale", help="Style images a
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Also write OUT_<iteration> every N iterations "
                                                               "(0: never).")]
 Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.")]
+DistanceEvery = Annotated[int, typer.Option(
+    "--distance-every", help="Measure the style and content distances every N iterations, for --trace (0: only "
+                             "the final image's, in the summary line).")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (torch backend).")]
 Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt (untested: TensorRT cannot be "
                                                         "installed where this is built; see README).")]
@@ -97,6 +100,9 @@ ItersPerScale = Annotated[Optional[int], typer.Option(
 Tile = Annotated[Optional[int], typer.Option(
     "--tile", help="Exact tiled step with cores of SIZE px (a multiple of 16): same result, memory "
                    "bounded by the tile (default: untiled).")]
+Weighting = Annotated[str, typer.Option(
+    "--weighting", help="invariant: content and TV terms are means over positions, so the weights mean the same "
+                        "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).")]
 MemBudget = Annotated[Optional[float], typer.Option(
     "--mem-budget", help="Choose the tile size for this many GiB (ignored with --tile).")]
 
@@ -118,6 +124,7 @@ def run(
                               ] = d.content_weight,
     style_weight: StyleWeight = d.style_weight,
     tv_weight: TvWeight = d.tv_weight,
+    weighting: Weighting = d.weighting,
     content_layers: Annotated[str, typer.Option("--content-layers", help="Comma-separated layers, e.g. relu4_2.")
                               ] = csv(d.content_layers),
     style_layers: StyleLayers = csv(d.style_layers),
@@ -129,6 +136,7 @@ def run(
     ] = d.preserve_colors,
     save_every: SaveEvery = d.save_every,
     trace: Trace = None,
+    distance_every: DistanceEvery = d.distance_every,
     device: Device = d.device,
     backend: Backend = d.backend,
     provider: Provider = d.provider,
@@ -150,10 +158,10 @@ def run(
         weights=weights, pooling=pooling, content_layers=_split(content_layers, "--content-layers"),
         style_layers=_split(style_layers, "--style-layers"),
         style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, weighting=weighting,
         style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
         preserve_colors=preserve_colors, backend=backend, provider=provider, device=device,
-        precision=precision, save_every=save_every, scales=scales, start_size=start_size,
+        precision=precision, save_every=save_every, distance_every=distance_every, scales=scales, start_size=start_size,
         iters_per_scale=iters_per_scale, tile=tile, mem_budget_gib=mem_budget)
     execute(content=content, styles=styles, output=output, settings=settings, trace=trace,
             convention=_convention_changes(channel_order, pixel_range, mean, std))
@@ -173,12 +181,14 @@ def texture(
     pooling: Pooling = d.pooling,
     style_weight: StyleWeight = d.style_weight,
     tv_weight: TvWeight = d.tv_weight,
+    weighting: Weighting = d.weighting,
     style_layers: StyleLayers = csv(d.style_layers),
     style_layer_weights: LayerWeights = None,
     style_blend: Blend = None,
     style_scale: StyleScale = d.style_scale,
     save_every: SaveEvery = d.save_every,
     trace: Trace = None,
+    distance_every: DistanceEvery = d.distance_every,
     device: Device = d.device,
     backend: Backend = d.backend,
     provider: Provider = d.provider,
@@ -199,9 +209,11 @@ def texture(
         seed=seed, model=model,
         weights=weights, pooling=pooling, style_layers=_split(style_layers, "--style-layers"),
         style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-        style_weight=style_weight, tv_weight=tv_weight, style_blend=_floats(style_blend, "--style-blend"),
+        style_weight=style_weight, tv_weight=tv_weight, weighting=weighting,
+        style_blend=_floats(style_blend, "--style-blend"),
         style_scale=style_scale, backend=backend, provider=provider, device=device, precision=precision,
-        save_every=save_every, scales=scales, start_size=start_size, iters_per_scale=iters_per_scale,
+        save_every=save_every, distance_every=distance_every, scales=scales, start_size=start_size,
+        iters_per_scale=iters_per_scale,
         tile=tile, mem_budget_gib=mem_budget)
     execute(content=None, styles=styles, output=output, settings=settings, trace=trace,
             convention=_convention_changes(channel_order, pixel_range, mean, std))
