@@ -45,7 +45,7 @@ class DeviceLBFGS:
     """
 
     def __init__(self, x: torch.Tensor, history: int, lr: float = 1.0, tolerance_change: float = -1.0, *,
-                 static: bool = False):
+                 static: bool = False, max_step: float | None = None):
         if history < 1:
             raise ValueError(f"L-BFGS history must be >= 1, got {history}")
         n = x.numel()
@@ -66,6 +66,8 @@ class DeviceLBFGS:
         self.g_prev = zeros(n)
         self._work = zeros(3, n)  # (g, s_new, y_new) of the current call: no image-sized allocation per call
         self.threshold = -tolerance_change  # torch skips the update when g.d > -tolerance_change
+        # not in torch: the step t d is shortened so that no entry of x moves more than this (None: never)
+        self.max_step = max_step
         self.steps = 0
         # before the ring is full only the first `steps` slots can hold a pair: the products skip the
         # rest (the first 100 iterations of a 100-pair run read a growing part of the history, as torch's
@@ -90,6 +92,8 @@ class DeviceLBFGS:
             self._add_pair(g)
             self._direction(g)  # into self.d
             self.t.fill_(self.lr)
+        if self.max_step is not None:
+            self.t.copy_(torch.minimum(self.t, self.max_step / self.d.abs().max().clamp_min(1e-30)))
         self.steps += 1
         self.g_prev.copy_(g)
         gtd = torch.dot(g, self.d)

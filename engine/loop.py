@@ -76,11 +76,14 @@ def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:
 
 def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",
              lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
-             history: int = LBFGS_HISTORY, read_at: Callable[[int], bool] | None = None,
+             history: int = LBFGS_HISTORY, max_step: float | None = None,
+             read_at: Callable[[int], bool] | None = None,
              read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY) -> Result:
     """Run `iterations` steps from `init` (1, 3, H, W) on the step's device.
 
     history: L-BFGS's curvature pairs (2 * (history + 1) image-sized vectors).
+    max_step: L-BFGS moves no pixel more than this per iteration (None: torch's
+    LBFGS exactly; stylise passes Settings.lbfgs_max_step).
     callback(record, image) gets every record, in order, at reads (see
     READ_INTERVAL_S); `image` is the current image, exact for the newest
     record of the read (do not modify it). read_at(i) names iterations that
@@ -102,7 +105,7 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
                and iterations > CAPTURE_AFTER + 1)
     if optimizer == "lbfgs":
         # the paper's choice; tolerances off so it runs the iterations asked for, as neural-style does
-        update = _lbfgs_update(x, history, lr or 1.0, static=capture)
+        update = _lbfgs_update(x, history, lr or 1.0, static=capture, max_step=max_step)
     else:
         update = _adam_update(x, lr or 0.02)
     losses = torch.empty(max(iterations, 1), len(LOSS_TERMS), device=device)  # per iteration, read later
@@ -187,8 +190,9 @@ def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
     return graph
 
 
-def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool) -> Callable[[torch.Tensor], None]:
-    opt = DeviceLBFGS(x.view(-1), history, lr, static=static)
+def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool, max_step: float | None
+                  ) -> Callable[[torch.Tensor], None]:
+    opt = DeviceLBFGS(x.view(-1), history, lr, static=static, max_step=max_step)
     scale: list[torch.Tensor] = []
     scaled = torch.empty_like(x)  # the scaled gradient, reused (the step's own buffer is not ours to change)
 

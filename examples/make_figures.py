@@ -129,14 +129,18 @@ def fig4(r: Runner, images_dir: Path, size: int, iters: int) -> None:
            "fig4.png")
 
 
-def sizes(r: Runner, images_dir: Path, small: int, large: int, iters: int, fine_iters: int) -> None:
+def sizes(r: Runner, images_dir: Path, small: int, large: int, iters: int, fine_iters: int, last_iters: int
+          ) -> None:
+    """The small run, then coarse to fine from it: the scales above `small` (~sqrt(2) apart) start from the
+    small result upsampled (--init PATH), `fine_iters` at each and `last_iters` at `large`. bf16 (this
+    CPU has native bf16: half fp32's time, tests/test_quality.py holds its quality)."""
     from styleengine.engine import images
 
     content, style = photo("astronaut"), images.load_image(images_dir / "starry_night.jpg")
-    a = r.run("sizes", content, style, size=small, iterations=iters)
+    a = r.run("sizes", content, style, size=small, iterations=iters, precision="bf16")
     r.save(to_uint8(a), f"sizes_{small}.png")
-    b = r.run("sizes", content, style, size=large, start_size=small, iters_per_scale=fine_iters,
-              iterations=fine_iters)
+    b = r.run("sizes", content, style, size=large, start_size=round(small * 2**0.5), iters_per_scale=fine_iters,
+              iterations=last_iters, precision="bf16", init=str(r.out / f"sizes_{small}.png"))
     r.save(to_uint8(b), f"sizes_{large}.png")
     side = to_uint8(images.resize(b, small))
     r.save(grid([[to_uint8(a), side]], [""], [f"{small} px", f"{large} px (shown at {small})"],
@@ -159,11 +163,12 @@ def main() -> int:
     try:
         for name in args.only.split(","):
             if name == "fig3":
-                fig3(r, images_dir, 96 if q else 384, 5 if q else 200)
+                fig3(r, images_dir, 96 if q else 256, 5 if q else 150)
             elif name == "fig4":
-                fig4(r, images_dir, 64 if q else 192, 5 if q else 100)
+                fig4(r, images_dir, 64 if q else 128, 5 if q else 80)
             elif name == "sizes":
-                sizes(r, images_dir, 64 if q else 512, 128 if q else 2048, 5 if q else 200, 3 if q else 20)
+                sizes(r, images_dir, 64 if q else 512, 128 if q else 2048, 5 if q else 150, 3 if q else 20,
+                      2 if q else 8)
             else:
                 raise SystemExit(f"error: unknown figure {name!r}")
     finally:

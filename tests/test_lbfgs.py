@@ -176,3 +176,24 @@ def test_late_non_finite_check_gives_todays_result(make_image):
     assert late.stopped == "non-finite loss" and late.iterations == 4
     torch.testing.assert_close(late.image, fake.seen[3])
     assert fake.calls == 16  # at most one check period past the NaN
+
+
+def test_max_step_caps_every_move_and_keeps_the_pairs_consistent():
+    """max_step (not in torch): no entry of x moves more than it in one step; the pair formed is the step
+    actually taken (s = t d), so the curvature pairs stay true. Off (None), the iterates are torch's (above)."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(40, 40, generator=gen, dtype=torch.float64)
+    hessian = a @ a.T + 0.1 * torch.eye(40, dtype=torch.float64)
+    x = torch.randn(40, generator=gen, dtype=torch.float64) * 3  # the first steps want moves over 0.25
+    opt = DeviceLBFGS(x, history=5, max_step=0.25)
+    losses, capped = [], 0
+    for _ in range(100):
+        g = hessian @ x
+        losses.append(float(0.5 * x @ g))
+        before = x.clone()
+        opt.step(x, g)
+        moved = float((x - before).abs().max())
+        assert moved <= 0.25 + 1e-12
+        capped += moved > 0.25 - 1e-12
+    assert capped >= 3  # the cap did act
+    assert losses[-1] < 1e-3 * losses[0]  # still converges on a convex quadratic

@@ -445,7 +445,8 @@ def test_ctrl_c_between_scales_keeps_the_last_scale(monkeypatch, make_image):
     class InterruptedTargets(WrappedStep):
         def features(self, image, names):
             self.feature_calls = getattr(self, "feature_calls", 0) + 1
-            if self.feature_calls == 3:  # scale 2's content features (scale 1: content, then style)
+            # scale 2's content features (scale 1: content, style, then its result's distances: style, content)
+            if self.feature_calls == 5:
                 raise KeyboardInterrupt
             return self.inner.features(image, names)
 
@@ -456,3 +457,23 @@ def test_ctrl_c_between_scales_keeps_the_last_scale(monkeypatch, make_image):
     image, result = stylise_module.stylise(content, [style], settings)
     assert result.stopped == "interrupted" and result.iterations == 2
     assert image.shape == (45, 45, 3) and np.isfinite(image).all()
+
+
+def test_ctrl_c_while_measuring_distances_keeps_the_image(monkeypatch, make_image):
+    """A KeyboardInterrupt in the final distance measurement ends the run as interrupted, image kept."""
+    real = stylise_module.make_step
+
+    class InterruptedDistances(WrappedStep):
+        def features(self, image, names):
+            self.feature_calls = getattr(self, "feature_calls", 0) + 1
+            if self.feature_calls == 3:  # after the targets (content, style): the distances' style Grams
+                raise KeyboardInterrupt
+            return self.inner.features(image, names)
+
+    monkeypatch.setattr(stylise_module, "make_step", lambda *a, **k: InterruptedDistances(real(*a, **k), {}))
+    content = images.to_array(make_image(48, 48, seed=1))
+    style = images.to_array(make_image(48, 48, seed=2))
+    image, result = stylise_module.stylise(content, [style], Settings(size=48, iterations=3, weights="random",
+                                                                      model="vgg16", device="cpu"))
+    assert result.stopped == "interrupted" and result.iterations == 3 and result.distances is None
+    assert image.shape == (48, 48, 3) and np.isfinite(image).all()

@@ -214,3 +214,14 @@ def test_cli_bad_tile_is_one_line(tmp_path, monkeypatch, capsys):
         cli.main()
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.strip().count("\n") == 0 and "multiple of 16" in err
+
+
+def test_scale_plan_halves_iterations_from_the_first_scale():
+    from styleengine.engine.stylise import Settings
+
+    assert Settings(size=2048).scale_plan() == [(724, 300), (1024, 150), (1448, 75), (2048, 38)]
+    assert Settings(size=512).scale_plan() == [(512, 300)]
+    assert Settings(size=512, start_size=128, iterations=40).scale_plan() == [
+        (128, 40), (181, 20), (256, 10), (362, 10), (512, 10)]  # at least 10 each
+    assert Settings(size=64, scales=2, iterations=2).scale_plan() == [(45, 2), (64, 2)]  # never over --iters
+    assert Settings(size=1024, scales=3, iters_per_scale=7, iterations=5).scale_plan() == [(512, 7), (724, 7), (1024, 5)]

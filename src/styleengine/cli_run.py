@@ -52,7 +52,8 @@ d = Settings()  # every default below is read from here
 csv = ",".join
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.")]
 Size = Annotated[int, typer.Option("--size", help="Long side of the output in px.")]
-Iters = Annotated[int, typer.Option("--iters", help="Optimiser iterations.")]
+Iters = Annotated[int, typer.Option("--iters", help="Optimiser iterations (coarse to fine: at the first scale, "
+                                                     "each finer scale half as many, at least 10).")]
 Optimizer = Annotated[str, typer.Option("--optimizer", help="lbfgs (the paper's) or adam.")]
 Lr = Annotated[Optional[float], typer.Option("--lr", help="Step size (default: the optimiser's own).")]
 History = Annotated[Optional[int], typer.Option(
@@ -73,6 +74,9 @@ Blend = Annotated[Optional[str], typer.Option(
 StyleScale = Annotated[float, typer.Option("--style-scale", help="Style images are resized to size * this.")]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Also write OUT_<iteration> every N iterations "
                                                               "(0: never).")]
+MaxStep = Annotated[float, typer.Option(
+    "--lbfgs-max-step", help="L-BFGS moves no pixel (0-1) more than this per iteration; 0: no cap (torch's "
+                             "LBFGS exactly, as the paper and popular implementations).")]
 Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.")]
 DistanceEvery = Annotated[int, typer.Option(
     "--distance-every", help="Measure the style and content distances every N iterations, for --trace (0: only "
@@ -96,7 +100,8 @@ Scales = Annotated[Optional[int], typer.Option(
                      "1024 px, above that enough to start at 512-724 px).")]
 StartSize = Annotated[Optional[int], typer.Option("--start-size", help="Long side of the first scale in px.")]
 ItersPerScale = Annotated[Optional[int], typer.Option(
-    "--iters-per-scale", help="Iterations at each scale but the last (default: --iters).")]
+    "--iters-per-scale", help="Iterations at each scale but the last, and --iters at the last (default: halving "
+                              "from --iters at the first scale).")]
 Tile = Annotated[Optional[int], typer.Option(
     "--tile", help="Exact tiled step with cores of SIZE px (a multiple of 16): same result, memory "
                    "bounded by the tile (default: untiled).")]
@@ -115,6 +120,7 @@ def run(
     optimizer: Optimizer = d.optimizer,
     lr: Lr = d.lr,
     lbfgs_history: History = d.lbfgs_history,
+    lbfgs_max_step: MaxStep = d.lbfgs_max_step,
     init: Annotated[str, typer.Option("--init", help="noise, content, style or an image path.")] = d.init,
     seed: Seed = d.seed,
     model: Model = d.model,
@@ -153,7 +159,8 @@ def run(
 ) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
     settings = Settings(
-        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
+        lbfgs_max_step=lbfgs_max_step, init=init,
         seed=seed, model=model,
         weights=weights, pooling=pooling, content_layers=_split(content_layers, "--content-layers"),
         style_layers=_split(style_layers, "--style-layers"),
@@ -174,6 +181,7 @@ def texture(
     optimizer: Optimizer = d.optimizer,
     lr: Lr = d.lr,
     lbfgs_history: History = d.lbfgs_history,
+    lbfgs_max_step: MaxStep = d.lbfgs_max_step,
     init: Annotated[str, typer.Option("--init", help="noise, style or an image path.")] = TEXTURE_INIT,
     seed: Seed = d.seed,
     model: Model = d.model,
@@ -205,7 +213,8 @@ def texture(
 ) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
     settings = Settings(
-        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history, init=init,
+        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
+        lbfgs_max_step=lbfgs_max_step, init=init,
         seed=seed, model=model,
         weights=weights, pooling=pooling, style_layers=_split(style_layers, "--style-layers"),
         style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
