@@ -93,7 +93,8 @@ class DeviceLBFGS:
             self._direction(g)  # into self.d
             self.t.fill_(self.lr)
         if self.max_step is not None:
-            self.t.copy_(torch.minimum(self.t, self.max_step / self.d.abs().max().clamp_min(1e-30)))
+            # per image when batched: each row of d is one picture's direction
+            self.t.copy_(torch.minimum(self.t, self.max_step / self.d.abs().amax(dim=-1).clamp_min(1e-30)))
         self.steps += 1
         self.g_prev.copy_(g)
         gtd = torch.dot(g, self.d)
