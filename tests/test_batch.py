@@ -272,3 +272,22 @@ def test_ray_missing_is_one_line(folder, monkeypatch, capsys):
                            "--ray", "auto")
     assert code == 1 and err.strip() == "error: --ray needs Ray: pip install 'styleengine[ray]'"
     assert not (folder / "out" / engine.MANIFEST).exists()
+
+
+def test_batch_size_from_the_memory_budget():
+    """The largest B whose B images (as one image of B times the pixels) and B L-BFGS histories fit the budget
+    untiled by tile_for_budget's estimate; 1 when only one fits, MAX_BATCH at most."""
+    from styleengine.engine.stylise import lbfgs_pair_bytes
+    from styleengine.engine.tiled import tile_for_budget
+
+    def fits(settings, count, shape=(256, 192)):
+        other = count * settings.lbfgs_history * lbfgs_pair_bytes(*shape)
+        return tile_for_budget(settings.mem_budget_gib, settings.model, settings.loss_config(), shape[0] * count,
+                               shape[1], other_bytes=other) is None
+
+    assert engine.batch_size_for(Settings(mem_budget_gib=1000.0, lbfgs_history=10), (256, 192)) == engine.MAX_BATCH
+    assert engine.batch_size_for(Settings(mem_budget_gib=0.6, lbfgs_history=10), (256, 192)) == 1
+    middle = Settings(mem_budget_gib=1.5, lbfgs_history=10)
+    count = engine.batch_size_for(middle, (256, 192))
+    assert 1 < count < engine.MAX_BATCH
+    assert fits(middle, count) and not fits(middle, count + 1)
