@@ -73,6 +73,7 @@ def measure(size: int, iters: int, jobs: int, model: str, work: Path, on_row=Non
             on_row(rows[-1])
     batched = [json.loads(line) for line in (work / "batched" / "manifest.jsonl").read_text().splitlines()]
     rows[-1]["batch_sizes"] = sorted({line["batch"] for line in batched})
+    rows[-1]["manifest_example"] = batched[0]
     return rows
 
 

@@ -533,6 +533,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     else:
         step.set_loss(loss)
     records: list[list[Record]] = [[] for _ in pictures]
+    results: list[Result] = []  # the last finished scale's
     blends = [p.settings.style_blend for p in pictures]
     try:
         for index, (size, iterations) in enumerate(plan):

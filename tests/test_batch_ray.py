@@ -1,6 +1,5 @@
 """`styleengine batch --ray` on a local Ray cluster (2 CPUs, started once for this module): the same manifest
 and outputs as the local run; a worker killed mid-job has its group run by another; nothing lost or twice."""
-import json
 import signal
 
 import numpy as np
