@@ -48,7 +48,7 @@ def _timed(commands: list[list[str]]) -> float:
     return time.perf_counter() - start
 
 
-def measure(size: int, iters: int, jobs: int, model: str, work: Path, on_row=None) -> list[dict]:
+def measure(size: int, iters: int, jobs: int, model: str, work: Path, on_row=None, modes=MODES) -> list[dict]:
     contents, style = _pictures(work, jobs, size)
     common = ["--size", str(size), "--iters", str(iters), "--model", model, "--weights", "random",
               "--device", "cpu"]
@@ -64,16 +64,17 @@ def measure(size: int, iters: int, jobs: int, model: str, work: Path, on_row=Non
     }
     (work / "run").mkdir()
     rows = []
-    for mode in MODES:
+    for mode in modes:
         load = os.getloadavg()[0]
         seconds = _timed(plans[mode])
         rows.append({"mode": mode, "size": size, "iterations": iters, "jobs": jobs, "seconds": round(seconds, 2),
                      "images_per_hour": round(jobs / seconds * 3600, 1), "load_before": round(load, 2)})
         if on_row is not None:
             on_row(rows[-1])
-    batched = [json.loads(line) for line in (work / "batched" / "manifest.jsonl").read_text().splitlines()]
-    rows[-1]["batch_sizes"] = sorted({line["batch"] for line in batched})
-    rows[-1]["manifest_example"] = batched[0]
+    if "batch batched" in modes:
+        batched = [json.loads(line) for line in (work / "batched" / "manifest.jsonl").read_text().splitlines()]
+        rows[-1]["batch_sizes"] = sorted({line["batch"] for line in batched})
+        rows[-1]["manifest_example"] = batched[0]
     return rows
 
 
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--model", default="vgg19")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     args = parser.parse_args()
     import torch
 
@@ -92,7 +94,7 @@ def main() -> None:
     for size, iters, jobs in zip(args.size, args.iters, args.jobs):
         with tempfile.TemporaryDirectory(dir=args.work) as work:
             rows += measure(size, iters, jobs, args.model, Path(work),
-                            on_row=lambda row: print(json.dumps(row), file=sys.stderr))
+                            on_row=lambda row: print(json.dumps(row), file=sys.stderr), modes=args.modes)
     report = {"machine": {"cpu": cpu_name(), "isa": cpu_isa(), "logical_cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                           "torch": torch.__version__, "load_at_end": round(os.getloadavg()[0], 2)},
