@@ -27,6 +27,12 @@ first step t = lr * min(1, 1 / |g|_1) along -g, later steps t = lr along the
 two-loop direction with H0 = (s.y / y.y) of the newest accepted pair; the
 update is skipped when g.d > -tolerance_change (torch's early `break`), the
 pair is still formed from (d, t) at the next step, as torch does.
+
+Batched: x and g may be (B, n), B images optimised together (engine/batch.py).
+Each row is its own L-BFGS: its own ring, head, pair acceptance, first-step
+length and H0, all decided on the device per row, so row b's iterates are
+the ones a (n,) run on that image alone would give (within fp32 rounding of
+the batched products). A (n,) vector is a batch of one.
 """
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ CURVATURE_EPS = 1e-10  # torch.optim.LBFGS accepts a pair when y.s > 1e-10
 
 
 class DeviceLBFGS:
-    """L-BFGS on one flat fp32 vector, every state tensor on its device.
+    """L-BFGS on flat fp32 vectors, (n,) or a batch (B, n) of independent ones, every state tensor on
+    their device.
 
     step(x, g) updates x in place from g = dL/dx at x. The first call is
     host-known (no history yet), so `step` has no data-dependent Python
@@ -48,23 +55,24 @@ class DeviceLBFGS:
                  static: bool = False, max_step: float | None = None):
         if history < 1:
             raise ValueError(f"L-BFGS history must be >= 1, got {history}")
-        n = x.numel()
+        rows, n = (1, x.numel()) if x.dim() == 1 else x.shape
         self.slots = slots = history + 1
         self.history, self.lr = history, lr
         zeros = lambda *shape: torch.zeros(*shape, device=x.device, dtype=x.dtype)  # noqa: E731
-        # [S; Y]: rows 0..slots-1 are s, slots.. are y. Not static: rows are zeroed as they come into use,
-        # so the memory of a run that has few pairs yet is not touched (resident) before it is needed
-        self.pairs = zeros(2 * slots, n) if static else torch.empty(2 * slots, n, device=x.device, dtype=x.dtype)
-        # rows [0, _zeroed) of S and of Y hold zeros or pairs (set below)
-        self.sy = zeros(slots, slots)  # sy[i, j] = s_i . y_j
-        self.yy = zeros(slots, slots)  # yy[i, j] = y_i . y_j
-        self.ro = zeros(slots)  # 1 / (y.s) of the pairs in use, 0 for the free and the evicted slots
-        self.head = torch.zeros(1, device=x.device, dtype=torch.long)  # the free slot
-        self.h_diag = torch.ones((), device=x.device, dtype=x.dtype)
-        self.d = zeros(n)  # the last direction
-        self.t = torch.zeros((), device=x.device, dtype=x.dtype)  # the last step length
-        self.g_prev = zeros(n)
-        self._work = zeros(3, n)  # (g, s_new, y_new) of the current call: no image-sized allocation per call
+        # [S; Y] per row: rows 0..slots-1 are s, slots.. are y. Not static: rows are zeroed as they come into
+        # use, so the memory of a run that has few pairs yet is not touched (resident) before it is needed
+        self.pairs = (zeros(rows, 2 * slots, n) if static
+                      else torch.empty(rows, 2 * slots, n, device=x.device, dtype=x.dtype))
+        # pairs [0, _zeroed) of S and of Y hold zeros or pairs (set below)
+        self.sy = zeros(rows, slots, slots)  # sy[b, i, j] = s_i . y_j
+        self.yy = zeros(rows, slots, slots)  # yy[b, i, j] = y_i . y_j
+        self.ro = zeros(rows, slots)  # 1 / (y.s) of the pairs in use, 0 for the free and the evicted slots
+        self.head = torch.zeros(rows, device=x.device, dtype=torch.long)  # the free slot, per row
+        self.h_diag = torch.ones(rows, device=x.device, dtype=x.dtype)
+        self.d = zeros(rows, n)  # the last direction
+        self.t = zeros(rows)  # the last step length
+        self.g_prev = zeros(rows, n)
+        self._work = zeros(rows, 3, n)  # (g, s_new, y_new) of the current call: no image-sized allocation per call
         self.threshold = -tolerance_change  # torch skips the update when g.d > -tolerance_change
         # not in torch: the step t d is shortened so that no entry of x moves more than this (None: never)
         self.max_step = max_step
@@ -76,18 +84,21 @@ class DeviceLBFGS:
         self._zeroed = slots if static else 0
         self._ages = torch.arange(1, slots + 1, device=x.device)  # newest first: head - 1, head - 2, ...
         self._eye = torch.eye(slots, device=x.device, dtype=x.dtype)
+        self._rows = torch.arange(rows, device=x.device)
 
     def pair_bytes(self) -> int:
-        return self.pairs.element_size() * self.pairs.shape[1] * 2
+        """Memory of one curvature pair of every row."""
+        return self.pairs.element_size() * self.pairs.shape[0] * self.pairs.shape[2] * 2
 
     def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
-        """One L-BFGS iteration: x (flat, updated in place) and g = dL/dx at x, both (n,).
+        """One L-BFGS iteration: x (updated in place) and g = dL/dx at x, both (n,) or (B, n).
 
         Every state tensor is written in place, so a CUDA graph of a later call replays it."""
+        x2, g = x.view(self.d.shape), g.view(self.d.shape)
         if self.steps == 0:
             torch.neg(g, out=self.d)
-            # torch: t = min(1, 1 / |g|_1) * lr on the first iteration
-            self.t.copy_(torch.clamp(g.abs().sum().reciprocal(), max=1.0) * self.lr)
+            # torch: t = min(1, 1 / |g|_1) * lr on the first iteration, per row
+            self.t.copy_(torch.clamp(g.abs().sum(1).reciprocal(), max=1.0) * self.lr)
         else:
             self._add_pair(g)
             self._direction(g)  # into self.d
@@ -97,76 +108,83 @@ class DeviceLBFGS:
             self.t.copy_(torch.minimum(self.t, self.max_step / self.d.abs().amax(dim=-1).clamp_min(1e-30)))
         self.steps += 1
         self.g_prev.copy_(g)
-        gtd = torch.dot(g, self.d)
+        gtd = (g * self.d).sum(1)  # (B,)
         # torch breaks before updating when g.d > -tolerance_change (never with a positive-definite H)
-        x.addcmul_(self.d, torch.where(gtd > self.threshold, 0.0, self.t))
+        x2.addcmul_(self.d, torch.where(gtd > self.threshold, 0.0, self.t)[:, None])
 
     def _add_pair(self, g: torch.Tensor) -> None:
-        slots, head = self.slots, self.head
+        slots, head, rows = self.slots, self.head, self.d.shape[0]
         live = self._live()
         if self._zeroed < live:  # a slot comes into use: zeros until a pair lands there
-            self.pairs[self._zeroed:live].zero_()
-            self.pairs[slots + self._zeroed:slots + live].zero_()
+            self.pairs[:, self._zeroed:live].zero_()
+            self.pairs[:, slots + self._zeroed:slots + live].zero_()
             self._zeroed = live
         work = self._work
-        work[0].copy_(g)
-        torch.mul(self.d, self.t, out=work[1])  # s = t d
-        torch.sub(g, self.g_prev, out=work[2])  # y = g - g_prev
-        # the new pair always goes to the free slot; whether it counts is decided below
-        self.pairs.index_copy_(0, torch.cat((head, head + slots)), work[1:])
-        vectors = work.T  # (n, 3)
+        work[:, 0].copy_(g)
+        torch.mul(self.d, self.t[:, None], out=work[:, 1])  # s = t d
+        torch.sub(g, self.g_prev, out=work[:, 2])  # y = g - g_prev
+        # the new pair always goes to the row's free slot; whether it counts is decided below
+        self.pairs.index_put_((self._rows, head), work[:, 1])
+        self.pairs.index_put_((self._rows, head + slots), work[:, 2])
+        vectors = work.transpose(1, 2)  # (B, n, 3)
         if live == slots:
-            dots = torch.mm(self.pairs, vectors)  # (2 * slots, 3): [S; Y] . (g, s, y)
+            dots = torch.bmm(self.pairs, vectors)  # (B, 2 * slots, 3): [S; Y] . (g, s, y)
         else:  # the unused slots are zeros: their products are too
-            dots = torch.zeros(2 * slots, 3, device=g.device, dtype=g.dtype)
-            torch.mm(self.pairs[:live], vectors, out=dots[:live])
-            torch.mm(self.pairs[slots:slots + live], vectors, out=dots[slots:slots + live])
-        self._gs, self._gy = dots[:slots, 0], dots[slots:, 0]  # s_i . g, y_i . g
-        self.sy.index_copy_(1, head, dots[:slots, 2:3])  # s_i . y_new
-        self.sy.index_copy_(0, head, dots[slots:, 1:2].T)  # s_new . y_j
-        self.yy.index_copy_(1, head, dots[slots:, 2:3])
-        self.yy.index_copy_(0, head, dots[slots:, 2:3].T)
-        new = dots.index_select(0, head + slots)  # (1, 3): y_new . (g, s_new, y_new)
+            dots = torch.zeros(rows, 2 * slots, 3, device=g.device, dtype=g.dtype)
+            dots[:, :live] = torch.bmm(self.pairs[:, :live], vectors)
+            dots[:, slots:slots + live] = torch.bmm(self.pairs[:, slots:slots + live], vectors)
+        self._gs, self._gy = dots[:, :slots, 0], dots[:, slots:, 0]  # s_i . g, y_i . g
+        column = head.view(rows, 1, 1).expand(rows, slots, 1)
+        row = head.view(rows, 1, 1).expand(rows, 1, slots)
+        self.sy.scatter_(2, column, dots[:, :slots, 2:3])  # s_i . y_new
+        self.sy.scatter_(1, row, dots[:, slots:, 1].unsqueeze(1))  # s_new . y_j
+        self.yy.scatter_(2, column, dots[:, slots:, 2:3])
+        self.yy.scatter_(1, row, dots[:, slots:, 2].unsqueeze(1))
+        new = dots.gather(1, (head + slots).view(rows, 1, 1).expand(rows, 1, 3))[:, 0]  # y_new . (g, s_new, y_new)
         ys, yy = new[:, 1], new[:, 2]
         accept = ys > CURVATURE_EPS
-        self.ro.index_copy_(0, head, torch.where(accept, ys.reciprocal(), torch.zeros_like(ys)))
+        self.ro.scatter_(1, head[:, None], torch.where(accept, ys.reciprocal(), torch.zeros_like(ys))[:, None])
         following = torch.remainder(head + 1, slots)
         # accepting frees the next slot: the oldest pair when the ring is full, an unused slot before
-        self.ro.index_copy_(0, following, torch.where(accept, torch.zeros_like(ys), self.ro.index_select(0, following)))
-        self.h_diag.copy_(torch.where(accept, ys / yy, self.h_diag.view(1)).view(()))
+        kept = self.ro.gather(1, following[:, None])[:, 0]
+        self.ro.scatter_(1, following[:, None], torch.where(accept, torch.zeros_like(ys), kept)[:, None])
+        self.h_diag.copy_(torch.where(accept, ys / yy, self.h_diag))
         self.head.copy_(torch.where(accept, following, head))
 
     def _direction(self, g: torch.Tensor) -> None:
-        """The two-loop recursion of torch's LBFGS as two triangular solves over the pairs' dot products;
-        the direction is written into self.d."""
-        slots = self.slots
-        order = torch.remainder(self.head - self._ages, slots)  # slot of the k-th newest pair
-        ro = self.ro.index_select(0, order)
+        """The two-loop recursion of torch's LBFGS as two triangular solves over the pairs' dot products,
+        per row; the direction is written into self.d."""
+        slots, rows = self.slots, self.d.shape[0]
+        order = torch.remainder(self.head[:, None] - self._ages, slots)  # (B, slots): slot of the k-th newest pair
+        ro = self.ro.gather(1, order)
         used = ro != 0
-        mask = used[:, None] & used[None, :]
-        sy = torch.where(mask, self.sy.index_select(0, order).index_select(1, order), 0.0)
-        yy = torch.where(mask, self.yy.index_select(0, order).index_select(1, order), 0.0)
-        gs = torch.where(used, self._gs.index_select(0, order), 0.0)
-        gy = torch.where(used, self._gy.index_select(0, order), 0.0)
+        mask = used[:, :, None] & used[:, None, :]
+        by_rows = order[:, :, None].expand(rows, slots, slots)
+        by_cols = order[:, None, :].expand(rows, slots, slots)
+        sy = torch.where(mask, self.sy.gather(1, by_rows).gather(2, by_cols), 0.0)
+        yy = torch.where(mask, self.yy.gather(1, by_rows).gather(2, by_cols), 0.0)
+        gs = torch.where(used, self._gs.gather(1, order), 0.0)
+        gy = torch.where(used, self._gy.gather(1, order), 0.0)
         # first loop, newest to oldest: a_k = ro_k s_k . (-g - sum_{l newer} a_l y_l)
-        lower = self._eye + ro[:, None] * torch.tril(sy, -1)
-        alpha = torch.linalg.solve_triangular(lower, (-ro * gs)[:, None], upper=False, unitriangular=True)[:, 0]
+        lower = self._eye + ro[:, :, None] * torch.tril(sy, -1)
+        alpha = torch.linalg.solve_triangular(lower, (-ro * gs)[:, :, None], upper=False, unitriangular=True)[..., 0]
         # r0 = H0 q with q = -g - sum a_l y_l; y_k . r0 from the dot products
-        y_r0 = self.h_diag * (-gy - yy @ alpha)
+        y_r0 = self.h_diag[:, None] * (-gy - torch.bmm(yy, alpha[:, :, None])[..., 0])
         # second loop, oldest to newest: c_k = a_k - ro_k y_k . (r0 + sum_{l older} c_l s_l)
-        upper = self._eye + ro[:, None] * torch.triu(sy.T, 1)
-        c = torch.linalg.solve_triangular(upper, (alpha - ro * y_r0)[:, None], upper=True, unitriangular=True)[:, 0]
+        upper = self._eye + ro[:, :, None] * torch.triu(sy.transpose(1, 2), 1)
+        c = torch.linalg.solve_triangular(upper, (alpha - ro * y_r0)[:, :, None], upper=True,
+                                          unitriangular=True)[..., 0]
         # d = H0 (-g - sum a_l y_l) + sum c_l s_l, in slot order for one product with [S; Y]
-        coeffs = torch.zeros(2 * slots, device=g.device, dtype=g.dtype)
-        coeffs.index_copy_(0, order, c)
-        coeffs.index_copy_(0, order + slots, -self.h_diag * alpha)
+        coeffs = torch.zeros(rows, 2 * slots, device=g.device, dtype=g.dtype)
+        coeffs.scatter_(1, order, c)
+        coeffs.scatter_(1, order + slots, -self.h_diag[:, None] * alpha)
         live = self._live()
-        d = torch.mul(g, -self.h_diag, out=self.d)
+        d = torch.mul(g, -self.h_diag[:, None], out=self.d).unsqueeze(1)  # (B, 1, n), a view of self.d
         if live == slots:
-            d.addmv_(self.pairs.T, coeffs)
+            d.baddbmm_(coeffs.unsqueeze(1), self.pairs)
         else:
-            d.addmv_(self.pairs[:live].T, coeffs[:live])
-            d.addmv_(self.pairs[slots:slots + live].T, coeffs[slots:slots + live])
+            d.baddbmm_(coeffs[:, None, :live], self.pairs[:, :live])
+            d.baddbmm_(coeffs[:, None, slots:slots + live], self.pairs[:, slots:slots + live])
 
     def _live(self) -> int:
         """Slots that may hold a pair: the step-th call has written at most `steps` pairs, from slot 0."""

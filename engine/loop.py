@@ -47,6 +47,7 @@ class Record:
     seconds: float
     height: int
     width: int
+    index: int = 0  # which image of a batch (optimise_batch); 0 for a single image
     # engine.quality.Distances of the image after this iteration, where the caller asked for them
     distances: Any = None
 
@@ -61,7 +62,8 @@ class Result:
 
 
 def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:
-    """The constant L-BFGS's gradients are multiplied by, fixed at the first evaluation (a device scalar).
+    """The constant L-BFGS's gradients are multiplied by, fixed at the first evaluation (on the device; one
+    per image of a batch, (B, 1, 1, 1)).
 
     Not in the paper: torch's L-BFGS takes a raw gradient step (H = I) while it
     has no accepted curvature pair; with the paper's loss (~1e12 with ImageNet
@@ -69,7 +71,7 @@ def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:
     gradient is scaled so its largest entry is 1e-2; L-BFGS is otherwise
     invariant to the scale, and the records keep the true loss.
     """
-    peak = grad.abs().max()
+    peak = grad.abs().amax(dim=(1, 2, 3), keepdim=True)  # per image of a batch: (B, 1, 1, 1)
     usable = torch.isfinite(peak) & (peak > 0)
     return torch.where(usable, 1e-2 / torch.where(usable, peak, 1.0), 1.0)
 
@@ -90,6 +92,25 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
     must be read (e.g. --save-every). Ctrl-C and a non-finite loss end the
     loop early; the result keeps the last image whose loss was finite.
     """
+    if init.shape[0] != 1:
+        raise ValueError(f"optimise takes one image (1, 3, H, W), got {tuple(init.shape)}; see optimise_batch")
+    return optimise_batch(step, init, iterations=iterations, optimizer=optimizer, lr=lr, callback=callback,
+                          history=history, max_step=max_step, read_at=read_at, read_interval_s=read_interval_s,
+                          check_every=check_every)[0]
+
+
+def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",
+                   lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
+                   history: int = LBFGS_HISTORY, max_step: float | None = None,
+                   read_at: Callable[[int], bool] | None = None,
+                   read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY) -> list[Result]:
+    """optimise() for B images at once, init (B, 3, H, W): one Result per image.
+
+    The step returns the B images' loss terms (B, 4) (a single image's (4,)) and their gradients; each
+    image has its own optimiser state (DeviceLBFGS per row; Adam is per element), so image b follows the
+    iterates it would alone. Records carry `index`; a non-finite loss stops recording that image (its
+    Result keeps its last finite image) while the others go on; Ctrl-C stops them all.
+    """
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
     check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -99,7 +120,7 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
         raise ConfigError(f"check_every must be >= 1, got {check_every}")
     device = step.device
     x = init.detach().to(device, torch.float32).clone(memory_format=torch.contiguous_format)
-    height, width = x.shape[2], x.shape[3]
+    count, height, width = x.shape[0], x.shape[2], x.shape[3]
     # torch's Adam keeps its step count on the host (capturable=False): only L-BFGS's update is captured
     capture = (device.type == "cuda" and step.capturable and optimizer == "lbfgs"
                and iterations > CAPTURE_AFTER + 1)
@@ -108,38 +129,46 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
         update = _lbfgs_update(x, history, lr or 1.0, static=capture, max_step=max_step)
     else:
         update = _adam_update(x, lr or 0.02)
-    losses = torch.empty(max(iterations, 1), len(LOSS_TERMS), device=device)  # per iteration, read later
-    finite = torch.ones((), dtype=torch.bool, device=device)  # no non-finite loss so far
+    # per iteration and image, read later
+    losses = torch.empty(max(iterations, 1), count, len(LOSS_TERMS), device=device)
+    finite = torch.ones(count, dtype=torch.bool, device=device)  # per image: no non-finite loss so far
     last_finite = x.clone()
 
-    records: list[Record] = []
+    records: list[list[Record]] = [[] for _ in range(count)]
+    broken = [False] * count  # images whose loss was non-finite at a read
     state = {"unread": 0, "last_read": time.perf_counter(), "stopped": None, "in_callback": False}
 
     def read(upto: int) -> None:
-        """Bring iterations [unread, upto) to the host, in order; stop at a non-finite loss."""
+        """Bring iterations [unread, upto) to the host, in order; an image stops at a non-finite loss."""
         values = losses[state["unread"]:upto].tolist()  # the one sync of a read
         now = time.perf_counter()
         seconds = (now - state["last_read"]) / max(1, upto - state["unread"])
         state["last_read"] = now
-        for loss, content, style, tv in values:
-            if not math.isfinite(loss):
+        for row in values:
+            state["unread"] += 1
+            for index, (loss, content, style, tv) in enumerate(row):
+                if broken[index]:
+                    continue
+                if not math.isfinite(loss):
+                    broken[index] = True
+                    continue
+                record = Record(state["unread"], loss, content, style, tv, seconds, height, width, index)
+                records[index].append(record)
+                if callback is not None:
+                    state["in_callback"] = True
+                    callback(record, x[index:index + 1].detach())
+                    state["in_callback"] = False
+            if all(broken):
                 state["stopped"] = "non-finite loss"
                 return
-            state["unread"] += 1
-            record = Record(state["unread"], loss, content, style, tv, seconds, height, width)
-            records.append(record)
-            if callback is not None:
-                state["in_callback"] = True
-                callback(record, x.detach())
-                state["in_callback"] = False
 
-    current = torch.empty(len(LOSS_TERMS), device=device)  # this iteration's terms (a CUDA graph's output)
+    current = torch.empty(count, len(LOSS_TERMS), device=device)  # this iteration's terms (a CUDA graph's output)
 
     def iteration() -> None:
         result = step(x)
-        current.copy_(result.losses)
-        finite.logical_and_(torch.isfinite(current[0]))
-        torch.where(finite, x, last_finite, out=last_finite)
+        current.copy_(result.losses)  # (4,) of a single image broadcasts to (1, 4)
+        finite.logical_and_(torch.isfinite(current[:, 0]))
+        torch.where(finite[:, None, None, None], x, last_finite, out=last_finite)
         update(result.grad)
 
     graph = None
@@ -163,9 +192,6 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
                         break
         except KeyboardInterrupt:
             state["stopped"] = "interrupted"
-    if state["stopped"] is None:
-        # the final update is not evaluated but is the result
-        return Result(x.detach(), len(records), None, records)
     if state["stopped"] == "interrupted" and state["unread"] < done and not state["in_callback"]:
         # Ctrl-C during a step: the iterations that finished keep their records, unless one was not finite
         state["stopped"] = None
@@ -173,8 +199,17 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
             read(done)
         except KeyboardInterrupt:
             pass
-        state["stopped"] = state["stopped"] or "interrupted"
-    return Result(last_finite, len(records), state["stopped"], records)
+        state["stopped"] = "interrupted"
+    results = []
+    for index in range(count):
+        if broken[index]:
+            stopped: str | None = "non-finite loss"
+        else:
+            stopped = state["stopped"] if state["stopped"] == "interrupted" else None
+        # the final update is not evaluated but is the result of a run that went to its end
+        image = (x if stopped is None else last_finite)[index:index + 1].detach()
+        results.append(Result(image, len(records[index]), stopped, records[index]))
+    return results
 
 
 def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
@@ -192,7 +227,7 @@ def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":
 
 def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool, max_step: float | None
                   ) -> Callable[[torch.Tensor], None]:
-    opt = DeviceLBFGS(x.view(-1), history, lr, static=static, max_step=max_step)
+    opt = DeviceLBFGS(x.view(x.shape[0], -1), history, lr, static=static, max_step=max_step)  # one per image
     scale: list[torch.Tensor] = []
     scaled = torch.empty_like(x)  # the scaled gradient, reused (the step's own buffer is not ours to change)
 
@@ -200,7 +235,7 @@ def _lbfgs_update(x: torch.Tensor, history: int, lr: float, static: bool, max_st
         if not scale:
             scale.append(lbfgs_grad_scale(grad))
         torch.mul(grad, scale[0], out=scaled)
-        opt.step(x.view(-1), scaled.view(-1))
+        opt.step(x.view(x.shape[0], -1), scaled.view(x.shape[0], -1))
 
     return update
 

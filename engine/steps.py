@@ -27,8 +27,8 @@ class StepResult:
     """One evaluation, left on the step's device: reading a value on the host is the caller's
     choice (on a GPU, a sync). The tensors may be reused by the step's next call."""
 
-    losses: torch.Tensor  # (4,) fp32: the total and the weighted content, style and tv terms (LOSS_TERMS)
-    grad: torch.Tensor  # (1, 3, H, W) fp32, on the step's device
+    losses: torch.Tensor  # (4,) fp32: the total and the weighted content, style and tv terms (LOSS_TERMS); (B, 4) for a batch
+    grad: torch.Tensor  # (1, 3, H, W) fp32 (a batch: (B, 3, H, W)), on the step's device
 
     @classmethod
     def from_floats(cls, loss: float, grad: torch.Tensor, parts: dict[str, float]) -> "StepResult":
@@ -94,6 +94,14 @@ class StepBase:
 
     def trim(self) -> None:
         pass
+
+    def set_loss(self, loss: LossConfig) -> None:
+        """Weigh the terms as `loss` says from now on (a step kept warm across runs whose weights differ).
+        Before set_targets: the graph steps bind the weights there. The layers are the step's own."""
+        built = self.loss  # type: ignore[attr-defined]
+        if (loss.content_layers, loss.style_layers) != (built.content_layers, built.style_layers):
+            raise ValueError(f"a step built for layers {built.layers} cannot run layers {loss.layers}")
+        self.loss = loss
 
     def close(self) -> None:
         pass
@@ -168,18 +176,30 @@ class TorchStep(StepBase):
 
     tile_features = features  # a tiled step's first pass; torch's allocator needs no separate care
 
-    def set_targets(self, targets: Targets) -> None:
-        self.targets = targets.to(self.device)
+    def set_targets(self, targets: Targets | list[Targets]) -> None:
+        """One image's targets, or a list: a batch, image b of each call against targets[b]."""
+        self.targets = [t.to(self.device) for t in targets] if isinstance(targets, list) else targets.to(self.device)
 
     def __call__(self, image: torch.Tensor) -> StepResult:
+        """image (1, 3, H, W) -> losses (4,); a batch (B, 3, H, W) with B targets -> losses (B, 4), the
+        gradient of each image's own loss (the images do not interact: the sum's gradient)."""
         if self.targets is None:
             raise RuntimeError("set_targets() before stepping")
+        batch = isinstance(self.targets, list)
+        if batch and len(self.targets) != image.shape[0]:
+            raise ValueError(f"{len(self.targets)} targets for a batch of {image.shape[0]} images")
         x = image.detach().to(self.device).requires_grad_(True)
         with torch.enable_grad():
             feats = self._forward(x, self.loss.layers)
-            terms = total_loss(self.loss, feats, self.targets, x)
-            (grad,) = torch.autograd.grad(terms["loss"], x)
-        return StepResult(torch.stack([terms[k].detach().float() for k in LOSS_TERMS]), grad)
+            if not batch:
+                terms = total_loss(self.loss, feats, self.targets, x)  # type: ignore[arg-type]
+                (grad,) = torch.autograd.grad(terms["loss"], x)
+                return StepResult(torch.stack([terms[k].detach().float() for k in LOSS_TERMS]), grad)
+            # per image: its own Grams and terms, by the one definition of the loss  # (B, C, h, w) -> (1, C, h, w)
+            per = [total_loss(self.loss, {n: f[b:b + 1] for n, f in feats.items()}, t, x[b:b + 1])
+                   for b, t in enumerate(self.targets)]  # type: ignore[arg-type]
+            (grad,) = torch.autograd.grad(torch.stack([p["loss"] for p in per]).sum(), x)
+        return StepResult(torch.stack([torch.stack([p[k].detach().float() for k in LOSS_TERMS]) for p in per]), grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
                   gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],

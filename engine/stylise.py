@@ -19,7 +19,7 @@ from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA,
                                  POOLINGS, PRECISIONS, PROVIDERS, check_choice)
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
-from styleengine.engine.loop import Record, Result, optimise
+from styleengine.engine.loop import Record, Result, optimise_batch
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
@@ -176,6 +176,9 @@ class Settings:
         if self.convention is not None:
             self.convention.validate()
         self.loss_config(texture=texture).validate(self.model)
+
+
+_DEFAULTS = Settings()
 
 
 def auto_precision(backend: str, provider: str, device: str) -> str:
@@ -417,23 +420,23 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
             _check_memory(settings, loss, *images.long_side_shape(shape[0], shape[1], style_side), available, 0)
 
 
-def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: Prepared, init: torch.Tensor,
-                     callback: Callable[[Record, torch.Tensor], None] | None, *,
-                     targets_step: Step | None = None, offset: int = 0) -> Result:
-    """Targets at this size, then the loop from `init`, then the distances of its result.
+def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: list[Prepared],
+                     inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
+                     blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
+                     offset: int = 0) -> list[Result]:
+    """Targets at this size, the loop from the inits, then the distances of each result: one Result per picture.
 
     One scale of a run; a coarse-to-fine run calls this per size (growing
     by sqrt(2)), each init the previous result upsampled. targets_step: the
     step that computes the targets and distances (default `step`); a
-    TiledStep takes the style Grams tile by tile. Records of every
-    settings.distance_every-th iteration (counted across scales) carry the
-    distances of the image after it.
+    TiledStep takes the style Grams tile by tile. Several pictures (one size)
+    run as one batch. Records of every settings.distance_every-th iteration
+    (counted across scales) carry the distances of the image after it.
     """
     targets_step = targets_step or step
-    targets = make_targets(targets_step, loss, prepared.content, prepared.styles,
-                   list(settings.style_blend) if settings.style_blend else None,
-                   output_positions=prepared.height * prepared.width)
-    step.set_targets(targets)
+    targets = [make_targets(targets_step, loss, p.content, p.styles, list(blend) if blend else None,
+                            output_positions=p.height * p.width) for p, blend in zip(prepared, blends)]
+    step.set_targets(targets[0] if len(targets) == 1 else targets)
     wanted = [every for every in (settings.save_every, settings.distance_every) if every]
     # --save-every and --distance-every count iterations across scales: the loop reads exactly those
     read_at = (lambda i: any((offset + i) % every == 0 for every in wanted)) if wanted else None
@@ -442,88 +445,175 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
 
         def callback(record: Record, image: torch.Tensor) -> None:
             if (offset + record.iteration) % every == 0:
-                record = dataclasses.replace(record, distances=distances(targets_step, image, targets, loss))
+                d = distances(targets_step, image, targets[record.index], loss)
+                record = dataclasses.replace(record, distances=d)
             inner(record, image)
 
-    result = optimise(step, init, iterations=settings.iterations, optimizer=settings.optimizer, lr=settings.lr,
-                      callback=callback, history=lbfgs_history(settings, prepared.height, prepared.width),
-                      max_step=settings.lbfgs_max_step or None,
-                      read_at=read_at)
-    if result.stopped == "interrupted":  # the user wants out: no more forward passes
-        return result
-    try:
-        return dataclasses.replace(result, distances=distances(targets_step, result.image, targets, loss))
-    except KeyboardInterrupt:  # during the measurement: the loop's contract, its image is the result
-        return dataclasses.replace(result, stopped="interrupted")
+    results = optimise_batch(step, torch.cat(inits), iterations=settings.iterations, optimizer=settings.optimizer,
+                             lr=settings.lr, callback=callback,
+                             history=lbfgs_history(settings, prepared[0].height, prepared[0].width),
+                             max_step=settings.lbfgs_max_step or None, read_at=read_at)
+    measured: list[Result] = []
+    for result, target in zip(results, targets):
+        if result.stopped == "interrupted" or (measured and measured[-1].stopped == "interrupted"):
+            measured.append(dataclasses.replace(result, stopped="interrupted"))  # the user wants out
+            continue
+        try:
+            measured.append(dataclasses.replace(result, distances=distances(targets_step, result.image, target, loss)))
+        except KeyboardInterrupt:  # during the measurement: the loop's contract, its image is the result
+            measured.append(dataclasses.replace(result, stopped="interrupted"))
+    return measured
+
+
+def build_step(settings: Settings, weights: Weights, loss: LossConfig) -> Step:
+    """The step these (resolved) settings ask for, built with `loss`'s layers."""
+    with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
+        return make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
+                         device=settings.device, precision=settings.precision, provider=settings.provider)
+
+
+def load_run_weights(settings: Settings, convention: dict | None = None) -> Weights:
+    """The weights the settings name; `convention`: fields of the input convention that flags override."""
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed)
+    if convention:
+        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
+    return weights
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture of stylise_batch: arrays from images.load_image and its own settings."""
+
+    content: np.ndarray | None  # None: a texture
+    styles: list[np.ndarray]
+    settings: Settings
+    init_image: np.ndarray | None = None  # the image for an init path, if the caller has loaded it
+
+
+# what may differ between the pictures of one batch: each picture's own targets and start
+PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "save_every")
+
+
+def batch_key(settings: Settings) -> Settings:
+    """Settings with the per-picture fields cleared: pictures whose keys are equal (and whose outputs have
+    one shape) can be optimised together. The seed is per picture unless it seeds random weights."""
+    cleared = {name: getattr(_DEFAULTS, name) for name in PER_PICTURE}
+    if settings.weights != "random":
+        cleared["seed"] = _DEFAULTS.seed
+    return dataclasses.replace(settings, **cleared)
 
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
             callback: Callback | None = None, weights: Weights | None = None,
-            init_image: np.ndarray | None = None) -> tuple[np.ndarray, Result]:
+            init_image: np.ndarray | None = None, step: Step | None = None) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
     weights: already loaded (else loaded from settings.weights). init_image:
-    the image for an init path, if the caller has loaded it already.
+    the image for an init path, if the caller has loaded it already. step:
+    a step built for these settings' backend, device, precision, model,
+    weights, pooling and layers and kept warm by the caller, who closes it
+    (engine/batch.py's Warm); the loss weights are set on it here. None:
+    built here and closed at the end.
     Returns the final (H, W, 3) array and the loop's Result (records, why
     it stopped); after a non-finite loss the array is the last finite image.
     """
-    texture = content is None
-    if texture:
-        # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
-        settings = dataclasses.replace(settings, preserve_colors=False,
-                                       init=TEXTURE_INIT if settings.init == "content" else settings.init)
-    check_run(settings, content.shape[:2] if content is not None else None, [s.shape[:2] for s in styles])
-    settings = settings.resolved()
+    return stylise_batch([Picture(content, styles, settings, init_image)], callback=callback, weights=weights,
+                         step=step)[0]
+
+
+def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, weights: Weights | None = None,
+                  step: Step | None = None) -> list[tuple[np.ndarray, Result]]:
+    """stylise() for several pictures optimised together, as one batch through one step: (array, Result)
+    each, in order; the records of picture i carry index i.
+
+    More than one picture needs equal batch_key()s, one output shape, one scale, no tile and the torch
+    backend (ValueError otherwise: the caller groups them, engine/batch.py); one picture is stylise().
+    """
+    fixed = []
+    for picture in pictures:
+        if picture.content is None:
+            # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
+            picture = dataclasses.replace(picture, settings=dataclasses.replace(
+                picture.settings, preserve_colors=False,
+                init=TEXTURE_INIT if picture.settings.init == "content" else picture.settings.init))
+        check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else None,
+                  [s.shape[:2] for s in picture.styles])
+        fixed.append(dataclasses.replace(picture, settings=picture.settings.resolved()))
+    pictures = fixed
+    settings = pictures[0].settings
+    texture = pictures[0].content is None
+    if len(pictures) > 1 and (len({batch_key(p.settings) for p in pictures}) > 1
+                              or any((p.content is None) != texture for p in pictures)):
+        raise ValueError("the pictures of one batch must share every setting but " + ", ".join(PER_PICTURE))
+    if len(pictures) > 1 and (settings.backend != "torch" or len(settings.scale_plan()) > 1):
+        raise ValueError("batches run on the torch backend at one scale")
     if weights is None:
         weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
     plan = settings.scale_plan()
-    prepared = prepare(content, styles, settings, plan[0][0])
-    init = make_init(settings, prepared, init_image)
-    # per scale: the content at this scale's size (colour preservation) and the iterations done before it
-    scale: dict = {"content": images.to_array(prepared.content) if prepared.content is not None else None,
+    prepared = [prepare(p.content, p.styles, p.settings, plan[0][0]) for p in pictures]
+    if len({(q.height, q.width) for q in prepared}) > 1:
+        raise ValueError(f"the pictures of one batch must have one output shape, got "
+                         f"{sorted({(q.height, q.width) for q in prepared})}")
+    inits = [make_init(p.settings, q, p.init_image) for p, q in zip(pictures, prepared)]
+    # per scale: each content at this scale's size (colour preservation) and the iterations done before it
+    scale: dict = {"content": [images.to_array(q.content) if q.content is not None else None for q in prepared],
                    "offset": 0}
 
-    def finish(image: torch.Tensor) -> np.ndarray:
+    def finish(index: int, image: torch.Tensor) -> np.ndarray:
         out = np.clip(images.to_array(image), 0.0, 1.0)
-        if settings.preserve_colors and scale["content"] is not None:
-            out = images.preserve_colors(out, scale["content"])
+        if pictures[index].settings.preserve_colors and scale["content"][index] is not None:
+            out = images.preserve_colors(out, scale["content"][index])
         return out
 
     loop_callback = None
     if callback is not None:
         def loop_callback(record: Record, image: torch.Tensor) -> None:
             # iterations count across scales; the record's height/width say which scale it is
-            callback(dataclasses.replace(record, iteration=record.iteration + scale["offset"]), lambda: finish(image))
+            callback(dataclasses.replace(record, iteration=record.iteration + scale["offset"]),
+                     lambda: finish(record.index, image))
 
-    with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
-        step = make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
-                         device=settings.device, precision=settings.precision, provider=settings.provider)
-    records: list[Record] = []
+    owned = step is None
+    if step is None:
+        step = build_step(settings, weights, loss)
+    else:
+        step.set_loss(loss)
+    records: list[list[Record]] = [[] for _ in pictures]
+    results: list[Result] = []  # the last finished scale's
+    blends = [p.settings.style_blend for p in pictures]
     try:
         for index, (size, iterations) in enumerate(plan):
             try:
-                if index:
-                    prepared = prepare(content, styles, settings, size)
-                    init = images.resize_tensor(result.image.detach().cpu(), prepared.height, prepared.width)
-                    scale["content"] = images.to_array(prepared.content) if prepared.content is not None else None
-                scale["offset"] = len(records)
-                tile = tile_for_scale(settings, loss, prepared.height, prepared.width)
+                if index:  # one picture (checked above)
+                    prepared = [prepare(pictures[0].content, pictures[0].styles, settings, size)]
+                    inits = [images.resize_tensor(results[0].image.detach().cpu(), prepared[0].height,
+                                                  prepared[0].width)]
+                    scale["content"] = [images.to_array(prepared[0].content)
+                                        if prepared[0].content is not None else None]
+                scale["offset"] = len(records[0])
+                tile = tile_for_scale(settings, loss, prepared[0].height, prepared[0].width)
+                if tile is not None and len(pictures) > 1:
+                    raise ValueError("a tiled step runs one picture at a time")
                 tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
-                part = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
-                                        prepared, init, loop_callback, targets_step=tiled, offset=scale["offset"])
+                parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
+                                         prepared, inits, loop_callback, blends=blends, targets_step=tiled,
+                                         offset=scale["offset"])
             except KeyboardInterrupt:
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:
                     raise
-                result = Result(result.image, len(records), "interrupted", records, result.distances)
+                results = [Result(r.image, len(rec), "interrupted", rec, r.distances)
+                           for r, rec in zip(results, records)]
                 break
-            records += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
-            result = Result(part.image, len(records), part.stopped, records, part.distances)
-            if part.stopped is not None:
+            for part, rec in zip(parts, records):
+                rec += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
+            results = [Result(part.image, len(rec), part.stopped, rec, part.distances)
+                       for part, rec in zip(parts, records)]
+            if any(part.stopped is not None for part in parts):
                 break
     finally:
-        step.close()
-    return finish(result.image), result
+        if owned:
+            step.close()
+    return [(finish(i, r.image), r) for i, r in enumerate(results)]

@@ -170,7 +170,7 @@ def test_lbfgs_keeps_only_the_history_asked_for(make_image):
     for _ in range(6):
         opt.step(x, scales * (x - target))
     assert int((opt.ro != 0).sum()) == 2  # pairs in use
-    assert opt.pairs.shape == (2 * 3, 50)  # history + 1 slots of s and y
+    assert opt.pairs.shape == (1, 2 * 3, 50)  # one vector (a batch of one): history + 1 slots of s and y
     with pytest.raises(ConfigError, match="history"):
         optimise(FakeStep(), make_image(8, 8), iterations=1, history=0)
 

@@ -12,7 +12,6 @@ written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.cli import signals
 from styleengine.engine import images
-from styleengine.engine.stylise import Settings, check_run, stylise
+from styleengine.engine.stylise import Settings, check_run, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
 
@@ -62,7 +61,7 @@ class TraceWriter:
             self.file.close()
 
 
-def _check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
+def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
                  trace: Path | None) -> None:
     """Every file the job writes can be written, and none of them is one it reads."""
     total = sum(iters for _, iters in settings.scale_plan())
@@ -167,21 +166,17 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from styleengine.model.weights import load_weights
-
     texture = content is None
     # 1. everything cheap first: settings, the files to write, images, sizes and memory; then weights
     settings.validate(texture=texture)
-    _check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
     content_array = images.load_image(content) if content is not None else None
     style_arrays = [images.load_image(p) for p in styles]
     check_run(settings, content_array.shape[:2] if content_array is not None else None,
               [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
               style_labels=[f"style image {p}" for p in styles])
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
-    weights = load_weights(settings.model, settings.weights, seed=settings.seed)
-    if convention:
-        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
+    weights = load_run_weights(settings, convention)
     if settings.precision == "auto":
         settings = settings.resolved()
         console.print(f"precision auto: {settings.precision} (the fastest that passes validation on this device; "

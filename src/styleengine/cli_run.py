@@ -110,6 +110,34 @@ Weighting = Annotated[str, typer.Option(
                         "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).")]
 MemBudget = Annotated[Optional[float], typer.Option(
     "--mem-budget", help="Choose the tile size for this many GiB (ignored with --tile).")]
+Init = Annotated[str, typer.Option("--init", help="noise, content, style or an image path.")]
+ContentWeight = Annotated[float, typer.Option("--content-weight", help="alpha, the content loss weight.")]
+ContentLayers = Annotated[str, typer.Option("--content-layers", help="Comma-separated layers, e.g. relu4_2.")]
+PreserveColors = Annotated[bool, typer.Option(
+    "--preserve-colors/--no-preserve-colors", help="Keep the content's colours; transfer luminance only.")]
+
+_FLAG_FIELDS = {"iters": "iterations", "mem_budget": "mem_budget_gib"}  # flag name -> Settings field
+_LAYER_LISTS = ("content_layers", "style_layers")
+_NUMBER_LISTS = ("style_layer_weights", "style_blend")
+
+
+def settings_from(flags: dict[str, Any]) -> Settings:
+    """Settings from a command's parameters (its locals()): flags renamed to their fields, comma lists split;
+    parameters that are not settings (paths, convention overrides) are left out."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for name, value in flags.items():
+        field = _FLAG_FIELDS.get(name, name)
+        if field not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in _LAYER_LISTS:
+            value = _split(value, flag)
+        elif name in _NUMBER_LISTS:
+            value = _floats(value, flag)
+        values[field] = value
+    return Settings(**values)
+
 
 def run(
     content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)],
@@ -121,25 +149,21 @@ def run(
     lr: Lr = d.lr,
     lbfgs_history: History = d.lbfgs_history,
     lbfgs_max_step: MaxStep = d.lbfgs_max_step,
-    init: Annotated[str, typer.Option("--init", help="noise, content, style or an image path.")] = d.init,
+    init: Init = d.init,
     seed: Seed = d.seed,
     model: Model = d.model,
     weights: Weights = d.weights,
     pooling: Pooling = d.pooling,
-    content_weight: Annotated[float, typer.Option("--content-weight", help="alpha, the content loss weight.")
-                              ] = d.content_weight,
+    content_weight: ContentWeight = d.content_weight,
     style_weight: StyleWeight = d.style_weight,
     tv_weight: TvWeight = d.tv_weight,
     weighting: Weighting = d.weighting,
-    content_layers: Annotated[str, typer.Option("--content-layers", help="Comma-separated layers, e.g. relu4_2.")
-                              ] = csv(d.content_layers),
+    content_layers: ContentLayers = csv(d.content_layers),
     style_layers: StyleLayers = csv(d.style_layers),
     style_layer_weights: LayerWeights = None,
     style_blend: Blend = None,
     style_scale: StyleScale = d.style_scale,
-    preserve_colors: Annotated[bool, typer.Option(
-        "--preserve-colors/--no-preserve-colors", help="Keep the content's colours; transfer luminance only.")
-    ] = d.preserve_colors,
+    preserve_colors: PreserveColors = d.preserve_colors,
     save_every: SaveEvery = d.save_every,
     trace: Trace = None,
     distance_every: DistanceEvery = d.distance_every,
@@ -158,18 +182,7 @@ def run(
     mem_budget: MemBudget = d.mem_budget_gib,
 ) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
-    settings = Settings(
-        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
-        lbfgs_max_step=lbfgs_max_step, init=init,
-        seed=seed, model=model,
-        weights=weights, pooling=pooling, content_layers=_split(content_layers, "--content-layers"),
-        style_layers=_split(style_layers, "--style-layers"),
-        style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, weighting=weighting,
-        style_blend=_floats(style_blend, "--style-blend"), style_scale=style_scale,
-        preserve_colors=preserve_colors, backend=backend, provider=provider, device=device,
-        precision=precision, save_every=save_every, distance_every=distance_every, scales=scales, start_size=start_size,
-        iters_per_scale=iters_per_scale, tile=tile, mem_budget_gib=mem_budget)
+    settings = settings_from(locals())
     execute(content=content, styles=styles, output=output, settings=settings, trace=trace,
             convention=_convention_changes(channel_order, pixel_range, mean, std))
 
@@ -212,17 +225,6 @@ def texture(
     mem_budget: MemBudget = d.mem_budget_gib,
 ) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
-    settings = Settings(
-        size=size, iterations=iters, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
-        lbfgs_max_step=lbfgs_max_step, init=init,
-        seed=seed, model=model,
-        weights=weights, pooling=pooling, style_layers=_split(style_layers, "--style-layers"),
-        style_layer_weights=_floats(style_layer_weights, "--style-layer-weights"),
-        style_weight=style_weight, tv_weight=tv_weight, weighting=weighting,
-        style_blend=_floats(style_blend, "--style-blend"),
-        style_scale=style_scale, backend=backend, provider=provider, device=device, precision=precision,
-        save_every=save_every, distance_every=distance_every, scales=scales, start_size=start_size,
-        iters_per_scale=iters_per_scale,
-        tile=tile, mem_budget_gib=mem_budget)
+    settings = settings_from(locals())
     execute(content=None, styles=styles, output=output, settings=settings, trace=trace,
             convention=_convention_changes(channel_order, pixel_range, mean, std))

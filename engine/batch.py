@@ -1,0 +1,562 @@
+"""Many pictures in one process: jobs, their settings hash, the manifest, warm steps, shape groups.
+
+A job is one `styleengine run`: a content image, style images with blend
+weights, an output path, and per-job overrides of the batch's Settings. The
+caller (cli_batch, or a Ray actor through engine/batch_ray.py) plans the
+jobs against the manifest of an earlier run (`plan`: skipped where the
+output exists with the same settings hash), then runs what is left
+(`run_jobs`) with one `Warm` (weights loaded once, each step built once
+per model, weights, pooling, layers, precision, backend and device) and
+records each finished job (`record`: the image written atomically, then
+one manifest line). Jobs of one shape and one loss (`group_key`) are
+optimised together in batches on the torch backend; graph backends,
+coarse to fine and tiling run one job at a time on the warm step.
+
+No printing, no argument parsing: a UserError of one job (a bad image, a
+size too small for it) fails that job with its one-line message; anything
+else is a bug and propagates.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from styleengine.choices import INITS
+from styleengine.engine import images
+from styleengine.engine.stylise import (Picture, Settings, available_memory, batch_key, build_step, check_run,
+                                       lbfgs_history, lbfgs_pair_bytes, load_run_weights, stylise_batch)
+from styleengine.engine.tiled import tile_for_budget
+from styleengine.errors import ConfigError, UserError
+
+MANIFEST = "manifest.jsonl"  # in the output folder
+# per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
+# input convention and snapshots belong to the whole batch (one process, one warm device)
+OVERRIDES: dict[str, Callable[[Any], Any]] = {}
+_ALIASES = {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend"}
+_JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
+# image suffixes --contents / --styles folders are read for
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _text_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
+    return tuple(str(v) for v in value)
+
+
+def _number_list(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in _text_list(value))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None or (isinstance(value, str) and value.strip() == "") else convert(value)
+
+
+for _name in ("size", "iterations", "seed"):
+    OVERRIDES[_name] = int
+for _name in ("lbfgs_history", "scales", "start_size", "iters_per_scale", "tile"):
+    OVERRIDES[_name] = _optional(int)
+for _name in ("content_weight", "style_weight", "tv_weight", "style_scale", "lbfgs_max_step"):
+    OVERRIDES[_name] = float
+for _name in ("lr", "mem_budget_gib"):
+    OVERRIDES[_name] = _optional(float)
+for _name in ("optimizer", "init", "model", "weights", "pooling", "weighting"):
+    OVERRIDES[_name] = str
+for _name in ("content_layers", "style_layers"):
+    OVERRIDES[_name] = _text_list
+for _name in ("style_layer_weights", "style_blend"):
+    OVERRIDES[_name] = _optional(_number_list)
+OVERRIDES["preserve_colors"] = _flag
+
+
+@dataclass(frozen=True)
+class Job:
+    """One picture to make: `content` styled by `styles` (blend weights in overrides["style_blend"])."""
+
+    id: str
+    content: Path
+    styles: tuple[Path, ...]
+    output: Path
+    overrides: tuple[tuple[str, Any], ...] = ()  # (Settings field, value), sorted by field
+
+    def settings(self, base: Settings) -> Settings:
+        """The batch's settings with this job's overrides."""
+        return dataclasses.replace(base, **dict(self.overrides))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "content": str(self.content), "styles": [str(p) for p in self.styles],
+                "output": str(self.output), "overrides": dict(self.overrides)}
+
+
+def _overrides(raw: dict[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        if name not in OVERRIDES:
+            raise ConfigError(f"{where}: {key!r} is not a per-job setting; choose from "
+                              f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES)))}")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # an empty CSV cell: the batch's value
+        try:
+            values[name] = OVERRIDES[name](value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: bad {key} {value!r} ({e})") from None
+    return tuple(sorted(values.items()))
+
+
+def _default_output(content: Path, styles: Iterable[Path]) -> str:
+    return f"{content.stem}__{'+'.join(p.stem for p in styles)}.png"
+
+
+def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
+    content = raw.get("content")
+    styles = raw.get("styles", raw.get("style"))
+    if not content or not styles:
+        raise ConfigError(f"{where}: a job needs a content image and at least one style image")
+    content_path = base_dir / str(content).strip()
+    style_paths = tuple(base_dir / s for s in _text_list(styles))
+    output = str(raw.get("output") or "").strip() or _default_output(content_path, style_paths)
+    job_id = str(raw.get("id") or "").strip() or str(Path(output).with_suffix(""))
+    extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
+    return Job(job_id, content_path, style_paths, out_dir / output, _overrides(extra, where))
+
+
+def load_jobs(path: Path, out_dir: Path) -> list[Job]:
+    """Jobs from a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated).
+
+    Keys: content, styles (or style), output (relative to out_dir; default
+    CONTENT__STYLE.png), id (default: the output's path without suffix), and
+    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
+    the flags spell them). Image paths are relative to the jobs file's folder.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
+    base_dir = path.parent
+    jobs: list[Job] = []
+    if path.suffix.lower() == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: a job is a JSON object")
+            jobs.append(_job(raw, where, base_dir, out_dir))
+    elif path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for number, row in enumerate(reader, 2):
+            if None in row:
+                raise ConfigError(f"{path} line {number}: more cells than the header has columns")
+            jobs.append(_job(row, f"{path} line {number}", base_dir, out_dir))
+    else:
+        raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
+    check_unique(jobs)
+    return jobs
+
+
+def _images_in(folder: Path, what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is not a folder")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise ConfigError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def pair_jobs(contents: Path, styles: Path, out_dir: Path) -> list[Job]:
+    """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
+    jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
+            for c in _images_in(Path(contents), "--contents") for s in _images_in(Path(styles), "--styles")]
+    check_unique(jobs)
+    return jobs
+
+
+def check_unique(jobs: list[Job]) -> None:
+    """ConfigError if two jobs share an id or an output file."""
+    for what, key in (("id", lambda j: j.id), ("output", lambda j: str(Path(os.path.abspath(j.output))))):
+        seen: set[str] = set()
+        for job in jobs:
+            if key(job) in seen:
+                raise ConfigError(f"two jobs have the {what} {key(job)}; each job needs its own")
+            seen.add(key(job))
+
+
+# ------------------------------------------------------------------ hashes and the manifest
+
+def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
+    """sha256 of a file's bytes (ImageError-free: an unreadable file raises OSError)."""
+    key = os.path.abspath(path)
+    if cache is not None and key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if cache is not None:
+        cache[key] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], digests: dict[str, str]) -> str:
+    """sha256 of what decides the picture: the resolved Settings (with the job's overrides), the input
+    convention overrides, the job's overrides, and the bytes of every file read (content, styles, an init
+    image, a weights file). OSError if a file cannot be read. 16 hex digits."""
+    files = [job.content, *job.styles]
+    if settings.init not in INITS:
+        files.append(Path(settings.init))
+    if settings.weights not in ("imagenet", "random"):
+        files.append(Path(settings.weights))
+    payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
+               "convention": _jsonable(convention), "overrides": _jsonable(dict(job.overrides)),
+               "files": [file_digest(p, digests) for p in files]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Manifest:
+    """The results manifest: one JSON object a line, appended as jobs finish.
+
+    Each line goes out in one write() on a file opened with O_APPEND and is
+    fsync'd: a crash leaves whole lines (a torn last line, possible only on
+    power loss, is ignored when read back)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> list[dict[str, Any]]:
+        """The lines written so far (none if there is no manifest yet)."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        lines = []
+        for line in text.splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line
+        return lines
+
+    def append(self, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def done(self) -> dict[str, str]:
+        """job id -> settings hash of its latest "ok" line."""
+        return {e["id"]: e["settings_hash"] for e in self.read() if e.get("status") == "ok" and "id" in e}
+
+
+# ------------------------------------------------------------------ planning
+
+@dataclass
+class Planned:
+    """A job with its resolved settings, its hash and what to do with it."""
+
+    job: Job
+    settings: Settings | None  # None: the settings themselves are bad (status "failed")
+    hash: str | None
+    status: str  # "run", "skipped" or "failed"
+    reason: str | None = None
+
+
+@dataclass
+class JobResult:
+    """A finished job: the manifest's fields, and the image to write for an "ok" job."""
+
+    job: Job
+    status: str  # "ok", "failed" or "skipped"
+    reason: str | None
+    settings_hash: str | None
+    seconds: float = 0.0
+    device: str | None = None
+    iterations: int = 0
+    losses: dict[str, float] | None = None
+    distances: dict[str, Any] | None = None
+    batch: int = 1  # how many jobs were optimised together with this one (itself included)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def manifest_line(self) -> dict[str, Any]:
+        return {"id": self.job.id, "status": self.status, "reason": self.reason, "output": str(self.job.output),
+                "settings_hash": self.settings_hash, "seconds": round(self.seconds, 3), "device": self.device,
+                "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
+                "batch": self.batch}
+
+
+def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str]) -> list[Planned]:
+    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.done) has the
+    same hash for it; "failed" where its settings are bad or a file cannot be read."""
+    digests: dict[str, str] = {}
+    planned = []
+    for job in jobs:
+        try:
+            settings = job.settings(base)
+            settings.validate()
+            settings = settings.resolved()
+            digest = settings_hash(job, settings, convention, digests)
+        except UserError as e:
+            planned.append(Planned(job, None, None, "failed", _one_line(e)))
+            continue
+        except OSError as e:
+            planned.append(Planned(job, None, None, "failed",
+                                   f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
+            continue
+        skip = done.get(job.id) == digest and job.output.is_file()
+        planned.append(Planned(job, settings, digest, "skipped" if skip else "run"))
+    return planned
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def record(result: JobResult, manifest: Manifest) -> JobResult:
+    """Write an "ok" job's image (atomically), then its manifest line. A failed write turns the job into a
+    failed one (its line says why). Returns what was recorded."""
+    if result.status == "ok":
+        try:
+            images.save_image(result.image, result.job.output)
+        except UserError as e:
+            result = dataclasses.replace(result, status="failed", reason=_one_line(e))
+    manifest.append(result.manifest_line())
+    return result
+
+
+# ------------------------------------------------------------------ running
+
+class Warm:
+    """What one process keeps across jobs: the weights, loaded once per (model, weights, seed of random
+    weights, convention), and the steps, built once per (model, weights, pooling, content and style layers,
+    precision, backend, device, provider). Close it (or use it as a context manager) to free the steps."""
+
+    def __init__(self, convention: dict[str, Any] | None = None):
+        self.convention = dict(convention or {})
+        self._weights: dict[tuple, Any] = {}
+        self._steps: dict[tuple, Any] = {}
+        self.steps_built = 0
+
+    def weights(self, settings: Settings):
+        seed = settings.seed if settings.weights == "random" else None
+        key = (settings.model, settings.weights, seed)
+        if key not in self._weights:
+            self._weights[key] = load_run_weights(settings, self.convention)
+        return self._weights[key]
+
+    def step(self, settings: Settings, texture: bool = False):
+        """The warm step for these resolved settings (built on first use); its loss weights are set by
+        whoever runs it (stylise)."""
+        weights = self.weights(settings)
+        loss = settings.loss_config(texture=texture)
+        key = (settings.model, weights.sha256, settings.pooling, loss.content_layers, loss.style_layers,
+               settings.precision, settings.backend, settings.device, settings.provider)
+        if key not in self._steps:
+            self._steps[key] = build_step(settings, weights, loss)
+            self.steps_built += 1
+        return self._steps[key]
+
+    def close(self) -> None:
+        for step in self._steps.values():
+            step.close()
+        self._steps.clear()
+
+    def __enter__(self) -> "Warm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def device_name(settings: Settings) -> str:
+    if settings.backend == "torch":
+        from styleengine.engine.steps import resolve_device
+
+        return str(resolve_device(settings.device))
+    return f"{settings.backend}:{settings.provider}"
+
+
+def _load(job: Job, settings: Settings) -> Picture:
+    """The job's images, checked against its settings (check_run): UserError with one line."""
+    content = images.load_image(job.content)
+    styles = [images.load_image(p) for p in job.styles]
+    check_run(settings, content.shape[:2], [s.shape[:2] for s in styles], content_label=f"content image {job.content}",
+              style_labels=[f"style image {p}" for p in job.styles])
+    init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    return Picture(content, styles, settings, init_image)
+
+
+def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:
+    distances = getattr(result, "distances", None)  # the loop's Result may carry style/content distances
+    if distances is not None:
+        distances = _jsonable(distances)
+    last = result.records[-1] if result.records else None
+    losses = ({"loss": last.loss, "content": last.content_loss, "style": last.style_loss, "tv": last.tv_loss}
+              if last is not None else None)
+    if result.stopped == "non-finite loss":
+        return JobResult(item.job, "failed", f"the loss became non-finite after {result.iterations} iterations",
+                         item.hash, seconds, device, result.iterations, losses, distances, batch)
+    return JobResult(item.job, "ok", None, item.hash, seconds, device, result.iterations, losses, distances,
+                     batch, image)
+
+
+def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
+    """Run planned jobs together (one job: alone) on the warm step: jobs whose images fail their checks
+    fail with the one-line reason; the others, if their outputs share one shape, go through stylise_batch
+    as one batch (else one by one). Ctrl-C (the loop stopped "interrupted") is raised as KeyboardInterrupt:
+    nothing of the batch is recorded."""
+    results: list[JobResult] = []
+    loaded: list[tuple[Planned, Picture]] = []
+    for item in items:
+        assert item.settings is not None and item.status == "run"
+        start = time.perf_counter()
+        try:
+            loaded.append((item, _load(item.job, item.settings)))
+        except UserError as e:
+            results.append(JobResult(item.job, "failed", _one_line(e), item.hash, time.perf_counter() - start,
+                                     device_name(item.settings)))
+    shapes: dict[tuple[int, int], list[tuple[Planned, Picture]]] = {}
+    for item, picture in loaded:
+        shapes.setdefault(output_shape(item.settings, picture.content.shape[:2]), []).append((item, picture))
+    for members in shapes.values():
+        chunks = [members] if len(members) > 1 and batchable(members[0][0].settings) else [[m] for m in members]
+        for chunk in chunks:
+            results += _run_together(chunk, warm)
+    return results
+
+
+def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[JobResult]:
+    settings = members[0][0].settings
+    start = time.perf_counter()
+    try:
+        out = stylise_batch([picture for _, picture in members], weights=warm.weights(settings),
+                            step=warm.step(settings))
+    except UserError as e:  # a check that needs the run itself (there are none today beyond _load's)
+        return [JobResult(item.job, "failed", _one_line(e), item.hash, time.perf_counter() - start,
+                          device_name(settings)) for item, _ in members]
+    if any(result.stopped == "interrupted" for _, result in out):
+        raise KeyboardInterrupt
+    seconds = (time.perf_counter() - start) / len(members)  # a batch's time, shared
+    return [_finished(item, result, image, seconds, device_name(settings), len(members))
+            for (item, _), (image, result) in zip(members, out)]
+
+
+def output_shape(settings: Settings, content_shape: tuple[int, int]) -> tuple[int, int]:
+    return images.long_side_shape(content_shape[0], content_shape[1], settings.size)
+
+
+def batchable(settings: Settings) -> bool:
+    """Whether jobs with these settings may be optimised together: the torch backend, one scale, untiled
+    (a memory budget that asks for tiles is checked per shape by batch_size_for)."""
+    return settings.backend == "torch" and len(settings.scale_plan()) == 1 and settings.tile is None
+
+
+MAX_BATCH = 16  # beyond this a CPU gains nothing and a GPU little (the step is already wide)
+
+
+def batch_size_for(settings: Settings, shape: tuple[int, int]) -> int:
+    """How many jobs of this output shape fit in memory together: the largest B <= MAX_BATCH whose B
+    images, taken as one image of B times the pixels (the step's memory grows with pixels), fit untiled by
+    tile_for_budget's estimate, with B L-BFGS histories, in the memory budget (else the memory available).
+    At least 1."""
+    height, width = shape
+    loss = settings.loss_config()
+    budget = settings.mem_budget_gib if settings.mem_budget_gib is not None else available_memory(settings) / 2**30
+    history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
+    best = 1
+    for count in range(2, MAX_BATCH + 1):
+        other = count * history * lbfgs_pair_bytes(height, width)
+        try:
+            fits = tile_for_budget(budget, settings.model, loss, height * count, width, other_bytes=other) is None
+        except ConfigError:
+            fits = False
+        if not fits:
+            break
+        best = count
+    return best
+
+
+def _probe_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header (EXIF rotation applied, as load_image does); None if PIL
+    cannot tell (the job fails when it is loaded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # load_image will say what it is
+        return None
+    return height, width
+
+
+def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Planned]]:
+    """The jobs to run, in batches: jobs with equal batch_key()s and one output shape (by the files'
+    headers) go together, up to batch_size (None: batch_size_for the shape); the rest alone. Order: first
+    appearance."""
+    runnable = [item for item in items if item.status == "run"]
+    keyed: dict[Any, list[Planned]] = {}
+    for number, item in enumerate(runnable):
+        assert item.settings is not None
+        shape = _probe_shape(item.job.content) if batchable(item.settings) and batch_size != 1 else None
+        key = ((batch_key(item.settings), output_shape(item.settings, shape)) if shape is not None
+               else ("alone", number))
+        keyed.setdefault(key, []).append(item)
+    out: list[list[Planned]] = []
+    for key, members in keyed.items():
+        size = batch_size or (batch_size_for(members[0].settings, key[1]) if key[0] != "alone" else 1)
+        out += [members[i:i + size] for i in range(0, len(members), size)]
+    return out
+
+
+def run_jobs(items: list[Planned], warm: Warm, batch_size: int | None = None) -> Iterator[JobResult]:
+    """Run the planned jobs whose status is "run", a batch at a time (groups), yielding each job as its
+    batch finishes."""
+    for members in groups(items, batch_size):
+        yield from run_batch(members, warm)
+
+
+def unrun(item: Planned) -> JobResult:
+    """The JobResult of a job that is not run: skipped, or failed at planning."""
+    return JobResult(item.job, item.status, item.reason, item.hash)

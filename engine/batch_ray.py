@@ -1,0 +1,132 @@
+"""`styleengine batch --ray`: the same jobs on a Ray cluster, one warm worker per GPU (or group of CPUs).
+
+Ray is imported only here, and only when --ray is given (`import_ray`). The
+driver (this process) plans the jobs and records every result, exactly as
+the local run does (engine/batch.py's `record`), so the manifest and the
+outputs are the same; the workers only compute. Work goes out as the local
+run's shape groups (`batch.groups`), one task per idle actor; each actor
+keeps a `Warm` (weights and steps) for its life and splits a group into
+batches its own device's memory allows (`batch.run_jobs`).
+
+Failures, by Ray's own mechanisms: actors are created with `max_restarts`
+and `max_task_retries`, so a worker process that crashes is restarted by
+Ray and its task re-run there; an actor that is gone for good (ray.kill, a
+lost node) fails its task with RayActorError, and the driver puts that
+group back in the queue for the actors still alive. A group is recorded
+once, when its task returns, so nothing is written twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections import deque
+from typing import Any, Iterator
+
+from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
+from styleengine.errors import UnavailableError
+
+RESTARTS = 2  # Ray restarts a crashed worker this many times, re-running its task (max_task_retries)
+CPUS_PER_WORKER = 4  # on a cluster without GPUs: one worker per this many CPUs (fewer if the cluster has fewer)
+
+
+@contextlib.contextmanager
+def _keeping_signal_handlers():
+    """ray.init installs its own SIGTERM handler (and leaves it after shutdown); the caller's stay (the CLI's
+    turn SIGTERM into KeyboardInterrupt, see cli.py)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def import_ray() -> Any:
+    """The ray module, or UnavailableError with the install line."""
+    try:
+        import ray
+    except ImportError:
+        raise UnavailableError("--ray needs Ray: pip install 'styleengine[ray]'") from None
+    return ray
+
+
+class _Worker:
+    """A Ray actor's body: one Warm for its life; run() returns JobResults (images included) to the driver."""
+
+    def __init__(self, convention: dict[str, Any]):
+        self.warm = Warm(convention)
+
+    def run(self, items: list[Planned], batch_size: int | None) -> list[JobResult]:
+        return list(run_jobs(items, self.warm, batch_size))
+
+
+class RayRunner:
+    """Runs planned jobs on a Ray cluster. address: "auto" (ray.init()'s own search: RAY_ADDRESS, a cluster
+    started on this machine, else a new local one) or a cluster's address. If Ray is already initialised in
+    this process, that cluster is used and left running."""
+
+    def __init__(self, address: str, *, convention: dict[str, Any] | None = None, batch_size: int | None = None,
+                 cpus_per_worker: int | None = None):
+        ray = self.ray = import_ray()
+        self.started = not ray.is_initialized()
+        if self.started:
+            with _keeping_signal_handlers():
+                ray.init(address=None if address == "auto" else address, include_dashboard=False,
+                         log_to_driver=False)
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        if gpus:
+            count, options = gpus, {"num_gpus": 1, "num_cpus": 1}
+        else:
+            per = max(1, min(cpus, cpus_per_worker or CPUS_PER_WORKER))
+            count, options = max(1, cpus // per), {"num_cpus": per}
+        actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(_Worker)
+        self.actors = [actor.remote(dict(convention or {})) for _ in range(count)]
+        self.batch_size = batch_size
+        self.in_flight: dict[Any, tuple[Any, list[Planned]]] = {}  # task -> (actor, its group)
+        self.resubmitted = 0  # groups put back after their actor died
+
+    def run(self, planned: list[Planned]) -> Iterator[JobResult]:
+        """Each job's result as its group comes back (any order)."""
+        ray = self.ray
+        # the driver groups by shape with the largest batch; each worker splits by its own memory
+        queue = deque(groups(planned, self.batch_size or MAX_BATCH))
+        idle = list(self.actors)
+        while queue or self.in_flight:
+            while queue and idle:
+                actor, group = idle.pop(0), queue.popleft()
+                self.in_flight[actor.run.remote(group, self.batch_size)] = (actor, group)
+            if not self.in_flight:
+                raise UnavailableError(f"every Ray worker died; {sum(len(g) for g in queue)} jobs were not run "
+                                       f"(the same command resumes)")
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+            actor, group = self.in_flight.pop(ready[0])
+            try:
+                results = ray.get(ready[0])
+            except ray.exceptions.RayActorError:
+                queue.appendleft(group)  # its actor is gone: another one runs the group
+                self.resubmitted += 1
+                continue
+            idle.append(actor)
+            yield from results
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self.started:
+            self.ray.shutdown()
+
+
+def run_jobs_ray(planned: list[Planned], address: str, *, convention: dict[str, Any] | None = None,
+                 batch_size: int | None = None) -> Iterator[JobResult]:
+    """batch.run_jobs on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
+    runner = RayRunner(address, convention=convention, batch_size=batch_size)
+    try:
+        yield from runner.run(planned)
+    finally:
+        runner.close()

@@ -1,0 +1,177 @@
+"""`styleengine batch`: many jobs in one process (or on a Ray cluster), a manifest, resumable.
+
+Flags shared with `run` are run's own definitions (cli_run); the engine side
+is engine/batch.py. Order: (1) the batch's settings and the jobs (a bad
+jobs file or flag is one line and exit 1, nothing written); (2) per job,
+its settings, its hash and run's file checks (cli_job.check_files): a job
+that fails them, or whose output exists with the same hash, is recorded
+now; (3) the rest run, each recorded as it finishes (image, then manifest
+line, with signals held back meanwhile). Ctrl-C or SIGTERM stops the batch:
+what finished is recorded, the same command resumes. Exit 1 if any job
+failed.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from styleengine import paths
+from styleengine.cli import signals
+from styleengine.cli_job import check_files
+from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Device, History, Init, Iters,
+                                 LayerWeights, Lr, Mean, MemBudget, Model, Optimizer, PixelRange, Pooling,
+                                 Precision, PreserveColors, Provider, Scales, Seed, Size, StartSize, Std,
+                                 StyleLayers, StyleScale, StyleWeight, Tile, TvWeight, Weights, ChannelOrder,
+                                 ItersPerScale, MaxStep, Weighting, _convention_changes, csv, d, settings_from)
+from styleengine.engine import batch as engine
+from styleengine.errors import ConfigError, UserError
+
+
+def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path) -> list[engine.Job]:
+    if jobs_file is not None and (contents is not None or styles is not None):
+        raise ConfigError("give a jobs file or --contents and --styles, not both")
+    if jobs_file is not None:
+        return engine.load_jobs(jobs_file, out)
+    if contents is None or styles is None:
+        raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
+    return engine.pair_jobs(contents, styles, out)
+
+
+def _check(item: engine.Planned) -> engine.Planned:
+    """run's checks of the files a job reads and writes; a failure fails the job."""
+    if item.status != "run":
+        return item
+    job = item.job
+    try:
+        try:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot make folder {job.output.parent}: {e.strerror or e}") from None
+        check_files(content=job.content, styles=list(job.styles), output=job.output, settings=item.settings,
+                    trace=None)
+    except UserError as e:
+        return engine.Planned(job, item.settings, item.hash, "failed", str(e).splitlines()[0])
+    return item
+
+
+def batch(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the outputs and manifest.jsonl (made if missing).",
+                                      show_default=False)],
+    jobs: Annotated[Optional[Path], typer.Argument(
+        help="Jobs file: .jsonl (one object a line) or .csv (a header row): content, styles (';'-separated), "
+             "output (under --out), id, and per-job settings (size, iters, content_weight, style_weight, blend, "
+             "...; see README).", show_default=False)] = None,
+    contents: Annotated[Optional[Path], typer.Option(
+        "--contents", help="Folder of content images: every one with every --styles image.")] = None,
+    styles: Annotated[Optional[Path], typer.Option("--styles", help="Folder of style images.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Jobs of one shape optimised together (torch backend; default: as many as the "
+                             "memory budget or free memory allows, up to 16; 1: one by one).")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Run on a Ray cluster: auto (the one this machine belongs to, else a local one) or its "
+                      "address. Needs styleengine[ray].")] = None,
+    size: Size = d.size,
+    iters: Iters = d.iterations,
+    optimizer: Optimizer = d.optimizer,
+    lr: Lr = d.lr,
+    lbfgs_history: History = d.lbfgs_history,
+    lbfgs_max_step: MaxStep = d.lbfgs_max_step,
+    init: Init = d.init,
+    seed: Seed = d.seed,
+    model: Model = d.model,
+    weights: Weights = d.weights,
+    pooling: Pooling = d.pooling,
+    content_weight: ContentWeight = d.content_weight,
+    style_weight: StyleWeight = d.style_weight,
+    tv_weight: TvWeight = d.tv_weight,
+    weighting: Weighting = d.weighting,
+    content_layers: ContentLayers = csv(d.content_layers),
+    style_layers: StyleLayers = csv(d.style_layers),
+    style_layer_weights: LayerWeights = None,
+    style_blend: Blend = None,
+    style_scale: StyleScale = d.style_scale,
+    preserve_colors: PreserveColors = d.preserve_colors,
+    device: Device = d.device,
+    backend: Backend = d.backend,
+    provider: Provider = d.provider,
+    precision: Precision = d.precision,
+    channel_order: ChannelOrder = None,
+    pixel_range: PixelRange = None,
+    mean: Mean = None,
+    std: Std = None,
+    scales: Scales = d.scales,
+    start_size: StartSize = d.start_size,
+    iters_per_scale: ItersPerScale = d.iters_per_scale,
+    tile: Tile = d.tile,
+    mem_budget: MemBudget = d.mem_budget_gib,
+) -> None:
+    """Stylise every job of JOBS (or every --contents image with every --styles image) into --out."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    settings = settings_from(locals())
+    settings.validate()
+    convention = _convention_changes(channel_order, pixel_range, mean, std)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if ray is not None:
+        from styleengine.engine.batch_ray import import_ray
+
+        import_ray()  # a clear error now if Ray is not installed
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the output folder {out}: {e.strerror or e}") from None
+    manifest = engine.Manifest(out / engine.MANIFEST)
+    paths.check_writable(manifest.path, "manifest")
+    job_list = _jobs(jobs, contents, styles, out)
+    if settings.backend != "torch":
+        from styleengine.export.cache import cache_root
+
+        paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
+    planned = [_check(item) for item in engine.plan(job_list, settings, convention, manifest.done())]
+    if settings.weights == "random":
+        console.print("[bold red]WARNING: --weights random: the network is untrained, so the outputs are NOT "
+                      "stylisations (random weights are for tests and timing only)[/]", soft_wrap=True)
+
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    total = len(planned)
+
+    def note(result: engine.JobResult) -> None:
+        counts[result.status] += 1
+        done = sum(counts.values())
+        detail = (f"{result.seconds:.1f} s" + (f", batch of {result.batch}" if result.batch > 1 else "")
+                  if result.status == "ok" else result.reason or "same settings hash, output exists")
+        console.print(f"[{done}/{total}] {result.status} {result.job.id} ({detail})", soft_wrap=True,
+                      highlight=False, markup=False)
+
+    for item in planned:
+        if item.status != "run":
+            with signals.shielded():
+                note(engine.record(engine.unrun(item), manifest))
+    warm = engine.Warm(convention) if ray is None else None
+    try:
+        if warm is None:
+            from styleengine.engine.batch_ray import run_jobs_ray
+
+            results = run_jobs_ray(planned, ray, convention=convention, batch_size=batch_size)
+        else:
+            results = engine.run_jobs(planned, warm, batch_size=batch_size)
+        for result in results:
+            with signals.shielded():
+                note(engine.record(result, manifest))
+    except KeyboardInterrupt:
+        signals.reported = True
+        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; "
+              f"the same command resumes ({manifest.path} has the rest)", file=sys.stderr)
+        raise typer.Exit(signals.exit_code) from None
+    finally:
+        if warm is not None:
+            warm.close()
+    console.print(f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed; manifest "
+                  f"{manifest.path}", soft_wrap=True, highlight=False)
+    if counts["failed"]:
+        raise typer.Exit(1)
