@@ -85,7 +85,10 @@ def test_jobs_file_manifest_and_skip(folder, monkeypatch, capsys):
         assert line["status"] == "ok" and line["reason"] is None, line
         assert Path(line["output"]).is_file()
         assert set(line["losses"]) == {"loss", "content", "style", "tv"} and line["device"] == "cpu"
-        assert line["distances"] is None  # the run Result carries no distances (yet)
+        distances = line["distances"]  # the final image's (engine/quality.py), per picture
+        assert 0 < distances["style"] < 10 and 0 <= distances["content"] < 10
+        per_layer = distances["style_layers"]
+        assert per_layer and abs(sum(per_layer.values()) / len(per_layer) - distances["style"]) < 1e-9
     assert lines["four"]["iterations"] == 2 and lines["one"]["iterations"] == 3
     assert (out / "sub" / "four.jpg").is_file()
     assert len({line["settings_hash"] for line in lines.values() if line["settings_hash"]}) == 6  # one per job
