@@ -81,8 +81,9 @@ class Runner:
         return image
 
     def save(self, image: Image.Image, name: str) -> None:
-        tmp = self.out / f".{name}.tmp.png"
-        image.save(tmp)
+        suffix = Path(name).suffix
+        tmp = self.out / f".{name}.tmp{suffix}"
+        image.save(tmp, **({"quality": 92} if suffix == ".jpg" else {}))
         os.replace(tmp, self.out / name)
 
     def write_log(self) -> None:
@@ -141,7 +142,7 @@ def sizes(r: Runner, images_dir: Path, small: int, large: int, iters: int, fine_
     r.save(to_uint8(a), f"sizes_{small}.png")
     b = r.run("sizes", content, style, size=large, start_size=round(small * 2**0.5), iters_per_scale=fine_iters,
               iterations=last_iters, precision="bf16", init=str(r.out / f"sizes_{small}.png"))
-    r.save(to_uint8(b), f"sizes_{large}.png")
+    r.save(to_uint8(b), f"sizes_{large}.jpg")  # a 2048 px PNG is 9 MB
     side = to_uint8(images.resize(b, small))
     r.save(grid([[to_uint8(a), side]], [""], [f"{small} px", f"{large} px (shown at {small})"],
                 f"the same pair and weights at {small} and {large} px"), "sizes.png")
