@@ -423,8 +423,9 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: list[Prepared],
                      inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
                      blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
-                     offset: int = 0) -> list[Result]:
-    """Targets at this size, the loop from the inits, then the distances of each result: one Result per picture.
+                     offset: int = 0, measure: bool = True) -> list[Result]:
+    """Targets at this size, the loop from the inits, then (measure) the distances of each result: one Result
+    per picture.
 
     One scale of a run; a coarse-to-fine run calls this per size (growing
     by sqrt(2)), each init the previous result upsampled. targets_step: the
@@ -453,6 +454,8 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
                              lr=settings.lr, callback=callback,
                              history=lbfgs_history(settings, prepared[0].height, prepared[0].width),
                              max_step=settings.lbfgs_max_step or None, read_at=read_at)
+    if not measure:  # a coarse scale of a run: its result is the next scale's start, not the answer
+        return results
     measured: list[Result] = []
     for result, target in zip(results, targets):
         if result.stopped == "interrupted" or (measured and measured[-1].stopped == "interrupted"):
@@ -599,7 +602,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
-                                         offset=scale["offset"])
+                                         offset=scale["offset"], measure=index == len(plan) - 1)
             except KeyboardInterrupt:
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:

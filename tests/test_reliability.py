@@ -445,8 +445,8 @@ def test_ctrl_c_between_scales_keeps_the_last_scale(monkeypatch, make_image):
     class InterruptedTargets(WrappedStep):
         def features(self, image, names):
             self.feature_calls = getattr(self, "feature_calls", 0) + 1
-            # scale 2's content features (scale 1: content, style, then its result's distances: style, content)
-            if self.feature_calls == 5:
+            # scale 2's content features (scale 1: content, then style; only the last scale measures distances)
+            if self.feature_calls == 3:
                 raise KeyboardInterrupt
             return self.inner.features(image, names)
 
