@@ -28,7 +28,7 @@ import time
 TOLERANCE = 1.05  # "the same distances": within 5% of the single-scale run's final ones
 
 
-def schedules(names: list[str], size: int, iters: int, coarse_iters: int, last_iters: int) -> dict[str, dict]:
+def schedules(names: list[str], iters: int, coarse_iters: int, last_iters: int) -> dict[str, dict]:
     """Settings overrides per schedule name: single, or fromN (coarse to fine from N px, `coarse_iters` at each
     coarser scale and `last_iters` at `size`)."""
     out = {}
@@ -70,8 +70,6 @@ def run_one(content, style, base, overrides: dict, every: int, weights) -> tuple
 
 def measure(snaps: list[dict], content, style, base, weights) -> list[dict]:
     """Distances of each snapshot at the final size (upsampled bicubic, as the next scale's init is)."""
-    import torch
-
     from styleengine.engine import images
     from styleengine.engine.backends import make_step
     from styleengine.engine.quality import distances
@@ -93,8 +91,6 @@ def measure(snaps: list[dict], content, style, base, weights) -> list[dict]:
             d = distances(step, x, targets, loss)
             out.append({"iteration": s["iteration"], "seconds": s["seconds"], "height": s["height"],
                         "width": s["width"], "style": d.style, "content": d.content})
-            del x
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
 
 
@@ -168,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Settings(size=args.size, model=args.model, weights=args.weights, backend=args.backend,
                     precision=args.precision, **extra).resolved()
     weights = load_weights(base.model, base.weights)
-    plans = schedules(args.schedules.split(","), args.size, args.iters, args.coarse_iters, args.last_iters)
+    plans = schedules(args.schedules.split(","), args.iters, args.coarse_iters, args.last_iters)
     curves: dict[str, list] = {name: [] for name in plans}
     runs: dict[str, list] = {name: [] for name in plans}
     for r in range(args.rounds):
