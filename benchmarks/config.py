@@ -44,7 +44,7 @@ ROW_KEYS = ("backend", "provider", "device", "precision", "threads", "height", "
             "median_s", "p10_s", "p90_s", "peak_rss_bytes", "peak_device_bytes", "gflop_per_iter", "gflops",
             "peak_fraction", "versions")
 EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup",
-              "tile", "tiles", "loop")
+              "tile", "tiles", "loop", "conv")
 COLUMNS = ROW_KEYS + EXTRA_KEYS
 SPEEDUP_NOTE = ("the first ok row's median at the same size and kind (step or loop) over this row's: the naive "
                 "loop on cpu at fp32 when it ran, so every row against what users run today, and GPU vs CPU")
@@ -128,12 +128,13 @@ class Config:
     pooling: str = DEFAULT_POOLING
     tile: int | None = None  # core size of the exact tiled step (engine/tiled.py); None: untiled
     loop: int = 0  # 0: time the step alone; N: time N whole iterations of the loop (step + optimiser)
+    conv: str | None = None  # the torch backend's convolutions (auto, direct, winograd); None for the others
 
     @property
     def key(self) -> tuple:
         """What a limit search and a speed-up compare across (everything but the size)."""
         return (self.backend, self.provider, self.device, self.precision, self.model, self.pooling, self.tile,
-                self.loop)
+                self.loop, self.conv)
 
     def at(self, height: int, width: int) -> "Config":
         return dataclasses.replace(self, height=height, width=width)
@@ -141,25 +142,27 @@ class Config:
 
 def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: list[str], devices: list[str],
            precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING,
-           tiles: list[int | None] = (None,), loop: int = 0) -> list[Config]:
+           tiles: list[int | None] = (None,), loop: int = 0, convs: list[str] = ("auto",)) -> list[Config]:
     """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT,
     each untiled and/or tiled as `tiles` lists (None: untiled); with `loop` N, each step row is followed
     by the same configuration timed over N whole iterations of the loop.
 
-    torch runs on each of `devices`; ort on each of `providers` (cpu -> cpu
+    torch runs on each of `devices`, with each of `convs`; ort on each of `providers` (cpu -> cpu
     tensors, cuda/tensorrt -> cuda tensors); tensorrt always on cuda.
     """
-    kinds: list[tuple[str, str | None, str]] = []
+    kinds: list[tuple[str, str | None, str, str | None]] = []
     for backend in backends:
-        if backend in ("naive", "torch"):
-            kinds += [(backend, None, d) for d in devices]
+        if backend == "naive":
+            kinds += [(backend, None, d, None) for d in devices]
+        elif backend == "torch":
+            kinds += [(backend, None, d, c) for d in devices for c in convs]
         elif backend == "ort":
-            kinds += [("ort", p, "cpu" if p == "cpu" else "cuda") for p in providers]
+            kinds += [("ort", p, "cpu" if p == "cpu" else "cuda", None) for p in providers]
         else:
-            kinds.append(("tensorrt", "tensorrt", "cuda"))
+            kinds.append(("tensorrt", "tensorrt", "cuda", None))
     loops = (0, loop) if loop else (0,)
-    return [Config(b, p, d, prec, h, w, model, pooling, tile, n)
-            for (h, w) in resolutions for n in loops for (b, p, d) in kinds for prec in precisions
+    return [Config(b, p, d, prec, h, w, model, pooling, tile, n, conv)
+            for (h, w) in resolutions for n in loops for (b, p, d, conv) in kinds for prec in precisions
             for tile in tiles if not (b == "naive" and (prec != "fp32" or tile))]
 
 
@@ -169,5 +172,6 @@ def series_name(row: dict) -> str:
     where = row["device"] if backend in ("naive", "torch") else (provider if provider and provider != backend else "")
     tile = f"tile {row['tile']}" if row.get("tile") else ""
     loop = "loop" if row.get("loop") else ""
-    return " ".join(p for p in (backend, where, row["precision"], tile, loop) if p)
+    conv = row.get("conv") if row.get("conv") not in (None, "auto") else ""  # auto: what it resolved to, once run
+    return " ".join(p for p in (backend, where, row["precision"], conv, tile, loop) if p)
 

@@ -20,8 +20,10 @@ import statistics
 import sys
 import time
 
-METHODS = {"naive": ("naive", "fp32"), "torch": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"),
-           "ort": ("ort", "fp32")}
+# name: (backend, precision, the torch backend's convolutions); "torch" is what `styleengine run` runs
+METHODS = {"naive": ("naive", "fp32", None), "torch": ("torch", "fp32", "auto"),
+           "torch-direct": ("torch", "fp32", "direct"), "torch-bf16": ("torch", "bf16", "auto"),
+           "ort": ("ort", "fp32", None)}
 
 
 def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> dict:
@@ -41,9 +43,9 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
     content, style, image = (torch.rand(1, 3, height, width, generator=gen) for _ in range(3))
     steps = {}
     for name in methods:
-        backend, precision = METHODS[name]
+        backend, precision, conv = METHODS[name]
         if backend != "naive":
-            steps[name] = make_step(backend, weights, loss, precision=precision)
+            steps[name] = make_step(backend, weights, loss, precision=precision, conv=conv or "auto")
             steps[name].set_targets(make_targets(steps[name], loss, content, [style]))
 
     def turn(name: str) -> float:
@@ -72,7 +74,9 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
             times[name].append(turn(name))
     base = methods[0]
     ratios = {name: [t / b for t, b in zip(times[name], times[base])] for name in methods[1:]}
+    convs = {name: step.conv for name, step in steps.items() if hasattr(step, "conv")}
     return {"height": height, "width": width, "loop": loop, "rounds": rounds, "threads": torch.get_num_threads(),
+            "torch_convs": convs,
             "cpu_isa": cpu_isa(), "times_s": times,
             "median_s": {name: statistics.median(v) for name, v in times.items()},
             "ratio_to": base, "ratio_median": {name: statistics.median(v) for name, v in ratios.items()},

@@ -26,7 +26,8 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
         "notes": {
             "weights": "random (seeded); timing does not depend on weight values",
             "speedup": SPEEDUP_NOTE,
-            "peak_fraction": "achieved GFLOP/s over the device's measured fp32 conv peak (bf16/fp16 may exceed 1)",
+            "peak_fraction": "achieved GFLOP/s over the device's measured fp32 conv peak (bf16/fp16 may exceed 1, "
+                             "and Winograd rows: they do fewer multiplications than the direct FLOP count)",
             "gflop_per_iter": "convolutions forward + input gradient + Gram terms, from the layer table",
             "tile": ("tiled rows (engine/tiled.py: exact, two passes over tiles with a halo) count the untiled "
                      "step's GFLOP, the useful work, so their GFLOP/s and speed-up show the tiling overhead; "

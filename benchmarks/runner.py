@@ -179,6 +179,7 @@ def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup
         "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
         "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
         "tile": config.tile, "tiles": d.get("tiles"), "loop": config.loop,
+        "conv": d.get("conv") or config.conv,
     }
     return row
 

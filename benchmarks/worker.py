@@ -178,7 +178,10 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     if spec["backend"] == "naive":
         return _run_naive(spec, weights, base, dog)
     step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
-                     precision=spec["precision"], provider=spec.get("provider") or "cpu")
+                     precision=spec["precision"], provider=spec.get("provider") or "cpu",
+                     conv=spec.get("conv") or "auto")
+    if spec["backend"] == "torch":
+        base["conv"] = step.conv  # what "auto" resolved to here
     tile = spec.get("tile")
     if tile:
         from styleengine.engine.tiled import TiledStep, tiles
@@ -284,7 +287,8 @@ def run_prepare(spec: dict) -> dict:
 
     weights = load_weights(spec["model"], "random")
     step = make_step(spec["backend"], weights, LossConfig(), pooling=spec["pooling"], device=spec["device"],
-                     precision=spec["precision"], provider=spec.get("provider") or "cpu")
+                     precision=spec["precision"], provider=spec.get("provider") or "cpu",
+                     conv=spec.get("conv") or "auto")
     step.close()
     return {"status": "ok", "reason": ""}
 

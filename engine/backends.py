@@ -9,15 +9,16 @@ from styleengine.model.weights import Weights
 
 
 def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
-              device: str = "cpu", precision: str = "fp32", provider: str = "cpu") -> Step:
+              device: str = "cpu", precision: str = "fp32", provider: str = "cpu", conv: str = "auto") -> Step:
     """A ready Step (call set_targets before stepping).
 
     backend "torch" runs on `device`; "ort" runs the exported step graph on
     ONNX Runtime's `provider`; "tensorrt" builds a TensorRT engine from it.
+    conv: the torch backend's convolution algorithm (engine/winograd.py); the graphs run their runtime's.
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "torch":
-        return TorchStep(weights, loss, pooling=pooling, device=device, precision=precision)
+        return TorchStep(weights, loss, pooling=pooling, device=device, precision=precision, conv=conv)
     if backend in ("ort", "tensorrt"):
         from styleengine.engine.ort_step import make_graph_step
 

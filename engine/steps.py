@@ -15,6 +15,7 @@ import torch
 
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets, content_loss, gram, style_grad_surrogate, total_loss
+from styleengine.engine.winograd import resolve_conv, use_winograd
 from styleengine.model.vgg import Pooling, VGGFeatures
 from styleengine.model.weights import Convention, Weights
 
@@ -140,7 +141,7 @@ class TorchStep(StepBase):
     """The reference: autograd through the frozen VGG, input gradient only."""
 
     def __init__(self, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
-                 device: str = "cpu", precision: str = "fp32"):
+                 device: str = "cpu", precision: str = "fp32", conv: str = "auto"):
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
         loss.validate(weights.model)
@@ -151,11 +152,16 @@ class TorchStep(StepBase):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.net = build_network(weights, loss.layers, pooling).to(self.device, dtype)
         # channels-last lets oneDNN pick its blocked kernels (bf16: 0.74 s vs 1.28 s fp32 at 512 px) and
-        # cuDNN its NHWC ones. Not for fp32 on the CPU: 0.93x the time at 384x512 on an AVX-512 CPU, but its
-        # gradient is 2.8e-4 from float64 (rel L2, VGG19 at 64 px) where NCHW's is 1.2e-6
+        # cuDNN its NHWC ones. Not for fp32 on the CPU: NNPACK reads NCHW, and direct channels-last (0.93x
+        # the time at 384x512) loses to Winograd (0.62x)
         fast_layout = precision == "bf16" or self.device.type == "cuda"
         self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
+        # fp32 on the CPU: Winograd (NNPACK) convolutions, ~0.4x oneDNN's direct ones (engine/winograd.py);
+        # conv="direct" is the reference the graphs are validated against
+        self.conv = resolve_conv(conv, self.device, dtype)
+        if self.conv == "winograd":
+            use_winograd(self.net)
         self.dtype = dtype
         self.scale, self.shift, self.perm = preprocess_params(weights.convention, self.device)
         self.perm_index = torch.tensor(self.perm, device=self.device)  # index_select: no host copy per call

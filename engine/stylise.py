@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, DEVICES, LBFGS_HISTORY, MODELS, OPTIMIZERS,
-                                 POOLINGS, PRECISIONS, PROVIDERS, check_choice)
+from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, CONV_ALGOS, DEVICES, LBFGS_HISTORY,
+                                 MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, PROVIDERS, check_choice)
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
@@ -79,6 +79,7 @@ class Settings:
     # "auto": fp32 on the CPU, on a GPU the fastest precision measured there that passes validation
     # (auto_precision); or "fp32", "bf16" (torch, ort), "fp16" (graph backends), "tf32" (tensorrt)
     precision: str = "auto"
+    conv: str = "auto"  # torch backend: "direct" (oneDNN), "winograd" (NNPACK, fp32 on the CPU) or "auto"
     save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
     # style and content distances (engine/quality.py) in the record of every N-th iteration (0: never; a
     # forward pass each); the result always has the final image's
@@ -134,6 +135,10 @@ class Settings:
         check_choice("provider", self.provider, PROVIDERS)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
+        check_choice("conv", self.conv, CONV_ALGOS)
+        if self.conv == "winograd" and (self.backend != "torch" or self.precision not in ("auto", "fp32")
+                                        or self.device == "cuda"):
+            raise ConfigError("--conv winograd is the torch backend's, fp32 on the CPU (NNPACK)")
         if self.precision != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
             raise ConfigError(f"the {self.backend} backend runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
                               f"not {self.precision}")
@@ -472,7 +477,8 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig) -> Step:
     """The step these (resolved) settings ask for, built with `loss`'s layers."""
     with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
         return make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
-                         device=settings.device, precision=settings.precision, provider=settings.provider)
+                         device=settings.device, precision=settings.precision, provider=settings.provider,
+                         conv=settings.conv)
 
 
 def load_run_weights(settings: Settings, convention: dict | None = None) -> Weights:

@@ -65,7 +65,7 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
     from styleengine.engine.steps import TorchStep, make_targets
 
     loss_tol, grad_tol = TOLERANCES[spec.precision]
-    reference = TorchStep(weights, loss, pooling=spec.pooling)
+    reference = TorchStep(weights, loss, pooling=spec.pooling, conv="direct")  # the exact convolutions
     graph_step = make_graph_step()
     gen = torch.Generator().manual_seed(seed)
     results = []

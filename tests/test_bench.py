@@ -19,6 +19,10 @@ from styleengine.benchmarks.config import COLUMNS, ROW_KEYS, STATUSES, Config, e
 from styleengine.benchmarks.report import limit_sentence
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, percentile
 from styleengine.cli import app  # the project's CLI, which registers `bench`
+from styleengine.engine.winograd import winograd_available
+
+# the torch rows name the convolutions "auto" resolved to (Winograd where NNPACK runs)
+TORCH_CPU = "torch cpu fp32 winograd" if winograd_available() else "torch cpu fp32 direct"
 
 CPU_MACHINE = {  # a machine description as the worker reports it, without running one
     "cpu": "test cpu", "torch_threads": 2, "cuda": False, "cuda_reason": "no CUDA here", "gpus": [],
@@ -96,7 +100,7 @@ def test_json_and_csv_files(cli_run, doc):
         rows = list(reader)
     assert len(rows) == len(doc["rows"])
     assert json.loads(rows[0]["versions"])["torch"]
-    fit = next(f for f in doc["fits"] if f["series"] == "torch cpu fp32")
+    fit = next(f for f in doc["fits"] if f["series"].startswith("torch cpu fp32"))
     assert fit["points"] == 2 and isinstance(fit["time_slope"], float)
 
 
@@ -105,7 +109,7 @@ def test_console_output_report_and_plot(cli_run):
     assert "timing does not depend on weight values" in text and "torch cpu fp32" in text
     assert (out / "r.png").stat().st_size > 1000
     report = (out / "r.md").read_text()
-    assert "| torch cpu fp32 | 32x32 | ok |" in report and "](r.png)" in report
+    assert f"| {TORCH_CPU} | 32x32 | ok |" in report and "](r.png)" in report
 
 
 # ---------------------------------------------------------------- failures become rows
@@ -287,7 +291,7 @@ def test_tiled_and_untiled_rows_in_one_run(tmp_path):
     assert tiled["tile"] == 32 and tiled["tiles"] == 4
     assert tiled["gflop_per_iter"] == untiled["gflop_per_iter"]
     assert tiled["speedup"] == pytest.approx(untiled["median_s"] / tiled["median_s"])
-    assert series_name(tiled) == "torch cpu fp32 tile 32" and series_name(untiled) == "torch cpu fp32"
+    assert series_name(tiled) == f"{TORCH_CPU} tile 32" and series_name(untiled) == TORCH_CPU
     assert "tile 32" in result.output
 
 
@@ -306,7 +310,7 @@ def test_readme_table_from_result_files(cli_run, tmp_path):
 
     (tmp_path / "cpu-test.json").write_text((cli_run[0] / "r.json").read_text())
     body = readme_table.table(tmp_path)
-    assert "| torch cpu fp32 | 32x32 |" in body and "cpu-test.json" in body
+    assert f"| {TORCH_CPU} | 32x32 |" in body and "cpu-test.json" in body
     readme = f"# x\n\nbefore\n{readme_table.START}\nold\n{readme_table.END}\nafter\n"
     new = readme_table.splice(readme, body)
     assert new.startswith("# x\n\nbefore\n") and new.endswith(f"{readme_table.END}\nafter\n") and "old" not in new

@@ -8,7 +8,10 @@ from typer.testing import CliRunner
 
 from styleengine.benchmarks.config import Config, expand, series_name
 from styleengine.cli import app
+from styleengine.engine.winograd import winograd_available
 from styleengine.errors import ConfigError
+
+TORCH_CPU = "torch cpu fp32 winograd" if winograd_available() else "torch cpu fp32 direct"
 
 
 def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path):
@@ -18,8 +21,8 @@ def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "l.json").read_text())["rows"]
     names = [series_name(r) for r in rows]
-    assert names == ["naive cpu fp32", "torch cpu fp32", "ort cpu fp32",
-                     "naive cpu fp32 loop", "torch cpu fp32 loop", "ort cpu fp32 loop"]
+    assert names == ["naive cpu fp32", TORCH_CPU, "ort cpu fp32",
+                     "naive cpu fp32 loop", f"{TORCH_CPU} loop", "ort cpu fp32 loop"]
     assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
     step_naive, loop_naive = rows[0], rows[3]
     assert [r["loop"] for r in rows] == [0, 0, 0, 3, 3, 3]
@@ -48,3 +51,12 @@ def test_bad_loop_flags(args, needle):
     assert isinstance(result.exception, ConfigError) or needle in result.output
     if isinstance(result.exception, ConfigError):
         assert needle in str(result.exception)
+
+
+def test_conv_algorithms_are_a_torch_dimension():
+    configs = expand([(64, 64)], ["naive", "torch", "ort"], ["cpu"], ["cpu"], ["fp32"], convs=["winograd", "direct"])
+    assert [(c.backend, c.conv) for c in configs] == [("naive", None), ("torch", "winograd"), ("torch", "direct"),
+                                                      ("ort", None)]
+    names = [series_name({"backend": c.backend, "provider": c.provider, "device": c.device, "precision": "fp32",
+                          "conv": c.conv}) for c in configs]
+    assert names == ["naive cpu fp32", "torch cpu fp32 winograd", "torch cpu fp32 direct", "ort cpu fp32"]

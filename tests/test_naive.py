@@ -17,7 +17,7 @@ def test_naive_loop_gives_the_engines_losses(random_weights, pooling):
     content, style, init = (torch.rand(1, 3, 32, 40, generator=gen) for _ in range(3))
     # the popular loop sums the content term over positions, as the paper does, with its beta 1e5
     loss = LossConfig(weighting="paper", style_weight=1e5)
-    step = TorchStep(weights, loss, pooling=pooling)
+    step = TorchStep(weights, loss, pooling=pooling, conv="direct")  # oneDNN's, as the naive loop's
     step.set_targets(make_targets(step, loss, content, [style]))
     ours = [r.loss for r in optimise(step, init, iterations=4).records]
     image, theirs, seconds = naive.run(weights, init, content, style, iterations=4, pooling=pooling)

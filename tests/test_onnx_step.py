@@ -95,7 +95,7 @@ def test_loss_weights_are_inputs(vgg19_random, make_image):
     other = LossConfig(content_layers=SHORT.content_layers, style_layers=SHORT.style_layers,
                        style_layer_weights=(0.5, 0.0, 2.0), content_weight=3.0, style_weight=50.0, tv_weight=0.5)
     step.loss = other
-    reference = TorchStep(vgg19_random, other)
+    reference = TorchStep(vgg19_random, other, conv="direct")
     content, style, image = make_image(40, 40, 1), make_image(40, 40, 2), make_image(40, 40, 3)
     targets = make_targets(reference, other, content, [style])
     step.set_targets(targets)
@@ -109,7 +109,7 @@ def test_loss_weights_are_inputs(vgg19_random, make_image):
 
 def test_ort_features_match_torch(vgg19_random, make_image):
     step = make_graph_step("ort", vgg19_random, SHORT)
-    reference = TorchStep(vgg19_random, SHORT)
+    reference = TorchStep(vgg19_random, SHORT, conv="direct")
     image = make_image(44, 36, 5)
     got = step.features(image, SHORT.layers)
     ref = reference.features(image, SHORT.layers)
@@ -222,7 +222,7 @@ def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling)
     from styleengine.engine.losses import gram, gram_style, tv_loss_and_grad, tv_scale
 
     weights = random_weights("vgg19")
-    torch_step, ort_step = TorchStep(weights, SHORT, pooling=pooling), make_graph_step("ort", weights, SHORT, pooling=pooling)
+    torch_step, ort_step = TorchStep(weights, SHORT, pooling=pooling, conv="direct"), make_graph_step("ort", weights, SHORT, pooling=pooling)
     height, width = 70, 53
     image = make_image(height, width, 3)
     targets = make_targets(torch_step, SHORT, make_image(height, width, 1), [make_image(height, width, 2)])

@@ -16,6 +16,8 @@ DEVICES = ("auto", "cpu", "cuda")  # the torch backend's device
 BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "ort": ("fp32", "fp16", "bf16"),
                       "tensorrt": ("fp32", "tf32", "fp16")}
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
+# the torch backend's convolutions (engine/winograd.py): auto = Winograd for fp32 on a CPU with NNPACK
+CONV_ALGOS = ("auto", "direct", "winograd")
 GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
 # what ONNX Runtime's CPU provider runs: it has no bf16 Conv, and it runs an fp16 graph by converting its
 # convolutions back to fp32 (VGG19 at 256 px: 1.15 s/iteration vs 1.10 s for fp32), so fp16 buys nothing there

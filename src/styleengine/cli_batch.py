@@ -21,7 +21,7 @@ import typer
 from styleengine import paths
 from styleengine.cli import signals
 from styleengine.cli_job import check_files
-from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Device, History, Init, Iters,
+from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Conv, Device, History, Init, Iters,
                                  LayerWeights, Lr, Mean, MemBudget, Model, Optimizer, PixelRange, Pooling,
                                  Precision, PreserveColors, Provider, Scales, Seed, Size, StartSize, Std,
                                  StyleLayers, StyleScale, StyleWeight, Tile, TvWeight, Weights, ChannelOrder,
@@ -98,6 +98,7 @@ def batch(
     backend: Backend = d.backend,
     provider: Provider = d.provider,
     precision: Precision = d.precision,
+    conv: Conv = d.conv,
     channel_order: ChannelOrder = None,
     pixel_range: PixelRange = None,
     mean: Mean = None,

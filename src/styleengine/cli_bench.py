@@ -25,7 +25,7 @@ from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DE
 from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, table_rows, write_csv, write_json,
                                            write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
-from styleengine.choices import MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
+from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError
 from styleengine.paths import check_writable
 
@@ -97,6 +97,9 @@ def bench(
     pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = DEFAULT_POOLING,
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, bf16, fp16.")
                          ] = DEFAULT_PRECISIONS,
+    conv: Annotated[str, typer.Option("--conv", help="The torch backend's convolutions, comma-separated: auto "
+                                                     "(Winograd for fp32 on the CPU where NNPACK runs), direct, "
+                                                     "winograd.")] = "auto",
     tile: Annotated[Optional[str], typer.Option(
         "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
@@ -139,6 +142,7 @@ def bench(
     model = parse_choices(model, MODELS, "--model")[0]
     pooling = parse_choices(pooling, POOLINGS, "--pooling")[0]
     tile_list = parse_tiles(tile)
+    conv_list = parse_choices(conv, CONV_ALGOS, "--conv")
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
@@ -168,7 +172,7 @@ def bench(
     provider_list = _resolve_auto(provider_list, ["cpu"] + (
         ["cuda"] if machine.get("cuda") and PROVIDER_NAMES["cuda"] in machine.get("ort_providers", []) else []))
     command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
-                            pooling=pooling, precision=precision, tile=tile, iters=iters, loop=loop,
+                            pooling=pooling, precision=precision, conv=conv, tile=tile, iters=iters, loop=loop,
                             warmup=warmup, json=json_path,
                             csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
                             time_budget=time_budget, timeout=timeout)
@@ -194,7 +198,7 @@ def bench(
     limits: list[dict] = []
     if limit:
         kinds = expand([(PAPER_RES, PAPER_RES)], backend_list, provider_list, device_list, precision_list,
-                         model, pooling, tile_list)
+                         model, pooling, tile_list, convs=conv_list)
         rows = []
         for config in kinds:
             reason = availability(config, machine)
@@ -211,7 +215,7 @@ def bench(
         add_speedups(rows)
     else:
         rows = runner.run_all(expand(sizes, backend_list, provider_list, device_list, precision_list,
-                                       model, pooling, tile_list, loop))
+                                       model, pooling, tile_list, loop, conv_list))
     elapsed = time.perf_counter() - started
 
     doc = document(machine, rows, limits=limits, command=command)

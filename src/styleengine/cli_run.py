@@ -88,6 +88,10 @@ Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt
 Precision = Annotated[str, typer.Option("--precision", help="auto (fp32 on the CPU; on a GPU the fastest that "
                                                              "passes validation: torch bf16, ORT/TensorRT fp16), "
                                                              "fp32, bf16, fp16 or tf32 (tensorrt).")]
+Conv = Annotated[str, typer.Option("--conv", help="Torch backend's convolutions: auto (Winograd for fp32 on the "
+                                                  "CPU where NNPACK runs, else direct), direct (oneDNN/cuDNN, "
+                                                  "the exact reference) or winograd (NNPACK, ~2.5x faster on "
+                                                  "the CPU, ~1e-5 rounding).")]
 ChannelOrder = Annotated[Optional[str], typer.Option(
     "--channel-order", help="Override the weights' input channel order: RGB or BGR.")]
 PixelRange = Annotated[Optional[float], typer.Option(
@@ -171,6 +175,7 @@ def run(
     backend: Backend = d.backend,
     provider: Provider = d.provider,
     precision: Precision = d.precision,
+    conv: Conv = d.conv,
     channel_order: ChannelOrder = None,
     pixel_range: PixelRange = None,
     mean: Mean = None,
@@ -214,6 +219,7 @@ def texture(
     backend: Backend = d.backend,
     provider: Provider = d.provider,
     precision: Precision = d.precision,
+    conv: Conv = d.conv,
     channel_order: ChannelOrder = None,
     pixel_range: PixelRange = None,
     mean: Mean = None,
