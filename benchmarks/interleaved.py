@@ -20,10 +20,10 @@ import statistics
 import sys
 import time
 
-# name: (backend, precision, the torch backend's convolutions); "torch" is what `styleengine run` runs
+# name: (backend, precision, convolutions); "torch" and "ort" are what `styleengine run` runs (Winograd on the CPU)
 METHODS = {"naive": ("naive", "fp32", None), "torch": ("torch", "fp32", "auto"),
            "torch-direct": ("torch", "fp32", "direct"), "torch-bf16": ("torch", "bf16", "auto"),
-           "ort": ("ort", "fp32", None)}
+           "ort": ("ort", "fp32", "auto"), "ort-direct": ("ort", "fp32", "direct")}
 
 
 def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> dict:
@@ -74,9 +74,9 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
             times[name].append(turn(name))
     base = methods[0]
     ratios = {name: [t / b for t, b in zip(times[name], times[base])] for name in methods[1:]}
-    convs = {name: step.conv for name, step in steps.items() if hasattr(step, "conv")}
+    convs = {name: getattr(step, "conv", None) or step.spec.conv for name, step in steps.items()}
     return {"height": height, "width": width, "loop": loop, "rounds": rounds, "threads": torch.get_num_threads(),
-            "torch_convs": convs,
+            "convs": convs,
             "cpu_isa": cpu_isa(), "times_s": times,
             "median_s": {name: statistics.median(v) for name, v in times.items()},
             "ratio_to": base, "ratio_median": {name: statistics.median(v) for name, v in ratios.items()},

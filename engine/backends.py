@@ -14,7 +14,8 @@ def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pool
 
     backend "torch" runs on `device`; "ort" runs the exported step graph on
     ONNX Runtime's `provider`; "tensorrt" builds a TensorRT engine from it.
-    conv: the torch backend's convolution algorithm (engine/winograd.py); the graphs run their runtime's.
+    conv: the convolutions, auto|direct|winograd: the torch backend's (engine/winograd.py: NNPACK), the ORT
+    graphs' (export/winograd.py: F(4x4, 3x3) in ONNX ops); auto = Winograd for fp32 on the CPU.
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "torch":
@@ -22,5 +23,6 @@ def make_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pool
     if backend in ("ort", "tensorrt"):
         from styleengine.engine.ort_step import make_graph_step
 
-        return make_graph_step(backend, weights, loss, pooling=pooling, provider=provider, precision=precision)
+        return make_graph_step(backend, weights, loss, pooling=pooling, provider=provider, precision=precision,
+                               conv=conv)
     raise AssertionError(backend)  # every name in BACKENDS is handled above

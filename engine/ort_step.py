@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from styleengine.choices import BACKEND_PRECISIONS, BF16_ON_ORT_CUDA, ORT_CPU_PRECISIONS, ORT_CUDA_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice
+from styleengine.choices import (BACKEND_PRECISIONS, BF16_ON_ORT_CUDA, CONV_ALGOS, ORT_CPU_PRECISIONS,
+                                 ORT_CUDA_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice)
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
 from styleengine.engine.steps import StepBase, StepResult
@@ -77,7 +78,7 @@ def check_provider(provider: str) -> str:
 
 
 def create_session(path: Path, provider: str, threads: int | None = None, arena: bool = True, *,
-                   sha256: str | None = None, stream: "torch.cuda.Stream | None" = None):
+                   sha256: str | None = None, stream: "torch.cuda.Stream | None" = None, unfolded: bool = False):
     """An InferenceSession on exactly `provider`, or UnavailableError.
 
     ORT silently falls back to the CPU when a GPU provider cannot start
@@ -92,6 +93,8 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
 
     stream: a (non-default) torch CUDA stream the CUDA provider runs its kernels on, so a step queues
     behind the optimiser's kernels with no host sync (ORT treats stream 0, torch's default, as none).
+    unfolded: keep computed weights computed (Winograd graphs: constant folding and prepacking would store
+    the transformed kernels, 4x the weights, export/winograd.py).
     """
     import onnxruntime as ort
 
@@ -101,10 +104,14 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
         providers[0] = (wanted, {"device_id": str(stream.device.index or 0), "has_user_compute_stream": "1",
                                  "user_compute_stream": str(stream.cuda_stream)})
     options = session_options(threads, arena)
+    extra = {}
+    if unfolded:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        extra["disabled_optimizers"] = ["ConstantFolding"]
     if provider == "cpu":
-        session = _cpu_session(path, sha256 or file_sha256(path), options)
+        session = _cpu_session(path, sha256 or file_sha256(path), options, extra)
     else:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers, **extra)
     got = session.get_providers()
     if not got or got[0] != wanted:
         raise UnavailableError(f"ONNX Runtime could not start {wanted} (the session got {', '.join(got)}); "
@@ -120,7 +127,7 @@ def optimised_folder(sha256: str) -> Path:
     return cache_root() / "ort-optimised" / machine_tag() / sha256[:32]
 
 
-def _cpu_session(path: Path, sha256: str, options):
+def _cpu_session(path: Path, sha256: str, options, extra: dict):
     """A CPU session from the cached optimised graph, checked against its recorded hash; on a miss,
     a mismatch or a load error, one from `path` that writes the optimised graph into a new entry."""
     import onnxruntime as ort
@@ -133,13 +140,15 @@ def _cpu_session(path: Path, sha256: str, options):
         if read_record(folder) is not None:
             loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena)
             loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if extra:
+                loading.add_session_config_entry("session.disable_prepacking", "1")
             try:
                 return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
             except load_errors:
                 pass  # hash-checked yet unloadable (written by a broken build of ORT?): made again below
         with staging_folder(folder) as staging:
             options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], **extra)
             write_record(staging, [OPTIMISED_FILE])
             publish(staging, folder)
     return session
@@ -160,6 +169,10 @@ class OrtStep(StepBase):
         self._tile = None
         self._tile_features = None
 
+    @property
+    def unfolded(self) -> bool:
+        return self.spec.conv == "winograd"
+
     def _open(self) -> None:
         import onnxruntime as ort
 
@@ -170,7 +183,8 @@ class OrtStep(StepBase):
         if self.stream is not None:
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.session = create_session(self.export.step_path, self.provider, self.threads,
-                                      sha256=self.export.sha256(self.export.step_path), stream=self.stream)
+                                      sha256=self.export.sha256(self.export.step_path), stream=self.stream,
+                                      unfolded=self.unfolded)
         self.binding = self.session.io_binding()
         self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
         self._shape: tuple[int, ...] | None = None
@@ -197,7 +211,8 @@ class OrtStep(StepBase):
         no arena, so what a one-off run took goes back before the step runs."""
         if self._features is None:
             self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False,
-                                            sha256=self.export.sha256(self.export.features_path))
+                                            sha256=self.export.sha256(self.export.features_path),
+                                            unfolded=self.unfolded)
         return self._run_features(self._features, image, layer_names)
 
     def tile_features(self, tile: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
@@ -206,7 +221,8 @@ class OrtStep(StepBase):
         pass 1 at 2048 px took 23.5 s instead of 18.5 s)."""
         if self._tile_features is None:
             self._tile_features = create_session(self.export.features_path, self.provider, self.threads,
-                                                 sha256=self.export.sha256(self.export.features_path))
+                                                 sha256=self.export.sha256(self.export.features_path),
+                                                 unfolded=self.unfolded)
         return self._run_features(self._tile_features, tile, layer_names)
 
     def _run_features(self, session, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
@@ -275,7 +291,7 @@ class OrtStep(StepBase):
         4 tiles: 68 s/iteration and 5.4 GB peak without, 54 s and 7.8 GB with).
         """
         if self._tile is None:
-            self._tile = create_session(self.export.tile_path, self.provider, self.threads)
+            self._tile = create_session(self.export.tile_path, self.provider, self.threads, unfolded=self.unfolded)
         host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
                  names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32)}
@@ -293,17 +309,30 @@ class OrtStep(StepBase):
         self._constants = []
 
 
-def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str) -> ExportSpec:
+def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str, conv: str = "direct"
+               ) -> ExportSpec:
     loss.validate(weights.model)
-    return ExportSpec(weights.model, pooling, tuple(loss.content_layers), tuple(loss.style_layers), precision)
+    return ExportSpec(weights.model, pooling, tuple(loss.content_layers), tuple(loss.style_layers), precision,
+                      conv=conv)
+
+
+def graph_conv(conv: str, provider: str, precision: str) -> str:
+    """The graph's convolutions for an ORT step: auto = Winograd for fp32 on the CPU provider (0.45-0.87x the
+    direct time on its large layers, export/winograd.py); GPU providers have their own (cuDNN)."""
+    check_choice("conv", conv, CONV_ALGOS)
+    if conv == "auto":
+        return "winograd" if provider == "cpu" and precision == "fp32" else "direct"
+    if conv == "winograd" and precision != "fp32":
+        raise ConfigError("--conv winograd graphs are fp32")
+    return conv
 
 
 def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str = "fp32",
-                  provider: str = "cpu") -> Export:
+                  provider: str = "cpu", conv: str = "direct") -> Export:
     """The cached export, built and validated against torch on a miss."""
     from styleengine.engine.validate import validate_step
 
-    spec = graph_spec(weights, loss, pooling, precision)
+    spec = graph_spec(weights, loss, pooling, precision, conv)
 
     def validate(export: Export) -> Export:
         # fp32 on the CPU (one entry serves every provider); fp16 and bf16 where they run, a GPU provider
@@ -316,9 +345,10 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
 def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
                     provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                    max_side: int | None = None):
+                    max_side: int | None = None, conv: str = "auto"):
     """An ORT or TensorRT step. max_side (tensorrt): the longest side the run will use, so that one engine
-    covers every scale; None: an engine covering each new largest image is built (and cached) when it comes."""
+    covers every scale; None: an engine covering each new largest image is built (and cached) when it comes.
+    conv (ort): the graph's convolutions (graph_conv); TensorRT picks its own from the direct graph."""
     if backend == "tensorrt":
         from styleengine.engine.trt_step import make_trt_step
 
@@ -330,6 +360,8 @@ def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling
                           f"use --precision fp32")
     if provider == "cuda" and precision not in ORT_CUDA_PRECISIONS:
         raise ConfigError(f"--precision {precision} --provider cuda: {BF16_ON_ORT_CUDA}")
-    export = ensure_export(weights, loss, pooling, precision, provider)
-    return OrtStep(export, graph_spec(weights, loss, pooling, precision), loss, provider=provider, threads=threads)
+    conv = graph_conv(conv, provider, precision)
+    export = ensure_export(weights, loss, pooling, precision, provider, conv)
+    return OrtStep(export, graph_spec(weights, loss, pooling, precision, conv), loss, provider=provider,
+                   threads=threads)
 

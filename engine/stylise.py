@@ -79,7 +79,9 @@ class Settings:
     # "auto": fp32 on the CPU, on a GPU the fastest precision measured there that passes validation
     # (auto_precision); or "fp32", "bf16" (torch, ort), "fp16" (graph backends), "tf32" (tensorrt)
     precision: str = "auto"
-    conv: str = "auto"  # torch backend: "direct" (oneDNN), "winograd" (NNPACK, fp32 on the CPU) or "auto"
+    # convolutions: "direct" (oneDNN/cuDNN/ORT's), "winograd" (fp32: torch on the CPU via NNPACK, engine/winograd.py;
+    # ort: F(4x4, 3x3) in the graph, export/winograd.py) or "auto" (Winograd for fp32 on the CPU)
+    conv: str = "auto"
     save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
     # style and content distances (engine/quality.py) in the record of every N-th iteration (0: never; a
     # forward pass each); the result always has the final image's
@@ -136,9 +138,10 @@ class Settings:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
-        if self.conv == "winograd" and (self.backend != "torch" or self.precision not in ("auto", "fp32")
-                                        or self.device == "cuda"):
-            raise ConfigError("--conv winograd is the torch backend's, fp32 on the CPU (NNPACK)")
+        if self.conv == "winograd" and (self.backend == "tensorrt" or self.precision not in ("auto", "fp32")
+                                        or (self.backend == "torch" and self.device == "cuda")):
+            raise ConfigError("--conv winograd runs fp32: the torch backend on the CPU (NNPACK) or the ort "
+                              "backend (F(4x4, 3x3) in the graph)")
         if self.precision != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
             raise ConfigError(f"the {self.backend} backend runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
                               f"not {self.precision}")

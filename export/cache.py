@@ -38,7 +38,7 @@ from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 
 # bump when the graph builder changes what it emits: old entries are then ignored
-BUILDER_VERSION = 5
+BUILDER_VERSION = 6
 STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
 GRAPH_FILES = (STEP_FILE, FEATURES_FILE, TILE_FILE)
 RECORD_FILE = "files.json"  # a derived entry's {file: {sha256, bytes}}

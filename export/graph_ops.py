@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from styleengine.export import winograd
 from styleengine.export.spec import IMAGE, ExportSpec
 from styleengine.model.vgg import Layer, truncated
 from styleengine.model.weights import Weights
@@ -40,6 +41,7 @@ class Graph:
         self.inits: list[onnx.TensorProto] = []
         self.float_type = float_type
         self._count = 0
+        self._shared: dict[str, str] = {}
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -66,6 +68,12 @@ class Graph:
 
     def weight(self, array: np.ndarray, name: str) -> str:
         return self._float_tensor(array, name)
+
+    def shared(self, key: str, make) -> str:
+        """One float initializer per key, made by make() the first time (weights both passes read)."""
+        if key not in self._shared:
+            self._shared[key] = self._float_tensor(make(), key)
+        return self._shared[key]
 
     def _float_tensor(self, array: np.ndarray, name: str) -> str:
         array = np.ascontiguousarray(array, dtype=np.float32)
@@ -131,8 +139,12 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
     for pos, layer in enumerate(layers):
         if layer.kind == "conv":
             w, b = conv_weights(weights, layer)
-            h = g.op("Conv", [h, g.weight(w, f"{layer.name}.weight"), g.weight(b, f"{layer.name}.bias")],
-                     layer.name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            if winograd.applies(spec.conv, layer.in_channels, layer.out_channels):
+                flat = g.shared(f"{layer.name}.weight_flat", lambda w=w: winograd.flat_weights(w))
+                h = winograd.conv(g, h, flat, layer.out_channels, layer.in_channels, layer.name, bias=b)
+            else:
+                h = g.op("Conv", [h, g.weight(w, f"{layer.name}.weight"), g.weight(b, f"{layer.name}.bias")],
+                         layer.name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
         elif layer.kind == "relu":
             h = g.op("Relu", [h], layer.name)
             nxt = layers[pos + 1] if pos + 1 < len(layers) else None
@@ -227,10 +239,16 @@ def backward(g: Graph, weights: Weights, spec: ExportSpec, layers: list[Layer], 
             grad = pad_to(g, up, saved[layer.name]["in_shape"], layer.name)
         else:
             w, _ = conv_weights(weights, layer)
-            w_back = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (Cin, Cout, 3, 3)
             below = layers[pos - 1] if pos else None
-            if below is not None and below.kind == "pool" and spec.pooling == "avg" and below.name not in inject:
-                w_back = w_back * np.float32(0.25)  # the average pool's 1/4, exact in binary
-            grad = g.op("Conv", [grad, g.weight(w_back, f"{layer.name}.weight_grad")], f"{layer.name}_gin",
-                        kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            # the average pool's 1/4, folded into the weights (exact in binary)
+            scale = 0.25 if below is not None and below.kind == "pool" and spec.pooling == "avg" \
+                and below.name not in inject else 1.0
+            if winograd.applies(spec.conv, layer.in_channels, layer.out_channels):
+                flat = g.shared(f"{layer.name}.weight_flat", lambda w=w: winograd.flat_weights(w))
+                grad = winograd.conv(g, grad, flat, layer.out_channels, layer.in_channels, f"{layer.name}_gin",
+                                     backward=True, scale=scale)
+                continue
+            w_back = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (Cin, Cout, 3, 3)
+            grad = g.op("Conv", [grad, g.weight(w_back * np.float32(scale), f"{layer.name}.weight_grad")],
+                        f"{layer.name}_gin", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     return None if grad is None else g.to_f32(grad, "grad_f32")

@@ -58,10 +58,17 @@ class ExportSpec:
     style_layers: tuple[str, ...]
     precision: str = "fp32"  # compute type of convolutions; losses and Grams stay fp32
     opset: int = 0  # 0: the lowest opset that has every op in this precision (OPSETS)
+    # "direct": Conv nodes (every runtime's own algorithm: cuDNN, TensorRT, MLAS); "winograd": F(4x4, 3x3) in
+    # standard ops for the convolutions with >= 128 channels in and out (export/winograd.py), fp32 only
+    conv: str = "direct"
 
     def __post_init__(self):
         if not self.opset:
             object.__setattr__(self, "opset", OPSETS[self.precision])
+        if self.conv not in ("direct", "winograd"):
+            raise ValueError(f"graph convolutions are direct or winograd, not {self.conv!r}")
+        if self.conv == "winograd" and self.precision != "fp32":
+            raise ValueError("Winograd graphs are fp32 (its transforms lose too much in fp16/bf16)")
 
     @property
     def layers(self) -> list[str]:

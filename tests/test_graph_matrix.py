@@ -81,19 +81,32 @@ def test_strict_check_rejects_what_runtimes_reject():
         strict_check(_relu_mask_graph(bf16_zero, domain="com.microsoft.nchwc"))
 
 
-MATRIX = list(itertools.product(BUILDERS, ("fp32", "fp16", "bf16"), ("vgg19", "vgg16"), ("avg", "max")))
+# Winograd graphs (export/winograd.py) are fp32 only; in the short stack conv2_2 and conv3_1 (the one whose
+# backward carries avg pooling's 1/4) have the channels for it
+MATRIX = [(kind, precision, model, pooling, conv)
+          for kind, precision, model, pooling in itertools.product(BUILDERS, ("fp32", "fp16", "bf16"),
+                                                                   ("vgg19", "vgg16"), ("avg", "max"))
+          for conv in (("direct", "winograd") if precision == "fp32" else ("direct",))]
 
 
-@pytest.mark.parametrize("kind,precision,model,pooling", MATRIX)
-def test_graph_is_strictly_valid_and_loads(random_weights, kind, precision, model, pooling):
+@pytest.mark.parametrize("kind,precision,model,pooling,conv", MATRIX)
+def test_graph_is_strictly_valid_and_loads(random_weights, kind, precision, model, pooling, conv):
     weights = random_weights(model)
-    spec = graph_spec(weights, MATRIX_LOSS, pooling, precision)
+    spec = graph_spec(weights, MATRIX_LOSS, pooling, precision, conv)
     graph = BUILDERS[kind](weights, spec)
     strict_check(graph, kind)
     check_cpu_session(graph, precision)
+    ops = {n.op_type for n in graph.graph.node}
+    assert ("DepthToSpace" in ops) == (conv == "winograd")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-def test_full_depth_default_step_graph_is_strictly_valid(vgg19_random, precision):
-    graph = build_step_graph(vgg19_random, graph_spec(vgg19_random, LossConfig(), "avg", precision))
+@pytest.mark.parametrize("precision,conv", [("fp32", "direct"), ("fp32", "winograd"), ("fp16", "direct"),
+                                            ("bf16", "direct")])
+def test_full_depth_default_step_graph_is_strictly_valid(vgg19_random, precision, conv):
+    graph = build_step_graph(vgg19_random, graph_spec(vgg19_random, LossConfig(), "avg", precision, conv))
     strict_check(graph)
+
+
+def test_winograd_graphs_are_fp32(vgg19_random):
+    with pytest.raises(ValueError, match="fp32"):
+        graph_spec(vgg19_random, LossConfig(), "avg", "fp16", "winograd")

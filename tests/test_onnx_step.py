@@ -217,12 +217,14 @@ def test_tensorrt_backend_unavailable_is_one_line(vgg19_random):
         make_trt_step(vgg19_random, SHORT, precision="int8")
 
 
+@pytest.mark.parametrize("conv", ["direct", "winograd"])
 @pytest.mark.parametrize("pooling", ["avg", "max"])
-def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling):
+def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling, conv):
     from styleengine.engine.losses import gram, gram_style, tv_loss_and_grad, tv_scale
 
     weights = random_weights("vgg19")
-    torch_step, ort_step = TorchStep(weights, SHORT, pooling=pooling, conv="direct"), make_graph_step("ort", weights, SHORT, pooling=pooling)
+    torch_step = TorchStep(weights, SHORT, pooling=pooling, conv="direct")
+    ort_step = make_graph_step("ort", weights, SHORT, pooling=pooling, conv=conv)
     height, width = 70, 53
     image = make_image(height, width, 3)
     targets = make_targets(torch_step, SHORT, make_image(height, width, 1), [make_image(height, width, 2)])
@@ -254,3 +256,25 @@ def test_validation_checks_names_first(vgg19_random):
     other = LossConfig(content_layers=SHORT.content_layers, style_layers=SHORT.style_layers + ("relu3_1",))
     with pytest.raises(ExportValidationError, match="inputs"):
         check_signature(session, graph_spec(vgg19_random, other, "avg", "fp32"))
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_winograd_graph_matches_the_direct_graph(random_weights, make_image, pooling):
+    """F(4x4, 3x3) in ONNX ops (export/winograd.py, the CPU fp32 default): the direct graph's loss and
+    gradient, at sizes that are no whole number of 4x4 tiles at any depth (the tile graph: above)."""
+    weights = random_weights("vgg19")
+    loss = LossConfig(weighting="paper", style_weight=1e5, tv_weight=0.05)
+    steps = {conv: make_graph_step("ort", weights, loss, pooling=pooling, conv=conv) for conv in ("direct", "winograd")}
+    assert steps["winograd"].spec.conv == "winograd" and steps["direct"].spec.conv == "direct"
+    assert make_graph_step("ort", weights, loss, pooling=pooling).spec.conv == "winograd"  # auto on the CPU
+    for height, width in ((70, 53), (37, 90)):
+        content, style, image = (make_image(height, width, s) for s in (1, 2, 3))
+        targets = make_targets(steps["direct"], loss, content, [style])
+        out = {}
+        for conv, step in steps.items():
+            step.set_targets(targets)
+            out[conv] = step(image)
+        assert out["winograd"].loss == pytest.approx(out["direct"].loss, rel=1e-5)
+        # max pooling: rounding moves a few windows' argmax, and their gradient with it (2.1e-4 seen)
+        bound = 1e-4 if pooling == "avg" else 1e-3
+        assert float((out["winograd"].grad - out["direct"].grad).norm() / out["direct"].grad.norm()) < bound

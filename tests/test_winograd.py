@@ -79,9 +79,11 @@ def test_resolve_conv():
 
 
 def test_settings_refuse_winograd_where_it_cannot_run():
-    for changes in ({"backend": "ort"}, {"precision": "bf16"}, {"device": "cuda"}):
+    for changes in ({"backend": "tensorrt"}, {"precision": "bf16"}, {"device": "cuda"},
+                    {"backend": "ort", "precision": "fp16"}):
         with pytest.raises(ConfigError, match="--conv winograd"):
             Settings(conv="winograd", **changes).validate()
+    Settings(conv="winograd", backend="ort").validate()  # the graph's own Winograd
     with pytest.raises(ConfigError, match="unknown conv"):
         Settings(conv="fft").validate()
 

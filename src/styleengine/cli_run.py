@@ -88,10 +88,10 @@ Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt
 Precision = Annotated[str, typer.Option("--precision", help="auto (fp32 on the CPU; on a GPU the fastest that "
                                                              "passes validation: torch bf16, ORT/TensorRT fp16), "
                                                              "fp32, bf16, fp16 or tf32 (tensorrt).")]
-Conv = Annotated[str, typer.Option("--conv", help="Torch backend's convolutions: auto (Winograd for fp32 on the "
-                                                  "CPU where NNPACK runs, else direct), direct (oneDNN/cuDNN, "
-                                                  "the exact reference) or winograd (NNPACK, ~2.5x faster on "
-                                                  "the CPU, ~1e-5 rounding).")]
+Conv = Annotated[str, typer.Option("--conv", help="Convolutions: auto (Winograd for fp32 on the CPU, else "
+                                                  "direct), direct (oneDNN/cuDNN/ONNX Runtime's own: the exact "
+                                                  "reference) or winograd (torch: NNPACK; ort: F(4x4, 3x3) in "
+                                                  "the graph; 1.5-2.5x faster on the CPU, ~1e-5 rounding).")]
 ChannelOrder = Annotated[Optional[str], typer.Option(
     "--channel-order", help="Override the weights' input channel order: RGB or BGR.")]
 PixelRange = Annotated[Optional[float], typer.Option(
