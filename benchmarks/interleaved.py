@@ -85,6 +85,9 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from styleengine.runtime import passive_openmp
+
+    passive_openmp()  # as the CLI runs (before torch loads); every method here runs under it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--res", default="384x512", help="comma-separated sizes, 512 or 384x512")
     parser.add_argument("--methods", default="naive,torch,ort", help=f"comma-separated: {', '.join(METHODS)}")

@@ -34,6 +34,7 @@ from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
 from styleengine.errors import UserError
+from styleengine.runtime import passive_openmp
 
 # command -> (module, function, short help); the modules are imported on first use
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -171,6 +172,7 @@ def _fail(error: UserError) -> None:
 def main() -> None:
     """The console script: a user error (ours or a flag click cannot parse) is one line and exit 1;
     Ctrl-C or SIGTERM that no command handled is one line and exit 130 / 143."""
+    passive_openmp()  # before any command imports torch
     with signals.installed():
         _main()
 
