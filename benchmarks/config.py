@@ -128,7 +128,7 @@ class Config:
     pooling: str = DEFAULT_POOLING
     tile: int | None = None  # core size of the exact tiled step (engine/tiled.py); None: untiled
     loop: int = 0  # 0: time the step alone; N: time N whole iterations of the loop (step + optimiser)
-    conv: str | None = None  # the torch backend's convolutions (auto, direct, winograd); None for the others
+    conv: str | None = None  # torch's and ORT's convolutions (auto, direct, winograd); None for the others
 
     @property
     def key(self) -> tuple:
@@ -147,8 +147,8 @@ def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: l
     each untiled and/or tiled as `tiles` lists (None: untiled); with `loop` N, each step row is followed
     by the same configuration timed over N whole iterations of the loop.
 
-    torch runs on each of `devices`, with each of `convs`; ort on each of `providers` (cpu -> cpu
-    tensors, cuda/tensorrt -> cuda tensors); tensorrt always on cuda.
+    torch runs on each of `devices`, ort on each of `providers` (cpu -> cpu tensors, cuda/tensorrt -> cuda
+    tensors), both with each of `convs`; tensorrt always on cuda.
     """
     kinds: list[tuple[str, str | None, str, str | None]] = []
     for backend in backends:
@@ -157,7 +157,7 @@ def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: l
         elif backend == "torch":
             kinds += [(backend, None, d, c) for d in devices for c in convs]
         elif backend == "ort":
-            kinds += [("ort", p, "cpu" if p == "cpu" else "cuda", None) for p in providers]
+            kinds += [("ort", p, "cpu" if p == "cpu" else "cuda", c) for p in providers for c in convs]
         else:
             kinds.append(("tensorrt", "tensorrt", "cuda", None))
     loops = (0, loop) if loop else (0,)

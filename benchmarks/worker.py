@@ -180,8 +180,8 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
                      precision=spec["precision"], provider=spec.get("provider") or "cpu",
                      conv=spec.get("conv") or "auto")
-    if spec["backend"] == "torch":
-        base["conv"] = step.conv  # what "auto" resolved to here
+    if spec["backend"] in ("torch", "ort"):
+        base["conv"] = step.conv if spec["backend"] == "torch" else step.spec.conv  # what "auto" resolved to
     tile = spec.get("tile")
     if tile:
         from styleengine.engine.tiled import TiledStep, tiles

@@ -107,6 +107,9 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     extra = {}
     if unfolded:
         options.add_session_config_entry("session.disable_prepacking", "1")
+        # ORT's default order ran every kernel transform (inputs: initializers only) at the start of a
+        # run, all alive at once (0.87 vs 0.68 GiB peak at 192x256); by priority each runs before its layer
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         extra["disabled_optimizers"] = ["ConstantFolding"]
     if provider == "cpu":
         session = _cpu_session(path, sha256 or file_sha256(path), options, extra)
@@ -142,6 +145,7 @@ def _cpu_session(path: Path, sha256: str, options, extra: dict):
             loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             if extra:
                 loading.add_session_config_entry("session.disable_prepacking", "1")
+                loading.execution_order = options.execution_order
             try:
                 return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
             except load_errors:

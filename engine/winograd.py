@@ -16,17 +16,23 @@ references (export validation, exactness tests) run `conv="direct"`.
 
 Small maps are left to oneDNN: below ~1024 output positions NNPACK's
 per-call overhead wins (512 channels at 8x8: 6x slower). NNPACK's own batch
-mode was 2.8x slower than one call per image, so a batch runs image by image.
+mode was 2.8x slower than one call per image, so a batch runs image by image, and a large map in
+strips of rows (MAX_CALL_ELEMENTS: NNPACK's workspace grows with a call's input and is never freed).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from styleengine.choices import CONV_ALGOS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
 
 MIN_POSITIONS = 1024  # output H*W from which NNPACK beat oneDNN (32x32: 0.97x; 24x32: 0.91-2.5x; 48x64: 0.43x)
+# input elements per NNPACK call. Its workspace is ~3.5x a call's input and stays allocated (PyTorch keeps
+# one buffer per thread at its largest size): one call on conv1_2's 64x1024x1024 input added 1.2 GB where
+# oneDNN adds 0.5 GB. Larger maps go in strips of rows (a one-row halo each): 16 MB a call, ~60 MB kept.
+MAX_CALL_ELEMENTS = 1 << 22
 
 
 def winograd_available() -> bool:
@@ -49,25 +55,99 @@ def resolve_conv(conv: str, device: torch.device, dtype: torch.dtype) -> str:
     return conv
 
 
-def _nnpack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if x.shape[0] == 1:
+def _nnpack_image(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  max_elements: int) -> torch.Tensor:
+    """One image (1, C, H, W), in strips of rows with a one-row halo when it has over `max_elements`."""
+    _, channels, height, width = x.shape
+    rows = max(8, max_elements // (channels * width))
+    if rows >= height:
         return torch._nnpack_spatial_convolution(x.contiguous(), weight, bias, [1, 1])
-    return torch.cat([torch._nnpack_spatial_convolution(x[b:b + 1].contiguous(), weight, bias, [1, 1])
-                      for b in range(x.shape[0])])
+    y = x.new_empty(1, weight.shape[0], height, width)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        strip = x[:, :, max(top - 1, 0):min(bottom + 1, height)]
+        pads = (0, 0, int(top == 0), int(bottom == height))  # the image's own zero padding, top and bottom
+        strip = F.pad(strip, pads) if any(pads) else strip.contiguous()
+        y[:, :, top:bottom] = torch._nnpack_spatial_convolution(strip, weight, bias, [0, 1])  # [pad H, pad W]
+    return y
+
+
+def _nnpack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            max_elements: int = MAX_CALL_ELEMENTS) -> torch.Tensor:
+    if x.shape[0] == 1:
+        return _nnpack_image(x, weight, bias, max_elements)
+    return torch.cat([_nnpack_image(x[b:b + 1], weight, bias, max_elements) for b in range(x.shape[0])])
 
 
 class _WinogradConv(torch.autograd.Function):
-    """y = conv(x, W) + b; dL/dx = conv(dL/dy, W flipped, transposed). Frozen weights: no weight gradient."""
+    """y = conv(x, W) + b; dL/dx = conv(dL/dy, W flipped, transposed). Frozen weights: no weight gradient,
+    so nothing of x is kept (autograd's convolution keeps its input); the flipped weights are made when
+    the backward needs them (a copy of the layer's weights, ~1% of its time) rather than kept."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, weight_back: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
-        ctx.weight_back = weight_back
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.weight = weight
         return _nnpack(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _nnpack(grad, ctx.weight_back, None), None, None, None
+        return _nnpack(grad, ctx.weight.flip(2, 3).transpose(0, 1).contiguous(), None), None, None
+
+
+class _MaskedReLU(torch.autograd.Function):
+    """ReLU keeping one byte per element (y > 0) for its backward, not the fp32 output: with convolutions
+    that keep nothing, a ReLU output is freed once the next layer has read it (unless the loss reads it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if inplace:
+            ctx.mark_dirty(x)
+            y = x.clamp_min_(0)
+        else:
+            y = x.clamp_min(0)
+        ctx.save_for_backward(y > 0)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0), None
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    """2x2/2 average pooling that keeps only its input's shape: d/dx is the gradient upsampled, / 4
+    (exact in binary), zero on the last row / column an odd size drops (what avg_pool2d_backward gives)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        return F.avg_pool2d(x, 2, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        height, width = ctx.shape[2], ctx.shape[3]
+        up = F.interpolate(grad, size=(grad.shape[2] * 2, grad.shape[3] * 2), mode="nearest").mul_(0.25)
+        if up.shape[2] != height or up.shape[3] != width:
+            up = F.pad(up, (0, width - up.shape[3], 0, height - up.shape[2]))
+        return up
+
+
+class MaskedReLU(nn.Module):
+    def __init__(self, inplace: bool):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return x.clamp_min_(0) if self.inplace else x.clamp_min(0)
+        return _MaskedReLU.apply(x, self.inplace)
+
+
+class AvgPool2x2(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return F.avg_pool2d(x, 2, 2)
+        return _AvgPool2x2.apply(x)
 
 
 class WinogradConv3x3(nn.Module):
@@ -80,21 +160,25 @@ class WinogradConv3x3(nn.Module):
                                                                                           (1, 1), 1):
             raise ValueError(f"a Winograd 3x3 convolution cannot replace {conv}")
         self.conv, self.min_positions = conv, min_positions
-        weight = conv.weight.detach()
-        self.register_buffer("weight_back", weight.flip(2, 3).transpose(0, 1).contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[2] * x.shape[3] < self.min_positions or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.conv(x)
-        return _WinogradConv.apply(x, self.conv.weight.detach(), self.weight_back, self.conv.bias.detach())
+        return _WinogradConv.apply(x, self.conv.weight.detach(), self.conv.bias.detach())
 
 
 def use_winograd(net: nn.Module) -> int:
-    """Replace every 3x3 convolution of a frozen network (an nn.Sequential `features`) in place; the count."""
+    """In a frozen network, in place: every 3x3 convolution a WinogradConv3x3, every ReLU a MaskedReLU and
+    every 2x2 average pool an AvgPool2x2 (the same values; what the input gradient needs kept, no more:
+    0.16 GiB less peak memory at 384x512). The number of convolutions replaced."""
     count = 0
-    for name, module in list(net.named_modules()):
+    for _, module in list(net.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Conv2d):
                 setattr(module, child_name, WinogradConv3x3(child))
                 count += 1
+            elif isinstance(child, nn.ReLU):
+                setattr(module, child_name, MaskedReLU(child.inplace))
+            elif isinstance(child, nn.AvgPool2d) and (child.kernel_size, child.stride, child.padding) == (2, 2, 0):
+                setattr(module, child_name, AvgPool2x2())
     return count

@@ -21,8 +21,8 @@ def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "l.json").read_text())["rows"]
     names = [series_name(r) for r in rows]
-    assert names == ["naive cpu fp32", TORCH_CPU, "ort cpu fp32",
-                     "naive cpu fp32 loop", f"{TORCH_CPU} loop", "ort cpu fp32 loop"]
+    assert names == ["naive cpu fp32", TORCH_CPU, "ort cpu fp32 winograd",
+                     "naive cpu fp32 loop", f"{TORCH_CPU} loop", "ort cpu fp32 winograd loop"]
     assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
     step_naive, loop_naive = rows[0], rows[3]
     assert [r["loop"] for r in rows] == [0, 0, 0, 3, 3, 3]
@@ -56,7 +56,8 @@ def test_bad_loop_flags(args, needle):
 def test_conv_algorithms_are_a_torch_dimension():
     configs = expand([(64, 64)], ["naive", "torch", "ort"], ["cpu"], ["cpu"], ["fp32"], convs=["winograd", "direct"])
     assert [(c.backend, c.conv) for c in configs] == [("naive", None), ("torch", "winograd"), ("torch", "direct"),
-                                                      ("ort", None)]
+                                                      ("ort", "winograd"), ("ort", "direct")]
     names = [series_name({"backend": c.backend, "provider": c.provider, "device": c.device, "precision": "fp32",
                           "conv": c.conv}) for c in configs]
-    assert names == ["naive cpu fp32", "torch cpu fp32 winograd", "torch cpu fp32 direct", "ort cpu fp32"]
+    assert names == ["naive cpu fp32", "torch cpu fp32 winograd", "torch cpu fp32 direct", "ort cpu fp32 winograd",
+                     "ort cpu fp32 direct"]

@@ -97,9 +97,9 @@ def bench(
     pooling: Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")] = DEFAULT_POOLING,
     precision: Annotated[str, typer.Option("--precision", help="Comma-separated: fp32, bf16, fp16.")
                          ] = DEFAULT_PRECISIONS,
-    conv: Annotated[str, typer.Option("--conv", help="The torch backend's convolutions, comma-separated: auto "
-                                                     "(Winograd for fp32 on the CPU where NNPACK runs), direct, "
-                                                     "winograd.")] = "auto",
+    conv: Annotated[str, typer.Option("--conv", help="Convolutions of the torch and ort rows, comma-separated: "
+                                                     "auto (Winograd for fp32 on the CPU), direct, winograd.")
+                    ] = "auto",
     tile: Annotated[Optional[str], typer.Option(
         "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
