@@ -110,8 +110,11 @@ class _MaskedReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        # in place: in this network every gradient reaching a ReLU is a fresh tensor (a convolution's, a
+        # pool's, a loss term's or autograd's sum of them; a reshape's view of the Gram's), used once.
+        # torch.where took twice threshold_backward's time (42 vs 21 ms at 64x384x512); mul_ 22 ms
         (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, 0.0), None
+        return grad.mul_(mask), None
 
 
 class _AvgPool2x2(torch.autograd.Function):
