@@ -146,7 +146,7 @@ def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, 
     result = {
         "backend": config.backend, "provider": config.provider, "device": config.device,
         "precision": config.precision, "model": config.model, "pooling": config.pooling, "tile": config.tile,
-        "mem_budget_bytes": mem_budget, "time_budget_s": time_budget_s, "limit_px": limit,
+        "conv": at_limit.get("conv") if at_limit else config.conv, "mem_budget_bytes": mem_budget, "time_budget_s": time_budget_s, "limit_px": limit,
         "limited_by": first_fail.why if first_fail else "the search ceiling",
         "at_limit": at_limit,
         "probes": [{"res": p.res, "fits": p.fits, "why": p.why,

@@ -179,9 +179,26 @@ def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup
         "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
         "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
         "tile": config.tile, "tiles": d.get("tiles"), "loop": config.loop,
-        "conv": d.get("conv") or config.conv,
+        "conv": d.get("conv") or resolved_conv(config),
     }
     return row
+
+
+def resolved_conv(config: Config) -> str | None:
+    """What a row's --conv became: the worker reports it; a row whose worker failed first gets the same
+    rule here (engine/winograd.resolve_conv, ort_step.graph_conv), so it is not named apart from its series."""
+    if config.conv is None or config.conv != "auto":
+        return config.conv
+    if config.backend == "torch":
+        import torch
+
+        from styleengine.engine.winograd import resolve_conv
+
+        dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+        return resolve_conv("auto", torch.device(config.device), dtype)
+    from styleengine.engine.ort_step import graph_conv
+
+    return graph_conv("auto", config.provider or "cpu", config.precision)
 
 
 # ---------------------------------------------------------------- running

@@ -97,9 +97,12 @@ class Settings:
     mem_budget_gib: float | None = None  # pick the tile for this budget (tiled.tile_for_budget's formula)
 
     def resolved(self) -> "Settings":
-        """These settings with precision "auto" made concrete for this machine (auto_precision)."""
+        """These settings with precision "auto" made concrete for this machine (auto_precision; fp32 with
+        --conv winograd, the only precision it runs)."""
         if self.precision != "auto":
             return self
+        if self.conv == "winograd":
+            return dataclasses.replace(self, precision="fp32")
         return dataclasses.replace(self, precision=auto_precision(self.backend, self.provider, self.device))
 
     def scale_plan(self) -> list[tuple[int, int]]:
@@ -138,10 +141,11 @@ class Settings:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
+        torch_on_gpu = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
         if self.conv == "winograd" and (self.backend == "tensorrt" or self.precision not in ("auto", "fp32")
-                                        or (self.backend == "torch" and self.device == "cuda")):
-            raise ConfigError("--conv winograd runs fp32: the torch backend on the CPU (NNPACK) or the ort "
-                              "backend (F(4x4, 3x3) in the graph)")
+                                        or (self.backend == "torch" and torch_on_gpu)):
+            raise ConfigError("--conv winograd runs fp32: the torch backend on the CPU (--device cpu; NNPACK) "
+                              "or the ort backend (F(4x4, 3x3) in the graph)")
         if self.precision != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
             raise ConfigError(f"the {self.backend} backend runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
                               f"not {self.precision}")

@@ -61,3 +61,14 @@ def test_conv_algorithms_are_a_torch_dimension():
                           "conv": c.conv}) for c in configs]
     assert names == ["naive cpu fp32", "torch cpu fp32 winograd", "torch cpu fp32 direct", "ort cpu fp32 winograd",
                      "ort cpu fp32 direct"]
+
+
+def test_a_failed_row_names_what_auto_would_have_run():
+    from styleengine.benchmarks.runner import resolved_conv
+
+    torch_cpu = Config("torch", None, "cpu", "fp32", 64, 64, conv="auto")
+    assert resolved_conv(torch_cpu) == ("winograd" if winograd_available() else "direct")
+    assert resolved_conv(Config("torch", None, "cpu", "bf16", 64, 64, conv="auto")) == "direct"
+    assert resolved_conv(Config("ort", "cpu", "cpu", "fp32", 64, 64, conv="auto")) == "winograd"
+    assert resolved_conv(Config("ort", "cuda", "cuda", "fp16", 64, 64, conv="auto")) == "direct"
+    assert resolved_conv(Config("naive", None, "cpu", "fp32", 64, 64)) is None

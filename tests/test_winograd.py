@@ -133,3 +133,22 @@ def test_step_against_float64_shared_vgg16(vgg16_imagenet, shared_vgg16_file):
     style = resize_tensor(to_tensor(load_image(painting)).float(), 48, 64)
     wino, direct = step_against_float64(vgg16_imagenet, LossConfig(), content, style, content.clone(), force=True)
     assert direct < 1e-5 and wino < 3e-4, (wino, direct)
+
+
+@needs_nnpack
+@pytest.mark.parametrize("height", [40, 33])  # strips of 8 rows: a last strip of 8, and one of 1
+def test_strips_of_rows_equal_one_call(height):
+    from styleengine.engine.winograd import _nnpack
+
+    conv = conv_pair(4, 6)
+    x = torch.randn(2, 4, height, 9, generator=torch.Generator().manual_seed(2))
+    ref = torch.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    whole = _nnpack(x, conv.weight, conv.bias, max_elements=1 << 30)
+    strips = _nnpack(x, conv.weight, conv.bias, max_elements=4 * 9 * 8)  # 8 rows a call
+    assert strips.shape == whole.shape == ref.shape
+    assert rel(strips, ref) < 2e-5 and rel(whole, ref) < 2e-5
+
+
+def test_winograd_settings_resolve_to_fp32():
+    assert Settings(conv="winograd", backend="ort", provider="cuda").resolved().precision == "fp32"
+    assert Settings(conv="winograd", device="cpu").resolved().precision == "fp32"
