@@ -187,7 +187,7 @@ def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup
 def resolved_conv(config: Config) -> str | None:
     """What a row's --conv became: the worker reports it; a row whose worker failed first gets the same
     rule here (engine/winograd.resolve_conv, ort_step.graph_conv), so it is not named apart from its series."""
-    if config.conv is None or config.conv != "auto":
+    if config.conv != "auto":
         return config.conv
     if config.backend == "torch":
         import torch

@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-SHOW = "import os; from styleengine.runtime import passive_openmp; passive_openmp(); print(os.environ.get('OMP_WAIT_POLICY'))"
+SHOW = ("import os; from styleengine.runtime import passive_openmp; passive_openmp(); "
+        "print(os.environ.get('OMP_WAIT_POLICY'))")
 
 
 def _run(code: str, **env: str) -> str:

@@ -16,7 +16,8 @@ DEVICES = ("auto", "cpu", "cuda")  # the torch backend's device
 BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "ort": ("fp32", "fp16", "bf16"),
                       "tensorrt": ("fp32", "tf32", "fp16")}
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
-# the torch backend's convolutions (engine/winograd.py): auto = Winograd for fp32 on a CPU with NNPACK
+# convolutions (engine/winograd.py for torch, export/winograd.py for the graphs): auto = Winograd for fp32 on
+# the CPU
 CONV_ALGOS = ("auto", "direct", "winograd")
 GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
 # what ONNX Runtime's CPU provider runs: it has no bf16 Conv, and it runs an fp16 graph by converting its

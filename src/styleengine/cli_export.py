@@ -81,7 +81,7 @@ def export(
     from rich.console import Console
     from rich.table import Table
 
-    from styleengine.engine.ort_step import OrtStep, graph_spec
+    from styleengine.engine.ort_step import OrtStep, graph_conv, graph_spec
     from styleengine.engine.validate import validate_step
     from styleengine.export.cache import record_validation, write_export
     from styleengine.model.weights import load_weights
@@ -90,8 +90,7 @@ def export(
     check_choice("precision", precision, GRAPH_PRECISIONS)
     check_choice("pooling", pooling, POOLINGS)
     check_choice("conv", conv, ("direct", "winograd"))
-    if conv == "winograd" and precision != "fp32":
-        raise ConfigError("--conv winograd graphs are fp32")
+    conv = graph_conv(conv, "cpu", precision)  # winograd graphs are fp32: refused before any work
     loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))
     loss.validate(model)
