@@ -163,6 +163,9 @@ class TorchStep(StepBase):
         if self.conv == "winograd":
             use_winograd(self.net)
         self.dtype = dtype
+        # the style terms' gradients taken in the forward where the network keeps no features of its own
+        # (Winograd) or the terms hold an fp32 copy of them (bf16): less memory at the backward's peak
+        self.eager_style_grad = self.conv == "winograd" or dtype != torch.float32
         self.scale, self.shift, self.perm = preprocess_params(weights.convention, self.device)
         self.perm_index = torch.tensor(self.perm, device=self.device)  # index_select: no host copy per call
         self.targets: Targets | None = None
@@ -198,12 +201,15 @@ class TorchStep(StepBase):
         with torch.enable_grad():
             feats = self._forward(x, self.loss.layers)
             if not batch:
-                terms = total_loss(self.loss, feats, self.targets, x)  # type: ignore[arg-type]
+                terms = total_loss(self.loss, feats, self.targets, x, self.eager_style_grad)  # type: ignore[arg-type]
+                del feats  # what the backward needs, the graph holds; the rest goes as soon as it may
                 (grad,) = torch.autograd.grad(terms["loss"], x)
                 return StepResult(torch.stack([terms[k].detach().float() for k in LOSS_TERMS]), grad)
             # per image: its own Grams and terms, by the one definition of the loss  # (B, C, h, w) -> (1, C, h, w)
-            per = [total_loss(self.loss, {n: f[b:b + 1] for n, f in feats.items()}, t, x[b:b + 1])
+            per = [total_loss(self.loss, {n: f[b:b + 1] for n, f in feats.items()}, t, x[b:b + 1],
+                              self.eager_style_grad)
                    for b, t in enumerate(self.targets)]  # type: ignore[arg-type]
+            del feats
             (grad,) = torch.autograd.grad(torch.stack([p["loss"] for p in per]).sum(), x)
         return StepResult(torch.stack([torch.stack([p[k].detach().float() for k in LOSS_TERMS]) for p in per]), grad)
 

@@ -55,27 +55,36 @@ def resolve_conv(conv: str, device: torch.device, dtype: torch.dtype) -> str:
     return conv
 
 
-def _nnpack_image(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  max_elements: int) -> torch.Tensor:
-    """One image (1, C, H, W), in strips of rows with a one-row halo when it has over `max_elements`."""
+def _nnpack_image(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_elements: int,
+                  inplace: bool = False) -> torch.Tensor:
+    """One image (1, C, H, W), in strips of rows with a one-row halo when it has over `max_elements`.
+    `inplace` (same channels in and out, x not needed afterwards): the strips' results overwrite x, which
+    spares a whole map; each strip reads its halo row above from a copy taken before the strip before it
+    overwrote that row."""
     _, channels, height, width = x.shape
-    rows = max(8, max_elements // (channels * width))
+    rows = max(8, max_elements // (max(channels, weight.shape[0]) * width))  # the workspace holds both
     if rows >= height:
         return torch._nnpack_spatial_convolution(x.contiguous(), weight, bias, [1, 1])
-    y = x.new_empty(1, weight.shape[0], height, width)
+    inplace = inplace and weight.shape[0] == channels and x.is_contiguous()
+    y = x if inplace else x.new_empty(1, weight.shape[0], height, width)
+    above = None  # in place: input row top - 1 as it was before the previous strip wrote its output there
     for top in range(0, height, rows):
         bottom = min(top + rows, height)
         strip = x[:, :, max(top - 1, 0):min(bottom + 1, height)]
         pads = (0, 0, int(top == 0), int(bottom == height))  # the image's own zero padding, top and bottom
         strip = F.pad(strip, pads) if any(pads) else strip.contiguous()
+        if inplace:
+            if above is not None:
+                strip[:, :, 0] = above
+            above = x[:, :, bottom - 1].clone()
         y[:, :, top:bottom] = torch._nnpack_spatial_convolution(strip, weight, bias, [0, 1])  # [pad H, pad W]
     return y
 
 
 def _nnpack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            max_elements: int = MAX_CALL_ELEMENTS) -> torch.Tensor:
+            max_elements: int = MAX_CALL_ELEMENTS, inplace: bool = False) -> torch.Tensor:
     if x.shape[0] == 1:
-        return _nnpack_image(x, weight, bias, max_elements)
+        return _nnpack_image(x, weight, bias, max_elements, inplace)
     return torch.cat([_nnpack_image(x[b:b + 1], weight, bias, max_elements) for b in range(x.shape[0])])
 
 
@@ -91,11 +100,15 @@ class _WinogradConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _nnpack(grad, ctx.weight.flip(2, 3).transpose(0, 1).contiguous(), None), None, None
+        # in place for a large map (a whole map less at the peak, which is in the first layers' backward):
+        # the gradient reaching a convolution here is a MaskedReLU's in-place result or autograd's sum of
+        # gradients, used once (a view, e.g. an expanded ones, is never overwritten)
+        owned = grad._base is None
+        return _nnpack(grad, ctx.weight.flip(2, 3).transpose(0, 1).contiguous(), None, inplace=owned), None, None
 
 
 class _MaskedReLU(torch.autograd.Function):
-    """ReLU keeping one byte per element (y > 0) for its backward, not the fp32 output: with convolutions
+    """ReLU keeping one byte per element (not y > 0) for its backward, not the fp32 output: with convolutions
     that keep nothing, a ReLU output is freed once the next layer has read it (unless the loss reads it)."""
 
     @staticmethod
@@ -105,16 +118,18 @@ class _MaskedReLU(torch.autograd.Function):
             y = x.clamp_min_(0)
         else:
             y = x.clamp_min(0)
-        ctx.save_for_backward(y > 0)
+        off = y > 0
+        ctx.save_for_backward(off.logical_not_())  # where the gradient is zeroed (NaN included, as ReLU's)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         # in place: in this network every gradient reaching a ReLU is a fresh tensor (a convolution's, a
         # pool's, a loss term's or autograd's sum of them; a reshape's view of the Gram's), used once.
-        # torch.where took twice threshold_backward's time (42 vs 21 ms at 64x384x512); mul_ 22 ms
-        (mask,) = ctx.saved_tensors
-        return grad.mul_(mask), None
+        # torch.where took twice threshold_backward's time (42 vs 21 ms at 64x384x512); mul_ by the bool mask
+        # made an fp32 copy of it first (a whole map at the backward's peak); masked_fill_ makes none
+        (off,) = ctx.saved_tensors
+        return grad.masked_fill_(off, 0), None
 
 
 class _AvgPool2x2(torch.autograd.Function):

@@ -319,3 +319,33 @@ def test_math_sanity_of_reference():
     f = np.full((1, 1, 1, 1), 3.0)
     assert np_gram(f)[0, 0] == 9.0
     assert math.isclose(np_style(f, np.zeros((1, 1))), 81 / 4)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_style_term_gradient_matches_float64_autograd(eager, dtype):
+    """_StyleTerm's one-product gradient, taken in the backward or (eager) in the forward, against autograd
+    through the plain formula in float64; the target need not be symmetric (a blend of Grams is)."""
+    gen = torch.Generator().manual_seed(5)
+    f = torch.rand(1, 6, 5, 7, generator=gen)
+    target = torch.rand(6, 6, generator=gen) * 30
+    weight = torch.rand((), generator=gen) + 0.5
+    x = f.to(dtype).requires_grad_(True)
+    loss = weight * style_layer_loss(x, target, eager_grad=eager)
+    loss.backward()
+    x64 = x.detach().double().requires_grad_(True)
+    f64 = x64.reshape(6, -1)
+    ref = weight.double() * ((f64 @ f64.T - target.double()).pow(2).sum() / (4.0 * 6**2 * 35**2))
+    ref.backward()
+    assert x.grad.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert abs(loss.item() - ref.item()) <= tol * abs(ref.item())
+    assert (x.grad.double() - x64.grad).norm() <= tol * x64.grad.norm()
+
+
+def test_eager_style_gradient_is_taken_once():
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    loss = style_layer_loss(x, torch.eye(3), eager_grad=True)
+    torch.autograd.grad(loss, x, retain_graph=True)
+    with pytest.raises(RuntimeError, match="taken once"):
+        torch.autograd.grad(loss, x)

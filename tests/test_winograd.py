@@ -149,6 +149,40 @@ def test_strips_of_rows_equal_one_call(height):
     assert rel(strips, ref) < 2e-5 and rel(whole, ref) < 2e-5
 
 
+@needs_nnpack
+@pytest.mark.parametrize("height", [40, 33, 17])  # strips of 8 rows; 17: a last strip of 1
+def test_strips_in_place_overwrite_the_input_with_the_same_result(height):
+    """The backward's in-place strips: each strip's halo row above comes from before the strip above
+    overwrote it; the result is bit for bit the out-of-place one and lives in the input's memory."""
+    from styleengine.engine.winograd import _nnpack
+
+    conv = conv_pair(6, 6)
+    x = torch.randn(1, 6, height, 9, generator=torch.Generator().manual_seed(3))
+    out_of_place = _nnpack(x, conv.weight, conv.bias, max_elements=6 * 9 * 8)
+    y = x.clone()
+    in_place = _nnpack(y, conv.weight, conv.bias, max_elements=6 * 9 * 8, inplace=True)
+    assert in_place.data_ptr() == y.data_ptr()
+    assert torch.equal(in_place, out_of_place)
+    # channels in != out: a new tensor, the input untouched
+    wide = conv_pair(6, 4)
+    z = x.clone()
+    assert torch.equal(_nnpack(z, wide.weight, None, max_elements=6 * 9 * 8, inplace=True),
+                       _nnpack(x, wide.weight, None, max_elements=6 * 9 * 8)) and torch.equal(z, x)
+
+
+@needs_nnpack
+def test_backward_in_strips_does_not_touch_a_gradient_that_is_a_view():
+    """A gradient that is a view (an expanded ones from .sum(), a slice) is never overwritten."""
+    from styleengine.engine.winograd import WinogradConv3x3
+
+    layer = WinogradConv3x3(conv_pair(4, 4), min_positions=1)
+    x = torch.randn(1, 4, 40, 9, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    layer(x).sum().backward()
+    ref = torch.nn.functional.conv_transpose2d(torch.ones(1, 4, 40, 9, dtype=torch.float64),
+                                               layer.conv.weight.double(), padding=1)
+    assert rel(x.grad, ref) < 2e-5
+
+
 def test_winograd_settings_resolve_to_fp32():
     assert Settings(conv="winograd", backend="ort", provider="cuda").resolved().precision == "fp32"
     assert Settings(conv="winograd", device="cpu").resolved().precision == "fp32"
