@@ -161,9 +161,12 @@ def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: l
         else:
             kinds.append(("tensorrt", "tensorrt", "cuda", None))
     loops = (0, loop) if loop else (0,)
+    # Winograd is fp32 only: in another precision "auto" is "direct", one configuration, timed once
+    same_as_auto = {"direct"} if "auto" in convs else set()
     return [Config(b, p, d, prec, h, w, model, pooling, tile, n, conv)
             for (h, w) in resolutions for n in loops for (b, p, d, conv) in kinds for prec in precisions
-            for tile in tiles if not (b == "naive" and (prec != "fp32" or tile))]
+            for tile in tiles if not (b == "naive" and (prec != "fp32" or tile))
+            and not (prec != "fp32" and conv in same_as_auto)]
 
 
 def series_name(row: dict) -> str:

@@ -210,8 +210,8 @@ class TiledStep(StepBase):
 #   bytes/px = STEP_FACTOR * 4 * sum over layers up to the deepest of C_l / stride_l^2
 # STEP_FACTOR calibrated on this machine: untiled VGG19 default loss, 1024 px,
 # against a layer sum of 4 * 610 = 2.44 kB/px: the torch step with direct
-# convolutions 2.71 GB - 0.42 GB baseline = 2.18 kB/px (0.89), with Winograd
-# 2.73 - 0.39 GB (0.96); the ORT Winograd graph 3.61 - 0.39 GB = 3.2 kB/px
+# convolutions 2.50 GB - 0.42 GB baseline = 1.99 kB/px (0.82), with Winograd
+# 2.24 - 0.42 GB (0.71); the ORT Winograd graph 3.61 - 0.39 GB = 3.2 kB/px
 # (1.32: its transformed tiles, 2.25x a layer's input, and ORT's arena), the
 # most of any step, so 1.4 (a tile also holds its pass-1 style maps, freed
 # before pass 2).

@@ -17,7 +17,7 @@ references (export validation, exactness tests) run `conv="direct"`.
 Small maps are left to oneDNN: below ~1024 output positions NNPACK's
 per-call overhead wins (512 channels at 8x8: 6x slower). NNPACK's own batch
 mode was 2.8x slower than one call per image, so a batch runs image by image, and a large map in
-strips of rows (MAX_CALL_ELEMENTS: NNPACK's workspace grows with a call's input and is never freed).
+strips of rows (MAX_CALL_ELEMENTS: NNPACK's workspace grows with a call's maps and is never freed).
 """
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ from styleengine.choices import CONV_ALGOS, check_choice
 from styleengine.errors import ConfigError, UnavailableError
 
 MIN_POSITIONS = 1024  # output H*W from which NNPACK beat oneDNN (32x32: 0.97x; 24x32: 0.91-2.5x; 48x64: 0.43x)
-# input elements per NNPACK call. Its workspace is ~3.5x a call's input and stays allocated (PyTorch keeps
-# one buffer per thread at its largest size): one call on conv1_2's 64x1024x1024 input added 1.2 GB where
-# oneDNN adds 0.5 GB. Larger maps go in strips of rows (a one-row halo each): 16 MB a call, ~60 MB kept.
+# elements per NNPACK call, counting the input or the output, whichever has more channels. Its workspace holds
+# both transformed (~1.8x each) and stays allocated (PyTorch keeps one buffer per thread at its largest size):
+# one call on conv1_2's 64x1024x1024 input added 1.2 GB where oneDNN adds 0.5 GB, and conv1_1's 3 -> 64 at
+# 384x512 in one call 90 MB. Larger maps go in strips of rows (a one-row halo each): 16 MB a call, 63 MB kept.
+# Half that (1 << 21) keeps 32 MB but cost 7.6% of the step at 384x512 (smaller calls run slower).
 MAX_CALL_ELEMENTS = 1 << 22
 
 

@@ -165,6 +165,16 @@ def test_expand_orders_sizes_then_backends():
     assert len(configs) == 8
 
 
+def test_expand_times_auto_and_direct_once_where_they_are_one_configuration():
+    """Winograd is fp32 only: bf16 with --conv auto,direct is one configuration (auto resolves to direct)."""
+    configs = expand([(64, 64)], ["torch", "ort"], ["cpu"], ["cpu"], ["fp32", "bf16"], convs=["auto", "direct"])
+    assert [(c.backend, c.precision, c.conv) for c in configs] == [
+        ("torch", "fp32", "auto"), ("torch", "bf16", "auto"), ("torch", "fp32", "direct"),
+        ("ort", "fp32", "auto"), ("ort", "bf16", "auto"), ("ort", "fp32", "direct")]
+    alone = expand([(64, 64)], ["torch"], ["cpu"], ["cpu"], ["bf16"], convs=["direct"])
+    assert [c.conv for c in alone] == ["direct"]
+
+
 def test_speedups_against_the_first_ok_row_per_size():
     rows = [{"height": 64, "width": 64, "model": "vgg19", "pooling": "avg", "status": s, "median_s": t}
             for s, t in (("ok", 4.0), ("ok", 1.0), ("error", None))]
