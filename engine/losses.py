@@ -139,6 +139,7 @@ class _StyleTerm(torch.autograd.Function):
     def forward(ctx, features: torch.Tensor, target: torch.Tensor, eager: bool) -> torch.Tensor:
         channels, positions = features.shape[1], features.shape[2] * features.shape[3]
         f = _accumulate(features.reshape(channels, positions))  # fp32 NCHW maps: a view; else a copy
+        f = f.to(torch.promote_types(f.dtype, target.dtype))  # a float64 target: the term in float64
         diff = f @ f.T - target
         ctx.coeff, ctx.eager = 0.5 / (channels**2 * positions**2), eager
         ctx.shape, ctx.dtype = features.shape, features.dtype
@@ -157,6 +158,7 @@ class _StyleTerm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its gradient has no graph: differentiating it raises
     def backward(ctx, grad_output: torch.Tensor):
         if not ctx.eager:
             f, diff = ctx.saved_tensors

@@ -74,7 +74,8 @@ def _nnpack_image(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         bottom = min(top + rows, height)
         strip = x[:, :, max(top - 1, 0):min(bottom + 1, height)]
         pads = (0, 0, int(top == 0), int(bottom == height))  # the image's own zero padding, top and bottom
-        strip = F.pad(strip, pads) if any(pads) else strip.contiguous()
+        # a copy in place (one channel: a strip of rows is already contiguous, and .contiguous() a view of x)
+        strip = F.pad(strip, pads) if any(pads) else strip.clone() if inplace else strip.contiguous()
         if inplace:
             if above is not None:
                 strip[:, :, 0] = above
@@ -127,10 +128,13 @@ class _MaskedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         # in place: in this network every gradient reaching a ReLU is a fresh tensor (a convolution's, a
-        # pool's, a loss term's or autograd's sum of them; a reshape's view of the Gram's), used once.
-        # torch.where took twice threshold_backward's time (42 vs 21 ms at 64x384x512); mul_ by the bool mask
-        # made an fp32 copy of it first (a whole map at the backward's peak); masked_fill_ makes none
+        # pool's, a style term's or autograd's sum of them), used once; a view (an expanded ones from a
+        # .sum(), a slice) is not, and gets a new tensor. torch.where took twice threshold_backward's time
+        # (42 vs 21 ms at 64x384x512); mul_ by the bool mask made an fp32 copy of it first (a whole map at the
+        # backward's peak); masked_fill_ makes none
         (off,) = ctx.saved_tensors
+        if grad._base is not None or not grad.is_contiguous():
+            return grad.masked_fill(off, 0), None
         return grad.masked_fill_(off, 0), None
 
 
@@ -190,7 +194,11 @@ class WinogradConv3x3(nn.Module):
 def use_winograd(net: nn.Module) -> int:
     """In a frozen network, in place: every 3x3 convolution a WinogradConv3x3, every ReLU a MaskedReLU and
     every 2x2 average pool an AvgPool2x2 (the same values; what the input gradient needs kept, no more:
-    0.16 GiB less peak memory at 384x512). The number of convolutions replaced."""
+    0.16 GiB less peak memory at 384x512). The number of convolutions replaced.
+
+    For the image's gradient only: the backward overwrites the gradients of the maps inside the network as
+    it goes (ReLU and large-map convolution backwards run in place), so a hook on an inner map or
+    autograd.grad asked for one sees them changed; use the direct network (conv="direct") for those."""
     count = 0
     for _, module in list(net.named_modules()):
         for child_name, child in list(module.named_children()):

@@ -349,3 +349,22 @@ def test_eager_style_gradient_is_taken_once():
     torch.autograd.grad(loss, x, retain_graph=True)
     with pytest.raises(RuntimeError, match="taken once"):
         torch.autograd.grad(loss, x)
+
+
+def test_style_term_with_a_float64_target_runs_in_float64():
+    x = torch.rand(1, 3, 4, 5, requires_grad=True)
+    target = torch.eye(3, dtype=torch.float64)
+    loss = style_layer_loss(x, target)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    f = x.detach().double().reshape(3, -1)
+    expected = ((f @ f.T - target) @ f * (1.0 / (3**2 * 20**2))).reshape(x.shape)
+    assert x.grad.dtype == torch.float32 and torch.allclose(x.grad.double(), expected, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_style_term_gradient_is_not_differentiated_again(eager):
+    x = torch.rand(1, 3, 4, 4, requires_grad=True)
+    (g,) = torch.autograd.grad(style_layer_loss(x, torch.eye(3), eager_grad=eager), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()

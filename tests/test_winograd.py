@@ -150,30 +150,40 @@ def test_strips_of_rows_equal_one_call(height):
 
 
 @needs_nnpack
+@pytest.mark.parametrize("channels", [6, 1])  # 1: a strip of rows of one channel is contiguous already
 @pytest.mark.parametrize("height", [40, 33, 17])  # strips of 8 rows; 17: a last strip of 1
-def test_strips_in_place_overwrite_the_input_with_the_same_result(height):
+def test_strips_in_place_overwrite_the_input_with_the_same_result(height, channels):
     """The backward's in-place strips: each strip's halo row above comes from before the strip above
     overwrote it; the result is bit for bit the out-of-place one and lives in the input's memory."""
     from styleengine.engine.winograd import _nnpack
 
-    conv = conv_pair(6, 6)
-    x = torch.randn(1, 6, height, 9, generator=torch.Generator().manual_seed(3))
-    out_of_place = _nnpack(x, conv.weight, conv.bias, max_elements=6 * 9 * 8)
+    conv = conv_pair(channels, channels)
+    x = torch.randn(1, channels, height, 9, generator=torch.Generator().manual_seed(3))
+    out_of_place = _nnpack(x, conv.weight, conv.bias, max_elements=channels * 9 * 8)
     y = x.clone()
-    in_place = _nnpack(y, conv.weight, conv.bias, max_elements=6 * 9 * 8, inplace=True)
+    in_place = _nnpack(y, conv.weight, conv.bias, max_elements=channels * 9 * 8, inplace=True)
     assert in_place.data_ptr() == y.data_ptr()
     assert torch.equal(in_place, out_of_place)
     # channels in != out: a new tensor, the input untouched
-    wide = conv_pair(6, 4)
+    wide = conv_pair(channels, 4)
     z = x.clone()
-    assert torch.equal(_nnpack(z, wide.weight, None, max_elements=6 * 9 * 8, inplace=True),
-                       _nnpack(x, wide.weight, None, max_elements=6 * 9 * 8)) and torch.equal(z, x)
+    assert torch.equal(_nnpack(z, wide.weight, None, max_elements=channels * 9 * 8, inplace=True),
+                       _nnpack(x, wide.weight, None, max_elements=channels * 9 * 8)) and torch.equal(z, x)
+
+
+@pytest.fixture
+def small_strips(monkeypatch):
+    """NNPACK calls of at most 4096 elements: every map of a tiny image runs in strips of rows."""
+    from styleengine.engine import winograd
+
+    monkeypatch.setattr(winograd._nnpack, "__defaults__", (4096, False))
 
 
 @needs_nnpack
-def test_backward_in_strips_does_not_touch_a_gradient_that_is_a_view():
-    """A gradient that is a view (an expanded ones from .sum(), a slice) is never overwritten."""
-    from styleengine.engine.winograd import WinogradConv3x3
+def test_gradients_that_are_views_are_not_overwritten(small_strips):
+    """An expanded ones (from .sum()) reaching a convolution run in strips, or a ReLU, gets a new tensor:
+    the gradients are right."""
+    from styleengine.engine.winograd import MaskedReLU
 
     layer = WinogradConv3x3(conv_pair(4, 4), min_positions=1)
     x = torch.randn(1, 4, 40, 9, generator=torch.Generator().manual_seed(4), requires_grad=True)
@@ -181,6 +191,35 @@ def test_backward_in_strips_does_not_touch_a_gradient_that_is_a_view():
     ref = torch.nn.functional.conv_transpose2d(torch.ones(1, 4, 40, 9, dtype=torch.float64),
                                                layer.conv.weight.double(), padding=1)
     assert rel(x.grad, ref) < 2e-5
+    for inplace in (False, True):
+        z = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(5))
+        leaf = z.clone().requires_grad_(True)
+        MaskedReLU(inplace)(leaf * 1.0).sum().backward()
+        assert torch.equal(leaf.grad, (z > 0).float())
+
+
+@needs_nnpack
+def test_step_in_strips_in_place_equals_out_of_place(small_strips, monkeypatch, vgg19_random, make_image):
+    """The Winograd step with its backward's strips in place gives the same gradient, bit for bit, as with
+    them out of place, and is as close to the direct step as Winograd is."""
+    from styleengine.engine import winograd
+    from styleengine.engine.losses import LossConfig
+
+    loss = LossConfig()
+    content, style, image = make_image(32, 40, seed=1), make_image(24, 24, seed=2), make_image(32, 40, seed=3)
+    grads = {}
+    for mode in ("in place", "out of place", "direct"):
+        if mode == "out of place":
+            whole = winograd._nnpack_image
+            monkeypatch.setattr(winograd, "_nnpack_image", lambda x, w, b, m, inplace=False: whole(x, w, b, m))
+        step = TorchStep(vgg19_random, loss, conv="direct" if mode == "direct" else "winograd")
+        for m in step.net.modules():
+            if isinstance(m, WinogradConv3x3):
+                m.min_positions = 0
+        step.set_targets(make_targets(step, loss, content, [style]))
+        grads[mode] = step(image).grad
+    assert torch.equal(grads["in place"], grads["out of place"])
+    assert rel(grads["in place"], grads["direct"]) < 1e-3
 
 
 def test_winograd_settings_resolve_to_fp32():
