@@ -167,8 +167,12 @@ class OrtStep(StepBase):
                  threads: int | None = None):
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
         self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
-        self.session = None
-        self._open()  # fail here, not at the first step, if the provider cannot start
+        self.session, self.has_targets = None, False
+        if provider != "cpu":
+            self._open()  # fail here, not at the first step, if the provider cannot start
+        # on the CPU (which always starts) the step's session is made by set_targets, after the one-off
+        # features session has gone: not both graphs' weights and buffers at once (ORT Winograd at 192x256:
+        # the targets' peak was 0.60 GiB, above the loop's)
         self._features = None
         self._tile = None
         self._tile_features = None
@@ -237,10 +241,14 @@ class OrtStep(StepBase):
         values = session.run(layer_names, {names.IMAGE: image.detach().float().cpu().numpy()})
         return {n: torch.from_numpy(v).to(self.device) for n, v in zip(layer_names, values)}
 
-    def set_targets(self, targets: Targets) -> None:
-        self._features = None
+    def open(self) -> None:
+        """Make the step's session if it is not there (made by set_targets; gone after trim)."""
         if self.session is None:
             self._open()
+
+    def set_targets(self, targets: Targets) -> None:
+        self._features = None
+        self.open()
         self.binding.clear_binding_inputs()
         self._constants = []
         for n in self.spec.content_layers:

@@ -70,6 +70,7 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
     gen = torch.Generator().manual_seed(seed)
     results = []
     try:
+        graph_step.open()
         check_signature(graph_step.session, spec)  # names before values
         for height, width in sizes:
             content, style, image = (torch.rand(1, 3, height, width, generator=gen) for _ in range(3))

@@ -117,6 +117,19 @@ def test_ort_features_match_torch(vgg19_random, make_image):
         np.testing.assert_allclose(got[name].numpy(), ref[name].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_step_session_is_made_when_the_targets_are_set(vgg19_random, make_image):
+    """The targets' one-off features session and the step's session are never both open on the CPU."""
+    step = make_graph_step("ort", vgg19_random, SHORT)
+    assert step.session is None
+    with pytest.raises(RuntimeError, match="set_targets"):
+        step(make_image(20, 24))
+    targets = make_targets(step, SHORT, make_image(20, 24, 1), [make_image(20, 24, 2)])
+    assert step.session is None and step._features is not None
+    step.set_targets(targets)
+    assert step.session is not None and step._features is None
+    assert torch.isfinite(step(make_image(20, 24, 3)).grad).all()
+
+
 def test_ort_loop_matches_torch_loop(vgg19_random, make_image):
     """Same seed, same init: final loss within 3% after 50 L-BFGS iterations (fp32 rounding alone moves an
     L-BFGS path by a few percent over 50 iterations: test_lbfgs.py)."""
