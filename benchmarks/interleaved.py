@@ -74,7 +74,7 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
             times[name].append(turn(name))
     base = methods[0]
     ratios = {name: [t / b for t, b in zip(times[name], times[base])] for name in methods[1:]}
-    convs = {name: getattr(step, "conv", None) or step.spec.conv for name, step in steps.items()}
+    convs = {name: step.conv for name, step in steps.items()}
     return {"height": height, "width": width, "loop": loop, "rounds": rounds, "threads": torch.get_num_threads(),
             "convs": convs,
             "cpu_isa": cpu_isa(), "times_s": times,

@@ -181,7 +181,7 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
                      precision=spec["precision"], provider=spec.get("provider") or "cpu",
                      conv=spec.get("conv") or "auto")
     if spec["backend"] in ("torch", "ort"):
-        base["conv"] = step.conv if spec["backend"] == "torch" else step.spec.conv  # what "auto" resolved to
+        base["conv"] = step.conv  # what "auto" resolved to
     tile = spec.get("tile")
     if tile:
         from styleengine.engine.tiled import TiledStep, tiles

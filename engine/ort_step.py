@@ -24,7 +24,9 @@ from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Weights, file_sha256
 
 
-def session_options(threads: int | None = None, arena: bool = True):
+def session_options(threads: int | None = None, arena: bool = True, unfolded: bool = False):
+    """unfolded: keep computed weights computed (Winograd graphs: prepacking, and constant folding, see
+    _optimizer_kwargs, would store the transformed kernels, 4x the weights, export/winograd.py)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -39,7 +41,17 @@ def session_options(threads: int | None = None, arena: bool = True):
     # 1.40 GiB at 512 px. Without it the arena reuses the first run's chunks.
     so.enable_mem_pattern = False
     so.log_severity_level = 3
+    if unfolded:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        # ORT's default order ran every kernel transform (inputs: initializers only) at the start of a
+        # run, all alive at once (0.87 vs 0.68 GiB peak at 192x256); by priority each runs before its layer
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     return so
+
+
+def _optimizer_kwargs(unfolded: bool) -> dict:
+    """InferenceSession's keyword arguments for an unfolded session (session_options): no constant folding."""
+    return {"disabled_optimizers": ["ConstantFolding"]} if unfolded else {}
 
 
 def machine_tag() -> str:
@@ -93,8 +105,7 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
 
     stream: a (non-default) torch CUDA stream the CUDA provider runs its kernels on, so a step queues
     behind the optimiser's kernels with no host sync (ORT treats stream 0, torch's default, as none).
-    unfolded: keep computed weights computed (Winograd graphs: constant folding and prepacking would store
-    the transformed kernels, 4x the weights, export/winograd.py).
+    unfolded: see session_options.
     """
     import onnxruntime as ort
 
@@ -103,18 +114,11 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     if provider == "cuda" and stream is not None:
         providers[0] = (wanted, {"device_id": str(stream.device.index or 0), "has_user_compute_stream": "1",
                                  "user_compute_stream": str(stream.cuda_stream)})
-    options = session_options(threads, arena)
-    extra = {}
-    if unfolded:
-        options.add_session_config_entry("session.disable_prepacking", "1")
-        # ORT's default order ran every kernel transform (inputs: initializers only) at the start of a
-        # run, all alive at once (0.87 vs 0.68 GiB peak at 192x256); by priority each runs before its layer
-        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-        extra["disabled_optimizers"] = ["ConstantFolding"]
+    options = session_options(threads, arena, unfolded)
     if provider == "cpu":
-        session = _cpu_session(path, sha256 or file_sha256(path), options, extra)
+        session = _cpu_session(path, sha256 or file_sha256(path), options, unfolded)
     else:
-        session = ort.InferenceSession(str(path), options, providers=providers, **extra)
+        session = ort.InferenceSession(str(path), options, providers=providers, **_optimizer_kwargs(unfolded))
     got = session.get_providers()
     if not got or got[0] != wanted:
         raise UnavailableError(f"ONNX Runtime could not start {wanted} (the session got {', '.join(got)}); "
@@ -130,7 +134,7 @@ def optimised_folder(sha256: str) -> Path:
     return cache_root() / "ort-optimised" / machine_tag() / sha256[:32]
 
 
-def _cpu_session(path: Path, sha256: str, options, extra: dict):
+def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
     """A CPU session from the cached optimised graph, checked against its recorded hash; on a miss,
     a mismatch or a load error, one from `path` that writes the optimised graph into a new entry."""
     import onnxruntime as ort
@@ -141,18 +145,16 @@ def _cpu_session(path: Path, sha256: str, options, extra: dict):
     folder = optimised_folder(sha256)
     with entry_lock(folder):
         if read_record(folder) is not None:
-            loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena)
+            loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena, unfolded)
             loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            if extra:
-                loading.add_session_config_entry("session.disable_prepacking", "1")
-                loading.execution_order = options.execution_order
             try:
                 return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
             except load_errors:
                 pass  # hash-checked yet unloadable (written by a broken build of ORT?): made again below
         with staging_folder(folder) as staging:
             options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], **extra)
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                           **_optimizer_kwargs(unfolded))
             write_record(staging, [OPTIMISED_FILE])
             publish(staging, folder)
     return session
@@ -178,8 +180,13 @@ class OrtStep(StepBase):
         self._tile_features = None
 
     @property
+    def conv(self) -> str:
+        """The graph's convolutions, "direct" or "winograd" (TorchStep.conv's counterpart)."""
+        return self.spec.conv
+
+    @property
     def unfolded(self) -> bool:
-        return self.spec.conv == "winograd"
+        return self.conv == "winograd"
 
     def _open(self) -> None:
         import onnxruntime as ort
