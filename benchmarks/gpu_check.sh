@@ -3,39 +3,51 @@
 #
 #   . .gpu/last/setup.sh && bash benchmarks/gpu_check.sh [PART ...]   (../shared/tools/gpu: onnxruntime-gpu)
 #
-# PARTS: correct loop step bench (default: all, in that order).
-# Every part has its own timeout and writes its file into $OUT (default benchmarks/results/gpu) as
-# soon as it ends, so a part that fails or hangs loses nothing else:
+# PARTS: correct loop step profile bench (default: all, in that order).
+# Every part has its own timeout and writes its files into $OUT (default benchmarks/results/gpu) as
+# soon as it ends, so a part that fails or hangs loses nothing else. With WORK set (the device tool
+# brings back at most 8 files), the files go into $WORK and $OUT gets one archive of them,
+# gpu-check.tgz, remade after every part:  WORK=/tmp/gpu-check bash benchmarks/gpu_check.sh
 #   env.txt      the GPU, torch, onnxruntime and its providers
 #   correct.json the CUDA-graph loop vs the eager loop; the ORT CUDA step vs torch
 #   loop.json    the whole loop at 384x512 (naive vs ours), and each step alone
 #   step.json    the step at 512 and 2048 in every precision
+#   profile.json where the step's time goes at 512 and 2048: kernels (torch), ONNX ops (ORT CUDA)
 #   bench.json   `styleengine bench --res 512 --backends naive,torch,ort --loop 20` on the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
-mkdir -p "$OUT"
+DIR="${WORK:-$OUT}"
+mkdir -p "$OUT" "$DIR"
+pack() {  # the archive is replaced whole: a call cut short still brings back the last complete one
+  if [ "$DIR" != "$OUT" ]; then
+    tar czf "$OUT/gpu-check.tgz.part" -C "$DIR" . && mv "$OUT/gpu-check.tgz.part" "$OUT/gpu-check.tgz"
+  fi
+}
 export STYLEENGINE_CACHE_DIR="${STYLEENGINE_CACHE_DIR:-/tmp/styleengine-cache}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 {
   nvidia-smi -L
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
   "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} > "$DIR/env.txt" 2>&1
+cat "$DIR/env.txt"
+pack
 check() {  # check NAME SECONDS: one part of gpu_check.py into NAME.json, its log into NAME.log
-  timeout "$2" "$PY" -m styleengine.benchmarks.gpu_check "$1" > "$OUT/$1.json" 2> "$OUT/$1.log"
-  echo "== $1: exit $?"; cat "$OUT/$1.json"; tail -3 "$OUT/$1.log"
+  timeout "$2" "$PY" -m styleengine.benchmarks.gpu_check "$1" > "$DIR/$1.json" 2> "$DIR/$1.log"
+  echo "== $1: exit $?"; head -c 3000 "$DIR/$1.json"; echo; tail -3 "$DIR/$1.log"
 }
-for part in ${*:-correct loop step bench}; do
+for part in ${*:-correct loop step profile bench}; do
   case "$part" in
     correct) check correct 60 ;;
     loop) check loop 130 ;;
     step) check step 80 ;;
+    profile) check profile 80 ;;
     bench)
       timeout 150 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda \
           --providers cuda --precision fp32,bf16,fp16 --loop 20 --iters 10 --warmup 3 --timeout 60 \
-          --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-      echo "== bench: exit $?"; tail -30 "$OUT/bench.log" ;;
+          --json "$DIR/bench.json" > "$DIR/bench.log" 2>&1
+      echo "== bench: exit $?"; tail -30 "$DIR/bench.log" ;;
   esac
+  pack
 done
