@@ -76,9 +76,10 @@ def build_model(weights: Weights, pooling: str, content_layers, style_layers, co
                if layer.name in set(content_layers) | set(style_layers))
     for layer in layer_table(weights.model)[: last + 1]:
         if layer.kind == "conv":
+            # the loaded network's own tensors, as the tutorial adds the loaded VGG's modules (one copy)
             conv = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1)
-            conv.weight.data.copy_(weights.state[f"features.{layer.index}.weight"])
-            conv.bias.data.copy_(weights.state[f"features.{layer.index}.bias"])
+            conv.weight = nn.Parameter(weights.state[f"features.{layer.index}.weight"], requires_grad=False)
+            conv.bias = nn.Parameter(weights.state[f"features.{layer.index}.bias"], requires_grad=False)
             module = conv
         elif layer.kind == "relu":
             module = nn.ReLU(inplace=True)

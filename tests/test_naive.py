@@ -27,3 +27,15 @@ def test_naive_loop_gives_the_engines_losses(random_weights, pooling):
     assert theirs == pytest.approx(ours, rel=1e-4)
     assert theirs[-1] < theirs[0]
     assert torch.isfinite(image).all()
+
+
+def test_naive_model_holds_the_loaded_weights_once(random_weights):
+    """As the tutorial adds the loaded VGG's own modules: the model's convolutions are the loaded
+    tensors, not a second copy (which would add to the baseline's memory what its users never pay)."""
+    weights = random_weights("vgg16", 0)
+    image = torch.rand(1, 3, 32, 32)
+    model, _, _ = naive.build_model(weights, "avg", ["relu4_2"], ["relu1_1", "relu5_1"], image, image, 1.0, 1.0,
+                                    torch.device("cpu"))
+    loaded = {v.data_ptr() for v in weights.state.values()}
+    params = list(model.parameters())
+    assert params and all(p.data_ptr() in loaded and not p.requires_grad for p in params)

@@ -261,3 +261,24 @@ def test_relu_output_is_relu_of_conv(vgg19_random, make_image):
     out = net(make_image(24, 24), ["conv3_1", "relu3_1"])
     assert (out["conv3_1"] < 0).any()
     torch.testing.assert_close(out["relu3_1"], out["conv3_1"].clamp_min(0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("precision, conv", [("fp32", "direct"), ("fp32", "auto"), ("bf16", "auto")])
+def test_torch_step_runs_on_the_weights_own_tensors_and_leaves_them(random_weights, make_image, precision, conv):
+    """fp32 on the CPU: the network's convolutions are the weights' tensors (no second copy); bf16 has
+    its own; no step writes to them either way (Winograd's flipped kernels, the bf16 cast)."""
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.steps import TorchStep, make_targets
+
+    weights = random_weights("vgg19")
+    before = {k: v.clone() for k, v in weights.state.items()}
+    loss = LossConfig()
+    step = TorchStep(weights, loss, precision=precision, conv=conv)
+    shared = {p.data_ptr() for p in step.net.parameters()} & {v.data_ptr() for v in weights.state.values()}
+    params = len(list(step.net.parameters()))
+    assert len(shared) == (params if precision == "fp32" else 0)
+    image = make_image(32, 48, seed=1)
+    step.set_targets(make_targets(step, loss, image, [make_image(32, 32, seed=2)]))
+    for _ in range(2):
+        step(make_image(32, 48, seed=3))
+    assert all(torch.equal(weights.state[k], v) for k, v in before.items())
