@@ -9,9 +9,10 @@
   and the first, cheaper iterations cancel; naive vs torch fp32/bf16 vs ORT CUDA fp32/fp16, two rounds
   interleaved; and each step alone (median of 20) for loop/step;
 - step: the step alone at 512 and 2048 in every precision (median of 10);
-- profile: where a step's time goes at 512 and 2048, per kernel (torch's profiler: torch fp32 and bf16)
-  and per ONNX op (ORT's profiler: ORT CUDA fp32 and fp16), for the step targets (<= 2 ms at 512,
-  <= 20 ms at 2048) still missed when last measured.
+- profile: where a step's time goes at 512 and 2048, per kernel (torch's profiler, which sees ORT's
+  kernels too: torch fp32/bf16, ORT CUDA fp32/fp16) and per ONNX op (ORT's profiler: host times and
+  the provider of each op), for the step targets (<= 2 ms at 512, <= 20 ms at 2048) still missed
+  when last measured.
 """
 from __future__ import annotations
 
@@ -207,9 +208,13 @@ def _profile_ort(weights, precision: str, side: int, steps: int, top: int, devic
         for _ in range(3):
             s(x)
         synchronize()
-        for _ in range(steps):
-            s(x)
-        synchronize()
+        # on CUDA the kernels too: torch's profiler (CUPTI) sees every kernel of the process, ORT's
+        # included, where ORT's node times are the host's (its Run does not wait for the stream)
+        kernels = _profile_torch(s, x, steps, top, device) if device == "cuda" else None
+        if kernels is None:
+            for _ in range(steps):
+                s(x)
+            synchronize()
         with open(s.session.end_profiling()) as f:
             trace = json.load(f)
         s.close()
@@ -225,8 +230,10 @@ def _profile_ort(weights, precision: str, side: int, steps: int, top: int, devic
             key = f"{args.get('op_name', '?')} [{args.get('provider', '?')}]"
             times[key] += e["dur"] / 1e3
             counts[key] += 1
-    out = _summary(times, counts, steps, top)
+    out = _summary(times, counts, steps, top)  # per ONNX op and provider (a CPU one in a CUDA session: copies)
     out["run_ms"] = statistics.median(r["dur"] / 1e3 for r in runs[-steps:]) if runs else None
+    if kernels is not None:
+        out["kernels"] = kernels
     return out
 
 

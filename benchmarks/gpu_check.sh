@@ -3,7 +3,7 @@
 #
 #   . .gpu/last/setup.sh && bash benchmarks/gpu_check.sh [PART ...]   (../shared/tools/gpu: onnxruntime-gpu)
 #
-# PARTS: correct loop step profile bench (default: all, in that order).
+# PARTS: correct loop step bench profile (default: all, in that order).
 # Every part has its own timeout and writes its files into $OUT (default benchmarks/results/gpu) as
 # soon as it ends, so a part that fails or hangs loses nothing else. With WORK set (the device tool
 # brings back at most 8 files), the files go into $WORK and $OUT gets one archive of them,
@@ -12,8 +12,8 @@
 #   correct.json the CUDA-graph loop vs the eager loop; the ORT CUDA step vs torch
 #   loop.json    the whole loop at 384x512 (naive vs ours), and each step alone
 #   step.json    the step at 512 and 2048 in every precision
-#   profile.json where the step's time goes at 512 and 2048: kernels (torch), ONNX ops (ORT CUDA)
 #   bench.json   `styleengine bench --res 512 --backends naive,torch,ort --loop 20` on the GPU
+#   profile.json where the step's time goes at 512 and 2048: kernels, and ORT's ONNX ops
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
@@ -37,17 +37,17 @@ check() {  # check NAME SECONDS: one part of gpu_check.py into NAME.json, its lo
   timeout "$2" "$PY" -m styleengine.benchmarks.gpu_check "$1" > "$DIR/$1.json" 2> "$DIR/$1.log"
   echo "== $1: exit $?"; head -c 3000 "$DIR/$1.json"; echo; tail -3 "$DIR/$1.log"
 }
-for part in ${*:-correct loop step profile bench}; do
+for part in ${*:-correct loop step bench profile}; do
   case "$part" in
     correct) check correct 60 ;;
     loop) check loop 130 ;;
     step) check step 80 ;;
-    profile) check profile 80 ;;
     bench)
       timeout 150 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda \
           --providers cuda --precision fp32,bf16,fp16 --loop 20 --iters 10 --warmup 3 --timeout 60 \
           --json "$DIR/bench.json" > "$DIR/bench.log" 2>&1
       echo "== bench: exit $?"; tail -30 "$DIR/bench.log" ;;
+    profile) check profile 90 ;;
   esac
   pack
 done
