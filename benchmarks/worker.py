@@ -180,6 +180,8 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
                      precision=spec["precision"], provider=spec.get("provider") or "cpu",
                      conv=spec.get("conv") or "auto")
+    # what `styleengine run` keeps: the step, not the loaded weights (an ORT step has them in its session)
+    del weights
     if spec["backend"] in ("torch", "ort"):
         base["conv"] = step.conv  # what "auto" resolved to
     tile = spec.get("tile")

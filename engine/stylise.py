@@ -524,7 +524,9 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
             init_image: np.ndarray | None = None, step: Step | None = None) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
-    weights: already loaded (else loaded from settings.weights). init_image:
+    weights: already loaded (else loaded from settings.weights, and let go once
+    the step is built: a caller who keeps none lets the ORT step run without
+    them, the torch step with only the layers it uses). init_image:
     the image for an init path, if the caller has loaded it already. step:
     a step built for these settings' backend, device, precision, model,
     weights, pooling and layers and kept warm by the caller, who closes it
@@ -563,6 +565,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         raise ValueError("the pictures of one batch must share every setting but " + ", ".join(PER_PICTURE))
     if len(pictures) > 1 and (settings.backend != "torch" or len(settings.scale_plan()) > 1):
         raise ValueError("batches run on the torch backend at one scale")
+    loaded = weights is None  # then nothing but the step needs them: let them go once it is built
     if weights is None:
         weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
     elif weights.model != settings.model:
@@ -596,6 +599,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         step = build_step(settings, weights, loss)
     else:
         step.set_loss(loss)
+    if loaded:  # an ORT step has its own copy in its session, a torch one the tensors its layers use
+        del weights
     records: list[list[Record]] = [[] for _ in pictures]
     results: list[Result] = []  # the last finished scale's
     blends = [p.settings.style_blend for p in pictures]

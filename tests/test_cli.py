@@ -289,6 +289,50 @@ def test_blend_init_path_and_convention_flags(tmp_path, monkeypatch, capsys, pic
     assert out.exists()
 
 
+def test_convention_flags_reach_the_step_and_the_loaded_weights_are_let_go(tmp_path, monkeypatch, capsys, pics):
+    """The CLI checks the weights up front and lets stylise load them again with the flags' convention
+    (the file's own fields for the rest); stylise lets them go once its step is built (an ORT step keeps
+    its own copy, so the run needs none)."""
+    import gc
+    import weakref
+
+    from styleengine import cli_job
+    from styleengine.engine import stylise as stylise_module
+    from styleengine.model.weights import RANDOM
+
+    loaded, alive_in_loop = [], []
+    real_load, real_optimise = stylise_module.load_weights, stylise_module.optimise_at_size
+
+    def load(*args, **kwargs):
+        weights = real_load(*args, **kwargs)
+        loaded.append((weights.convention, weakref.ref(weights)))
+        return weights
+
+    def optimise_at_size(*args, **kwargs):
+        gc.collect()
+        alive_in_loop.extend(ref() is not None for ref in held + [ref for _, ref in loaded])
+        return real_optimise(*args, **kwargs)
+
+    def checked(*args, **kwargs):  # the CLI's up-front check: the object it would hold
+        weights = real_check(*args, **kwargs)
+        held.append(weakref.ref(weights))
+        return weights
+
+    held, real_check = [], cli_job.load_run_weights
+    monkeypatch.setattr(stylise_module, "load_weights", load)
+    monkeypatch.setattr(stylise_module, "optimise_at_size", optimise_at_size)
+    monkeypatch.setattr(cli_job, "load_run_weights", checked)
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--backend", "ort", "--channel-order", "BGR", "--mean", "0.4,0.45,0.5")
+    assert code == 0, err
+    assert len(loaded) == 2  # the CLI's check (load_run_weights), then stylise's own
+    convention = loaded[1][0]
+    assert (convention.channel_order, convention.mean) == ("BGR", (0.4, 0.45, 0.5))
+    assert (convention.pixel_range, convention.std) == (RANDOM.pixel_range, RANDOM.std)
+    assert len(held) == 1 and alive_in_loop == [False, False, False]
+
+
 def test_stylise_is_seeded_locally():
     from styleengine.engine.stylise import Settings, stylise
 

@@ -12,6 +12,7 @@ written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -176,12 +177,18 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
               [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
               style_labels=[f"style image {p}" for p in styles])
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
+    # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
     weights = load_run_weights(settings, convention)
+    untrained = weights.is_random
+    if convention:  # the flags' fields over the file's own convention, whole: what stylise loads them with
+        settings = dataclasses.replace(settings, convention=weights.convention)
+    del weights
     if settings.precision == "auto":
         settings = settings.resolved()
         console.print(f"precision auto: {settings.precision} (the fastest that passes validation on this device; "
                       f"fp32 on the CPU)", highlight=False, soft_wrap=True)
-    if weights.is_random:
+    if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
                       "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)
 
@@ -208,7 +215,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                         if not failures:
                             failures.append(f"{e}; later snapshots were still tried")
 
-            image, result = stylise(content_array, style_arrays, settings, callback=on_iteration, weights=weights,
+            image, result = stylise(content_array, style_arrays, settings, callback=on_iteration,
                                     init_image=init_image)
     finally:
         tracer.close()
