@@ -435,7 +435,7 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: list[Prepared],
                      inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
                      blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
-                     offset: int = 0, measure: bool = True) -> list[Result]:
+                     offset: int = 0, measure: bool = True, last_use: bool = False) -> list[Result]:
     """Targets at this size, the loop from the inits, then (measure) the distances of each result: one Result
     per picture.
 
@@ -445,6 +445,10 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     TiledStep takes the style Grams tile by tile. Several pictures (one size)
     run as one batch. Records of every settings.distance_every-th iteration
     (counted across scales) carry the distances of the image after it.
+    last_use: the step runs no more after this loop, so it hands back its
+    buffers (Step.trim) before the distances' features are computed (an ORT
+    step's session held the loop's arena beside the features session: +260 MB
+    at 384 px).
     """
     targets_step = targets_step or step
     targets = [make_targets(targets_step, loss, p.content, p.styles, list(blend) if blend else None,
@@ -468,6 +472,8 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
                              max_step=settings.lbfgs_max_step or None, read_at=read_at)
     if not measure:  # a coarse scale of a run: its result is the next scale's start, not the answer
         return results
+    if last_use:
+        step.trim()
     measured: list[Result] = []
     for result, target in zip(results, targets):
         if result.stopped == "interrupted" or (measured and measured[-1].stopped == "interrupted"):
@@ -620,7 +626,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
-                                         offset=scale["offset"], measure=index == len(plan) - 1)
+                                         offset=scale["offset"], measure=index == len(plan) - 1,
+                                         last_use=owned and index == len(plan) - 1)
             except KeyboardInterrupt:
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:
