@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,6 +221,7 @@ def _profile_ort(weights, precision: str, side: int, steps: int, top: int, devic
         s.close()
     finally:
         ort_step.session_options = plain
+        shutil.rmtree(folder, ignore_errors=True)  # every session's trace (the features' too): read or not needed
     runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
     # the last `steps` runs (the warm-up ones and those of the targets' features before them)
     start = runs[-steps]["ts"] if len(runs) >= steps else 0

@@ -35,7 +35,8 @@ def run_once(args: list[str]) -> tuple[float, int]:
         if code != 0:
             err.seek(0)
             text = err.read().decode(errors="replace").strip()[-400:]
-            raise RuntimeError(f"styleengine run {' '.join(args)} exited {code}: {text}")
+            how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+            raise RuntimeError(f"styleengine run {' '.join(args)} {how}: {text}")
     return wall, usage.ru_maxrss * 1024  # KiB on Linux
 
 
@@ -44,17 +45,21 @@ def measure(content: str, style: str, backends: list[str], rounds: int, common: 
 
     peaks: dict[str, list[int]] = {b: [] for b in backends}
     walls: dict[str, list[float]] = {b: [] for b in backends}
+    error = None
     with tempfile.TemporaryDirectory(prefix="run-memory-") as folder:
-        for _ in range(rounds):
-            for backend in backends:
-                out = str(Path(folder) / f"{backend}.png")
-                wall, peak = run_once([content, style, "-o", out, "--backend", backend, *common])
-                walls[backend].append(wall)
-                peaks[backend].append(peak)
+        try:
+            for _ in range(rounds):
+                for backend in backends:
+                    out = str(Path(folder) / f"{backend}.png")
+                    wall, peak = run_once([content, style, "-o", out, "--backend", backend, *common])
+                    walls[backend].append(wall)
+                    peaks[backend].append(peak)
+        except RuntimeError as e:  # the rounds measured so far are kept, with why the rest are not
+            error = str(e)
     return {"cpu": cpu_name(), "cpu_isa": cpu_isa(), "load_avg_1m": os.getloadavg()[0],
             "command": ["styleengine", "run", content, style, "-o", "OUT", "--backend", "BACKEND", *common],
-            "peak_rss_bytes": peaks, "wall_s": walls,
-            "median_peak_rss_gib": {b: statistics.median(v) / 2**30 for b, v in peaks.items()}}
+            "peak_rss_bytes": peaks, "wall_s": walls, "error": error,
+            "median_peak_rss_gib": {b: statistics.median(v) / 2**30 for b, v in peaks.items() if v}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(args.json)
+    if result["error"]:
+        print(f"error: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

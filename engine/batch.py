@@ -390,7 +390,7 @@ class Warm:
         weights = self.weights(settings)
         loss = settings.loss_config(texture=texture)
         key = (settings.model, weights.sha256, settings.pooling, loss.content_layers, loss.style_layers,
-               settings.precision, settings.backend, settings.device, settings.provider)
+               settings.precision, settings.backend, settings.device, settings.provider, settings.conv)
         if key not in self._steps:
             self._steps[key] = build_step(settings, weights, loss)
             self.steps_built += 1

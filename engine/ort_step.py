@@ -208,10 +208,11 @@ class OrtStep(StepBase):
         self.has_targets = False
 
     def trim(self) -> None:
-        """Hand back what the step session holds: its arena keeps the buffers of the largest image it
-        ran (4-5 GiB at 1448 px), which a tiled scale after an untiled one never uses again. The
-        session is made again (targets included) if the untiled step is called after this."""
-        self.session = self.binding = self.grad = None
+        """Hand back what the step sessions hold: their arenas keep the buffers of the largest image (or
+        tile) they ran (4-5 GiB at 1448 px), which a tiled scale after an untiled one, or the distances
+        after the last step, never use. set_targets makes the step session again; the tile step makes
+        its own on its next call."""
+        self.session = self.binding = self.grad = self._tile = None
         self._constants = []
         self.has_targets = False
 

@@ -61,7 +61,8 @@ class Step(Protocol):
     def __call__(self, image: torch.Tensor) -> StepResult: ...
 
     def trim(self) -> None:
-        """Hand back what is only needed for untiled steps (a tiled step is about to run)."""
+        """Hand back the buffers only stepping needs (features and Grams still work): before a tiled scale
+        (the untiled step's), and after a run's last step, before its final distances."""
 
     def close(self) -> None: ...
 
@@ -135,7 +136,9 @@ def build_network(weights: Weights, names: list[str], pooling: Pooling) -> VGGFe
     a second copy was 52 MB of VGG19 resident for nothing; nothing writes to them, and .to() copies
     for another device or dtype)."""
     net = VGGFeatures(weights.model, names, pooling)
-    state = {k: v.contiguous() for k, v in weights.state.items() if k in net.state_dict()}
+    # detached: the module's own tensor objects on the same storage, so a later .to() or requires_grad_ on the
+    # module cannot reach the caller's (a Weights built from Parameters would otherwise become the network's)
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in weights.state.items() if k in net.state_dict()}
     net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
 

@@ -99,6 +99,10 @@ class TiledStep(StepBase):
         self.targets: Targets | None = None
         self._base_has_targets = False
 
+    def trim(self) -> None:
+        self.base.trim()
+        self._base_has_targets = False  # a trimmed ORT base binds its targets again when stepped
+
     def _fits(self, image: torch.Tensor) -> bool:
         return image.shape[2] <= self.tile and image.shape[3] <= self.tile
 

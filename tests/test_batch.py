@@ -184,6 +184,16 @@ def test_warm_builds_each_step_once(folder):
     assert warm.steps_built == 1  # five jobs, three loss weightings, one network
 
 
+def test_warm_keeps_a_step_per_convolution_algorithm():
+    """Jobs that differ only in --conv get their own steps (the key once left conv out: the second job ran
+    the first one's convolutions)."""
+    base = Settings(weights="random", model="vgg16", size=40, iterations=1, device="cpu")
+    with engine.Warm() as warm:
+        steps = [warm.step(dataclasses.replace(base, conv=conv).resolved()) for conv in ("direct", "auto", "direct")]
+    assert steps[0] is steps[2] and steps[0] is not steps[1] and warm.steps_built == 2
+    assert steps[0].conv == "direct"
+
+
 # ------------------------------------------------------------------ batched == one by one
 
 def test_batched_lbfgs_rows_are_independent_runs():

@@ -1,4 +1,5 @@
 """The real CLI: bad input is one line and exit 1 with no file; the happy paths write what they say."""
+import dataclasses
 import json
 import math
 import os
@@ -342,7 +343,8 @@ def test_a_run_hands_back_its_ort_session_before_the_final_distances_unless_the_
     real = stylise_module.distances
 
     def distances(step, *args, **kwargs):
-        seen.append(step.session is None)
+        base = getattr(step, "base", step)  # a TiledStep's ORT step
+        seen.append(base.session is None and base._tile is None)
         return real(step, *args, **kwargs)
 
     monkeypatch.setattr(stylise_module, "distances", distances)
@@ -351,11 +353,14 @@ def test_a_run_hands_back_its_ort_session_before_the_final_distances_unless_the_
     settings = Settings(size=48, iterations=2, weights="random", model="vgg16", device="cpu", backend="ort")
     image, result = stylise(content, [style], settings)
     assert seen == [True] and result.distances is not None and np.isfinite(image).all()
+    # tiled (64 px in 32 px cores): the tile step's session goes too
+    image, result = stylise(content, [style], dataclasses.replace(settings, size=64, tile=32))
+    assert seen == [True, True] and result.distances is not None and np.isfinite(image).all()
     resolved = settings.resolved()
     warm = build_step(resolved, stylise_module.load_run_weights(resolved), resolved.loss_config())
     try:
         stylise(content, [style], settings, step=warm)
-        assert seen == [True, False] and warm.session is not None
+        assert seen == [True, True, False] and warm.session is not None
     finally:
         warm.close()
 

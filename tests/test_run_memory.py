@@ -26,7 +26,13 @@ def test_each_run_is_measured_as_its_own_child(tmp_path):
     assert doc["command"][:2] == ["styleengine", "run"] and "--weights" in doc["command"]
 
 
-def test_a_failed_run_says_why(tmp_path):
+def test_a_failed_run_says_why_and_keeps_what_was_measured(tmp_path, capsys):
     with pytest.raises(RuntimeError, match="exited 1"):
         run_memory.run_once([str(tmp_path / "missing.png"), str(tmp_path / "missing.png"), "-o",
                              str(tmp_path / "o.png"), "--weights", "random"])
+    out = tmp_path / "memory.json"
+    assert run_memory.main([str(tmp_path / "missing.png"), str(tmp_path / "missing.png"), "--rounds", "1",
+                            "--json", str(out), "--weights", "random"]) == 1
+    doc = json.loads(out.read_text())
+    assert "not found" in doc["error"] and doc["peak_rss_bytes"]["torch"] == []
+    assert capsys.readouterr().err.startswith("error: styleengine run")

@@ -282,3 +282,20 @@ def test_torch_step_runs_on_the_weights_own_tensors_and_leaves_them(random_weigh
     for _ in range(2):
         step(make_image(32, 48, seed=3))
     assert all(torch.equal(weights.state[k], v) for k, v in before.items())
+
+
+def test_a_step_cannot_change_weights_given_as_parameters(random_weights):
+    """Weights built from Parameters (state_dict(keep_vars=True)): the network gets its own tensor objects on
+    their storage, so casting it (bf16) or freezing it leaves the caller's tensors as they were."""
+    import dataclasses
+
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.steps import TorchStep
+
+    base = random_weights("vgg16")
+    params = {k: nn.Parameter(v.clone()) for k, v in base.state.items()}
+    weights = dataclasses.replace(base, state=params)
+    for precision in ("bf16", "fp32"):
+        TorchStep(weights, LossConfig(), precision=precision, conv="direct")
+    assert all(p.dtype == torch.float32 and p.requires_grad and isinstance(p, nn.Parameter) for p in params.values())
+    assert all(torch.equal(params[k], v) for k, v in base.state.items())
