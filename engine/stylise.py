@@ -530,9 +530,10 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
             init_image: np.ndarray | None = None, step: Step | None = None) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
-    weights: already loaded (else loaded from settings.weights, and let go once
-    the step is built: a caller who keeps none lets the ORT step run without
-    them, the torch step with only the layers it uses). init_image:
+    weights: already loaded, and then the caller's to keep; None: loaded from
+    settings.weights and let go once the step is built, so the loop holds
+    none beside it (an ORT step has its own in its session, a torch step the
+    layers it uses). init_image:
     the image for an init path, if the caller has loaded it already. step:
     a step built for these settings' backend, device, precision, model,
     weights, pooling and layers and kept warm by the caller, who closes it
