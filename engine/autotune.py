@@ -31,7 +31,7 @@ from typing import Callable
 from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
 from styleengine.engine.stylise import Settings
-from styleengine.errors import ConfigError, UserError
+from styleengine.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                 for _ in range(2 if cuda else 1):  # warm-up: kernel choice, arenas, lazy sessions
                     warm = timed(step, content)
             except (ExportValidationError, UserError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e)
                 trials[option] = Trial(b, p, c, status="skipped", note=first)
                 log.info("auto: %s %s %s skipped: %s", b, p, c, first)
                 continue

@@ -128,6 +128,19 @@ def convs(backend: str, where: str, precision: str, machine: Machine | None = No
     return ("winograd", "direct") if where == "cpu" else ("direct", "winograd")
 
 
+def graph_conv(precision: str, conv: str, where: str = "cpu") -> str:
+    """An ONNX step graph's convolutions, whatever provider runs it: Winograd graphs are fp32; auto is the
+    place's pick (Winograd on the CPU, cuDNN's own on a GPU)."""
+    if conv == "winograd" and precision != "fp32":
+        raise ConfigError(_GRAPH_WINOGRAD)
+    if conv != "auto":
+        return conv
+    return convs("ort", where, precision)[0]
+
+
+_GRAPH_WINOGRAD = "--conv winograd graphs are fp32 (their transforms lose too much in fp16/bf16)"
+
+
 def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> str | None:
     """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can). "auto" in
     precision or conv means any of the options."""
@@ -150,7 +163,7 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
                 "(F(4x4, 3x3) in the graph)")
     if backend == "tensorrt":
         return "--conv winograd: TensorRT picks its own convolutions; use --conv direct or auto"
-    return "--conv winograd graphs are fp32 (their transforms lose too much in fp16/bf16)"
+    return _GRAPH_WINOGRAD
 
 
 def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> None:
@@ -192,15 +205,16 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     """ConfigError for what no machine runs: a device and provider that disagree, or a precision and
     convolutions the backend runs nowhere it may run (device auto: at neither place; backend auto: no
     backend). What depends on the machine (a GPU, a provider, NNPACK) is checked when `auto` is resolved."""
-    place(backend, device, provider)  # a device and a provider that disagree
+    where = place(backend, device, provider).place  # ConfigError: a device and a provider that disagree
+    # device auto leaves the place to the machine, unless a provider (of a graph backend) pins it
+    pinned = device != "auto" or where == "cuda" or (provider == "cpu" and backend != "torch")
+    places = [where] if pinned else list(PLACES)
     backends = AUTO_BACKENDS if backend == "auto" else (backend,)
     reasons = []
     for b in backends:
-        where = place(b, device, provider).place
-        places = [where] if device != "auto" or where == "cuda" else list(PLACES)
         why = [refusal(b, p, precision, conv) for p in places]
         if all(why):
-            reasons.append(why[0])
+            reasons.append(why[-1])  # device auto: the GPU's reason holds on every machine
         else:
             return
     raise ConfigError(reasons[0] if len(reasons) == 1 else no_backend(precision, conv, reasons))

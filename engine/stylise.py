@@ -195,7 +195,9 @@ def lbfgs_pair_bytes(height: int, width: int) -> int:
 def available_memory(settings: Settings) -> int:
     """Bytes free now where the run's tensors live: the GPU's for a CUDA device or a GPU provider
     (their steps keep the image, gradient and L-BFGS history there too), else the host's."""
-    if settings.resolved().device == "cuda" and torch.cuda.is_available():
+    from styleengine.engine.autotune import choose
+
+    if choose(settings, tune=False).settings.device == "cuda" and torch.cuda.is_available():
         return torch.cuda.mem_get_info()[0]
     import psutil
 
@@ -374,9 +376,11 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
     >= MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a memory
     budget, a tile exists for it; else the step, as run, fits the memory available now (by tile_for_budget's
     estimate with L-BFGS's history); the style blend has one weight per style; the device or provider exists."""
+    from styleengine.engine.autotune import choose
+
     texture = content_shape is None
     settings.validate(texture=texture)
-    settings = settings.resolved()
+    settings = choose(settings, tune=False).settings  # where it runs; the trial (if any) comes after these checks
     if not style_shapes:
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):

@@ -27,3 +27,9 @@ class UnavailableError(UserError):
 
 class ExportValidationError(Exception):
     """An exported graph disagrees with the torch reference (a bug, not a user error)."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line: its first non-empty line, else the exception's type name."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__
