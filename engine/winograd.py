@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from styleengine.choices import CONV_ALGOS, check_choice
-from styleengine.errors import ConfigError, UnavailableError
 
 MIN_POSITIONS = 1024  # output H*W from which NNPACK beat oneDNN (32x32: 0.97x; 24x32: 0.91-2.5x; 48x64: 0.43x)
 # elements per NNPACK call, counting the input or the output, whichever has more channels. Its workspace holds
