@@ -64,7 +64,7 @@ def timed_run(fn) -> float:
 
 
 def correct(weights) -> dict:
-    out = {}
+    out: dict[str, object] = {}
     step, init = ready_step(weights, "torch", "fp32", H, W)
     graphed = [r.loss for r in optimise(step, init, iterations=30).records]
     step.capturable = False
@@ -165,7 +165,7 @@ def _summary(times: dict[str, float], counts: dict[str, int], steps: int, top: i
     by_kind: dict[str, float] = defaultdict(float)
     for name, t in times.items():
         by_kind[_kind(name)] += t / steps
-    ranked = sorted(times, key=times.get, reverse=True)[:top]
+    ranked = sorted(times, key=lambda name: times[name], reverse=True)[:top]
     return {"total_ms": sum(times.values()) / steps,
             "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "top": [{"name": n[:160], "ms": times[n] / steps, "calls": counts[n] / steps} for n in ranked]}
@@ -179,7 +179,8 @@ def _profile_torch(step, x, steps: int, top: int, device: str) -> dict:
         for _ in range(steps):
             step(x)
         synchronize()
-    times, counts = defaultdict(float), defaultdict(int)
+    times: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
     for e in prof.key_averages():
         # on CUDA each kernel's own device time; on the CPU (the test) each op's own time
         t = e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
@@ -225,7 +226,8 @@ def _profile_ort(weights, precision: str, side: int, steps: int, top: int, devic
     runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
     # the last `steps` runs (the warm-up ones and those of the targets' features before them)
     start = runs[-steps]["ts"] if len(runs) >= steps else 0
-    times, counts = defaultdict(float), defaultdict(int)
+    times: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
     for e in trace:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
             args = e.get("args", {})

@@ -80,7 +80,7 @@ def build_model(weights: Weights, pooling: str, content_layers, style_layers, co
             conv = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1)
             conv.weight = nn.Parameter(weights.state[f"features.{layer.index}.weight"], requires_grad=False)
             conv.bias = nn.Parameter(weights.state[f"features.{layer.index}.bias"], requires_grad=False)
-            module = conv
+            module: nn.Module = conv
         elif layer.kind == "relu":
             module = nn.ReLU(inplace=True)
         else:
@@ -89,7 +89,7 @@ def build_model(weights: Weights, pooling: str, content_layers, style_layers, co
         if layer.name in content_layers and content is not None:
             with torch.no_grad():
                 target = model(content.to(device)).clone()
-            loss = ContentLoss(target, content_weight)
+            loss: nn.Module = ContentLoss(target, content_weight)
             model.add_module(f"content_loss_{layer.name}", loss)
             content_losses.append(loss)
         if layer.name in style_layers:

@@ -176,7 +176,7 @@ def limit_sentence(lim: dict) -> str:
 
 def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
     m = doc["machine"]
-    lines = [f"# styleengine bench", "",
+    lines = ["# styleengine bench", "",
              f"- machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs, "
              f"{gib(m.get('memory_total_bytes'))} GiB), torch threads {m.get('torch_threads')}, "
              f"load average {fmt(m.get('load_avg_1m'), '.2f')} at start",

@@ -259,7 +259,7 @@ def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         log.warning("tuning record entry for %s is damaged (%s): measuring again", key.get("size_class"), e)
         return None
-    return trials, pick  # type: ignore[return-value]
+    return trials, pick
 
 
 def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str]) -> None:
@@ -300,7 +300,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     reduced-precision candidate must then keep the look (look_check)."""
     import torch
 
-    from styleengine.engine.steps import make_targets
+    from styleengine.engine.steps import Step, make_targets
     from styleengine.engine.stylise import build_step
     from styleengine.errors import ExportValidationError
     from styleengine.model.weights import load_weights
@@ -309,7 +309,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     loss = settings.loss_config()
     content, style = trial_images(side)
     height, width = content.shape[-2:]
-    steps: dict[tuple[str, str, str], object] = {}
+    steps: dict[tuple[str, str, str], Step] = {}
     trials: dict[tuple[str, str, str], Trial] = {}
     warmups: dict[tuple[str, str, str], float] = {}
     cuda = where.place == "cuda"
@@ -370,7 +370,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                 log.info("auto: %s %s %s skipped: %s", *option, why)
     finally:
         for step in steps.values():
-            step.close()  # type: ignore[attr-defined]
+            step.close()
     return list(trials.values())
 
 

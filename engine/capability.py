@@ -210,11 +210,11 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     pinned = device != "auto" or where == "cuda" or (provider == "cpu" and backend != "torch")
     places = [where] if pinned else list(PLACES)
     backends = AUTO_BACKENDS if backend == "auto" else (backend,)
-    reasons = []
+    reasons: list[str] = []
     for b in backends:
         why = [refusal(b, p, precision, conv) for p in places]
         if all(why):
-            reasons.append(why[-1])  # device auto: the GPU's reason holds on every machine
+            reasons.append(str(why[-1]))  # device auto: the GPU's reason holds on every machine
         else:
             return
     raise ConfigError(reasons[0] if len(reasons) == 1 else no_backend(precision, conv, reasons))

@@ -96,9 +96,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decode every byte now: truncation shows here, not later
-                img = ImageOps.exif_transpose(img) or img
+            with Image.open(path) as opened:
+                opened.load()  # decode every byte now: truncation shows here, not later
+                img = ImageOps.exif_transpose(opened) or opened
                 size = img.size
                 array = _to_float_rgb(img)
     except _RangeError as e:

@@ -136,7 +136,7 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
 
     records: list[list[Record]] = [[] for _ in range(count)]
     broken = [False] * count  # images whose loss was non-finite at a read
-    state = {"unread": 0, "last_read": time.perf_counter(), "stopped": None, "in_callback": False}
+    state: dict[str, Any] = {"unread": 0, "last_read": time.perf_counter(), "stopped": None, "in_callback": False}
 
     def read(upto: int) -> None:
         """Bring iterations [unread, upto) to the host, in order; an image stops at a non-finite loss."""

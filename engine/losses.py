@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -287,5 +288,7 @@ def blend_grams(grams: list[dict[str, torch.Tensor]], positions: list[int], targ
     total = sum(blend)
     out = {}
     for name in grams[0]:
-        out[name] = sum(g[name] * (w / total) * (target_positions / m) for g, w, m in zip(grams, blend, positions))
+        # cast: sum() of tensors is a tensor (its start, 0, is typed as an int)
+        out[name] = cast(torch.Tensor, sum(g[name] * (w / total) * (target_positions / m)
+                                           for g, w, m in zip(grams, blend, positions)))
     return out

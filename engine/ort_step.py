@@ -7,6 +7,7 @@ device; targets and loss weights are bound at set_targets and reused.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,8 @@ def machine_tag() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
-        model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
-        flags = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("flags")), "")
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("flags")), "")
         cpu += model + " ".join(sorted(f for f in flags.split() if f.startswith(("avx", "fma", "amx", "f16c"))))
     except OSError:
         pass
@@ -81,7 +82,8 @@ def check_provider(provider: str) -> str:
     wanted = PROVIDER_NAMES[provider]
     available = ort.get_available_providers()
     if wanted not in available:
-        raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; available: {', '.join(available)}")
+        raise UnavailableError(f"ONNX Runtime provider {wanted} is not available here; "
+                               f"available: {', '.join(available)}")
     if provider != "cpu" and not torch.cuda.is_available():
         # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
         raise UnavailableError(f"ONNX Runtime provider {wanted} needs an NVIDIA GPU, and torch sees no CUDA "
@@ -110,7 +112,9 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     import onnxruntime as ort
 
     wanted = check_provider(provider)
-    providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
+    providers: list[str | tuple[str, dict[str, str]]] = [wanted]
+    if provider != "cpu":
+        providers.append("CPUExecutionProvider")
     if provider == "cuda" and stream is not None:
         providers[0] = (wanted, {"device_id": str(stream.device.index or 0), "has_user_compute_stream": "1",
                                  "user_compute_stream": str(stream.cuda_stream)})
@@ -169,14 +173,15 @@ class OrtStep(StepBase):
                  threads: int | None = None):
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
         self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
-        self.session, self.has_targets = None, False
+        self.session: Any = None  # onnxruntime's InferenceSession: untyped
+        self.has_targets = False
         if provider != "cpu":
             self._open()  # fail here, not at the first step, if the provider cannot start
         # on the CPU (which always starts) the step's session is made by set_targets, after the one-off
         # features session has gone: not both graphs' weights and buffers at once (ORT Winograd at 192x256:
         # the targets' peak was 0.60 GiB, above the loop's)
         self._features = None
-        self._tile = None
+        self._tile: Any = None
         self._tile_features = None
 
     @property
@@ -295,11 +300,12 @@ class OrtStep(StepBase):
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             self.session.run_with_iobinding(self.binding, self.run_options)
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        assert self.losses is not None and self.grad is not None  # bound above for this size
         return StepResult(self.losses, self.grad)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
                   gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],
-                  content_coeffs: dict[str, float]) -> tuple[float, torch.Tensor]:
+                  content_coeffs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """One tile of an exactly tiled step: see TorchStep.tile_step for the contract.
 
         Runs the export's tile graph (a second session, made on first use).

@@ -28,7 +28,8 @@ class StepResult:
     """One evaluation, left on the step's device: reading a value on the host is the caller's
     choice (on a GPU, a sync). The tensors may be reused by the step's next call."""
 
-    losses: torch.Tensor  # (4,) fp32: the total and the weighted content, style and tv terms (LOSS_TERMS); (B, 4) for a batch
+    # (4,) fp32: the total and the weighted content, style and tv terms (LOSS_TERMS); (B, 4) for a batch
+    losses: torch.Tensor
     grad: torch.Tensor  # (1, 3, H, W) fp32 (a batch: (B, 3, H, W)), on the step's device
 
     @classmethod
@@ -49,6 +50,7 @@ class Step(Protocol):
     """What the loop and the targets need of a backend (torch, ORT, TensorRT, tiled)."""
 
     device: torch.device
+    capturable: bool  # StepBase: False
 
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Activations (fp32) of the named layers for an image in [0, 1]."""
@@ -90,6 +92,7 @@ class StepBase:
     # the loop may capture `step(x)` + the optimiser update in a CUDA graph and replay it: true of a step
     # whose call issues the same device work every time for one image size, with no host sync or host copy
     capturable = False
+    loss: LossConfig  # each step's own, set in its __init__
 
     def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         return {n: gram(f) for n, f in self.features(image, names).items()}  # type: ignore[attr-defined]
@@ -100,7 +103,7 @@ class StepBase:
     def set_loss(self, loss: LossConfig) -> None:
         """Weigh the terms as `loss` says from now on (a step kept warm across runs whose weights differ).
         Before set_targets: the graph steps bind the weights there. The layers are the step's own."""
-        built = self.loss  # type: ignore[attr-defined]
+        built = self.loss
         if (loss.content_layers, loss.style_layers) != (built.content_layers, built.style_layers):
             raise ValueError(f"a step built for layers {built.layers} cannot run layers {loss.layers}")
         self.loss = loss
@@ -162,7 +165,7 @@ class TorchStep(StepBase):
         # the time at 384x512) loses to Winograd (0.62x)
         fast_layout = precision == "bf16" or self.device.type == "cuda"
         self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
-        self.net = self.net.to(memory_format=self.memory_format)
+        self.net = self.net.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub omits it
         # fp32 on the CPU: Winograd (NNPACK) convolutions, ~0.4x oneDNN's direct ones (engine/winograd.py);
         # conv="direct" is the reference the graphs are validated against
         self.conv = resolve_conv(conv, self.device, dtype)
@@ -174,7 +177,7 @@ class TorchStep(StepBase):
         self.eager_style_grad = self.conv == "winograd" or dtype != torch.float32
         self.scale, self.shift, self.perm = preprocess_params(weights.convention, self.device)
         self.perm_index = torch.tensor(self.perm, device=self.device)  # index_select: no host copy per call
-        self.targets: Targets | None = None
+        self.targets: Targets | list[Targets] | None = None
         if self.device.type == "cuda":
             # the same kernels every iteration: let cuDNN time its algorithms once (as popular
             # implementations do; a process-wide flag); the loop then captures step + update in a CUDA graph
@@ -201,7 +204,7 @@ class TorchStep(StepBase):
         if self.targets is None:
             raise RuntimeError("set_targets() before stepping")
         batch = isinstance(self.targets, list)
-        if batch and len(self.targets) != image.shape[0]:
+        if isinstance(self.targets, list) and len(self.targets) != image.shape[0]:
             raise ValueError(f"{len(self.targets)} targets for a batch of {image.shape[0]} images")
         x = image.detach().to(self.device).requires_grad_(True)
         with torch.enable_grad():

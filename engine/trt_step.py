@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import torch
 
@@ -131,7 +132,8 @@ class TrtStep(StepBase):
         self._runtime = trt.Runtime(self._logger)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._features = features_step  # an ORT step on the fp32 export, for targets
-        self.engine = self.context = None
+        self.engine: Any = None  # TensorRT's objects: untyped
+        self.context: Any = None
         self._covers: tuple[tuple[int, int], tuple[int, int]] | None = None  # the engine's (low, high) image (H, W)
         self._inputs: dict[str, torch.Tensor] = {}
         self._outputs: dict[str, torch.Tensor] = {}
@@ -170,7 +172,7 @@ class TrtStep(StepBase):
         return {k: v.to(self.device) for k, v in self._features.features(image, layer_names).items()}
 
     def set_targets(self, targets: Targets) -> None:
-        f = dict(device=self.device, dtype=torch.float32)
+        f: dict[str, Any] = dict(device=self.device, dtype=torch.float32)
         inputs = {names.content_input(n): targets.content[n].to(**f).contiguous() for n in self.spec.content_layers}
         inputs.update({names.gram_input(n): targets.grams[n].to(**f).contiguous() for n in self.spec.style_layers})
         if self.spec.content_layers:
@@ -197,10 +199,10 @@ class TrtStep(StepBase):
             for n, t in self._outputs.items():
                 self.context.set_tensor_address(n, t.data_ptr())
             self._inputs[names.TV_WEIGHT].fill_(self.loss.tv_weight * tv_scale(self.loss, x.shape[2], x.shape[3]))
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # type: ignore[union-attr]  # None off CUDA (issue 22: the step lifecycle)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):  # type: ignore[union-attr]
             raise RuntimeError("TensorRT execution failed")
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)  # type: ignore[arg-type]
         return StepResult(self._losses, self._outputs[names.GRAD])
 
     def close(self) -> None:

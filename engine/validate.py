@@ -39,7 +39,7 @@ class Comparison:
 def compare_grads(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     ref, oth = reference.astype(np.float64).ravel(), other.astype(np.float64).ravel()
     diff = np.abs(oth - ref)
-    return {"grad_rel_l2": float(np.linalg.norm(oth - ref) / max(np.linalg.norm(ref), 1e-30)),
+    return {"grad_rel_l2": float(np.linalg.norm(oth - ref) / max(float(np.linalg.norm(ref)), 1e-30)),
             "grad_max_abs": float(diff.max()), "grad_p99_abs": float(np.quantile(diff, 0.99)),
             "grad_max_rel": float(diff.max() / max(np.abs(ref).max(), 1e-30))}
 

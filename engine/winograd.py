@@ -183,7 +183,9 @@ class WinogradConv3x3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[2] * x.shape[3] < self.min_positions or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.conv(x)
-        return _WinogradConv.apply(x, self.conv.weight.detach(), self.conv.bias.detach())
+        bias = self.conv.bias
+        assert bias is not None  # VGG's convolutions all have one
+        return _WinogradConv.apply(x, self.conv.weight.detach(), bias.detach())
 
 
 def use_winograd(net: nn.Module) -> int:

@@ -154,7 +154,7 @@ def _try_lock(f, blocking: bool) -> bool:
 
         while True:
             try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only names
                 return True
             except OSError:
                 if not blocking:
@@ -276,7 +276,8 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged export.json: the entry is rebuilt
-    if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION or meta.get("spec") != spec.to_json()
+    if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION
+            or meta.get("spec") != spec.to_json()
             or meta.get("weights_sha256") != weights.sha256 or not meta.get("validation")
             or not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(GRAPH_FILES)
             or not files_match(folder, meta["files"])):

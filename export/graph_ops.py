@@ -47,10 +47,10 @@ class Graph:
         self._count += 1
         return f"{hint}__{self._count}"
 
-    def op(self, op_type: str, inputs: list[str], hint: str, n_out: int = 1, **attrs) -> str | list[str]:
-        outs = [self.name(hint) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
-        return outs[0] if n_out == 1 else outs
+    def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
+        out = self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
+        return out
 
     def output(self, op_type: str, inputs: list[str], name: str) -> None:
         """A node whose output is the graph output `name`."""

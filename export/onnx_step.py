@@ -144,7 +144,7 @@ def build_step_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     image_grad = _preprocess_grad(g, weights, g.const(np.zeros((1, 3, 1, 1)), "no_grad") if grad is None else grad)
     g.output("Add", [image_grad, g.op("Mul", [tv_grad, TV_WEIGHT], "tv_grad_w")], GRAD)
 
-    channels = {l.name: l.out_channels for l in layers}
+    channels = {layer.name: layer.out_channels for layer in layers}
     inputs = [_image_info()]
     inputs += [_feature_info(content_input(n), channels[n], n) for n in spec.content_layers]
     inputs += [helper.make_tensor_value_info(gram_input(n), F32, [channels[n], channels[n]])
@@ -162,7 +162,7 @@ def build_feature_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     """image (1, 3, H, W) in [0, 1] -> the loss layers' activations (fp32)."""
     g = Graph(DTYPES[spec.precision])
     feats, _, layers = forward(g, weights, spec, keep_masks=False)
-    channels = {l.name: l.out_channels for l in layers}
+    channels = {layer.name: layer.out_channels for layer in layers}
     for n in spec.layers:
         g.output("Identity", [feats[n]], n)
     outputs = [_feature_info(n, channels[n], n) for n in spec.layers]
@@ -197,7 +197,7 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     """
     g = Graph(DTYPES[spec.precision])
     feats, saved, layers = forward(g, weights, spec, keep_masks=True)
-    strides = {l.name: l.stride for l in layers}
+    strides = {layer.name: layer.stride for layer in layers}
     inject: dict[str, list] = {}
     content_terms = []
     for i, name in enumerate(spec.content_layers):  # by hand: engine.losses.content_loss over the core
@@ -233,7 +233,7 @@ def build_tile_graph(weights: Weights, spec: ExportSpec) -> onnx.ModelProto:
     scale, _ = weights.convention.scale_shift()
     g.output("Mul", [grad, g.const(np.array(scale).reshape(1, 3, 1, 1), "pre_scale_g")], GRAD)
 
-    channels = {l.name: l.out_channels for l in layers}
+    channels = {layer.name: layer.out_channels for layer in layers}
     inputs = [_image_info(), helper.make_tensor_value_info(CORE_BOX, TensorProto.INT64, [4])]
     inputs += [_feature_info(content_input(n), channels[n], n) for n in spec.content_layers]
     inputs += [helper.make_tensor_value_info(gram_diff_input(n), F32, [channels[n], channels[n]])

@@ -75,7 +75,7 @@ def truncated(model: str, names: list[str]) -> list[Layer]:
 
 def conv_weight_keys(model: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """torchvision state-dict key -> (layer name, expected shape), convs only."""
-    keys = {}
+    keys: dict[str, tuple[str, tuple[int, ...]]] = {}
     for layer in layer_table(model):
         if layer.kind == "conv":
             keys[f"features.{layer.index}.weight"] = (layer.name, (layer.out_channels, layer.in_channels, 3, 3))
@@ -133,7 +133,7 @@ class VGGFeatures(nn.Module):
         self.layers = truncated(model, names)
         modules: list[nn.Module] = []
         wanted = set(names)
-        for previous, layer in zip([None] + self.layers, self.layers):
+        for previous, layer in zip([None, *self.layers], self.layers):
             if layer.kind == "conv":
                 modules.append(nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1))
             elif layer.kind == "relu":

@@ -224,7 +224,8 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     if spec == "imagenet":
         url = IMAGENET_URLS[model]
         try:
-            raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False, weights_only=True)
+            raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False,
+                                                     weights_only=True)
         except (OSError, RuntimeError) as e:  # URLError is an OSError
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise WeightsError(

@@ -106,7 +106,8 @@ def real_problem(random_weights, dtype):
             return result.losses[0].clone(), result.grad.clone()
         return evaluate, x0, step
     net = copy.deepcopy(step.net).double()
-    t64 = Targets({k: v.double() for k, v in targets.content.items()}, {k: v.double() for k, v in targets.grams.items()})
+    t64 = Targets({k: v.double() for k, v in targets.content.items()},
+                  {k: v.double() for k, v in targets.grams.items()})
     scale, shift = step.scale.double(), step.shift.double()
 
     def evaluate(x):

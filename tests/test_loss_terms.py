@@ -35,7 +35,8 @@ PAPER = {"weighting": "paper"}
 TERMS = {  # name: (StepResult part, the loss with only that term weighted)
     "content": ("content", LossConfig(**LAYERS, **PAPER, **{**OFF, "content_weight": 0.2})),
     **{f"style {name}": ("style", LossConfig(**LAYERS, **PAPER, **{**OFF, "style_weight": 3e5},
-                                             style_layer_weights=tuple(1.5 * (n == name) for n in LAYERS["style_layers"])))
+                                             style_layer_weights=tuple(1.5 * (n == name)
+                                                                       for n in LAYERS["style_layers"])))
        for name in LAYERS["style_layers"]},
     "tv": ("tv", LossConfig(**LAYERS, **PAPER, **{**OFF, "tv_weight": 0.5})),
     # the weights balance the terms' gradients at the test image (norms 80 to 270), so each one counts
@@ -165,6 +166,7 @@ def test_reference_gradient_is_the_derivative(case, term):
             up, down = x.clone().view(-1), x.clone().view(-1)
             up[index] += step
             down[index] -= step
-            fd = (reference.value(loss, part, up.view_as(x)) - reference.value(loss, part, down.view_as(x))) / (2 * step)
+            fd = ((reference.value(loss, part, up.view_as(x)) - reference.value(loss, part, down.view_as(x)))
+                  / (2 * step))
             g = grad.view(-1)[index]
             assert float(abs(fd - g)) <= 1e-5 * max(float(abs(g)), 1e-3 * float(grad.abs().max())), (term, index)

@@ -185,7 +185,8 @@ def test_total_loss_matches_numpy(weighting):
     terms = total_loss(cfg, {k: _t(v) for k, v in feats.items()}, targets, _t(image))
 
     paper = weighting == "paper"
-    want_content = 0.7 * np_content(feats["relu4_2"], content_t["relu4_2"]) / (1 if paper else content_t["relu4_2"].size)
+    want_content = (0.7 * np_content(feats["relu4_2"], content_t["relu4_2"])
+                    / (1 if paper else content_t["relu4_2"].size))
     want_style = 3.0 * (0.3 * np_style(feats["relu1_1"], grams["relu1_1"])
                         + 1.7 * np_style(feats["relu2_1"], grams["relu2_1"]))
     want_tv = 0.2 * np_tv(image) / (1 if paper else image.size)

@@ -86,7 +86,8 @@ def test_cache_key_separates_settings(vgg19_random, vgg16_random):
     assert len(keys) == 5
     # loss weights are graph inputs: changing them does not change the export
     heavier = LossConfig(content_layers=SHORT.content_layers, style_layers=SHORT.style_layers, style_weight=7.0)
-    assert cache.cache_key(vgg19_random, graph_spec(vgg19_random, heavier, "avg", "fp32")) == cache.cache_key(vgg19_random, spec)
+    heavier_spec = graph_spec(vgg19_random, heavier, "avg", "fp32")
+    assert cache.cache_key(vgg19_random, heavier_spec) == cache.cache_key(vgg19_random, spec)
 
 
 def test_loss_weights_are_inputs(vgg19_random, make_image):
@@ -135,7 +136,8 @@ def test_ort_loop_matches_torch_loop(vgg19_random, make_image):
     L-BFGS path by a few percent over 50 iterations: test_lbfgs.py)."""
     content, style, init = make_image(48, 48, 1), make_image(48, 48, 2), make_image(48, 48, 3)
     finals = {}
-    for backend, step in (("torch", TorchStep(vgg19_random, SHORT)), ("ort", make_graph_step("ort", vgg19_random, SHORT))):
+    for backend, step in (("torch", TorchStep(vgg19_random, SHORT)),
+                          ("ort", make_graph_step("ort", vgg19_random, SHORT))):
         step.set_targets(make_targets(step, SHORT, content, [style]))
         result = optimise(step, init, iterations=50)
         assert result.stopped is None
@@ -254,7 +256,8 @@ def test_tile_graph_matches_torch_tile_step(random_weights, make_image, pooling,
     torch_step.set_targets(targets)
     full = torch_step(image)
     loss, grad = ort_step.tile_step(image, (0, 0, height, width), targets.content, diffs, coeffs, cc)
-    untiled_no_tv = full.grad - tv_loss_and_grad(image)[1] * SHORT.tv_weight * tv_scale(SHORT, height, width)  # the caller adds TV
+    # the caller adds TV
+    untiled_no_tv = full.grad - tv_loss_and_grad(image)[1] * SHORT.tv_weight * tv_scale(SHORT, height, width)
     assert float(loss) == pytest.approx(full.parts["content"], rel=1e-5)
     assert float((grad - untiled_no_tv).norm() / untiled_no_tv.norm()) < 1e-5
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from styleengine.engine import images
 from styleengine.engine.losses import LossConfig

@@ -239,4 +239,5 @@ def test_scale_plan_halves_iterations_from_the_first_scale():
     assert Settings(size=512, start_size=128, iterations=40).scale_plan() == [
         (128, 40), (181, 20), (256, 10), (362, 10), (512, 10)]  # at least 10 each
     assert Settings(size=64, scales=2, iterations=2).scale_plan() == [(45, 2), (64, 2)]  # never over --iters
-    assert Settings(size=1024, scales=3, iters_per_scale=7, iterations=5).scale_plan() == [(512, 7), (724, 7), (1024, 5)]
+    plan = Settings(size=1024, scales=3, iters_per_scale=7, iterations=5).scale_plan()
+    assert plan == [(512, 7), (724, 7), (1024, 5)]

@@ -116,7 +116,8 @@ class FakeTensorRT(types.ModuleType):
             def deserialize_cuda_engine(self, data):
                 return FakeEngine(fake, data) if data.startswith(b"fake-engine") else None
 
-        self.Logger, self.NetworkDefinitionCreationFlag, self.BuilderFlag = Logger, NetworkDefinitionCreationFlag, BuilderFlag
+        self.Logger, self.BuilderFlag = Logger, BuilderFlag
+        self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
         self.OnnxParser, self.Builder, self.Runtime = OnnxParser, Builder, Runtime
 
 

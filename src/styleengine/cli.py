@@ -40,7 +40,8 @@ from styleengine.runtime import passive_openmp
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("styleengine.cli_run", "run", "Stylise a content image with one or more style images."),
     "texture": ("styleengine.cli_run", "texture", "Synthesise a texture from style images (no content)."),
-    "batch": ("styleengine.cli_batch", "batch", "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
+    "batch": ("styleengine.cli_batch", "batch",
+              "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
     "tune": ("styleengine.cli_tune", "tune", "Measure which backend, precision and convolutions `auto` picks here."),
     # written by other engineers; absent modules leave their command out
     "bench": ("styleengine.cli_bench", "bench", "Time the loss-and-gradient step across backends and sizes."),
@@ -82,7 +83,7 @@ class _LazyCommand(TyperCommand):
                      **extra: Any) -> click.Context:
         real = _load(self.name)
         if real is None:  # listed, then vanished: report as an unknown command
-            raise click.UsageError(f"command {self.name!r} is not installed", parent)
+            raise click.exceptions.UsageError(f"command {self.name!r} is not installed", parent)
         return real.make_context(info_name, args, parent=parent, **extra)
 
 
@@ -155,11 +156,11 @@ class _Signals:
 
     @property
     def name(self) -> str:
-        return self.NAMES.get(self.received, "Ctrl-C")  # type: ignore[arg-type]
+        return self.NAMES.get(self.received, "Ctrl-C")  # type: ignore[call-overload]  # an int looks up a Signals key
 
     @property
     def exit_code(self) -> int:
-        return self.EXIT_CODES.get(self.received, 130)  # type: ignore[arg-type]
+        return self.EXIT_CODES.get(self.received, 130)  # type: ignore[call-overload]  # as in name
 
 
 signals = _Signals()
