@@ -36,6 +36,26 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
     }
 
 
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as PNG, atomically (a temp file beside it, then os.replace); no version stamp, so
+    the same figures give the same bytes."""
+    import matplotlib.pyplot as plt
+
+    from styleengine.paths import temp_beside
+
+    path = Path(path)
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, metadata={"Software": None})
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
 def write_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
@@ -106,8 +126,7 @@ def write_plot(path: Path, doc: dict) -> None:
     fig.suptitle(f"styleengine step: {machine.get('cpu', '')}"
                  + (f" / {machine['gpus'][0]['name']}" if machine.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _limit_points(limit: dict) -> list[dict]:
