@@ -154,26 +154,28 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def _failure(outcomes: list[Outcome]) -> tuple[str, str] | None:
+def _failure(outcomes: list[Outcome], rounds: int) -> tuple[str, str] | None:
     """(status, reason) of the first round that did not give timings, or None when every round did."""
     for i, out in enumerate(outcomes):
         if out.status != "ok" or not out.data.get("times_s"):
             status, reason = (out.status, out.reason) if out.status != "ok" else (
                 "error", "the worker returned no timings")
-            return status, (f"round {i + 1} of {len(outcomes)}: {reason}" if len(outcomes) > 1 else reason)
+            return status, (f"round {i + 1} of {rounds}: {reason}" if rounds > 1 else reason)
     return None
 
 
-def make_row(config: Config, outcomes: Outcome | list[Outcome], machine: dict, iters: int, warmup: int) -> dict:
-    """One row with every column from its rounds (one Outcome each, in order); measured figures only where
-    every round gave them (a failed round makes the row failed, its rounds' raw times kept in times_s).
+def make_row(config: Config, outcomes: Outcome | list[Outcome], machine: dict, iters: int, warmup: int,
+             rounds: int | None = None) -> dict:
+    """One row with every column from its rounds (one Outcome each, in order, of `rounds` planned); measured
+    figures only where every round gave them (a failed round makes the row failed, and the rounds after it
+    do not run; the raw times measured before it are kept in times_s).
 
     median_s, p10_s, p90_s: over every timed iteration of every round; round_s: each round's median (their
     range is the spread between rounds); peaks: the highest round's."""
     outcomes = [outcomes] if isinstance(outcomes, Outcome) else outcomes
     per_round = [[float(t) for t in out.data.get("times_s") or []] for out in outcomes]
     times = [t for ts in per_round for t in ts]
-    failed = _failure(outcomes)
+    failed = _failure(outcomes, rounds or len(outcomes))
     ok = failed is None
     ran = [out.data for out in outcomes if out.data.get("times_s")]
     top = max(outcomes, key=lambda out: out.data.get("peak_rss_bytes") or 0).data  # the round of the highest peak
@@ -327,7 +329,7 @@ class Runner:
             turns = take_turns(group, turn, self.rounds,
                                drop=lambda out: out.status != "ok" or not out.data.get("times_s"))
             for config in group:
-                rows[config] = make_row(config, turns[config], self.machine, self.iters, self.warmup)
+                rows[config] = make_row(config, turns[config], self.machine, self.iters, self.warmup, self.rounds)
                 if self.progress:
                     self.progress("done", config, rows[config])
         ordered = [rows[c] for c in configs]

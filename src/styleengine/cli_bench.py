@@ -109,12 +109,13 @@ def bench(
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
     iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration, shared out among "
                                                        "the rounds.")] = DEFAULT_ITERS,
-    rounds: Annotated[int, typer.Option("--rounds", help="The configurations of a size take turns (A B C A B C "
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="The configurations of a size take turns (A B C A B C "
                                                          "...) this many times, each turn a fresh process with "
                                                          "its own warm-up; a row's time is the median over every "
                                                          "round, its spread the rounds' range (1: one process "
-                                                         "each, one after another; --limit probes run once).")
-                      ] = DEFAULT_ROUNDS,
+                                                         "each, one after another; --limit probes run once). "
+                                                         f"Default {DEFAULT_ROUNDS}, or --iters if fewer.")
+                      ] = None,
     loop: Annotated[int, typer.Option("--loop", help="Also time N whole iterations of the loop (step + L-BFGS "
                                                      "update with a 100-pair history + bookkeeping): a loop row "
                                                      "after each step row, speed-ups against the naive loop.")] = 0,
@@ -160,7 +161,9 @@ def bench(
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
-    if not limit:
+    if rounds is None:
+        rounds = min(DEFAULT_ROUNDS, iters)  # --iters 2 alone: two rounds of one
+    elif not limit:
         split_iters(iters, rounds)  # raises ConfigError unless every round times an iteration
     positive(mem_budget, "--mem-budget")
     positive(time_budget, "--time-budget")
