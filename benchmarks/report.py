@@ -227,8 +227,8 @@ def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
     if doc["rows"]:
         lines += ["## Per-iteration figures", "", markdown_table(*table_rows(doc["rows"])), "",
                   f"speed-up: {doc['notes']['speedup']}.", "", f"{SPREAD_NOTE}.", ""]
-        lines += [f"- `auto` at {r['height']}x{r['width']}: {series_name(r)}: {r['why']}" for r in doc["rows"]
-                  if r.get("why")] + [""]
+        lines += [f"- {series_name(r)} at {r['height']}x{r['width']}: {r['why']}" for r in doc["rows"]
+                  if r.get("why") and not r.get("loop")] + [""]
     if doc.get("fits"):
         lines += ["## Scaling with the pixel count (log-log slopes; 1 = linear)", "",
                   markdown_table(["series", "points", "sizes", "time slope", "memory slope", "memory slope (net)"],
