@@ -109,13 +109,11 @@ def bench(
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
     iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration, shared out among "
                                                        "the rounds.")] = DEFAULT_ITERS,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", help="The configurations of a size take turns (A B C A B C "
-                                                         "...) this many times, each turn a fresh process with "
-                                                         "its own warm-up; a row's time is the median over every "
-                                                         "round, its spread the rounds' range (1: one process "
-                                                         "each, one after another; --limit probes run once). "
-                                                         f"Default {DEFAULT_ROUNDS}, or --iters if fewer.")
-                      ] = None,
+    rounds: Annotated[Optional[int], typer.Option(
+        "--rounds", help="The configurations of a size take turns (A B C A B C ...) this many times, each turn a "
+                         "fresh process with its own warm-up; a row's time is the median over every round, its "
+                         "spread the rounds' range (1: one process each, one after another; --limit probes run "
+                         f"once). Default {DEFAULT_ROUNDS}, or --iters if fewer.")] = None,
     loop: Annotated[int, typer.Option("--loop", help="Also time N whole iterations of the loop (step + L-BFGS "
                                                      "update with a 100-pair history + bookkeeping): a loop row "
                                                      "after each step row, speed-ups against the naive loop.")] = 0,
