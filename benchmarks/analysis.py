@@ -147,6 +147,7 @@ def find_limit(runner: Runner, config: Config, *, mem_budget_bytes: int | None, 
         "backend": config.backend, "provider": config.provider, "device": config.device,
         "precision": config.precision, "model": config.model, "pooling": config.pooling, "tile": config.tile,
         "conv": at_limit.get("conv") if at_limit else config.conv,
+        "resolved": at_limit.get("resolved") if at_limit else None,  # an auto row's configuration at the limit
         "mem_budget_bytes": mem_budget, "time_budget_s": time_budget_s, "limit_px": limit,
         "limited_by": first_fail.why if first_fail else "the search ceiling",
         "at_limit": at_limit,

@@ -12,9 +12,10 @@ from typing import Iterable
 from styleengine.choices import BACKENDS
 from styleengine.errors import ConfigError
 
-# the engine's backends and `naive`: the loop popular implementations run (benchmarks/naive.py), the
-# baseline every speed-up is against
-BENCH_BACKENDS = ("naive",) + BACKENDS
+# the engine's backends, `naive`: the loop popular implementations run (benchmarks/naive.py), the baseline
+# every speed-up is against, and `auto`: what `styleengine run` runs without flags (resolved by
+# engine/autotune.choose in the worker); dict.fromkeys: BACKENDS may come to hold "auto" itself
+BENCH_BACKENDS = tuple(dict.fromkeys(("naive", "auto") + BACKENDS))
 
 DEVICES = ("cpu", "cuda")  # a bench row names the device it ran on: no "auto"
 STATUSES = ("ok", "oom", "error", "timeout", "unavailable")
@@ -23,18 +24,19 @@ QUANTUM = 16  # the limit search works on multiples of this
 PAPER_RES = 512  # "images of about 512x512 pixels" (Gatys et al.)
 MIN_FIT_SPAN = 2.0  # slopes need sizes spanning at least this ratio of pixel counts
 
-# Defaults, written once; the CLI reads them from here. 1 warm-up + 2 timed
-# iterations keep `bench --res 512,1024` (torch and ort) under 4 minutes on a
-# 2-core CPU, where one 1024 px iteration takes ~20 s.
+# Defaults, written once; the CLI reads them from here. 3 rounds of 1 warm-up + 1 timed iteration per row
+# (a process each): the rows take turns, so a drifting machine shifts every row alike; each round pays its
+# own warm-up, about twice the iterations of the single 1 + 2 run this replaced (--rounds 1: that run).
 DEFAULT_RES = "512,1024"
-DEFAULT_BACKENDS = "naive,torch,ort"
+DEFAULT_BACKENDS = "naive,auto,torch,ort"
 DEFAULT_PROVIDERS = "auto"  # cpu, and cuda where ONNX Runtime has it and a GPU is here
 DEFAULT_DEVICES = "auto"  # cpu, and cuda where a GPU is here: CPU against GPU is what bench is for
 DEFAULT_PRECISIONS = "fp32"
 DEFAULT_MODEL = "vgg19"  # the paper's network
 DEFAULT_POOLING = "avg"  # the paper's choice
-DEFAULT_ITERS = 2
-DEFAULT_WARMUP = 1
+DEFAULT_ITERS = 3  # timed iterations per row in all, shared out among the rounds
+DEFAULT_WARMUP = 1  # untimed iterations per round (each round is a fresh process)
+DEFAULT_ROUNDS = 3
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_TIME_BUDGET_S = 60.0  # per iteration; ~1000 L-BFGS iterations in under a day
 DEFAULT_MEM_FRACTION = 0.8  # of the memory available when the run starts
@@ -43,11 +45,15 @@ DEFAULT_MEM_FRACTION = 0.8  # of the memory available when the run starts
 ROW_KEYS = ("backend", "provider", "device", "precision", "threads", "height", "width", "status", "reason",
             "median_s", "p10_s", "p90_s", "peak_rss_bytes", "peak_device_bytes", "gflop_per_iter", "gflops",
             "peak_fraction", "versions")
+# rounds: how many turns the row took; round_s: each round's median per-iteration time (the spread);
+# times_s: every timed iteration, in round order; resolved / why: what an `auto` row ran and why
 EXTRA_KEYS = ("device_name", "model", "pooling", "iters", "warmup", "iters_per_s", "base_rss_bytes", "speedup",
-              "tile", "tiles", "loop", "conv")
+              "tile", "tiles", "loop", "conv", "rounds", "round_s", "times_s", "resolved", "why")
 COLUMNS = ROW_KEYS + EXTRA_KEYS
-SPEEDUP_NOTE = ("the first ok row's median at the same size and kind (step or loop) over this row's: the naive "
-                "loop on cpu at fp32 when it ran, so every row against what users run today, and GPU vs CPU")
+RESOLVED_KEYS = ("backend", "provider", "device", "precision", "conv")  # what an `auto` row records it ran
+SPEEDUP_NOTE = ("the first ok row's time at the same size and kind (step or loop) over this row's, the median of "
+                "the rounds' ratios when the rows took turns: the naive loop on cpu at fp32 when it ran, so every "
+                "row against what users run today, and GPU vs CPU")
 # --loop N: N whole iterations (step + L-BFGS update + bookkeeping, history 100) timed per iteration
 LOOP_HISTORY = 100
 
@@ -108,6 +114,14 @@ def parse_tiles(text: str | None) -> list[int | None]:
     return list(dict.fromkeys(out))
 
 
+def split_iters(iters: int, rounds: int) -> list[int]:
+    """Timed iterations per round: `iters` shared out, the first rounds taking the remainder (7, 3: 3 2 2)."""
+    if not 1 <= rounds <= iters:
+        raise ConfigError(f"--iters ({iters}) must be at least --rounds ({rounds}), and --rounds at least 1: "
+                          f"every round times one iteration or more")
+    return [iters // rounds + (r < iters % rounds) for r in range(rounds)]
+
+
 def positive(value: float | None, flag: str) -> float | None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{flag} must be a number > 0, got {value}")
@@ -143,17 +157,20 @@ class Config:
 def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: list[str], devices: list[str],
            precisions: list[str], model: str = DEFAULT_MODEL, pooling: str = DEFAULT_POOLING,
            tiles: list[int | None] = (None,), loop: int = 0, convs: list[str] = ("auto",)) -> list[Config]:
-    """Every configuration, in table order: per size, torch devices then ORT providers then TensorRT,
-    each untiled and/or tiled as `tiles` lists (None: untiled); with `loop` N, each step row is followed
-    by the same configuration timed over N whole iterations of the loop.
+    """Every configuration, in table order: per size, the backends in the order given (torch devices,
+    ORT providers, TensorRT), each untiled and/or tiled as `tiles` lists (None: untiled); with `loop` N,
+    each step row is followed by the same configuration timed over N whole iterations of the loop.
 
     torch runs on each of `devices`, ort on each of `providers` (cpu -> cpu tensors, cuda/tensorrt -> cuda
-    tensors), both with each of `convs`; tensorrt always on cuda.
+    tensors), both with each of `convs`; tensorrt always on cuda. `auto` is one untiled row per size (and
+    loop): device, precision and convolutions are the worker's to resolve, as `styleengine run` does.
     """
     kinds: list[tuple[str, str | None, str, str | None]] = []
     for backend in backends:
         if backend == "naive":
             kinds += [(backend, None, d, None) for d in devices]
+        elif backend == "auto":
+            kinds.append(("auto", None, "auto", "auto"))
         elif backend == "torch":
             kinds += [(backend, None, d, c) for d in devices for c in convs]
         elif backend == "ort":
@@ -163,15 +180,28 @@ def expand(resolutions: list[tuple[int, int]], backends: list[str], providers: l
     loops = (0, loop) if loop else (0,)
     # Winograd is fp32 only: in another precision "auto" is "direct", one configuration, timed once
     same_as_auto = {"direct"} if "auto" in convs else set()
-    return [Config(b, p, d, prec, h, w, model, pooling, tile, n, conv)
-            for (h, w) in resolutions for n in loops for (b, p, d, conv) in kinds for prec in precisions
-            for tile in tiles if not (b == "naive" and (prec != "fp32" or tile))
-            and not (prec != "fp32" and conv in same_as_auto)]
+    configs = []
+    for (h, w) in resolutions:
+        for n in loops:
+            for (b, p, d, conv) in kinds:
+                if b == "auto":
+                    configs.append(Config("auto", None, "auto", "auto", h, w, model, pooling, None, n, "auto"))
+                    continue
+                configs += [Config(b, p, d, prec, h, w, model, pooling, tile, n, conv)
+                            for prec in precisions for tile in tiles
+                            if not (b == "naive" and (prec != "fp32" or tile))
+                            and not (prec != "fp32" and conv in same_as_auto)]
+    return configs
 
 
 def series_name(row: dict) -> str:
-    """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32, ort cpu fp32 tile 1024."""
+    """torch cpu fp32, ort cpu fp32, ort cuda fp32, ort tensorrt fp16, tensorrt fp32, ort cpu fp32 tile 1024;
+    an `auto` row with what it resolved to: auto (torch cpu bf16 direct), auto (ort cuda fp16 direct) loop."""
     backend, provider = row["backend"], row.get("provider")
+    if backend == "auto":
+        resolved = row.get("resolved")
+        inner = f" ({series_name({**row, **resolved, 'loop': 0})})" if resolved else ""
+        return f"auto{inner}" + (" loop" if row.get("loop") else "")
     where = row["device"] if backend in ("naive", "torch") else (provider if provider and provider != backend else "")
     tile = f"tile {row['tile']}" if row.get("tile") else ""
     loop = "loop" if row.get("loop") else ""

@@ -12,7 +12,7 @@
 #   correct.json the CUDA-graph loop vs the eager loop; the ORT CUDA step vs torch
 #   loop.json    the whole loop at 384x512 (naive vs ours), and each step alone
 #   step.json    the step at 512 and 2048 in every precision
-#   bench.json   `styleengine bench --res 512 --backends naive,torch,ort --loop 20` on the GPU
+#   bench.json   `styleengine bench --res 384x512 --backends naive,auto,torch,ort --loop 20` on the GPU
 #   profile.json where the step's time goes at 512 and 2048: kernels, and ORT's ONNX ops
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +43,10 @@ for part in ${*:-correct loop step bench profile}; do
     loop) check loop 130 ;;
     step) check step 80 ;;
     bench)
-      timeout 150 "$PY" -m styleengine bench --res 384x512 --backends naive,torch,ort --devices cuda \
-          --providers cuda --precision fp32,bf16,fp16 --loop 20 --iters 10 --warmup 3 --timeout 60 \
+      # --rounds 1: one process per row, as before rows took turns (3 rounds would triple the ~14 processes
+      # past this part's share of the lease; a dedicated GPU drifts little)
+      timeout 150 "$PY" -m styleengine bench --res 384x512 --backends naive,auto,torch,ort --devices cuda \
+          --providers cuda --precision fp32,bf16,fp16 --loop 20 --iters 10 --warmup 3 --rounds 1 --timeout 60 \
           --json "$DIR/bench.json" > "$DIR/bench.log" 2>&1
       echo "== bench: exit $?"; tail -30 "$DIR/bench.log" ;;
     profile) check profile 90 ;;

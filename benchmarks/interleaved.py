@@ -19,11 +19,37 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable, Sequence, TypeVar
 
 # name: (backend, precision, convolutions); "torch" and "ort" are what `styleengine run` runs (Winograd on the CPU)
 METHODS = {"naive": ("naive", "fp32", None), "torch": ("torch", "fp32", "auto"),
            "torch-direct": ("torch", "fp32", "direct"), "torch-bf16": ("torch", "bf16", "auto"),
            "ort": ("ort", "fp32", "auto"), "ort-direct": ("ort", "fp32", "direct")}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def take_turns(names: Sequence[T], turn: Callable[[T, int], R], rounds: int, *,
+               drop: Callable[[R], bool] = lambda result: False) -> dict[T, list[R]]:
+    """A B C A B C ...: `turn(name, round)` for every name, round after round; a name whose result `drop`s
+    sits out the rounds after it (a failed configuration is not retried). Results per name, in round order."""
+    results: dict[T, list[R]] = {name: [] for name in names}
+    out: set[T] = set()
+    for r in range(rounds):
+        for name in names:
+            if name in out:
+                continue
+            results[name].append(turn(name, r))
+            if drop(results[name][-1]):
+                out.add(name)
+    return results
+
+
+def paired_ratios(times: Sequence[float], base: Sequence[float]) -> list[float]:
+    """Each round's time over the base's in the same round: the load both saw cancels."""
+    return [t / b for t, b in zip(times, base)]
 
 
 def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> dict:
@@ -68,12 +94,9 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
 
     for name in methods:
         turn(name)  # warm-up: first-run costs at this size
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name in methods:
-            times[name].append(turn(name))
+    times = take_turns(methods, lambda name, _: turn(name), rounds)
     base = methods[0]
-    ratios = {name: [t / b for t, b in zip(times[name], times[base])] for name in methods[1:]}
+    ratios = {name: paired_ratios(times[name], times[base]) for name in methods[1:]}
     convs = {name: step.conv for name, step in steps.items()}
     return {"height": height, "width": width, "loop": loop, "rounds": rounds, "threads": torch.get_num_threads(),
             "convs": convs,

@@ -19,7 +19,9 @@ import time
 from styleengine.benchmarks.config import LOOP_HISTORY
 
 
-def time_engine_loop(step, image, iterations: int, warmup: int, dog, sync) -> list[float]:
+def time_engine_loop(step, image, iterations: int, warmup: int, dog, sync, after_warmup=lambda: None
+                     ) -> list[float]:
+    """`after_warmup()` runs between the warm-up and the timed loop (the device peak is reset there)."""
     from styleengine.engine.loop import optimise
 
     if warmup:
@@ -27,6 +29,7 @@ def time_engine_loop(step, image, iterations: int, warmup: int, dog, sync) -> li
         optimise(step, image, iterations=max(2, warmup), history=LOOP_HISTORY)
         sync()
         dog.end_phase()
+    after_warmup()
     dog.start_phase(f"{iterations} loop iterations", iterations)
     result = optimise(step, image, iterations=iterations, history=LOOP_HISTORY)
     sync()
@@ -37,18 +40,22 @@ def time_engine_loop(step, image, iterations: int, warmup: int, dog, sync) -> li
 
 
 def time_naive(weights, image, content, style, *, loop: int, iters: int, warmup: int, pooling: str,
-               device: str, dog, sync) -> list[float]:
+               device: str, dog, sync, after_warmup=lambda: None) -> list[float]:
+    """`after_warmup()` runs once the `warmup` untimed closures are done (the device peak is reset there)."""
     from styleengine.benchmarks import naive
 
     if loop:
         dog.start_phase(f"{warmup + loop} naive loop iterations", warmup * 3.0 + loop)
         _, _, seconds = naive.run(weights, image, content, style, iterations=warmup + loop, pooling=pooling,
-                                  device=device, history=LOOP_HISTORY)
+                                  device=device, history=LOOP_HISTORY,
+                                  after=lambda n: after_warmup() if n == warmup else None)
         dog.end_phase()
         return seconds[warmup:]
     img, closure = naive.prepare(weights, image, content, style, pooling=pooling, device=device)
     times = []
     for i in range(warmup + iters):
+        if i == warmup:
+            after_warmup()
         dog.start_phase(f"naive closure {i + 1}", 3.0 if i < warmup else 1.0)
         sync()
         t0 = time.perf_counter()

@@ -126,11 +126,12 @@ def prepare(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, 
 
 
 def run(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, style: torch.Tensor, *,
-        iterations: int, history: int = 100, **loss) -> tuple[torch.Tensor, list[float], list[float]]:
+        iterations: int, history: int = 100, after=None, **loss) -> tuple[torch.Tensor, list[float], list[float]]:
     """The whole optimisation; returns (image, the loss of each evaluation, the time each iteration took).
 
     Times are host timestamps between closure calls: torch's LBFGS reads the loss every iteration
     (`float(loss)`), so on a GPU each one has finished by then. `loss`: prepare()'s keywords.
+    after(n): called (untimed) once n evaluations are done, for n = 0 .. iterations.
     """
     img, closure = prepare(weights, init, content, style, **loss)
     optimizer = torch.optim.LBFGS([img], lr=1.0, max_iter=iterations, history_size=history,
@@ -141,9 +142,14 @@ def run(weights: Weights, init: torch.Tensor, content: torch.Tensor | None, styl
     def timed_closure():
         loss = closure()
         losses.append(loss.item())  # what the popular loops print; LBFGS reads it anyway
+        if after is not None:
+            after(len(losses))
         stamps.append(time.perf_counter())
         return loss
 
+    if after is not None:
+        after(0)
+        stamps[0] = time.perf_counter()
     if iterations:
         optimizer.step(timed_closure)
     seconds = [b - a for a, b in zip(stamps, stamps[1:])]

@@ -1,6 +1,7 @@
-"""Regenerate the README's performance table from benchmarks/results/*.json.
+"""Regenerate the README's performance table (and its plot) from benchmarks/results/*.json.
 
     python -m styleengine.benchmarks.readme_table            # rewrite README.md between the markers
+    python -m styleengine.benchmarks.readme_table --plot     # ... and redraw docs/bench.png
     python -m styleengine.benchmarks.readme_table --print    # only print the table
     python -m styleengine.benchmarks.readme_table --check    # exit 1 if README.md is out of date
 
@@ -16,12 +17,13 @@ import sys
 from pathlib import Path
 
 from styleengine.benchmarks.config import series_name
-from styleengine.benchmarks.report import fmt, gib, limit_sentence
+from styleengine.benchmarks.report import fmt_time, gib, limit_sentence, save_figure
 
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+PLOT = ROOT / "docs" / "bench.png"
 
 
 def _machine_label(machine: dict, row: dict) -> str:
@@ -34,13 +36,6 @@ def _machine_label(machine: dict, row: dict) -> str:
     return f"{machine.get('cpu', 'CPU')} ({', '.join(notes)})" if notes else machine.get("cpu", "CPU")
 
 
-def _time(seconds: float | None) -> str:
-    """A per-iteration time: ms below a second (GPU rows), else s."""
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def _interleaved(doc: dict, name: str) -> list[str]:
     """Rows of benchmarks/interleaved.py's document: each method's median and its ratio to the first."""
     out = []
@@ -49,7 +44,7 @@ def _interleaved(doc: dict, name: str) -> list[str]:
         for method, median in r["median_s"].items():
             ratio = "1.00x" if method == r["ratio_to"] else f"{r['ratio_median'][method]:.3f}x"
             out.append(f"| {r.get('cpu_isa', '-')}, {r['threads']} threads, load {r['load_avg_1m']:.1f} | "
-                       f"{r['height']}x{r['width']} | {kind} | {method} | {_time(median)} | {ratio} | {name} |")
+                       f"{r['height']}x{r['width']} | {kind} | {method} | {fmt_time(median)} | {ratio} | {name} |")
     return out
 
 
@@ -62,7 +57,8 @@ def table(results: Path = RESULTS) -> str:
              "|---|---|---|---|---|---|---|"]
     turns = ["| CPU | size | timed | method | time/iteration (median) | vs first (median of rounds) | source |",
              "|---|---|---|---|---|---|---|"]
-    tiled = ["| machine | configuration | size | status | s/iter | peak memory GiB | tiles | vs untiled | source |",
+    tiled = ["| machine | configuration | size | status | time/iteration | peak memory GiB | tiles | vs untiled | "
+             "source |",
              "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -70,7 +66,7 @@ def table(results: Path = RESULTS) -> str:
                                                         and isinstance(r["median_s"], dict) for r in doc["results"]):
             turns += _interleaved(doc, path.name)  # benchmarks/interleaved.py: methods taking turns
             continue
-        if not isinstance(doc.get("rows"), list) or not all("device" in r for r in doc["rows"]):
+        if not _is_bench(doc):
             continue  # another script's results (tiling, interleaved): not `styleengine bench` rows
         machine = doc.get("machine", {})
         for lim in doc.get("limits", []):
@@ -87,7 +83,7 @@ def table(results: Path = RESULTS) -> str:
                 ratio = f"{row['median_s'] / base:.2f}x" if row.get("tile") and base and row["median_s"] else "-"
                 tiled.append(
                     f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
-                    f"{status} | {fmt(row['median_s'], '.2f')} | {gib(mem)} | {row.get('tiles') or 1} | "
+                    f"{status} | {fmt_time(row['median_s'])} | {gib(mem)} | {row.get('tiles') or 1} | "
                     f"{ratio} | "
                     f"{path.name} |")
             continue
@@ -100,12 +96,12 @@ def table(results: Path = RESULTS) -> str:
             if row.get("loop"):
                 loops.append(
                     f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
-                    f"{_time(row['median_s'])} | {gib(mem)} | "
+                    f"{fmt_time(row['median_s'])} | {gib(mem)} | "
                     f"{'-' if row.get('speedup') is None else format(row['speedup'], '.2f') + 'x'} | {path.name} |")
                 continue
             lines.append(
                 f"| {_machine_label(machine, row)} | {series_name(row)} | {row['height']}x{row['width']} | "
-                f"{_time(row['median_s'])} | {row['gflops']:.0f} | "
+                f"{fmt_time(row['median_s'])} | {row['gflops']:.0f} | "
                 f"{'-' if row['peak_fraction'] is None else format(row['peak_fraction'], '.0%')} | {gib(mem)} | "
                 f"{'-' if row.get('speedup') is None else format(row['speedup'], '.2f') + 'x'} | {path.name} |")
     text = "\n".join(lines)
@@ -131,6 +127,78 @@ def table(results: Path = RESULTS) -> str:
     return text + "\n\n" + note
 
 
+def _is_bench(doc: dict) -> bool:
+    """A `styleengine bench` document (not another script's results)."""
+    return isinstance(doc.get("rows"), list) and all("device" in r for r in doc["rows"])
+
+
+def plot_series(results: Path = RESULTS) -> dict[str, list[dict]]:
+    """The README plot's series, label -> step rows by size: the naive loop, `auto`, and every GPU row, from
+    the bench documents in `results` (untiled step rows that ran; limit probes left out). A CPU document
+    without an auto row (made before it existed) gives the rows of the engine's default then: torch, fp32,
+    the convolutions `auto` chose, until the machine has auto rows. Where documents share a series and size,
+    the newest one's row is kept."""
+    series: dict[tuple[str, str, bool], dict[tuple, tuple[str, dict]]] = {}  # (machine, name, before auto)
+    for path in sorted(results.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not _is_bench(doc) or path.name.endswith("-limit.json"):
+            continue
+        machine = doc.get("machine", {})
+        rows = [r for r in doc["rows"] if r.get("status") == "ok" and not r.get("loop") and not r.get("tile")]
+        has_auto = any(r["backend"] == "auto" for r in rows)
+        for row in rows:
+            gpu = row["device"] == "cuda"
+            before = (not has_auto and not gpu and row["backend"] == "torch" and row["precision"] == "fp32"
+                      and row.get("conv") != "direct")
+            if not (gpu or row["backend"] in ("naive", "auto") or before):
+                continue
+            isa = f"{machine['cpu_isa']}, " if machine.get("cpu_isa") else ""
+            where = (row.get("device_name") or "GPU") if gpu else (
+                f"{machine.get('cpu', 'CPU')} ({isa}{row.get('threads')} threads)")
+            newest = series.setdefault((where, series_name(row), before), {})
+            size, created = (row["height"], row["width"]), machine.get("created") or ""
+            if size not in newest or created >= newest[size][0]:
+                newest[size] = (created, row)
+    with_auto = {where for where, name, _ in series if name.startswith("auto")}
+    return {f"{where}: {name}" + (" (the default before auto)" if before else ""):
+            sorted((row for _, row in rows.values()), key=lambda r: r["height"] * r["width"])
+            for (where, name, before), rows in series.items() if not (before and where in with_auto)}
+
+
+def draw_plot(path: Path, results: Path = RESULTS) -> int:
+    """Seconds per iteration against megapixels for plot_series(results), log-log, as a PNG at `path`;
+    returns the number of series drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    series = plot_series(results)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for label, rows in series.items():
+        gpu = rows[0]["device"] == "cuda"
+        naive = rows[0]["backend"] == "naive"
+        ax.plot([r["height"] * r["width"] / 1e6 for r in rows], [r["median_s"] for r in rows],
+                marker="s" if gpu else "o", ls=":" if naive else "-", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("megapixels")
+    ax.set_ylabel("seconds per iteration (median)")
+    ax.grid(True, which="both", alpha=0.3)
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers, not powers of ten
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    if series:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no bench results", transform=ax.transAxes, ha="center")
+    ax.set_title("one loss-and-gradient iteration: the naive loop, `auto` and the GPU rows "
+                 "(styleengine bench; benchmarks/results)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return len(series)
+
+
 def splice(readme: str, body: str) -> str:
     """README text with `body` between the markers; ValueError if they are missing."""
     start, end = readme.find(START), readme.find(END)
@@ -143,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print the table, change nothing")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    parser.add_argument("--plot", nargs="?", const=PLOT, type=Path, metavar="PATH",
+                        help=f"also draw the README's plot (default {PLOT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
+    if args.plot is not None and not (args.print or args.check):
+        draw_plot(args.plot)
     body = table()
     if args.print:
         print(body)

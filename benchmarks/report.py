@@ -36,6 +36,26 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
     }
 
 
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as PNG, atomically (a temp file beside it, then os.replace); no version stamp, so
+    the same figures give the same bytes."""
+    import matplotlib.pyplot as plt
+
+    from styleengine.paths import temp_beside
+
+    path = Path(path)
+    fd, tmp = temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=110, metadata={"Software": None})
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
 def write_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
@@ -45,7 +65,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(row.get(k), sort_keys=True) if isinstance(row.get(k), dict)
+            writer.writerow({k: json.dumps(row.get(k), sort_keys=True) if isinstance(row.get(k), (dict, list))
                              else ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
 
 
@@ -106,8 +126,7 @@ def write_plot(path: Path, doc: dict) -> None:
     fig.suptitle(f"styleengine step: {machine.get('cpu', '')}"
                  + (f" / {machine['gpus'][0]['name']}" if machine.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _limit_points(limit: dict) -> list[dict]:
@@ -132,16 +151,37 @@ def gib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**30:.2f}"
 
 
+def fmt_time(seconds: float | None) -> str:
+    """A per-iteration time with a unit that shows it: ms below a second (GPU rows), else s."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def spread(row: dict) -> str:
+    """The lowest and highest round's median when the row took turns, else its p10-p90, in one unit."""
+    if row["status"] != "ok":
+        return "-"
+    rounds = row.get("round_s") or []
+    lo, hi = (min(rounds), max(rounds)) if len(rounds) > 1 else (row["p10_s"], row["p90_s"])
+    if hi < 1:
+        return f"{lo * 1e3:.2f}-{hi * 1e3:.2f} ms"
+    return f"{lo:.2f}-{hi:.2f} s"
+
+
+SPREAD_NOTE = ("spread: the fastest and slowest round's median when the rows took turns (--rounds), else the "
+               "10th-90th percentile of the iterations")
+
+
 def table_rows(rows: list[dict], *, reasons: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by the console table and the markdown report."""
-    header = ["configuration", "size", "status", "s/iter", "p10-p90 s", "GFLOP/it", "GFLOP/s", "of peak",
+    header = ["configuration", "size", "status", "time/iter", "spread", "GFLOP/it", "GFLOP/s", "of peak",
               "RSS GiB", "device GiB", "speed-up"] + (["reason"] if reasons else [])
     cells = []
     for r in rows:
-        ok = r["status"] == "ok"
         cells.append([
-            series_name(r), f"{r['height']}x{r['width']}", r["status"], fmt(r["median_s"], ".2f"),
-            f"{r['p10_s']:.2f}-{r['p90_s']:.2f}" if ok else "-", fmt(r["gflop_per_iter"], ".0f"),
+            series_name(r), f"{r['height']}x{r['width']}", r["status"], fmt_time(r["median_s"]),
+            spread(r), fmt(r["gflop_per_iter"], ".0f"),
             fmt(r["gflops"], ".1f"), f"{r['peak_fraction']:.0%}" if r["peak_fraction"] is not None else "-",
             gib(r["peak_rss_bytes"]), gib(r["peak_device_bytes"]),
             f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-",
@@ -163,12 +203,12 @@ def limit_sentence(lim: dict) -> str:
     row = lim["at_limit"] or {}
     mem = row.get("peak_device_bytes") if lim["device"] == "cuda" else row.get("peak_rss_bytes")
     text = (f"{name}: limit {lim['limit_px']} px ({lim['limit_px'] ** 2 / 1e6:.2f} MP) at "
-            f"{fmt(row.get('median_s'), '.1f')} s/iteration and {gib(mem)} GiB "
+            f"{fmt_time(row.get('median_s'))}/iteration and {gib(mem)} GiB "
             f"(budgets {lim['time_budget_s']:g} s, {gib(lim['mem_budget_bytes'])} GiB; next size up: "
             f"{lim['limited_by']})")
     paper = lim.get("paper_512")
     if paper and paper["median_s"] is not None:
-        text += (f"; the paper's 512 px takes {paper['median_s']:.2f} s and {gib(paper['peak_bytes'])} GiB "
+        text += (f"; the paper's 512 px takes {fmt_time(paper['median_s'])} and {gib(paper['peak_bytes'])} GiB "
                  f"({paper['time_fraction_of_budget']:.0%} of the time budget), and the limit holds "
                  f"{paper['limit_pixels_over_512'] or 0:.1f}x its pixels")
     return text
@@ -186,7 +226,9 @@ def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
              f"- command: `{m.get('command')}`", f"- weights: {doc['notes']['weights']}", ""]
     if doc["rows"]:
         lines += ["## Per-iteration figures", "", markdown_table(*table_rows(doc["rows"])), "",
-                  f"speed-up: {doc['notes']['speedup']}.", ""]
+                  f"speed-up: {doc['notes']['speedup']}.", "", f"{SPREAD_NOTE}.", ""]
+        lines += [f"- {series_name(r)} at {r['height']}x{r['width']}: {r['why']}" for r in doc["rows"]
+                  if r.get("why") and not r.get("loop")] + [""]
     if doc.get("fits"):
         lines += ["## Scaling with the pixel count (log-log slopes; 1 = linear)", "",
                   markdown_table(["series", "points", "sizes", "time slope", "memory slope", "memory slope (net)"],

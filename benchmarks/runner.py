@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Callable
 
-from styleengine.benchmarks.config import (DEFAULT_ITERS, DEFAULT_MEM_FRACTION, DEFAULT_TIMEOUT_S, DEFAULT_WARMUP,
-                                           STATUSES, Config)
+from styleengine.benchmarks.config import (DEFAULT_ITERS, DEFAULT_MEM_FRACTION, DEFAULT_ROUNDS, DEFAULT_TIMEOUT_S,
+                                           DEFAULT_WARMUP, STATUSES, Config, split_iters)
+from styleengine.benchmarks.interleaved import paired_ratios, take_turns
 from styleengine.choices import PROVIDER_NAMES
 
 # ---------------------------------------------------------------- environment
@@ -129,8 +130,9 @@ def default_mem_budget(config: Config, machine: dict) -> int:
     return int(DEFAULT_MEM_FRACTION * machine["memory_available_bytes"])
 
 
-def peak_gflops(config: Config, machine: dict) -> float | None:
-    if config.device == "cuda":
+def peak_gflops(config: Config, machine: dict, device: str | None = None) -> float | None:
+    """The measured fp32 peak of the device the row ran on (`device`: an auto row's resolved one)."""
+    if (device or config.device) == "cuda":
         return machine["gpus"][0]["fp32_peak_gflops"] if machine.get("gpus") else None
     return machine.get("fp32_peak_gflops")
 
@@ -152,41 +154,74 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def make_row(config: Config, outcome: Outcome, machine: dict, iters: int, warmup: int) -> dict:
-    """One row with every column; measured figures only where the run gave them."""
-    d = outcome.data
-    times = [float(t) for t in d.get("times_s") or []]
-    ok = outcome.status == "ok" and bool(times)
+def _failure(outcomes: list[Outcome], rounds: int) -> tuple[str, str] | None:
+    """(status, reason) of the first round that did not give timings, or None when every round did."""
+    for i, out in enumerate(outcomes):
+        if out.status != "ok" or not out.data.get("times_s"):
+            status, reason = (out.status, out.reason) if out.status != "ok" else (
+                "error", "the worker returned no timings")
+            return status, (f"round {i + 1} of {rounds}: {reason}" if rounds > 1 else reason)
+    return None
+
+
+def make_row(config: Config, outcomes: Outcome | list[Outcome], machine: dict, iters: int, warmup: int,
+             rounds: int | None = None) -> dict:
+    """One row with every column from its rounds (one Outcome each, in order, of `rounds` planned); measured
+    figures only where every round gave them (a failed round makes the row failed, and the rounds after it
+    do not run; the raw times measured before it are kept in times_s).
+
+    median_s, p10_s, p90_s: over every timed iteration of every round; round_s: each round's median (their
+    range is the spread between rounds); peaks: the highest round's."""
+    outcomes = [outcomes] if isinstance(outcomes, Outcome) else outcomes
+    per_round = [[float(t) for t in out.data.get("times_s") or []] for out in outcomes]
+    times = [t for ts in per_round for t in ts]
+    failed = _failure(outcomes, rounds or len(outcomes))
+    ok = failed is None
+    ran = [out.data for out in outcomes if out.data.get("times_s")]
+    top = max(outcomes, key=lambda out: out.data.get("peak_rss_bytes") or 0).data  # the round of the highest peak
+    d = ran[0] if ran else top
+    resolved = d.get("resolved")  # an auto row: what the worker resolved it to
     gf = gflop_per_iter(config)
     median = statistics.median(times) if ok else None
-    peak = peak_gflops(config, machine)
+    device = (resolved or {}).get("device") or config.device
+    peak = peak_gflops(config, machine, device)
     gpus = machine.get("gpus") or []
+    devices = [out.data.get("peak_device_bytes") for out in outcomes if out.data.get("peak_device_bytes")]
+    reason = failed[1] if failed else ""
+    if resolved and any(r.get("resolved") != resolved for r in ran):
+        reason = "auto resolved differently between rounds: " + "; ".join(
+            str(r.get("resolved")) for r in ran)  # status stays ok: every round ran, the note says what
     row = {
-        "backend": config.backend, "provider": config.provider, "device": config.device,
-        "precision": config.precision, "threads": d.get("threads", machine.get("torch_threads")),
+        "backend": config.backend, "provider": (resolved or {}).get("provider", config.provider),
+        "device": device, "precision": (resolved or {}).get("precision") or config.precision,
+        "threads": d.get("threads", machine.get("torch_threads")),
         "height": config.height, "width": config.width,
-        "status": outcome.status if (ok or outcome.status != "ok") else "error",
-        "reason": outcome.reason if (ok or outcome.status != "ok") else "the worker returned no timings",
+        "status": failed[0] if failed else "ok", "reason": reason,
         "median_s": median, "p10_s": percentile(times, 10) if ok else None,
         "p90_s": percentile(times, 90) if ok else None,
-        "peak_rss_bytes": d.get("peak_rss_bytes"), "peak_device_bytes": d.get("peak_device_bytes"),
+        "peak_rss_bytes": top.get("peak_rss_bytes"), "peak_device_bytes": max(devices) if devices else None,
         "gflop_per_iter": gf, "gflops": gf / median if ok else None,
         "peak_fraction": gf / median / peak if ok and peak else None,
         "versions": machine.get("versions") or versions(),
-        "device_name": d.get("device_name") or (gpus[0]["name"] if config.device == "cuda" and gpus
+        "device_name": d.get("device_name") or (gpus[0]["name"] if device == "cuda" and gpus
                                                  else machine.get("cpu")),
         "model": config.model, "pooling": config.pooling, "iters": len(times) if ok else iters,
         "warmup": warmup, "iters_per_s": 1.0 / median if ok else None,
-        "base_rss_bytes": d.get("base_rss_bytes"), "speedup": None,
+        "base_rss_bytes": top.get("base_rss_bytes"), "speedup": None,
         "tile": config.tile, "tiles": d.get("tiles"), "loop": config.loop,
         "conv": d.get("conv") or resolved_conv(config),
+        "rounds": len(outcomes), "round_s": [statistics.median(ts) for ts in per_round] if ok else None,
+        "times_s": times, "resolved": resolved, "why": d.get("why"),
     }
     return row
 
 
 def resolved_conv(config: Config) -> str | None:
     """What a row's --conv became: the worker reports it; a row whose worker failed first gets the same
-    rule here (engine/winograd.resolve_conv, ort_step.graph_conv), so it is not named apart from its series."""
+    rule here (engine/winograd.resolve_conv, ort_step.graph_conv), so it is not named apart from its series.
+    An `auto` row that failed before resolving names none."""
+    if config.backend == "auto":
+        return None
     if config.conv != "auto":
         return config.conv
     if config.backend == "torch":
@@ -208,7 +243,13 @@ Progress = Callable[[str, Config, dict | None], None]  # (event, config, row or 
 
 @dataclass
 class Runner:
-    """Runs configurations one at a time (never two timed processes at once)."""
+    """Runs configurations, one worker process at a time (never two timed processes at once).
+
+    run_all: the configurations of one size take turns, A B C A B C ..., `rounds` times, each turn a fresh
+    process timing its share of `iters` after `warmup` untimed iterations: every row sees the machine's
+    drift alike, and each process is alone on the machine (its peak memory its own, the device's memory
+    all its own: a warm process beside it would keep its cached blocks and change cuDNN's choices).
+    """
 
     machine: dict
     iters: int = DEFAULT_ITERS
@@ -218,6 +259,7 @@ class Runner:
     time_limit_s: float | None = None  # per iteration, enforced inside the worker
     env: dict | None = None  # extra environment for the workers (tests)
     progress: Progress | None = None
+    rounds: int = DEFAULT_ROUNDS  # run_all's; run() is one round
     _prepared: dict = field(default_factory=dict)
 
     def _env(self) -> dict | None:
@@ -226,58 +268,93 @@ class Runner:
         return {**os.environ, **self.env}
 
     def _prepare(self, config: Config) -> Outcome:
-        """Build (and cache) an exporting backend's graph in its own process, once per kind."""
-        key = config.key
+        """Build (and cache) an exporting backend's graph in its own process, once per kind; an `auto` row's
+        once per size (its trial, and any graph it chose, then cost no timed process anything)."""
+        key = config.key + ((config.height, config.width) if config.backend == "auto" else ())
         if key not in self._prepared:
             spec = {"kind": "prepare", **asdict(config)}
             self._prepared[key] = run_worker(spec, self.timeout_s, self._env())
         return self._prepared[key]
 
-    def run(self, config: Config, *, iters: int | None = None, warmup: int | None = None,
-            mem_budget_bytes: int | None = None, time_limit_s: float | None = None) -> dict:
-        """One configuration's row; each keyword left None takes the runner's own setting."""
-        iters = self.iters if iters is None else iters
-        warmup = self.warmup if warmup is None else warmup
-        mem_budget_bytes = self.mem_budget_bytes if mem_budget_bytes is None else mem_budget_bytes
-        time_limit_s = self.time_limit_s if time_limit_s is None else time_limit_s
-        if self.progress:
-            self.progress("start", config, None)
+    def outcome(self, config: Config, *, iters: int, warmup: int, mem_budget_bytes: int | None,
+                time_limit_s: float | None) -> Outcome:
+        """One worker process timing `config` (after its graph is prepared), or why it could not."""
         reason = availability(config, self.machine)
         if reason:
-            outcome = Outcome("unavailable", reason)
-        else:
-            outcome = self._prepare(config) if config.backend not in ("naive", "torch") else Outcome("ok", "")
-            if outcome.status == "ok":
-                budget = mem_budget_bytes or default_mem_budget(config, self.machine)
-                spec = {"kind": "step", **asdict(config), "iters": iters, "warmup": warmup,
-                        # the watchdog can only see host memory; device memory is checked after
-                        "mem_limit_bytes": budget if config.device == "cpu" else None,
-                        "time_limit_s": time_limit_s}
-                outcome = run_worker(spec, self.timeout_s, self._env())
-            else:
-                outcome = Outcome(outcome.status, f"preparing the step: {outcome.reason}")
+            return Outcome("unavailable", reason)
+        if config.backend not in ("naive", "torch"):
+            prepared = self._prepare(config)
+            if prepared.status != "ok":
+                return Outcome(prepared.status, f"preparing the step: {prepared.reason}")
+        budget = mem_budget_bytes or default_mem_budget(config, self.machine)
+        spec = {"kind": "step", **asdict(config), "iters": iters, "warmup": warmup,
+                # the watchdog can only see host memory; device memory is checked after
+                "mem_limit_bytes": budget if config.device != "cuda" else None,
+                "time_limit_s": time_limit_s}
+        return run_worker(spec, self.timeout_s, self._env())
+
+    def run(self, config: Config, *, iters: int | None = None, warmup: int | None = None,
+            mem_budget_bytes: int | None = None, time_limit_s: float | None = None) -> dict:
+        """One configuration's row from one process; each keyword left None takes the runner's own setting."""
+        iters = self.iters if iters is None else iters
+        warmup = self.warmup if warmup is None else warmup
+        if self.progress:
+            self.progress("start", config, None)
+        outcome = self.outcome(config, iters=iters, warmup=warmup,
+                               mem_budget_bytes=self.mem_budget_bytes if mem_budget_bytes is None else mem_budget_bytes,
+                               time_limit_s=self.time_limit_s if time_limit_s is None else time_limit_s)
         row = make_row(config, outcome, self.machine, iters, warmup)
         if self.progress:
             self.progress("done", config, row)
         return row
 
     def run_all(self, configs: list[Config]) -> list[dict]:
-        rows = [self.run(c) for c in configs]
-        add_speedups(rows)
-        return rows
+        """Every configuration's row, in the order given; those of one size take turns for `rounds` rounds."""
+        shares = split_iters(self.iters, self.rounds)
+        rows: dict[Config, dict] = {}
+        sizes = list(dict.fromkeys((c.height, c.width) for c in configs))
+        for size in sizes:
+            group = list(dict.fromkeys(c for c in configs if (c.height, c.width) == size))
+
+            def turn(config: Config, r: int) -> Outcome:
+                if self.progress:
+                    self.progress("start", config, None)
+                out = self.outcome(config, iters=shares[r], warmup=self.warmup,
+                                   mem_budget_bytes=self.mem_budget_bytes, time_limit_s=self.time_limit_s)
+                if self.progress:
+                    self.progress("round", config, {**make_row(config, out, self.machine, shares[r], self.warmup),
+                                                    "round": r + 1, "rounds": self.rounds})
+                return out
+
+            turns = take_turns(group, turn, self.rounds,
+                               drop=lambda out: out.status != "ok" or not out.data.get("times_s"))
+            for config in group:
+                rows[config] = make_row(config, turns[config], self.machine, self.iters, self.warmup, self.rounds)
+                if self.progress:
+                    self.progress("done", config, rows[config])
+        ordered = [rows[c] for c in configs]
+        add_speedups(ordered)
+        return ordered
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """speedup = baseline median / row median, per size and kind (step or loop); the baseline is the first
-    ok row of them in table order (the naive loop on cpu at fp32 when it ran)."""
+    """speedup = baseline time / row time, per size and kind (step or loop); the baseline is the first ok row
+    of them in table order (the naive loop on cpu at fp32 when it ran). Rows that took the same turns
+    (round_s of equal length) get the median of their rounds' ratios, so the load each round saw cancels."""
     def kind(row: dict) -> tuple:
         return (row["height"], row["width"], row["model"], row["pooling"], bool(row.get("loop")))
 
-    baselines: dict[tuple, float] = {}
+    baselines: dict[tuple, dict] = {}
     for row in rows:
         if row["status"] == "ok":
-            baselines.setdefault(kind(row), row["median_s"])
+            baselines.setdefault(kind(row), row)
     for row in rows:
         base = baselines.get(kind(row))
-        row["speedup"] = base / row["median_s"] if row["status"] == "ok" and base else None
-
+        row["speedup"] = None
+        if row["status"] != "ok" or not base:
+            continue
+        rounds, base_rounds = row.get("round_s") or [], base.get("round_s") or []
+        if len(rounds) > 1 and len(rounds) == len(base_rounds):
+            row["speedup"] = statistics.median(paired_ratios(base_rounds, rounds))
+        else:
+            row["speedup"] = base["median_s"] / row["median_s"]

@@ -7,9 +7,14 @@ library writes to stdout goes to stderr instead. Kinds of job:
 
 - "step": build random weights, the step and its targets at one size, run
   `warmup` untimed and `iters` timed iterations (device synchronised around
-  each), report raw times, peak host RSS and peak device memory.
+  each), report raw times, peak host RSS and the peak device memory of the
+  timed iterations (counted from after the warm-up: cuDNN's autotuning takes
+  workspaces there that a run does not keep). Backend "auto" is what
+  `styleengine run` runs without flags, resolved by engine/autotune.choose;
+  the job reports what it resolved to and why.
 - "prepare": construct the step once and close it (an exporting backend
-  builds and caches its graph here, so the timed job's peak RSS excludes it).
+  builds and caches its graph here, and `auto` runs its trial, so the timed
+  job's peak RSS excludes both).
 - "machine": what this machine has (CPU, memory, CUDA, ORT providers,
   TensorRT) and its measured fp32 peak, cached per machine (machine.py).
 
@@ -31,6 +36,7 @@ import threading
 import time
 from typing import Callable
 
+from styleengine.benchmarks.config import RESOLVED_KEYS
 from styleengine.benchmarks.machine import cpu_name, run_machine, synchronize
 
 FAULT_ENV = "STYLEENGINE_BENCH_FAULT"
@@ -131,6 +137,100 @@ class NvmlPeak(threading.Thread):
             self.sample()
 
 
+class DevicePeak:
+    """Peak device memory from `reset()` (called after the warm-up) to `read()`: torch's allocator counter, and
+    for runtimes torch cannot count (ORT, TensorRT: `runtime`) this process's memory as NVML sees it."""
+
+    def __init__(self, device, runtime: bool):
+        self.device, self.runtime, self.nvml = device, runtime, None
+        if device.type == "cuda" and runtime:
+            try:
+                self.nvml = NvmlPeak(device.index or 0)
+                self.nvml.start()
+            except Exception:  # noqa: BLE001 - NVML is optional; the row then has no device figure
+                self.nvml = None
+
+    def reset(self) -> None:
+        import torch
+
+        if self.device.type != "cuda":
+            return
+        torch.cuda.reset_peak_memory_stats(self.device)
+        if self.nvml is not None:
+            self.nvml.peak = 0
+            self.nvml.sample()
+
+    def read(self) -> int | None:
+        """Bytes, or None off CUDA (and for a runtime without NVML)."""
+        import torch
+
+        if self.device.type != "cuda":
+            return None
+        torch_peak = int(torch.cuda.max_memory_allocated(self.device))
+        if not self.runtime:
+            return torch_peak
+        if self.nvml is None:
+            return None
+        self.nvml.sample()  # torch's counter sees only the bound tensors, not the runtime's memory
+        self.nvml.stopped.set()
+        return max(torch_peak, self.nvml.peak) or None
+
+
+def time_iterations(step, image, *, warmup: int, iters: int, dog, sync, after_warmup) -> list[float]:
+    """`warmup` untimed then `iters` timed calls of `step` (synchronised around each); `after_warmup()` runs
+    between them (the device peak is reset there)."""
+    for i in range(warmup):
+        dog.start_phase(f"warm-up iteration {i + 1}", WARMUP_ALLOWANCE)
+        step(image)
+        sync()
+        dog.end_phase()
+    after_warmup()
+    times = []
+    for i in range(iters):
+        sync()
+        dog.start_phase(f"iteration {i + 1}")
+        t0 = time.perf_counter()
+        step(image)
+        sync()
+        times.append(time.perf_counter() - t0)
+        dog.end_phase()
+    return times
+
+
+def auto_settings(model: str, pooling: str):
+    """The `auto` row's settings: what `styleengine run` gets without --backend, --device, --precision, --conv."""
+    from styleengine.engine.stylise import Settings
+
+    # issue 21: the one place to change. Every choice is left at its default; while Settings' default backend
+    # is "torch" (no "auto" accepted yet) the row is torch with device, precision and conv auto. Add
+    # backend="auto" here if "auto" becomes accepted but not the default.
+    return Settings(model=model, pooling=pooling, weights="random")
+
+
+def build(spec: dict, weights, loss):
+    """(step, what an auto row resolved to or None): the step `spec` asks for, as `styleengine run` builds it."""
+    from styleengine.engine.backends import make_step
+
+    if spec["backend"] != "auto":
+        step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
+                         precision=spec["precision"], provider=spec.get("provider") or "cpu",
+                         conv=spec.get("conv") or "auto")
+        return step, None
+    from styleengine.engine.autotune import choose
+    from styleengine.engine.stylise import build_step
+
+    settings = auto_settings(spec["model"], spec["pooling"])
+    settings.validate()
+    choice = choose(settings, int(spec["height"]), int(spec["width"]))
+    chosen = choice.settings
+    step = build_step(chosen, weights, loss)
+    graph = chosen.backend != "torch"
+    resolved = {"backend": chosen.backend, "provider": chosen.provider if graph else None,
+                "device": step.device.type, "precision": chosen.precision, "conv": step.conv}
+    assert tuple(resolved) == RESOLVED_KEYS
+    return step, {"resolved": resolved, "why": choice.why}
+
+
 def random_targets(model: str, loss, height: int, width: int, gen):
     """Targets with the shapes a height x width image gives (content maps, symmetric PSD Grams), random values."""
     import torch
@@ -161,13 +261,13 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
         time.sleep(3600)
     import torch
 
-    from styleengine.engine.backends import make_step
     from styleengine.engine.losses import LossConfig
     from styleengine.engine.steps import make_targets
     from styleengine.model.weights import load_weights
 
     base = {"threads": torch.get_num_threads(), "device_name": None, "times_s": [], "tiles": None,
-            "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None}
+            "peak_rss_bytes": None, "base_rss_bytes": None, "peak_device_bytes": None, "resolved": None,
+            "why": None}
     dog = Watchdog(emit, base, spec.get("mem_limit_bytes"), spec.get("time_limit_s"))
     dog.start()
     h, w = int(spec["height"]), int(spec["width"])
@@ -177,12 +277,12 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     loss = LossConfig()
     if spec["backend"] == "naive":
         return _run_naive(spec, weights, base, dog)
-    step = make_step(spec["backend"], weights, loss, pooling=spec["pooling"], device=spec["device"],
-                     precision=spec["precision"], provider=spec.get("provider") or "cpu",
-                     conv=spec.get("conv") or "auto")
+    step, auto = build(spec, weights, loss)
+    base.update(auto or {})
     # what `styleengine run` keeps: the step, not the loaded weights (an ORT step has them in its session)
     del weights
-    if spec["backend"] in ("torch", "ort"):
+    backend = auto["resolved"]["backend"] if auto else spec["backend"]
+    if backend in ("torch", "ort"):
         base["conv"] = step.conv  # what "auto" resolved to
     tile = spec.get("tile")
     if tile:
@@ -193,15 +293,7 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
     device = step.device
     cuda = device.type == "cuda"
     base["device_name"] = torch.cuda.get_device_name(device) if cuda else cpu_name()
-    nvml = None
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        if spec["backend"] != "torch":  # torch's allocator cannot see ORT's or TensorRT's memory
-            try:
-                nvml = NvmlPeak(device.index or 0)
-                nvml.start()
-            except Exception:  # noqa: BLE001 - NVML is optional; the row then has no device figure
-                nvml = None
+    peak = DevicePeak(device, runtime=backend != "torch")  # torch's allocator cannot see ORT's or TensorRT's
     base["base_rss_bytes"] = current_rss_bytes()
 
     gen = torch.Generator().manual_seed(0)
@@ -226,29 +318,11 @@ def run_step(spec: dict, emit: Callable[[dict], None]) -> dict:
         from styleengine.benchmarks.loops import time_engine_loop
 
         base["times_s"] = time_engine_loop(step, image, int(spec["loop"]), int(spec["warmup"]), dog,
-                                           lambda: synchronize(device))
-    for i in range(int(spec["warmup"]) if not spec.get("loop") else 0):
-        dog.start_phase(f"warm-up iteration {i + 1}", WARMUP_ALLOWANCE)
-        step(image)
-        synchronize(device)
-        dog.end_phase()
-    for i in range(int(spec["iters"]) if not spec.get("loop") else 0):
-        synchronize(device)
-        dog.start_phase(f"iteration {i + 1}")
-        t0 = time.perf_counter()
-        step(image)
-        synchronize(device)
-        base["times_s"].append(time.perf_counter() - t0)
-        dog.end_phase()
-
-    if cuda:
-        torch_peak = int(torch.cuda.max_memory_allocated(device))
-        if spec["backend"] == "torch":
-            base["peak_device_bytes"] = torch_peak
-        elif nvml is not None:  # torch's counter sees only the bound tensors, not the runtime's memory
-            nvml.sample()
-            nvml.stopped.set()
-            base["peak_device_bytes"] = max(torch_peak, nvml.peak) or None
+                                           lambda: synchronize(device), after_warmup=peak.reset)
+    else:
+        base["times_s"] = time_iterations(step, image, warmup=int(spec["warmup"]), iters=int(spec["iters"]),
+                                          dog=dog, sync=lambda: synchronize(device), after_warmup=peak.reset)
+    base["peak_device_bytes"] = peak.read()
     step.close()
     dog.stopped.set()
     base["peak_rss_bytes"] = peak_rss_bytes()
@@ -264,8 +338,7 @@ def _run_naive(spec: dict, weights, base: dict, dog) -> dict:
     h, w = int(spec["height"]), int(spec["width"])
     device = torch.device(spec["device"])
     base["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak = DevicePeak(device, runtime=False)
     base["base_rss_bytes"] = current_rss_bytes()
     gen = torch.Generator().manual_seed(0)
     content, image = (torch.rand(1, 3, h, w, generator=gen) for _ in range(2))
@@ -274,23 +347,20 @@ def _run_naive(spec: dict, weights, base: dict, dog) -> dict:
     style = torch.rand(1, 3, h, w, generator=gen)
     base["times_s"] = time_naive(weights, image, content, style, loop=int(spec.get("loop") or 0),
                                  iters=int(spec["iters"]), warmup=int(spec["warmup"]), pooling=spec["pooling"],
-                                 device=spec["device"], dog=dog, sync=lambda: synchronize(device))
-    if device.type == "cuda":
-        base["peak_device_bytes"] = int(torch.cuda.max_memory_allocated(device))
+                                 device=spec["device"], dog=dog, sync=lambda: synchronize(device),
+                                 after_warmup=peak.reset)
+    base["peak_device_bytes"] = peak.read()
     dog.stopped.set()
     base["peak_rss_bytes"] = peak_rss_bytes()
     return {**base, "status": "ok", "reason": ""}
 
 
 def run_prepare(spec: dict) -> dict:
-    from styleengine.engine.backends import make_step
     from styleengine.engine.losses import LossConfig
     from styleengine.model.weights import load_weights
 
     weights = load_weights(spec["model"], "random")
-    step = make_step(spec["backend"], weights, LossConfig(), pooling=spec["pooling"], device=spec["device"],
-                     precision=spec["precision"], provider=spec.get("provider") or "cpu",
-                     conv=spec.get("conv") or "auto")
+    step, _ = build(spec, weights, LossConfig())
     step.close()
     return {"status": "ok", "reason": ""}
 

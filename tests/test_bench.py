@@ -344,6 +344,6 @@ def test_readme_table_puts_tiled_runs_in_their_own_table(tmp_path):
     (tmp_path / "tiled.json").write_text(json.dumps(doc))
     body = readme_table.table(tmp_path)
     tiled_part = body.split("exact tiled step")[1]
-    assert "| ort cpu fp32 tile 1024 | 2048x2048 | ok | 51.00 | 1.00 | 4 | 1.70x |" in tiled_part
+    assert "| ort cpu fp32 tile 1024 | 2048x2048 | ok | 51.00 s | 1.00 | 4 | 1.70x |" in tiled_part
     assert "oom: over the memory budget" in tiled_part  # the untiled failure is part of the story
-    assert "| ort cpu fp32 tile 1024 | 4096x4096 | ok | 240.00 | 1.00 | 4 | - |" in tiled_part
+    assert "| ort cpu fp32 tile 1024 | 4096x4096 | ok | 240.00 s | 1.00 | 4 | - |" in tiled_part

@@ -19,11 +19,12 @@ import typer
 from styleengine.benchmarks.analysis import find_limit
 from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DEFAULT_ITERS, DEFAULT_MODEL,
                                            DEFAULT_POOLING, DEFAULT_PRECISIONS, DEFAULT_PROVIDERS, DEFAULT_RES,
-                                           DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP, DEVICES, BENCH_BACKENDS,
-                                           PAPER_RES, SPEEDUP_NOTE, Config, expand, parse_choices, parse_resolutions,
-                                           parse_tiles, positive, series_name)
-from styleengine.benchmarks.report import (document, fmt, gib, limit_sentence, table_rows, write_csv, write_json,
-                                           write_plot, write_report)
+                                           DEFAULT_ROUNDS, DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP,
+                                           DEVICES, BENCH_BACKENDS, PAPER_RES, SPEEDUP_NOTE, Config, expand,
+                                           parse_choices, parse_resolutions, parse_tiles, positive, series_name,
+                                           split_iters)
+from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time, gib, limit_sentence,
+                                           table_rows, write_csv, write_json, write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError
@@ -53,7 +54,8 @@ def _console_table(rows: list[dict], title: str):
     header, cells = table_rows(rows, reasons=False)
     show_speedup = sum(r["status"] == "ok" for r in rows) > len({(r["height"], r["width"]) for r in rows})
     keep = [i for i, name in enumerate(header) if name != "speed-up" or show_speedup]
-    table = Table(title=title, caption="speed-up: " + SPEEDUP_NOTE if show_speedup else None)
+    caption = SPREAD_NOTE + ("; speed-up: " + SPEEDUP_NOTE if show_speedup else "")
+    table = Table(title=title, caption=caption)
     for i in keep:
         table.add_column(header[i], justify="left" if i < 3 else "right", no_wrap=True)
     styles = {"ok": "green", "oom": "red", "error": "red", "timeout": "yellow", "unavailable": "dim"}
@@ -85,8 +87,10 @@ def bench(
     res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768.")
                    ] = DEFAULT_RES,
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated: naive (the plain PyTorch loop "
-                                                           "popular implementations run: the baseline), torch, ort, "
-                                                           "tensorrt (untested: not installable here).")
+                                                           "popular implementations run: the baseline), auto (what "
+                                                           "`styleengine run` runs without flags; the row says what "
+                                                           "it resolved to and why), torch, ort, tensorrt "
+                                                           "(untested: not installable here).")
                         ] = DEFAULT_BACKENDS,
     providers: Annotated[str, typer.Option("--providers", help="ORT providers: cpu, cuda, tensorrt; auto: cpu, "
                                                              "and cuda when ONNX Runtime has it and a GPU is here.")
@@ -103,11 +107,19 @@ def bench(
     tile: Annotated[Optional[str], typer.Option(
         "--tile", help="Time the exact tiled step with cores of SIZE px (a multiple of 16); comma-separated, "
                        "'none' for the untiled step: --tile none,1024 gives the overhead in one run.")] = None,
-    iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration.")] = DEFAULT_ITERS,
+    iters: Annotated[int, typer.Option("--iters", help="Timed iterations per configuration, shared out among "
+                                                       "the rounds.")] = DEFAULT_ITERS,
+    rounds: Annotated[Optional[int], typer.Option(
+        "--rounds", help="The configurations of a size take turns (A B C A B C ...) this many times, each turn a "
+                         "fresh process with its own warm-up; a row's time is the median over every round, its "
+                         "spread the rounds' range (1: one process each, one after another; --limit probes run "
+                         f"once). Default {DEFAULT_ROUNDS}, or --iters if fewer.")] = None,
     loop: Annotated[int, typer.Option("--loop", help="Also time N whole iterations of the loop (step + L-BFGS "
                                                      "update with a 100-pair history + bookkeeping): a loop row "
                                                      "after each step row, speed-ups against the naive loop.")] = 0,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them.")] = DEFAULT_WARMUP,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them, in every round; the "
+                                                         "device-memory peak counts from after them.")
+                      ] = DEFAULT_WARMUP,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.")
                          ] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows as CSV here.")] = None,
@@ -147,6 +159,10 @@ def bench(
         raise ConfigError(f"--iters must be at least 1, got {iters}")
     if warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
+    if rounds is None:
+        rounds = min(DEFAULT_ROUNDS, iters)  # --iters 2 alone: two rounds of one
+    elif not limit:
+        split_iters(iters, rounds)  # raises ConfigError unless every round times an iteration
     positive(mem_budget, "--mem-budget")
     positive(time_budget, "--time-budget")
     positive(timeout, "--timeout")
@@ -173,16 +189,20 @@ def bench(
         ["cuda"] if machine.get("cuda") and PROVIDER_NAMES["cuda"] in machine.get("ort_providers", []) else []))
     command = _command_line(res=res, backends=backends, providers=providers, devices=devices, model=model,
                             pooling=pooling, precision=precision, conv=conv, tile=tile, iters=iters, loop=loop,
-                            warmup=warmup, json=json_path,
+                            rounds=rounds, warmup=warmup, json=json_path,
                             csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
 
     def progress(event: str, config: Config, row: dict | None) -> None:
-        name = series_name(asdict(config))
-        if event == "done" and row is not None:
-            detail = f"{row['median_s']:.2f} s/iter" if row["status"] == "ok" else row["reason"]
-            err.print(f"  {name} {config.height}x{config.width}: {row['status']} ({detail})", highlight=False)
+        if row is None:
+            return
+        if event == "round" or (event == "done" and limit):  # run_all reports rounds, the limit search probes
+            turn = f" round {row['round']}/{row['rounds']}" if event == "round" and row["rounds"] > 1 else ""
+            detail = f"{fmt_time(row['median_s'])}/iter" if row["status"] == "ok" else row["reason"]
+            err.print(f"  {series_name(row)} {config.height}x{config.width}{turn}: {row['status']} ({detail})",
+                      highlight=False)
+        if event == "done":
             if json_path is not None:  # a partial document after every row: an interrupted run keeps its rows
                 finished.append(dict(row))
                 add_speedups(finished)
@@ -194,7 +214,7 @@ def bench(
     if limit and time_budget is None:
         time_budget = DEFAULT_TIME_BUDGET_S
     runner = Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
-                      mem_budget_bytes=budget_bytes, progress=progress)
+                    mem_budget_bytes=budget_bytes, progress=progress, rounds=1 if limit else rounds)
     limits: list[dict] = []
     if limit:
         kinds = expand([(PAPER_RES, PAPER_RES)], backend_list, provider_list, device_list, precision_list,
@@ -226,6 +246,9 @@ def bench(
     out.print(table)
     for note in notes:
         out.print(note, highlight=False)
+    for row in doc["rows"]:
+        if row.get("why") and not row.get("loop"):  # what `auto` resolved to, and why, one line per size
+            out.print(f"{series_name(row)} at {row['height']}x{row['width']}: {row['why']}", highlight=False)
     for fit in doc["fits"]:
         if fit["time_slope"] is not None:
             out.print(f"scaling {fit['series']} ({fit['min_px']}-{fit['max_px']} px): time ~ pixels^"
