@@ -24,6 +24,7 @@ from styleengine.benchmarks.config import (DEFAULT_ITERS, DEFAULT_MEM_FRACTION, 
                                            DEFAULT_WARMUP, STATUSES, Config, split_iters)
 from styleengine.benchmarks.interleaved import paired_ratios, take_turns
 from styleengine.choices import PROVIDER_NAMES
+from styleengine.errors import UserError
 
 # ---------------------------------------------------------------- environment
 
@@ -186,7 +187,7 @@ def make_row(config: Config, outcomes: Outcome | list[Outcome], machine: dict, i
     device = (resolved or {}).get("device") or config.device
     peak = peak_gflops(config, machine, device)
     gpus = machine.get("gpus") or []
-    devices = [out.data.get("peak_device_bytes") for out in outcomes if out.data.get("peak_device_bytes")]
+    devices: list[int] = [out.data["peak_device_bytes"] for out in outcomes if out.data.get("peak_device_bytes")]
     reason = failed[1] if failed else ""
     if resolved and any(r.get("resolved") != resolved for r in ran):
         reason = "auto resolved differently between rounds: " + "; ".join(
@@ -218,22 +219,19 @@ def make_row(config: Config, outcomes: Outcome | list[Outcome], machine: dict, i
 
 def resolved_conv(config: Config) -> str | None:
     """What a row's --conv became: the worker reports it; a row whose worker failed first gets the same
-    rule here (engine/winograd.resolve_conv, ort_step.graph_conv), so it is not named apart from its series.
-    An `auto` row that failed before resolving names none."""
+    rule here (engine/capability.py), so it is not named apart from its series. An `auto` row that failed
+    before resolving names none."""
     if config.backend == "auto":
         return None
     if config.conv != "auto":
         return config.conv
-    if config.backend == "torch":
-        import torch
+    from styleengine.engine import capability
 
-        from styleengine.engine.winograd import resolve_conv
-
-        dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-        return resolve_conv("auto", torch.device(config.device), dtype)
-    from styleengine.engine.ort_step import graph_conv
-
-    return graph_conv("auto", config.provider or "cpu", config.precision)
+    where = config.device if config.backend == "torch" else "cpu" if (config.provider or "cpu") == "cpu" else "cuda"
+    try:
+        return capability.rule(config.backend, where, config.precision, "auto")[1]
+    except UserError:  # a row the table refuses: its failure says why
+        return None
 
 
 # ---------------------------------------------------------------- running

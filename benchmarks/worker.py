@@ -197,14 +197,12 @@ def time_iterations(step, image, *, warmup: int, iters: int, dog, sync, after_wa
     return times
 
 
-def auto_settings(model: str, pooling: str):
-    """The `auto` row's settings: what `styleengine run` gets without --backend, --device, --precision, --conv."""
+def auto_settings(model: str, pooling: str, size: int):
+    """The `auto` row's settings: what `styleengine run --size SIZE` gets without --backend, --device,
+    --provider, --precision or --conv (each at its default, auto)."""
     from styleengine.engine.stylise import Settings
 
-    # issue 21: the one place to change. Every choice is left at its default; while Settings' default backend
-    # is "torch" (no "auto" accepted yet) the row is torch with device, precision and conv auto. Add
-    # backend="auto" here if "auto" becomes accepted but not the default.
-    return Settings(model=model, pooling=pooling, weights="random")
+    return Settings(model=model, pooling=pooling, weights="random", size=size)
 
 
 def build(spec: dict, weights, loss):
@@ -219,7 +217,7 @@ def build(spec: dict, weights, loss):
     from styleengine.engine.autotune import choose
     from styleengine.engine.stylise import build_step
 
-    settings = auto_settings(spec["model"], spec["pooling"])
+    settings = auto_settings(spec["model"], spec["pooling"], max(int(spec["height"]), int(spec["width"])))
     settings.validate()
     choice = choose(settings, int(spec["height"]), int(spec["width"]))
     chosen = choice.settings

@@ -164,8 +164,8 @@ def test_the_worker_resolves_auto_through_choose(monkeypatch, random_weights):
 
     def choose(settings, height, width):
         asked.append((settings.backend, settings.device, settings.precision, settings.conv, height, width))
-        return autotune.Choice(dataclasses.replace(settings, precision="bf16", conv="direct", device="cpu"),
-                               "bf16: 0.42x of fp32 in the trial")
+        return autotune.Choice(dataclasses.replace(settings, backend="torch", precision="bf16", conv="direct",
+                                                   device="cpu", provider="cpu"), "bf16: 0.42x of fp32 in the trial")
 
     monkeypatch.setattr(autotune, "choose", choose)
     spec = {"backend": "auto", "model": "vgg19", "pooling": "avg", "height": 48, "width": 64}
