@@ -45,7 +45,9 @@ LOOK_TOLERANCE = 0.05  # a reduced precision's style and content distances withi
 LOOK_ITERS = 8
 LOOK_SIDE = 160  # px, long side of the look check's short run
 SIZE_CLASSES = (128, 256, 512, 1024, 2048)  # a run is tuned at the class nearest its size (log scale)
-TRIAL_SIDE = {"cpu": 256, "cuda": 1024}  # the trial's long side at most: its cost on a CPU grows with the pixels
+# the trial's long side at most (3:4, as 384x512): on a CPU the ranking moved between 192x256 and 384x512 (ORT
+# ahead of torch fp32 at the smaller size, behind at the larger), and larger runs start coarse-to-fine at 512-724
+TRIAL_SIDE = {"cpu": 512, "cuda": 1024}
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def fmt_seconds(seconds: float) -> str:
 def _key(settings: Settings, where: capability.Placement) -> dict:
     """What a measured choice depends on: the machine, the model and what the user left open."""
     return {"version": TUNE_VERSION, "machine": fingerprint(), "model": settings.model, "pooling": settings.pooling,
-            "weights": _weights_kind(settings.weights), "size_class": size_class(settings.size),
+            "weights": _weights_kind(settings.weights), "trial_side": trial_side(settings.size, where.place),
             "place": where.place, "provider": where.provider, "backend": settings.backend,
             "precision": settings.precision, "conv": settings.conv,
             "layers": [list(settings.content_layers), list(settings.style_layers)]}
@@ -257,7 +259,7 @@ def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
         if pick != pick_fastest(trials):
             raise ValueError("its pick is not the fastest of its own figures")
     except (KeyError, TypeError, ValueError, ConfigError) as e:
-        log.warning("tuning record entry for %s is damaged (%s): measuring again", key.get("size_class"), e)
+        log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
         return None
     return trials, pick
 

@@ -80,8 +80,10 @@ def test_the_record_is_reused_then_measured_again_on_another_machine(fresh, monk
     again = FakeTrial(times={**TIMES, ("ort", "fp32", "winograd"): 0.1})
     choice = choose(settings, measure=again, machine=CPU, tune=True)
     assert again.calls == [] and choice.cached and choice.settings.backend == "torch"
-    # another size class is another trial
+    # another size class is another trial; on a CPU the classes above 512 px share the 512 px trial
     choose(Settings(size=1024, weights="random"), measure=again, machine=CPU, tune=True)
+    assert again.calls == []
+    choose(Settings(size=256, weights="random"), measure=again, machine=CPU, tune=True)
     assert len(again.calls) == 1
     # another machine (threads, CPU, versions: the fingerprint) is measured again
     monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 16})
