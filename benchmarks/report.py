@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from styleengine.benchmarks.analysis import fit_slopes
+from styleengine.units import fmt_time  # noqa: F401  (the tables and the CLI read it from here)
 from styleengine.benchmarks.config import (COLUMNS, DEFAULT_MODEL, MIN_RESOLUTION, PAPER_RES, QUANTUM, SPEEDUP_NOTE,
                                            series_name)
 
@@ -149,13 +150,6 @@ def fmt(value: Any, spec: str = ".3g") -> str:
 
 def gib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**30:.2f}"
-
-
-def fmt_time(seconds: float | None) -> str:
-    """A per-iteration time with a unit that shows it: ms below a second (GPU rows), else s."""
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def spread(row: dict) -> str:

@@ -32,6 +32,7 @@ from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
 from styleengine.engine.stylise import Settings
 from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.units import fmt_time
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capabilit
     parts = [f"{t.label} {_ratio(t, chosen)}" for t in others]
     source = "measured earlier here" if cached else "measured now"
     text = (f"{chosen.label} on the {where.place}{' (' + where.provider + ')' if pick[0] != 'torch' else ''}: "
-            f"fastest valid, {fmt_seconds(chosen.median)}/step ({source}")
+            f"fastest valid, {fmt_time(chosen.median)}/step ({source}")
     return text + (f"; {', '.join(parts)})" if parts else ")")
 
 
@@ -197,11 +198,6 @@ def _ratio(trial: Trial, chosen: Trial) -> str:
     if trial.status in ("skipped", "failed"):
         return f"{trial.status}: {trial.note}" if trial.note else trial.status
     return f"{trial.median / chosen.median:.2f}x"
-
-
-def fmt_seconds(seconds: float) -> str:
-    """A time with a unit that shows its figure: 5.66 ms, 1.23 s."""
-    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 # --- the record ---

@@ -134,7 +134,7 @@ def test_gpu_candidates_are_the_gpu_options(fresh):
     choice = choose(Settings(size=2048, weights="random"), measure=trial, machine=GPU, tune=True)
     assert trial.calls[0][0] == "cuda" and trial.calls[0][2] == autotune.TRIAL_SIDE["cuda"]
     assert (choice.settings.backend, choice.settings.provider, choice.settings.precision) == ("ort", "cuda", "fp16")
-    assert "3.5 ms" in choice.why
+    assert "3.50 ms" in choice.why
 
 
 def test_the_real_trial_times_builds_and_skips(fresh, monkeypatch):

@@ -25,7 +25,8 @@ def tune(
     from rich.console import Console
     from rich.table import Table
 
-    from styleengine.engine.autotune import choose, fmt_seconds, record_path, size_class, trial_side
+    from styleengine.engine.autotune import choose, record_path, size_class, trial_side
+    from styleengine.units import fmt_time
 
     settings = Settings(size=size, model=model, weights=weights, pooling=pooling, seed=seed, device=device,
                         backend=backend, provider=provider, precision=precision, conv=conv)
@@ -42,8 +43,8 @@ def tune(
             table.add_column(column)
         for t in sorted(choice.trials, key=lambda t: t.median):
             mark = " (chosen)" if (t.backend, t.precision, t.conv) == picked else ""
-            table.add_row(t.label + mark, fmt_seconds(t.median) if t.seconds else "-",
-                          " ".join(fmt_seconds(s) for s in t.seconds), t.status, t.note)
+            table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
+                          " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
         Console(file=sys.stdout).print(table)
     print(f"auto: {choice.why}")
     if choice.measured:
