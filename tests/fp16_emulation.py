@@ -66,3 +66,10 @@ def emulated_export(export: Export, folder: Path) -> Export:
     meta = json.loads(json.dumps(export.meta))
     meta["files"] = files
     return replace(export, folder=folder, meta=meta)
+
+
+def emulated_step(export: Export, spec, loss, folder: Path):
+    """An ORT CPU step on the emulated fp16 numerics of `export`'s step graph."""
+    from styleengine.engine.ort_step import OrtStep
+
+    return OrtStep(emulated_export(export, folder), spec, loss)
