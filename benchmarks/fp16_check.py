@@ -78,7 +78,10 @@ def run(weights_path: str | None, provider: str = "cuda", make_graph_step=None, 
         result["error"] = f"onnxruntime is not installed: {e}"
         return result
     if provider == "cuda":
-        result["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():  # onnxruntime-gpu lists its provider on machines without a GPU too
+            result["error"] = "no CUDA device (torch.cuda.is_available() is False)"
+            return result
+        result["device"] = torch.cuda.get_device_name(0)
     cases = [(f"random vgg19 seed {s}", lambda s=s: load_weights("vgg19", "random", seed=s)) for s in seeds]
     cases.append(("vgg16 imagenet", lambda: load_weights("vgg16", weights_path) if weights_path else None))
     with tempfile.TemporaryDirectory(prefix="fp16-check-") as tmp:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from fp16_emulation import emulate_fp16, emulated_step
@@ -99,3 +100,7 @@ def test_fp16_check_without_cuda_is_an_error_entry(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     out = fp16_check.run("/nonexistent.safetensors")
     assert "no CUDAExecutionProvider" in out["error"] and out["cases"] == {}
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = fp16_check.run("/nonexistent.safetensors")
+    assert "no CUDA device" in out["error"] and out["cases"] == {}
