@@ -7,7 +7,6 @@ random VGG19 weights, 9.45e-2 on the GPU): the unscaled gradients are subnormal 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
