@@ -132,7 +132,7 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
     x = g.op("Mul", [IMAGE, g.const(np.array(scale).reshape(1, 3, 1, 1), "pre_scale")], "pre_mul")
     h = g.op("Add", [x, g.const(np.array(shift).reshape(1, 3, 1, 1), "pre_shift")], "pre_add")
     # fp16 graphs run the first conv in fp32: its input (0-255 less the mean in the caffe convention) would lose
-    # its low bits in fp16 (the ImageNet VGG16: gradient error 5-8e-3 -> 3-6e-3), at a 3-channel conv's cost
+    # its low bits in fp16 (the ImageNet VGG16, emulated: gradient error 5-8e-3 -> 3-6e-3), at a 3-channel conv's cost
     first_in_f32 = g.float_type == TensorProto.FLOAT16
     if not first_in_f32:
         h = g.to_float(h, "pre_cast")
