@@ -37,8 +37,9 @@ from styleengine.export.onnx_step import build_feature_graph, build_step_graph, 
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 
-# bump when the graph builder changes what it emits: old entries are then ignored
-BUILDER_VERSION = 6
+# bump when the graph builder changes what it emits: old entries are then ignored. 7: fp16 step and tile graphs
+# carry a scaled gradient (fp32 and bf16 graphs are byte for byte those of 6, rebuilt once: one key for all)
+BUILDER_VERSION = 7
 STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
 GRAPH_FILES = (STEP_FILE, FEATURES_FILE, TILE_FILE)
 RECORD_FILE = "files.json"  # a derived entry's {file: {sha256, bytes}}

@@ -130,8 +130,12 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
     (fp32), per layer what the backward pass needs, and the layers."""
     scale, shift = weights.convention.scale_shift()
     x = g.op("Mul", [IMAGE, g.const(np.array(scale).reshape(1, 3, 1, 1), "pre_scale")], "pre_mul")
-    h = g.to_float(g.op("Add", [x, g.const(np.array(shift).reshape(1, 3, 1, 1), "pre_shift")], "pre_add"),
-                   "pre_cast")
+    h = g.op("Add", [x, g.const(np.array(shift).reshape(1, 3, 1, 1), "pre_shift")], "pre_add")
+    # fp16 graphs run the first conv in fp32: its input (0-255 less the mean in the caffe convention) would lose
+    # its low bits in fp16 (the ImageNet VGG16, emulated: gradient error 5-8e-3 -> 3-6e-3), at a 3-channel conv's cost
+    first_in_f32 = g.float_type == TensorProto.FLOAT16
+    if not first_in_f32:
+        h = g.to_float(h, "pre_cast")
     wanted = set(spec.layers)
     outputs: dict[str, str] = {}
     saved: dict[str, dict[str, str]] = {}  # per layer name: tensors the backward reads
@@ -142,6 +146,9 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
             if winograd.applies(spec.conv, layer.in_channels, layer.out_channels):
                 flat = g.shared(f"{layer.name}.weight_flat", lambda w=w: winograd.flat_weights(w))
                 h = winograd.conv(g, h, flat, layer.out_channels, layer.in_channels, layer.name, bias=b)
+            elif first_in_f32 and layer.index == 0:
+                h = g.to_float(g.op("Conv", [h, g.const(w, f"{layer.name}.weight32"), g.const(b, f"{layer.name}.bias32")],
+                                    f"{layer.name}_32", kernel_shape=[3, 3], pads=[1, 1, 1, 1]), layer.name)
             else:
                 h = g.op("Conv", [h, g.weight(w, f"{layer.name}.weight"), g.weight(b, f"{layer.name}.bias")],
                          layer.name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
@@ -210,9 +217,12 @@ def backward(g: Graph, weights: Weights, spec: ExportSpec, layers: list[Layer], 
     (fp32), called when the backward reaches the layer so each is computed just before it is consumed
     (ONNX Runtime runs nodes in the order they are emitted)."""
     grad: str | None = None
+    grad_scale: str | None = None  # fp16 graphs: the fp32 scalar the carried gradient is multiplied by
     for pos in range(len(layers) - 1, -1, -1):
         layer = layers[pos]
-        if layer.name in inject:
+        if layer.name in inject and g.float_type == TensorProto.FLOAT16:
+            grad, grad_scale = _scaled_sum(g, grad, grad_scale, [emit() for emit in inject[layer.name]], layer.name)
+        elif layer.name in inject:
             extra = [g.to_float(emit(), f"{layer.name}_gcast") for emit in inject[layer.name]]
             terms = ([grad] if grad else []) + extra
             grad = terms[0] if len(terms) == 1 else g.op("Sum", terms, f"{layer.name}_gin")
@@ -251,4 +261,31 @@ def backward(g: Graph, weights: Weights, spec: ExportSpec, layers: list[Layer], 
             w_back = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (Cin, Cout, 3, 3)
             grad = g.op("Conv", [grad, g.weight(w_back * np.float32(scale), f"{layer.name}.weight_grad")],
                         f"{layer.name}_gin", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    return None if grad is None else g.to_f32(grad, "grad_f32")
+    if grad is None:
+        return None
+    grad = g.to_f32(grad, "grad_f32")
+    return grad if grad_scale is None else g.op("Div", [grad, grad_scale], "grad_unscaled")
+
+
+# fp16 gradients are carried scaled so that their largest entry is this (a power of two): below it, 2^22 of
+# normal range (VGG's gradients are 1e-10..1e-5 unscaled with random weights: all subnormal or zero in fp16);
+# above it, 2^8 of headroom for the growth through the convolutions before the next loss layer (up to 28x seen
+# with the ImageNet VGG16 from relu4_2 to the image)
+GRAD_SCALE_TARGET = 2.0 ** 8
+
+
+def _scaled_sum(g: Graph, grad: str | None, scale: str | None, terms: list[str], hint: str) -> tuple[str, str]:
+    """At a loss layer of an fp16 graph: the carried gradient (fp16, times `scale`) plus the layer's loss
+    gradients (fp32), summed in fp32 and returned in fp16 with a new power-of-two scale (fp32 scalar) that
+    puts the largest entry at GRAD_SCALE_TARGET: a fixed scale cannot serve every weights, size and loss
+    weight (the gradients' magnitude spans orders of magnitude between them)."""
+    if grad is not None:
+        terms = terms + [g.op("Div", [g.to_f32(grad, f"{hint}_g32"), scale], f"{hint}_gprev")]
+    total = terms[0] if len(terms) == 1 else g.op("Sum", terms, f"{hint}_gsum32")
+    peak = g.op("Max", [g.op("ReduceMax", [g.op("Abs", [total], f"{hint}_gabs")], f"{hint}_gpeak", keepdims=0),
+                        g.const(1e-30, "tiny")], f"{hint}_gpeak_pos")  # an all-zero gradient: scale 2^108
+    exponent = g.op("Floor", [g.op("Div", [g.op("Log", [g.op("Div", [g.const(GRAD_SCALE_TARGET, "gtarget"), peak],
+                                                              f"{hint}_gratio")], f"{hint}_glog"),
+                                           g.const(np.log(2.0), "ln2")], f"{hint}_glog2")], f"{hint}_gexp")
+    new_scale = g.op("Pow", [g.const(2.0, "two_f32"), exponent], f"{hint}_gscale")
+    return g.to_float(g.op("Mul", [total, new_scale], f"{hint}_gscaled"), f"{hint}_gin"), new_scale
