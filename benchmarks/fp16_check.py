@@ -10,11 +10,13 @@ within the fp16 tolerance. A missing CUDA provider or weights file is an "error"
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -61,7 +63,7 @@ def check_weights(weights, provider: str, folder: Path, make_graph_step=None) ->
 
 def run(weights_path: str | None, provider: str = "cuda", make_graph_step=None, seeds=SEEDS) -> dict:
     """The JSON report; each case's failure (weights, provider, validation) is its own "error" entry."""
-    from styleengine.model.weights import load_weights
+    from styleengine.model.weights import Weights, load_weights
 
     started = time.perf_counter()
     result: dict = {"provider": provider, "sizes": [list(s) for s in SIZES], "tolerance": TOLERANCES["fp16"],
@@ -82,7 +84,8 @@ def run(weights_path: str | None, provider: str = "cuda", make_graph_step=None, 
             result["error"] = "no CUDA device (torch.cuda.is_available() is False)"
             return result
         result["device"] = torch.cuda.get_device_name(0)
-    cases = [(f"random vgg19 seed {s}", lambda s=s: load_weights("vgg19", "random", seed=s)) for s in seeds]
+    cases: list[tuple[str, Callable[[], Weights | None]]] = [
+        (f"random vgg19 seed {s}", functools.partial(load_weights, "vgg19", "random", seed=s)) for s in seeds]
     cases.append(("vgg16 imagenet", lambda: load_weights("vgg16", weights_path) if weights_path else None))
     with tempfile.TemporaryDirectory(prefix="fp16-check-") as tmp:
         for i, (name, load) in enumerate(cases):

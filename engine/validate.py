@@ -56,7 +56,8 @@ def check_signature(session, spec: ExportSpec) -> None:
 
 def noise_images(height: int, width: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(content, style, image): three uniform noise images."""
-    return tuple(torch.rand(1, 3, height, width, generator=gen) for _ in range(3))
+    return (torch.rand(1, 3, height, width, generator=gen), torch.rand(1, 3, height, width, generator=gen),
+            torch.rand(1, 3, height, width, generator=gen))
 
 
 def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: ExportSpec,

@@ -147,8 +147,9 @@ def forward(g: Graph, weights: Weights, spec: ExportSpec, keep_masks: bool):
                 flat = g.shared(f"{layer.name}.weight_flat", lambda w=w: winograd.flat_weights(w))
                 h = winograd.conv(g, h, flat, layer.out_channels, layer.in_channels, layer.name, bias=b)
             elif first_in_f32 and layer.index == 0:
-                h = g.to_float(g.op("Conv", [h, g.const(w, f"{layer.name}.weight32"), g.const(b, f"{layer.name}.bias32")],
-                                    f"{layer.name}_32", kernel_shape=[3, 3], pads=[1, 1, 1, 1]), layer.name)
+                conv32 = g.op("Conv", [h, g.const(w, f"{layer.name}.weight32"), g.const(b, f"{layer.name}.bias32")],
+                              f"{layer.name}_32", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+                h = g.to_float(conv32, layer.name)
             else:
                 h = g.op("Conv", [h, g.weight(w, f"{layer.name}.weight"), g.weight(b, f"{layer.name}.bias")],
                          layer.name, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
@@ -280,6 +281,7 @@ def _scaled_sum(g: Graph, grad: str | None, scale: str | None, terms: list[str],
     puts the largest entry at GRAD_SCALE_TARGET: a fixed scale cannot serve every weights, size and loss
     weight (the gradients' magnitude spans orders of magnitude between them)."""
     if grad is not None:
+        assert scale is not None  # a carried fp16 gradient always comes with its scale
         terms = terms + [g.op("Div", [g.to_f32(grad, f"{hint}_g32"), scale], f"{hint}_gprev")]
     total = terms[0] if len(terms) == 1 else g.op("Sum", terms, f"{hint}_gsum32")
     peak = g.op("Max", [g.op("ReduceMax", [g.op("Abs", [total], f"{hint}_gabs")], f"{hint}_gpeak", keepdims=0),

@@ -34,7 +34,8 @@ def test_emulation_rounds_every_fp16_output():
     """x -> fp16 -> x + 0 (fp16) -> fp32 gives x rounded to fp16, with ORT's optimisations on (they drop
     fp16 round trips they insert themselves, not the graph's own)."""
     zero = numpy_helper.from_array(np.zeros(1, np.float16), "zero")
-    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), helper.make_node("Add", ["h", "zero"], ["s"]),
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+             helper.make_node("Add", ["h", "zero"], ["s"]),
              helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [zero])
