@@ -241,6 +241,8 @@ def test_run_writes_image_and_trace(tmp_path, monkeypatch, capsys, pics):
                            "--trace", trace)
     assert code == 0, err
     assert "NOT a stylisation" in err  # --weights random is loud about it
+    # what auto became, and why, in one line (conftest: by rule, STYLEENGINE_TUNE=off)
+    assert "auto: torch fp32 " in err and "on the cpu: by rule (STYLEENGINE_TUNE=off)" in err
     with Image.open(out) as img:
         assert img.size == (40, 48)  # content 40x48 (W x H): long side 48
     records = [json.loads(line) for line in trace.read_text().splitlines()]
@@ -395,3 +397,20 @@ def test_lbfgs_gradient_scaling_keeps_loss_and_tames_the_gradient():
     assert 0 < moved <= 1e-2 * (1 + 1e-6)  # the first (raw-gradient) step moves pixels by at most 1e-2
     result = optimise(Huge(), x, iterations=5, optimizer="lbfgs")
     assert result.stopped is None and torch.isfinite(result.image).all()
+
+
+def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
+    """`styleengine tune` measures (whatever STYLEENGINE_TUNE says) and prints every candidate and the pick."""
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side: [
+        autotune.Trial(*o, seconds=(0.2 + 0.1 * i,) * 3) for i, o in enumerate(options)])
+    autotune._memo.clear()
+    code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "64", "--weights", "random", "--device", "cpu",
+                             "--backend", "torch")
+    assert code == 0, err
+    table = out.split("auto:")[0]  # rich wraps the table's cells to the terminal
+    assert "(chosen)" in table and "bf16" in table and "200.00 ms" in table and "400.00 ms" in table
+    assert "auto: torch fp32 winograd on the cpu: fastest valid" in out
+    assert (tmp_path / "tune.json").is_file()
