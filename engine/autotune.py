@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 TUNE_VERSION = 1  # bump when the trial or the record changes meaning: older records are measured again
 RECORD_NAME = "tune.json"
 ROUNDS = 3  # interleaved rounds (A B C A B C ...): a drifting machine shifts every candidate alike
-DROP_AFTER_FIRST = 1.6  # a candidate this much slower than the best after round one is not timed again
-DROP_AFTER_WARMUP = 2.5  # nor one whose warm-up took this much longer than the best warm-up
+DROP_AFTER_FIRST = 1.4  # a candidate this much slower than the best after round one is not timed again
+DROP_AFTER_WARMUP = 2.0  # nor one whose warm-up took this much longer than the best warm-up
 FP32_MARGIN = 0.03  # a reduced precision must beat fp32 by more than this to be chosen: fp32 is exact
 LOOK_TOLERANCE = 0.05  # a reduced precision's style and content distances within 5% of fp32's after LOOK_ITERS
 LOOK_ITERS = 8
@@ -310,6 +310,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     steps: dict[tuple[str, str, str], Step] = {}
     trials: dict[tuple[str, str, str], Trial] = {}
     warmups: dict[tuple[str, str, str], float] = {}
+    targets = None
     cuda = where.place == "cuda"
 
     def timed(step, image) -> float:
@@ -327,7 +328,10 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                                             provider=where.provider if b != "torch" else where.place)
             try:
                 step = build_step(candidate, weights, loss)
-                step.set_targets(make_targets(step, loss, content, [style], None, output_positions=height * width))
+                # one set of targets for every candidate: the time does not depend on their values (each
+                # step's own targets cost two forward passes per candidate)
+                targets = targets or make_targets(step, loss, content, [style], None, output_positions=height * width)
+                step.set_targets(targets)
                 for _ in range(2 if cuda else 1):  # warm-up: kernel choice, arenas, lazy sessions
                     warm = timed(step, content)
             except (ExportValidationError, UserError) as e:
