@@ -172,6 +172,27 @@ def test_bare_command_lists_the_commands_and_exits_0():
     assert proc.returncode == 0 and "run" in proc.stdout and "bench" in proc.stdout
 
 
+def test_typer_floor_has_the_click_cli_imports():
+    """cli.py subclasses typer's own click (typer._click, vendored from typer 0.26, which dropped its click
+    dependency): the declared floor must be a typer that has it."""
+    import importlib.metadata
+    import re
+
+    (typer_req,) = [r for r in importlib.metadata.requires("styleengine") if re.match(r"typer\b", r)]
+    floor = re.search(r">=\s*([0-9.]+)", typer_req)
+    assert floor is not None, typer_req
+    assert tuple(int(p) for p in floor.group(1).split(".")) >= (0, 26), typer_req
+
+
+def test_listed_command_that_vanished_is_a_usage_error(monkeypatch, capsys):
+    """An optional command listed, then gone when invoked: one line and exit 1 (typer._click has no
+    UsageError at its top level: it was an AttributeError)."""
+    monkeypatch.setattr(cli, "_load", lambda name: None)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "--help")
+    assert code == 1, err
+    assert err.count("\n") == 1 and err.startswith("error: command 'export' is not installed (see '"), err
+
+
 def test_top_level_help_does_not_import_torch():
     code = ("import sys; from styleengine import cli; sys.argv = ['styleengine', '--help']\n"
             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
