@@ -386,6 +386,29 @@ def test_a_run_hands_back_its_ort_session_before_the_final_distances_unless_the_
         warm.close()
 
 
+def test_distance_every_reaches_the_records_with_or_without_a_callback():
+    """--distance-every: the records of every N-th iteration (counted across scales) carry the distances,
+    in Result.records as in what the callback sees (they were measured only for a callback, and only it
+    saw them)."""
+    from styleengine.engine.stylise import Settings, stylise
+
+    rng = np.random.default_rng(5)
+    content, style = rng.random((40, 48, 3), dtype=np.float32), rng.random((40, 40, 3), dtype=np.float32)
+    settings = Settings(size=48, iterations=4, distance_every=2, weights="random", model="vgg16", device="cpu")
+    _, result = stylise(content, [style], settings)
+    assert [r.iteration for r in result.records if r.distances is not None] == [2, 4]
+    seen = []
+    _, result = stylise(content, [style], settings, callback=lambda record, image: seen.append(record))
+    assert [r.iteration for r in seen if r.distances is not None] == [2, 4]
+    assert [r.distances for r in result.records] == [r.distances for r in seen]
+    # coarse to fine (45 px, then 48): every 2nd iteration counted across both scales
+    two = dataclasses.replace(settings, scales=2, start_size=45)
+    total = sum(iterations for _, iterations in two.scale_plan())
+    _, result = stylise(content, [style], two)
+    assert len(result.records) == total > 4
+    assert [r.iteration for r in result.records if r.distances is not None] == list(range(2, total + 1, 2))
+
+
 def test_stylise_is_seeded_locally():
     from styleengine.engine.stylise import Settings, stylise
 
