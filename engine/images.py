@@ -15,15 +15,10 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
-from styleengine.errors import ImageError
+from styleengine.errors import ImageError, first_line
 
 MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -104,13 +99,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except _RangeError as e:
         raise ImageError(f"refusing {path}: it {e}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing {path}: {_first_line(e)}") from None
+        raise ImageError(f"refusing {path}: {first_line(e)}") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or a format PIL cannot read): {path}") from None
     except PermissionError:
         raise ImageError(f"cannot read image {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {_first_line(e)}") from None
+        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {first_line(e)}") from None
     if min(size) < MIN_SIDE:
         raise ImageError(f"image {path} is {size[0]}x{size[1]} px; both sides must be at least {MIN_SIDE} px")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -170,7 +165,7 @@ def check_output_path(path: str | os.PathLike) -> None:
     try:
         Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
     except (OSError, ValueError, KeyError) as e:
-        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({_first_line(e)}); "
+        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({first_line(e)}); "
                          f"use .png or .jpg") from None
     paths.check_writable(path, "image", ImageError)
 
@@ -197,7 +192,7 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
     except (OSError, ValueError, KeyError) as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise ImageError(f"cannot write {path}: {_first_line(e)}") from None
+        raise ImageError(f"cannot write {path}: {first_line(e)}") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

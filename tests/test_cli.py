@@ -439,3 +439,46 @@ def test_lbfgs_gradient_scaling_keeps_loss_and_tames_the_gradient():
     assert 0 < moved <= 1e-2 * (1 + 1e-6)  # the first (raw-gradient) step moves pixels by at most 1e-2
     result = optimise(Huge(), x, iterations=5, optimizer="lbfgs")
     assert result.stopped is None and torch.isfinite(result.image).all()
+
+
+# ------------------------------------------------------------------ an exception's first line
+
+def test_first_line_of_an_error():
+    from styleengine.errors import ConfigError, first_line
+
+    assert first_line(ConfigError("\n  bad flag\nmore detail")) == "bad flag"
+    assert first_line(ConfigError("")) == first_line(ConfigError(" \n ")) == "ConfigError"
+    assert first_line(ConfigError("raw"), "formatted\nrest") == "formatted"
+
+
+def test_empty_user_error_is_one_line_in_bench(monkeypatch, capsys):
+    """`python -m styleengine.cli_bench`: a UserError with no message still says which error (it raised
+    IndexError on the empty message)."""
+    import typer
+
+    from styleengine import cli_bench
+    from styleengine.errors import ConfigError
+
+    def fail(_command):
+        raise ConfigError("")
+
+    monkeypatch.setattr(typer, "run", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_bench.main()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: ConfigError\n"
+
+
+def test_empty_user_error_fails_its_batch_job(monkeypatch, tmp_path):
+    """batch: a job whose file checks raise a UserError with no message fails with a reason (IndexError)."""
+    from styleengine import cli_batch
+    from styleengine.engine import batch
+    from styleengine.errors import ImageError
+
+    def fail(**_files):
+        raise ImageError("")
+
+    monkeypatch.setattr(cli_batch, "check_files", fail)
+    job = batch.Job("j", tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "out" / "o.png")
+    planned = cli_batch._check(batch.Planned(job, stylise_module.Settings(), "h", "run"))
+    assert (planned.status, planned.reason) == ("failed", "ImageError")

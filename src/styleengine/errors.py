@@ -3,6 +3,7 @@
 The CLI prints a UserError as one line on stderr and exits 1; any other
 exception is a bug and keeps its traceback.
 """
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -27,3 +28,9 @@ class UnavailableError(UserError):
 
 class ExportValidationError(Exception):
     """An exported graph disagrees with the torch reference (a bug, not a user error)."""
+
+
+def first_line(error: BaseException, text: str | None = None) -> str:
+    """The first line of an error's message (or of `text`, its formatted form); its type's name when empty."""
+    text = (str(error) if text is None else text).strip()
+    return text.splitlines()[0] if text else type(error).__name__
