@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
 from styleengine.errors import ImageError, first_line
@@ -81,13 +81,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     (< 32 px a side) and decompression-bomb files raise ImageError, and so
     do float images with NaN, inf or values outside [0, 1] (taken as 0-1,
     never rescaled by a guess) and 32-bit integer images outside 0-65535.
+    A truncated file is an error under PIL's default; PIL's process-wide
+    ImageFile.LOAD_TRUNCATED_IMAGES is the application's, left as it is.
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey band
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

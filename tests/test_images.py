@@ -188,6 +188,16 @@ def test_save_image_refuses(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_load_image_leaves_pils_truncation_flag_alone(tmp_path, monkeypatch):
+    """PIL's LOAD_TRUNCATED_IMAGES is process-wide, the application's: reading an image does not set it."""
+    from PIL import ImageFile
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    images.load_image(tmp_path / "a.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 def test_save_image_failure_leaves_nothing(tmp_path, monkeypatch):
     target = tmp_path / "o.png"
     target.write_bytes(b"old")
