@@ -9,6 +9,8 @@ import platform
 import time
 from typing import Any
 
+from styleengine.paths import atomic_write
+
 
 def synchronize(device: Any) -> None:
     """Wait for the device's queued work (CUDA); timing GPU work needs it around every timed region."""
@@ -84,9 +86,7 @@ def cached_fp32_peak(device: str, key: str, refresh: bool = False) -> tuple[floa
     cache[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(cache, indent=1, sort_keys=True).encode())
     except OSError:
         pass  # an unwritable cache only costs a re-measurement
     return value, False

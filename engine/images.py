@@ -181,23 +181,11 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
         raise ImageError(f"cannot write {path}: it is a directory")
     array = np.clip(to_array(image), 0.0, 1.0)
     pil = Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
-    tmp = None
     try:
-        fd, tmp = paths.temp_beside(path)
-        with os.fdopen(fd, "wb") as f:
+        with paths.atomic_writer(path) as f:
             pil.save(f, format=fmt)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
     except (OSError, ValueError, KeyError) as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise ImageError(f"cannot write {path}: {first_line(e)}") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # YIQ (NTSC): Y is luminance, I and Q carry the chroma

@@ -36,6 +36,7 @@ from styleengine.errors import ConfigError
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
+from styleengine.paths import atomic_write
 
 # bump when the graph builder changes what it emits: old entries are then ignored
 BUILDER_VERSION = 6
@@ -89,20 +90,6 @@ def cache_key(weights: Weights, spec: ExportSpec) -> str:
 
 
 # --- files and records ---
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def describe_files(folder: Path, names) -> dict[str, dict]:
     """{name: {sha256, bytes}} of files in `folder`, as a record holds them."""
