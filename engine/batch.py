@@ -36,6 +36,7 @@ from styleengine.engine.stylise import (Picture, Settings, available_memory, bat
                                        lbfgs_history, lbfgs_pair_bytes, load_run_weights, stylise_batch)
 from styleengine.engine.tiled import tile_for_budget
 from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.model.weights import file_sha256
 
 MANIFEST = "manifest.jsonl"  # in the output folder
 # per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
@@ -214,13 +215,10 @@ def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = file_sha256(Path(path))
     if cache is not None:
-        cache[key] = digest.hexdigest()
-    return digest.hexdigest()
+        cache[key] = digest
+    return digest
 
 
 def _jsonable(value: Any) -> Any:
