@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +38,8 @@ from styleengine.export.onnx_step import build_feature_graph, build_step_graph, 
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 from styleengine.paths import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # bump when the graph builder changes what it emits: old entries are then ignored
 BUILDER_VERSION = 6
@@ -187,6 +190,7 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
             continue
         with f:
             if _try_lock(f, blocking=False):
+                logger.info("removing %s, left by a process that died while building", staging)
                 shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -205,6 +209,7 @@ def publish(staging: Path, folder: Path) -> None:
     """Rename a built entry into place (hold entry_lock(folder)); an entry found invalid there is
     moved aside first, so the path never points at a half-removed folder."""
     if folder.exists():
+        logger.info("replacing the invalid cache entry %s", folder)
         old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=folder.parent))
         os.replace(folder, old / folder.name)
         os.replace(staging, folder)
@@ -282,7 +287,9 @@ def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
     with entry_lock(folder):
         found = check_entry(folder, weights, spec)
         if found is not None:
+            logger.debug("export cache hit: %s", folder)
             return found
+        logger.info("exporting and validating the %s step graphs into the cache (%s)", spec.precision, folder)
         with staging_folder(folder) as staging:
             export = validate(write_export(weights, spec, staging))
             publish(staging, folder)
