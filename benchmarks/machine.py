@@ -9,6 +9,7 @@ import platform
 import time
 from typing import Any
 
+from styleengine.engine.machine import cpu_isa, cpu_name  # noqa: F401  (re-exported: bench rows name the CPU)
 from styleengine.paths import atomic_write
 
 
@@ -18,31 +19,6 @@ def synchronize(device: Any) -> None:
 
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-    """The widest vector ISA the CPU reports (avx512 / avx2 / ...): two CPUs of one name can differ,
-    and the fp32 peak and every time with them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return platform.machine()
-    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2")):
-        if flag in flags:
-            return isa + ("+bf16" if isa == "avx512" and "avx512_bf16" in flags else "")
-    return platform.machine()
 
 
 def _peak_cache_path():

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from styleengine.choices import (BACKEND_PRECISIONS, BF16_ON_ORT_CUDA, CONV_ALGOS, ORT_CPU_PRECISIONS,
-                                 ORT_CUDA_PRECISIONS, PROVIDER_NAMES, PROVIDERS, check_choice)
-from styleengine.errors import ConfigError, UnavailableError
+from styleengine.choices import PROVIDER_NAMES, PROVIDERS, check_choice
+from styleengine.engine import capability
+from styleengine.errors import ConfigError, ExportValidationError, UnavailableError, first_line
 from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
 from styleengine.engine.steps import StepBase, StepResult
 from styleengine.export import spec as names
@@ -348,14 +348,10 @@ def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: 
 
 
 def graph_conv(conv: str, provider: str, precision: str) -> str:
-    """The graph's convolutions for an ORT step: auto = Winograd for fp32 on the CPU provider (0.45-0.87x the
-    direct time on its large layers, export/winograd.py); GPU providers have their own (cuDNN)."""
-    check_choice("conv", conv, CONV_ALGOS)
-    if conv == "auto":
-        return "winograd" if provider == "cpu" and precision == "fp32" else "direct"
-    if conv == "winograd" and precision != "fp32":
-        raise ConfigError("--conv winograd graphs are fp32")
-    return conv
+    """The graph's convolutions for an ORT step: "auto" by capability's rule (Winograd for fp32 on the CPU
+    provider, 0.45-0.87x the direct time on its large layers; GPU providers have cuDNN's own)."""
+    where = "cpu" if provider == "cpu" else "cuda"
+    return capability.rule("ort", where, precision, conv)[1]
 
 
 def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str = "fp32",
@@ -367,7 +363,7 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
     def validate(export: Export) -> Export:
         # fp32 on the CPU (one entry serves every provider); fp16 and bf16 where they run, a GPU provider
-        check_provider = "cpu" if precision in ORT_CPU_PRECISIONS else provider
+        check_provider = "cpu" if precision in capability.precisions("ort", "cpu") else provider
         report = validate_step(lambda: OrtStep(export, spec, loss, provider=check_provider), weights, loss, spec)
         return record_validation(export, [c.to_json() for c in report], check_provider)
 
@@ -384,15 +380,15 @@ def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling
         from styleengine.engine.trt_step import make_trt_step
 
         return make_trt_step(weights, loss, pooling=pooling, precision=precision, max_side=max_side)
-    check_choice("precision", precision, BACKEND_PRECISIONS["ort"])
-    if provider == "cpu" and precision not in ORT_CPU_PRECISIONS:
-        raise ConfigError(f"{precision} step graphs run on GPU providers (cuda, tensorrt): ONNX Runtime's CPU "
-                          f"provider has no {precision} convolutions (it would run them in fp32, no faster); "
-                          f"use --precision fp32")
-    if provider == "cuda" and precision not in ORT_CUDA_PRECISIONS:
-        raise ConfigError(f"--precision {precision} --provider cuda: {BF16_ON_ORT_CUDA}")
-    conv = graph_conv(conv, provider, precision)
-    export = ensure_export(weights, loss, pooling, precision, provider, conv)
+    conv = graph_conv(conv, provider, precision)  # ConfigError where the provider cannot run the precision
+    try:
+        export = ensure_export(weights, loss, pooling, precision, provider, conv)
+    except ExportValidationError as e:
+        if precision == "fp32":
+            raise  # the reference precision disagreeing with torch is a bug: its traceback stays
+        # a reduced precision that does not hold for these weights here is the user's to change
+        raise ConfigError(f"--precision {precision} does not hold here: {first_line(e)}; use --precision fp32"
+                          ) from e
     return OrtStep(export, graph_spec(weights, loss, pooling, precision, conv), loss, provider=provider,
                    threads=threads)
 

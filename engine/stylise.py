@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKEND_PRECISIONS, BACKENDS, BF16_ON_ORT_CUDA, CONV_ALGOS, DEVICES, LBFGS_HISTORY,
-                                 MODELS, OPTIMIZERS, POOLINGS, PRECISIONS, PROVIDERS, check_choice)
+from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, LBFGS_HISTORY, MODELS, OPTIMIZERS, POOLINGS,
+                                 PRECISIONS, PROVIDERS, check_choice)
+from styleengine.engine import capability
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
@@ -73,14 +74,17 @@ class Settings:
     # their Grams are taken (the paper: 1, same size as the content)
     style_scale: float = 1.0
     preserve_colors: bool = False  # keep the content's chroma, take only luminance from the run
-    backend: str = "torch"  # "torch", "ort" or "tensorrt": who computes loss and gradient
-    provider: str = "cpu"  # ONNX Runtime execution provider for the ort/tensorrt backends
-    device: str = "auto"  # torch backend: "cpu", "cuda" or "auto" (cuda when present)
-    # "auto": fp32 on the CPU, on a GPU the fastest precision measured there that passes validation
-    # (auto_precision); or "fp32", "bf16" (torch, ort), "fp16" (graph backends), "tf32" (tensorrt)
+    # "torch", "ort" or "tensorrt": who computes loss and gradient; "auto": torch or ort, the faster here
+    # (measured: engine/autotune.py)
+    backend: str = "auto"
+    # ONNX Runtime execution provider (cpu, cuda, tensorrt); "auto" follows the device (capability.place)
+    provider: str = "auto"
+    device: str = "auto"  # where the step runs: "cpu", "cuda" or "auto" (cuda when present), every backend
+    # "auto": the fastest precision measured here that keeps the look (engine/autotune.py); or "fp32",
+    # "bf16" (torch), "fp16" (graph backends on a GPU), "tf32" (tensorrt); engine/capability.py says what runs where
     precision: str = "auto"
     # convolutions: "direct" (oneDNN/cuDNN/ORT's), "winograd" (fp32: torch on the CPU via NNPACK, engine/winograd.py;
-    # ort: F(4x4, 3x3) in the graph, export/winograd.py) or "auto" (Winograd for fp32 on the CPU)
+    # ort: F(4x4, 3x3) in the graph, export/winograd.py) or "auto" (measured, like the precision)
     conv: str = "auto"
     save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
     # style and content distances (engine/quality.py) in the record of every N-th iteration (0: never; a
@@ -97,13 +101,11 @@ class Settings:
     mem_budget_gib: float | None = None  # pick the tile for this budget (tiled.tile_for_budget's formula)
 
     def resolved(self) -> "Settings":
-        """These settings with precision "auto" made concrete for this machine (auto_precision; fp32 with
-        --conv winograd, the only precision it runs)."""
-        if self.precision != "auto":
-            return self
-        if self.conv == "winograd":
-            return dataclasses.replace(self, precision="fp32")
-        return dataclasses.replace(self, precision=auto_precision(self.backend, self.provider, self.device))
+        """These settings with every `auto` (backend, device, provider, precision, conv) made concrete for this
+        machine: measured once and kept (engine/autotune.py), explicit settings as given."""
+        from styleengine.engine.autotune import choose
+
+        return choose(self).settings
 
     def scale_plan(self) -> list[tuple[int, int]]:
         """(long side, iterations) per scale, coarse to fine.
@@ -136,19 +138,12 @@ class Settings:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("model", self.model, MODELS)
         check_choice("pooling", self.pooling, POOLINGS)
-        check_choice("backend", self.backend, BACKENDS)
-        check_choice("provider", self.provider, PROVIDERS)
+        check_choice("backend", self.backend, ("auto",) + BACKENDS)
+        check_choice("provider", self.provider, ("auto",) + PROVIDERS)
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
-        torch_on_gpu = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
-        if self.conv == "winograd" and (self.backend == "tensorrt" or self.precision not in ("auto", "fp32")
-                                        or (self.backend == "torch" and torch_on_gpu)):
-            raise ConfigError("--conv winograd runs fp32: the torch backend on the CPU (--device cpu; NNPACK) "
-                              "or the ort backend (F(4x4, 3x3) in the graph)")
-        if self.precision != "auto" and self.precision not in BACKEND_PRECISIONS[self.backend]:
-            raise ConfigError(f"the {self.backend} backend runs {', '.join(BACKEND_PRECISIONS[self.backend])}, "
-                              f"not {self.precision}")
+        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
         if self.size < images.MIN_SIDE:
             raise ConfigError(f"size must be at least {images.MIN_SIDE} px, got {self.size}")
         if self.iterations < 0:
@@ -178,11 +173,6 @@ class Settings:
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
             raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
-        if self.backend == "ort" and self.provider == "cuda" and self.precision == "bf16":
-            raise ConfigError(f"--precision bf16 --provider cuda: {BF16_ON_ORT_CUDA}")
-        if self.backend == "ort" and self.precision not in ("auto", "fp32") and self.provider == "cpu":
-            raise ConfigError(f"{self.precision} step graphs run on GPU providers (cuda, tensorrt); "
-                              f"the CPU provider runs fp32")
         if self.backend == "tensorrt" and self.tile is not None:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         if self.convention is not None:
@@ -191,17 +181,6 @@ class Settings:
 
 
 _DEFAULTS = Settings()
-
-
-def auto_precision(backend: str, provider: str, device: str) -> str:
-    """--precision auto: fp32 on the CPU (the exact reference; bf16 is faster only where the CPU has native
-    bf16, and must be asked for); on a GPU the fastest precision that passes validation there, as measured
-    on an H200 (benchmarks/results/gpu-h200/: whole loop at 384x512 torch bf16 3.29 ms vs fp32 3.96 ms,
-    step at 2048 43.9 vs 53.9 ms; ORT CUDA fp16 3.60 vs fp32 4.82 ms, validated against torch at export)."""
-    on_gpu = (resolve_device(device).type == "cuda") if backend == "torch" else provider != "cpu"
-    if not on_gpu:
-        return "fp32"
-    return "bf16" if backend == "torch" else "fp16"
 
 
 HISTORY_SHARE = 0.25  # of the memory budget (or of the memory available) that L-BFGS's history may take
@@ -216,11 +195,9 @@ def lbfgs_pair_bytes(height: int, width: int) -> int:
 def available_memory(settings: Settings) -> int:
     """Bytes free now where the run's tensors live: the GPU's for a CUDA device or a GPU provider
     (their steps keep the image, gradient and L-BFGS history there too), else the host's."""
-    if settings.backend == "torch":
-        on_gpu = resolve_device(settings.device).type == "cuda"
-    else:
-        on_gpu = settings.backend == "tensorrt" or settings.provider != "cpu"
-    if on_gpu and torch.cuda.is_available():
+    from styleengine.engine.autotune import choose
+
+    if choose(settings, tune=False).settings.device == "cuda" and torch.cuda.is_available():
         return torch.cuda.mem_get_info()[0]
     import psutil
 
@@ -399,9 +376,11 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
     >= MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a memory
     budget, a tile exists for it; else the step, as run, fits the memory available now (by tile_for_budget's
     estimate with L-BFGS's history); the style blend has one weight per style; the device or provider exists."""
+    from styleengine.engine.autotune import choose
+
     texture = content_shape is None
     settings.validate(texture=texture)
-    settings = settings.resolved()
+    settings = choose(settings, tune=False).settings  # where it runs; the trial (if any) comes after these checks
     if not style_shapes:
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):

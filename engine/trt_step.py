@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from styleengine.choices import BACKEND_PRECISIONS
+from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.images import MIN_SIDE
 from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
@@ -38,7 +38,7 @@ from styleengine.export.cache import Export, cache_root, entry_lock, publish, re
 from styleengine.model.vgg import Pooling, resolve
 from styleengine.model.weights import Weights
 
-TRT_PRECISIONS = BACKEND_PRECISIONS["tensorrt"]
+TRT_PRECISIONS = precisions("tensorrt", "cuda")
 ENGINE_FILE = "step.engine"
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max) shape

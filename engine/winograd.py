@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from styleengine.choices import CONV_ALGOS, check_choice
-from styleengine.errors import ConfigError, UnavailableError
 
 MIN_POSITIONS = 1024  # output H*W from which NNPACK beat oneDNN (32x32: 0.97x; 24x32: 0.91-2.5x; 48x64: 0.43x)
 # elements per NNPACK call, counting the input or the output, whichever has more channels. Its workspace holds
@@ -43,18 +42,14 @@ def winograd_available() -> bool:
 
 
 def resolve_conv(conv: str, device: torch.device, dtype: torch.dtype) -> str:
-    """"direct" or "winograd" for a torch step: auto picks Winograd for fp32 on a CPU that has NNPACK."""
+    """"direct" or "winograd" for a torch step, by capability's rule: auto picks Winograd for fp32 on a CPU that
+    has NNPACK; Winograd asked for elsewhere is refused there."""
+    from styleengine.engine import capability
+
     check_choice("conv", conv, CONV_ALGOS)
-    fits = device.type == "cpu" and dtype == torch.float32
-    if conv == "auto":
-        return "winograd" if fits and winograd_available() else "direct"
-    if conv == "winograd":
-        if not fits:
-            raise ConfigError("--conv winograd runs fp32 on the CPU (NNPACK); use --conv direct or auto here")
-        if not winograd_available():
-            raise UnavailableError("--conv winograd: this torch build or CPU has no NNPACK (x86 needs AVX2); "
-                                   "use --conv direct")
-    return conv
+    precision = "fp32" if dtype == torch.float32 else "bf16"
+    machine = capability.Machine(nnpack=winograd_available() if device.type == "cpu" else True)
+    return capability.rule("torch", device.type, precision, conv, machine)[1]
 
 
 def _nnpack_image(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_elements: int,

@@ -51,6 +51,8 @@ def isolated_cache(tmp_path_factory) -> Path:
     mp = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp("cache")
     mp.setenv("STYLEENGINE_CACHE_DIR", str(path))
+    # `auto` by rule, not by a timed trial: the same path on every machine (tests/test_autotune.py measures)
+    mp.setenv("STYLEENGINE_TUNE", "off")
     yield path
     mp.undo()
 

@@ -72,14 +72,14 @@ def test_resolve_conv():
     assert resolve_conv("auto", cpu, torch.bfloat16) == "direct"
     assert resolve_conv("auto", cuda, torch.float32) == "direct"
     assert resolve_conv("auto", cpu, torch.float32) == ("winograd" if winograd_available() else "direct")
-    with pytest.raises(ConfigError, match="fp32 on the CPU"):
+    with pytest.raises(ConfigError, match="runs fp32"):
         resolve_conv("winograd", cpu, torch.bfloat16)
     with pytest.raises(ConfigError, match="unknown conv"):
         resolve_conv("fft", cpu, torch.float32)
 
 
 def test_settings_refuse_winograd_where_it_cannot_run():
-    for changes in ({"backend": "tensorrt"}, {"precision": "bf16"}, {"device": "cuda"},
+    for changes in ({"backend": "tensorrt"}, {"precision": "bf16"}, {"backend": "torch", "device": "cuda"},
                     {"backend": "ort", "precision": "fp16"}):
         with pytest.raises(ConfigError, match="--conv winograd"):
             Settings(conv="winograd", **changes).validate()
@@ -223,5 +223,10 @@ def test_step_in_strips_in_place_equals_out_of_place(small_strips, monkeypatch, 
 
 
 def test_winograd_settings_resolve_to_fp32():
-    assert Settings(conv="winograd", backend="ort", provider="cuda").resolved().precision == "fp32"
+    from styleengine.engine.autotune import choose
+    from styleengine.engine.capability import Machine
+
+    gpu = Machine(cuda=True, ort_providers=("cpu", "cuda"))
+    assert choose(Settings(conv="winograd", backend="ort", provider="cuda"), machine=gpu,
+                  tune=False).settings.precision == "fp32"
     assert Settings(conv="winograd", device="cpu").resolved().precision == "fp32"

@@ -12,20 +12,14 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
 DEVICES = ("auto", "cpu", "cuda")  # the torch backend's device
-# compute precision of the convolutions; losses and Grams always accumulate in fp32
-BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "ort": ("fp32", "fp16", "bf16"),
-                      "tensorrt": ("fp32", "tf32", "fp16")}
+# compute precision of the convolutions (losses and Grams always accumulate in fp32); which backend runs which
+# where: engine/capability.py
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
 # convolutions (engine/winograd.py for torch, export/winograd.py for the graphs): auto = Winograd for fp32 on
 # the CPU
 CONV_ALGOS = ("auto", "direct", "winograd")
 GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
-# what ONNX Runtime's CPU provider runs: it has no bf16 Conv, and it runs an fp16 graph by converting its
-# convolutions back to fp32 (VGG19 at 256 px: 1.15 s/iteration vs 1.10 s for fp32), so fp16 buys nothing there
-ORT_CPU_PRECISIONS = ("fp32",)
-# ONNX Runtime's CUDA provider has no bf16 kernels for several of the step's ops (Greater, then Resize: the
-# bf16 step failed to load on an H200 with onnxruntime-gpu 1.31.1); its fast precision there is fp16
-ORT_CUDA_PRECISIONS = ("fp32", "fp16")
+# ONNX Runtime's CUDA provider runs fp32 and fp16 step graphs, not bf16:
 BF16_ON_ORT_CUDA = ("ONNX Runtime's CUDA provider has no bf16 kernels for the step's Resize and comparisons "
                     "(seen with onnxruntime-gpu 1.31.1 on an H200); use --precision fp16 (or the torch backend "
                     "for bf16)")

@@ -42,6 +42,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "texture": ("styleengine.cli_run", "texture", "Synthesise a texture from style images (no content)."),
     "batch": ("styleengine.cli_batch", "batch",
               "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
+    "tune": ("styleengine.cli_tune", "tune", "Measure which backend, precision and convolutions `auto` picks here."),
     # written by other engineers; absent modules leave their command out
     "bench": ("styleengine.cli_bench", "bench", "Time the loss-and-gradient step across backends and sizes."),
     "export": ("styleengine.cli_export", "export", "Export the loss-and-gradient step graph to ONNX."),

@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from styleengine.choices import GRAPH_PRECISIONS, MODELS, ORT_CPU_PRECISIONS, ORT_CUDA_PRECISIONS, POOLINGS, check_choice
+from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice
+from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 
@@ -43,13 +44,13 @@ def _writable_folder(output: Path) -> None:
 def validation_provider(precision: str) -> str | None:
     """Where an exported graph is validated: where it will run. fp32 on the CPU; fp16 and bf16 on CUDA when
     there is a GPU, else fp16 on the CPU (a check of what the graph computes) and bf16 not at all."""
-    if precision in ORT_CPU_PRECISIONS:
+    if precision in precisions("ort", "cpu"):
         return "cpu"
     import onnxruntime as ort
     import torch
 
     if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
-        return "cuda" if precision in ORT_CUDA_PRECISIONS else None  # bf16: no CUDA kernels either
+        return "cuda" if precision in precisions("ort", "cuda") else None  # bf16: no CUDA kernels either
     return "cpu" if precision == "fp16" else None
 
 
@@ -68,9 +69,9 @@ def export(
     weights: str = typer.Option("imagenet", help="imagenet, random, or a .safetensors/.pth file"),
     pooling: str = typer.Option("avg", help="avg (the paper's) or max"),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 convolutions (losses stay fp32)"),
-    conv: str = typer.Option("direct", help="direct (Conv nodes: each runtime's own algorithm) or winograd "
-                                            "(fp32: F(4x4, 3x3) in standard ops, what --backend ort runs on the "
-                                            "CPU; 0.67x the direct step time there)"),
+    conv: str = typer.Option("auto", help="auto (what `run --backend ort` runs on the CPU: winograd for fp32, else "
+                                          "direct), direct (Conv nodes: each runtime's own algorithm) or winograd "
+                                          "(fp32: F(4x4, 3x3) in standard ops)"),
     content_layers: Optional[str] = typer.Option(None, help=f"comma-separated (default {','.join(_DEFAULT.content_layers)})"),
     style_layers: Optional[str] = typer.Option(None, help=f"comma-separated (default {','.join(_DEFAULT.style_layers)})"),
     seed: int = typer.Option(0, help="seed for --weights random"),
@@ -81,7 +82,8 @@ def export(
     from rich.console import Console
     from rich.table import Table
 
-    from styleengine.engine.ort_step import OrtStep, graph_conv, graph_spec
+    from styleengine.engine.capability import graph_conv
+    from styleengine.engine.ort_step import OrtStep, graph_spec
     from styleengine.engine.validate import validate_step
     from styleengine.export.cache import record_validation, write_export
     from styleengine.model.weights import load_weights
@@ -89,8 +91,8 @@ def export(
     check_choice("model", model, MODELS)
     check_choice("precision", precision, GRAPH_PRECISIONS)
     check_choice("pooling", pooling, POOLINGS)
-    check_choice("conv", conv, ("direct", "winograd"))
-    conv = graph_conv(conv, "cpu", precision)  # winograd graphs are fp32: refused before any work
+    check_choice("conv", conv, CONV_ALGOS)
+    conv = graph_conv(precision, conv)  # winograd graphs are fp32: refused before any work
     loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))
     loss.validate(model)

@@ -184,10 +184,12 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     if convention:  # the flags' fields over the file's own convention, whole: what stylise loads them with
         settings = dataclasses.replace(settings, convention=weights.convention)
     del weights
-    if settings.precision == "auto":
-        settings = settings.resolved()
-        console.print(f"precision auto: {settings.precision} (the fastest that passes validation on this device; "
-                      f"fp32 on the CPU)", highlight=False, soft_wrap=True)
+    if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
+        from styleengine.engine.autotune import choose
+
+        choice = choose(settings)  # measured on first use here, then read back (engine/autotune.py)
+        settings = choice.settings
+        console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
     if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
                       "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)

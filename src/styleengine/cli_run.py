@@ -81,17 +81,19 @@ Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON o
 DistanceEvery = Annotated[int, typer.Option(
     "--distance-every", help="Measure the style and content distances every N iterations, for --trace (0: only "
                              "the final image's, in the summary line).")]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (torch backend).")]
-Backend = Annotated[str, typer.Option("--backend", help="torch, ort or tensorrt (untested: TensorRT cannot be "
-                                                        "installed where this is built; see README).")]
-Provider = Annotated[str, typer.Option("--provider", help="cpu, cuda or tensorrt (ort backend).")]
-Precision = Annotated[str, typer.Option("--precision", help="auto (fp32 on the CPU; on a GPU the fastest that "
-                                                             "passes validation: torch bf16, ORT/TensorRT fp16), "
-                                                             "fp32, bf16, fp16 or tf32 (tensorrt).")]
-Conv = Annotated[str, typer.Option("--conv", help="Convolutions: auto (Winograd for fp32 on the CPU, else "
-                                                  "direct), direct (oneDNN/cuDNN/ONNX Runtime's own: the exact "
-                                                  "reference) or winograd (torch: NNPACK; ort: F(4x4, 3x3) in "
-                                                  "the graph; 1.5-2.5x faster on the CPU, ~1e-5 rounding).")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when there is one), every backend.")]
+Backend = Annotated[str, typer.Option("--backend", help="auto (torch or ort, the faster here: measured once, see "
+                                                        "'styleengine tune'), torch, ort or tensorrt (untested: "
+                                                        "TensorRT cannot be installed where this is built).")]
+Provider = Annotated[str, typer.Option("--provider", help="ONNX Runtime's provider: auto (follows --device), cpu, "
+                                                          "cuda or tensorrt.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto (the fastest measured here that keeps the look "
+                                                             "of fp32), fp32, bf16 (torch), fp16 (ort/tensorrt on a "
+                                                             "GPU) or tf32 (tensorrt).")]
+Conv = Annotated[str, typer.Option("--conv", help="Convolutions: auto (measured, like the precision), direct "
+                                                  "(oneDNN/cuDNN/ONNX Runtime's own: the exact reference) or "
+                                                  "winograd (fp32; torch on the CPU: NNPACK; ort: F(4x4, 3x3) in "
+                                                  "the graph; ~1e-5 rounding).")]
 ChannelOrder = Annotated[Optional[str], typer.Option(
     "--channel-order", help="Override the weights' input channel order: RGB or BGR.")]
 PixelRange = Annotated[Optional[float], typer.Option(

@@ -31,6 +31,7 @@ class ExportValidationError(Exception):
 
 
 def first_line(error: BaseException, text: str | None = None) -> str:
-    """The first line of an error's message (or of `text`, its formatted form); its type's name when empty."""
-    text = (str(error) if text is None else text).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An exception's message (or `text`, its formatted form) as one line: its first non-empty line, else the
+    exception's type name."""
+    lines = [line for line in (str(error) if text is None else text).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__

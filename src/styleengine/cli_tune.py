@@ -1,0 +1,50 @@
+"""`styleengine tune`: run auto's trial now and show the table it chose from (engine/autotune.py)."""
+from __future__ import annotations
+
+import sys
+
+from styleengine.cli_run import Backend, Conv, Device, Model, Pooling, Precision, Provider, Seed, Size, Weights
+from styleengine.engine.stylise import Settings
+
+d = Settings()
+
+
+def tune(
+    size: Size = d.size,
+    model: Model = d.model,
+    weights: Weights = d.weights,
+    pooling: Pooling = d.pooling,
+    seed: Seed = d.seed,
+    device: Device = d.device,
+    backend: Backend = d.backend,
+    provider: Provider = d.provider,
+    precision: Precision = d.precision,
+    conv: Conv = d.conv,
+) -> None:
+    """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from styleengine.engine.autotune import choose, fmt_seconds, record_path, size_class, trial_side
+
+    settings = Settings(size=size, model=model, weights=weights, pooling=pooling, seed=seed, device=device,
+                        backend=backend, provider=provider, precision=precision, conv=conv)
+    settings.validate()
+    console = Console(stderr=True)
+    console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
+                  highlight=False)
+    choice = choose(settings, refresh=True, tune=True)
+    picked = (choice.settings.backend, choice.settings.precision, choice.settings.conv)
+    if choice.trials:
+        side = trial_side(size, "cuda" if choice.settings.device == "cuda" else "cpu")
+        table = Table(title=f"step time on a {side} px picture, median of interleaved rounds")
+        for column in ("candidate", "median", "rounds", "status", "note"):
+            table.add_column(column)
+        for t in sorted(choice.trials, key=lambda t: t.median):
+            mark = " (chosen)" if (t.backend, t.precision, t.conv) == picked else ""
+            table.add_row(t.label + mark, fmt_seconds(t.median) if t.seconds else "-",
+                          " ".join(fmt_seconds(s) for s in t.seconds), t.status, t.note)
+        Console(file=sys.stdout).print(table)
+    print(f"auto: {choice.why}")
+    if choice.measured:
+        console.print(f"kept in {record_path()}", highlight=False)

@@ -1,0 +1,200 @@
+"""The measured `auto` (engine/autotune.py): the fastest candidate that runs and keeps the look, kept per
+machine and size class, measured again when the machine changes or the record is damaged."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from styleengine.engine import autotune, capability
+from styleengine.engine.autotune import Trial, choose, measure_candidates, pick_fastest
+from styleengine.engine.stylise import Settings
+
+CPU = capability.Machine(cuda=False, ort_providers=("cpu",), nnpack=True)
+GPU = capability.Machine(cuda=True, ort_providers=("cpu", "cuda"), nnpack=True)
+TIMES = {("torch", "fp32", "winograd"): 1.0, ("torch", "fp32", "direct"): 1.4, ("torch", "bf16", "direct"): 0.5,
+         ("ort", "fp32", "winograd"): 0.8, ("ort", "fp32", "direct"): 1.2}
+
+
+class FakeTrial:
+    """measure_candidates' stand-in: fixed times, some candidates skipped, every call counted."""
+
+    def __init__(self, times=TIMES, skipped=()):
+        self.times, self.skipped, self.calls = times, skipped, []
+
+    def __call__(self, settings, where, options, side):
+        self.calls.append((where.place, tuple(options), side))
+        return [Trial(*o, status="skipped", note="disagrees with fp32") if o in self.skipped
+                else Trial(*o, seconds=(self.times[o],) * 3) for o in options]
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty cache and no memo: every test starts on a machine that has measured nothing."""
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 2})
+    autotune._memo.clear()
+    yield tmp_path
+    autotune._memo.clear()
+
+
+def test_picks_the_fastest_valid_candidate(fresh):
+    trial = FakeTrial()
+    choice = choose(Settings(size=512, weights="random"), measure=trial, machine=CPU, tune=True)
+    assert (choice.settings.backend, choice.settings.precision, choice.settings.conv) == ("torch", "bf16", "direct")
+    assert choice.measured and not choice.cached
+    assert "0.50" not in choice.why and "torch bf16 direct" in choice.why and "2.00x" in choice.why
+    assert trial.calls == [("cpu", tuple(TIMES), autotune.TRIAL_SIDE["cpu"])]
+
+
+def test_a_candidate_that_fails_validation_or_the_look_is_skipped(fresh):
+    trial = FakeTrial(skipped=[("torch", "bf16", "direct")])
+    choice = choose(Settings(size=512, weights="random"), measure=trial, machine=CPU, tune=True)
+    assert (choice.settings.backend, choice.settings.conv) == ("ort", "winograd")
+    assert "skipped: disagrees with fp32" in choice.why
+
+
+def test_fp32_stays_where_a_reduced_precision_barely_wins():
+    trials = [Trial("torch", "fp32", "winograd", (1.0,)), Trial("torch", "bf16", "direct", (0.98,))]
+    assert pick_fastest(trials) == ("torch", "fp32", "winograd")
+    trials[1] = Trial("torch", "bf16", "direct", (0.9,))
+    assert pick_fastest(trials) == ("torch", "bf16", "direct")
+
+
+def test_explicit_settings_win_and_only_what_is_auto_is_measured(fresh):
+    trial = FakeTrial()
+    choice = choose(Settings(size=512, weights="random", backend="torch", precision="fp32"), measure=trial,
+                    machine=CPU, tune=True)
+    assert trial.calls[0][1] == (("torch", "fp32", "winograd"), ("torch", "fp32", "direct"))
+    assert (choice.settings.backend, choice.settings.precision, choice.settings.conv) == ("torch", "fp32", "winograd")
+    choice = choose(Settings(size=512, weights="random", backend="torch", precision="fp32", conv="direct"),
+                    measure=trial, machine=CPU, tune=True)
+    assert len(trial.calls) == 1 and choice.settings.conv == "direct" and not choice.measured
+
+
+def test_the_record_is_reused_then_measured_again_on_another_machine(fresh, monkeypatch):
+    settings = Settings(size=500, weights="random")
+    first = FakeTrial()
+    choose(settings, measure=first, machine=CPU, tune=True)
+    again = FakeTrial(times={**TIMES, ("ort", "fp32", "winograd"): 0.1})
+    choice = choose(settings, measure=again, machine=CPU, tune=True)
+    assert again.calls == [] and choice.cached and choice.settings.backend == "torch"
+    # another size class is another trial
+    choose(Settings(size=1024, weights="random"), measure=again, machine=CPU, tune=True)
+    assert len(again.calls) == 1
+    # another machine (threads, CPU, versions: the fingerprint) is measured again
+    monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 16})
+    choice = choose(settings, measure=again, machine=CPU, tune=True)
+    assert len(again.calls) == 2 and not choice.cached and choice.settings.backend == "ort"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "not a dict", "pick not the fastest", "pick unknown", "no trials"])
+def test_a_damaged_record_is_measured_again_never_trusted(fresh, damage, caplog):
+    settings = Settings(size=512, weights="random")
+    choose(settings, measure=FakeTrial(), machine=CPU, tune=True)
+    path = autotune.record_path()
+    data = json.loads(path.read_text())
+    entry = next(iter(data["entries"].values()))
+    if damage == "garbage":
+        path.write_bytes(b"\x00{not json")
+    else:
+        if damage == "not a dict":
+            data = [1, 2]
+        elif damage == "pick not the fastest":
+            entry["pick"] = ["torch", "fp32", "direct"]
+        elif damage == "pick unknown":
+            entry["pick"] = ["tensorrt", "fp8", "magic"]
+        else:
+            del entry["trials"]
+        path.write_text(json.dumps(data))
+    again = FakeTrial()
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.autotune"):
+        choice = choose(settings, measure=again, machine=CPU, tune=True)
+    assert len(again.calls) == 1 and not choice.cached
+    assert any("measuring again" in r.message for r in caplog.records)
+    assert json.loads(path.read_text())["entries"]  # and the record is whole again
+
+
+def test_an_unwritable_cache_costs_the_record_not_the_run(fresh, monkeypatch, caplog):
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(fresh / "file"))
+    (fresh / "file").write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.autotune"):
+        choice = choose(Settings(size=512, weights="random"), measure=FakeTrial(), machine=CPU, tune=True)
+    assert choice.settings.precision == "bf16"
+    assert any("could not keep" in r.message for r in caplog.records)
+
+
+def test_gpu_candidates_are_the_gpu_options(fresh):
+    trial = FakeTrial(times={("torch", "bf16", "direct"): 0.004, ("torch", "fp32", "direct"): 0.005,
+                             ("ort", "fp16", "direct"): 0.0035, ("ort", "fp32", "direct"): 0.005,
+                             ("ort", "fp32", "winograd"): 0.006})
+    choice = choose(Settings(size=2048, weights="random"), measure=trial, machine=GPU, tune=True)
+    assert trial.calls[0][0] == "cuda" and trial.calls[0][2] == autotune.TRIAL_SIDE["cuda"]
+    assert (choice.settings.backend, choice.settings.provider, choice.settings.precision) == ("ort", "cuda", "fp16")
+    assert "3.5 ms" in choice.why
+
+
+def test_the_real_trial_times_builds_and_skips(fresh, monkeypatch):
+    """measure_candidates on tiny random VGG16 steps: every candidate timed in interleaved rounds; one whose
+    graph fails validation is skipped with the reason, not raised."""
+    from styleengine.engine import stylise
+    from styleengine.errors import ExportValidationError
+
+    real = stylise.build_step
+
+    def build(settings, weights, loss):
+        if settings.backend == "ort":
+            raise ExportValidationError("fp16 step graph disagrees with torch at 64x64: grad rel L2 9.45e-02")
+        return real(settings, weights, loss)
+
+    monkeypatch.setattr(stylise, "build_step", build)
+    settings = Settings(size=64, model="vgg16", weights="random", style_layers=("relu1_1", "relu2_1"),
+                        content_layers=("relu2_2",))
+    where = capability.place("auto", "cpu", "auto", CPU)
+    options = [("torch", "fp32", "direct"), ("torch", "bf16", "direct"), ("ort", "fp16", "direct")]
+    trials = {(t.backend, t.precision, t.conv): t for t in measure_candidates(settings, where, options, 64)}
+    assert trials[("ort", "fp16", "direct")].status == "skipped"
+    assert "9.45e-02" in trials[("ort", "fp16", "direct")].note
+    timed = [trials[("torch", "fp32", "direct")], trials[("torch", "bf16", "direct")]]
+    assert all(t.status in ("ok", "dropped") and t.seconds and min(t.seconds) > 0 for t in timed)
+    # the one left in every round is timed ROUNDS times (a far slower one may be dropped early)
+    assert max(len(t.seconds) for t in timed) == autotune.ROUNDS
+
+
+def test_the_look_check_passes_bf16_and_catches_a_wrong_step(vgg16_random):
+    """look_check compares a candidate with fp32: bf16 keeps the look; a step whose gradient is off does not."""
+    from styleengine.engine.backends import make_step
+    from styleengine.engine.losses import LossConfig
+
+    settings = Settings(size=64, model="vgg16", weights="random")
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1"))
+    reference = make_step("torch", vgg16_random, loss, device="cpu", precision="fp32", conv="direct")
+    bf16 = make_step("torch", vgg16_random, loss, device="cpu", precision="bf16", conv="direct")
+    assert autotune.look_check(bf16, reference, "bf16", settings, loss) is None
+
+    class Off:
+        """bf16's step with its gradient a third too large: what a broken reduced precision looks like."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def set_targets(self, targets):
+            self.inner.set_targets(targets)
+
+        def __call__(self, image):
+            r = self.inner(image)
+            return type(r)(r.losses, r.grad * 1.3)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    assert "grad rel L2" in autotune.look_check(Off(bf16), reference, "bf16", settings, loss)
+
+
+def test_off_resolves_by_rule_without_measuring(fresh, monkeypatch):
+    monkeypatch.setenv("STYLEENGINE_TUNE", "off")
+    trial = FakeTrial()
+    choice = choose(Settings(size=512, weights="random"), measure=trial, machine=CPU)
+    assert trial.calls == [] and not choice.measured
+    assert (choice.settings.backend, choice.settings.precision, choice.settings.conv) == ("torch", "fp32", "winograd")
