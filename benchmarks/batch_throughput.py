@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from styleengine.benchmarks.machine import cpu_isa, cpu_name
+from styleengine.paths import atomic_write
 
 MODES = ("run per picture", "batch one by one", "batch batched")
 
@@ -100,7 +101,7 @@ def main() -> None:
                           "torch": torch.__version__, "load_at_end": round(os.getloadavg()[0], 2)},
               "model": args.model, "weights": "random (seeded)", "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(args.json, (json.dumps(report, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

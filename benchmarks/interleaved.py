@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Callable, Sequence, TypeVar
 
+from styleengine.paths import atomic_write
+
 # name: (backend, precision, convolutions); "torch" and "ort" are what `styleengine run` runs (Winograd on the CPU)
 METHODS = {"naive": ("naive", "fp32", None), "torch": ("torch", "fp32", "auto"),
            "torch-direct": ("torch", "fp32", "direct"), "torch-bf16": ("torch", "bf16", "auto"),
@@ -132,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{m} {q:.3f}x" for m, q in r["ratio_median"].items())
               + f" (load {r['load_avg_1m']:.1f})", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results}, f, indent=2)
+        atomic_write(args.json, json.dumps({"results": results}, indent=2).encode())
     return 0
 
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from styleengine.engine.machine import cpu_isa, cpu_name  # noqa: F401  (re-exported: bench rows name the CPU)
+from styleengine.paths import atomic_write
 
 
 def synchronize(device: Any) -> None:
@@ -61,9 +62,7 @@ def cached_fp32_peak(device: str, key: str, refresh: bool = False) -> tuple[floa
     cache[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(cache, indent=1, sort_keys=True).encode())
     except OSError:
         pass  # an unwritable cache only costs a re-measurement
     return value, False

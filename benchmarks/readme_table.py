@@ -18,6 +18,7 @@ from pathlib import Path
 
 from styleengine.benchmarks.config import series_name
 from styleengine.benchmarks.report import fmt_time, gib, limit_sentence, save_figure
+from styleengine.paths import atomic_write
 
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if new != old:
-        README.write_text(new, encoding="utf-8")
+        atomic_write(README, new.encode("utf-8"))
     return 0
 
 

@@ -38,21 +38,14 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
 
 
 def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure as PNG, atomically (a temp file beside it, then os.replace); no version stamp, so
-    the same figures give the same bytes."""
+    """A matplotlib figure as PNG, atomically; no version stamp, so the same figures give the same bytes."""
     import matplotlib.pyplot as plt
 
-    from styleengine.paths import temp_beside
+    from styleengine.paths import atomic_writer
 
-    path = Path(path)
-    fd, tmp = temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_writer(Path(path)) as f:
             fig.savefig(f, format="png", dpi=110, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     finally:
         plt.close(fig)
 

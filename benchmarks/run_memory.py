@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from styleengine.paths import atomic_write
+
 
 def run_once(args: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of one `styleengine run` child with these arguments."""
@@ -77,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{backend}: peak RSS {gib:.2f} GiB (median of {args.rounds}; "
               f"{', '.join(f'{p / 2**30:.2f}' for p in result['peak_rss_bytes'][backend])})")
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.json)
+        atomic_write(args.json, json.dumps(result, indent=1).encode())
     if result["error"]:
         print(f"error: {result['error']}", file=sys.stderr)
         return 1

@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+from styleengine.paths import atomic_write
+
 TOLERANCE = 1.05  # "the same distances": within 5% of the single-scale run's final ones
 
 
@@ -196,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(run {s['total_seconds']:.1f} s; final style {s['final']['style']:.4g} content "
               f"{s['final']['content']:.4g})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write(args.json, json.dumps(result, indent=1).encode())
     if args.png:
         plot(result, args.png)
     return 0

@@ -35,7 +35,8 @@ from styleengine.engine import images
 from styleengine.engine.stylise import (Picture, Settings, available_memory, batch_key, build_step, check_run,
                                        lbfgs_history, lbfgs_pair_bytes, load_run_weights, stylise_batch)
 from styleengine.engine.tiled import tile_for_budget
-from styleengine.errors import ConfigError, UserError
+from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.model.weights import file_sha256
 
 MANIFEST = "manifest.jsonl"  # in the output folder
 # per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
@@ -214,13 +215,10 @@ def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = file_sha256(Path(path))
     if cache is not None:
-        cache[key] = digest.hexdigest()
-    return digest.hexdigest()
+        cache[key] = digest
+    return digest
 
 
 def _jsonable(value: Any) -> Any:
@@ -336,7 +334,7 @@ def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict
             settings = settings.resolved()
             digest = settings_hash(job, settings, convention, digests)
         except UserError as e:
-            planned.append(Planned(job, None, None, "failed", _one_line(e)))
+            planned.append(Planned(job, None, None, "failed", first_line(e)))
             continue
         except OSError as e:
             planned.append(Planned(job, None, None, "failed",
@@ -347,11 +345,6 @@ def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict
     return planned
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def record(result: JobResult, manifest: Manifest) -> JobResult:
     """Write an "ok" job's image (atomically), then its manifest line. A failed write turns the job into a
     failed one (its line says why). Returns what was recorded."""
@@ -359,7 +352,7 @@ def record(result: JobResult, manifest: Manifest) -> JobResult:
         try:
             images.save_image(result.image, result.job.output)
         except UserError as e:
-            result = dataclasses.replace(result, status="failed", reason=_one_line(e))
+            result = dataclasses.replace(result, status="failed", reason=first_line(e))
     manifest.append(result.manifest_line())
     return result
 
@@ -453,7 +446,7 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
         try:
             loaded.append((item, _load(item.job, item.settings)))
         except UserError as e:
-            results.append(JobResult(item.job, "failed", _one_line(e), item.hash, time.perf_counter() - start,
+            results.append(JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,
                                      device_name(item.settings)))
     shapes: dict[tuple[int, int], list[tuple[Planned, Picture]]] = {}
     for item, picture in loaded:
@@ -472,7 +465,7 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
         out = stylise_batch([picture for _, picture in members], weights=warm.weights(settings),
                             step=warm.step(settings))
     except UserError as e:  # a check that needs the run itself (there are none today beyond _load's)
-        return [JobResult(item.job, "failed", _one_line(e), item.hash, time.perf_counter() - start,
+        return [JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,
                           device_name(settings)) for item, _ in members]
     if any(result.stopped == "interrupted" for _, result in out):
         raise KeyboardInterrupt

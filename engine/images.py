@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
-from styleengine.errors import ImageError
+from styleengine.errors import ImageError, first_line
 
 MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -86,13 +81,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     (< 32 px a side) and decompression-bomb files raise ImageError, and so
     do float images with NaN, inf or values outside [0, 1] (taken as 0-1,
     never rescaled by a guess) and 32-bit integer images outside 0-65535.
+    A truncated file is an error under PIL's default; PIL's process-wide
+    ImageFile.LOAD_TRUNCATED_IMAGES is the application's, left as it is.
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey band
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -104,13 +100,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except _RangeError as e:
         raise ImageError(f"refusing {path}: it {e}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing {path}: {_first_line(e)}") from None
+        raise ImageError(f"refusing {path}: {first_line(e)}") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or a format PIL cannot read): {path}") from None
     except PermissionError:
         raise ImageError(f"cannot read image {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {_first_line(e)}") from None
+        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {first_line(e)}") from None
     if min(size) < MIN_SIDE:
         raise ImageError(f"image {path} is {size[0]}x{size[1]} px; both sides must be at least {MIN_SIDE} px")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -170,7 +166,7 @@ def check_output_path(path: str | os.PathLike) -> None:
     try:
         Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
     except (OSError, ValueError, KeyError) as e:
-        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({_first_line(e)}); "
+        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({first_line(e)}); "
                          f"use .png or .jpg") from None
     paths.check_writable(path, "image", ImageError)
 
@@ -185,23 +181,11 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
         raise ImageError(f"cannot write {path}: it is a directory")
     array = np.clip(to_array(image), 0.0, 1.0)
     pil = Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
-    tmp = None
     try:
-        fd, tmp = paths.temp_beside(path)
-        with os.fdopen(fd, "wb") as f:
+        with paths.atomic_writer(path) as f:
             pil.save(f, format=fmt)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
     except (OSError, ValueError, KeyError) as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise ImageError(f"cannot write {path}: {_first_line(e)}") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+        raise ImageError(f"cannot write {path}: {first_line(e)}") from None
 
 
 # YIQ (NTSC): Y is luminance, I and Q carry the chroma

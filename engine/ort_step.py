@@ -6,6 +6,7 @@ device; targets and loss weights are bound at set_targets and reused.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from styleengine.export.cache import (Export, cache_root, cached_export, entry_l
 from styleengine.export.spec import ExportSpec
 from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Weights, file_sha256
+
+logger = logging.getLogger(__name__)
 
 
 def session_options(threads: int | None = None, arena: bool = True, unfolded: bool = False):
@@ -124,6 +127,7 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     else:
         session = ort.InferenceSession(str(path), options, providers=providers, **_optimizer_kwargs(unfolded))
     got = session.get_providers()
+    logger.debug("ONNX Runtime session for %s: asked for %s, got %s", path.name, wanted, got)
     if not got or got[0] != wanted:
         raise UnavailableError(f"ONNX Runtime could not start {wanted} (the session got {', '.join(got)}); "
                                f"check the CUDA/TensorRT libraries or use --provider cpu")
@@ -153,8 +157,9 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
             loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             try:
                 return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
-            except load_errors:
-                pass  # hash-checked yet unloadable (written by a broken build of ORT?): made again below
+            except load_errors as e:  # hash-checked yet unloadable (written by a broken build of ORT?): made again
+                logger.info("the cached optimised graph %s does not load (%s); optimising again", folder, e)
+        logger.info("optimising %s for this CPU into the cache (%s)", path.name, folder)
         with staging_folder(folder) as staging:
             options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],

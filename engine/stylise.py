@@ -436,19 +436,24 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     wanted = [every for every in (settings.save_every, settings.distance_every) if every]
     # --save-every and --distance-every count iterations across scales: the loop reads exactly those
     read_at = (lambda i: any((offset + i) % every == 0 for every in wanted)) if wanted else None
-    if settings.distance_every and callback is not None:
+    with_distances: dict[tuple[int, int], Record] = {}  # (image, iteration) -> its record with the distances
+    if settings.distance_every:
         inner, every = callback, settings.distance_every
 
         def callback(record: Record, image: torch.Tensor) -> None:
             if (offset + record.iteration) % every == 0:
                 d = distances(targets_step, image, targets[record.index], loss)
-                record = dataclasses.replace(record, distances=d)
-            inner(record, image)
+                record = with_distances[record.index, record.iteration] = dataclasses.replace(record, distances=d)
+            if inner is not None:
+                inner(record, image)
 
     results = optimise_batch(step, torch.cat(inits), iterations=settings.iterations, optimizer=settings.optimizer,
                              lr=settings.lr, callback=callback,
                              history=lbfgs_history(settings, prepared[0].height, prepared[0].width),
                              max_step=settings.lbfgs_max_step or None, read_at=read_at)
+    if with_distances:  # the loop keeps its own records: these replace them
+        results = [dataclasses.replace(r, records=[with_distances.get((rec.index, rec.iteration), rec)
+                                                   for rec in r.records]) for r in results]
     if not measure:  # a coarse scale of a run: its result is the next scale's start, not the answer
         return results
     if last_use:

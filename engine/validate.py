@@ -6,6 +6,7 @@ p99 absolute differences reported.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ from styleengine.errors import ExportValidationError
 from styleengine.engine.losses import LossConfig
 from styleengine.export.spec import ExportSpec
 from styleengine.model.weights import Weights
+
+logger = logging.getLogger(__name__)
 
 # (loss relative error, gradient relative L2 error) per precision; torch fp32
 # itself is ~3e-4 from fp64 in gradient, so fp32 graphs must agree to 1e-3
@@ -90,6 +93,9 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
             stats = compare_grads(ref.grad.cpu().numpy(), got.grad.float().cpu().numpy())
             c = Comparison(height, width, abs(got.loss - ref.loss) / max(abs(ref.loss), 1e-30), **stats)
             results.append(c)
+            logger.info("validating the %s step graph at %dx%d: loss rel %.2e (tol %.0e), grad rel L2 %.2e "
+                        "(tol %.0e), max abs %.2e, p99 abs %.2e", spec.precision, height, width, c.loss_rel,
+                        loss_tol, c.grad_rel_l2, grad_tol, c.grad_max_abs, c.grad_p99_abs)
             if check and not (c.loss_rel <= loss_tol and c.grad_rel_l2 <= grad_tol):
                 raise ExportValidationError(
                     f"{spec.precision} step graph disagrees with torch at {height}x{width}: loss rel {c.loss_rel:.2e} "

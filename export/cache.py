@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,9 @@ from styleengine.errors import ConfigError
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
+from styleengine.paths import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # bump when the graph builder changes what it emits: old entries are then ignored. 7: fp16 step and tile graphs
 # carry a scaled gradient (fp32 and bf16 graphs are byte for byte those of 6, rebuilt once: one key for all)
@@ -90,20 +94,6 @@ def cache_key(weights: Weights, spec: ExportSpec) -> str:
 
 
 # --- files and records ---
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache file is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def describe_files(folder: Path, names) -> dict[str, dict]:
     """{name: {sha256, bytes}} of files in `folder`, as a record holds them."""
@@ -201,6 +191,7 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
             continue
         with f:
             if _try_lock(f, blocking=False):
+                logger.info("removing %s, left by a process that died while building", staging)
                 shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -219,6 +210,7 @@ def publish(staging: Path, folder: Path) -> None:
     """Rename a built entry into place (hold entry_lock(folder)); an entry found invalid there is
     moved aside first, so the path never points at a half-removed folder."""
     if folder.exists():
+        logger.info("replacing the invalid cache entry %s", folder)
         old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=folder.parent))
         os.replace(folder, old / folder.name)
         os.replace(staging, folder)
@@ -296,7 +288,9 @@ def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
     with entry_lock(folder):
         found = check_entry(folder, weights, spec)
         if found is not None:
+            logger.debug("export cache hit: %s", folder)
             return found
+        logger.info("exporting and validating the %s step graphs into the cache (%s)", spec.precision, folder)
         with staging_folder(folder) as staging:
             export = validate(write_export(weights, spec, staging))
             publish(staging, folder)

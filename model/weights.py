@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from styleengine.errors import WeightsError
+from styleengine.errors import WeightsError, first_line
 from styleengine.model.vgg import conv_weight_keys, layer_table
 
 
@@ -177,7 +177,7 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 ) from e
             raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
+            reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
             raise WeightsError(f"cannot read checkpoint {path}: {reason}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
@@ -227,7 +227,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
             raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False,
                                                      weights_only=True)
         except (OSError, RuntimeError) as e:  # URLError is an OSError
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise WeightsError(
                 f"cannot download {model} ImageNet weights ({reason}); pass a local file with --weights PATH "
                 f"(.safetensors or .pth), or --weights random for timing"

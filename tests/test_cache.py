@@ -65,6 +65,20 @@ def test_optimised_graph_is_cached_apart_from_the_export(empty_cache, vgg16_rand
     assert cache.read_record(entry) is not None
 
 
+def test_builds_validation_and_hits_are_logged(empty_cache, vgg16_random, make_image, caplog):
+    """A library user sees the cache's work through logging (nothing printed)."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="styleengine"):
+        export = ensure_export(vgg16_random, SHORT, "avg")
+        _losses(vgg16_random, export, make_image, iterations=1)
+        ensure_export(vgg16_random, SHORT, "avg")
+    messages = [r.getMessage() for r in caplog.records]
+    for expected in ("exporting and validating the fp32 step graphs", "validating the fp32 step graph at 64x64",
+                     "optimising step.onnx for this CPU", "ONNX Runtime session for", "export cache hit"):
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+
+
 def test_tampered_same_size_optimised_graph_is_rebuilt(module_cache, vgg16_random, make_image):
     export = ensure_export(vgg16_random, SHORT, "avg")
     clean = _losses(vgg16_random, export, make_image)

@@ -172,6 +172,27 @@ def test_bare_command_lists_the_commands_and_exits_0():
     assert proc.returncode == 0 and "run" in proc.stdout and "bench" in proc.stdout
 
 
+def test_typer_floor_has_the_click_cli_imports():
+    """cli.py subclasses typer's own click (typer._click, vendored from typer 0.26, which dropped its click
+    dependency): the declared floor must be a typer that has it."""
+    import importlib.metadata
+    import re
+
+    (typer_req,) = [r for r in importlib.metadata.requires("styleengine") if re.match(r"typer\b", r)]
+    floor = re.search(r">=\s*([0-9.]+)", typer_req)
+    assert floor is not None, typer_req
+    assert tuple(int(p) for p in floor.group(1).split(".")) >= (0, 26), typer_req
+
+
+def test_listed_command_that_vanished_is_a_usage_error(monkeypatch, capsys):
+    """An optional command listed, then gone when invoked: one line and exit 1 (typer._click has no
+    UsageError at its top level: it was an AttributeError)."""
+    monkeypatch.setattr(cli, "_load", lambda name: None)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "--help")
+    assert code == 1, err
+    assert err.count("\n") == 1 and err.startswith("error: command 'export' is not installed (see '"), err
+
+
 def test_top_level_help_does_not_import_torch():
     code = ("import sys; from styleengine import cli; sys.argv = ['styleengine', '--help']\n"
             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
@@ -367,6 +388,29 @@ def test_a_run_hands_back_its_ort_session_before_the_final_distances_unless_the_
         warm.close()
 
 
+def test_distance_every_reaches_the_records_with_or_without_a_callback():
+    """--distance-every: the records of every N-th iteration (counted across scales) carry the distances,
+    in Result.records as in what the callback sees (they were measured only for a callback, and only it
+    saw them)."""
+    from styleengine.engine.stylise import Settings, stylise
+
+    rng = np.random.default_rng(5)
+    content, style = rng.random((40, 48, 3), dtype=np.float32), rng.random((40, 40, 3), dtype=np.float32)
+    settings = Settings(size=48, iterations=4, distance_every=2, weights="random", model="vgg16", device="cpu")
+    _, result = stylise(content, [style], settings)
+    assert [r.iteration for r in result.records if r.distances is not None] == [2, 4]
+    seen = []
+    _, result = stylise(content, [style], settings, callback=lambda record, image: seen.append(record))
+    assert [r.iteration for r in seen if r.distances is not None] == [2, 4]
+    assert [r.distances for r in result.records] == [r.distances for r in seen]
+    # coarse to fine (45 px, then 48): every 2nd iteration counted across both scales
+    two = dataclasses.replace(settings, scales=2, start_size=45)
+    total = sum(iterations for _, iterations in two.scale_plan())
+    _, result = stylise(content, [style], two)
+    assert len(result.records) == total > 4
+    assert [r.iteration for r in result.records if r.distances is not None] == list(range(2, total + 1, 2))
+
+
 def test_stylise_is_seeded_locally():
     from styleengine.engine.stylise import Settings, stylise
 
@@ -414,3 +458,46 @@ def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
     assert "(chosen)" in table and "bf16" in table and "200.00 ms" in table and "400.00 ms" in table
     assert "auto: torch fp32 winograd on the cpu: fastest valid" in out
     assert (tmp_path / "tune.json").is_file()
+
+
+# ------------------------------------------------------------------ an exception's first line
+
+def test_first_line_of_an_error():
+    from styleengine.errors import ConfigError, first_line
+
+    assert first_line(ConfigError("\n  bad flag\nmore detail")) == "bad flag"
+    assert first_line(ConfigError("")) == first_line(ConfigError(" \n ")) == "ConfigError"
+    assert first_line(ConfigError("raw"), "formatted\nrest") == "formatted"
+
+
+def test_empty_user_error_is_one_line_in_bench(monkeypatch, capsys):
+    """`python -m styleengine.cli_bench`: a UserError with no message still says which error (it raised
+    IndexError on the empty message)."""
+    import typer
+
+    from styleengine import cli_bench
+    from styleengine.errors import ConfigError
+
+    def fail(_command):
+        raise ConfigError("")
+
+    monkeypatch.setattr(typer, "run", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_bench.main()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: ConfigError\n"
+
+
+def test_empty_user_error_fails_its_batch_job(monkeypatch, tmp_path):
+    """batch: a job whose file checks raise a UserError with no message fails with a reason (IndexError)."""
+    from styleengine import cli_batch
+    from styleengine.engine import batch
+    from styleengine.errors import ImageError
+
+    def fail(**_files):
+        raise ImageError("")
+
+    monkeypatch.setattr(cli_batch, "check_files", fail)
+    job = batch.Job("j", tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "out" / "o.png")
+    planned = cli_batch._check(batch.Planned(job, stylise_module.Settings(), "h", "run"))
+    assert (planned.status, planned.reason) == ("failed", "ImageError")

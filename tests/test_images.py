@@ -188,6 +188,39 @@ def test_save_image_refuses(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_load_image_leaves_pils_truncation_flag_alone(tmp_path, monkeypatch):
+    """PIL's LOAD_TRUNCATED_IMAGES is process-wide, the application's: reading an image does not set it."""
+    from PIL import ImageFile
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    images.load_image(tmp_path / "a.png")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_writes_never_change_the_umask(tmp_path, monkeypatch):
+    """An atomic write (an image, a cache file) makes the file 0666 less the umask without setting the
+    umask, which is the process's: setting it to read it let other threads create files with umask 0."""
+    import os
+    import stat
+
+    from styleengine import paths
+
+    previous = os.umask(0o027)
+    try:
+        calls = []
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or 0o027)
+        images.save_image(np.zeros((40, 40, 3), np.float32), tmp_path / "o.png")
+        paths.atomic_write(tmp_path / "data.json", b"{}")
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert calls == []
+    for name in ("o.png", "data.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "o.png"]  # no temp file left
+
+
 def test_save_image_failure_leaves_nothing(tmp_path, monkeypatch):
     target = tmp_path / "o.png"
     target.write_bytes(b"old")

@@ -33,7 +33,7 @@ import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
-from styleengine.errors import UserError
+from styleengine.errors import UserError, first_line
 from styleengine.runtime import passive_openmp
 
 # command -> (module, function, short help); the modules are imported on first use
@@ -167,7 +167,7 @@ signals = _Signals()
 
 
 def _fail(error: UserError) -> None:
-    print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+    print(f"error: {first_line(error)}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -196,7 +196,7 @@ def _main() -> None:
         sys.exit(0)
     except click.exceptions.UsageError as e:
         command = e.ctx.command_path if e.ctx is not None else "styleengine"
-        print(f"error: {e.format_message().splitlines()[0]} (see '{command} --help')", file=sys.stderr)
+        print(f"error: {first_line(e, e.format_message())} (see '{command} --help')", file=sys.stderr)
         sys.exit(1)
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)

@@ -27,7 +27,7 @@ from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, C
                                  StyleLayers, StyleScale, StyleWeight, Tile, TvWeight, Weights, ChannelOrder,
                                  ItersPerScale, MaxStep, Weighting, _convention_changes, csv, d, settings_from)
 from styleengine.engine import batch as engine
-from styleengine.errors import ConfigError, UserError
+from styleengine.errors import ConfigError, UserError, first_line
 
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path) -> list[engine.Job]:
@@ -53,7 +53,7 @@ def _check(item: engine.Planned) -> engine.Planned:
         check_files(content=job.content, styles=list(job.styles), output=job.output, settings=item.settings,
                     trace=None)
     except UserError as e:
-        return engine.Planned(job, item.settings, item.hash, "failed", str(e).splitlines()[0])
+        return engine.Planned(job, item.settings, item.hash, "failed", first_line(e))
     return item
 
 

@@ -273,12 +273,12 @@ def bench(
 
 def main() -> None:
     """`python -m styleengine.cli_bench ...`: the bench command alone (one-line errors, exit 1)."""
-    from styleengine.errors import UserError
+    from styleengine.errors import UserError, first_line
 
     try:
         typer.run(bench)
     except UserError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 The CLI prints a UserError as one line on stderr and exits 1; any other
 exception is a bug and keeps its traceback.
 """
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -29,7 +30,8 @@ class ExportValidationError(Exception):
     """An exported graph disagrees with the torch reference (a bug, not a user error)."""
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message as one line: its first non-empty line, else the exception's type name."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
+def first_line(error: BaseException, text: str | None = None) -> str:
+    """An exception's message (or `text`, its formatted form) as one line: its first non-empty line, else the
+    exception's type name."""
+    lines = [line for line in (str(error) if text is None else text).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__

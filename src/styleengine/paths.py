@@ -1,4 +1,5 @@
-"""Checks on the files a command reads and writes, made before any long work (torch-free).
+"""The files a command reads and writes (torch-free): checks made before any long work, and the one
+atomic write every writer uses.
 
 A path is writable when its folder exists and a file named as the atomic
 write's temp file (`.NAME.XXXXXXXX.tmp`) can be created there and removed:
@@ -8,10 +9,13 @@ os.access and string checks cannot.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from styleengine.errors import ConfigError, UserError
 
@@ -24,8 +28,38 @@ def _reason(error: OSError) -> str:
 
 
 def temp_beside(path: Path) -> tuple[int, str]:
-    """(fd, name) of a new temp file in `path`'s folder, named `.NAME.XXXXXXXX.tmp`: an atomic write's first half."""
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """(fd, name) of a new temp file in `path`'s folder, named `.NAME.XXXXXXXX.tmp`: an atomic write's first half.
+
+    Made with mode 0666 less the umask, as open() makes a file: the kernel applies the umask (mkstemp's
+    0600 needed a chmod from the umask, read by setting it, which changed it for every thread meanwhile)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(tempfile.TMP_MAX):
+        name = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
+    and the temp file is gone."""
+    fd, tmp = temp_beside(Path(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (atomic_writer)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
