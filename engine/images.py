@@ -87,11 +87,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     do float images with NaN, inf or values outside [0, 1] (taken as 0-1,
     never rescaled by a guess) and 32-bit integer images outside 0-65535.
     """
+    paths.check_name(path, "image", ImageError)
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ImageError(f"cannot read image {path}: not a regular file")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey band
     try:
         with warnings.catch_warnings():

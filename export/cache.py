@@ -33,6 +33,7 @@ from typing import Iterator
 import onnx
 
 from styleengine.errors import ConfigError
+from styleengine.paths import try_lock
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
@@ -146,27 +147,6 @@ def _lock_path(parent: Path, name: str) -> Path:
     return parent / f".{name}.lock"
 
 
-def _try_lock(f, blocking: bool) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        while True:
-            try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not blocking:
-                    return False
-                time.sleep(0.1)
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def entry_lock(folder: Path) -> Iterator[None]:
     """Hold the exclusive lock of the entry `folder` (waiting for another process that holds it), and
@@ -178,7 +158,7 @@ def entry_lock(folder: Path) -> Iterator[None]:
         raise ConfigError(f"cannot write in the cache folder {parent} ({e.strerror or e}); "
                           f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
     with f:
-        _try_lock(f, blocking=True)
+        try_lock(f, blocking=True)
         _remove_stale_staging(parent, folder.name)
         yield  # closing the file releases the lock
 
@@ -199,7 +179,7 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
                     shutil.rmtree(staging, ignore_errors=True)
             continue
         with f:
-            if _try_lock(f, blocking=False):
+            if try_lock(f, blocking=False):
                 shutil.rmtree(staging, ignore_errors=True)
 
 

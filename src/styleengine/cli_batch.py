@@ -20,7 +20,7 @@ import typer
 
 from styleengine import paths
 from styleengine.cli import signals
-from styleengine.cli_job import check_files
+from styleengine.cli_job import check_files, rescue
 from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Conv, Device, History, Init, Iters,
                                  LayerWeights, Lr, Mean, MemBudget, Model, Optimizer, PixelRange, Pooling,
                                  Precision, PreserveColors, Provider, Scales, Seed, Size, StartSize, Std,
@@ -133,8 +133,19 @@ def batch(
         from styleengine.export.cache import cache_root
 
         paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
-    planned = [_check(item) for item in engine.plan(job_list, settings, convention, manifest.done())]
-    if settings.weights == "random":
+    with engine.locked(out):
+        done, problems = manifest.load()
+        for problem in problems:
+            console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
+        planned = [_check(item) for item in engine.plan(job_list, settings, convention, done)]
+        _run(planned, manifest, out, ray, convention, batch_size, settings.weights == "random", console)
+
+
+def _run(planned: list[engine.Planned], manifest: engine.Manifest, out: Path, ray: str | None,
+         convention: dict, batch_size: int | None, untrained: bool, console) -> None:
+    """Record what is not run, run the rest, record each as it finishes (signals held during a write and
+    acted on right after it)."""
+    if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the outputs are NOT "
                       "stylisations (random weights are for tests and timing only)[/]", soft_wrap=True)
 
@@ -149,12 +160,15 @@ def batch(
         console.print(f"[{done}/{total}] {result.status} {result.job.id} ({detail})", soft_wrap=True,
                       highlight=False, markup=False)
 
-    for item in planned:
-        if item.status != "run":
-            with signals.shielded():
-                note(engine.record(engine.unrun(item), manifest))
+    def save_elsewhere(image, output: Path) -> Path | None:
+        return rescue(image, output, [out])
+
     warm = engine.Warm(convention) if ray is None else None
     try:
+        for item in planned:
+            if item.status != "run":
+                with signals.shielded():
+                    note(engine.record(engine.unrun(item), manifest))
         if warm is None:
             from styleengine.engine.batch_ray import run_jobs_ray
 
@@ -163,7 +177,7 @@ def batch(
             results = engine.run_jobs(planned, warm, batch_size=batch_size)
         for result in results:
             with signals.shielded():
-                note(engine.record(result, manifest))
+                note(engine.record(result, manifest, save_elsewhere))
     except KeyboardInterrupt:
         signals.reported = True
         print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; "
