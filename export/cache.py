@@ -276,6 +276,11 @@ def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
         if found is not None:
             return found
         with staging_folder(folder) as staging:
-            export = validate(write_export(weights, spec, staging))
+            try:
+                written = write_export(weights, spec, staging)
+            except OSError as e:  # a full disk: an export of VGG19 is ~270 MB
+                raise ConfigError(f"cannot write the export into the cache folder {folder.parent} ({e.strerror or e}); "
+                                  f"free some space or set STYLEENGINE_CACHE_DIR to another folder") from None
+            export = validate(written)
             publish(staging, folder)
     return Export(folder, export.meta)

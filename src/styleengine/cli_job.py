@@ -154,7 +154,10 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     seconds = sum(r.seconds for r in result.records)
     if result.stopped == "interrupted":
         signals.reported = True
-        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}",
+        height, width = images.to_array(image).shape[:2]
+        early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
+                 if max(height, width) < settings.size else "")
+        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
                       soft_wrap=True, highlight=False)
         raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":
