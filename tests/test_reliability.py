@@ -22,7 +22,7 @@ from PIL import Image
 
 from styleengine import paths
 from styleengine.engine import images, stylise as stylise_module
-from fakes import WrappedStep
+from fakes import WrappedStep, unblock_later
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import ConfigError, ImageError, UnavailableError, WeightsError
 from styleengine.model.weights import load_weights, random_state
@@ -559,8 +559,6 @@ def test_sighup_in_the_loop_writes_the_current_image(tmp_path, monkeypatch, caps
 
 
 def test_fifo_content_image_is_refused(tmp_path, monkeypatch, capsys, pics, no_step):
-    from test_reliability_batch import unblock_later
-
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
     unblock_later(fifo)

@@ -7,7 +7,6 @@ need a real process bound every wait, so a hang fails the test instead of blocki
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -15,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,13 +22,17 @@ import pytest
 import torch
 from PIL import Image
 
-from styleengine.engine import batch as engine, stylise as stylise_module
+from styleengine.engine import batch as engine
 from styleengine.model.weights import random_state
+
+from fakes import unblock_later
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
+    from test_reliability import no_step  # noqa: F401 (a fixture)
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
+    from tests.test_reliability import no_step  # noqa: F401 (a fixture)
 
 FAST = ["--weights", "random", "--model", "vgg16", "--size", "40", "--iters", "2", "--device", "cpu",
         "--batch-size", "1"]
@@ -54,14 +56,6 @@ def folder(tmp_path) -> Path:
     picture(tmp_path / "c2.png", 2)
     picture(tmp_path / "s1.png", 3)
     return tmp_path
-
-
-@pytest.fixture
-def no_step(monkeypatch):
-    def make_step(*args, **kwargs):
-        raise AssertionError("the step was built: the check came too late")
-
-    monkeypatch.setattr(stylise_module, "make_step", make_step)
 
 
 def batch(monkeypatch, capsys, jobs: Path, out: Path, *flags) -> tuple[int, str]:
@@ -199,28 +193,6 @@ def test_sigterm_to_a_real_batch_recording_many_jobs(folder):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "interrupted (SIGTERM)" in err
     assert len(manifest_lines(out)) < 10_000
-
-
-def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> threading.Thread:
-    """Whoever opens `fifo` for reading blocks until a writer comes: from `after` s to `until` s, feed junk
-    to every reader, so a test of code that blocks (once or more) fails instead of hanging."""
-    def feed():
-        time.sleep(after)
-        end = time.monotonic() + until - after
-        while time.monotonic() < end:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # no reader now (ENXIO)
-                time.sleep(0.05)
-                continue
-            with contextlib.suppress(OSError):
-                os.write(fd, b"junk\n")
-            os.close(fd)
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_fifo_jobs_file_is_refused(folder, monkeypatch, capsys, no_step):
