@@ -23,7 +23,7 @@ import csv
 import dataclasses
 import errno
 import hashlib
-import io
+import itertools
 import json
 import math
 import os
@@ -45,6 +45,7 @@ from styleengine.errors import ConfigError, ImageError, UserError
 
 MANIFEST = "manifest.jsonl"  # in the output folder
 LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
+CHUNK = 64  # jobs planned, checked and run at a time (a multiple of MAX_BATCH): a long file starts at once
 # per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
 # input convention and snapshots belong to the whole batch (one process, one warm device)
 OVERRIDES: dict[str, Callable[[Any], Any]] = {}
@@ -232,12 +233,12 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
                where)
 
 
-def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
     lower-cased, an unclosed quote an error."""
-    header = text.split("\n", 1)[0]
+    header = next(lines, "")
     delimiter = ";" if header.count(";") > header.count(",") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
         names = [n.strip().lower() for n in next(reader, [])]
         for row in reader:
@@ -251,43 +252,61 @@ def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
 
 
-def load_jobs(path: Path, out_dir: Path) -> list[Job]:
-    """Jobs from a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated).
+def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
+    """The jobs of a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated),
+    read as they are needed (a long file starts at once and takes no more memory than a short one).
 
     Keys: content, styles (or style), output (inside out_dir; default
     CONTENT__STYLE.png), id (default: the output's path without suffix), and
     any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
     the flags spell them). Image, init and weights paths are relative to the
     jobs file's folder. A CSV file may start with a byte-order mark and use
-    ';' between cells.
+    ';' between cells. Checks across jobs: check_jobs.
     """
     path = Path(path)
     if path.exists() and not path.is_file():  # a FIFO would block, a device never end
         raise ConfigError(f"cannot read jobs file {path}: not a regular file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
-    base_dir = path.parent
-    jobs: list[Job] = []
-    if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: a job is a JSON object")
-            jobs.append(_job(raw, where, base_dir, out_dir))
-    elif path.suffix.lower() == ".csv":
-        jobs = [_job(row, f"{path} line {number}", base_dir, out_dir) for number, row in _csv_rows(text, path)]
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
+    try:
+        f = open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
+    except OSError as e:
+        raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
+    base_dir = path.parent
+    with f:
+        try:
+            if suffix == ".csv":
+                for number, row in _csv_rows(iter(f), path):
+                    yield _job(row, f"{path} line {number}", base_dir, out_dir)
+                return
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{where}: a job is a JSON object")
+                yield _job(raw, where, base_dir, out_dir)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def load_jobs(path: Path, out_dir: Path) -> list[Job]:
+    """Every job of a jobs file (iter_jobs), checked together (check_jobs)."""
+    jobs = list(iter_jobs(path, out_dir))
     check_jobs(jobs, out_dir)
     return jobs
+
+
+def chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    """`jobs` in lists of `size` (the last shorter)."""
+    iterator = iter(jobs)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _images_in(folder: Path, what: str) -> list[Path]:
@@ -321,28 +340,58 @@ def _identities(path: Path) -> list[Any]:
     return found
 
 
-def check_jobs(jobs: list[Job], out_dir: Path) -> None:
-    """ConfigError if two jobs share an id or an output file, or an output is any job's input, the
-    manifest or the lock (after symlinks, relative paths and hard links)."""
-    ids: set[str] = set()
+class JobsCheck:
+    """The checks across jobs, made as they stream past: ids unique; no output that is another's output,
+    any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
+    links), the manifest or the lock. Keeps only what the checks compare."""
+
+    def __init__(self, out_dir: Path):
+        self.count = 0
+        self._ids: set[str] = set()
+        self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
+                          for key in _identities(Path(out_dir) / name)}
+        self._inputs: dict[Any, str] = {}
+        self._outputs: dict[Any, str] = {}
+        self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
+
+    def _keys(self, path: Path) -> list[Any]:
+        text = str(path)
+        if text not in self._known:
+            self._known[text] = _identities(path)
+        return self._known[text]
+
+    def add(self, job: Job) -> None:
+        """ConfigError (pointing at the job's line) if `job` conflicts with itself or an earlier job."""
+        where = f"{job.where}: " if job.where else ""
+        if job.id in self._ids:
+            raise ConfigError(f"{where}two jobs have the id {job.id}; each job needs its own")
+        inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
+        mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
+        outputs = _identities(job.output)  # not kept in _known: every output is a new path
+        for key in outputs:
+            found = self._reserved.get(key) or mine.get(key) or self._inputs.get(key) or self._outputs.get(key)
+            if found:
+                raise ConfigError(f"{where}output {job.output} is {found}; choose another name")
+        for role, (path, keys) in inputs.items():
+            found = next((self._outputs[key] for key in keys if key in self._outputs), None)
+            if found:
+                raise ConfigError(f"{where}the {role} {path} is {found}; choose another name for that output")
+        self._ids.add(job.id)
+        source = f" ({job.where})" if job.where else ""
+        for key in outputs:
+            self._outputs[key] = f"the output of job {job.id}{source}"
+        for role, (path, keys) in inputs.items():
+            for key in keys:
+                self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
+        self.count += 1
+
+
+def check_jobs(jobs: Iterable[Job], out_dir: Path) -> int:
+    """JobsCheck over every job; how many there are."""
+    check = JobsCheck(out_dir)
     for job in jobs:
-        if job.id in ids:
-            raise ConfigError(f"{job.where + ': ' if job.where else ''}two jobs have the id {job.id}; "
-                              f"each job needs its own")
-        ids.add(job.id)
-    taken: dict[Any, str] = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
-                             for key in _identities(out_dir / name)}
-    for job in jobs:
-        for role, path in job.inputs().items():
-            for key in _identities(path):
-                taken.setdefault(key, f"the {role} {path} of job {job.id}")
-    for job in jobs:
-        for key in _identities(job.output):
-            if key in taken:
-                raise ConfigError(f"{job.where + ': ' if job.where else ''}output {job.output} is {taken[key]}; "
-                                  f"choose another name")
-        for key in _identities(job.output):
-            taken[key] = f"the output of job {job.id}"
+        check.add(job)
+    return check.count
 
 
 # ------------------------------------------------------------------ hashes and the manifest
@@ -460,11 +509,6 @@ class Manifest:
         done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
         return done, torn + problems
 
-    def done(self) -> dict[str, str]:
-        """job id -> settings hash of its latest "ok" line."""
-        entries, _ = self.read()
-        return {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
-
     def append(self, entry: dict[str, Any]) -> None:
         """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
         data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -542,10 +586,12 @@ class JobResult:
                 "batch": self.batch}
 
 
-def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str]) -> list[Planned]:
-    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.done) has the
-    same hash for it; "failed" where its settings are bad or a file cannot be read."""
-    digests: dict[str, str] = {}
+def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str],
+         digests: dict[str, str] | None = None) -> list[Planned]:
+    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.load) has the
+    same hash for it; "failed" where its settings are bad or a file cannot be read. `digests`: file hashes
+    kept from chunk to chunk."""
+    digests = {} if digests is None else digests
     planned = []
     for job in jobs:
         try:

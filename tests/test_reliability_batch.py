@@ -355,3 +355,29 @@ def test_bad_path_fails_that_job_only(folder, monkeypatch, capsys, where):
     assert lines["bad"]["status"] == "failed" and lines["good"]["status"] == "ok"
     assert ("NUL" in lines["bad"]["reason"]) if "nul" in where or where == "content" else (
         "too long" in lines["bad"]["reason"])
+
+
+# ------------------------------------------------------------------ 8. jobs files streamed
+
+def test_jobs_are_planned_and_run_a_chunk_at_a_time(folder, monkeypatch, capsys):
+    """A long jobs file: the first picture starts after a chunk is planned, not after the whole file."""
+    count = 2000
+    jobs = write_jobs(folder / "jobs.jsonl", [{"id": f"j{i}", "content": "c1.png", "style": "s1.png",
+                                               "output": f"o{i}.png"} for i in range(count)])
+    hashed, planned_at_first_run = [], []
+    real_hash = engine.settings_hash
+
+    def counting_hash(*args, **kwargs):
+        hashed.append(None)
+        return real_hash(*args, **kwargs)
+
+    def first_run(*args, **kwargs):
+        planned_at_first_run.append(len(hashed))
+        raise KeyboardInterrupt  # enough: the test is about what came before
+
+    monkeypatch.setattr(engine, "settings_hash", counting_hash)
+    monkeypatch.setattr(engine, "stylise_batch", first_run)
+    code, err = batch(monkeypatch, capsys, jobs, folder / "out")
+    assert code == 130 and "Traceback" not in err, err
+    assert planned_at_first_run and planned_at_first_run[0] <= engine.CHUNK < count
+    assert f"of {count} jobs left" in err
