@@ -201,17 +201,11 @@ def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> s
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
-    """out_dir / output, refused unless it stays inside out_dir once symlinks are followed."""
+    """out_dir / output, refused if it is absolute or climbs out with '..' (symlinks: JobsCheck)."""
     relative = Path(output)
     if relative.is_absolute() or ".." in relative.parts:
         raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
-    path = out_dir / relative
-    if "\0" not in output:  # a NUL fails the job itself (plan), not the batch
-        root = os.path.realpath(out_dir)
-        if os.path.commonpath([root, os.path.realpath(path)]) != root:
-            raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir} (through a symbolic link "
-                              f"to {os.path.realpath(path)}); outputs are paths inside it")
-    return path
+    return out_dir / relative
 
 
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
@@ -326,18 +320,31 @@ def pair_jobs(contents: Path, styles: Path, out_dir: Path) -> list[Job]:
     return jobs
 
 
-def _identities(path: Path) -> list[Any]:
-    """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
-    try:
-        found: list[Any] = [os.path.realpath(path)]
-    except ValueError:  # a NUL byte: no file at all (plan fails the job)
-        return [os.path.abspath(path)]
-    try:
-        info = os.stat(path)
-        found.append((info.st_dev, info.st_ino))
-    except OSError:  # not there yet
-        pass
-    return found
+class _Resolver:
+    """os.path.realpath with each folder's resolution kept: jobs share a few folders, and realpath costs a
+    system call per component."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        full = os.path.join(self._folders[folder], name)
+        return os.path.realpath(full) if os.path.islink(full) else full
+
+    def identities(self, path: Path) -> list[Any]:
+        """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
+        if "\0" in str(path):  # no file at all (plan fails the job)
+            return [os.path.abspath(path)]
+        found: list[Any] = [self(path)]
+        try:
+            info = os.stat(path)
+            found.append((info.st_dev, info.st_ino))
+        except OSError:  # not there yet
+            pass
+        return found
 
 
 class JobsCheck:
@@ -347,9 +354,12 @@ class JobsCheck:
 
     def __init__(self, out_dir: Path):
         self.count = 0
+        self._out_dir = Path(out_dir)
+        self._resolve = _Resolver()
+        self._root = self._resolve(self._out_dir)
         self._ids: set[str] = set()
         self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
-                          for key in _identities(Path(out_dir) / name)}
+                          for key in self._resolve.identities(self._out_dir / name)}
         self._inputs: dict[Any, str] = {}
         self._outputs: dict[Any, str] = {}
         self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
@@ -357,7 +367,7 @@ class JobsCheck:
     def _keys(self, path: Path) -> list[Any]:
         text = str(path)
         if text not in self._known:
-            self._known[text] = _identities(path)
+            self._known[text] = self._resolve.identities(path)
         return self._known[text]
 
     def add(self, job: Job) -> None:
@@ -367,7 +377,10 @@ class JobsCheck:
             raise ConfigError(f"{where}two jobs have the id {job.id}; each job needs its own")
         inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
         mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
-        outputs = _identities(job.output)  # not kept in _known: every output is a new path
+        outputs = self._resolve.identities(job.output)  # not kept in _known: every output is a new path
+        if "\0" not in str(job.output) and os.path.commonpath([self._root, outputs[0]]) != self._root:
+            raise ConfigError(f"{where}output {job.output} is outside --out {self._out_dir} (through a symbolic "
+                              f"link to {outputs[0]}); outputs are paths inside it")
         for key in outputs:
             found = self._reserved.get(key) or mine.get(key) or self._inputs.get(key) or self._outputs.get(key)
             if found:
