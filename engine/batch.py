@@ -205,6 +205,8 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
     relative = Path(output)
     if relative.is_absolute() or ".." in relative.parts:
         raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
+    if not relative.name:  # "." or "./": the folder itself
+        raise ConfigError(f"{where}: output {output!r} names no file")
     return out_dir / relative
 
 
@@ -221,10 +223,10 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     content_path = base_dir / content
     style_paths = tuple(base_dir / s for s in style_names)
     output = _text(raw, "output", where) or _default_output(content_path, style_paths)
+    output_path = _inside(output, out_dir, where)
     job_id = _text(raw, "id", where, numbers=True) or str(Path(output).with_suffix(""))
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, _inside(output, out_dir, where), _overrides(extra, where, base_dir),
-               where)
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
 
 
 def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
