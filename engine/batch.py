@@ -412,10 +412,13 @@ def check_jobs(jobs: Iterable[Job], out_dir: Path) -> int:
 # ------------------------------------------------------------------ hashes and the manifest
 
 def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
-    """sha256 of a file's bytes (ImageError-free: an unreadable file raises OSError)."""
+    """sha256 of a file's bytes: OSError if it cannot be read, UserError if it is not a regular file (a
+    FIFO would block until a writer comes, a device never end)."""
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"cannot read {path}: not a regular file")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -63,9 +63,12 @@ class WrappedStep(StepBase):
         return result
 
 
-def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> threading.Thread:
+def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> threading.Event:
     """Whoever opens `fifo` for reading blocks until a writer comes: from `after` s to `until` s, feed junk
-    to every reader, so a test of code that blocks (once or more) fails instead of hanging."""
+    to every reader, so a test of code that blocks (once or more) fails instead of hanging. The event
+    returned is set once a reader was fed: the code under test opened the FIFO."""
+    fed = threading.Event()
+
     def feed():
         time.sleep(after)
         end = time.monotonic() + until - after
@@ -75,11 +78,11 @@ def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> thread
             except OSError:  # no reader now (ENXIO)
                 time.sleep(0.05)
                 continue
+            fed.set()
             with contextlib.suppress(OSError):
                 os.write(fd, b"junk\n")
             os.close(fd)
             time.sleep(0.05)
 
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=feed, daemon=True).start()
+    return fed

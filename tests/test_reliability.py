@@ -561,9 +561,9 @@ def test_sighup_in_the_loop_writes_the_current_image(tmp_path, monkeypatch, caps
 def test_fifo_content_image_is_refused(tmp_path, monkeypatch, capsys, pics, no_step):
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
-    unblock_later(fifo)
+    fed = unblock_later(fifo)
     err = refused(monkeypatch, capsys, pics, tmp_path, fifo, pics["style"])
-    assert "not a regular file" in err
+    assert "not a regular file" in err and not fed.is_set()
 
 
 @pytest.mark.parametrize("flags,needle", [(["--seed", str(10**20)], "seed"), (["--iters", str(10**10)], "iterations"),

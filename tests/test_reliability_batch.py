@@ -199,20 +199,21 @@ def test_sigterm_to_a_real_batch_recording_many_jobs(folder):
 def test_fifo_jobs_file_is_refused(folder, monkeypatch, capsys, no_step):
     fifo = folder / "jobs.jsonl"
     os.mkfifo(fifo)
-    unblock_later(fifo)
+    fed = unblock_later(fifo)
     line = one_error_line(*batch(monkeypatch, capsys, fifo, folder / "out"))
-    assert "not a regular file" in line
+    assert "not a regular file" in line and not fed.is_set()
 
 
 def test_fifo_content_image_fails_that_job(folder, monkeypatch, capsys, no_step):
     fifo = folder / "fifo.png"
     os.mkfifo(fifo)
-    unblock_later(fifo)
+    fed = unblock_later(fifo)
     jobs = write_jobs(folder / "jobs.jsonl", [{"id": "a", "content": "fifo.png", "style": "s1.png"}])
     code, err = batch(monkeypatch, capsys, jobs, folder / "out")
     assert code == 1 and "Traceback" not in err
     [line] = manifest_lines(folder / "out")
     assert line["status"] == "failed" and "not a regular file" in line["reason"]
+    assert not fed.is_set()  # nothing opened it (and waited for a writer)
 
 
 # ------------------------------------------------------------------ 3. the manifest
