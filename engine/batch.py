@@ -18,11 +18,16 @@ else is a bug and propagates.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import hashlib
+import itertools
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.engine import images
 from styleengine.engine.stylise import (Picture, Settings, available_memory, batch_key, build_step, check_run,
@@ -39,6 +45,8 @@ from styleengine.errors import ConfigError, UserError, first_line
 from styleengine.model.weights import file_sha256
 
 MANIFEST = "manifest.jsonl"  # in the output folder
+LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
+CHUNK = 64  # jobs planned, checked and run at a time (a multiple of MAX_BATCH): a long file starts at once
 # per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
 # input convention and snapshots belong to the whole batch (one process, one warm device)
 OVERRIDES: dict[str, Callable[[Any], Any]] = {}
@@ -51,17 +59,50 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 def _text_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
-    return tuple(str(v) for v in value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("not a text or a list of texts")
+
+
+def _whole(value: Any) -> int:
+    """An int, or a text of one (a CSV cell); never a bool, a fraction or a float (1e20 is a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    else:
+        raise ValueError("not a whole number")
+    if abs(number) >= 2**63:
+        raise ValueError("out of range")
+    return number
+
+
+def _real(value: Any) -> float:
+    """A finite number, or a text of one; never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _word(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a text")
+    return value.strip()
 
 
 def _number_list(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in _text_list(value))
+    if isinstance(value, list):
+        return tuple(_real(v) for v in value)
+    return tuple(_real(v) for v in _text_list(value))
 
 
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
     if text in ("1", "true", "yes"):
         return True
     if text in ("0", "false", "no"):
@@ -74,15 +115,15 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 for _name in ("size", "iterations", "seed"):
-    OVERRIDES[_name] = int
+    OVERRIDES[_name] = _whole
 for _name in ("lbfgs_history", "scales", "start_size", "iters_per_scale", "tile"):
-    OVERRIDES[_name] = _optional(int)
+    OVERRIDES[_name] = _optional(_whole)
 for _name in ("content_weight", "style_weight", "tv_weight", "style_scale", "lbfgs_max_step"):
-    OVERRIDES[_name] = float
+    OVERRIDES[_name] = _real
 for _name in ("lr", "mem_budget_gib"):
-    OVERRIDES[_name] = _optional(float)
+    OVERRIDES[_name] = _optional(_real)
 for _name in ("optimizer", "init", "model", "weights", "pooling", "weighting"):
-    OVERRIDES[_name] = str
+    OVERRIDES[_name] = _word
 for _name in ("content_layers", "style_layers"):
     OVERRIDES[_name] = _text_list
 for _name in ("style_layer_weights", "style_blend"):
@@ -99,17 +140,31 @@ class Job:
     styles: tuple[Path, ...]
     output: Path
     overrides: tuple[tuple[str, Any], ...] = ()  # (Settings field, value), sorted by field
+    where: str = ""  # "FILE line N" for a job from a jobs file: where errors about it point
 
     def settings(self, base: Settings) -> Settings:
         """The batch's settings with this job's overrides."""
         return dataclasses.replace(base, **dict(self.overrides))
+
+    def inputs(self) -> dict[str, Path]:
+        """The files the job reads by its own paths (the batch's --init / --weights are checked per job),
+        by role: {"content image": ..., "style image 2": ..., "init image": ..., "weights file": ...}."""
+        found = {"content image": self.content}
+        found.update({f"style image {i + 1}" if len(self.styles) > 1 else "style image": p
+                      for i, p in enumerate(self.styles)})
+        overrides = dict(self.overrides)
+        if overrides.get("init", INITS[0]) not in INITS:
+            found["init image"] = Path(overrides["init"])
+        if overrides.get("weights", "random") not in ("imagenet", "random"):
+            found["weights file"] = Path(overrides["weights"])
+        return found
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "content": str(self.content), "styles": [str(p) for p in self.styles],
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
@@ -120,8 +175,13 @@ def _overrides(raw: dict[str, Any], where: str) -> tuple[tuple[str, Any], ...]:
             continue  # an empty CSV cell: the batch's value
         try:
             values[name] = OVERRIDES[name](value)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {value!r} ({e})") from None
+    # a per-job init image or weights file is relative to the jobs file, as its images are
+    if values.get("init", INITS[0]) not in INITS:
+        values["init"] = str(base_dir / paths.expand(values["init"]))
+    if values.get("weights", "random") not in ("imagenet", "random"):
+        values["weights"] = str(base_dir / paths.expand(values["weights"]))
     return tuple(sorted(values.items()))
 
 
@@ -129,56 +189,121 @@ def _default_output(content: Path, styles: Iterable[Path]) -> str:
     return f"{content.stem}__{'+'.join(p.stem for p in styles)}.png"
 
 
+def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> str:
+    """raw[key] as stripped text ("" if absent); a number only where `numbers` (an id), nothing else."""
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: bad {key} {value!r} (not a text)")
+
+
+def _inside(output: str, out_dir: Path, where: str) -> Path:
+    """out_dir / output, refused if it is absolute or climbs out with '..' (symlinks: JobsCheck)."""
+    relative = Path(output)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
+    if not relative.name:  # "." or "./": the folder itself
+        raise ConfigError(f"{where}: output {output!r} names no file")
+    return out_dir / relative
+
+
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
-    content = raw.get("content")
+    raw = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
+    content = _text(raw, "content", where)
     styles = raw.get("styles", raw.get("style"))
-    if not content or not styles:
+    try:
+        style_names = _text_list(styles) if styles is not None else ()
+    except ValueError:
+        raise ConfigError(f"{where}: bad styles {styles!r} (a text, ';'-separated, or a list of texts)") from None
+    if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
-    content_path = base_dir / str(content).strip()
-    style_paths = tuple(base_dir / s for s in _text_list(styles))
-    output = str(raw.get("output") or "").strip() or _default_output(content_path, style_paths)
-    job_id = str(raw.get("id") or "").strip() or str(Path(output).with_suffix(""))
+    content_path = base_dir / content
+    style_paths = tuple(base_dir / s for s in style_names)
+    output = _text(raw, "output", where) or _default_output(content_path, style_paths)
+    output_path = _inside(output, out_dir, where)
+    job_id = _text(raw, "id", where, numbers=True) or str(Path(output).with_suffix(""))
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, out_dir / output, _overrides(extra, where))
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
+
+
+def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
+    lower-cased, an unclosed quote an error."""
+    header = next(lines, "")
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
+    try:
+        names = [n.strip().lower() for n in next(reader, [])]
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(names):
+                raise ConfigError(f"{path} line {reader.line_num}: more cells than the header has columns")
+            yield reader.line_num, dict(zip(names, row))
+    except csv.Error as e:
+        what = "a quote is not closed" if "end of data" in str(e) or "EOF" in str(e) else str(e)
+        raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
+
+
+def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
+    """The jobs of a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated),
+    read as they are needed (a long file starts at once and takes no more memory than a short one).
+
+    Keys: content, styles (or style), output (inside out_dir; default
+    CONTENT__STYLE.png), id (default: the output's path without suffix), and
+    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
+    the flags spell them). Image, init and weights paths are relative to the
+    jobs file's folder. A CSV file may start with a byte-order mark and use
+    ';' between cells. Checks across jobs: check_jobs.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block, a device never end
+        raise ConfigError(f"cannot read jobs file {path}: not a regular file")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
+    try:
+        f = open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
+    except OSError as e:
+        raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
+    base_dir = path.parent
+    with f:
+        try:
+            if suffix == ".csv":
+                for number, row in _csv_rows(iter(f), path):
+                    yield _job(row, f"{path} line {number}", base_dir, out_dir)
+                return
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{where}: a job is a JSON object")
+                yield _job(raw, where, base_dir, out_dir)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def load_jobs(path: Path, out_dir: Path) -> list[Job]:
-    """Jobs from a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated).
-
-    Keys: content, styles (or style), output (relative to out_dir; default
-    CONTENT__STYLE.png), id (default: the output's path without suffix), and
-    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
-    the flags spell them). Image paths are relative to the jobs file's folder.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
-    base_dir = path.parent
-    jobs: list[Job] = []
-    if path.suffix.lower() == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{where}: a job is a JSON object")
-            jobs.append(_job(raw, where, base_dir, out_dir))
-    elif path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for number, row in enumerate(reader, 2):
-            if None in row:
-                raise ConfigError(f"{path} line {number}: more cells than the header has columns")
-            jobs.append(_job(row, f"{path} line {number}", base_dir, out_dir))
-    else:
-        raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
-    check_unique(jobs)
+    """Every job of a jobs file (iter_jobs), checked together (check_jobs)."""
+    jobs = list(iter_jobs(path, out_dir))
+    check_jobs(jobs, out_dir)
     return jobs
+
+
+def chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    """`jobs` in lists of `size` (the last shorter)."""
+    iterator = iter(jobs)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _images_in(folder: Path, what: str) -> list[Path]:
@@ -194,27 +319,107 @@ def pair_jobs(contents: Path, styles: Path, out_dir: Path) -> list[Job]:
     """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
     jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
             for c in _images_in(Path(contents), "--contents") for s in _images_in(Path(styles), "--styles")]
-    check_unique(jobs)
+    check_jobs(jobs, out_dir)
     return jobs
 
 
-def check_unique(jobs: list[Job]) -> None:
-    """ConfigError if two jobs share an id or an output file."""
-    for what, key in (("id", lambda j: j.id), ("output", lambda j: str(Path(os.path.abspath(j.output))))):
-        seen: set[str] = set()
-        for job in jobs:
-            if key(job) in seen:
-                raise ConfigError(f"two jobs have the {what} {key(job)}; each job needs its own")
-            seen.add(key(job))
+class _Resolver:
+    """os.path.realpath with each folder's resolution kept: jobs share a few folders, and realpath costs a
+    system call per component."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        full = os.path.join(self._folders[folder], name)
+        return os.path.realpath(full) if os.path.islink(full) else full
+
+    def identities(self, path: Path) -> list[Any]:
+        """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
+        if "\0" in str(path):  # no file at all (plan fails the job)
+            return [os.path.abspath(path)]
+        found: list[Any] = [self(path)]
+        try:
+            info = os.stat(path)
+            found.append((info.st_dev, info.st_ino))
+        except OSError:  # not there yet
+            pass
+        return found
+
+
+class JobsCheck:
+    """The checks across jobs, made as they stream past: ids unique; no output that is another's output,
+    any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
+    links), the manifest or the lock. Keeps only what the checks compare."""
+
+    def __init__(self, out_dir: Path):
+        self.count = 0
+        self._out_dir = Path(out_dir)
+        self._resolve = _Resolver()
+        self._root = self._resolve(self._out_dir)
+        self._ids: set[str] = set()
+        self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
+                          for key in self._resolve.identities(self._out_dir / name)}
+        self._inputs: dict[Any, str] = {}
+        self._outputs: dict[Any, str] = {}
+        self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
+
+    def _keys(self, path: Path) -> list[Any]:
+        text = str(path)
+        if text not in self._known:
+            self._known[text] = self._resolve.identities(path)
+        return self._known[text]
+
+    def add(self, job: Job) -> None:
+        """ConfigError (pointing at the job's line) if `job` conflicts with itself or an earlier job."""
+        where = f"{job.where}: " if job.where else ""
+        if job.id in self._ids:
+            raise ConfigError(f"{where}two jobs have the id {job.id}; each job needs its own")
+        inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
+        mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
+        outputs = self._resolve.identities(job.output)  # not kept in _known: every output is a new path
+        if "\0" not in str(job.output) and os.path.commonpath([self._root, outputs[0]]) != self._root:
+            raise ConfigError(f"{where}output {job.output} is outside --out {self._out_dir} (through a symbolic "
+                              f"link to {outputs[0]}); outputs are paths inside it")
+        for key in outputs:
+            found = self._reserved.get(key) or mine.get(key) or self._inputs.get(key) or self._outputs.get(key)
+            if found:
+                raise ConfigError(f"{where}output {job.output} is {found}; choose another name")
+        for role, (path, keys) in inputs.items():
+            found = next((self._outputs[key] for key in keys if key in self._outputs), None)
+            if found:
+                raise ConfigError(f"{where}the {role} {path} is {found}; choose another name for that output")
+        self._ids.add(job.id)
+        source = f" ({job.where})" if job.where else ""
+        for key in outputs:
+            self._outputs[key] = f"the output of job {job.id}{source}"
+        for role, (path, keys) in inputs.items():
+            for key in keys:
+                self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
+        self.count += 1
+
+
+def check_jobs(jobs: Iterable[Job], out_dir: Path) -> int:
+    """JobsCheck over every job; how many there are."""
+    check = JobsCheck(out_dir)
+    for job in jobs:
+        check.add(job)
+    return check.count
 
 
 # ------------------------------------------------------------------ hashes and the manifest
 
 def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
-    """sha256 of a file's bytes (ImageError-free: an unreadable file raises OSError)."""
+    """sha256 of a file's bytes: OSError if it cannot be read, UserError if it is not a regular file (a
+    FIFO would block until a writer comes, a device never end)."""
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"cannot read {path}: not a regular file")
     digest = file_sha256(Path(path))
     if cache is not None:
         cache[key] = digest
@@ -248,42 +453,117 @@ def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], dige
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_STATUSES = ("ok", "failed", "skipped")
+
+
+def _manifest_problem(entry: Any) -> str | None:
+    """Why a parsed manifest line cannot be used, or None."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if not isinstance(entry.get("id"), str):
+        return "no job id (a text)"
+    if entry.get("status") not in _STATUSES:
+        return f"status {entry.get('status')!r} is none of {', '.join(_STATUSES)}"
+    if entry["status"] == "ok" and not isinstance(entry.get("settings_hash"), str):
+        return "an ok line without its settings hash (a text)"
+    return None
+
+
 class Manifest:
     """The results manifest: one JSON object a line, appended as jobs finish.
 
-    Each line goes out in one write() on a file opened with O_APPEND and is
-    fsync'd: a crash leaves whole lines (a torn last line, possible only on
-    power loss, is ignored when read back)."""
+    Each line goes out on a file opened with O_APPEND, written whole (a short
+    write is continued; a failed one is cut off again) and fsync'd. A torn
+    last line (a power cut mid-write) is cut off by `load` before anything is
+    appended; a line that cannot be used is reported by number and skipped.
+    Hold the batch's lock (`locked`) around `load` and `append`."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def read(self) -> list[dict[str, Any]]:
-        """The lines written so far (none if there is no manifest yet)."""
+    def read(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the usable lines written so far, a sentence per line that is not); nothing if no manifest yet."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            return []
-        lines = []
-        for line in text.splitlines():
+            return [], []
+        entries, problems = [], []
+        for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # a torn tail has no newline: load cuts it
+            if not raw.strip():
+                continue
             try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn line
-        return lines
+                entry = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem: str | None = "not UTF-8 text"
+            except json.JSONDecodeError as e:
+                problem = f"not JSON ({e.msg})"
+            else:
+                problem = _manifest_problem(entry)
+            if problem is None:
+                entries.append(entry)
+            else:
+                problems.append(f"{self.path} line {number}: {problem}; skipped")
+        return entries, problems
+
+    def load(self) -> tuple[dict[str, str], list[str]]:
+        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
+        first. UserError if the file cannot be read or repaired."""
+        try:
+            with open(self.path, "r+b") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+                    number = data.count(b"\n") + 1
+                    torn = [f"{self.path} line {number} was torn (a write cut short); cut off"]
+                else:
+                    torn = []
+        except FileNotFoundError:
+            return {}, []
+        except OSError as e:
+            raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
+        entries, problems = self.read()
+        done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
+        return done, torn + problems
 
     def append(self, entry: dict[str, Any]) -> None:
-        data = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
+        data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:
+                    written = os.write(fd, data)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    data = data[written:]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no torn line left behind
+                raise
+        except OSError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
         finally:
             os.close(fd)
 
-    def done(self) -> dict[str, str]:
-        """job id -> settings hash of its latest "ok" line."""
-        return {e["id"]: e["settings_hash"] for e in self.read() if e.get("status") == "ok" and "id" in e}
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it."""
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        f = open(path, "a+b")
+    except OSError as e:
+        raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
+    with f:
+        if not paths.try_lock(f, blocking=False):
+            raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
+                            f"or use another --out")
+        yield  # closing the file releases the lock
 
 
 # ------------------------------------------------------------------ planning
@@ -322,13 +602,17 @@ class JobResult:
                 "batch": self.batch}
 
 
-def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str]) -> list[Planned]:
-    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.done) has the
-    same hash for it; "failed" where its settings are bad or a file cannot be read."""
-    digests: dict[str, str] = {}
+def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str],
+         digests: dict[str, str] | None = None) -> list[Planned]:
+    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.load) has the
+    same hash for it; "failed" where its settings are bad or a file cannot be read. `digests`: file hashes
+    kept from chunk to chunk."""
+    digests = {} if digests is None else digests
     planned = []
     for job in jobs:
         try:
+            for role, path in {"output": job.output, **job.inputs()}.items():
+                paths.check_name(path, role)
             settings = job.settings(base)
             settings.validate()
             settings = settings.resolved()
@@ -345,14 +629,18 @@ def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict
     return planned
 
 
-def record(result: JobResult, manifest: Manifest) -> JobResult:
+def record(result: JobResult, manifest: Manifest,
+           rescue: Callable[[np.ndarray, Path], Path | None] | None = None) -> JobResult:
     """Write an "ok" job's image (atomically), then its manifest line. A failed write turns the job into a
-    failed one (its line says why). Returns what was recorded."""
+    failed one (its line says why), the image handed to `rescue(image, output)` (-> where it saved it, or
+    None). Returns what was recorded; UserError if the manifest cannot be written."""
     if result.status == "ok":
         try:
             images.save_image(result.image, result.job.output)
         except UserError as e:
-            result = dataclasses.replace(result, status="failed", reason=first_line(e))
+            saved = rescue(result.image, result.job.output) if rescue is not None else None
+            reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")
+            result = dataclasses.replace(result, status="failed", reason=reason)
     manifest.append(result.manifest_line())
     return result
 

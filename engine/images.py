@@ -84,11 +84,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     A truncated file is an error under PIL's default; PIL's process-wide
     ImageFile.LOAD_TRUNCATED_IMAGES is the application's, left as it is.
     """
+    paths.check_name(path, "image", ImageError)
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ImageError(f"cannot read image {path}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -151,8 +151,9 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
     load_errors = (state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf, state.NoSuchFile,
                    state.NotImplemented)
     folder = optimised_folder(sha256)
+    claims = {"source_sha256": sha256}  # an entry copied from another graph's folder is not this one
     with entry_lock(folder):
-        if read_record(folder) is not None:
+        if read_record(folder, claims) is not None:
             loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena, unfolded)
             loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             try:
@@ -164,7 +165,7 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
             options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                            **_optimizer_kwargs(unfolded))
-            write_record(staging, [OPTIMISED_FILE])
+            write_record(staging, [OPTIMISED_FILE], claims)
             publish(staging, folder)
     return session
 

@@ -27,6 +27,9 @@ from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.tiled import TiledStep, tile_for_budget
 from styleengine.model.weights import Convention, Weights, load_weights
 
+# the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
+MAX_ITERATIONS = 1_000_000
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
@@ -146,6 +149,11 @@ class Settings:
         capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
         if self.size < images.MIN_SIDE:
             raise ConfigError(f"size must be at least {images.MIN_SIDE} px, got {self.size}")
+        for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
+            if value is not None and value > MAX_ITERATIONS:
+                raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {self.seed}")
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
@@ -325,15 +333,16 @@ def check_available(settings: Settings) -> None:
         check_provider(settings.provider)
 
 
-def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str) -> None:
-    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum."""
+def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
+    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
+    `knob` names the setting that would give the long side it needs ("--size", ...)."""
     height, width = images.long_side_shape(shape[0], shape[1], long_side)
     if min(height, width) >= images.MIN_SIDE:
         return
     needed = math.ceil(images.MIN_SIDE * max(shape) / min(shape))
     raise ConfigError(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
-                      f"be at least {images.MIN_SIDE} px, so its long side needs at least {needed} px: crop the "
-                      f"image or use a larger size")
+                      f"be at least {images.MIN_SIDE} px, so it needs a long side of {needed} px ({knob} {needed}): "
+                      f"crop the image or use a larger size")
 
 
 def _gib(value: float) -> str:
@@ -392,9 +401,11 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
     sizes = [size for size, _ in settings.scale_plan()]
     for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
         side = style_size(settings, size)
-        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px")
+        knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
+        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
         for label, shape in zip(labels, style_shapes):
-            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)")
+            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
+                         "--size x --style-scale")
     available = available_memory(settings) if settings.mem_budget_gib is None else None
     for size in reversed(sizes):  # the largest first: its error is the one to act on
         height, width = images.long_side_shape(ref[0], ref[1], size)

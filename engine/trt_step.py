@@ -108,14 +108,16 @@ def engine_key(step_sha256: str, precision: str, profile: Profile) -> str:
 
 def cached_engine(export: Export, precision: str, profile: Profile, *, rebuild: bool = False) -> bytes:
     """The serialized engine for (step graph, precision, profile), hash-checked; built on a miss."""
-    folder = cache_root() / "tensorrt" / engine_key(export.sha256(export.step_path), precision, profile)
+    key = engine_key(export.sha256(export.step_path), precision, profile)
+    folder = cache_root() / "tensorrt" / key
+    claims = {"engine_key": key}  # what the engine was built from (graph, TensorRT, GPU, precision, profile)
     with entry_lock(folder):
-        if not rebuild and read_record(folder) is not None:
+        if not rebuild and read_record(folder, claims) is not None:
             return (folder / ENGINE_FILE).read_bytes()
         data = build_engine(export.step_path, precision, profile)
         with staging_folder(folder) as staging:
             (staging / ENGINE_FILE).write_bytes(data)
-            write_record(staging, [ENGINE_FILE])
+            write_record(staging, [ENGINE_FILE], claims)
             publish(staging, folder)
     return data
 

@@ -9,8 +9,11 @@ Layout under cache_root():
 
 Every entry is a folder published whole: built in a staging folder beside it
 (.build-NAME-XXXX), its files hashed into a record, then renamed into place.
-Every use checks each file against the record; a file that is missing, of
-another size or another hash makes the entry be rebuilt, never trusted.
+Every use checks each file against the record, and the record against what
+the caller wants (an export's spec, weights and input convention; a derived
+entry's source graph): a file that is missing, of another size or another
+hash, or an entry of something else copied in with its own record, makes
+the entry be rebuilt, never trusted.
 Checking, building and publishing an entry happen under an exclusive lock
 (.NAME.lock beside it), so two processes on an empty cache build it once and
 neither removes what the other is using; the lock goes with its process, so
@@ -34,6 +37,7 @@ from typing import Iterator
 import onnx
 
 from styleengine.errors import ConfigError
+from styleengine.paths import try_lock
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
@@ -114,19 +118,28 @@ def files_match(folder: Path, files: dict[str, dict]) -> bool:
     return True
 
 
-def write_record(folder: Path, names) -> None:
-    atomic_write(folder / RECORD_FILE, json.dumps(describe_files(folder, names), indent=2).encode())
+def write_record(folder: Path, names, claims: dict | None = None) -> None:
+    """The record of a derived entry: its files' hashes and sizes, and `claims`, what it was derived from
+    (the source graph's sha256, ...), compared on every use."""
+    record = {"files": describe_files(folder, names), "claims": claims or {}}
+    atomic_write(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True).encode())
 
 
-def read_record(folder: Path) -> dict[str, dict] | None:
-    """A derived entry's record if its files all match it; None if the entry must be (re)built."""
+def read_record(folder: Path, claims: dict | None = None) -> dict[str, dict] | None:
+    """A derived entry's {file: {sha256, bytes}} if its files all match the record and the record claims
+    `claims` (when given); None if the entry must be (re)built."""
     try:
-        files = json.loads((folder / RECORD_FILE).read_text())
+        record = json.loads((folder / RECORD_FILE).read_text())
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged record: the entry is rebuilt
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        return None  # damaged, or a record from before claims: rebuilt
+    files = record["files"]
     if not files or not files_match(folder, files):
+        return None
+    if claims is not None and record.get("claims") != claims:  # another entry's files, copied in with its record
         return None
     return files
 
@@ -135,27 +148,6 @@ def read_record(folder: Path) -> dict[str, dict] | None:
 
 def _lock_path(parent: Path, name: str) -> Path:
     return parent / f".{name}.lock"
-
-
-def _try_lock(f, blocking: bool) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        while True:
-            try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only names
-                return True
-            except OSError:
-                if not blocking:
-                    return False
-                time.sleep(0.1)
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
@@ -169,7 +161,7 @@ def entry_lock(folder: Path) -> Iterator[None]:
         raise ConfigError(f"cannot write in the cache folder {parent} ({e.strerror or e}); "
                           f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
     with f:
-        _try_lock(f, blocking=True)
+        try_lock(f, blocking=True)
         _remove_stale_staging(parent, folder.name)
         yield  # closing the file releases the lock
 
@@ -190,7 +182,7 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
                     shutil.rmtree(staging, ignore_errors=True)
             continue
         with f:
-            if _try_lock(f, blocking=False):
+            if try_lock(f, blocking=False):
                 logger.info("removing %s, left by a process that died while building", staging)
                 shutil.rmtree(staging, ignore_errors=True)
 
@@ -270,8 +262,9 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a damaged export.json: the entry is rebuilt
     if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION
-            or meta.get("spec") != spec.to_json()
-            or meta.get("weights_sha256") != weights.sha256 or not meta.get("validation")
+            or meta.get("spec") != spec.to_json() or meta.get("weights_sha256") != weights.sha256
+            or meta.get("convention") != json.loads(json.dumps(weights.convention.to_json()))
+            or not meta.get("validation")
             or not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(GRAPH_FILES)
             or not files_match(folder, meta["files"])):
         return None
@@ -292,6 +285,11 @@ def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
             return found
         logger.info("exporting and validating the %s step graphs into the cache (%s)", spec.precision, folder)
         with staging_folder(folder) as staging:
-            export = validate(write_export(weights, spec, staging))
+            try:
+                written = write_export(weights, spec, staging)
+            except OSError as e:  # a full disk: an export of VGG19 is ~270 MB
+                raise ConfigError(f"cannot write the export into the cache folder {folder.parent} ({e.strerror or e}); "
+                                  f"free some space or set STYLEENGINE_CACHE_DIR to another folder") from None
+            export = validate(written)
             publish(staging, folder)
     return Export(folder, export.meta)

@@ -3,6 +3,7 @@ input convention that travels with them."""
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass
@@ -136,6 +137,8 @@ def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict
         if not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
             raise WeightsError(f"{origin}: {key} ({layer}) has {bad} NaN or infinite values")
+        if key.endswith(".weight") and not tensor.any():  # every feature past it would be a constant
+            raise WeightsError(f"{origin}: {key} ({layer}) is all zeros; an untrained or damaged checkpoint?")
         out[key] = tensor
     # a VGG19 checkpoint passed as VGG16 has all of VGG16's keys at the wrong
     # places: its features.17 is a conv where VGG16 has one too, but shapes
@@ -151,6 +154,41 @@ def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict
             raise WeightsError(f"{origin}: unexpected key {key}; a {model} checkpoint has only "
                                f"features.<conv index>.weight and .bias under features.")
     return out
+
+
+# what torch.save's own pickles name: the tensor rebuilders, storages, OrderedDict
+_TORCH_GLOBALS = ("torch.", "collections.OrderedDict")
+
+
+def _pickle_calls(path: Path) -> list[str]:
+    """The globals (classes, functions) other than torch's own that the pickle in `path` (a torch.save zip or
+    a bare pickle) names: what unpickling it would call. [] if it is not a pickle or names none."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name is not None else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):  # torch's legacy format is several pickles, then raw storage bytes
+            for op, arg, _ in pickletools.genops(stream):
+                if isinstance(arg, str):
+                    strings = (strings + [arg])[-2:]
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    found.append(".".join(strings))
+    except ValueError:  # a damaged or non-pickle stream (the storage bytes): what was read before it counts
+        pass
+    return [g for g in dict.fromkeys(found) if not g.startswith(_TORCH_GLOBALS)]
 
 
 def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -171,10 +209,11 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if "Unsupported global" in str(e):  # a class or function the pickle would have to run
+            calls = _pickle_calls(path)
+            if calls:  # judged from the file itself: torch's wording of this error changes between versions
                 raise WeightsError(
-                    f"refusing {path}: it needs code to unpickle (only plain tensors are loaded, weights_only=True)"
-                ) from e
+                    f"refusing {path}: it needs code to unpickle ({', '.join(calls[:3])}; only plain tensors are "
+                    f"loaded, weights_only=True)") from e
             raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"

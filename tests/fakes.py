@@ -1,7 +1,12 @@
 """Test doubles shared by the test modules (import: `from fakes import QuadraticStep`)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
+import time
+from pathlib import Path
 
 import torch
 
@@ -56,3 +61,28 @@ class WrappedStep(StepBase):
         if self.calls == self.nan_at:
             return StepResult.from_floats(math.nan, result.grad, result.parts)
         return result
+
+
+def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> threading.Event:
+    """Whoever opens `fifo` for reading blocks until a writer comes: from `after` s to `until` s, feed junk
+    to every reader, so a test of code that blocks (once or more) fails instead of hanging. The event
+    returned is set once a reader was fed: the code under test opened the FIFO."""
+    fed = threading.Event()
+
+    def feed():
+        time.sleep(after)
+        end = time.monotonic() + until - after
+        while time.monotonic() < end:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader now (ENXIO)
+                time.sleep(0.05)
+                continue
+            fed.set()
+            with contextlib.suppress(OSError):
+                os.write(fd, b"junk\n")
+            os.close(fd)
+            time.sleep(0.05)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return fed

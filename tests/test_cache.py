@@ -103,7 +103,7 @@ def test_empty_or_two_byte_optimised_graph_is_rebuilt(module_cache, vgg16_random
     path = _optimised(export)
     path.write_bytes(b"\x08\x01"[:size])
     if record == "matching":
-        cache.write_record(path.parent, [OPTIMISED_FILE])
+        cache.write_record(path.parent, [OPTIMISED_FILE], {"source_sha256": export.sha256(export.step_path)})
     assert _losses(vgg16_random, export, make_image, iterations=1) == pytest.approx(clean, rel=1e-6)
     assert path.stat().st_size > 1000 and cache.read_record(path.parent) is not None
 
@@ -248,3 +248,38 @@ def test_republishing_leaves_only_the_entry_and_its_lock(empty_cache):
             cache.publish(staging, folder)
     assert sorted(p.name for p in folder.parent.iterdir()) == [".k.lock", "k"]
     assert (folder / "f").read_bytes() == b"2" and cache.read_record(folder) is not None
+
+
+# ------------------------------------------------ issue 23: entries checked on use against what they claim
+
+def test_replaced_optimised_entry_with_its_record_is_rebuilt(module_cache, vgg16_random, random_weights, make_image):
+    """Another network's optimised graph copied in with its own (matching) record: the record says which
+    graph it was derived from, so it is rebuilt, not run."""
+    import shutil
+
+    other = random_weights("vgg16", 1)
+    export, other_export = ensure_export(vgg16_random, SHORT, "avg"), ensure_export(other, SHORT, "avg")
+    clean = _losses(vgg16_random, export, make_image, iterations=1)
+    _losses(other, other_export, make_image, iterations=1)
+    entry, other_entry = _optimised(export).parent, _optimised(other_export).parent
+    for name in (OPTIMISED_FILE, cache.RECORD_FILE):
+        shutil.copyfile(other_entry / name, entry / name)
+    assert cache.read_record(entry) is not None  # consistent in itself
+    assert _losses(vgg16_random, export, make_image, iterations=1) == pytest.approx(clean, rel=1e-6)
+    assert (entry / OPTIMISED_FILE).read_bytes() != (other_entry / OPTIMISED_FILE).read_bytes()
+
+
+def test_replaced_export_of_another_convention_is_rebuilt(module_cache, vgg16_random):
+    """An export folder replaced, export.json included, by one of the same weights with another input
+    convention (baked into the graph): check_entry compares what export.json claims, convention included."""
+    import dataclasses
+    import shutil
+
+    bgr = dataclasses.replace(vgg16_random, convention=dataclasses.replace(vgg16_random.convention,
+                                                                          channel_order="BGR"))
+    spec = graph_spec(vgg16_random, SHORT, "avg", "fp32")
+    export, other = ensure_export(vgg16_random, SHORT, "avg"), ensure_export(bgr, SHORT, "avg")
+    assert export.folder != other.folder
+    for name in (*cache.GRAPH_FILES, cache.META_FILE):
+        shutil.copyfile(other.folder / name, export.folder / name)
+    assert cache.check_entry(export.folder, vgg16_random, spec) is None

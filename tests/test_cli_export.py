@@ -81,3 +81,64 @@ def test_unwritable_output_is_one_line(tmp_path, monkeypatch, capsys, where):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert where == "a_file" or not out.exists()
     assert not list(tmp_path.glob(".styleengine-probe-*"))
+
+
+# ------------------------------------------- issue 23: staged, published whole, never over a user's file
+
+NO_CHECK = [*FAST, "--no-validate"]
+
+
+def _earlier(out: Path) -> dict[str, bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PORTABLE:
+        (out / name).write_bytes(f"earlier {name}".encode())
+    return {name: (out / name).read_bytes() for name in PORTABLE}
+
+
+def test_existing_files_are_not_replaced_without_force(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "graphs"
+    out.mkdir()
+    (out / "step.onnx").write_bytes(b"the user's own graph")
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK)
+    assert code == 1 and "Traceback" not in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (out / "step.onnx").read_bytes() == b"the user's own graph" and len(list(out.iterdir())) == 1
+
+
+def test_interrupted_export_leaves_the_earlier_one_whole(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "graphs"
+    before = _earlier(out)
+
+    def interrupted(*args, **kwargs):  # after step.onnx was written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "build_feature_graph", interrupted)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--force")
+    assert code == 130 and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.rglob(".*")]  # no staging folder left
+
+
+def test_forced_export_replaces_the_earlier_one(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "graphs"
+    _earlier(out)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--force")
+    assert code == 0, err
+    meta = json.loads((out / cache.META_FILE).read_text())
+    assert sorted(p.name for p in out.iterdir()) == PORTABLE and cache.files_match(out, meta["files"])
+    assert not [p for p in tmp_path.rglob(".*")]
+
+
+def test_validation_mismatch_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from styleengine.engine import validate
+    from styleengine.errors import ExportValidationError
+
+    def mismatch(*args, **kwargs):
+        raise ExportValidationError("loss differs by 3.1e-01 at 32x32\nmore detail")
+
+    monkeypatch.setattr(validate, "validate_step", mismatch)
+    out = tmp_path / "graphs"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *FAST)
+    assert code == 1 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "3.1e-01" in err
+    assert not out.exists() and not [p for p in tmp_path.rglob(".*")]

@@ -22,7 +22,7 @@ from PIL import Image
 
 from styleengine import paths
 from styleengine.engine import images, stylise as stylise_module
-from fakes import WrappedStep
+from fakes import WrappedStep, unblock_later
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import ConfigError, ImageError, UnavailableError, WeightsError
 from styleengine.model.weights import load_weights, random_state
@@ -477,3 +477,170 @@ def test_ctrl_c_while_measuring_distances_keeps_the_image(monkeypatch, make_imag
                                                                       model="vgg16", device="cpu"))
     assert result.stopped == "interrupted" and result.iterations == 3 and result.distances is None
     assert image.shape == (48, 48, 3) and np.isfinite(image).all()
+
+
+# ------------------------------------------------------------------ issue 23: outputs, signals, weights, messages
+
+def test_weights_path_is_expanded_before_the_output_check(tmp_path, monkeypatch, capsys, pics, no_step):
+    """`--weights=~/w.pth --trace ~/w.pth`: the shell expands only the second; the check sees both expanded."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WDIR", str(tmp_path))
+    weights = tmp_path / "w.pth"
+    torch.save(random_state("vgg16"), weights)
+    before = weights.read_bytes()
+    for spelling in ("~/w.pth", "$WDIR/w.pth"):
+        err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], f"--weights={spelling}",
+                      "--trace", weights)
+        assert "weights file" in err
+    assert weights.read_bytes() == before
+
+
+def full_disk_open(monkeypatch, module, name_part: str):
+    """`open` in `module` writes to /dev/full (ENOSPC at the first flush) for paths containing name_part."""
+    import builtins
+
+    def fake(path, *args, **kwargs):
+        return builtins.open("/dev/full" if name_part in str(path) else path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", fake, raising=False)
+
+
+def test_trace_on_a_full_disk_is_a_warning_and_the_image_is_written(tmp_path, monkeypatch, capsys, pics):
+    from styleengine import cli_job
+
+    full_disk_open(monkeypatch, cli_job, "t.jsonl")
+    out, trace = tmp_path / "out.png", tmp_path / "t.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--trace", trace)
+    assert code == 0 and "Traceback" not in err, err
+    assert out.is_file() and "warning: trace" in err and "No space left on device" in err
+
+
+def test_snapshot_on_a_full_disk_is_a_warning_and_the_image_is_written(tmp_path, monkeypatch, capsys, pics):
+    real = paths.temp_beside
+
+    def full(path):
+        if not Path(path).name.startswith("out_"):  # the snapshots, not the final image
+            return real(path)
+        fd, name = real(path)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(paths, "temp_beside", full)
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--save-every", "1")
+    assert code == 0 and "Traceback" not in err, err
+    assert out.is_file() and "warning:" in err and "No space left on device" in err
+    assert not list(tmp_path.glob(".out_*"))
+
+
+def test_trace_onto_a_snapshot_is_refused(tmp_path, monkeypatch, capsys, pics, no_step):
+    err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], "--save-every", "1",
+                  "--trace", tmp_path / "out_1.png")
+    assert "snapshot" in err
+
+
+def test_sighup_in_the_loop_writes_the_current_image(tmp_path, monkeypatch, capsys, pics):
+    """A closed terminal or ssh session: as SIGTERM, the current image is kept."""
+    def unhandled(signum, frame):  # the default would end the test process itself
+        raise AssertionError("SIGHUP reached the handler outside the command")
+
+    hooked(monkeypatch, {3: self_signal(signal.SIGHUP)})
+    out = tmp_path / "out.png"
+    previous = signal.signal(signal.SIGHUP, unhandled)
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                               "--iters", "10")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert code == 129 and "Traceback" not in err, err
+    assert f"interrupted after 2 iterations (SIGHUP); wrote {out}" in err and out.exists()
+
+
+def test_fifo_content_image_is_refused(tmp_path, monkeypatch, capsys, pics, no_step):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    fed = unblock_later(fifo)
+    err = refused(monkeypatch, capsys, pics, tmp_path, fifo, pics["style"])
+    assert "not a regular file" in err and not fed.is_set()
+
+
+@pytest.mark.parametrize("flags,needle", [(["--seed", str(10**20)], "seed"), (["--iters", str(10**10)], "iterations"),
+                                          (["--seed", "-1"], "seed")])
+def test_huge_seed_and_iterations_are_refused_with_a_bound(tmp_path, monkeypatch, capsys, pics, no_step, flags,
+                                                           needle):
+    err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], *flags)
+    assert needle in err and "at most" in err
+
+
+def test_all_zero_weights_are_refused(tmp_path, monkeypatch, capsys, pics, no_step):
+    state = {k: torch.zeros_like(v) for k, v in random_state("vgg16").items()}
+    path = tmp_path / "zeros.pth"
+    torch.save(state, path)
+    err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], "--weights", path)
+    assert "all zeros" in err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("how", ["torch_save", "raw_pickle"])
+def test_pickled_code_is_refused_as_such(tmp_path, how):
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    if how == "torch_save":
+        torch.save({"features.0.weight": _Payload()}, path)
+    else:
+        path.write_bytes(pickle.dumps(_Payload(), protocol=4))
+    with pytest.raises(WeightsError, match="needs code to unpickle"):
+        load_weights("vgg16", str(path))
+
+
+def test_interrupted_coarse_to_fine_says_the_image_is_a_first_scale_size(tmp_path, monkeypatch, capsys, pics):
+    hooked(monkeypatch, {2: self_signal(signal.SIGINT)})
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--size", "64", "--scales", "2", "--iters", "5")
+    assert code == 130, err
+    with Image.open(out) as img:
+        width, height = img.size
+    assert max(width, height) < 64
+    assert f"{width}x{height} px" in err and "--size 64" in " ".join(err.split())
+
+
+def test_extreme_aspect_error_names_size(tmp_path, monkeypatch, capsys, no_step):
+    content = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((32, 10000, 3), np.uint8)).save(content)
+    style = tmp_path / "style.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(style)
+    code, _, err = run_cli(monkeypatch, capsys, "run", content, style, "-o", tmp_path / "o.png", *FAST)
+    assert code == 1
+    assert "--size 10000" in err
+
+
+@pytest.mark.parametrize("name", ["x\u0000.png", "z" * 300 + ".png"])
+def test_unusable_output_name_is_one_line(tmp_path, monkeypatch, capsys, pics, no_step, name):
+    err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], out=tmp_path / name)
+    assert "NUL" in err or "null byte" in err or "too long" in err
+
+
+def test_disk_full_in_the_cache_is_one_line(tmp_path, monkeypatch, vgg16_random):
+    import errno
+
+    from styleengine.engine.ort_step import graph_spec
+    from styleengine.engine.losses import LossConfig
+    from styleengine.export import cache
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "write_export", full)
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1",))
+    with pytest.raises(ConfigError, match="No space left on device.*STYLEENGINE_CACHE_DIR"):
+        cache.cached_export(vgg16_random, graph_spec(vgg16_random, loss, "avg", "fp32"), lambda e: e)

@@ -10,14 +10,15 @@ Commands are built lazily: `styleengine --help` lists them without
 importing torch; `styleengine run --help` imports the engine (cli_run) to
 show the real defaults.
 
-Signals: SIGTERM (timeout, kill, batch schedulers) is raised as
-KeyboardInterrupt, as Ctrl-C's SIGINT is, rather than setting a flag the
+Signals: SIGTERM (timeout, kill, batch schedulers) and SIGHUP (a closed
+terminal or ssh session) are raised as KeyboardInterrupt, as Ctrl-C's SIGINT is, rather than setting a flag the
 run would poll: one iteration at 2048 px takes a minute, longer than the
 grace schedulers give before SIGKILL, and set-up (an export) is not a loop
 at all. So the loop's contract (KeyboardInterrupt stops it, the current
 image is kept) covers both signals, and a signal in set-up unwinds through
-every `finally`. `signals.shielded()` holds both back while a result is
-being written.
+every `finally`. `signals.shielded()` holds them back while a result is
+being written, and raises the held one as soon as the write is done (a
+batch stops after the line it was recording, not at the end of the file).
 """
 
 import contextlib
@@ -116,28 +117,32 @@ def _root() -> None:
 
 
 class _Signals:
-    """Which of SIGINT / SIGTERM arrived, and whether to hold it back (see the module's docstring)."""
+    """Which of SIGINT / SIGTERM / SIGHUP arrived, and whether to hold it back (see the module's docstring)."""
 
-    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
-    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+    # 128 + the signal's number, as shells report it
+    EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.reported = False  # a command has said what the interrupt did (else main says it)
         self._shield = 0
+        self._held = False  # a signal arrived while shielded and has not been raised yet
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
-        if not self._shield:
+        if self._shield:
+            self._held = True
+        else:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def installed(self):
-        """Route SIGINT and SIGTERM to _handle for the duration (main thread only; others keep Python's)."""
+        """Route SIGINT, SIGTERM and SIGHUP to _handle for the duration (main thread only; others keep Python's)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.received, self.reported = None, False
+        self.received, self.reported, self._held = None, False, False
         previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
         try:
             yield
@@ -146,13 +151,17 @@ class _Signals:
                 signal.signal(s, handler)
 
     @contextlib.contextmanager
-    def shielded(self):
-        """Signals arriving inside are remembered, not raised: a result being written is not cut short."""
+    def shielded(self, deliver: bool = True):
+        """Signals arriving inside are remembered, not raised: a result being written is not cut short.
+        With `deliver`, one that arrived is raised as KeyboardInterrupt once the block is done."""
         self._shield += 1
         try:
             yield
         finally:
             self._shield -= 1
+        if deliver and self._held and not self._shield:
+            self._held = False
+            raise KeyboardInterrupt
 
     @property
     def name(self) -> str:

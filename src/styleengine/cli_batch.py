@@ -6,21 +6,24 @@ jobs file or flag is one line and exit 1, nothing written); (2) per job,
 its settings, its hash and run's file checks (cli_job.check_files): a job
 that fails them, or whose output exists with the same hash, is recorded
 now; (3) the rest run, each recorded as it finishes (image, then manifest
-line, with signals held back meanwhile). Ctrl-C or SIGTERM stops the batch:
-what finished is recorded, the same command resumes. Exit 1 if any job
-failed.
+line, with signals held back meanwhile and acted on right after). A jobs
+file is read twice: once whole for the checks across jobs (before any
+work), then a chunk (engine.CHUNK jobs) at a time for (2) and (3), so the
+first picture starts at once and memory does not grow with the file.
+Ctrl-C, SIGTERM or SIGHUP stops the batch: what finished is recorded, the
+same command resumes. Exit 1 if any job failed.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Iterable, Iterator, Optional
 
 import typer
 
 from styleengine import paths
 from styleengine.cli import signals
-from styleengine.cli_job import check_files
+from styleengine.cli_job import check_files, rescue
 from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Conv, Device, History, Init, Iters,
                                  LayerWeights, Lr, Mean, MemBudget, Model, Optimizer, PixelRange, Pooling,
                                  Precision, PreserveColors, Provider, Scales, Seed, Size, StartSize, Std,
@@ -30,14 +33,18 @@ from styleengine.engine import batch as engine
 from styleengine.errors import ConfigError, UserError, first_line
 
 
-def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path) -> list[engine.Job]:
+def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path
+          ) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
+    """Every job checked (one pass: a bad one refuses the batch before any work): (how many, a function
+    that gives them again, read from the file as they are needed)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
-        return engine.load_jobs(jobs_file, out)
+        return engine.check_jobs(engine.iter_jobs(jobs_file, out), out), lambda: engine.iter_jobs(jobs_file, out)
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
-    return engine.pair_jobs(contents, styles, out)
+    pairs = engine.pair_jobs(contents, styles, out)
+    return len(pairs), lambda: pairs
 
 
 def _check(item: engine.Planned) -> engine.Planned:
@@ -128,18 +135,33 @@ def batch(
         raise ConfigError(f"cannot make the output folder {out}: {e.strerror or e}") from None
     manifest = engine.Manifest(out / engine.MANIFEST)
     paths.check_writable(manifest.path, "manifest")
-    job_list = _jobs(jobs, contents, styles, out)
+    total, job_source = _jobs(jobs, contents, styles, out)
     if settings.backend != "torch":
         from styleengine.export.cache import cache_root
 
         paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
-    planned = [_check(item) for item in engine.plan(job_list, settings, convention, manifest.done())]
-    if settings.weights == "random":
+    with engine.locked(out):
+        done, problems = manifest.load()
+        for problem in problems:
+            console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
+        digests: dict[str, str] = {}
+
+        def planned() -> Iterator[list[engine.Planned]]:
+            for chunk in engine.chunks(job_source(), engine.CHUNK):
+                yield [_check(item) for item in engine.plan(chunk, settings, convention, done, digests)]
+
+        _run(planned(), total, manifest, out, ray, convention, batch_size, settings.weights == "random", console)
+
+
+def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
+         ray: str | None, convention: dict, batch_size: int | None, untrained: bool, console) -> None:
+    """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
+    (signals held during a write and acted on right after it)."""
+    if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the outputs are NOT "
                       "stylisations (random weights are for tests and timing only)[/]", soft_wrap=True)
 
     counts = {"ok": 0, "skipped": 0, "failed": 0}
-    total = len(planned)
 
     def note(result: engine.JobResult) -> None:
         counts[result.status] += 1
@@ -149,21 +171,27 @@ def batch(
         console.print(f"[{done}/{total}] {result.status} {result.job.id} ({detail})", soft_wrap=True,
                       highlight=False, markup=False)
 
-    for item in planned:
-        if item.status != "run":
-            with signals.shielded():
-                note(engine.record(engine.unrun(item), manifest))
+    def save_elsewhere(image, output: Path) -> Path | None:
+        return rescue(image, output, [out])
+
     warm = engine.Warm(convention) if ray is None else None
     try:
-        if warm is None:
-            from styleengine.engine.batch_ray import run_jobs_ray
+        if ray is not None:  # one runner (its actors) for every job: planned whole
+            chunks = [[item for chunk in chunks for item in chunk]]
+        for planned in chunks:
+            for item in planned:
+                if item.status != "run":
+                    with signals.shielded():
+                        note(engine.record(engine.unrun(item), manifest))
+            if warm is None:
+                from styleengine.engine.batch_ray import run_jobs_ray
 
-            results = run_jobs_ray(planned, ray, convention=convention, batch_size=batch_size)
-        else:
-            results = engine.run_jobs(planned, warm, batch_size=batch_size)
-        for result in results:
-            with signals.shielded():
-                note(engine.record(result, manifest))
+                results = run_jobs_ray(planned, ray, convention=convention, batch_size=batch_size)
+            else:
+                results = engine.run_jobs(planned, warm, batch_size=batch_size)
+            for result in results:
+                with signals.shielded():
+                    note(engine.record(result, manifest, save_elsewhere))
     except KeyboardInterrupt:
         signals.reported = True
         print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; "

@@ -2,11 +2,16 @@
 
 The folder gets step.onnx, features.onnx, tile_step.onnx and export.json,
 nothing else: what a runtime derives from them for one machine (ONNX
-Runtime's optimised CPU graph) goes to the cache folder.
+Runtime's optimised CPU graph) goes to the cache folder. They are built and
+validated in a staging folder beside them and published together (signals
+held meanwhile): an interrupted or failed export leaves the folder as it
+was, and files already there are replaced only with --force.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -15,7 +20,7 @@ import typer
 
 from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice
 from styleengine.engine.capability import precisions
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, ExportValidationError, UserError
 from styleengine.engine.losses import LossConfig
 
 _DEFAULT = LossConfig()
@@ -39,6 +44,26 @@ def _writable_folder(output: Path) -> None:
         Path(tempfile.mkdtemp(prefix=".styleengine-probe-", dir=where)).rmdir()
     except OSError as e:
         raise ConfigError(f"cannot write into {where}: {e.strerror or e}") from e
+
+
+def _existing(output: Path, names: tuple[str, ...], force: bool) -> None:
+    """ConfigError if `output` already holds any of `names` and --force was not given."""
+    found = [n for n in names if (output / n).exists()] if output.is_dir() else []
+    if found and not force:
+        raise ConfigError(f"{output} already holds {', '.join(found)}; use --force to replace "
+                          f"{'it' if len(found) == 1 else 'them'}")
+
+
+def _publish(staging: Path, output: Path, names: tuple[str, ...]) -> None:
+    """Move the staged files into `output`, the manifest (the last of `names`) last; signals held meanwhile."""
+    from styleengine.cli import signals
+
+    with signals.shielded():
+        if not output.exists():
+            os.replace(staging, output)  # one rename: the whole folder appears at once
+            return
+        for name in names:
+            os.replace(staging / name, output / name)
 
 
 def validation_provider(precision: str) -> str | None:
@@ -77,6 +102,7 @@ def export(
     seed: int = typer.Option(0, help="seed for --weights random"),
     validate: bool = typer.Option(True, help="compare against torch at three sizes where the graph runs: fp32 on "
                                              "the CPU; fp16 and bf16 on CUDA, else fp16 on the CPU and bf16 not"),
+    force: bool = typer.Option(False, "--force", help="replace the graphs and export.json already in the folder"),
 ) -> None:
     """Export the VGG feature graph and the loss-and-gradient step graphs to ONNX (portable: standard ops only)."""
     from rich.console import Console
@@ -97,21 +123,41 @@ def export(
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))
     loss.validate(model)
     _writable_folder(output)
+    from styleengine.export.cache import GRAPH_FILES, META_FILE
+
+    names = (*GRAPH_FILES, META_FILE)
+    _existing(output, names, force)
     w = load_weights(model, weights, seed=seed)
     spec = graph_spec(w, loss, pooling, precision, conv)
     console = Console(stderr=True)
-    written = write_export(w, spec, output)
-    provider = validation_provider(precision) if validate else None
-    if provider is not None:
-        report = validate_step(lambda: OrtStep(written, spec, loss, provider=provider), w, loss, spec)
-        record_validation(written, [c.to_json() for c in report], provider)
-        table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
-        for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs"):
-            table.add_column(col, justify="right")
-        for c in report:
-            table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
-                          f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}")
-        console.print(table)
+    staging = Path(tempfile.mkdtemp(prefix=".styleengine-export-", dir=output if output.is_dir() else output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; published whole, it becomes the user's folder
+    try:
+        try:
+            written = write_export(w, spec, staging)
+        except OSError as e:
+            raise UserError(f"cannot write the export beside {output} ({e.strerror or e}); nothing written") from None
+        provider = validation_provider(precision) if validate else None
+        if provider is not None:
+            try:
+                report = validate_step(lambda: OrtStep(written, spec, loss, provider=provider), w, loss, spec)
+            except ExportValidationError as e:
+                raise UserError(f"the exported graph disagrees with torch ({str(e).splitlines()[0]}); nothing "
+                                f"written to {output}") from None
+            record_validation(written, [c.to_json() for c in report], provider)
+            table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
+            for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs"):
+                table.add_column(col, justify="right")
+            for c in report:
+                table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
+                              f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}")
+            console.print(table)
+        _existing(output, names, force)  # a file that appeared meanwhile is the user's too
+        _publish(staging, output, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
         console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
     meta = json.loads((output / "export.json").read_text())

@@ -37,7 +37,7 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 
 class TraceWriter:
     """--trace: one JSON object per iteration, the file opened at the first record (so an interrupted
-    set-up leaves no empty file). A write that fails mid-run stops the trace, not the run."""
+    set-up leaves no empty file). A write or close that fails (a full disk) stops the trace, not the run."""
 
     def __init__(self, path: Path | None):
         self.path, self.file, self.failure = path, None, None
@@ -56,10 +56,16 @@ class TraceWriter:
             self.file.flush()
         except OSError as e:
             self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
+            self.close()
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        file, self.file = self.file, None
+        if file is None:
+            return
+        try:
+            file.close()  # flushes what a failed write left in the buffer (failing again); the fd is closed
+        except OSError as e:
+            self.failure = self.failure or f"trace {self.path} could not be completed: {e.strerror or e}"
 
 
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
@@ -83,12 +89,31 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
     for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
-    if trace is not None and paths.same_file(trace, output):
-        raise ConfigError(f"trace {trace} is the output image; choose another file name")
+    if trace is not None:
+        for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
+            if paths.same_file(trace, path):
+                raise ConfigError(f"trace {trace} is {what}; choose another file name")
     if settings.backend != "torch":  # the ONNX backends export into the cache before the first iteration
         from styleengine.export.cache import cache_root
 
         paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
+
+
+def rescue(image: Any, output: Path, folders: list[Path]) -> Path | None:
+    """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
+    folder) that takes it; where it went, or None."""
+    for folder in [*folders, Path(tempfile.gettempdir())]:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
+        except (OSError, ValueError):
+            continue
+        os.close(fd)
+        try:
+            images.save_image(image, name)
+            return Path(name)
+        except ImageError:
+            Path(name).unlink(missing_ok=True)
+    return None
 
 
 def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | None, str | None]:
@@ -98,19 +123,7 @@ def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | 
         images.save_image(image, output)
         return output, None
     except ImageError as e:
-        failure = str(e)
-    for folder in ([trace.parent] if trace is not None else []) + [Path(tempfile.gettempdir())]:
-        try:
-            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
-        except OSError:
-            continue
-        os.close(fd)
-        try:
-            images.save_image(image, name)
-            return Path(name), failure
-        except ImageError:
-            Path(name).unlink(missing_ok=True)
-    return None, failure
+        return rescue(image, output, [trace.parent] if trace is not None else []), str(e)
 
 
 def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
@@ -130,7 +143,7 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
 
     # 3. the image is written whatever stopped the loop (a signal: the current one; NaN: the last finite
     # one), with further signals held back until it is
-    with signals.shielded():
+    with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
         written, failure = _write_result(image, output, trace)
     for note in failures:
         console.print(f"warning: {note}", soft_wrap=True, highlight=False)
@@ -141,7 +154,10 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     seconds = sum(r.seconds for r in result.records)
     if result.stopped == "interrupted":
         signals.reported = True
-        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}",
+        height, width = images.to_array(image).shape[:2]
+        early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
+                 if max(height, width) < settings.size else "")
+        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
                       soft_wrap=True, highlight=False)
         raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":

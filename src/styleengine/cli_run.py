@@ -9,6 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from styleengine import paths
+from styleengine.choices import INITS
 from styleengine.cli_job import execute
 from styleengine.engine.stylise import TEXTURE_INIT, Settings
 from styleengine.errors import ConfigError
@@ -125,6 +127,7 @@ PreserveColors = Annotated[bool, typer.Option(
 _FLAG_FIELDS = {"iters": "iterations", "mem_budget": "mem_budget_gib"}  # flag name -> Settings field
 _LAYER_LISTS = ("content_layers", "style_layers")
 _NUMBER_LISTS = ("style_layer_weights", "style_blend")
+_PATH_CHOICES = {"init": (*INITS, TEXTURE_INIT), "weights": ("imagenet", "random")}  # else a file's path
 
 
 def settings_from(flags: dict[str, Any]) -> Settings:
@@ -141,6 +144,8 @@ def settings_from(flags: dict[str, Any]) -> Settings:
             value = _split(value, flag)
         elif name in _NUMBER_LISTS:
             value = _floats(value, flag)
+        elif name in _PATH_CHOICES and value not in _PATH_CHOICES[name]:  # `--weights=~/w.pth`: no shell expanded it
+            value = str(paths.expand(value))
         values[field] = value
     return Settings(**values)
 

@@ -21,6 +21,49 @@ from styleengine.errors import ConfigError, UserError
 
 
 TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what temp_beside's name adds to the file's name
+NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NTFS (in UTF-16 units)
+
+
+def expand(path: str | os.PathLike) -> Path:
+    """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=`."""
+    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+
+
+def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:
+    """Raise `error` if `path` cannot name a file at all: a NUL byte, or a component over NAME_MAX bytes
+    (os calls would raise ValueError or ENAMETOOLONG from wherever they are first made)."""
+    text = os.fspath(path)
+    if "\0" in text:
+        raise error(f"{what} {text!r}: a path cannot hold a NUL byte")
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise error(f"{what} {part[:24]}...{Path(part).suffix}: the name is too long ({size} bytes; file "
+                        f"systems allow {NAME_MAX})")
+
+
+def try_lock(f, blocking: bool) -> bool:
+    """Take the exclusive lock of the open file `f` (flock: it goes with the process), waiting for it if
+    `blocking`; False if another process holds it (and not blocking)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        import time
+
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only names
+                return True
+            except OSError:
+                if not blocking:
+                    return False
+                time.sleep(0.1)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _reason(error: OSError) -> str:
@@ -64,6 +107,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
     """Raise `error` unless `path` (a file) could be written atomically; `what` names it ("trace", "--json")."""
+    check_name(path, f"cannot write {what}", error)
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
