@@ -76,6 +76,7 @@ def test_jobs_file_manifest_and_skip(folder, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "batch", folder / "jobs.jsonl", "--out", out, *FAST,
                            "--batch-size", "1")
     assert code == 1, err  # one job failed
+    assert "auto: torch fp32 " in err  # what auto became, once for the batch
     lines = by_id(manifest(out))
     assert set(lines) == {"one", "two", "three", "four", "bad", "six"}
     assert lines["bad"]["status"] == "failed" and "bad.png" in lines["bad"]["reason"]

@@ -157,7 +157,11 @@ def test_memory_check_suggests_tile_and_budget(eight_gib, monkeypatch):
     check_run(Settings(size=4096, scales=1, mem_budget_gib=8), (4096, 4096), [(64, 64)])  # the budget is trusted
     with pytest.raises(ConfigError, match="too small"):
         check_run(Settings(size=4096, scales=1, mem_budget_gib=0.6), (4096, 4096), [(64, 64)])
-    monkeypatch.setattr(stylise_module, "check_available", lambda settings: None)  # as on a machine with TensorRT
+    from styleengine.engine import autotune, capability
+
+    # as on a machine with a GPU and TensorRT
+    monkeypatch.setattr(autotune, "probe", lambda: capability.Machine(cuda=True, tensorrt=True))
+    monkeypatch.setattr(stylise_module, "check_available", lambda settings: None)
     with pytest.raises(ConfigError, match="tensorrt backend cannot tile"):
         check_run(Settings(size=4096, scales=1, backend="tensorrt", precision="fp32"), (4096, 4096), [(64, 64)])
     check_run(Settings(size=512), (512, 512), [(64, 64)])

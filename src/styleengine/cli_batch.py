@@ -141,6 +141,11 @@ def batch(
 
         paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
     with engine.locked(out):
+        if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
+            from styleengine.engine.autotune import choose
+
+            # the jobs' own settings resolve the same way (a job that sets --size may be of another size class)
+            console.print(f"auto: {choose(settings).why}", soft_wrap=True, highlight=False, markup=False)
         done, problems = manifest.load()
         for problem in problems:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
