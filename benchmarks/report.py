@@ -51,16 +51,23 @@ def save_figure(fig, path: Path) -> None:
 
 
 def write_json(path: Path, doc: dict) -> None:
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    from styleengine.paths import atomic_write
+
+    atomic_write(Path(path), (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    import io
+
+    from styleengine.paths import atomic_write
+
+    with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: json.dumps(row.get(k), sort_keys=True) if isinstance(row.get(k), (dict, list))
                              else ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        atomic_write(Path(path), f.getvalue().encode("utf-8"))
 
 
 def write_plot(path: Path, doc: dict) -> None:
@@ -227,4 +234,6 @@ def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
     if plot_path is not None:
         rel = Path(os.path.relpath(Path(plot_path).resolve(), Path(path).resolve().parent))
         lines += ["## Plot", "", f"![time and memory against megapixels]({rel.as_posix()})", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    from styleengine.paths import atomic_write
+
+    atomic_write(Path(path), "\n".join(lines).encode("utf-8"))

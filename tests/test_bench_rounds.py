@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,3 +366,27 @@ def test_the_readme_table_reads_old_and_new_rows(tmp_path):
     body = readme_table.table(tmp_path)
     assert "| Fake GPU | torch cuda fp32 | 384x384 | 5.66 ms |" in body
     assert "| Fake GPU | auto (ort cuda fp16 direct) | 384x384 | 4.10 ms |" in body
+
+
+def test_a_full_disk_under_json_is_one_line_and_the_other_files_are_written(tmp_path, monkeypatch):
+    """Issue 23: `bench --json` onto a full disk was a traceback; now each file is written on its own, the
+    failure is one line and exit 1, after the table."""
+    import errno
+
+    from styleengine import paths
+
+    real = paths.atomic_write
+
+    def full(path, data):
+        if Path(path).suffix == ".json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(paths, "atomic_write", full)
+    result = CliRunner().invoke(app, ["bench", "--res", "32", "--backends", "torch", "--iters", "1", "--warmup",
+                                      "0", "--json", str(tmp_path / "a.json"), "--report", str(tmp_path / "a.md")])
+    assert result.exit_code == 1  # a ConfigError: one line and exit 1 through main() (test_cli checks that path)
+    assert isinstance(result.exception, ConfigError) and "No space left on device" in str(result.exception)
+    assert "\n" not in str(result.exception) and "wrote" in result.output  # after the table and the other files
+    assert (tmp_path / "a.md").is_file() and not (tmp_path / "a.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.md"]  # no temp file left behind

@@ -193,6 +193,7 @@ def bench(
                             csv=csv_path, plot=plot, report=report, limit=limit, mem_budget=mem_budget,
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
+    partial_failed: list[OSError] = []
 
     def progress(event: str, config: Config, row: dict | None) -> None:
         if row is None:
@@ -208,7 +209,13 @@ def bench(
                 add_speedups(finished)
                 partial = document(machine, finished, command=command)
                 partial["machine"]["partial"] = True
-                write_json(json_path, partial)
+                try:
+                    write_json(json_path, partial)
+                except OSError as e:  # a full disk: the run goes on, the final write says so again
+                    if not partial_failed:
+                        err.print(f"warning: cannot write {json_path} ({e.strerror or e}); the run goes on",
+                                  highlight=False, markup=False)
+                    partial_failed.append(e)
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
     if limit and time_budget is None:
@@ -258,17 +265,19 @@ def bench(
         out.print(limit_sentence(found))
     out.print(f"[dim]{WEIGHTS_NOTE}; {elapsed:.0f} s in all[/]")
 
-    if json_path is not None:
-        write_json(json_path, doc)
-    if csv_path is not None:
-        write_csv(csv_path, doc["rows"])
-    if plot is not None:
-        write_plot(plot, doc)
-    if report is not None:
-        write_report(report, doc, plot)
-    for path in (json_path, csv_path, plot, report):
-        if path is not None:
-            err.print(f"wrote {path}")
+    failures = []  # each file on its own: a full disk for one loses none of the others, nor the table above
+    for path, write in ((json_path, lambda p: write_json(p, doc)), (csv_path, lambda p: write_csv(p, doc["rows"])),
+                        (plot, lambda p: write_plot(p, doc)), (report, lambda p: write_report(p, doc, plot))):
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as e:
+            failures.append(f"cannot write {path} ({e.strerror or e})")
+            continue
+        err.print(f"wrote {path}")
+    if failures:
+        raise ConfigError("; ".join(failures) + "; the table above is the run's result")
 
 
 def main() -> None:
