@@ -192,7 +192,8 @@ def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capabilit
     others = [t for t in trials if t is not chosen]
     parts = [f"{t.label} {_ratio(t, chosen)}" for t in others]
     source = "measured earlier here" if cached else "measured now"
-    text = (f"{chosen.label} on the {where.place}{' (' + where.provider + ')' if pick[0] != 'torch' else ''}: "
+    provider = f" ({where.provider} provider)" if pick[0] != "torch" and where.place != "cpu" else ""
+    text = (f"{chosen.label} on the {where.place}{provider}: "
             f"fastest valid, {fmt_time(chosen.median)}/step ({source}")
     return text + (f"; {', '.join(parts)})" if parts else ")")
 
