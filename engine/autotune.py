@@ -85,6 +85,7 @@ class Choice:
     measured: bool = False  # by a trial (now or cached), not by rule
     cached: bool = False  # the trial was read from the record, not run now
     key: dict = field(default_factory=dict)
+    kept: bool = False  # the trial's pick is in the record (read from it, or written to it now)
 
 
 Measure = Callable[[Settings, capability.Placement, list[tuple[str, str, str]], int], list[Trial]]
@@ -156,13 +157,14 @@ def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: cap
         if cached is not None:
             trials, pick = cached
             return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=True), trials, True, True,
-                          key)
+                          key, True)
     started = time.perf_counter()
     trials = tuple(measure(settings, where, options, trial_side(settings.size, where.place)))
     pick = pick_fastest(trials)
     log.info("auto: trial of %d candidates took %.1f s", len(options), time.perf_counter() - started)
-    _write(key, trials, pick)
-    return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=False), trials, True, False, key)
+    kept = _write(key, trials, pick)
+    return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=False), trials, True, False, key,
+                  kept)
 
 
 def _apply(settings: Settings, backend: str, precision: str, conv: str, where: capability.Placement) -> Settings:
@@ -237,8 +239,8 @@ def _load_record() -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
-        log.warning("tuning record %s is unreadable (%s): measuring again", path, e)
+    except (OSError, ValueError, RecursionError) as e:
+        log.warning("tuning record %s is unreadable (%s): measuring again", path, first_line(e))
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         log.warning("tuning record %s has an unknown shape: measuring again", path)
@@ -264,7 +266,7 @@ def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
     return trials, pick
 
 
-def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str]) -> None:
+def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str]) -> bool:
     from styleengine.export.cache import atomic_write, make_folder
 
     path = record_path()
@@ -276,6 +278,8 @@ def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str]) -> 
         atomic_write(path, json.dumps({"version": TUNE_VERSION, "entries": entries}, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         log.warning("could not keep the tuning record in %s: %s", path, e)
+        return False
+    return True
 
 
 # --- the trial ---

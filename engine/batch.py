@@ -285,6 +285,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                     raw = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+                except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
+                    raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
                 if not isinstance(raw, dict):
                     raise ConfigError(f"{where}: a job is a JSON object")
                 yield _job(raw, where, base_dir, out_dir)
@@ -497,6 +499,8 @@ class Manifest:
                 problem: str | None = "not UTF-8 text"
             except json.JSONDecodeError as e:
                 problem = f"not JSON ({e.msg})"
+            except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
+                problem = f"not a manifest entry ({type(e).__name__})"
             else:
                 problem = _manifest_problem(entry)
             if problem is None:

@@ -132,8 +132,8 @@ def read_record(folder: Path, claims: dict | None = None) -> dict[str, dict] | N
         record = json.loads((folder / RECORD_FILE).read_text())
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a damaged record: the entry is rebuilt
+    except (ValueError, RecursionError, OSError):  # damaged, nested too deep, a folder where the file was
+        return None  # the entry is rebuilt
     if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
         return None  # damaged, or a record from before claims: rebuilt
     files = record["files"]
@@ -259,8 +259,8 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         meta = json.loads((folder / META_FILE).read_text())
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a damaged export.json: the entry is rebuilt
+    except (ValueError, RecursionError, OSError):  # damaged, nested too deep, a folder or file in its place
+        return None  # the entry is rebuilt
     if (not isinstance(meta, dict) or meta.get("builder_version") != BUILDER_VERSION
             or meta.get("spec") != spec.to_json() or meta.get("weights_sha256") != weights.sha256
             or meta.get("convention") != json.loads(json.dumps(weights.convention.to_json()))

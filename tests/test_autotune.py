@@ -91,7 +91,8 @@ def test_the_record_is_reused_then_measured_again_on_another_machine(fresh, monk
     assert len(again.calls) == 2 and not choice.cached and choice.settings.backend == "ort"
 
 
-@pytest.mark.parametrize("damage", ["garbage", "not a dict", "pick not the fastest", "pick unknown", "no trials"])
+@pytest.mark.parametrize("damage", ["garbage", "not a dict", "pick not the fastest", "pick unknown", "no trials",
+                                    "nested too deep"])
 def test_a_damaged_record_is_measured_again_never_trusted(fresh, damage, caplog):
     settings = Settings(size=512, weights="random")
     choose(settings, measure=FakeTrial(), machine=CPU, tune=True)
@@ -100,6 +101,8 @@ def test_a_damaged_record_is_measured_again_never_trusted(fresh, damage, caplog)
     entry = next(iter(data["entries"].values()))
     if damage == "garbage":
         path.write_bytes(b"\x00{not json")
+    elif damage == "nested too deep":
+        path.write_text("[" * 100000 + "]" * 100000)
     else:
         if damage == "not a dict":
             data = [1, 2]
@@ -123,7 +126,7 @@ def test_an_unwritable_cache_costs_the_record_not_the_run(fresh, monkeypatch, ca
     (fresh / "file").write_text("a file where the cache folder should be")
     with caplog.at_level(logging.WARNING, logger="styleengine.engine.autotune"):
         choice = choose(Settings(size=512, weights="random"), measure=FakeTrial(), machine=CPU, tune=True)
-    assert choice.settings.precision == "bf16"
+    assert choice.settings.precision == "bf16" and choice.measured and not choice.kept
     assert any("could not keep" in r.message for r in caplog.records)
 
 

@@ -390,3 +390,12 @@ def test_a_full_disk_under_json_is_one_line_and_the_other_files_are_written(tmp_
     assert "\n" not in str(result.exception) and "wrote" in result.output  # after the table and the other files
     assert (tmp_path / "a.md").is_file() and not (tmp_path / "a.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["a.md"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("flags", [["--json", "same.out", "--csv", "same.out"],
+                                   ["--json", "r.md", "--report", "./r.md"]])
+def test_two_outputs_on_one_path_are_refused_before_work(tmp_path, monkeypatch, flags):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "--res", "32", "--backends", "torch", "--iters", "1", *flags])
+    assert isinstance(result.exception, ConfigError) and "name the same file" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []

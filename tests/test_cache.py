@@ -108,15 +108,22 @@ def test_empty_or_two_byte_optimised_graph_is_rebuilt(module_cache, vgg16_random
     assert path.stat().st_size > 1000 and cache.read_record(path.parent) is not None
 
 
-@pytest.mark.parametrize("damage", ["{not json", '{"files": {"step.onnx": 3}}', "[]"])
+@pytest.mark.parametrize("damage", ["{not json", '{"files": {"step.onnx": 3}}', "[]", "[" * 100000 + "]" * 100000,
+                                    "a folder"])
 def test_damaged_export_json_is_rebuilt(module_cache, vgg16_random, damage):
     export = ensure_export(vgg16_random, SHORT, "avg")
-    (export.folder / cache.META_FILE).write_text(damage)
+    meta = export.folder / cache.META_FILE
+    if damage == "a folder":
+        meta.unlink()
+        meta.mkdir()
+    else:
+        meta.write_text(damage)
     again = ensure_export(vgg16_random, SHORT, "avg")
     assert again.folder == export.folder and again.meta["validation"]
 
 
-@pytest.mark.parametrize("damage", ["", "{not json", '{"optimised.onnx": {"bytes": "x"}}', "[1]"])
+@pytest.mark.parametrize("damage", ["", "{not json", '{"optimised.onnx": {"bytes": "x"}}', "[1]",
+                                    "[" * 100000 + "]" * 100000])
 def test_damaged_record_is_rebuilt(module_cache, vgg16_random, make_image, damage):
     export = ensure_export(vgg16_random, SHORT, "avg")
     clean = _losses(vgg16_random, export, make_image, iterations=1)

@@ -383,3 +383,30 @@ def test_jobs_are_planned_and_run_a_chunk_at_a_time(folder, monkeypatch, capsys)
     assert code == 130 and "Traceback" not in err, err
     assert planned_at_first_run and planned_at_first_run[0] <= engine.CHUNK < count
     assert f"of {count} jobs left" in err
+
+
+# ------------------------------------------------------------------ found by the probe after the fixes above
+
+def test_a_symlinked_manifest_is_refused_and_its_target_untouched(folder, monkeypatch, capsys, no_step):
+    out, victim = folder / "out", folder / "notes.txt"
+    out.mkdir()
+    victim.write_text("user notes\n")
+    (out / engine.MANIFEST).symlink_to(victim)
+    jobs = write_jobs(folder / "jobs.jsonl", [{"id": "a", "content": "c1.png", "style": "s1.png"}])
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert "symbolic link" in one_error_line(code, err)
+    assert victim.read_text() == "user notes\n"
+
+
+@pytest.mark.parametrize("line", ["[" * 100000 + "]" * 100000, '{"id": "a", "batch": ' + "9" * 5000 + "}"])
+def test_json_too_deep_or_too_long_is_a_bad_line_not_a_traceback(folder, monkeypatch, capsys, no_step, line):
+    out = folder / "out"
+    out.mkdir()
+    (out / engine.MANIFEST).write_text(line + "\n")
+    jobs = write_jobs(folder / "jobs.jsonl", [{"id": "a", "content": "missing.png", "style": "s1.png"}])
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert "Traceback" not in err and "line 1" in err  # the manifest's bad line, reported and skipped
+    bad_jobs = folder / "bad.jsonl"
+    bad_jobs.write_text(line + "\n")
+    code, err = batch(monkeypatch, capsys, bad_jobs, folder / "out2")
+    assert "line 1" in one_error_line(code, err)

@@ -134,6 +134,8 @@ def batch(
     except OSError as e:
         raise ConfigError(f"cannot make the output folder {out}: {e.strerror or e}") from None
     manifest = engine.Manifest(out / engine.MANIFEST)
+    if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
+        raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")
     paths.check_writable(manifest.path, "manifest")
     total, job_source = _jobs(jobs, contents, styles, out)
     if settings.backend != "torch":

@@ -7,6 +7,7 @@ Registered by src/styleengine/cli.py; `python -m styleengine.cli_bench` runs it 
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -166,8 +167,14 @@ def bench(
     positive(mem_budget, "--mem-budget")
     positive(time_budget, "--time-budget")
     positive(timeout, "--timeout")
+    named: dict[str, str] = {}  # each output file once: two flags on one path lost the first file's contents
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot, "--plot"), (report, "--report")):
         _check_writable(path, flag)
+        if path is not None:
+            where = os.path.realpath(os.path.expanduser(path))
+            if where in named:
+                raise ConfigError(f"{named[where]} and {flag} name the same file {path}; give each its own")
+            named[where] = flag
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

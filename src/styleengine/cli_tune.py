@@ -47,5 +47,8 @@ def tune(
                           " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
         Console(file=sys.stdout).print(table)
     print(f"auto: {choice.why}")
-    if choice.measured:
+    if choice.kept:
         console.print(f"kept in {record_path()}", highlight=False)
+    elif choice.measured:
+        console.print(f"warning: not kept: {record_path()} cannot be written (set STYLEENGINE_CACHE_DIR to a "
+                      f"writable folder); later runs will measure again", highlight=False)
