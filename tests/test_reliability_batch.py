@@ -410,3 +410,17 @@ def test_json_too_deep_or_too_long_is_a_bad_line_not_a_traceback(folder, monkeyp
     bad_jobs.write_text(line + "\n")
     code, err = batch(monkeypatch, capsys, bad_jobs, folder / "out2")
     assert "line 1" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("flag", ["--contents", "--styles"])
+def test_out_that_is_an_input_folder_is_refused_on_the_first_run(tmp_path, monkeypatch, capsys, no_step, flag):
+    """The first run was accepted and every later one refused its own outputs as inputs: never resumable."""
+    (tmp_path / "cont").mkdir()
+    (tmp_path / "sty").mkdir()
+    picture(tmp_path / "cont" / "c.png", 1)
+    picture(tmp_path / "sty" / "s.png", 2)
+    out = tmp_path / ("cont" if flag == "--contents" else "sty")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "cont", "--styles", tmp_path / "sty",
+                           "--out", out, *FAST)
+    assert "give another --out" in one_error_line(code, err)
+    assert sorted(p.name for p in out.iterdir()) == ["c.png" if flag == "--contents" else "s.png"]

@@ -15,6 +15,8 @@ same command resumes. Exit 1 if any job failed.
 """
 from __future__ import annotations
 
+import os
+
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Iterable, Iterator, Optional
@@ -43,6 +45,11 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         return engine.check_jobs(engine.iter_jobs(jobs_file, out), out), lambda: engine.iter_jobs(jobs_file, out)
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
+    for folder, flag in ((contents, "--contents"), (styles, "--styles")):
+        # the outputs would be inputs of the next run, which then refuses them: a batch that never resumes
+        if folder.is_dir() and os.path.samefile(folder, out):
+            raise ConfigError(f"--out is the {flag} folder {folder}: the outputs would become inputs of the next "
+                              f"run; give another --out")
     pairs = engine.pair_jobs(contents, styles, out)
     return len(pairs), lambda: pairs
 
