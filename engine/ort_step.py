@@ -65,15 +65,10 @@ def machine_tag() -> str:
 
     import onnxruntime as ort
 
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-        flags = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("flags")), "")
-        cpu += model + " ".join(sorted(f for f in flags.split() if f.startswith(("avx", "fma", "amx", "f16c"))))
-    except OSError:
-        pass
+    from styleengine.engine.machine import cpu_flags, cpu_name
+
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx", "f16c")))
+    cpu = platform.machine() + (cpu_name() if cpu_flags() else "") + " ".join(flags)
     return hashlib.sha256(f"{ort.__version__}|{cpu}".encode()).hexdigest()[:12]
 
 
