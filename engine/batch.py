@@ -666,7 +666,7 @@ class Warm:
         seed = settings.seed if settings.weights == "random" else None
         key = (settings.model, settings.weights, seed)
         if key not in self._weights:
-            self._weights[key] = load_run_weights(settings, self.convention)
+            self._weights[key] = load_run_weights(settings)
         return self._weights[key]
 
     def step(self, settings: Settings, texture: bool = False):

@@ -15,9 +15,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
+from styleengine.choices import MIN_SIDE
 from styleengine.errors import ImageError, first_line
 
-MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
 
 

@@ -21,70 +21,15 @@ against numpy).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 
-from styleengine.choices import WEIGHTINGS, check_choice
 from styleengine.errors import ConfigError
-from styleengine.model import vgg
+from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, LossConfig
 
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-CONTENT_LAYERS = ("relu4_2",)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Which layers enter the loss and how the terms are weighted."""
-
-    # the paper's conv4_2 means its ReLU output; a conv name uses the pre-ReLU map
-    content_layers: tuple[str, ...] = CONTENT_LAYERS
-    style_layers: tuple[str, ...] = STYLE_LAYERS
-    # w_l per style layer; None is the paper's 1/len(style_layers) each
-    style_layer_weights: tuple[float, ...] | None = None
-    content_weight: float = 1.0  # alpha
-    # beta: alpha/beta = 100 in the size-invariant weighting, tuned with the shared VGG16 (caffe convention:
-    # BGR, 0-255) on astronaut x The Starry Night, content init, 150 L-BFGS iterations at 256 px: 1e-2 strongly
-    # stylised with the face readable (style distance 0.18, content 0.75), 3e-2 heavier (0.14, 0.88), the face
-    # half gone. Weights whose features are on another scale (torchvision's [0, 1] input) need another beta:
-    # content is quadratic and style quartic in the features
-    style_weight: float = 1e-2
-    # squared-difference total variation on the [0, 1] RGB image (not in the
-    # paper; the usual remedy for its low-level noise)
-    tv_weight: float = 0.0
-    weighting: str = "invariant"  # "invariant" or "paper" (the module docstring)
-
-    def layer_weights(self) -> tuple[float, ...]:
-        if self.style_layer_weights is None:
-            return tuple(1.0 / len(self.style_layers) for _ in self.style_layers) if self.style_layers else ()
-        return self.style_layer_weights
-
-    def validate(self, model: str) -> None:
-        check_choice("weighting", self.weighting, WEIGHTINGS)
-        try:
-            vgg.resolve(model, list(self.content_layers) + list(self.style_layers))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if not self.content_layers and not self.style_layers:
-            raise ConfigError("the loss needs at least one content or style layer")
-        if any(not (w >= 0 and math.isfinite(w)) for w in self.layer_weights()):
-            raise ConfigError(f"style layer weights must be finite numbers >= 0, got {list(self.layer_weights())}")
-        if len(self.layer_weights()) != len(self.style_layers):
-            raise ConfigError(
-                f"{len(self.layer_weights())} style layer weights for {len(self.style_layers)} style layers"
-            )
-        for name, value in (("content weight", self.content_weight), ("style weight", self.style_weight),
-                            ("tv weight", self.tv_weight)):
-            if not (value >= 0 and value != float("inf")):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-
-    @property
-    def layers(self) -> list[str]:
-        """Every layer the loss reads, content first, without repeats."""
-        return list(dict.fromkeys(self.content_layers + self.style_layers))
-
+__all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "LossConfig"]
 
 @dataclass
 class Targets:

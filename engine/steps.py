@@ -16,7 +16,8 @@ import torch
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets, content_loss, gram, style_grad_surrogate, total_loss
 from styleengine.engine.winograd import resolve_conv, use_winograd
-from styleengine.model.vgg import Pooling, VGGFeatures
+from styleengine.model.network import VGGFeatures
+from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Convention, Weights
 
 

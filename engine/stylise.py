@@ -15,9 +15,7 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, LBFGS_HISTORY, MODELS, OPTIMIZERS, POOLINGS,
-                                 PRECISIONS, PROVIDERS, check_choice)
-from styleengine.engine import capability
+from styleengine.choices import LBFGS_HISTORY
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
@@ -25,170 +23,15 @@ from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.tiled import TiledStep, tile_for_budget
-from styleengine.model.weights import Convention, Weights, load_weights
-
-# the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
-MAX_ITERATIONS = 1_000_000
-MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
-TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
-_LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
+from styleengine.engine.schedule import MIN_SCALE_ITERS, scale_sizes  # noqa: F401  (re-exported)
+from styleengine.engine.settings import DEFAULTS, MAX_ITERATIONS, MAX_SEED, TEXTURE_INIT, Settings  # noqa: F401
+from styleengine.model.weights import Weights, load_weights
 
 # callback(record, current): `current()` returns the image so far as an
 # (H, W, 3) array, finished as the final one will be (colours preserved)
 Callback = Callable[[Record, Callable[[], np.ndarray]], None]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """Everything a run needs besides the images; each default is written here once."""
-
-    size: int = 512  # long side of the output in px (the paper's ~512x512)
-    # optimiser iterations (L-BFGS: one loss-and-gradient evaluation each); coarse to fine, see scale_plan
-    iterations: int = 300
-    optimizer: str = "lbfgs"  # "lbfgs" (the paper's) or "adam"
-    lr: float | None = None  # step size; None is the optimiser's default (L-BFGS 1, Adam 0.02)
-    # L-BFGS curvature pairs (two image-sized vectors each: 100 cost 10 GB at 2048x2048).
-    # None: LBFGS_HISTORY, fewer where that would pass a quarter of the memory (lbfgs_history())
-    lbfgs_history: int | None = None
-    # L-BFGS moves no pixel (in [0, 1]) more than this per iteration; 0: never capped (torch's LBFGS exactly).
-    # Not in the paper or the popular loops: without it, VGG16 at 512 px, the loss jumped 55x at iteration 4
-    # and 13x at 7 (moves of 2.4 and 1.1); with 0.25 it fell smoothly, 42% lower at iteration 20 and 8% at 40,
-    # both distances slightly lower at 40 (0.1 was slower: each early step clipped)
-    lbfgs_max_step: float = 0.25
-    # the paper starts from white noise; content init reaches a readable result
-    # in far fewer iterations, which matters on a CPU (its Fig. 6 compares both)
-    init: str = "content"  # "noise" (seeded), "content", "style" or a path to an image
-    seed: int = 0  # seeds the noise init and random weights (a local torch.Generator)
-    model: str = "vgg19"  # "vgg19" (the paper's) or "vgg16"
-    weights: str = "imagenet"  # "imagenet", "random" (tests, timing) or a .safetensors/.pth path
-    # overrides the weights' input convention (channel order, range, mean, std)
-    convention: Convention | None = None
-    pooling: str = "avg"  # "avg" (the paper's) or "max"
-    content_layers: tuple[str, ...] = _LOSS.content_layers  # layers whose features P^l are matched
-    style_layers: tuple[str, ...] = _LOSS.style_layers  # layers whose Gram matrices A^l are matched
-    style_layer_weights: tuple[float, ...] | None = _LOSS.style_layer_weights  # w_l; None: 1/len each
-    content_weight: float = _LOSS.content_weight  # alpha
-    style_weight: float = _LOSS.style_weight  # beta
-    tv_weight: float = _LOSS.tv_weight  # total-variation weight (not in the paper)
-    # "invariant": the terms' balance does not depend on the pixel count; "paper": Gatys et al.'s sums
-    weighting: str = _LOSS.weighting
-    style_blend: tuple[float, ...] | None = None  # one weight per style image; None: equal
-    # style images are resized to the output's long side times this before
-    # their Grams are taken (the paper: 1, same size as the content)
-    style_scale: float = 1.0
-    preserve_colors: bool = False  # keep the content's chroma, take only luminance from the run
-    # "torch", "ort" or "tensorrt": who computes loss and gradient; "auto": torch or ort, the faster here
-    # (measured: engine/autotune.py)
-    backend: str = "auto"
-    # ONNX Runtime execution provider (cpu, cuda, tensorrt); "auto" follows the device (capability.place)
-    provider: str = "auto"
-    device: str = "auto"  # where the step runs: "cpu", "cuda" or "auto" (cuda when present), every backend
-    # "auto": the fastest precision measured here that keeps the look (engine/autotune.py); or "fp32",
-    # "bf16" (torch), "fp16" (graph backends on a GPU), "tf32" (tensorrt); engine/capability.py says what runs where
-    precision: str = "auto"
-    # convolutions: "direct" (oneDNN/cuDNN/ORT's), "winograd" (fp32: torch on the CPU via NNPACK, engine/winograd.py;
-    # ort: F(4x4, 3x3) in the graph, export/winograd.py) or "auto" (measured, like the precision)
-    conv: str = "auto"
-    save_every: int = 0  # the caller saves every N iterations (0: never); the engine only reports
-    # style and content distances (engine/quality.py) in the record of every N-th iteration (0: never; a
-    # forward pass each); the result always has the final image's
-    distance_every: int = 0
-    # coarse-to-fine (not in the paper): scales grow by about sqrt(2) up to `size`, each starting from the
-    # previous result upsampled (bicubic, antialiased), style targets recomputed at each scale.
-    # None: 1 scale up to AUTO_SCALES_ABOVE px, above that enough to start between 512 and 724 px
-    scales: int | None = None
-    start_size: int | None = None  # long side of the first scale; None: from `scales`
-    iters_per_scale: int | None = None  # iterations at every scale but the last; None: halving (scale_plan)
-    # exact tiling (engine/tiled.py): core size in px, a multiple of 16; None: untiled unless mem_budget_gib
-    tile: int | None = None
-    mem_budget_gib: float | None = None  # pick the tile for this budget (tiled.tile_for_budget's formula)
-
-    def resolved(self) -> "Settings":
-        """These settings with every `auto` (backend, device, provider, precision, conv) made concrete for this
-        machine: measured once and kept (engine/autotune.py), explicit settings as given."""
-        from styleengine.engine.autotune import choose
-
-        return choose(self).settings
-
-    def scale_plan(self) -> list[tuple[int, int]]:
-        """(long side, iterations) per scale, coarse to fine.
-
-        iters_per_scale set: that many at every scale but the last, `iterations` at the last. Else the
-        first scale does `iterations` and each finer one half as many as the one before (at least
-        MIN_SCALE_ITERS): a ~sqrt(2) step doubles the pixels, so every scale costs about the same time
-        and most iterations run where they are cheap (a 2048 px run: 300, 150, 75, 38 at 724 .. 2048 px,
-        a quarter of the time of 300 at each)."""
-        sizes = scale_sizes(self.size, self.scales, self.start_size)
-        if self.iters_per_scale is not None:
-            return [(s, self.iters_per_scale) for s in sizes[:-1]] + [(sizes[-1], self.iterations)]
-        floor = min(self.iterations, MIN_SCALE_ITERS)
-        return [(s, max(floor, math.ceil(self.iterations / 2**i))) for i, s in enumerate(sizes)]
-
-    def loss_config(self, *, texture: bool = False) -> LossConfig:
-        """The LossConfig of these settings; texture synthesis drops the content term (alpha = 0)."""
-        return LossConfig(
-            content_layers=() if texture else self.content_layers,
-            style_layers=self.style_layers,
-            style_layer_weights=self.style_layer_weights,
-            content_weight=0.0 if texture else self.content_weight,
-            style_weight=self.style_weight,
-            tv_weight=self.tv_weight,
-            weighting=self.weighting,
-        )
-
-    def validate(self, *, texture: bool = False) -> None:
-        """Raise ConfigError for any setting that cannot work, before any long work starts."""
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("model", self.model, MODELS)
-        check_choice("pooling", self.pooling, POOLINGS)
-        check_choice("backend", self.backend, ("auto",) + BACKENDS)
-        check_choice("provider", self.provider, ("auto",) + PROVIDERS)
-        check_choice("device", self.device, DEVICES)
-        check_choice("precision", self.precision, ("auto",) + PRECISIONS)
-        check_choice("conv", self.conv, CONV_ALGOS)
-        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
-        if self.size < images.MIN_SIDE:
-            raise ConfigError(f"size must be at least {images.MIN_SIDE} px, got {self.size}")
-        for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
-            if value is not None and value > MAX_ITERATIONS:
-                raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {self.seed}")
-        if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
-        if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
-            raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
-        if self.save_every < 0:
-            raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
-        if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
-            raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
-        if self.distance_every < 0:
-            raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
-        if self.lbfgs_history is not None and self.lbfgs_history < 1:
-            raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
-        if self.iters_per_scale is not None and self.iters_per_scale < 0:
-            raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
-        if self.tile is not None and (self.tile <= 0 or self.tile % 16):
-            raise ConfigError(f"tile size must be a positive multiple of 16 px, got {self.tile}")
-        if self.mem_budget_gib is not None and not (self.mem_budget_gib > 0 and math.isfinite(self.mem_budget_gib)):
-            raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {self.mem_budget_gib}")
-        scale_sizes(self.size, self.scales, self.start_size)  # raises ConfigError for impossible scales
-        for name, values in (("style layer weight", self.style_layer_weights), ("style blend weight", self.style_blend)):
-            for v in values or ():
-                if not (v >= 0 and math.isfinite(v)):
-                    raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
-        if self.style_blend is not None and not sum(self.style_blend) > 0:
-            raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
-        if self.backend == "tensorrt" and self.tile is not None:
-            raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
-        if self.convention is not None:
-            self.convention.validate()
-        self.loss_config(texture=texture).validate(self.model)
-
-
-_DEFAULTS = Settings()
 
 
 HISTORY_SHARE = 0.25  # of the memory budget (or of the memory available) that L-BFGS's history may take
@@ -223,43 +66,6 @@ def lbfgs_history(settings: Settings, height: int, width: int) -> int:
     else:
         budget = available_memory(settings)
     return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // lbfgs_pair_bytes(height, width))))
-
-
-MIN_SCALE_ITERS = 10  # the fewest iterations the halving schedule gives a scale (scale_plan)
-AUTO_SCALES_ABOVE = 1024  # sizes above this run coarse-to-fine unless `scales` says otherwise
-AUTO_START = 512 * math.sqrt(2)  # an automatic first scale lies in (512, 724] px
-
-
-def scale_sizes(size: int, scales: int | None = None, start_size: int | None = None) -> list[int]:
-    """Long sides of a coarse-to-fine run, growing by about sqrt(2) and ending at `size`.
-
-    scales and start_size both None: [size] up to AUTO_SCALES_ABOVE, else
-    from the first size in (512, 724] (2048 -> 724, 1024, 1448, 2048).
-    scales only: `scales` sizes, each sqrt(2) times the one before.
-    start_size only: from start_size, as many ~sqrt(2) steps as come closest.
-    Both: `scales` sizes from start_size to size, evenly spaced in log size.
-    """
-    if scales is not None and scales < 1:
-        raise ConfigError(f"scales must be >= 1, got {scales}")
-    if start_size is not None and not (images.MIN_SIDE <= start_size <= size):
-        raise ConfigError(f"start size must be between {images.MIN_SIDE} and the size {size} px, got {start_size}")
-    if scales is None and start_size is None:
-        if size <= AUTO_SCALES_ABOVE:
-            return [size]
-        scales = math.ceil(2 * math.log2(size / AUTO_START) - 1e-9) + 1
-    if start_size is None:
-        ratio = math.sqrt(2)
-    else:
-        if scales is None:
-            scales = round(2 * math.log2(size / start_size)) + 1
-        if scales == 1:
-            return [size]
-        ratio = (size / start_size) ** (1 / (scales - 1))
-    sizes = [round(size / ratio ** (scales - 1 - i)) for i in range(scales)]
-    if sizes[0] < images.MIN_SIDE:
-        raise ConfigError(f"{scales} scales up to {size} px start at {sizes[0]} px, below the minimum "
-                          f"{images.MIN_SIDE} px; use fewer scales")
-    return sizes
 
 
 @dataclass(frozen=True)
@@ -489,12 +295,11 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig) -> Step:
                          conv=settings.conv)
 
 
-def load_run_weights(settings: Settings, convention: dict | None = None) -> Weights:
-    """The weights the settings name; `convention`: fields of the input convention that flags override."""
+def load_run_weights(settings: Settings) -> Weights:
+    """The weights the settings name, fed with the input convention the settings give them."""
     weights = load_weights(settings.model, settings.weights, seed=settings.seed)
-    if convention:
-        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
-    return weights
+    convention = settings.input_convention(weights.convention)
+    return weights if convention == weights.convention else dataclasses.replace(weights, convention=convention)
 
 
 @dataclass(frozen=True)
@@ -514,9 +319,9 @@ PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "save_ev
 def batch_key(settings: Settings) -> Settings:
     """Settings with the per-picture fields cleared: pictures whose keys are equal (and whose outputs have
     one shape) can be optimised together. The seed is per picture unless it seeds random weights."""
-    cleared = {name: getattr(_DEFAULTS, name) for name in PER_PICTURE}
+    cleared = {name: getattr(DEFAULTS, name) for name in PER_PICTURE}
     if settings.weights != "random":
-        cleared["seed"] = _DEFAULTS.seed
+        cleared["seed"] = DEFAULTS.seed
     return dataclasses.replace(settings, **cleared)
 
 
@@ -569,7 +374,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         raise ValueError("batches run on the torch backend at one scale")
     loaded = weights is None  # then nothing but the step needs them: let them go once it is built
     if weights is None:
-        weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
+        weights = load_run_weights(settings)
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)

@@ -341,7 +341,14 @@ def test_convention_flags_reach_the_step_and_the_loaded_weights_are_let_go(tmp_p
         held.append(weakref.ref(weights))
         return weights
 
+    built, real_build = [], stylise_module.build_step
+
+    def build(settings, weights, loss):  # the convention the step is built with
+        built.append(weights.convention)
+        return real_build(settings, weights, loss)
+
     held, real_check = [], cli_job.load_run_weights
+    monkeypatch.setattr(stylise_module, "build_step", build)
     monkeypatch.setattr(stylise_module, "load_weights", load)
     monkeypatch.setattr(stylise_module, "optimise_at_size", optimise_at_size)
     monkeypatch.setattr(cli_job, "load_run_weights", checked)
@@ -350,7 +357,7 @@ def test_convention_flags_reach_the_step_and_the_loaded_weights_are_let_go(tmp_p
                            "--backend", "ort", "--channel-order", "BGR", "--mean", "0.4,0.45,0.5")
     assert code == 0, err
     assert len(loaded) == 2  # the CLI's check (load_run_weights), then stylise's own
-    convention = loaded[1][0]
+    convention = built[0]
     assert (convention.channel_order, convention.mean) == ("BGR", (0.4, 0.45, 0.5))
     assert (convention.pixel_range, convention.std) == (RANDOM.pixel_range, RANDOM.std)
     assert len(held) == 1 and alive_in_loop == [False, False, False]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from styleengine.model.network import VGGFeatures
 from styleengine.model.vgg import (
-    VGGFeatures,
     gflop,
     layer_names,
     layer_table,

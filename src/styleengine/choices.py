@@ -23,6 +23,7 @@ GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")  # what the ONNX exporter can emit
 BF16_ON_ORT_CUDA = ("ONNX Runtime's CUDA provider has no bf16 kernels for the step's Resize and comparisons "
                     "(seen with onnxruntime-gpu 1.31.1 on an H200); use --precision fp16 (or the torch backend "
                     "for bf16)")
+MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
 OPTIMIZERS = ("lbfgs", "adam")
 LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 INITS = ("noise", "content", "style")  # or a path to an image

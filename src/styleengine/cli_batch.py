@@ -1,6 +1,6 @@
 """`styleengine batch`: many jobs in one process (or on a Ray cluster), a manifest, resumable.
 
-Flags shared with `run` are run's own definitions (cli_run); the engine side
+The settings flags are generated from engine/settings.py (cli_settings), as `run`'s; the engine side
 is engine/batch.py. Order: (1) the batch's settings and the jobs (a bad
 jobs file or flag is one line and exit 1, nothing written); (2) per job,
 its settings, its hash and run's file checks (cli_job.check_files): a job
@@ -19,19 +19,16 @@ import os
 
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional
 
 import typer
 
 from styleengine import paths
 from styleengine.cli import signals
 from styleengine.cli_job import check_files, rescue
-from styleengine.cli_run import (Backend, Blend, ContentLayers, ContentWeight, Conv, Device, History, Init, Iters,
-                                 LayerWeights, Lr, Mean, MemBudget, Model, Optimizer, PixelRange, Pooling,
-                                 Precision, PreserveColors, Provider, Scales, Seed, Size, StartSize, Std,
-                                 StyleLayers, StyleScale, StyleWeight, Tile, TvWeight, Weights, ChannelOrder,
-                                 ItersPerScale, MaxStep, Weighting, _convention_changes, csv, d, settings_from)
+from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
+from styleengine.engine.settings import BATCH
 from styleengine.errors import ConfigError, UserError, first_line
 
 
@@ -71,7 +68,7 @@ def _check(item: engine.Planned) -> engine.Planned:
     return item
 
 
-def batch(
+def _batch(
     out: Annotated[Path, typer.Option("--out", help="Folder for the outputs and manifest.jsonl (made if missing).",
                                       show_default=False)],
     jobs: Annotated[Optional[Path], typer.Argument(
@@ -87,49 +84,15 @@ def batch(
     ray: Annotated[Optional[str], typer.Option(
         "--ray", help="Run on a Ray cluster: auto (the one this machine belongs to, else a local one) or its "
                       "address. Needs styleengine[ray].")] = None,
-    size: Size = d.size,
-    iters: Iters = d.iterations,
-    optimizer: Optimizer = d.optimizer,
-    lr: Lr = d.lr,
-    lbfgs_history: History = d.lbfgs_history,
-    lbfgs_max_step: MaxStep = d.lbfgs_max_step,
-    init: Init = d.init,
-    seed: Seed = d.seed,
-    model: Model = d.model,
-    weights: Weights = d.weights,
-    pooling: Pooling = d.pooling,
-    content_weight: ContentWeight = d.content_weight,
-    style_weight: StyleWeight = d.style_weight,
-    tv_weight: TvWeight = d.tv_weight,
-    weighting: Weighting = d.weighting,
-    content_layers: ContentLayers = csv(d.content_layers),
-    style_layers: StyleLayers = csv(d.style_layers),
-    style_layer_weights: LayerWeights = None,
-    style_blend: Blend = None,
-    style_scale: StyleScale = d.style_scale,
-    preserve_colors: PreserveColors = d.preserve_colors,
-    device: Device = d.device,
-    backend: Backend = d.backend,
-    provider: Provider = d.provider,
-    precision: Precision = d.precision,
-    conv: Conv = d.conv,
-    channel_order: ChannelOrder = None,
-    pixel_range: PixelRange = None,
-    mean: Mean = None,
-    std: Std = None,
-    scales: Scales = d.scales,
-    start_size: StartSize = d.start_size,
-    iters_per_scale: ItersPerScale = d.iters_per_scale,
-    tile: Tile = d.tile,
-    mem_budget: MemBudget = d.mem_budget_gib,
+    **flags: Any,
 ) -> None:
     """Stylise every job of JOBS (or every --contents image with every --styles image) into --out."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    settings = settings_from(locals())
+    settings = settings_from(flags, BATCH)
     settings.validate()
-    convention = _convention_changes(channel_order, pixel_range, mean, std)
+    convention = settings.convention_changes()
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if ray is not None:
@@ -218,3 +181,6 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                   f"{manifest.path}", soft_wrap=True, highlight=False)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+batch = with_settings(_batch, BATCH)

@@ -12,7 +12,6 @@ written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -127,15 +126,14 @@ def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | 
 
 
 def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
-            convention: dict[str, Any]) -> None:
-    """Check, run, write (see the module's docstring). `content` None: a texture; `convention`: the input
-    convention's fields the flags override."""
+            ) -> None:
+    """Check, run, write (see the module's docstring). `content` None: a texture."""
     from rich.console import Console
 
     console = Console(stderr=True)
     try:
         image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
-                                               trace=trace, convention=convention, console=console)
+                                               trace=trace, console=console)
     except KeyboardInterrupt:
         signals.reported = True
         print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
@@ -178,7 +176,7 @@ def describe(distances: Any) -> str:
 
 
 def _checked_run(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
-                 trace: Path | None, convention: dict[str, Any], console: Any) -> tuple[Any, Any, list[str]]:
+                 trace: Path | None, console: Any) -> tuple[Any, Any, list[str]]:
     """Steps 1 and 2: (the image to write, the loop's Result, warnings for the end)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -195,10 +193,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
     # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
     # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
-    weights = load_run_weights(settings, convention)
+    weights = load_run_weights(settings)
     untrained = weights.is_random
-    if convention:  # the flags' fields over the file's own convention, whole: what stylise loads them with
-        settings = dataclasses.replace(settings, convention=weights.convention)
     del weights
     if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
         from styleengine.engine.autotune import choose

@@ -3,24 +3,16 @@ from __future__ import annotations
 
 import sys
 
-from styleengine.cli_run import Backend, Conv, Device, Model, Pooling, Precision, Provider, Seed, Size, Weights
-from styleengine.engine.stylise import Settings
+from typing import Any
 
-d = Settings()
+from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.settings import RUN
+
+# what a trial depends on; the loss weights and the schedule do not change which step is fastest
+TUNED = ("size", "model", "weights", "pooling", "seed", "device", "backend", "provider", "precision", "conv")
 
 
-def tune(
-    size: Size = d.size,
-    model: Model = d.model,
-    weights: Weights = d.weights,
-    pooling: Pooling = d.pooling,
-    seed: Seed = d.seed,
-    device: Device = d.device,
-    backend: Backend = d.backend,
-    provider: Provider = d.provider,
-    precision: Precision = d.precision,
-    conv: Conv = d.conv,
-) -> None:
+def _tune(**flags: Any) -> None:
     """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
     from rich.console import Console
     from rich.table import Table
@@ -28,8 +20,8 @@ def tune(
     from styleengine.engine.autotune import choose, record_path, size_class, trial_side
     from styleengine.units import fmt_time
 
-    settings = Settings(size=size, model=model, weights=weights, pooling=pooling, seed=seed, device=device,
-                        backend=backend, provider=provider, precision=precision, conv=conv)
+    settings = settings_from(flags, RUN)
+    size, model = settings.size, settings.model
     settings.validate()
     console = Console(stderr=True)
     console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
@@ -52,3 +44,6 @@ def tune(
     elif choice.measured:
         console.print(f"warning: not kept: {record_path()} cannot be written (set STYLEENGINE_CACHE_DIR to a "
                       f"writable folder); later runs will measure again", highlight=False)
+
+
+tune = with_settings(_tune, RUN, TUNED)

@@ -1,0 +1,329 @@
+"""Settings: everything a run needs besides the images, each declared once with its metadata (torch-free).
+
+A field's metadata (`Option`) is all the front-ends need: its flag, help, help
+group, what kind of value it takes (which also parses a jobs file's value), and
+whether a jobs file may set it per job. The CLI (src/styleengine/cli_settings.py)
+and the jobs-file overrides (engine/jobs.py) are generated from it, so adding a
+setting is adding one field here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
+                                 PROVIDERS, check_choice)
+from styleengine.engine import capability
+from styleengine.engine.loss_config import LossConfig
+from styleengine.engine.schedule import scale_plan, scale_sizes
+from styleengine.errors import ConfigError
+from styleengine.model.convention import TORCHVISION, Convention
+
+# the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
+MAX_ITERATIONS = 1_000_000
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
+TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
+_LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
+
+
+# ---- what kind of value a setting takes: one parser for a flag's text and a jobs file's JSON or CSV cell ----
+
+def _words(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("not a text or a list of texts")
+
+
+def _whole(value: Any) -> int:
+    """An int, or a text of one; never a bool, a fraction or a float (1e20 is a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    else:
+        raise ValueError("not a whole number")
+    if abs(number) >= 2**63:
+        raise ValueError("out of range")
+    return number
+
+
+def _real(value: Any) -> float:
+    """A finite number, or a text of one; never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _word(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a text")
+    return value.strip()
+
+
+def _numbers(value: Any) -> tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(_real(v) for v in value)
+    return tuple(_real(v) for v in _words(value))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+# kind -> (parser, the Python type a flag takes): a list kind is typed as comma-separated text
+KINDS: dict[str, tuple[Callable[[Any], Any], type]] = {
+    "whole": (_whole, int), "real": (_real, float), "word": (_word, str), "words": (_words, str),
+    "numbers": (_numbers, str), "flag": (_flag, bool),
+}
+RUN, TEXTURE, BATCH = "run", "texture", "batch"
+EVERY = frozenset({RUN, TEXTURE, BATCH})
+WITH_CONTENT = frozenset({RUN, BATCH})  # settings a texture (no content image) has no use for
+ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a front-end offers one setting."""
+
+    help: str
+    group: str  # the help section
+    kind: str  # a KINDS key
+    flag: str = ""  # "": --field-name
+    optional: bool = False  # None is a value (the setting's automatic choice)
+    per_job: bool = True  # a jobs file may set it per job (else it belongs to the whole batch: one warm device)
+    commands: frozenset[str] = EVERY
+    words: tuple[str, ...] = ()  # for a path setting: the words that are not paths
+    texture_help: str = ""  # the help under `texture`, where it differs
+
+    def parse(self, value: Any) -> Any:
+        """The setting's value from a flag's text or a jobs file's value (ValueError if it is not one)."""
+        if self.optional and (value is None or (isinstance(value, str) and not value.strip())):
+            return None
+        return KINDS[self.kind][0](value)
+
+
+def option(default: Any, help: str, group: str, kind: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"option": Option(help=help, group=group, kind=kind,
+                                                              optional=default is None, **meta)})
+
+
+SIZE, LOSS, OPTIM, NETWORK, COMPUTE, SCALES, MEMORY, PROGRESS, INPUT = (
+    "Size and iterations", "Loss", "Optimiser", "Network and weights", "Compute (auto: measured here)",
+    "Coarse to fine", "Memory", "Progress", "Weights' input convention (overrides)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a run needs besides the images; each default is written here once."""
+
+    size: int = option(512, "Long side of the output in px.", SIZE, "whole")
+    # L-BFGS: one loss-and-gradient evaluation an iteration; coarse to fine: see engine/schedule.py
+    iterations: int = option(300, "Optimiser iterations (coarse to fine: at the first scale, each finer scale "
+                                  "half as many, at least 10).", SIZE, "whole", flag="--iters")
+    optimizer: str = option("lbfgs", "lbfgs (the paper's) or adam.", OPTIM, "word")
+    lr: float | None = option(None, "Step size (default: the optimiser's own: L-BFGS 1, Adam 0.02).", OPTIM,
+                              "real")
+    # two image-sized vectors a pair: 100 cost 10 GB at 2048x2048
+    lbfgs_history: int | None = option(
+        None, "L-BFGS curvature pairs, two image-sized vectors each (default: 100, fewer where 100 would take "
+              "over a quarter of the memory budget or of free memory).", OPTIM, "whole")
+    # not in the paper or the popular loops: without it, VGG16 at 512 px, the loss jumped 55x at iteration 4
+    # and 13x at 7 (moves of 2.4 and 1.1); with 0.25 it fell smoothly, 42% lower at iteration 20 and 8% at 40,
+    # both distances slightly lower at 40 (0.1 was slower: each early step clipped)
+    lbfgs_max_step: float = option(
+        0.25, "L-BFGS moves no pixel (0-1) more than this per iteration; 0: no cap (torch's LBFGS exactly, as the "
+              "paper and popular implementations).", OPTIM, "real")
+    # the paper starts from white noise; content init reaches a readable result in far fewer iterations, which
+    # matters on a CPU (its Fig. 6 compares both)
+    init: str = option("content", "noise, content, style or an image path.", OPTIM, "word",
+                       words=("noise", "content", "style"), texture_help="noise, style or an image path.")
+    seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
+    model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
+    weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "
+                                      "file.", NETWORK, "word", words=("imagenet", "random"))
+    pooling: str = option("avg", "avg (the paper's) or max.", NETWORK, "word")
+    content_layers: tuple[str, ...] = option(_LOSS.content_layers, "Comma-separated layers, e.g. relu4_2.", LOSS,
+                                             "words", commands=WITH_CONTENT)
+    style_layers: tuple[str, ...] = option(_LOSS.style_layers, "Comma-separated layers, e.g. relu1_1,relu2_1.",
+                                           LOSS, "words")
+    style_layer_weights: tuple[float, ...] | None = option(
+        _LOSS.style_layer_weights, "Comma-separated w_l, one per style layer (default: 1/n each).", LOSS, "numbers")
+    content_weight: float = option(_LOSS.content_weight, "alpha, the content loss weight.", LOSS, "real",
+                                   commands=WITH_CONTENT)
+    style_weight: float = option(_LOSS.style_weight, "beta, the style loss weight.", LOSS, "real")
+    tv_weight: float = option(_LOSS.tv_weight, "Total-variation weight (smooths noise).", LOSS, "real")
+    weighting: str = option(
+        _LOSS.weighting, "invariant: content and TV terms are means over positions, so the weights mean the same "
+                         "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).",
+        LOSS, "word")
+    style_blend: tuple[float, ...] | None = option(
+        None, "Comma-separated weights, one per style image (default: equal).", LOSS, "numbers")
+    # the paper: 1, the styles at the content's size
+    style_scale: float = option(1.0, "Style images are resized to size * this.", LOSS, "real")
+    preserve_colors: bool = option(False, "Keep the content's colours; transfer luminance only.", LOSS, "flag",
+                                   commands=WITH_CONTENT)
+    backend: str = option("auto", "auto (torch or ort, the faster here: measured once, see 'styleengine tune'), "
+                                  "torch, ort or tensorrt (untested: TensorRT cannot be installed where this is "
+                                  "built).", COMPUTE, "word", per_job=False)
+    provider: str = option("auto", "ONNX Runtime's provider: auto (follows --device), cpu, cuda or tensorrt.",
+                           COMPUTE, "word", per_job=False)
+    device: str = option("auto", "cpu, cuda or auto (cuda when there is one), every backend.", COMPUTE, "word",
+                         per_job=False)
+    precision: str = option("auto", "auto (the fastest measured here that keeps the look of fp32), fp32, bf16 "
+                                    "(torch), fp16 (ort/tensorrt on a GPU) or tf32 (tensorrt).", COMPUTE, "word",
+                            per_job=False)
+    conv: str = option("auto", "Convolutions: auto (measured, like the precision), direct (oneDNN/cuDNN/ONNX "
+                               "Runtime's own: the exact reference) or winograd (fp32; torch on the CPU: NNPACK; "
+                               "ort: F(4x4, 3x3) in the graph; ~1e-5 rounding).", COMPUTE, "word", per_job=False)
+    save_every: int = option(0, "Also write OUT_<iteration> every N iterations (0: never).", PROGRESS, "whole",
+                             per_job=False, commands=ONE_RUN)
+    # a forward pass each time; the result always has the final image's
+    distance_every: int = option(
+        0, "Measure the style and content distances every N iterations, for --trace (0: only the final image's, "
+           "in the summary line).", PROGRESS, "whole", per_job=False, commands=ONE_RUN)
+    # coarse to fine (not in the paper): engine/schedule.py
+    scales: int | None = option(
+        None, "Coarse-to-fine scales, each ~sqrt(2) larger, ending at --size (default: 1 up to 1024 px, above that "
+              "enough to start at 512-724 px).", SCALES, "whole")
+    start_size: int | None = option(None, "Long side of the first scale in px.", SCALES, "whole")
+    iters_per_scale: int | None = option(
+        None, "Iterations at each scale but the last, and --iters at the last (default: halving from --iters at "
+              "the first scale).", SCALES, "whole")
+    # exact tiling (engine/tiled.py)
+    tile: int | None = option(None, "Exact tiled step with cores of SIZE px (a multiple of 16): same result, "
+                                    "memory bounded by the tile (default: untiled).", MEMORY, "whole")
+    mem_budget_gib: float | None = option(None, "Choose the tile size for this many GiB (ignored with --tile).",
+                                          MEMORY, "real", flag="--mem-budget")
+    # the weights' own input convention (metadata, known file) with these fields overridden
+    channel_order: str | None = option(None, "Override the weights' input channel order: RGB or BGR.", INPUT,
+                                       "word", per_job=False)
+    pixel_range: float | None = option(None, "Override the weights' pixel range: 1 or 255.", INPUT, "real",
+                                       per_job=False)
+    mean: tuple[float, ...] | None = option(None, "Override the weights' input mean: r,g,b (in channel order, "
+                                                  "pixel-range units).", INPUT, "numbers", per_job=False)
+    std: tuple[float, ...] | None = option(None, "Override the weights' input std: three numbers.", INPUT,
+                                           "numbers", per_job=False)
+    # a whole convention (the Python API); the four fields above override it field by field
+    convention: Convention | None = None
+
+    def resolved(self) -> "Settings":
+        """These settings with every `auto` (backend, device, provider, precision, conv) made concrete for this
+        machine: measured once and kept (engine/autotune.py), explicit settings as given."""
+        from styleengine.engine.autotune import choose
+
+        return choose(self).settings
+
+    def scale_plan(self) -> list[tuple[int, int]]:
+        """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""
+        return scale_plan(self.size, self.iterations, self.scales, self.start_size, self.iters_per_scale)
+
+    def convention_changes(self) -> dict[str, Any]:
+        """The input-convention fields these settings override (upper-cased channel order)."""
+        changes: dict[str, Any] = {}
+        for name in ("channel_order", "pixel_range", "mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value.upper() if name == "channel_order" else value
+        return changes
+
+    def input_convention(self, own: Convention) -> Convention:
+        """The convention a network with its `own` convention is fed with under these settings."""
+        return dataclasses.replace(self.convention or own, **self.convention_changes())
+
+    def loss_config(self, *, texture: bool = False) -> LossConfig:
+        """The LossConfig of these settings; texture synthesis drops the content term (alpha = 0)."""
+        return LossConfig(
+            content_layers=() if texture else self.content_layers,
+            style_layers=self.style_layers,
+            style_layer_weights=self.style_layer_weights,
+            content_weight=0.0 if texture else self.content_weight,
+            style_weight=self.style_weight,
+            tv_weight=self.tv_weight,
+            weighting=self.weighting,
+        )
+
+    def validate(self, *, texture: bool = False) -> None:
+        """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("model", self.model, MODELS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("backend", self.backend, ("auto",) + BACKENDS)
+        check_choice("provider", self.provider, ("auto",) + PROVIDERS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, ("auto",) + PRECISIONS)
+        check_choice("conv", self.conv, CONV_ALGOS)
+        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
+        if self.size < MIN_SIDE:
+            raise ConfigError(f"size must be at least {MIN_SIDE} px, got {self.size}")
+        for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
+            if value is not None and value > MAX_ITERATIONS:
+                raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {self.seed}")
+        if self.iterations < 0:
+            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
+        if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
+            raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
+        if self.save_every < 0:
+            raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+        if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
+            raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
+        if self.distance_every < 0:
+            raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
+        if self.lbfgs_history is not None and self.lbfgs_history < 1:
+            raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
+        if self.iters_per_scale is not None and self.iters_per_scale < 0:
+            raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
+        if self.tile is not None and (self.tile <= 0 or self.tile % 16):
+            raise ConfigError(f"tile size must be a positive multiple of 16 px, got {self.tile}")
+        if self.mem_budget_gib is not None and not (self.mem_budget_gib > 0 and math.isfinite(self.mem_budget_gib)):
+            raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {self.mem_budget_gib}")
+        scale_sizes(self.size, self.scales, self.start_size)  # raises ConfigError for impossible scales
+        for name, values in (("style layer weight", self.style_layer_weights),
+                             ("style blend weight", self.style_blend)):
+            for v in values or ():
+                if not (v >= 0 and math.isfinite(v)):
+                    raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+        if self.style_blend is not None and not sum(self.style_blend) > 0:
+            raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+        if self.backend == "tensorrt" and self.tile is not None:
+            raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
+        # checked on a complete convention whose other fields are valid, before any weights are loaded
+        self.input_convention(self.convention or TORCHVISION).validate()
+        self.loss_config(texture=texture).validate(self.model)
+
+
+DEFAULTS = Settings()
+
+
+def options(command: str = RUN) -> dict[str, Option]:
+    """Field name -> Option of every setting `command` offers, in declaration order."""
+    found = {}
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata.get("option")
+        if meta is not None and command in meta.commands:
+            found[f.name] = meta
+    return found
+
+
+def flag_of(name: str) -> str:
+    """The flag of setting `name` (--iters for iterations)."""
+    meta = options(BATCH).get(name) or options(TEXTURE).get(name)
+    return (meta.flag if meta and meta.flag else "--" + name.replace("_", "-"))

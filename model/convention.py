@@ -1,0 +1,54 @@
+"""How an RGB image in [0, 1] becomes a network's input (torch-free: settings carry one)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Convention:
+    """How an RGB image in [0, 1] becomes the network's input."""
+
+    channel_order: str  # "RGB" or "BGR"
+    pixel_range: float  # 1.0 or 255.0: the input is pixel * pixel_range
+    mean: tuple[float, float, float]  # in channel_order, in pixel_range units
+    std: tuple[float, float, float]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """ConfigError unless every field can work: RGB/BGR, a finite range > 0, three finite means,
+        three finite stds > 0 (a zero std divides by zero)."""
+        import math
+
+        from styleengine.errors import ConfigError
+
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ConfigError(f"input channel order must be RGB or BGR, got {self.channel_order!r}")
+        if not (self.pixel_range > 0 and math.isfinite(self.pixel_range)):
+            raise ConfigError(f"input pixel range must be a finite number > 0, got {self.pixel_range}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ConfigError(f"input {name} needs three finite numbers, one per channel, got "
+                                  f"{','.join(f'{v:g}' for v in values)}")
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"input std values must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
+
+    def scale_shift(self) -> tuple[list[float], list[float]]:
+        """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""
+        order = [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
+        scale, shift = [0.0] * 3, [0.0] * 3
+        for pos, rgb in enumerate(order):  # input channel `pos` holds colour `rgb`
+            scale[rgb] = self.pixel_range / self.std[pos]
+            shift[rgb] = -self.mean[pos] / self.std[pos]
+        return scale, shift
+
+    def rgb_permutation(self) -> list[int]:
+        """Network input channel i takes RGB channel perm[i]."""
+        return [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
+
+
+TORCHVISION = Convention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CAFFE = Convention("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+# Seeded random weights: any convention works; this one keeps inputs O(1).
+RANDOM = Convention("RGB", 1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -1,0 +1,89 @@
+"""The settings flags of `run`, `texture`, `batch` (and any command that takes a run's settings), generated
+from the fields' metadata in engine/settings.py: no flag is spelled out by hand.
+
+`with_settings(body, command)` gives typer a function whose signature is
+the body's own parameters followed by one option per setting (typer reads
+`__signature__`); the body gets the flags' values in `**flags` and turns
+them into Settings with `settings_from`.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Annotated, Any, Callable, Optional, get_type_hints
+
+import typer
+
+from styleengine import paths
+from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, options
+from styleengine.errors import ConfigError
+
+
+def flag(name: str, meta: Option) -> str:
+    return meta.flag or "--" + name.replace("_", "-")
+
+
+def _default(name: str, meta: Option, command: str) -> Any:
+    if command == TEXTURE and name == "init":
+        return TEXTURE_INIT
+    value = getattr(DEFAULTS, name)
+    if meta.kind in ("words", "numbers") and value is not None:
+        return ",".join(str(v) for v in value)  # shown and typed as comma-separated text
+    return value
+
+
+def parameters(command: str, names: tuple[str, ...] | None = None) -> list[inspect.Parameter]:
+    """One keyword parameter per setting `command` offers (or the `names` among them), annotated for typer."""
+    found = []
+    for name, meta in options(command).items():
+        if names is not None and name not in names:
+            continue
+        kind = KINDS[meta.kind][1]
+        declared = flag(name, meta)
+        if meta.kind == "flag":
+            declared = f"{declared}/--no-{declared[2:]}"
+        help_text = meta.texture_help if command == TEXTURE and meta.texture_help else meta.help
+        annotation = Annotated[Optional[kind] if meta.optional else kind,  # type: ignore[valid-type]
+                               typer.Option(declared, help=help_text, rich_help_panel=meta.group)]
+        found.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_default(name, meta, command),
+                                       annotation=annotation))
+    return found
+
+
+def settings_from(flags: dict[str, Any], command: str, **fixed: Any) -> Settings:
+    """Settings from the generated flags' values (other keys are ignored): comma lists split, a path setting's
+    value that is not one of its words expanded (`--weights=~/w.pth`: no shell expanded it)."""
+    values: dict[str, Any] = {}
+    for name, meta in options(command).items():
+        if name not in flags:
+            continue
+        value = flags[name]
+        if meta.kind in ("words", "numbers") and value is not None:
+            try:
+                value = meta.parse(value)
+            except ValueError:
+                raise ConfigError(f"{flag(name, meta)} must be comma-separated "
+                                  f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
+        elif meta.words and value not in meta.words and value != TEXTURE_INIT:
+            value = str(paths.expand(value))
+        values[name] = value
+    return Settings(**{**values, **fixed})
+
+
+def with_settings(body: Callable[..., None], command: str, names: tuple[str, ...] | None = None
+                  ) -> Callable[..., None]:
+    """`body` (its own parameters, then **flags) as a command offering every setting of `command` as a flag."""
+    hints = get_type_hints(body, include_extras=True)  # the body's module's names, not this one's
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(body).parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+
+    @functools.wraps(body)
+    def command_function(**values: Any) -> None:
+        body(**values)
+
+    signature = inspect.Signature(own + parameters(command, names))
+    command_function.__signature__ = signature  # type: ignore[attr-defined]
+    # typer also reads the annotations: resolved ones, since this module does not know the body's names
+    command_function.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    del command_function.__wrapped__  # typer must read the generated signature, not the body's
+    return command_function
