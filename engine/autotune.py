@@ -30,7 +30,7 @@ from typing import Callable
 
 from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
-from styleengine.engine.stylise import Settings
+from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, UserError, first_line
 from styleengine.units import fmt_time
 
@@ -105,7 +105,7 @@ def trial_side(size: int, where: str) -> int:
 
 
 def record_path() -> Path:
-    from styleengine.export.cache import cache_root
+    from styleengine.paths import cache_root
 
     return cache_root() / RECORD_NAME
 
@@ -221,7 +221,7 @@ def _weights_kind(weights: str) -> str:
     """Speed does not depend on the weights' values, the look might: a file is named by its content's hash."""
     if weights in ("imagenet", "random"):
         return weights
-    from styleengine.model.weights import file_sha256
+    from styleengine.paths import file_sha256
 
     try:
         return file_sha256(Path(weights).expanduser())
@@ -419,4 +419,26 @@ def look_check(candidate, reference, precision: str, settings: Settings, loss) -
         a, b = getattr(ref, name), getattr(cand, name)
         if math.isfinite(a) and a > 0 and abs(b - a) / a > LOOK_TOLERANCE:
             return f"{name} distance {b:.3f} vs fp32's {a:.3f} after {LOOK_ITERS} iterations"
+    return None
+
+
+def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str, str, str] | None:
+    """The pick a trial kept for these settings here, found without torch (a dry run): the record's key
+    matched on everything but what only torch can tell (its threads, GPU name and version); None if none."""
+    from styleengine.engine.machine import cpu_name, kernel_flags
+
+    want = {"version": TUNE_VERSION, "model": settings.model, "pooling": settings.pooling,
+            "weights": _weights_kind(settings.weights), "trial_side": trial_side(settings.size, where.place),
+            "place": where.place, "provider": where.provider, "backend": settings.backend,
+            "precision": settings.precision, "conv": settings.conv,
+            "layers": [list(settings.content_layers), list(settings.style_layers)]}
+    for entry in _load_record().values():
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, dict) or any(key.get(k) != v for k, v in want.items()):
+            continue
+        machine = key.get("machine")
+        if isinstance(machine, dict) and (machine.get("cpu"), machine.get("flags")) == (cpu_name(), kernel_flags()):
+            pick = entry.get("pick")
+            if isinstance(pick, list) and len(pick) == 3 and all(isinstance(p, str) for p in pick):
+                return pick[0], pick[1], pick[2]
     return None

@@ -38,9 +38,9 @@ import numpy as np
 from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.engine import images
-from styleengine.engine.stylise import (Picture, Settings, available_memory, batch_key, build_step, check_run,
-                                       lbfgs_history, lbfgs_pair_bytes, load_run_weights, stylise_batch)
-from styleengine.engine.tiled import tile_for_budget
+from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
+from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_run_weights,
+                                       stylise_batch)
 from styleengine.errors import ConfigError, UserError, first_line
 from styleengine.model.weights import file_sha256
 
@@ -786,8 +786,14 @@ def batch_size_for(settings: Settings, shape: tuple[int, int]) -> int:
     At least 1."""
     height, width = shape
     loss = settings.loss_config()
-    budget = settings.mem_budget_gib if settings.mem_budget_gib is not None else available_memory(settings) / 2**30
-    history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
+    if settings.mem_budget_gib is not None:
+        budget = settings.mem_budget_gib
+    else:
+        from styleengine.engine.autotune import choose
+
+        budget = free_memory(choose(settings, tune=False).settings.device) / 2**30
+    lbfgs = settings.optimizer == "lbfgs"
+    history = lbfgs_history(settings.lbfgs_history, budget * 2**30, height, width) if lbfgs else 0
     best = 1
     for count in range(2, MAX_BATCH + 1):
         other = count * history * lbfgs_pair_bytes(height, width)

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
 from styleengine.choices import MIN_SIDE
+from styleengine.engine.schedule import long_side_shape  # noqa: F401  (callers read it here)
 from styleengine.errors import ImageError, first_line
 
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
@@ -128,12 +129,6 @@ def to_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
     if t.dim() == 4:
         t = t[0]
     return t.permute(1, 2, 0).contiguous().numpy()
-
-
-def long_side_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(height, width) scaled so that the longer side is `long_side`, aspect kept."""
-    scale = long_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_tensor(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

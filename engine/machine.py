@@ -47,6 +47,30 @@ def native_bf16() -> bool:
     return any(f in cpu_flags() for f in ("amx_bf16", "avx512_bf16"))
 
 
+def kernel_flags() -> list[str]:
+    """The CPU flags that change which kernels run (and so what is fastest)."""
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
+
+
+def probe_light() -> Machine:
+    """probe() without torch (a dry run): a GPU from the NVIDIA driver's own listing, NNPACK from the ISA it
+    needs on x86 (AVX2), ONNX Runtime's providers as probe() counts them."""
+    import importlib.util
+    import os
+
+    gpus = "/proc/driver/nvidia/gpus"
+    cuda = os.path.isdir(gpus) and bool(os.listdir(gpus))
+    providers: tuple[str, ...] = ("cpu",)
+    if cuda and importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        names = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+        providers += tuple(short for name, short in names.items() if name in ort.get_available_providers())
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+    return Machine(cuda=cuda, ort_providers=providers, nnpack=not x86 or "avx2" in cpu_flags(),
+                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None)
+
+
 @functools.cache
 def probe() -> Machine:
     """What runs here: CUDA through torch, ONNX Runtime's usable providers, NNPACK, TensorRT. Once a process."""
@@ -70,7 +94,6 @@ def fingerprint() -> dict[str, object]:
     """What a measured choice depends on: CPU model and the flags that change kernels, threads, GPU, versions."""
     import torch
 
-    kernel_flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
     gpu = torch.cuda.get_device_name(0) if probe().cuda else None
     try:
         import onnxruntime as ort
@@ -78,5 +101,5 @@ def fingerprint() -> dict[str, object]:
         ort_version = ort.__version__
     except ImportError:
         ort_version = None
-    return {"cpu": cpu_name(), "flags": kernel_flags, "threads": torch.get_num_threads(), "gpu": gpu,
+    return {"cpu": cpu_name(), "flags": kernel_flags(), "threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "onnxruntime": ort_version, "machine": platform.machine()}

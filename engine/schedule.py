@@ -58,3 +58,9 @@ def scale_plan(size: int, iterations: int, scales: int | None = None, start_size
         return [(s, iters_per_scale) for s in sizes[:-1]] + [(sizes[-1], iterations)]
     floor = min(iterations, MIN_SCALE_ITERS)
     return [(s, max(floor, math.ceil(iterations / 2**i))) for i, s in enumerate(sizes)]
+
+
+def long_side_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longer side is `long_side`, aspect kept."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))

@@ -7,7 +7,6 @@ image as an array.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,14 +14,14 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
-from styleengine.choices import LBFGS_HISTORY
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
-from styleengine.engine.tiled import TiledStep, tile_for_budget
+from styleengine.engine.plan import Plan, make_plan, style_size
+from styleengine.engine.tiled import TiledStep
 from styleengine.engine.schedule import MIN_SCALE_ITERS, scale_sizes  # noqa: F401  (re-exported)
 from styleengine.engine.settings import DEFAULTS, MAX_ITERATIONS, MAX_SEED, TEXTURE_INIT, Settings  # noqa: F401
 from styleengine.model.weights import Weights, load_weights
@@ -34,40 +33,6 @@ Callback = Callable[[Record, Callable[[], np.ndarray]], None]
 
 
 
-HISTORY_SHARE = 0.25  # of the memory budget (or of the memory available) that L-BFGS's history may take
-MIN_AUTO_HISTORY = 3  # below this L-BFGS is little better than gradient descent; kept even if over the share
-
-
-def lbfgs_pair_bytes(height: int, width: int) -> int:
-    """Memory of one L-BFGS curvature pair: two fp32 vectors the size of a (3, H, W) image."""
-    return 2 * 3 * height * width * 4
-
-
-def available_memory(settings: Settings) -> int:
-    """Bytes free now where the run's tensors live: the GPU's for a CUDA device or a GPU provider
-    (their steps keep the image, gradient and L-BFGS history there too), else the host's."""
-    from styleengine.engine.autotune import choose
-
-    if choose(settings, tune=False).settings.device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.mem_get_info()[0]
-    import psutil
-
-    return psutil.virtual_memory().available
-
-
-def lbfgs_history(settings: Settings, height: int, width: int) -> int:
-    """The L-BFGS history for an image of height x width: the setting, or LBFGS_HISTORY capped so the
-    pairs (2 * 3 * H * W fp32 values each) stay within HISTORY_SHARE of the memory budget
-    (settings.mem_budget_gib, else the memory available now)."""
-    if settings.lbfgs_history is not None:
-        return settings.lbfgs_history
-    if settings.mem_budget_gib is not None:
-        budget = settings.mem_budget_gib * 2**30
-    else:
-        budget = available_memory(settings)
-    return max(MIN_AUTO_HISTORY, min(LBFGS_HISTORY, int(HISTORY_SHARE * budget // lbfgs_pair_bytes(height, width))))
-
-
 @dataclass(frozen=True)
 class Prepared:
     """The images of one run at the output size, as (1, 3, H, W) tensors in [0, 1]."""
@@ -76,11 +41,6 @@ class Prepared:
     styles: list[torch.Tensor]
     height: int
     width: int
-
-
-def style_size(settings: Settings, size: int) -> int:
-    """The style images' long side at an output long side of `size`."""
-    return max(images.MIN_SIDE, round(size * settings.style_scale))
 
 
 def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int) -> Prepared:
@@ -114,16 +74,6 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
-def tile_for_scale(settings: Settings, loss: LossConfig, height: int, width: int) -> int | None:
-    """The tile core for one scale: settings.tile, else from the memory budget (what L-BFGS's history
-    takes counted against it); None: untiled (no tile or budget asked for, or the untiled step fits)."""
-    if settings.tile is not None or settings.mem_budget_gib is None:
-        return settings.tile
-    history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
-    return tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
-                           other_bytes=history * lbfgs_pair_bytes(height, width))
-
-
 def check_available(settings: Settings) -> None:
     """UnavailableError now rather than after an export: the torch device, the ONNX Runtime provider
     (the checks create_session makes once the graphs exist) or TensorRT."""
@@ -139,99 +89,26 @@ def check_available(settings: Settings) -> None:
         check_provider(settings.provider)
 
 
-def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
-    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
-    `knob` names the setting that would give the long side it needs ("--size", ...)."""
-    height, width = images.long_side_shape(shape[0], shape[1], long_side)
-    if min(height, width) >= images.MIN_SIDE:
-        return
-    needed = math.ceil(images.MIN_SIDE * max(shape) / min(shape))
-    raise ConfigError(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
-                      f"be at least {images.MIN_SIDE} px, so it needs a long side of {needed} px ({knob} {needed}): "
-                      f"crop the image or use a larger size")
-
-
-def _gib(value: float) -> str:
-    return f"{math.floor(value * 10) / 10:g}"
-
-
-def _suggested_budget(free_gib: float) -> str:
-    return _gib(0.9 * free_gib)  # a margin under what is free now
-
-
-def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int, available: int,
-                  history: int) -> None:
-    """ConfigError unless a height x width image's step fits `available` bytes as the settings run it
-    (untiled, or with settings.tile), by tile_for_budget's estimate with `history` L-BFGS pairs."""
-    free = available / 2**30
-    try:
-        fits = tile_for_budget(free, settings.model, loss, height, width,
-                               other_bytes=history * lbfgs_pair_bytes(height, width))
-    except ConfigError:
-        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available, "
-                          f"even tiled (the image, its gradient, the targets and {history} L-BFGS pairs alone); "
-                          f"use a smaller --size") from None
-    if fits is None or (settings.tile is not None and settings.tile <= fits):
-        return
-    if settings.backend == "tensorrt":
-        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
-                          f"untiled, and the tensorrt backend cannot tile; use --backend ort with "
-                          f"--mem-budget {_suggested_budget(free)}")
-    if settings.tile is not None:
-        raise ConfigError(f"--tile {settings.tile} at {width}x{height} needs more than the {_gib(free)} GiB of "
-                          f"memory available; use --tile {fits} or less, or --mem-budget {_suggested_budget(free)}")
-    raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
-                      f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
-
-
 def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
-              content_label: str = "the content image", style_labels: list[str] | None = None) -> None:
-    """Everything the settings and the images' (height, width) decide, before any work; ConfigError or
-    UnavailableError. content_shape None: a texture. At every scale: each image resized has both sides
-    >= MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a memory
-    budget, a tile exists for it; else the step, as run, fits the memory available now (by tile_for_budget's
-    estimate with L-BFGS's history); the style blend has one weight per style; the device or provider exists."""
+              content_label: str = "the content image", style_labels: list[str] | None = None,
+              memory: int | None = None) -> Plan:
+    """Everything the settings and the images' (height, width) decide, before any work: the run's Plan, or
+    ConfigError / UnavailableError. content_shape None: a texture. The place comes by rule (no trial: a
+    trial, if any, runs after these checks); the plan's checks are engine/plan.make_plan's."""
     from styleengine.engine.autotune import choose
 
-    texture = content_shape is None
-    settings.validate(texture=texture)
-    settings = choose(settings, tune=False).settings  # where it runs; the trial (if any) comes after these checks
-    if not style_shapes:
-        raise ConfigError("at least one style image is needed")
-    if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
-        raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")
+    settings.validate(texture=content_shape is None)
+    settings = choose(settings, tune=False).settings
     check_available(settings)
-    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
-    ref = content_shape if content_shape is not None else style_shapes[0]
-    loss = settings.loss_config(texture=texture)
-    sizes = [size for size, _ in settings.scale_plan()]
-    for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
-        side = style_size(settings, size)
-        knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
-        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
-        for label, shape in zip(labels, style_shapes):
-            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
-                         "--size x --style-scale")
-    available = available_memory(settings) if settings.mem_budget_gib is None else None
-    for size in reversed(sizes):  # the largest first: its error is the one to act on
-        height, width = images.long_side_shape(ref[0], ref[1], size)
-        style_side = style_size(settings, size)
-        if available is None:  # ConfigError if the budget is too small
-            if tile_for_scale(settings, loss, height, width) is not None and settings.backend == "tensorrt":
-                raise ConfigError(f"a {width}x{height} image needs a tile within --mem-budget "
-                                  f"{settings.mem_budget_gib:g}, and the tensorrt backend cannot tile; "
-                                  f"use --backend ort")
-            continue
-        history = lbfgs_history(settings, height, width) if settings.optimizer == "lbfgs" else 0
-        _check_memory(settings, loss, height, width, available, history)
-        for shape in style_shapes:  # the style targets' forward pass, at the style size
-            _check_memory(settings, loss, *images.long_side_shape(shape[0], shape[1], style_side), available, 0)
+    return make_plan(settings, content_shape, style_shapes, content_label=content_label, style_labels=style_labels,
+                     memory=memory)
 
 
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: list[Prepared],
                      inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
                      blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
-                     offset: int = 0, measure: bool = True, last_use: bool = False) -> list[Result]:
+                     offset: int = 0, measure: bool = True, last_use: bool = False, history: int = 0
+                     ) -> list[Result]:
     """Targets at this size, the loop from the inits, then (measure) the distances of each result: one Result
     per picture.
 
@@ -266,7 +143,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
 
     results = optimise_batch(step, torch.cat(inits), iterations=settings.iterations, optimizer=settings.optimizer,
                              lr=settings.lr, callback=callback,
-                             history=lbfgs_history(settings, prepared[0].height, prepared[0].width),
+                             history=history,
                              max_step=settings.lbfgs_max_step or None, read_at=read_at)
     if with_distances:  # the loop keeps its own records: these replace them
         results = [dataclasses.replace(r, records=[with_distances.get((rec.index, rec.iteration), rec)
@@ -327,7 +204,8 @@ def batch_key(settings: Settings) -> Settings:
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
             callback: Callback | None = None, weights: Weights | None = None,
-            init_image: np.ndarray | None = None, step: Step | None = None) -> tuple[np.ndarray, Result]:
+            init_image: np.ndarray | None = None, step: Step | None = None, plan: Plan | None = None
+            ) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
     weights: already loaded, and then the caller's to keep; None: loaded from
@@ -343,34 +221,40 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     it stopped); after a non-finite loss the array is the last finite image.
     """
     return stylise_batch([Picture(content, styles, settings, init_image)], callback=callback, weights=weights,
-                         step=step)[0]
+                         step=step, plan=plan)[0]
 
 
 def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, weights: Weights | None = None,
-                  step: Step | None = None) -> list[tuple[np.ndarray, Result]]:
+                  step: Step | None = None, plan: Plan | None = None) -> list[tuple[np.ndarray, Result]]:
     """stylise() for several pictures optimised together, as one batch through one step: (array, Result)
     each, in order; the records of picture i carry index i.
 
     More than one picture needs equal batch_key()s, one output shape, one scale, no tile and the torch
     backend (ValueError otherwise: the caller groups them, engine/batch.py); one picture is stylise().
+    plan: the first picture's, made by check_run for these settings (the CLI's, checked before it loaded
+    anything); None: made here. Its scales (size, iterations, tile, L-BFGS history) are what runs.
     """
-    fixed = []
+    fixed: list[Picture] = []
+    plans: list[Plan] = []
     for picture in pictures:
         if picture.content is None:
             # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
             picture = dataclasses.replace(picture, settings=dataclasses.replace(
                 picture.settings, preserve_colors=False,
                 init=TEXTURE_INIT if picture.settings.init == "content" else picture.settings.init))
-        check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else None,
-                  [s.shape[:2] for s in picture.styles])
+        if plan is None or plans:  # the memory is probed once, for the first picture
+            plans.append(check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else
+                                   None, [s.shape[:2] for s in picture.styles],
+                                   memory=plans[0].memory if plans else None))
         fixed.append(dataclasses.replace(picture, settings=picture.settings.resolved()))
+    scales = (plan or plans[0]).scales
     pictures = fixed
     settings = pictures[0].settings
     texture = pictures[0].content is None
     if len(pictures) > 1 and (len({batch_key(p.settings) for p in pictures}) > 1
                               or any((p.content is None) != texture for p in pictures)):
         raise ValueError("the pictures of one batch must share every setting but " + ", ".join(PER_PICTURE))
-    if len(pictures) > 1 and (settings.backend != "torch" or len(settings.scale_plan()) > 1):
+    if len(pictures) > 1 and (settings.backend != "torch" or len(scales) > 1):
         raise ValueError("batches run on the torch backend at one scale")
     loaded = weights is None  # then nothing but the step needs them: let them go once it is built
     if weights is None:
@@ -378,8 +262,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
-    plan = settings.scale_plan()
-    prepared = [prepare(p.content, p.styles, p.settings, plan[0][0]) for p in pictures]
+    prepared = [prepare(p.content, p.styles, p.settings, scales[0].size) for p in pictures]
     if len({(q.height, q.width) for q in prepared}) > 1:
         raise ValueError(f"the pictures of one batch must have one output shape, got "
                          f"{sorted({(q.height, q.width) for q in prepared})}")
@@ -412,23 +295,23 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     results: list[Result] = []  # the last finished scale's
     blends = [p.settings.style_blend for p in pictures]
     try:
-        for index, (size, iterations) in enumerate(plan):
+        for index, at in enumerate(scales):
             try:
                 if index:  # one picture (checked above)
-                    prepared = [prepare(pictures[0].content, pictures[0].styles, settings, size)]
+                    prepared = [prepare(pictures[0].content, pictures[0].styles, settings, at.size)]
                     inits = [images.resize_tensor(results[0].image.detach().cpu(), prepared[0].height,
                                                   prepared[0].width)]
                     scale["content"] = [images.to_array(prepared[0].content)
                                         if prepared[0].content is not None else None]
                 scale["offset"] = len(records[0])
-                tile = tile_for_scale(settings, loss, prepared[0].height, prepared[0].width)
-                if tile is not None and len(pictures) > 1:
+                if at.tile is not None and len(pictures) > 1:
                     raise ValueError("a tiled step runs one picture at a time")
-                tiled = TiledStep(step, loss, settings.model, tile=tile) if tile is not None else None
-                parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=iterations),
+                tiled = TiledStep(step, loss, settings.model, tile=at.tile) if at.tile is not None else None
+                last = index == len(scales) - 1
+                parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=at.iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
-                                         offset=scale["offset"], measure=index == len(plan) - 1,
-                                         last_use=owned and index == len(plan) - 1)
+                                         offset=scale["offset"], measure=last, last_use=owned and last,
+                                         history=at.history)
             except KeyboardInterrupt:
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:

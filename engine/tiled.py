@@ -24,7 +24,6 @@ image in closed form. Every loss term comes from engine/losses.py.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -34,8 +33,8 @@ from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram_style, tv_loss_and_grad, tv_scale
 from styleengine.engine.steps import StepBase, StepResult, TileableStep
 from styleengine.model import vgg
+from styleengine.engine.memory import STRIDE, halo_for, step_bytes_per_pixel, tile_for_budget  # noqa: F401
 
-STRIDE = 16  # total stride of every VGG: tile origins and core sizes are multiples of it
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,6 @@ class Tile:
         """(top, left, bottom, right) of the core in tile pixels (tile_step's `core`)."""
         return (self.core_top - self.top, self.core_left - self.left,
                 self.core_bottom - self.top, self.core_right - self.left)
-
-
-def halo_for(model: str, names: list[str]) -> int:
-    """Half the receptive field of the deepest of `names`, rounded up to the total stride."""
-    deepest = max(vgg.resolve(model, names), key=lambda layer: layer.index)
-    return math.ceil(vgg.receptive_field(model, deepest.name) / 2 / STRIDE) * STRIDE
 
 
 def tiles(height: int, width: int, tile: int, halo: int) -> Iterator[Tile]:
@@ -212,42 +205,3 @@ class TiledStep(StepBase):
 # baseline: autograd keeps each layer's output (conv and ReLU) and the
 # backward holds about as much again transiently, so
 #   bytes/px = STEP_FACTOR * 4 * sum over layers up to the deepest of C_l / stride_l^2
-# STEP_FACTOR calibrated on this machine: untiled VGG19 default loss, 1024 px,
-# against a layer sum of 4 * 610 = 2.44 kB/px: the torch step with direct
-# convolutions 2.50 GB - 0.42 GB baseline = 1.99 kB/px (0.82), with Winograd
-# 2.24 - 0.42 GB (0.71); the ORT Winograd graph 3.61 - 0.39 GB = 3.2 kB/px
-# (1.32: its transformed tiles, 2.25x a layer's input, and ORT's arena), the
-# most of any step, so 1.4 (a tile also holds its pass-1 style maps, freed
-# before pass 2).
-STEP_FACTOR = 1.4
-
-
-def step_bytes_per_pixel(model: str, names: list[str]) -> float:
-    return STEP_FACTOR * 4.0 * sum(layer.out_channels / layer.stride**2 for layer in vgg.truncated(model, names))
-
-
-def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int, width: int,
-                    baseline_gib: float = 0.5, other_bytes: float = 0.0) -> int | None:
-    """The largest core size (multiple of 16) whose step fits `budget_gib`; None if the untiled step fits.
-
-    Fixed cost, whatever the tile: the process baseline, the image, its
-    gradient and L-BFGS's copies (counted as 8 image-sized fp32 buffers;
-    the optimiser's history, 2 per remembered iteration, is the caller's
-    `other_bytes`), and the content targets (fp32, C_l / stride_l^2 per pixel).
-    """
-    if not (budget_gib > 0 and math.isfinite(budget_gib)):
-        raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {budget_gib}")
-    per_px = step_bytes_per_pixel(model, loss.layers)
-    pixels = height * width
-    content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
-    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content) + other_bytes
-    budget = budget_gib * 2**30
-    if fixed + per_px * pixels <= budget:
-        return None
-    halo = halo_for(model, loss.layers)
-    side = math.sqrt(max(0.0, budget - fixed) / per_px) - 2 * halo  # core side of an inner tile
-    tile = int(side // STRIDE) * STRIDE
-    if tile < STRIDE:
-        raise ConfigError(f"a memory budget of {budget_gib:g} GiB is too small for a {width}x{height} image "
-                          f"(the image, gradient, targets and optimiser alone need {fixed / 2**30:.1f} GiB)")
-    return tile

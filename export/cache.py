@@ -41,7 +41,7 @@ from styleengine.paths import try_lock
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
-from styleengine.paths import atomic_write
+from styleengine.paths import atomic_write, cache_root  # noqa: F401  (callers read it here)
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +78,6 @@ class Export:
     def sha256(self, path: Path) -> str:
         """The recorded hash of one of this export's files."""
         return self.meta["files"][path.name]["sha256"]
-
-
-def cache_root() -> Path:
-    """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder."""
-    env = os.environ.get("STYLEENGINE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("styleengine"))
 
 
 def cache_key(weights: Weights, spec: ExportSpec) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from styleengine.errors import WeightsError, first_line
+from styleengine.paths import file_sha256  # noqa: F401  (callers read it here)
 from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
 from styleengine.model.vgg import conv_weight_keys, layer_table
 
@@ -50,14 +51,6 @@ def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         h.update(key.encode())
         h.update(state[key].detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

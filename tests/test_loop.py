@@ -2,6 +2,8 @@
 toward the style's, is reproducible, and stops cleanly on a non-finite loss."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -176,32 +178,70 @@ def test_lbfgs_keeps_only_the_history_asked_for(make_image):
 
 
 def test_auto_lbfgs_history_fits_a_quarter_of_the_budget():
-    from styleengine.engine.stylise import MIN_AUTO_HISTORY, Settings, lbfgs_history
+    from styleengine.engine.memory import MIN_AUTO_HISTORY, lbfgs_history
+    from styleengine.engine.stylise import Settings
 
     pair = 2 * 3 * 4  # bytes per pixel of one curvature pair
-    assert lbfgs_history(Settings(lbfgs_history=7), 4096, 4096) == 7  # asked for: kept
-    assert lbfgs_history(Settings(mem_budget_gib=64), 512, 512) == 100  # plenty: neural-style's 100
+    assert lbfgs_history(7, 1.0, 4096, 4096) == 7  # asked for: kept
+    assert lbfgs_history(None, 64 * 2**30, 512, 512) == 100  # plenty: neural-style's 100
     budget = 4 * 2**30
     expected = int(0.25 * budget // (pair * 2048 * 2048))
     assert 3 < expected < 100
-    assert lbfgs_history(Settings(mem_budget_gib=4), 2048, 2048) == expected
-    assert lbfgs_history(Settings(mem_budget_gib=0.5), 8192, 8192) == MIN_AUTO_HISTORY
+    assert lbfgs_history(None, budget, 2048, 2048) == expected
+    assert lbfgs_history(None, 0.5 * 2**30, 8192, 8192) == MIN_AUTO_HISTORY
     with pytest.raises(ConfigError, match="history"):
         Settings(lbfgs_history=0).validate()
 
 
-def test_tile_per_scale_from_the_budget():
-    from styleengine.engine.losses import LossConfig
-    from styleengine.engine.stylise import Settings, tile_for_scale
+def _tiles(settings, height, width, memory=None):
+    from styleengine.engine.plan import make_plan
 
-    loss = LossConfig()
-    assert tile_for_scale(Settings(), loss, 4096, 4096) is None  # no tile, no budget: untiled
-    assert tile_for_scale(Settings(tile=256, mem_budget_gib=1), loss, 4096, 4096) == 256  # --tile wins
+    settings = dataclasses.replace(settings, size=max(height, width), scales=1)
+    return make_plan(settings, (height, width), [(64, 64)], memory=memory).scales[0].tile
+
+
+def test_tile_per_scale_from_the_budget():
+    from styleengine.engine.stylise import Settings
+
+    assert _tiles(Settings(), 4096, 4096, memory=2**40) is None  # no tile, no budget: untiled
+    assert _tiles(Settings(tile=256, mem_budget_gib=1), 4096, 4096) == 256  # --tile wins
     budget = Settings(mem_budget_gib=8, model="vgg16")
-    assert tile_for_scale(budget, loss, 724, 724) is None  # an early scale that fits runs untiled
-    tile = tile_for_scale(budget, loss, 2048, 2048)
+    assert _tiles(budget, 724, 724) is None  # an early scale that fits runs untiled
+    tile = _tiles(budget, 2048, 2048)
     assert tile is not None and tile % 16 == 0 and tile < 2048
     # the L-BFGS history counts against the budget: a fixed long history leaves a smaller tile
-    assert tile_for_scale(Settings(mem_budget_gib=8, model="vgg16", lbfgs_history=60), loss, 2048, 2048) < tile
+    assert _tiles(Settings(mem_budget_gib=8, model="vgg16", lbfgs_history=60), 2048, 2048) < tile
     with pytest.raises(ConfigError, match="too small"):
-        tile_for_scale(Settings(mem_budget_gib=1), loss, 4096, 4096)
+        _tiles(Settings(mem_budget_gib=1), 4096, 4096)
+
+
+def test_the_memory_is_probed_once_a_run_and_its_plan_is_what_runs(monkeypatch):
+    """The default L-BFGS history comes from the memory free when the run is planned, once: it was computed
+    again from the memory free at each later moment (the check, the loop), so one run could plan one history
+    and run another."""
+    import numpy as np
+
+    from styleengine.engine import plan as plan_module, stylise as stylise_module
+    from styleengine.engine.stylise import Settings
+
+    free = iter([2**40, 6 * 2**20, 6 * 2**20])  # plenty when planned; later far less
+    probes = []
+
+    def free_memory(device):
+        probes.append(device)
+        return next(free)
+
+    histories = []
+    real = stylise_module.optimise_batch
+
+    def optimise_batch(*args, **kwargs):
+        histories.append(kwargs["history"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "free_memory", free_memory)
+    monkeypatch.setattr(stylise_module, "optimise_batch", optimise_batch)
+    rng = np.random.default_rng(0)
+    content, style = rng.random((48, 64, 3)).astype(np.float32), rng.random((48, 64, 3)).astype(np.float32)
+    stylise_module.stylise(content, [style], Settings(size=64, iterations=2, weights="random", backend="torch",
+                                                     device="cpu", precision="fp32", conv="direct"))
+    assert len(probes) == 1 and histories == [100]

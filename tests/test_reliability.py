@@ -144,7 +144,9 @@ def test_huge_size_fails_at_once(tmp_path, monkeypatch, capsys, pics, no_step, s
 
 @pytest.fixture
 def eight_gib(monkeypatch):
-    monkeypatch.setattr(stylise_module, "available_memory", lambda settings: 8 * 2**30)
+    from styleengine.engine import plan
+
+    monkeypatch.setattr(plan, "free_memory", lambda device: 8 * 2**30)
 
 
 def test_memory_check_suggests_tile_and_budget(eight_gib, monkeypatch):

@@ -12,6 +12,7 @@ written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -38,8 +39,13 @@ class TraceWriter:
     """--trace: one JSON object per iteration, the file opened at the first record (so an interrupted
     set-up leaves no empty file). A write or close that fails (a full disk) stops the trace, not the run."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, plan: dict[str, Any] | None = None):
         self.path, self.file, self.failure = path, None, None
+        self.plan = plan  # the run's plan, in the first iteration's object
+
+    def _extra(self) -> dict[str, Any]:
+        plan, self.plan = self.plan, None
+        return {"plan": plan} if plan is not None else {}
 
     def write(self, record: Any) -> None:
         if self.path is None or self.failure is not None:
@@ -51,7 +57,7 @@ class TraceWriter:
                 "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
                 "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
                 "height": record.height, "width": record.width,
-                **(record.distances.to_json() if record.distances is not None else {})}) + "\n")
+                **(record.distances.to_json() if record.distances is not None else {}), **self._extra()}) + "\n")
             self.file.flush()
         except OSError as e:
             self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
@@ -187,9 +193,9 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
     content_array = images.load_image(content) if content is not None else None
     style_arrays = [images.load_image(p) for p in styles]
-    check_run(settings, content_array.shape[:2] if content_array is not None else None,
-              [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
-              style_labels=[f"style image {p}" for p in styles])
+    plan = check_run(settings, content_array.shape[:2] if content_array is not None else None,
+                     [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
+                     style_labels=[f"style image {p}" for p in styles])
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
     # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
     # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
@@ -201,6 +207,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
 
         choice = choose(settings)  # measured on first use here, then read back (engine/autotune.py)
         settings = choice.settings
+        plan = dataclasses.replace(plan, settings=settings, auto=choice.why)
         console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
     if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
@@ -210,9 +217,9 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4g}"), TextColumn("{task.fields[spi]:.2f} s/it"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    tracer = TraceWriter(trace)
+    tracer = TraceWriter(trace, plan.to_json())
     failures: list[str] = []
-    total = sum(iters for _, iters in settings.scale_plan())  # over all scales of a coarse-to-fine run
+    total = plan.iterations  # over all scales of a coarse-to-fine run
     try:
         with progress:
             task = progress.add_task("texture" if texture else "stylise", total=total, loss=float("nan"), spi=0.0)
@@ -230,7 +237,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                             failures.append(f"{e}; later snapshots were still tried")
 
             image, result = stylise(content_array, style_arrays, settings, callback=on_iteration,
-                                    init_image=init_image)
+                                    init_image=init_image, plan=plan)
     finally:
         tracer.close()
     if tracer.failure:

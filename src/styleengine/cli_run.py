@@ -1,16 +1,16 @@
 """`styleengine run` and `styleengine texture`: flags -> Settings, then cli_job.execute.
 
 Every settings flag is generated from engine/settings.py's metadata
-(cli_settings); only the files and the dry run are declared here.
+(cli_settings); only the files and the dry run are declared here. The
+engine (torch) is imported only for a real run: a dry run stays torch-free.
 """
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from styleengine.cli_job import execute
 from styleengine.cli_settings import settings_from, with_settings
-from styleengine.engine.settings import RUN, TEXTURE
+from styleengine.engine.settings import RUN, TEXTURE, Settings
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
                                       show_default=False)]
@@ -21,15 +21,31 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, 
 Styles = Annotated[list[Path], typer.Argument(help="One or more style images.", show_default=False)]
 
 
+def _dry_run(content: Path | None, styles: list[Path], settings: Settings) -> None:
+    from styleengine.cli_plan import dry_plan
+
+    print("\n".join(dry_plan(content, styles, settings).lines()))
+
+
 def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)], styles: Styles,
-         output: Output, trace: Trace = None, **flags: Any) -> None:
+         output: Output, trace: Trace = None, dry_run: DryRun = False, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
-    execute(content=content, styles=styles, output=output, settings=settings_from(flags, RUN), trace=trace)
+    settings = settings_from(flags, RUN)
+    if dry_run:
+        return _dry_run(content, styles, settings)
+    from styleengine.cli_job import execute
+
+    execute(content=content, styles=styles, output=output, settings=settings, trace=trace)
 
 
-def _texture(styles: Styles, output: Output, trace: Trace = None, **flags: Any) -> None:
+def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRun = False, **flags: Any) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
-    execute(content=None, styles=styles, output=output, settings=settings_from(flags, TEXTURE), trace=trace)
+    settings = settings_from(flags, TEXTURE)
+    if dry_run:
+        return _dry_run(None, styles, settings)
+    from styleengine.cli_job import execute
+
+    execute(content=None, styles=styles, output=output, settings=settings, trace=trace)
 
 
 run = with_settings(_run, RUN)

@@ -159,3 +159,39 @@ def check_cache_dir(root: Path, env_var: str | None = None) -> None:
         raise ConfigError(f"cannot use the cache folder {root}{named}: {_reason(e)}") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def image_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from an image file's header (EXIF rotation applied, as images.load_image does), without
+    decoding it; None if PIL cannot tell (loading it will say what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return height, width
+
+
+def cache_root() -> Path:
+    """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder (exports, tuning record)."""
+    env = os.environ.get("STYLEENGINE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("styleengine"))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (the one file hash: weights, exports, batch inputs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,177 @@
+"""A plan per run: the machine probed once, then per scale the size, iterations, tile and L-BFGS history, and
+what runs the step (torch-free: `styleengine run --dry-run` prints it without loading torch or weights).
+
+`make_plan` also makes every check the settings and the images' shapes allow before any work: each side
+at every scale, and the memory (what the step takes, by tiled.tile_for_budget's estimate, with the history).
+The plan is what `stylise` executes: nothing in it is computed again later (the memory free at another
+moment could give another history or tile).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from styleengine.choices import MIN_SIDE
+from styleengine.engine.loss_config import LossConfig
+from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
+from styleengine.engine.schedule import long_side_shape
+from styleengine.engine.settings import Settings
+from styleengine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One scale of a run."""
+
+    size: int  # long side, px
+    height: int
+    width: int
+    iterations: int
+    style_side: int  # the style images' long side at this scale
+    tile: int | None  # core of the exact tiled step; None: untiled
+    history: int  # L-BFGS curvature pairs (0: Adam)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, decided before it starts."""
+
+    settings: Settings  # placed: device and provider concrete; backend, precision and conv as resolved so far
+    texture: bool
+    scales: tuple[Scale, ...]
+    memory: int | None  # bytes free where the run's tensors live when planned; None: --mem-budget was given
+    auto: str = ""  # how `auto` was (or will be) resolved, one line
+
+    @property
+    def iterations(self) -> int:
+        return sum(s.iterations for s in self.scales)
+
+    def to_json(self) -> dict[str, Any]:
+        """What decides the output: recorded in the trace and hashed into a batch's manifest (free memory is
+        left out: it only matters through the history and tiles it gave)."""
+        s = self.settings
+        return {"backend": s.backend, "device": s.device, "provider": s.provider, "precision": s.precision,
+                "conv": s.conv, "scales": [asdict(scale) for scale in self.scales]}
+
+    def lines(self) -> list[str]:
+        """The plan for a person to read."""
+        s = self.settings
+        what = "texture" if self.texture else "stylise"
+        out = [f"plan: {what} {s.model} ({s.pooling} pooling, weights {s.weights}), {self.iterations} iterations "
+               f"in {len(self.scales)} scale{'s' if len(self.scales) > 1 else ''}",
+               f"step: {s.backend} {s.precision} {s.conv} on the {s.device}"
+               + (f" ({s.provider} provider)" if s.backend != "torch" else "")]
+        if self.auto:
+            out.append(f"auto: {self.auto}")
+        if self.memory is not None:
+            where = "GPU" if s.device == "cuda" else "host"
+            out.append(f"memory: {self.memory / 2**30:.1f} GiB free on the {where} now")
+        else:
+            out.append(f"memory: --mem-budget {s.mem_budget_gib:g} GiB")
+        for i, scale in enumerate(self.scales):
+            tile = f"tiles of {scale.tile} px" if scale.tile else "untiled"
+            history = f", L-BFGS history {scale.history}" if scale.history else ""
+            out.append(f"scale {i + 1}: {scale.width}x{scale.height} px, {scale.iterations} iterations, {tile}"
+                       f"{history}; styles at {scale.style_side} px")
+        return out
+
+
+def style_size(settings: Settings, size: int) -> int:
+    """The style images' long side at an output long side of `size`."""
+    return max(MIN_SIDE, round(size * settings.style_scale))
+
+
+def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
+    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
+    `knob` names the setting that would give the long side it needs ("--size", ...)."""
+    height, width = long_side_shape(shape[0], shape[1], long_side)
+    if min(height, width) >= MIN_SIDE:
+        return
+    needed = math.ceil(MIN_SIDE * max(shape) / min(shape))
+    raise ConfigError(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
+                      f"be at least {MIN_SIDE} px, so it needs a long side of {needed} px ({knob} {needed}): "
+                      f"crop the image or use a larger size")
+
+
+def _gib(value: float) -> str:
+    return f"{math.floor(value * 10) / 10:g}"
+
+
+def _suggested_budget(free_gib: float) -> str:
+    return _gib(0.9 * free_gib)  # a margin under what is free now
+
+
+def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int, available: int,
+                  history: int) -> None:
+    """ConfigError unless a height x width image's step fits `available` bytes as the settings run it
+    (untiled, or with settings.tile), by tile_for_budget's estimate with `history` L-BFGS pairs."""
+    free = available / 2**30
+    try:
+        fits = tile_for_budget(free, settings.model, loss, height, width,
+                               other_bytes=history * lbfgs_pair_bytes(height, width))
+    except ConfigError:
+        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available, "
+                          f"even tiled (the image, its gradient, the targets and {history} L-BFGS pairs alone); "
+                          f"use a smaller --size") from None
+    if fits is None or (settings.tile is not None and settings.tile <= fits):
+        return
+    if settings.backend == "tensorrt":
+        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
+                          f"untiled, and the tensorrt backend cannot tile; use --backend ort with "
+                          f"--mem-budget {_suggested_budget(free)}")
+    if settings.tile is not None:
+        raise ConfigError(f"--tile {settings.tile} at {width}x{height} needs more than the {_gib(free)} GiB of "
+                          f"memory available; use --tile {fits} or less, or --mem-budget {_suggested_budget(free)}")
+    raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
+                      f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
+
+def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
+              content_label: str = "the content image", style_labels: list[str] | None = None,
+              memory: int | None = None, auto: str = "") -> Plan:
+    """The plan of a run of these (placed) settings on images of these (height, width) shapes; ConfigError for
+    what cannot work. content_shape None: a texture. At every scale each image resized has both sides >=
+    MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a budget, a tile
+    exists for it; else the step, as run, fits the memory free now (probed here once unless `memory` is given)."""
+    texture = content_shape is None
+    if not style_shapes:
+        raise ConfigError("at least one style image is needed")
+    if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
+        raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")
+    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    ref = content_shape if content_shape is not None else style_shapes[0]
+    loss = settings.loss_config(texture=texture)
+    steps = settings.scale_plan()
+    sizes = [size for size, _ in steps]
+    for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
+        side = style_size(settings, size)
+        knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
+        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
+        for label, shape in zip(labels, style_shapes):
+            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
+                         "--size x --style-scale")
+    if settings.mem_budget_gib is None and memory is None:
+        memory = free_memory(settings.device)
+    budget = settings.mem_budget_gib * 2**30 if settings.mem_budget_gib is not None else memory
+    assert budget is not None  # one of the two is set
+    scales = []
+    for size, iterations in steps:
+        height, width = long_side_shape(ref[0], ref[1], size)
+        history = lbfgs_history(settings.lbfgs_history, budget, height, width) if settings.optimizer == "lbfgs" else 0
+        tile = settings.tile
+        if tile is None and settings.mem_budget_gib is not None:
+            tile = tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
+                                   other_bytes=history * lbfgs_pair_bytes(height, width))
+        scales.append(Scale(size, height, width, iterations, style_size(settings, size), tile, history))
+    for scale in reversed(scales):  # the largest first: its error is the one to act on
+        if settings.mem_budget_gib is not None:
+            if scale.tile is not None and settings.backend == "tensorrt":
+                raise ConfigError(f"a {scale.width}x{scale.height} image needs a tile within --mem-budget "
+                                  f"{settings.mem_budget_gib:g}, and the tensorrt backend cannot tile; "
+                                  f"use --backend ort")
+            continue
+        assert memory is not None
+        _check_memory(settings, loss, scale.height, scale.width, memory, scale.history)
+        for shape in style_shapes:  # the style targets' forward pass, at the style size
+            _check_memory(settings, loss, *long_side_shape(shape[0], shape[1], scale.style_side), memory, 0)
+    return Plan(settings, texture, tuple(scales), memory if settings.mem_budget_gib is None else None, auto)

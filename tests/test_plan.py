@@ -1,0 +1,129 @@
+"""The plan per run (engine/plan.py), `--dry-run`, and the settings declared once (engine/settings.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from styleengine.engine.settings import BATCH, RUN, TEXTURE, Settings, options
+
+try:
+    from test_cli import FAST, assert_one_line_error, pics, run_cli  # noqa: F401  (fixture)
+except ImportError:  # run from the repository root as a package
+    from tests.test_cli import FAST, assert_one_line_error, pics, run_cli  # noqa: F401
+
+
+def test_dry_run_prints_the_plan_without_torch_weights_or_writing(tmp_path, pics):
+    """The plan in under a second: torch (1.5 s to import here), ONNX and ONNX Runtime stay unloaded, the
+    weights file is not read, nothing is written (the check runs in a fresh interpreter)."""
+    out = tmp_path / "out.png"
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read by a dry run")
+    code = ("import sys; sys.argv = sys.argv[1:]\n"
+            "from styleengine.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('loaded', sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))")
+    args = ["styleengine", "run", str(pics["content"]), str(pics["style"]), "-o", str(out), "--dry-run",
+            "--size", "2048", "--weights", str(weights), "--model", "vgg16", "--mem-budget", "64"]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "loaded []"
+    assert lines[0].startswith("plan: stylise vgg16") and "in 4 scales" in lines[0]
+    scales = [line for line in lines if line.startswith("scale ")]
+    assert len(scales) == 4 and scales[-1].startswith("scale 4: 1707x2048 px") and "L-BFGS history" in scales[-1]
+    assert any(line.startswith("step: ") for line in lines) and any(line.startswith("auto: ") for line in lines)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [pics["content"].name, pics["style"].name, pics["style2"].name, "w.safetensors"])
+
+
+def test_dry_run_refuses_what_the_run_would_refuse_in_one_line(tmp_path, monkeypatch, capsys, pics):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], tmp_path / "none.png", "-o", out,
+                           "--dry-run")
+    assert_one_line_error(code, err, out)
+    assert "none.png" in err
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, "--dry-run",
+                           "--weights", tmp_path / "missing.pth")
+    assert_one_line_error(code, err, out)
+    assert "weights file not found" in err
+    code, _, err = run_cli(monkeypatch, capsys, "texture", pics["style"], "-o", out, "--dry-run",
+                           "--mem-budget", "0.01")
+    assert_one_line_error(code, err, out)
+    assert "too small" in err
+
+
+def test_dry_run_shows_a_kept_trial_as_what_auto_runs(tmp_path, monkeypatch, capsys, pics):
+    from styleengine.engine import autotune, capability
+
+    settings = Settings(size=48, model="vgg16", weights="random")
+    where = capability.place("auto", "auto", "auto", capability.Machine())
+    key = autotune._key(settings, where)
+    trials = (autotune.Trial("ort", "fp32", "direct", (0.1,)), autotune.Trial("torch", "fp32", "winograd", (0.2,)))
+    assert autotune._write(key, trials, autotune.pick_fastest(trials))
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    code, out, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                             "--dry-run", "--size", "48", "--model", "vgg16", "--weights", "random")
+    assert code == 0, err
+    assert "step: ort fp32 direct on the cpu" in out and "measured earlier here" in out
+
+
+def test_the_plan_is_in_the_trace_and_is_what_ran(tmp_path, monkeypatch, capsys, pics):
+    out, trace = tmp_path / "out.png", tmp_path / "t.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--trace", trace, "--scales", "2", "--start-size", "40")
+    assert code == 0, err
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    plan = records[0]["plan"]
+    assert "plan" not in records[1]
+    assert [s["size"] for s in plan["scales"]] == [40, 48] and plan["backend"] == "torch"
+    first = plan["scales"][0]
+    ran_first = [r for r in records if r["width"] == first["width"] and r["height"] == first["height"]]
+    assert len(ran_first) == first["iterations"]
+    assert len(records) == sum(s["iterations"] for s in plan["scales"])
+
+
+def test_every_setting_is_one_declaration_that_reaches_every_front_end():
+    """A Settings field with its Option is a flag of the commands it names (with its help in its group) and a
+    per-job key of a jobs file where it says so: nothing else to write to add a setting."""
+    from typer.testing import CliRunner
+
+    from styleengine.cli import app
+
+    fields = [f.name for f in dataclasses.fields(Settings)]
+    declared = options(RUN) | options(TEXTURE) | options(BATCH)
+    assert set(fields) - set(declared) == {"convention"}  # the Python API's whole-convention override
+    runner = CliRunner()
+    for command in (RUN, TEXTURE, BATCH):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
+        for name, meta in options(command).items():
+            assert (meta.flag or "--" + name.replace("_", "-")) in shown, (command, name)
+            assert meta.group in shown
+
+
+def test_settings_and_the_plan_need_no_torch():
+    code = ("import sys\n"
+            "from styleengine.engine.settings import Settings\n"
+            "from styleengine.engine.plan import make_plan\n"
+            "s = Settings(size=2048)\n"
+            "s.validate()\n"
+            "p = make_plan(s, (1000, 1500), [(800, 600)], memory=2**34)\n"
+            "assert [x.size for x in p.scales] == [724, 1024, 1448, 2048]\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--mean", "1,2", "three finite numbers"), ("--channel-order", "GBR", "RGB or BGR"),
+    ("--std", "1,0,1", "must be > 0"), ("--style-blend", "a,b", "comma-separated numbers")])
+def test_convention_and_list_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys, pics, flag, value,
+                                                               message):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, flag, value)
+    assert_one_line_error(code, err, out)
+    assert message in err
