@@ -237,8 +237,9 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     ';' between cells. Checks across jobs: check_jobs.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # a FIFO would block, a device never end
-        raise ConfigError(f"cannot read jobs file {path}: not a regular file")
+    problem = paths.not_a_file(path)
+    if path.exists() and problem is not None:
+        raise ConfigError(f"cannot read jobs file {path}: it {problem}")
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")

@@ -34,8 +34,9 @@ def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise UserError(f"cannot read {path}: not a regular file")
+    problem = paths.not_a_file(path)
+    if os.path.exists(path) and problem is not None:
+        raise UserError(f"cannot read {path}: it {problem}")
     digest = file_sha256(Path(path))
     if cache is not None:
         cache[key] = digest

@@ -39,3 +39,39 @@ def test_sigterm_after_the_export_is_published_is_a_success(tmp_path, monkeypatc
     meta = json.loads((out / cache.META_FILE).read_text())
     assert sorted(p.name for p in out.iterdir()) == PORTABLE and cache.files_match(out, meta["files"])
     assert not [p for p in tmp_path.rglob(".*")]  # no staging folder left
+
+
+# ------------------------------------------------------------------ D8a: a weights file that is no file
+
+@pytest.fixture
+def pics(tmp_path) -> dict[str, Path]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, shape in (("content", (48, 40, 3)), ("style", (56, 56, 3))):
+        out[name] = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(out[name])
+    return out
+
+
+FAST = ["--model", "vgg16", "--size", "48", "--iters", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("kind,says", [("device", "is a character device"), ("fifo", "is a FIFO"),
+                                       ("folder", "is a directory"), ("dangling", "broken symbolic link"),
+                                       ("missing", "was not found")])
+def test_weights_that_are_not_a_file_say_what_they_are(tmp_path, monkeypatch, capsys, pics, kind, says):
+    where = {"device": Path("/dev/zero"), "fifo": tmp_path / "w.pth", "folder": tmp_path,
+             "dangling": tmp_path / "link.pth", "missing": tmp_path / "missing.pth"}[kind]
+    if kind == "fifo":
+        os.mkfifo(where)
+    if kind == "dangling":
+        where.symlink_to(tmp_path / "gone.pth")
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--weights", where)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert says in lines[0] and str(where) in lines[0] and not out.exists()
