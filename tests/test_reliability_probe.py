@@ -15,9 +15,11 @@ from styleengine.export import cache
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_cli_export import NO_CHECK, PORTABLE
+    from test_reliability_batch import picture
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_cli_export import NO_CHECK, PORTABLE
+    from tests.test_reliability_batch import picture
 
 
 # ------------------------------------------------------------------ D7: export, a signal after publishing
@@ -75,3 +77,65 @@ def test_weights_that_are_not_a_file_say_what_they_are(tmp_path, monkeypatch, ca
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
     assert says in lines[0] and str(where) in lines[0] and not out.exists()
+
+
+# ------------------------------------------------------------------ batch: messages, paths, signals, files
+
+def batch_folder(tmp_path: Path) -> Path:
+    picture(tmp_path / "c1.png", 1)
+    picture(tmp_path / "c2.png", 2)
+    picture(tmp_path / "s1.png", 3)
+    return tmp_path
+
+
+BATCH_FAST = ["--weights", "random", "--model", "vgg16", "--size", "40", "--iters", "2", "--device", "cpu",
+              "--batch-size", "1"]
+
+
+def run_batch(monkeypatch, capsys, jobs: Path, out: Path, *flags) -> tuple[int, str]:
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *BATCH_FAST, *flags)
+    return code, err
+
+
+def jobs_file(path: Path, jobs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    return path
+
+
+def test_interrupted_before_anything_was_recorded_does_not_point_at_a_manifest(tmp_path, monkeypatch, capsys):
+    """D8b: 'the manifest has the rest' was said before the manifest existed."""
+    from styleengine.engine import batch as engine
+
+    folder = batch_folder(tmp_path)
+    jobs = jobs_file(folder / "jobs.jsonl", [{"id": "a", "content": "c1.png", "style": "s1.png"}])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "stylise_batch", interrupted)
+    code, err = run_batch(monkeypatch, capsys, jobs, folder / "out")
+    assert code == 130 and "Traceback" not in err, err
+    [line] = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert not (folder / "out" / engine.MANIFEST).exists()
+    assert engine.MANIFEST not in line and "nothing was recorded" in line
+
+
+def test_interrupted_after_a_job_was_recorded_points_at_the_manifest(tmp_path, monkeypatch, capsys):
+    from styleengine.engine import batch as engine
+
+    folder = batch_folder(tmp_path)
+    jobs = jobs_file(folder / "jobs.jsonl", [{"id": "a", "content": "c1.png", "style": "s1.png"},
+                                             {"id": "b", "content": "c2.png", "style": "s1.png"}])
+    real, calls = engine.stylise_batch, []
+
+    def second_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "stylise_batch", second_interrupted)
+    code, err = run_batch(monkeypatch, capsys, jobs, folder / "out")
+    assert code == 130 and "Traceback" not in err, err
+    [line] = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert "1 of 2 jobs left" in line and str(folder / "out" / engine.MANIFEST) in line

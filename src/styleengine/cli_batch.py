@@ -208,8 +208,11 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                     note(engine.record(result, manifest, save_elsewhere))
     except KeyboardInterrupt:
         signals.reported = True
-        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; "
-              f"the same command resumes ({manifest.path} has the rest)", file=sys.stderr)
+        kept = (f"the same command resumes ({manifest.path} records what is done)"
+                if manifest.path.is_file() and manifest.path.stat().st_size else
+                "nothing was recorded yet; the same command starts again")
+        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; {kept}",
+              file=sys.stderr)
         raise typer.Exit(signals.exit_code) from None
     finally:
         if warm is not None:
