@@ -178,9 +178,16 @@ def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> s
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
-    """out_dir / output, refused if it is absolute or climbs out with '..' (symlinks: JobsCheck)."""
+    """out_dir / output, refused if it is absolute or climbs out with '..' (symlinks: JobsCheck); a '..'
+    that stays inside is folded away (`nosub/../a.png` is `a.png`)."""
     relative = Path(output)
-    if relative.is_absolute() or ".." in relative.parts:
+    if ".." in relative.parts and not relative.is_absolute():
+        relative = Path(os.path.normpath(relative))
+        # after a symbolic link, '..' is the parent of the link's target: a file the folded name is not
+        if relative.parts[:1] != ("..",) and os.path.realpath(out_dir / output) != os.path.realpath(out_dir / relative):
+            raise ConfigError(f"{where}: output {output!r} climbs out of a symbolic link with '..' (to "
+                              f"{os.path.realpath(out_dir / output)}); name the file without '..'")
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
         raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
     if not relative.name:  # "." or "./": the folder itself
         raise ConfigError(f"{where}: output {output!r} names no file")
@@ -201,7 +208,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     style_paths = tuple(base_dir / s for s in style_names)
     output = _text(raw, "output", where) or _default_output(content_path, style_paths)
     output_path = _inside(output, out_dir, where)
-    job_id = _text(raw, "id", where, numbers=True) or str(Path(output).with_suffix(""))
+    job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
 

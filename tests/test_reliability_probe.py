@@ -139,3 +139,29 @@ def test_interrupted_after_a_job_was_recorded_points_at_the_manifest(tmp_path, m
     assert code == 130 and "Traceback" not in err, err
     [line] = [x for x in err.splitlines() if x.startswith("error: ")]
     assert "1 of 2 jobs left" in line and str(folder / "out" / engine.MANIFEST) in line
+
+
+def test_an_output_whose_dotdot_stays_inside_out_is_taken(tmp_path, monkeypatch, capsys):
+    """D8c: `nosub/../a.png` is out/a.png, not 'outside --out'; no stray `nosub` folder is made."""
+    from styleengine.engine import batch as engine
+
+    folder = batch_folder(tmp_path)
+    jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png", "output": "nosub/../a.png"}])
+    out = folder / "out"
+    code, err = run_batch(monkeypatch, capsys, jobs, out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png", engine.MANIFEST]
+    [line] = [json.loads(x) for x in (out / engine.MANIFEST).read_text().splitlines()]
+    assert line["id"] == "a" and line["output"] == str(out / "a.png") and line["status"] == "ok"
+
+
+def test_a_dotdot_through_a_symlink_that_leaves_out_is_refused(tmp_path, monkeypatch, capsys):
+    folder = batch_folder(tmp_path)
+    out, elsewhere = folder / "out", folder / "elsewhere" / "deep"
+    out.mkdir()
+    elsewhere.mkdir(parents=True)
+    (out / "link").symlink_to(elsewhere)  # out/link/../a.png is elsewhere/a.png to the OS
+    jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png", "output": "link/../a.png"}])
+    code, err = run_batch(monkeypatch, capsys, jobs, out)
+    assert code == 1 and "Traceback" not in err and "symbolic link" in err, err
+    assert not (folder / "elsewhere" / "a.png").exists() and not (out / "a.png").exists()
