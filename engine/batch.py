@@ -32,7 +32,7 @@ from styleengine.choices import INITS
 from styleengine.engine import images
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
-                                     iter_jobs, load_jobs, pair_jobs)
+                                     iter_jobs, load_jobs, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonable, file_digest,  # noqa: F401
                                          locked, settings_hash)
 from styleengine.engine.stylise import (Picture, Settings, available_memory, batch_key, build_step, check_run,

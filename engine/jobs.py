@@ -107,6 +107,17 @@ for _name in ("style_layer_weights", "style_blend"):
 OVERRIDES["preserve_colors"] = _flag
 
 
+def settings_inputs(init: str, weights: str, prefix: str = "") -> dict[str, Path]:
+    """The files an --init and a --weights value name, by role ("init image", "weights file"; `prefix`
+    before each); none for the named inits and imagenet / random weights."""
+    found = {}
+    if init not in INITS:
+        found[f"{prefix}init image"] = Path(init)
+    if weights not in ("imagenet", "random"):
+        found[f"{prefix}weights file"] = Path(weights)
+    return found
+
+
 @dataclass(frozen=True)
 class Job:
     """One picture to make: `content` styled by `styles` (blend weights in overrides["style_blend"])."""
@@ -129,10 +140,7 @@ class Job:
         found.update({f"style image {i + 1}" if len(self.styles) > 1 else "style image": p
                       for i, p in enumerate(self.styles)})
         overrides = dict(self.overrides)
-        if overrides.get("init", INITS[0]) not in INITS:
-            found["init image"] = Path(overrides["init"])
-        if overrides.get("weights", "random") not in ("imagenet", "random"):
-            found["weights file"] = Path(overrides["weights"])
+        found.update(settings_inputs(overrides.get("init", INITS[0]), overrides.get("weights", "random")))
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -301,11 +309,11 @@ def _images_in(folder: Path, what: str) -> list[Path]:
     return found
 
 
-def pair_jobs(contents: Path, styles: Path, out_dir: Path) -> list[Job]:
+def pair_jobs(contents: Path, styles: Path, out_dir: Path, shared: dict[str, Path] | None = None) -> list[Job]:
     """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
     jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
             for c in _images_in(Path(contents), "--contents") for s in _images_in(Path(styles), "--styles")]
-    check_jobs(jobs, out_dir)
+    check_jobs(jobs, out_dir, shared)
     return jobs
 
 
@@ -339,9 +347,10 @@ class _Resolver:
 class JobsCheck:
     """The checks across jobs, made as they stream past: ids unique; no output that is another's output,
     any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
-    links), the manifest or the lock. Keeps only what the checks compare."""
+    links), the manifest, the lock or a file every job reads (`shared`: the batch's --init image and
+    --weights file, by role). Keeps only what the checks compare."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, shared: dict[str, Path] | None = None):
         self.count = 0
         self._out_dir = Path(out_dir)
         self._resolve = _Resolver()
@@ -349,6 +358,8 @@ class JobsCheck:
         self._ids: set[str] = set()
         self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
                           for key in self._resolve.identities(self._out_dir / name)}
+        self._reserved.update({key: f"the batch's {role} {path}" for role, path in (shared or {}).items()
+                               for key in self._resolve.identities(Path(path))})
         self._inputs: dict[Any, str] = {}
         self._outputs: dict[Any, str] = {}
         self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
@@ -388,9 +399,9 @@ class JobsCheck:
         self.count += 1
 
 
-def check_jobs(jobs: Iterable[Job], out_dir: Path) -> int:
+def check_jobs(jobs: Iterable[Job], out_dir: Path, shared: dict[str, Path] | None = None) -> int:
     """JobsCheck over every job; how many there are."""
-    check = JobsCheck(out_dir)
+    check = JobsCheck(out_dir, shared)
     for job in jobs:
         check.add(job)
     return check.count

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from styleengine import paths
-from styleengine.choices import INITS
 from styleengine.engine.stylise import Settings
 from styleengine.errors import UserError
 from styleengine.model.weights import file_sha256
@@ -59,11 +58,9 @@ def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], dige
     """sha256 of what decides the picture: the resolved Settings (with the job's overrides), the input
     convention overrides, the job's overrides, and the bytes of every file read (content, styles, an init
     image, a weights file). OSError if a file cannot be read. 16 hex digits."""
-    files = [job.content, *job.styles]
-    if settings.init not in INITS:
-        files.append(Path(settings.init))
-    if settings.weights not in ("imagenet", "random"):
-        files.append(Path(settings.weights))
+    from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
+
+    files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
     payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
                "convention": _jsonable(convention), "overrides": _jsonable(dict(job.overrides)),
                "files": [file_digest(p, digests) for p in files]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -165,3 +166,33 @@ def test_a_dotdot_through_a_symlink_that_leaves_out_is_refused(tmp_path, monkeyp
     code, err = run_batch(monkeypatch, capsys, jobs, out)
     assert code == 1 and "Traceback" not in err and "symbolic link" in err, err
     assert not (folder / "elsewhere" / "a.png").exists() and not (out / "a.png").exists()
+
+
+@pytest.mark.parametrize("flag", ["--init", "--weights"])
+def test_a_batch_input_that_is_a_jobs_output_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, flag):
+    """D8d: `--init out/a.png` with a job writing out/a.png failed every job, one by one, after set-up."""
+    from styleengine.engine import batch as engine, stylise as stylise_module
+
+    def make_step(*args, **kwargs):
+        raise AssertionError("the step was built: the check came too late")
+
+    monkeypatch.setattr(stylise_module, "make_step", make_step)
+    folder = batch_folder(tmp_path)
+    out = folder / "out"
+    out.mkdir()
+    shutil.copy(folder / "c2.png", out / "a.png")  # an earlier run's output, now the batch's --init
+    jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png", "output": "b.png"},
+                                             {"content": "c1.png", "style": "s1.png", "output": "a.png"}])
+    before = (out / "a.png").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *without(BATCH_FAST, flag), flag,
+                           out / "a.png")
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "line 2" in lines[0] and f"the batch's {flag}" in lines[0]
+    assert (out / "a.png").read_bytes() == before and not (out / engine.MANIFEST).exists()
+
+
+def without(flags: list[str], flag: str) -> list[str]:
+    """`flags` less `flag` and its value."""
+    at = flags.index(flag) if flag in flags else None
+    return flags if at is None else flags[:at] + flags[at + 2:]
