@@ -196,3 +196,48 @@ def without(flags: list[str], flag: str) -> list[str]:
     """`flags` less `flag` and its value."""
     at = flags.index(flag) if flag in flags else None
     return flags if at is None else flags[:at] + flags[at + 2:]
+
+
+# ------------------------------------------------------------------ D8e: a second signal
+
+def test_a_repeated_signal_is_absorbed_while_the_first_unwinds(monkeypatch):
+    from styleengine.cli import signals
+
+    with signals.installed():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary: the handler runs here
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # `timeout` and a scheduler, both: must not interrupt the unwinding
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        except KeyboardInterrupt:
+            pytest.fail("a repeated signal interrupted the orderly exit")
+        assert signals.name == "SIGTERM" and signals.exit_code == 143  # the first one is what is reported
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # in-process callers get their handlers back
+
+
+def test_two_sigterms_to_a_real_run_end_it_in_order(tmp_path, pics):
+    """D8e: a second SIGTERM 0.05 s after the first killed the process by signal (-15) while it exited."""
+    import subprocess
+    import sys
+    import time
+
+    out, trace = tmp_path / "out.png", tmp_path / "t.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "styleengine", "run", str(pics["content"]), str(pics["style"]),
+                             "-o", str(out), "--weights", "random", "--model", "vgg16", "--size", "40",
+                             "--iters", "100000", "--device", "cpu", "--trace", str(trace)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (trace.exists() and trace.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)  # the second arrives while the first unwinds (or while the interpreter shuts down)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "(SIGTERM); wrote" in err and out.exists()
