@@ -150,11 +150,15 @@ class Job:
 
 def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
     values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # setting -> the key that gave it
     for key, value in raw.items():
         name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
         if name not in OVERRIDES:
             raise ConfigError(f"{where}: {key!r} is not a per-job setting; choose from "
                               f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES)))}")
+        if name in spelled:
+            raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
+        spelled[name] = key
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty CSV cell: the batch's value
         try:
@@ -203,8 +207,14 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
 
 
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
-    raw = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
+    named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
+    if len(named) < len(raw):
+        twice = next(k for k in named if [str(r).strip().lower() for r in raw].count(k) > 1)
+        raise ConfigError(f"{where}: the key {twice!r} appears twice (in other cases or spacing); give it once")
+    raw = named
     content = _text(raw, "content", where)
+    if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
+        raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
     styles = raw.get("styles", raw.get("style"))
     try:
         style_names = _text_list(styles) if styles is not None else ()
@@ -221,6 +231,19 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object with one key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
 def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
     lower-cased, an unclosed quote an error."""
@@ -229,6 +252,15 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
     reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
         names = [n.strip().lower() for n in next(reader, [])]
+        if "content" not in names and header.strip():  # an empty file is no jobs, as an empty .jsonl is
+            tabs = "; it is separated by tabs" if "\t" in header and delimiter not in header else ""
+            raise ConfigError(f"{path} line {reader.line_num}: the header has no 'content' column (it reads as "
+                              f"{', '.join(repr(n) for n in names[:4])}{tabs}); a CSV jobs file separates its "
+                              f"cells with ',' or ';'")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
+                              f"give each once")
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
@@ -274,7 +306,9 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                     continue
                 where = f"{path} line {number}"
                 try:
-                    raw = json.loads(line)
+                    raw = json.loads(line, object_pairs_hook=_unique_keys)
+                except _DuplicateKey as e:
+                    raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{where}: not JSON ({e.msg})") from None
                 except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits

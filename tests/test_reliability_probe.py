@@ -241,3 +241,49 @@ def test_two_sigterms_to_a_real_run_end_it_in_order(tmp_path, pics):
         proc.kill()
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "(SIGTERM); wrote" in err and out.exists()
+
+
+# ------------------------------------------------------------------ D8f, D8g: jobs files that say a thing twice
+
+def jobs_error(tmp_path: Path, name: str, text: str) -> str:
+    from styleengine.engine import jobs
+    from styleengine.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        list(jobs.iter_jobs(path, tmp_path / "out"))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("line,says", [
+    ('{"content": "c.png", "style": "s.png", "iters": 5, "iters": 500}', "'iters' appears twice"),
+    ('{"content": "c.png", "content": "d.png", "style": "s.png"}', "'content' appears twice"),
+    ('{"content": "c.png", "Content": "d.png", "style": "s.png"}', "'content' appears twice"),
+    ('{"content": "c.png", "style": "s.png", "iters": 5, "iterations": 500}', "one setting (iterations)"),
+    ('{"content": "c.png", "style": "s.png", "style-weight": 5, "style_weight": 9}', "one setting (style_weight)"),
+    ('{"content": "c.png", "style": "s.png", "styles": ["t.png"]}', "'style' and 'styles'"),
+])
+def test_a_jsonl_job_that_gives_a_key_twice_is_refused_with_its_line(tmp_path, line, says):
+    message = jobs_error(tmp_path, "jobs.jsonl", '{"content": "c.png", "style": "s.png"}\n' + line + "\n")
+    assert "jobs.jsonl line 2" in message and says in message
+
+
+@pytest.mark.parametrize("header,says", [("content,style,iters,iters", "'iters' appears twice"),
+                                         ("content,style,Content", "'content' appears twice"),
+                                         ("content,style,iters,iterations", "one setting (iterations)")])
+def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path, header, says):
+    cells = ",".join(["c.png", "s.png"] + ["5"] * (header.count(",") - 1))
+    message = jobs_error(tmp_path, "jobs.csv", f"{header}\n{cells}\n")
+    assert "jobs.csv line" in message and says in message
+
+
+def test_a_tab_separated_csv_names_the_delimiter(tmp_path):
+    """D8g: a TSV saved as .csv said 'a job needs a content image'."""
+    message = jobs_error(tmp_path, "jobs.csv", "content\tstyle\nc.png\ts.png\n")
+    assert "jobs.csv line 1" in message and "separated by tabs" in message and "',' or ';'" in message
+
+
+def test_a_csv_without_a_content_column_says_so(tmp_path):
+    message = jobs_error(tmp_path, "jobs.csv", "image,style\nc.png,s.png\n")
+    assert "no 'content' column" in message and "'image'" in message
