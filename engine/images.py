@@ -91,8 +91,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"cannot read image {path}: it is a directory")
-    if not path.is_file():  # a FIFO or a device would block or never end
-        raise ImageError(f"cannot read image {path}: not a regular file")
+    problem = paths.not_a_file(path)
+    if problem is not None:
+        raise ImageError(f"cannot read image {path}: it {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from styleengine.errors import WeightsError, first_line
-from styleengine.paths import file_sha256  # noqa: F401  (callers read it here)
+from styleengine.paths import file_sha256, not_a_file  # noqa: F401  (callers read file_sha256 here)
 from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
 from styleengine.model.vgg import conv_weight_keys, layer_table
 
@@ -139,8 +139,9 @@ def _pickle_calls(path: Path) -> list[str]:
 
 
 def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    problem = not_a_file(path)
+    if problem is not None:
+        raise WeightsError(f"weights file {path} {problem}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open

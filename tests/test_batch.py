@@ -291,7 +291,7 @@ def test_ray_missing_is_one_line(folder, monkeypatch, capsys):
 def test_batch_size_from_the_memory_budget():
     """The largest B whose B images (as one image of B times the pixels) and B L-BFGS histories fit the budget
     untiled by tile_for_budget's estimate; 1 when only one fits, MAX_BATCH at most."""
-    from styleengine.engine.stylise import lbfgs_pair_bytes
+    from styleengine.engine.memory import lbfgs_pair_bytes
     from styleengine.engine.tiled import tile_for_budget
 
     def fits(settings, count, shape=(256, 192)):

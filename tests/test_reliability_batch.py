@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from styleengine.engine import batch as engine
+from styleengine.engine import manifest as manifest_module
 from styleengine.model.weights import random_state
 
 from fakes import unblock_later
@@ -235,7 +236,7 @@ def test_short_writes_are_completed(folder, monkeypatch, capsys):
     def short(fd, data):
         return real(fd, bytes(data)[:max(1, len(data) // 3)])  # what a nearly full disk or a signal may do
 
-    monkeypatch.setattr(engine.os, "write", short)
+    monkeypatch.setattr(manifest_module.os, "write", short)
     jobs = write_jobs(folder / "jobs.jsonl", [{"id": f"j{i}", "content": "missing.png", "style": "s1.png",
                                                "output": f"o{i}.png"}
                                               for i in range(2)])
@@ -253,7 +254,7 @@ def test_disk_full_on_the_manifest_is_one_line_and_leaves_no_torn_line(folder, m
             return real(fd, bytes(data)[:5])  # part of the first line, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(engine.os, "write", full)
+    monkeypatch.setattr(manifest_module.os, "write", full)
     jobs = write_jobs(folder / "jobs.jsonl", [{"id": "j0", "content": "missing.png", "style": "s1.png"}])
     line = one_error_line(*batch(monkeypatch, capsys, jobs, folder / "out"))
     assert "No space left on device" in line and engine.MANIFEST in line

@@ -1,3 +1,3 @@
-from styleengine.cli import main
+from styleengine.cli import console
 
-main()
+console()

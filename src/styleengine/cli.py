@@ -19,6 +19,9 @@ image is kept) covers both signals, and a signal in set-up unwinds through
 every `finally`. `signals.shielded()` holds them back while a result is
 being written, and raises the held one as soon as the write is done (a
 batch stops after the line it was recording, not at the end of the file).
+Only the first signal counts: a repeat (`timeout` and a scheduler both
+firing, Ctrl-C pressed twice) is absorbed while the first unwinds, and the
+console script ignores repeats to the end of the process.
 """
 
 import contextlib
@@ -130,15 +133,19 @@ class _Signals:
         self._held = False  # a signal arrived while shielded and has not been raised yet
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
+        first = self.received is None
+        if first:
+            self.received = signum
         if self._shield:
-            self._held = True
-        else:
+            self._held = self._held or first
+        elif first:  # a repeat (`timeout`, an impatient Ctrl-C) is absorbed: the first is already stopping us
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def installed(self):
-        """Route SIGINT, SIGTERM and SIGHUP to _handle for the duration (main thread only; others keep Python's)."""
+    def installed(self, exiting: bool = False):
+        """Route SIGINT, SIGTERM and SIGHUP to _handle for the duration (main thread only; others keep Python's).
+        `exiting` (the console script): once a signal has stopped the command, repeats stay ignored after it
+        instead of the old handlers coming back, so the interpreter's shutdown is not killed by one."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -148,7 +155,7 @@ class _Signals:
             yield
         finally:
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                signal.signal(s, signal.SIG_IGN if exiting and self.received is not None else handler)
 
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):
@@ -180,12 +187,17 @@ def _fail(error: UserError) -> None:
     sys.exit(1)
 
 
-def main() -> None:
-    """The console script: a user error (ours or a flag click cannot parse) is one line and exit 1;
-    Ctrl-C or SIGTERM that no command handled is one line and exit 130 / 143."""
+def main(exiting: bool = False) -> None:
+    """A user error (ours or a flag click cannot parse) is one line and exit 1; Ctrl-C or SIGTERM that no
+    command handled is one line and exit 130 / 143. `exiting`: the process ends right after (console)."""
     passive_openmp()  # before any command imports torch
-    with signals.installed():
+    with signals.installed(exiting):
         _main()
+
+
+def console() -> None:
+    """The console script and `python -m styleengine`: main() in a process that ends with it."""
+    main(exiting=True)
 
 
 def _stopped() -> None:

@@ -32,14 +32,15 @@ from styleengine.engine.settings import BATCH
 from styleengine.errors import ConfigError, UserError, first_line
 
 
-def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path
-          ) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
-    """Every job checked (one pass: a bad one refuses the batch before any work): (how many, a function
-    that gives them again, read from the file as they are needed)."""
+def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
+          shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
+    """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
+    job reads): (how many, a function that gives them again, read from the file as they are needed)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
-        return engine.check_jobs(engine.iter_jobs(jobs_file, out), out), lambda: engine.iter_jobs(jobs_file, out)
+        total = engine.check_jobs(engine.iter_jobs(jobs_file, out), out, shared)
+        return total, lambda: engine.iter_jobs(jobs_file, out)
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -47,7 +48,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         if folder.is_dir() and os.path.samefile(folder, out):
             raise ConfigError(f"--out is the {flag} folder {folder}: the outputs would become inputs of the next "
                               f"run; give another --out")
-    pairs = engine.pair_jobs(contents, styles, out)
+    pairs = engine.pair_jobs(contents, styles, out, shared)
     return len(pairs), lambda: pairs
 
 
@@ -107,7 +108,8 @@ def _batch(
     if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
         raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")
     paths.check_writable(manifest.path, "manifest")
-    total, job_source = _jobs(jobs, contents, styles, out)
+    shared = engine.settings_inputs(settings.init, settings.weights, prefix="--")
+    total, job_source = _jobs(jobs, contents, styles, out, shared)
     if settings.backend != "torch":
         from styleengine.export.cache import cache_root
 
@@ -171,8 +173,11 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                     note(engine.record(result, manifest, save_elsewhere))
     except KeyboardInterrupt:
         signals.reported = True
-        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; "
-              f"the same command resumes ({manifest.path} has the rest)", file=sys.stderr)
+        kept = (f"the same command resumes ({manifest.path} records what is done)"
+                if manifest.path.is_file() and manifest.path.stat().st_size else
+                "nothing was recorded yet; the same command starts again")
+        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; {kept}",
+              file=sys.stderr)
         raise typer.Exit(signals.exit_code) from None
     finally:
         if warm is not None:

@@ -5,7 +5,9 @@ nothing else: what a runtime derives from them for one machine (ONNX
 Runtime's optimised CPU graph) goes to the cache folder. They are built and
 validated in a staging folder beside them and published together (signals
 held meanwhile): an interrupted or failed export leaves the folder as it
-was, and files already there are replaced only with --force.
+was, and files already there are replaced only with --force. A signal that
+arrives once publishing has begun is held and reported: the export is whole,
+so it exits 0.
 """
 from __future__ import annotations
 
@@ -55,15 +57,13 @@ def _existing(output: Path, names: tuple[str, ...], force: bool) -> None:
 
 
 def _publish(staging: Path, output: Path, names: tuple[str, ...]) -> None:
-    """Move the staged files into `output`, the manifest (the last of `names`) last; signals held meanwhile."""
-    from styleengine.cli import signals
-
-    with signals.shielded():
-        if not output.exists():
-            os.replace(staging, output)  # one rename: the whole folder appears at once
-            return
-        for name in names:
-            os.replace(staging / name, output / name)
+    """Move the staged files into `output`, the manifest (the last of `names`) last. Call it with signals
+    held (the caller decides what a signal that arrived meanwhile means)."""
+    if not output.exists():
+        os.replace(staging, output)  # one rename: the whole folder appears at once
+        return
+    for name in names:
+        os.replace(staging / name, output / name)
 
 
 def validation_provider(precision: str) -> str | None:
@@ -111,6 +111,7 @@ def export(
     from styleengine.engine.capability import graph_conv
     from styleengine.engine.ort_step import OrtStep, graph_spec
     from styleengine.engine.validate import validate_step
+    from styleengine.cli import signals
     from styleengine.export.cache import record_validation, write_export
     from styleengine.model.weights import load_weights
 
@@ -155,12 +156,22 @@ def export(
                               f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}")
             console.print(table)
         _existing(output, names, force)  # a file that appeared meanwhile is the user's too
-        _publish(staging, output, names)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
-        console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
-    meta = json.loads((output / "export.json").read_text())
-    console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), features.onnx, "
-                  f"tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
-                  f"weights sha256 {w.sha256[:12]})")
+        raise
+    # from here the export is as good as done: a signal is held, and only reported (exit 0)
+    with signals.shielded(deliver=False):
+        try:
+            _publish(staging, output, names)
+        except OSError as e:
+            raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
+            console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
+        meta = json.loads((output / "export.json").read_text())
+        console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
+                      f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
+                      f"weights sha256 {w.sha256[:12]})")
+        if signals.received is not None:
+            console.print(f"{signals.name} arrived after the export was published; the export is complete")

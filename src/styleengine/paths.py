@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -40,6 +41,26 @@ def check_name(path: str | os.PathLike, what: str, error: type[UserError] = Conf
         if size > NAME_MAX:
             raise error(f"{what} {part[:24]}...{Path(part).suffix}: the name is too long ({size} bytes; file "
                         f"systems allow {NAME_MAX})")
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """What `path` is when it is not a regular file to read ("was not found", "is a directory", "is a
+    FIFO (a named pipe)", ...); None for a regular file (symlinks followed). A FIFO would block a reader
+    until a writer comes, a device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "was not found"
+    except NotADirectoryError:
+        return "was not found (a folder on its way is a file)"
+    except OSError as e:
+        return f"cannot be read ({_reason(e)})"
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return None if kind is None else f"is {kind}, not a regular file"
+    return "is not a regular file"
 
 
 def try_lock(f, blocking: bool) -> bool:

@@ -1,0 +1,441 @@
+"""The jobs of a batch: what one picture is (Job), the jobs file (.jsonl / .csv) read as it is needed, the
+per-job overrides coerced from JSON values or CSV cells, the --contents x --styles pairs, and the checks
+across jobs (JobsCheck: ids, outputs inside --out, no output that is an input, the manifest or the lock).
+
+No printing: a bad line is a ConfigError naming the file and line.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from styleengine import paths
+from styleengine.choices import INITS
+from styleengine.engine.manifest import LOCK_FILE, MANIFEST
+from styleengine.engine.stylise import Settings
+from styleengine.errors import ConfigError, first_line
+
+# per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
+# input convention and snapshots belong to the whole batch (one process, one warm device)
+OVERRIDES: dict[str, Callable[[Any], Any]] = {}
+_ALIASES = {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend"}
+_JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
+# image suffixes --contents / --styles folders are read for
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _text_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError("not a text or a list of texts")
+
+
+def _whole(value: Any) -> int:
+    """An int, or a text of one (a CSV cell); never a bool, a fraction or a float (1e20 is a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        number = int(value)
+    else:
+        raise ValueError("not a whole number")
+    if abs(number) >= 2**63:
+        raise ValueError("out of range")
+    return number
+
+
+def _real(value: Any) -> float:
+    """A finite number, or a text of one; never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _word(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("not a text")
+    return value.strip()
+
+
+def _number_list(value: Any) -> tuple[float, ...]:
+    if isinstance(value, list):
+        return tuple(_real(v) for v in value)
+    return tuple(_real(v) for v in _text_list(value))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None or (isinstance(value, str) and value.strip() == "") else convert(value)
+
+
+for _name in ("size", "iterations", "seed"):
+    OVERRIDES[_name] = _whole
+for _name in ("lbfgs_history", "scales", "start_size", "iters_per_scale", "tile"):
+    OVERRIDES[_name] = _optional(_whole)
+for _name in ("content_weight", "style_weight", "tv_weight", "style_scale", "lbfgs_max_step"):
+    OVERRIDES[_name] = _real
+for _name in ("lr", "mem_budget_gib"):
+    OVERRIDES[_name] = _optional(_real)
+for _name in ("optimizer", "init", "model", "weights", "pooling", "weighting"):
+    OVERRIDES[_name] = _word
+for _name in ("content_layers", "style_layers"):
+    OVERRIDES[_name] = _text_list
+for _name in ("style_layer_weights", "style_blend"):
+    OVERRIDES[_name] = _optional(_number_list)
+OVERRIDES["preserve_colors"] = _flag
+
+
+def settings_inputs(init: str, weights: str, prefix: str = "") -> dict[str, Path]:
+    """The files an --init and a --weights value name, by role ("init image", "weights file"; `prefix`
+    before each); none for the named inits and imagenet / random weights."""
+    found = {}
+    if init not in INITS:
+        found[f"{prefix}init image"] = Path(init)
+    if weights not in ("imagenet", "random"):
+        found[f"{prefix}weights file"] = Path(weights)
+    return found
+
+
+@dataclass(frozen=True)
+class Job:
+    """One picture to make: `content` styled by `styles` (blend weights in overrides["style_blend"])."""
+
+    id: str
+    content: Path
+    styles: tuple[Path, ...]
+    output: Path
+    overrides: tuple[tuple[str, Any], ...] = ()  # (Settings field, value), sorted by field
+    where: str = ""  # "FILE line N" for a job from a jobs file: where errors about it point
+
+    def settings(self, base: Settings) -> Settings:
+        """The batch's settings with this job's overrides."""
+        return dataclasses.replace(base, **dict(self.overrides))
+
+    def inputs(self) -> dict[str, Path]:
+        """The files the job reads by its own paths (the batch's --init / --weights are checked per job),
+        by role: {"content image": ..., "style image 2": ..., "init image": ..., "weights file": ...}."""
+        found = {"content image": self.content}
+        found.update({f"style image {i + 1}" if len(self.styles) > 1 else "style image": p
+                      for i, p in enumerate(self.styles)})
+        overrides = dict(self.overrides)
+        found.update(settings_inputs(overrides.get("init", INITS[0]), overrides.get("weights", "random")))
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "content": str(self.content), "styles": [str(p) for p in self.styles],
+                "output": str(self.output), "overrides": dict(self.overrides)}
+
+
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # setting -> the key that gave it
+    for key, value in raw.items():
+        name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        if name not in OVERRIDES:
+            raise ConfigError(f"{where}: {key!r} is not a per-job setting; choose from "
+                              f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES)))}")
+        if name in spelled:
+            raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
+        spelled[name] = key
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # an empty CSV cell: the batch's value
+        try:
+            values[name] = OVERRIDES[name](value)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError(f"{where}: bad {key} {value!r} ({e})") from None
+    # a per-job init image or weights file is relative to the jobs file, as its images are
+    if values.get("init", INITS[0]) not in INITS:
+        values["init"] = str(base_dir / paths.expand(values["init"]))
+    if values.get("weights", "random") not in ("imagenet", "random"):
+        values["weights"] = str(base_dir / paths.expand(values["weights"]))
+    return tuple(sorted(values.items()))
+
+
+def _default_output(content: Path, styles: Iterable[Path]) -> str:
+    return f"{content.stem}__{'+'.join(p.stem for p in styles)}.png"
+
+
+def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> str:
+    """raw[key] as stripped text ("" if absent); a number only where `numbers` (an id), nothing else."""
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: bad {key} {value!r} (not a text)")
+
+
+def _inside(output: str, out_dir: Path, where: str) -> Path:
+    """out_dir / output, refused if it is absolute or climbs out with '..' (symlinks: JobsCheck); a '..'
+    that stays inside is folded away (`nosub/../a.png` is `a.png`)."""
+    relative = Path(output)
+    if ".." in relative.parts and not relative.is_absolute():
+        relative = Path(os.path.normpath(relative))
+        # after a symbolic link, '..' is the parent of the link's target: a file the folded name is not
+        if relative.parts[:1] != ("..",) and os.path.realpath(out_dir / output) != os.path.realpath(out_dir / relative):
+            raise ConfigError(f"{where}: output {output!r} climbs out of a symbolic link with '..' (to "
+                              f"{os.path.realpath(out_dir / output)}); name the file without '..'")
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
+        raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
+    if not relative.name:  # "." or "./": the folder itself
+        raise ConfigError(f"{where}: output {output!r} names no file")
+    return out_dir / relative
+
+
+def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
+    named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
+    if len(named) < len(raw):
+        twice = next(k for k in named if [str(r).strip().lower() for r in raw].count(k) > 1)
+        raise ConfigError(f"{where}: the key {twice!r} appears twice (in other cases or spacing); give it once")
+    raw = named
+    content = _text(raw, "content", where)
+    if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
+        raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
+    styles = raw.get("styles", raw.get("style"))
+    try:
+        style_names = _text_list(styles) if styles is not None else ()
+    except ValueError:
+        raise ConfigError(f"{where}: bad styles {styles!r} (a text, ';'-separated, or a list of texts)") from None
+    if not content or not style_names:
+        raise ConfigError(f"{where}: a job needs a content image and at least one style image")
+    content_path = base_dir / content
+    style_paths = tuple(base_dir / s for s in style_names)
+    output = _text(raw, "output", where) or _default_output(content_path, style_paths)
+    output_path = _inside(output, out_dir, where)
+    job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
+    extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object with one key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
+
+
+def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
+    lower-cased, an unclosed quote an error."""
+    header = next(lines, "")
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
+    try:
+        names = [n.strip().lower() for n in next(reader, [])]
+        if "content" not in names and header.strip():  # an empty file is no jobs, as an empty .jsonl is
+            tabs = "; it is separated by tabs" if "\t" in header and delimiter not in header else ""
+            raise ConfigError(f"{path} line {reader.line_num}: the header has no 'content' column (it reads as "
+                              f"{', '.join(repr(n) for n in names[:4])}{tabs}); a CSV jobs file separates its "
+                              f"cells with ',' or ';'")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
+                              f"give each once")
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(names):
+                raise ConfigError(f"{path} line {reader.line_num}: more cells than the header has columns")
+            yield reader.line_num, dict(zip(names, row))
+    except csv.Error as e:
+        what = "a quote is not closed" if "end of data" in str(e) or "EOF" in str(e) else str(e)
+        raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
+
+
+def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
+    """The jobs of a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated),
+    read as they are needed (a long file starts at once and takes no more memory than a short one).
+
+    Keys: content, styles (or style), output (inside out_dir; default
+    CONTENT__STYLE.png), id (default: the output's path without suffix), and
+    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
+    the flags spell them). Image, init and weights paths are relative to the
+    jobs file's folder. A CSV file may start with a byte-order mark and use
+    ';' between cells. Checks across jobs: check_jobs.
+    """
+    path = Path(path)
+    problem = paths.not_a_file(path)
+    if path.exists() and problem is not None:
+        raise ConfigError(f"cannot read jobs file {path}: it {problem}")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
+    try:
+        f = open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
+    except OSError as e:
+        raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
+    base_dir = path.parent
+    with f:
+        try:
+            if suffix == ".csv":
+                for number, row in _csv_rows(iter(f), path):
+                    yield _job(row, f"{path} line {number}", base_dir, out_dir)
+                return
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {number}"
+                try:
+                    raw = json.loads(line, object_pairs_hook=_unique_keys)
+                except _DuplicateKey as e:
+                    raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+                except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
+                    raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{where}: a job is a JSON object")
+                yield _job(raw, where, base_dir, out_dir)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def load_jobs(path: Path, out_dir: Path) -> list[Job]:
+    """Every job of a jobs file (iter_jobs), checked together (check_jobs)."""
+    jobs = list(iter_jobs(path, out_dir))
+    check_jobs(jobs, out_dir)
+    return jobs
+
+
+def chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    """`jobs` in lists of `size` (the last shorter)."""
+    iterator = iter(jobs)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _images_in(folder: Path, what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is not a folder")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise ConfigError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def pair_jobs(contents: Path, styles: Path, out_dir: Path, shared: dict[str, Path] | None = None) -> list[Job]:
+    """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
+    jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
+            for c in _images_in(Path(contents), "--contents") for s in _images_in(Path(styles), "--styles")]
+    check_jobs(jobs, out_dir, shared)
+    return jobs
+
+
+class _Resolver:
+    """os.path.realpath with each folder's resolution kept: jobs share a few folders, and realpath costs a
+    system call per component."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        full = os.path.join(self._folders[folder], name)
+        return os.path.realpath(full) if os.path.islink(full) else full
+
+    def identities(self, path: Path) -> list[Any]:
+        """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
+        if "\0" in str(path):  # no file at all (plan fails the job)
+            return [os.path.abspath(path)]
+        found: list[Any] = [self(path)]
+        try:
+            info = os.stat(path)
+            found.append((info.st_dev, info.st_ino))
+        except OSError:  # not there yet
+            pass
+        return found
+
+
+class JobsCheck:
+    """The checks across jobs, made as they stream past: ids unique; no output that is another's output,
+    any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
+    links), the manifest, the lock or a file every job reads (`shared`: the batch's --init image and
+    --weights file, by role). Keeps only what the checks compare."""
+
+    def __init__(self, out_dir: Path, shared: dict[str, Path] | None = None):
+        self.count = 0
+        self._out_dir = Path(out_dir)
+        self._resolve = _Resolver()
+        self._root = self._resolve(self._out_dir)
+        self._ids: set[str] = set()
+        self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
+                          for key in self._resolve.identities(self._out_dir / name)}
+        self._reserved.update({key: f"the batch's {role} {path}" for role, path in (shared or {}).items()
+                               for key in self._resolve.identities(Path(path))})
+        self._inputs: dict[Any, str] = {}
+        self._outputs: dict[Any, str] = {}
+        self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
+
+    def _keys(self, path: Path) -> list[Any]:
+        text = str(path)
+        if text not in self._known:
+            self._known[text] = self._resolve.identities(path)
+        return self._known[text]
+
+    def add(self, job: Job) -> None:
+        """ConfigError (pointing at the job's line) if `job` conflicts with itself or an earlier job."""
+        where = f"{job.where}: " if job.where else ""
+        if job.id in self._ids:
+            raise ConfigError(f"{where}two jobs have the id {job.id}; each job needs its own")
+        inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
+        mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
+        outputs = self._resolve.identities(job.output)  # not kept in _known: every output is a new path
+        if "\0" not in str(job.output) and os.path.commonpath([self._root, outputs[0]]) != self._root:
+            raise ConfigError(f"{where}output {job.output} is outside --out {self._out_dir} (through a symbolic "
+                              f"link to {outputs[0]}); outputs are paths inside it")
+        for key in outputs:
+            found = self._reserved.get(key) or mine.get(key) or self._inputs.get(key) or self._outputs.get(key)
+            if found:
+                raise ConfigError(f"{where}output {job.output} is {found}; choose another name")
+        for role, (path, keys) in inputs.items():
+            found = next((self._outputs[key] for key in keys if key in self._outputs), None)
+            if found:
+                raise ConfigError(f"{where}the {role} {path} is {found}; choose another name for that output")
+        self._ids.add(job.id)
+        source = f" ({job.where})" if job.where else ""
+        for key in outputs:
+            self._outputs[key] = f"the output of job {job.id}{source}"
+        for role, (path, keys) in inputs.items():
+            for key in keys:
+                self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
+        self.count += 1
+
+
+def check_jobs(jobs: Iterable[Job], out_dir: Path, shared: dict[str, Path] | None = None) -> int:
+    """JobsCheck over every job; how many there are."""
+    check = JobsCheck(out_dir, shared)
+    for job in jobs:
+        check.add(job)
+    return check.count

@@ -1,0 +1,182 @@
+"""The batch's record of what it has done: the settings hash of a job (what decides its picture), the
+manifest (one JSON line per finished job, appended whole) and the lock on the output folder.
+
+No printing: a manifest that cannot be read or written is a UserError; lines that cannot be used are
+reported by number and skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from styleengine import paths
+from styleengine.engine.stylise import Settings
+from styleengine.errors import UserError
+from styleengine.model.weights import file_sha256
+
+if TYPE_CHECKING:
+    from styleengine.engine.jobs import Job
+
+MANIFEST = "manifest.jsonl"  # in the output folder
+LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
+
+
+def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
+    """sha256 of a file's bytes: OSError if it cannot be read, UserError if it is not a regular file (a
+    FIFO would block until a writer comes, a device never end)."""
+    key = os.path.abspath(path)
+    if cache is not None and key in cache:
+        return cache[key]
+    problem = paths.not_a_file(path)
+    if os.path.exists(path) and problem is not None:
+        raise UserError(f"cannot read {path}: it {problem}")
+    digest = file_sha256(Path(path))
+    if cache is not None:
+        cache[key] = digest
+    return digest
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], digests: dict[str, str]) -> str:
+    """sha256 of what decides the picture: the resolved Settings (with the job's overrides), the input
+    convention overrides, the job's overrides, and the bytes of every file read (content, styles, an init
+    image, a weights file). OSError if a file cannot be read. 16 hex digits."""
+    from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
+
+    files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
+    payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
+               "convention": _jsonable(convention), "overrides": _jsonable(dict(job.overrides)),
+               "files": [file_digest(p, digests) for p in files]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_STATUSES = ("ok", "failed", "skipped")
+
+
+def _manifest_problem(entry: Any) -> str | None:
+    """Why a parsed manifest line cannot be used, or None."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if not isinstance(entry.get("id"), str):
+        return "no job id (a text)"
+    if entry.get("status") not in _STATUSES:
+        return f"status {entry.get('status')!r} is none of {', '.join(_STATUSES)}"
+    if entry["status"] == "ok" and not isinstance(entry.get("settings_hash"), str):
+        return "an ok line without its settings hash (a text)"
+    return None
+
+
+class Manifest:
+    """The results manifest: one JSON object a line, appended as jobs finish.
+
+    Each line goes out on a file opened with O_APPEND, written whole (a short
+    write is continued; a failed one is cut off again) and fsync'd. A torn
+    last line (a power cut mid-write) is cut off by `load` before anything is
+    appended; a line that cannot be used is reported by number and skipped.
+    Hold the batch's lock (`locked`) around `load` and `append`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the usable lines written so far, a sentence per line that is not); nothing if no manifest yet."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], []
+        entries, problems = [], []
+        for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # a torn tail has no newline: load cuts it
+            if not raw.strip():
+                continue
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem: str | None = "not UTF-8 text"
+            except json.JSONDecodeError as e:
+                problem = f"not JSON ({e.msg})"
+            except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
+                problem = f"not a manifest entry ({type(e).__name__})"
+            else:
+                problem = _manifest_problem(entry)
+            if problem is None:
+                entries.append(entry)
+            else:
+                problems.append(f"{self.path} line {number}: {problem}; skipped")
+        return entries, problems
+
+    def load(self) -> tuple[dict[str, str], list[str]]:
+        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
+        first. UserError if the file cannot be read or repaired."""
+        try:
+            with open(self.path, "r+b") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+                    number = data.count(b"\n") + 1
+                    torn = [f"{self.path} line {number} was torn (a write cut short); cut off"]
+                else:
+                    torn = []
+        except FileNotFoundError:
+            return {}, []
+        except OSError as e:
+            raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
+        entries, problems = self.read()
+        done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
+        return done, torn + problems
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
+        data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:
+                    written = os.write(fd, data)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    data = data[written:]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no torn line left behind
+                raise
+        except OSError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it."""
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        f = open(path, "a+b")
+    except OSError as e:
+        raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
+    with f:
+        if not paths.try_lock(f, blocking=False):
+            raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
+                            f"or use another --out")
+        yield  # closing the file releases the lock
