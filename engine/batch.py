@@ -35,6 +35,7 @@ from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, 
                                      iter_jobs, load_jobs, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonable, file_digest,  # noqa: F401
                                          locked, settings_hash)
+from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_run_weights,
                                        stylise_batch)
@@ -79,13 +80,14 @@ class JobResult:
                 "batch": self.batch}
 
 
-def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict[str, str],
-         digests: dict[str, str] | None = None) -> list[Planned]:
-    """Each job's settings and hash; "skipped" where its output exists and `done` (Manifest.load) has the
-    same hash for it; "failed" where its settings are bad or a file cannot be read. `digests`: file hashes
-    kept from chunk to chunk."""
+def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[str, str] | None = None
+         ) -> list[Planned]:
+    """Each job's settings and hash (its run's plan among what it hashes); "skipped" where its output exists and
+    `done` (Manifest.load) has the same hash for it; "failed" where its settings are bad, its plan cannot run
+    or a file cannot be read. `digests`: file hashes kept from chunk to chunk. The memory is probed once."""
     digests = {} if digests is None else digests
     planned = []
+    memory: int | None = None
     for job in jobs:
         try:
             for role, path in {"output": job.output, **job.inputs()}.items():
@@ -93,7 +95,14 @@ def plan(jobs: list[Job], base: Settings, convention: dict[str, Any], done: dict
             settings = job.settings(base)
             settings.validate()
             settings = settings.resolved()
-            digest = settings_hash(job, settings, convention, digests)
+            shapes = [paths.image_shape(p) for p in (job.content, *job.styles)]
+            scales = None  # a file whose header cannot be read fails when it is loaded, saying why
+            known = [shape for shape in shapes if shape is not None]
+            if len(known) == len(shapes):
+                run_plan = make_plan(settings, known[0], known[1:], memory=memory)
+                memory = run_plan.memory
+                scales = run_plan.to_json()["scales"]
+            digest = settings_hash(job, settings, digests, scales)
         except UserError as e:
             planned.append(Planned(job, None, None, "failed", first_line(e)))
             continue
@@ -129,8 +138,7 @@ class Warm:
     weights, convention), and the steps, built once per (model, weights, pooling, content and style layers,
     precision, backend, device, provider). Close it (or use it as a context manager) to free the steps."""
 
-    def __init__(self, convention: dict[str, Any] | None = None):
-        self.convention = dict(convention or {})
+    def __init__(self) -> None:
         self._weights: dict[tuple, Any] = {}
         self._steps: dict[tuple, Any] = {}
         self.steps_built = 0
@@ -280,21 +288,6 @@ def batch_size_for(settings: Settings, shape: tuple[int, int]) -> int:
     return best
 
 
-def _probe_shape(path: Path) -> tuple[int, int] | None:
-    """(height, width) from the file's header (EXIF rotation applied, as load_image does); None if PIL
-    cannot tell (the job fails when it is loaded)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                width, height = height, width
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # load_image will say what it is
-        return None
-    return height, width
-
-
 def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Planned]]:
     """The jobs to run, in batches: jobs with equal batch_key()s and one output shape (by the files'
     headers) go together, up to batch_size (None: batch_size_for the shape); the rest alone. Order: first
@@ -303,7 +296,7 @@ def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Pla
     keyed: dict[Any, list[Planned]] = {}
     for number, item in enumerate(runnable):
         assert item.settings is not None
-        shape = _probe_shape(item.job.content) if batchable(item.settings) and batch_size != 1 else None
+        shape = paths.image_shape(item.job.content) if batchable(item.settings) and batch_size != 1 else None
         key = ((batch_key(item.settings), output_shape(item.settings, shape)) if shape is not None
                else ("alone", number))
         keyed.setdefault(key, []).append(item)

@@ -57,8 +57,8 @@ def import_ray() -> Any:
 class _Worker:
     """A Ray actor's body: one Warm for its life; run() returns JobResults (images included) to the driver."""
 
-    def __init__(self, convention: dict[str, Any]):
-        self.warm = Warm(convention)
+    def __init__(self) -> None:
+        self.warm = Warm()
 
     def run(self, items: list[Planned], batch_size: int | None) -> list[JobResult]:
         return list(run_jobs(items, self.warm, batch_size))
@@ -69,7 +69,7 @@ class RayRunner:
     started on this machine, else a new local one) or a cluster's address. If Ray is already initialised in
     this process, that cluster is used and left running."""
 
-    def __init__(self, address: str, *, convention: dict[str, Any] | None = None, batch_size: int | None = None,
+    def __init__(self, address: str, *, batch_size: int | None = None,
                  cpus_per_worker: int | None = None):
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
@@ -85,7 +85,7 @@ class RayRunner:
             per = max(1, min(cpus, cpus_per_worker or CPUS_PER_WORKER))
             count, options = max(1, cpus // per), {"num_cpus": per}
         actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(_Worker)
-        self.actors = [actor.remote(dict(convention or {})) for _ in range(count)]
+        self.actors = [actor.remote() for _ in range(count)]
         self.batch_size = batch_size
         self.in_flight: dict[Any, tuple[Any, list[Planned]]] = {}  # task -> (actor, its group)
         self.resubmitted = 0  # groups put back after their actor died
@@ -122,10 +122,10 @@ class RayRunner:
             self.ray.shutdown()
 
 
-def run_jobs_ray(planned: list[Planned], address: str, *, convention: dict[str, Any] | None = None,
+def run_jobs_ray(planned: list[Planned], address: str, *,
                  batch_size: int | None = None) -> Iterator[JobResult]:
     """batch.run_jobs on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
-    runner = RayRunner(address, convention=convention, batch_size=batch_size)
+    runner = RayRunner(address, batch_size=batch_size)
     try:
         yield from runner.run(planned)
     finally:

@@ -10,9 +10,7 @@ import csv
 import dataclasses
 import itertools
 import json
-import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -20,91 +18,19 @@ from typing import Any, Callable, Iterable, Iterator
 from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
-from styleengine.engine.stylise import Settings
+from styleengine.engine.settings import BATCH, KINDS, Settings, options
 from styleengine.errors import ConfigError, first_line
 
-# per-job overrides a jobs file may set, by Settings field; the backend, device, provider, precision,
-# input convention and snapshots belong to the whole batch (one process, one warm device)
-OVERRIDES: dict[str, Callable[[Any], Any]] = {}
-_ALIASES = {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend"}
+# per-job overrides a jobs file may set: the settings whose metadata says so (engine/settings.py), each parsed by
+# its kind; the backend, device, provider, precision, input convention and snapshots belong to the whole batch
+OVERRIDES: dict[str, Callable[[Any], Any]] = {name: meta.parse for name, meta in options(BATCH).items()
+                                              if meta.per_job}
+# a key may also be the flag's name (iters, mem_budget) or one of the setting's aliases (blend)
+_ALIASES = {alias: name for name, meta in options(BATCH).items() if meta.per_job
+            for alias in ((meta.flag[2:].replace("-", "_"),) if meta.flag else ()) + meta.aliases}
 _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
 # image suffixes --contents / --styles folders are read for
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def _text_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError("not a text or a list of texts")
-
-
-def _whole(value: Any) -> int:
-    """An int, or a text of one (a CSV cell); never a bool, a fraction or a float (1e20 is a float)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        number = int(value)
-    else:
-        raise ValueError("not a whole number")
-    if abs(number) >= 2**63:
-        raise ValueError("out of range")
-    return number
-
-
-def _real(value: Any) -> float:
-    """A finite number, or a text of one; never a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError("not a finite number")
-    return number
-
-
-def _word(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("not a text")
-    return value.strip()
-
-
-def _number_list(value: Any) -> tuple[float, ...]:
-    if isinstance(value, list):
-        return tuple(_real(v) for v in value)
-    return tuple(_real(v) for v in _text_list(value))
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    if text in ("1", "true", "yes"):
-        return True
-    if text in ("0", "false", "no"):
-        return False
-    raise ValueError(f"not a yes/no value: {value!r}")
-
-
-def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None or (isinstance(value, str) and value.strip() == "") else convert(value)
-
-
-for _name in ("size", "iterations", "seed"):
-    OVERRIDES[_name] = _whole
-for _name in ("lbfgs_history", "scales", "start_size", "iters_per_scale", "tile"):
-    OVERRIDES[_name] = _optional(_whole)
-for _name in ("content_weight", "style_weight", "tv_weight", "style_scale", "lbfgs_max_step"):
-    OVERRIDES[_name] = _real
-for _name in ("lr", "mem_budget_gib"):
-    OVERRIDES[_name] = _optional(_real)
-for _name in ("optimizer", "init", "model", "weights", "pooling", "weighting"):
-    OVERRIDES[_name] = _word
-for _name in ("content_layers", "style_layers"):
-    OVERRIDES[_name] = _text_list
-for _name in ("style_layer_weights", "style_blend"):
-    OVERRIDES[_name] = _optional(_number_list)
-OVERRIDES["preserve_colors"] = _flag
 
 
 def settings_inputs(init: str, weights: str, prefix: str = "") -> dict[str, Path]:
@@ -217,7 +143,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
     styles = raw.get("styles", raw.get("style"))
     try:
-        style_names = _text_list(styles) if styles is not None else ()
+        style_names = KINDS["words"][0](styles) if styles is not None else ()
     except ValueError:
         raise ConfigError(f"{where}: bad styles {styles!r} (a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:

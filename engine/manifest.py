@@ -54,15 +54,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], digests: dict[str, str]) -> str:
-    """sha256 of what decides the picture: the resolved Settings (with the job's overrides), the input
-    convention overrides, the job's overrides, and the bytes of every file read (content, styles, an init
-    image, a weights file). OSError if a file cannot be read. 16 hex digits."""
+def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales: list[dict[str, Any]] | None = None
+                  ) -> str:
+    """sha256 of what decides the picture: the resolved Settings (with the job's overrides, the input convention's
+    among them), the job's overrides, the plan's scales (sizes, iterations, tiles, L-BFGS history: engine/plan.py)
+    and the bytes of every file read (content, styles, an init image, a weights file). OSError if a file cannot
+    be read. 16 hex digits."""
     from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
 
     files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
     payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
-               "convention": _jsonable(convention), "overrides": _jsonable(dict(job.overrides)),
+               "scales": scales, "overrides": _jsonable(dict(job.overrides)),
                "files": [file_digest(p, digests) for p in files]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

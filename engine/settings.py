@@ -109,6 +109,7 @@ class Option:
     commands: frozenset[str] = EVERY
     words: tuple[str, ...] = ()  # for a path setting: the words that are not paths
     texture_help: str = ""  # the help under `texture`, where it differs
+    aliases: tuple[str, ...] = ()  # other names a jobs file may use for it
 
     def parse(self, value: Any) -> Any:
         """The setting's value from a flag's text or a jobs file's value (ValueError if it is not one)."""
@@ -172,7 +173,7 @@ class Settings:
                          "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).",
         LOSS, "word")
     style_blend: tuple[float, ...] | None = option(
-        None, "Comma-separated weights, one per style image (default: equal).", LOSS, "numbers")
+        None, "Comma-separated weights, one per style image (default: equal).", LOSS, "numbers", aliases=("blend",))
     # the paper: 1, the styles at the content's size
     style_scale: float = option(1.0, "Style images are resized to size * this.", LOSS, "real")
     preserve_colors: bool = option(False, "Keep the content's colours; transfer luminance only.", LOSS, "flag",

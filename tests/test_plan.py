@@ -127,3 +127,32 @@ def test_convention_and_list_flags_are_checked_before_any_work(tmp_path, monkeyp
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, flag, value)
     assert_one_line_error(code, err, out)
     assert message in err
+
+
+def test_the_batch_hash_holds_the_plan_so_another_plan_runs_again(tmp_path, pics, monkeypatch):
+    """A job's settings hash covers its plan (engine/plan.py): the same settings planned with another L-BFGS
+    history (less memory free: 100 pairs of a 2048 px picture take 8.4 GB) is another picture, not skipped."""
+    from styleengine.engine import batch as engine
+    from styleengine.engine import plan as plan_module
+
+    job = engine.Job("a", pics["content"], (pics["style"],), tmp_path / "a.png")
+    base = Settings(size=2048, scales=1, iterations=2, weights="random", model="vgg16", device="cpu")
+    monkeypatch.setattr(plan_module, "free_memory", lambda device: 64 * 2**30)
+    first = engine.plan([job], base, {})[0]
+    assert first.status == "run", first.reason
+    (tmp_path / "a.png").write_bytes(b"made")
+    assert engine.plan([job], base, {"a": first.hash})[0].status == "skipped"
+    monkeypatch.setattr(plan_module, "free_memory", lambda device: 24 * 2**30)
+    tight = engine.plan([job], base, {"a": first.hash})[0]
+    assert tight.status == "run" and tight.hash != first.hash
+
+
+def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
+    from styleengine.engine import jobs
+
+    per_job = {name for name, meta in options(BATCH).items() if meta.per_job}
+    assert set(jobs.OVERRIDES) == per_job and {"backend", "precision", "mean"}.isdisjoint(per_job)
+    assert jobs._ALIASES == {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend"}
+    parsed = dict(jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
+                                  "jobs line 1", tmp_path))
+    assert parsed == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}

@@ -93,7 +93,6 @@ def _batch(
     console = Console(stderr=True)
     settings = settings_from(flags, BATCH)
     settings.validate()
-    convention = settings.convention_changes()
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if ray is not None:
@@ -127,13 +126,13 @@ def _batch(
 
         def planned() -> Iterator[list[engine.Planned]]:
             for chunk in engine.chunks(job_source(), engine.CHUNK):
-                yield [_check(item) for item in engine.plan(chunk, settings, convention, done, digests)]
+                yield [_check(item) for item in engine.plan(chunk, settings, done, digests)]
 
-        _run(planned(), total, manifest, out, ray, convention, batch_size, settings.weights == "random", console)
+        _run(planned(), total, manifest, out, ray, batch_size, settings.weights == "random", console)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
-         ray: str | None, convention: dict, batch_size: int | None, untrained: bool, console) -> None:
+         ray: str | None, batch_size: int | None, untrained: bool, console) -> None:
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
     (signals held during a write and acted on right after it)."""
     if untrained:
@@ -153,7 +152,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     def save_elsewhere(image, output: Path) -> Path | None:
         return rescue(image, output, [out])
 
-    warm = engine.Warm(convention) if ray is None else None
+    warm = engine.Warm() if ray is None else None
     try:
         if ray is not None:  # one runner (its actors) for every job: planned whole
             chunks = [[item for chunk in chunks for item in chunk]]
@@ -165,7 +164,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
             if warm is None:
                 from styleengine.engine.batch_ray import run_jobs_ray
 
-                results = run_jobs_ray(planned, ray, convention=convention, batch_size=batch_size)
+                results = run_jobs_ray(planned, ray, batch_size=batch_size)
             else:
                 results = engine.run_jobs(planned, warm, batch_size=batch_size)
             for result in results:

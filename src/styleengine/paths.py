@@ -187,6 +187,8 @@ def image_shape(path: Path) -> tuple[int, int] | None:
     decoding it; None if PIL cannot tell (loading it will say what is wrong)."""
     from PIL import Image
 
+    if not Path(path).is_file():  # a FIFO would block the open; a device never ends
+        return None
     try:
         with Image.open(path) as im:
             width, height = im.size
