@@ -280,6 +280,20 @@ def test_trt_step_lifecycle(fake_trt, vgg16_random, make_image):
     assert_lifecycle(step, make_image(48, 40, 1), make_image(48, 40, 2), make_image(48, 40, 3), computes=False)
 
 
+def test_make_step_passes_max_side_for_one_engine(fake_trt, vgg16_random, monkeypatch):
+    """backends.make_step(max_side=...) reaches TrtStep: one engine, its profile up to the run's largest side."""
+    from styleengine.engine.backends import make_step
+
+    real = trt_step.make_trt_step
+    monkeypatch.setattr(trt_step, "make_trt_step", lambda *a, **k: real(*a, **k, device=torch.device("cpu")))
+    step = make_step("tensorrt", vgg16_random, SHORT, max_side=1448)
+    (build,) = fake_trt.builds
+    assert build["profiles"][0][IMAGE] == ((1, 3, 32, 32), (1, 3, 1448, 1448), (1, 3, 1448, 1448))
+    for side in (362, 724, 1024, 1448):
+        step._engine_for((1, 3, side, side))
+    assert len(fake_trt.builds) == 1
+
+
 def test_parse_errors_are_reported(fake_trt, vgg16_random):
     fake_trt.parse_ok = False
     with pytest.raises(RuntimeError, match="could not parse .*unsupported"):
