@@ -108,7 +108,7 @@ class TileableStep(Step, Protocol):
 
 class StepBase:
     """The lifecycle every step shares, checked here (Step's docstring); a step implements the parts:
-    _features, _set_targets, _step, _trim, _close (and _grams, default from _features)."""
+    _features, _set_targets, _step, _trim, _close (and _grams, default: Grams of features)."""
 
     # the loop may capture `step(x)` + the optimiser update in a CUDA graph and replay it: true of a step
     # whose call issues the same device work every time for one image size, with no host sync or host copy
@@ -134,7 +134,7 @@ class StepBase:
         raise NotImplementedError
 
     def _grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        return {n: gram(f) for n, f in self._features(image, names).items()}
+        return {n: gram(f) for n, f in self.features(image, names).items()}  # a wrapper's own features
 
     def set_loss(self, loss: LossConfig) -> None:
         """Weigh the terms as `loss` says from now on (a step kept warm across runs whose weights differ).
