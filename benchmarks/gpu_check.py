@@ -217,7 +217,7 @@ def _profile_ort(weights, precision: str, side: int, steps: int, top: int, devic
             for _ in range(steps):
                 s(x)
             synchronize()
-        with open(s.session.end_profiling()) as f:
+        with open(s.sessions.get("step").end_profiling()) as f:
             trace = json.load(f)
         s.close()
     finally:

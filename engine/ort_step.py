@@ -7,8 +7,9 @@ device; targets and loss weights are bound at set_targets and reused.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -16,8 +17,9 @@ import torch
 from styleengine.choices import PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.engine import capability
 from styleengine.errors import ConfigError, ExportValidationError, UnavailableError, first_line
-from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
-from styleengine.engine.steps import StepBase, StepResult
+from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.graph_io import GraphIO
+from styleengine.engine.steps import StepBase, StepResult, single_targets
 from styleengine.export import spec as names
 from styleengine.export.cache import (Export, cache_root, cached_export, entry_lock, publish, read_record,
                                       record_validation, staging_folder, write_record)
@@ -169,21 +171,92 @@ def _ort_device(device: torch.device) -> tuple[str, int]:
     return ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
 
 
+class OrtRunner:
+    """GraphIO's Runner on an ONNX Runtime session: its I/O binding."""
+
+    def __init__(self, session, device: torch.device, run_options):
+        self.session, self.run_options = session, run_options
+        self.binding = session.io_binding()
+        self.kind, self.index = _ort_device(device)
+
+    def _where(self, tensor: torch.Tensor) -> tuple:
+        return self.kind, self.index, np.float32, list(tensor.shape), tensor.data_ptr()
+
+    def bind_input(self, name: str, tensor: torch.Tensor) -> None:
+        self.binding.bind_input(name, *self._where(tensor))
+
+    def bind_output(self, name: str, tensor: torch.Tensor) -> None:
+        self.binding.bind_output(name, *self._where(tensor))
+
+    def run(self, stream: torch.cuda.Stream | None) -> None:  # the session was made on the stream
+        self.session.run_with_iobinding(self.binding, self.run_options)
+
+
+@dataclass(frozen=True)
+class SessionRule:
+    """When one of an OrtStep's sessions exists: made on first use, dropped at the lifecycle events in
+    `dropped_at` ("set_targets", "trim"); close drops every session."""
+
+    graph: str  # the export's graph: "step", "features" or "tile"
+    arena: bool  # ORT's CPU arena: buffers kept between runs
+    dropped_at: frozenset[str]
+
+
+SESSION_RULES = {
+    # made by set_targets (GPU providers: at build, to fail there); on the CPU after the features session has
+    # gone, not both at once (ORT Winograd, 192x256: the targets' peak 0.60 GiB, above the loop's); its arena
+    # keeps the largest image's buffers (4-5 GiB at 1448 px), which trim hands back
+    "step": SessionRule("step", arena=True, dropped_at=frozenset({"trim"})),
+    # targets are its only use; without an arena a one-off run's memory goes back before the step runs
+    "features": SessionRule("features", arena=False, dropped_at=frozenset({"set_targets"})),
+    # the tile step (tile_step's docstring: the arena, 54 vs 68 s per iteration at 2048 px)
+    "tile": SessionRule("tile", arena=True, dropped_at=frozenset({"trim"})),
+    # a tiled first pass runs every iteration; the arena spares fresh pages per tile (18.5 vs 23.5 s at 2048 px)
+    "tile_features": SessionRule("features", arena=True, dropped_at=frozenset()),
+}
+
+
+class Sessions:
+    """An OrtStep's ONNX Runtime sessions, each existing by its SessionRule."""
+
+    def __init__(self, make: Callable[[str, SessionRule], Any]):
+        self._make = make
+        self._open: dict[str, Any] = {}
+
+    def get(self, name: str):
+        """The session, made if it is not there."""
+        if name not in self._open:
+            self._open[name] = self._make(name, SESSION_RULES[name])
+        return self._open[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._open
+
+    def at(self, event: str) -> list[str]:
+        """Drop the sessions `event` ends (every one at "close"); their names."""
+        gone = [n for n in self._open if event == "close" or event in SESSION_RULES[n].dropped_at]
+        for n in gone:
+            del self._open[n]
+        return gone
+
+
 class OrtStep(StepBase):
     def __init__(self, export: Export, spec: ExportSpec, loss: LossConfig, *, provider: str = "cpu",
                  threads: int | None = None):
+        import onnxruntime as ort
+
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
         self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
-        self.session: Any = None  # onnxruntime's InferenceSession: untyped
-        self.has_targets = False
+        # on CUDA the step runs on a stream of ours, ordered after torch's by events, and Run does not wait
+        # for it to finish: the loop's next kernels queue behind it (no host sync per iteration)
+        self.stream = torch.cuda.Stream(self.device) if provider == "cuda" else None
+        self.run_options = ort.RunOptions()
+        if self.stream is not None:
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        self.io = GraphIO(spec, self.device, self.stream)
+        self.sessions = Sessions(self._make_session)
         if provider != "cpu":
-            self._open()  # fail here, not at the first step, if the provider cannot start
-        # on the CPU (which always starts) the step's session is made by set_targets, after the one-off
-        # features session has gone: not both graphs' weights and buffers at once (ORT Winograd at 192x256:
-        # the targets' peak was 0.60 GiB, above the loop's)
-        self._features = None
-        self._tile: Any = None
-        self._tile_features = None
+            self.sessions.get("step")  # fail here, not at the first step, if the provider cannot start
 
     @property
     def conv(self) -> str:
@@ -194,58 +267,34 @@ class OrtStep(StepBase):
     def unfolded(self) -> bool:
         return self.conv == "winograd"
 
-    def _open(self) -> None:
-        import onnxruntime as ort
+    def _make_session(self, name: str, rule: SessionRule):
+        path = {"step": self.export.step_path, "features": self.export.features_path,
+                "tile": self.export.tile_path}[rule.graph]
+        session = create_session(path, self.provider, self.threads, rule.arena, sha256=self.export.sha256(path),
+                                 stream=self.stream if name == "step" else None, unfolded=self.unfolded)
+        if name == "step":
+            self.io.attach(OrtRunner(session, self.device, self.run_options))
+        return session
 
-        # on CUDA the step runs on a stream of ours, ordered after torch's by events, and Run does not wait
-        # for it to finish: the loop's next kernels queue behind it (no host sync per iteration)
-        self.stream = torch.cuda.Stream(self.device) if self.provider == "cuda" else None
-        self.run_options = ort.RunOptions()
-        if self.stream is not None:
-            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self.session = create_session(self.export.step_path, self.provider, self.threads,
-                                      sha256=self.export.sha256(self.export.step_path), stream=self.stream,
-                                      unfolded=self.unfolded)
-        self.binding = self.session.io_binding()
-        self._constants: list[torch.Tensor] = []  # keeps bound inputs alive
-        self._shape: tuple[int, ...] | None = None
-        self.grad: torch.Tensor | None = None
-        self.losses: torch.Tensor | None = None
-        self.has_targets = False
+    def _drop_sessions(self, event: str) -> None:
+        if "step" in self.sessions.at(event):
+            self.io.attach(None)
 
-    def trim(self) -> None:
-        """Hand back what the step sessions hold: their arenas keep the buffers of the largest image (or
-        tile) they ran (4-5 GiB at 1448 px), which a tiled scale after an untiled one, or the distances
-        after the last step, never use. set_targets makes the step session again; the tile step makes
-        its own on its next call."""
-        self.session = self.binding = self.grad = self._tile = None
-        self._constants = []
-        self.has_targets = False
+    def _trim(self) -> None:
+        """Hand back what the step sessions hold (SESSION_RULES): their arenas keep the buffers of the largest
+        image (or tile) they ran, which a tiled scale after an untiled one, or the distances after the last
+        step, never use. set_targets makes the step session again; the tile step makes its own on its next
+        call."""
+        self.io.release()
+        self._drop_sessions("trim")
 
-    def _bind(self, name: str, tensor: torch.Tensor) -> None:
-        tensor = tensor.detach().to(self.device, torch.float32).contiguous()
-        self._constants.append(tensor)
-        kind, index = _ort_device(self.device)
-        self.binding.bind_input(name, kind, index, np.float32, list(tensor.shape), tensor.data_ptr())
-
-    def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
-        """Runs the feature graph; its session lives until set_targets (targets are its only use) and has
-        no arena, so what a one-off run took goes back before the step runs."""
-        if self._features is None:
-            self._features = create_session(self.export.features_path, self.provider, self.threads, arena=False,
-                                            sha256=self.export.sha256(self.export.features_path),
-                                            unfolded=self.unfolded)
-        return self._run_features(self._features, image, layer_names)
+    def _features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+        return self._run_features(self.sessions.get("features"), image, layer_names)
 
     def tile_features(self, tile: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
-        """features() for a tiled step's first pass, which runs every iteration: a session of its own
-        that keeps ORT's arena between tiles (without it every tile's buffers are fresh pages:
-        pass 1 at 2048 px took 23.5 s instead of 18.5 s)."""
-        if self._tile_features is None:
-            self._tile_features = create_session(self.export.features_path, self.provider, self.threads,
-                                                 sha256=self.export.sha256(self.export.features_path),
-                                                 unfolded=self.unfolded)
-        return self._run_features(self._tile_features, tile, layer_names)
+        """features() for a tiled step's first pass, which runs every iteration (SESSION_RULES)."""
+        self._check_open("tile_features")
+        return self._run_features(self.sessions.get("tile_features"), tile, layer_names)
 
     def _run_features(self, session, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
         out_names = [o.name for o in session.get_outputs()]
@@ -255,61 +304,21 @@ class OrtStep(StepBase):
         values = session.run(layer_names, {names.IMAGE: image.detach().float().cpu().numpy()})
         return {n: torch.from_numpy(v).to(self.device) for n, v in zip(layer_names, values)}
 
-    def open(self) -> None:
-        """Make the step's session if it is not there (made by set_targets; gone after trim)."""
-        if self.session is None:
-            self._open()
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
+        one = single_targets(self, targets)
+        self._drop_sessions("set_targets")
+        self.sessions.get("step")
+        self.io.set_targets(self.loss, one)
 
-    def set_targets(self, targets: Targets) -> None:
-        self._features = None
-        self.open()
-        self.binding.clear_binding_inputs()
-        self._constants = []
-        for n in self.spec.content_layers:
-            self._bind(names.content_input(n), targets.content[n])
-        for n in self.spec.style_layers:
-            self._bind(names.gram_input(n), targets.grams[n])
-        if self.spec.content_layers:
-            coeffs = content_coeffs(self.loss, targets)
-            self._bind(names.CONTENT_COEFFS, torch.tensor([coeffs[n] for n in self.spec.content_layers]))
-        self._bind(names.STYLE_WEIGHT, torch.tensor(self.loss.style_weight))
-        self._bind(names.STYLE_LAYER_WEIGHTS, torch.tensor(self.loss.layer_weights(), dtype=torch.float32))
-        self._bind(names.TV_WEIGHT, torch.zeros(()))  # tv_weight * t, set in __call__ for the image's size
-        self._tv_weight = self._constants[-1]
-        self.has_targets = True
-        self._shape = None
-
-    def __call__(self, image: torch.Tensor) -> StepResult:
-        if not self.has_targets:
-            raise RuntimeError("set_targets() before stepping")
-        x = image.detach().to(self.device, torch.float32).contiguous()
-        kind, index = _ort_device(self.device)
-        self.binding.bind_input(names.IMAGE, kind, index, np.float32, list(x.shape), x.data_ptr())
-        if self._shape != tuple(x.shape):
-            # the outputs are ours, on the step's device, reused across iterations: the loss terms
-            # land in one (4,) tensor (nothing goes through the host on a GPU)
-            self.grad = torch.empty_like(x)
-            self.binding.bind_output(names.GRAD, kind, index, np.float32, list(x.shape), self.grad.data_ptr())
-            self.losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)
-            for i, n in enumerate(names.LOSS_OUTPUTS):
-                self.binding.bind_output(n, kind, index, np.float32, [], self.losses[i:].data_ptr())
-            self._tv_weight.fill_(self.loss.tv_weight * tv_scale(self.loss, x.shape[2], x.shape[3]))
-            self._shape = tuple(x.shape)
-        if self.stream is None:
-            self.session.run_with_iobinding(self.binding, self.run_options)
-        else:
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            self.session.run_with_iobinding(self.binding, self.run_options)
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        assert self.losses is not None and self.grad is not None  # bound above for this size
-        return StepResult(self.losses, self.grad)
+    def _step(self, image: torch.Tensor) -> StepResult:
+        return self.io(self.loss, image)
 
     def tile_step(self, tile: torch.Tensor, core: tuple[int, int, int, int], content: dict[str, torch.Tensor],
                   gram_diffs: dict[str, torch.Tensor], style_coeffs: dict[str, float],
                   content_coeffs: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """One tile of an exactly tiled step: see TorchStep.tile_step for the contract.
 
-        Runs the export's tile graph (a second session, made on first use).
+        Runs the export's tile graph (SESSION_RULES["tile"]).
         Inputs go through host memory: tiling is for images too big for one
         step, where a copy per tile is small against the tile's convolutions.
         The session keeps ORT's arena: tiles differ in size (the last row
@@ -317,8 +326,7 @@ class OrtStep(StepBase):
         without it every tile's buffers are fresh pages (2048 px, VGG16,
         4 tiles: 68 s/iteration and 5.4 GB peak without, 54 s and 7.8 GB with).
         """
-        if self._tile is None:
-            self._tile = create_session(self.export.tile_path, self.provider, self.threads, unfolded=self.unfolded)
+        self._check_open("tile_step")
         host = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         feeds = {names.IMAGE: host(tile), names.CORE_BOX: np.asarray(core, np.int64),
                  names.STYLE_COEFFS: np.asarray([style_coeffs[n] for n in self.spec.style_layers], np.float32)}
@@ -326,14 +334,12 @@ class OrtStep(StepBase):
             feeds[names.CONTENT_COEFFS] = np.asarray([content_coeffs[n] for n in self.spec.content_layers], np.float32)
         feeds.update({names.content_input(n): host(content[n]) for n in self.spec.content_layers})
         feeds.update({names.gram_diff_input(n): host(gram_diffs[n]) for n in self.spec.style_layers})
-        content_loss, grad = self._tile.run(list(names.TILE_OUTPUTS), feeds)
+        content_loss, grad = self.sessions.get("tile").run(list(names.TILE_OUTPUTS), feeds)
         return torch.from_numpy(content_loss).to(self.device), torch.from_numpy(grad).to(self.device)
 
-    def close(self) -> None:
-        self._tile = self._tile_features = self._features = None
-        self.session = None
-        self.binding = None
-        self._constants = []
+    def _close(self) -> None:
+        self.io.release()
+        self._drop_sessions("close")
 
 
 def graph_spec(weights: Weights, loss: LossConfig, pooling: Pooling, precision: str, conv: str = "direct"

@@ -47,11 +47,25 @@ class StepResult:
         return dict(zip(LOSS_TERMS[1:], self.losses[1:].tolist()))
 
 
+class StepStateError(RuntimeError):
+    """A step used out of its lifecycle's order: a bug in the caller, not the user's error."""
+
+
 class Step(Protocol):
-    """What the loop and the targets need of a backend (torch, ORT, TensorRT, tiled)."""
+    """What the loop, the targets, the runs and the bench need of a backend (torch, ORT, TensorRT, tiled).
+
+    Lifecycle: build -> set_targets -> call (any number of times) -> trim -> set_targets again before the
+    next call ... -> close. features and grams work at any point before close. Calling without targets
+    (before set_targets, after trim or set_loss) or anything but close after close raises StepStateError.
+    """
 
     device: torch.device
     capturable: bool  # StepBase: False
+    loss: LossConfig
+
+    @property
+    def conv(self) -> str:
+        """The convolutions it runs, "direct" or "winograd" ("auto" resolved)."""
 
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Activations (fp32) of the named layers for an image in [0, 1]."""
@@ -59,15 +73,20 @@ class Step(Protocol):
     def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Gram matrices (C, C) fp32 of the named layers (StepBase: from features)."""
 
-    def set_targets(self, targets: Targets) -> None: ...
+    def set_loss(self, loss: LossConfig) -> None:
+        """Weigh the terms as `loss` says (the same layers); the targets go: set_targets before the next call."""
+
+    def set_targets(self, targets: Targets | list[Targets]) -> None:
+        """One image's targets, or a list for a batch (the torch step; the others take a list of one)."""
 
     def __call__(self, image: torch.Tensor) -> StepResult: ...
 
     def trim(self) -> None:
-        """Hand back the buffers only stepping needs (features and Grams still work): before a tiled scale
-        (the untiled step's), and after a run's last step, before its final distances."""
+        """Hand back the buffers only stepping needs, the targets with them (features and Grams still work):
+        before a tiled scale (the untiled step's), and after a run's last step, before its final distances."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Hand back everything; a second close does nothing."""
 
     def __enter__(self) -> "Step": ...
 
@@ -88,28 +107,80 @@ class TileableStep(Step, Protocol):
 
 
 class StepBase:
-    """Defaults every step shares: a context manager that closes it, Grams from features, no trimming."""
+    """The lifecycle every step shares, checked here (Step's docstring); a step implements the parts:
+    _features, _set_targets, _step, _trim, _close (and _grams, default: Grams of features)."""
 
     # the loop may capture `step(x)` + the optimiser update in a CUDA graph and replay it: true of a step
     # whose call issues the same device work every time for one image size, with no host sync or host copy
     capturable = False
     loss: LossConfig  # each step's own, set in its __init__
+    # class defaults: the state of a step just built
+    _has_targets = False
+    _closed = False
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise StepStateError(f"{type(self).__name__}.{what}() after close()")
+
+    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        self._check_open("features")
+        return self._features(image, names)
 
     def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        return {n: gram(f) for n, f in self.features(image, names).items()}  # type: ignore[attr-defined]
+        self._check_open("grams")
+        return self._grams(image, names)
 
-    def trim(self) -> None:
-        pass
+    def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: gram(f) for n, f in self.features(image, names).items()}  # a wrapper's own features
 
     def set_loss(self, loss: LossConfig) -> None:
         """Weigh the terms as `loss` says from now on (a step kept warm across runs whose weights differ).
-        Before set_targets: the graph steps bind the weights there. The layers are the step's own."""
+        The graph steps bind the weights with the targets, so the targets go: set_targets again. The layers
+        are the step's own."""
+        self._check_open("set_loss")
         built = self.loss
         if (loss.content_layers, loss.style_layers) != (built.content_layers, built.style_layers):
             raise ValueError(f"a step built for layers {built.layers} cannot run layers {loss.layers}")
         self.loss = loss
+        self._has_targets = False
+
+    def set_targets(self, targets: Targets | list[Targets]) -> None:
+        self._check_open("set_targets")
+        self._has_targets = False  # until these are in place
+        self._set_targets(targets)
+        self._has_targets = True
+
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
+        raise NotImplementedError
+
+    def __call__(self, image: torch.Tensor) -> StepResult:
+        self._check_open("__call__")
+        if not self._has_targets:
+            raise StepStateError(f"{type(self).__name__}: set_targets() before stepping (after build, trim or "
+                                 f"set_loss)")
+        return self._step(image)
+
+    def _step(self, image: torch.Tensor) -> StepResult:
+        raise NotImplementedError
+
+    def trim(self) -> None:
+        self._check_open("trim")
+        self._has_targets = False
+        self._trim()
+
+    def _trim(self) -> None:
+        pass
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed, self._has_targets = True, False
+        self._close()
+
+    def _close(self) -> None:
         pass
 
     def __enter__(self):
@@ -117,6 +188,15 @@ class StepBase:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def single_targets(step: object, targets: Targets | list[Targets]) -> Targets:
+    """The one image's targets of a step that runs one picture at a time (a list of one is that one)."""
+    if not isinstance(targets, list):
+        return targets
+    if len(targets) != 1:
+        raise ValueError(f"{type(step).__name__} runs one picture at a time, not a batch of {len(targets)}")
+    return targets[0]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -190,20 +270,22 @@ class TorchStep(StepBase):
         return self.net(x.to(self.dtype).contiguous(memory_format=self.memory_format), names)
 
     @torch.no_grad()
-    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         return {k: v.float() for k, v in self._forward(image.to(self.device), names).items()}
 
-    tile_features = features  # a tiled step's first pass; torch's allocator needs no separate care
+    def tile_features(self, tile: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """A tiled step's first pass: features(); torch's allocator needs no separate care."""
+        self._check_open("tile_features")
+        return self._features(tile, names)
 
-    def set_targets(self, targets: Targets | list[Targets]) -> None:
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
         """One image's targets, or a list: a batch, image b of each call against targets[b]."""
         self.targets = [t.to(self.device) for t in targets] if isinstance(targets, list) else targets.to(self.device)
 
-    def __call__(self, image: torch.Tensor) -> StepResult:
+    def _step(self, image: torch.Tensor) -> StepResult:
         """image (1, 3, H, W) -> losses (4,); a batch (B, 3, H, W) with B targets -> losses (B, 4), the
         gradient of each image's own loss (the images do not interact: the sum's gradient)."""
-        if self.targets is None:
-            raise RuntimeError("set_targets() before stepping")
+        assert self.targets is not None  # the lifecycle's check (StepBase.__call__)
         batch = isinstance(self.targets, list)
         if isinstance(self.targets, list) and len(self.targets) != image.shape[0]:
             raise ValueError(f"{len(self.targets)} targets for a batch of {image.shape[0]} images")
@@ -237,6 +319,7 @@ class TorchStep(StepBase):
         Returns the weighted content loss over the core and
         d(content + style) / d tile; TV is the caller's (it is not local to tiles).
         """
+        self._check_open("tile_step")
         x = tile.detach().to(self.device).requires_grad_(True)
         strides = {layer.name: layer.stride for layer in self.net.layers}
         top, left, bottom, right = core
@@ -257,8 +340,12 @@ class TorchStep(StepBase):
             (grad,) = torch.autograd.grad(content_term + style, x)
         return content_term.detach(), grad
 
-    def close(self) -> None:
+    def _trim(self) -> None:
+        self.targets = None
+
+    def _close(self) -> None:
         self.net = None  # type: ignore[assignment]
+        self.targets = None
 
 
 def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,

@@ -164,12 +164,13 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     return measured
 
 
-def build_step(settings: Settings, weights: Weights, loss: LossConfig) -> Step:
-    """The step these (resolved) settings ask for, built with `loss`'s layers."""
+def build_step(settings: Settings, weights: Weights, loss: LossConfig, max_side: int | None = None) -> Step:
+    """The step these (resolved) settings ask for, built with `loss`'s layers; max_side: the run's largest
+    side (its plan's last scale), so a TensorRT engine is built once for every scale."""
     with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
         return make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
                          device=settings.device, precision=settings.precision, provider=settings.provider,
-                         conv=settings.conv)
+                         conv=settings.conv, max_side=max_side)
 
 
 def load_run_weights(settings: Settings) -> Weights:
@@ -286,7 +287,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
 
     owned = step is None
     if step is None:
-        step = build_step(settings, weights, loss)
+        step = build_step(settings, weights, loss, max_side=max(scales[-1].height, scales[-1].width))
     else:
         step.set_loss(loss)
     if loaded:  # an ORT step has its own copy in its session, a torch one the tensors its layers use

@@ -31,7 +31,7 @@ import torch
 
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram_style, tv_loss_and_grad, tv_scale
-from styleengine.engine.steps import StepBase, StepResult, TileableStep
+from styleengine.engine.steps import Step, StepBase, StepResult, TileableStep, single_targets
 from styleengine.model import vgg
 from styleengine.engine.memory import STRIDE, halo_for, step_bytes_per_pixel, tile_for_budget  # noqa: F401
 
@@ -75,15 +75,16 @@ class TiledStep(StepBase):
     run) goes to the base step untiled: same function, no second pass.
     """
 
-    def __init__(self, base: TileableStep, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
+    def __init__(self, base: Step, loss: LossConfig, model: str, *, tile: int, halo: int | None = None):
         loss.validate(model)
         if not isinstance(base, TileableStep):
             raise ConfigError(f"the {type(base).__name__} step cannot be tiled (it has no tile_step and tile_features)")
+        self.base: TileableStep = base
         if tile <= 0 or tile % STRIDE:
             raise ConfigError(f"tile size must be a positive multiple of {STRIDE} px, got {tile}")
         if halo is not None and (halo < 0 or halo % STRIDE):
             raise ConfigError(f"tile halo must be a multiple of {STRIDE} px >= 0, got {halo}")
-        self.base, self.loss, self.model, self.tile = base, loss, model, tile
+        self.loss, self.model, self.tile = loss, model, tile
         base.trim()  # the base's untiled buffers (an earlier scale's) are not needed by tiles
         self.halo = halo_for(model, loss.layers) if halo is None else halo
         self.device = base.device
@@ -92,9 +93,18 @@ class TiledStep(StepBase):
         self.targets: Targets | None = None
         self._base_has_targets = False
 
-    def trim(self) -> None:
+    @property
+    def conv(self) -> str:
+        return self.base.conv
+
+    def set_loss(self, loss: LossConfig) -> None:
+        super().set_loss(loss)
+        self.base.set_loss(loss)  # what an image that fits one core runs
+        self._base_has_targets = False
+
+    def _trim(self) -> None:
         self.base.trim()
-        self._base_has_targets = False  # a trimmed ORT base binds its targets again when stepped
+        self._base_has_targets = False  # a trimmed base takes its targets again when stepped
 
     def _fits(self, image: torch.Tensor) -> bool:
         return image.shape[2] <= self.tile and image.shape[3] <= self.tile
@@ -112,7 +122,7 @@ class TiledStep(StepBase):
 
     # ------------------------------------------------------------ Step protocol
     @torch.no_grad()
-    def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Each named layer's full map (fp32, on the device), assembled from the tiles' cores."""
         height, width = image.shape[2], image.shape[3]
         if self._fits(image):
@@ -131,7 +141,7 @@ class TiledStep(StepBase):
         return out
 
     @torch.no_grad()
-    def grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    def _grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """Gram matrices (C, C) fp32 of the named layers over the whole image, accumulated tile by tile."""
         halo = max(self.halo, halo_for(self.model, names))
         out = {n: torch.zeros(self.channels[n], self.channels[n], device=self.device) for n in names}
@@ -144,14 +154,13 @@ class TiledStep(StepBase):
             del feats
         return out
 
-    def set_targets(self, targets: Targets) -> None:
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
         # kept here: tile_step takes its targets per call, the base step never sees full-size ones
-        self.targets = targets.to(self.device)
+        self.targets = single_targets(self, targets).to(self.device)
         self._base_has_targets = False
 
-    def __call__(self, image: torch.Tensor) -> StepResult:
-        if self.targets is None:
-            raise RuntimeError("set_targets() before stepping")
+    def _step(self, image: torch.Tensor) -> StepResult:
+        assert self.targets is not None  # the lifecycle's check (StepBase.__call__)
         loss, targets = self.loss, self.targets
         image = image.detach().to(self.device, torch.float32)
         if self._fits(image):
@@ -169,7 +178,7 @@ class TiledStep(StepBase):
         if loss.style_layers:
             positions = {n: (height // self.strides[n]) * (width // self.strides[n])  # M_l of the full image
                          for n in loss.style_layers}
-            style, diffs, coeffs = gram_style(loss, self.grams(image, list(loss.style_layers)), targets, positions)
+            style, diffs, coeffs = gram_style(loss, self._grams(image, list(loss.style_layers)), targets, positions)
 
         # pass 2: per tile, d(content + style)/d tile over its core, added at the tile's place
         grad = torch.zeros_like(image)
@@ -195,7 +204,7 @@ class TiledStep(StepBase):
             del tv_grad
         return StepResult(torch.stack([content + style + tv, content, style, tv]).float(), grad)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.base.close()
 
 

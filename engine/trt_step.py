@@ -31,8 +31,9 @@ import torch
 from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.images import MIN_SIDE
-from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
-from styleengine.engine.steps import StepBase, StepResult
+from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.graph_io import GraphIO
+from styleengine.engine.steps import StepBase, StepResult, single_targets
 from styleengine.export import spec as names
 from styleengine.export.cache import Export, cache_root, entry_lock, publish, read_record, staging_folder, write_record
 from styleengine.model.vgg import Pooling, resolve
@@ -122,6 +123,25 @@ def cached_engine(export: Export, precision: str, profile: Profile, *, rebuild: 
     return data
 
 
+class TrtRunner:
+    """GraphIO's Runner on a TensorRT execution context."""
+
+    def __init__(self, context):
+        self.context = context
+
+    def bind_input(self, name: str, tensor: torch.Tensor) -> None:
+        self.context.set_input_shape(name, tuple(tensor.shape))
+        self.context.set_tensor_address(name, tensor.data_ptr())
+
+    def bind_output(self, name: str, tensor: torch.Tensor) -> None:
+        self.context.set_tensor_address(name, tensor.data_ptr())
+
+    def run(self, stream: torch.cuda.Stream | None) -> None:
+        # off CUDA (a fake tensorrt in the tests) there is no stream of ours: the default one, 0
+        if not self.context.execute_async_v3(stream.cuda_stream if stream is not None else 0):
+            raise RuntimeError("TensorRT execution failed")
+
+
 class TrtStep(StepBase):
     """device: the CUDA device to run on (default the current one); tests with a fake tensorrt pass the CPU."""
 
@@ -133,14 +153,18 @@ class TrtStep(StepBase):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._features = features_step  # an ORT step on the fp32 export, for targets
+        self.io = GraphIO(spec, self.device, self.stream)
+        self._targets_step = features_step  # an ORT step on the fp32 export, for targets
         self.engine: Any = None  # TensorRT's objects: untyped
         self.context: Any = None
         self._covers: tuple[tuple[int, int], tuple[int, int]] | None = None  # the engine's (low, high) image (H, W)
-        self._inputs: dict[str, torch.Tensor] = {}
-        self._outputs: dict[str, torch.Tensor] = {}
         if max_side is not None:  # one engine for the whole run
             self._engine_for((1, 3, max_side, max_side))
+
+    @property
+    def conv(self) -> str:
+        """The graph's convolutions ("direct"); TensorRT picks its own kernels for them."""
+        return self.spec.conv
 
     def _engine_for(self, shape: Shape) -> None:
         """Make sure the engine's profile covers an image of `shape`; else load or build one that covers it and
@@ -160,57 +184,27 @@ class TrtStep(StepBase):
             self.engine = self._runtime.deserialize_cuda_engine(data)
         self.context = self.engine.create_execution_context()
         self._covers = (low, high)
-        self._outputs = {}
-        self._bind_inputs()
+        self.io.attach(TrtRunner(self.context))  # the new context gets every tensor bound so far
 
-    def _bind_inputs(self) -> None:
-        if self.context is None:
-            return
-        for name, tensor in self._inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
+    def _features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self._targets_step.features(image, layer_names).items()}
 
-    def features(self, image: torch.Tensor, layer_names: list[str]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in self._features.features(image, layer_names).items()}
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
+        self.io.set_targets(self.loss, single_targets(self, targets))
 
-    def set_targets(self, targets: Targets) -> None:
-        f: dict[str, Any] = dict(device=self.device, dtype=torch.float32)
-        inputs = {names.content_input(n): targets.content[n].to(**f).contiguous() for n in self.spec.content_layers}
-        inputs.update({names.gram_input(n): targets.grams[n].to(**f).contiguous() for n in self.spec.style_layers})
-        if self.spec.content_layers:
-            coeffs = content_coeffs(self.loss, targets)
-            inputs[names.CONTENT_COEFFS] = torch.tensor([coeffs[n] for n in self.spec.content_layers], **f)
-        inputs[names.STYLE_WEIGHT] = torch.tensor(self.loss.style_weight, **f)
-        inputs[names.STYLE_LAYER_WEIGHTS] = torch.tensor(self.loss.layer_weights(), **f)
-        inputs[names.TV_WEIGHT] = torch.zeros((), **f)  # tv_weight * t, set in __call__ for the image's size
-        self._inputs = inputs
-        self._bind_inputs()
-        self._outputs = {}
+    def _step(self, image: torch.Tensor) -> StepResult:
+        self._engine_for(tuple(image.shape))
+        return self.io(self.loss, image)
 
-    def __call__(self, image: torch.Tensor) -> StepResult:
-        if not self._inputs:
-            raise RuntimeError("set_targets() before stepping")
-        x = image.detach().to(self.device, torch.float32).contiguous()
-        self._engine_for(tuple(x.shape))
-        self.context.set_input_shape(names.IMAGE, tuple(x.shape))
-        self.context.set_tensor_address(names.IMAGE, x.data_ptr())
-        if not self._outputs or self._outputs[names.GRAD].shape != x.shape:
-            self._losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)  # one (4,) tensor, no host copy
-            self._outputs = {n: self._losses[i] for i, n in enumerate(names.LOSS_OUTPUTS)}
-            self._outputs[names.GRAD] = torch.empty_like(x)
-            for n, t in self._outputs.items():
-                self.context.set_tensor_address(n, t.data_ptr())
-            self._inputs[names.TV_WEIGHT].fill_(self.loss.tv_weight * tv_scale(self.loss, x.shape[2], x.shape[3]))
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # type: ignore[union-attr]  # None off CUDA (issue 22: the step lifecycle)
-        if not self.context.execute_async_v3(self.stream.cuda_stream):  # type: ignore[union-attr]
-            raise RuntimeError("TensorRT execution failed")
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)  # type: ignore[arg-type]
-        return StepResult(self._losses, self._outputs[names.GRAD])
+    def _trim(self) -> None:
+        self.io.release()
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        self.io.release()
+        self.io.attach(None)
         self.context = None
         self.engine = None
-        self._features.close()
+        self._targets_step.close()
 
 
 def make_trt_step(weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg", precision: str = "fp32",

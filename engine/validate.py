@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from styleengine.errors import ExportValidationError
 from styleengine.engine.losses import LossConfig
 from styleengine.export.spec import ExportSpec
 from styleengine.model.weights import Weights
+
+if TYPE_CHECKING:  # ort_step imports this module's validate_step where it runs
+    from styleengine.engine.ort_step import OrtStep
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def noise_images(height: int, width: int, gen: torch.Generator) -> tuple[torch.T
             torch.rand(1, 3, height, width, generator=gen))
 
 
-def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: ExportSpec,
+def validate_step(make_graph_step: Callable[[], OrtStep], weights: Weights, loss: LossConfig, spec: ExportSpec,
                   sizes=SIZES, seed: int = 0, images=noise_images, check: bool = True) -> list[Comparison]:
     """Run the graph step and the torch step on the same images (images(height, width, generator) ->
     (content, style, image); noise unless given).
@@ -80,8 +84,7 @@ def validate_step(make_graph_step, weights: Weights, loss: LossConfig, spec: Exp
     gen = torch.Generator().manual_seed(seed)
     results = []
     try:
-        graph_step.open()
-        check_signature(graph_step.session, spec)  # names before values
+        check_signature(graph_step.sessions.get("step"), spec)  # names before values
         for height, width in sizes:
             content, style, image = images(height, width, gen)
             targets = make_targets(reference, loss, content, [style])

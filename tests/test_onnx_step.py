@@ -121,13 +121,13 @@ def test_ort_features_match_torch(vgg19_random, make_image):
 def test_cpu_step_session_is_made_when_the_targets_are_set(vgg19_random, make_image):
     """The targets' one-off features session and the step's session are never both open on the CPU."""
     step = make_graph_step("ort", vgg19_random, SHORT)
-    assert step.session is None
+    assert "step" not in step.sessions
     with pytest.raises(RuntimeError, match="set_targets"):
         step(make_image(20, 24))
     targets = make_targets(step, SHORT, make_image(20, 24, 1), [make_image(20, 24, 2)])
-    assert step.session is None and step._features is not None
+    assert "step" not in step.sessions and "features" in step.sessions
     step.set_targets(targets)
-    assert step.session is not None and step._features is None
+    assert "step" in step.sessions and "features" not in step.sessions
     assert torch.isfinite(step(make_image(20, 24, 3)).grad).all()
 
 

@@ -187,7 +187,7 @@ def test_ort_tile_step(vgg19_random, make_image):
     ref = base(x)
     # the same step, tiled, as a coarse-to-fine run does it: the untiled session's memory is handed back
     tiled = TiledStep(base, SHORT, "vgg19", tile=32)
-    assert base.session is None
+    assert "step" not in base.sessions
     tiled.set_targets(targets)
     out = tiled(x)
     assert abs(out.loss - ref.loss) / abs(ref.loss) <= 1e-4

@@ -23,7 +23,7 @@ from styleengine.engine import ort_step, trt_step
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import make_targets
 from styleengine.export import cache
-from styleengine.export.spec import IMAGE, content_input
+from styleengine.export.spec import GRAD, IMAGE, LOSS_OUTPUTS, content_input
 
 SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1"), tv_weight=0.05)
 
@@ -133,13 +133,17 @@ class FakeEngine:
 
 class FakeContext:
     def __init__(self, engine_data: bytes):
-        self.engine_data, self.shapes, self.addresses = engine_data, {}, {}
+        self.engine_data, self.shapes, self.addresses, self.runs = engine_data, {}, {}, []
 
     def set_input_shape(self, name, shape):
         self.shapes[name] = tuple(shape)
 
     def set_tensor_address(self, name, address):
         self.addresses[name] = address
+
+    def execute_async_v3(self, stream_handle):
+        self.runs.append(stream_handle)
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +259,39 @@ def test_no_step_before_targets(fake_trt, vgg16_random, make_image):
     step = trt_step.make_trt_step(vgg16_random, SHORT, max_side=64, device=torch.device("cpu"))
     with pytest.raises(RuntimeError, match="set_targets"):
         step(make_image(48, 40))
+
+
+def test_a_step_off_cuda_runs_on_the_default_stream(fake_trt, vgg16_random, make_image):
+    """The fake's CPU device has no stream of the step's: the engine runs on stream 0, nothing waits on None."""
+    step = trt_step.make_trt_step(vgg16_random, SHORT, max_side=64, device=torch.device("cpu"))
+    step.set_targets(make_targets(step, SHORT, make_image(48, 40, 1), [make_image(48, 40, 2)]))
+    result = step(make_image(48, 40, 3))
+    context = fake_trt.contexts[-1]
+    assert context.runs == [0] and result.grad.shape == (1, 3, 48, 40) and result.losses.shape == (4,)
+    bound = {IMAGE, GRAD, *LOSS_OUTPUTS, *step.spec.input_names()}
+    assert set(context.addresses) == bound and context.shapes[IMAGE] == (1, 3, 48, 40)
+    assert context.addresses[GRAD] == result.grad.data_ptr()
+
+
+def test_trt_step_lifecycle(fake_trt, vgg16_random, make_image):
+    from test_step_lifecycle import assert_lifecycle
+
+    step = trt_step.make_trt_step(vgg16_random, SHORT, max_side=64, device=torch.device("cpu"))
+    assert_lifecycle(step, make_image(48, 40, 1), make_image(48, 40, 2), make_image(48, 40, 3), computes=False)
+
+
+def test_make_step_passes_max_side_for_one_engine(fake_trt, vgg16_random, monkeypatch):
+    """backends.make_step(max_side=...) reaches TrtStep: one engine, its profile up to the run's largest side."""
+    from styleengine.engine.backends import make_step
+
+    real = trt_step.make_trt_step
+    monkeypatch.setattr(trt_step, "make_trt_step", lambda *a, **k: real(*a, **k, device=torch.device("cpu")))
+    step = make_step("tensorrt", vgg16_random, SHORT, max_side=1448)
+    (build,) = fake_trt.builds
+    assert build["profiles"][0][IMAGE] == ((1, 3, 32, 32), (1, 3, 1448, 1448), (1, 3, 1448, 1448))
+    for side in (362, 724, 1024, 1448):
+        step._engine_for((1, 3, side, side))
+    assert len(fake_trt.builds) == 1
 
 
 def test_parse_errors_are_reported(fake_trt, vgg16_random):
