@@ -44,40 +44,37 @@ def per_scale_seconds(records) -> dict[int, list[float]]:
     return {s: t[1:] if len(t) > 1 else t for s, t in by_size.items()}
 
 
-def run(content, style, settings, weights):
+def run(content, style, settings, weights, init_image=None):
     """(the output, its wall seconds, seconds of the iterations at each scale)."""
     from styleengine.engine.stylise import stylise
 
     start = time.perf_counter()
-    image, result = stylise(content, [style], settings, weights=weights)
+    image, result = stylise(content, [style], settings, weights=weights, init_image=init_image)
     if result.stopped is not None:
         raise RuntimeError(f"the run at {settings.size} px stopped early: {result.stopped}")
     return image, time.perf_counter() - start, per_scale_seconds(result.records)
 
 
 def continue_run(content, style, base, plan: list[tuple[int, int]], first):
-    """The rest of a default run from its first scale's output `first` (the same plan's scales 2..n, each from
-    the previous one upsampled, as stylise does): (the output, wall seconds, seconds an iteration per scale)."""
+    """The rest of a default run from its first scale's output `first`: the plan's scales 2..n, each a single
+    scale started from the previous one's output (stylise resizes it, as its own scale loop does):
+    (the output, wall seconds, seconds an iteration per scale)."""
     import tempfile
 
     from styleengine.engine import images
-    from styleengine.engine.stylise import stylise
     from styleengine.model.weights import load_weights
 
-    size, (start, iterations) = plan[-1][0], plan[1]
-    settings = dataclasses.replace(base, size=size, start_size=start, iterations=iterations)
-    if settings.scale_plan() != list(plan[1:]):
-        raise RuntimeError(f"the rest of {plan} is not {settings.scale_plan()}")
     weights = load_weights(base.model, base.weights)
+    image, wall, seconds = first, 0.0, {}
     with tempfile.TemporaryDirectory() as tmp:
-        init = Path(tmp) / "first.png"  # the path init names; the float array itself is what starts the run
-        images.save_image(first, init)
-        start_t = time.perf_counter()
-        image, result = stylise(content, [style], dataclasses.replace(settings, init=str(init)), weights=weights,
-                                init_image=first)
-    if result.stopped is not None:
-        raise RuntimeError(f"the run at {size} px stopped early: {result.stopped}")
-    return image, time.perf_counter() - start_t, per_scale_seconds(result.records)
+        init = Path(tmp) / "previous.png"  # the path `init` names; the float array itself starts each scale
+        for size, iterations in plan[1:]:
+            images.save_image(image, init)
+            settings = dataclasses.replace(base, size=size, scales=1, iterations=iterations, init=str(init))
+            image, scale_wall, scale_seconds = run(content, style, settings, weights, init_image=image)
+            wall += scale_wall
+            seconds.update(scale_seconds)
+    return image, wall, seconds
 
 
 class Viewer:
