@@ -7,15 +7,17 @@ from styleengine.choices import MIN_SIDE
 from styleengine.errors import ConfigError
 
 MIN_SCALE_ITERS = 10  # the fewest iterations the halving schedule gives a scale (scale_plan)
-AUTO_SCALES_ABOVE = 1024  # sizes above this run coarse-to-fine unless `scales` says otherwise
-AUTO_START = 512 * math.sqrt(2)  # an automatic first scale lies in (512, 724] px
+# a default run above one sqrt(2) step over AUTO_START px starts there: the look is set where VGG's receptive
+# fields cover the same share of the picture at every size, the finer scales add texture
+AUTO_START = 128
+AUTO_SCALES_ABOVE = round(AUTO_START * math.sqrt(2))
 
 
 def scale_sizes(size: int, scales: int | None = None, start_size: int | None = None) -> list[int]:
     """Long sides of a coarse-to-fine run, growing by about sqrt(2) and ending at `size`.
 
-    scales and start_size both None: [size] up to AUTO_SCALES_ABOVE, else
-    from the first size in (512, 724] (2048 -> 724, 1024, 1448, 2048).
+    scales and start_size both None: [size] up to AUTO_SCALES_ABOVE (181 px),
+    else from AUTO_START (128 px) as start_size alone (384 -> 128, 185, 266, 384).
     scales only: `scales` sizes, each sqrt(2) times the one before.
     start_size only: from start_size, as many ~sqrt(2) steps as come closest.
     Both: `scales` sizes from start_size to size, evenly spaced in log size.
@@ -27,7 +29,7 @@ def scale_sizes(size: int, scales: int | None = None, start_size: int | None = N
     if scales is None and start_size is None:
         if size <= AUTO_SCALES_ABOVE:
             return [size]
-        scales = math.ceil(2 * math.log2(size / AUTO_START) - 1e-9) + 1
+        start_size = AUTO_START
     if start_size is None:
         ratio = math.sqrt(2)
     else:
@@ -51,8 +53,8 @@ def scale_plan(size: int, iterations: int, scales: int | None = None, start_size
     iters_per_scale set: that many at every scale but the last, `iterations` at the last. Else the
     first scale does `iterations` and each finer one half as many as the one before (at least
     MIN_SCALE_ITERS): a ~sqrt(2) step doubles the pixels, so every scale costs about the same time
-    and most iterations run where they are cheap (a 2048 px run: 300, 150, 75, 38 at 724 .. 2048 px,
-    a quarter of the time of 300 at each)."""
+    and most iterations run where they are cheap (the default at 1024 px: 300, 150, 75, 38, 19, 10, 10
+    at 128 .. 1024 px, the pixels of 39 iterations at 1024 px instead of 300)."""
     sizes = scale_sizes(size, scales, start_size)
     if iters_per_scale is not None:
         return [(s, iters_per_scale) for s in sizes[:-1]] + [(sizes[-1], iterations)]

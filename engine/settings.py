@@ -18,7 +18,7 @@ from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS
                                  PROVIDERS, check_choice)
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
-from styleengine.engine.schedule import scale_plan, scale_sizes
+from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
 from styleengine.errors import ConfigError
 from styleengine.model.convention import TORCHVISION, Convention
 
@@ -199,9 +199,11 @@ class Settings:
            "in the summary line).", PROGRESS, "whole", per_job=False, commands=ONE_RUN)
     # coarse to fine (not in the paper): engine/schedule.py
     scales: int | None = option(
-        None, "Coarse-to-fine scales, each ~sqrt(2) larger, ending at --size (default: 1 up to 1024 px, above that "
-              "enough to start at 512-724 px).", SCALES, "whole")
-    start_size: int | None = option(None, "Long side of the first scale in px.", SCALES, "whole")
+        None, f"Coarse-to-fine scales, each ~sqrt(2) larger, ending at --size (default: 1 up to {AUTO_SCALES_ABOVE} "
+              f"px, above that as many as start at {AUTO_START} px, so that every size has the same look; 1: a "
+              "single scale).", SCALES, "whole")
+    start_size: int | None = option(None, f"Long side of the first scale in px (default: {AUTO_START} above "
+                                          f"{AUTO_SCALES_ABOVE} px).", SCALES, "whole")
     iters_per_scale: int | None = option(
         None, "Iterations at each scale but the last, and --iters at the last (default: halving from --iters at "
               "the first scale).", SCALES, "whole")

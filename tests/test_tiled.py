@@ -126,12 +126,12 @@ def test_tile_for_budget():
 
 
 def test_scale_sizes():
-    assert scale_sizes(512) == [512]
-    assert scale_sizes(1024) == [1024]
-    assert scale_sizes(2048) == [724, 1024, 1448, 2048]
+    assert scale_sizes(128) == [128]
+    assert scale_sizes(512) == [128, 181, 256, 362, 512]
+    assert scale_sizes(2048) == [128, 181, 256, 362, 512, 724, 1024, 1448, 2048]
     auto = scale_sizes(1100)
-    assert auto[-1] == 1100 and 512 < auto[0] <= 724 and len(auto) == 3
-    assert scale_sizes(8192)[0] in range(513, 725)
+    assert auto[-1] == 1100 and auto[0] == 128 and len(auto) == 7
+    assert scale_sizes(8192)[0] == 128
     assert scale_sizes(1024, scales=3) == [512, 724, 1024]
     assert scale_sizes(2048, scales=1) == [2048]
     assert scale_sizes(1024, start_size=512) == [512, 724, 1024]
@@ -234,8 +234,9 @@ def test_cli_bad_tile_is_one_line(tmp_path, monkeypatch, capsys):
 def test_scale_plan_halves_iterations_from_the_first_scale():
     from styleengine.engine.stylise import Settings
 
-    assert Settings(size=2048).scale_plan() == [(724, 300), (1024, 150), (1448, 75), (2048, 38)]
-    assert Settings(size=512).scale_plan() == [(512, 300)]
+    assert Settings(size=2048).scale_plan() == [(128, 300), (181, 150), (256, 75), (362, 38), (512, 19),
+                                                (724, 10), (1024, 10), (1448, 10), (2048, 10)]
+    assert Settings(size=128).scale_plan() == [(128, 300)]
     assert Settings(size=512, start_size=128, iterations=40).scale_plan() == [
         (128, 40), (181, 20), (256, 10), (362, 10), (512, 10)]  # at least 10 each
     assert Settings(size=64, scales=2, iterations=2).scale_plan() == [(45, 2), (64, 2)]  # never over --iters
