@@ -208,8 +208,8 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
         for option in options:
             b, p, c = option
             if option in uncached and option not in exported:
-                trials[option] = Trial(b, p, c, status="skipped", note="not exported: the export would not fit "
-                                       "the trial's budget (`styleengine export` caches it; then `styleengine tune`)")
+                trials[option] = Trial(b, p, c, status="skipped", note="not exported: over the trial's budget (a "
+                                       "run with --backend ort caches its export; then styleengine tune)")
                 log.info("auto: %s %s %s skipped: %s", b, p, c, trials[option].note)
                 continue
             candidate = dataclasses.replace(settings, backend=b, precision=p, conv=c, device=where.device,
