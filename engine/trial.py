@@ -1,7 +1,7 @@
 """auto's trial: time each candidate step on a synthetic picture of the size class, within a budget.
 
 engine/autotune.py decides what is a candidate and keeps the pick; this module measures. A candidate is
-built, warmed up on a small picture, then timed at the trial's size in interleaved rounds (A B C A B C):
+built, warmed up with one step, then timed at the trial's size in interleaved rounds (A B C A B C):
 a drifting machine shifts every candidate alike. The trial costs about TRIAL_SHARE of a default run:
 slow candidates leave after round one, one that trails the leader in every round leaves after that,
 no round starts that would end past the budget (the best so far is the pick), and a graph candidate
@@ -32,7 +32,10 @@ TRAILS_BY = 0.05
 # a reduced precision must beat fp32 by more than this to be chosen: fp32 is exact, and on a 2-core EPYC a trial's
 # 9% lead for bf16 at 384x512 was a 6% loss at 512x512 in the interleaved bench
 FP32_MARGIN = 0.10
-WARM_SIDE = 128  # px: the warm-up (kernel choice, lazy sessions) on a small picture, not a full step
+# a candidate whose warm-up step (at the trial's size) took this much longer than the fastest warm-up is not timed:
+# the first step at a size is no measure (on a 2-core EPYC, after a warm-up on a 96x128 picture, the first 384x512
+# step took 1.3-1.9x the later ones, ORT's the most: benchmarks/results/trial-warmup-cpu-amd-epyc-avx512-2t.json)
+DROP_AFTER_WARMUP = 2.0
 # the trial's budget: this share of a default run (DEFAULT_STEPS steps of the fastest candidate at the trial's size)
 TRIAL_SHARE = 0.025
 DEFAULT_STEPS = Settings().iterations
@@ -130,16 +133,16 @@ def next_round(trials: list[Trial], spent: float) -> bool:
 def exports_that_fit(options: list[tuple[str, str, str]], uncached: set[tuple[str, str, str]], pixels: int
                      ) -> set[tuple[str, str, str]]:
     """The uncached graph candidates (in the candidates' order) whose export fits the trial's budget of
-    TRIAL_SHARE x DEFAULT_STEPS steps: one step per candidate timed, one for targets and warm-ups, and
+    TRIAL_SHARE x DEFAULT_STEPS steps: two steps per candidate (warm-up, round one), one for the targets, and
     EXPORT_STEPS (at EXPORT_PIXELS, fewer steps of a larger picture) per export."""
     budget = TRIAL_SHARE * DEFAULT_STEPS
     export = EXPORT_STEPS * EXPORT_PIXELS / pixels
-    planned = len(options) + 1.0 - len(uncached)
+    planned = 2.0 * (len(options) - len(uncached)) + 1
     fit = set()
     for option in options:
-        if option in uncached and planned + 1 + export <= budget:
+        if option in uncached and planned + 2 + export <= budget:
             fit.add(option)
-            planned += 1 + export
+            planned += 2 + export
     return fit
 
 
@@ -173,7 +176,7 @@ def _uncached_graphs(settings: Settings, weights, loss, options, where: capabili
 
 def measure_candidates(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]],
                        side: int) -> list[Trial]:
-    """Time each candidate's step on a side-px picture in interleaved rounds after a small warm-up, within
+    """Time each candidate's step on a side-px picture in interleaved rounds after a warm-up step, within
     the trial's budget (module doc); a reduced-precision candidate that would be picked must then keep the
     look (look_check)."""
     import torch
@@ -187,13 +190,13 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
     loss = settings.loss_config()
     content, style = trial_images(side)
-    small, small_style = trial_images(WARM_SIDE)
     pixels = content.shape[-2] * content.shape[-1]
     uncached = _uncached_graphs(settings, weights, loss, options, where)
     exported = exports_that_fit(options, uncached, pixels)
     steps: dict[tuple[str, str, str], Step] = {}
     trials: dict[tuple[str, str, str], Trial] = {}
-    targets = warm_targets = None
+    targets = None
+    warmups: dict[tuple[str, str, str], float] = {}
     cuda = where.place == "cuda"
 
     def timed(step, image) -> float:
@@ -216,15 +219,12 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                                             provider=where.provider if b != "torch" else where.place)
             try:
                 step = build_step(candidate, weights, loss)
-                # one set of targets for every candidate: the time does not depend on their values; the style's
-                # Grams (C x C) from the small picture
-                warm_targets = warm_targets or make_targets(step, loss, small, [small_style], None)
-                targets = targets or make_targets(step, loss, content, [small_style], None,
-                                                  output_positions=pixels)
-                step.set_targets(warm_targets)
-                for _ in range(2 if cuda else 1):
-                    timed(step, small)
+                # one set of targets for every candidate: the time does not depend on their values (each
+                # step's own targets cost two forward passes per candidate)
+                targets = targets or make_targets(step, loss, content, [style], None, output_positions=pixels)
                 step.set_targets(targets)
+                for _ in range(2 if cuda else 1):  # warm-up: kernel choice, arenas, lazy sessions
+                    warm = timed(step, content)
             except (ExportValidationError, UserError) as e:
                 first = first_line(e)
                 trials[option] = Trial(b, p, c, status="skipped", note=first)
@@ -232,6 +232,12 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                 continue
             steps[option] = step
             trials[option] = Trial(b, p, c)
+            warmups[option] = warm
+        best_warm = min(warmups.values(), default=0.0)
+        for option, warm in warmups.items():
+            if warm > DROP_AFTER_WARMUP * best_warm:
+                trials[option] = dataclasses.replace(trials[option], seconds=(warm,), status="dropped",
+                                                     note=f"warm-up over {DROP_AFTER_WARMUP}x the fastest")
         for round_ in range(1, ROUNDS + 1):
             if round_ > 1 and not next_round(list(trials.values()), time.perf_counter() - started):
                 break  # the best so far is the pick
