@@ -16,6 +16,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from styleengine.engine import capability
 from styleengine.engine.settings import Settings
@@ -169,9 +170,11 @@ def _uncached_graphs(settings: Settings, weights, loss, options, where: capabili
         return set()
     from styleengine.engine.ort_step import graph_spec
     from styleengine.export.cache import export_folder
+    from styleengine.model.vgg import Pooling
 
+    pooling = cast(Pooling, settings.pooling)  # settings are checked: avg or max
     return {o for o in options if o[0] == "ort" and
-            not export_folder(weights, graph_spec(weights, loss, settings.pooling, o[1], o[2])).is_dir()}
+            not export_folder(weights, graph_spec(weights, loss, pooling, o[1], o[2])).is_dir()}
 
 
 def measure_candidates(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]],
