@@ -261,13 +261,18 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
     return Export(folder, meta)
 
 
+def export_folder(weights: Weights, spec: ExportSpec) -> Path:
+    """Where the export of (weights, spec) is cached."""
+    return cache_root() / "exports" / cache_key(weights, spec)
+
+
 def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
     """The cached export for (weights, spec), built and validated on a miss.
 
     validate(export) -> the export with its validation recorded (record_validation); it
     raises on a mismatch, in which case nothing is left in the cache.
     """
-    folder = cache_root() / "exports" / cache_key(weights, spec)
+    folder = export_folder(weights, spec)
     with entry_lock(folder):
         found = check_entry(folder, weights, spec)
         if found is not None:

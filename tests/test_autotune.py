@@ -7,8 +7,9 @@ import logging
 
 import pytest
 
-from styleengine.engine import autotune, capability
-from styleengine.engine.autotune import Trial, choose, measure_candidates, pick_fastest
+from styleengine.engine import autotune, capability, trial as trial_mod
+from styleengine.engine.autotune import Trial, choose, pick_fastest
+from styleengine.engine.trial import exports_that_fit, measure_candidates, next_round, prune
 from styleengine.engine.stylise import Settings
 
 CPU = capability.Machine(cuda=False, ort_providers=("cpu",), nnpack=True)
@@ -154,6 +155,7 @@ def test_the_real_trial_times_builds_and_skips(fresh, monkeypatch):
         return real(settings, weights, loss)
 
     monkeypatch.setattr(stylise, "build_step", build)
+    monkeypatch.setattr(trial_mod, "_uncached_graphs", lambda *a: set())  # as if exported: built, and fails
     settings = Settings(size=64, model="vgg16", weights="random", style_layers=("relu1_1", "relu2_1"),
                         content_layers=("relu2_2",))
     where = capability.place("auto", "cpu", "auto", CPU)
@@ -163,8 +165,116 @@ def test_the_real_trial_times_builds_and_skips(fresh, monkeypatch):
     assert "9.45e-02" in trials[("ort", "fp16", "direct")].note
     timed = [trials[("torch", "fp32", "direct")], trials[("torch", "bf16", "direct")]]
     assert all(t.status in ("ok", "dropped") and t.seconds and min(t.seconds) > 0 for t in timed)
-    # the one left in every round is timed ROUNDS times (a far slower one may be dropped early)
-    assert max(len(t.seconds) for t in timed) == autotune.ROUNDS
+    # rounds this short are taken whatever the budget, until one candidate is left
+    assert 1 <= max(len(t.seconds) for t in timed) <= trial_mod.ROUNDS
+
+
+def test_an_uncached_export_over_the_budget_is_skipped_unbuilt(fresh, monkeypatch):
+    """At 64 px a graph's export would cost hundreds of the trial's steps: skipped, never built."""
+    from styleengine.engine import stylise
+
+    real, built = stylise.build_step, []
+
+    def build(settings, weights, loss):
+        built.append(settings.backend)
+        return real(settings, weights, loss)
+
+    monkeypatch.setattr(stylise, "build_step", build)
+    settings = Settings(size=64, model="vgg16", weights="random", style_layers=("relu1_1",),
+                        content_layers=("relu2_2",))
+    where = capability.place("auto", "cpu", "auto", CPU)
+    options = [("torch", "fp32", "direct"), ("ort", "fp32", "direct")]
+    trials = {(t.backend, t.precision, t.conv): t for t in measure_candidates(settings, where, options, 64)}
+    assert built == ["torch"]
+    assert trials[("ort", "fp32", "direct")].status == "skipped"
+    assert "not exported" in trials[("ort", "fp32", "direct")].note
+    assert trials[("torch", "fp32", "direct")].seconds
+
+
+def test_exports_fit_the_budget_by_the_pictures_size():
+    """An export costs EXPORT_STEPS steps of a 384x512 picture, a candidate two (warm-up, round one): none fit
+    beside five candidates at 384x512 or 768x1024, the first graph candidate (the rule's pick) beside one
+    torch candidate at 768x1024, none at 384x512."""
+    five = [("torch", "fp32", "winograd"), ("torch", "fp32", "direct"), ("torch", "bf16", "direct"),
+            ("ort", "fp32", "winograd"), ("ort", "fp32", "direct")]
+    graphs = {o for o in five if o[0] == "ort"}
+    assert exports_that_fit(five, graphs, 384 * 512) == set()
+    assert exports_that_fit(five, graphs, 768 * 1024) == set()
+    three = [five[0]] + sorted(graphs, reverse=True)
+    assert exports_that_fit(three, graphs, 768 * 1024) == {("ort", "fp32", "winograd")}
+    assert exports_that_fit(three, graphs, 384 * 512) == set()
+    assert exports_that_fit(five, set(), 384 * 512) == set()
+
+
+def _trials(times, status=None):
+    """Trials with the given per-round seconds, keyed by label."""
+    return [Trial(*label.split(), seconds=tuple(s), status=(status or {}).get(label, "ok"))
+            for label, s in times.items()]
+
+
+def _fates(trials):
+    return {t.label: t.status for t in trials}
+
+
+def test_round_one_drops_the_far_slower():
+    trials = prune(_trials({"torch fp32 winograd": [1.0], "torch fp32 direct": [1.45], "ort fp32 winograd": [1.3]}),
+                   1)
+    assert _fates(trials) == {"torch fp32 winograd": "ok", "torch fp32 direct": "dropped", "ort fp32 winograd": "ok"}
+
+
+def test_a_later_round_drops_one_behind_in_every_round_only():
+    times = {"torch fp32 winograd": [1.0, 1.0], "ort fp32 winograd": [1.1, 1.08], "ort fp32 direct": [1.2, 0.98]}
+    assert _fates(prune(_trials(times), 2)) == {"torch fp32 winograd": "ok", "ort fp32 winograd": "dropped",
+                                                "ort fp32 direct": "ok"}
+    # a 4% lag is a tie: both stay
+    assert _fates(prune(_trials({"a fp32 x": [1.0, 1.0], "b fp32 y": [1.04, 1.04]}), 2)) == {
+        "a fp32 x": "ok", "b fp32 y": "ok"}
+
+
+def test_a_reduced_precision_must_lead_by_the_fp32_margin_to_stay():
+    """bf16 5% faster than fp32 could never be picked (FP32_MARGIN): dropped after round two; 20% faster: it
+    leads and fp32 stays only while within the margin's reach."""
+    close = {"torch fp32 winograd": [1.0, 1.0], "torch bf16 direct": [0.95, 0.95]}
+    assert _fates(prune(_trials(close), 2))["torch bf16 direct"] == "dropped"
+    ahead = {"torch fp32 winograd": [1.0, 1.0], "torch bf16 direct": [0.8, 0.8]}
+    assert _fates(prune(_trials(ahead), 2)) == {"torch fp32 winograd": "dropped", "torch bf16 direct": "ok"}
+    # without an fp32 candidate there is no margin to beat
+    assert _fates(prune(_trials({"torch bf16 direct": [0.97, 0.97], "ort fp16 direct": [1.0, 1.0]}), 2)) == {
+        "torch bf16 direct": "ok", "ort fp16 direct": "ok"}
+
+
+def test_another_round_only_within_the_budget(monkeypatch):
+    monkeypatch.setattr(trial_mod, "DEFAULT_STEPS", 300)
+    two = _trials({"torch fp32 winograd": [1.0], "ort fp32 winograd": [1.02]})
+    assert next_round(two, spent=5.0)  # 5 s + a 2 s round within 7.5 steps of 1 s
+    assert not next_round(two, spent=6.0)  # would end past the budget: the best so far is the pick
+    alone = _trials({"torch fp32 winograd": [1.0], "ort fp32 winograd": [2.0]}, {"ort fp32 winograd": "dropped"})
+    assert not next_round(alone, spent=0.0)
+    gpu = _trials({"torch bf16 direct": [0.004], "ort fp16 direct": [0.0035]})
+    assert next_round(gpu, spent=30.0)  # milliseconds: nothing to save
+    # bf16 ahead by 20% in one round: confirmed in a second before its look check, whatever the budget
+    bf16 = _trials({"torch fp32 winograd": [1.0], "torch bf16 direct": [0.8]})
+    assert next_round(bf16, spent=7.0)
+    assert not next_round(_trials({"torch fp32 winograd": [1.0, 1.0], "torch bf16 direct": [0.8, 0.8]}), spent=7.0)
+
+
+def test_the_look_is_checked_only_for_a_reduced_precision_that_would_be_picked(monkeypatch):
+    checked = []
+
+    def look(candidate, reference, precision, settings, loss):
+        checked.append((candidate, reference))
+        return "style distance 0.9 vs fp32's 0.5 after 8 iterations"
+
+    monkeypatch.setattr(trial_mod, "look_check", look)
+    steps = {("torch", "fp32", "winograd"): "fp32 step", ("torch", "bf16", "direct"): "bf16 step"}
+    behind = {o: t for o, t in zip(steps, _trials({"torch fp32 winograd": [1.0], "torch bf16 direct": [0.95]}))}
+    trial_mod._check_looks(behind, steps, None, None)
+    assert checked == []
+    ahead = {o: t for o, t in zip(steps, _trials({"torch fp32 winograd": [1.0], "torch bf16 direct": [0.8]}))}
+    trial_mod._check_looks(ahead, steps, None, None)
+    assert checked == [("bf16 step", "fp32 step")]
+    assert ahead[("torch", "bf16", "direct")].status == "skipped"
+    assert pick_fastest(list(ahead.values())) == ("torch", "fp32", "winograd")
 
 
 def test_the_look_check_passes_bf16_and_catches_a_wrong_step(vgg16_random):
@@ -176,7 +286,7 @@ def test_the_look_check_passes_bf16_and_catches_a_wrong_step(vgg16_random):
     loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1"))
     reference = make_step("torch", vgg16_random, loss, device="cpu", precision="fp32", conv="direct")
     bf16 = make_step("torch", vgg16_random, loss, device="cpu", precision="bf16", conv="direct")
-    assert autotune.look_check(bf16, reference, "bf16", settings, loss) is None
+    assert trial_mod.look_check(bf16, reference, "bf16", settings, loss) is None
 
     class Off:
         """bf16's step with its gradient a third too large: what a broken reduced precision looks like."""
@@ -194,7 +304,7 @@ def test_the_look_check_passes_bf16_and_catches_a_wrong_step(vgg16_random):
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    assert "grad rel L2" in autotune.look_check(Off(bf16), reference, "bf16", settings, loss)
+    assert "grad rel L2" in trial_mod.look_check(Off(bf16), reference, "bf16", settings, loss)
 
 
 def test_off_resolves_by_rule_without_measuring(fresh, monkeypatch):

@@ -33,9 +33,10 @@ def test_dry_run_prints_the_plan_without_torch_weights_or_writing(tmp_path, pics
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[-1] == "loaded []"
-    assert lines[0].startswith("plan: stylise vgg16") and "in 4 scales" in lines[0]
+    assert lines[0].startswith("plan: stylise vgg16")
     scales = [line for line in lines if line.startswith("scale ")]
-    assert len(scales) == 4 and scales[-1].startswith("scale 4: 1707x2048 px") and "L-BFGS history" in scales[-1]
+    assert f"in {len(scales)} scales" in lines[0] and len(scales) > 1
+    assert scales[-1].startswith(f"scale {len(scales)}: 1707x2048 px") and "L-BFGS history" in scales[-1]
     assert any(line.startswith("step: ") for line in lines) and any(line.startswith("auto: ") for line in lines)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [pics["content"].name, pics["style"].name, pics["style2"].name, "w.safetensors"])
@@ -112,7 +113,7 @@ def test_settings_and_the_plan_need_no_torch():
             "s = Settings(size=2048)\n"
             "s.validate()\n"
             "p = make_plan(s, (1000, 1500), [(800, 600)], memory=2**34)\n"
-            "assert [x.size for x in p.scales] == [724, 1024, 1448, 2048]\n"
+            "assert [(x.size, x.iterations) for x in p.scales] == s.scale_plan()\n"
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
