@@ -28,11 +28,13 @@ import multiprocessing
 import statistics
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 from styleengine.paths import atomic_write
 
-SCHEDULES = {"old": {"scales": 1}, "new": {}}  # Settings overrides; new: the checkout's default schedule
+# Settings overrides; new: the checkout's default schedule
+SCHEDULES: dict[str, dict[str, Any]] = {"old": {"scales": 1}, "new": {}}
 TOLERANCE = 1.25  # "the same look": every size's distances within 25% of each other
 
 
@@ -132,7 +134,8 @@ def strip(rows: list[tuple[str, list[tuple[str, object]]]], view: int, path: str
     from styleengine.engine import images
 
     label_h = 14
-    cells = [[(label, images.resize(img, view)) for label, img in row] for _, row in rows]
+    cells = [[(label, images.resize(img, view)) for label, img in row]  # type: ignore[arg-type]
+             for _, row in rows]
     height = max(im.shape[0] for row in cells for _, im in row) + label_h
     width = max(sum(im.shape[1] + 4 for _, im in row) for row in cells)
     canvas = Image.new("RGB", (width, height * len(cells)), "white")
@@ -235,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                     times.setdefault(s_, []).extend(t)
                 run_out["distances"] = viewer(image)
                 row.append((key.replace("@", " "), image))
-        for key, plan in [(k, p) for k, p in ((k, tuple(tuple(x) for x in r["plan"])) for k, r in
+        for key, kept in [(k, p) for k, p in ((k, tuple(tuple(x) for x in r["plan"])) for k, r in
                                                 entry["runs"].items())]:
-            if entry["runs"][key]["distances"] is None and plan in done and done[plan]["distances"] is not None:
-                entry["runs"][key].update(done[plan])
+            if entry["runs"][key]["distances"] is None and kept in done and done[kept]["distances"] is not None:
+                entry["runs"][key].update(done[kept])
         viewer.close()
         for key, r in entry["runs"].items():
             d = r["distances"]
