@@ -247,14 +247,16 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
             for (item, _), (image, result) in zip(members, out)]
 
 
-def output_shape(settings: Settings, content_shape: tuple[int, int]) -> tuple[int, int]:
-    return images.long_side_shape(content_shape[0], content_shape[1], settings.size)
+def output_shape(settings: Settings, content_shape: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """The (height, width) of every scale of a run on this content, the last the output's: pictures optimised
+    together must agree at each scale (two contents of nearly one aspect can round apart at a coarse one)."""
+    return tuple(images.long_side_shape(content_shape[0], content_shape[1], size) for size, _ in settings.scale_plan())
 
 
 def batchable(settings: Settings) -> bool:
-    """Whether jobs with these settings may be optimised together: the torch backend, one scale, untiled
-    (a memory budget that asks for tiles is checked per shape by batch_size_for)."""
-    return settings.backend == "torch" and len(settings.scale_plan()) == 1 and settings.tile is None
+    """Whether jobs with these settings may be optimised together: the torch backend, untiled (a memory budget
+    that asks for tiles is checked per shape by batch_size_for); coarse to fine, scale by scale."""
+    return settings.backend == "torch" and settings.tile is None
 
 
 MAX_BATCH = 16  # beyond this a CPU gains nothing and a GPU little (the step is already wide)
@@ -302,7 +304,7 @@ def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Pla
         keyed.setdefault(key, []).append(item)
     out: list[list[Planned]] = []
     for key, members in keyed.items():
-        size = batch_size or (batch_size_for(members[0].settings, key[1]) if key[0] != "alone" else 1)
+        size = batch_size or (batch_size_for(members[0].settings, key[1][-1]) if key[0] != "alone" else 1)
         out += [members[i:i + size] for i in range(0, len(members), size)]
     return out
 

@@ -230,7 +230,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     """stylise() for several pictures optimised together, as one batch through one step: (array, Result)
     each, in order; the records of picture i carry index i.
 
-    More than one picture needs equal batch_key()s, one output shape, one scale, no tile and the torch
+    More than one picture needs equal batch_key()s, one shape at every scale, no tile and the torch
     backend (ValueError otherwise: the caller groups them, engine/batch.py); one picture is stylise().
     plan: the first picture's, made by check_run for these settings (the CLI's, checked before it loaded
     anything); None: made here. Its scales (size, iterations, tile, L-BFGS history) are what runs.
@@ -255,18 +255,23 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     if len(pictures) > 1 and (len({batch_key(p.settings) for p in pictures}) > 1
                               or any((p.content is None) != texture for p in pictures)):
         raise ValueError("the pictures of one batch must share every setting but " + ", ".join(PER_PICTURE))
-    if len(pictures) > 1 and (settings.backend != "torch" or len(scales) > 1):
-        raise ValueError("batches run on the torch backend at one scale")
+    if len(pictures) > 1 and settings.backend != "torch":
+        raise ValueError("batches run on the torch backend")
     loaded = weights is None  # then nothing but the step needs them: let them go once it is built
     if weights is None:
         weights = load_run_weights(settings)
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)
-    prepared = [prepare(p.content, p.styles, p.settings, scales[0].size) for p in pictures]
-    if len({(q.height, q.width) for q in prepared}) > 1:
-        raise ValueError(f"the pictures of one batch must have one output shape, got "
-                         f"{sorted({(q.height, q.width) for q in prepared})}")
+
+    def prepare_all(size: int) -> list[Prepared]:
+        done = [prepare(p.content, p.styles, p.settings, size) for p in pictures]
+        if len({(q.height, q.width) for q in done}) > 1:
+            raise ValueError(f"the pictures of one batch must have one shape at every scale, got "
+                             f"{sorted({(q.height, q.width) for q in done})} at {size} px")
+        return done
+
+    prepared = prepare_all(scales[0].size)
     inits = [make_init(p.settings, q, p.init_image) for p, q in zip(pictures, prepared)]
     # per scale: each content at this scale's size (colour preservation) and the iterations done before it
     scale: dict = {"content": [images.to_array(q.content) if q.content is not None else None for q in prepared],
@@ -298,12 +303,12 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     try:
         for index, at in enumerate(scales):
             try:
-                if index:  # one picture (checked above)
-                    prepared = [prepare(pictures[0].content, pictures[0].styles, settings, at.size)]
-                    inits = [images.resize_tensor(results[0].image.detach().cpu(), prepared[0].height,
-                                                  prepared[0].width)]
-                    scale["content"] = [images.to_array(prepared[0].content)
-                                        if prepared[0].content is not None else None]
+                if index:  # each picture from its previous scale's result, upsampled
+                    prepared = prepare_all(at.size)
+                    inits = [images.resize_tensor(r.image.detach().cpu(), q.height, q.width)
+                             for r, q in zip(results, prepared)]
+                    scale["content"] = [images.to_array(q.content) if q.content is not None else None
+                                        for q in prepared]
                 scale["offset"] = len(records[0])
                 if at.tile is not None and len(pictures) > 1:
                     raise ValueError("a tiled step runs one picture at a time")
