@@ -232,7 +232,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
                            allow_headers=["*"])
     app.add_middleware(BodyLimit, limit=int(config.max_upload_mb * 2**20))
 
-    def store() -> JobStore:
+    def current() -> JobStore:
         return state["store"]
 
     @app.exception_handler(RequestValidationError)
@@ -259,7 +259,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
         return await call_next(request)
 
     def job_or_404(job_id: str) -> Job:
-        job = store().jobs.get(job_id)
+        job = current().jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id[:40]!r} on this server")
         return job
@@ -277,7 +277,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
     @app.get("/api/health", summary="Whether the server is up, its defaults and limits")
     async def health() -> dict[str, Any]:
         s = config.settings
-        return {"status": "ok", **store().counts(),
+        return {"status": "ok", **current().counts(),
                 "defaults": {"size": s.size, "iters": s.iterations, "style_weight": s.style_weight,
                              "content_weight": s.content_weight, "tv_weight": s.tv_weight,
                              "preserve_colors": s.preserve_colors, "model": s.model, "backend": s.backend,
@@ -309,14 +309,14 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
         except UserError as e:
             raise HTTPException(422, first_line(e)) from None
         job_id = new_id()
-        folder = store().uploads / job_id
+        folder = current().uploads / job_id
         try:
-            job = await run_in_threadpool(_prepare, store(), job_id, folder, content, styles, settings, config, keep)
+            job = await run_in_threadpool(_prepare, current(), job_id, folder, content, styles, settings, config, keep)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         try:
-            store().submit(job)
+            current().submit(job)
         except QueueFull as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
@@ -325,7 +325,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
 
     @app.get("/api/jobs", summary="The most recent jobs, newest first")
     async def listing(limit: int = 50) -> list[dict[str, Any]]:
-        jobs = sorted(store().jobs.values(), key=lambda j: j.created, reverse=True)
+        jobs = sorted(current().jobs.values(), key=lambda j: j.created, reverse=True)
         return [j.to_json() for j in jobs[:max(0, min(limit, 500))]]
 
     @app.get("/api/jobs/{job_id}", summary="A job's status (queued|running|done|failed|cancelled), iteration, "
@@ -340,7 +340,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
         if job.status != "done":
             why = f": {job.reason}" if job.reason and job.status == "failed" else ""
             raise HTTPException(409, f"job {job_id} is {job.status}{why}; no result")
-        return FileResponse(store().result_path(job_id), media_type="image/png",
+        return FileResponse(current().result_path(job_id), media_type="image/png",
                             filename=f"styleengine-{job_id}.png")
 
     @app.get("/api/jobs/{job_id}/preview", summary="The latest preview (PNG)",
@@ -356,14 +356,14 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
         job = job_or_404(job_id)
         if job.over:
             raise HTTPException(409, f"job {job_id} is already {job.status}")
-        await run_in_threadpool(store().cancel, job)
+        await run_in_threadpool(current().cancel, job)
         return job.to_json()
 
     @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: status (JSON) and preview (a PNG data URL)",
              responses={200: {"content": {"text/event-stream": {}}}})
     async def events(job_id: str, request: Request) -> StreamingResponse:
         job = job_or_404(job_id)
-        return StreamingResponse(_stream(job, request, store()), media_type="text/event-stream",
+        return StreamingResponse(_stream(job, request, current()), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     return app
@@ -381,8 +381,9 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
                 yield f"event: status\ndata: {json.dumps(job.to_json())}\n\n"
                 if job.preview is not None and job.preview is not preview:
                     preview = job.preview
-                    image = "data:image/png;base64," + base64.b64encode(preview).decode()
-                    yield f"event: preview\ndata: {json.dumps({'iteration': job.preview_iteration, 'image': image})}\n\n"
+                    data = {"iteration": job.preview_iteration,
+                            "image": "data:image/png;base64," + base64.b64encode(preview).decode()}
+                    yield f"event: preview\ndata: {json.dumps(data)}\n\n"
                 quiet = 0.0
             if job.over:
                 return

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -94,6 +94,18 @@ class Job:
                 "result": f"/api/jobs/{self.id}/result" if self.status == "done" else None}
 
     @property
+    def run_settings(self) -> Settings:
+        """The settings of a job to run (a job read back from the manifest has none and never runs)."""
+        assert self.settings is not None
+        return self.settings
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The content's (height, width), while the job has its images."""
+        assert self.content is not None
+        return self.content.shape[0], self.content.shape[1]
+
+    @property
     def over(self) -> bool:
         return self.status in ("done", "failed", "cancelled")
 
@@ -102,6 +114,10 @@ def _distances(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     return {"style": value.style, "content": value.content}
+
+
+def _losses(record: Record) -> dict[str, float]:
+    return {"loss": record.loss, "content": record.content_loss, "style": record.style_loss, "tv": record.tv_loss}
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -136,7 +152,7 @@ class JobStore:
         self._convention = dict(convention or {})
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
-        self._lock_file = None
+        self._lock_file: IO[bytes] | None = None
         self._take_lock()
         self._restore()
         self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
@@ -257,9 +273,9 @@ class JobStore:
             first = self._queue.popleft()
             members = [first]
             self._running = members  # counted against max_queue while it waits for company
-            if batch.batchable(first.settings):
+            if batch.batchable(first.run_settings):
                 key = self._key(first)
-                limit = min(self.max_batch, batch.batch_size_for(first.settings, key[1]))
+                limit = min(self.max_batch, batch.batch_size_for(first.run_settings, key[1]))
                 deadline = time.monotonic() + self.batch_wait_s
                 while len(members) < limit:
                     members += self._matching(key, limit - len(members))
@@ -272,10 +288,10 @@ class JobStore:
             return members
 
     def _key(self, job: Job) -> tuple[Any, tuple[int, int]]:
-        return batch_key(job.settings), batch.output_shape(job.settings, job.content.shape[:2])
+        return batch_key(job.run_settings), batch.output_shape(job.run_settings, job.shape)
 
     def _matching(self, key: Any, count: int) -> list[Job]:
-        found = [j for j in self._queue if batch.batchable(j.settings) and self._key(j) == key][:count]
+        found = [j for j in self._queue if batch.batchable(j.run_settings) and self._key(j) == key][:count]
         for job in found:
             self._queue.remove(job)
         return found
@@ -309,8 +325,7 @@ class JobStore:
                 changes["distances"] = _distances(record.distances)
             if now - job._last_progress >= PROGRESS_INTERVAL_S or record.iteration == job.iterations:
                 job._last_progress = now
-                changes["losses"] = {"loss": record.loss, "content": record.content_loss,
-                                     "style": record.style_loss, "tv": record.tv_loss}
+                changes["losses"] = _losses(record)
             if now - job._last_preview >= PREVIEW_INTERVAL_S:
                 job._last_preview = now
                 changes["preview"] = png_bytes(current())
@@ -329,10 +344,10 @@ class JobStore:
             self._record(job, "cancelled", "cancelled", None, None)
         if not members:
             return
-        settings = members[0].settings
+        settings = members[0].run_settings
         for job in members:
             job._last_preview = -math.inf
-        pictures = [Picture(j.content, j.styles, j.settings) for j in members]
+        pictures = [Picture(j.content, j.styles, j.run_settings) for j in members]
         start = time.perf_counter()
         try:
             out = stylise_batch(pictures, callback=self._callback(members), weights=self._warm.weights(settings),
@@ -363,17 +378,13 @@ class JobStore:
 
     def _record(self, job: Job, status: str, reason: str | None, image: np.ndarray | None, result: Any) -> None:
         """The image (atomically) and the manifest line; a write that fails fails the job, not the server."""
-        losses = distances = None
-        if result is not None and result.records:
-            last = result.records[-1]
-            losses = {"loss": last.loss, "content": last.content_loss, "style": last.style_loss, "tv": last.tv_loss}
-        if result is not None and result.distances is not None:
-            distances = _distances(result.distances)
+        losses = _losses(result.records[-1]) if result is not None and result.records else None
+        distances = _distances(result.distances) if result is not None else None
         # the manifest knows ok, failed and skipped: a cancelled job is a failed one whose reason says so
-        done = batch.JobResult(self._batch_job(job), "failed" if status == "cancelled" else status, reason, job.settings_hash, job.seconds,
-                               batch.device_name(job.settings) if job.settings is not None else None,
-                               result.iterations if result is not None else 0, losses,
-                               result.distances.to_json() if result is not None and result.distances else None,
+        device = batch.device_name(job.settings) if job.settings is not None else None
+        done = batch.JobResult(self._batch_job(job), "failed" if status == "cancelled" else status, reason,
+                               job.settings_hash, job.seconds, device, result.iterations if result is not None else 0,
+                               losses, result.distances.to_json() if result is not None and result.distances else None,
                                job.batch, image)
         try:
             done = batch.record(done, self.manifest)
