@@ -257,3 +257,23 @@ def test_same_shape_jobs_run_as_one_batch_and_match_their_solo_runs(tmp_path):
             assert np.abs(served - solo).max() <= 1.5 / 255
     finally:
         store.close()
+
+
+def test_finished_jobs_keep_a_bounded_number_of_previews(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs_module, "KEPT_PREVIEWS", 1)
+    settings = SETTINGS.resolved()
+    rng = np.random.default_rng(4)
+    store = JobStore(tmp_path)
+    try:
+        done = []
+        for _ in range(2):
+            job = _store_job(store, rng.random((32, 40, 3)).astype(np.float32),
+                             rng.random((40, 40, 3)).astype(np.float32), settings)
+            store.submit(job)
+            while not job.over:
+                time.sleep(0.02)
+            done.append(job)
+        assert done[0].preview is None and done[1].preview is not None
+        assert store.result_path(done[0].id).is_file()  # the picture itself stays on disk
+    finally:
+        store.close()

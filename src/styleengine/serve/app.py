@@ -200,6 +200,16 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
 
+def _settings(base: Settings, values: dict[str, Any]) -> Settings:
+    """The server's settings with a request's values, checked and resolved (HTTPException 422 with the reason)."""
+    try:
+        settings = dataclasses.replace(base, **values)
+        settings.validate()
+        return settings.resolved()
+    except UserError as e:
+        raise HTTPException(422, first_line(e)) from None
+
+
 def _static(name: str) -> Path:
     return Path(str(resources.files("styleengine.serve") / "static" / name))
 
@@ -302,12 +312,7 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
         content, styles, values, keep = await _read_form(request, config)
         if len(styles) > MAX_STYLES:
             raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
-        try:
-            settings = dataclasses.replace(config.settings, **values)
-            settings.validate()
-            settings = settings.resolved()
-        except UserError as e:
-            raise HTTPException(422, first_line(e)) from None
+        settings = await run_in_threadpool(_settings, config.settings, values)
         job_id = new_id()
         folder = current().uploads / job_id
         try:

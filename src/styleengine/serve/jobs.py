@@ -38,6 +38,7 @@ from styleengine.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.005  # how long the first job of a batch waits for others of its shape
+KEPT_PREVIEWS = 32  # finished jobs whose last preview (their picture) stays in memory for late event streams
 PREVIEW_INTERVAL_S = 0.5  # a preview image at most this often per job (and one at the first iteration)
 PROGRESS_INTERVAL_S = 0.1  # progress figures at most this often per job
 DISTANCE_READS = 10  # style and content distances measured this many times a run (a forward pass each)
@@ -146,6 +147,7 @@ class JobStore:
         self.jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []
+        self._previews: deque[Job] = deque()  # finished jobs still holding a preview, oldest first
         self._lock = threading.Condition()
         self._stopping = False
         self._warm = batch.Warm(convention)
@@ -404,6 +406,10 @@ class JobStore:
             changes["preview_iteration"] = result.iterations
         self._set(job, **changes)
         self._forget_inputs(job)
+        with self._lock:  # memory stays bounded however many jobs the server has finished
+            self._previews.append(job)
+            while len(self._previews) > KEPT_PREVIEWS:
+                self._previews.popleft().preview = None
 
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
