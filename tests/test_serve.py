@@ -277,3 +277,16 @@ def test_finished_jobs_keep_a_bounded_number_of_previews(tmp_path, monkeypatch):
         assert store.result_path(done[0].id).is_file()  # the picture itself stays on disk
     finally:
         store.close()
+
+
+def test_serve_refuses_an_outside_address_without_a_token():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "STYLEENGINE_TOKEN"}
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "serve", "--host", "0.0.0.0", "--weights", "random"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: --host 0.0.0.0 is reachable from other machines: set --token "
+                                                "or STYLEENGINE_TOKEN first"]
