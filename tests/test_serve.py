@@ -290,3 +290,15 @@ def test_serve_refuses_an_outside_address_without_a_token():
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: --host 0.0.0.0 is reachable from other machines: set --token "
                                                 "or STYLEENGINE_TOKEN first"]
+
+
+def test_the_default_folder_is_serve_in_the_cache_folder(isolated_cache, monkeypatch, tmp_path):
+    from styleengine.serve.app import open_store
+
+    monkeypatch.chdir(tmp_path)
+    store = open_store(Config(settings=SETTINGS))
+    try:
+        assert store.root == isolated_cache / "serve" and (isolated_cache / "serve" / "results").is_dir()
+        assert not any(tmp_path.iterdir())  # nothing in the working directory
+    finally:
+        store.close()

@@ -60,7 +60,6 @@ def serve(
     """Serve a web page and a JSON API (docs at /docs) on a warm engine."""
     import uvicorn
 
-    from styleengine.export.cache import cache_root
     from styleengine.serve.app import Config, create_app, open_store
 
     if not _loopback(host) and not token:
@@ -74,10 +73,9 @@ def serve(
                                                     "content_weight", "tv_weight", "device", "backend", "precision")})
     settings.validate()
     settings = settings.resolved()  # `auto` made concrete once, at the default size
-    root = results_dir if results_dir is not None else cache_root() / "serve"
     if os.environ.get(TOKEN_ENV) and token == os.environ[TOKEN_ENV]:
         os.environ.pop(TOKEN_ENV)  # not handed to anything this process starts
-    config = Config(settings=settings, root=root, token=token, max_queue=max_queue, max_upload_mb=max_upload_mb,
+    config = Config(settings=settings, root=results_dir, token=token, max_queue=max_queue, max_upload_mb=max_upload_mb,
                     max_pixels=int(max_pixels * 1e6), max_size=max_size, max_iters=max_iters,
                     cors_origins=tuple(cors_origin or ()))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

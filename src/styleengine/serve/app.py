@@ -54,7 +54,8 @@ class Config:
     """The server's defaults (Settings) and limits."""
 
     settings: Settings = Settings()
-    root: Path = Path(".")  # the server's folder: results/ (PNGs and the manifest) and uploads/
+    # the server's folder: results/ (PNGs and the manifest) and uploads/; None: 'serve' in the cache folder
+    root: Path | None = None
     convention: tuple[tuple[str, Any], ...] = ()  # input-convention overrides, as the run's flags give them
     token: str | None = None  # required on /api/* (but /api/health) when set
     max_queue: int = 16  # jobs queued or running; beyond: 429
@@ -216,7 +217,10 @@ def _static(name: str) -> Path:
 
 def open_store(config: Config) -> JobStore:
     """The JobStore of `config` (UserError if its folder cannot be used or another server holds it)."""
-    return JobStore(config.root, max_queue=config.max_queue, convention=dict(config.convention))
+    from styleengine.export.cache import cache_root
+
+    root = config.root if config.root is not None else cache_root() / "serve"
+    return JobStore(root, max_queue=config.max_queue, convention=dict(config.convention))
 
 
 def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
