@@ -73,6 +73,18 @@ def test_events_stream_status_and_previews_until_done(client):
     assert client.get(f"/api/jobs/{job_id}").json()["status"] == "done"
 
 
+def test_progress_carries_the_distances_while_the_job_runs(client):
+    job_id = _submit(client, {"iters": "20"})  # distances every 10 iterations
+    seen = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: {") and '"status"' in line:
+                job = json.loads(line[6:])
+                seen.append((job["status"], job["iteration"], job["distances"]))
+    running = [(i, d) for status, i, d in seen if status == "running" and d is not None]
+    assert running and all(i >= 10 for i, _ in running) and running[0][1]["style"] > 0
+
+
 def _bomb() -> bytes:
     """A PNG whose header claims 30000x30000 px (900 megapixels) in a few hundred bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -32,7 +32,7 @@ from styleengine.choices import INITS
 from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import UserError, first_line
-from styleengine.serve.jobs import Job, JobStore, QueueFull, load_upload, new_id
+from styleengine.serve.jobs import Job, JobStore, QueueFull, distance_every, load_upload, new_id
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ def _settings(base: Settings, values: dict[str, Any]) -> Settings:
     """The server's settings with a request's values, checked and resolved (HTTPException 422 with the reason)."""
     try:
         settings = dataclasses.replace(base, **values)
+        settings = dataclasses.replace(settings, distance_every=distance_every(settings.iterations))
         settings.validate()
         return settings.resolved()
     except UserError as e:

@@ -41,7 +41,8 @@ BATCH_WAIT_S = 0.005  # how long the first job of a batch waits for others of it
 KEPT_PREVIEWS = 32  # finished jobs whose last preview (their picture) stays in memory for late event streams
 PREVIEW_INTERVAL_S = 0.5  # a preview image at most this often per job (and one at the first iteration)
 PROGRESS_INTERVAL_S = 0.1  # progress figures at most this often per job
-DISTANCE_READS = 10  # style and content distances measured this many times a run (a forward pass each)
+DISTANCE_READS = 10  # style and content distances measured this many times a run (a forward pass each),
+MIN_DISTANCE_EVERY = 10  # but not more often than every 10 iterations (a forward pass is ~1/3 of an iteration)
 RESULTS = "results"  # under the server's folder: ID.png and the manifest
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
@@ -53,6 +54,11 @@ class QueueFull(Exception):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; retry in {retry_after} s")
         self.retry_after = retry_after
+
+
+def distance_every(iterations: int) -> int:
+    """How often a job's progress carries the style and content distances."""
+    return max(MIN_DISTANCE_EVERY, iterations // DISTANCE_READS)
 
 
 def new_id() -> str:
