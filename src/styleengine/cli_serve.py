@@ -45,8 +45,8 @@ def serve(
                               "'serve' in styleengine's cache folder.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
-    size: Size = 512,
-    iters: Iters = 200,
+    size: Size = d.size,
+    iters: Iters = d.iterations,
     model: Model = d.model,
     weights: Weights = d.weights,
     pooling: Pooling = d.pooling,
