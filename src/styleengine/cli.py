@@ -46,6 +46,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "texture": ("styleengine.cli_run", "texture", "Synthesise a texture from style images (no content)."),
     "batch": ("styleengine.cli_batch", "batch",
               "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
+    "serve": ("styleengine.cli_serve", "serve", "Serve a web page and a JSON API on a warm engine."),
     "tune": ("styleengine.cli_tune", "tune", "Measure which backend, precision and convolutions `auto` picks here."),
     # written by other engineers; absent modules leave their command out
     "bench": ("styleengine.cli_bench", "bench", "Time the loss-and-gradient step across backends and sizes."),

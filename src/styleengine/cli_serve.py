@@ -1,0 +1,84 @@
+"""`styleengine serve`: the run's flags as the server's defaults, the server's own flags, then uvicorn.
+
+The run's flags come from cli_run (one definition of each); the web
+application is serve/app.py, the jobs and the engine thread serve/jobs.py.
+"""
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from styleengine.cli_run import (Backend, ContentWeight, Device, Iters, Model, Pooling, Precision, Size,
+                                 StyleWeight, TvWeight, Weights, d, settings_from)
+from styleengine.errors import ConfigError
+
+TOKEN_ENV = "STYLEENGINE_TOKEN"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: not known to be this machine alone
+        return False
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs a token.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar=TOKEN_ENV, show_envvar=True,
+        help="Clients send it as 'Authorization: Bearer TOKEN' (the page: ?token=TOKEN).")] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Jobs queued or running; more get HTTP 429.")] = 16,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest request body in MB.")] = 20.0,
+    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Largest uploaded image in megapixels.")] = 40.0,
+    max_size: Annotated[int, typer.Option("--max-size", help="Largest output long side a request may ask for (px).")]
+    = 1024,
+    max_iters: Annotated[int, typer.Option("--max-iters", help="Most iterations a request may ask for.")] = 1000,
+    results_dir: Annotated[Optional[Path], typer.Option(
+        "--results-dir", help="The server's folder (results, manifest, uploads in flight); default: "
+                              "'serve' in styleengine's cache folder.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
+    size: Size = d.size,
+    iters: Iters = d.iterations,
+    model: Model = d.model,
+    weights: Weights = d.weights,
+    pooling: Pooling = d.pooling,
+    style_weight: StyleWeight = d.style_weight,
+    content_weight: ContentWeight = d.content_weight,
+    tv_weight: TvWeight = d.tv_weight,
+    device: Device = d.device,
+    backend: Backend = d.backend,
+    precision: Precision = d.precision,
+) -> None:
+    """Serve a web page and a JSON API (docs at /docs) on a warm engine."""
+    import uvicorn
+
+    from styleengine.serve.app import Config, create_app, open_store
+
+    if not _loopback(host) and not token:
+        raise ConfigError(f"--host {host} is reachable from other machines: set --token or {TOKEN_ENV} first")
+    for name, value in (("--max-queue", max_queue), ("--max-upload-mb", max_upload_mb),
+                        ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
+    flags = dict(locals())
+    settings = settings_from({k: flags[k] for k in ("size", "iters", "model", "weights", "pooling", "style_weight",
+                                                    "content_weight", "tv_weight", "device", "backend", "precision")})
+    settings.validate()
+    settings = settings.resolved()  # `auto` made concrete once, at the default size
+    if os.environ.get(TOKEN_ENV) and token == os.environ[TOKEN_ENV]:
+        os.environ.pop(TOKEN_ENV)  # not handed to anything this process starts
+    config = Config(settings=settings, root=results_dir, token=token, max_queue=max_queue, max_upload_mb=max_upload_mb,
+                    max_pixels=int(max_pixels * 1e6), max_size=max_size, max_iters=max_iters,
+                    cors_origins=tuple(cors_origin or ()))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
+    # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
+    uvicorn.run(create_app(config, store), host=host, port=port, log_level="info", timeout_graceful_shutdown=3)

@@ -1,0 +1,411 @@
+"""The web application of `styleengine serve`: the JSON API, the event streams and the page.
+
+`create_app(Config)` builds a FastAPI app around one `JobStore` (jobs.py),
+opened when the app starts and closed (jobs in flight recorded) when it
+stops. Handlers never run the engine: they check a request (form fields,
+limits, the uploads through the CLI's image checks, the run's own checks)
+in a thread of the pool and queue it; the store's one worker thread runs
+it. Every refusal is a 4xx whose body is {"detail": one line}.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from styleengine.choices import INITS
+from styleengine.engine import batch
+from styleengine.engine.stylise import Settings, check_run
+from styleengine.errors import UserError, first_line
+from styleengine.serve.jobs import Job, JobStore, QueueFull, distance_every, load_upload, new_id
+
+log = logging.getLogger(__name__)
+
+MAX_STYLES = 8  # style images per request
+EVENT_POLL_S = 0.1  # how often an event stream looks for news
+HEARTBEAT_S = 1.0  # a comment on a quiet stream: a client that has gone is noticed within this
+# form fields a request may set: the CLI's flag names without dashes -> Settings field
+FIELDS = {"size": "size", "iters": "iterations", "style_weight": "style_weight",
+          "content_weight": "content_weight", "tv_weight": "tv_weight", "preserve_colors": "preserve_colors",
+          "style_blend": "style_blend", "seed": "seed", "init": "init", "style_scale": "style_scale",
+          "optimizer": "optimizer", "lr": "lr"}
+STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+OTHER_FIELDS = {"content": "the content image (a file)", "style": "a style image (a file; one or more)",
+                "keep": "true: run to the end even if the page or client that submitted it goes away"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The server's defaults (Settings) and limits."""
+
+    settings: Settings = Settings()
+    # the server's folder: results/ (PNGs and the manifest) and uploads/; None: 'serve' in the cache folder
+    root: Path | None = None
+    convention: tuple[tuple[str, Any], ...] = ()  # input-convention overrides, as the run's flags give them
+    token: str | None = None  # required on /api/* (but /api/health) when set
+    max_queue: int = 16  # jobs queued or running; beyond: 429
+    max_upload_mb: float = 20.0  # one request's body
+    max_pixels: int = 40_000_000  # of one uploaded image (its header is read before it is decoded)
+    max_size: int = 1024  # px, the output's long side
+    max_iters: int = 1000
+    cors_origins: tuple[str, ...] = ()
+
+
+def _one_line(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with 413: by its Content-Length at once, else as it streams."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request is over this server's limit of {self.limit / 2**20:g} MB"
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _one_line(413, message)(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def counted() -> dict:
+            nonlocal seen
+            got = await receive()
+            seen += len(got.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return got
+
+        async def watched(got: dict) -> None:
+            nonlocal started
+            started = started or got["type"] == "http.response.start"
+            await send(got)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await _one_line(413, message)(scope, receive, send)
+
+
+def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
+    """(Settings field, value) of one form field; HTTPException 422 with the reason."""
+    target = FIELDS[name]
+    if target == "init" and text.strip() not in INITS:
+        raise HTTPException(422, f"init {text!r} is not one of {', '.join(INITS)}; a request cannot name a "
+                                 f"file on the server")
+    try:
+        value = batch.OVERRIDES[target](text)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise HTTPException(422, f"bad {name} {text!r} ({first_line(e)})") from None
+    if target == "size" and value > config.max_size:
+        raise HTTPException(422, f"size {value} is over this server's limit of {config.max_size} px")
+    if target == "iterations" and value > config.max_iters:
+        raise HTTPException(422, f"iters {value} is over this server's limit of {config.max_iters}")
+    return target, value
+
+
+async def _read_form(request: Request, config: Config) -> tuple[UploadFile, list[UploadFile], dict[str, Any], bool]:
+    form = await request.form(max_files=1 + MAX_STYLES, max_fields=64, max_part_size=64 * 1024)
+    content: list[UploadFile] = []
+    styles: list[UploadFile] = []
+    values: dict[str, Any] = {}
+    keep = False
+    for name, item in form.multi_items():
+        if name in ("content", "style"):
+            if not isinstance(item, UploadFile):
+                raise HTTPException(422, f"{name} must be a file upload, not a text field")
+            (content if name == "content" else styles).append(item)
+        elif isinstance(item, UploadFile):
+            raise HTTPException(422, f"{name} is a file; only content and style are files")
+        elif name == "keep":
+            try:
+                keep = batch.OVERRIDES["preserve_colors"](item)  # the same yes/no reading
+            except ValueError as e:
+                raise HTTPException(422, f"bad keep {item!r} ({first_line(e)})") from None
+        elif name in FIELDS:
+            if FIELDS[name] in values:
+                raise HTTPException(422, f"{name} is given twice")
+            field, value = _field(name, item, config)
+            values[field] = value
+        else:
+            raise HTTPException(422, f"unknown field {name[:40]!r}; fields: "
+                                     f"{', '.join(['content', 'style', *FIELDS, 'keep'])}")
+    if len(content) != 1:
+        raise HTTPException(422, f"a job needs one content image (field content), got {len(content)}")
+    if not styles:
+        raise HTTPException(422, "a job needs at least one style image (field style)")
+    return content[0], styles, values, keep
+
+
+def _check_pixels(path: Path, label: str, limit: int) -> None:
+    """413 when an upload's header declares more pixels than the limit, before anything decodes it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, f"refusing the {label}: {first_line(e)}") from None
+    except (OSError, ValueError, SyntaxError, EOFError):  # not an image PIL can open: load_upload says what it is
+        return
+    if width * height > limit:
+        raise HTTPException(413, f"the {label} is {width}x{height} px; this server takes at most "
+                                 f"{limit / 1e6:g} megapixels")
+
+
+def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, styles: list[UploadFile],
+             settings: Settings, config: Config, keep: bool) -> Job:
+    """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
+    with the reason otherwise). Runs in a worker thread of the pool."""
+    folder.mkdir()
+    saved: list[tuple[Path, str]] = []
+    for index, upload in enumerate([content, *styles]):
+        label = "content image" if index == 0 else (f"style image {index}" if len(styles) > 1 else "style image")
+        path = folder / ("content" if index == 0 else f"style{index}")
+        upload.file.seek(0)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(upload.file, out)
+        _check_pixels(path, label, config.max_pixels)
+        saved.append((path, label))
+    try:
+        arrays = [load_upload(path, label) for path, label in saved]
+        check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
+                  style_labels=[label for _, label in saved[1:]])
+    except UserError as e:
+        raise HTTPException(422, first_line(e)) from None
+    digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
+    return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
+
+
+def _settings(base: Settings, values: dict[str, Any]) -> Settings:
+    """The server's settings with a request's values, checked and resolved (HTTPException 422 with the reason)."""
+    try:
+        settings = dataclasses.replace(base, **values)
+        settings = dataclasses.replace(settings, distance_every=distance_every(settings.iterations))
+        settings.validate()
+        return settings.resolved()
+    except UserError as e:
+        raise HTTPException(422, first_line(e)) from None
+
+
+def _static(name: str) -> Path:
+    return Path(str(resources.files("styleengine.serve") / "static" / name))
+
+
+def open_store(config: Config) -> JobStore:
+    """The JobStore of `config` (UserError if its folder cannot be used or another server holds it)."""
+    from styleengine.export.cache import cache_root
+
+    root = config.root if config.root is not None else cache_root() / "serve"
+    return JobStore(root, max_queue=config.max_queue, convention=dict(config.convention))
+
+
+def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
+    """The application around `store` (None: opened at startup); the store is closed when the app stops."""
+    state: dict[str, Any] = {}
+    given = store
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["store"] = given if given is not None else open_store(config)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state["store"].close)
+
+    app = FastAPI(title="styleengine", version="1", lifespan=lifespan,
+                  description="Gatys-style neural style transfer on a warm engine: submit a job, follow its "
+                              "progress, fetch the PNG.")
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=int(config.max_upload_mb * 2**20))
+
+    def current() -> JobStore:
+        return state["store"]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else "request"
+        return _one_line(422, f"{where}: {errors[0].get('msg', 'invalid') if errors else 'invalid'}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        response = _one_line(exc.status_code, first_line(Exception(str(exc.detail))))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        if config.token and path.startswith("/api/") and path != "/api/health":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.query_params.get("token", "")
+            if not secrets.compare_digest(given.encode(), config.token.encode()):
+                return _one_line(401, "a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+        return await call_next(request)
+
+    def job_or_404(job_id: str) -> Job:
+        job = current().jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r} on this server")
+        return job
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(_static("index.html"), media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        if name not in STATIC:  # a fixed set: nothing in a request names a path
+            raise HTTPException(404, f"no static file {name[:40]!r}")
+        return FileResponse(_static(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health", summary="Whether the server is up, its defaults and limits")
+    async def health() -> dict[str, Any]:
+        s = config.settings
+        return {"status": "ok", **current().counts(),
+                "defaults": {"size": s.size, "iters": s.iterations, "style_weight": s.style_weight,
+                             "content_weight": s.content_weight, "tv_weight": s.tv_weight,
+                             "preserve_colors": s.preserve_colors, "model": s.model, "backend": s.backend,
+                             "device": s.device, "precision": s.precision},
+                "limits": {"max_size": config.max_size, "max_iters": config.max_iters,
+                           "max_upload_mb": config.max_upload_mb, "max_pixels": config.max_pixels,
+                           "max_styles": MAX_STYLES},
+                "token_required": bool(config.token)}
+
+    form_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["content", "style"],
+        "properties": {"content": {"type": "string", "format": "binary", "description": OTHER_FIELDS["content"]},
+                       "style": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": OTHER_FIELDS["style"]},
+                       "keep": {"type": "boolean", "description": OTHER_FIELDS["keep"]},
+                       **{name: {"type": "string", "description": f"as the run's --{name.replace('_', '-')}"}
+                          for name in FIELDS}}}}}}}
+
+    @app.post("/api/jobs", status_code=202, openapi_extra=form_schema,
+              summary="Submit a job: content, one or more style files, and the run's settings as form fields")
+    async def submit(request: Request) -> JSONResponse:
+        content, styles, values, keep = await _read_form(request, config)
+        if len(styles) > MAX_STYLES:
+            raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
+        settings = await run_in_threadpool(_settings, config.settings, values)
+        job_id = new_id()
+        folder = current().uploads / job_id
+        try:
+            job = await run_in_threadpool(_prepare, current(), job_id, folder, content, styles, settings, config, keep)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
+            current().submit(job)
+        except QueueFull as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+        return JSONResponse({"id": job.id, "status": job.status}, status_code=202,
+                            headers={"Location": f"/api/jobs/{job.id}"})
+
+    @app.get("/api/jobs", summary="The most recent jobs, newest first")
+    async def listing(limit: int = 50) -> list[dict[str, Any]]:
+        jobs = sorted(current().jobs.values(), key=lambda j: j.created, reverse=True)
+        return [j.to_json() for j in jobs[:max(0, min(limit, 500))]]
+
+    @app.get("/api/jobs/{job_id}", summary="A job's status (queued|running|done|failed|cancelled), iteration, "
+                                           "losses and distances")
+    async def status(job_id: str) -> dict[str, Any]:
+        return job_or_404(job_id).to_json()
+
+    @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)",
+             responses={200: {"content": {"image/png": {}}}})
+    async def result(job_id: str) -> FileResponse:
+        job = job_or_404(job_id)
+        if job.status != "done":
+            why = f": {job.reason}" if job.reason and job.status == "failed" else ""
+            raise HTTPException(409, f"job {job_id} is {job.status}{why}; no result")
+        return FileResponse(current().result_path(job_id), media_type="image/png",
+                            filename=f"styleengine-{job_id}.png")
+
+    @app.get("/api/jobs/{job_id}/preview", summary="The latest preview (PNG)",
+             responses={200: {"content": {"image/png": {}}}})
+    async def preview(job_id: str) -> Response:
+        job = job_or_404(job_id)
+        if job.preview is None:
+            raise HTTPException(404, f"job {job_id} has no preview yet")
+        return Response(job.preview, media_type="image/png")
+
+    @app.delete("/api/jobs/{job_id}", summary="Cancel a job (a running one stops at its next iteration)")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        job = job_or_404(job_id)
+        if job.over:
+            raise HTTPException(409, f"job {job_id} is already {job.status}")
+        await run_in_threadpool(current().cancel, job)
+        return job.to_json()
+
+    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: status (JSON) and preview (a PNG data URL)",
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        job = job_or_404(job_id)
+        return StreamingResponse(_stream(job, request, current()), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[str]:
+    """A job's news as server-sent events until it is over; the last watcher to go cancels it unless kept."""
+    job.watchers += 1
+    sent, preview = -1, None
+    quiet = 0.0
+    try:
+        while True:
+            if job.version != sent:
+                sent = job.version
+                yield f"event: status\ndata: {json.dumps(job.to_json())}\n\n"
+                if job.preview is not None and job.preview is not preview:
+                    preview = job.preview
+                    data = {"iteration": job.preview_iteration,
+                            "image": "data:image/png;base64," + base64.b64encode(preview).decode()}
+                    yield f"event: preview\ndata: {json.dumps(data)}\n\n"
+                quiet = 0.0
+            if job.over:
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+            quiet += EVENT_POLL_S
+            if quiet >= HEARTBEAT_S:
+                quiet = 0.0
+                yield ": still here\n\n"
+    finally:
+        job.watchers -= 1
+        if job.watchers == 0 and not job.keep and not job.over:
+            log.info("job %s: its last watcher went away; cancelled", job.id)
+            asyncio.get_running_loop().run_in_executor(None, store.cancel, job)  # a manifest line: not here

@@ -1,0 +1,435 @@
+"""The server's jobs: what a request asked for, its progress, and the one thread that runs the engine.
+
+A `JobStore` keeps every job by a random id, a bounded queue of those not
+run yet, and one worker thread (the engine is not thread-safe) that takes
+the oldest queued job, waits up to BATCH_WAIT_S for queued jobs that can
+share its batch (equal `batch_key`, one output shape, the torch backend at
+one scale: `engine.batch.batchable`), and runs them as one
+`stylise_batch` on the warm steps of an `engine.batch.Warm`. Finished
+jobs are recorded by `engine.batch.record` (the PNG written atomically,
+then a manifest line in the format `batch` writes), so a restarted server
+serves them again. Request handlers only read a job's fields and set its
+`cancelled` flag; the worker stops a batch at its next iteration once
+every job in it is cancelled (the others go on).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import numpy as np
+
+from styleengine import paths
+from styleengine.engine import batch, images
+from styleengine.engine.loop import Record
+from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
+from styleengine.errors import UserError, first_line
+
+log = logging.getLogger(__name__)
+
+BATCH_WAIT_S = 0.005  # how long the first job of a batch waits for others of its shape
+KEPT_PREVIEWS = 32  # finished jobs whose last preview (their picture) stays in memory for late event streams
+PREVIEW_INTERVAL_S = 0.5  # a preview image at most this often per job (and one at the first iteration)
+PROGRESS_INTERVAL_S = 0.1  # progress figures at most this often per job
+DISTANCE_READS = 10  # style and content distances measured this many times a run (a forward pass each),
+MIN_DISTANCE_EVERY = 10  # but not more often than every 10 iterations (a forward pass is ~1/3 of an iteration)
+RESULTS = "results"  # under the server's folder: ID.png and the manifest
+UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+
+class QueueFull(Exception):
+    """The queue holds max_queue jobs; retry_after: seconds until a slot is likely free."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"the queue is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+def distance_every(iterations: int) -> int:
+    """How often a job's progress carries the style and content distances."""
+    return max(MIN_DISTANCE_EVERY, iterations // DISTANCE_READS)
+
+
+def new_id() -> str:
+    return secrets.token_hex(12)  # 96 random bits, hex only: never a path
+
+
+@dataclass
+class Job:
+    """One request's picture and what is known about it; the worker writes, handlers read."""
+
+    id: str
+    settings: Settings | None  # None: a job read back from the manifest
+    content: np.ndarray | None = field(default=None, repr=False)
+    styles: list[np.ndarray] = field(default_factory=list, repr=False)
+    upload_dir: Path | None = None
+    settings_hash: str | None = None
+    keep: bool = False  # run to the end even when every watcher has gone
+    status: str = "queued"
+    reason: str | None = None
+    iteration: int = 0
+    iterations: int = 0
+    losses: dict[str, float] | None = None
+    distances: dict[str, Any] | None = None
+    seconds: float = 0.0
+    batch: int = 1
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancelled: bool = False
+    watchers: int = 0  # open event streams
+    preview: bytes | None = field(default=None, repr=False)  # the latest preview PNG
+    preview_iteration: int = 0
+    version: int = 0  # bumped at every change an event stream sends
+    _last_progress: float = 0.0
+    _last_preview: float = -math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "reason": self.reason, "iteration": self.iteration,
+                "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
+                "seconds": round(self.seconds, 3), "batch": self.batch, "keep": self.keep,
+                "result": f"/api/jobs/{self.id}/result" if self.status == "done" else None}
+
+    @property
+    def run_settings(self) -> Settings:
+        """The settings of a job to run (a job read back from the manifest has none and never runs)."""
+        assert self.settings is not None
+        return self.settings
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The content's (height, width), while the job has its images."""
+        assert self.content is not None
+        return self.content.shape[0], self.content.shape[1]
+
+    @property
+    def over(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+
+def _distances(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {"style": value.style, "content": value.content}
+
+
+def _losses(record: Record) -> dict[str, float]:
+    return {"loss": record.loss, "content": record.content_loss, "style": record.style_loss, "tv": record.tv_loss}
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    array = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(array, "RGB").save(out, format="PNG", compress_level=1)  # previews: speed over size
+    return out.getvalue()
+
+
+class JobStore:
+    """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
+
+    def __init__(self, root: Path, *, max_queue: int = 16, convention: dict[str, Any] | None = None,
+                 batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH):
+        self.root = Path(root)
+        self.results = self.root / RESULTS
+        self.uploads = self.root / UPLOADS
+        for folder in (self.results, self.uploads):
+            paths.check_cache_dir(folder)
+        self.manifest = batch.Manifest(self.results / batch.MANIFEST)
+        self.max_queue = max_queue
+        self.batch_wait_s = batch_wait_s
+        self.max_batch = max_batch
+        self.jobs: dict[str, Job] = {}
+        self._queue: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._previews: deque[Job] = deque()  # finished jobs still holding a preview, oldest first
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._warm = batch.Warm(convention)
+        self._convention = dict(convention or {})
+        self._mean_seconds = 1.0  # of a finished job: what Retry-After says
+        self.started = 0  # batches run (tests and the health figures)
+        self._lock_file: IO[bytes] | None = None
+        self._take_lock()
+        self._restore()
+        self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ start and stop
+
+    def _take_lock(self) -> None:
+        """One server per folder: a second would append to the same manifest."""
+        path = self.results / batch.LOCK_FILE
+        try:
+            f = open(path, "a+b")
+        except OSError as e:
+            raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
+        if not paths.try_lock(f, blocking=False):
+            f.close()
+            raise UserError(f"another server uses {self.root} (it holds {path}); stop it or use another "
+                            f"--results-dir")
+        self._lock_file = f
+
+    def _restore(self) -> None:
+        """The jobs a previous server finished: done ones are served again, failed ones say why."""
+        entries, problems = self.manifest.read()
+        for problem in problems:
+            log.warning("%s", problem)
+        for entry in entries:
+            job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
+                      reason=entry.get("reason"), iteration=entry.get("iterations") or 0,
+                      iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
+                      seconds=entry.get("seconds") or 0.0, batch=entry.get("batch") or 1, keep=True)
+            distances = entry.get("distances")
+            if isinstance(distances, dict):
+                job.distances = {"style": distances.get("style_distance"), "content": distances.get("content_distance")}
+            if entry.get("reason") == "cancelled":
+                job.status = "cancelled"
+            if job.status == "done" and not self.result_path(job.id).is_file():
+                job.status, job.reason = "failed", "the result file is gone"
+            self.jobs[job.id] = job
+        # uploads of jobs that never ran (a crash): nothing will run them
+        for folder in self.uploads.iterdir():
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
+                 self.results)
+
+    def close(self, wait_s: float = 30.0) -> None:
+        """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
+        are recorded as failed (with the iteration reached); then the steps are freed."""
+        with self._lock:
+            self._stopping = True
+            queued = list(self._queue)
+            self._queue.clear()
+            self._lock.notify_all()
+        for job in queued:
+            self._finish_unrun(job, "failed", "the server stopped before the job ran; submit it again")
+        self._thread.join(wait_s)
+        self._warm.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # ------------------------------------------------------------ requests
+
+    def settings_hash(self, job_id: str, content: Path, styles: list[Path], settings: Settings) -> str:
+        """batch's settings hash of an uploaded job (its settings and the bytes of its images)."""
+        return batch.settings_hash(batch.Job(job_id, content, tuple(styles), self.result_path(job_id)), settings,
+                                   self._convention, {})
+
+    def result_path(self, job_id: str) -> Path:
+        return self.results / f"{job_id}.png"
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`; QueueFull when max_queue jobs are queued or running."""
+        with self._lock:
+            if self._stopping:
+                raise QueueFull(5)
+            if len(self._queue) + len(self._running) >= self.max_queue:
+                waiting = len(self._queue) + len(self._running)
+                raise QueueFull(max(1, math.ceil(self._mean_seconds * waiting / max(1, self.max_batch))))
+            job.iterations = job.settings.iterations if job.settings is not None else 0
+            self.jobs[job.id] = job
+            self._queue.append(job)
+            self._lock.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a queued or running job: a queued one at once, a running one at its batch's next iteration."""
+        with self._lock:
+            if job.over or job.cancelled:
+                return
+            job.cancelled = True
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+            else:
+                self._set(job, status="cancelled", reason="cancelled")
+        if queued:
+            self._finish_unrun(job, "cancelled", "cancelled")
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._queue), "running": len(self._running), "max_queue": self.max_queue,
+                    "batches": self.started}
+
+    # ------------------------------------------------------------ the worker
+
+    def _set(self, job: Job, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(job, name, value)
+        job.version += 1
+
+    def _take(self) -> list[Job] | None:
+        """The next batch: the oldest queued job and the queued jobs that can run with it (after waiting up to
+        batch_wait_s for them); None when stopping."""
+        with self._lock:
+            while not self._queue and not self._stopping:
+                self._lock.wait()
+            if self._stopping:
+                return None
+            first = self._queue.popleft()
+            members = [first]
+            self._running = members  # counted against max_queue while it waits for company
+            if batch.batchable(first.run_settings):
+                key = self._key(first)
+                limit = min(self.max_batch, batch.batch_size_for(first.run_settings, key[1]))
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(members) < limit:
+                    members += self._matching(key, limit - len(members))
+                    left = deadline - time.monotonic()
+                    if len(members) >= limit or left <= 0:
+                        break
+                    self._lock.wait(left)
+            self._running = members
+            self.started += 1
+            return members
+
+    def _key(self, job: Job) -> tuple[Any, tuple[int, int]]:
+        return batch_key(job.run_settings), batch.output_shape(job.run_settings, job.shape)
+
+    def _matching(self, key: Any, count: int) -> list[Job]:
+        found = [j for j in self._queue if batch.batchable(j.run_settings) and self._key(j) == key][:count]
+        for job in found:
+            self._queue.remove(job)
+        return found
+
+    def _work(self) -> None:
+        while True:
+            members = self._take()
+            if members is None:
+                return
+            try:
+                self._run(members)
+            except Exception:  # a bug: every job of the batch says so, the server goes on
+                log.exception("a batch of %d jobs failed", len(members))
+                for job in members:
+                    if job.finished is None:  # not recorded yet
+                        self._record(job, "failed", "internal error (see the server's log)", None, None)
+            finally:
+                with self._lock:
+                    self._running = []
+
+    def _callback(self, members: list[Job]) -> Callable[[Record, Callable[[], np.ndarray]], None]:
+        def callback(record: Record, current: Callable[[], np.ndarray]) -> None:
+            if self._stopping or all(j.cancelled for j in members):
+                raise KeyboardInterrupt  # the loop's contract: stop at this iteration
+            job = members[record.index]
+            if job.cancelled:
+                return
+            now = time.monotonic()
+            changes: dict[str, Any] = {"iteration": record.iteration}
+            if record.distances is not None:
+                changes["distances"] = _distances(record.distances)
+            if now - job._last_progress >= PROGRESS_INTERVAL_S or record.iteration == job.iterations:
+                job._last_progress = now
+                changes["losses"] = _losses(record)
+            if now - job._last_preview >= PREVIEW_INTERVAL_S:
+                job._last_preview = now
+                changes["preview"] = png_bytes(current())
+                changes["preview_iteration"] = record.iteration
+            self._set(job, **changes)
+
+        return callback
+
+    def _run(self, members: list[Job]) -> None:
+        with self._lock:  # cancelled while the batch formed: recorded, not run
+            dropped = [j for j in members if j.cancelled]
+            members = [j for j in members if not j.cancelled]
+            for job in members:
+                self._set(job, status="running", batch=len(members))
+        for job in dropped:
+            self._record(job, "cancelled", "cancelled", None, None)
+        if not members:
+            return
+        settings = members[0].run_settings
+        for job in members:
+            job._last_preview = -math.inf
+        pictures = [Picture(j.content, j.styles, j.run_settings) for j in members]
+        start = time.perf_counter()
+        try:
+            out = stylise_batch(pictures, callback=self._callback(members), weights=self._warm.weights(settings),
+                                step=self._warm.step(settings))
+        except UserError as e:
+            for job in members:
+                self._record(job, "failed", first_line(e), None, None)
+            return
+        seconds = (time.perf_counter() - start) / len(members)
+        self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds * len(members)
+        for job, (image, result) in zip(members, out):
+            job.seconds = seconds
+            if job.cancelled:
+                self._record(job, "cancelled", "cancelled", None, result)
+            elif result.stopped == "interrupted":  # the server is stopping
+                self._record(job, "failed", f"the server stopped at iteration {result.iterations} of "
+                             f"{job.iterations}; submit it again", None, result)
+            elif result.stopped == "non-finite loss":
+                self._record(job, "failed", f"the loss became non-finite after {result.iterations} iterations",
+                             None, result)
+            else:
+                self._record(job, "ok", None, image, result)
+
+    # ------------------------------------------------------------ recording
+
+    def _batch_job(self, job: Job) -> batch.Job:
+        return batch.Job(job.id, job.upload_dir or Path(), (), self.result_path(job.id))
+
+    def _record(self, job: Job, status: str, reason: str | None, image: np.ndarray | None, result: Any) -> None:
+        """The image (atomically) and the manifest line; a write that fails fails the job, not the server."""
+        losses = _losses(result.records[-1]) if result is not None and result.records else None
+        distances = _distances(result.distances) if result is not None else None
+        # the manifest knows ok, failed and skipped: a cancelled job is a failed one whose reason says so
+        device = batch.device_name(job.settings) if job.settings is not None else None
+        done = batch.JobResult(self._batch_job(job), "failed" if status == "cancelled" else status, reason,
+                               job.settings_hash, job.seconds, device, result.iterations if result is not None else 0,
+                               losses, result.distances.to_json() if result is not None and result.distances else None,
+                               job.batch, image)
+        try:
+            done = batch.record(done, self.manifest)
+        except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
+            done = dataclasses.replace(done, status="failed", reason=first_line(e))
+            log.error("%s", first_line(e))
+        final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
+        changes: dict[str, Any] = {"status": final, "reason": done.reason, "finished": time.time()}
+        if losses is not None:
+            changes["losses"] = losses
+        if distances is not None:
+            changes["distances"] = distances
+        if result is not None:
+            changes["iteration"] = result.iterations
+        if final == "done" and image is not None:
+            changes["preview"] = png_bytes(image)
+            changes["preview_iteration"] = result.iterations
+        self._set(job, **changes)
+        self._forget_inputs(job)
+        with self._lock:  # memory stays bounded however many jobs the server has finished
+            self._previews.append(job)
+            while len(self._previews) > KEPT_PREVIEWS:
+                self._previews.popleft().preview = None
+
+    def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
+        self._record(job, status, reason, None, None)
+
+    def _forget_inputs(self, job: Job) -> None:
+        job.content, job.styles = None, []
+        if job.upload_dir is not None:
+            shutil.rmtree(job.upload_dir, ignore_errors=True)
+
+
+def load_upload(path: Path, label: str) -> np.ndarray:
+    """An uploaded image through the CLI's checks (formats, bombs, truncation, NaN, tiny); ImageError naming
+    the upload by its role, not by where the server keeps it."""
+    try:
+        return images.load_image(path)
+    except UserError as e:
+        raise type(e)(first_line(e).replace(str(path), label)) from None
