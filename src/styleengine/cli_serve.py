@@ -1,18 +1,18 @@
 """`styleengine serve`: the run's flags as the server's defaults, the server's own flags, then uvicorn.
 
-The run's flags come from cli_run (one definition of each); the web
+Every setting of `run` is a flag here too, generated from engine/settings.py (cli_settings); the web
 application is serve/app.py, the jobs and the engine thread serve/jobs.py.
 """
 import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from styleengine.cli_run import (Backend, ContentWeight, Device, Iters, Model, Pooling, Precision, Size,
-                                 StyleWeight, TvWeight, Weights, d, settings_from)
+from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.settings import RUN
 from styleengine.errors import ConfigError
 
 TOKEN_ENV = "STYLEENGINE_TOKEN"
@@ -27,7 +27,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def serve(
+def _serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs a token.")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
@@ -45,17 +45,7 @@ def serve(
                               "'serve' in styleengine's cache folder.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
-    size: Size = d.size,
-    iters: Iters = d.iterations,
-    model: Model = d.model,
-    weights: Weights = d.weights,
-    pooling: Pooling = d.pooling,
-    style_weight: StyleWeight = d.style_weight,
-    content_weight: ContentWeight = d.content_weight,
-    tv_weight: TvWeight = d.tv_weight,
-    device: Device = d.device,
-    backend: Backend = d.backend,
-    precision: Precision = d.precision,
+    **flags: Any,
 ) -> None:
     """Serve a web page and a JSON API (docs at /docs) on a warm engine."""
     import uvicorn
@@ -68,9 +58,7 @@ def serve(
                         ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
         if not value > 0:
             raise ConfigError(f"{name} must be > 0, got {value}")
-    flags = dict(locals())
-    settings = settings_from({k: flags[k] for k in ("size", "iters", "model", "weights", "pooling", "style_weight",
-                                                    "content_weight", "tv_weight", "device", "backend", "precision")})
+    settings = settings_from(flags, RUN)
     settings.validate()
     settings = settings.resolved()  # `auto` made concrete once, at the default size
     if os.environ.get(TOKEN_ENV) and token == os.environ[TOKEN_ENV]:
@@ -82,3 +70,6 @@ def serve(
     store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
     uvicorn.run(create_app(config, store), host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
+
+
+serve = with_settings(_serve, RUN)

@@ -56,7 +56,6 @@ class Config:
     settings: Settings = Settings()
     # the server's folder: results/ (PNGs and the manifest) and uploads/; None: 'serve' in the cache folder
     root: Path | None = None
-    convention: tuple[tuple[str, Any], ...] = ()  # input-convention overrides, as the run's flags give them
     token: str | None = None  # required on /api/* (but /api/health) when set
     max_queue: int = 16  # jobs queued or running; beyond: 429
     max_upload_mb: float = 20.0  # one request's body
@@ -221,7 +220,7 @@ def open_store(config: Config) -> JobStore:
     from styleengine.export.cache import cache_root
 
     root = config.root if config.root is not None else cache_root() / "serve"
-    return JobStore(root, max_queue=config.max_queue, convention=dict(config.convention))
+    return JobStore(root, max_queue=config.max_queue)
 
 
 def create_app(config: Config, store: JobStore | None = None) -> FastAPI:

@@ -139,7 +139,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
-    def __init__(self, root: Path, *, max_queue: int = 16, convention: dict[str, Any] | None = None,
+    def __init__(self, root: Path, *, max_queue: int = 16,
                  batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH):
         self.root = Path(root)
         self.results = self.root / RESULTS
@@ -156,8 +156,7 @@ class JobStore:
         self._previews: deque[Job] = deque()  # finished jobs still holding a preview, oldest first
         self._lock = threading.Condition()
         self._stopping = False
-        self._warm = batch.Warm(convention)
-        self._convention = dict(convention or {})
+        self._warm = batch.Warm()
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
         self._lock_file: IO[bytes] | None = None
@@ -226,7 +225,7 @@ class JobStore:
     def settings_hash(self, job_id: str, content: Path, styles: list[Path], settings: Settings) -> str:
         """batch's settings hash of an uploaded job (its settings and the bytes of its images)."""
         return batch.settings_hash(batch.Job(job_id, content, tuple(styles), self.result_path(job_id)), settings,
-                                   self._convention, {})
+                                   {})
 
     def result_path(self, job_id: str) -> Path:
         return self.results / f"{job_id}.png"
@@ -283,7 +282,7 @@ class JobStore:
             self._running = members  # counted against max_queue while it waits for company
             if batch.batchable(first.run_settings):
                 key = self._key(first)
-                limit = min(self.max_batch, batch.batch_size_for(first.run_settings, key[1]))
+                limit = min(self.max_batch, batch.batch_size_for(first.run_settings, key[1][-1]))
                 deadline = time.monotonic() + self.batch_wait_s
                 while len(members) < limit:
                     members += self._matching(key, limit - len(members))
@@ -295,7 +294,7 @@ class JobStore:
             self.started += 1
             return members
 
-    def _key(self, job: Job) -> tuple[Any, tuple[int, int]]:
+    def _key(self, job: Job) -> tuple[Any, tuple[tuple[int, int], ...]]:
         return batch_key(job.run_settings), batch.output_shape(job.run_settings, job.shape)
 
     def _matching(self, key: Any, count: int) -> list[Job]:
