@@ -287,3 +287,78 @@ def test_a_tab_separated_csv_names_the_delimiter(tmp_path):
 def test_a_csv_without_a_content_column_says_so(tmp_path):
     message = jobs_error(tmp_path, "jobs.csv", "image,style\nc.png,s.png\n")
     assert "no 'content' column" in message and "'image'" in message
+
+
+# ------------------------------------------------------------------ the cache on a full disk
+
+def _disk_full_on(monkeypatch, module, when=lambda src, dst: True):
+    """module.os.replace (every atomic write's and publish's last step) raising ENOSPC where `when` says."""
+    real = module.os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if when(str(src), str(dst)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Anything in the cache but entries, their records and lock files: staging folders, temp files."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.name.startswith(".") and not p.name.endswith(".lock"))
+
+
+@pytest.mark.parametrize("stage", ["record_validation", "publish"])
+def test_a_full_disk_while_caching_an_export_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, vgg16_random,
+                                                                             stage):
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.ort_step import ensure_export
+    from styleengine.errors import ConfigError
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(root))
+    metas: list[str] = []
+
+    def second_export_json(src: str, dst: str) -> bool:  # written by write_export, then with the validation
+        metas.extend([dst] if dst.endswith(cache.META_FILE) else [])
+        return dst.endswith(cache.META_FILE) and len(metas) == 2
+
+    if stage == "record_validation":
+        _disk_full_on(monkeypatch, cache, second_export_json)
+    else:  # the staging folder renamed into place
+        _disk_full_on(monkeypatch, cache, lambda src, dst: Path(dst).parent.name == "exports")
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1",))
+    with pytest.raises(ConfigError, match="No space left on device.*STYLEENGINE_CACHE_DIR") as e:
+        ensure_export(vgg16_random, loss, "avg")
+    assert len(str(e.value).splitlines()) == 1
+    assert not [p for p in (root / "exports").iterdir() if not p.name.endswith(".lock")]
+    assert _leftovers(root) == []
+
+
+def test_a_full_disk_while_caching_ort_optimised_graph_runs_without_it(tmp_path, monkeypatch, vgg16_random,
+                                                                       make_image, caplog):
+    import logging
+
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.ort_step import OrtStep, ensure_export, graph_spec
+    from styleengine.engine.steps import make_targets
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(root))
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1",))
+    export = ensure_export(vgg16_random, loss, "avg")
+    for entry in (root / "ort-optimised").glob("*/*"):  # the validation's optimised graphs: made again below
+        if entry.is_dir():
+            shutil.rmtree(entry)
+    _disk_full_on(monkeypatch, cache, lambda src, dst: "ort-optimised" in dst)
+    with caplog.at_level(logging.WARNING, logger="styleengine"):
+        step = OrtStep(export, graph_spec(vgg16_random, loss, "avg", "fp32"), loss)
+        step.set_targets(make_targets(step, loss, make_image(40, 40, 1), [make_image(40, 40, 2)]))
+        result = step(make_image(40, 40, 3))
+        step.close()
+    assert result.grad.isfinite().all()
+    assert any("optimising it for this run only" in r.getMessage() and "No space left" in r.getMessage()
+               for r in caplog.records)
+    assert not [p for p in (root / "ort-optimised").glob("*/*") if not p.name.endswith(".lock")]
+    assert _leftovers(root) == []
