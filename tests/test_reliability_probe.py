@@ -362,3 +362,41 @@ def test_a_full_disk_while_caching_ort_optimised_graph_runs_without_it(tmp_path,
                for r in caplog.records)
     assert not [p for p in (root / "ort-optimised").glob("*/*") if not p.name.endswith(".lock")]
     assert _leftovers(root) == []
+
+
+# ------------------------------------------------------------------ the fresh probe's findings
+
+def test_a_fifo_in_place_of_the_tuning_record_is_measured_again_not_waited_on(tmp_path, monkeypatch, caplog):
+    """`tune` blocked for ever reading a FIFO at <cache>/tune.json (no writer ever comes)."""
+    import logging
+
+    from fakes import unblock_later
+    from styleengine.engine import autotune
+    from styleengine.engine.stylise import Settings
+
+    try:
+        from test_autotune import CPU, FakeTrial
+    except ModuleNotFoundError:
+        from tests.test_autotune import CPU, FakeTrial
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 2})
+    monkeypatch.setattr(autotune, "_memo", {})
+    path = autotune.record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    fed = unblock_later(path)
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.autotune"):
+        choice = autotune.choose(Settings(size=512, weights="random"), measure=FakeTrial(), machine=CPU, tune=True)
+    assert not fed.is_set() and choice.measured
+    assert any("FIFO" in r.getMessage() and "measuring again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_symlink_loop_as_an_input_is_one_line(tmp_path, monkeypatch, capsys, pics):
+    """`run loop.png ...` with loop.png -> loop.png: a RuntimeError traceback from Path.resolve."""
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "loop.png", pics["style"], "-o",
+                           tmp_path / "out.png", "--weights", "random", *FAST)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "loop.png" in lines[0] and "symbolic links" in lines[0]
