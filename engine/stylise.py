@@ -16,7 +16,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, LBFGS_HISTORY, MODELS, OPTIMIZERS, POOLINGS,
-                                 PRECISIONS, PROVIDERS, check_choice)
+                                 PRECISIONS, PROVIDERS, check_choice, check_seed)
 from styleengine.engine import capability
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
@@ -29,7 +29,6 @@ from styleengine.model.weights import Convention, Weights, load_weights
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
-MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
@@ -152,8 +151,7 @@ class Settings:
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
             if value is not None and value > MAX_ITERATIONS:
                 raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {self.seed}")
+        check_seed(self.seed)
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

@@ -400,3 +400,26 @@ def test_a_symlink_loop_as_an_input_is_one_line(tmp_path, monkeypatch, capsys, p
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and len(lines) == 1, err
     assert "loop.png" in lines[0] and "symbolic links" in lines[0]
+
+
+def test_export_with_a_seed_beyond_what_torch_takes_is_one_line(tmp_path, monkeypatch, capsys):
+    """`export --seed 99999999999999999999`: a ValueError traceback ('Overflow when unpacking long long')."""
+    out = tmp_path / "graphs"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--seed", "99999999999999999999")
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "seed must be at most" in lines[0].replace("at least 0 and ", "") and not out.exists()
+
+
+@pytest.mark.parametrize("what", ["file", "device"])
+def test_batch_out_that_is_not_a_folder_says_so(tmp_path, monkeypatch, capsys, what):
+    """`--out FILE` said 'cannot make the output folder FILE: File exists'."""
+    folder = batch_folder(tmp_path)
+    out = folder / "o" if what == "file" else Path("/dev/null")
+    if what == "file":
+        out.write_text("the user's")
+    jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png"}])
+    code, err = run_batch(monkeypatch, capsys, jobs, out)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "exists and is not a folder" in lines[0] and str(out) in lines[0]

@@ -20,7 +20,7 @@ from typing import Optional
 
 import typer
 
-from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice
+from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice, check_seed
 from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, ExportValidationError, UserError
 from styleengine.engine.losses import LossConfig
@@ -119,6 +119,7 @@ def export(
     check_choice("precision", precision, GRAPH_PRECISIONS)
     check_choice("pooling", pooling, POOLINGS)
     check_choice("conv", conv, CONV_ALGOS)
+    check_seed(seed)
     conv = graph_conv(precision, conv)  # winograd graphs are fp32: refused before any work
     loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))
