@@ -231,6 +231,15 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
 
 
+def _utf8(text: str, where: str) -> None:
+    """ConfigError if `text` (read with surrogateescape) held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) - 0xDC00
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
+
+
 class _DuplicateKey(ValueError):
     """A JSON object with one key twice (json keeps the last silently)."""
 
@@ -252,6 +261,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
     reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
         names = [n.strip().lower() for n in next(reader, [])]
+        _utf8("".join(names), f"{path} line {reader.line_num}")
         if "content" not in names and header.strip():  # an empty file is no jobs, as an empty .jsonl is
             tabs = "; it is separated by tabs" if "\t" in header and delimiter not in header else ""
             raise ConfigError(f"{path} line {reader.line_num}: the header has no 'content' column (it reads as "
@@ -262,6 +272,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
             raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
                               f"give each once")
         for row in reader:
+            _utf8("".join(row), f"{path} line {reader.line_num}")
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) > len(names):
@@ -291,7 +302,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
     try:
-        f = open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
+        # undecodable bytes kept as surrogates, so the line they are on is named (_utf8)
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="" if suffix == ".csv" else None)
     except OSError as e:
         raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
     base_dir = path.parent
@@ -305,6 +317,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 if not line.strip():
                     continue
                 where = f"{path} line {number}"
+                _utf8(line, where)
                 try:
                     raw = json.loads(line, object_pairs_hook=_unique_keys)
                 except _DuplicateKey as e:

@@ -423,3 +423,18 @@ def test_batch_out_that_is_not_a_folder_says_so(tmp_path, monkeypatch, capsys, w
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and len(lines) == 1, err
     assert "exists and is not a folder" in lines[0] and str(out) in lines[0]
+
+
+@pytest.mark.parametrize("name,data", [("jobs.jsonl", b'{"content": "c.png", "style": "s.png"}\n'
+                                                      b'{"content": "c\xff.png", "style": "s.png"}\n'),
+                                       ("jobs.csv", b"content,style\nc.png,s.png\nc\xe9.png,s.png\n")])
+def test_a_jobs_line_that_is_not_utf8_is_named(tmp_path, name, data):
+    """A Latin-1 name in a jobs file said only 'utf-8 codec can't decode byte 0xff in position 14'."""
+    from styleengine.engine import jobs
+    from styleengine.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as e:
+        list(jobs.iter_jobs(path, tmp_path / "out"))
+    assert f"{name} line {2 if name.endswith('jsonl') else 3}" in str(e.value) and "not UTF-8" in str(e.value)
