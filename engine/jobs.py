@@ -32,6 +32,12 @@ _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters: a 5000-digit cell is one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
+
+
 def _text_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
@@ -45,6 +51,8 @@ def _whole(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if len(value.strip().lstrip("+-").lstrip("0")) > 19:  # past 2**63; int() refuses 4300 digits itself
+            raise ValueError("out of range")
         number = int(value)
     else:
         raise ValueError("not a whole number")
@@ -164,7 +172,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         try:
             values[name] = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
-            raise ConfigError(f"{where}: bad {key} {value!r} ({e})") from None
+            raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = str(base_dir / paths.expand(values["init"]))
@@ -186,7 +194,7 @@ def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> s
         return value.strip()
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{where}: bad {key} {value!r} (not a text)")
+    raise ConfigError(f"{where}: bad {key} {_shown(value)} (not a text)")
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
@@ -219,7 +227,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     try:
         style_names = _text_list(styles) if styles is not None else ()
     except ValueError:
-        raise ConfigError(f"{where}: bad styles {styles!r} (a text, ';'-separated, or a list of texts)") from None
+        raise ConfigError(f"{where}: bad styles {_shown(styles)} (a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
     content_path = base_dir / content

@@ -411,13 +411,15 @@ def test_export_with_a_seed_beyond_what_torch_takes_is_one_line(tmp_path, monkey
     assert "seed must be at most" in lines[0].replace("at least 0 and ", "") and not out.exists()
 
 
-@pytest.mark.parametrize("what", ["file", "device"])
+@pytest.mark.parametrize("what", ["file", "device", "loop"])
 def test_batch_out_that_is_not_a_folder_says_so(tmp_path, monkeypatch, capsys, what):
-    """`--out FILE` said 'cannot make the output folder FILE: File exists'."""
+    """`--out FILE` (or a symbolic link loop) said 'cannot make the output folder FILE: File exists'."""
     folder = batch_folder(tmp_path)
-    out = folder / "o" if what == "file" else Path("/dev/null")
+    out = folder / "o" if what != "device" else Path("/dev/null")
     if what == "file":
         out.write_text("the user's")
+    if what == "loop":
+        out.symlink_to("o")
     jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png"}])
     code, err = run_batch(monkeypatch, capsys, jobs, out)
     lines = err.strip().splitlines()
@@ -438,3 +440,20 @@ def test_a_jobs_line_that_is_not_utf8_is_named(tmp_path, name, data):
     with pytest.raises(ConfigError) as e:
         list(jobs.iter_jobs(path, tmp_path / "out"))
     assert f"{name} line {2 if name.endswith('jsonl') else 3}" in str(e.value) and "not UTF-8" in str(e.value)
+
+
+def test_export_into_a_symlink_loop_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """`export -o LOOP` built everything, then said 'cannot move the export into LOOP: Not a directory'."""
+    out = tmp_path / "g"
+    out.symlink_to("g")
+    monkeypatch.setattr(cache, "write_export", lambda *a, **k: pytest.fail("the check came after the work"))
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "exists and is not a folder" in lines[0] and "symbolic links" in lines[0]
+
+
+def test_a_huge_cell_is_shown_cut_short(tmp_path):
+    """A 5000-digit `iters` cell was printed whole in the error line."""
+    message = jobs_error(tmp_path, "jobs.csv", f"content,style,iters\nc.png,s.png,{'9' * 5000}\n")
+    assert "jobs.csv line 2: bad iters" in message and "out of range" in message and len(message) < 300

@@ -137,8 +137,7 @@ def batch(
         from styleengine.engine.batch_ray import import_ray
 
         import_ray()  # a clear error now if Ray is not installed
-    if out.exists() and not out.is_dir():  # mkdir would only say "File exists"
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    paths.check_folder(out, "--out")  # mkdir would only say "File exists"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -20,6 +20,7 @@ from typing import Optional
 
 import typer
 
+from styleengine import paths
 from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice, check_seed
 from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, ExportValidationError, UserError
@@ -37,8 +38,7 @@ def _layers(value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
 def _writable_folder(output: Path) -> None:
     """ConfigError unless `output` is, or can be made as, a folder this process can write in; nothing is
     left behind by the check."""
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"output {output} exists and is not a folder")
+    paths.check_folder(output, "output")
     where = output if output.is_dir() else output.parent
     if not where.is_dir():
         raise ConfigError(f"output folder's parent is not an existing folder: {where}")

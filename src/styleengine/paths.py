@@ -63,6 +63,13 @@ def not_a_file(path: str | os.PathLike) -> str | None:
     return "is not a regular file"
 
 
+def check_folder(path: Path, what: str) -> None:
+    """ConfigError if `path` exists as something other than a folder (a file, a device, a symbolic link
+    loop); a missing one is fine (the caller makes it)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_file(path) or 'is a file'})")
+
+
 def try_lock(f, blocking: bool) -> bool:
     """Take the exclusive lock of the open file `f` (flock: it goes with the process), waiting for it if
     `blocking`; False if another process holds it (and not blocking)."""
