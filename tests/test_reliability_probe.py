@@ -457,3 +457,19 @@ def test_a_huge_cell_is_shown_cut_short(tmp_path):
     """A 5000-digit `iters` cell was printed whole in the error line."""
     message = jobs_error(tmp_path, "jobs.csv", f"content,style,iters\nc.png,s.png,{'9' * 5000}\n")
     assert "jobs.csv line 2: bad iters" in message and "out of range" in message and len(message) < 300
+
+
+@pytest.mark.parametrize("flags,says", [(["--scales", "99999999999999999999"], "use fewer scales"),
+                                        (["--start-size", "32", "--scales", "99999999999999999999"], "at most 9"),
+                                        (["--style-scale", "1e300"], "needs more than")])
+def test_huge_scale_settings_are_one_line(tmp_path, monkeypatch, capsys, pics, flags, says):
+    """`--scales 1e20`: an OverflowError traceback (with --start-size, a list of 1e20 sizes); `--style-scale
+    1e300`: 'int too large to convert to float'."""
+    from styleengine.engine import stylise as stylise_module
+
+    monkeypatch.setattr(stylise_module, "make_step", lambda *a, **k: pytest.fail("the check came after the work"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                           "--weights", "random", *FAST[:2], "--size", "40", "--iters", "2", *flags)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert says in lines[0]
