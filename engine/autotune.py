@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from styleengine import paths
 from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
 from styleengine.engine.settings import Settings
@@ -188,6 +189,9 @@ def _key_id(key: dict) -> str:
 
 def _load_record() -> dict:
     path = record_path()
+    if path.exists() and not path.is_file():  # a FIFO would block the read until a writer came
+        log.warning("tuning record %s %s: measuring again", path, paths.not_a_file(path))
+        return {}
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -87,11 +87,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     paths.check_name(path, "image", ImageError)
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image not found: {path}")
-    if path.is_dir():
-        raise ImageError(f"cannot read image {path}: it is a directory")
     problem = paths.not_a_file(path)
+    if problem is not None and not os.path.lexists(path):
+        raise ImageError(f"image not found: {path}")
     if problem is not None:
         raise ImageError(f"cannot read image {path}: it {problem}")
     try:

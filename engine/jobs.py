@@ -33,6 +33,12 @@ _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters: a 5000-digit cell is one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
+
+
 def settings_inputs(init: str, weights: str, prefix: str = "") -> dict[str, Path]:
     """The files an --init and a --weights value name, by role ("init image", "weights file"; `prefix`
     before each); none for the named inits and imagenet / random weights."""
@@ -90,7 +96,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         try:
             values[name] = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
-            raise ConfigError(f"{where}: bad {key} {value!r} ({e})") from None
+            raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = str(base_dir / paths.expand(values["init"]))
@@ -112,7 +118,7 @@ def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> s
         return value.strip()
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{where}: bad {key} {value!r} (not a text)")
+    raise ConfigError(f"{where}: bad {key} {_shown(value)} (not a text)")
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
@@ -145,7 +151,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     try:
         style_names = KINDS["words"][0](styles) if styles is not None else ()
     except ValueError:
-        raise ConfigError(f"{where}: bad styles {styles!r} (a text, ';'-separated, or a list of texts)") from None
+        raise ConfigError(f"{where}: bad styles {_shown(styles)} (a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
     content_path = base_dir / content
@@ -155,6 +161,15 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
+
+
+def _utf8(text: str, where: str) -> None:
+    """ConfigError if `text` (read with surrogateescape) held bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) - 0xDC00
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8") from None
 
 
 class _DuplicateKey(ValueError):
@@ -178,6 +193,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
     reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
         names = [n.strip().lower() for n in next(reader, [])]
+        _utf8("".join(names), f"{path} line {reader.line_num}")
         if "content" not in names and header.strip():  # an empty file is no jobs, as an empty .jsonl is
             tabs = "; it is separated by tabs" if "\t" in header and delimiter not in header else ""
             raise ConfigError(f"{path} line {reader.line_num}: the header has no 'content' column (it reads as "
@@ -188,6 +204,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
             raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
                               f"give each once")
         for row in reader:
+            _utf8("".join(row), f"{path} line {reader.line_num}")
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) > len(names):
@@ -217,7 +234,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
     try:
-        f = open(path, encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
+        # undecodable bytes kept as surrogates, so the line they are on is named (_utf8)
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="" if suffix == ".csv" else None)
     except OSError as e:
         raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
     base_dir = path.parent
@@ -231,6 +249,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 if not line.strip():
                     continue
                 where = f"{path} line {number}"
+                _utf8(line, where)
                 try:
                     raw = json.loads(line, object_pairs_hook=_unique_keys)
                 except _DuplicateKey as e:

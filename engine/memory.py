@@ -82,7 +82,7 @@ def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int
     if not (budget_gib > 0 and math.isfinite(budget_gib)):
         raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {budget_gib}")
     per_px = step_bytes_per_pixel(model, loss.layers)
-    pixels = height * width
+    pixels = float(height) * float(width)  # inf past 1e308, not an OverflowError: a size that never fits
     content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
     fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content) + other_bytes
     budget = budget_gib * 2**30

@@ -21,8 +21,8 @@ from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.graph_io import GraphIO
 from styleengine.engine.steps import StepBase, StepResult, single_targets
 from styleengine.export import spec as names
-from styleengine.export.cache import (Export, cache_root, cached_export, entry_lock, publish, read_record,
-                                      record_validation, staging_folder, write_record)
+from styleengine.export.cache import (CacheWriteError, Export, build_entry, cache_root, cached_export, entry_lock,
+                                      read_record, record_validation)
 from styleengine.export.spec import ExportSpec
 from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Weights, file_sha256
@@ -149,22 +149,31 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
                    state.NotImplemented)
     folder = optimised_folder(sha256)
     claims = {"source_sha256": sha256}  # an entry copied from another graph's folder is not this one
-    with entry_lock(folder):
-        if read_record(folder, claims) is not None:
-            loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena, unfolded)
-            loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            try:
-                return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading, providers=["CPUExecutionProvider"])
-            except load_errors as e:  # hash-checked yet unloadable (written by a broken build of ORT?): made again
-                logger.info("the cached optimised graph %s does not load (%s); optimising again", folder, e)
-        logger.info("optimising %s for this CPU into the cache (%s)", path.name, folder)
-        with staging_folder(folder) as staging:
-            options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                           **_optimizer_kwargs(unfolded))
-            write_record(staging, [OPTIMISED_FILE], claims)
-            publish(staging, folder)
-    return session
+
+    def optimise(staging: Path):
+        options.optimized_model_filepath = str(staging / OPTIMISED_FILE)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    **_optimizer_kwargs(unfolded))
+
+    try:
+        with entry_lock(folder):
+            if read_record(folder, claims) is not None:
+                loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena, unfolded)
+                loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                try:
+                    return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading,
+                                                providers=["CPUExecutionProvider"])
+                except load_errors as e:  # hash-checked yet unloadable (a broken build of ORT?): made again
+                    logger.info("the cached optimised graph %s does not load (%s); optimising again", folder, e)
+            logger.info("optimising %s for this CPU into the cache (%s)", path.name, folder)
+            return build_entry(folder, [OPTIMISED_FILE], claims, optimise)
+    except (CacheWriteError, *load_errors) as e:  # ORT reports a failed write of its graph as one of these
+        # the optimised graph only saves start-up time: without it the run is the same, optimised in memory
+        logger.warning("cannot keep ONNX Runtime's optimised graph in the cache (%s); optimising it for this "
+                       "run only", first_line(e))
+        options.optimized_model_filepath = ""
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    **_optimizer_kwargs(unfolded))
 
 
 def _ort_device(device: torch.device) -> tuple[str, int]:

@@ -37,13 +37,19 @@ def scale_sizes(size: int, scales: int | None = None, start_size: int | None = N
             scales = round(2 * math.log2(size / start_size)) + 1
         if scales == 1:
             return [size]
+        if scales > size - start_size + 1:  # (a list of 10**20 sizes would never be made)
+            raise ConfigError(f"{scales} scales from {start_size} to {size} px: at most {size - start_size + 1}, "
+                              f"one per px")
         ratio = (size / start_size) ** (1 / (scales - 1))
     assert scales is not None  # every branch above sets it
-    sizes = [round(size / ratio ** (scales - 1 - i)) for i in range(scales)]
-    if sizes[0] < MIN_SIDE:
-        raise ConfigError(f"{scales} scales up to {size} px start at {sizes[0]} px, below the minimum "
+    try:
+        first = round(size / ratio ** (scales - 1))
+    except OverflowError:  # a thousand scales or more: far below any size
+        first = 0
+    if first < MIN_SIDE:
+        raise ConfigError(f"{scales} scales up to {size} px start at {first} px, below the minimum "
                           f"{MIN_SIDE} px; use fewer scales")
-    return sizes
+    return [round(size / ratio ** (scales - 1 - i)) for i in range(scales)]
 
 
 def scale_plan(size: int, iterations: int, scales: int | None = None, start_size: int | None = None,

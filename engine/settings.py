@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, check_choice)
+                                 PROVIDERS, MAX_SEED, check_choice, check_seed)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -24,7 +24,6 @@ from styleengine.model.convention import TORCHVISION, Convention
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
-MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
@@ -44,6 +43,8 @@ def _whole(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if len(value.strip().lstrip("+-").lstrip("0")) > 19:  # past 2**63; int() refuses 4300 digits itself
+            raise ValueError("out of range")
         number = int(value)
     else:
         raise ValueError("not a whole number")
@@ -276,8 +277,7 @@ class Settings:
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
             if value is not None and value > MAX_ITERATIONS:
                 raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {self.seed}")
+        check_seed(self.seed)
         if self.iterations < 0:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

@@ -24,20 +24,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 import torch
 
 from styleengine.engine.capability import precisions
-from styleengine.errors import ConfigError, UnavailableError
+from styleengine.errors import ConfigError, UnavailableError, first_line
 from styleengine.engine.images import MIN_SIDE
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.graph_io import GraphIO
 from styleengine.engine.steps import StepBase, StepResult, single_targets
 from styleengine.export import spec as names
-from styleengine.export.cache import Export, cache_root, entry_lock, publish, read_record, staging_folder, write_record
+from styleengine.export.cache import CacheWriteError, Export, build_entry, cache_root, entry_lock, read_record
 from styleengine.model.vgg import Pooling, resolve
 from styleengine.model.weights import Weights
+
+logger = logging.getLogger(__name__)
 
 TRT_PRECISIONS = precisions("tensorrt", "cuda")
 ENGINE_FILE = "step.engine"
@@ -116,10 +119,11 @@ def cached_engine(export: Export, precision: str, profile: Profile, *, rebuild: 
         if not rebuild and read_record(folder, claims) is not None:
             return (folder / ENGINE_FILE).read_bytes()
         data = build_engine(export.step_path, precision, profile)
-        with staging_folder(folder) as staging:
-            (staging / ENGINE_FILE).write_bytes(data)
-            write_record(staging, [ENGINE_FILE], claims)
-            publish(staging, folder)
+        try:
+            build_entry(folder, [ENGINE_FILE], claims, lambda staging: (staging / ENGINE_FILE).write_bytes(data))
+        except CacheWriteError as e:  # the engine is built: this run has it, the next one builds it again
+            logger.warning("cannot keep the TensorRT engine in the cache (%s); using it for this run only",
+                           first_line(e))
     return data
 
 

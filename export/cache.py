@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import onnx
 
@@ -44,6 +44,7 @@ from styleengine.model.weights import Weights, file_sha256
 from styleengine.paths import atomic_write, cache_root  # noqa: F401  (callers read it here)
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # bump when the graph builder changes what it emits: old entries are then ignored. 7: fp16 step and tile graphs
 # carry a scaled gradient (fp32 and bf16 graphs are byte for byte those of 6, rebuilt once: one key for all)
@@ -54,6 +55,15 @@ RECORD_FILE = "files.json"  # a derived entry's {file: {sha256, bytes}}
 STAGING_PREFIX = ".build-"
 # a staging folder with no lock file beside it (made by a version before locks) is stale after this long
 UNOWNED_STAGING_AGE_S = 3600
+
+
+class CacheWriteError(ConfigError):
+    """The cache folder cannot take an entry (a full disk, a read-only or unwritable folder)."""
+
+
+def _cannot_write(where: Path, error: OSError) -> CacheWriteError:
+    return CacheWriteError(f"cannot write in the cache folder {where} ({error.strerror or error}); free some "
+                           f"space or set STYLEENGINE_CACHE_DIR to a writable folder")
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,7 @@ def entry_lock(folder: Path) -> Iterator[None]:
     try:
         f = open(_lock_path(parent, folder.name), "a+b")
     except OSError as e:
-        raise ConfigError(f"cannot write in the cache folder {parent} ({e.strerror or e}); "
-                          f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
+        raise _cannot_write(parent, e) from None
     with f:
         try_lock(f, blocking=True)
         _remove_stale_staging(parent, folder.name)
@@ -180,7 +189,11 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
 @contextlib.contextmanager
 def staging_folder(folder: Path) -> Iterator[Path]:
     """A fresh folder to build the entry `folder` in (hold entry_lock(folder)); removed unless published."""
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=make_folder(folder.parent)))
+    parent = make_folder(folder.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=parent))
+    except OSError as e:
+        raise _cannot_write(parent, e) from None
     try:
         yield staging
     finally:
@@ -202,13 +215,26 @@ def publish(staging: Path, folder: Path) -> None:
 
 
 def make_folder(path: Path) -> Path:
-    """mkdir -p, or a ConfigError naming the cache setting when it cannot be made."""
+    """mkdir -p, or a CacheWriteError naming the cache setting when it cannot be made."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create the cache folder {path} ({e.strerror or e}); "
-                          f"set STYLEENGINE_CACHE_DIR to a writable folder") from e
+        raise _cannot_write(path, e) from None
     return path
+
+
+def build_entry(folder: Path, names: list[str], claims: dict, build: Callable[[Path], T]) -> T:
+    """build(staging) writes the files `names` into a staging folder; they are recorded with `claims` and
+    published as the entry `folder` (hold entry_lock(folder)). Returns what build returned; CacheWriteError
+    if the cache cannot take them (nothing half-written is left: the staging folder goes)."""
+    with staging_folder(folder) as staging:
+        result = build(staging)
+        try:
+            write_record(staging, names, claims)
+            publish(staging, folder)
+        except OSError as e:
+            raise _cannot_write(folder.parent, e) from None
+    return result
 
 
 # --- exports ---
@@ -281,10 +307,9 @@ def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:
         logger.info("exporting and validating the %s step graphs into the cache (%s)", spec.precision, folder)
         with staging_folder(folder) as staging:
             try:
-                written = write_export(weights, spec, staging)
-            except OSError as e:  # a full disk: an export of VGG19 is ~270 MB
-                raise ConfigError(f"cannot write the export into the cache folder {folder.parent} ({e.strerror or e}); "
-                                  f"free some space or set STYLEENGINE_CACHE_DIR to another folder") from None
-            export = validate(written)
-            publish(staging, folder)
+                written = write_export(weights, spec, staging)  # a full disk: an export of VGG19 is ~270 MB
+                export = validate(written)  # records its figures in export.json
+                publish(staging, folder)
+            except OSError as e:
+                raise _cannot_write(folder.parent, e) from None
     return Export(folder, export.meta)

@@ -2,6 +2,7 @@
 tried (D7, D8a-g, the cache on a full disk, and what the fresh probe turned up)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -286,3 +287,189 @@ def test_a_tab_separated_csv_names_the_delimiter(tmp_path):
 def test_a_csv_without_a_content_column_says_so(tmp_path):
     message = jobs_error(tmp_path, "jobs.csv", "image,style\nc.png,s.png\n")
     assert "no 'content' column" in message and "'image'" in message
+
+
+# ------------------------------------------------------------------ the cache on a full disk
+
+def _disk_full_on(monkeypatch, module, when=lambda src, dst: True):
+    """module.os.replace (every atomic write's and publish's last step) raising ENOSPC where `when` says."""
+    real = module.os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if when(str(src), str(dst)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+
+
+def _leftovers(root: Path) -> list[str]:
+    """Anything in the cache but entries, their records and lock files: staging folders, temp files."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.name.startswith(".") and not p.name.endswith(".lock"))
+
+
+@pytest.mark.parametrize("stage", ["record_validation", "publish"])
+def test_a_full_disk_while_caching_an_export_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, vgg16_random,
+                                                                             stage):
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.ort_step import ensure_export
+    from styleengine.errors import ConfigError
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(root))
+    metas: list[str] = []
+
+    def second_export_json(src: str, dst: str) -> bool:  # written by write_export, then with the validation
+        metas.extend([dst] if dst.endswith(cache.META_FILE) else [])
+        return dst.endswith(cache.META_FILE) and len(metas) == 2
+
+    if stage == "record_validation":
+        _disk_full_on(monkeypatch, cache, second_export_json)
+    else:  # the staging folder renamed into place
+        _disk_full_on(monkeypatch, cache, lambda src, dst: Path(dst).parent.name == "exports")
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1",))
+    with pytest.raises(ConfigError, match="No space left on device.*STYLEENGINE_CACHE_DIR") as e:
+        ensure_export(vgg16_random, loss, "avg")
+    assert len(str(e.value).splitlines()) == 1
+    assert not [p for p in (root / "exports").iterdir() if not p.name.endswith(".lock")]
+    assert _leftovers(root) == []
+
+
+def test_a_full_disk_while_caching_ort_optimised_graph_runs_without_it(tmp_path, monkeypatch, vgg16_random,
+                                                                       make_image, caplog):
+    import logging
+
+    from styleengine.engine.losses import LossConfig
+    from styleengine.engine.ort_step import OrtStep, ensure_export, graph_spec
+    from styleengine.engine.steps import make_targets
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(root))
+    loss = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1",))
+    export = ensure_export(vgg16_random, loss, "avg")
+    for entry in (root / "ort-optimised").glob("*/*"):  # the validation's optimised graphs: made again below
+        if entry.is_dir():
+            shutil.rmtree(entry)
+    _disk_full_on(monkeypatch, cache, lambda src, dst: "ort-optimised" in dst)
+    with caplog.at_level(logging.WARNING, logger="styleengine"):
+        step = OrtStep(export, graph_spec(vgg16_random, loss, "avg", "fp32"), loss)
+        step.set_targets(make_targets(step, loss, make_image(40, 40, 1), [make_image(40, 40, 2)]))
+        result = step(make_image(40, 40, 3))
+        step.close()
+    assert result.grad.isfinite().all()
+    assert any("optimising it for this run only" in r.getMessage() and "No space left" in r.getMessage()
+               for r in caplog.records)
+    assert not [p for p in (root / "ort-optimised").glob("*/*") if not p.name.endswith(".lock")]
+    assert _leftovers(root) == []
+
+
+# ------------------------------------------------------------------ the fresh probe's findings
+
+def test_a_fifo_in_place_of_the_tuning_record_is_measured_again_not_waited_on(tmp_path, monkeypatch, caplog):
+    """`tune` blocked for ever reading a FIFO at <cache>/tune.json (no writer ever comes)."""
+    import logging
+
+    from fakes import unblock_later
+    from styleengine.engine import autotune
+    from styleengine.engine.stylise import Settings
+
+    try:
+        from test_autotune import CPU, FakeTrial
+    except ModuleNotFoundError:
+        from tests.test_autotune import CPU, FakeTrial
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 2})
+    monkeypatch.setattr(autotune, "_memo", {})
+    path = autotune.record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    fed = unblock_later(path)
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.autotune"):
+        choice = autotune.choose(Settings(size=512, weights="random"), measure=FakeTrial(), machine=CPU, tune=True)
+    assert not fed.is_set() and choice.measured
+    assert any("FIFO" in r.getMessage() and "measuring again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_symlink_loop_as_an_input_is_one_line(tmp_path, monkeypatch, capsys, pics):
+    """`run loop.png ...` with loop.png -> loop.png: a RuntimeError traceback from Path.resolve."""
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "loop.png", pics["style"], "-o",
+                           tmp_path / "out.png", "--weights", "random", *FAST)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "loop.png" in lines[0] and "symbolic links" in lines[0]
+
+
+def test_export_with_a_seed_beyond_what_torch_takes_is_one_line(tmp_path, monkeypatch, capsys):
+    """`export --seed 99999999999999999999`: a ValueError traceback ('Overflow when unpacking long long')."""
+    out = tmp_path / "graphs"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--seed", "99999999999999999999")
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "seed must be at most" in lines[0].replace("at least 0 and ", "") and not out.exists()
+
+
+@pytest.mark.parametrize("what", ["file", "device", "loop"])
+def test_batch_out_that_is_not_a_folder_says_so(tmp_path, monkeypatch, capsys, what):
+    """`--out FILE` (or a symbolic link loop) said 'cannot make the output folder FILE: File exists'."""
+    folder = batch_folder(tmp_path)
+    out = folder / "o" if what != "device" else Path("/dev/null")
+    if what == "file":
+        out.write_text("the user's")
+    if what == "loop":
+        out.symlink_to("o")
+    jobs = jobs_file(folder / "jobs.jsonl", [{"content": "c1.png", "style": "s1.png"}])
+    code, err = run_batch(monkeypatch, capsys, jobs, out)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "exists and is not a folder" in lines[0] and str(out) in lines[0]
+
+
+@pytest.mark.parametrize("name,data", [("jobs.jsonl", b'{"content": "c.png", "style": "s.png"}\n'
+                                                      b'{"content": "c\xff.png", "style": "s.png"}\n'),
+                                       ("jobs.csv", b"content,style\nc.png,s.png\nc\xe9.png,s.png\n")])
+def test_a_jobs_line_that_is_not_utf8_is_named(tmp_path, name, data):
+    """A Latin-1 name in a jobs file said only 'utf-8 codec can't decode byte 0xff in position 14'."""
+    from styleengine.engine import jobs
+    from styleengine.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as e:
+        list(jobs.iter_jobs(path, tmp_path / "out"))
+    assert f"{name} line {2 if name.endswith('jsonl') else 3}" in str(e.value) and "not UTF-8" in str(e.value)
+
+
+def test_export_into_a_symlink_loop_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """`export -o LOOP` built everything, then said 'cannot move the export into LOOP: Not a directory'."""
+    out = tmp_path / "g"
+    out.symlink_to("g")
+    monkeypatch.setattr(cache, "write_export", lambda *a, **k: pytest.fail("the check came after the work"))
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert "exists and is not a folder" in lines[0] and "symbolic links" in lines[0]
+
+
+def test_a_huge_cell_is_shown_cut_short(tmp_path):
+    """A 5000-digit `iters` cell was printed whole in the error line."""
+    message = jobs_error(tmp_path, "jobs.csv", f"content,style,iters\nc.png,s.png,{'9' * 5000}\n")
+    assert "jobs.csv line 2: bad iters" in message and "out of range" in message and len(message) < 300
+
+
+@pytest.mark.parametrize("flags,says", [(["--scales", "99999999999999999999"], "use fewer scales"),
+                                        (["--start-size", "32", "--scales", "99999999999999999999"], "at most 9"),
+                                        (["--style-scale", "1e300"], "needs more than")])
+def test_huge_scale_settings_are_one_line(tmp_path, monkeypatch, capsys, pics, flags, says):
+    """`--scales 1e20`: an OverflowError traceback (with --start-size, a list of 1e20 sizes); `--style-scale
+    1e300`: 'int too large to convert to float'."""
+    from styleengine.engine import stylise as stylise_module
+
+    monkeypatch.setattr(stylise_module, "make_step", lambda *a, **k: pytest.fail("the check came after the work"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                           "--weights", "random", *FAST[:2], "--size", "40", "--iters", "2", *flags)
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and len(lines) == 1, err
+    assert says in lines[0]

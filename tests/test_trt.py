@@ -298,3 +298,22 @@ def test_parse_errors_are_reported(fake_trt, vgg16_random):
     fake_trt.parse_ok = False
     with pytest.raises(RuntimeError, match="could not parse .*unsupported"):
         trt_step.make_trt_step(vgg16_random, SHORT, max_side=64, device=torch.device("cpu"))
+
+
+def test_a_full_disk_keeps_the_engine_for_this_run_only(fake_trt, vgg16_random, monkeypatch, caplog):
+    import errno
+    import logging
+
+    real = cache.os.replace
+
+    def replace(src, dst, *args, **kwargs):  # the record's write and the entry's publish meet a full disk
+        if "tensorrt" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(cache.os, "replace", replace)
+    with caplog.at_level(logging.WARNING, logger="styleengine"):
+        trt_step.make_trt_step(vgg16_random, SHORT, max_side=512, device=torch.device("cpu"))
+    assert len(fake_trt.builds) == 1
+    assert any("for this run only" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
+    assert [p.name for p in (cache.cache_root() / "tensorrt").iterdir() if not p.name.endswith(".lock")] == []

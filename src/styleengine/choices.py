@@ -30,6 +30,7 @@ INITS = ("noise", "content", "style")  # or a path to an image
 # how the loss terms are normalised (engine/losses.py): "invariant" makes the balance of content, style and
 # TV independent of the pixel count; "paper" is Gatys et al.'s exact loss (content and TV summed over positions)
 WEIGHTINGS = ("invariant", "paper")
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take alike
 
 
 def check_choice(what: str, value: str, options) -> None:
@@ -38,3 +39,11 @@ def check_choice(what: str, value: str, options) -> None:
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"unknown {what} {value!r}; choose {', '.join(options)}")
+
+
+def check_seed(seed: int) -> None:
+    """ConfigError unless 0 <= seed <= MAX_SEED."""
+    if not 0 <= seed <= MAX_SEED:
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {seed}")

@@ -99,6 +99,7 @@ def _batch(
         from styleengine.engine.batch_ray import import_ray
 
         import_ray()  # a clear error now if Ray is not installed
+    paths.check_folder(out, "--out")  # mkdir would only say "File exists"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

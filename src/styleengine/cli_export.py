@@ -20,7 +20,8 @@ from typing import Optional
 
 import typer
 
-from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice
+from styleengine import paths
+from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice, check_seed
 from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, ExportValidationError, UserError
 from styleengine.engine.losses import LossConfig
@@ -37,8 +38,7 @@ def _layers(value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
 def _writable_folder(output: Path) -> None:
     """ConfigError unless `output` is, or can be made as, a folder this process can write in; nothing is
     left behind by the check."""
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"output {output} exists and is not a folder")
+    paths.check_folder(output, "output")
     where = output if output.is_dir() else output.parent
     if not where.is_dir():
         raise ConfigError(f"output folder's parent is not an existing folder: {where}")
@@ -119,6 +119,7 @@ def export(
     check_choice("precision", precision, GRAPH_PRECISIONS)
     check_choice("pooling", pooling, POOLINGS)
     check_choice("conv", conv, CONV_ALGOS)
+    check_seed(seed)
     conv = graph_conv(precision, conv)  # winograd graphs are fp32: refused before any work
     loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
                       style_layers=_layers(style_layers, _DEFAULT.style_layers))

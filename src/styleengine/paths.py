@@ -53,14 +53,21 @@ def not_a_file(path: str | os.PathLike) -> str | None:
         return "is a broken symbolic link" if os.path.islink(path) else "was not found"
     except NotADirectoryError:
         return "was not found (a folder on its way is a file)"
-    except OSError as e:
-        return f"cannot be read ({_reason(e)})"
+    except OSError as e:  # ELOOP: a symbolic link that leads back to itself
+        return f"cannot be read ({_reason(e).lower()})"
     for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return None if kind is None else f"is {kind}, not a regular file"
     return "is not a regular file"
+
+
+def check_folder(path: Path, what: str) -> None:
+    """ConfigError if `path` exists as something other than a folder (a file, a device, a symbolic link
+    loop); a missing one is fine (the caller makes it)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_file(path) or 'is a file'})")
 
 
 def try_lock(f, blocking: bool) -> bool:
@@ -158,7 +165,7 @@ def same_file(a: Path, b: Path) -> bool:
             return True
     except OSError:  # one of them does not exist (yet)
         pass
-    return Path(a).resolve() == Path(b).resolve()
+    return os.path.realpath(a) == os.path.realpath(b)  # Path.resolve raises on a symlink loop; this does not
 
 
 def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None:
