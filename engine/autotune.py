@@ -311,7 +311,8 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     from styleengine.errors import ExportValidationError
     from styleengine.model.weights import load_weights
 
-    weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention,
+                           strict=not settings.non_strict)
     loss = settings.loss_config()
     content, style = trial_images(side)
     height, width = content.shape[-2:]

@@ -664,7 +664,7 @@ class Warm:
 
     def weights(self, settings: Settings):
         seed = settings.seed if settings.weights == "random" else None
-        key = (settings.model, settings.weights, seed)
+        key = (settings.model, settings.weights, seed, settings.non_strict)
         if key not in self._weights:
             self._weights[key] = load_run_weights(settings, self.convention)
         return self._weights[key]

@@ -63,6 +63,7 @@ class Settings:
     weights: str = "imagenet"  # "imagenet", "random" (tests, timing) or a .safetensors/.pth path
     # overrides the weights' input convention (channel order, range, mean, std)
     convention: Convention | None = None
+    non_strict: bool = False  # a weights file's unknown keys under features. are ignored (listed), not refused
     pooling: str = "avg"  # "avg" (the paper's) or "max"
     content_layers: tuple[str, ...] = _LOSS.content_layers  # layers whose features P^l are matched
     style_layers: tuple[str, ...] = _LOSS.style_layers  # layers whose Gram matrices A^l are matched
@@ -491,9 +492,10 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig) -> Step:
 
 def load_run_weights(settings: Settings, convention: dict | None = None) -> Weights:
     """The weights the settings name; `convention`: fields of the input convention that flags override."""
-    weights = load_weights(settings.model, settings.weights, seed=settings.seed)
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed, strict=not settings.non_strict)
     if convention:
-        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention))
+        weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention),
+                                      convention_source=f"from flags over the file's ({weights.convention_source})")
     return weights
 
 
@@ -569,7 +571,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         raise ValueError("batches run on the torch backend at one scale")
     loaded = weights is None  # then nothing but the step needs them: let them go once it is built
     if weights is None:
-        weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention)
+        weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention,
+                               strict=not settings.non_strict)
     elif weights.model != settings.model:
         raise ConfigError(f"weights are for {weights.model}, settings ask for {settings.model}")
     loss = settings.loss_config(texture=texture)

@@ -65,6 +65,9 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of the noise init and ra
 Model = Annotated[str, typer.Option("--model", help="vgg19 or vgg16.")]
 Weights = Annotated[str, typer.Option("--weights", help="imagenet (torchvision, cached download), random, "
                                                            "or a .safetensors/.pth file.")]
+NonStrict = Annotated[bool, typer.Option(
+    "--non-strict", help="Ignore a weights file's unknown keys under features. (listed in the weights line) "
+                         "instead of refusing the file.")]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg (the paper's) or max.")]
 StyleWeight = Annotated[float, typer.Option("--style-weight", help="beta, the style loss weight.")]
 TvWeight = Annotated[float, typer.Option("--tv-weight", help="Total-variation weight (smooths noise).")]
@@ -164,6 +167,7 @@ def run(
     seed: Seed = d.seed,
     model: Model = d.model,
     weights: Weights = d.weights,
+    non_strict: NonStrict = d.non_strict,
     pooling: Pooling = d.pooling,
     content_weight: ContentWeight = d.content_weight,
     style_weight: StyleWeight = d.style_weight,
@@ -211,6 +215,7 @@ def texture(
     seed: Seed = d.seed,
     model: Model = d.model,
     weights: Weights = d.weights,
+    non_strict: NonStrict = d.non_strict,
     pooling: Pooling = d.pooling,
     style_weight: StyleWeight = d.style_weight,
     tv_weight: TvWeight = d.tv_weight,
