@@ -283,7 +283,7 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
 
     A texture (no content) takes the first style image's aspect ratio.
     """
-    if not styles:
+    if not styles and (content is None or settings.style_layers):
         raise ConfigError("at least one style image is needed")
     ref = content if content is not None else styles[0]
     height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
@@ -391,7 +391,7 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
     texture = content_shape is None
     settings.validate(texture=texture)
     settings = choose(settings, tune=False).settings  # where it runs; the trial (if any) comes after these checks
-    if not style_shapes:
+    if not style_shapes and settings.style_layers:  # no style layers (inversion, beta = 0): no style image
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
         raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")

@@ -109,7 +109,8 @@ class Weights:
             return f"weights: {self.source} (untrained), {convention_name(self.convention)}"
         line = f"weights: {self.source}: {convention_name(self.convention)} {self.convention_source}"
         if self.ignored:
-            shown = ", ".join(self.ignored[:6]) + (f" and {len(self.ignored) - 6} more" if len(self.ignored) > 6 else "")
+            more = len(self.ignored) - 6
+            shown = ", ".join(self.ignored[:6]) + (f" and {more} more" if more > 0 else "")
             line += f"; ignored {len(self.ignored)} key{'s' * (len(self.ignored) > 1)}: {shown}"
         return line
 
@@ -222,7 +223,8 @@ def _pickle_calls(path: Path) -> list[str]:
     return [g for g in dict.fromkeys(found) if not g.startswith(_TORCH_GLOBALS)]
 
 
-def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A .safetensors or .pth file's tensors and metadata; .pth only as plain tensors (weights_only)."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
@@ -311,7 +313,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
         return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0],
                        "from flags" if convention else "from known hash", _ignored(model, raw, state))
     path = Path(spec).expanduser()
-    raw, meta = _load_file(path)
+    raw, meta = read_checkpoint(path)
     state = check_state(model, raw, str(path), strict=strict)
     digest = file_sha256(path)
     found, source = convention, "from flags"

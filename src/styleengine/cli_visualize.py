@@ -1,0 +1,74 @@
+"""`styleengine visualize --class N -o OUT`: class-score ascent (engine/visualize.py)."""
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import typer
+
+from styleengine.cli_run import Device, Iters, Lr, Model, Optimizer, Output, Seed, Size, d
+from styleengine.engine import images
+from styleengine.errors import ConfigError
+
+
+def _weight(value: float, flag: str) -> float:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+    return value
+
+
+def visualize(
+    output: Output,
+    target: Annotated[int, typer.Option("--class", help="The class index (ImageNet: 0-999).")],
+    weights: Annotated[str, typer.Option(
+        "--weights", help="A full VGG checkpoint (classifier included: torchvision's vgg16-397923af.pth), or "
+                          "random (an untrained network and classifier: tests).")] = "random",
+    model: Model = "vgg16",
+    size: Size = 224,
+    iters: Iters = 200,
+    optimizer: Optimizer = d.optimizer,
+    lr: Lr = d.lr,
+    l2_weight: Annotated[float, typer.Option(
+        "--l2-weight", help="lambda of Simonyan et al.'s L2 penalty (a mean over pixels of the [0, 1] image "
+                            "minus the ImageNet mean).")] = 10.0,
+    tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior (not in Simonyan et al.).")] = 10.0,
+    seed: Seed = d.seed,
+    device: Device = "cpu",
+) -> None:
+    """Find the picture that maximises the score of class N (Simonyan et al. 2014) and write OUT."""
+    import torch
+    from rich.console import Console
+
+    from styleengine.engine.loop import optimise
+    from styleengine.engine.stylise import Settings
+    from styleengine.engine.visualize import ClassScoreStep, mean_image
+    from styleengine.model.classifier import class_name, load_classifier
+    from styleengine.model.weights import load_weights
+
+    console = Console(stderr=True)
+    if target < 0:
+        raise ConfigError(f"--class must be a class index >= 0, got {target}")
+    _weight(l2_weight, "--l2-weight")
+    _weight(tv_weight, "--tv-weight")
+    Settings(size=size, iterations=iters, optimizer=optimizer, lr=lr, seed=seed, model=model, device=device,
+             weights=weights, backend="torch").validate()
+    images.check_output_path(output)
+    classifier = load_classifier(weights, seed)
+    if target >= classifier.classes:
+        raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
+    features = load_weights(model, weights, seed=seed)
+    console.print(features.describe(), highlight=False, soft_wrap=True, markup=False)
+    name = class_name(target) if classifier.classes == 1000 and not features.is_random else None
+    with ClassScoreStep(features, classifier, target, l2_weight=l2_weight, tv_weight=tv_weight,
+                        device=device) as step:
+        start = mean_image(size, size)
+        with torch.no_grad():
+            before = float(step.scores(start.to(step.device))[0, target])
+        result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
+        with torch.no_grad():
+            after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
+    images.save_image(result.image, output)
+    label = f"class {target} ({name})" if name else f"class {target}"
+    console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
+                  f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
+                  f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
