@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from styleengine.errors import WeightsError
-from styleengine.model.weights import read_checkpoint
+from styleengine.model.weights import IMAGENET_URLS, imagenet_checkpoint, read_checkpoint
 
 LINEAR_INDICES = (0, 3, 6)  # the Linear layers of torchvision's (and neural-style-pt's) classifier Sequential
 POOL5_CHANNELS = 512
@@ -45,16 +45,17 @@ def random_classifier(seed: int = 0, hidden: int = 256, classes: int = 1000, poo
     return Classifier(layers, pool, f"random:{seed}")
 
 
-def load_classifier(spec: str, seed: int = 0) -> Classifier:
-    """spec: "random" or a full VGG checkpoint (.pth / .safetensors with classifier.0/3/6 keys)."""
+def load_classifier(spec: str, model: str, seed: int = 0) -> Classifier:
+    """spec: "imagenet" (torchvision's checkpoint of `model`), "random" or a full VGG checkpoint file
+    (.pth / .safetensors with classifier.0/3/6 keys)."""
     if spec == "random":
         return random_classifier(seed)
     if spec == "imagenet":
-        raise WeightsError("class visualisation needs a full VGG checkpoint file (classifier included), e.g. "
-                           "torchvision's vgg16-397923af.pth from the torch hub cache: pass --weights PATH")
-    path = Path(spec).expanduser()
-    state, _ = read_checkpoint(path)
-    layers = []
+        path, state = Path(IMAGENET_URLS[model]), imagenet_checkpoint(model)
+    else:
+        path = Path(spec).expanduser()
+        state, _ = read_checkpoint(path)
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for index in LINEAR_INDICES:
         weight, bias = state.get(f"classifier.{index}.weight"), state.get(f"classifier.{index}.bias")
         if weight is None or bias is None:

@@ -280,6 +280,19 @@ def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> C
     return convention
 
 
+def imagenet_checkpoint(model: str) -> dict[str, torch.Tensor]:
+    """torchvision's whole ImageNet checkpoint of `model` (classifier included): downloaded once into the
+    torch hub cache, hash-checked."""
+    try:
+        return torch.hub.load_state_dict_from_url(IMAGENET_URLS[model], map_location="cpu", check_hash=True,
+                                                  progress=False, weights_only=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise WeightsError(
+            f"cannot download {model} ImageNet weights ({first_line(e)}); pass a local file with --weights PATH "
+            f"(.safetensors or .pth), or --weights random for timing"
+        ) from e
+
+
 def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None,
                  strict: bool = True) -> Weights:
     """spec: "imagenet" (torch.hub, hash-checked), "random" or a file path.
@@ -300,15 +313,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
                        "from flags" if convention else "chosen for random weights")
     if spec == "imagenet":
         url = IMAGENET_URLS[model]
-        try:
-            raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False,
-                                                     weights_only=True)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError
-            reason = first_line(e)
-            raise WeightsError(
-                f"cannot download {model} ImageNet weights ({reason}); pass a local file with --weights PATH "
-                f"(.safetensors or .pth), or --weights random for timing"
-            ) from e
+        raw = imagenet_checkpoint(model)
         state = check_state(model, raw, url, strict=strict)
         return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0],
                        "from flags" if convention else "from known hash", _ignored(model, raw, state))

@@ -102,21 +102,21 @@ def test_classifier_from_a_full_checkpoint(tmp_path, vgg16_random):
     state = {**vgg16_random.state, **{f"classifier.{i}.{p}": t for i, (w, b) in zip((0, 3, 6), small.layers)
                                       for p, t in (("weight", w), ("bias", b))}}
     torch.save(state, tmp_path / "full.pth")
-    loaded = load_classifier(str(tmp_path / "full.pth"))
+    loaded = load_classifier(str(tmp_path / "full.pth"), "vgg16")
     assert loaded.pool == 2 and loaded.classes == 5
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(loaded.layers, small.layers))
     torch.save(vgg16_random.state, tmp_path / "features.pth")
     with pytest.raises(WeightsError, match="needs a full VGG checkpoint"):
-        load_classifier(str(tmp_path / "features.pth"))
+        load_classifier(str(tmp_path / "features.pth"), "vgg16")
     state["classifier.3.weight"] = torch.ones(16, 7)
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(WeightsError, match="classifier.3 takes 7 inputs, the layer before gives 16"):
-        load_classifier(str(tmp_path / "broken.pth"))
+        load_classifier(str(tmp_path / "broken.pth"), "vgg16")
 
 
 def test_visualize_command(tmp_path, monkeypatch, capsys):
     code, err = run_cli(monkeypatch, capsys, "visualize", "--class", "3", "-o", tmp_path / "v.png", "--size", "32",
-                        "--iters", "3")
+                        "--iters", "3", "--weights", "random")
     assert code == 0, err
     assert "wrote" in err and "class 3: score" in err and Image.open(tmp_path / "v.png").size == (32, 32)
 
@@ -125,9 +125,22 @@ def test_visualize_command(tmp_path, monkeypatch, capsys):
                                          (["--class", "1000"], "classes 0-999"),
                                          (["--class", "1", "--l2-weight", "nan"], "--l2-weight must be"),
                                          (["--class", "1", "--size", "8"], "size must be at least"),
-                                         (["--class", "1", "--weights", "imagenet"], "full VGG checkpoint")])
-def test_visualize_bad_values_are_one_line(tmp_path, monkeypatch, capsys, flags, match):
+                                         (["--class", "1", "--weights", "features.pth"], "full VGG checkpoint")])
+def test_visualize_bad_values_are_one_line(tmp_path, monkeypatch, capsys, vgg16_random, flags, match):
+    torch.save(vgg16_random.state, tmp_path / "features.pth")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("styleengine.engine.visualize.ClassScoreStep.__init__",
                         lambda *a, **k: pytest.fail("work started"))
-    code, err = run_cli(monkeypatch, capsys, "visualize", "-o", tmp_path / "v.png", *flags)
+    code, err = run_cli(monkeypatch, capsys, "visualize", "-o", tmp_path / "v.png", "--weights", "random", *flags)
     assert code == 1 and len(err.strip().splitlines()) == 1 and match in err, err
+
+
+def test_visualize_reads_the_classifier_of_torchvisions_download(monkeypatch, vgg16_random):
+    """--weights imagenet: the classifier of the same hash-checked checkpoint the features come from."""
+    small = random_classifier(seed=3, hidden=8, classes=4, pool=1)
+    full = {**vgg16_random.state, **{f"classifier.{i}.{p}": t for i, (w, b) in zip((0, 3, 6), small.layers)
+                                     for p, t in (("weight", w), ("bias", b))}}
+    urls = []
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", lambda url, **k: urls.append(url) or full)
+    loaded = load_classifier("imagenet", "vgg16")
+    assert loaded.classes == 4 and urls == ["https://download.pytorch.org/models/vgg16-397923af.pth"]

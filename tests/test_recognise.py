@@ -74,7 +74,7 @@ def test_statistics_on_realistic_random_files(tmp_path, rms, expected):
     else:
         assert w.convention == {"caffe": CAFFE, "torchvision": TORCHVISION}[expected]
         assert w.convention_source == "from first-layer statistics"
-        assert w.describe().endswith(f"from first-layer statistics")
+        assert w.describe().endswith("from first-layer statistics")
 
 
 @pytest.mark.parametrize("model", ["vgg19", "vgg16"])

@@ -1,10 +1,16 @@
 """styleengine: Gatys neural style transfer with the loss-and-gradient step in
 PyTorch, ONNX Runtime or TensorRT."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __version__ = "0.1.0"
 
 
-def stylise(content, style_or_styles, **settings):  # type: ignore[no-untyped-def]  # styleengine.api's signature
+def stylise(content: Any, style_or_styles: Any, **settings: Any) -> Image.Image:
     """Stylise `content` with one style image or a list; returns a PIL image (styleengine.api.stylise).
 
     Imports the engine (torch) on the first call, not at `import styleengine`.

@@ -13,7 +13,7 @@ from styleengine import paths
 from styleengine.cli_run import (Backend, Device, Iters, Lr, Model, NonStrict, Optimizer, Output, Pooling, Seed,
                                  Size, TvWeight, Weights, d, settings_from)
 from styleengine.engine import images
-from styleengine.engine.invert import INVERT_DEFAULTS, invert as run_inversion, inversion_settings
+from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
 
 
@@ -42,10 +42,10 @@ def invert(
     pooling: Pooling = d.pooling,
     content_weight: Annotated[float, typer.Option(
         "--feature-weight", help="The feature term's weight (relative to the target's energy, as Mahendran "
-                                 "& Vedaldi).")] = INVERT_DEFAULTS["content_weight"],
-    tv_weight: TvWeight = INVERT_DEFAULTS["tv_weight"],
+                                 "& Vedaldi).")] = FEATURE_WEIGHT,
+    tv_weight: TvWeight = TV_WEIGHT,
     init: Annotated[str, typer.Option("--init", help="noise (the paper's) or content (the picture itself: "
-                                                     "a check).")] = INVERT_DEFAULTS["init"],
+                                                     "a check).")] = INIT,
     device: Device = d.device,
     backend: Backend = d.backend,
     distances: Annotated[Optional[Path], typer.Option(

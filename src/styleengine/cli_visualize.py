@@ -21,8 +21,8 @@ def visualize(
     output: Output,
     target: Annotated[int, typer.Option("--class", help="The class index (ImageNet: 0-999).")],
     weights: Annotated[str, typer.Option(
-        "--weights", help="A full VGG checkpoint (classifier included: torchvision's vgg16-397923af.pth), or "
-                          "random (an untrained network and classifier: tests).")] = "random",
+        "--weights", help="imagenet (torchvision's, cached download), a full VGG checkpoint file (classifier "
+                          "included), or random (an untrained network and classifier: tests).")] = d.weights,
     model: Model = "vgg16",
     size: Size = 224,
     iters: Iters = 200,
@@ -53,7 +53,7 @@ def visualize(
     Settings(size=size, iterations=iters, optimizer=optimizer, lr=lr, seed=seed, model=model, device=device,
              weights=weights, backend="torch").validate()
     images.check_output_path(output)
-    classifier = load_classifier(weights, seed)
+    classifier = load_classifier(weights, model, seed)
     if target >= classifier.classes:
         raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
     features = load_weights(model, weights, seed=seed)
