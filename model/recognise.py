@@ -50,7 +50,10 @@ class Recognised:
 KNOWN_FILES = {
     "397923af": "torchvision",  # torchvision vgg16-397923af.pth
     "dcbb9e9d": "torchvision",  # torchvision vgg19-dcbb9e9d.pth
-    "d01eb7cb": "caffe",  # caffe VGG19 as downloaded for neural-style-pt (its download script re-saves it)
+    # caffe VGG19 / VGG16 as first downloaded for neural-style-pt; its download script re-saves them with
+    # renamed classifier keys, so the saved files' hashes are other (unknown here: no copy on this machine)
+    "d01eb7cb": "caffe",
+    "00b39a1b": "caffe",
 }
 # first_layer_fingerprint of known networks: holds across re-saving, renamed keys, formats and metadata
 KNOWN_FIRST_LAYERS = {

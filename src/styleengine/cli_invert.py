@@ -82,6 +82,12 @@ def invert(
         paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
     console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {feature:.3g}, "
                   f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
+    if result.stopped == "interrupted":  # the loop's contract: the current image is written, then the exit code
+        from styleengine.cli import signals
+
+        signals.reported = True
+        console.print(f"interrupted ({signals.name})", highlight=False)
+        raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":
         print(f"error: the loss became non-finite after {result.iterations} iterations", file=sys.stderr)
         raise typer.Exit(1)

@@ -68,6 +68,12 @@ def visualize(
         with torch.no_grad():
             after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
     images.save_image(result.image, output)
+    if result.stopped == "interrupted":  # the current image is written; the exit code says it was cut short
+        from styleengine.cli import signals
+
+        signals.reported = True
+        console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)
+        raise typer.Exit(signals.exit_code)
     label = f"class {target} ({name})" if name else f"class {target}"
     console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
                   f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
