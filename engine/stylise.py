@@ -25,7 +25,7 @@ from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.tiled import TiledStep, tile_for_budget
-from styleengine.model.weights import Convention, Weights, load_weights
+from styleengine.model.weights import Convention, Weights, convention_name, load_weights
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
@@ -495,7 +495,8 @@ def load_run_weights(settings: Settings, convention: dict | None = None) -> Weig
     weights = load_weights(settings.model, settings.weights, seed=settings.seed, strict=not settings.non_strict)
     if convention:
         weights = dataclasses.replace(weights, convention=dataclasses.replace(weights.convention, **convention),
-                                      convention_source=f"from flags over the file's ({weights.convention_source})")
+                                      convention_source=f"from flags (over its {convention_name(weights.convention)} "
+                                                        f"{weights.convention_source})")
     return weights
 
 

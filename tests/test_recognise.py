@@ -158,3 +158,12 @@ def test_run_prints_the_weights_line_and_takes_non_strict(tmp_path, monkeypatch,
                      f"assumed: no metadata, not a known file, and conv1_1 weight RMS 0.279: trained files of both "
                      f"conventions sit at 0.207-0.3; --channel-order/--pixel-range/--mean/--std set it; "
                      f"ignored 1 key: features.31.weight"]
+
+
+def test_flags_over_the_file_say_both(shared_vgg16_file):
+    from styleengine.engine.stylise import Settings, load_run_weights
+
+    w = load_run_weights(Settings(model="vgg16", weights=str(shared_vgg16_file)), {"channel_order": "RGB"})
+    assert w.convention.channel_order == "RGB" and w.convention.pixel_range == 255
+    assert w.describe() == (f"weights: {shared_vgg16_file}: RGB, 0-255, mean 103.939,116.779,123.68, std 1,1,1 "
+                            f"from flags (over its caffe convention (BGR, 0-255) from metadata)")
