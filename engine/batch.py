@@ -449,7 +449,10 @@ def settings_hash(job: Job, settings: Settings, convention: dict[str, Any], dige
         files.append(Path(settings.init))
     if settings.weights not in ("imagenet", "random"):
         files.append(Path(settings.weights))
-    payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
+    # neither decides the picture: snapshots, and keys a --non-strict load ignored (a hash from before that
+    # field existed stays valid)
+    kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items() if k != "non_strict"}
+    payload = {"settings": kept,
                "convention": _jsonable(convention), "overrides": _jsonable(dict(job.overrides)),
                "files": [file_digest(p, digests) for p in files]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

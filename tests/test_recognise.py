@@ -167,3 +167,18 @@ def test_flags_over_the_file_say_both(shared_vgg16_file):
     assert w.convention.channel_order == "RGB" and w.convention.pixel_range == 255
     assert w.describe() == (f"weights: {shared_vgg16_file}: RGB, 0-255, mean 103.939,116.779,123.68, std 1,1,1 "
                             f"from flags (over its caffe convention (BGR, 0-255) from metadata)")
+
+
+def test_non_strict_leaves_a_batch_job_s_hash_alone(tmp_path):
+    """--non-strict changes which keys are read, not the picture: a batch resumed with it skips what is done."""
+    import dataclasses
+
+    from styleengine.engine.batch import Job, settings_hash
+    from styleengine.engine.stylise import Settings
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(name.encode())
+    job = Job("a", tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "out.png")
+    base = Settings(weights="random")
+    assert settings_hash(job, base, {}, {}) == settings_hash(job, dataclasses.replace(base, non_strict=True), {}, {})
+    assert settings_hash(job, base, {}, {}) != settings_hash(job, dataclasses.replace(base, size=64), {}, {})
