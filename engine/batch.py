@@ -145,7 +145,9 @@ class Warm:
 
     def weights(self, settings: Settings):
         seed = settings.seed if settings.weights == "random" else None
-        key = (settings.model, settings.weights, seed)
+        # the input convention is the settings' (a job's flags), so it keys the weights as the file does
+        key = (settings.model, settings.weights, seed, settings.non_strict, settings.convention,
+               tuple(settings.convention_changes().items()))
         if key not in self._weights:
             self._weights[key] = load_run_weights(settings)
         return self._weights[key]

@@ -168,6 +168,54 @@ def check_output_path(path: str | os.PathLike) -> None:
     paths.check_writable(path, "image", ImageError)
 
 
+def to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
+    """An image clamped to [0, 1] and rounded to 8 bits: what save_image writes."""
+    array = np.clip(to_array(image), 0.0, 1.0)
+    return Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
+
+
+def from_picture(picture: object, what: str) -> np.ndarray:
+    """A path, a PIL image or an (H, W), (H, W, 3) or (H, W, 4) array -> float32 (H, W, 3) RGB in [0, 1].
+
+    uint8 arrays are 0-255 (divided by 255, as PIL's pixels are); uint16 0-65535; float arrays must be in
+    [0, 1] already: a 0-255 float array is refused, not guessed at (one line naming `what`)."""
+    if isinstance(picture, (str, os.PathLike)):
+        return load_image(picture)
+    if isinstance(picture, Image.Image):
+        array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture)
+    elif isinstance(picture, np.ndarray):
+        array = _array_to_float_rgb(picture, what)
+    else:
+        raise ImageError(f"{what}: expected a path, a PIL image or a numpy array, got {type(picture).__name__}")
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{what} is {array.shape[1]}x{array.shape[0]} px; both sides must be at least {MIN_SIDE} px")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ImageError(f"{what}: an image array is (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = (array.astype(np.float64) / 65535.0).astype(np.float32)
+    elif np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float32)
+        try:
+            _check_range(values, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
+        except _RangeError as e:
+            raise ImageError(f"{what} {e}; for 0-255 values pass a uint8 array or divide by 255") from None
+        values = np.clip(values, 0.0, 1.0)
+    else:
+        raise ImageError(f"{what}: image arrays are uint8 (0-255), uint16 (0-65535) or float (0-1), "
+                         f"got {array.dtype}")
+    if values.ndim == 2:
+        return np.repeat(values[..., None], 3, axis=2)
+    return _composite_on_white(values) if values.shape[2] == 4 else values
+
+
 def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
     """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace."""
     path = Path(path)
@@ -176,8 +224,7 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
         raise ImageError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise ImageError(f"cannot write {path}: it is a directory")
-    array = np.clip(to_array(image), 0.0, 1.0)
-    pil = Image.fromarray(np.round(array * 255.0).astype(np.uint8), "RGB")
+    pil = to_pil(image)
     try:
         with paths.atomic_writer(path) as f:
             pil.save(f, format=fmt)

@@ -63,7 +63,10 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
 
     files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
-    payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0)),
+    # neither decides the picture: snapshots, and keys a --non-strict load ignored (hashes from before that
+    # field existed stay valid)
+    kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items() if k != "non_strict"}
+    payload = {"settings": kept,
                "scales": scales, "overrides": _jsonable(dict(job.overrides)),
                "files": [file_digest(p, digests) for p in files]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

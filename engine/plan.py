@@ -134,7 +134,7 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a budget, a tile
     exists for it; else the step, as run, fits the memory free now (probed here once unless `memory` is given)."""
     texture = content_shape is None
-    if not style_shapes:
+    if not style_shapes and (texture or settings.style_layers):  # no style layers (inversion): no style image
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
         raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")

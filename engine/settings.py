@@ -158,6 +158,8 @@ class Settings:
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "
                                       "file.", NETWORK, "word", words=("imagenet", "random"))
+    non_strict: bool = option(False, "Ignore (and list) a weights file's unknown keys under features. instead of "
+                                     "refusing the file; shapes are still checked.", NETWORK, "flag", per_job=False)
     pooling: str = option("avg", "avg (the paper's) or max.", NETWORK, "word")
     content_layers: tuple[str, ...] = option(_LOSS.content_layers, "Comma-separated layers, e.g. relu4_2.", LOSS,
                                              "words", commands=WITH_CONTENT)

@@ -24,7 +24,7 @@ from styleengine.engine.plan import Plan, make_plan, style_size
 from styleengine.engine.tiled import TiledStep
 from styleengine.engine.schedule import MIN_SCALE_ITERS, scale_sizes  # noqa: F401  (re-exported)
 from styleengine.engine.settings import DEFAULTS, MAX_ITERATIONS, MAX_SEED, TEXTURE_INIT, Settings  # noqa: F401
-from styleengine.model.weights import Weights, load_weights
+from styleengine.model.weights import Weights, convention_name, load_weights
 
 # callback(record, current): `current()` returns the image so far as an
 # (H, W, 3) array, finished as the final one will be (colours preserved)
@@ -48,7 +48,7 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
 
     A texture (no content) takes the first style image's aspect ratio.
     """
-    if not styles:
+    if not styles and (content is None or settings.style_layers):
         raise ConfigError("at least one style image is needed")
     ref = content if content is not None else styles[0]
     height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
@@ -175,9 +175,12 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig, max_side:
 
 def load_run_weights(settings: Settings) -> Weights:
     """The weights the settings name, fed with the input convention the settings give them."""
-    weights = load_weights(settings.model, settings.weights, seed=settings.seed)
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed, strict=not settings.non_strict)
     convention = settings.input_convention(weights.convention)
-    return weights if convention == weights.convention else dataclasses.replace(weights, convention=convention)
+    if convention == weights.convention:
+        return weights
+    return dataclasses.replace(weights, convention=convention, convention_source=(
+        f"from flags (over its {convention_name(weights.convention)} {weights.convention_source})"))
 
 
 @dataclass(frozen=True)

@@ -303,6 +303,6 @@ def look_check(candidate, reference, precision: str, settings: Settings, loss) -
     ref, cand = got
     for name in ("style", "content"):
         a, b = getattr(ref, name), getattr(cand, name)
-        if math.isfinite(a) and a > 0 and abs(b - a) / a > LOOK_TOLERANCE:
+        if a is not None and math.isfinite(a) and a > 0 and abs(b - a) / a > LOOK_TOLERANCE:  # None: no such layers
             return f"{name} distance {b:.3f} vs fp32's {a:.3f} after {LOOK_ITERS} iterations"
     return None

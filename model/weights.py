@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ from pathlib import Path
 import torch
 
 from styleengine.errors import WeightsError, first_line
-from styleengine.paths import file_sha256, not_a_file  # noqa: F401  (callers read file_sha256 here)
+from styleengine.model import recognise
 from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
+from styleengine.paths import file_sha256, not_a_file  # noqa: F401  (callers read file_sha256 here)
 from styleengine.model.vgg import conv_weight_keys, layer_table
 
-__all__ = ["CAFFE", "RANDOM", "TORCHVISION", "Convention", "Weights", "load_weights"]
+logger = logging.getLogger(__name__)
+
 
 
 # torchvision's ImageNet checkpoints; the 8 hex digits are the sha256 prefix
@@ -25,12 +28,18 @@ IMAGENET_URLS = {
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
 }
-# sha256 prefixes of checkpoints whose convention we know without metadata
-KNOWN_PREFIXES = {
-    "397923af": TORCHVISION,  # torchvision vgg16
-    "dcbb9e9d": TORCHVISION,  # torchvision vgg19
-    "d01eb7cb": CAFFE,  # caffe VGG19 converted for neural-style-pt (vgg19-d01eb7cb.pth)
-}
+CONVENTIONS = {"caffe": CAFFE, "torchvision": TORCHVISION}  # the names recognise.py gives
+
+
+def convention_name(convention: Convention) -> str:
+    """'caffe convention (BGR, 0-255)', 'torchvision convention (RGB, 0-1, ImageNet mean/std)' or the fields."""
+    if convention == CAFFE:
+        return "caffe convention (BGR, 0-255)"
+    if convention == TORCHVISION:
+        return "torchvision convention (RGB, 0-1, ImageNet mean/std)"
+    numbers = lambda values: ",".join(f"{v:g}" for v in values)  # noqa: E731
+    return (f"{convention.channel_order}, 0-{convention.pixel_range:g}, mean {numbers(convention.mean)}, "
+            f"std {numbers(convention.std)}")
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,24 @@ class Weights:
     state: dict[str, torch.Tensor]  # conv keys only, float32
     convention: Convention
     sha256: str  # of the tensors (file hash for files), keys the export cache
+    # where the convention came from: "flags", "metadata", "known hash", "first-layer statistics" or why assumed
+    convention_source: str = "flags"
+    ignored: tuple[str, ...] = ()  # keys of the file that were not read (classifier, --non-strict extras)
 
     @property
     def is_random(self) -> bool:
         return self.source.startswith("random")
+
+    def describe(self) -> str:
+        """The run's weights line: 'weights: FILE: caffe convention (BGR, 0-255) from metadata'."""
+        if self.is_random:
+            return f"weights: {self.source} (untrained), {convention_name(self.convention)}"
+        line = f"weights: {self.source}: {convention_name(self.convention)} {self.convention_source}"
+        if self.ignored:
+            more = len(self.ignored) - 6
+            shown = ", ".join(self.ignored[:6]) + (f" and {more} more" if more > 0 else "")
+            line += f"; ignored {len(self.ignored)} key{'s' * (len(self.ignored) > 1)}: {shown}"
+        return line
 
 
 def _tensor_digest(state: dict[str, torch.Tensor]) -> str:
@@ -67,8 +90,15 @@ def random_state(model: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """Keep the conv keys of `model`, checking each key, shape and value (NaN or inf is refused)."""
+def check_state(model: str, state: dict[str, torch.Tensor], origin: str, *,
+                strict: bool = True) -> dict[str, torch.Tensor]:
+    """Keep the conv keys of `model`, checking each key, shape and value (NaN or inf is refused). Layer-named
+    keys (conv1_1.weight) are read as torchvision's; strict=False ignores unknown keys under features.
+    instead of refusing them (the caller lists what was not kept)."""
+    if recognise.is_nin(state):
+        raise WeightsError(f"{origin} is neural-style-pt's NIN (network-in-network): recognised, but not run: "
+                           f"every step here (ONNX graphs, Winograd, exact tiling) is built for VGG's 3x3 convs")
+    state = recognise.torchvision_keys(model, state)
     expected = conv_weight_keys(model)
     out = {}
     for key, (layer, shape) in expected.items():
@@ -93,13 +123,14 @@ def check_state(model: str, state: dict[str, torch.Tensor], origin: str) -> dict
     # features. is a different network (deeper, batch-norm, renamed layers);
     # keys outside it (classifier.*) are not read.
     deepest = max(int(k.split(".")[1]) for k in expected)
-    for key in state:
+    for key in state if strict else ():
         if key.startswith("features.") and key not in expected:
             index = key.split(".")[1]
             if index.isdigit() and int(index) > deepest:
-                raise WeightsError(f"{origin}: unexpected key {key}; this looks like a deeper network than {model}")
+                raise WeightsError(f"{origin}: unexpected key {key}; this looks like a deeper network than {model} "
+                                   f"(--non-strict ignores it)")
             raise WeightsError(f"{origin}: unexpected key {key}; a {model} checkpoint has only "
-                               f"features.<conv index>.weight and .bias under features.")
+                               f"features.<conv index>.weight and .bias under features. (--non-strict ignores it)")
     return out
 
 
@@ -138,7 +169,8 @@ def _pickle_calls(path: Path) -> list[str]:
     return [g for g in dict.fromkeys(found) if not g.startswith(_TORCH_GLOBALS)]
 
 
-def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A .safetensors or .pth file's tensors and metadata; .pth only as plain tensors (weights_only)."""
     problem = not_a_file(path)
     if problem is not None:
         raise WeightsError(f"weights file {path} {problem}")
@@ -195,38 +227,65 @@ def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> C
     return convention
 
 
-def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None) -> Weights:
+def imagenet_checkpoint(model: str) -> dict[str, torch.Tensor]:
+    """torchvision's whole ImageNet checkpoint of `model` (classifier included): downloaded once into the
+    torch hub cache, hash-checked."""
+    try:
+        return torch.hub.load_state_dict_from_url(IMAGENET_URLS[model], map_location="cpu", check_hash=True,
+                                                  progress=False, weights_only=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise WeightsError(
+            f"cannot download {model} ImageNet weights ({first_line(e)}); pass a local file with --weights PATH "
+            f"(.safetensors or .pth), or --weights random for timing"
+        ) from e
+
+
+def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None,
+                 strict: bool = True) -> Weights:
     """spec: "imagenet" (torch.hub, hash-checked), "random" or a file path.
 
     The input convention comes from, in order: `convention` (flags), the
-    file's safetensors metadata, the known checkpoints' hashes; files with
-    none of these are assumed to be torchvision-style (RGB, ImageNet mean/std).
+    file's safetensors metadata, its content (model/recognise.py: a known
+    file or first layer, the first layer's statistics); where the content
+    cannot tell, torchvision's is assumed and `convention_source` says so.
+    strict=False: unknown keys under features. are ignored (listed in
+    `ignored`) instead of refused.
     """
     layer_table(model)  # validates the model name
     if convention is not None:
         convention.validate()
     if spec == "random":
         state = random_state(model, seed)
-        return Weights(model, f"random:{seed}", state, convention or RANDOM, _tensor_digest(state))
+        return Weights(model, f"random:{seed}", state, convention or RANDOM, _tensor_digest(state),
+                       "from flags" if convention else "chosen for random weights")
     if spec == "imagenet":
         url = IMAGENET_URLS[model]
-        try:
-            raw = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, progress=False,
-                                                     weights_only=True)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError
-            reason = first_line(e)
-            raise WeightsError(
-                f"cannot download {model} ImageNet weights ({reason}); pass a local file with --weights PATH "
-                f"(.safetensors or .pth), or --weights random for timing"
-            ) from e
-        state = check_state(model, raw, url)
-        return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0])
+        raw = imagenet_checkpoint(model)
+        state = check_state(model, raw, url, strict=strict)
+        return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0],
+                       "from flags" if convention else "from known hash", _ignored(model, raw, state))
     path = Path(spec).expanduser()
-    raw, meta = _load_file(path)
-    state = check_state(model, raw, str(path))
+    raw, meta = read_checkpoint(path)
+    state = check_state(model, raw, str(path), strict=strict)
     digest = file_sha256(path)
-    found = convention or convention_from_metadata(meta, str(path)) or KNOWN_PREFIXES.get(digest[:8])
+    found, source = convention, "from flags"
     if found is None:
-        prefix = path.stem.rsplit("-", 1)[-1]
-        found = KNOWN_PREFIXES.get(prefix, TORCHVISION)
-    return Weights(model, str(path), state, found, digest)
+        found, source = convention_from_metadata(meta, str(path)), "from metadata"
+    if found is None:
+        seen = recognise.recognise(state, digest)
+        if seen.name is not None:
+            found, source = CONVENTIONS[seen.name], f"from {seen.source}"
+        else:
+            found, source = TORCHVISION, (f"assumed: no metadata, not a known file, and {seen.detail}; "
+                                          f"--channel-order/--pixel-range/--mean/--std set it")
+        logger.info("%s: %s %s (%s)", path, convention_name(found), source, seen.detail)
+    weights = Weights(model, str(path), state, found, digest, source, _ignored(model, raw, state))
+    if weights.ignored:
+        logger.info("%s: ignored keys %s", path, ", ".join(weights.ignored))
+    return weights
+
+
+def _ignored(model: str, raw: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The keys of `raw` (as the file names them) that `state`, check_state's result, did not keep."""
+    renamed = recognise.torchvision_keys(model, raw)  # in raw's order, one key for one
+    return tuple(sorted(key for key, name in zip(raw, renamed) if name not in state))

@@ -313,3 +313,16 @@ def test_off_resolves_by_rule_without_measuring(fresh, monkeypatch):
     choice = choose(Settings(size=512, weights="random"), measure=trial, machine=CPU)
     assert trial.calls == [] and not choice.measured
     assert (choice.settings.backend, choice.settings.precision, choice.settings.conv) == ("torch", "fp32", "winograd")
+
+
+def test_the_look_check_of_a_loss_without_style_layers(vgg16_random):
+    """An inversion's loss (engine/invert.py: content only) has no style distance to compare: only content's."""
+    from styleengine.engine import trial
+    from styleengine.engine.backends import make_step
+    from styleengine.engine.losses import LossConfig
+
+    settings = Settings(size=64, model="vgg16", weights="random")
+    loss = LossConfig(content_layers=("conv1_2",), style_layers=(), style_weight=0.0)
+    reference = make_step("torch", vgg16_random, loss, device="cpu", precision="fp32", conv="direct")
+    bf16 = make_step("torch", vgg16_random, loss, device="cpu", precision="bf16", conv="direct")
+    assert trial.look_check(bf16, reference, "bf16", settings, loss) is None

@@ -69,7 +69,9 @@ def test_events_stream_status_and_previews_until_done(client):
                 kinds.append(line[7:])
             elif line.startswith("data: ") and kinds[-1] == "preview":
                 assert json.loads(line[6:])["image"].startswith("data:image/png;base64,")
-    assert kinds.count("preview") >= 2  # the first iteration's and the final picture
+    # the final picture at least; the first iteration's too when the stream connected before it ran (a 4-iteration
+    # 40 px job can finish first on a quiet machine; the browser test sees several on a longer job)
+    assert kinds.count("preview") >= 1 and kinds[-1] in ("preview", "status")
     assert client.get(f"/api/jobs/{job_id}").json()["status"] == "done"
 
 

@@ -194,11 +194,15 @@ def test_metadata_parsing():
         convention_from_metadata({"channel_order": "BGR"})  # no mean
 
 
-def test_known_checkpoint_name_gives_caffe_convention(tmp_path, vgg19_random):
-    # neural-style-pt's converted caffe VGG19 is vgg19-d01eb7cb.pth (BGR, 0-255, mean subtraction)
+def test_file_name_does_not_set_the_convention(tmp_path, vgg19_random):
+    # neural-style-pt's caffe VGG19 is called vgg19-d01eb7cb.pth, but its download script re-saves it, so the
+    # name says nothing about these bytes: the same bytes under any name (or a link) read alike
     path = tmp_path / "vgg19-d01eb7cb.pth"
     torch.save(vgg19_random.state, path)
-    assert load_weights("vgg19", str(path)).convention == CAFFE
+    (tmp_path / "link.pth").symlink_to(path)
+    read = [load_weights("vgg19", str(p)) for p in (path, tmp_path / "link.pth")]
+    assert {(w.convention, w.convention_source) for w in read} == {(TORCHVISION, read[0].convention_source)}
+    assert read[0].convention_source.startswith("assumed")
 
 
 @pytest.mark.parametrize("name,content,match", [("w.safetensors", b"\x00garbage", "cannot read safetensors"),

@@ -47,6 +47,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch": ("styleengine.cli_batch", "batch",
               "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
     "serve": ("styleengine.cli_serve", "serve", "Serve a web page and a JSON API on a warm engine."),
+    "invert": ("styleengine.cli_invert", "invert", "Reconstruct a picture from its features at one layer."),
+    "visualize": ("styleengine.cli_visualize", "visualize", "The picture that maximises one class's score."),
     "tune": ("styleengine.cli_tune", "tune", "Measure which backend, precision and convolutions `auto` picks here."),
     # written by other engineers; absent modules leave their command out
     "bench": ("styleengine.cli_bench", "bench", "Time the loss-and-gradient step across backends and sizes."),

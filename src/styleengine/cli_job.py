@@ -200,6 +200,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
     # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
     weights = load_run_weights(settings)
+    console.print(weights.describe(), highlight=False, soft_wrap=True, markup=False)
     untrained = weights.is_random
     del weights
     if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):

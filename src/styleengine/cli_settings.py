@@ -23,17 +23,19 @@ def flag(name: str, meta: Option) -> str:
     return meta.flag or "--" + name.replace("_", "-")
 
 
-def _default(name: str, meta: Option, command: str) -> Any:
+def _default(name: str, meta: Option, command: str, defaults: dict[str, Any]) -> Any:
     if command == TEXTURE and name == "init":
         return TEXTURE_INIT
-    value = getattr(DEFAULTS, name)
+    value = defaults.get(name, getattr(DEFAULTS, name))
     if meta.kind in ("words", "numbers") and value is not None:
         return ",".join(str(v) for v in value)  # shown and typed as comma-separated text
     return value
 
 
-def parameters(command: str, names: tuple[str, ...] | None = None) -> list[inspect.Parameter]:
-    """One keyword parameter per setting `command` offers (or the `names` among them), annotated for typer."""
+def parameters(command: str, names: tuple[str, ...] | None = None, defaults: dict[str, Any] | None = None
+               ) -> list[inspect.Parameter]:
+    """One keyword parameter per setting `command` offers (or the `names` among them), annotated for typer;
+    `defaults`: another command's own defaults for some of them (invert's smaller size)."""
     found = []
     for name, meta in options(command).items():
         if names is not None and name not in names:
@@ -45,8 +47,8 @@ def parameters(command: str, names: tuple[str, ...] | None = None) -> list[inspe
         help_text = meta.texture_help if command == TEXTURE and meta.texture_help else meta.help
         annotation = Annotated[Optional[kind] if meta.optional else kind,  # type: ignore[valid-type]
                                typer.Option(declared, help=help_text, rich_help_panel=meta.group)]
-        found.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_default(name, meta, command),
-                                       annotation=annotation))
+        default = _default(name, meta, command, defaults or {})
+        found.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
     return found
 
 
@@ -70,8 +72,8 @@ def settings_from(flags: dict[str, Any], command: str, **fixed: Any) -> Settings
     return Settings(**{**values, **fixed})
 
 
-def with_settings(body: Callable[..., None], command: str, names: tuple[str, ...] | None = None
-                  ) -> Callable[..., None]:
+def with_settings(body: Callable[..., None], command: str, names: tuple[str, ...] | None = None,
+                  defaults: dict[str, Any] | None = None) -> Callable[..., None]:
     """`body` (its own parameters, then **flags) as a command offering every setting of `command` as a flag."""
     hints = get_type_hints(body, include_extras=True)  # the body's module's names, not this one's
     own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(body).parameters.values()
@@ -81,7 +83,7 @@ def with_settings(body: Callable[..., None], command: str, names: tuple[str, ...
     def command_function(**values: Any) -> None:
         body(**values)
 
-    signature = inspect.Signature(own + parameters(command, names))
+    signature = inspect.Signature(own + parameters(command, names, defaults))
     command_function.__signature__ = signature  # type: ignore[attr-defined]
     # typer also reads the annotations: resolved ones, since this module does not know the body's names
     command_function.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}

@@ -1,0 +1,89 @@
+"""`styleengine invert IMAGE --layer conv4_2 -o OUT`: feature inversion (engine/invert.py)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from styleengine import paths
+from styleengine.cli_run import Output
+from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.settings import RUN
+from styleengine.engine import images
+from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
+from styleengine.engine.stylise import check_run, load_run_weights
+
+
+def pixel_rmse(a, b) -> float:
+    """RMS difference of two (H, W, 3) arrays in [0, 1], `b` resized to `a`'s shape."""
+    import numpy as np
+
+    if a.shape != b.shape:
+        b = images.to_array(images.resize_tensor(images.to_tensor(b), a.shape[0], a.shape[1]))
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
+
+
+def _invert(
+    image: Annotated[Path, typer.Argument(help="The picture whose features are inverted.", show_default=False)],
+    output: Output,
+    layer: Annotated[str, typer.Option("--layer", help="The layer whose features are matched (conv4_2, "
+                                                       "relu3_1, pool2, ...).")] = "conv4_2",
+    feature_weight: Annotated[float, typer.Option(
+        "--feature-weight", help="The feature term's weight (relative to the target's energy, as Mahendran "
+                                 "& Vedaldi).")] = FEATURE_WEIGHT,
+    init: Annotated[str, typer.Option("--init", help="noise (the paper's) or content (the picture itself: "
+                                                     "a check).")] = INIT,
+    distances: Annotated[Optional[Path], typer.Option(
+        "--distances", help="Also write the run's distances as JSON here.")] = None,
+    **flags: Any,
+) -> None:
+    """Reconstruct IMAGE from its features at one layer, from noise, under a smoothness prior (Mahendran &
+    Vedaldi 2015), and write OUT."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if init not in ("noise", "content"):
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"--init for an inversion is noise or content, got {init!r}")
+    settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
+    size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, feature_weight
+    settings.validate()
+    images.check_output_path(output)
+    paths.check_not_an_input(output, "output", {"image": image})
+    if distances is not None:
+        paths.check_writable(distances, "distances")
+        paths.check_not_an_input(distances, "distances", {"image": image, "output": output})
+    picture = images.load_image(image)
+    check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
+    loaded = load_run_weights(settings)
+    console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
+    out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
+    images.save_image(out, output)
+    feature = result.distances.content if result.distances is not None else math.nan
+    rmse = pixel_rmse(out, picture)
+    if distances is not None:
+        record = {"layer": layer, "feature_distance": feature, "pixel_rmse": rmse, "iterations": result.iterations,
+                  "size": size, "model": model, "weights": loaded.source, "tv_weight": tv_weight,
+                  "feature_weight": content_weight, "stopped": result.stopped}
+        paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
+    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {feature:.3g}, "
+                  f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
+    if result.stopped == "interrupted":  # the loop's contract: the current image is written, then the exit code
+        from styleengine.cli import signals
+
+        signals.reported = True
+        console.print(f"interrupted ({signals.name})", highlight=False)
+        raise typer.Exit(signals.exit_code)
+    if result.stopped == "non-finite loss":
+        print(f"error: the loss became non-finite after {result.iterations} iterations", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+invert = with_settings(_invert, RUN, ("size", "iterations", "optimizer", "lr", "seed", "model", "weights", "non_strict",
+                                      "pooling", "tv_weight", "device", "backend"),
+                       defaults={"size": 256, "iterations": 200, "tv_weight": TV_WEIGHT})

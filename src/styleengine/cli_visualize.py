@@ -1,0 +1,81 @@
+"""`styleengine visualize --class N -o OUT`: class-score ascent (engine/visualize.py)."""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+
+from styleengine.cli_run import Output
+from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.settings import DEFAULTS as d, RUN
+from styleengine.engine import images
+from styleengine.errors import ConfigError
+
+
+def _weight(value: float, flag: str) -> float:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _visualize(
+    output: Output,
+    target: Annotated[int, typer.Option("--class", help="The class index (ImageNet: 0-999).")],
+    weights: Annotated[str, typer.Option(
+        "--weights", help="imagenet (torchvision's, cached download), a full VGG checkpoint file (classifier "
+                          "included), or random (an untrained network and classifier: tests).")] = d.weights,
+    l2_weight: Annotated[float, typer.Option(
+        "--l2-weight", help="lambda of Simonyan et al.'s L2 penalty (a mean over pixels of the [0, 1] image "
+                            "minus the ImageNet mean).")] = 10.0,
+    tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior (not in Simonyan et al.).")] = 10.0,
+    **flags: Any,
+) -> None:
+    """Find the picture that maximises the score of class N (Simonyan et al. 2014) and write OUT."""
+    import torch
+    from rich.console import Console
+
+    from styleengine.engine.loop import optimise
+    from styleengine.engine.visualize import ClassScoreStep, mean_image
+    from styleengine.model.classifier import class_name, load_classifier
+    from styleengine.model.weights import load_weights
+
+    console = Console(stderr=True)
+    if target < 0:
+        raise ConfigError(f"--class must be a class index >= 0, got {target}")
+    _weight(l2_weight, "--l2-weight")
+    _weight(tv_weight, "--tv-weight")
+    settings = settings_from(flags, RUN, weights=weights, backend="torch")
+    settings.validate()
+    size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
+                                                       settings.lr, settings.seed, settings.model, settings.device)
+    images.check_output_path(output)
+    classifier = load_classifier(weights, model, seed)
+    if target >= classifier.classes:
+        raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
+    features = load_weights(model, weights, seed=seed)
+    console.print(features.describe(), highlight=False, soft_wrap=True, markup=False)
+    name = class_name(target) if classifier.classes == 1000 and not features.is_random else None
+    with ClassScoreStep(features, classifier, target, l2_weight=l2_weight, tv_weight=tv_weight,
+                        device=device) as step:
+        start = mean_image(size, size)
+        with torch.no_grad():
+            before = float(step.scores(start.to(step.device))[0, target])
+        result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
+        with torch.no_grad():
+            after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
+    images.save_image(result.image, output)
+    if result.stopped == "interrupted":  # the current image is written; the exit code says it was cut short
+        from styleengine.cli import signals
+
+        signals.reported = True
+        console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)
+        raise typer.Exit(signals.exit_code)
+    label = f"class {target} ({name})" if name else f"class {target}"
+    console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
+                  f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
+                  f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
+
+
+visualize = with_settings(_visualize, RUN, ("model", "size", "iterations", "optimizer", "lr", "seed", "device"),
+                          defaults={"model": "vgg16", "size": 224, "iterations": 200, "device": "cpu"})
