@@ -21,9 +21,27 @@ PORTABLE = sorted(cache.GRAPH_FILES + (cache.META_FILE,))
 
 
 def test_export_folder_holds_only_portable_graphs(tmp_path, monkeypatch, capsys):
+    """...made as mkdir makes a folder (0777 less the umask), without setting the process's umask to read it
+    (issue 22: that changed it for every other thread meanwhile)."""
+    import os
+    import stat
+
     out = tmp_path / "graphs"
-    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *FAST)
+    umask = os.umask(0o027)
+    os.umask(umask)
+    try:
+        os.umask(0o027)
+
+        def no_umask(mask):  # the export must never call it
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *FAST)
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
     assert code == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
     assert sorted(p.name for p in out.iterdir()) == PORTABLE  # ORT's optimised graph went to the cache
     meta = json.loads((out / cache.META_FILE).read_text())
     assert meta["validated_on"] == "cpu" and len(meta["validation"]) == 3 and meta["ir_version"] == 8

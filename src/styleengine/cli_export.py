@@ -132,10 +132,9 @@ def export(
     w = load_weights(model, weights, seed=seed)
     spec = graph_spec(w, loss, pooling, precision, conv)
     console = Console(stderr=True)
-    staging = Path(tempfile.mkdtemp(prefix=".styleengine-export-", dir=output if output.is_dir() else output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; published whole, it becomes the user's folder
+    # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
+    # never read by setting it, which changed it for every thread meanwhile)
+    staging = paths.fresh_folder(output if output.is_dir() else output.parent, ".styleengine-export-")
     try:
         try:
             written = write_export(w, spec, staging)

@@ -225,3 +225,18 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder in `parent` named prefix + a random part, made with mkdir's mode (0777 less the
+    umask, applied by the kernel), unlike tempfile.mkdtemp's 0700."""
+    import secrets
+
+    for _ in range(100):
+        path = Path(parent) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no fresh folder name in {parent}")
