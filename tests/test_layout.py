@@ -1,4 +1,4 @@
-"""The package layout (docs/ARCHITECTURE.md, "Layout"): the root folders engine/, export/, model/ and
+"""The package layout (docs/ARCHITECTURE.md, "Packages"): the root folders engine/, export/, model/ and
 benchmarks/ install as styleengine.*, and code imports them only by that name.
 
 From the repository root `import engine` also works (the working directory is on sys.path), but it
