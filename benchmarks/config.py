@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from styleengine.choices import BACKENDS
+from styleengine.choices import BACKENDS, MAX_SIDE
 from styleengine.errors import ConfigError
 
 # the engine's backends, `naive`: the loop popular implementations run (benchmarks/naive.py), the baseline
@@ -90,6 +90,8 @@ def parse_resolutions(text: str) -> list[tuple[int, int]]:
             raise ConfigError(f"--res takes sizes like 512 or 512x768, got {item!r}") from None
         if min(h, w) < MIN_RESOLUTION:
             raise ConfigError(f"--res {item}: the smallest size is {MIN_RESOLUTION} px (VGG pools 4 times)")
+        if max(h, w) > MAX_SIDE:
+            raise ConfigError(f"--res {item}: the largest side is {MAX_SIDE} px")
         out.append((h, w))
     return list(dict.fromkeys(out))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, MAX_SEED, check_choice, check_seed)  # noqa: F401
+                                 PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -274,8 +274,8 @@ class Settings:
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
         capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
-        if self.size < MIN_SIDE:
-            raise ConfigError(f"size must be at least {MIN_SIDE} px, got {self.size}")
+        if not MIN_SIDE <= self.size <= MAX_SIDE:
+            raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
             if value is not None and value > MAX_ITERATIONS:
                 raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
@@ -286,6 +286,9 @@ class Settings:
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
         if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
+        if self.size * self.style_scale > MAX_SIDE:
+            raise ConfigError(f"size x style scale must be at most {MAX_SIDE} px, got {self.size} x "
+                              f"{self.style_scale:.3g}")
         if self.save_every < 0:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
         if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):

@@ -157,3 +157,19 @@ def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
     parsed = dict(jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
                                   "jobs line 1", tmp_path))
     assert parsed == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--size", "100000000000000000000"], "size must be between 32 and 65536 px"),
+    (["run", "--style-scale", "1e300"], "size x style scale must be at most 65536 px"),
+    (["tune", "--size", "100000000000000000000"], "size must be between 32 and 65536 px"),
+    (["bench", "--res", "100000000000000000000"], "the largest side is 65536 px")])
+def test_sides_past_any_picture_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, pics, args, message):
+    """Issue 23's probe: tune measured `--size 1e20` at its largest class, --style-scale 1e300 printed a 600-digit
+    size, and bench wrote an error row for --res 1e20 and exited 0."""
+    out = tmp_path / "out.png"
+    command, rest = args[0], args[1:]
+    files = [pics["content"], pics["style"], "-o", out] if command == "run" else []
+    code, _, err = run_cli(monkeypatch, capsys, command, *files, *rest)
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 300

@@ -24,6 +24,9 @@ BF16_ON_ORT_CUDA = ("ONNX Runtime's CUDA provider has no bf16 kernels for the st
                     "(seen with onnxruntime-gpu 1.31.1 on an H200); use --precision fp16 (or the torch backend "
                     "for bf16)")
 MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poolings
+# px; past this a side is a typo, not a picture: 65536^2 px is 48 GiB for the image alone, and a size this large
+# made tune measure at its largest class and --style-scale 1e300 print a 600-digit size
+MAX_SIDE = 65536
 OPTIMIZERS = ("lbfgs", "adam")
 LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
 INITS = ("noise", "content", "style")  # or a path to an image
