@@ -71,7 +71,7 @@ def test_invert_command_writes_the_image_and_distances(tmp_path, monkeypatch, ca
     (["--layer", "conv9_9"], "unknown layer 'conv9_9'"),
     (["--init", "style"], "noise or content"),
     (["--tv-weight", "-1"], "tv weight"),
-    (["--size", "8"], "size must be at least"),
+    (["--size", "8"], "size must be between"),
     (["-o", "out.xyz"], "unknown image suffix"),
 ])
 def test_invert_bad_values_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, flags, match):
@@ -124,7 +124,7 @@ def test_visualize_command(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("flags,match", [(["--class", "-1"], "class index >= 0"),
                                          (["--class", "1000"], "classes 0-999"),
                                          (["--class", "1", "--l2-weight", "nan"], "--l2-weight must be"),
-                                         (["--class", "1", "--size", "8"], "size must be at least"),
+                                         (["--class", "1", "--size", "8"], "size must be between"),
                                          (["--class", "1", "--weights", "features.pth"], "full VGG checkpoint")])
 def test_visualize_bad_values_are_one_line(tmp_path, monkeypatch, capsys, vgg16_random, flags, match):
     torch.save(vgg16_random.state, tmp_path / "features.pth")
