@@ -100,25 +100,39 @@ def choose(settings: Settings, height: int | None = None, width: int | None = No
     return choice
 
 
-def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: capability.Machine, tune: bool
-            ) -> Choice:
+def open_options(settings: Settings, machine: capability.Machine
+                 ) -> tuple[capability.Placement, list[tuple[str, str, str]]]:
+    """Where these settings run and the (backend, precision, conv) candidates left open there; ConfigError
+    (or UnavailableError) when nothing can run what they ask. Torch-free: a dry run asks the same."""
     where = capability.place(settings.backend, settings.device, settings.provider, machine)
-    backend = settings.backend
-    if backend != "auto":
-        capability.check(backend, where.place, settings.precision, settings.conv, machine)
-    concrete = dataclasses.replace(settings, device=where.device, provider=where.provider)
-    options = capability.candidates(backend, where.place, settings.precision, settings.conv, machine)
-    if backend == "auto":  # a backend whose provider is missing here is no candidate
+    if settings.backend != "auto":
+        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine)
+    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine)
+    if settings.backend == "auto":  # a backend whose provider is missing here is no candidate
         options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
     if not options:
         reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine) or
                    f"ONNX Runtime's {where.provider} provider is not available here" for b in capability.AUTO_BACKENDS]
         raise ConfigError(capability.no_backend(settings.precision, settings.conv, reasons))
+    return where, options
+
+
+def by_rule(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]],
+            machine: capability.Machine) -> tuple[str, str, str]:
+    """The pick without a trial: the only option, else the torch backend (the reference, no export) by rule."""
+    b, p, c = options[0]
+    if settings.backend == "auto" and any(o[0] == "torch" for o in options):
+        b = "torch"
+        p, c = capability.rule(b, where.place, settings.precision, settings.conv, machine)
+    return b, p, c
+
+
+def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: capability.Machine, tune: bool
+            ) -> Choice:
+    where, options = open_options(settings, machine)
+    concrete = dataclasses.replace(settings, device=where.device, provider=where.provider)
     if len(options) == 1 or not tune:
-        b, p, c = options[0]
-        if backend == "auto" and any(o[0] == "torch" for o in options):
-            b = "torch"  # by rule: the reference backend, no export needed
-            p, c = capability.rule(b, where.place, settings.precision, settings.conv, machine)
+        b, p, c = by_rule(settings, where, options, machine)
         reason = "the only option" if len(options) == 1 else "by rule (STYLEENGINE_TUNE=off)"
         return Choice(_apply(concrete, b, p, c, where), f"{b} {p} {c} on the {where.place}: {reason}")
     key = _key(settings, where)
@@ -164,7 +178,12 @@ def _ratio(trial: Trial, chosen: Trial) -> str:
 
 def _key(settings: Settings, where: capability.Placement) -> dict:
     """What a measured choice depends on: the machine, the model and what the user left open."""
-    return {"version": TUNE_VERSION, "machine": fingerprint(), "model": settings.model, "pooling": settings.pooling,
+    return {**_run_key(settings, where), "machine": fingerprint()}
+
+
+def _run_key(settings: Settings, where: capability.Placement) -> dict:
+    """The key without the machine (which needs torch to tell)."""
+    return {"version": TUNE_VERSION, "model": settings.model, "pooling": settings.pooling,
             "weights": _weights_kind(settings.weights), "trial_side": trial_side(settings.size, where.place),
             "place": where.place, "provider": where.provider, "backend": settings.backend,
             "precision": settings.precision, "conv": settings.conv,
@@ -244,11 +263,7 @@ def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str,
     matched on everything but what only torch can tell (its threads, GPU name and version); None if none."""
     from styleengine.engine.machine import cpu_name, kernel_flags
 
-    want = {"version": TUNE_VERSION, "model": settings.model, "pooling": settings.pooling,
-            "weights": _weights_kind(settings.weights), "trial_side": trial_side(settings.size, where.place),
-            "place": where.place, "provider": where.provider, "backend": settings.backend,
-            "precision": settings.precision, "conv": settings.conv,
-            "layers": [list(settings.content_layers), list(settings.style_layers)]}
+    want = _run_key(settings, where)
     for entry in _load_record().values():
         key = entry.get("key") if isinstance(entry, dict) else None
         if not isinstance(key, dict) or any(key.get(k) != v for k, v in want.items()):

@@ -9,8 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from styleengine import paths
-from styleengine.engine import capability
-from styleengine.engine.autotune import _apply, recorded_pick, tuning_enabled
+from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
 from styleengine.engine.settings import Settings
@@ -36,22 +35,14 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     content_shape = _shape(content, "content image") if content is not None else None
     style_shapes = [_shape(p, "style image") for p in styles]
     machine = probe_light()
-    where = capability.place(settings.backend, settings.device, settings.provider, machine)
-    if settings.backend != "auto":
-        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine)
-    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine)
-    if settings.backend == "auto":
-        options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
-    if not options:
-        raise ConfigError(f"nothing can run {settings.backend} {settings.precision} {settings.conv} here")
+    where, options = open_options(settings, machine)
     pick = recorded_pick(settings, where) if len(options) > 1 and tuning_enabled() else None
     if len(options) == 1:
         pick, auto = options[0], "the only option"
     elif pick is not None:
         auto = "measured earlier here (the tuning record)"
     else:
-        rule = "torch" if any(o[0] == "torch" for o in options) else options[0][0]
-        pick = (rule, *capability.rule(rule, where.place, settings.precision, settings.conv, machine))
+        pick = by_rule(settings, where, options, machine)
         auto = ("by rule (STYLEENGINE_TUNE=off)" if not tuning_enabled() else
                 f"not measured here yet: the first run times {len(options)} candidates ("
                 + ", ".join(" ".join(o) for o in options) + ") and keeps the fastest; by rule it would be "
