@@ -22,8 +22,7 @@ from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.plan import Plan, make_plan, style_size
 from styleengine.engine.tiled import TiledStep
-from styleengine.engine.schedule import MIN_SCALE_ITERS, scale_sizes  # noqa: F401  (re-exported)
-from styleengine.engine.settings import DEFAULTS, MAX_ITERATIONS, MAX_SEED, TEXTURE_INIT, Settings  # noqa: F401
+from styleengine.engine.settings import DEFAULTS, TEXTURE_INIT, Settings
 from styleengine.model.weights import Weights, convention_name, load_weights
 
 # callback(record, current): `current()` returns the image so far as an

@@ -11,7 +11,8 @@ from styleengine import cli
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.steps import TorchStep, make_targets
-from styleengine.engine.stylise import Settings, scale_sizes, stylise
+from styleengine.engine.schedule import scale_sizes
+from styleengine.engine.stylise import Settings, stylise
 from styleengine.engine.tiled import TiledStep, halo_for, tile_for_budget, tiles
 from styleengine.engine.winograd import winograd_available
 
