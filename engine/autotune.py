@@ -31,6 +31,7 @@ from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
 from styleengine.engine.settings import Settings
 from styleengine.engine.trial import Trial, measure_candidates, pick_fastest
+
 from styleengine.errors import ConfigError, UserError, first_line
 from styleengine.units import fmt_time
 
@@ -46,6 +47,17 @@ TRIAL_SIDE = {"cpu": 1024, "cuda": 1024}
 
 
 @dataclass(frozen=True)
+class Race:
+    """What a run races in its first steps (engine/race.py): the settings as asked (auto left open), where they
+    run, the open candidates, and the one in use until a race or the record says otherwise."""
+
+    settings: Settings
+    where: capability.Placement
+    options: tuple[tuple[str, str, str], ...]
+    first: tuple[str, str, str]
+
+
+@dataclass(frozen=True)
 class Choice:
     """The settings with every `auto` made concrete, and one line saying why."""
 
@@ -56,6 +68,8 @@ class Choice:
     cached: bool = False  # the trial was read from the record, not run now
     key: dict = field(default_factory=dict)
     kept: bool = False  # the trial's pick is in the record (read from it, or written to it now)
+    # race=True and no record for the run's size: the candidates a run races in its first steps (engine/race.py)
+    race: Race | None = None
 
 
 Measure = Callable[[Settings, capability.Placement, list[tuple[str, str, str]], int], list[Trial]]
@@ -80,22 +94,25 @@ def record_path() -> Path:
     return cache_root() / RECORD_NAME
 
 
-_memo: dict[Settings, Choice] = {}  # one resolution per settings a process: run, stylise and batch ask alike
+# one resolution per settings (and race or not) a process: run, stylise and batch ask alike
+_memo: dict[tuple[Settings, bool], Choice] = {}
 
 
 def choose(settings: Settings, height: int | None = None, width: int | None = None, *, refresh: bool = False,
            measure: Measure | None = None, machine: capability.Machine | None = None,
-           tune: bool | None = None) -> Choice:
+           tune: bool | None = None, race: bool = False) -> Choice:
     """What `auto` resolves to for these settings here (height, width: unused, the size class comes from
     settings.size). refresh: measure again even if a record exists. measure, machine, tune: stand-ins for
-    the trial, the probe and STYLEENGINE_TUNE (tests, --dry-run)."""
+    the trial, the probe and STYLEENGINE_TUNE (tests, --dry-run). race: where the record has no entry for
+    the run's size, no trial now: the Choice carries the Race a run takes in its first steps instead (a
+    single run; engine/race.py), its settings the pick by rule until then."""
     plain = measure is None and machine is None and tune is None
-    if not refresh and plain and settings in _memo:
-        return _memo[settings]
+    if not refresh and plain and (settings, race) in _memo:
+        return _memo[settings, race]
     choice = _choose(settings, refresh=refresh, measure=measure or measure_candidates, machine=machine or probe(),
-                     tune=tuning_enabled() if tune is None else tune)
+                     tune=tuning_enabled() if tune is None else tune, race=race)
     if plain:
-        _memo[settings] = choice
+        _memo[settings, race] = choice
     log.info("auto: %s", choice.why)
     return choice
 
@@ -127,8 +144,8 @@ def by_rule(settings: Settings, where: capability.Placement, options: list[tuple
     return b, p, c
 
 
-def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: capability.Machine, tune: bool
-            ) -> Choice:
+def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: capability.Machine, tune: bool,
+            race: bool = False) -> Choice:
     where, options = open_options(settings, machine)
     concrete = dataclasses.replace(settings, device=where.device, provider=where.provider)
     if len(options) == 1 or not tune:
@@ -136,12 +153,18 @@ def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: cap
         reason = "the only option" if len(options) == 1 else "by rule (STYLEENGINE_TUNE=off)"
         return Choice(_apply(concrete, b, p, c, where), f"{b} {p} {c} on the {where.place}: {reason}")
     key = _key(settings, where)
-    if not refresh:
-        cached = _read(key)
-        if cached is not None:
-            trials, pick = cached
-            return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=True), trials, True, True,
-                          key, True)
+    cached = None if refresh else _read(key)
+    if race:  # each scale's size class is looked up or raced by the run itself (engine/race.py)
+        first = cached[1] if cached is not None else by_rule(settings, where, options, machine)
+        why = _why(first, cached[0], where, cached=True) if cached is not None else (
+            f"racing {', '.join(' '.join(o) for o in options)} in the run's first steps at each size not measured "
+            f"here yet, the fastest kept for later runs (first: {' '.join(first)}, by rule)")
+        return Choice(_apply(concrete, *first, where), why, cached[0] if cached else (), cached is not None,
+                      cached is not None, key, cached is not None, race=Race(settings, where, tuple(options), first))
+    if cached is not None:
+        trials, pick = cached
+        return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=True), trials, True, True,
+                      key, True)
     started = time.perf_counter()
     trials = tuple(measure(settings, where, options, trial_side(settings.size, where.place)))
     pick = pick_fastest(trials)

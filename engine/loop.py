@@ -59,6 +59,7 @@ class Result:
     stopped: str | None  # None, "interrupted" or "non-finite loss"
     records: list[Record]
     distances: Any = None  # engine.quality.Distances of `image`, where the caller measured them
+    auto: tuple[str, ...] = ()  # what auto's race (engine/race.py) picked at each size class, one line each
 
 
 def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:

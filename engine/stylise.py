@@ -21,6 +21,8 @@ from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, make_targets, resolve_device
 from styleengine.engine.plan import Plan, make_plan, style_size
+from styleengine.engine.autotune import Race
+from styleengine.engine.race import RaceStep
 from styleengine.engine.tiled import TiledStep
 from styleengine.engine.settings import DEFAULTS, TEXTURE_INIT, Settings
 from styleengine.model.weights import Weights, convention_name, load_weights
@@ -239,6 +241,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     """
     fixed: list[Picture] = []
     plans: list[Plan] = []
+    race = None  # one run's own step with auto left open: its candidates race in its first steps
     for picture in pictures:
         if picture.content is None:
             # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
@@ -249,7 +252,14 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
             plans.append(check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else
                                    None, [s.shape[:2] for s in picture.styles],
                                    memory=plans[0].memory if plans else None))
-        fixed.append(dataclasses.replace(picture, settings=picture.settings.resolved()))
+        if step is None and len(pictures) == 1:
+            from styleengine.engine.autotune import choose
+
+            choice = choose(picture.settings, race=True)
+            race = choice.race
+            fixed.append(dataclasses.replace(picture, settings=choice.settings))
+        else:
+            fixed.append(dataclasses.replace(picture, settings=picture.settings.resolved()))
     scales = (plan or plans[0]).scales
     pictures = fixed
     settings = pictures[0].settings
@@ -293,8 +303,14 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                      lambda: finish(record.index, image))
 
     owned = step is None
-    if step is None:
-        step = build_step(settings, weights, loss, max_side=max(scales[-1].height, scales[-1].width))
+    max_side = max(scales[-1].height, scales[-1].width)
+    racer: RaceStep | None = None
+    if race is not None:
+        # the racer holds the weights: it builds its candidates
+        racer = race_step(race, weights, loss, max_side, [max(s.height, s.width) for s in scales])
+        step = racer
+    elif step is None:
+        step = build_step(settings, weights, loss, max_side=max_side)
     else:
         step.set_loss(loss)
     if loaded:  # an ORT step has its own copy in its session, a torch one the tensors its layers use
@@ -314,7 +330,10 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 scale["offset"] = len(records[0])
                 if at.tile is not None and len(pictures) > 1:
                     raise ValueError("a tiled step runs one picture at a time")
-                tiled = TiledStep(step, loss, settings.model, tile=at.tile) if at.tile is not None else None
+                if racer is not None:
+                    racer.begin_scale(prepared[0].height, prepared[0].width, tiled=at.tile is not None)
+                inner = racer.current if racer is not None and at.tile is not None else step
+                tiled = TiledStep(inner, loss, settings.model, tile=at.tile) if at.tile is not None else None
                 last = index == len(scales) - 1
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=at.iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
@@ -336,4 +355,17 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     finally:
         if owned:
             step.close()
+    if racer is not None:
+        results = [dataclasses.replace(r, auto=tuple(f"at {d.side} px: {d.why}" for d in racer.decisions
+                                                       if d.raced))
+                   for r in results]
     return [(finish(i, r.image), r) for i, r in enumerate(results)]
+
+
+def race_step(race: Race, weights: Weights, loss: LossConfig, max_side: int, sides: list[int]) -> RaceStep:
+    """The step of a run whose auto choices race in its first steps (engine/race.py)."""
+    from styleengine.engine.trial import uncached_graphs
+
+    settings = race.settings
+    return RaceStep(race, lambda concrete: build_step(concrete, weights, loss, max_side=max_side), loss, sides,
+                    uncached=lambda option: bool(uncached_graphs(settings, weights, loss, [option], race.where)))

@@ -163,7 +163,7 @@ def trial_images(side: int, seed: int = 0):
     return content.clamp(0, 1), style.clamp(0, 1)
 
 
-def _uncached_graphs(settings: Settings, weights, loss, options, where: capability.Placement):
+def uncached_graphs(settings: Settings, weights, loss, options, where: capability.Placement):
     """The graph candidates whose export is not in the cache yet (on the CPU: a GPU's step is too short
     for any export to fit a share of a run, and its graphs are the candidates the issue is about)."""
     if where.place != "cpu":
@@ -193,7 +193,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     loss = settings.loss_config()
     content, style = trial_images(side)
     pixels = content.shape[-2] * content.shape[-1]
-    uncached = _uncached_graphs(settings, weights, loss, options, where)
+    uncached = uncached_graphs(settings, weights, loss, options, where)
     exported = exports_that_fit(options, uncached, pixels)
     steps: dict[tuple[str, str, str], Step] = {}
     trials: dict[tuple[str, str, str], Trial] = {}

@@ -155,7 +155,7 @@ def test_the_real_trial_times_builds_and_skips(fresh, monkeypatch):
         return real(settings, weights, loss)
 
     monkeypatch.setattr(stylise, "build_step", build)
-    monkeypatch.setattr(trial_mod, "_uncached_graphs", lambda *a: set())  # as if exported: built, and fails
+    monkeypatch.setattr(trial_mod, "uncached_graphs", lambda *a: set())  # as if exported: built, and fails
     settings = Settings(size=64, model="vgg16", weights="random", style_layers=("relu1_1", "relu2_1"),
                         content_layers=("relu2_2",))
     where = capability.place("auto", "cpu", "auto", CPU)

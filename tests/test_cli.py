@@ -508,3 +508,24 @@ def test_empty_user_error_fails_its_batch_job(monkeypatch, tmp_path):
     job = batch.Job("j", tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "out" / "o.png")
     planned = cli_batch._check(batch.Planned(job, stylise_module.Settings(), "h", "run"))
     assert (planned.status, planned.reason) == ("failed", "ImageError")
+
+
+def test_run_races_auto_once_then_reads_the_record(tmp_path, monkeypatch, capsys, pics):
+    """Tuning on and nothing measured: the run says it races, then what each size class picked; the
+    next run reads the record and races nothing."""
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    autotune._memo.clear()
+    args = ["run", pics["content"], pics["style"], "-o", tmp_path / "out.png", *FAST, "--iters", "12",
+            "--backend", "torch", "--precision", "fp32"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "auto: racing torch fp32 winograd, torch fp32 direct in the run's first steps" in err
+    assert "auto: at 128 px: torch fp32 " in err and "measured now" in err and "not kept" not in err, err
+    autotune._memo.clear()
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "racing" not in err and "measured now" not in err and "measured earlier here" in err
+    autotune._memo.clear()

@@ -168,6 +168,8 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         print(f"error: the loss became non-finite after {result.iterations} iterations; "
               f"wrote the last finite image to {output}", file=sys.stderr)
         raise typer.Exit(1)
+    for line in result.auto:
+        console.print(f"auto: {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
                   soft_wrap=True)
 
@@ -206,9 +208,9 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
         from styleengine.engine.autotune import choose
 
-        choice = choose(settings)  # measured on first use here, then read back (engine/autotune.py)
-        settings = choice.settings
-        plan = dataclasses.replace(plan, settings=settings, auto=choice.why)
+        # read back from the record, or raced in the run's first steps (engine/race.py)
+        choice = choose(settings, race=True)
+        plan = dataclasses.replace(plan, settings=choice.settings, auto=choice.why)
         console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
     if untrained:
         console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "

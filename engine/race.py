@@ -1,0 +1,296 @@
+"""auto's race: a run's first steps at each new size class taken in turn by the candidates, the fastest kept.
+
+A default run is coarse to fine, so it spends about as long at 128 px as at
+its full size, and the fastest candidate differs between sizes. A trial
+before the run (engine/trial.py) would time each candidate on a picture of
+its own, work the run then does again. Here the candidates' timed steps ARE
+the run's steps: each is a validated implementation of the same loss and
+gradient, so L-BFGS takes the evaluation from whichever candidate's turn it
+is. What the race costs is what the slower candidates lose in their turns
+(one warm-up and at most ROUNDS timed steps each, the slow ones dropped
+early, trial.prune) and building their steps; a reduced precision must still
+keep the look (trial.look_check) before it wins. Each size class's pick is
+kept in the tuning record (engine/autotune), so later runs race no more.
+
+Candidate steps are built only for a scale that races (and then kept for
+the run); a scale whose class is in the record uses its pick. Tiled scales
+never race (memory is short there): they run the step in use.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from styleengine.engine.autotune import Race, _apply, _key, _read, _why, _write, trial_side
+from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.settings import Settings
+from styleengine.engine.steps import Step, StepBase, StepResult
+from styleengine.engine.trial import DROP_AFTER_WARMUP, ROUNDS, Trial, look_check, pick_fastest, prune
+from styleengine.errors import ConfigError, ExportValidationError, UserError, first_line
+
+log = logging.getLogger(__name__)
+
+Option = tuple[str, str, str]  # (backend, precision, conv)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One size class's pick in this run: raced now, or read from the record."""
+
+    side: int  # the class's trial side (autotune.trial_side)
+    pick: Option
+    why: str
+    raced: bool
+
+
+class RaceStep(StepBase):
+    """The Step a run with open `auto` choices uses (module doc). stylise calls begin_scale(height, width)
+    before each scale's targets; the loop sees one step."""
+
+    def __init__(self, race: Race, build: Callable[[Settings], Step], loss: LossConfig, sides: list[int],
+                 uncached: Callable[[Option], bool] = lambda option: False):
+        self._race = race
+        # per size class, the run's scale (long side) nearest it: the one that races for the class
+        self._racing_side: dict[int, int] = {}
+        for side in sides:
+            cls = trial_side(side, race.where.place)
+            best = self._racing_side.get(cls)
+            if best is None or abs(math.log(side / cls)) <= abs(math.log(best / cls)):
+                self._racing_side[cls] = side
+        self._build = build  # concrete settings -> a built step
+        self._uncached = uncached  # a graph candidate whose export is not cached: not raced (an export costs
+        # more than the race saves)
+        self.loss = loss
+        self._steps: dict[Option, Step] = {}
+        self._skipped: dict[Option, str] = {}  # candidates that did not build, with why
+        self._current: Option = race.first
+        self._targets: Targets | list[Targets] | None = None
+        self._trials: dict[Option, Trial] = {}
+        self._queue: list[Option] = []  # turns left in this round
+        self._round = 0  # 0: warm-ups, then timed rounds
+        self._warm: dict[Option, float] = {}  # each one's first step at this size
+        self._racing = False
+        self._side = 0  # the class being raced
+        self._settled: set[int] = set()  # classes read from the record or raced in this run
+        self._looks: dict[str, str | None] = {}  # precision -> why it does not keep the look (None: it does)
+        self.decisions: list[Decision] = []
+
+    # --- what stylise calls ---
+
+    @property
+    def current(self) -> Step:
+        """The step in use (a tiled scale wraps this one), built on first need."""
+        step = self._step_for(self._current)
+        assert step is not None  # the step in use always built: the first is built or raises
+        # what the loop reads of the step, as of the one in use (no CUDA graph while candidates take turns)
+        self.device, self.capturable = step.device, step.capturable and not self._racing
+        return step
+
+    def begin_scale(self, height: int, width: int, *, tiled: bool = False) -> None:
+        """A new scale: settle the one before, then take this size class's recorded pick, or race here if
+        this scale is the run's nearest to the class's size, or else keep the step in use."""
+        self._settle()
+        self._targets = None  # the last scale's: this scale sets its own
+        long_side = max(height, width)
+        side = trial_side(long_side, self._race.where.place)
+        if side not in self._settled:
+            recorded = self._recorded(side)
+            if recorded is not None:
+                trials, pick = recorded
+                self._settled.add(side)
+                self._use(pick)
+                self.decisions.append(Decision(side, pick, _why(pick, trials, self._race.where, cached=True),
+                                               False))
+            elif not tiled and self._racing_side.get(side) == long_side:
+                self._settled.add(side)  # raced once a run, complete or not
+                self._start(side)
+        self.current  # noqa: B018 (built now: the scale's targets come from it)
+
+    def _start(self, side: int) -> None:
+        live = [o for o in self._race.options if self._step_for(o) is not None]
+        if len(live) < 2:
+            return
+        self._side = side
+        self._trials = {o: Trial(*o) for o in self._race.options}
+        for option, why in self._skipped.items():
+            self._trials[option] = Trial(*option, status="skipped", note=why)
+        self._queue, self._round, self._racing, self._warm = live, 0, True, {}
+        self.capturable = False
+        log.info("auto: racing %s in the first steps at %d px", ", ".join(" ".join(o) for o in live), side)
+
+    # --- the Step ---
+
+    @property
+    def conv(self) -> str:
+        return self.current.conv
+
+    def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return self.current.features(image, names)
+
+    def _grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        return self.current.grams(image, names)
+
+    def set_loss(self, loss: LossConfig) -> None:
+        super().set_loss(loss)
+        for step in self._steps.values():
+            step.set_loss(loss)
+        self._targets = None
+
+    def _set_targets(self, targets: Targets | list[Targets]) -> None:
+        self._targets = targets
+        for option in self._live():
+            self._steps[option].set_targets(targets)
+
+    def _step(self, image: torch.Tensor) -> StepResult:
+        if not self._racing:
+            return self.current(image)
+        option = self._queue.pop(0)
+        t0 = time.perf_counter()
+        result = self._steps[option](image)
+        float(result.losses.reshape(-1)[0])  # waits for the device
+        seconds = time.perf_counter() - t0
+        trial = self._trials[option]
+        if self._round:  # round 0 is each one's first step at this size: kernel choice, arenas
+            self._trials[option] = dataclasses.replace(trial, seconds=trial.seconds + (seconds,))
+        else:
+            self._warm[option] = seconds
+        if not self._queue:
+            self._end_round()
+        return result
+
+    def _trim(self) -> None:
+        self._settle()
+        for step in self._steps.values():
+            step.trim()
+
+    def _close(self) -> None:
+        for step in self._steps.values():
+            step.close()
+        self._steps.clear()
+
+    # --- the race ---
+
+    def _live(self) -> list[Option]:
+        if not self._racing:
+            return [self._current]
+        return [o for o, t in self._trials.items() if t.status == "ok" and o in self._steps]
+
+    def _end_round(self) -> None:
+        trials = list(self._trials.values())
+        if self._round == 0:
+            warm = {o: self._warm[o] for o, t in self._trials.items() if t.status == "ok" and o in self._warm}
+            best = min(warm.values())
+            for option, seconds in warm.items():
+                if seconds > DROP_AFTER_WARMUP * best:
+                    self._trials[option] = dataclasses.replace(self._trials[option], status="dropped", seconds=(
+                        seconds,), note=f"warm-up over {DROP_AFTER_WARMUP}x the fastest")
+            if len(self._live()) < 2:  # the one left is the pick: its warm-up is its figure
+                self._trials.update({o: dataclasses.replace(self._trials[o], seconds=(warm[o],))
+                                     for o in self._live()})
+        else:
+            self._trials = dict(zip(self._trials, prune(trials, self._round)))
+        self._round += 1
+        live = self._live()
+        if self._round > ROUNDS or len(live) < 2:
+            self._settle()
+        else:
+            self._queue = live
+
+    def _settle(self) -> None:
+        """End this scale's race with what it measured: the fastest that keeps the look, kept in the record
+        when every candidate still in it was timed at least once."""
+        if not self._racing:
+            return
+        self._racing, self._queue = False, []
+        self.current  # noqa: B018 (capturable again)
+        trials = {o: (dataclasses.replace(t, status="dropped", note="not timed before the scale ended")
+                      if t.status == "ok" and not t.seconds else t) for o, t in self._trials.items()}
+        timed = [t for t in trials.values() if t.seconds]
+        if not timed:
+            log.info("auto: the scale at %d px ended before the race: %s kept", self._side, " ".join(self._current))
+            return
+        complete = all(t.seconds or t.status == "skipped" for t in self._trials.values())
+        while True:
+            try:
+                pick = pick_fastest(list(trials.values()))
+            except ConfigError:
+                return
+            why = self._look(pick)
+            if why is None:
+                break
+            trials[pick] = dataclasses.replace(trials[pick], status="skipped", note=why)
+            log.info("auto: %s skipped: %s", " ".join(pick), why)
+        self._use(pick, force=True)  # the look check's short run may have set its own targets
+        ordered = tuple(trials.values())
+        kept = complete and _write(self._key(self._side), ordered, pick)
+        note = "" if kept else " (not kept: the scale ended before every candidate was timed)"
+        self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=False) + note,
+                                       True))
+        log.info("auto: at %d px %s", self._side, self.decisions[-1].why)
+
+    def _look(self, pick: Option) -> str | None:
+        """Why a reduced precision does not keep fp32's look (None: it does, or the pick is fp32); once a run."""
+        precision = pick[1]
+        if precision == "fp32":
+            return None
+        if precision not in self._looks:
+            reference = next((o for o in self._race.options if o[1] == "fp32" and o[0] == pick[0]
+                              and self._step_for(o) is not None), None) or \
+                next((o for o in self._race.options if o[1] == "fp32" and self._step_for(o) is not None), None)
+            self._looks[precision] = "no fp32 step to compare with" if reference is None else look_check(
+                self._steps[pick], self._steps[reference], precision, self._race.settings, self.loss)
+            if reference is not None and self._targets is not None:
+                self._steps[reference].set_targets(self._targets)
+        return self._looks[precision]
+
+    def _use(self, pick: Option, force: bool = False) -> None:
+        """Make `pick` the step in use, with the scale's targets. The others stay built: a later scale of
+        another size class may race them again (VGG's weights once more per candidate)."""
+        step = self._step_for(pick)
+        if step is None:
+            return  # a recorded pick that no longer builds here: keep the one in use
+        if (force or pick != self._current) and self._targets is not None:
+            step.set_targets(self._targets)
+        self._current = pick
+        self.current  # noqa: B018 (its device and capturable)
+
+    def _step_for(self, option: Option) -> Step | None:
+        """The candidate's step, built on first need; None (and why, in _skipped) when it is not raced."""
+        if option in self._steps:
+            return self._steps[option]
+        if option in self._skipped:
+            return None
+        if option != self._race.first and self._uncached(option):
+            self._skipped[option] = "not exported yet (a run with --backend ort caches it)"
+            return None
+        settings = _apply(self._race.settings, *option, self._race.where)
+        try:
+            step = self._build(settings)
+        except (ExportValidationError, UserError) as e:  # a graph that does not hold here, a missing provider
+            if option == self._race.first:
+                raise
+            self._skipped[option] = first_line(e)
+            log.info("auto: %s skipped: %s", " ".join(option), self._skipped[option])
+            return None
+        self._steps[option] = step
+        return step
+
+    def _key(self, side: int) -> dict:
+        return _key(dataclasses.replace(self._race.settings, size=side), self._race.where)
+
+    def _recorded(self, side: int) -> tuple[tuple[Trial, ...], Option] | None:
+        found = _read(self._key(side))
+        if found is None:
+            return None
+        trials, pick = found
+        # a graph skipped as not exported then is raced once its export is cached
+        if any(t.note.startswith("not exported") and not self._uncached((t.backend, t.precision, t.conv))
+               for t in trials):
+            return None
+        return trials, pick

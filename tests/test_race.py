@@ -1,0 +1,200 @@
+"""auto's race (engine/race.py): a run's first steps at each size class taken in turn by the candidates, the
+fastest that keeps the look used from then on and kept in the tuning record; later runs build only the pick."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from styleengine.engine import autotune, capability, race as race_mod
+from styleengine.engine.autotune import Race, choose
+from styleengine.engine.race import RaceStep
+from styleengine.engine.settings import Settings
+from styleengine.engine.steps import make_targets
+from styleengine.engine.stylise import build_step, stylise
+from styleengine.errors import ExportValidationError
+
+CPU = capability.Machine(cuda=False, ort_providers=("cpu",), nnpack=True)
+WHERE = capability.Placement("cpu", "cpu", "cpu")
+WINO, DIRECT, BF16 = ("torch", "fp32", "winograd"), ("torch", "fp32", "direct"), ("torch", "bf16", "direct")
+ORT = ("ort", "fp32", "direct")
+COST = {WINO: 1.0, DIRECT: 1.5, BF16: 0.6, ORT: 0.5}  # seconds a step, on the fake clock
+
+
+class Clock:
+    now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Timed:
+    """A real step that takes COST[option] seconds of the fake clock a call."""
+
+    def __init__(self, step, seconds: float, clock: Clock):
+        self._inner, self._seconds, self._clock = step, seconds, clock
+
+    def __call__(self, image):
+        self._clock.now += self._seconds
+        return self._inner(image)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "fingerprint", lambda: {"cpu": "test cpu", "threads": 2})
+    clock = Clock()
+    monkeypatch.setattr(race_mod, "time", clock)
+    monkeypatch.setattr(race_mod, "look_check", lambda *a: None)
+    autotune._memo.clear()
+    yield clock
+    autotune._memo.clear()
+
+
+@pytest.fixture
+def racer(fresh, vgg16_random, tiny_image):
+    """make(options, sides, ...) -> (RaceStep, the options built in order)."""
+    settings = Settings(model="vgg16", weights="random", size=512)
+    loss = settings.loss_config()
+    built: list = []
+
+    def make(options=(WINO, DIRECT, BF16), sides=(128,), failing=(), uncached=(), cost=COST):
+        def build(concrete):
+            option = (concrete.backend, concrete.precision, concrete.conv)
+            built.append(option)
+            if option in failing:
+                raise ExportValidationError("graph disagrees with torch: grad rel L2 9e-2")
+            real = dataclasses.replace(concrete, backend="torch", precision="fp32" if option == ORT else
+                                       concrete.precision, conv="direct" if option == ORT else concrete.conv)
+            return Timed(build_step(real, vgg16_random, loss), cost[option], fresh)
+
+        race = Race(settings, WHERE, tuple(options), options[0])
+        return RaceStep(race, build, loss, list(sides), uncached=lambda o: o in uncached), built
+
+    return make
+
+
+def _run_scale(step, side, image, calls=12, tiled=False):
+    step.begin_scale(side * 3 // 4, side, tiled=tiled)
+    step.set_targets(make_targets(step, step.loss, image, [image.flip(-1)]))
+    for _ in range(calls):
+        step(image)
+
+
+def test_the_fastest_candidate_wins_and_is_kept(racer, tiny_image):
+    step, built = racer()
+    _run_scale(step, 128, tiny_image)
+    assert [d.pick for d in step.decisions] == [BF16] and step.decisions[0].raced
+    record = autotune._read(step._key(128))
+    assert record is not None and record[1] == BF16
+    step.close()
+
+
+def test_a_later_run_builds_only_the_recorded_pick(racer, tiny_image):
+    first, _ = racer()
+    _run_scale(first, 128, tiny_image)
+    first.close()
+    second, built = racer()
+    built.clear()
+    _run_scale(second, 128, tiny_image)
+    assert built == [BF16] and not second.decisions[0].raced
+    second.close()
+
+
+def test_each_size_class_races_once_at_the_runs_nearest_scale(racer, tiny_image):
+    sides = [128, 181, 256, 362, 512]
+    step, _ = racer(sides=sides)
+    raced_at = []
+    for side in sides:
+        before = len(step.decisions)
+        _run_scale(step, side, tiny_image, calls=8)
+        if len(step.decisions) > before:
+            raced_at.append(side)
+    assert raced_at == [128, 256, 512]
+    step.close()
+
+
+def test_a_tiled_scale_never_races(racer, tiny_image):
+    step, built = racer()
+    _run_scale(step, 128, tiny_image, tiled=True)
+    assert step.decisions == [] and built == [WINO]
+    step.close()
+
+
+def test_a_candidate_that_does_not_build_is_skipped_with_why(racer, tiny_image):
+    step, _ = racer(options=(WINO, ORT, DIRECT), failing=(ORT,))
+    _run_scale(step, 128, tiny_image)
+    trials, pick = autotune._read(step._key(128))
+    assert pick == WINO
+    assert {(t.backend, t.precision, t.conv): t.status for t in trials}[ORT] == "skipped"
+    assert "disagrees" in next(t.note for t in trials if (t.backend, t.conv) == ("ort", "direct"))
+    step.close()
+
+
+def test_a_reduced_precision_that_loses_the_look_is_not_picked(racer, tiny_image, monkeypatch):
+    monkeypatch.setattr(race_mod, "look_check", lambda *a: "style distance 0.9 vs fp32's 0.5")
+    step, _ = racer()
+    _run_scale(step, 128, tiny_image)
+    trials, pick = autotune._read(step._key(128))
+    assert pick == WINO
+    assert next(t for t in trials if t.precision == "bf16").status == "skipped"
+    step.close()
+
+
+def test_an_uncached_graph_is_not_raced_until_its_export_is_there(racer, tiny_image):
+    step, built = racer(options=(WINO, ORT, DIRECT), uncached=(ORT,))
+    _run_scale(step, 128, tiny_image)
+    step.close()
+    assert ORT not in built and step.decisions[0].pick == WINO
+    again, built = racer(options=(WINO, ORT, DIRECT), uncached=())  # exported since, e.g. by a --backend ort run
+    built.clear()
+    _run_scale(again, 128, tiny_image)
+    assert ORT in built and again.decisions[0].raced and again.decisions[0].pick == ORT
+    again.close()
+
+
+def test_a_scale_that_ends_mid_race_keeps_no_record(racer, tiny_image):
+    step, _ = racer()
+    _run_scale(step, 128, tiny_image, calls=4)  # three warm-ups and one timed step
+    step.trim()
+    assert autotune._read(step._key(128)) is None
+    step.close()
+
+
+def test_slow_candidates_leave_after_their_first_turns(racer, tiny_image):
+    slow = {**COST, DIRECT: 5.0}
+    step, _ = racer(cost=slow)
+    _run_scale(step, 128, tiny_image, calls=20)
+    trials, _ = autotune._read(step._key(128))
+    direct = next(t for t in trials if t.conv == "direct" and t.precision == "fp32")
+    assert direct.status == "dropped" and len(direct.seconds) <= 1
+    step.close()
+
+
+def test_a_raced_run_is_the_same_picture_as_its_pick_run_alone(fresh, monkeypatch, vgg16_random):
+    """The race's steps are the run's steps: fp32 candidates agree to rounding, so the picture does too;
+    the record is written and named in the result."""
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    monkeypatch.setattr(race_mod, "time", __import__("time"))
+    gen = np.random.default_rng(0)
+    content, style = gen.random((48, 64, 3)), gen.random((48, 64, 3))
+    settings = Settings(model="vgg16", weights="random", size=64, iterations=15, backend="torch", precision="fp32",
+                        style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_2",))
+    raced, result = stylise(content, [style], settings)
+    assert result.auto and "measured now" in result.auto[0]
+    pick = choose(settings, machine=CPU).settings
+    alone, _ = stylise(content, [style], pick)
+    assert np.abs(raced - alone).max() < 2e-3
+
+
+def test_one_left_after_the_warm_ups_is_the_pick_and_kept(racer, tiny_image):
+    step, _ = racer(options=(DIRECT, WINO), cost={**COST, DIRECT: 5.0})
+    _run_scale(step, 128, tiny_image, calls=3)  # two warm-ups: direct is over 2x, winograd alone is left
+    assert not step._racing
+    trials, pick = autotune._read(step._key(128))
+    assert pick == WINO and next(t for t in trials if t.conv == "direct").status == "dropped"
+    step.close()
