@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 Option = tuple[str, str, str]  # (backend, precision, conv)
 
+# at a later size class of the same run, only the candidates within this of the fastest at the class measured
+# before it race again: ratios this far apart did not flip between neighbouring classes on a 2-core EPYC (what
+# did flip, ORT vs torch fp32 and bf16 vs Winograd, were 6-12% apart), and each slower turn is the run's time
+PRIOR_WITHIN = 1.25
+
+
+def _ratios(trials: dict[Option, Trial]) -> dict[Option, float]:
+    """Each timed candidate's median over the fastest's (skipped ones left out)."""
+    timed = {o: t.median for o, t in trials.items() if t.status in ("ok", "dropped") and t.seconds}
+    best = min(timed.values(), default=math.inf)
+    return {o: m / best for o, m in timed.items()}
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -77,7 +89,10 @@ class RaceStep(StepBase):
         self._warm: dict[Option, float] = {}  # each one's first step at this size
         self._racing = False
         self._side = 0  # the class being raced
-        self._settled: set[int] = set()  # classes read from the record or raced in this run
+        self._settled: set[int] = set()
+        # the last class measured (raced or read) in this run and its trials: a later class races only the
+        # candidates that came close there
+        self._prior: tuple[int, dict[Option, Trial]] | None = None  # classes read from the record or raced in this run
         self._looks: dict[str, str | None] = {}  # precision -> why it does not keep the look (None: it does)
         self.decisions: list[Decision] = []
 
@@ -103,6 +118,7 @@ class RaceStep(StepBase):
             recorded = self._recorded(side)
             if recorded is not None:
                 trials, pick = recorded
+                self._prior = (side, {(t.backend, t.precision, t.conv): t for t in trials})
                 self._settled.add(side)
                 self._use(pick)
                 self.decisions.append(Decision(side, pick, _why(pick, trials, self._race.where, cached=True),
@@ -114,15 +130,40 @@ class RaceStep(StepBase):
 
     def _start(self, side: int) -> None:
         live = [o for o in self._race.options if self._step_for(o) is not None]
+        if self._prior is not None:  # a class this run measured already: only the close ones race again
+            source, trials = self._prior
+            ratios = _ratios(trials)
+            live = [o for o in live if ratios.get(o, math.inf) <= PRIOR_WITHIN]
+            if len(live) == 1:
+                self._inherit(side, source, trials, live[0])
+                return
         if len(live) < 2:
             return
         self._side = side
         self._trials = {o: Trial(*o) for o in self._race.options}
         for option, why in self._skipped.items():
             self._trials[option] = Trial(*option, status="skipped", note=why)
+        if self._prior is not None:
+            for option in self._race.options:
+                before = self._prior[1].get(option)
+                if option not in live and option not in self._skipped and before is not None:
+                    self._trials[option] = dataclasses.replace(
+                        before, status="dropped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
         self.capturable = False
         log.info("auto: racing %s in the first steps at %d px", ", ".join(" ".join(o) for o in live), side)
+
+    def _inherit(self, side: int, source: int, trials: dict[Option, Trial], pick: Option) -> None:
+        """No other candidate came within PRIOR_WITHIN of `pick` at the `source` px class: `pick` here too,
+        kept in the record with the figures it was chosen by."""
+        ordered = tuple(dataclasses.replace(t, note=t.note or f"measured at {source} px") for t in trials.values())
+        if pick != pick_fastest(ordered):
+            return  # the source's figures do not back this pick (its pick did not keep the look): race later
+        _write(self._key(side), ordered, pick)
+        self._use(pick)
+        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False) +
+                                       f" (from the race at {source} px: no other candidate within "
+                                       f"{PRIOR_WITHIN}x there)", True))
 
     # --- the Step ---
 
@@ -228,6 +269,7 @@ class RaceStep(StepBase):
             log.info("auto: %s skipped: %s", " ".join(pick), why)
         self._use(pick, force=True)  # the look check's short run may have set its own targets
         ordered = tuple(trials.values())
+        self._prior = (self._side, dict(trials))
         kept = complete and _write(self._key(self._side), ordered, pick)
         note = "" if kept else " (not kept: the scale ended before every candidate was timed)"
         self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=False) + note,

@@ -198,3 +198,39 @@ def test_one_left_after_the_warm_ups_is_the_pick_and_kept(racer, tiny_image):
     trials, pick = autotune._read(step._key(128))
     assert pick == WINO and next(t for t in trials if t.conv == "direct").status == "dropped"
     step.close()
+
+
+def test_a_later_class_races_only_what_came_close_at_the_one_before(racer, tiny_image, fresh):
+    close = {**COST, BF16: 0.9}  # within 1.25x of winograd; direct 1.5x is not
+    step, _ = racer(sides=[128, 256], cost=close)
+    _run_scale(step, 128, tiny_image)
+    calls = dict.fromkeys((WINO, DIRECT, BF16), 0)
+    step._steps = {o: _Counting(s, calls, o) for o, s in step._steps.items()}
+    _run_scale(step, 256, tiny_image)
+    assert calls[DIRECT] == 0 and calls[WINO] > 0 and calls[BF16] > 0
+    trials, pick = autotune._read(step._key(256))
+    direct = next(t for t in trials if t.conv == "direct" and t.precision == "fp32")
+    assert direct.status == "dropped" and "at 128 px" in direct.note
+    step.close()
+
+
+class _Counting:
+    def __init__(self, inner, calls, option):
+        self._inner, self._calls, self._option = inner, calls, option
+
+    def __call__(self, image):
+        self._calls[self._option] += 1
+        return self._inner(image)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_a_clear_winner_at_one_class_is_taken_at_the_next_without_a_race(racer, tiny_image):
+    step, built = racer(sides=[128, 256])
+    _run_scale(step, 128, tiny_image)  # bf16 0.6 s: winograd 1.67x, direct 2.5x
+    _run_scale(step, 256, tiny_image)
+    assert [d.pick for d in step.decisions] == [BF16, BF16]
+    assert "from the race at 128 px" in step.decisions[1].why
+    assert autotune._read(step._key(256))[1] == BF16  # kept: a later run reads it
+    step.close()
