@@ -121,12 +121,15 @@ def open_options(settings: Settings, machine: capability.Machine
                  ) -> tuple[capability.Placement, list[tuple[str, str, str]]]:
     """Where these settings run and the (backend, precision, conv) candidates left open there; ConfigError
     (or UnavailableError) when nothing can run what they ask. Torch-free: a dry run asks the same."""
-    where = capability.place(settings.backend, settings.device, settings.provider, machine)
+    device = settings.devices[0] if settings.devices else settings.device  # a spread run lives on the first
+    where = capability.place(settings.backend, device, settings.provider, machine)
     if settings.backend != "auto":
         capability.check(settings.backend, where.place, settings.precision, settings.conv, machine)
     options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine)
     if settings.backend == "auto":  # a backend whose provider is missing here is no candidate
         options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
+    if settings.devices:  # one network over several devices is the torch backend's
+        options = [o for o in options if o[0] == "torch"]
     if not options:
         reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine) or
                    f"ONNX Runtime's {where.provider} provider is not available here" for b in capability.AUTO_BACKENDS]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from styleengine.choices import BF16_ON_ORT_CUDA
+from styleengine.choices import BF16_ON_ORT_CUDA, device_kind
 from styleengine.errors import ConfigError, UnavailableError
 
 PLACES = ("cpu", "cuda")
@@ -68,6 +68,7 @@ def place(backend: str, device: str, provider: str, machine: Machine | None = No
     device and a provider that disagree are a ConfigError; a GPU asked for and absent, UnavailableError
     (machine None: not checked here).
     """
+    named, device = device, device_kind(device)  # cuda:N is a cuda place on that GPU
     if backend == "tensorrt" and provider == "cpu":
         raise ConfigError("--provider cpu is ONNX Runtime's CPU provider; the tensorrt backend runs on an NVIDIA "
                           "GPU (leave --provider at auto, or use --backend ort)")
@@ -88,7 +89,7 @@ def place(backend: str, device: str, provider: str, machine: Machine | None = No
     else:
         where = device
     if where == "cuda" and machine is not None and not machine.cuda:
-        raise UnavailableError(f"{_asked(backend, device, provider)} needs an NVIDIA GPU, and torch sees no CUDA "
+        raise UnavailableError(f"{_asked(backend, named, provider)} needs an NVIDIA GPU, and torch sees no CUDA "
                                f"device here; use --device cpu")
     if backend == "tensorrt":
         chosen = "tensorrt"
@@ -99,7 +100,7 @@ def place(backend: str, device: str, provider: str, machine: Machine | None = No
     if backend == "ort" and machine is not None and chosen not in machine.ort_providers:
         raise UnavailableError(f"ONNX Runtime's {chosen} provider is not available here (available: "
                                f"{', '.join(machine.ort_providers)}); use --provider cpu")
-    return Placement(where, where, chosen)
+    return Placement(where, named if where == device else where, chosen)
 
 
 def _asked(backend: str, device: str, provider: str) -> str:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from styleengine.choices import LBFGS_HISTORY
+from styleengine.choices import LBFGS_HISTORY, device_kind, gpu_index
 from styleengine.errors import ConfigError
 from styleengine.engine.loss_config import LossConfig
 from styleengine.model import vgg
@@ -25,16 +25,17 @@ def lbfgs_pair_bytes(height: int, width: int) -> int:
 def free_memory(device: str) -> int:
     """Bytes free now where a run's tensors live: the GPU's for a CUDA device (through torch when it is
     loaded, else nvidia-smi, so a plan needs no torch), else the host's."""
-    if device == "cuda":
+    if device_kind(device) == "cuda":
+        index = gpu_index(device)
         if "torch" not in sys.modules and shutil.which("nvidia-smi"):
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits",
-                                  "--id=0"], capture_output=True, text=True, timeout=10)
+                                  f"--id={index}"], capture_output=True, text=True, timeout=10)
             if out.returncode == 0 and out.stdout.strip().isdigit():
                 return int(out.stdout.strip()) * 2**20
         import torch
 
         if torch.cuda.is_available():
-            return torch.cuda.mem_get_info()[0]
+            return torch.cuda.mem_get_info(index)[0]
     import psutil
 
     return psutil.virtual_memory().available
@@ -68,6 +69,21 @@ STEP_FACTOR = 1.4
 
 def step_bytes_per_pixel(model: str, names: list[str]) -> float:
     return STEP_FACTOR * 4.0 * sum(layer.out_channels / layer.stride**2 for layer in vgg.truncated(model, names))
+
+
+# a tile whose tiled step computes more than this many times the pixels of the untiled one is not chosen
+# silently (--mem-budget 0.7 picked 16 px tiles: ~115x the time of untiled)
+TILE_COST_FLOOR = 2.0
+
+
+def tile_cost(model: str, names: list[str], height: int, width: int, tile: int) -> float:
+    """Pixels the tiled step's convolutions see, over the image's: each tile's core plus its halo (clipped
+    at the image's edges), summed over the tiles; 1.0 is untiled."""
+    halo = halo_for(model, names)
+    rows, cols = math.ceil(height / tile), math.ceil(width / tile)
+    seen_h = sum(min(height, (r + 1) * tile + halo) - max(0, r * tile - halo) for r in range(rows))
+    seen_w = sum(min(width, (c + 1) * tile + halo) - max(0, c * tile - halo) for c in range(cols))
+    return seen_h * seen_w / (height * width)
 
 
 def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int, width: int,

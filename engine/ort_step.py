@@ -251,11 +251,11 @@ class Sessions:
 
 class OrtStep(StepBase):
     def __init__(self, export: Export, spec: ExportSpec, loss: LossConfig, *, provider: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, gpu: int = 0):
         import onnxruntime as ort
 
         self.export, self.spec, self.loss, self.provider, self.threads = export, spec, loss, provider, threads
-        self.device = torch.device("cuda", 0) if provider in ("cuda", "tensorrt") else torch.device("cpu")
+        self.device = torch.device("cuda", gpu) if provider in ("cuda", "tensorrt") else torch.device("cpu")
         # on CUDA the step runs on a stream of ours, ordered after torch's by events, and Run does not wait
         # for it to finish: the loop's next kernels queue behind it (no host sync per iteration)
         self.stream = torch.cuda.Stream(self.device) if provider == "cuda" else None
@@ -383,9 +383,10 @@ def ensure_export(weights: Weights, loss: LossConfig, pooling: Pooling, precisio
 
 def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
                     provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                    max_side: int | None = None, conv: str = "auto"):
-    """An ORT or TensorRT step. max_side (tensorrt): the longest side the run will use, so that one engine
-    covers every scale; None: an engine covering each new largest image is built (and cached) when it comes.
+                    max_side: int | None = None, conv: str = "auto", gpu: int = 0):
+    """An ORT or TensorRT step (a GPU provider's on GPU `gpu`). max_side (tensorrt): the longest side the run
+    will use, so that one engine covers every scale; None: an engine covering each new largest image is
+    built (and cached) when it comes.
     conv (ort): the graph's convolutions (graph_conv); TensorRT picks its own from the direct graph."""
     if backend == "tensorrt":
         from styleengine.engine.trt_step import make_trt_step
@@ -401,5 +402,5 @@ def make_graph_step(backend: str, weights: Weights, loss: LossConfig, *, pooling
         raise ConfigError(f"--precision {precision} does not hold here: {first_line(e)}; use --precision fp32"
                           ) from e
     return OrtStep(export, graph_spec(weights, loss, pooling, precision, conv), loss, provider=provider,
-                   threads=threads)
+                   threads=threads, gpu=gpu)
 

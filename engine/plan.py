@@ -14,7 +14,8 @@ from typing import Any
 
 from styleengine.choices import MIN_SIDE
 from styleengine.engine.loss_config import LossConfig
-from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
+from styleengine.engine.memory import (TILE_COST_FLOOR, free_memory, lbfgs_history, lbfgs_pair_bytes,
+                                       tile_cost, tile_for_budget)
 from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError
@@ -42,6 +43,7 @@ class Plan:
     scales: tuple[Scale, ...]
     memory: int | None  # bytes free where the run's tensors live when planned; None: --mem-budget was given
     auto: str = ""  # how `auto` was (or will be) resolved, one line
+    notes: tuple[str, ...] = ()  # what the user should know before the work: a tile that costs much time
 
     @property
     def iterations(self) -> int:
@@ -65,10 +67,11 @@ class Plan:
         if self.auto:
             out.append(f"auto: {self.auto}")
         if self.memory is not None:
-            where = "GPU" if s.device == "cuda" else "host"
+            where = "GPU" if s.device.startswith("cuda") else "host"
             out.append(f"memory: {self.memory / 2**30:.1f} GiB free on the {where} now")
         else:
             out.append(f"memory: --mem-budget {s.mem_budget_gib:g} GiB")
+        out += [f"warning: {note}" for note in self.notes]
         for i, scale in enumerate(self.scales):
             tile = f"tiles of {scale.tile} px" if scale.tile else "untiled"
             history = f", L-BFGS history {scale.history}" if scale.history else ""
@@ -174,4 +177,19 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
         _check_memory(settings, loss, scale.height, scale.width, memory, scale.history)
         for shape in style_shapes:  # the style targets' forward pass, at the style size
             _check_memory(settings, loss, *long_side_shape(shape[0], shape[1], scale.style_side), memory, 0)
-    return Plan(settings, texture, tuple(scales), memory if settings.mem_budget_gib is None else None, auto)
+    return Plan(settings, texture, tuple(scales), memory if settings.mem_budget_gib is None else None, auto,
+                _tile_notes(settings, loss, scales))
+
+
+def _tile_notes(settings: Settings, loss, scales: list[Scale]) -> tuple[str, ...]:
+    """A line for the costliest scale whose tiles make the step compute over TILE_COST_FLOOR x the pixels."""
+    costly = [(tile_cost(settings.model, list(loss.layers), s.height, s.width, s.tile), s) for s in scales
+              if s.tile is not None]
+    costly = [(cost, s) for cost, s in costly if cost > TILE_COST_FLOOR]
+    if not costly:
+        return ()
+    cost, scale = max(costly, key=lambda c: c[0])
+    why = (f"--mem-budget {settings.mem_budget_gib:g} GiB" if settings.tile is None else f"--tile {settings.tile}")
+    return (f"{why} tiles the {scale.width}x{scale.height} px scale into {scale.tile} px cores: each step "
+            f"computes about {cost:.0f}x the pixels of an untiled one (the halo each tile carries), so expect it to "
+            f"take about that much longer; a larger budget or tile is faster",)

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed)  # noqa: F401
+from styleengine.choices import (BACKENDS, CONV_ALGOS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
+                                 PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed, device_kind)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -186,8 +186,15 @@ class Settings:
                                   "built).", COMPUTE, "word", per_job=False)
     provider: str = option("auto", "ONNX Runtime's provider: auto (follows --device), cpu, cuda or tensorrt.",
                            COMPUTE, "word", per_job=False)
-    device: str = option("auto", "cpu, cuda or auto (cuda when there is one), every backend.", COMPUTE, "word",
-                         per_job=False)
+    device: str = option("auto", "cpu, cuda, cuda:N (the GPU of index N) or auto (cuda when there is one), every "
+                                 "backend.", COMPUTE, "word", per_job=False)
+    # one picture's network over several devices, as neural-style's -gpu 0,1 -multidevice_strategy
+    devices: tuple[str, ...] = option((), "Spread one picture's network over these devices in order (comma-"
+                                          "separated, e.g. cuda:0,cuda:1; the torch backend).", COMPUTE, "words",
+                                      per_job=False, commands=ONE_RUN)
+    split_at: tuple[str, ...] = option((), "With --devices: the layers where each next device takes over, one "
+                                           "fewer than the devices (default: the convolutions shared evenly).",
+                                       COMPUTE, "words", per_job=False, commands=ONE_RUN)
     precision: str = option("auto", "auto (the fastest measured here that keeps the look of fp32), fp32, bf16 "
                                     "(torch), fp16 (ort/tensorrt on a GPU) or tf32 (tensorrt).", COMPUTE, "word",
                             per_job=False)
@@ -263,6 +270,34 @@ class Settings:
             weighting=self.weighting,
         )
 
+    def _check_devices(self) -> None:
+        """--devices and --split-at: ConfigError unless they name one split of the network (torch-free)."""
+        from styleengine.model.vgg import layer_names
+
+        if not self.devices:
+            if self.split_at:
+                raise ConfigError("--split-at needs --devices (the devices the network is split over)")
+            return
+        kinds = {device_kind(d) for d in self.devices}
+        if len(self.devices) < 2 or "auto" in kinds or len(kinds) > 1:
+            raise ConfigError(f"--devices takes two or more devices of one kind (cpu or cuda:N), got "
+                              f"{','.join(self.devices)}; one device is --device")
+        if self.backend not in ("auto", "torch"):
+            raise ConfigError(f"--devices splits the torch backend's network; --backend {self.backend} runs one "
+                              f"graph on one device")
+        if self.device not in ("auto", self.devices[0]):
+            raise ConfigError(f"--device {self.device} and --devices {','.join(self.devices)} disagree: the run "
+                              f"lives on the first of --devices; drop --device")
+        if self.split_at:
+            names = layer_names(self.model)
+            unknown = [n for n in self.split_at if n not in names]
+            if unknown:
+                raise ConfigError(f"--split-at: {', '.join(unknown)} is no layer of {self.model}")
+            at = [names.index(n) for n in self.split_at]
+            if len(at) != len(self.devices) - 1 or at != sorted(set(at)) or at[0] == 0:
+                raise ConfigError(f"--split-at takes {len(self.devices) - 1} layer(s) in network order after the "
+                                  f"first, one for each device after the first; got {','.join(self.split_at)}")
+
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -270,7 +305,8 @@ class Settings:
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("backend", self.backend, ("auto",) + BACKENDS)
         check_choice("provider", self.provider, ("auto",) + PROVIDERS)
-        check_choice("device", self.device, DEVICES)
+        device_kind(self.device)
+        self._check_devices()
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
         capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from styleengine.choices import device_kind, gpu_index
 from styleengine.errors import ConfigError, UnavailableError
 from styleengine.engine.losses import LossConfig, Targets, content_loss, gram, style_grad_surrogate, total_loss
 from styleengine.engine.winograd import resolve_conv, use_winograd
@@ -200,12 +201,18 @@ def single_targets(step: object, targets: Targets | list[Targets]) -> Targets:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    """The torch device of a device name (auto, cpu, cuda, cuda:N); UnavailableError for a GPU not here."""
+    kind = device_kind(device)  # ConfigError for a name that is none of these
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError("--device cuda: this torch build or machine has no CUDA device (try --device cpu)")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UnavailableError(f"--device {device}: this torch build or machine has no CUDA device (try "
+                                   f"--device cpu)")
+        count = torch.cuda.device_count()
+        if gpu_index(device) >= count:
+            raise UnavailableError(f"--device {device}: this machine has {count} GPU{'s' if count > 1 else ''} "
+                                   f"(cuda:0{f'-cuda:{count - 1}' if count > 1 else ''})")
     return torch.device(device)
 
 
@@ -231,11 +238,12 @@ class TorchStep(StepBase):
     """The reference: autograd through the frozen VGG, input gradient only."""
 
     def __init__(self, weights: Weights, loss: LossConfig, *, pooling: Pooling = "avg",
-                 device: str = "cpu", precision: str = "fp32", conv: str = "auto"):
+                 device: str = "cpu", precision: str = "fp32", conv: str = "auto",
+                 devices: tuple[str, ...] = (), split_at: tuple[str, ...] = ()):
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
         loss.validate(weights.model)
-        self.device = resolve_device(device)
+        self.device = resolve_device(devices[0] if devices else device)
         self.loss, self.precision = loss, precision
         # bf16: the network itself in bf16 (convolutions, ReLUs, pools), sums in fp32 (losses._accumulate);
         # what autocast runs, without re-casting the weights every iteration
@@ -252,6 +260,8 @@ class TorchStep(StepBase):
         self.conv = resolve_conv(conv, self.device, dtype)
         if self.conv == "winograd":
             use_winograd(self.net)
+        if devices:  # the run lives on the first; each later one computes its share of the layers
+            self.net.spread([resolve_device(d) for d in devices], list(split_at) or None)
         self.dtype = dtype
         # the style terms' gradients taken in the forward where the network keeps no features of its own
         # (Winograd) or the terms hold an fp32 copy of them (bf16): less memory at the backward's peak

@@ -171,7 +171,8 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig, max_side:
     with torch.random.fork_rng(devices=[]):  # building nn.Conv2d layers draws from torch's global generator
         return make_step(settings.backend, weights, loss, pooling=settings.pooling,  # type: ignore[arg-type]
                          device=settings.device, precision=settings.precision, provider=settings.provider,
-                         conv=settings.conv, max_side=max_side)
+                         conv=settings.conv, max_side=max_side, devices=settings.devices,
+                         split_at=settings.split_at)
 
 
 def load_run_weights(settings: Settings) -> Weights:

@@ -34,11 +34,35 @@ class VGGFeatures(nn.Module):
         self.features = nn.Sequential(*modules)
         self.requires_grad_(False)
 
+    def spread(self, devices: list[torch.device], split_at: list[str] | None = None) -> None:
+        """Run the layers from split_at[i] on devices[i + 1] (the ones before on devices[0]); the activations
+        asked for come back to devices[0]. split_at None: the convolutions shared evenly (in order)."""
+        names = [layer.name for layer in self.layers]
+        if split_at is None:
+            convs = [i for i, layer in enumerate(self.layers) if layer.kind == "conv"]
+            starts = [convs[len(convs) * k // len(devices)] for k in range(1, len(devices))]
+        else:
+            starts = [names.index(n) for n in split_at if n in names]  # a split past the deepest layer: unused
+        bounds = [0, *starts, len(self.layers)]
+        self.hand_over = {}
+        for device, start, end in zip(devices, bounds, bounds[1:]):
+            if start >= end:
+                continue
+            self.hand_over[start] = device
+            for module in list(self.features)[start:end]:
+                module.to(device)
+        self.home = devices[0]
+
+    hand_over: dict[int, torch.device] = {}  # layer index -> the device its activation is computed on
+    home: torch.device | None = None  # where a spread network's outputs go back to
+
     def forward(self, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """x: (B, 3, H, W) network input -> {name: activation} for `names`."""
         wanted, out = set(names), {}
-        for layer, module in zip(self.layers, self.features):
+        for index, (layer, module) in enumerate(zip(self.layers, self.features)):
+            if index in self.hand_over:
+                x = x.to(self.hand_over[index])
             x = module(x)
             if layer.name in wanted:
-                out[layer.name] = x
+                out[layer.name] = x if self.home is None else x.to(self.home)
         return out

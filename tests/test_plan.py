@@ -173,3 +173,25 @@ def test_sides_past_any_picture_are_one_line_before_any_work(tmp_path, monkeypat
     code, _, err = run_cli(monkeypatch, capsys, command, *files, *rest)
     assert code == 1 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and len(err) < 300
+
+
+def test_a_tile_that_costs_much_time_is_said_with_its_cost(tmp_path, monkeypatch, capsys, pics):
+    """--mem-budget 0.7 at 1024 px picked 16 px tiles and ran ~115x slower than untiled without a word (the
+    issue's run; 0.7 GiB is refused now, as the default L-BFGS history alone needs more): the plan says what
+    the tiles cost (tile_cost: the halo each tile carries), before any work."""
+    from styleengine.engine.memory import TILE_COST_FLOOR, tile_cost
+    from styleengine.engine.plan import make_plan
+
+    loss = Settings().loss_config()
+    assert tile_cost("vgg19", list(loss.layers), 768, 1024, 16) > 100  # as the issue saw
+    assert tile_cost("vgg19", list(loss.layers), 768, 1024, 512) < TILE_COST_FLOOR
+    assert tile_cost("vgg19", list(loss.layers), 100, 100, 128) == 1.0  # one tile: the image itself
+    tight = make_plan(Settings(size=1024, mem_budget_gib=1.0), (768, 1024), [(512, 512)])
+    assert tight.scales[-1].tile == 64 and len(tight.notes) == 1
+    assert "--mem-budget 1 GiB tiles the 1024x768 px scale into 64 px cores" in tight.notes[0]
+    assert "about 11x the pixels" in tight.notes[0]
+    roomy = make_plan(Settings(size=1024, mem_budget_gib=64), (768, 1024), [(512, 512)])
+    assert roomy.notes == ()
+    code, out, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                             "--dry-run", "--size", "1024", "--mem-budget", "1")
+    assert code == 0 and "warning: --mem-budget 1 GiB tiles" in out

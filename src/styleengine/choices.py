@@ -11,7 +11,8 @@ BACKENDS = ("torch", "ort", "tensorrt")
 PROVIDERS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime execution providers, by short name
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
-DEVICES = ("auto", "cpu", "cuda")  # the torch backend's device
+DEVICES = ("auto", "cpu", "cuda")  # kinds of device; "cuda:N" names one GPU (device_kind)
+MAX_GPU_INDEX = 1023  # cuda:N past this is a typo, not a machine
 # compute precision of the convolutions (losses and Grams always accumulate in fp32); which backend runs which
 # where: engine/capability.py
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
@@ -50,3 +51,20 @@ def check_seed(seed: int) -> None:
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {seed}")
+
+
+def device_kind(device: str) -> str:
+    """"cpu", "cuda" or "auto" of a device name ("cuda:1" -> "cuda"); ConfigError for anything else."""
+    from styleengine.errors import ConfigError
+
+    kind, colon, index = device.partition(":")
+    if device in DEVICES or (kind == "cuda" and colon and index.isdigit() and index.isascii()
+                             and int(index) <= MAX_GPU_INDEX):
+        return kind
+    raise ConfigError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N (N a GPU's index, 0-"
+                      f"{MAX_GPU_INDEX})")
+
+
+def gpu_index(device: str) -> int:
+    """The GPU's index of a cuda device name: cuda:N -> N, cuda -> 0 (torch's current one)."""
+    return int(device.partition(":")[2] or 0)

@@ -198,6 +198,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     plan = check_run(settings, content_array.shape[:2] if content_array is not None else None,
                      [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
                      style_labels=[f"style image {p}" for p in styles])
+    for note in plan.notes:  # before any work: the user may rather change the flag than wait
+        console.print(f"warning: {note}", highlight=False, soft_wrap=True)
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
     # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
     # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)

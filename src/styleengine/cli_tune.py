@@ -29,7 +29,7 @@ def _tune(**flags: Any) -> None:
     choice = choose(settings, refresh=True, tune=True)
     picked = (choice.settings.backend, choice.settings.precision, choice.settings.conv)
     if choice.trials:
-        side = trial_side(size, "cuda" if choice.settings.device == "cuda" else "cpu")
+        side = trial_side(size, "cuda" if choice.settings.device.startswith("cuda") else "cpu")
         table = Table(title=f"step time on a {side} px picture, median of interleaved rounds")
         for column in ("candidate", "median", "rounds", "status", "note"):
             table.add_column(column)
