@@ -89,10 +89,10 @@ class RaceStep(StepBase):
         self._warm: dict[Option, float] = {}  # each one's first step at this size
         self._racing = False
         self._side = 0  # the class being raced
-        self._settled: set[int] = set()
+        self._settled: set[int] = set()  # classes read from the record or raced in this run
         # the last class measured (raced or read) in this run and its trials: a later class races only the
         # candidates that came close there
-        self._prior: tuple[int, dict[Option, Trial]] | None = None  # classes read from the record or raced in this run
+        self._prior: tuple[int, dict[Option, Trial]] | None = None
         self._looks: dict[str, str | None] = {}  # precision -> why it does not keep the look (None: it does)
         self.decisions: list[Decision] = []
 
