@@ -31,7 +31,8 @@ from styleengine.engine.autotune import Race, _apply, _key, _read, _why, _write,
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.settings import Settings
 from styleengine.engine.steps import Step, StepBase, StepResult
-from styleengine.engine.trial import DROP_AFTER_WARMUP, ROUNDS, Trial, look_check, pick_fastest, prune
+from styleengine.engine.trial import (DROP_AFTER_WARMUP, LOOK_ITERS, LOOK_SIDE, ROUNDS, Trial, look_check,
+                                      pick_fastest, prune, trial_pixels)
 from styleengine.errors import ConfigError, ExportValidationError, UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ Option = tuple[str, str, str]  # (backend, precision, conv)
 # before it race again: ratios this far apart did not flip between neighbouring classes on a 2-core EPYC (what
 # did flip, ORT vs torch fp32 and bf16 vs Winograd, were 6-12% apart), and each slower turn is the run's time
 PRIOR_WITHIN = 1.25
+# what racing may cost a run at most: the other candidates' builds, their turns beyond the fastest's and the look
+# check, over the run's estimated time (a race cut short keeps no record: a later, longer run finishes it)
+RACE_SHARE = 0.03
+LOOK_OVER_BUDGET = "its look check does not fit this run's share for racing"
+LOOK_STEPS = LOOK_ITERS + 3  # a look run's steps: targets (two passes), the step compared, the iterations
 
 
 def _ratios(trials: dict[Option, Trial]) -> dict[Option, float]:
@@ -65,12 +71,14 @@ class RaceStep(StepBase):
     """The Step a run with open `auto` choices uses (module doc). stylise calls begin_scale(height, width)
     before each scale's targets; the loop sees one step."""
 
-    def __init__(self, race: Race, build: Callable[[Settings], Step], loss: LossConfig, sides: list[int],
-                 uncached: Callable[[Option], bool] = lambda option: False):
+    def __init__(self, race: Race, build: Callable[[Settings], Step], loss: LossConfig,
+                 scales: list[tuple[int, int, int]], uncached: Callable[[Option], bool] = lambda option: False):
+        """scales: the run's (long side, pixels, iterations) per scale, coarse to fine."""
         self._race = race
+        self._scales = scales
         # per size class, the run's scale (long side) nearest it: the one that races for the class
         self._racing_side: dict[int, int] = {}
-        for side in sides:
+        for side, _, _ in scales:
             cls = trial_side(side, race.where.place)
             best = self._racing_side.get(cls)
             if best is None or abs(math.log(side / cls)) <= abs(math.log(best / cls)):
@@ -94,6 +102,12 @@ class RaceStep(StepBase):
         # candidates that came close there
         self._prior: tuple[int, dict[Option, Trial]] | None = None
         self._looks: dict[str, str | None] = {}  # precision -> why it does not keep the look (None: it does)
+        # what racing cost this run so far, in seconds: the other candidates' builds, their turns beyond the
+        # fastest's, the look check; held to RACE_SHARE of the run (_budget)
+        self._spent = 0.0
+        self._turns: list[float] = []  # this race's timed and warm-up turns, seconds each
+        self._pixels = 0  # this scale's
+        self._cut = False  # this race was cut short by the budget: its pick is not kept
         self.decisions: list[Decision] = []
 
     # --- what stylise calls ---
@@ -113,6 +127,7 @@ class RaceStep(StepBase):
         self._settle()
         self._targets = None  # the last scale's: this scale sets its own
         long_side = max(height, width)
+        self._pixels = height * width
         side = trial_side(long_side, self._race.where.place)
         if side not in self._settled:
             recorded = self._recorded(side)
@@ -150,6 +165,7 @@ class RaceStep(StepBase):
                     self._trials[option] = dataclasses.replace(
                         before, status="dropped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
+        self._turns, self._cut = [], False
         self.capturable = False
         log.info("auto: racing %s in the first steps at %d px", ", ".join(" ".join(o) for o in live), side)
 
@@ -196,6 +212,7 @@ class RaceStep(StepBase):
         result = self._steps[option](image)
         float(result.losses.reshape(-1)[0])  # waits for the device
         seconds = time.perf_counter() - t0
+        self._turns.append(seconds)
         trial = self._trials[option]
         if self._round:  # round 0 is each one's first step at this size: kernel choice, arenas
             self._trials[option] = dataclasses.replace(trial, seconds=trial.seconds + (seconds,))
@@ -240,8 +257,47 @@ class RaceStep(StepBase):
         live = self._live()
         if self._round > ROUNDS or len(live) < 2:
             self._settle()
+            return
+        best = self._best()
+        coming = sum(self._estimate(o) - best for o in live)  # the next round's turns beyond the fastest's
+        if self._wasted() + coming > self._budget():
+            self._cut = True
+            log.info("auto: the race at %d px stops: another round would take it past %.0f%% of the run",
+                     self._side, 100 * RACE_SHARE)
+            self._settle()
         else:
             self._queue = live
+
+    def cost(self) -> str:
+        """What racing cost this run, for a person: '' when nothing raced."""
+        if not any(d.raced for d in self.decisions):
+            return ""
+        return (f"racing cost about {self._spent:.1f} s beyond the fastest candidate's steps (builds, slower "
+                f"turns, the look check), held to {RACE_SHARE:.0%} of the run")
+
+    def _estimate(self, option: Option) -> float:
+        """A candidate's seconds a step at this scale: its timed median, else its warm-up."""
+        trial = self._trials[option]
+        return trial.median if trial.seconds else self._warm.get(option, math.inf)
+
+    def _best(self) -> float:
+        """The fastest live or timed candidate's seconds a step at this scale."""
+        return min((self._estimate(o) for o, t in self._trials.items() if t.status in ("ok", "dropped")
+                    and (t.seconds or o in self._warm)), default=math.inf)
+
+    def _wasted(self) -> float:
+        """What racing cost this run so far: the closed races, builds and look checks, and this race's turns
+        beyond what the fastest would have taken."""
+        best = self._best()
+        extra = sum(self._turns) - best * len(self._turns) if self._turns and math.isfinite(best) else 0.0
+        return self._spent + max(0.0, extra)
+
+    def _budget(self) -> float:
+        """RACE_SHARE of the run: its iterations at every scale at the fastest's time here, by pixels."""
+        best = self._best()
+        if not (math.isfinite(best) and self._pixels):
+            return math.inf
+        return RACE_SHARE * best * sum(iterations * pixels / self._pixels for _, pixels, iterations in self._scales)
 
     def _settle(self) -> None:
         """End this scale's race with what it measured: the fastest that keeps the look, kept in the record
@@ -250,38 +306,50 @@ class RaceStep(StepBase):
             return
         self._racing, self._queue = False, []
         self.current  # noqa: B018 (capturable again)
-        trials = {o: (dataclasses.replace(t, status="dropped", note="not timed before the scale ended")
-                      if t.status == "ok" and not t.seconds else t) for o, t in self._trials.items()}
+        # one stopped before its timed turns: its warm-up is the figure it has (such a race is not kept)
+        trials = {o: (t if t.status != "ok" or t.seconds else
+                      dataclasses.replace(t, seconds=(self._warm[o],), note="its warm-up only") if o in self._warm
+                      else dataclasses.replace(t, status="dropped", note="not timed before the scale ended"))
+                  for o, t in self._trials.items()}
         timed = [t for t in trials.values() if t.seconds]
         if not timed:
             log.info("auto: the scale at %d px ended before the race: %s kept", self._side, " ".join(self._current))
             return
-        complete = all(t.seconds or t.status == "skipped" for t in self._trials.values())
+        complete = not self._cut and all(t.seconds or t.status == "skipped" for t in self._trials.values())
+        self._spent, self._turns = self._wasted(), []
         while True:
             try:
                 pick = pick_fastest(list(trials.values()))
             except ConfigError:
                 return
-            why = self._look(pick)
+            why = self._look(pick, trials[pick].median)
             if why is None:
                 break
+            if why.startswith(LOOK_OVER_BUDGET):  # not a verdict on the precision: a later run checks it
+                complete = False
             trials[pick] = dataclasses.replace(trials[pick], status="skipped", note=why)
             log.info("auto: %s skipped: %s", " ".join(pick), why)
         self._use(pick, force=True)  # the look check's short run may have set its own targets
         ordered = tuple(trials.values())
         self._prior = (self._side, dict(trials))
         kept = complete and _write(self._key(self._side), ordered, pick)
-        note = "" if kept else " (not kept: the scale ended before every candidate was timed)"
+        note = "" if kept else (" (not kept: the race stopped within its share of the run)" if self._cut or not
+                                complete else " (not kept: the scale ended before every candidate was timed)")
         self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=False) + note,
                                        True))
         log.info("auto: at %d px %s", self._side, self.decisions[-1].why)
 
-    def _look(self, pick: Option) -> str | None:
-        """Why a reduced precision does not keep fp32's look (None: it does, or the pick is fp32); once a run."""
+    def _look(self, pick: Option, seconds: float) -> str | None:
+        """Why a reduced precision does not keep fp32's look (None: it does, or the pick is fp32); once a run.
+        seconds: the pick's step here; a check that would take the race past its budget is not made."""
         precision = pick[1]
         if precision == "fp32":
             return None
+        cost = 2 * LOOK_STEPS * seconds * trial_pixels(LOOK_SIDE) / max(1, self._pixels)  # both runs, by pixels
+        if precision not in self._looks and self._wasted() + cost > self._budget():
+            return f"{LOOK_OVER_BUDGET} ({cost:.1f} s; a longer run checks it)"
         if precision not in self._looks:
+            started = time.perf_counter()
             reference = next((o for o in self._race.options if o[1] == "fp32" and o[0] == pick[0]
                               and self._step_for(o) is not None), None) or \
                 next((o for o in self._race.options if o[1] == "fp32" and self._step_for(o) is not None), None)
@@ -289,6 +357,7 @@ class RaceStep(StepBase):
                 self._steps[pick], self._steps[reference], precision, self._race.settings, self.loss)
             if reference is not None and self._targets is not None:
                 self._steps[reference].set_targets(self._targets)
+            self._spent += time.perf_counter() - started
         return self._looks[precision]
 
     def _use(self, pick: Option, force: bool = False) -> None:
@@ -312,6 +381,7 @@ class RaceStep(StepBase):
             self._skipped[option] = "not exported yet (a run with --backend ort caches it)"
             return None
         settings = _apply(self._race.settings, *option, self._race.where)
+        started = time.perf_counter()
         try:
             step = self._build(settings)
         except (ExportValidationError, UserError) as e:  # a graph that does not hold here, a missing provider
@@ -320,6 +390,8 @@ class RaceStep(StepBase):
             self._skipped[option] = first_line(e)
             log.info("auto: %s skipped: %s", " ".join(option), self._skipped[option])
             return None
+        if option != self._race.first:  # the first the run builds anyway
+            self._spent += time.perf_counter() - started
         self._steps[option] = step
         return step
 

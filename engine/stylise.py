@@ -308,7 +308,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     racer: RaceStep | None = None
     if race is not None:
         # the racer holds the weights: it builds its candidates
-        racer = race_step(race, weights, loss, max_side, [max(s.height, s.width) for s in scales])
+        racer = race_step(race, weights, loss, max_side,
+                          [(max(s.height, s.width), s.height * s.width, s.iterations) for s in scales])
         step = racer
     elif step is None:
         step = build_step(settings, weights, loss, max_side=max_side)
@@ -357,16 +358,16 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         if owned:
             step.close()
     if racer is not None:
-        results = [dataclasses.replace(r, auto=tuple(f"at {d.side} px: {d.why}" for d in racer.decisions
-                                                       if d.raced))
-                   for r in results]
+        lines = tuple(f"at {d.side} px: {d.why}" for d in racer.decisions if d.raced)
+        results = [dataclasses.replace(r, auto=lines + ((racer.cost(),) if lines else ())) for r in results]
     return [(finish(i, r.image), r) for i, r in enumerate(results)]
 
 
-def race_step(race: Race, weights: Weights, loss: LossConfig, max_side: int, sides: list[int]) -> RaceStep:
+def race_step(race: Race, weights: Weights, loss: LossConfig, max_side: int, scales: list[tuple[int, int, int]]
+              ) -> RaceStep:
     """The step of a run whose auto choices race in its first steps (engine/race.py)."""
     from styleengine.engine.trial import uncached_graphs
 
     settings = race.settings
-    return RaceStep(race, lambda concrete: build_step(concrete, weights, loss, max_side=max_side), loss, sides,
+    return RaceStep(race, lambda concrete: build_step(concrete, weights, loss, max_side=max_side), loss, scales,
                     uncached=lambda option: bool(uncached_graphs(settings, weights, loss, [option], race.where)))

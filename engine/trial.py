@@ -149,6 +149,11 @@ def exports_that_fit(options: list[tuple[str, str, str]], uncached: set[tuple[st
     return fit
 
 
+def trial_pixels(side: int) -> int:
+    """Pixels of trial_images(side)."""
+    return max(32, round(side * 3 / 4)) * side
+
+
 def trial_images(side: int, seed: int = 0):
     """A content-like and a style-like picture (1, 3, H, W) at a 3:4 shape of long side `side`: smooth
     shapes and edges, and a busy texture; deterministic."""

@@ -62,7 +62,7 @@ def racer(fresh, vgg16_random, tiny_image):
     loss = settings.loss_config()
     built: list = []
 
-    def make(options=(WINO, DIRECT, BF16), sides=(128,), failing=(), uncached=(), cost=COST):
+    def make(options=(WINO, DIRECT, BF16), sides=(128,), failing=(), uncached=(), cost=COST, iterations=3000):
         def build(concrete):
             option = (concrete.backend, concrete.precision, concrete.conv)
             built.append(option)
@@ -73,7 +73,8 @@ def racer(fresh, vgg16_random, tiny_image):
             return Timed(build_step(real, vgg16_random, loss), cost[option], fresh)
 
         race = Race(settings, WHERE, tuple(options), options[0])
-        return RaceStep(race, build, loss, list(sides), uncached=lambda o: o in uncached), built
+        scales = [(side, side * side * 3 // 4, iterations) for side in sides]
+        return RaceStep(race, build, loss, scales, uncached=lambda o: o in uncached), built
 
     return make
 
@@ -234,3 +235,18 @@ def test_a_clear_winner_at_one_class_is_taken_at_the_next_without_a_race(racer, 
     assert "from the race at 128 px" in step.decisions[1].why
     assert autotune._read(step._key(256))[1] == BF16  # kept: a later run reads it
     step.close()
+
+
+def test_the_race_stays_within_its_share_of_a_short_run(racer, tiny_image):
+    """A 30-iteration run at 0.6 s a step has ~0.5 s to spare (RACE_SHARE): after the warm-ups the race stops,
+    bf16 is not taken on an unchecked look, and nothing is kept, so a longer run races again."""
+    step, _ = racer(iterations=30)
+    _run_scale(step, 128, tiny_image)
+    assert step.decisions[0].pick == WINO and "not kept" in step.decisions[0].why  # bf16's look unchecked
+    assert "look check does not fit" in step.decisions[0].why
+    assert autotune._read(step._key(128)) is None
+    step.close()
+    roomy, _ = racer(iterations=3000)
+    _run_scale(roomy, 128, tiny_image)
+    assert autotune._read(roomy._key(128))[1] == BF16
+    roomy.close()
