@@ -101,12 +101,14 @@ class RaceStep(StepBase):
         # the last class measured (raced or read) in this run and its trials: a later class races only the
         # candidates that came close there
         self._prior: tuple[int, dict[Option, Trial]] | None = None
+        self._prior_kept = False  # the prior is in the record: what follows from it may be kept too
         self._looks: dict[str, str | None] = {}  # precision -> why it does not keep the look (None: it does)
         # what racing cost this run so far, in seconds: the other candidates' builds, their turns beyond the
         # fastest's, the look check; held to RACE_SHARE of the run (_budget)
         self._spent = 0.0
         self._turns: list[float] = []  # this race's timed and warm-up turns, seconds each
         self._pixels = 0  # this scale's
+        self._race_pixels = 0  # the scale's the last race timed its candidates at
         self._cut = False  # this race was cut short by the budget: its pick is not kept
         self.decisions: list[Decision] = []
 
@@ -134,6 +136,7 @@ class RaceStep(StepBase):
             if recorded is not None:
                 trials, pick = recorded
                 self._prior = (side, {(t.backend, t.precision, t.conv): t for t in trials})
+                self._prior_kept = True
                 self._settled.add(side)
                 self._use(pick)
                 self.decisions.append(Decision(side, pick, _why(pick, trials, self._race.where, cached=True),
@@ -165,7 +168,7 @@ class RaceStep(StepBase):
                     self._trials[option] = dataclasses.replace(
                         before, status="dropped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
-        self._turns, self._cut = [], False
+        self._turns, self._cut, self._race_pixels = [], False, self._pixels
         self.capturable = False
         log.info("auto: racing %s in the first steps at %d px", ", ".join(" ".join(o) for o in live), side)
 
@@ -175,11 +178,12 @@ class RaceStep(StepBase):
         ordered = tuple(dataclasses.replace(t, note=t.note or f"measured at {source} px") for t in trials.values())
         if pick != pick_fastest(ordered):
             return  # the source's figures do not back this pick (its pick did not keep the look): race later
-        _write(self._key(side), ordered, pick)
+        kept = self._prior_kept and _write(self._key(side), ordered, pick)
         self._use(pick)
         self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False) +
                                        f" (from the race at {source} px: no other candidate within "
-                                       f"{PRIOR_WITHIN}x there)", True))
+                                       f"{PRIOR_WITHIN}x there{'' if kept else '; not kept, as that race was not'})",
+                                       True))
 
     # --- the Step ---
 
@@ -262,8 +266,9 @@ class RaceStep(StepBase):
         coming = sum(self._estimate(o) - best for o in live)  # the next round's turns beyond the fastest's
         if self._wasted() + coming > self._budget():
             self._cut = True
-            log.info("auto: the race at %d px stops: another round would take it past %.0f%% of the run",
-                     self._side, 100 * RACE_SHARE)
+            log.info("auto: the race at %d px stops: another round would take it past %.0f%% of the run (%.1f s "
+                     "spent, %.1f s more, %.1f s allowed)", self._side, 100 * RACE_SHARE, self._wasted(), coming,
+                     self._budget())
             self._settle()
         else:
             self._queue = live
@@ -294,10 +299,11 @@ class RaceStep(StepBase):
 
     def _budget(self) -> float:
         """RACE_SHARE of the run: its iterations at every scale at the fastest's time here, by pixels."""
-        best = self._best()
-        if not (math.isfinite(best) and self._pixels):
+        best = self._best()  # timed at the last race's scale
+        if not (math.isfinite(best) and self._race_pixels):
             return math.inf
-        return RACE_SHARE * best * sum(iterations * pixels / self._pixels for _, pixels, iterations in self._scales)
+        return RACE_SHARE * best * sum(iterations * pixels / self._race_pixels for _, pixels, iterations in
+                                       self._scales)
 
     def _settle(self) -> None:
         """End this scale's race with what it measured: the fastest that keeps the look, kept in the record
@@ -332,7 +338,7 @@ class RaceStep(StepBase):
         self._use(pick, force=True)  # the look check's short run may have set its own targets
         ordered = tuple(trials.values())
         self._prior = (self._side, dict(trials))
-        kept = complete and _write(self._key(self._side), ordered, pick)
+        kept = self._prior_kept = complete and _write(self._key(self._side), ordered, pick)
         note = "" if kept else (" (not kept: the race stopped within its share of the run)" if self._cut or not
                                 complete else " (not kept: the scale ended before every candidate was timed)")
         self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=False) + note,
@@ -345,7 +351,7 @@ class RaceStep(StepBase):
         precision = pick[1]
         if precision == "fp32":
             return None
-        cost = 2 * LOOK_STEPS * seconds * trial_pixels(LOOK_SIDE) / max(1, self._pixels)  # both runs, by pixels
+        cost = 2 * LOOK_STEPS * seconds * trial_pixels(LOOK_SIDE) / max(1, self._race_pixels)  # both runs
         if precision not in self._looks and self._wasted() + cost > self._budget():
             return f"{LOOK_OVER_BUDGET} ({cost:.1f} s; a longer run checks it)"
         if precision not in self._looks:
