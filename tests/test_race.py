@@ -250,3 +250,12 @@ def test_the_race_stays_within_its_share_of_a_short_run(racer, tiny_image):
     _run_scale(roomy, 128, tiny_image)
     assert autotune._read(roomy._key(128))[1] == BF16
     roomy.close()
+
+
+def test_what_follows_from_a_race_not_kept_is_not_kept(racer, tiny_image):
+    step, _ = racer(sides=[128, 256], iterations=30)  # the 128 px race is cut by its share
+    _run_scale(step, 128, tiny_image)
+    _run_scale(step, 256, tiny_image)
+    assert autotune._read(step._key(128)) is None and autotune._read(step._key(256)) is None
+    assert all("not kept" in d.why for d in step.decisions)
+    step.close()
