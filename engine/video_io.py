@@ -85,12 +85,15 @@ def probe(path: Path) -> VideoInfo:
                 count = int(math.floor(container.duration / av.time_base * fps + 0.5))
             else:
                 count = 0
-            rotation = _rotation(container, stream)
+            first = _first_frame(container, stream)
+            rotation = int(round(first.rotation / 90.0)) * 90 % 360 if first is not None and first.rotation else 0
             height, width = stream.codec_context.height, stream.codec_context.width
             audio = bool(container.streams.audio)
+    except av.error.EOFError:
+        raise ImageError(f"video {path} has no frames (or is cut short)") from None
     except av.error.FFmpegError as e:
         raise ImageError(f"not a video (or a format FFmpeg cannot read): {path} ({e.strerror or e})") from None
-    if count <= 0:
+    if count <= 0 or first is None:
         raise ImageError(f"video {path} has no frames")
     if rotation in (90, -90):
         height, width = width, height
@@ -99,11 +102,14 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
 
 
-def _rotation(container: "av.container.InputContainer", stream: "av.VideoStream") -> int:
-    """The display rotation of the first frame (it lives in side data PyAV exposes per frame)."""
-    for frame in container.decode(stream):
-        return int(round(frame.rotation / 90.0)) * 90 % 360 if frame.rotation else 0
-    return 0
+def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStream") -> "av.VideoFrame | None":
+    """The first frame (its side data holds the display rotation), or None for a stream without frames."""
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.EOFError:
+        pass
+    return None
 
 
 def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
