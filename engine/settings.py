@@ -25,9 +25,12 @@ from styleengine.model.convention import TORCHVISION, Convention
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
-# video: measured in benchmarks/video_consistency.py (docs/video.md)
-TEMPORAL_WEIGHT = 1.0
-FRAME_ITERS_DIVISOR = 2
+# video, tuned with the shared VGG16 (caffe convention: BGR, 0-255) on a 64 px pan, 40 + 20 iterations a frame
+# (benchmarks/video_consistency.py, docs/video.md): warping error vs independent frames 0.46x at 1e4, 0.44x at
+# 1e5, 0.39x at 1e6, style distance the same at each; the total loss is ~4e4 there. A file whose features are on
+# another scale (torchvision's [0, 1] input) needs another weight, as the style weight does
+TEMPORAL_WEIGHT = 1e6
+FRAME_ITERS_DIVISOR = 2  # a frame that starts from the warped previous result needs fewer (Ruder et al.)
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
 
