@@ -60,7 +60,7 @@ def masks(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None
 def errors(outputs: list[np.ndarray], found: list) -> list[float]:
     from styleengine.engine.flow import warping_error
 
-    return [warping_error(outputs[t], outputs[t - 1], found[t][0], found[t][1]) for t in range(1, len(outputs))]
+    return [warping_error(outputs[t], outputs[t - 1], *found[t]) for t in range(1, len(outputs))]
 
 
 def independent(frames: list[np.ndarray], style: np.ndarray, settings: Any, weights: Any
@@ -101,8 +101,8 @@ def strip(rows: dict[str, list[np.ndarray]], path: Path) -> None:
 
     from styleengine.engine import images
 
-    first = next(iter(rows.values()))[0]
-    h, w = first.shape[:2]
+    first = next(iter(rows.values()))
+    h, w = first[0].shape[:2]
     label_w = 110
     canvas = Image.new("RGB", (label_w + w * len(first), h * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
