@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         entry: dict[str, Any] = {
             "independent": {"warping_error": statistics.mean(errors(alone, found)), "style_distance": alone_style,
                             "seconds": round(alone_s, 2)},
-            "consistent": {}, "kept_pixels": [float(f[1].mean()) for f in found[1:]]}
+            "consistent": {}, "kept_pixels": [float(f[1].mean()) for f in found[1:] if f is not None]}
         for weight in lambdas:
             settings = dataclasses.replace(base, temporal_weight=weight)
             outs, styles, seconds, total = consistent(frames, style, settings, weights)
