@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from styleengine import paths
+from styleengine.engine.settings import BATCH, VIDEO, options
 from styleengine.engine.stylise import Settings
 from styleengine.errors import UserError
 from styleengine.model.weights import file_sha256
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from styleengine.engine.jobs import Job
 
 MANIFEST = "manifest.jsonl"  # in the output folder
+# settings only `video` reads: no batch picture depends on them (hashes from before they existed stay valid)
+VIDEO_ONLY = frozenset(options(VIDEO)) - frozenset(options(BATCH))
 LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
 
 
@@ -65,7 +68,8 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
     # neither decides the picture: snapshots, and keys a --non-strict load ignored (hashes from before that
     # field existed stay valid)
-    kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items() if k != "non_strict"}
+    kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()
+            if k != "non_strict" and k not in VIDEO_ONLY}
     payload = {"settings": kept,
                "scales": scales, "overrides": _jsonable(dict(job.overrides)),
                "files": [file_digest(p, digests) for p in files]}

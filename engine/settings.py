@@ -25,6 +25,12 @@ from styleengine.model.convention import TORCHVISION, Convention
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
 TEXTURE_INIT = "noise"  # texture synthesis starts from white noise, as in the paper
+# video, tuned with the shared VGG16 (caffe convention: BGR, 0-255) on a 64 px pan, 40 + 20 iterations a frame
+# (benchmarks/video_consistency.py, docs/video.md): warping error vs independent frames 0.46x at 1e4, 0.44x at
+# 1e5, 0.39x at 1e6, style distance the same at each; the total loss is ~4e4 there. A file whose features are on
+# another scale (torchvision's [0, 1] input) needs another weight, as the style weight does
+TEMPORAL_WEIGHT = 1e6
+FRAME_ITERS_DIVISOR = 2  # a frame that starts from the warped previous result needs fewer (Ruder et al.)
 _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads them from there
 
 
@@ -91,9 +97,10 @@ KINDS: dict[str, tuple[Callable[[Any], Any], type]] = {
     "whole": (_whole, int), "real": (_real, float), "word": (_word, str), "words": (_words, str),
     "numbers": (_numbers, str), "flag": (_flag, bool),
 }
-RUN, TEXTURE, BATCH = "run", "texture", "batch"
-EVERY = frozenset({RUN, TEXTURE, BATCH})
-WITH_CONTENT = frozenset({RUN, BATCH})  # settings a texture (no content image) has no use for
+RUN, TEXTURE, BATCH, VIDEO = "run", "texture", "batch", "video"
+EVERY = frozenset({RUN, TEXTURE, BATCH, VIDEO})
+WITH_CONTENT = frozenset({RUN, BATCH, VIDEO})  # settings a texture (no content image) has no use for
+ONLY_VIDEO = frozenset({VIDEO})  # temporal consistency (engine/video.py): no picture of run or batch reads them
 ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
 
 
@@ -124,9 +131,9 @@ def option(default: Any, help: str, group: str, kind: str, **meta: Any) -> Any:
                                                               optional=default is None, **meta)})
 
 
-SIZE, LOSS, OPTIM, NETWORK, COMPUTE, SCALES, MEMORY, PROGRESS, INPUT = (
+SIZE, LOSS, OPTIM, NETWORK, COMPUTE, SCALES, MEMORY, PROGRESS, INPUT, TEMPORAL = (
     "Size and iterations", "Loss", "Optimiser", "Network and weights", "Compute (auto: measured here)",
-    "Coarse to fine", "Memory", "Progress", "Weights' input convention (overrides)")
+    "Coarse to fine", "Memory", "Progress", "Weights' input convention (overrides)", "Video")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +238,13 @@ class Settings:
                                                   "pixel-range units).", INPUT, "numbers", per_job=False)
     std: tuple[float, ...] | None = option(None, "Override the weights' input std: three numbers.", INPUT,
                                            "numbers", per_job=False)
+    # video (Ruder et al. 2016): the temporal term is a mean over the 3 H W values, as their eq. 5 divides by D
+    temporal_weight: float = option(
+        TEMPORAL_WEIGHT, "Weight of the temporal loss: each frame stays close to the previous result warped by the "
+                         "optical flow, where the flow is consistent (0: off).", TEMPORAL, "real", commands=ONLY_VIDEO)
+    frame_iters: int | None = option(
+        None, f"Iterations of each frame after the first, which starts from the warped previous result "
+              f"(default: --iters / {FRAME_ITERS_DIVISOR}, at least 10).", TEMPORAL, "whole", commands=ONLY_VIDEO)
     # a whole convention (the Python API); the four fields above override it field by field
     convention: Convention | None = None
 
@@ -333,6 +347,10 @@ class Settings:
             raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
         if self.lbfgs_history is not None and self.lbfgs_history < 1:
             raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
+        if not (self.temporal_weight >= 0 and math.isfinite(self.temporal_weight)):
+            raise ConfigError(f"temporal weight must be a finite number >= 0, got {self.temporal_weight}")
+        if self.frame_iters is not None and not 0 <= self.frame_iters <= MAX_ITERATIONS:
+            raise ConfigError(f"frame iterations must be between 0 and {MAX_ITERATIONS}, got {self.frame_iters}")
         if self.iters_per_scale is not None and self.iters_per_scale < 0:
             raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
         if self.tile is not None and (self.tile <= 0 or self.tile % 16):

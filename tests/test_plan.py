@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from styleengine.engine.settings import BATCH, RUN, TEXTURE, Settings, options
+from styleengine.engine.settings import BATCH, RUN, TEXTURE, VIDEO, Settings, options
 
 try:
     from test_cli import FAST, assert_one_line_error, pics, run_cli  # noqa: F401  (fixture)
@@ -96,10 +96,10 @@ def test_every_setting_is_one_declaration_that_reaches_every_front_end():
     from styleengine.cli import app
 
     fields = [f.name for f in dataclasses.fields(Settings)]
-    declared = options(RUN) | options(TEXTURE) | options(BATCH)
+    declared = options(RUN) | options(TEXTURE) | options(BATCH) | options(VIDEO)
     assert set(fields) - set(declared) == {"convention"}  # the Python API's whole-convention override
     runner = CliRunner()
-    for command in (RUN, TEXTURE, BATCH):
+    for command in (RUN, TEXTURE, BATCH, VIDEO):
         shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
         for name, meta in options(command).items():
             assert (meta.flag or "--" + name.replace("_", "-")) in shown, (command, name)

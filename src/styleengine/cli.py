@@ -48,6 +48,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
               "Stylise many pictures: a jobs file or folders, a manifest, resumable."),
     "serve": ("styleengine.cli_serve", "serve", "Serve a web page and a JSON API on a warm engine."),
     "invert": ("styleengine.cli_invert", "invert", "Reconstruct a picture from its features at one layer."),
+    "video": ("styleengine.cli_video", "video",
+              "Stylise a video, temporally consistent (optical flow, Ruder et al.); resumable."),
     "visualize": ("styleengine.cli_visualize", "visualize", "The picture that maximises one class's score."),
     "tune": ("styleengine.cli_tune", "tune", "Measure which backend, precision and convolutions `auto` picks here."),
     # written by other engineers; absent modules leave their command out

@@ -183,6 +183,30 @@ def describe(distances: Any) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
+def announce(settings: Settings, plan: Any, console: Any, *, race: bool = False) -> tuple[Settings, Any]:
+    """Before the long work: the weights loaded (to fail now) and described, `auto` resolved and said how,
+    a warning for random weights. The plan with `auto` resolved, and the settings too unless `race` (one
+    run: what the record does not say, it races in its first steps, engine/race.py)."""
+    # stylise loads them again and lets them go once its step is built (the ORT step has its own copy in
+    # its session; VGG19's 80 MB kept beside the loop for nothing)
+    weights = load_run_weights(settings)
+    console.print(weights.describe(), highlight=False, soft_wrap=True, markup=False)
+    untrained = weights.is_random
+    del weights
+    if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
+        from styleengine.engine.autotune import choose
+
+        choice = choose(settings, race=race)  # read back from the record, else measured (engine/autotune.py)
+        plan = dataclasses.replace(plan, settings=choice.settings, auto=choice.why)
+        if not race:
+            settings = choice.settings
+        console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
+    if untrained:
+        console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
+                      "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)
+    return settings, plan
+
+
 def _checked_run(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
                  trace: Path | None, console: Any) -> tuple[Any, Any, list[str]]:
     """Steps 1 and 2: (the image to write, the loop's Result, warnings for the end)."""
@@ -201,22 +225,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     for note in plan.notes:  # before any work: the user may rather change the flag than wait
         console.print(f"warning: {note}", highlight=False, soft_wrap=True)
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
-    # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
-    # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
-    weights = load_run_weights(settings)
-    console.print(weights.describe(), highlight=False, soft_wrap=True, markup=False)
-    untrained = weights.is_random
-    del weights
-    if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
-        from styleengine.engine.autotune import choose
-
-        # read back from the record, or raced in the run's first steps (engine/race.py)
-        choice = choose(settings, race=True)
-        plan = dataclasses.replace(plan, settings=choice.settings, auto=choice.why)
-        console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
-    if untrained:
-        console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
-                      "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)
+    settings, plan = announce(settings, plan, console, race=True)
 
     # 2. the long work
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,0 +1,274 @@
+"""Reading and writing video files with PyAV (FFmpeg), torch-free.
+
+Frames come out upright (a phone's rotation metadata applied), RGB float32 in [0, 1], at the size asked
+for; `--frames A:B` seeks to A (FFmpeg seeks to the keyframe before it) and stops decoding after B, so a
+short range of a long file decodes only that range. Writes are atomic (paths.atomic_writer): a video file
+is there whole or not at all.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import av
+import numpy as np
+
+from styleengine import paths
+from styleengine.choices import MIN_SIDE
+from styleengine.errors import ConfigError, ImageError
+
+log = logging.getLogger(__name__)
+
+# suffix -> (FFmpeg muxer, video codec, pixel format); each codec here ships in PyAV's wheels
+CONTAINERS = {
+    ".mp4": ("mp4", "libx264", "yuv420p"), ".mov": ("mov", "libx264", "yuv420p"),
+    ".mkv": ("matroska", "libx264", "yuv420p"), ".webm": ("webm", "libvpx-vp9", "yuv420p"),
+    ".avi": ("avi", "mpeg4", "yuv420p"), ".gif": ("gif", "gif", "rgb8"),
+}
+# audio codecs each muxer takes as they are (matroska takes any); others are re-encoded as AUDIO_CODEC says
+COPYABLE = {"mp4": ("aac", "mp3", "opus", "ac3", "alac", "flac"), "mov": ("aac", "mp3", "alac", "ac3", "pcm_s16le"),
+            "webm": ("opus", "vorbis"), "avi": ("mp3", "ac3", "pcm_s16le"), "gif": ()}
+AUDIO_CODEC = {"mp4": "aac", "mov": "aac", "webm": "libopus", "avi": "libmp3lame"}
+CRF = "18"  # x264: visually lossless; the stylised texture is all detail and suffers from the default 23
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    frames: int  # at `fps`, from the container's count or its duration (an estimate for some formats)
+    fps: Fraction  # the stream's average frame rate
+    height: int  # upright (rotation applied)
+    width: int
+    rotation: int  # degrees counterclockwise the stored frames are turned for display
+    audio: bool
+    start: float  # seconds of the first video frame
+
+
+def check_video_output(path: Path) -> str:
+    """The muxer for `path`'s suffix (ConfigError for one this cannot write) after checking it can be written."""
+    found = CONTAINERS.get(path.suffix.lower())
+    if found is None:
+        raise ConfigError(f"cannot write {path}: unknown video suffix {path.suffix or '(none)'!r}; use "
+                          + ", ".join(CONTAINERS))
+    paths.check_writable(path, "output video")
+    return found[0]
+
+
+def probe(path: Path) -> VideoInfo:
+    """What a video file holds, read from its headers (nothing decoded); ImageError for a file that is not a
+    video or has no frames."""
+    problem = paths.not_a_file(path)
+    if problem is not None:
+        raise ImageError(f"cannot read video {path}: it {problem}")
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            if not streams:
+                raise ImageError(f"not a video (no video stream): {path}")
+            if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                raise ImageError(f"not a video (a still image; stylise it with `styleengine run`): {path}")
+            stream = streams[0]
+            fps = stream.average_rate or stream.guessed_rate
+            if not fps:
+                raise ImageError(f"cannot tell the frame rate of {path}")
+            time_base = stream.time_base or Fraction(1, 1000000)
+            start = float((stream.start_time or 0) * time_base)
+            if stream.frames:
+                count = stream.frames
+            elif stream.duration:
+                count = int(math.floor(float(stream.duration * time_base) * fps + 0.5))
+            elif container.duration:
+                count = int(math.floor(container.duration / av.time_base * fps + 0.5))
+            else:
+                count = 0
+            first = _first_frame(container, stream)
+            rotation = int(round(first.rotation / 90.0)) * 90 % 360 if first is not None and first.rotation else 0
+            height, width = stream.codec_context.height, stream.codec_context.width
+            audio = bool(container.streams.audio)
+    except av.error.EOFError:
+        raise ImageError(f"video {path} has no frames (or is cut short)") from None
+    except av.error.FFmpegError as e:
+        raise ImageError(f"not a video (or a format FFmpeg cannot read): {path} ({e.strerror or e})") from None
+    if count <= 0 or first is None:
+        raise ImageError(f"video {path} has no frames")
+    if rotation in (90, -90):
+        height, width = width, height
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(f"video {path} is {width}x{height} px; both sides must be at least {MIN_SIDE} px")
+    return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
+
+
+def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStream") -> "av.VideoFrame | None":
+    """The first frame (its side data holds the display rotation), or None for a stream without frames."""
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.EOFError:
+        pass
+    return None
+
+
+def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
+    """--frames A:B (B excluded, either side may be left out) as (start, stop) within the video's `count`
+    frames; ConfigError for a range that is empty or past the end."""
+    if not spec:
+        return 0, count
+    parts = spec.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start = int(parts[0]) if parts[0].strip() else 0
+        stop = int(parts[1]) if parts[1].strip() else count
+    except ValueError:
+        raise ConfigError(f"--frames must be A:B (frame numbers, B excluded), got {spec!r}") from None
+    if start < 0 or stop <= start:
+        raise ConfigError(f"--frames {spec} is empty: it needs 0 <= A < B")
+    if start >= count or stop > count:
+        raise ConfigError(f"--frames {spec} is past the end of {path} ({count} frames)")
+    return start, stop
+
+
+def output_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the long side `size`, each side even (4:2:0 video needs even sides)."""
+    scale = size / max(height, width)
+    return (max(MIN_SIDE, int(round(height * scale)) // 2 * 2),
+            max(MIN_SIDE, int(round(width * scale)) // 2 * 2))
+
+
+def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tuple[int, int]
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frame) for output frames start..stop-1 at `fps`: each the source frame shown at its time,
+    upright, resized to `shape` (height, width), RGB float32 in [0, 1]. Seeks to `start`; stops decoding
+    once past `stop`."""
+    height, width = shape
+    turned = info.rotation in (90, 270)
+    size = (height, width) if not turned else (width, height)  # scaled before turning, as stored
+    with av.open(str(info.path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        half = 0.5 / float(info.fps)  # a frame's time is matched within half a source frame
+        begin = info.start + start / float(fps)
+        if start:
+            container.seek(int(max(0.0, begin - info.start) / stream.time_base) + (stream.start_time or 0),
+                           stream=stream, backward=True)
+        index, shown = start, None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * stream.time_base)
+            while index < stop and t > info.start + index / float(fps) + half and shown is not None:
+                yield index, shown  # the frame on screen at output frame `index`'s time
+                index += 1
+            if index >= stop:
+                return
+            if t <= info.start + index / float(fps) + half:
+                shown = _picture(frame, size, info.rotation)
+        while index < stop and shown is not None:  # the last source frame stays on screen to the end
+            yield index, shown
+            index += 1
+            if info.start + index / float(fps) > t + 1.0 / float(info.fps):
+                return
+
+
+def _picture(frame: "av.VideoFrame", size: tuple[int, int], rotation: int) -> np.ndarray:
+    rgb = frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="AREA")
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation // 90)
+    return np.ascontiguousarray(rgb, dtype=np.float32) / 255.0
+
+
+def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audio: VideoInfo | None = None,
+                span: tuple[float, float] | None = None) -> int:
+    """Encode (H, W, 3) frames (uint8, or float in [0, 1]) into `path` at `fps`, atomically; with `audio`, its
+    sound over `span` (seconds of the source) is copied, or re-encoded where the container cannot hold it.
+    The number of frames written. A video of no frames is not written (ValueError)."""
+    muxer, codec, pix_fmt = CONTAINERS[path.suffix.lower()]
+    count = 0
+    with paths.atomic_writer(path) as f:
+        with av.open(f, "w", format=muxer) as out:
+            stream = None
+            audio_in = None
+            for frame in frames:
+                rgb = np.asarray(frame)
+                if rgb.dtype != np.uint8:
+                    rgb = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+                if stream is None:
+                    stream = out.add_stream(codec, rate=fps)
+                    stream.height, stream.width = rgb.shape[:2]
+                    stream.pix_fmt = pix_fmt
+                    if codec == "libx264":
+                        stream.options = {"crf": CRF}
+                    if audio is not None and audio.audio and muxer != "gif":
+                        audio_in = _AudioCopy(audio.path, out, muxer, span)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                    out.mux(packet)
+                count += 1
+            if stream is None:
+                raise ValueError("no frames to write")
+            for packet in stream.encode():
+                out.mux(packet)
+            if audio_in is not None:
+                audio_in.copy()
+    return count
+
+
+class _AudioCopy:
+    """The source's first audio stream over a span of seconds into an output container: packets copied where
+    the container takes the codec (COPYABLE), else decoded and re-encoded."""
+
+    def __init__(self, source: Path, out: "av.container.OutputContainer", muxer: str,
+                 span: tuple[float, float] | None):
+        self.out, self.span = out, span
+        self.input = av.open(str(source))
+        self.stream_in = self.input.streams.audio[0]
+        self.stream_out: Any = None
+        self.resampler = None
+        codec = self.stream_in.codec_context.name
+        if muxer == "matroska" or codec in COPYABLE.get(muxer, ()):
+            self.stream_out = out.add_stream_from_template(self.stream_in)
+            return
+        rate = self.stream_in.codec_context.sample_rate or 48000
+        self.stream_out = out.add_stream(AUDIO_CODEC[muxer], rate=rate)
+        layout = self.stream_in.codec_context.layout
+        self.stream_out.layout = layout.name if layout is not None and layout.nb_channels <= 2 else "stereo"
+        self.resampler = av.AudioResampler(format=self.stream_out.codec_context.format, layout=self.stream_out.layout,
+                                           rate=rate, frame_size=self.stream_out.codec_context.frame_size or None)
+        log.info("audio: %s re-encoded as %s for %s", codec, AUDIO_CODEC[muxer], muxer)
+
+    def copy(self) -> None:
+        try:
+            begin, end = self.span if self.span is not None else (0.0, math.inf)
+            base = self.stream_in.time_base or Fraction(1, self.stream_in.codec_context.sample_rate or 48000)
+            if begin > 0:
+                self.input.seek(int(begin / base), stream=self.stream_in, backward=True)
+            offset = None
+            for packet in self.input.demux(self.stream_in):
+                if packet.pts is None or packet.dts is None:
+                    continue
+                t = float(packet.pts * base)
+                if t < begin - 1e-6:
+                    continue
+                if t >= end:
+                    break
+                if offset is None:
+                    offset = packet.pts - int(round(begin / base))
+                if self.resampler is None:
+                    packet.pts -= offset
+                    packet.dts -= offset
+                    packet.stream = self.stream_out
+                    self.out.mux(packet)
+                else:
+                    for frame in packet.decode():
+                        frame.pts = None
+                        for part in self.resampler.resample(frame):
+                            self.out.mux(self.stream_out.encode(part))
+            if self.resampler is not None:
+                for part in self.resampler.resample(None):
+                    self.out.mux(self.stream_out.encode(part))
+                self.out.mux(self.stream_out.encode(None))
+        finally:
+            self.input.close()

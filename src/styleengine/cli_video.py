@@ -1,0 +1,244 @@
+"""`styleengine video IN STYLE... -o OUT`: temporally consistent stylisation of a video (engine/video.py).
+
+Order, as `run`: settings, the files to write, the video's headers, the styles, the plan and the weights are
+checked before any frame is stylised. Each frame is written as it finishes, whole (a PNG in OUT.frames/,
+beside the output, with video.json holding the settings hash); a rerun with the same hash skips the frames
+there and continues. The video is encoded from that folder at the end, or, after Ctrl-C or SIGTERM, from
+the frames finished so far: a playable partial video, with the sound of its span.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from styleengine import paths
+from styleengine.cli_run import Styles, Trace
+from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.settings import VIDEO, Settings
+from styleengine.errors import ConfigError
+
+MAX_FPS = 1000  # past this a --fps is a typo
+
+VideoOutput = Annotated[Path, typer.Option("--output", "-o", help="Output video (.mp4, .mov, .mkv, .webm, .avi, "
+                                                                  ".gif); its folder must exist.", show_default=False)]
+
+
+class FrameStore:
+    """OUT.frames/: video.json (what decides the frames: the settings hash) and frame_NNNNNN.png per finished
+    frame, each written atomically."""
+
+    RECORD = "video.json"
+
+    def __init__(self, output: Path, digest: str, about: dict[str, Any]):
+        self.folder = output.with_name(output.name + ".frames")
+        self.digest, self.about = digest, about
+
+    def open(self) -> None:
+        """Make the folder, or check that the one there holds frames of these settings (ConfigError if not:
+        nothing there is overwritten)."""
+        record = self.folder / self.RECORD
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"cannot keep the frames in {self.folder}: it is a file")
+        if record.is_file():
+            try:
+                held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                held = None
+            if held != self.digest:
+                raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
+                                  f"{held} here, {self.digest} now); move it away or choose another output")
+            return
+        try:
+            self.folder.mkdir(exist_ok=True)
+            paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
+                                        + "\n").encode())
+        except OSError as e:
+            raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}") from None
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"frame_{index:06d}.png"
+
+    def load(self, index: int) -> Any:
+        """The finished frame `index` as (H, W, 3) uint8, or None if it is not there."""
+        import numpy as np
+
+        from styleengine.engine import images
+
+        if not self.path(index).is_file():
+            return None
+        return np.round(images.load_image(self.path(index)) * 255.0).astype(np.uint8)
+
+    def save(self, index: int, image: Any) -> None:
+        from styleengine.engine import images
+
+        images.save_image(image.astype("float32") / 255.0, self.path(index))
+
+    def finished_from(self, start: int, stop: int) -> int:
+        """The first frame of start..stop-1 not finished yet (stop: all are)."""
+        index = start
+        while index < stop and self.path(index).is_file():
+            index += 1
+        return index
+
+
+def _check_installed() -> None:
+    """UnavailableError, one line, where the `video` extra is not installed."""
+    import importlib.util
+
+    from styleengine.errors import UnavailableError
+
+    missing = [name for module, name in (("av", "PyAV"), ("cv2", "OpenCV")) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UnavailableError(f"styleengine video needs {' and '.join(missing)}: pip install 'styleengine[video]'")
+
+
+def _rate(fps: float | None, source: Fraction) -> Fraction:
+    if fps is None:
+        return source
+    if not 0 < fps <= MAX_FPS:
+        raise ConfigError(f"--fps must be a number of frames per second between 0 and {MAX_FPS}, got {fps}")
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_default=False)], styles: Styles,
+           output: VideoOutput, trace: Trace = None,
+           frames: Annotated[Optional[str], typer.Option(
+               "--frames", help="Frames A:B of the video (at --fps; B excluded, either side may be left out); "
+                                "decoding starts at A.")] = None,
+           fps: Annotated[Optional[float], typer.Option(
+               "--fps", help="Output frame rate (default: the input's); frames are picked, not blended.")] = None,
+           **flags: Any) -> None:
+    """Stylise VIDEO with STYLE... frame by frame, each frame from the previous result warped by the optical
+    flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    settings = settings_from(flags, VIDEO)
+    _check_installed()
+    try:
+        prepared = _prepare(video, styles, output, trace, frames, fps, settings, console)
+    except KeyboardInterrupt:
+        from styleengine.cli import signals
+
+        signals.reported = True
+        print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
+        raise typer.Exit(signals.exit_code) from None
+    _execute(*prepared, output=output, trace=trace, console=console)
+
+
+def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, frames: str | None,
+             fps: float | None, settings: Settings, console: Any) -> tuple:
+    from styleengine.cli_job import announce
+    from styleengine.engine import images, video_io
+    from styleengine.engine.manifest import file_digest
+    from styleengine.engine.jobs import settings_inputs
+    from styleengine.engine.stylise import check_run
+    from styleengine.engine.video import video_hash
+
+    settings.validate()
+    video_io.check_video_output(output)
+    inputs = {"video": video, **{f"style image {i + 1}": p for i, p in enumerate(styles)},
+              **settings_inputs(settings.init, settings.weights)}
+    paths.check_not_an_input(output, "output", inputs)
+    if trace is not None:
+        paths.check_writable(trace, "trace")
+        paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
+    info = video_io.probe(video)
+    rate = _rate(fps, info.fps)
+    count = int(info.frames * rate / info.fps)
+    start, stop = video_io.frame_range(frames, count, video)
+    shape = video_io.output_shape(info.height, info.width, settings.size)
+    settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
+    style_arrays = [images.load_image(p) for p in styles]
+    plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
+                     style_labels=[f"style image {p}" for p in styles])
+    settings, plan = announce(settings, plan, console)
+    digests: dict[str, str] = {}
+    files = [file_digest(p, digests) for p in [video, *styles, *settings_inputs(settings.init,
+                                                                                 settings.weights).values()]]
+    selection = {"first": start, "fps": str(rate), "shape": list(shape)}
+    store = FrameStore(output, video_hash(settings, plan, files, selection),
+                       {"video": str(video), "fps": str(rate), "first": start})
+    store.open()
+    return info, rate, start, stop, shape, settings, plan, style_arrays, store
+
+
+def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int, int], settings: Settings, plan: Any,
+             style_arrays: list, store: FrameStore, *, output: Path, trace: Path | None, console: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from styleengine.cli import signals
+    from styleengine.engine import video_io
+    from styleengine.engine.video import Frame, stylise_frames
+
+    resumed = store.finished_from(start, stop)
+    if resumed > start:
+        console.print(f"resuming: frames {start}-{resumed - 1} are in {store.folder}", highlight=False,
+                      soft_wrap=True)
+    progress = Progress(TextColumn("video"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                        TextColumn("{task.fields[rate]:.2f} frames/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console)
+    tracer = open(trace, "w", encoding="utf-8") if trace is not None else None
+    began, made = time.perf_counter(), 0
+    stopped: str | None = "interrupted"
+    try:
+        with progress:
+            task = progress.add_task("video", total=stop - start, completed=resumed - start, rate=0.0)
+
+            def on_frame(frame: Frame) -> None:
+                nonlocal made
+                with signals.shielded():  # a frame is written whole before a signal stops the run
+                    store.save(frame.index, frame.image)
+                    if tracer is not None:
+                        tracer.write(json.dumps(frame.to_json()) + "\n")
+                        tracer.flush()
+                made += 1
+                progress.update(task, advance=1, rate=made / (time.perf_counter() - began))
+
+            frames = video_io.read_frames(info, start, stop, rate, shape)
+            stopped = stylise_frames(frames, style_arrays, settings, plan=plan,
+                                     finished=lambda i: store.load(i) if i < resumed else None, on_frame=on_frame)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        if tracer is not None:
+            tracer.close()
+        end = store.finished_from(start, stop)
+        written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
+    seconds = time.perf_counter() - began
+    if stopped == "interrupted":
+        signals.reported = True
+        where = (f"wrote {output} ({written} of {stop - start} frames)" if written
+                 else "no frame finished; nothing written")
+        console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; rerun to continue",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(signals.exit_code)
+    if stopped == "non-finite loss":
+        print(f"error: the loss became non-finite at frame {end}; wrote {output} ({written} frames)", file=sys.stderr)
+        raise typer.Exit(1)
+    if written < stop - start:
+        print(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)",
+              file=sys.stderr)
+        raise typer.Exit(1)
+    console.print(f"wrote {output} ({written} frames, {made} stylised in {seconds:.1f} s: "
+                  f"{made / seconds if seconds > 0 else 0:.2f} frames/s)", highlight=False, soft_wrap=True)
+
+
+def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: int, end: int, signals: Any) -> int:
+    """The finished frames start..end-1 as the output video, with the sound of their span; signals wait."""
+    from styleengine.engine import video_io
+
+    with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
+        span = (info.start + start / float(rate), info.start + end / float(rate))
+        return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info, span=span)
+
+
+video = with_settings(_video, VIDEO)

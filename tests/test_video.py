@@ -1,0 +1,359 @@
+"""`styleengine video` (engine/video.py, flow.py, video_io.py, cli_video.py): the flow, warp and masks, the
+temporal loss's gradient, resuming, a clip end to end with its sound, and bad input (tiny clips, random
+weights)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+pytest.importorskip("cv2", reason="the video extra (OpenCV) is not installed")
+
+from styleengine.benchmarks.video_clips import moving_window, with_occluder, write_clip  # noqa: E402
+from styleengine.engine import flow, video as video_engine, video_io  # noqa: E402
+from styleengine.engine.steps import StepResult  # noqa: E402
+
+try:
+    from test_cli import assert_one_line_error, run_cli  # noqa: F401
+except ImportError:  # run from the repository root as a package
+    from tests.test_cli import assert_one_line_error, run_cli  # noqa: F401
+
+FAST = ["--weights", "random", "--model", "vgg16", "--iters", "3", "--frame-iters", "2", "--device", "cpu",
+        "--backend", "torch", "--style-layers", "relu1_1,relu2_1", "--content-layers", "relu2_2"]
+
+
+def photo() -> np.ndarray:
+    """A smooth, textured still (no skimage needed): sums of sines in three channels, in [0, 1]."""
+    y, x = np.mgrid[0:160, 0:200].astype(np.float32)
+    channels = [0.5 + 0.25 * np.sin(x / 7.0 + c) * np.cos(y / 9.0 - c) + 0.2 * np.sin((x + 2 * y) / 13.0 + c)
+                for c in range(3)]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    """A 64x48 px clip of 6 frames at 12 fps with a tone: a window panning across `photo()`."""
+    frames, _ = moving_window(photo(), 6, (48, 64))
+    path = tmp_path / "in.mp4"
+    write_clip(path, frames, fps=12)
+    return path
+
+
+@pytest.fixture
+def style(tmp_path) -> Path:
+    path = tmp_path / "style.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+# ------------------------------------------------------------------ flow, warp, masks
+
+def test_warp_with_a_known_flow_is_exact_to_interpolation_error():
+    still = photo()
+    shifted = flow.warp(still, np.broadcast_to(np.array([2.0, 1.0], np.float32), (160, 200, 2)).copy())
+    assert np.array_equal(shifted[:-1, :-2], still[1:, 2:])  # whole pixels: no interpolation at all
+    frames, flows = moving_window(still, 4, (48, 64), step=(2.5, 1.25), zoom=1.03)
+    for t in (1, 2, 3):
+        warped = flow.warp(frames[t - 1], flows[t])
+        inner = (slice(4, -4), slice(4, -4))  # a zoom pulls the edge in from outside the frame
+        # bilinear on a cubic-rendered frame: the error of interpolating a smooth picture, not of the motion
+        assert np.abs(warped - frames[t])[inner].mean() < 4e-3
+        assert np.abs(frames[t - 1] - frames[t])[inner].mean() > 10 * np.abs(warped - frames[t])[inner].mean()
+
+
+def test_dis_flow_finds_a_known_motion():
+    frames, flows = moving_window(photo(), 3, (96, 128), step=(3.0, 1.5))
+    estimated = flow.FlowEstimator()(frames[2], frames[1])  # backward: t -> t-1
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(estimated - flows[2])[inner].mean() < 0.25
+
+
+def square_scene(t: int, speed: int = 6) -> tuple[np.ndarray, int]:
+    """A static background with a flat square 20 px wide moving `speed` px right a frame: (frame, square's x)."""
+    frame = np.tile(photo()[:60, :90], 1)
+    x = 10 + t * speed
+    frame[20:40, x:x + 20] = (0.9, 0.1, 0.1)
+    return frame, x
+
+
+def test_masks_on_a_synthetic_occlusion():
+    """Exact flows of a square moving 6 px right over a static background: the strip it uncovers (hidden in
+    t-1) is occluded, nothing else is; motion boundaries lie along the square's edges."""
+    (_, x0), (_, x1) = square_scene(0), square_scene(1)
+    backward = np.zeros((60, 90, 2), np.float32)
+    forward = np.zeros((60, 90, 2), np.float32)
+    backward[20:40, x1:x1 + 20, 0] = -6.0  # the square at t came from 6 px left
+    forward[20:40, x0:x0 + 20, 0] = 6.0
+    found = flow.consistency(backward, forward)
+    expected = np.zeros((60, 90), bool)
+    expected[20:40, x0:x1] = True  # behind the square at t-1, background at t
+    assert np.array_equal(found.occluded, expected)
+    rows, cols = np.nonzero(found.boundary)
+    assert found.boundary.any() and not found.boundary[:15].any() and not found.boundary[45:].any()
+    assert not found.boundary[25:35, x1 + 3:x1 + 17].any()  # the square's inside moves as one
+    assert set(np.unique(found.weights)) <= {0.0, 1.0} and found.weights[expected].max() == 0.0
+
+
+def test_estimated_masks_hide_most_of_a_real_occlusion():
+    """With DIS's flow on rendered frames: most of the uncovered strip is masked, most of the far background
+    is kept."""
+    (f0, x0), (f1, x1) = square_scene(0), square_scene(1)
+    estimate = flow.FlowEstimator()
+    found = flow.consistency(estimate(f1, f0), estimate(f0, f1))
+    assert found.weights[22:38, x0:x1].mean() < 0.5
+    assert found.weights[48:, 50:].mean() > 0.9
+
+
+# ------------------------------------------------------------------ the temporal loss
+
+def test_the_temporal_gradient_matches_float64_central_differences():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 5, 6, generator=gen, dtype=torch.float64)
+    warped = torch.rand(1, 3, 5, 6, generator=gen, dtype=torch.float64)
+    weights = (torch.rand(1, 1, 5, 6, generator=gen, dtype=torch.float64) > 0.3).double()
+    loss, grad = video_engine.temporal_term(x, warped, weights, 3.0)
+    expected = 3.0 / x.numel() * float((weights * (x - warped) ** 2).sum())
+    assert float(loss[0]) == pytest.approx(expected, rel=1e-12)
+    h = 1e-6
+    numeric = torch.zeros_like(x)
+    for i in range(x.numel()):
+        e = torch.zeros(x.numel(), dtype=torch.float64)
+        e[i] = h
+        e = e.view_as(x)
+        numeric.view(-1)[i] = (video_engine.temporal_term(x + e, warped, weights, 3.0)[0]
+                               - video_engine.temporal_term(x - e, warped, weights, 3.0)[0]) / (2 * h)
+    assert torch.allclose(grad, numeric, rtol=1e-7, atol=1e-10)
+    assert float(grad[weights.expand_as(x) == 0].abs().max()) == 0.0  # occluded pixels are free
+
+
+class _Flat:
+    """A step whose loss and gradient are zero: what TemporalStep adds is all there is."""
+
+    device = torch.device("cpu")
+    capturable = False
+    loss = None
+    conv = "direct"
+
+    def __call__(self, image):
+        return StepResult(torch.zeros(4), torch.zeros_like(image))
+
+
+def test_the_temporal_step_adds_the_term_to_the_total_and_the_gradient():
+    x, warped = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    weights = torch.ones(1, 1, 4, 4)
+    step = video_engine.TemporalStep(_Flat(), 2.0)
+    assert float(step(x).losses[0]) == 0.0  # no reference yet: the inner step's result
+    step.set_reference(warped, weights)
+    result = step(x)
+    loss, grad = video_engine.temporal_term(x, warped, weights, 2.0)
+    assert float(result.losses[0]) == pytest.approx(float(loss[0])) and float(result.losses[1:].abs().sum()) == 0
+    assert torch.equal(result.grad, grad)
+
+
+# ------------------------------------------------------------------ end to end
+
+def test_a_64px_clip_end_to_end_keeps_fps_and_audio_and_builds_one_step(tmp_path, monkeypatch, capsys, clip,
+                                                                        style):
+    built = []
+    real = video_engine.build_step
+    monkeypatch.setattr(video_engine, "build_step", lambda *a, **k: built.append(1) or real(*a, **k))
+    out, trace = tmp_path / "out.mp4", tmp_path / "t.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--trace", trace)
+    assert code == 0, err
+    assert built == [1]  # one warm step for every frame
+    info = video_io.probe(out)
+    assert (info.frames, info.fps, info.width, info.height, info.audio) == (6, 12, 64, 48, True)
+    assert frame_count(out) == 6
+    with av.open(str(out)) as container:
+        sound = container.streams.audio[0]
+        assert float(sound.duration * sound.time_base) == pytest.approx(0.5, abs=0.1)
+    lines = trace.read_text().splitlines()
+    assert len(lines) == 6 and '"temporal_loss": null' in lines[0] and '"temporal_loss": null' not in lines[1]
+    assert len(list((tmp_path / "out.mp4.frames").glob("frame_*.png"))) == 6
+
+
+def test_frames_and_fps_pick_frames_without_decoding_from_the_start(tmp_path, monkeypatch, capsys, clip, style):
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--fps", "6", "--frames", "1:3")
+    assert code == 0, err
+    info = video_io.probe(out)
+    assert (info.frames, info.fps) == (2, 6)
+    # frames 1 and 2 at 6 fps are source frames 2 and 4 (at 12 fps)
+    source = video_io.probe(clip)
+    picked = [i for i, _ in video_io.read_frames(source, 1, 3, source.fps / 2, (48, 64))]
+    direct = dict(video_io.read_frames(source, 0, 6, source.fps, (48, 64)))
+    got = list(video_io.read_frames(source, 1, 3, source.fps / 2, (48, 64)))
+    assert picked == [1, 2]
+    assert np.array_equal(got[0][1], direct[2]) and np.array_equal(got[1][1], direct[4])
+
+
+ORIGINAL_FRAME = video_engine.VideoRun.frame
+
+
+def hook_frames(monkeypatch, stop_at: int | None = None) -> list[int]:
+    """Record which frames the engine stylises; at `stop_at`, SIGTERM arrives during that frame."""
+    ran: list[int] = []
+    real = ORIGINAL_FRAME
+
+    def frame(self, index, picture):
+        ran.append(index)
+        if index == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            raise AssertionError("the signal was not delivered")
+        return real(self, index, picture)
+
+    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    return ran
+
+
+def test_a_signal_leaves_a_partial_video_and_a_rerun_runs_no_frame_twice(tmp_path, monkeypatch, capsys, clip,
+                                                                        style):
+    out = tmp_path / "out.mp4"
+    ran = hook_frames(monkeypatch, stop_at=3)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64")
+    assert code == 143 and "Traceback" not in err, err
+    assert "interrupted (SIGTERM)" in err and f"wrote {out} (3 of 6 frames)" in err
+    assert frame_count(out) == 3 and video_io.probe(out).audio  # playable, with the sound of its span
+    assert ran == [0, 1, 2, 3]
+
+    ran = hook_frames(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64")
+    assert code == 0, err
+    assert "resuming: frames 0-2" in err
+    assert ran == [3, 4, 5] and frame_count(out) == 6
+
+    # the same frames as a run that was never stopped
+    whole = tmp_path / "whole.mp4"
+    assert run_cli(monkeypatch, capsys, "video", clip, style, "-o", whole, *FAST, "--size", "64")[0] == 0
+    store = tmp_path / "out.mp4.frames", tmp_path / "whole.mp4.frames"
+    for index in range(6):
+        name = f"frame_{index:06d}.png"
+        a, b = (np.asarray(Image.open(s / name), np.int16) for s in store)
+        assert np.abs(a - b).max() <= 1, index
+
+
+def test_other_settings_do_not_reuse_the_frames(tmp_path, monkeypatch, capsys, clip, style):
+    out = tmp_path / "out.mp4"
+    assert run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                   "--frames", "0:2")[0] == 0
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "out.mp4.frames").iterdir())
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--temporal-weight", "3")
+    errors = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and "holds frames of other settings" in errors[0]
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "out.mp4.frames").iterdir()) == before
+
+
+def test_sigterm_to_a_real_process_leaves_a_playable_partial_video(tmp_path, clip, style):
+    out = tmp_path / "out.mp4"
+    frames = tmp_path / "out.mp4.frames"
+    args = [a if a != "2" else "100000" for a in FAST]  # frame 0 quick, frame 1 never ends
+    proc = subprocess.Popen([sys.executable, "-m", "styleengine", "video", str(clip), str(style), "-o", str(out),
+                             *args, "--size", "64"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (frames / "frame_000000.png").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert frame_count(out) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.")]
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_odd_sizes_come_out_even(tmp_path, monkeypatch, capsys, style):
+    frames, _ = moving_window(photo(), 3, (49, 65))
+    odd = tmp_path / "odd.mkv"
+    write_clip(odd, frames, fps=12, audio=False, codec="ffv1")
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", odd, style, "-o", out, *FAST, "--size", "65")
+    assert code == 0, err
+    info = video_io.probe(out)
+    assert (info.width % 2, info.height % 2, info.frames, info.audio) == (0, 0, 3, False)
+
+
+def empty_video(path: Path) -> None:
+    """A video file whose video stream has no frames (its header written, nothing encoded)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=12)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "not a video"), ("image", "not a video (a still image"), ("empty", "has no frames"),
+    ("missing_folder", "folder"), ("suffix", "unknown video suffix"), ("past_end", "past the end"),
+    ("bad_range", "--frames must be A:B"), ("bad_fps", "--fps must be")])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, clip, style, case, message):
+    source, out, extra = clip, tmp_path / "out.mp4", []
+    if case == "text":
+        source = tmp_path / "notes.mp4"
+        source.write_text("not a video at all\n")
+    elif case == "image":
+        source = style
+    elif case == "empty":
+        source = tmp_path / "empty.mkv"
+        empty_video(source)
+    elif case == "missing_folder":
+        out = tmp_path / "nowhere" / "out.mp4"
+    elif case == "suffix":
+        out = tmp_path / "out.xyz"
+    elif case == "past_end":
+        extra = ["--frames", "4:9"]
+    elif case == "bad_range":
+        extra = ["--frames", "3"]
+    elif case == "bad_fps":
+        extra = ["--fps", "-2"]
+    code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST, "--size", "64", *extra)
+    assert_one_line_error(code, err, out)
+    assert message in err
+    assert not out.with_name(out.name + ".frames").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_unwritable_output_folder_is_one_line(tmp_path, monkeypatch, capsys, clip, style):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        out = folder / "out.mp4"
+        code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64")
+        assert_one_line_error(code, err, out)
+        assert "cannot write output video" in err
+    finally:
+        folder.chmod(0o700)
+
+
+def test_the_occluder_clip_is_masked_where_it_moves():
+    """The benchmark's occlusion clip: the estimated masks drop pixels around the sliding patch."""
+    frames, _ = moving_window(photo(), 3, (48, 64))
+    patch = np.zeros((16, 12, 3), np.float32)
+    moved = with_occluder(frames, patch, speed=5.0)
+    estimate = flow.FlowEstimator()
+    found = flow.consistency(estimate(moved[2], moved[1]), estimate(moved[1], moved[2]))
+    assert found.weights.mean() < 0.98 and found.weights[:10].mean() > 0.9
