@@ -35,11 +35,22 @@ class LossConfig:
     # paper; the usual remedy for its low-level noise)
     tv_weight: float = 0.0
     weighting: str = "invariant"  # "invariant" or "paper" (the module docstring)
+    # neural-style's -normalize_gradients: each term's gradient at its layer divided by its L1 norm, times its
+    # weight (alpha, beta w_l); the loss's value is unchanged, so the gradient is no longer the loss's
+    normalize_gradients: bool = False
+    # neural-style-pt's -normalize_weights: each layer's weight divided by its channel count (style: C_l; content:
+    # the largest side of P^l, its channels unless the map is wider), as Gatys' NeuralImageSynthesis does
+    normalize_weights: bool = False
 
     def layer_weights(self) -> tuple[float, ...]:
+        """w_l per style layer (normalize_weights: divided by the layer's channels)."""
         if self.style_layer_weights is None:
-            return tuple(1.0 / len(self.style_layers) for _ in self.style_layers) if self.style_layers else ()
-        return self.style_layer_weights
+            weights = tuple(1.0 / len(self.style_layers) for _ in self.style_layers)
+        else:
+            weights = self.style_layer_weights
+        if not self.normalize_weights or len(weights) != len(self.style_layers):
+            return weights
+        return tuple(w / vgg.channels(n) for w, n in zip(weights, self.style_layers))
 
     def validate(self, model: str) -> None:
         check_choice("weighting", self.weighting, WEIGHTINGS)

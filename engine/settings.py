@@ -175,6 +175,12 @@ class Settings:
         _LOSS.weighting, "invariant: content and TV terms are means over positions, so the weights mean the same "
                          "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).",
         LOSS, "word")
+    normalize_gradients: bool = option(
+        False, "neural-style's -normalize_gradients: each loss term's gradient at its layer divided by its L1 norm, "
+               "times its weight (torch backend; untiled).", LOSS, "flag")
+    normalize_weights: bool = option(
+        False, "neural-style-pt's -normalize_weights: each layer's content and style weight divided by its channel "
+               "count.", LOSS, "flag")
     style_blend: tuple[float, ...] | None = option(
         None, "Comma-separated weights, one per style image (default: equal).", LOSS, "numbers", aliases=("blend",))
     # the paper: 1, the styles at the content's size
@@ -261,6 +267,8 @@ class Settings:
             style_weight=self.style_weight,
             tv_weight=self.tv_weight,
             weighting=self.weighting,
+            normalize_gradients=self.normalize_gradients,
+            normalize_weights=self.normalize_weights,
         )
 
     def validate(self, *, texture: bool = False) -> None:
@@ -273,7 +281,8 @@ class Settings:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
-        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
+        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv,
+                                  normalize_gradients=self.normalize_gradients)
         if not MIN_SIDE <= self.size <= MAX_SIDE:
             raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
@@ -311,6 +320,9 @@ class Settings:
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
             raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+        if self.normalize_gradients and (self.tile is not None or self.mem_budget_gib is not None):
+            raise ConfigError("--normalize-gradients needs each layer's whole gradient, which the tiled step "
+                              "(--tile, --mem-budget) never holds; drop one of them")
         if self.backend == "tensorrt" and self.tile is not None:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded

@@ -1,0 +1,112 @@
+"""Recipes that carry over from neural-style / neural-style-pt (issue 24, items 2 and 3): gradient and weight
+normalisation, the TV weight's scale, the neural-style-pt preset, the saturation warning, the peers' spellings."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from styleengine.engine import capability
+from styleengine.engine.autotune import choose
+from styleengine.engine.losses import LossConfig, Targets, content_scales, gram, total_loss
+from styleengine.engine.settings import Settings
+from styleengine.errors import ConfigError
+
+CPU_ONLY = capability.Machine(cuda=False, ort_providers=("cpu",))
+LAYERS = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
+
+
+def _features(seed: int = 0) -> tuple[dict[str, torch.Tensor], Targets]:
+    g = torch.Generator().manual_seed(seed)
+    feats = {"relu1_1": torch.rand(1, 64, 12, 10, generator=g), "relu2_1": torch.rand(1, 128, 6, 5, generator=g)}
+    targets = Targets(content={"relu2_1": torch.rand(1, 128, 6, 5, generator=g)},
+                      grams={n: gram(torch.rand(f.shape, generator=g)) for n, f in feats.items()})
+    return feats, targets
+
+
+def _layer_grads(config: LossConfig, term: str) -> tuple[float, dict[str, torch.Tensor]]:
+    feats, targets = _features()
+    leaves = {n: f.clone().requires_grad_(True) for n, f in feats.items()}
+    terms = total_loss(config, leaves, targets, torch.rand(1, 3, 24, 20))
+    terms[term].backward()
+    return terms[term].item(), {n: f.grad for n, f in leaves.items()}
+
+
+@pytest.mark.parametrize("term, strengths", [
+    ("content", {"relu2_1": 3.0}),
+    ("style", {"relu1_1": 0.7 * 0.25, "relu2_1": 0.7 * 0.75}),
+])
+def test_normalize_gradients_gives_each_term_the_l1_norm_of_its_weight(term, strengths):
+    """neural-style's -normalize_gradients: a term's gradient at its layer has L1 norm alpha (beta w_l); its
+    value is the plain loss's."""
+    config = LossConfig(**LAYERS, content_weight=3.0, style_weight=0.7, style_layer_weights=(0.25, 0.75))
+    plain_value, plain = _layer_grads(config, term)
+    value, grads = _layer_grads(LossConfig(**{**config.__dict__, "normalize_gradients": True}), term)
+    assert value == pytest.approx(plain_value, rel=1e-6)
+    for name, strength in strengths.items():
+        assert grads[name].abs().sum().item() == pytest.approx(strength, rel=1e-4)
+        # the direction is the plain gradient's
+        cos = torch.nn.functional.cosine_similarity(grads[name].flatten(), plain[name].flatten(), dim=0)
+        assert cos.item() == pytest.approx(1.0, abs=1e-5)
+        assert plain[name].abs().sum().item() != pytest.approx(strength, rel=1e-2)
+
+
+def test_normalize_weights_divides_each_layer_by_its_channels():
+    """neural-style-pt's -normalize_weights: strength / max(target.size()): C_l for a Gram (C, C); for the
+    content target (1, C, h, w) its largest side."""
+    config = LossConfig(**LAYERS, style_layer_weights=(2.0, 4.0), normalize_weights=True)
+    assert config.layer_weights() == pytest.approx((2.0 / 64, 4.0 / 128))
+    assert LossConfig(**LAYERS, normalize_weights=True).layer_weights() == pytest.approx((0.5 / 64, 0.5 / 128))
+    _, targets = _features()
+    plain = content_scales(LossConfig(**LAYERS), targets)
+    assert content_scales(config, targets)["relu2_1"] == pytest.approx(plain["relu2_1"] / 128)
+    wide = Targets(content={"relu1_1": torch.rand(1, 64, 80, 70)})
+    one = LossConfig(content_layers=("relu1_1",), style_layers=(), normalize_weights=True, weighting="paper")
+    assert content_scales(one, wide)["relu1_1"] == pytest.approx(1 / 80)
+
+
+@pytest.mark.parametrize("backend", ["ort", "tensorrt"])
+def test_normalize_gradients_names_the_backend_that_serves_it(backend):
+    why = capability.refusal(backend, "cuda", "auto", "auto", normalize_gradients=True)
+    assert why is not None and "torch backend" in why and "\n" not in why
+    with pytest.raises(ConfigError, match="torch backend"):
+        Settings(backend=backend, normalize_gradients=True).validate()
+    assert capability.refusal("torch", "cpu", "auto", "auto", normalize_gradients=True) is None
+
+
+def test_auto_picks_torch_for_normalize_gradients():
+    assert {c[0] for c in capability.candidates("auto", "cpu", "auto", "auto")} == {"torch", "ort"}
+    assert {c[0] for c in capability.candidates("auto", "cpu", "auto", "auto", normalize_gradients=True)} == {"torch"}
+    chosen = choose(Settings(normalize_gradients=True, device="cpu"), machine=CPU_ONLY, tune=False).settings
+    assert chosen.backend == "torch"
+
+
+@pytest.mark.parametrize("extra", [{"tile": 64}, {"mem_budget_gib": 1.0}])
+def test_normalize_gradients_refuses_the_tiled_step(extra):
+    with pytest.raises(ConfigError, match="tiled step"):
+        Settings(normalize_gradients=True, **extra).validate()
+
+
+# ---- the CLI: bad values are one line before any work; the flags run end to end
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import FAST, assert_one_line_error, pics, run_cli  # noqa: F401  (pics: a fixture)
+except ModuleNotFoundError:
+    from tests.test_cli import FAST, assert_one_line_error, pics, run_cli  # noqa: F401
+
+
+def test_cli_normalize_gradients_on_ort_is_one_line(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--backend", "ort", "--normalize-gradients")
+    assert_one_line_error(code, err, out)
+    assert "torch backend" in err
+
+
+def test_cli_normalize_flags_run(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--backend", "torch", "--normalize-gradients", "--normalize-weights")
+    assert code == 0, err
+    assert out.exists()
