@@ -4,8 +4,9 @@ Formulas follow Gatys et al. (CVPR 2016):
   L_content = 1/2 sum (F - P)^2
   E_l       = 1/(4 N_l^2 M_l^2) sum (G^l - A^l)^2,  G = F F^T (unnormalised)
   L         = alpha * c_l * L_content + beta * sum_l w_l E_l + tv_weight * t * L_tv
-with c_l and t the weighting's factors (content_scales, tv_scale): 1 in the
-paper's weighting, where the content and TV terms are sums over positions and
+with c_l and t the weighting's factors (content_scales, tv_scale; t also holds
+TV_UNIT, which puts 0.1 .. 10 on the useful scale): 1 in the paper's
+weighting, where the content and TV terms are sums over positions and
 grow with the pixel count while E_l does not (the same beta weighs 16x less at
 2048 px than at 512); 1/(N_l M_l) and 1/(3 H W) in the size-invariant one (the
 default), where each term is a mean over positions and channels, like E_l, so
@@ -27,9 +28,9 @@ from typing import cast
 import torch
 
 from styleengine.errors import ConfigError
-from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, LossConfig
+from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, TV_UNIT, LossConfig
 
-__all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "LossConfig"]
+__all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "TV_UNIT", "LossConfig"]
 
 @dataclass
 class Targets:
@@ -59,8 +60,8 @@ def content_coeffs(config: LossConfig, targets: Targets) -> dict[str, float]:
 
 
 def tv_scale(config: LossConfig, height: int, width: int) -> float:
-    """t: 1 (paper) or 1 / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
-    return 1.0 if config.weighting == "paper" else 1.0 / (3 * height * width)
+    """t: TV_UNIT (paper) or TV_UNIT / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
+    return TV_UNIT if config.weighting == "paper" else TV_UNIT / (3 * height * width)
 
 
 def _accumulate(t: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,6 @@
 normalisation, the TV weight's scale, the neural-style-pt preset, the saturation warning, the peers' spellings."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -14,6 +12,7 @@ from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError
 
 CPU_ONLY = capability.Machine(cuda=False, ort_providers=("cpu",))
+FAST_API = dict(weights="random", model="vgg16", device="cpu", backend="torch", precision="fp32", conv="direct")
 LAYERS = {"content_layers": ("relu2_1",), "style_layers": ("relu1_1", "relu2_1")}
 
 
@@ -86,6 +85,33 @@ def test_auto_picks_torch_for_normalize_gradients():
 def test_normalize_gradients_refuses_the_tiled_step(extra):
     with pytest.raises(ConfigError, match="tiled step"):
         Settings(normalize_gradients=True, **extra).validate()
+
+
+
+# ---- --tv-weight's scale
+
+def test_tv_weight_is_in_units_where_one_is_visible():
+    """tv_weight 1 is TV_UNIT (1e5) times the mean squared neighbour difference: next to the content and style
+    terms on caffe-scale features (the measurement in engine/loss_config.py), not 1e-5 of them."""
+    from styleengine.engine.losses import TV_UNIT, tv_scale
+
+    image = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    feats, targets = _features()
+    terms = total_loss(LossConfig(**LAYERS, tv_weight=1.0), feats, targets, image)
+    squared = ((image[:, :, 1:] - image[:, :, :-1]) ** 2).sum() + ((image[..., 1:] - image[..., :-1]) ** 2).sum()
+    assert TV_UNIT == 1e5
+    assert terms["tv"].item() == pytest.approx(1e5 * squared.item() / (3 * 24 * 20), rel=1e-5)
+    assert tv_scale(LossConfig(weighting="paper"), 24, 20) == 1e5
+
+
+def test_an_inversion_keeps_its_prior_weight():
+    """invert's --tv-weight weighs its normalised feature term, as before the TV unit: its run divides it out."""
+    from styleengine.engine.invert import invert
+    from styleengine.engine.losses import TV_UNIT
+
+    picture = torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(2)).numpy()
+    _, _, ran = invert(picture, "conv1_2", Settings(size=40, iterations=2, init="noise", tv_weight=0.5, **FAST_API))
+    assert ran.tv_weight == pytest.approx(0.5 / TV_UNIT)
 
 
 # ---- the CLI: bad values are one line before any work; the flags run end to end
