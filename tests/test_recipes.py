@@ -136,3 +136,45 @@ def test_cli_normalize_flags_run(monkeypatch, capsys, pics, tmp_path):
                            "--backend", "torch", "--normalize-gradients", "--normalize-weights")
     assert code == 0, err
     assert out.exists()
+
+
+# ---- --recipe neural-style-pt
+
+def test_the_recipe_is_neural_style_pts_loss_in_our_units():
+    """Their content a * mean (F - P)^2 and style b * mean (G/(N M) - A/(N M))^2 per layer, written from their
+    definitions, equal our terms under the mapped weights."""
+    from styleengine.engine.recipes import NEURAL_STYLE_PT, recipe_values
+
+    values = recipe_values(NEURAL_STYLE_PT, {"content_weight": 3.0, "style_weight": 70.0, **LAYERS})
+    config = Settings(**values).loss_config()
+    feats, targets = _features()
+    ours = total_loss(config, feats, targets, torch.rand(1, 3, 24, 20))
+    p = targets.content["relu2_1"]
+    content = 3.0 * torch.mean((feats["relu2_1"] - p) ** 2)
+    style = sum(70.0 * torch.mean((gram(f) / f.numel() - targets.grams[n] / f.numel()) ** 2) for n, f in feats.items())
+    assert ours["content"].item() == pytest.approx(content.item(), rel=1e-5)
+    assert ours["style"].item() == pytest.approx(style.item(), rel=1e-5)
+
+
+def test_the_recipe_sets_their_defaults_and_named_flags_win(monkeypatch, capsys, pics, tmp_path):
+    seen = {}
+    monkeypatch.setattr("styleengine.cli_job.execute", lambda **kw: seen.update(kw))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                           "--recipe", "neural-style-pt", "--iters", "7", "--style-weight", "200", "--seed", "3")
+    assert code == 0, err
+    s = seen["settings"]
+    assert (s.iterations, s.seed, s.pooling, s.init, s.size, s.scales, s.lbfgs_max_step) == (7, 3, "max", "noise",
+                                                                                              512, 1, 0.0)
+    assert (s.content_weight, s.style_weight) == (10.0, 800.0)  # 5 and 200 in neural-style-pt's units
+    assert s.style_layer_weights == pytest.approx(tuple(1 / c**2 for c in (64, 128, 256, 512, 512)))
+    seen.clear()
+    run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png", "--iters", "7")
+    assert (seen["settings"].pooling, seen["settings"].style_weight) == ("avg", Settings().style_weight)
+
+
+def test_an_unknown_recipe_is_one_line(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--recipe", "neural-style")
+    assert_one_line_error(code, err, out)
+    assert "neural-style-pt" in err
