@@ -178,3 +178,27 @@ def test_an_unknown_recipe_is_one_line(monkeypatch, capsys, pics, tmp_path):
                            "--recipe", "neural-style")
     assert_one_line_error(code, err, out)
     assert "neural-style-pt" in err
+
+
+# ---- Adam's learning rate saturating the image
+
+def test_a_saturating_learning_rate_is_one_warning_line_naming_the_flag(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST[:-4],
+                           "--iters", "12", "--device", "cpu", "--optimizer", "adam", "--lr", "1")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning: Adam's learning rate 1 saturates")]
+    assert len(lines) == 1 and "lower --lr" in lines[0], err
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST[:-4],
+                           "--iters", "12", "--device", "cpu", "--optimizer", "adam")
+    assert code == 0 and "saturates" not in err, err
+
+
+def test_the_saturation_share_counts_values_outside_0_1(caplog):
+    from styleengine.engine.loop import warn_if_saturated
+
+    x = torch.full((1, 3, 4, 4), 0.5)
+    assert warn_if_saturated(x, 0.02, 10) == 0 and not caplog.records
+    x[:, :2] = 3.0
+    assert warn_if_saturated(x, 1.0, 10) == pytest.approx(2 / 3)
+    assert "lower --lr" in caplog.records[-1].getMessage()
