@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed)  # noqa: F401
+from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, INIT_ALIASES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
+                                 PRECISIONS, PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -152,8 +152,9 @@ class Settings:
               "paper and popular implementations).", OPTIM, "real")
     # the paper starts from white noise; content init reaches a readable result in far fewer iterations, which
     # matters on a CPU (its Fig. 6 compares both)
-    init: str = option("content", "noise, content, style or an image path.", OPTIM, "word",
-                       words=("noise", "content", "style"), texture_help="noise, style or an image path.")
+    init: str = option("content", "noise, content, style or an image path (neural-style's random and image: noise "
+                                  "and content).", OPTIM, "word", words=("noise", "content", "style", *INIT_ALIASES),
+                       texture_help="noise, style or an image path.")
     seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "
@@ -202,6 +203,8 @@ class Settings:
                                "ort: F(4x4, 3x3) in the graph; ~1e-5 rounding).", COMPUTE, "word", per_job=False)
     save_every: int = option(0, "Also write OUT_<iteration> every N iterations (0: never).", PROGRESS, "whole",
                              per_job=False, commands=ONE_RUN)
+    print_every: int = option(0, "Print the loss and its terms every N iterations (0: never).", PROGRESS, "whole",
+                              per_job=False, commands=ONE_RUN)
     # a forward pass each time; the result always has the final image's
     distance_every: int = option(
         0, "Measure the style and content distances every N iterations, for --trace (0: only the final image's, "
@@ -232,6 +235,10 @@ class Settings:
                                            "numbers", per_job=False)
     # a whole convention (the Python API); the four fields above override it field by field
     convention: Convention | None = None
+
+    def __post_init__(self) -> None:
+        if self.init in INIT_ALIASES:  # the peers' spelling, stored as ours (a frozen field: set once, here)
+            object.__setattr__(self, "init", INIT_ALIASES[self.init])
 
     def resolved(self) -> "Settings":
         """These settings with every `auto` (backend, device, provider, precision, conv) made concrete for this
@@ -302,6 +309,8 @@ class Settings:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
         if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
             raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
+        if self.print_every < 0:
+            raise ConfigError(f"print-every must be >= 0, got {self.print_every}")
         if self.distance_every < 0:
             raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
         if self.lbfgs_history is not None and self.lbfgs_history < 1:

@@ -202,3 +202,87 @@ def test_the_saturation_share_counts_values_outside_0_1(caplog):
     x[:, :2] = 3.0
     assert warn_if_saturated(x, 1.0, 10) == pytest.approx(2 / 3)
     assert "lower --lr" in caplog.records[-1].getMessage()
+
+
+# ---- the peers' spellings
+
+def test_style_lists_and_folders_are_several_styles(monkeypatch, capsys, pics, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg"):
+        Image.new("RGB", (40, 40)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    comma = tmp_path / "x,y.png"
+    Image.new("RGB", (40, 40)).save(comma)
+    seen = {}
+    monkeypatch.setattr("styleengine.cli_job.execute", lambda **kw: seen.update(kw))
+    for args, want in (([f"{pics['style']},{pics['style2']}"], [pics["style"], pics["style2"]]),
+                       ([folder], [folder / "a.jpg", folder / "b.png"]),
+                       ([comma, folder], [comma, folder / "a.jpg", folder / "b.png"])):
+        code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], *args, "-o", tmp_path / "o.png")
+        assert code == 0, err
+        assert seen["styles"] == want
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "texture", empty, "-o", tmp_path / "o.png")
+    assert_one_line_error(code, err, tmp_path / "o.png")
+    assert "holds no images" in err
+
+
+def test_a_jobs_file_takes_a_style_folder(tmp_path):
+    from PIL import Image
+
+    from styleengine.engine.jobs import load_jobs
+
+    (tmp_path / "styles").mkdir()
+    for name in ("s1.png", "s2.png"):
+        Image.new("RGB", (40, 40)).save(tmp_path / "styles" / name)
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text('{"content": "c.png", "styles": "styles"}\n')
+    (job,) = load_jobs(jobs_file, tmp_path / "out")
+    assert job.styles == (tmp_path / "styles" / "s1.png", tmp_path / "styles" / "s2.png")
+    assert job.output.name == "c__styles.png"
+
+
+@pytest.mark.parametrize("spelling, ours", [("random", "noise"), ("image", "content"), ("style", "style")])
+def test_init_random_and_image_are_noise_and_content(spelling, ours):
+    assert Settings(init=spelling).init == ours
+
+
+def test_print_every_logs_a_line_every_n_iterations(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--iters", "4", "--print-every", "2", "--init", "random")
+    assert code == 0, err
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("iteration ")] == \
+        ["iteration 2 / 4", "iteration 4 / 4"]
+
+
+@pytest.mark.parametrize("flags, match", [(["--print-every", "-1"], "print-every"),
+                                          (["--print-every", "x"], "print-every")])
+def test_bad_new_flag_values_are_one_line_before_any_work(monkeypatch, capsys, pics, tmp_path, flags, match):
+    out = tmp_path / "o.png"
+    monkeypatch.setattr("styleengine.cli_job.load_run_weights", lambda *a: pytest.fail("work started"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, *flags)
+    assert_one_line_error(code, err, out)
+    assert match in err
+
+
+@pytest.mark.parametrize("args, ours", [
+    (["-style_image", "s.png", "-content_image", "c.png"], "STYLE arguments"),
+    (["c.png", "s.png", "-o", "o.png", "-num_iterations", "5"], "--iters"),
+    (["c.png", "s.png", "-o", "o.png", "-print_iter=5"], "--print-every"),
+    (["c.png", "s.png", "-o", "o.png", "-init", "random"], "--init"),
+])
+def test_neural_styles_single_dash_flags_name_ours(monkeypatch, capsys, args, ours, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "run", *args)
+    assert_one_line_error(code, err, tmp_path / "o.png")
+    assert "neural-style's flag" in err and ours in err
+
+
+def test_an_unknown_single_dash_flag_keeps_clicks_message(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "-o", "o.png", "-x")
+    assert_one_line_error(code, err, tmp_path / "o.png")
+    assert "No such option: -x" in err

@@ -253,6 +253,10 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
             def on_iteration(record: Any, current: Callable[[], Any]) -> None:
                 progress.update(task, advance=1, loss=record.loss, spi=record.seconds)
                 tracer.write(record)
+                if settings.print_every and record.iteration % settings.print_every == 0:
+                    progress.console.print(f"iteration {record.iteration} / {total}: loss {record.loss:.6g} (content "
+                                           f"{record.content_loss:.4g}, style {record.style_loss:.4g}, tv "
+                                           f"{record.tv_loss:.4g})", highlight=False, soft_wrap=True)
                 every = settings.save_every
                 if every and record.iteration % every == 0 and record.iteration < total:
                     path = numbered(output, record.iteration, total)
