@@ -286,3 +286,14 @@ def test_an_unknown_single_dash_flag_keeps_clicks_message(monkeypatch, capsys, t
     code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "-o", "o.png", "-x")
     assert_one_line_error(code, err, tmp_path / "o.png")
     assert "No such option: -x" in err
+
+
+def test_the_readme_table_lists_every_peer_flag():
+    from pathlib import Path
+
+    from styleengine.peers import FLAGS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Coming from neural-style"):readme.index("## Example")]
+    for name, ours in FLAGS.items():
+        assert f"| `{name}` | {ours} |" in section
