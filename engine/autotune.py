@@ -124,14 +124,17 @@ def open_options(settings: Settings, machine: capability.Machine
     device = settings.devices[0] if settings.devices else settings.device  # a spread run lives on the first
     where = capability.place(settings.backend, device, settings.provider, machine)
     if settings.backend != "auto":
-        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine)
-    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine)
+        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine,
+                         normalize_gradients=settings.normalize_gradients)
+    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine,
+                                    normalize_gradients=settings.normalize_gradients)
     if settings.backend == "auto":  # a backend whose provider is missing here is no candidate
         options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
     if settings.devices:  # one network over several devices is the torch backend's
         options = [o for o in options if o[0] == "torch"]
     if not options:
-        reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine) or
+        reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine,
+                                      normalize_gradients=settings.normalize_gradients) or
                    f"ONNX Runtime's {where.provider} provider is not available here" for b in capability.AUTO_BACKENDS]
         raise ConfigError(capability.no_backend(settings.precision, settings.conv, reasons))
     return where, options

@@ -140,14 +140,23 @@ def graph_conv(precision: str, conv: str, where: str = "cpu") -> str:
 
 
 _GRAPH_WINOGRAD = "--conv winograd graphs are fp32 (their transforms lose too much in fp16/bf16)"
+# the graphs hold the loss's gradient as exported; only autograd can rescale each term's gradient per layer
+_TORCH_ONLY = "--normalize-gradients runs on the torch backend only (--backend torch or auto)"
 
 
-def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> str | None:
-    """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can). "auto" in
-    precision or conv means any of the options."""
+def _loss_refusal(backend: str, normalize_gradients: bool) -> str | None:
+    return _TORCH_ONLY if normalize_gradients and backend != "torch" else None
+
+
+def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
+            normalize_gradients: bool = False) -> str | None:
+    """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can), or the loss's
+    options (normalize_gradients). "auto" in precision or conv means any of the options."""
     runs = precisions(backend, where)
     if not runs:
         return f"the {backend} backend runs on an NVIDIA GPU (--device cuda), not on the CPU"
+    if _loss_refusal(backend, normalize_gradients):
+        return _loss_refusal(backend, normalize_gradients)
     if precision != "auto" and precision not in runs:
         if (backend, where, precision) == ("ort", "cuda", "bf16"):
             return f"--precision bf16 on ONNX Runtime's GPU providers: {BF16_ON_ORT_CUDA}"
@@ -167,9 +176,10 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
     return _GRAPH_WINOGRAD
 
 
-def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> None:
+def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
+          normalize_gradients: bool = False) -> None:
     """ConfigError (UnavailableError for a missing NNPACK) with refusal()'s reason, if there is one."""
-    why = refusal(backend, where, precision, conv, machine)
+    why = refusal(backend, where, precision, conv, machine, normalize_gradients=normalize_gradients)
     if why is None:
         return
     raise (UnavailableError if "no NNPACK" in why else ConfigError)(why)
@@ -186,11 +196,12 @@ def rule(backend: str, where: str, precision: str, conv: str, machine: Machine |
     return chosen, conv if conv != "auto" else convs(backend, where, chosen, machine)[0]
 
 
-def candidates(backend: str, where: str, precision: str, conv: str,
-               machine: Machine | None = None) -> list[tuple[str, str, str]]:
+def candidates(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
+               normalize_gradients: bool = False) -> list[tuple[str, str, str]]:
     """Every (backend, precision, conv) the settings leave open at `where`, the rule's pick first.
-    backend "auto": AUTO_BACKENDS that run there."""
-    backends = [b for b in AUTO_BACKENDS if precisions(b, where)] if backend == "auto" else [backend]
+    backend "auto": AUTO_BACKENDS that run there and carry the loss's options."""
+    backends = [b for b in AUTO_BACKENDS if precisions(b, where) and not _loss_refusal(b, normalize_gradients)
+                ] if backend == "auto" else [backend]
     out = []
     for b in backends:
         for p in precisions(b, where):
@@ -202,7 +213,8 @@ def candidates(backend: str, where: str, precision: str, conv: str,
     return out
 
 
-def check_settings(backend: str, device: str, provider: str, precision: str, conv: str) -> None:
+def check_settings(backend: str, device: str, provider: str, precision: str, conv: str, *,
+                   normalize_gradients: bool = False) -> None:
     """ConfigError for what no machine runs: a device and provider that disagree, or a precision and
     convolutions the backend runs nowhere it may run (device auto: at neither place; backend auto: no
     backend). What depends on the machine (a GPU, a provider, NNPACK) is checked when `auto` is resolved."""
@@ -213,7 +225,7 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     backends = AUTO_BACKENDS if backend == "auto" else (backend,)
     reasons: list[str] = []
     for b in backends:
-        why = [refusal(b, p, precision, conv) for p in places]
+        why = [refusal(b, p, precision, conv, normalize_gradients=normalize_gradients) for p in places]
         if all(why):
             reasons.append(str(why[-1]))  # device auto: the GPU's reason holds on every machine
         else:

@@ -19,6 +19,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.engine.loop import Result
+from styleengine.engine.loss_config import TV_UNIT
 from styleengine.engine.stylise import Callback, Settings, build_step, stylise
 from styleengine.model.weights import Weights, load_weights
 
@@ -63,6 +64,8 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"the features of {layer} are all zero for this image; choose a shallower layer")
-    run = dataclasses.replace(resolved, content_weight=settings.content_weight / energy)
+    # the prior's weight is on the normalised feature term's scale, not the style transfer's TV_UNIT
+    run = dataclasses.replace(resolved, content_weight=settings.content_weight / energy,
+                              tv_weight=settings.tv_weight / TV_UNIT)
     out, result = stylise(image, [], run, callback=callback, weights=weights)
     return out, result, run

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
+from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
 from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.settings import BATCH, KINDS, Settings, options
@@ -29,8 +30,6 @@ OVERRIDES: dict[str, Callable[[Any], Any]] = {name: meta.parse for name, meta in
 _ALIASES = {alias: name for name, meta in options(BATCH).items() if meta.per_job
             for alias in ((meta.flag[2:].replace("-", "_"),) if meta.flag else ()) + meta.aliases}
 _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
-# image suffixes --contents / --styles folders are read for
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -155,8 +154,9 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
     content_path = base_dir / content
-    style_paths = tuple(base_dir / s for s in style_names)
-    output = _text(raw, "output", where) or _default_output(content_path, style_paths)
+    given = tuple(base_dir / s for s in style_names)
+    style_paths = tuple(expand_styles(given, f"{where}: style folder"))
+    output = _text(raw, "output", where) or _default_output(content_path, given)
     output_path = _inside(output, out_dir, where)
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
@@ -279,19 +279,10 @@ def chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
         yield chunk
 
 
-def _images_in(folder: Path, what: str) -> list[Path]:
-    if not folder.is_dir():
-        raise ConfigError(f"{what} {folder} is not a folder")
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not found:
-        raise ConfigError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return found
-
-
 def pair_jobs(contents: Path, styles: Path, out_dir: Path, shared: dict[str, Path] | None = None) -> list[Job]:
     """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
     jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
-            for c in _images_in(Path(contents), "--contents") for s in _images_in(Path(styles), "--styles")]
+            for c in images_in(Path(contents), "--contents") for s in images_in(Path(styles), "--styles")]
     check_jobs(jobs, out_dir, shared)
     return jobs
 

@@ -13,6 +13,10 @@ from styleengine.model import vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)
+# the TV term's unit: a mean of squared [0, 1] pixel differences (~1e-2) is ~1e5x smaller than the content and
+# style terms' gradients on caffe-scale features (shared VGG16, astronaut x The Starry Night at 192 px: content
+# 335, style 6222, TV at weight 1 without it 9.4e-4 in gradient norm), so --tv-weight 0.1 .. 10 are the visible ones
+TV_UNIT = 1e5
 
 
 @dataclass(frozen=True)
@@ -31,15 +35,26 @@ class LossConfig:
     # half gone. Weights whose features are on another scale (torchvision's [0, 1] input) need another beta:
     # content is quadratic and style quartic in the features
     style_weight: float = 1e-2
-    # squared-difference total variation on the [0, 1] RGB image (not in the
+    # squared-difference total variation on the [0, 1] RGB image, in units of TV_UNIT (not in the
     # paper; the usual remedy for its low-level noise)
     tv_weight: float = 0.0
     weighting: str = "invariant"  # "invariant" or "paper" (the module docstring)
+    # neural-style's -normalize_gradients: each term's gradient at its layer divided by its L1 norm, times its
+    # weight (alpha, beta w_l); the loss's value is unchanged, so the gradient is no longer the loss's
+    normalize_gradients: bool = False
+    # neural-style-pt's -normalize_weights: each layer's weight divided by its channel count (style: C_l; content:
+    # the largest side of P^l, its channels unless the map is wider), as Gatys' NeuralImageSynthesis does
+    normalize_weights: bool = False
 
     def layer_weights(self) -> tuple[float, ...]:
+        """w_l per style layer (normalize_weights: divided by the layer's channels)."""
         if self.style_layer_weights is None:
-            return tuple(1.0 / len(self.style_layers) for _ in self.style_layers) if self.style_layers else ()
-        return self.style_layer_weights
+            weights = tuple(1.0 / len(self.style_layers) for _ in self.style_layers)
+        else:
+            weights = self.style_layer_weights
+        if not self.normalize_weights or len(weights) != len(self.style_layers):
+            return weights
+        return tuple(w / vgg.channels(n) for w, n in zip(weights, self.style_layers))
 
     def validate(self, model: str) -> None:
         check_choice("weighting", self.weighting, WEIGHTINGS)

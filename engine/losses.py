@@ -4,8 +4,9 @@ Formulas follow Gatys et al. (CVPR 2016):
   L_content = 1/2 sum (F - P)^2
   E_l       = 1/(4 N_l^2 M_l^2) sum (G^l - A^l)^2,  G = F F^T (unnormalised)
   L         = alpha * c_l * L_content + beta * sum_l w_l E_l + tv_weight * t * L_tv
-with c_l and t the weighting's factors (content_scales, tv_scale): 1 in the
-paper's weighting, where the content and TV terms are sums over positions and
+with c_l and t the weighting's factors (content_scales, tv_scale; t also holds
+TV_UNIT, which puts 0.1 .. 10 on the useful scale): 1 in the paper's
+weighting, where the content and TV terms are sums over positions and
 grow with the pixel count while E_l does not (the same beta weighs 16x less at
 2048 px than at 512); 1/(N_l M_l) and 1/(3 H W) in the size-invariant one (the
 default), where each term is a mean over positions and channels, like E_l, so
@@ -27,9 +28,9 @@ from typing import cast
 import torch
 
 from styleengine.errors import ConfigError
-from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, LossConfig
+from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, TV_UNIT, LossConfig
 
-__all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "LossConfig"]
+__all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "TV_UNIT", "LossConfig"]
 
 @dataclass
 class Targets:
@@ -44,10 +45,13 @@ class Targets:
 
 
 def content_scales(config: LossConfig, targets: Targets) -> dict[str, float]:
-    """c_l per content layer: 1 (paper) or 1 / (N_l M_l) of its target P^l (invariant: a mean)."""
-    if config.weighting == "paper":
-        return {n: 1.0 for n in config.content_layers}
-    return {n: 1.0 / targets.content[n].numel() for n in config.content_layers}
+    """c_l per content layer: 1 (paper) or 1 / (N_l M_l) of its target P^l (invariant: a mean); with
+    normalize_weights also divided by P^l's largest side (neural-style-pt's)."""
+    scales = {n: 1.0 if config.weighting == "paper" else 1.0 / targets.content[n].numel()
+              for n in config.content_layers}
+    if config.normalize_weights:
+        scales = {n: c / max(targets.content[n].shape) for n, c in scales.items()}
+    return scales
 
 
 def content_coeffs(config: LossConfig, targets: Targets) -> dict[str, float]:
@@ -56,8 +60,8 @@ def content_coeffs(config: LossConfig, targets: Targets) -> dict[str, float]:
 
 
 def tv_scale(config: LossConfig, height: int, width: int) -> float:
-    """t: 1 (paper) or 1 / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
-    return 1.0 if config.weighting == "paper" else 1.0 / (3 * height * width)
+    """t: TV_UNIT (paper) or TV_UNIT / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
+    return TV_UNIT if config.weighting == "paper" else TV_UNIT / (3 * height * width)
 
 
 def _accumulate(t: torch.Tensor) -> torch.Tensor:
@@ -200,14 +204,37 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     return _TotalVariation.apply(image)
 
 
+class _NormalizeGradient(torch.autograd.Function):
+    """The identity; its backward divides the gradient by its L1 norm and multiplies it by `strength`
+    (neural-style's -normalize_gradients, per loss term at its layer)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        norm = grad_output.float().abs().sum() + 1e-8  # neural-style's epsilon
+        return (grad_output * (ctx.strength / norm)).to(grad_output.dtype), None
+
+
+def _term_input(config: LossConfig, features: torch.Tensor, strength: float) -> torch.Tensor:
+    """A term's features, through _NormalizeGradient when the config normalizes gradients."""
+    if not config.normalize_gradients or not features.requires_grad:
+        return features
+    return _NormalizeGradient.apply(features, strength)
+
+
 def total_loss(config: LossConfig, features: dict[str, torch.Tensor], targets: Targets,
                image: torch.Tensor, eager_style_grad: bool = False) -> dict[str, torch.Tensor]:
     """Weighted terms {"content", "style", "tv", "loss"}; "loss" is their sum. eager_style_grad: for a
     network that keeps nothing of its features for the backward (_StyleTerm)."""
     zero = image.new_zeros(())
-    content = sum((c * content_loss(features[n], targets.content[n])
+    content = sum((c * content_loss(_term_input(config, features[n], config.content_weight), targets.content[n])
                    for n, c in content_coeffs(config, targets).items()), zero)
-    style = sum((w * style_layer_loss(features[n], targets.grams[n], eager_style_grad)
+    style = sum((w * style_layer_loss(_term_input(config, features[n], config.style_weight * w), targets.grams[n],
+                                      eager_style_grad)
                  for n, w in zip(config.style_layers, config.layer_weights())), zero)
     tv_weight = config.tv_weight * tv_scale(config, image.shape[2], image.shape[3])
     terms = {"content": content, "style": config.style_weight * style,

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from styleengine.choices import (BACKENDS, CONV_ALGOS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS, PRECISIONS,
-                                 PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed, device_kind)  # noqa: F401
+from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
+                                 PRECISIONS, PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed,
+                                 device_kind)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -159,8 +160,9 @@ class Settings:
               "paper and popular implementations).", OPTIM, "real")
     # the paper starts from white noise; content init reaches a readable result in far fewer iterations, which
     # matters on a CPU (its Fig. 6 compares both)
-    init: str = option("content", "noise, content, style or an image path.", OPTIM, "word",
-                       words=("noise", "content", "style"), texture_help="noise, style or an image path.")
+    init: str = option("content", "noise, content, style or an image path (neural-style's random and image: noise "
+                                  "and content).", OPTIM, "word", words=("noise", "content", "style", *INIT_ALIASES),
+                       texture_help="noise, style or an image path.")
     seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "
@@ -182,6 +184,12 @@ class Settings:
         _LOSS.weighting, "invariant: content and TV terms are means over positions, so the weights mean the same "
                          "at every size; paper: Gatys et al.'s sums (the content term grows with the pixel count).",
         LOSS, "word")
+    normalize_gradients: bool = option(
+        False, "neural-style's -normalize_gradients: each loss term's gradient at its layer divided by its L1 norm, "
+               "times its weight (torch backend; untiled).", LOSS, "flag")
+    normalize_weights: bool = option(
+        False, "neural-style-pt's -normalize_weights: each layer's content and style weight divided by its channel "
+               "count.", LOSS, "flag")
     style_blend: tuple[float, ...] | None = option(
         None, "Comma-separated weights, one per style image (default: equal).", LOSS, "numbers", aliases=("blend",))
     # the paper: 1, the styles at the content's size
@@ -210,6 +218,8 @@ class Settings:
                                "ort: F(4x4, 3x3) in the graph; ~1e-5 rounding).", COMPUTE, "word", per_job=False)
     save_every: int = option(0, "Also write OUT_<iteration> every N iterations (0: never).", PROGRESS, "whole",
                              per_job=False, commands=ONE_RUN)
+    print_every: int = option(0, "Print the loss and its terms every N iterations (0: never).", PROGRESS, "whole",
+                              per_job=False, commands=ONE_RUN)
     # a forward pass each time; the result always has the final image's
     distance_every: int = option(
         0, "Measure the style and content distances every N iterations, for --trace (0: only the final image's, "
@@ -248,6 +258,10 @@ class Settings:
     # a whole convention (the Python API); the four fields above override it field by field
     convention: Convention | None = None
 
+    def __post_init__(self) -> None:
+        if self.init in INIT_ALIASES:  # the peers' spelling, stored as ours (a frozen field: set once, here)
+            object.__setattr__(self, "init", INIT_ALIASES[self.init])
+
     def resolved(self) -> "Settings":
         """These settings with every `auto` (backend, device, provider, precision, conv) made concrete for this
         machine: measured once and kept (engine/autotune.py), explicit settings as given."""
@@ -282,6 +296,8 @@ class Settings:
             style_weight=self.style_weight,
             tv_weight=self.tv_weight,
             weighting=self.weighting,
+            normalize_gradients=self.normalize_gradients,
+            normalize_weights=self.normalize_weights,
         )
 
     def _check_devices(self) -> None:
@@ -323,7 +339,8 @@ class Settings:
         self._check_devices()
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
-        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
+        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv,
+                                  normalize_gradients=self.normalize_gradients)
         if not MIN_SIDE <= self.size <= MAX_SIDE:
             raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
@@ -343,6 +360,8 @@ class Settings:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
         if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
             raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
+        if self.print_every < 0:
+            raise ConfigError(f"print-every must be >= 0, got {self.print_every}")
         if self.distance_every < 0:
             raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
         if self.lbfgs_history is not None and self.lbfgs_history < 1:
@@ -365,6 +384,9 @@ class Settings:
                     raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
             raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+        if self.normalize_gradients and (self.tile is not None or self.mem_budget_gib is not None):
+            raise ConfigError("--normalize-gradients needs each layer's whole gradient, which the tiled step "
+                              "(--tile, --mem-budget) never holds; drop one of them")
         if self.backend == "tensorrt" and self.tile is not None:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded

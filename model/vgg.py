@@ -64,6 +64,15 @@ def resolve(model: str, names: list[str]) -> list[Layer]:
     return [by_name[n] for n in names]
 
 
+def channels(name: str) -> int:
+    """The channels of layer `name`, the same in every table (ValueError: no table has it)."""
+    found = {layer.out_channels for model in MODELS for layer in layer_table(model) if layer.name == name}
+    if not found:
+        raise ValueError(f"unknown layer {name!r}; layers are named like conv4_2, relu4_2, pool4")
+    assert len(found) == 1, f"{name} has {sorted(found)} channels across the tables"
+    return found.pop()
+
+
 def truncated(model: str, names: list[str]) -> list[Layer]:
     """The table cut after the deepest of `names` (nothing deeper is computed)."""
     deepest = max(layer.index for layer in resolve(model, names))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from styleengine.engine.graph_io import GraphIO
-from styleengine.engine.losses import LossConfig
+from styleengine.engine.losses import TV_UNIT, LossConfig
 from styleengine.engine.ort_step import make_graph_step
 from styleengine.engine.steps import StepStateError, TorchStep, make_targets
 from styleengine.engine.tiled import TiledStep
@@ -132,7 +132,8 @@ def test_graph_io_binds_every_name_of_the_spec_and_rebinds_a_new_runner(vgg19_ra
     result = io(SHORT, make_image(32, 40, 3))
     assert sorted(runner.inputs) == sorted(spec.input_names()) and sorted(runner.outputs) == sorted(spec.output_names())
     assert runner.runs == [None] and torch.equal(result.grad, torch.ones(1, 3, 32, 40))
-    assert runner.inputs[TV_WEIGHT].item() == pytest.approx(SHORT.tv_weight / (3 * 32 * 40))  # invariant weighting
+    # invariant weighting
+    assert runner.inputs[TV_WEIGHT].item() == pytest.approx(SHORT.tv_weight * TV_UNIT / (3 * 32 * 40))
     fresh = RecordingRunner()  # a new session or engine context: it gets everything bound so far
     io.attach(fresh)
     assert sorted(fresh.inputs) == sorted(set(spec.input_names()) - {IMAGE})

@@ -38,6 +38,7 @@ from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
 from styleengine.errors import UserError, first_line
+from styleengine.peers import did_you_mean, peer_flag
 from styleengine.runtime import passive_openmp
 
 # command -> (module, function, short help); the modules are imported on first use
@@ -222,7 +223,9 @@ def _main() -> None:
         sys.exit(0)
     except click.exceptions.UsageError as e:
         command = e.ctx.command_path if e.ctx is not None else "styleengine"
-        print(f"error: {first_line(e, e.format_message())} (see '{command} --help')", file=sys.stderr)
+        peer = peer_flag() if isinstance(e, click.exceptions.NoSuchOption) else None
+        message = did_you_mean(peer) if peer is not None else first_line(e, e.format_message())
+        print(f"error: {message} (see '{command} --help')", file=sys.stderr)
         sys.exit(1)
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)

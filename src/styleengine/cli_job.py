@@ -12,8 +12,10 @@ written (cli.py explains why SIGTERM is raised as KeyboardInterrupt).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -138,8 +140,9 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
 
     console = Console(stderr=True)
     try:
-        image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
-                                               trace=trace, console=console)
+        with warnings_on(console):
+            image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
+                                                   trace=trace, console=console)
     except KeyboardInterrupt:
         signals.reported = True
         print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
@@ -172,6 +175,28 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         console.print(f"auto: {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
                   soft_wrap=True)
+
+
+class _ConsoleWarnings(logging.Handler):
+    """The engine's warnings as one 'warning: ...' line each on the console (above a progress bar)."""
+
+    def __init__(self, console: Any):
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"warning: {record.getMessage()}", highlight=False, soft_wrap=True, markup=False)
+
+
+@contextlib.contextmanager
+def warnings_on(console: Any):
+    """Show the styleengine loggers' warnings on `console` for the duration."""
+    logger, handler = logging.getLogger("styleengine"), _ConsoleWarnings(console)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def describe(distances: Any) -> str:
@@ -241,6 +266,10 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
             def on_iteration(record: Any, current: Callable[[], Any]) -> None:
                 progress.update(task, advance=1, loss=record.loss, spi=record.seconds)
                 tracer.write(record)
+                if settings.print_every and record.iteration % settings.print_every == 0:
+                    progress.console.print(f"iteration {record.iteration} / {total}: loss {record.loss:.6g} (content "
+                                           f"{record.content_loss:.4g}, style {record.style_loss:.4g}, tv "
+                                           f"{record.tv_loss:.4g})", highlight=False, soft_wrap=True)
                 every = settings.save_every
                 if every and record.iteration % every == 0 and record.iteration < total:
                     path = numbered(output, record.iteration, total)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine.cli_settings import settings_from, with_settings
+from styleengine.paths import expand_styles
 from styleengine.engine.settings import RUN, TEXTURE, Settings
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
@@ -18,7 +19,12 @@ Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON o
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, iterations, tiles, L-BFGS history, "
                                                         "what auto resolves to) and stop: no weights loaded, "
                                                         "nothing written.")]
-Styles = Annotated[list[Path], typer.Argument(help="One or more style images.", show_default=False)]
+Styles = Annotated[list[Path], typer.Argument(help="One or more style images: several, a comma-separated list or a "
+                                                   "folder of them.", show_default=False)]
+Recipe = Annotated[Optional[str], typer.Option(
+    "--recipe", help="Another tool's recipe: neural-style-pt (its defaults; --content-weight, --style-weight and "
+                     "--tv-weight then read in its units; other flags win as given). See the README.",
+    show_default=False)]
 
 
 def _dry_run(content: Path | None, styles: list[Path], settings: Settings) -> None:
@@ -28,9 +34,10 @@ def _dry_run(content: Path | None, styles: list[Path], settings: Settings) -> No
 
 
 def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)], styles: Styles,
-         output: Output, trace: Trace = None, dry_run: DryRun = False, **flags: Any) -> None:
+         output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
-    settings = settings_from(flags, RUN)
+    settings = settings_from(flags, RUN, recipe)
+    styles = expand_styles(styles)
     if dry_run:
         return _dry_run(content, styles, settings)
     from styleengine.cli_job import execute
@@ -38,9 +45,11 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
     execute(content=content, styles=styles, output=output, settings=settings, trace=trace)
 
 
-def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRun = False, **flags: Any) -> None:
+def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None,
+             **flags: Any) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
-    settings = settings_from(flags, TEXTURE)
+    settings = settings_from(flags, TEXTURE, recipe)
+    styles = expand_styles(styles)
     if dry_run:
         return _dry_run(None, styles, settings)
     from styleengine.cli_job import execute

@@ -13,8 +13,12 @@ import inspect
 from typing import Annotated, Any, Callable, Optional, get_type_hints
 
 import typer
+from typer._click.globals import get_current_context
+
+from typer._click.core import ParameterSource
 
 from styleengine import paths
+from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, options
 from styleengine.errors import ConfigError
 
@@ -52,12 +56,20 @@ def parameters(command: str, names: tuple[str, ...] | None = None, defaults: dic
     return found
 
 
-def settings_from(flags: dict[str, Any], command: str, **fixed: Any) -> Settings:
+def _given(name: str) -> bool:
+    """Whether flag `name` was named on the command line (or its environment), not left at its default."""
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None, **fixed: Any) -> Settings:
     """Settings from the generated flags' values (other keys are ignored): comma lists split, a path setting's
-    value that is not one of its words expanded (`--weights=~/w.pth`: no shell expanded it)."""
+    value that is not one of its words expanded (`--weights=~/w.pth`: no shell expanded it). recipe: another
+    tool's recipe (engine/recipes.py) under the flags named on the command line."""
     values: dict[str, Any] = {}
     for name, meta in options(command).items():
-        if name not in flags:
+        if name not in flags or (recipe is not None and not _given(name)):
             continue
         value = flags[name]
         if meta.kind in ("words", "numbers") and value is not None:
@@ -69,6 +81,8 @@ def settings_from(flags: dict[str, Any], command: str, **fixed: Any) -> Settings
         elif meta.words and value not in meta.words and value != TEXTURE_INIT:
             value = str(paths.expand(value))
         values[name] = value
+    if recipe is not None:
+        values = recipe_values(recipe, values)
     return Settings(**{**values, **fixed})
 
 

@@ -16,12 +16,14 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from styleengine.errors import ConfigError, UserError
 
 
 TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what temp_beside's name adds to the file's name
+# image suffixes a folder of images (--contents, --styles, a folder of style images) is read for
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NTFS (in UTF-16 units)
 
 
@@ -240,3 +242,25 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"no fresh folder name in {parent}")
+
+
+def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
+    """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
+    (sorted); a name that is a file is one image, commas and all."""
+    found: list[Path] = []
+    for name in names:
+        text = str(name)
+        parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
+        for part in parts:
+            found.extend(images_in(Path(part), what) if Path(part).is_dir() else [Path(part)])
+    return found
+
+
+def images_in(folder: Path, what: str) -> list[Path]:
+    """The images of `folder` (by IMAGE_SUFFIXES, hidden files left out), sorted; ConfigError for none."""
+    if not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is not a folder")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise ConfigError(f"{what} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found

@@ -1,0 +1,66 @@
+"""Other tools' recipes in this engine's units: their numbers in, their look out (torch-free).
+
+neural-style-pt (ProGamerGov's PyTorch port of jcjohnson's neural-style)
+weighs each term differently from engine/losses.py; with its caffe VGG
+(the shared VGG16's convention: BGR, 0-255, mean subtracted) the features
+are on the same scale as ours, so its loss maps exactly, term by term:
+
+  content  a * mean (F - P)^2                    = our alpha = 2a, invariant weighting (1/2 mean)
+  style    b * mean (G/(N M) - A/(N M))^2 per layer = b * 4/N_l^2 * E_l: beta = 4b, w_l = 1/N_l^2
+  TV       t * sum |dx| on 0-255 pixels          ~ ours at equal gradient for a typical neighbour
+                                                   difference (TYPICAL_DIFFERENCE) at --size (square)
+
+Their TV is an L1 sum and ours a squared mean, so only that one is an
+approximation (their default, 1e-3, is a small term either way). The rest
+of the recipe is theirs: max pooling, L-BFGS from noise without a step
+cap, one scale, 1000 iterations at 512 px. Their -normalize_weights is our
+--normalize-weights; their -normalize_gradients is not ours (see README).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from styleengine.choices import check_choice
+from styleengine.engine.loss_config import STYLE_LAYERS, TV_UNIT
+from styleengine.model import vgg
+
+NEURAL_STYLE_PT = "neural-style-pt"
+RECIPES = (NEURAL_STYLE_PT,)
+# the settings the recipe's weights are read in its own units for
+WEIGHTS = ("content_weight", "style_weight", "tv_weight")
+# a photo's mean neighbour difference |dx| in [0, 1] at a few hundred px (astronaut: 0.036 at 256 px, 0.026 at 512)
+TYPICAL_DIFFERENCE = 0.04
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    NEURAL_STYLE_PT: {
+        "content_weight": 5.0, "style_weight": 100.0, "tv_weight": 1e-3,  # in its units: mapped below
+        "size": 512, "iterations": 1000, "scales": 1, "pooling": "max", "init": "noise", "optimizer": "lbfgs",
+        "lbfgs_max_step": 0.0, "weighting": "invariant",
+    },
+}
+
+
+def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Settings values for recipe `name` with the `given` ones (flags named on the command line) winning; the
+    recipe's weights, given or not, are in its own units and come back in ours. ConfigError for an unknown
+    recipe."""
+    check_choice("recipe", name, RECIPES)
+    values = {**_DEFAULTS[name], **given}
+    size = values["size"]
+    values["content_weight"] = 2.0 * values["content_weight"]
+    values["style_weight"] = 4.0 * values["style_weight"]
+    if "style_layer_weights" not in given:
+        layers = values.get("style_layers", STYLE_LAYERS)
+        values["style_layer_weights"] = tuple(1.0 / _channels(n) ** 2 for n in layers)
+    # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE
+    values["tv_weight"] = values["tv_weight"] * 255 * 3 * size * size / (2 * TYPICAL_DIFFERENCE * TV_UNIT)
+    return values
+
+
+def _channels(name: str) -> int:
+    try:
+        return vgg.channels(name)
+    except ValueError as e:
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(str(e)) from None
