@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from styleengine import paths
 from styleengine.engine.batch_ray import CPUS_PER_WORKER
 from styleengine.errors import ConfigError
 from styleengine.serve.app import Config, create_app
@@ -171,11 +172,15 @@ class RayJobStore(JobStore):
             log.exception("the last publish of %s's jobs failed", self.owner)
 
 
-def open_replica_store(config: Config, board: Any) -> RayJobStore:
-    """The first free replica folder under the server's folder (one JobStore lock each)."""
+def server_root(config: Config) -> Path:
     from styleengine.export.cache import cache_root
 
-    root = config.root if config.root is not None else cache_root() / "serve"
+    return config.root if config.root is not None else cache_root() / "serve"
+
+
+def open_replica_store(config: Config, board: Any) -> RayJobStore:
+    """The first free replica folder under the server's folder (one JobStore lock each)."""
+    root = server_root(config)
     for slot in range(MAX_SLOTS):
         try:
             return RayJobStore(root / f"replica-{slot}", board, f"replica-{slot}", max_queue=config.max_queue)
@@ -229,6 +234,7 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     replica's store records its jobs in flight)."""
     from styleengine.engine.batch_ray import _keeping_signal_handlers, import_ray
 
+    paths.check_cache_dir(server_root(config))  # one line now, not a replica's traceback in Ray's logs
     ray = import_ray()
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
