@@ -128,3 +128,36 @@ def test_a_replica_answers_for_another_replicas_job_from_the_board(cluster, tmp_
     finally:
         a.close()
         b.close()
+
+
+def test_a_remote_jobs_unchanged_preview_is_sent_once(monkeypatch):
+    """Each poll of another replica's job is a new snapshot (new bytes objects): a preview goes out when it
+    changes, not with every status."""
+    import asyncio
+
+    from styleengine.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "EVENT_POLL_S", 0.0)
+    polls = []
+
+    class Store:
+        def owns(self, job):
+            return False
+
+        async def lookup(self, job_id):
+            polls.append(1)
+            done = len(polls) >= 5
+            return Job(job_id, None, status="done" if done else "running", iteration=len(polls),
+                       preview=bytes(bytearray(b"png")), preview_iteration=1, version=len(polls))
+
+    class Request:
+        async def is_disconnected(self):
+            return False
+
+    async def events():
+        first = await Store().lookup("a" * 24)
+        return [chunk async for chunk in app_module._stream(first, Request(), Store())]
+
+    chunks = asyncio.run(events())
+    assert sum(c.startswith("event: status") for c in chunks) >= 4
+    assert sum(c.startswith("event: preview") for c in chunks) == 1

@@ -393,7 +393,7 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
             if job.version != sent:
                 sent = job.version
                 yield f"event: status\ndata: {json.dumps(job.to_json())}\n\n"
-                if job.preview is not None and job.preview is not preview:
+                if job.preview is not None and job.preview != preview:  # by value: a remote job is a new snapshot
                     preview = job.preview
                     data = {"iteration": job.preview_iteration,
                             "image": "data:image/png;base64," + base64.b64encode(preview).decode()}
