@@ -1,4 +1,4 @@
-"""Regenerate the README's performance table (and its plot) from benchmarks/results/*.json.
+"""Regenerate the README's performance tables (and its plot) from benchmarks/results/*.json.
 
     python -m styleengine.benchmarks.readme_table            # rewrite README.md between the markers
     python -m styleengine.benchmarks.readme_table --plot     # ... and redraw docs/bench.png
@@ -6,7 +6,8 @@
     python -m styleengine.benchmarks.readme_table --check    # exit 1 if README.md is out of date
 
 Only the text between `<!-- perf-table:start -->` and `<!-- perf-table:end -->`
-is touched; the figures come from the committed JSON, never typed by hand.
+(and between `<!-- serve-table:start -->` and `<!-- serve-table:end -->`) is
+touched; the figures come from the committed JSON, never typed by hand.
 A maintainer's tool for this repository, so its paths are the repository's.
 """
 from __future__ import annotations
@@ -21,6 +22,10 @@ from styleengine.benchmarks.report import fmt_time, gib, limit_sentence, save_fi
 from styleengine.paths import atomic_write
 
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+SERVE_START, SERVE_END = "<!-- serve-table:start -->", "<!-- serve-table:end -->"
+SERVE_MODES = (("loop", "the loop alone (warm step, iterations only)"),
+               ("server", "warm server, POST to the PNG's last byte"),
+               ("run", "`styleengine run` (a process per picture)"))
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
@@ -128,6 +133,26 @@ def table(results: Path = RESULTS) -> str:
     return text + "\n\n" + note
 
 
+def serve_table(results: Path = RESULTS) -> str:
+    """The serve latency table (benchmarks/serve_latency.py's documents in `results`) and its target line."""
+    out = []
+    for path in sorted(results.glob("serve-latency-*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        m, s, cpu = doc["machine"], doc["settings"], doc["cpu_median"]
+        rounds = len(doc["latency_seconds"]["server"])
+        out += [f"{m['cpu']} {m['isa']}, {m['threads']} threads, load average {m['load_after']} after the run "
+                f"([{path.name}](benchmarks/results/{path.name})):", "",
+                f"| {s['size']} px, {s['iterations']} iterations, {s['model'].upper()} | wall s (median of {rounds}) "
+                f"| CPU s (median of {rounds}) |", "| --- | --- | --- |"]
+        out += [f"| {label} | {doc['latency_median'][mode]:.1f} | {cpu[mode]:.2f} |" for mode, label in SERVE_MODES]
+        allowed = 1.1 * cpu["loop"] + 0.3
+        out += ["", f"The issue's target, warm server <= 1.1x the loop + 0.3 s, in CPU seconds: {cpu['server']:.2f} "
+                f"against {allowed:.2f} ({'met' if cpu['server'] <= allowed else 'missed'}; server / loop "
+                f"{cpu['server'] / cpu['loop']:.3f}). In wall seconds: {doc['latency_median']['server']:.1f} against "
+                f"{1.1 * doc['latency_median']['loop'] + 0.3:.1f}.", ""]
+    return "\n".join(out).rstrip("\n")
+
+
 def _is_bench(doc: dict) -> bool:
     """A `styleengine bench` document (not another script's results)."""
     return isinstance(doc.get("rows"), list) and all("device" in r for r in doc["rows"])
@@ -200,12 +225,12 @@ def draw_plot(path: Path, results: Path = RESULTS) -> int:
     return len(series)
 
 
-def splice(readme: str, body: str) -> str:
+def splice(readme: str, body: str, start_mark: str = START, end_mark: str = END) -> str:
     """README text with `body` between the markers; ValueError if they are missing."""
-    start, end = readme.find(START), readme.find(END)
+    start, end = readme.find(start_mark), readme.find(end_mark)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {START} ... {END} markers")
-    return readme[: start + len(START)] + "\n" + body + "\n" + readme[end:]
+        raise ValueError(f"README has no {start_mark} ... {end_mark} markers")
+    return readme[: start + len(start_mark)] + "\n" + body + "\n" + readme[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plot is not None and not (args.print or args.check):
         draw_plot(args.plot)
-    body = table()
+    body, serve = table(), serve_table()
     if args.print:
-        print(body)
+        print(body + "\n\n" + serve)
         return 0
     try:
         old = README.read_text(encoding="utf-8")
-        new = splice(old, body)
+        new = splice(splice(old, body), serve, SERVE_START, SERVE_END)
     except (OSError, ValueError) as e:
         print(f"error: {e}; the table is:\n\n{body}", file=sys.stderr)
         return 1

@@ -159,6 +159,9 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     output = _text(raw, "output", where) or _default_output(content_path, given)
     output_path = _inside(output, out_dir, where)
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
+    if not job_id.isprintable():  # an id is shown on one line of the progress output and the manifest's readers
+        raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "
+                          f"an id is one line of text (it is the output's name when not given)")
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
 

@@ -154,9 +154,13 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     if last_use:
         step.trim()
     measured: list[Result] = []
-    for result, target in zip(results, targets):
+    for index, (result, target) in enumerate(zip(results, targets)):
         if result.stopped == "interrupted" or (measured and measured[-1].stopped == "interrupted"):
             measured.append(dataclasses.replace(result, stopped="interrupted"))  # the user wants out
+            continue
+        read = with_distances.get((index, result.iterations)) if result.stopped is None else None
+        if read is not None:  # the loop's last read measured this very image (the final x)
+            measured.append(dataclasses.replace(result, distances=read.distances))
             continue
         try:
             measured.append(dataclasses.replace(result, distances=distances(targets_step, result.image, target, loss)))

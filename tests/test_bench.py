@@ -329,6 +329,23 @@ def test_readme_table_from_result_files(cli_run, tmp_path):
         readme_table.splice("# no markers\n", body)
 
 
+def test_readme_serve_table_from_its_result_file(tmp_path):
+    from styleengine.benchmarks import readme_table
+
+    doc = {"machine": {"cpu": "AMD EPYC", "isa": "avx512", "threads": 2, "load_after": 3.5},
+           "settings": {"size": 256, "iterations": 10, "model": "vgg16"},
+           "latency_seconds": {"server": [7.0, 7.2], "run": [9.0, 9.1], "loop": [6.0, 6.1]},
+           "latency_median": {"server": 7.1, "run": 9.05, "loop": 6.05},
+           "cpu_median": {"server": 6.0, "run": 9.0, "loop": 5.5}}
+    (tmp_path / "serve-latency-cpu-avx512.json").write_text(json.dumps(doc))
+    body = readme_table.serve_table(tmp_path)
+    assert "| warm server, POST to the PNG's last byte | 7.1 | 6.00 |" in body and "(median of 2)" in body
+    assert "6.00 against 6.35 (met" in body and "serve-latency-cpu-avx512.json" in body
+    readme = f"a\n{readme_table.SERVE_START}\nold\n{readme_table.SERVE_END}\nb\n"
+    new = readme_table.splice(readme, body, readme_table.SERVE_START, readme_table.SERVE_END)
+    assert "old" not in new and body in new and new.endswith(f"{readme_table.SERVE_END}\nb\n")
+
+
 def test_readme_table_puts_tiled_runs_in_their_own_table(tmp_path):
     from styleengine.benchmarks import readme_table
 

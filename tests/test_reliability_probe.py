@@ -473,3 +473,16 @@ def test_huge_scale_settings_are_one_line(tmp_path, monkeypatch, capsys, pics, f
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and len(lines) == 1, err
     assert says in lines[0]
+
+
+# ------------------------------------------------------------------ issue 25's probe: control characters in ids
+
+@pytest.mark.parametrize("job", [
+    {"id": "a\nok  b.png  done", "content": "c.png", "style": "s.png"},  # a fake line in the progress output
+    {"id": "a\rb", "content": "c.png", "style": "s.png"},
+    {"id": "a\x1b[2Jb", "content": "c.png", "style": "s.png"},  # a terminal escape
+    {"content": "c.png", "style": "s.png", "output": "a\nb.png"},  # the id taken from the output's name
+])
+def test_a_job_id_with_a_control_character_is_refused(tmp_path, job):
+    message = jobs_error(tmp_path, "jobs.jsonl", json.dumps(job) + "\n")
+    assert "control character" in message and "\n" not in message

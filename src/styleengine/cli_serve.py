@@ -45,6 +45,12 @@ def _serve(
                               "'serve' in styleengine's cache folder.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Serve on Ray Serve: auto (the cluster this machine belongs to, else a local one) or its "
+                      "address; one replica per GPU, else per 4 CPUs. Needs styleengine[ray].")] = None,
+    replicas: Annotated[Optional[int], typer.Option(
+        "--replicas", help="With --ray: this many replicas (each one GPU, or one CPU on a cluster without).")]
+    = None,
     **flags: Any,
 ) -> None:
     """Serve a web page and a JSON API (docs at /docs) on a warm engine."""
@@ -67,6 +73,15 @@ def _serve(
                     max_pixels=int(max_pixels * 1e6), max_size=max_size, max_iters=max_iters,
                     cors_origins=tuple(cors_origin or ()))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if replicas is not None and ray is None:
+        raise ConfigError("--replicas needs --ray")
+    if ray is not None:
+        from styleengine.engine.batch_ray import import_ray
+        from styleengine.serve.ray_app import serve_forever
+
+        import_ray()  # a clear error now if Ray is not installed
+        serve_forever(config, host=host, port=port, replicas=replicas, address=ray)
+        return
     store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
     uvicorn.run(create_app(config, store), host=host, port=port, log_level="info", timeout_graceful_shutdown=3)

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -223,14 +223,16 @@ def open_store(config: Config) -> JobStore:
     return JobStore(root, max_queue=config.max_queue)
 
 
-def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
-    """The application around `store` (None: opened at startup); the store is closed when the app stops."""
+def create_app(config: Config, store: JobStore | None = None,
+               opener: Callable[[Config], JobStore] = open_store) -> FastAPI:
+    """The application around `store` (None: opener(config) at startup); the store is closed when the app
+    stops."""
     state: dict[str, Any] = {}
     given = store
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["store"] = given if given is not None else open_store(config)
+        state["store"] = given if given is not None else await run_in_threadpool(opener, config)
         try:
             yield
         finally:
@@ -272,8 +274,8 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
                 return _one_line(401, "a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
         return await call_next(request)
 
-    def job_or_404(job_id: str) -> Job:
-        job = current().jobs.get(job_id)
+    async def job_or_404(job_id: str) -> Job:
+        job = await current().lookup(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id[:40]!r} on this server")
         return job
@@ -334,44 +336,43 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
 
     @app.get("/api/jobs", summary="The most recent jobs, newest first")
     async def listing(limit: int = 50) -> list[dict[str, Any]]:
-        jobs = sorted(current().jobs.values(), key=lambda j: j.created, reverse=True)
-        return [j.to_json() for j in jobs[:max(0, min(limit, 500))]]
+        return await current().recent(max(0, min(limit, 500)))
 
     @app.get("/api/jobs/{job_id}", summary="A job's status (queued|running|done|failed|cancelled), iteration, "
                                            "losses and distances")
     async def status(job_id: str) -> dict[str, Any]:
-        return job_or_404(job_id).to_json()
+        return (await job_or_404(job_id)).to_json()
 
     @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)",
              responses={200: {"content": {"image/png": {}}}})
     async def result(job_id: str) -> FileResponse:
-        job = job_or_404(job_id)
+        job = await job_or_404(job_id)
         if job.status != "done":
             why = f": {job.reason}" if job.reason and job.status == "failed" else ""
             raise HTTPException(409, f"job {job_id} is {job.status}{why}; no result")
-        return FileResponse(current().result_path(job_id), media_type="image/png",
+        return FileResponse(current().result_file(job), media_type="image/png",
                             filename=f"styleengine-{job_id}.png")
 
     @app.get("/api/jobs/{job_id}/preview", summary="The latest preview (PNG)",
              responses={200: {"content": {"image/png": {}}}})
     async def preview(job_id: str) -> Response:
-        job = job_or_404(job_id)
+        job = await job_or_404(job_id)
         if job.preview is None:
             raise HTTPException(404, f"job {job_id} has no preview yet")
         return Response(job.preview, media_type="image/png")
 
     @app.delete("/api/jobs/{job_id}", summary="Cancel a job (a running one stops at its next iteration)")
     async def cancel(job_id: str) -> dict[str, Any]:
-        job = job_or_404(job_id)
+        job = await job_or_404(job_id)
         if job.over:
             raise HTTPException(409, f"job {job_id} is already {job.status}")
         await run_in_threadpool(current().cancel, job)
-        return job.to_json()
+        return (await job_or_404(job_id)).to_json()
 
     @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: status (JSON) and preview (a PNG data URL)",
              responses={200: {"content": {"text/event-stream": {}}}})
     async def events(job_id: str, request: Request) -> StreamingResponse:
-        job = job_or_404(job_id)
+        job = await job_or_404(job_id)
         return StreamingResponse(_stream(job, request, current()), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -379,16 +380,20 @@ def create_app(config: Config, store: JobStore | None = None) -> FastAPI:
 
 
 async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[str]:
-    """A job's news as server-sent events until it is over; the last watcher to go cancels it unless kept."""
+    """A job's news as server-sent events until it is over; the last watcher to go cancels it unless kept (a
+    job this store runs: a Ray replica's streams of another replica's job only watch)."""
+    watched = job
+    owned = store.owns(job)
     job.watchers += 1
     sent, preview = -1, None
     quiet = 0.0
     try:
         while True:
+            job = job if owned else (await store.lookup(job.id) or job)
             if job.version != sent:
                 sent = job.version
                 yield f"event: status\ndata: {json.dumps(job.to_json())}\n\n"
-                if job.preview is not None and job.preview is not preview:
+                if job.preview is not None and job.preview != preview:  # by value: a remote job is a new snapshot
                     preview = job.preview
                     data = {"iteration": job.preview_iteration,
                             "image": "data:image/png;base64," + base64.b64encode(preview).decode()}
@@ -404,7 +409,8 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
                 quiet = 0.0
                 yield ": still here\n\n"
     finally:
+        job = watched
         job.watchers -= 1
-        if job.watchers == 0 and not job.keep and not job.over:
+        if owned and job.watchers == 0 and not job.keep and not job.over:
             log.info("job %s: its last watcher went away; cancelled", job.id)
             asyncio.get_running_loop().run_in_executor(None, store.cancel, job)  # a manifest line: not here

@@ -62,6 +62,7 @@ class Job:
     preview: bytes | None = field(default=None, repr=False)  # the latest preview PNG
     preview_iteration: int = 0
     version: int = 0  # bumped at every change an event stream sends
+    result_at: Path | None = None  # a Ray replica's view of another replica's done job: where its PNG is
     _last_progress: float = 0.0
     _last_preview: float = -math.inf
 

@@ -45,6 +45,10 @@ from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses
                                    new_id, png_bytes)
 
 
+class FolderBusy(UserError):
+    """Another server (or Ray replica) holds the folder's lock."""
+
+
 class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
@@ -85,7 +89,7 @@ class JobStore:
             raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
         if not paths.try_lock(f, blocking=False):
             f.close()
-            raise UserError(f"another server uses {self.root} (it holds {path}); stop it or use another "
+            raise FolderBusy(f"another server uses {self.root} (it holds {path}); stop it or use another "
                             f"--results-dir")
         self._lock_file = f
 
@@ -139,6 +143,25 @@ class JobStore:
     def result_path(self, job_id: str) -> Path:
         return self.results / f"{job_id}.png"
 
+    # what the app asks of any store: a Ray replica's (serve/ray_app.py) also answers for the other replicas' jobs
+
+    async def lookup(self, job_id: str) -> Job | None:
+        """The job `job_id` as it stands now, or None."""
+        return self.jobs.get(job_id)
+
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The `limit` newest jobs' JSON, newest first."""
+        jobs = sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)
+        return [j.to_json() for j in jobs[:limit]]
+
+    def result_file(self, job: Job) -> Path:
+        """Where a done job's PNG is."""
+        return self.result_path(job.id)
+
+    def owns(self, job: Job) -> bool:
+        """Whether this store runs (or ran) `job`: its event streams may cancel it when they all go."""
+        return self.jobs.get(job.id) is job
+
     def submit(self, job: Job) -> None:
         """Queue `job`; QueueFull when max_queue jobs are queued or running."""
         with self._lock:
@@ -166,7 +189,7 @@ class JobStore:
         if queued:
             self._finish_unrun(job, "cancelled", "cancelled")
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         with self._lock:
             return {"queued": len(self._queue), "running": len(self._running), "max_queue": self.max_queue,
                     "batches": self.started}
