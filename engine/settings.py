@@ -181,6 +181,11 @@ class Settings:
     style_scale: float = option(1.0, "Style images are resized to size * this.", LOSS, "real")
     preserve_colors: bool = option(False, "Keep the content's colours; transfer luminance only.", LOSS, "flag",
                                    commands=WITH_CONTENT)
+    # Gatys et al. 2017, colour control: --preserve-colors swaps colours after a loop the style's colours drove
+    luminance_only: bool = option(
+        False, "Optimise luminance only (Gatys et al. 2017): the network sees content and style as greyscale, the "
+               "style's brightness matched to the content's mean and spread; colours from the content.", LOSS,
+        "flag", commands=WITH_CONTENT)
     backend: str = option("auto", "auto (torch or ort, the faster here: measured once, see 'styleengine tune'), "
                                   "torch, ort or tensorrt (untested: TensorRT cannot be installed where this is "
                                   "built).", COMPUTE, "word", per_job=False)

@@ -70,6 +70,8 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
         return images.resize_tensor(prepared.styles[0], prepared.height, prepared.width).clone()
     if init_image is None:
         init_image = images.load_image(settings.init)
+    if settings.luminance_only:  # the loop runs on luminance images
+        init_image = images.grey(images.luminance(init_image))
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
@@ -193,7 +195,7 @@ class Picture:
 
 
 # what may differ between the pictures of one batch: each picture's own targets and start
-PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "save_every")
+PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "luminance_only", "save_every")
 
 
 def batch_key(settings: Settings) -> Settings:
@@ -243,7 +245,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         if picture.content is None:
             # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
             picture = dataclasses.replace(picture, settings=dataclasses.replace(
-                picture.settings, preserve_colors=False,
+                picture.settings, preserve_colors=False, luminance_only=False,
                 init=TEXTURE_INIT if picture.settings.init == "content" else picture.settings.init))
         if plan is None or plans:  # the memory is probed once, for the first picture
             plans.append(check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else
@@ -273,6 +275,13 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                              f"{sorted({(q.height, q.width) for q in done})} at {size} px")
         return done
 
+    # luminance-only: the loop sees greyscale images, the result takes its colours from the original content
+    colours: list[np.ndarray | None] = [None] * len(pictures)
+    for i, p in enumerate(pictures):
+        if p.settings.luminance_only and p.content is not None:
+            colours[i] = p.content
+            content, styles = images.luminance_only(p.content, p.styles)
+            pictures[i] = dataclasses.replace(p, content=content, styles=styles)
     prepared = prepare_all(scales[0].size)
     inits = [make_init(p.settings, q, p.init_image) for p, q in zip(pictures, prepared)]
     # per scale: each content at this scale's size (colour preservation) and the iterations done before it
@@ -281,7 +290,9 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
 
     def finish(index: int, image: torch.Tensor) -> np.ndarray:
         out = np.clip(images.to_array(image), 0.0, 1.0)
-        if pictures[index].settings.preserve_colors and scale["content"][index] is not None:
+        if colours[index] is not None:
+            out = images.preserve_colors(out, colours[index])
+        elif pictures[index].settings.preserve_colors and scale["content"][index] is not None:
             out = images.preserve_colors(out, scale["content"][index])
         return out
 
