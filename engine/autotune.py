@@ -105,13 +105,14 @@ def open_options(settings: Settings, machine: capability.Machine
     """Where these settings run and the (backend, precision, conv) candidates left open there; ConfigError
     (or UnavailableError) when nothing can run what they ask. Torch-free: a dry run asks the same."""
     where = capability.place(settings.backend, settings.device, settings.provider, machine)
+    masks = bool(settings.content_masks)
     if settings.backend != "auto":
-        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine)
-    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine)
+        capability.check(settings.backend, where.place, settings.precision, settings.conv, machine, masks)
+    options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine, masks)
     if settings.backend == "auto":  # a backend whose provider is missing here is no candidate
         options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
     if not options:
-        reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine) or
+        reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine, masks) or
                    f"ONNX Runtime's {where.provider} provider is not available here" for b in capability.AUTO_BACKENDS]
         raise ConfigError(capability.no_backend(settings.precision, settings.conv, reasons))
     return where, options

@@ -139,11 +139,16 @@ def graph_conv(precision: str, conv: str, where: str = "cpu") -> str:
 
 
 _GRAPH_WINOGRAD = "--conv winograd graphs are fp32 (their transforms lose too much in fp16/bf16)"
+# the guided Grams are in engine/losses.py only: the ONNX graphs (and so TensorRT) have no masked style term
+MASKS = "spatial masks (--content-mask) run on the torch backend only; use --backend torch (auto picks it)"
 
 
-def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> str | None:
+def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None,
+            masks: bool = False) -> str | None:
     """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can). "auto" in
-    precision or conv means any of the options."""
+    precision or conv means any of the options. masks: the run has spatial masks."""
+    if masks and backend != "torch":
+        return MASKS
     runs = precisions(backend, where)
     if not runs:
         return f"the {backend} backend runs on an NVIDIA GPU (--device cuda), not on the CPU"
@@ -166,9 +171,10 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
     return _GRAPH_WINOGRAD
 
 
-def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None) -> None:
+def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None,
+          masks: bool = False) -> None:
     """ConfigError (UnavailableError for a missing NNPACK) with refusal()'s reason, if there is one."""
-    why = refusal(backend, where, precision, conv, machine)
+    why = refusal(backend, where, precision, conv, machine, masks)
     if why is None:
         return
     raise (UnavailableError if "no NNPACK" in why else ConfigError)(why)
@@ -186,10 +192,11 @@ def rule(backend: str, where: str, precision: str, conv: str, machine: Machine |
 
 
 def candidates(backend: str, where: str, precision: str, conv: str,
-               machine: Machine | None = None) -> list[tuple[str, str, str]]:
+               machine: Machine | None = None, masks: bool = False) -> list[tuple[str, str, str]]:
     """Every (backend, precision, conv) the settings leave open at `where`, the rule's pick first.
-    backend "auto": AUTO_BACKENDS that run there."""
-    backends = [b for b in AUTO_BACKENDS if precisions(b, where)] if backend == "auto" else [backend]
+    backend "auto": AUTO_BACKENDS that run there (masks: torch)."""
+    backends = [b for b in AUTO_BACKENDS if precisions(b, where) and not (masks and b != "torch")
+                ] if backend == "auto" else [backend]
     out = []
     for b in backends:
         for p in precisions(b, where):
@@ -201,7 +208,7 @@ def candidates(backend: str, where: str, precision: str, conv: str,
     return out
 
 
-def check_settings(backend: str, device: str, provider: str, precision: str, conv: str) -> None:
+def check_settings(backend: str, device: str, provider: str, precision: str, conv: str, masks: bool = False) -> None:
     """ConfigError for what no machine runs: a device and provider that disagree, or a precision and
     convolutions the backend runs nowhere it may run (device auto: at neither place; backend auto: no
     backend). What depends on the machine (a GPU, a provider, NNPACK) is checked when `auto` is resolved."""
@@ -209,10 +216,10 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     # device auto leaves the place to the machine, unless a provider (of a graph backend) pins it
     pinned = device != "auto" or where == "cuda" or (provider == "cpu" and backend != "torch")
     places = [where] if pinned else list(PLACES)
-    backends = AUTO_BACKENDS if backend == "auto" else (backend,)
+    backends = (("torch",) if masks else AUTO_BACKENDS) if backend == "auto" else (backend,)
     reasons: list[str] = []
     for b in backends:
-        why = [refusal(b, p, precision, conv) for p in places]
+        why = [refusal(b, p, precision, conv, masks=masks) for p in places]
         if all(why):
             reasons.append(str(why[-1]))  # device auto: the GPU's reason holds on every machine
         else:

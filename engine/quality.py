@@ -12,7 +12,10 @@ with G the output's Gram over its M positions and A the style's over its M'
 losses.blend_grams, so this is |G - A| / |A| of the step's targets). The
 style distance of a run is the mean over its style layers (unweighted: the
 measure does not move with --style-layer-weights), likewise the content
-distance over its content layers (None for a texture).
+distance over its content layers (None for a texture). With spatial masks
+a layer's style distance is each region's |G_r - A_r| / |A_r| of guided Gram
+means (losses.guided_gram), averaged weighing each region by its mass, as the
+loss weighs them.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from styleengine.engine.losses import LossConfig, Targets
+from styleengine.engine.losses import LossConfig, Targets, guided_gram
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,23 @@ def _mean(values: dict[str, float]) -> float | None:
     return sum(values.values()) / len(values) if values else None
 
 
+def _region_distance(features: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> float:
+    parts = [(guided_gram(features, mask), target) for mask, target in zip(masks, targets)]
+    total = sum(float(mass) for (_, mass), _ in parts)
+    return sum(float(mass) * _rel(mean - target, target) for (mean, mass), target in parts) / total
+
+
 @torch.no_grad()
 def distances(step, image: torch.Tensor, targets: Targets, config: LossConfig) -> Distances:
     """The distances of `image` (1, 3, H, W) from `targets`, with the step's own network (any Step: a tiled
     step takes its Grams tile by tile). The targets must be those of the image's size."""
     style: dict[str, float] = {}
-    if config.style_layers:
+    if config.style_layers and targets.masks is not None:
+        feats = step.features(image, list(config.style_layers))
+        for n in config.style_layers:
+            style[n] = _region_distance(feats[n], targets.masks.to(feats[n].device),
+                                        targets.region_grams[n].to(feats[n].device))
+    elif config.style_layers:
         grams = step.grams(image, list(config.style_layers))
         for n in config.style_layers:
             target = targets.grams[n].to(grams[n].device)

@@ -95,6 +95,7 @@ RUN, TEXTURE, BATCH = "run", "texture", "batch"
 EVERY = frozenset({RUN, TEXTURE, BATCH})
 WITH_CONTENT = frozenset({RUN, BATCH})  # settings a texture (no content image) has no use for
 ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
+ONE_CONTENT = frozenset({RUN})  # files beside one content image (masks)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,15 @@ class Settings:
         False, "Optimise luminance only (Gatys et al. 2017): the network sees content and style as greyscale, the "
                "style's brightness matched to the content's mean and spread; colours from the content.", LOSS,
         "flag", commands=WITH_CONTENT)
+    # Gatys et al. 2017, spatial control (guided Grams, engine/losses.py): one region of the output per style
+    content_masks: tuple[str, ...] | None = option(
+        None, "Spatial control (Gatys et al. 2017): greyscale masks, comma-separated, one per style image in order, "
+              "each where on the content its style paints (white: fully, black: not; summed, at most 1 a pixel).",
+        LOSS, "words", flag="--content-mask", commands=ONE_CONTENT)
+    style_masks: tuple[str, ...] | None = option(
+        None, "With --content-mask: greyscale masks, one per style image, each the part of its style image whose "
+              "texture is used (default: the whole image).", LOSS, "words", flag="--style-mask",
+        commands=ONE_CONTENT)
     backend: str = option("auto", "auto (torch or ort, the faster here: measured once, see 'styleengine tune'), "
                                   "torch, ort or tensorrt (untested: TensorRT cannot be installed where this is "
                                   "built).", COMPUTE, "word", per_job=False)
@@ -268,6 +278,24 @@ class Settings:
             weighting=self.weighting,
         )
 
+    def _check_masks(self, texture: bool) -> None:
+        """What the mask settings alone decide (against the style images: engine/plan.py, engine/masks.py)."""
+        if texture and (self.content_masks or self.style_masks):
+            raise ConfigError("masks place styles on a content image; a texture has none")
+        if self.style_masks and not self.content_masks:
+            raise ConfigError("--style-mask needs --content-mask: a style mask picks the part of its style image "
+                              "that paints the region its content mask gives")
+        if not self.content_masks:
+            return
+        if self.style_masks and len(self.style_masks) != len(self.content_masks):
+            raise ConfigError(f"{len(self.style_masks)} --style-mask files for {len(self.content_masks)} "
+                              f"--content-mask files: one of each per style image, in order")
+        if self.tile is not None:
+            raise ConfigError("--content-mask runs untiled (the exact tiled step has no guided Grams); drop --tile")
+        if self.style_blend is not None:
+            raise ConfigError("--style-blend does not apply with --content-mask: each style image paints its own "
+                              "region")
+
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -278,7 +306,9 @@ class Settings:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
-        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv)
+        capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv,
+                                  masks=bool(self.content_masks))
+        self._check_masks(texture)
         if not MIN_SIDE <= self.size <= MAX_SIDE:
             raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from styleengine.engine import images
+from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
@@ -40,10 +40,14 @@ class Prepared:
     styles: list[torch.Tensor]
     height: int
     width: int
+    masks: torch.Tensor | None = None  # (R, H, W): one region of the output per style (spatial control)
+    style_masks: list[torch.Tensor | None] | None = None  # each at its style's (H, W); None: the whole style
 
 
-def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int) -> Prepared:
-    """Resize the content to `size` on its long side and each style to size * style_scale.
+def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int,
+            masks: spatial.Masks | None = None) -> Prepared:
+    """Resize the content to `size` on its long side and each style to size * style_scale, and the masks
+    with them.
 
     A texture (no content) takes the first style image's aspect ratio.
     """
@@ -53,7 +57,10 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
     content_t = images.to_tensor(images.resize(content, size)) if content is not None else None
     style_ts = [images.to_tensor(images.resize(s, style_size(settings, size))) for s in styles]
-    return Prepared(content_t, style_ts, height, width)
+    if masks is None:
+        return Prepared(content_t, style_ts, height, width)
+    regions, style_masks = masks.at(height, width, [(s.shape[2], s.shape[3]) for s in style_ts])
+    return Prepared(content_t, style_ts, height, width, regions, style_masks)
 
 
 def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None) -> torch.Tensor:
@@ -126,7 +133,8 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     """
     targets_step = targets_step or step
     targets = [make_targets(targets_step, loss, p.content, p.styles, list(blend) if blend else None,
-                            output_positions=p.height * p.width) for p, blend in zip(prepared, blends)]
+                            output_positions=p.height * p.width, masks=p.masks, style_masks=p.style_masks)
+               for p, blend in zip(prepared, blends)]
     step.set_targets(targets[0] if len(targets) == 1 else targets)
     wanted = [every for every in (settings.save_every, settings.distance_every) if every]
     # --save-every and --distance-every count iterations across scales: the loop reads exactly those
@@ -192,6 +200,7 @@ class Picture:
     styles: list[np.ndarray]
     settings: Settings
     init_image: np.ndarray | None = None  # the image for an init path, if the caller has loaded it
+    masks: spatial.Masks | None = None  # settings.content_masks read (engine/masks.py); None: read here
 
 
 # what may differ between the pictures of one batch: each picture's own targets and start
@@ -209,8 +218,8 @@ def batch_key(settings: Settings) -> Settings:
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
             callback: Callback | None = None, weights: Weights | None = None,
-            init_image: np.ndarray | None = None, step: Step | None = None, plan: Plan | None = None
-            ) -> tuple[np.ndarray, Result]:
+            init_image: np.ndarray | None = None, step: Step | None = None, plan: Plan | None = None,
+            masks: spatial.Masks | None = None) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
     weights: already loaded, and then the caller's to keep; None: loaded from
@@ -221,11 +230,12 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     a step built for these settings' backend, device, precision, model,
     weights, pooling and layers and kept warm by the caller, who closes it
     (engine/batch.py's Warm); the loss weights are set on it here. None:
-    built here and closed at the end.
+    built here and closed at the end. masks: settings.content_masks and
+    style_masks as the caller has read them (engine/masks.py); None: read here.
     Returns the final (H, W, 3) array and the loop's Result (records, why
     it stopped); after a non-finite loss the array is the last finite image.
     """
-    return stylise_batch([Picture(content, styles, settings, init_image)], callback=callback, weights=weights,
+    return stylise_batch([Picture(content, styles, settings, init_image, masks)], callback=callback, weights=weights,
                          step=step, plan=plan)[0]
 
 
@@ -251,6 +261,9 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
             plans.append(check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else
                                    None, [s.shape[:2] for s in picture.styles],
                                    memory=plans[0].memory if plans else None))
+        if picture.settings.content_masks and picture.masks is None and picture.content is not None:
+            picture = dataclasses.replace(picture, masks=spatial.load(
+                picture.settings, picture.content.shape[:2], [s.shape[:2] for s in picture.styles]))
         fixed.append(dataclasses.replace(picture, settings=picture.settings.resolved()))
     scales = (plan or plans[0]).scales
     pictures = fixed
@@ -269,7 +282,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     loss = settings.loss_config(texture=texture)
 
     def prepare_all(size: int) -> list[Prepared]:
-        done = [prepare(p.content, p.styles, p.settings, size) for p in pictures]
+        done = [prepare(p.content, p.styles, p.settings, size, p.masks) for p in pictures]
         if len({(q.height, q.width) for q in done}) > 1:
             raise ValueError(f"the pictures of one batch must have one shape at every scale, got "
                              f"{sorted({(q.height, q.width) for q in done})} at {size} px")

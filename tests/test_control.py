@@ -90,3 +90,190 @@ def test_luminance_only_flag(tmp_path, monkeypatch, capsys, pics):
     result, content = images.load_image(out), images.load_image(pics["content"])
     close = np.abs(images.preserve_colors(result, content) - result).max(axis=2) <= 6 / 255
     assert close.mean() > 0.95  # the content's colours
+
+
+# ---- spatial control: guided Grams ----
+
+def _numpy_guided_loss(f: np.ndarray, masks: np.ndarray, targets: np.ndarray) -> float:
+    """The guided style term by its definition, for masks whose pooling to the layer is block means."""
+    channels, height, width = f.shape
+    ry, rx = masks.shape[1] // height, masks.shape[2] // width
+    total = 0.0
+    for mask, target in zip(masks, targets):
+        m = mask.reshape(height, ry, width, rx).mean(axis=(1, 3)).reshape(-1)
+        fm = f.reshape(channels, -1) * m
+        mass = (m**2).sum()
+        total += mass / (height * width) * (((fm @ fm.T) / mass - target) ** 2).sum() / (4 * channels**2)
+    return total
+
+
+def test_guided_style_term_matches_its_definition_and_is_the_plain_one_for_one_full_region():
+    import torch
+
+    from styleengine.engine.losses import guided_style_layer_loss, style_layer_loss
+
+    rng = np.random.default_rng(3)
+    f = rng.random((1, 6, 4, 5))
+    masks = np.zeros((2, 8, 10))
+    masks[0, :, :4] = 1.0
+    masks[1, :, 4:] = 0.7
+    masks[1, :3] = 0.25  # soft weights, not block-aligned with the regions above
+    targets = rng.random((2, 6, 6))
+    ft, mt, tt = torch.from_numpy(f), torch.from_numpy(masks), torch.from_numpy(targets)
+    got = float(guided_style_layer_loss(ft, mt, tt))
+    assert got == pytest.approx(_numpy_guided_loss(f[0], masks, targets), rel=1e-12)
+    # one region of all ones, its target the Gram mean: E_l of the whole image exactly
+    gram = torch.from_numpy(rng.random((6, 6)))
+    plain = style_layer_loss(ft, gram * 20)
+    full = guided_style_layer_loss(ft, torch.ones(1, 8, 10, dtype=torch.float64), (gram * 20 / 20)[None])
+    assert float(full) == pytest.approx(float(plain), rel=1e-12)
+    ft.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: guided_style_layer_loss(x, mt, tt), (ft,))
+
+
+def test_a_style_mask_takes_the_style_image_s_own_region():
+    """A style mask on the left half: the region's target is the mean of f f^T over the left half's positions."""
+    import torch
+
+    from styleengine.engine.losses import region_grams
+
+    rng = np.random.default_rng(4)
+    f = torch.from_numpy(rng.random((1, 5, 4, 6)))
+    left = torch.zeros(8, 12, dtype=torch.float64)
+    left[:, :6] = 1.0
+    got = region_grams([{"relu1_1": f}, {"relu1_1": f}], [left, None])["relu1_1"]
+    half = f[0, :, :, :3].reshape(5, -1)
+    whole = f[0].reshape(5, -1)
+    torch.testing.assert_close(got[0], half @ half.T / half.shape[1])
+    torch.testing.assert_close(got[1], whole @ whole.T / whole.shape[1])
+
+
+def _masks(tmp_path, height: int, width: int, split: int) -> tuple[str, str]:
+    from PIL import Image
+
+    left = np.zeros((height, width), np.uint8)
+    left[:, :split] = 255
+    paths = str(tmp_path / "left.png"), str(tmp_path / "right.png")
+    Image.fromarray(left).save(paths[0])
+    Image.fromarray(255 - left).save(paths[1])
+    return paths
+
+
+def test_one_white_mask_is_the_run_without_masks(tmp_path):
+    from PIL import Image
+
+    content, style, _ = _pictures()
+    white = tmp_path / "white.png"
+    Image.fromarray(np.full((80, 96), 255, np.uint8)).save(white)  # twice the size: resized to the content
+    plain, plain_result = stylise(content, [style], TINY)
+    masked, masked_result = stylise(content, [style], dataclasses.replace(TINY, content_masks=(str(white),)))
+    np.testing.assert_allclose(masked, plain, atol=1e-4)
+    assert masked_result.distances.style == pytest.approx(plain_result.distances.style, rel=1e-4)
+
+
+def test_two_styles_paint_their_own_regions(tmp_path):
+    """Left half one style, right half the other: each half ends nearer its own style's Grams than the other's
+    (measured with the same network), and swapping the masks swaps that."""
+    import torch
+
+    from styleengine.engine.losses import guided_gram
+    from styleengine.engine.stylise import load_run_weights
+    from styleengine.engine.steps import TorchStep
+
+    rng = np.random.default_rng(5)
+    content = np.full((48, 48, 3), 0.5, np.float32) + 0.05 * rng.random((48, 48, 3)).astype(np.float32)
+    smooth = np.repeat(np.linspace(0.1, 0.9, 48, dtype=np.float32)[None, :, None], 48, axis=0).repeat(3, axis=2)
+    noisy = rng.random((48, 48, 3)).astype(np.float32)
+    left, right = _masks(tmp_path, 48, 48, 24)
+    settings = dataclasses.replace(TINY, iterations=20, content_weight=1e-3, style_weight=10.0)
+    step = TorchStep(load_run_weights(settings), settings.loss_config(), conv="direct")
+    layer = "relu2_1"
+    half = torch.zeros(48, 48)
+    half[:, :24] = 1.0
+
+    def nearer(out: np.ndarray, mask: torch.Tensor) -> str:
+        feats = step.features(images.to_tensor(out), [layer])[layer]
+        mean = guided_gram(feats, mask)[0]
+        gaps = {name: float((mean - guided_gram(step.features(images.to_tensor(s), [layer])[layer], None)[0]).norm())
+                for name, s in (("smooth", smooth), ("noisy", noisy))}
+        return min(gaps, key=gaps.__getitem__)
+
+    out, _ = stylise(content, [smooth, noisy], dataclasses.replace(settings, content_masks=(left, right)))
+    assert (nearer(out, half), nearer(out, 1 - half)) == ("smooth", "noisy")
+    swapped, _ = stylise(content, [smooth, noisy], dataclasses.replace(settings, content_masks=(right, left)))
+    assert (nearer(swapped, half), nearer(swapped, 1 - half)) == ("noisy", "smooth")
+
+
+def _grey(path, height: int, width: int, value: int = 255, split: int | None = None, right: bool = False) -> str:
+    """A mask file: `value` everywhere, or white left of column `split` (right: white from there on)."""
+    from PIL import Image
+
+    array = np.full((height, width), value, np.uint8)
+    if split is not None:
+        array[:, split:] = 0
+        array = 255 - array if right else array
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one mask, two styles", "1 --content-mask files for 2 style images"),
+    ("another aspect ratio", "needs its image's aspect ratio"),
+    ("black", "is black everywhere"),
+    ("not an image", "not an image"),
+    ("overlapping", "the content masks sum to 2.00"),
+    ("style mask alone", "--style-mask needs --content-mask"),
+    ("style mask count", "1 --style-mask files for 2 --content-mask files"),
+    ("ort", "run on the torch backend only"),
+    ("tile", "runs untiled"),
+    ("blend", "--style-blend does not apply"),
+])
+def test_bad_masks_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, pics, case, message):
+    out = tmp_path / "out.png"
+    left = _grey(tmp_path / "left.png", 48, 40, split=20)
+    right = _grey(tmp_path / "right.png", 96, 80, split=40, right=True)  # at twice the size: resized
+    flags = {
+        "one mask, two styles": ["--content-mask", left],
+        "another aspect ratio": ["--content-mask", f"{left},{_grey(tmp_path / 'wide.png', 40, 80)}"],
+        "black": ["--content-mask", f"{left},{_grey(tmp_path / 'black.png', 48, 40, value=0)}"],
+        "not an image": ["--content-mask", f"{left},{tmp_path / 'notes.png'}"],
+        "overlapping": ["--content-mask", f"{left},{_grey(tmp_path / 'white.png', 48, 40)}"],
+        "style mask alone": ["--style-mask", f"{left},{right}"],
+        "style mask count": ["--content-mask", f"{left},{right}", "--style-mask", left],
+        "ort": ["--content-mask", f"{left},{right}", "--backend", "ort"],
+        "tile": ["--content-mask", f"{left},{right}", "--tile", "16"],
+        "blend": ["--content-mask", f"{left},{right}", "--style-blend", "1,2"],
+    }[case]
+    (tmp_path / "notes.png").write_text("not a picture")
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], pics["style2"], "-o", out,
+                           *FAST, *flags)
+    assert_one_line_error(code, err, out)
+    assert message in err
+
+
+def test_masks_flags_run_and_auto_picks_torch(tmp_path, monkeypatch, capsys, pics):
+    from styleengine.engine import capability
+
+    out = tmp_path / "out.png"
+    left = _grey(tmp_path / "left.png", 48, 40, split=20)
+    right = _grey(tmp_path / "right.png", 48, 40, split=20, right=True)
+    style_left = _grey(tmp_path / "style_left.png", 56, 56, split=28)
+    code, stdout, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], pics["style2"], "-o", out,
+                                *FAST, "--content-mask", f"{left},{right}", "--style-mask",
+                                f"{style_left},{_grey(tmp_path / 'all.png', 40, 48)}")
+    assert code == 0, err
+    assert images.load_image(out).shape == (48, 40, 3)
+    assert {b for b, _, _ in capability.candidates("auto", "cpu", "auto", "auto", masks=True)} == {"torch"}
+    assert {b for b, _, _ in capability.candidates("auto", "cuda", "auto", "auto", masks=True)} == {"torch"}
+    assert capability.refusal("tensorrt", "cuda", "auto", "auto", masks=True) == capability.MASKS
+
+
+def test_a_budget_that_needs_tiles_is_refused_with_masks():
+    from styleengine.engine.plan import make_plan
+    from styleengine.errors import ConfigError
+
+    settings = Settings(size=2048, mem_budget_gib=4, model="vgg16")
+    assert make_plan(settings, (1000, 1500), [(800, 600), (800, 600)]).scales[-1].tile is not None
+    with pytest.raises(ConfigError, match="--content-mask runs untiled"):
+        make_plan(dataclasses.replace(settings, content_masks=("a.png", "b.png")), (1000, 1500),
+                  [(800, 600), (800, 600)])

@@ -25,7 +25,7 @@ import typer
 from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.cli import signals
-from styleengine.engine import images
+from styleengine.engine import images, masks
 from styleengine.engine.stylise import Settings, check_run, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
@@ -91,6 +91,8 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         inputs["init image"] = Path(settings.init)
     if settings.weights not in ("imagenet", "random"):
         inputs["weights file"] = Path(settings.weights)
+    for kind, mask_paths in (("content mask", settings.content_masks), ("style mask", settings.style_masks)):
+        inputs.update({f"{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
     for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
@@ -197,6 +199,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                      [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
                      style_labels=[f"style image {p}" for p in styles])
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    regions = masks.load(settings, content_array.shape[:2], [s.shape[:2] for s in style_arrays],
+                         [f"style image {p}" for p in styles]) if content_array is not None else None
     # loaded here to fail before the long work; stylise loads them again and lets them go once its step is
     # built (the ORT step has its own copy in its session; VGG19's 80 MB kept beside the loop for nothing)
     weights = load_run_weights(settings)
@@ -238,7 +242,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                             failures.append(f"{e}; later snapshots were still tried")
 
             image, result = stylise(content_array, style_arrays, settings, callback=on_iteration,
-                                    init_image=init_image, plan=plan)
+                                    init_image=init_image, plan=plan, masks=regions)
     finally:
         tracer.close()
     if tracer.failure:
