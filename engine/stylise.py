@@ -303,8 +303,9 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
 
     def finish(index: int, image: torch.Tensor) -> np.ndarray:
         out = np.clip(images.to_array(image), 0.0, 1.0)
-        if colours[index] is not None:
-            out = images.preserve_colors(out, colours[index])
+        colour = colours[index]
+        if colour is not None:
+            out = images.preserve_colors(out, colour)
         elif pictures[index].settings.preserve_colors and scale["content"][index] is not None:
             out = images.preserve_colors(out, scale["content"][index])
         return out
