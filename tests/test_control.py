@@ -72,6 +72,14 @@ def test_luminance_only_ignores_the_style_colours_and_keeps_the_content_ones():
     assert np.abs(again - out_red).max(axis=2).mean() < 2e-3
 
 
+def test_preserve_colors_is_the_normal_loop_with_its_colours_swapped():
+    """What examples/control_figures.py relies on to draw the --preserve-colors panel without a second loop."""
+    content, reddish, _ = _pictures()
+    normal, _ = stylise(content, [reddish], TINY)
+    preserved, _ = stylise(content, [reddish], dataclasses.replace(TINY, preserve_colors=True))
+    np.testing.assert_array_equal(preserved, images.preserve_colors(normal, images.resize(content, TINY.size)))
+
+
 def test_luminance_only_runs_on_the_ort_backend():
     """Pre- and post-processing around the loop: a graph step runs it as the torch step does."""
     pytest.importorskip("onnxruntime")
