@@ -85,6 +85,7 @@ def reference(weights, settings, content: np.ndarray, style: np.ndarray, iterati
         flat = f.reshape(f.shape[1], -1)
         return flat @ flat.T / f.numel()
 
+    assert prepared.content is not None  # a content run
     with torch.no_grad():
         content_targets = net(to_caffe(prepared.content), list(loss.content_layers))
         style_targets = {n: gram_mean(f) for n, f in net(to_caffe(prepared.styles[0]), list(loss.style_layers)).items()}
@@ -96,7 +97,8 @@ def reference(weights, settings, content: np.ndarray, style: np.ndarray, iterati
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         feats = net(y, loss.layers)
-        total = sum(content_weight * torch.mean((feats[n] - content_targets[n]) ** 2) for n in loss.content_layers)
+        total = y.new_zeros(()) + sum(content_weight * torch.mean((feats[n] - content_targets[n]) ** 2)
+                                      for n in loss.content_layers)
         total = total + sum(style_weight * torch.mean((gram_mean(feats[n]) - style_targets[n]) ** 2)
                             for n in loss.style_layers)
         total = total + tv_weight * ((y[:, :, 1:] - y[:, :, :-1]).abs().sum() + (y[..., 1:] - y[..., :-1]).abs().sum())

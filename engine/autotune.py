@@ -123,18 +123,17 @@ def open_options(settings: Settings, machine: capability.Machine
     (or UnavailableError) when nothing can run what they ask. Torch-free: a dry run asks the same."""
     device = settings.devices[0] if settings.devices else settings.device  # a spread run lives on the first
     where = capability.place(settings.backend, device, settings.provider, machine)
+    torch_only = settings.torch_only()
     if settings.backend != "auto":
         capability.check(settings.backend, where.place, settings.precision, settings.conv, machine,
-                         normalize_gradients=settings.normalize_gradients)
+                         torch_only=torch_only)
     options = capability.candidates(settings.backend, where.place, settings.precision, settings.conv, machine,
-                                    normalize_gradients=settings.normalize_gradients)
+                                    torch_only=torch_only)
     if settings.backend == "auto":  # a backend whose provider is missing here is no candidate
         options = [o for o in options if o[0] != "ort" or where.provider in machine.ort_providers]
-    if settings.devices:  # one network over several devices is the torch backend's
-        options = [o for o in options if o[0] == "torch"]
     if not options:
         reasons = [capability.refusal(b, where.place, settings.precision, settings.conv, machine,
-                                      normalize_gradients=settings.normalize_gradients) or
+                                      torch_only=torch_only) or
                    f"ONNX Runtime's {where.provider} provider is not available here" for b in capability.AUTO_BACKENDS]
         raise ConfigError(capability.no_backend(settings.precision, settings.conv, reasons))
     return where, options

@@ -140,23 +140,23 @@ def graph_conv(precision: str, conv: str, where: str = "cpu") -> str:
 
 
 _GRAPH_WINOGRAD = "--conv winograd graphs are fp32 (their transforms lose too much in fp16/bf16)"
-# the graphs hold the loss's gradient as exported; only autograd can rescale each term's gradient per layer
-_TORCH_ONLY = "--normalize-gradients runs on the torch backend only (--backend torch or auto)"
-
-
-def _loss_refusal(backend: str, normalize_gradients: bool) -> str | None:
-    return _TORCH_ONLY if normalize_gradients and backend != "torch" else None
+# what only the torch step computes (autograd through a network in engine/losses.py's terms): the graphs hold
+# the loss and its gradient as exported, without per-layer gradient rescaling or masked style terms
+NORMALIZE_GRADIENTS = "--normalize-gradients runs on the torch backend only (--backend torch or auto)"
+MASKS = "spatial masks (--content-mask) run on the torch backend only; use --backend torch (auto picks it)"
+SPREAD = "--devices splits the torch backend's network; a graph backend runs one graph on one device"
 
 
 def refusal(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
-            normalize_gradients: bool = False) -> str | None:
-    """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can), or the loss's
-    options (normalize_gradients). "auto" in precision or conv means any of the options."""
+            torch_only: str | None = None) -> str | None:
+    """Why `backend` cannot run `precision` with `conv` convolutions at `where` (None: it can). "auto" in
+    precision or conv means any of the options. torch_only: why the run's loss needs the torch step
+    (Settings.torch_only), if it does."""
+    if torch_only and backend != "torch":
+        return torch_only
     runs = precisions(backend, where)
     if not runs:
         return f"the {backend} backend runs on an NVIDIA GPU (--device cuda), not on the CPU"
-    if _loss_refusal(backend, normalize_gradients):
-        return _loss_refusal(backend, normalize_gradients)
     if precision != "auto" and precision not in runs:
         if (backend, where, precision) == ("ort", "cuda", "bf16"):
             return f"--precision bf16 on ONNX Runtime's GPU providers: {BF16_ON_ORT_CUDA}"
@@ -177,9 +177,9 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
 
 
 def check(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
-          normalize_gradients: bool = False) -> None:
+          torch_only: str | None = None) -> None:
     """ConfigError (UnavailableError for a missing NNPACK) with refusal()'s reason, if there is one."""
-    why = refusal(backend, where, precision, conv, machine, normalize_gradients=normalize_gradients)
+    why = refusal(backend, where, precision, conv, machine, torch_only=torch_only)
     if why is None:
         return
     raise (UnavailableError if "no NNPACK" in why else ConfigError)(why)
@@ -197,10 +197,10 @@ def rule(backend: str, where: str, precision: str, conv: str, machine: Machine |
 
 
 def candidates(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
-               normalize_gradients: bool = False) -> list[tuple[str, str, str]]:
+               torch_only: str | None = None) -> list[tuple[str, str, str]]:
     """Every (backend, precision, conv) the settings leave open at `where`, the rule's pick first.
-    backend "auto": AUTO_BACKENDS that run there and carry the loss's options."""
-    backends = [b for b in AUTO_BACKENDS if precisions(b, where) and not _loss_refusal(b, normalize_gradients)
+    backend "auto": AUTO_BACKENDS that run there (torch_only: torch)."""
+    backends = [b for b in AUTO_BACKENDS if precisions(b, where) and not (torch_only and b != "torch")
                 ] if backend == "auto" else [backend]
     out = []
     for b in backends:
@@ -214,7 +214,7 @@ def candidates(backend: str, where: str, precision: str, conv: str, machine: Mac
 
 
 def check_settings(backend: str, device: str, provider: str, precision: str, conv: str, *,
-                   normalize_gradients: bool = False) -> None:
+                   torch_only: str | None = None) -> None:
     """ConfigError for what no machine runs: a device and provider that disagree, or a precision and
     convolutions the backend runs nowhere it may run (device auto: at neither place; backend auto: no
     backend). What depends on the machine (a GPU, a provider, NNPACK) is checked when `auto` is resolved."""
@@ -222,10 +222,10 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     # device auto leaves the place to the machine, unless a provider (of a graph backend) pins it
     pinned = device != "auto" or where == "cuda" or (provider == "cpu" and backend != "torch")
     places = [where] if pinned else list(PLACES)
-    backends = AUTO_BACKENDS if backend == "auto" else (backend,)
+    backends = (("torch",) if torch_only else AUTO_BACKENDS) if backend == "auto" else (backend,)
     reasons: list[str] = []
     for b in backends:
-        why = [refusal(b, p, precision, conv, normalize_gradients=normalize_gradients) for p in places]
+        why = [refusal(b, p, precision, conv, torch_only=torch_only) for p in places]
         if all(why):
             reasons.append(str(why[-1]))  # device auto: the GPU's reason holds on every machine
         else:

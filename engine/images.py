@@ -239,6 +239,31 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
+def luminance(array: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W) float64 Y (YIQ)."""
+    return array.astype(np.float64) @ _RGB_TO_YIQ[0]
+
+
+def grey(y: np.ndarray) -> np.ndarray:
+    """(H, W) luminance -> (H, W, 3) float32 RGB with Y in every channel, clipped to [0, 1]."""
+    return np.repeat(np.clip(y, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+
+
+def luminance_only(content: np.ndarray, styles: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Gatys et al. 2017's luminance-only transfer, before the loop: the content's luminance, and each style's
+    luminance with its mean and standard deviation matched to the content's (L' = s_c / s_s (L - m_s) + m_c),
+    each as Y in all three channels. A flat style (s_s 0) becomes the content's mean."""
+    y_content = luminance(content)
+    mean, std = y_content.mean(), y_content.std()
+    matched = []
+    for style in styles:
+        y = luminance(style)
+        spread = y.std()
+        # clipped to [0, 1] by grey(): the pixels the loop and the steps take (the paper does not say)
+        matched.append(grey((y - y.mean()) * (std / spread if spread > 0 else 0.0) + mean))
+    return grey(y_content), matched
+
+
 def preserve_colors(output: np.ndarray, content: np.ndarray) -> np.ndarray:
     """Luminance of `output` with the chroma of `content` (neural-style's -original_colors 1, in YIQ).
 

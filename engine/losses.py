@@ -34,14 +34,19 @@ __all__ = ["CONTENT_LAYERS", "STYLE_LAYERS", "TV_UNIT", "LossConfig"]
 
 @dataclass
 class Targets:
-    """Content features P^l (1, C, h, w) and style Grams A^l (C, C), fp32."""
+    """Content features P^l (1, C, h, w) and style Grams A^l (C, C), fp32. With spatial masks (Gatys et al.
+    2017) no grams: the output's regions (R, H, W) and per style layer each region's guided Gram mean (R, C, C)."""
 
     content: dict[str, torch.Tensor] = field(default_factory=dict)
     grams: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks: torch.Tensor | None = None
+    region_grams: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "Targets":
         return Targets({k: v.to(device) for k, v in self.content.items()},
-                       {k: v.to(device) for k, v in self.grams.items()})
+                       {k: v.to(device) for k, v in self.grams.items()},
+                       self.masks.to(device) if self.masks is not None else None,
+                       {k: v.to(device) for k, v in self.region_grams.items()})
 
 
 def content_scales(config: LossConfig, targets: Targets) -> dict[str, float]:
@@ -136,6 +141,54 @@ def style_layer_loss(features: torch.Tensor, target_gram: torch.Tensor, eager_gr
     if torch.is_grad_enabled() and features.requires_grad and not target_gram.requires_grad:
         return _StyleTerm.apply(features, target_gram, eager_grad)
     return style_from_gram_diff(gram(features) - target_gram, channels, positions)
+
+
+def layer_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(R, H, W) masks -> (R, height * width): each averaged over the pixels under a layer's position (Gatys et
+    al. 2017 resize the guidance channels to each layer's size)."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(masks.unsqueeze(0), (height, width))
+    return pooled.reshape(masks.shape[0], height * width)
+
+
+def guided_gram(features: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region's Gram mean and mass: (F m)(F m)^T / sum m^2 (C, C) and sum m^2, for F (1, C, h, w) and a
+    mask (H, W) at the image's size (None: every position, the Gram over M)."""
+    f = _accumulate(features.reshape(features.shape[1], -1))  # (C, M)
+    if mask is None:
+        return f @ f.T / f.shape[1], f.new_tensor(float(f.shape[1]))
+    m = layer_masks(mask.unsqueeze(0).to(f), features.shape[2], features.shape[3])[0]  # (M,)
+    fm = f * m
+    mass = m.pow(2).sum()
+    return fm @ fm.T / mass, mass
+
+
+def guided_style_layer_loss(features: torch.Tensor, masks: torch.Tensor, region_grams: torch.Tensor
+                            ) -> torch.Tensor:
+    """E_l with spatial control (Gatys et al. 2017): sum_r mass_r / M * 1/(4 N^2) sum (G_r - A_r)^2 over the
+    regions r, G_r and A_r guided Gram means (guided_gram). One region of all ones is E_l exactly.
+    Each region weighs its share of the picture (mass_r / M): a pixel feels the same pull in a small region
+    as in a large one, and as without masks."""
+    channels, positions = features.shape[1], features.shape[2] * features.shape[3]
+    loss = features.new_zeros((), dtype=torch.promote_types(_accumulate(features).dtype, region_grams.dtype))
+    for mask, target in zip(masks, region_grams):
+        mean, mass = guided_gram(features, mask)
+        loss = loss + mass / positions * (mean - target).pow(2).sum() / (4.0 * channels**2)
+    return loss
+
+
+def region_grams(style_features: list[dict[str, torch.Tensor]], style_masks: list[torch.Tensor | None]
+                 ) -> dict[str, torch.Tensor]:
+    """Each region's target per layer, (R, C, C): style r's guided Gram mean over its own mask (None: the
+    whole style image)."""
+    return {n: torch.stack([guided_gram(f[n], m)[0] for f, m in zip(style_features, style_masks)])
+            for n in style_features[0]}
+
+
+def style_term(features: torch.Tensor, targets: Targets, name: str, eager_grad: bool = False) -> torch.Tensor:
+    """E_l of layer `name` against the targets: guided by their masks, if any."""
+    if targets.masks is not None:
+        return guided_style_layer_loss(features, targets.masks, targets.region_grams[name])
+    return style_layer_loss(features, targets.grams[name], eager_grad)
 
 
 def style_grad_coeff(weight: float, channels: int, positions: int) -> float:
@@ -233,8 +286,8 @@ def total_loss(config: LossConfig, features: dict[str, torch.Tensor], targets: T
     zero = image.new_zeros(())
     content = sum((c * content_loss(_term_input(config, features[n], config.content_weight), targets.content[n])
                    for n, c in content_coeffs(config, targets).items()), zero)
-    style = sum((w * style_layer_loss(_term_input(config, features[n], config.style_weight * w), targets.grams[n],
-                                      eager_style_grad)
+    style = sum((w * style_term(_term_input(config, features[n], config.style_weight * w), targets, n,
+                                eager_style_grad)
                  for n, w in zip(config.style_layers, config.layer_weights())), zero)
     tv_weight = config.tv_weight * tv_scale(config, image.shape[2], image.shape[3])
     terms = {"content": content, "style": config.style_weight * style,

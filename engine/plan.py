@@ -141,6 +141,9 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
         raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")
+    if settings.content_masks and len(settings.content_masks) != len(style_shapes):
+        raise ConfigError(f"{len(settings.content_masks)} --content-mask files for {len(style_shapes)} style images: "
+                          f"one mask per style image, in order")
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
     ref = content_shape if content_shape is not None else style_shapes[0]
     loss = settings.loss_config(texture=texture)
@@ -168,6 +171,10 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
         scales.append(Scale(size, height, width, iterations, style_size(settings, size), tile, history))
     for scale in reversed(scales):  # the largest first: its error is the one to act on
         if settings.mem_budget_gib is not None:
+            if scale.tile is not None and settings.content_masks:
+                raise ConfigError(f"a {scale.width}x{scale.height} image needs a tile within --mem-budget "
+                                  f"{settings.mem_budget_gib:g}, and --content-mask runs untiled; raise "
+                                  f"--mem-budget or lower --size")
             if scale.tile is not None and settings.backend == "tensorrt":
                 raise ConfigError(f"a {scale.width}x{scale.height} image needs a tile within --mem-budget "
                                   f"{settings.mem_budget_gib:g}, and the tensorrt backend cannot tile; "

@@ -194,9 +194,6 @@ class RaceStep(StepBase):
     def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         return self.current.features(image, names)
 
-    def _grams(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        return self.current.grams(image, names)
-
     def set_loss(self, loss: LossConfig) -> None:
         super().set_loss(loss)
         for step in self._steps.values():

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
-                                 PRECISIONS, PROVIDERS, MAX_SEED, MAX_SIDE, check_choice, check_seed,
-                                 device_kind)  # noqa: F401
+                                 PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
+                                 device_kind, MAX_SEED)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -103,6 +103,7 @@ EVERY = frozenset({RUN, TEXTURE, BATCH, VIDEO})
 WITH_CONTENT = frozenset({RUN, BATCH, VIDEO})  # settings a texture (no content image) has no use for
 ONLY_VIDEO = frozenset({VIDEO})  # temporal consistency (engine/video.py): no picture of run or batch reads them
 ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
+ONE_CONTENT = frozenset({RUN})  # files beside one content image (masks)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,20 @@ class Settings:
     style_scale: float = option(1.0, "Style images are resized to size * this.", LOSS, "real")
     preserve_colors: bool = option(False, "Keep the content's colours; transfer luminance only.", LOSS, "flag",
                                    commands=WITH_CONTENT)
+    # Gatys et al. 2017, colour control: --preserve-colors swaps colours after a loop the style's colours drove
+    luminance_only: bool = option(
+        False, "Optimise luminance only (Gatys et al. 2017): the network sees content and style as greyscale, the "
+               "style's brightness matched to the content's mean and spread; colours from the content.", LOSS,
+        "flag", commands=WITH_CONTENT)
+    # Gatys et al. 2017, spatial control (guided Grams, engine/losses.py): one region of the output per style
+    content_masks: tuple[str, ...] | None = option(
+        None, "Spatial control (Gatys et al. 2017): greyscale masks, comma-separated, one per style image in order, "
+              "each where on the content its style paints (white: fully, black: not; summed, at most 1 a pixel).",
+        LOSS, "words", flag="--content-mask", commands=ONE_CONTENT)
+    style_masks: tuple[str, ...] | None = option(
+        None, "With --content-mask: greyscale masks, one per style image, each the part of its style image whose "
+              "texture is used (default: the whole image).", LOSS, "words", flag="--style-mask",
+        commands=ONE_CONTENT)
     backend: str = option("auto", "auto (torch or ort, the faster here: measured once, see 'styleengine tune'), "
                                   "torch, ort or tensorrt (untested: TensorRT cannot be installed where this is "
                                   "built).", COMPUTE, "word", per_job=False)
@@ -312,9 +327,6 @@ class Settings:
         if len(self.devices) < 2 or "auto" in kinds or len(kinds) > 1:
             raise ConfigError(f"--devices takes two or more devices of one kind (cpu or cuda:N), got "
                               f"{','.join(self.devices)}; one device is --device")
-        if self.backend not in ("auto", "torch"):
-            raise ConfigError(f"--devices splits the torch backend's network; --backend {self.backend} runs one "
-                              f"graph on one device")
         if self.device not in ("auto", self.devices[0]):
             raise ConfigError(f"--device {self.device} and --devices {','.join(self.devices)} disagree: the run "
                               f"lives on the first of --devices; drop --device")
@@ -328,6 +340,35 @@ class Settings:
                 raise ConfigError(f"--split-at takes {len(self.devices) - 1} layer(s) in network order after the "
                                   f"first, one for each device after the first; got {','.join(self.split_at)}")
 
+    def _check_masks(self, texture: bool) -> None:
+        """What the mask settings alone decide (against the style images: engine/plan.py, engine/masks.py)."""
+        if texture and (self.content_masks or self.style_masks):
+            raise ConfigError("masks place styles on a content image; a texture has none")
+        if self.style_masks and not self.content_masks:
+            raise ConfigError("--style-mask needs --content-mask: a style mask picks the part of its style image "
+                              "that paints the region its content mask gives")
+        if not self.content_masks:
+            return
+        if self.style_masks and len(self.style_masks) != len(self.content_masks):
+            raise ConfigError(f"{len(self.style_masks)} --style-mask files for {len(self.content_masks)} "
+                              f"--content-mask files: one of each per style image, in order")
+        if self.tile is not None:
+            raise ConfigError("--content-mask runs untiled (the exact tiled step has no guided Grams); drop --tile")
+        if self.style_blend is not None:
+            raise ConfigError("--style-blend does not apply with --content-mask: each style image paints its own "
+                              "region")
+
+    def torch_only(self) -> str | None:
+        """Why this run needs the torch step (capability.refusal's torch_only: a graph backend is refused
+        with it, auto takes torch), or None."""
+        if self.content_masks:
+            return capability.MASKS
+        if self.normalize_gradients:
+            return capability.NORMALIZE_GRADIENTS
+        if self.devices:
+            return capability.SPREAD
+        return None
+
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -340,7 +381,8 @@ class Settings:
         check_choice("precision", self.precision, ("auto",) + PRECISIONS)
         check_choice("conv", self.conv, CONV_ALGOS)
         capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv,
-                                  normalize_gradients=self.normalize_gradients)
+                                  torch_only=self.torch_only())
+        self._check_masks(texture)
         if not MIN_SIDE <= self.size <= MAX_SIDE:
             raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):

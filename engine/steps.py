@@ -360,18 +360,28 @@ class TorchStep(StepBase):
 
 def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,
                  styles: list[torch.Tensor], blend: list[float] | None = None,
-                 output_positions: int | None = None) -> Targets:
+                 output_positions: int | None = None, masks: torch.Tensor | None = None,
+                 style_masks: list[torch.Tensor | None] | None = None) -> Targets:
     """Content features and blended style Grams, computed with the step's own network.
 
     content: (1, 3, H, W) or None (texture synthesis); styles: already at the
-    size their features should be taken at.
+    size their features should be taken at. masks: (R, H, W) at the output's
+    size, one region per style (spatial control): each region's target is its
+    style's guided Gram over style_masks[r] (each at its style's size; None:
+    the whole style image), and nothing is blended.
     """
-    from styleengine.engine.losses import blend_grams
+    from styleengine.engine.losses import blend_grams, region_grams
 
     targets = Targets()
     if content is not None and loss.content_layers:
         targets.content = step.features(content, list(loss.content_layers))
-    if loss.style_layers:
+    if loss.style_layers and masks is not None:
+        if len(styles) != masks.shape[0]:
+            raise ValueError(f"{masks.shape[0]} regions for {len(styles)} style images")
+        targets.masks = masks
+        targets.region_grams = region_grams([step.features(s, list(loss.style_layers)) for s in styles],
+                                            style_masks or [None] * len(styles))
+    elif loss.style_layers:
         if not styles:
             raise ConfigError("style layers are set but no style image was given")
         grams, positions = [], []

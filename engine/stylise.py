@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from styleengine.engine import images
+from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
 from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch
@@ -42,10 +42,14 @@ class Prepared:
     styles: list[torch.Tensor]
     height: int
     width: int
+    masks: torch.Tensor | None = None  # (R, H, W): one region of the output per style (spatial control)
+    style_masks: list[torch.Tensor | None] | None = None  # each at its style's (H, W); None: the whole style
 
 
-def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int) -> Prepared:
-    """Resize the content to `size` on its long side and each style to size * style_scale.
+def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings, size: int,
+            masks: spatial.Masks | None = None) -> Prepared:
+    """Resize the content to `size` on its long side and each style to size * style_scale, and the masks
+    with them.
 
     A texture (no content) takes the first style image's aspect ratio.
     """
@@ -55,7 +59,10 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     height, width = images.long_side_shape(ref.shape[0], ref.shape[1], size)
     content_t = images.to_tensor(images.resize(content, size)) if content is not None else None
     style_ts = [images.to_tensor(images.resize(s, style_size(settings, size))) for s in styles]
-    return Prepared(content_t, style_ts, height, width)
+    if masks is None:
+        return Prepared(content_t, style_ts, height, width)
+    regions, style_masks = masks.at(height, width, [(s.shape[2], s.shape[3]) for s in style_ts])
+    return Prepared(content_t, style_ts, height, width, regions, style_masks)
 
 
 def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None) -> torch.Tensor:
@@ -72,6 +79,8 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
         return images.resize_tensor(prepared.styles[0], prepared.height, prepared.width).clone()
     if init_image is None:
         init_image = images.load_image(settings.init)
+    if settings.luminance_only:  # the loop runs on luminance images
+        init_image = images.grey(images.luminance(init_image))
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 
@@ -126,7 +135,8 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     """
     targets_step = targets_step or step
     targets = [make_targets(targets_step, loss, p.content, p.styles, list(blend) if blend else None,
-                            output_positions=p.height * p.width) for p, blend in zip(prepared, blends)]
+                            output_positions=p.height * p.width, masks=p.masks, style_masks=p.style_masks)
+               for p, blend in zip(prepared, blends)]
     step.set_targets(targets[0] if len(targets) == 1 else targets)
     wanted = [every for every in (settings.save_every, settings.distance_every) if every]
     # --save-every and --distance-every count iterations across scales: the loop reads exactly those
@@ -197,10 +207,11 @@ class Picture:
     styles: list[np.ndarray]
     settings: Settings
     init_image: np.ndarray | None = None  # the image for an init path, if the caller has loaded it
+    masks: spatial.Masks | None = None  # settings.content_masks read (engine/masks.py); None: read here
 
 
 # what may differ between the pictures of one batch: each picture's own targets and start
-PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "save_every")
+PER_PICTURE = ("init", "style_blend", "style_scale", "preserve_colors", "luminance_only", "save_every")
 
 
 def batch_key(settings: Settings) -> Settings:
@@ -214,8 +225,8 @@ def batch_key(settings: Settings) -> Settings:
 
 def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Settings = Settings(), *,
             callback: Callback | None = None, weights: Weights | None = None,
-            init_image: np.ndarray | None = None, step: Step | None = None, plan: Plan | None = None
-            ) -> tuple[np.ndarray, Result]:
+            init_image: np.ndarray | None = None, step: Step | None = None, plan: Plan | None = None,
+            masks: spatial.Masks | None = None) -> tuple[np.ndarray, Result]:
     """Stylise `content` with `styles` (arrays from images.load_image); content None synthesises a texture.
 
     weights: already loaded, and then the caller's to keep; None: loaded from
@@ -226,11 +237,12 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     a step built for these settings' backend, device, precision, model,
     weights, pooling and layers and kept warm by the caller, who closes it
     (engine/batch.py's Warm); the loss weights are set on it here. None:
-    built here and closed at the end.
+    built here and closed at the end. masks: settings.content_masks and
+    style_masks as the caller has read them (engine/masks.py); None: read here.
     Returns the final (H, W, 3) array and the loop's Result (records, why
     it stopped); after a non-finite loss the array is the last finite image.
     """
-    return stylise_batch([Picture(content, styles, settings, init_image)], callback=callback, weights=weights,
+    return stylise_batch([Picture(content, styles, settings, init_image, masks)], callback=callback, weights=weights,
                          step=step, plan=plan)[0]
 
 
@@ -251,12 +263,15 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         if picture.content is None:
             # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
             picture = dataclasses.replace(picture, settings=dataclasses.replace(
-                picture.settings, preserve_colors=False,
+                picture.settings, preserve_colors=False, luminance_only=False,
                 init=TEXTURE_INIT if picture.settings.init == "content" else picture.settings.init))
         if plan is None or plans:  # the memory is probed once, for the first picture
             plans.append(check_run(picture.settings, picture.content.shape[:2] if picture.content is not None else
                                    None, [s.shape[:2] for s in picture.styles],
                                    memory=plans[0].memory if plans else None))
+        if picture.settings.content_masks and picture.masks is None and picture.content is not None:
+            picture = dataclasses.replace(picture, masks=spatial.load(
+                picture.settings, picture.content.shape[:2], [s.shape[:2] for s in picture.styles]))
         if step is None and len(pictures) == 1:
             from styleengine.engine.autotune import choose
 
@@ -282,12 +297,19 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     loss = settings.loss_config(texture=texture)
 
     def prepare_all(size: int) -> list[Prepared]:
-        done = [prepare(p.content, p.styles, p.settings, size) for p in pictures]
+        done = [prepare(p.content, p.styles, p.settings, size, p.masks) for p in pictures]
         if len({(q.height, q.width) for q in done}) > 1:
             raise ValueError(f"the pictures of one batch must have one shape at every scale, got "
                              f"{sorted({(q.height, q.width) for q in done})} at {size} px")
         return done
 
+    # luminance-only: the loop sees greyscale images, the result takes its colours from the original content
+    colours: list[np.ndarray | None] = [None] * len(pictures)
+    for i, p in enumerate(pictures):
+        if p.settings.luminance_only and p.content is not None:
+            colours[i] = p.content
+            content, styles = images.luminance_only(p.content, p.styles)
+            pictures[i] = dataclasses.replace(p, content=content, styles=styles)
     prepared = prepare_all(scales[0].size)
     inits = [make_init(p.settings, q, p.init_image) for p, q in zip(pictures, prepared)]
     # per scale: each content at this scale's size (colour preservation) and the iterations done before it
@@ -296,7 +318,10 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
 
     def finish(index: int, image: torch.Tensor) -> np.ndarray:
         out = np.clip(images.to_array(image), 0.0, 1.0)
-        if pictures[index].settings.preserve_colors and scale["content"][index] is not None:
+        colour = colours[index]
+        if colour is not None:
+            out = images.preserve_colors(out, colour)
+        elif pictures[index].settings.preserve_colors and scale["content"][index] is not None:
             out = images.preserve_colors(out, scale["content"][index])
         return out
 

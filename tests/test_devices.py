@@ -48,7 +48,7 @@ def test_a_gpu_index_past_the_machines_is_one_line(monkeypatch):
     ({"devices": ("cpu",)}, "two or more devices of one kind"),
     ({"devices": ("cpu", "cuda:0")}, "two or more devices of one kind"),
     ({"devices": ("cpu", "auto")}, "two or more devices of one kind"),
-    ({"devices": ("cpu", "cpu"), "backend": "ort"}, "--backend ort runs one graph on one device"),
+    ({"devices": ("cpu", "cpu"), "backend": "ort"}, "a graph backend runs one graph on one device"),
     ({"devices": ("cpu", "cpu"), "device": "cuda"}, "disagree"),
     ({"split_at": ("relu3_1",)}, "--split-at needs --devices"),
     ({"devices": ("cpu", "cpu"), "split_at": ("relu9_9",)}, "relu9_9 is no layer of vgg19"),

@@ -67,16 +67,16 @@ def test_normalize_weights_divides_each_layer_by_its_channels():
 
 @pytest.mark.parametrize("backend", ["ort", "tensorrt"])
 def test_normalize_gradients_names_the_backend_that_serves_it(backend):
-    why = capability.refusal(backend, "cuda", "auto", "auto", normalize_gradients=True)
+    why = capability.refusal(backend, "cuda", "auto", "auto", torch_only=capability.NORMALIZE_GRADIENTS)
     assert why is not None and "torch backend" in why and "\n" not in why
     with pytest.raises(ConfigError, match="torch backend"):
         Settings(backend=backend, normalize_gradients=True).validate()
-    assert capability.refusal("torch", "cpu", "auto", "auto", normalize_gradients=True) is None
+    assert capability.refusal("torch", "cpu", "auto", "auto", torch_only=capability.NORMALIZE_GRADIENTS) is None
 
 
 def test_auto_picks_torch_for_normalize_gradients():
     assert {c[0] for c in capability.candidates("auto", "cpu", "auto", "auto")} == {"torch", "ort"}
-    assert {c[0] for c in capability.candidates("auto", "cpu", "auto", "auto", normalize_gradients=True)} == {"torch"}
+    assert {c[0] for c in capability.candidates("auto", "cpu", "auto", "auto", torch_only=capability.NORMALIZE_GRADIENTS)} == {"torch"}
     chosen = choose(Settings(normalize_gradients=True, device="cpu"), machine=CPU_ONLY, tune=False).settings
     assert chosen.backend == "torch"
 

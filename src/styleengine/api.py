@@ -31,7 +31,8 @@ def settings_of(given: dict[str, Any]) -> Settings:
             hint = f"; did you mean {close[0]}?" if close else f"; settings are {', '.join(fields)}"
             raise ConfigError(f"unknown setting {name!r}{hint}")
     # comma lists and single names, as the flags take them, become the tuples Settings holds
-    for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend"):
+    for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend", "content_masks",
+                 "style_masks"):
         if isinstance(given.get(name), (str, int, float)):
             value = given[name]
             given = {**given, name: tuple(value.split(",")) if isinstance(value, str) else (value,)}

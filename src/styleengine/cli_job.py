@@ -27,7 +27,7 @@ import typer
 from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.cli import signals
-from styleengine.engine import images
+from styleengine.engine import images, masks
 from styleengine.engine.stylise import Settings, check_run, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
@@ -93,6 +93,8 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         inputs["init image"] = Path(settings.init)
     if settings.weights not in ("imagenet", "random"):
         inputs["weights file"] = Path(settings.weights)
+    for kind, mask_paths in (("content mask", settings.content_masks), ("style mask", settings.style_masks)):
+        inputs.update({f"{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
     for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
@@ -250,6 +252,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     for note in plan.notes:  # before any work: the user may rather change the flag than wait
         console.print(f"warning: {note}", highlight=False, soft_wrap=True)
     init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    regions = masks.load(settings, content_array.shape[:2], [s.shape[:2] for s in style_arrays],
+                         [f"style image {p}" for p in styles]) if content_array is not None else None
     settings, plan = announce(settings, plan, console, race=True)
 
     # 2. the long work
@@ -280,7 +284,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                             failures.append(f"{e}; later snapshots were still tried")
 
             image, result = stylise(content_array, style_arrays, settings, callback=on_iteration,
-                                    init_image=init_image, plan=plan)
+                                    init_image=init_image, plan=plan, masks=regions)
     finally:
         tracer.close()
     if tracer.failure:

@@ -1,0 +1,76 @@
+"""Spatial control's masks (Gatys et al. 2017): read, checked against their images, resized per scale.
+
+A mask is a greyscale image, black 0 to white 1 (a colour one is read by its
+luminance). Content masks, one per style image in order, say where on the
+output each style paints; summed they may not pass 1 at any pixel (where the
+sum is below 1 the style pulls less, and nothing but the content where it
+is 0). Style masks, optional, one per style image, pick the part of it whose
+texture is used (engine/losses.py's guided Grams).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from styleengine.engine import images
+from styleengine.engine.settings import Settings
+from styleengine.errors import ConfigError, ImageError
+
+# a mask saved at another resolution rounds its sides: within 2% of its image's aspect ratio it is resized to it
+ASPECT_SLACK = 0.02
+SUM_SLACK = 2 / 255  # complementary 8-bit masks (or JPEG ones) may sum to a hair over 1
+
+
+@dataclass(frozen=True)
+class Masks:
+    """A run's masks at its images' own sizes."""
+
+    content: np.ndarray  # (R, H, W) float32 in [0, 1], at the content image's size: one region per style
+    styles: list[np.ndarray | None]  # (H_s, W_s) at each style image's size; None: the whole style image
+
+    def at(self, height: int, width: int, style_shapes: list[tuple[int, int]]
+           ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """(R, height, width) content masks and each style mask at its style's (height, width), as tensors."""
+        content = images.resize_tensor(torch.from_numpy(self.content).unsqueeze(0), height, width)[0]
+        styles = [images.resize_tensor(torch.from_numpy(m)[None, None], *shape)[0, 0] if m is not None else None
+                  for m, shape in zip(self.styles, style_shapes)]
+        return content, styles
+
+
+def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
+    """The mask at `path` as (H, W) float32 at `shape`, the (height, width) of `image`; ImageError, one line."""
+    array = images.load_image(path)
+    height, width = array.shape[:2]
+    if abs((width / height) / (shape[1] / shape[0]) - 1) > ASPECT_SLACK:
+        raise ImageError(f"{what} {path} is {width}x{height} px and {image} {shape[1]}x{shape[0]}: a mask needs its "
+                         f"image's aspect ratio (it is resized to it, never cropped)")
+    mask = images.luminance(array).astype(np.float32)
+    if (height, width) != tuple(shape):
+        mask = images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
+    if mask.max() * 255 < 0.5:
+        raise ImageError(f"{what} {path} is black everywhere: its style would paint nothing")
+    return mask
+
+
+def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
+         style_labels: list[str] | None = None) -> Masks | None:
+    """The masks the settings name, checked against the content's and the styles' (height, width): None
+    without --content-mask. The counts are the plan's check (engine/plan.py), made before."""
+    if not settings.content_masks:
+        return None
+    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    content = np.stack([_read(p, "content mask", content_shape, "the content image")
+                        for p in settings.content_masks])
+    total = content.sum(axis=0)
+    if total.max() > 1 + SUM_SLACK:
+        y, x = np.unravel_index(int(total.argmax()), total.shape)
+        raise ConfigError(f"the content masks sum to {total.max():.2f} at pixel ({x}, {y}); a pixel's weights "
+                          f"must sum to at most 1 (each mask is one style's region)")
+    styles: list[np.ndarray | None] = [None] * len(style_shapes)
+    if settings.style_masks:
+        styles = [_read(p, "style mask", shape, label)
+                  for p, shape, label in zip(settings.style_masks, style_shapes, labels, strict=True)]
+    return Masks(content, styles)
