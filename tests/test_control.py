@@ -271,8 +271,9 @@ def test_masks_flags_run_and_auto_picks_torch(tmp_path, monkeypatch, capsys, pic
                                 f"{style_left},{_grey(tmp_path / 'all.png', 40, 48)}")
     assert code == 0, err
     assert images.load_image(out).shape == (48, 40, 3)
-    assert {b for b, _, _ in capability.candidates("auto", "cpu", "auto", "auto", torch_only=capability.MASKS)} == {"torch"}
-    assert {b for b, _, _ in capability.candidates("auto", "cuda", "auto", "auto", torch_only=capability.MASKS)} == {"torch"}
+    for where in ("cpu", "cuda"):
+        options = capability.candidates("auto", where, "auto", "auto", torch_only=capability.MASKS)
+        assert {b for b, _, _ in options} == {"torch"}
     assert capability.refusal("tensorrt", "cuda", "auto", "auto", torch_only=capability.MASKS) == capability.MASKS
 
 
