@@ -513,8 +513,9 @@ def test_empty_user_error_fails_its_batch_job(monkeypatch, tmp_path):
 def test_run_races_auto_once_then_reads_the_record(tmp_path, monkeypatch, capsys, pics):
     """Tuning on and nothing measured: the run says it races, then what each size class picked; the
     next run reads the record and races nothing."""
-    from styleengine.engine import autotune
+    from styleengine.engine import autotune, race
 
+    monkeypatch.setattr(race, "RACE_SHARE", 1.0)  # a 12-iteration run affords no race at 3% (test_race covers it)
     monkeypatch.setenv("STYLEENGINE_TUNE", "on")
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
     autotune._memo.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from styleengine.engine.loss_config import TV_UNIT  # the weights below in the old units
 from styleengine.engine.losses import LossConfig, Targets, total_loss
 from styleengine.engine.steps import TorchStep, build_network, preprocess_params
 from styleengine.model.weights import Weights
@@ -13,7 +14,7 @@ H, W = 20, 24  # non-square; 20x24 -> 10x12 -> 5x6 -> 2x3 -> 1x1: odd after pool
 N_PIXELS = 20
 FD_STEP = 1e-5
 # every term contributes at the test image: content ~ 14, style ~ 39, tv ~ 23
-CONFIG = LossConfig(content_weight=10.0, style_weight=1e5, tv_weight=0.05, weighting="paper")
+CONFIG = LossConfig(content_weight=10.0, style_weight=1e5, tv_weight=0.05 / TV_UNIT, weighting="paper")
 
 
 def loss64(config: LossConfig, feats: dict[str, torch.Tensor], targets: Targets, image: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ def loss64(config: LossConfig, feats: dict[str, torch.Tensor], targets: Targets,
         total = total + config.style_weight * wl * (g - targets.grams[n]).pow(2).sum((1, 2)) / (4.0 * c**2 * m**2)
     dy = image[:, :, 1:] - image[:, :, :-1]
     dx = image[:, :, :, 1:] - image[:, :, :, :-1]
-    return total + config.tv_weight * (dy.pow(2).sum((1, 2, 3)) + dx.pow(2).sum((1, 2, 3)))
+    return total + config.tv_weight * TV_UNIT * (dy.pow(2).sum((1, 2, 3)) + dx.pow(2).sum((1, 2, 3)))
 
 
 class Float64Problem:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from styleengine.engine.loss_config import TV_UNIT  # the weights below in the old units
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import (
     CONTENT_LAYERS,
@@ -179,7 +180,7 @@ def test_total_loss_matches_numpy(weighting):
     N M (its target's element count) and TV by 3 H W, and leaves the style term as the paper has it."""
     feats, content_t, grams, image = _total_fixture()
     cfg = LossConfig(content_layers=("relu4_2",), style_layers=("relu1_1", "relu2_1"), weighting=weighting,
-                     style_layer_weights=(0.3, 1.7), content_weight=0.7, style_weight=3.0, tv_weight=0.2)
+                     style_layer_weights=(0.3, 1.7), content_weight=0.7, style_weight=3.0, tv_weight=0.2 / TV_UNIT)
     cfg.validate("vgg19")
     targets = Targets({k: _t(v) for k, v in content_t.items()}, {k: _t(v) for k, v in grams.items()})
     terms = total_loss(cfg, {k: _t(v) for k, v in feats.items()}, targets, _t(image))

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from styleengine.engine.loss_config import TV_UNIT  # the weights below in the old units
 from styleengine.errors import ConfigError, ExportValidationError, UnavailableError
 from styleengine.engine.loop import optimise
 from styleengine.engine.losses import LossConfig, content_coeffs
@@ -19,7 +20,8 @@ from styleengine.export.onnx_step import ExportSpec, build_step_graph
 from styleengine.engine.validate import validate_step
 
 # a short stack keeps graphs small and tests fast; the full VGG19 runs once below
-SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"), tv_weight=0.05)
+SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"),
+                   tv_weight=0.05 / TV_UNIT)
 
 
 def test_graph_uses_standard_ops_only(vgg19_random):
@@ -48,7 +50,7 @@ def test_step_graph_matches_torch(random_weights, model, pooling):
 
 
 def test_full_vgg19_default_loss_through_cache(vgg19_random):
-    loss = LossConfig(tv_weight=0.01)
+    loss = LossConfig(tv_weight=0.01 / TV_UNIT)
     export = ensure_export(vgg19_random, loss, "avg")
     assert len(export.meta["validation"]) == 3
     assert all(v["grad_rel_l2"] < 1e-3 and v["loss_rel"] < 1e-4 for v in export.meta["validation"])
@@ -94,7 +96,8 @@ def test_loss_weights_are_inputs(vgg19_random, make_image):
     """One export serves every weight setting: the same graph, other weights, the torch answer."""
     step = make_graph_step("ort", vgg19_random, SHORT)
     other = LossConfig(content_layers=SHORT.content_layers, style_layers=SHORT.style_layers,
-                       style_layer_weights=(0.5, 0.0, 2.0), content_weight=3.0, style_weight=50.0, tv_weight=0.5)
+                       style_layer_weights=(0.5, 0.0, 2.0), content_weight=3.0, style_weight=50.0,
+                       tv_weight=0.5 / TV_UNIT)
     step.loss = other
     reference = TorchStep(vgg19_random, other, conv="direct")
     content, style, image = make_image(40, 40, 1), make_image(40, 40, 2), make_image(40, 40, 3)
@@ -279,7 +282,7 @@ def test_winograd_graph_matches_the_direct_graph(random_weights, make_image, poo
     """F(4x4, 3x3) in ONNX ops (export/winograd.py, the CPU fp32 default): the direct graph's loss and
     gradient, at sizes that are no whole number of 4x4 tiles at any depth (the tile graph: above)."""
     weights = random_weights("vgg19")
-    loss = LossConfig(weighting="paper", style_weight=1e5, tv_weight=0.05)
+    loss = LossConfig(weighting="paper", style_weight=1e5, tv_weight=0.05 / TV_UNIT)
     steps = {conv: make_graph_step("ort", weights, loss, pooling=pooling, conv=conv) for conv in ("direct", "winograd")}
     assert steps["winograd"].spec.conv == "winograd" and steps["direct"].spec.conv == "direct"
     assert make_graph_step("ort", weights, loss, pooling=pooling).spec.conv == "winograd"  # auto on the CPU

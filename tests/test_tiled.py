@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from styleengine.engine.loss_config import TV_UNIT  # the weights below in the old units
 from styleengine import cli
 from styleengine.errors import ConfigError
 from styleengine.engine.losses import LossConfig
@@ -17,7 +18,7 @@ from styleengine.engine.tiled import TiledStep, halo_for, tile_for_budget, tiles
 from styleengine.engine.winograd import winograd_available
 
 # a short loss so the halo is small: conv3_1 has a receptive field of 24 px -> halo 16
-SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"), tv_weight=0.5)
+SHORT = LossConfig(content_layers=("relu2_2",), style_layers=("relu1_1", "relu2_1", "conv3_1"), tv_weight=0.5 / TV_UNIT)
 
 
 def rel(a, b) -> float:
