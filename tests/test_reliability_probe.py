@@ -486,3 +486,15 @@ def test_huge_scale_settings_are_one_line(tmp_path, monkeypatch, capsys, pics, f
 def test_a_job_id_with_a_control_character_is_refused(tmp_path, job):
     message = jobs_error(tmp_path, "jobs.jsonl", json.dumps(job) + "\n")
     assert "control character" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("weights, texture", [((0.0, 0.0, 0.0), False), ((5.0, 0.0, 0.0), True)])
+def test_all_zero_loss_weights_are_one_line_before_any_work(weights, texture):
+    """All-zero weights ran and gave back the start image with exit 0 (issue 23; the serve probe saw it too)."""
+    from styleengine.engine.settings import Settings
+    from styleengine.errors import ConfigError
+
+    content, style, tv = weights
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
+        Settings(content_weight=content, style_weight=style, tv_weight=tv).validate(texture=texture)
+    Settings(content_weight=content, style_weight=1.0, tv_weight=tv).validate(texture=texture)
