@@ -102,12 +102,10 @@ def test_a_cancel_reaches_the_replica_running_the_job(served):
         if client.delete(f"/api/jobs/{job_id}").status_code not in (200, 409):
             raise AssertionError("DELETE failed")
         time.sleep(0.3)
-    # a replica that does not run the job answers from the board, which the owner updates every 0.1 s: it may
-    # say "running" for that long after the owner said "cancelled" (seen once in a full suite)
-    settle = time.monotonic() + 10
-    while (job := client.get(f"/api/jobs/{job_id}").json())["status"] == "running" and time.monotonic() < settle:
-        time.sleep(0.2)
-    assert job["status"] == "cancelled" and job["iteration"] < 200
+    # whichever replica answers next: never an older state than the one seen (RayJobStore.lookup)
+    for _ in range(10):
+        job = client.get(f"/api/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["iteration"] < 200
 
 
 def test_a_replica_answers_for_another_replicas_job_from_the_board(cluster, tmp_path):

@@ -15,6 +15,8 @@ job only through a stream on the owner (or DELETE).
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import threading
 import time
@@ -138,6 +140,10 @@ class RayJobStore(JobStore):
     async def lookup(self, job_id: str) -> Job | None:
         job = self.jobs.get(job_id)
         if job is not None:
+            if self._published.get(job.id) != job.version:
+                # on the board before its owner says it: a client's next request may reach another replica,
+                # which must not answer with an older state ("running" after "done")
+                await asyncio.to_thread(self._publish)
             return job
         entry = await self.board.get.remote(job_id)
         return _snapshot(entry) if entry is not None else None
