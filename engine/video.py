@@ -94,7 +94,8 @@ class TemporalStep:
         loss, grad = temporal_term(image, self._warped, self._weights, self.weight)
         losses = result.losses.clone()
         losses[..., 0] += loss if losses.dim() > 1 else loss[0]
-        return StepResult(losses, result.grad + grad)
+        # into the inner step's gradient, which is the caller's until its next call: no image-sized copy a step
+        return StepResult(losses, result.grad.add_(grad))
 
     def features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         return self.inner.features(image, names)
