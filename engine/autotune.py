@@ -37,7 +37,7 @@ from styleengine.units import fmt_time
 
 log = logging.getLogger(__name__)
 
-TUNE_VERSION = 3  # bump when the trial or the record changes meaning: older records are measured again
+TUNE_VERSION = 4  # bump when the trial or the record changes meaning: older records are measured again
 RECORD_NAME = "tune.json"
 SIZE_CLASSES = (128, 256, 512, 1024, 2048)  # a run is tuned at the class nearest its size (log scale)
 # the trial's long side at most (3:4): the ranking moves with the size (on a 2-core EPYC ORT led torch fp32 at
@@ -234,7 +234,8 @@ def _key_id(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_record() -> dict:
+def _load_all() -> dict:
+    """The whole record: {"entries": {id: entry}, "accounts": {id: account}}, empty when absent or damaged."""
     path = record_path()
     if path.exists() and not path.is_file():  # a FIFO would block the read until a writer came
         log.warning("tuning record %s %s: measuring again", path, paths.not_a_file(path))
@@ -249,16 +250,28 @@ def _load_record() -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         log.warning("tuning record %s has an unknown shape: measuring again", path)
         return {}
-    return data["entries"]
+    if not isinstance(data.get("accounts", {}), dict):
+        data["accounts"] = {}
+    return data
+
+
+def _load_record() -> dict:
+    return _load_all().get("entries", {})
+
+
+def _trials(entry: dict) -> tuple[Trial, ...]:
+    return tuple(Trial(t["backend"], t["precision"], t["conv"], tuple(float(s) for s in t["seconds"]),
+                       str(t["status"]), str(t.get("note", ""))) for t in entry["trials"])
 
 
 def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
+    """A finished measurement's trials and pick for `key`; None when there is none, it is a race carried over
+    (_read_partial) or it is damaged."""
     entry = _load_record().get(_key_id(key))
     try:
-        if entry is None or entry["key"] != key:
+        if entry is None or entry["key"] != key or entry.get("partial"):
             return None
-        trials = tuple(Trial(t["backend"], t["precision"], t["conv"], tuple(float(s) for s in t["seconds"]),
-                             str(t["status"]), str(t.get("note", ""))) for t in entry["trials"])
+        trials = _trials(entry)
         pick = tuple(entry["pick"])
         if len(pick) != 3 or not any((t.backend, t.precision, t.conv) == pick for t in trials):
             raise ValueError("its pick is not one of its candidates")
@@ -270,20 +283,109 @@ def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
     return trials, pick
 
 
-def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str]) -> bool:
+@dataclass(frozen=True)
+class Partial:
+    """A race a run could not finish within its share (engine/race.py): what it measured, and the candidates
+    a later run races on (the others' verdicts stand)."""
+
+    trials: tuple[Trial, ...]
+    racing: tuple[tuple[str, str, str], ...]
+    pixels: int  # the scale's the trials were timed at
+    pick: tuple[str, str, str]  # what that run used from then on
+
+
+def _read_partial(key: dict) -> Partial | None:
+    entry = _load_record().get(_key_id(key))
+    try:
+        if entry is None or entry["key"] != key or not entry.get("partial"):
+            return None
+        trials = _trials(entry)
+        names = {(t.backend, t.precision, t.conv) for t in trials}
+        racing = tuple((str(b), str(p), str(c)) for b, p, c in entry["racing"])
+        if not set(racing) <= names:
+            raise ValueError("it races a candidate it does not list")
+        pixels = int(entry["pixels"])
+        if pixels <= 0:
+            raise ValueError("no pixels")
+        b, p, c = (str(x) for x in entry["pick"])
+        if (b, p, c) not in names:
+            raise ValueError("its pick is not one of its candidates")
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
+        return None
+    return Partial(trials, racing, pixels, (b, p, c))
+
+
+def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], partial: Partial | None = None
+           ) -> bool:
+    """Keep a finished measurement (or with `partial`, a race to carry over) in the record; False when it could
+    not be written (it is measured again next time; the run goes on)."""
+    entry: dict = {"key": key, "pick": list(pick), "trials": [dataclasses.asdict(t) for t in trials],
+                   "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if partial is not None:
+        entry.update(partial=True, racing=[list(o) for o in partial.racing], pixels=partial.pixels)
+    return _update(lambda data: data["entries"].__setitem__(_key_id(key), entry))
+
+
+def _update(change: Callable[[dict], None]) -> bool:
     from styleengine.export.cache import atomic_write, make_folder
 
     path = record_path()
-    entries = _load_record()
-    entries[_key_id(key)] = {"key": key, "pick": list(pick), "trials": [dataclasses.asdict(t) for t in trials],
-                             "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    data = _load_all()
+    data = {"version": TUNE_VERSION, "entries": data.get("entries", {}), "accounts": data.get("accounts", {})}
+    change(data)
     try:
         make_folder(path.parent)
-        atomic_write(path, json.dumps({"version": TUNE_VERSION, "entries": entries}, indent=1).encode())
+        atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         log.warning("could not keep the tuning record in %s: %s", path, e)
         return False
     return True
+
+
+# --- what racing has cost the runs here (engine/race.py holds it to a share of their time) ---
+
+@dataclass(frozen=True)
+class Account:
+    """Across the runs with these settings here: their seconds, what racing cost them, and each reduced
+    precision's look verdict (None: it keeps the look; a string: why not)."""
+
+    run_s: float = 0.0
+    race_s: float = 0.0
+    looks: dict[str, str | None] = field(default_factory=dict)
+
+
+def _account_key(key: dict) -> dict:
+    return {k: v for k, v in key.items() if k != "trial_side"}  # shared by a run's size classes
+
+
+def read_account(key: dict) -> Account:
+    return _account(_load_all(), key)
+
+
+def _account(data: dict, key: dict) -> Account:
+    found = data.get("accounts", {}).get(_key_id(_account_key(key)))
+    try:
+        if found is None or found["key"] != _account_key(key):
+            return Account()
+        run_s, race_s = float(found["run_s"]), float(found["race_s"])
+        looks = {str(p): (None if why is None else str(why)) for p, why in found["looks"].items()}
+        if not (math.isfinite(run_s) and math.isfinite(race_s) and run_s >= 0 and race_s >= 0):
+            raise ValueError("seconds out of range")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        log.warning("tuning record's account is damaged (%s): starting it again", e)
+        return Account()
+    return Account(run_s, race_s, looks)
+
+
+def add_to_account(key: dict, run_s: float, race_s: float, looks: dict[str, str | None]) -> bool:
+    """Add a run's seconds and its racing's to the account, and its look verdicts."""
+    def change(data: dict) -> None:
+        ident = _account_key(key)
+        before = _account(data, key)
+        data["accounts"][_key_id(ident)] = {"key": ident, "run_s": before.run_s + run_s,
+                                            "race_s": before.race_s + race_s, "looks": {**before.looks, **looks}}
+    return _update(change)
 
 
 def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str, str, str] | None:
@@ -293,7 +395,7 @@ def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str,
 
     want = _run_key(settings, where)
     for entry in _load_record().values():
-        key = entry.get("key") if isinstance(entry, dict) else None
+        key = entry.get("key") if isinstance(entry, dict) and not entry.get("partial") else None
         if not isinstance(key, dict) or any(key.get(k) != v for k, v in want.items()):
             continue
         machine = key.get("machine")

@@ -12,6 +12,12 @@ early, trial.prune) and building their steps; a reduced precision must still
 keep the look (trial.look_check) before it wins. Each size class's pick is
 kept in the tuning record (engine/autotune), so later runs race no more.
 
+What racing costs is held to RACE_SHARE of the time of the runs that raced
+here (a per-settings account in the record), and never more than RACE_CAP of
+one run: a race that does not fit one short run is carried over, the next run
+racing only the candidates still in it, and a look check that does not fit
+waits for a run that can pay for it. Look verdicts are kept in the account.
+
 Candidate steps are built only for a scale that races (and then kept for
 the run); a scale whose class is in the record uses its pick. Tiled scales
 never race (memory is short there): they run the step in use.
@@ -27,7 +33,8 @@ from typing import Callable
 
 import torch
 
-from styleengine.engine.autotune import Race, _apply, _key, _read, _why, _write, trial_side
+from styleengine.engine.autotune import (Partial, Race, _apply, _key, _read, _read_partial, _why, _write,
+                                         add_to_account, read_account, trial_side)
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.settings import Settings
 from styleengine.engine.steps import Step, StepBase, StepResult
@@ -43,11 +50,25 @@ Option = tuple[str, str, str]  # (backend, precision, conv)
 # before it race again: ratios this far apart did not flip between neighbouring classes on a 2-core EPYC (what
 # did flip, ORT vs torch fp32 and bf16 vs Winograd, were 6-12% apart), and each slower turn is the run's time
 PRIOR_WITHIN = 1.25
-# what racing may cost a run at most: the other candidates' builds, their turns beyond the fastest's and the look
-# check, over the run's estimated time (a race cut short keeps no record: a later, longer run finishes it)
+# what racing may cost: the other candidates' builds, their turns beyond the fastest's and the look checks, over
+# the time of the runs that raced here (the account) and over one run's estimated time at most; a race cut short
+# is carried over to the next run
 RACE_SHARE = 0.03
+RACE_CAP = 0.05  # the issue's "never more than ~5% of a default run"
 LOOK_OVER_BUDGET = "its look check does not fit this run's share for racing"
+NO_REFERENCE = "no fp32 step to compare with"  # a verdict on this run's candidates, not on the precision
 LOOK_STEPS = LOOK_ITERS + 3  # a look run's steps: targets (two passes), the step compared, the iterations
+
+
+def _option(trial: Trial) -> Option:
+    return trial.backend, trial.precision, trial.conv
+
+
+def _carried(trial: Trial) -> Trial:
+    """An earlier run's verdict on a candidate, kept out of this run's timings (another load, another scale)."""
+    if trial.status == "skipped" or trial.note.startswith("an earlier run"):
+        return trial
+    return dataclasses.replace(trial, status="skipped", note=f"an earlier run: {trial.note or trial.status}")
 
 
 def _ratios(trials: dict[Option, Trial]) -> dict[Option, float]:
@@ -111,6 +132,12 @@ class RaceStep(StepBase):
         self._race_pixels = 0  # the scale's the last race timed its candidates at
         self._cut = False  # this race was cut short by the budget: its pick is not kept
         self.decisions: list[Decision] = []
+        # the runs before this one: what they may still spend on racing, and the look verdicts they reached
+        self._began = time.perf_counter()
+        self._ending = False
+        account = read_account(self._key(scales[-1][0]))
+        self._banked = max(0.0, RACE_SHARE * account.run_s - account.race_s)
+        self._looks.update(account.looks)
 
     # --- what stylise calls ---
 
@@ -147,7 +174,16 @@ class RaceStep(StepBase):
         self.current  # noqa: B018 (built now: the scale's targets come from it)
 
     def _start(self, side: int) -> None:
-        live = [o for o in self._race.options if self._step_for(o) is not None]
+        partial = _read_partial(self._key(side))
+        carried: dict[Option, Trial] = {}
+        if partial is not None:  # an earlier run's race, cut short: its verdicts stand, the rest race on
+            if not partial.racing:
+                self._finish_looks(side, partial)
+                return
+            carried = {_option(t): _carried(t) for t in partial.trials if _option(t) not in partial.racing}
+        if partial is not None and self._waits(side, partial, [o for o in partial.racing if o not in self._skipped]):
+            return  # decided before building the others: a build is racing's cost too
+        live = [o for o in self._race.options if o not in carried and self._step_for(o) is not None]
         if self._prior is not None:  # a class this run measured already: only the close ones race again
             source, trials = self._prior
             ratios = _ratios(trials)
@@ -155,22 +191,56 @@ class RaceStep(StepBase):
             if len(live) == 1:
                 self._inherit(side, source, trials, live[0])
                 return
-        if len(live) < 2:
+        if len(live) < (1 if partial is not None else 2):  # the last one of a carried race is timed alone
             return
         self._side = side
         self._trials = {o: Trial(*o) for o in self._race.options}
+        self._trials.update(carried)
         for option, why in self._skipped.items():
             self._trials[option] = Trial(*option, status="skipped", note=why)
         if self._prior is not None:
             for option in self._race.options:
                 before = self._prior[1].get(option)
-                if option not in live and option not in self._skipped and before is not None:
+                if option not in live and option not in self._skipped and option not in carried \
+                        and before is not None:
                     self._trials[option] = dataclasses.replace(
                         before, status="dropped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
         self._turns, self._cut, self._race_pixels = [], False, self._pixels
         self.capturable = False
-        log.info("auto: racing %s in the first steps at %d px", ", ".join(" ".join(o) for o in live), side)
+        log.info("auto: racing %s in the first steps at %d px%s", ", ".join(" ".join(o) for o in live), side,
+                 " (carried over from an earlier run)" if partial is not None else "")
+
+    def _waits(self, side: int, partial: Partial, live: list[Option]) -> bool:
+        """Whether a carried race waits for a later run: by its figures so far, racing on to the end (the
+        warm-ups and ROUNDS timed rounds) would take this run past what it may spend. A race that cannot
+        finish would spend without deciding; waiting banks this run's share for a run that can."""
+        scale = self._pixels / partial.pixels
+        figures = {_option(t): t.median * scale for t in partial.trials if _option(t) in live and t.seconds}
+        if len(live) < 2 or len(figures) < len(live):
+            return False
+        best = min(figures.values())
+        need = sum(figures.values()) - best + ROUNDS * sum(f - best for f in figures.values())
+        allowed = self._budget(best, self._pixels)
+        if self._wasted() + need <= allowed:
+            return False
+        pick = partial.pick if partial.pick in live else min(figures, key=figures.__getitem__)
+        self._use(pick)
+        ordered = tuple(partial.trials)
+        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=True) + (
+            f" (not kept yet: racing {', '.join(' '.join(o) for o in live)} to the end needs about {need:.1f} s, "
+            f"this run may spend {max(0.0, allowed - self._wasted()):.1f} s; a later run goes on with it)"), True))
+        log.info("auto: at %d px %s", side, self.decisions[-1].why)
+        return True
+
+    def _finish_looks(self, side: int, partial: Partial) -> None:
+        """An earlier run timed every candidate here but could not pay for the pick's look check: settle with
+        its figures now, checking the look if this run can."""
+        self._side, self._race_pixels, self._turns, self._cut = side, partial.pixels, [], False
+        self._trials = {_option(t): (dataclasses.replace(t, status="ok", note="") if
+                                     t.note.startswith(LOOK_OVER_BUDGET) else t) for t in partial.trials}
+        self._racing, self._queue, self._warm = True, [], {}
+        self._settle(earlier=True)
 
     def _inherit(self, side: int, source: int, trials: dict[Option, Trial], pick: Option) -> None:
         """No other candidate came within PRIOR_WITHIN of `pick` at the `source` px class: `pick` here too,
@@ -229,9 +299,13 @@ class RaceStep(StepBase):
             step.trim()
 
     def _close(self) -> None:
+        self._ending = True  # an interrupted race is carried over as it stands: no look check on the way out
+        self._settle()
         for step in self._steps.values():
             step.close()
         self._steps.clear()
+        looks = {p: why for p, why in self._looks.items() if why != NO_REFERENCE}
+        add_to_account(self._key(self._scales[-1][0]), time.perf_counter() - self._began, self._wasted(), looks)
 
     # --- the race ---
 
@@ -275,7 +349,8 @@ class RaceStep(StepBase):
         if not any(d.raced for d in self.decisions):
             return ""
         return (f"racing cost about {self._spent:.1f} s beyond the fastest candidate's steps (builds, slower "
-                f"turns, the look check), held to {RACE_SHARE:.0%} of the run")
+                f"turns, the look check), held to {RACE_SHARE:.0%} of the runs that raced here and "
+                f"{RACE_CAP:.0%} of one")
 
     def _estimate(self, option: Option) -> float:
         """A candidate's seconds a step at this scale: its timed median, else its warm-up."""
@@ -289,20 +364,25 @@ class RaceStep(StepBase):
 
     def _wasted(self) -> float:
         """What racing cost this run so far: the closed races, builds and look checks, and this race's turns
-        beyond what the fastest would have taken."""
+        beyond what the fastest would have taken (one first step at a new size, slower than the rest, the run
+        pays without a race too: the fastest warm-up's excess is not racing's)."""
         best = self._best()
-        extra = sum(self._turns) - best * len(self._turns) if self._turns and math.isfinite(best) else 0.0
+        if not (self._turns and math.isfinite(best)):
+            return self._spent
+        extra = sum(self._turns) - best * len(self._turns) - max(0.0, min(self._warm.values(), default=best) - best)
         return self._spent + max(0.0, extra)
 
-    def _budget(self) -> float:
-        """RACE_SHARE of the run: its iterations at every scale at the fastest's time here, by pixels."""
-        best = self._best()  # timed at the last race's scale
-        if not (math.isfinite(best) and self._race_pixels):
+    def _budget(self, best: float | None = None, at: int | None = None) -> float:
+        """What racing may cost this run in all: RACE_SHARE of its estimated time (its iterations at every scale
+        at the fastest's time, by pixels) plus what earlier runs here left unspent, RACE_CAP of it at most.
+        best: seconds a step at `at` pixels (default: the fastest timed at the last race's scale)."""
+        best, at = (self._best(), self._race_pixels) if best is None else (best, at)
+        if not (math.isfinite(best) and at):
             return math.inf
-        return RACE_SHARE * best * sum(iterations * pixels / self._race_pixels for _, pixels, iterations in
-                                       self._scales)
+        run = best * sum(iterations * pixels / at for _, pixels, iterations in self._scales)
+        return min(RACE_CAP * run, RACE_SHARE * run + self._banked)
 
-    def _settle(self) -> None:
+    def _settle(self, earlier: bool = False) -> None:
         """End this scale's race with what it measured: the fastest that keeps the look, kept in the record
         when every candidate still in it was timed at least once."""
         if not self._racing:
@@ -318,7 +398,10 @@ class RaceStep(StepBase):
         if not timed:
             log.info("auto: the scale at %d px ended before the race: %s kept", self._side, " ".join(self._current))
             return
-        complete = not self._cut and all(t.seconds or t.status == "skipped" for t in self._trials.values())
+        timed_all = not self._cut and all(t.seconds or t.status == "skipped" for t in self._trials.values())
+        complete = timed_all
+        # what a later run races on when this one is carried over: every candidate still in it
+        racing = [o for o, t in self._trials.items() if t.status == "ok"]
         self._spent, self._turns = self._wasted(), []
         while True:
             try:
@@ -330,16 +413,24 @@ class RaceStep(StepBase):
                 break
             if why.startswith(LOOK_OVER_BUDGET):  # not a verdict on the precision: a later run checks it
                 complete = False
+                racing += [] if pick in racing else [pick]
             trials[pick] = dataclasses.replace(trials[pick], status="skipped", note=why)
             log.info("auto: %s skipped: %s", " ".join(pick), why)
         self._use(pick, force=True)  # the look check's short run may have set its own targets
         ordered = tuple(trials.values())
         self._prior = (self._side, dict(trials))
         kept = self._prior_kept = complete and _write(self._key(self._side), ordered, pick)
-        note = "" if kept else (" (not kept: the race stopped within its share of the run)" if self._cut or not
-                                complete else " (not kept: the scale ended before every candidate was timed)")
-        self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=False) + note,
-                                       True))
+        carried = not complete and _write(self._key(self._side), ordered, pick, Partial(
+            ordered, tuple(racing) if not timed_all else (), self._race_pixels, pick))
+        if kept or (complete and not carried):
+            note = "" if kept else " (not kept: the record could not be written)"
+        else:
+            note = (" (not kept yet: the look check waits for a run that can pay for it" if timed_all else
+                    " (not kept yet: the race stopped within its share of the run" if self._cut else
+                    " (not kept yet: the scale ended before every candidate was timed")
+            note += "; a later run goes on with it)" if carried else ")"
+        self.decisions.append(Decision(self._side, pick, _why(pick, ordered, self._race.where, cached=earlier) +
+                                       note, True))
         log.info("auto: at %d px %s", self._side, self.decisions[-1].why)
 
     def _look(self, pick: Option, seconds: float) -> str | None:
@@ -349,14 +440,16 @@ class RaceStep(StepBase):
         if precision == "fp32":
             return None
         cost = 2 * LOOK_STEPS * seconds * trial_pixels(LOOK_SIDE) / max(1, self._race_pixels)  # both runs
-        if precision not in self._looks and self._wasted() + cost > self._budget():
+        if precision not in self._looks and (self._ending or self._wasted() + cost > self._budget()):
             return f"{LOOK_OVER_BUDGET} ({cost:.1f} s; a longer run checks it)"
+        if self._step_for(pick) is None:  # a carried-over figure whose step does not build here any more
+            return self._skipped[pick]
         if precision not in self._looks:
             started = time.perf_counter()
             reference = next((o for o in self._race.options if o[1] == "fp32" and o[0] == pick[0]
                               and self._step_for(o) is not None), None) or \
                 next((o for o in self._race.options if o[1] == "fp32" and self._step_for(o) is not None), None)
-            self._looks[precision] = "no fp32 step to compare with" if reference is None else look_check(
+            self._looks[precision] = NO_REFERENCE if reference is None else look_check(
                 self._steps[pick], self._steps[reference], precision, self._race.settings, self.loss)
             if reference is not None and self._targets is not None:
                 self._steps[reference].set_targets(self._targets)
