@@ -161,8 +161,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
                      style_labels=[f"style image {p}" for p in styles])
     settings, plan = announce(settings, plan, console)
     digests: dict[str, str] = {}
-    files = [file_digest(p, digests) for p in [video, *styles, *settings_inputs(settings.init,
-                                                                                 settings.weights).values()]]
+    files = [video_io.identity(info)] + [file_digest(p, digests) for p in [*styles, *settings_inputs(
+        settings.init, settings.weights).values()]]
     selection = {"first": start, "fps": str(rate), "shape": list(shape)}
     store = FrameStore(output, video_hash(settings, plan, files, selection),
                        {"video": str(video), "fps": str(rate), "first": start})
