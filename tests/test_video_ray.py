@@ -20,24 +20,16 @@ from styleengine.engine.video_ray import Chunk, chunking, cross_fade, fade_weigh
 from styleengine.errors import ConfigError  # noqa: E402
 
 try:
+    from test_batch_ray import cluster  # noqa: F401 (a fixture: a local 2-CPU cluster for this module)
     from test_cli import assert_one_line_error, run_cli
     from test_video import FAST, clip, frame_count, style  # noqa: F401 (clip and style are fixtures)
 except ImportError:  # run from the repository root as a package
+    from tests.test_batch_ray import cluster  # noqa: F401
     from tests.test_cli import assert_one_line_error, run_cli
     from tests.test_video import FAST, clip, frame_count, style  # noqa: F401
 
 pytestmark = pytest.mark.ray
 CHUNKED = ["--ray", "auto", "--chunk-frames", "3", "--overlap", "1"]  # 6 frames: chunks 0-2 and (2) 3-5
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    for s, handler in saved.items():  # ray.init installs a SIGTERM handler and leaves it
-        signal.signal(s, handler)
 
 
 @pytest.fixture
