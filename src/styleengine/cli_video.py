@@ -278,7 +278,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     stopped: str | None = "interrupted"
     try:
         with progress:
-            task = progress.add_task("video", total=stop - start, completed=resumed - start, rate=0.0)
+            finished = resumed - start if chunked is None else sum(  # chunks finish out of order
+                store.path(i).is_file() for i in range(start, stop))
+            task = progress.add_task("video", total=stop - start, completed=finished, rate=0.0)
 
             def on_frame(frame: Frame) -> None:
                 nonlocal made
