@@ -410,3 +410,46 @@ def test_the_settings_hash_does_not_read_the_whole_video(tmp_path, monkeypatch, 
                            "--frames", "0:1")
     assert code == 0, err
     assert style in hashed and clip not in hashed
+
+
+# ------------------------------------------------------------------ a real clip with occlusions
+
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+
+
+def test_the_crossing_clip_masks_the_band_it_uncovers():
+    """The Scream crossing skimage's coffee photo (a real clip): in every frame, DIS's flow and Ruder et al.'s
+    masks drop most of the band the painting uncovers (known to the pixel) and keep the far background."""
+    pytest.importorskip("skimage", reason="scikit-image (the test extra) is not installed")
+    from styleengine.benchmarks.video_clips import crossing, uncovered
+    from styleengine.engine import images
+
+    scream = SHARED_IMAGES / "the_scream.jpg"
+    if not scream.is_file():
+        pytest.skip(f"the shared images are not there ({scream})")
+    shape = (48, 64)
+    frames, patch, start = crossing(images.load_image(scream), 6, shape)
+    estimate = flow.FlowEstimator()
+    far = np.ones(shape, bool)
+    far[shape[0] // 4 - 4:3 * shape[0] // 4 + 4] = False  # rows the painting never comes near
+    for t in range(1, 6):
+        band = uncovered(shape, patch, 4.0, t, start)
+        assert band.sum() == patch[0] * 4  # 4 px a frame, the patch's height
+        found = flow.consistency(estimate(frames[t], frames[t - 1]), estimate(frames[t - 1], frames[t]))
+        assert found.weights[band].mean() < 0.2, t
+        assert found.weights[far].mean() > 0.9, t
+
+
+def test_the_committed_crossing_figures_meet_the_target():
+    """benchmarks/results/video_crossing_*.json (real VGG16 weights, written by video_consistency.py): on the
+    crossing clip the consistent frames' warping error is at most half the independent frames', their style
+    distance within 10%."""
+    import json
+
+    found = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("video_crossing_*.json"))
+    assert found, "no committed figure for the crossing clip"
+    for path in found:
+        entry = json.loads(path.read_text())["clips"]["crossing"]
+        for figures in entry["consistent"].values():
+            assert figures["error_ratio"] <= 0.5, path
+            assert figures["style_ratio_max"] <= 1.1, path
