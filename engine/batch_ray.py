@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
-from styleengine.errors import ConfigError, UnavailableError
+from styleengine.errors import ConfigError, UnavailableError, first_line
 
 RESTARTS = 2  # Ray restarts a crashed worker this many times, re-running its task (max_task_retries)
 CPUS_PER_WORKER = 4  # on a cluster without GPUs: one worker per this many CPUs (fewer if the cluster has fewer)
@@ -94,8 +94,11 @@ class ActorPool:
         check_address(address, connect=self.started)
         if self.started:
             with _keeping_signal_handlers():
-                ray.init(address=None if address == "auto" else address, include_dashboard=False,
-                         log_to_driver=False)
+                try:
+                    ray.init(address=None if address == "auto" else address, include_dashboard=False,
+                             log_to_driver=False)
+                except ConnectionError as e:  # something answers there, but not a Ray cluster
+                    raise ConfigError(f"--ray {address}: {first_line(e)}") from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:
