@@ -30,8 +30,7 @@ class Chunk:
     index: int
     first: int  # the first frame its chain stylises (start - overlap, or start for chunk 0)
     start: int  # its own frames are start..stop-1
-    stop: int
-    fade_until: int  # frames first..fade_until-1 are cross-faded with the previous chunk's (its overlap)
+    stop: int  # frames first..start-1 (its overlap) are cross-faded with the previous chunk's
 
     def frames(self) -> range:
         return range(self.first, self.stop)
@@ -68,15 +67,15 @@ def plan_chunks(start: int, stop: int, length: int, overlap: int) -> list[Chunk]
     chunks = []
     for index, own in enumerate(range(start, stop, length)):
         first = max(start, own - overlap)
-        chunks.append(Chunk(index, first, own, min(stop, own + length), own))
+        chunks.append(Chunk(index, first, own, min(stop, own + length)))
     return chunks
 
 
 def fade_weight(chunk: Chunk, frame: int) -> float:
     """The weight of `chunk`'s own frame in the written one, 1 past its overlap; over it (m + 1) / (K + 1)."""
-    if frame >= chunk.fade_until:
+    if frame >= chunk.start:
         return 1.0
-    return (frame - chunk.first + 1) / (chunk.fade_until - chunk.first + 1)
+    return (frame - chunk.first + 1) / (chunk.start - chunk.first + 1)
 
 
 def cross_fade(earlier: np.ndarray, later: np.ndarray, weight: float) -> np.ndarray:

@@ -43,7 +43,7 @@ def frames_of(output) -> dict[int, np.ndarray]:
 
 
 def test_chunks_plan_and_defaults():
-    assert plan_chunks(0, 10, 4, 2) == [Chunk(0, 0, 0, 4, 0), Chunk(1, 2, 4, 8, 4), Chunk(2, 6, 8, 10, 8)]
+    assert plan_chunks(0, 10, 4, 2) == [Chunk(0, 0, 0, 4), Chunk(1, 2, 4, 8), Chunk(2, 6, 8, 10)]
     assert chunking(6, 2, None, None) == (3, 2)  # one chunk an actor; the overlap below the chunk
     assert chunking(100, 4, None, None) == (25, 4)
     assert chunking(6, 2, None, 5) == (6, 5)

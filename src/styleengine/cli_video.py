@@ -204,7 +204,7 @@ class _Chunked:
 
     def side(self, chunk: Any, index: int) -> str | None:
         """Which side of a seam the chunk's frame `index` is (None: the frame is the chunk's alone)."""
-        if index < chunk.fade_until:
+        if index < chunk.start:
             return "later"
         after = chunk.index + 1
         if after < len(self.chunks) and index >= self.chunks[after].first:
