@@ -1,5 +1,6 @@
-"""Test clips whose true motion is known: a window moving (and zooming) across a still photo, and one with an
-occluder sliding over it; written with a tone as their sound track (tests and the consistency benchmark)."""
+"""Test clips whose true motion is known: a window moving (and zooming) across a still photo, one with an
+occluder sliding over it, and a painting crossing a still photo (`crossing`: what it uncovers is known to the
+pixel); written with a tone as their sound track (tests and the consistency benchmark)."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -41,19 +42,56 @@ def moving_window(photo: np.ndarray, count: int, shape: tuple[int, int], *, step
     return [np.clip(f, 0.0, 1.0) for f in frames], flows
 
 
-def with_occluder(frames: list[np.ndarray], patch: np.ndarray, speed: float = 4.0) -> list[np.ndarray]:
-    """The frames with `patch` (h, w, 3) sliding left to right across their middle at `speed` px a frame."""
+def with_occluder(frames: list[np.ndarray], patch: np.ndarray, speed: float = 4.0, start: int = 0
+                  ) -> list[np.ndarray]:
+    """The frames with `patch` (h, w, 3) sliding left to right across their middle at `speed` px a frame, its
+    left edge at x = `start` in frame 0."""
     out = []
     h, w = patch.shape[:2]
     for t, frame in enumerate(frames):
         frame = frame.copy()
-        x = int(round(t * speed))
+        x = start + int(round(t * speed))
         y = (frame.shape[0] - h) // 2
         right = min(frame.shape[1], x + w)
         if x < frame.shape[1]:
             frame[y:y + h, x:right] = patch[:, :right - x]
         out.append(frame)
     return out
+
+
+def uncovered(shape: tuple[int, int], patch: tuple[int, int], speed: float, t: int, start: int = 0) -> np.ndarray:
+    """(H, W) bool: the pixels of frame t that `with_occluder`'s patch (h, w) covered at t-1 and no longer
+    covers: the band it uncovers (disocclusion), where frame t-1 has no view of what frame t shows."""
+    height, width = shape
+    h, w = patch
+    y = (height - h) // 2
+
+    def covered(k: int) -> np.ndarray:
+        mask = np.zeros(shape, bool)
+        x = start + int(round(k * speed))
+        mask[y:y + h, min(x, width):min(width, x + w)] = True
+        return mask
+
+    return covered(t - 1) & ~covered(t) if t > 0 else np.zeros(shape, bool)
+
+
+def crossing(painting: np.ndarray, count: int, shape: tuple[int, int], *, speed: float = 4.0
+             ) -> tuple[list[np.ndarray], tuple[int, int], int]:
+    """A real clip with occlusions: skimage's coffee photo, still, at `shape`, with a crop of `painting` (its
+    middle, half the clip's height, a quarter of its width) crossing it left to right at `speed` px a frame,
+    occluding the photo ahead of it and uncovering it behind (`uncovered`). (frames, the patch's (h, w), its
+    x in frame 0: one patch width in, as DIS's flow is unreliable near the frame's edge)."""
+    from skimage import data
+
+    height, width = shape
+    photo = cv2.resize(data.coffee().astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_AREA)
+    h, w = height // 2, width // 4
+    ph, pw = painting.shape[:2]
+    side = min(ph // 2, pw // 2)  # a square-ish crop from the painting's middle, resized to the patch
+    crop = painting[(ph - side) // 2:(ph + side) // 2, (pw - side) // 2:(pw + side) // 2].astype(np.float32)
+    patch = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+    start = w
+    return with_occluder([photo] * count, np.clip(patch, 0.0, 1.0), speed, start), (h, w), start
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: int = 12, *, audio: bool = True,

@@ -6,7 +6,9 @@ stylised independently, on clips whose motion is known (benchmarks/video_clips.p
         --style ../shared/images/starry_night.jpg --size 96 --frames 6 --png docs/video_strip.png --gif docs/video.gif
 
 Clips: `pan` (a window moving 3 px right and 1.5 px down a frame across skimage's astronaut), `zoom` (1.5 px a
-frame and 2% larger a frame), `occlusion` (the pan with a patch of The Scream sliding across it, 4 px a frame).
+frame and 2% larger a frame), `occlusion` (the pan with a patch of The Scream sliding across it, 4 px a frame),
+`crossing` (skimage's coffee photo, still, with a crop of The Scream crossing it at 4 px a frame: a real clip
+whose uncovered band is known, video_clips.crossing).
 For each: every frame stylised alone (content init, --iters, one warm step) and the video path (the first
 frame so, each next from the warped previous result with the temporal loss, --frame-iters). Measured per
 frame t > 0: the warping error mean |O_t - warp(O_t-1)| over the pixels Ruder et al.'s masks keep (the masks
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ SCREAM = "the_scream.jpg"
 def clips(count: int, shape: tuple[int, int], images_dir: Path) -> dict[str, list[np.ndarray]]:
     from skimage import data
 
-    from styleengine.benchmarks.video_clips import moving_window, with_occluder
+    from styleengine.benchmarks.video_clips import crossing, moving_window, with_occluder
     from styleengine.engine import images
 
     photo = data.astronaut().astype(np.float32) / 255.0
@@ -42,7 +45,8 @@ def clips(count: int, shape: tuple[int, int], images_dir: Path) -> dict[str, lis
     scream = images.load_image(images_dir / SCREAM)
     side = shape[0] // 3
     patch = images.to_array(images.resize_tensor(images.to_tensor(scream), side, side * 3 // 4))
-    return {"pan": pan, "zoom": zoom, "occlusion": with_occluder(pan, patch)}
+    return {"pan": pan, "zoom": zoom, "occlusion": with_occluder(pan, patch),
+            "crossing": crossing(scream, count, shape)[0]}
 
 
 def masks(frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
@@ -166,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     lambdas = ([float(v) for v in args.temporal_weights.split(",")] if args.temporal_weights
                else [base.temporal_weight])
     out: dict[str, Any] = {
-        "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "threads": torch.get_num_threads()},
+        "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "threads": torch.get_num_threads(),
+                    "load_average_before": os.getloadavg()[0]},
         "settings": {"model": args.model, "weights": Path(args.weights).name, "style": Path(args.style).name,
                      "shape": list(shape), "frames": args.frames, "iterations": args.iters,
                      "frame_iters": (args.frame_iters if args.frame_iters is not None
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == "occlusion" and weight == lambdas[0]:
                 shown = {"input": frames, "independent": alone, "consistent": outs}
         out["clips"][name] = entry
+    out["machine"]["load_average_after"] = os.getloadavg()[0]  # load slows the figures, never changes them
     path = Path(args.json or f"benchmarks/results/video_{cpu_isa()}.json")
     atomic_write(path, (json.dumps(out, indent=1) + "\n").encode())
     if shown and args.png:

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
-from styleengine.errors import UnavailableError
+from styleengine.errors import ConfigError, UnavailableError, first_line
 
 RESTARTS = 2  # Ray restarts a crashed worker this many times, re-running its task (max_task_retries)
 CPUS_PER_WORKER = 4  # on a cluster without GPUs: one worker per this many CPUs (fewer if the cluster has fewer)
+CONNECT_SECONDS = 5.0  # a --ray HOST:PORT that does not answer within this is refused
 
 
 @contextlib.contextmanager
@@ -64,19 +66,39 @@ class _Worker:
         return list(run_jobs(items, self.warm, batch_size))
 
 
-class RayRunner:
-    """Runs planned jobs on a Ray cluster. address: "auto" (ray.init()'s own search: RAY_ADDRESS, a cluster
-    started on this machine, else a new local one) or a cluster's address. If Ray is already initialised in
-    this process, that cluster is used and left running."""
+def check_address(address: str, *, connect: bool = True) -> None:
+    """ConfigError, one line, for a --ray address that is not auto, HOST:PORT or ray://HOST:PORT, or (with
+    `connect`) where nothing answers (ray.init would wait minutes on a dead address)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    if not connect:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConfigError(f"--ray {address}: nothing answers there ({e.strerror or e})") from None
 
-    def __init__(self, address: str, *, batch_size: int | None = None,
-                 cpus_per_worker: int | None = None):
+
+class ActorPool:
+    """Warm actors of one body (a class whose instances live as long as their actor) on a Ray cluster.
+    address: "auto" (ray.init()'s own search: RAY_ADDRESS, a cluster started on this machine, else a new local
+    one) or a cluster's address. If Ray is already initialised in this process, that cluster is used and left
+    running."""
+
+    def __init__(self, body: type, address: str, *, cpus_per_worker: int | None = None):
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
+        check_address(address, connect=self.started)
         if self.started:
             with _keeping_signal_handlers():
-                ray.init(address=None if address == "auto" else address, include_dashboard=False,
-                         log_to_driver=False)
+                try:
+                    ray.init(address=None if address == "auto" else address, include_dashboard=False,
+                             log_to_driver=False)
+                except ConnectionError as e:  # something answers there, but not a Ray cluster
+                    raise ConfigError(f"--ray {address}: {first_line(e)}") from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:
@@ -84,35 +106,39 @@ class RayRunner:
         else:
             per = max(1, min(cpus, cpus_per_worker or CPUS_PER_WORKER))
             count, options = max(1, cpus // per), {"num_cpus": per}
-        actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(_Worker)
+        actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(body)
         self.actors = [actor.remote() for _ in range(count)]
-        self.batch_size = batch_size
-        self.in_flight: dict[Any, tuple[Any, list[Planned]]] = {}  # task -> (actor, its group)
-        self.resubmitted = 0  # groups put back after their actor died
+        self.in_flight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, its item)
+        self.resubmitted = 0  # items put back after their actor died
 
-    def run(self, planned: list[Planned]) -> Iterator[JobResult]:
-        """Each job's result as its group comes back (any order)."""
+    def map(self, method: str, items: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
+        """(item, actor.method(*item)) as each comes back (any order); items are drawn only when an actor is
+        idle, so a lazy iterable is read as fast as the actors work."""
         ray = self.ray
-        # the driver groups by shape with the largest batch; each worker splits by its own memory
-        queue = deque(groups(planned, self.batch_size or MAX_BATCH))
+        fresh, queue = iter(items), deque[tuple]()
         idle = list(self.actors)
-        while queue or self.in_flight:
-            while queue and idle:
-                actor, group = idle.pop(0), queue.popleft()
-                self.in_flight[actor.run.remote(group, self.batch_size)] = (actor, group)
+        while True:
+            while idle:
+                item = queue.popleft() if queue else next(fresh, None)
+                if item is None:
+                    break
+                actor = idle.pop(0)
+                self.in_flight[getattr(actor, method).remote(*item)] = (actor, item)
             if not self.in_flight:
-                raise UnavailableError(f"every Ray worker died; {sum(len(g) for g in queue)} jobs were not run "
-                                       f"(the same command resumes)")
+                if queue:
+                    raise UnavailableError(f"every Ray worker died; {len(queue)} pieces of work were not run "
+                                           f"(the same command resumes)")
+                return
             ready, _ = ray.wait(list(self.in_flight), num_returns=1)
-            actor, group = self.in_flight.pop(ready[0])
+            actor, item = self.in_flight.pop(ready[0])
             try:
-                results = ray.get(ready[0])
+                result = ray.get(ready[0])
             except ray.exceptions.RayActorError:
-                queue.appendleft(group)  # its actor is gone: another one runs the group
+                queue.appendleft(item)  # its actor is gone: another one runs it
                 self.resubmitted += 1
                 continue
             idle.append(actor)
-            yield from results
+            yield item, result
 
     def close(self) -> None:
         for actor in self.actors:
@@ -120,6 +146,22 @@ class RayRunner:
         self.actors = []
         if self.started:
             self.ray.shutdown()
+
+
+class RayRunner(ActorPool):
+    """Runs planned jobs on a Ray cluster, one _Worker per actor."""
+
+    def __init__(self, address: str, *, batch_size: int | None = None,
+                 cpus_per_worker: int | None = None):
+        super().__init__(_Worker, address, cpus_per_worker=cpus_per_worker)
+        self.batch_size = batch_size
+
+    def run(self, planned: list[Planned]) -> Iterator[JobResult]:
+        """Each job's result as its group comes back (any order)."""
+        # the driver groups by shape with the largest batch; each worker splits by its own memory
+        work = ((group, self.batch_size) for group in groups(planned, self.batch_size or MAX_BATCH))
+        for _, results in self.map("run", work):
+            yield from results
 
 
 def run_jobs_ray(planned: list[Planned], address: str, *,

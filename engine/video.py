@@ -188,6 +188,10 @@ class VideoRun:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def restart(self) -> None:
+        """The next frame starts a new chain, from the usual init (a chunk's first frame, engine/video_ray.py)."""
+        self.previous = None
+
     def skip(self, frame: np.ndarray, finished: np.ndarray) -> None:
         """A frame finished before (resume): the next one warps from it."""
         self.previous = (frame, np.asarray(finished, np.float32) / 255.0)

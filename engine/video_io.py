@@ -7,8 +7,11 @@ is there whole or not at all.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,6 +36,7 @@ CONTAINERS = {
 COPYABLE = {"mp4": ("aac", "mp3", "opus", "ac3", "alac", "flac"), "mov": ("aac", "mp3", "alac", "ac3", "pcm_s16le"),
             "webm": ("opus", "vorbis"), "avi": ("mp3", "ac3", "pcm_s16le"), "gif": ()}
 AUDIO_CODEC = {"mp4": "aac", "mov": "aac", "webm": "libopus", "avi": "libmp3lame"}
+IDENTITY_BYTES = 1 << 20  # read from each end of a video for its identity
 CRF = "18"  # x264: visually lossless; the stylised texture is all detail and suffers from the default 23
 
 
@@ -100,6 +104,22 @@ def probe(path: Path) -> VideoInfo:
     if min(height, width) < MIN_SIDE:
         raise ImageError(f"video {path} is {width}x{height} px; both sides must be at least {MIN_SIDE} px")
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
+
+
+def identity(info: VideoInfo) -> str:
+    """The video's part of the settings hash, read cheaply: sha256 of its size, its first and last MiB and the
+    stream's frame count, rate, size, rotation and start. A whole-file sha256 would read a 10-hour file before
+    `--frames A:B` decodes its few frames; an edit keeping the size, both ends and the timing goes unseen."""
+    size = os.path.getsize(info.path)
+    h = hashlib.sha256()
+    with open(info.path, "rb") as f:
+        h.update(f.read(IDENTITY_BYTES))
+        if size > IDENTITY_BYTES:
+            f.seek(max(IDENTITY_BYTES, size - IDENTITY_BYTES))
+            h.update(f.read(IDENTITY_BYTES))
+    h.update(json.dumps([size, info.frames, str(info.fps), info.height, info.width, info.rotation,
+                         info.start]).encode())
+    return "video:" + h.hexdigest()
 
 
 def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStream") -> "av.VideoFrame | None":

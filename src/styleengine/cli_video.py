@@ -4,7 +4,8 @@ Order, as `run`: settings, the files to write, the video's headers, the styles, 
 checked before any frame is stylised. Each frame is written as it finishes, whole (a PNG in OUT.frames/,
 beside the output, with video.json holding the settings hash); a rerun with the same hash skips the frames
 there and continues. The video is encoded from that folder at the end, or, after Ctrl-C or SIGTERM, from
-the frames finished so far: a playable partial video, with the sound of its span.
+the frames finished so far: a playable partial video, with the sound of its span. With --ray, overlapping
+chunks of the frames run on Ray actors (engine/video_ray.py) and are written into the same folder.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from styleengine import paths
 from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
+from styleengine.engine.video_ray import DEFAULT_OVERLAP
 from styleengine.errors import ConfigError
 
 MAX_FPS = 1000  # past this a --fps is a typo
@@ -67,18 +69,41 @@ class FrameStore:
 
     def load(self, index: int) -> Any:
         """The finished frame `index` as (H, W, 3) uint8, or None if it is not there."""
+        return self._load(self.path(index))
+
+    def save(self, index: int, image: Any) -> None:
+        self._save(image, self.path(index))
+
+    @staticmethod
+    def _load(path: Path) -> Any:
         import numpy as np
 
         from styleengine.engine import images
 
-        if not self.path(index).is_file():
+        if not path.is_file():
             return None
-        return np.round(images.load_image(self.path(index)) * 255.0).astype(np.uint8)
+        return np.round(images.load_image(path) * 255.0).astype(np.uint8)
 
-    def save(self, index: int, image: Any) -> None:
+    @staticmethod
+    def _save(image: Any, path: Path) -> None:
         from styleengine.engine import images
 
-        images.save_image(image.astype("float32") / 255.0, self.path(index))
+        images.save_image(image.astype("float32") / 255.0, path)
+
+    def seam(self, index: int, side: str) -> Path:
+        """One chunk's own frame `index` over a seam (--ray), kept until the other side's comes: "earlier" or
+        "later"."""
+        return self.folder / f"seam_{index:06d}_{side}.png"
+
+    def load_seam(self, index: int, side: str) -> Any:
+        return self._load(self.seam(index, side))
+
+    def save_seam(self, index: int, side: str, image: Any) -> None:
+        self._save(image, self.seam(index, side))
+
+    def recorded(self, index: int, side: str | None) -> bool:
+        """Frame `index` is finished, or (side given) that side of its seam is kept."""
+        return self.path(index).is_file() or (side is not None and self.seam(index, side).is_file())
 
     def finished_from(self, start: int, stop: int) -> int:
         """The first frame of start..stop-1 not finished yet (stop: all are)."""
@@ -114,6 +139,16 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
                                 "decoding starts at A.")] = None,
            fps: Annotated[Optional[float], typer.Option(
                "--fps", help="Output frame rate (default: the input's); frames are picked, not blended.")] = None,
+           ray: Annotated[Optional[str], typer.Option(
+               "--ray", help="Stylise overlapping chunks of the frames on a Ray cluster: auto (the one this "
+                             "machine belongs to, else a local one) or its address. Needs styleengine[ray].")] = None,
+           chunk_frames: Annotated[Optional[int], typer.Option(
+               "--chunk-frames", help="With --ray: frames a chunk owns (default: the frames over the actors, "
+                                      "one chunk each).", show_default=False)] = None,
+           overlap: Annotated[Optional[int], typer.Option(
+               "--overlap", help="With --ray: frames a chunk stylises before its own, cross-faded with the "
+                                 f"previous chunk's (default: {DEFAULT_OVERLAP}, less than --chunk-frames).",
+               show_default=False)] = None,
            **flags: Any) -> None:
     """Stylise VIDEO with STYLE... frame by frame, each frame from the previous result warped by the optical
     flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
@@ -122,19 +157,68 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
     console = Console(stderr=True)
     settings = settings_from(flags, VIDEO)
     _check_installed()
+    chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
+        or overlap is not None else None
     try:
-        prepared = _prepare(video, styles, output, trace, frames, fps, settings, console)
+        prepared = _prepare(video, styles, output, trace, frames, fps, settings, console, chunked)
     except KeyboardInterrupt:
         from styleengine.cli import signals
 
         signals.reported = True
         print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
+        if chunked is not None:
+            chunked.close()
         raise typer.Exit(signals.exit_code) from None
-    _execute(*prepared, output=output, trace=trace, console=console)
+    except BaseException:
+        if chunked is not None:
+            chunked.close()
+        raise
+    _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
+
+
+class _Chunked:
+    """--ray's state: the flags, then the runner (started in _prepare, after the cheap checks) and the chunks."""
+
+    def __init__(self, address: str | None, length: int | None, overlap: int | None):
+        from styleengine.engine.video_ray import check_chunking
+
+        if address is None:
+            raise ConfigError("--chunk-frames and --overlap need --ray (without it the frames run in one chain)")
+        from styleengine.engine.batch_ray import check_address, import_ray
+
+        check_chunking(length, overlap)
+        check_address(address, connect=False)
+        import_ray()  # a clear error now if Ray is not installed
+        self.address, self.length, self.overlap = address, length, overlap
+        self.runner: Any = None
+        self.chunks: list = []
+
+    def start(self, start: int, stop: int) -> dict[str, int]:
+        """Start the runner and cut start..stop-1 into chunks; what the settings hash records of them."""
+        from styleengine.engine.video_ray import VideoRayRunner, chunking, plan_chunks
+
+        self.runner = VideoRayRunner(self.address)
+        self.length, self.overlap = chunking(stop - start, self.runner.workers, self.length, self.overlap)
+        self.chunks = plan_chunks(start, stop, self.length, self.overlap)
+        return {"chunk_frames": self.length, "overlap": self.overlap}
+
+    def side(self, chunk: Any, index: int) -> str | None:
+        """Which side of a seam the chunk's frame `index` is (None: the frame is the chunk's alone)."""
+        if index < chunk.start:
+            return "later"
+        after = chunk.index + 1
+        if after < len(self.chunks) and index >= self.chunks[after].first:
+            return "earlier"
+        return None
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
 
 def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, frames: str | None,
-             fps: float | None, settings: Settings, console: Any) -> tuple:
+             fps: float | None, settings: Settings, console: Any, chunked: _Chunked | None) -> tuple:
     from styleengine.cli_job import announce
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
@@ -161,9 +245,11 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
                      style_labels=[f"style image {p}" for p in styles])
     settings, plan = announce(settings, plan, console)
     digests: dict[str, str] = {}
-    files = [file_digest(p, digests) for p in [video, *styles, *settings_inputs(settings.init,
-                                                                                 settings.weights).values()]]
+    files = [video_io.identity(info)] + [file_digest(p, digests) for p in [*styles, *settings_inputs(
+        settings.init, settings.weights).values()]]
     selection = {"first": start, "fps": str(rate), "shape": list(shape)}
+    if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
+        selection.update(chunked.start(start, stop))
     store = FrameStore(output, video_hash(settings, plan, files, selection),
                        {"video": str(video), "fps": str(rate), "first": start})
     store.open()
@@ -171,7 +257,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
 
 
 def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int, int], settings: Settings, plan: Any,
-             style_arrays: list, store: FrameStore, *, output: Path, trace: Path | None, console: Any) -> None:
+             style_arrays: list, store: FrameStore, *, output: Path, trace: Path | None, console: Any,
+             chunked: _Chunked | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
@@ -191,7 +278,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     stopped: str | None = "interrupted"
     try:
         with progress:
-            task = progress.add_task("video", total=stop - start, completed=resumed - start, rate=0.0)
+            finished = resumed - start if chunked is None else sum(  # chunks finish out of order
+                store.path(i).is_file() for i in range(start, stop))
+            task = progress.add_task("video", total=stop - start, completed=finished, rate=0.0)
 
             def on_frame(frame: Frame) -> None:
                 nonlocal made
@@ -203,12 +292,24 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 made += 1
                 progress.update(task, advance=1, rate=made / (time.perf_counter() - began))
 
-            frames = video_io.read_frames(info, start, stop, rate, shape)
-            stopped = stylise_frames(frames, style_arrays, settings, plan=plan,
-                                     finished=lambda i: store.load(i) if i < resumed else None, on_frame=on_frame)
+            if chunked is None:
+                frames = video_io.read_frames(info, start, stop, rate, shape)
+                stopped = stylise_frames(frames, style_arrays, settings, plan=plan,
+                                         finished=lambda i: store.load(i) if i < resumed else None,
+                                         on_frame=on_frame)
+            else:
+                def on_written(count: int) -> None:
+                    nonlocal made
+                    made += count
+                    progress.update(task, advance=count, rate=made / (time.perf_counter() - began))
+
+                stopped = _run_chunks(chunked, info, rate, shape, settings, plan, style_arrays, store, tracer,
+                                      on_written)
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
+        if chunked is not None:
+            chunked.close()
         if tracer is not None:
             tracer.close()
         end = store.finished_from(start, stop)
@@ -230,6 +331,55 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         raise typer.Exit(1)
     console.print(f"wrote {output} ({written} frames, {made} stylised in {seconds:.1f} s: "
                   f"{made / seconds if seconds > 0 else 0:.2f} frames/s)", highlight=False, soft_wrap=True)
+
+
+def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, int], settings: Settings, plan: Any,
+                style_arrays: list, store: FrameStore, tracer: Any, on_written: Any) -> str | None:
+    """--ray: the chunks not recorded yet on the actors; each written as it comes back (its own frames, and
+    each seam frame once both sides are there, cross-faded). A chunk is recorded whole or not at all (signals
+    wait for its writes), so a rerun runs only the chunks that had not come back. Why it stopped, or None."""
+    import numpy as np
+
+    from styleengine.cli import signals
+    from styleengine.engine import video_io
+    from styleengine.engine.video_ray import cross_fade, fade_weight
+
+    chunks = chunked.chunks
+    todo = [c for c in chunks if not all(store.recorded(i, chunked.side(c, i)) for i in c.frames())]
+
+    def work():
+        for chunk in todo:
+            frames = video_io.read_frames(info, chunk.first, chunk.stop, rate, shape)
+            yield chunk, [np.round(frame * 255.0).astype(np.uint8) for _, frame in frames]
+
+    for chunk, frames, stopped in chunked.runner.run(work(), style_arrays, settings, plan, store.digest):
+        written = 0
+        with signals.shielded():  # a chunk is recorded whole before a signal stops the run
+            for frame in frames:
+                index, side = frame.index, chunked.side(chunk, frame.index)
+                if tracer is not None:
+                    tracer.write(json.dumps({**frame.trace, "chunk": chunk.index, "seam": side}) + "\n")
+                    tracer.flush()
+                if store.path(index).is_file():
+                    continue
+                if side is None:
+                    store.save(index, frame.image)
+                    written += 1
+                    continue
+                store.save_seam(index, side, frame.image)
+                other = store.load_seam(index, "later" if side == "earlier" else "earlier")
+                if other is None:
+                    continue
+                later = chunk if side == "later" else chunks[chunk.index + 1]
+                earlier_image, later_image = (other, frame.image) if side == "later" else (frame.image, other)
+                store.save(index, cross_fade(earlier_image, later_image, fade_weight(later, index)))
+                for kept in ("earlier", "later"):
+                    store.seam(index, kept).unlink()
+                written += 1
+        on_written(written)
+        if stopped is not None:
+            return stopped
+    return None
 
 
 def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: int, end: int, signals: Any) -> int:
