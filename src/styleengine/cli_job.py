@@ -28,7 +28,7 @@ from styleengine import paths
 from styleengine.choices import INITS
 from styleengine.cli import signals
 from styleengine.engine import images, masks
-from styleengine.engine.stylise import Settings, check_run, load_run_weights, stylise
+from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
 
@@ -251,7 +251,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                      style_labels=[f"style image {p}" for p in styles])
     for note in plan.notes:  # before any work: the user may rather change the flag than wait
         console.print(f"warning: {note}", highlight=False, soft_wrap=True)
-    init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    init_image = load_init(settings)
     regions = masks.load(settings, content_array.shape[:2], [s.shape[:2] for s in style_arrays],
                          [f"style image {p}" for p in styles]) if content_array is not None else None
     settings, plan = announce(settings, plan, console, race=True)
