@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from styleengine import paths
-from styleengine.engine import images
+from styleengine.engine import images, masks as spatial
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, pair_jobs, settings_inputs)
@@ -190,7 +190,9 @@ def _load(job: Job, settings: Settings) -> Picture:
     check_run(settings, content.shape[:2], [s.shape[:2] for s in styles], content_label=f"content image {job.content}",
               style_labels=[f"style image {p}" for p in job.styles])
     init_image = load_init(settings)
-    return Picture(content, styles, settings, init_image)
+    regions = spatial.load(settings, content.shape[:2], [s.shape[:2] for s in styles],
+                           [f"style image {p}" for p in job.styles])
+    return Picture(content, styles, settings, init_image, regions)
 
 
 def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:

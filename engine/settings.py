@@ -103,7 +103,7 @@ EVERY = frozenset({RUN, TEXTURE, BATCH, VIDEO})
 WITH_CONTENT = frozenset({RUN, BATCH, VIDEO})  # settings a texture (no content image) has no use for
 ONLY_VIDEO = frozenset({VIDEO})  # temporal consistency (engine/video.py): no picture of run or batch reads them
 ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
-ONE_CONTENT = frozenset({RUN})  # files beside one content image (masks)
+ONE_CONTENT = frozenset({RUN, BATCH})  # files beside each content image (masks): run's, a batch's or a job's
 
 
 @dataclass(frozen=True)
