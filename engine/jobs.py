@@ -242,9 +242,10 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
 
     Keys: content, styles (or style), output (inside out_dir; default
     CONTENT__STYLE.png), id (default: the output's path without suffix), and
-    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
-    the flags spell them). Image, init and weights paths are relative to the
-    jobs file's folder. A CSV file may start with a byte-order mark and use
+    any of OVERRIDES (dashes or underscores; iters, blend, mem_budget,
+    content_mask and style_mask as the flags spell them), and recipe (its
+    values under the job's own, the weights in its units). Image, init,
+    weights and mask paths are relative to the jobs file's folder. A CSV file may start with a byte-order mark and use
     ';' between cells. Checks across jobs: check_jobs.
     """
     path = Path(path)
