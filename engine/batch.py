@@ -28,8 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from styleengine import paths
-from styleengine.choices import INITS
-from styleengine.engine import images
+from styleengine.engine import images, masks as spatial
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, pair_jobs, settings_inputs)
@@ -37,8 +36,8 @@ from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonabl
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
-from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_run_weights,
-                                       stylise_batch)
+from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_init,
+                                       load_run_weights, stylise_batch)
 from styleengine.errors import ConfigError, UserError, first_line
 
 CHUNK = 64  # jobs planned, checked and run at a time (a multiple of MAX_BATCH): a long file starts at once
@@ -190,8 +189,10 @@ def _load(job: Job, settings: Settings) -> Picture:
     styles = [images.load_image(p) for p in job.styles]
     check_run(settings, content.shape[:2], [s.shape[:2] for s in styles], content_label=f"content image {job.content}",
               style_labels=[f"style image {p}" for p in job.styles])
-    init_image = images.load_image(settings.init) if settings.init not in INITS else None
-    return Picture(content, styles, settings, init_image)
+    init_image = load_init(settings)
+    regions = spatial.load(settings, content.shape[:2], [s.shape[:2] for s in styles],
+                           [f"style image {p}" for p in job.styles])
+    return Picture(content, styles, settings, init_image, regions)
 
 
 def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:

@@ -13,12 +13,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
 from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
+from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import BATCH, KINDS, Settings, options
 from styleengine.errors import ConfigError, first_line
 
@@ -30,6 +31,7 @@ OVERRIDES: dict[str, Callable[[Any], Any]] = {name: meta.parse for name, meta in
 _ALIASES = {alias: name for name, meta in options(BATCH).items() if meta.per_job
             for alias in ((meta.flag[2:].replace("-", "_"),) if meta.flag else ()) + meta.aliases}
 _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
+RECIPE = "recipe"  # another tool's recipe (engine/recipes.py) under the job's other keys: no setting of its own
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -38,14 +40,17 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
 
 
-def settings_inputs(init: str, weights: str, prefix: str = "") -> dict[str, Path]:
-    """The files an --init and a --weights value name, by role ("init image", "weights file"; `prefix`
-    before each); none for the named inits and imagenet / random weights."""
+def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,
+                    style_masks: Sequence[str] | None = None) -> dict[str, Path]:
+    """The files an --init, a --weights and the mask values name, by role ("init image", "weights file",
+    "content mask 1", ...; `prefix` before each); none for the named inits and imagenet / random weights."""
     found = {}
     if init not in INITS:
         found[f"{prefix}init image"] = Path(init)
     if weights not in ("imagenet", "random"):
         found[f"{prefix}weights file"] = Path(weights)
+    for kind, mask_paths in (("content mask", content_masks), ("style mask", style_masks)):
+        found.update({f"{prefix}{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
     return found
 
 
@@ -71,7 +76,9 @@ class Job:
         found.update({f"style image {i + 1}" if len(self.styles) > 1 else "style image": p
                       for i, p in enumerate(self.styles)})
         overrides = dict(self.overrides)
-        found.update(settings_inputs(overrides.get("init", INITS[0]), overrides.get("weights", "random")))
+        found.update(settings_inputs(overrides.get("init", INITS[0]), overrides.get("weights", "random"),
+                                     content_masks=overrides.get("content_masks"),
+                                     style_masks=overrides.get("style_masks")))
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -82,11 +89,14 @@ class Job:
 def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
+    recipe = _text(raw, RECIPE, where)
     for key, value in raw.items():
+        if key == RECIPE:
+            continue
         name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
         if name not in OVERRIDES:
             raise ConfigError(f"{where}: {key!r} is not a per-job setting; choose from "
-                              f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES)))}")
+                              f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES) | {RECIPE}))}")
         if name in spelled:
             raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
         spelled[name] = key
@@ -101,6 +111,14 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         values["init"] = str(base_dir / paths.expand(values["init"]))
     if values.get("weights", "random") not in ("imagenet", "random"):
         values["weights"] = str(base_dir / paths.expand(values["weights"]))
+    for name in ("content_masks", "style_masks"):  # mask files too
+        if values.get(name):
+            values[name] = tuple(str(base_dir / paths.expand(p)) for p in values[name])
+    if recipe:  # its values under the job's own, which are in its units (as with run's --recipe)
+        try:
+            values = recipe_values(recipe, values)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return tuple(sorted(values.items()))
 
 
@@ -224,9 +242,10 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
 
     Keys: content, styles (or style), output (inside out_dir; default
     CONTENT__STYLE.png), id (default: the output's path without suffix), and
-    any of OVERRIDES (dashes or underscores; iters, blend and mem_budget as
-    the flags spell them). Image, init and weights paths are relative to the
-    jobs file's folder. A CSV file may start with a byte-order mark and use
+    any of OVERRIDES (dashes or underscores; iters, blend, mem_budget,
+    content_mask and style_mask as the flags spell them), and recipe (its
+    values under the job's own, the weights in its units). Image, init,
+    weights and mask paths are relative to the jobs file's folder. A CSV file may start with a byte-order mark and use
     ';' between cells. Checks across jobs: check_jobs.
     """
     path = Path(path)

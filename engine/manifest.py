@@ -61,11 +61,13 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
                   ) -> str:
     """sha256 of what decides the picture: the resolved Settings (with the job's overrides, the input convention's
     among them), the job's overrides, the plan's scales (sizes, iterations, tiles, L-BFGS history: engine/plan.py)
-    and the bytes of every file read (content, styles, an init image, a weights file). OSError if a file cannot
+    and the bytes of every file read (content, styles, an init image, a weights file, masks). OSError if a file cannot
     be read. 16 hex digits."""
     from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
 
-    files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights).values()]
+    files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights,
+                                                          content_masks=settings.content_masks,
+                                                          style_masks=settings.style_masks).values()]
     # neither decides the picture: snapshots, and keys a --non-strict load ignored (hashes from before that
     # field existed stay valid)
     kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()

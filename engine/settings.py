@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
+from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
                                  device_kind, MAX_SEED)  # noqa: F401
 from styleengine.engine import capability
@@ -103,7 +103,7 @@ EVERY = frozenset({RUN, TEXTURE, BATCH, VIDEO})
 WITH_CONTENT = frozenset({RUN, BATCH, VIDEO})  # settings a texture (no content image) has no use for
 ONLY_VIDEO = frozenset({VIDEO})  # temporal consistency (engine/video.py): no picture of run or batch reads them
 ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per picture
-ONE_CONTENT = frozenset({RUN})  # files beside one content image (masks)
+ONE_CONTENT = frozenset({RUN, BATCH})  # files beside each content image (masks): run's, a batch's or a job's
 
 
 @dataclass(frozen=True)
@@ -161,9 +161,10 @@ class Settings:
               "paper and popular implementations).", OPTIM, "real")
     # the paper starts from white noise; content init reaches a readable result in far fewer iterations, which
     # matters on a CPU (its Fig. 6 compares both)
-    init: str = option("content", "noise, content, style or an image path (neural-style's random and image: noise "
-                                  "and content).", OPTIM, "word", words=("noise", "content", "style", *INIT_ALIASES),
-                       texture_help="noise, style or an image path.")
+    init: str = option("content", "noise, content, style, randn or an image path (neural-style's random and image: "
+                                  "noise and content; randn: neural-style-pt's start, a flat grey with N(0, 0.001) "
+                                  "noise in the network's input units).", OPTIM, "word", words=(*INITS, *INIT_ALIASES),
+                       texture_help="noise, style, randn or an image path.")
     seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "

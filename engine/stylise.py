@@ -7,6 +7,7 @@ image as an array.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +16,8 @@ import torch
 
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
-from styleengine.errors import ConfigError
+from styleengine.choices import INITS
+from styleengine.errors import ConfigError, ImageError
 from styleengine.engine.loop import Record, Result, optimise_batch
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
@@ -25,6 +27,7 @@ from styleengine.engine.autotune import Race
 from styleengine.engine.race import RaceStep
 from styleengine.engine.tiled import TiledStep
 from styleengine.engine.settings import DEFAULTS, TEXTURE_INIT, Settings
+from styleengine.model.convention import TORCHVISION, Convention
 from styleengine.model.weights import Weights, convention_name, load_weights
 
 # callback(record, current): `current()` returns the image so far as an
@@ -65,12 +68,31 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     return Prepared(content_t, style_ts, height, width, regions, style_masks)
 
 
-def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None) -> torch.Tensor:
-    """The starting image (1, 3, H, W): seeded noise, the content, the first style, or a given image."""
+def load_init(settings: Settings) -> np.ndarray | None:
+    """The image --init names, or None for a named start (choices.INITS); ImageError, one line, that names the
+    starts when no file has the name (a typo of a start's name is no image either)."""
+    return None if settings.init in INITS else _read_init(settings.init)
+
+
+def _read_init(path: str) -> np.ndarray:
+    if not os.path.lexists(path):
+        raise ImageError(f"--init {path}: no such image file (the named starts: {', '.join(INITS)})")
+    return images.load_image(path)
+
+
+def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None,
+              convention: Convention = TORCHVISION) -> torch.Tensor:
+    """The starting image (1, 3, H, W): seeded noise, the content, the first style, or a given image;
+    `convention` is the network's input convention (randn's noise is in its units)."""
     shape = (1, 3, prepared.height, prepared.width)
-    if settings.init == "noise":
+    if settings.init in ("noise", "randn"):
         gen = torch.Generator().manual_seed(settings.seed)  # local: never touches torch's global RNG
-        return torch.rand(shape, generator=gen)  # uniform white noise in [0, 1]
+        if settings.init == "noise":
+            return torch.rand(shape, generator=gen)  # uniform white noise in [0, 1]
+        # neural-style-pt's start: randn * 0.001 as the network's input, back in RGB [0, 1] (its mean pixel)
+        scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in convention.scale_shift())
+        network = torch.randn(shape, generator=gen) * 0.001
+        return (network.index_select(1, torch.tensor(convention.rgb_permutation()).argsort()) - shift) / scale
     if settings.init == "content":
         if prepared.content is None:
             raise ConfigError("init 'content' needs a content image")
@@ -78,7 +100,7 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     if settings.init == "style":
         return images.resize_tensor(prepared.styles[0], prepared.height, prepared.width).clone()
     if init_image is None:
-        init_image = images.load_image(settings.init)
+        init_image = _read_init(settings.init)
     if settings.luminance_only:  # the loop runs on luminance images
         init_image = images.grey(images.luminance(init_image))
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
@@ -311,7 +333,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
             content, styles = images.luminance_only(p.content, p.styles)
             pictures[i] = dataclasses.replace(p, content=content, styles=styles)
     prepared = prepare_all(scales[0].size)
-    inits = [make_init(p.settings, q, p.init_image) for p, q in zip(pictures, prepared)]
+    inits = [make_init(p.settings, q, p.init_image, weights.convention) for p, q in zip(pictures, prepared)]
     # per scale: each content at this scale's size (colour preservation) and the iterations done before it
     scale: dict = {"content": [images.to_array(q.content) if q.content is not None else None for q in prepared],
                    "offset": 0}

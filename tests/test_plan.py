@@ -153,7 +153,8 @@ def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
 
     per_job = {name for name, meta in options(BATCH).items() if meta.per_job}
     assert set(jobs.OVERRIDES) == per_job and {"backend", "precision", "mean"}.isdisjoint(per_job)
-    assert jobs._ALIASES == {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend"}
+    assert jobs._ALIASES == {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend",
+                             "content_mask": "content_masks", "style_mask": "style_masks"}
     parsed = dict(jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
                                   "jobs line 1", tmp_path))
     assert parsed == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}

@@ -10,6 +10,7 @@ from styleengine.engine.autotune import choose
 from styleengine.engine.losses import LossConfig, Targets, content_scales, gram, total_loss
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError
+from styleengine.model.convention import CAFFE, TORCHVISION
 
 CPU_ONLY = capability.Machine(cuda=False, ort_providers=("cpu",))
 FAST_API = dict(weights="random", model="vgg16", device="cpu", backend="torch", precision="fp32", conv="direct")
@@ -164,7 +165,7 @@ def test_the_recipe_sets_their_defaults_and_named_flags_win(monkeypatch, capsys,
                            "--recipe", "neural-style-pt", "--iters", "7", "--style-weight", "200", "--seed", "3")
     assert code == 0, err
     s = seen["settings"]
-    assert (s.iterations, s.seed, s.pooling, s.init, s.size, s.scales, s.lbfgs_max_step) == (7, 3, "max", "noise",
+    assert (s.iterations, s.seed, s.pooling, s.init, s.size, s.scales, s.lbfgs_max_step) == (7, 3, "max", "randn",
                                                                                               512, 1, 0.0)
     assert (s.content_weight, s.style_weight) == (10.0, 800.0)  # 5 and 200 in neural-style-pt's units
     assert s.style_layer_weights == pytest.approx(tuple(1 / c**2 for c in (64, 128, 256, 512, 512)))
@@ -259,6 +260,32 @@ def test_print_every_logs_a_line_every_n_iterations(monkeypatch, capsys, pics, t
     assert code == 0, err
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("iteration ")] == \
         ["iteration 2 / 4", "iteration 4 / 4"]
+
+
+@pytest.mark.parametrize("convention", [CAFFE, TORCHVISION])
+def test_randn_is_neural_style_pts_start(convention):
+    """Their -init random: y = randn * 0.001 as the network's input (torch's global stream, seeded), here
+    mapped back to RGB [0, 1]: a flat grey at the convention's mean pixel."""
+    from styleengine.engine.stylise import Prepared, make_init
+
+    start = make_init(Settings(init="randn", seed=3), Prepared(None, [], 12, 10), convention=convention)
+    torch.manual_seed(3)
+    y = torch.randn(1, 3, 12, 10) * 0.001
+    scale, shift = (torch.tensor(v).view(1, 3, 1, 1) for v in convention.scale_shift())
+    network = start * scale + shift  # RGB order: the network's channel i is RGB channel perm[i]
+    torch.testing.assert_close(network[:, convention.rgb_permutation()], y, rtol=0, atol=1e-4)
+    mean = torch.tensor(convention.mean)[convention.rgb_permutation()] / convention.pixel_range
+    torch.testing.assert_close(start.mean(dim=(0, 2, 3)), mean.float(), rtol=0, atol=1e-3)
+    assert start.std(dim=(0, 2, 3)).max() < 0.01
+
+
+def test_a_mistyped_init_names_the_starts(monkeypatch, capsys, pics, tmp_path):
+    out = tmp_path / "o.png"
+    monkeypatch.setattr("styleengine.cli_job.load_run_weights", lambda *a: pytest.fail("work started"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--init", "randm")
+    assert_one_line_error(code, err, out)
+    assert "randm" in err and "randn" in err and "noise" in err
 
 
 @pytest.mark.parametrize("flags, match", [(["--print-every", "-1"], "print-every"),

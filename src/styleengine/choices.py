@@ -30,7 +30,8 @@ MIN_SIDE = 32  # px; smaller images have no conv5_1 features left after four poo
 MAX_SIDE = 65536
 OPTIMIZERS = ("lbfgs", "adam")
 LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_num_correction default
-INITS = ("noise", "content", "style")  # or a path to an image
+# randn: neural-style-pt's start, N(0, 0.001) in the network's input units (its mean pixel, a flat grey)
+INITS = ("noise", "content", "style", "randn")  # or a path to an image
 INIT_ALIASES = {"random": "noise", "image": "content"}  # neural-style's -init spellings
 # how the loss terms are normalised (engine/losses.py): "invariant" makes the balance of content, style and
 # TV independent of the pixel count; "paper" is Gatys et al.'s exact loss (content and TV summed over positions)

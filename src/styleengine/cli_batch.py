@@ -108,7 +108,8 @@ def _batch(
     if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
         raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")
     paths.check_writable(manifest.path, "manifest")
-    shared = engine.settings_inputs(settings.init, settings.weights, prefix="--")
+    shared = engine.settings_inputs(settings.init, settings.weights, prefix="--",
+                                    content_masks=settings.content_masks, style_masks=settings.style_masks)
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     if settings.backend != "torch":
         from styleengine.export.cache import cache_root

@@ -25,10 +25,10 @@ from typing import Any, Callable
 import typer
 
 from styleengine import paths
-from styleengine.choices import INITS
 from styleengine.cli import signals
 from styleengine.engine import images, masks
-from styleengine.engine.stylise import Settings, check_run, load_run_weights, stylise
+from styleengine.engine.jobs import settings_inputs
+from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
 
@@ -89,12 +89,8 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
     inputs = {f"style image {i + 1}" if len(styles) > 1 else "style image": p for i, p in enumerate(styles)}
     if content is not None:
         inputs["content image"] = content
-    if settings.init not in INITS:
-        inputs["init image"] = Path(settings.init)
-    if settings.weights not in ("imagenet", "random"):
-        inputs["weights file"] = Path(settings.weights)
-    for kind, mask_paths in (("content mask", settings.content_masks), ("style mask", settings.style_masks)):
-        inputs.update({f"{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
+    inputs.update(settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                  style_masks=settings.style_masks))
     for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
@@ -251,7 +247,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                      style_labels=[f"style image {p}" for p in styles])
     for note in plan.notes:  # before any work: the user may rather change the flag than wait
         console.print(f"warning: {note}", highlight=False, soft_wrap=True)
-    init_image = images.load_image(settings.init) if settings.init not in INITS else None
+    init_image = load_init(settings)
     regions = masks.load(settings, content_array.shape[:2], [s.shape[:2] for s in style_arrays],
                          [f"style image {p}" for p in styles]) if content_array is not None else None
     settings, plan = announce(settings, plan, console, race=True)
