@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
-    out = args.json or Path(__file__).parent / "results" / f"recipes-{args.size}px.json"
+    out = args.json or Path(__file__).resolve().parent / "results" / f"recipes-{args.size}px.json"
     atomic_write(out, (json.dumps(result, indent=1) + "\n").encode())
     if args.png_dir is not None:
         args.png_dir.mkdir(parents=True, exist_ok=True)
