@@ -516,6 +516,7 @@ def test_run_races_auto_once_then_reads_the_record(tmp_path, monkeypatch, capsys
     from styleengine.engine import autotune, race
 
     monkeypatch.setattr(race, "RACE_SHARE", 1.0)  # a 12-iteration run affords no race at 3% (test_race covers it)
+    monkeypatch.setattr(race, "RACE_CAP", 1.0)
     monkeypatch.setenv("STYLEENGINE_TUNE", "on")
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
     autotune._memo.clear()
