@@ -1,0 +1,70 @@
+"""Issue 23, the probe of the surfaces added since the last one (masks, recipes, --init, --devices, video,
+invert, serve form fields, the race's tuning record): each defect it found, as the case a careless user tried."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from styleengine.engine.settings import Settings
+from styleengine.errors import ConfigError
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+
+FAST = ["--model", "vgg16", "--weights", "random", "--size", "40", "--iters", "2", "--device", "cpu",
+        "--backend", "torch"]
+
+
+@pytest.fixture
+def pics(tmp_path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, shape in (("content", (48, 40, 3)), ("style", (56, 56, 3))):
+        out[name] = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(out[name])
+    return out
+
+
+def one_line(code: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ a loss whose every term reads nothing
+
+@pytest.mark.parametrize("values, texture, says", [
+    ({"style_layers": (), "content_weight": 0.0}, False, "no style layer"),
+    ({"content_layers": (), "style_weight": 0.0}, False, "no content layer"),
+    ({"style_layer_weights": (0.0,) * 5, "content_weight": 0.0}, False, "style layer weights all 0"),
+    ({"style_layer_weights": (0.0,) * 5}, True, "style layer weights all 0"),
+])
+def test_a_loss_with_weights_but_no_layer_to_read_is_refused(values, texture, says):
+    """`--style-layers , --content-weight 0` (or all-zero --style-layer-weights) passed the all-zero weights
+    check and gave back the start image with exit 0: a term needs a weight and a layer."""
+    with pytest.raises(ConfigError, match="nothing to optimise") as e:
+        Settings(**values).validate(texture=texture)
+    assert says in str(e.value)
+    Settings(**{**values, "tv_weight": 1.0}).validate(texture=texture)  # one term left that moves the image
+
+
+def test_no_style_layers_and_no_content_weight_is_one_line_nothing_written(tmp_path, monkeypatch, capsys, pics):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
+                           "--style-layers", ",", "--content-weight", "0")
+    assert "nothing to optimise" in one_line(code, err) and not out.exists()
+
+
+def test_a_batch_job_whose_loss_reads_nothing_fails(tmp_path, monkeypatch, capsys, pics):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "style_layers": ",",
+                                "content_weight": 0}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
+    assert code == 1 and "Traceback" not in err and "nothing to optimise" in err, err
+    assert not (tmp_path / "out" / "content__style.png").exists()
