@@ -17,8 +17,8 @@ try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
 
-FAST = ["--model", "vgg16", "--weights", "random", "--size", "40", "--iters", "2", "--device", "cpu",
-        "--backend", "torch"]
+SMALL = ["--model", "vgg16", "--size", "40", "--iters", "2", "--device", "cpu", "--backend", "torch"]
+FAST = [*SMALL, "--weights", "random"]
 
 
 @pytest.fixture
@@ -68,3 +68,21 @@ def test_a_batch_job_whose_loss_reads_nothing_fails(tmp_path, monkeypatch, capsy
     code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
     assert code == 1 and "Traceback" not in err and "nothing to optimise" in err, err
     assert not (tmp_path / "out" / "content__style.png").exists()
+
+
+# ------------------------------------------------------------------ a path that spells a word
+
+@pytest.mark.parametrize("flag, name", [("--weights", "random"), ("--weights", "imagenet"), ("--init", "noise"),
+                                        ("--init", "content")])
+def test_a_dot_slash_path_that_spells_a_word_is_the_file(tmp_path, monkeypatch, capsys, pics, flag, name):
+    """`--weights ./random` ran random weights and `--init ./noise` started from noise: the path was normalised
+    to the word. The file here is no checkpoint and a 20x20 image, so reading it is one line."""
+    monkeypatch.chdir(tmp_path)
+    if flag == "--weights":
+        (tmp_path / name).write_text("not a checkpoint\n")
+    else:
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / name, format="PNG")
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out,
+                           *(FAST if flag == "--init" else SMALL), flag, f"./{name}")
+    assert name in one_line(code, err) and not out.exists()
