@@ -86,3 +86,21 @@ def test_a_dot_slash_path_that_spells_a_word_is_the_file(tmp_path, monkeypatch, 
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out,
                            *(FAST if flag == "--init" else SMALL), flag, f"./{name}")
     assert name in one_line(code, err) and not out.exists()
+
+
+# ------------------------------------------------------------------ video: a rate that picks no frame
+
+@pytest.mark.parametrize("fps, says", [("0.0001", "lowest rate"), ("0.01", "picks no frame")])
+def test_a_video_rate_that_picks_no_frame_is_one_line_nothing_written(tmp_path, monkeypatch, capsys, pics,
+                                                                      fps, says):
+    """`--fps 0.0001` was a ZeroDivisionError after the frames folder was made; `--fps 0.01` on a 6-frame
+    clip said 'wrote out.mp4 (0 frames ...)' with exit 0 and wrote no video."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from styleengine.benchmarks.video_clips import write_clip
+
+    clip = tmp_path / "in.mp4"
+    write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(6)], fps=12)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST, "--fps", fps)
+    assert says in one_line(code, err) and not out.exists()
+    assert not out.with_name(out.name + ".frames").exists()

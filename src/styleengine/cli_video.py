@@ -104,7 +104,10 @@ def _rate(fps: float | None, source: Fraction) -> Fraction:
         return source
     if not 0 < fps <= MAX_FPS:
         raise ConfigError(f"--fps must be a number of frames per second between 0 and {MAX_FPS}, got {fps}")
-    return Fraction(fps).limit_denominator(1001)
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate == 0:  # below 1/1001 the fraction rounds to 0, and frame times divide by it
+        raise ConfigError(f"--fps {fps:g} is below the lowest rate taken, 1/1001 frames per second")
+    return rate
 
 
 def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_default=False)], styles: Styles,
@@ -153,6 +156,9 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)
+    if count == 0:  # the progress said 0/0 and 'wrote' a video it never wrote
+        raise ConfigError(f"--fps {float(rate):g} picks no frame of {video} ({info.frames} frames at "
+                          f"{float(info.fps):g} fps); a rate of at least {float(info.fps) / info.frames:g} picks one")
     start, stop = video_io.frame_range(frames, count, video)
     shape = video_io.output_shape(info.height, info.width, settings.size)
     settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
