@@ -104,3 +104,31 @@ def test_a_video_rate_that_picks_no_frame_is_one_line_nothing_written(tmp_path, 
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST, "--fps", fps)
     assert says in one_line(code, err) and not out.exists()
     assert not out.with_name(out.name + ".frames").exists()
+
+
+def test_a_full_disk_when_the_video_is_encoded_is_one_line_and_keeps_the_frames(tmp_path, monkeypatch, capsys,
+                                                                                  pics):
+    """The output folder full when the video was encoded: a traceback (OSError from the atomic write's close).
+    Now one line naming the frames kept, and a rerun with room encodes them without stylising any again."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import errno
+
+    from styleengine.benchmarks.video_clips import write_clip
+    from styleengine.engine import video_io
+
+    clip = tmp_path / "in.mp4"
+    write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+    out = tmp_path / "out.mp4"
+    real = video_io.write_video
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(video_io, "write_video", full)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err, err
+    assert "No space left" in line and "frames 0-2 are kept" in line and not out.exists()
+    monkeypatch.setattr(video_io, "write_video", real)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    assert code == 0 and "0 stylised" in err and out.exists(), err

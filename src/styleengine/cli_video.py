@@ -22,7 +22,7 @@ from styleengine import paths
 from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, UserError, first_line
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -244,7 +244,12 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
 
     with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
         span = (info.start + start / float(rate), info.start + end / float(rate))
-        return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info, span=span)
+        try:
+            return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info,
+                                        span=span)
+        except OSError as e:  # a full disk: the frames are kept, a rerun with room encodes them
+            raise UserError(f"cannot write {output}: {first_line(e)}; frames {start}-{end - 1} are kept in "
+                            f"{store.folder}, rerun to finish") from None
 
 
 video = with_settings(_video, VIDEO)
