@@ -132,3 +132,56 @@ def test_a_full_disk_when_the_video_is_encoded_is_one_line_and_keeps_the_frames(
     monkeypatch.setattr(video_io, "write_video", real)
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
     assert code == 0 and "0 stylised" in err and out.exists(), err
+
+
+# ------------------------------------------------------------------ invert and visualize on a full disk
+
+def full_disk_for(monkeypatch, name: str) -> None:
+    """Writing an image named `name` fails as on a full disk; other images (a rescue) are written."""
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    real = images.save_image
+
+    def save(image, path, *args, **kwargs):
+        if Path(path).name == name:
+            raise ImageError(f"cannot write {path}: [Errno 28] No space left on device")
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", save)
+
+
+@pytest.mark.parametrize("command", ["invert", "visualize"])
+def test_invert_and_visualize_rescue_the_picture_from_a_full_disk(tmp_path, monkeypatch, capsys, pics, command):
+    """`run` saves a picture it cannot write elsewhere and says where; invert and visualize lost it."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    full_disk_for(monkeypatch, "out.png")
+    out = tmp_path / "out.png"
+    args = ([pics["content"], "-o", out] if command == "invert" else ["-o", out, "--class", "1"])
+    code, _, err = run_cli(monkeypatch, capsys, command, *args, "--size", "40", "--iters", "2", "--weights",
+                           "random", "--device", "cpu")
+    assert code == 1 and "Traceback" not in err, err
+    assert "saved the image to" in err.strip().splitlines()[-1] and not out.exists()
+    assert len(list((tmp_path / "tmp").glob("out-rescued-*.png"))) == 1
+
+
+def test_invert_distances_on_a_full_disk_is_one_line_and_the_picture_is_written(tmp_path, monkeypatch, capsys,
+                                                                                  pics):
+    import errno
+
+    from styleengine import paths
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(paths, "atomic_write", full)
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "invert", pics["content"], "-o", out, "--distances",
+                           tmp_path / "d.json", "--size", "40", "--iters", "2", "--weights", "random",
+                           "--device", "cpu")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err, err
+    assert "cannot write distances" in line and "No space left" in line and out.exists()
