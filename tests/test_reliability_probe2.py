@@ -13,22 +13,12 @@ from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
-    from test_cli import run_cli
+    from test_cli import pics, run_cli  # noqa: F401 (pics: a fixture)
 except ModuleNotFoundError:
-    from tests.test_cli import run_cli
+    from tests.test_cli import pics, run_cli  # noqa: F401
 
 SMALL = ["--model", "vgg16", "--size", "40", "--iters", "2", "--device", "cpu", "--backend", "torch"]
 FAST = [*SMALL, "--weights", "random"]
-
-
-@pytest.fixture
-def pics(tmp_path) -> dict[str, Path]:
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, shape in (("content", (48, 40, 3)), ("style", (56, 56, 3))):
-        out[name] = tmp_path / f"{name}.png"
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(out[name])
-    return out
 
 
 def one_line(code: int, err: str) -> str:
