@@ -175,3 +175,23 @@ def test_invert_distances_on_a_full_disk_is_one_line_and_the_picture_is_written(
     line = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
     assert "cannot write distances" in line and "No space left" in line and out.exists()
+
+
+def test_an_interrupted_inversion_writes_null_not_nan_for_the_distance_it_did_not_measure(tmp_path, monkeypatch,
+                                                                                        capsys, pics):
+    """SIGTERM during `invert --distances`: the JSON held `"feature_distance": NaN` (no JSON parser but
+    Python's reads it) and the line said 'feature distance ... nan'."""
+    import signal
+
+    try:
+        from test_reliability import hooked, self_signal
+    except ModuleNotFoundError:
+        from tests.test_reliability import hooked, self_signal
+
+    hooked(monkeypatch, {3: self_signal(signal.SIGTERM)})
+    out, record = tmp_path / "out.png", tmp_path / "d.json"
+    code, _, err = run_cli(monkeypatch, capsys, "invert", pics["content"], "-o", out, "--distances", record,
+                           "--size", "40", "--iters", "10", "--weights", "random", "--device", "cpu")
+    assert code == 143 and "Traceback" not in err and out.exists(), err
+    assert "NaN" not in record.read_text() and json.loads(record.read_text())["feature_distance"] is None
+    assert "feature distance at conv4_2 not measured" in err and " nan" not in err

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -66,7 +65,8 @@ def _invert(
     console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
     write_or_rescue(out, output, [distances.parent] if distances is not None else [])
-    feature = result.distances.content if result.distances is not None else math.nan
+    # an interrupted run is not measured: null in the JSON (NaN is no JSON), said so on the line
+    feature = result.distances.content if result.distances is not None else None
     rmse = pixel_rmse(out, picture)
     if distances is not None:
         record = {"layer": layer, "feature_distance": feature, "pixel_rmse": rmse, "iterations": result.iterations,
@@ -77,7 +77,8 @@ def _invert(
         except OSError as e:  # a full disk: the picture is written, only its numbers are lost
             raise UserError(f"cannot write distances {distances}: {first_line(e)} (the picture is in {output})"
                             ) from None
-    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {feature:.3g}, "
+    shown = f"{feature:.3g}" if feature is not None else "not measured"
+    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
                   f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
     if result.stopped == "interrupted":  # the loop's contract: the current image is written, then the exit code
         from styleengine.cli import signals
