@@ -75,6 +75,16 @@ class LossConfig:
             if not (value >= 0 and value != float("inf")):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
 
+    def idle(self) -> str:
+        """Why no term moves the image, one reason a term ('' when one does): a zero weight, or no layer (or only
+        zero layer weights) for it to read."""
+        content = ("content weight 0" if self.content_weight == 0 else "" if self.content_layers
+                   else "no content layer")
+        style = ("style weight 0" if self.style_weight == 0 else "no style layer" if not self.style_layers
+                 else "" if any(w > 0 for w in self.layer_weights()) else "style layer weights all 0")
+        tv = "tv weight 0" if self.tv_weight == 0 else ""
+        return ", ".join((content, style, tv)) if content and style and tv else ""
+
     @property
     def layers(self) -> list[str]:
         """Every layer the loss reads, content first, without repeats."""

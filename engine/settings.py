@@ -384,9 +384,6 @@ class Settings:
         capability.check_settings(self.backend, self.device, self.provider, self.precision, self.conv,
                                   torch_only=self.torch_only())
         self._check_masks(texture)
-        if self.style_weight == 0 and self.tv_weight == 0 and (texture or self.content_weight == 0):
-            raise ConfigError("every loss weight is 0 (--content-weight, --style-weight, --tv-weight): there is "
-                              "nothing to optimise, the output would be the start image")
         if not MIN_SIDE <= self.size <= MAX_SIDE:
             raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
         for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
@@ -437,7 +434,11 @@ class Settings:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded
         self.input_convention(self.convention or TORCHVISION).validate()
-        self.loss_config(texture=texture).validate(self.model)
+        loss = self.loss_config(texture=texture)
+        loss.validate(self.model)
+        if loss.idle():  # a weight with no layer to read moves nothing (--style-layers , --content-weight 0)
+            raise ConfigError(f"every loss weight is 0 ({loss.idle()}): there is nothing to optimise, the output "
+                              f"would be the start image")
 
 
 DEFAULTS = Settings()

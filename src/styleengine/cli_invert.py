@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -10,12 +9,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine import paths
+from styleengine.cli_job import write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.engine import images
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
+from styleengine.errors import UserError, first_line
 
 
 def pixel_rmse(a, b) -> float:
@@ -63,15 +64,21 @@ def _invert(
     loaded = load_run_weights(settings)
     console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
-    images.save_image(out, output)
-    feature = result.distances.content if result.distances is not None else math.nan
+    write_or_rescue(out, output, [distances.parent] if distances is not None else [])
+    # an interrupted run is not measured: null in the JSON (NaN is no JSON), said so on the line
+    feature = result.distances.content if result.distances is not None else None
     rmse = pixel_rmse(out, picture)
     if distances is not None:
         record = {"layer": layer, "feature_distance": feature, "pixel_rmse": rmse, "iterations": result.iterations,
                   "size": size, "model": model, "weights": loaded.source, "tv_weight": tv_weight,
                   "feature_weight": content_weight, "stopped": result.stopped}
-        paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
-    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {feature:.3g}, "
+        try:
+            paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
+        except OSError as e:  # a full disk: the picture is written, only its numbers are lost
+            raise UserError(f"cannot write distances {distances}: {first_line(e)} (the picture is in {output})"
+                            ) from None
+    shown = f"{feature:.3g}" if feature is not None else "not measured"
+    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
                   f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
     if result.stopped == "interrupted":  # the loop's contract: the current image is written, then the exit code
         from styleengine.cli import signals

@@ -121,6 +121,19 @@ def rescue(image: Any, output: Path, folders: list[Path]) -> Path | None:
     return None
 
 
+def rescued(saved: Path | None) -> str:
+    """Where a picture whose write failed went, for the error line."""
+    return f"saved the image to {saved} instead" if saved else "nor could a copy be saved; the image is lost"
+
+
+def write_or_rescue(image: Any, output: Path, folders: list[Path]) -> None:
+    """Write `image` to `output`; should that fail (a full disk), rescue it and raise ImageError saying where."""
+    try:
+        images.save_image(image, output)
+    except ImageError as e:
+        raise ImageError(f"{e}; {rescued(rescue(image, output, folders))}") from None
+
+
 def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | None, str | None]:
     """Write the result to `output`; should that fail, to a new PNG next to the trace or in the temp
     folder. (where it went or None, why `output` failed or None)."""
@@ -153,8 +166,7 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     for note in failures:
         console.print(f"warning: {note}", soft_wrap=True, highlight=False)
     if failure is not None:
-        where = f"saved the image to {written} instead" if written else "nor could a copy be saved; the image is lost"
-        print(f"error: {failure}; {where}", file=sys.stderr)
+        print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
         raise typer.Exit(1)
     seconds = sum(r.seconds for r in result.records)
     if result.stopped == "interrupted":

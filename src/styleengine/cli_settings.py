@@ -79,7 +79,7 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
                 raise ConfigError(f"{flag(name, meta)} must be comma-separated "
                                   f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
         elif meta.words and value not in meta.words and value != TEXTURE_INIT:
-            value = str(paths.expand(value))
+            value = paths.expand_text(value)
         values[name] = value
     if recipe is not None:
         values = recipe_values(recipe, values)

@@ -24,7 +24,7 @@ from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, UserError, first_line
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -129,7 +129,10 @@ def _rate(fps: float | None, source: Fraction) -> Fraction:
         return source
     if not 0 < fps <= MAX_FPS:
         raise ConfigError(f"--fps must be a number of frames per second between 0 and {MAX_FPS}, got {fps}")
-    return Fraction(fps).limit_denominator(1001)
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate == 0:  # below 1/1001 the fraction rounds to 0, and frame times divide by it
+        raise ConfigError(f"--fps {fps:g} is below the lowest rate taken, 1/1001 frames per second")
+    return rate
 
 
 def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_default=False)], styles: Styles,
@@ -237,6 +240,9 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)
+    if count == 0:  # the progress said 0/0 and 'wrote' a video it never wrote
+        raise ConfigError(f"--fps {float(rate):g} picks no frame of {video} ({info.frames} frames at "
+                          f"{float(info.fps):g} fps); a rate of at least {float(info.fps) / info.frames:g} picks one")
     start, stop = video_io.frame_range(frames, count, video)
     shape = video_io.output_shape(info.height, info.width, settings.size)
     settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
@@ -388,7 +394,12 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
 
     with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
         span = (info.start + start / float(rate), info.start + end / float(rate))
-        return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info, span=span)
+        try:
+            return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info,
+                                        span=span)
+        except OSError as e:  # a full disk: the frames are kept, a rerun with room encodes them
+            raise UserError(f"cannot write {output}: {first_line(e)}; frames {start}-{end - 1} are kept in "
+                            f"{store.folder}, rerun to finish") from None
 
 
 video = with_settings(_video, VIDEO)

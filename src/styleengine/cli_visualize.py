@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from styleengine.cli_job import write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
@@ -64,7 +65,7 @@ def _visualize(
         result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
         with torch.no_grad():
             after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
-    images.save_image(result.image, output)
+    write_or_rescue(result.image, output, [])
     if result.stopped == "interrupted":  # the current image is written; the exit code says it was cut short
         from styleengine.cli import signals
 

@@ -29,7 +29,12 @@ NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NT
 
 def expand(path: str | os.PathLike) -> Path:
     """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=`."""
-    return Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+    return Path(expand_text(path))
+
+
+def expand_text(path: str | os.PathLike) -> str:
+    """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file."""
+    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
 
 
 def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:
