@@ -158,7 +158,7 @@ def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: cap
         reason = "the only option" if len(options) == 1 else "by rule (STYLEENGINE_TUNE=off)"
         return Choice(_apply(concrete, b, p, c, where), f"{b} {p} {c} on the {where.place}: {reason}")
     key = _key(settings, where)
-    cached = None if refresh else _read(key)
+    cached = None if refresh else _read(key, options)
     if race:  # each scale's size class is looked up or raced by the run itself (engine/race.py)
         first = cached[1] if cached is not None else by_rule(settings, where, options, machine)
         why = _why(first, cached[0], where, cached=True) if cached is not None else (
@@ -199,6 +199,8 @@ def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capabilit
 def _ratio(trial: Trial, chosen: Trial) -> str:
     if trial.status in ("skipped", "failed"):
         return f"{trial.status}: {trial.note}" if trial.note else trial.status
+    if not trial.seconds:
+        return "not timed"
     return f"{trial.median / chosen.median:.2f}x"
 
 
@@ -259,14 +261,27 @@ def _load_record() -> dict:
     return _load_all().get("entries", {})
 
 
+STATUSES = ("ok", "dropped", "skipped", "failed")
+
+
 def _trials(entry: dict) -> tuple[Trial, ...]:
-    return tuple(Trial(t["backend"], t["precision"], t["conv"], tuple(float(s) for s in t["seconds"]),
-                       str(t["status"]), str(t.get("note", ""))) for t in entry["trials"])
+    """A record entry's trials; ValueError (or KeyError, TypeError, OverflowError) when they are not what a trial
+    writes: every seconds figure finite and positive, a known status."""
+    trials = tuple(Trial(str(t["backend"]), str(t["precision"]), str(t["conv"]),
+                         tuple(float(s) for s in t["seconds"]), str(t["status"]), str(t.get("note", "")))
+                   for t in entry["trials"])
+    for t in trials:
+        if not all(math.isfinite(s) and s > 0 for s in t.seconds):
+            raise ValueError(f"{t.label} has seconds out of range")
+        if t.status not in STATUSES:
+            raise ValueError(f"{t.label} has an unknown status {t.status!r}")
+    return trials
 
 
-def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
+def _read(key: dict, options: list[tuple[str, str, str]] | tuple[tuple[str, str, str], ...] | None = None
+          ) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
     """A finished measurement's trials and pick for `key`; None when there is none, it is a race carried over
-    (_read_partial) or it is damaged."""
+    (_read_partial) or it is damaged, or its pick is not among `options` (what may run here now)."""
     entry = _load_record().get(_key_id(key))
     try:
         if entry is None or entry["key"] != key or entry.get("partial"):
@@ -277,7 +292,9 @@ def _read(key: dict) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
             raise ValueError("its pick is not one of its candidates")
         if pick != pick_fastest(trials):
             raise ValueError("its pick is not the fastest of its own figures")
-    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        if options is not None and pick not in options:
+            raise ValueError(f"its pick {' '.join(pick)} cannot run here")
+    except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as e:
         log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
         return None
     return trials, pick
@@ -310,7 +327,7 @@ def _read_partial(key: dict) -> Partial | None:
         b, p, c = (str(x) for x in entry["pick"])
         if (b, p, c) not in names:
             raise ValueError("its pick is not one of its candidates")
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
         return None
     return Partial(trials, racing, pixels, (b, p, c))
@@ -372,7 +389,7 @@ def _account(data: dict, key: dict) -> Account:
         looks = {str(p): (None if why is None else str(why)) for p, why in found["looks"].items()}
         if not (math.isfinite(run_s) and math.isfinite(race_s) and run_s >= 0 and race_s >= 0):
             raise ValueError("seconds out of range")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
         log.warning("tuning record's account is damaged (%s): starting it again", e)
         return Account()
     return Account(run_s, race_s, looks)
@@ -388,9 +405,11 @@ def add_to_account(key: dict, run_s: float, race_s: float, looks: dict[str, str 
     return _update(change)
 
 
-def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str, str, str] | None:
+def recorded_pick(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]]
+                  ) -> tuple[str, str, str] | None:
     """The pick a trial kept for these settings here, found without torch (a dry run): the record's key
-    matched on everything but what only torch can tell (its threads, GPU name and version); None if none."""
+    matched on everything but what only torch can tell (its threads, GPU name and version); None if none, or
+    if it is not one of `options` (what may run here)."""
     from styleengine.engine.machine import cpu_name, kernel_flags
 
     want = _run_key(settings, where)
@@ -401,6 +420,6 @@ def recorded_pick(settings: Settings, where: capability.Placement) -> tuple[str,
         machine = key.get("machine")
         if isinstance(machine, dict) and (machine.get("cpu"), machine.get("flags")) == (cpu_name(), kernel_flags()):
             pick = entry.get("pick")
-            if isinstance(pick, list) and len(pick) == 3 and all(isinstance(p, str) for p in pick):
+            if isinstance(pick, list) and (*pick,) in options:
                 return pick[0], pick[1], pick[2]
     return None

@@ -495,7 +495,7 @@ class RaceStep(StepBase):
         return _key(dataclasses.replace(self._race.settings, size=side), self._race.where)
 
     def _recorded(self, side: int) -> tuple[tuple[Trial, ...], Option] | None:
-        found = _read(self._key(side))
+        found = _read(self._key(side), self._race.options)
         if found is None:
             return None
         trials, pick = found

@@ -93,7 +93,8 @@ def test_the_record_is_reused_then_measured_again_on_another_machine(fresh, monk
 
 
 @pytest.mark.parametrize("damage", ["garbage", "not a dict", "pick not the fastest", "pick unknown", "no trials",
-                                    "nested too deep"])
+                                    "nested too deep", "pick cannot run here", "seconds past float",
+                                    "negative seconds"])
 def test_a_damaged_record_is_measured_again_never_trusted(fresh, damage, caplog):
     settings = Settings(size=512, weights="random")
     choose(settings, measure=FakeTrial(), machine=CPU, tune=True)
@@ -111,6 +112,14 @@ def test_a_damaged_record_is_measured_again_never_trusted(fresh, damage, caplog)
             entry["pick"] = ["torch", "fp32", "direct"]
         elif damage == "pick unknown":
             entry["pick"] = ["tensorrt", "fp8", "magic"]
+        elif damage == "pick cannot run here":  # consistent in itself, but torch has no fp16 on a CPU
+            picked = next(t for t in entry["trials"] if [t["backend"], t["precision"], t["conv"]] == entry["pick"])
+            picked["precision"] = entry["pick"][1] = "fp16"
+        elif damage == "seconds past float":
+            entry["trials"][0]["seconds"] = [10 ** 400]
+        elif damage == "negative seconds":
+            for t in entry["trials"]:
+                t["seconds"] = [-s for s in t["seconds"]]
         else:
             del entry["trials"]
         path.write_text(json.dumps(data))

@@ -36,7 +36,7 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     style_shapes = [_shape(p, "style image") for p in styles]
     machine = probe_light()
     where, options = open_options(settings, machine)
-    pick = recorded_pick(settings, where) if len(options) > 1 and tuning_enabled() else None
+    pick = recorded_pick(settings, where, options) if len(options) > 1 and tuning_enabled() else None
     if len(options) == 1:
         pick, auto = options[0], "the only option"
     elif pick is not None:
