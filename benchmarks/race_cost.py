@@ -66,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", required=True)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chain", type=int, default=0,
+                        help="instead of A B pairs: this many runs one after another from an empty record, sharing "
+                             "it (run k is the k-th run here: a race cut short goes on in the next), then one more")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.chain:
+        return _chain(args)
 
     work = Path(tempfile.mkdtemp(prefix="race-cost-"))
     try:
@@ -112,6 +117,43 @@ def main(argv: list[str] | None = None) -> int:
     out = args.json or Path(f"benchmarks/results/race-cost-{cpu_isa()}-{args.size}.json")
     atomic_write(out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"race cost: {result['race_cost_share_cpu']:+.1%} of a recorded run's CPU time ({out})")
+    return 0
+
+
+def _chain(args: argparse.Namespace) -> int:
+    """Runs 1..N+1 on one record from empty: what racing costs each run until the record is complete, against
+    the last run's wall time (by then nothing races, if the chain converged)."""
+    from styleengine.engine.machine import cpu_isa
+
+    work = Path(tempfile.mkdtemp(prefix="race-chain-"))
+    try:
+        cache = work / "cache"
+        env = {**os.environ, "STYLEENGINE_CACHE_DIR": str(cache), "STYLEENGINE_TUNE": "on"}
+        content = _photo(args.content, work)
+        common = [str(content), args.style, "--weights", args.weights, "--model", args.model]
+        for conv in ("winograd", "direct"):  # the graphs a --backend ort run would have cached
+            _run(["run", *common, "-o", str(work / "export.png"), "--backend", "ort", "--precision", "fp32",
+                  "--conv", conv, "--size", "64", "--iters", "1"], env)
+        (cache / "tune.json").unlink(missing_ok=True)
+        runs = []
+        for k in range(args.chain + 1):
+            row = _run(["run", *common, "-o", str(work / f"run{k + 1}.png"), "--size", str(args.size)], env)
+            runs.append({"run": k + 1, **row})
+            print(json.dumps(runs[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    last = runs[-1]["wall_s"]
+    result = {
+        "what": f"{args.chain + 1} default `styleengine run`s one after another from an empty tuning record, "
+                "sharing it; wall seconds of each child against the last's",
+        "isa": cpu_isa(), "size": args.size, "model": args.model, "weights": Path(args.weights).name,
+        "content": args.content, "style": Path(args.style).name, "cpu_count": os.cpu_count(), "runs": runs,
+        "wall_over_last": [round(r["wall_s"] / last, 4) for r in runs],
+        "raced_in": [r["run"] for r in runs if any(line.startswith("auto: racing cost") for line in r["lines"])],
+    }
+    out = args.json or Path(f"benchmarks/results/race-chain-{cpu_isa()}-{args.size}.json")
+    atomic_write(out, (json.dumps(result, indent=1) + "\n").encode())
+    print(f"race chain: wall over the last run {result['wall_over_last']}; raced in runs {result['raced_in']} ({out})")
     return 0
 
 
