@@ -203,8 +203,9 @@ class RaceStep(StepBase):
                 before = self._prior[1].get(option)
                 if option not in live and option not in self._skipped and option not in carried \
                         and before is not None:
+                    # skipped, not dropped: its figure is another scale's, which pick_fastest must not compare
                     self._trials[option] = dataclasses.replace(
-                        before, status="dropped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
+                        before, status="skipped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
         self._turns, self._cut, self._race_pixels = [], False, self._pixels
         self.capturable = False

@@ -20,6 +20,7 @@ its grain and put the style distance 17% off theirs at 128 px), one scale,
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from styleengine.choices import check_choice
@@ -47,6 +48,13 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
     recipe's weights, given or not, are in its own units and come back in ours. ConfigError for an unknown
     recipe."""
     check_choice("recipe", name, RECIPES)
+    from styleengine.errors import ConfigError
+
+    for key in WEIGHTS:  # checked as typed: the mapped value would show the user a number they never wrote
+        value = given.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0 (in {name}'s units), "
+                              f"got {value}")
     values = {**_DEFAULTS[name], **given}
     size = values["size"]
     values["content_weight"] = 2.0 * values["content_weight"]
@@ -56,6 +64,10 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
         values["style_layer_weights"] = tuple(1.0 / _channels(n) ** 2 for n in layers)
     # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE
     values["tv_weight"] = values["tv_weight"] * 255 * 3 * size * size / (2 * TYPICAL_DIFFERENCE * TV_UNIT)
+    for key in WEIGHTS:
+        if not math.isfinite(values[key]):
+            raise ConfigError(f"--{key.replace('_', '-')} {given.get(key, _DEFAULTS[name][key])} is too large: "
+                              f"in this engine's units it is past a float")
     return values
 
 

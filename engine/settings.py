@@ -39,7 +39,10 @@ _LOSS = LossConfig()  # the loss defaults live in LossConfig; Settings reads the
 
 def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
+        words = tuple(v.strip() for v in value.replace(";", ",").split(",") if v.strip())
+        if value.strip() and not words:  # "," is a slip, not "none" (that is an empty text)
+            raise ValueError("separators and no names")
+        return words
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ValueError("not a text or a list of texts")
@@ -396,6 +399,12 @@ class Settings:
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
         if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
+        if self.size * self.style_scale < MIN_SIDE:  # coarser scales clamp to MIN_SIDE; the final one would too
+            raise ConfigError(f"size x style scale must be at least {MIN_SIDE} px, got {self.size} x "
+                              f"{self.style_scale:.3g}")
+        if texture and INIT_ALIASES.get(self.init, self.init) == "content":
+            raise ConfigError("--init content: a texture has no content image (noise, randn, style or an image "
+                              "file)")
         if self.size * self.style_scale > MAX_SIDE:
             raise ConfigError(f"size x style scale must be at most {MAX_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")

@@ -47,13 +47,21 @@ def test_a_loss_with_weights_but_no_layer_to_read_is_refused(values, texture, sa
 def test_no_style_layers_and_no_content_weight_is_one_line_nothing_written(tmp_path, monkeypatch, capsys, pics):
     out = tmp_path / "out.png"
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST,
-                           "--style-layers", ",", "--content-weight", "0")
+                           "--style-layers", "", "--content-weight", "0")
     assert "nothing to optimise" in one_line(code, err) and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--style-layers", "--content-mask", "--devices"])
+def test_a_list_of_only_separators_is_one_line_not_none(tmp_path, monkeypatch, capsys, pics, flag):
+    """`--content-mask ,` and `--devices ,` silently meant none: a slip, said so (an empty text is none)."""
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, flag, " , ")
+    assert flag in one_line(code, err) and not out.exists()
 
 
 def test_a_batch_job_whose_loss_reads_nothing_fails(tmp_path, monkeypatch, capsys, pics):
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "style_layers": ",",
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "style_layers": [],
                                 "content_weight": 0}) + "\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
     assert code == 1 and "Traceback" not in err and "nothing to optimise" in err, err
@@ -195,3 +203,32 @@ def test_an_interrupted_inversion_writes_null_not_nan_for_the_distance_it_did_no
     assert code == 143 and "Traceback" not in err and out.exists(), err
     assert "NaN" not in record.read_text() and json.loads(record.read_text())["feature_distance"] is None
     assert "feature distance at conv4_2 not measured" in err and " nan" not in err
+
+
+# ------------------------------------------------------------------ messages that name what the user typed
+
+@pytest.mark.parametrize("value, says", [("-1", "got -1"), ("1e308", "too large")])
+def test_a_recipe_weight_is_judged_as_typed(tmp_path, monkeypatch, capsys, pics, value, says):
+    """`--recipe neural-style-pt --content-weight -1` said 'got -2.0' (the value mapped into our units) and
+    1e308 said 'got inf'."""
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                           *FAST, "--recipe", "neural-style-pt", "--content-weight", value)
+    line = one_line(code, err)
+    assert "--content-weight" in line and says in line
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_invert_names_its_own_flag(tmp_path, monkeypatch, capsys, pics, value):
+    """`invert --feature-weight nan` said 'content weight must be ...', a flag invert does not have."""
+    code, _, err = run_cli(monkeypatch, capsys, "invert", pics["content"], "-o", tmp_path / "o.png", *FAST,
+                           "--feature-weight", value)
+    assert "--feature-weight" in one_line(code, err)
+
+
+@pytest.mark.parametrize("values, texture, says", [({"init": "content"}, True, "a texture has no content"),
+                                                   ({"init": "image"}, True, "a texture has no content"),
+                                                   ({"style_scale": 0.001}, False, "at least")])
+def test_settings_that_would_quietly_become_others_are_refused(values, texture, says):
+    """`texture --init content` ran from noise, `--style-scale 0.001` ran the style at the 32 px minimum."""
+    with pytest.raises(ConfigError, match=says):
+        Settings(**values).validate(texture=texture)

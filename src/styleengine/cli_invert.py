@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -51,6 +52,11 @@ def _invert(
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"--init for an inversion is noise or content, got {init!r}")
+    if not (math.isfinite(feature_weight) and feature_weight > 0):  # else the settings' check names the content weight
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
+                          f"got {feature_weight}")
     settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
     size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, feature_weight
     settings.validate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from fractions import Fraction
@@ -24,7 +25,7 @@ from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
-from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -82,7 +83,14 @@ class FrameStore:
 
         if not path.is_file():
             return None
-        return np.round(images.load_image(path) * 255.0).astype(np.uint8)
+        try:
+            return np.round(images.load_image(path) * 255.0).astype(np.uint8)
+        except ImageError as e:  # written atomically, so damaged from outside: kept aside, the frame runs again
+            aside = path.with_name(path.name + ".damaged")
+            path.replace(aside)
+            logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s, that frame runs again", path,
+                                                first_line(e), aside.name)
+            return None
 
     @staticmethod
     def _save(image: Any, path: Path) -> None:
