@@ -402,9 +402,6 @@ class Settings:
         if self.size * self.style_scale < MIN_SIDE:  # coarser scales clamp to MIN_SIDE; the final one would too
             raise ConfigError(f"size x style scale must be at least {MIN_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")
-        if texture and INIT_ALIASES.get(self.init, self.init) == "content":
-            raise ConfigError("--init content: a texture has no content image (noise, randn, style or an image "
-                              "file)")
         if self.size * self.style_scale > MAX_SIDE:
             raise ConfigError(f"size x style scale must be at most {MAX_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")

@@ -225,10 +225,15 @@ def test_invert_names_its_own_flag(tmp_path, monkeypatch, capsys, pics, value):
     assert "--feature-weight" in one_line(code, err)
 
 
-@pytest.mark.parametrize("values, texture, says", [({"init": "content"}, True, "a texture has no content"),
-                                                   ({"init": "image"}, True, "a texture has no content"),
-                                                   ({"style_scale": 0.001}, False, "at least")])
-def test_settings_that_would_quietly_become_others_are_refused(values, texture, says):
-    """`texture --init content` ran from noise, `--style-scale 0.001` ran the style at the 32 px minimum."""
-    with pytest.raises(ConfigError, match=says):
-        Settings(**values).validate(texture=texture)
+def test_a_style_scale_under_the_smallest_side_is_refused():
+    """`--style-scale 0.001` ran the style at the 32 px minimum without a word."""
+    with pytest.raises(ConfigError, match="at least"):
+        Settings(style_scale=0.001).validate()
+
+
+@pytest.mark.parametrize("init", ["content", "image"])
+def test_texture_from_the_content_is_one_line(tmp_path, monkeypatch, capsys, pics, init):
+    """`texture --init content` quietly ran from noise: a texture has no content image."""
+    out = tmp_path / "t.png"
+    code, _, err = run_cli(monkeypatch, capsys, "texture", pics["style"], "-o", out, *FAST, "--init", init)
+    assert "a texture has no content" in one_line(code, err) and not out.exists()
