@@ -72,8 +72,10 @@ def _carried(trial: Trial) -> Trial:
 
 
 def _ratios(trials: dict[Option, Trial]) -> dict[Option, float]:
-    """Each timed candidate's median over the fastest's (skipped ones left out)."""
-    timed = {o: t.median for o, t in trials.items() if t.status in ("ok", "dropped") and t.seconds}
+    """Each timed candidate's median over the fastest's (skipped ones left out, but for one whose look check
+    waits: its time counts)."""
+    timed = {o: t.median for o, t in trials.items() if t.seconds and (
+        t.status in ("ok", "dropped") or t.note.startswith(LOOK_OVER_BUDGET))}
     best = min(timed.values(), default=math.inf)
     return {o: m / best for o, m in timed.items()}
 
@@ -187,7 +189,12 @@ class RaceStep(StepBase):
         if self._prior is not None:  # a class this run measured already: only the close ones race again
             source, trials = self._prior
             ratios = _ratios(trials)
-            live = [o for o in live if ratios.get(o, math.inf) <= PRIOR_WITHIN]
+            close = [o for o in live if ratios.get(o, math.inf) <= PRIOR_WITHIN]
+            if any(trials[o].status == "skipped" for o in close):  # a look check waits: the fastest sure one too
+                sure = [o for o in live if o in ratios and trials[o].status != "skipped"]
+                fallback = min(sure, key=ratios.__getitem__, default=None)
+                close += [fallback] if fallback is not None and fallback not in close else []
+            live = close
             if len(live) == 1:
                 self._inherit(side, source, trials, live[0])
                 return
@@ -204,7 +211,7 @@ class RaceStep(StepBase):
                 if option not in live and option not in self._skipped and option not in carried \
                         and before is not None:
                     # skipped, not dropped: its figure is another scale's, which pick_fastest must not compare
-                    self._trials[option] = dataclasses.replace(
+                    self._trials[option] = before if option not in _ratios(self._prior[1]) else dataclasses.replace(
                         before, status="skipped", note=f"over {PRIOR_WITHIN}x the fastest at {self._prior[0]} px")
         self._queue, self._round, self._racing, self._warm = live, 0, True, {}
         self._turns, self._cut, self._race_pixels = [], False, self._pixels

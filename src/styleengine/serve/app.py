@@ -387,6 +387,13 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
     job.watchers += 1
     sent, preview = -1, None
     quiet = 0.0
+    news = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(news.set)
+    job.wakers.append(wake)  # a change reaches the client at once, not at the next poll (a finished job's end
+    # is what a client waits for)
     try:
         while True:
             job = job if owned else (await store.lookup(job.id) or job)
@@ -403,13 +410,18 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
                 return
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(EVENT_POLL_S)
+            try:  # the poll stays: a disconnect and another replica's jobs (Ray) have no wake-up
+                await asyncio.wait_for(news.wait(), EVENT_POLL_S)
+            except asyncio.TimeoutError:
+                pass
+            news.clear()
             quiet += EVENT_POLL_S
             if quiet >= HEARTBEAT_S:
                 quiet = 0.0
                 yield ": still here\n\n"
     finally:
         job = watched
+        job.wakers.remove(wake)
         job.watchers -= 1
         if owned and job.watchers == 0 and not job.keep and not job.over:
             log.info("job %s: its last watcher went away; cancelled", job.id)

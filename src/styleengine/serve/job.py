@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Job:
     preview: bytes | None = field(default=None, repr=False)  # the latest preview PNG
     preview_iteration: int = 0
     version: int = 0  # bumped at every change an event stream sends
+    # called (from the worker thread) after each change: an event stream's wake-up, so it sends the news now
+    wakers: list[Callable[[], None]] = field(default_factory=list, repr=False)
     result_at: Path | None = None  # a Ray replica's view of another replica's done job: where its PNG is
     _last_progress: float = 0.0
     _last_preview: float = -math.inf

@@ -200,6 +200,8 @@ class JobStore:
         for name, value in changes.items():
             setattr(job, name, value)
         job.version += 1
+        for wake in list(job.wakers):
+            wake()
 
     def _take(self) -> list[Job] | None:
         """The next batch: the oldest queued job and the queued jobs that can run with it (after waiting up to
