@@ -466,3 +466,29 @@ def test_the_committed_crossing_figures_meet_the_target():
         for figures in entry["consistent"].values():
             assert figures["error_ratio"] <= 0.5, path
             assert figures["style_ratio_max"] <= 1.1, path
+
+
+def test_a_variable_frame_rate_is_read_as_the_frames_on_screen(tmp_path):
+    """A phone's variable-rate clip: five frames shown at 0, 1, 3, 4 and 7 twelfths of a second come out as a
+    steady 12 fps, each output frame the one on screen at its time (nothing dropped, nothing invented)."""
+    from fractions import Fraction
+
+    import av
+
+    path, colours, shown_at = tmp_path / "vfr.mkv", [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
+                                                    (0, 255, 255)], [0, 1, 3, 4, 7]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+        stream.time_base = Fraction(1, 12)
+        for colour, pts in zip(colours, shown_at):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), colour, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 12)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = video_io.probe(path)
+    got = [np.round(f[0, 0] * 255) for _, f in video_io.read_frames(info, 0, 20, Fraction(12), (48, 64))]
+    expected = [colours[i] for i in (0, 1, 1, 2, 3, 3, 3, 4)]
+    assert len(got) == len(expected) and all(np.abs(g - e).max() <= 2 for g, e in zip(got, expected))
