@@ -5,8 +5,10 @@ throughput of N concurrent same-size jobs on the server against the same jobs on
         --weights /work/shared/weights/vgg16_imagenet_features.safetensors \
         --json benchmarks/results/serve-latency-cpu.json
 
-Rounds interleave the three latency modes (server, run, loop) so a change in the machine's load hits them
-alike. Server: one `styleengine serve` process, warmed by one job first; a job is timed from the POST to the
+Rounds interleave the latency modes (server, server_new, run, loop) so a change in the machine's load hits
+them alike. Server: one `styleengine serve` process, warmed by one job first (the same photo and painting as
+the server rows: their targets are in the warm engine's cache; server_new sends a photo it has not seen with
+the same painting); a job is timed from the POST to the
 last byte of its PNG (its end learnt from the event stream). Run: one `styleengine run` process per
 picture (imports, weights, step, the loop, the write). Loop: the iterations' own wall time inside an
 in-process run on a warm step (the sum of the records' seconds). STYLEENGINE_TUNE=off everywhere: `auto`
@@ -128,8 +130,8 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     settings = Settings(size=args.size, iterations=args.iters, model=args.model, weights=args.weights,
                         backend="torch", device="cpu", precision="fp32").resolved()
-    rows: dict[str, list[float]] = {"server": [], "run": [], "loop": []}
-    cpu: dict[str, list[float]] = {"server": [], "run": [], "loop": []}  # CPU seconds: what contention leaves alone
+    rows: dict[str, list[float]] = {"server": [], "server_new": [], "run": [], "loop": []}
+    cpu: dict[str, list[float]] = {mode: [] for mode in rows}  # CPU seconds: what contention leaves alone
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3600)
         deadline = time.monotonic() + 300
@@ -149,6 +151,11 @@ def main() -> None:
                 before = _cpu(server.pid)
                 rows["server"].append(_job(http, content, style, args.size, args.iters))
                 cpu["server"].append(_cpu(server.pid) - before)
+                # a photo the server has not seen, the same painting: its content targets are computed again
+                fresh = _picture(work / f"new{round_}.png", args.size * 3 // 4, args.size, 100 + round_)
+                before = _cpu(server.pid)
+                rows["server_new"].append(_job(http, fresh, style, args.size, args.iters))
+                cpu["server_new"].append(_cpu(server.pid) - before)
                 start, before = time.perf_counter(), _children_cpu()
                 subprocess.run([sys.executable, "-m", "styleengine", "run", str(content), str(style), "-o",
                                 str(work / "run.png"), "--size", str(args.size), "--iters", str(args.iters),

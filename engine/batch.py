@@ -36,6 +36,7 @@ from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonabl
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
+from styleengine.engine.steps import TargetCache
 from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_init,
                                        load_run_weights, stylise_batch)
 from styleengine.errors import ConfigError, UserError, first_line
@@ -141,6 +142,7 @@ class Warm:
         self._weights: dict[tuple, Any] = {}
         self._steps: dict[tuple, Any] = {}
         self.steps_built = 0
+        self.targets = TargetCache()  # a painting shared by many jobs: its Grams once per size
 
     def weights(self, settings: Settings):
         seed = settings.seed if settings.weights == "random" else None
@@ -239,7 +241,7 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
     start = time.perf_counter()
     try:
         out = stylise_batch([picture for _, picture in members], weights=warm.weights(settings),
-                            step=warm.step(settings))
+                            step=warm.step(settings), cache=warm.targets)
     except UserError as e:  # a check that needs the run itself (there are none today beyond _load's)
         return [JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,
                           device_name(settings)) for item, _ in members]

@@ -8,8 +8,11 @@ and the TV term see pixels whatever the weights expect.
 """
 from __future__ import annotations
 
+import hashlib
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -358,37 +361,77 @@ class TorchStep(StepBase):
         self.targets = None
 
 
+class TargetCache:
+    """Content features and style Grams a warm engine computed, by the step that computed them and the exact
+    pixels they came from (a hash of the tensor): a picture sent again (the same photo and painting at another
+    strength, one painting for many photos) costs no forward pass. Same step and same pixels give the same
+    values, so nothing else can make an entry stale; each step keeps its latest `entries`."""
+
+    def __init__(self, entries: int = 8):
+        self._entries = entries
+        self._by_step: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a closed step's go with it
+        self.hits = self.misses = 0
+
+    def get(self, step: object, kind: str, layers: list[str], image: torch.Tensor,
+            compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        pixels = image.detach().contiguous().cpu()
+        key = (kind, tuple(layers), tuple(pixels.shape), str(pixels.dtype),
+               hashlib.sha256(pixels.view(torch.uint8).numpy().tobytes()).hexdigest())
+        held: OrderedDict = self._by_step.setdefault(step, OrderedDict())
+        if key in held:
+            self.hits += 1
+            held.move_to_end(key)
+        else:
+            self.misses += 1
+            held[key] = compute()
+            while len(held) > self._entries:
+                held.popitem(last=False)
+        return {name: t.clone() for name, t in held[key].items()}  # the caller's to change
+
+
 def make_targets(step: Step, loss: LossConfig, content: torch.Tensor | None,
                  styles: list[torch.Tensor], blend: list[float] | None = None,
                  output_positions: int | None = None, masks: torch.Tensor | None = None,
-                 style_masks: list[torch.Tensor | None] | None = None) -> Targets:
+                 style_masks: list[torch.Tensor | None] | None = None, cache: TargetCache | None = None
+                 ) -> Targets:
     """Content features and blended style Grams, computed with the step's own network.
 
     content: (1, 3, H, W) or None (texture synthesis); styles: already at the
     size their features should be taken at. masks: (R, H, W) at the output's
     size, one region per style (spatial control): each region's target is its
     style's guided Gram over style_masks[r] (each at its style's size; None:
-    the whole style image), and nothing is blended.
+    the whole style image), and nothing is blended. cache: features and Grams of pictures seen before.
     """
     from styleengine.engine.losses import blend_grams, region_grams
 
+    def features(image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        if cache is None:
+            return step.features(image, layers)
+        return cache.get(step, "features", layers, image, lambda: step.features(image, layers))
+
+    def grams(image: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        if cache is None:
+            return step.grams(image, layers)
+        return cache.get(step, "grams", layers, image, lambda: step.grams(image, layers))
+
     targets = Targets()
     if content is not None and loss.content_layers:
-        targets.content = step.features(content, list(loss.content_layers))
+        targets.content = features(content, list(loss.content_layers))
     if loss.style_layers and masks is not None:
         if len(styles) != masks.shape[0]:
             raise ValueError(f"{masks.shape[0]} regions for {len(styles)} style images")
         targets.masks = masks
-        targets.region_grams = region_grams([step.features(s, list(loss.style_layers)) for s in styles],
+        targets.region_grams = region_grams([features(s, list(loss.style_layers)) for s in styles],
                                             style_masks or [None] * len(styles))
     elif loss.style_layers:
         if not styles:
             raise ConfigError("style layers are set but no style image was given")
-        grams, positions = [], []
+        grams_of: list[dict[str, torch.Tensor]] = []
+        positions: list[int] = []
         for style in styles:
-            grams.append(step.grams(style, list(loss.style_layers)))  # a tiled step sums them tile by tile
+            grams_of.append(grams(style, list(loss.style_layers)))  # a tiled step sums them tile by tile
             positions.append(style.shape[2] * style.shape[3])
         if output_positions is None:
             output_positions = content.shape[2] * content.shape[3] if content is not None else positions[0]
-        targets.grams = blend_grams(grams, positions, output_positions, blend)
+        targets.grams = blend_grams(grams_of, positions, output_positions, blend)
     return targets

@@ -21,7 +21,7 @@ from styleengine.errors import ConfigError, ImageError
 from styleengine.engine.loop import Record, Result, optimise_batch
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
-from styleengine.engine.steps import Step, make_targets, resolve_device
+from styleengine.engine.steps import Step, TargetCache, make_targets, resolve_device
 from styleengine.engine.plan import Plan, make_plan, style_size
 from styleengine.engine.autotune import Race
 from styleengine.engine.race import RaceStep
@@ -139,8 +139,8 @@ def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_s
 def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared: list[Prepared],
                      inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
                      blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
-                     offset: int = 0, measure: bool = True, last_use: bool = False, history: int = 0
-                     ) -> list[Result]:
+                     offset: int = 0, measure: bool = True, last_use: bool = False, history: int = 0,
+                     cache: TargetCache | None = None) -> list[Result]:
     """Targets at this size, the loop from the inits, then (measure) the distances of each result: one Result
     per picture.
 
@@ -150,6 +150,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     TiledStep takes the style Grams tile by tile. Several pictures (one size)
     run as one batch. Records of every settings.distance_every-th iteration
     (counted across scales) carry the distances of the image after it.
+    cache: a warm engine's features and Grams of pictures it has seen (steps.TargetCache).
     last_use: the step runs no more after this loop, so it hands back its
     buffers (Step.trim) before the distances' features are computed (an ORT
     step's session held the loop's arena beside the features session: +260 MB
@@ -157,7 +158,8 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     """
     targets_step = targets_step or step
     targets = [make_targets(targets_step, loss, p.content, p.styles, list(blend) if blend else None,
-                            output_positions=p.height * p.width, masks=p.masks, style_masks=p.style_masks)
+                            output_positions=p.height * p.width, masks=p.masks, style_masks=p.style_masks,
+                            cache=cache)
                for p, blend in zip(prepared, blends)]
     step.set_targets(targets[0] if len(targets) == 1 else targets)
     wanted = [every for every in (settings.save_every, settings.distance_every) if every]
@@ -269,7 +271,8 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
 
 
 def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, weights: Weights | None = None,
-                  step: Step | None = None, plan: Plan | None = None) -> list[tuple[np.ndarray, Result]]:
+                  step: Step | None = None, plan: Plan | None = None, cache: TargetCache | None = None
+                  ) -> list[tuple[np.ndarray, Result]]:
     """stylise() for several pictures optimised together, as one batch through one step: (array, Result)
     each, in order; the records of picture i carry index i.
 
@@ -277,6 +280,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     backend (ValueError otherwise: the caller groups them, engine/batch.py); one picture is stylise().
     plan: the first picture's, made by check_run for these settings (the CLI's, checked before it loaded
     anything); None: made here. Its scales (size, iterations, tile, L-BFGS history) are what runs.
+    cache: a warm engine's targets of pictures seen before (batch.Warm.targets), used with its warm `step`.
     """
     fixed: list[Picture] = []
     plans: list[Plan] = []
@@ -391,7 +395,7 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=at.iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
                                          offset=scale["offset"], measure=last, last_use=owned and last,
-                                         history=at.history)
+                                         history=at.history, cache=None if owned or tiled else cache)
             except KeyboardInterrupt:
                 # between scales (the next scale's targets): the loop's contract, the last scale's image
                 if not index:

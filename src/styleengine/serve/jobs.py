@@ -292,7 +292,7 @@ class JobStore:
         start = time.perf_counter()
         try:
             out = stylise_batch(pictures, callback=self._callback(members), weights=self._warm.weights(settings),
-                                step=self._warm.step(settings))
+                                step=self._warm.step(settings), cache=self._warm.targets)
         except UserError as e:
             for job in members:
                 self._record(job, "failed", first_line(e), None, None)
