@@ -76,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="race-cost-"))
     try:
-        cache = work / "cache"
-        env = {**os.environ, "STYLEENGINE_CACHE_DIR": str(cache), "STYLEENGINE_TUNE": "on"}
-        content = _photo(args.content, work)
-        common = [str(content), args.style, "--weights", args.weights, "--model", args.model]
-        for conv in ("winograd", "direct"):  # the graphs a --backend ort run would have cached
-            _run(["run", *common, "-o", str(work / "export.png"), "--backend", "ort", "--precision", "fp32",
-                  "--conv", conv, "--size", "64", "--iters", "1"], env)
+        cache, env, common = _prepare(args, work)
         record, kept = cache / "tune.json", work / "tune.json"
         record.unlink(missing_ok=True)
         runs = []
@@ -120,6 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, str], list[str]]:
+    """A cache of its own in `work`, with the graphs a --backend ort run would have cached (so they race);
+    the environment and the run's common arguments."""
+    cache = work / "cache"
+    env = {**os.environ, "STYLEENGINE_CACHE_DIR": str(cache), "STYLEENGINE_TUNE": "on"}
+    content = _photo(args.content, work)
+    common = [str(content), args.style, "--weights", args.weights, "--model", args.model]
+    for conv in ("winograd", "direct"):
+        _run(["run", *common, "-o", str(work / "export.png"), "--backend", "ort", "--precision", "fp32",
+              "--conv", conv, "--size", "64", "--iters", "1"], env)
+    return cache, env, common
+
+
 def _chain(args: argparse.Namespace) -> int:
     """Runs 1..N+1 on one record from empty: what racing costs each run until the record is complete, against
     the last run's wall time (by then nothing races, if the chain converged)."""
@@ -127,13 +134,7 @@ def _chain(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="race-chain-"))
     try:
-        cache = work / "cache"
-        env = {**os.environ, "STYLEENGINE_CACHE_DIR": str(cache), "STYLEENGINE_TUNE": "on"}
-        content = _photo(args.content, work)
-        common = [str(content), args.style, "--weights", args.weights, "--model", args.model]
-        for conv in ("winograd", "direct"):  # the graphs a --backend ort run would have cached
-            _run(["run", *common, "-o", str(work / "export.png"), "--backend", "ort", "--precision", "fp32",
-                  "--conv", conv, "--size", "64", "--iters", "1"], env)
+        cache, env, common = _prepare(args, work)
         (cache / "tune.json").unlink(missing_ok=True)
         runs = []
         for k in range(args.chain + 1):
