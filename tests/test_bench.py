@@ -339,7 +339,8 @@ def test_readme_serve_table_from_its_result_file(tmp_path):
            "cpu_median": {"server": 6.0, "run": 9.0, "loop": 5.5}}
     (tmp_path / "serve-latency-cpu-avx512.json").write_text(json.dumps(doc))
     body = readme_table.serve_table(tmp_path)
-    assert "| warm server, POST to the PNG's last byte | 7.1 | 6.00 |" in body and "(median of 2)" in body
+    assert "| warm server, POST to the PNG's last byte (the photo and painting sent before) | 7.1 | 6.00 |" in body
+    assert "(median of 2)" in body and "a photo it has not seen" not in body  # a document without that mode
     assert "6.00 against 6.35 (met" in body and "serve-latency-cpu-avx512.json" in body
     readme = f"a\n{readme_table.SERVE_START}\nold\n{readme_table.SERVE_END}\nb\n"
     new = readme_table.splice(readme, body, readme_table.SERVE_START, readme_table.SERVE_END)
