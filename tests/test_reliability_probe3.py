@@ -14,9 +14,11 @@ from styleengine.engine.settings import Settings
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_autotune import CPU, FakeTrial
     from test_race import BF16, DIRECT, WINO, _run_scale, fresh, racer  # noqa: F401 (fixtures)
+    from test_reliability_probe2 import one_line, run_cli
 except ModuleNotFoundError:
     from tests.test_autotune import CPU, FakeTrial
     from tests.test_race import BF16, DIRECT, WINO, _run_scale, fresh, racer  # noqa: F401
+    from tests.test_reliability_probe2 import one_line, run_cli
 
 FP16 = ("torch", "fp16", "direct")  # no candidate on a CPU: torch has no fp16 there
 WHERE = capability.Placement("cpu", "cpu", "cpu")
@@ -138,3 +140,43 @@ def test_a_dry_run_does_not_trust_an_entry_the_run_measures_again(fresh, monkeyp
     assert autotune._write(key, trials, DIRECT)  # the slowest, called the pick
     assert autotune._read(key, options) is None
     assert autotune.recorded_pick(settings, WHERE, options) is None
+
+
+# ------------------------------------------------------------------ other parsers of a comma list
+
+@pytest.mark.parametrize("flag", ["--style-layers", "--content-layers"])
+def test_export_reads_a_list_of_only_separators_as_a_slip_as_run_does(tmp_path, monkeypatch, capsys, flag):
+    """`export --style-layers ,` exported (and published) graphs with no style term, exit 0: export split the
+    list itself and ',' meant none, where run says it is a slip (probe 2)."""
+    out = tmp_path / "graphs"
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, "--model", "vgg16", "--weights", "random",
+                           "--no-validate", flag, " , ")
+    assert flag in one_line(code, err) and not out.exists()
+
+
+def test_the_api_reads_a_comma_list_as_the_flags_do():
+    """`stylise(..., style_layer_weights="1,1,1,1,1")` kept the texts and failed with a TypeError deep in the
+    checks; `style_layers="relu1_1, relu2_1"` kept the space and named no layer ' relu2_1'."""
+    from styleengine.api import settings_of
+    from styleengine.errors import ConfigError
+
+    settings = settings_of({"style_layers": "relu1_1, relu2_1", "style_layer_weights": "1,2", "style_blend": "1"})
+    assert settings.style_layers == ("relu1_1", "relu2_1") and settings.style_layer_weights == (1.0, 2.0)
+    assert settings.style_blend == (1.0,)
+    settings.validate()
+    with pytest.raises(ConfigError, match="style_layers"):
+        settings_of({"style_layers": " , "})
+
+
+def test_the_api_synthesises_a_texture_without_being_told_its_start():
+    """`styleengine.stylise(None, style)` was refused ('--init content: a texture has no content image'): the
+    API took Settings' default start, content, which probe 2 made a texture refuse (the CLI's texture starts from
+    noise)."""
+    import numpy as np
+
+    import styleengine
+
+    style = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    image = styleengine.stylise(None, style, size=40, iterations=2, weights="random", model="vgg16", device="cpu",
+                                backend="torch", precision="fp32", conv="direct")
+    assert image.size == (40, 40)
