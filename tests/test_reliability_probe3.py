@@ -14,11 +14,11 @@ from styleengine.engine.settings import Settings
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_autotune import CPU, FakeTrial
     from test_race import BF16, DIRECT, WINO, _run_scale, fresh, racer  # noqa: F401 (fixtures)
-    from test_reliability_probe2 import one_line, run_cli
+    from test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401 (pics: a fixture)
 except ModuleNotFoundError:
     from tests.test_autotune import CPU, FakeTrial
     from tests.test_race import BF16, DIRECT, WINO, _run_scale, fresh, racer  # noqa: F401
-    from tests.test_reliability_probe2 import one_line, run_cli
+    from tests.test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401
 
 FP16 = ("torch", "fp16", "direct")  # no candidate on a CPU: torch has no fp16 there
 WHERE = capability.Placement("cpu", "cpu", "cpu")
@@ -180,3 +180,15 @@ def test_the_api_synthesises_a_texture_without_being_told_its_start():
     image = styleengine.stylise(None, style, size=40, iterations=2, weights="random", model="vgg16", device="cpu",
                                 backend="torch", precision="fp32", conv="direct")
     assert image.size == (40, 40)
+
+
+# ------------------------------------------------------------------ a jobs file spells --init as the flag does
+
+@pytest.mark.parametrize("init", ["random", "image"])
+def test_a_jobs_files_init_takes_neural_styles_words_as_init_does(tmp_path, monkeypatch, capsys, pics, init):
+    """`run --init random` starts from noise (neural-style's spelling); a jobs file's `"init": "random"` was a
+    file `random` beside the jobs file, and the job failed: 'init image not found'."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "init": init}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
+    assert code == 0 and (tmp_path / "out" / "content__style.png").exists(), err
