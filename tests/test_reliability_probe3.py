@@ -192,3 +192,15 @@ def test_a_jobs_files_init_takes_neural_styles_words_as_init_does(tmp_path, monk
     jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "init": init}) + "\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
     assert code == 0 and (tmp_path / "out" / "content__style.png").exists(), err
+
+
+# ------------------------------------------------------------------ a path with brackets is printed as it is
+
+@pytest.mark.parametrize("name", ["a[/b].png", "[draft]/out.png"])
+def test_an_output_path_with_brackets_is_printed_as_it_is(tmp_path, monkeypatch, capsys, pics, name):
+    """rich read paths as markup: `-o 'a[/b].png'` (a folder 'a[') wrote the picture, then its 'wrote' line was a
+    MarkupError traceback, exit 1; `-o '[draft]/out.png'` said 'wrote .../out.png', the folder's name gone."""
+    out = tmp_path / name
+    out.parent.mkdir(exist_ok=True)
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST)
+    assert code == 0 and "Traceback" not in err and f"wrote {out}" in err, err

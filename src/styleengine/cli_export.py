@@ -132,7 +132,7 @@ def export(
     _existing(output, names, force)
     w = load_weights(model, weights, seed=seed)
     spec = graph_spec(w, loss, pooling, precision, conv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
     # never read by setting it, which changed it for every thread meanwhile)
     staging = paths.fresh_folder(output if output.is_dir() else output.parent, ".styleengine-export-")
