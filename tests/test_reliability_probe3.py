@@ -204,3 +204,20 @@ def test_an_output_path_with_brackets_is_printed_as_it_is(tmp_path, monkeypatch,
     out.parent.mkdir(exist_ok=True)
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST)
     assert code == 0 and "Traceback" not in err and f"wrote {out}" in err, err
+
+
+# ------------------------------------------------------------------ serve --ray without a cluster
+
+@pytest.mark.parametrize("address, says", [("127.0.0.1:1", "nothing answers there"), ("bogus", "HOST:PORT")])
+def test_serve_on_a_ray_address_where_nothing_answers_is_one_line(tmp_path, monkeypatch, capsys, address, says):
+    """`serve --ray 127.0.0.1:1` waited in ray.init (over two minutes here, then still waiting) where `batch` and
+    `video --ray` say at once that nothing answers; `--ray bogus` went to ray.init too."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+    def init(*args, **kwargs):
+        raise AssertionError("ray.init was called on an address nothing answers at")
+
+    monkeypatch.setattr(ray, "init", init)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--ray", address, "--results-dir", tmp_path / "results",
+                           "--weights", "random", "--device", "cpu")
+    assert says in one_line(code, err) and "--ray" in err
