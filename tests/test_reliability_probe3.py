@@ -221,3 +221,25 @@ def test_serve_on_a_ray_address_where_nothing_answers_is_one_line(tmp_path, monk
     code, _, err = run_cli(monkeypatch, capsys, "serve", "--ray", address, "--results-dir", tmp_path / "results",
                            "--weights", "random", "--device", "cpu")
     assert says in one_line(code, err) and "--ray" in err
+
+
+@pytest.mark.parametrize("init", ["random", "image"])
+def test_a_serve_form_init_takes_neural_styles_words_as_init_does(tmp_path, init):
+    """A form's `init=random` was 422 'not one of noise, content, style, randn' where --init and (now) a jobs
+    file take neural-style's spelling."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    try:
+        from serve_helpers import SETTINGS, files, png, wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png, wait_for
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=256, max_iters=50)
+    with TestClient(create_app(config)) as client:
+        response = client.post("/api/jobs", files=files(None, png(40, 40, 1)),
+                               data={"init": init, "iters": "2", "size": "40"})
+        assert response.status_code == 202, response.text
+        assert wait_for(client, response.json()["id"])["status"] == "done"
