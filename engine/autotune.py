@@ -29,6 +29,7 @@ from typing import Callable
 from styleengine import paths
 from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
+from styleengine.choices import MAX_SIDE
 from styleengine.engine.settings import Settings
 from styleengine.engine.trial import Trial, measure_candidates, pick_fastest
 
@@ -262,42 +263,81 @@ def _load_record() -> dict:
 
 
 STATUSES = ("ok", "dropped", "skipped", "failed")
+# past these a figure is no measurement of this machine but damage: a step, and all the runs of an account
+STEP_S_AT_MOST = 86_400.0  # a day a step
+ACCOUNT_S_AT_MOST = 1e9  # about 32 years of runs
+DAMAGED = (KeyError, TypeError, ValueError, OverflowError, ConfigError)  # what reading a damaged record raises
+
+Option = tuple[str, str, str]  # (backend, precision, conv)
+
+
+def _seconds(value: object, what: str, at_most: float, *, zero: bool = False) -> float:
+    """A figure as a trial or an account writes it, a JSON number (never a text or a bool: no float() of
+    "1e6"), finite, positive (or zero), at most `at_most`; ValueError otherwise (OverflowError past float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is not a number: {value!r:.60}")
+    number = float(value)
+    if not (math.isfinite(number) and (number >= 0 if zero else number > 0) and number <= at_most):
+        raise ValueError(f"{what} out of range: {value!r:.60}")
+    return number
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a text: {value!r:.60}")
+    return value
+
+
+def _option(value: object, what: str) -> Option:
+    """A (backend, precision, conv) as the record writes it: a list of three texts."""
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"{what} is not a backend, precision and conv: {value!r:.60}")
+    return value[0], value[1], value[2]
 
 
 def _trials(entry: dict) -> tuple[Trial, ...]:
     """A record entry's trials; ValueError (or KeyError, TypeError, OverflowError) when they are not what a trial
-    writes: every seconds figure finite and positive, a known status."""
-    trials = tuple(Trial(str(t["backend"]), str(t["precision"]), str(t["conv"]),
-                         tuple(float(s) for s in t["seconds"]), str(t["status"]), str(t.get("note", "")))
-                   for t in entry["trials"])
-    for t in trials:
-        if not all(math.isfinite(s) and s > 0 for s in t.seconds):
-            raise ValueError(f"{t.label} has seconds out of range")
-        if t.status not in STATUSES:
-            raise ValueError(f"{t.label} has an unknown status {t.status!r}")
-    return trials
+    writes: texts, a known status, every seconds figure a number, finite, positive and under a day."""
+    if not isinstance(entry["trials"], list):
+        raise ValueError("its trials are not a list")
+    trials = []
+    for t in entry["trials"]:
+        b, p, c = _option([t["backend"], t["precision"], t["conv"]], "a trial")
+        if not isinstance(t["seconds"], list):
+            raise ValueError(f"{b} {p} {c}'s seconds are not a list")
+        seconds = tuple(_seconds(s, f"{b} {p} {c}'s seconds", STEP_S_AT_MOST) for s in t["seconds"])
+        trials.append(Trial(b, p, c, seconds, _text(t["status"], "a status"), _text(t.get("note", ""), "a note")))
+        if trials[-1].status not in STATUSES:
+            raise ValueError(f"{trials[-1].label} has an unknown status {trials[-1].status!r:.60}")
+    return tuple(trials)
 
 
-def _read(key: dict, options: list[tuple[str, str, str]] | tuple[tuple[str, str, str], ...] | None = None
-          ) -> tuple[tuple[Trial, ...], tuple[str, str, str]] | None:
+def _finished(entry: dict, options: list[Option] | tuple[Option, ...] | None) -> tuple[tuple[Trial, ...], Option]:
+    """A finished measurement's trials and pick; one of DAMAGED when it is not what a trial writes, its pick is
+    not the fastest of its own figures or not among `options` (what may run here now)."""
+    trials = _trials(entry)
+    pick = _option(entry["pick"], "its pick")
+    if not any((t.backend, t.precision, t.conv) == pick for t in trials):
+        raise ValueError("its pick is not one of its candidates")
+    if pick != pick_fastest(trials):
+        raise ValueError("its pick is not the fastest of its own figures")
+    if options is not None and pick not in options:
+        raise ValueError(f"its pick {' '.join(pick)} cannot run here")
+    return trials, pick
+
+
+def _read(key: dict, options: list[Option] | tuple[Option, ...] | None = None
+          ) -> tuple[tuple[Trial, ...], Option] | None:
     """A finished measurement's trials and pick for `key`; None when there is none, it is a race carried over
-    (_read_partial) or it is damaged, or its pick is not among `options` (what may run here now)."""
+    (_read_partial) or it is damaged (_finished)."""
     entry = _load_record().get(_key_id(key))
     try:
         if entry is None or entry["key"] != key or entry.get("partial"):
             return None
-        trials = _trials(entry)
-        pick = tuple(entry["pick"])
-        if len(pick) != 3 or not any((t.backend, t.precision, t.conv) == pick for t in trials):
-            raise ValueError("its pick is not one of its candidates")
-        if pick != pick_fastest(trials):
-            raise ValueError("its pick is not the fastest of its own figures")
-        if options is not None and pick not in options:
-            raise ValueError(f"its pick {' '.join(pick)} cannot run here")
-    except (KeyError, TypeError, ValueError, OverflowError, ConfigError) as e:
+        return _finished(entry, options)
+    except DAMAGED as e:
         log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
         return None
-    return trials, pick
 
 
 @dataclass(frozen=True)
@@ -311,26 +351,35 @@ class Partial:
     pick: tuple[str, str, str]  # what that run used from then on
 
 
-def _read_partial(key: dict) -> Partial | None:
+def _read_partial(key: dict, options: list[Option] | tuple[Option, ...] | None = None) -> Partial | None:
+    """A race carried over for `key`; None when there is none or it is damaged: not what a race writes (its
+    pick a candidate it timed, what it races among its candidates, a scale's pixels), or naming a candidate
+    not among `options` (what may run here now: a later run would build it, or pick it by its figure)."""
     entry = _load_record().get(_key_id(key))
     try:
         if entry is None or entry["key"] != key or not entry.get("partial"):
             return None
         trials = _trials(entry)
         names = {(t.backend, t.precision, t.conv) for t in trials}
-        racing = tuple((str(b), str(p), str(c)) for b, p, c in entry["racing"])
+        if not isinstance(entry["racing"], list):
+            raise ValueError("what it races is not a list")
+        racing = tuple(_option(o, "a raced candidate") for o in entry["racing"])
         if not set(racing) <= names:
             raise ValueError("it races a candidate it does not list")
-        pixels = int(entry["pixels"])
-        if pixels <= 0:
-            raise ValueError("no pixels")
-        b, p, c = (str(x) for x in entry["pick"])
-        if (b, p, c) not in names:
-            raise ValueError("its pick is not one of its candidates")
-    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        pixels = entry["pixels"]
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or not 0 < pixels <= MAX_SIDE ** 2:
+            raise ValueError(f"its pixels {pixels!r:.60} are no scale's")
+        pick = _option(entry["pick"], "its pick")
+        if not any((t.backend, t.precision, t.conv) == pick and t.seconds and t.status in ("ok", "dropped")
+                   for t in trials):
+            raise ValueError("its pick is not one of the candidates it timed")
+        if options is not None and not names <= set(options):
+            raise ValueError(f"it names {', '.join(' '.join(o) for o in sorted(names - set(options)))}, which "
+                             f"cannot run here")
+    except DAMAGED as e:
         log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
         return None
-    return Partial(trials, racing, pixels, (b, p, c))
+    return Partial(trials, racing, pixels, pick)
 
 
 def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], partial: Partial | None = None
@@ -385,11 +434,14 @@ def _account(data: dict, key: dict) -> Account:
     try:
         if found is None or found["key"] != _account_key(key):
             return Account()
-        run_s, race_s = float(found["run_s"]), float(found["race_s"])
-        looks = {str(p): (None if why is None else str(why)) for p, why in found["looks"].items()}
-        if not (math.isfinite(run_s) and math.isfinite(race_s) and run_s >= 0 and race_s >= 0):
-            raise ValueError("seconds out of range")
-    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
+        run_s = _seconds(found["run_s"], "its runs' seconds", ACCOUNT_S_AT_MOST, zero=True)
+        race_s = _seconds(found["race_s"], "its racing's seconds", ACCOUNT_S_AT_MOST, zero=True)
+        if race_s > run_s:
+            raise ValueError("its racing cost more than the runs it was part of")
+        looks = found["looks"]
+        if not isinstance(looks, dict) or not all(why is None or isinstance(why, str) for why in looks.values()):
+            raise ValueError("its look verdicts are not texts")
+    except DAMAGED as e:
         log.warning("tuning record's account is damaged (%s): starting it again", e)
         return Account()
     return Account(run_s, race_s, looks)
@@ -409,7 +461,7 @@ def recorded_pick(settings: Settings, where: capability.Placement, options: list
                   ) -> tuple[str, str, str] | None:
     """The pick a trial kept for these settings here, found without torch (a dry run): the record's key
     matched on everything but what only torch can tell (its threads, GPU name and version); None if none, or
-    if it is not one of `options` (what may run here)."""
+    if the run would find it damaged or its pick not one of `options` (what may run here)."""
     from styleengine.engine.machine import cpu_name, kernel_flags
 
     want = _run_key(settings, where)
@@ -419,7 +471,8 @@ def recorded_pick(settings: Settings, where: capability.Placement, options: list
             continue
         machine = key.get("machine")
         if isinstance(machine, dict) and (machine.get("cpu"), machine.get("flags")) == (cpu_name(), kernel_flags()):
-            pick = entry.get("pick")
-            if isinstance(pick, list) and (*pick,) in options:
-                return pick[0], pick[1], pick[2]
+            try:
+                return _finished(entry, options)[1]
+            except DAMAGED:  # the run measures it again: so says the dry run
+                continue
     return None

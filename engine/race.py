@@ -176,7 +176,7 @@ class RaceStep(StepBase):
         self.current  # noqa: B018 (built now: the scale's targets come from it)
 
     def _start(self, side: int) -> None:
-        partial = _read_partial(self._key(side))
+        partial = _read_partial(self._key(side), self._race.options)
         carried: dict[Option, Trial] = {}
         if partial is not None:  # an earlier run's race, cut short: its verdicts stand, the rest race on
             if not partial.racing:

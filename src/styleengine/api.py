@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from styleengine.engine import images
+from styleengine.engine.settings import TEXTURE_INIT, options
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.errors import ConfigError
 
@@ -30,14 +32,21 @@ def settings_of(given: dict[str, Any]) -> Settings:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"; did you mean {close[0]}?" if close else f"; settings are {', '.join(fields)}"
             raise ConfigError(f"unknown setting {name!r}{hint}")
-    # comma lists and single names, as the flags take them, become the tuples Settings holds
+    # comma lists and single names or numbers, read as the flags read them, become the tuples Settings holds
     for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend", "content_masks",
                  "style_masks"):
-        if isinstance(given.get(name), (str, int, float)):
-            value = given[name]
-            given = {**given, name: tuple(value.split(",")) if isinstance(value, str) else (value,)}
-        elif isinstance(given.get(name), list):
-            given = {**given, name: tuple(given[name])}
+        value = given.get(name)
+        if isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
+            value = (value,)
+        if isinstance(value, (list, tuple)):  # mask paths as pathlib hands them over
+            value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+        if isinstance(value, (str, list, tuple)):
+            try:
+                given = {**given, name: options()[name].parse(value)}
+            except ValueError as e:
+                raise ConfigError(f"{name} must be comma-separated or a list of "
+                                  f"{'numbers' if options()[name].kind == 'numbers' else 'names'}, got {value!r} "
+                                  f"({e})") from None
     return Settings(**given)
 
 
@@ -50,6 +59,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's.
     User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line.
     """
+    if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
+        settings = {**settings, "init": TEXTURE_INIT}
     config = settings_of(settings)
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
     content_array = images.from_picture(content, "content image") if content is not None else None

@@ -90,7 +90,7 @@ def _batch(
     """Stylise every job of JOBS (or every --contents image with every --styles image) into --out."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     settings = settings_from(flags, BATCH)
     settings.validate()
     if batch_size is not None and batch_size < 1:
@@ -138,8 +138,8 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
     (signals held during a write and acted on right after it)."""
     if untrained:
-        console.print("[bold red]WARNING: --weights random: the network is untrained, so the outputs are NOT "
-                      "stylisations (random weights are for tests and timing only)[/]", soft_wrap=True)
+        console.print("WARNING: --weights random: the network is untrained, so the outputs are NOT "
+                      "stylisations (random weights are for tests and timing only)", style="bold red", soft_wrap=True)
 
     counts = {"ok": 0, "skipped": 0, "failed": 0}
 

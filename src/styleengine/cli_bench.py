@@ -182,14 +182,14 @@ def bench(
             raise ConfigError("--plot needs matplotlib: pip install 'styleengine[plot]'") from None
 
     # piped or logged output gets room for every column (rich assumes 80 without a terminal)
-    out = Console() if sys.stdout.isatty() else Console(width=200)
-    err = Console(stderr=True)
-    err.print(f"[dim]{WEIGHTS_NOTE}[/]")
+    out = Console(markup=False) if sys.stdout.isatty() else Console(width=200, markup=False)
+    err = Console(stderr=True, markup=False)  # paths and names are printed as they are: '[/x]' is no markup
+    err.print(WEIGHTS_NOTE, style="dim")
     started = time.perf_counter()
     machine = machine_info()
-    err.print(f"[dim]{machine['cpu']}, {machine['torch_threads']} threads, fp32 peak "
+    err.print(f"{machine['cpu']}, {machine['torch_threads']} threads, fp32 peak "
               f"{machine['fp32_peak_gflops']:.1f} GFLOP/s ({'cached' if machine['fp32_peak_cached'] else 'measured'})"
-              f", load average {machine['load_avg_1m']:.2f}[/]")
+              f", load average {machine['load_avg_1m']:.2f}", style="dim")
 
     device_list = _resolve_auto(device_list, ["cpu"] + (["cuda"] if machine.get("cuda") else []))
     provider_list = _resolve_auto(provider_list, ["cpu"] + (
@@ -270,7 +270,7 @@ def bench(
                       f"(pixels^{fmt(fit['mem_slope_net'], '.2f')} above the fixed base)")
     for found in limits:
         out.print(limit_sentence(found))
-    out.print(f"[dim]{WEIGHTS_NOTE}; {elapsed:.0f} s in all[/]")
+    out.print(f"{WEIGHTS_NOTE}; {elapsed:.0f} s in all", style="dim")
 
     failures = []  # each file on its own: a full disk for one loses none of the others, nor the table above
     for path, write in ((json_path, lambda p: write_json(p, doc)), (csv_path, lambda p: write_csv(p, doc["rows"])),

@@ -22,17 +22,18 @@ import typer
 
 from styleengine import paths
 from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice, check_seed
+from styleengine.cli_settings import parse_list
 from styleengine.engine.capability import precisions
+from styleengine.engine.settings import options
 from styleengine.errors import ConfigError, ExportValidationError, UserError
 from styleengine.engine.losses import LossConfig
 
 _DEFAULT = LossConfig()
 
 
-def _layers(value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
-    if value is None:
-        return default
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _layers(name: str, value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
+    """--content-layers, --style-layers as run reads them (',' is a slip, not none)."""
+    return default if value is None else parse_list(name, options()[name], value)
 
 
 def _writable_folder(output: Path) -> None:
@@ -121,8 +122,8 @@ def export(
     check_choice("conv", conv, CONV_ALGOS)
     check_seed(seed)
     conv = graph_conv(precision, conv)  # winograd graphs are fp32: refused before any work
-    loss = LossConfig(content_layers=_layers(content_layers, _DEFAULT.content_layers),
-                      style_layers=_layers(style_layers, _DEFAULT.style_layers))
+    loss = LossConfig(content_layers=_layers("content_layers", content_layers, _DEFAULT.content_layers),
+                      style_layers=_layers("style_layers", style_layers, _DEFAULT.style_layers))
     loss.validate(model)
     _writable_folder(output)
     from styleengine.export.cache import GRAPH_FILES, META_FILE
@@ -131,7 +132,7 @@ def export(
     _existing(output, names, force)
     w = load_weights(model, weights, seed=seed)
     spec = graph_spec(w, loss, pooling, precision, conv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
     # never read by setting it, which changed it for every thread meanwhile)
     staging = paths.fresh_folder(output if output.is_dir() else output.parent, ".styleengine-export-")

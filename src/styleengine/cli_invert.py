@@ -47,7 +47,7 @@ def _invert(
     Vedaldi 2015), and write OUT."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     if init not in ("noise", "content"):
         from styleengine.errors import ConfigError
 

@@ -149,7 +149,7 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     """Check, run, write (see the module's docstring). `content` None: a texture."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     try:
         with warnings_on(console):
             image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
@@ -237,8 +237,8 @@ def announce(settings: Settings, plan: Any, console: Any, *, race: bool = False)
             settings = choice.settings
         console.print(f"auto: {choice.why}", highlight=False, soft_wrap=True)
     if untrained:
-        console.print("[bold red]WARNING: --weights random: the network is untrained, so the output is NOT a "
-                      "stylisation (random weights are for tests and timing only)[/]", soft_wrap=True)
+        console.print("WARNING: --weights random: the network is untrained, so the output is NOT a "
+                      "stylisation (random weights are for tests and timing only)", style="bold red", soft_wrap=True)
     return settings, plan
 
 

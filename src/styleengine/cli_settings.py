@@ -63,6 +63,16 @@ def _given(name: str) -> bool:
     return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
+def parse_list(name: str, meta: Option, value: Any) -> Any:
+    """A list setting's value from its flag's comma-separated text; ConfigError naming the flag ("," is a slip,
+    not none)."""
+    try:
+        return meta.parse(value)
+    except ValueError:
+        raise ConfigError(f"{flag(name, meta)} must be comma-separated "
+                          f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
+
+
 def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None, **fixed: Any) -> Settings:
     """Settings from the generated flags' values (other keys are ignored): comma lists split, a path setting's
     value that is not one of its words expanded (`--weights=~/w.pth`: no shell expanded it). recipe: another
@@ -73,11 +83,7 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
             continue
         value = flags[name]
         if meta.kind in ("words", "numbers") and value is not None:
-            try:
-                value = meta.parse(value)
-            except ValueError:
-                raise ConfigError(f"{flag(name, meta)} must be comma-separated "
-                                  f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
+            value = parse_list(name, meta, value)
         elif meta.words and value not in meta.words and value != TEXTURE_INIT:
             value = paths.expand_text(value)
         values[name] = value

@@ -23,7 +23,7 @@ def _tune(**flags: Any) -> None:
     settings = settings_from(flags, RUN)
     size, model = settings.size, settings.model
     settings.validate()
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
                   highlight=False)
     choice = choose(settings, refresh=True, tune=True)
@@ -37,7 +37,7 @@ def _tune(**flags: Any) -> None:
             mark = " (chosen)" if (t.backend, t.precision, t.conv) == picked else ""
             table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
                           " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
-        Console(file=sys.stdout).print(table)
+        Console(file=sys.stdout, markup=False).print(table)
     print(f"auto: {choice.why}")
     if choice.kept:
         console.print(f"kept in {record_path()}", highlight=False)

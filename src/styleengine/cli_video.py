@@ -165,7 +165,7 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
     flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     settings = settings_from(flags, VIDEO)
     _check_installed()
     chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \

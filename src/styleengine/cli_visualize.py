@@ -41,7 +41,7 @@ def _visualize(
     from styleengine.model.classifier import class_name, load_classifier
     from styleengine.model.weights import load_weights
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, markup=False)
     if target < 0:
         raise ConfigError(f"--class must be a class index >= 0, got {target}")
     _weight(l2_weight, "--l2-weight")

@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from styleengine.choices import INITS
+from styleengine.choices import INIT_ALIASES, INITS
 from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import UserError, first_line
@@ -113,7 +113,7 @@ class BodyLimit:
 def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     """(Settings field, value) of one form field; HTTPException 422 with the reason."""
     target = FIELDS[name]
-    if target == "init" and text.strip() not in INITS:
+    if target == "init" and INIT_ALIASES.get(text.strip(), text.strip()) not in INITS:  # neural-style's as --init
         raise HTTPException(422, f"init {text!r} is not one of {', '.join(INITS)}; a request cannot name a "
                                  f"file on the server")
     try:

@@ -238,10 +238,11 @@ def deploy(config: Config, *, host: str, port: int, replicas: int | None = None)
 def serve_forever(config: Config, *, host: str, port: int, replicas: int | None, address: str) -> None:
     """`styleengine serve --ray`: deploy, then wait for Ctrl-C or SIGTERM; then Serve shuts down (each
     replica's store records its jobs in flight)."""
-    from styleengine.engine.batch_ray import _keeping_signal_handlers, import_ray
+    from styleengine.engine.batch_ray import _keeping_signal_handlers, check_address, import_ray
 
     paths.check_cache_dir(server_root(config))  # one line now, not a replica's traceback in Ray's logs
     ray = import_ray()
+    check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
     from ray import serve
