@@ -55,8 +55,8 @@ def temporal_term(image: torch.Tensor, warped: torch.Tensor, weights: torch.Tens
     count = image[0].numel()
     diff = image - warped
     held = diff * weights
-    loss = (weight / count) * (held * diff).sum(dim=(1, 2, 3))
-    return loss, (2.0 * weight / count) * held
+    loss = (weight / count) * torch.linalg.vecdot(held.flatten(1), diff.flatten(1))  # no third image-sized tensor
+    return loss, held.mul_(2.0 * weight / count)
 
 
 class TemporalStep:
@@ -196,11 +196,13 @@ class VideoRun:
         """A frame finished before (resume): the next one warps from it."""
         self.previous = (frame, np.asarray(finished, np.float32) / 255.0)
 
-    def _style_grams(self, prepared_styles: list[torch.Tensor], positions: int) -> dict[str, torch.Tensor]:
+    def _style_grams(self, frame: np.ndarray) -> dict[str, torch.Tensor]:
+        """The style Grams at the output size, computed (and the styles resized) for the first frame only."""
         if self._grams is None:
+            prepared = prepare(frame, self.styles, self.settings, self.last.size)
             blend = list(self.settings.style_blend) if self.settings.style_blend else None
-            self._grams = make_targets(self.temporal.inner, self.loss, None, prepared_styles, blend,
-                                       output_positions=positions).grams
+            self._grams = make_targets(self.temporal.inner, self.loss, None, prepared.styles, blend,
+                                       output_positions=prepared.height * prepared.width).grams
         return self._grams
 
     def frame(self, index: int, frame: np.ndarray) -> Frame:
@@ -222,13 +224,12 @@ class VideoRun:
         mask: Consistency = consistency(backward, self.flow(before, frame))
         weights = mask.weights
         warped = warp(finished, backward)
-        prepared = prepare(frame, self.styles, self.settings, self.last.size)
         step = self.temporal
-        grams = self._style_grams(prepared.styles, prepared.height * prepared.width)
+        if (self.last.height, self.last.width) != frame.shape[:2]:
+            raise ValueError(f"frame {index} is {frame.shape[:2]}, the plan's last scale {self.last.height}x"
+                             f"{self.last.width}")
+        grams = self._style_grams(frame)
         content = images.to_tensor(frame)
-        if (prepared.height, prepared.width) != frame.shape[:2]:
-            raise ValueError(f"frame {index} is {frame.shape[:2]}, the plan's last scale {prepared.height}x"
-                             f"{prepared.width}")
         targets = Targets(step.features(content, list(self.loss.content_layers)) if self.loss.content_layers else {},
                           grams)
         step.set_targets(targets)
