@@ -3,7 +3,6 @@ occluder sliding over it, and a painting crossing a still photo (`crossing`: wha
 pixel); written with a tone as their sound track (tests and the consistency benchmark)."""
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -124,7 +123,3 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: int = 12, *, audio: bo
                     out.mux(packet)
             for packet in sound.encode():
                 out.mux(packet)
-
-
-def clip_rate(fps: int) -> Fraction:
-    return Fraction(fps, 1)
