@@ -376,7 +376,7 @@ class TargetCache:
             compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         pixels = image.detach().contiguous().cpu()
         key = (kind, tuple(layers), tuple(pixels.shape), str(pixels.dtype),
-               hashlib.sha256(pixels.view(torch.uint8).numpy()).hexdigest())  # bytes in place, any dtype
+               hashlib.sha256(pixels.view(torch.uint8).numpy().data).hexdigest())  # bytes in place, any dtype
         held: OrderedDict = self._by_step.setdefault(step, OrderedDict())
         if key in held:
             self.hits += 1
