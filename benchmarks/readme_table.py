@@ -151,7 +151,15 @@ def serve_table(results: Path = RESULTS) -> str:
         out += ["", f"The issue's target, warm server <= 1.1x the loop + 0.3 s, in CPU seconds: {cpu['server']:.2f} "
                 f"against {allowed:.2f} ({'met' if cpu['server'] <= allowed else 'missed'}; server / loop "
                 f"{cpu['server'] / cpu['loop']:.3f}). In wall seconds: {doc['latency_median']['server']:.1f} against "
-                f"{1.1 * doc['latency_median']['loop'] + 0.3:.1f}.", ""]
+                f"{1.1 * doc['latency_median']['loop'] + 0.3:.1f}."]
+        if "server_minus_allowed_by_own_loop" in doc:  # against each job's own loop, timed inside the server
+            margins = doc["server_minus_allowed_by_own_loop"]
+            worst = max(max(v) for v in margins.values())
+            out += ["", "Against each server job's own loop (its iterations timed inside the server, the same moment), "
+                    f"wall seconds over 1.1x that loop + 0.3 s, every job of {rounds} rounds: "
+                    + "; ".join(f"{mode} " + ", ".join(f"{v:+.2f}" for v in values) for mode, values in margins.items())
+                    + f" ({'met by every job' if worst <= 0 else 'missed'})."]
+        out.append("")
     return "\n".join(out).rstrip("\n")
 
 

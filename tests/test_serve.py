@@ -51,6 +51,7 @@ def test_a_job_runs_and_its_png_and_manifest_line_are_kept(client, config):
     job = wait_for(client, job_id)
     assert job["status"] == "done", job
     assert job["iteration"] == 3 and job["losses"]["loss"] > 0 and job["distances"]["style"] is not None
+    assert 0 < job["loop_seconds"] <= job["seconds"]  # the iterations' share of the engine's time
     result = client.get(job["result"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(result.content)).size == (40, 32)  # long side 40, aspect of the 32x40 content
@@ -265,6 +266,7 @@ def test_same_shape_jobs_run_as_one_batch_and_match_their_solo_runs(tmp_path):
                 time.sleep(0.02)
         assert [j.status for j in store_jobs] == ["done"] * 3 and [j.batch for j in store_jobs] == [3] * 3
         assert store.started == 1
+        assert all(0 < j.loop_seconds <= j.seconds for j in store_jobs)  # each its share of the batch's loop
         for job, style in zip(store_jobs, styles):  # no picture mixed up with another's
             solo, _ = stylise_batch([Picture(content, [style], settings)])[0]
             served = images.load_image(store.result_path(job.id))

@@ -54,6 +54,7 @@ class Job:
     losses: dict[str, float] | None = None
     distances: dict[str, Any] | None = None
     seconds: float = 0.0
+    loop_seconds: float = 0.0  # of `seconds`, the iterations' own (the records' sum): the rest is the engine's passes
     batch: int = 1
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -71,7 +72,8 @@ class Job:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "reason": self.reason, "iteration": self.iteration,
                 "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
-                "seconds": round(self.seconds, 3), "batch": self.batch, "keep": self.keep,
+                "seconds": round(self.seconds, 3),
+                "loop_seconds": round(self.loop_seconds, 3), "batch": self.batch, "keep": self.keep,
                 "result": f"/api/jobs/{self.id}/result" if self.status == "done" else None}
 
     @property

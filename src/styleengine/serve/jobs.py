@@ -261,7 +261,9 @@ class JobStore:
             if job.cancelled:
                 return
             now = time.monotonic()
-            changes: dict[str, Any] = {"iteration": record.iteration}
+            # a batch's iteration is every member's: each job's share, as its `seconds`
+            changes: dict[str, Any] = {"iteration": record.iteration,
+                                       "loop_seconds": job.loop_seconds + record.seconds / job.batch}
             if record.distances is not None:
                 changes["distances"] = _distances(record.distances)
             if now - job._last_progress >= PROGRESS_INTERVAL_S or record.iteration == job.iterations:

@@ -87,7 +87,8 @@ def _snapshot(entry: dict[str, Any]) -> Job:
     preview = entry.get("preview")
     job = Job(data["id"], None, status=data["status"], reason=data["reason"], iteration=data["iteration"],
               iterations=data["iterations"], losses=data["losses"], distances=data["distances"],
-              seconds=data["seconds"], batch=data["batch"], keep=data["keep"], created=entry["created"],
+              seconds=data["seconds"], loop_seconds=data["loop_seconds"], batch=data["batch"], keep=data["keep"],
+              created=entry["created"],
               preview=preview[0] if preview else None, preview_iteration=preview[1] if preview else 0,
               version=entry["version"])
     job.result_at = Path(entry["result"]) if entry["result"] else None
