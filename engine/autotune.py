@@ -186,14 +186,19 @@ def _apply(settings: Settings, backend: str, precision: str, conv: str, where: c
                                provider=provider)
 
 
-def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capability.Placement, *, cached: bool) -> str:
+def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capability.Placement, *, cached: bool,
+         side: int | None = None) -> str:
+    """side: the px class the figures were timed at, when it is not the run's (a pick carried up a class)."""
     chosen = next(t for t in trials if (t.backend, t.precision, t.conv) == pick)
     others = [t for t in trials if t is not chosen]
     parts = [f"{t.label} {_ratio(t, chosen)}" for t in others]
     source = "measured earlier here" if cached else "measured now"
     provider = f" ({where.provider} provider)" if pick[0] != "torch" and where.place != "cpu" else ""
+    # a record carried up from a smaller class keeps where its figures were timed in the notes (race._inherit)
+    carried = chosen.note.startswith("measured at ")
+    at = f" at {side} px" if side else f" {chosen.note.removeprefix('measured ')}" if carried else ""
     text = (f"{chosen.label} on the {where.place}{provider}: "
-            f"fastest valid, {fmt_time(chosen.median)}/step ({source}")
+            f"fastest valid, {fmt_time(chosen.median)}/step{at} ({source}")
     return text + (f"; {', '.join(parts)})" if parts else ")")
 
 

@@ -258,7 +258,7 @@ class RaceStep(StepBase):
             return  # the source's figures do not back this pick (its pick did not keep the look): race later
         kept = self._prior_kept and _write(self._key(side), ordered, pick)
         self._use(pick)
-        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False) +
+        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False, side=source) +
                                        f" (from the race at {source} px: no other candidate within "
                                        f"{PRIOR_WITHIN}x there{'' if kept else '; not kept, as that race was not'})",
                                        True))

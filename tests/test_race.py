@@ -246,8 +246,13 @@ def test_a_clear_winner_at_one_class_is_taken_at_the_next_without_a_race(racer, 
     _run_scale(step, 256, tiny_image)
     assert [d.pick for d in step.decisions] == [BF16, BF16]
     assert "from the race at 128 px" in step.decisions[1].why
+    assert "/step at 128 px (measured now" in step.decisions[1].why  # the figure is not this class's
     assert autotune._read(step._key(256))[1] == BF16  # kept: a later run reads it
     step.close()
+    again, _ = racer(sides=[128, 256])
+    _run_scale(again, 256, tiny_image)
+    assert "/step at 128 px (measured earlier here" in again.decisions[0].why
+    again.close()
 
 
 def test_the_race_stays_within_its_share_of_a_short_run(racer, tiny_image):
