@@ -180,14 +180,19 @@ class Manifest:
 
 @contextlib.contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
-    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it."""
+    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it. The lock file is
+    removed when released, so --out keeps only what the batch wrote."""
     path = Path(out_dir) / LOCK_FILE
     try:
-        f = open(path, "a+b")
+        f = paths.open_lock(path)
     except OSError as e:
         raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
-    with f:
-        if not paths.try_lock(f, blocking=False):
-            raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
-                            f"or use another --out")
-        yield  # closing the file releases the lock
+    if f is None:
+        raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
+                        f"or use another --out")
+    with f:  # closing the file releases the lock
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while held: a process that opened it meanwhile sees it gone and opens it again

@@ -96,9 +96,10 @@ def _batch(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if ray is not None:
-        from styleengine.engine.batch_ray import import_ray
+        from styleengine.engine.batch_ray import check_address, import_ray
 
-        import_ray()  # a clear error now if Ray is not installed
+        # a clear error now if Ray is not installed or nothing answers, before --out is made or locked
+        check_address(ray, connect=not import_ray().is_initialized())
     paths.check_folder(out, "--out")  # mkdir would only say "File exists"
     try:
         out.mkdir(parents=True, exist_ok=True)

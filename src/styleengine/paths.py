@@ -101,6 +101,23 @@ def try_lock(f, blocking: bool) -> bool:
     return True
 
 
+def open_lock(path: Path) -> BinaryIO | None:
+    """The lock file `path` (made if missing) open and locked by this process, or None if another process holds
+    it. OSError if it cannot be opened."""
+    while True:
+        f = open(path, "a+b")
+        if not try_lock(f, blocking=False):
+            f.close()
+            return None
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
+
+
 def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 

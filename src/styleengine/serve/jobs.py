@@ -84,11 +84,10 @@ class JobStore:
         """One server per folder: a second would append to the same manifest."""
         path = self.results / batch.LOCK_FILE
         try:
-            f = open(path, "a+b")
+            f = paths.open_lock(path)
         except OSError as e:
             raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
-        if not paths.try_lock(f, blocking=False):
-            f.close()
+        if f is None:
             raise FolderBusy(f"another server uses {self.root} (it holds {path}); stop it or use another "
                             f"--results-dir")
         self._lock_file = f

@@ -1,0 +1,43 @@
+"""Issue 23, probe 4: the probe that should find nothing new. Two leftovers of probe 3 first (a failed `batch
+--ray` start left its lock in --out; a texture's all-zero loss named the content weight it has not), then the
+same kinds of cases as the issue across every command; each defect found is a test here that failed before
+its fix."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401 (pics: a fixture)
+except ModuleNotFoundError:
+    from tests.test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401
+
+
+# ------------------------------------------------------------------ a failed start leaves --out as it was
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "bogus", "not ray"])
+def test_batch_on_a_ray_address_where_nothing_answers_leaves_out_as_it_was(tmp_path, monkeypatch, capsys, pics,
+                                                                           request, address):
+    """`batch --ray 127.0.0.1:1 --out empty/` said at once that nothing answers, but left `.batch.lock` in the
+    empty --out: the address was checked after the folder was locked. Something that answers but is no Ray
+    cluster is found out only by ray.init, with --out locked: its lock file goes too."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png"}) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        if address == "not ray":
+            address = f"127.0.0.1:{server.getsockname()[1]}"
+
+            def init(*args, **kwargs):
+                raise ConnectionError("that is not a Ray cluster")
+
+            monkeypatch.setattr(ray, "init", init)
+        code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, "--ray", address, *FAST)
+    assert code == 1 and "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: --ray"), err
+    if "not ray" not in request.node.name:  # said at once, before any other line
+        assert "--ray" in one_line(code, err)
+    assert list(out.iterdir()) == []
