@@ -440,10 +440,12 @@ class Settings:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded
         self.input_convention(self.convention or TORCHVISION).validate()
+        if texture and not self.style_layers:  # the loss's own check would name the content layer it has not
+            raise ConfigError("a texture needs at least one style layer; --style-layers names none")
         loss = self.loss_config(texture=texture)
         loss.validate(self.model)
-        if loss.idle():  # a weight with no layer to read moves nothing (--style-layers , --content-weight 0)
-            raise ConfigError(f"every loss weight is 0 ({loss.idle()}): there is nothing to optimise, the output "
+        if idle := loss.idle(texture=texture):  # a weight with no layer to read moves nothing
+            raise ConfigError(f"every loss weight is 0 ({idle}): there is nothing to optimise, the output "
                               f"would be the start image")
 
 

@@ -9,6 +9,9 @@ import socket
 
 import pytest
 
+from styleengine.engine.settings import Settings
+from styleengine.errors import ConfigError
+
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401 (pics: a fixture)
 except ModuleNotFoundError:
@@ -41,3 +44,27 @@ def test_batch_on_a_ray_address_where_nothing_answers_leaves_out_as_it_was(tmp_p
     if "not ray" not in request.node.name:  # said at once, before any other line
         assert "--ray" in one_line(code, err)
     assert list(out.iterdir()) == []
+
+
+# ------------------------------------------------------------------ a texture's messages name what it has
+
+@pytest.mark.parametrize("values, says", [
+    ({"style_layer_weights": (0.0,) * 5}, "style layer weights all 0"),
+    ({"style_weight": 0.0}, "style weight 0"),
+    ({"style_layers": ()}, "style layer"),
+])
+def test_a_texture_with_nothing_to_optimise_names_no_content(values, says):
+    """`texture --style-layer-weights 0,0,0,0,0` said 'every loss weight is 0 (content weight 0, ...)' and
+    `texture --style-layers ''` 'the loss needs at least one content or style layer': a texture has no content
+    term, and its user typed no content weight."""
+    with pytest.raises(ConfigError) as e:
+        Settings(**values).validate(texture=True)
+    assert says in str(e.value) and "content" not in str(e.value)
+
+
+def test_a_texture_with_nothing_to_optimise_is_one_line_naming_no_content(tmp_path, monkeypatch, capsys, pics):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(monkeypatch, capsys, "texture", pics["style"], "-o", out, *FAST,
+                           "--style-layer-weights", "0,0,0,0,0")
+    line = one_line(code, err)
+    assert "style layer weights" in line and "content" not in line and not out.exists()
