@@ -68,3 +68,42 @@ def test_a_texture_with_nothing_to_optimise_is_one_line_naming_no_content(tmp_pa
                            "--style-layer-weights", "0,0,0,0,0")
     line = one_line(code, err)
     assert "style layer weights" in line and "content" not in line and not out.exists()
+
+
+# ------------------------------------------------------------------ --ray auto follows RAY_ADDRESS: checked as --ray
+
+@pytest.mark.parametrize("command", ["batch", "video", "serve"])
+@pytest.mark.parametrize("env, says", [("127.0.0.1:1", "nothing answers there"), ("bogus", "HOST:PORT")])
+def test_ray_auto_with_a_ray_address_where_nothing_answers_is_one_line(tmp_path, monkeypatch, capsys, pics, command,
+                                                                      env, says):
+    """`RAY_ADDRESS=127.0.0.1:1 batch --ray auto` waited in ray.init (over two minutes here, Ray's log lines on
+    stderr, then killed): `auto` is ray.init's own search, which takes RAY_ADDRESS first, and the address was
+    checked only when named on the command line."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+    def init(*args, **kwargs):
+        raise AssertionError("ray.init was called on an address nothing answers at")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv("RAY_ADDRESS", env)
+    out = tmp_path / "out"
+    if command == "batch":
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"content": "content.png", "style": "style.png"}) + "\n")
+        args = ["batch", jobs, "--out", out, *FAST]
+    elif command == "video":
+        pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+        import numpy as np
+
+        from styleengine.benchmarks.video_clips import write_clip
+
+        clip = tmp_path / "in.mp4"
+        write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+        out = tmp_path / "out.mp4"
+        args = ["video", clip, pics["style"], "-o", out, *FAST]
+    else:
+        args = ["serve", "--results-dir", out, "--weights", "random", "--device", "cpu"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--ray", "auto")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err and says in line and "RAY_ADDRESS" in line, err
+    assert not out.exists() and not out.with_name(out.name + ".frames").exists()

@@ -240,9 +240,9 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     replica's store records its jobs in flight)."""
     from styleengine.engine.batch_ray import _keeping_signal_handlers, check_address, import_ray
 
-    paths.check_cache_dir(server_root(config))  # one line now, not a replica's traceback in Ray's logs
     ray = import_ray()
     check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
+    paths.check_cache_dir(server_root(config))  # one line now, not a replica's traceback in Ray's logs
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
     from ray import serve
