@@ -44,7 +44,10 @@ def _words(value: Any) -> tuple[str, ...]:
             raise ValueError("separators and no names")
         return words
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+        words = tuple(v.strip() for v in value)  # trimmed as the text's are
+        if not all(words):  # ["a", ""] is the slip "a,," is not: a list spells every name
+            raise ValueError("an empty name in the list")
+        return words
     raise ValueError("not a text or a list of texts")
 
 

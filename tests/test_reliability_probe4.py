@@ -107,3 +107,39 @@ def test_ray_auto_with_a_ray_address_where_nothing_answers_is_one_line(tmp_path,
     line = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err and says in line and "RAY_ADDRESS" in line, err
     assert not out.exists() and not out.with_name(out.name + ".frames").exists()
+
+
+# ------------------------------------------------------------------ a list of names reads as the comma text does
+
+@pytest.mark.parametrize("key, value", [("style_layers", [" relu1_1", "relu2_1 "]), ("content_layers", ["relu4_2 "])])
+def test_a_jobs_files_list_of_names_is_read_as_its_comma_text_is(tmp_path, monkeypatch, capsys, pics, key, value):
+    """`"style_layers": "relu1_1, relu2_1"` ran and `[" relu1_1", "relu2_1 "]` failed the job: 'unknown layer
+    ' relu1_1''. A list's names were kept as typed where the text's are trimmed."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", key: value}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
+    assert code == 0 and (tmp_path / "out" / "content__style.png").exists(), err
+
+
+@pytest.mark.parametrize("key, value", [("style_layers", ["relu1_1", ""]), ("content_masks", [""]),
+                                        ("style_masks", [" "]), ("styles", ["style.png", ""])])
+def test_a_jobs_files_list_with_an_empty_name_is_one_line_with_its_line_number(tmp_path, monkeypatch, capsys, pics,
+                                                                              key, value):
+    """`"style_layers": ["relu1_1", ""]` failed the job with "unknown layer ''" and `"content_masks": [""]` with
+    'cannot read <the jobs file's folder>: it is a directory': an empty name in a list is the slip that ','
+    is in a text, refused before any work with the file's line. `"styles": ["style.png", ""]` was the jobs file's
+    folder as a style folder: every picture beside the file, its content included, blended in as a style."""
+    jobs = tmp_path / "jobs.jsonl"
+    job = {"content": "content.png", **({} if key == "styles" else {"style": "style.png"}), key: value}
+    jobs.write_text(json.dumps(job) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
+    line = one_line(code, err)
+    assert f"{jobs} line 1" in line and key in line and not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_the_api_reads_a_list_of_names_as_a_comma_text():
+    from styleengine.api import settings_of
+
+    assert settings_of({"style_layers": [" relu1_1", "relu2_1 "]}).style_layers == ("relu1_1", "relu2_1")
+    with pytest.raises(ConfigError, match="style_layers"):
+        settings_of({"style_layers": ["relu1_1", ""]})
