@@ -143,3 +143,25 @@ def test_the_api_reads_a_list_of_names_as_a_comma_text():
     assert settings_of({"style_layers": [" relu1_1", "relu2_1 "]}).style_layers == ("relu1_1", "relu2_1")
     with pytest.raises(ConfigError, match="style_layers"):
         settings_of({"style_layers": ["relu1_1", ""]})
+
+
+# ------------------------------------------------------------------ an empty style argument is no folder
+
+@pytest.mark.parametrize("command", ["run", "texture"])
+def test_an_empty_style_argument_is_one_line_not_the_working_folder(tmp_path, monkeypatch, capsys, pics, command):
+    """`run photo.png "$STYLE"` with STYLE unset: typer read '' as the Path '.', a folder, so every picture in
+    the working folder (the content image and earlier outputs too) was blended in as a style, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / ("out.mp4" if command == "video" else "out.png")
+    if command == "video":
+        pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+        import numpy as np
+
+        from styleengine.benchmarks.video_clips import write_clip
+
+        first = [tmp_path / "in.mp4"]
+        write_clip(first[0], [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+    else:
+        first = [pics["content"]] if command == "run" else []
+    code, _, err = run_cli(monkeypatch, capsys, command, *first, pics["style"], "", "-o", out, *FAST)
+    assert "style argument is empty" in one_line(code, err) and not out.exists()

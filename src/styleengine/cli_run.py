@@ -21,7 +21,8 @@ Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON o
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, iterations, tiles, L-BFGS history, "
                                                         "what auto resolves to) and stop: no weights loaded, "
                                                         "nothing written.")]
-Styles = Annotated[list[Path], typer.Argument(help="One or more style images: several, a comma-separated list or a "
+# texts: typer makes "" the Path ".", the working folder as a style folder
+Styles = Annotated[list[str], typer.Argument(help="One or more style images: several, a comma-separated list or a "
                                                    "folder of them.", show_default=False)]
 Recipe = Annotated[Optional[str], typer.Option(
     "--recipe", help="Another tool's recipe: neural-style-pt (its defaults; --content-weight, --style-weight and "

@@ -272,6 +272,8 @@ def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> li
     found: list[Path] = []
     for name in names:
         text = str(name)
+        if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
+            raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
         parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
         for part in parts:
             found.extend(images_in(Path(part), what) if Path(part).is_dir() else [Path(part)])
