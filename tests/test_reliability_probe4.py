@@ -147,7 +147,7 @@ def test_the_api_reads_a_list_of_names_as_a_comma_text():
 
 # ------------------------------------------------------------------ an empty style argument is no folder
 
-@pytest.mark.parametrize("command", ["run", "texture"])
+@pytest.mark.parametrize("command", ["run", "texture", "video"])
 def test_an_empty_style_argument_is_one_line_not_the_working_folder(tmp_path, monkeypatch, capsys, pics, command):
     """`run photo.png "$STYLE"` with STYLE unset: typer read '' as the Path '.', a folder, so every picture in
     the working folder (the content image and earlier outputs too) was blended in as a style, exit 0."""
@@ -165,3 +165,26 @@ def test_an_empty_style_argument_is_one_line_not_the_working_folder(tmp_path, mo
         first = [pics["content"]] if command == "run" else []
     code, _, err = run_cli(monkeypatch, capsys, command, *first, pics["style"], "", "-o", out, *FAST)
     assert "style argument is empty" in one_line(code, err) and not out.exists()
+
+
+@pytest.mark.parametrize("given", ["folder", "comma list"])
+def test_video_takes_a_folder_or_comma_list_of_styles_as_its_help_says(tmp_path, monkeypatch, capsys, pics, given):
+    """video's STYLE help (run's) says 'several, a comma-separated list or a folder of them'; video read the
+    folder as one image ('cannot read image styles: it is a directory') and the list as one file name."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import shutil
+
+    import numpy as np
+
+    from styleengine.benchmarks.video_clips import write_clip
+
+    clip = tmp_path / "in.mp4"
+    write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(2)], fps=12)
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for name in ("style", "style2"):
+        shutil.copy(pics[name], folder / f"{name}.png")
+    styles = folder if given == "folder" else f"{pics['style']},{pics['style2']}"
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, styles, "-o", out, *FAST)
+    assert code == 0 and out.exists(), err
