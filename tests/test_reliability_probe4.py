@@ -188,3 +188,23 @@ def test_video_takes_a_folder_or_comma_list_of_styles_as_its_help_says(tmp_path,
     out = tmp_path / "out.mp4"
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, styles, "-o", out, *FAST)
     assert code == 0 and out.exists(), err
+
+
+# ------------------------------------------------------------------ a jobs file's paths, expanded alike
+
+def test_a_jobs_files_image_paths_expand_home_and_variables_as_its_init_does(tmp_path, monkeypatch, capsys, pics):
+    """`"init": "~/i.png"` was the user's home's file and `"content": "~/c.png"` a folder '~' beside the jobs
+    file ('cannot read .../~/c.png'): one jobs file, two readings of `~` (and of $VARS)."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(pics["content"], home / "c.png")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PICTURES", str(home))
+    jobs = tmp_path / "jobs" / "jobs.jsonl"
+    jobs.parent.mkdir()
+    jobs.write_text(json.dumps({"content": "~/c.png", "style": f"{pics['style']},$PICTURES/c.png",
+                                "init": "~/c.png"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
+    assert code == 0 and (tmp_path / "out" / "c__style+c.png").exists(), err
