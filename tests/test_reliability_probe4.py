@@ -208,3 +208,16 @@ def test_a_jobs_files_image_paths_expand_home_and_variables_as_its_init_does(tmp
                                 "init": "~/c.png"}) + "\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", *FAST)
     assert code == 0 and (tmp_path / "out" / "c__style+c.png").exists(), err
+
+
+# ------------------------------------------------------------------ serve's folder is named as the user knows it
+
+def test_serve_on_an_unwritable_results_dir_names_it_not_a_cache_folder(tmp_path, monkeypatch, capsys):
+    """`serve --results-dir /readonly/srv` said 'cannot use the cache folder /readonly/srv/results': the user
+    named no cache folder (a read-only tmpfs here; a file in the way says the same)."""
+    blocker = tmp_path / "srv"
+    blocker.write_text("a file where the server's folder goes\n")
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", blocker, "--weights", "random",
+                           "--device", "cpu")
+    line = one_line(code, err)
+    assert "--results-dir" in line and "cache folder" not in line and str(blocker) in line

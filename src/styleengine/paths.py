@@ -199,16 +199,17 @@ def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None
             raise ConfigError(f"{what} {output} is the {role} {source}; choose another file name")
 
 
-def check_cache_dir(root: Path, env_var: str | None = None) -> None:
-    """ConfigError unless the cache folder `root` exists or can be made, and is writable."""
+def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cache folder") -> None:
+    """ConfigError unless the cache folder `root` (or `what` the user knows it as) exists or can be made, and is
+    writable."""
     named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"cannot use the cache folder {root}{named}: it is a file")
+        raise ConfigError(f"cannot use {what} {root}{named}: it is a file")
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=root)
     except OSError as e:
-        raise ConfigError(f"cannot use the cache folder {root}{named}: {_reason(e)}") from None
+        raise ConfigError(f"cannot use {what} {root}{named}: {_reason(e)}") from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -49,6 +49,9 @@ class FolderBusy(UserError):
     """Another server (or Ray replica) holds the folder's lock."""
 
 
+SERVER_FOLDER = "the server's folder (--results-dir)"  # in messages: what the user can change
+
+
 class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
@@ -58,7 +61,7 @@ class JobStore:
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
         for folder in (self.results, self.uploads):
-            paths.check_cache_dir(folder)
+            paths.check_cache_dir(folder, what=SERVER_FOLDER)
         self.manifest = batch.Manifest(self.results / batch.MANIFEST)
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
