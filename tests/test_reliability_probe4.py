@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from styleengine.engine.settings import Settings
@@ -93,8 +95,6 @@ def test_ray_auto_with_a_ray_address_where_nothing_answers_is_one_line(tmp_path,
         args = ["batch", jobs, "--out", out, *FAST]
     elif command == "video":
         pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
-        import numpy as np
-
         from styleengine.benchmarks.video_clips import write_clip
 
         clip = tmp_path / "in.mp4"
@@ -155,8 +155,6 @@ def test_an_empty_style_argument_is_one_line_not_the_working_folder(tmp_path, mo
     out = tmp_path / ("out.mp4" if command == "video" else "out.png")
     if command == "video":
         pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
-        import numpy as np
-
         from styleengine.benchmarks.video_clips import write_clip
 
         first = [tmp_path / "in.mp4"]
@@ -173,8 +171,6 @@ def test_video_takes_a_folder_or_comma_list_of_styles_as_its_help_says(tmp_path,
     folder as one image ('cannot read image styles: it is a directory') and the list as one file name."""
     pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
     import shutil
-
-    import numpy as np
 
     from styleengine.benchmarks.video_clips import write_clip
 
@@ -221,3 +217,57 @@ def test_serve_on_an_unwritable_results_dir_names_it_not_a_cache_folder(tmp_path
                            "--device", "cpu")
     line = one_line(code, err)
     assert "--results-dir" in line and "cache folder" not in line and str(blocker) in line
+
+
+# ------------------------------------------------------------------ the Python API reads values as the flags do
+
+@pytest.mark.parametrize("given, says", [
+    ({"size": "40.5"}, "size"),  # a text that is no whole number: a TypeError deep in the checks
+    ({"size": 40.0}, "size"),  # a float: ran, where a jobs file's 40.0 is refused
+    ({"iterations": True}, "iterations"),  # a TypeError from torch.empty
+    ({"iterations": 2.5}, "iterations"),  # ran
+    ({"seed": "x"}, "seed"),
+    ({"style_weight": "x"}, "style_weight"),
+    ({"style_weight": None}, "style_weight"),
+    ({"device": 5}, "device"),  # AttributeError
+    ({"mean": "0.5,0.5,x"}, "mean"),  # ValueError: Unknown format code 'g'
+    ({"content_masks": [np.zeros((4, 4, 3), np.uint8)]}, "content_masks"),  # the array's repr: many lines
+])
+def test_the_apis_settings_are_read_as_the_flags_read_them(given, says):
+    from styleengine.api import settings_of
+
+    with pytest.raises(ConfigError) as e:
+        settings_of(given)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_apis_texts_and_numpy_numbers_are_read_as_the_flags_read_them():
+    """`devices="cpu,cpu"` was read a character at a time ('unknown device c') and `mean="0.5,0.5,0.5"` a
+    ValueError; numbers a notebook computes (numpy scalars) are numbers."""
+    from styleengine.api import settings_of
+
+    settings = settings_of({"size": "40", "seed": np.int64(3), "style_weight": np.float32(0.5),
+                            "devices": "cpu,cpu", "split_at": "relu2_1", "mean": "0.5,0.5,0.5",
+                            "init": Path("picture.png")})
+    assert (settings.size, settings.seed, settings.style_weight) == (40, 3, 0.5)
+    assert settings.devices == ("cpu", "cpu") and settings.split_at == ("relu2_1",)
+    assert settings.mean == (0.5, 0.5, 0.5) and settings.init == "picture.png"
+
+
+def test_the_api_refuses_a_texture_started_from_its_content():
+    """`stylise(None, style, init="content")` ran (from what?) where `texture --init content` is refused."""
+    import styleengine
+
+    style = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ConfigError, match="texture has no content image"):
+        styleengine.stylise(None, style, init="content", size=40, iterations=2, weights="random", model="vgg16")
+
+
+def test_the_api_refuses_a_callback_it_cannot_call_before_any_work(monkeypatch):
+    import styleengine
+    from styleengine import api
+
+    monkeypatch.setattr(api, "run", lambda *a, **k: pytest.fail("the run started"))
+    picture = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(TypeError, match="callback"):
+        styleengine.stylise(picture, picture, callback=5, size=40, iterations=2, weights="random")

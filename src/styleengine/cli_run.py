@@ -9,11 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from styleengine.choices import INIT_ALIASES
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.paths import expand_styles
 from styleengine.engine.settings import RUN, TEXTURE, Settings
-from styleengine.errors import ConfigError
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
                                       show_default=False)]
@@ -52,9 +50,7 @@ def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRu
              **flags: Any) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
     settings = settings_from(flags, TEXTURE, recipe)
-    if INIT_ALIASES.get(settings.init, settings.init) == "content":  # asked for: texture's own default is noise
-        raise ConfigError(f"--init {settings.init}: a texture has no content image (noise, randn, style or an "
-                          f"image file)")
+    settings.check_texture_start()  # asked for: texture's own default is noise
     styles = expand_styles(styles)
     if dry_run:
         return _dry_run(None, styles, settings)
