@@ -132,22 +132,26 @@ class Manifest:
                 problems.append(f"{self.path} line {number}: {problem}; skipped")
         return entries, problems
 
-    def load(self) -> tuple[dict[str, str], list[str]]:
-        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
-        first. UserError if the file cannot be read or repaired."""
+    def repair(self) -> list[str]:
+        """Cut a torn last line off (a sentence saying so, or none), so that the next line appended is whole.
+        UserError if the file cannot be read or repaired."""
         try:
             with open(self.path, "r+b") as f:
                 data = f.read()
                 if data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
                     number = data.count(b"\n") + 1
-                    torn = [f"{self.path} line {number} was torn (a write cut short); cut off"]
-                else:
-                    torn = []
+                    return [f"{self.path} line {number} was torn (a write cut short); cut off"]
         except FileNotFoundError:
-            return {}, []
+            pass
         except OSError as e:
             raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
+        return []
+
+    def load(self) -> tuple[dict[str, str], list[str]]:
+        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
+        first. UserError if the file cannot be read or repaired."""
+        torn = self.repair()
         entries, problems = self.read()
         done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
         return done, torn + problems

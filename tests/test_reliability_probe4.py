@@ -271,3 +271,32 @@ def test_the_api_refuses_a_callback_it_cannot_call_before_any_work(monkeypatch):
     picture = np.zeros((40, 40, 3), np.uint8)
     with pytest.raises(TypeError, match="callback"):
         styleengine.stylise(picture, picture, callback=5, size=40, iterations=2, weights="random")
+
+
+# ------------------------------------------------------------------ serve's manifest: a torn tail is cut as batch's is
+
+def test_a_server_cuts_a_torn_manifest_tail_before_it_appends(tmp_path):
+    """A power cut mid-line left a torn last line in the server's manifest; the restarted server read it (skipped:
+    no newline) but appended its next job's line right after it, so that job's line was unparseable and lost to
+    the next restart. `batch` cuts the tail first (Manifest.load); serve did not."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    try:
+        from serve_helpers import SETTINGS, files, png, wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png, wait_for
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=256, max_iters=50)
+    with TestClient(create_app(config)):
+        pass
+    manifest = tmp_path / "srv" / "results" / "manifest.jsonl"
+    manifest.write_bytes(b'{"id": "torn", "status": "ok", "settings_h')
+    with TestClient(create_app(config)) as client:
+        job = client.post("/api/jobs", files=files(None, png(40, 40, 1)), data={"iters": "2", "size": "40"}).json()
+        assert wait_for(client, job["id"])["status"] == "done"
+    with TestClient(create_app(config)) as client:  # the job is found again after a restart
+        assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "done"
+    assert [json.loads(line)["id"] for line in manifest.read_bytes().splitlines()] == [job["id"]]

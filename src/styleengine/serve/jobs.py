@@ -97,8 +97,9 @@ class JobStore:
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
+        torn = self.manifest.repair()  # before this server appends to it (the folder's lock is held)
         entries, problems = self.manifest.read()
-        for problem in problems:
+        for problem in torn + problems:
             log.warning("%s", problem)
         for entry in entries:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
