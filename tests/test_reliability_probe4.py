@@ -300,3 +300,34 @@ def test_a_server_cuts_a_torn_manifest_tail_before_it_appends(tmp_path):
     with TestClient(create_app(config)) as client:  # the job is found again after a restart
         assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "done"
     assert [json.loads(line)["id"] for line in manifest.read_bytes().splitlines()] == [job["id"]]
+
+
+# ------------------------------------------------------------------ an empty folder option is no working folder
+
+@pytest.mark.parametrize("command, flag", [("batch", "--out"), ("batch", "--contents"), ("batch", "--styles"),
+                                           ("export", "--output"), ("serve", "--results-dir")])
+def test_an_empty_folder_option_is_one_line_not_the_working_folder(tmp_path, monkeypatch, capsys, pics, command,
+                                                                    flag):
+    """`batch --out "$OUT"` with OUT unset wrote the outputs and manifest among the working folder's files;
+    `--contents ""` stylised every picture there; `export -o ""` and `serve --results-dir ""` wrote there too:
+    typer reads '' as the Path '.'."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "photo.png").write_bytes(pics["content"].read_bytes())
+    monkeypatch.chdir(work)
+    if command == "batch":
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"content": str(pics["content"]), "style": str(pics["style"])}) + "\n")
+        given = {"--out": tmp_path / "out", "--contents": None, "--styles": None}
+        if flag != "--out":
+            given.update({"--contents": work, "--styles": work})
+        given[flag] = ""
+        args = ["batch", *([] if flag != "--out" else [jobs])]
+        args += [x for k, v in given.items() if v is not None for x in (k, v)] + FAST
+    elif command == "export":
+        args = ["export", "-o", "", "--model", "vgg16", "--weights", "random", "--no-validate"]
+    else:
+        args = ["serve", flag, "", "--weights", "random", "--device", "cpu", "--port", "1"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert flag in one_line(code, err) and "empty" in err
+    assert sorted(p.name for p in work.iterdir()) == ["photo.png"]

@@ -71,14 +71,16 @@ def _check(item: engine.Planned) -> engine.Planned:
 
 def _batch(
     out: Annotated[Path, typer.Option("--out", help="Folder for the outputs and manifest.jsonl (made if missing).",
-                                      show_default=False)],
+                                      show_default=False, parser=paths.named_folder("--out"))],
     jobs: Annotated[Optional[Path], typer.Argument(
         help="Jobs file: .jsonl (one object a line) or .csv (a header row): content, styles (';'-separated), "
              "output (under --out), id, and per-job settings (size, iters, content_weight, style_weight, blend, "
              "...; see README).", show_default=False)] = None,
     contents: Annotated[Optional[Path], typer.Option(
-        "--contents", help="Folder of content images: every one with every --styles image.")] = None,
-    styles: Annotated[Optional[Path], typer.Option("--styles", help="Folder of style images.")] = None,
+        "--contents", help="Folder of content images: every one with every --styles image.",
+        parser=paths.named_folder("--contents"))] = None,
+    styles: Annotated[Optional[Path], typer.Option("--styles", help="Folder of style images.",
+                                                   parser=paths.named_folder("--styles"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Jobs of one shape optimised together (torch backend; default: as many as the "
                              "memory budget or free memory allows, up to 16; 1: one by one).")] = None,

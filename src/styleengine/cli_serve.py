@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from styleengine import paths
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.errors import ConfigError
@@ -42,7 +43,8 @@ def _serve(
     max_iters: Annotated[int, typer.Option("--max-iters", help="Most iterations a request may ask for.")] = 1000,
     results_dir: Annotated[Optional[Path], typer.Option(
         "--results-dir", help="The server's folder (results, manifest, uploads in flight); default: "
-                              "'serve' in styleengine's cache folder.")] = None,
+                              "'serve' in styleengine's cache folder.",
+        parser=paths.named_folder("--results-dir"))] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
     ray: Annotated[Optional[str], typer.Option(

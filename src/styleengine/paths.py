@@ -16,7 +16,7 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from styleengine.errors import ConfigError, UserError
 
@@ -30,6 +30,16 @@ NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NT
 def expand(path: str | os.PathLike) -> Path:
     """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=`."""
     return Path(expand_text(path))
+
+
+def named_folder(flag: str) -> Callable[[str], Path]:
+    """A parser for a folder option's text: ConfigError for an empty one, which Path would make the working
+    folder (`--out "$DIR"` with DIR unset: the outputs among the user's files)."""
+    def parse(text: str) -> Path:
+        if not str(text).strip():
+            raise ConfigError(f"{flag} is empty; name a folder ('.' for the working folder)")
+        return Path(text)
+    return parse
 
 
 def expand_text(path: str | os.PathLike) -> str:
