@@ -356,3 +356,39 @@ def test_an_empty_folder_option_is_one_line_not_the_working_folder(tmp_path, mon
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert flag in one_line(code, err) and "empty" in err
     assert sorted(p.name for p in work.iterdir()) == ["photo.png"]
+
+
+# ------------------------------------------------------------------ serve: SIGHUP stops it as SIGTERM does
+
+def test_sighup_stops_the_server_as_sigterm_does(tmp_path, monkeypatch, capsys):
+    """A closed terminal or ssh session (SIGHUP) raised KeyboardInterrupt inside uvicorn's event loop: a
+    traceback on stderr (KeyboardInterrupt, then the lifespan's CancelledError). uvicorn stops gracefully on
+    SIGINT and SIGTERM only."""
+    pytest.importorskip("uvicorn")
+    import os
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    try:
+        from serve_helpers import free_port
+    except ModuleNotFoundError:
+        from tests.serve_helpers import free_port
+
+    port = free_port()
+
+    def hang_up() -> None:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--port", port, "--results-dir", tmp_path / "srv",
+                           "--weights", "random", "--device", "cpu")
+    assert code == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "Shutting down" in err or "Finished server process" in err, err
