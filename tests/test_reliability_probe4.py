@@ -392,3 +392,44 @@ def test_sighup_stops_the_server_as_sigterm_does(tmp_path, monkeypatch, capsys):
                            "--weights", "random", "--device", "cpu")
     assert code == 0 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "Shutting down" in err or "Finished server process" in err, err
+
+
+# ------------------------------------------------------------------ video: frames whose record is gone are unknown
+
+def test_video_frames_without_their_record_are_not_taken_as_this_runs(tmp_path, monkeypatch, capsys, pics):
+    """OUT.frames/ holding frames but no video.json (deleted, or a half-copied folder): the run wrote a new
+    record with its own settings hash and took the frames there as its own, exit 0, another video's (or other
+    settings') frames in the output. The record is written before any frame, so frames without one are of
+    unknown settings."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from PIL import Image
+
+    from styleengine.benchmarks.video_clips import write_clip
+
+    clip = tmp_path / "in.mp4"
+    write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(2)], fps=12)
+    out = tmp_path / "out.mp4"
+    frames = tmp_path / "out.mp4.frames"
+    frames.mkdir()
+    foreign = frames / "frame_000000.png"
+    Image.fromarray(np.full((40, 53, 3), 255, np.uint8)).save(foreign)
+    before = foreign.read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    line = err.strip().splitlines()[-1]  # after the weights line: the frames folder is opened once they load
+    assert code == 1 and "Traceback" not in err and "video.json" in line and str(frames) in line and not out.exists()
+    assert foreign.read_bytes() == before and not (frames / "video.json").exists()
+
+
+def test_video_frames_with_a_damaged_record_say_so(tmp_path, monkeypatch, capsys, pics):
+    """A video.json that is no JSON was reported as 'frames of other settings (settings hash None here)'."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from styleengine.benchmarks.video_clips import write_clip
+
+    clip = tmp_path / "in.mp4"
+    write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(2)], fps=12)
+    frames = tmp_path / "out.mp4.frames"
+    frames.mkdir()
+    (frames / "video.json").write_text("{torn")
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", tmp_path / "out.mp4", *FAST)
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err and "damaged" in line and "None" not in line

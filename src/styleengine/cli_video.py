@@ -53,11 +53,15 @@ class FrameStore:
             try:
                 held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
             except (ValueError, AttributeError, UnicodeDecodeError):
-                held = None
+                raise ConfigError(f"{self.folder}: its {self.RECORD} is damaged, so the settings of its frames are "
+                                  f"unknown; move it away or choose another output") from None
             if held != self.digest:
                 raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             return
+        if self.folder.is_dir() and any(self.folder.glob("frame_*")):  # the record is written before any frame
+            raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
+                              f"it away or choose another output")
         try:
             self.folder.mkdir(exist_ok=True)
             paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
