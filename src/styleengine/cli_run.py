@@ -38,12 +38,12 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
          output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
     settings = settings_from(flags, RUN, recipe)
-    styles = expand_styles(styles)
+    style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(content, styles, settings)
+        return _dry_run(content, style_paths, settings)
     from styleengine.cli_job import execute
 
-    execute(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    execute(content=content, styles=style_paths, output=output, settings=settings, trace=trace)
 
 
 def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None,
@@ -51,12 +51,12 @@ def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRu
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
     settings = settings_from(flags, TEXTURE, recipe)
     settings.check_texture_start()  # asked for: texture's own default is noise
-    styles = expand_styles(styles)
+    style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(None, styles, settings)
+        return _dry_run(None, style_paths, settings)
     from styleengine.cli_job import execute
 
-    execute(content=None, styles=styles, output=output, settings=settings, trace=trace)
+    execute(content=None, styles=style_paths, output=output, settings=settings, trace=trace)
 
 
 run = with_settings(_run, RUN)

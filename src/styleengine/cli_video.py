@@ -171,12 +171,12 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
 
     console = Console(stderr=True, markup=False)
     settings = settings_from(flags, VIDEO)
-    styles = paths.expand_styles(styles)  # a folder or a comma list, as run's
+    style_paths = paths.expand_styles(styles)  # a folder or a comma list, as run's
     _check_installed()
     chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
         or overlap is not None else None
     try:
-        prepared = _prepare(video, styles, output, trace, frames, fps, settings, console, chunked)
+        prepared = _prepare(video, style_paths, output, trace, frames, fps, settings, console, chunked)
     except KeyboardInterrupt:
         from styleengine.cli import signals
 

@@ -242,7 +242,7 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
 
     ray = import_ray()
     check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
-    paths.check_cache_dir(server_root(config), what=SERVER_FOLDER)  # one line now, not a replica's traceback in Ray's logs
+    paths.check_cache_dir(server_root(config), what=SERVER_FOLDER)  # one line, not a traceback in Ray's logs
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
     from ray import serve
