@@ -439,3 +439,19 @@ def test_video_frames_with_a_damaged_record_say_so(tmp_path, monkeypatch, capsys
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", tmp_path / "out.mp4", *FAST)
     line = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err and "damaged" in line and "None" not in line
+
+
+# ------------------------------------------------------------------ a batch refused at its start leaves no folder
+
+@pytest.mark.parametrize("made", [True, False])
+def test_a_batch_refused_at_its_start_leaves_out_as_it_found_it(tmp_path, monkeypatch, capsys, pics, made):
+    """A jobs file refused before any work (`"init": 5` on line 1) left the --out folders it had made (here
+    two levels), empty; an --out that was there stays."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"content": "content.png", "style": "style.png", "init": 5}) + "\n")
+    out = tmp_path / "new" / "out"
+    if not made:
+        out.mkdir(parents=True)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *FAST)
+    assert "line 1" in one_line(code, err)
+    assert (tmp_path / "new").exists() is (not made) and (not out.exists() if made else list(out.iterdir()) == [])

@@ -28,7 +28,7 @@ from styleengine.cli import signals
 from styleengine.cli_job import check_files, rescue
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
-from styleengine.engine.settings import BATCH
+from styleengine.engine.settings import BATCH, Settings
 from styleengine.errors import ConfigError, UserError, first_line
 
 
@@ -103,10 +103,13 @@ def _batch(
         # a clear error now if Ray is not installed or nothing answers, before --out is made or locked
         check_address(ray, connect=not import_ray().is_initialized())
     paths.check_folder(out, "--out")  # mkdir would only say "File exists"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot make the output folder {out}: {e.strerror or e}") from None
+    with paths.made_folder(out, "the output folder"):  # a start refused here leaves no folder behind
+        _start(out, jobs, contents, styles, settings, ray, batch_size, console)
+
+
+def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | None, settings: Settings,
+           ray: str | None, batch_size: int | None, console) -> None:
+    """Check the manifest and every job across the file, then lock --out and run the jobs a chunk at a time."""
     manifest = engine.Manifest(out / engine.MANIFEST)
     if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
         raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")

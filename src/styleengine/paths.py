@@ -87,6 +87,28 @@ def check_folder(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_file(path) or 'is a file'})")
 
 
+@contextlib.contextmanager
+def made_folder(path: Path, what: str) -> Iterator[None]:
+    """Make the folder `path` (and its missing parents; ConfigError if it cannot be); should the block fail,
+    remove those it made that are still empty: a command refused at its start leaves the disk as it was."""
+    missing = []
+    folder = Path(path)
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)  # the deepest first
+        folder = folder.parent
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make {what} {path}: {_reason(e)}") from None
+    try:
+        yield
+    except BaseException:
+        for made in missing:
+            with contextlib.suppress(OSError):  # one holding anything (an output, the manifest) stays
+                made.rmdir()
+        raise
+
+
 def try_lock(f, blocking: bool) -> bool:
     """Take the exclusive lock of the open file `f` (flock: it goes with the process), waiting for it if
     `blocking`; False if another process holds it (and not blocking)."""
