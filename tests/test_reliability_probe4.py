@@ -21,14 +21,16 @@ driver for SIGHUP/SIGTERM/SIGINT at chosen moments), held / tried:
   invert, visualize and video flags; --devices and --batch-size; the batch lock under 4 processes   107/107
   empty path arguments and folder options                                                             14/19
   a video's frames folder damaged between runs                                                         6/8
+  a batch refused at its start (each refused case of the jobs-file round): the --out folder it made    0/1
   the two leftovers of probe 3                                                                         0/2
-  in all                                                                                             500/538
+  in all                                                                                             500/539
 Defects (each a test below, fixed): the two leftovers; RAY_ADDRESS waited minutes; a jobs-file list's empty
 name (["style.png", ""] was the jobs file's folder as a style folder) and untrimmed names; an empty style
 argument was the working folder; video ignored a folder or comma list of styles; jobs-file content/style
 paths did not expand ~ and $VARS; serve named its folder a cache folder; the API's unparsed settings, texture
 start and callback; serve appended after a torn manifest line; empty folder options were the working folder;
-serve on SIGHUP was a traceback; video took frames without their record as its own.
+serve on SIGHUP was a traceback; video took frames without their record as its own; a batch refused at its
+start left the --out folders it had made.
 Found, not fixed: `export --model vgg16 --weights random --seed 7` is refused by the validation (grad rel L2
 1.7e-3 > 1e-3 at 96x80, --conv direct and winograd alike, where seed 0 gives 5e-6) and `run --backend ort`
 with those weights is a traceback (ExportValidationError is kept as a bug's).
