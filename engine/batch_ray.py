@@ -18,6 +18,7 @@ once, when its task returns, so nothing is written twice.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -68,18 +69,23 @@ class _Worker:
 
 def check_address(address: str, *, connect: bool = True) -> None:
     """ConfigError, one line, for a --ray address that is not auto, HOST:PORT or ray://HOST:PORT, or (with
-    `connect`) where nothing answers (ray.init would wait minutes on a dead address)."""
+    `connect`) where nothing answers (ray.init would wait minutes on a dead address). auto is ray.init's own
+    search, which takes RAY_ADDRESS first: that address is checked the same way."""
+    what, named = "--ray", f"--ray {address}"
     if address == "auto":
-        return
+        address = os.environ.get("RAY_ADDRESS", "").strip()
+        if address in ("", "auto", "local"):  # ray.init's words: a cluster started here, else a new one
+            return
+        what, named = "RAY_ADDRESS (which --ray auto reads)", f"RAY_ADDRESS={address} (which --ray auto reads)"
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--ray must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+        raise ConfigError(f"{what} must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
     if not connect:
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as e:
-        raise ConfigError(f"--ray {address}: nothing answers there ({e.strerror or e})") from None
+        raise ConfigError(f"{named}: nothing answers there ({e.strerror or e})") from None
 
 
 class ActorPool:

@@ -173,8 +173,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
         raise ConfigError(f"{where}: bad styles {_shown(styles)} (a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
-    content_path = base_dir / content
-    given = tuple(base_dir / s for s in style_names)
+    content_path = base_dir / paths.expand(content)  # ~ and $VARS as in a job's init, weights and masks
+    given = tuple(base_dir / paths.expand(s) for s in style_names)
     style_paths = tuple(expand_styles(given, f"{where}: style folder"))
     output = _text(raw, "output", where) or _default_output(content_path, given)
     output_path = _inside(output, out_dir, where)

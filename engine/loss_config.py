@@ -75,15 +75,16 @@ class LossConfig:
             if not (value >= 0 and value != float("inf")):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
 
-    def idle(self) -> str:
+    def idle(self, *, texture: bool = False) -> str:
         """Why no term moves the image, one reason a term ('' when one does): a zero weight, or no layer (or only
-        zero layer weights) for it to read."""
+        zero layer weights) for it to read. A texture has no content term to name."""
         content = ("content weight 0" if self.content_weight == 0 else "" if self.content_layers
                    else "no content layer")
         style = ("style weight 0" if self.style_weight == 0 else "no style layer" if not self.style_layers
                  else "" if any(w > 0 for w in self.layer_weights()) else "style layer weights all 0")
         tv = "tv weight 0" if self.tv_weight == 0 else ""
-        return ", ".join((content, style, tv)) if content and style and tv else ""
+        reasons = (style, tv) if texture else (content, style, tv)
+        return ", ".join(reasons) if all(reasons) else ""
 
     @property
     def layers(self) -> list[str]:

@@ -132,22 +132,26 @@ class Manifest:
                 problems.append(f"{self.path} line {number}: {problem}; skipped")
         return entries, problems
 
-    def load(self) -> tuple[dict[str, str], list[str]]:
-        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
-        first. UserError if the file cannot be read or repaired."""
+    def repair(self) -> list[str]:
+        """Cut a torn last line off (a sentence saying so, or none), so that the next line appended is whole.
+        UserError if the file cannot be read or repaired."""
         try:
             with open(self.path, "r+b") as f:
                 data = f.read()
                 if data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
                     number = data.count(b"\n") + 1
-                    torn = [f"{self.path} line {number} was torn (a write cut short); cut off"]
-                else:
-                    torn = []
+                    return [f"{self.path} line {number} was torn (a write cut short); cut off"]
         except FileNotFoundError:
-            return {}, []
+            pass
         except OSError as e:
             raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
+        return []
+
+    def load(self) -> tuple[dict[str, str], list[str]]:
+        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
+        first. UserError if the file cannot be read or repaired."""
+        torn = self.repair()
         entries, problems = self.read()
         done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
         return done, torn + problems
@@ -180,14 +184,19 @@ class Manifest:
 
 @contextlib.contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
-    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it."""
+    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it. The lock file is
+    removed when released, so --out keeps only what the batch wrote."""
     path = Path(out_dir) / LOCK_FILE
     try:
-        f = open(path, "a+b")
+        f = paths.open_lock(path)
     except OSError as e:
         raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
-    with f:
-        if not paths.try_lock(f, blocking=False):
-            raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
-                            f"or use another --out")
-        yield  # closing the file releases the lock
+    if f is None:
+        raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
+                        f"or use another --out")
+    with f:  # closing the file releases the lock
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while held: a process that opened it meanwhile sees it gone and opens it again

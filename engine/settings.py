@@ -44,7 +44,10 @@ def _words(value: Any) -> tuple[str, ...]:
             raise ValueError("separators and no names")
         return words
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+        words = tuple(v.strip() for v in value)  # trimmed as the text's are
+        if not all(words):  # ["a", ""] is the slip "a,," is not: a list spells every name
+            raise ValueError("an empty name in the list")
+        return words
     raise ValueError("not a text or a list of texts")
 
 
@@ -373,6 +376,13 @@ class Settings:
             return capability.SPREAD
         return None
 
+    def check_texture_start(self) -> None:
+        """ConfigError if a texture (no content image) is asked to start from its content (the CLI and the API:
+        Settings' own default start is the content, which a texture's front-end replaces with noise)."""
+        if self.init == "content":  # neural-style's "image" is stored as content too
+            raise ConfigError("--init content: a texture has no content image (noise, randn, style or an image "
+                              "file)")
+
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -440,10 +450,12 @@ class Settings:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded
         self.input_convention(self.convention or TORCHVISION).validate()
+        if texture and not self.style_layers:  # the loss's own check would name the content layer it has not
+            raise ConfigError("a texture needs at least one style layer; --style-layers names none")
         loss = self.loss_config(texture=texture)
         loss.validate(self.model)
-        if loss.idle():  # a weight with no layer to read moves nothing (--style-layers , --content-weight 0)
-            raise ConfigError(f"every loss weight is 0 ({loss.idle()}): there is nothing to optimise, the output "
+        if idle := loss.idle(texture=texture):  # a weight with no layer to read moves nothing
+            raise ConfigError(f"every loss weight is 0 ({idle}): there is nothing to optimise, the output "
                               f"would be the start image")
 
 

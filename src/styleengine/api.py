@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from styleengine.engine import images
-from styleengine.engine.settings import TEXTURE_INIT, options
+from styleengine.engine.settings import TEXTURE_INIT
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.errors import ConfigError
 
@@ -26,28 +26,35 @@ logger = logging.getLogger(__name__)
 
 def settings_of(given: dict[str, Any]) -> Settings:
     """Settings from keyword arguments; an unknown name is a ConfigError naming the closest field."""
-    fields = [f.name for f in dataclasses.fields(Settings)]
-    for name in given:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean {close[0]}?" if close else f"; settings are {', '.join(fields)}"
+    meta_of = {f.name: f.metadata.get("option") for f in dataclasses.fields(Settings)}  # every command's
+    parsed = {}
+    for name, value in given.items():  # each read as its flag's text or a jobs file's value is
+        if name not in meta_of:
+            close = difflib.get_close_matches(name, list(meta_of), n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; settings are {', '.join(meta_of)}"
             raise ConfigError(f"unknown setting {name!r}{hint}")
-    # comma lists and single names or numbers, read as the flags read them, become the tuples Settings holds
-    for name in ("content_layers", "style_layers", "style_layer_weights", "style_blend", "content_masks",
-                 "style_masks"):
-        value = given.get(name)
-        if isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
-            value = (value,)
-        if isinstance(value, (list, tuple)):  # mask paths as pathlib hands them over
-            value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
-        if isinstance(value, (str, list, tuple)):
-            try:
-                given = {**given, name: options()[name].parse(value)}
-            except ValueError as e:
-                raise ConfigError(f"{name} must be comma-separated or a list of "
-                                  f"{'numbers' if options()[name].kind == 'numbers' else 'names'}, got {value!r} "
-                                  f"({e})") from None
-    return Settings(**given)
+        meta, value = meta_of[name], _plain(value)
+        if meta is None:  # not a flag's (the convention object)
+            parsed[name] = value
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and meta.kind == "numbers":
+            value = (value,)  # one number: a list of one
+        if isinstance(value, (list, tuple)):
+            value = [_plain(v) for v in value]
+        try:
+            parsed[name] = meta.parse(value)
+        except (TypeError, ValueError, OverflowError) as e:
+            shown = " ".join(repr(value).split())  # one line: an array's repr has many
+            shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(shown)} characters)"
+            raise ConfigError(f"{name} {shown}: {e}") from None
+    return Settings(**parsed)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds, a path as its text: what the parsers take."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = None, **settings: Any) -> Image.Image:
@@ -59,6 +66,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's.
     User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line.
     """
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (record, current), got {type(callback).__name__}")
     if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
         settings = {**settings, "init": TEXTURE_INIT}
     config = settings_of(settings)
@@ -66,6 +75,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     content_array = images.from_picture(content, "content image") if content is not None else None
     style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                     for i, s in enumerate(styles)]
+    if content is None:
+        config.check_texture_start()
     config.validate(texture=content is None)
     image, result = run(content_array, style_arrays, config, callback=callback)
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")

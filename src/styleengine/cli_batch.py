@@ -28,7 +28,7 @@ from styleengine.cli import signals
 from styleengine.cli_job import check_files, rescue
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
-from styleengine.engine.settings import BATCH
+from styleengine.engine.settings import BATCH, Settings
 from styleengine.errors import ConfigError, UserError, first_line
 
 
@@ -71,14 +71,16 @@ def _check(item: engine.Planned) -> engine.Planned:
 
 def _batch(
     out: Annotated[Path, typer.Option("--out", help="Folder for the outputs and manifest.jsonl (made if missing).",
-                                      show_default=False)],
+                                      show_default=False, parser=paths.named_folder("--out"))],
     jobs: Annotated[Optional[Path], typer.Argument(
         help="Jobs file: .jsonl (one object a line) or .csv (a header row): content, styles (';'-separated), "
              "output (under --out), id, and per-job settings (size, iters, content_weight, style_weight, blend, "
              "...; see README).", show_default=False)] = None,
     contents: Annotated[Optional[Path], typer.Option(
-        "--contents", help="Folder of content images: every one with every --styles image.")] = None,
-    styles: Annotated[Optional[Path], typer.Option("--styles", help="Folder of style images.")] = None,
+        "--contents", help="Folder of content images: every one with every --styles image.",
+        parser=paths.named_folder("--contents"))] = None,
+    styles: Annotated[Optional[Path], typer.Option("--styles", help="Folder of style images.",
+                                                   parser=paths.named_folder("--styles"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Jobs of one shape optimised together (torch backend; default: as many as the "
                              "memory budget or free memory allows, up to 16; 1: one by one).")] = None,
@@ -96,14 +98,18 @@ def _batch(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if ray is not None:
-        from styleengine.engine.batch_ray import import_ray
+        from styleengine.engine.batch_ray import check_address, import_ray
 
-        import_ray()  # a clear error now if Ray is not installed
+        # a clear error now if Ray is not installed or nothing answers, before --out is made or locked
+        check_address(ray, connect=not import_ray().is_initialized())
     paths.check_folder(out, "--out")  # mkdir would only say "File exists"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot make the output folder {out}: {e.strerror or e}") from None
+    with paths.made_folder(out, "the output folder"):  # a start refused here leaves no folder behind
+        _start(out, jobs, contents, styles, settings, ray, batch_size, console)
+
+
+def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | None, settings: Settings,
+           ray: str | None, batch_size: int | None, console) -> None:
+    """Check the manifest and every job across the file, then lock --out and run the jobs a chunk at a time."""
     manifest = engine.Manifest(out / engine.MANIFEST)
     if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
         raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")

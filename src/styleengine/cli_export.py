@@ -90,7 +90,8 @@ _NOT_ON_A_GPU = {
 
 def export(
     output: Path = typer.Option(..., "-o", "--output",
-                                help="Folder to write step.onnx, features.onnx, tile_step.onnx and export.json"),
+                                help="Folder to write step.onnx, features.onnx, tile_step.onnx and export.json",
+                                parser=paths.named_folder("--output")),
     model: str = typer.Option("vgg19", help=" or ".join(MODELS)),
     weights: str = typer.Option("imagenet", help="imagenet, random, or a .safetensors/.pth file"),
     pooling: str = typer.Option("avg", help="avg (the paper's) or max"),

@@ -9,11 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from styleengine.choices import INIT_ALIASES
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.paths import expand_styles
 from styleengine.engine.settings import RUN, TEXTURE, Settings
-from styleengine.errors import ConfigError
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
                                       show_default=False)]
@@ -21,7 +19,8 @@ Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON o
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, iterations, tiles, L-BFGS history, "
                                                         "what auto resolves to) and stop: no weights loaded, "
                                                         "nothing written.")]
-Styles = Annotated[list[Path], typer.Argument(help="One or more style images: several, a comma-separated list or a "
+# texts: typer makes "" the Path ".", the working folder as a style folder
+Styles = Annotated[list[str], typer.Argument(help="One or more style images: several, a comma-separated list or a "
                                                    "folder of them.", show_default=False)]
 Recipe = Annotated[Optional[str], typer.Option(
     "--recipe", help="Another tool's recipe: neural-style-pt (its defaults; --content-weight, --style-weight and "
@@ -39,27 +38,25 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
          output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
     settings = settings_from(flags, RUN, recipe)
-    styles = expand_styles(styles)
+    style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(content, styles, settings)
+        return _dry_run(content, style_paths, settings)
     from styleengine.cli_job import execute
 
-    execute(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    execute(content=content, styles=style_paths, output=output, settings=settings, trace=trace)
 
 
 def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None,
              **flags: Any) -> None:
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
     settings = settings_from(flags, TEXTURE, recipe)
-    if INIT_ALIASES.get(settings.init, settings.init) == "content":  # asked for: texture's own default is noise
-        raise ConfigError(f"--init {settings.init}: a texture has no content image (noise, randn, style or an "
-                          f"image file)")
-    styles = expand_styles(styles)
+    settings.check_texture_start()  # asked for: texture's own default is noise
+    style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(None, styles, settings)
+        return _dry_run(None, style_paths, settings)
     from styleengine.cli_job import execute
 
-    execute(content=None, styles=styles, output=output, settings=settings, trace=trace)
+    execute(content=None, styles=style_paths, output=output, settings=settings, trace=trace)
 
 
 run = with_settings(_run, RUN)

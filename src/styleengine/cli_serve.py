@@ -3,14 +3,18 @@
 Every setting of `run` is a flag here too, generated from engine/settings.py (cli_settings); the web
 application is serve/app.py, the jobs and the engine thread serve/jobs.py.
 """
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from styleengine import paths
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.errors import ConfigError
@@ -42,7 +46,8 @@ def _serve(
     max_iters: Annotated[int, typer.Option("--max-iters", help="Most iterations a request may ask for.")] = 1000,
     results_dir: Annotated[Optional[Path], typer.Option(
         "--results-dir", help="The server's folder (results, manifest, uploads in flight); default: "
-                              "'serve' in styleengine's cache folder.")] = None,
+                              "'serve' in styleengine's cache folder.",
+        parser=paths.named_folder("--results-dir"))] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", help="Allow pages from this origin to call the API (repeatable); default: none.")] = None,
     ray: Annotated[Optional[str], typer.Option(
@@ -84,7 +89,27 @@ def _serve(
         return
     store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
-    uvicorn.run(create_app(config, store), host=host, port=port, log_level="info", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
+                                           timeout_graceful_shutdown=3))
+    with _hangup_stops(server):
+        try:
+            server.run()
+        except KeyboardInterrupt:  # as uvicorn.run: a signal it re-raises once it has stopped gracefully
+            pass
+
+
+@contextlib.contextmanager
+def _hangup_stops(server: Any) -> Iterator[None]:
+    """SIGHUP (a closed terminal or ssh session) stops the server as SIGTERM does: uvicorn handles only SIGINT
+    and SIGTERM, and the CLI's handler would raise KeyboardInterrupt inside its event loop."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, server.handle_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 serve = with_settings(_serve, RUN)

@@ -53,11 +53,15 @@ class FrameStore:
             try:
                 held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
             except (ValueError, AttributeError, UnicodeDecodeError):
-                held = None
+                raise ConfigError(f"{self.folder}: its {self.RECORD} is damaged, so the settings of its frames are "
+                                  f"unknown; move it away or choose another output") from None
             if held != self.digest:
                 raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             return
+        if self.folder.is_dir() and any(self.folder.glob("frame_*")):  # the record is written before any frame
+            raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
+                              f"it away or choose another output")
         try:
             self.folder.mkdir(exist_ok=True)
             paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
@@ -167,11 +171,12 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
 
     console = Console(stderr=True, markup=False)
     settings = settings_from(flags, VIDEO)
+    style_paths = paths.expand_styles(styles)  # a folder or a comma list, as run's
     _check_installed()
     chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
         or overlap is not None else None
     try:
-        prepared = _prepare(video, styles, output, trace, frames, fps, settings, console, chunked)
+        prepared = _prepare(video, style_paths, output, trace, frames, fps, settings, console, chunked)
     except KeyboardInterrupt:
         from styleengine.cli import signals
 

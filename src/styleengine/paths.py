@@ -16,7 +16,7 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from styleengine.errors import ConfigError, UserError
 
@@ -30,6 +30,16 @@ NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NT
 def expand(path: str | os.PathLike) -> Path:
     """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=`."""
     return Path(expand_text(path))
+
+
+def named_folder(flag: str) -> Callable[[str], Path]:
+    """A parser for a folder option's text: ConfigError for an empty one, which Path would make the working
+    folder (`--out "$DIR"` with DIR unset: the outputs among the user's files)."""
+    def parse(text: str) -> Path:
+        if not str(text).strip():
+            raise ConfigError(f"{flag} is empty; name a folder ('.' for the working folder)")
+        return Path(text)
+    return parse
 
 
 def expand_text(path: str | os.PathLike) -> str:
@@ -77,6 +87,28 @@ def check_folder(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_file(path) or 'is a file'})")
 
 
+@contextlib.contextmanager
+def made_folder(path: Path, what: str) -> Iterator[None]:
+    """Make the folder `path` (and its missing parents; ConfigError if it cannot be); should the block fail,
+    remove those it made that are still empty: a command refused at its start leaves the disk as it was."""
+    missing = []
+    folder = Path(path)
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)  # the deepest first
+        folder = folder.parent
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make {what} {path}: {_reason(e)}") from None
+    try:
+        yield
+    except BaseException:
+        for made in missing:
+            with contextlib.suppress(OSError):  # one holding anything (an output, the manifest) stays
+                made.rmdir()
+        raise
+
+
 def try_lock(f, blocking: bool) -> bool:
     """Take the exclusive lock of the open file `f` (flock: it goes with the process), waiting for it if
     `blocking`; False if another process holds it (and not blocking)."""
@@ -99,6 +131,23 @@ def try_lock(f, blocking: bool) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def open_lock(path: Path) -> BinaryIO | None:
+    """The lock file `path` (made if missing) open and locked by this process, or None if another process holds
+    it. OSError if it cannot be opened."""
+    while True:
+        f = open(path, "a+b")
+        if not try_lock(f, blocking=False):
+            f.close()
+            return None
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
 
 def _reason(error: OSError) -> str:
@@ -182,16 +231,17 @@ def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None
             raise ConfigError(f"{what} {output} is the {role} {source}; choose another file name")
 
 
-def check_cache_dir(root: Path, env_var: str | None = None) -> None:
-    """ConfigError unless the cache folder `root` exists or can be made, and is writable."""
+def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cache folder") -> None:
+    """ConfigError unless the cache folder `root` (or `what` the user knows it as) exists or can be made, and is
+    writable."""
     named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"cannot use the cache folder {root}{named}: it is a file")
+        raise ConfigError(f"cannot use {what} {root}{named}: it is a file")
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=root)
     except OSError as e:
-        raise ConfigError(f"cannot use the cache folder {root}{named}: {_reason(e)}") from None
+        raise ConfigError(f"cannot use {what} {root}{named}: {_reason(e)}") from None
     os.close(fd)
     os.unlink(tmp)
 
@@ -255,6 +305,8 @@ def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> li
     found: list[Path] = []
     for name in names:
         text = str(name)
+        if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
+            raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
         parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
         for part in parts:
             found.extend(images_in(Path(part), what) if Path(part).is_dir() else [Path(part)])

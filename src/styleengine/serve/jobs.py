@@ -49,6 +49,9 @@ class FolderBusy(UserError):
     """Another server (or Ray replica) holds the folder's lock."""
 
 
+SERVER_FOLDER = "the server's folder (--results-dir)"  # in messages: what the user can change
+
+
 class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
@@ -58,7 +61,7 @@ class JobStore:
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
         for folder in (self.results, self.uploads):
-            paths.check_cache_dir(folder)
+            paths.check_cache_dir(folder, what=SERVER_FOLDER)
         self.manifest = batch.Manifest(self.results / batch.MANIFEST)
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
@@ -84,19 +87,19 @@ class JobStore:
         """One server per folder: a second would append to the same manifest."""
         path = self.results / batch.LOCK_FILE
         try:
-            f = open(path, "a+b")
+            f = paths.open_lock(path)
         except OSError as e:
             raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
-        if not paths.try_lock(f, blocking=False):
-            f.close()
+        if f is None:
             raise FolderBusy(f"another server uses {self.root} (it holds {path}); stop it or use another "
                             f"--results-dir")
         self._lock_file = f
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
+        torn = self.manifest.repair()  # before this server appends to it (the folder's lock is held)
         entries, problems = self.manifest.read()
-        for problem in problems:
+        for problem in torn + problems:
             log.warning("%s", problem)
         for entry in entries:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",

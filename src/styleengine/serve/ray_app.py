@@ -29,7 +29,7 @@ from styleengine import paths
 from styleengine.engine.batch_ray import CPUS_PER_WORKER
 from styleengine.errors import ConfigError
 from styleengine.serve.app import Config, create_app
-from styleengine.serve.jobs import FolderBusy, Job, JobStore
+from styleengine.serve.jobs import SERVER_FOLDER, FolderBusy, Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,9 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     replica's store records its jobs in flight)."""
     from styleengine.engine.batch_ray import _keeping_signal_handlers, check_address, import_ray
 
-    paths.check_cache_dir(server_root(config))  # one line now, not a replica's traceback in Ray's logs
     ray = import_ray()
     check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
+    paths.check_cache_dir(server_root(config), what=SERVER_FOLDER)  # one line, not a traceback in Ray's logs
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
     from ray import serve
