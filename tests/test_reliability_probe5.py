@@ -1,0 +1,34 @@
+"""Issue 23, probe 5: the issue's own areas (batch outputs, signals, manifests, traces and snapshots, exports,
+caches, messages) probed again on today's code, as its first probe did. Each defect it found is a test here,
+as the case a careless or hostile user tried; the cases that held are listed in the probe's report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability import no_step  # noqa: F401 (a fixture)
+    from test_reliability_batch import FAST, batch, folder, manifest_lines, one_error_line, picture, write_jobs  # noqa: F401
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability import no_step  # noqa: F401
+    from tests.test_reliability_batch import (FAST, batch, folder, manifest_lines, one_error_line,  # noqa: F401
+                                              picture, write_jobs)
+
+
+# ------------------------------------------------------------------ invert: --distances onto its own weights file
+
+def test_invert_distances_onto_the_weights_file_is_refused(tmp_path, monkeypatch, capsys, vgg16_random):
+    """`invert pic.png -o o.png --weights w.pth --distances w.pth` wrote the distances' JSON over the weights
+    (exit 0): --distances was compared with the image and the output only, not the weights it reads."""
+    picture(tmp_path / "c.png", 1)
+    torch.save(vgg16_random.state, tmp_path / "w.pth")
+    before = (tmp_path / "w.pth").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", "--distances",
+                           tmp_path / "w.pth", "--weights", tmp_path / "w.pth", "--model", "vgg16", "--size", "40",
+                           "--iters", "2", "--device", "cpu")
+    assert "is the weights file" in one_error_line(code, err)
+    assert (tmp_path / "w.pth").read_bytes() == before and not (tmp_path / "o.png").exists()
