@@ -32,3 +32,31 @@ def test_invert_distances_onto_the_weights_file_is_refused(tmp_path, monkeypatch
                            "--iters", "2", "--device", "cpu")
     assert "is the weights file" in one_error_line(code, err)
     assert (tmp_path / "w.pth").read_bytes() == before and not (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ batch: an output inside a job's style folder
+
+@pytest.mark.parametrize("whose", ["another job's", "its own"])
+def test_an_output_inside_a_style_folder_is_refused_before_any_work(folder, monkeypatch, capsys, no_step, whose):
+    """A job's "styles": "out/sty" (a folder, read for its images) and an output "sty/new.png": the first run
+    was ok, and every rerun was refused (the output had become a style image of that job), so the batch could
+    neither resume nor skip; with over a chunk of jobs before it, a job read another's output as a style."""
+    out = folder / "out"
+    picture(out / "sty" / "st.png", 7)
+    jobs = [{"content": "c1.png", "styles": "out/sty", "output": "a.png" if whose != "its own" else "sty/new.png"}]
+    if whose != "its own":
+        jobs.append({"content": "c2.png", "styles": "s1.png", "output": "sty/new.png"})
+    code, err = batch(monkeypatch, capsys, write_jobs(folder / "jobs.jsonl", jobs), out)
+    line = one_error_line(code, err)
+    assert "style folder" in line and "sty" in line, line
+    assert not (out / "sty" / "new.png").exists() and not (out / "manifest.jsonl").exists()
+
+
+def test_a_style_folder_named_after_the_output_inside_it_is_refused(folder, monkeypatch, capsys, no_step):
+    """The same, the job naming the folder coming second (the check looks both ways)."""
+    out = folder / "out"
+    picture(out / "sty" / "st.png", 7)
+    jobs = [{"content": "c2.png", "styles": "s1.png", "output": "sty/new.png"},
+            {"content": "c1.png", "styles": f"{out / 'sty'}", "output": "a.png"}]
+    code, err = batch(monkeypatch, capsys, write_jobs(folder / "jobs.jsonl", jobs), out)
+    assert "style folder" in one_error_line(code, err)

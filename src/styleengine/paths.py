@@ -249,16 +249,27 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no fresh folder name in {parent}")
 
 
+def _style_parts(names: Iterable[str | Path]) -> Iterator[Path]:
+    """Each style argument's parts: a comma-separated list is several names; a name that is a file is one, commas
+    and all."""
+    for name in names:
+        text = str(name)
+        parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
+        yield from map(Path, parts)
+
+
 def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
     """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
     (sorted); a name that is a file is one image, commas and all."""
     found: list[Path] = []
-    for name in names:
-        text = str(name)
-        parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
-        for part in parts:
-            found.extend(images_in(Path(part), what) if Path(part).is_dir() else [Path(part)])
+    for part in _style_parts(names):
+        found.extend(images_in(part, what) if part.is_dir() else [part])
     return found
+
+
+def style_folders(names: Iterable[str | Path]) -> list[Path]:
+    """The folders among the style arguments (expand_styles reads their images as they are then)."""
+    return [part for part in _style_parts(names) if part.is_dir()]
 
 
 def images_in(folder: Path, what: str) -> list[Path]:
