@@ -60,3 +60,29 @@ def test_a_style_folder_named_after_the_output_inside_it_is_refused(folder, monk
             {"content": "c1.png", "styles": f"{out / 'sty'}", "output": "a.png"}]
     code, err = batch(monkeypatch, capsys, write_jobs(folder / "jobs.jsonl", jobs), out)
     assert "style folder" in one_error_line(code, err)
+
+
+# ------------------------------------------------------------------ batch: its own --init, --weights, masks
+
+@pytest.mark.parametrize("flag, name, kind", [("--init", "missing.png", "missing"), ("--init", "dir.png", "folder"),
+                                              ("--weights", "missing.pth", "missing"), ("--weights", "f.pth", "fifo"),
+                                              ("--content-mask", "m.png", "folder")])
+def test_the_batchs_own_input_files_are_checked_before_any_work(folder, monkeypatch, capsys, no_step, flag, name,
+                                                                kind):
+    """`batch jobs.jsonl --weights missing.pth` (or an --init that is a folder, a FIFO as weights) ran every job to
+    the same 'cannot read' failure, a manifest line each, exit 1: a bad flag of the batch is one line before any
+    work and nothing written, as run's is."""
+    import os
+
+    path = folder / name
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": f"o{i}.png"}
+                                              for i in range(3)])
+    out = folder / "out"
+    code, err = batch(monkeypatch, capsys, jobs, out, flag, path)
+    line = one_error_line(code, err)
+    assert flag.replace("-mask", " mask") in line and str(path) in line, line  # the batch's "--content mask 1"
+    assert not (out / "manifest.jsonl").exists()
