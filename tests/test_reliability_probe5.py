@@ -86,3 +86,20 @@ def test_the_batchs_own_input_files_are_checked_before_any_work(folder, monkeypa
     line = one_error_line(code, err)
     assert flag.replace("-mask", " mask") in line and str(path) in line, line  # the batch's "--content mask 1"
     assert not (out / "manifest.jsonl").exists()
+
+
+# ------------------------------------------------------------------ batch: a hard-linked manifest
+
+def test_a_hard_linked_manifest_is_refused_and_the_other_name_untouched(folder, monkeypatch, capsys, no_step):
+    """`cp -al out backup` (a snapshot by hard links) and the same batch again: each line appended to
+    out/manifest.jsonl went into backup/manifest.jsonl too (a file outside --out); a symbolic link was refused."""
+    import os
+
+    out = folder / "out"
+    out.mkdir()
+    (folder / "backup.jsonl").write_text("")
+    os.link(folder / "backup.jsonl", out / "manifest.jsonl")
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png"}])
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert "hard link" in one_error_line(code, err)
+    assert (folder / "backup.jsonl").read_text() == ""
