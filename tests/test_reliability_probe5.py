@@ -103,3 +103,22 @@ def test_a_hard_linked_manifest_is_refused_and_the_other_name_untouched(folder, 
     code, err = batch(monkeypatch, capsys, jobs, out)
     assert "hard link" in one_error_line(code, err)
     assert (folder / "backup.jsonl").read_text() == ""
+
+
+# ------------------------------------------------------------------ export: something --force cannot replace
+
+@pytest.mark.parametrize("name", ["tile_step.onnx", "export.json"])
+def test_export_force_onto_a_folder_in_the_way_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, name):
+    """`export -o e --force` where e/tile_step.onnx is a folder: step.onnx and features.onnx were replaced, then
+    'Is a directory', leaving the new graphs beside the old export.json, whose hashes no longer matched."""
+    out = tmp_path / "e"
+    out.mkdir()
+    for other in ("step.onnx", "features.onnx", "tile_step.onnx", "export.json"):
+        (out / other).mkdir() if other == name else (out / other).write_bytes(b"earlier " + other.encode())
+    monkeypatch.setattr("styleengine.export.cache.write_export", lambda *a, **k: pytest.fail("the export started"))
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, "--model", "vgg16", "--weights", "random",
+                           "--no-validate", "--force")
+    line = one_error_line(code, err)
+    assert name in line and "is a directory" in line, line
+    assert all((out / o).read_bytes() == b"earlier " + o.encode() for o in ("step.onnx", "features.onnx")
+               if o != name)
