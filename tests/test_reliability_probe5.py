@@ -18,6 +18,8 @@ except ModuleNotFoundError:
     from tests.test_reliability_batch import (FAST, batch, folder, manifest_lines, one_error_line,  # noqa: F401
                                               picture, write_jobs)
 
+RUN_FAST = [*FAST[:FAST.index("--batch-size")], "--backend", "torch"]  # run takes no --batch-size
+
 
 # ------------------------------------------------------------------ invert: --distances onto its own weights file
 
@@ -122,3 +124,22 @@ def test_export_force_onto_a_folder_in_the_way_is_one_line_before_any_work(tmp_p
     assert name in line and "is a directory" in line, line
     assert all((out / o).read_bytes() == b"earlier " + o.encode() for o in ("step.onnx", "features.onnx")
                if o != name)
+
+
+# ------------------------------------------------------------------ mask flags: ~ and $VARS as --init's are
+
+@pytest.mark.parametrize("spelled", ["~/m.png", "$MASKS/m.png"])
+def test_a_mask_flag_after_equals_is_expanded_as_init_and_weights_are(tmp_path, monkeypatch, capsys, spelled):
+    """`--content-mask=~/m.png` (no shell expands after '='): 'image not found: ~/m.png', where --init=~/i.png and
+    --weights=~/w.pth are expanded, and a jobs file's masks too."""
+    picture(tmp_path / "c.png", 1)
+    picture(tmp_path / "s.png", 2)
+    from PIL import Image
+
+    Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MASKS", str(tmp_path))
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png",
+                           *RUN_FAST, f"--content-mask={spelled}")
+    assert code == 0, err
+    assert (tmp_path / "o.png").exists()
