@@ -143,3 +143,15 @@ def test_a_mask_flag_after_equals_is_expanded_as_init_and_weights_are(tmp_path, 
                            *RUN_FAST, f"--content-mask={spelled}")
     assert code == 0, err
     assert (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ the cache folder's setting
+
+def test_a_cache_dir_setting_with_a_variable_is_expanded_not_made_in_the_working_directory(tmp_path, monkeypatch):
+    """STYLEENGINE_CACHE_DIR='$SCRATCH/cache' (an env file or a systemd unit, which expand no variables) made a
+    folder named '$SCRATCH' in the working directory and cached ~270 MB there; '~' was expanded."""
+    from styleengine.paths import cache_root
+
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", "$SCRATCH/cache")
+    assert cache_root() == tmp_path / "scratch" / "cache"

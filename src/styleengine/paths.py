@@ -217,7 +217,7 @@ def cache_root() -> Path:
     """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder (exports, tuning record)."""
     env = os.environ.get("STYLEENGINE_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return expand(env)  # an env file or a systemd unit expands no $VARIABLES
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("styleengine"))
