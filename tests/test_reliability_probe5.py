@@ -155,3 +155,18 @@ def test_a_cache_dir_setting_with_a_variable_is_expanded_not_made_in_the_working
     monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", "$SCRATCH/cache")
     assert cache_root() == tmp_path / "scratch" / "cache"
+
+
+# ------------------------------------------------------------------ a manifest of many bad lines
+
+def test_many_bad_manifest_lines_are_a_few_warnings_and_a_count(folder, monkeypatch, capsys, no_step):
+    """50 000 lines of garbage appended to a manifest (a log redirected into it by mistake) printed 50 000
+    warning lines before the first job."""
+    out = folder / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text("garbage\n" * 5000)
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "nope.png"}])  # fails at once
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) <= 11, len(warnings)
+    assert "line 1:" in warnings[0] and "4990 more" in warnings[-1], warnings[-1]

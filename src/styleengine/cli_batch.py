@@ -31,6 +31,8 @@ from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH
 from styleengine.errors import ConfigError, UserError, first_line
 
+SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more are counted
+
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
           shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
@@ -131,8 +133,11 @@ def _batch(
             # the jobs' own settings resolve the same way (a job that sets --size may be of another size class)
             console.print(f"auto: {choose(settings).why}", soft_wrap=True, highlight=False, markup=False)
         done, problems = manifest.load()
-        for problem in problems:
+        for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
+        if len(problems) > SHOWN_PROBLEMS:  # a log redirected into it by mistake: a count, not a flood
+            console.print(f"warning: and {len(problems) - SHOWN_PROBLEMS} more lines of {manifest.path} that cannot "
+                          f"be used; skipped", soft_wrap=True, highlight=False, markup=False)
         digests: dict[str, str] = {}
 
         def planned() -> Iterator[list[engine.Planned]]:
