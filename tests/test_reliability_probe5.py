@@ -170,3 +170,10 @@ def test_many_bad_manifest_lines_are_a_few_warnings_and_a_count(folder, monkeypa
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) <= 11, len(warnings)
     assert "line 1:" in warnings[0] and "4990 more" in warnings[-1], warnings[-1]
+
+
+def test_a_bad_batch_size_names_its_flag(folder, monkeypatch, capsys, no_step):
+    """'batch size must be >= 1, got 0' named no flag (every other bad value names its flag)."""
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png"}])
+    code, err = batch(monkeypatch, capsys, jobs, folder / "out", "--batch-size", "0")
+    assert "--batch-size" in one_error_line(code, err)

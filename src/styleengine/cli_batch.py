@@ -96,7 +96,7 @@ def _batch(
     settings = settings_from(flags, BATCH)
     settings.validate()
     if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if ray is not None:
         from styleengine.engine.batch_ray import import_ray
 
