@@ -177,3 +177,67 @@ def test_a_bad_batch_size_names_its_flag(folder, monkeypatch, capsys, no_step):
     jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png"}])
     code, err = batch(monkeypatch, capsys, jobs, folder / "out", "--batch-size", "0")
     assert "--batch-size" in one_error_line(code, err)
+
+
+# ------------------------------------------------------------------ batch: the jobs file changed while it runs
+
+def _while_running(monkeypatch, action) -> None:
+    """Call `action()` once, as the first chunk of jobs starts running (after every check)."""
+    from styleengine.engine import batch as engine
+
+    real, calls = engine.run_jobs, []
+
+    def run_jobs(*args, **kwargs):
+        if not calls:
+            action()
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_jobs", run_jobs)
+
+
+@pytest.mark.parametrize("appended, says", [
+    ({"content": "c2.png", "styles": "s1.png", "output": "pic.png"}, "is the content image"),
+    ({"content": "c2.png", "styles": "s1.png", "output": "o0.png", "id": "again"}, "is the output of job o0"),
+])
+def test_a_job_appended_while_the_batch_runs_is_checked_across_jobs(folder, monkeypatch, capsys, appended, says):
+    """A jobs file used as a queue (a line appended while the batch runs): the file is read twice, the checks
+    across jobs made on the first reading only, so the appended job overwrote a content image kept in --out (or
+    wrote a second 'ok' picture over job o0's, one of them lost)."""
+    import json
+
+    out = folder / "out"
+    picture(out / "pic.png", 9)
+    before = (out / "pic.png").read_bytes()
+    monkeypatch.setattr("styleengine.engine.batch.CHUNK", 1)  # the new line is read after the first job ran
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "out/pic.png", "styles": "s1.png", "output": f"o{i}.png"}
+                                              for i in range(2)])
+
+    def append() -> None:
+        with open(jobs, "a") as f:
+            f.write(json.dumps(appended) + "\n")
+
+    _while_running(monkeypatch, append)
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert says in one_error_line(code, err)
+    assert (out / "pic.png").read_bytes() == before
+    assert [line["id"] for line in manifest_lines(out) if line["output"].endswith("o0.png")] == ["o0"]
+
+
+def test_a_folder_swapped_for_a_link_out_of_out_during_the_run_is_not_written_through(folder, monkeypatch, capsys):
+    """out/sub checked as a folder inside --out, then replaced by a symbolic link to a folder outside while the
+    job ran: the picture was written through it, outside --out."""
+    out, victim = folder / "out", folder / "victim"
+    victim.mkdir()
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": "sub/a.png"}])
+
+    def swap() -> None:
+        (out / "sub").rmdir()
+        (out / "sub").symlink_to(victim)
+
+    _while_running(monkeypatch, swap)
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert code == 1 and "Traceback" not in err
+    assert list(victim.iterdir()) == []
+    (line,) = manifest_lines(out)
+    assert line["status"] == "failed" and "outside --out" in line["reason"] and "saved the image to" in line["reason"]

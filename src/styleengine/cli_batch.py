@@ -9,7 +9,8 @@ now; (3) the rest run, each recorded as it finishes (image, then manifest
 line, with signals held back meanwhile and acted on right after). A jobs
 file is read twice: once whole for the checks across jobs (before any
 work), then a chunk (engine.CHUNK jobs) at a time for (2) and (3), so the
-first picture starts at once and memory does not grow with the file.
+first picture starts at once and memory does not grow with the file; the
+second reading is checked across jobs again (a line appended meanwhile).
 Ctrl-C, SIGTERM or SIGHUP stops the batch: what finished is recorded, the
 same command resumes. Exit 1 if any job failed.
 """
@@ -42,7 +43,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
         total = engine.check_jobs(engine.iter_jobs(jobs_file, out), out, shared)
-        return total, lambda: engine.iter_jobs(jobs_file, out)
+        return total, lambda: _checked_again(jobs_file, out, shared)
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -52,6 +53,15 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
                               f"run; give another --out")
     pairs = engine.pair_jobs(contents, styles, out, shared)
     return len(pairs), lambda: pairs
+
+
+def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path]) -> Iterator[engine.Job]:
+    """The jobs as they are read for running, checked across jobs again: a line appended (or changed) since the
+    first reading would otherwise run unchecked (a jobs file used as a queue)."""
+    check = engine.JobsCheck(out, shared)
+    for job in engine.iter_jobs(jobs_file, out):
+        check.add(job)
+        yield job
 
 
 def _check(item: engine.Planned) -> engine.Planned:
