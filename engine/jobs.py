@@ -158,6 +158,13 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
     return out_dir / relative
 
 
+def outside(output: Path, out_dir: Path) -> str | None:
+    """Where `output`'s folder leads when that is outside `out_dir` (after symbolic links), else None: asked
+    again right before a job's folder is made and its picture written (a folder may have become a link since)."""
+    root, folder = os.path.realpath(out_dir), os.path.realpath(Path(output).parent)
+    return None if os.path.commonpath([root, folder]) == root else folder
+
+
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
     if len(named) < len(raw):

@@ -3,6 +3,7 @@ caches, messages) probed again on today's code, as its first probe did. Each def
 as the case a careless or hostile user tried; the cases that held are listed in the probe's report."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -224,20 +225,32 @@ def test_a_job_appended_while_the_batch_runs_is_checked_across_jobs(folder, monk
     assert [line["id"] for line in manifest_lines(out) if line["output"].endswith("o0.png")] == ["o0"]
 
 
-def test_a_folder_swapped_for_a_link_out_of_out_during_the_run_is_not_written_through(folder, monkeypatch, capsys):
+@pytest.mark.parametrize("when", ["before its write", "before its folder is made"])
+def test_a_folder_swapped_for_a_link_out_of_out_during_the_run_is_not_written_through(folder, monkeypatch, capsys,
+                                                                                      when):
     """out/sub checked as a folder inside --out, then replaced by a symbolic link to a folder outside while the
-    job ran: the picture was written through it, outside --out."""
+    batch ran (as its job ran, or as its chunk was planned): the picture was written through it, and its folders
+    made there, outside --out."""
+    from styleengine.engine import batch as engine
+
     out, victim = folder / "out", folder / "victim"
     victim.mkdir()
-    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": "sub/a.png"}])
+    (out / "sub").mkdir(parents=True)
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": "sub/deeper/a.png"}])
 
     def swap() -> None:
-        (out / "sub").rmdir()
+        shutil.rmtree(out / "sub")
         (out / "sub").symlink_to(victim)
 
-    _while_running(monkeypatch, swap)
+    if when == "before its write":
+        _while_running(monkeypatch, swap)
+    else:  # after the checks across jobs, before the job's own checks
+        real_plan = engine.plan
+        monkeypatch.setattr(engine, "plan", lambda *a, **k: (swap(), real_plan(*a, **k))[1])
     code, err = batch(monkeypatch, capsys, jobs, out)
     assert code == 1 and "Traceback" not in err
     assert list(victim.iterdir()) == []
     (line,) = manifest_lines(out)
-    assert line["status"] == "failed" and "outside --out" in line["reason"] and "saved the image to" in line["reason"]
+    assert line["status"] == "failed" and "outside --out" in line["reason"], line
+    if when == "before its write":
+        assert "saved the image to" in line["reason"]

@@ -64,12 +64,16 @@ def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path]) -> Itera
         yield job
 
 
-def _check(item: engine.Planned) -> engine.Planned:
+def _check(item: engine.Planned, out: Path) -> engine.Planned:
     """run's checks of the files a job reads and writes; a failure fails the job."""
     if item.status != "run":
         return item
     job = item.job
     try:
+        escaped = engine.outside(job.output, out)
+        if escaped is not None:  # mkdir would follow the link and make folders out there
+            raise ConfigError(f"output {job.output} is outside --out {out} (through a symbolic link to {escaped}, "
+                              f"made after the jobs were checked)")
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -152,7 +156,7 @@ def _batch(
 
         def planned() -> Iterator[list[engine.Planned]]:
             for chunk in engine.chunks(job_source(), engine.CHUNK):
-                yield [_check(item) for item in engine.plan(chunk, settings, done, digests)]
+                yield [_check(item, out) for item in engine.plan(chunk, settings, done, digests)]
 
         _run(planned(), total, manifest, out, ray, batch_size, settings.weights == "random", console)
 
@@ -195,7 +199,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 results = engine.run_jobs(planned, warm, batch_size=batch_size)
             for result in results:
                 with signals.shielded():
-                    note(engine.record(result, manifest, save_elsewhere))
+                    note(engine.record(result, manifest, save_elsewhere, out))
     except KeyboardInterrupt:
         signals.reported = True
         kept = (f"the same command resumes ({manifest.path} records what is done)"
