@@ -254,3 +254,21 @@ def test_a_folder_swapped_for_a_link_out_of_out_during_the_run_is_not_written_th
     assert line["status"] == "failed" and "outside --out" in line["reason"], line
     if when == "before its write":
         assert "saved the image to" in line["reason"]
+
+
+# ------------------------------------------------------------------ a whole last manifest line without its newline
+
+def test_a_whole_last_manifest_line_without_a_newline_is_kept_not_cut(folder, monkeypatch, capsys):
+    """A manifest saved by an editor that drops the final newline (VS Code's default): its last line, a whole
+    record, was taken for a torn write and cut off, so that job ran again."""
+    out = folder / "out"
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": f"o{i}.png"}
+                                              for i in range(2)])
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert code == 0, err
+    path = out / "manifest.jsonl"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert code == 0 and "0 ok, 2 skipped" in err, err
+    assert "torn" not in err
+    assert [line["status"] for line in manifest_lines(out)] == ["ok", "ok", "skipped", "skipped"]
