@@ -195,9 +195,12 @@ class Manifest:
 def locked(out_dir: Path) -> Iterator[None]:
     """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it."""
     path = Path(out_dir) / LOCK_FILE
-    try:
-        f = open(path, "a+b")
+    try:  # never through a symbolic link: it would create or open whatever it names, maybe outside --out
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666), "a+b")
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"cannot lock {out_dir}: {path} is a symbolic link; remove it (the lock is a file "
+                            f"of --out)") from None
         raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
     with f:
         if not paths.try_lock(f, blocking=False):

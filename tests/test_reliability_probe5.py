@@ -272,3 +272,15 @@ def test_a_whole_last_manifest_line_without_a_newline_is_kept_not_cut(folder, mo
     assert code == 0 and "0 ok, 2 skipped" in err, err
     assert "torn" not in err
     assert [line["status"] for line in manifest_lines(out)] == ["ok", "ok", "skipped", "skipped"]
+
+
+def test_a_lock_file_that_is_a_link_out_of_out_is_refused_and_nothing_made_there(folder, monkeypatch, capsys, no_step):
+    """out/.batch.lock a dangling symbolic link to a path outside --out: taking the lock created that file (the
+    manifest, a link too, is refused)."""
+    out = folder / "out"
+    out.mkdir()
+    (out / ".batch.lock").symlink_to(folder / "made-outside")
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png"}])
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert "symbolic link" in one_error_line(code, err)
+    assert not (folder / "made-outside").exists()
