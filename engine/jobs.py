@@ -352,7 +352,7 @@ class JobsCheck:
     any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
     links), the manifest, the lock or a file every job reads (`shared`: the batch's --init image and
     --weights file, by role); no output inside a folder a job names as its styles (the next run would
-    read it as a style image). Keeps only what the checks compare."""
+    read it as a style image), none in a folder that is another output. Keeps only what the checks compare."""
 
     def __init__(self, out_dir: Path, shared: dict[str, Path] | None = None):
         self.count = 0
@@ -369,6 +369,7 @@ class JobsCheck:
         self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
         self._style_folders: dict[str, str] = {}  # resolved folder -> whose style folder it is
         self._output_folders: dict[str, str] = {}  # resolved folder of an output -> whose output it is
+        self._on_the_way: dict[str, str] = {}  # resolved folders between --out and an output -> whose output
 
     def _keys(self, path: Path) -> list[Any]:
         text = str(path)
@@ -397,7 +398,10 @@ class JobsCheck:
                 raise ConfigError(f"{where}the {role} {path} is {found}; choose another name for that output")
         source = f" ({job.where})" if job.where else ""
         self._check_style_folders(job, where, outputs[0], source)
+        folders = self._check_nesting(job, where, outputs[0])
         self._ids.add(job.id)
+        for key in folders:
+            self._on_the_way.setdefault(key, f"the output of job {job.id}{source}")
         for key in outputs:
             self._outputs[key] = f"the output of job {job.id}{source}"
         for role, (path, keys) in inputs.items():
@@ -405,6 +409,23 @@ class JobsCheck:
                 self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
         self.count += 1
 
+
+    def _check_nesting(self, job: Job, where: str, output: str) -> list[str]:
+        """ConfigError if `output` (resolved) is a folder on the way to an earlier output, or an earlier output
+        is a folder on its way (one name cannot be a picture and a folder); else the folders on its way."""
+        found = self._on_the_way.get(output)
+        if found:
+            raise ConfigError(f"{where}output {job.output} is a folder that {found} goes in; a name cannot be a "
+                              f"picture and a folder")
+        folders, folder = [], os.path.dirname(output)
+        while folder != self._root and len(folder) > len(self._root):
+            found = self._outputs.get(folder)
+            if found:
+                raise ConfigError(f"{where}output {job.output} goes in the folder {folder}, which is {found}; a name "
+                                  f"cannot be a picture and a folder")
+            folders.append(folder)
+            folder = os.path.dirname(folder)
+        return folders
 
     def _check_style_folders(self, job: Job, where: str, output: str, source: str) -> None:
         """ConfigError if `output` (resolved) lies in a style folder of this or an earlier job, or one of this

@@ -284,3 +284,18 @@ def test_a_lock_file_that_is_a_link_out_of_out_is_refused_and_nothing_made_there
     code, err = batch(monkeypatch, capsys, jobs, out)
     assert "symbolic link" in one_error_line(code, err)
     assert not (folder / "made-outside").exists()
+
+
+# ------------------------------------------------------------------ batch: an output inside another output
+
+@pytest.mark.parametrize("first, second", [("a.png", "a.png/b.png"), ("a.png/b.png", "a.png")])
+def test_an_output_whose_folder_is_another_output_is_refused_before_any_work(folder, monkeypatch, capsys, no_step,
+                                                                            first, second):
+    """"a.png" and "a.png/b.png": the second job's folder a.png was made before the first wrote, so the first
+    failed ('it is a directory') on every run: a batch that could never finish."""
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": first},
+                                              {"content": "c2.png", "styles": "s1.png", "output": second}])
+    out = folder / "out"
+    code, err = batch(monkeypatch, capsys, jobs, out)
+    assert "folder" in one_error_line(code, err)
+    assert not (out / "a.png").exists()
