@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -370,6 +371,8 @@ class JobsCheck:
         self._style_folders: dict[str, str] = {}  # resolved folder -> whose style folder it is
         self._output_folders: dict[str, str] = {}  # resolved folder of an output -> whose output it is
         self._on_the_way: dict[str, str] = {}  # resolved folders between --out and an output -> whose output
+        self._folds = paths.folds_names(self._out_dir)  # "A.png" and "a.png" are one file there
+        self._folded: dict[str, str] = {}  # an output's resolved path, case and normalisation folded -> whose
 
     def _keys(self, path: Path) -> list[Any]:
         text = str(path)
@@ -399,7 +402,13 @@ class JobsCheck:
         source = f" ({job.where})" if job.where else ""
         self._check_style_folders(job, where, outputs[0], source)
         folders = self._check_nesting(job, where, outputs[0])
+        folded = unicodedata.normalize("NFC", outputs[0]).casefold() if self._folds else None
+        if folded is not None and folded in self._folded:
+            raise ConfigError(f"{where}output {job.output} is {self._folded[folded]} on this file system, which "
+                              f"folds case (and accents' spelling); choose another name")
         self._ids.add(job.id)
+        if folded is not None:
+            self._folded[folded] = f"the output of job {job.id}{source}"
         for key in folders:
             self._on_the_way.setdefault(key, f"the output of job {job.id}{source}")
         for key in outputs:

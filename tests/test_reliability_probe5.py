@@ -299,3 +299,27 @@ def test_an_output_whose_folder_is_another_output_is_refused_before_any_work(fol
     code, err = batch(monkeypatch, capsys, jobs, out)
     assert "folder" in one_error_line(code, err)
     assert not (out / "a.png").exists()
+
+
+# ------------------------------------------------------------------ batch: names one file where case is folded
+
+@pytest.mark.parametrize("first, second", [("Holiday.png", "holiday.png"), ("caf\u00e9.png", "cafe\u0301.png")])
+def test_outputs_one_file_on_a_case_folding_file_system_are_refused(folder, monkeypatch, capsys, no_step, first,
+                                                                    second):
+    """On macOS's or Windows' file systems "Holiday.png" and "holiday.png" (or an NFC and an NFD 'café') are one
+    file: both jobs were 'ok', the second picture over the first, and every rerun skipped both."""
+    from styleengine import paths
+
+    monkeypatch.setattr(paths, "folds_names", lambda folder: True)  # as a probe of such a folder answers
+    jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png", "output": first, "id": "1"},
+                                              {"content": "c2.png", "styles": "s1.png", "output": second, "id": "2"}])
+    code, err = batch(monkeypatch, capsys, jobs, folder / "out")
+    assert "case" in one_error_line(code, err)
+
+
+def test_a_folder_that_folds_names_is_told_from_one_that_does_not(tmp_path):
+    """The probe: a file made with a lower-case name, looked up in upper case (here, Linux: not folded)."""
+    from styleengine import paths
+
+    assert paths.folds_names(tmp_path) is False and list(tmp_path.iterdir()) == []
+    assert paths.folds_names(tmp_path / "missing") is False

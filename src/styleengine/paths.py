@@ -175,6 +175,21 @@ def same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)  # Path.resolve raises on a symlink loop; this does not
 
 
+def folds_names(folder: Path) -> bool:
+    """Whether `folder`'s file system takes names that differ only in case as one file (macOS's and Windows'
+    by default; they fold Unicode normalisation too): a lower-case temp file looked up in upper case. False if
+    the folder cannot be written (the write will say so)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".styleengine-case-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        return os.path.exists(os.path.join(os.path.dirname(name), os.path.basename(name).upper()))
+    finally:
+        os.unlink(name)
+
+
 def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None:
     """ConfigError if `output` is one of `inputs` ({"content image": path, ...}): a run never overwrites its sources."""
     for role, source in inputs.items():
