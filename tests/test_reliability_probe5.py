@@ -3,16 +3,19 @@ caches, messages) probed again on today's code, as its first probe did. Each def
 as the case a careless or hostile user tried; the cases that held are listed in the probe's report."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability import no_step  # noqa: F401 (a fixture)
-    from test_reliability_batch import FAST, batch, folder, manifest_lines, one_error_line, picture, write_jobs  # noqa: F401
+    from test_reliability_batch import (FAST, batch, folder, manifest_lines, one_error_line,  # noqa: F401
+                                        picture, write_jobs)
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability import no_step  # noqa: F401
@@ -75,8 +78,6 @@ def test_the_batchs_own_input_files_are_checked_before_any_work(folder, monkeypa
     """`batch jobs.jsonl --weights missing.pth` (or an --init that is a folder, a FIFO as weights) ran every job to
     the same 'cannot read' failure, a manifest line each, exit 1: a bad flag of the batch is one line before any
     work and nothing written, as run's is."""
-    import os
-
     path = folder / name
     if kind == "folder":
         path.mkdir()
@@ -96,8 +97,6 @@ def test_the_batchs_own_input_files_are_checked_before_any_work(folder, monkeypa
 def test_a_hard_linked_manifest_is_refused_and_the_other_name_untouched(folder, monkeypatch, capsys, no_step):
     """`cp -al out backup` (a snapshot by hard links) and the same batch again: each line appended to
     out/manifest.jsonl went into backup/manifest.jsonl too (a file outside --out); a symbolic link was refused."""
-    import os
-
     out = folder / "out"
     out.mkdir()
     (folder / "backup.jsonl").write_text("")
@@ -135,8 +134,6 @@ def test_a_mask_flag_after_equals_is_expanded_as_init_and_weights_are(tmp_path, 
     --weights=~/w.pth are expanded, and a jobs file's masks too."""
     picture(tmp_path / "c.png", 1)
     picture(tmp_path / "s.png", 2)
-    from PIL import Image
-
     Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("MASKS", str(tmp_path))
@@ -205,8 +202,6 @@ def test_a_job_appended_while_the_batch_runs_is_checked_across_jobs(folder, monk
     """A jobs file used as a queue (a line appended while the batch runs): the file is read twice, the checks
     across jobs made on the first reading only, so the appended job overwrote a content image kept in --out (or
     wrote a second 'ok' picture over job o0's, one of them lost)."""
-    import json
-
     out = folder / "out"
     picture(out / "pic.png", 9)
     before = (out / "pic.png").read_bytes()
