@@ -318,3 +318,30 @@ def test_a_folder_that_folds_names_is_told_from_one_that_does_not(tmp_path):
 
     assert paths.folds_names(tmp_path) is False and list(tmp_path.iterdir()) == []
     assert paths.folds_names(tmp_path / "missing") is False
+
+
+# ------------------------------------------------------------------ a signal during an import
+
+def test_a_signal_during_an_import_is_raised_once_the_import_is_done(tmp_path, monkeypatch):
+    """SIGTERM 1.3 s into `invert` (or `run`, `texture`): raised inside onnxruntime's extension module's
+    initialisation, it came out as 'ImportError: initialization failed', a traceback and exit 1; another time,
+    the process exited by SIGINT (-2) after saying 'interrupted (SIGTERM)'. An import runs to its end first."""
+    import signal
+    import sys
+    import time
+
+    from styleengine.cli import signals
+
+    (tmp_path / "probe5_slow_module.py").write_text(
+        "import signal, time\nsignal.raise_signal(signal.SIGTERM)\nfor _ in range(20):\n    time.sleep(0.005)\n"
+        "DONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with signals.installed():
+        with pytest.raises(KeyboardInterrupt):
+            import probe5_slow_module  # noqa: F401
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the held signal is raised here, soon after
+                time.sleep(0.01)
+        assert signals.exit_code == 143
+    assert sys.modules["probe5_slow_module"].DONE
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the timer's handler is handed back
