@@ -31,7 +31,7 @@ from styleengine import paths
 from styleengine.engine import images, masks as spatial
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
-                                     iter_jobs, load_jobs, pair_jobs, settings_inputs)
+                                     iter_jobs, load_jobs, outside, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonable, file_digest,  # noqa: F401
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
@@ -116,12 +116,17 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
 
 
 def record(result: JobResult, manifest: Manifest,
-           rescue: Callable[[np.ndarray, Path], Path | None] | None = None) -> JobResult:
+           rescue: Callable[[np.ndarray, Path], Path | None] | None = None, out_dir: Path | None = None) -> JobResult:
     """Write an "ok" job's image (atomically), then its manifest line. A failed write turns the job into a
     failed one (its line says why), the image handed to `rescue(image, output)` (-> where it saved it, or
-    None). Returns what was recorded; UserError if the manifest cannot be written."""
+    None); so does an output whose folder now leads outside `out_dir`. Returns what was recorded; UserError if
+    the manifest cannot be written."""
     if result.status == "ok":
         try:
+            escaped = outside(result.job.output, out_dir) if out_dir is not None else None
+            if escaped is not None:
+                raise ConfigError(f"cannot write {result.job.output}: its folder now leads outside --out (to "
+                                  f"{escaped}: a symbolic link made during the run)")
             images.save_image(result.image, result.job.output)
         except UserError as e:
             saved = rescue(result.image, result.job.output) if rescue is not None else None

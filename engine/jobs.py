@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -64,6 +65,7 @@ class Job:
     output: Path
     overrides: tuple[tuple[str, Any], ...] = ()  # (Settings field, value), sorted by field
     where: str = ""  # "FILE line N" for a job from a jobs file: where errors about it point
+    style_folders: tuple[Path, ...] = ()  # folders named as styles: read for their images each time
 
     def settings(self, base: Settings) -> Settings:
         """The batch's settings with this job's overrides."""
@@ -157,6 +159,13 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
     return out_dir / relative
 
 
+def outside(output: Path, out_dir: Path) -> str | None:
+    """Where `output`'s folder leads when that is outside `out_dir` (after symbolic links), else None: asked
+    again right before a job's folder is made and its picture written (a folder may have become a link since)."""
+    root, folder = os.path.realpath(out_dir), os.path.realpath(Path(output).parent)
+    return None if os.path.commonpath([root, folder]) == root else folder
+
+
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
     if len(named) < len(raw):
@@ -176,6 +185,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
     content_path = base_dir / paths.expand(content)  # ~ and $VARS as in a job's init, weights and masks
     given = tuple(base_dir / paths.expand(s) for s in style_names)
     style_paths = tuple(expand_styles(given, f"{where}: style folder"))
+    folders = tuple(paths.style_folders(given))
     output = _text(raw, "output", where) or _default_output(content_path, given)
     output_path = _inside(output, out_dir, where)
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
@@ -183,7 +193,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "
                           f"an id is one line of text (it is the output's name when not given)")
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where)
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where, folders)
 
 
 def _utf8(text: str, where: str) -> None:
@@ -342,7 +352,8 @@ class JobsCheck:
     """The checks across jobs, made as they stream past: ids unique; no output that is another's output,
     any job's input (content, style, per-job init or weights; after symlinks, relative paths and hard
     links), the manifest, the lock or a file every job reads (`shared`: the batch's --init image and
-    --weights file, by role). Keeps only what the checks compare."""
+    --weights file, by role); no output inside a folder a job names as its styles (the next run would
+    read it as a style image), none in a folder that is another output. Keeps only what the checks compare."""
 
     def __init__(self, out_dir: Path, shared: dict[str, Path] | None = None):
         self.count = 0
@@ -357,6 +368,11 @@ class JobsCheck:
         self._inputs: dict[Any, str] = {}
         self._outputs: dict[Any, str] = {}
         self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
+        self._style_folders: dict[str, str] = {}  # resolved folder -> whose style folder it is
+        self._output_folders: dict[str, str] = {}  # resolved folder of an output -> whose output it is
+        self._on_the_way: dict[str, str] = {}  # resolved folders between --out and an output -> whose output
+        self._folds = paths.folds_names(self._out_dir)  # "A.png" and "a.png" are one file there
+        self._folded: dict[str, str] = {}  # an output's resolved path, case and normalisation folded -> whose
 
     def _keys(self, path: Path) -> list[Any]:
         text = str(path)
@@ -383,14 +399,64 @@ class JobsCheck:
             found = next((self._outputs[key] for key in keys if key in self._outputs), None)
             if found:
                 raise ConfigError(f"{where}the {role} {path} is {found}; choose another name for that output")
-        self._ids.add(job.id)
         source = f" ({job.where})" if job.where else ""
+        self._check_style_folders(job, where, outputs[0], source)
+        folders = self._check_nesting(job, where, outputs[0])
+        folded = unicodedata.normalize("NFC", outputs[0]).casefold() if self._folds else None
+        if folded is not None and folded in self._folded:
+            raise ConfigError(f"{where}output {job.output} is {self._folded[folded]} on this file system, which "
+                              f"folds case (and accents' spelling); choose another name")
+        self._ids.add(job.id)
+        if folded is not None:
+            self._folded[folded] = f"the output of job {job.id}{source}"
+        for key in folders:
+            self._on_the_way.setdefault(key, f"the output of job {job.id}{source}")
         for key in outputs:
             self._outputs[key] = f"the output of job {job.id}{source}"
         for role, (path, keys) in inputs.items():
             for key in keys:
                 self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
         self.count += 1
+
+
+    def _check_nesting(self, job: Job, where: str, output: str) -> list[str]:
+        """ConfigError if `output` (resolved) is a folder on the way to an earlier output, or an earlier output
+        is a folder on its way (one name cannot be a picture and a folder); else the folders on its way."""
+        found = self._on_the_way.get(output)
+        if found:
+            raise ConfigError(f"{where}output {job.output} is a folder that {found} goes in; a name cannot be a "
+                              f"picture and a folder")
+        folders, folder = [], os.path.dirname(output)
+        while folder != self._root and len(folder) > len(self._root):
+            found = self._outputs.get(folder)
+            if found:
+                raise ConfigError(f"{where}output {job.output} goes in the folder {folder}, which is {found}; a name "
+                                  f"cannot be a picture and a folder")
+            folders.append(folder)
+            folder = os.path.dirname(folder)
+        return folders
+
+    def _check_style_folders(self, job: Job, where: str, output: str, source: str) -> None:
+        """ConfigError if `output` (resolved) lies in a style folder of this or an earlier job, or one of this
+        job's style folders holds an earlier job's output: the next run would read it as a style image (and,
+        its output now an input, refuse to resume)."""
+        folders = {os.path.realpath(f): f for f in job.style_folders}
+        parent, name = os.path.split(output)
+        if not name.startswith("."):  # images_in leaves hidden files out
+            found = (f"its own style folder {folders[parent]}" if parent in folders
+                     else self._style_folders.get(parent))
+            if found:
+                raise ConfigError(f"{where}output {job.output} is in {found}, whose images are styles: the next run "
+                                  f"would read it as one; write it elsewhere")
+        for key, given in folders.items():
+            found = self._output_folders.get(key)
+            if found:
+                raise ConfigError(f"{where}the style folder {given} holds {found}: the next run would read it as "
+                                  f"a style image; write that output elsewhere")
+        for key, given in folders.items():
+            self._style_folders.setdefault(key, f"the style folder {given} of job {job.id}{source}")
+        if not name.startswith("."):
+            self._output_folders.setdefault(parent, f"the output of job {job.id}{source}")
 
 
 def check_jobs(jobs: Iterable[Job], out_dir: Path, shared: dict[str, Path] | None = None) -> int:

@@ -94,13 +94,23 @@ def _manifest_problem(entry: Any) -> str | None:
     return None
 
 
+def _whole(tail: bytes) -> bool:
+    """Whether a last line without its newline is a whole, usable entry (a write cut short never is: a line is
+    one JSON object, and no prefix of one parses)."""
+    try:
+        return _manifest_problem(json.loads(tail.decode("utf-8"))) is None
+    except (ValueError, RecursionError):  # not UTF-8, not JSON (the empty tail of a whole file among them)
+        return False
+
+
 class Manifest:
     """The results manifest: one JSON object a line, appended as jobs finish.
 
     Each line goes out on a file opened with O_APPEND, written whole (a short
     write is continued; a failed one is cut off again) and fsync'd. A torn
     last line (a power cut mid-write) is cut off by `load` before anything is
-    appended; a line that cannot be used is reported by number and skipped.
+    appended (a whole one that lacks only its newline, as an editor saves it,
+    gets it); a line that cannot be used is reported by number and skipped.
     Hold the batch's lock (`locked`) around `load` and `append`."""
 
     def __init__(self, path: Path):
@@ -138,7 +148,9 @@ class Manifest:
         try:
             with open(self.path, "r+b") as f:
                 data = f.read()
-                if data and not data.endswith(b"\n"):
+                if data and _whole(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
+                    f.write(b"\n")
+                elif data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
                     number = data.count(b"\n") + 1
                     return [f"{self.path} line {number} was torn (a write cut short); cut off"]
@@ -190,6 +202,9 @@ def locked(out_dir: Path) -> Iterator[None]:
     try:
         f = paths.open_lock(path)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"cannot lock {out_dir}: {path} is a symbolic link; remove it (the lock is a file "
+                            f"of --out)") from None
         raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
     if f is None:
         raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "

@@ -124,6 +124,7 @@ class Option:
     per_job: bool = True  # a jobs file may set it per job (else it belongs to the whole batch: one warm device)
     commands: frozenset[str] = EVERY
     words: tuple[str, ...] = ()  # for a path setting: the words that are not paths
+    files: bool = False  # a list of file paths (masks): each expanded as a path setting's value is
     texture_help: str = ""  # the help under `texture`, where it differs
     aliases: tuple[str, ...] = ()  # other names a jobs file may use for it
 
@@ -213,11 +214,11 @@ class Settings:
     content_masks: tuple[str, ...] | None = option(
         None, "Spatial control (Gatys et al. 2017): greyscale masks, comma-separated, one per style image in order, "
               "each where on the content its style paints (white: fully, black: not; summed, at most 1 a pixel).",
-        LOSS, "words", flag="--content-mask", commands=ONE_CONTENT)
+        LOSS, "words", flag="--content-mask", commands=ONE_CONTENT, files=True)
     style_masks: tuple[str, ...] | None = option(
         None, "With --content-mask: greyscale masks, one per style image, each the part of its style image whose "
               "texture is used (default: the whole image).", LOSS, "words", flag="--style-mask",
-        commands=ONE_CONTENT)
+        commands=ONE_CONTENT, files=True)
     backend: str = option("auto", "auto (torch or ort, the faster here: measured once, see 'styleengine tune'), "
                                   "torch, ort or tensorrt (untested: TensorRT cannot be installed where this is "
                                   "built).", COMPUTE, "word", per_job=False)

@@ -506,7 +506,7 @@ def test_empty_user_error_fails_its_batch_job(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli_batch, "check_files", fail)
     job = batch.Job("j", tmp_path / "c.png", (tmp_path / "s.png",), tmp_path / "out" / "o.png")
-    planned = cli_batch._check(batch.Planned(job, stylise_module.Settings(), "h", "run"))
+    planned = cli_batch._check(batch.Planned(job, stylise_module.Settings(), "h", "run"), tmp_path / "out")
     assert (planned.status, planned.reason) == ("failed", "ImageError")
 
 

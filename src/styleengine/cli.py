@@ -21,7 +21,10 @@ being written, and raises the held one as soon as the write is done (a
 batch stops after the line it was recording, not at the end of the file).
 Only the first signal counts: a repeat (`timeout` and a scheduler both
 firing, Ctrl-C pressed twice) is absorbed while the first unwinds, and the
-console script ignores repeats to the end of the process.
+console script ignores repeats to the end of the process. A signal that
+arrives during an import is raised once the import is done (tried again
+every 50 ms by SIGALRM): raised inside an extension module's initialisation
+it became an ImportError (onnxruntime) or made the interpreter exit by SIGINT.
 """
 
 import contextlib
@@ -132,11 +135,14 @@ class _Signals:
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
     NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
+    RETRY_S = 0.05  # how soon a signal that arrived during an import is tried again
+
     def __init__(self) -> None:
         self.received: int | None = None
         self.reported = False  # a command has said what the interrupt did (else main says it)
         self._shield = 0
         self._held = False  # a signal arrived while shielded and has not been raised yet
+        self._alarm: Any = None  # SIGALRM's handler before a signal was put off (None: not put off)
 
     def _handle(self, signum: int, frame: Any) -> None:
         first = self.received is None
@@ -145,7 +151,30 @@ class _Signals:
         if self._shield:
             self._held = self._held or first
         elif first:  # a repeat (`timeout`, an impatient Ctrl-C) is absorbed: the first is already stopping us
-            raise KeyboardInterrupt
+            self._raise(frame)
+
+    def _raise(self, frame: Any) -> None:
+        """KeyboardInterrupt, unless an import is running: put off until it is done (SIGALRM, RETRY_S)."""
+        if _importing(frame) and hasattr(signal, "setitimer"):
+            if self._alarm is None:
+                self._alarm = signal.signal(signal.SIGALRM, self._again)
+            signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+            return
+        self._stop_alarm()
+        raise KeyboardInterrupt
+
+    def _again(self, signum: int, frame: Any) -> None:
+        if self._shield:  # the held signal is raised as the block ends
+            self._held = True
+            self._stop_alarm()
+        else:
+            self._raise(frame)
+
+    def _stop_alarm(self) -> None:
+        if self._alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._alarm)
+            self._alarm = None
 
     @contextlib.contextmanager
     def installed(self, exiting: bool = False):
@@ -160,6 +189,7 @@ class _Signals:
         try:
             yield
         finally:
+            self._stop_alarm()
             for s, handler in previous.items():
                 signal.signal(s, signal.SIG_IGN if exiting and self.received is not None else handler)
 
@@ -183,6 +213,17 @@ class _Signals:
     @property
     def exit_code(self) -> int:
         return self.EXIT_CODES.get(self.received, 130)  # type: ignore[call-overload]  # as in name
+
+
+def _importing(frame: Any) -> bool:
+    """Whether `frame` runs inside an import. A KeyboardInterrupt raised there can come out of an extension
+    module's initialisation as 'ImportError: initialization failed' (onnxruntime), or leave the interpreter to
+    exit by SIGINT whatever code the command exits with."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 signals = _Signals()

@@ -9,7 +9,8 @@ now; (3) the rest run, each recorded as it finishes (image, then manifest
 line, with signals held back meanwhile and acted on right after). A jobs
 file is read twice: once whole for the checks across jobs (before any
 work), then a chunk (engine.CHUNK jobs) at a time for (2) and (3), so the
-first picture starts at once and memory does not grow with the file.
+first picture starts at once and memory does not grow with the file; the
+second reading is checked across jobs again (a line appended meanwhile).
 Ctrl-C, SIGTERM or SIGHUP stops the batch: what finished is recorded, the
 same command resumes. Exit 1 if any job failed.
 """
@@ -31,6 +32,8 @@ from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings
 from styleengine.errors import ConfigError, UserError, first_line
 
+SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more are counted
+
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
           shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
@@ -40,7 +43,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
         total = engine.check_jobs(engine.iter_jobs(jobs_file, out), out, shared)
-        return total, lambda: engine.iter_jobs(jobs_file, out)
+        return total, lambda: _checked_again(jobs_file, out, shared)
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -52,12 +55,25 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
     return len(pairs), lambda: pairs
 
 
-def _check(item: engine.Planned) -> engine.Planned:
+def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path]) -> Iterator[engine.Job]:
+    """The jobs as they are read for running, checked across jobs again: a line appended (or changed) since the
+    first reading would otherwise run unchecked (a jobs file used as a queue)."""
+    check = engine.JobsCheck(out, shared)
+    for job in engine.iter_jobs(jobs_file, out):
+        check.add(job)
+        yield job
+
+
+def _check(item: engine.Planned, out: Path) -> engine.Planned:
     """run's checks of the files a job reads and writes; a failure fails the job."""
     if item.status != "run":
         return item
     job = item.job
     try:
+        escaped = engine.outside(job.output, out)
+        if escaped is not None:  # mkdir would follow the link and make folders out there
+            raise ConfigError(f"output {job.output} is outside --out {out} (through a symbolic link to {escaped}, "
+                              f"made after the jobs were checked)")
         try:
             job.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -96,7 +112,7 @@ def _batch(
     settings = settings_from(flags, BATCH)
     settings.validate()
     if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if ray is not None:
         from styleengine.engine.batch_ray import check_address, import_ray
 
@@ -113,9 +129,18 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     manifest = engine.Manifest(out / engine.MANIFEST)
     if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
         raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")
+    links = manifest.path.stat().st_nlink if manifest.path.is_file() else 1
+    if links > 1:  # `cp -al out backup`: appending would write into the other names too
+        raise ConfigError(f"{manifest.path} is a hard link ({links} names for one file): appending would change the "
+                          f"others too; give it its own copy (cp {manifest.path} {manifest.path}.new && mv "
+                          f"{manifest.path}.new {manifest.path})")
     paths.check_writable(manifest.path, "manifest")
     shared = engine.settings_inputs(settings.init, settings.weights, prefix="--",
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
+    for role, path in shared.items():  # every job reads them: one line now, not a failure per job
+        problem = paths.not_a_file(path)
+        if problem is not None:
+            raise ConfigError(f"{role} {path} {problem}")
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     if settings.backend != "torch":
         from styleengine.export.cache import cache_root
@@ -128,13 +153,16 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
             # the jobs' own settings resolve the same way (a job that sets --size may be of another size class)
             console.print(f"auto: {choose(settings).why}", soft_wrap=True, highlight=False, markup=False)
         done, problems = manifest.load()
-        for problem in problems:
+        for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
+        if len(problems) > SHOWN_PROBLEMS:  # a log redirected into it by mistake: a count, not a flood
+            console.print(f"warning: and {len(problems) - SHOWN_PROBLEMS} more lines of {manifest.path} that cannot "
+                          f"be used; skipped", soft_wrap=True, highlight=False, markup=False)
         digests: dict[str, str] = {}
 
         def planned() -> Iterator[list[engine.Planned]]:
             for chunk in engine.chunks(job_source(), engine.CHUNK):
-                yield [_check(item) for item in engine.plan(chunk, settings, done, digests)]
+                yield [_check(item, out) for item in engine.plan(chunk, settings, done, digests)]
 
         _run(planned(), total, manifest, out, ray, batch_size, settings.weights == "random", console)
 
@@ -177,7 +205,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 results = engine.run_jobs(planned, warm, batch_size=batch_size)
             for result in results:
                 with signals.shielded():
-                    note(engine.record(result, manifest, save_elsewhere))
+                    note(engine.record(result, manifest, save_elsewhere, out))
     except KeyboardInterrupt:
         signals.reported = True
         kept = (f"the same command resumes ({manifest.path} records what is done)"

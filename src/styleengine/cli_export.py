@@ -51,7 +51,11 @@ def _writable_folder(output: Path) -> None:
 
 def _existing(output: Path, names: tuple[str, ...], force: bool) -> None:
     """ConfigError if `output` already holds any of `names` and --force was not given."""
-    found = [n for n in names if (output / n).exists()] if output.is_dir() else []
+    found = [n for n in names if os.path.lexists(output / n)] if output.is_dir() else []
+    for name in found:  # a rename cannot replace a folder: publishing would stop half-way, the old and new mixed
+        problem = paths.not_a_file(output / name)
+        if problem is not None and not os.path.islink(output / name):
+            raise ConfigError(f"{output / name} {problem}; the export cannot replace it: move it away")
     if found and not force:
         raise ConfigError(f"{output} already holds {', '.join(found)}; use --force to replace "
                           f"{'it' if len(found) == 1 else 'them'}")

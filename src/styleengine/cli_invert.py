@@ -15,6 +15,7 @@ from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.engine import images
+from styleengine.engine.jobs import settings_inputs
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
 from styleengine.errors import UserError, first_line
@@ -61,10 +62,11 @@ def _invert(
     size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, feature_weight
     settings.validate()
     images.check_output_path(output)
-    paths.check_not_an_input(output, "output", {"image": image})
+    inputs = {"image": image, **settings_inputs(settings.init, settings.weights)}  # the weights file too
+    paths.check_not_an_input(output, "output", inputs)
     if distances is not None:
         paths.check_writable(distances, "distances")
-        paths.check_not_an_input(distances, "distances", {"image": image, "output": output})
+        paths.check_not_an_input(distances, "distances", {**inputs, "output": output})
     picture = images.load_image(image)
     check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
     loaded = load_run_weights(settings)

@@ -75,7 +75,8 @@ def parse_list(name: str, meta: Option, value: Any) -> Any:
 
 def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None, **fixed: Any) -> Settings:
     """Settings from the generated flags' values (other keys are ignored): comma lists split, a path setting's
-    value that is not one of its words expanded (`--weights=~/w.pth`: no shell expanded it). recipe: another
+    value that is not one of its words, and each of a list of files, expanded (`--weights=~/w.pth`: no shell
+    expanded it). recipe: another
     tool's recipe (engine/recipes.py) under the flags named on the command line."""
     values: dict[str, Any] = {}
     for name, meta in options(command).items():
@@ -84,6 +85,8 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
         value = flags[name]
         if meta.kind in ("words", "numbers") and value is not None:
             value = parse_list(name, meta, value)
+            if meta.files and value:
+                value = tuple(paths.expand_text(v) for v in value)
         elif meta.words and value not in meta.words and value != TEXTURE_INIT:
             value = paths.expand_text(value)
         values[name] = value

@@ -136,8 +136,8 @@ def try_lock(f, blocking: bool) -> bool:
 def open_lock(path: Path) -> BinaryIO | None:
     """The lock file `path` (made if missing) open and locked by this process, or None if another process holds
     it. OSError if it cannot be opened."""
-    while True:
-        f = open(path, "a+b")
+    while True:  # never through a symbolic link: it would create or open whatever it names, maybe elsewhere
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666), "a+b")
         if not try_lock(f, blocking=False):
             f.close()
             return None
@@ -224,6 +224,21 @@ def same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)  # Path.resolve raises on a symlink loop; this does not
 
 
+def folds_names(folder: Path) -> bool:
+    """Whether `folder`'s file system takes names that differ only in case as one file (macOS's and Windows'
+    by default; they fold Unicode normalisation too): a lower-case temp file looked up in upper case. False if
+    the folder cannot be written (the write will say so)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".styleengine-case-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        return os.path.exists(os.path.join(os.path.dirname(name), os.path.basename(name).upper()))
+    finally:
+        os.unlink(name)
+
+
 def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None:
     """ConfigError if `output` is one of `inputs` ({"content image": path, ...}): a run never overwrites its sources."""
     for role, source in inputs.items():
@@ -267,7 +282,7 @@ def cache_root() -> Path:
     """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder (exports, tuning record)."""
     env = os.environ.get("STYLEENGINE_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return expand(env)  # an env file or a systemd unit expands no $VARIABLES
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("styleengine"))
@@ -299,18 +314,29 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no fresh folder name in {parent}")
 
 
-def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
-    """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
-    (sorted); a name that is a file is one image, commas and all."""
-    found: list[Path] = []
+def _style_parts(names: Iterable[str | Path]) -> Iterator[Path]:
+    """Each style argument's parts: a comma-separated list is several names; a name that is a file is one, commas
+    and all."""
     for name in names:
         text = str(name)
         if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
             raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
         parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
-        for part in parts:
-            found.extend(images_in(Path(part), what) if Path(part).is_dir() else [Path(part)])
+        yield from map(Path, parts)
+
+
+def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
+    """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
+    (sorted); a name that is a file is one image, commas and all."""
+    found: list[Path] = []
+    for part in _style_parts(names):
+        found.extend(images_in(part, what) if part.is_dir() else [part])
     return found
+
+
+def style_folders(names: Iterable[str | Path]) -> list[Path]:
+    """The folders among the style arguments (expand_styles reads their images as they are then)."""
+    return [part for part in _style_parts(names) if part.is_dir()]
 
 
 def images_in(folder: Path, what: str) -> list[Path]:
