@@ -284,7 +284,18 @@ class TorchStep(StepBase):
 
     @torch.no_grad()
     def _features(self, image: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in self._forward(image.to(self.device), names).items()}
+        # bf16 features as fp32; a float64 twin's (in_float64) stay float64
+        return {k: v.to(torch.promote_types(v.dtype, torch.float32))
+                for k, v in self._forward(image.to(self.device), names).items()}
+
+    def in_float64(self) -> TorchStep:
+        """This step's network in float64 (fed float64 images and targets, it computes the loss and gradient in
+        float64): the arbiter when a graph and the fp32 step disagree by about fp32's own error. Direct
+        convolutions only (NNPACK's Winograd is fp32's)."""
+        if self.conv != "direct":
+            raise ValueError("a float64 twin needs direct convolutions")
+        self.net, self.dtype = self.net.to(torch.float64), torch.float64
+        return self
 
     def tile_features(self, tile: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
         """A tiled step's first pass: features(); torch's allocator needs no separate care."""

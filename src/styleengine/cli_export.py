@@ -155,11 +155,14 @@ def export(
                                 f"written to {output}") from None
             record_validation(written, [c.to_json() for c in report], provider)
             table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
-            for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs"):
+            arbiter = any(c.fp64_graph is not None for c in report)  # a size over the tolerance went to float64
+            for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs",
+                        *(("float64: torch fp32 / graph",) if arbiter else ())):
                 table.add_column(col, justify="right")
             for c in report:
+                fp64 = (f"{c.fp64_torch:.2e} / {c.fp64_graph:.2e}" if c.fp64_graph is not None else "-",)
                 table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
-                              f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}")
+                              f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}", *(fp64 if arbiter else ()))
             console.print(table)
         _existing(output, names, force)  # a file that appeared meanwhile is the user's too
     except BaseException:
