@@ -331,13 +331,21 @@ def _finished(entry: dict, options: list[Option] | tuple[Option, ...] | None) ->
     return trials, pick
 
 
+def _partial(entry: dict) -> bool:
+    """Whether a record entry is a race carried over; ValueError (damaged) unless it says so as a race writes."""
+    flag = entry.get("partial", False)
+    if not isinstance(flag, bool):
+        raise ValueError(f"its partial {flag!r:.40} is not true or false")
+    return flag
+
+
 def _read(key: dict, options: list[Option] | tuple[Option, ...] | None = None
           ) -> tuple[tuple[Trial, ...], Option] | None:
     """A finished measurement's trials and pick for `key`; None when there is none, it is a race carried over
     (_read_partial) or it is damaged (_finished)."""
     entry = _load_record().get(_key_id(key))
     try:
-        if entry is None or entry["key"] != key or entry.get("partial"):
+        if entry is None or entry["key"] != key or _partial(entry):
             return None
         return _finished(entry, options)
     except DAMAGED as e:
@@ -362,7 +370,7 @@ def _read_partial(key: dict, options: list[Option] | tuple[Option, ...] | None =
     not among `options` (what may run here now: a later run would build it, or pick it by its figure)."""
     entry = _load_record().get(_key_id(key))
     try:
-        if entry is None or entry["key"] != key or not entry.get("partial"):
+        if entry is None or entry["key"] != key or not _partial(entry):
             return None
         trials = _trials(entry)
         names = {(t.backend, t.precision, t.conv) for t in trials}
@@ -471,7 +479,7 @@ def recorded_pick(settings: Settings, where: capability.Placement, options: list
 
     want = _run_key(settings, where)
     for entry in _load_record().values():
-        key = entry.get("key") if isinstance(entry, dict) and not entry.get("partial") else None
+        key = entry.get("key") if isinstance(entry, dict) and entry.get("partial", False) is False else None
         if not isinstance(key, dict) or any(key.get(k) != v for k, v in want.items()):
             continue
         machine = key.get("machine")

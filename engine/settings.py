@@ -265,8 +265,8 @@ class Settings:
     # the weights' own input convention (metadata, known file) with these fields overridden
     channel_order: str | None = option(None, "Override the weights' input channel order: RGB or BGR.", INPUT,
                                        "word", per_job=False)
-    pixel_range: float | None = option(None, "Override the weights' pixel range: 1 or 255.", INPUT, "real",
-                                       per_job=False)
+    pixel_range: float | None = option(None, "Override the weights' pixel range: the network sees pixel x RANGE "
+                                       "(1: torchvision's weights, 255: caffe's).", INPUT, "real", per_job=False)
     mean: tuple[float, ...] | None = option(None, "Override the weights' input mean: r,g,b (in channel order, "
                                                   "pixel-range units).", INPUT, "numbers", per_job=False)
     std: tuple[float, ...] | None = option(None, "Override the weights' input std: three numbers.", INPUT,

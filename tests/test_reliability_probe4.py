@@ -49,6 +49,11 @@ from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_race import fresh, racer  # noqa: F401 (fixtures)
+except ModuleNotFoundError:
+    from tests.test_race import fresh, racer  # noqa: F401
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401 (pics: a fixture)
 except ModuleNotFoundError:
     from tests.test_reliability_probe2 import FAST, one_line, pics, run_cli  # noqa: F401
@@ -498,3 +503,72 @@ def test_a_graph_off_float64_beyond_torchs_own_error_is_still_refused(random_wei
 
     with pytest.raises(ExportValidationError, match="against float64 the graph is 3.*e-02 off"):
         validate_step(lambda: Off(export, spec, loss), weights, loss, spec)
+
+
+# ------------------------------------------------------------------ a trace the disk never took
+
+@pytest.mark.parametrize("whole_lines", [0, 1])
+def test_a_trace_stopped_by_a_full_disk_leaves_no_empty_file(tmp_path, monkeypatch, whole_lines):
+    """On a full disk the trace's warning came with a 0-byte file left behind (probe 4). A trace with no whole
+    line goes; one with lines keeps them."""
+    import builtins
+    from types import SimpleNamespace
+
+    from styleengine import cli_job
+
+    trace = tmp_path / "t.jsonl"
+    writes = {"count": 0}
+
+    class FullAfter:  # the real file, whose disk fills up after `whole_lines` lines
+        def __init__(self, path):
+            self.inner = builtins.open(path, "w", encoding="utf-8")
+
+        def write(self, text):
+            writes["count"] += 1
+            if writes["count"] > whole_lines:
+                raise OSError(28, "No space left on device")
+            return self.inner.write(text)
+
+        def flush(self):
+            self.inner.flush()
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfter(path), raising=False)
+    writer = cli_job.TraceWriter(trace)
+    record = SimpleNamespace(iteration=1, loss=1.0, content_loss=0.5, style_loss=0.5, tv_loss=0.0, seconds=0.1,
+                             height=8, width=8, distances=None)
+    for _ in range(3):
+        writer.write(record)
+    writer.close()
+    assert writer.failure is not None and "No space left on device" in writer.failure
+    assert trace.is_file() == (whole_lines > 0)
+    if whole_lines:
+        assert len(trace.read_text().splitlines()) == whole_lines
+
+
+# ------------------------------------------------------------------ a tuning record's "partial" as a race writes it
+
+@pytest.mark.parametrize("flag", [1, "no", "true", None])
+def test_a_record_entry_whose_partial_is_not_true_or_false_is_damaged(racer, flag):
+    """`"partial": "no"` (or 1) was read by its truth: "no" made a finished entry a carried race, 1 a carried
+    race trusted as one. Neither is what a race writes: the entry is damaged, measured again."""
+    from styleengine.engine import autotune
+    from styleengine.engine.autotune import Trial
+
+    try:
+        from test_race import BF16, WINO
+        from test_reliability_probe3 import _carry
+    except ModuleNotFoundError:
+        from tests.test_race import BF16, WINO
+        from tests.test_reliability_probe3 import _carry
+    step, _ = racer()
+    _carry(step, 128, [Trial(*WINO, seconds=(1.0,)), Trial(*BF16, seconds=(0.6,))], (WINO, BF16), BF16, 96 * 128)
+    path = autotune.record_path()
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        entry["partial"] = flag
+    path.write_text(json.dumps(data))
+    assert autotune._read_partial(step._key(128)) is None and autotune._read(step._key(128)) is None
+    step.close()

@@ -39,10 +39,12 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 
 class TraceWriter:
     """--trace: one JSON object per iteration, the file opened at the first record (so an interrupted
-    set-up leaves no empty file). A write or close that fails (a full disk) stops the trace, not the run."""
+    set-up leaves no empty file). A write or close that fails (a full disk) stops the trace, not the run; a
+    trace that holds no whole line then is removed."""
 
     def __init__(self, path: Path | None, plan: dict[str, Any] | None = None):
         self.path, self.file, self.failure = path, None, None
+        self.lines, self.opened = 0, False  # lines written whole (flushed); whether this writer opened the file
         self.plan = plan  # the run's plan, in the first iteration's object
 
     def _extra(self) -> dict[str, Any]:
@@ -55,15 +57,20 @@ class TraceWriter:
         try:
             if self.file is None:
                 self.file = open(self.path, "w", encoding="utf-8")
+                self.opened = True
             self.file.write(json.dumps({
                 "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
                 "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
                 "height": record.height, "width": record.width,
                 **(record.distances.to_json() if record.distances is not None else {}), **self._extra()}) + "\n")
             self.file.flush()
+            self.lines += 1
         except OSError as e:
             self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
             self.close()
+            if self.opened and self.lines == 0:  # an empty or torn first line is no trace; the warning says why
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
 
     def close(self) -> None:
         file, self.file = self.file, None
