@@ -214,4 +214,7 @@ def locked(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             with contextlib.suppress(OSError):
-                path.unlink()  # while held: a process that opened it meanwhile sees it gone and opens it again
+                # while held: a process that opened it meanwhile sees it gone and opens it again; only our own
+                # (a lock file removed by hand and made anew by another batch is that batch's)
+                if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                    path.unlink()

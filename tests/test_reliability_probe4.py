@@ -572,3 +572,43 @@ def test_a_record_entry_whose_partial_is_not_true_or_false_is_damaged(racer, fla
     path.write_text(json.dumps(data))
     assert autotune._read_partial(step._key(128)) is None and autotune._read(step._key(128)) is None
     step.close()
+
+
+# ------------------------------------------------------------------ probe 6: the lock a batch releases is its own
+
+def test_releasing_the_batch_lock_never_removes_another_batchs_lock(tmp_path):
+    """Batch A holds out/.batch.lock; the user deletes it; batch B makes and holds a new one. A's release
+    removed B's lock file, so a third batch ran beside B."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from styleengine.engine import manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / manifest.LOCK_FILE
+    with manifest.locked(out):
+        lock.unlink()  # by hand, while A runs
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pathlib import Path
+            from styleengine.engine import manifest
+            with manifest.locked(Path({str(out)!r})):
+                print("held", flush=True)
+                sys.stdin.readline()
+            """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"  # B holds a new lock file
+        except BaseException:
+            holder.kill()
+            raise
+    try:
+        assert lock.is_file()  # A's release left B's file alone
+        from styleengine.errors import UserError
+        with pytest.raises(UserError, match="another batch is running"):
+            with manifest.locked(out):
+                pass
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert not lock.exists()  # B's own release removes it
