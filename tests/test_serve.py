@@ -160,8 +160,9 @@ def test_unknown_and_cancelled_job_ids(client):
 def test_cancelling_a_running_job_stops_it_at_the_next_iteration(client):
     job_id = _submit(client, {"iters": "50"})
     wait_for(client, job_id, ("running",))
-    while client.get(f"/api/jobs/{job_id}").json()["iteration"] < 1:
+    while (running := client.get(f"/api/jobs/{job_id}").json())["iteration"] < 1:
         time.sleep(0.02)
+    assert running["seconds"] == 0 and running["loop_seconds"] is None  # both once the job is over
     client.delete(f"/api/jobs/{job_id}")
     job = wait_for(client, job_id)
     assert job["status"] == "cancelled" and 1 <= job["iteration"] < 50
@@ -194,6 +195,7 @@ def test_results_survive_a_restart(config):
     with TestClient(create_app(config)) as client:
         job = client.get(f"/api/jobs/{done}").json()
         assert job["status"] == "done" and job["iteration"] == SETTINGS.iterations
+        assert job["seconds"] > 0 and job["loop_seconds"] is None  # the manifest keeps no loop time
         assert client.get(f"/api/jobs/{done}/result").content == first
         assert client.get(f"/api/jobs/{cancelled}").json()["status"] == "cancelled"
 

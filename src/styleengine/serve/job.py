@@ -54,7 +54,9 @@ class Job:
     losses: dict[str, float] | None = None
     distances: dict[str, Any] | None = None
     seconds: float = 0.0
-    loop_seconds: float = 0.0  # of `seconds`, the iterations' own (the records' sum): the rest is the engine's passes
+    # of `seconds`, the iterations' own (the records' sum): the rest is the engine's passes; None: not known (a
+    # job read back from the manifest)
+    loop_seconds: float | None = 0.0
     batch: int = 1
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -73,7 +75,9 @@ class Job:
         return {"id": self.id, "status": self.status, "reason": self.reason, "iteration": self.iteration,
                 "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
                 "seconds": round(self.seconds, 3),
-                "loop_seconds": round(self.loop_seconds, 3), "batch": self.batch, "keep": self.keep,
+                # with `seconds`, once the job is over (while it runs, `seconds` is not yet set)
+                "loop_seconds": round(self.loop_seconds, 3) if self.over and self.loop_seconds is not None else None,
+                "batch": self.batch, "keep": self.keep,
                 "result": f"/api/jobs/{self.id}/result" if self.status == "done" else None}
 
     @property

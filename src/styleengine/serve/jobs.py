@@ -105,7 +105,8 @@ class JobStore:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
                       reason=entry.get("reason"), iteration=entry.get("iterations") or 0,
                       iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
-                      seconds=entry.get("seconds") or 0.0, batch=entry.get("batch") or 1, keep=True)
+                      seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
+                      batch=entry.get("batch") or 1, keep=True)
             distances = entry.get("distances")
             if isinstance(distances, dict):
                 job.distances = {"style": distances.get("style_distance"), "content": distances.get("content_distance")}
@@ -266,7 +267,7 @@ class JobStore:
             now = time.monotonic()
             # a batch's iteration is every member's: each job's share, as its `seconds`
             changes: dict[str, Any] = {"iteration": record.iteration,
-                                       "loop_seconds": job.loop_seconds + record.seconds / job.batch}
+                                       "loop_seconds": (job.loop_seconds or 0.0) + record.seconds / job.batch}
             if record.distances is not None:
                 changes["distances"] = _distances(record.distances)
             if now - job._last_progress >= PROGRESS_INTERVAL_S or record.iteration == job.iterations:
