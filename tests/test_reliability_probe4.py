@@ -612,3 +612,17 @@ def test_releasing_the_batch_lock_never_removes_another_batchs_lock(tmp_path):
     finally:
         holder.communicate("\n", timeout=30)
     assert not lock.exists()  # B's own release removes it
+
+
+# ------------------------------------------------------------------ probe 6: an empty path flag
+
+@pytest.mark.parametrize("given, says", [("--content-mask=", "--content-mask is empty"),
+                                         ("--style-mask=", "--style-mask is empty"),
+                                         ("--init=", "--init is empty"), ("--weights=", "--weights is empty")])
+def test_an_empty_path_flag_is_one_line_never_nothing_or_the_working_folder(tmp_path, monkeypatch, capsys, pics,
+                                                                            given, says):
+    """`--content-mask "$MASK"` with MASK unset ran without a mask, exit 0; `--weights ''` and `--init ''` read
+    the working folder ('.')."""
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, given)
+    assert says in one_line(code, err) and not out.exists()

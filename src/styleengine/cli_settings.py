@@ -83,6 +83,10 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
         if name not in flags or (recipe is not None and not _given(name)):
             continue
         value = flags[name]
+        if (meta.files or meta.words) and isinstance(value, str) and not value.strip():
+            # `--content-mask "$MASK"` with MASK unset ran unmasked; `--weights ''` read the working folder
+            wanted = "its files" if meta.files else f"a file or one of {', '.join(meta.words)}"
+            raise ConfigError(f"{flag(name, meta)} is empty; name {wanted}, or leave the flag out")
         if meta.kind in ("words", "numbers") and value is not None:
             value = parse_list(name, meta, value)
             if meta.files and value:
