@@ -85,7 +85,7 @@ def style_size(settings: Settings, size: int) -> int:
     return max(MIN_SIDE, round(size * settings.style_scale))
 
 
-def _check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
+def check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
     """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
     `knob` names the setting that would give the long side it needs ("--size", ...)."""
     height, width = long_side_shape(shape[0], shape[1], long_side)
@@ -152,9 +152,9 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
         side = style_size(settings, size)
         knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
-        _check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
+        check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
         for label, shape in zip(labels, style_shapes):
-            _check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
+            check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
                          "--size x --style-scale")
     if settings.mem_budget_gib is None and memory is None:
         memory = free_memory(settings.device)

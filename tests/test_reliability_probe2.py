@@ -123,12 +123,12 @@ def test_a_full_disk_when_the_video_is_encoded_is_one_line_and_keeps_the_frames(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(video_io, "write_video", full)
-    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST, "--size", "64")
     line = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err, err
     assert "No space left" in line and "frames 0-2 are kept" in line and not out.exists()
     monkeypatch.setattr(video_io, "write_video", real)
-    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST, "--size", "64")
     assert code == 0 and "0 stylised" in err and out.exists(), err
 
 

@@ -139,7 +139,7 @@ def test_ray_auto_with_a_ray_address_where_nothing_answers_is_one_line(tmp_path,
         clip = tmp_path / "in.mp4"
         write_clip(clip, [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
         out = tmp_path / "out.mp4"
-        args = ["video", clip, pics["style"], "-o", out, *FAST]
+        args = ["video", clip, pics["style"], "-o", out, *FAST, "--size", "64"]
     else:
         args = ["serve", "--results-dir", out, "--weights", "random", "--device", "cpu"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--ray", "auto")
@@ -221,7 +221,7 @@ def test_video_takes_a_folder_or_comma_list_of_styles_as_its_help_says(tmp_path,
         shutil.copy(pics[name], folder / f"{name}.png")
     styles = folder if given == "folder" else f"{pics['style']},{pics['style2']}"
     out = tmp_path / "out.mp4"
-    code, _, err = run_cli(monkeypatch, capsys, "video", clip, styles, "-o", out, *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, styles, "-o", out, *FAST, "--size", "64")
     assert code == 0 and out.exists(), err
 
 
@@ -428,7 +428,7 @@ def test_video_frames_without_their_record_are_not_taken_as_this_runs(tmp_path, 
     foreign = frames / "frame_000000.png"
     Image.fromarray(np.full((40, 53, 3), 255, np.uint8)).save(foreign)
     before = foreign.read_bytes()
-    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", out, *FAST, "--size", "64")
     line = err.strip().splitlines()[-1]  # after the weights line: the frames folder is opened once they load
     assert code == 1 and "Traceback" not in err and "video.json" in line and str(frames) in line and not out.exists()
     assert foreign.read_bytes() == before and not (frames / "video.json").exists()
@@ -444,7 +444,8 @@ def test_video_frames_with_a_damaged_record_say_so(tmp_path, monkeypatch, capsys
     frames = tmp_path / "out.mp4.frames"
     frames.mkdir()
     (frames / "video.json").write_text("{torn")
-    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", tmp_path / "out.mp4", *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, pics["style"], "-o", tmp_path / "out.mp4", *FAST,
+                           "--size", "64")
     line = err.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in err and "damaged" in line and "None" not in line
 

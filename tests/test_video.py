@@ -310,6 +310,19 @@ def test_odd_sizes_come_out_even(tmp_path, monkeypatch, capsys, style):
     assert (info.width % 2, info.height % 2, info.frames, info.audio) == (0, 0, 3, False)
 
 
+def test_a_video_too_narrow_for_its_size_is_refused_not_squashed(tmp_path, monkeypatch, capsys, style):
+    """A 180x36 clip at --size 64 was written 64x32 (a 5:1 picture at 2:1), exit 0 (probe 6): `run` refuses
+    that shape and names the size that fits; so does video."""
+    frames, _ = moving_window(photo(), 2, (36, 180))
+    wide = tmp_path / "wide.mkv"
+    write_clip(wide, frames, fps=12, audio=False, codec="ffv1")
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", wide, style, "-o", out, *FAST, "--size", "64")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "--size 160" in lines[0], err
+    assert not out.exists()
+
+
 def empty_video(path: Path) -> None:
     """A video file whose video stream has no frames (its header written, nothing encoded)."""
     with av.open(str(path), "w") as container:

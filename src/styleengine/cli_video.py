@@ -239,6 +239,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
     from styleengine.engine.jobs import settings_inputs
+    from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
     from styleengine.engine.video import video_hash
 
@@ -257,6 +258,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         raise ConfigError(f"--fps {float(rate):g} picks no frame of {video} ({info.frames} frames at "
                           f"{float(info.fps):g} fps); a rate of at least {float(info.fps) / info.frames:g} picks one")
     start, stop = video_io.frame_range(frames, count, video)
+    # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
+    check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
     shape = video_io.output_shape(info.height, info.width, settings.size)
     settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
     style_arrays = [images.load_image(p) for p in styles]
