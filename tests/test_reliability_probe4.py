@@ -627,3 +627,23 @@ def test_an_empty_path_flag_is_one_line_never_nothing_or_the_working_folder(tmp_
     out = tmp_path / "o.png"
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, *FAST, given)
     assert says in one_line(code, err) and not out.exists()
+
+
+# ------------------------------------------------------------------ probe 6: serve --ray's replicas, checked first
+
+@pytest.mark.parametrize("address", ["auto", "127.0.0.1:1"])
+@pytest.mark.parametrize("replicas", ["0", "-1"])
+def test_serve_ray_replicas_under_one_is_refused_before_any_cluster(tmp_path, monkeypatch, capsys, address, replicas):
+    """`serve --ray auto --replicas 0` started a local Ray cluster (8.7 s) and then refused; with an address
+    where nothing answers, --replicas -1 was never reported."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    from styleengine.engine import batch_ray
+
+    def never(*args, **kwargs):
+        raise AssertionError("Ray was reached before --replicas was checked")
+
+    monkeypatch.setattr(ray, "init", never)
+    monkeypatch.setattr(batch_ray, "check_address", never)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--ray", address, "--replicas", replicas,
+                           "--results-dir", tmp_path / "results", "--weights", "random", "--device", "cpu")
+    assert f"--replicas must be >= 1, got {replicas}" in one_line(code, err)

@@ -241,6 +241,8 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     replica's store records its jobs in flight)."""
     from styleengine.engine.batch_ray import _keeping_signal_handlers, check_address, import_ray
 
+    if replicas is not None and replicas < 1:  # before any cluster is started or reached (deploy checks it too)
+        raise ConfigError(f"--replicas must be >= 1, got {replicas}")
     ray = import_ray()
     check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
     paths.check_cache_dir(server_root(config), what=SERVER_FOLDER)  # one line, not a traceback in Ray's logs
