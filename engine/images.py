@@ -182,7 +182,10 @@ def from_picture(picture: object, what: str) -> np.ndarray:
     if isinstance(picture, (str, os.PathLike)):
         return load_image(picture)
     if isinstance(picture, Image.Image):
-        array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture)
+        try:
+            array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture)
+        except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
+            raise ImageError(f"refusing {what}: it {e}") from None
     elif isinstance(picture, np.ndarray):
         array = _array_to_float_rgb(picture, what)
     else:

@@ -78,3 +78,18 @@ def test_import_styleengine_does_not_import_torch():
     code = "import sys, styleengine; assert callable(styleengine.stylise); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("which", ["content", "style"])
+@pytest.mark.parametrize("picture, says", [
+    (Image.fromarray(np.full((40, 48), 70000, np.int32)), "integer pixel values"),
+    (Image.fromarray(np.full((40, 48), np.nan, np.float32)), "NaN"),
+])
+def test_a_pil_image_with_values_no_picture_has_is_one_line_naming_it(pictures, which, picture, says):
+    """A 32-bit integer or float PIL image out of range raised the private _RangeError, naming no picture
+    (probe 6); load_image already refused the same pixels from a file as an ImageError."""
+    content, style, _ = pictures
+    args = (picture, style) if which == "content" else (content, picture)
+    with pytest.raises(ImageError, match=f"{which} image.*{says}") as info:
+        styleengine.stylise(*args, **TINY)
+    assert "\n" not in str(info.value)
