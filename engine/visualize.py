@@ -28,6 +28,12 @@ class ClassScoreStep(StepBase):
             from styleengine.errors import ConfigError
 
             raise ConfigError(f"class {target} is not one of the classifier's 0-{classifier.classes - 1}")
+        last, _ = classifier.layers[-1]
+        if not bool(torch.any(last[target] != 0)):  # ascent would write the start's noise and call it the class
+            from styleengine.errors import ConfigError
+
+            raise ConfigError(f"class {target}'s weights in the classifier's last layer are all zero: its score does "
+                              f"not depend on the picture, so there is nothing to ascend")
         self.device = resolve_device(device)
         # the classifier was trained on max pooling, so the features must be too
         self.net = build_network(weights, ["pool5"], "max").to(self.device)

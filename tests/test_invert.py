@@ -97,6 +97,19 @@ def test_class_ascent_raises_the_class_score(vgg16_random):
     assert float(after[7]) > float(before[7]) + 0.15 and int(after.argmax()) == 7
 
 
+def test_a_class_whose_last_layer_weights_are_all_zero_is_refused(vgg16_random):
+    """A classifier whose last layer is all zeros (probe 6): visualize wrote the start's noise, 'score 0 -> 0',
+    exit 0. The class's score does not depend on the picture: one line, before any work."""
+    from styleengine.errors import ConfigError
+    from styleengine.model.classifier import Classifier
+
+    classifier = random_classifier(seed=1, hidden=32, classes=10)
+    (w, b) = classifier.layers[-1]
+    zeroed = Classifier([*classifier.layers[:-1], (torch.zeros_like(w), b)], classifier.pool, classifier.source)
+    with pytest.raises(ConfigError, match="class 7's weights in the classifier's last layer are all zero"):
+        ClassScoreStep(vgg16_random, zeroed, 7, l2_weight=1.0, tv_weight=1.0)
+
+
 def test_classifier_from_a_full_checkpoint(tmp_path, vgg16_random):
     small = random_classifier(seed=2, hidden=16, classes=5, pool=2)
     state = {**vgg16_random.state, **{f"classifier.{i}.{p}": t for i, (w, b) in zip((0, 3, 6), small.layers)
