@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
-from styleengine.choices import INIT_ALIASES, INITS
+from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import BATCH, KINDS, Settings, options
@@ -108,8 +108,6 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
             values[name] = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
-    if "init" in values:  # neural-style's spellings (random, image) are words, as --init takes them
-        values["init"] = INIT_ALIASES.get(values["init"], values["init"])
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = str(base_dir / paths.expand(values["init"]))

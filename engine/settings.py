@@ -127,12 +127,14 @@ class Option:
     files: bool = False  # a list of file paths (masks): each expanded as a path setting's value is
     texture_help: str = ""  # the help under `texture`, where it differs
     aliases: tuple[str, ...] = ()  # other names a jobs file may use for it
+    spellings: tuple[tuple[str, str], ...] = ()  # (another tool's word, ours): read as ours wherever it is parsed
 
     def parse(self, value: Any) -> Any:
         """The setting's value from a flag's text or a jobs file's value (ValueError if it is not one)."""
         if self.optional and (value is None or (isinstance(value, str) and not value.strip())):
             return None
-        return KINDS[self.kind][0](value)
+        parsed = KINDS[self.kind][0](value)
+        return dict(self.spellings).get(parsed, parsed) if self.spellings else parsed
 
 
 def option(default: Any, help: str, group: str, kind: str, **meta: Any) -> Any:
@@ -171,7 +173,7 @@ class Settings:
     init: str = option("content", "noise, content, style, randn or an image path (neural-style's random and image: "
                                   "noise and content; randn: neural-style-pt's start, a flat grey with N(0, 0.001) "
                                   "noise in the network's input units).", OPTIM, "word", words=(*INITS, *INIT_ALIASES),
-                       texture_help="noise, style, randn or an image path.")
+                       spellings=tuple(INIT_ALIASES.items()), texture_help="noise, style, randn or an image path.")
     seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "

@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from styleengine.choices import INIT_ALIASES, INITS
+from styleengine.choices import INITS
 from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import UserError, first_line
@@ -113,13 +113,13 @@ class BodyLimit:
 def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     """(Settings field, value) of one form field; HTTPException 422 with the reason."""
     target = FIELDS[name]
-    if target == "init" and INIT_ALIASES.get(text.strip(), text.strip()) not in INITS:  # neural-style's as --init
-        raise HTTPException(422, f"init {text!r} is not one of {', '.join(INITS)}; a request cannot name a "
-                                 f"file on the server")
     try:
-        value = batch.OVERRIDES[target](text)
+        value = batch.OVERRIDES[target](text)  # neural-style's init spellings read as ours, as --init's
     except (TypeError, ValueError, OverflowError) as e:
         raise HTTPException(422, f"bad {name} {text!r} ({first_line(e)})") from None
+    if target == "init" and value not in INITS:
+        raise HTTPException(422, f"init {text!r} is not one of {', '.join(INITS)}; a request cannot name a "
+                                 f"file on the server")
     if target == "size" and value > config.max_size:
         raise HTTPException(422, f"size {value} is over this server's limit of {config.max_size} px")
     if target == "iterations" and value > config.max_iters:
