@@ -186,17 +186,17 @@ def _apply(settings: Settings, backend: str, precision: str, conv: str, where: c
                                provider=provider)
 
 
-def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capability.Placement, *, cached: bool,
-         side: int | None = None) -> str:
-    """side: the px class the figures were timed at, when it is not the run's (a pick carried up a class)."""
+MEASURED_AT = "measured at"  # the note of a trial whose figures were timed at a smaller class (race._inherit)
+
+
+def _why(pick: tuple[str, str, str], trials: tuple[Trial, ...], where: capability.Placement, *, cached: bool) -> str:
     chosen = next(t for t in trials if (t.backend, t.precision, t.conv) == pick)
     others = [t for t in trials if t is not chosen]
     parts = [f"{t.label} {_ratio(t, chosen)}" for t in others]
     source = "measured earlier here" if cached else "measured now"
     provider = f" ({where.provider} provider)" if pick[0] != "torch" and where.place != "cpu" else ""
-    # a record carried up from a smaller class keeps where its figures were timed in the notes (race._inherit)
-    carried = chosen.note.startswith("measured at ")
-    at = f" at {side} px" if side else f" {chosen.note.removeprefix('measured ')}" if carried else ""
+    # a pick carried up from a smaller class: its figure is that class's, and the line says which
+    at = f" {chosen.note.removeprefix('measured ')}" if chosen.note.startswith(MEASURED_AT) else ""
     text = (f"{chosen.label} on the {where.place}{provider}: "
             f"fastest valid, {fmt_time(chosen.median)}/step{at} ({source}")
     return text + (f"; {', '.join(parts)})" if parts else ")")

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from styleengine.engine.autotune import (Partial, Race, _apply, _key, _read, _read_partial, _why, _write,
+from styleengine.engine.autotune import (MEASURED_AT, Partial, Race, _apply, _key, _read, _read_partial, _why, _write,
                                          add_to_account, read_account, trial_side)
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.settings import Settings
@@ -253,12 +253,12 @@ class RaceStep(StepBase):
     def _inherit(self, side: int, source: int, trials: dict[Option, Trial], pick: Option) -> None:
         """No other candidate came within PRIOR_WITHIN of `pick` at the `source` px class: `pick` here too,
         kept in the record with the figures it was chosen by."""
-        ordered = tuple(dataclasses.replace(t, note=t.note or f"measured at {source} px") for t in trials.values())
+        ordered = tuple(dataclasses.replace(t, note=t.note or f"{MEASURED_AT} {source} px") for t in trials.values())
         if pick != pick_fastest(ordered):
             return  # the source's figures do not back this pick (its pick did not keep the look): race later
         kept = self._prior_kept and _write(self._key(side), ordered, pick)
         self._use(pick)
-        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False, side=source) +
+        self.decisions.append(Decision(side, pick, _why(pick, ordered, self._race.where, cached=False) +
                                        f" (from the race at {source} px: no other candidate within "
                                        f"{PRIOR_WITHIN}x there{'' if kept else '; not kept, as that race was not'})",
                                        True))
