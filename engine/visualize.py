@@ -13,6 +13,7 @@ import torch
 
 from styleengine.engine.losses import tv_loss
 from styleengine.engine.steps import StepBase, StepResult, build_network, preprocess_params, resolve_device
+from styleengine.errors import ConfigError
 from styleengine.model.classifier import Classifier
 from styleengine.model.weights import TORCHVISION, Weights
 
@@ -25,13 +26,9 @@ class ClassScoreStep(StepBase):
     def __init__(self, weights: Weights, classifier: Classifier, target: int, *, l2_weight: float,
                  tv_weight: float, device: str = "cpu"):
         if not 0 <= target < classifier.classes:
-            from styleengine.errors import ConfigError
-
             raise ConfigError(f"class {target} is not one of the classifier's 0-{classifier.classes - 1}")
         last, _ = classifier.layers[-1]
         if not bool(torch.any(last[target] != 0)):  # ascent would write the start's noise and call it the class
-            from styleengine.errors import ConfigError
-
             raise ConfigError(f"class {target}'s weights in the classifier's last layer are all zero: its score does "
                               f"not depend on the picture, so there is nothing to ascend")
         self.device = resolve_device(device)
