@@ -182,8 +182,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
     content_path = base_dir / paths.expand(content)  # ~ and $VARS as in a job's init, weights and masks
     given = tuple(base_dir / paths.expand(s) for s in style_names)
-    style_paths = tuple(expand_styles(given, f"{where}: style folder"))
-    folders = tuple(paths.style_folders(given))
+    found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
+    style_paths, folders = tuple(found), tuple(named_folders)
     output = _text(raw, "output", where) or _default_output(content_path, given)
     output_path = _inside(output, out_dir, where)
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))

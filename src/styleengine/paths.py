@@ -314,29 +314,28 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no fresh folder name in {parent}")
 
 
-def _style_parts(names: Iterable[str | Path]) -> Iterator[Path]:
-    """Each style argument's parts: a comma-separated list is several names; a name that is a file is one, commas
-    and all."""
+def styles_and_folders(names: Iterable[str | Path], what: str = "style folder") -> tuple[list[Path], list[Path]]:
+    """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
+    (sorted); a name that is a file is one image, commas and all. Returns the images and the folders named."""
+    found: list[Path] = []
+    folders: list[Path] = []
     for name in names:
         text = str(name)
         if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
             raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
         parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
-        yield from map(Path, parts)
+        for part in map(Path, parts):
+            if part.is_dir():
+                folders.append(part)
+                found.extend(images_in(part, what))
+            else:
+                found.append(part)
+    return found, folders
 
 
 def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
-    """Style arguments as neural-style takes them: a comma-separated list is several images, a folder its images
-    (sorted); a name that is a file is one image, commas and all."""
-    found: list[Path] = []
-    for part in _style_parts(names):
-        found.extend(images_in(part, what) if part.is_dir() else [part])
-    return found
-
-
-def style_folders(names: Iterable[str | Path]) -> list[Path]:
-    """The folders among the style arguments (expand_styles reads their images as they are then)."""
-    return [part for part in _style_parts(names) if part.is_dir()]
+    """The style images of `names` (styles_and_folders)."""
+    return styles_and_folders(names, what)[0]
 
 
 def images_in(folder: Path, what: str) -> list[Path]:
