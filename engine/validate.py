@@ -32,6 +32,9 @@ SIZES = ((64, 64), (96, 80), (72, 57))  # square, non-square, odd after pooling
 # Winograd at another); a graph whose worst distance from float64 over the pictures is within FLOAT64_MARGIN x
 # the worst of torch's fp32 steps there is as exact as the reference it is checked against.
 FLOAT64_MARGIN = 2.0
+# ...or within what fp32 reaches on its own: torch's fp32 steps were up to 6e-3 off float64 at some picture for
+# random seeds 0, 7, 11 and 42 (a unit's ReLU flips); a wrong graph is off by several percent
+FLOAT64_CEILING = {"fp32": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,11 @@ def noise_images(height: int, width: int, gen: torch.Generator) -> tuple[torch.T
             torch.rand(1, 3, height, width, generator=gen))
 
 
-def _allowed(report: list[Comparison], grad_tol: float) -> float:
-    """The graph's allowed distance from float64: the tolerance, or FLOAT64_MARGIN x the worst of torch's."""
-    return max(grad_tol, FLOAT64_MARGIN * max(c.fp64_torch or 0.0 for c in report))
+def _allowed(report: list[Comparison], precision: str, grad_tol: float) -> float:
+    """The graph's allowed distance from float64: the tolerance, FLOAT64_MARGIN x the worst of torch's, or
+    fp32's own reach (FLOAT64_CEILING), whichever is largest."""
+    return max(grad_tol, FLOAT64_CEILING.get(precision, 0.0),
+               FLOAT64_MARGIN * max(c.fp64_torch or 0.0 for c in report))
 
 
 def _float64_verdicts(weights: Weights, loss: LossConfig, spec: ExportSpec, seen: list[tuple], report: list[Comparison]
@@ -115,7 +120,7 @@ def validate_step(make_graph_step: Callable[[], OrtStep], weights: Weights, loss
     first); raises ExportValidationError on a mismatch beyond the precision's
     tolerance (check=False: returns every size's figures instead, for a report).
     A gradient over its tolerance at some size is judged against float64
-    (FLOAT64_MARGIN) before it is refused.
+    (FLOAT64_MARGIN, FLOAT64_CEILING) before it is refused.
     """
     from styleengine.engine.steps import TorchStep, make_targets
 
@@ -148,7 +153,7 @@ def validate_step(make_graph_step: Callable[[], OrtStep], weights: Weights, loss
         graph_step.close()
     if any(c.grad_rel_l2 > grad_tol for c in results):
         results = _float64_verdicts(weights, loss, spec, seen, results)
-        allowed = _allowed(results, grad_tol)
+        allowed = _allowed(results, spec.precision, grad_tol)
         for c in results:
             logger.info("  against float64 at %dx%d: torch fp32 %.2e, the graph %.2e (allowed %.2e)", c.height,
                         c.width, c.fp64_torch, c.fp64_graph, allowed)

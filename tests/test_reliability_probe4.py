@@ -468,11 +468,14 @@ def test_a_batch_refused_at_its_start_leaves_out_as_it_found_it(tmp_path, monkey
 
 # ------------------------------------------------------------------ export validation: float64 is the arbiter
 
-@pytest.mark.parametrize("seed, conv", [(7, "direct"), (11, "winograd")])  # winograd: the CPU's graph
+@pytest.mark.parametrize("seed, conv", [(7, "direct"), (11, "winograd"), (42, "winograd")])  # winograd: the CPU's
 def test_a_graph_as_exact_as_torch_is_not_refused_where_fp32_itself_is_off(random_weights, seed, conv):
-    """Random VGG16 weights, seeds 7 and 11 (probes 4 and 5): at one validation picture the gradient is ~2e-3
-    from torch's (the 1e-3 tolerance), because fp32 itself is that far from float64 there: torch's direct step at
-    96x80 (seed 7), torch's NNPACK Winograd at 64x64 (seed 11). `run --backend ort` was a traceback."""
+    """Random VGG16 weights, seeds 7, 11 and 42 (probes 4, 5 and 6): at one validation picture the gradient is
+    ~2e-3 from torch's (the 1e-3 tolerance), because fp32 itself is that far from float64 there: torch's direct
+    step at 96x80 (seed 7), torch's NNPACK Winograd at 64x64 (seed 11), the graph at 72x57 (seed 42: 3.2e-3,
+    torch's steps 4e-4). `run --backend ort` was a traceback."""
+    from styleengine.engine.validate import FLOAT64_CEILING
+
     from styleengine.engine.ort_step import ensure_export
     from styleengine.engine.settings import Settings
 
@@ -480,7 +483,8 @@ def test_a_graph_as_exact_as_torch_is_not_refused_where_fp32_itself_is_off(rando
     loss = Settings(model="vgg16").loss_config()
     export = ensure_export(weights, loss, "avg", conv=conv)  # raised ExportValidationError
     kept = export.meta["validation"]  # export.json keeps both distances from float64
-    assert all(c["fp64_graph"] is not None and c["fp64_graph"] <= 2 * max(r["fp64_torch"] for r in kept)
+    assert all(c["fp64_graph"] is not None
+               and c["fp64_graph"] <= max(2 * max(r["fp64_torch"] for r in kept), FLOAT64_CEILING["fp32"])
                for c in kept)
 
 
