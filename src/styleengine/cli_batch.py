@@ -88,7 +88,7 @@ def _check(item: engine.Planned, out: Path) -> engine.Planned:
 def _batch(
     out: Annotated[Path, typer.Option("--out", help="Folder for the outputs and manifest.jsonl (made if missing).",
                                       show_default=False, parser=paths.named_folder("--out"))],
-    jobs: Annotated[Optional[Path], typer.Argument(
+    jobs: Annotated[Optional[Path], typer.Argument(parser=paths.named_file("the jobs file path"),
         help="Jobs file: .jsonl (one object a line) or .csv (a header row): content, styles (';'-separated), "
              "output (under --out), id, and per-job settings (size, iters, content_weight, style_weight, blend, "
              "...; see README).", show_default=False)] = None,

@@ -29,7 +29,7 @@ from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time,
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError
-from styleengine.paths import check_writable
+from styleengine.paths import check_writable, named_file
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
 
@@ -121,12 +121,16 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before them, in every round; the "
                                                          "device-memory peak counts from after them.")
                       ] = DEFAULT_WARMUP,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.")
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write {machine, rows, ...} JSON here.",
+                                                                  parser=named_file("--json"))
                          ] = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows as CSV here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw time and memory vs megapixels (PNG).")
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the rows as CSV here.",
+                                                                parser=named_file("--csv"))] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw time and memory vs megapixels (PNG).",
+                                                             parser=named_file("--plot"))
                     ] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report (table, plot).")
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a markdown report (table, plot).",
+                                                               parser=named_file("--report"))
                       ] = None,
     limit: Annotated[bool, typer.Option("--limit", help="Search each configuration's largest square size "
                                                         "within the budgets (ignores --res).")] = False,

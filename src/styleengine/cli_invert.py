@@ -31,7 +31,8 @@ def pixel_rmse(a, b) -> float:
 
 
 def _invert(
-    image: Annotated[Path, typer.Argument(help="The picture whose features are inverted.", show_default=False)],
+    image: Annotated[Path, typer.Argument(help="The picture whose features are inverted.", show_default=False,
+                                        parser=paths.named_file("the picture path"))],
     output: Output,
     layer: Annotated[str, typer.Option("--layer", help="The layer whose features are matched (conv4_2, "
                                                        "relu3_1, pool2, ...).")] = "conv4_2",
@@ -41,7 +42,8 @@ def _invert(
     init: Annotated[str, typer.Option("--init", help="noise (the paper's) or content (the picture itself: "
                                                      "a check).")] = INIT,
     distances: Annotated[Optional[Path], typer.Option(
-        "--distances", help="Also write the run's distances as JSON here.")] = None,
+        "--distances", help="Also write the run's distances as JSON here.",
+        parser=paths.named_file("--distances"))] = None,
     **flags: Any,
 ) -> None:
     """Reconstruct IMAGE from its features at one layer, from noise, under a smoothness prior (Mahendran &

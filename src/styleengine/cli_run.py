@@ -10,12 +10,13 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine.cli_settings import settings_from, with_settings
-from styleengine.paths import expand_styles
+from styleengine.paths import expand_styles, named_file
 from styleengine.engine.settings import RUN, TEXTURE, Settings
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
-                                      show_default=False)]
-Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.")]
+                                      show_default=False, parser=named_file("--output"))]
+Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON object per iteration here.",
+                                               parser=named_file("--trace"))]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, iterations, tiles, L-BFGS history, "
                                                         "what auto resolves to) and stop: no weights loaded, "
                                                         "nothing written.")]
@@ -34,7 +35,8 @@ def _dry_run(content: Path | None, styles: list[Path], settings: Settings) -> No
     print("\n".join(dry_plan(content, styles, settings).lines()))
 
 
-def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False)], styles: Styles,
+def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False,
+                                                 parser=named_file("the content image path"))], styles: Styles,
          output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
     settings = settings_from(flags, RUN, recipe)

@@ -30,7 +30,8 @@ from styleengine.errors import ConfigError, ImageError, UserError, first_line
 MAX_FPS = 1000  # past this a --fps is a typo
 
 VideoOutput = Annotated[Path, typer.Option("--output", "-o", help="Output video (.mp4, .mov, .mkv, .webm, .avi, "
-                                                                  ".gif); its folder must exist.", show_default=False)]
+                                                                  ".gif); its folder must exist.", show_default=False,
+                                                        parser=paths.named_file("--output"))]
 
 
 class FrameStore:
@@ -147,7 +148,8 @@ def _rate(fps: float | None, source: Fraction) -> Fraction:
     return rate
 
 
-def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_default=False)], styles: Styles,
+def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_default=False,
+                                                 parser=paths.named_file("the input video path"))], styles: Styles,
            output: VideoOutput, trace: Trace = None,
            frames: Annotated[Optional[str], typer.Option(
                "--frames", help="Frames A:B of the video (at --fps; B excluded, either side may be left out); "

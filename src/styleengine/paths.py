@@ -35,9 +35,18 @@ def expand(path: str | os.PathLike) -> Path:
 def named_folder(flag: str) -> Callable[[str], Path]:
     """A parser for a folder option's text: ConfigError for an empty one, which Path would make the working
     folder (`--out "$DIR"` with DIR unset: the outputs among the user's files)."""
+    return _named(flag, "a folder ('.' for the working folder)")
+
+
+def named_file(flag: str) -> Callable[[str], Path]:
+    """named_folder for a file's option or argument: `-o "$OUT"` with OUT unset said "cannot write ."."""
+    return _named(flag, "a file")
+
+
+def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not str(text).strip():
-            raise ConfigError(f"{flag} is empty; name a folder ('.' for the working folder)")
+            raise ConfigError(f"{flag} is empty; name {wanted}")
         return Path(text)
     return parse
 
