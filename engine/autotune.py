@@ -242,22 +242,30 @@ def _key_id(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_DAMAGE_SAID: set[tuple[str, str]] = set()  # (record, what is wrong) already warned of in this process
+
+
+def _damaged(path: Path, what: str, then: str = "measuring again") -> dict:
+    """Warn of a damaged record once a process (a run reads it at every scale and for every candidate)."""
+    said = (str(path), what)
+    (log.debug if said in _DAMAGE_SAID else log.warning)("tuning record %s %s: %s", path, what, then)
+    _DAMAGE_SAID.add(said)
+    return {}
+
+
 def _load_all() -> dict:
     """The whole record: {"entries": {id: entry}, "accounts": {id: account}}, empty when absent or damaged."""
     path = record_path()
     if path.exists() and not path.is_file():  # a FIFO would block the read until a writer came
-        log.warning("tuning record %s %s: measuring again", path, paths.not_a_file(path))
-        return {}
+        return _damaged(path, paths.not_a_file(path) or "is not a file")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as e:
-        log.warning("tuning record %s is unreadable (%s): measuring again", path, first_line(e))
-        return {}
+        return _damaged(path, f"is unreadable ({first_line(e)})")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        log.warning("tuning record %s has an unknown shape: measuring again", path)
-        return {}
+        return _damaged(path, "has an unknown shape")
     if not isinstance(data.get("accounts", {}), dict):
         data["accounts"] = {}
     return data
@@ -349,7 +357,7 @@ def _read(key: dict, options: list[Option] | tuple[Option, ...] | None = None
             return None
         return _finished(entry, options)
     except DAMAGED as e:
-        log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
+        _damaged(record_path(), f"entry for {key.get('trial_side')} px is damaged ({e})")
         return None
 
 
@@ -390,7 +398,7 @@ def _read_partial(key: dict, options: list[Option] | tuple[Option, ...] | None =
             raise ValueError(f"it names {', '.join(' '.join(o) for o in sorted(names - set(options)))}, which "
                              f"cannot run here")
     except DAMAGED as e:
-        log.warning("tuning record entry for %s px is damaged (%s): measuring again", key.get("trial_side"), e)
+        _damaged(record_path(), f"entry for {key.get('trial_side')} px is damaged ({e})")
         return None
     return Partial(trials, racing, pixels, pick)
 
@@ -455,7 +463,7 @@ def _account(data: dict, key: dict) -> Account:
         if not isinstance(looks, dict) or not all(why is None or isinstance(why, str) for why in looks.values()):
             raise ValueError("its look verdicts are not texts")
     except DAMAGED as e:
-        log.warning("tuning record's account is damaged (%s): starting it again", e)
+        _damaged(record_path(), f"account is damaged ({e})", "starting it again")
         return Account()
     return Account(run_s, race_s, looks)
 

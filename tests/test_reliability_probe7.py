@@ -3,6 +3,7 @@ careless or hostile user tried."""
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
@@ -37,3 +38,26 @@ def test_an_empty_path_is_refused_naming_its_flag(tmp_path, monkeypatch, capsys,
     code, _, err = run_cli(monkeypatch, capsys, *argv)
     line = one_error_line(code, err)
     assert line == f"error: {named} is empty; name a file", line
+
+
+# ------------------------------------------------------------------ a damaged tuning record is said once
+
+@pytest.mark.parametrize("damage", ["{torn", '{"entries": 5}'])
+def test_a_damaged_tuning_record_is_warned_of_once_a_run(tmp_path, monkeypatch, capsys, damage):
+    """A torn `<cache>/tune.json` was warned of at every read: 5 identical lines in one 64 px run (probe 6)."""
+    from styleengine.engine import autotune
+
+    monkeypatch.delenv("STYLEENGINE_TUNE")
+    monkeypatch.setattr(autotune, "_DAMAGE_SAID", set(), raising=False)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    record = autotune.record_path()
+    kept = record.read_bytes() if record.exists() else None
+    record.write_text(damage)
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--weights", "random", "--size", "48", "--iters", "2")
+    finally:
+        record.unlink(missing_ok=True) if kept is None else record.write_bytes(kept)
+    warned = [line for line in err.splitlines() if "tuning record" in line]
+    assert code == 0 and len(warned) == 1, err
