@@ -145,9 +145,9 @@ def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
         stop = int(parts[1]) if parts[1].strip() else count
     except ValueError:
         raise ConfigError(f"--frames must be A:B (frame numbers, B excluded), got {spec!r}") from None
-    if start < 0 or stop <= start:
+    if start < 0 or (stop <= start and start < count):
         raise ConfigError(f"--frames {spec} is empty: it needs 0 <= A < B")
-    if start >= count or stop > count:
+    if start >= count or stop > count:  # `5:` of a 3-frame clip: past its end, not an empty range
         raise ConfigError(f"--frames {spec} is past the end of {path} ({count} frames)")
     return start, stop
 

@@ -61,3 +61,17 @@ def test_a_damaged_tuning_record_is_warned_of_once_a_run(tmp_path, monkeypatch, 
         record.unlink(missing_ok=True) if kept is None else record.write_bytes(kept)
     warned = [line for line in err.splitlines() if "tuning record" in line]
     assert code == 0 and len(warned) == 1, err
+
+
+# ------------------------------------------------------------------ video --frames past the clip's end
+
+@pytest.mark.parametrize("spec, says", [("5:", "past the end"), ("3:", "past the end"), ("1:1", "is empty"),
+                                        (":0", "is empty"), ("2:5", "past the end")])
+def test_video_frames_past_the_end_say_so(tmp_path, spec, says):
+    """`--frames 5:` of a 3-frame clip said "is empty: it needs 0 <= A < B", which it is not (probe 6)."""
+    from styleengine.engine.video_io import frame_range
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        frame_range(spec, 3, tmp_path / "v.mp4")
+    assert frame_range("2:", 3, tmp_path / "v.mp4") == (2, 3)
