@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
 from styleengine.choices import MIN_SIDE
@@ -182,6 +182,13 @@ def from_picture(picture: object, what: str) -> np.ndarray:
     if isinstance(picture, (str, os.PathLike)):
         return load_image(picture)
     if isinstance(picture, Image.Image):
+        if isinstance(picture, ImageFile.ImageFile) and picture.tile and picture.fp is None:
+            raise ImageError(f"cannot read {what} (a PIL image): its file was closed before its pixels were read "
+                             f"(call .load() inside the `with` block)")
+        try:
+            picture.load()  # a closed image, or a lazy one whose file is truncated: before the pixels
+        except (ValueError, OSError) as e:
+            raise ImageError(f"cannot read {what} (a PIL image): {first_line(e)}") from None
         try:
             array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has

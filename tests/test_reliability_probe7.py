@@ -75,3 +75,36 @@ def test_video_frames_past_the_end_say_so(tmp_path, spec, says):
     with pytest.raises(ConfigError, match=says):
         frame_range(spec, 3, tmp_path / "v.mp4")
     assert frame_range("2:", 3, tmp_path / "v.mp4") == (2, 3)
+
+
+# ------------------------------------------------------------------ the API: a PIL image it cannot read
+
+@pytest.mark.parametrize("how", ["closed", "truncated"])
+def test_the_api_refuses_a_pil_image_it_cannot_read_in_one_line(tmp_path, how):
+    """`stylise(im, style)` with `im` closed (a `with Image.open(...)` block left) raised PIL's raw
+    ValueError "Operation on closed image" (probe 6); a lazily opened truncated file, PIL's OSError."""
+    import styleengine
+    from styleengine.errors import ImageError
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "c.png")
+    if how == "closed":
+        with Image.open(tmp_path / "c.png") as picture:
+            pass
+    else:
+        Image.effect_noise((64, 64), 40).convert("RGB").save(tmp_path / "n.png")
+        (tmp_path / "t.png").write_bytes((tmp_path / "n.png").read_bytes()[:400])
+        picture = Image.open(tmp_path / "t.png")
+    with pytest.raises(ImageError, match="cannot read content image") as caught:
+        styleengine.stylise(picture, Image.new("RGB", (64, 64)), weights="random", size=64, iterations=1)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_api_refuses_a_loaded_then_closed_pil_image_in_one_line():
+    """A loaded image, then closed: PIL's raw ValueError "Operation on closed image"."""
+    import styleengine
+    from styleengine.errors import ImageError
+
+    picture = Image.new("RGB", (64, 64), (200, 30, 30))
+    picture.close()
+    with pytest.raises(ImageError, match="cannot read content image .*closed image"):
+        styleengine.stylise(picture, Image.new("RGB", (64, 64)), weights="random", size=64, iterations=1)
