@@ -108,3 +108,16 @@ def test_the_api_refuses_a_loaded_then_closed_pil_image_in_one_line():
     picture.close()
     with pytest.raises(ImageError, match="cannot read content image .*closed image"):
         styleengine.stylise(picture, Image.new("RGB", (64, 64)), weights="random", size=64, iterations=1)
+
+
+# ------------------------------------------------------------------ bench's outputs never replace another kind
+
+@pytest.mark.parametrize("flag, name", [("--json", "photo.png"), ("--csv", "w.pth"), ("--report", "notes.txt"),
+                                        ("--plot", "p.jpg")])
+def test_bench_never_replaces_a_file_of_another_kind(tmp_path, monkeypatch, capsys, flag, name):
+    """`bench --json photo.png` replaced the photo with the timings (probe 6): a file already there is
+    replaced only when it is of the flag's kind; --plot writes a PNG, so only under .png."""
+    target = tmp_path / name
+    target.write_bytes(b"the user's")
+    code, _, err = run_cli(monkeypatch, capsys, "bench", flag, target, "--res", "32", "--iters", "1")
+    assert flag in one_error_line(code, err) and target.read_bytes() == b"the user's"

@@ -42,10 +42,22 @@ def _resolve_auto(chosen: list[str], auto: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# what each output is; a file already there under another suffix is the user's (`--json photo.png`), not ours
+WRITES = {"--json": (".json",), "--csv": (".csv",), "--plot": (".png",), "--report": (".md", ".markdown")}
+
+
 def _check_writable(path: Path | None, flag: str) -> None:
-    """Before row 1: the folder exists and takes a new file, the name is not a directory's (see paths)."""
-    if path is not None:
-        check_writable(path, flag)
+    """Before row 1: the folder exists and takes a new file, the name is not a directory's (see paths), and a
+    file already there is one of this flag's kind."""
+    if path is None:
+        return
+    check_writable(path, flag)
+    suffixes = WRITES[flag]
+    if flag == "--plot" and Path(path).suffix.lower() != ".png":  # PNG bytes under another suffix
+        raise ConfigError(f"--plot {path}: the plot is a PNG; name a .png file")
+    if os.path.lexists(path) and Path(path).suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: a file is there and it is no {suffixes[0]} file; name a "
+                          f"{' or '.join(suffixes)} file (bench replaces only its own kind)")
 
 
 def _console_table(rows: list[dict], title: str):
