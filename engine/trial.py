@@ -186,10 +186,11 @@ def uncached_graphs(settings: Settings, weights, loss, options, where: capabilit
 
 
 def measure_candidates(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]],
-                       side: int) -> list[Trial]:
+                       side: int, export_all: bool = False) -> list[Trial]:
     """Time each candidate's step on a side-px picture in interleaved rounds after a warm-up step, within
     the trial's budget (module doc); a reduced-precision candidate that would be picked must then keep the
-    look (look_check)."""
+    look (look_check). export_all: every graph not cached yet is exported first, whatever the budget (asked
+    for: `styleengine tune`)."""
     import torch
 
     from styleengine.engine.steps import Step, make_targets
@@ -202,7 +203,7 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
     content, style = trial_images(side)
     pixels = content.shape[-2] * content.shape[-1]
     uncached = uncached_graphs(settings, weights, loss, options, where)
-    exported = exports_that_fit(options, uncached, pixels)
+    exported = set(uncached) if export_all else exports_that_fit(options, uncached, pixels)
     steps: dict[tuple[str, str, str], Step] = {}
     trials: dict[tuple[str, str, str], Trial] = {}
     targets = None
@@ -221,8 +222,8 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
         for option in options:
             b, p, c = option
             if option in uncached and option not in exported:
-                trials[option] = Trial(b, p, c, status="skipped", note="not exported: over the trial's budget (a "
-                                       "run with --backend ort caches its export; then styleengine tune)")
+                trials[option] = Trial(b, p, c, status="skipped", note="not exported: over the trial's budget "
+                                       "(`styleengine tune` or a run with --backend ort exports it)")
                 log.info("auto: %s %s %s skipped: %s", b, p, c, trials[option].note)
                 continue
             candidate = dataclasses.replace(settings, backend=b, precision=p, conv=c, device=where.device,

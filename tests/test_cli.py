@@ -455,7 +455,7 @@ def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
     from styleengine.engine import autotune
 
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side: [
+    monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side, export_all: [
         autotune.Trial(*o, seconds=(0.2 + 0.1 * i,) * 3) for i, o in enumerate(options)])
     autotune._memo.clear()
     code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "64", "--weights", "random", "--device", "cpu",
@@ -465,6 +465,8 @@ def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
     assert "(chosen)" in table and "bf16" in table and "200.00 ms" in table and "400.00 ms" in table
     assert "auto: torch fp32 winograd on the cpu: fastest valid" in out
     assert (tmp_path / "tune.json").is_file()
+    # conftest's STYLEENGINE_TUNE=off: measured as asked, but the runs here would not read it (probe 6: unsaid)
+    assert "warning: STYLEENGINE_TUNE=off: runs here pick by rule" in err
 
 
 # ------------------------------------------------------------------ an exception's first line

@@ -121,3 +121,18 @@ def test_bench_never_replaces_a_file_of_another_kind(tmp_path, monkeypatch, caps
     target.write_bytes(b"the user's")
     code, _, err = run_cli(monkeypatch, capsys, "bench", flag, target, "--res", "32", "--iters", "1")
     assert flag in one_error_line(code, err) and target.read_bytes() == b"the user's"
+
+
+# ------------------------------------------------------------------ tune: what it was asked to time
+
+def test_tune_backend_ort_on_a_fresh_cache_exports_and_times_it(tmp_path, monkeypatch, capsys):
+    """`tune --backend ort` on a fresh cache said "no candidate for auto ran here: not exported: over the
+    trial's budget (... then styleengine tune)" and exited 1 (probe 6): tune is the asked-for measurement."""
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    autotune._memo.clear()
+    code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "48", "--weights", "random", "--model", "vgg16",
+                             "--backend", "ort", "--device", "cpu")
+    assert code == 0, err
+    assert "auto: ort fp32 " in out and "skipped" not in out, out

@@ -1,6 +1,8 @@
 """`styleengine tune`: run auto's trial now and show the table it chose from (engine/autotune.py)."""
 from __future__ import annotations
 
+import functools
+import os
 import sys
 
 from typing import Any
@@ -17,7 +19,8 @@ def _tune(**flags: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from styleengine.engine.autotune import choose, record_path, size_class, trial_side
+    from styleengine.engine import autotune
+    from styleengine.engine.autotune import choose, record_path, size_class, trial_side, tuning_enabled
     from styleengine.units import fmt_time
 
     settings = settings_from(flags, RUN)
@@ -26,7 +29,9 @@ def _tune(**flags: Any) -> None:
     console = Console(stderr=True, markup=False)
     console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
                   highlight=False)
-    choice = choose(settings, refresh=True, tune=True)
+    # asked for: the graphs auto's trial would skip as over its budget are exported now
+    choice = choose(settings, refresh=True, tune=True, measure=functools.partial(autotune.measure_candidates,
+                                                                                export_all=True))
     picked = (choice.settings.backend, choice.settings.precision, choice.settings.conv)
     if choice.trials:
         side = trial_side(size, "cuda" if choice.settings.device.startswith("cuda") else "cpu")
@@ -41,6 +46,9 @@ def _tune(**flags: Any) -> None:
     print(f"auto: {choice.why}")
     if choice.kept:
         console.print(f"kept in {record_path()}", highlight=False)
+        if not tuning_enabled():  # asked for, so measured; but the runs here would never read it
+            console.print(f"warning: STYLEENGINE_TUNE={os.environ.get('STYLEENGINE_TUNE')}: runs here pick by "
+                          f"rule and read this only once it is unset", highlight=False)
     elif choice.measured:
         console.print(f"warning: not kept: {record_path()} cannot be written (set STYLEENGINE_CACHE_DIR to a "
                       f"writable folder); later runs will measure again", highlight=False)
