@@ -97,13 +97,13 @@ def parse_resolutions(text: str) -> list[tuple[int, int]]:
 
 
 def parse_tiles(text: str | None) -> list[int | None]:
-    """--tile: comma-separated core sizes (multiples of 16); `none` (or 0) is the untiled step.
-    "none,1024" times both in the same run, so the overhead is a ratio of one run's rows."""
+    """--tile: comma-separated core sizes (multiples of 16); `none` is the untiled step (0 is refused, as `run
+    --tile 0` is). "none,1024" times both in the same run, so the overhead is a ratio of one run's rows."""
     if text is None:
         return [None]
     out: list[int | None] = []
     for item in _items(text, "--tile"):
-        if item.lower() in ("none", "0"):
+        if item.lower() == "none":
             out.append(None)
             continue
         try:
@@ -111,7 +111,8 @@ def parse_tiles(text: str | None) -> list[int | None]:
         except ValueError:
             raise ConfigError(f"--tile: {item!r} is not a size in px (or none)") from None
         if tile <= 0 or tile % QUANTUM:
-            raise ConfigError(f"--tile: {tile} is not a positive multiple of {QUANTUM} px")
+            raise ConfigError(f"--tile: {tile} is not a positive multiple of {QUANTUM} px ('none' for the untiled "
+                              f"step)")
         out.append(tile)
     return list(dict.fromkeys(out))
 

@@ -306,8 +306,12 @@ def test_tiled_and_untiled_rows_in_one_run(tmp_path):
 
 
 def test_parse_tiles_and_expand():
+    from styleengine.errors import ConfigError
+
     assert parse_tiles(None) == [None]
-    assert parse_tiles("none,1024,0,1024") == [None, 1024]
+    assert parse_tiles("none,1024,None,1024") == [None, 1024]
+    with pytest.raises(ConfigError, match="'none' for the untiled"):  # as `run --tile 0` (probe 6: bench took it)
+        parse_tiles("0")
     configs = expand([(512, 512)], ["ort"], ["cpu"], ["cpu"], ["fp32"], tiles=[None, 256])
     assert [c.tile for c in configs] == [None, 256]
     assert configs[1].key != configs[0].key and configs[1].at(64, 64).tile == 256
