@@ -136,3 +136,26 @@ def test_tune_backend_ort_on_a_fresh_cache_exports_and_times_it(tmp_path, monkey
                              "--backend", "ort", "--device", "cpu")
     assert code == 0, err
     assert "auto: ort fp32 " in out and "skipped" not in out, out
+
+
+# ------------------------------------------------------------------ `--flag=~/x`: no shell expanded it
+
+def test_paths_after_an_equals_sign_expand_home_and_variables(tmp_path, monkeypatch, capsys):
+    """`--output=~/o.png --trace='$D/t.jsonl'` made folders named `~` and `$D` in the working folder's eyes
+    ("folder ~ does not exist"), and an output onto an input through `~` was not seen (probes 4, 5)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("D", str(home))
+    monkeypatch.chdir(work)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(home / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(home / "s.png")
+    fast = ["--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", home / "c.png", home / "s.png", "--output=~/o.png",
+                           "--trace=$D/t.jsonl", *fast)
+    assert code == 0, err
+    assert (home / "o.png").is_file() and (home / "t.jsonl").is_file() and list(work.iterdir()) == []
+    before = (home / "c.png").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "run", home / "c.png", home / "s.png", "--output=~/x.png",
+                           "--trace=~/c.png", *fast)
+    assert "trace" in one_error_line(code, err) and (home / "c.png").read_bytes() == before

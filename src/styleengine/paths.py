@@ -47,7 +47,7 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not str(text).strip():
             raise ConfigError(f"{flag} is empty; name {wanted}")
-        return Path(text)
+        return expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
     return parse
 
 
