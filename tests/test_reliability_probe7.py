@@ -159,3 +159,43 @@ def test_paths_after_an_equals_sign_expand_home_and_variables(tmp_path, monkeypa
     code, _, err = run_cli(monkeypatch, capsys, "run", home / "c.png", home / "s.png", "--output=~/x.png",
                            "--trace=~/c.png", *fast)
     assert "trace" in one_error_line(code, err) and (home / "c.png").read_bytes() == before
+
+
+# ------------------------------------------------------------------ serve: a cancel frees its slot at once
+
+def test_a_cancelled_running_job_frees_its_queue_slot_at_once(tmp_path, monkeypatch):
+    """With the queue full (max_queue 1), a client cancelled its running job and submitted again: 429 until the
+    batch reached its next iteration, which at 2048 px is seconds away (probe 5)."""
+    import threading
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+    from serve_helpers import SETTINGS, files, wait_for
+
+    from styleengine.serve.app import Config, create_app
+    from styleengine.serve.jobs import JobStore
+
+    released, held = threading.Event(), threading.Event()
+    real_run = JobStore._run
+
+    def slow_run(store, members):  # the first batch's iteration takes until the test lets it go
+        if not held.is_set():
+            held.set()
+            store._set(members[0], status="running")
+            released.wait(30)
+        return real_run(store, members)
+
+    monkeypatch.setattr(JobStore, "_run", slow_run)
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_queue=1)
+    with TestClient(create_app(config)) as client:
+        first = client.post("/api/jobs", files=files(), data={"iters": "3"}).json()["id"]
+        assert held.wait(30)
+        assert client.post("/api/jobs", files=files()).status_code == 429  # full
+        assert client.delete(f"/api/jobs/{first}").status_code == 200
+        try:
+            again = client.post("/api/jobs", files=files())
+        finally:
+            released.set()
+        assert again.status_code == 202, again.text
+        assert wait_for(client, again.json()["id"])["status"] == "done"

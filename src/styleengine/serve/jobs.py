@@ -171,8 +171,10 @@ class JobStore:
         with self._lock:
             if self._stopping:
                 raise QueueFull(5)
-            if len(self._queue) + len(self._running) >= self.max_queue:
-                waiting = len(self._queue) + len(self._running)
+            # a cancelled job of the running batch is over for its client: it frees its slot at once, not at
+            # its batch's next iteration
+            waiting = len(self._queue) + sum(not j.cancelled for j in self._running)
+            if waiting >= self.max_queue:
                 raise QueueFull(max(1, math.ceil(self._mean_seconds * waiting / max(1, self.max_batch))))
             job.iterations = job.settings.iterations if job.settings is not None else 0
             self.jobs[job.id] = job
