@@ -127,7 +127,7 @@ def record(result: JobResult, manifest: Manifest,
             if escaped is not None:
                 raise ConfigError(f"cannot write {result.job.output}: its folder now leads outside --out (to "
                                   f"{escaped}: a symbolic link made during the run)")
-            images.save_image(result.image, result.job.output)
+            images.save_image(result.image, result.job.output, within=out_dir)
         except UserError as e:
             saved = rescue(result.image, result.job.output) if rescue is not None else None
             reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")

@@ -226,8 +226,9 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
     return _composite_on_white(values) if values.shape[2] == 4 else values
 
 
-def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> None:
-    """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace."""
+def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None) -> None:
+    """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace.
+    within: a folder the image must stay in, no symbolic link below it followed (paths.confined_writer)."""
     path = Path(path)
     fmt = _format_for(path)
     if not path.parent.is_dir():
@@ -236,7 +237,7 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Non
         raise ImageError(f"cannot write {path}: it is a directory")
     pil = to_pil(image)
     try:
-        with paths.atomic_writer(path) as f:
+        with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within) as f:
             pil.save(f, format=fmt)
     except (OSError, ValueError, KeyError) as e:
         raise ImageError(f"cannot write {path}: {first_line(e)}") from None

@@ -199,3 +199,79 @@ def test_a_cancelled_running_job_frees_its_queue_slot_at_once(tmp_path, monkeypa
             released.set()
         assert again.status_code == 202, again.text
         assert wait_for(client, again.json()["id"])["status"] == "done"
+
+
+# ------------------------------------------------------------------ batch: no window between the check and the write
+
+@pytest.mark.parametrize("where", ["the write", "the folder's making"])
+def test_a_folder_made_a_link_right_after_the_last_check_is_not_written_through(tmp_path, monkeypatch, capsys,
+                                                                                  where):
+    """out/sub swapped for a link out of --out between the last check (`outside`) and the write (or the folder's
+    mkdir): the picture, or the folders, went through it (probes 4, 5: the window left after their fix)."""
+    import shutil
+
+    from styleengine import cli_batch
+    from styleengine.engine import batch as engine
+    from styleengine.engine import jobs as engine_jobs
+
+    try:
+        from test_reliability_batch import FAST, manifest_lines, picture, write_jobs
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import FAST, manifest_lines, picture, write_jobs
+    picture(tmp_path / "c1.png", 1)
+    picture(tmp_path / "s1.png", 3)
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.mkdir()
+    (out / "sub").mkdir(parents=True)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"content": "c1.png", "styles": "s1.png",
+                                                 "output": "sub/deeper/a.png"}])
+    real, calls, swapped = engine_jobs.outside, [], []
+    at = 2 if where == "the write" else 1  # the checks ask before the folder is made, then before the write
+
+    def outside_then_swap(output, out_dir):  # the check passes; the folder is swapped the moment after
+        found = real(output, out_dir)
+        calls.append(1)
+        if len(calls) == at:
+            swapped.append(1)
+            shutil.rmtree(out / "sub")
+            (victim / "deeper").mkdir()  # what the write would go into
+            (out / "sub").symlink_to(victim)
+        return found
+
+    assert cli_batch.engine is engine
+    monkeypatch.setattr(engine, "outside", outside_then_swap)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *FAST)
+    assert swapped and code == 1 and "Traceback" not in err, err
+    assert [p.name for p in victim.rglob("*")] == ["deeper"]
+    (line,) = manifest_lines(out)
+    assert line["status"] == "failed" and "symbolic link" in line["reason"], line
+    assert ("saved the image to" in line["reason"]) is (where == "the write")
+
+
+def test_a_confined_folder_is_never_reached_through_a_link_made_after_it_was_resolved(tmp_path, monkeypatch):
+    """The narrowest window: the folder resolved inside --out, then made a link before it is opened. Each
+    folder below --out is opened without following links, so the open fails; nothing is made outside."""
+    import os
+
+    from styleengine import paths
+
+    if not paths.CONFINED:
+        pytest.skip("no *at calls here: the write falls back to a plain atomic write")
+    root, victim = tmp_path / "out", tmp_path / "victim"
+    (root / "sub").mkdir(parents=True), victim.mkdir()
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(victim)
+    monkeypatch.setattr(os.path, "realpath", os.path.abspath)  # as resolved before the swap
+    with pytest.raises(OSError, match="became a symbolic link"):
+        paths.open_confined_folder(root / "sub" / "deeper", root, make=True)
+    with pytest.raises(OSError, match="became a symbolic link"):
+        with paths.confined_writer(root / "sub" / "a.png", root) as f:
+            f.write(b"x")
+    assert list(victim.iterdir()) == []
+    fd = paths.open_confined_folder(root / "new" / "deeper", root, make=True)  # made on the way, no link
+    os.close(fd)
+    assert (root / "new" / "deeper").is_dir()
+    with paths.confined_writer(root / "new" / "deeper" / "a.png", root) as f:
+        f.write(b"x")
+    assert (root / "new" / "deeper" / "a.png").read_bytes() == b"x"
+    assert [p.name for p in (root / "new" / "deeper").iterdir()] == ["a.png"]  # no temp file left

@@ -74,8 +74,11 @@ def _check(item: engine.Planned, out: Path) -> engine.Planned:
         if escaped is not None:  # mkdir would follow the link and make folders out there
             raise ConfigError(f"output {job.output} is outside --out {out} (through a symbolic link to {escaped}, "
                               f"made after the jobs were checked)")
-        try:
-            job.output.parent.mkdir(parents=True, exist_ok=True)
+        try:  # no link followed on the way: one made since the line above would lead mkdir out of --out
+            if paths.CONFINED:
+                os.close(paths.open_confined_folder(job.output.parent, out, make=True))
+            else:
+                job.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot make folder {job.output.parent}: {e.strerror or e}") from None
         check_files(content=job.content, styles=list(job.styles), output=job.output, settings=item.settings,

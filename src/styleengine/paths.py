@@ -192,6 +192,80 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+# POSIX: rename replaces as os.replace does (which supports_dir_fd does not list, though it takes dir fds)
+CONFINED = (os.name == "posix" and hasattr(os, "O_NOFOLLOW")
+            and {os.open, os.rename, os.mkdir, os.unlink} <= os.supports_dir_fd)
+
+
+def open_confined_folder(folder: Path, root: Path, make: bool = False) -> int:
+    """A descriptor of `folder` (inside `root`, as the checks found it) reached from root's own folder with no
+    symbolic link followed below it: a folder swapped for a link after the checks is an OSError (ELOOP or
+    ENOTDIR), never a way out. make: missing folders are made on the way (mkdir at each descriptor)."""
+    top, where = os.path.realpath(root), os.path.realpath(folder)
+    if os.path.commonpath([top, where]) != top:
+        raise OSError(errno.EXDEV, "the folder leads outside its root (a symbolic link)", str(folder))
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    if make:
+        os.makedirs(top, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        here = top
+        for part in Path(os.path.relpath(where, top)).parts:
+            if part == ".":
+                continue
+            here = os.path.join(here, part)
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+            try:
+                inner = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(here):
+                    raise OSError(e.errno, "a folder on the way became a symbolic link (not followed)",
+                                  str(folder)) from None
+                raise
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def confined_writer(path: Path, root: Path) -> Iterator[BinaryIO]:
+    """atomic_writer for `path` inside `root` whose folders are opened without following links
+    (open_confined_folder), the temp file made and renamed at that descriptor: nothing is written through a
+    folder made a link between the checks and the write. atomic_writer where the OS has no *at calls."""
+    if not CONFINED:
+        with atomic_writer(path) as f:
+            yield f
+        return
+    path = Path(path)
+    fd = open_confined_folder(path.parent, root)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        for _ in range(tempfile.TMP_MAX):
+            tmp = f".{path.name}.{secrets.token_hex(4)}.tmp"
+            try:
+                out = os.open(tmp, flags, 0o666, dir_fd=fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+        try:
+            with os.fdopen(out, "wb") as f:
+                yield f
+            os.rename(tmp, path.name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (atomic_writer)."""
     with atomic_writer(path) as f:
