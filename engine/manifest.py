@@ -11,14 +11,15 @@ import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from styleengine import paths
 from styleengine.engine.settings import BATCH, VIDEO, options
 from styleengine.engine.stylise import Settings
-from styleengine.errors import UserError
+from styleengine.errors import ConfigError, UserError
 from styleengine.model.weights import file_sha256
 
 if TYPE_CHECKING:
@@ -81,6 +82,24 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
 _STATUSES = ("ok", "failed", "skipped")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+# what each optional field of a line may hold (None always): a server serves them as they are
+_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "reason": ("a text", lambda v: isinstance(v, str)),
+    "output": ("a text", lambda v: isinstance(v, str)),
+    "device": ("a text", lambda v: isinstance(v, str)),
+    "seconds": ("a number of seconds", _number),
+    "iterations": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "batch": ("a whole number of jobs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "losses": ("names and numbers", lambda v: isinstance(v, dict) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())),
+    "distances": ("a JSON object", lambda v: isinstance(v, dict)),
+}
+
+
 def _manifest_problem(entry: Any) -> str | None:
     """Why a parsed manifest line cannot be used, or None."""
     if not isinstance(entry, dict):
@@ -91,6 +110,9 @@ def _manifest_problem(entry: Any) -> str | None:
         return f"status {entry.get('status')!r} is none of {', '.join(_STATUSES)}"
     if entry["status"] == "ok" and not isinstance(entry.get("settings_hash"), str):
         return "an ok line without its settings hash (a text)"
+    for name, (wanted, fits) in _FIELDS.items():
+        if entry.get(name) is not None and not fits(entry[name]):
+            return f"its {name} is not {wanted}"
     return None
 
 
@@ -115,6 +137,21 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    def check_own(self, inside: str) -> None:
+        """ConfigError unless the manifest is absent or a file of its own in its folder (`inside` names that
+        folder to the user): appending through a symbolic link writes wherever it leads, through a hard link
+        into the other names too, and a FIFO blocks."""
+        path = self.path
+        if path.is_symlink():
+            raise ConfigError(f"{path} is a symbolic link; the manifest must be a file inside {inside}")
+        if os.path.lexists(path) and not path.is_file():
+            raise ConfigError(f"{path} {paths.not_a_file(path) or 'is not a file'}; the manifest must be a file "
+                              f"inside {inside}")
+        links = path.stat().st_nlink if path.is_file() else 1
+        if links > 1:  # `cp -al out backup`: appending would write into the other names too
+            raise ConfigError(f"{path} is a hard link ({links} names for one file): appending would change the "
+                              f"others too; give it its own copy (cp {path} {path}.new && mv {path}.new {path})")
 
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """(the usable lines written so far, a sentence per line that is not); nothing if no manifest yet."""
@@ -172,7 +209,7 @@ class Manifest:
         """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
         data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except OSError as e:
             raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
         try:

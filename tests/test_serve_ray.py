@@ -143,6 +143,8 @@ def test_a_remote_jobs_unchanged_preview_is_sent_once(monkeypatch):
     polls = []
 
     class Store:
+        draining = False
+
         def owns(self, job):
             return False
 

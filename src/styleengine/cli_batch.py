@@ -130,13 +130,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
            ray: str | None, batch_size: int | None, console) -> None:
     """Check the manifest and every job across the file, then lock --out and run the jobs a chunk at a time."""
     manifest = engine.Manifest(out / engine.MANIFEST)
-    if manifest.path.is_symlink():  # appending through it would write outside --out, into whatever it names
-        raise ConfigError(f"{manifest.path} is a symbolic link; the manifest must be a file inside --out")
-    links = manifest.path.stat().st_nlink if manifest.path.is_file() else 1
-    if links > 1:  # `cp -al out backup`: appending would write into the other names too
-        raise ConfigError(f"{manifest.path} is a hard link ({links} names for one file): appending would change the "
-                          f"others too; give it its own copy (cp {manifest.path} {manifest.path}.new && mv "
-                          f"{manifest.path}.new {manifest.path})")
+    manifest.check_own("--out")
     paths.check_writable(manifest.path, "manifest")
     shared = engine.settings_inputs(settings.init, settings.weights, prefix="--",
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)

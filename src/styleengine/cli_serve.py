@@ -89,13 +89,26 @@ def _serve(
         return
     store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
-    server = uvicorn.Server(uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
+    server = _Server(store, uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
                                            timeout_graceful_shutdown=3))
     with _hangup_stops(server):
         try:
             server.run()
         except KeyboardInterrupt:  # as uvicorn.run: a signal it re-raises once it has stopped gracefully
             pass
+
+
+def _Server(store: Any, config: Any) -> Any:
+    """uvicorn's Server whose stop signal first drains the store: the event streams end at once (uvicorn would
+    wait for them, then cancel them with tracebacks), and their going cancels no job."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            store.drain()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import secrets
@@ -32,7 +33,8 @@ from styleengine.choices import INITS
 from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.errors import UserError, first_line
-from styleengine.serve.jobs import Job, JobStore, QueueFull, distance_every, load_upload, new_id
+from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
+                                    load_upload, new_id)
 
 log = logging.getLogger(__name__)
 
@@ -180,16 +182,26 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
              settings: Settings, config: Config, keep: bool) -> Job:
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
     with the reason otherwise). Runs in a worker thread of the pool."""
-    folder.mkdir()
     saved: list[tuple[Path, str]] = []
-    for index, upload in enumerate([content, *styles]):
-        label = "content image" if index == 0 else (f"style image {index}" if len(styles) > 1 else "style image")
-        path = folder / ("content" if index == 0 else f"style{index}")
-        upload.file.seek(0)
-        with open(path, "wb") as out:
-            shutil.copyfileobj(upload.file, out)
+    try:
+        store.own_folder(store.uploads)
+        folder.mkdir()
+        for index, upload in enumerate([content, *styles]):
+            label = "content image" if index == 0 else (f"style image {index}" if len(styles) > 1 else "style image")
+            path = folder / ("content" if index == 0 else f"style{index}")
+            upload.file.seek(0)
+            with open(path, "wb") as out:
+                shutil.copyfileobj(upload.file, out)
+            saved.append((path, label))
+    except ServerFolderGone as e:
+        raise HTTPException(503, first_line(e)) from None
+    except OSError as e:  # the server's disk, not the request: 507 when it is full
+        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        log.error("cannot store job %s's upload in %s: %s", job_id, folder, e.strerror or e)
+        raise HTTPException(507 if full else 503, f"the server cannot store the upload ({e.strerror or e}); try "
+                                                  f"again later") from None
+    for path, label in saved:
         _check_pixels(path, label, config.max_pixels)
-        saved.append((path, label))
     try:
         arrays = [load_upload(path, label) for path, label in saved]
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
@@ -315,6 +327,8 @@ def create_app(config: Config, store: JobStore | None = None,
     @app.post("/api/jobs", status_code=202, openapi_extra=form_schema,
               summary="Submit a job: content, one or more style files, and the run's settings as form fields")
     async def submit(request: Request) -> JSONResponse:
+        if current().draining:
+            raise HTTPException(503, "the server is stopping; submit the job again once it is back")
         content, styles, values, keep = await _read_form(request, config)
         if len(styles) > MAX_STYLES:
             raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
@@ -345,13 +359,17 @@ def create_app(config: Config, store: JobStore | None = None,
 
     @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)",
              responses={200: {"content": {"image/png": {}}}})
-    async def result(job_id: str) -> FileResponse:
+    async def result(job_id: str) -> Response:
         job = await job_or_404(job_id)
         if job.status != "done":
             why = f": {job.reason}" if job.reason and job.status == "failed" else ""
             raise HTTPException(409, f"job {job_id} is {job.status}{why}; no result")
-        return FileResponse(current().result_file(job), media_type="image/png",
-                            filename=f"styleengine-{job_id}.png")
+        try:
+            data = await run_in_threadpool(current().result_bytes, job)
+        except ResultGone as e:
+            raise HTTPException(410, str(e)) from None
+        return Response(data, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="styleengine-{job_id}.png"'})
 
     @app.get("/api/jobs/{job_id}/preview", summary="The latest preview (PNG)",
              responses={200: {"content": {"image/png": {}}}})
@@ -406,7 +424,7 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
                             "image": "data:image/png;base64," + base64.b64encode(preview).decode()}
                     yield f"event: preview\ndata: {json.dumps(data)}\n\n"
                 quiet = 0.0
-            if job.over:
+            if job.over or store.draining:  # draining: the server stops; close() records the job
                 return
             if await request.is_disconnected():
                 return
@@ -423,6 +441,6 @@ async def _stream(job: Job, request: Request, store: JobStore) -> AsyncIterator[
         job = watched
         job.wakers.remove(wake)
         job.watchers -= 1
-        if owned and job.watchers == 0 and not job.keep and not job.over:
+        if owned and job.watchers == 0 and not job.keep and not job.over and not store.draining:
             log.info("job %s: its last watcher went away; cancelled", job.id)
             asyncio.get_running_loop().run_in_executor(None, store.cancel, job)  # a manifest line: not here

@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import re
 import shutil
+import stat
 import threading
 import time
 from collections import deque
@@ -30,7 +33,7 @@ from styleengine import paths
 from styleengine.engine import batch, images
 from styleengine.engine.loop import Record
 from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
-from styleengine.errors import UserError, first_line
+from styleengine.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ KEPT_PREVIEWS = 32  # finished jobs whose last preview (their picture) stays in 
 PREVIEW_INTERVAL_S = 0.5  # a preview image at most this often per job (and one at the first iteration)
 PROGRESS_INTERVAL_S = 0.1  # progress figures at most this often per job
 RESULTS = "results"  # under the server's folder: ID.png and the manifest
+JOB_ID = re.compile(r"[0-9a-f]{24}")  # job.new_id's
+RESULT_TEMP = re.compile(r"\.[0-9a-f]{24}\.png\.[0-9a-f]{8}\.tmp")  # paths.temp_beside's for a result
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
@@ -47,6 +52,14 @@ from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses
 
 class FolderBusy(UserError):
     """Another server (or Ray replica) holds the folder's lock."""
+
+
+class ServerFolderGone(UserError):
+    """results/ or uploads/ is not the server's folder any more (removed and not made again, a link in its place)."""
+
+
+class ResultGone(UserError):
+    """A done job's PNG is no longer there as the server wrote it (removed, or something else in its place)."""
 
 
 SERVER_FOLDER = "the server's folder (--results-dir)"  # in messages: what the user can change
@@ -61,8 +74,12 @@ class JobStore:
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
         for folder in (self.results, self.uploads):
+            if folder.is_symlink():  # the server removes and replaces what is in them: only its own folders
+                raise ConfigError(f"{folder} is a symbolic link; the server keeps its own {folder.name} folder in "
+                                  f"{SERVER_FOLDER}: remove the link or use another --results-dir")
             paths.check_cache_dir(folder, what=SERVER_FOLDER)
         self.manifest = batch.Manifest(self.results / batch.MANIFEST)
+        self.manifest.check_own(SERVER_FOLDER)
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.max_batch = max_batch
@@ -72,6 +89,9 @@ class JobStore:
         self._previews: deque[Job] = deque()  # finished jobs still holding a preview, oldest first
         self._lock = threading.Condition()
         self._stopping = False
+        # set as the server begins to stop (a signal): event streams end, and their going cancels nothing (the
+        # jobs they watched are recorded by close as the server stopping, not as cancelled by a client)
+        self.draining = False
         self._warm = batch.Warm()
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
@@ -115,11 +135,44 @@ class JobStore:
             if job.status == "done" and not self.result_path(job.id).is_file():
                 job.status, job.reason = "failed", "the result file is gone"
             self.jobs[job.id] = job
-        # uploads of jobs that never ran (a crash): nothing will run them
-        for folder in self.uploads.iterdir():
-            shutil.rmtree(folder, ignore_errors=True)
+        self._clear_leftovers()
         log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
                  self.results)
+
+    def drain(self) -> None:
+        """The server is stopping: every event stream is woken to end (close() records the jobs)."""
+        self.draining = True
+        with self._lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            for wake in list(job.wakers):
+                wake()
+
+    def own_folder(self, folder: Path) -> Path:
+        """`folder` (results/ or uploads/) as the server's own: made again when it was removed while the server
+        ran; ServerFolderGone when something else is there now (a link, a file)."""
+        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+            what = paths.not_a_file(folder) if not folder.is_symlink() else "is a symbolic link"
+            raise ServerFolderGone(f"{folder} is no longer the server's folder (it {what}); put it back or restart "
+                                   f"the server")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ServerFolderGone(f"cannot make {folder} again: {e.strerror or e}") from None
+        return folder
+
+    def _clear_leftovers(self) -> None:
+        """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
+        run, and half-written results. Only what the server makes (a job's id, its temp files); anything else
+        is the user's and stays."""
+        for entry in self.uploads.iterdir():
+            if JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                log.warning("%s is not a job's upload folder; left as it is", entry)
+        for entry in self.results.iterdir():
+            if RESULT_TEMP.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
@@ -161,6 +214,24 @@ class JobStore:
     def result_file(self, job: Job) -> Path:
         """Where a done job's PNG is."""
         return self.result_path(job.id)
+
+    def result_bytes(self, job: Job) -> bytes:
+        """A done job's PNG, read without following a link (a file swapped for one to /etc/passwd is not served);
+        ResultGone when it is not there or not a file of the server's any more."""
+        path = self.result_file(job)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except FileNotFoundError:
+            raise ResultGone(f"job {job.id}'s result file is gone (removed from {self.results})") from None
+        except OSError as e:
+            raise ResultGone(f"job {job.id}'s result file cannot be read ({paths.not_a_file(path) or e.strerror}); "
+                             f"it is not the server's file any more") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ResultGone(f"job {job.id}'s result {paths.not_a_file(path) or 'is not a file'}; it is not the "
+                             f"server's file any more")
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def owns(self, job: Job) -> bool:
         """Whether this store runs (or ran) `job`: its event streams may cancel it when they all go."""
@@ -336,7 +407,8 @@ class JobStore:
                                losses, result.distances.to_json() if result is not None and result.distances else None,
                                job.batch, image)
         try:
-            done = batch.record(done, self.manifest)
+            self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
+            done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
