@@ -14,6 +14,7 @@ the tests do, and so can a user who wants the same path on every machine.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -24,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from styleengine import paths
 from styleengine.engine import capability
@@ -415,19 +416,30 @@ def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], par
 
 
 def _update(change: Callable[[dict], None]) -> bool:
+    """Read, change and write the record under its lock: two processes (a run and `tune`, two runs) each writing
+    what they read lost the other's entries."""
     from styleengine.export.cache import atomic_write, make_folder
 
     path = record_path()
-    data = _load_all()
-    data = {"version": TUNE_VERSION, "entries": data.get("entries", {}), "accounts": data.get("accounts", {})}
-    change(data)
     try:
         make_folder(path.parent)
-        atomic_write(path, json.dumps(data, indent=1).encode())
+        with _record_lock(path):
+            data = _load_all()
+            data = {"version": TUNE_VERSION, "entries": data.get("entries", {}), "accounts": data.get("accounts", {})}
+            change(data)
+            atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         log.warning("could not keep the tuning record in %s: %s", path, e)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _record_lock(path: Path) -> Iterator[None]:
+    """The record's lock (`.tune.json.lock` beside it), held for one read-change-write."""
+    with os.fdopen(paths.open_regular(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT), "a+b") as f:
+        paths.try_lock(f, blocking=True)
+        yield
 
 
 # --- what racing has cost the runs here (engine/race.py holds it to a share of their time) ---

@@ -22,6 +22,7 @@ against numpy).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -308,8 +309,10 @@ def blend_grams(grams: list[dict[str, torch.Tensor]], positions: list[int], targ
     blend = blend or [1.0] * len(grams)
     if len(blend) != len(grams):
         raise ConfigError(f"{len(blend)} --style-blend weights for {len(grams)} style images")
-    if any(not (w >= 0) for w in blend) or sum(blend) <= 0:
-        raise ConfigError("--style-blend weights must be >= 0 and not all zero")
+    if any(not (w >= 0 and math.isfinite(w)) for w in blend) or max(blend) <= 0:
+        raise ConfigError("--style-blend weights must be finite, >= 0 and not all zero")
+    largest = max(blend)
+    blend = [w / largest for w in blend]  # 1e308,1e308 summed to inf: every Gram weighted 0, silently
     total = sum(blend)
     out = {}
     for name in grams[0]:

@@ -23,6 +23,7 @@ the next lock-taker in that folder removes it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import Callable, Iterator, TypeVar
 import onnx
 
 from styleengine.errors import ConfigError
+from styleengine import paths
 from styleengine.paths import try_lock
 from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
@@ -129,7 +131,7 @@ def read_record(folder: Path, claims: dict | None = None) -> dict[str, dict] | N
     """A derived entry's {file: {sha256, bytes}} if its files all match the record and the record claims
     `claims` (when given); None if the entry must be (re)built."""
     try:
-        record = json.loads((folder / RECORD_FILE).read_text())
+        record = json.loads(paths.read_regular(folder / RECORD_FILE))  # a FIFO would block the read
     except FileNotFoundError:
         return None
     except (ValueError, RecursionError, OSError):  # damaged, nested too deep, a folder where the file was
@@ -155,9 +157,13 @@ def entry_lock(folder: Path) -> Iterator[None]:
     """Hold the exclusive lock of the entry `folder` (waiting for another process that holds it), and
     remove the staging folders beside it that no live process owns."""
     parent = make_folder(folder.parent)
-    try:
-        f = open(_lock_path(parent, folder.name), "a+b")
+    path = _lock_path(parent, folder.name)
+    try:  # never through a link (it would make its target, maybe outside the cache), never a FIFO's wait
+        f = os.fdopen(paths.open_regular(path, os.O_RDWR | os.O_CREAT), "a+b")
     except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ELOOP, errno.EISDIR):
+            raise CacheWriteError(f"cannot use the cache folder {parent}: {path} is not a lock file (it "
+                                  f"{paths.not_a_file(path) or 'is a symbolic link'}); remove it") from None
         raise _cannot_write(parent, e) from None
     with f:
         try_lock(f, blocking=True)
@@ -170,20 +176,30 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
     whose lock can be taken was left by a process that died (SIGKILL, a power cut)."""
     for staging in parent.glob(f"{STAGING_PREFIX}*"):
         owner = staging.name[len(STAGING_PREFIX):].rsplit("-", 1)[0]
-        if owner == held:  # we hold this lock: nobody else is building OWNER
-            shutil.rmtree(staging, ignore_errors=True)
+        if owner == held or not staging.is_dir() or staging.is_symlink():  # we hold its lock, or no build of ours
+            _remove(staging)
             continue
         try:
-            f = open(_lock_path(parent, owner), "rb")
-        except FileNotFoundError:  # made before entries had locks: only its age tells
+            f = os.fdopen(paths.open_regular(_lock_path(parent, owner)), "rb")
+        except OSError:  # no lock (made before entries had locks), or no lock file there: only its age tells
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - staging.stat().st_mtime > UNOWNED_STAGING_AGE_S:
-                    shutil.rmtree(staging, ignore_errors=True)
+                    _remove(staging)
             continue
         with f:
             if try_lock(f, blocking=False):
                 logger.info("removing %s, left by a process that died while building", staging)
-                shutil.rmtree(staging, ignore_errors=True)
+                _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    """A staging folder removed; anything else by that name (a FIFO, a link) unlinked, never opened (rmtree
+    opens what it is given, and a FIFO blocks that open)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 @contextlib.contextmanager
@@ -272,7 +288,7 @@ def record_validation(export: Export, validation: list[dict], provider: str = "c
 def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | None:
     """The entry if every file is present and matches its recorded hash; None if it must be (re)built."""
     try:
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = json.loads(paths.read_regular(folder / META_FILE))  # a FIFO would block the read
     except FileNotFoundError:
         return None
     except (ValueError, RecursionError, OSError):  # damaged, nested too deep, a folder or file in its place

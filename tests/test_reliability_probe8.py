@@ -220,3 +220,133 @@ def test_jobs_watched_by_their_page_are_recorded_as_the_server_stopping_not_canc
     assert sorted(e["id"] for e in entries) == sorted(ids)
     assert all(e["status"] == "failed" and "server stopped" in e["reason"] for e in entries), entries
     assert "Traceback" not in output and "CancelledError" not in output, output
+
+
+# ------------------------------------------------------------------ the export cache: FIFOs and links in it
+
+def _within(action, seconds: float = 30.0):
+    """action()'s result, or a failure if it has not returned in `seconds` (a FIFO's open blocks for ever)."""
+    done: list = []
+    failed: list = []
+
+    def call() -> None:
+        try:
+            done.append(action())
+        except BaseException as e:  # noqa: BLE001 (handed to the test's thread)
+            failed.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "it hung (a FIFO opened for reading?)"
+    if failed:
+        raise failed[0]
+    return done[0]
+
+
+@pytest.mark.parametrize("name", ["export.json", "files.json"])
+def test_a_fifo_as_a_cache_record_is_damage_not_a_wait(tmp_path, name):
+    """`mkfifo $C/exports/KEY/export.json`: `run --backend ort` hung for ever (D9); files.json likewise."""
+    from styleengine.export import cache
+
+    folder = tmp_path / "exports" / "KEY"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / name)
+    if name == "export.json":
+        assert _within(lambda: cache.check_entry(folder, None, None)) is None
+    else:
+        assert _within(lambda: cache.read_record(folder)) is None
+
+
+@pytest.mark.parametrize("lock", ["fifo", "link out", "folder"])
+def test_an_entry_lock_that_is_not_a_file_is_one_line(tmp_path, lock):
+    """`.KEY.lock` as a FIFO hung, as a symbolic link made its target outside the cache, as a folder said
+    "free some space" (D9, D13)."""
+    from styleengine.export import cache
+
+    parent = tmp_path / "exports"
+    parent.mkdir()
+    path = parent / ".KEY.lock"
+    outside = tmp_path / "made-outside"
+    if lock == "fifo":
+        os.mkfifo(path)
+    elif lock == "link out":
+        path.symlink_to(outside)
+    else:
+        path.mkdir()
+
+    def take() -> None:
+        with cache.entry_lock(parent / "KEY"):
+            pass
+
+    with pytest.raises(cache.CacheWriteError, match="is not a lock file") as caught:
+        _within(take)
+    assert "free some space" not in str(caught.value) and not outside.exists()
+
+
+def test_stale_staging_beside_fifos_is_cleared_without_a_wait(tmp_path):
+    """A staging folder whose owner's lock is a FIFO, or a FIFO named as a staging folder: the clean-up opened
+    them and hung (D9)."""
+    from styleengine.export import cache
+
+    parent = tmp_path / "exports"
+    (parent / f"{cache.STAGING_PREFIX}zzz-1").mkdir(parents=True)
+    os.mkfifo(parent / ".zzz.lock")
+    os.mkfifo(parent / f"{cache.STAGING_PREFIX}yyy-2")
+    _within(lambda: cache._remove_stale_staging(parent, "KEY"))
+    assert not (parent / f"{cache.STAGING_PREFIX}yyy-2").exists()  # not a folder of ours: gone, never opened
+
+
+# ------------------------------------------------------------------ video's frames folder
+
+def test_a_video_record_nested_too_deep_is_damage_in_one_line(tmp_path):
+    """`print('['*100000)` into OUT.frames/video.json: a RecursionError traceback at the rerun (D10)."""
+    from styleengine.cli_video import FrameStore
+    from styleengine.errors import ConfigError
+
+    store = FrameStore(tmp_path / "out.mp4", "0123456789abcdef", {}, (48, 64))
+    store.folder.mkdir()
+    (store.folder / FrameStore.RECORD).write_text("[" * 100000)
+    with pytest.raises(ConfigError, match="damaged"):
+        store.open()
+
+
+def test_a_frame_of_another_size_is_moved_aside_not_encoded(tmp_path):
+    """A 128x96 PNG saved as OUT.frames/frame_000002.png was encoded as frame 2, resized (D11)."""
+    from PIL import Image
+
+    from styleengine.cli_video import FrameStore
+
+    store = FrameStore(tmp_path / "out.mp4", "0123456789abcdef", {}, (48, 64))
+    store.open()
+    Image.new("RGB", (128, 96), (255, 0, 0)).save(store.path(2))
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(store.path(1))
+    assert store.load(1).shape == (48, 64, 3)
+    assert store.load(2) is None and not store.path(2).exists()
+    assert store.path(2).with_name("frame_000002.png.damaged").is_file()
+
+
+# ------------------------------------------------------------------ tune.json written by two processes
+
+def test_two_processes_updating_the_tuning_record_lose_nothing(tmp_path):
+    """Two processes each keeping 100 entries left 173 of 200: read-change-write with no lock (D12)."""
+    code = ("import sys\nfrom styleengine.engine import autotune\n"
+            "for i in range(100):\n"
+            "    autotune._update(lambda d, i=i: d['entries'].__setitem__(f'{sys.argv[1]}{i}', {'n': i}))\n")
+    env = {**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path)}
+    writers = [subprocess.Popen([sys.executable, "-c", code, name], env=env) for name in ("a", "b")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert len(json.loads((tmp_path / "tune.json").read_text())["entries"]) == 200
+
+
+# ------------------------------------------------------------------ blend weights past a float's sum
+
+def test_blend_weights_whose_sum_overflows_blend_as_their_ratio(make_image):
+    """`style_blend=1e308,1e308`: the sum overflowed to inf and every Gram was weighted 0, silently (D13)."""
+    import torch
+
+    from styleengine.engine.losses import blend_grams
+
+    grams = [{"relu1_1": torch.full((2, 2), 1.0)}, {"relu1_1": torch.full((2, 2), 3.0)}]
+    blended = blend_grams(grams, [4, 4], 4, [1e308, 1e308])
+    assert torch.allclose(blended["relu1_1"], torch.full((2, 2), 2.0))

@@ -40,9 +40,10 @@ class FrameStore:
 
     RECORD = "video.json"
 
-    def __init__(self, output: Path, digest: str, about: dict[str, Any]):
+    def __init__(self, output: Path, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None):
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about
+        self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
 
     def open(self) -> None:
         """Make the folder, or check that the one there holds frames of these settings (ConfigError if not:
@@ -53,7 +54,7 @@ class FrameStore:
         if record.is_file():
             try:
                 held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
-            except (ValueError, AttributeError, UnicodeDecodeError):
+            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):  # nested too deep
                 raise ConfigError(f"{self.folder}: its {self.RECORD} is damaged, so the settings of its frames are "
                                   f"unknown; move it away or choose another output") from None
             if held != self.digest:
@@ -80,8 +81,7 @@ class FrameStore:
     def save(self, index: int, image: Any) -> None:
         self._save(image, self.path(index))
 
-    @staticmethod
-    def _load(path: Path) -> Any:
+    def _load(self, path: Path) -> Any:
         import numpy as np
 
         from styleengine.engine import images
@@ -89,7 +89,11 @@ class FrameStore:
         if not path.is_file():
             return None
         try:
-            return np.round(images.load_image(path) * 255.0).astype(np.uint8)
+            frame = np.round(images.load_image(path) * 255.0).astype(np.uint8)
+            if self.shape is not None and frame.shape[:2] != self.shape:  # another picture, put there by hand
+                raise ImageError(f"it is {frame.shape[1]}x{frame.shape[0]} px, this video's frames "
+                                 f"{self.shape[1]}x{self.shape[0]}")
+            return frame
         except ImageError as e:  # written atomically, so damaged from outside: kept aside, the frame runs again
             aside = path.with_name(path.name + ".damaged")
             path.replace(aside)
@@ -275,7 +279,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
         selection.update(chunked.start(start, stop))
     store = FrameStore(output, video_hash(settings, plan, files, selection),
-                       {"video": str(video), "fps": str(rate), "first": start})
+                       {"video": str(video), "fps": str(rate), "first": start}, shape)
     store.open()
     return info, rate, start, stop, shape, settings, plan, style_arrays, store
 

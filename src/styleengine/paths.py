@@ -159,6 +159,26 @@ def open_lock(path: Path) -> BinaryIO | None:
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
 
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    """os.open(path) for a regular file only, never blocking on a FIFO and never through a symbolic link: an
+    OSError otherwise (ENXIO-free: O_NONBLOCK, then the kind checked on the descriptor). A record or lock of
+    ours is a file we wrote; anything else there is damage."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0), mode)
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a folder)", os.fspath(path))
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of the regular file `path` (open_regular: OSError for a FIFO, a device, a link, a folder)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
 def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
