@@ -275,3 +275,57 @@ def test_a_confined_folder_is_never_reached_through_a_link_made_after_it_was_res
         f.write(b"x")
     assert (root / "new" / "deeper" / "a.png").read_bytes() == b"x"
     assert [p.name for p in (root / "new" / "deeper").iterdir()] == ["a.png"]  # no temp file left
+
+
+# ------------------------------------------------------------------ probe 7: video's trace on a full disk
+
+VIDEO_FAST = ["--weights", "random", "--model", "vgg16", "--iters", "2", "--frame-iters", "1", "--device", "cpu",
+              "--backend", "torch", "--style-layers", "relu1_1", "--content-layers", "relu2_2", "--size", "64"]
+
+
+def _clip(tmp_path, frames: int = 3):
+    pytest.importorskip("av")
+    pytest.importorskip("cv2")
+    import numpy as np
+
+    from styleengine.benchmarks.video_clips import write_clip
+
+    path = tmp_path / "in.mp4"
+    write_clip(path, [np.full((48, 64, 3), v / 8, np.float32) for v in range(frames)], fps=12)
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    return path, tmp_path / "s.png"
+
+
+def test_video_trace_on_a_full_disk_stops_the_trace_not_the_video(tmp_path, monkeypatch, capsys):
+    """`video --trace /full/t.jsonl`: an OSError traceback from the trace's flush after frame 1, no video, an
+    empty trace left; run and texture warn and write the picture (probe 7)."""
+    import builtins
+
+    from styleengine import cli_job
+
+    clip, style = _clip(tmp_path)
+    writes = {"count": 0}
+
+    class FullAfterOne:
+        def __init__(self, path):
+            self.inner = builtins.open(path, "w", encoding="utf-8")
+
+        def write(self, text):
+            writes["count"] += 1
+            if writes["count"] > 1:
+                raise OSError(28, "No space left on device")
+            return self.inner.write(text)
+
+        def flush(self):
+            self.inner.flush()
+
+        def close(self):
+            self.inner.close()
+
+    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfterOne(path), raising=False)
+    code, out, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "o.mp4", "--trace",
+                             tmp_path / "t.jsonl", *VIDEO_FAST)
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "o.mp4").is_file() and "wrote" in out + err
+    assert "warning: trace" in out + err and "No space left" in out + err
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1

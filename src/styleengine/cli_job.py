@@ -52,21 +52,29 @@ class TraceWriter:
         return {"plan": plan} if plan is not None else {}
 
     def write(self, record: Any) -> None:
+        """One iteration's record."""
+        if self.path is None or self.failure is not None:
+            return
+        self.write_object({
+            "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
+            "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
+            "height": record.height, "width": record.width,
+            **(record.distances.to_json() if record.distances is not None else {}), **self._extra()},
+            f"iteration {record.iteration}")
+
+    def write_object(self, line: dict[str, Any], at: str) -> None:
+        """One JSON object as a line (`at` names it in a failure: "iteration 7", "frame 3")."""
         if self.path is None or self.failure is not None:
             return
         try:
             if self.file is None:
                 self.file = open(self.path, "w", encoding="utf-8")
                 self.opened = True
-            self.file.write(json.dumps({
-                "iteration": record.iteration, "loss": record.loss, "content_loss": record.content_loss,
-                "style_loss": record.style_loss, "tv_loss": record.tv_loss, "seconds": record.seconds,
-                "height": record.height, "width": record.width,
-                **(record.distances.to_json() if record.distances is not None else {}), **self._extra()}) + "\n")
+            self.file.write(json.dumps(line) + "\n")
             self.file.flush()
             self.lines += 1
         except OSError as e:
-            self.failure = f"trace {self.path} stopped at iteration {record.iteration}: {e.strerror or e}"
+            self.failure = f"trace {self.path} stopped at {at}: {e.strerror or e}"
             self.close()
             if self.opened and self.lines == 0:  # an empty or torn first line is no trace; the warning says why
                 with contextlib.suppress(OSError):

@@ -291,6 +291,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         TimeRemainingColumn
 
     from styleengine.cli import signals
+    from styleengine.cli_job import TraceWriter
     from styleengine.engine import video_io
     from styleengine.engine.video import Frame, stylise_frames
 
@@ -301,7 +302,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     progress = Progress(TextColumn("video"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                         TextColumn("{task.fields[rate]:.2f} frames/s"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console)
-    tracer = open(trace, "w", encoding="utf-8") if trace is not None else None
+    tracer = TraceWriter(trace) if trace is not None else None  # a full disk stops the trace, not the video
     began, made = time.perf_counter(), 0
     stopped: str | None = "interrupted"
     try:
@@ -315,8 +316,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 with signals.shielded():  # a frame is written whole before a signal stops the run
                     store.save(frame.index, frame.image)
                     if tracer is not None:
-                        tracer.write(json.dumps(frame.to_json()) + "\n")
-                        tracer.flush()
+                        tracer.write_object(frame.to_json(), f"frame {frame.index}")
                 made += 1
                 progress.update(task, advance=1, rate=made / (time.perf_counter() - began))
 
@@ -340,6 +340,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
             chunked.close()
         if tracer is not None:
             tracer.close()
+            if tracer.failure:
+                console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
         end = store.finished_from(start, stop)
         written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
     seconds = time.perf_counter() - began
@@ -386,8 +388,7 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
             for frame in frames:
                 index, side = frame.index, chunked.side(chunk, frame.index)
                 if tracer is not None:
-                    tracer.write(json.dumps({**frame.trace, "chunk": chunk.index, "seam": side}) + "\n")
-                    tracer.flush()
+                    tracer.write_object({**frame.trace, "chunk": chunk.index, "seam": side}, f"frame {index}")
                 if store.path(index).is_file():
                     continue
                 if side is None:
