@@ -125,10 +125,16 @@ def split_iters(iters: int, rounds: int) -> list[int]:
     return [iters // rounds + (r < iters % rounds) for r in range(rounds)]
 
 
-def positive(value: float | None, flag: str) -> float | None:
+def positive(value: float | None, flag: str, at_most: float = math.inf) -> float | None:
+    """`value` of `flag` if a finite number > 0 (and at most `at_most`); ConfigError otherwise."""
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{flag} must be a number > 0, got {value}")
+    if value is not None and value > at_most:
+        raise ConfigError(f"{flag} must be at most {at_most:g}, got {value:g}")
     return value
+
+
+MAX_SECONDS = 1e6  # about 11 days: past it a --timeout is a typo (1e20 overflowed the process wait)
 
 
 # ---------------------------------------------------------------- configurations

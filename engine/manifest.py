@@ -32,13 +32,13 @@ LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing the
 
 
 def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
-    """sha256 of a file's bytes: OSError if it cannot be read, UserError if it is not a regular file (a
-    FIFO would block until a writer comes, a device never end)."""
+    """sha256 of a file's bytes: UserError if it is missing or not a regular file (a FIFO would block until a
+    writer comes, a device never end), OSError if it cannot be read."""
     key = os.path.abspath(path)
     if cache is not None and key in cache:
         return cache[key]
     problem = paths.not_a_file(path)
-    if os.path.exists(path) and problem is not None:
+    if problem is not None:  # a missing one too: `video --init nope.png` was a FileNotFoundError traceback
         raise UserError(f"cannot read {path}: it {problem}")
     digest = file_sha256(Path(path))
     if cache is not None:

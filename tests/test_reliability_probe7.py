@@ -329,3 +329,90 @@ def test_video_trace_on_a_full_disk_stops_the_trace_not_the_video(tmp_path, monk
     assert (tmp_path / "o.mp4").is_file() and "wrote" in out + err
     assert "warning: trace" in out + err and "No space left" in out + err
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ serve: signals handed over to uvicorn
+
+def test_a_signal_after_the_hand_over_goes_to_the_servers_handler_not_a_keyboardinterrupt():
+    """SIGTERM in serve's first seconds: put off during an import, it was raised later by SIGALRM inside
+    uvicorn's event loop, where it was swallowed (the server never stopped) or ended in a CancelledError
+    traceback (probe 7). Once handed over, a signal goes to the server's own handler."""
+    import os
+    import signal as signal_module
+
+    from styleengine.cli import signals
+
+    got = []
+    with signals.installed():
+        signals.hand_over(lambda signum, frame: got.append(signum))
+        os.kill(os.getpid(), signal_module.SIGTERM)  # no KeyboardInterrupt
+    assert got == [signal_module.SIGTERM]
+    with signals.installed():  # the next command's signals are its own again
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal_module.SIGTERM)
+
+
+def test_a_signal_put_off_during_an_import_is_raised_at_the_hand_over():
+    import signal as signal_module
+
+    from styleengine.cli import signals
+
+    with signals.installed():
+        signals._alarm = signal_module.getsignal(signal_module.SIGALRM)  # as _raise leaves it while importing
+        with pytest.raises(KeyboardInterrupt):
+            signals.hand_over(print)
+        assert signals._alarm is None
+
+
+# ------------------------------------------------------------------ probe 7: one line where it was a traceback
+
+LONG = "q" * 300
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "c.png", f"{LONG}.png", "-o", "o.png"],
+    ["run", "c.png", f"s.png,{LONG}.png", "-o", "o.png"],
+    ["texture", f"{LONG}.png", "-o", "o.png"],
+    ["batch", f"{LONG}.jsonl", "--out", "o"],
+    ["batch", "--contents", LONG, "--styles", "s", "--out", "o"],
+    ["export", "-o", LONG],
+    ["serve", "--results-dir", LONG],
+    ["video", "v.mp4", "s.png", "-o", "o.mp4", "--init", f"{LONG}.png"],
+    ["video", "v.mp4", "s.png", "-o", "o.mp4", "--init", "nope.png"],
+    ["serve", "--init", "nope.png"],
+    ["serve", "--content-mask", "."],
+    ["serve", "--max-upload-mb", "inf"],
+    ["serve", "--max-pixels", "inf"],
+    ["serve", "--port", "70000"],
+    ["serve", "--port", "-1"],
+    ["serve", "--host", "nonsense.invalid", "--token", "t"],
+    ["bench", "--timeout", "1e20", "--res", "32"],
+])
+def test_names_numbers_and_files_that_were_tracebacks_are_one_line(tmp_path, monkeypatch, capsys, argv):
+    """A 300-byte name on the style argument, batch's jobs file and folders, export -o, serve --results-dir
+    and video --init: ENAMETOOLONG tracebacks; video --init missing: FileNotFoundError from its hash; serve
+    with a missing --init or a folder as mask started, then every POST was a 500; serve's inf limits and
+    bench --timeout 1e20: OverflowError; --port 70000 listened on 4464; a host that is no address: exit 3."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    if argv[0] == "video":
+        _clip(tmp_path)
+        (tmp_path / "in.mp4").rename(tmp_path / "v.mp4")
+    code, _, err = run_cli(monkeypatch, capsys, *argv, "--weights", "random")
+    one_error_line(code, err)
+
+
+def test_a_fifo_as_the_weights_of_tune_is_one_line_not_a_wait(tmp_path):
+    """`mkfifo w.pth; styleengine tune --weights w.pth` hung for ever hashing it (probe 7); so did serve's
+    start and a jobs file's "weights"."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "w.pth")
+    done = subprocess.run([sys.executable, "-m", "styleengine", "tune", "--size", "48", "--weights",
+                           str(tmp_path / "w.pth")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "FIFO" in done.stderr

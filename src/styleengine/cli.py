@@ -143,8 +143,11 @@ class _Signals:
         self._shield = 0
         self._held = False  # a signal arrived while shielded and has not been raised yet
         self._alarm: Any = None  # SIGALRM's handler before a signal was put off (None: not put off)
+        self._forward: Any = None  # hand_over's handler: signals go there instead
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self._forward is not None:
+            return self._forward(signum, frame)
         first = self.received is None
         if first:
             self.received = signum
@@ -184,7 +187,7 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.received, self.reported, self._held = None, False, False
+        self.received, self.reported, self._held, self._forward = None, False, False, None
         previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
         try:
             yield
@@ -192,6 +195,16 @@ class _Signals:
             self._stop_alarm()
             for s, handler in previous.items():
                 signal.signal(s, signal.SIG_IGN if exiting and self.received is not None else handler)
+
+    def hand_over(self, to: Any) -> None:
+        """Before another library takes the signals (serve: uvicorn's): a signal put off during an import is
+        raised now, and one that comes before that library's handlers are in place goes to `to(signum, frame)`
+        (its own handler) instead of becoming a KeyboardInterrupt inside its event loop, where it was swallowed
+        (the server never stopped) or ended in a CancelledError traceback."""
+        if self._alarm is not None:
+            self._stop_alarm()
+            raise KeyboardInterrupt
+        self._forward = to
 
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):

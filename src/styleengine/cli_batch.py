@@ -134,10 +134,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     paths.check_writable(manifest.path, "manifest")
     shared = engine.settings_inputs(settings.init, settings.weights, prefix="--",
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
-    for role, path in shared.items():  # every job reads them: one line now, not a failure per job
-        problem = paths.not_a_file(path)
-        if problem is not None:
-            raise ConfigError(f"{role} {path} {problem}")
+    paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     if settings.backend != "torch":
         from styleengine.export.cache import cache_root

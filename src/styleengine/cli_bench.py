@@ -22,8 +22,8 @@ from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DE
                                            DEFAULT_POOLING, DEFAULT_PRECISIONS, DEFAULT_PROVIDERS, DEFAULT_RES,
                                            DEFAULT_ROUNDS, DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP,
                                            DEVICES, BENCH_BACKENDS, PAPER_RES, SPEEDUP_NOTE, Config, expand,
-                                           parse_choices, parse_resolutions, parse_tiles, positive, series_name,
-                                           split_iters)
+                                           MAX_SECONDS, parse_choices, parse_resolutions, parse_tiles, positive,
+                                           series_name, split_iters)
 from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time, gib, limit_sentence,
                                            table_rows, write_csv, write_json, write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
@@ -181,8 +181,8 @@ def bench(
     elif not limit:
         split_iters(iters, rounds)  # raises ConfigError unless every round times an iteration
     positive(mem_budget, "--mem-budget")
-    positive(time_budget, "--time-budget")
-    positive(timeout, "--timeout")
+    positive(time_budget, "--time-budget", MAX_SECONDS)
+    positive(timeout, "--timeout", MAX_SECONDS)
     named: dict[str, str] = {}  # each output file once: two flags on one path lost the first file's contents
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot, "--plot"), (report, "--report")):
         _check_writable(path, flag)

@@ -6,6 +6,7 @@ application is serve/app.py, the jobs and the engine thread serve/jobs.py.
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import signal
 import threading
@@ -15,11 +16,31 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from styleengine import paths
+from styleengine.cli import signals
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.errors import ConfigError
 
 TOKEN_ENV = "STYLEENGINE_TOKEN"
+
+
+def _check_listen(host: str, port: int) -> None:
+    """ConfigError, one line, unless `host:port` can be listened on: uvicorn would say it later, exit 3, or
+    (a port over 65535) listen on the port modulo 65536 while printing the one asked for."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be 1-65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host}: not an address here ({e.args[-1] if e.args else e})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _loopback(host: str) -> bool:
@@ -63,14 +84,20 @@ def _serve(
 
     from styleengine.serve.app import Config, create_app, open_store
 
+    _check_listen(host, port)
     if not _loopback(host) and not token:
         raise ConfigError(f"--host {host} is reachable from other machines: set --token or {TOKEN_ENV} first")
     for name, value in (("--max-queue", max_queue), ("--max-upload-mb", max_upload_mb),
                         ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
-        if not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value}")
+        if not (value > 0 and math.isfinite(value)):  # inf overflowed int() at start
+            raise ConfigError(f"{name} must be a finite number > 0, got {value}")
     settings = settings_from(flags, RUN)
     settings.validate()
+    from styleengine.engine.jobs import settings_inputs
+
+    # every job reads them: one line now (a missing --init made every POST a 500)
+    paths.check_inputs(settings_inputs(settings.init, settings.weights, prefix="--",
+                                       content_masks=settings.content_masks, style_masks=settings.style_masks))
     settings = settings.resolved()  # `auto` made concrete once, at the default size
     if os.environ.get(TOKEN_ENV) and token == os.environ[TOKEN_ENV]:
         os.environ.pop(TOKEN_ENV)  # not handed to anything this process starts
@@ -91,6 +118,9 @@ def _serve(
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
     server = _Server(store, uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
                                            timeout_graceful_shutdown=3))
+    server.config.load()  # its imports, and the event loop's, before uvicorn's signal handlers replace ours
+    server.config.get_loop_factory()
+    signals.hand_over(server.handle_exit)
     with _hangup_stops(server):
         try:
             server.run()

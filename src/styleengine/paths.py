@@ -47,7 +47,9 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not str(text).strip():
             raise ConfigError(f"{flag} is empty; name {wanted}")
-        return expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
+        path = expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
+        check_name(path, flag)  # 300 bytes or a NUL: one line here, not an OSError from the first os call
+        return path
     return parse
 
 
@@ -79,14 +81,25 @@ def not_a_file(path: str | os.PathLike) -> str | None:
         return "is a broken symbolic link" if os.path.islink(path) else "was not found"
     except NotADirectoryError:
         return "was not found (a folder on its way is a file)"
-    except OSError as e:  # ELOOP: a symbolic link that leads back to itself
+    except OSError as e:  # ELOOP: a symbolic link that leads back to itself; ENAMETOOLONG
         return f"cannot be read ({_reason(e).lower()})"
+    except ValueError:  # os.stat's "embedded null byte"
+        return "cannot be read (a path cannot hold a NUL byte)"
     for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return None if kind is None else f"is {kind}, not a regular file"
     return "is not a regular file"
+
+
+def check_inputs(inputs: dict[str, Path]) -> None:
+    """ConfigError naming the first of `inputs` ({role: path}) that is not a regular file to read (missing,
+    a folder, a FIFO...): files every job of a batch or a server reads, checked once at the start."""
+    for role, path in inputs.items():
+        problem = not_a_file(path)
+        if problem is not None:
+            raise ConfigError(f"{role} {path} {problem}")
 
 
 def check_folder(path: Path, what: str) -> None:
@@ -159,11 +172,12 @@ def open_lock(path: Path) -> BinaryIO | None:
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
 
-def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
-    """os.open(path) for a regular file only, never blocking on a FIFO and never through a symbolic link: an
-    OSError otherwise (ENXIO-free: O_NONBLOCK, then the kind checked on the descriptor). A record or lock of
-    ours is a file we wrote; anything else there is damage."""
-    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0), mode)
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False) -> int:
+    """os.open(path) for a regular file only, never blocking on a FIFO, and (unless `follow`) never through a
+    symbolic link: an OSError otherwise (O_NONBLOCK, then the kind checked on the descriptor). A record or lock
+    of ours is a file we wrote; anything else there is damage. follow: a user's file, which may be a link."""
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode)
     kind = os.fstat(fd).st_mode
     if not stat.S_ISREG(kind):
         os.close(fd)
@@ -396,7 +410,7 @@ def file_sha256(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, follow=True), "rb") as f:  # a FIFO blocked here (tune --weights FIFO)
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -426,14 +440,24 @@ def styles_and_folders(names: Iterable[str | Path], what: str = "style folder") 
         text = str(name)
         if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
             raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
-        parts = [text] if "," not in text or Path(text).is_file() else [p.strip() for p in text.split(",") if p.strip()]
+        if "," not in text:  # a name no file system takes (300 bytes, NUL) is one line, not is_file's OSError
+            check_name(text, "cannot read style image")
+        parts = [text] if "," not in text or _is_file(text) else [p.strip() for p in text.split(",") if p.strip()]
         for part in map(Path, parts):
+            check_name(part, "cannot read style image")
             if part.is_dir():
                 folders.append(part)
                 found.extend(images_in(part, what))
             else:
                 found.append(part)
     return found, folders
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long or with a NUL: no file; its parts are checked one by one
+        return False
 
 
 def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
