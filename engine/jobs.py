@@ -88,7 +88,8 @@ class Job:
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path, blank_is_absent: bool = False
+               ) -> tuple[tuple[str, Any], ...]:
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
     recipe = _text(raw, RECIPE, where)
@@ -102,12 +103,14 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         if name in spelled:
             raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
         spelled[name] = key
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue  # an empty CSV cell: the batch's value
+        if value is None or (blank_is_absent and isinstance(value, str) and not value.strip()):
+            continue  # an empty CSV cell: the batch's value (a JSON "" is a value: `"init": ""` is refused)
         try:
-            values[name] = OVERRIDES[name](value)
+            parsed = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
+        if parsed is not None:  # an optional setting's blank ("lr": ""): the batch's value, as if not given
+            values[name] = parsed
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = str(base_dir / paths.expand(values["init"]))
@@ -164,7 +167,7 @@ def outside(output: Path, out_dir: Path) -> str | None:
     return None if os.path.commonpath([root, folder]) == root else folder
 
 
-def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
+def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row: bool = False) -> Job:
     named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
     if len(named) < len(raw):
         twice = next(k for k in named if [str(r).strip().lower() for r in raw].count(k) > 1)
@@ -191,7 +194,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path) -> Job:
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "
                           f"an id is one line of text (it is the output's name when not given)")
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where, folders)
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir, csv_row), where,
+               folders)
 
 
 def _utf8(text: str, where: str) -> None:
@@ -275,7 +279,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
         try:
             if suffix == ".csv":
                 for number, row in _csv_rows(iter(f), path):
-                    yield _job(row, f"{path} line {number}", base_dir, out_dir)
+                    yield _job(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():

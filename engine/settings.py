@@ -131,6 +131,10 @@ class Option:
 
     def parse(self, value: Any) -> Any:
         """The setting's value from a flag's text or a jobs file's value (ValueError if it is not one)."""
+        if (self.files or self.words) and isinstance(value, str) and not value.strip():
+            # a path's empty text: the working folder as weights, or (optional) silently no mask
+            wanted = "its files" if self.files else f"a file or one of {', '.join(self.words)}"
+            raise ValueError(f"is empty; name {wanted}, or leave it out")
         if self.optional and (value is None or (isinstance(value, str) and not value.strip())):
             return None
         parsed = KINDS[self.kind][0](value)

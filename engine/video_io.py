@@ -135,8 +135,10 @@ def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStre
 def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
     """--frames A:B (B excluded, either side may be left out) as (start, stop) within the video's `count`
     frames; ConfigError for a range that is empty or past the end."""
-    if not spec:
+    if spec is None:
         return 0, count
+    if not spec.strip():  # `--frames "$RANGE"` with RANGE unset ran the whole clip
+        raise ConfigError("--frames is empty; give A:B, or leave the flag out for the whole clip")
     parts = spec.split(":")
     try:
         if len(parts) != 2:

@@ -416,3 +416,96 @@ def test_a_fifo_as_the_weights_of_tune_is_one_line_not_a_wait(tmp_path):
                           env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "FIFO" in done.stderr
+
+
+# ------------------------------------------------------------------ probe 7: empty values, the API
+
+@pytest.mark.parametrize("field", ["init", "content_mask", "weights"])
+def test_a_jobs_files_empty_path_value_is_refused_as_its_flag_is(tmp_path, monkeypatch, capsys, field):
+    """A JSONL job's `"init": ""` (or content_mask, weights) ran with the default, exit 0, where `--init ''` is
+    one line (probe 7). A CSV's empty cell stays the batch's value."""
+    import json
+
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png", field: ""}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out",
+                           "--weights", "random", "--size", "40", "--iters", "1")
+    assert "line 1" in one_error_line(code, err) and "is empty" in err
+    (tmp_path / "jobs.csv").write_text(f"content,styles,{field}\nc.png,s.png,\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.csv", "--out", tmp_path / "out2",
+                           "--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("setting", ["weights", "init", "content_masks", "style_masks"])
+def test_the_apis_empty_path_setting_is_refused(setting):
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is empty"):
+        styleengine.stylise(Image.new("RGB", (48, 48)), Image.new("RGB", (48, 48)), size=48, iterations=1,
+                            **{setting: ""})
+
+
+@pytest.mark.parametrize("argv", [["visualize", "--class", "1", "-o", "v.png", "--weights", ""],
+                                  ["export", "-o", "e", "--weights", ""]])
+def test_an_empty_weights_flag_of_visualize_and_export_names_the_flag(tmp_path, monkeypatch, capsys, argv):
+    """It said "weights file . is a directory" (probe 7)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert "--weights is empty" in one_error_line(code, err)
+
+
+def test_video_frames_empty_is_refused_not_the_whole_clip(tmp_path):
+    from styleengine.engine.video_io import frame_range
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--frames is empty"):
+        frame_range("", 3, tmp_path / "v.mp4")
+    assert frame_range(None, 3, tmp_path / "v.mp4") == (0, 3)
+
+
+def test_the_api_refuses_weights_with_a_nul_byte_in_one_line():
+    """`stylise(..., weights="w\\0.pth")`: a raw ValueError "embedded null byte" (probe 7)."""
+    import styleengine
+    from styleengine.errors import UserError
+
+    with pytest.raises(UserError, match="NUL"):
+        styleengine.stylise(Image.new("RGB", (48, 48)), Image.new("RGB", (48, 48)), size=48, iterations=1,
+                            weights="w\0.pth")
+
+
+def test_ctrl_c_in_the_api_raises_with_the_picture_so_far():
+    """Ctrl-C inside stylise() returned the partial picture as a finished result; only a log line said so."""
+    import styleengine
+    from styleengine.api import Interrupted
+
+    def stop(record, current):
+        if record.iteration == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        styleengine.stylise(Image.new("RGB", (48, 48), (200, 30, 30)), Image.new("RGB", (48, 48)), size=48,
+                            iterations=20, weights="random", model="vgg16", callback=stop)
+    assert isinstance(caught.value, Interrupted) and caught.value.image.size == (48, 48)
+    assert caught.value.iterations == 2
+
+
+def test_check_writable_leaves_no_probe_file_when_interrupted(tmp_path, monkeypatch):
+    """A SIGTERM 1.2 s into invert left `.o.png.00ab4971.tmp` (probe 7): the probe file's close and unlink."""
+    import os
+
+    from styleengine import paths
+
+    real_close = os.close
+
+    def interrupted(fd):
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paths.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        paths.check_writable(tmp_path / "o.png", "output")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

@@ -57,6 +57,15 @@ def _plain(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a stylise() call: a KeyboardInterrupt, as any interrupted call raises, that
+    carries the picture as far as it got (`.image`, a PIL image) and how many iterations it had run."""
+
+    def __init__(self, image: Image.Image, iterations: int):
+        super().__init__(f"interrupted after {iterations} iterations; the picture so far is in .image")
+        self.image, self.iterations = image, iterations
+
+
 def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = None, **settings: Any) -> Image.Image:
     """Stylise `content` with one style or a list of them; returns the result as a PIL image.
 
@@ -64,7 +73,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     in [0, 1] (a 0-255 float array is refused, not guessed at). settings: any Settings field by name
     (size=512, iterations=300, weights="imagenet", model="vgg19", style_weight=..., ...); content None
     synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's.
-    User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line.
+    User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line. Ctrl-C
+    raises styleengine.api.Interrupted, a KeyboardInterrupt holding the picture so far in `.image`.
     """
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (record, current), got {type(callback).__name__}")
@@ -80,4 +90,6 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     config.validate(texture=content is None)
     image, result = run(content_array, style_arrays, config, callback=callback)
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
+    if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell
+        raise Interrupted(images.to_pil(np.asarray(image)), result.iterations)
     return images.to_pil(np.asarray(image))

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from styleengine.cli_job import write_or_rescue
+from styleengine import paths
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
@@ -25,7 +26,8 @@ def _visualize(
     target: Annotated[int, typer.Option("--class", help="The class index (ImageNet: 0-999).")],
     weights: Annotated[str, typer.Option(
         "--weights", help="imagenet (torchvision's, cached download), a full VGG checkpoint file (classifier "
-                          "included), or random (an untrained network and classifier: tests).")] = d.weights,
+                          "included), or random (an untrained network and classifier: tests).",
+        parser=paths.named_text("--weights", "a file or one of imagenet, random"))] = d.weights,
     l2_weight: Annotated[float, typer.Option(
         "--l2-weight", help="lambda of Simonyan et al.'s L2 penalty (a mean over pixels of the [0, 1] image "
                             "minus the ImageNet mean).")] = 10.0,

@@ -43,6 +43,16 @@ def named_file(flag: str) -> Callable[[str], Path]:
     return _named(flag, "a file")
 
 
+def named_text(flag: str, wanted: str) -> Callable[[str], str]:
+    """A parser for a text option that names a file or a word (`--weights`): ConfigError for an empty one,
+    which the file's checks would read as the working folder."""
+    def parse(text: str) -> str:
+        if not str(text).strip():
+            raise ConfigError(f"{flag} is empty; name {wanted}, or leave the flag out")
+        return text
+    return parse
+
+
 def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not str(text).strip():
@@ -177,7 +187,10 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
     symbolic link: an OSError otherwise (O_NONBLOCK, then the kind checked on the descriptor). A record or lock
     of ours is a file we wrote; anything else there is damage. follow: a user's file, which may be a link."""
     nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode)
+    except ValueError:  # "embedded null byte": an OSError as every other name that cannot be opened
+        raise OSError(errno.EINVAL, "a path cannot hold a NUL byte", os.fspath(path)) from None
     kind = os.fstat(fd).st_mode
     if not stat.S_ISREG(kind):
         os.close(fd)
@@ -325,8 +338,10 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
             raise error(f"cannot write {what} {path}: the name is too long ({len(path.name)} characters, "
                         f"{len(path.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)") from None
         raise error(f"cannot write {what} {path}: cannot create files in {folder} ({_reason(e)})") from None
-    os.close(fd)
-    os.unlink(tmp)
+    try:  # a signal between the two must not leave the probe's file behind
+        os.close(fd)
+    finally:
+        os.unlink(tmp)
     if path.exists() and not os.access(path, os.W_OK):
         raise error(f"cannot write {what} {path}: the file is read-only")
 
