@@ -14,14 +14,14 @@ import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
 from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import BATCH, KINDS, Settings, options
+from styleengine.engine.settings import BATCH, KINDS, Settings, options, settings_inputs  # noqa: F401
 from styleengine.errors import ConfigError, first_line
 
 # per-job overrides a jobs file may set: the settings whose metadata says so (engine/settings.py), each parsed by
@@ -39,20 +39,6 @@ def _shown(value: Any, limit: int = 60) -> str:
     """repr(value) cut to `limit` characters: a 5000-digit cell is one readable line."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
-
-
-def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,
-                    style_masks: Sequence[str] | None = None) -> dict[str, Path]:
-    """The files an --init, a --weights and the mask values name, by role ("init image", "weights file",
-    "content mask 1", ...; `prefix` before each); none for the named inits and imagenet / random weights."""
-    found = {}
-    if init not in INITS:
-        found[f"{prefix}init image"] = Path(init)
-    if weights not in ("imagenet", "random"):
-        found[f"{prefix}weights file"] = Path(weights)
-    for kind, mask_paths in (("content mask", content_masks), ("style mask", style_masks)):
-        found.update({f"{prefix}{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
-    return found
 
 
 @dataclass(frozen=True)

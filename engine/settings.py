@@ -12,7 +12,8 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
@@ -483,3 +484,17 @@ def flag_of(name: str) -> str:
     """The flag of setting `name` (--iters for iterations)."""
     meta = options(BATCH).get(name) or options(TEXTURE).get(name)
     return (meta.flag if meta and meta.flag else "--" + name.replace("_", "-"))
+
+
+def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,
+                    style_masks: Sequence[str] | None = None) -> dict[str, Path]:
+    """The files an --init, a --weights and the mask values name, by role ("init image", "weights file",
+    "content mask 1", ...; `prefix` before each); none for the named inits and imagenet / random weights."""
+    found = {}
+    if init not in INITS:
+        found[f"{prefix}init image"] = Path(init)
+    if weights not in ("imagenet", "random"):
+        found[f"{prefix}weights file"] = Path(weights)
+    for kind, mask_paths in (("content mask", content_masks), ("style mask", style_masks)):
+        found.update({f"{prefix}{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
+    return found

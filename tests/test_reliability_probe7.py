@@ -509,3 +509,47 @@ def test_check_writable_leaves_no_probe_file_when_interrupted(tmp_path, monkeypa
         paths.check_writable(tmp_path / "o.png", "output")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ probe 7's minor ones
+
+@pytest.mark.parametrize("output", ["c.png", "/dev/null"])
+def test_a_dry_run_refuses_the_outputs_the_run_refuses(tmp_path, monkeypatch, capsys, output):
+    """`run --dry-run -o c.png` (the content) and `-o /dev/null` exited 0; the run refuses both (probe 7)."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "-o", output, "--dry-run",
+                           "--weights", "random")
+    one_error_line(code, err)
+
+
+def test_a_frames_folder_refused_at_its_start_is_not_left_behind(tmp_path, monkeypatch):
+    """`video -o` on a full disk: one line, and an empty OUT.frames/ left behind (probe 7)."""
+    from styleengine import paths
+    from styleengine.cli_video import FrameStore
+    from styleengine.errors import ConfigError
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(paths, "atomic_write", full)
+    store = FrameStore(tmp_path / "o.mp4", "0123456789abcdef", {}, (48, 64))
+    with pytest.raises(ConfigError, match="No space left"):
+        store.open()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_blank_form_field_is_the_servers_value(tmp_path):
+    """The form's `lr=''` meant the server's value but `size=''` was a 422: a blank HTML input is no value."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+    from serve_helpers import SETTINGS, files, wait_for
+
+    from styleengine.serve.app import Config, create_app
+
+    with TestClient(create_app(Config(settings=SETTINGS.resolved(), root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(), data={"size": "", "style_weight": " ", "lr": ""})
+        assert response.status_code == 202, response.text
+        assert wait_for(client, response.json()["id"])["status"] == "done"

@@ -350,3 +350,14 @@ def test_blend_weights_whose_sum_overflows_blend_as_their_ratio(make_image):
     grams = [{"relu1_1": torch.full((2, 2), 1.0)}, {"relu1_1": torch.full((2, 2), 3.0)}]
     blended = blend_grams(grams, [4, 4], 4, [1e308, 1e308])
     assert torch.allclose(blended["relu1_1"], torch.full((2, 2), 2.0))
+
+
+def test_a_result_whose_job_was_never_recorded_is_removed_at_start(tmp_path):
+    """SIGKILL between a job's PNG and its manifest line left the PNG for ever, served by nobody (probe 8's
+    left-out case). Only the server's own names go; a user's PNG stays."""
+    results = tmp_path / "srv" / "results"
+    results.mkdir(parents=True)
+    orphan, mine = results / f"{new_id()}.png", results / "holiday.png"
+    orphan.write_bytes(b"png"), mine.write_bytes(b"png")
+    JobStore(tmp_path / "srv").close()
+    assert not orphan.exists() and mine.exists()

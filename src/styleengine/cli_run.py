@@ -29,9 +29,19 @@ Recipe = Annotated[Optional[str], typer.Option(
     show_default=False)]
 
 
-def _dry_run(content: Path | None, styles: list[Path], settings: Settings) -> None:
+def _dry_run(content: Path | None, styles: list[Path], output: Path, settings: Settings) -> None:
+    from styleengine import paths
     from styleengine.cli_plan import dry_plan
+    from styleengine.engine.settings import settings_inputs
 
+    # what the run refuses before its work, the dry run refuses too (-o onto the content, -o /dev/null: exit 0)
+    paths.check_writable(output, "output")
+    inputs = {f"style image {i + 1}": p for i, p in enumerate(styles)}
+    if content is not None:
+        inputs["content image"] = content
+    inputs.update(settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                  style_masks=settings.style_masks))
+    paths.check_not_an_input(output, "output", inputs)
     print("\n".join(dry_plan(content, styles, settings).lines()))
 
 
@@ -42,7 +52,7 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
     settings = settings_from(flags, RUN, recipe)
     style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(content, style_paths, settings)
+        return _dry_run(content, style_paths, output, settings)
     from styleengine.cli_job import execute
 
     execute(content=content, styles=style_paths, output=output, settings=settings, trace=trace)
@@ -55,7 +65,7 @@ def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRu
     settings.check_texture_start()  # asked for: texture's own default is noise
     style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(None, style_paths, settings)
+        return _dry_run(None, style_paths, output, settings)
     from styleengine.cli_job import execute
 
     execute(content=None, styles=style_paths, output=output, settings=settings, trace=trace)

@@ -9,6 +9,7 @@ chunks of the frames run on Ray actors (engine/video_ray.py) and are written int
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -64,11 +65,15 @@ class FrameStore:
         if self.folder.is_dir() and any(self.folder.glob("frame_*")):  # the record is written before any frame
             raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
                               f"it away or choose another output")
+        made = not self.folder.exists()
         try:
             self.folder.mkdir(exist_ok=True)
             paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
                                         + "\n").encode())
         except OSError as e:
+            if made:  # refused at its start: nothing left behind (an empty OUT.frames on a full disk)
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
             raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}") from None
 
     def path(self, index: int) -> Path:

@@ -142,6 +142,8 @@ async def _read_form(request: Request, config: Config) -> tuple[UploadFile, list
             (content if name == "content" else styles).append(item)
         elif isinstance(item, UploadFile):
             raise HTTPException(422, f"{name} is a file; only content and style are files")
+        elif name in FIELDS and not item.strip():  # a blank form input: the server's value, as lr's always was
+            continue
         elif name == "keep":
             try:
                 keep = batch.OVERRIDES["preserve_colors"](item)  # the same yes/no reading

@@ -173,6 +173,10 @@ class JobStore:
         for entry in self.results.iterdir():
             if RESULT_TEMP.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
                 entry.unlink(missing_ok=True)
+            elif (entry.suffix == ".png" and JOB_ID.fullmatch(entry.stem) and entry.stem not in self.jobs
+                  and entry.is_file() and not entry.is_symlink()):  # killed between the PNG and its line
+                log.info("removing %s: its job was never recorded (the server was killed)", entry)
+                entry.unlink(missing_ok=True)
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
