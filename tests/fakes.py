@@ -86,3 +86,24 @@ def unblock_later(fifo: Path, after: float = 3.0, until: float = 30.0) -> thread
 
     threading.Thread(target=feed, daemon=True).start()
     return fed
+
+
+class FullAfter:
+    """A text file opened for writing whose disk fills up after `whole` writes (OSError ENOSPC from then on):
+    stands in for `open(path, "w")` where a module opens its trace (monkeypatch the module's `open`)."""
+
+    def __init__(self, path: Path, whole: int):
+        self.inner = open(path, "w", encoding="utf-8")
+        self.whole, self.writes = whole, 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes > self.whole:
+            raise OSError(28, "No space left on device")
+        return self.inner.write(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -68,3 +68,31 @@ def uvicorn_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def serve_process(results_dir: Any, timeout: float = 120.0) -> tuple[Any, str]:
+    """`styleengine serve` (random VGG16, 40 px, CPU) in its own process on a free loopback port, once it answers:
+    (the Popen, its base URL). The caller stops it (SIGTERM) and kills it if it is still there."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "styleengine", "serve", "--port", str(port), "--results-dir", str(results_dir),
+               "--model", "vgg16", "--weights", "random", "--backend", "torch", "--device", "cpu",
+               "--precision", "fp32", "--size", "40"]
+    server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url + "/api/health", timeout=2)
+            return server, url
+        except httpx.TransportError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError(server.stdout.read() if server.stdout else "serve did not start")
+            time.sleep(0.2)

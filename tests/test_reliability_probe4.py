@@ -516,31 +516,16 @@ def test_a_graph_off_float64_beyond_torchs_own_error_is_still_refused(random_wei
 def test_a_trace_stopped_by_a_full_disk_leaves_no_empty_file(tmp_path, monkeypatch, whole_lines):
     """On a full disk the trace's warning came with a 0-byte file left behind (probe 4). A trace with no whole
     line goes; one with lines keeps them."""
-    import builtins
     from types import SimpleNamespace
 
     from styleengine import cli_job
 
+    try:
+        from fakes import FullAfter
+    except ModuleNotFoundError:
+        from tests.fakes import FullAfter
     trace = tmp_path / "t.jsonl"
-    writes = {"count": 0}
-
-    class FullAfter:  # the real file, whose disk fills up after `whole_lines` lines
-        def __init__(self, path):
-            self.inner = builtins.open(path, "w", encoding="utf-8")
-
-        def write(self, text):
-            writes["count"] += 1
-            if writes["count"] > whole_lines:
-                raise OSError(28, "No space left on device")
-            return self.inner.write(text)
-
-        def flush(self):
-            self.inner.flush()
-
-        def close(self):
-            self.inner.close()
-
-    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfter(path), raising=False)
+    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfter(path, whole_lines), raising=False)
     writer = cli_job.TraceWriter(trace)
     record = SimpleNamespace(iteration=1, loss=1.0, content_loss=0.5, style_loss=0.5, tv_loss=0.0, seconds=0.1,
                              height=8, width=8, distances=None)

@@ -299,30 +299,14 @@ def _clip(tmp_path, frames: int = 3):
 def test_video_trace_on_a_full_disk_stops_the_trace_not_the_video(tmp_path, monkeypatch, capsys):
     """`video --trace /full/t.jsonl`: an OSError traceback from the trace's flush after frame 1, no video, an
     empty trace left; run and texture warn and write the picture (probe 7)."""
-    import builtins
-
     from styleengine import cli_job
 
+    try:
+        from fakes import FullAfter
+    except ModuleNotFoundError:
+        from tests.fakes import FullAfter
     clip, style = _clip(tmp_path)
-    writes = {"count": 0}
-
-    class FullAfterOne:
-        def __init__(self, path):
-            self.inner = builtins.open(path, "w", encoding="utf-8")
-
-        def write(self, text):
-            writes["count"] += 1
-            if writes["count"] > 1:
-                raise OSError(28, "No space left on device")
-            return self.inner.write(text)
-
-        def flush(self):
-            self.inner.flush()
-
-        def close(self):
-            self.inner.close()
-
-    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfterOne(path), raising=False)
+    monkeypatch.setattr(cli_job, "open", lambda path, *a, **k: FullAfter(path, 1), raising=False)
     code, out, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "o.mp4", "--trace",
                              tmp_path / "t.jsonl", *VIDEO_FAST)
     assert code == 0 and "Traceback" not in err, err

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import SETTINGS, files, free_port, wait_for  # noqa: E402
+from serve_helpers import SETTINGS, files, serve_process, wait_for  # noqa: E402
 
 from styleengine.engine.batch import MANIFEST, Manifest  # noqa: E402
 from styleengine.errors import UserError  # noqa: E402
@@ -179,23 +179,9 @@ def test_jobs_watched_by_their_page_are_recorded_as_the_server_stopping_not_canc
     as cancelled, and uvicorn cancelled the streams with CancelledError tracebacks (D8)."""
     import httpx
 
-    port = free_port()
-    command = [sys.executable, "-m", "styleengine", "serve", "--port", str(port), "--results-dir", str(tmp_path),
-               "--model", "vgg16", "--weights", "random", "--backend", "torch", "--device", "cpu",
-               "--precision", "fp32", "--size", "40"]
-    server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = serve_process(tmp_path)
     streams: list[threading.Thread] = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-                time.sleep(0.2)
         ids = [httpx.post(url + "/api/jobs", files=files(), data={"iters": "500"}).json()["id"] for _ in range(2)]
 
         def watch(job_id: str) -> None:

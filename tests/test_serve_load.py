@@ -6,10 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from PIL import Image  # noqa: E402
-from serve_helpers import SETTINGS, files, free_port, png, uvicorn_server, wait_for  # noqa: E402
+from serve_helpers import SETTINGS, files, png, serve_process, uvicorn_server, wait_for  # noqa: E402
 
 from styleengine.engine.batch import MANIFEST, Manifest  # noqa: E402
 from styleengine.serve.app import Config, create_app  # noqa: E402
@@ -135,22 +132,8 @@ def test_a_client_that_goes_away_frees_its_slot(tmp_path):
 
 
 def test_sigterm_records_the_job_in_flight(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "styleengine", "serve", "--port", str(port), "--results-dir", str(tmp_path),
-               "--model", "vgg16", "--weights", "random", "--backend", "torch", "--device", "cpu",
-               "--precision", "fp32", "--size", "40"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, url = serve_process(tmp_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
-                time.sleep(0.2)
         job_id = httpx.post(url + "/api/jobs", files=files(), data={"iters": "500", "keep": "true"}).json()["id"]
         wait_for(httpx, job_id, ("running",), prefix=url)
         server.send_signal(signal.SIGTERM)
