@@ -537,3 +537,20 @@ def test_a_blank_form_field_is_the_servers_value(tmp_path):
         response = client.post("/api/jobs", files=files(), data={"size": "", "style_weight": " ", "lr": ""})
         assert response.status_code == 202, response.text
         assert wait_for(client, response.json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize("backend, refused", [("auto", False), ("torch", False), ("ort", True)])
+def test_an_unusable_cache_stops_only_the_backends_that_export(tmp_path, monkeypatch, capsys, backend, refused):
+    """A read-only STYLEENGINE_CACHE_DIR refused `run` (auto) while `tune` went on (probe 7): auto times only
+    what the cache holds, so only --backend ort/tensorrt need one."""
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    (tmp_path / "cache").write_text("a file, not a folder")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", "--weights", "random", "--size", "40", "--iters", "1",
+                           "--backend", backend)
+    if refused:
+        assert "cache folder" in one_error_line(code, err)
+    else:
+        assert code == 0 and (tmp_path / "o.png").is_file(), err

@@ -26,7 +26,7 @@ import typer
 
 from styleengine import paths
 from styleengine.cli import signals
-from styleengine.cli_job import check_files, rescue
+from styleengine.cli_job import check_cache_for, check_files, rescue
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings
@@ -136,10 +136,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
     total, job_source = _jobs(jobs, contents, styles, out, shared)
-    if settings.backend != "torch":
-        from styleengine.export.cache import cache_root
-
-        paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
+    check_cache_for(settings)
     with engine.locked(out):
         if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
             from styleengine.engine.autotune import choose

@@ -113,7 +113,14 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
             if paths.same_file(trace, path):
                 raise ConfigError(f"trace {trace} is {what}; choose another file name")
-    if settings.backend != "torch":  # the ONNX backends export into the cache before the first iteration
+    check_cache_for(settings)
+
+
+def check_cache_for(settings: Settings) -> None:
+    """ConfigError when the ONNX backends, which export into the cache before the first iteration, have no
+    cache to use. auto needs none: its trial and race skip a graph the cache does not hold (a read-only cache
+    refused `run` while `tune` went on)."""
+    if settings.backend in ("ort", "tensorrt"):
         from styleengine.export.cache import cache_root
 
         paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
