@@ -153,6 +153,12 @@ def _format_for(path: Path) -> str:
     return fmt
 
 
+def check_suffix(path: str | os.PathLike) -> None:
+    """ImageError unless `path`'s suffix names a format save_image writes (the part of check_output_path that
+    needs no folder: a jobs file's outputs are checked as the file is read)."""
+    _format_for(Path(path))
+
+
 def check_output_path(path: str | os.PathLike) -> None:
     """Raise ImageError unless an RGB image could be written to `path`, by trying what save_image will do:
     its folder exists, its suffix names a format whose encoder takes 8-bit RGB (PIL cannot save RGB as

@@ -22,7 +22,8 @@ from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import BATCH, KINDS, Settings, options, settings_inputs  # noqa: F401
-from styleengine.errors import ConfigError, first_line
+from styleengine.engine import images
+from styleengine.errors import ConfigError, ImageError, first_line
 
 # per-job overrides a jobs file may set: the settings whose metadata says so (engine/settings.py), each parsed by
 # its kind; the backend, device, provider, precision, input convention and snapshots belong to the whole batch
@@ -173,8 +174,15 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     given = tuple(base_dir / paths.expand(s) for s in style_names)
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
-    output = _text(raw, "output", where) or _default_output(content_path, given)
+    given_output = raw.get("output")
+    if not csv_row and isinstance(given_output, str) and not given_output.strip():  # a CSV's blank cell: the default
+        raise ConfigError(f"{where}: output is empty; name a file inside --out, or leave the key out")
+    output = paths.expand_text(_text(raw, "output", where)) or _default_output(content_path, given)  # ~, $VARS
     output_path = _inside(output, out_dir, where)
+    try:  # found now, not after the job's whole run
+        images.check_suffix(output_path)
+    except ImageError as e:
+        raise ConfigError(f"{where}: {first_line(e)}") from None
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
     if not job_id.isprintable():  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "

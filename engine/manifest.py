@@ -156,9 +156,12 @@ class Manifest:
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """(the usable lines written so far, a sentence per line that is not); nothing if no manifest yet."""
         try:
-            data = self.path.read_bytes()
+            data = paths.read_regular(self.path)  # never a FIFO's wait (one put there while a batch runs)
         except FileNotFoundError:
             return [], []
+        except OSError as e:
+            raise UserError(f"cannot read the manifest {self.path}: {paths.not_a_file(self.path) or e.strerror}"
+                            ) from None
         entries, problems = [], []
         for number, raw in enumerate(data.split(b"\n")[:-1], 1):  # a torn tail has no newline: load cuts it
             if not raw.strip():
@@ -183,7 +186,7 @@ class Manifest:
         """Cut a torn last line off (a sentence saying so, or none), so that the next line appended is whole.
         UserError if the file cannot be read or repaired."""
         try:
-            with open(self.path, "r+b") as f:
+            with os.fdopen(paths.open_regular(self.path, os.O_RDWR), "r+b") as f:
                 data = f.read()
                 if data and _whole(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
                     f.write(b"\n")
@@ -208,10 +211,12 @@ class Manifest:
     def append(self, entry: dict[str, Any]) -> None:
         """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
         data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
+            fd = paths.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError as e:
-            raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
+            what = paths.not_a_file(self.path) if os.path.lexists(self.path) else None
+            raise UserError(f"cannot write the manifest {self.path}: "
+                            f"{('it ' + what) if what else (e.strerror or e)}") from None
         try:
             start = os.fstat(fd).st_size
             try:

@@ -58,8 +58,9 @@ def _plain(value: Any) -> Any:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped a stylise() call: a KeyboardInterrupt, as any interrupted call raises, that
-    carries the picture as far as it got (`.image`, a PIL image) and how many iterations it had run."""
+    """Ctrl-C (a KeyboardInterrupt, also one raised by the callback) stopped a stylise() call: a
+    KeyboardInterrupt that carries the picture as far as it got (`.image`, a PIL image) and how many iterations
+    it had run. (The API installs no signal handlers: SIGTERM ends the process as Python's default does.)"""
 
     def __init__(self, image: Image.Image, iterations: int):
         super().__init__(f"interrupted after {iterations} iterations; the picture so far is in .image")

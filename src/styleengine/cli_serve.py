@@ -16,6 +16,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from styleengine import paths
+from styleengine.choices import MIN_SIDE
 from styleengine.cli import signals
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
@@ -93,6 +94,15 @@ def _serve(
             raise ConfigError(f"{name} must be a finite number > 0, got {value}")
     settings = settings_from(flags, RUN)
     settings.validate()
+    # the server's own values are within the limits it holds requests to (a POST without size ran at 48 px
+    # on a server that refused size=40 as over its --max-size 10)
+    if max_size < MIN_SIDE:
+        raise ConfigError(f"--max-size must be at least {MIN_SIDE} px (no picture is smaller), got {max_size}")
+    if settings.size > max_size:
+        raise ConfigError(f"--size {settings.size} is over --max-size {max_size}; raise --max-size or lower --size")
+    if settings.iterations > max_iters:
+        raise ConfigError(f"--iters {settings.iterations} is over --max-iters {max_iters}; raise --max-iters or "
+                          f"lower --iters")
     from styleengine.engine.jobs import settings_inputs
 
     # every job reads them: one line now (a missing --init made every POST a 500)

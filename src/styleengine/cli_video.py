@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from fractions import Fraction
@@ -50,6 +51,9 @@ class FrameStore:
         """Make the folder, or check that the one there holds frames of these settings (ConfigError if not:
         nothing there is overwritten)."""
         record = self.folder / self.RECORD
+        if self.folder.is_symlink():  # its frames would be written wherever it leads (batch and serve refuse too)
+            raise ConfigError(f"cannot keep the frames in {self.folder}: it is a symbolic link; remove it or choose "
+                              f"another output")
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"cannot keep the frames in {self.folder}: it is a file")
         if record.is_file():
@@ -262,6 +266,10 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     if trace is not None:
         paths.check_writable(trace, "trace")
         paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
+        kept = os.path.realpath(output.with_name(output.name + ".frames"))
+        if os.path.commonpath([kept, os.path.realpath(trace)]) == kept:  # over a kept frame or video.json
+            raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept; "
+                              f"choose a file outside it")
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)

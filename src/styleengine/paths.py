@@ -116,7 +116,8 @@ def check_folder(path: Path, what: str) -> None:
     """ConfigError if `path` exists as something other than a folder (a file, a device, a symbolic link
     loop); a missing one is fine (the caller makes it)."""
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_file(path) or 'is a file'})")
+        kind = (not_a_file(path) or "is a file").replace(", not a regular file", "")  # a FIFO: not "not a file"
+        raise ConfigError(f"{what} {path} exists and is not a folder (it {kind})")
 
 
 @contextlib.contextmanager

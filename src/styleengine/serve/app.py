@@ -186,6 +186,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     with the reason otherwise). Runs in a worker thread of the pool."""
     saved: list[tuple[Path, str]] = []
     try:
+        store.own_folder(store.results)  # before the work: a result that cannot be kept fails nothing later
         store.own_folder(store.uploads)
         folder.mkdir()
         for index, upload in enumerate([content, *styles]):

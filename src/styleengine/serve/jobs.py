@@ -152,7 +152,8 @@ class JobStore:
         """`folder` (results/ or uploads/) as the server's own: made again when it was removed while the server
         ran; ServerFolderGone when something else is there now (a link, a file)."""
         if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
-            what = paths.not_a_file(folder) if not folder.is_symlink() else "is a symbolic link"
+            what = ((paths.not_a_file(folder) or "is a file").replace(", not a regular file", "")
+                    if not folder.is_symlink() else "is a symbolic link")
             raise ServerFolderGone(f"{folder} is no longer the server's folder (it {what}); put it back or restart "
                                    f"the server")
         try:
