@@ -147,3 +147,29 @@ def test_a_fifo_where_a_folder_belongs_is_called_a_fifo(tmp_path):
     with pytest.raises(ConfigError) as caught:
         paths.check_folder(tmp_path / "fo", "--out")
     assert str(caught.value).endswith("(it is a FIFO (a named pipe))")
+
+
+def test_a_failed_jobs_reason_does_not_spell_out_the_servers_folder(tmp_path, monkeypatch):
+    """A job's reason in GET /api/jobs/ID showed the server's paths ("cannot write /srv/results/ID.png: No space
+    left on device"), while the upload's 507 hid them (m4). The manifest keeps the whole line."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+    from serve_helpers import SETTINGS, files, wait_for
+
+    from styleengine.engine.batch import MANIFEST, Manifest
+    from styleengine.errors import ImageError
+    from styleengine.serve import jobs as jobs_module
+    from styleengine.serve.app import Config, create_app
+
+    def full(image, path, within=None):
+        raise ImageError(f"cannot write {path}: [Errno 28] No space left on device")
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv")
+    with TestClient(create_app(config)) as client:
+        monkeypatch.setattr(jobs_module.batch.images, "save_image", full)
+        job = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+    assert job["status"] == "failed" and "No space left" in job["reason"]
+    assert str(tmp_path) not in job["reason"] and "<server folder>" in job["reason"]
+    (line,) = Manifest(config.root / "results" / MANIFEST).read()[0]
+    assert str(tmp_path) in line["reason"]

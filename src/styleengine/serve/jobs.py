@@ -123,7 +123,7 @@ class JobStore:
             log.warning("%s", problem)
         for entry in entries:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
-                      reason=entry.get("reason"), iteration=entry.get("iterations") or 0,
+                      reason=self._for_clients(entry.get("reason")), iteration=entry.get("iterations") or 0,
                       iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
                       seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
                       batch=entry.get("batch") or 1, keep=True)
@@ -418,7 +418,7 @@ class JobStore:
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
-        changes: dict[str, Any] = {"status": final, "reason": done.reason, "finished": time.time()}
+        changes: dict[str, Any] = {"status": final, "reason": self._for_clients(done.reason), "finished": time.time()}
         if losses is not None:
             changes["losses"] = losses
         if distances is not None:
@@ -434,6 +434,15 @@ class JobStore:
             self._previews.append(job)
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
+
+    def _for_clients(self, reason: str | None) -> str | None:
+        """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
+        for the operator, as a 507's log line does)."""
+        if reason is None:
+            return None
+        for spelled in {str(self.root.resolve()), str(self.root.absolute())}:  # never a relative "." or "srv"
+            reason = reason.replace(spelled, "<server folder>")
+        return reason
 
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
