@@ -437,7 +437,7 @@ def _update(change: Callable[[dict], None]) -> bool:
 @contextlib.contextmanager
 def _record_lock(path: Path) -> Iterator[None]:
     """The record's lock (`.tune.json.lock` beside it), held for one read-change-write."""
-    with os.fdopen(paths.open_regular(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT), "a+b") as f:
+    with paths.lock_file(path.with_name(f".{path.name}.lock")) as f:
         paths.try_lock(f, blocking=True)
         yield
 

@@ -159,7 +159,7 @@ def entry_lock(folder: Path) -> Iterator[None]:
     parent = make_folder(folder.parent)
     path = _lock_path(parent, folder.name)
     try:  # never through a link (it would make its target, maybe outside the cache), never a FIFO's wait
-        f = os.fdopen(paths.open_regular(path, os.O_RDWR | os.O_CREAT), "a+b")
+        f = paths.lock_file(path)
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ELOOP, errno.EISDIR):
             raise CacheWriteError(f"cannot use the cache folder {parent}: {path} is not a lock file (it "

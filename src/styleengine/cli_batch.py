@@ -75,10 +75,7 @@ def _check(item: engine.Planned, out: Path) -> engine.Planned:
             raise ConfigError(f"output {job.output} is outside --out {out} (through a symbolic link to {escaped}, "
                               f"made after the jobs were checked)")
         try:  # no link followed on the way: one made since the line above would lead mkdir out of --out
-            if paths.CONFINED:
-                os.close(paths.open_confined_folder(job.output.parent, out, make=True))
-            else:
-                job.output.parent.mkdir(parents=True, exist_ok=True)
+            paths.make_confined_folder(job.output.parent, out)
         except OSError as e:
             raise ConfigError(f"cannot make folder {job.output.parent}: {e.strerror or e}") from None
         check_files(content=job.content, styles=list(job.styles), output=job.output, settings=item.settings,

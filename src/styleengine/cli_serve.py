@@ -103,7 +103,7 @@ def _serve(
     if settings.iterations > max_iters:
         raise ConfigError(f"--iters {settings.iterations} is over --max-iters {max_iters}; raise --max-iters or "
                           f"lower --iters")
-    from styleengine.engine.jobs import settings_inputs
+    from styleengine.engine.settings import settings_inputs
 
     # every job reads them: one line now (a missing --init made every POST a 500)
     paths.check_inputs(settings_inputs(settings.init, settings.weights, prefix="--",

@@ -116,8 +116,15 @@ def check_folder(path: Path, what: str) -> None:
     """ConfigError if `path` exists as something other than a folder (a file, a device, a symbolic link
     loop); a missing one is fine (the caller makes it)."""
     if os.path.lexists(path) and not os.path.isdir(path):
-        kind = (not_a_file(path) or "is a file").replace(", not a regular file", "")  # a FIFO: not "not a file"
-        raise ConfigError(f"{what} {path} exists and is not a folder (it {kind})")
+        raise ConfigError(f"{what} {path} exists and is not a folder (it {not_a_folder(path)})")
+
+
+def not_a_folder(path: str | os.PathLike) -> str:
+    """What `path`, which is not a folder, is ("is a symbolic link", "is a FIFO (a named pipe)", "is a file")."""
+    kind = not_a_file(path)  # a loop or a broken link says so
+    if os.path.islink(path) and (kind is None or os.path.isdir(path)):
+        return "is a symbolic link"
+    return (kind or "is a file").replace(", not a regular file", "")  # a FIFO: not "not a file"
 
 
 @contextlib.contextmanager
@@ -169,8 +176,8 @@ def try_lock(f, blocking: bool) -> bool:
 def open_lock(path: Path) -> BinaryIO | None:
     """The lock file `path` (made if missing) open and locked by this process, or None if another process holds
     it. OSError if it cannot be opened."""
-    while True:  # never through a symbolic link: it would create or open whatever it names, maybe elsewhere
-        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666), "a+b")
+    while True:
+        f = lock_file(path)
         if not try_lock(f, blocking=False):
             f.close()
             return None
@@ -199,6 +206,12 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
     if hasattr(os, "set_blocking"):
         os.set_blocking(fd, True)
     return fd
+
+
+def lock_file(path: str | os.PathLike) -> BinaryIO:
+    """A lock file (made if missing) open for flock: a regular file only, never through a symbolic link (it would
+    create or open whatever it names, maybe elsewhere), never a FIFO's wait (open_regular)."""
+    return os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "a+b")
 
 
 def read_regular(path: str | os.PathLike) -> bytes:
@@ -278,6 +291,15 @@ def open_confined_folder(folder: Path, root: Path, make: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def make_confined_folder(folder: Path, root: Path) -> None:
+    """mkdir -p of `folder` inside `root` with no symbolic link followed below root (open_confined_folder);
+    a plain mkdir where the OS has no *at calls."""
+    if CONFINED:
+        os.close(open_confined_folder(folder, root, make=True))
+    else:
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
@@ -456,10 +478,8 @@ def styles_and_folders(names: Iterable[str | Path], what: str = "style folder") 
         text = str(name)
         if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
             raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
-        if "," not in text:  # a name no file system takes (300 bytes, NUL) is one line, not is_file's OSError
-            check_name(text, "cannot read style image")
         parts = [text] if "," not in text or _is_file(text) else [p.strip() for p in text.split(",") if p.strip()]
-        for part in map(Path, parts):
+        for part in map(Path, parts):  # a name no file system takes (300 bytes, NUL): one line, not an OSError
             check_name(part, "cannot read style image")
             if part.is_dir():
                 folders.append(part)

@@ -20,7 +20,6 @@ import math
 import os
 import re
 import shutil
-import stat
 import threading
 import time
 from collections import deque
@@ -152,10 +151,8 @@ class JobStore:
         """`folder` (results/ or uploads/) as the server's own: made again when it was removed while the server
         ran; ServerFolderGone when something else is there now (a link, a file)."""
         if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
-            what = ((paths.not_a_file(folder) or "is a file").replace(", not a regular file", "")
-                    if not folder.is_symlink() else "is a symbolic link")
-            raise ServerFolderGone(f"{folder} is no longer the server's folder (it {what}); put it back or restart "
-                                   f"the server")
+            raise ServerFolderGone(f"{folder} is no longer the server's folder (it {paths.not_a_folder(folder)}); "
+                                   f"put it back or restart the server")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -225,18 +222,12 @@ class JobStore:
         ResultGone when it is not there or not a file of the server's any more."""
         path = self.result_file(job)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            return paths.read_regular(path)
         except FileNotFoundError:
             raise ResultGone(f"job {job.id}'s result file is gone (removed from {self.results})") from None
-        except OSError as e:
-            raise ResultGone(f"job {job.id}'s result file cannot be read ({paths.not_a_file(path) or e.strerror}); "
-                             f"it is not the server's file any more") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ResultGone(f"job {job.id}'s result {paths.not_a_file(path) or 'is not a file'}; it is not the "
-                             f"server's file any more")
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        except OSError:
+            raise ResultGone(f"job {job.id}'s result {paths.not_a_folder(path)}, not the file the server wrote; "
+                             f"it is not served") from None
 
     def owns(self, job: Job) -> bool:
         """Whether this store runs (or ran) `job`: its event streams may cancel it when they all go."""
