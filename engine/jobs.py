@@ -91,7 +91,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, blank_is_absent:
             raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
         spelled[name] = key
         if value is None or (blank_is_absent and isinstance(value, str) and not value.strip()):
-            continue  # an empty CSV cell: the batch's value (a JSON "" is a value: `"init": ""` is refused)
+            continue  # an empty CSV cell: the batch's value (a JSON "" is refused by _job)
         try:
             parsed = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
@@ -160,6 +160,10 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         twice = next(k for k in named if [str(r).strip().lower() for r in raw].count(k) > 1)
         raise ConfigError(f"{where}: the key {twice!r} appears twice (in other cases or spacing); give it once")
     raw = named
+    if not csv_row:  # a JSON "" is a value given as nothing (a CSV's blank cell is the batch's value)
+        blank = next((k for k, v in raw.items() if isinstance(v, str) and not v.strip()), None)
+        if blank is not None:
+            raise ConfigError(f"{where}: {blank} is empty; give a value, or leave the key out")
     content = _text(raw, "content", where)
     if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
@@ -174,9 +178,6 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     given = tuple(base_dir / paths.expand(s) for s in style_names)
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
-    given_output = raw.get("output")
-    if not csv_row and isinstance(given_output, str) and not given_output.strip():  # a CSV's blank cell: the default
-        raise ConfigError(f"{where}: output is empty; name a file inside --out, or leave the key out")
     output = paths.expand_text(_text(raw, "output", where)) or _default_output(content_path, given)  # ~, $VARS
     output_path = _inside(output, out_dir, where)
     try:  # found now, not after the job's whole run

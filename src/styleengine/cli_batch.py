@@ -135,11 +135,6 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     with engine.locked(out):
-        if "auto" in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv):
-            from styleengine.engine.autotune import choose
-
-            # the jobs' own settings resolve the same way (a job that sets --size may be of another size class)
-            console.print(f"auto: {choose(settings).why}", soft_wrap=True, highlight=False, markup=False)
         done, problems = manifest.load()
         for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
@@ -147,10 +142,22 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
             console.print(f"warning: and {len(problems) - SHOWN_PROBLEMS} more lines of {manifest.path} that cannot "
                           f"be used; skipped", soft_wrap=True, highlight=False, markup=False)
         digests: dict[str, str] = {}
+        told = "auto" not in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv)
 
         def planned() -> Iterator[list[engine.Planned]]:
+            nonlocal told
             for chunk in engine.chunks(job_source(), engine.CHUNK):
-                yield [_check(item, out) for item in engine.plan(chunk, settings, done, digests)]
+                items = [_check(item, out) for item in engine.plan(chunk, settings, done, digests)]
+                first = next((item for item in items if item.settings is not None), None)
+                if not told and first is not None:
+                    from styleengine.engine.autotune import choose
+
+                    # told as the first job resolved it (planning did), not for --weights no job may use;
+                    # a job that sets --size or its own weights resolves on its own
+                    console.print(f"auto: {choose(first.job.settings(settings)).why}", soft_wrap=True,
+                                  highlight=False, markup=False)
+                    told = True
+                yield items
 
         _run(planned(), total, manifest, out, ray, batch_size, settings.weights == "random", console)
 
