@@ -22,7 +22,7 @@ from styleengine.engine.graph_io import GraphIO
 from styleengine.engine.steps import StepBase, StepResult, single_targets
 from styleengine.export import spec as names
 from styleengine.export.cache import (CacheWriteError, Export, build_entry, cache_root, cached_export, entry_lock,
-                                      read_record, record_validation)
+                                      claims_match, read_graph_claims, read_record, record_validation)
 from styleengine.export.spec import ExportSpec
 from styleengine.model.vgg import Pooling
 from styleengine.model.weights import Weights, file_sha256
@@ -161,10 +161,15 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
                 loading = session_options(options.intra_op_num_threads, options.enable_cpu_mem_arena, unfolded)
                 loading.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
                 try:
-                    return ort.InferenceSession(str(folder / OPTIMISED_FILE), loading,
-                                                providers=["CPUExecutionProvider"])
+                    session = ort.InferenceSession(str(folder / OPTIMISED_FILE), loading,
+                                                   providers=["CPUExecutionProvider"])
                 except load_errors as e:  # hash-checked yet unloadable (a broken build of ORT?): made again
                     logger.info("the cached optimised graph %s does not load (%s); optimising again", folder, e)
+                else:  # another graph's optimised file, copied in with a record rewritten to match it
+                    if claims_match(session.get_modelmeta().custom_metadata_map, read_graph_claims(path)):
+                        return session
+                    logger.warning("the cached optimised graph %s says it is another graph than %s; optimising "
+                                   "again", folder, path.name)
             logger.info("optimising %s for this CPU into the cache (%s)", path.name, folder)
             return build_entry(folder, [OPTIMISED_FILE], claims, optimise)
     except (CacheWriteError, *load_errors) as e:  # ORT reports a failed write of its graph as one of these

@@ -13,7 +13,10 @@ Every use checks each file against the record, and the record against what
 the caller wants (an export's spec, weights and input convention; a derived
 entry's source graph): a file that is missing, of another size or another
 hash, or an entry of something else copied in with its own record, makes
-the entry be rebuilt, never trusted.
+the entry be rebuilt, never trusted. Each graph also says in its metadata
+what it holds (weights, spec, convention), read on use by skipping the rest
+of the file: another graph copied in with a record rewritten to match it is
+rebuilt too.
 Checking, building and publishing an entry happen under an exclusive lock
 (.NAME.lock beside it), so two processes on an empty cache build it once and
 neither removes what the other is using; the lock goes with its process, so
@@ -40,7 +43,7 @@ import onnx
 from styleengine.errors import ConfigError
 from styleengine import paths
 from styleengine.paths import try_lock
-from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph
+from styleengine.export.onnx_step import build_feature_graph, build_step_graph, build_tile_graph, graph_claims
 from styleengine.export.spec import DYNAMIC_AXES, ExportSpec
 from styleengine.model.weights import Weights, file_sha256
 from styleengine.paths import atomic_write, cache_root  # noqa: F401  (callers read it here)
@@ -53,6 +56,7 @@ T = TypeVar("T")
 BUILDER_VERSION = 7
 STEP_FILE, FEATURES_FILE, TILE_FILE, META_FILE = "step.onnx", "features.onnx", "tile_step.onnx", "export.json"
 GRAPH_FILES = (STEP_FILE, FEATURES_FILE, TILE_FILE)
+GRAPH_KINDS = {STEP_FILE: "step", FEATURES_FILE: "features", TILE_FILE: "tile_step"}  # what each says it is
 RECORD_FILE = "files.json"  # a derived entry's {file: {sha256, bytes}}
 STAGING_PREFIX = ".build-"
 # a staging folder with no lock file beside it (made by a version before locks) is stale after this long
@@ -118,6 +122,55 @@ def files_match(folder: Path, files: dict[str, dict]) -> bool:
         if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
             return False
     return True
+
+
+def _varint(f) -> int | None:
+    """A protobuf varint read from `f`; None at the end of the file, ValueError for a cut or overlong one."""
+    value = shift = 0
+    while byte := f.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+    if shift:
+        raise ValueError("the file ends inside a varint")
+    return None
+
+
+def read_graph_claims(path: Path) -> dict[str, str]:
+    """The metadata (key: value) an ONNX model file carries, read by skipping its other top-level fields, so a
+    270 MB graph costs a few reads; {} for a file that is not a well-formed model (its entry is rebuilt)."""
+    from google.protobuf.message import DecodeError
+
+    claims: dict[str, str] = {}
+    try:
+        with os.fdopen(paths.open_regular(path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while (key := _varint(f)) is not None:
+                field, wire = key >> 3, key & 7
+                if wire == 2:
+                    length = _varint(f)
+                    if length is None or f.tell() + length > size:
+                        return {}
+                    if field == 14:  # ModelProto.metadata_props: StringStringEntryProto
+                        entry = onnx.StringStringEntryProto.FromString(f.read(length))
+                        claims[entry.key] = entry.value
+                    else:
+                        f.seek(length, os.SEEK_CUR)
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+                elif wire != 0 or _varint(f) is None:
+                    return {}
+    except (OSError, ValueError, DecodeError):  # a link, a FIFO or a file cut short where a graph of ours was
+        return {}
+    return claims
+
+
+def claims_match(claims: dict[str, str], wanted: dict[str, str]) -> bool:
+    """Whether a graph's metadata says every `wanted` thing it must (other keys: the source's path, ...)."""
+    return all(claims.get(key) == value for key, value in wanted.items())
 
 
 def write_record(folder: Path, names, claims: dict | None = None) -> None:
@@ -300,6 +353,11 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
             or not isinstance(meta.get("files"), dict) or set(meta["files"]) != set(GRAPH_FILES)
             or not files_match(folder, meta["files"])):
         return None
+    for name, kind in GRAPH_KINDS.items():  # another entry's graph, copied in with a record rewritten to match it
+        if not claims_match(read_graph_claims(folder / name), graph_claims(spec, weights, kind)):
+            logger.warning("the cached export %s holds a %s graph of other weights or settings than its record "
+                           "says; exporting it again", folder, name)
+            return None
     return Export(folder, meta)
 
 

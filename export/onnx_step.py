@@ -31,15 +31,21 @@ from styleengine.export.spec import (CONTENT_COEFFS, CORE_BOX, DTYPES, DYNAMIC_A
                                      content_input, gram_diff_input, gram_input, ir_version)
 from styleengine.model.weights import Weights
 
-__all__ = ["ExportSpec", "build_feature_graph", "build_step_graph", "build_tile_graph"]
+__all__ = ["ExportSpec", "build_feature_graph", "build_step_graph", "build_tile_graph", "graph_claims"]
+
+
+def graph_claims(spec: ExportSpec, weights: Weights, kind: str) -> dict[str, str]:
+    """What a graph says it is in its metadata (kind: step, features or tile_step), compared on every use of a
+    cached graph (export/cache.py): the weights' file may move, so its source is not among them."""
+    return {"kind": kind, "spec": json.dumps(spec.to_json(), sort_keys=True), "weights_sha256": weights.sha256,
+            "convention": json.dumps(weights.convention.to_json())}
 
 
 def _model(g: Graph, name: str, inputs, outputs, spec: ExportSpec, weights: Weights, kind: str) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)], producer_name="styleengine")
     model.ir_version = ir_version(spec.opset)
-    meta = {"kind": kind, "spec": json.dumps(spec.to_json(), sort_keys=True), "weights_sha256": weights.sha256,
-            "weights_source": weights.source, "convention": json.dumps(weights.convention.to_json()),
+    meta = {**graph_claims(spec, weights, kind), "weights_source": weights.source,
             "dynamic_axes": json.dumps(DYNAMIC_AXES)}
     for k, v in meta.items():
         entry = model.metadata_props.add()

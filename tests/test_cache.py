@@ -290,3 +290,57 @@ def test_replaced_export_of_another_convention_is_rebuilt(module_cache, vgg16_ra
     for name in (*cache.GRAPH_FILES, cache.META_FILE):
         shutil.copyfile(other.folder / name, export.folder / name)
     assert cache.check_entry(export.folder, vgg16_random, spec) is None
+
+
+def _forge_record(folder: Path, record_file: str, section: str | None) -> None:
+    """Rewrite a record so each file's hash and size match what is in the folder now (a forged record)."""
+    record = json.loads((folder / record_file).read_text())
+    files = record[section] if section else record
+    for name in files:
+        files[name] = {"sha256": cache.file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
+    (folder / record_file).write_text(json.dumps(record))
+
+
+def test_another_networks_graph_with_a_rewritten_record_is_exported_again(module_cache, vgg16_random,
+                                                                           random_weights, caplog):
+    """Another network's step graph copied into an entry and export.json's hashes rewritten to match it ran the
+    other network silently (issue 23's "forged cache record", left from probes 4-9): every graph says in its
+    own metadata which weights and spec it holds, read on use without parsing the graph."""
+    import shutil
+
+    other = random_weights("vgg16", 1)
+    spec = graph_spec(vgg16_random, SHORT, "avg", "fp32")
+    export, other_export = ensure_export(vgg16_random, SHORT, "avg"), ensure_export(other, SHORT, "avg")
+    shutil.copyfile(other_export.step_path, export.step_path)
+    _forge_record(export.folder, cache.META_FILE, "files")
+    assert cache.files_match(export.folder, json.loads((export.folder / cache.META_FILE).read_text())["files"])
+    with caplog.at_level("WARNING"):
+        assert cache.check_entry(export.folder, vgg16_random, spec) is None
+    assert "step.onnx graph of other weights" in caplog.text
+    again = ensure_export(vgg16_random, SHORT, "avg")
+    assert cache.read_graph_claims(again.step_path)["weights_sha256"] == vgg16_random.sha256
+
+
+def test_another_graphs_optimised_file_with_a_rewritten_record_is_optimised_again(module_cache, vgg16_random,
+                                                                                  random_weights, make_image, caplog):
+    """The same forgery one level down: ORT's optimised graph of another network, files.json rewritten to match
+    it (its claims naming this graph's hash) ran the other network."""
+    import shutil
+
+    other = random_weights("vgg16", 2)
+    export, other_export = ensure_export(vgg16_random, SHORT, "avg"), ensure_export(other, SHORT, "avg")
+    clean = _losses(vgg16_random, export, make_image, iterations=1)
+    _losses(other, other_export, make_image, iterations=1)
+    entry, other_entry = _optimised(export).parent, _optimised(other_export).parent
+    shutil.copyfile(other_entry / OPTIMISED_FILE, entry / OPTIMISED_FILE)
+    _forge_record(entry, cache.RECORD_FILE, "files")
+    assert cache.read_record(entry, {"source_sha256": export.sha256(export.step_path)}) is not None
+    with caplog.at_level("WARNING"):
+        assert _losses(vgg16_random, export, make_image, iterations=1) == pytest.approx(clean, rel=1e-6)
+    assert "says it is another graph" in caplog.text
+
+
+@pytest.mark.parametrize("data", [b"", b"\x08", b"\x80\x80", b"\x72\xff\xff\xff\x0f", b"\x0f\x00", b"garbage!"])
+def test_a_file_that_is_no_model_claims_nothing(tmp_path, data):
+    (tmp_path / "g.onnx").write_bytes(data)
+    assert cache.read_graph_claims(tmp_path / "g.onnx") == {}
