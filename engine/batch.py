@@ -103,8 +103,10 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
                 memory = run_plan.memory
                 scales = run_plan.to_json()["scales"]
             digest = settings_hash(job, settings, digests, scales)
-        except UserError as e:
-            planned.append(Planned(job, None, None, "failed", first_line(e)))
+        except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
+            reason = first_line(e)
+            planned.append(Planned(job, None, None, "failed", f"{job.where}: {reason}" if job.where and
+                                   not reason.startswith(job.where) else reason))
             continue
         except OSError as e:
             planned.append(Planned(job, None, None, "failed",

@@ -54,3 +54,20 @@ def test_a_batch_whose_jobs_all_bring_weights_never_loads_the_base_weights(tmp_p
                            "--size", "40", "--iters", "1", "--backend", "torch", "--precision", "fp32")
     assert code == 0, err
     assert "auto: torch fp32" in err and "1 ok" in err
+
+
+def test_a_jobs_settings_mistake_names_its_line(tmp_path, monkeypatch, capsys):
+    """A job whose settings do not go together (a style mask without a content mask, two styles with one mask)
+    failed with a reason that did not say which line of the jobs file it came from (left from probe 9)."""
+    _pictures(tmp_path)
+    Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
+    lines = [{"content": "c.png", "styles": "s.png"},
+             {"content": "c.png", "styles": ["s.png", "s.png"], "content_mask": "m.png", "output": "two.png"}]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out",
+                           "--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch")
+    assert code == 1 and "1 ok" in err
+    failed = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+              if json.loads(line)["status"] == "failed"]
+    assert len(failed) == 1 and f"{tmp_path / 'jobs.jsonl'} line 2: " in failed[0]["reason"]
+    assert "mask" in failed[0]["reason"]
