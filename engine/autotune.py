@@ -70,6 +70,7 @@ class Choice:
     cached: bool = False  # the trial was read from the record, not run now
     key: dict = field(default_factory=dict)
     kept: bool = False  # the trial's pick is in the record (read from it, or written to it now)
+    unkept: str = ""  # why a measured pick could not be written to the record
     # race=True and no record for the run's size: the candidates a run races in its first steps (engine/race.py)
     race: Race | None = None
 
@@ -176,9 +177,9 @@ def _choose(settings: Settings, *, refresh: bool, measure: Measure, machine: cap
     trials = tuple(measure(settings, where, options, trial_side(settings.size, where.place)))
     pick = pick_fastest(trials)
     log.info("auto: trial of %d candidates took %.1f s", len(options), time.perf_counter() - started)
-    kept = _write(key, trials, pick)
+    problem = _keep(key, trials, pick)
     return Choice(_apply(concrete, *pick, where), _why(pick, trials, where, cached=False), trials, True, False, key,
-                  kept)
+                  not problem, unkept=problem)
 
 
 def _apply(settings: Settings, backend: str, precision: str, conv: str, where: capability.Placement) -> Settings:
@@ -408,6 +409,12 @@ def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], par
            ) -> bool:
     """Keep a finished measurement (or with `partial`, a race to carry over) in the record; False when it could
     not be written (it is measured again next time; the run goes on)."""
+    return not _keep(key, trials, pick, partial)
+
+
+def _keep(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], partial: Partial | None = None
+          ) -> str:
+    """_write, saying why not ("" when kept)."""
     entry: dict = {"key": key, "pick": list(pick), "trials": [dataclasses.asdict(t) for t in trials],
                    "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if partial is not None:
@@ -415,7 +422,7 @@ def _write(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], par
     return _update(lambda data: data["entries"].__setitem__(_key_id(key), entry))
 
 
-def _update(change: Callable[[dict], None]) -> bool:
+def _update(change: Callable[[dict], None]) -> str:
     """Read, change and write the record under its lock: two processes (a run and `tune`, two runs) each writing
     what they read lost the other's entries."""
     from styleengine.export.cache import atomic_write, make_folder
@@ -429,9 +436,10 @@ def _update(change: Callable[[dict], None]) -> bool:
             change(data)
             atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
-        log.warning("could not keep the tuning record in %s: %s", path, e)
-        return False
-    return True
+        problem = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else first_line(e)
+        log.warning("could not keep the tuning record in %s: %s", path, problem)
+        return problem
+    return ""
 
 
 @contextlib.contextmanager
@@ -487,7 +495,7 @@ def add_to_account(key: dict, run_s: float, race_s: float, looks: dict[str, str 
         before = _account(data, key)
         data["accounts"][_key_id(ident)] = {"key": ident, "run_s": before.run_s + run_s,
                                             "race_s": before.race_s + race_s, "looks": {**before.looks, **looks}}
-    return _update(change)
+    return not _update(change)
 
 
 def recorded_pick(settings: Settings, where: capability.Placement, options: list[tuple[str, str, str]]

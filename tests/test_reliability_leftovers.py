@@ -71,3 +71,20 @@ def test_a_jobs_settings_mistake_names_its_line(tmp_path, monkeypatch, capsys):
               if json.loads(line)["status"] == "failed"]
     assert len(failed) == 1 and f"{tmp_path / 'jobs.jsonl'} line 2: " in failed[0]["reason"]
     assert "mask" in failed[0]["reason"]
+
+
+def test_tune_says_why_its_record_was_not_kept(tmp_path, monkeypatch, capsys):
+    """A FIFO where the record's lock belongs: tune said "tune.json cannot be written", which was not the problem
+    (left from probe 8); it now names the lock and what it is."""
+    import os
+
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    os.mkfifo(tmp_path / "cache" / ".tune.json.lock")
+    autotune._memo.clear()
+    code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "40", "--weights", "random", "--model", "vgg16",
+                             "--backend", "torch", "--precision", "fp32", "--device", "cpu")
+    assert code == 0, err
+    assert "not kept in" in err and ".tune.json.lock: not a regular file" in err, err  # one line, paths whole

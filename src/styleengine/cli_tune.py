@@ -45,13 +45,13 @@ def _tune(**flags: Any) -> None:
         Console(file=sys.stdout, markup=False).print(table)
     print(f"auto: {choice.why}")
     if choice.kept:
-        console.print(f"kept in {record_path()}", highlight=False)
+        console.print(f"kept in {record_path()}", highlight=False, soft_wrap=True)
         if not tuning_enabled():  # asked for, so measured; but the runs here would never read it
             console.print(f"warning: STYLEENGINE_TUNE={os.environ.get('STYLEENGINE_TUNE')}: runs here pick by "
                           f"rule and read this only once it is unset", highlight=False)
     elif choice.measured:
-        console.print(f"warning: not kept: {record_path()} cannot be written (set STYLEENGINE_CACHE_DIR to a "
-                      f"writable folder); later runs will measure again", highlight=False)
+        console.print(f"warning: not kept in {record_path()} ({choice.unkept}; set STYLEENGINE_CACHE_DIR to a "
+                      f"writable folder); later runs will measure again", highlight=False, soft_wrap=True)
 
 
 tune = with_settings(_tune, RUN, TUNED)
