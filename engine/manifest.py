@@ -148,10 +148,8 @@ class Manifest:
         if os.path.lexists(path) and not path.is_file():
             raise ConfigError(f"{path} {paths.not_a_file(path) or 'is not a file'}; the manifest must be a file "
                               f"inside {inside}")
-        links = path.stat().st_nlink if path.is_file() else 1
-        if links > 1:  # `cp -al out backup`: appending would write into the other names too
-            raise ConfigError(f"{path} is a hard link ({links} names for one file): appending would change the "
-                              f"others too; give it its own copy (cp {path} {path}.new && mv {path}.new {path})")
+        if path.is_file():
+            _check_links(path, path.stat().st_nlink, ConfigError)
 
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """(the usable lines written so far, a sentence per line that is not); nothing if no manifest yet."""
@@ -218,7 +216,9 @@ class Manifest:
             raise UserError(f"cannot write the manifest {self.path}: "
                             f"{('it ' + what) if what else (e.strerror or e)}") from None
         try:
-            start = os.fstat(fd).st_size
+            found = os.fstat(fd)
+            _check_links(self.path, found.st_nlink, UserError)  # made a hard link while in use
+            start = found.st_size
             try:
                 while data:
                     written = os.write(fd, data)
@@ -234,6 +234,14 @@ class Manifest:
             raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
         finally:
             os.close(fd)
+
+
+def _check_links(path: Path, links: int, error: type[UserError]) -> None:
+    """`error` when the manifest has other names (`cp -al out backup`, or `ln` while in use): appending would
+    write into them too."""
+    if links > 1:
+        raise error(f"{path} is a hard link ({links} names for one file): appending would change the others too; "
+                    f"give it its own copy (cp {path} {path}.new && mv {path}.new {path})")
 
 
 @contextlib.contextmanager

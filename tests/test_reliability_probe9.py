@@ -91,7 +91,7 @@ def test_a_video_frames_folder_that_is_a_link_is_refused(tmp_path, monkeypatch, 
 
 # ------------------------------------------------------------------ serve: its own values within its limits
 
-@pytest.mark.parametrize("argv, says", [(["--size", "48", "--max-size", "40"], "--size 48 is over --max-size 40"),
+@pytest.mark.parametrize("argv, says", [(["--size", "48", "--max-size", "40"], "--size 48 is over --max-size 40 px"),
                                         (["--max-size", "10"], "--max-size must be at least 32"),
                                         (["--iters", "20", "--max-iters", "10"], "--iters 20 is over --max-iters")])
 def test_serve_refuses_defaults_over_its_own_limits(tmp_path, monkeypatch, capsys, argv, says):

@@ -83,7 +83,7 @@ def _serve(
     """Serve a web page and a JSON API (docs at /docs) on a warm engine."""
     import uvicorn
 
-    from styleengine.serve.app import Config, create_app, open_store
+    from styleengine.serve.app import Config, create_app, open_store, over_limits
 
     _check_listen(host, port)
     if not _loopback(host) and not token:
@@ -98,11 +98,9 @@ def _serve(
     # on a server that refused size=40 as over its --max-size 10)
     if max_size < MIN_SIDE:
         raise ConfigError(f"--max-size must be at least {MIN_SIDE} px (no picture is smaller), got {max_size}")
-    if settings.size > max_size:
-        raise ConfigError(f"--size {settings.size} is over --max-size {max_size}; raise --max-size or lower --size")
-    if settings.iterations > max_iters:
-        raise ConfigError(f"--iters {settings.iterations} is over --max-iters {max_iters}; raise --max-iters or "
-                          f"lower --iters")
+    over = over_limits(settings, max_size, max_iters, flags=True)
+    if over is not None:
+        raise ConfigError(f"{over}: raise the limit or lower the server's own values")
     from styleengine.engine.settings import settings_inputs
 
     # every job reads them: one line now (a missing --init made every POST a 500)

@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -112,6 +113,33 @@ class BodyLimit:
                 await _one_line(413, message)(scope, receive, send)
 
 
+def over_limits(settings: Settings, max_size: int, max_iters: int, flags: bool = False) -> str | None:
+    """Why these settings ask more than a server's limits allow (None when they do not): the largest side any
+    image is made at (the output's, or a style's at its style scale) and the most iterations at one scale
+    (--iters-per-scale's coarse scales among them). One rule for the server's own values (flags: named as its
+    flags) and for requests (named as the form's fields)."""
+    def name(field: str) -> str:
+        return "--" + field.replace("_", "-") if flags else field
+
+    def limit(flag: str) -> str:
+        return f"is over {flag}" if flags else "is over this server's limit of"
+
+    # asked before validate (a size over the limit says so, not "must be at most 65536"): a style scale that is
+    # no number is validate's to refuse
+    scale = settings.style_scale if math.isfinite(settings.style_scale) and settings.style_scale > 0 else 1.0
+    side = max(settings.size, round(settings.size * scale))
+    if side > max_size:
+        what = (f"{name('size')} {settings.size}" if side == settings.size else
+                f"{name('size')} {settings.size} x {name('style_scale')} {settings.style_scale:g} ({side} px)")
+        return f"{what} {limit('--max-size')} {max_size} px"
+    most = max(iterations for _, iterations in settings.scale_plan())
+    if most > max_iters:
+        what = (f"{name('iters')} {settings.iterations}" if most == settings.iterations else
+                f"{name('iters_per_scale')} {settings.iters_per_scale} ({most} iterations at a scale)")
+        return f"{what} {limit('--max-iters')} {max_iters}"
+    return None
+
+
 def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     """(Settings field, value) of one form field; HTTPException 422 with the reason."""
     target = FIELDS[name]
@@ -122,10 +150,6 @@ def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     if target == "init" and value not in INITS:
         raise HTTPException(422, f"init {text!r} is not one of {', '.join(INITS)}; a request cannot name a "
                                  f"file on the server")
-    if target == "size" and value > config.max_size:
-        raise HTTPException(422, f"size {value} is over this server's limit of {config.max_size} px")
-    if target == "iterations" and value > config.max_iters:
-        raise HTTPException(422, f"iters {value} is over this server's limit of {config.max_iters}")
     return target, value
 
 
@@ -215,11 +239,15 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
 
-def _settings(base: Settings, values: dict[str, Any]) -> Settings:
-    """The server's settings with a request's values, checked and resolved (HTTPException 422 with the reason)."""
+def _settings(base: Settings, values: dict[str, Any], config: Config) -> Settings:
+    """The server's settings with a request's values, checked against its limits and resolved (HTTPException 422
+    with the reason)."""
     try:
         settings = dataclasses.replace(base, **values)
         settings = dataclasses.replace(settings, distance_every=distance_every(settings.iterations))
+        over = over_limits(settings, config.max_size, config.max_iters)
+        if over is not None:
+            raise HTTPException(422, over)
         settings.validate()
         return settings.resolved()
     except UserError as e:
@@ -274,7 +302,12 @@ def create_app(config: Config, store: JobStore | None = None,
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        response = _one_line(exc.status_code, first_line(Exception(str(exc.detail))))
+        said = first_line(Exception(str(exc.detail)))
+        store = state.get("store")
+        shown = store.for_clients(said) if store is not None else said  # the server's folder not spelled out
+        if shown != said:  # the operator's log keeps the whole line
+            log.warning("%s %s: %s", request.method, request.url.path, said)
+        response = _one_line(exc.status_code, shown)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -335,7 +368,7 @@ def create_app(config: Config, store: JobStore | None = None,
         content, styles, values, keep = await _read_form(request, config)
         if len(styles) > MAX_STYLES:
             raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
-        settings = await run_in_threadpool(_settings, config.settings, values)
+        settings = await run_in_threadpool(_settings, config.settings, values, config)
         job_id = new_id()
         folder = current().uploads / job_id
         try:

@@ -122,7 +122,7 @@ class JobStore:
             log.warning("%s", problem)
         for entry in entries:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
-                      reason=self._for_clients(entry.get("reason")), iteration=entry.get("iterations") or 0,
+                      reason=self.for_clients(entry.get("reason")), iteration=entry.get("iterations") or 0,
                       iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
                       seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
                       batch=entry.get("batch") or 1, keep=True)
@@ -409,7 +409,7 @@ class JobStore:
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
-        changes: dict[str, Any] = {"status": final, "reason": self._for_clients(done.reason), "finished": time.time()}
+        changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason), "finished": time.time()}
         if losses is not None:
             changes["losses"] = losses
         if distances is not None:
@@ -426,7 +426,7 @@ class JobStore:
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
 
-    def _for_clients(self, reason: str | None) -> str | None:
+    def for_clients(self, reason: str | None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
         for the operator, as a 507's log line does)."""
         if reason is None:
