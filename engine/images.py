@@ -5,6 +5,7 @@ bad input raises ImageError with a one-line message that names the file.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -153,25 +154,33 @@ def _format_for(path: Path) -> str:
     return fmt
 
 
+@functools.lru_cache(maxsize=None)
+def _rgb_problem(fmt: str) -> str | None:
+    """Why PIL cannot save an 8-bit RGB image as `fmt` (it cannot as XBM or MSP, has no BUFR encoder), tried
+    once per format; None when it can."""
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        return first_line(e)
+    return None
+
+
 def check_suffix(path: str | os.PathLike) -> None:
-    """ImageError unless `path`'s suffix names a format save_image writes (the part of check_output_path that
-    needs no folder: a jobs file's outputs are checked as the file is read)."""
-    _format_for(Path(path))
+    """ImageError unless `path`'s suffix names a format save_image writes 8-bit RGB in (the part of
+    check_output_path that needs no folder: a jobs file's outputs are checked as the file is read)."""
+    fmt = _format_for(Path(path))
+    problem = _rgb_problem(fmt)
+    if problem is not None:
+        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({problem}); use .png or .jpg")
 
 
 def check_output_path(path: str | os.PathLike) -> None:
     """Raise ImageError unless an RGB image could be written to `path`, by trying what save_image will do:
-    its folder exists, its suffix names a format whose encoder takes 8-bit RGB (PIL cannot save RGB as
-    .xbm or .msp, has no .bufr encoder), and its temp file can be made there (permissions, read-only or
-    pseudo file systems, a name too long once the temp prefix is added)."""
-    path = Path(path)
-    fmt = _format_for(path)
-    try:
-        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
-    except (OSError, ValueError, KeyError) as e:
-        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({first_line(e)}); "
-                         f"use .png or .jpg") from None
-    paths.check_writable(path, "image", ImageError)
+    its folder exists, its suffix names a format whose encoder takes 8-bit RGB (check_suffix), and its temp
+    file can be made there (permissions, read-only or pseudo file systems, a name too long once the temp
+    prefix is added)."""
+    check_suffix(path)
+    paths.check_writable(Path(path), "image", ImageError)
 
 
 def to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:

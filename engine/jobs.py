@@ -193,6 +193,16 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
                folders)
 
 
+def _located(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row: bool = False) -> Job:
+    """_job, every ConfigError naming the line (those of the path helpers, an unset $VARIABLE, too)."""
+    try:
+        return _job(raw, where, base_dir, out_dir, csv_row)
+    except ConfigError as e:
+        if str(e).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def _utf8(text: str, where: str) -> None:
     """ConfigError if `text` (read with surrogateescape) held bytes that are not UTF-8."""
     try:
@@ -274,7 +284,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
         try:
             if suffix == ".csv":
                 for number, row in _csv_rows(iter(f), path):
-                    yield _job(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
+                    yield _located(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -291,7 +301,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                     raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
                 if not isinstance(raw, dict):
                     raise ConfigError(f"{where}: a job is a JSON object")
-                yield _job(raw, where, base_dir, out_dir)
+                yield _located(raw, where, base_dir, out_dir)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 

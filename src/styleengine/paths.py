@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -63,9 +64,18 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     return parse
 
 
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
 def expand_text(path: str | os.PathLike) -> str:
-    """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file."""
-    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+    """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file.
+    ConfigError for a variable that is not set (left as it was, `$NOPE/x.png` made a folder named `$NOPE`)."""
+    text = os.fspath(path)
+    expanded = os.path.expandvars(os.path.expanduser(text))
+    left = _VARIABLE.search(expanded)
+    if left is not None and left.group(0) in text:
+        raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set")
+    return expanded
 
 
 def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:

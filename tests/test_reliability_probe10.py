@@ -1,0 +1,131 @@
+"""Issue 23, probe 10 (on 6f8deaf): probe 9's fixes reached another way (hard links, other routes, other limits,
+other suffixes), the Python API, plan/bench lists, serve's event streams. About 380 cases; the defects it found
+are tests here."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+
+
+def _pictures(folder) -> None:
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(folder / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(folder / "s.png")
+
+
+def _serve():
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+    from serve_helpers import SETTINGS
+
+    from styleengine.serve.app import Config, create_app
+
+    def start(tmp_path, **limits):
+        config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", **limits)
+        return config, TestClient(create_app(config))
+    return start
+
+
+# ------------------------------------------------------------------ D2: a manifest made a hard link while in use
+
+def test_a_manifest_made_a_hard_link_while_in_use_is_not_appended_to(tmp_path):
+    """`rm manifest.jsonl; ln victim.txt manifest.jsonl` while a server or batch ran: the next job's line was
+    appended to victim.txt (the hard-link check was made only at start)."""
+    from styleengine.engine.batch import Manifest
+    from styleengine.errors import UserError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    os.link(victim, tmp_path / "manifest.jsonl")
+    with pytest.raises(UserError, match="hard link"):
+        Manifest(tmp_path / "manifest.jsonl").append({"id": "a", "status": "failed", "reason": "x"})
+    assert victim.read_text() == "mine\n"
+
+
+# ------------------------------------------------------------------ D3: every route hides the server's folder
+
+def test_no_error_route_spells_out_the_servers_folder(tmp_path):
+    """410 for a removed result said "removed from /srv/.../results"; 503 for an uploads/ made a file said
+    "/srv/.../uploads is no longer the server's folder" (probe 9 hid it in a job's reason only)."""
+    from serve_helpers import files, wait_for
+
+    config, client = _serve()(tmp_path)
+    with client:
+        job = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+        assert job["status"] == "done", job
+        (config.root / "results" / f"{job['id']}.png").unlink()
+        gone = client.get(f"/api/jobs/{job['id']}/result")
+        shutil.rmtree(config.root / "uploads")
+        (config.root / "uploads").write_text("")
+        taken = client.post("/api/jobs", files=files())
+    assert gone.status_code == 410 and taken.status_code == 503, (gone.text, taken.text)
+    for response in (gone, taken):
+        assert str(tmp_path) not in response.text and "<server folder>" in response.text, response.text
+
+
+# ------------------------------------------------------------------ D4: serve's limits on every size and count
+
+@pytest.mark.parametrize("argv, says", [
+    (["--size", "64", "--max-size", "256", "--style-scale", "8"], "--size 64 x --style-scale 8 (512 px) is over"),
+    (["--size", "200", "--max-size", "256", "--iters", "2", "--max-iters", "2", "--iters-per-scale", "500"],
+     "--iters-per-scale 500 (500 iterations at a scale) is over --max-iters 2")])
+def test_serve_refuses_own_values_past_its_limits_by_another_flag(tmp_path, monkeypatch, capsys, argv, says):
+    """`serve --size 200 --max-size 256 --iters 2 --max-iters 2 --iters-per-scale 500` started and every job ran
+    502 iterations; `serve --size 1024 --style-scale 8` started (probe 9 held --size and --iters only)."""
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", tmp_path / "srv", "--weights", "random",
+                           *argv)
+    assert says in one_error_line(code, err)
+
+
+def test_a_request_cannot_pass_the_size_limit_by_its_style_scale(tmp_path):
+    """A form's `size=64&style_scale=30` on a --max-size 64 server made the style 1920 px (38 s for a 0.3 s job)."""
+    from serve_helpers import files
+
+    _, client = _serve()(tmp_path, max_size=64)
+    with client:
+        response = client.post("/api/jobs", files=files(), data={"size": "64", "style_scale": "30"})
+        within = client.post("/api/jobs", files=files(), data={"size": "48", "style_scale": "1.25"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "size 64 x style_scale 30 (1920 px) is over this server's limit of 64 px"
+    assert within.status_code == 202, within.text
+
+
+# ------------------------------------------------------------------ D5, D6: a jobs file's outputs
+
+@pytest.mark.parametrize("output, says", [("x.xbm", "PIL cannot save RGB images as XBM"),
+                                          ("x.h5", "cannot save RGB images as HDF5"),
+                                          ("$NOPE/x.png", "the variable $NOPE is not set"),
+                                          ("a${NOPE}.png", "the variable ${NOPE} is not set")])
+def test_a_jobs_output_pil_cannot_write_or_with_an_unset_variable_is_refused_before_work(
+        tmp_path, monkeypatch, capsys, output, says):
+    """`"output": "x.xbm"` (a suffix PIL knows but cannot save RGB as) ran the job, then failed; `"$NOPE/x.png"`
+    wrote OUT/$NOPE/x.png and exited 0."""
+    _pictures(tmp_path)
+    monkeypatch.delenv("NOPE", raising=False)
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png", "output": output}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out",
+                           "--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch")
+    line = one_error_line(code, err)
+    assert "line 1" in line and says in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+
+
+def test_an_unset_variable_in_a_flag_after_an_equals_sign_is_refused(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    monkeypatch.delenv("NOPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "--output=$NOPE/o.png", "--weights",
+                           "random", "--size", "40", "--iters", "1")
+    assert "the variable $NOPE is not set" in one_error_line(code, err)
+    assert not (tmp_path / "$NOPE").exists()
