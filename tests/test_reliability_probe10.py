@@ -129,3 +129,41 @@ def test_an_unset_variable_in_a_flag_after_an_equals_sign_is_refused(tmp_path, m
                            "random", "--size", "40", "--iters", "1")
     assert "the variable $NOPE is not set" in one_error_line(code, err)
     assert not (tmp_path / "$NOPE").exists()
+
+
+# ------------------------------------------------------------------ D1, D11: video's kept frames
+
+def _video():
+    try:
+        from test_reliability_probe9 import VIDEO_FAST, _clip
+    except ModuleNotFoundError:
+        from tests.test_reliability_probe9 import VIDEO_FAST, _clip
+    return VIDEO_FAST, _clip
+
+
+@pytest.mark.parametrize("kept", ["frame_000000.png", "video.json"])
+def test_a_video_trace_that_is_a_hard_link_into_its_frames_folder_is_refused(tmp_path, monkeypatch, capsys, kept):
+    """`ln o.mp4.frames/video.json t.jsonl; video ... --trace t.jsonl` overwrote the resume record (over a frame: a
+    TypeError traceback): probe 9's check compared real paths only."""
+    fast, clip = _video()
+    clip(tmp_path)
+    argv = ["video", tmp_path / "v.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4", *fast]
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0, err
+    before = (tmp_path / "o.mp4.frames" / kept).read_bytes()
+    os.link(tmp_path / "o.mp4.frames" / kept, tmp_path / "t.jsonl")
+    code, _, err = run_cli(monkeypatch, capsys, *argv, "--trace", tmp_path / "t.jsonl")
+    assert "another name of a file there" in one_error_line(code, err)
+    assert (tmp_path / "o.mp4.frames" / kept).read_bytes() == before
+
+
+def test_a_resumed_frame_found_damaged_is_counted_once(tmp_path, monkeypatch, capsys):
+    """The progress said "3/2 frames": a kept frame found damaged was counted as finished, then again when it ran."""
+    fast, clip = _video()
+    clip(tmp_path)
+    argv = ["video", tmp_path / "v.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4", *fast]
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0, err
+    (tmp_path / "o.mp4.frames" / "frame_000000.png").write_text('{"event": "x"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0 and "2/2 frames" in err and "3/2" not in err, err

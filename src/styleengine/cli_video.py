@@ -267,9 +267,10 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         paths.check_writable(trace, "trace")
         paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
         kept = os.path.realpath(output.with_name(output.name + ".frames"))
-        if os.path.commonpath([kept, os.path.realpath(trace)]) == kept:  # over a kept frame or video.json
-            raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept; "
-                              f"choose a file outside it")
+        # over a kept frame or video.json: inside the folder, or another name (a hard link) of a file in it
+        if os.path.commonpath([kept, os.path.realpath(trace)]) == kept or paths.links_into(trace, Path(kept)):
+            raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
+                              f"(or is another name of a file there); choose a file outside it")
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)
@@ -331,7 +332,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                     if tracer is not None:
                         tracer.write_object(frame.to_json(), f"frame {frame.index}")
                 made += 1
-                progress.update(task, advance=1, rate=made / (time.perf_counter() - began))
+                # a resumed frame found damaged runs again: it was counted among the finished already
+                counted = chunked is None and frame.index < resumed
+                progress.update(task, advance=0 if counted else 1, rate=made / (time.perf_counter() - began))
 
             if chunked is None:
                 frames = video_io.read_frames(info, start, stop, rate, shape)

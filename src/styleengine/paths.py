@@ -389,6 +389,18 @@ def same_file(a: Path, b: Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)  # Path.resolve raises on a symlink loop; this does not
 
 
+def links_into(path: Path, folder: Path) -> bool:
+    """Whether `path` is a hard link to a file directly in `folder` (another name for one of its files)."""
+    try:
+        found = os.stat(path)
+        if found.st_nlink < 2 or not folder.is_dir():
+            return False
+        return any(entry.inode() == found.st_ino and entry.stat(follow_symlinks=False).st_dev == found.st_dev
+                   for entry in os.scandir(folder))
+    except FileNotFoundError:  # not written yet: no other name
+        return False
+
+
 def folds_names(folder: Path) -> bool:
     """Whether `folder`'s file system takes names that differ only in case as one file (macOS's and Windows'
     by default; they fold Unicode normalisation too): a lower-case temp file looked up in upper case. False if
