@@ -167,3 +167,59 @@ def test_a_resumed_frame_found_damaged_is_counted_once(tmp_path, monkeypatch, ca
     (tmp_path / "o.mp4.frames" / "frame_000000.png").write_text('{"event": "x"}\n')
     code, _, err = run_cli(monkeypatch, capsys, *argv)
     assert code == 0 and "2/2 frames" in err and "3/2" not in err, err
+
+
+# ------------------------------------------------------------------ D7, D8: the Python API
+
+@pytest.mark.parametrize("given, says", [({"convention": "x"}, "convention must be a styleengine.model.convention"),
+                                         ({"print_every": 1}, "stylise() prints nothing"),
+                                         ({"save_every": 1}, "without callback=... it does nothing")])
+def test_the_apis_settings_a_call_cannot_use_are_one_line(given, says):
+    """`convention='x'` raised TypeError ("replace() should be called on dataclass instances"); `save_every=1`
+    and `print_every=1` were taken and did nothing, not even a log line."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        styleengine.stylise(Image.new("RGB", (48, 48)), Image.new("RGB", (48, 48)), size=48, iterations=1,
+                            weights="random", **given)
+
+
+def test_the_apis_save_every_with_a_callback_gives_exact_images():
+    import styleengine
+
+    seen = []
+    styleengine.stylise(Image.new("RGB", (48, 48)), Image.new("RGB", (48, 48), (0, 0, 255)), size=48, iterations=4,
+                        weights="random", save_every=2, callback=lambda record, current: seen.append(record.iteration))
+    assert {2, 4} <= set(seen)
+
+
+# ------------------------------------------------------------------ D9, D10: a FIFO where a folder belongs
+
+def test_tune_refuses_a_cache_folder_it_cannot_keep_its_record_in_before_timing(tmp_path, monkeypatch, capsys):
+    """STYLEENGINE_CACHE_DIR a FIFO: tune measured for a minute, then said "(File exists)" and exited 0."""
+    from styleengine.engine import autotune
+
+    os.mkfifo(tmp_path / "ff")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "ff"))
+    monkeypatch.setattr(autotune, "measure_candidates", lambda *a, **k: pytest.fail("it measured"))
+    code, _, err = run_cli(monkeypatch, capsys, "tune", "--size", "40", "--weights", "random")
+    assert "it is a FIFO" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("where", ["results_dir", "uploads", "frames"])
+def test_a_fifo_where_a_folder_belongs_is_called_a_fifo_on_every_command(tmp_path, monkeypatch, capsys, where):
+    """`serve --results-dir FIFO` said "Not a directory", a FIFO uploads/ or OUT.frames "it is a file" (probe 9
+    worded check_folder's case only)."""
+    if where == "frames":
+        fast, clip = _video()
+        clip(tmp_path)
+        os.mkfifo(tmp_path / "o.mp4.frames")
+        argv = ["video", tmp_path / "v.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4", *fast]
+    else:
+        root = tmp_path / "srv"
+        if where == "uploads":
+            root.mkdir()
+        os.mkfifo(root / "uploads" if where == "uploads" else root)
+        argv = ["serve", "--results-dir", root, "--weights", "random"]
+    assert "is a FIFO (a named pipe)" in one_error_line(*run_cli(monkeypatch, capsys, *argv)[::2])

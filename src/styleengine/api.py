@@ -19,6 +19,7 @@ from PIL import Image
 from styleengine.engine import images
 from styleengine.engine.settings import TEXTURE_INIT
 from styleengine.engine.stylise import Settings, stylise as run
+from styleengine.model.convention import Convention
 from styleengine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 def settings_of(given: dict[str, Any]) -> Settings:
     """Settings from keyword arguments; an unknown name is a ConfigError naming the closest field."""
     meta_of = {f.name: f.metadata.get("option") for f in dataclasses.fields(Settings)}  # every command's
-    parsed = {}
+    parsed: dict[str, Any] = {}
     for name, value in given.items():  # each read as its flag's text or a jobs file's value is
         if name not in meta_of:
             close = difflib.get_close_matches(name, list(meta_of), n=1)
@@ -35,6 +36,9 @@ def settings_of(given: dict[str, Any]) -> Settings:
             raise ConfigError(f"unknown setting {name!r}{hint}")
         meta, value = meta_of[name], _plain(value)
         if meta is None:  # not a flag's (the convention object)
+            if value is not None and not isinstance(value, Convention):
+                raise ConfigError(f"{name} must be a styleengine.model.convention.Convention (or None), got "
+                                  f"{type(value).__name__}; channel_order, pixel_range, mean and std set its fields")
             parsed[name] = value
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and meta.kind == "numbers":
@@ -73,12 +77,19 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     content, styles: a path, a PIL image, or an (H, W[, 3|4]) numpy array: uint8 is 0-255, float must be
     in [0, 1] (a 0-255 float array is refused, not guessed at). settings: any Settings field by name
     (size=512, iterations=300, weights="imagenet", model="vgg19", style_weight=..., ...); content None
-    synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's.
+    synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's;
+    `current` is the image of the newest record, exact at every save_every-th iteration.
     User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line. Ctrl-C
     raises styleengine.api.Interrupted, a KeyboardInterrupt holding the picture so far in `.image`.
     """
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (record, current), got {type(callback).__name__}")
+    if settings.get("print_every"):  # a command's progress lines: the API prints nothing
+        raise ConfigError("print_every sets how often a command prints its progress; stylise() prints nothing: "
+                          "pass callback=... to follow the run (it gets every iteration's record)")
+    if settings.get("save_every") and callback is None:  # snapshots are a command's files
+        raise ConfigError("save_every makes the callback's image exact at every N-th iteration (a command "
+                          "writes it as a snapshot); without callback=... it does nothing")
     if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
         settings = {**settings, "init": TEXTURE_INIT}
     config = settings_of(settings)

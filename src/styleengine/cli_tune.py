@@ -7,6 +7,7 @@ import sys
 
 from typing import Any
 
+from styleengine import paths
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 
@@ -26,6 +27,8 @@ def _tune(**flags: Any) -> None:
     settings = settings_from(flags, RUN)
     size, model = settings.size, settings.model
     settings.validate()
+    # what tune measures is kept in the cache: a folder that cannot take it is said now, not after the timing
+    paths.check_cache_dir(record_path().parent, "STYLEENGINE_CACHE_DIR")
     console = Console(stderr=True, markup=False)
     console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
                   highlight=False)

@@ -55,7 +55,7 @@ class FrameStore:
             raise ConfigError(f"cannot keep the frames in {self.folder}: it is a symbolic link; remove it or choose "
                               f"another output")
         if self.folder.exists() and not self.folder.is_dir():
-            raise ConfigError(f"cannot keep the frames in {self.folder}: it is a file")
+            raise ConfigError(f"cannot keep the frames in {self.folder}: it {paths.not_a_folder(self.folder)}")
         if record.is_file():
             try:
                 held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")

@@ -428,12 +428,14 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
     writable."""
     named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"cannot use {what} {root}{named}: it is a file")
+        raise ConfigError(f"cannot use {what} {root}{named}: it {not_a_folder(root)}")
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=root)
     except OSError as e:
-        raise ConfigError(f"cannot use {what} {root}{named}: {_reason(e)}") from None
+        in_way = next((p for p in Path(root).parents if os.path.lexists(p) and not p.is_dir()), None)
+        reason = f"{in_way} {not_a_folder(in_way)}" if in_way is not None else _reason(e)  # not "Not a directory"
+        raise ConfigError(f"cannot use {what} {root}{named}: {reason}") from None
     os.close(fd)
     os.unlink(tmp)
 
@@ -459,7 +461,10 @@ def cache_root() -> Path:
     """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder (exports, tuning record)."""
     env = os.environ.get("STYLEENGINE_CACHE_DIR")
     if env:
-        return expand(env)  # an env file or a systemd unit expands no $VARIABLES
+        try:
+            return expand(env)  # an env file or a systemd unit expands no $VARIABLES
+        except ConfigError as e:
+            raise ConfigError(f"STYLEENGINE_CACHE_DIR={e}") from None
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("styleengine"))
