@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from styleengine.choices import BACKENDS, MAX_SIDE
+from styleengine.engine.settings import whole
 from styleengine.errors import ConfigError
 
 # the engine's backends, `naive`: the loop popular implementations run (benchmarks/naive.py), the baseline
@@ -78,16 +79,18 @@ def parse_choices(text: str, allowed: Iterable[str], flag: str) -> list[str]:
 
 
 def parse_resolutions(text: str) -> list[tuple[int, int]]:
-    """'512,1024' or '512x768' -> [(h, w), ...]; each side an integer >= 32."""
+    """'512,1024' or '512x768' (height x width) -> [(h, w), ...]; each side an integer >= 32."""
     out = []
     for item in _items(text, "--res"):
         parts = item.split("x")
         try:
             if len(parts) not in (1, 2):
                 raise ValueError
-            h, w = (int(parts[0]), int(parts[-1]))
-        except ValueError:
-            raise ConfigError(f"--res takes sizes like 512 or 512x768, got {item!r}") from None
+            h, w = (whole(parts[0]), whole(parts[-1]))  # int() took "64_0" as 640
+        except ValueError as e:
+            if str(e) == "out of range":  # digits past 2**63: a side past any picture
+                raise ConfigError(f"--res {item}: the largest side is {MAX_SIDE} px") from None
+            raise ConfigError(f"--res takes sizes like 512 or 512x768 (height x width), got {item!r}") from None
         if min(h, w) < MIN_RESOLUTION:
             raise ConfigError(f"--res {item}: the smallest size is {MIN_RESOLUTION} px (VGG pools 4 times)")
         if max(h, w) > MAX_SIDE:

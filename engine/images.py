@@ -224,7 +224,7 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
         raise ImageError(f"{what}: an image array is (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
     if array.dtype == np.uint8:
         values = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
+    elif array.dtype.kind == "u" and array.dtype.itemsize == 2:  # either byte order (">u2" from a FITS or raw file)
         values = (array.astype(np.float64) / 65535.0).astype(np.float32)
     elif np.issubdtype(array.dtype, np.floating):
         values = array.astype(np.float32)

@@ -52,7 +52,7 @@ def _words(value: Any) -> tuple[str, ...]:
     raise ValueError("not a text or a list of texts")
 
 
-def _whole(value: Any) -> int:
+def whole(value: Any) -> int:
     """An int, or a text of one; never a bool, a fraction or a float (1e20 is a float)."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -102,7 +102,7 @@ def _flag(value: Any) -> bool:
 
 # kind -> (parser, the Python type a flag takes): a list kind is typed as comma-separated text
 KINDS: dict[str, tuple[Callable[[Any], Any], type]] = {
-    "whole": (_whole, int), "real": (_real, float), "word": (_word, str), "words": (_words, str),
+    "whole": (whole, int), "real": (_real, float), "word": (_word, str), "words": (_words, str),
     "numbers": (_numbers, str), "flag": (_flag, bool),
 }
 RUN, TEXTURE, BATCH, VIDEO = "run", "texture", "batch", "video"

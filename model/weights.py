@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -230,9 +231,15 @@ def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> C
 def imagenet_checkpoint(model: str) -> dict[str, torch.Tensor]:
     """torchvision's whole ImageNet checkpoint of `model` (classifier included): downloaded once into the
     torch hub cache, hash-checked."""
+    url = IMAGENET_URLS[model]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     try:
-        return torch.hub.load_state_dict_from_url(IMAGENET_URLS[model], map_location="cpu", check_hash=True,
-                                                  progress=False, weights_only=True)
+        if not cached.is_file():  # torch.hub's loader writes "Downloading: ..." to stderr itself: library code is quiet
+            logger.info("downloading %s ImageNet weights to %s", model, cached)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            digest = torch.hub.HASH_REGEX.search(cached.name)
+            torch.hub.download_url_to_file(url, str(cached), digest.group(1) if digest else None, progress=False)
+        return torch.load(cached, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:  # URLError is an OSError
         raise WeightsError(
             f"cannot download {model} ImageNet weights ({first_line(e)}); pass a local file with --weights PATH "

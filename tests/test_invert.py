@@ -148,12 +148,14 @@ def test_visualize_bad_values_are_one_line(tmp_path, monkeypatch, capsys, vgg16_
     assert code == 1 and len(err.strip().splitlines()) == 1 and match in err, err
 
 
-def test_visualize_reads_the_classifier_of_torchvisions_download(monkeypatch, vgg16_random):
+def test_visualize_reads_the_classifier_of_torchvisions_download(monkeypatch, tmp_path, vgg16_random):
     """--weights imagenet: the classifier of the same hash-checked checkpoint the features come from."""
     small = random_classifier(seed=3, hidden=8, classes=4, pool=1)
     full = {**vgg16_random.state, **{f"classifier.{i}.{p}": t for i, (w, b) in zip((0, 3, 6), small.layers)
                                      for p, t in (("weight", w), ("bias", b))}}
     urls = []
-    monkeypatch.setattr("torch.hub.load_state_dict_from_url", lambda url, **k: urls.append(url) or full)
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("torch.hub.download_url_to_file",
+                        lambda url, dst, hash_prefix=None, progress=True: urls.append(url) or torch.save(full, dst))
     loaded = load_classifier("imagenet", "vgg16")
     assert loaded.classes == 4 and urls == ["https://download.pytorch.org/models/vgg16-397923af.pth"]

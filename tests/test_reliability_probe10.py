@@ -223,3 +223,27 @@ def test_a_fifo_where_a_folder_belongs_is_called_a_fifo_on_every_command(tmp_pat
         os.mkfifo(root / "uploads" if where == "uploads" else root)
         argv = ["serve", "--results-dir", root, "--weights", "random"]
     assert "is a FIFO (a named pipe)" in one_error_line(*run_cli(monkeypatch, capsys, *argv)[::2])
+
+
+# ------------------------------------------------------------------ minor: numbers and arrays
+
+@pytest.mark.parametrize("argv, says", [(["run", "c.png", "s.png", "-o", "o.png", "--size", "4_0", "--weights",
+                                          "random"], "'4_0'"),
+                                        (["bench", "--res", "6_4"], "--res takes sizes like 512")])
+def test_a_whole_number_with_an_underscore_is_refused_as_a_jobs_file_refuses_it(tmp_path, monkeypatch, capsys,
+                                                                                 argv, says):
+    """`--size 64_0` ran at 640 px (click's int() reads Python's digit separators); the serve form refused it."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert says in one_error_line(*run_cli(monkeypatch, capsys, *argv)[::2])
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_big_endian_uint16_array_is_read_as_a_native_one():
+    """">u2" was refused ("got >u2") where big-endian floats were taken."""
+    import numpy as np
+
+    from styleengine.engine.images import from_picture
+
+    native = np.arange(40 * 40 * 3, dtype=np.uint16).reshape(40, 40, 3) * 7
+    assert np.array_equal(from_picture(native.astype(">u2"), "x"), from_picture(native, "x"))

@@ -265,45 +265,57 @@ def test_torchstep_preprocessing_equals_formula(vgg16_random, make_image, conven
 # --- imagenet via torch.hub, never the network
 
 
-def test_imagenet_offline_is_one_line_error(monkeypatch):
-    calls = []
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """torch.hub's folder in tmp_path, and its download replaced: `hub.answer(url, dst, hash_prefix)` (a stand-in
+    set by the test) writes the file or raises; the calls are kept."""
+    class Hub:
+        calls: list = []
+        answer = None
 
-    def offline(url, *args, **kwargs):
-        calls.append(url)
+    def download(url, dst, hash_prefix=None, progress=True):
+        Hub.calls.append({"url": url, "hash_prefix": hash_prefix, "progress": progress})
+        Hub.answer(url, dst, hash_prefix)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return Hub
+
+
+def test_imagenet_offline_is_one_line_error(hub):
+    def offline(url, dst, hash_prefix):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    hub.answer = offline
     with pytest.raises(WeightsError) as info:
         load_weights("vgg19", "imagenet")
     msg = str(info.value)
     assert "\n" not in msg
     assert "--weights" in msg and "vgg19" in msg
-    assert calls == [weights_mod.IMAGENET_URLS["vgg19"]]
+    assert [c["url"] for c in hub.calls] == [weights_mod.IMAGENET_URLS["vgg19"]]
 
 
-def test_imagenet_hash_mismatch_is_weights_error(monkeypatch):
-    def bad_hash(url, *args, **kwargs):
+def test_imagenet_hash_mismatch_is_weights_error(hub):
+    def bad_hash(url, dst, hash_prefix):
         raise RuntimeError('invalid hash value (expected "dcbb9e9d", got "0000")\nmore')
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", bad_hash)
+    hub.answer = bad_hash
     with pytest.raises(WeightsError, match="invalid hash") as info:
         load_weights("vgg19", "imagenet")
     assert "\n" not in str(info.value)
 
 
-def test_imagenet_checks_hash_and_convention(monkeypatch, vgg16_random):
-    seen = {}
-
-    def fake(url, *args, **kwargs):
-        seen.update(kwargs, url=url)
-        return {**vgg16_random.state, "classifier.0.weight": torch.zeros(2, 2)}
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+def test_imagenet_checks_hash_and_convention_and_prints_nothing(hub, vgg16_random, capfd):
+    """torch.hub's loader wrote "Downloading: ..." to stderr (library code never prints): the download is ours,
+    with the checkpoint's hash prefix checked, quiet, loaded weights-only; a second load reads the cached file."""
+    hub.answer = lambda url, dst, hash_prefix: torch.save(
+        {**vgg16_random.state, "classifier.0.weight": torch.zeros(2, 2)}, dst)
     w = load_weights("vgg16", "imagenet")
-    assert seen["url"].endswith("vgg16-397923af.pth")
-    assert seen.get("check_hash") is True and seen.get("weights_only") is True
+    assert hub.calls == [{"url": weights_mod.IMAGENET_URLS["vgg16"], "hash_prefix": "397923af", "progress": False}]
     assert w.convention == TORCHVISION and w.source == "imagenet" and w.sha256 == "397923af"
     assert set(w.state) == set(vgg16_random.state)
+    assert load_weights("vgg16", "imagenet").sha256 == "397923af" and len(hub.calls) == 1
+    assert capfd.readouterr().err == ""
 
 
 # --- random

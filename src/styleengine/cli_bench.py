@@ -97,7 +97,7 @@ def _command_line(**values) -> str:
 
 
 def bench(
-    res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768.")
+    res: Annotated[str, typer.Option("--res", help="Comma-separated sizes: 512 (square) or 512x768 (height x width).")
                    ] = DEFAULT_RES,
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated: naive (the plain PyTorch loop "
                                                            "popular implementations run: the baseline), auto (what "
