@@ -91,7 +91,7 @@ def run(height: int, width: int, methods: list[str], loop: int, rounds: int) -> 
             t0 = time.perf_counter()
             steps[name](image)
             return time.perf_counter() - t0
-        records = optimise(steps[name], image, iterations=loop + 1, history=LOOP_HISTORY).records
+        records = optimise(steps[name], image, iterations=loop + 1, history=LOOP_HISTORY).finished().records
         return statistics.median(r.seconds for r in records[1:])
 
     for name in methods:

@@ -68,6 +68,14 @@ class Result:
     distances: Any = None  # engine.quality.Distances of `image`, where the caller measured them
     auto: tuple[str, ...] = ()  # what auto's race (engine/race.py) picked at each size class, one line each
 
+    def finished(self) -> "Result":
+        """This result, for a caller whose loop is one part of a larger task (a look check, a timed turn): a
+        Ctrl-C or SIGTERM the loop caught is raised again, so it ends that task too (tune saved a verdict from
+        a check cut short, and exited 0)."""
+        if self.stopped == "interrupted":
+            raise KeyboardInterrupt
+        return self
+
 
 def lbfgs_grad_scale(grad: torch.Tensor) -> torch.Tensor:
     """The constant L-BFGS's gradients are multiplied by, fixed at the first evaluation (on the device; one

@@ -307,7 +307,8 @@ def look_check(candidate, reference, precision: str, settings: Settings, loss) -
     got = []
     ref_targets = ends[0][2]
     for _, _, _, step in ends:
-        result = optimise(step, content.clone(), iterations=LOOK_ITERS, max_step=settings.lbfgs_max_step or None)
+        result = optimise(step, content.clone(), iterations=LOOK_ITERS,
+                          max_step=settings.lbfgs_max_step or None).finished()
         got.append(distances(reference, result.image.to(torch.float32), ref_targets, loss))
     ref, cand = got
     for name in ("style", "content"):
