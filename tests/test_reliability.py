@@ -523,14 +523,18 @@ def test_trace_on_a_full_disk_is_a_warning_and_the_image_is_written(tmp_path, mo
 
 
 def test_snapshot_on_a_full_disk_is_a_warning_and_the_image_is_written(tmp_path, monkeypatch, capsys, pics):
+    import contextlib
+
     real = paths.temp_beside
 
-    def full(path):
-        if not Path(path).name.startswith("out_"):  # the snapshots, not the final image
-            return real(path)
-        fd, name = real(path)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), name
+    @contextlib.contextmanager
+    def full(path, dir_fd=None):
+        with real(path, dir_fd) as (fd, name):
+            if not Path(path).name.startswith("out_"):  # the snapshots, not the final image
+                yield fd, name
+                return
+            os.close(fd)
+            yield os.open("/dev/full", os.O_WRONLY), name
 
     monkeypatch.setattr(paths, "temp_beside", full)
     out = tmp_path / "out.png"

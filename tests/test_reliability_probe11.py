@@ -39,3 +39,91 @@ def test_a_signal_during_the_look_check_ends_it_never_a_verdict(vgg16_random):
 
     with pytest.raises(KeyboardInterrupt):
         trial_mod.look_check(Stopped(bf16), reference, "bf16", settings, loss)
+
+
+# ------------------------------------------------------------------ D3: an export killed mid-way
+
+def test_an_export_removes_staging_folders_no_live_export_owns(tmp_path, monkeypatch, capsys):
+    """SIGKILL during `export` left `.styleengine-export-XXXX/` (up to 135 MB) beside the output for good (7 of 10
+    kills at 2.4-4.6 s); the next export now removes those whose owner is gone, and keeps a live one's."""
+    import os
+    import time
+
+    from styleengine import paths
+    from styleengine.cli_export import OWNER_LOCK, STAGING_PREFIX, UNOWNED_AGE_S
+
+    try:
+        from test_cli import run_cli
+        from test_cli_export import NO_CHECK
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_cli_export import NO_CHECK
+
+    dead, live, lockless, young = (tmp_path / f"{STAGING_PREFIX}{name}" for name in ("dead", "live", "nolock", "new"))
+    for folder in (dead, live, lockless, young):
+        folder.mkdir()
+        (folder / "step.onnx").write_bytes(b"x" * 1000)
+    for folder in (dead, live):
+        (folder / OWNER_LOCK).touch()
+    old = time.time() - UNOWNED_AGE_S - 10
+    os.utime(lockless, (old, old))
+    with paths.lock_file(live / OWNER_LOCK) as held:  # another export, still running
+        assert paths.try_lock(held, blocking=False)
+        code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "out", *NO_CHECK)
+        assert code == 0, err
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX))
+    assert left == sorted([live.name, young.name])
+    assert (tmp_path / "out" / "step.onnx").is_file()
+
+
+# ------------------------------------------------------------------ D4: a signal once the command has returned
+
+def test_a_signal_after_the_command_returned_leaves_its_exit_code(monkeypatch, capsys):
+    """A signal right after `export` printed "wrote ..." (or `batch` its summary) made the process exit
+    130/129/143 with no message, the work complete: it landed in the interpreter's way out."""
+    import os
+    import signal
+
+    from styleengine import cli
+
+    def finished(standalone_mode):
+        return None  # the command's work is done
+
+    def and_then_a_signal():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "app", finished)
+    monkeypatch.setattr(cli.sys, "exit", lambda code: and_then_a_signal() if code == 0 else pytest.fail(code))
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 0 and capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ D5: a signal as a temp file is made
+
+@pytest.mark.parametrize("use", ["check_writable", "atomic_write", "check_cache_dir", "folds_names"])
+def test_a_signal_as_the_temp_file_is_opened_leaves_no_file(tmp_path, monkeypatch, use):
+    """SIGTERM during batch's set-up left an empty `.j06.png.194c9b87.tmp` in --out, and the rerun kept it: the
+    signal came between the temp file's open and the `try` that removes it (check_writable; atomic_writer,
+    confined_writer, folds_names and the cache folder's write test had the same gap)."""
+    import os
+
+    from styleengine import paths
+
+    real_open = os.open
+
+    def open_then_signal(name, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(name, flags, mode, dir_fd=dir_fd)
+        if flags & os.O_EXCL:  # the temp file made, its descriptor not yet handed back
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_signal)
+    call = {"check_writable": lambda: paths.check_writable(tmp_path / "j06.png", "image"),
+            "atomic_write": lambda: paths.atomic_write(tmp_path / "j06.png", b"x"),
+            "check_cache_dir": lambda: paths.check_cache_dir(tmp_path),
+            "folds_names": lambda: paths.folds_names(tmp_path)}[use]
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    assert list(tmp_path.iterdir()) == []

@@ -206,6 +206,12 @@ class _Signals:
             raise KeyboardInterrupt
         self._forward = to
 
+    def finish(self) -> None:
+        """The command has returned: a signal from now on stops nothing that is left, so it is not raised (a
+        KeyboardInterrupt in the interpreter's exit made a finished export or batch exit 130/143 silently)."""
+        self._stop_alarm()
+        self._forward = lambda signum, frame: None
+
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):
         """Signals arriving inside are remembered, not raised: a result being written is not cut short.
@@ -268,6 +274,7 @@ def _stopped() -> None:
 def _main() -> None:
     try:
         code = app(standalone_mode=False)
+        signals.finish()
     except KeyboardInterrupt:
         _stopped()
     except UserError as e:

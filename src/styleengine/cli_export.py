@@ -49,6 +49,31 @@ def _writable_folder(output: Path) -> None:
         raise ConfigError(f"cannot write into {where}: {e.strerror or e}") from e
 
 
+STAGING_PREFIX = ".styleengine-export-"  # an export is built in such a folder beside its output, then moved in
+OWNER_LOCK = ".owner.lock"  # inside it, locked by the exporting process for as long as it lives
+UNOWNED_AGE_S = 60  # a staging folder without its lock (killed before taking it) is abandoned after this
+
+
+def _remove_abandoned(parent: Path) -> None:
+    """Remove the staging folders in `parent` that no live export owns (a SIGKILL or a power cut left up to
+    135 MB there, and every later export left them)."""
+    import time
+
+    for staging in parent.glob(f"{STAGING_PREFIX}*"):
+        if staging.is_symlink() or not staging.is_dir():
+            continue  # not a folder of ours
+        lock = staging / OWNER_LOCK
+        try:
+            if not os.path.lexists(lock):  # killed before it took the lock, or about to take it: its age tells
+                raise FileNotFoundError(lock)
+            with os.fdopen(paths.open_regular(lock, os.O_RDWR), "a+b") as f:
+                abandoned = paths.try_lock(f, blocking=False)
+        except OSError:  # no lock, or one that is no file of ours
+            abandoned = time.time() - staging.stat().st_mtime > UNOWNED_AGE_S
+        if abandoned:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def _existing(output: Path, names: tuple[str, ...], force: bool) -> None:
     """ConfigError if `output` already holds any of `names` and --force was not given."""
     found = [n for n in names if os.path.lexists(output / n)] if output.is_dir() else []
@@ -65,6 +90,7 @@ def _publish(staging: Path, output: Path, names: tuple[str, ...]) -> None:
     """Move the staged files into `output`, the manifest (the last of `names`) last. Call it with signals
     held (the caller decides what a signal that arrived meanwhile means)."""
     if not output.exists():
+        (staging / OWNER_LOCK).unlink(missing_ok=True)  # the export's own lock is no file of the user's folder
         os.replace(staging, output)  # one rename: the whole folder appears at once
         return
     for name in names:
@@ -141,7 +167,11 @@ def export(
     console = Console(stderr=True, markup=False)
     # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
     # never read by setting it, which changed it for every thread meanwhile)
-    staging = paths.fresh_folder(output if output.is_dir() else output.parent, ".styleengine-export-")
+    parent = output if output.is_dir() else output.parent
+    _remove_abandoned(parent)
+    staging = paths.fresh_folder(parent, STAGING_PREFIX)
+    owner = paths.lock_file(staging / OWNER_LOCK)  # held while this process lives: the next export sees it
+    paths.try_lock(owner, blocking=False)
     try:
         try:
             written = write_export(w, spec, staging)
@@ -168,6 +198,7 @@ def export(
         _existing(output, names, force)  # a file that appeared meanwhile is the user's too
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        owner.close()
         raise
     # from here the export is as good as done: a signal is held, and only reported (exit 0)
     with signals.shielded(deliver=False):
@@ -177,6 +208,7 @@ def export(
             raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            owner.close()
         if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
             console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
         meta = json.loads((output / "export.json").read_text())

@@ -234,33 +234,45 @@ def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def temp_beside(path: Path) -> tuple[int, str]:
-    """(fd, name) of a new temp file in `path`'s folder, named `.NAME.XXXXXXXX.tmp`: an atomic write's first half.
+@contextlib.contextmanager
+def temp_beside(path: Path, dir_fd: int | None = None) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a new temp file in `path`'s folder, named `.NAME.XXXXXXXX.tmp` (relative to `dir_fd` when
+    given, opened there without following a link), for the block: an atomic write's first half. The file is gone
+    after the block unless the block renamed it away; its name is chosen before the open (O_EXCL makes a file by
+    it ours), so a signal at any point, the open's return included, leaves none behind.
 
     Made with mode 0666 less the umask, as open() makes a file: the kernel applies the umask (mkstemp's
     0600 needed a chmod from the umask, read by setting it, which changed it for every thread meanwhile)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(tempfile.TMP_MAX):
-        name = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(name, flags, 0o666), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+    if dir_fd is not None:
+        flags |= os.O_NOFOLLOW
+    name: str | None = None
+    try:
+        for _ in range(tempfile.TMP_MAX):
+            base = f".{path.name}.{secrets.token_hex(4)}.tmp"
+            name = base if dir_fd is not None else os.path.join(path.parent, base)
+            try:
+                fd = os.open(name, flags, 0o666, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                name = None  # another's file: never removed
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
+        yield fd, name
+    finally:
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
 
 
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
     and the temp file is gone."""
-    fd, tmp = temp_beside(Path(path))
-    try:
+    with temp_beside(Path(path)) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # POSIX: rename replaces as os.replace does (which supports_dir_fd does not list, though it takes dir fds)
@@ -324,24 +336,10 @@ def confined_writer(path: Path, root: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     fd = open_confined_folder(path.parent, root)
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        for _ in range(tempfile.TMP_MAX):
-            tmp = f".{path.name}.{secrets.token_hex(4)}.tmp"
-            try:
-                out = os.open(tmp, flags, 0o666, dir_fd=fd)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
-        try:
+        with temp_beside(path, dir_fd=fd) as (out, tmp):
             with os.fdopen(out, "wb") as f:
                 yield f
             os.rename(tmp, path.name, src_dir_fd=fd, dst_dir_fd=fd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=fd)
-            raise
     finally:
         os.close(fd)
 
@@ -365,16 +363,13 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
     if path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
     try:
-        fd, tmp = temp_beside(path)
+        with temp_beside(path) as (fd, _):  # made and removed: a signal at any point leaves no file
+            os.close(fd)
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
             raise error(f"cannot write {what} {path}: the name is too long ({len(path.name)} characters, "
                         f"{len(path.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)") from None
         raise error(f"cannot write {what} {path}: cannot create files in {folder} ({_reason(e)})") from None
-    try:  # a signal between the two must not leave the probe's file behind
-        os.close(fd)
-    finally:
-        os.unlink(tmp)
     if path.exists() and not os.access(path, os.W_OK):
         raise error(f"cannot write {what} {path}: the file is read-only")
 
@@ -406,14 +401,11 @@ def folds_names(folder: Path) -> bool:
     by default; they fold Unicode normalisation too): a lower-case temp file looked up in upper case. False if
     the folder cannot be written (the write will say so)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".styleengine-case-", dir=folder)
+        with temp_beside(Path(folder) / "styleengine-case") as (fd, name):
+            os.close(fd)
+            return os.path.exists(os.path.join(os.path.dirname(name), os.path.basename(name).upper()))
     except OSError:
         return False
-    os.close(fd)
-    try:
-        return os.path.exists(os.path.join(os.path.dirname(name), os.path.basename(name).upper()))
-    finally:
-        os.unlink(name)
 
 
 def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None:
@@ -431,13 +423,12 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
         raise ConfigError(f"cannot use {what} {root}{named}: it {not_a_folder(root)}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=root)
+        with temp_beside(root / "write-test") as (fd, _):  # made and removed: a signal leaves no file
+            os.close(fd)
     except OSError as e:
         in_way = next((p for p in Path(root).parents if os.path.lexists(p) and not p.is_dir()), None)
         reason = f"{in_way} {not_a_folder(in_way)}" if in_way is not None else _reason(e)  # not "Not a directory"
         raise ConfigError(f"cannot use {what} {root}{named}: {reason}") from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 def image_shape(path: Path) -> tuple[int, int] | None:
