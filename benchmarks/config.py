@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from styleengine.choices import BACKENDS, MAX_SIDE
-from styleengine.engine.settings import whole
+from styleengine.engine.settings import OutOfRange, whole
 from styleengine.errors import ConfigError
 
 # the engine's backends, `naive`: the loop popular implementations run (benchmarks/naive.py), the baseline
@@ -87,9 +87,9 @@ def parse_resolutions(text: str) -> list[tuple[int, int]]:
             if len(parts) not in (1, 2):
                 raise ValueError
             h, w = (whole(parts[0]), whole(parts[-1]))  # int() took "64_0" as 640
-        except ValueError as e:
-            if str(e) == "out of range":  # digits past 2**63: a side past any picture
-                raise ConfigError(f"--res {item}: the largest side is {MAX_SIDE} px") from None
+        except OutOfRange:  # digits past 2**63: a side past any picture
+            raise ConfigError(f"--res {item}: the largest side is {MAX_SIDE} px") from None
+        except ValueError:
             raise ConfigError(f"--res takes sizes like 512 or 512x768 (height x width), got {item!r}") from None
         if min(h, w) < MIN_RESOLUTION:
             raise ConfigError(f"--res {item}: the smallest size is {MIN_RESOLUTION} px (VGG pools 4 times)")

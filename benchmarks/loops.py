@@ -26,12 +26,12 @@ def time_engine_loop(step, image, iterations: int, warmup: int, dog, sync, after
 
     if warmup:
         dog.start_phase("loop warm-up", max(2, warmup) * 3.0)
-        optimise(step, image, iterations=max(2, warmup), history=LOOP_HISTORY)
+        optimise(step, image, iterations=max(2, warmup), history=LOOP_HISTORY).finished()  # Ctrl-C ends the bench
         sync()
         dog.end_phase()
     after_warmup()
     dog.start_phase(f"{iterations} loop iterations", iterations)
-    result = optimise(step, image, iterations=iterations, history=LOOP_HISTORY)
+    result = optimise(step, image, iterations=iterations, history=LOOP_HISTORY).finished()
     sync()
     dog.end_phase()
     if result.stopped:

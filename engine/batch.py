@@ -31,7 +31,7 @@ from styleengine import paths
 from styleengine.engine import images, masks as spatial
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
-                                     iter_jobs, load_jobs, outside, pair_jobs, settings_inputs)
+                                     iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonable, file_digest,  # noqa: F401
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
@@ -104,9 +104,7 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
                 scales = run_plan.to_json()["scales"]
             digest = settings_hash(job, settings, digests, scales)
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
-            reason = first_line(e)
-            planned.append(Planned(job, None, None, "failed", f"{job.where}: {reason}" if job.where and
-                                   not reason.startswith(job.where) else reason))
+            planned.append(Planned(job, None, None, "failed", located(job.where, first_line(e))))
             continue
         except OSError as e:
             planned.append(Planned(job, None, None, "failed",

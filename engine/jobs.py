@@ -96,7 +96,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, blank_is_absent:
             parsed = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
-        if parsed is not None:  # an optional setting's blank ("lr": ""): the batch's value, as if not given
+        if parsed is not None:  # an optional setting parsed to none: the batch's value, as if not given
             values[name] = parsed
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
@@ -193,14 +193,17 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
                folders)
 
 
+def located(where: str, message: str) -> str:
+    """`message` said at `where` ("FILE line N"), unless it already says so or there is no such place."""
+    return f"{where}: {message}" if where and not message.startswith(where) else message
+
+
 def _located(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row: bool = False) -> Job:
     """_job, every ConfigError naming the line (those of the path helpers, an unset $VARIABLE, too)."""
     try:
         return _job(raw, where, base_dir, out_dir, csv_row)
     except ConfigError as e:
-        if str(e).startswith(where):
-            raise
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(located(where, str(e))) from None
 
 
 def _utf8(text: str, where: str) -> None:

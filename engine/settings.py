@@ -52,18 +52,22 @@ def _words(value: Any) -> tuple[str, ...]:
     raise ValueError("not a text or a list of texts")
 
 
+class OutOfRange(ValueError):
+    """A whole number past 2**63: past any setting's range, which the setting's own check words better."""
+
+
 def whole(value: Any) -> int:
     """An int, or a text of one; never a bool, a fraction or a float (1e20 is a float)."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         if len(value.strip().lstrip("+-").lstrip("0")) > 19:  # past 2**63; int() refuses 4300 digits itself
-            raise ValueError("out of range")
+            raise OutOfRange("out of range")
         number = int(value)
     else:
         raise ValueError("not a whole number")
     if abs(number) >= 2**63:
-        raise ValueError("out of range")
+        raise OutOfRange("out of range")
     return number
 
 

@@ -59,20 +59,22 @@ def test_an_export_removes_staging_folders_no_live_export_owns(tmp_path, monkeyp
         from tests.test_cli import run_cli
         from tests.test_cli_export import NO_CHECK
 
-    dead, live, lockless, young = (tmp_path / f"{STAGING_PREFIX}{name}" for name in ("dead", "live", "nolock", "new"))
-    for folder in (dead, live, lockless, young):
+    dead, live, lockless, young, starting = (tmp_path / f"{STAGING_PREFIX}{name}"
+                                             for name in ("dead", "live", "nolock", "new", "starting"))
+    for folder in (dead, live, lockless, young, starting):
         folder.mkdir()
         (folder / "step.onnx").write_bytes(b"x" * 1000)
-    for folder in (dead, live):
+    for folder in (dead, live, starting):  # starting: its lock made, not taken yet (a live export's first moment)
         (folder / OWNER_LOCK).touch()
     old = time.time() - UNOWNED_AGE_S - 10
-    os.utime(lockless, (old, old))
+    for folder in (dead, live, lockless):
+        os.utime(folder, (old, old))
     with paths.lock_file(live / OWNER_LOCK) as held:  # another export, still running
         assert paths.try_lock(held, blocking=False)
         code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "out", *NO_CHECK)
         assert code == 0, err
         left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX))
-    assert left == sorted([live.name, young.name])
+    assert left == sorted([live.name, young.name, starting.name])
     assert (tmp_path / "out" / "step.onnx").is_file()
 
 
@@ -127,3 +129,19 @@ def test_a_signal_as_the_temp_file_is_opened_leaves_no_file(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_once_the_command_returned_the_way_out_ignores_signals(monkeypatch):
+    """finish() covered the moment before sys.exit only: leaving `installed` put Python's handlers back, so a
+    SIGTERM in the interpreter's shutdown still exited 143 silently (review)."""
+    import signal
+
+    from styleengine.cli import signals
+
+    with signals.installed(exiting=True):
+        signals.finish()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -84,12 +84,13 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     """
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (record, current), got {type(callback).__name__}")
+    # taken (a command's settings passed through stay valid), but said: they do nothing here
     if settings.get("print_every"):  # a command's progress lines: the API prints nothing
-        raise ConfigError("print_every sets how often a command prints its progress; stylise() prints nothing: "
-                          "pass callback=... to follow the run (it gets every iteration's record)")
+        logger.warning("print_every is ignored: stylise() prints nothing; pass callback=... to follow the run "
+                       "(it gets every iteration's record)")
     if settings.get("save_every") and callback is None:  # snapshots are a command's files
-        raise ConfigError("save_every makes the callback's image exact at every N-th iteration (a command "
-                          "writes it as a snapshot); without callback=... it does nothing")
+        logger.warning("save_every is ignored without callback=...: it makes the callback's image exact at every "
+                       "N-th iteration (a command writes it as a snapshot)")
     if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
         settings = {**settings, "init": TEXTURE_INIT}
     config = settings_of(settings)

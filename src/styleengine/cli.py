@@ -144,6 +144,7 @@ class _Signals:
         self._held = False  # a signal arrived while shielded and has not been raised yet
         self._alarm: Any = None  # SIGALRM's handler before a signal was put off (None: not put off)
         self._forward: Any = None  # hand_over's handler: signals go there instead
+        self._finished = False  # the command has returned (finish)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._forward is not None:
@@ -187,14 +188,15 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.received, self.reported, self._held, self._forward = None, False, False, None
+        self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
         previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
         try:
             yield
         finally:
             self._stop_alarm()
             for s, handler in previous.items():
-                signal.signal(s, signal.SIG_IGN if exiting and self.received is not None else handler)
+                ended = self.received is not None or self._finished  # nothing left for a signal to stop
+                signal.signal(s, signal.SIG_IGN if exiting and ended else handler)
 
     def hand_over(self, to: Any) -> None:
         """Before another library takes the signals (serve: uvicorn's): a signal put off during an import is
@@ -211,6 +213,7 @@ class _Signals:
         KeyboardInterrupt in the interpreter's exit made a finished export or batch exit 130/143 silently)."""
         self._stop_alarm()
         self._forward = lambda signum, frame: None
+        self._finished = True
 
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):
@@ -249,6 +252,7 @@ signals = _Signals()
 
 
 def _fail(error: UserError) -> None:
+    signals.finish()  # the command is over: a signal now would only lose this line
     print(f"error: {first_line(error)}", file=sys.stderr)
     sys.exit(1)
 

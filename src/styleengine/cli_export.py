@@ -12,6 +12,7 @@ so it exits 0.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from styleengine.errors import ConfigError, ExportValidationError, UserError
 from styleengine.engine.losses import LossConfig
 
 _DEFAULT = LossConfig()
+logger = logging.getLogger(__name__)
 
 
 def _layers(name: str, value: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
@@ -51,7 +53,9 @@ def _writable_folder(output: Path) -> None:
 
 STAGING_PREFIX = ".styleengine-export-"  # an export is built in such a folder beside its output, then moved in
 OWNER_LOCK = ".owner.lock"  # inside it, locked by the exporting process for as long as it lives
-UNOWNED_AGE_S = 60  # a staging folder without its lock (killed before taking it) is abandoned after this
+# a staging folder is abandoned once its lock can be taken and it is this old (a live export makes the lock file,
+# then takes it: a moment in which the lock is free), or, without a lock (killed before making it), this old
+OWNED_AGE_S, UNOWNED_AGE_S = 10, 60
 
 
 def _remove_abandoned(parent: Path) -> None:
@@ -60,17 +64,22 @@ def _remove_abandoned(parent: Path) -> None:
     import time
 
     for staging in parent.glob(f"{STAGING_PREFIX}*"):
-        if staging.is_symlink() or not staging.is_dir():
-            continue  # not a folder of ours
         lock = staging / OWNER_LOCK
         try:
-            if not os.path.lexists(lock):  # killed before it took the lock, or about to take it: its age tells
-                raise FileNotFoundError(lock)
-            with os.fdopen(paths.open_regular(lock, os.O_RDWR), "a+b") as f:
-                abandoned = paths.try_lock(f, blocking=False)
-        except OSError:  # no lock, or one that is no file of ours
-            abandoned = time.time() - staging.stat().st_mtime > UNOWNED_AGE_S
+            if staging.is_symlink() or not staging.is_dir():
+                continue  # not a folder of ours
+            age = time.time() - staging.stat().st_mtime
+            if not os.path.lexists(lock):  # killed before it made the lock, or about to make it
+                abandoned = age > UNOWNED_AGE_S
+            else:
+                with os.fdopen(paths.open_regular(lock, os.O_RDWR), "a+b") as f:
+                    abandoned = age > OWNED_AGE_S and paths.try_lock(f, blocking=False)
+        except FileNotFoundError:  # another export removed it meanwhile
+            continue
+        except OSError:  # a lock that is no file of ours: only its age tells
+            abandoned = time.time() - staging.lstat().st_mtime > UNOWNED_AGE_S
         if abandoned:
+            logger.info("removing %s, left by an export that did not finish", staging)
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -170,9 +179,10 @@ def export(
     parent = output if output.is_dir() else output.parent
     _remove_abandoned(parent)
     staging = paths.fresh_folder(parent, STAGING_PREFIX)
-    owner = paths.lock_file(staging / OWNER_LOCK)  # held while this process lives: the next export sees it
-    paths.try_lock(owner, blocking=False)
+    owner = None
     try:
+        owner = paths.lock_file(staging / OWNER_LOCK)  # held while this process lives: the next export sees it
+        paths.try_lock(owner, blocking=False)
         try:
             written = write_export(w, spec, staging)
         except OSError as e:
@@ -198,7 +208,8 @@ def export(
         _existing(output, names, force)  # a file that appeared meanwhile is the user's too
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        owner.close()
+        if owner is not None:
+            owner.close()
         raise
     # from here the export is as good as done: a signal is held, and only reported (exit 0)
     with signals.shielded(deliver=False):
@@ -208,7 +219,8 @@ def export(
             raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            owner.close()
+            if owner is not None:
+                owner.close()
         if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
             console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
         meta = json.loads((output / "export.json").read_text())

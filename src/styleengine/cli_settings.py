@@ -19,7 +19,7 @@ from typer._click.core import ParameterSource
 
 from styleengine import paths
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, options
+from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, OutOfRange, Settings, options
 from styleengine.errors import ConfigError
 
 
@@ -63,9 +63,11 @@ def _whole_flag(text: str) -> int:
     """A whole-number flag read as a jobs file's value is: click's int() took `--size 64_0` as 640."""
     try:
         return KINDS["whole"][0](text)
-    except ValueError as e:
-        if str(e) == "out of range" and len(text) < 4000:  # the setting's own check says what its range is
+    except OutOfRange:
+        if len(text) < 4000:  # the setting's own check says what its range is (int() takes 4300 digits)
             return int(text)
+        raise typer.BadParameter(f"{text[:20]!r}...: out of range") from None
+    except ValueError as e:
         raise typer.BadParameter(f"{text!r}: {e}") from None
 
 
@@ -86,6 +88,14 @@ def parse_list(name: str, meta: Option, value: Any) -> Any:
                           f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
 
 
+def _expanded(name: str, meta: Option, text: str) -> str:
+    """paths.expand_text, an unset $VARIABLE said with its flag."""
+    try:
+        return paths.expand_text(text)
+    except ConfigError as e:
+        raise ConfigError(f"{flag(name, meta)} {e}") from None
+
+
 def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None, **fixed: Any) -> Settings:
     """Settings from the generated flags' values (other keys are ignored): comma lists split, a path setting's
     value that is not one of its words, and each of a list of files, expanded (`--weights=~/w.pth`: no shell
@@ -103,9 +113,9 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
         if meta.kind in ("words", "numbers") and value is not None:
             value = parse_list(name, meta, value)
             if meta.files and value:
-                value = tuple(paths.expand_text(v) for v in value)
+                value = tuple(_expanded(name, meta, v) for v in value)
         elif meta.words and value not in meta.words and value != TEXTURE_INIT:
-            value = paths.expand_text(value)
+            value = _expanded(name, meta, value)
         values[name] = value
     if recipe is not None:
         values = recipe_values(recipe, values)

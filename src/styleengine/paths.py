@@ -58,23 +58,29 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
     def parse(text: str) -> Path:
         if not str(text).strip():
             raise ConfigError(f"{flag} is empty; name {wanted}")
-        path = expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
+        try:
+            path = expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
+        except ConfigError as e:
+            raise ConfigError(f"{flag} {e}") from None
         check_name(path, flag)  # 300 bytes or a NUL: one line here, not an OSError from the first os call
         return path
     return parse
 
 
-_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+# what a shell would take for a variable: $NAME or ${NAME} (not `$5`, `$é` or `${X:-default}`, which expandvars
+# leaves alone and a file name may hold)
+_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})", re.ASCII)
 
 
 def expand_text(path: str | os.PathLike) -> str:
     """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file.
-    ConfigError for a variable that is not set (left as it was, `$NOPE/x.png` made a folder named `$NOPE`)."""
+    ConfigError for a variable that is not set (left as it was, `$NOPE/x.png` made a folder named `$NOPE`),
+    unless a file by that literal name exists."""
     text = os.fspath(path)
     expanded = os.path.expandvars(os.path.expanduser(text))
     left = _VARIABLE.search(expanded)
-    if left is not None and left.group(0) in text:
-        raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set")
+    if left is not None and left.group(0) in text and not os.path.lexists(expanded):
+        raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set (a file by that name does not exist)")
     return expanded
 
 

@@ -124,14 +124,14 @@ def over_limits(settings: Settings, max_size: int, max_iters: int, flags: bool =
     def limit(flag: str) -> str:
         return f"is over {flag}" if flags else "is over this server's limit of"
 
-    # asked before validate (a size over the limit says so, not "must be at most 65536"): a style scale that is
-    # no number is validate's to refuse
-    scale = settings.style_scale if math.isfinite(settings.style_scale) and settings.style_scale > 0 else 1.0
-    side = max(settings.size, round(settings.size * scale))
-    if side > max_size:
-        what = (f"{name('size')} {settings.size}" if side == settings.size else
-                f"{name('size')} {settings.size} x {name('style_scale')} {settings.style_scale:g} ({side} px)")
-        return f"{what} {limit('--max-size')} {max_size} px"
+    # asked before validate (a size over the limit says so, not "must be at most 65536"); a style scale that is
+    # no finite number is validate's to refuse, and the product stays a float (1e308 overflowed round())
+    if settings.size > max_size:
+        return f"{name('size')} {settings.size} {limit('--max-size')} {max_size} px"
+    scale = settings.style_scale if math.isfinite(settings.style_scale) else 1.0
+    if scale > 1 and settings.size * scale > max_size:
+        return (f"{name('size')} {settings.size} x {name('style_scale')} {scale:g} ({settings.size * scale:g} px) "
+                f"{limit('--max-size')} {max_size} px")
     most = max(iterations for _, iterations in settings.scale_plan())
     if most > max_iters:
         what = (f"{name('iters')} {settings.iterations}" if most == settings.iterations else
