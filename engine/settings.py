@@ -60,7 +60,7 @@ def whole(value: Any) -> int:
     """An int, or a text of one; never a bool, a fraction or a float (1e20 is a float)."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
         if len(value.strip().lstrip("+-").lstrip("0")) > 19:  # past 2**63; int() refuses 4300 digits itself
             raise OutOfRange("out of range")
         number = int(value)
@@ -71,9 +71,11 @@ def whole(value: Any) -> int:
     return number
 
 
-def _real(value: Any) -> float:
+def real(value: Any) -> float:
     """A finite number, or a text of one; never a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("not a number")
+    if isinstance(value, str) and ("_" in value or not value.isascii()):  # float() reads "1_0" and "٤٨" too
         raise ValueError("not a number")
     number = float(value)
     if not math.isfinite(number):
@@ -89,8 +91,8 @@ def _word(value: Any) -> str:
 
 def _numbers(value: Any) -> tuple[float, ...]:
     if isinstance(value, (list, tuple)):
-        return tuple(_real(v) for v in value)
-    return tuple(_real(v) for v in _words(value))
+        return tuple(real(v) for v in value)
+    return tuple(real(v) for v in _words(value))
 
 
 def _flag(value: Any) -> bool:
@@ -106,7 +108,7 @@ def _flag(value: Any) -> bool:
 
 # kind -> (parser, the Python type a flag takes): a list kind is typed as comma-separated text
 KINDS: dict[str, tuple[Callable[[Any], Any], type]] = {
-    "whole": (whole, int), "real": (_real, float), "word": (_word, str), "words": (_words, str),
+    "whole": (whole, int), "real": (real, float), "word": (_word, str), "words": (_words, str),
     "numbers": (_numbers, str), "flag": (_flag, bool),
 }
 RUN, TEXTURE, BATCH, VIDEO = "run", "texture", "batch", "video"
@@ -469,6 +471,9 @@ class Settings:
         if idle := loss.idle(texture=texture):  # a weight with no layer to read moves nothing
             raise ConfigError(f"every loss weight is 0 ({idle}): there is nothing to optimise, the output "
                               f"would be the start image")
+        if not self.style_layers and self.style_weight > 0:  # `--style-layers "$LAYERS"` unset ran without style
+            raise ConfigError("--style-layers names no layer, so the style images would do nothing; name at least "
+                              "one (default: relu1_1,relu2_1,relu3_1,relu4_1,relu5_1), or set --style-weight 0")
 
 
 DEFAULTS = Settings()

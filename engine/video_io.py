@@ -23,6 +23,7 @@ import numpy as np
 from styleengine import paths
 from styleengine.choices import MIN_SIDE
 from styleengine.errors import ConfigError, ImageError
+from styleengine.engine.settings import whole
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
     try:
         if len(parts) != 2:
             raise ValueError
-        start = int(parts[0]) if parts[0].strip() else 0
-        stop = int(parts[1]) if parts[1].strip() else count
+        start = whole(parts[0]) if parts[0].strip() else 0  # int() took "0_1" as 1
+        stop = whole(parts[1]) if parts[1].strip() else count
     except ValueError:
         raise ConfigError(f"--frames must be A:B (frame numbers, B excluded), got {spec!r}") from None
     if start < 0 or (stop <= start and start < count):

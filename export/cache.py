@@ -355,8 +355,8 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
         return None
     for name, kind in GRAPH_KINDS.items():  # another entry's graph, copied in with a record rewritten to match it
         if not claims_match(read_graph_claims(folder / name), graph_claims(spec, weights, kind)):
-            logger.warning("the cached export %s holds a %s graph of other weights or settings than its record "
-                           "says; exporting it again", folder, name)
+            logger.warning("the cached export %s holds a %s graph that does not say it is of these weights and "
+                           "settings (another network's, or damaged); exporting it again", folder, name)
             return None
     return Export(folder, meta)
 

@@ -316,7 +316,7 @@ def test_another_networks_graph_with_a_rewritten_record_is_exported_again(module
     assert cache.files_match(export.folder, json.loads((export.folder / cache.META_FILE).read_text())["files"])
     with caplog.at_level("WARNING"):
         assert cache.check_entry(export.folder, vgg16_random, spec) is None
-    assert "step.onnx graph of other weights" in caplog.text
+    assert "step.onnx graph that does not say it is of these weights" in caplog.text
     again = ensure_export(vgg16_random, SHORT, "avg")
     assert cache.read_graph_claims(again.step_path)["weights_sha256"] == vgg16_random.sha256
 

@@ -78,11 +78,60 @@ def _load(name: str) -> click.Command | None:
         if module_name in _OPTIONAL_MODULES and e.name == module_name:
             return None
         raise
-    function = getattr(module, attr)
     holder = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-    holder.command(name)(function)
+    holder.command(name)(_finishing(getattr(module, attr)))
     command = typer.main.get_command(holder)  # a lone command comes back as itself
     command.name = name
+    for param in command.params:
+        _read_numbers_strictly(param)
+    return command
+
+
+def _read_numbers_strictly(param: Any) -> None:
+    """A number option's text read as a jobs file's value is (engine/settings: whole, real), then as typer reads
+    it: its int() and float() took Python's digit separators and other scripts' digits (`--port 80_80`
+    listened on 8080, `--size 64_0` ran at 640)."""
+    from typing import get_args
+
+    from styleengine.engine.settings import OutOfRange, real, whole
+
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = (annotation, *get_args(annotation))
+    check = whole if int in kinds else real if float in kinds else None
+    if check is None:
+        return
+    typed = param.process_value
+
+    def process_value(ctx: click.Context, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                check(value)
+            except OutOfRange:  # the option's own check says what its range is
+                pass
+            except ValueError as e:
+                if str(e) != "not a finite number":  # inf and nan: the option's own check words them
+                    raise click.exceptions.BadParameter(f"{value!r} is not a {'whole ' if check is whole else ''}"
+                                                        f"number", ctx=ctx, param=param) from None
+        return typed(ctx, value)
+
+    param.process_value = process_value
+
+
+def _finishing(function: Any) -> Any:
+    """The command, its end told to `signals` however it ends but by a signal (a return, its exit code, a user
+    error): a signal after that stops nothing, so it changes no exit code (a SIGTERM just after export's
+    "wrote ..." line exited 143)."""
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = function(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            signals.finish()
+            raise
+        signals.finish()
+        return result
     return command
 
 

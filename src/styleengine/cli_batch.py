@@ -209,6 +209,8 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
         print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; {kept}",
               file=sys.stderr)
         raise typer.Exit(signals.exit_code) from None
+    else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
+        signals.finish()
     finally:
         if warm is not None:
             warm.close()

@@ -102,6 +102,9 @@ def _publish(staging: Path, output: Path, names: tuple[str, ...]) -> None:
         (staging / OWNER_LOCK).unlink(missing_ok=True)  # the export's own lock is no file of the user's folder
         os.replace(staging, output)  # one rename: the whole folder appears at once
         return
+    # over an earlier export (--force): its record goes first, the new one comes last, so a kill in between
+    # leaves graphs without export.json (no export), never a record that names other graphs
+    (output / names[-1]).unlink(missing_ok=True)
     for name in names:
         os.replace(staging / name, output / name)
 

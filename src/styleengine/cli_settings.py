@@ -19,7 +19,7 @@ from typer._click.core import ParameterSource
 
 from styleengine import paths
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, OutOfRange, Settings, options
+from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, options
 from styleengine.errors import ConfigError
 
 
@@ -49,26 +49,11 @@ def parameters(command: str, names: tuple[str, ...] | None = None, defaults: dic
         if meta.kind == "flag":
             declared = f"{declared}/--no-{declared[2:]}"
         help_text = meta.texture_help if command == TEXTURE and meta.texture_help else meta.help
-        whole = meta.kind == "whole"
         annotation = Annotated[Optional[kind] if meta.optional else kind,  # type: ignore[valid-type]
-                               typer.Option(declared, help=help_text, rich_help_panel=meta.group,
-                                            parser=_whole_flag if whole else None,
-                                            metavar="INTEGER" if whole else None)]
+                               typer.Option(declared, help=help_text, rich_help_panel=meta.group)]
         default = _default(name, meta, command, defaults or {})
         found.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
     return found
-
-
-def _whole_flag(text: str) -> int:
-    """A whole-number flag read as a jobs file's value is: click's int() took `--size 64_0` as 640."""
-    try:
-        return KINDS["whole"][0](text)
-    except OutOfRange:
-        if len(text) < 4000:  # the setting's own check says what its range is (int() takes 4300 digits)
-            return int(text)
-        raise typer.BadParameter(f"{text[:20]!r}...: out of range") from None
-    except ValueError as e:
-        raise typer.BadParameter(f"{text!r}: {e}") from None
 
 
 def _given(name: str) -> bool:
