@@ -21,7 +21,7 @@ from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: 
 from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import BATCH, KINDS, Settings, options, settings_inputs  # noqa: F401
+from styleengine.engine.settings import BATCH, KINDS, Settings, options, run_inputs, settings_inputs  # noqa: F401
 from styleengine.engine import images
 from styleengine.errors import ConfigError, ImageError, first_line
 
@@ -61,22 +61,17 @@ class Job:
     def inputs(self) -> dict[str, Path]:
         """The files the job reads by its own paths (the batch's --init / --weights are checked per job),
         by role: {"content image": ..., "style image 2": ..., "init image": ..., "weights file": ...}."""
-        found = {"content image": self.content}
-        found.update({f"style image {i + 1}" if len(self.styles) > 1 else "style image": p
-                      for i, p in enumerate(self.styles)})
         overrides = dict(self.overrides)
-        found.update(settings_inputs(overrides.get("init", INITS[0]), overrides.get("weights", "random"),
-                                     content_masks=overrides.get("content_masks"),
-                                     style_masks=overrides.get("style_masks")))
-        return found
+        return run_inputs(self.content, self.styles, overrides.get("init", INITS[0]),
+                          overrides.get("weights", "random"), overrides.get("content_masks"),
+                          overrides.get("style_masks"))
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "content": str(self.content), "styles": [str(p) for p in self.styles],
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str, base_dir: Path, blank_is_absent: bool = False
-               ) -> tuple[tuple[str, Any], ...]:
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
     recipe = _text(raw, RECIPE, where)
@@ -90,14 +85,13 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, blank_is_absent:
         if name in spelled:
             raise ConfigError(f"{where}: {spelled[name]!r} and {key!r} are one setting ({name}); give it once")
         spelled[name] = key
-        if value is None or (blank_is_absent and isinstance(value, str) and not value.strip()):
+        if value is None or (isinstance(value, str) and not value.strip()):
             continue  # an empty CSV cell: the batch's value (a JSON "" is refused by _job)
         try:
             parsed = OVERRIDES[name](value)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
-        if parsed is not None:  # an optional setting parsed to none: the batch's value, as if not given
-            values[name] = parsed
+        values[name] = parsed
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = str(base_dir / paths.expand(values["init"]))
@@ -189,7 +183,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "
                           f"an id is one line of text (it is the output's name when not given)")
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir, csv_row), where,
+    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where,
                folders)
 
 

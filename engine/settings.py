@@ -495,6 +495,17 @@ def flag_of(name: str) -> str:
     return (meta.flag if meta and meta.flag else "--" + name.replace("_", "-"))
 
 
+def run_inputs(content: Path | None, styles: Sequence[Path], init: str, weights: str,
+               content_masks: Sequence[str] | None = None, style_masks: Sequence[str] | None = None
+               ) -> dict[str, Path]:
+    """Every file one picture's run reads, by role ("content image", "style image 2", "init image", ...): what
+    none of its outputs may be."""
+    found = {"content image": Path(content)} if content is not None else {}
+    found.update({f"style image {i + 1}" if len(styles) > 1 else "style image": Path(p) for i, p in enumerate(styles)})
+    found.update(settings_inputs(init, weights, content_masks=content_masks, style_masks=style_masks))
+    return found
+
+
 def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,
                     style_masks: Sequence[str] | None = None) -> dict[str, Path]:
     """The files an --init, a --weights and the mask values name, by role ("init image", "weights file",

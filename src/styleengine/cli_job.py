@@ -27,7 +27,7 @@ import typer
 from styleengine import paths
 from styleengine.cli import signals
 from styleengine.engine import images, masks
-from styleengine.engine.jobs import settings_inputs
+from styleengine.engine.settings import run_inputs
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.errors import ConfigError, ImageError
 
@@ -101,11 +101,8 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         images.check_output_path(saves[-1])  # the same folder and suffix; the longest name
     if trace is not None:
         paths.check_writable(trace, "trace")
-    inputs = {f"style image {i + 1}" if len(styles) > 1 else "style image": p for i, p in enumerate(styles)}
-    if content is not None:
-        inputs["content image"] = content
-    inputs.update(settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
-                                  style_masks=settings.style_masks))
+    inputs = run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
+                        settings.style_masks)
     for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)

@@ -32,16 +32,12 @@ Recipe = Annotated[Optional[str], typer.Option(
 def _dry_run(content: Path | None, styles: list[Path], output: Path, settings: Settings) -> None:
     from styleengine import paths
     from styleengine.cli_plan import dry_plan
-    from styleengine.engine.settings import settings_inputs
+    from styleengine.engine.settings import run_inputs
 
     # what the run refuses before its work, the dry run refuses too (-o onto the content, -o /dev/null: exit 0)
     paths.check_writable(output, "output")
-    inputs = {f"style image {i + 1}": p for i, p in enumerate(styles)}
-    if content is not None:
-        inputs["content image"] = content
-    inputs.update(settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
-                                  style_masks=settings.style_masks))
-    paths.check_not_an_input(output, "output", inputs)
+    paths.check_not_an_input(output, "output", run_inputs(content, styles, settings.init, settings.weights,
+                                                          settings.content_masks, settings.style_masks))
     print("\n".join(dry_plan(content, styles, settings).lines()))
 
 

@@ -253,15 +253,14 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.cli_job import announce
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
-    from styleengine.engine.jobs import settings_inputs
+    from styleengine.engine.settings import run_inputs
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
     from styleengine.engine.video import video_hash
 
     settings.validate()
     video_io.check_video_output(output)
-    inputs = {"video": video, **{f"style image {i + 1}": p for i, p in enumerate(styles)},
-              **settings_inputs(settings.init, settings.weights)}
+    inputs = {"video": video, **run_inputs(None, styles, settings.init, settings.weights)}
     paths.check_not_an_input(output, "output", inputs)
     if trace is not None:
         paths.check_writable(trace, "trace")
@@ -287,8 +286,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
                      style_labels=[f"style image {p}" for p in styles])
     settings, plan = announce(settings, plan, console)
     digests: dict[str, str] = {}
-    files = [video_io.identity(info)] + [file_digest(p, digests) for p in [*styles, *settings_inputs(
-        settings.init, settings.weights).values()]]
+    files = [video_io.identity(info)] + [file_digest(p, digests)
+                                         for p in run_inputs(None, styles, settings.init, settings.weights).values()]
     selection = {"first": start, "fps": str(rate), "shape": list(shape)}
     if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
         selection.update(chunked.start(start, stop))
