@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -232,17 +231,10 @@ def _remove_stale_staging(parent: Path, held: str) -> None:
         if owner == held or not staging.is_dir() or staging.is_symlink():  # we hold its lock, or no build of ours
             _remove(staging)
             continue
-        try:
-            f = os.fdopen(paths.open_regular(_lock_path(parent, owner)), "rb")
-        except OSError:  # no lock (made before entries had locks), or no lock file there: only its age tells
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - staging.stat().st_mtime > UNOWNED_STAGING_AGE_S:
-                    _remove(staging)
-            continue
-        with f:
-            if try_lock(f, blocking=False):
-                logger.info("removing %s, left by a process that died while building", staging)
-                _remove(staging)
+        # no lock file: made before entries had locks; its age tells
+        if paths.abandoned(staging, _lock_path(parent, owner), unowned_age_s=UNOWNED_STAGING_AGE_S):
+            logger.info("removing %s, left by a process that died while building", staging)
+            _remove(staging)
 
 
 def _remove(path: Path) -> None:

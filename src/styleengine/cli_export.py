@@ -61,24 +61,10 @@ OWNED_AGE_S, UNOWNED_AGE_S = 10, 60
 def _remove_abandoned(parent: Path) -> None:
     """Remove the staging folders in `parent` that no live export owns (a SIGKILL or a power cut left up to
     135 MB there, and every later export left them)."""
-    import time
-
     for staging in parent.glob(f"{STAGING_PREFIX}*"):
-        lock = staging / OWNER_LOCK
-        try:
-            if staging.is_symlink() or not staging.is_dir():
-                continue  # not a folder of ours
-            age = time.time() - staging.stat().st_mtime
-            if not os.path.lexists(lock):  # killed before it made the lock, or about to make it
-                abandoned = age > UNOWNED_AGE_S
-            else:
-                with os.fdopen(paths.open_regular(lock, os.O_RDWR), "a+b") as f:
-                    abandoned = age > OWNED_AGE_S and paths.try_lock(f, blocking=False)
-        except FileNotFoundError:  # another export removed it meanwhile
-            continue
-        except OSError:  # a lock that is no file of ours: only its age tells
-            abandoned = time.time() - staging.lstat().st_mtime > UNOWNED_AGE_S
-        if abandoned:
+        if staging.is_symlink() or not staging.is_dir():
+            continue  # not a folder of ours
+        if paths.abandoned(staging, staging / OWNER_LOCK, unowned_age_s=UNOWNED_AGE_S, owned_age_s=OWNED_AGE_S):
             logger.info("removing %s, left by an export that did not finish", staging)
             shutil.rmtree(staging, ignore_errors=True)
 

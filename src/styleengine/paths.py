@@ -230,6 +230,24 @@ def lock_file(path: str | os.PathLike) -> BinaryIO:
     return os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "a+b")
 
 
+def abandoned(folder: Path, lock: Path, *, unowned_age_s: float, owned_age_s: float = 0.0) -> bool:
+    """Whether the staging folder `folder` is one no live process owns: its owner's `lock` (a regular file, held
+    with flock while the owner lives) can be taken and the folder is `owned_age_s` old, or there is no usable
+    lock and it is `unowned_age_s` old (killed before it made one). False for a folder gone meanwhile."""
+    import time
+
+    try:
+        age = time.time() - os.lstat(folder).st_mtime
+    except FileNotFoundError:  # another process removed it
+        return False
+    try:
+        f = os.fdopen(open_regular(lock), "rb")
+    except OSError:  # no lock, or one that is no file of ours: only its age tells
+        return age > unowned_age_s
+    with f:  # closing it lets go of the lock just taken
+        return age >= owned_age_s and try_lock(f, blocking=False)
+
+
 def read_regular(path: str | os.PathLike) -> bytes:
     """The bytes of the regular file `path` (open_regular: OSError for a FIFO, a device, a link, a folder)."""
     with os.fdopen(open_regular(path), "rb") as f:
