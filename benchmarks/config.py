@@ -110,7 +110,7 @@ def parse_tiles(text: str | None) -> list[int | None]:
             out.append(None)
             continue
         try:
-            tile = int(item)
+            tile = whole(item)  # int() took "1_6" as 16
         except ValueError:
             raise ConfigError(f"--tile: {item!r} is not a size in px (or none)") from None
         if tile <= 0 or tile % QUANTUM:

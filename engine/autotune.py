@@ -79,7 +79,14 @@ Measure = Callable[[Settings, capability.Placement, list[tuple[str, str, str]], 
 
 
 def tuning_enabled() -> bool:
-    return os.environ.get("STYLEENGINE_TUNE", "on").lower() not in ("off", "0", "no", "rules")
+    """STYLEENGINE_TUNE read as a yes/no setting is; ConfigError for another word (`bogus` and `false` meant on)."""
+    value = os.environ.get("STYLEENGINE_TUNE", "").strip().lower()
+    if value in ("", "on", "1", "yes", "true"):
+        return True
+    if value in ("off", "0", "no", "false", "rules"):
+        return False
+    raise ConfigError(f"STYLEENGINE_TUNE={os.environ['STYLEENGINE_TUNE']!r}: use on (measure what auto picks, the "
+                      f"default) or off (pick by rule)")
 
 
 def size_class(size: int) -> int:
@@ -425,16 +432,14 @@ def _keep(key: dict, trials: tuple[Trial, ...], pick: tuple[str, str, str], part
 def _update(change: Callable[[dict], None]) -> str:
     """Read, change and write the record under its lock: two processes (a run and `tune`, two runs) each writing
     what they read lost the other's entries."""
-    from styleengine.export.cache import atomic_write, make_folder
-
-    path = record_path()
+    path = record_path()  # no onnx import here: a run's last steps hold a signal through it (0.5 s)
     try:
-        make_folder(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with _record_lock(path):
             data = _load_all()
             data = {"version": TUNE_VERSION, "entries": data.get("entries", {}), "accounts": data.get("accounts", {})}
             change(data)
-            atomic_write(path, json.dumps(data, indent=1).encode())
+            paths.atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         problem = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else first_line(e)
         log.warning("could not keep the tuning record in %s: %s", path, problem)

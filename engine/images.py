@@ -5,8 +5,6 @@ bad input raises ImageError with a one-line message that names the file.
 """
 from __future__ import annotations
 
-import functools
-import io
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +14,6 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from styleengine import paths
-from styleengine.choices import MIN_SIDE
 from styleengine.engine.schedule import long_side_shape  # noqa: F401  (callers read it here)
 from styleengine.errors import ImageError, first_line
 
@@ -111,8 +108,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"cannot read image {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {first_line(e)}") from None
-    if min(size) < MIN_SIDE:
-        raise ImageError(f"image {path} is {size[0]}x{size[1]} px; both sides must be at least {MIN_SIDE} px")
+    paths.check_sides(f"image {path}", (size[1], size[0]))
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -146,43 +142,6 @@ def resize(array: np.ndarray, long_side: int) -> np.ndarray:
     return to_array(resize_tensor(to_tensor(array), height, width))
 
 
-def _format_for(path: Path) -> str:
-    formats = Image.registered_extensions()  # also loads every plugin, filling Image.SAVE
-    fmt = formats.get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix or '(none)'!r}; use .png or .jpg")
-    return fmt
-
-
-@functools.lru_cache(maxsize=None)
-def _rgb_problem(fmt: str) -> str | None:
-    """Why PIL cannot save an 8-bit RGB image as `fmt` (it cannot as XBM or MSP, has no BUFR encoder), tried
-    once per format; None when it can."""
-    try:
-        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
-    except (OSError, ValueError, KeyError) as e:
-        return first_line(e)
-    return None
-
-
-def check_suffix(path: str | os.PathLike) -> None:
-    """ImageError unless `path`'s suffix names a format save_image writes 8-bit RGB in (the part of
-    check_output_path that needs no folder: a jobs file's outputs are checked as the file is read)."""
-    fmt = _format_for(Path(path))
-    problem = _rgb_problem(fmt)
-    if problem is not None:
-        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({problem}); use .png or .jpg")
-
-
-def check_output_path(path: str | os.PathLike) -> None:
-    """Raise ImageError unless an RGB image could be written to `path`, by trying what save_image will do:
-    its folder exists, its suffix names a format whose encoder takes 8-bit RGB (check_suffix), and its temp
-    file can be made there (permissions, read-only or pseudo file systems, a name too long once the temp
-    prefix is added)."""
-    check_suffix(path)
-    paths.check_writable(Path(path), "image", ImageError)
-
-
 def to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
     """An image clamped to [0, 1] and rounded to 8 bits: what save_image writes."""
     array = np.clip(to_array(image), 0.0, 1.0)
@@ -212,8 +171,7 @@ def from_picture(picture: object, what: str) -> np.ndarray:
         array = _array_to_float_rgb(picture, what)
     else:
         raise ImageError(f"{what}: expected a path, a PIL image or a numpy array, got {type(picture).__name__}")
-    if min(array.shape[:2]) < MIN_SIDE:
-        raise ImageError(f"{what} is {array.shape[1]}x{array.shape[0]} px; both sides must be at least {MIN_SIDE} px")
+    paths.check_sides(what, array.shape)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -245,7 +203,7 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
     """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace.
     within: a folder the image must stay in, no symbolic link below it followed (paths.confined_writer)."""
     path = Path(path)
-    fmt = _format_for(path)
+    fmt = paths.image_format(path)
     if not path.parent.is_dir():
         raise ImageError(f"cannot write {path}: folder {path.parent} does not exist")
     if path.is_dir():

@@ -22,7 +22,6 @@ from styleengine.choices import INITS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import BATCH, KINDS, Settings, options, run_inputs, settings_inputs  # noqa: F401
-from styleengine.engine import images
 from styleengine.errors import ConfigError, ImageError, first_line
 
 # per-job overrides a jobs file may set: the settings whose metadata says so (engine/settings.py), each parsed by
@@ -173,9 +172,11 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
     output = paths.expand_text(_text(raw, "output", where)) or _default_output(content_path, given)  # ~, $VARS
+    if paths.ends_as_folder(output):
+        raise ConfigError(f"{where}: output {output}: a name ending in '/' is a folder; name a file")
     output_path = _inside(output, out_dir, where)
     try:  # found now, not after the job's whole run
-        images.check_suffix(output_path)
+        paths.check_suffix(output_path)
     except ImageError as e:
         raise ConfigError(f"{where}: {first_line(e)}") from None
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))

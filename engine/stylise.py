@@ -409,9 +409,15 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                        for part, rec in zip(parts, records)]
             if any(part.stopped is not None for part in parts):
                 break
-    finally:
+    except BaseException:
         if owned:
             step.close()
+        raise
+    if owned:
+        try:
+            step.close()
+        except KeyboardInterrupt:  # after the loop: its pictures are whole, the signal said as the loop says one
+            results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
     if racer is not None:
         lines = tuple(f"at {d.side} px: {d.why}" for d in racer.decisions if d.raced)
         results = [dataclasses.replace(r, auto=lines + ((racer.cost(),) if lines else ())) for r in results]

@@ -31,7 +31,7 @@ import torch
 
 from styleengine.engine.capability import precisions
 from styleengine.errors import ConfigError, UnavailableError, first_line
-from styleengine.engine.images import MIN_SIDE
+from styleengine.choices import MIN_SIDE
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.graph_io import GraphIO
 from styleengine.engine.steps import StepBase, StepResult, single_targets

@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
+
 @dataclass(frozen=True)
 class Convention:
     """How an RGB image in [0, 1] becomes the network's input."""
@@ -33,6 +37,14 @@ class Convention:
                                   f"{','.join(f'{v:g}' for v in values)}")
         if any(v <= 0 for v in self.std):
             raise ConfigError(f"input std values must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
+        scale, shift = self.scale_shift()
+        if not all(FLOAT32_TINY <= abs(v) <= FLOAT32_MAX for v in scale) or not all(abs(v) <= FLOAT32_MAX
+                                                                                 for v in shift):
+            # the network computes in float32: a pixel range of 1e-50 fed it zeros, a std of 1e-50 infinities
+            raise ConfigError(f"input pixel range {self.pixel_range:g}, mean {','.join(f'{v:g}' for v in self.mean)} "
+                              f"and std {','.join(f'{v:g}' for v in self.std)} scale pixels by "
+                              f"{','.join(f'{v:.3g}' for v in scale)} and shift them by "
+                              f"{','.join(f'{v:.3g}' for v in shift)}: past float32, the network's precision")
 
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""

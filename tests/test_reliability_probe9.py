@@ -124,7 +124,7 @@ def test_serve_refuses_a_job_at_once_when_results_is_not_its_folder(tmp_path):
 
 @pytest.mark.parametrize("output, says", [("~/x.png", "outside --out"), ("$HOME/x.png", "outside --out"),
                                           ("", "output is empty"), ("x.txt", "unknown image suffix"),
-                                          ("sub/", "unknown image suffix")])
+                                          ("sub/", "is a folder")])
 def test_a_jobs_files_odd_output_is_one_line_with_its_line_number(tmp_path, monkeypatch, capsys, output, says):
     """`"output": "~/x.png"` wrote OUT/~/x.png (a folder named ~), `"output": ""` took the default name, and
     `"output": "x.txt"` failed only after the job's whole run (D5, m1)."""

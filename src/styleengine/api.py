@@ -55,9 +55,10 @@ def settings_of(given: dict[str, Any]) -> Settings:
 
 
 def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python number it holds, a path as its text: what the parsers take."""
-    if isinstance(value, np.generic):
-        return value.item()
+    """A numpy scalar as the Python number it holds, a 1-D array as a list, a path as its text: what the parsers
+    take."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim <= 1):
+        return value.tolist()
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -277,6 +278,12 @@ class _Signals:
             self._held = False
             raise KeyboardInterrupt
 
+    def stopped(self, loop_stopped: str | None) -> bool:
+        """Whether a command whose loop ended with `loop_stopped` says it was interrupted: the loop was, or a
+        signal came after it but before the command's last line (held through the write, or put off during an
+        import, and never raised: it exited 0). One after the last line changes nothing (finish)."""
+        return loop_stopped == "interrupted" or self.received is not None
+
     @property
     def name(self) -> str:
         return self.NAMES.get(self.received, "Ctrl-C")  # type: ignore[call-overload]  # an int looks up a Signals key
@@ -303,12 +310,17 @@ signals = _Signals()
 def _fail(error: UserError) -> None:
     signals.finish()  # the command is over: a signal now would only lose this line
     print(f"error: {first_line(error)}", file=sys.stderr)
-    sys.exit(1)
+    # a signal put off during an import, then this error before it was raised: the exit code still says it
+    sys.exit(signals.exit_code if signals.received is not None else 1)
 
 
 def main(exiting: bool = False) -> None:
     """A user error (ours or a flag click cannot parse) is one line and exit 1; Ctrl-C or SIGTERM that no
     command handled is one line and exit 130 / 143. `exiting`: the process ends right after (console)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # torch's import needs it: "Intel oneMKL FATAL ERROR", exit 2, however paths are given
+        _fail(UserError("the working folder no longer exists (deleted?); cd to a folder that does and run again"))
     passive_openmp()  # before any command imports torch
     with signals.installed(exiting):
         _main()

@@ -3,7 +3,7 @@
 The settings flags are generated from engine/settings.py (cli_settings), as `run`'s; the engine side
 is engine/batch.py. Order: (1) the batch's settings and the jobs (a bad
 jobs file or flag is one line and exit 1, nothing written); (2) per job,
-its settings, its hash and run's file checks (cli_job.check_files): a job
+its settings, its hash and run's file checks (cli_plan.check_files): a job
 that fails them, or whose output exists with the same hash, is recorded
 now; (3) the rest run, each recorded as it finishes (image, then manifest
 line, with signals held back meanwhile and acted on right after). A jobs
@@ -26,7 +26,8 @@ import typer
 
 from styleengine import paths
 from styleengine.cli import signals
-from styleengine.cli_job import check_cache_for, check_files, rescue
+from styleengine.cli_job import rescue
+from styleengine.cli_plan import check_cache_for, check_files
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings

@@ -122,7 +122,7 @@ def export(
                                 parser=paths.named_folder("--output")),
     model: str = typer.Option("vgg19", help=" or ".join(MODELS)),
     weights: str = typer.Option("imagenet", help="imagenet, random, or a .safetensors/.pth file",
-                                parser=paths.named_text("--weights", "a file or one of imagenet, random")),
+                                parser=paths.named_text("--weights", ("imagenet", "random"))),
     pooling: str = typer.Option("avg", help="avg (the paper's) or max"),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 convolutions (losses stay fp32)"),
     conv: str = typer.Option("auto", help="auto (what `run --backend ort` runs on the CPU: winograd for fp32, else "

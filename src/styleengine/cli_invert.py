@@ -63,7 +63,7 @@ def _invert(
     settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
     size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, feature_weight
     settings.validate()
-    images.check_output_path(output)
+    paths.check_output_path(output)
     inputs = {"image": image, **settings_inputs(settings.init, settings.weights)}  # the weights file too
     paths.check_not_an_input(output, "output", inputs)
     if distances is not None:
@@ -90,9 +90,9 @@ def _invert(
     shown = f"{feature:.3g}" if feature is not None else "not measured"
     console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
                   f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
-    if result.stopped == "interrupted":  # the loop's contract: the current image is written, then the exit code
-        from styleengine.cli import signals
+    from styleengine.cli import signals
 
+    if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
         signals.reported = True
         console.print(f"interrupted ({signals.name})", highlight=False)
         raise typer.Exit(signals.exit_code)

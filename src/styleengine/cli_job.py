@@ -24,17 +24,11 @@ from typing import Any, Callable
 
 import typer
 
-from styleengine import paths
 from styleengine.cli import signals
 from styleengine.engine import images, masks
-from styleengine.engine.settings import run_inputs
+from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
-from styleengine.errors import ConfigError, ImageError
-
-
-def numbered(output: Path, iteration: int, iterations: int) -> Path:
-    """OUT.png -> OUT_0050.png for iteration 50 of up to 9999."""
-    return output.with_name(f"{output.stem}_{iteration:0{len(str(iterations))}d}{output.suffix}")
+from styleengine.errors import ImageError
 
 
 class TraceWriter:
@@ -90,39 +84,6 @@ class TraceWriter:
             self.failure = self.failure or f"trace {self.path} could not be completed: {e.strerror or e}"
 
 
-def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
-                 trace: Path | None) -> None:
-    """Every file the job writes can be written, and none of them is one it reads."""
-    total = sum(iters for _, iters in settings.scale_plan())
-    images.check_output_path(output)
-    every = settings.save_every
-    saves = [numbered(output, i, total) for i in range(every, total, every)] if every else []
-    if saves:
-        images.check_output_path(saves[-1])  # the same folder and suffix; the longest name
-    if trace is not None:
-        paths.check_writable(trace, "trace")
-    inputs = run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
-                        settings.style_masks)
-    for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
-        if path is not None:
-            paths.check_not_an_input(path, what, inputs)
-    if trace is not None:
-        for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
-            if paths.same_file(trace, path):
-                raise ConfigError(f"trace {trace} is {what}; choose another file name")
-    check_cache_for(settings)
-
-
-def check_cache_for(settings: Settings) -> None:
-    """ConfigError when the ONNX backends, which export into the cache before the first iteration, have no
-    cache to use. auto needs none: its trial and race skip a graph the cache does not hold (a read-only cache
-    refused `run` while `tune` went on)."""
-    if settings.backend in ("ort", "tensorrt"):
-        from styleengine.export.cache import cache_root
-
-        paths.check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
-
-
 def rescue(image: Any, output: Path, folders: list[Path]) -> Path | None:
     """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
     folder) that takes it; where it went, or None."""
@@ -174,9 +135,9 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
             image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
                                                    trace=trace, console=console)
     except KeyboardInterrupt:
-        signals.reported = True
-        print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
-        raise typer.Exit(signals.exit_code) from None
+        _nothing_written()
+    if result.stopped == "interrupted" and result.iterations == 0:  # the start image is no result to replace a file
+        _nothing_written()
 
     # 3. the image is written whatever stopped the loop (a signal: the current one; NaN: the last finite
     # one), with further signals held back until it is
@@ -188,7 +149,7 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
         raise typer.Exit(1)
     seconds = sum(r.seconds for r in result.records)
-    if result.stopped == "interrupted":
+    if signals.stopped(result.stopped):
         signals.reported = True
         height, width = images.to_array(image).shape[:2]
         early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
@@ -204,6 +165,12 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         console.print(f"auto: {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
                   soft_wrap=True)
+
+
+def _nothing_written() -> None:
+    signals.reported = True
+    print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
+    raise typer.Exit(signals.exit_code) from None
 
 
 class _ConsoleWarnings(logging.Handler):

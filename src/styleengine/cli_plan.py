@@ -1,4 +1,5 @@
-"""`styleengine run|texture ... --dry-run`: the plan, printed, without torch, weights or writing anything.
+"""`styleengine run|texture ... --dry-run`: the plan, printed, without torch, weights or writing anything;
+and the checks of the files a run writes, which the run, batch and the dry run make alike.
 
 What `auto` resolves to comes from the tuning record when a trial for these
 settings was kept here, else it says what the first run will measure.
@@ -12,8 +13,44 @@ from styleengine import paths
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
-from styleengine.engine.settings import Settings
+from styleengine.engine.settings import Settings, run_inputs
 from styleengine.errors import ConfigError, ImageError
+
+
+def numbered(output: Path, iteration: int, iterations: int) -> Path:
+    """OUT.png -> OUT_0050.png for iteration 50 of up to 9999."""
+    return output.with_name(f"{output.stem}_{iteration:0{len(str(iterations))}d}{output.suffix}")
+
+
+def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
+                 trace: Path | None) -> None:
+    """Every file the job writes can be written, and none of them is one it reads."""
+    total = sum(iters for _, iters in settings.scale_plan())
+    paths.check_output_path(output)
+    every = settings.save_every
+    saves = [numbered(output, i, total) for i in range(every, total, every)] if every else []
+    if saves:
+        paths.check_output_path(saves[-1])  # the same folder and suffix; the longest name
+    if trace is not None:
+        paths.check_writable(trace, "trace")
+    inputs = run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
+                        settings.style_masks)
+    for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
+        if path is not None:
+            paths.check_not_an_input(path, what, inputs)
+    if trace is not None:
+        for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
+            if paths.same_file(trace, path):
+                raise ConfigError(f"trace {trace} is {what}; choose another file name")
+    check_cache_for(settings)
+
+
+def check_cache_for(settings: Settings) -> None:
+    """ConfigError when the ONNX backends, which export into the cache before the first iteration, have no
+    cache to use. auto needs none: its trial and race skip a graph the cache does not hold (a read-only cache
+    refused `run` while `tune` went on)."""
+    if settings.backend in ("ort", "tensorrt"):
+        paths.check_cache_dir(paths.cache_root(), "STYLEENGINE_CACHE_DIR")
 
 
 def _shape(path: Path, what: str) -> tuple[int, int]:
@@ -23,6 +60,7 @@ def _shape(path: Path, what: str) -> tuple[int, int]:
     shape = paths.image_shape(path)
     if shape is None:
         raise ImageError(f"cannot read the size of {what} {path}: not an image PIL can open")
+    paths.check_sides(f"image {path}", shape)
     return shape
 
 

@@ -29,16 +29,18 @@ Recipe = Annotated[Optional[str], typer.Option(
     show_default=False)]
 
 
-def _dry_run(content: Path | None, styles: list[Path], output: Path, settings: Settings) -> None:
+def _dry_run(content: Path | None, styles: list[Path], output: Path, trace: Path | None, settings: Settings) -> None:
     from styleengine import paths
-    from styleengine.cli_plan import dry_plan
+    from styleengine.cli_plan import check_files, dry_plan
     from styleengine.engine.settings import run_inputs
 
-    # what the run refuses before its work, the dry run refuses too (-o onto the content, -o /dev/null: exit 0)
-    paths.check_writable(output, "output")
-    paths.check_not_an_input(output, "output", run_inputs(content, styles, settings.init, settings.weights,
-                                                          settings.content_masks, settings.style_masks))
-    print("\n".join(dry_plan(content, styles, settings).lines()))
+    # what the run refuses before its work, the dry run refuses too (a trace onto the content, a FIFO as --init)
+    settings.validate(texture=content is None)
+    check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    plan = dry_plan(content, styles, settings)
+    paths.check_inputs(run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
+                                  settings.style_masks))
+    print("\n".join(plan.lines()))
 
 
 def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False,
@@ -48,7 +50,7 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
     settings = settings_from(flags, RUN, recipe)
     style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(content, style_paths, output, settings)
+        return _dry_run(content, style_paths, output, trace, settings)
     from styleengine.cli_job import execute
 
     execute(content=content, styles=style_paths, output=output, settings=settings, trace=trace)
@@ -61,7 +63,7 @@ def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRu
     settings.check_texture_start()  # asked for: texture's own default is noise
     style_paths = expand_styles(styles)
     if dry_run:
-        return _dry_run(None, style_paths, output, settings)
+        return _dry_run(None, style_paths, output, trace, settings)
     from styleengine.cli_job import execute
 
     execute(content=None, styles=style_paths, output=output, settings=settings, trace=trace)

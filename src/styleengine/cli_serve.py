@@ -23,6 +23,7 @@ from styleengine.engine.settings import RUN
 from styleengine.errors import ConfigError
 
 TOKEN_ENV = "STYLEENGINE_TOKEN"
+MIN_UPLOAD_BYTES = 4096  # a request with two of the smallest pictures and its form fits
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -92,6 +93,9 @@ def _serve(
                         ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
         if not (value > 0 and math.isfinite(value)):  # inf overflowed int() at start
             raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    if max_upload_mb * 2**20 < MIN_UPLOAD_BYTES:  # 1e-300 started, then refused every request "over 0 MB"
+        raise ConfigError(f"--max-upload-mb {max_upload_mb:g} takes no picture; give at least "
+                          f"{MIN_UPLOAD_BYTES / 2**20:.3f}")
     settings = settings_from(flags, RUN)
     settings.validate()
     # the server's own values are within the limits it holds requests to (a POST without size ran at 48 px

@@ -11,7 +11,6 @@ from styleengine import paths
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
-from styleengine.engine import images
 from styleengine.errors import ConfigError
 
 
@@ -27,7 +26,7 @@ def _visualize(
     weights: Annotated[str, typer.Option(
         "--weights", help="imagenet (torchvision's, cached download), a full VGG checkpoint file (classifier "
                           "included), or random (an untrained network and classifier: tests).",
-        parser=paths.named_text("--weights", "a file or one of imagenet, random"))] = d.weights,
+        parser=paths.named_text("--weights", ("imagenet", "random")))] = d.weights,
     l2_weight: Annotated[float, typer.Option(
         "--l2-weight", help="lambda of Simonyan et al.'s L2 penalty (a mean over pixels of the [0, 1] image "
                             "minus the ImageNet mean).")] = 10.0,
@@ -52,7 +51,7 @@ def _visualize(
     settings.validate()
     size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
                                                        settings.lr, settings.seed, settings.model, settings.device)
-    images.check_output_path(output)
+    paths.check_output_path(output)
     classifier = load_classifier(weights, model, seed)
     if target >= classifier.classes:
         raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
@@ -68,9 +67,9 @@ def _visualize(
         with torch.no_grad():
             after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
     write_or_rescue(result.image, output, [])
-    if result.stopped == "interrupted":  # the current image is written; the exit code says it was cut short
-        from styleengine.cli import signals
+    from styleengine.cli import signals
 
+    if signals.stopped(result.stopped):  # the current image is written; the exit code says it was cut short
         signals.reported = True
         console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)
         raise typer.Exit(signals.exit_code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import secrets
@@ -19,9 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from styleengine.errors import ConfigError, UserError
+from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 
+FILE = "a file"  # what named_file's flags name
 TEMP_EXTRA = len("..XXXXXXXX.tmp")  # what temp_beside's name adds to the file's name
 # image suffixes a folder of images (--contents, --styles, a folder of style images) is read for
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -41,16 +43,21 @@ def named_folder(flag: str) -> Callable[[str], Path]:
 
 def named_file(flag: str) -> Callable[[str], Path]:
     """named_folder for a file's option or argument: `-o "$OUT"` with OUT unset said "cannot write ."."""
-    return _named(flag, "a file")
+    return _named(flag, FILE)
 
 
-def named_text(flag: str, wanted: str) -> Callable[[str], str]:
-    """A parser for a text option that names a file or a word (`--weights`): ConfigError for an empty one,
-    which the file's checks would read as the working folder."""
+def named_text(flag: str, words: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for a text option that names a file or one of `words` (`--weights`): ConfigError for an empty
+    one, which the file's checks would read as the working folder; a file's name expanded as named_file's."""
     def parse(text: str) -> str:
         if not str(text).strip():
-            raise ConfigError(f"{flag} is empty; name {wanted}, or leave the flag out")
-        return text
+            raise ConfigError(f"{flag} is empty; name a file or one of {', '.join(words)}, or leave the flag out")
+        if text in words:
+            return text
+        try:
+            return expand_text(text)
+        except ConfigError as e:
+            raise ConfigError(f"{flag} {e}") from None
     return parse
 
 
@@ -63,8 +70,15 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
         except ConfigError as e:
             raise ConfigError(f"{flag} {e}") from None
         check_name(path, flag)  # 300 bytes or a NUL: one line here, not an OSError from the first os call
+        if wanted == FILE and ends_as_folder(str(text)):
+            raise ConfigError(f"{flag} {text}: a name ending in '/' is a folder; name a file")
         return path
     return parse
+
+
+def ends_as_folder(text: str) -> bool:
+    """Whether a file's name ends as a folder's does (`o.png/`: Path drops the slash, and o.png was written)."""
+    return text.endswith(("/", os.sep))
 
 
 # what a shell would take for a variable: $NAME or ${NAME} (not `$5`, `$é` or `${X:-default}`, which expandvars
@@ -75,12 +89,14 @@ _VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})",
 def expand_text(path: str | os.PathLike) -> str:
     """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file.
     ConfigError for a variable that is not set (left as it was, `$NOPE/x.png` made a folder named `$NOPE`),
-    unless a file by that literal name exists."""
+    unless a file by that literal name exists, and for a name that expands to nothing (Path makes it ".")."""
     text = os.fspath(path)
     expanded = os.path.expandvars(os.path.expanduser(text))
     left = _VARIABLE.search(expanded)
     if left is not None and left.group(0) in text and not os.path.lexists(expanded):
         raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set (a file by that name does not exist)")
+    if text.strip() and not expanded.strip():  # `--out "$E"` with E='' wrote into the working folder
+        raise ConfigError(f"{text!r} is empty once its variables are expanded; name a file or a folder")
     return expanded
 
 
@@ -455,6 +471,63 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
         raise ConfigError(f"cannot use {what} {root}{named}: {reason}") from None
 
 
+def image_format(path: Path) -> str:
+    """PIL's format for `path`'s suffix, one it can save; ImageError otherwise."""
+    from PIL import Image
+
+
+    formats = Image.registered_extensions()  # also loads every plugin, filling Image.SAVE
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"cannot write {path}: unknown image suffix {path.suffix or '(none)'!r}; use .png or .jpg")
+    return fmt
+
+
+@functools.lru_cache(maxsize=None)
+def _rgb_problem(fmt: str) -> str | None:
+    """Why PIL cannot save an 8-bit RGB image as `fmt` (it cannot as XBM or MSP, has no BUFR encoder), tried
+    once per format; None when it can."""
+    import io
+
+    from PIL import Image
+
+
+    try:
+        Image.new("RGB", (16, 16)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        return first_line(e)
+    return None
+
+
+def check_suffix(path: str | os.PathLike) -> None:
+    """ImageError unless `path`'s suffix names a format images.save_image writes 8-bit RGB in (the part of
+    check_output_path that needs no folder: a jobs file's outputs are checked as the file is read)."""
+
+    fmt = image_format(Path(path))
+    problem = _rgb_problem(fmt)
+    if problem is not None:
+        raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({problem}); use .png or .jpg")
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise ImageError unless an RGB image could be written to `path`, by trying what images.save_image will do:
+    its folder exists, its suffix names a format whose encoder takes 8-bit RGB (check_suffix), and its temp
+    file can be made there (permissions, read-only or pseudo file systems, a name too long once the temp
+    prefix is added)."""
+
+    check_suffix(path)
+    check_writable(Path(path), "image", ImageError)
+
+
+def check_sides(what: str, shape: tuple[int, ...]) -> None:
+    """ImageError unless both sides of the image `what` ("image c.png"), shape (height, width, ...), are at least
+    MIN_SIDE px."""
+    from styleengine.choices import MIN_SIDE
+
+    if min(shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{what} is {shape[1]}x{shape[0]} px; both sides must be at least {MIN_SIDE} px")
+
+
 def image_shape(path: Path) -> tuple[int, int] | None:
     """(height, width) from an image file's header (EXIF rotation applied, as images.load_image does), without
     decoding it; None if PIL cannot tell (loading it will say what is wrong)."""
@@ -539,8 +612,15 @@ def _is_file(text: str) -> bool:
 
 
 def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
-    """The style images of `names` (styles_and_folders)."""
-    return styles_and_folders(names, what)[0]
+    """The style images of the command line's style arguments (styles_and_folders), `~` and $VARIABLES expanded
+    first, as every other path of a command (and a jobs file's styles) is."""
+    expanded = []
+    for name in names:
+        try:
+            expanded.append(expand_text(name) if str(name).strip() else str(name))
+        except ConfigError as e:
+            raise ConfigError(f"style argument {e}") from None
+    return styles_and_folders(expanded, what)[0]
 
 
 def images_in(folder: Path, what: str) -> list[Path]:

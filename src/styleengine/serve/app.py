@@ -129,8 +129,10 @@ def over_limits(settings: Settings, max_size: int, max_iters: int, flags: bool =
     if settings.size > max_size:
         return f"{name('size')} {settings.size} {limit('--max-size')} {max_size} px"
     scale = settings.style_scale if math.isfinite(settings.style_scale) else 1.0
-    if scale > 1 and settings.size * scale > max_size:
-        return (f"{name('size')} {settings.size} x {name('style_scale')} {scale:g} ({settings.size * scale:g} px) "
+    made = settings.size * scale  # the style image's side is this rounded (engine/plan.py)
+    if scale > 1 and made > max_size and (not math.isfinite(made) or round(made) > max_size):
+        shown = f"{round(made)} px" if math.isfinite(made) else "past any size"
+        return (f"{name('size')} {settings.size} x {name('style_scale')} {scale:g} ({shown}) "
                 f"{limit('--max-size')} {max_size} px")
     most = max(iterations for _, iterations in settings.scale_plan())
     if most > max_iters:
