@@ -259,12 +259,7 @@ def locked(out_dir: Path) -> Iterator[None]:
     if f is None:
         raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
                         f"or use another --out")
-    with f:  # closing the file releases the lock
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                # while held: a process that opened it meanwhile sees it gone and opens it again; only our own
-                # (a lock file removed by hand and made anew by another batch is that batch's)
-                if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                    path.unlink()
+    try:
+        yield
+    finally:
+        paths.release_lock(f, path)

@@ -396,3 +396,17 @@ def test_a_signal_put_off_then_a_refusal_exits_with_the_signals_code(tmp_path, m
     monkeypatch.setattr(paths, "open_lock", held_elsewhere)
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out", *FAST)
     assert code == 130 and "another batch is running" in err, err
+
+
+def test_a_server_stopped_cleanly_leaves_no_lock_file(tmp_path):
+    """serve's `results/.batch.lock` stayed after a clean stop, where batch takes its own away (one release for
+    both now: paths.release_lock)."""
+    from styleengine.engine.manifest import LOCK_FILE
+    from styleengine.serve.jobs import JobStore
+
+    store = JobStore(tmp_path / "srv")
+    lock = store.results / LOCK_FILE
+    assert lock.exists()
+    store.close()
+    assert not lock.exists()
+    JobStore(tmp_path / "srv").close()  # the folder is free for the next server

@@ -18,7 +18,7 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import IO, BinaryIO, Callable, Iterable, Iterator
 
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
@@ -220,6 +220,16 @@ def open_lock(path: Path) -> BinaryIO | None:
         if same:
             return f
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
+
+
+def release_lock(f: IO[bytes], path: Path) -> None:
+    """Remove the lock file `path` that open_lock gave as `f`, if it is still ours, then close it (releasing the
+    lock): the folder keeps only what its owner wrote. Removed while held: a process that opened it meanwhile sees
+    it gone and opens it again (open_lock); one made anew by another process is that process's."""
+    with f:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                os.unlink(path)
 
 
 def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False) -> int:

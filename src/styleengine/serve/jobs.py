@@ -188,8 +188,8 @@ class JobStore:
             self._finish_unrun(job, "failed", "the server stopped before the job ran; submit it again")
         self._thread.join(wait_s)
         self._warm.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
+        if self._lock_file is not None:  # the folder keeps no lock file after a clean stop, as batch's --out
+            paths.release_lock(self._lock_file, self.results / batch.LOCK_FILE)
             self._lock_file = None
 
     # ------------------------------------------------------------ requests
