@@ -93,9 +93,9 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         values[name] = parsed
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
-        values["init"] = str(base_dir / paths.expand(values["init"]))
+        values["init"] = _beside(base_dir, values["init"], INITS)
     if values.get("weights", "random") not in ("imagenet", "random"):
-        values["weights"] = str(base_dir / paths.expand(values["weights"]))
+        values["weights"] = _beside(base_dir, values["weights"], ("imagenet", "random"))
     for name in ("content_masks", "style_masks"):  # mask files too
         if values.get(name):
             values[name] = tuple(str(base_dir / paths.expand(p)) for p in values[name])
@@ -105,6 +105,13 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return tuple(sorted(values.items()))
+
+
+def _beside(base_dir: Path, name: str, words: Iterable[str]) -> str:
+    """A job's file `name` beside the jobs file; one that joins to a word stays a file (`./random` in a jobs file
+    in the working folder was the word: random weights)."""
+    path = str(base_dir / paths.expand(name))
+    return path if path not in words else os.path.join(".", path)
 
 
 def _default_output(content: Path, styles: Iterable[Path]) -> str:
@@ -173,7 +180,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     style_paths, folders = tuple(found), tuple(named_folders)
     output = paths.expand_text(_text(raw, "output", where)) or _default_output(content_path, given)  # ~, $VARS
     if paths.ends_as_folder(output):
-        raise ConfigError(f"{where}: output {output}: a name ending in '/' is a folder; name a file")
+        raise ConfigError(f"{where}: output {output}: a name ending in '/' (or '/.') is a folder; name a file")
     output_path = _inside(output, out_dir, where)
     try:  # found now, not after the job's whole run
         paths.check_suffix(output_path)

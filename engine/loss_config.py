@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from styleengine.choices import WEIGHTINGS, check_choice
+from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY, WEIGHTINGS, check_choice
 from styleengine.errors import ConfigError
 from styleengine.model import vgg
 
@@ -66,6 +66,11 @@ class LossConfig:
             raise ConfigError("the loss needs at least one content or style layer")
         if any(not (w >= 0 and math.isfinite(w)) for w in self.layer_weights()):
             raise ConfigError(f"style layer weights must be finite numbers >= 0, got {list(self.layer_weights())}")
+        for name, value in (("content weight", self.content_weight), ("style weight", self.style_weight),
+                            ("tv weight", self.tv_weight), *(("style layer weight", w) for w in self.layer_weights())):
+            if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:  # 1e39 is inf in the float32 loss, 1e-50 is 0
+                raise ConfigError(f"{name} {value:g} is past float32, where the loss is computed (0, or "
+                                  f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g})")
         if len(self.layer_weights()) != len(self.style_layers):
             raise ConfigError(
                 f"{len(self.layer_weights())} style layer weights for {len(self.style_layers)} style layers"

@@ -413,15 +413,21 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         if owned:
             step.close()
         raise
-    if owned:
-        try:
+    try:
+        if owned:
             step.close()
-        except KeyboardInterrupt:  # after the loop: its pictures are whole, the signal said as the loop says one
-            results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
-    if racer is not None:
-        lines = tuple(f"at {d.side} px: {d.why}" for d in racer.decisions if d.raced)
-        results = [dataclasses.replace(r, auto=lines + ((racer.cost(),) if lines else ())) for r in results]
-    return [(finish(i, r.image), r) for i, r in enumerate(results)]
+        if racer is not None:
+            lines = tuple(f"at {d.side} px: {d.why}" for d in racer.decisions if d.raced)
+            results = [dataclasses.replace(r, auto=lines + ((racer.cost(),) if lines else ())) for r in results]
+    except KeyboardInterrupt:  # after the loop: its pictures are whole, the signal said as the loop says one
+        results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
+    finished = []
+    for i, r in enumerate(results):
+        try:
+            finished.append((finish(i, r.image), r))
+        except KeyboardInterrupt:  # as above; a second one (the API has no handler) stops it
+            finished.append((finish(i, r.image), dataclasses.replace(r, stopped=r.stopped or "interrupted")))
+    return finished
 
 
 def race_step(race: Race, weights: Weights, loss: LossConfig, max_side: int, scales: list[tuple[int, int, int]]

@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
-FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+# the network input's scale and shift: caffe's are 255 and -124, torchvision's 4.4 and -2.1; past these bounds the
+# features overflow or underflow float32 (a scale of 1e-37 gave an all-black NaN picture, exit 0)
+INPUT_SCALE = (1e-3, 1e5)
+INPUT_SHIFT = 1e5
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,14 @@ class Convention:
         if any(v <= 0 for v in self.std):
             raise ConfigError(f"input std values must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
         scale, shift = self.scale_shift()
-        if not all(FLOAT32_TINY <= abs(v) <= FLOAT32_MAX for v in scale) or not all(abs(v) <= FLOAT32_MAX
-                                                                                 for v in shift):
+        low, high = INPUT_SCALE
+        if not all(low <= abs(v) <= high for v in scale) or not all(abs(v) <= INPUT_SHIFT for v in shift):
             # the network computes in float32: a pixel range of 1e-50 fed it zeros, a std of 1e-50 infinities
             raise ConfigError(f"input pixel range {self.pixel_range:g}, mean {','.join(f'{v:g}' for v in self.mean)} "
                               f"and std {','.join(f'{v:g}' for v in self.std)} scale pixels by "
                               f"{','.join(f'{v:.3g}' for v in scale)} and shift them by "
-                              f"{','.join(f'{v:.3g}' for v in shift)}: past float32, the network's precision")
+                              f"{','.join(f'{v:.3g}' for v in shift)}: past what float32 features hold "
+                              f"(scales {low:g} to {high:g}, shifts up to {INPUT_SHIFT:g})")
 
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""

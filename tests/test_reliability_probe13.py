@@ -410,3 +410,221 @@ def test_a_server_stopped_cleanly_leaves_no_lock_file(tmp_path):
     store.close()
     assert not lock.exists()
     JobStore(tmp_path / "srv").close()  # the folder is free for the next server
+
+
+# ------------------------------------------------------------------ probe 14 (on 3cf34c6): today's fixes' neighbours
+
+@pytest.mark.parametrize("spelling", ["o.png/.", "$D", "$D."])
+def test_a_name_that_ends_as_a_folder_is_refused_however_spelled(tmp_path, monkeypatch, capsys, spelling):
+    """`-o o.png/.` and `-o '$D'` with D=o.png/ wrote o.png: the slash check read the text as typed."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("D", "o.png/")
+    code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "-o", spelling, *FAST)
+    assert "is a folder" in one_error_line(code, err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_jobs_output_ending_in_slash_dot_is_refused(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png", "output": "x.png/."}))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out", *FAST)
+    assert "line 1" in one_error_line(code, err) and "is a folder" in err
+
+
+@pytest.mark.parametrize("flags", [["--tv-weight", "1e39"], ["--style-weight", "1e39"],
+                                   ["--style-layer-weights", "1e-50,1e-50,1e-50,1e-50,1e-50"],
+                                   ["--pixel-range", "1e-37"], ["--std", "1e30,1e30,1e30"]])
+def test_weights_and_conventions_float32_cannot_hold_are_refused(tmp_path, monkeypatch, capsys, flags):
+    """`--tv-weight 1e39` replaced an existing o.png with the start image (the loss not finite at iteration 0);
+    `--style-layer-weights 1e-50` x5 is 0 in float32 and ran without style; `--pixel-range 1e-37` wrote an
+    all-black picture with distances nan, exit 0."""
+    _pictures(tmp_path)
+    (tmp_path / "o.png").write_bytes(b"the user's earlier result")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, *flags)
+    assert "float32" in one_error_line(code, err)
+    assert (tmp_path / "o.png").read_bytes() == b"the user's earlier result"
+
+
+def test_a_first_iteration_that_is_not_finite_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Whatever makes the first loss non-finite, -o keeps what it held (the start image replaced it), and the API
+    raises instead of handing the start image back as a result."""
+    import styleengine
+    from styleengine.engine import loop
+
+    _pictures(tmp_path)
+    (tmp_path / "o.png").write_bytes(b"the user's earlier result")
+    real = loop.Result
+
+    def never_finite(image, iterations, stopped, records, distances=None, **kwargs):
+        return real(image, 0, "non-finite loss", [], distances, **kwargs)
+
+    from styleengine.engine import stylise as stylise_module
+
+    monkeypatch.setattr(stylise_module, "Result", never_finite)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST)
+    assert "nothing written" in one_error_line(code, err)
+    assert (tmp_path / "o.png").read_bytes() == b"the user's earlier result"
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not finite at the first iteration"):
+        styleengine.stylise(np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 3), np.uint8), weights="random",
+                            size=40, iterations=1, backend="torch")
+
+
+@pytest.mark.parametrize("env, argv", [
+    ({"STYLEENGINE_CACHE_DIR": "$E", "E": ""}, ["bench", "--res", "32", "--backends", "torch", "--iters", "1",
+                                                 "--rounds", "1", "--warmup", "0"]),
+    ({"STYLEENGINE_CACHE_DIR": "  "}, ["tune", "--size", "32"]),
+    ({"STYLEENGINE_TUNE": "bogus"}, ["tune", "--size", "32"]),
+])
+def test_an_environment_variable_it_cannot_use_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, env,
+                                                                          argv):
+    """bench gave a traceback for STYLEENGINE_CACHE_DIR='$E' (E=''); '  ' made a folder of spaces in the working
+    folder; `tune` timed every candidate before refusing STYLEENGINE_TUNE=bogus."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    before = _listing(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, *argv, "--weights", "random") if argv[0] != "bench" else \
+        run_cli(monkeypatch, capsys, *argv)
+    assert "STYLEENGINE_" in one_error_line(code, err)
+    assert "timing" not in err and _listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("word", ["./random", "./content"])
+def test_a_jobs_files_dot_slash_name_is_a_file_not_a_word(tmp_path, monkeypatch, capsys, word):
+    """`"weights": "./random"` in a jobs file in the working folder ran random weights (`./content` the content
+    start): the path beside the jobs file joined to the word. The CLI and API read them as files."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    key = "weights" if "random" in word else "init"
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png", key: word}) + "\n")
+    extra = FAST if key == "init" else FAST[2:]
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "jobs.jsonl", "--out", "out", *extra)
+    assert code == 1 and "0 ok" in err and word.lstrip("./") in err, err
+
+
+@pytest.mark.parametrize("flags", [["--max-pixels", "0.0005"], ["--token", "  "], ["--token", " abc"]])
+def test_serve_refuses_limits_and_tokens_no_request_can_meet(monkeypatch, capsys, flags):
+    """`serve --max-pixels 0.0005` started, then refused every upload; a token of spaces opened a public server to
+    `?token=%20%20`, and no Authorization header carries it."""
+    from styleengine.serve import app
+
+    def no_server(*args, **kwargs):
+        raise SystemExit(99)  # got as far as opening the server's folder: the value was taken
+
+    monkeypatch.setattr(app, "open_store", no_server)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--host", "0.0.0.0", "--port", "59998",
+                           *(["--token", "secret"] if "--token" not in flags else []), *flags)
+    assert flags[0] in one_error_line(code, err)
+
+
+def test_a_style_list_with_an_empty_name_is_refused(tmp_path, monkeypatch, capsys):
+    """`run c.png 's.png,$E'` (E='') ran with one style; a jobs file's list refused it."""
+    _pictures(tmp_path)
+    monkeypatch.setenv("E", "")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", f"{tmp_path / 's.png'},$E", "-o",
+                           tmp_path / "o.png", "--dry-run", *FAST)
+    assert "empty name" in one_error_line(code, err)
+
+
+# ------------------------------------------------------------------ probe 14b: invert, visualize, the run's end
+
+def _signal_in_the_save(monkeypatch, module):
+    import signal
+
+    real = module.write_or_rescue
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "write_or_rescue", signalled)
+
+
+@pytest.mark.parametrize("command", ["invert", "visualize"])
+def test_invert_and_visualize_keep_a_finished_picture_through_a_signal(tmp_path, monkeypatch, capsys, command):
+    """A signal after invert's or visualize's loop (the final score, the step's close, the save) exited 143 with
+    "error: interrupted" and no picture (10 of 15 at 224 px); run held it through its write."""
+    from styleengine import cli_invert, cli_visualize
+
+    _pictures(tmp_path)
+    _signal_in_the_save(monkeypatch, cli_invert if command == "invert" else cli_visualize)
+    out = tmp_path / "o.png"
+    argv = (["invert", tmp_path / "c.png", "--layer", "relu2_1"] if command == "invert" else
+            ["visualize", "--class", "3", "--model", "vgg16"])
+    code, _, err = run_cli(monkeypatch, capsys, *argv, "-o", out, "--weights", "random", "--size", "40", "--iters",
+                           "2")
+    assert code == 143 and "interrupted (SIGTERM)" in err and "error:" not in err, err
+    assert Image.open(out).size[0] == 40
+
+
+@pytest.mark.parametrize("command", ["invert", "visualize"])
+def test_invert_and_visualize_write_nothing_before_the_first_iteration(tmp_path, monkeypatch, capsys, command):
+    """A signal before the first iteration: visualize wrote its start image over -o ("after 0 iterations"),
+    invert too ("wrote o.png (0 iterations)"); run and texture already wrote nothing."""
+    from styleengine import cli_invert
+    from styleengine.engine import loop
+
+    _pictures(tmp_path)
+    out = tmp_path / "o.png"
+    out.write_bytes(b"the user's earlier result")
+
+    def cut(image):
+        import torch
+
+        return loop.Result(torch.zeros(1, 3, 40, 40), 0, "interrupted", [])
+
+    if command == "invert":
+        monkeypatch.setattr(cli_invert, "run_inversion", lambda picture, *a, **k: (picture, cut(None), None))
+        argv = ["invert", tmp_path / "c.png", "--layer", "relu2_1"]
+    else:
+        monkeypatch.setattr(loop, "optimise", lambda step, start, **k: cut(start))
+        argv = ["visualize", "--class", "3", "--model", "vgg16"]
+    code, _, err = run_cli(monkeypatch, capsys, *argv, "-o", out, "--weights", "random", "--size", "40", "--iters",
+                           "2")
+    assert code == 130 and "nothing written" in one_line(err), err
+    assert out.read_bytes() == b"the user's earlier result"
+
+
+def test_a_signal_as_the_trace_closes_keeps_the_finished_picture(tmp_path, monkeypatch, capsys):
+    """A signal after the loop, in what follows the step's close (the trace's close, the progress bar's end), said
+    "before the first iteration; nothing written" (3 of 68 end trials): execute's handler took it for set-up's."""
+    import signal
+
+    from styleengine import cli_job
+
+    _pictures(tmp_path)
+    real = cli_job.TraceWriter.close
+
+    def signalled_close(self):
+        if self.lines:  # the last close, after the loop
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self)
+
+    monkeypatch.setattr(cli_job.TraceWriter, "close", signalled_close)
+    code, _, err = run_cli(monkeypatch, capsys, *_run_args(tmp_path), "--trace", tmp_path / "t.jsonl")
+    assert code == 143 and "interrupted after 3 iterations (SIGTERM)" in err, err
+    assert Image.open(tmp_path / "o.png").size == (40, 33)
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_keyboard_interrupt_in_the_progress_bars_end_keeps_the_picture(tmp_path, monkeypatch, capsys):
+    from rich.progress import Progress
+
+    _pictures(tmp_path)
+    real = Progress.__exit__
+
+    def cut_exit(self, *exc):
+        real(self, *exc)
+        if exc[0] is None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "__exit__", cut_exit)
+    code, _, err = run_cli(monkeypatch, capsys, *_run_args(tmp_path))
+    assert code == 130 and "interrupted after 3 iterations" in err and "nothing written" not in err, err
+    assert Image.open(tmp_path / "o.png").size == (40, 33)

@@ -505,3 +505,20 @@ def test_a_variable_frame_rate_is_read_as_the_frames_on_screen(tmp_path):
     got = [np.round(f[0, 0] * 255) for _, f in video_io.read_frames(info, 0, 20, Fraction(12), (48, 64))]
     expected = [colours[i] for i in (0, 1, 1, 2, 3, 3, 3, 4)]
     assert len(got) == len(expected) and all(np.abs(g - e).max() <= 2 for g, e in zip(got, expected))
+
+
+def test_a_signal_held_through_the_encode_is_said(tmp_path, monkeypatch, capsys, clip, style):
+    """A SIGTERM while the finished frames were encoded was held (the video is written whole) and never said: exit
+    0. A signal before a command's last line is said by it (probe 14)."""
+    real = video_io.write_video
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # inside the encode's shield
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_io, "write_video", signalled)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2")
+    assert code == 143 and "interrupted (SIGTERM)" in err and "Traceback" not in err, err
+    assert frame_count(out) == 2

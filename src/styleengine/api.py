@@ -106,4 +106,10 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
     if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell
         raise Interrupted(images.to_pil(np.asarray(image)), result.iterations)
+    if result.stopped == "non-finite loss":  # the start image came back as if stylised
+        if not result.iterations:
+            raise ConfigError("the loss is not finite at the first iteration (a weight or the input convention too "
+                              "large for float32?)")
+        logger.warning("the loss became non-finite after %d iterations; the last finite image is returned",
+                       result.iterations)
     return images.to_pil(np.asarray(image))

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine import paths
-from styleengine.cli_job import write_or_rescue
+from styleengine.cli import signals
+from styleengine.cli_job import result_held, write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
@@ -61,7 +62,6 @@ def _invert(
         raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
                           f"got {feature_weight}")
     settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
-    size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, feature_weight
     settings.validate()
     paths.check_output_path(output)
     inputs = {"image": image, **settings_inputs(settings.init, settings.weights)}  # the weights file too
@@ -74,6 +74,21 @@ def _invert(
     loaded = load_run_weights(settings)
     console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
+    with result_held(result):  # a signal from here on is said after the files, which are written whole
+        _write(out, result, output, distances, picture, layer, settings, loaded, console)
+    if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
+        signals.reported = True
+        console.print(f"interrupted ({signals.name})", highlight=False)
+        raise typer.Exit(signals.exit_code)
+    if result.stopped == "non-finite loss":
+        print(f"error: the loss became non-finite after {result.iterations} iterations", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _write(out: Any, result: Any, output: Path, distances: Path | None, picture: Any, layer: str, settings: Any,
+           loaded: Any, console: Any) -> None:
+    """The picture, then its numbers (--distances), then the line saying both."""
+    size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, settings.content_weight
     write_or_rescue(out, output, [distances.parent] if distances is not None else [])
     # an interrupted run is not measured: null in the JSON (NaN is no JSON), said so on the line
     feature = result.distances.content if result.distances is not None else None
@@ -90,15 +105,6 @@ def _invert(
     shown = f"{feature:.3g}" if feature is not None else "not measured"
     console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
                   f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
-    from styleengine.cli import signals
-
-    if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
-        signals.reported = True
-        console.print(f"interrupted ({signals.name})", highlight=False)
-        raise typer.Exit(signals.exit_code)
-    if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations", file=sys.stderr)
-        raise typer.Exit(1)
 
 
 invert = with_settings(_invert, RUN, ("size", "iterations", "optimizer", "lr", "seed", "model", "weights", "non_strict",

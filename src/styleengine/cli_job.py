@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import typer
 
@@ -130,14 +130,22 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     from rich.console import Console
 
     console = Console(stderr=True, markup=False)
+    done: list[Any] = []
     try:
         with warnings_on(console):
-            image, result, failures = _checked_run(content=content, styles=styles, output=output, settings=settings,
-                                                   trace=trace, console=console)
+            done += _checked_run(content=content, styles=styles, output=output, settings=settings, trace=trace,
+                                 console=console)
     except KeyboardInterrupt:
-        _nothing_written()
+        if not done:
+            _nothing_written()
+        done[1] = interrupted(done[1])  # after the loop had returned (the handler's removal): said below
+    image, result, failures = done
     if result.stopped == "interrupted" and result.iterations == 0:  # the start image is no result to replace a file
         _nothing_written()
+    if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept: its start image is no result
+        print("error: the loss is not finite at the first iteration (a weight or the input convention too large "
+              "for float32?); nothing written", file=sys.stderr)
+        raise typer.Exit(1)
 
     # 3. the image is written whatever stopped the loop (a signal: the current one; NaN: the last finite
     # one), with further signals held back until it is
@@ -165,6 +173,21 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         console.print(f"auto: {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
                   soft_wrap=True)
+
+
+def interrupted(result: Any) -> Any:
+    """A loop's Result that a signal cut into after the loop had returned: its image whole, said as interrupted."""
+    return dataclasses.replace(result, stopped=result.stopped or "interrupted")
+
+
+@contextlib.contextmanager
+def result_held(result: Any) -> Iterator[None]:
+    """From a loop's result to its files being written: a signal is held, and said after them by the command
+    (signals.stopped); before the first iteration, nothing is written (the start image is no result)."""
+    if result.stopped == "interrupted" and result.iterations == 0:
+        _nothing_written()
+    with signals.shielded(deliver=False):
+        yield
 
 
 def _nothing_written() -> None:
@@ -257,6 +280,7 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     tracer = TraceWriter(trace, plan.to_json())
     failures: list[str] = []
     total = plan.iterations  # over all scales of a coarse-to-fine run
+    done: list[Any] = []
     try:
         with progress:
             task = progress.add_task("texture" if texture else "stylise", total=total, loss=float("nan"), spi=0.0)
@@ -277,10 +301,15 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                         if not failures:
                             failures.append(f"{e}; later snapshots were still tried")
 
-            image, result = stylise(content_array, style_arrays, settings, callback=on_iteration,
-                                    init_image=init_image, plan=plan, masks=regions)
+            done += stylise(content_array, style_arrays, settings, callback=on_iteration, init_image=init_image,
+                            plan=plan, masks=regions)
+    except KeyboardInterrupt:
+        if not done:
+            raise
+        done[1] = interrupted(done[1])  # in the progress bar's end: the loop's result stands
     finally:
-        tracer.close()
+        with signals.shielded(deliver=False):  # the trace's last lines are flushed whatever comes
+            tracer.close()
     if tracer.failure:
         failures.append(tracer.failure)
-    return image, result, failures
+    return done[0], done[1], failures

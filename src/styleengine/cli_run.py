@@ -19,7 +19,9 @@ Trace = Annotated[Optional[Path], typer.Option("--trace", help="Write one JSON o
                                                parser=named_file("--trace"))]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan (sizes, iterations, tiles, L-BFGS history, "
                                                         "what auto resolves to) and stop: no weights loaded, "
-                                                        "nothing written.")]
+                                                        "nothing written. Files are checked as the run checks "
+                                                        "them, short of decoding: a damaged image or weights "
+                                                        "file, or what a mask holds, the run finds.")]
 # texts: typer makes "" the Path ".", the working folder as a style folder
 Styles = Annotated[list[str], typer.Argument(help="One or more style images: several, a comma-separated list or a "
                                                    "folder of them.", show_default=False)]

@@ -87,12 +87,19 @@ def _serve(
     from styleengine.serve.app import Config, create_app, open_store, over_limits
 
     _check_listen(host, port)
+    if token is not None and (not token.strip() or token != token.strip() or not token.isprintable()):
+        # '  ' opened a public server: `?token=%20%20` got in, and no Authorization header carries it
+        raise ConfigError(f"--token ({TOKEN_ENV}) must be printable text with no spaces at its ends, got "
+                          f"{len(token)} characters{' of spaces' if not token.strip() else ''}")
     if not _loopback(host) and not token:
         raise ConfigError(f"--host {host} is reachable from other machines: set --token or {TOKEN_ENV} first")
     for name, value in (("--max-queue", max_queue), ("--max-upload-mb", max_upload_mb),
                         ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
         if not (value > 0 and math.isfinite(value)):  # inf overflowed int() at start
             raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    if max_pixels * 1e6 < MIN_SIDE * MIN_SIDE:  # 0.0005 started, then refused every upload "at most 0 megapixels"
+        raise ConfigError(f"--max-pixels {max_pixels:g} takes no picture; give at least {MIN_SIDE * MIN_SIDE / 1e6:g} "
+                          f"(a {MIN_SIDE}x{MIN_SIDE} image)")
     if max_upload_mb * 2**20 < MIN_UPLOAD_BYTES:  # 1e-300 started, then refused every request "over 0 MB"
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g} takes no picture; give at least "
                           f"{MIN_UPLOAD_BYTES / 2**20:.3f}")

@@ -27,6 +27,7 @@ def _tune(**flags: Any) -> None:
     settings = settings_from(flags, RUN)
     size, model = settings.size, settings.model
     settings.validate()
+    tuning_enabled()  # a STYLEENGINE_TUNE it cannot read is said now, not after the timing
     # what tune measures is kept in the cache: a folder that cannot take it is said now, not after the timing
     paths.check_cache_dir(record_path().parent, "STYLEENGINE_CACHE_DIR")
     console = Console(stderr=True, markup=False)

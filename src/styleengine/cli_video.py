@@ -360,7 +360,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         end = store.finished_from(start, stop)
         written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
     seconds = time.perf_counter() - began
-    if stopped == "interrupted":
+    if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True
         where = (f"wrote {output} ({written} of {stop - start} frames)" if written
                  else "no frame finished; nothing written")

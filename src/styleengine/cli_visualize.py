@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from styleengine.cli_job import write_or_rescue
+from styleengine.cli import signals
+from styleengine.cli_job import result_held, write_or_rescue
 from styleengine import paths
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
@@ -64,11 +65,11 @@ def _visualize(
         with torch.no_grad():
             before = float(step.scores(start.to(step.device))[0, target])
         result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
-        with torch.no_grad():
-            after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
-    write_or_rescue(result.image, output, [])
-    from styleengine.cli import signals
-
+        with result_held(result):  # a signal from here on is said after the picture, which is written whole
+            with torch.no_grad():
+                after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
+            step.close()
+            write_or_rescue(result.image, output, [])
     if signals.stopped(result.stopped):  # the current image is written; the exit code says it was cut short
         signals.reported = True
         console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)

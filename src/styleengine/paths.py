@@ -70,15 +70,16 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
         except ConfigError as e:
             raise ConfigError(f"{flag} {e}") from None
         check_name(path, flag)  # 300 bytes or a NUL: one line here, not an OSError from the first os call
-        if wanted == FILE and ends_as_folder(str(text)):
-            raise ConfigError(f"{flag} {text}: a name ending in '/' is a folder; name a file")
+        if wanted == FILE and ends_as_folder(expand_text(text)):
+            raise ConfigError(f"{flag} {text}: a name ending in '/' (or '/.') is a folder; name a file")
         return path
     return parse
 
 
 def ends_as_folder(text: str) -> bool:
-    """Whether a file's name ends as a folder's does (`o.png/`: Path drops the slash, and o.png was written)."""
-    return text.endswith(("/", os.sep))
+    """Whether a file's name ends as a folder's does (`o.png/`, `o.png/.`: Path drops both, and o.png was
+    written)."""
+    return os.path.basename(text.rstrip()) in ("", ".", "..")
 
 
 # what a shell would take for a variable: $NAME or ${NAME} (not `$5`, `$é` or `${X:-default}`, which expandvars
@@ -558,6 +559,8 @@ def image_shape(path: Path) -> tuple[int, int] | None:
 def cache_root() -> Path:
     """$STYLEENGINE_CACHE_DIR, else the platform's user cache folder (exports, tuning record)."""
     env = os.environ.get("STYLEENGINE_CACHE_DIR")
+    if env and not env.strip():  # '  ' made a folder of spaces in the working folder
+        raise ConfigError(f"STYLEENGINE_CACHE_DIR={env!r} names no folder; name one, or unset it")
     if env:
         try:
             return expand(env)  # an env file or a systemd unit expands no $VARIABLES
@@ -603,7 +606,9 @@ def styles_and_folders(names: Iterable[str | Path], what: str = "style folder") 
         text = str(name)
         if not text.strip():  # `run photo.jpg "$STYLE"` with STYLE unset: not the working folder's pictures
             raise ConfigError("a style argument is empty; name an image, a comma-separated list or a folder")
-        parts = [text] if "," not in text or _is_file(text) else [p.strip() for p in text.split(",") if p.strip()]
+        parts = [text] if "," not in text or _is_file(text) else [p.strip() for p in text.split(",")]
+        if not all(parts):  # `s.png,$E` with E='' ran with one style; a jobs file's list refused it
+            raise ConfigError(f"style argument {text!r} holds an empty name; name an image between every two commas")
         for part in map(Path, parts):  # a name no file system takes (300 bytes, NUL): one line, not an OSError
             check_name(part, "cannot read style image")
             if part.is_dir():
