@@ -222,7 +222,10 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
             stopped: str | None = "non-finite loss"
         else:
             stopped = state["stopped"] if state["stopped"] == "interrupted" else None
-        # the final update is not evaluated but is the result of a run that went to its end
+        # the final update is not evaluated but is the result of a run that went to its end, unless it is not
+        # finite (a huge weight's last step: visualize wrote a NaN picture, exit 0)
+        if stopped is None and not bool(torch.isfinite(x[index]).all()):
+            stopped = "non-finite loss"
         image = (x if stopped is None else last_finite)[index:index + 1].detach()
         results.append(Result(image, len(records[index]), stopped, records[index]))
     return results

@@ -628,3 +628,65 @@ def test_a_keyboard_interrupt_in_the_progress_bars_end_keeps_the_picture(tmp_pat
     code, _, err = run_cli(monkeypatch, capsys, *_run_args(tmp_path))
     assert code == 130 and "interrupted after 3 iterations" in err and "nothing written" not in err, err
     assert Image.open(tmp_path / "o.png").size == (40, 33)
+
+
+# ------------------------------------------------------------------ probe 15 (on b7c8265)
+
+@pytest.mark.parametrize("command", ["batch", "run"])
+def test_a_tune_setting_it_cannot_read_is_one_line_before_any_job_or_weights(tmp_path, monkeypatch, capsys,
+                                                                             command):
+    """`STYLEENGINE_TUNE=bogus batch` failed every job on it (a failed line each in the manifest); `run` loaded (or
+    downloaded) its weights first."""
+    from styleengine.model import weights as weights_module
+
+    _pictures(tmp_path)
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png"}) + "\n")
+    monkeypatch.setenv("STYLEENGINE_TUNE", "bogus")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the refusal")
+
+    from styleengine.engine import stylise as stylise_module
+
+    monkeypatch.setattr(weights_module, "load_weights", no_weights)
+    monkeypatch.setattr(stylise_module, "load_weights", no_weights)
+    argv = (["batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out"] if command == "batch" else
+            ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png"])
+    code, _, err = run_cli(monkeypatch, capsys, *argv, *FAST)
+    assert "STYLEENGINE_TUNE" in one_error_line(code, err) and "line 1" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("flags, says", [(["--tv-weight", "1e39"], "past float32"),
+                                         (["--l2-weight", "1e-50"], "past float32")])
+def test_visualize_refuses_weights_float32_cannot_hold(tmp_path, monkeypatch, capsys, flags, says):
+    """`visualize --tv-weight 1e39` replaced -o with the start image ("0 iterations"), exit 0: its own weight
+    check took any finite number."""
+    out = tmp_path / "o.png"
+    out.write_bytes(b"the user's earlier result")
+    code, _, err = run_cli(monkeypatch, capsys, "visualize", "--class", "3", "--model", "vgg16", "-o", out,
+                           "--weights", "random", "--size", "40", "--iters", "2", *flags)
+    assert says in one_error_line(code, err)
+    assert out.read_bytes() == b"the user's earlier result"
+
+
+def test_a_last_step_that_is_not_finite_is_no_result(tmp_path, monkeypatch, capsys):
+    """`visualize --l2-weight 1e37` wrote a picture of NaN ("score -> nan", a RuntimeWarning from the save), exit 0:
+    the loop's final update is not evaluated, and nothing checked it was finite. It is the last finite image now,
+    and said."""
+    import torch
+
+    from styleengine.engine import loop
+
+    class Exploding:
+        device = torch.device("cpu")
+        capturable = False
+
+        def __call__(self, x):
+            from styleengine.engine.steps import StepResult
+
+            return StepResult.from_floats(1.0 + 0.0 * float(x.sum()), torch.full_like(x, float("nan")),  # a NaN step
+                                          {"content": 0.0, "style": 0.0, "tv": 0.0})
+
+    result = loop.optimise(Exploding(), torch.full((1, 3, 32, 32), 0.5), iterations=1, optimizer="adam", lr=0.1)
+    assert result.stopped == "non-finite loss" and bool(torch.isfinite(result.image).all())

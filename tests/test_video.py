@@ -522,3 +522,30 @@ def test_a_signal_held_through_the_encode_is_said(tmp_path, monkeypatch, capsys,
                            "--frames", "0:2")
     assert code == 143 and "interrupted (SIGTERM)" in err and "Traceback" not in err, err
     assert frame_count(out) == 2
+
+
+def test_a_first_frame_not_finite_says_nothing_written(tmp_path, monkeypatch, capsys, clip, style):
+    """A loss not finite at frame 0 said "wrote out.mp4 (0 frames)"; no video was written."""
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2", "--style-weight", "3e38", "--content-weight", "3e38", "--tv-weight",
+                           "3e38")
+    assert code == 1 and "nothing written" in err and "wrote" not in err, err
+    assert not out.exists()
+
+
+def test_a_signal_held_through_a_frames_save_counts_the_frame(tmp_path, monkeypatch, capsys, clip, style):
+    """SIGTERM inside frame 0's save said "after 0 new frames; wrote out.mp4 (1 of 2 frames)"."""
+    from styleengine.cli_video import FrameStore
+
+    real = FrameStore.save
+
+    def signalled(self, index, image):
+        real(self, index, image)
+        os.kill(os.getpid(), signal.SIGTERM)  # inside on_frame's shield
+
+    monkeypatch.setattr(FrameStore, "save", signalled)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2")
+    assert code == 143 and "after 1 new frames" in err and "(1 of 2 frames)" in err, err

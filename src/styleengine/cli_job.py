@@ -140,16 +140,14 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
             _nothing_written()
         done[1] = interrupted(done[1])  # after the loop had returned (the handler's removal): said below
     image, result, failures = done
-    if result.stopped == "interrupted" and result.iterations == 0:  # the start image is no result to replace a file
-        _nothing_written()
     if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept: its start image is no result
         print("error: the loss is not finite at the first iteration (a weight or the input convention too large "
               "for float32?); nothing written", file=sys.stderr)
         raise typer.Exit(1)
 
-    # 3. the image is written whatever stopped the loop (a signal: the current one; NaN: the last finite
-    # one), with further signals held back until it is
-    with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
+    # 3. the image is written whatever stopped the loop after its first iteration (a signal: the current one;
+    # NaN: the last finite one), with further signals held back until it is
+    with result_held(result):  # the run ends right after, saying what the signal did
         written, failure = _write_result(image, output, trace)
     for note in failures:
         console.print(f"warning: {note}", soft_wrap=True, highlight=False)

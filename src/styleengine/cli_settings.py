@@ -86,6 +86,9 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
     value that is not one of its words, and each of a list of files, expanded (`--weights=~/w.pth`: no shell
     expanded it). recipe: another
     tool's recipe (engine/recipes.py) under the flags named on the command line."""
+    from styleengine.engine.autotune import tuning_enabled
+
+    tuning_enabled()  # the environment's setting read with the flags: STYLEENGINE_TUNE=bogus failed every batch job
     values: dict[str, Any] = {}
     for name, meta in options(command).items():
         if name not in flags or (recipe is not None and not _given(name)):

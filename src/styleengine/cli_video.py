@@ -328,9 +328,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 nonlocal made
                 with signals.shielded():  # a frame is written whole before a signal stops the run
                     store.save(frame.index, frame.image)
+                    made += 1  # counted before the shield ends: a signal it held said "after 0 new frames"
                     if tracer is not None:
                         tracer.write_object(frame.to_json(), f"frame {frame.index}")
-                made += 1
                 # a resumed frame found damaged runs again: it was counted among the finished already
                 counted = chunked is None and frame.index < resumed
                 progress.update(task, advance=0 if counted else 1, rate=made / (time.perf_counter() - began))
@@ -368,7 +368,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                       highlight=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
     if stopped == "non-finite loss":
-        print(f"error: the loss became non-finite at frame {end}; wrote {output} ({written} frames)", file=sys.stderr)
+        where = f"wrote {output} ({written} frames)" if written else "nothing written"  # it said "wrote (0 frames)"
+        print(f"error: the loss became non-finite at frame {end}; {where}", file=sys.stderr)
         raise typer.Exit(1)
     if written < stop - start:
         print(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)",

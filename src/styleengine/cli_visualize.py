@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -12,12 +13,16 @@ from styleengine import paths
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
-from styleengine.errors import ConfigError
+from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY
+from styleengine.errors import ConfigError, UserError
 
 
 def _weight(value: float, flag: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+    if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:  # as the loss weights of a run (engine/loss_config.py)
+        raise ConfigError(f"{flag} {value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} "
+                          f"to {FLOAT32_MAX:.3g})")
     return value
 
 
@@ -65,6 +70,9 @@ def _visualize(
         with torch.no_grad():
             before = float(step.scores(start.to(step.device))[0, target])
         result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
+        if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept: the start image is no result
+            raise UserError("the loss is not finite at the first iteration (a weight too large for float32?); "
+                            "nothing written")
         with result_held(result):  # a signal from here on is said after the picture, which is written whole
             with torch.no_grad():
                 after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
@@ -74,6 +82,10 @@ def _visualize(
         signals.reported = True
         console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)
         raise typer.Exit(signals.exit_code)
+    if result.stopped == "non-finite loss":
+        print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last finite image "
+              f"to {output}", file=sys.stderr)
+        raise typer.Exit(1)
     label = f"class {target} ({name})" if name else f"class {target}"
     console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
                   f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
