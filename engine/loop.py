@@ -216,15 +216,16 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
         except KeyboardInterrupt:
             pass
         state["stopped"] = "interrupted"
+    # the final update is not evaluated but is the result of a run that went to its end, unless it is not finite
+    # (a huge weight's last step: visualize wrote a NaN picture, exit 0); one read for the batch, after the loop
+    finite_end = torch.isfinite(x.detach()).flatten(1).all(1).tolist()
     results = []
     for index in range(count):
         if broken[index]:
             stopped: str | None = "non-finite loss"
         else:
             stopped = state["stopped"] if state["stopped"] == "interrupted" else None
-        # the final update is not evaluated but is the result of a run that went to its end, unless it is not
-        # finite (a huge weight's last step: visualize wrote a NaN picture, exit 0)
-        if stopped is None and not bool(torch.isfinite(x[index]).all()):
+        if stopped is None and not finite_end[index]:
             stopped = "non-finite loss"
         image = (x if stopped is None else last_finite)[index:index + 1].detach()
         results.append(Result(image, len(records[index]), stopped, records[index]))
