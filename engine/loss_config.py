@@ -19,6 +19,13 @@ CONTENT_LAYERS = ("relu4_2",)
 TV_UNIT = 1e5
 
 
+def check_float32(name: str, value: float) -> None:
+    """ConfigError for a loss weight float32 cannot hold: 1e39 is inf in the float32 loss, 1e-50 is 0."""
+    if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:
+        raise ConfigError(f"{name} {value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} "
+                          f"to {FLOAT32_MAX:.3g})")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which layers enter the loss and how the terms are weighted."""
@@ -68,9 +75,7 @@ class LossConfig:
             raise ConfigError(f"style layer weights must be finite numbers >= 0, got {list(self.layer_weights())}")
         for name, value in (("content weight", self.content_weight), ("style weight", self.style_weight),
                             ("tv weight", self.tv_weight), *(("style layer weight", w) for w in self.layer_weights())):
-            if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:  # 1e39 is inf in the float32 loss, 1e-50 is 0
-                raise ConfigError(f"{name} {value:g} is past float32, where the loss is computed (0, or "
-                                  f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g})")
+            check_float32(name, value)
         if len(self.layer_weights()) != len(self.style_layers):
             raise ConfigError(
                 f"{len(self.layer_weights())} style layer weights for {len(self.style_layers)} style layers"

@@ -28,7 +28,7 @@ from styleengine.cli import signals
 from styleengine.engine import images, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
-from styleengine.errors import ImageError
+from styleengine.errors import ImageError, UserError
 
 
 class TraceWriter:
@@ -140,10 +140,6 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
             _nothing_written()
         done[1] = interrupted(done[1])  # after the loop had returned (the handler's removal): said below
     image, result, failures = done
-    if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept: its start image is no result
-        print("error: the loss is not finite at the first iteration (a weight or the input convention too large "
-              "for float32?); nothing written", file=sys.stderr)
-        raise typer.Exit(1)
 
     # 3. the image is written whatever stopped the loop after its first iteration (a signal: the current one;
     # NaN: the last finite one), with further signals held back until it is
@@ -184,6 +180,9 @@ def result_held(result: Any) -> Iterator[None]:
     (signals.stopped); before the first iteration, nothing is written (the start image is no result)."""
     if result.stopped == "interrupted" and result.iterations == 0:
         _nothing_written()
+    if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept
+        raise UserError("the loss is not finite at the first iteration (a weight or the input convention too large "
+                        "for float32?); nothing written")
     with signals.shielded(deliver=False):
         yield
 

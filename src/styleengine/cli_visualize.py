@@ -13,16 +13,14 @@ from styleengine import paths
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
-from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY
-from styleengine.errors import ConfigError, UserError
+from styleengine.engine.loss_config import check_float32
+from styleengine.errors import ConfigError
 
 
 def _weight(value: float, flag: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
-    if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:  # as the loss weights of a run (engine/loss_config.py)
-        raise ConfigError(f"{flag} {value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} "
-                          f"to {FLOAT32_MAX:.3g})")
+    check_float32(flag, value)  # as a run's loss weights
     return value
 
 
@@ -70,9 +68,6 @@ def _visualize(
         with torch.no_grad():
             before = float(step.scores(start.to(step.device))[0, target])
         result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
-        if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept: the start image is no result
-            raise UserError("the loss is not finite at the first iteration (a weight too large for float32?); "
-                            "nothing written")
         with result_held(result):  # a signal from here on is said after the picture, which is written whole
             with torch.no_grad():
                 after = step.scores(result.image.clamp(0, 1).to(step.device))[0]

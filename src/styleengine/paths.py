@@ -66,11 +66,12 @@ def _named(flag: str, wanted: str) -> Callable[[str], Path]:
         if not str(text).strip():
             raise ConfigError(f"{flag} is empty; name {wanted}")
         try:
-            path = expand(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths (--weights=~/w.pth)
+            expanded = expand_text(text)  # `--trace=~/t.jsonl`: no shell expanded it, as settings' paths
         except ConfigError as e:
             raise ConfigError(f"{flag} {e}") from None
+        path = Path(expanded)
         check_name(path, flag)  # 300 bytes or a NUL: one line here, not an OSError from the first os call
-        if wanted == FILE and ends_as_folder(expand_text(text)):
+        if wanted == FILE and ends_as_folder(expanded):
             raise ConfigError(f"{flag} {text}: a name ending in '/' (or '/.') is a folder; name a file")
         return path
     return parse
