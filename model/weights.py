@@ -16,6 +16,7 @@ import torch
 from styleengine.errors import WeightsError, first_line
 from styleengine.model import recognise
 from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
+from styleengine import paths
 from styleengine.paths import file_sha256, not_a_file  # noqa: F401  (callers read file_sha256 here)
 from styleengine.model.vgg import conv_weight_keys, layer_table
 
@@ -271,6 +272,9 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
         state = check_state(model, raw, url, strict=strict)
         return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0],
                        "from flags" if convention else "from known hash", _ignored(model, raw, state))
+    problem = paths.weights_problem(spec)
+    if problem is not None:
+        raise WeightsError(problem)
     path = Path(spec).expanduser()
     raw, meta = read_checkpoint(path)
     state = check_state(model, raw, str(path), strict=strict)

@@ -51,7 +51,7 @@ def test_dry_run_refuses_what_the_run_would_refuse_in_one_line(tmp_path, monkeyp
     code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", out, "--dry-run",
                            "--weights", tmp_path / "missing.pth")
     assert_one_line_error(code, err, out)
-    assert "weights file not found" in err
+    assert "missing.pth was not found" in err  # the run's own words
     code, _, err = run_cli(monkeypatch, capsys, "texture", pics["style"], "-o", out, "--dry-run",
                            "--mem-budget", "0.01")
     assert_one_line_error(code, err, out)

@@ -531,7 +531,31 @@ def test_a_first_frame_not_finite_says_nothing_written(tmp_path, monkeypatch, ca
                            "--frames", "0:2", "--style-weight", "3e38", "--content-weight", "3e38", "--tv-weight",
                            "3e38")
     assert code == 1 and "nothing written" in err and "wrote" not in err, err
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "out.mp4.frames").exists()  # its video.json stayed
+
+
+def test_a_video_interrupted_before_its_first_frame_leaves_no_frames_folder(tmp_path, monkeypatch, capsys, clip,
+                                                                           style):
+    """A signal in frame 0's loop said "nothing written" and left OUT.frames/video.json; a folder that was
+    there before is kept."""
+    from styleengine.engine import video
+
+    real = video.stylise_frames
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video, "stylise_frames", signalled)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2")
+    assert code == 143 and "nothing written" in err, err
+    assert not (tmp_path / "out.mp4.frames").exists()
+    (tmp_path / "out.mp4.frames").mkdir()  # the user's, empty: not this run's to remove
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2")
+    assert code == 143 and (tmp_path / "out.mp4.frames").is_dir(), err
 
 
 def test_a_signal_held_through_a_frames_save_counts_the_frame(tmp_path, monkeypatch, capsys, clip, style):

@@ -68,8 +68,9 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     """The plan a run of these settings on these files would make here (no weights loaded, nothing written)."""
     texture = content is None
     settings.validate(texture=texture)
-    if settings.weights not in ("imagenet", "random") and not Path(settings.weights).is_file():
-        raise ConfigError(f"weights file not found (or not a file): {settings.weights}")
+    problem = paths.weights_problem(settings.weights) if settings.weights not in ("imagenet", "random") else None
+    if problem is not None:
+        raise ConfigError(problem)
     content_shape = _shape(content, "content image") if content is not None else None
     style_shapes = [_shape(p, "style image") for p in styles]
     machine = probe_light()

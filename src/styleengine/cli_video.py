@@ -46,6 +46,7 @@ class FrameStore:
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
+        self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run's open()
 
     def open(self) -> None:
         """Make the folder, or check that the one there holds frames of these settings (ConfigError if not:
@@ -74,11 +75,25 @@ class FrameStore:
             self.folder.mkdir(exist_ok=True)
             paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
                                         + "\n").encode())
+            self.made = (made, True)
         except OSError as e:
             if made:  # refused at its start: nothing left behind (an empty OUT.frames on a full disk)
                 with contextlib.suppress(OSError):
                     self.folder.rmdir()
             raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}") from None
+
+    def discard(self) -> None:
+        """No frame finished: take back what open() made, so that "nothing written" is so (a folder or record
+        that was there before stays)."""
+        folder, record = self.made
+        if not record or any(p.name != self.RECORD for p in self.folder.iterdir()):
+            return
+        try:
+            (self.folder / self.RECORD).unlink(missing_ok=True)
+            if folder:
+                self.folder.rmdir()
+        except OSError as e:  # a tidy-up: what stays is a record of these settings, taken again by a rerun
+            logging.getLogger(__name__).warning("could not remove %s: %s", self.folder, e.strerror or e)
 
     def path(self, index: int) -> Path:
         return self.folder / f"frame_{index:06d}.png"
@@ -359,6 +374,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
         end = store.finished_from(start, stop)
         written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
+        if not written and chunked is None:  # chunks keep seams and finish out of order: theirs stays
+            store.discard()
     seconds = time.perf_counter() - began
     if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True

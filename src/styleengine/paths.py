@@ -115,6 +115,19 @@ def check_name(path: str | os.PathLike, what: str, error: type[UserError] = Conf
                         f"systems allow {NAME_MAX})")
 
 
+def weights_problem(spec: str) -> str | None:
+    """The line that says why the weights file `spec` (a path, not "imagenet" or "random") cannot be read, or
+    None: one wording for the dry run and the run."""
+    path = Path(spec).expanduser()
+    problem = not_a_file(path)
+    if problem is None:
+        return None
+    # "./random" is a file name, and Path() drops its "./": say what was typed, and what the word is
+    hint = (f" (the {path.name} weights are named '{path.name}', with no folder)"
+            if path.name in ("random", "imagenet") and problem == "was not found" else "")
+    return f"weights file {spec} {problem}{hint}"
+
+
 def not_a_file(path: str | os.PathLike) -> str | None:
     """What `path` is when it is not a regular file to read ("was not found", "is a directory", "is a
     FIFO (a named pipe)", ...); None for a regular file (symlinks followed). A FIFO would block a reader
