@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 from styleengine import paths
 from styleengine.engine import capability
 from styleengine.engine.machine import fingerprint, probe
-from styleengine.choices import MAX_SIDE
+from styleengine.choices import MAX_SIDE, WEIGHT_WORDS
 from styleengine.engine.settings import Settings
 from styleengine.engine.trial import Trial, measure_candidates, pick_fastest
 
@@ -237,7 +237,7 @@ def _run_key(settings: Settings, where: capability.Placement) -> dict:
 
 def _weights_kind(weights: str) -> str:
     """Speed does not depend on the weights' values, the look might: a file is named by its content's hash."""
-    if weights in ("imagenet", "random"):
+    if weights in WEIGHT_WORDS:
         return weights
     from styleengine.paths import file_sha256
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
-from styleengine.choices import INITS
+from styleengine.choices import INITS, WEIGHT_WORDS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import BATCH, KINDS, Settings, options, run_inputs, settings_inputs  # noqa: F401
@@ -94,8 +94,8 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
         values["init"] = _beside(base_dir, values["init"], INITS)
-    if values.get("weights", "random") not in ("imagenet", "random"):
-        values["weights"] = _beside(base_dir, values["weights"], ("imagenet", "random"))
+    if values.get("weights", "random") not in WEIGHT_WORDS:
+        values["weights"] = _beside(base_dir, values["weights"], WEIGHT_WORDS)
     for name in ("content_masks", "style_masks"):  # mask files too
         if values.get(name):
             values[name] = tuple(str(base_dir / paths.expand(p)) for p in values[name])

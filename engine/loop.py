@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -20,6 +20,8 @@ from styleengine.choices import LBFGS_HISTORY, OPTIMIZERS, check_choice
 from styleengine.engine.lbfgs import DeviceLBFGS
 from styleengine.engine.steps import LOSS_TERMS, Step
 from styleengine.errors import ConfigError
+
+T = TypeVar("T")
 
 # Reads: the records reach the host (one sync) when the last one is older than
 # READ_INTERVAL_S (a progress bar needs no more than ~10 a second), at every
@@ -119,8 +121,10 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
                    lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
                    history: int = LBFGS_HISTORY, max_step: float | None = None,
                    read_at: Callable[[int], bool] | None = None,
-                   read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY) -> list[Result]:
-    """optimise() for B images at once, init (B, 3, H, W): one Result per image.
+                   read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY,
+                   kept: list[Result] | None = None) -> list[Result]:
+    """optimise() for B images at once, init (B, 3, H, W): one Result per image (also put in `kept` as
+    they are made, for a caller a signal may cut into before it has the returned value).
 
     The step returns the B images' loss terms (B, 4) (a single image's (4,)) and their gradients; each
     image has its own optimiser state (DeviceLBFGS per row; Adam is per element), so image b follows the
@@ -208,28 +212,50 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
                         break
         except KeyboardInterrupt:
             state["stopped"] = "interrupted"
-    if state["stopped"] == "interrupted" and state["unread"] < done and not state["in_callback"]:
-        # Ctrl-C during a step: the iterations that finished keep their records, unless one was not finite
-        state["stopped"] = None
-        try:
-            read(done)
-        except KeyboardInterrupt:
-            pass
+    try:  # a signal just after the loop (its try) is the loop's too: it stops nothing more than one inside it
+        if state["stopped"] == "interrupted" and state["unread"] < done and not state["in_callback"]:
+            # Ctrl-C during a step: the iterations that finished keep their records, unless one was not finite
+            state["stopped"] = None
+            try:
+                read(done)
+            finally:
+                state["stopped"] = "interrupted"
+    except KeyboardInterrupt:
         state["stopped"] = "interrupted"
     # the final update is not evaluated but is the result of a run that went to its end, unless it is not finite
     # (a huge weight's last step: visualize wrote a NaN picture, exit 0); one read for the batch, after the loop
-    finite_end = torch.isfinite(x.detach()).flatten(1).all(1).tolist()
-    results = []
-    for index in range(count):
-        if broken[index]:
-            stopped: str | None = "non-finite loss"
-        else:
-            stopped = state["stopped"] if state["stopped"] == "interrupted" else None
-        if stopped is None and not finite_end[index]:
-            stopped = "non-finite loss"
-        image = (x if stopped is None else last_finite)[index:index + 1].detach()
-        results.append(Result(image, len(records[index]), stopped, records[index]))
-    return results
+    def results() -> list[Result]:
+        finite_end = torch.isfinite(x.detach()).flatten(1).all(1).tolist()
+        made = []
+        for index in range(count):
+            if broken[index]:
+                stopped: str | None = "non-finite loss"
+            else:
+                stopped = state["stopped"] if state["stopped"] == "interrupted" else None
+            if stopped is None and not finite_end[index]:
+                stopped = "non-finite loss"
+            image = (x if stopped is None else last_finite)[index:index + 1].detach()
+            made.append(Result(image, len(records[index]), stopped, records[index]))
+        if kept is not None:
+            kept[:] = made
+        return made
+
+    made, cut = uninterrupted(results)
+    if cut:  # a signal as the results were made is the loop's, as one inside it
+        state["stopped"] = "interrupted"
+        made, _ = uninterrupted(results)
+    return made
+
+
+def uninterrupted(make: Callable[[], T]) -> tuple[T, bool]:
+    """make()'s value though a KeyboardInterrupt cut into it (make runs again: it must only read), and whether
+    one did: a signal just after a loop returned lost its finished pictures."""
+    cut = False
+    while True:
+        try:
+            return make(), cut
+        except KeyboardInterrupt:
+            cut = True
 
 
 def _capture(iteration: Callable[[], None]) -> "torch.cuda.CUDAGraph":

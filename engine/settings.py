@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
-                                 device_kind, MAX_SEED)  # noqa: F401
+                                 device_kind, MAX_SEED, WEIGHT_WORDS)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
@@ -188,7 +188,7 @@ class Settings:
     seed: int = option(0, "Seed of the noise init and random weights.", OPTIM, "whole")
     model: str = option("vgg19", "vgg19 or vgg16.", NETWORK, "word")
     weights: str = option("imagenet", "imagenet (torchvision, cached download), random, or a .safetensors/.pth "
-                                      "file.", NETWORK, "word", words=("imagenet", "random"))
+                                      "file.", NETWORK, "word", words=WEIGHT_WORDS)
     non_strict: bool = option(False, "Ignore (and list) a weights file's unknown keys under features. instead of "
                                      "refusing the file; shapes are still checked.", NETWORK, "flag", per_job=False)
     pooling: str = option("avg", "avg (the paper's) or max.", NETWORK, "word")
@@ -516,7 +516,7 @@ def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Se
     found = {}
     if init not in INITS:
         found[f"{prefix}init image"] = Path(init)
-    if weights not in ("imagenet", "random"):
+    if weights not in WEIGHT_WORDS:
         found[f"{prefix}weights file"] = Path(weights)
     for kind, mask_paths in (("content mask", content_masks), ("style mask", style_masks)):
         found.update({f"{prefix}{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})

@@ -14,11 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from styleengine import paths
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
 from styleengine.choices import INITS
 from styleengine.errors import ConfigError, ImageError
-from styleengine.engine.loop import Record, Result, optimise_batch
+from styleengine.engine.loop import Record, Result, optimise_batch, uninterrupted
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
 from styleengine.engine.steps import Step, TargetCache, make_targets, resolve_device
@@ -75,8 +76,8 @@ def load_init(settings: Settings) -> np.ndarray | None:
 
 
 def _read_init(path: str) -> np.ndarray:
-    if not os.path.lexists(path):
-        raise ImageError(f"--init {path}: no such image file (the named starts: {', '.join(INITS)})")
+    if not os.path.lexists(path):  # the dry run's words (a folder, a FIFO: load_image says what it is)
+        raise ImageError(paths.input_problem("init image", path) or f"init image {path} was not found")
     return images.load_image(path)
 
 
@@ -140,7 +141,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
                      inits: list[torch.Tensor], callback: Callable[[Record, torch.Tensor], None] | None, *,
                      blends: list[tuple[float, ...] | None], targets_step: Step | None = None,
                      offset: int = 0, measure: bool = True, last_use: bool = False, history: int = 0,
-                     cache: TargetCache | None = None) -> list[Result]:
+                     cache: TargetCache | None = None, kept: list[Result] | None = None) -> list[Result]:
     """Targets at this size, the loop from the inits, then (measure) the distances of each result: one Result
     per picture.
 
@@ -151,6 +152,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     run as one batch. Records of every settings.distance_every-th iteration
     (counted across scales) carry the distances of the image after it.
     cache: a warm engine's features and Grams of pictures it has seen (steps.TargetCache).
+    kept: the loop's results, put there as the loop makes them (see optimise_batch).
     last_use: the step runs no more after this loop, so it hands back its
     buffers (Step.trim) before the distances' features are computed (an ORT
     step's session held the loop's arena beside the features session: +260 MB
@@ -179,7 +181,7 @@ def optimise_at_size(step: Step, loss: LossConfig, settings: Settings, prepared:
     results = optimise_batch(step, torch.cat(inits), iterations=settings.iterations, optimizer=settings.optimizer,
                              lr=settings.lr, callback=callback,
                              history=history,
-                             max_step=settings.lbfgs_max_step or None, read_at=read_at)
+                             max_step=settings.lbfgs_max_step or None, read_at=read_at, kept=kept)
     if with_distances:  # the loop keeps its own records: these replace them
         results = [dataclasses.replace(r, records=[with_distances.get((rec.index, rec.iteration), rec)
                                                    for rec in r.records]) for r in results]
@@ -377,6 +379,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     blends = [p.settings.style_blend for p in pictures]
     try:
         for index, at in enumerate(scales):
+            parts: list[Result] | None = None
+            kept: list[Result] = []  # this scale's loop results, though a signal came before `parts` had them
             try:
                 if index:  # each picture from its previous scale's result, upsampled
                     prepared = prepare_all(at.size)
@@ -395,19 +399,28 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=at.iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
                                          offset=scale["offset"], measure=last, last_use=owned and last,
-                                         history=at.history, cache=None if owned or tiled else cache)
+                                         history=at.history, cache=None if owned or tiled else cache, kept=kept)
             except KeyboardInterrupt:
-                # between scales (the next scale's targets): the loop's contract, the last scale's image
-                if not index:
+                # between scales (the next scale's targets): the loop's contract, the last scale's image; and
+                # just after this scale's loop returned (parts), this scale's
+                parts = parts if parts is not None else (list(kept) or None)
+                if parts is None and not index:
                     raise
-                results = [Result(r.image, len(rec), "interrupted", rec, r.distances)
-                           for r, rec in zip(results, records)]
-                break
-            for part, rec in zip(parts, records):
-                rec += [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
-            results = [Result(part.image, len(rec), part.stopped, rec, part.distances)
-                       for part, rec in zip(parts, records)]
-            if any(part.stopped is not None for part in parts):
+                cut = True
+            else:
+                cut = False
+            if parts is not None:
+                def joined(parts: list[Result] = parts) -> tuple[list[Result], list[list[Record]]]:
+                    grown = [rec + [dataclasses.replace(r, iteration=r.iteration + scale["offset"])
+                                    for r in part.records] for part, rec in zip(parts, records)]
+                    return [Result(part.image, len(rec), part.stopped, rec, part.distances)
+                            for part, rec in zip(parts, grown)], grown
+
+                (results, records), again = uninterrupted(joined)
+                cut = cut or again
+            if cut:
+                results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
+            if cut or any(r.stopped is not None for r in results):
                 break
     except BaseException:
         if owned:

@@ -573,3 +573,21 @@ def test_a_signal_held_through_a_frames_save_counts_the_frame(tmp_path, monkeypa
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
                            "--frames", "0:2")
     assert code == 143 and "after 1 new frames" in err and "(1 of 2 frames)" in err, err
+
+
+def test_a_signal_after_videos_last_line_changes_nothing(tmp_path, monkeypatch, capsys, clip, style):
+    """A SIGTERM just after "wrote out.mp4 (...)" exited 143 under it (probe 16, injected)."""
+    from rich.console import Console
+
+    real = Console.print
+
+    def print_then_signal(self, *objects, **kwargs):
+        real(self, *objects, **kwargs)
+        if objects and str(objects[0]).startswith("wrote "):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Console, "print", print_then_signal)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2")
+    assert code == 0 and "interrupted" not in err and out.is_file(), err

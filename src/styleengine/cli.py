@@ -195,6 +195,7 @@ class _Signals:
         self._alarm: Any = None  # SIGALRM's handler before a signal was put off (None: not put off)
         self._forward: Any = None  # hand_over's handler: signals go there instead
         self._finished = False  # the command has returned (finish)
+        self._holding = False  # from its last lines to its end (hold)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._forward is not None:
@@ -202,7 +203,7 @@ class _Signals:
         first = self.received is None
         if first:
             self.received = signum
-        if self._shield:
+        if self._shield or self._holding:
             self._held = self._held or first
         elif first:  # a repeat (`timeout`, an impatient Ctrl-C) is absorbed: the first is already stopping us
             self._raise(frame)
@@ -218,7 +219,7 @@ class _Signals:
         raise KeyboardInterrupt
 
     def _again(self, signum: int, frame: Any) -> None:
-        if self._shield:  # the held signal is raised as the block ends
+        if self._shield or self._holding:  # the held signal is raised as the block ends
             self._held = True
             self._stop_alarm()
         else:
@@ -239,6 +240,7 @@ class _Signals:
             yield
             return
         self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
+        self._holding = False
         previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
         try:
             yield
@@ -265,6 +267,12 @@ class _Signals:
         self._forward = lambda signum, frame: None
         self._finished = True
 
+    def hold(self) -> None:
+        """From here to the command's end a signal is held, never raised: the command says one that came
+        before it reads `stopped` (its last lines), and one after that stops nothing. Said before the last line,
+        nothing after: a SIGTERM just after run's "wrote ..." exited 143 as the command returned."""
+        self._holding = True
+
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):
         """Signals arriving inside are remembered, not raised: a result being written is not cut short.
@@ -274,7 +282,7 @@ class _Signals:
             yield
         finally:
             self._shield -= 1
-        if deliver and self._held and not self._shield:
+        if deliver and self._held and not self._shield and not self._holding:
             self._held = False
             raise KeyboardInterrupt
 

@@ -22,7 +22,7 @@ from typing import Optional
 import typer
 
 from styleengine import paths
-from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, check_choice, check_seed
+from styleengine.choices import CONV_ALGOS, GRAPH_PRECISIONS, MODELS, POOLINGS, WEIGHT_WORDS, check_choice, check_seed
 from styleengine.cli_settings import parse_list
 from styleengine.engine.capability import precisions
 from styleengine.engine.settings import options
@@ -122,7 +122,7 @@ def export(
                                 parser=paths.named_folder("--output")),
     model: str = typer.Option("vgg19", help=" or ".join(MODELS)),
     weights: str = typer.Option("imagenet", help="imagenet, random, or a .safetensors/.pth file",
-                                parser=paths.named_text("--weights", ("imagenet", "random"))),
+                                parser=paths.named_text("--weights", WEIGHT_WORDS)),
     pooling: str = typer.Option("avg", help="avg (the paper's) or max"),
     precision: str = typer.Option("fp32", help="fp32, fp16 or bf16 convolutions (losses stay fp32)"),
     conv: str = typer.Option("auto", help="auto (what `run --backend ort` runs on the CPU: winograd for fp32, else "
@@ -200,21 +200,21 @@ def export(
         if owner is not None:
             owner.close()
         raise
-    # from here the export is as good as done: a signal is held, and only reported (exit 0)
-    with signals.shielded(deliver=False):
-        try:
-            _publish(staging, output, names)
-        except OSError as e:
-            raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if owner is not None:
-                owner.close()
-        if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
-            console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
-        meta = json.loads((output / "export.json").read_text())
-        console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
-                      f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
-                      f"weights sha256 {w.sha256[:12]})")
-        if signals.received is not None:
-            console.print(f"{signals.name} arrived after the export was published; the export is complete")
+    # from here the export is as good as done: a signal is held to the command's end, and only reported (exit 0)
+    signals.hold()
+    try:
+        _publish(staging, output, names)
+    except OSError as e:
+        raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if owner is not None:
+            owner.close()
+    if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
+        console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
+    meta = json.loads((output / "export.json").read_text())
+    if signals.received is not None:  # before the last line: one after it stops nothing, and is not said
+        console.print(f"{signals.name} arrived after the export was published; the export is complete")
+    console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
+                  f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
+                  f"weights sha256 {w.sha256[:12]})")

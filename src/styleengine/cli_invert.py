@@ -74,20 +74,22 @@ def _invert(
     loaded = load_run_weights(settings)
     console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
-    with result_held(result):  # a signal from here on is said after the files, which are written whole
-        _write(out, result, output, distances, picture, layer, settings, loaded, console)
-    if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
-        signals.reported = True
-        console.print(f"interrupted ({signals.name})", highlight=False)
-        raise typer.Exit(signals.exit_code)
-    if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations", file=sys.stderr)
-        raise typer.Exit(1)
+    with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
+        said = _write(out, result, output, distances, picture, layer, settings, loaded)
+        if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
+            signals.reported = True
+            console.print(f"interrupted ({signals.name}) after {result.iterations} iterations; {said}",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(signals.exit_code)
+        if result.stopped == "non-finite loss":
+            print(f"error: the loss became non-finite after {result.iterations} iterations; {said}", file=sys.stderr)
+            raise typer.Exit(1)
+        console.print(said, highlight=False, soft_wrap=True)
 
 
 def _write(out: Any, result: Any, output: Path, distances: Path | None, picture: Any, layer: str, settings: Any,
-           loaded: Any, console: Any) -> None:
-    """The picture, then its numbers (--distances), then the line saying both."""
+           loaded: Any) -> str:
+    """The picture, then its numbers (--distances); the line saying both."""
     size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, settings.content_weight
     write_or_rescue(out, output, [distances.parent] if distances is not None else [])
     # an interrupted run is not measured: null in the JSON (NaN is no JSON), said so on the line
@@ -103,8 +105,8 @@ def _write(out: Any, result: Any, output: Path, distances: Path | None, picture:
             raise UserError(f"cannot write distances {distances}: {first_line(e)} (the picture is in {output})"
                             ) from None
     shown = f"{feature:.3g}" if feature is not None else "not measured"
-    console.print(f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
-                  f"pixel RMS difference {rmse:.3g})", highlight=False, soft_wrap=True)
+    return (f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
+            f"pixel RMS difference {rmse:.3g})")
 
 
 invert = with_settings(_invert, RUN, ("size", "iterations", "optimizer", "lr", "seed", "model", "weights", "non_strict",

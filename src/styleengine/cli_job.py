@@ -143,30 +143,30 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
 
     # 3. the image is written whatever stopped the loop after its first iteration (a signal: the current one;
     # NaN: the last finite one), with further signals held back until it is
-    with result_held(result):  # the run ends right after, saying what the signal did
+    with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
         written, failure = _write_result(image, output, trace)
-    for note in failures:
-        console.print(f"warning: {note}", soft_wrap=True, highlight=False)
-    if failure is not None:
-        print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
-        raise typer.Exit(1)
-    seconds = sum(r.seconds for r in result.records)
-    if signals.stopped(result.stopped):
-        signals.reported = True
-        height, width = images.to_array(image).shape[:2]
-        early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
-                 if max(height, width) < settings.size else "")
-        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
-                      soft_wrap=True, highlight=False)
-        raise typer.Exit(signals.exit_code)
-    if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations; "
-              f"wrote the last finite image to {output}", file=sys.stderr)
-        raise typer.Exit(1)
-    for line in result.auto:
-        console.print(f"auto: {line}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
-                  soft_wrap=True)
+        for note in failures:
+            console.print(f"warning: {note}", soft_wrap=True, highlight=False)
+        if failure is not None:
+            print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
+            raise typer.Exit(1)
+        seconds = sum(r.seconds for r in result.records)
+        if signals.stopped(result.stopped):
+            signals.reported = True
+            height, width = images.to_array(image).shape[:2]
+            early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
+                     if max(height, width) < settings.size else "")
+            console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
+                          soft_wrap=True, highlight=False)
+            raise typer.Exit(signals.exit_code)
+        if result.stopped == "non-finite loss":
+            print(f"error: the loss became non-finite after {result.iterations} iterations; "
+                  f"wrote the last finite image to {output}", file=sys.stderr)
+            raise typer.Exit(1)
+        for line in result.auto:
+            console.print(f"auto: {line}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
+                      soft_wrap=True)
 
 
 def interrupted(result: Any) -> Any:
@@ -176,15 +176,16 @@ def interrupted(result: Any) -> Any:
 
 @contextlib.contextmanager
 def result_held(result: Any) -> Iterator[None]:
-    """From a loop's result to its files being written: a signal is held, and said after them by the command
-    (signals.stopped); before the first iteration, nothing is written (the start image is no result)."""
+    """From a loop's result to the command's last line: a signal is held, said after the files by the command
+    if it came before the command reads signals.stopped, and stopping nothing after (signals.hold); before
+    the first iteration, nothing is written (the start image is no result)."""
     if result.stopped == "interrupted" and result.iterations == 0:
         _nothing_written()
     if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept
         raise UserError("the loss is not finite at the first iteration (a weight or the input convention too large "
                         "for float32?); nothing written")
-    with signals.shielded(deliver=False):
-        yield
+    signals.hold()  # to the command's end: its last lines are inside this block
+    yield
 
 
 def _nothing_written() -> None:

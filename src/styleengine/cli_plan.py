@@ -68,7 +68,7 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     """The plan a run of these settings on these files would make here (no weights loaded, nothing written)."""
     texture = content is None
     settings.validate(texture=texture)
-    problem = paths.weights_problem(settings.weights) if settings.weights not in ("imagenet", "random") else None
+    problem = paths.weights_problem(settings.weights)
     if problem is not None:
         raise ConfigError(problem)
     content_shape = _shape(content, "content image") if content is not None else None

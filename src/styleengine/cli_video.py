@@ -366,6 +366,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
+        signals.hold()  # to the command's end: a signal before the `stopped` below is said, none after it
         if chunked is not None:
             chunked.close()
         if tracer is not None:

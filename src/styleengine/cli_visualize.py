@@ -10,6 +10,7 @@ import typer
 from styleengine.cli import signals
 from styleengine.cli_job import result_held, write_or_rescue
 from styleengine import paths
+from styleengine.choices import WEIGHT_WORDS
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import DEFAULTS as d, RUN
@@ -30,7 +31,7 @@ def _visualize(
     weights: Annotated[str, typer.Option(
         "--weights", help="imagenet (torchvision's, cached download), a full VGG checkpoint file (classifier "
                           "included), or random (an untrained network and classifier: tests).",
-        parser=paths.named_text("--weights", ("imagenet", "random")))] = d.weights,
+        parser=paths.named_text("--weights", WEIGHT_WORDS))] = d.weights,
     l2_weight: Annotated[float, typer.Option(
         "--l2-weight", help="lambda of Simonyan et al.'s L2 penalty (a mean over pixels of the [0, 1] image "
                             "minus the ImageNet mean).")] = 10.0,
@@ -68,23 +69,24 @@ def _visualize(
         with torch.no_grad():
             before = float(step.scores(start.to(step.device))[0, target])
         result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
-        with result_held(result):  # a signal from here on is said after the picture, which is written whole
+        with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
             with torch.no_grad():
                 after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
             step.close()
             write_or_rescue(result.image, output, [])
-    if signals.stopped(result.stopped):  # the current image is written; the exit code says it was cut short
-        signals.reported = True
-        console.print(f"interrupted ({signals.name}) after {result.iterations} iterations", highlight=False)
-        raise typer.Exit(signals.exit_code)
-    if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last finite image "
-              f"to {output}", file=sys.stderr)
-        raise typer.Exit(1)
-    label = f"class {target} ({name})" if name else f"class {target}"
-    console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
-                  f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
-                  f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
+            if signals.stopped(result.stopped):  # the current image is written; the exit code says it was cut short
+                signals.reported = True
+                console.print(f"interrupted ({signals.name}) after {result.iterations} iterations; wrote {output}",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(signals.exit_code)
+            if result.stopped == "non-finite loss":
+                print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last "
+                      f"finite image to {output}", file=sys.stderr)
+                raise typer.Exit(1)
+            label = f"class {target} ({name})" if name else f"class {target}"
+            console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
+                          f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
+                          f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
 
 
 visualize = with_settings(_visualize, RUN, ("model", "size", "iterations", "optimizer", "lr", "seed", "device"),

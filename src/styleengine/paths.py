@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterable, Iterator
 
+from styleengine.choices import INITS, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 
@@ -116,16 +117,25 @@ def check_name(path: str | os.PathLike, what: str, error: type[UserError] = Conf
 
 
 def weights_problem(spec: str) -> str | None:
-    """The line that says why the weights file `spec` (a path, not "imagenet" or "random") cannot be read, or
-    None: one wording for the dry run and the run."""
-    path = Path(spec).expanduser()
+    """The line that says why the weights file `spec` names cannot be read, or None (a file, or the words
+    "imagenet" and "random"): one wording for the dry run, tune and the run."""
+    if spec in WEIGHT_WORDS:
+        return None
+    return input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
+
+
+def input_problem(role: str, path: str | os.PathLike, shown: str | None = None) -> str | None:
+    """"ROLE PATH was not found" (or what else it is) for an input that is not a regular file to read, with a
+    hint where the name was meant as a word: "./random" for the random weights, "nois" for a named start."""
     problem = not_a_file(path)
     if problem is None:
         return None
-    # "./random" is a file name, and Path() drops its "./": say what was typed, and what the word is
-    hint = (f" (the {path.name} weights are named '{path.name}', with no folder)"
-            if path.name in ("random", "imagenet") and problem == "was not found" else "")
-    return f"weights file {spec} {problem}{hint}"
+    hint, name = "", Path(path).name
+    if problem == "was not found" and role.endswith("weights file") and name in WEIGHT_WORDS:
+        hint = f" (the {name} weights are named '{name}', with no folder)"
+    elif problem == "was not found" and role.endswith("init image"):
+        hint = f" (the named starts: {', '.join(INITS)})"
+    return f"{role} {path if shown is None else shown} {problem}{hint}"
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:
@@ -154,9 +164,9 @@ def check_inputs(inputs: dict[str, Path]) -> None:
     """ConfigError naming the first of `inputs` ({role: path}) that is not a regular file to read (missing,
     a folder, a FIFO...): files every job of a batch or a server reads, checked once at the start."""
     for role, path in inputs.items():
-        problem = not_a_file(path)
+        problem = input_problem(role, path)
         if problem is not None:
-            raise ConfigError(f"{role} {path} {problem}")
+            raise ConfigError(problem)
 
 
 def check_folder(path: Path, what: str) -> None:
