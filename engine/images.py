@@ -84,6 +84,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     ImageFile.LOAD_TRUNCATED_IMAGES is the application's, left as it is.
     """
     paths.check_name(path, "image", ImageError)
+    paths.check_folder_ending(os.fspath(path))  # a str's "c.png/" (the API's): Path drops it, then read c.png
     path = Path(path)
     problem = paths.not_a_file(path)
     if problem is not None and not os.path.lexists(path):

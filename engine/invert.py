@@ -19,6 +19,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.engine.loop import Result
+from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY
 from styleengine.engine.loss_config import TV_UNIT
 from styleengine.engine.stylise import Callback, Settings, build_step, stylise
 from styleengine.model.weights import Weights, load_weights
@@ -64,8 +65,15 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"the features of {layer} are all zero for this image; choose a shallower layer")
+    scaled = settings.content_weight / energy
+    if scaled > FLOAT32_MAX or scaled < FLOAT32_TINY:  # it said "content weight 1.49e-41", a value no one gave
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"feature weight {settings.content_weight:g} over {layer}'s feature energy for this image "
+                          f"({energy:.3g}) is past float32, where the loss is computed: choose one from "
+                          f"{FLOAT32_TINY * energy:.3g} to {FLOAT32_MAX * energy:.3g}")
     # the prior's weight is on the normalised feature term's scale, not the style transfer's TV_UNIT
-    run = dataclasses.replace(resolved, content_weight=settings.content_weight / energy,
+    run = dataclasses.replace(resolved, content_weight=scaled,
                               tv_weight=settings.tv_weight / TV_UNIT)
     out, result = stylise(image, [], run, callback=callback, weights=weights)
     return out, result, run

@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
-                                 device_kind, MAX_SEED, WEIGHT_WORDS)  # noqa: F401
+                                 device_kind, FLOAT32_TINY, MAX_LR, MAX_SEED, WEIGHT_WORDS)  # noqa: F401
 from styleengine.engine import capability
-from styleengine.engine.loss_config import LossConfig
+from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
 from styleengine.errors import ConfigError
 from styleengine.model.convention import TORCHVISION, Convention
@@ -421,6 +421,10 @@ class Settings:
             raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
+        # the step is float32: 1e39 overflowed it (a traceback), 1e-46 was 0 (the content, unstyled, exit 0)
+        if self.lr is not None and not FLOAT32_TINY <= self.lr <= MAX_LR:
+            raise ConfigError(f"learning rate must be from {FLOAT32_TINY:.3g} to {MAX_LR:g} (float32, where the "
+                              f"step is taken), got {self.lr:g}")
         if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
             raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
         if self.size * self.style_scale < MIN_SIDE:  # coarser scales clamp to MIN_SIDE; the final one would too
@@ -433,6 +437,7 @@ class Settings:
             raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
         if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
             raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
+        check_float32("L-BFGS max step", self.lbfgs_max_step)
         if self.print_every < 0:
             raise ConfigError(f"print-every must be >= 0, got {self.print_every}")
         if self.distance_every < 0:
@@ -441,6 +446,7 @@ class Settings:
             raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
         if not (self.temporal_weight >= 0 and math.isfinite(self.temporal_weight)):
             raise ConfigError(f"temporal weight must be a finite number >= 0, got {self.temporal_weight}")
+        check_float32("temporal weight", self.temporal_weight)  # a term of the float32 loss as the others
         if self.frame_iters is not None and not 0 <= self.frame_iters <= MAX_ITERATIONS:
             raise ConfigError(f"frame iterations must be between 0 and {MAX_ITERATIONS}, got {self.frame_iters}")
         if self.iters_per_scale is not None and self.iters_per_scale < 0:

@@ -159,3 +159,120 @@ def test_a_signal_as_the_first_scale_returns_keeps_its_picture(tmp_path, monkeyp
                            "2", "--iters-per-scale", "2")
     assert code == 143 and "nothing written" not in err and "earlier scale's image" in err, err
     assert max(Image.open(out).size) < 64
+
+
+# ------------------------------------------------------------------ 16a: inputs, settings, non-finite
+
+def _no_weights(monkeypatch) -> None:
+    """Loading weights fails the test: what is refused must be refused before it."""
+    from styleengine.model import weights
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the refusal")
+
+    monkeypatch.setattr(weights, "load_weights", never)
+
+
+@pytest.mark.parametrize("value", ["$NOPE_P16/x", " /tmp/padded "])
+def test_a_cache_folder_variable_that_names_no_folder_is_one_line_before_the_weights(tmp_path, monkeypatch, capsys,
+                                                                                    value):
+    """With tuning on, STYLEENGINE_CACHE_DIR='$NOPE/x' was refused after the weights had loaded, and failed every
+    batch job on it; ' /tmp/c ' made './ /tmp/c /tune.json' in the working folder."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NOPE_P16", raising=False)
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", value)
+    _no_weights(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, "run", "c.png", "s.png", "-o", "o.png", *FAST)
+    assert "STYLEENGINE_CACHE_DIR" in one_error_line(code, err)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"]}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "j.jsonl", "--out", "b", *FAST)
+    assert "STYLEENGINE_CACHE_DIR" in one_error_line(code, err) and not (tmp_path / "b").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "j.jsonl", "s.png"]
+
+
+@pytest.mark.parametrize("lr", ["1e39", "1e-46"])
+def test_a_learning_rate_past_float32_is_one_line(tmp_path, monkeypatch, capsys, lr):
+    """--lr 1e39 was a traceback from the optimiser (every command; a batch stopped part-way), --lr 1e-46 was 0 in
+    float32 and wrote the content unstyled, exit 0."""
+    _pictures(tmp_path)
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", out, *FAST,
+                           "--lr", lr)
+    assert "learning rate must be from" in one_error_line(code, err) and not out.exists()
+
+
+def test_a_jobs_files_learning_rate_past_float32_fails_its_job_alone(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "lr": 1e39, "output": "a.png"}\n'
+                                      '{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
+    assert code == 1 and "Traceback" not in err and "line 1: learning rate must be from" in err, err
+    assert (tmp_path / "b" / "b.png").is_file() and not (tmp_path / "b" / "a.png").exists()
+
+
+@pytest.mark.parametrize("weight, says", [("1e-40", "--feature-weight 1e-40 is past float32"),
+                                          ("3.3e38", "feature weight 3.3e+38 over conv1_2's feature energy")])
+def test_invert_names_the_feature_weight_it_refuses(tmp_path, monkeypatch, capsys, weight, says):
+    """It said "content weight 7.56e+38 is past float32", a name and a value the user never gave."""
+    Image.new("RGB", (40, 40), (90, 140, 60)).save(tmp_path / "p.png")
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "p.png", "--layer", "conv1_2", "-o",
+                           tmp_path / "o.png", "--size", "32", "--iters", "2", "--weights", "random", "--model",
+                           "vgg16", "--backend", "torch", "--feature-weight", weight)
+    line = one_error_line(code, err)
+    assert says in line and "content weight" not in line, line
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_trace_that_is_a_broken_link_is_refused_before_work(tmp_path, monkeypatch, capsys, dry):
+    """The check looked at the link's folder; the trace then followed the link: "trace stopped at iteration 1",
+    exit 0, no trace."""
+    _pictures(tmp_path)
+    (tmp_path / "t.jsonl").symlink_to(tmp_path / "nowhere" / "x.jsonl")
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", out, *FAST,
+                           "--trace", tmp_path / "t.jsonl", *(["--dry-run"] if dry else []))
+    assert "is a broken symbolic link" in one_error_line(code, err) and not out.exists()
+
+
+def test_a_dry_run_says_a_weights_name_too_long_in_one_line(tmp_path, monkeypatch, capsys):
+    """dry_plan's is_file() raised "OSError: File name too long" (a traceback)."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", "--weights", "a" * 260 + ".pth", "--dry-run")
+    assert "weights file" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("where", ["--weights", "style", "--init", "--init dry", "jobs init", "api"])
+def test_a_files_name_ending_as_a_folder_is_refused_everywhere(tmp_path, monkeypatch, capsys, where):
+    """`c.png/` named the file c.png for --weights, a style, a mask, a jobs file's fields and the API (Path drops
+    the "/"), and --init's dry run took it where the run refused it; the content argument alone was refused."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"not read")
+    base = ["c.png", "s.png", "-o", "o.png", *FAST]
+    if where == "api":
+        from styleengine import api
+
+        with pytest.raises(Exception, match="ends as a folder's name"):
+            api.stylise("c.png/", ["s.png"], weights="random", iterations=1, size=40)
+        return
+    args = {"--weights": ["run", *base, "--weights", f"{w}/"],
+            "style": ["run", "c.png", "s.png/", "-o", "o.png", *FAST],
+            "--init": ["run", *base, "--init", "c.png/"],
+            "--init dry": ["run", *base, "--init", "c.png/", "--dry-run"],
+            "jobs init": ["batch", "j.jsonl", "--out", "b", *FAST]}[where]
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "init": "c.png/"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert "ends as a folder's name" in one_error_line(code, err)
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_line_break_in_a_name_is_said_not_cut(tmp_path, monkeypatch, capsys):
+    """'a\\nb.png' was said as "image not found: a" (the one-line rule cut the message at the name's break)."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "a\nb.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST)
+    assert "a\\nb.png" in one_error_line(code, err)

@@ -591,3 +591,14 @@ def test_a_signal_after_videos_last_line_changes_nothing(tmp_path, monkeypatch, 
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
                            "--frames", "0:2")
     assert code == 0 and "interrupted" not in err and out.is_file(), err
+
+
+@pytest.mark.parametrize("weight", ["1e39", "1e-46"])
+def test_a_temporal_weight_past_float32_is_refused_before_work(tmp_path, monkeypatch, capsys, clip, style, weight):
+    """--temporal-weight was outside the float32 weight rule: 1e39 stylised frame 0 and then said the loss was
+    not finite, 1e-46 ran with the temporal term 0, exit 0 (probe 16)."""
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                           "--frames", "0:2", "--temporal-weight", weight)
+    assert code == 1 and "temporal weight" in err and "past float32" in err, err
+    assert not out.exists() and not (tmp_path / "out.mp4.frames").exists()

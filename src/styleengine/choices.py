@@ -8,6 +8,7 @@ from __future__ import annotations
 # the network computes in float32: a weight or an input scale past these is infinite there, or 0
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+MAX_LR = 1e30  # a learning rate below float32's top, with room for Adam's arithmetic on it
 MODELS = ("vgg19", "vgg16")  # model/vgg.py has one layer table per name
 POOLINGS = ("avg", "max")
 BACKENDS = ("torch", "ort", "tensorrt")

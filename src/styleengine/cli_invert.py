@@ -17,6 +17,7 @@ from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
 from styleengine.engine import images
 from styleengine.engine.jobs import settings_inputs
+from styleengine.engine.loss_config import check_float32
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
 from styleengine.errors import UserError, first_line
@@ -61,6 +62,7 @@ def _invert(
 
         raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
                           f"got {feature_weight}")
+    check_float32("--feature-weight", feature_weight)  # the settings' check named the content weight
     settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
     settings.validate()
     paths.check_output_path(output)

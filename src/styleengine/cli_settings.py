@@ -88,7 +88,10 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
     tool's recipe (engine/recipes.py) under the flags named on the command line."""
     from styleengine.engine.autotune import tuning_enabled
 
-    tuning_enabled()  # the environment's setting read with the flags: STYLEENGINE_TUNE=bogus failed every batch job
+    # the environment's settings read with the flags: STYLEENGINE_TUNE=bogus failed every batch job, and a
+    # STYLEENGINE_CACHE_DIR naming no folder every one that tuned (after its weights had loaded)
+    tuning_enabled()
+    paths.cache_root()
     values: dict[str, Any] = {}
     for name, meta in options(command).items():
         if name not in flags or (recipe is not None and not _given(name)):

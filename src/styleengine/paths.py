@@ -100,7 +100,20 @@ def expand_text(path: str | os.PathLike) -> str:
         raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set (a file by that name does not exist)")
     if text.strip() and not expanded.strip():  # `--out "$E"` with E='' wrote into the working folder
         raise ConfigError(f"{text!r} is empty once its variables are expanded; name a file or a folder")
+    check_folder_ending(expanded, text)
     return expanded
+
+
+def check_folder_ending(name: str, given: str | None = None) -> None:
+    """ConfigError for a name that ends as a folder's (`c.png/`, `c.png/.`) where that folder is a file: Path
+    drops the ending, and `--weights w.pth/`, a style `c.png/` or a jobs file's `"init": "c.png/"` read the
+    file, where the run's content argument was refused (one rule for every path, as the system's open has)."""
+    if not ends_as_folder(name):
+        return
+    stem = os.path.dirname(name.rstrip())
+    if stem and os.path.lexists(stem) and not os.path.isdir(stem):
+        raise ConfigError(f"{given if given is not None else name!r} ends as a folder's name, but {stem} "
+                          f"{not_a_folder(stem)}")
 
 
 def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:
@@ -433,6 +446,9 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
     if not folder.is_dir():
         problem = "does not exist" if not folder.exists() else "is not a folder"
         raise error(f"cannot write {what} {path}: folder {folder} {problem}")
+    if os.path.islink(path) and not os.path.exists(path):  # the trace follows it: "stopped at iteration 1"
+        raise error(f"cannot write {what} {path}: it {not_a_file(path)} (to {os.readlink(path)}); remove it or "
+                    f"name another file")
     if path.is_dir():
         raise error(f"cannot write {what} {path}: it is a directory")
     if path.exists() and not path.is_file():
@@ -585,6 +601,8 @@ def cache_root() -> Path:
     env = os.environ.get("STYLEENGINE_CACHE_DIR")
     if env and not env.strip():  # '  ' made a folder of spaces in the working folder
         raise ConfigError(f"STYLEENGINE_CACHE_DIR={env!r} names no folder; name one, or unset it")
+    if env and env != env.strip():  # ' /tmp/c ' made './ /tmp/c /' in the working folder
+        raise ConfigError(f"STYLEENGINE_CACHE_DIR={env!r} has spaces at its ends; remove them")
     if env:
         try:
             return expand(env)  # an env file or a systemd unit expands no $VARIABLES
