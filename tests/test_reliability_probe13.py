@@ -559,7 +559,7 @@ def test_invert_and_visualize_keep_a_finished_picture_through_a_signal(tmp_path,
             ["visualize", "--class", "3", "--model", "vgg16"])
     code, _, err = run_cli(monkeypatch, capsys, *argv, "-o", out, "--weights", "random", "--size", "40", "--iters",
                            "2")
-    assert code == 143 and "interrupted (SIGTERM)" in err and "error:" not in err, err
+    assert code == 143 and "(SIGTERM); wrote" in err and "error:" not in err, err
     assert Image.open(out).size[0] == 40
 
 

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from styleengine import paths
-from styleengine.cli import signals
-from styleengine.cli_job import result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, result_held, write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
@@ -78,14 +76,7 @@ def _invert(
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
     with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
         said = _write(out, result, output, distances, picture, layer, settings, loaded)
-        if signals.stopped(result.stopped):  # the loop's contract: the current image is written, then the exit code
-            signals.reported = True
-            console.print(f"interrupted ({signals.name}) after {result.iterations} iterations; {said}",
-                          highlight=False, soft_wrap=True)
-            raise typer.Exit(signals.exit_code)
-        if result.stopped == "non-finite loss":
-            print(f"error: the loss became non-finite after {result.iterations} iterations; {said}", file=sys.stderr)
-            raise typer.Exit(1)
+        end_if_stopped(result, output, console)  # the loop's contract: the current image is written, then the exit code
         console.print(said, highlight=False, soft_wrap=True)
 
 

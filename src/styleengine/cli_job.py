@@ -151,22 +151,28 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
             print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
             raise typer.Exit(1)
         seconds = sum(r.seconds for r in result.records)
-        if signals.stopped(result.stopped):
-            signals.reported = True
-            height, width = images.to_array(image).shape[:2]
-            early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
-                     if max(height, width) < settings.size else "")
-            console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
-                          soft_wrap=True, highlight=False)
-            raise typer.Exit(signals.exit_code)
-        if result.stopped == "non-finite loss":
-            print(f"error: the loss became non-finite after {result.iterations} iterations; "
-                  f"wrote the last finite image to {output}", file=sys.stderr)
-            raise typer.Exit(1)
+        height, width = images.to_array(image).shape[:2]
+        end_if_stopped(result, output, console, (f" ({width}x{height} px: an earlier scale's image, not --size "
+                                                 f"{settings.size})" if max(height, width) < settings.size else ""))
         for line in result.auto:
             console.print(f"auto: {line}", highlight=False, soft_wrap=True)
         console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",
                       soft_wrap=True)
+
+
+def end_if_stopped(result: Any, output: Path, console: Any, early: str = "") -> None:
+    """A result its loop did not finish, written to `output`: said with where it went, then exit 128+n for a
+    signal that came before this check (`early`: what the picture is, when not the asked size), 1 for a loss
+    that became non-finite (the last finite image). A finished one returns."""
+    if signals.stopped(result.stopped):
+        signals.reported = True
+        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(signals.exit_code)
+    if result.stopped == "non-finite loss":
+        print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last finite image "
+              f"to {output}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def interrupted(result: Any) -> Any:

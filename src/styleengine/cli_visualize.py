@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Annotated, Any
 
 import typer
 
-from styleengine.cli import signals
-from styleengine.cli_job import result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, result_held, write_or_rescue
 from styleengine import paths
 from styleengine.choices import WEIGHT_WORDS
 from styleengine.cli_run import Output
@@ -74,15 +72,7 @@ def _visualize(
                 after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
             step.close()
             write_or_rescue(result.image, output, [])
-            if signals.stopped(result.stopped):  # the current image is written; the exit code says it was cut short
-                signals.reported = True
-                console.print(f"interrupted ({signals.name}) after {result.iterations} iterations; wrote {output}",
-                              highlight=False, soft_wrap=True)
-                raise typer.Exit(signals.exit_code)
-            if result.stopped == "non-finite loss":
-                print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last "
-                      f"finite image to {output}", file=sys.stderr)
-                raise typer.Exit(1)
+            end_if_stopped(result, output, console)  # the current image is written; the exit code says it was cut
             label = f"class {target} ({name})" if name else f"class {target}"
             console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
                           f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
