@@ -8,16 +8,11 @@ from PIL import Image
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
-
-FAST = ["--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch"]
-
-
-def _pictures(folder) -> None:
-    Image.new("RGB", (48, 40), (200, 30, 30)).save(folder / "c.png")
-    Image.new("RGB", (48, 48), (20, 30, 230)).save(folder / "s.png")
+    from tests.test_reliability_probe13 import FAST, _pictures
 
 
 # ------------------------------------------------------------------ a weights file named like a word
