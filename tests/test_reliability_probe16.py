@@ -271,3 +271,27 @@ def test_a_line_break_in_a_name_is_said_not_cut(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "a\nb.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *FAST)
     assert "a\\nb.png" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("name", ["invert", "visualize"])
+def test_a_signal_in_set_up_is_said_as_nothing_written(tmp_path, monkeypatch, capsys, name):
+    """invert and visualize said only "error: interrupted (SIGTERM)" for a signal in set-up (run says what it
+    did: nothing written); -o stays the user's."""
+    import os
+    import signal
+
+    from styleengine.model import weights
+
+    real = weights.load_weights
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(weights, "load_weights", signalled)
+    monkeypatch.setattr("styleengine.engine.stylise.load_weights", signalled)  # imported by name there
+    args = _command(name, tmp_path)
+    (tmp_path / "o.png").write_bytes(b"the user's")
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 143 and "before the first iteration; nothing written" in err, err
+    assert (tmp_path / "o.png").read_bytes() == b"the user's"

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine import paths
-from styleengine.cli_job import end_if_stopped, result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, nothing_before_the_result, result_held, write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
@@ -30,6 +30,7 @@ def pixel_rmse(a, b) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
+@nothing_before_the_result
 def _invert(
     image: Annotated[Path, typer.Argument(help="The picture whose features are inverted.", show_default=False,
                                         parser=paths.named_file("the picture path"))],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -192,6 +193,19 @@ def result_held(result: Any) -> Iterator[None]:
                         "for float32?); nothing written")
     signals.hold()  # to the command's end: its last lines are inside this block
     yield
+
+
+def nothing_before_the_result(command: Callable[..., None]) -> Callable[..., None]:
+    """A command with one loop (invert, visualize): a signal that comes out of it came before the loop's result
+    (result_held holds one after), so it is said as run says it: "before the first iteration; nothing written"
+    (they said only "interrupted (SIGTERM)")."""
+    @functools.wraps(command)
+    def said(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _nothing_written()
+    return said
 
 
 def _nothing_written() -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from styleengine.cli_job import end_if_stopped, result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, nothing_before_the_result, result_held, write_or_rescue
 from styleengine import paths
 from styleengine.choices import WEIGHT_WORDS
 from styleengine.cli_run import Output
@@ -23,6 +23,7 @@ def _weight(value: float, flag: str) -> float:
     return value
 
 
+@nothing_before_the_result
 def _visualize(
     output: Output,
     target: Annotated[int, typer.Option("--class", help="The class index (ImageNet: 0-999).")],
