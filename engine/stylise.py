@@ -374,21 +374,36 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         step.set_loss(loss)
     if loaded:  # an ORT step has its own copy in its session, a torch one the tensors its layers use
         del weights
-    records: list[list[Record]] = [[] for _ in pictures]
-    results: list[Result] = []  # the last finished scale's
+    # the last finished scale's (index, results, records): one assignment, so a signal anywhere finds them whole;
+    # a scale's loop puts its results in `kept` (tagged with the scale) as it makes them
+    committed: tuple[int, list[Result], list[list[Record]]] = (-1, [], [[] for _ in pictures])
+    kept: tuple[int, list[Result]] = (-1, [])
     blends = [p.settings.style_blend for p in pictures]
+
+    def joined(index: int, parts: list[Result]) -> tuple[int, list[Result], list[list[Record]]]:
+        """`committed` grown by scale `index`'s results (its records counted on across scales)."""
+        grown = [rec + [dataclasses.replace(r, iteration=r.iteration + scale["offset"]) for r in part.records]
+                 for part, rec in zip(parts, committed[2])]
+        return index, [Result(part.image, len(rec), part.stopped, rec, part.distances)
+                       for part, rec in zip(parts, grown)], grown
+
+    def cut_short() -> list[Result]:
+        """What a signal anywhere in the scales leaves: this scale's pictures once its loop made them, else the
+        last finished scale's (the loop's contract); none before the first scale's loop made any."""
+        index, made = kept
+        return joined(index, made)[1] if index > committed[0] and made else committed[1]
+
     try:
-        for index, at in enumerate(scales):
-            parts: list[Result] | None = None
-            kept: list[Result] = []  # this scale's loop results, though a signal came before `parts` had them
-            try:
+        try:
+            for index, at in enumerate(scales):
+                kept = (index, [])
                 if index:  # each picture from its previous scale's result, upsampled
                     prepared = prepare_all(at.size)
                     inits = [images.resize_tensor(r.image.detach().cpu(), q.height, q.width)
-                             for r, q in zip(results, prepared)]
+                             for r, q in zip(committed[1], prepared)]
                     scale["content"] = [images.to_array(q.content) if q.content is not None else None
                                         for q in prepared]
-                scale["offset"] = len(records[0])
+                scale["offset"] = len(committed[2][0])
                 if at.tile is not None and len(pictures) > 1:
                     raise ValueError("a tiled step runs one picture at a time")
                 if racer is not None:
@@ -399,29 +414,16 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                 parts = optimise_at_size(tiled or step, loss, dataclasses.replace(settings, iterations=at.iterations),
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
                                          offset=scale["offset"], measure=last, last_use=owned and last,
-                                         history=at.history, cache=None if owned or tiled else cache, kept=kept)
-            except KeyboardInterrupt:
-                # between scales (the next scale's targets): the loop's contract, the last scale's image; and
-                # just after this scale's loop returned (parts), this scale's
-                parts = parts if parts is not None else (list(kept) or None)
-                if parts is None and not index:
-                    raise
-                cut = True
-            else:
-                cut = False
-            if parts is not None:
-                def joined(parts: list[Result] = parts) -> tuple[list[Result], list[list[Record]]]:
-                    grown = [rec + [dataclasses.replace(r, iteration=r.iteration + scale["offset"])
-                                    for r in part.records] for part, rec in zip(parts, records)]
-                    return [Result(part.image, len(rec), part.stopped, rec, part.distances)
-                            for part, rec in zip(parts, grown)], grown
-
-                (results, records), again = uninterrupted(joined)
-                cut = cut or again
-            if cut:
-                results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
-            if cut or any(r.stopped is not None for r in results):
-                break
+                                         history=at.history, cache=None if owned or tiled else cache, kept=kept[1])
+                committed = joined(index, parts)
+                if any(r.stopped is not None for r in committed[1]):
+                    break
+            results = committed[1]
+        except KeyboardInterrupt:
+            results, _ = uninterrupted(cut_short)
+            if not results:  # before the first scale's loop made a picture
+                raise
+            results = [dataclasses.replace(r, stopped=r.stopped or "interrupted") for r in results]
     except BaseException:
         if owned:
             step.close()

@@ -295,3 +295,59 @@ def test_a_signal_in_set_up_is_said_as_nothing_written(tmp_path, monkeypatch, ca
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 143 and "before the first iteration; nothing written" in err, err
     assert (tmp_path / "o.png").read_bytes() == b"the user's"
+
+
+def _bench_or_tune(name: str, folder) -> list:
+    return {"bench": ["bench", "--res", "32", "--backends", "torch", "--iters", "1", "--rounds", "1", "--warmup",
+                      "0", "--json", folder / "b.json"],
+            "tune": ["tune", "--size", "32", "--weights", "random", "--model", "vgg16", "--device", "cpu"]}[name]
+
+
+@pytest.mark.parametrize("name, last", [("bench", "wrote "), ("tune", "kept in ")])
+def test_bench_and_tune_let_a_signal_after_their_last_line_be(tmp_path, monkeypatch, capsys, name, last):
+    """probe 17: bench exited 143 for a SIGTERM after "wrote b.json" (9 of 15), tune after "kept in ..." (11 of
+    12), with "error: interrupted (SIGTERM)" under the line."""
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    _signal_after_the_line(monkeypatch, last)
+    code, _, err = run_cli(monkeypatch, capsys, *_bench_or_tune(name, tmp_path))
+    assert code == 0 and "interrupted" not in err, err
+
+
+@pytest.mark.parametrize("name", ["bench", "tune"])
+def test_bench_and_tune_say_a_signal_before_their_last_line(tmp_path, monkeypatch, capsys, name):
+    """One that came after their work, as they print it, is said under their last lines, the work whole."""
+    import os
+    import signal
+
+    from rich.table import Table
+
+    real = Table.add_row
+
+    def add_row_then_signal(self, *cells, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *cells, **kwargs)
+
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    monkeypatch.setattr(Table, "add_row", add_row_then_signal)
+
+    from styleengine.engine import autotune
+
+    real_choose, real_path, state = autotune.choose, autotune.record_path, {"chosen": False, "sent": False}
+
+    def choose(*args, **kwargs):
+        value = real_choose(*args, **kwargs)
+        state["chosen"] = True
+        return value
+
+    def record_path_then_signal():  # tune's first call after the measuring (at 32 px it may print no table)
+        if state["chosen"] and not state["sent"]:
+            state["sent"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_path()
+
+    monkeypatch.setattr(autotune, "choose", choose)
+    monkeypatch.setattr(autotune, "record_path", record_path_then_signal)
+    code, _, err = run_cli(monkeypatch, capsys, *_bench_or_tune(name, tmp_path))
+    assert code == 143 and "as the command ended" in err.rstrip().splitlines()[-1], err
+    if name == "bench":
+        assert "wrote " in err and (tmp_path / "b.json").stat().st_size > 0

@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from typer import _click as click
@@ -272,6 +272,19 @@ class _Signals:
         before it reads `stopped` (its last lines), and one after that stops nothing. Said before the last line,
         nothing after: a SIGTERM just after run's "wrote ..." exited 143 as the command returned."""
         self._holding = True
+
+    def end(self, last: Callable[[], None], what: str) -> None:
+        """A command's end, its work done: hold, then its last lines (`last`); a signal that came before this
+        check is said under them (what stands: `what`; exit 128+n), one after it stops nothing (bench and tune
+        exited 143 for a SIGTERM after their "wrote ..." / "kept in ..." line)."""
+        self.hold()
+        if self.received is None:
+            last()
+            return
+        self.reported = True
+        last()
+        print(f"interrupted ({self.name}) as the command ended; {what}", file=sys.stderr)
+        raise typer.Exit(self.exit_code)
 
     @contextlib.contextmanager
     def shielded(self, deliver: bool = True):

@@ -269,6 +269,9 @@ def bench(
                                        model, pooling, tile_list, loop, conv_list))
     elapsed = time.perf_counter() - started
 
+    from styleengine.cli import signals
+
+    signals.hold()  # the timing is done: a signal from here is said with the last line, none after it
     doc = document(machine, rows, limits=limits, command=command)
     doc["machine"]["elapsed_s"] = elapsed
     title = ("styleengine bench: the size limit" if limit else "styleengine bench: one loss-and-gradient iteration"
@@ -287,9 +290,8 @@ def bench(
                       f"(pixels^{fmt(fit['mem_slope_net'], '.2f')} above the fixed base)")
     for found in limits:
         out.print(limit_sentence(found))
-    out.print(f"{WEIGHTS_NOTE}; {elapsed:.0f} s in all", style="dim")
 
-    failures = []  # each file on its own: a full disk for one loses none of the others, nor the table above
+    failures, written = [], []  # each file on its own: a full disk for one loses none of the others, nor the table
     for path, write in ((json_path, lambda p: write_json(p, doc)), (csv_path, lambda p: write_csv(p, doc["rows"])),
                         (plot, lambda p: write_plot(p, doc)), (report, lambda p: write_report(p, doc, plot))):
         if path is None:
@@ -299,9 +301,16 @@ def bench(
         except OSError as e:
             failures.append(f"cannot write {path} ({e.strerror or e})")
             continue
-        err.print(f"wrote {path}")
+        written.append(path)
+
+    def last() -> None:
+        out.print(f"{WEIGHTS_NOTE}; {elapsed:.0f} s in all", style="dim")
+        for path in written:
+            err.print(f"wrote {path}")
     if failures:
+        last()
         raise ConfigError("; ".join(failures) + "; the table above is the run's result")
+    signals.end(last, "the table and the files written above are whole")
 
 
 def main() -> None:
