@@ -56,6 +56,11 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
     """
     settings = inversion_settings(settings, layer)
     settings.validate()
+    if settings.tv_weight and settings.tv_weight / TV_UNIT < FLOAT32_TINY:  # it said "tv weight 1.2e-43", not given
+        from styleengine.errors import ConfigError
+
+        raise ConfigError(f"tv weight {settings.tv_weight:g} is past float32 on an inversion's scale, where it is "
+                          f"divided by {TV_UNIT:g}: 0, or {FLOAT32_TINY * TV_UNIT:.3g} to {FLOAT32_MAX:.3g}")
     resolved = settings.resolved()
     if weights is None:
         weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention,
@@ -71,7 +76,7 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
 
         raise ConfigError(f"feature weight {settings.content_weight:g} over {layer}'s feature energy for this image "
                           f"({energy:.3g}) is past float32, where the loss is computed: choose one from "
-                          f"{FLOAT32_TINY * energy:.3g} to {FLOAT32_MAX * energy:.3g}")
+                          f"{max(FLOAT32_TINY, FLOAT32_TINY * energy):.3g} to {FLOAT32_MAX * energy:.3g}")
     # the prior's weight is on the normalised feature term's scale, not the style transfer's TV_UNIT
     run = dataclasses.replace(resolved, content_weight=scaled,
                               tv_weight=settings.tv_weight / TV_UNIT)

@@ -327,8 +327,14 @@ def chunks(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
 
 def pair_jobs(contents: Path, styles: Path, out_dir: Path, shared: dict[str, Path] | None = None) -> list[Job]:
     """Every content image of one folder with every style image of another: CONTENT__STYLE.png."""
+    found = {flag: images_in(Path(folder), flag) for flag, folder in (("--contents", contents), ("--styles", styles))}
+    for flag, images in found.items():  # a name is a job's id and output name: one line of text, as a jobs file's
+        for image in images:
+            if not image.stem.isprintable():
+                raise ConfigError(f"{flag} {image.parent}: {_shown(image.name)} has a control character (a "
+                                  f"newline, an escape) in its name, which names a job and its output; rename it")
     jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
-            for c in images_in(Path(contents), "--contents") for s in images_in(Path(styles), "--styles")]
+            for c in found["--contents"] for s in found["--styles"]]
     check_jobs(jobs, out_dir, shared)
     return jobs
 

@@ -469,7 +469,16 @@ class Settings:
         if self.backend == "tensorrt" and self.tile is not None:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
         # checked on a complete convention whose other fields are valid, before any weights are loaded
-        self.input_convention(self.convention or TORCHVISION).validate()
+        try:
+            self.input_convention(self.convention or TORCHVISION).validate()
+        except ConfigError as e:
+            assumed = [name for name in ("channel_order", "pixel_range", "mean", "std")
+                       if self.convention is None and name not in self.convention_changes()]
+            if not assumed:
+                raise
+            # it named torchvision's mean and std as if given (random weights run with others)
+            raise ConfigError(f"{e} ({', '.join(n.replace('_', ' ') for n in assumed)}: torchvision's, assumed until "
+                              f"the weights' own are read)") from None
         if texture and not self.style_layers:  # the loss's own check would name the content layer it has not
             raise ConfigError("a texture needs at least one style layer; --style-layers names none")
         loss = self.loss_config(texture=texture)

@@ -272,6 +272,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
         state = check_state(model, raw, url, strict=strict)
         return Weights(model, "imagenet", state, convention or TORCHVISION, url.rsplit("-", 1)[-1].split(".")[0],
                        "from flags" if convention else "from known hash", _ignored(model, raw, state))
+    paths.check_folder_ending(spec)  # the API's "w.pth/" (the command line's is refused as it is read)
     problem = paths.weights_problem(spec)
     if problem is not None:
         raise WeightsError(problem)

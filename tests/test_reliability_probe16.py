@@ -351,3 +351,92 @@ def test_bench_and_tune_say_a_signal_before_their_last_line(tmp_path, monkeypatc
     assert code == 143 and "as the command ended" in err.rstrip().splitlines()[-1], err
     if name == "bench":
         assert "wrote " in err and (tmp_path / "b.json").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ 17a: the neighbours of 16a's fixes
+
+def test_the_api_refuses_a_weights_file_named_as_a_folder(tmp_path):
+    """weights='w.safetensors/' read the file (the command line refused it)."""
+    from styleengine import api
+
+    _pictures(tmp_path)
+    (tmp_path / "w.pth").write_bytes(b"not read")
+    with pytest.raises(Exception, match="ends as a folder's name"):
+        api.stylise(tmp_path / "c.png", [tmp_path / "s.png"], weights=f"{tmp_path / 'w.pth'}/", iterations=1,
+                    size=40)
+
+
+def test_export_reads_the_cache_variable_before_its_weights(tmp_path, monkeypatch, capsys):
+    """export read (or downloaded) its weights first, and said their error, not the variable's."""
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", " /tmp/padded ")
+    _no_weights(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "g", "--weights", tmp_path / "w.pth")
+    assert "STYLEENGINE_CACHE_DIR" in one_error_line(code, err)
+
+
+def test_a_folder_of_pictures_with_a_control_character_in_a_name_is_one_line(tmp_path, monkeypatch, capsys):
+    """--contents/--styles made job ids of such names: progress lines cut by a newline, an escape printed raw."""
+    _pictures(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c.png").write_bytes((tmp_path / "c.png").read_bytes())
+    (tmp_path / "in" / "e\x1b]0;x\x07.png").write_bytes((tmp_path / "c.png").read_bytes())
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "in", "--styles", tmp_path / "in",
+                           "--out", tmp_path / "b", *FAST)
+    line = one_error_line(code, err)
+    assert "control character" in line and "\x1b" not in err and not (tmp_path / "b").exists(), line
+
+
+def test_invert_names_the_tv_weight_as_given(tmp_path, monkeypatch, capsys):
+    """--tv-weight 1.2e-38 was "tv weight 1.2e-43 is past float32" (divided by TV_UNIT first)."""
+    Image.new("RGB", (40, 40), (90, 140, 60)).save(tmp_path / "p.png")
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "p.png", "-o", tmp_path / "o.png", "--size",
+                           "32", "--iters", "2", "--weights", "random", "--model", "vgg16", "--tv-weight", "1.2e-38")
+    line = one_error_line(code, err)
+    assert "tv weight 1.2e-38" in line and "e-43" not in line, line
+
+
+def test_a_pixel_range_refusal_says_which_numbers_are_assumed(tmp_path, monkeypatch, capsys):
+    """It named torchvision's mean and std as if given, for weights that run with others."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--pixel-range", "1e-37")
+    assert "torchvision's, assumed until the weights' own are read" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("name", ["x\x1b[31my.png", "x\u2028y.png", "x\ty.png"])
+def test_a_name_with_any_unprintable_character_is_said_escaped(tmp_path, monkeypatch, capsys, name):
+    """Only \\n and \\r were escaped: an escape sequence reached the terminal, U+2028 broke the line."""
+    from styleengine import api
+    from styleengine.errors import ImageError
+
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / name, tmp_path / "s.png", "-o", tmp_path / "o.png",
+                           *FAST)
+    line = one_error_line(code, err)
+    assert repr(name)[1:-1] in line and name not in err, line
+    with pytest.raises(ImageError) as caught:  # the API's message is one line too
+        api.stylise(tmp_path / name, [tmp_path / "s.png"], weights="random", iterations=1, size=40)
+    assert str(caught.value).isprintable()
+
+
+def test_a_batch_interrupted_as_its_last_job_is_recorded_says_none_is_left(tmp_path, monkeypatch, capsys):
+    """It said "with 0 of 2 jobs left; the same command resumes": there is nothing to resume."""
+    import os
+    import signal
+
+    from styleengine.engine import batch as engine
+
+    real, calls = engine.record, []
+
+    def record(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # held by the shield around the record, then raised
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n'
+                                      '{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
+    assert code == 143 and "with 0 of 2 jobs left; every job is recorded" in err and "resumes" not in err, err

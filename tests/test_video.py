@@ -522,6 +522,7 @@ def test_a_signal_held_through_the_encode_is_said(tmp_path, monkeypatch, capsys,
                            "--frames", "0:2")
     assert code == 143 and "interrupted (SIGTERM)" in err and "Traceback" not in err, err
     assert frame_count(out) == 2
+    assert "every frame is in it" in err and "rerun" not in err, err  # probe 17: it said "rerun to continue"
 
 
 def test_a_first_frame_not_finite_says_nothing_written(tmp_path, monkeypatch, capsys, clip, style):

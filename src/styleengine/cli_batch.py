@@ -204,11 +204,12 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                     note(engine.record(result, manifest, save_elsewhere, out))
     except KeyboardInterrupt:
         signals.reported = True
-        kept = (f"the same command resumes ({manifest.path} records what is done)"
+        left = total - sum(counts.values())
+        kept = (f"every job is recorded in {manifest.path}" if not left else  # nothing to resume
+                f"the same command resumes ({manifest.path} records what is done)"
                 if manifest.path.is_file() and manifest.path.stat().st_size else
                 "nothing was recorded yet; the same command starts again")
-        print(f"error: interrupted ({signals.name}) with {total - sum(counts.values())} of {total} jobs left; {kept}",
-              file=sys.stderr)
+        print(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}", file=sys.stderr)
         raise typer.Exit(signals.exit_code) from None
     else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
         signals.finish()

@@ -143,6 +143,8 @@ def export(
     from styleengine.engine.ort_step import OrtStep, graph_spec
     from styleengine.engine.validate import validate_step
     from styleengine.cli import signals
+
+    paths.cache_root()  # the variable read with the flags, before onnx's import and the weights (as every command)
     from styleengine.export.cache import record_validation, write_export
     from styleengine.model.weights import load_weights
 

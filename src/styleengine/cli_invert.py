@@ -77,7 +77,7 @@ def _invert(
     out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
     with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
         said = _write(out, result, output, distances, picture, layer, settings, loaded)
-        end_if_stopped(result, output, console)  # the loop's contract: the current image is written, then the exit code
+        end_if_stopped(result, output, console, said=said)  # the current image is written, then the exit code
         console.print(said, highlight=False, soft_wrap=True)
 
 

@@ -161,18 +161,19 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
                       soft_wrap=True)
 
 
-def end_if_stopped(result: Any, output: Path, console: Any, early: str = "") -> None:
+def end_if_stopped(result: Any, output: Path, console: Any, early: str = "", said: str | None = None) -> None:
     """A result its loop did not finish, written to `output`: said with where it went, then exit 128+n for a
     signal that came before this check (`early`: what the picture is, when not the asked size), 1 for a loss
-    that became non-finite (the last finite image). A finished one returns."""
+    that became non-finite (the last finite image). `said`: the command's own "wrote ..." line instead. A
+    finished one returns."""
     if signals.stopped(result.stopped):
         signals.reported = True
-        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); wrote {output}{early}",
-                      soft_wrap=True, highlight=False)
+        console.print(f"interrupted after {result.iterations} iterations ({signals.name}); "
+                      f"{said or f'wrote {output}{early}'}", soft_wrap=True, highlight=False)
         raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations; wrote the last finite image "
-              f"to {output}", file=sys.stderr)
+        print(f"error: the loss became non-finite after {result.iterations} iterations; "
+              f"{said or f'wrote the last finite image to {output}'}", file=sys.stderr)
         raise typer.Exit(1)
 
 

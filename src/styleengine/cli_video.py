@@ -382,7 +382,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         signals.reported = True
         where = (f"wrote {output} ({written} of {stop - start} frames)" if written
                  else "no frame finished; nothing written")
-        console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; rerun to continue",
+        left = "rerun to continue" if written < stop - start else "every frame is in it"  # nothing to rerun
+        console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
     if stopped == "non-finite loss":

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """Something the user can fix; its message is one line."""
+    """Something the user can fix; its message is one line: a character that is not printable (a name's
+    line break, an escape that would drive the terminal, U+2028) is shown escaped, as repr shows it."""
+
+    def __str__(self) -> str:
+        text = super().__str__().strip()  # a message's own edges are no part of it
+        return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ImageError(UserError):
@@ -34,7 +39,6 @@ def first_line(error: BaseException, text: str | None = None) -> str:
     """An exception's message (or `text`, its formatted form) as one line: a UserError's whole message with its
     line breaks shown as \\n, another's first non-empty line, else the exception's type name."""
     if isinstance(error, UserError) and text is None and str(error).strip():
-        # ours, one line by construction but for the names in it: 'a\nb.png' was said as "image not found: a"
-        return str(error).strip().replace("\r", "\\r").replace("\n", "\\n")
+        return str(error).strip()  # one line: 'a\nb.png' was said as "image not found: a"
     lines = [line for line in (str(error) if text is None else text).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__
