@@ -20,7 +20,7 @@ import torch
 from styleengine.engine import images
 from styleengine.engine.loop import Result
 from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY
-from styleengine.engine.loss_config import TV_UNIT
+from styleengine.engine.loss_config import TV_UNIT, in_float32
 from styleengine.engine.stylise import Callback, Settings, build_step, stylise
 from styleengine.model.weights import Weights, load_weights
 
@@ -56,7 +56,7 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
     """
     settings = inversion_settings(settings, layer)
     settings.validate()
-    if settings.tv_weight and settings.tv_weight / TV_UNIT < FLOAT32_TINY:  # it said "tv weight 1.2e-43", not given
+    if not in_float32(settings.tv_weight / TV_UNIT):  # it said "tv weight 1.2e-43", a value no one gave
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"tv weight {settings.tv_weight:g} is past float32 on an inversion's scale, where it is "
@@ -71,7 +71,7 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
 
         raise ConfigError(f"the features of {layer} are all zero for this image; choose a shallower layer")
     scaled = settings.content_weight / energy
-    if scaled > FLOAT32_MAX or scaled < FLOAT32_TINY:  # it said "content weight 1.49e-41", a value no one gave
+    if not in_float32(scaled) or scaled == 0:  # it said "content weight 1.49e-41", a value no one gave
         from styleengine.errors import ConfigError
 
         raise ConfigError(f"feature weight {settings.content_weight:g} over {layer}'s feature energy for this image "

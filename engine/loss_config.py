@@ -19,9 +19,14 @@ CONTENT_LAYERS = ("relu4_2",)
 TV_UNIT = 1e5
 
 
+def in_float32(value: float) -> bool:
+    """Whether a weight is 0 or a normal float32: 1e39 is inf in the float32 loss, 1e-50 is 0."""
+    return not (value > FLOAT32_MAX or 0 < value < FLOAT32_TINY)
+
+
 def check_float32(name: str, value: float) -> None:
-    """ConfigError for a loss weight float32 cannot hold: 1e39 is inf in the float32 loss, 1e-50 is 0."""
-    if value > FLOAT32_MAX or 0 < value < FLOAT32_TINY:
+    """ConfigError for a loss weight float32 cannot hold (in_float32)."""
+    if not in_float32(value):
         raise ConfigError(f"{name} {value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} "
                           f"to {FLOAT32_MAX:.3g})")
 

@@ -219,7 +219,7 @@ class _Signals:
         raise KeyboardInterrupt
 
     def _again(self, signum: int, frame: Any) -> None:
-        if self._shield or self._holding:  # the held signal is raised as the block ends
+        if self._shield or self._holding:  # held: raised as a shield's block ends, never under hold
             self._held = True
             self._stop_alarm()
         else:

@@ -36,9 +36,7 @@ class ExportValidationError(Exception):
 
 
 def first_line(error: BaseException, text: str | None = None) -> str:
-    """An exception's message (or `text`, its formatted form) as one line: a UserError's whole message with its
-    line breaks shown as \\n, another's first non-empty line, else the exception's type name."""
-    if isinstance(error, UserError) and text is None and str(error).strip():
-        return str(error).strip()  # one line: 'a\nb.png' was said as "image not found: a"
+    """An exception's message (or `text`, its formatted form) as one line: its first non-empty line (a UserError's
+    is its whole message, its line breaks escaped by __str__), else the exception's type name."""
     lines = [line for line in (str(error) if text is None else text).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__
