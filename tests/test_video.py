@@ -603,3 +603,43 @@ def test_a_temporal_weight_past_float32_is_refused_before_work(tmp_path, monkeyp
                            "--frames", "0:2", "--temporal-weight", weight)
     assert code == 1 and "temporal weight" in err and "past float32" in err, err
     assert not out.exists() and not (tmp_path / "out.mp4.frames").exists()
+
+
+def test_a_killed_runs_temp_files_are_removed_by_the_next_run(tmp_path, monkeypatch, capsys, clip, style):
+    """After a SIGKILL mid-write, `.frame_*.tmp` in OUT.frames and `.out.mp4.*.tmp` beside it stayed for good,
+    even after a resume (a left-out of stop 35): the run holding OUT.frames' lock removes them."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:2"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    frames = tmp_path / "out.mp4.frames"
+    stale = [frames / ".frame_000002.png.0123abcd.tmp", frames / ".video.json.89abcdef.tmp",
+             tmp_path / ".out.mp4.0123abcd.tmp"]
+    others = [frames / ".notes.0123abcd.tmp", tmp_path / ".out.mp4.mine.tmp", tmp_path / ".other.mp4.0123abcd.tmp"]
+    for path in stale + others:
+        path.write_bytes(b"half a file")
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert not [p for p in stale if p.exists()] and all(p.exists() for p in others)
+    assert not (frames / ".lock").exists()
+
+
+def test_a_second_video_on_one_output_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys, clip, style):
+    """Two `video` runs on one output wrote frames into one folder at once (no lock): the second refuses, and
+    leaves the first's folder as it was."""
+    from styleengine import paths
+
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:2"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    frames = tmp_path / "out.mp4.frames"
+    held = paths.open_lock(frames / ".lock")  # another process's run, as flock sees it (one file description)
+    assert held is not None
+    try:
+        before = sorted(p.name for p in frames.iterdir())
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        errors = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert code == 1 and len(errors) == 1 and "another video is writing" in errors[0], err
+        assert sorted(p.name for p in frames.iterdir()) == before
+    finally:
+        paths.release_lock(held, frames / ".lock")
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0

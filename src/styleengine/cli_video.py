@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from fractions import Fraction
@@ -41,22 +42,63 @@ class FrameStore:
     frame, each written atomically."""
 
     RECORD = "video.json"
+    LOCK = ".lock"  # held (flock) while a run writes here: one video per folder, and its temp files are stale
+    # what an atomic write (paths.temp_beside) killed mid-way leaves: ".NAME.XXXXXXXX.tmp"
+    STALE = re.compile(r"\.(frame_\d{6}\.png|seam_\d{6}_(earlier|later)\.png|video\.json)\.[0-9a-f]{8}\.tmp")
 
     def __init__(self, output: Path, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None):
+        self.output = output
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run's open()
+        self._lock: Any = None
 
     def open(self) -> None:
-        """Make the folder, or check that the one there holds frames of these settings (ConfigError if not:
-        nothing there is overwritten)."""
-        record = self.folder / self.RECORD
+        """Make the folder and take its lock, or check that the one there holds frames of these settings
+        (ConfigError if not, or if another run holds it: nothing there is overwritten); what a killed run's
+        atomic writes left (here and beside the output) is removed."""
         if self.folder.is_symlink():  # its frames would be written wherever it leads (batch and serve refuse too)
             raise ConfigError(f"cannot keep the frames in {self.folder}: it is a symbolic link; remove it or choose "
                               f"another output")
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"cannot keep the frames in {self.folder}: it {paths.not_a_folder(self.folder)}")
+        made = not self.folder.exists()
+        try:
+            self.folder.mkdir(exist_ok=True)
+            self._take_lock()
+            self._sweep()
+            self._check_or_record(made)
+        except BaseException:
+            self.close()
+            if made and not self.made[1]:  # refused at its start: nothing left behind (an empty OUT.frames)
+                with contextlib.suppress(OSError):
+                    self.folder.rmdir()
+            raise
+
+    def _take_lock(self) -> None:
+        lock = self.folder / self.LOCK
+        try:
+            self._lock = paths.open_lock(lock)
+        except OSError as e:  # a link, a FIFO, a folder by that name
+            raise ConfigError(f"cannot lock {self.folder} ({lock}: {e.strerror or e}); remove it") from None
+        if self._lock is None:
+            raise ConfigError(f"another video is writing {self.folder} (it holds {lock}); wait for it to finish or "
+                              f"choose another output")
+
+    def _sweep(self) -> None:
+        """Remove the temp files of a run killed mid-write (SIGKILL, a power cut): only a run holding this lock
+        writes them, and this one has written none yet."""
+        beside = re.compile(re.escape(f".{self.output.name}.") + r"[0-9a-f]{8}\.tmp")
+        for folder, pattern in ((self.folder, self.STALE), (self.output.parent, beside)):
+            with os.scandir(folder) as entries:
+                stale = [e.path for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+            for path in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def _check_or_record(self, made: bool) -> None:
+        record = self.folder / self.RECORD
         if record.is_file():
             try:
                 held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
@@ -67,29 +109,31 @@ class FrameStore:
                 raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             return
-        if self.folder.is_dir() and any(self.folder.glob("frame_*")):  # the record is written before any frame
+        if any(self.folder.glob("frame_*")):  # the record is written before any frame
             raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
                               f"it away or choose another output")
-        made = not self.folder.exists()
         try:
-            self.folder.mkdir(exist_ok=True)
             paths.atomic_write(record, (json.dumps({"settings_hash": self.digest, **self.about}, indent=1)
                                         + "\n").encode())
-            self.made = (made, True)
         except OSError as e:
-            if made:  # refused at its start: nothing left behind (an empty OUT.frames on a full disk)
-                with contextlib.suppress(OSError):
-                    self.folder.rmdir()
             raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}") from None
+        self.made = (made, True)
+
+    def close(self) -> None:
+        """Let go of the folder's lock (its file removed): another run may write here now."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            paths.release_lock(lock, self.folder / self.LOCK)
 
     def discard(self) -> None:
         """No frame finished: take back what open() made, so that "nothing written" is so (a folder or record
         that was there before stays)."""
         folder, record = self.made
-        if not record or any(p.name != self.RECORD for p in self.folder.iterdir()):
+        if not record or any(p.name not in (self.RECORD, self.LOCK) for p in self.folder.iterdir()):
             return
         try:
             (self.folder / self.RECORD).unlink(missing_ok=True)
+            self.close()
             if folder:
                 self.folder.rmdir()
         except OSError as e:  # a tidy-up: what stays is a record of these settings, taken again by a rerun
@@ -219,7 +263,10 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
         if chunked is not None:
             chunked.close()
         raise
-    _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
+    try:
+        _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
+    finally:
+        prepared[8].close()  # the frames folder's lock
 
 
 class _Chunked:
