@@ -29,7 +29,7 @@ from styleengine.cli import signals
 from styleengine.engine import images, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
-from styleengine.errors import ImageError, UserError
+from styleengine.errors import ImageError, UserError, printable
 
 
 class TraceWriter:
@@ -223,7 +223,8 @@ class _ConsoleWarnings(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(f"warning: {record.getMessage()}", highlight=False, soft_wrap=True, markup=False)
+        self.console.print(f"warning: {printable(record.getMessage())}", highlight=False, soft_wrap=True,
+                           markup=False)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from styleengine.choices import MIN_SIDE
 from styleengine.cli import signals
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, OneLineFormatter
 
 TOKEN_ENV = "STYLEENGINE_TOKEN"
 MIN_UPLOAD_BYTES = 4096  # a request with two of the smallest pictures and its form fits
@@ -123,7 +123,9 @@ def _serve(
     config = Config(settings=settings, root=results_dir, token=token, max_queue=max_queue, max_upload_mb=max_upload_mb,
                     max_pixels=int(max_pixels * 1e6), max_size=max_size, max_iters=max_iters,
                     cors_origins=tuple(cors_origin or ()))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     if replicas is not None and ray is None:
         raise ConfigError("--replicas needs --ray")
     if ray is not None:

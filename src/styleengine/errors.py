@@ -5,14 +5,28 @@ exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import logging
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (a line break, an escape that would drive the terminal,
+    U+2028) shown escaped, as repr shows it."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A log line is one line whatever a name in it holds (a traceback after it keeps its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
 
 class UserError(Exception):
     """Something the user can fix; its message is one line: a character that is not printable (a name's
     line break, an escape that would drive the terminal, U+2028) is shown escaped, as repr shows it."""
 
     def __str__(self) -> str:
-        text = super().__str__().strip()  # a message's own edges are no part of it
-        return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return printable(super().__str__().strip())  # a message's own edges are no part of it
 
 
 class ImageError(UserError):
