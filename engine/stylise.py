@@ -7,6 +7,7 @@ image as an array.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -104,6 +105,11 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
         init_image = _read_init(settings.init)
     if settings.luminance_only:  # the loop runs on luminance images
         init_image = images.grey(images.luminance(init_image))
+    height, width = init_image.shape[:2]
+    if abs(width * prepared.height / (height * prepared.width) - 1.0) > spatial.ASPECT_SLACK:  # as neural-style: resized
+        logging.getLogger(__name__).warning(
+            "init image %s is %dx%d px, another aspect ratio than the picture's %dx%d px: it is stretched to it",
+            settings.init, width, height, prepared.width, prepared.height)
     return images.resize_tensor(images.to_tensor(init_image), prepared.height, prepared.width).clone()
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 import logging
 import signal
 
+import pytest
+from PIL import Image
+
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from serve_helpers import serve_process
+    from test_cli import run_cli
+    from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.serve_helpers import serve_process
+    from tests.test_cli import run_cli
+    from tests.test_reliability_probe13 import FAST, _pictures
 
 
 def test_a_serve_log_line_is_one_line_whatever_the_results_folder_is_named(tmp_path):
@@ -45,3 +52,18 @@ def test_a_log_lines_traceback_keeps_its_lines():
         record.exc_info = __import__("sys").exc_info()
     text = OneLineFormatter("%(message)s").format(record)
     assert text.splitlines()[0] == "failed on a\\nb" and "Traceback" in text and "ValueError: boom" in text
+
+
+@pytest.mark.parametrize("side, stretched", [((48, 40), False), ((49, 40), False), ((40, 40), True)])
+def test_an_init_of_another_aspect_is_said_to_be_stretched(tmp_path, monkeypatch, capsys, side, stretched):
+    """An --init of another aspect ratio was stretched to the picture without a word (stop 35's left-out); one
+    within 2% (a side rounded) is not worth one."""
+    _pictures(tmp_path)  # c.png is 48x40
+    Image.new("RGB", side, (90, 90, 90)).save(tmp_path / "i.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--init", tmp_path / "i.png")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "stretched" in line]
+    assert len(said) == int(stretched), err
+    if stretched:
+        assert said[0].startswith("warning: init image") and "40x40 px" in said[0] and "40x33" in said[0], said
