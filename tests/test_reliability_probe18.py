@@ -67,3 +67,27 @@ def test_an_init_of_another_aspect_is_said_to_be_stretched(tmp_path, monkeypatch
     assert len(said) == int(stretched), err
     if stretched:
         assert said[0].startswith("warning: init image") and "40x40 px" in said[0] and "40x33" in said[0], said
+
+
+def test_a_job_a_killed_server_left_says_so_after_a_restart(tmp_path):
+    """After a SIGKILL, a restarted server removed the uploads of the jobs in flight and answered 404 for them (stop
+    35's left-out): a client polling its id never learnt what became of it. Now each is failed, and says why,
+    in this server and the next."""
+    from styleengine.serve.job import new_id
+    from styleengine.serve.jobs import JobStore
+
+    root = tmp_path / "srv"
+    JobStore(root).close()
+    queued, unrecorded = new_id(), new_id()  # one never ran; one killed between its PNG and its manifest line
+    (root / "uploads" / queued).mkdir()
+    (root / "uploads" / queued / "content").write_bytes(b"an upload")
+    Image.new("RGB", (8, 8)).save(root / "results" / f"{unrecorded}.png")
+    for _ in range(2):  # the next server reads it from the manifest
+        store = JobStore(root)
+        try:
+            for job_id in (queued, unrecorded):
+                job = store.jobs[job_id].to_json()
+                assert job["status"] == "failed" and "server was killed" in job["reason"], job
+        finally:
+            store.close()
+    assert not list((root / "uploads").iterdir()) and not (root / "results" / f"{unrecorded}.png").exists()

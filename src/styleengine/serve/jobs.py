@@ -163,9 +163,11 @@ class JobStore:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
         run, and half-written results. Only what the server makes (a job's id, its temp files); anything else
         is the user's and stays."""
+        lost: set[str] = set()  # jobs a client may ask after: they say what became of them, not a 404
         for entry in self.uploads.iterdir():
             if JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
+                lost.add(entry.name)
             else:
                 log.warning("%s is not a job's upload folder; left as it is", entry)
         for entry in self.results.iterdir():
@@ -175,6 +177,10 @@ class JobStore:
                   and entry.is_file() and not entry.is_symlink()):  # killed between the PNG and its line
                 log.info("removing %s: its job was never recorded (the server was killed)", entry)
                 entry.unlink(missing_ok=True)
+                lost.add(entry.stem)
+        for job_id in sorted(lost - self.jobs.keys()):
+            job = self.jobs[job_id] = Job(job_id, None, keep=True)
+            self._finish_unrun(job, "failed", "the server was killed before the job finished; submit it again")
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
