@@ -90,7 +90,7 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
     memory: int | None = None
     for job in jobs:
         try:
-            for role, path in {"output": job.output, **job.inputs()}.items():
+            for role, path in {**job.inputs(), "output": job.output}.items():  # an output is named after them
                 paths.check_name(path, role)
             settings = job.settings(base)
             settings.validate()

@@ -187,9 +187,10 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     except ImageError as e:
         raise ConfigError(f"{where}: {first_line(e)}") from None
     job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
-    if not job_id.isprintable():  # an id is shown on one line of the progress output and the manifest's readers
-        raise ConfigError(f"{where}: id {_shown(job_id)} has a control character (a newline, a tab, an escape); "
-                          f"an id is one line of text (it is the output's name when not given)")
+    control = paths.control_character(job_id)
+    if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
+        raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
+                          f"of text (it is the output's name when not given)")
     extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
     return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where,
                folders)
@@ -301,7 +302,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 except _DuplicateKey as e:
                     raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
                 except json.JSONDecodeError as e:
-                    raise ConfigError(f"{where}: not JSON ({e.msg})") from None
+                    raise ConfigError(f"{where}: not JSON ({e.msg}: column {e.colno})") from None
                 except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
                     raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
                 if not isinstance(raw, dict):
@@ -330,9 +331,10 @@ def pair_jobs(contents: Path, styles: Path, out_dir: Path, shared: dict[str, Pat
     found = {flag: images_in(Path(folder), flag) for flag, folder in (("--contents", contents), ("--styles", styles))}
     for flag, images in found.items():  # a name is a job's id and output name: one line of text, as a jobs file's
         for image in images:
-            if not image.stem.isprintable():
-                raise ConfigError(f"{flag} {image.parent}: {_shown(image.name)} has a control character (a "
-                                  f"newline, an escape) in its name, which names a job and its output; rename it")
+            control = paths.control_character(image.stem)
+            if control is not None:
+                raise ConfigError(f"{flag} {image.parent}: {_shown(image.name)} has a control character "
+                                  f"({control}) in its name, which names a job and its output; rename it")
     jobs = [Job(Path(_default_output(c, [s])).stem, c, (s,), out_dir / _default_output(c, [s]))
             for c in found["--contents"] for s in found["--styles"]]
     check_jobs(jobs, out_dir, shared)
@@ -355,7 +357,7 @@ class _Resolver:
 
     def identities(self, path: Path) -> list[Any]:
         """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
-        if "\0" in str(path):  # no file at all (plan fails the job)
+        if paths.unnameable(path) is not None:  # no file at all (plan fails the job)
             return [os.path.abspath(path)]
         found: list[Any] = [self(path)]
         try:

@@ -169,7 +169,7 @@ class Manifest:
             except UnicodeDecodeError:
                 problem: str | None = "not UTF-8 text"
             except json.JSONDecodeError as e:
-                problem = f"not JSON ({e.msg})"
+                problem = f"not JSON ({e.msg}: column {e.colno})"
             except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
                 problem = f"not a manifest entry ({type(e).__name__})"
             else:

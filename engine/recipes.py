@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from styleengine.choices import check_choice
-from styleengine.engine.loss_config import STYLE_LAYERS, TV_UNIT
+from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY, check_choice
+from styleengine.engine.loss_config import STYLE_LAYERS, TV_UNIT, in_float32
 from styleengine.model import vgg
 
 NEURAL_STYLE_PT = "neural-style-pt"
@@ -57,17 +57,19 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
                               f"got {value}")
     values = {**_DEFAULTS[name], **given}
     size = values["size"]
-    values["content_weight"] = 2.0 * values["content_weight"]
-    values["style_weight"] = 4.0 * values["style_weight"]
+    # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE
+    scale = {"content_weight": 2.0, "style_weight": 4.0,
+             "tv_weight": 255 * 3 * size * size / (2 * TYPICAL_DIFFERENCE * TV_UNIT)}
+    for key in WEIGHTS:
+        typed = values[key]
+        values[key] = typed * scale[key]
+        if not in_float32(values[key]):  # said in the recipe's units, as typed, with the range they allow
+            raise ConfigError(f"--{key.replace('_', '-')} {typed:g} (in {name}'s units) is past float32 in this "
+                              f"engine's, where the loss is computed: 0, or {FLOAT32_TINY / scale[key]:.3g} to "
+                              f"{FLOAT32_MAX / scale[key]:.3g} at {size} px")
     if "style_layer_weights" not in given:
         layers = values.get("style_layers", STYLE_LAYERS)
         values["style_layer_weights"] = tuple(1.0 / _channels(n) ** 2 for n in layers)
-    # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE
-    values["tv_weight"] = values["tv_weight"] * 255 * 3 * size * size / (2 * TYPICAL_DIFFERENCE * TV_UNIT)
-    for key in WEIGHTS:
-        if not math.isfinite(values[key]):
-            raise ConfigError(f"--{key.replace('_', '-')} {given.get(key, _DEFAULTS[name][key])} is too large: "
-                              f"in this engine's units it is past a float")
     return values
 
 

@@ -10,10 +10,12 @@ from PIL import Image
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from serve_helpers import serve_process
     from test_cli import run_cli
+    from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.serve_helpers import serve_process
     from tests.test_cli import run_cli
+    from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
 
@@ -91,3 +93,128 @@ def test_a_job_a_killed_server_left_says_so_after_a_restart(tmp_path):
         finally:
             store.close()
     assert not list((root / "uploads").iterdir()) and not (root / "results" / f"{unrecorded}.png").exists()
+
+
+
+# ------------------------------------------------------------------ probe 18a: names
+
+@pytest.mark.parametrize("field", ["output", "content", "init", "weights"])
+def test_a_lone_surrogate_in_a_jobs_file_path_fails_its_job_in_one_line(tmp_path, monkeypatch, capsys, field):
+    """A JSON "\ud800" in a jobs-file path was a UnicodeEncodeError traceback (the batch's identities encode
+    every path); it is a path no file system takes, said as such for that job."""
+    _pictures(tmp_path)
+    job = {"content": "c.png", "style": "s.png", "id": "a", field: "x\\ud800.png"}
+    (tmp_path / "j.jsonl").write_text(__import__("json").dumps(job).replace("\\\\ud800", "\\ud800") + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
+    assert code == 1 and "Traceback" not in err, err  # a failed job
+    [line] = manifest_lines(tmp_path / "b")
+    assert line["status"] == "failed" and "lone surrogate" in line["reason"] and "NUL" not in line["reason"], line
+
+
+@pytest.mark.parametrize("name", ["content", "style", "init", "weights", "content_masks"])
+def test_the_api_says_a_lone_surrogate_in_a_path_as_a_user_error(tmp_path, name):
+    """The API raised a bare UnicodeEncodeError for a content, style or mask path holding "\ud800", and called it
+    "a path cannot hold a NUL byte" for init and weights."""
+    from styleengine import api
+    from styleengine.errors import UserError
+
+    _pictures(tmp_path)
+    given = {"content": tmp_path / "c.png", "style": tmp_path / "s.png"}
+    bad = str(tmp_path / "x\ud800.png")
+    kwargs = {name: [bad] if name == "content_masks" else bad} if name not in given else {}
+    content = bad if name == "content" else given["content"]
+    style = bad if name == "style" else given["style"]
+    kwargs.setdefault("weights", "random")
+    if name == "content_masks":
+        kwargs["style_masks"] = None
+    with pytest.raises(UserError, match="lone surrogate") as e:
+        api.stylise(content, [style], size=40, iterations=1, **kwargs)
+    assert "NUL" not in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_nul_in_a_jobs_content_is_said_of_the_content_not_the_output(tmp_path, monkeypatch, capsys):
+    """The output named after the content took the blame: "output 'z/c\x00__s.png': a path cannot hold a NUL byte"."""
+    _pictures(tmp_path)
+    (tmp_path / "z.jsonl").write_text('{"content": "c\\u0000.png", "style": "s.png", "id": "ab"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "z.jsonl", "--out", tmp_path / "z", *FAST)
+    [line] = manifest_lines(tmp_path / "z")
+    assert line["status"] == "failed" and "content image '" in line["reason"] and "output" not in line["reason"]
+    assert "c\\x00.png': a path cannot hold a NUL byte" in line["reason"], line
+
+
+def test_a_raw_control_character_in_a_jsonl_line_says_its_column(tmp_path, monkeypatch, capsys):
+    """"not JSON (Invalid control character at)": json's message without the place it names."""
+    _pictures(tmp_path)
+    (tmp_path / "k.jsonl").write_text('{"content": "c.png", "style": "s.png", "weights": "n\x1bo.pth"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "k.jsonl", "--out", tmp_path / "k", *FAST)
+    line = one_error_line(code, err)
+    assert "Invalid control character at: column 53" in line, line
+
+
+def test_a_name_with_a_no_break_space_or_a_latin1_byte_is_a_name_not_a_control_character(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`--styles` folders refused 'a\xa0b.png' (a no-break space), a joiner emoji and a Latin-1 'caf\xe9.png' (its
+    undecodable byte shown as '\udce9') as "a control character"; they are names as they are, shown escaped."""
+    import os
+
+    _pictures(tmp_path)
+    (tmp_path / "C").mkdir()
+    (tmp_path / "D").mkdir()
+    os.replace(tmp_path / "c.png", tmp_path / "C" / "c.png")
+    for name in ("a\xa0b.png", "fam\u200d.png", os.fsdecode(b"caf\xe9.png")):
+        (tmp_path / "D" / name).write_bytes((tmp_path / "s.png").read_bytes())
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "C", "--styles", tmp_path / "D",
+                           "--out", tmp_path / "o", *FAST)
+    assert code == 0 and "3 ok" in err, err
+    assert "c__a\\xa0b" in err and "c__caf\\udce9" in err and "\xa0" not in err, err
+    assert (tmp_path / "o" / os.fsdecode(b"c__caf\xe9.png")).is_file()
+    (tmp_path / "D" / "tab\tx.png").write_bytes(b"")  # a control character still names no job
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "C", "--styles", tmp_path / "D",
+                           "--out", tmp_path / "o2", *FAST)
+    assert "control character ('\\t')" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("command", ["run", "batch-interrupted"])
+def test_a_name_is_said_escaped_in_every_line_not_only_errors(tmp_path, monkeypatch, capsys, command):
+    """The "wrote" line, the dry run's plan and batch's interrupted line printed a name's escape raw (it drove
+    the terminal) or its line break (the line was cut in two): only UserErrors were escaped."""
+    import os
+    import signal
+
+    _pictures(tmp_path)
+    odd = "o\x1b[31m\nx"
+    if command == "batch-interrupted":
+        from styleengine.engine import batch as engine_batch
+
+        real = engine_batch.record
+
+        def record_then_signal(*args, **kwargs):
+            done = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return done
+
+        monkeypatch.setattr(engine_batch, "record", record_then_signal)
+        (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n'
+                                          '{"content": "c.png", "style": "s.png", "output": "b.png"}\n')
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / odd, *FAST,
+                               "--batch-size", "1")
+        assert code == 143, err
+    else:
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / f"{odd}.png", *FAST)
+        assert code == 0, err
+    said = [line for line in err.splitlines() if "o\\x1b[31m\\nx" in line]
+    assert said and "\x1b" not in err, err
+
+
+@pytest.mark.parametrize("flag, value", [("--tv-weight", "3e38"), ("--content-weight", "3e38"),
+                                         ("--content-weight", "1e-40"), ("--style-weight", "1e38")])
+def test_a_recipes_weight_past_float32_is_said_as_typed(tmp_path, monkeypatch, capsys, flag, value):
+    """With --recipe neural-style-pt, `--tv-weight 3e38` was refused as "tv weight 1.17504e+41" (and 1e-40 as
+    "2e-40"): the value mapped into this engine's units, a number the user never typed."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--recipe", "neural-style-pt", flag, value)
+    line = one_error_line(code, err)
+    assert line.startswith(f"error: {flag} {float(value):g} (in neural-style-pt's units)") and "at 40 px" in line, line
+    assert not (tmp_path / "o.png").exists()

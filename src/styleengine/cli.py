@@ -41,7 +41,7 @@ import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
-from styleengine.errors import UserError, first_line
+from styleengine.errors import UserError, first_line, printable
 from styleengine.peers import did_you_mean, peer_flag
 from styleengine.runtime import passive_openmp
 
@@ -283,7 +283,7 @@ class _Signals:
             return
         self.reported = True
         last()
-        print(f"interrupted ({self.name}) as the command ended; {what}", file=sys.stderr)
+        print(printable(f"interrupted ({self.name}) as the command ended; {what}"), file=sys.stderr)
         raise typer.Exit(self.exit_code)
 
     @contextlib.contextmanager
@@ -330,7 +330,7 @@ signals = _Signals()
 
 def _fail(error: UserError) -> None:
     signals.finish()  # the command is over: a signal now would only lose this line
-    print(f"error: {first_line(error)}", file=sys.stderr)
+    print(f"error: {printable(first_line(error))}", file=sys.stderr)
     # a signal put off during an import, then this error before it was raised: the exit code still says it
     sys.exit(signals.exit_code if signals.received is not None else 1)
 
@@ -372,7 +372,7 @@ def _main() -> None:
         command = e.ctx.command_path if e.ctx is not None else "styleengine"
         peer = peer_flag() if isinstance(e, click.exceptions.NoSuchOption) else None
         message = did_you_mean(peer) if peer is not None else first_line(e, e.format_message())
-        print(f"error: {message} (see '{command} --help')", file=sys.stderr)
+        print(printable(f"error: {message} (see '{command} --help')"), file=sys.stderr)
         sys.exit(1)
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)

@@ -31,7 +31,7 @@ from styleengine.cli_plan import check_cache_for, check_files
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings
-from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.errors import ConfigError, UserError, first_line, printable
 
 SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more are counted
 
@@ -107,7 +107,7 @@ def _batch(
     **flags: Any,
 ) -> None:
     """Stylise every job of JOBS (or every --contents image with every --styles image) into --out."""
-    from rich.console import Console
+    from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
     settings = settings_from(flags, BATCH)
@@ -209,7 +209,8 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 f"the same command resumes ({manifest.path} records what is done)"
                 if manifest.path.is_file() and manifest.path.stat().st_size else
                 "nothing was recorded yet; the same command starts again")
-        print(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}", file=sys.stderr)
+        print(printable(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}"),
+              file=sys.stderr)
         raise typer.Exit(signals.exit_code) from None
     else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
         signals.finish()

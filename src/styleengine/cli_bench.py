@@ -28,7 +28,7 @@ from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time,
                                            table_rows, write_csv, write_json, write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, printable
 from styleengine.paths import cache_root, check_writable, named_file
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
@@ -156,7 +156,7 @@ def bench(
                                                              "killed (a 'timeout' row).")] = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Time the loss-and-gradient step across backends, sizes and devices."""
-    from rich.console import Console
+    from styleengine.console import Console
 
     # 1. every flag checked before anything runs
     sizes = parse_resolutions(res)
@@ -320,7 +320,7 @@ def main() -> None:
     try:
         typer.run(bench)
     except UserError as e:
-        print(f"error: {first_line(e)}", file=sys.stderr)
+        print(f"error: {printable(first_line(e))}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -136,7 +136,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="replace the graphs and export.json already in the folder"),
 ) -> None:
     """Export the VGG feature graph and the loss-and-gradient step graphs to ONNX (portable: standard ops only)."""
-    from rich.console import Console
+    from styleengine.console import Console
     from rich.table import Table
 
     from styleengine.engine.capability import graph_conv

@@ -49,7 +49,7 @@ def _invert(
 ) -> None:
     """Reconstruct IMAGE from its features at one layer, from noise, under a smoothness prior (Mahendran &
     Vedaldi 2015), and write OUT."""
-    from rich.console import Console
+    from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
     if init not in ("noise", "content"):

@@ -128,7 +128,7 @@ def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | 
 def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
             ) -> None:
     """Check, run, write (see the module's docstring). `content` None: a texture."""
-    from rich.console import Console
+    from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
     done: list[Any] = []
@@ -149,7 +149,7 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         for note in failures:
             console.print(f"warning: {note}", soft_wrap=True, highlight=False)
         if failure is not None:
-            print(f"error: {failure}; {rescued(written)}", file=sys.stderr)
+            print(printable(f"error: {failure}; {rescued(written)}"), file=sys.stderr)
             raise typer.Exit(1)
         seconds = sum(r.seconds for r in result.records)
         height, width = images.to_array(image).shape[:2]
@@ -172,8 +172,8 @@ def end_if_stopped(result: Any, output: Path, console: Any, early: str = "", sai
                       f"{said or f'wrote {output}{early}'}", soft_wrap=True, highlight=False)
         raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":
-        print(f"error: the loss became non-finite after {result.iterations} iterations; "
-              f"{said or f'wrote the last finite image to {output}'}", file=sys.stderr)
+        print(printable(f"error: the loss became non-finite after {result.iterations} iterations; "
+                        f"{said or f'wrote the last finite image to {output}'}"), file=sys.stderr)
         raise typer.Exit(1)
 
 

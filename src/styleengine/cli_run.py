@@ -12,6 +12,7 @@ import typer
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.paths import expand_styles, named_file
 from styleengine.engine.settings import RUN, TEXTURE, Settings
+from styleengine.errors import printable
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output image (.png, .jpg, ...); its folder must exist.",
                                       show_default=False, parser=named_file("--output"))]
@@ -42,7 +43,8 @@ def _dry_run(content: Path | None, styles: list[Path], output: Path, trace: Path
     plan = dry_plan(content, styles, settings)
     paths.check_inputs(run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
                                   settings.style_masks))
-    print("\n".join(plan.lines()))
+    for line in plan.lines():
+        print(printable(line))
 
 
 def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False,

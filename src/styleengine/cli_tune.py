@@ -9,7 +9,7 @@ from typing import Any
 
 from styleengine import paths
 from styleengine.cli_settings import settings_from, with_settings
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, printable
 from styleengine.engine.settings import RUN
 
 # what a trial depends on; the loss weights and the schedule do not change which step is fastest
@@ -18,7 +18,7 @@ TUNED = ("size", "model", "weights", "pooling", "seed", "device", "backend", "pr
 
 def _tune(**flags: Any) -> None:
     """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
-    from rich.console import Console
+    from styleengine.console import Console
     from rich.table import Table
 
     from styleengine.engine import autotune
@@ -57,7 +57,7 @@ def _tune(**flags: Any) -> None:
                 table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
                               " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
             Console(file=sys.stdout, markup=False).print(table)
-        print(f"auto: {choice.why}")
+        print(printable(f"auto: {choice.why}"))
         if choice.kept:
             console.print(f"kept in {record_path()}", highlight=False, soft_wrap=True)
             if not tuning_enabled():  # asked for, so measured; but the runs here would never read it

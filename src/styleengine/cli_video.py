@@ -28,7 +28,7 @@ from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
-from styleengine.errors import ConfigError, ImageError, UserError, first_line
+from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -241,7 +241,7 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
            **flags: Any) -> None:
     """Stylise VIDEO with STYLE... frame by frame, each frame from the previous result warped by the optical
     flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
-    from rich.console import Console
+    from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
     settings = settings_from(flags, VIDEO)
@@ -435,10 +435,10 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         raise typer.Exit(signals.exit_code)
     if stopped == "non-finite loss":
         where = f"wrote {output} ({written} frames)" if written else "nothing written"  # it said "wrote (0 frames)"
-        print(f"error: the loss became non-finite at frame {end}; {where}", file=sys.stderr)
+        print(printable(f"error: the loss became non-finite at frame {end}; {where}"), file=sys.stderr)
         raise typer.Exit(1)
     if written < stop - start:
-        print(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)",
+        print(printable(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)"),
               file=sys.stderr)
         raise typer.Exit(1)
     console.print(f"wrote {output} ({written} frames, {made} stylised in {seconds:.1f} s: "

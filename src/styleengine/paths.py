@@ -116,12 +116,40 @@ def check_folder_ending(name: str, given: str | None = None) -> None:
                           f"{not_a_folder(stem)}")
 
 
-def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:
-    """Raise `error` if `path` cannot name a file at all: a NUL byte, or a component over NAME_MAX bytes
-    (os calls would raise ValueError or ENAMETOOLONG from wherever they are first made)."""
+def unnameable(path: str | os.PathLike) -> str | None:
+    """Why `path` names no file on any system ("a path cannot hold a NUL byte", or a lone surrogate no byte
+    spells: a JSON "\\ud800"), or None. os calls raise ValueError for both (UnicodeEncodeError is one)."""
     text = os.fspath(path)
+    if isinstance(text, bytes):
+        return "a path cannot hold a NUL byte" if b"\0" in text else None
     if "\0" in text:
-        raise error(f"{what} {text!r}: a path cannot hold a NUL byte")
+        return "a path cannot hold a NUL byte"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as e:  # an undecodable byte's surrogate (\udce9) encodes back; \ud800 does not
+        return f"a path cannot hold {text[e.start]!r}, a lone surrogate no byte spells"
+    return None
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of `text` (a newline, a tab, an escape, U+2028), shown as repr shows it, or
+    None: a name that is one line of text. Other unprintable characters (a no-break space, a joiner, an
+    undecodable byte of a Latin-1 name) are a file's name as it is, shown escaped where it is said."""
+    import unicodedata
+
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return repr(char)
+    return None
+
+
+def check_name(path: str | os.PathLike, what: str, error: type[UserError] = ConfigError) -> None:
+    """Raise `error` if `path` cannot name a file at all: a NUL byte, a lone surrogate, or a component over
+    NAME_MAX bytes (os calls would raise ValueError or ENAMETOOLONG from wherever they are first made)."""
+    text = os.fspath(path)
+    problem = unnameable(text)
+    if problem is not None:
+        raise error(f"{what} {text!r}: {problem}")
     for part in Path(text).parts:
         size = len(os.fsencode(part))
         if size > NAME_MAX:
@@ -163,8 +191,8 @@ def not_a_file(path: str | os.PathLike) -> str | None:
         return "was not found (a folder on its way is a file)"
     except OSError as e:  # ELOOP: a symbolic link that leads back to itself; ENAMETOOLONG
         return f"cannot be read ({_reason(e).lower()})"
-    except ValueError:  # os.stat's "embedded null byte"
-        return "cannot be read (a path cannot hold a NUL byte)"
+    except ValueError:  # os.stat's "embedded null byte", or a lone surrogate (UnicodeEncodeError)
+        return f"cannot be read ({unnameable(path) or 'a path no file system takes'})"
     for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -277,8 +305,8 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
     nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode)
-    except ValueError:  # "embedded null byte": an OSError as every other name that cannot be opened
-        raise OSError(errno.EINVAL, "a path cannot hold a NUL byte", os.fspath(path)) from None
+    except ValueError:  # "embedded null byte", a lone surrogate: an OSError as every name that cannot be opened
+        raise OSError(errno.EINVAL, unnameable(path) or "a path no file system takes", os.fspath(path)) from None
     kind = os.fstat(fd).st_mode
     if not stat.S_ISREG(kind):
         os.close(fd)
