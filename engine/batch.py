@@ -29,6 +29,7 @@ import numpy as np
 
 from styleengine import paths
 from styleengine.engine import images, masks as spatial
+from styleengine.engine.settings import style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
@@ -192,8 +193,8 @@ def device_name(settings: Settings) -> str:
 
 def _load(job: Job, settings: Settings) -> Picture:
     """The job's images, checked against its settings (check_run): UserError with one line."""
-    content = images.load_image(job.content)
-    styles = [images.load_image(p) for p in job.styles]
+    content = images.load_image(job.content, "content image")
+    styles = [images.load_image(p, role) for p, role in zip(job.styles, style_roles(job.styles))]
     check_run(settings, content.shape[:2], [s.shape[:2] for s in styles], content_label=f"content image {job.content}",
               style_labels=[f"style image {p}" for p in job.styles])
     init_image = load_init(settings)
@@ -229,8 +230,8 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
         try:
             loaded.append((item, _load(item.job, item.settings)))
         except UserError as e:
-            results.append(JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,
-                                     device_name(item.settings)))
+            results.append(JobResult(item.job, "failed", located(item.job.where, first_line(e)), item.hash,
+                                     time.perf_counter() - start, device_name(item.settings)))
     shapes: dict[tuple[int, int], list[tuple[Planned, Picture]]] = {}
     for item, picture in loaded:
         shapes.setdefault(output_shape(item.settings, picture.content.shape[:2]), []).append((item, picture))

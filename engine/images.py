@@ -72,8 +72,9 @@ def _to_float_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode `path` fully into float32 (H, W, 3) RGB in [0, 1].
+def load_image(path: str | os.PathLike, role: str = "image") -> np.ndarray:
+    """Decode `path` fully into float32 (H, W, 3) RGB in [0, 1]; `role` ("style image 2") names it in errors, in the
+    words the dry run and the batch's checks use (paths.input_problem).
 
     Alpha is composited on white; palette, greyscale, CMYK, 16-bit and float
     images are converted. Missing, unreadable, non-image, truncated, tiny
@@ -83,14 +84,12 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     A truncated file is an error under PIL's default; PIL's process-wide
     ImageFile.LOAD_TRUNCATED_IMAGES is the application's, left as it is.
     """
-    paths.check_name(path, "image", ImageError)
+    paths.check_name(path, role, ImageError)
     paths.check_folder_ending(os.fspath(path))  # a str's "c.png/" (the API's): Path drops it, then read c.png
     path = Path(path)
-    problem = paths.not_a_file(path)
-    if problem is not None and not os.path.lexists(path):
-        raise ImageError(f"image not found: {path}")
+    problem = paths.input_problem(role, path)
     if problem is not None:
-        raise ImageError(f"cannot read image {path}: it {problem}")
+        raise ImageError(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -100,16 +99,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 size = img.size
                 array = _to_float_rgb(img)
     except _RangeError as e:
-        raise ImageError(f"refusing {path}: it {e}") from None
+        raise ImageError(f"refusing {role} {path}: it {e}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing {path}: {first_line(e)}") from None
+        raise ImageError(f"refusing {role} {path}: {first_line(e)}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"not an image (or a format PIL cannot read): {path}") from None
+        raise ImageError(f"{role} {path} {paths.NOT_AN_IMAGE}") from None
     except PermissionError:
-        raise ImageError(f"cannot read image {path}: permission denied") from None
+        raise ImageError(f"cannot read {role} {path}: permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode image {path} (truncated or corrupt?): {first_line(e)}") from None
-    paths.check_sides(f"image {path}", (size[1], size[0]))
+        raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
+    paths.check_sides(f"{role} {path}", (size[1], size[0]))
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

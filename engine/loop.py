@@ -193,25 +193,30 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
 
     graph = None
     done = 0
-    with torch.no_grad():
-        try:
-            for i in range(iterations):
-                if graph is not None:
-                    graph.replay()
-                elif capture and i == CAPTURE_AFTER:
-                    graph = _capture(iteration)  # runs this iteration once, then records it for the next ones
-                else:
-                    iteration()
-                losses[i].copy_(current)
-                done = i + 1
-                if (done == iterations or done - state["unread"] >= check_every
-                        or (read_at is not None and read_at(done))
-                        or time.perf_counter() - state["last_read"] >= read_interval_s):
-                    read(done)
-                    if state["stopped"] is not None:
-                        break
-        except KeyboardInterrupt:
-            state["stopped"] = "interrupted"
+    grad = torch.is_grad_enabled()
+    try:
+        with torch.no_grad():
+            try:
+                for i in range(iterations):
+                    if graph is not None:
+                        graph.replay()
+                    elif capture and i == CAPTURE_AFTER:
+                        graph = _capture(iteration)  # runs this iteration once, then records it for the next ones
+                    else:
+                        iteration()
+                    losses[i].copy_(current)
+                    done = i + 1
+                    if (done == iterations or done - state["unread"] >= check_every
+                            or (read_at is not None and read_at(done))
+                            or time.perf_counter() - state["last_read"] >= read_interval_s):
+                        read(done)
+                        if state["stopped"] is not None:
+                            break
+            except KeyboardInterrupt:
+                state["stopped"] = "interrupted"
+    except KeyboardInterrupt:  # as no_grad's block closed (its exit is Python code): the loop's, as one inside it
+        state["stopped"] = "interrupted"
+        torch.set_grad_enabled(grad)  # that exit may not have restored it (a repeat signal is absorbed)
     try:  # a signal just after the loop (its try) is the loop's too: it stops nothing more than one inside it
         if state["stopped"] == "interrupted" and state["unread"] < done and not state["in_callback"]:
             # Ctrl-C during a step: the iterations that finished keep their records, unless one was not finite

@@ -31,7 +31,7 @@ VIDEO_ONLY = frozenset(options(VIDEO)) - frozenset(options(BATCH))
 LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
 
 
-def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
+def file_digest(path: Path, cache: dict[str, str] | None = None, role: str = "file") -> str:
     """sha256 of a file's bytes: UserError if it is missing or not a regular file (a FIFO would block until a
     writer comes, a device never end), OSError if it cannot be read."""
     key = os.path.abspath(path)
@@ -39,7 +39,7 @@ def file_digest(path: Path, cache: dict[str, str] | None = None) -> str:
         return cache[key]
     problem = paths.not_a_file(path)
     if problem is not None:  # a missing one too: `video --init nope.png` was a FileNotFoundError traceback
-        raise UserError(f"cannot read {path}: it {problem}")
+        raise UserError(paths.input_problem(role, path) or f"cannot read {role} {path}: it {problem}")
     digest = file_sha256(Path(path))
     if cache is not None:
         cache[key] = digest
@@ -64,18 +64,17 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     among them), the job's overrides, the plan's scales (sizes, iterations, tiles, L-BFGS history: engine/plan.py)
     and the bytes of every file read (content, styles, an init image, a weights file, masks). OSError if a file cannot
     be read. 16 hex digits."""
-    from styleengine.engine.jobs import settings_inputs  # jobs imports this module's names
+    from styleengine.engine.settings import run_inputs
 
-    files = [job.content, *job.styles, *settings_inputs(settings.init, settings.weights,
-                                                          content_masks=settings.content_masks,
-                                                          style_masks=settings.style_masks).values()]
+    files = run_inputs(job.content, job.styles, settings.init, settings.weights,  # roles, in the hash's order
+                       content_masks=settings.content_masks, style_masks=settings.style_masks)
     # neither decides the picture: snapshots, and keys a --non-strict load ignored (hashes from before that
     # field existed stay valid)
     kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()
             if k != "non_strict" and k not in VIDEO_ONLY}
     payload = {"settings": kept,
                "scales": scales, "overrides": _jsonable(dict(job.overrides)),
-               "files": [file_digest(p, digests) for p in files]}
+               "files": [file_digest(p, digests, role) for role, p in files.items()]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

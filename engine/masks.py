@@ -42,7 +42,7 @@ class Masks:
 
 def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
     """The mask at `path` as (H, W) float32 at `shape`, the (height, width) of `image`; ImageError, one line."""
-    array = images.load_image(path)
+    array = images.load_image(path, what)
     height, width = array.shape[:2]
     if abs((width / height) / (shape[1] / shape[0]) - 1) > ASPECT_SLACK:
         raise ImageError(f"{what} {path} is {width}x{height} px and {image} {shape[1]}x{shape[0]}: a mask needs its "
@@ -62,8 +62,8 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     if not settings.content_masks:
         return None
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
-    content = np.stack([_read(p, "content mask", content_shape, "the content image")
-                        for p in settings.content_masks])
+    content = np.stack([_read(p, f"content mask {i + 1}", content_shape, "the content image")
+                        for i, p in enumerate(settings.content_masks)])
     total = content.sum(axis=0)
     if total.max() > 1 + SUM_SLACK:
         y, x = np.unravel_index(int(total.argmax()), total.shape)
@@ -71,6 +71,6 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
                           f"must sum to at most 1 (each mask is one style's region)")
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
-        styles = [_read(p, "style mask", shape, label)
-                  for p, shape, label in zip(settings.style_masks, style_shapes, labels, strict=True)]
+        styles = [_read(p, f"style mask {i + 1}", shape, label)
+                  for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
     return Masks(content, styles)

@@ -519,9 +519,14 @@ def run_inputs(content: Path | None, styles: Sequence[Path], init: str, weights:
     """Every file one picture's run reads, by role ("content image", "style image 2", "init image", ...): what
     none of its outputs may be."""
     found = {"content image": Path(content)} if content is not None else {}
-    found.update({f"style image {i + 1}" if len(styles) > 1 else "style image": Path(p) for i, p in enumerate(styles)})
+    found.update({role: Path(p) for role, p in zip(style_roles(styles), styles)})
     found.update(settings_inputs(init, weights, content_masks=content_masks, style_masks=style_masks))
     return found
+
+
+def style_roles(styles: Sequence[object]) -> list[str]:
+    """How errors name the style images: "style image", or "style image 2" among several."""
+    return [f"style image {i + 1}" if len(styles) > 1 else "style image" for i in range(len(styles))]
 
 
 def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,

@@ -79,7 +79,7 @@ def load_init(settings: Settings) -> np.ndarray | None:
 def _read_init(path: str) -> np.ndarray:
     if not os.path.lexists(path):  # the dry run's words (a folder, a FIFO: load_image says what it is)
         raise ImageError(paths.input_problem("init image", path) or f"init image {path} was not found")
-    return images.load_image(path)
+    return images.load_image(path, "init image")
 
 
 def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None,

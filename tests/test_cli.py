@@ -153,7 +153,7 @@ def test_python_dash_m_entry_point_is_one_line(tmp_path):
                            str(tmp_path / "s.png"), "-o", str(out), "--weights", "random"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: image not found: {tmp_path / 'missing.png'}"]
+    assert proc.stderr.strip().splitlines() == [f"error: content image {tmp_path / 'missing.png'} was not found"]
     assert not out.exists()
 
 

@@ -218,3 +218,111 @@ def test_a_recipes_weight_past_float32_is_said_as_typed(tmp_path, monkeypatch, c
     line = one_error_line(code, err)
     assert line.startswith(f"error: {flag} {float(value):g} (in neural-style-pt's units)") and "at 40 px" in line, line
     assert not (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ probe 18b: signals
+
+def test_two_signals_pending_together_say_the_first_that_came():
+    """SIGTERM then SIGINT 5 ms apart during a long C call (a torch step) said "Ctrl-C" and exited 130 (2 of 10):
+    Python runs pending handlers in signal-number order, not arrival order."""
+    import hashlib
+    import os
+    import threading
+    import time
+
+    from styleengine.cli import _Signals
+
+    signals = _Signals()
+
+    def send() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with signals.installed():
+        sender = threading.Thread(target=send)
+        began = time.monotonic()
+        sender.start()
+        with pytest.raises(KeyboardInterrupt):
+            while True:  # C calls that check no signal: both are pending when one returns
+                hashlib.pbkdf2_hmac("sha256", b"p", b"s", 400_000)
+        sender.join()
+    if time.monotonic() - began < 0.06:
+        pytest.skip("the first C call ended between the two signals")
+    assert signals.received == signal.SIGTERM and signals.exit_code == 143
+
+
+def test_a_signal_as_the_loops_no_grad_block_closes_keeps_its_result(tmp_path, monkeypatch, capsys):
+    """A signal in `torch.no_grad()`'s exit (Python code) after the last iteration escaped the loop: run said
+    "before the first iteration; nothing written" with 5 iterations traced (a coarse-to-fine run wrote the
+    scale before)."""
+    import os
+    import sys
+
+    import torch
+
+    real = torch.no_grad
+
+    class SignalledOnExit:
+        def __init__(self):
+            self.inner = real()
+
+        def __enter__(self):
+            return self.inner.__enter__()
+
+        def __exit__(self, *exc):
+            done = self.inner.__exit__(*exc)
+            if sys._getframe(1).f_code.co_name == "optimise_batch":
+                os.kill(os.getpid(), signal.SIGTERM)
+                (lambda: None)()  # a call: the handler runs here, inside the exit
+            return done
+
+    _pictures(tmp_path)
+    monkeypatch.setattr(torch, "no_grad", SignalledOnExit)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST[:-4], "--iters", "5", "--scales", "1")
+    assert code == 143 and "interrupted after 5 iterations (SIGTERM)" in err, err
+    assert (tmp_path / "o.png").is_file() and torch.is_grad_enabled()
+
+
+# ------------------------------------------------------------------ probe 18a: one wording for one fault
+
+_FAULTS = [  # (the style argument, extra flags, the words every way in says)
+    ("nos.png", [], "style image {d}/nos.png was not found"),
+    ("/dev/null", [], "style image /dev/null is a character device, not a regular file"),
+    ("bad.png", [], "style image {d}/bad.png is not an image (or a format PIL cannot read)"),
+    ("s.png", ["--init", "nope.png"], "init image {d}/nope.png was not found (the named starts:"),
+    ("s.png", ["--init", "S1"], "init image {d}/S1 is a directory, not a regular file"),
+    ("s.png", ["--content-mask", "nom.png"], "content mask 1 {d}/nom.png was not found"),
+]
+
+
+@pytest.mark.parametrize("style, extra, words", _FAULTS)
+def test_one_fault_is_said_in_one_wording_by_the_run_the_dry_run_and_a_batch(tmp_path, monkeypatch, capsys, style,
+                                                                              extra, words):
+    """A missing style was "image not found: nos.png" (run), "style image not found (or not a file): nos.png"
+    (dry run) and "cannot read nos.png: it was not found" (a batch's manifest); a folder as --init, a missing
+    mask, a file that is no image: each in two or three wordings."""
+    import json
+
+    _pictures(tmp_path)
+    (tmp_path / "bad.png").write_text("not an image")
+    (tmp_path / "S1").mkdir()
+    d = tmp_path
+    name = lambda v: v if v.startswith("/") else str(d / v)  # noqa: E731
+    flags = [name(v) if i % 2 else v for i, v in enumerate(extra)]
+    expected = words.format(d=d)
+    said = []
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", d / "c.png", name(style), "-o", d / "o.png", *FAST,
+                               *flags, *dry)
+        said.append(one_error_line(code, err))
+    job = {"content": str(d / "c.png"), "style": name(style),
+           **{flag.lstrip("-").replace("-", "_") + ("s" if "mask" in flag else ""): value
+              for flag, value in zip(flags[::2], flags[1::2])}}
+    (d / "j.jsonl").write_text(json.dumps(job) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", d / "j.jsonl", "--out", d / "b", *FAST)
+    said += [line["reason"] for line in manifest_lines(d / "b")]
+    assert len(said) == 3 and all(expected in line for line in said), said
+    assert said[2].startswith(f"{d / 'j.jsonl'} line 1: "), said

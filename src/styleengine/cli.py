@@ -196,13 +196,25 @@ class _Signals:
         self._forward: Any = None  # hand_over's handler: signals go there instead
         self._finished = False  # the command has returned (finish)
         self._holding = False  # from its last lines to its end (hold)
+        self._arrivals: int | None = None  # the wakeup pipe's read end: signal numbers in the order they came
+
+    def _first_arrived(self, signum: int) -> int:
+        """The first of ours that arrived: Python runs the handlers of signals pending together in number order
+        (SIGHUP, SIGINT, SIGTERM), not the order they came in, which the C handler wrote to the wakeup pipe."""
+        if self._arrivals is None:
+            return signum
+        try:
+            came = os.read(self._arrivals, 512)
+        except OSError:  # empty (BlockingIOError), or another library's wakeup fd replaced ours (serve)
+            return signum
+        return next((s for s in came if s in self.EXIT_CODES), signum)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._forward is not None:
             return self._forward(signum, frame)
         first = self.received is None
         if first:
-            self.received = signum
+            self.received = self._first_arrived(signum)
         if self._shield or self._holding:
             self._held = self._held or first
         elif first:  # a repeat (`timeout`, an impatient Ctrl-C) is absorbed: the first is already stopping us
@@ -242,10 +254,19 @@ class _Signals:
         self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
         self._holding = False
         previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._arrivals = read
         try:
             yield
         finally:
             self._stop_alarm()
+            signal.set_wakeup_fd(wakeup)
+            self._arrivals = None
+            os.close(read)
+            os.close(write)
             for s, handler in previous.items():
                 ended = self.received is not None or self._finished  # nothing left for a signal to stop
                 signal.signal(s, signal.SIG_IGN if exiting and ended else handler)

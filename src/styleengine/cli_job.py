@@ -29,6 +29,7 @@ from styleengine.cli import signals
 from styleengine.engine import images, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
+from styleengine.engine.settings import style_roles
 from styleengine.errors import ImageError, UserError, printable
 
 
@@ -281,8 +282,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
     # 1. everything cheap first: settings, the files to write, images, sizes and memory; then weights
     settings.validate(texture=texture)
     check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
-    content_array = images.load_image(content) if content is not None else None
-    style_arrays = [images.load_image(p) for p in styles]
+    content_array = images.load_image(content, "content image") if content is not None else None
+    style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
     plan = check_run(settings, content_array.shape[:2] if content_array is not None else None,
                      [s.shape[:2] for s in style_arrays], content_label=f"content image {content}",
                      style_labels=[f"style image {p}" for p in styles])

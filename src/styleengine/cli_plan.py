@@ -13,7 +13,7 @@ from styleengine import paths
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
-from styleengine.engine.settings import Settings, run_inputs
+from styleengine.engine.settings import Settings, run_inputs, style_roles
 from styleengine.errors import ConfigError, ImageError
 
 
@@ -54,13 +54,15 @@ def check_cache_for(settings: Settings) -> None:
 
 
 def _shape(path: Path, what: str) -> tuple[int, int]:
+    """The (height, width) of the image `what` from its header, with the run's refusals in the run's words."""
     paths.check_name(path, what)
-    if not path.is_file():
-        raise ImageError(f"{what} not found (or not a file): {path}")
+    problem = paths.input_problem(what, path)
+    if problem is not None:
+        raise ImageError(problem)
     shape = paths.image_shape(path)
     if shape is None:
-        raise ImageError(f"cannot read the size of {what} {path}: not an image PIL can open")
-    paths.check_sides(f"image {path}", shape)
+        raise ImageError(f"{what} {path} {paths.NOT_AN_IMAGE}")
+    paths.check_sides(f"{what} {path}", shape)
     return shape
 
 
@@ -72,7 +74,7 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     if problem is not None:
         raise ConfigError(problem)
     content_shape = _shape(content, "content image") if content is not None else None
-    style_shapes = [_shape(p, "style image") for p in styles]
+    style_shapes = [_shape(p, role) for p, role in zip(styles, style_roles(styles))]
     machine = probe_light()
     where, options = open_options(settings, machine)
     pick = recorded_pick(settings, where, options) if len(options) > 1 and tuning_enabled() else None

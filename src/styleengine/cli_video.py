@@ -315,7 +315,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.cli_job import announce
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
-    from styleengine.engine.settings import run_inputs
+    from styleengine.engine.settings import run_inputs, style_roles
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
     from styleengine.engine.video import video_hash
@@ -343,13 +343,13 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
     shape = video_io.output_shape(info.height, info.width, settings.size)
     settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
-    style_arrays = [images.load_image(p) for p in styles]
+    style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
     plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
                      style_labels=[f"style image {p}" for p in styles])
     settings, plan = announce(settings, plan, console)
     digests: dict[str, str] = {}
-    files = [video_io.identity(info)] + [file_digest(p, digests)
-                                         for p in run_inputs(None, styles, settings.init, settings.weights).values()]
+    files = [video_io.identity(info)] + [file_digest(p, digests, role) for role, p in
+                                         run_inputs(None, styles, settings.init, settings.weights).items()]
     selection = {"first": start, "fps": str(rate), "shape": list(shape)}
     if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
         selection.update(chunked.start(start, stop))

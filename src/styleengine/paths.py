@@ -165,6 +165,9 @@ def weights_problem(spec: str) -> str | None:
     return input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
 
 
+NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
+
+
 def input_problem(role: str, path: str | os.PathLike, shown: str | None = None) -> str | None:
     """"ROLE PATH was not found" (or what else it is) for an input that is not a regular file to read, with a
     hint where the name was meant as a word: "./random" for the random weights, "nois" for a named start."""

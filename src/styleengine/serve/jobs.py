@@ -454,6 +454,6 @@ def load_upload(path: Path, label: str) -> np.ndarray:
     """An uploaded image through the CLI's checks (formats, bombs, truncation, NaN, tiny); ImageError naming
     the upload by its role, not by where the server keeps it."""
     try:
-        return images.load_image(path)
-    except UserError as e:
-        raise type(e)(first_line(e).replace(str(path), label)) from None
+        return images.load_image(path, label)
+    except UserError as e:  # "content image <folder>/content is not an image": the folder is the server's
+        raise type(e)(first_line(e).replace(f" {path}", "")) from None
