@@ -541,7 +541,7 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
     """ConfigError unless the cache folder `root` (or `what` the user knows it as) exists or can be made, and is
     writable."""
     named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
-    if root.exists() and not root.is_dir():
+    if os.path.lexists(root) and not root.is_dir():  # a broken link too: mkdir says only "File exists"
         raise ConfigError(f"cannot use {what} {root}{named}: it {not_a_folder(root)}")
     try:
         root.mkdir(parents=True, exist_ok=True)
