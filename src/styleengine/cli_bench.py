@@ -29,7 +29,7 @@ from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time,
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError, printable
-from styleengine.paths import cache_root, check_writable, named_file
+from styleengine.paths import cache_root, check_cache_dir, check_writable, named_file
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
 
@@ -181,6 +181,8 @@ def bench(
     elif not limit:
         split_iters(iters, rounds)  # raises ConfigError unless every round times an iteration
     cache_root()  # a STYLEENGINE_CACHE_DIR it cannot use is one line here, not the worker's traceback
+    if {"ort", "tensorrt"} & set(backend_list):  # they export into it before timing, as `run` (check_cache_for)
+        check_cache_dir(cache_root(), "STYLEENGINE_CACHE_DIR")
     positive(mem_budget, "--mem-budget")
     positive(time_budget, "--time-budget", MAX_SECONDS)
     positive(timeout, "--timeout", MAX_SECONDS)
