@@ -37,6 +37,8 @@ LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_nu
 # randn: neural-style-pt's start, N(0, 0.001) in the network's input units (its mean pixel, a flat grey)
 INITS = ("noise", "content", "style", "randn")  # or a path to an image
 WEIGHT_WORDS = ("imagenet", "random")  # --weights words that name no file (or a path)
+# the weights files model/weights.read_checkpoint reads, by suffix: safetensors, or a torch pickle
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 INIT_ALIASES = {"random": "noise", "image": "content"}  # neural-style's -init spellings
 # how the loss terms are normalised (engine/losses.py): "invariant" makes the balance of content, style and
 # TV independent of the pixel count; "paper" is Gatys et al.'s exact loss (content and TV summed over positions)
