@@ -18,9 +18,8 @@ import torch
 from styleengine.engine import images
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, ImageError
+from styleengine.paths import ASPECT_SLACK, check_mask_aspect  # noqa: F401  (stylise reads ASPECT_SLACK here)
 
-# a mask saved at another resolution rounds its sides: within 2% of its image's aspect ratio it is resized to it
-ASPECT_SLACK = 0.02
 SUM_SLACK = 2 / 255  # complementary 8-bit masks (or JPEG ones) may sum to a hair over 1
 
 
@@ -44,9 +43,7 @@ def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str
     """The mask at `path` as (H, W) float32 at `shape`, the (height, width) of `image`; ImageError, one line."""
     array = images.load_image(path, what)
     height, width = array.shape[:2]
-    if abs((width / height) / (shape[1] / shape[0]) - 1) > ASPECT_SLACK:
-        raise ImageError(f"{what} {path} is {width}x{height} px and {image} {shape[1]}x{shape[0]}: a mask needs its "
-                         f"image's aspect ratio (it is resized to it, never cropped)")
+    check_mask_aspect(what, path, array.shape, image, shape)
     mask = images.luminance(array).astype(np.float32)
     if (height, width) != tuple(shape):
         mask = images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from styleengine import paths
-from styleengine.choices import WEIGHT_SUFFIXES, WEIGHT_WORDS
+from styleengine.choices import INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
@@ -92,5 +92,25 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
                 + ", ".join(" ".join(o) for o in options) + ") and keeps the fastest; by rule it would be "
                 + " ".join(pick))
     placed = _apply(dataclasses.replace(settings, device=where.device, provider=where.provider), *pick, where)
-    return make_plan(placed, content_shape, style_shapes, content_label=f"content image {content}",
+    plan = make_plan(placed, content_shape, style_shapes, content_label=f"content image {content}",
                      style_labels=[f"style image {p}" for p in styles], auto=auto)
+    _check_start_and_masks(settings, content_shape, styles, style_shapes)
+    return plan
+
+
+def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | None, styles: list[Path],
+                           style_shapes: list[tuple[int, int]]) -> None:
+    """The --init image's and the masks' sizes from their headers, as the run checks their pixels after the
+    plan (load_init, masks.load): not an image, under 32 px, a mask of another aspect ratio than its image."""
+    if settings.init not in INITS:
+        paths.check_inputs({"init image": Path(settings.init)})  # missing: the run's words, naming the starts
+        _shape(Path(settings.init), "init image")
+    if content_shape is None:  # a texture has no masks (validate refuses them)
+        return
+    for i, mask in enumerate(settings.content_masks or ()):
+        paths.check_inputs({f"content mask {i + 1}": Path(mask)})
+        paths.check_mask_aspect("content mask", mask, _shape(Path(mask), "content mask"), "the content image",
+                                content_shape)
+    for i, (mask, style, shape) in enumerate(zip(settings.style_masks or (), styles, style_shapes)):
+        paths.check_inputs({f"style mask {i + 1}": Path(mask)})
+        paths.check_mask_aspect("style mask", mask, _shape(Path(mask), "style mask"), f"style image {style}", shape)

@@ -610,6 +610,21 @@ def check_sides(what: str, shape: tuple[int, ...]) -> None:
         raise ImageError(f"{what} is {shape[1]}x{shape[0]} px; both sides must be at least {MIN_SIDE} px")
 
 
+# a mask saved at another resolution rounds its sides: within 2% of its image's aspect ratio it is resized to it
+ASPECT_SLACK = 0.02
+
+
+def check_mask_aspect(what: str, path: str | os.PathLike, shape: tuple[int, ...], image: str,
+                      image_shape: tuple[int, ...]) -> None:
+    """ImageError unless the mask `what` ("content mask") at `path`, shape (height, width, ...), has the aspect
+    ratio of `image` ("the content image"), image_shape, within ASPECT_SLACK: the run's check on the pixels
+    (engine/masks.py) and the dry run's on the header alike."""
+    height, width = shape[:2]
+    if abs((width / height) / (image_shape[1] / image_shape[0]) - 1) > ASPECT_SLACK:
+        raise ImageError(f"{what} {path} is {width}x{height} px and {image} {image_shape[1]}x{image_shape[0]}: a "
+                         f"mask needs its image's aspect ratio (it is resized to it, never cropped)")
+
+
 def image_shape(path: Path) -> tuple[int, int] | None:
     """(height, width) from an image file's header (EXIF rotation applied, as images.load_image does), without
     decoding it; None if PIL cannot tell (loading it will say what is wrong)."""
