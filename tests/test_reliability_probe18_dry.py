@@ -41,7 +41,8 @@ def test_the_dry_run_refuses_an_init_image_the_run_refuses(tmp_path, monkeypatch
     else:
         Image.new("RGB", (10, 10)).save(init)
     line = _refused_alike(tmp_path, monkeypatch, capsys, "--init", str(init))
-    wanted = f"init image {init}: not an image" if what == "not_an_image" else "is 10x10 px; both sides must be"
+    wanted = (f"init image {init} is not an image (or a format PIL cannot read)" if what == "not_an_image"
+              else "is 10x10 px; both sides must be")
     assert wanted in line, line
 
 
