@@ -38,8 +38,8 @@ from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonabl
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.steps import TargetCache
-from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, load_init,
-                                       load_run_weights, stylise_batch)
+from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, check_weights,
+                                       load_init, load_run_weights, stylise_batch)
 from styleengine.errors import ConfigError, UserError, first_line
 
 CHUNK = 64  # jobs planned, checked and run at a time (a multiple of MAX_BATCH): a long file starts at once
@@ -144,17 +144,26 @@ class Warm:
     weights, convention), and the steps, built once per (model, weights, pooling, content and style layers,
     precision, backend, device, provider). Close it (or use it as a context manager) to free the steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        """settings: the batch's or server's own; their weights file is checked now (check_weights: WeightsError
+        before any job) and kept for the jobs that use it, so it is loaded once."""
         self._weights: dict[tuple, Any] = {}
         self._steps: dict[tuple, Any] = {}
         self.steps_built = 0
         self.targets = TargetCache()  # a painting shared by many jobs: its Grams once per size
+        checked = check_weights(settings) if settings is not None else None
+        if settings is not None and checked is not None:
+            self._weights[self._key(settings)] = checked
 
-    def weights(self, settings: Settings):
+    @staticmethod
+    def _key(settings: Settings) -> tuple:
         seed = settings.seed if settings.weights == "random" else None
         # the input convention is the settings' (a job's flags), so it keys the weights as the file does
-        key = (settings.model, settings.weights, seed, settings.non_strict, settings.convention,
-               tuple(settings.convention_changes().items()))
+        return (settings.model, settings.weights, seed, settings.non_strict, settings.convention,
+                tuple(settings.convention_changes().items()))
+
+    def weights(self, settings: Settings):
+        key = self._key(settings)
         if key not in self._weights:
             self._weights[key] = load_run_weights(settings)
         return self._weights[key]

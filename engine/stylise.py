@@ -18,7 +18,7 @@ import torch
 from styleengine import paths
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
-from styleengine.choices import INITS
+from styleengine.choices import INITS, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError
 from styleengine.engine.loop import Record, Result, optimise_batch, uninterrupted
 from styleengine.engine.losses import LossConfig
@@ -229,6 +229,15 @@ def load_run_weights(settings: Settings) -> Weights:
         return weights
     return dataclasses.replace(weights, convention=convention, convention_source=(
         f"from flags (over its {convention_name(weights.convention)} {weights.convention_source})"))
+
+
+def check_weights(settings: Settings) -> Weights | None:
+    """The weights file the settings name, loaded as the run loads it (load_run_weights), or None for the words
+    "imagenet" and "random", which name no file. Called before any work by batch, serve and tune: a file their
+    model cannot use (unreadable, another network's, NaN) is one WeightsError line, not every job's failure."""
+    if settings.weights in WEIGHT_WORDS:  # imagenet's download stays the first job's, as before
+        return None
+    return load_run_weights(settings)
 
 
 @dataclass(frozen=True)
