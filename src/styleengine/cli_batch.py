@@ -135,6 +135,14 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
+    # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
+    if ray is None:
+        warm = engine.Warm(settings)  # the first job uses them as loaded here
+    else:  # the actors load their own
+        from styleengine.engine.stylise import check_weights
+
+        check_weights(settings)
+        warm = None
     with engine.locked(out):
         done, problems = manifest.load()
         for problem in problems[:SHOWN_PROBLEMS]:
@@ -160,11 +168,11 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
                     told = True
                 yield items
 
-        _run(planned(), total, manifest, out, ray, batch_size, settings.weights == "random", console)
+        _run(planned(), total, manifest, out, ray, warm, batch_size, settings.weights == "random", console)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
-         ray: str | None, batch_size: int | None, untrained: bool, console) -> None:
+         ray: str | None, warm: engine.Warm | None, batch_size: int | None, untrained: bool, console) -> None:
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
     (signals held during a write and acted on right after it)."""
     if untrained:
@@ -184,7 +192,6 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     def save_elsewhere(image, output: Path) -> Path | None:
         return rescue(image, output, [out])
 
-    warm = engine.Warm() if ray is None else None
     try:
         if ray is not None:  # one runner (its actors) for every job: planned whole
             chunks = [[item for chunk in chunks for item in chunk]]
