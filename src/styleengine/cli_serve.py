@@ -117,6 +117,13 @@ def _serve(
     # every job reads them: one line now (a missing --init made every POST a 500)
     paths.check_inputs(settings_inputs(settings.init, settings.weights, prefix="--",
                                        content_masks=settings.content_masks, style_masks=settings.style_masks))
+    # every job loads its weights: a file the model cannot use is one line now, not every job's failure
+    from styleengine.engine.batch import Warm
+    from styleengine.engine.stylise import check_weights
+
+    warm = Warm(settings) if ray is None else None  # kept for the jobs: loaded once
+    if ray is not None:  # each replica loads its own
+        check_weights(settings)
     settings = settings.resolved()  # `auto` made concrete once, at the default size
     if os.environ.get(TOKEN_ENV) and token == os.environ[TOKEN_ENV]:
         os.environ.pop(TOKEN_ENV)  # not handed to anything this process starts
@@ -135,7 +142,7 @@ def _serve(
         import_ray()  # a clear error now if Ray is not installed
         serve_forever(config, host=host, port=port, replicas=replicas, address=ray)
         return
-    store = open_store(config)  # before uvicorn: a folder it cannot use is one line, not a failed startup
+    store = open_store(config, warm)  # before uvicorn: a folder it cannot use is one line, not a failed startup
     # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
     server = _Server(store, uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
                                            timeout_graceful_shutdown=3))

@@ -260,12 +260,13 @@ def _static(name: str) -> Path:
     return Path(str(resources.files("styleengine.serve") / "static" / name))
 
 
-def open_store(config: Config) -> JobStore:
-    """The JobStore of `config` (UserError if its folder cannot be used or another server holds it)."""
+def open_store(config: Config, warm: batch.Warm | None = None) -> JobStore:
+    """The JobStore of `config` (UserError if its folder cannot be used or another server holds it); `warm`: a
+    Warm holding the weights the start checked (None: a new one)."""
     from styleengine.export.cache import cache_root
 
     root = config.root if config.root is not None else cache_root() / "serve"
-    return JobStore(root, max_queue=config.max_queue)
+    return JobStore(root, max_queue=config.max_queue, warm=warm)
 
 
 def create_app(config: Config, store: JobStore | None = None,

@@ -68,7 +68,7 @@ class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
     def __init__(self, root: Path, *, max_queue: int = 16,
-                 batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH):
+                 batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH, warm: batch.Warm | None = None):
         self.root = Path(root)
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
@@ -91,7 +91,7 @@ class JobStore:
         # set as the server begins to stop (a signal): event streams end, and their going cancels nothing (the
         # jobs they watched are recorded by close as the server stopping, not as cancelled by a client)
         self.draining = False
-        self._warm = batch.Warm()
+        self._warm = warm if warm is not None else batch.Warm()  # given: the server's weights, checked at its start
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
         self._lock_file: IO[bytes] | None = None
