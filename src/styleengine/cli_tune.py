@@ -9,7 +9,7 @@ from typing import Any
 
 from styleengine import paths
 from styleengine.cli_settings import settings_from, with_settings
-from styleengine.errors import ConfigError, printable
+from styleengine.errors import printable
 from styleengine.engine.settings import RUN
 
 # what a trial depends on; the loss weights and the schedule do not change which step is fastest
@@ -31,9 +31,9 @@ def _tune(**flags: Any) -> None:
     tuning_enabled()  # a STYLEENGINE_TUNE it cannot read is said now, not after the timing
     # what tune measures is kept in the cache: a folder that cannot take it is said now, not after the timing
     paths.check_cache_dir(record_path().parent, "STYLEENGINE_CACHE_DIR")
-    problem = paths.weights_problem(settings.weights)  # said before "timing", not after it
-    if problem is not None:
-        raise ConfigError(problem)
+    from styleengine.engine.stylise import check_weights
+
+    check_weights(settings)  # a file the trial could not load is said before "timing", not after it
     console = Console(stderr=True, markup=False)
     console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
                   highlight=False)
