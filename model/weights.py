@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from styleengine.choices import TORCH_SUFFIXES
 from styleengine.errors import WeightsError, first_line
 from styleengine.model import recognise
 from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
@@ -187,7 +188,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"cannot read safetensors file {path}: {e}") from e
         return state, meta
-    if suffix in (".pth", ".pt", ".bin"):
+    if suffix in TORCH_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
@@ -206,7 +207,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                                                 for k, v in obj.items()):
             raise WeightsError(f"{path} is not a state dict of tensors")
         return obj, {}
-    raise WeightsError(f"unsupported weights file {path}: use .safetensors or .pth")
+    raise WeightsError(paths.unsupported_weights(path) or str(path))
 
 
 def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> Convention | None:

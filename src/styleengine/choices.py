@@ -38,7 +38,8 @@ LBFGS_HISTORY = 100  # curvature pairs L-BFGS keeps, as neural-style's -lbfgs_nu
 INITS = ("noise", "content", "style", "randn")  # or a path to an image
 WEIGHT_WORDS = ("imagenet", "random")  # --weights words that name no file (or a path)
 # the weights files model/weights.read_checkpoint reads, by suffix: safetensors, or a torch pickle
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 INIT_ALIASES = {"random": "noise", "image": "content"}  # neural-style's -init spellings
 # how the loss terms are normalised (engine/losses.py): "invariant" makes the balance of content, style and
 # TV independent of the pixel count; "paper" is Gatys et al.'s exact loss (content and TV summed over positions)

@@ -10,12 +10,12 @@ import dataclasses
 from pathlib import Path
 
 from styleengine import paths
-from styleengine.choices import INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
+from styleengine.choices import INITS
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
 from styleengine.engine.settings import Settings, run_inputs, style_roles
-from styleengine.errors import ConfigError, ImageError, WeightsError
+from styleengine.errors import ConfigError, ImageError
 
 
 def numbered(output: Path, iteration: int, iterations: int) -> Path:
@@ -74,8 +74,6 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     problem = paths.weights_problem(settings.weights)
     if problem is not None:
         raise ConfigError(problem)
-    if settings.weights not in WEIGHT_WORDS and Path(settings.weights).suffix.lower() not in WEIGHT_SUFFIXES:
-        raise WeightsError(f"unsupported weights file {settings.weights}: use .safetensors or .pth")  # the loader's
     content_shape = _shape(content, "content image") if content is not None else None
     style_shapes = [_shape(p, role) for p, role in zip(styles, style_roles(styles))]
     machine = probe_light()

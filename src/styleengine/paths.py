@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterable, Iterator
 
-from styleengine.choices import INITS, WEIGHT_WORDS
+from styleengine.choices import INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 
@@ -162,7 +162,15 @@ def weights_problem(spec: str) -> str | None:
     "imagenet" and "random"): one wording for the dry run, tune and the run."""
     if spec in WEIGHT_WORDS:
         return None
-    return input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
+    problem = input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
+    return problem if problem is not None else unsupported_weights(spec)
+
+
+def unsupported_weights(spec: str | os.PathLike) -> str | None:
+    """The line for a weights file no loader reads (by its suffix: model/weights.read_checkpoint's), or None."""
+    if Path(spec).suffix.lower() in WEIGHT_SUFFIXES:
+        return None
+    return f"unsupported weights file {os.fspath(spec)}: use .safetensors or .pth"
 
 
 NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
