@@ -43,6 +43,13 @@ def _keeping_signal_handlers():
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except SystemExit as e:  # Ray's handler took a SIGTERM during ray.init (sys.exit(15): exit 15, no line)
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if e.code != signal.SIGTERM or not callable(saved[signal.SIGTERM]):
+            raise
+        saved[signal.SIGTERM](signal.SIGTERM, None)  # the caller's handler has it, as if it came now
+        raise
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

@@ -154,7 +154,7 @@ def from_picture(picture: object, what: str) -> np.ndarray:
     uint8 arrays are 0-255 (divided by 255, as PIL's pixels are); uint16 0-65535; float arrays must be in
     [0, 1] already: a 0-255 float array is refused, not guessed at (one line naming `what`)."""
     if isinstance(picture, (str, os.PathLike)):
-        return load_image(picture)
+        return load_image(picture, what)
     if isinstance(picture, Image.Image):
         if isinstance(picture, ImageFile.ImageFile) and picture.tile and picture.fp is None:
             raise ImageError(f"cannot read {what} (a PIL image): its file was closed before its pixels were read "

@@ -98,8 +98,9 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
              lr: float | None = None, callback: Callable[[Record, torch.Tensor], None] | None = None,
              history: int = LBFGS_HISTORY, max_step: float | None = None,
              read_at: Callable[[int], bool] | None = None,
-             read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY) -> Result:
-    """Run `iterations` steps from `init` (1, 3, H, W) on the step's device.
+             read_interval_s: float = READ_INTERVAL_S, check_every: int = CHECK_EVERY,
+             kept: list[Result] | None = None) -> Result:
+    """Run `iterations` steps from `init` (1, 3, H, W) on the step's device (kept: see optimise_batch).
 
     history: L-BFGS's curvature pairs (2 * (history + 1) image-sized vectors).
     max_step: L-BFGS moves no pixel more than this per iteration (None: torch's
@@ -114,7 +115,7 @@ def optimise(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str 
         raise ValueError(f"optimise takes one image (1, 3, H, W), got {tuple(init.shape)}; see optimise_batch")
     return optimise_batch(step, init, iterations=iterations, optimizer=optimizer, lr=lr, callback=callback,
                           history=history, max_step=max_step, read_at=read_at, read_interval_s=read_interval_s,
-                          check_every=check_every)[0]
+                          check_every=check_every, kept=kept)[0]
 
 
 def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer: str = "lbfgs",

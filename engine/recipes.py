@@ -43,18 +43,20 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
+def recipe_values(name: str, given: dict[str, Any], flags: bool = True) -> dict[str, Any]:
     """Settings values for recipe `name` with the `given` ones (flags named on the command line) winning; the
     recipe's weights, given or not, are in its own units and come back in ours. ConfigError for an unknown
-    recipe."""
+    recipe. `flags`: errors name a setting as its flag (--tv-weight), else as a jobs file's key (tv_weight)."""
     check_choice("recipe", name, RECIPES)
     from styleengine.errors import ConfigError
+
+    def spelled(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if flags else key
 
     for key in WEIGHTS:  # checked as typed: the mapped value would show the user a number they never wrote
         value = given.get(key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number >= 0 (in {name}'s units), "
-                              f"got {value}")
+            raise ConfigError(f"{spelled(key)} must be a finite number >= 0 (in {name}'s units), got {value}")
     values = {**_DEFAULTS[name], **given}
     size = values["size"]
     # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE
@@ -64,13 +66,23 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
         typed = values[key]
         values[key] = typed * scale[key]
         if not in_float32(values[key]):  # said in the recipe's units, as typed, with the range they allow
-            raise ConfigError(f"--{key.replace('_', '-')} {typed:g} (in {name}'s units) is past float32 in this "
-                              f"engine's, where the loss is computed: 0, or {FLOAT32_TINY / scale[key]:.3g} to "
-                              f"{FLOAT32_MAX / scale[key]:.3g} at {size} px")
+            low, high = (_shown_bound(bound / scale[key], scale[key], up) for bound, up in ((FLOAT32_TINY, True),
+                                                                                           (FLOAT32_MAX, False)))
+            raise ConfigError(f"{spelled(key)} {typed:g} (in {name}'s units) is past float32 in this engine's, "
+                              f"where the loss is computed: 0, or {low:g} to {high:g} at {size} px")
     if "style_layer_weights" not in given:
         layers = values.get("style_layers", STYLE_LAYERS)
         values["style_layer_weights"] = tuple(1.0 / _channels(n) ** 2 for n in layers)
     return values
+
+
+def _shown_bound(bound: float, scale: float, up: bool) -> float:
+    """`bound` to 3 significant figures, rounded inward (`up` for a lower bound) so that the value shown is taken."""
+    step = 10.0 ** (math.floor(math.log10(bound)) - 2)
+    shown = float(f"{(math.ceil if up else math.floor)(bound / step) * step:.3g}")
+    while not in_float32(shown * scale):  # the float error at the edge: one step further in
+        shown = float(f"{shown + (step if up else -step):.3g}")
+    return shown
 
 
 def _channels(name: str) -> int:

@@ -529,15 +529,15 @@ def style_roles(styles: Sequence[object]) -> list[str]:
     return [f"style image {i + 1}" if len(styles) > 1 else "style image" for i in range(len(styles))]
 
 
-def settings_inputs(init: str, weights: str, prefix: str = "", content_masks: Sequence[str] | None = None,
+def settings_inputs(init: str, weights: str, content_masks: Sequence[str] | None = None,
                     style_masks: Sequence[str] | None = None) -> dict[str, Path]:
     """The files an --init, a --weights and the mask values name, by role ("init image", "weights file",
-    "content mask 1", ...; `prefix` before each); none for the named inits and imagenet / random weights."""
+    "content mask 1", ...); none for the named inits and imagenet / random weights."""
     found = {}
     if init not in INITS:
-        found[f"{prefix}init image"] = Path(init)
+        found["init image"] = Path(init)
     if weights not in WEIGHT_WORDS:
-        found[f"{prefix}weights file"] = Path(weights)
+        found["weights file"] = Path(weights)
     for kind, mask_paths in (("content mask", content_masks), ("style mask", style_masks)):
-        found.update({f"{prefix}{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
+        found.update({f"{kind} {i + 1}": Path(p) for i, p in enumerate(mask_paths or ())})
     return found

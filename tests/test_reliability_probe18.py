@@ -326,3 +326,176 @@ def test_one_fault_is_said_in_one_wording_by_the_run_the_dry_run_and_a_batch(tmp
     said += [line["reason"] for line in manifest_lines(d / "b")]
     assert len(said) == 3 and all(expected in line for line in said), said
     assert said[2].startswith(f"{d / 'j.jsonl'} line 1: "), said
+
+
+# ------------------------------------------------------------------ probe 19a: the neighbours of probe 18's fixes
+
+def test_the_dry_run_numbers_the_mask_it_refuses_as_the_run_does(tmp_path, monkeypatch, capsys):
+    """The dry run's header checks said "content mask notimg.png" where the run says "content mask 2"."""
+    _pictures(tmp_path)
+    Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
+    (tmp_path / "n.png").write_text("not an image")
+    said = []
+    for dry in ([], ["--dry-run"]):
+        styles, masks = (",".join(str(tmp_path / n) for n in names)
+                         for names in (("s.png", "s.png"), ("m.png", "n.png")))
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", styles, "-o", tmp_path / "o.png", *FAST,
+                               "--content-mask", masks, *dry)
+        said.append(one_error_line(code, err))
+    assert said[0] == said[1] and f"content mask 2 {tmp_path / 'n.png'} is not an image" in said[0], said
+
+
+@pytest.mark.parametrize("side, words", [(40, "refusing content image"), (64, "refusing content image")])
+def test_the_dry_run_refuses_a_decompression_bomb_in_the_runs_words(tmp_path, monkeypatch, capsys, side, words):
+    """A bomb (past PIL's limit) and a near-bomb (past its warning, which the run refuses too) were "not an
+    image" to the dry run, or passed it (exit 0, with PIL's warning raw on stderr)."""
+    from PIL import Image as PILImage
+
+    _pictures(tmp_path)
+    Image.new("RGB", (side, side), (9, 9, 9)).save(tmp_path / "b.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 40x40: past the warning; 64x64: past twice it
+    said = []
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "b.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, *dry)
+        said.append(one_error_line(code, err))
+    assert all(words in line and "exceeds limit" in line for line in said), said
+
+
+def test_the_api_names_the_content_and_each_style_by_its_role(tmp_path):
+    """The API said "image missing.png was not found" for the content and "image n.png" for the second style."""
+    from styleengine import api
+    from styleengine.errors import ImageError
+
+    _pictures(tmp_path)
+    (tmp_path / "n.png").write_text("not an image")
+    with pytest.raises(ImageError, match=r"^content image .*missing\.png was not found$"):
+        api.stylise(tmp_path / "missing.png", [tmp_path / "s.png"], weights="random", size=40, iterations=1)
+    with pytest.raises(ImageError, match=r"^style image 2 .*n\.png is not an image"):
+        api.stylise(tmp_path / "c.png", [tmp_path / "s.png", tmp_path / "n.png"], weights="random", size=40,
+                    iterations=1)
+
+
+@pytest.mark.parametrize("flag, words", [("--content-mask", "content mask 1"), ("--init", "init image")])
+def test_a_batchs_own_missing_file_is_said_in_the_runs_words(tmp_path, monkeypatch, capsys, flag, words):
+    """batch said "--content mask 1 missing.png" and "--init image missing.png"."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "z.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST, flag,
+                           tmp_path / "missing.png")
+    line = one_error_line(code, err)
+    assert line.startswith(f"error: {words} {tmp_path / 'missing.png'} was not found"), line
+
+
+def test_a_batchs_engine_warning_is_a_warning_line_escaped(tmp_path, monkeypatch, capsys):
+    """batch and video printed the engine's warnings through logging's last resort: no "warning:", a name's
+    escape raw and its line break cutting the line."""
+    _pictures(tmp_path)
+    init = tmp_path / "w\x1b[31m\nq.png"
+    Image.new("RGB", (64, 32), (9, 9, 9)).save(init)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "z.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST,
+                           "--init", init)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "stretched" in line]
+    assert len(said) == 1 and said[0].startswith("warning: init image") and "w\\x1b[31m\\nq.png" in said[0], err
+    assert "\x1b" not in err
+
+
+@pytest.mark.parametrize("key, value", [("tv_weight", 3e38), ("style_weight", 1e38), ("content_weight", 1e-40)])
+def test_a_recipes_range_holds_the_bounds_it_shows(key, value):
+    """The range said for a recipe's weight was rounded to nearest: its own ends (3e-41, 8.69e35) were refused."""
+    from styleengine.engine.recipes import recipe_values
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        recipe_values("neural-style-pt", {key: value, "size": 64})
+    low, high = str(e.value).split("0, or ")[1].split(" at ")[0].split(" to ")
+    for bound in (float(low), float(high)):
+        recipe_values("neural-style-pt", {key: bound, "size": 64})
+
+
+def test_a_jobs_files_recipe_weight_is_said_by_its_key(tmp_path, monkeypatch, capsys):
+    """A jobs file's `"tv_weight": 3e38` with a recipe was said as "--tv-weight", a flag the file does not have."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "recipe": "neural-style-pt", '
+                                      '"tv_weight": 3e38, "output": "a.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
+    line = one_error_line(code, err)
+    assert "line 1: tv_weight 3e+38 (in neural-style-pt's units)" in line and "--tv-weight" not in line, line
+
+
+# ------------------------------------------------------------------ probe 19b: signals
+
+def test_a_signal_as_visualizes_loop_returns_keeps_its_picture(tmp_path, monkeypatch, capsys):
+    """A signal between visualize's loop returning and its result being held said "before the first iteration;
+    nothing written" after all its iterations (3 of 20 under load)."""
+    import os
+
+    from styleengine.engine import loop
+
+    real = loop.optimise
+
+    def signalled(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        (lambda: None)()  # a call: the handler runs here, after the loop returned
+        return result
+
+    monkeypatch.setattr(loop, "optimise", signalled)  # visualize imports it as it runs
+    code, _, err = run_cli(monkeypatch, capsys, "visualize", "-o", tmp_path / "v.png", "--class", "3", "--size", "40",
+                           "--iters", "3", "--weights", "random")
+    assert code == 143 and "interrupted after 3 iterations (SIGTERM)" in err, err
+    assert (tmp_path / "v.png").is_file()
+
+
+def test_a_sigterm_ray_takes_as_it_starts_is_the_commands():
+    """ray.init puts its own SIGTERM handler (sys.exit(15)) in place while it starts a cluster: a SIGTERM then
+    exited 15 with no line (`batch --ray auto`)."""
+    import os
+
+    from styleengine.cli import _Signals
+    from styleengine.engine.batch_ray import _keeping_signal_handlers
+
+    signals = _Signals()
+    with signals.installed():
+        with pytest.raises(KeyboardInterrupt):
+            with _keeping_signal_handlers():
+                signal.signal(signal.SIGTERM, lambda n, f: __import__("sys").exit(n))  # what ray.init does
+                os.kill(os.getpid(), signal.SIGTERM)
+                (lambda: None)()
+        assert signals.received == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == signals._handle
+
+
+def test_two_signals_to_a_server_stop_it_once_without_a_traceback(tmp_path):
+    """SIGTERM then SIGINT a few ms apart: uvicorn took the second as a forced exit and cancelled the app's
+    shutdown (a CancelledError traceback, no "shutdown complete"; 3 of 3)."""
+    import time
+
+    server, _ = serve_process(tmp_path / "srv")
+    try:
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert "Traceback" not in out and "CancelledError" not in out and "Application shutdown complete" in out, out
+
+
+def test_a_signal_in_the_interpreters_start_is_one_line(tmp_path):
+    """A signal before cli.py's handlers (its imports take a quarter second) was a KeyboardInterrupt traceback
+    (Ctrl-C) or a silent death (SIGTERM, SIGHUP): the console script keeps it from its first line."""
+    import subprocess
+    import sys
+
+    _pictures(tmp_path)
+    script = ("import os, signal, sys\n"
+              "from styleengine import _entry\n"
+              "_entry.keep_early()  # what the console script does first\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "sys.argv = ['styleengine', 'run', 'c.png', 's.png', '-o', 'o.png', '--weights', 'random']\n"
+              "_entry.console()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and proc.stderr.strip() == "error: interrupted (SIGTERM)", proc.stderr
+    assert not (tmp_path / "o.png").exists()

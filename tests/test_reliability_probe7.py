@@ -518,9 +518,10 @@ def test_a_frames_folder_refused_at_its_start_is_not_left_behind(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(paths, "atomic_write", full)
-    store = FrameStore(tmp_path / "o.mp4", "0123456789abcdef", {}, (48, 64))
+    store = FrameStore(tmp_path / "o.mp4")
     with pytest.raises(ConfigError, match="No space left"):
-        store.open()
+        store.take()
+        store.open("0123456789abcdef", {}, (48, 64))
     assert list(tmp_path.iterdir()) == []
 
 

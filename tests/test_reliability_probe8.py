@@ -290,11 +290,12 @@ def test_a_video_record_nested_too_deep_is_damage_in_one_line(tmp_path):
     from styleengine.cli_video import FrameStore
     from styleengine.errors import ConfigError
 
-    store = FrameStore(tmp_path / "out.mp4", "0123456789abcdef", {}, (48, 64))
+    store = FrameStore(tmp_path / "out.mp4")
     store.folder.mkdir()
     (store.folder / FrameStore.RECORD).write_text("[" * 100000)
     with pytest.raises(ConfigError, match="damaged"):
-        store.open()
+        store.take()
+        store.open("0123456789abcdef", {}, (48, 64))
 
 
 def test_a_frame_of_another_size_is_moved_aside_not_encoded(tmp_path):
@@ -303,8 +304,9 @@ def test_a_frame_of_another_size_is_moved_aside_not_encoded(tmp_path):
 
     from styleengine.cli_video import FrameStore
 
-    store = FrameStore(tmp_path / "out.mp4", "0123456789abcdef", {}, (48, 64))
-    store.open()
+    store = FrameStore(tmp_path / "out.mp4")
+    store.take()
+    store.open("0123456789abcdef", {}, (48, 64))
     Image.new("RGB", (128, 96), (255, 0, 0)).save(store.path(2))
     Image.new("RGB", (64, 48), (0, 0, 255)).save(store.path(1))
     assert store.load(1).shape == (48, 64, 3)

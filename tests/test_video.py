@@ -639,6 +639,7 @@ def test_a_second_video_on_one_output_is_refused_while_the_first_runs(tmp_path, 
         code, _, err = run_cli(monkeypatch, capsys, *args)
         errors = [x for x in err.splitlines() if x.startswith("error: ")]
         assert code == 1 and len(errors) == 1 and "another video is writing" in errors[0], err
+        assert "auto:" not in err and "random" not in err, err  # refused before the weights (probe 19)
         assert sorted(p.name for p in frames.iterdir()) == before
     finally:
         paths.release_lock(held, frames / ".lock")

@@ -1,3 +1,3 @@
-from styleengine.cli import console
+from styleengine._entry import console
 
 console()

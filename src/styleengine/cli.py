@@ -271,6 +271,15 @@ class _Signals:
                 ended = self.received is not None or self._finished  # nothing left for a signal to stop
                 signal.signal(s, signal.SIG_IGN if exiting and ended else handler)
 
+    def take_early(self) -> None:
+        """KeyboardInterrupt for a signal the console script kept before these handlers (styleengine._entry)."""
+        entry = sys.modules.get("styleengine._entry")
+        early = getattr(entry, "EARLY", None)
+        if early and self.received is None:
+            self.received = early[0]
+            early.clear()
+            raise KeyboardInterrupt
+
     def hand_over(self, to: Any) -> None:
         """Before another library takes the signals (serve: uvicorn's): a signal put off during an import is
         raised now, and one that comes before that library's handlers are in place goes to `to(signum, frame)`
@@ -380,6 +389,7 @@ def _stopped() -> None:
 
 def _main() -> None:
     try:
+        signals.take_early()  # one in the interpreter's start, before our handlers: said as any in set-up
         code = app(standalone_mode=False)
         signals.finish()
     except KeyboardInterrupt:

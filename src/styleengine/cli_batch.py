@@ -120,7 +120,10 @@ def _batch(
         # a clear error now if Ray is not installed or nothing answers, before --out is made or locked
         check_address(ray, connect=not import_ray().is_initialized())
     paths.check_folder(out, "--out")  # mkdir would only say "File exists"
-    with paths.made_folder(out, "the output folder"):  # a start refused here leaves no folder behind
+    from styleengine.cli_job import warnings_on
+
+    # a start refused here leaves no folder behind; the engine's warnings are "warning:" lines, escaped
+    with paths.made_folder(out, "the output folder"), warnings_on(console):
         _start(out, jobs, contents, styles, settings, ray, batch_size, console)
 
 
@@ -130,7 +133,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     manifest = engine.Manifest(out / engine.MANIFEST)
     manifest.check_own("--out")
     paths.check_writable(manifest.path, "manifest")
-    shared = engine.settings_inputs(settings.init, settings.weights, prefix="--",
+    shared = engine.settings_inputs(settings.init, settings.weights,  # the run's words: "content mask 1 m.png"
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
     total, job_source = _jobs(jobs, contents, styles, out, shared)

@@ -219,4 +219,4 @@ def export(
         console.print(f"{signals.name} arrived after the export was published; the export is complete")
     console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
                   f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
-                  f"weights sha256 {w.sha256[:12]})")
+                  f"weights sha256 {w.sha256[:12]})", soft_wrap=True)  # one line, piped or not

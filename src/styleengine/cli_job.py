@@ -183,6 +183,21 @@ def interrupted(result: Any) -> Any:
     return dataclasses.replace(result, stopped=result.stopped or "interrupted")
 
 
+def loop_result(run: Callable[[list], Any]) -> Any:
+    """run(kept)'s loop Result, with signals held from the moment it exists (signals.hold): one that lands as the
+    loop returns, before result_held, is the loop's (visualize said "nothing written" after all its iterations)."""
+    kept: list[Any] = []
+    try:
+        result = run(kept)
+        signals.hold()
+        return result
+    except KeyboardInterrupt:
+        if not kept:  # before the loop made its result: set-up's
+            raise
+        signals.hold()
+        return interrupted(kept[0])
+
+
 @contextlib.contextmanager
 def result_held(result: Any) -> Iterator[None]:
     """From a loop's result to the command's last line: a signal is held, said after the files by the command

@@ -60,9 +60,7 @@ def _shape(path: Path, what: str) -> tuple[int, int]:
     problem = paths.input_problem(what, path)
     if problem is not None:
         raise ImageError(problem)
-    shape = paths.image_shape(path)
-    if shape is None:
-        raise ImageError(f"{what} {path} {paths.NOT_AN_IMAGE}")
+    shape = paths.header_shape(path, what)  # what the run would decode: a truncated body passes (no decode)
     paths.check_sides(f"{what} {path}", shape)
     return shape
 
@@ -107,8 +105,9 @@ def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | 
         return
     for i, mask in enumerate(settings.content_masks or ()):
         paths.check_inputs({f"content mask {i + 1}": Path(mask)})
-        paths.check_mask_aspect("content mask", mask, _shape(Path(mask), "content mask"), "the content image",
-                                content_shape)
+        role = f"content mask {i + 1}"
+        paths.check_mask_aspect(role, mask, _shape(Path(mask), role), "the content image", content_shape)
     for i, (mask, style, shape) in enumerate(zip(settings.style_masks or (), styles, style_shapes)):
         paths.check_inputs({f"style mask {i + 1}": Path(mask)})
-        paths.check_mask_aspect("style mask", mask, _shape(Path(mask), "style mask"), f"style image {style}", shape)
+        role = f"style mask {i + 1}"
+        paths.check_mask_aspect(role, mask, _shape(Path(mask), role), f"style image {style}", shape)

@@ -115,7 +115,7 @@ def _serve(
     from styleengine.engine.settings import settings_inputs
 
     # every job reads them: one line now (a missing --init made every POST a 500)
-    paths.check_inputs(settings_inputs(settings.init, settings.weights, prefix="--",
+    paths.check_inputs(settings_inputs(settings.init, settings.weights,
                                        content_masks=settings.content_masks, style_masks=settings.style_masks))
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
@@ -163,6 +163,8 @@ def _Server(store: Any, config: Any) -> Any:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:  # a second signal is absorbed, as the CLI's (uvicorn's forced exit cancelled the
+                return  # app's shutdown mid-way: a CancelledError traceback, no "shutdown complete")
             store.drain()
             super().handle_exit(sig, frame)
 

@@ -46,18 +46,18 @@ class FrameStore:
     # what an atomic write (paths.temp_beside) killed mid-way leaves: ".NAME.XXXXXXXX.tmp"
     STALE = re.compile(r"\.(frame_\d{6}\.png|seam_\d{6}_(earlier|later)\.png|video\.json)\.[0-9a-f]{8}\.tmp")
 
-    def __init__(self, output: Path, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None):
+    def __init__(self, output: Path, digest: str = "", about: dict[str, Any] | None = None,
+                 shape: tuple[int, int] | None = None):
         self.output = output
         self.folder = output.with_name(output.name + ".frames")
-        self.digest, self.about = digest, about
+        self.digest, self.about = digest, about or {}
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
-        self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run's open()
+        self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
         self._lock: Any = None
 
-    def open(self) -> None:
-        """Make the folder and take its lock, or check that the one there holds frames of these settings
-        (ConfigError if not, or if another run holds it: nothing there is overwritten); what a killed run's
-        atomic writes left (here and beside the output) is removed."""
+    def take(self) -> None:
+        """Make the folder if needed and take its lock (ConfigError if another run holds it), before the run's
+        heavy set-up; what a killed run's atomic writes left (here and beside the output) is removed."""
         if self.folder.is_symlink():  # its frames would be written wherever it leads (batch and serve refuse too)
             raise ConfigError(f"cannot keep the frames in {self.folder}: it is a symbolic link; remove it or choose "
                               f"another output")
@@ -66,15 +66,33 @@ class FrameStore:
         made = not self.folder.exists()
         try:
             self.folder.mkdir(exist_ok=True)
+            self.made = (made, False)
             self._take_lock()
             self._sweep()
-            self._check_or_record(made)
+        except OSError as e:  # a full disk, a read-only folder
+            self.give_up()
+            raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}") from None
         except BaseException:
-            self.close()
-            if made and not self.made[1]:  # refused at its start: nothing left behind (an empty OUT.frames)
-                with contextlib.suppress(OSError):
-                    self.folder.rmdir()
+            self.give_up()
             raise
+
+    def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None) -> None:
+        """Check that the folder (taken) holds frames of these settings, or record them there (ConfigError if it
+        holds others': nothing there is overwritten)."""
+        self.digest, self.about = digest, about
+        self.shape = tuple(shape) if shape is not None else None
+        try:
+            self._check_or_record(self.made[0])
+        except BaseException:
+            self.give_up()
+            raise
+
+    def give_up(self) -> None:
+        """Refused at the start: the lock let go, and a folder this run made and recorded nothing in removed."""
+        self.close()
+        if self.made[0] and not self.made[1]:  # nothing left behind (an empty OUT.frames on a full disk)
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
 
     def _take_lock(self) -> None:
         lock = self.folder / self.LOCK
@@ -241,32 +259,34 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
            **flags: Any) -> None:
     """Stylise VIDEO with STYLE... frame by frame, each frame from the previous result warped by the optical
     flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
+    from styleengine.cli_job import warnings_on
     from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
-    settings = settings_from(flags, VIDEO)
-    style_paths = paths.expand_styles(styles)  # a folder or a comma list, as run's
-    _check_installed()
-    chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
-        or overlap is not None else None
-    try:
-        prepared = _prepare(video, style_paths, output, trace, frames, fps, settings, console, chunked)
-    except KeyboardInterrupt:
-        from styleengine.cli import signals
+    with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
+        settings = settings_from(flags, VIDEO)
+        style_paths = paths.expand_styles(styles)  # a folder or a comma list, as run's
+        _check_installed()
+        chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
+            or overlap is not None else None
+        try:
+            prepared = _prepare(video, style_paths, output, trace, frames, fps, settings, console, chunked)
+        except KeyboardInterrupt:
+            from styleengine.cli import signals
 
-        signals.reported = True
-        print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
-        if chunked is not None:
-            chunked.close()
-        raise typer.Exit(signals.exit_code) from None
-    except BaseException:
-        if chunked is not None:
-            chunked.close()
-        raise
-    try:
-        _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
-    finally:
-        prepared[8].close()  # the frames folder's lock
+            signals.reported = True
+            print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
+            if chunked is not None:
+                chunked.close()
+            raise typer.Exit(signals.exit_code) from None
+        except BaseException:
+            if chunked is not None:
+                chunked.close()
+            raise
+        try:
+            _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
+        finally:
+            prepared[8].close()  # the frames folder's lock
 
 
 class _Chunked:
@@ -341,21 +361,26 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     start, stop = video_io.frame_range(frames, count, video)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
-    shape = video_io.output_shape(info.height, info.width, settings.size)
-    settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
-    style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
-    plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
-                     style_labels=[f"style image {p}" for p in styles])
-    settings, plan = announce(settings, plan, console)
-    digests: dict[str, str] = {}
-    files = [video_io.identity(info)] + [file_digest(p, digests, role) for role, p in
-                                         run_inputs(None, styles, settings.init, settings.weights).items()]
-    selection = {"first": start, "fps": str(rate), "shape": list(shape)}
-    if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
-        selection.update(chunked.start(start, stop))
-    store = FrameStore(output, video_hash(settings, plan, files, selection),
-                       {"video": str(video), "fps": str(rate), "first": start}, shape)
-    store.open()
+    store = FrameStore(output)
+    store.take()  # another run on this output is refused before the styles and the weights are read
+    try:
+        shape = video_io.output_shape(info.height, info.width, settings.size)
+        settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
+        style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
+        plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
+                         style_labels=[f"style image {p}" for p in styles])
+        settings, plan = announce(settings, plan, console)
+        digests: dict[str, str] = {}
+        files = [video_io.identity(info)] + [file_digest(p, digests, role) for role, p in
+                                             run_inputs(None, styles, settings.init, settings.weights).items()]
+        selection = {"first": start, "fps": str(rate), "shape": list(shape)}
+        if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
+            selection.update(chunked.start(start, stop))
+        about = {"video": str(video), "fps": str(rate), "first": start}
+        store.open(video_hash(settings, plan, files, selection), about, shape)
+    except BaseException:
+        store.give_up()
+        raise
     return info, rate, start, stop, shape, settings, plan, style_arrays, store
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from styleengine.cli_job import end_if_stopped, nothing_before_the_result, result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, loop_result, nothing_before_the_result, result_held, write_or_rescue
 from styleengine import paths
 from styleengine.choices import WEIGHT_WORDS
 from styleengine.cli_run import Output
@@ -67,7 +67,8 @@ def _visualize(
         start = mean_image(size, size)
         with torch.no_grad():
             before = float(step.scores(start.to(step.device))[0, target])
-        result = optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr, max_step=d.lbfgs_max_step)
+        result = loop_result(lambda kept: optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr,
+                                                   max_step=d.lbfgs_max_step, kept=kept))
         with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
             with torch.no_grad():
                 after = step.scores(result.image.clamp(0, 1).to(step.device))[0]

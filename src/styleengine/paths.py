@@ -636,17 +636,36 @@ def check_mask_aspect(what: str, path: str | os.PathLike, shape: tuple[int, ...]
 def image_shape(path: Path) -> tuple[int, int] | None:
     """(height, width) from an image file's header (EXIF rotation applied, as images.load_image does), without
     decoding it; None if PIL cannot tell (loading it will say what is wrong)."""
-    from PIL import Image
-
     if not Path(path).is_file():  # a FIFO would block the open; a device never ends
         return None
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                width, height = height, width
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return header_shape(path, "image")
+    except ImageError:
         return None
+
+
+def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
+    """(height, width) from the regular file `path`'s header, or ImageError in images.load_image's words for what
+    a header shows: no image, a decompression bomb (PIL's warning too: the run refuses both), a broken header."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                    width, height = height, width
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"refusing {role} {path}: {first_line(e)}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{role} {path} {NOT_AN_IMAGE}") from None
+    except PermissionError:
+        raise ImageError(f"cannot read {role} {path}: permission denied") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
     return height, width
 
 
