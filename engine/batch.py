@@ -226,11 +226,20 @@ def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, dev
                      batch, image)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a batch: `results` are the jobs that are whole (every iteration ran; the signal came as their
+    loop returned), recorded before it stops."""
+
+    def __init__(self, results: list[JobResult]):
+        super().__init__()
+        self.results = results
+
+
 def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
     """Run planned jobs together (one job: alone) on the warm step: jobs whose images fail their checks
     fail with the one-line reason; the others, if their outputs share one shape, go through stylise_batch
-    as one batch (else one by one). Ctrl-C (the loop stopped "interrupted") is raised as KeyboardInterrupt:
-    nothing of the batch is recorded."""
+    as one batch (else one by one). Ctrl-C (the loop stopped "interrupted") is raised as Interrupted with the
+    jobs that are whole: nothing else of the batch is recorded."""
     results: list[JobResult] = []
     loaded: list[tuple[Planned, Picture]] = []
     for item in items:
@@ -247,7 +256,10 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
     for members in shapes.values():
         parts = [members] if len(members) > 1 and batchable(members[0][0].settings) else [[m] for m in members]
         for chunk in parts:
-            results += _run_together(chunk, warm)
+            try:
+                results += _run_together(chunk, warm)
+            except Interrupted as e:
+                raise Interrupted(results + e.results) from None
     return results
 
 
@@ -260,9 +272,13 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
     except UserError as e:  # a check that needs the run itself (there are none today beyond _load's)
         return [JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,
                           device_name(settings)) for item, _ in members]
-    if any(result.stopped == "interrupted" for _, result in out):
-        raise KeyboardInterrupt
     seconds = (time.perf_counter() - start) / len(members)  # a batch's time, shared
+    if any(result.stopped == "interrupted" for _, result in out):
+        total = sum(count for _, count in settings.scale_plan()) if settings is not None else 0
+        raise Interrupted([_finished(item, dataclasses.replace(result, stopped=None), image, seconds,
+                                     device_name(settings), len(members))
+                           for (item, _), (image, result) in zip(members, out)
+                           if result.stopped == "interrupted" and len(result.records) >= total])  # whole ones
     return [_finished(item, result, image, seconds, device_name(settings), len(members))
             for (item, _), (image, result) in zip(members, out)]
 
@@ -333,7 +349,12 @@ def run_jobs(items: list[Planned], warm: Warm, batch_size: int | None = None) ->
     """Run the planned jobs whose status is "run", a batch at a time (groups), yielding each job as its
     batch finishes."""
     for members in groups(items, batch_size):
-        yield from run_batch(members, warm)
+        try:
+            done = run_batch(members, warm)
+        except Interrupted as e:  # the whole ones are recorded, then the batch stops
+            yield from e.results
+            raise KeyboardInterrupt from None
+        yield from done
 
 
 def unrun(item: Planned) -> JobResult:

@@ -28,7 +28,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.engine.flow import Consistency, FlowEstimator, consistency, warp, warping_error
-from styleengine.engine.loop import Result, optimise_batch
+from styleengine.engine.loop import Result, optimise_batch, uninterrupted
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.plan import Plan
 from styleengine.engine.quality import Distances, distances
@@ -134,6 +134,7 @@ class Frame:
     temporal: float | None  # the weighted temporal term at the end (None: the first frame)
     consistent: float | None  # the fraction of pixels with c = 1
     warping_error: float | None  # mean |O_t - warp(O_t-1)| over those pixels, in [0, 1] units
+    signalled: bool = False  # whole, but a signal came as its loop returned: it is kept, then the video stops
 
     def to_json(self) -> dict[str, Any]:
         d: Distances | None = self.result.distances
@@ -214,6 +215,10 @@ class VideoRun:
             done = Frame(index, to_uint8(image), result, time.perf_counter() - start, None, None, None)
         else:
             done = self._next(index, frame, start)
+        if done.result.stopped == "interrupted" and len(done.result.records) >= (
+                self.plan.iterations if self.previous is None else frame_iterations(self.settings)):
+            # every iteration ran: the signal came after the loop, and the frame is whole (it was thrown away)
+            done = dataclasses.replace(done, result=dataclasses.replace(done.result, stopped=None), signalled=True)
         if done.result.stopped is None:
             self.previous = (frame, done.image.astype(np.float32) / 255.0)
         return done
@@ -235,19 +240,33 @@ class VideoRun:
         step.set_targets(targets)
         step.set_reference(images.to_tensor(warped), torch.from_numpy(weights)[None, None])
         settings = self.settings
-        result = optimise_batch(step, images.to_tensor(warped), iterations=frame_iterations(settings),
-                                optimizer=settings.optimizer, lr=settings.lr, history=self.last.history,
-                                max_step=settings.lbfgs_max_step or None)[0]
-        temporal = None
-        if result.stopped is None:
-            result = dataclasses.replace(result, distances=distances(step, result.image, targets, self.loss))
-            temporal = step.temporal(result.image)
-        image = np.clip(images.to_array(result.image), 0.0, 1.0)
-        if settings.preserve_colors:
-            image = images.preserve_colors(image, frame)
-        out = to_uint8(image)
-        error = warping_error(out.astype(np.float32) / 255.0, finished, backward, weights)
-        return Frame(index, out, result, time.perf_counter() - start, temporal, float(weights.mean()), error)
+        kept: list[Result] = []
+        signalled = False
+        try:
+            result = optimise_batch(step, images.to_tensor(warped), iterations=frame_iterations(settings),
+                                    optimizer=settings.optimizer, lr=settings.lr, history=self.last.history,
+                                    max_step=settings.lbfgs_max_step or None, kept=kept)[0]
+        except KeyboardInterrupt:  # as the loop returned: its result is made, the signal is said after the frame
+            if not kept:
+                raise
+            result, signalled = kept[0], True
+        if result.stopped == "interrupted" and len(result.records) >= frame_iterations(settings):
+            result, signalled = dataclasses.replace(result, stopped=None), True  # every iteration ran
+
+        def finish() -> tuple[Result, float | None, np.ndarray, float]:  # reads only: run again if a signal cuts it
+            done, temporal = result, None
+            if done.stopped is None:
+                done = dataclasses.replace(done, distances=distances(step, done.image, targets, self.loss))
+                temporal = step.temporal(done.image)
+            image = np.clip(images.to_array(done.image), 0.0, 1.0)
+            if settings.preserve_colors:
+                image = images.preserve_colors(image, frame)
+            out = to_uint8(image)
+            return done, temporal, out, warping_error(out.astype(np.float32) / 255.0, finished, backward, weights)
+
+        (result, temporal, out, error), late = uninterrupted(finish)
+        return Frame(index, out, result, time.perf_counter() - start, temporal, float(weights.mean()), error,
+                     signalled or late)
 
 
 def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.ndarray], settings: Settings, *,
@@ -272,6 +291,8 @@ def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.nda
             if result.result.stopped is not None:
                 return result.result.stopped
             on_frame(result)
+            if result.signalled:
+                return "interrupted"
     finally:
         if run is not None:
             run.close()

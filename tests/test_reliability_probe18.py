@@ -499,3 +499,115 @@ def test_a_signal_in_the_interpreters_start_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143 and proc.stderr.strip() == "error: interrupted (SIGTERM)", proc.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+# ------------------------------------------------------------------ probe 20b: signals
+
+def test_a_signal_as_the_handlers_are_installed_is_said_not_a_traceback(monkeypatch):
+    """A signal between installed()'s first handler and its yield raised KeyboardInterrupt out of it, outside
+    main's handling: a traceback, exit -2 whatever the signal (3 of 480 timed trials)."""
+    import os
+
+    from styleengine import cli
+
+    signals = cli._Signals()
+    real = signal.signal
+
+    def installing(number, handler):
+        previous = real(number, handler)
+        if number == signal.SIGTERM and handler == signals._handle:
+            os.kill(os.getpid(), signal.SIGTERM)
+            (lambda: None)()  # a call: the handler runs here, inside installed()
+        return previous
+
+    monkeypatch.setattr(cli.signal, "signal", installing)
+    with signals.installed():
+        monkeypatch.setattr(cli.signal, "signal", real)
+        with pytest.raises(KeyboardInterrupt):
+            signals.take_early()  # what main does first
+    assert signals.received == signal.SIGTERM
+
+
+def test_an_ignored_hangup_stays_ignored(tmp_path):
+    """`nohup styleengine run ...` was stopped by SIGHUP: the handlers replaced the SIG_IGN nohup had set."""
+    import subprocess
+    import sys
+
+    _pictures(tmp_path)
+    script = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does\n"
+              "from styleengine import _entry\n"
+              "_entry.keep_early()\n"
+              "os.kill(os.getpid(), signal.SIGHUP)\n"
+              "sys.argv = ['styleengine', 'run', 'c.png', 's.png', '-o', 'o.png', '--weights', 'random',\n"
+              "            '--size', '40', '--iters', '2', '--backend', 'torch']\n"
+              "_entry.console()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (tmp_path / "o.png").is_file(), proc.stderr
+
+
+def test_a_server_stopped_in_its_start_leaves_no_lock(tmp_path, monkeypatch):
+    """serve interrupted while its store started (SIGTERM at 0.2-0.4 s) left results/.batch.lock (7 of 8)."""
+    from styleengine.serve.jobs import JobStore
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(JobStore, "_restore", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        JobStore(tmp_path / "srv")
+    assert not (tmp_path / "srv" / "results" / ".batch.lock").exists()
+
+
+def _signal_after_a_loop(monkeypatch, returns: int) -> None:
+    """SIGTERM right after the `returns`-th loop of the process returns (a frame's, a job's)."""
+    import os
+
+    from styleengine.engine import stylise, video
+
+    seen = [0]
+
+    def wrap(real):
+        def signalled(*args, **kwargs):
+            result = real(*args, **kwargs)
+            seen[0] += 1
+            if seen[0] == returns:
+                os.kill(os.getpid(), signal.SIGTERM)
+                (lambda: None)()  # a call: the handler runs here, as the loop returns
+            return result
+        return signalled
+
+    monkeypatch.setattr(stylise, "optimise_batch", wrap(stylise.optimise_batch))
+    monkeypatch.setattr(video, "optimise_batch", wrap(video.optimise_batch))
+
+
+@pytest.mark.parametrize("returns", [1, 2])
+def test_a_signal_as_a_frames_loop_returns_keeps_the_frame(tmp_path, monkeypatch, capsys, returns):
+    """The frame whose loop had just finished was thrown away: "no frame finished; nothing written" at the first
+    frame (4 of 4), one frame short after later ones."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from styleengine.benchmarks.video_clips import moving_window, write_clip
+
+    frames, _ = moving_window(__import__("numpy").random.default_rng(0).random((64, 80, 3)), 3, (48, 64))
+    write_clip(tmp_path / "in.mp4", frames, fps=12)
+    _pictures(tmp_path)
+    _signal_after_a_loop(monkeypatch, returns)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", out,
+                           "--weights", "random", "--size", "64", "--iters", "2", "--frame-iters", "2",
+                           "--backend", "torch")
+    assert code == 143 and f"wrote {out} ({returns} of 3 frames)" in err, err
+
+
+def test_a_signal_as_a_lone_jobs_loop_returns_records_the_job(tmp_path, monkeypatch, capsys):
+    """batch --batch-size 1: a job whose loop had finished was lost ("2 of 2 jobs left; nothing was recorded
+    yet", 7 of 7): the group rule (nothing of an interrupted batch recorded) now keeps the whole ones."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n'
+                                      '{"content": "c.png", "style": "s.png", "output": "b.png"}\n')
+    _signal_after_a_loop(monkeypatch, 1)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                           "--batch-size", "1")
+    assert code == 143 and "with 1 of 2 jobs left" in err, err
+    [line] = manifest_lines(tmp_path / "o")
+    assert line["status"] == "ok" and (tmp_path / "o" / "a.png").is_file(), line

@@ -15,8 +15,9 @@ def _keep(signum: int, frame: Any) -> None:
 
 def keep_early() -> None:
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _keep)
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(number, _keep)
 
 
 def console() -> None:

@@ -197,6 +197,7 @@ class _Signals:
         self._finished = False  # the command has returned (finish)
         self._holding = False  # from its last lines to its end (hold)
         self._arrivals: int | None = None  # the wakeup pipe's read end: signal numbers in the order they came
+        self._installing = False  # installed() is putting the handlers in place: a signal is only recorded
 
     def _first_arrived(self, signum: int) -> int:
         """The first of ours that arrived: Python runs the handlers of signals pending together in number order
@@ -215,6 +216,8 @@ class _Signals:
         first = self.received is None
         if first:
             self.received = self._first_arrived(signum)
+        if self._installing:  # raised by take_early, inside the command's handling, not out of installed()
+            return
         if self._shield or self._holding:
             self._held = self._held or first
         elif first:  # a repeat (`timeout`, an impatient Ctrl-C) is absorbed: the first is already stopping us
@@ -252,13 +255,16 @@ class _Signals:
             yield
             return
         self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
-        self._holding = False
-        previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
+        self._holding, self._installing = False, True
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
         wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         self._arrivals = read
+        # an ignored signal stays ignored (nohup's SIGHUP, a script's `cmd &` SIGINT)
+        previous = {s: signal.getsignal(s) for s in self.EXIT_CODES}
+        previous = {s: signal.signal(s, self._handle) for s, was in previous.items() if was is not signal.SIG_IGN}
+        self._installing = False
         try:
             yield
         finally:
@@ -272,12 +278,14 @@ class _Signals:
                 signal.signal(s, signal.SIG_IGN if exiting and ended else handler)
 
     def take_early(self) -> None:
-        """KeyboardInterrupt for a signal the console script kept before these handlers (styleengine._entry)."""
+        """KeyboardInterrupt for a signal the console script kept before these handlers (styleengine._entry), or
+        one that came while installed() put them in place."""
         entry = sys.modules.get("styleengine._entry")
         early = getattr(entry, "EARLY", None)
-        if early and self.received is None:
+        if early:
             self.received = early[0]
             early.clear()
+        if self.received is not None:
             raise KeyboardInterrupt
 
     def hand_over(self, to: Any) -> None:

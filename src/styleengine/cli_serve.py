@@ -143,12 +143,16 @@ def _serve(
         serve_forever(config, host=host, port=port, replicas=replicas, address=ray)
         return
     store = open_store(config, warm)  # before uvicorn: a folder it cannot use is one line, not a failed startup
-    # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
-    server = _Server(store, uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
-                                           timeout_graceful_shutdown=3))
-    server.config.load()  # its imports, and the event loop's, before uvicorn's signal handlers replace ours
-    server.config.get_loop_factory()
-    signals.hand_over(server.handle_exit)
+    try:
+        # SIGTERM: uvicorn stops taking requests, closes streams after 3 s, then the app records the jobs in flight
+        server = _Server(store, uvicorn.Config(create_app(config, store), host=host, port=port, log_level="info",
+                                               timeout_graceful_shutdown=3))
+        server.config.load()  # its imports, and the event loop's, before uvicorn's signal handlers replace ours
+        server.config.get_loop_factory()
+        signals.hand_over(server.handle_exit)
+    except BaseException:  # a signal before the server runs: the store (its lock file, its thread) is closed
+        store.close()
+        raise
     with _hangup_stops(server):
         try:
             server.run()

@@ -96,9 +96,13 @@ class JobStore:
         self.started = 0  # batches run (tests and the health figures)
         self._lock_file: IO[bytes] | None = None
         self._take_lock()
-        self._restore()
-        self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
-        self._thread.start()
+        try:
+            self._restore()
+            self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
+            self._thread.start()
+        except BaseException:  # a signal or an error in the start: the folder keeps no lock file
+            self._release_lock()
+            raise
 
     # ------------------------------------------------------------ start and stop
 
@@ -194,6 +198,9 @@ class JobStore:
             self._finish_unrun(job, "failed", "the server stopped before the job ran; submit it again")
         self._thread.join(wait_s)
         self._warm.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
         if self._lock_file is not None:  # the folder keeps no lock file after a clean stop, as batch's --out
             paths.release_lock(self._lock_file, self.results / batch.LOCK_FILE)
             self._lock_file = None
