@@ -188,7 +188,8 @@ def test_a_batch_input_that_is_a_jobs_output_is_one_line_before_any_work(tmp_pat
                            out / "a.png")
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and len(lines) == 1, err
-    assert "line 2" in lines[0] and f"the batch's {flag}" in lines[0]
+    role = {"--init": "init image", "--weights": "weights file"}[flag]  # the run's words (probe 19)
+    assert "line 2" in lines[0] and f"the batch's {role}" in lines[0]
     assert (out / "a.png").read_bytes() == before and not (out / engine.MANIFEST).exists()
 
 

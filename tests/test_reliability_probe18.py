@@ -611,3 +611,86 @@ def test_a_signal_as_a_lone_jobs_loop_returns_records_the_job(tmp_path, monkeypa
     assert code == 143 and "with 1 of 2 jobs left" in err, err
     [line] = manifest_lines(tmp_path / "o")
     assert line["status"] == "ok" and (tmp_path / "o" / "a.png").is_file(), line
+
+
+# ------------------------------------------------------------------ probe 20a: inputs
+
+@pytest.mark.parametrize("flag, make", [("--init", "tiny"), ("--init", "text"), ("--content-mask", "text")])
+def test_a_batchs_own_file_the_run_refuses_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, flag, make):
+    """A batch's own --init of 20x20 px (or not an image, or such a mask) failed every job with the same reason
+    and made --out and its manifest; the dry run already refused it from its header."""
+    _pictures(tmp_path)
+    bad = tmp_path / "bad.png"
+    if make == "tiny":
+        Image.new("RGB", (20, 20)).save(bad)
+    else:
+        bad.write_text("not an image")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST, flag,
+                           bad)
+    line = one_error_line(code, err)
+    role = "init image" if flag == "--init" else "content mask 1"
+    assert line.startswith(f"error: {role} {bad}"), line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_server_refuses_an_init_that_is_no_image_at_its_start(tmp_path):
+    """serve started with `--init notimg.png`, took every job (202) and failed each."""
+    import subprocess
+    import sys
+
+    (tmp_path / "n.png").write_text("not an image")
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "serve", "--port", "1", "--results-dir",
+                           str(tmp_path / "srv"), "--weights", "random", "--init", str(tmp_path / "n.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: init image {tmp_path / 'n.png'} is not an image (or a format PIL cannot read)"], proc.stderr
+    assert not (tmp_path / "srv").exists()
+
+
+def test_a_video_init_that_is_no_image_is_refused_before_the_weights(tmp_path, monkeypatch, capsys):
+    """`video --init notimg.png` was said after the weights had loaded and the progress bar had started."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    from styleengine.benchmarks.video_clips import moving_window, write_clip
+
+    frames, _ = moving_window(__import__("numpy").random.default_rng(0).random((64, 80, 3)), 2, (48, 64))
+    write_clip(tmp_path / "in.mp4", frames, fps=12)
+    _pictures(tmp_path)
+    (tmp_path / "n.png").write_text("not an image")
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "o.mp4", "--weights", "random", "--size", "64", "--init", tmp_path / "n.png")
+    assert one_error_line(code, err) and err.strip().splitlines() == [
+        f"error: init image {tmp_path / 'n.png'} is not an image (or a format PIL cannot read)"], err
+
+
+def test_inverts_engine_warning_is_a_warning_line(tmp_path, monkeypatch, capsys):
+    """invert, visualize and tune printed the engine's warnings raw (no "warning:", a name's break cutting it)."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", "--weights",
+                           "random", "--size", "40", "--iters", "30", "--optimizer", "adam", "--lr", "5")
+    said = [line for line in err.splitlines() if "saturates" in line]
+    assert said and all(line.startswith("warning: Adam's learning rate") for line in said), err
+
+
+def test_a_long_line_is_one_line_when_piped(capsys):
+    """Piped (no terminal: 80 columns), a long warning came out as two or three lines (tune, export's note)."""
+    from styleengine.console import Console
+
+    Console(stderr=True, markup=False, width=40).print("warning: " + "a long line " * 20, highlight=False)
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_serve_says_a_bomb_upload_in_the_runs_words(tmp_path, monkeypatch):
+    """A bomb past PIL's limit was "refusing the style image 2" (413); one past its warning "refusing style image 2"
+    (422)."""
+    pytest.importorskip("fastapi")
+    from fastapi import HTTPException
+    from PIL import Image as PILImage
+
+    from styleengine.serve.app import _check_pixels
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "b.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(HTTPException) as e:
+        _check_pixels(tmp_path / "b.png", "style image 2", 10**9)
+    assert e.value.status_code == 413 and str(e.value.detail).startswith("refusing style image 2: "), e.value.detail

@@ -27,7 +27,7 @@ import typer
 from styleengine import paths
 from styleengine.cli import signals
 from styleengine.cli_job import rescue
-from styleengine.cli_plan import check_cache_for, check_files
+from styleengine.cli_plan import check_cache_for, check_files, check_own_files
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings
@@ -136,6 +136,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     shared = engine.settings_inputs(settings.init, settings.weights,  # the run's words: "content mask 1 m.png"
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
+    check_own_files(settings)  # and what their headers say (not an image, under 32 px, a bomb)
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure

@@ -49,36 +49,39 @@ def _invert(
 ) -> None:
     """Reconstruct IMAGE from its features at one layer, from noise, under a smoothness prior (Mahendran &
     Vedaldi 2015), and write OUT."""
+    from styleengine.cli_job import warnings_on
     from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)
-    if init not in ("noise", "content"):
-        from styleengine.errors import ConfigError
+    with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
+        if init not in ("noise", "content"):
+            from styleengine.errors import ConfigError
 
-        raise ConfigError(f"--init for an inversion is noise or content, got {init!r}")
-    if not (math.isfinite(feature_weight) and feature_weight > 0):  # else the settings' check names the content weight
-        from styleengine.errors import ConfigError
+            raise ConfigError(f"--init for an inversion is noise or content, got {init!r}")
+        # else the settings' check names the content weight
+        if not (math.isfinite(feature_weight) and feature_weight > 0):
+            from styleengine.errors import ConfigError
 
-        raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
-                          f"got {feature_weight}")
-    check_float32("--feature-weight", feature_weight)  # the settings' check named the content weight
-    settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
-    settings.validate()
-    paths.check_output_path(output)
-    inputs = {"image": image, **settings_inputs(settings.init, settings.weights)}  # the weights file too
-    paths.check_not_an_input(output, "output", inputs)
-    if distances is not None:
-        paths.check_writable(distances, "distances")
-        paths.check_not_an_input(distances, "distances", {**inputs, "output": output})
-    picture = images.load_image(image, "image")
-    check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
-    loaded = load_run_weights(settings)
-    console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
-    out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
-    with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
-        said = _write(out, result, output, distances, picture, layer, settings, loaded)
-        end_if_stopped(result, output, console, said=said)  # the current image is written, then the exit code
-        console.print(said, highlight=False, soft_wrap=True)
+            raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
+                              f"got {feature_weight}")
+        check_float32("--feature-weight", feature_weight)  # the settings' check named the content weight
+        settings = inversion_settings(settings_from(flags, RUN, content_weight=feature_weight, init=init), layer)
+        settings.validate()
+        paths.check_output_path(output)
+        inputs = {"image": image, **settings_inputs(settings.init, settings.weights)}  # the weights file too
+        paths.check_not_an_input(output, "output", inputs)
+        if distances is not None:
+            paths.check_writable(distances, "distances")
+            paths.check_not_an_input(distances, "distances", {**inputs, "output": output})
+        picture = images.load_image(image, "image")
+        check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
+        loaded = load_run_weights(settings)
+        console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
+        out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
+        with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
+            said = _write(out, result, output, distances, picture, layer, settings, loaded)
+            end_if_stopped(result, output, console, said=said)  # the current image is written, then the exit code
+            console.print(said, highlight=False, soft_wrap=True)
 
 
 def _write(out: Any, result: Any, output: Path, distances: Path | None, picture: Any, layer: str, settings: Any,

@@ -10,11 +10,10 @@ import dataclasses
 from pathlib import Path
 
 from styleengine import paths
-from styleengine.choices import INITS
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
 from styleengine.engine.machine import probe_light
 from styleengine.engine.plan import Plan, make_plan
-from styleengine.engine.settings import Settings, run_inputs, style_roles
+from styleengine.engine.settings import Settings, run_inputs, settings_inputs, style_roles
 from styleengine.errors import ConfigError, ImageError
 
 
@@ -94,20 +93,28 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     return plan
 
 
+def check_own_files(settings: Settings) -> dict[str, tuple[int, int]]:
+    """The --init image and the masks every picture of a batch, a server or a video reads, checked once from
+    their headers as the run checks their pixels (missing, not an image, under 32 px, a bomb): {role: shape}."""
+    shapes = {}
+    for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                      style_masks=settings.style_masks).items():
+        if role != "weights file":
+            paths.check_inputs({role: path})  # missing: the run's words (an init's names the starts)
+            shapes[role] = _shape(path, role)
+    return shapes
+
+
 def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | None, styles: list[Path],
                            style_shapes: list[tuple[int, int]]) -> None:
     """The --init image's and the masks' sizes from their headers, as the run checks their pixels after the
     plan (load_init, masks.load): not an image, under 32 px, a mask of another aspect ratio than its image."""
-    if settings.init not in INITS:
-        paths.check_inputs({"init image": Path(settings.init)})  # missing: the run's words, naming the starts
-        _shape(Path(settings.init), "init image")
+    shapes = check_own_files(settings)
     if content_shape is None:  # a texture has no masks (validate refuses them)
         return
     for i, mask in enumerate(settings.content_masks or ()):
-        paths.check_inputs({f"content mask {i + 1}": Path(mask)})
         role = f"content mask {i + 1}"
-        paths.check_mask_aspect(role, mask, _shape(Path(mask), role), "the content image", content_shape)
+        paths.check_mask_aspect(role, mask, shapes[role], "the content image", content_shape)
     for i, (mask, style, shape) in enumerate(zip(settings.style_masks or (), styles, style_shapes)):
-        paths.check_inputs({f"style mask {i + 1}": Path(mask)})
         role = f"style mask {i + 1}"
-        paths.check_mask_aspect(role, mask, _shape(Path(mask), role), f"style image {style}", shape)
+        paths.check_mask_aspect(role, mask, shapes[role], f"style image {style}", shape)

@@ -18,6 +18,7 @@ TUNED = ("size", "model", "weights", "pooling", "seed", "device", "backend", "pr
 
 def _tune(**flags: Any) -> None:
     """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
+    from styleengine.cli_job import warnings_on
     from styleengine.console import Console
     from rich.table import Table
 
@@ -35,39 +36,40 @@ def _tune(**flags: Any) -> None:
 
     check_weights(settings)  # a file the trial could not load is said before "timing", not after it
     console = Console(stderr=True, markup=False)
-    console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
-                  highlight=False)
-    # asked for: the graphs auto's trial would skip as over its budget are exported now
-    choice = choose(settings, refresh=True, tune=True, measure=functools.partial(autotune.measure_candidates,
-                                                                                export_all=True))
-    from styleengine.cli import signals
+    with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
+        console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
+                      highlight=False)
+        # asked for: the graphs auto's trial would skip as over its budget are exported now
+        choice = choose(settings, refresh=True, tune=True, measure=functools.partial(autotune.measure_candidates,
+                                                                                    export_all=True))
+        from styleengine.cli import signals
 
-    signals.hold()  # the measuring is done: a signal from here is said with the last lines, none after them
-    kept = f"what was measured is kept in {record_path()}" if choice.kept else "nothing was kept"
+        signals.hold()  # the measuring is done: a signal from here is said with the last lines, none after them
+        kept = f"what was measured is kept in {record_path()}" if choice.kept else "nothing was kept"
 
-    def last() -> None:
-        picked = (choice.settings.backend, choice.settings.precision, choice.settings.conv)
-        if choice.trials:
-            side = trial_side(size, "cuda" if choice.settings.device.startswith("cuda") else "cpu")
-            table = Table(title=f"step time on a {side} px picture, median of interleaved rounds")
-            for column in ("candidate", "median", "rounds", "status", "note"):
-                table.add_column(column)
-            for t in sorted(choice.trials, key=lambda t: t.median):
-                mark = " (chosen)" if (t.backend, t.precision, t.conv) == picked else ""
-                table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
-                              " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
-            Console(file=sys.stdout, markup=False).print(table)
-        print(printable(f"auto: {choice.why}"))
-        if choice.kept:
-            console.print(f"kept in {record_path()}", highlight=False, soft_wrap=True)
-            if not tuning_enabled():  # asked for, so measured; but the runs here would never read it
-                console.print(f"warning: STYLEENGINE_TUNE={os.environ.get('STYLEENGINE_TUNE')}: runs here pick by "
-                              f"rule and read this only once it is unset", highlight=False)
-        elif choice.measured:
-            console.print(f"warning: not kept in {record_path()} ({choice.unkept}; set STYLEENGINE_CACHE_DIR to a "
-                          f"writable folder); later runs will measure again", highlight=False, soft_wrap=True)
+        def last() -> None:
+            picked = (choice.settings.backend, choice.settings.precision, choice.settings.conv)
+            if choice.trials:
+                side = trial_side(size, "cuda" if choice.settings.device.startswith("cuda") else "cpu")
+                table = Table(title=f"step time on a {side} px picture, median of interleaved rounds")
+                for column in ("candidate", "median", "rounds", "status", "note"):
+                    table.add_column(column)
+                for t in sorted(choice.trials, key=lambda t: t.median):
+                    mark = " (chosen)" if (t.backend, t.precision, t.conv) == picked else ""
+                    table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
+                                  " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
+                Console(file=sys.stdout, markup=False).print(table)
+            print(printable(f"auto: {choice.why}"))
+            if choice.kept:
+                console.print(f"kept in {record_path()}", highlight=False, soft_wrap=True)
+                if not tuning_enabled():  # asked for, so measured; but the runs here would never read it
+                    console.print(f"warning: STYLEENGINE_TUNE={os.environ.get('STYLEENGINE_TUNE')}: runs here pick by "
+                                  f"rule and read this only once it is unset", highlight=False)
+            elif choice.measured:
+                console.print(f"warning: not kept in {record_path()} ({choice.unkept}; set STYLEENGINE_CACHE_DIR to a "
+                              f"writable folder); later runs will measure again", highlight=False, soft_wrap=True)
 
-    signals.end(last, kept)
+        signals.end(last, kept)
 
 
 tune = with_settings(_tune, RUN, TUNED)

@@ -333,6 +333,7 @@ class _Chunked:
 def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, frames: str | None,
              fps: float | None, settings: Settings, console: Any, chunked: _Chunked | None) -> tuple:
     from styleengine.cli_job import announce
+    from styleengine.cli_plan import check_own_files
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
     from styleengine.engine.settings import run_inputs, style_roles
@@ -352,6 +353,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         if os.path.commonpath([kept, os.path.realpath(trace)]) == kept or paths.links_into(trace, Path(kept)):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
                               f"(or is another name of a file there); choose a file outside it")
+    check_own_files(settings)  # the --init's header, before the weights (it was said after them)
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)

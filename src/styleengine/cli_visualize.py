@@ -39,6 +39,7 @@ def _visualize(
 ) -> None:
     """Find the picture that maximises the score of class N (Simonyan et al. 2014) and write OUT."""
     import torch
+    from styleengine.cli_job import warnings_on
     from styleengine.console import Console
 
     from styleengine.engine.loop import optimise
@@ -47,38 +48,39 @@ def _visualize(
     from styleengine.model.weights import load_weights
 
     console = Console(stderr=True, markup=False)
-    if target < 0:
-        raise ConfigError(f"--class must be a class index >= 0, got {target}")
-    _weight(l2_weight, "--l2-weight")
-    _weight(tv_weight, "--tv-weight")
-    settings = settings_from(flags, RUN, weights=weights, backend="torch")
-    settings.validate()
-    size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
-                                                       settings.lr, settings.seed, settings.model, settings.device)
-    paths.check_output_path(output)
-    classifier = load_classifier(weights, model, seed)
-    if target >= classifier.classes:
-        raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
-    features = load_weights(model, weights, seed=seed)
-    console.print(features.describe(), highlight=False, soft_wrap=True, markup=False)
-    name = class_name(target) if classifier.classes == 1000 and not features.is_random else None
-    with ClassScoreStep(features, classifier, target, l2_weight=l2_weight, tv_weight=tv_weight,
-                        device=device) as step:
-        start = mean_image(size, size)
-        with torch.no_grad():
-            before = float(step.scores(start.to(step.device))[0, target])
-        result = loop_result(lambda kept: optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr,
-                                                   max_step=d.lbfgs_max_step, kept=kept))
-        with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
+    with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
+        if target < 0:
+            raise ConfigError(f"--class must be a class index >= 0, got {target}")
+        _weight(l2_weight, "--l2-weight")
+        _weight(tv_weight, "--tv-weight")
+        settings = settings_from(flags, RUN, weights=weights, backend="torch")
+        settings.validate()
+        size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
+                                                           settings.lr, settings.seed, settings.model, settings.device)
+        paths.check_output_path(output)
+        classifier = load_classifier(weights, model, seed)
+        if target >= classifier.classes:
+            raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
+        features = load_weights(model, weights, seed=seed)
+        console.print(features.describe(), highlight=False, soft_wrap=True, markup=False)
+        name = class_name(target) if classifier.classes == 1000 and not features.is_random else None
+        with ClassScoreStep(features, classifier, target, l2_weight=l2_weight, tv_weight=tv_weight,
+                            device=device) as step:
+            start = mean_image(size, size)
             with torch.no_grad():
-                after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
-            step.close()
-            write_or_rescue(result.image, output, [])
-            end_if_stopped(result, output, console)  # the current image is written; the exit code says it was cut
-            label = f"class {target} ({name})" if name else f"class {target}"
-            console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
-                          f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
-                          f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
+                before = float(step.scores(start.to(step.device))[0, target])
+            result = loop_result(lambda kept: optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr,
+                                                       max_step=d.lbfgs_max_step, kept=kept))
+            with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
+                with torch.no_grad():
+                    after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
+                step.close()
+                write_or_rescue(result.image, output, [])
+                end_if_stopped(result, output, console)  # the current image is written; the exit code says it was cut
+                label = f"class {target} ({name})" if name else f"class {target}"
+                console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
+                              f"rank {int((after > after[target]).sum()) + 1} of {classifier.classes}; "
+                              f"{result.iterations} iterations)", highlight=False, soft_wrap=True)
 
 
 visualize = with_settings(_visualize, RUN, ("model", "size", "iterations", "optimizer", "lr", "seed", "device"),

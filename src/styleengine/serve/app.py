@@ -198,7 +198,7 @@ def _check_pixels(path: Path, label: str, limit: int) -> None:
         with Image.open(path) as im:
             width, height = im.size
     except Image.DecompressionBombError as e:
-        raise HTTPException(413, f"refusing the {label}: {first_line(e)}") from None
+        raise HTTPException(413, f"refusing {label}: {first_line(e)}") from None  # the run's words
     except (OSError, ValueError, SyntaxError, EOFError):  # not an image PIL can open: load_upload says what it is
         return
     if width * height > limit:
