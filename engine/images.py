@@ -6,12 +6,11 @@ bad input raises ImageError with a one-line message that names the file.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
 
 from styleengine import paths
 from styleengine.engine.schedule import long_side_shape  # noqa: F401  (callers read it here)
@@ -91,23 +90,13 @@ def load_image(path: str | os.PathLike, role: str = "image") -> np.ndarray:
     if problem is not None:
         raise ImageError(problem)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                opened.load()  # decode every byte now: truncation shows here, not later
-                img = ImageOps.exif_transpose(opened) or opened
-                size = img.size
-                array = _to_float_rgb(img)
+        with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(path) as opened:
+            opened.load()  # decode every byte now: truncation shows here, not later
+            img = ImageOps.exif_transpose(opened) or opened
+            size = img.size
+            array = _to_float_rgb(img)
     except _RangeError as e:
         raise ImageError(f"refusing {role} {path}: it {e}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing {role} {path}: {first_line(e)}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{role} {path} {paths.NOT_AN_IMAGE}") from None
-    except PermissionError:
-        raise ImageError(f"cannot read {role} {path}: permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
     paths.check_sides(f"{role} {path}", (size[1], size[0]))
     return np.ascontiguousarray(array, dtype=np.float32)
 

@@ -647,6 +647,20 @@ def image_shape(path: Path) -> tuple[int, int] | None:
 def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
     """(height, width) from the regular file `path`'s header, or ImageError in images.load_image's words for what
     a header shows: no image, a decompression bomb (PIL's warning too: the run refuses both), a broken header."""
+    from PIL import Image
+
+    with image_errors(path, role):
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                width, height = height, width
+    return height, width
+
+
+@contextlib.contextmanager
+def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """PIL's errors as the block opens or decodes the image `path` said as ImageError in one wording (the run's,
+    the dry run's): a bomb (PIL's warning too), no image, no permission, a broken file; `passes` go through."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -654,10 +668,9 @@ def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
-                    width, height = height, width
+            yield
+    except passes:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"refusing {role} {path}: {first_line(e)}") from None
     except UnidentifiedImageError:
@@ -666,7 +679,6 @@ def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
         raise ImageError(f"cannot read {role} {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
-    return height, width
 
 
 def cache_root() -> Path:
