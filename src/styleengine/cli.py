@@ -261,9 +261,11 @@ class _Signals:
         os.set_blocking(write, False)
         wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         self._arrivals = read
-        # an ignored signal stays ignored (nohup's SIGHUP, a script's `cmd &` SIGINT)
+        # an ignored SIGHUP stays ignored (nohup); SIGINT is ours even where a shell's `cmd &` ignored it, as
+        # before: Ctrl-C never reaches such a job, and `kill -INT` is asked for
         previous = {s: signal.getsignal(s) for s in self.EXIT_CODES}
-        previous = {s: signal.signal(s, self._handle) for s, was in previous.items() if was is not signal.SIG_IGN}
+        previous = {s: signal.signal(s, self._handle) for s, was in previous.items()
+                    if not (s == signal.SIGHUP and was is signal.SIG_IGN)}
         self._installing = False
         try:
             yield
