@@ -37,6 +37,7 @@ from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonabl
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
+from styleengine.engine.loop import whole
 from styleengine.engine.steps import TargetCache
 from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, check_weights,
                                        load_init, load_run_weights, stylise_batch)
@@ -151,8 +152,7 @@ class Warm:
         self._steps: dict[tuple, Any] = {}
         self.steps_built = 0
         self.targets = TargetCache()  # a painting shared by many jobs: its Grams once per size
-        checked = check_weights(settings) if settings is not None else None
-        if settings is not None and checked is not None:
+        if settings is not None and (checked := check_weights(settings)) is not None:
             self._weights[self._key(settings)] = checked
 
     @staticmethod
@@ -278,7 +278,7 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
         raise Interrupted([_finished(item, dataclasses.replace(result, stopped=None), image, seconds,
                                      device_name(settings), len(members))
                            for (item, _), (image, result) in zip(members, out)
-                           if result.stopped == "interrupted" and len(result.records) >= total])  # whole ones
+                           if whole(result, total)])
     return [_finished(item, result, image, seconds, device_name(settings), len(members))
             for (item, _), (image, result) in zip(members, out)]
 

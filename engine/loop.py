@@ -253,6 +253,12 @@ def optimise_batch(step: Step, init: torch.Tensor, *, iterations: int, optimizer
     return made
 
 
+def whole(result: Result, iterations: int) -> bool:
+    """Whether an "interrupted" result ran all its `iterations`: the signal came as its loop returned, and the
+    picture is the finished one (a video frame, a batch job keep it; the command then stops)."""
+    return result.stopped == "interrupted" and len(result.records) >= iterations
+
+
 def uninterrupted(make: Callable[[], T]) -> tuple[T, bool]:
     """make()'s value though a KeyboardInterrupt cut into it (make runs again: it must only read), and whether
     one did: a signal just after a loop returned lost its finished pictures."""

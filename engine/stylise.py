@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from styleengine import paths
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
 from styleengine.choices import INITS, WEIGHT_WORDS
-from styleengine.errors import ConfigError, ImageError
+from styleengine.errors import ConfigError
 from styleengine.engine.loop import Record, Result, optimise_batch, uninterrupted
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
@@ -73,13 +71,7 @@ def prepare(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
 def load_init(settings: Settings) -> np.ndarray | None:
     """The image --init names, or None for a named start (choices.INITS); ImageError, one line, that names the
     starts when no file has the name (a typo of a start's name is no image either)."""
-    return None if settings.init in INITS else _read_init(settings.init)
-
-
-def _read_init(path: str) -> np.ndarray:
-    if not os.path.lexists(path):  # the dry run's words (a folder, a FIFO: load_image says what it is)
-        raise ImageError(paths.input_problem("init image", path) or f"init image {path} was not found")
-    return images.load_image(path, "init image")
+    return None if settings.init in INITS else images.load_image(settings.init, "init image")
 
 
 def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | None = None,
@@ -102,7 +94,7 @@ def make_init(settings: Settings, prepared: Prepared, init_image: np.ndarray | N
     if settings.init == "style":
         return images.resize_tensor(prepared.styles[0], prepared.height, prepared.width).clone()
     if init_image is None:
-        init_image = _read_init(settings.init)
+        init_image = images.load_image(settings.init, "init image")
     if settings.luminance_only:  # the loop runs on luminance images
         init_image = images.grey(images.luminance(init_image))
     height, width = init_image.shape[:2]

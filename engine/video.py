@@ -28,7 +28,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.engine.flow import Consistency, FlowEstimator, consistency, warp, warping_error
-from styleengine.engine.loop import Result, optimise_batch, uninterrupted
+from styleengine.engine.loop import Result, optimise_batch, uninterrupted, whole
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.plan import Plan
 from styleengine.engine.quality import Distances, distances
@@ -215,9 +215,7 @@ class VideoRun:
             done = Frame(index, to_uint8(image), result, time.perf_counter() - start, None, None, None)
         else:
             done = self._next(index, frame, start)
-        if done.result.stopped == "interrupted" and len(done.result.records) >= (
-                self.plan.iterations if self.previous is None else frame_iterations(self.settings)):
-            # every iteration ran: the signal came after the loop, and the frame is whole (it was thrown away)
+        if self.previous is None and whole(done.result, self.plan.iterations):  # _next's frames: said there
             done = dataclasses.replace(done, result=dataclasses.replace(done.result, stopped=None), signalled=True)
         if done.result.stopped is None:
             self.previous = (frame, done.image.astype(np.float32) / 255.0)
@@ -250,8 +248,8 @@ class VideoRun:
             if not kept:
                 raise
             result, signalled = kept[0], True
-        if result.stopped == "interrupted" and len(result.records) >= frame_iterations(settings):
-            result, signalled = dataclasses.replace(result, stopped=None), True  # every iteration ran
+        if whole(result, frame_iterations(settings)):  # the frame is the finished one: kept, then the video stops
+            result, signalled = dataclasses.replace(result, stopped=None), True
 
         def finish() -> tuple[Result, float | None, np.ndarray, float]:  # reads only: run again if a signal cuts it
             done, temporal = result, None

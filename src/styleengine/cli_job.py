@@ -240,7 +240,7 @@ class _ConsoleWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.console.print(f"warning: {printable(record.getMessage())}", highlight=False, soft_wrap=True,
-                           markup=False)
+                           markup=False)  # any console: one line, escaped
 
 
 @contextlib.contextmanager

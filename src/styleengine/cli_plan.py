@@ -100,8 +100,7 @@ def check_own_files(settings: Settings) -> dict[str, tuple[int, int]]:
     for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                                       style_masks=settings.style_masks).items():
         if role != "weights file":
-            paths.check_inputs({role: path})  # missing: the run's words (an init's names the starts)
-            shapes[role] = _shape(path, role)
+            shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's names the starts)
     return shapes
 
 
