@@ -37,7 +37,7 @@ from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonabl
                                          locked, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
-from styleengine.engine.loop import whole
+from styleengine.engine.loop import non_finite, whole
 from styleengine.engine.steps import TargetCache
 from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, check_weights,
                                        load_init, load_run_weights, stylise_batch)
@@ -220,7 +220,7 @@ def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, dev
     losses = ({"loss": last.loss, "content": last.content_loss, "style": last.style_loss, "tv": last.tv_loss}
               if last is not None else None)
     if result.stopped == "non-finite loss":
-        return JobResult(item.job, "failed", f"the loss became non-finite after {result.iterations} iterations",
+        return JobResult(item.job, "failed", non_finite(result.iterations),
                          item.hash, seconds, device, result.iterations, losses, distances, batch)
     return JobResult(item.job, "ok", None, item.hash, seconds, device, result.iterations, losses, distances,
                      batch, image)

@@ -259,6 +259,13 @@ def whole(result: Result, iterations: int) -> bool:
     return result.stopped == "interrupted" and len(result.records) >= iterations
 
 
+def non_finite(iterations: int) -> str:
+    """What a loss that became non-finite after `iterations` is called, in every command's words."""
+    if iterations == 0:
+        return "the loss is not finite at the first iteration (a weight or the input convention too large for float32?)"
+    return f"the loss became non-finite after {iterations} iterations"
+
+
 def uninterrupted(make: Callable[[], T]) -> tuple[T, bool]:
     """make()'s value though a KeyboardInterrupt cut into it (make runs again: it must only read), and whether
     one did: a signal just after a loop returned lost its finished pictures."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from styleengine.engine import images
+from styleengine.engine import images, loop
 from styleengine.engine.settings import TEXTURE_INIT
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
@@ -108,8 +108,6 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
         raise Interrupted(images.to_pil(np.asarray(image)), result.iterations)
     if result.stopped == "non-finite loss":  # the start image came back as if stylised
         if not result.iterations:
-            raise ConfigError("the loss is not finite at the first iteration (a weight or the input convention too "
-                              "large for float32?)")
-        logger.warning("the loss became non-finite after %d iterations; the last finite image is returned",
-                       result.iterations)
+            raise ConfigError(loop.non_finite(0))
+        logger.warning("%s; the last finite image is returned", loop.non_finite(result.iterations))
     return images.to_pil(np.asarray(image))

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import typer
 
 from styleengine.cli import signals
-from styleengine.engine import images, masks
+from styleengine.engine import images, loop, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
@@ -173,7 +173,7 @@ def end_if_stopped(result: Any, output: Path, console: Any, early: str = "", sai
                       f"{said or f'wrote {output}{early}'}", soft_wrap=True, highlight=False)
         raise typer.Exit(signals.exit_code)
     if result.stopped == "non-finite loss":
-        print(printable(f"error: the loss became non-finite after {result.iterations} iterations; "
+        print(printable(f"error: {loop.non_finite(result.iterations)}; "
                         f"{said or f'wrote the last finite image to {output}'}"), file=sys.stderr)
         raise typer.Exit(1)
 
@@ -206,8 +206,7 @@ def result_held(result: Any) -> Iterator[None]:
     if result.stopped == "interrupted" and result.iterations == 0:
         _nothing_written()
     if result.stopped == "non-finite loss" and result.iterations == 0:  # -o kept
-        raise UserError("the loss is not finite at the first iteration (a weight or the input convention too large "
-                        "for float32?); nothing written")
+        raise UserError(f"{loop.non_finite(0)}; nothing written")
     signals.hold()  # to the command's end: its last lines are inside this block
     yield
 

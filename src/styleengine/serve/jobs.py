@@ -30,7 +30,7 @@ import numpy as np
 
 from styleengine import paths
 from styleengine.engine import batch, images
-from styleengine.engine.loop import Record
+from styleengine.engine.loop import Record, non_finite
 from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
 from styleengine.errors import ConfigError, UserError, first_line
 
@@ -395,8 +395,7 @@ class JobStore:
                 self._record(job, "failed", f"the server stopped at iteration {result.iterations} of "
                              f"{job.iterations}; submit it again", None, result)
             elif result.stopped == "non-finite loss":
-                self._record(job, "failed", f"the loss became non-finite after {result.iterations} iterations",
-                             None, result)
+                self._record(job, "failed", non_finite(result.iterations), None, result)
             else:
                 self._record(job, "ok", None, image, result)
 

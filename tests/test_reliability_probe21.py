@@ -1,0 +1,39 @@
+"""Issue 23, stop 37: what stop 36 left out and could mend, and probe 21's findings (on 8635e3d)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import manifest_lines
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import manifest_lines
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+
+@pytest.mark.parametrize("size", ["1", "2"])
+def test_a_jobs_first_loss_that_is_not_finite_is_said_in_the_runs_words(tmp_path, monkeypatch, capsys, size):
+    """A job whose first loss was non-finite was "the loss became non-finite after 0 iterations", where run says
+    "the loss is not finite at the first iteration" (stop 36's left-out)."""
+    from styleengine.engine import loop, stylise as stylise_module
+
+    _pictures(tmp_path)
+    real = loop.Result
+
+    def never_finite(image, iterations, stopped, records, distances=None, **kwargs):
+        return real(image, 0, "non-finite loss", [], distances, **kwargs)
+
+    monkeypatch.setattr(stylise_module, "Result", never_finite)
+    monkeypatch.setattr(loop, "Result", never_finite)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"content": "c.png", "styles": ["s.png"], "output": f"{n}.png"}) + "\n"
+                            for n in range(int(size))))
+    code, _, _ = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "out", "--batch-size", size,
+                         *FAST)
+    lines = manifest_lines(tmp_path / "out")
+    assert code == 1 and [line["status"] for line in lines] == ["failed"] * int(size), lines
+    assert all(line["reason"].startswith("the loss is not finite at the first iteration") for line in lines), lines
