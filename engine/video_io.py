@@ -75,6 +75,10 @@ def probe(path: Path) -> VideoInfo:
             if not streams:
                 raise ImageError(f"not a video (no video stream): {path}")
             if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+                try:  # FFmpeg's image demuxer takes a name's suffix for what the file is
+                    paths.header_shape(path, "input")
+                except ImageError:
+                    raise ImageError(f"not a video (or a format FFmpeg cannot read): {path}") from None
                 raise ImageError(f"not a video (a still image; stylise it with `styleengine run`): {path}")
             stream = streams[0]
             fps = stream.average_rate or stream.guessed_rate

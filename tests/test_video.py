@@ -333,7 +333,8 @@ def empty_video(path: Path) -> None:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("text", "not a video"), ("image", "not a video (a still image"), ("empty", "has no frames"),
+    ("text", "not a video"), ("image", "not a video (a still image"), ("text_png", "FFmpeg cannot read"),
+    ("empty", "has no frames"),
     ("missing_folder", "folder"), ("suffix", "unknown video suffix"), ("past_end", "past the end"),
     ("bad_range", "--frames must be A:B"), ("bad_fps", "--fps must be")])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, clip, style, case, message):
@@ -343,6 +344,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
         source.write_text("not a video at all\n")
     elif case == "image":
         source = style
+    elif case == "text_png":  # FFmpeg's image demuxer goes by the suffix: it was "a still image"
+        source = tmp_path / "notes.png"
+        source.write_text("not a picture either\n")
     elif case == "empty":
         source = tmp_path / "empty.mkv"
         empty_video(source)
