@@ -325,3 +325,34 @@ def test_the_readme_table_lists_every_peer_flag():
     section = readme[readme.index("## Coming from neural-style"):readme.index("## Example")]
     for name, ours in FLAGS.items():
         assert f"| `{name}` | {ours} |" in section
+
+
+def test_the_api_and_the_server_take_a_recipe_as_the_run_does(monkeypatch, capsys, pics, tmp_path):
+    """`stylise(..., recipe="neural-style-pt")` and serve's `recipe` field set what `run --recipe` sets (they took
+    no recipe: stop 36's left-out); the weights given are in its units and said by the name given."""
+    pytest.importorskip("fastapi")
+    from styleengine.api import settings_of
+    from styleengine.serve.app import Config, _settings
+
+    seen = {}
+    monkeypatch.setattr("styleengine.cli_job.execute", lambda **kw: seen.update(kw))
+    code, _, err = run_cli(monkeypatch, capsys, "run", pics["content"], pics["style"], "-o", tmp_path / "o.png",
+                           "--recipe", "neural-style-pt", "--iters", "7", "--style-weight", "200")
+    assert code == 0, err
+    ran = seen["settings"]
+    given = {"iterations": 7, "style_weight": 200.0}
+    assert settings_of(given, "neural-style-pt") == ran
+    served = _settings(Settings().resolved(), dict(given), Config(max_size=512, max_iters=50), "neural-style-pt")
+    assert (served.style_weight, served.pooling, served.init, served.size) == (800.0, "max", "randn", 512)
+    with pytest.raises(ConfigError, match=r"^tv_weight 3e\+38 \(in neural-style-pt's units\)"):
+        settings_of({"tv_weight": 3e38}, "neural-style-pt")
+    with pytest.raises(ConfigError, match="neural-style-pt"):
+        settings_of({}, "neural-style")
+
+
+def test_a_recipe_runs_through_the_api(pics):
+    import styleengine
+
+    image = styleengine.stylise(pics["content"], pics["style"], recipe="neural-style-pt", size=40, iterations=2,
+                                **FAST_API)
+    assert max(image.size) == 40

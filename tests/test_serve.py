@@ -61,6 +61,11 @@ def test_a_job_runs_and_its_png_and_manifest_line_are_kept(client, config):
     assert not any((config.root / "uploads").iterdir())  # the uploads go once the job has run
 
 
+def test_a_job_runs_under_a_recipe(client):
+    job = wait_for(client, _submit(client, {"recipe": "neural-style-pt", "size": "40", "iters": "3"}))
+    assert job["status"] == "done" and job["iterations"] == 3, job
+
+
 def test_events_stream_status_and_previews_until_done(client):
     job_id = _submit(client, {"iters": "4"})
     kinds = []
@@ -114,6 +119,10 @@ BAD_REQUESTS = {
     "negative blend": (dict(data={"style_blend": "-1"}), 422, "blend"),
     "not a number": (dict(data={"tv_weight": "lots"}), 422, "bad tv_weight"),
     "unknown field": (dict(data={"colour": "red"}), 422, "unknown field 'colour'"),
+    "an unknown recipe": (dict(data={"recipe": "neural-style"}), 422, "recipe 'neural-style'"),
+    "a recipe over the limits": (dict(data={"recipe": "neural-style-pt"}), 422, "limit of 256 px"),
+    "a recipe's weight past float32": (dict(data={"recipe": "neural-style-pt", "size": "40", "iters": "3",
+                                                  "tv_weight": "3e38"}), 422, "tv_weight 3e+38 (in neural-style-pt"),
     "a path in init": (dict(data={"init": "/etc/passwd"}), 422, "cannot name a file"),
     "a relative path in init": (dict(data={"init": "../results/x.png"}), 422, "cannot name a file"),
     "the weights field": (dict(data={"weights": "/tmp/w.pth"}), 422, "unknown field 'weights'"),

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from styleengine.engine import images, loop
+from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.engine.settings import TEXTURE_INIT
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
@@ -25,8 +26,10 @@ from styleengine.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def settings_of(given: dict[str, Any]) -> Settings:
-    """Settings from keyword arguments; an unknown name is a ConfigError naming the closest field."""
+def settings_of(given: dict[str, Any], recipe: str | None = None) -> Settings:
+    """Settings from keyword arguments; an unknown name is a ConfigError naming the closest field. recipe: another
+    tool's recipe (engine/recipes.py) under the arguments given, whose weights are then in its units (as
+    `run --recipe`)."""
     meta_of = {f.name: f.metadata.get("option") for f in dataclasses.fields(Settings)}  # every command's
     parsed: dict[str, Any] = {}
     for name, value in given.items():  # each read as its flag's text or a jobs file's value is
@@ -51,6 +54,10 @@ def settings_of(given: dict[str, Any]) -> Settings:
             shown = " ".join(repr(value).split())  # one line: an array's repr has many
             shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(shown)} characters)"
             raise ConfigError(f"{name} {shown}: {e}") from None
+    if recipe is not None:
+        if not isinstance(recipe, str):
+            raise ConfigError(f"recipe must be a name ({', '.join(RECIPES)}), got {type(recipe).__name__}")
+        parsed = recipe_values(recipe, parsed, flags=False)  # said as the keyword arguments are named
     return Settings(**parsed)
 
 
@@ -72,13 +79,16 @@ class Interrupted(KeyboardInterrupt):
         self.image, self.iterations = image, iterations
 
 
-def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = None, **settings: Any) -> Image.Image:
+def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = None, recipe: str | None = None,
+            **settings: Any) -> Image.Image:
     """Stylise `content` with one style or a list of them; returns the result as a PIL image.
 
     content, styles: a path, a PIL image, or an (H, W[, 3|4]) numpy array: uint8 is 0-255, float must be
     in [0, 1] (a 0-255 float array is refused, not guessed at). settings: any Settings field by name
     (size=512, iterations=300, weights="imagenet", model="vgg19", style_weight=..., ...); content None
-    synthesises a texture. callback(record, current): called every iteration, as engine/stylise.py's;
+    synthesises a texture. recipe: another tool's recipe, "neural-style-pt" (its defaults under the settings
+    given, whose content_weight, style_weight and tv_weight are then in its units).
+    callback(record, current): called every iteration, as engine/stylise.py's;
     `current` is the image of the newest record, exact at every save_every-th iteration.
     User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line. Ctrl-C
     raises styleengine.api.Interrupted, a KeyboardInterrupt holding the picture so far in `.image`.
@@ -94,7 +104,7 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
                        "N-th iteration (a command writes it as a snapshot)")
     if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
         settings = {**settings, "init": TEXTURE_INIT}
-    config = settings_of(settings)
+    config = settings_of(settings, recipe)
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
     content_array = images.from_picture(content, "content image") if content is not None else None
     style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")

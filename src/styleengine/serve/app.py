@@ -33,6 +33,8 @@ from starlette.datastructures import UploadFile
 from styleengine.choices import INITS
 from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
+from styleengine.engine.jobs import RECIPE
+from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.errors import UserError, first_line
 from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
                                     load_upload, new_id)
@@ -49,7 +51,9 @@ FIELDS = {"size": "size", "iters": "iterations", "style_weight": "style_weight",
           "optimizer": "optimizer", "lr": "lr"}
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 OTHER_FIELDS = {"content": "the content image (a file)", "style": "a style image (a file; one or more)",
-                "keep": "true: run to the end even if the page or client that submitted it goes away"}
+                "keep": "true: run to the end even if the page or client that submitted it goes away",
+                RECIPE: "another tool's recipe, as the run's --recipe: its defaults under the fields given, whose "
+                        "weights are then in its units"}
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,14 @@ def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     return target, value
 
 
-async def _read_form(request: Request, config: Config) -> tuple[UploadFile, list[UploadFile], dict[str, Any], bool]:
+async def _read_form(request: Request,
+                     config: Config) -> tuple[UploadFile, list[UploadFile], dict[str, Any], bool, str | None]:
     form = await request.form(max_files=1 + MAX_STYLES, max_fields=64, max_part_size=64 * 1024)
     content: list[UploadFile] = []
     styles: list[UploadFile] = []
     values: dict[str, Any] = {}
     keep = False
+    recipe: str | None = None
     for name, item in form.multi_items():
         if name in ("content", "style"):
             if not isinstance(item, UploadFile):
@@ -168,8 +174,12 @@ async def _read_form(request: Request, config: Config) -> tuple[UploadFile, list
             (content if name == "content" else styles).append(item)
         elif isinstance(item, UploadFile):
             raise HTTPException(422, f"{name} is a file; only content and style are files")
-        elif name in FIELDS and not item.strip():  # a blank form input: the server's value, as lr's always was
+        elif (name in FIELDS or name == RECIPE) and not item.strip():  # a blank form input: the server's value
             continue
+        elif name == RECIPE:
+            if recipe is not None:
+                raise HTTPException(422, f"{name} is given twice")
+            recipe = item.strip()
         elif name == "keep":
             try:
                 keep = batch.OVERRIDES["preserve_colors"](item)  # the same yes/no reading
@@ -182,12 +192,12 @@ async def _read_form(request: Request, config: Config) -> tuple[UploadFile, list
             values[field] = value
         else:
             raise HTTPException(422, f"unknown field {name[:40]!r}; fields: "
-                                     f"{', '.join(['content', 'style', *FIELDS, 'keep'])}")
+                                     f"{', '.join(['content', 'style', *FIELDS, RECIPE, 'keep'])}")
     if len(content) != 1:
         raise HTTPException(422, f"a job needs one content image (field content), got {len(content)}")
     if not styles:
         raise HTTPException(422, "a job needs at least one style image (field style)")
-    return content[0], styles, values, keep
+    return content[0], styles, values, keep, recipe
 
 
 def _check_pixels(path: Path, label: str, limit: int) -> None:
@@ -241,10 +251,12 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
 
-def _settings(base: Settings, values: dict[str, Any], config: Config) -> Settings:
-    """The server's settings with a request's values, checked against its limits and resolved (HTTPException 422
-    with the reason)."""
+def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: str | None = None) -> Settings:
+    """The server's settings with a request's values (under a request's recipe: its defaults, the request's
+    weights in its units), checked against its limits and resolved (HTTPException 422 with the reason)."""
     try:
+        if recipe is not None:
+            values = recipe_values(recipe, values, flags=False)  # said as the form's fields are named
         settings = dataclasses.replace(base, **values)
         settings = dataclasses.replace(settings, distance_every=distance_every(settings.iterations))
         over = over_limits(settings, config.max_size, config.max_iters)
@@ -360,6 +372,7 @@ def create_app(config: Config, store: JobStore | None = None,
                        "style": {"type": "array", "items": {"type": "string", "format": "binary"},
                                  "description": OTHER_FIELDS["style"]},
                        "keep": {"type": "boolean", "description": OTHER_FIELDS["keep"]},
+                       RECIPE: {"type": "string", "enum": list(RECIPES), "description": OTHER_FIELDS[RECIPE]},
                        **{name: {"type": "string", "description": f"as the run's --{name.replace('_', '-')}"}
                           for name in FIELDS}}}}}}}
 
@@ -368,10 +381,10 @@ def create_app(config: Config, store: JobStore | None = None,
     async def submit(request: Request) -> JSONResponse:
         if current().draining:
             raise HTTPException(503, "the server is stopping; submit the job again once it is back")
-        content, styles, values, keep = await _read_form(request, config)
+        content, styles, values, keep, recipe = await _read_form(request, config)
         if len(styles) > MAX_STYLES:
             raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
-        settings = await run_in_threadpool(_settings, config.settings, values, config)
+        settings = await run_in_threadpool(_settings, config.settings, values, config, recipe)
         job_id = new_id()
         folder = current().uploads / job_id
         try:
