@@ -106,7 +106,7 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
                 scales = run_plan.to_json()["scales"]
             digest = settings_hash(job, settings, digests, scales)
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
-            planned.append(Planned(job, None, None, "failed", located(job.where, first_line(e))))
+            planned.append(Planned(job, None, None, "failed", job.said(e)))
             continue
         except OSError as e:
             planned.append(Planned(job, None, None, "failed",
@@ -248,7 +248,7 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
         try:
             loaded.append((item, _load(item.job, item.settings)))
         except UserError as e:
-            results.append(JobResult(item.job, "failed", located(item.job.where, first_line(e)), item.hash,
+            results.append(JobResult(item.job, "failed", item.job.said(e), item.hash,
                                      time.perf_counter() - start, device_name(item.settings)))
     shapes: dict[tuple[int, int], list[tuple[Planned, Picture]]] = {}
     for item, picture in loaded:

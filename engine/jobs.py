@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -21,8 +21,9 @@ from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: 
 from styleengine.choices import INITS, WEIGHT_WORDS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import BATCH, KINDS, Settings, options, run_inputs, settings_inputs  # noqa: F401
-from styleengine.errors import ConfigError, ImageError, first_line
+from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, options, run_inputs,  # noqa: F401
+                                         settings_inputs)
+from styleengine.errors import ConfigError, ImageError, SettingError, UserError, first_line
 
 # per-job overrides a jobs file may set: the settings whose metadata says so (engine/settings.py), each parsed by
 # its kind; the backend, device, provider, precision, input convention and snapshots belong to the whole batch
@@ -52,6 +53,14 @@ class Job:
     overrides: tuple[tuple[str, Any], ...] = ()  # (Settings field, value), sorted by field
     where: str = ""  # "FILE line N" for a job from a jobs file: where errors about it point
     style_folders: tuple[Path, ...] = ()  # folders named as styles: read for their images each time
+    keys: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (Settings field, the key as typed)
+
+    def said(self, error: UserError) -> str:
+        """`error`'s line at the job's place, a setting's named as the user gave it: the job's key, else the
+        batch's flag."""
+        if isinstance(error, SettingError):
+            error = error.named(dict(self.keys).get(error.setting) or flag_of(error.setting))
+        return located(self.where, first_line(error))
 
     def settings(self, base: Settings) -> Settings:
         """The batch's settings with this job's overrides."""
@@ -70,7 +79,9 @@ class Job:
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[str, Any], ...]:
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path
+               ) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]:
+    """(Settings field, value) of a job's own keys, under its recipe, and (Settings field, the key as typed)."""
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
     recipe = _text(raw, RECIPE, where)
@@ -104,7 +115,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path) -> tuple[tuple[s
             values = recipe_values(recipe, values, flags=False)  # said as the file's keys
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-    return tuple(sorted(values.items()))
+    return tuple(sorted(values.items())), tuple(sorted(spelled.items()))
 
 
 def _beside(base_dir: Path, name: str, words: Iterable[str]) -> str:
@@ -191,9 +202,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
                           f"of text (it is the output's name when not given)")
-    extra = {k: v for k, v in raw.items() if k not in _JOB_KEYS}
-    return Job(job_id, content_path, style_paths, output_path, _overrides(extra, where, base_dir), where,
-               folders)
+    overrides, keys = _overrides({k: v for k, v in raw.items() if k not in _JOB_KEYS}, where, base_dir)
+    return Job(job_id, content_path, style_paths, output_path, overrides, where, folders, keys)
 
 
 def located(where: str, message: str) -> str:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY, WEIGHTINGS, check_choice
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 from styleengine.model import vgg
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -24,11 +24,12 @@ def in_float32(value: float) -> bool:
     return not (value > FLOAT32_MAX or 0 < value < FLOAT32_TINY)
 
 
-def check_float32(name: str, value: float) -> None:
-    """ConfigError for a loss weight float32 cannot hold (in_float32)."""
+def check_float32(name: str, value: float, setting: str | None = None) -> None:
+    """ConfigError for a loss weight float32 cannot hold (in_float32); a SettingError of `setting` if given."""
     if not in_float32(value):
-        raise ConfigError(f"{name} {value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} "
-                          f"to {FLOAT32_MAX:.3g})")
+        problem = (f"{value:g} is past float32, where the loss is computed (0, or {FLOAT32_TINY:.3g} to "
+                   f"{FLOAT32_MAX:.3g})")
+        raise SettingError(setting, name, problem) if setting else ConfigError(f"{name} {problem}")
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,20 @@ class LossConfig:
             raise ConfigError("the loss needs at least one content or style layer")
         if any(not (w >= 0 and math.isfinite(w)) for w in self.layer_weights()):
             raise ConfigError(f"style layer weights must be finite numbers >= 0, got {list(self.layer_weights())}")
-        for name, value in (("content weight", self.content_weight), ("style weight", self.style_weight),
-                            ("tv weight", self.tv_weight), *(("style layer weight", w) for w in self.layer_weights())):
-            check_float32(name, value)
+        for field, name, value in (("content_weight", "content weight", self.content_weight),
+                                   ("style_weight", "style weight", self.style_weight),
+                                   ("tv_weight", "tv weight", self.tv_weight),
+                                   *(("style_layer_weights", "style layer weight", w) for w in self.layer_weights())):
+            check_float32(name, value, field)
         if len(self.layer_weights()) != len(self.style_layers):
             raise ConfigError(
                 f"{len(self.layer_weights())} style layer weights for {len(self.style_layers)} style layers"
             )
-        for name, value in (("content weight", self.content_weight), ("style weight", self.style_weight),
-                            ("tv weight", self.tv_weight)):
+        for field, name, value in (("content_weight", "content weight", self.content_weight),
+                                   ("style_weight", "style weight", self.style_weight),
+                                   ("tv_weight", "tv weight", self.tv_weight)):
             if not (value >= 0 and value != float("inf")):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+                raise SettingError(field, name, f"must be a finite number >= 0, got {value}")
 
     def idle(self, *, texture: bool = False) -> str:
         """Why no term moves the image, one reason a term ('' when one does): a zero weight, or no layer (or only

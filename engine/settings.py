@@ -21,7 +21,7 @@ from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 from styleengine.model.convention import TORCHVISION, Convention
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
@@ -412,21 +412,22 @@ class Settings:
                                   torch_only=self.torch_only())
         self._check_masks(texture)
         if not MIN_SIDE <= self.size <= MAX_SIDE:
-            raise ConfigError(f"size must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
-        for name, value in (("iterations", self.iterations), ("iterations per scale", self.iters_per_scale)):
+            raise SettingError("size", "size", f"must be between {MIN_SIDE} and {MAX_SIDE} px, got {self.size}")
+        for setting, name, value in (("iterations", "iterations", self.iterations),
+                                     ("iters_per_scale", "iterations per scale", self.iters_per_scale)):
             if value is not None and value > MAX_ITERATIONS:
-                raise ConfigError(f"{name} must be at most {MAX_ITERATIONS}, got {value}")
+                raise SettingError(setting, name, f"must be at most {MAX_ITERATIONS}, got {value}")
         check_seed(self.seed)
         if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
+            raise SettingError("iterations", "iterations", f"must be >= 0, got {self.iterations}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
+            raise SettingError("lr", "learning rate", f"must be a finite number > 0, got {self.lr}")
         # the step is float32: 1e39 overflowed it (a traceback), 1e-46 was 0 (the content, unstyled, exit 0)
         if self.lr is not None and not FLOAT32_TINY <= self.lr <= MAX_LR:
-            raise ConfigError(f"learning rate must be from {FLOAT32_TINY:.3g} to {MAX_LR:g} (float32, where the "
-                              f"step is taken), got {self.lr:g}")
+            raise SettingError("lr", "learning rate", f"must be from {FLOAT32_TINY:.3g} to {MAX_LR:g} (float32, "
+                               f"where the step is taken), got {self.lr:g}")
         if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
-            raise ConfigError(f"style scale must be a finite number > 0, got {self.style_scale}")
+            raise SettingError("style_scale", "style scale", f"must be a finite number > 0, got {self.style_scale}")
         if self.size * self.style_scale < MIN_SIDE:  # coarser scales clamp to MIN_SIDE; the final one would too
             raise ConfigError(f"size x style scale must be at least {MIN_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")
@@ -434,33 +435,38 @@ class Settings:
             raise ConfigError(f"size x style scale must be at most {MAX_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")
         if self.save_every < 0:
-            raise ConfigError(f"save-every must be >= 0, got {self.save_every}")
+            raise SettingError("save_every", "save-every", f"must be >= 0, got {self.save_every}")
         if not (self.lbfgs_max_step >= 0 and math.isfinite(self.lbfgs_max_step)):
-            raise ConfigError(f"L-BFGS max step must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
-        check_float32("L-BFGS max step", self.lbfgs_max_step)
+            raise SettingError("lbfgs_max_step", "L-BFGS max step",
+                               f"must be a finite number >= 0 (0: no cap), got {self.lbfgs_max_step}")
+        check_float32("L-BFGS max step", self.lbfgs_max_step, "lbfgs_max_step")
         if self.print_every < 0:
-            raise ConfigError(f"print-every must be >= 0, got {self.print_every}")
+            raise SettingError("print_every", "print-every", f"must be >= 0, got {self.print_every}")
         if self.distance_every < 0:
-            raise ConfigError(f"distance-every must be >= 0, got {self.distance_every}")
+            raise SettingError("distance_every", "distance-every", f"must be >= 0, got {self.distance_every}")
         if self.lbfgs_history is not None and self.lbfgs_history < 1:
-            raise ConfigError(f"L-BFGS history must be >= 1, got {self.lbfgs_history}")
+            raise SettingError("lbfgs_history", "L-BFGS history", f"must be >= 1, got {self.lbfgs_history}")
         if not (self.temporal_weight >= 0 and math.isfinite(self.temporal_weight)):
-            raise ConfigError(f"temporal weight must be a finite number >= 0, got {self.temporal_weight}")
-        check_float32("temporal weight", self.temporal_weight)  # a term of the float32 loss as the others
+            raise SettingError("temporal_weight", "temporal weight",
+                               f"must be a finite number >= 0, got {self.temporal_weight}")
+        # a term of the float32 loss as the others
+        check_float32("temporal weight", self.temporal_weight, "temporal_weight")
         if self.frame_iters is not None and not 0 <= self.frame_iters <= MAX_ITERATIONS:
-            raise ConfigError(f"frame iterations must be between 0 and {MAX_ITERATIONS}, got {self.frame_iters}")
+            raise SettingError("frame_iters", "frame iterations",
+                               f"must be between 0 and {MAX_ITERATIONS}, got {self.frame_iters}")
         if self.iters_per_scale is not None and self.iters_per_scale < 0:
-            raise ConfigError(f"iterations per scale must be >= 0, got {self.iters_per_scale}")
+            raise SettingError("iters_per_scale", "iterations per scale", f"must be >= 0, got {self.iters_per_scale}")
         if self.tile is not None and (self.tile <= 0 or self.tile % 16):
-            raise ConfigError(f"tile size must be a positive multiple of 16 px, got {self.tile}")
+            raise SettingError("tile", "tile size", f"must be a positive multiple of 16 px, got {self.tile}")
         if self.mem_budget_gib is not None and not (self.mem_budget_gib > 0 and math.isfinite(self.mem_budget_gib)):
-            raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {self.mem_budget_gib}")
+            raise SettingError("mem_budget_gib", "memory budget",
+                               f"must be a finite number of GiB > 0, got {self.mem_budget_gib}")
         scale_sizes(self.size, self.scales, self.start_size)  # raises ConfigError for impossible scales
-        for name, values in (("style layer weight", self.style_layer_weights),
-                             ("style blend weight", self.style_blend)):
+        for setting, name, values in (("style_layer_weights", "style layer weight", self.style_layer_weights),
+                                      ("style_blend", "style blend weight", self.style_blend)):
             for v in values or ():
                 if not (v >= 0 and math.isfinite(v)):
-                    raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+                    raise SettingError(setting, name, f"must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
             raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
         if self.normalize_gradients and (self.tile is not None or self.mem_budget_gib is not None):

@@ -70,7 +70,7 @@ def test_invert_command_writes_the_image_and_distances(tmp_path, monkeypatch, ca
 @pytest.mark.parametrize("flags,match", [
     (["--layer", "conv9_9"], "unknown layer 'conv9_9'"),
     (["--init", "style"], "noise or content"),
-    (["--tv-weight", "-1"], "tv weight"),
+    (["--tv-weight", "-1"], "--tv-weight must be"),
     (["--size", "8"], "size must be between"),
     (["-o", "out.xyz"], "unknown image suffix"),
 ])

@@ -155,9 +155,11 @@ def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
     assert set(jobs.OVERRIDES) == per_job and {"backend", "precision", "mean"}.isdisjoint(per_job)
     assert jobs._ALIASES == {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend",
                              "content_mask": "content_masks", "style_mask": "style_masks"}
-    parsed = dict(jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
-                                  "jobs line 1", tmp_path))
-    assert parsed == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}
+    values, keys = jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
+                                   "jobs line 1", tmp_path)
+    assert dict(values) == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}
+    assert dict(keys) == {"iterations": "iters", "style_blend": "blend", "preserve_colors": "preserve-colors",
+                          "lr": "lr"}  # as typed: what a job's errors name
 
 
 @pytest.mark.parametrize("args, message", [

@@ -195,7 +195,7 @@ def test_a_learning_rate_past_float32_is_one_line(tmp_path, monkeypatch, capsys,
     out = tmp_path / "o.png"
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", out, *FAST,
                            "--lr", lr)
-    assert "learning rate must be from" in one_error_line(code, err) and not out.exists()
+    assert "--lr must be from" in one_error_line(code, err) and not out.exists()
 
 
 def test_a_jobs_files_learning_rate_past_float32_fails_its_job_alone(tmp_path, monkeypatch, capsys):
@@ -203,7 +203,7 @@ def test_a_jobs_files_learning_rate_past_float32_fails_its_job_alone(tmp_path, m
     (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "lr": 1e39, "output": "a.png"}\n'
                                       '{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n')
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
-    assert code == 1 and "Traceback" not in err and "line 1: learning rate must be from" in err, err
+    assert code == 1 and "Traceback" not in err and "line 1: lr must be from" in err, err
     assert (tmp_path / "b" / "b.png").is_file() and not (tmp_path / "b" / "a.png").exists()
 
 

@@ -37,3 +37,40 @@ def test_a_jobs_first_loss_that_is_not_finite_is_said_in_the_runs_words(tmp_path
     lines = manifest_lines(tmp_path / "out")
     assert code == 1 and [line["status"] for line in lines] == ["failed"] * int(size), lines
     assert all(line["reason"].startswith("the loss is not finite at the first iteration") for line in lines), lines
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--tv-weight", "-1"], "error: --tv-weight must be a finite number >= 0"),
+    (["--iters", "-3"], "error: --iters must be >= 0"),
+    (["--optimizer", "adam", "--lr", "0"], "error: --lr must be a finite number > 0"),
+    (["--seed", "-1"], "error: --seed must be at least 0"),
+])
+def test_a_settings_fault_names_the_flag(tmp_path, monkeypatch, capsys, argv, said):
+    """One setting's fault was said by the setting's name ("tv weight must be ...", "learning rate ..."), not the
+    flag the user typed (stop 36's left-out)."""
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, *argv)
+    assert code == 1 and err.startswith(said), err
+
+
+@pytest.mark.parametrize("row, said", [
+    ('{"content": "c.png", "styles": ["s.png"], "tv-weight": -1}', "line 1: tv-weight must be"),
+    ('{"content": "c.png", "styles": ["s.png"], "iters": -1}', "line 1: iters must be"),
+    ('{"content": "c.png", "styles": ["s.png"], "iterations": -1}', "line 1: iterations must be"),
+])
+def test_a_jobs_settings_fault_names_the_key_as_typed(tmp_path, monkeypatch, capsys, row, said):
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(row + "\n")
+    code, out, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b", *FAST)
+    reasons = [line["reason"] for line in manifest_lines(tmp_path / "b")]
+    assert code == 1 and len(reasons) == 1 and said in reasons[0] and said in out + err, (reasons, out, err)
+
+
+def test_the_apis_settings_fault_names_the_keyword(tmp_path):
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    with pytest.raises(ConfigError, match=r"^iterations must be >= 0"):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=-1)

@@ -605,7 +605,7 @@ def test_a_temporal_weight_past_float32_is_refused_before_work(tmp_path, monkeyp
     out = tmp_path / "out.mp4"
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
                            "--frames", "0:2", "--temporal-weight", weight)
-    assert code == 1 and "temporal weight" in err and "past float32" in err, err
+    assert code == 1 and "--temporal-weight" in err and "past float32" in err, err
     assert not out.exists() and not (tmp_path / "out.mp4.frames").exists()
 
 

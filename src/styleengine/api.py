@@ -21,7 +21,7 @@ from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.engine.settings import TEXTURE_INIT
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
                     for i, s in enumerate(styles)]
     if content is None:
         config.check_texture_start()
-    config.validate(texture=content is None)
+    try:
+        config.validate(texture=content is None)
+    except SettingError as e:  # said as the keyword argument that sets it
+        raise e.named(e.setting) from None
     image, result = run(content_array, style_arrays, config, callback=callback)
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
     if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell

@@ -58,9 +58,9 @@ def check_choice(what: str, value: str, options) -> None:
 def check_seed(seed: int) -> None:
     """ConfigError unless 0 <= seed <= MAX_SEED."""
     if not 0 <= seed <= MAX_SEED:
-        from styleengine.errors import ConfigError
+        from styleengine.errors import SettingError
 
-        raise ConfigError(f"seed must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {seed}")
+        raise SettingError("seed", "seed", f"must be at least 0 and at most {MAX_SEED} (2**63 - 1), got {seed}")
 
 
 def device_kind(device: str) -> str:

@@ -41,7 +41,7 @@ import typer
 from typer import _click as click
 from typer.core import TyperCommand, TyperGroup
 
-from styleengine.errors import UserError, first_line, printable
+from styleengine.errors import SettingError, UserError, first_line, printable
 from styleengine.peers import did_you_mean, peer_flag
 from styleengine.runtime import passive_openmp
 
@@ -370,6 +370,10 @@ signals = _Signals()
 
 def _fail(error: UserError) -> None:
     signals.finish()  # the command is over: a signal now would only lose this line
+    if isinstance(error, SettingError):  # said by its flag, as the user typed it
+        from styleengine.engine.settings import flag_of
+
+        error = error.named(flag_of(error.setting))
     print(f"error: {printable(first_line(error))}", file=sys.stderr)
     # a signal put off during an import, then this error before it was raised: the exit code still says it
     sys.exit(signals.exit_code if signals.received is not None else 1)

@@ -41,6 +41,18 @@ class ConfigError(UserError):
     """A bad setting: unknown layer, backend, provider, precision..."""
 
 
+class SettingError(ConfigError):
+    """A bad value of one setting, "LABEL PROBLEM": a front end says it by the name the user gave it (`named`:
+    a flag, a jobs file's key, a keyword argument, a form field) where it knows that name."""
+
+    def __init__(self, setting: str, label: str, problem: str):
+        super().__init__(f"{label} {problem}")
+        self.setting, self.problem = setting, problem  # a Settings field
+
+    def named(self, name: str) -> SettingError:
+        return SettingError(self.setting, name, self.problem)
+
+
 class UnavailableError(UserError):
     """A backend, provider or device this machine does not have."""
 

@@ -35,7 +35,7 @@ from styleengine.engine import batch
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.errors import UserError, first_line
+from styleengine.errors import SettingError, UserError, first_line
 from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
                                     load_upload, new_id)
 
@@ -264,6 +264,9 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
             raise HTTPException(422, over)
         settings.validate()
         return settings.resolved()
+    except SettingError as e:  # said as its form field, where a request may set it
+        field = next((name for name, target in FIELDS.items() if target == e.setting), None)
+        raise HTTPException(422, first_line(e.named(field) if field else e)) from None
     except UserError as e:
         raise HTTPException(422, first_line(e)) from None
 
