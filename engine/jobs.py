@@ -112,7 +112,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path
             values[name] = tuple(str(base_dir / paths.expand(p)) for p in values[name])
     if recipe:  # its values under the job's own, which are in its units (as with run's --recipe)
         try:
-            values = recipe_values(recipe, values, flags=False)  # said as the file's keys
+            values = recipe_values(recipe, values, flags=False, keys=spelled)  # said as the file's keys
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return tuple(sorted(values.items())), tuple(sorted(spelled.items()))

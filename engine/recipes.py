@@ -43,14 +43,18 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def recipe_values(name: str, given: dict[str, Any], flags: bool = True) -> dict[str, Any]:
+def recipe_values(name: str, given: dict[str, Any], flags: bool = True,
+                  keys: dict[str, str] | None = None) -> dict[str, Any]:
     """Settings values for recipe `name` with the `given` ones (flags named on the command line) winning; the
     recipe's weights, given or not, are in its own units and come back in ours. ConfigError for an unknown
-    recipe. `flags`: errors name a setting as its flag (--tv-weight), else as a jobs file's key (tv_weight)."""
+    recipe. `flags`: errors name a setting as its flag (--tv-weight), else as a jobs file's key (tv_weight), or
+    as `keys` has it (setting -> the key as typed)."""
     check_choice("recipe", name, RECIPES)
     from styleengine.errors import ConfigError
 
     def spelled(key: str) -> str:
+        if keys and key in keys:
+            return keys[key]
         return f"--{key.replace('_', '-')}" if flags else key
 
     for key in WEIGHTS:  # checked as typed: the mapped value would show the user a number they never wrote

@@ -74,3 +74,13 @@ def test_the_apis_settings_fault_names_the_keyword(tmp_path):
     _pictures(tmp_path)
     with pytest.raises(ConfigError, match=r"^iterations must be >= 0"):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=-1)
+
+
+def test_a_jobs_recipe_weight_is_said_by_its_key_as_typed(tmp_path):
+    from styleengine.engine.jobs import load_jobs
+    from styleengine.errors import ConfigError
+
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "recipe": "neural-style-pt", '
+                                      '"tv-weight": 3e38}\n')
+    with pytest.raises(ConfigError, match=r"line 1: tv-weight 3e\+38 \(in neural-style-pt's units\)"):
+        load_jobs(tmp_path / "j.jsonl", tmp_path / "out")
