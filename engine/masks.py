@@ -47,9 +47,14 @@ def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str
     mask = images.luminance(array).astype(np.float32)
     if (height, width) != tuple(shape):
         mask = images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
+    check_paints(what, path, mask)
+    return mask
+
+
+def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
+    """ImageError for a mask (a luminance array in [0, 1]) that is black everywhere."""
     if mask.max() * 255 < 0.5:
         raise ImageError(f"{what} {path} is black everywhere: its style would paint nothing")
-    return mask
 
 
 def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],

@@ -84,3 +84,57 @@ def test_a_jobs_recipe_weight_is_said_by_its_key_as_typed(tmp_path):
                                       '"tv-weight": 3e38}\n')
     with pytest.raises(ConfigError, match=r"line 1: tv-weight 3e\+38 \(in neural-style-pt's units\)"):
         load_jobs(tmp_path / "j.jsonl", tmp_path / "out")
+
+
+# ------------------------------------------------------------------ probe 21a: inputs
+
+def _truncated_jpeg(path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(data, "JPEG")
+    path.write_bytes(data.getvalue()[:len(data.getvalue()) // 2])
+
+
+@pytest.mark.parametrize("flag, make, said", [
+    ("--init", "cut", "cannot decode init image"),
+    ("--content-mask", "cut", "cannot decode content mask 1"),
+    ("--content-mask", "black", "content mask 1"),
+])
+def test_a_batchs_own_file_cut_short_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, flag, make, said):
+    """A JPEG cut short (its header whole) as a batch's own --init or mask passed the start's header check and
+    failed every job (probe 21a): the start reads them whole, as every job would."""
+    from PIL import Image
+
+    try:
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+    _pictures(tmp_path)
+    bad = tmp_path / "bad.jpg"
+    if make == "cut":
+        _truncated_jpeg(bad)
+    else:
+        bad = tmp_path / "black.png"
+        Image.new("L", (48, 40), 0).save(bad)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST, flag,
+                           bad)
+    assert one_error_line(code, err).startswith(f"error: {said}"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_server_refuses_an_init_cut_short_at_its_start(tmp_path):
+    import subprocess
+    import sys
+
+    _truncated_jpeg(tmp_path / "t.jpg")
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "serve", "--port", "1", "--results-dir",
+                           str(tmp_path / "srv"), "--weights", "random", "--init", str(tmp_path / "t.jpg")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: cannot decode init image"), proc.stderr
+    assert not (tmp_path / "srv").exists()

@@ -136,7 +136,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     shared = engine.settings_inputs(settings.init, settings.weights,  # the run's words: "content mask 1 m.png"
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
-    check_own_files(settings)  # and what their headers say (not an image, under 32 px, a bomb)
+    check_own_files(settings, decode=True)  # and read whole (not an image, cut short, under 32 px, a bomb)
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure

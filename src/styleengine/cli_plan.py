@@ -93,14 +93,22 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     return plan
 
 
-def check_own_files(settings: Settings) -> dict[str, tuple[int, int]]:
-    """The --init image and the masks every picture of a batch, a server or a video reads, checked once from
-    their headers as the run checks their pixels (missing, not an image, under 32 px, a bomb): {role: shape}."""
+def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple[int, int]]:
+    """The --init image and the masks, checked from their headers as the run checks their pixels (missing, not
+    an image, under 32 px, a bomb): {role: shape}. `decode`: read whole, as the run reads them (a batch, a
+    server or a video, whose every picture reads them: a body cut short, or a black mask, failed every one)."""
     shapes = {}
     for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                                       style_masks=settings.style_masks).items():
-        if role != "weights file":
-            shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's names the starts)
+        if role == "weights file":
+            continue
+        shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's names the starts)
+        if decode:
+            from styleengine.engine import images, masks
+
+            array = images.load_image(path, role)
+            if role != "init image":
+                masks.check_paints(role, path, images.luminance(array))
     return shapes
 
 

@@ -119,7 +119,7 @@ def _serve(
                                        content_masks=settings.content_masks, style_masks=settings.style_masks))
     from styleengine.cli_plan import check_own_files
 
-    check_own_files(settings)  # and what their headers say: one that is no image failed every job
+    check_own_files(settings, decode=True)  # and read whole: one that is no image, or cut short, failed every job
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
     from styleengine.engine.stylise import check_weights

@@ -353,7 +353,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         if os.path.commonpath([kept, os.path.realpath(trace)]) == kept or paths.links_into(trace, Path(kept)):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
                               f"(or is another name of a file there); choose a file outside it")
-    check_own_files(settings)  # the --init's header, before the weights (it was said after them)
+    check_own_files(settings, decode=True)  # the --init read whole, before the weights (said after them)
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)
     count = int(info.frames * rate / info.fps)
