@@ -36,7 +36,7 @@ def test_an_engine_warning_on_the_console_is_one_line(capsys):
     """The console's "warning: ..." said a name's line break raw (a path with a newline cut the line)."""
     from rich.console import Console
 
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
 
     with warnings_on(Console(stderr=True, markup=False)):
         logging.getLogger("styleengine.test").warning("could not remove %s: %s", "x\ny\x1b[2J", "Permission denied")

@@ -138,3 +138,39 @@ def test_a_server_refuses_an_init_cut_short_at_its_start(tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("error: cannot decode init image"), proc.stderr
     assert not (tmp_path / "srv").exists()
+
+
+def _bad_exif_jpeg(path) -> None:
+    import io
+    import struct
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(data, "JPEG")
+    jpeg = data.getvalue()
+    app1 = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08" + b"\xff" * 40  # an IFD that ends too soon
+    path.write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:])
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_pils_warning_is_a_warning_line_naming_the_image(tmp_path, monkeypatch, capsys, dry):
+    """PIL's "Corrupt EXIF data" went raw to stderr: two lines, a site-packages path, no file named (probe 21a)."""
+    _pictures(tmp_path)
+    _bad_exif_jpeg(tmp_path / "x.jpg")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "x.jpg", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, *(["--dry-run"] if dry else []))
+    said = [line for line in err.splitlines() if "EXIF" in line]
+    assert code == 0 and said == [f"warning: content image {tmp_path / 'x.jpg'}: Corrupt EXIF data. Expecting to "
+                                  f"read 12 bytes but only got 2."], err
+    assert "warnings.warn" not in err and "site-packages" not in err
+
+
+def test_a_librarys_warning_is_one_warning_line(capsys):
+    import warnings
+
+    from styleengine.console import Console, warnings_on
+
+    with warnings_on(Console(stderr=True, markup=False)):
+        warnings.warn("a library's\nnotice", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err.strip() == "warning: a library's\\nnotice"

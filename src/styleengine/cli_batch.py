@@ -120,7 +120,7 @@ def _batch(
         # a clear error now if Ray is not installed or nothing answers, before --out is made or locked
         check_address(ray, connect=not import_ray().is_initialized())
     paths.check_folder(out, "--out")  # mkdir would only say "File exists"
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
 
     # a start refused here leaves no folder behind; the engine's warnings are "warning:" lines, escaped
     with paths.made_folder(out, "the output folder"), warnings_on(console):

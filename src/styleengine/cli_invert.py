@@ -49,7 +49,7 @@ def _invert(
 ) -> None:
     """Reconstruct IMAGE from its features at one layer, from noise, under a smoothness prior (Mahendran &
     Vedaldi 2015), and write OUT."""
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
     from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)

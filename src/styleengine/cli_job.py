@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from styleengine.engine import images, loop, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
+from styleengine.console import warnings_on
 from styleengine.errors import ImageError, UserError, printable
 
 
@@ -228,29 +228,6 @@ def _nothing_written() -> None:
     signals.reported = True
     print(f"error: interrupted ({signals.name}) before the first iteration; nothing written", file=sys.stderr)
     raise typer.Exit(signals.exit_code) from None
-
-
-class _ConsoleWarnings(logging.Handler):
-    """The engine's warnings as one 'warning: ...' line each on the console (above a progress bar)."""
-
-    def __init__(self, console: Any):
-        super().__init__(logging.WARNING)
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(f"warning: {printable(record.getMessage())}", highlight=False, soft_wrap=True,
-                           markup=False)  # any console: one line, escaped
-
-
-@contextlib.contextmanager
-def warnings_on(console: Any):
-    """Show the styleengine loggers' warnings on `console` for the duration."""
-    logger, handler = logging.getLogger("styleengine"), _ConsoleWarnings(console)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
 
 
 def describe(distances: Any) -> str:

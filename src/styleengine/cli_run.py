@@ -33,6 +33,14 @@ Recipe = Annotated[Optional[str], typer.Option(
 
 
 def _dry_run(content: Path | None, styles: list[Path], output: Path, trace: Path | None, settings: Settings) -> None:
+    from styleengine.console import Console, warnings_on
+
+    with warnings_on(Console(stderr=True, markup=False)):  # PIL's, as the run says them
+        _dry_run_checked(content, styles, output, trace, settings)
+
+
+def _dry_run_checked(content: Path | None, styles: list[Path], output: Path, trace: Path | None,
+                     settings: Settings) -> None:
     from styleengine import paths
     from styleengine.cli_plan import check_files, dry_plan
     from styleengine.engine.settings import run_inputs

@@ -18,7 +18,7 @@ TUNED = ("size", "model", "weights", "pooling", "seed", "device", "backend", "pr
 
 def _tune(**flags: Any) -> None:
     """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
     from styleengine.console import Console
     from rich.table import Table
 

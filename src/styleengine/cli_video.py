@@ -259,7 +259,7 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
            **flags: Any) -> None:
     """Stylise VIDEO with STYLE... frame by frame, each frame from the previous result warped by the optical
     flow, with Ruder et al.'s temporal loss (2016), and write OUT; resumable (OUT.frames/)."""
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
     from styleengine.console import Console
 
     console = Console(stderr=True, markup=False)

@@ -39,7 +39,7 @@ def _visualize(
 ) -> None:
     """Find the picture that maximises the score of class N (Simonyan et al. 2014) and write OUT."""
     import torch
-    from styleengine.cli_job import warnings_on
+    from styleengine.console import warnings_on
     from styleengine.console import Console
 
     from styleengine.engine.loop import optimise

@@ -3,7 +3,10 @@ file's name never breaks a line or drives the terminal ("wrote o<ESC>[31m.png" c
 is never wrapped at the terminal's width (piped, a long warning came out as three lines)."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import warnings
+from typing import Any, Iterator
 
 from rich.console import Console as _RichConsole
 
@@ -15,3 +18,34 @@ class Console(_RichConsole):
         if objects and all(isinstance(o, str) for o in objects):  # a line is one line, piped or not (not a table)
             kwargs.setdefault("soft_wrap", True)
         super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class _ConsoleWarnings(logging.Handler):
+    """The engine's warnings as one 'warning: ...' line each on the console (above a progress bar)."""
+
+    def __init__(self, console: Any):
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"warning: {printable(record.getMessage())}", highlight=False, soft_wrap=True,
+                           markup=False)  # any console: one line, escaped
+
+
+def _logged(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+            line: str | None = None) -> None:
+    logging.getLogger("styleengine.warnings").warning("%s", message)  # no library's path and source line
+
+
+@contextlib.contextmanager
+def warnings_on(console: Any) -> Iterator[None]:
+    """Show the styleengine loggers' warnings, and Python's (a library's), on `console` for the duration: one
+    `warning:` line each, escaped."""
+    logger, handler = logging.getLogger("styleengine"), _ConsoleWarnings(console)
+    logger.addHandler(handler)
+    shown, warnings.showwarning = warnings.showwarning, _logged
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        logger.removeHandler(handler)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import re
 import secrets
@@ -22,6 +23,8 @@ from typing import IO, BinaryIO, Callable, Iterable, Iterator
 
 from styleengine.choices import INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
+
+logger = logging.getLogger(__name__)
 
 
 FILE = "a file"  # what named_file's flags name
@@ -639,17 +642,18 @@ def image_shape(path: Path) -> tuple[int, int] | None:
     if not Path(path).is_file():  # a FIFO would block the open; a device never ends
         return None
     try:
-        return header_shape(path, "image")
+        return header_shape(path, "image", quiet=True)
     except ImageError:
         return None
 
 
-def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
+def header_shape(path: str | os.PathLike, role: str, quiet: bool = False) -> tuple[int, int]:
     """(height, width) from the regular file `path`'s header, or ImageError in images.load_image's words for what
-    a header shows: no image, a decompression bomb (PIL's warning too: the run refuses both), a broken header."""
+    a header shows: no image, a decompression bomb (PIL's warning too: the run refuses both), a broken header.
+    `quiet`: PIL's warnings not said (the image's load says them)."""
     from PIL import Image
 
-    with image_errors(path, role):
+    with image_errors(path, role, quiet=quiet):
         with Image.open(path) as im:
             width, height = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
@@ -658,17 +662,22 @@ def header_shape(path: str | os.PathLike, role: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseException], ...] = (),
+                 quiet: bool = False) -> Iterator[None]:
     """PIL's errors as the block opens or decodes the image `path` said as ImageError in one wording (the run's,
-    the dry run's): a bomb (PIL's warning too), no image, no permission, a broken file; `passes` go through."""
+    the dry run's): a bomb (PIL's warning too), no image, no permission, a broken file; `passes` go through.
+    PIL's other warnings ("Corrupt EXIF data") are logged naming the image, unless `quiet`."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
+        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught) if not quiet else ():
+            logger.warning("%s %s: %s", role, path, message)
     except passes:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
