@@ -85,7 +85,7 @@ def load_image(path: str | os.PathLike, role: str = "image") -> np.ndarray:
     """
     paths.check_name(path, role, ImageError)
     paths.check_folder_ending(os.fspath(path))  # a str's "c.png/" (the API's): Path drops it, then read c.png
-    path = Path(path)
+    path = paths.as_given(Path(path), role)  # as the messages show it
     problem = paths.input_problem(role, path)
     if problem is not None:
         raise ImageError(problem)

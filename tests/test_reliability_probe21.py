@@ -174,3 +174,21 @@ def test_a_librarys_warning_is_one_warning_line(capsys):
     with warnings_on(Console(stderr=True, markup=False)):
         warnings.warn("a library's\nnotice", UserWarning, stacklevel=1)
     assert capsys.readouterr().err.strip() == "warning: a library's\\nnotice"
+
+
+@pytest.mark.parametrize("command", ["run", "dry", "batch"])
+@pytest.mark.parametrize("word, said", [("noise", "was not found"), ("content", "is not an image")])
+def test_an_init_that_spells_a_start_is_said_with_its_dot(tmp_path, monkeypatch, capsys, command, word, said):
+    """`--init ./noise` was said as "init image noise was not found (the named starts: noise, ...)": the "./" that
+    makes it a file was dropped from the name (probe 21a)."""
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if word == "content":
+        (tmp_path / "content").write_text("not an image")
+    if command == "batch":
+        (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n')
+        argv = ["batch", "j.jsonl", "--out", "o"]
+    else:
+        argv = ["run", "c.png", "s.png", "-o", "o.png", *(["--dry-run"] if command == "dry" else [])]
+    code, _, err = run_cli(monkeypatch, capsys, *argv, *FAST, "--init", f"./{word}")
+    assert code == 1 and err.startswith(f"error: init image ./{word} {said}"), err

@@ -7,6 +7,7 @@ settings was kept here, else it says what the first run will measure.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from styleengine import paths
@@ -53,8 +54,9 @@ def check_cache_for(settings: Settings) -> None:
         paths.check_cache_dir(paths.cache_root(), "STYLEENGINE_CACHE_DIR")
 
 
-def _shape(path: Path, what: str) -> tuple[int, int]:
+def _shape(path: str | os.PathLike, what: str) -> tuple[int, int]:
     """The (height, width) of the image `what` from its header, with the run's refusals in the run's words."""
+    path = paths.as_given(path, what)  # as the messages show it (`--init ./noise`)
     paths.check_name(path, what)
     problem = paths.input_problem(what, path)
     if problem is not None:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO, Callable, Iterable, Iterator
 
-from styleengine.choices import INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
+from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,15 @@ def unsupported_weights(spec: str | os.PathLike) -> str | None:
 NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
 
 
+def as_given(path: str | os.PathLike, role: str) -> str:
+    """`path` as text, a bare name that spells one of its role's words with its "./" (a Path drops it: `--init
+    ./noise` was said as "init image noise was not found (the named starts: noise, ...)")."""
+    text = os.fspath(path)
+    words = ((*INITS, *INIT_ALIASES) if role.endswith("init image") else WEIGHT_WORDS if role.endswith("weights file")
+             else ())
+    return os.path.join(".", text) if text in words else text
+
+
 def input_problem(role: str, path: str | os.PathLike, shown: str | None = None) -> str | None:
     """"ROLE PATH was not found" (or what else it is) for an input that is not a regular file to read, with a
     hint where the name was meant as a word: "./random" for the random weights, "nois" for a named start."""
@@ -190,7 +199,7 @@ def input_problem(role: str, path: str | os.PathLike, shown: str | None = None) 
         hint = f" (the {name} weights are named '{name}', with no folder)"
     elif problem == "was not found" and role.endswith("init image"):
         hint = f" (the named starts: {', '.join(INITS)})"
-    return f"{role} {path if shown is None else shown} {problem}{hint}"
+    return f"{role} {as_given(path, role) if shown is None else shown} {problem}{hint}"
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:
