@@ -192,3 +192,28 @@ def test_an_init_that_spells_a_start_is_said_with_its_dot(tmp_path, monkeypatch,
         argv = ["run", "c.png", "s.png", "-o", "o.png", *(["--dry-run"] if command == "dry" else [])]
     code, _, err = run_cli(monkeypatch, capsys, *argv, *FAST, "--init", f"./{word}")
     assert code == 1 and err.startswith(f"error: init image ./{word} {said}"), err
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_a_table_never_cuts_a_name(terminal):
+    """tune's and export's tables came out all "…" with COLUMNS=20 piped, and bench's rows were cut on an
+    80-column terminal ("torch cpu fp32 wi…"; probe 21a): piped, a table is as wide as its cells; on a narrow
+    terminal its cells fold."""
+    import io
+
+    from rich.table import Table
+
+    from styleengine.console import Console
+
+    out = io.StringIO()
+    table = Table(title="step times")
+    for name in ("candidate", "median"):
+        table.add_column(name, no_wrap=True)
+    table.add_row("torch fp32 winograd (chosen)", "113.20 ms")
+    Console(file=out, width=20, force_terminal=terminal, color_system=None).print(table)
+    text = out.getvalue()
+    assert "…" not in text, text
+    if terminal:
+        assert all(part in text for part in ("torc", "wino", "113"))
+    else:
+        assert "torch fp32 winograd (chosen)" in text and "113.20 ms" in text

@@ -201,7 +201,7 @@ def bench(
             raise ConfigError("--plot needs matplotlib: pip install 'styleengine[plot]'") from None
 
     # piped or logged output gets room for every column (rich assumes 80 without a terminal)
-    out = Console(markup=False) if sys.stdout.isatty() else Console(width=200, markup=False)
+    out = Console(markup=False)
     err = Console(stderr=True, markup=False)  # paths and names are printed as they are: '[/x]' is no markup
     err.print(WEIGHTS_NOTE, style="dim")
     started = time.perf_counter()

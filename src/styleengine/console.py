@@ -13,11 +13,28 @@ from rich.console import Console as _RichConsole
 from styleengine.errors import printable
 
 
+PIPED_WIDTH = 1000  # piped, a table is as wide as its cells: no terminal to fit
+
+
 class Console(_RichConsole):
     def print(self, *objects: Any, **kwargs: Any) -> None:
+        from rich.table import Table
+
         if objects and all(isinstance(o, str) for o in objects):  # a line is one line, piped or not (not a table)
             kwargs.setdefault("soft_wrap", True)
-        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+        tables = [o for o in objects if isinstance(o, Table)]
+        for table in tables:  # a narrow terminal folds a cell's name; it never cuts it to "…"
+            for column in table.columns:
+                column.no_wrap, column.overflow = False, "fold"
+        shown = tuple(printable(o) if isinstance(o, str) else o for o in objects)
+        if not tables or self.is_terminal:
+            return super().print(*shown, **kwargs)
+        kept = self._width  # print's width= is capped at the console's own (COLUMNS, else 80)
+        self.width = PIPED_WIDTH
+        try:
+            super().print(*shown, **kwargs)
+        finally:
+            self._width = kept
 
 
 class _ConsoleWarnings(logging.Handler):
