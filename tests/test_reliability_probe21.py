@@ -217,3 +217,29 @@ def test_a_table_never_cuts_a_name(terminal):
         assert all(part in text for part in ("torc", "wino", "113"))
     else:
         assert "torch fp32 winograd (chosen)" in text and "113.20 ms" in text
+
+
+def test_a_servers_mask_of_another_aspect_is_the_requests_422(tmp_path):
+    """`serve --content-mask` of another aspect ratio than an upload took the job (202) and failed it, naming the
+    server's path; README says it is that job's 422 (probe 21a)."""
+    import dataclasses
+
+    from PIL import Image
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png
+    from styleengine.serve.app import Config, create_app
+
+    Image.new("L", (128, 40), 255).save(tmp_path / "wide.png")
+    settings = dataclasses.replace(SETTINGS, content_masks=(str(tmp_path / "wide.png"),)).resolved()
+    with TestClient(create_app(Config(settings=settings, root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1)))
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("the server's content mask 1 wide.png is 128x40 px and the content image 40x32")
+        assert str(tmp_path) not in detail

@@ -220,6 +220,22 @@ def _check_pixels(path: Path, label: str, limit: int) -> None:
                                  f"{limit / 1e6:g} megapixels")
 
 
+def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> None:
+    """The server's masks against this request's pictures (ImageError, the run's words, the mask by its file's
+    name only): one of another aspect ratio than its picture failed the job after a 202."""
+    from styleengine import paths
+
+    pairs = [("content mask", mask, 0) for mask in settings.content_masks or ()]
+    pairs += [("style mask", mask, i + 1) for i, mask in enumerate(settings.style_masks or ())]
+    counts: dict[str, int] = {}
+    for kind, mask, index in pairs:
+        counts[kind] = counts.get(kind, 0) + 1
+        if index < len(arrays):
+            paths.check_mask_aspect(f"the server's {kind} {counts[kind]}", Path(mask).name,
+                                    paths.header_shape(mask, f"the server's {kind} {counts[kind]}"),
+                                    labels[index] if index else "the content image", arrays[index].shape)
+
+
 def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, styles: list[UploadFile],
              settings: Settings, config: Config, keep: bool) -> Job:
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
@@ -249,6 +265,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         arrays = [load_upload(path, label) for path, label in saved]
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
+        _check_masks(settings, arrays, [label for _, label in saved])
     except UserError as e:
         raise HTTPException(422, first_line(e)) from None
     digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
