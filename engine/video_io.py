@@ -66,9 +66,9 @@ def check_video_output(path: Path) -> str:
 def probe(path: Path) -> VideoInfo:
     """What a video file holds, read from its headers (nothing decoded); ImageError for a file that is not a
     video or has no frames."""
-    problem = paths.not_a_file(path)
+    problem = paths.input_problem("video", path)  # ROLE PATH PROBLEM, as every input's
     if problem is not None:
-        raise ImageError(f"cannot read video {path}: it {problem}")
+        raise ImageError(problem)
     try:
         with av.open(str(path)) as container:
             streams = container.streams.video

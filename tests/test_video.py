@@ -334,7 +334,7 @@ def empty_video(path: Path) -> None:
 
 @pytest.mark.parametrize("case, message", [
     ("text", "not a video"), ("image", "not a video (a still image"), ("text_png", "FFmpeg cannot read"),
-    ("empty", "has no frames"),
+    ("empty", "has no frames"), ("missing", "nosuch.mp4 was not found"), ("folder", "clips is a "),
     ("missing_folder", "folder"), ("suffix", "unknown video suffix"), ("past_end", "past the end"),
     ("bad_range", "--frames must be A:B"), ("bad_fps", "--fps must be")])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, clip, style, case, message):
@@ -347,6 +347,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
     elif case == "text_png":  # FFmpeg's image demuxer goes by the suffix: it was "a still image"
         source = tmp_path / "notes.png"
         source.write_text("not a picture either\n")
+    elif case == "missing":  # in every input's words: ROLE PATH PROBLEM (it was "cannot read video X: it was...")
+        source = tmp_path / "nosuch.mp4"
+    elif case == "folder":
+        source = tmp_path / "clips"
+        source.mkdir()
     elif case == "empty":
         source = tmp_path / "empty.mkv"
         empty_video(source)
@@ -363,6 +368,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
     code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST, "--size", "64", *extra)
     assert_one_line_error(code, err, out)
     assert message in err
+    assert case not in ("missing", "folder") or err.startswith(f"error: video {source} "), err
     assert not out.with_name(out.name + ".frames").exists()
 
 
