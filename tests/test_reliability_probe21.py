@@ -243,3 +243,21 @@ def test_a_servers_mask_of_another_aspect_is_the_requests_422(tmp_path):
         detail = response.json()["detail"]
         assert detail.startswith("the server's content mask 1 wide.png is 128x40 px and the content image 40x32")
         assert str(tmp_path) not in detail
+
+
+def test_the_run_and_the_dry_run_say_the_same_first_of_two_mask_faults(tmp_path, monkeypatch, capsys):
+    """Content mask 2 of another aspect and a missing style mask 1: the run said the first, the dry run the second
+    (it read every mask's header before any aspect; probe 21a)."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
+    Image.new("L", (128, 40), 255).save(tmp_path / "wide.png")
+    said = []
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", tmp_path / "c.png",
+                               "-o", tmp_path / "o.png", *FAST, "--content-mask",
+                               f"{tmp_path / 'm.png'},{tmp_path / 'wide.png'}", "--style-mask",
+                               f"{tmp_path / 'nosuch.png'},{tmp_path / 'm.png'}", *dry)
+        said.append((code, err))
+    assert said[0] == said[1] and said[0][1].startswith("error: content mask 2"), said

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Callable
 
 from styleengine import paths
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
@@ -95,16 +96,21 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     return plan
 
 
-def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple[int, int]]:
+def check_own_files(settings: Settings, decode: bool = False,
+                    against: Callable[[str, str | os.PathLike, tuple[int, int]], None] | None = None
+                    ) -> dict[str, tuple[int, int]]:
     """The --init image and the masks, checked from their headers as the run checks their pixels (missing, not
     an image, under 32 px, a bomb): {role: shape}. `decode`: read whole, as the run reads them (a batch, a
-    server or a video, whose every picture reads them: a body cut short, or a black mask, failed every one)."""
+    server or a video, whose every picture reads them: a body cut short, or a black mask, failed every one).
+    `against(role, path, shape)`: each one's check against its picture, made in turn as the run makes it."""
     shapes = {}
     for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                                       style_masks=settings.style_masks).items():
         if role == "weights file":
             continue
         shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's names the starts)
+        if against is not None:
+            against(role, path, shapes[role])
         if decode:
             from styleengine.engine import images, masks
 
@@ -118,12 +124,14 @@ def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | 
                            style_shapes: list[tuple[int, int]]) -> None:
     """The --init image's and the masks' sizes from their headers, as the run checks their pixels after the
     plan (load_init, masks.load): not an image, under 32 px, a mask of another aspect ratio than its image."""
-    shapes = check_own_files(settings)
-    if content_shape is None:  # a texture has no masks (validate refuses them)
-        return
-    for i, mask in enumerate(settings.content_masks or ()):
-        role = f"content mask {i + 1}"
-        paths.check_mask_aspect(role, mask, shapes[role], "the content image", content_shape)
-    for i, (mask, style, shape) in enumerate(zip(settings.style_masks or (), styles, style_shapes)):
-        role = f"style mask {i + 1}"
-        paths.check_mask_aspect(role, mask, shapes[role], f"style image {style}", shape)
+    def against(role: str, mask: str | os.PathLike, shape: tuple[int, int]) -> None:
+        kind, _, number = role.rpartition(" ")
+        if content_shape is None or kind not in ("content mask", "style mask"):  # a texture has no masks
+            return
+        if kind == "content mask":
+            paths.check_mask_aspect(role, mask, shape, "the content image", content_shape)
+        elif int(number) <= len(styles):  # the counts are the plan's check
+            i = int(number) - 1
+            paths.check_mask_aspect(role, mask, shape, f"style image {styles[i]}", style_shapes[i])
+
+    check_own_files(settings, against=against)  # each mask's aspect as its header is read, in the run's order
