@@ -261,3 +261,12 @@ def test_the_run_and_the_dry_run_say_the_same_first_of_two_mask_faults(tmp_path,
                                f"{tmp_path / 'nosuch.png'},{tmp_path / 'm.png'}", *dry)
         said.append((code, err))
     assert said[0] == said[1] and said[0][1].startswith("error: content mask 2"), said
+
+
+def test_a_setting_error_crosses_a_process_whole():
+    import pickle
+
+    from styleengine.errors import SettingError
+
+    error = pickle.loads(pickle.dumps(SettingError("tv_weight", "tv weight", "must be >= 0")))
+    assert (str(error), str(error.named("--tv-weight"))) == ("tv weight must be >= 0", "--tv-weight must be >= 0")

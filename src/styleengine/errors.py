@@ -47,7 +47,10 @@ class SettingError(ConfigError):
 
     def __init__(self, setting: str, label: str, problem: str):
         super().__init__(f"{label} {problem}")
-        self.setting, self.problem = setting, problem  # a Settings field
+        self.setting, self.label, self.problem = setting, label, problem  # setting: a Settings field
+
+    def __reduce__(self) -> tuple:  # pickled whole (a Ray worker's error): the default passes only the message
+        return type(self), (self.setting, self.label, self.problem)
 
     def named(self, name: str) -> SettingError:
         return SettingError(self.setting, name, self.problem)
