@@ -578,8 +578,8 @@ def test_fifo_content_image_is_refused(tmp_path, monkeypatch, capsys, pics, no_s
     assert "not a regular file" in err and not fed.is_set()
 
 
-@pytest.mark.parametrize("flags,needle", [(["--seed", str(10**20)], "seed"), (["--iters", str(10**10)], "iterations"),
-                                          (["--seed", "-1"], "seed")])
+@pytest.mark.parametrize("flags,needle", [(["--seed", str(10**20)], "--seed"), (["--iters", str(10**10)], "--iters"),
+                                          (["--seed", "-1"], "--seed")])
 def test_huge_seed_and_iterations_are_refused_with_a_bound(tmp_path, monkeypatch, capsys, pics, no_step, flags,
                                                            needle):
     err = refused(monkeypatch, capsys, pics, tmp_path, pics["content"], pics["style"], *flags)
