@@ -70,10 +70,12 @@ def uvicorn_server(app: Any) -> Iterator[str]:
         thread.join(30)
 
 
-def serve_process(results_dir: Any, timeout: float = 120.0) -> tuple[Any, str]:
+def serve_process(results_dir: Any, timeout: float = 120.0, nohup: bool = False) -> tuple[Any, str]:
     """`styleengine serve` (random VGG16, 40 px, CPU) in its own process on a free loopback port, once it answers:
-    (the Popen, its base URL). The caller stops it (SIGTERM) and kills it if it is still there."""
+    (the Popen, its base URL). The caller stops it (SIGTERM) and kills it if it is still there. `nohup`: started
+    with SIGHUP ignored, as nohup starts it."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -84,7 +86,8 @@ def serve_process(results_dir: Any, timeout: float = 120.0) -> tuple[Any, str]:
                "--model", "vgg16", "--weights", "random", "--backend", "torch", "--device", "cpu",
                "--precision", "fp32", "--size", "40"]
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:

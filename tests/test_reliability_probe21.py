@@ -270,3 +270,27 @@ def test_a_setting_error_crosses_a_process_whole():
 
     error = pickle.loads(pickle.dumps(SettingError("tv_weight", "tv weight", "must be >= 0")))
     assert (str(error), str(error.named("--tv-weight"))) == ("tv weight must be >= 0", "--tv-weight must be >= 0")
+
+
+# ------------------------------------------------------------------ probe 21b: signals
+
+def test_a_server_started_under_nohup_ignores_a_hangup(tmp_path):
+    """`nohup styleengine serve` stopped on SIGHUP: serve put its own SIGHUP handler over nohup's SIG_IGN (3 of 3)."""
+    import signal
+    import time
+
+    import httpx
+
+    try:
+        from serve_helpers import serve_process
+    except ModuleNotFoundError:
+        from tests.serve_helpers import serve_process
+    server, url = serve_process(tmp_path / "srv", nohup=True)
+    try:
+        server.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert server.poll() is None and httpx.get(url + "/api/health", timeout=5).status_code == 200
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    finally:
+        server.kill()

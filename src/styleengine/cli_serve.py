@@ -181,8 +181,10 @@ def _Server(store: Any, config: Any) -> Any:
 @contextlib.contextmanager
 def _hangup_stops(server: Any) -> Iterator[None]:
     """SIGHUP (a closed terminal or ssh session) stops the server as SIGTERM does: uvicorn handles only SIGINT
-    and SIGTERM, and the CLI's handler would raise KeyboardInterrupt inside its event loop."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+    and SIGTERM, and the CLI's handler would raise KeyboardInterrupt inside its event loop. An ignored SIGHUP
+    (nohup) stays ignored, as the CLI leaves it."""
+    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP")
+            or signal.getsignal(signal.SIGHUP) is signal.SIG_IGN):
         yield
         return
     previous = signal.signal(signal.SIGHUP, server.handle_exit)
