@@ -394,11 +394,16 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
         return index, [Result(part.image, len(rec), part.stopped, rec, part.distances)
                        for part, rec in zip(parts, grown)], grown
 
+    def started(parts: list[Result]) -> bool:
+        """Whether a scale's loop ran an iteration: before its first, its picture is only its start (a later
+        scale's: the last one's upsampled, which was written as if it were the --size result)."""
+        return any(part.records for part in parts)
+
     def cut_short() -> list[Result]:
         """What a signal anywhere in the scales leaves: this scale's pictures once its loop made them, else the
         last finished scale's (the loop's contract); none before the first scale's loop made any."""
         index, made = kept
-        return joined(index, made)[1] if index > committed[0] and made else committed[1]
+        return joined(index, made)[1] if index > committed[0] and made and started(made) else committed[1]
 
     try:
         try:
@@ -422,6 +427,10 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
                                          prepared, inits, loop_callback, blends=blends, targets_step=tiled,
                                          offset=scale["offset"], measure=last, last_use=owned and last,
                                          history=at.history, cache=None if owned or tiled else cache, kept=kept[1])
+                if index and not started(parts) and any(part.stopped for part in parts):  # before its first iteration
+                    committed = (committed[0], [dataclasses.replace(r, stopped=part.stopped)
+                                                for r, part in zip(committed[1], parts)], committed[2])
+                    break
                 committed = joined(index, parts)
                 if any(r.stopped is not None for r in committed[1]):
                     break

@@ -294,3 +294,37 @@ def test_a_server_started_under_nohup_ignores_a_hangup(tmp_path):
         server.communicate(timeout=60)
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("where", ["returned", "raised"])
+def test_a_signal_before_a_later_scales_first_iteration_keeps_the_last_scale(tmp_path, monkeypatch, capsys, where):
+    """run --scales 2, a SIGTERM early in scale 2 (its loop stopped before an iteration): scale 2's start image, scale
+    1's result upsampled, was written and said as the 64 px result (8 of 14; probe 21b). The last finished scale's
+    picture is written at its size, and said so."""
+    from PIL import Image
+
+    from styleengine.engine import stylise as stylise_module
+    from styleengine.engine.loop import Result
+
+    _pictures(tmp_path)
+    real, calls = stylise_module.optimise_at_size, []
+
+    def second_scale_stopped(step, loss, settings, prepared, inits, callback, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(step, loss, settings, prepared, inits, callback, **kwargs)
+        from styleengine.cli import signals
+
+        signals.received = 15
+        stopped = [Result(init, 0, "interrupted", []) for init in inits]
+        if where == "raised":  # the loop had put its start pictures in `kept` when the signal came
+            kwargs["kept"].extend(stopped)
+            raise KeyboardInterrupt
+        return stopped
+
+    monkeypatch.setattr(stylise_module, "optimise_at_size", second_scale_stopped)
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", out,
+                           *FAST, "--size", "64", "--scales", "2", "--iters", "2")
+    size = Image.open(out).size
+    assert code == 143 and max(size) < 64 and "earlier scale's image" in err, (size, err)
