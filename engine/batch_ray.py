@@ -57,6 +57,9 @@ def _keeping_signal_handlers():
 
 def import_ray() -> Any:
     """The ray module, or UnavailableError with the install line."""
+    # the driver's signals are the command's: Ray's C++ failure handler took a SIGTERM while ray.init connected
+    # (a stack dump, then abort: exit 134); a user's own setting stands
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
     except ImportError:
@@ -105,6 +108,17 @@ class ActorPool:
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
         check_address(address, connect=self.started)
+        self.actors: list[Any] = []
+        self.in_flight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, its item)
+        self.resubmitted = 0  # items put back after their actor died
+        try:
+            self._start(body, address, cpus_per_worker)
+        except BaseException:  # a signal as the cluster or its workers start: no caller has a pool to close
+            self.close()
+            raise
+
+    def _start(self, body: type, address: str, cpus_per_worker: int | None) -> None:
+        ray = self.ray
         if self.started:
             with _keeping_signal_handlers():
                 try:
@@ -120,9 +134,8 @@ class ActorPool:
             per = max(1, min(cpus, cpus_per_worker or CPUS_PER_WORKER))
             count, options = max(1, cpus // per), {"num_cpus": per}
         actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(body)
-        self.actors = [actor.remote() for _ in range(count)]
-        self.in_flight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, its item)
-        self.resubmitted = 0  # items put back after their actor died
+        for _ in range(count):  # one by one: a signal among them leaves those made to close()
+            self.actors.append(actor.remote())
 
     def map(self, method: str, items: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
         """(item, actor.method(*item)) as each comes back (any order); items are drawn only when an actor is

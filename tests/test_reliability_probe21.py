@@ -328,3 +328,48 @@ def test_a_signal_before_a_later_scales_first_iteration_keeps_the_last_scale(tmp
                            *FAST, "--size", "64", "--scales", "2", "--iters", "2")
     size = Image.open(out).size
     assert code == 143 and max(size) < 64 and "earlier scale's image" in err, (size, err)
+
+
+def test_a_signal_as_ray_workers_start_closes_what_started(monkeypatch):
+    """batch --ray, a signal as the actors were made: no caller had a pool to close, Ray was never shut down and
+    the interpreter's exit crashed (SIGSEGV, 4 of 4; probe 21b). The pool closes what it made and re-raises."""
+    import types
+
+    from styleengine.engine import batch_ray
+
+    made, killed, shut = [], [], []
+
+    class Actor:
+        def remote(self):
+            if len(made) == 1:
+                raise KeyboardInterrupt
+            made.append(object())
+            return made[-1]
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: None,
+                                 cluster_resources=lambda: {"CPU": 8}, remote=lambda **kw: lambda body: Actor(),
+                                 kill=killed.append, shutdown=lambda: shut.append(1))
+    monkeypatch.setattr(batch_ray, "import_ray", lambda: fake)
+    monkeypatch.setattr(batch_ray, "check_address", lambda address, connect=True: None)
+    with pytest.raises(KeyboardInterrupt):
+        batch_ray.ActorPool(object, "auto", cpus_per_worker=2)
+    assert killed == made and len(made) == 1 and shut == [1]
+
+
+def test_a_process_that_used_ray_leaves_without_finalisation_after_a_signal(tmp_path):
+    """After a signal, a process that used Ray ends with os._exit once its lines are said and its finally blocks
+    ran: the interpreter's finalisation crashed with Ray's threads (exit 139 after the interrupted line)."""
+    import subprocess
+    import sys
+
+    script = ("import atexit, signal, sys, types\n"
+              "sys.modules['ray'] = types.SimpleNamespace(is_initialized=lambda: True,\n"
+              "                                           shutdown=lambda: print('ray shut down', flush=True))\n"
+              "atexit.register(lambda: print('finalised', flush=True))\n"
+              "from styleengine import _entry\n"
+              "_entry.EARLY.append(signal.SIGTERM)\n"
+              "sys.argv = ['styleengine', 'run', 'c.png', 's.png', '-o', 'o.png']\n"
+              "_entry.console()\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143 and proc.stdout.splitlines() == ["ray shut down"], (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == ["error: interrupted (SIGTERM)"], proc.stderr

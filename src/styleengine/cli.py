@@ -31,6 +31,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import logging
 import os
 import signal
 import sys
@@ -393,7 +394,26 @@ def main(exiting: bool = False) -> None:
 
 def console() -> None:
     """The console script and `python -m styleengine`: main() in a process that ends with it."""
-    main(exiting=True)
+    try:
+        main(exiting=True)
+    except SystemExit as e:
+        if signals.received is not None and "ray" in sys.modules:
+            _leave_ray(e.code)
+        raise
+
+
+def _leave_ray(code: Any) -> None:
+    """Ends a process that used Ray and was stopped by a signal without the interpreter's finalisation: a signal
+    as Ray's workers started crashed it there (SIGSEGV, exit 139), once our line was said and the cluster
+    closed. Ray's cluster is shut down first (its atexit hook would have)."""
+    ray = sys.modules["ray"]
+    if getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def _stopped() -> None:
