@@ -34,25 +34,33 @@ CONNECT_SECONDS = 5.0  # a --ray HOST:PORT that does not answer within this is r
 
 
 @contextlib.contextmanager
-def _keeping_signal_handlers():
-    """ray.init installs its own SIGTERM handler (and leaves it after shutdown); the caller's stay (the CLI's
-    turn SIGTERM into KeyboardInterrupt, see cli.py)."""
+def _keeping_signal_handlers() -> Iterator[None]:
+    """The caller's SIGINT/SIGTERM/SIGHUP handlers stay through ray.init, which sets its own (a SIGTERM exited 15
+    with no line, or its SystemExit was lost in logging's at-fork hook and the batch ran on): a signal in it is
+    kept, then raised once ray.init is done, to the handler the caller has (the CLI's: KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ours = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    saved = {s: signal.getsignal(s) for s in ours}
+    came: list[int] = []
+    real = signal.signal
+
+    def kept(signum: int, handler: Any) -> Any:  # Ray's own handlers for these are not set
+        return saved[signum] if signum in saved else real(signum, handler)
+
+    for s, handler in saved.items():
+        if handler is not signal.SIG_IGN:  # an ignored one (nohup) stays ignored
+            real(s, lambda signum, frame: came.append(signum))
+    signal.signal = kept
     try:
         yield
-    except SystemExit as e:  # Ray's handler took a SIGTERM during ray.init (sys.exit(15): exit 15, no line)
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        if e.code != signal.SIGTERM or not callable(saved[signal.SIGTERM]):
-            raise
-        saved[signal.SIGTERM](signal.SIGTERM, None)  # the caller's handler has it, as if it came now
-        raise
     finally:
+        signal.signal = real
         for s, handler in saved.items():
-            signal.signal(s, handler)
+            real(s, handler)
+        if came:
+            signal.raise_signal(came[0])
 
 
 def import_ray() -> Any:

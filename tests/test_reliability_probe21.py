@@ -373,3 +373,25 @@ def test_a_process_that_used_ray_leaves_without_finalisation_after_a_signal(tmp_
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143 and proc.stdout.splitlines() == ["ray shut down"], (proc.stdout, proc.stderr)
     assert proc.stderr.strip().splitlines() == ["error: interrupted (SIGTERM)"], proc.stderr
+
+
+def test_a_signal_during_ray_init_is_raised_once_it_returns():
+    """A SIGTERM while ray.init ran went to Ray's handler, whose SystemExit was lost inside logging's at-fork hook:
+    the batch ran every job and exited 0 (1 of 16; probe 21b). Ray's handlers are not set; the signal is kept and
+    raised to the caller's handler once ray.init is done."""
+    import os
+    import signal
+
+    from styleengine.cli import _Signals
+    from styleengine.engine.batch_ray import _keeping_signal_handlers
+
+    signals, after = _Signals(), []
+    with signals.installed():
+        with pytest.raises(KeyboardInterrupt):
+            with _keeping_signal_handlers():
+                signal.signal(signal.SIGTERM, lambda n, f: None)  # Ray's, which lost it: not set
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the rest of ray.init runs on, the signal kept
+                    after.append(1)
+        assert signals.received == signal.SIGTERM and len(after) == 1000
+        assert signal.getsignal(signal.SIGTERM) == signals._handle
