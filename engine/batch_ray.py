@@ -52,7 +52,7 @@ def _keeping_signal_handlers() -> Iterator[None]:
     for s, handler in saved.items():
         if handler is not signal.SIG_IGN:  # an ignored one (nohup) stays ignored
             real(s, lambda signum, frame: came.append(signum))
-    signal.signal = kept
+    signal.signal = kept  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
-from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_scale
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, tv_coefficient
 from styleengine.engine.steps import StepResult
 from styleengine.export import spec as names
 from styleengine.export.spec import ExportSpec
@@ -89,7 +89,7 @@ class GraphIO:
             self.grad = torch.empty_like(x)
             self.losses = torch.empty(len(names.LOSS_OUTPUTS), device=self.device)
             self._bind_outputs(self.runner)
-            self.inputs[names.TV_WEIGHT].fill_(loss.tv_weight * tv_scale(loss, x.shape[2], x.shape[3]))
+            self.inputs[names.TV_WEIGHT].fill_(tv_coefficient(loss, x.shape[2], x.shape[3]))
             self._bound_for = tuple(x.shape)
         if self.stream is None:
             self.runner.run(None)

@@ -28,6 +28,7 @@ from typing import cast
 
 import torch
 
+from styleengine.choices import FLOAT32_MAX
 from styleengine.errors import ConfigError
 from styleengine.engine.loss_config import CONTENT_LAYERS, STYLE_LAYERS, TV_UNIT, LossConfig
 
@@ -68,6 +69,13 @@ def content_coeffs(config: LossConfig, targets: Targets) -> dict[str, float]:
 def tv_scale(config: LossConfig, height: int, width: int) -> float:
     """t: TV_UNIT (paper) or TV_UNIT / (3 H W) (invariant: the squared differences' mean per pixel and channel)."""
     return TV_UNIT if config.weighting == "paper" else TV_UNIT / (3 * height * width)
+
+
+def tv_coefficient(config: LossConfig, height: int, width: int) -> float:
+    """The TV term's weight at this size as float32 holds it: inf past its range, so every step's loss is then not
+    finite, as the untiled one's float32 product is (the tiled and graph steps raised an overflow traceback)."""
+    value = config.tv_weight * tv_scale(config, height, width)
+    return value if value <= FLOAT32_MAX else math.inf
 
 
 def _accumulate(t: torch.Tensor) -> torch.Tensor:
@@ -290,7 +298,7 @@ def total_loss(config: LossConfig, features: dict[str, torch.Tensor], targets: T
     style = sum((w * style_term(_term_input(config, features[n], config.style_weight * w), targets, n,
                                 eager_style_grad)
                  for n, w in zip(config.style_layers, config.layer_weights())), zero)
-    tv_weight = config.tv_weight * tv_scale(config, image.shape[2], image.shape[3])
+    tv_weight = tv_coefficient(config, image.shape[2], image.shape[3])
     terms = {"content": content, "style": config.style_weight * style,
              "tv": tv_weight * tv_loss(_accumulate(image)) if config.tv_weight else zero}
     terms["loss"] = terms["content"] + terms["style"] + terms["tv"]

@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 
 from styleengine.errors import ConfigError
-from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram_style, tv_loss_and_grad, tv_scale
+from styleengine.engine.losses import LossConfig, Targets, content_coeffs, gram_style, tv_coefficient, tv_loss_and_grad
 from styleengine.engine.steps import Step, StepBase, StepResult, TileableStep, single_targets
 from styleengine.model import vgg
 from styleengine.engine.memory import STRIDE, halo_for, step_bytes_per_pixel, tile_for_budget  # noqa: F401
@@ -198,7 +198,7 @@ class TiledStep(StepBase):
         tv = zero
         if loss.tv_weight:
             tv_value, tv_grad = tv_loss_and_grad(image)
-            tv_weight = loss.tv_weight * tv_scale(loss, height, width)
+            tv_weight = tv_coefficient(loss, height, width)
             tv = tv_weight * tv_value
             grad.add_(tv_grad, alpha=tv_weight)
             del tv_grad

@@ -395,3 +395,25 @@ def test_a_signal_during_ray_init_is_raised_once_it_returns():
                     after.append(1)
         assert signals.received == signal.SIGTERM and len(after) == 1000
         assert signal.getsignal(signal.SIGTERM) == signals._handle
+
+
+# ------------------------------------------------------------------ probe 22a: inputs
+
+@pytest.mark.parametrize("backend, extra", [("torch", ["--tile", "32"]), ("ort", []), ("torch", [])])
+def test_a_tv_weight_past_float32_at_the_size_is_a_non_finite_loss_on_every_step(tmp_path, monkeypatch, capsys,
+                                                                                  backend, extra):
+    """--tv-weight 1e38 (float32 itself) times the TV unit at 64 px is past float32: the tiled step and the ORT
+    step raised "value cannot be converted to type float without overflow" (a traceback that ended a batch);
+    the untiled step's float32 product was inf, said as a loss that is not finite (probe 22a)."""
+    try:
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+    if backend == "ort":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", "--weights", "random", "--iters", "1", "--size", "64", "--backend",
+                           backend, "--tv-weight", "1e38", *extra)
+    assert "the loss is not finite at the first iteration" in one_error_line(code, err), err
