@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
-from styleengine.choices import INITS, WEIGHT_WORDS
+from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_WORDS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, options, run_inputs,  # noqa: F401
@@ -104,7 +104,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path
         values[name] = parsed
     # a per-job init image or weights file is relative to the jobs file, as its images are
     if values.get("init", INITS[0]) not in INITS:
-        values["init"] = _beside(base_dir, values["init"], INITS)
+        values["init"] = _beside(base_dir, values["init"], (*INITS, *INIT_ALIASES))  # neural-style's words too
     if values.get("weights", "random") not in WEIGHT_WORDS:
         values["weights"] = _beside(base_dir, values["weights"], WEIGHT_WORDS)
     for name in ("content_masks", "style_masks"):  # mask files too

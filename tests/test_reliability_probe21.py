@@ -417,3 +417,28 @@ def test_a_tv_weight_past_float32_at_the_size_is_a_non_finite_loss_on_every_step
                            tmp_path / "o.png", "--weights", "random", "--iters", "1", "--size", "64", "--backend",
                            backend, "--tv-weight", "1e38", *extra)
     assert "the loss is not finite at the first iteration" in one_error_line(code, err), err
+
+
+@pytest.mark.parametrize("word", ["random", "image"])
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_jobs_init_that_spells_neural_styles_word_is_the_file(tmp_path, monkeypatch, capsys, word, exists):
+    """A jobs file's `"init": "./random"` ran from noise (and "./image" from the content) even with no such file:
+    the path joined to the jobs file's folder became neural-style's word (probe 22a)."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if exists:
+        Image.new("RGB", (48, 40), (0, 255, 0)).save(tmp_path / word, format="PNG")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png", "init": "./%s"}\n'
+                                      % word)
+    code, out, err = run_cli(monkeypatch, capsys, "batch", "j.jsonl", "--out", "o", "--weights", "random",
+                             "--size", "40", "--iters", "0", "--backend", "torch")
+    [line] = manifest_lines(tmp_path / "o")
+    if exists:
+        assert line["status"] == "ok", line
+        green = np.asarray(Image.open(tmp_path / "o" / "a.png").convert("RGB"), dtype=float).mean(axis=(0, 1))
+        assert green[1] > 200 and green[0] < 60, green  # the file's picture, not noise or the content
+    else:
+        assert line["status"] == "failed" and f"init image ./{word} was not found" in line["reason"], line
