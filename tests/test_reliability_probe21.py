@@ -442,3 +442,34 @@ def test_a_jobs_init_that_spells_neural_styles_word_is_the_file(tmp_path, monkey
         assert green[1] > 200 and green[0] < 60, green  # the file's picture, not noise or the content
     else:
         assert line["status"] == "failed" and f"init image ./{word} was not found" in line["reason"], line
+
+
+def test_pils_warning_about_a_batchs_own_init_is_said_once(tmp_path, monkeypatch, capsys):
+    """A batch's --init with corrupt EXIF was warned of twice at the start and once per job (probe 22a)."""
+    _pictures(tmp_path)
+    _bad_exif_jpeg(tmp_path / "x.jpg")
+    (tmp_path / "j.jsonl").write_text("".join('{"content": "c.png", "style": "s.png", "output": "%s.png"}\n' % n
+                                              for n in "abc"))
+    code, out, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                             "--init", tmp_path / "x.jpg")
+    said = [line for line in (out + err).splitlines() if "EXIF" in line]
+    assert code == 0 and said == [f"warning: init image {tmp_path / 'x.jpg'}: Corrupt EXIF data. Expecting to read "
+                                  f"12 bytes but only got 2."], out + err
+
+
+def test_pils_warning_at_a_servers_start_is_a_warning_line(tmp_path):
+    """serve --init with corrupt EXIF said PIL's warning through logging's last resort: no `warning:`, a name's
+    escape raw on the terminal (probe 22a)."""
+    import subprocess
+    import sys
+
+    init = tmp_path / "b\x1b[31mx.jpg"
+    _bad_exif_jpeg(init)
+    (tmp_path / "w.safetensors").write_bytes(b"not weights")  # refused after the own files: the server stops there
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "serve", "--port", "1", "--results-dir",
+                           str(tmp_path / "srv"), "--weights", str(tmp_path / "w.safetensors"), "--init", str(init)],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"warning: init image {tmp_path}/b\\x1b[31mx.jpg: Corrupt EXIF data. Expecting to read 12 " \
+                       f"bytes but only got 2.", proc.stderr
+    assert "\x1b" not in proc.stderr

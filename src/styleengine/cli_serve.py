@@ -118,8 +118,10 @@ def _serve(
     paths.check_inputs(settings_inputs(settings.init, settings.weights,
                                        content_masks=settings.content_masks, style_masks=settings.style_masks))
     from styleengine.cli_plan import check_own_files
+    from styleengine.console import Console, warnings_on
 
-    check_own_files(settings, decode=True)  # and read whole: one that is no image, or cut short, failed every job
+    with warnings_on(Console(stderr=True, markup=False)):  # before the server's log: warning lines, escaped
+        check_own_files(settings, decode=True)  # and read whole: one that is no image, or cut short, failed every job
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
     from styleengine.engine.stylise import check_weights

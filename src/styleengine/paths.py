@@ -177,6 +177,7 @@ def unsupported_weights(spec: str | os.PathLike) -> str | None:
 
 
 NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
+_WARNED: dict[tuple[str, str, str], None] = {}  # PIL's warnings said, oldest first: each once a process
 
 
 def as_given(path: str | os.PathLike, role: str) -> str:
@@ -686,7 +687,12 @@ def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseExce
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
         for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught) if not quiet else ():
-            logger.warning("%s %s: %s", role, path, message)
+            said = (role, os.fspath(path), message)
+            if said not in _WARNED:  # a batch's or a video's own --init is read for every job or frame
+                _WARNED[said] = None
+                logger.warning("%s %s: %s", *said)
+            while len(_WARNED) > 1000:  # a server's uploads are new files every time
+                del _WARNED[next(iter(_WARNED))]
     except passes:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
