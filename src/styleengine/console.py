@@ -9,11 +9,12 @@ import warnings
 from typing import Any, Iterator
 
 from rich.console import Console as _RichConsole
+from rich.measure import Measurement
 
 from styleengine.errors import printable
 
 
-PIPED_WIDTH = 1000  # piped, a table is as wide as its cells: no terminal to fit
+WIDEST = 1000  # a table's cells measured up to this many columns
 
 
 class Console(_RichConsole):
@@ -22,15 +23,15 @@ class Console(_RichConsole):
 
         if objects and all(isinstance(o, str) for o in objects):  # a line is one line, piped or not (not a table)
             kwargs.setdefault("soft_wrap", True)
-        tables = [o for o in objects if isinstance(o, Table)]
-        for table in tables:  # a narrow terminal folds a cell's name; it never cuts it to "…"
-            for column in table.columns:
-                column.no_wrap, column.overflow = False, "fold"
         shown = tuple(printable(o) if isinstance(o, str) else o for o in objects)
-        if not tables or self.is_terminal:
+        tables = [o for o in objects if isinstance(o, Table)]
+        # a table is as wide as its cells, piped or on a narrow terminal (which wraps its lines): fitted to the
+        # width, rich cut names to "…" and gave a last column no width at all, its cells gone
+        needed = max((Measurement.get(self, self.options.update_width(WIDEST), t).maximum for t in tables), default=0)
+        if needed <= self.width:
             return super().print(*shown, **kwargs)
         kept = self._width  # print's width= is capped at the console's own (COLUMNS, else 80)
-        self.width = PIPED_WIDTH
+        self.width = needed
         try:
             super().print(*shown, **kwargs)
         finally:
