@@ -28,7 +28,7 @@ import torch
 
 from styleengine.engine import images
 from styleengine.engine.flow import Consistency, FlowEstimator, consistency, warp, warping_error
-from styleengine.engine.loop import Result, optimise_batch, uninterrupted, whole
+from styleengine.engine.loop import Result, non_finite, optimise_batch, uninterrupted, whole
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.plan import Plan
 from styleengine.engine.quality import Distances, distances
@@ -273,8 +273,8 @@ def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.nda
                    ) -> str | None:
     """Stylise (index, frame) pairs in order (frames (H, W, 3) in [0, 1], all one shape, settings.size their
     long side). finished(index): a frame done before (uint8), skipped and warped from; on_frame gets each new
-    one as it finishes. Returns None, or why it stopped early ("interrupted", "non-finite loss"): the frame
-    that stopped is not handed on."""
+    one as it finishes. Returns None, or why it stopped early ("interrupted", or a loss that is not finite in
+    loop.non_finite's words): the frame that stopped is not handed on."""
     run: VideoRun | None = None
     try:
         for index, frame in frames:
@@ -286,6 +286,8 @@ def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.nda
                 run.skip(frame, done)
                 continue
             result = run.frame(index, frame)
+            if result.result.stopped == "non-finite loss":
+                return non_finite(result.result.iterations)  # said as every command says it
             if result.result.stopped is not None:
                 return result.result.stopped
             on_frame(result)

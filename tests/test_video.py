@@ -543,6 +543,8 @@ def test_a_first_frame_not_finite_says_nothing_written(tmp_path, monkeypatch, ca
                            "3e38")
     assert code == 1 and "nothing written" in err and "wrote" not in err, err
     assert not out.exists() and not (tmp_path / "out.mp4.frames").exists()  # its video.json stayed
+    # in every command's words (probe 22a: "the loss became non-finite at frame 0")
+    assert "\nerror: frame 0: the loss is not finite at the first iteration (a weight" in err, err
 
 
 def test_a_video_interrupted_before_its_first_frame_leaves_no_frames_folder(tmp_path, monkeypatch, capsys, clip,
