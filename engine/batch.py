@@ -119,11 +119,11 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
 
 def record(result: JobResult, manifest: Manifest,
            rescue: Callable[[np.ndarray, Path], Path | None] | None = None, out_dir: Path | None = None) -> JobResult:
-    """Write an "ok" job's image (atomically), then its manifest line. A failed write turns the job into a
-    failed one (its line says why), the image handed to `rescue(image, output)` (-> where it saved it, or
-    None); so does an output whose folder now leads outside `out_dir`. Returns what was recorded; UserError if
-    the manifest cannot be written."""
-    if result.status == "ok":
+    """Write a job's image (atomically: an "ok" job's, or a failed one's last finite image), then its manifest
+    line. A failed write turns the job into a failed one (its line says why), the image handed to
+    `rescue(image, output)` (-> where it saved it, or None); so does an output whose folder now leads outside
+    `out_dir`. Returns what was recorded; UserError if the manifest cannot be written."""
+    if result.image is not None:
         try:
             escaped = outside(result.job.output, out_dir) if out_dir is not None else None
             if escaped is not None:
@@ -133,7 +133,13 @@ def record(result: JobResult, manifest: Manifest,
         except UserError as e:
             saved = rescue(result.image, result.job.output) if rescue is not None else None
             reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")
+            if result.status == "failed":  # its own reason first (a loss that was not finite)
+                reason = f"{result.reason}; {reason}"
             result = dataclasses.replace(result, status="failed", reason=reason)
+        else:
+            if result.status == "failed":
+                result = dataclasses.replace(result, reason=f"{result.reason}; its last finite image is in "
+                                                            f"{result.job.output}")
     manifest.append(result.manifest_line())
     return result
 
@@ -219,9 +225,10 @@ def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, dev
     last = result.records[-1] if result.records else None
     losses = ({"loss": last.loss, "content": last.content_loss, "style": last.style_loss, "tv": last.tv_loss}
               if last is not None else None)
-    if result.stopped == "non-finite loss":
-        return JobResult(item.job, "failed", non_finite(result.iterations),
-                         item.hash, seconds, device, result.iterations, losses, distances, batch)
+    if result.stopped == "non-finite loss":  # the last finite image is written, as run writes it
+        kept = image if result.iterations else None
+        return JobResult(item.job, "failed", non_finite(result.iterations), item.hash, seconds, device,
+                         result.iterations, losses, distances, batch, kept)
     return JobResult(item.job, "ok", None, item.hash, seconds, device, result.iterations, losses, distances,
                      batch, image)
 

@@ -198,11 +198,13 @@ class Manifest:
         return []
 
     def load(self) -> tuple[dict[str, str], list[str]]:
-        """(job id -> settings hash of its latest "ok" line, a sentence per problem), a torn last line cut off
-        first. UserError if the file cannot be read or repaired."""
+        """(job id -> settings hash of its latest line where that line is "ok", a sentence per problem), a torn
+        last line cut off first: a job whose latest line failed runs again (its output may hold that run's last
+        finite image, not the earlier ok one's picture). UserError if the file cannot be read or repaired."""
         torn = self.repair()
         entries, problems = self.read()
-        done = {e["id"]: e["settings_hash"] for e in entries if e["status"] == "ok"}
+        latest = {e["id"]: e for e in entries if e["status"] != "skipped"}  # a skip changed no file
+        done = {job: e["settings_hash"] for job, e in latest.items() if e["status"] == "ok"}
         return done, torn + problems
 
     def append(self, entry: dict[str, Any]) -> None:

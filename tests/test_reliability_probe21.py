@@ -472,3 +472,35 @@ def test_pils_warning_at_a_servers_start_is_a_warning_line(tmp_path):
     assert lines[0] == f"warning: init image {tmp_path}/b\\x1b[31mx.jpg: Corrupt EXIF data. Expecting to read 12 " \
                        f"bytes but only got 2.", proc.stderr
     assert "\x1b" not in proc.stderr
+
+
+def test_a_job_whose_loss_became_non_finite_keeps_its_last_finite_image(tmp_path, monkeypatch, capsys):
+    """A batch job whose loss went non-finite after N > 0 iterations kept no picture, where run writes the last
+    finite one (README: batch keeps run's promises; probe 22a). It is written and said; the job stays failed and
+    runs again, and a third run after an ok one does not skip a job whose latest line failed."""
+    from styleengine.engine import loop, stylise as stylise_module
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "a.png"}\n')
+    argv = ["batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST]
+    assert run_cli(monkeypatch, capsys, *argv)[0] == 0  # ok
+    real = loop.Result
+
+    def late(image, iterations, stopped, records, distances=None, **kwargs):
+        return real(image, iterations, "non-finite loss", records, distances, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stylise_module, "Result", late)
+        patch.setattr(loop, "Result", late)
+        (tmp_path / "o" / "a.png").unlink()
+        code, _, _ = run_cli(monkeypatch, capsys, *argv)
+    lines = manifest_lines(tmp_path / "o")
+    assert code == 1 and lines[-1]["status"] == "failed", lines
+    assert lines[-1]["reason"] == (f"the loss became non-finite after 1 iterations; its last finite image is in "
+                                   f"{tmp_path / 'o' / 'a.png'}"), lines[-1]
+    assert (tmp_path / "o" / "a.png").is_file()
+    code, _, _ = run_cli(monkeypatch, capsys, *argv)  # its latest line failed: it runs again, ok
+    assert code == 0 and [line["status"] for line in manifest_lines(tmp_path / "o")] == ["ok", "failed", "ok"]
+    code, _, _ = run_cli(monkeypatch, capsys, *argv)  # and is then skipped, and again
+    code, _, _ = run_cli(monkeypatch, capsys, *argv)
+    assert [line["status"] for line in manifest_lines(tmp_path / "o")] == ["ok", "failed", "ok", "skipped", "skipped"]
