@@ -18,7 +18,7 @@ from styleengine.engine.memory import (TILE_COST_FLOOR, free_memory, lbfgs_histo
                                        tile_cost, tile_for_budget)
 from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     if not style_shapes and (texture or settings.style_layers):  # no style layers (inversion): no style image
         raise ConfigError("at least one style image is needed")
     if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
-        raise ConfigError(f"{len(settings.style_blend)} style blend weights for {len(style_shapes)} style images")
+        raise SettingError("style_blend", "style blend",
+                           f"has {len(settings.style_blend)} weights for {len(style_shapes)} style images")
     if settings.content_masks and len(settings.content_masks) != len(style_shapes):
         raise ConfigError(f"{len(settings.content_masks)} --content-mask files for {len(style_shapes)} style images: "
                           f"one mask per style image, in order")

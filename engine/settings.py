@@ -468,7 +468,8 @@ class Settings:
                 if not (v >= 0 and math.isfinite(v)):
                     raise SettingError(setting, name, f"must be a finite number >= 0, got {v}")
         if self.style_blend is not None and not sum(self.style_blend) > 0:
-            raise ConfigError("style blend weights must not all be zero (they are normalised to sum to 1)")
+            raise SettingError("style_blend", "style blend", "weights must not all be zero (they are normalised to "
+                                                             "sum to 1)")
         if self.normalize_gradients and (self.tile is not None or self.mem_budget_gib is not None):
             raise ConfigError("--normalize-gradients needs each layer's whole gradient, which the tiled step "
                               "(--tile, --mem-budget) never holds; drop one of them")
