@@ -57,10 +57,11 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
     settings = inversion_settings(settings, layer)
     settings.validate()
     if not in_float32(settings.tv_weight / TV_UNIT):  # it said "tv weight 1.2e-43", a value no one gave
-        from styleengine.errors import ConfigError
+        from styleengine.errors import SettingError
 
-        raise ConfigError(f"tv weight {settings.tv_weight:g} is past float32 on an inversion's scale, where it is "
-                          f"divided by {TV_UNIT:g}: 0, or {FLOAT32_TINY * TV_UNIT:.3g} to {FLOAT32_MAX:.3g}")
+        raise SettingError("tv_weight", "tv weight", f"{settings.tv_weight:g} is past float32 on an inversion's "
+                           f"scale, where it is divided by {TV_UNIT:g}: 0, or {FLOAT32_TINY * TV_UNIT:.3g} to "
+                           f"{FLOAT32_MAX:.3g}")
     resolved = settings.resolved()
     if weights is None:
         weights = load_weights(settings.model, settings.weights, seed=settings.seed, convention=settings.convention,
@@ -72,11 +73,11 @@ def invert(image: np.ndarray, layer: str, settings: Settings, *, callback: Callb
         raise ConfigError(f"the features of {layer} are all zero for this image; choose a shallower layer")
     scaled = settings.content_weight / energy
     if not in_float32(scaled) or scaled == 0:  # it said "content weight 1.49e-41", a value no one gave
-        from styleengine.errors import ConfigError
+        from styleengine.errors import SettingError  # the command's --feature-weight (the API's content_weight)
 
-        raise ConfigError(f"feature weight {settings.content_weight:g} over {layer}'s feature energy for this image "
-                          f"({energy:.3g}) is past float32, where the loss is computed: choose one from "
-                          f"{max(FLOAT32_TINY, FLOAT32_TINY * energy):.3g} to {FLOAT32_MAX * energy:.3g}")
+        raise SettingError("feature_weight", "feature weight", f"{settings.content_weight:g} over {layer}'s feature "
+                           f"energy for this image ({energy:.3g}) is past float32, where the loss is computed: choose "
+                           f"one from {max(FLOAT32_TINY, FLOAT32_TINY * energy):.3g} to {FLOAT32_MAX * energy:.3g}")
     # the prior's weight is on the normalised feature term's scale, not the style transfer's TV_UNIT
     run = dataclasses.replace(resolved, content_weight=scaled,
                               tv_weight=settings.tv_weight / TV_UNIT)

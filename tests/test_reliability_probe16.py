@@ -208,7 +208,7 @@ def test_a_jobs_files_learning_rate_past_float32_fails_its_job_alone(tmp_path, m
 
 
 @pytest.mark.parametrize("weight, says", [("1e-40", "--feature-weight 1e-40 is past float32"),
-                                          ("3.3e38", "feature weight 3.3e+38 over conv1_2's feature energy")])
+                                          ("3.3e38", "--feature-weight 3.3e+38 over conv1_2's feature energy")])
 def test_invert_names_the_feature_weight_it_refuses(tmp_path, monkeypatch, capsys, weight, says):
     """It said "content weight 7.56e+38 is past float32", a name and a value the user never gave."""
     Image.new("RGB", (40, 40), (90, 140, 60)).save(tmp_path / "p.png")
@@ -392,7 +392,7 @@ def test_invert_names_the_tv_weight_as_given(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "p.png", "-o", tmp_path / "o.png", "--size",
                            "32", "--iters", "2", "--weights", "random", "--model", "vgg16", "--tv-weight", "1.2e-38")
     line = one_error_line(code, err)
-    assert "tv weight 1.2e-38" in line and "e-43" not in line, line
+    assert "--tv-weight 1.2e-38" in line and "e-43" not in line, line
 
 
 def test_a_pixel_range_refusal_says_which_numbers_are_assumed(tmp_path, monkeypatch, capsys):
