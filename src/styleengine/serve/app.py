@@ -281,6 +281,8 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
         settings = dataclasses.replace(base, **values)
         settings = dataclasses.replace(settings, distance_every=distance_every(settings.iterations))
         over = over_limits(settings, config.max_size, config.max_iters)
+        if over is not None and recipe is not None:  # a value the request may not have sent
+            over += f" (with recipe {recipe}, its defaults stand where size and iters are not sent)"
         if over is not None:
             raise HTTPException(422, over)
         settings.validate()
