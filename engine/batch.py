@@ -61,7 +61,8 @@ class Planned:
 
 @dataclass
 class JobResult:
-    """A finished job: the manifest's fields, and the image to write for an "ok" job."""
+    """A finished job: the manifest's fields, and the image to write (an "ok" job's, or a failed one's last
+    finite image)."""
 
     job: Job
     status: str  # "ok", "failed" or "skipped"
@@ -74,15 +75,16 @@ class JobResult:
     distances: dict[str, Any] | None = None
     batch: int = 1  # how many jobs were optimised together with this one (itself included)
     image: np.ndarray | None = field(default=None, repr=False)
+    last_finite: bool = False  # a failed job's last finite image was written to its output
 
     def manifest_line(self) -> dict[str, Any]:
         return {"id": self.job.id, "status": self.status, "reason": self.reason, "output": str(self.job.output),
                 "settings_hash": self.settings_hash, "seconds": round(self.seconds, 3), "device": self.device,
                 "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
-                "batch": self.batch}
+                "batch": self.batch, **({"last_finite": True} if self.last_finite else {})}
 
 
-def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[str, str] | None = None
+def plan(jobs: list[Job], base: Settings, done: dict[tuple[str, str], str], digests: dict[str, str] | None = None
          ) -> list[Planned]:
     """Each job's settings and hash (its run's plan among what it hashes); "skipped" where its output exists and
     `done` (Manifest.load) has the same hash for it; "failed" where its settings are bad, its plan cannot run
@@ -112,7 +114,7 @@ def plan(jobs: list[Job], base: Settings, done: dict[str, str], digests: dict[st
             planned.append(Planned(job, None, None, "failed",
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
-        skip = done.get(job.id) == digest and job.output.is_file()
+        skip = done.get((job.id, str(job.output))) == digest and job.output.is_file()
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run"))
     return planned
 
@@ -139,7 +141,7 @@ def record(result: JobResult, manifest: Manifest,
         else:
             if result.status == "failed":
                 result = dataclasses.replace(result, reason=f"{result.reason}; its last finite image is in "
-                                                            f"{result.job.output}")
+                                                            f"{result.job.output}", last_finite=True)
     manifest.append(result.manifest_line())
     return result
 

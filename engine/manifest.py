@@ -96,6 +96,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "losses": ("names and numbers", lambda v: isinstance(v, dict) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())),
     "distances": ("a JSON object", lambda v: isinstance(v, dict)),
+    "last_finite": ("true or false", lambda v: isinstance(v, bool)),  # a failed job that wrote its last image
 }
 
 
@@ -197,14 +198,17 @@ class Manifest:
             raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
         return []
 
-    def load(self) -> tuple[dict[str, str], list[str]]:
-        """(job id -> settings hash of its latest line where that line is "ok", a sentence per problem), a torn
-        last line cut off first: a job whose latest line failed runs again (its output may hold that run's last
-        finite image, not the earlier ok one's picture). UserError if the file cannot be read or repaired."""
+    def load(self) -> tuple[dict[tuple[str, str], str], list[str]]:
+        """((job id, output) -> settings hash of the "ok" line that last wrote that output, a sentence per
+        problem), a torn last line cut off first. An output another job wrote since (or a failed job's last
+        finite image) is no longer that ok job's picture: it runs again. UserError if the file cannot be read or
+        repaired."""
         torn = self.repair()
         entries, problems = self.read()
-        latest = {e["id"]: e for e in entries if e["status"] != "skipped"}  # a skip changed no file
-        done = {job: e["settings_hash"] for job, e in latest.items() if e["status"] == "ok"}
+        writers = {e.get("output"): e for e in entries
+                   if e["status"] == "ok" or (e["status"] == "failed" and e.get("last_finite") is True)}
+        done = {(e["id"], output): e["settings_hash"] for output, e in writers.items()
+                if e["status"] == "ok" and isinstance(output, str)}
         return done, torn + problems
 
     def append(self, entry: dict[str, Any]) -> None:

@@ -142,9 +142,10 @@ def test_the_batch_hash_holds_the_plan_so_another_plan_runs_again(tmp_path, pics
     first = engine.plan([job], base, {})[0]
     assert first.status == "run", first.reason
     (tmp_path / "a.png").write_bytes(b"made")
-    assert engine.plan([job], base, {"a": first.hash})[0].status == "skipped"
+    done = {("a", str(tmp_path / "a.png")): first.hash}
+    assert engine.plan([job], base, done)[0].status == "skipped"
     monkeypatch.setattr(plan_module, "free_memory", lambda device: 24 * 2**30)
-    tight = engine.plan([job], base, {"a": first.hash})[0]
+    tight = engine.plan([job], base, done)[0]
     assert tight.status == "run" and tight.hash != first.hash
 
 

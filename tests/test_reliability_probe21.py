@@ -504,3 +504,43 @@ def test_a_job_whose_loss_became_non_finite_keeps_its_last_finite_image(tmp_path
     code, _, _ = run_cli(monkeypatch, capsys, *argv)  # and is then skipped, and again
     code, _, _ = run_cli(monkeypatch, capsys, *argv)
     assert [line["status"] for line in manifest_lines(tmp_path / "o")] == ["ok", "failed", "ok", "skipped", "skipped"]
+
+
+# ------------------------------------------------------------------ probe 23a
+
+def _batch_run(monkeypatch, capsys, tmp_path, lines):
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, _, _ = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    return code, [(line["id"], line["status"]) for line in manifest_lines(tmp_path / "o")]
+
+
+def test_a_job_is_not_skipped_when_another_job_wrote_its_output_since(tmp_path, monkeypatch, capsys):
+    """Job a wrote a.png, then job b wrote a.png, then a was `skipped` with b's picture in a.png; two jobs that
+    swapped outputs were both skipped (probe 23a). A job is skipped only where its ok line last wrote its output."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("RGB", (48, 48), (20, 230, 30)).save(tmp_path / "s2.png")
+    a = {"id": "a", "content": "c.png", "style": "s.png", "output": "a.png"}
+    b = {"id": "b", "content": "c.png", "style": "s2.png", "output": "a.png"}
+    _batch_run(monkeypatch, capsys, tmp_path, [a])
+    _batch_run(monkeypatch, capsys, tmp_path, [b])
+    code, lines = _batch_run(monkeypatch, capsys, tmp_path, [a])
+    assert code == 0 and lines[-1] == ("a", "ok"), lines
+    swap = [{**a, "output": "x.png"}, {**b, "output": "y.png"}]
+    _batch_run(monkeypatch, capsys, tmp_path, swap)
+    code, lines = _batch_run(monkeypatch, capsys, tmp_path, [{**a, "output": "y.png"}, {**b, "output": "x.png"}])
+    assert lines[-2:] in ([("a", "ok"), ("b", "ok")], [("b", "ok"), ("a", "ok")]), lines
+
+
+def test_a_job_whose_failure_wrote_nothing_is_skipped_after(tmp_path, monkeypatch, capsys):
+    """A job that failed at its plan (a style missing for a while) ran again though its ok picture stood
+    (probe 23a): only a failed job that wrote its last finite image makes its output another picture."""
+    _pictures(tmp_path)
+    job = {"id": "a", "content": "c.png", "style": "s.png", "output": "a.png"}
+    _batch_run(monkeypatch, capsys, tmp_path, [job])
+    (tmp_path / "s.png").rename(tmp_path / "s.bak")
+    _batch_run(monkeypatch, capsys, tmp_path, [job])
+    (tmp_path / "s.bak").rename(tmp_path / "s.png")
+    code, lines = _batch_run(monkeypatch, capsys, tmp_path, [job])
+    assert code == 0 and lines == [("a", "ok"), ("a", "failed"), ("a", "skipped")], lines
