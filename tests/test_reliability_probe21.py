@@ -544,3 +544,37 @@ def test_a_job_whose_failure_wrote_nothing_is_skipped_after(tmp_path, monkeypatc
     (tmp_path / "s.bak").rename(tmp_path / "s.png")
     code, lines = _batch_run(monkeypatch, capsys, tmp_path, [job])
     assert code == 0 and lines == [("a", "ok"), ("a", "failed"), ("a", "skipped")], lines
+
+
+def test_a_style_blend_of_the_wrong_length_is_said_by_the_name_given(tmp_path):
+    """The API and serve said "style blend has 2 weights for 1 style images": the check is the plan's, after
+    the settings' (probe 23a)."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png
+    from styleengine.serve.app import Config, create_app
+
+    _pictures(tmp_path)
+    with pytest.raises(ConfigError, match="^style_blend has 2 weights for 1 style images"):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", size=40, iterations=1,
+                            style_blend=[1, 2])
+    with TestClient(create_app(Config(settings=SETTINGS.resolved(), root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1), png(40, 40, 2)),
+                               data={"style_blend": "1,2,3"})
+        assert response.status_code == 422 and response.json()["detail"].startswith("style_blend has 3 weights")
+
+
+def test_pils_warning_about_one_file_in_two_roles_is_said_once(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    _bad_exif_jpeg(tmp_path / "x.jpg")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "x.jpg", tmp_path / "x.jpg", "-o",
+                           tmp_path / "o.png", *FAST, "--init", tmp_path / "x.jpg")
+    assert code == 0 and [line for line in err.splitlines() if "EXIF" in line] == [
+        f"warning: content image {tmp_path / 'x.jpg'}: Corrupt EXIF data. Expecting to read 12 bytes but only got 2."]

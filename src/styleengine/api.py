@@ -113,9 +113,9 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
         config.check_texture_start()
     try:
         config.validate(texture=content is None)
+        image, result = run(content_array, style_arrays, config, callback=callback)
     except SettingError as e:  # said as the keyword argument that sets it
         raise e.named(e.setting) from None
-    image, result = run(content_array, style_arrays, config, callback=callback)
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
     if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell
         raise Interrupted(images.to_pil(np.asarray(image)), result.iterations)

@@ -177,7 +177,7 @@ def unsupported_weights(spec: str | os.PathLike) -> str | None:
 
 
 NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
-_WARNED: dict[tuple[str, str, str], None] = {}  # PIL's warnings said, oldest first: each once a process
+_WARNED: dict[tuple[str, str], None] = {}  # (file, PIL's warning) said, oldest first: each once a process
 
 
 def as_given(path: str | os.PathLike, role: str) -> str:
@@ -687,10 +687,10 @@ def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseExce
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
         for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught) if not quiet else ():
-            said = (role, os.fspath(path), message)
-            if said not in _WARNED:  # a batch's or a video's own --init is read for every job or frame
+            said = (os.fspath(path), message)
+            if said not in _WARNED:  # a batch's own --init is read for every job; one file may be two inputs
                 _WARNED[said] = None
-                logger.warning("%s %s: %s", *said)
+                logger.warning("%s %s: %s", role, *said)
             while len(_WARNED) > 1000:  # a server's uploads are new files every time
                 del _WARNED[next(iter(_WARNED))]
     except passes:

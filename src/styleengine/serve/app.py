@@ -267,7 +267,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
                   style_labels=[label for _, label in saved[1:]])
         _check_masks(settings, arrays, [label for _, label in saved])
     except UserError as e:
-        raise HTTPException(422, first_line(e)) from None
+        raise HTTPException(422, _said(e)) from None
     digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
@@ -287,11 +287,16 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
             raise HTTPException(422, over)
         settings.validate()
         return settings.resolved()
-    except SettingError as e:  # said as its form field, where a request may set it
-        field = next((name for name, target in FIELDS.items() if target == e.setting), None)
-        raise HTTPException(422, first_line(e.named(field) if field else e)) from None
     except UserError as e:
-        raise HTTPException(422, first_line(e)) from None
+        raise HTTPException(422, _said(e)) from None
+
+
+def _said(error: UserError) -> str:
+    """A request's error in one line, one setting's by its form field where a request may set it."""
+    if isinstance(error, SettingError):
+        field = next((name for name, target in FIELDS.items() if target == error.setting), None)
+        return first_line(error.named(field) if field else error)
+    return first_line(error)
 
 
 def _static(name: str) -> Path:
