@@ -7,6 +7,7 @@ never loaded here.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,11 @@ import pytest
 import torch
 
 from styleengine.model.weights import Weights, load_weights
+
+# the signal tests send SIGHUP to commands that keep an ignored one ignored (nohup): they start from a terminal's
+# default, whatever the runner (a background job, nohup) left
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 SHARED_VGG16_NAME = "vgg16_imagenet_features.safetensors"
 # the repo checkout sits next to shared/ (/work/main and /work/shared)

@@ -138,10 +138,11 @@ def test_once_the_command_returned_the_way_out_ignores_signals(monkeypatch):
 
     from styleengine.cli import signals
 
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     with signals.installed(exiting=True):
         signals.finish()
     try:
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    finally:  # every one as it was: a SIGHUP left ignored made a later test's server ignore it, as under nohup
+        for s, handler in before.items():
+            signal.signal(s, handler)
