@@ -42,6 +42,8 @@ def _keeping_signal_handlers() -> Iterator[None]:
         yield
         return
     ours = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    if hasattr(signal, "SIGALRM") and callable(signal.getsignal(signal.SIGALRM)):
+        ours.append(signal.SIGALRM)  # the CLI's retry of a signal put off in an import: lost in a fork hook too
     saved = {s: signal.getsignal(s) for s in ours}
     came: list[int] = []
     real = signal.signal

@@ -578,3 +578,22 @@ def test_pils_warning_about_one_file_in_two_roles_is_said_once(tmp_path, monkeyp
                            tmp_path / "o.png", *FAST, "--init", tmp_path / "x.jpg")
     assert code == 0 and [line for line in err.splitlines() if "EXIF" in line] == [
         f"warning: content image {tmp_path / 'x.jpg'}: Corrupt EXIF data. Expecting to read 12 bytes but only got 2."]
+
+
+def test_a_signal_put_off_in_an_import_is_not_lost_in_ray_init():
+    """A signal put off during an import is raised again by SIGALRM; that retry fired inside a fork hook in
+    ray.init, where the KeyboardInterrupt was printed as ignored, and the batch ran every job, exit 0 (4 of 21;
+    probe 23b). The retry is kept through ray.init and raised once it returns."""
+    import signal
+
+    from styleengine.engine.batch_ray import _keeping_signal_handlers
+
+    came = []
+    previous = signal.signal(signal.SIGALRM, lambda n, f: came.append(n))  # the CLI's _again while an alarm is set
+    try:
+        with _keeping_signal_handlers():
+            signal.raise_signal(signal.SIGALRM)  # in ray.init
+            assert came == []
+        assert came == [signal.SIGALRM]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
