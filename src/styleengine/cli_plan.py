@@ -125,14 +125,11 @@ def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | 
                            style_shapes: list[tuple[int, int]]) -> None:
     """The --init image's and the masks' sizes from their headers, as the run checks their pixels after the
     plan (load_init, masks.load): not an image, under 32 px, a mask of another aspect ratio than its image."""
+    pictures = {role: picture for role, _, picture in settings.mask_pictures(
+        ("the content image", content_shape), list(zip((f"style image {p}" for p in styles), style_shapes)))}
+
     def against(role: str, mask: str | os.PathLike, shape: tuple[int, int]) -> None:
-        kind, _, number = role.rpartition(" ")
-        if content_shape is None or kind not in ("content mask", "style mask"):  # a texture has no masks
-            return
-        if kind == "content mask":
-            paths.check_mask_aspect(role, mask, shape, "the content image", content_shape)
-        elif int(number) <= len(styles):  # the counts are the plan's check
-            i = int(number) - 1
-            paths.check_mask_aspect(role, mask, shape, f"style image {styles[i]}", style_shapes[i])
+        if content_shape is not None and role in pictures:  # a texture has no masks
+            paths.check_mask_aspect(role, mask, shape, *pictures[role])
 
     check_own_files(settings, against=against)  # each mask's aspect as its header is read, in the run's order

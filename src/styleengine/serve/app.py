@@ -225,15 +225,11 @@ def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> No
     name only): one of another aspect ratio than its picture failed the job after a 202."""
     from styleengine import paths
 
-    pairs = [("content mask", mask, 0) for mask in settings.content_masks or ()]
-    pairs += [("style mask", mask, i + 1) for i, mask in enumerate(settings.style_masks or ())]
-    counts: dict[str, int] = {}
-    for kind, mask, index in pairs:
-        counts[kind] = counts.get(kind, 0) + 1
-        if index < len(arrays):
-            paths.check_mask_aspect(f"the server's {kind} {counts[kind]}", Path(mask).name,
-                                    paths.header_shape(mask, f"the server's {kind} {counts[kind]}"),
-                                    labels[index] if index else "the content image", arrays[index].shape)
+    pictures = [(label if index else "the content image", array.shape) for index, (label, array)
+                in enumerate(zip(labels, arrays))]
+    for role, mask, (label, shape) in settings.mask_pictures(pictures[0], pictures[1:]):
+        paths.check_mask_aspect(f"the server's {role}", Path(mask).name,
+                                paths.header_shape(mask, f"the server's {role}"), label, shape)
 
 
 def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, styles: list[UploadFile],
