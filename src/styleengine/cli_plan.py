@@ -55,15 +55,14 @@ def check_cache_for(settings: Settings) -> None:
         paths.check_cache_dir(paths.cache_root(), "STYLEENGINE_CACHE_DIR")
 
 
-def _shape(path: str | os.PathLike, what: str, quiet: bool = False) -> tuple[int, int]:
-    """The (height, width) of the image `what` from its header, with the run's refusals in the run's words;
-    `quiet`: PIL's warnings left to the image's load."""
+def _shape(path: str | os.PathLike, what: str) -> tuple[int, int]:
+    """The (height, width) of the image `what` from its header, with the run's refusals in the run's words."""
     path = paths.as_given(path, what)  # as the messages show it (`--init ./noise`)
     paths.check_name(path, what)
     problem = paths.input_problem(what, path)
     if problem is not None:
         raise ImageError(problem)
-    shape = paths.header_shape(path, what, quiet=quiet)  # what the run would decode: a body cut short passes
+    shape = paths.header_shape(path, what)  # what the run would decode: a body cut short passes
     paths.check_sides(f"{what} {path}", shape)
     return shape
 
@@ -109,7 +108,7 @@ def check_own_files(settings: Settings, decode: bool = False,
                                       style_masks=settings.style_masks).items():
         if role == "weights file":
             continue
-        shapes[role] = _shape(path, role, quiet=decode)  # missing too, in the run's words (an init's: the starts)
+        shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's: the starts)
         if against is not None:
             against(role, path, shapes[role])
         if decode:
