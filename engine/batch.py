@@ -119,6 +119,11 @@ def plan(jobs: list[Job], base: Settings, done: dict[tuple[str, str], str], dige
     return planned
 
 
+def kept_last_finite(output: Path) -> str:
+    """How a failed job's line says its last finite image was written."""
+    return f"its last finite image is in {output}"
+
+
 def record(result: JobResult, manifest: Manifest,
            rescue: Callable[[np.ndarray, Path], Path | None] | None = None, out_dir: Path | None = None) -> JobResult:
     """Write a job's image (atomically: an "ok" job's, or a failed one's last finite image), then its manifest
@@ -140,8 +145,8 @@ def record(result: JobResult, manifest: Manifest,
             result = dataclasses.replace(result, status="failed", reason=reason)
         else:
             if result.status == "failed":
-                result = dataclasses.replace(result, reason=f"{result.reason}; its last finite image is in "
-                                                            f"{result.job.output}", last_finite=True)
+                result = dataclasses.replace(result, reason=f"{result.reason}; {kept_last_finite(result.job.output)}",
+                                            last_finite=True)
     manifest.append(result.manifest_line())
     return result
 

@@ -330,3 +330,41 @@ def test_the_default_folder_is_serve_in_the_cache_folder(isolated_cache, monkeyp
         assert not any(tmp_path.iterdir())  # nothing in the working directory
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("iterations", [0, 2])
+def test_a_job_whose_loss_went_non_finite_serves_its_last_finite_image(config, monkeypatch, iterations):
+    """A job whose loss became non-finite kept no picture in serve, where run and batch write the last finite one
+    (stop 37's known limit). It stays failed, says so, and its result is that image, across a restart too; a loss
+    not finite at the first iteration has none."""
+    from styleengine.engine import loop, stylise as stylise_module
+
+    real = loop.Result
+
+    def late(image, _, stopped, records, distances=None, **kwargs):
+        return real(image, iterations, "non-finite loss", records[:iterations], distances, **kwargs)
+
+    monkeypatch.setattr(stylise_module, "Result", late)
+    monkeypatch.setattr(loop, "Result", late)
+    with TestClient(create_app(config)) as client:
+        job = wait_for(client, _submit(client))
+        assert job["status"] == "failed", job
+        result = client.get(f"/api/jobs/{job['id']}/result")
+        if not iterations:
+            assert job["reason"].startswith("the loss is not finite at the first iteration") and not job["result"], job
+            assert result.status_code == 409 and not job["last_finite"]
+            return
+        assert job["reason"] == ("the loss became non-finite after 2 iterations; its last finite image is the job's "
+                                 "result"), job
+        assert job["last_finite"] and job["result"] == f"/api/jobs/{job['id']}/result"
+        assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size == (40, 32)
+    monkeypatch.undo()
+    with TestClient(create_app(config)) as client:  # a restart serves it again
+        again = client.get(f"/api/jobs/{job['id']}").json()
+        assert (again["status"], again["reason"], again["last_finite"]) == ("failed", job["reason"], True), again
+        assert client.get(f"/api/jobs/{job['id']}/result").content == result.content
+    (config.root / "results" / f"{job['id']}.png").unlink()
+    with TestClient(create_app(config)) as client:  # its file removed: no result, and the reason says why
+        gone = client.get(f"/api/jobs/{job['id']}").json()
+        assert gone["result"] is None and not gone["last_finite"] and gone["reason"].endswith("; that file is gone")
+        assert client.get(f"/api/jobs/{job['id']}/result").status_code == 409

@@ -86,3 +86,41 @@ def test_the_page_makes_a_picture_in_chromium(tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_the_page_shows_a_failed_jobs_last_finite_image(tmp_path, monkeypatch):
+    """A job whose loss went non-finite after some iterations: the page says why, shows its last finite image and
+    offers it for download, as run and batch write it."""
+    from styleengine.engine import loop, stylise as stylise_module
+
+    chromium = _chromium()
+    real = loop.Result
+
+    def late(image, iterations, stopped, records, distances=None, **kwargs):
+        return real(image, iterations, "non-finite loss", records, distances, **kwargs)
+
+    monkeypatch.setattr(stylise_module, "Result", late)
+    monkeypatch.setattr(loop, "Result", late)
+    settings = dataclasses.replace(SETTINGS, size=64, iterations=10)  # the page's sliders' least values
+    config = Config(settings=settings.resolved(), root=tmp_path / "srv", max_size=64, max_iters=10)
+    content, starry, _ = _pictures(tmp_path)
+    with uvicorn_server(create_app(config)) as url, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.goto(url + "/")
+            page.set_input_files("#content", str(content))
+            page.set_input_files("#style", [str(starry)])
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('st-status').textContent === 'failed'", timeout=60_000)
+            assert page.locator("#error").text_content() == ("the loss became non-finite after 10 iterations; its "
+                                                             "last finite image is the job's result")
+            assert page.locator("#download").get_attribute("aria-disabled") == "false"
+            page.wait_for_function("document.getElementById('preview').naturalWidth === 64", timeout=10_000)
+            with page.expect_download() as download:
+                page.click("#download")
+            saved = tmp_path / "download.png"
+            download.value.save_as(saved)
+            assert max(Image.open(saved).size) == 64
+        finally:
+            browser.close()

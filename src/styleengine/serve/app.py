@@ -436,11 +436,11 @@ def create_app(config: Config, store: JobStore | None = None,
     async def status(job_id: str) -> dict[str, Any]:
         return (await job_or_404(job_id)).to_json()
 
-    @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG)",
+    @app.get("/api/jobs/{job_id}/result", summary="The finished picture (PNG), or a failed job's last finite image",
              responses={200: {"content": {"image/png": {}}}})
     async def result(job_id: str) -> Response:
         job = await job_or_404(job_id)
-        if job.status != "done":
+        if not job.has_result:
             why = f": {job.reason}" if job.reason and job.status == "failed" else ""
             raise HTTPException(409, f"job {job_id} is {job.status}{why}; no result")
         try:

@@ -67,7 +67,8 @@ class Job:
     version: int = 0  # bumped at every change an event stream sends
     # called (from the worker thread) after each change: an event stream's wake-up, so it sends the news now
     wakers: list[Callable[[], None]] = field(default_factory=list, repr=False)
-    result_at: Path | None = None  # a Ray replica's view of another replica's done job: where its PNG is
+    last_finite: bool = False  # a failed job whose loss went non-finite: its last finite image is its result
+    result_at: Path | None = None  # a Ray replica's view of another replica's job with a result: where its PNG is
     _last_progress: float = 0.0
     _last_preview: float = -math.inf
 
@@ -77,8 +78,13 @@ class Job:
                 "seconds": round(self.seconds, 3),
                 # with `seconds`, once the job is over (while it runs, `seconds` is not yet set)
                 "loop_seconds": round(self.loop_seconds, 3) if self.over and self.loop_seconds is not None else None,
-                "batch": self.batch, "keep": self.keep,
-                "result": f"/api/jobs/{self.id}/result" if self.status == "done" else None}
+                "batch": self.batch, "keep": self.keep, "last_finite": self.last_finite,
+                "result": f"/api/jobs/{self.id}/result" if self.has_result else None}
+
+    @property
+    def has_result(self) -> bool:
+        """A picture to serve: a done job's, or a failed one's last finite image (as `run` writes it)."""
+        return self.status == "done" or (self.status == "failed" and self.last_finite)
 
     @property
     def run_settings(self) -> Settings:

@@ -126,7 +126,9 @@ class JobStore:
             log.warning("%s", problem)
         for entry in entries:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
-                      reason=self.for_clients(entry.get("reason")), iteration=entry.get("iterations") or 0,
+                      reason=self.for_clients(entry.get("reason"), entry["id"]),
+                      last_finite=entry["status"] == "failed" and entry.get("last_finite") is True,
+                      iteration=entry.get("iterations") or 0,
                       iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
                       seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
                       batch=entry.get("batch") or 1, keep=True)
@@ -137,6 +139,8 @@ class JobStore:
                 job.status = "cancelled"
             if job.status == "done" and not self.result_path(job.id).is_file():
                 job.status, job.reason = "failed", "the result file is gone"
+            elif job.last_finite and not self.result_path(job.id).is_file():
+                job.last_finite, job.reason = False, f"{self.for_clients(entry.get('reason'))}; that file is gone"
             self.jobs[job.id] = job
         self._clear_leftovers()
         log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
@@ -394,8 +398,9 @@ class JobStore:
             elif result.stopped == "interrupted":  # the server is stopping
                 self._record(job, "failed", f"the server stopped at iteration {result.iterations} of "
                              f"{job.iterations}; submit it again", None, result)
-            elif result.stopped == "non-finite loss":
-                self._record(job, "failed", non_finite(result.iterations), None, result)
+            elif result.stopped == "non-finite loss":  # its last finite image kept, as run and batch keep it
+                self._record(job, "failed", non_finite(result.iterations), image if result.iterations else None,
+                             result)
             else:
                 self._record(job, "ok", None, image, result)
 
@@ -421,14 +426,15 @@ class JobStore:
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
-        changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason), "finished": time.time()}
+        changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, job.id),
+                                   "finished": time.time(), "last_finite": done.last_finite}
         if losses is not None:
             changes["losses"] = losses
         if distances is not None:
             changes["distances"] = distances
         if result is not None:
             changes["iteration"] = result.iterations
-        if final == "done" and image is not None:
+        if (final == "done" or done.last_finite) and image is not None:
             changes["preview"] = png_bytes(image)
             changes["preview_iteration"] = result.iterations
         self._set(job, **changes)
@@ -438,11 +444,14 @@ class JobStore:
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
 
-    def for_clients(self, reason: str | None) -> str | None:
+    def for_clients(self, reason: str | None, job_id: str | None = None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
-        for the operator, as a 507's log line does)."""
+        for the operator, as a 507's log line does); job `job_id`'s own last finite image is its result."""
         if reason is None:
             return None
+        if job_id is not None:
+            reason = reason.replace(batch.kept_last_finite(self.result_path(job_id)),
+                                    "its last finite image is the job's result")
         for spelled in {str(self.root.resolve()), str(self.root.absolute())}:  # never a relative "." or "srv"
             reason = reason.replace(spelled, "<server folder>")
         return reason

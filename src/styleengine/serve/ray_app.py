@@ -90,7 +90,7 @@ def _snapshot(entry: dict[str, Any]) -> Job:
               seconds=data["seconds"], loop_seconds=data["loop_seconds"], batch=data["batch"], keep=data["keep"],
               created=entry["created"],
               preview=preview[0] if preview else None, preview_iteration=preview[1] if preview else 0,
-              version=entry["version"])
+              last_finite=data.get("last_finite", False), version=entry["version"])
     job.result_at = Path(entry["result"]) if entry["result"] else None
     return job
 
@@ -117,7 +117,7 @@ class RayJobStore(JobStore):
 
         changed = [j for j in list(self.jobs.values()) if self._published.get(j.id) != j.version]
         items: list[dict[str, Any]] = [{"json": j.to_json(), "version": j.version, "created": j.created,
-                  "result": str(self.result_path(j.id)) if j.status == "done" else None,
+                  "result": str(self.result_path(j.id)) if j.has_result else None,
                   "preview": (j.preview, j.preview_iteration) if j.preview is not None else None} for j in changed]
         cancels = ray.get(self.board.publish.remote(self.owner, items))
         for item in items:
@@ -158,7 +158,7 @@ class RayJobStore(JobStore):
     def result_file(self, job: Job) -> Path:
         if self.owns(job):
             return super().result_file(job)
-        assert job.result_at is not None  # a snapshot of a done job carries its owner's path
+        assert job.result_at is not None  # a snapshot of a job with a result carries its owner's path
         return job.result_at
 
     def cancel(self, job: Job) -> None:

@@ -66,12 +66,14 @@ function finish(job) {
   if (state.source) { state.source.close(); state.source = null; }
   $("cancel").disabled = true;
   $("submit").disabled = false;
-  if (job.status === "done") {
+  if (job.result) {  // done, or failed with its last finite image (the error below says which)
     const url = withToken(`/api/jobs/${job.id}/result`);
     $("download").href = url;
     $("download").setAttribute("download", `styleengine-${job.id}.png`);
     $("download").setAttribute("aria-disabled", "false");
     showPreview(url);
+  }
+  if (job.status === "done") {
     const done = JSON.parse(sessionStorage.getItem("styleengine-jobs") || "[]");
     done.unshift(job.id);
     sessionStorage.setItem("styleengine-jobs", JSON.stringify(done.slice(0, 48)));
