@@ -81,9 +81,16 @@ class LossConfig:
             raise ConfigError(f"style layer weights must be finite numbers >= 0, got {list(self.layer_weights())}")
         for field, name, value in (("content_weight", "content weight", self.content_weight),
                                    ("style_weight", "style weight", self.style_weight),
-                                   ("tv_weight", "tv weight", self.tv_weight),
-                                   *(("style_layer_weights", "style layer weight", w) for w in self.layer_weights())):
+                                   ("tv_weight", "tv weight", self.tv_weight)):
             check_float32(name, value, field)
+        given = self.style_layer_weights or self.layer_weights()
+        for was, weight, layer in zip(given, self.layer_weights(), self.style_layers):
+            check_float32("style layer weight", was, "style_layer_weights")
+            if weight != was and not in_float32(weight):  # the value given, then what the division made of it
+                raise SettingError("style_layer_weights", "style layer weight",
+                                   f"{was:g} divided by {layer}'s {vgg.channels(layer)} channels (normalize weights) "
+                                   f"is {weight:g}, past float32, where the loss is computed (0, or "
+                                   f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g})")
         if len(self.layer_weights()) != len(self.style_layers):
             raise ConfigError(
                 f"{len(self.layer_weights())} style layer weights for {len(self.style_layers)} style layers"

@@ -1,0 +1,44 @@
+"""Issue 23, stop 38: stop 37's known limits mended, and probe 24's findings (on af79380)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import manifest_lines, one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import manifest_lines, one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+NORMALIZED = ("5e-37 divided by relu1_1's 64 channels (normalize weights) is 7.8125e-39, past float32, where the "
+              "loss is computed")
+
+
+def test_a_normalized_style_layer_weight_is_said_as_given(tmp_path, monkeypatch, capsys):
+    """--style-layer-weights under --normalize-weights was checked and said after the division ("1.5625e-46 is
+    past float32" for 1e-44 typed; stop 37's known limit): the value given is said, then what the division made."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    weights = ["--normalize-weights", "--style-layer-weights", "5e-37,1,1,1,1"]
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, *weights, *dry)
+        assert one_error_line(code, err) == f"error: --style-layer-weights {NORMALIZED} (0, or 1.18e-38 to 3.4e+38)"
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--normalize-weights", "--style-layer-weights", "1e-44,1,1,1,1")
+    assert one_error_line(code, err).startswith("error: --style-layer-weights 1e-44 is past float32"), err
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png",
+                                                  "Style-Layer-Weights": [5e-37, 1, 1, 1, 1],
+                                                  "normalize_weights": True}) + "\n")
+    code, _, _ = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    assert code == 1 and f"style-layer-weights {NORMALIZED}" in manifest_lines(tmp_path / "o")[0]["reason"]
+    with pytest.raises(ConfigError, match="^" + re.escape(f"style_layer_weights {NORMALIZED}")):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
+                            normalize_weights=True, style_layer_weights=(5e-37, 1, 1, 1, 1))
