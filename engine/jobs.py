@@ -79,16 +79,18 @@ class Job:
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str, base_dir: Path
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str, str]
                ) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]:
-    """(Settings field, value) of a job's own keys, under its recipe, and (Settings field, the key as typed)."""
+    """(Settings field, value) of a job's own keys (lower-cased; `typed`: each as typed), under its recipe, and
+    (Settings field, the key as typed)."""
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
     recipe = _text(raw, RECIPE, where)
-    for key, value in raw.items():
-        if key == RECIPE:
+    for lower, value in raw.items():
+        if lower == RECIPE:
             continue
-        name = _ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        key = typed.get(lower, lower)
+        name = _ALIASES.get(lower.replace("-", "_"), lower.replace("-", "_"))
         if name not in OVERRIDES:
             raise ConfigError(f"{where}: {key!r} is not a per-job setting; choose from "
                               f"{', '.join(sorted(set(OVERRIDES) | set(_ALIASES) | {RECIPE}))}")
@@ -170,6 +172,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     if len(named) < len(raw):
         twice = next(k for k in named if [str(r).strip().lower() for r in raw].count(k) > 1)
         raise ConfigError(f"{where}: the key {twice!r} appears twice (in other cases or spacing); give it once")
+    typed = {str(k).strip().lower(): str(k).strip() for k in raw}  # a setting's key is said as typed
     raw = named
     if not csv_row:  # a JSON "" is a value given as nothing (a CSV's blank cell is the batch's value)
         blank = next((k for k, v in raw.items() if isinstance(v, str) and not v.strip()), None)
@@ -202,7 +205,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
                           f"of text (it is the output's name when not given)")
-    overrides, keys = _overrides({k: v for k, v in raw.items() if k not in _JOB_KEYS}, where, base_dir)
+    overrides, keys = _overrides({k: v for k, v in raw.items() if k not in _JOB_KEYS}, where, base_dir, typed)
     return Job(job_id, content_path, style_paths, output_path, overrides, where, folders, keys)
 
 
@@ -248,7 +251,8 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
     delimiter = ";" if header.count(";") > header.count(",") else ","
     reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
-        names = [n.strip().lower() for n in next(reader, [])]
+        typed = [n.strip() for n in next(reader, [])]  # said as typed; matched lower-cased, as a JSON key is
+        names = [n.lower() for n in typed]
         _utf8("".join(names), f"{path} line {reader.line_num}")
         if "content" not in names and header.strip():  # an empty file is no jobs, as an empty .jsonl is
             tabs = "; it is separated by tabs" if "\t" in header and delimiter not in header else ""
@@ -265,7 +269,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
                 continue
             if len(row) > len(names):
                 raise ConfigError(f"{path} line {reader.line_num}: more cells than the header has columns")
-            yield reader.line_num, dict(zip(names, row))
+            yield reader.line_num, dict(zip(typed, row))
     except csv.Error as e:
         what = "a quote is not closed" if "end of data" in str(e) or "EOF" in str(e) else str(e)
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None

@@ -157,9 +157,9 @@ def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
     assert jobs._ALIASES == {"iters": "iterations", "mem_budget": "mem_budget_gib", "blend": "style_blend",
                              "content_mask": "content_masks", "style_mask": "style_masks"}
     values, keys = jobs._overrides({"iters": "7", "blend": [1, 2], "preserve-colors": "yes", "lr": ""},
-                                   "jobs line 1", tmp_path)
+                                   "jobs line 1", tmp_path, {"preserve-colors": "Preserve-Colors"})
     assert dict(values) == {"iterations": 7, "style_blend": (1.0, 2.0), "preserve_colors": True}
-    assert dict(keys) == {"iterations": "iters", "style_blend": "blend", "preserve_colors": "preserve-colors",
+    assert dict(keys) == {"iterations": "iters", "style_blend": "blend", "preserve_colors": "Preserve-Colors",
                           "lr": "lr"}  # as typed: what a job's errors name
 
 

@@ -38,7 +38,36 @@ def test_a_normalized_style_layer_weight_is_said_as_given(tmp_path, monkeypatch,
                                                   "Style-Layer-Weights": [5e-37, 1, 1, 1, 1],
                                                   "normalize_weights": True}) + "\n")
     code, _, _ = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
-    assert code == 1 and f"style-layer-weights {NORMALIZED}" in manifest_lines(tmp_path / "o")[0]["reason"]
+    assert code == 1 and f"Style-Layer-Weights {NORMALIZED}" in manifest_lines(tmp_path / "o")[0]["reason"]
     with pytest.raises(ConfigError, match="^" + re.escape(f"style_layer_weights {NORMALIZED}")):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
                             normalize_weights=True, style_layer_weights=(5e-37, 1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_a_jobs_key_is_said_as_typed_in_its_case(tmp_path, monkeypatch, capsys, kind):
+    """A jobs file's key was said lower-cased ("tv-weight" for "TV-Weight"; stop 37's known limit): a bad value, a
+    recipe's weight under it, a key that is no setting, each says the key as the file has it (trimmed)."""
+    _pictures(tmp_path)
+    rows = [{"content": "c.png", "style": "s.png", "output": "a.png", " TV-Weight ": "-1"},
+            {"content": "c.png", "style": "s.png", "output": "b.png", "Style-Weight": "-2",
+             "recipe": "neural-style-pt"}]
+    line = 1 if kind == "jsonl" else 2  # a CSV's first row is its line 2
+
+    def batch(rows):
+        if kind == "jsonl":
+            (tmp_path / "j.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        else:
+            header = list(dict.fromkeys(k for row in rows for k in row))
+            lines = [",".join(header)] + [",".join(str(row.get(k, "")) for k in header) for row in rows]
+            (tmp_path / "j.csv").write_text("\n".join(lines) + "\n")
+        return run_cli(monkeypatch, capsys, "batch", tmp_path / f"j.{kind}", "--out", tmp_path / "o", *FAST)
+
+    code, _, err = batch(rows[:1])
+    reasons = [line["reason"] for line in manifest_lines(tmp_path / "o")]
+    assert code == 1 and "TV-Weight must be a finite number >= 0, got -1.0" in reasons[0], reasons
+    code, _, err = batch(rows[1:])  # a recipe's units are checked as the file is read
+    assert f"line {line}: Style-Weight must be a finite number >= 0 (in neural-style-pt's" in one_error_line(code,
+                                                                                                          err)
+    code, _, err = batch([{**rows[0], " TV-Weight ": "1", "Colour": "yes"}])
+    assert f"line {line}: 'Colour' is not a per-job setting" in one_error_line(code, err), err
