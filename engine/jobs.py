@@ -21,7 +21,7 @@ from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: 
 from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_WORDS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, options, run_inputs,  # noqa: F401
+from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, options, run_inputs, said_as,  # noqa: F401
                                          settings_inputs)
 from styleengine.errors import ConfigError, ImageError, SettingError, UserError, first_line
 
@@ -58,9 +58,10 @@ class Job:
     def said(self, error: UserError) -> str:
         """`error`'s line at the job's place, a setting's named as the user gave it: the job's key, else the
         batch's flag."""
-        if isinstance(error, SettingError):
-            error = error.named(dict(self.keys).get(error.setting) or flag_of(error.setting))
-        return located(self.where, first_line(error))
+        names = dict(self.keys)
+        if isinstance(error, SettingError):  # one the job did not give is the batch's flag
+            names.setdefault(error.setting, flag_of(error.setting))
+        return located(self.where, first_line(said_as(error, names)))
 
     def settings(self, base: Settings) -> Settings:
         """The batch's settings with this job's overrides."""

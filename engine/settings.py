@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
@@ -21,7 +21,7 @@ from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
-from styleengine.errors import ConfigError, SettingError
+from styleengine.errors import ConfigError, SettingError, UserError
 from styleengine.model.convention import TORCHVISION, Convention
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
@@ -525,6 +525,20 @@ def flag_of(name: str) -> str:
     """The flag of setting `name` (--iters for iterations)."""
     meta = options(BATCH).get(name) or options(TEXTURE).get(name)
     return (meta.flag if meta and meta.flag else "--" + name.replace("_", "-"))
+
+
+def said_as(error: UserError, names: Mapping[str, str]) -> UserError:
+    """`error` with each setting in `names` (Settings field -> the name the user gave it: a jobs file's key, a
+    keyword, a form field) said by that name: a SettingError's label, or its flag where a message names it; the
+    rest as they were."""
+    if isinstance(error, SettingError):
+        return error.named(names[error.setting]) if error.setting in names else error
+    if type(error) is not ConfigError:  # a file's or a device's error names no setting
+        return error
+    text = str(error)
+    for name, given in names.items():  # a flag stands alone: not inside a longer flag or a path
+        text = re.sub(rf"(?<![\w/.-]){re.escape(flag_of(name))}(?![\w-])", lambda _: given, text)
+    return error if text == str(error) else ConfigError(text)
 
 
 def run_inputs(content: Path | None, styles: Sequence[Path], init: str, weights: str,

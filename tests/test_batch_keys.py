@@ -111,7 +111,8 @@ def test_a_masked_job_runs_and_its_masks_decide_its_hash(folder, monkeypatch, ca
     code, _, err = run_cli(monkeypatch, capsys, "batch", folder / "jobs.jsonl", "--out", out, *FAST)
     lines = {line["id"]: line for line in manifest(out)}
     assert code == 1 and lines["masked"]["status"] == "ok", err  # 1: the mistyped job failed, alone
-    assert lines["mistyped"]["status"] == "failed" and "1 --content-mask files for 2 style images" in \
+    # said by the job's key, as the file has it
+    assert lines["mistyped"]["status"] == "failed" and "1 content_mask files for 2 style images" in \
         lines["mistyped"]["reason"]
     assert (out / "c__s1+s2.png").exists()
     (job,) = [j for j in engine.load_jobs(folder / "jobs.jsonl", out) if j.id == "masked"]

@@ -71,3 +71,67 @@ def test_a_jobs_key_is_said_as_typed_in_its_case(tmp_path, monkeypatch, capsys, 
                                                                                                           err)
     code, _, err = batch([{**rows[0], " TV-Weight ": "1", "Colour": "yes"}])
     assert f"line {line}: 'Colour' is not a per-job setting" in one_error_line(code, err), err
+
+
+def test_a_message_about_two_settings_names_each_as_it_was_given(tmp_path, monkeypatch, capsys):
+    """A fault of two settings at once named both by their flags whichever way they came in (stop 37's known
+    limit): the API says keywords, a jobs file its keys as typed (a batch's own flag stays a flag), serve its form
+    fields (the server's own flags stay flags), the CLI flags."""
+    import dataclasses
+
+    from PIL import Image
+
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    whole = "needs each layer's whole gradient, which the tiled step"
+    with pytest.raises(ConfigError, match=re.escape(f"normalize_gradients {whole} (tile, mem_budget_gib) never")):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
+                            normalize_gradients=True, tile=32)
+    with pytest.raises(ConfigError, match=re.escape("give one layer a weight > 0, or set style_weight 0")):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
+                            style_layer_weights=(0, 0, 0, 0, 0))
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--normalize-gradients", "--tile", "32")
+    assert one_error_line(code, err) == f"error: --normalize-gradients {whole} (--tile, --mem-budget) never holds; " \
+                                        f"drop one of them"
+    rows = [{"content": "c.png", "style": "s.png", "output": "a.png", "Tile": 32, "Normalize-Gradients": True},
+            {"content": "c.png", "style": "s.png", "output": "b.png", "Tile": 32}]
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, _, _ = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                         "--normalize-gradients")
+    reasons = [line["reason"] for line in manifest_lines(tmp_path / "o")]
+    assert code == 1 and f"line 1: Normalize-Gradients {whole} (Tile, --mem-budget) never" in reasons[0], reasons
+    assert f"line 2: --normalize-gradients {whole} (Tile, --mem-budget) never" in reasons[1], reasons
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png
+    from styleengine.serve.app import Config, create_app
+
+    Image.new("L", (40, 32), 255).save(tmp_path / "m.png")
+    settings = dataclasses.replace(SETTINGS, content_masks=(str(tmp_path / "m.png"),) * 2).resolved()
+    with TestClient(create_app(Config(settings=settings, root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1), png(40, 40, 2)),
+                               data={"style_blend": "1,2"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith("style_blend does not apply with --content-mask: "), response.text
+
+
+def test_said_as_renames_a_flag_only_where_it_stands_alone():
+    """A flag inside a longer flag, a path or a word is no mention of the setting; a file's error names none."""
+    from styleengine.engine.settings import said_as
+    from styleengine.errors import ConfigError, ImageError, SettingError
+
+    error = ConfigError("--tile 32 with --tile-x, ./--tile, /a/--tile.png, x--tile and (--tile)")
+    assert str(said_as(error, {"tile": "Tile"})) == "Tile 32 with --tile-x, ./--tile, /a/--tile.png, x--tile and (Tile)"
+    assert said_as(error, {"size": "size"}) is error
+    image = ImageError("content image --tile.png was not found")
+    assert said_as(image, {"tile": "tile"}) is image
+    named = said_as(SettingError("tv_weight", "tv weight", "must be >= 0"), {"tv_weight": "TV"})
+    assert str(named) == "TV must be >= 0"

@@ -18,10 +18,10 @@ from PIL import Image
 
 from styleengine.engine import images, loop
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.engine.settings import TEXTURE_INIT
+from styleengine.engine.settings import TEXTURE_INIT, said_as
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
-from styleengine.errors import ConfigError, SettingError
+from styleengine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     try:
         config.validate(texture=content is None)
         image, result = run(content_array, style_arrays, config, callback=callback)
-    except SettingError as e:  # said as the keyword argument that sets it
-        raise e.named(e.setting) from None
+    except ConfigError as e:  # a setting said as the keyword argument that sets it, not as its flag
+        raise said_as(e, {f.name: f.name for f in dataclasses.fields(Settings)}) from None
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
     if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell
         raise Interrupted(images.to_pil(np.asarray(image)), result.iterations)

@@ -32,10 +32,11 @@ from starlette.datastructures import UploadFile
 
 from styleengine.choices import INITS
 from styleengine.engine import batch
+from styleengine.engine.settings import said_as
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.errors import SettingError, UserError, first_line
+from styleengine.errors import UserError, first_line
 from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
                                     load_upload, new_id)
 
@@ -288,11 +289,9 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
 
 
 def _said(error: UserError) -> str:
-    """A request's error in one line, one setting's by its form field where a request may set it."""
-    if isinstance(error, SettingError):
-        field = next((name for name, target in FIELDS.items() if target == error.setting), None)
-        return first_line(error.named(field) if field else error)
-    return first_line(error)
+    """A request's error in one line, a setting by its form field where a request may set it (the server's own
+    flags stay flags)."""
+    return first_line(said_as(error, {target: name for name, target in FIELDS.items()}))
 
 
 def _static(name: str) -> Path:
