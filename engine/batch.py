@@ -33,8 +33,8 @@ from styleengine.engine.settings import style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
-from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Manifest, _jsonable, file_digest,  # noqa: F401
-                                         locked, settings_hash)
+from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Finished, Manifest, _jsonable, file_digest,  # noqa: F401
+                                         locked, place, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.loop import non_finite, whole
@@ -84,11 +84,12 @@ class JobResult:
                 "batch": self.batch, **({"last_finite": True} if self.last_finite else {})}
 
 
-def plan(jobs: list[Job], base: Settings, done: dict[tuple[str, str], str], digests: dict[str, str] | None = None
+def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[str, str] | None = None
          ) -> list[Planned]:
     """Each job's settings and hash (its run's plan among what it hashes); "skipped" where its output exists and
-    `done` (Manifest.load) has the same hash for it; "failed" where its settings are bad, its plan cannot run
-    or a file cannot be read. `digests`: file hashes kept from chunk to chunk. The memory is probed once."""
+    `done` (Manifest.load) has the same hash for it and that output; "failed" where its settings are bad, its plan
+    cannot run or a file cannot be read. `digests`: file hashes kept from chunk to chunk. The memory is probed
+    once."""
     digests = {} if digests is None else digests
     planned = []
     memory: int | None = None
@@ -114,7 +115,7 @@ def plan(jobs: list[Job], base: Settings, done: dict[tuple[str, str], str], dige
             planned.append(Planned(job, None, None, "failed",
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
-        skip = done.get((job.id, str(job.output))) == digest and job.output.is_file()
+        skip = done is not None and done.hash_of(job.id, job.output) == digest and job.output.is_file()
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run"))
     return planned
 
@@ -147,7 +148,7 @@ def record(result: JobResult, manifest: Manifest,
             if result.status == "failed":
                 result = dataclasses.replace(result, reason=f"{result.reason}; {kept_last_finite(result.job.output)}",
                                             last_finite=True)
-    manifest.append(result.manifest_line())
+    manifest.append({**result.manifest_line(), "file": place(manifest.path.parent, result.job.output)})
     return result
 
 

@@ -97,7 +97,27 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())),
     "distances": ("a JSON object", lambda v: isinstance(v, dict)),
     "last_finite": ("true or false", lambda v: isinstance(v, bool)),  # a failed job that wrote its last image
+    "file": ("a text", lambda v: isinstance(v, str)),  # the output's place in the manifest's folder (place())
 }
+
+
+def place(folder: Path, output: str | Path) -> str:
+    """An output's place in its manifest's folder (a batch's --out): one text however --out was spelled and from
+    wherever the batch ran (its folders' symbolic links followed, not a link that is the file itself)."""
+    output = Path(output)
+    return os.path.relpath(os.path.join(os.path.realpath(output.parent), output.name), os.path.realpath(folder))
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What a manifest says is done: (job id, its output's place) -> the settings hash of the ok line that last
+    wrote that output (Manifest.load)."""
+
+    folder: Path
+    hashes: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+    def hash_of(self, job_id: str, output: Path) -> str | None:
+        return self.hashes.get((job_id, place(self.folder, output)))
 
 
 def _manifest_problem(entry: Any) -> str | None:
@@ -198,18 +218,24 @@ class Manifest:
             raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
         return []
 
-    def load(self) -> tuple[dict[tuple[str, str], str], list[str]]:
-        """((job id, output) -> settings hash of the "ok" line that last wrote that output, a sentence per
-        problem), a torn last line cut off first. An output another job wrote since (or a failed job's last
-        finite image) is no longer that ok job's picture: it runs again. UserError if the file cannot be read or
-        repaired."""
+    def load(self) -> tuple[Finished, list[str]]:
+        """(the ok lines that last wrote their outputs, a sentence per problem), a torn last line cut off first.
+        An output another job wrote since (or a failed job's last finite image) is no longer that ok job's
+        picture: it runs again. UserError if the file cannot be read or repaired."""
         torn = self.repair()
         entries, problems = self.read()
-        writers = {e.get("output"): e for e in entries
+        writers = {self.place_of(e): e for e in entries
                    if e["status"] == "ok" or (e["status"] == "failed" and e.get("last_finite") is True)}
-        done = {(e["id"], output): e["settings_hash"] for output, e in writers.items()
-                if e["status"] == "ok" and isinstance(output, str)}
-        return done, torn + problems
+        done = {(e["id"], file): e["settings_hash"] for file, e in writers.items()
+                if e["status"] == "ok" and file is not None}
+        return Finished(self.path.parent, done), torn + problems
+
+    def place_of(self, entry: dict[str, Any]) -> str | None:
+        """A line's output as its place in this folder: its `file`, or (a line written before lines had one) its
+        output as written, from here."""
+        if isinstance(entry.get("file"), str):
+            return entry["file"]
+        return place(self.path.parent, entry["output"]) if isinstance(entry.get("output"), str) else None
 
     def append(self, entry: dict[str, Any]) -> None:
         """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""

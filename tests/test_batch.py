@@ -178,7 +178,7 @@ def test_bad_jobs_file(folder, monkeypatch, capsys, text, message):
 def test_warm_builds_each_step_once(folder):
     base = Settings(weights="random", model="vgg16", size=40, iterations=2, device="cpu")
     jobs = engine.load_jobs(folder / "jobs.jsonl", folder / "out")
-    planned = engine.plan([j for j in jobs if j.id != "bad"], base, {})
+    planned = engine.plan([j for j in jobs if j.id != "bad"], base, None)
     with engine.Warm() as warm:
         results = list(engine.run_jobs(planned, warm, batch_size=1))
     assert [r.status for r in results] == ["ok"] * 5

@@ -60,7 +60,7 @@ def test_killed_worker_jobs_still_finish(cluster, folder):
                        (("iterations", 40 if i == 1 else 2),)) for i in range(6)]
     (folder / "out").mkdir()
     base = Settings(weights="random", model="vgg16", size=40, device="cpu")
-    planned = engine.plan(jobs, base, {})
+    planned = engine.plan(jobs, base, None)
     runner = RayRunner("auto", batch_size=1, cpus_per_worker=1)
     assert len(runner.actors) == 2
     try:

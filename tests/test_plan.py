@@ -134,15 +134,16 @@ def test_the_batch_hash_holds_the_plan_so_another_plan_runs_again(tmp_path, pics
     """A job's settings hash covers its plan (engine/plan.py): the same settings planned with another L-BFGS
     history (less memory free: 100 pairs of a 2048 px picture take 8.4 GB) is another picture, not skipped."""
     from styleengine.engine import batch as engine
+    from styleengine.engine.manifest import Finished
     from styleengine.engine import plan as plan_module
 
     job = engine.Job("a", pics["content"], (pics["style"],), tmp_path / "a.png")
     base = Settings(size=2048, scales=1, iterations=2, weights="random", model="vgg16", device="cpu")
     monkeypatch.setattr(plan_module, "free_memory", lambda device: 64 * 2**30)
-    first = engine.plan([job], base, {})[0]
+    first = engine.plan([job], base, None)[0]
     assert first.status == "run", first.reason
     (tmp_path / "a.png").write_bytes(b"made")
-    done = {("a", str(tmp_path / "a.png")): first.hash}
+    done = Finished(tmp_path, {("a", "a.png"): first.hash})
     assert engine.plan([job], base, done)[0].status == "skipped"
     monkeypatch.setattr(plan_module, "free_memory", lambda device: 24 * 2**30)
     tight = engine.plan([job], base, done)[0]

@@ -135,3 +135,31 @@ def test_said_as_renames_a_flag_only_where_it_stands_alone():
     assert said_as(image, {"tile": "tile"}) is image
     named = said_as(SettingError("tv_weight", "tv weight", "must be >= 0"), {"tv_weight": "TV"})
     assert str(named) == "TV must be >= 0"
+
+
+def test_a_finished_job_is_skipped_however_out_is_spelled(tmp_path, monkeypatch, capsys):
+    """Keyed by its output as written, a finished job ran again when --out was spelled another way (`o`, then
+    `/abs/o/`, `./o`, a link to it, or `.` from inside): stop 37's skip rule (own finding, stop 38). A line is
+    keyed by its output's place in --out; one written before lines said it, by its output from here."""
+    import os
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "sub/a.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to("o")
+
+    def batch(out, jobs="j.jsonl"):
+        return run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *FAST)[0]
+
+    assert batch("o") == 0
+    for out in (f"{tmp_path}/o/", "./o", "link"):
+        assert batch(out) == 0
+    monkeypatch.chdir(tmp_path / "o")
+    assert batch(".", "../j.jsonl") == 0
+    lines = manifest_lines(tmp_path / "o")
+    assert [line["status"] for line in lines] == ["ok"] + ["skipped"] * 4, lines
+    assert {line["file"] for line in lines} == {os.path.join("sub", "a.png")}
+    monkeypatch.chdir(tmp_path)  # a line without its place (written before lines had one): its output from here
+    old = {key: value for key, value in lines[0].items() if key != "file"}
+    (tmp_path / "o" / "manifest.jsonl").write_text(json.dumps(old) + "\n")
+    assert batch("o") == 0 and manifest_lines(tmp_path / "o")[-1]["status"] == "skipped"
