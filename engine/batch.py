@@ -76,12 +76,14 @@ class JobResult:
     batch: int = 1  # how many jobs were optimised together with this one (itself included)
     image: np.ndarray | None = field(default=None, repr=False)
     last_finite: bool = False  # a failed job's last finite image was written to its output
+    output_sha256: str | None = None  # of the picture written to its output: what a resumed batch checks it against
 
     def manifest_line(self) -> dict[str, Any]:
         return {"id": self.job.id, "status": self.status, "reason": self.reason, "output": str(self.job.output),
                 "settings_hash": self.settings_hash, "seconds": round(self.seconds, 3), "device": self.device,
                 "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
-                "batch": self.batch, **({"last_finite": True} if self.last_finite else {})}
+                "batch": self.batch, **({"last_finite": True} if self.last_finite else {}),
+                **({"output_sha256": self.output_sha256} if self.output_sha256 else {})}
 
 
 def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[str, str] | None = None
@@ -115,7 +117,7 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
             planned.append(Planned(job, None, None, "failed",
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
-        skip = done is not None and done.hash_of(job.id, job.output) == digest and job.output.is_file()
+        skip = done is not None and done.holds(job.id, job.output, digest)
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run"))
     return planned
 
@@ -137,7 +139,7 @@ def record(result: JobResult, manifest: Manifest,
             if escaped is not None:
                 raise ConfigError(f"cannot write {result.job.output}: its folder now leads outside --out (to "
                                   f"{escaped}: a symbolic link made during the run)")
-            images.save_image(result.image, result.job.output, within=out_dir)
+            written = images.save_image(result.image, result.job.output, within=out_dir)
         except UserError as e:
             saved = rescue(result.image, result.job.output) if rescue is not None else None
             reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")
@@ -145,10 +147,19 @@ def record(result: JobResult, manifest: Manifest,
                 reason = f"{result.reason}; {reason}"
             result = dataclasses.replace(result, status="failed", reason=reason)
         else:
+            result = dataclasses.replace(result, output_sha256=written)
             if result.status == "failed":
                 result = dataclasses.replace(result, reason=f"{result.reason}; {kept_last_finite(result.job.output)}",
                                             last_finite=True)
-    manifest.append({**result.manifest_line(), "file": place(manifest.path.parent, result.job.output)})
+    try:
+        manifest.append({**result.manifest_line(), "file": place(manifest.path.parent, result.job.output)})
+    except UserError as e:
+        if result.output_sha256 is None:
+            raise
+        # its picture is there with no line for it: an older ok line for that file no longer holds (resuming reads
+        # the file's bytes against the line's output_sha256)
+        raise UserError(f"{first_line(e)}; {result.job.output} now holds job {result.job.id}'s picture, with no line "
+                        f"for it") from None
     return result
 
 

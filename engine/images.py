@@ -5,6 +5,8 @@ bad input raises ImageError with a one-line message that names the file.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -188,9 +190,10 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
     return _composite_on_white(values) if values.shape[2] == 4 else values
 
 
-def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None) -> None:
-    """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace.
-    within: a folder the image must stay in, no symbolic link below it followed (paths.confined_writer)."""
+def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None) -> str:
+    """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace; returns the
+    sha256 of the bytes written. within: a folder the image must stay in, no symbolic link below it followed
+    (paths.confined_writer)."""
     path = Path(path)
     fmt = paths.image_format(path)
     if not path.parent.is_dir():
@@ -199,10 +202,13 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
         raise ImageError(f"cannot write {path}: it is a directory")
     pil = to_pil(image)
     try:
+        encoded = io.BytesIO()
+        pil.save(encoded, format=fmt)
         with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within) as f:
-            pil.save(f, format=fmt)
+            f.write(encoded.getbuffer())
     except (OSError, ValueError, KeyError) as e:
         raise ImageError(f"cannot write {path}: {first_line(e)}") from None
+    return hashlib.sha256(encoded.getbuffer()).hexdigest()
 
 
 # YIQ (NTSC): Y is luminance, I and Q carry the chroma

@@ -98,6 +98,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "distances": ("a JSON object", lambda v: isinstance(v, dict)),
     "last_finite": ("true or false", lambda v: isinstance(v, bool)),  # a failed job that wrote its last image
     "file": ("a text", lambda v: isinstance(v, str)),  # the output's place in the manifest's folder (place())
+    "output_sha256": ("a text", lambda v: isinstance(v, str)),  # of the picture the line's job wrote there
 }
 
 
@@ -110,14 +111,22 @@ def place(folder: Path, output: str | Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """What a manifest says is done: (job id, its output's place) -> the settings hash of the ok line that last
-    wrote that output (Manifest.load)."""
+    """What a manifest says is done: (job id, its output's place) -> (the settings hash, the picture's sha256 or
+    None in a line written before lines said it) of the ok line that last wrote that output (Manifest.load)."""
 
     folder: Path
-    hashes: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    lines: dict[tuple[str, str], tuple[str, str | None]] = dataclasses.field(default_factory=dict)
 
-    def hash_of(self, job_id: str, output: Path) -> str | None:
-        return self.hashes.get((job_id, place(self.folder, output)))
+    def holds(self, job_id: str, output: Path, settings_hash: str) -> bool:
+        """Whether `output` is job `job_id`'s finished picture of these settings: its ok line last wrote it with
+        this hash, and the file is still what that line wrote (a picture written with no line since is not)."""
+        found = self.lines.get((job_id, place(self.folder, output)))
+        if found is None or found[0] != settings_hash or not output.is_file():
+            return False
+        try:
+            return found[1] is None or file_sha256(output) == found[1]
+        except OSError:  # unreadable now: run it again, which says why if it cannot be written either
+            return False
 
 
 def _manifest_problem(entry: Any) -> str | None:
@@ -226,7 +235,7 @@ class Manifest:
         entries, problems = self.read()
         writers = {self.place_of(e): e for e in entries
                    if e["status"] == "ok" or (e["status"] == "failed" and e.get("last_finite") is True)}
-        done = {(e["id"], file): e["settings_hash"] for file, e in writers.items()
+        done = {(e["id"], file): (e["settings_hash"], e.get("output_sha256")) for file, e in writers.items()
                 if e["status"] == "ok" and file is not None}
         return Finished(self.path.parent, done), torn + problems
 

@@ -143,7 +143,7 @@ def test_the_batch_hash_holds_the_plan_so_another_plan_runs_again(tmp_path, pics
     first = engine.plan([job], base, None)[0]
     assert first.status == "run", first.reason
     (tmp_path / "a.png").write_bytes(b"made")
-    done = Finished(tmp_path, {("a", "a.png"): first.hash})
+    done = Finished(tmp_path, {("a", "a.png"): (first.hash, None)})
     assert engine.plan([job], base, done)[0].status == "skipped"
     monkeypatch.setattr(plan_module, "free_memory", lambda device: 24 * 2**30)
     tight = engine.plan([job], base, done)[0]

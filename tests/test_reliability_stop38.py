@@ -163,3 +163,59 @@ def test_a_finished_job_is_skipped_however_out_is_spelled(tmp_path, monkeypatch,
     old = {key: value for key, value in lines[0].items() if key != "file"}
     (tmp_path / "o" / "manifest.jsonl").write_text(json.dumps(old) + "\n")
     assert batch("o") == 0 and manifest_lines(tmp_path / "o")[-1]["status"] == "skipped"
+
+
+def test_a_job_is_not_skipped_over_another_jobs_picture_however_out_is_spelled(tmp_path, monkeypatch, capsys):
+    """X wrote a.png with --out o, then Y with --out /abs/o: X was skipped over Y's picture (probe 24a: the writer
+    rule keyed outputs as written). Each is one place now, and the file is checked against the line's picture."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("RGB", (48, 40), (30, 200, 30)).save(tmp_path / "c2.png")
+    (tmp_path / "x.jsonl").write_text(json.dumps({"id": "X", "content": "c.png", "style": "s.png",
+                                                  "output": "a.png"}) + "\n")
+    (tmp_path / "y.jsonl").write_text(json.dumps({"id": "Y", "content": "c2.png", "style": "s.png",
+                                                  "output": "a.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+
+    def batch(jobs, out):
+        return run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *FAST)[0]
+
+    assert batch("x.jsonl", "o") == 0
+    mine = (tmp_path / "o" / "a.png").read_bytes()
+    assert batch("y.jsonl", f"{tmp_path}/o") == 0
+    assert batch("x.jsonl", "o") == 0
+    assert manifest_lines(tmp_path / "o")[-1]["status"] == "ok" and (tmp_path / "o" / "a.png").read_bytes() == mine
+
+
+def test_a_picture_written_without_its_line_is_no_other_jobs_finished_picture(tmp_path, monkeypatch, capsys):
+    """The manifest refused X's line after X's picture replaced Y's: the error did not say so, and Y was then
+    skipped over X's picture (probe 24a). The error says it; the file is checked against Y's line, and Y runs."""
+    from PIL import Image
+
+    from styleengine.engine import manifest as manifest_module
+    from styleengine.errors import UserError
+
+    _pictures(tmp_path)
+    Image.new("RGB", (48, 40), (30, 200, 30)).save(tmp_path / "c2.png")
+    (tmp_path / "x.jsonl").write_text(json.dumps({"id": "X", "content": "c.png", "style": "s.png",
+                                                  "output": "a.png"}) + "\n")
+    (tmp_path / "y.jsonl").write_text(json.dumps({"id": "Y", "content": "c2.png", "style": "s.png",
+                                                  "output": "a.png"}) + "\n")
+    argv = ["--out", tmp_path / "o", *FAST]
+    assert run_cli(monkeypatch, capsys, "batch", tmp_path / "y.jsonl", *argv)[0] == 0
+    ys = (tmp_path / "o" / "a.png").read_bytes()
+
+    def refused(self, entry):
+        raise UserError(f"cannot write the manifest {self.path}: No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(manifest_module.Manifest, "append", refused)
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "x.jsonl", *argv)
+    assert code == 1 and err.strip().endswith(f"No space left on device; {tmp_path / 'o' / 'a.png'} now holds job "
+                                              f"X's picture, with no line for it"), err
+    assert (tmp_path / "o" / "a.png").read_bytes() != ys
+    assert run_cli(monkeypatch, capsys, "batch", tmp_path / "y.jsonl", *argv)[0] == 0
+    lines = manifest_lines(tmp_path / "o")
+    assert [line["status"] for line in lines] == ["ok", "ok"], lines  # Y ran again, not skipped
+    assert (tmp_path / "o" / "a.png").read_bytes() == ys and lines[-1]["output_sha256"] == lines[0]["output_sha256"]
