@@ -219,3 +219,27 @@ def test_a_picture_written_without_its_line_is_no_other_jobs_finished_picture(tm
     lines = manifest_lines(tmp_path / "o")
     assert [line["status"] for line in lines] == ["ok", "ok"], lines  # Y ran again, not skipped
     assert (tmp_path / "o" / "a.png").read_bytes() == ys and lines[-1]["output_sha256"] == lines[0]["output_sha256"]
+
+
+def test_serve_says_its_own_setting_as_its_flag_not_as_a_field_the_request_never_sent(tmp_path):
+    """`serve --style-blend 1,1` and a one-style request: "style_blend has 2 weights for 1 style images", a field
+    the request never sent (probe 24a). The server's own setting is its flag; a field the request sent is said as
+    that field."""
+    import dataclasses
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png
+    from styleengine.serve.app import Config, create_app
+
+    settings = dataclasses.replace(SETTINGS, style_blend=(1.0, 1.0)).resolved()
+    with TestClient(create_app(Config(settings=settings, root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1)))
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"] == "the server's --style-blend has 2 weights for 1 style images"
+        response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1)), data={"style_blend": "1,2,3"})
+        assert response.json()["detail"] == "style_blend has 3 weights for 1 style images", response.text

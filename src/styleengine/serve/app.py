@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Collection
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,11 +32,11 @@ from starlette.datastructures import UploadFile
 
 from styleengine.choices import INITS
 from styleengine.engine import batch
-from styleengine.engine.settings import said_as
+from styleengine.engine.settings import flag_of, said_as
 from styleengine.engine.stylise import Settings, check_run
 from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.errors import UserError, first_line
+from styleengine.errors import SettingError, UserError, first_line
 from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
                                     load_upload, new_id)
 
@@ -234,9 +234,10 @@ def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> No
 
 
 def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, styles: list[UploadFile],
-             settings: Settings, config: Config, keep: bool) -> Job:
+             settings: Settings, config: Config, keep: bool, sent: Collection[str]) -> Job:
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
-    with the reason otherwise). Runs in a worker thread of the pool."""
+    with the reason otherwise; `sent`: the Settings fields the request gave). Runs in a worker thread of the
+    pool."""
     saved: list[tuple[Path, str]] = []
     try:
         store.own_folder(store.results)  # before the work: a result that cannot be kept fails nothing later
@@ -264,7 +265,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
                   style_labels=[label for _, label in saved[1:]])
         _check_masks(settings, arrays, [label for _, label in saved])
     except UserError as e:
-        raise HTTPException(422, _said(e)) from None
+        raise HTTPException(422, _said(e, sent)) from None
     digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
@@ -272,6 +273,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
 def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: str | None = None) -> Settings:
     """The server's settings with a request's values (under a request's recipe: its defaults, the request's
     weights in its units), checked against its limits and resolved (HTTPException 422 with the reason)."""
+    sent = set(values)
     try:
         if recipe is not None:
             values = recipe_values(recipe, values, flags=False)  # said as the form's fields are named
@@ -285,13 +287,16 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
         settings.validate()
         return settings.resolved()
     except UserError as e:
-        raise HTTPException(422, _said(e)) from None
+        raise HTTPException(422, _said(e, sent)) from None
 
 
-def _said(error: UserError) -> str:
-    """A request's error in one line, a setting by its form field where a request may set it (the server's own
-    flags stay flags)."""
-    return first_line(said_as(error, {target: name for name, target in FIELDS.items()}))
+def _said(error: UserError, sent: Collection[str]) -> str:
+    """A request's error in one line, a setting by its form field where the request `sent` it (Settings fields),
+    else as the server's own flag."""
+    names = {target: name for name, target in FIELDS.items() if target in sent}
+    if isinstance(error, SettingError) and error.setting not in names:
+        names[error.setting] = f"the server's {flag_of(error.setting)}"
+    return first_line(said_as(error, names))
 
 
 def _static(name: str) -> Path:
@@ -414,7 +419,8 @@ def create_app(config: Config, store: JobStore | None = None,
         job_id = new_id()
         folder = current().uploads / job_id
         try:
-            job = await run_in_threadpool(_prepare, current(), job_id, folder, content, styles, settings, config, keep)
+            job = await run_in_threadpool(_prepare, current(), job_id, folder, content, styles, settings, config, keep,
+                                          set(values))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
