@@ -243,3 +243,25 @@ def test_serve_says_its_own_setting_as_its_flag_not_as_a_field_the_request_never
         assert response.json()["detail"] == "the server's --style-blend has 2 weights for 1 style images"
         response = client.post("/api/jobs", files=files(png(32, 40), png(40, 40, 1)), data={"style_blend": "1,2,3"})
         assert response.json()["detail"] == "style_blend has 3 weights for 1 style images", response.text
+
+
+def test_the_apis_texture_under_a_recipe_starts_where_the_recipe_says(tmp_path, monkeypatch, capsys):
+    """stylise(None, style, recipe="neural-style-pt") started from noise where `texture --recipe` starts from the
+    recipe's randn (probe 24a: the API's texture default counted as a value given). The two pictures are one."""
+    import numpy as np
+    from PIL import Image
+
+    from styleengine.api import stylise
+
+    _pictures(tmp_path)
+    common = ["--size", "40", "--iters", "2", "--weights", "random", "--backend", "torch", "--recipe",
+              "neural-style-pt"]
+    code, _, err = run_cli(monkeypatch, capsys, "texture", tmp_path / "s.png", "-o", tmp_path / "t.png", *common)
+    assert code == 0, err
+    picture = stylise(None, tmp_path / "s.png", recipe="neural-style-pt", size=40, iterations=2, weights="random",
+                      backend="torch")
+    assert np.array_equal(np.asarray(picture), np.asarray(Image.open(tmp_path / "t.png")))
+    noise = stylise(None, tmp_path / "s.png", size=40, iterations=2, weights="random", backend="torch")
+    code, _, _ = run_cli(monkeypatch, capsys, "texture", tmp_path / "s.png", "-o", tmp_path / "n.png",
+                         *common[:-2])  # no recipe: both from noise
+    assert np.array_equal(np.asarray(noise), np.asarray(Image.open(tmp_path / "n.png")))

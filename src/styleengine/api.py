@@ -102,9 +102,9 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     if settings.get("save_every") and callback is None:  # snapshots are a command's files
         logger.warning("save_every is ignored without callback=...: it makes the callback's image exact at every "
                        "N-th iteration (a command writes it as a snapshot)")
-    if content is None and "init" not in settings:  # a texture starts from noise, as `styleengine texture` does
-        settings = {**settings, "init": TEXTURE_INIT}
     config = settings_of(settings, recipe)
+    if content is None and "init" not in settings and config.init == "content":  # the default, not a recipe's
+        config = dataclasses.replace(config, init=TEXTURE_INIT)  # a texture starts from noise, as `texture` does
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
     content_array = images.from_picture(content, "content image") if content is not None else None
     style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
