@@ -57,6 +57,15 @@ def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
         raise ImageError(f"{what} {path} is black everywhere: its style would paint nothing")
 
 
+def check_sum(content: np.ndarray) -> None:
+    """ConfigError where (R, H, W) content masks overlap: a pixel's weights sum to more than 1."""
+    total = content.sum(axis=0)
+    if total.max() > 1 + SUM_SLACK:
+        y, x = np.unravel_index(int(total.argmax()), total.shape)
+        raise ConfigError(f"the content masks sum to {total.max():.2f} at pixel ({x}, {y}); a pixel's weights "
+                          f"must sum to at most 1 (each mask is one style's region)")
+
+
 def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
          style_labels: list[str] | None = None) -> Masks | None:
     """The masks the settings name, checked against the content's and the styles' (height, width): None
@@ -66,11 +75,7 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
     content = np.stack([_read(p, f"content mask {i + 1}", content_shape, "the content image")
                         for i, p in enumerate(settings.content_masks)])
-    total = content.sum(axis=0)
-    if total.max() > 1 + SUM_SLACK:
-        y, x = np.unravel_index(int(total.argmax()), total.shape)
-        raise ConfigError(f"the content masks sum to {total.max():.2f} at pixel ({x}, {y}); a pixel's weights "
-                          f"must sum to at most 1 (each mask is one style's region)")
+    check_sum(content)
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
         styles = [_read(p, f"style mask {i + 1}", shape, label)

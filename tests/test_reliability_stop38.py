@@ -265,3 +265,52 @@ def test_the_apis_texture_under_a_recipe_starts_where_the_recipe_says(tmp_path, 
     code, _, _ = run_cli(monkeypatch, capsys, "texture", tmp_path / "s.png", "-o", tmp_path / "n.png",
                          *common[:-2])  # no recipe: both from noise
     assert np.array_equal(np.asarray(noise), np.asarray(Image.open(tmp_path / "n.png")))
+
+
+def _halves(folder):
+    """left.png and right.png (48x40, white on one half), the content's aspect; a black one; a wide one."""
+    import numpy as np
+    from PIL import Image
+
+    left = np.zeros((40, 48), np.uint8)
+    left[:, :24] = 255
+    Image.fromarray(left).save(folder / "left.png")
+    Image.fromarray(255 - left).save(folder / "right.png")
+    Image.new("L", (48, 40), 0).save(folder / "black.png")
+    Image.new("L", (128, 40), 255).save(folder / "wide.png")
+
+
+def test_overlapping_content_masks_are_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """Overlapping content masks were caught only once a batch's jobs or a server's request ran (every one
+    failed, --out made), and the dry run passed them and a black mask (probe 24a). They are a batch's and a
+    server's start check, and the dry run reads the masks as the run does, so both say the same first fault."""
+    import subprocess
+    import sys
+
+    _pictures(tmp_path)
+    _halves(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "styles": ["s.png", "s.png"]}) + "\n")
+    overlap = "the content masks sum to 2.00 at pixel (0, 0)"
+    masks = ["--content-mask", f"{tmp_path / 'left.png'},{tmp_path / 'left.png'}"]
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST, *masks)
+    assert one_error_line(code, err).startswith(f"error: {overlap}") and not (tmp_path / "o").exists()
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "serve", "--port", "1", "--results-dir",
+                           str(tmp_path / "srv"), "--weights", "random", *masks],
+                          capture_output=True, text=True, timeout=120)
+    assert one_error_line(proc.returncode, proc.stderr).startswith(f"error: {overlap}")
+    assert not (tmp_path / "srv").exists()
+    pictures = [tmp_path / "c.png", tmp_path / "s.png", tmp_path / "s.png", tmp_path / "s.png"]
+    for given, said in ((masks, overlap), (["--content-mask", f"{tmp_path / 'black.png'},{tmp_path / 'right.png'}"],
+                                           f"content mask 1 {tmp_path / 'black.png'} is black everywhere")):
+        for dry in (["--dry-run"], []):
+            code, _, err = run_cli(monkeypatch, capsys, "run", *pictures[:3], "-o", tmp_path / "r.png", *FAST,
+                                   *given, *dry)
+            assert one_error_line(code, err).startswith(f"error: {said}"), (dry, err)
+    both = ["--content-mask", ",".join(str(tmp_path / n) for n in ("left.png", "right.png", "left.png")),
+            "--style-mask", ",".join(str(tmp_path / n) for n in ("left.png", "left.png", "wide.png"))]
+    said = set()
+    for dry in (["--dry-run"], []):  # an overlap and style mask 3's aspect: the run's first, said by both
+        code, _, err = run_cli(monkeypatch, capsys, "run", *pictures, "-o", tmp_path / "r.png", *FAST, *both, *dry)
+        said.add(one_error_line(code, err))
+    assert len(said) == 1 and said.pop().startswith("error: the content masks sum to 2.00"), said
+    assert not (tmp_path / "r.png").exists()

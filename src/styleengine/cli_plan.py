@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
 
 from styleengine import paths
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
@@ -96,39 +95,42 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     return plan
 
 
-def check_own_files(settings: Settings, decode: bool = False,
-                    against: Callable[[str, str | os.PathLike, tuple[int, int]], None] | None = None
-                    ) -> dict[str, tuple[int, int]]:
+def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple[int, int]]:
     """The --init image and the masks, checked from their headers as the run checks their pixels (missing, not
     an image, under 32 px, a bomb): {role: shape}. `decode`: read whole, as the run reads them (a batch, a
-    server or a video, whose every picture reads them: a body cut short, or a black mask, failed every one).
-    `against(role, path, shape)`: each one's check against its picture, made in turn as the run makes it."""
+    server or a video, whose every picture reads them: a body cut short, a black mask, or content masks that
+    overlap failed every one)."""
     shapes = {}
+    regions = []  # the content masks, read whole
     for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                                       style_masks=settings.style_masks).items():
         if role == "weights file":
             continue
         shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's: the starts)
-        if against is not None:
-            against(role, path, shapes[role])
         if decode:
             from styleengine.engine import images, masks
 
             array = images.load_image(path, role)
             if role != "init image":
                 masks.check_paints(role, path, images.luminance(array))
+            if role.startswith("content mask"):
+                regions.append(images.luminance(array))
+    if len({region.shape for region in regions}) == 1:  # overlapping masks fail every picture (the run resizes
+        import numpy as np  # each to its content; masks of other sizes are each job's to say)
+
+        from styleengine.engine import masks
+
+        masks.check_sum(np.stack(regions))
     return shapes
 
 
 def _check_start_and_masks(settings: Settings, content_shape: tuple[int, int] | None, styles: list[Path],
                            style_shapes: list[tuple[int, int]]) -> None:
-    """The --init image's and the masks' sizes from their headers, as the run checks their pixels after the
-    plan (load_init, masks.load): not an image, under 32 px, a mask of another aspect ratio than its image."""
-    pictures = {role: picture for role, _, picture in settings.mask_pictures(
-        ("the content image", content_shape), list(zip((f"style image {p}" for p in styles), style_shapes)))}
+    """The --init image from its header, and the masks read whole as the run reads them after the plan
+    (load_init, masks.load), in its order: not an image, under 32 px, a mask of another aspect ratio than its
+    image, one that is black, content masks that overlap."""
+    check_own_files(dataclasses.replace(settings, content_masks=None, style_masks=None))
+    if settings.content_masks and content_shape is not None:  # a texture has none (validate refused them)
+        from styleengine.engine import masks  # torch: only a masked run's dry run pays for it
 
-    def against(role: str, mask: str | os.PathLike, shape: tuple[int, int]) -> None:
-        if content_shape is not None and role in pictures:  # a texture has no masks
-            paths.check_mask_aspect(role, mask, shape, *pictures[role])
-
-    check_own_files(settings, against=against)  # each mask's aspect as its header is read, in the run's order
+        masks.load(settings, content_shape, style_shapes, [f"style image {p}" for p in styles])
