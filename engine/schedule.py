@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from styleengine.choices import MIN_SIDE
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 
 MIN_SCALE_ITERS = 10  # the fewest iterations the halving schedule gives a scale (scale_plan)
 # a default run above one sqrt(2) step over AUTO_START px starts there: the look is set where VGG's receptive
@@ -23,9 +23,10 @@ def scale_sizes(size: int, scales: int | None = None, start_size: int | None = N
     Both: `scales` sizes from start_size to size, evenly spaced in log size.
     """
     if scales is not None and scales < 1:
-        raise ConfigError(f"scales must be >= 1, got {scales}")
+        raise SettingError("scales", "scales", f"must be >= 1, got {scales}")
     if start_size is not None and not (MIN_SIDE <= start_size <= size):
-        raise ConfigError(f"start size must be between {MIN_SIDE} and the size {size} px, got {start_size}")
+        raise SettingError("start_size", "start size", f"must be between {MIN_SIDE} and the size {size} px, got "
+                                                       f"{start_size}")
     if scales is None and start_size is None:
         if size <= AUTO_SCALES_ABOVE:
             return [size]

@@ -485,6 +485,8 @@ class Settings:
         # checked on a complete convention whose other fields are valid, before any weights are loaded
         try:
             self.input_convention(self.convention or TORCHVISION).validate()
+        except SettingError:  # one field's own fault, whatever the others are
+            raise
         except ConfigError as e:
             assumed = [name for name in ("channel_order", "pixel_range", "mean", "std")
                        if self.convention is None and name not in self.convention_changes()]

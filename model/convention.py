@@ -27,18 +27,21 @@ class Convention:
         three finite stds > 0 (a zero std divides by zero)."""
         import math
 
-        from styleengine.errors import ConfigError
+        from styleengine.errors import ConfigError, SettingError
 
+        # one field's fault is a SettingError of the setting of that name (a front end says it as given)
         if self.channel_order not in ("RGB", "BGR"):
-            raise ConfigError(f"input channel order must be RGB or BGR, got {self.channel_order!r}")
+            raise SettingError("channel_order", "input channel order", f"must be RGB or BGR, got "
+                                                                      f"{self.channel_order!r}")
         if not (self.pixel_range > 0 and math.isfinite(self.pixel_range)):
-            raise ConfigError(f"input pixel range must be a finite number > 0, got {self.pixel_range}")
+            raise SettingError("pixel_range", "input pixel range", f"must be a finite number > 0, got "
+                                                                  f"{self.pixel_range}")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3 or not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"input {name} needs three finite numbers, one per channel, got "
-                                  f"{','.join(f'{v:g}' for v in values)}")
+                raise SettingError(name, f"input {name}", f"needs three finite numbers, one per channel, got "
+                                                         f"{','.join(f'{v:g}' for v in values)}")
         if any(v <= 0 for v in self.std):
-            raise ConfigError(f"input std values must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
+            raise SettingError("std", "input std values", f"must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
         scale, shift = self.scale_shift()
         low, high = INPUT_SCALE
         if not all(low <= abs(v) <= high for v in scale) or not all(abs(v) <= INPUT_SHIFT for v in shift):

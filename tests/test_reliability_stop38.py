@@ -314,3 +314,41 @@ def test_overlapping_content_masks_are_one_line_before_any_work(tmp_path, monkey
         said.add(one_error_line(code, err))
     assert len(said) == 1 and said.pop().startswith("error: the content masks sum to 2.00"), said
     assert not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("flag, value, key, problem", [
+    ("--scales", "0", "scales", "must be >= 1, got 0"),
+    ("--start-size", "10", "start_size", "must be between 32 and the size 40 px, got 10"),
+    ("--pixel-range", "-1", "pixel_range", "must be a finite number > 0, got -1.0"),
+    ("--std", "0,1,1", "std", "must be > 0, got 0,1,1"),
+    ("--mean", "1,2", "mean", "needs three finite numbers, one per channel, got 1,2"),
+    ("--channel-order", "XYZ", "channel_order", "must be RGB or BGR, got 'XYZ'")])
+def test_a_schedule_or_convention_fault_is_said_by_the_name_given(tmp_path, monkeypatch, capsys, flag, value, key,
+                                                                   problem):
+    """--scales 0, --start-size 10, --pixel-range -1, --std 0,1,1 ... were said in the engine's words ("scales",
+    "start size", "input pixel range") whichever way they came in (probe 24a): by the flag, the key, the keyword."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    extra = ["--scales", "2"] if flag == "--start-size" else []
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, flag, value, *extra, *dry)
+        assert one_error_line(code, err) == f"error: {flag} {problem}", err
+    typed = key.replace("_", "-").title()  # the input convention is the batch's, not a job's
+    job = {"content": "c.png", "style": "s.png", "output": "a.png", typed: value.split(",") if "," in value else value}
+    if extra:
+        job["scales"] = 2
+    (tmp_path / "j.jsonl").write_text(json.dumps(job) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    lines = manifest_lines(tmp_path / "o") if (tmp_path / "o" / "manifest.jsonl").exists() else []
+    said = lines[0]["reason"] if lines else one_error_line(code, err)
+    if key in ("scales", "start_size"):
+        assert said.endswith(f"line 1: {typed} {problem}"), (said, err)
+    else:
+        assert f"line 1: {typed!r} is not a per-job setting" in said, (said, err)
+    kwargs = {key: value.split(",") if "," in value else value, **({"scales": 2} if extra else {})}
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{key} {problem}")):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
+                            **kwargs)
