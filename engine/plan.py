@@ -129,6 +129,16 @@ def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int,
     raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
                       f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
 
+def check_counts(settings: Settings, styles: int) -> None:
+    """The settings that take one value per style image against `styles` of them."""
+    if settings.style_blend is not None and len(settings.style_blend) != styles:
+        raise SettingError("style_blend", "style blend", f"has {len(settings.style_blend)} weights for {styles} style "
+                                                         f"images")
+    if settings.content_masks and len(settings.content_masks) != styles:
+        raise ConfigError(f"{len(settings.content_masks)} --content-mask files for {styles} style images: one mask "
+                          f"per style image, in order")
+
+
 def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
               content_label: str = "the content image", style_labels: list[str] | None = None,
               memory: int | None = None, auto: str = "") -> Plan:
@@ -139,12 +149,7 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     texture = content_shape is None
     if not style_shapes and (texture or settings.style_layers):  # no style layers (inversion): no style image
         raise ConfigError("at least one style image is needed")
-    if settings.style_blend is not None and len(settings.style_blend) != len(style_shapes):
-        raise SettingError("style_blend", "style blend",
-                           f"has {len(settings.style_blend)} weights for {len(style_shapes)} style images")
-    if settings.content_masks and len(settings.content_masks) != len(style_shapes):
-        raise ConfigError(f"{len(settings.content_masks)} --content-mask files for {len(style_shapes)} style images: "
-                          f"one mask per style image, in order")
+    check_counts(settings, len(style_shapes))
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
     ref = content_shape if content_shape is not None else style_shapes[0]
     loss = settings.loss_config(texture=texture)

@@ -352,3 +352,22 @@ def test_a_schedule_or_convention_fault_is_said_by_the_name_given(tmp_path, monk
     with pytest.raises(ConfigError, match="^" + re.escape(f"{key} {problem}")):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
                             **kwargs)
+
+
+def test_a_count_no_folder_job_can_fit_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """`batch --contents DIR --styles DIR --style-blend 1,1` (or two content masks) can fit no job, each has one
+    style image: --out was made and every job failed (probe 24a). One line first, nothing made."""
+    _pictures(tmp_path)
+    _halves(tmp_path)
+    for folder, name in (("cs", "c.png"), ("ss", "s.png")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes((tmp_path / name).read_bytes())
+    folders = ["--contents", tmp_path / "cs", "--styles", tmp_path / "ss", "--out", tmp_path / "o", *FAST]
+    why = "(each job of --contents with --styles has one style image)"
+    code, _, err = run_cli(monkeypatch, capsys, "batch", *folders, "--style-blend", "1,1")
+    assert one_error_line(code, err) == f"error: --style-blend has 2 weights for 1 style images {why}"
+    code, _, err = run_cli(monkeypatch, capsys, "batch", *folders, "--content-mask",
+                           f"{tmp_path / 'left.png'},{tmp_path / 'right.png'}")
+    assert one_error_line(code, err) == f"error: 2 --content-mask files for 1 style images: one mask per style " \
+                                        f"image, in order {why}"
+    assert not (tmp_path / "o").exists()

@@ -31,7 +31,7 @@ from styleengine.cli_plan import check_cache_for, check_files, check_own_files
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine
 from styleengine.engine.settings import BATCH, Settings
-from styleengine.errors import ConfigError, UserError, first_line, printable
+from styleengine.errors import ConfigError, SettingError, UserError, first_line, printable
 
 SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more are counted
 
@@ -137,6 +137,16 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
     check_own_files(settings, decode=True)  # and read whole (not an image, cut short, under 32 px, a bomb)
+    if jobs is None:  # every job of --contents with --styles has one style image: a count for more fits none
+        from styleengine.engine.plan import check_counts
+
+        why = " (each job of --contents with --styles has one style image)"
+        try:
+            check_counts(settings, 1)
+        except SettingError as e:
+            raise SettingError(e.setting, e.label, e.problem + why) from None
+        except ConfigError as e:
+            raise ConfigError(f"{e}{why}") from None
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
