@@ -58,6 +58,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# settings whose whole effect is the plan (its scales' sizes, iterations and tiles)
+PLAN_ONLY = ("scales", "start_size", "iters_per_scale", "mem_budget_gib", "tile")
+
+
 def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales: list[dict[str, Any]] | None = None
                   ) -> str:
     """sha256 of what decides the picture: the resolved Settings (with the job's overrides, the input convention's
@@ -70,10 +74,13 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
                        content_masks=settings.content_masks, style_masks=settings.style_masks)
     # neither decides the picture: snapshots, and keys a --non-strict load ignored (hashes from before that
     # field existed stay valid)
+    # with the plan's scales, the settings that only decide the plan are in them: `--scales 1` where auto makes
+    # one scale is the same picture
+    planned = PLAN_ONLY if scales is not None else ()
     kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()
-            if k != "non_strict" and k not in VIDEO_ONLY}
-    payload = {"settings": kept,
-               "scales": scales, "overrides": _jsonable(dict(job.overrides)),
+            if k != "non_strict" and k not in VIDEO_ONLY and k not in planned}
+    payload = {"settings": kept, "scales": scales,
+               "overrides": _jsonable({k: v for k, v in job.overrides if k not in planned}),
                "files": [file_digest(p, digests, role) for role, p in files.items()]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -371,3 +371,20 @@ def test_a_count_no_folder_job_can_fit_is_one_line_before_any_work(tmp_path, mon
     assert one_error_line(code, err) == f"error: 2 --content-mask files for 1 style images: one mask per style " \
                                         f"image, in order {why}"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_setting_that_leaves_the_plan_as_it_was_runs_nothing_again(tmp_path, monkeypatch, capsys):
+    """`--scales 1` or `--mem-budget 4` where auto plans the same made another hash: a finished job ran again, to
+    the same bytes (probe 24a). What only decides the plan is hashed as the plan; another plan still runs again."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png"}) + "\n")
+
+    def batch(*flags):
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                               *flags)
+        assert code == 0, err
+        return manifest_lines(tmp_path / "o")[-1]["status"]
+
+    assert batch() == "ok"
+    assert [batch("--scales", "1"), batch("--mem-budget", "4"), batch("--iters-per-scale", "1")] == ["skipped"] * 3
+    assert batch("--scales", "2", "--size", "64") == "ok"
