@@ -17,7 +17,7 @@ import torch
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.backends import make_step
 from styleengine.choices import INITS, WEIGHT_WORDS
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 from styleengine.engine.loop import Record, Result, optimise_batch, uninterrupted
 from styleengine.engine.losses import LossConfig
 from styleengine.engine.quality import distances
@@ -275,8 +275,11 @@ def stylise(content: np.ndarray | None, styles: list[np.ndarray], settings: Sett
     Returns the final (H, W, 3) array and the loop's Result (records, why
     it stopped); after a non-finite loss the array is the last finite image.
     """
-    return stylise_batch([Picture(content, styles, settings, init_image, masks)], callback=callback, weights=weights,
-                         step=step, plan=plan)[0]
+    try:
+        return stylise_batch([Picture(content, styles, settings, init_image, masks)], callback=callback,
+                             weights=weights, step=step, plan=plan)[0]
+    except SettingError as e:  # said as the Settings field its caller set (a command names it again, by its flag)
+        raise e.named(e.setting) from None
 
 
 def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, weights: Weights | None = None,

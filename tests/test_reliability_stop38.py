@@ -388,3 +388,20 @@ def test_a_setting_that_leaves_the_plan_as_it_was_runs_nothing_again(tmp_path, m
     assert batch() == "ok"
     assert [batch("--scales", "1"), batch("--mem-budget", "4"), batch("--iters-per-scale", "1")] == ["skipped"] * 3
     assert batch("--scales", "2", "--size", "64") == "ok"
+
+
+def test_the_engines_stylise_says_a_settings_fault_by_its_field(tmp_path):
+    """README's engine-level example, `stylise(c, [s], Settings(lr=0.0, ...))`, said "learning rate", "memory
+    budget", "L-BFGS history" (probe 24a): its caller set a Settings field, and that is the name said."""
+    import numpy as np
+
+    from styleengine.engine.stylise import Settings, stylise
+    from styleengine.errors import SettingError
+
+    picture = np.full((40, 48, 3), 0.5, np.float32)
+    for given, said in ((dict(optimizer="adam", lr=0.0), "lr must be a finite number > 0, got 0.0"),
+                        (dict(mem_budget_gib=-1.0), "mem_budget_gib must be a finite number of GiB > 0, got -1.0"),
+                        (dict(lbfgs_history=0), "lbfgs_history must be >= 1, got 0")):
+        with pytest.raises(SettingError) as caught:
+            stylise(picture, [picture], Settings(size=40, iterations=1, weights="random", **given))
+        assert str(caught.value) == said
