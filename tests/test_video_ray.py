@@ -102,6 +102,7 @@ def test_a_rerun_after_a_signal_runs_only_the_chunks_that_had_not_come_back(tmp_
     assert len(first) == 1  # one chunk recorded, whole
     if first == {0}:  # frames 0 and 1 are finished (2 waits for chunk 1): the partial video holds them
         assert frame_count(out) == 2 and sorted(frames_of(out)) == [0, 1]
+        assert "after 2 new frames" in err, err  # counted inside the shield (probe 24b: "after 0 new frames")
     else:
         assert "no frame finished" in err and not out.exists() and sorted(frames_of(out)) == [3, 4, 5]
 

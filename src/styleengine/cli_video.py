@@ -515,7 +515,7 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
                 for kept in ("earlier", "later"):
                     store.seam(index, kept).unlink()
                 written += 1
-        on_written(written)
+            on_written(written)  # counted before the shield ends: a signal it held said "after 0 new frames"
         if stopped is not None:
             return stopped
     return None
