@@ -123,4 +123,4 @@ def test_an_empty_style_layer_list_is_refused(tmp_path, monkeypatch, capsys, sou
         return
     (tmp_path / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "styles": "s.png", "style_layers": []}))
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "jobs.jsonl", "--out", tmp_path / "out", *fast)
-    assert code == 1 and "line 1: --style-layers names no layer" in err, err
+    assert code == 1 and "line 1: style_layers names no layer" in err, err  # said by the key as typed
