@@ -18,6 +18,7 @@ once, when its task returns, so nothing is written twice.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,9 @@ from typing import Any, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
 from styleengine.errors import ConfigError, UnavailableError, first_line
+
+log = logging.getLogger(__name__)
+_CLOSING = threading.Event()  # a pool is closing: what Ray says of the actors it kills is not the user's news
 
 RESTARTS = 2  # Ray restarts a crashed worker this many times, re-running its task (max_task_retries)
 CPUS_PER_WORKER = 4  # on a cluster without GPUs: one worker per this many CPUs (fewer if the cluster has fewer)
@@ -74,7 +78,31 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise UnavailableError("--ray needs Ray: pip install 'styleengine[ray]'") from None
+    _errors_to_log()
     return ray
+
+
+def _errors_to_log() -> None:
+    """The errors Ray's driver is told of (a task failed and will be retried, a worker died) go to this module's
+    log, as warnings while the work runs and not at all once its pool closes: Ray printed them raw on stdout, in
+    colour, and after a signal below the command's last line ("... will be retried" of an actor it had killed)."""
+    try:
+        from ray._private import worker
+    except ImportError:  # another Ray layout: its own printing stands
+        return
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "styleengine", False):
+        return
+
+    def to_log(data: dict, *args: Any, **kwargs: Any) -> None:
+        if data.get("pid") != "raylet":  # a worker's own output (log_to_driver, which ActorPool turns off)
+            printer(data, *args, **kwargs)
+        elif not _CLOSING.is_set():
+            for line in data.get("lines", []):
+                log.warning("Ray: %s", line)
+
+    to_log.styleengine = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log
 
 
 class _Worker:
@@ -129,6 +157,7 @@ class ActorPool:
 
     def _start(self, body: type, address: str, cpus_per_worker: int | None) -> None:
         ray = self.ray
+        _CLOSING.clear()
         if self.started:
             with _keeping_signal_handlers():
                 try:
@@ -177,6 +206,7 @@ class ActorPool:
             yield item, result
 
     def close(self) -> None:
+        _CLOSING.set()
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []

@@ -405,3 +405,26 @@ def test_the_engines_stylise_says_a_settings_fault_by_its_field(tmp_path):
         with pytest.raises(SettingError) as caught:
             stylise(picture, [picture], Settings(size=40, iterations=1, weights="random", **given))
         assert str(caught.value) == said
+
+
+def test_what_ray_tells_the_driver_is_a_warning_and_nothing_once_the_pool_closes(capsys, caplog):
+    """Ray's driver printed the errors it was told of raw on stdout, in colour ("(raylet) Task _Worker.run failed.
+    There are 2 retries remaining, so the task will be retried"), and after a signal below the command's last line,
+    of the actors it had just killed (probe 24b). They are warnings while the work runs, and nothing once it stops."""
+    pytest.importorskip("ray")
+    import logging
+
+    from styleengine.engine import batch_ray
+
+    batch_ray.import_ray()
+    from ray._private import worker
+
+    message = {"lines": ["Task _Worker.run failed. There are 2 retries remaining"], "pid": "raylet", "is_err": False}
+    batch_ray._CLOSING.clear()
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
+        worker.print_to_stdstream(message, ignore_prefix=False)
+        batch_ray._CLOSING.set()
+        worker.print_to_stdstream(message, ignore_prefix=False)
+    assert [r.getMessage() for r in caplog.records] == ["Ray: Task _Worker.run failed. There are 2 retries remaining"]
+    assert capsys.readouterr().out == ""
+    batch_ray._CLOSING.clear()
