@@ -19,7 +19,9 @@ else is a bug and propagates.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,10 +158,18 @@ def record(result: JobResult, manifest: Manifest,
     except UserError as e:
         if result.output_sha256 is None:
             raise
-        # its picture is there with no line for it: an older ok line for that file no longer holds (resuming reads
-        # the file's bytes against the line's output_sha256)
-        raise UserError(f"{first_line(e)}; {result.job.output} now holds job {result.job.id}'s picture, with no line "
-                        f"for it") from None
+        output = result.job.output
+        if rescue is None:  # a server's output is its job's own: no other job's line can claim it
+            raise UserError(f"{first_line(e)}; {output} holds job {result.job.id}'s picture, with no line for it"
+                            ) from None
+        # a picture with no line is taken out of the output, so that no older line there (one from before lines
+        # said their picture's hash) passes it for its own; it is kept elsewhere
+        with contextlib.suppress(OSError):
+            os.unlink(output)
+        saved = rescue(result.image, output) if result.image is not None else None
+        kept = f"saved it to {saved} instead" if saved is not None else "nor could a copy be saved; it is lost"
+        raise UserError(f"{first_line(e)}; job {result.job.id}'s picture is not left in {output} with no line for "
+                        f"it: {kept}") from None
     return result
 
 
