@@ -124,9 +124,12 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
     return planned
 
 
+LAST_FINITE = "its last finite image is in "  # how a failed job's line says where its last finite image went
+
+
 def kept_last_finite(output: Path) -> str:
     """How a failed job's line says its last finite image was written."""
-    return f"its last finite image is in {output}"
+    return f"{LAST_FINITE}{output}"
 
 
 def record(result: JobResult, manifest: Manifest,

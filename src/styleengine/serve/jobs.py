@@ -125,9 +125,10 @@ class JobStore:
         for problem in torn + problems:
             log.warning("%s", problem)
         for entry in entries:
+            kept = entry["status"] == "failed" and entry.get("last_finite") is True
+            gone = not self.result_path(entry["id"]).is_file()
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
-                      reason=self.for_clients(entry.get("reason"), entry["id"]),
-                      last_finite=entry["status"] == "failed" and entry.get("last_finite") is True,
+                      reason=self.for_clients(entry.get("reason"), not gone if kept else None), last_finite=kept,
                       iteration=entry.get("iterations") or 0,
                       iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
                       seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
@@ -137,10 +138,10 @@ class JobStore:
                 job.distances = {"style": distances.get("style_distance"), "content": distances.get("content_distance")}
             if entry.get("reason") == "cancelled":
                 job.status = "cancelled"
-            if job.status == "done" and not self.result_path(job.id).is_file():
+            if job.status == "done" and gone:
                 job.status, job.reason = "failed", "the result file is gone"
-            elif job.last_finite and not self.result_path(job.id).is_file():
-                job.last_finite, job.reason = False, f"{self.for_clients(entry.get('reason'))}; that file is gone"
+            elif job.last_finite and gone:
+                job.last_finite = False  # its reason says so
             self.jobs[job.id] = job
         self._clear_leftovers()
         log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
@@ -426,7 +427,7 @@ class JobStore:
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
-        changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, job.id),
+        changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, done.last_finite),
                                    "finished": time.time(), "last_finite": done.last_finite}
         if losses is not None:
             changes["losses"] = losses
@@ -444,14 +445,16 @@ class JobStore:
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
 
-    def for_clients(self, reason: str | None, job_id: str | None = None) -> str | None:
+    def for_clients(self, reason: str | None, last_finite: bool | None = None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
-        for the operator, as a 507's log line does); job `job_id`'s own last finite image is its result."""
+        for the operator, as a 507's log line does), a job's last finite image said as its result (`last_finite`:
+        True, or False once its file is gone) wherever the folder was when the line was written."""
         if reason is None:
             return None
-        if job_id is not None:
-            reason = reason.replace(batch.kept_last_finite(self.result_path(job_id)),
-                                    "its last finite image is the job's result")
+        head, said, _ = reason.partition(f"; {batch.LAST_FINITE}")
+        if said and last_finite is not None:
+            reason = head + ("; its last finite image is the job's result" if last_finite else
+                             "; its last finite image was the job's result, and that file is gone")
         for spelled in {str(self.root.resolve()), str(self.root.absolute())}:  # never a relative "." or "srv"
             reason = reason.replace(spelled, "<server folder>")
         return reason
