@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from styleengine import paths
 from styleengine.engine.autotune import _apply, by_rule, open_options, recorded_pick, tuning_enabled
@@ -101,9 +102,10 @@ def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple
     server or a video, whose every picture reads them: a body cut short, a black mask, or content masks that
     overlap failed every one)."""
     shapes = {}
-    regions = []  # the content masks, read whole
-    for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
-                                      style_masks=settings.style_masks).items():
+    regions: list[Any] = []  # the content masks read whole: their overlap is checked before the style masks
+    files = settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                            style_masks=settings.style_masks)
+    for role, path in files.items():
         if role == "weights file":
             continue
         shapes[role] = _shape(path, role)  # missing too, in the run's words (an init's: the starts)
@@ -115,12 +117,8 @@ def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple
                 masks.check_paints(role, path, images.luminance(array))
             if role.startswith("content mask"):
                 regions.append(images.luminance(array))
-    if len({region.shape for region in regions}) == 1:  # overlapping masks fail every picture (the run resizes
-        import numpy as np  # each to its content; masks of other sizes are each job's to say)
-
-        from styleengine.engine import masks
-
-        masks.check_sum(np.stack(regions))
+                if len(regions) == len(settings.content_masks or ()):
+                    masks.check_overlap_at_every_size(regions)
     return shapes
 
 
