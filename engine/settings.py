@@ -400,9 +400,9 @@ class Settings:
     def check_texture_start(self) -> None:
         """ConfigError if a texture (no content image) is asked to start from its content (the CLI and the API:
         Settings' own default start is the content, which a texture's front-end replaces with noise)."""
-        if self.init == "content":  # neural-style's "image" is stored as content too
-            raise ConfigError("--init content: a texture has no content image (noise, randn, style or an image "
-                              "file)")
+        if self.init == "content":  # neural-style's "image" is stored as content too: both are said
+            raise SettingError("init", "init", "content (or image): a texture has no content image (noise, randn, "
+                                               "style or an image file)")
 
     def validate(self, *, texture: bool = False) -> None:
         """Raise ConfigError for any setting that cannot work, before any long work starts (torch-free)."""

@@ -463,3 +463,20 @@ def test_a_start_check_refuses_no_masks_a_run_takes(tmp_path, monkeypatch, capsy
             "--style-mask", f"{tmp_path / 'left.png'},{tmp_path / 'black.png'}"]
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o2", *FAST, *both)
     assert one_error_line(code, err).startswith("error: the content masks sum to 2.00"), err
+
+
+@pytest.mark.parametrize("init", ["content", "image"])
+def test_a_texture_from_the_content_is_said_by_the_name_given(tmp_path, monkeypatch, capsys, init):
+    """The API's texture with init='image' (or 'content') said "--init content: ..." (probe 25a): its keyword, and
+    the word typed, whichever of neural-style's two it was."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    said = "content (or image): a texture has no content image"
+    with pytest.raises(ConfigError, match=re.escape(f"init {said}")) as caught:
+        styleengine.stylise(None, tmp_path / "s.png", size=40, iterations=1, weights="random", init=init)
+    assert not str(caught.value).startswith("--")
+    code, _, err = run_cli(monkeypatch, capsys, "texture", tmp_path / "s.png", "-o", tmp_path / "t.png", *FAST,
+                           "--init", init)
+    assert one_error_line(code, err).startswith(f"error: --init {said}")

@@ -109,9 +109,9 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     content_array = images.from_picture(content, "content image") if content is not None else None
     style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                     for i, s in enumerate(styles)]
-    if content is None:
-        config.check_texture_start()
     try:
+        if content is None:
+            config.check_texture_start()
         config.validate(texture=content is None)
         image, result = run(content_array, style_arrays, config, callback=callback)
     except ConfigError as e:  # a setting said as the keyword argument that sets it, not as its flag
