@@ -88,7 +88,7 @@ class LossConfig:
             check_float32("style layer weight", was, "style_layer_weights")
             if weight != was and not in_float32(weight):  # the value given, then what the division made of it
                 raise SettingError("style_layer_weights", "style layer weight",
-                                   f"{was:g} divided by {layer}'s {vgg.channels(layer)} channels (normalize weights) "
+                                   f"{was:g} divided by {layer}'s {vgg.channels(layer)} channels (--normalize-weights) "
                                    f"is {weight:g}, past float32, where the loss is computed (0, or "
                                    f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g})")
         if len(self.layer_weights()) != len(self.style_layers):

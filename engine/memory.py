@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from styleengine.choices import LBFGS_HISTORY, device_kind, gpu_index
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, SettingError
 from styleengine.engine.loss_config import LossConfig
 from styleengine.model import vgg
 
@@ -108,6 +108,7 @@ def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int
     side = math.sqrt(max(0.0, budget - fixed) / per_px) - 2 * halo  # core side of an inner tile
     tile = int(side // STRIDE) * STRIDE
     if tile < STRIDE:
-        raise ConfigError(f"a memory budget of {budget_gib:g} GiB is too small for a {width}x{height} image "
-                          f"(the image, gradient, targets and optimiser alone need {fixed / 2**30:.1f} GiB)")
+        raise SettingError("mem_budget_gib", "memory budget", f"{budget_gib:g} GiB is too small for a "
+                           f"{width}x{height} image (the image, gradient, targets and optimiser alone need "
+                           f"{fixed / 2**30:.1f} GiB)")
     return tile

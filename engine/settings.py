@@ -436,10 +436,10 @@ class Settings:
         if not (self.style_scale > 0 and math.isfinite(self.style_scale)):
             raise SettingError("style_scale", "style scale", f"must be a finite number > 0, got {self.style_scale}")
         if self.size * self.style_scale < MIN_SIDE:  # coarser scales clamp to MIN_SIDE; the final one would too
-            raise ConfigError(f"size x style scale must be at least {MIN_SIDE} px, got {self.size} x "
+            raise ConfigError(f"--size x --style-scale must be at least {MIN_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")
         if self.size * self.style_scale > MAX_SIDE:
-            raise ConfigError(f"size x style scale must be at most {MAX_SIDE} px, got {self.size} x "
+            raise ConfigError(f"--size x --style-scale must be at most {MAX_SIDE} px, got {self.size} x "
                               f"{self.style_scale:.3g}")
         if self.save_every < 0:
             raise SettingError("save_every", "save-every", f"must be >= 0, got {self.save_every}")
@@ -533,13 +533,18 @@ def said_as(error: UserError, names: Mapping[str, str]) -> UserError:
     """`error` with each setting in `names` (Settings field -> the name the user gave it: a jobs file's key, a
     keyword, a form field) said by that name: a SettingError's label, or its flag where a message names it; the
     rest as they were."""
-    if isinstance(error, SettingError):
-        return error.named(names[error.setting]) if error.setting in names else error
+    def renamed(text: str) -> str:
+        for name, given in names.items():  # a flag stands alone: not inside a longer flag or a path
+            text = re.sub(rf"(?<![\w/.-]){re.escape(flag_of(name))}(?![\w-])", lambda _: given, text)
+        return text
+
+    if isinstance(error, SettingError):  # its label, and another setting its problem names
+        label, problem = names.get(error.setting, error.label), renamed(error.problem)
+        return error if (label, problem) == (error.label, error.problem) else SettingError(error.setting, label,
+                                                                                            problem)
     if type(error) is not ConfigError:  # a file's or a device's error names no setting
         return error
-    text = str(error)
-    for name, given in names.items():  # a flag stands alone: not inside a longer flag or a path
-        text = re.sub(rf"(?<![\w/.-]){re.escape(flag_of(name))}(?![\w-])", lambda _: given, text)
+    text = renamed(str(error))
     return error if text == str(error) else ConfigError(text)
 
 

@@ -166,7 +166,7 @@ def test_jobs_file_keys_are_the_per_job_settings_and_their_flags(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--size", "100000000000000000000"], "size must be between 32 and 65536 px"),
-    (["run", "--style-scale", "1e300"], "size x style scale must be at most 65536 px"),
+    (["run", "--style-scale", "1e300"], "--size x --style-scale must be at most 65536 px"),
     (["tune", "--size", "100000000000000000000"], "size must be between 32 and 65536 px"),
     (["bench", "--res", "100000000000000000000"], "the largest side is 65536 px")])
 def test_sides_past_any_picture_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, pics, args, message):

@@ -462,7 +462,7 @@ def test_a_huge_cell_is_shown_cut_short(tmp_path):
 
 @pytest.mark.parametrize("flags,says", [(["--scales", "99999999999999999999"], "use fewer scales"),
                                         (["--start-size", "32", "--scales", "99999999999999999999"], "at most 9"),
-                                        (["--style-scale", "1e300"], "size x style scale must be at most")])
+                                        (["--style-scale", "1e300"], "--size x --style-scale must be at most")])
 def test_huge_scale_settings_are_one_line(tmp_path, monkeypatch, capsys, pics, flags, says):
     """`--scales 1e20`: an OverflowError traceback (with --start-size, a list of 1e20 sizes); `--style-scale
     1e300`: 'int too large to convert to float'."""

@@ -15,8 +15,8 @@ except ModuleNotFoundError:
     from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
-NORMALIZED = ("5e-37 divided by relu1_1's 64 channels (normalize weights) is 7.8125e-39, past float32, where the "
-              "loss is computed")
+NORMALIZED = ("5e-37 divided by relu1_1's 64 channels ({}) is 7.8125e-39, past float32, where the loss is "
+              "computed")
 
 
 def test_a_normalized_style_layer_weight_is_said_as_given(tmp_path, monkeypatch, capsys):
@@ -30,7 +30,8 @@ def test_a_normalized_style_layer_weight_is_said_as_given(tmp_path, monkeypatch,
     for dry in ([], ["--dry-run"]):
         code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                                tmp_path / "o.png", *FAST, *weights, *dry)
-        assert one_error_line(code, err) == f"error: --style-layer-weights {NORMALIZED} (0, or 1.18e-38 to 3.4e+38)"
+        said = NORMALIZED.format("--normalize-weights")
+        assert one_error_line(code, err) == f"error: --style-layer-weights {said} (0, or 1.18e-38 to 3.4e+38)"
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *FAST, "--normalize-weights", "--style-layer-weights", "1e-44,1,1,1,1")
     assert one_error_line(code, err).startswith("error: --style-layer-weights 1e-44 is past float32"), err
@@ -38,8 +39,9 @@ def test_a_normalized_style_layer_weight_is_said_as_given(tmp_path, monkeypatch,
                                                   "Style-Layer-Weights": [5e-37, 1, 1, 1, 1],
                                                   "normalize_weights": True}) + "\n")
     code, _, _ = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
-    assert code == 1 and f"Style-Layer-Weights {NORMALIZED}" in manifest_lines(tmp_path / "o")[0]["reason"]
-    with pytest.raises(ConfigError, match="^" + re.escape(f"style_layer_weights {NORMALIZED}")):
+    keyed = NORMALIZED.format("normalize_weights")  # the key, the keyword
+    assert code == 1 and f"Style-Layer-Weights {keyed}" in manifest_lines(tmp_path / "o")[0]["reason"]
+    with pytest.raises(ConfigError, match="^" + re.escape(f"style_layer_weights {keyed}")):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
                             normalize_weights=True, style_layer_weights=(5e-37, 1, 1, 1, 1))
 
@@ -480,3 +482,27 @@ def test_a_texture_from_the_content_is_said_by_the_name_given(tmp_path, monkeypa
     code, _, err = run_cli(monkeypatch, capsys, "texture", tmp_path / "s.png", "-o", tmp_path / "t.png", *FAST,
                            "--init", init)
     assert one_error_line(code, err).startswith(f"error: --init {said}")
+
+
+@pytest.mark.parametrize("flag, value, key, typed, said", [
+    ("--mem-budget", "0.000001", "mem_budget_gib", "Mem_Budget", "{} 1e-06 GiB is too small for a 40x33 image"),
+    ("--style-scale", "1e9", "style_scale", "Style_Scale", "--size x {} must be at most 65536 px, got 40 x 1e+09")])
+def test_a_memory_budget_or_style_scale_fault_is_said_by_the_name_given(tmp_path, monkeypatch, capsys, flag, value,
+                                                                        key, typed, said):
+    """"a memory budget of 1e-06 GiB is too small", "size x style scale must be at most ..." whichever way they
+    came in (probe 25a): the flag, the key as typed, the keyword (the batch's own --size stays a flag)."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, flag, value)
+    assert one_error_line(code, err).startswith("error: " + said.format(flag)), err
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png",
+                                                  typed: float(value)}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    assert "line 1: " + said.format(typed) in manifest_lines(tmp_path / "o")[0]["reason"], err
+    with pytest.raises(ConfigError) as caught:
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
+                            **{key: float(value)})
+    assert str(caught.value).startswith(said.format(key).replace("--size", "size")), caught.value
