@@ -79,6 +79,9 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     planned = PLAN_ONLY if scales is not None else ()
     kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()
             if k != "non_strict" and k not in VIDEO_ONLY and k not in planned}
+    if scales is not None:  # a tile as large as the picture is one tile: the untiled step's picture (exact tiling)
+        scales = [{**s, "tile": None} if s.get("tile") and s["tile"] >= max(s["height"], s["width"]) else s
+                  for s in scales]
     payload = {"settings": kept, "scales": scales,
                "overrides": _jsonable({k: v for k, v in job.overrides if k not in planned}),
                "files": [file_digest(p, digests, role) for role, p in files.items()]}

@@ -395,6 +395,8 @@ def test_a_setting_that_leaves_the_plan_as_it_was_runs_nothing_again(tmp_path, m
 
     assert batch() == "ok"
     assert [batch("--scales", "1"), batch("--mem-budget", "4"), batch("--iters-per-scale", "1")] == ["skipped"] * 3
+    assert [batch("--tile", "512"), batch("--tile", "48")] == ["skipped"] * 2  # one tile: the picture (probe 25a)
+    assert batch("--tile", "16") == "ok"  # tiles
     assert batch("--scales", "2", "--size", "64") == "ok"
 
 
