@@ -105,13 +105,38 @@ def _errors_to_log() -> None:
     worker.print_to_stdstream = to_log
 
 
+def enter(folder: str | None) -> str | None:
+    """A Ray actor's process moved to the driver's working folder, where a jobs file's, --init's, a mask's or
+    a weights file's relative path leads (in a cluster started elsewhere the worker read another file of that
+    name, and exited 0); why it cannot be, or None."""
+    if folder is None:
+        return None
+    try:
+        os.chdir(folder)
+    except OSError as e:
+        return (f"the Ray worker on {socket.gethostname()} cannot work in {folder}, the driver's working folder "
+                f"({e.strerror or e}): a cluster's workers need the driver's files at the same paths")
+    return None
+
+
+def working_folder() -> str | None:
+    """The driver's working folder, for its actors (enter); None where it is gone."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 class _Worker:
     """A Ray actor's body: one Warm for its life; run() returns JobResults (images included) to the driver."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: str | None = None) -> None:
+        self.problem = enter(folder)
         self.warm = Warm()
 
     def run(self, items: list[Planned], batch_size: int | None) -> list[JobResult]:
+        if self.problem is not None:
+            return [JobResult(item.job, "failed", self.problem, item.hash) for item in items]
         return list(run_jobs(items, self.warm, batch_size))
 
 
@@ -173,8 +198,9 @@ class ActorPool:
             per = max(1, min(cpus, cpus_per_worker or CPUS_PER_WORKER))
             count, options = max(1, cpus // per), {"num_cpus": per}
         actor = ray.remote(**options, max_restarts=RESTARTS, max_task_retries=RESTARTS)(body)
+        folder = working_folder()
         for _ in range(count):  # one by one: a signal among them leaves those made to close()
-            self.actors.append(actor.remote())
+            self.actors.append(actor.remote(folder))
 
     def map(self, method: str, items: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
         """(item, actor.method(*item)) as each comes back (any order); items are drawn only when an actor is

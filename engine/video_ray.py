@@ -96,7 +96,10 @@ class ChunkFrame:
 class VideoWorker:
     """A Ray actor's body: one warm VideoRun for its life (rebuilt only for other settings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: str | None = None) -> None:
+        from styleengine.engine.batch_ray import enter
+
+        self.problem = enter(folder)  # the driver's working folder: its --init, masks and weights by their paths
         self.video: Any = None
         self.key: str | None = None
 
@@ -106,6 +109,8 @@ class VideoWorker:
         None."""
         from styleengine.engine.video import VideoRun
 
+        if self.problem is not None:
+            return [], self.problem
         if self.key != key:
             if self.video is not None:
                 self.video.close()

@@ -76,3 +76,22 @@ def test_killed_worker_jobs_still_finish(cluster, folder):
     assert sorted(r.job.id for r in finished) == [f"j{i}" for i in range(6)]  # each once, none lost
     assert all(r.status == "ok" and r.image is not None for r in finished)
     assert {r.iterations for r in finished if r.job.id == "j1"} == {40}
+
+
+def test_relative_paths_are_read_in_the_drivers_folder(cluster, tmp_path, monkeypatch, capsys):
+    """A cluster started in another folder read a job's relative `photo.png` there: another picture, exit 0, the
+    local run's hash (probe 25b). The actors work in the driver's folder, as the jobs file's paths say."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "work").mkdir()
+    for name in ("photo.png", "style.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "work" / name)
+    (tmp_path / "work" / "jobs.jsonl").write_text('{"id": "x", "content": "photo.png", "style": "style.png"}\n')
+    monkeypatch.chdir(tmp_path / "work")  # not where the cluster was started
+    for out, ray_flags in (("local", []), ("ray", ["--ray", "auto"])):
+        code, _, err = run_cli(monkeypatch, capsys, "batch", "jobs.jsonl", "--out", out, *FAST, *ray_flags)
+        assert code == 0, err
+    local, remote = (np.asarray(Image.open(tmp_path / "work" / out / "photo__style.png")) for out in ("local", "ray"))
+    assert np.abs(local.astype(int) - remote.astype(int)).max() <= 1
+    from styleengine.engine.batch_ray import enter
+
+    assert enter(str(tmp_path / "nowhere")).startswith("the Ray worker on ")
