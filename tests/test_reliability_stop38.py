@@ -167,17 +167,22 @@ def test_a_finished_job_is_skipped_however_out_is_spelled(tmp_path, monkeypatch,
     assert batch("o") == 0 and manifest_lines(tmp_path / "o")[-1]["status"] == "skipped"
 
 
+def _two_jobs_one_output(folder) -> None:
+    """x.jsonl and y.jsonl: jobs X and Y, other pictures, both to a.png."""
+    from PIL import Image
+
+    _pictures(folder)
+    Image.new("RGB", (48, 40), (30, 200, 30)).save(folder / "c2.png")
+    for job_id, content in (("X", "c.png"), ("Y", "c2.png")):
+        (folder / f"{job_id.lower()}.jsonl").write_text(json.dumps({"id": job_id, "content": content, "style": "s.png",
+                                                                    "output": "a.png"}) + "\n")
+
+
 def test_a_job_is_not_skipped_over_another_jobs_picture_however_out_is_spelled(tmp_path, monkeypatch, capsys):
     """X wrote a.png with --out o, then Y with --out /abs/o: X was skipped over Y's picture (probe 24a: the writer
     rule keyed outputs as written). Each is one place now, and the file is checked against the line's picture."""
-    from PIL import Image
 
-    _pictures(tmp_path)
-    Image.new("RGB", (48, 40), (30, 200, 30)).save(tmp_path / "c2.png")
-    (tmp_path / "x.jsonl").write_text(json.dumps({"id": "X", "content": "c.png", "style": "s.png",
-                                                  "output": "a.png"}) + "\n")
-    (tmp_path / "y.jsonl").write_text(json.dumps({"id": "Y", "content": "c2.png", "style": "s.png",
-                                                  "output": "a.png"}) + "\n")
+    _two_jobs_one_output(tmp_path)
     monkeypatch.chdir(tmp_path)
 
     def batch(jobs, out):
@@ -193,17 +198,11 @@ def test_a_job_is_not_skipped_over_another_jobs_picture_however_out_is_spelled(t
 def test_a_picture_written_without_its_line_is_no_other_jobs_finished_picture(tmp_path, monkeypatch, capsys):
     """The manifest refused X's line after X's picture replaced Y's: the error did not say so, and Y was then
     skipped over X's picture (probe 24a). The error says it; the file is checked against Y's line, and Y runs."""
-    from PIL import Image
 
     from styleengine.engine import manifest as manifest_module
     from styleengine.errors import UserError
 
-    _pictures(tmp_path)
-    Image.new("RGB", (48, 40), (30, 200, 30)).save(tmp_path / "c2.png")
-    (tmp_path / "x.jsonl").write_text(json.dumps({"id": "X", "content": "c.png", "style": "s.png",
-                                                  "output": "a.png"}) + "\n")
-    (tmp_path / "y.jsonl").write_text(json.dumps({"id": "Y", "content": "c2.png", "style": "s.png",
-                                                  "output": "a.png"}) + "\n")
+    _two_jobs_one_output(tmp_path)
     argv = ["--out", tmp_path / "o", *FAST]
     assert run_cli(monkeypatch, capsys, "batch", tmp_path / "y.jsonl", *argv)[0] == 0
     ys = (tmp_path / "o" / "a.png").read_bytes()
