@@ -57,29 +57,33 @@ def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
         raise ImageError(f"{what} {path} is black everywhere: its style would paint nothing")
 
 
-def check_sum(content: np.ndarray, shape: tuple[int, int] | None = None) -> None:
-    """ConfigError where (R, H, W) content masks overlap: a pixel's weights sum to more than 1. `shape`: the
-    (height, width) the pixel is said at (the masks' own, where these are smaller)."""
+def check_sum(content: np.ndarray) -> None:
+    """ConfigError where (R, H, W) content masks overlap: a pixel's weights sum to more than 1."""
     total = content.sum(axis=0)
     if total.max() > 1 + SUM_SLACK:
-        y, x = (int(v) for v in np.unravel_index(int(total.argmax()), total.shape))
-        if shape is not None:
-            y, x = int((y + 0.5) * shape[0] / total.shape[0]), int((x + 0.5) * shape[1] / total.shape[1])
+        y, x = np.unravel_index(int(total.argmax()), total.shape)
         raise ConfigError(f"the content masks sum to {total.max():.2f} at pixel ({x}, {y}); a pixel's weights "
                           f"must sum to at most 1 (each mask is one style's region)")
 
 
 def check_overlap_at_every_size(regions: list[np.ndarray]) -> None:
-    """check_sum for content masks before their content's size is known (a batch's or server's own): at the
-    coarsest size a run resizes them to (MIN_SIDE px), so that what a larger run's resize would smooth away (a
-    stray pixel) is not refused, and what is refused there overlaps at any size."""
+    """check_sum for content masks before their content's size is known (a batch's or server's own): refused
+    only where they overlap both at their own size and at the coarsest a run resizes them to (MIN_SIDE px), so
+    that neither a stray pixel a run's resize smooths away nor the ringing of two bordering masks' resize is
+    refused, where every run would take them; masks of different sizes are each run's to check."""
     from styleengine.choices import MIN_SIDE
 
     first = regions[0].shape
-    height, width = images.long_side_shape(first[0], first[1], min(MIN_SIDE, max(first)))
-    small = [images.resize_tensor(torch.from_numpy(r.astype(np.float32))[None, None], height, width)[0, 0].numpy()
-             for r in regions]
-    check_sum(np.stack(small), (first[0], first[1]))
+    if any(r.shape != first for r in regions):
+        return
+    try:
+        check_sum(np.stack(regions))
+    except ConfigError as own:
+        height, width = images.long_side_shape(first[0], first[1], min(MIN_SIDE, max(first)))
+        small = [images.resize_tensor(torch.from_numpy(r.astype(np.float32))[None, None], height, width)[0, 0]
+                 .numpy() for r in regions]
+        if np.stack(small).sum(axis=0).max() > 1 + SUM_SLACK:
+            raise own from None
 
 
 def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],

@@ -507,3 +507,53 @@ def test_a_memory_budget_or_style_scale_fault_is_said_by_the_name_given(tmp_path
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", iterations=1, size=40,
                             **{key: float(value)})
     assert str(caught.value).startswith(said.format(key).replace("--size", "size")), caught.value
+
+
+def test_a_server_with_a_relative_folder_never_shows_it_to_clients(tmp_path, monkeypatch):
+    """`serve --results-dir srv` said "cannot write srv/results/ID.png: ..." to clients, and after a restart with
+    its folder spelled another way the earlier spelling stayed (probe 26)."""
+    pytest.importorskip("fastapi")
+    from pathlib import Path
+
+    from styleengine.serve.jobs import JobStore
+
+    monkeypatch.chdir(tmp_path)
+    store = JobStore(Path("srv"))
+    try:
+        for said in ("cannot write srv/results/1a.png: [Errno 28] No space left on device",
+                     f"cannot write {tmp_path}/srv/results/1a.png: [Errno 28] No space left on device",
+                     "cannot write ../x/srv/uploads/1a/content: [Errno 28] No space left on device"):
+            shown = store.for_clients(said)
+            assert "srv" not in shown and shown.startswith("cannot write <server folder>/"), shown
+        assert store.for_clients("mysrv/results/a.png, the srv") == "mysrv/results/a.png, the srv"
+    finally:
+        store.close()
+
+
+def test_a_start_check_takes_bordering_masks_and_keeps_the_runs_order(tmp_path, monkeypatch, capsys):
+    """The start's coarse overlap check refused two bordering masks (a half and a band beside it: the resize's
+    ringing) that every run takes, and a missing style mask was said before the overlap the run says first (probe
+    26). Overlap is refused where the masks overlap at their own size and at the coarsest."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    _halves(tmp_path)
+    band = np.zeros((40, 48), np.uint8)
+    band[:, 24:26] = 255
+    Image.fromarray(band).save(tmp_path / "band.png")
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "styles": ["s.png", "s.png"]}) + "\n")
+    masks = ["--content-mask", f"{tmp_path / 'left.png'},{tmp_path / 'band.png'}"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", tmp_path / "s.png",
+                           "-o", tmp_path / "r.png", *FAST, *masks)
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST, *masks)
+    assert code == 0, err
+    both = ["--content-mask", f"{tmp_path / 'left.png'},{tmp_path / 'left.png'}",
+            "--style-mask", f"{tmp_path / 'missing.png'},{tmp_path / 'left.png'}"]
+    said = set()
+    for command in (["run", tmp_path / "c.png", tmp_path / "s.png", tmp_path / "s.png", "-o", tmp_path / "r2.png"],
+                    ["batch", tmp_path / "j.jsonl", "--out", tmp_path / "o2"]):
+        code, _, err = run_cli(monkeypatch, capsys, *command, *FAST, *both)
+        said.add(one_error_line(code, err).split(";")[0])
+    assert said == {"error: the content masks sum to 2.00 at pixel (0, 0)"}, said

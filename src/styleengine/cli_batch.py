@@ -135,8 +135,6 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     paths.check_writable(manifest.path, "manifest")
     shared = engine.settings_inputs(settings.init, settings.weights,  # the run's words: "content mask 1 m.png"
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
-    paths.check_inputs(shared)  # every job reads them: one line now, not a failure per job
-    check_own_files(settings, decode=True)  # and read whole (not an image, cut short, under 32 px, a bomb)
     if jobs is None:  # every job of --contents with --styles has one style image: a count for more fits none
         from styleengine.engine.plan import check_counts
 
@@ -147,6 +145,10 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
             raise SettingError(e.setting, e.label, e.problem + why) from None
         except ConfigError as e:
             raise ConfigError(f"{e}{why}") from None
+    # every job reads them: one line now, not a failure per job, in the run's order (its counts, the init and
+    # the masks read whole, then the rest)
+    check_own_files(settings, decode=True)
+    paths.check_inputs(shared)
     total, job_source = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure

@@ -114,14 +114,15 @@ def _serve(
         raise ConfigError(f"{over}: raise the limit or lower the server's own values")
     from styleengine.engine.settings import settings_inputs
 
-    # every job reads them: one line now (a missing --init made every POST a 500)
-    paths.check_inputs(settings_inputs(settings.init, settings.weights,
-                                       content_masks=settings.content_masks, style_masks=settings.style_masks))
     from styleengine.cli_plan import check_own_files
     from styleengine.console import Console, warnings_on
 
+    # every job reads them: one line now (a missing --init made every POST a 500), read whole (one that is no
+    # image, or cut short, failed every job), in the run's order: the init and the masks, then the rest
     with warnings_on(Console(stderr=True, markup=False)):  # before the server's log: warning lines, escaped
-        check_own_files(settings, decode=True)  # and read whole: one that is no image, or cut short, failed every job
+        check_own_files(settings, decode=True)
+    paths.check_inputs(settings_inputs(settings.init, settings.weights,
+                                       content_masks=settings.content_masks, style_masks=settings.style_masks))
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
     from styleengine.engine.stylise import check_weights

@@ -455,9 +455,12 @@ class JobStore:
         if said and last_finite is not None:
             reason = head + ("; its last finite image is the job's result" if last_finite else
                              "; its last finite image was the job's result, and that file is gone")
-        for spelled in {str(self.root.resolve()), str(self.root.absolute())}:  # never a relative "." or "srv"
+        for spelled in {str(self.root.resolve()), str(self.root.absolute())}:
             reason = reason.replace(spelled, "<server folder>")
-        return reason
+        # a relative spelling ("srv/results/x.png", this server's or an earlier one's): the path that leads to a
+        # folder of the server's name and into its results or uploads
+        name = re.escape(self.root.absolute().name)
+        return re.sub(rf"(?<![^\s(])[^\s('\"]*?\b{name}(?=/(?:results|uploads)\b)", "<server folder>", reason)
 
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
