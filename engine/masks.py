@@ -44,11 +44,16 @@ def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str
     array = images.load_image(path, what)
     height, width = array.shape[:2]
     check_mask_aspect(what, path, array.shape, image, shape)
-    mask = images.luminance(array).astype(np.float32)
-    if (height, width) != tuple(shape):
-        mask = images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
+    mask = _resized(images.luminance(array).astype(np.float32), shape)
     check_paints(what, path, mask)
     return mask
+
+
+def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An (H, W) float32 mask at `shape`, resized as the run resizes its images (images.resize_tensor)."""
+    if mask.shape == tuple(shape):
+        return mask
+    return images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
 
 
 def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -79,9 +84,8 @@ def check_overlap_at_every_size(regions: list[np.ndarray]) -> None:
     try:
         check_sum(np.stack(regions))
     except ConfigError as own:
-        height, width = images.long_side_shape(first[0], first[1], min(MIN_SIDE, max(first)))
-        small = [images.resize_tensor(torch.from_numpy(r.astype(np.float32))[None, None], height, width)[0, 0]
-                 .numpy() for r in regions]
+        coarsest = images.long_side_shape(first[0], first[1], min(MIN_SIDE, max(first)))
+        small = [_resized(r.astype(np.float32), coarsest) for r in regions]
         if np.stack(small).sum(axis=0).max() > 1 + SUM_SLACK:
             raise own from None
 

@@ -129,6 +129,7 @@ def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int,
     raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available "
                       f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
 
+
 def check_counts(settings: Settings, styles: int) -> None:
     """The settings that take one value per style image against `styles` of them."""
     if settings.style_blend is not None and len(settings.style_blend) != styles:
