@@ -267,6 +267,12 @@ class VideoRun:
                      signalled or late)
 
 
+def stopped_why(result: Result) -> str | None:
+    """Why a frame's loop stopped early ("interrupted", or a loss that is not finite in loop.non_finite's words,
+    as every command says it), or None."""
+    return non_finite(result.iterations) if result.stopped == "non-finite loss" else result.stopped
+
+
 def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.ndarray], settings: Settings, *,
                    plan: Plan | None = None, finished: Callable[[int], np.ndarray | None] = lambda index: None,
                    on_frame: Callable[[Frame], None] = lambda frame: None, weights: Weights | None = None
@@ -286,10 +292,9 @@ def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.nda
                 run.skip(frame, done)
                 continue
             result = run.frame(index, frame)
-            if result.result.stopped == "non-finite loss":
-                return non_finite(result.result.iterations)  # said as every command says it
-            if result.result.stopped is not None:
-                return result.result.stopped
+            why = stopped_why(result.result)
+            if why is not None:
+                return why
             on_frame(result)
             if result.signalled:
                 return "interrupted"

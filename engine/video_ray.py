@@ -107,7 +107,7 @@ class VideoWorker:
                 key: str) -> tuple[list[ChunkFrame], str | None]:
         """The chunk's frames (uint8, first..stop-1), its chain from the first; and why it stopped early, or
         None."""
-        from styleengine.engine.video import VideoRun
+        from styleengine.engine.video import VideoRun, stopped_why
 
         if self.problem is not None:
             return [], self.problem
@@ -120,8 +120,9 @@ class VideoWorker:
         for index, frame in zip(chunk.frames(), frames):
             # uint8 / 255 in float32, as video_io reads a frame: the same input bits as one process
             result = self.video.frame(index, np.ascontiguousarray(frame, dtype=np.float32) / 255.0)
-            if result.result.stopped is not None:
-                return done, result.result.stopped
+            why = stopped_why(result.result)
+            if why is not None:
+                return done, why
             done.append(ChunkFrame(index, result.image, result.to_json()))
         return done, None
 

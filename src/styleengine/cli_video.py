@@ -460,10 +460,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
-    if stopped is not None:  # a loss that is not finite, in loop.non_finite's words (a chunk's: Ray's reason)
+    if stopped is not None:  # a loss that is not finite, in loop.non_finite's words (a chunk's worker's too)
         where = f"wrote {output} ({written} frames)" if written else "nothing written"  # it said "wrote (0 frames)"
-        said = "the loss became non-finite" if stopped == "non-finite loss" else stopped
-        print(printable(f"error: frame {end}: {said}; {where}"), file=sys.stderr)
+        print(printable(f"error: frame {end}: {stopped}; {where}"), file=sys.stderr)
         raise typer.Exit(1)
     if written < stop - start:
         print(printable(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)"),
