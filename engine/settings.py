@@ -22,7 +22,7 @@ from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
 from styleengine.errors import ConfigError, SettingError, UserError
-from styleengine.model.convention import TORCHVISION, Convention
+from styleengine.model.convention import RANDOM, TORCHVISION, Convention
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
@@ -329,6 +329,23 @@ class Settings:
         """The convention a network with its `own` convention is fed with under these settings."""
         return dataclasses.replace(self.convention or own, **self.convention_changes())
 
+    def check_convention_range(self, own: Convention, whose: str = "the weights'") -> None:
+        """ConfigError unless the convention fed to a network with its `own` keeps features within float32;
+        it names the fields given by their flags, and the others as `whose` (or the given convention's)."""
+        convention = self.input_convention(own)
+        changes = self.convention_changes()
+        given = [f"{flag_of(name)} {_said(getattr(convention, name))}" for name in RANGE_FIELDS if name in changes]
+        problem = convention.range_problem(one=len(given) == 1)
+        if problem is None:
+            return
+        theirs = [f"{name.replace('_', ' ')} {_said(getattr(convention, name))}" for name in RANGE_FIELDS
+                  if name not in changes]
+        whose = ("the convention's" if self.convention is not None
+                 else "the random weights'" if self.weights == "random" else whose)
+        if not given:
+            raise ConfigError(f"{whose} {_listed(theirs)} {problem}")
+        raise ConfigError(f"{_listed(given)}{f' with {whose} {_listed(theirs)}' if theirs else ''} {problem}")
+
     def loss_config(self, *, texture: bool = False) -> LossConfig:
         """The LossConfig of these settings; texture synthesis drops the content term (alpha = 0)."""
         return LossConfig(
@@ -482,19 +499,11 @@ class Settings:
                               "(--tile, --mem-budget) never holds; drop one of them")
         if self.backend == "tensorrt" and self.tile is not None:
             raise ConfigError("the tensorrt backend cannot tile; use --backend ort or torch for --tile")
-        # checked on a complete convention whose other fields are valid, before any weights are loaded
-        try:
-            self.input_convention(self.convention or TORCHVISION).validate()
-        except SettingError:  # one field's own fault, whatever the others are
-            raise
-        except ConfigError as e:
-            assumed = [name for name in ("channel_order", "pixel_range", "mean", "std")
-                       if self.convention is None and name not in self.convention_changes()]
-            if not assumed:
-                raise
-            # it named torchvision's mean and std as if given (random weights run with others)
-            raise ConfigError(f"{e} ({', '.join(n.replace('_', ' ') for n in assumed)}: torchvision's, assumed until "
-                              f"the weights' own are read)") from None
+        # each field's own fault, on a complete convention whose other fields are valid
+        self.input_convention(self.convention or TORCHVISION).check_fields()
+        own = {"random": RANDOM, "imagenet": TORCHVISION}.get(self.weights)  # known without reading a file
+        if own is not None or self.convention is not None or set(RANGE_FIELDS) <= set(self.convention_changes()):
+            self.check_convention_range(own or TORCHVISION)  # else once the file's own is read (load_run_weights)
         if texture and not self.style_layers:  # the loss's own check would name the content layer it has not
             raise ConfigError("a texture needs at least one style layer; --style-layers names none")
         loss = self.loss_config(texture=texture)
@@ -521,6 +530,18 @@ def options(command: str = RUN) -> dict[str, Option]:
         if meta is not None and command in meta.commands:
             found[f.name] = meta
     return found
+
+
+# the convention's fields that set how far pixels are scaled and shifted (the channel order only permutes them)
+RANGE_FIELDS = ("pixel_range", "mean", "std")
+
+
+def _said(value: float | tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
+def _listed(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def flag_of(name: str) -> str:

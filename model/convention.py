@@ -23,11 +23,22 @@ class Convention:
         return asdict(self)
 
     def validate(self) -> None:
-        """ConfigError unless every field can work: RGB/BGR, a finite range > 0, three finite means,
-        three finite stds > 0 (a zero std divides by zero)."""
+        """ConfigError unless every field can work (check_fields) and together they keep features within
+        float32 (range_problem)."""
+        from styleengine.errors import ConfigError
+
+        self.check_fields()
+        problem = self.range_problem()
+        if problem is not None:
+            raise ConfigError(f"input pixel range {self.pixel_range:g}, mean {_numbers(self.mean)} and std "
+                              f"{_numbers(self.std)} {problem}")
+
+    def check_fields(self) -> None:
+        """SettingError unless each field can work: RGB/BGR, a finite range > 0, three finite means, three
+        finite stds > 0 (a zero std divides by zero)."""
         import math
 
-        from styleengine.errors import ConfigError, SettingError
+        from styleengine.errors import SettingError
 
         # one field's fault is a SettingError of the setting of that name (a front end says it as given)
         if self.channel_order not in ("RGB", "BGR"):
@@ -39,18 +50,22 @@ class Convention:
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3 or not all(math.isfinite(v) for v in values):
                 raise SettingError(name, f"input {name}", f"needs three finite numbers, one per channel, got "
-                                                         f"{','.join(f'{v:g}' for v in values)}")
+                                                         f"{_numbers(values)}")
         if any(v <= 0 for v in self.std):
-            raise SettingError("std", "input std values", f"must be > 0, got {','.join(f'{v:g}' for v in self.std)}")
+            raise SettingError("std", "input std values", f"must be > 0, got {_numbers(self.std)}")
+
+    def range_problem(self, *, one: bool = False) -> str | None:
+        """None, or what these (valid) fields do to pixels past float32's reach: "scale pixels by ...: past what
+        float32 features hold (...)", its verbs for `one` subject ("scales") where asked."""
         scale, shift = self.scale_shift()
         low, high = INPUT_SCALE
-        if not all(low <= abs(v) <= high for v in scale) or not all(abs(v) <= INPUT_SHIFT for v in shift):
-            # the network computes in float32: a pixel range of 1e-50 fed it zeros, a std of 1e-50 infinities
-            raise ConfigError(f"input pixel range {self.pixel_range:g}, mean {','.join(f'{v:g}' for v in self.mean)} "
-                              f"and std {','.join(f'{v:g}' for v in self.std)} scale pixels by "
-                              f"{','.join(f'{v:.3g}' for v in scale)} and shift them by "
-                              f"{','.join(f'{v:.3g}' for v in shift)}: past what float32 features hold "
-                              f"(scales {low:g} to {high:g}, shifts up to {INPUT_SHIFT:g})")
+        if all(low <= abs(v) <= high for v in scale) and all(abs(v) <= INPUT_SHIFT for v in shift):
+            return None
+        # the network computes in float32: a pixel range of 1e-50 fed it zeros, a std of 1e-50 infinities
+        s = "s" if one else ""
+        return (f"scale{s} pixels by {','.join(f'{v:.3g}' for v in scale)} and shift{s} them by "
+                f"{','.join(f'{v + 0.0:.3g}' for v in shift)}: past what float32 features hold "
+                f"(scales {low:g} to {high:g}, shifts up to {INPUT_SHIFT:g})")
 
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per RGB channel: network_input[c'] = rgb[c] * scale[c] + shift[c]."""
@@ -64,6 +79,10 @@ class Convention:
     def rgb_permutation(self) -> list[int]:
         """Network input channel i takes RGB channel perm[i]."""
         return [0, 1, 2] if self.channel_order == "RGB" else [2, 1, 0]
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 TORCHVISION = Convention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

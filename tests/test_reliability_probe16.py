@@ -396,11 +396,12 @@ def test_invert_names_the_tv_weight_as_given(tmp_path, monkeypatch, capsys):
 
 
 def test_a_pixel_range_refusal_says_which_numbers_are_assumed(tmp_path, monkeypatch, capsys):
-    """It named torchvision's mean and std as if given, for weights that run with others."""
+    """It named torchvision's mean and std as if given, for weights that run with others (stop 39: it says the
+    random weights' own, which they run with)."""
     _pictures(tmp_path)
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *FAST, "--pixel-range", "1e-37")
-    assert "torchvision's, assumed until the weights' own are read" in one_error_line(code, err)
+    assert "--pixel-range 1e-37 with the random weights' mean 0.5,0.5,0.5" in one_error_line(code, err)
 
 
 @pytest.mark.parametrize("name", ["x\x1b[31my.png", "x\u2028y.png", "x\ty.png"])

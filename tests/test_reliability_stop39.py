@@ -1,0 +1,79 @@
+"""Issue 23, stop 39: stop 38's known limits mended, and probe 27's findings (on 70127af)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+BOUNDS = "past what float32 features hold (scales 0.001 to 100000, shifts up to 100000)"
+
+
+def test_the_convention_range_is_checked_on_the_weights_own_values(tmp_path, monkeypatch, capsys,
+                                                                   shared_vgg16_file):
+    """The float32 check of the input convention assumed torchvision's values until the weights were read, and
+    never looked again: caffe weights (0-255) with --std 1e-3 scale pixels by 2.55e5 and ran (exit 0), while
+    --pixel-range 1e5, which they take (a scale of 1e5), was refused for torchvision's std."""
+    _pictures(tmp_path)
+    weights = ["--weights", str(shared_vgg16_file), "--model", "vgg16", "--size", "40", "--iters", "1"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *weights, "--std", "1e-3,1e-3,1e-3")
+    assert one_error_line(code, err) == (
+        "error: --std 0.001,0.001,0.001 with the weights' pixel range 255 and mean 103.939,116.779,123.68 scales "
+        "pixels by 2.55e+05,2.55e+05,2.55e+05 and shifts them by -1.24e+05,-1.17e+05,-1.04e+05: " + BOUNDS)
+    assert not (tmp_path / "o.png").exists()
+    (tmp_path / "j.csv").write_text("content,style,output\nc.png,s.png,a.png\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "b", *weights,
+                           "--std", "1e-3,1e-3,1e-3")
+    assert "--std 0.001,0.001,0.001 with the weights'" in one_error_line(code, err)
+    assert not (tmp_path / "b").exists()  # said at the batch's start
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *weights, "--pixel-range", "1e5")
+    assert code == 0 and (tmp_path / "o.png").is_file(), err
+
+
+def test_the_convention_range_names_each_value_by_whom_it_came_from(tmp_path, monkeypatch, capsys):
+    """It said "input pixel range 1, mean ... and std ..." in words, and torchvision's mean and std "assumed" for
+    random weights, which run with their own (0.5 and 0.25; stop 38's known limit): the values given are said by
+    the names given (flag, keyword), the others as the weights' or the given convention's."""
+    import styleengine
+    from styleengine.errors import ConfigError
+    from styleengine.model.convention import Convention
+
+    _pictures(tmp_path)
+    said = {}
+    for given in (["--pixel-range", "1e-37"], ["--pixel-range", "1", "--mean", "0,0,0", "--std", "1e-9,1e-9,1e-9"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, *given)
+        said[given[1]] = one_error_line(code, err)
+    assert said["1e-37"].startswith("error: --pixel-range 1e-37 with the random weights' mean 0.5,0.5,0.5 and "
+                                    "std 0.25,0.25,0.25 scales pixels by 4e-37,"), said
+    assert said["1"] == ("error: --pixel-range 1, --mean 0,0,0 and --std 1e-09,1e-09,1e-09 scale pixels by "
+                         "1e+09,1e+09,1e+09 and shift them by 0,0,0: " + BOUNDS)  # 0, not -0
+    from safetensors.torch import save_file
+
+    from styleengine.model.weights import random_state
+
+    save_file(random_state("vgg16", 3), tmp_path / "w.safetensors")  # no metadata, not a known file
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--model", "vgg16", "--weights", tmp_path / "w.safetensors",
+                           "--std", "1e-9,1e-9,1e-9")
+    assert one_error_line(code, err).startswith("error: --std 1e-09,1e-09,1e-09 with torchvision's (assumed for the "
+                                                "weights) pixel range 1 and mean 0.485,0.456,0.406 scales"), err
+    content = tmp_path / "c.png"
+    with pytest.raises(ConfigError, match="^" + re.escape("std 1e-09,1e-09,1e-09 with the random weights' pixel "
+                                                          "range 1 and mean 0.5,0.5,0.5 scales pixels by 1e+09")):
+        styleengine.stylise(content, tmp_path / "s.png", weights="random", iterations=1, size=40, std=(1e-9,) * 3)
+    whole = Convention("RGB", 1.0, (0.0, 0.0, 0.0), (1e-3,) * 3)
+    with pytest.raises(ConfigError, match="^" + re.escape("pixel_range 100000 with the convention's mean 0,0,0 "
+                                                          "and std 0.001,0.001,0.001 scales pixels by 1e+08")):
+        styleengine.stylise(content, tmp_path / "s.png", weights="random", iterations=1, size=40, convention=whole,
+                            pixel_range=1e5)
