@@ -58,6 +58,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# settings that name a file: its bytes are hashed, the path as typed is not (`init.png`, `./init.png` and its
+# absolute path, or a jobs file read from another folder, are one picture)
+FILE_FIELDS = ("init", "weights", "content_masks", "style_masks")
+
+
+def unspelled(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings (or overrides) as JSON with each file they name said as "file": what a hash keeps of them."""
+    from styleengine.choices import INITS, WEIGHT_WORDS
+
+    def said(name: str, value: Any) -> Any:
+        if value is None or (name == "init" and value in INITS) or (name == "weights" and value in WEIGHT_WORDS):
+            return value
+        return "file" if name in ("init", "weights") else ["file"] * len(value)  # masks: their count decides
+
+    return {k: said(k, v) if k in FILE_FIELDS else v for k, v in values.items()}
+
+
 # settings whose whole effect is the plan (its scales' sizes, iterations and tiles)
 PLAN_ONLY = ("scales", "start_size", "iters_per_scale", "mem_budget_gib", "tile")
 
@@ -77,13 +94,13 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     # with the plan's scales, the settings that only decide the plan are in them: `--scales 1` where auto makes
     # one scale is the same picture
     planned = PLAN_ONLY if scales is not None else ()
-    kept = {k: v for k, v in _jsonable(dataclasses.replace(settings, save_every=0)).items()
+    kept = {k: v for k, v in unspelled(_jsonable(dataclasses.replace(settings, save_every=0))).items()
             if k != "non_strict" and k not in VIDEO_ONLY and k not in planned}
     if scales is not None:  # a tile as large as the picture is one tile: the untiled step's picture (exact tiling)
         scales = [{**s, "tile": None} if s.get("tile") and s["tile"] >= max(s["height"], s["width"]) else s
                   for s in scales]
     payload = {"settings": kept, "scales": scales,
-               "overrides": _jsonable({k: v for k, v in job.overrides if k not in planned}),
+               "overrides": unspelled(_jsonable({k: v for k, v in job.overrides if k not in planned})),
                "files": [file_digest(p, digests, role) for role, p in files.items()]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -153,9 +153,9 @@ def video_hash(settings: Settings, plan: Plan, files: list[str], selection: dict
     """sha256 of what decides the frames (16 hex digits): the resolved settings, the plan, the digests of the
     files read (video, styles, init, weights) and which frames (first frame and rate: later frames never
     change earlier ones, so a longer range continues a shorter one)."""
-    from styleengine.engine.manifest import _jsonable
+    from styleengine.engine.manifest import _jsonable, unspelled
 
-    payload = {"settings": _jsonable(dataclasses.replace(settings, save_every=0, distance_every=0)),
+    payload = {"settings": unspelled(_jsonable(dataclasses.replace(settings, save_every=0, distance_every=0))),
                "plan": plan.to_json(), "files": files, "selection": selection,
                "frame_iters": frame_iterations(settings)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

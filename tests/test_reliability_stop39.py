@@ -7,11 +7,11 @@ import pytest
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
-    from test_reliability_batch import one_error_line
+    from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
-    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
 BOUNDS = "past what float32 features hold (scales 0.001 to 100000, shifts up to 100000)"
@@ -77,3 +77,55 @@ def test_the_convention_range_names_each_value_by_whom_it_came_from(tmp_path, mo
                                                           "and std 0.001,0.001,0.001 scales pixels by 1e+08")):
         styleengine.stylise(content, tmp_path / "s.png", weights="random", iterations=1, size=40, convention=whole,
                             pixel_range=1e5)
+
+
+def test_a_finished_job_is_skipped_however_its_files_are_spelled(tmp_path, monkeypatch, capsys):
+    """The hash kept a job's init, weights and mask paths as typed beside their bytes: the jobs file read from
+    another folder (its paths resolved from there), `--init ./i.png` after `--init i.png` or a weights file by its
+    absolute path ran a finished job again (probe 27a, 6 of 6)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from styleengine.model.weights import random_state
+
+    _pictures(tmp_path)
+    (tmp_path / "i.png").write_bytes((tmp_path / "c.png").read_bytes())
+    save_file(random_state("vgg16", 2), tmp_path / "w.safetensors")
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "init": "i.png",
+                                                  "content_mask": "c.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    fast = [*FAST, "--model", "vgg16"]
+
+    def batch(*args, out="o", jobs="j.jsonl"):
+        return run_cli(monkeypatch, capsys, "batch", jobs, "--out", out, *fast, *args)[0]
+
+    assert batch() == 0
+    assert batch(jobs=str(tmp_path / "j.jsonl")) == 0
+    monkeypatch.chdir(tmp_path / "o")
+    assert batch(out=".", jobs="../j.jsonl") == 0
+    monkeypatch.chdir(tmp_path)
+    assert [line["status"] for line in manifest_lines(tmp_path / "o")] == ["ok", "skipped", "skipped"]
+    (tmp_path / "k.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png"}) + "\n")
+    for given in (["--init", "i.png", "--weights", "w.safetensors"],
+                  ["--init", "./i.png", "--weights", str(tmp_path / "w.safetensors")]):
+        assert batch(*[a for a in given if a != "random"], out="p", jobs="k.jsonl") == 0
+    assert [line["status"] for line in manifest_lines(tmp_path / "p")] == ["ok", "skipped"]
+
+
+def test_a_video_resumes_however_its_files_are_spelled(tmp_path, monkeypatch, capsys):
+    """`video ... --init c.png` then `--init /abs/c.png` refused: "holds frames of other settings" (probe 27a)."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import numpy as np
+
+    from styleengine.benchmarks.video_clips import write_clip
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+    monkeypatch.chdir(tmp_path)
+    for init, frames in (("c.png", "0:2"), (str(tmp_path / "c.png"), "0:3")):
+        code, _, err = run_cli(monkeypatch, capsys, "video", "in.mp4", "s.png", "-o", "v.mp4", *FAST, "--size", "64",
+                               "--init", init,
+                               "--frames", frames)
+        assert code == 0, err
+    assert "1 stylised" in err, err  # the two frames of the first run kept
