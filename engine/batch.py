@@ -171,9 +171,35 @@ def record(result: JobResult, manifest: Manifest,
             os.unlink(output)
         saved = rescue(result.image, output) if result.image is not None else None
         kept = f"saved it to {saved} instead" if saved is not None else "nor could a copy be saved; it is lost"
-        raise UserError(f"{first_line(e)}; job {result.job.id}'s picture is not left in {output} with no line for "
-                        f"it: {kept}") from None
+        raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture is not left in {output} with no line "
+                         f"for it: {kept}", result.job.id, kept) from None
     return result
+
+
+class Unrecorded(UserError):
+    """record's manifest line refused after the job's picture was written: where the picture went (`kept`)."""
+
+    def __init__(self, message: str, job_id: str, kept: str):
+        super().__init__(message)
+        self.job_id, self.kept = job_id, kept
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.job_id, self.kept)
+
+
+def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[JobResult], None],
+               rescue: Callable[[np.ndarray, Path], Path | None], out_dir: Path) -> None:
+    """record() each of one optimisation's jobs, `note`-ing each: a line refused for one still records (or
+    rescues) the others, which finished with it; then UserError, one line for all."""
+    refused: list[Unrecorded] = []
+    for result in results:
+        try:
+            note(record(result, manifest, rescue, out_dir))
+        except Unrecorded as e:
+            refused.append(e)
+    if refused:
+        raise UserError(first_line(refused[0]) + "".join(f"; job {e.job_id}'s too (finished with it): {e.kept}"
+                                                         for e in refused[1:]))
 
 
 # ------------------------------------------------------------------ running
@@ -384,15 +410,21 @@ def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Pla
     return out
 
 
-def run_jobs(items: list[Planned], warm: Warm, batch_size: int | None = None) -> Iterator[JobResult]:
-    """Run the planned jobs whose status is "run", a batch at a time (groups), yielding each job as its
-    batch finishes."""
+def run_groups(items: list[Planned], warm: Warm, batch_size: int | None = None) -> Iterator[list[JobResult]]:
+    """Run the planned jobs whose status is "run", a batch at a time (groups), yielding each batch's jobs as it
+    finishes: what one optimisation made, which the caller records together."""
     for members in groups(items, batch_size):
         try:
             done = run_batch(members, warm)
         except Interrupted as e:  # the whole ones are recorded, then the batch stops
-            yield from e.results
+            yield e.results
             raise KeyboardInterrupt from None
+        yield done
+
+
+def run_jobs(items: list[Planned], warm: Warm, batch_size: int | None = None) -> Iterator[JobResult]:
+    """run_groups, a job at a time."""
+    for done in run_groups(items, warm, batch_size):
         yield from done
 
 

@@ -248,17 +248,17 @@ class RayRunner(ActorPool):
         super().__init__(_Worker, address, cpus_per_worker=cpus_per_worker)
         self.batch_size = batch_size
 
-    def run(self, planned: list[Planned]) -> Iterator[JobResult]:
-        """Each job's result as its group comes back (any order)."""
+    def run(self, planned: list[Planned]) -> Iterator[list[JobResult]]:
+        """Each group's results as it comes back (any order)."""
         # the driver groups by shape with the largest batch; each worker splits by its own memory
         work = ((group, self.batch_size) for group in groups(planned, self.batch_size or MAX_BATCH))
         for _, results in self.map("run", work):
-            yield from results
+            yield results
 
 
 def run_jobs_ray(planned: list[Planned], address: str, *,
-                 batch_size: int | None = None) -> Iterator[JobResult]:
-    """batch.run_jobs on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
+                 batch_size: int | None = None) -> Iterator[list[JobResult]]:
+    """batch.run_groups on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
     runner = RayRunner(address, batch_size=batch_size)
     try:
         yield from runner.run(planned)

@@ -65,11 +65,11 @@ def test_killed_worker_jobs_still_finish(cluster, folder):
     assert len(runner.actors) == 2
     try:
         results = runner.run(planned)
-        first = [next(results)]
+        first = next(results)
         busy = [ref for ref in runner.in_flight if not ray.wait([ref], timeout=0)[0]]
         assert busy, "no job was running when the first came back"
         ray.kill(runner.in_flight[busy[0]][0])  # no restart: its group must go to the other worker
-        finished = first + list(results)
+        finished = first + [result for group in results for result in group]
     finally:
         runner.close()
     assert runner.resubmitted == 1

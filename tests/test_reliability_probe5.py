@@ -207,15 +207,15 @@ def _while_running(monkeypatch, action) -> None:
     """Call `action()` once, as the first chunk of jobs starts running (after every check)."""
     from styleengine.engine import batch as engine
 
-    real, calls = engine.run_jobs, []
+    real, calls = engine.run_groups, []
 
-    def run_jobs(*args, **kwargs):
+    def run_groups(*args, **kwargs):
         if not calls:
             action()
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "run_jobs", run_jobs)
+    monkeypatch.setattr(engine, "run_groups", run_groups)
 
 
 @pytest.mark.parametrize("appended, says", [

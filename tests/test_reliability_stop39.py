@@ -129,3 +129,44 @@ def test_a_video_resumes_however_its_files_are_spelled(tmp_path, monkeypatch, ca
                                "--frames", frames)
         assert code == 0, err
     assert "1 stylised" in err, err  # the two frames of the first run kept
+
+
+def test_a_refused_line_loses_no_picture_of_its_optimisation(tmp_path, monkeypatch, capsys):
+    """Two jobs optimised together, the manifest full at the first's line: the first was rescued, the second,
+    finished with it, was neither written nor said (probe 27a, 4 of 4). Each is rescued and the line says both;
+    a signal held while the first is recorded keeps the second too."""
+    import json
+    import os
+    import signal
+
+    from styleengine.engine import batch as engine
+    from styleengine.engine import manifest as manifest_module
+    from styleengine.errors import UserError
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps({"content": "c.png", "style": style, "id": name}) + "\n"
+                                              for name, style in (("A", "s.png"), ("B", "c.png"))))
+    argv = ["--out", tmp_path / "o", *FAST, "--batch-size", "2"]
+
+    def refused(self, entry):
+        raise UserError(f"cannot write the manifest {self.path}: No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(manifest_module.Manifest, "append", refused)
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", *argv)
+    said = one_error_line(code, err)
+    assert "job A's picture is not left in" in said and "; job B's too (finished with it): saved it to " in said
+    assert len(list((tmp_path / "o").glob("*-rescued-*.png"))) == 2, said
+    real = engine.record
+
+    def record_then_signal(result, *args, **kwargs):  # SIGTERM as the first of the two is recorded
+        done = real(result, *args, **kwargs)
+        if result.job.id == "A":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return done
+
+    monkeypatch.setattr(engine, "record", record_then_signal)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "p", *FAST,
+                           "--batch-size", "2")
+    assert code == 143, err
+    assert [line["status"] for line in manifest_lines(tmp_path / "p")] == ["ok", "ok"], err

@@ -219,12 +219,12 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
             if warm is None:
                 from styleengine.engine.batch_ray import run_jobs_ray
 
-                results = run_jobs_ray(planned, ray, batch_size=batch_size)
+                finished = run_jobs_ray(planned, ray, batch_size=batch_size)
             else:
-                results = engine.run_jobs(planned, warm, batch_size=batch_size)
-            for result in results:
+                finished = engine.run_groups(planned, warm, batch_size=batch_size)
+            for results in finished:  # one optimisation's jobs: a signal or a refused line loses none of them
                 with signals.shielded():
-                    note(engine.record(result, manifest, save_elsewhere, out))
+                    engine.record_all(results, manifest, note, save_elsewhere, out)
     except KeyboardInterrupt:
         signals.reported = True
         left = total - sum(counts.values())
