@@ -33,27 +33,35 @@ class Masks:
     def at(self, height: int, width: int, style_shapes: list[tuple[int, int]]
            ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """(R, height, width) content masks and each style mask at its style's (height, width), as tensors."""
-        content = images.resize_tensor(torch.from_numpy(self.content).unsqueeze(0), height, width)[0]
-        styles = [images.resize_tensor(torch.from_numpy(m)[None, None], *shape)[0, 0] if m is not None else None
+        content = resize(torch.from_numpy(self.content).unsqueeze(0), height, width)[0]
+        styles = [resize(torch.from_numpy(m)[None, None], *shape)[0, 0] if m is not None else None
                   for m, shape in zip(self.styles, style_shapes)]
         return content, styles
 
 
+def resize(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(1, R, H, W) masks at (height, width): antialiased bilinear, whose weights are never negative, so that a
+    resized mask stays within its values and masks that sum to at most 1 still do (a picture's bicubic rings:
+    two bordering masks summed to 1.09 at their border, and a run refused them)."""
+    if tuple(masks.shape[2:]) == (height, width):
+        return masks
+    return torch.nn.functional.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False,
+                                           antialias=True)
+
+
 def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
-    """The mask at `path` as (H, W) float32 at `shape`, the (height, width) of `image`; ImageError, one line."""
+    """The mask at `path` as (H, W) float32 luminance at its own size, checked against `shape`, the (height,
+    width) of `image`, and for painting somewhere; ImageError, one line."""
     array = images.load_image(path, what)
-    height, width = array.shape[:2]
     check_mask_aspect(what, path, array.shape, image, shape)
-    mask = _resized(images.luminance(array).astype(np.float32), shape)
+    mask = images.luminance(array).astype(np.float32)
     check_paints(what, path, mask)
     return mask
 
 
 def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """An (H, W) float32 mask at `shape`, resized as the run resizes its images (images.resize_tensor)."""
-    if mask.shape == tuple(shape):
-        return mask
-    return images.resize_tensor(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
+    """An (H, W) float32 mask at `shape` (resize)."""
+    return resize(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
 
 
 def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -71,23 +79,13 @@ def check_sum(content: np.ndarray) -> None:
                           f"must sum to at most 1 (each mask is one style's region)")
 
 
-def check_overlap_at_every_size(regions: list[np.ndarray]) -> None:
-    """check_sum for content masks before their content's size is known (a batch's or server's own): refused
-    only where they overlap both at their own size and at the coarsest a run resizes them to (MIN_SIDE px), so
-    that neither a stray pixel a run's resize smooths away nor the ringing of two bordering masks' resize is
-    refused, where every run would take them; masks of different sizes are each run's to check."""
-    from styleengine.choices import MIN_SIDE
-
-    first = regions[0].shape
-    if any(r.shape != first for r in regions):
-        return
-    try:
-        check_sum(np.stack(regions))
-    except ConfigError as own:
-        coarsest = images.long_side_shape(first[0], first[1], min(MIN_SIDE, max(first)))
-        small = [_resized(r.astype(np.float32), coarsest) for r in regions]
-        if np.stack(small).sum(axis=0).max() > 1 + SUM_SLACK:
-            raise own from None
+def check_overlap(regions: list[np.ndarray]) -> None:
+    """check_sum of content masks as given, at the largest one's size (the others resized to it): a run and a
+    batch's or server's start check the same, whatever size each run then resizes them to (resize never adds:
+    what sums to at most 1 still does). A check at the run's size refused a stray pixel at one --size and took
+    it at another."""
+    shape = max((r.shape for r in regions), key=lambda s: s[0] * s[1])
+    check_sum(np.stack([_resized(r, shape) for r in regions]))
 
 
 def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
@@ -97,11 +95,20 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     if not settings.content_masks:
         return None
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
-    content = np.stack([_read(p, f"content mask {i + 1}", content_shape, "the content image")
-                        for i, p in enumerate(settings.content_masks)])
-    check_sum(content)
+    whats = [f"content mask {i + 1}" for i in range(len(settings.content_masks))]
+    given = [_read(p, what, content_shape, "the content image") for p, what in zip(settings.content_masks, whats)]
+    check_overlap(given)
+    content = np.stack([_painting(m, content_shape, what, p) for m, what, p in zip(given, whats,
+                                                                                   settings.content_masks)])
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
-        styles = [_read(p, f"style mask {i + 1}", shape, label)
+        styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p)
                   for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
     return Masks(content, styles)
+
+
+def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike) -> np.ndarray:
+    """`mask` at its image's `shape`, checked again: a few white pixels may fade to nothing at a small size."""
+    resized = _resized(mask, shape)
+    check_paints(what, path, resized)
+    return resized

@@ -71,9 +71,6 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     """The plan a run of these settings on these files would make here (no weights loaded, nothing written)."""
     texture = content is None
     settings.validate(texture=texture)
-    problem = paths.weights_problem(settings.weights)
-    if problem is not None:
-        raise ConfigError(problem)
     content_shape = _shape(content, "content image") if content is not None else None
     style_shapes = [_shape(p, role) for p, role in zip(styles, style_roles(styles))]
     machine = probe_light()
@@ -93,6 +90,9 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     plan = make_plan(placed, content_shape, style_shapes, content_label=f"content image {content}",
                      style_labels=[f"style image {p}" for p in styles], auto=auto)
     _check_start_and_masks(settings, content_shape, styles, style_shapes)
+    problem = paths.weights_problem(settings.weights)  # the run loads its weights after its masks
+    if problem is not None:
+        raise ConfigError(problem)
     return plan
 
 
@@ -118,7 +118,7 @@ def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple
             if role.startswith("content mask"):
                 regions.append(images.luminance(array))
                 if len(regions) == len(settings.content_masks or ()):
-                    masks.check_overlap_at_every_size(regions)
+                    masks.check_overlap(regions)
     return shapes
 
 
