@@ -226,3 +226,25 @@ def test_the_dry_run_says_a_mask_fault_before_a_missing_weights_file(tmp_path, m
                                "--content-mask", f"{tmp_path / 'white.png'},{tmp_path / 'white.png'}", *dry)
         said.add(one_error_line(code, err))
     assert len(said) == 1 and said.pop().startswith("error: the content masks sum to 2.00"), said
+
+
+@pytest.mark.parametrize("folder", [".srv", "-srv", "srv.d"])
+def test_a_servers_folder_of_any_name_is_never_shown_to_clients(tmp_path, monkeypatch, folder):
+    """`serve --results-dir .srv` (or -srv) said ".srv/uploads is no longer the server's folder" to clients, and an
+    OSError's quoted 'srv/uploads/ID' kept its path (probe 27b): the rule's word boundary needs a letter."""
+    pytest.importorskip("fastapi")
+    from pathlib import Path
+
+    from styleengine.serve.jobs import JobStore
+
+    monkeypatch.chdir(tmp_path)
+    store = JobStore(Path(folder))
+    try:
+        for said in (f"{folder}/uploads is no longer the server's folder (it is a file)",
+                     f"cannot write '{folder}/uploads/1a/content': [Errno 28] No space left on device",
+                     f"cannot write ./{folder}/results/1a.png (\"{folder}/results/1a.png\")"):
+            shown = store.for_clients(said)
+            assert folder not in shown and "<server folder>/" in shown, shown
+        assert store.for_clients(f"my{folder}/results/a.png") == f"my{folder}/results/a.png"
+    finally:
+        store.close()

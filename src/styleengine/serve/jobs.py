@@ -457,10 +457,12 @@ class JobStore:
                              "; its last finite image was the job's result, and that file is gone")
         for spelled in {str(self.root.resolve()), str(self.root.absolute())}:
             reason = reason.replace(spelled, "<server folder>")
-        # a relative spelling ("srv/results/x.png", this server's or an earlier one's): the path that leads to a
-        # folder of the server's name and into its results or uploads
+        # a relative spelling ("srv/results/x.png", ".srv/uploads", an OSError's quoted 'srv/uploads/ID'; this
+        # server's or an earlier one's): a path that leads to a folder of the server's name and into its results
+        # or uploads
         name = re.escape(self.root.absolute().name)
-        return re.sub(rf"(?<![^\s(])[^\s('\"]*?\b{name}(?=/(?:results|uploads)\b)", "<server folder>", reason)
+        return re.sub(rf"(?<![^\s('\"])(?:[^\s('\"]*/)?{name}(?=/(?:results|uploads)\b)", "<server folder>",
+                      reason)
 
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
