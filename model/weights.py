@@ -280,7 +280,10 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     path = Path(spec).expanduser()
     raw, meta = read_checkpoint(path)
     state = check_state(model, raw, str(path), strict=strict)
-    digest = file_sha256(path)
+    try:
+        digest = file_sha256(path)
+    except OSError as e:  # removed or replaced since it was read (a batch's job file, mid-batch)
+        raise WeightsError(f"cannot read weights file {path}: {e.strerror or e}") from None
     found, source = convention, "from flags"
     if found is None:
         found, source = convention_from_metadata(meta, str(path)), "from metadata"

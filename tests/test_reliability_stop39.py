@@ -248,3 +248,32 @@ def test_a_servers_folder_of_any_name_is_never_shown_to_clients(tmp_path, monkey
         assert store.for_clients(f"my{folder}/results/a.png") == f"my{folder}/results/a.png"
     finally:
         store.close()
+
+
+def test_a_jobs_weights_file_removed_as_it_is_read_fails_that_job_in_one_line(tmp_path, monkeypatch, capsys):
+    """A job's own weights file removed mid-batch, between its read and its hash: a FileNotFoundError traceback
+    ended the batch (probe 27b, 3 of 3). The job fails saying so; the batch goes on."""
+    import errno
+    import json
+
+    from safetensors.torch import save_file
+
+    from styleengine.model import weights as weights_module
+    from styleengine.model.weights import random_state
+
+    _pictures(tmp_path)
+    save_file(random_state("vgg16", 2), tmp_path / "w2.safetensors")
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps(job) + "\n" for job in (
+        {"content": "c.png", "style": "s.png", "output": "b.png", "weights": "w2.safetensors"},
+        {"content": "c.png", "style": "s.png", "output": "a.png"})))
+
+    def gone(path):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+    monkeypatch.setattr(weights_module, "file_sha256", gone)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                           "--model", "vgg16")
+    assert code == 1 and "Traceback" not in err, err
+    lines = manifest_lines(tmp_path / "o")
+    assert [line["status"] for line in lines] == ["failed", "ok"], lines
+    assert lines[0]["reason"] == f"cannot read weights file {tmp_path / 'w2.safetensors'}: No such file or directory"
