@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
-from styleengine.errors import ConfigError, UnavailableError, first_line
+from styleengine.errors import ConfigError, UnavailableError, UserError, first_line
 
 log = logging.getLogger(__name__)
 _CLOSING = threading.Event()  # a pool is closing: what Ray says of the actors it kills is not the user's news
@@ -228,6 +228,10 @@ class ActorPool:
                 queue.appendleft(item)  # its actor is gone: another one runs it
                 self.resubmitted += 1
                 continue
+            except ray.exceptions.RayTaskError as e:  # a user's fault met in a worker: in its own words
+                if isinstance(getattr(e, "cause", None), UserError):  # (str(e) is Ray's header, in colour)
+                    raise e.cause from None
+                raise
             idle.append(actor)
             yield item, result
 

@@ -277,3 +277,74 @@ def test_a_jobs_weights_file_removed_as_it_is_read_fails_that_job_in_one_line(tm
     lines = manifest_lines(tmp_path / "o")
     assert [line["status"] for line in lines] == ["failed", "ok"], lines
     assert lines[0]["reason"] == f"cannot read weights file {tmp_path / 'w2.safetensors'}: No such file or directory"
+
+
+def test_a_users_fault_in_a_ray_worker_is_said_in_its_own_words(monkeypatch):
+    """A worker's WeightsError reached the driver as Ray's RayTaskError, whose first line is Ray's header
+    ("\\x1b[36mray::VideoWorker.stylise()\\x1b[39m (pid=..."): the error line said that and no cause (probe 27b)."""
+    pytest.importorskip("ray")
+    import types
+
+    import ray.exceptions
+
+    from styleengine.engine import batch_ray
+    from styleengine.errors import WeightsError
+
+    cause = WeightsError("cannot read weights file w.safetensors: No such file or directory")
+    raised = ray.exceptions.RayTaskError("stylise", "Traceback ...", cause).as_instanceof_cause()
+
+    class Method:
+        def remote(self, *args):
+            return "ref"
+
+    class Actor:
+        run = Method()
+
+        def remote(self, *args):  # the driver's folder
+            return self
+
+    def get(ref):
+        raise raised
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: None,
+                                 cluster_resources=lambda: {"CPU": 2}, remote=lambda **kw: lambda body: Actor(),
+                                 kill=lambda actor: None, shutdown=lambda: None, exceptions=ray.exceptions,
+                                 wait=lambda refs, num_returns: (refs[:1], refs[1:]), get=get)
+    monkeypatch.setattr(batch_ray, "import_ray", lambda: fake)
+    monkeypatch.setattr(batch_ray, "check_address", lambda address, connect=True: None)
+    pool = batch_ray.ActorPool(object, "auto", cpus_per_worker=2)
+    try:
+        with pytest.raises(WeightsError) as caught:
+            list(pool.map("run", [("job",)]))
+        assert str(caught.value) == str(cause) and not isinstance(caught.value, ray.exceptions.RayTaskError)
+    finally:
+        pool.close()
+
+
+def test_a_video_that_cannot_write_a_frame_says_what_it_wrote(tmp_path, monkeypatch, capsys):
+    """A full disk as the third frame was saved: the line said the frame only, while a 2-frame video was written
+    (probe 27a, 2 of 2); a signal's line says both."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import errno
+
+    import numpy as np
+
+    from styleengine import cli_video
+    from styleengine.benchmarks.video_clips import write_clip
+    from styleengine.errors import UserError
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(4)], fps=12)
+    real = cli_video.FrameStore.save
+
+    def save(self, index, image):
+        if index == 2:
+            raise UserError(f"cannot write {self.path(index)}: {errno.errorcode[errno.ENOSPC]}")
+        return real(self, index, image)
+
+    monkeypatch.setattr(cli_video.FrameStore, "save", save)
+    out = tmp_path / "v.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", out, *FAST,
+                           "--size", "64")
+    assert one_error_line(code, err).endswith(f"; wrote {out} (2 of 4 frames); rerun to continue"), err
+    assert out.is_file()

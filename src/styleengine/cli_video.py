@@ -407,6 +407,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     tracer = TraceWriter(trace) if trace is not None else None  # a full disk stops the trace, not the video
     began, made = time.perf_counter(), 0
     stopped: str | None = "interrupted"
+    failure: UserError | None = None
     try:
         with progress:
             finished = resumed - start if chunked is None else sum(  # chunks finish out of order
@@ -439,6 +440,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                                       on_written)
     except KeyboardInterrupt:
         stopped = "interrupted"
+    except UserError as e:  # a frame that cannot be written, a worker's fault: said with what was written
+        stopped, failure = None, e
     finally:
         signals.hold()  # to the command's end: a signal before the `stopped` below is said, none after it
         if chunked is not None:
@@ -460,6 +463,10 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
+    if failure is not None:
+        where = (f"wrote {output} ({written} of {stop - start} frames); rerun to continue" if written
+                 else "nothing written")
+        raise UserError(f"{first_line(failure)}; {where}") from None
     if stopped is not None:  # a loss that is not finite, in loop.non_finite's words (a chunk's worker's too)
         where = f"wrote {output} ({written} frames)" if written else "nothing written"  # it said "wrote (0 frames)"
         print(printable(f"error: frame {end}: {stopped}; {where}"), file=sys.stderr)
