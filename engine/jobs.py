@@ -21,7 +21,7 @@ from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: 
 from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_WORDS
 from styleengine.engine.manifest import LOCK_FILE, MANIFEST
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, options, run_inputs, said_as,  # noqa: F401
+from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, json_number, options, run_inputs, said_as,  # noqa: F401
                                          settings_inputs)
 from styleengine.errors import ConfigError, ImageError, SettingError, UserError, first_line
 
@@ -313,7 +313,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 where = f"{path} line {number}"
                 _utf8(line, where)
                 try:
-                    raw = json.loads(line, object_pairs_hook=_unique_keys)
+                    raw = json.loads(line, object_pairs_hook=_unique_keys, parse_float=json_number)
                 except _DuplicateKey as e:
                     raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
                 except json.JSONDecodeError as e:

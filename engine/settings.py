@@ -80,7 +80,20 @@ def real(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("not a finite number")
+    if number == 0 and isinstance(value, str) and re.search(r"[1-9]", value.lower().partition("e")[0]):
+        raise Underflow("too small: it reads as 0")  # 1e-400: a typo, not "no style"
     return number
+
+
+class Underflow(ValueError):
+    """A number written with digits that a float rounds to 0 (1e-400)."""
+
+
+def json_number(text: str) -> float | str:
+    """A JSON number as a float, or as its text where a float would make it 0 (real() refuses that text);
+    json.loads(parse_float=...) read 1e-400 as 0."""
+    number = float(text)
+    return text if number == 0 and re.search(r"[1-9]", text.lower().partition("e")[0]) else number
 
 
 def _word(value: Any) -> str:

@@ -348,3 +348,31 @@ def test_a_video_that_cannot_write_a_frame_says_what_it_wrote(tmp_path, monkeypa
                            "--size", "64")
     assert one_error_line(code, err).endswith(f"; wrote {out} (2 of 4 frames); rerun to continue"), err
     assert out.is_file()
+
+
+def test_a_number_too_small_to_hold_is_refused_not_read_as_zero(tmp_path, monkeypatch, capsys):
+    """`--style-weight 1e-400` ran with no style (content distance 0, exit 0) where 1e-50 is refused, and so did a
+    jobs file's 1e-400 (as a JSON number or a text), the API's "1e-400" and a layer weight in a list (probe 27a)."""
+    import json
+
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    run = ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png", *FAST]
+    code, _, err = run_cli(monkeypatch, capsys, *run, "--style-weight", "1e-400")
+    assert "'1e-400' is too small: it reads as 0" in one_error_line(code, err)
+    code, _, err = run_cli(monkeypatch, capsys, *run, "--style-layer-weights", "1e-400,1,1,1,1")
+    assert one_error_line(code, err) == ("error: --style-layer-weights '1e-400,1,1,1,1': a number in it is too small: "
+                                         "it reads as 0")
+    for value, out in (("1e-400", "b"), ("1e-300", "b2")):  # a JSON number past what a float holds, one that holds
+        (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png"}).replace(
+            "}", f', "style_weight": {value}}}') + "\n")
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / out, *FAST)
+        assert code == 1, err
+        if out == "b":
+            assert one_error_line(code, err).endswith("line 1: bad style_weight '1e-400' (too small: it reads as 0)")
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "b").exists()
+    assert "style_weight 1e-300 is past float32" in manifest_lines(tmp_path / "b2")[0]["reason"]  # the number it is
+    with pytest.raises(ConfigError, match="^style_weight '1e-400': too small: it reads as 0$"):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", style_weight="1e-400")

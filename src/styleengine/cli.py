@@ -95,7 +95,7 @@ def _read_numbers_strictly(param: Any) -> None:
     listened on 8080, `--size 64_0` ran at 640)."""
     from typing import get_args
 
-    from styleengine.engine.settings import OutOfRange, real, whole
+    from styleengine.engine.settings import OutOfRange, Underflow, real, whole
 
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
     kinds = (annotation, *get_args(annotation))
@@ -110,6 +110,8 @@ def _read_numbers_strictly(param: Any) -> None:
                 check(value)
             except OutOfRange:  # the option's own check says what its range is
                 pass
+            except Underflow as e:
+                raise click.exceptions.BadParameter(f"{value!r} is {e}", ctx=ctx, param=param) from None
             except ValueError as e:
                 if str(e) != "not a finite number":  # inf and nan: the option's own check words them
                     raise click.exceptions.BadParameter(f"{value!r} is not a {'whole ' if check is whole else ''}"

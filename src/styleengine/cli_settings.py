@@ -19,7 +19,7 @@ from typer._click.core import ParameterSource
 
 from styleengine import paths
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, options
+from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, Underflow, options
 from styleengine.errors import ConfigError
 
 
@@ -68,6 +68,8 @@ def parse_list(name: str, meta: Option, value: Any) -> Any:
     not none)."""
     try:
         return meta.parse(value)
+    except Underflow as e:
+        raise ConfigError(f"{flag(name, meta)} {value!r}: a number in it is {e}") from None
     except ValueError:
         raise ConfigError(f"{flag(name, meta)} must be comma-separated "
                           f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
