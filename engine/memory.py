@@ -108,7 +108,9 @@ def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int
     side = math.sqrt(max(0.0, budget - fixed) / per_px) - 2 * halo  # core side of an inner tile
     tile = int(side // STRIDE) * STRIDE
     if tile < STRIDE:
+        # untiled, or with the smallest tile, whichever is less; rounded up, so that the figure said runs
+        least = fixed + per_px * min(pixels, (STRIDE + 2 * halo) ** 2)
         raise SettingError("mem_budget_gib", "memory budget", f"{budget_gib:g} GiB is too small for a "
-                           f"{width}x{height} image (the image, gradient, targets and optimiser alone need "
-                           f"{fixed / 2**30:.1f} GiB)")
+                           f"{width}x{height} image (it needs {math.ceil(least / 2**30 * 100) / 100:g} GiB: the "
+                           f"image, gradient, targets and optimiser, and the step on it or on its smallest tile)")
     return tile

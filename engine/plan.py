@@ -114,9 +114,14 @@ def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int,
         fits = tile_for_budget(free, settings.model, loss, height, width,
                                other_bytes=history * lbfgs_pair_bytes(height, width))
     except ConfigError:
+        try:  # the pairs are what does not fit: fewer of them, not a smaller picture
+            tile_for_budget(free, settings.model, loss, height, width)
+            fix = "use a smaller --lbfgs-history"
+        except ConfigError:
+            fix = "use a smaller --size"
         raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free)} GiB of memory available, "
                           f"even tiled (the image, its gradient, the targets and {history} L-BFGS pairs alone); "
-                          f"use a smaller --size") from None
+                          f"{fix}") from None
     if fits is None or (settings.tile is not None and settings.tile <= fits):
         return
     if settings.backend == "tensorrt":
@@ -160,9 +165,9 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
         side = style_size(settings, size)
         knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
         check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
-        for label, shape in zip(labels, style_shapes):
-            check_sides(label, shape, side, f"the style size {side} px (size x style scale)",
-                         "--size x --style-scale")
+        for label, shape in zip(labels, style_shapes):  # at an earlier scale, its long side is the start's
+            check_sides(label, shape, side, f"the style size {side} px ({knob[2:].replace('-', ' ')} x style scale)",
+                        f"{knob} x --style-scale")
     if settings.mem_budget_gib is None and memory is None:
         memory = free_memory(settings.device)
     budget = settings.mem_budget_gib * 2**30 if settings.mem_budget_gib is not None else memory

@@ -376,3 +376,24 @@ def test_a_number_too_small_to_hold_is_refused_not_read_as_zero(tmp_path, monkey
     assert "style_weight 1e-300 is past float32" in manifest_lines(tmp_path / "b2")[0]["reason"]  # the number it is
     with pytest.raises(ConfigError, match="^style_weight '1e-400': too small: it reads as 0$"):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights="random", style_weight="1e-400")
+
+
+def test_a_size_or_memory_refusal_names_what_to_change(tmp_path, monkeypatch, capsys):
+    """Coarse to fine, a style too small at the first scale was said as "--size x --style-scale 43" where --size
+    was 64 already (the start size decides it); 100 million L-BFGS pairs were "use a smaller --size"; and a budget
+    of 0.52 GiB was "too small ... alone need 0.5 GiB", rounded under it (probe 27a)."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("RGB", (64, 48), (20, 30, 230)).save(tmp_path / "wide.png")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "square.png")
+    run = ["run", tmp_path / "square.png", tmp_path / "wide.png", "-o", tmp_path / "o.png", *FAST, "--size", "64"]
+    code, _, err = run_cli(monkeypatch, capsys, *run, "--scales", "3", "--dry-run")
+    line = one_error_line(code, err)
+    assert "at the style size 32 px (start size x style scale)" in line and "(--start-size x --style-scale 43)" in line
+    code, _, err = run_cli(monkeypatch, capsys, *run, "--lbfgs-history", "100000000")
+    assert one_error_line(code, err).endswith("100000000 L-BFGS pairs alone); use a smaller --lbfgs-history"), err
+    code, _, err = run_cli(monkeypatch, capsys, *run, "--mem-budget", "0.1")
+    needs = float(one_error_line(code, err).split("it needs ")[1].split(" GiB")[0])
+    assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs - 0.01:g}")[0] == 1
+    assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs:g}")[0] == 0
