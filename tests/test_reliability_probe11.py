@@ -59,8 +59,8 @@ def test_an_export_removes_staging_folders_no_live_export_owns(tmp_path, monkeyp
         from tests.test_cli import run_cli
         from tests.test_cli_export import NO_CHECK
 
-    dead, live, lockless, young, starting = (tmp_path / f"{STAGING_PREFIX}{name}"
-                                             for name in ("dead", "live", "nolock", "new", "starting"))
+    dead, live, lockless, young, starting = (tmp_path / f"{STAGING_PREFIX}{name * 12}"  # fresh_folder's names
+                                             for name in "abcde")
     for folder in (dead, live, lockless, young, starting):
         folder.mkdir()
         (folder / "step.onnx").write_bytes(b"x" * 1000)

@@ -397,3 +397,28 @@ def test_a_size_or_memory_refusal_names_what_to_change(tmp_path, monkeypatch, ca
     needs = float(one_error_line(code, err).split("it needs ")[1].split(" GiB")[0])
     assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs - 0.01:g}")[0] == 1
     assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs:g}")[0] == 0
+
+
+def test_an_export_removes_no_folder_of_the_users(tmp_path, monkeypatch, capsys):
+    """`export` removed any folder beside its output named .styleengine-export-* older than a minute and not
+    locked: a user's .styleengine-export-mine with their notes went (probe 27a). Only a folder named as an export
+    names its staging folder, holding only what an export writes, is one it removes."""
+    import os
+    import time
+
+    from styleengine.cli_export import STAGING_PREFIX, UNOWNED_AGE_S
+
+    try:
+        from test_cli_export import NO_CHECK
+    except ModuleNotFoundError:
+        from tests.test_cli_export import NO_CHECK
+
+    mine, hexed, left = (tmp_path / f"{STAGING_PREFIX}{name}" for name in ("mine", "0123456789ab", "ba9876543210"))
+    for folder, name in ((mine, "notes.txt"), (hexed, "notes.txt"), (left, "step.onnx")):
+        folder.mkdir()
+        (folder / name).write_text("x")
+        old = time.time() - UNOWNED_AGE_S - 10
+        os.utime(folder, (old, old))
+    code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "out", *NO_CHECK)
+    assert code == 0, err
+    assert (mine / "notes.txt").is_file() and (hexed / "notes.txt").is_file() and not left.exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,8 +63,14 @@ def _remove_abandoned(parent: Path) -> None:
     """Remove the staging folders in `parent` that no live export owns (a SIGKILL or a power cut left up to
     135 MB there, and every later export left them)."""
     for staging in parent.glob(f"{STAGING_PREFIX}*"):
-        if staging.is_symlink() or not staging.is_dir():
-            continue  # not a folder of ours
+        if staging.is_symlink() or not staging.is_dir() or not re.fullmatch(r"[0-9a-f]{12}",
+                                                                           staging.name[len(STAGING_PREFIX):]):
+            continue  # not a folder of ours (paths.fresh_folder names them; a user's .styleengine-export-mine)
+        from styleengine.export.cache import GRAPH_FILES, META_FILE
+
+        ours = (*GRAPH_FILES, META_FILE, OWNER_LOCK)  # and their temp files (".step.onnx.1a2b3c4d.tmp")
+        if not all(e.name in ours or any(e.name.startswith(f".{n}.") for n in ours) for e in staging.iterdir()):
+            continue  # it holds a file no export writes: someone else's folder
         if paths.abandoned(staging, staging / OWNER_LOCK, unowned_age_s=UNOWNED_AGE_S, owned_age_s=OWNED_AGE_S):
             logger.info("removing %s, left by an export that did not finish", staging)
             shutil.rmtree(staging, ignore_errors=True)
