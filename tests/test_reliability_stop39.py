@@ -422,3 +422,12 @@ def test_an_export_removes_no_folder_of_the_users(tmp_path, monkeypatch, capsys)
     code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "out", *NO_CHECK)
     assert code == 0, err
     assert (mine / "notes.txt").is_file() and (hexed / "notes.txt").is_file() and not left.exists()
+
+
+def test_serve_refuses_save_every_which_it_would_ignore(tmp_path, monkeypatch, capsys):
+    """`serve --save-every 1` started and wrote no snapshot, without a word (probe 27a)."""
+    pytest.importorskip("fastapi")
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", tmp_path / "srv", "--weights", "random",
+                           "--save-every", "1", "--port", "59997")
+    assert one_error_line(code, err).startswith("error: --save-every writes snapshots beside a run's output")
+    assert not (tmp_path / "srv").exists()

@@ -104,6 +104,9 @@ def _serve(
         raise ConfigError(f"--max-upload-mb {max_upload_mb:g} takes no picture; give at least "
                           f"{MIN_UPLOAD_BYTES / 2**20:.3f}")
     settings = settings_from(flags, RUN)
+    if settings.save_every:  # run's flag, offered here with the others: a server writing none must say so
+        raise ConfigError("--save-every writes snapshots beside a run's output; a server keeps one result a job "
+                          "(its page shows the picture as it is made): drop --save-every")
     settings.validate()
     # the server's own values are within the limits it holds requests to (a POST without size ran at 48 px
     # on a server that refused size=40 as over its --max-size 10)
