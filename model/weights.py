@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         return state, meta
     if suffix in TORCH_SUFFIXES:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a plain pickle's protocol: torch asks the user to file an issue
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             calls = _pickle_calls(path)
             if calls:  # judged from the file itself: torch's wording of this error changes between versions

@@ -431,3 +431,17 @@ def test_serve_refuses_save_every_which_it_would_ignore(tmp_path, monkeypatch, c
                            "--save-every", "1", "--port", "59997")
     assert one_error_line(code, err).startswith("error: --save-every writes snapshots beside a run's output")
     assert not (tmp_path / "srv").exists()
+
+
+def test_a_plain_pickle_as_weights_is_one_line(tmp_path, monkeypatch, capsys):
+    """A pickle of protocol 4 as --weights printed torch's "Detected pickle protocol 4 ... please file an issue"
+    as a warning line before the refusal (probe 27a)."""
+    import pickle
+
+    _pictures(tmp_path)
+    with open(tmp_path / "w.pth", "wb") as f:
+        pickle.dump({"features.0.weight": [1.0]}, f, protocol=4)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--weights", tmp_path / "w.pth")
+    assert code == 1 and err.strip().splitlines() == [f"error: cannot read checkpoint {tmp_path / 'w.pth'}: not a "
+                                                      f"PyTorch checkpoint"], err
