@@ -442,9 +442,14 @@ def _update(change: Callable[[dict], None]) -> str:
             paths.atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         problem = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else first_line(e)
-        log.warning("could not keep the tuning record in %s: %s", path, problem)
+        if (str(path), problem) not in _SAID:  # a run writes its race, then its pick: one warning, not two
+            _SAID.add((str(path), problem))
+            log.warning("could not keep the tuning record in %s: %s", path, problem)
         return problem
     return ""
+
+
+_SAID: set[tuple[str, str]] = set()  # the record's write failures warned of in this process
 
 
 @contextlib.contextmanager

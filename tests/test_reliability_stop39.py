@@ -445,3 +445,23 @@ def test_a_plain_pickle_as_weights_is_one_line(tmp_path, monkeypatch, capsys):
                            tmp_path / "o.png", *FAST, "--weights", tmp_path / "w.pth")
     assert code == 1 and err.strip().splitlines() == [f"error: cannot read checkpoint {tmp_path / 'w.pth'}: not a "
                                                       f"PyTorch checkpoint"], err
+
+
+def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch, caplog):
+    """On a full disk with STYLEENGINE_TUNE=on, "could not keep the tuning record ..." was said twice in one run
+    (its race carried over, then its pick; probe 27a)."""
+    import errno
+    import logging
+
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(autotune.paths, "atomic_write", full)
+    with caplog.at_level(logging.WARNING, logger=autotune.log.name):
+        assert autotune._update(lambda data: None) and autotune._update(lambda data: None)
+    said = [r for r in caplog.records if "could not keep the tuning record" in r.getMessage()]
+    assert len(said) == 1, said
