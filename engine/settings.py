@@ -80,7 +80,7 @@ def real(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("not a finite number")
-    if number == 0 and isinstance(value, str) and re.search(r"[1-9]", value.lower().partition("e")[0]):
+    if isinstance(value, str) and _reads_as_zero(value, number):
         raise Underflow("too small: it reads as 0")  # 1e-400: a typo, not "no style"
     return number
 
@@ -93,7 +93,12 @@ def json_number(text: str) -> float | str:
     """A JSON number as a float, or as its text where a float would make it 0 (real() refuses that text);
     json.loads(parse_float=...) read 1e-400 as 0."""
     number = float(text)
-    return text if number == 0 and re.search(r"[1-9]", text.lower().partition("e")[0]) else number
+    return text if _reads_as_zero(text, number) else number
+
+
+def _reads_as_zero(text: str, number: float) -> bool:
+    """Whether `text`, a number with a digit other than 0 before its exponent, was read as 0."""
+    return number == 0 and re.search(r"[1-9]", text.lower().partition("e")[0]) is not None
 
 
 def _word(value: Any) -> str:
