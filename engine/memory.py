@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+from typing import Callable
 
 from styleengine.choices import LBFGS_HISTORY, device_kind, gpu_index
 from styleengine.errors import ConfigError, SettingError
@@ -86,6 +87,42 @@ def tile_cost(model: str, names: list[str], height: int, width: int, tile: int) 
     return seen_h * seen_w / (height * width)
 
 
+def _costs(model: str, loss: LossConfig, height: int, width: int, baseline_gib: float, other_bytes: float
+           ) -> tuple[float, float, float]:
+    """(bytes whatever the tile, bytes a step pixel, the pixels of the least step: untiled, or the smallest
+    tile with its halo, whichever is less)."""
+    per_px = step_bytes_per_pixel(model, loss.layers)
+    pixels = float(height) * float(width)  # inf past 1e308, not an OverflowError: a size that never fits
+    content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
+    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content) + other_bytes
+    return fixed, per_px, min(pixels, (STRIDE + 2 * halo_for(model, loss.layers)) ** 2)
+
+
+def _gib_up(nbytes: float) -> float:
+    return math.ceil(nbytes / 2**30 * 100) / 100  # rounded up: the figure said runs
+
+
+def too_small(budget_gib: float, height: int, width: int, need_gib: float) -> SettingError:
+    return SettingError("mem_budget_gib", "memory budget", f"{budget_gib:g} GiB is too small for a {width}x{height} "
+                        f"image (it needs {need_gib:g} GiB: the image, gradient, targets and optimiser, and the step "
+                        f"on it or on its smallest tile)")
+
+
+def least_budget_gib(model: str, loss: LossConfig, height: int, width: int,
+                     history_bytes: Callable[[float], float], baseline_gib: float = 0.5) -> float:
+    """The least budget (GiB, to 0.01) a height x width image runs in, with the optimiser history that budget
+    gives it (`history_bytes(budget bytes)`: an automatic history grows with the budget, so a figure worked out
+    for a tiny budget's short history was refused with the longer one it then got)."""
+    need = 0.0
+    for _ in range(64):  # the history is capped: a few rounds reach the budget that holds its own history
+        fixed, per_px, smallest = _costs(model, loss, height, width, baseline_gib, history_bytes(need * 2**30))
+        more = _gib_up(fixed + per_px * smallest)
+        if more <= need:
+            break
+        need = more
+    return need
+
+
 def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int, width: int,
                     baseline_gib: float = 0.5, other_bytes: float = 0.0) -> int | None:
     """The largest core size (multiple of 16) whose step fits `budget_gib`; None if the untiled step fits.
@@ -97,20 +134,13 @@ def tile_for_budget(budget_gib: float, model: str, loss: LossConfig, height: int
     """
     if not (budget_gib > 0 and math.isfinite(budget_gib)):
         raise ConfigError(f"memory budget must be a finite number of GiB > 0, got {budget_gib}")
-    per_px = step_bytes_per_pixel(model, loss.layers)
-    pixels = float(height) * float(width)  # inf past 1e308, not an OverflowError: a size that never fits
-    content = sum(4.0 * layer.out_channels / layer.stride**2 for layer in vgg.resolve(model, list(loss.content_layers)))
-    fixed = baseline_gib * 2**30 + pixels * (8 * 3 * 4 + content) + other_bytes
+    fixed, per_px, smallest = _costs(model, loss, height, width, baseline_gib, other_bytes)
     budget = budget_gib * 2**30
-    if fixed + per_px * pixels <= budget:
+    if fixed + per_px * float(height) * float(width) <= budget:
         return None
     halo = halo_for(model, loss.layers)
     side = math.sqrt(max(0.0, budget - fixed) / per_px) - 2 * halo  # core side of an inner tile
     tile = int(side // STRIDE) * STRIDE
     if tile < STRIDE:
-        # untiled, or with the smallest tile, whichever is less; rounded up, so that the figure said runs
-        least = fixed + per_px * min(pixels, (STRIDE + 2 * halo) ** 2)
-        raise SettingError("mem_budget_gib", "memory budget", f"{budget_gib:g} GiB is too small for a "
-                           f"{width}x{height} image (it needs {math.ceil(least / 2**30 * 100) / 100:g} GiB: the "
-                           f"image, gradient, targets and optimiser, and the step on it or on its smallest tile)")
+        raise too_small(budget_gib, height, width, _gib_up(fixed + per_px * smallest))
     return tile

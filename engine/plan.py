@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from styleengine.choices import MIN_SIDE
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.memory import (TILE_COST_FLOOR, free_memory, lbfgs_history, lbfgs_pair_bytes,
-                                       tile_cost, tile_for_budget)
+                                       least_budget_gib, tile_cost, tile_for_budget, too_small)
 from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, SettingError
@@ -178,8 +178,14 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
         history = lbfgs_history(settings.lbfgs_history, budget, height, width) if settings.optimizer == "lbfgs" else 0
         tile = settings.tile
         if tile is None and settings.mem_budget_gib is not None:
-            tile = tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
-                                   other_bytes=history * lbfgs_pair_bytes(height, width))
+            try:
+                tile = tile_for_budget(settings.mem_budget_gib, settings.model, loss, height, width,
+                                       other_bytes=history * lbfgs_pair_bytes(height, width))
+            except SettingError as e:  # said for the scale that needs most, with the history its figure gives
+                if e.setting != "mem_budget_gib":
+                    raise
+                raise _budget_too_small(settings, loss, [long_side_shape(ref[0], ref[1], s) for s, _ in steps]
+                                        ) from None
         scales.append(Scale(size, height, width, iterations, style_size(settings, size), tile, history))
     for scale in reversed(scales):  # the largest first: its error is the one to act on
         if settings.mem_budget_gib is not None:
@@ -198,6 +204,20 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
             _check_memory(settings, loss, *long_side_shape(shape[0], shape[1], scale.style_side), memory, 0)
     return Plan(settings, texture, tuple(scales), memory if settings.mem_budget_gib is None else None, auto,
                 _tile_notes(settings, loss, scales))
+
+
+def _budget_too_small(settings: Settings, loss: LossConfig, shapes: list[tuple[int, int]]) -> SettingError:
+    """--mem-budget's refusal, with the least budget that runs every scale (memory.least_budget_gib)."""
+    def history_bytes(height: int, width: int) -> Callable[[float], float]:
+        if settings.optimizer != "lbfgs":
+            return lambda budget: 0.0
+        return lambda budget: lbfgs_history(settings.lbfgs_history, budget, height, width) * lbfgs_pair_bytes(
+            height, width)
+
+    need, height, width = max((least_budget_gib(settings.model, loss, h, w, history_bytes(h, w)), h, w)
+                              for h, w in shapes)
+    assert settings.mem_budget_gib is not None  # only a budget given is refused
+    return too_small(settings.mem_budget_gib, height, width, need)
 
 
 def _tile_notes(settings: Settings, loss, scales: list[Scale]) -> tuple[str, ...]:

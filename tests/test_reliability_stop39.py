@@ -381,7 +381,9 @@ def test_a_number_too_small_to_hold_is_refused_not_read_as_zero(tmp_path, monkey
 def test_a_size_or_memory_refusal_names_what_to_change(tmp_path, monkeypatch, capsys):
     """Coarse to fine, a style too small at the first scale was said as "--size x --style-scale 43" where --size
     was 64 already (the start size decides it); 100 million L-BFGS pairs were "use a smaller --size"; and a budget
-    of 0.52 GiB was "too small ... alone need 0.5 GiB", rounded under it (probe 27a)."""
+    of 0.52 GiB was "too small ... alone need 0.5 GiB", rounded under it (probe 27a). The figure then said was
+    worked out with the short L-BFGS history of the budget given and for one scale (probe 28a): it is the least
+    budget that runs every scale, with the history it gives."""
     from PIL import Image
 
     _pictures(tmp_path)
@@ -393,10 +395,12 @@ def test_a_size_or_memory_refusal_names_what_to_change(tmp_path, monkeypatch, ca
     assert "at the style size 32 px (start size x style scale)" in line and "(--start-size x --style-scale 43)" in line
     code, _, err = run_cli(monkeypatch, capsys, *run, "--lbfgs-history", "100000000")
     assert one_error_line(code, err).endswith("100000000 L-BFGS pairs alone); use a smaller --lbfgs-history"), err
-    code, _, err = run_cli(monkeypatch, capsys, *run, "--mem-budget", "0.1")
-    needs = float(one_error_line(code, err).split("it needs ")[1].split(" GiB")[0])
-    assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs - 0.01:g}")[0] == 1
-    assert run_cli(monkeypatch, capsys, *run, "--mem-budget", f"{needs:g}")[0] == 0
+    for size in ("64", "128", "1024"):  # one scale, and coarse to fine (probe 28a: 0.58, then 0.6, then 0.68 ...)
+        sized = [*run, "--size", size, "--dry-run"]
+        code, _, err = run_cli(monkeypatch, capsys, *sized, "--mem-budget", "0.01")
+        needs = float(one_error_line(code, err).split("it needs ")[1].split(" GiB")[0])
+        assert run_cli(monkeypatch, capsys, *sized, "--mem-budget", f"{needs - 0.01:.2f}")[0] == 1
+        assert run_cli(monkeypatch, capsys, *sized, "--mem-budget", f"{needs:g}")[0] == 0, size
 
 
 def test_an_export_removes_no_folder_of_the_users(tmp_path, monkeypatch, capsys):
