@@ -441,15 +441,16 @@ def _update(change: Callable[[dict], None]) -> str:
             change(data)
             paths.atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
-        problem = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else first_line(e)
-        if (str(path), problem) not in _SAID:  # a run writes its race, then its pick: one warning, not two
-            _SAID.add((str(path), problem))
-            log.warning("could not keep the tuning record in %s: %s", path, problem)
+        # the record's own path: an OSError names the temp file beside it (".tune.json.1a2b3c4d.tmp")
+        problem = (e.strerror or str(e)) if isinstance(e, OSError) else first_line(e)
+        if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
+            _SAID.add(str(path))
+            log.warning("could not keep the tuning record %s: %s", path, problem)
         return problem
     return ""
 
 
-_SAID: set[tuple[str, str]] = set()  # the record's write failures warned of in this process
+_SAID: set[str] = set()  # the records whose write failure this process has warned of
 
 
 @contextlib.contextmanager

@@ -77,6 +77,8 @@ def real(value: Any) -> float:
         raise ValueError("not a number")
     if isinstance(value, str) and ("_" in value or not value.isascii()):  # float() reads "1_0" and "٤٨" too
         raise ValueError("not a number")
+    if isinstance(value, TooSmall):
+        raise Underflow("too small: it reads as 0")
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("not a finite number")
@@ -89,11 +91,24 @@ class Underflow(ValueError):
     """A number written with digits that a float rounds to 0 (1e-400)."""
 
 
-def json_number(text: str) -> float | str:
-    """A JSON number as a float, or as its text where a float would make it 0 (real() refuses that text);
-    json.loads(parse_float=...) read 1e-400 as 0."""
+class TooSmall(float):
+    """A JSON number a float reads as 0 (1e-400): 0.0, which real() refuses and no text or whole key takes."""
+
+    text: str
+
+    def __new__(cls, text: str) -> TooSmall:
+        made = super().__new__(cls, 0.0)
+        made.text = text
+        return made
+
+    def __repr__(self) -> str:  # said as written, in an error about it
+        return self.text
+
+
+def json_number(text: str) -> float:
+    """A JSON number as a float, TooSmall where a float makes it 0 (json.loads read 1e-400 as 0)."""
     number = float(text)
-    return text if _reads_as_zero(text, number) else number
+    return TooSmall(text) if _reads_as_zero(text, number) else number
 
 
 def _reads_as_zero(text: str, number: float) -> bool:

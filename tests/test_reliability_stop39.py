@@ -371,7 +371,11 @@ def test_a_number_too_small_to_hold_is_refused_not_read_as_zero(tmp_path, monkey
         code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / out, *FAST)
         assert code == 1, err
         if out == "b":
-            assert one_error_line(code, err).endswith("line 1: bad style_weight '1e-400' (too small: it reads as 0)")
+            assert one_error_line(code, err).endswith("line 1: bad style_weight 1e-400 (too small: it reads as 0)")
+    (tmp_path / "1e-400").write_bytes((tmp_path / "c.png").read_bytes())  # a text key takes no number (probe 28a)
+    (tmp_path / "k.jsonl").write_text('{"content": "c.png", "style": "s.png", "init": 1e-400}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "k.jsonl", "--out", tmp_path / "b", *FAST)
+    assert one_error_line(code, err).endswith("line 1: bad init 1e-400 (not a text)")
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "b").exists()
     assert "style_weight 1e-300 is past float32" in manifest_lines(tmp_path / "b2")[0]["reason"]  # the number it is
     with pytest.raises(ConfigError, match="^style_weight '1e-400': too small: it reads as 0$"):
@@ -453,19 +457,21 @@ def test_a_plain_pickle_as_weights_is_one_line(tmp_path, monkeypatch, capsys):
 
 def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch, caplog):
     """On a full disk with STYLEENGINE_TUNE=on, "could not keep the tuning record ..." was said twice in one run
-    (its race carried over, then its pick; probe 27a)."""
+    (its race carried over, then its pick; probe 27a); then twice again, each naming its own temp file (probe
+    28a)."""
     import errno
     import logging
+    import os
 
     from styleengine.engine import autotune
 
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
 
-    def full(path, data):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(path, data):  # named by a temp file of its own each time, as atomic_write's (probe 28a)
+        raise OSError(errno.ENOSPC, "No space left on device", f"{path}.{os.urandom(4).hex()}.tmp")
 
     monkeypatch.setattr(autotune.paths, "atomic_write", full)
     with caplog.at_level(logging.WARNING, logger=autotune.log.name):
         assert autotune._update(lambda data: None) and autotune._update(lambda data: None)
-    said = [r for r in caplog.records if "could not keep the tuning record" in r.getMessage()]
-    assert len(said) == 1, said
+    said = [r.getMessage() for r in caplog.records if "could not keep the tuning record" in r.getMessage()]
+    assert said == [f"could not keep the tuning record {autotune.record_path()}: No space left on device"], said
