@@ -421,15 +421,18 @@ def test_an_export_removes_no_folder_of_the_users(tmp_path, monkeypatch, capsys)
     except ModuleNotFoundError:
         from tests.test_cli_export import NO_CHECK
 
-    mine, hexed, left = (tmp_path / f"{STAGING_PREFIX}{name}" for name in ("mine", "0123456789ab", "ba9876543210"))
-    for folder, name in ((mine, "notes.txt"), (hexed, "notes.txt"), (left, "step.onnx")):
-        folder.mkdir()
-        (folder / name).write_text("x")
+    kept = {"mine": "notes.txt", "0123456789ab": "notes.txt", "0123456789cd": ".export.json.notes",
+            "0123456789ef": "step.onnx/notes.txt"}  # the last two: names an export's own begin with (probe 28a)
+    for name, inside in (*kept.items(), ("ba9876543210", ".step.onnx.1a2b3c4d.tmp")):
+        folder = tmp_path / f"{STAGING_PREFIX}{name}"
+        (folder / inside).parent.mkdir(parents=True)
+        (folder / inside).write_text("x")
         old = time.time() - UNOWNED_AGE_S - 10
         os.utime(folder, (old, old))
     code, _, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "out", *NO_CHECK)
     assert code == 0, err
-    assert (mine / "notes.txt").is_file() and (hexed / "notes.txt").is_file() and not left.exists()
+    assert all((tmp_path / f"{STAGING_PREFIX}{name}" / inside).is_file() for name, inside in kept.items())
+    assert not (tmp_path / f"{STAGING_PREFIX}ba9876543210").exists()
 
 
 def test_serve_refuses_save_every_which_it_would_ignore(tmp_path, monkeypatch, capsys):

@@ -68,9 +68,11 @@ def _remove_abandoned(parent: Path) -> None:
             continue  # not a folder of ours (paths.fresh_folder names them; a user's .styleengine-export-mine)
         from styleengine.export.cache import GRAPH_FILES, META_FILE
 
-        ours = (*GRAPH_FILES, META_FILE, OWNER_LOCK)  # and their temp files (".step.onnx.1a2b3c4d.tmp")
-        if not all(e.name in ours or any(e.name.startswith(f".{n}.") for n in ours) for e in staging.iterdir()):
-            continue  # it holds a file no export writes: someone else's folder
+        ours = (*GRAPH_FILES, META_FILE, OWNER_LOCK)  # and their temp files (paths.temp_beside's names)
+        written = re.compile("|".join(rf"{re.escape(n)}|\.{re.escape(n)}\.[0-9a-f]{{8}}\.tmp" for n in ours))
+        with os.scandir(staging) as entries:
+            if not all(written.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in entries):
+                continue  # it holds what no export writes: someone else's folder
         if paths.abandoned(staging, staging / OWNER_LOCK, unowned_age_s=UNOWNED_AGE_S, owned_age_s=OWNED_AGE_S):
             logger.info("removing %s, left by an export that did not finish", staging)
             shutil.rmtree(staging, ignore_errors=True)
