@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,11 +442,13 @@ def _update(change: Callable[[dict], None]) -> str:
             change(data)
             paths.atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
-        # the record's own path: an OSError names the temp file beside it (".tune.json.1a2b3c4d.tmp")
-        problem = (e.strerror or str(e)) if isinstance(e, OSError) else first_line(e)
+        problem = first_line(e)
+        if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (not the temp file beside it)
+            temp = re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp", os.path.basename(e.filename))
+            problem = f"{e.strerror or e}" if temp else f"{e.filename}: {e.strerror or e}"
         if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
             _SAID.add(str(path))
-            log.warning("could not keep the tuning record %s: %s", path, problem)
+            log.warning("could not keep the tuning record in %s: %s", path, problem)
         return problem
     return ""
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
+from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, ImageError
 from styleengine.paths import ASPECT_SLACK, check_mask_aspect  # noqa: F401  (stylise reads ASPECT_SLACK here)
@@ -80,12 +81,14 @@ def check_sum(content: np.ndarray) -> None:
 
 
 def check_overlap(regions: list[np.ndarray]) -> None:
-    """check_sum of content masks as given, at the largest one's size (the others resized to it): a run and a
-    batch's or server's start check the same, whatever size each run then resizes them to (resize never adds:
-    what sums to at most 1 still does). A check at the run's size refused a stray pixel at one --size and took
-    it at another."""
+    """check_sum of content masks as given: a run and a batch's or server's start check the same, whatever size
+    each run then resizes them to (resize never adds: what sums to at most 1 still does; a check at the run's
+    size refused a stray pixel at one --size and took it at another). Masks of other sizes are compared at the
+    largest one's, each pixel taken from the one it falls in (a smooth enlargement blurred a hard edge into an
+    overlap the masks do not have)."""
     shape = max((r.shape for r in regions), key=lambda s: s[0] * s[1])
-    check_sum(np.stack([_resized(r, shape) for r in regions]))
+    check_sum(np.stack([r if r.shape == shape else torch.nn.functional.interpolate(
+        torch.from_numpy(r)[None, None], size=shape, mode="nearest-exact")[0, 0].numpy() for r in regions]))
 
 
 def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
@@ -98,8 +101,10 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     whats = [f"content mask {i + 1}" for i in range(len(settings.content_masks))]
     given = [_read(p, what, content_shape, "the content image") for p, what in zip(settings.content_masks, whats)]
     check_overlap(given)
-    content = np.stack([_painting(m, content_shape, what, p) for m, what, p in zip(given, whats,
-                                                                                   settings.content_masks)])
+    # the run's first scale is its smallest: where a thin mask fades most
+    smallest = long_side_shape(*content_shape, settings.scale_plan()[0][0])
+    content = np.stack([_painting(_painting(m, content_shape, what, p), smallest, what, p, keep=False)
+                        for m, what, p in zip(given, whats, settings.content_masks)])
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
         styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p)
@@ -107,8 +112,12 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     return Masks(content, styles)
 
 
-def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike) -> np.ndarray:
-    """`mask` at its image's `shape`, checked again: a few white pixels may fade to nothing at a small size."""
+def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike, keep: bool = True
+              ) -> np.ndarray:
+    """`mask` at `shape` (or, not `keep`, as it was), ImageError where a few white pixels fade to nothing
+    there (its file is not black: check_paints said that)."""
     resized = _resized(mask, shape)
-    check_paints(what, path, resized)
-    return resized
+    if resized.max() * 255 < 0.5:
+        raise ImageError(f"{what} {path} fades to black at {shape[1]}x{shape[0]} px, where the run resizes it: "
+                         f"too little of it is white; widen its white or use a larger size")
+    return resized if keep else mask

@@ -471,10 +471,54 @@ def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch,
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
 
     def full(path, data):  # named by a temp file of its own each time, as atomic_write's (probe 28a)
-        raise OSError(errno.ENOSPC, "No space left on device", f"{path}.{os.urandom(4).hex()}.tmp")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(f".{path.name}."
+                                                                                 f"{os.urandom(4).hex()}.tmp")))
 
     monkeypatch.setattr(autotune.paths, "atomic_write", full)
     with caplog.at_level(logging.WARNING, logger=autotune.log.name):
         assert autotune._update(lambda data: None) and autotune._update(lambda data: None)
     said = [r.getMessage() for r in caplog.records if "could not keep the tuning record" in r.getMessage()]
-    assert said == [f"could not keep the tuning record {autotune.record_path()}: No space left on device"], said
+    path = autotune.record_path()
+    assert said == [f"could not keep the tuning record in {path}: No space left on device"], said
+
+
+def test_masks_of_two_sizes_that_share_the_picture_are_taken(tmp_path, monkeypatch, capsys):
+    """A 64 px left half and a 128 px right half were refused ("sum to 1.25 at pixel (64, 0)"): the check blurred
+    the smaller one's edge as it enlarged it (probe 28a, every front end). Its pixels are taken as they are."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    left, right = np.zeros((40, 48), np.uint8), np.zeros((80, 96), np.uint8)
+    left[:, :24], right[:, 48:] = 255, 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    Image.fromarray(right).save(tmp_path / "right.png")
+    both = f"{tmp_path / 'left.png'},{tmp_path / 'right.png'}"
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", tmp_path / "s.png",
+                               "-o", tmp_path / "o.png", *FAST, "--content-mask", both, *dry)
+        assert code == 0, err
+    right[:, 46:48] = 255  # two columns of the large one over the small one's half: an overlap the files have
+    Image.fromarray(right).save(tmp_path / "right.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", tmp_path / "s.png",
+                           "-o", tmp_path / "o.png", *FAST, "--content-mask", both)
+    assert one_error_line(code, err).startswith("error: the content masks sum to 2.00 at pixel (46, 0)"), err
+
+
+def test_a_mask_that_fades_at_the_runs_size_is_said_so_whatever_its_contents_size(tmp_path, monkeypatch, capsys):
+    """One white pixel in a 1024 px mask: with a 48 px content "is black everywhere" (it is not); with a 1024 px
+    content, a run at 40 px ran, its style painting nothing (probe 28a). Both say it fades at the run's size."""
+    import numpy as np
+    from PIL import Image
+
+    dot = np.zeros((1024, 1024), np.uint8)
+    dot[500, 500] = 255
+    Image.fromarray(dot).save(tmp_path / "dot.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    said = set()
+    for side in (48, 1024):
+        Image.new("RGB", (side, side), (200, 30, 30)).save(tmp_path / f"c{side}.png")
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / f"c{side}.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, "--content-mask", tmp_path / "dot.png")
+        said.add(one_error_line(code, err).split(" fades")[0] if " fades to black at 40x40 px" in err else err)
+    assert said == {f"error: content mask 1 {tmp_path / 'dot.png'}"}, said
