@@ -215,8 +215,9 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audi
     The number of frames written. A video of no frames is not written (ValueError)."""
     muxer, codec, pix_fmt = CONTAINERS[path.suffix.lower()]
     count = 0
-    with paths.atomic_writer(path) as f:
-        with av.open(f, "w", format=muxer) as out:
+    with paths.temp_beside(path) as (fd, tmp):
+        os.close(fd)  # FFmpeg writes it by name: through a Python file, a full disk printed PyAV's dropped traceback
+        with av.open(tmp, "w", format=muxer) as out:
             stream = None
             audio_in = None
             for frame in frames:
@@ -240,6 +241,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audi
                 out.mux(packet)
             if audio_in is not None:
                 audio_in.copy()
+        os.replace(tmp, path)
     return count
 
 

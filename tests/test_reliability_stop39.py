@@ -522,3 +522,39 @@ def test_a_mask_that_fades_at_the_runs_size_is_said_so_whatever_its_contents_siz
                                tmp_path / "o.png", *FAST, "--content-mask", tmp_path / "dot.png")
         said.add(one_error_line(code, err).split(" fades")[0] if " fades to black at 40x40 px" in err else err)
     assert said == {f"error: content mask 1 {tmp_path / 'dot.png'}"}, said
+
+
+def test_a_full_disk_as_a_video_is_encoded_prints_nothing_of_pyavs(tmp_path, capfd):
+    """A disk full as the video's end was written: PyAV printed "PyAV library exception being dropped:" and a
+    traceback before the command's one line (probe 28b, 4 of 4 at 44 KB free): its Python-file callbacks failed
+    twice. FFmpeg writes the file by its name now; the error is one OSError, the temp file gone."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import errno
+    import os
+    import subprocess
+    from fractions import Fraction
+
+    import numpy as np
+
+    from styleengine.engine import video_io
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    full = tmp_path / "fs"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.skip("this machine lets no tmpfs be mounted here")
+    try:
+        free = os.statvfs(full).f_bavail * os.statvfs(full).f_frsize
+        (full / "filler").write_bytes(b"\0" * (free - 4096))  # 4 KB left: the frames fit, the end does not
+        from PIL import Image
+        from skimage import data
+
+        photo = np.asarray(Image.fromarray(data.astronaut()).resize((64, 52)), np.float32) / 255
+        with pytest.raises(OSError) as caught:
+            video_io.write_video(full / "v.mp4", (np.roll(photo, 2 * i, axis=1) for i in range(40)), Fraction(8))
+        assert caught.value.errno == errno.ENOSPC
+        assert "dropped" not in capfd.readouterr().err
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
