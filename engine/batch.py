@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 
@@ -138,6 +138,7 @@ def record(result: JobResult, manifest: Manifest,
     line. A failed write turns the job into a failed one (its line says why), the image handed to
     `rescue(image, output)` (-> where it saved it, or None); so does an output whose folder now leads outside
     `out_dir`. Returns what was recorded; UserError if the manifest cannot be written."""
+    saved: Path | None = None  # where a picture its output could not take was put instead
     if result.image is not None:
         try:
             escaped = outside(result.job.output, out_dir) if out_dir is not None else None
@@ -160,7 +161,11 @@ def record(result: JobResult, manifest: Manifest,
         manifest.append({**result.manifest_line(), "file": place(manifest.path.parent, result.job.output)})
     except UserError as e:
         if result.output_sha256 is None:
-            raise
+            if result.image is None:  # no picture to say anything of
+                raise
+            kept = f"saved it to {saved} instead" if saved is not None else "nor could a copy be saved; it is lost"
+            raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture could not be written to "
+                             f"{result.job.output} either: {kept}", result.job.id, kept) from None
         output = result.job.output
         if rescue is None:  # a server's output is its job's own: no other job's line can claim it
             raise UserError(f"{first_line(e)}; {output} holds job {result.job.id}'s picture, with no line for it"
@@ -191,15 +196,18 @@ def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[Job
                rescue: Callable[[np.ndarray, Path], Path | None], out_dir: Path) -> None:
     """record() each of one optimisation's jobs, `note`-ing each: a line refused for one still records (or
     rescues) the others, which finished with it; then UserError, one line for all."""
-    refused: list[Unrecorded] = []
+    refused: list[UserError] = []
     for result in results:
         try:
             note(record(result, manifest, rescue, out_dir))
-        except Unrecorded as e:
+        except UserError as e:  # the manifest's: the next line may be refused too, each picture kept all the same
             refused.append(e)
+    pictures = [e for e in refused if isinstance(e, Unrecorded)]  # said first: what became of each picture
+    if pictures:
+        raise UserError(first_line(pictures[0]) + "".join(f"; job {e.job_id}'s too (finished with it): {e.kept}"
+                                                          for e in pictures[1:]))
     if refused:
-        raise UserError(first_line(refused[0]) + "".join(f"; job {e.job_id}'s too (finished with it): {e.kept}"
-                                                         for e in refused[1:]))
+        raise refused[0]
 
 
 # ------------------------------------------------------------------ running
@@ -410,7 +418,8 @@ def groups(items: list[Planned], batch_size: int | None = None) -> list[list[Pla
     return out
 
 
-def run_groups(items: list[Planned], warm: Warm, batch_size: int | None = None) -> Iterator[list[JobResult]]:
+def run_groups(items: list[Planned], warm: Warm, batch_size: int | None = None
+               ) -> Generator[list[JobResult], None, None]:
     """Run the planned jobs whose status is "run", a batch at a time (groups), yielding each batch's jobs as it
     finishes: what one optimisation made, which the caller records together."""
     for members in groups(items, batch_size):

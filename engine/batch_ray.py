@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 from collections import deque
-from typing import Any, Iterable, Iterator
+from typing import Any, Generator, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
 from styleengine.errors import ConfigError, UnavailableError, UserError, first_line
@@ -261,7 +261,7 @@ class RayRunner(ActorPool):
 
 
 def run_jobs_ray(planned: list[Planned], address: str, *,
-                 batch_size: int | None = None) -> Iterator[list[JobResult]]:
+                 batch_size: int | None = None) -> Generator[list[JobResult], None, None]:
     """batch.run_groups on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
     runner = RayRunner(address, batch_size=batch_size)
     try:

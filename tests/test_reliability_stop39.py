@@ -558,3 +558,38 @@ def test_a_full_disk_as_a_video_is_encoded_prints_nothing_of_pyavs(tmp_path, cap
         assert sorted(p.name for p in full.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_a_full_disk_loses_no_picture_of_an_optimisation_whose_writes_fail_too(tmp_path, monkeypatch, capsys):
+    """A group of three on a full disk: the first's picture written and its line refused, the second's picture
+    refused too (rescued elsewhere), and the third never written: the line said only "cannot write the manifest"
+    (probe 28b, 5 of 5). Every picture is kept somewhere and the line says where."""
+    import json
+    from pathlib import Path
+
+    from styleengine.engine import batch as engine
+    from styleengine.engine import manifest as manifest_module
+    from styleengine.errors import ImageError, UserError
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps({"content": "c.png", "style": style, "id": name,
+                                                          "output": f"{name}.png"}) + "\n"
+                                              for name, style in (("A", "s.png"), ("B", "c.png"), ("C", "s.png"))))
+    real_save = engine.images.save_image
+
+    def refused(self, entry):
+        raise UserError(f"cannot write the manifest {self.path}: No space left on device")
+
+    def save(image, output, **kwargs):
+        if Path(output).name == "B.png":
+            raise ImageError(f"cannot write {output}: No space left on device")
+        return real_save(image, output, **kwargs)
+
+    monkeypatch.setattr(manifest_module.Manifest, "append", refused)
+    monkeypatch.setattr(engine.images, "save_image", save)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST,
+                           "--batch-size", "3")
+    said = one_error_line(code, err)
+    assert "job A's picture is not left in" in said, said
+    assert "; job B's too (finished with it): saved it to " in said and "; job C's too" in said, said
+    assert said.count("-rescued-") == 3

@@ -222,9 +222,12 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 finished = run_jobs_ray(planned, ray, batch_size=batch_size)
             else:
                 finished = engine.run_groups(planned, warm, batch_size=batch_size)
-            for results in finished:  # one optimisation's jobs: a signal or a refused line loses none of them
-                with signals.shielded():
-                    engine.record_all(results, manifest, note, save_elsewhere, out)
+            try:
+                for results in finished:  # one optimisation's jobs: a signal or a refused line loses none of them
+                    with signals.shielded():
+                        engine.record_all(results, manifest, note, save_elsewhere, out)
+            finally:  # now, not at the interpreter's exit (Ray's shutdown then printed a traceback)
+                finished.close()
     except KeyboardInterrupt:
         signals.reported = True
         left = total - sum(counts.values())
