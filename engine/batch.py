@@ -30,6 +30,7 @@ from typing import Any, Callable, Generator, Iterator
 import numpy as np
 
 from styleengine import paths
+from styleengine.choices import WEIGHT_WORDS
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.settings import style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
@@ -43,7 +44,7 @@ from styleengine.engine.loop import non_finite, whole
 from styleengine.engine.steps import TargetCache
 from styleengine.engine.stylise import (Picture, Settings, batch_key, build_step, check_run, check_weights,
                                        load_init, load_run_weights, stylise_batch)
-from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.errors import ConfigError, UserError, WeightsError, first_line
 
 CHUNK = 64  # jobs planned, checked and run at a time (a multiple of MAX_BATCH): a long file starts at once
 
@@ -59,6 +60,7 @@ class Planned:
     hash: str | None
     status: str  # "run", "skipped" or "failed"
     reason: str | None = None
+    weights_sha256: str | None = None  # its weights file's bytes as its hash holds them (None: a word)
 
 
 @dataclass
@@ -120,7 +122,8 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
         skip = done is not None and done.holds(job.id, job.output, digest)
-        planned.append(Planned(job, settings, digest, "skipped" if skip else "run"))
+        weights = digests.get(os.path.abspath(settings.weights)) if settings.weights not in WEIGHT_WORDS else None
+        planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights))
     return planned
 
 
@@ -340,7 +343,12 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
     settings = members[0][0].settings
     start = time.perf_counter()
     try:
-        out = stylise_batch([picture for _, picture in members], weights=warm.weights(settings),
+        weights = warm.weights(settings)
+        hashed = members[0][0].weights_sha256
+        if hashed is not None and weights.sha256 != hashed:  # replaced between the plan and its first load
+            raise WeightsError(f"weights file {settings.weights} changed after the job was planned: its bytes are "
+                               f"not those its hash holds; run the batch again")
+        out = stylise_batch([picture for _, picture in members], weights=weights,
                             step=warm.step(settings), cache=warm.targets)
     except UserError as e:  # a check that needs the run itself (there are none today beyond _load's)
         return [JobResult(item.job, "failed", first_line(e), item.hash, time.perf_counter() - start,

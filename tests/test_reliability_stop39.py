@@ -593,3 +593,64 @@ def test_a_full_disk_loses_no_picture_of_an_optimisation_whose_writes_fail_too(t
     assert "job A's picture is not left in" in said, said
     assert "; job B's too (finished with it): saved it to " in said and "; job C's too" in said, said
     assert said.count("-rescued-") == 3
+
+
+def test_a_weights_file_replaced_after_the_plan_is_no_other_files_picture(tmp_path, monkeypatch, capsys):
+    """A job's weights file replaced between its plan (its hash) and its first load ran with the new bytes under
+    the old file's hash: with the old file back, the rerun skipped it over another network's picture (probe 28b,
+    3 of 3). The job fails saying so; the rerun runs it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from styleengine.engine import batch as engine
+    from styleengine.model.weights import random_state
+
+    _pictures(tmp_path)
+    save_file(random_state("vgg16", 2), tmp_path / "w.safetensors")
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png",
+                                                  "weights": "w.safetensors"}) + "\n")
+    real = engine.run_groups
+
+    def replaced_then_run(*args, **kwargs):  # after the plan, before the first load
+        save_file(random_state("vgg16", 3), tmp_path / "w.safetensors")
+        return real(*args, **kwargs)
+
+    argv = ["batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST, "--model", "vgg16"]
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "run_groups", replaced_then_run)
+        code, _, err = run_cli(monkeypatch, capsys, *argv)
+    line = manifest_lines(tmp_path / "o")[0]
+    assert code == 1 and line["status"] == "failed" and "changed after the job was planned" in line["reason"], err
+    assert run_cli(monkeypatch, capsys, *argv)[0] == 0
+    assert manifest_lines(tmp_path / "o")[-1]["status"] == "ok"
+
+
+def test_a_videos_weights_replaced_as_it_starts_is_said(tmp_path, monkeypatch, capsys):
+    """`video --weights w` with w replaced after its hash was taken: the frames were the new file's under the
+    old file's hash, and a rerun with the old file back resumed over them (probe 28b)."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from styleengine.benchmarks.video_clips import write_clip
+    from styleengine.engine import manifest
+    from styleengine.model.weights import random_state
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+    save_file(random_state("vgg16", 2), tmp_path / "w.safetensors")
+    real = manifest.file_digest
+
+    def hashed_then_replaced(path, cache=None, role="file"):
+        digest = real(path, cache, role)
+        if role == "weights file":
+            save_file(random_state("vgg16", 3), tmp_path / "w.safetensors")
+        return digest
+
+    monkeypatch.setattr(manifest, "file_digest", hashed_then_replaced)
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "v.mp4", *FAST, "--size", "64", "--model", "vgg16", "--weights",
+                           tmp_path / "w.safetensors")
+    assert "changed as the video started" in one_error_line(code, err), err
+    assert not (tmp_path / "v.mp4").exists()

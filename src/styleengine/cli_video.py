@@ -28,7 +28,7 @@ from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
-from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
+from styleengine.errors import ConfigError, ImageError, UserError, WeightsError, first_line, printable
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -379,15 +379,24 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
             selection.update(chunked.start(start, stop))
         about = {"video": str(video), "fps": str(rate), "first": start}
+        weights = None
+        if chunked is None:  # loaded once, here: the bytes its hash holds (a file replaced since is said)
+            from styleengine.engine.stylise import load_run_weights
+
+            weights = load_run_weights(settings)
+            hashed = digests.get(os.path.abspath(settings.weights))
+            if hashed is not None and weights.sha256 != hashed:
+                raise WeightsError(f"weights file {settings.weights} changed as the video started: its bytes are not "
+                                   f"those its hash holds; run it again")
         store.open(video_hash(settings, plan, files, selection), about, shape)
     except BaseException:
         store.give_up()
         raise
-    return info, rate, start, stop, shape, settings, plan, style_arrays, store
+    return info, rate, start, stop, shape, settings, plan, style_arrays, store, weights
 
 
 def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int, int], settings: Settings, plan: Any,
-             style_arrays: list, store: FrameStore, *, output: Path, trace: Path | None, console: Any,
+             style_arrays: list, store: FrameStore, weights: Any, *, output: Path, trace: Path | None, console: Any,
              chunked: _Chunked | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -427,7 +436,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
 
             if chunked is None:
                 frames = video_io.read_frames(info, start, stop, rate, shape)
-                stopped = stylise_frames(frames, style_arrays, settings, plan=plan,
+                stopped = stylise_frames(frames, style_arrays, settings, plan=plan, weights=weights,
                                          finished=lambda i: store.load(i) if i < resumed else None,
                                          on_frame=on_frame)
             else:
