@@ -228,7 +228,9 @@ def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> C
         convention.validate()
     except KeyError as e:
         raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
-    except (ValueError, ConfigError) as e:
+    except ConfigError as e:  # read, and out of what a network takes (a std of 1e-9)
+        raise WeightsError(f"{origin}: its metadata has an unusable input convention: {e}") from None
+    except ValueError as e:
         raise WeightsError(f"{origin}: its metadata has an unreadable input convention: {e}") from None
     return convention
 

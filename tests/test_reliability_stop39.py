@@ -654,3 +654,12 @@ def test_a_videos_weights_replaced_as_it_starts_is_said(tmp_path, monkeypatch, c
                            tmp_path / "w.safetensors")
     assert "changed as the video started" in one_error_line(code, err), err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_metadata_past_float32_is_said_unusable_not_unreadable():
+    """A file whose metadata says std 1e-9 was "an unreadable input convention": it is read, and unusable."""
+    from styleengine.errors import WeightsError
+    from styleengine.model.weights import convention_from_metadata
+
+    with pytest.raises(WeightsError, match="metadata has an unusable input convention: input pixel range 1, mean "):
+        convention_from_metadata({"channel_order": "RGB", "pixel_range": "1", "mean": "0,0,0", "std": "1e-9,1e-9,1e-9"})
