@@ -34,7 +34,7 @@ class Masks:
     def at(self, height: int, width: int, style_shapes: list[tuple[int, int]]
            ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """(R, height, width) content masks and each style mask at its style's (height, width), as tensors."""
-        content = resize(torch.from_numpy(self.content).unsqueeze(0), height, width)[0]
+        content = within_one(resize(torch.from_numpy(self.content).unsqueeze(0), height, width)[0])
         styles = [resize(torch.from_numpy(m)[None, None], *shape)[0, 0] if m is not None else None
                   for m, shape in zip(self.styles, style_shapes)]
         return content, styles
@@ -48,6 +48,12 @@ def resize(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return masks
     return torch.nn.functional.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False,
                                            antialias=True)
+
+
+def within_one(content: torch.Tensor) -> torch.Tensor:
+    """(R, H, W) content masks, each pixel's weights scaled down where they sum past 1: masks of other sizes,
+    each resized on its own, blur across a border the masks as given do not cross (probe 29: 1.26)."""
+    return content / content.sum(dim=0, keepdim=True).clamp(min=1.0)
 
 
 def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
@@ -103,8 +109,9 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     check_overlap(given)
     # the run's first scale is its smallest: where a thin mask fades most
     smallest = long_side_shape(*content_shape, settings.scale_plan()[0][0])
-    content = np.stack([_painting(_painting(m, content_shape, what, p), smallest, what, p, keep=False)
-                        for m, what, p in zip(given, whats, settings.content_masks)])
+    content = within_one(torch.from_numpy(np.stack([
+        _painting(_painting(m, content_shape, what, p), smallest, what, p, keep=False)
+        for m, what, p in zip(given, whats, settings.content_masks)]))).numpy()
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
         styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p)

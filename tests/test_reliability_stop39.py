@@ -663,3 +663,50 @@ def test_metadata_past_float32_is_said_unusable_not_unreadable():
 
     with pytest.raises(WeightsError, match="metadata has an unusable input convention: input pixel range 1, mean "):
         convention_from_metadata({"channel_order": "RGB", "pixel_range": "1", "mean": "0,0,0", "std": "1e-9,1e-9,1e-9"})
+
+
+def test_masks_of_two_sizes_never_overlap_in_the_run(tmp_path):
+    """A 64 px left part and a 33 px right part that meet as given passed the check, then overlapped in the run
+    (1.26 at 64 px): each resized on its own blurs across the border (probe 29). A pixel's weights are scaled down
+    where they would sum past 1."""
+    import numpy as np
+    from PIL import Image
+
+    from styleengine.engine import masks
+    from styleengine.engine.settings import Settings
+
+    left, right = np.zeros((64, 64), np.uint8), np.zeros((33, 33), np.uint8)
+    left[:, :33], right[:, 17:] = 255, 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    Image.fromarray(right).save(tmp_path / "right.png")
+    settings = Settings(size=64, content_masks=(str(tmp_path / "left.png"), str(tmp_path / "right.png")))
+    loaded = masks.load(settings, (64, 64), [(64, 64), (64, 64)])
+    assert loaded is not None and loaded.content.sum(axis=0).max() <= 1 + 1e-6
+    for side in (32, 48, 64, 128):
+        content, _ = loaded.at(side, side, [(64, 64), (64, 64)])
+        assert float(content.sum(dim=0).max()) <= 1 + 1e-6, side
+
+
+def test_a_full_disk_at_a_videos_end_names_no_temp_file(tmp_path, monkeypatch, capsys):
+    """"cannot write n.mp4: [Errno 28] No space left on device: '.n.mp4.d3a71c74.tmp'": a file already gone
+    (probe 29, 4 of 4)."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import errno
+
+    import numpy as np
+
+    from styleengine.benchmarks.video_clips import write_clip
+    from styleengine.engine import video_io
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(f".{path.name}.d3a71c74.tmp")))
+
+    monkeypatch.setattr(video_io, "write_video", full)
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "v.mp4", *FAST, "--size", "64")
+    line = one_error_line(code, err)
+    assert line.startswith(f"error: cannot write {tmp_path / 'v.mp4'}: No space left on device; frames 0-2"), line
+    assert ".tmp" not in line

@@ -546,7 +546,8 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
             return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info,
                                         span=span)
         except OSError as e:  # a full disk: the frames are kept, a rerun with room encodes them
-            raise UserError(f"cannot write {output}: {first_line(e)}; frames {start}-{end - 1} are kept in "
+            why = e.strerror or first_line(e)  # not its temp file's name: that is gone
+            raise UserError(f"cannot write {output}: {why}; frames {start}-{end - 1} are kept in "
                             f"{store.folder}, rerun to finish") from None
 
 
