@@ -448,7 +448,8 @@ def _update(change: Callable[[dict], None]) -> str:
             problem = f"{e.strerror or e}" if temp else f"{e.filename}: {e.strerror or e}"
         if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
             _SAID.add(str(path))
-            log.warning("could not keep the tuning record in %s: %s", path, problem)
+            log.warning("could not keep the tuning record in %s: %s; set STYLEENGINE_CACHE_DIR to a writable folder "
+                        "(later runs will measure again)", path, problem)
         return problem
     return ""
 

@@ -87,4 +87,5 @@ def test_tune_says_why_its_record_was_not_kept(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "40", "--weights", "random", "--model", "vgg16",
                              "--backend", "torch", "--precision", "fp32", "--device", "cpu")
     assert code == 0, err
-    assert "not kept in" in err and ".tune.json.lock: not a regular file" in err, err  # one line, paths whole
+    assert "could not keep the tuning record in" in err and ".tune.json.lock: not a regular file" in err, err
+    assert err.count("tune.json") <= 3, err  # one line, paths whole (stop 39: autotune's warning, not tune's too)

@@ -479,7 +479,8 @@ def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch,
         assert autotune._update(lambda data: None) and autotune._update(lambda data: None)
     said = [r.getMessage() for r in caplog.records if "could not keep the tuning record" in r.getMessage()]
     path = autotune.record_path()
-    assert said == [f"could not keep the tuning record in {path}: No space left on device"], said
+    assert said == [f"could not keep the tuning record in {path}: No space left on device; set "
+                    f"STYLEENGINE_CACHE_DIR to a writable folder (later runs will measure again)"], said
 
 
 def test_masks_of_two_sizes_that_share_the_picture_are_taken(tmp_path, monkeypatch, capsys):
@@ -710,3 +711,15 @@ def test_a_full_disk_at_a_videos_end_names_no_temp_file(tmp_path, monkeypatch, c
     line = one_error_line(code, err)
     assert line.startswith(f"error: cannot write {tmp_path / 'v.mp4'}: No space left on device; frames 0-2"), line
     assert ".tmp" not in line
+
+
+def test_tune_says_a_record_it_cannot_keep_once(tmp_path, monkeypatch, capsys):
+    """`tune` with tune.json a folder said it twice: autotune's warning and its own "not kept in" (probe 29)."""
+    from styleengine.engine import autotune
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "tune.json").mkdir(parents=True)
+    autotune._memo.clear()
+    code, _, err = run_cli(monkeypatch, capsys, "tune", "--size", "40", "--weights", "random", "--model", "vgg16",
+                           "--backend", "torch", "--device", "cpu")
+    assert code == 0 and err.count("could not keep the tuning record") == 1 and "not kept in" not in err, err

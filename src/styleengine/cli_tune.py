@@ -65,9 +65,7 @@ def _tune(**flags: Any) -> None:
                 if not tuning_enabled():  # asked for, so measured; but the runs here would never read it
                     console.print(f"warning: STYLEENGINE_TUNE={os.environ.get('STYLEENGINE_TUNE')}: runs here pick by "
                                   f"rule and read this only once it is unset", highlight=False)
-            elif choice.measured:
-                console.print(f"warning: not kept in {record_path()} ({choice.unkept}; set STYLEENGINE_CACHE_DIR to a "
-                              f"writable folder); later runs will measure again", highlight=False, soft_wrap=True)
+            # not kept (choice.measured, not choice.kept): autotune's warning has said why, once
 
         signals.end(last, kept)
 
