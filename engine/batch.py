@@ -191,9 +191,6 @@ class Unrecorded(UserError):
         super().__init__(message)
         self.job_id, self.kept = job_id, kept
 
-    def __reduce__(self) -> tuple:
-        return type(self), (str(self), self.job_id, self.kept)
-
 
 def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[JobResult], None],
                rescue: Callable[[np.ndarray, Path], Path | None], out_dir: Path) -> None:

@@ -109,22 +109,22 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     check_overlap(given)
     # the run's first scale is its smallest: where a thin mask fades most
     smallest = long_side_shape(*content_shape, settings.scale_plan()[0][0])
-    content = within_one(torch.from_numpy(np.stack([
-        _painting(_painting(m, content_shape, what, p), smallest, what, p, keep=False)
-        for m, what, p in zip(given, whats, settings.content_masks)]))).numpy()
+    content = within_one(torch.from_numpy(np.stack([_painting(m, content_shape, what, p)
+                                                    for m, what, p in zip(given, whats, settings.content_masks)])))
+    for mask, what, path in zip(content.numpy(), whats, settings.content_masks):
+        _painting(mask, smallest, what, path)
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
     if settings.style_masks:
         styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p)
                   for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
-    return Masks(content, styles)
+    return Masks(content.numpy(), styles)
 
 
-def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike, keep: bool = True
-              ) -> np.ndarray:
-    """`mask` at `shape` (or, not `keep`, as it was), ImageError where a few white pixels fade to nothing
-    there (its file is not black: check_paints said that)."""
+def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike) -> np.ndarray:
+    """`mask` at `shape`; ImageError where a few white pixels fade to nothing there (its file is not black:
+    check_paints said that)."""
     resized = _resized(mask, shape)
     if resized.max() * 255 < 0.5:
         raise ImageError(f"{what} {path} fades to black at {shape[1]}x{shape[0]} px, where the run resizes it: "
                          f"too little of it is white; widen its white or use a larger size")
-    return resized if keep else mask
+    return resized
