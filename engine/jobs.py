@@ -132,8 +132,9 @@ def _default_output(content: Path, styles: Iterable[Path]) -> str:
     return f"{content.stem}__{'+'.join(p.stem for p in styles)}.png"
 
 
-def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> str:
-    """raw[key] as stripped text ("" if absent); a number only where `numbers` (an id), nothing else."""
+def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False, typed: dict[str, str] | None = None) -> str:
+    """raw[key] as stripped text ("" if absent); a number only where `numbers` (an id), nothing else. A bad
+    value names its key as `typed` spells it."""
     value = raw.get(key)
     if value is None:
         return ""
@@ -141,7 +142,7 @@ def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False) -> s
         return value.strip()
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{where}: bad {key} {_shown(value)} (not a text)")
+    raise ConfigError(f"{where}: bad {(typed or {}).get(key, key)} {_shown(value)} (not a text)")
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
@@ -178,22 +179,25 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     if not csv_row:  # a JSON "" is a value given as nothing (a CSV's blank cell is the batch's value)
         blank = next((k for k, v in raw.items() if isinstance(v, str) and not v.strip()), None)
         if blank is not None:
-            raise ConfigError(f"{where}: {blank} is empty; give a value, or leave the key out")
-    content = _text(raw, "content", where)
+            raise ConfigError(f"{where}: {typed.get(blank, blank)} is empty; give a value, or leave the key out")
+    content = _text(raw, "content", where, typed=typed)
     if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
-    styles = raw.get("styles", raw.get("style"))
+    style_key = "styles" if "styles" in raw else "style"
+    styles = raw.get(style_key)
     try:
         style_names = KINDS["words"][0](styles) if styles is not None else ()
     except ValueError:
-        raise ConfigError(f"{where}: bad styles {_shown(styles)} (a text, ';'-separated, or a list of texts)") from None
+        raise ConfigError(f"{where}: bad {typed.get(style_key, style_key)} {_shown(styles)} "
+                          f"(a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
     content_path = base_dir / paths.expand(content)  # ~ and $VARS as in a job's init, weights and masks
     given = tuple(base_dir / paths.expand(s) for s in style_names)
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
-    output = paths.expand_text(_text(raw, "output", where)) or _default_output(content_path, given)  # ~, $VARS
+    # ~ and $VARS expanded
+    output = paths.expand_text(_text(raw, "output", where, typed=typed)) or _default_output(content_path, given)
     if paths.ends_as_folder(output):
         raise ConfigError(f"{where}: output {output}: a name ending in '/' (or '/.') is a folder; name a file")
     output_path = _inside(output, out_dir, where)
@@ -201,7 +205,7 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         paths.check_suffix(output_path)
     except ImageError as e:
         raise ConfigError(f"{where}: {first_line(e)}") from None
-    job_id = _text(raw, "id", where, numbers=True) or str(output_path.relative_to(out_dir).with_suffix(""))
+    job_id = _text(raw, "id", where, numbers=True, typed=typed) or str(output_path.relative_to(out_dir).with_suffix(""))
     control = paths.control_character(job_id)
     if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
