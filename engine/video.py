@@ -37,6 +37,7 @@ from styleengine.engine.steps import Step, StepResult, make_targets
 from styleengine.engine.stylise import build_step, check_run, load_run_weights, prepare, stylise
 from styleengine.engine.tiled import TiledStep
 from styleengine.model.weights import Weights
+from styleengine.errors import WeightsError
 
 MIN_FRAME_ITERS = 10
 
@@ -159,6 +160,14 @@ def video_hash(settings: Settings, plan: Plan, files: list[str], selection: dict
                "plan": plan.to_json(), "files": files, "selection": selection,
                "frame_iters": frame_iterations(settings)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_weights_unchanged(weights: Weights, hashed: str | None, path: str) -> None:
+    """Refuse weights whose bytes are not those the video's hash holds (`hashed`; None: random or a word):
+    a file replaced after the hash would run another network under it."""
+    if hashed is not None and weights.sha256 != hashed:
+        raise WeightsError(f"weights file {path} changed after the video started: its bytes are not those its hash "
+                           f"holds; run it again")
 
 
 class VideoRun:

@@ -104,17 +104,24 @@ class VideoWorker:
         self.key: str | None = None
 
     def stylise(self, chunk: Chunk, frames: list[np.ndarray], styles: list[np.ndarray], settings: Any, plan: Any,
-                key: str) -> tuple[list[ChunkFrame], str | None]:
+                key: str, weights_sha256: str | None = None) -> tuple[list[ChunkFrame], str | None]:
         """The chunk's frames (uint8, first..stop-1), its chain from the first; and why it stopped early, or
-        None."""
-        from styleengine.engine.video import VideoRun, stopped_why
+        None. `weights_sha256`: the weights file's bytes as the video's hash holds them (checked on load)."""
+        from styleengine.engine.video import VideoRun, check_weights_unchanged, stopped_why
 
         if self.problem is not None:
             return [], self.problem
         if self.key != key:
             if self.video is not None:
                 self.video.close()
-            self.video, self.key = VideoRun(styles, settings, plan), key
+            self.video, self.key = None, None
+            video = VideoRun(styles, settings, plan)
+            try:
+                check_weights_unchanged(video.weights, weights_sha256, settings.weights)
+            except BaseException:
+                video.close()
+                raise
+            self.video, self.key = video, key
         self.video.restart()
         done: list[ChunkFrame] = []
         for index, frame in zip(chunk.frames(), frames):
@@ -140,11 +147,12 @@ class VideoRayRunner:
         return len(self.pool.actors)
 
     def run(self, work: Iterable[tuple[Chunk, list[np.ndarray]]], styles: list[np.ndarray], settings: Any,
-            plan: Any, key: str) -> Iterator[tuple[Chunk, list[ChunkFrame], str | None]]:
+            plan: Any, key: str, weights_sha256: str | None = None
+            ) -> Iterator[tuple[Chunk, list[ChunkFrame], str | None]]:
         """(chunk, its frames, why it stopped or None) as each chunk comes back (any order)."""
         ray = self.pool.ray
         shared = [ray.put(styles), ray.put(settings), ray.put(plan)]  # sent once, not with every chunk
-        items = ((chunk, frames, *shared, key) for chunk, frames in work)
+        items = ((chunk, frames, *shared, key, weights_sha256) for chunk, frames in work)
         for item, (frames, stopped) in self.pool.map("stylise", items):
             yield item[0], frames, stopped
 

@@ -653,7 +653,7 @@ def test_a_videos_weights_replaced_as_it_starts_is_said(tmp_path, monkeypatch, c
     code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
                            tmp_path / "v.mp4", *FAST, "--size", "64", "--model", "vgg16", "--weights",
                            tmp_path / "w.safetensors")
-    assert "changed as the video started" in one_error_line(code, err), err
+    assert "changed after the video started" in one_error_line(code, err), err
     assert not (tmp_path / "v.mp4").exists()
 
 

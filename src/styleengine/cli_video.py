@@ -28,7 +28,7 @@ from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
-from styleengine.errors import ConfigError, ImageError, UserError, WeightsError, first_line, printable
+from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
 
 MAX_FPS = 1000  # past this a --fps is a typo
 
@@ -305,6 +305,7 @@ class _Chunked:
         self.address, self.length, self.overlap = address, length, overlap
         self.runner: Any = None
         self.chunks: list = []
+        self.weights_sha256: str | None = None  # the weights file's bytes as the video's hash holds them
 
     def start(self, start: int, stop: int) -> dict[str, int]:
         """Start the runner and cut start..stop-1 into chunks; what the settings hash records of them."""
@@ -339,7 +340,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.engine.settings import run_inputs, style_roles
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
-    from styleengine.engine.video import video_hash
+    from styleengine.engine.video import check_weights_unchanged, video_hash
 
     settings.validate()
     video_io.check_video_output(output)
@@ -380,14 +381,14 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             selection.update(chunked.start(start, stop))
         about = {"video": str(video), "fps": str(rate), "first": start}
         weights = None
-        if chunked is None:  # loaded once, here: the bytes its hash holds (a file replaced since is said)
+        hashed = digests.get(os.path.abspath(settings.weights))
+        if chunked is not None:  # each worker loads them and checks them against this
+            chunked.weights_sha256 = hashed
+        else:  # loaded once, here: the bytes its hash holds (a file replaced since is said)
             from styleengine.engine.stylise import load_run_weights
 
             weights = load_run_weights(settings)
-            hashed = digests.get(os.path.abspath(settings.weights))
-            if hashed is not None and weights.sha256 != hashed:
-                raise WeightsError(f"weights file {settings.weights} changed as the video started: its bytes are not "
-                                   f"those its hash holds; run it again")
+            check_weights_unchanged(weights, hashed, settings.weights)
         store.open(video_hash(settings, plan, files, selection), about, shape)
     except BaseException:
         store.give_up()
@@ -461,7 +462,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
         end = store.finished_from(start, stop)
         written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
-        if not written and chunked is None:  # chunks keep seams and finish out of order: theirs stays
+        if not written:  # what open() made, where nothing else is there (a chunk's frames or seams stay)
             store.discard()
     seconds = time.perf_counter() - began
     if signals.stopped(stopped):  # a signal held through the encode is said too
@@ -507,7 +508,8 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
             frames = video_io.read_frames(info, chunk.first, chunk.stop, rate, shape)
             yield chunk, [np.round(frame * 255.0).astype(np.uint8) for _, frame in frames]
 
-    for chunk, frames, stopped in chunked.runner.run(work(), style_arrays, settings, plan, store.digest):
+    for chunk, frames, stopped in chunked.runner.run(work(), style_arrays, settings, plan, store.digest,
+                                                     weights_sha256=chunked.weights_sha256):
         written = 0
         with signals.shielded():  # a chunk is recorded whole before a signal stops the run
             for frame in frames:
