@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 # the network input's scale and shift: caffe's are 255 and -124, torchvision's 4.4 and -2.1; past these bounds the
 # features overflow or underflow float32 (a scale of 1e-37 gave an all-black NaN picture, exit 0)
 INPUT_SCALE = (1e-3, 1e5)
 INPUT_SHIFT = 1e5
+HEADER_LIMIT = 100_000_000  # a safetensors header past this is refused by its reader too
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,49 @@ TORCHVISION = Convention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225
 CAFFE = Convention("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
 # Seeded random weights: any convention works; this one keeps inputs O(1).
 RANDOM = Convention("RGB", 1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def header_convention(path: Path) -> Convention | None:
+    """A .safetensors file's input convention from its header alone (8 bytes of length, then JSON; no tensor
+    read and no torch: the dry run's), or None where the header does not say it: a .pth, a file without that
+    metadata, or a header that cannot be read (a damaged file is the run's to say, as for every weights file)."""
+    import json
+    import struct
+
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < size <= HEADER_LIMIT:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, RecursionError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        return None
+    return convention_from_metadata(meta, str(path))
+
+
+def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> Convention | None:
+    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std (`origin` names the file)."""
+    from styleengine.errors import ConfigError, WeightsError
+
+    if "channel_order" not in meta:
+        return None
+    try:
+        rng = meta.get("pixel_range", "0-1")
+        pixel_range = float(rng.split("-")[-1]) if "-" in rng else float(rng)
+        mean = tuple(float(v) for v in meta["mean"].split(","))
+        std = tuple(float(v) for v in meta.get("std", "1,1,1").split(","))
+        convention = Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
+        convention.validate()
+    except KeyError as e:
+        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
+    except ConfigError as e:  # read, and out of what a network takes (a std of 1e-9)
+        raise WeightsError(f"{origin}: its metadata has an unusable input convention: {e}") from None
+    except ValueError as e:
+        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: {e}") from None
+    return convention

@@ -17,7 +17,7 @@ import torch
 from styleengine.choices import TORCH_SUFFIXES
 from styleengine.errors import WeightsError, first_line
 from styleengine.model import recognise
-from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention
+from styleengine.model.convention import CAFFE, RANDOM, TORCHVISION, Convention, convention_from_metadata  # noqa: F401
 from styleengine import paths
 from styleengine.paths import file_sha256, not_a_file  # noqa: F401  (callers read file_sha256 here)
 from styleengine.model.vgg import conv_weight_keys, layer_table
@@ -211,28 +211,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             raise WeightsError(f"{path} is not a state dict of tensors")
         return obj, {}
     raise WeightsError(paths.unsupported_weights(path) or str(path))
-
-
-def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> Convention | None:
-    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std (`origin` names the file)."""
-    from styleengine.errors import ConfigError
-
-    if "channel_order" not in meta:
-        return None
-    try:
-        rng = meta.get("pixel_range", "0-1")
-        pixel_range = float(rng.split("-")[-1]) if "-" in rng else float(rng)
-        mean = tuple(float(v) for v in meta["mean"].split(","))
-        std = tuple(float(v) for v in meta.get("std", "1,1,1").split(","))
-        convention = Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
-        convention.validate()
-    except KeyError as e:
-        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
-    except ConfigError as e:  # read, and out of what a network takes (a std of 1e-9)
-        raise WeightsError(f"{origin}: its metadata has an unusable input convention: {e}") from None
-    except ValueError as e:
-        raise WeightsError(f"{origin}: its metadata has an unreadable input convention: {e}") from None
-    return convention
 
 
 def imagenet_checkpoint(model: str) -> dict[str, torch.Tensor]:

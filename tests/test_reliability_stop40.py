@@ -80,3 +80,23 @@ def test_a_ray_videos_weights_replaced_after_its_hash_is_said_by_the_worker(tmp_
     assert not (tmp_path / "v.mp4").exists()
     code, _, err = run_cli(monkeypatch, capsys, *argv)
     assert code == 0 and (tmp_path / "v.mp4").is_file(), err
+
+
+def test_the_dry_run_checks_the_convention_with_a_files_own_metadata(tmp_path, monkeypatch, capsys):
+    """`--dry-run` did not read the weights, so an input convention past float32 with the file's own values was
+    said by the run only (stop 39's known limit): a .safetensors file's header says its convention without a
+    tensor read, and the dry run says the run's line."""
+    from safetensors.torch import save_file
+
+    from styleengine.model.weights import random_state
+
+    _pictures(tmp_path)
+    caffe = {"channel_order": "BGR", "pixel_range": "0-255", "mean": "103.939,116.779,123.68", "std": "1,1,1"}
+    save_file(random_state("vgg16", 2), tmp_path / "w.safetensors", metadata=caffe)
+    argv = ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png", *FAST, "--model", "vgg16",
+            "--weights", tmp_path / "w.safetensors", "--std", "1e-3,1e-3,1e-3"]
+    said = [one_error_line(*run_cli(monkeypatch, capsys, *argv, *dry)[::2]) for dry in (["--dry-run"], [])]
+    assert said[0] == said[1] and said[0].startswith("error: --std 0.001,0.001,0.001 with the weights' pixel range "
+                                                     "255 and mean 103.939,116.779,123.68 scales pixels by"), said
+    code, _, err = run_cli(monkeypatch, capsys, *argv[:-2], "--pixel-range", "1e5", "--dry-run")
+    assert code == 0, err  # a scale of 1e5 with the file's std of 1: taken, as the run takes it

@@ -93,6 +93,12 @@ def dry_plan(content: Path | None, styles: list[Path], settings: Settings) -> Pl
     problem = paths.weights_problem(settings.weights)  # the run loads its weights after its masks
     if problem is not None:
         raise ConfigError(problem)
+    if settings.weights not in paths.WEIGHT_WORDS:  # a file's own convention, from its header, as the run checks it
+        from styleengine.model.convention import header_convention
+
+        own = header_convention(Path(settings.weights).expanduser())
+        if own is not None:
+            settings.check_convention_range(own)
     return plan
 
 
