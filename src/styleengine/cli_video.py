@@ -147,7 +147,12 @@ class FrameStore:
         """No frame finished: take back what open() made, so that "nothing written" is so (a folder or record
         that was there before stays)."""
         folder, record = self.made
-        if not record or any(p.name not in (self.RECORD, self.LOCK) for p in self.folder.iterdir()):
+        try:
+            others = any(p.name not in (self.RECORD, self.LOCK) for p in self.folder.iterdir())
+        except OSError:  # removed or moved away during the run (the user's): nothing here to take back
+            self.close()
+            return
+        if not record or others:
             return
         try:
             (self.folder / self.RECORD).unlink(missing_ok=True)
