@@ -22,7 +22,7 @@ from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
 from styleengine.errors import ConfigError, SettingError, UserError
-from styleengine.model.convention import RANDOM, TORCHVISION, Convention
+from styleengine.model.convention import RANDOM, TORCHVISION, Convention, reads_as_zero
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
 MAX_ITERATIONS = 1_000_000
@@ -82,7 +82,7 @@ def real(value: Any) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ValueError("not a finite number")
-    if isinstance(value, str) and _reads_as_zero(value, number):
+    if isinstance(value, str) and reads_as_zero(value, number):
         raise Underflow("too small: it reads as 0")  # 1e-400: a typo, not "no style"
     return number
 
@@ -108,12 +108,7 @@ class TooSmall(float):
 def json_number(text: str) -> float:
     """A JSON number as a float, TooSmall where a float makes it 0 (json.loads read 1e-400 as 0)."""
     number = float(text)
-    return TooSmall(text) if _reads_as_zero(text, number) else number
-
-
-def _reads_as_zero(text: str, number: float) -> bool:
-    """Whether `text`, a number with a digit other than 0 before its exponent, was read as 0."""
-    return number == 0 and re.search(r"[1-9]", text.lower().partition("e")[0]) is not None
+    return TooSmall(text) if reads_as_zero(text, number) else number
 
 
 def _word(value: Any) -> str:

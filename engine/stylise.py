@@ -215,7 +215,8 @@ def build_step(settings: Settings, weights: Weights, loss: LossConfig, max_side:
 
 def load_run_weights(settings: Settings) -> Weights:
     """The weights the settings name, fed with the input convention the settings give them."""
-    weights = load_weights(settings.model, settings.weights, seed=settings.seed, strict=not settings.non_strict)
+    weights = load_weights(settings.model, settings.weights, seed=settings.seed, strict=not settings.non_strict,
+                           range_checked=True)
     # the flags with the file's own, before any work (batch and serve load a file at their start); a file with
     # no metadata that is not a known one runs with torchvision's, assumed
     assumed = weights.convention_source.startswith("assumed")

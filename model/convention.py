@@ -1,6 +1,7 @@
 """How an RGB image in [0, 1] becomes a network's input (torch-free: settings carry one)."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,6 +94,11 @@ CAFFE = Convention("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
 RANDOM = Convention("RGB", 1.0, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
+def reads_as_zero(text: str, number: float) -> bool:
+    """Whether `text`, a number with a digit other than 0 before its exponent, was read as 0."""
+    return number == 0 and re.search(r"[1-9]", text.lower().partition("e")[0]) is not None
+
+
 def header_convention(path: Path) -> Convention | None:
     """A .safetensors file's input convention from its header alone (8 bytes of length, then JSON; no tensor
     read and no torch: the dry run's), or None where the header does not say it: a .pth, a file without that
@@ -114,22 +120,31 @@ def header_convention(path: Path) -> Convention | None:
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         return None
-    return convention_from_metadata(meta, str(path))
+    return convention_from_metadata(meta, str(path), whole=False)  # the dry run checks the range with its flags
 
 
-def convention_from_metadata(meta: dict[str, str], origin: str = "weights") -> Convention | None:
-    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std (`origin` names the file)."""
+def convention_from_metadata(meta: dict[str, str], origin: str = "weights", whole: bool = True
+                             ) -> Convention | None:
+    """The shared VGG16 file's metadata keys: channel_order, pixel_range, mean, std (`origin` names the file).
+    Each field is checked; together against float32 only where `whole` (a run checks that with its flags)."""
     from styleengine.errors import ConfigError, WeightsError
 
     if "channel_order" not in meta:
         return None
+    def number(text: str) -> float:  # a digit a float reads as 0 is no 0 the file meant (1e-400)
+        value = float(text)
+        if reads_as_zero(text, value):
+            raise ValueError(f"{text.strip()} reads as 0 in a float")
+        return value
+
     try:
         rng = meta.get("pixel_range", "0-1")
-        pixel_range = float(rng.split("-")[-1]) if "-" in rng else float(rng)
-        mean = tuple(float(v) for v in meta["mean"].split(","))
-        std = tuple(float(v) for v in meta.get("std", "1,1,1").split(","))
+        span = re.fullmatch(r"\s*0+(?:\.0*)?\s*-\s*(\S.*)", rng)  # "0-255"; "1e-2" is one number, not a span
+        pixel_range = number(span.group(1) if span else rng)
+        mean = tuple(number(v) for v in meta["mean"].split(","))
+        std = tuple(number(v) for v in meta.get("std", "1,1,1").split(","))
         convention = Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
-        convention.validate()
+        convention.validate() if whole else convention.check_fields()
     except KeyError as e:
         raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
     except ConfigError as e:  # read, and out of what a network takes (a std of 1e-9)

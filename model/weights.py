@@ -233,7 +233,7 @@ def imagenet_checkpoint(model: str) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, convention: Convention | None = None,
-                 strict: bool = True) -> Weights:
+                 strict: bool = True, range_checked: bool = False) -> Weights:
     """spec: "imagenet" (torch.hub, hash-checked), "random" or a file path.
 
     The input convention comes from, in order: `convention` (flags), the
@@ -241,7 +241,9 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
     file or first layer, the first layer's statistics); where the content
     cannot tell, torchvision's is assumed and `convention_source` says so.
     strict=False: unknown keys under features. are ignored (listed in
-    `ignored`) instead of refused.
+    `ignored`) instead of refused. range_checked: the caller checks the
+    metadata's float32 range itself, with the flags that replace its values
+    (Settings.check_convention_range); its fields are checked here.
     """
     layer_table(model)  # validates the model name
     if convention is not None:
@@ -269,7 +271,7 @@ def load_weights(model: str, spec: str = "imagenet", *, seed: int = 0, conventio
         raise WeightsError(f"cannot read weights file {path}: {e.strerror or e}") from None
     found, source = convention, "from flags"
     if found is None:
-        found, source = convention_from_metadata(meta, str(path)), "from metadata"
+        found, source = convention_from_metadata(meta, str(path), whole=not range_checked), "from metadata"
     if found is None:
         seen = recognise.recognise(state, digest)
         if seen.name is not None:

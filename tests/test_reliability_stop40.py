@@ -100,3 +100,88 @@ def test_the_dry_run_checks_the_convention_with_a_files_own_metadata(tmp_path, m
                                                      "255 and mean 103.939,116.779,123.68 scales pixels by"), said
     code, _, err = run_cli(monkeypatch, capsys, *argv[:-2], "--pixel-range", "1e5", "--dry-run")
     assert code == 0, err  # a scale of 1e5 with the file's std of 1: taken, as the run takes it
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_a_videos_frames_folder_removed_mid_run_is_one_line(tmp_path, monkeypatch, capsys, how):
+    """`rm -rf o.mp4.frames` (or a move) while a video ran ended in a FileNotFoundError traceback from the tidy-up
+    of a run that wrote nothing (probe 30b, 6 of 6): one line, and a rerun makes the video."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import shutil
+
+    import numpy as np
+
+    from styleengine import cli_video
+    from styleengine.benchmarks.video_clips import write_clip
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
+    real = cli_video.FrameStore.save
+
+    def gone_after_the_first(store, index, image):
+        if index == 1:
+            if how == "removed":
+                shutil.rmtree(store.folder)
+            else:
+                store.folder.rename(tmp_path / "elsewhere")
+        return real(store, index, image)
+
+    argv = ["video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", tmp_path / "v.mp4", *FAST, "--size", "64"]
+    with monkeypatch.context() as patch:
+        patch.setattr(cli_video.FrameStore, "save", gone_after_the_first)
+        code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert one_error_line(code, err).endswith("nothing written"), err
+    code, _, err = run_cli(monkeypatch, capsys, *argv)
+    assert code == 0 and (tmp_path / "v.mp4").is_file(), err
+
+
+def _metadata_file(path, **fields):
+    from safetensors.torch import save_file
+
+    from styleengine.model.weights import random_state
+
+    meta = {"channel_order": "RGB", "pixel_range": "0-1", "mean": "0,0,0", "std": "0.25,0.25,0.25", **fields}
+    save_file(random_state("vgg16", 2), path, metadata=meta)
+    return path
+
+
+def test_a_metadata_pixel_range_with_an_exponent_is_read_as_written():
+    """A metadata pixel range of "1e-2" ran as 2 (its exponent's minus was taken for the "0-255" dash), and
+    "0-1e-400" as 400 (probe 30b): the span is "0-" and a number; a number a float reads as 0 is refused."""
+    from styleengine.errors import WeightsError
+    from styleengine.model.convention import convention_from_metadata
+
+    meta = {"channel_order": "RGB", "mean": "0,0,0", "std": "0.25,0.25,0.25"}
+    for given, read in (("1e-2", 0.01), ("0-255", 255.0), ("0.0-1.0", 1.0), ("0 - 1e2", 100.0), ("4", 4.0)):
+        assert convention_from_metadata({**meta, "pixel_range": given}).pixel_range == read, given
+    for given in ("0-1e-400", "-5", "1-"):
+        with pytest.raises(WeightsError, match="metadata has an un(readable|usable) input convention"):
+            convention_from_metadata({**meta, "pixel_range": given})
+    with pytest.raises(WeightsError, match="1e-400 reads as 0"):
+        convention_from_metadata({**meta, "std": "1e-400,1,1"})
+
+
+def test_flags_that_replace_a_files_metadata_past_float32_run(tmp_path, monkeypatch, capsys):
+    """A file whose metadata std is 1e-9 was refused even with --pixel-range, --mean and --std replacing all of it
+    (probe 30b, run, dry run, batch, serve, API): the range is checked on what the network is fed, each value
+    named by whom it came from; without the flags the file's own values are refused, said as the weights'."""
+    import styleengine
+    from styleengine.errors import ConfigError
+    from styleengine.model.convention import TORCHVISION
+
+    _pictures(tmp_path)
+    weights = _metadata_file(tmp_path / "w.safetensors", std="1e-9,1e-9,1e-9")
+    argv = ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png", *FAST, "--model", "vgg16",
+            "--weights", weights]
+    flags = ["--pixel-range", "1", "--mean", "0,0,0", "--std", "1,1,1"]
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, *argv, *flags, *dry)
+        assert code == 0, err
+        code, _, err = run_cli(monkeypatch, capsys, *argv, *dry)
+        assert one_error_line(code, err).startswith("error: the weights' pixel range 1, mean 0,0,0 and std "
+                                                    "1e-09,1e-09,1e-09 scale pixels by 1e+09"), err
+    styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights=weights, model="vgg16", iterations=1,
+                        size=40, convention=TORCHVISION)
+    with pytest.raises(ConfigError, match="^the weights' pixel range 1"):
+        styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights=weights, model="vgg16", iterations=1,
+                            size=40)
