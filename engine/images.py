@@ -21,10 +21,10 @@ from styleengine.errors import ImageError, first_line
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
 
 
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha blended over white."""
+def _composite_on_white(rgba: np.ndarray, backdrop: float = 1.0) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha blended over white (or the grey `backdrop`)."""
     alpha = rgba[..., 3:4]
-    return rgba[..., :3] * alpha + (1.0 - alpha)
+    return rgba[..., :3] * alpha + backdrop * (1.0 - alpha)
 
 
 class _RangeError(ValueError):
@@ -39,8 +39,8 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
                           f"read as {expected}: rescale it or save it as 8 or 16 bits per channel")
 
 
-def _to_float_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]."""
+def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
+    """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
@@ -65,19 +65,19 @@ def _to_float_rgb(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
     if img.mode == "LA":
         la = np.asarray(img, dtype=np.float32) / 255.0
-        return _composite_on_white(la[..., [0, 0, 0, 1]]).astype(np.float32)
+        return _composite_on_white(la[..., [0, 0, 0, 1]], backdrop).astype(np.float32)
     if img.mode == "RGBA":
-        return _composite_on_white(np.asarray(img, dtype=np.float32) / 255.0).astype(np.float32)
+        return _composite_on_white(np.asarray(img, dtype=np.float32) / 255.0, backdrop).astype(np.float32)
     if img.mode != "RGB":  # CMYK, YCbCr, LAB, HSV, ...
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def load_image(path: str | os.PathLike, role: str = "image") -> np.ndarray:
+def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1.0) -> np.ndarray:
     """Decode `path` fully into float32 (H, W, 3) RGB in [0, 1]; `role` ("style image 2") names it in errors, in the
     words the dry run and the batch's checks use (paths.input_problem).
 
-    Alpha is composited on white; palette, greyscale, CMYK, 16-bit and float
+    Alpha is composited on white (a mask's on black: backdrop 0); palette, greyscale, CMYK, 16-bit and float
     images are converted. Missing, unreadable, non-image, truncated, tiny
     (< 32 px a side) and decompression-bomb files raise ImageError, and so
     do float images with NaN, inf or values outside [0, 1] (taken as 0-1,
@@ -96,7 +96,7 @@ def load_image(path: str | os.PathLike, role: str = "image") -> np.ndarray:
             opened.load()  # decode every byte now: truncation shows here, not later
             img = ImageOps.exif_transpose(opened) or opened
             size = img.size
-            array = _to_float_rgb(img)
+            array = _to_float_rgb(img, backdrop)
     except _RangeError as e:
         raise ImageError(f"refusing {role} {path}: it {e}") from None
     paths.check_sides(f"{role} {path}", (size[1], size[0]))

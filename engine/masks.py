@@ -26,15 +26,18 @@ SUM_SLACK = 2 / 255  # complementary 8-bit masks (or JPEG ones) may sum to a hai
 
 @dataclass(frozen=True)
 class Masks:
-    """A run's masks at its images' own sizes."""
+    """A run's masks: the content masks as given, the style masks at their style images' sizes."""
 
-    content: np.ndarray  # (R, H, W) float32 in [0, 1], at the content image's size: one region per style
+    # one region per style, float32 in [0, 1], each at its own size: resized once, straight to each scale's (a
+    # detail lost at the content image's size was lost at every scale, whatever the --size)
+    content: tuple[np.ndarray, ...]
     styles: list[np.ndarray | None]  # (H_s, W_s) at each style image's size; None: the whole style image
 
     def at(self, height: int, width: int, style_shapes: list[tuple[int, int]]
            ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """(R, height, width) content masks and each style mask at its style's (height, width), as tensors."""
-        content = within_one(resize(torch.from_numpy(self.content).unsqueeze(0), height, width)[0])
+        content = within_one(torch.cat([resize(torch.from_numpy(m)[None, None], height, width)[0]
+                                        for m in self.content]))
         styles = [resize(torch.from_numpy(m)[None, None], *shape)[0, 0] if m is not None else None
                   for m, shape in zip(self.styles, style_shapes)]
         return content, styles
@@ -56,12 +59,17 @@ def within_one(content: torch.Tensor) -> torch.Tensor:
     return content / content.sum(dim=0, keepdim=True).clamp(min=1.0)
 
 
+def read_mask(path: str | os.PathLike, what: str) -> np.ndarray:
+    """The mask at `path` as (H, W) float luminance at its own size; transparent pixels are black (painted
+    nothing: white strokes on a transparent layer are the region drawn; over white, it was everywhere)."""
+    return images.luminance(images.load_image(path, what, backdrop=0.0))
+
+
 def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
     """The mask at `path` as (H, W) float32 luminance at its own size, checked against `shape`, the (height,
     width) of `image`, and for painting somewhere; ImageError, one line."""
-    array = images.load_image(path, what)
-    check_mask_aspect(what, path, array.shape, image, shape)
-    mask = images.luminance(array).astype(np.float32)
+    mask = read_mask(path, what).astype(np.float32)
+    check_mask_aspect(what, path, mask.shape, image, shape)
     check_paints(what, path, mask)
     return mask
 
@@ -107,24 +115,27 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     whats = [f"content mask {i + 1}" for i in range(len(settings.content_masks))]
     given = [_read(p, what, content_shape, "the content image") for p, what in zip(settings.content_masks, whats)]
     check_overlap(given)
-    # the run's first scale is its smallest: where a thin mask fades most
-    smallest = long_side_shape(*content_shape, settings.scale_plan()[0][0])
-    content = within_one(torch.from_numpy(np.stack([_painting(m, content_shape, what, p)
-                                                    for m, what, p in zip(given, whats, settings.content_masks)])))
-    for mask, what, path in zip(content.numpy(), whats, settings.content_masks):
-        _painting(mask, smallest, what, path)
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
-    if settings.style_masks:
-        styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p)
+    if settings.style_masks:  # resized to its style image, where a larger one keeps a thin region
+        styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p,
+                            f"or use a larger {label}")
                   for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
-    return Masks(content.numpy(), styles)
+    masks = Masks(tuple(given), styles)
+    # the run's first scale is its smallest: where a thin mask fades most
+    steps = settings.scale_plan()
+    smallest = long_side_shape(*content_shape, steps[0][0])
+    larger = "or start the run larger (its first scale)" if len(steps) > 1 else "or run at a larger size"
+    for mask, what, path in zip(masks.at(*smallest, [])[0].numpy(), whats, settings.content_masks):
+        _painting(mask, smallest, what, path, larger)
+    return masks
 
 
-def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike) -> np.ndarray:
+def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike, larger: str
+              ) -> np.ndarray:
     """`mask` at `shape`; ImageError where a few white pixels fade to nothing there (its file is not black:
-    check_paints said that)."""
+    check_paints said that), with `larger`: what makes the run keep them."""
     resized = _resized(mask, shape)
     if resized.max() * 255 < 0.5:
         raise ImageError(f"{what} {path} fades to black at {shape[1]}x{shape[0]} px, where the run resizes it: "
-                         f"too little of it is white; widen its white or use a larger size")
+                         f"too little of it is white; widen its white {larger}")
     return resized

@@ -682,7 +682,7 @@ def test_masks_of_two_sizes_never_overlap_in_the_run(tmp_path):
     Image.fromarray(right).save(tmp_path / "right.png")
     settings = Settings(size=64, content_masks=(str(tmp_path / "left.png"), str(tmp_path / "right.png")))
     loaded = masks.load(settings, (64, 64), [(64, 64), (64, 64)])
-    assert loaded is not None and loaded.content.sum(axis=0).max() <= 1 + 1e-6
+    assert loaded is not None  # the masks are kept as given (stop 40), and summed at each scale's size
     for side in (32, 48, 64, 128):
         content, _ = loaded.at(side, side, [(64, 64), (64, 64)])
         assert float(content.sum(dim=0).max()) <= 1 + 1e-6, side

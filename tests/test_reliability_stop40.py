@@ -185,3 +185,68 @@ def test_flags_that_replace_a_files_metadata_past_float32_run(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="^the weights' pixel range 1"):
         styleengine.stylise(tmp_path / "c.png", tmp_path / "s.png", weights=weights, model="vgg16", iterations=1,
                             size=40)
+
+
+def test_a_masks_transparent_pixels_paint_nothing(tmp_path, monkeypatch, capsys):
+    """A content mask with alpha was blended over white: opaque white on the left and transparent on the right
+    read as white everywhere, so the run was the unmasked one (exit 0), and two such halves were refused as an
+    overlap never drawn (probe 30b). Transparent reads as black: the RGBA and LA masks run as their grey twin."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)).save(tmp_path / "c.png")
+    left = np.zeros((40, 48), np.uint8)
+    left[:, :24] = 255
+    grey = {"l": left, "r": 255 - left}
+    for side, alpha in grey.items():
+        Image.fromarray(alpha).save(tmp_path / f"{side}.png")
+        rgba = np.full((40, 48, 4), 255, np.uint8)
+        rgba[..., 3] = alpha
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{side}_rgba.png")
+        Image.fromarray(np.stack([np.full_like(alpha, 255), alpha], -1), "LA").save(tmp_path / f"{side}_la.png")
+
+    def run(name, *masks):
+        flags = ["--content-mask", ",".join(str(tmp_path / m) for m in masks)] if masks else []
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png",
+                               *([tmp_path / "s.png"] * max(1, len(masks))), "-o", tmp_path / name, *FAST,
+                               "--iters", "3", *flags)
+        assert code == 0, err
+        return np.asarray(Image.open(tmp_path / name))
+
+    assert not np.array_equal(run("none.png"), run("grey.png", "l.png"))  # the mask shows at this size
+    for kind in ("rgba", "la"):
+        assert np.array_equal(run(f"{kind}.png", f"l_{kind}.png"), run("grey.png", "l.png")), kind
+        assert np.array_equal(run(f"{kind}2.png", f"l_{kind}.png", f"r_{kind}.png"), run("grey2.png", "l.png",
+                                                                                          "r.png")), kind
+    for dry in (["--dry-run"], []):  # a mask transparent everywhere paints nothing: said, by the dry run too
+        Image.fromarray(np.zeros((40, 48, 4), np.uint8) + np.uint8([255, 255, 255, 0]), "RGBA").save(
+            tmp_path / "clear.png")
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "x.png", *FAST, "--content-mask", tmp_path / "clear.png", *dry)
+        assert one_error_line(code, err).endswith("is black everywhere: its style would paint nothing"), err
+
+
+def test_a_thin_mask_is_resized_straight_to_each_scale_and_the_advice_works(tmp_path, monkeypatch, capsys):
+    """A 2048 px mask with one white pixel over a 48 px content faded at the content's own size first, so every
+    --size was refused with "use a larger size" (probe 30b): content masks are resized once, straight from their
+    own size to each scale's, and the advice names what keeps the pixel (a larger size, or first scale)."""
+    import numpy as np
+    from PIL import Image
+
+    dot = np.zeros((2048, 2048), np.uint8)
+    dot[1000, 1000] = 255
+    Image.fromarray(dot).save(tmp_path / "dot.png")
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(tmp_path / "c.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    argv = ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png", *FAST, "--content-mask",
+            tmp_path / "dot.png"]
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, *argv, *dry)
+        assert one_error_line(code, err).endswith("fades to black at 40x40 px, where the run resizes it: too little "
+                                                  "of it is white; widen its white or run at a larger size"), err
+        code, _, err = run_cli(monkeypatch, capsys, *argv, "--size", "200", "--scales", "2", "--start-size", "40",
+                               *dry)
+        assert one_error_line(code, err).endswith("widen its white or start the run larger (its first scale)"), err
+    code, _, err = run_cli(monkeypatch, capsys, *argv, "--size", "200")
+    assert code == 0 and (tmp_path / "o.png").is_file(), err

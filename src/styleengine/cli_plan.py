@@ -118,11 +118,13 @@ def check_own_files(settings: Settings, decode: bool = False) -> dict[str, tuple
         if decode:
             from styleengine.engine import images, masks
 
-            array = images.load_image(path, role)
-            if role != "init image":
-                masks.check_paints(role, path, images.luminance(array))
+            if role == "init image":
+                images.load_image(path, role)
+                continue
+            mask = masks.read_mask(path, role)
+            masks.check_paints(role, path, mask)
             if role.startswith("content mask"):
-                regions.append(images.luminance(array))
+                regions.append(mask)
                 if len(regions) == len(settings.content_masks or ()):
                     masks.check_overlap(regions)
     return shapes
