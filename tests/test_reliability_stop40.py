@@ -250,3 +250,21 @@ def test_a_thin_mask_is_resized_straight_to_each_scale_and_the_advice_works(tmp_
         assert one_error_line(code, err).endswith("widen its white or start the run larger (its first scale)"), err
     code, _, err = run_cli(monkeypatch, capsys, *argv, "--size", "200")
     assert code == 0 and (tmp_path / "o.png").is_file(), err
+
+
+@pytest.mark.parametrize("how", ["itself", "symlink"])
+def test_a_jobs_file_that_is_its_outs_manifest_is_refused_and_left_as_it_was(tmp_path, monkeypatch, capsys, how):
+    """`batch o/manifest.jsonl --out o` appended the job's `ok` line to the user's jobs file, and the next run
+    was refused for that line (probe 30a, 4 of 4; a symbolic link to it too). Refused before any work."""
+    _pictures(tmp_path)
+    (tmp_path / "o").mkdir()
+    line = json.dumps({"content": str(tmp_path / "c.png"), "style": str(tmp_path / "s.png"), "output": "a.png"})
+    (tmp_path / "o" / "manifest.jsonl").write_text(line + "\n")
+    jobs = tmp_path / "o" / "manifest.jsonl"
+    if how == "symlink":
+        (tmp_path / "j.jsonl").symlink_to(jobs)
+        jobs = tmp_path / "j.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "batch", jobs, "--out", tmp_path / "o", *FAST)
+    assert one_error_line(code, err).endswith("which the batch writes; give the jobs in another file"), err
+    assert (tmp_path / "o" / "manifest.jsonl").read_text() == line + "\n"
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.jsonl"]

@@ -133,6 +133,13 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     manifest = engine.Manifest(out / engine.MANIFEST)
     manifest.check_own("--out")
     paths.check_writable(manifest.path, "manifest")
+    if jobs is not None:  # the batch appends to its manifest: a jobs file there would be changed, then unreadable
+        from styleengine.engine.manifest import LOCK_FILE
+
+        for written in (manifest.path, out / LOCK_FILE):
+            if written.is_file() and jobs.is_file() and os.path.samefile(jobs, written):
+                raise ConfigError(f"jobs file {jobs} is {written}, which the batch writes; give the jobs in "
+                                  f"another file")
     shared = engine.settings_inputs(settings.init, settings.weights,  # the run's words: "content mask 1 m.png"
                                     content_masks=settings.content_masks, style_masks=settings.style_masks)
     if jobs is None:  # every job of --contents with --styles has one style image: a count for more fits none
