@@ -268,3 +268,43 @@ def test_a_jobs_file_that_is_its_outs_manifest_is_refused_and_left_as_it_was(tmp
     assert one_error_line(code, err).endswith("which the batch writes; give the jobs in another file"), err
     assert (tmp_path / "o" / "manifest.jsonl").read_text() == line + "\n"
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.jsonl"]
+
+
+def test_run_and_texture_write_nothing_into_a_style_folder_they_read(tmp_path, monkeypatch, capsys):
+    """`run c.png SF -o SF/out.png` (or `--trace SF/t.png`, or `texture SF`) wrote into the style folder it read,
+    exit 0: the next run read the picture as a second style and refused it as an input (probe 30a, 5 of 5).
+    Refused before any work, as batch refuses it; a file of SF named, not the folder, is a style like another."""
+    _pictures(tmp_path)
+    (tmp_path / "SF").mkdir()
+    (tmp_path / "s.png").rename(tmp_path / "SF" / "s.png")
+    SF = tmp_path / "SF"
+    cases = [("run", tmp_path / "c.png", SF, "-o", SF / "out.png"),
+             ("run", tmp_path / "c.png", SF, "-o", tmp_path / "o.png", "--trace", SF / "t.png"),
+             ("texture", SF, "-o", SF / "sub" / ".." / "t.png")]
+    for argv in cases:
+        for dry in (["--dry-run"], []):
+            code, _, err = run_cli(monkeypatch, capsys, *argv, *FAST, *dry)
+            assert "whose images are styles: the next run would read it as one" in one_error_line(code, err), argv
+    assert sorted(p.name for p in SF.iterdir()) == ["s.png"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", SF / "s.png", "-o", SF / "o.png", *FAST)
+    assert code == 0, err  # the style named as a file: the folder is no style argument
+
+
+def test_a_video_keeps_no_frames_among_its_inputs(tmp_path, monkeypatch, capsys):
+    """`video v.mp4 paint.mp4.frames -o paint.mp4` wrote its frames among the style images, and the rerun was
+    refused (probe 30a, 2 of 2). An input inside the frames folder is refused before any work."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    import numpy as np
+
+    from styleengine.benchmarks.video_clips import write_clip
+
+    _pictures(tmp_path)
+    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(2)], fps=12)
+    kept = tmp_path / "paint.mp4.frames"
+    kept.mkdir()
+    (tmp_path / "s.png").rename(kept / "starry.png")
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", kept, "-o", tmp_path / "paint.mp4",
+                           *FAST, "--size", "64")
+    assert one_error_line(code, err).endswith("is inside paint.mp4.frames/, where the finished frames are kept; "
+                                              "choose another output"), err
+    assert sorted(p.name for p in kept.iterdir()) == ["starry.png"]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine.cli_settings import settings_from, with_settings
-from styleengine.paths import expand_styles, named_file
+from styleengine.paths import check_outside_style_folders, expand_style_arguments, named_file
 from styleengine.engine.settings import RUN, TEXTURE, Settings
 from styleengine.errors import printable
 
@@ -60,7 +60,8 @@ def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_def
          output: Output, trace: Trace = None, dry_run: DryRun = False, recipe: Recipe = None, **flags: Any) -> None:
     """Stylise CONTENT with STYLE... (Gatys et al.) and write OUT."""
     settings = settings_from(flags, RUN, recipe)
-    style_paths = expand_styles(styles)
+    style_paths, folders = expand_style_arguments(styles)
+    check_outside_style_folders([(output, "output"), (trace, "trace")], folders)  # a snapshot is beside the output
     if dry_run:
         return _dry_run(content, style_paths, output, trace, settings)
     from styleengine.cli_job import execute
@@ -73,7 +74,8 @@ def _texture(styles: Styles, output: Output, trace: Trace = None, dry_run: DryRu
     """Synthesise a texture from STYLE... (the same loss with alpha = 0, white-noise init) and write OUT."""
     settings = settings_from(flags, TEXTURE, recipe)
     settings.check_texture_start()  # asked for: texture's own default is noise
-    style_paths = expand_styles(styles)
+    style_paths, folders = expand_style_arguments(styles)
+    check_outside_style_folders([(output, "output"), (trace, "trace")], folders)  # a snapshot is beside the output
     if dry_run:
         return _dry_run(None, style_paths, output, trace, settings)
     from styleengine.cli_job import execute

@@ -270,7 +270,8 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
     console = Console(stderr=True, markup=False)
     with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
         settings = settings_from(flags, VIDEO)
-        style_paths = paths.expand_styles(styles)  # a folder or a comma list, as run's
+        style_paths, folders = paths.expand_style_arguments(styles)  # a folder or a comma list, as run's
+        paths.check_outside_style_folders([(trace, "trace")], folders)
         _check_installed()
         chunked = _Chunked(ray, chunk_frames, overlap) if ray is not None or chunk_frames is not None \
             or overlap is not None else None
@@ -342,7 +343,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.cli_plan import check_own_files
     from styleengine.engine import images, video_io
     from styleengine.engine.manifest import file_digest
-    from styleengine.engine.settings import run_inputs, style_roles
+    from styleengine.engine.settings import run_inputs, settings_inputs, style_roles
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
     from styleengine.engine.video import check_weights_unchanged, video_hash
@@ -351,10 +352,16 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     video_io.check_video_output(output)
     inputs = {"video": video, **run_inputs(None, styles, settings.init, settings.weights)}
     paths.check_not_an_input(output, "output", inputs)
+    kept = os.path.realpath(output.with_name(output.name + ".frames"))
+    read = {**inputs, **settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                        style_masks=settings.style_masks)}
+    for role, path in read.items():  # its frames would be written among them (a style folder's: read as styles)
+        if os.path.commonpath([kept, os.path.realpath(path)]) == kept:
+            raise ConfigError(f"{role} {path} is inside {output.name}.frames/, where the finished frames are kept; "
+                              f"choose another output")
     if trace is not None:
         paths.check_writable(trace, "trace")
         paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
-        kept = os.path.realpath(output.with_name(output.name + ".frames"))
         # over a kept frame or video.json: inside the folder, or another name (a hard link) of a file in it
         if os.path.commonpath([kept, os.path.realpath(trace)]) == kept or paths.links_into(trace, Path(kept)):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "

@@ -778,15 +778,33 @@ def _is_file(text: str) -> bool:
 
 
 def expand_styles(names: Iterable[str | Path], what: str = "style folder") -> list[Path]:
-    """The style images of the command line's style arguments (styles_and_folders), `~` and $VARIABLES expanded
-    first, as every other path of a command (and a jobs file's styles) is."""
+    """The style images of the command line's style arguments (expand_style_arguments)."""
+    return expand_style_arguments(names, what)[0]
+
+
+def expand_style_arguments(names: Iterable[str | Path], what: str = "style folder") -> tuple[list[Path], list[Path]]:
+    """The style images of the command line's style arguments and the folders named (styles_and_folders), `~`
+    and $VARIABLES expanded first, as every other path of a command (and a jobs file's styles) is."""
     expanded = []
     for name in names:
         try:
             expanded.append(expand_text(name) if str(name).strip() else str(name))
         except ConfigError as e:
             raise ConfigError(f"style argument {e}") from None
-    return styles_and_folders(expanded, what)[0]
+    return styles_and_folders(expanded, what)
+
+
+def check_outside_style_folders(outputs: Iterable[tuple[Path | None, str]], folders: Iterable[Path]) -> None:
+    """ConfigError for an image written straight into a style folder named (resolved): the next run would read
+    it as a style image, and refuse it as an input it writes (batch's rule, for run, texture and video)."""
+    found = {os.path.realpath(f): f for f in folders}
+    for path, what in outputs:
+        if path is None or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue  # images_in takes neither: the folder's styles stay as they are
+        folder = found.get(os.path.realpath(path.parent))
+        if folder is not None:
+            raise ConfigError(f"{what} {path} is in the style folder {folder}, whose images are styles: the next run "
+                              f"would read it as one; write it elsewhere")
 
 
 def images_in(folder: Path, what: str) -> list[Path]:
