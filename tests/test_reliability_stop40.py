@@ -308,3 +308,29 @@ def test_a_video_keeps_no_frames_among_its_inputs(tmp_path, monkeypatch, capsys)
     assert one_error_line(code, err).endswith("is inside paint.mp4.frames/, where the finished frames are kept; "
                                               "choose another output"), err
     assert sorted(p.name for p in kept.iterdir()) == ["starry.png"]
+
+
+@pytest.mark.parametrize(("signum", "code", "name"), [(2, 130, "Ctrl-C"), (15, 143, "SIGTERM")])
+def test_a_signal_then_a_write_that_fails_says_both_with_the_signals_exit(tmp_path, monkeypatch, capsys, signum,
+                                                                          code, name):
+    """A signal in the loop, then a full disk at the picture's write: exit 1 and the rescue's line, the signal
+    never said, so the rescued picture read as a finished one and a scheduler's 143 was lost (probe 30a, 6 of 6).
+    One line says both, with the signal's exit."""
+    import tempfile
+
+    try:
+        from test_reliability import hooked, self_signal
+    except ModuleNotFoundError:
+        from tests.test_reliability import hooked, self_signal
+
+    _pictures(tmp_path)
+    folder, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    folder.mkdir(), elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    hooked(monkeypatch, {2: folder.rmdir, 3: self_signal(signum)})
+    got, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                          folder / "o.png", *FAST, "--iters", "10")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code and not any(line.startswith("error:") for line in lines), err
+    assert lines[-1].startswith(f"interrupted after 2 iterations ({name}); cannot write {folder / 'o.png'}"), err
+    assert f"saved the image to {elsewhere}" in lines[-1] and len(list(elsewhere.iterdir())) == 1

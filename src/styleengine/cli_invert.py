@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from styleengine import paths
-from styleengine.cli_job import end_if_stopped, nothing_before_the_result, result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, nothing_before_the_result, result_held, stop_said_with, \
+    write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.settings import RUN
@@ -79,7 +80,8 @@ def _invert(
         console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
         out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
         with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
-            said = _write(out, result, output, distances, picture, layer, settings, loaded)
+            with stop_said_with(result, output, console):
+                said = _write(out, result, output, distances, picture, layer, settings, loaded)
             end_if_stopped(result, output, console, said=said)  # the current image is written, then the exit code
             console.print(said, highlight=False, soft_wrap=True)
 

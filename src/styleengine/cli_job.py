@@ -30,7 +30,7 @@ from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
 from styleengine.console import warnings_on
-from styleengine.errors import ImageError, UserError, printable
+from styleengine.errors import ImageError, UserError, first_line, printable
 
 
 class TraceWriter:
@@ -149,7 +149,8 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
         written, failure = _write_result(image, output, trace)
         for note in failures:
             console.print(f"warning: {note}", soft_wrap=True, highlight=False)
-        if failure is not None:
+        if failure is not None:  # a signal or a loss that is not finite is said with it, and keeps its exit
+            end_if_stopped(result, output, console, said=f"{failure}; {rescued(written)}")
             print(printable(f"error: {failure}; {rescued(written)}"), file=sys.stderr)
             raise typer.Exit(1)
         seconds = sum(r.seconds for r in result.records)
@@ -176,6 +177,17 @@ def end_if_stopped(result: Any, output: Path, console: Any, early: str = "", sai
         print(printable(f"error: {loop.non_finite(result.iterations)}; "
                         f"{said or f'wrote the last finite image to {output}'}"), file=sys.stderr)
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def stop_said_with(result: Any, output: Path, console: Any) -> Iterator[None]:
+    """A write's UserError (a full disk), said with the signal or the loss that ended the loop first: one line
+    and that exit code (a rescued picture read as a finished one, exit 1 where a scheduler waits for 143)."""
+    try:
+        yield
+    except UserError as e:
+        end_if_stopped(result, output, console, said=first_line(e))
+        raise
 
 
 def interrupted(result: Any) -> Any:

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from styleengine.cli_job import end_if_stopped, loop_result, nothing_before_the_result, result_held, write_or_rescue
+from styleengine.cli_job import end_if_stopped, loop_result, nothing_before_the_result, result_held, stop_said_with, \
+    write_or_rescue
 from styleengine import paths
 from styleengine.choices import WEIGHT_WORDS
 from styleengine.cli_run import Output
@@ -75,7 +76,8 @@ def _visualize(
                 with torch.no_grad():
                     after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
                 step.close()
-                write_or_rescue(result.image, output, [])
+                with stop_said_with(result, output, console):
+                    write_or_rescue(result.image, output, [])
                 end_if_stopped(result, output, console)  # the current image is written; the exit code says it was cut
                 label = f"class {target} ({name})" if name else f"class {target}"
                 console.print(f"wrote {output} ({label}: score {before:.3g} -> {float(after[target]):.3g}, "
