@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +60,8 @@ def isolated_cache(tmp_path_factory) -> Path:
     mp.setenv("STYLEENGINE_CACHE_DIR", str(path))
     # `auto` by rule, not by a timed trial: the same path on every machine (tests/test_autotune.py measures)
     mp.setenv("STYLEENGINE_TUNE", "off")
+    # a picture rescued to the temp folder (a failed write, on purpose) lands in the session's folder, not /tmp
+    mp.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
     yield path
     mp.undo()
 
