@@ -627,36 +627,6 @@ def test_a_weights_file_replaced_after_the_plan_is_no_other_files_picture(tmp_pa
     assert manifest_lines(tmp_path / "o")[-1]["status"] == "ok"
 
 
-def test_a_videos_weights_replaced_as_it_starts_is_said(tmp_path, monkeypatch, capsys):
-    """`video --weights w` with w replaced after its hash was taken: the frames were the new file's under the
-    old file's hash, and a rerun with the old file back resumed over them (probe 28b)."""
-    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
-    import numpy as np
-    from safetensors.torch import save_file
-
-    from styleengine.benchmarks.video_clips import write_clip
-    from styleengine.engine import manifest
-    from styleengine.model.weights import random_state
-
-    _pictures(tmp_path)
-    write_clip(tmp_path / "in.mp4", [np.full((48, 64, 3), v / 8, np.float32) for v in range(3)], fps=12)
-    save_file(random_state("vgg16", 2), tmp_path / "w.safetensors")
-    real = manifest.file_digest
-
-    def hashed_then_replaced(path, cache=None, role="file"):
-        digest = real(path, cache, role)
-        if role == "weights file":
-            save_file(random_state("vgg16", 3), tmp_path / "w.safetensors")
-        return digest
-
-    monkeypatch.setattr(manifest, "file_digest", hashed_then_replaced)
-    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
-                           tmp_path / "v.mp4", *FAST, "--size", "64", "--model", "vgg16", "--weights",
-                           tmp_path / "w.safetensors")
-    assert "changed after the video started" in one_error_line(code, err), err
-    assert not (tmp_path / "v.mp4").exists()
-
-
 def test_metadata_past_float32_is_said_unusable_not_unreadable():
     """A file whose metadata says std 1e-9 was "an unreadable input convention": it is read, and unusable."""
     from styleengine.errors import WeightsError
