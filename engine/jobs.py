@@ -183,7 +183,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     content = _text(raw, "content", where, typed=typed)
     if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
-    style_key = "styles" if "styles" in raw else "style"
+    # the one given: a CSV with both columns leaves one blank a row, and a JSON null is no value
+    style_key = next((k for k in ("styles", "style") if raw.get(k) not in (None, "")), "styles")
     styles = raw.get(style_key)
     try:
         style_names = KINDS["words"][0](styles) if styles is not None else ()

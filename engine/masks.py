@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from styleengine.engine import images
+from styleengine.engine.plan import style_size
 from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, ImageError
@@ -26,12 +27,12 @@ SUM_SLACK = 2 / 255  # complementary 8-bit masks (or JPEG ones) may sum to a hai
 
 @dataclass(frozen=True)
 class Masks:
-    """A run's masks: the content masks as given, the style masks at their style images' sizes."""
+    """A run's masks, as given."""
 
-    # one region per style, float32 in [0, 1], each at its own size: resized once, straight to each scale's (a
-    # detail lost at the content image's size was lost at every scale, whatever the --size)
-    content: tuple[np.ndarray, ...]
-    styles: list[np.ndarray | None]  # (H_s, W_s) at each style image's size; None: the whole style image
+    # float32 in [0, 1], each at its own size as given: resized once, straight to each scale's (a detail lost at
+    # its image's own size was lost at every scale, whatever the --size)
+    content: tuple[np.ndarray, ...]  # one region per style
+    styles: list[np.ndarray | None]  # one per style image; None: the whole style image
 
     def at(self, height: int, width: int, style_shapes: list[tuple[int, int]]
            ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -74,11 +75,6 @@ def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str
     return mask
 
 
-def _resized(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """An (H, W) float32 mask at `shape` (resize)."""
-    return resize(torch.from_numpy(mask)[None, None], *shape)[0, 0].numpy()
-
-
 def check_paints(what: str, path: str | os.PathLike, mask: np.ndarray) -> None:
     """ImageError for a mask (a luminance array in [0, 1]) that is black everywhere."""
     if mask.max() * 255 < 0.5:
@@ -116,26 +112,29 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     given = [_read(p, what, content_shape, "the content image") for p, what in zip(settings.content_masks, whats)]
     check_overlap(given)
     styles: list[np.ndarray | None] = [None] * len(style_shapes)
-    if settings.style_masks:  # resized to its style image, where a larger one keeps a thin region
-        styles = [_painting(_read(p, f"style mask {i + 1}", shape, label), shape, f"style mask {i + 1}", p,
-                            f"or use a larger {label}")
+    if settings.style_masks:
+        styles = [_read(p, f"style mask {i + 1}", shape, label)
                   for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
     masks = Masks(tuple(given), styles)
-    # the run's first scale is its smallest: where a thin mask fades most
+    # the run's first scale is its smallest: where a thin mask fades most, the content's and the styles' alike
     steps = settings.scale_plan()
     smallest = long_side_shape(*content_shape, steps[0][0])
-    larger = "or start the run larger (its first scale)" if len(steps) > 1 else "or run at a larger size"
-    for mask, what, path in zip(masks.at(*smallest, [])[0].numpy(), whats, settings.content_masks):
-        _painting(mask, smallest, what, path, larger)
+    side = style_size(settings, steps[0][0])
+    at_styles = [long_side_shape(*shape, side) for shape in style_shapes]
+    larger = "start the run larger (its first scale)" if len(steps) > 1 else "run at a larger size"
+    content, at = masks.at(*smallest, at_styles)
+    for mask, what, path in zip(content.numpy(), whats, settings.content_masks):
+        _painting(mask, what, path, f" or {larger}")
+    for i, (mask, path) in enumerate(zip(at, settings.style_masks or ())):
+        if mask is not None:
+            _painting(mask.numpy(), f"style mask {i + 1}", path, f", {larger} or raise the style scale")
     return masks
 
 
-def _painting(mask: np.ndarray, shape: tuple[int, int], what: str, path: str | os.PathLike, larger: str
-              ) -> np.ndarray:
-    """`mask` at `shape`; ImageError where a few white pixels fade to nothing there (its file is not black:
-    check_paints said that), with `larger`: what makes the run keep them."""
-    resized = _resized(mask, shape)
-    if resized.max() * 255 < 0.5:
-        raise ImageError(f"{what} {path} fades to black at {shape[1]}x{shape[0]} px, where the run resizes it: "
-                         f"too little of it is white; widen its white {larger}")
-    return resized
+def _painting(mask: np.ndarray, what: str, path: str | os.PathLike, advice: str) -> None:
+    """ImageError where a few white pixels of a mask, as the run resizes it, fade to nothing (its file is not
+    black: check_paints said that), with `advice`: what makes the run keep them."""
+    if mask.max() * 255 < 0.5:
+        height, width = mask.shape
+        raise ImageError(f"{what} {path} fades to black at {width}x{height} px, where the run resizes it: too little "
+                         f"of it is white; widen its white{advice}")

@@ -336,3 +336,118 @@ def test_a_signal_then_a_write_that_fails_says_both_with_the_signals_exit(tmp_pa
     assert got == code and not any(line.startswith("error:") for line in lines), err
     assert lines[-1].startswith(f"interrupted after 2 iterations ({name}); cannot write {folder / 'o.png'}"), err
     assert f"saved the image to {elsewhere}" in lines[-1] and len(list(elsewhere.iterdir())) == 1
+
+
+def test_a_picture_rescued_beside_a_trace_never_lands_among_the_styles(tmp_path, monkeypatch, capsys):
+    """`run c.png SF -o out/o.png --trace SF/t.jsonl` with out/ gone at the write rescued the picture into SF,
+    next to the trace, and the next run read it as a style (probe 31a, 3 of 3): it goes to the temp folder."""
+    import tempfile
+
+    try:
+        from test_reliability import hooked
+    except ModuleNotFoundError:
+        from tests.test_reliability import hooked
+
+    _pictures(tmp_path)
+    SF, folder, elsewhere = tmp_path / "SF", tmp_path / "out", tmp_path / "elsewhere"
+    for made in (SF, folder, elsewhere):
+        made.mkdir()
+    (tmp_path / "s.png").rename(SF / "s.png")
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    hooked(monkeypatch, {2: folder.rmdir})
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", SF, "-o", folder / "o.png", *FAST,
+                           "--iters", "3", "--trace", SF / "t.jsonl")
+    assert code == 1 and f"saved the image to {elsewhere}" in err, err
+    assert sorted(p.name for p in SF.iterdir()) == ["s.png", "t.jsonl"]
+
+
+@pytest.mark.parametrize("row", ["c.png,s.png,,a.png", "c.png,,s.png,a.png"])
+def test_a_csv_with_style_and_styles_columns_takes_the_one_filled(tmp_path, monkeypatch, capsys, row):
+    """A CSV with both columns and `style` filled, `styles` blank, said "a job needs ... at least one style
+    image" (its mirror ran; probe 31a); a JSON null is no value either."""
+    _pictures(tmp_path)
+    (tmp_path / "j.csv").write_text(f"content,Style,styles,output\n{row}\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "o", *FAST)
+    assert code == 0 and (tmp_path / "o" / "a.png").is_file(), err
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "Style": 5, "styles": None}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "p", *FAST)
+    assert "line 1: bad Style 5" in one_error_line(code, err), err
+
+
+def test_a_style_masks_fade_is_checked_where_the_run_resizes_it(tmp_path, monkeypatch, capsys):
+    """A style mask's fade was checked at its style image's own size: a 2048 px style passed a one-pixel mask the
+    run then resized to 40 px (faded as for a 64 px style, which was refused; probe 31a). It is checked at the
+    style's size in the run's first scale, and resized straight to it."""
+    import numpy as np
+    from PIL import Image
+
+    dot = np.zeros((2048, 2048), np.uint8)
+    dot[0, 0] = 255
+    Image.fromarray(dot).save(tmp_path / "dot.png")
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(tmp_path / "all.png")
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "c.png")
+    said = set()
+    for side in (64, 2048):
+        Image.new("RGB", (side, side), (20, 30, 230)).save(tmp_path / f"s{side}.png")
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / f"s{side}.png", "-o",
+                               tmp_path / "o.png", *FAST, "--content-mask", tmp_path / "all.png", "--style-mask",
+                               tmp_path / "dot.png")
+        said.add(one_error_line(code, err).split(" fades")[1])
+    assert said == {" to black at 40x40 px, where the run resizes it: too little of it is white; widen its white, "
+                    "run at a larger size or raise the style scale"}, said
+
+
+def test_an_interrupted_coarse_to_fine_picture_rescued_says_its_size(tmp_path, monkeypatch, capsys):
+    """A signal at the first of two scales, then a failed write: the rescue's line dropped "an earlier scale's
+    image, not --size" that the written picture's line says (probe 31b, 3 of 3)."""
+    import tempfile
+
+    from PIL import Image
+
+    try:
+        from test_reliability import hooked, self_signal
+    except ModuleNotFoundError:
+        from tests.test_reliability import hooked, self_signal
+    import signal
+
+    _pictures(tmp_path)
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(tmp_path / "c.png")
+    folder, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    folder.mkdir(), elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    hooked(monkeypatch, {2: folder.rmdir, 3: self_signal(signal.SIGTERM)})
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           folder / "o.png", *FAST, "--size", "96", "--scales", "2", "--iters", "20")
+    last = err.strip().splitlines()[-1]
+    assert code == 143 and last.startswith("interrupted after 2 iterations (SIGTERM); cannot write"), err
+    assert last.endswith("px: an earlier scale's image, not --size 96)"), err
+
+
+def test_a_signal_then_a_full_disk_at_a_videos_encode_says_both(tmp_path, monkeypatch, capsys):
+    """SIGTERM mid-video, then a full disk as the frames were encoded: exit 143 and only the disk's line, the
+    signal never said (probe 31b, 3 of 3; run and the others say both since probe 30a)."""
+    import errno
+    import os
+    import signal
+
+    from styleengine import cli_video
+    from styleengine.engine import video_io
+
+    _clip(tmp_path, 3)
+    real = cli_video.FrameStore.save
+
+    def signalled(store, index, image):
+        real(store, index, image)
+        if index == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli_video.FrameStore, "save", signalled)
+    monkeypatch.setattr(video_io, "write_video", full)
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "v.mp4", *FAST, "--size", "64")
+    last = err.strip().splitlines()[-1]
+    assert code == 143 and last.startswith("interrupted (SIGTERM) after 1 new frames; cannot write"), err
+    assert "No space left on device; frames 0-0 are kept in" in last, err

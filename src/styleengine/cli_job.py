@@ -116,14 +116,19 @@ def write_or_rescue(image: Any, output: Path, folders: list[Path]) -> None:
         raise ImageError(f"{e}; {rescued(rescue(image, output, folders))}") from None
 
 
-def _write_result(image: Any, output: Path, trace: Path | None) -> tuple[Path | None, str | None]:
-    """Write the result to `output`; should that fail, to a new PNG next to the trace or in the temp
-    folder. (where it went or None, why `output` failed or None)."""
+def _write_result(image: Any, output: Path, trace: Path | None, styles: list[Path]
+                  ) -> tuple[Path | None, str | None]:
+    """Write the result to `output`; should that fail, to a new PNG next to the trace (unless a style image is
+    there: a style folder's next run would read it as one) or in the temp folder. (where it went or None, why
+    `output` failed or None)."""
     try:
         images.save_image(image, output)
         return output, None
     except ImageError as e:
-        return rescue(image, output, [trace.parent] if trace is not None else []), str(e)
+        beside = [trace.parent] if trace is not None else []
+        if beside and any(os.path.realpath(p.parent) == os.path.realpath(beside[0]) for p in styles):
+            beside = []
+        return rescue(image, output, beside), str(e)
 
 
 def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
@@ -146,17 +151,18 @@ def execute(*, content: Path | None, styles: list[Path], output: Path, settings:
     # 3. the image is written whatever stopped the loop after its first iteration (a signal: the current one;
     # NaN: the last finite one), with further signals held back until it is
     with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
-        written, failure = _write_result(image, output, trace)
+        written, failure = _write_result(image, output, trace, styles)
         for note in failures:
             console.print(f"warning: {note}", soft_wrap=True, highlight=False)
+        height, width = images.to_array(image).shape[:2]
+        early = (f" ({width}x{height} px: an earlier scale's image, not --size {settings.size})"
+                 if max(height, width) < settings.size else "")
         if failure is not None:  # a signal or a loss that is not finite is said with it, and keeps its exit
-            end_if_stopped(result, output, console, said=f"{failure}; {rescued(written)}")
+            end_if_stopped(result, output, console, said=f"{failure}; {rescued(written)}{early}")
             print(printable(f"error: {failure}; {rescued(written)}"), file=sys.stderr)
             raise typer.Exit(1)
         seconds = sum(r.seconds for r in result.records)
-        height, width = images.to_array(image).shape[:2]
-        end_if_stopped(result, output, console, (f" ({width}x{height} px: an earlier scale's image, not --size "
-                                                 f"{settings.size})" if max(height, width) < settings.size else ""))
+        end_if_stopped(result, output, console, early)
         for line in result.auto:
             console.print(f"auto: {line}", highlight=False, soft_wrap=True)
         console.print(f"wrote {output} ({result.iterations} iterations, {seconds:.1f} s{describe(result.distances)})",

@@ -473,7 +473,15 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
             if tracer.failure:
                 console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
         end = store.finished_from(start, stop)
-        written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
+        try:
+            written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
+        except UserError as e:  # a full disk at the encode: said with the signal that came first, and its exit
+            if not signals.stopped(stopped):
+                raise
+            signals.reported = True
+            console.print(f"interrupted ({signals.name}) after {made} new frames; {first_line(e)}",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(signals.exit_code) from None
         if not written:  # what open() made, where nothing else is there (a chunk's frames or seams stay)
             store.discard()
     seconds = time.perf_counter() - began
