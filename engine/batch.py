@@ -32,7 +32,7 @@ import numpy as np
 from styleengine import paths
 from styleengine.choices import WEIGHT_WORDS
 from styleengine.engine import images, masks as spatial
-from styleengine.engine.settings import style_roles
+from styleengine.engine.settings import run_inputs, style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
@@ -61,6 +61,8 @@ class Planned:
     status: str  # "run", "skipped" or "failed"
     reason: str | None = None
     weights_sha256: str | None = None  # its weights file's bytes as its hash holds them (None: a word)
+    # (role, path, sha256) of each image file it reads, as its hash holds them: checked once they are loaded
+    files_sha256: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -123,7 +125,11 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
             continue
         skip = done is not None and done.holds(job.id, job.output, digest)
         weights = digests.get(os.path.abspath(settings.weights)) if settings.weights not in WEIGHT_WORDS else None
-        planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights))
+        read = run_inputs(job.content, job.styles, settings.init, "random",  # the weights: checked as loaded
+                          content_masks=settings.content_masks, style_masks=settings.style_masks)
+        files = tuple((role, str(p), digests[os.path.abspath(p)]) for role, p in read.items())
+        planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights,
+                               files_sha256=files))
     return planned
 
 
@@ -284,6 +290,19 @@ def _load(job: Job, settings: Settings) -> Picture:
     return Picture(content, styles, settings, init_image, regions)
 
 
+def _check_unchanged(item: Planned) -> None:
+    """UserError where an image file the job has just read is not the one its hash holds: replaced after the
+    plan, its picture would be recorded under the old bytes' hash, and skipped by the rerun as theirs."""
+    for role, path, hashed in item.files_sha256:
+        try:
+            now = paths.file_sha256(Path(path))
+        except OSError as e:
+            raise UserError(f"cannot read {role} {path}: {e.strerror or e}") from None
+        if now != hashed:
+            raise UserError(f"{role} {path} changed after the job was planned: its bytes are not those its hash "
+                            f"holds; run the batch again")
+
+
 def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:
     distances = getattr(result, "distances", None)  # the loop's Result may carry style/content distances
     if distances is not None:
@@ -319,7 +338,9 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
         assert item.settings is not None and item.status == "run"
         start = time.perf_counter()
         try:
-            loaded.append((item, _load(item.job, item.settings)))
+            picture = _load(item.job, item.settings)
+            _check_unchanged(item)  # the bytes read are those the hash holds
+            loaded.append((item, picture))
         except UserError as e:
             results.append(JobResult(item.job, "failed", item.job.said(e), item.hash,
                                      time.perf_counter() - start, device_name(item.settings)))

@@ -7,11 +7,11 @@ import pytest
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
-    from test_reliability_batch import one_error_line
+    from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
-    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
 
@@ -451,3 +451,31 @@ def test_a_signal_then_a_full_disk_at_a_videos_encode_says_both(tmp_path, monkey
     last = err.strip().splitlines()[-1]
     assert code == 143 and last.startswith("interrupted (SIGTERM) after 1 new frames; cannot write"), err
     assert "No space left on device; frames 0-0 are kept in" in last, err
+
+
+@pytest.mark.parametrize("which", ["c.png", "s.png"])
+def test_an_image_replaced_after_the_plan_is_no_other_files_picture(tmp_path, monkeypatch, capsys, which):
+    """A job's content or style replaced between the plan (its hash) and its load: the picture was the new file's
+    under the old bytes' hash, and with the old file back the rerun skipped it (probe 31b, local 3 of 3, Ray 1 of
+    1; probe 28b had mended it for weights). The job fails saying so; the rerun runs it."""
+    from PIL import Image
+
+    from styleengine.engine import batch as engine
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png"}) + "\n")
+    real = engine.run_groups
+
+    def replaced_then_run(*args, **kwargs):  # after the plan, before the first load
+        Image.new("RGB", (48, 40), (1, 2, 3)).save(tmp_path / which)
+        return real(*args, **kwargs)
+
+    argv = ["batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST]
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "run_groups", replaced_then_run)
+        code, _, err = run_cli(monkeypatch, capsys, *argv)
+    line = manifest_lines(tmp_path / "o")[0]
+    assert code == 1 and line["status"] == "failed" and "changed after the job was planned" in line["reason"], err
+    assert not (tmp_path / "o" / "a.png").exists()
+    assert run_cli(monkeypatch, capsys, *argv)[0] == 0
+    assert manifest_lines(tmp_path / "o")[-1]["status"] == "ok"
