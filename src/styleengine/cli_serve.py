@@ -54,6 +54,20 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path | None) -> None:
+    """ConfigError for a file of the server's own (--init, a mask, weights) inside results/ or uploads/ of its
+    folder: the server removes what a crash left there by its names (a job id's), and would take it."""
+    from styleengine.serve.jobs import RESULTS, UPLOADS
+
+    root = results_dir if results_dir is not None else paths.cache_root() / "serve"
+    for name in (RESULTS, UPLOADS):
+        kept = os.path.realpath(root / name)
+        for role, path in own.items():
+            if os.path.commonpath([kept, os.path.realpath(path)]) == kept:
+                raise ConfigError(f"{role} {path} is inside {root / name}, where the server keeps its jobs' files "
+                                  f"and removes what a crash left; move it out")
+
+
 def _serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback needs a token.")]
     = "127.0.0.1",
@@ -124,8 +138,10 @@ def _serve(
     # image, or cut short, failed every job), in the run's order: the init and the masks, then the rest
     with warnings_on(Console(stderr=True, markup=False)):  # before the server's log: warning lines, escaped
         check_own_files(settings, decode=True)
-    paths.check_inputs(settings_inputs(settings.init, settings.weights,
-                                       content_masks=settings.content_masks, style_masks=settings.style_masks))
+    own = settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                          style_masks=settings.style_masks)
+    paths.check_inputs(own)
+    _check_outside_the_servers_folders(own, results_dir)
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
     from styleengine.engine.stylise import check_weights

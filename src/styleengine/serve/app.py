@@ -233,11 +233,28 @@ def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> No
                                 paths.header_shape(mask, f"the server's {role}"), label, shape)
 
 
+def _check_own_files(settings: Settings) -> None:
+    """HTTPException 503 where a file of the server's own (--init, a mask, weights), checked at its start, is gone
+    or is no file now: the server's fault, said by the file's name only (a traceback and a 500, or a 422 that
+    called the server's mask a corrupt upload)."""
+    from styleengine import paths
+    from styleengine.engine.settings import settings_inputs
+
+    for role, path in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                      style_masks=settings.style_masks).items():
+        problem = paths.not_a_file(path)
+        if problem is not None:
+            log.error("the server's %s %s %s", role, path, problem)
+            raise HTTPException(503, f"the server's {role} {Path(path).name} {problem}; it cannot run jobs until "
+                                     f"the file is back")
+
+
 def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, styles: list[UploadFile],
              settings: Settings, config: Config, keep: bool, sent: Collection[str]) -> Job:
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
     with the reason otherwise; `sent`: the Settings fields the request gave). Runs in a worker thread of the
     pool."""
+    _check_own_files(settings)
     saved: list[tuple[Path, str]] = []
     try:
         store.own_folder(store.results)  # before the work: a result that cannot be kept fails nothing later
@@ -266,7 +283,12 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         _check_masks(settings, arrays, [label for _, label in saved])
     except UserError as e:
         raise HTTPException(422, _said(e, sent)) from None
-    digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
+    try:
+        digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
+    except (UserError, OSError) as e:  # one of the server's own files, gone or unreadable since the check above
+        log.error("job %s: cannot hash its files: %s", job_id, first_line(e))
+        raise HTTPException(503, "the server cannot read its own files (its log says which); try again later"
+                            ) from None
     return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
 
 
