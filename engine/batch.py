@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -290,17 +291,25 @@ def _load(job: Job, settings: Settings) -> Picture:
     return Picture(content, styles, settings, init_image, regions)
 
 
-def _check_unchanged(item: Planned) -> None:
-    """UserError where an image file the job has just read is not the one its hash holds: replaced after the
-    plan, its picture would be recorded under the old bytes' hash, and skipped by the rerun as theirs."""
+def _read_as_hashed(item: Planned) -> dict[str, bytes]:
+    """The bytes of each image file the job reads (absolute path -> bytes), read once; UserError where they are
+    not those its hash holds: a file replaced after the plan ran under the old bytes' hash, and the rerun
+    skipped its picture as theirs."""
+    read = {}
     for role, path, hashed in item.files_sha256:
+        problem = paths.input_problem(role, path)
+        if problem is not None:
+            raise UserError(problem)
         try:
-            now = paths.file_sha256(Path(path))
+            with os.fdopen(paths.open_regular(path, follow=True), "rb") as f:
+                data = f.read()
         except OSError as e:
             raise UserError(f"cannot read {role} {path}: {e.strerror or e}") from None
-        if now != hashed:
+        if hashlib.sha256(data).hexdigest() != hashed:
             raise UserError(f"{role} {path} changed after the job was planned: its bytes are not those its hash "
                             f"holds; run the batch again")
+        read[os.path.abspath(path)] = data
+    return read
 
 
 def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:
@@ -338,9 +347,8 @@ def run_batch(items: list[Planned], warm: Warm) -> list[JobResult]:
         assert item.settings is not None and item.status == "run"
         start = time.perf_counter()
         try:
-            picture = _load(item.job, item.settings)
-            _check_unchanged(item)  # the bytes read are those the hash holds
-            loaded.append((item, picture))
+            with images.reading(_read_as_hashed(item)):  # decoded from the bytes the hash holds
+                loaded.append((item, _load(item.job, item.settings)))
         except UserError as e:
             results.append(JobResult(item.job, "failed", item.job.said(e), item.hash,
                                      time.perf_counter() - start, device_name(item.settings)))

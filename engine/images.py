@@ -5,10 +5,13 @@ bad input raises ImageError with a one-line message that names the file.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -73,6 +76,21 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+# files load_image decodes from bytes already read (by absolute path), not from the disk again: see reading()
+_PINNED: contextvars.ContextVar[dict[str, bytes]] = contextvars.ContextVar("pinned", default={})
+
+
+@contextlib.contextmanager
+def reading(pinned: dict[str, bytes]) -> Iterator[None]:
+    """load_image decodes the files in `pinned` (absolute path -> bytes) from those bytes: the bytes a batch
+    hashed are the bytes it runs on (read twice, a file swapped between the reads passed for the other)."""
+    token = _PINNED.set(pinned)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+
+
 def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1.0) -> np.ndarray:
     """Decode `path` fully into float32 (H, W, 3) RGB in [0, 1]; `role` ("style image 2") names it in errors, in the
     words the dry run and the batch's checks use (paths.input_problem).
@@ -92,7 +110,9 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
     if problem is not None:
         raise ImageError(problem)
     try:
-        with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(path) as opened:
+        pinned = _PINNED.get().get(os.path.abspath(path))
+        source = io.BytesIO(pinned) if pinned is not None else path
+        with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
             opened.load()  # decode every byte now: truncation shows here, not later
             img = ImageOps.exif_transpose(opened) or opened
             size = img.size

@@ -169,6 +169,11 @@ def outside(output: Path, out_dir: Path) -> str | None:
     return None if os.path.commonpath([root, folder]) == root else folder
 
 
+def _given(value: Any) -> bool:
+    """A value given: not absent, not a JSON null, not a blank (a CSV's empty or spaces-only cell)."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row: bool = False) -> Job:
     named = {str(k).strip().lower() if isinstance(k, str) else k: v for k, v in raw.items()}
     if len(named) < len(raw):
@@ -181,10 +186,10 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         if blank is not None:
             raise ConfigError(f"{where}: {typed.get(blank, blank)} is empty; give a value, or leave the key out")
     content = _text(raw, "content", where, typed=typed)
-    if all(raw.get(k) not in (None, "") for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
+    if all(_given(raw.get(k)) for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
     # the one given: a CSV with both columns leaves one blank a row, and a JSON null is no value
-    style_key = next((k for k in ("styles", "style") if raw.get(k) not in (None, "")), "styles")
+    style_key = next((k for k in ("styles", "style") if _given(raw.get(k))), "styles")
     styles = raw.get(style_key)
     try:
         style_names = KINDS["words"][0](styles) if styles is not None else ()

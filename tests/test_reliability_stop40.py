@@ -532,3 +532,59 @@ def test_a_servers_own_file_inside_its_folders_is_refused_at_its_start(tmp_path,
     assert one_error_line(code, err).endswith("where the server keeps its jobs' files and removes what a crash "
                                               "left; move it out"), err
     assert init.is_file()
+
+
+def test_an_image_swapped_after_its_bytes_were_checked_is_not_the_one_run(tmp_path, monkeypatch, capsys):
+    """The check read a job's content to hash it, then decoded it from the disk again: a file swapped between the
+    two reads ran another picture under the hash (probe 32, 4 of 4, with a loop swapping two files). The bytes
+    hashed are the bytes decoded."""
+    from PIL import Image
+
+    from styleengine.engine import batch as engine
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "a.png"}) + "\n")
+    real = engine._read_as_hashed
+
+    def read_then_swapped(item):
+        read = real(item)
+        Image.new("RGB", (48, 64), (1, 2, 3)).save(tmp_path / "c.png")  # another shape: the picture tells
+        return read
+
+    monkeypatch.setattr(engine, "_read_as_hashed", read_then_swapped)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "a.png").size == (40, 33)  # 48x40 at 40 px: the bytes hashed
+
+
+def test_a_rescue_beside_a_trace_follows_a_style_files_link(tmp_path, monkeypatch, capsys):
+    """`run c.png sl.png --trace SF/t.jsonl` with sl.png a link to SF/s.png rescued a picture into SF, whose next
+    run read it as a style (probe 32): the style's folder is its file's, links followed."""
+    import tempfile
+
+    try:
+        from test_reliability import hooked
+    except ModuleNotFoundError:
+        from tests.test_reliability import hooked
+
+    _pictures(tmp_path)
+    SF, folder, elsewhere = tmp_path / "SF", tmp_path / "out", tmp_path / "elsewhere"
+    for made in (SF, folder, elsewhere):
+        made.mkdir()
+    (tmp_path / "s.png").rename(SF / "s.png")
+    (tmp_path / "sl.png").symlink_to(SF / "s.png")
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    hooked(monkeypatch, {2: folder.rmdir})
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "sl.png", "-o",
+                           folder / "o.png", *FAST, "--iters", "3", "--trace", SF / "t.jsonl")
+    assert code == 1 and f"saved the image to {elsewhere}" in err, err
+    assert sorted(p.name for p in SF.iterdir()) == ["s.png", "t.jsonl"]
+
+
+def test_a_csv_cell_of_spaces_is_blank_beside_the_other_style_column(tmp_path, monkeypatch, capsys):
+    """`c.png, ,s.png` under `content,style,styles` said "'style' and 'styles' are one thing" where the spaces
+    are a blank cell, as with one column (probe 32)."""
+    _pictures(tmp_path)
+    (tmp_path / "j.csv").write_text("content,style,styles,output\nc.png, ,s.png,a.png\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "o", *FAST)
+    assert code == 0 and (tmp_path / "o" / "a.png").is_file(), err

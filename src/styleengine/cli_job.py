@@ -126,7 +126,8 @@ def _write_result(image: Any, output: Path, trace: Path | None, styles: list[Pat
         return output, None
     except ImageError as e:
         beside = [trace.parent] if trace is not None else []
-        if beside and any(os.path.realpath(p.parent) == os.path.realpath(beside[0]) for p in styles):
+        folders = {os.path.realpath(p.parent) for p in styles} | {os.path.dirname(os.path.realpath(p)) for p in styles}
+        if beside and os.path.realpath(beside[0]) in folders:  # the style's folder as named, and its file's
             beside = []
         return rescue(image, output, beside), str(e)
 
