@@ -588,3 +588,42 @@ def test_a_csv_cell_of_spaces_is_blank_beside_the_other_style_column(tmp_path, m
     (tmp_path / "j.csv").write_text("content,style,styles,output\nc.png, ,s.png,a.png\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "o", *FAST)
     assert code == 0 and (tmp_path / "o" / "a.png").is_file(), err
+
+
+def test_a_servers_own_file_is_shown_to_clients_by_its_name_only(tmp_path):
+    """A queued job whose server --init went missing failed saying the init's whole path to clients, and a
+    server's style mask that faded against an uploaded style was a 202, then a failed job with its path (probe
+    32): the fade is the request's 422, and every reason names the server's files by their names."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png
+    from styleengine.serve.app import Config, create_app
+
+    Image.new("L", (40, 40), 255).save(tmp_path / "all.png")
+    dot = np.zeros((1024, 1024), np.uint8)
+    dot[500, 500] = 255
+    Image.fromarray(dot).save(tmp_path / "dot.png")
+    settings = dataclasses.replace(SETTINGS, content_masks=(str(tmp_path / "all.png"),),
+                                   style_masks=(str(tmp_path / "dot.png"),)).resolved()
+    with TestClient(create_app(Config(settings=settings, root=tmp_path / "srv"))) as client:
+        response = client.post("/api/jobs", files=files(png(40, 40), png(1024, 1024, 1)))
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("style mask 1 dot.png fades to black at") and str(tmp_path) not in detail, detail
+    from styleengine.serve.jobs import JobStore
+
+    store = JobStore(tmp_path / "srv2", own=[str(tmp_path / "i.png")])
+    try:
+        said = store.for_clients(f"init image {tmp_path / 'i.png'} was not found")
+    finally:
+        store.close()
+    assert said == "init image i.png was not found"

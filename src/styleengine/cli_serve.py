@@ -54,17 +54,18 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path | None) -> None:
+def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path | None, ray: bool) -> None:
     """ConfigError for a file of the server's own (--init, a mask, weights) inside results/ or uploads/ of its
-    folder: the server removes what a crash left there by its names (a job id's), and would take it."""
+    folder (with --ray, anywhere in it: its replicas' folders): the server removes what a crash left there by its
+    names (a job id's), and would take it."""
     from styleengine.serve.jobs import RESULTS, UPLOADS
 
     root = results_dir if results_dir is not None else paths.cache_root() / "serve"
-    for name in (RESULTS, UPLOADS):
+    for name in (("",) if ray else (RESULTS, UPLOADS)):
         kept = os.path.realpath(root / name)
         for role, path in own.items():
             if os.path.commonpath([kept, os.path.realpath(path)]) == kept:
-                raise ConfigError(f"{role} {path} is inside {root / name}, where the server keeps its jobs' files "
+                raise ConfigError(f"{role} {path} is inside {kept}, where the server keeps its jobs' files "
                                   f"and removes what a crash left; move it out")
 
 
@@ -141,7 +142,7 @@ def _serve(
     own = settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                           style_masks=settings.style_masks)
     paths.check_inputs(own)
-    _check_outside_the_servers_folders(own, results_dir)
+    _check_outside_the_servers_folders(own, results_dir, ray is not None)
     # every job loads its weights: a file the model cannot use is one line now, not every job's failure
     from styleengine.engine.batch import Warm
     from styleengine.engine.stylise import check_weights

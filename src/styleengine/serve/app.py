@@ -233,7 +233,7 @@ def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> No
                                 paths.header_shape(mask, f"the server's {role}"), label, shape)
 
 
-def _check_own_files(settings: Settings) -> None:
+def _checkown_files(settings: Settings) -> None:
     """HTTPException 503 where a file of the server's own (--init, a mask, weights), checked at its start, is gone
     or is no file now: the server's fault, said by the file's name only (a traceback and a 500, or a 422 that
     called the server's mask a corrupt upload)."""
@@ -254,7 +254,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
     with the reason otherwise; `sent`: the Settings fields the request gave). Runs in a worker thread of the
     pool."""
-    _check_own_files(settings)
+    _checkown_files(settings)
     saved: list[tuple[Path, str]] = []
     try:
         store.own_folder(store.results)  # before the work: a result that cannot be kept fails nothing later
@@ -281,8 +281,13 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
         _check_masks(settings, arrays, [label for _, label in saved])
+        if settings.content_masks:  # read as the run reads them against these pictures: a fade is this request's
+            from styleengine.engine import masks
+
+            masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
+                       [label for _, label in saved[1:]])
     except UserError as e:
-        raise HTTPException(422, _said(e, sent)) from None
+        raise HTTPException(422, store.for_clients(_said(e, sent))) from None
     try:
         digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
     except (UserError, OSError) as e:  # one of the server's own files, gone or unreadable since the check above
@@ -331,7 +336,15 @@ def open_store(config: Config, warm: batch.Warm | None = None) -> JobStore:
     from styleengine.export.cache import cache_root
 
     root = config.root if config.root is not None else cache_root() / "serve"
-    return JobStore(root, max_queue=config.max_queue, warm=warm)
+    return JobStore(root, max_queue=config.max_queue, warm=warm, own=own_files(config.settings))
+
+
+def own_files(settings: Settings) -> list[str]:
+    """The paths of the server's own files (--init, masks, weights)."""
+    from styleengine.engine.settings import settings_inputs
+
+    return [str(p) for p in settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
+                                            style_masks=settings.style_masks).values()]
 
 
 def create_app(config: Config, store: JobStore | None = None,

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Collection
 
 import numpy as np
 
@@ -68,8 +68,10 @@ class JobStore:
     """Jobs by id, the bounded queue, the worker thread; `root` is the server's folder (results, uploads)."""
 
     def __init__(self, root: Path, *, max_queue: int = 16,
-                 batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH, warm: batch.Warm | None = None):
+                 batch_wait_s: float = BATCH_WAIT_S, max_batch: int = batch.MAX_BATCH, warm: batch.Warm | None = None,
+                 own: Collection[str] = ()):
         self.root = Path(root)
+        self.own = tuple(own)  # the server's own files (--init, masks, weights): said to clients by name only
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
         for folder in (self.results, self.uploads):
@@ -455,6 +457,9 @@ class JobStore:
         if said and last_finite is not None:
             reason = head + ("; its last finite image is the job's result" if last_finite else
                              "; its last finite image was the job's result, and that file is gone")
+        for path in self.own:  # the operator's paths: a client sees the file's name
+            for spelled in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
+                reason = reason.replace(spelled, Path(path).name)
         for spelled in {str(self.root.resolve()), str(self.root.absolute())}:
             reason = reason.replace(spelled, "<server folder>")
         # a relative spelling ("srv/results/x.png", ".srv/uploads", an OSError's quoted 'srv/uploads/ID'; this

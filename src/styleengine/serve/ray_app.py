@@ -28,7 +28,7 @@ from typing import Any
 from styleengine import paths
 from styleengine.engine.batch_ray import CPUS_PER_WORKER
 from styleengine.errors import ConfigError
-from styleengine.serve.app import Config, create_app
+from styleengine.serve.app import Config, create_app, own_files
 from styleengine.serve.jobs import SERVER_FOLDER, FolderBusy, Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ def open_replica_store(config: Config, board: Any) -> RayJobStore:
     root = server_root(config)
     for slot in range(MAX_SLOTS):
         try:
-            return RayJobStore(root / f"replica-{slot}", board, f"replica-{slot}", max_queue=config.max_queue)
+            return RayJobStore(root / f"replica-{slot}", board, f"replica-{slot}", max_queue=config.max_queue,
+                               own=own_files(config.settings))
         except FolderBusy:
             continue
     raise ConfigError(f"{MAX_SLOTS} replica folders under {root} are all in use")
