@@ -338,29 +338,6 @@ def test_a_signal_then_a_write_that_fails_says_both_with_the_signals_exit(tmp_pa
     assert f"saved the image to {elsewhere}" in lines[-1] and len(list(elsewhere.iterdir())) == 1
 
 
-def test_a_picture_rescued_beside_a_trace_never_lands_among_the_styles(tmp_path, monkeypatch, capsys):
-    """`run c.png SF -o out/o.png --trace SF/t.jsonl` with out/ gone at the write rescued the picture into SF,
-    next to the trace, and the next run read it as a style (probe 31a, 3 of 3): it goes to the temp folder."""
-    import tempfile
-
-    try:
-        from test_reliability import hooked
-    except ModuleNotFoundError:
-        from tests.test_reliability import hooked
-
-    _pictures(tmp_path)
-    SF, folder, elsewhere = tmp_path / "SF", tmp_path / "out", tmp_path / "elsewhere"
-    for made in (SF, folder, elsewhere):
-        made.mkdir()
-    (tmp_path / "s.png").rename(SF / "s.png")
-    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
-    hooked(monkeypatch, {2: folder.rmdir})
-    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", SF, "-o", folder / "o.png", *FAST,
-                           "--iters", "3", "--trace", SF / "t.jsonl")
-    assert code == 1 and f"saved the image to {elsewhere}" in err, err
-    assert sorted(p.name for p in SF.iterdir()) == ["s.png", "t.jsonl"]
-
-
 @pytest.mark.parametrize("row", ["c.png,s.png,,a.png", "c.png,,s.png,a.png"])
 def test_a_csv_with_style_and_styles_columns_takes_the_one_filled(tmp_path, monkeypatch, capsys, row):
     """A CSV with both columns and `style` filled, `styles` blank, said "a job needs ... at least one style
@@ -557,9 +534,11 @@ def test_an_image_swapped_after_its_bytes_were_checked_is_not_the_one_run(tmp_pa
     assert Image.open(tmp_path / "o" / "a.png").size == (40, 33)  # 48x40 at 40 px: the bytes hashed
 
 
-def test_a_rescue_beside_a_trace_follows_a_style_files_link(tmp_path, monkeypatch, capsys):
-    """`run c.png sl.png --trace SF/t.jsonl` with sl.png a link to SF/s.png rescued a picture into SF, whose next
-    run read it as a style (probe 32): the style's folder is its file's, links followed."""
+@pytest.mark.parametrize("style", ["folder", "link"])
+def test_a_picture_rescued_beside_a_trace_never_lands_among_the_styles(tmp_path, monkeypatch, capsys, style):
+    """`run c.png SF -o out/o.png --trace SF/t.jsonl` with out/ gone at the write rescued the picture into SF,
+    next to the trace, and the next run read it as a style (probe 31a, 3 of 3); so did a style given as a link to
+    SF/s.png (probe 32). It goes to the temp folder: a style's folder is its file's, links followed."""
     import tempfile
 
     try:
@@ -575,8 +554,9 @@ def test_a_rescue_beside_a_trace_follows_a_style_files_link(tmp_path, monkeypatc
     (tmp_path / "sl.png").symlink_to(SF / "s.png")
     monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
     hooked(monkeypatch, {2: folder.rmdir})
-    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "sl.png", "-o",
-                           folder / "o.png", *FAST, "--iters", "3", "--trace", SF / "t.jsonl")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", SF if style == "folder" else
+                           tmp_path / "sl.png", "-o", folder / "o.png", *FAST, "--iters", "3", "--trace",
+                           SF / "t.jsonl")
     assert code == 1 and f"saved the image to {elsewhere}" in err, err
     assert sorted(p.name for p in SF.iterdir()) == ["s.png", "t.jsonl"]
 
