@@ -37,7 +37,7 @@ from styleengine.engine.settings import run_inputs, style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
-from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Finished, Manifest, _jsonable, file_digest,  # noqa: F401
+from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Finished, Manifest, _jsonable, digest_key, file_digest,  # noqa: F401
                                          locked, place, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
@@ -125,10 +125,10 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
         skip = done is not None and done.holds(job.id, job.output, digest)
-        weights = digests.get(os.path.abspath(settings.weights)) if settings.weights not in WEIGHT_WORDS else None
+        weights = digests.get(digest_key(settings.weights)) if settings.weights not in WEIGHT_WORDS else None
         read = run_inputs(job.content, job.styles, settings.init, "random",  # the weights: checked as loaded
                           content_masks=settings.content_masks, style_masks=settings.style_masks)
-        files = tuple((role, str(p), digests[os.path.abspath(p)]) for role, p in read.items())
+        files = tuple((role, str(p), digests[digest_key(p)]) for role, p in read.items())
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights,
                                files_sha256=files))
     return planned
@@ -292,7 +292,7 @@ def _load(job: Job, settings: Settings) -> Picture:
 
 
 def _read_as_hashed(item: Planned) -> dict[str, bytes]:
-    """The bytes of each image file the job reads (absolute path -> bytes), read once; UserError where they are
+    """The bytes of each image file the job reads (images.pin_key -> bytes), read once; UserError where they are
     not those its hash holds: a file replaced after the plan ran under the old bytes' hash, and the rerun
     skipped its picture as theirs."""
     read = {}
@@ -308,7 +308,7 @@ def _read_as_hashed(item: Planned) -> dict[str, bytes]:
         if hashlib.sha256(data).hexdigest() != hashed:
             raise UserError(f"{role} {path} changed after the job was planned: its bytes are not those its hash "
                             f"holds; run the batch again")
-        read[os.path.abspath(path)] = data
+        read[images.pin_key(path)] = data
     return read
 
 

@@ -76,13 +76,19 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-# files load_image decodes from bytes already read (by absolute path), not from the disk again: see reading()
+# files load_image decodes from bytes already read (by pin_key), not from the disk again: see reading()
 _PINNED: contextvars.ContextVar[dict[str, bytes]] = contextvars.ContextVar("pinned", default={})
+
+
+def pin_key(path: str | os.PathLike) -> str:
+    """A path as named, made absolute without folding '..' (after a link it leads elsewhere) or following
+    links (one retargeted between the read and the decode would lead to other bytes)."""
+    return os.path.join(os.getcwd(), os.fspath(Path(path)))
 
 
 @contextlib.contextmanager
 def reading(pinned: dict[str, bytes]) -> Iterator[None]:
-    """load_image decodes the files in `pinned` (absolute path -> bytes) from those bytes: the bytes a batch
+    """load_image decodes the files in `pinned` (pin_key -> bytes) from those bytes: the bytes a batch
     hashed are the bytes it runs on (read twice, a file swapped between the reads passed for the other)."""
     token = _PINNED.set(pinned)
     try:
@@ -110,7 +116,7 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
     if problem is not None:
         raise ImageError(problem)
     try:
-        pinned = _PINNED.get().get(os.path.abspath(path))
+        pinned = _PINNED.get().get(pin_key(path))
         source = io.BytesIO(pinned) if pinned is not None else path
         with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
             opened.load()  # decode every byte now: truncation shows here, not later

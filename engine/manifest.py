@@ -31,10 +31,16 @@ VIDEO_ONLY = frozenset(options(VIDEO)) - frozenset(options(BATCH))
 LOCK_FILE = ".batch.lock"  # in the output folder: held by the batch writing there
 
 
+def digest_key(path: str | os.PathLike) -> str:
+    """Where file_digest keeps a file's hash: the file itself, links and '..' followed (`lnk/../a.png`, with lnk a
+    link elsewhere, is not `a.png`: a text-only key gave one file the other's hash)."""
+    return os.path.realpath(path)
+
+
 def file_digest(path: Path, cache: dict[str, str] | None = None, role: str = "file") -> str:
     """sha256 of a file's bytes: UserError if it is missing or not a regular file (a FIFO would block until a
     writer comes, a device never end), OSError if it cannot be read."""
-    key = os.path.abspath(path)
+    key = digest_key(path)
     if cache is not None and key in cache:
         return cache[key]
     problem = paths.not_a_file(path)

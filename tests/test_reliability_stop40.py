@@ -607,3 +607,30 @@ def test_a_servers_own_file_is_shown_to_clients_by_its_name_only(tmp_path):
     finally:
         store.close()
     assert said == "init image i.png was not found"
+
+
+def test_a_dotdot_after_a_link_is_another_file_in_the_hash(tmp_path, monkeypatch, capsys):
+    """`photos/lnk/../a.png` (lnk a link to ../art/deep: the file art/a.png) and `photos/a.png` shared one hash
+    key, the path's text with '..' folded: a job whose content changed was skipped beside the other (exit 0, the
+    old picture), and a folder-mode job was refused for good as "changed after the job was planned" (probe 33)."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "art" / "deep").mkdir(parents=True)
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "photos" / "a.png")
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(tmp_path / "art" / "a.png")
+    Image.new("RGB", (48, 48), (20, 30, 230)).save(tmp_path / "s.png")
+    (tmp_path / "photos" / "lnk").symlink_to("../art/deep")
+    one = {"content": "photos/lnk/../a.png", "style": "s.png", "output": "j.png"}
+    (tmp_path / "j1.jsonl").write_text(json.dumps(one) + "\n")
+    argv = ["--out", tmp_path / "o", *FAST]
+    assert run_cli(monkeypatch, capsys, "batch", tmp_path / "j1.jsonl", *argv)[0] == 0
+    Image.new("RGB", (48, 40), (1, 200, 3)).save(tmp_path / "art" / "a.png")  # job j's content changes
+    (tmp_path / "j2.jsonl").write_text(json.dumps({**one, "content": "photos/a.png", "output": "k.png"}) + "\n"
+                                       + json.dumps(one) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j2.jsonl", *argv)
+    statuses = {line["id"]: line["status"] for line in manifest_lines(tmp_path / "o")[1:]}
+    assert code == 0 and statuses == {"k": "ok", "j": "ok"}, err
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "photos", "--styles",
+                           tmp_path / "photos" / "lnk" / "..", "--out", tmp_path / "f", *FAST)
+    assert code == 0, err

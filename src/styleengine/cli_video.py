@@ -342,7 +342,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.cli_job import announce
     from styleengine.cli_plan import check_own_files
     from styleengine.engine import images, video_io
-    from styleengine.engine.manifest import file_digest
+    from styleengine.engine.manifest import digest_key, file_digest
     from styleengine.engine.settings import run_inputs, settings_inputs, style_roles
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run
@@ -393,7 +393,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             selection.update(chunked.start(start, stop))
         about = {"video": str(video), "fps": str(rate), "first": start}
         weights = None
-        hashed = digests.get(os.path.abspath(settings.weights))
+        hashed = digests.get(digest_key(settings.weights))
         if chunked is not None:  # each worker loads them and checks them against this
             chunked.weights_sha256 = hashed
         else:  # loaded once, here: the bytes its hash holds (a file replaced since is said)
