@@ -598,7 +598,8 @@ def test_a_servers_own_file_is_shown_to_clients_by_its_name_only(tmp_path):
         response = client.post("/api/jobs", files=files(png(40, 40), png(1024, 1024, 1)))
         assert response.status_code == 422, response.text
         detail = response.json()["detail"]
-        assert detail.startswith("style mask 1 dot.png fades to black at") and str(tmp_path) not in detail, detail
+        assert detail.startswith("the server's style mask 1 dot.png fades to black at"), detail
+        assert str(tmp_path) not in detail, detail
     from styleengine.serve.jobs import JobStore
 
     store = JobStore(tmp_path / "srv2", own=[str(tmp_path / "i.png")])

@@ -284,8 +284,11 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         if settings.content_masks:  # read as the run reads them against these pictures: a fade is this request's
             from styleengine.engine import masks
 
-            masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
-                       [label for _, label in saved[1:]])
+            try:
+                masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
+                           [label for _, label in saved[1:]])
+            except UserError as e:  # the masks are the server's, as _check_masks says them
+                raise UserError(f"the server's {first_line(e)}") from None
     except UserError as e:
         raise HTTPException(422, store.for_clients(_said(e, sent))) from None
     try:
