@@ -24,8 +24,8 @@ from styleengine.errors import ImageError, first_line
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
 
 
-def _composite_on_white(rgba: np.ndarray, backdrop: float = 1.0) -> np.ndarray:
-    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha blended over white (or the grey `backdrop`)."""
+def _composite(rgba: np.ndarray, backdrop: float = 1.0) -> np.ndarray:
+    """(H, W, 4) float in [0, 1] -> (H, W, 3), alpha blended over the grey `backdrop` (white: 1)."""
     alpha = rgba[..., 3:4]
     return rgba[..., :3] * alpha + backdrop * (1.0 - alpha)
 
@@ -68,9 +68,9 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
         img = img.convert("RGBA")
     if img.mode == "LA":
         la = np.asarray(img, dtype=np.float32) / 255.0
-        return _composite_on_white(la[..., [0, 0, 0, 1]], backdrop).astype(np.float32)
+        return _composite(la[..., [0, 0, 0, 1]], backdrop).astype(np.float32)
     if img.mode == "RGBA":
-        return _composite_on_white(np.asarray(img, dtype=np.float32) / 255.0, backdrop).astype(np.float32)
+        return _composite(np.asarray(img, dtype=np.float32) / 255.0, backdrop).astype(np.float32)
     if img.mode != "RGB":  # CMYK, YCbCr, LAB, HSV, ...
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.float32) / 255.0
@@ -213,7 +213,7 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
                          f"got {array.dtype}")
     if values.ndim == 2:
         return np.repeat(values[..., None], 3, axis=2)
-    return _composite_on_white(values) if values.shape[2] == 4 else values
+    return _composite(values) if values.shape[2] == 4 else values
 
 
 def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None) -> str:

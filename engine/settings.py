@@ -333,13 +333,6 @@ class Settings:
 
         return choose(self).settings
 
-    def mask_pictures(self, content: Any, styles: Sequence[Any]) -> list[tuple[str, str, Any]]:
-        """(role, mask, its picture) of every mask: each content mask with `content`, style mask i with
-        styles[i] (the counts are the plan's check): the pairs whose aspect ratios must agree."""
-        pairs = [(f"content mask {i + 1}", mask, content) for i, mask in enumerate(self.content_masks or ())]
-        return pairs + [(f"style mask {i + 1}", mask, style)
-                        for i, (mask, style) in enumerate(zip(self.style_masks or (), styles))]
-
     def scale_plan(self) -> list[tuple[int, int]]:
         """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""
         return scale_plan(self.size, self.iterations, self.scales, self.start_size, self.iters_per_scale)

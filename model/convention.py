@@ -144,7 +144,10 @@ def convention_from_metadata(meta: dict[str, str], origin: str = "weights", whol
         mean = tuple(number(v) for v in meta["mean"].split(","))
         std = tuple(number(v) for v in meta.get("std", "1,1,1").split(","))
         convention = Convention(meta["channel_order"].upper(), pixel_range, mean, std)  # type: ignore[arg-type]
-        convention.validate() if whole else convention.check_fields()
+        if whole:
+            convention.validate()
+        else:
+            convention.check_fields()
     except KeyError as e:
         raise WeightsError(f"{origin}: its metadata has an unreadable input convention: no {e.args[0]}") from None
     except ConfigError as e:  # read, and out of what a network takes (a std of 1e-9)

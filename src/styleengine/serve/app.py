@@ -221,18 +221,6 @@ def _check_pixels(path: Path, label: str, limit: int) -> None:
                                  f"{limit / 1e6:g} megapixels")
 
 
-def _check_masks(settings: Settings, arrays: list[Any], labels: list[str]) -> None:
-    """The server's masks against this request's pictures (ImageError, the run's words, the mask by its file's
-    name only): one of another aspect ratio than its picture failed the job after a 202."""
-    from styleengine import paths
-
-    pictures = [(label if index else "the content image", array.shape) for index, (label, array)
-                in enumerate(zip(labels, arrays))]
-    for role, mask, (label, shape) in settings.mask_pictures(pictures[0], pictures[1:]):
-        paths.check_mask_aspect(f"the server's {role}", Path(mask).name,
-                                paths.header_shape(mask, f"the server's {role}"), label, shape)
-
-
 def _checkown_files(settings: Settings) -> None:
     """HTTPException 503 where a file of the server's own (--init, a mask, weights), checked at its start, is gone
     or is no file now: the server's fault, said by the file's name only (a traceback and a 500, or a 422 that
@@ -280,14 +268,14 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         arrays = [load_upload(path, label) for path, label in saved]
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
-        _check_masks(settings, arrays, [label for _, label in saved])
-        if settings.content_masks:  # read as the run reads them against these pictures: a fade is this request's
-            from styleengine.engine import masks
+        regions = None
+        if settings.content_masks:  # read as the run reads them, against these pictures (another aspect ratio, a
+            from styleengine.engine import masks  # fade) and kept for the run: a fault is this request's
 
             try:
-                masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
-                           [label for _, label in saved[1:]])
-            except UserError as e:  # the masks are the server's, as _check_masks says them
+                regions = masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
+                                     [label for _, label in saved[1:]])
+            except UserError as e:  # the masks are the server's
                 raise UserError(f"the server's {first_line(e)}") from None
     except UserError as e:
         raise HTTPException(422, store.for_clients(_said(e, sent))) from None
@@ -297,7 +285,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         log.error("job %s: cannot hash its files: %s", job_id, first_line(e))
         raise HTTPException(503, "the server cannot read its own files (its log says which); try again later"
                             ) from None
-    return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep)
+    return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep, masks=regions)
 
 
 def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: str | None = None) -> Settings:

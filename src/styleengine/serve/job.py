@@ -47,6 +47,7 @@ class Job:
     upload_dir: Path | None = None
     settings_hash: str | None = None
     keep: bool = False  # run to the end even when every watcher has gone
+    masks: Any = field(default=None, repr=False)  # the server's masks, read against these pictures (masks.Masks)
     status: str = "queued"
     reason: str | None = None
     iteration: int = 0

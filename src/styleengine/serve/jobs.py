@@ -383,7 +383,7 @@ class JobStore:
         settings = members[0].run_settings
         for job in members:
             job._last_preview = -math.inf
-        pictures = [Picture(j.content, j.styles, j.run_settings) for j in members]
+        pictures = [Picture(j.content, j.styles, j.run_settings, masks=j.masks) for j in members]
         start = time.perf_counter()
         try:
             out = stylise_batch(pictures, callback=self._callback(members), weights=self._warm.weights(settings),
@@ -473,7 +473,7 @@ class JobStore:
         self._record(job, status, reason, None, None)
 
     def _forget_inputs(self, job: Job) -> None:
-        job.content, job.styles = None, []
+        job.content, job.styles, job.masks = None, [], None
         if job.upload_dir is not None:
             shutil.rmtree(job.upload_dir, ignore_errors=True)
 
