@@ -45,11 +45,16 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
 def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
     """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`."""
     mode = img.mode
+    # a PNG's tRNS chunk: one grey level or colour that is transparent (palette images keep theirs per entry)
+    keyed = img.info.get("transparency") if mode in ("1", "L", "RGB", "I", "I;16", "I;16B", "I;16L") else None
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
         gray = np.asarray(img).astype(np.float64)
         _check_range(gray, 0.0, 65535.0, "integer", "0-65535")
-        return np.repeat((gray / 65535.0)[..., None], 3, axis=2).astype(np.float32)
+        grey = np.repeat((gray / 65535.0)[..., None], 3, axis=2)
+        if isinstance(keyed, int):  # PIL's RGBA conversion drops a 16-bit key (and the low byte)
+            return _composite(np.concatenate([grey, (gray != keyed)[..., None]], axis=2), backdrop).astype(np.float32)
+        return grey.astype(np.float32)
     if mode == "F":
         # float images are taken as [0, 1]; anything else (NaN, inf, 0-255 floats, HDR values) is refused
         # rather than guessed at: dividing by 255 or clipping would silently change the picture
@@ -59,6 +64,8 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
     elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("1", "L", "RGB") and keyed is not None:
         img = img.convert("RGBA")
     elif mode in ("1", "L"):
         img = img.convert("RGB")
