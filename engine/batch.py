@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,14 +30,13 @@ from typing import Any, Callable, Generator, Iterator
 import numpy as np
 
 from styleengine import paths
-from styleengine.choices import WEIGHT_WORDS
 from styleengine.engine import images, masks as spatial
-from styleengine.engine.settings import run_inputs, style_roles
+from styleengine.engine.settings import style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
-from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Finished, Manifest, _jsonable, digest_key, file_digest,  # noqa: F401
-                                         locked, place, settings_hash)
+from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Digests, Finished, Manifest, _jsonable, digest_key,  # noqa: F401
+                                         file_digest, locked, place, read_as_hashed, settings_hash)
 from styleengine.engine.plan import make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.loop import non_finite, whole
@@ -93,7 +91,7 @@ class JobResult:
                 **({"output_sha256": self.output_sha256} if self.output_sha256 else {})}
 
 
-def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[str, str] | None = None
+def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digests | None = None
          ) -> list[Planned]:
     """Each job's settings and hash (its run's plan among what it hashes); "skipped" where its output exists and
     `done` (Manifest.load) has the same hash for it and that output; "failed" where its settings are bad, its plan
@@ -116,7 +114,8 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
                 run_plan = make_plan(settings, known[0], known[1:], memory=memory)
                 memory = run_plan.memory
                 scales = run_plan.to_json()["scales"]
-            digest = settings_hash(job, settings, digests, scales)
+            used: dict[str, tuple[str, str]] = {}
+            digest = settings_hash(job, settings, digests, scales, used)
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
             planned.append(Planned(job, None, None, "failed", job.said(e)))
             continue
@@ -125,10 +124,8 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: dict[s
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
         skip = done is not None and done.holds(job.id, job.output, digest)
-        weights = digests.get(digest_key(settings.weights)) if settings.weights not in WEIGHT_WORDS else None
-        read = run_inputs(job.content, job.styles, settings.init, "random",  # the weights: checked as loaded
-                          content_masks=settings.content_masks, style_masks=settings.style_masks)
-        files = tuple((role, str(p), digests[digest_key(p)]) for role, p in read.items())
+        weights = used.pop("weights file", (None, None))[1]  # checked as loaded
+        files = tuple((role, path, sha) for role, (path, sha) in used.items())
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights,
                                files_sha256=files))
     return planned
@@ -219,6 +216,9 @@ def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[Job
 
 # ------------------------------------------------------------------ running
 
+RANDOM_KEPT = 2  # random networks (one per seed) a Warm keeps: tests and timing use one or two
+
+
 class Warm:
     """What one process keeps across jobs: the weights, loaded once per (model, weights, seed of random
     weights, convention), and the steps, built once per (model, weights, pooling, content and style layers,
@@ -244,8 +244,18 @@ class Warm:
     def weights(self, settings: Settings):
         key = self._key(settings)
         if key not in self._weights:
+            if settings.weights == "random":  # one network per seed: a server's requests of many seeds grew it
+                self._forget_random(keep=RANDOM_KEPT - 1)
             self._weights[key] = load_run_weights(settings)
         return self._weights[key]
+
+    def _forget_random(self, keep: int) -> None:
+        """Drop all but the `keep` newest random networks, and their steps."""
+        randoms = [key for key in list(self._weights) if key[1] == "random"]
+        for key in randoms[:max(0, len(randoms) - keep)]:
+            gone = self._weights.pop(key).sha256
+            for step_key in [k for k in self._steps if k[1] == gone]:
+                self._steps.pop(step_key).close()
 
     def step(self, settings: Settings, texture: bool = False):
         """The warm step for these resolved settings (built on first use); its loss weights are set by
@@ -292,24 +302,9 @@ def _load(job: Job, settings: Settings) -> Picture:
 
 
 def _read_as_hashed(item: Planned) -> dict[str, bytes]:
-    """The bytes of each image file the job reads (images.pin_key -> bytes), read once; UserError where they are
-    not those its hash holds: a file replaced after the plan ran under the old bytes' hash, and the rerun
-    skipped its picture as theirs."""
-    read = {}
-    for role, path, hashed in item.files_sha256:
-        problem = paths.input_problem(role, path)
-        if problem is not None:
-            raise UserError(problem)
-        try:
-            with os.fdopen(paths.open_regular(path, follow=True), "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise UserError(f"cannot read {role} {path}: {e.strerror or e}") from None
-        if hashlib.sha256(data).hexdigest() != hashed:
-            raise UserError(f"{role} {path} changed after the job was planned: its bytes are not those its hash "
-                            f"holds; run the batch again")
-        read[images.pin_key(path)] = data
-    return read
+    """The bytes of each image file the job reads, read once and checked against its hash (read_as_hashed): a
+    file replaced after the plan ran under the old bytes' hash, and the rerun skipped its picture as theirs."""
+    return read_as_hashed(item.files_sha256, "after the job was planned", "run the batch again")
 
 
 def _finished(item: Planned, result: Any, image: np.ndarray, seconds: float, device: str, batch: int) -> JobResult:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.engine.settings import BATCH, VIDEO, options
@@ -37,19 +37,59 @@ def digest_key(path: str | os.PathLike) -> str:
     return os.path.realpath(path)
 
 
-def file_digest(path: Path, cache: dict[str, str] | None = None, role: str = "file") -> str:
+# a file's hash as last read, by digest_key: kept while the file's stat is the one it was read under (a batch's
+# chunks, planned one after another, saw a file changed between them under its old hash)
+Digests = dict[str, tuple[tuple[int, ...], str]]
+
+
+def file_digest(path: Path, cache: Digests | None = None, role: str = "file") -> str:
     """sha256 of a file's bytes: UserError if it is missing or not a regular file (a FIFO would block until a
-    writer comes, a device never end), OSError if it cannot be read."""
-    key = digest_key(path)
-    if cache is not None and key in cache:
-        return cache[key]
+    writer comes, a device never end), OSError if it cannot be read. `cache` keeps it while the file is unchanged
+    (its device, inode, size, modification and change times)."""
     problem = paths.not_a_file(path)
     if problem is not None:  # a missing one too: `video --init nope.png` was a FileNotFoundError traceback
         raise UserError(paths.input_problem(role, path) or f"cannot read {role} {path}: it {problem}")
-    digest = file_sha256(Path(path))
+    key = digest_key(path)
+    with os.fdopen(paths.open_regular(path, follow=True), "rb") as f:  # the stat of the bytes hashed
+        st = os.fstat(f.fileno())
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        kept = cache.get(key) if cache is not None else None
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        digest = paths.stream_sha256(f)
     if cache is not None:
-        cache[key] = digest
+        cache[key] = (stamp, digest)
     return digest
+
+
+def file_digests(files: dict[str, Path], cache: Digests | None = None) -> dict[str, str]:
+    """Each file's sha256 by its role (file_digest)."""
+    return {role: file_digest(path, cache, role) for role, path in files.items()}
+
+
+def read_as_hashed(files: Iterable[tuple[str, str | os.PathLike, str]], since: str, advice: str
+                   ) -> dict[str, bytes]:
+    """The bytes of each (role, path, sha256) image file, read once, by images.pin_key: what load_image decodes
+    under images.reading. UserError where they are not those the hash holds ("ROLE PATH changed SINCE: ...;
+    ADVICE"): a file
+    replaced between its hash and its decode ran under the old bytes' hash (read twice, a file swapped between
+    the reads passed for the other)."""
+    from styleengine.engine.images import pin_key
+
+    read = {}
+    for role, path, hashed in files:
+        problem = paths.input_problem(role, path)
+        if problem is not None:
+            raise UserError(problem)
+        try:
+            with os.fdopen(paths.open_regular(path, follow=True), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read {role} {path}: {e.strerror or e}") from None
+        if hashlib.sha256(data).hexdigest() != hashed:
+            raise UserError(f"{role} {path} changed {since}: its bytes are not those its hash holds; {advice}")
+        read[pin_key(path)] = data
+    return read
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,12 +125,12 @@ def unspelled(values: dict[str, Any]) -> dict[str, Any]:
 PLAN_ONLY = ("scales", "start_size", "iters_per_scale", "mem_budget_gib", "tile")
 
 
-def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales: list[dict[str, Any]] | None = None
-                  ) -> str:
+def settings_hash(job: Job, settings: Settings, digests: Digests, scales: list[dict[str, Any]] | None = None,
+                  used: dict[str, tuple[str, str]] | None = None) -> str:
     """sha256 of what decides the picture: the resolved Settings (with the job's overrides, the input convention's
     among them), the job's overrides, the plan's scales (sizes, iterations, tiles, L-BFGS history: engine/plan.py)
     and the bytes of every file read (content, styles, an init image, a weights file, masks). OSError if a file cannot
-    be read. 16 hex digits."""
+    be read. 16 hex digits. `used` is given each file's (path, sha256) by its role: the bytes hashed."""
     from styleengine.engine.settings import run_inputs
 
     files = run_inputs(job.content, job.styles, settings.init, settings.weights,  # roles, in the hash's order
@@ -105,9 +145,12 @@ def settings_hash(job: Job, settings: Settings, digests: dict[str, str], scales:
     if scales is not None:  # a tile as large as the picture is one tile: the untiled step's picture (exact tiling)
         scales = [{**s, "tile": None} if s.get("tile") and s["tile"] >= max(s["height"], s["width"]) else s
                   for s in scales]
+    hashed = file_digests(files, digests)
+    if used is not None:
+        used.update({role: (str(files[role]), sha) for role, sha in hashed.items()})
     payload = {"settings": kept, "scales": scales,
                "overrides": unspelled(_jsonable({k: v for k, v in job.overrides if k not in planned})),
-               "files": [file_digest(p, digests, role) for role, p in files.items()]}
+               "files": list(hashed.values())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -20,7 +20,7 @@ from styleengine.engine.plan import style_size
 from styleengine.engine.schedule import long_side_shape
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, ImageError
-from styleengine.paths import ASPECT_SLACK, check_mask_aspect  # noqa: F401  (stylise reads ASPECT_SLACK here)
+from styleengine.paths import ASPECT_SLACK, aspect_fits, check_mask_aspect  # noqa: F401  (stylise reads ASPECT_SLACK here)
 
 SUM_SLACK = 2 / 255  # complementary 8-bit masks (or JPEG ones) may sum to a hair over 1
 
@@ -66,11 +66,12 @@ def read_mask(path: str | os.PathLike, what: str) -> np.ndarray:
     return images.luminance(images.load_image(path, what, backdrop=0.0))
 
 
-def _read(path: str | os.PathLike, what: str, shape: tuple[int, int], image: str) -> np.ndarray:
-    """The mask at `path` as (H, W) float32 luminance at its own size, checked against `shape`, the (height,
-    width) of `image`, and for painting somewhere; ImageError, one line."""
+def _read(path: str | os.PathLike, what: str, against: tuple[str, tuple[int, int]] | None = None) -> np.ndarray:
+    """The mask at `path` as (H, W) float32 luminance at its own size, checked against `against` (its image's
+    name and (height, width)) where given, and for painting somewhere; ImageError, one line."""
     mask = read_mask(path, what).astype(np.float32)
-    check_mask_aspect(what, path, mask.shape, image, shape)
+    if against is not None:
+        check_mask_aspect(what, path, mask.shape, *against)
     check_paints(what, path, mask)
     return mask
 
@@ -101,21 +102,58 @@ def check_overlap(regions: list[np.ndarray]) -> None:
         torch.from_numpy(r)[None, None], size=shape, mode="nearest-exact")[0, 0].numpy() for r in regions]))
 
 
-def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
-         style_labels: list[str] | None = None) -> Masks | None:
-    """The masks the settings name, checked against the content's and the styles' (height, width): None
-    without --content-mask. The counts are the plan's check (engine/plan.py), made before."""
+@dataclass(frozen=True)
+class Read:
+    """The masks the settings name as read, before any picture: each paints, and the content ones, where they
+    share an aspect ratio, do not overlap (what no picture changes: a server says a fault here as its own)."""
+
+    content: list[np.ndarray]
+    styles: list[np.ndarray] | None
+    overlap_checked: bool  # masks of other aspects: one is not the content's, said first (load)
+
+
+def read(settings: Settings, content_shape: tuple[int, int] | None = None,
+         style_shapes: list[tuple[int, int]] | None = None, style_labels: list[str] | None = None) -> Read | None:
+    """The masks the settings name, read and checked on their own (Read), and against the content's and the
+    styles' (height, width) where given, in the run's order: each mask's faults as it is read, the content masks'
+    overlap, then the style masks. None without --content-mask."""
     if not settings.content_masks:
         return None
-    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
-    whats = [f"content mask {i + 1}" for i in range(len(settings.content_masks))]
-    given = [_read(p, what, content_shape, "the content image") for p, what in zip(settings.content_masks, whats)]
-    check_overlap(given)
-    styles: list[np.ndarray | None] = [None] * len(style_shapes)
+    content = ("the content image", content_shape) if content_shape is not None else None
+    given = [_read(p, f"content mask {i + 1}", content) for i, p in enumerate(settings.content_masks)]
+    shared = all(aspect_fits(mask.shape, given[0].shape) for mask in given)
+    if shared:
+        check_overlap(given)
+    styles = None
     if settings.style_masks:
-        styles = [_read(p, f"style mask {i + 1}", shape, label)
-                  for i, (p, shape, label) in enumerate(zip(settings.style_masks, style_shapes, labels, strict=True))]
-    masks = Masks(tuple(given), styles)
+        labels = style_labels or [f"style image {i + 1}" for i in range(len(settings.style_masks))]
+        against = [(label, shape) for label, shape in zip(labels, style_shapes)] if style_shapes is not None \
+            else [None] * len(settings.style_masks)
+        styles = [_read(p, f"style mask {i + 1}", at) for i, (p, at) in enumerate(zip(settings.style_masks, against,
+                                                                                       strict=True))]
+    return Read(given, styles, overlap_checked=shared)
+
+
+def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[tuple[int, int]],
+         style_labels: list[str] | None = None, given: Read | None = None) -> Masks | None:
+    """The masks the settings name (`given`: as read() read them on their own), checked against the content's
+    and the styles' (height, width): None without --content-mask. The counts are the plan's check
+    (engine/plan.py), made before."""
+    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    if given is None:
+        given = read(settings, content_shape, style_shapes, labels)
+    elif settings.content_masks:
+        for i, (mask, path) in enumerate(zip(given.content, settings.content_masks)):
+            check_mask_aspect(f"content mask {i + 1}", path, mask.shape, "the content image", content_shape)
+        for i, (mask, path, shape, label) in enumerate(zip(given.styles or (), settings.style_masks or (),
+                                                           style_shapes, labels)):
+            check_mask_aspect(f"style mask {i + 1}", path, mask.shape, label, shape)
+    if given is None:
+        return None
+    if not given.overlap_checked:  # masks of other aspects: each against the content said first
+        check_overlap(given.content)
+    whats = [f"content mask {i + 1}" for i in range(len(given.content))]
+    masks = Masks(tuple(given.content), list(given.styles) if given.styles is not None else [None] * len(style_shapes))
     # the run's first scale is its smallest: where a thin mask fades most, the content's and the styles' alike
     steps = settings.scale_plan()
     smallest = long_side_shape(*content_shape, steps[0][0])
@@ -123,11 +161,11 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     at_styles = [long_side_shape(*shape, side) for shape in style_shapes]
     larger = "start the run larger (its first scale)" if len(steps) > 1 else "run at a larger size"
     content, at = masks.at(*smallest, at_styles)
-    for mask, what, path in zip(content.numpy(), whats, settings.content_masks):
-        _painting(mask, what, path, f" or {larger}")
-    for i, (mask, path) in enumerate(zip(at, settings.style_masks or ())):
-        if mask is not None:
-            _painting(mask.numpy(), f"style mask {i + 1}", path, f", {larger} or raise the style scale")
+    for faded, what, path in zip(content.numpy(), whats, settings.content_masks or ()):
+        _painting(faded, what, path, f" or {larger}")
+    for i, (resized, path) in enumerate(zip(at, settings.style_masks or ())):
+        if resized is not None:
+            _painting(resized.numpy(), f"style mask {i + 1}", path, f", {larger} or raise the style scale")
     return masks
 
 

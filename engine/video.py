@@ -174,10 +174,12 @@ class VideoRun:
     """The warm state of one video: the step (built once), the style Grams at the output size (computed once),
     the flow estimator, and the previous frame. `frame()` stylises the next frame."""
 
-    def __init__(self, styles: list[np.ndarray], settings: Settings, plan: Plan, weights: Weights | None = None):
+    def __init__(self, styles: list[np.ndarray], settings: Settings, plan: Plan, weights: Weights | None = None,
+                 init_image: np.ndarray | None = None):
         self.settings = settings.resolved()
         self.plan = plan
         self.styles = styles
+        self.init_image = init_image  # an --init file's picture, decoded once from the bytes the video's hash holds
         self.weights = weights if weights is not None else load_run_weights(self.settings)
         self.loss = self.settings.loss_config()
         last = plan.scales[-1]
@@ -220,6 +222,7 @@ class VideoRun:
         start = time.perf_counter()
         if self.previous is None:
             image, result = stylise(frame, self.styles, self.settings, weights=self.weights, step=self.step,
+                                    init_image=self.init_image,
                                     plan=self.plan)
             done = Frame(index, to_uint8(image), result, time.perf_counter() - start, None, None, None)
         else:
@@ -284,8 +287,8 @@ def stopped_why(result: Result) -> str | None:
 
 def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.ndarray], settings: Settings, *,
                    plan: Plan | None = None, finished: Callable[[int], np.ndarray | None] = lambda index: None,
-                   on_frame: Callable[[Frame], None] = lambda frame: None, weights: Weights | None = None
-                   ) -> str | None:
+                   on_frame: Callable[[Frame], None] = lambda frame: None, weights: Weights | None = None,
+                   init_image: np.ndarray | None = None) -> str | None:
     """Stylise (index, frame) pairs in order (frames (H, W, 3) in [0, 1], all one shape, settings.size their
     long side). finished(index): a frame done before (uint8), skipped and warped from; on_frame gets each new
     one as it finishes. Returns None, or why it stopped early ("interrupted", or a loss that is not finite in
@@ -295,7 +298,7 @@ def stylise_frames(frames: Iterable[tuple[int, np.ndarray]], styles: list[np.nda
         for index, frame in frames:
             if run is None:
                 plan = plan or check_run(settings, frame.shape[:2], [s.shape[:2] for s in styles])
-                run = VideoRun(styles, settings, plan, weights)
+                run = VideoRun(styles, settings, plan, weights, init_image)
             done = finished(index)
             if done is not None:
                 run.skip(frame, done)

@@ -104,9 +104,11 @@ class VideoWorker:
         self.key: str | None = None
 
     def stylise(self, chunk: Chunk, frames: list[np.ndarray], styles: list[np.ndarray], settings: Any, plan: Any,
-                key: str, weights_sha256: str | None = None) -> tuple[list[ChunkFrame], str | None]:
+                key: str, weights_sha256: str | None = None, init_image: np.ndarray | None = None
+                ) -> tuple[list[ChunkFrame], str | None]:
         """The chunk's frames (uint8, first..stop-1), its chain from the first; and why it stopped early, or
-        None. `weights_sha256`: the weights file's bytes as the video's hash holds them (checked on load)."""
+        None. `weights_sha256`: the weights file's bytes as the video's hash holds them (checked on load);
+        `init_image`: an --init file's picture, as the driver decoded it."""
         from styleengine.engine.video import VideoRun, check_weights_unchanged, stopped_why
 
         if self.problem is not None:
@@ -115,7 +117,7 @@ class VideoWorker:
             if self.video is not None:
                 self.video.close()
             self.video, self.key = None, None
-            video = VideoRun(styles, settings, plan)
+            video = VideoRun(styles, settings, plan, init_image=init_image)
             try:
                 check_weights_unchanged(video.weights, weights_sha256, settings.weights)
             except BaseException:
@@ -147,12 +149,13 @@ class VideoRayRunner:
         return len(self.pool.actors)
 
     def run(self, work: Iterable[tuple[Chunk, list[np.ndarray]]], styles: list[np.ndarray], settings: Any,
-            plan: Any, key: str, weights_sha256: str | None = None
+            plan: Any, key: str, weights_sha256: str | None = None, init_image: np.ndarray | None = None
             ) -> Iterator[tuple[Chunk, list[ChunkFrame], str | None]]:
         """(chunk, its frames, why it stopped or None) as each chunk comes back (any order)."""
         ray = self.pool.ray
         shared = [ray.put(styles), ray.put(settings), ray.put(plan)]  # sent once, not with every chunk
-        items = ((chunk, frames, *shared, key, weights_sha256) for chunk, frames in work)
+        init = ray.put(init_image)
+        items = ((chunk, frames, *shared, key, weights_sha256, init) for chunk, frames in work)
         for item, (frames, stopped) in self.pool.map("stylise", items):
             yield item[0], frames, stopped
 

@@ -64,9 +64,10 @@ def test_a_videos_weights_replaced_after_its_hash_are_said(tmp_path, monkeypatch
             def __init__(self, address, **_):
                 self.worker = video_ray.VideoWorker()
 
-            def run(self, work, styles, settings, plan, key, weights_sha256=None):
+            def run(self, work, styles, settings, plan, key, weights_sha256=None, init_image=None):
                 for chunk, frames in work:
-                    done, why = self.worker.stylise(chunk, frames, styles, settings, plan, key, weights_sha256)
+                    done, why = self.worker.stylise(chunk, frames, styles, settings, plan, key, weights_sha256,
+                                                    init_image)
                     yield chunk, done, why
 
             def close(self):

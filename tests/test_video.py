@@ -264,6 +264,25 @@ def test_a_damaged_finished_frame_is_kept_aside_and_runs_again(tmp_path, monkeyp
     assert (damaged.parent / "frame_000001.png.damaged").read_bytes().endswith(b"not a picture any more")
 
 
+def test_an_init_file_is_read_once_as_the_videos_hash_holds_it(tmp_path, monkeypatch, capsys, clip, style):
+    """A video's --init file was hashed at its start and decoded again where a chain starts (the first frame, each
+    `--ray` chunk's): one replaced in between ran under the other's hash (probe 34's neighbour). It is decoded
+    once, from the bytes hashed: a file broken after the start no longer matters."""
+    from styleengine import cli_video
+
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(tmp_path / "init.png")
+    real = cli_video.FrameStore.open
+
+    def opened_then_broken(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        (tmp_path / "init.png").write_text("not a picture any more")
+
+    monkeypatch.setattr(cli_video.FrameStore, "open", opened_then_broken)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2", "--init", tmp_path / "init.png")
+    assert code == 0 and frame_count(tmp_path / "out.mp4") == 2, err
+
+
 def test_other_settings_do_not_reuse_the_frames(tmp_path, monkeypatch, capsys, clip, style):
     out = tmp_path / "out.mp4"
     assert run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
@@ -439,8 +458,8 @@ def test_the_settings_hash_does_not_read_the_whole_video(tmp_path, monkeypatch, 
     from styleengine.engine import manifest
 
     hashed: list[Path] = []
-    real = manifest.file_sha256
-    monkeypatch.setattr(manifest, "file_sha256", lambda path: hashed.append(Path(path)) or real(path))
+    real = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda path, *args: hashed.append(Path(path)) or real(path, *args))
     out = tmp_path / "out.mp4"
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
                            "--frames", "0:1")

@@ -173,7 +173,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
         if len(problems) > SHOWN_PROBLEMS:  # a log redirected into it by mistake: a count, not a flood
             console.print(f"warning: and {len(problems) - SHOWN_PROBLEMS} more lines of {manifest.path} that cannot "
                           f"be used; skipped", soft_wrap=True, highlight=False, markup=False)
-        digests: dict[str, str] = {}
+        digests: engine.Digests = {}
         told = "auto" not in (settings.backend, settings.device, settings.provider, settings.precision, settings.conv)
 
         def planned() -> Iterator[list[engine.Planned]]:

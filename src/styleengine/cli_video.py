@@ -292,7 +292,7 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
         try:
             _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
         finally:
-            prepared[8].close()  # the frames folder's lock
+            prepared[9].close()  # the frames folder's lock
 
 
 class _Chunked:
@@ -342,10 +342,10 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.cli_job import announce
     from styleengine.cli_plan import check_own_files
     from styleengine.engine import images, video_io
-    from styleengine.engine.manifest import digest_key, file_digest
+    from styleengine.engine.manifest import file_digests, read_as_hashed
     from styleengine.engine.settings import run_inputs, settings_inputs, style_roles
     from styleengine.engine.plan import check_sides
-    from styleengine.engine.stylise import check_run
+    from styleengine.engine.stylise import check_run, load_init
     from styleengine.engine.video import check_weights_unchanged, video_hash
 
     settings.validate()
@@ -381,19 +381,22 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     try:
         shape = video_io.output_shape(info.height, info.width, settings.size)
         settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
-        style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
+        read = run_inputs(None, styles, settings.init, settings.weights)
+        hashed_files = file_digests(read)  # by role
+        with images.reading(read_as_hashed([(role, p, hashed_files[role]) for role, p in read.items()  # decoded
+                                            if role != "weights file"], "after the video started", "run it again")):
+            style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
+            init_image = load_init(settings)  # once: a chain's start (each chunk's) took the file as it was then
         plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
                          style_labels=[f"style image {p}" for p in styles])
         settings, plan = announce(settings, plan, console)
-        digests: dict[str, str] = {}
-        files = [video_io.identity(info)] + [file_digest(p, digests, role) for role, p in
-                                             run_inputs(None, styles, settings.init, settings.weights).items()]
+        files = [video_io.identity(info), *hashed_files.values()]
         selection = {"first": start, "fps": str(rate), "shape": list(shape)}
         if chunked is not None:  # a chunk's chain starts at its own first frame: other chunks, other frames
             selection.update(chunked.start(start, stop))
         about = {"video": str(video), "fps": str(rate), "first": start}
         weights = None
-        hashed = digests.get(digest_key(settings.weights))
+        hashed = hashed_files.get("weights file")
         if chunked is not None:  # each worker loads them and checks them against this
             chunked.weights_sha256 = hashed
         else:  # loaded once, here: the bytes its hash holds (a file replaced since is said)
@@ -405,11 +408,12 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     except BaseException:
         store.give_up()
         raise
-    return info, rate, start, stop, shape, settings, plan, style_arrays, store, weights
+    return info, rate, start, stop, shape, settings, plan, style_arrays, init_image, store, weights
 
 
 def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int, int], settings: Settings, plan: Any,
-             style_arrays: list, store: FrameStore, weights: Any, *, output: Path, trace: Path | None, console: Any,
+             style_arrays: list, init_image: Any, store: FrameStore, weights: Any, *, output: Path,
+             trace: Path | None, console: Any,
              chunked: _Chunked | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -451,15 +455,15 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                 frames = video_io.read_frames(info, start, stop, rate, shape)
                 stopped = stylise_frames(frames, style_arrays, settings, plan=plan, weights=weights,
                                          finished=lambda i: store.load(i) if i < resumed else None,
-                                         on_frame=on_frame)
+                                         on_frame=on_frame, init_image=init_image)
             else:
                 def on_written(count: int) -> None:
                     nonlocal made
                     made += count
                     progress.update(task, advance=count, rate=made / (time.perf_counter() - began))
 
-                stopped = _run_chunks(chunked, info, rate, shape, settings, plan, style_arrays, store, tracer,
-                                      on_written)
+                stopped = _run_chunks(chunked, info, rate, shape, settings, plan, style_arrays, init_image, store,
+                                      tracer, on_written)
     except KeyboardInterrupt:
         stopped = "interrupted"
     except UserError as e:  # a frame that cannot be written, a worker's fault: said with what was written
@@ -510,7 +514,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
 
 
 def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, int], settings: Settings, plan: Any,
-                style_arrays: list, store: FrameStore, tracer: Any, on_written: Any) -> str | None:
+                style_arrays: list, init_image: Any, store: FrameStore, tracer: Any, on_written: Any) -> str | None:
     """--ray: the chunks not recorded yet on the actors; each written as it comes back (its own frames, and
     each seam frame once both sides are there, cross-faded). A chunk is recorded whole or not at all (signals
     wait for its writes), so a rerun runs only the chunks that had not come back. Why it stopped, or None."""
@@ -529,7 +533,7 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
             yield chunk, [np.round(frame * 255.0).astype(np.uint8) for _, frame in frames]
 
     for chunk, frames, stopped in chunked.runner.run(work(), style_arrays, settings, plan, store.digest,
-                                                     weights_sha256=chunked.weights_sha256):
+                                                     weights_sha256=chunked.weights_sha256, init_image=init_image):
         written = 0
         with signals.shielded():  # a chunk is recorded whole before a signal stops the run
             for frame in frames:

@@ -635,13 +635,18 @@ def check_sides(what: str, shape: tuple[int, ...]) -> None:
 ASPECT_SLACK = 0.02
 
 
+def aspect_fits(shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
+    """Whether (height, width, ...) `shape` has the aspect ratio of `image_shape` within ASPECT_SLACK."""
+    return abs((shape[1] / shape[0]) / (image_shape[1] / image_shape[0]) - 1) <= ASPECT_SLACK
+
+
 def check_mask_aspect(what: str, path: str | os.PathLike, shape: tuple[int, ...], image: str,
                       image_shape: tuple[int, ...]) -> None:
     """ImageError unless the mask `what` ("content mask") at `path`, shape (height, width, ...), has the aspect
     ratio of `image` ("the content image"), image_shape, within ASPECT_SLACK: the run's check on the pixels
     (engine/masks.py) and the dry run's on the header alike."""
     height, width = shape[:2]
-    if abs((width / height) / (image_shape[1] / image_shape[0]) - 1) > ASPECT_SLACK:
+    if not aspect_fits(shape, image_shape):
         raise ImageError(f"{what} {path} is {width}x{height} px and {image} {image_shape[1]}x{image_shape[0]}: a "
                          f"mask needs its image's aspect ratio (it is resized to it, never cropped)")
 
@@ -724,12 +729,17 @@ def cache_root() -> Path:
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, read in 1 MiB chunks (the one file hash: weights, exports, batch inputs)."""
+    with os.fdopen(open_regular(path, follow=True), "rb") as f:  # a FIFO blocked here (tune --weights FIFO)
+        return stream_sha256(f)
+
+
+def stream_sha256(f: BinaryIO) -> str:
+    """The sha256 of what is left to read in `f`, read in 1 MiB chunks."""
     import hashlib
 
     h = hashlib.sha256()
-    with os.fdopen(open_regular(path, follow=True), "rb") as f:  # a FIFO blocked here (tune --weights FIFO)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 

@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import math
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -31,9 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from styleengine.choices import INITS
-from styleengine.engine import batch
+from styleengine.engine import batch, images, masks
 from styleengine.engine.settings import flag_of, said_as
-from styleengine.engine.stylise import Settings, check_run
+from styleengine.engine.stylise import Settings, check_run, load_init
 from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.errors import SettingError, UserError, first_line
@@ -266,26 +267,57 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         _check_pixels(path, label, config.max_pixels)
     try:
         arrays = [load_upload(path, label) for path, label in saved]
+        if settings.content_masks and len(settings.content_masks) != len(styles):  # a count the request cannot set
+            raise UserError(f"the server's {len(settings.content_masks)} content masks are for "
+                            f"{len(settings.content_masks)} style images, one each in order; this request sent "
+                            f"{len(styles)}")
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
-        regions = None
-        if settings.content_masks:  # read as the run reads them, against these pictures (another aspect ratio, a
-            from styleengine.engine import masks  # fade) and kept for the run: a fault is this request's
-
-            try:
-                regions = masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
-                                     [label for _, label in saved[1:]])
-            except UserError as e:  # the masks are the server's
-                raise UserError(f"the server's {first_line(e)}") from None
     except UserError as e:
         raise HTTPException(422, store.for_clients(_said(e, sent))) from None
+    digest, init_image, read = _own_files(store, job_id, saved, settings)
+    try:  # the server's masks against these pictures (another aspect ratio, a fade): this request's fault
+        regions = masks.load(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
+                             [label for _, label in saved[1:]], given=read) if read is not None else None
+    except UserError as e:
+        raise HTTPException(422, store.for_clients(_servers(first_line(e)))) from None
+    return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep, masks=regions,
+               init_image=init_image)
+
+
+def _own_files(store: JobStore, job_id: str, saved: list[tuple[Path, str]], settings: Settings) -> tuple:
+    """The job's hash, and the server's init and masks decoded from the bytes it holds: (hash, init image,
+    masks.Read). Read twice, a mask replaced between the reads ran under the other's hash
+    (probe 34a); weights loaded (at the start, or a replica's first job) that are not the file's bytes now are
+    said. HTTPException 503: the server's own files are not as they were."""
+    used: dict[str, tuple[str, str]] = {}
     try:
-        digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings)
+        digest = store.settings_hash(job_id, saved[0][0], [p for p, _ in saved[1:]], settings, used)
     except (UserError, OSError) as e:  # one of the server's own files, gone or unreadable since the check above
         log.error("job %s: cannot hash its files: %s", job_id, first_line(e))
         raise HTTPException(503, "the server cannot read its own files (its log says which); try again later"
                             ) from None
-    return Job(job_id, settings, arrays[0], arrays[1:], folder, digest, keep=keep, masks=regions)
+    weights = used.pop("weights file", None)
+    own = [(role, path, sha) for role, (path, sha) in used.items() if not role.startswith(("content", "style"))
+           or "mask" in role]
+    mended = ""
+    try:
+        if weights is not None and store.loaded_weights_sha256(settings) != weights[1]:
+            raise UserError(f"weights file {weights[0]} changed after the server loaded it: restart the server to "
+                            f"run the new file")
+        pinned = batch.read_as_hashed(own, "while this request read it", "try again")
+        mended = "; it cannot run jobs until it is mended"  # a file broken, not changed under the request
+        with images.reading(pinned):
+            return digest, load_init(settings), masks.read(settings)
+    except UserError as e:
+        log.error("job %s: %s", job_id, first_line(e))
+        raise HTTPException(503, store.for_clients(_servers(first_line(e)) + mended)) from None
+
+
+def _servers(said: str) -> str:
+    """A reason about the server's own init, masks or weights said as theirs ("the server's content mask 2
+    m.png is black everywhere", "cannot decode the server's content mask 2 ...")."""
+    return re.sub(r"\b(?:the )?(content masks?|style masks?|init image|weights file)\b", r"the server's \1", said)
 
 
 def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: str | None = None) -> Settings:

@@ -48,6 +48,7 @@ class Job:
     settings_hash: str | None = None
     keep: bool = False  # run to the end even when every watcher has gone
     masks: Any = field(default=None, repr=False)  # the server's masks, read against these pictures (masks.Masks)
+    init_image: np.ndarray | None = field(default=None, repr=False)  # the server's --init file, as hashed
     status: str = "queued"
     reason: str | None = None
     iteration: int = 0

@@ -214,10 +214,17 @@ class JobStore:
 
     # ------------------------------------------------------------ requests
 
-    def settings_hash(self, job_id: str, content: Path, styles: list[Path], settings: Settings) -> str:
-        """batch's settings hash of an uploaded job (its settings and the bytes of its images)."""
+    def settings_hash(self, job_id: str, content: Path, styles: list[Path], settings: Settings,
+                      used: dict[str, tuple[str, str]] | None = None) -> str:
+        """batch's settings hash of an uploaded job (its settings and the bytes of its images; `used`: as
+        batch.settings_hash's)."""
         return batch.settings_hash(batch.Job(job_id, content, tuple(styles), self.result_path(job_id)), settings,
-                                   {})
+                                   {}, used=used)
+
+    def loaded_weights_sha256(self, settings: Settings) -> str:
+        """The sha256 of the weights file's bytes as the jobs run them: loaded once (at the start, or a replica's
+        first job), however the file changed since."""
+        return self._warm.weights(settings).sha256
 
     def result_path(self, job_id: str) -> Path:
         return self.results / f"{job_id}.png"
@@ -383,7 +390,7 @@ class JobStore:
         settings = members[0].run_settings
         for job in members:
             job._last_preview = -math.inf
-        pictures = [Picture(j.content, j.styles, j.run_settings, masks=j.masks) for j in members]
+        pictures = [Picture(j.content, j.styles, j.run_settings, j.init_image, masks=j.masks) for j in members]
         start = time.perf_counter()
         try:
             out = stylise_batch(pictures, callback=self._callback(members), weights=self._warm.weights(settings),
@@ -473,7 +480,7 @@ class JobStore:
         self._record(job, status, reason, None, None)
 
     def _forget_inputs(self, job: Job) -> None:
-        job.content, job.styles, job.masks = None, [], None
+        job.content, job.styles, job.masks, job.init_image = None, [], None, None
         if job.upload_dir is not None:
             shutil.rmtree(job.upload_dir, ignore_errors=True)
 
