@@ -223,10 +223,11 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
     return _composite(values) if values.shape[2] == 4 else values
 
 
-def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None) -> str:
+def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None,
+               text: dict[str, str] | None = None) -> str:
     """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace; returns the
     sha256 of the bytes written. within: a folder the image must stay in, no symbolic link below it followed
-    (paths.confined_writer)."""
+    (paths.confined_writer). text: a PNG's text chunks."""
     path = Path(path)
     fmt = paths.image_format(path)
     if not path.parent.is_dir():
@@ -236,7 +237,15 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
     pil = to_pil(image)
     try:
         encoded = io.BytesIO()
-        pil.save(encoded, format=fmt)
+        if text:
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            for key, value in text.items():
+                info.add_text(key, value)
+            pil.save(encoded, format=fmt, pnginfo=info)
+        else:
+            pil.save(encoded, format=fmt)
         with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within) as f:
             f.write(encoded.getbuffer())
     except (OSError, ValueError, KeyError) as e:

@@ -299,7 +299,11 @@ def test_a_video_record_nested_too_deep_is_damage_in_one_line(tmp_path):
 
 
 def test_a_frame_of_another_size_is_moved_aside_not_encoded(tmp_path):
-    """A 128x96 PNG saved as OUT.frames/frame_000002.png was encoded as frame 2, resized (D11)."""
+    """A 128x96 PNG saved as OUT.frames/frame_000002.png was encoded as frame 2, resized (D11). Since stop 41 a
+    frame the video did not write is set aside before its size is looked at: a frame of its own of another size
+    is damaged."""
+    import numpy as np
+
     from PIL import Image
 
     from styleengine.cli_video import FrameStore
@@ -307,11 +311,13 @@ def test_a_frame_of_another_size_is_moved_aside_not_encoded(tmp_path):
     store = FrameStore(tmp_path / "out.mp4")
     store.take()
     store.open("0123456789abcdef", {}, (48, 64))
-    Image.new("RGB", (128, 96), (255, 0, 0)).save(store.path(2))
-    Image.new("RGB", (64, 48), (0, 0, 255)).save(store.path(1))
+    store.save(2, np.zeros((96, 128, 3), np.uint8))
+    store.save(1, np.zeros((48, 64, 3), np.uint8))
+    Image.new("RGB", (128, 96), (255, 0, 0)).save(store.path(3))
     assert store.load(1).shape == (48, 64, 3)
     assert store.load(2) is None and not store.path(2).exists()
     assert store.path(2).with_name("frame_000002.png.damaged").is_file()
+    assert store.load(3) is None and store.path(3).with_name("frame_000003.png.foreign").is_file()
 
 
 # ------------------------------------------------------------------ tune.json written by two processes

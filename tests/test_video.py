@@ -264,6 +264,23 @@ def test_a_damaged_finished_frame_is_kept_aside_and_runs_again(tmp_path, monkeyp
     assert (damaged.parent / "frame_000001.png.damaged").read_bytes().endswith(b"not a picture any more")
 
 
+def test_a_finished_frame_another_command_wrote_runs_again(tmp_path, monkeypatch, capsys, clip, style, caplog):
+    """A picture of a frame's shape written into the frames folder by another command (`batch --out
+    out.mp4.frames` with an output frame_000001.png) was resumed as a finished frame and encoded (exit 0; probe
+    34b): each frame carries the settings hash it was made under, and one without it is kept aside and runs
+    again."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:3"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    foreign = tmp_path / "out.mp4.frames" / "frame_000001.png"
+    Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
+    ran = hook_frames(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "Traceback" not in err, err
+    assert ran == [1] and "is not a frame this video wrote" in caplog.text and frame_count(out) == 3
+    assert (foreign.parent / "frame_000001.png.foreign").is_file() and "styleengine-video" in Image.open(foreign).text
+
+
 def test_an_init_file_is_read_once_as_the_videos_hash_holds_it(tmp_path, monkeypatch, capsys, clip, style):
     """A video's --init file was hashed at its start and decoded again where a chain starts (the first frame, each
     `--ray` chunk's): one replaced in between ran under the other's hash (probe 34's neighbour). It is decoded

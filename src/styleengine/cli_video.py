@@ -42,6 +42,7 @@ class FrameStore:
     frame, each written atomically."""
 
     RECORD = "video.json"
+    MARK = "styleengine-video"  # a frame's PNG text: the settings hash it was made under (another command's is not)
     LOCK = ".lock"  # held (flock) while a run writes here: one video per folder, and its temp files are stale
     # what an atomic write (paths.temp_beside) killed mid-way leaves: ".NAME.XXXXXXXX.tmp"
     STALE = re.compile(r"\.(frame_\d{6}\.png|seam_\d{6}_(earlier|later)\.png|video\.json)\.[0-9a-f]{8}\.tmp")
@@ -174,10 +175,23 @@ class FrameStore:
 
     def _load(self, path: Path) -> Any:
         import numpy as np
+        from PIL import Image
+        from PIL.PngImagePlugin import PngImageFile
 
         from styleengine.engine import images
 
         if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as opened:
+                mark = opened.text.get(self.MARK, "") if isinstance(opened, PngImageFile) else ""
+        except (OSError, ValueError, SyntaxError):
+            mark = None  # unreadable: load_image says how
+        if mark is not None and mark != self.digest:  # a picture of this shape that another command put here
+            aside = path.with_name(path.name + ".foreign")
+            path.replace(aside)
+            logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s, that frame runs "
+                                                "again", path, aside.name)
             return None
         try:
             frame = np.round(images.load_image(path) * 255.0).astype(np.uint8)
@@ -192,11 +206,10 @@ class FrameStore:
                                                 first_line(e), aside.name)
             return None
 
-    @staticmethod
-    def _save(image: Any, path: Path) -> None:
+    def _save(self, image: Any, path: Path) -> None:
         from styleengine.engine import images
 
-        images.save_image(image.astype("float32") / 255.0, path)
+        images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self.digest})
 
     def seam(self, index: int, side: str) -> Path:
         """One chunk's own frame `index` over a seam (--ray), kept until the other side's comes: "earlier" or
