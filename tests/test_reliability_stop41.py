@@ -7,11 +7,11 @@ import pytest
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
-    from test_reliability_batch import manifest_lines
+    from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
-    from tests.test_reliability_batch import manifest_lines
+    from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
 
@@ -225,3 +225,39 @@ def test_a_warm_engine_keeps_few_random_networks(tmp_path):
             assert warm.step(settings) is step and warm.weights(settings) is warm.weights(settings)
             assert len(warm._weights) <= batch.RANDOM_KEPT and len(warm._steps) <= batch.RANDOM_KEPT
         assert warm.steps_built == 5
+
+
+@pytest.mark.parametrize("numbers", ["written", "full"])
+def test_an_inversions_rescued_picture_says_its_distances(tmp_path, monkeypatch, capsys, numbers):
+    """`invert -o ro/i.png --distances ro/d.json` with ro unwritable: the line said the picture's rescue and nothing
+    of the distances, which were never written (probe 34b). They are written if they can be, and the line says
+    where they are or why not."""
+    import errno
+
+    from styleengine import paths
+    from styleengine.engine import images
+
+    _pictures(tmp_path)
+    real_save, real_write = images.save_image, paths.atomic_write
+
+    def save(image, path, *args, **kwargs):
+        if str(path) == str(tmp_path / "i.png"):
+            raise images.ImageError(f"cannot write {path}: read-only file system")
+        return real_save(image, path, *args, **kwargs)
+
+    def write(path, *args, **kwargs):
+        if numbers == "full":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", save)
+    monkeypatch.setattr(paths, "atomic_write", write)
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "i.png",
+                           "--distances", tmp_path / "d.json", "--size", "40", "--iters", "2", "--weights", "random")
+    line = one_error_line(code, err)
+    assert "saved the image to" in line, line
+    if numbers == "written":
+        assert line.endswith(f"; the distances are in {tmp_path / 'd.json'}") and (tmp_path / "d.json").is_file()
+    else:
+        assert line.endswith(f"; distances {tmp_path / 'd.json'} not written either: [Errno 28] No space left on "
+                             f"device"), line

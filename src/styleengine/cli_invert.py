@@ -19,7 +19,7 @@ from styleengine.engine.jobs import settings_inputs
 from styleengine.engine.loss_config import check_float32
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
-from styleengine.errors import UserError, first_line
+from styleengine.errors import ImageError, UserError, first_line
 
 
 def pixel_rmse(a, b) -> float:
@@ -90,19 +90,29 @@ def _write(out: Any, result: Any, output: Path, distances: Path | None, picture:
            loaded: Any) -> str:
     """The picture, then its numbers (--distances); the line saying both."""
     size, model, tv_weight, content_weight = settings.size, settings.model, settings.tv_weight, settings.content_weight
-    write_or_rescue(out, output, [distances.parent] if distances is not None else [])
+    try:
+        write_or_rescue(out, output, [distances.parent] if distances is not None else [])
+        failed = None
+    except ImageError as e:  # rescued: the numbers are still written, and the line says where both went
+        failed = e
     # an interrupted run is not measured: null in the JSON (NaN is no JSON), said so on the line
     feature = result.distances.content if result.distances is not None else None
     rmse = pixel_rmse(out, picture)
+    lost = None
     if distances is not None:
         record = {"layer": layer, "feature_distance": feature, "pixel_rmse": rmse, "iterations": result.iterations,
                   "size": size, "model": model, "weights": loaded.source, "tv_weight": tv_weight,
                   "feature_weight": content_weight, "stopped": result.stopped}
         try:
             paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
-        except OSError as e:  # a full disk: the picture is written, only its numbers are lost
-            raise UserError(f"cannot write distances {distances}: {first_line(e)} (the picture is in {output})"
-                            ) from None
+        except OSError as e:  # a full disk: only the numbers are lost
+            lost = first_line(e)
+    if failed is not None:
+        tail = "" if distances is None else (f"; distances {distances} not written either: {lost}" if lost
+                                             else f"; the distances are in {distances}")
+        raise ImageError(f"{failed}{tail}") from None
+    if lost is not None:
+        raise UserError(f"cannot write distances {distances}: {lost} (the picture is in {output})")
     shown = f"{feature:.3g}" if feature is not None else "not measured"
     return (f"wrote {output} ({result.iterations} iterations; feature distance at {layer} {shown}, "
             f"pixel RMS difference {rmse:.3g})")
