@@ -1,0 +1,101 @@
+"""Probe 34b: folders compared by identity, not by spelling. A bind mount (`mount --bind sty bsty`) is another
+name of a folder that realpath cannot see; every check that a file lies in a folder, or that two names are one
+file, got past it. The mount tests skip where `mount --bind` is not permitted (not root, or a container)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability import hooked
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability import hooked
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+STYLES_SAID = "whose images are styles: the next run would read it as one"
+
+
+@pytest.fixture
+def bind():
+    """bind(source, target): `mount --bind source target` (target made), unmounted after the test, failed or not."""
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mount --bind needs root")
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount command here")
+    mounted: list[Path] = []
+
+    def mount(source: Path, target: Path) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"mount --bind is not permitted here: {done.stderr.strip() or done.returncode}")
+        mounted.append(target)
+        return target
+
+    try:
+        yield mount
+    finally:
+        for target in reversed(mounted):
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(target)], capture_output=True)  # busy: detached all the same
+
+
+@pytest.mark.parametrize("case", ["output", "trace", "texture"])
+def test_a_run_and_texture_write_nothing_into_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind, case):
+    """`run c.png sty -o bsty/new.png` (bsty a bind of sty), or `--trace bsty/t.png`, wrote into the style folder
+    and the next run read the picture as a style (probe 34b a). Refused before any work, as sty/new.png is."""
+    _pictures(tmp_path)
+    sty = tmp_path / "sty"
+    sty.mkdir()
+    (tmp_path / "s.png").rename(sty / "s.png")
+    bsty = bind(sty, tmp_path / "bsty")
+    argv = {"output": ("run", tmp_path / "c.png", sty, "-o", bsty / "new.png"),
+            "trace": ("run", tmp_path / "c.png", sty, "-o", tmp_path / "o.png", "--trace", bsty / "t.png"),
+            "texture": ("texture", bsty, "-o", sty / "t.png")}[case]
+    code, _, err = run_cli(monkeypatch, capsys, *argv, *FAST)
+    assert STYLES_SAID in one_error_line(code, err), err
+    assert sorted(p.name for p in sty.iterdir()) == ["s.png"]
+
+
+def test_a_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind):
+    """`run c.png sty -o out/o.png --trace bsty/t.jsonl`, out/ gone at the write: the picture was rescued into
+    bsty, next to the trace, that is into the style folder (probe 34b a). It goes to the temp folder."""
+    _pictures(tmp_path)
+    sty, folder, elsewhere = tmp_path / "sty", tmp_path / "out", tmp_path / "elsewhere"
+    for made in (sty, folder, elsewhere):
+        made.mkdir()
+    (tmp_path / "s.png").rename(sty / "s.png")
+    bsty = bind(sty, tmp_path / "bsty")
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    hooked(monkeypatch, {2: folder.rmdir})
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", sty, "-o", folder / "o.png", *FAST,
+                           "--iters", "3", "--trace", bsty / "t.jsonl")
+    assert code == 1 and f"saved the image to {elsewhere}" in err, err
+    assert sorted(p.name for p in sty.iterdir()) == ["s.png", "t.jsonl"]
+
+
+@pytest.mark.parametrize("case", ["output", "snapshot"])
+def test_e_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind, case):
+    """`-o d/o.png --trace bd/o.png` lost the trace; `-o d/p.png --save-every 2 --trace bd/p_2.png` a snapshot
+    (bd a bind of d; probe 34b e). Two names not written yet are one file when their folders are one."""
+    _pictures(tmp_path)
+    d = tmp_path / "d"
+    d.mkdir()
+    bd = bind(d, tmp_path / "bd")
+    flags, said = {"output": (["-o", d / "o.png", "--trace", bd / "o.png"], "is the output image"),
+                   "snapshot": (["-o", d / "p.png", "--save-every", "2", "--trace", bd / "p_2.png"],
+                                "is a --save-every snapshot")}[case]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", *FAST, "--iters", "4",
+                           *flags)
+    assert said in one_error_line(code, err), err
+    assert list(d.iterdir()) == []
