@@ -16,11 +16,13 @@ try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_reliability import hooked
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import FAST, _pictures
+    from test_reliability_stop40 import _clip
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability import hooked
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
+    from tests.test_reliability_stop40 import _clip
 
 STYLES_SAID = "whose images are styles: the next run would read it as one"
 
@@ -82,6 +84,35 @@ def test_a_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_p
                            "--iters", "3", "--trace", bsty / "t.jsonl")
     assert code == 1 and f"saved the image to {elsewhere}" in err, err
     assert sorted(p.name for p in sty.iterdir()) == ["s.png", "t.jsonl"]
+
+
+def test_b_a_video_keeps_no_frames_among_its_styles_by_a_bind(tmp_path, monkeypatch, capsys, bind):
+    """`mount --bind fr paint.mp4.frames` with fr a style folder: the frames were written among the styles (probe
+    34b b). Refused before any work."""
+    _clip(tmp_path, 2)
+    fr = tmp_path / "fr"
+    fr.mkdir()
+    (tmp_path / "s.png").rename(fr / "s.png")
+    bind(fr, tmp_path / "paint.mp4.frames")
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", fr, "-o", tmp_path / "paint.mp4",
+                           *FAST, "--size", "64")
+    assert one_error_line(code, err).endswith("is inside paint.mp4.frames/, where the finished frames are kept; "
+                                              "choose another output"), err
+    assert sorted(p.name for p in fr.iterdir()) == ["s.png"]
+
+
+def test_b_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
+    """`--trace bfr/video.json` (bfr a bind of paint.mp4.frames) replaced the resume record (probe 34b b). Refused
+    before any work, the record untouched."""
+    _clip(tmp_path, 2)
+    frames = tmp_path / "paint.mp4.frames"
+    frames.mkdir()
+    (frames / "video.json").write_text("{}")
+    bfr = bind(frames, tmp_path / "bfr")
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "paint.mp4", *FAST, "--size", "64", "--trace", bfr / "video.json")
+    assert "is inside paint.mp4.frames/, where the finished frames are kept" in one_error_line(code, err), err
+    assert (frames / "video.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize("case", ["output", "snapshot"])
