@@ -115,6 +115,29 @@ def test_b_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeyp
     assert (frames / "video.json").read_text() == "{}"
 
 
+def test_d_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(tmp_path, monkeypatch, capsys, bind):
+    """`serve --results-dir srv --init bres/<id>.png`, bres a bind of srv/results: the start's sweep removed the
+    user's init as a crashed job's picture (probe 34b d). Refused at the start, the file untouched."""
+    pytest.importorskip("fastapi")
+    from PIL import Image
+
+    from styleengine.serve import app
+
+    def started(*args, **kwargs):  # a server started is this test failing: never one that waits
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(app, "open_store", started)
+    (tmp_path / "srv" / "results").mkdir(parents=True)
+    bres = bind(tmp_path / "srv" / "results", tmp_path / "bres")
+    init = bres / "0123456789abcdef01234567.png"
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(init)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", tmp_path / "srv", "--init", init,
+                           "--weights", "random", "--size", "40", "--port", "1")
+    assert one_error_line(code, err).endswith("where the server keeps its jobs' files and removes what a crash "
+                                              "left; move it out"), err
+    assert init.is_file()
+
+
 @pytest.mark.parametrize("case", ["output", "snapshot"])
 def test_e_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind, case):
     """`-o d/o.png --trace bd/o.png` lost the trace; `-o d/p.png --save-every 2 --trace bd/p_2.png` a snapshot
