@@ -153,3 +153,15 @@ def test_e_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_pat
                            *flags)
     assert said in one_error_line(code, err), err
     assert list(d.iterdir()) == []
+
+
+def test_f_benchs_two_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
+    """`bench --json d/r.json --csv bd/r.json` (bd a bind of d) wrote the file twice, the JSON lost (probe 34b f).
+    Refused before any work."""
+    d = tmp_path / "d"
+    d.mkdir()
+    bd = bind(d, tmp_path / "bd")
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32", "--backends", "torch", "--iters", "1",
+                           "--json", d / "r.json", "--csv", bd / "r.json")
+    assert "--json and --csv name the same file" in one_error_line(code, err), err
+    assert list(d.iterdir()) == []
