@@ -3,6 +3,7 @@ name of a folder that realpath cannot see; every check that a file lies in a fol
 file, got past it. The mount tests skip where `mount --bind` is not permitted (not root, or a container)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +87,21 @@ def test_a_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_p
     assert sorted(p.name for p in sty.iterdir()) == ["s.png", "t.jsonl"]
 
 
+def test_a_batch_output_in_a_style_folder_by_its_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
+    """A job `{"styles": "out/sty", "output": "bsty/new.png"}` (out/bsty a bind of out/sty) ran, and every rerun
+    was refused for good: its output was now a style (probe 34b a). Refused before any work."""
+    _pictures(tmp_path)
+    out = tmp_path / "out"
+    (out / "sty").mkdir(parents=True)
+    (tmp_path / "s.png").rename(out / "sty" / "s.png")
+    bind(out / "sty", out / "bsty")
+    line = {"content": str(tmp_path / "c.png"), "styles": str(out / "sty"), "output": "bsty/new.png"}
+    (tmp_path / "j.jsonl").write_text(json.dumps(line) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    assert STYLES_SAID in one_error_line(code, err), err
+    assert sorted(p.name for p in (out / "sty").iterdir()) == ["s.png"]
+
+
 def test_b_a_video_keeps_no_frames_among_its_styles_by_a_bind(tmp_path, monkeypatch, capsys, bind):
     """`mount --bind fr paint.mp4.frames` with fr a style folder: the frames were written among the styles (probe
     34b b). Refused before any work."""
@@ -113,6 +129,22 @@ def test_b_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeyp
                            tmp_path / "paint.mp4", *FAST, "--size", "64", "--trace", bfr / "video.json")
     assert "is inside paint.mp4.frames/, where the finished frames are kept" in one_error_line(code, err), err
     assert (frames / "video.json").read_text() == "{}"
+
+
+def test_c_two_batch_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
+    """Outputs `sub/a.png` and `bsub/a.png` (out/bsub a bind of out/sub) are one file: both jobs ran, one picture
+    lost (probe 34b c). Refused before any work, as a symbolic link's twin is."""
+    _pictures(tmp_path)
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    bind(out / "sub", out / "bsub")
+    rows = [{"id": "a", "content": str(tmp_path / "c.png"), "style": str(tmp_path / "s.png"), "output": "sub/a.png"},
+            {"id": "b", "content": str(tmp_path / "c.png"), "style": str(tmp_path / "s.png"), "output": "bsub/a.png"}]
+    (tmp_path / "j.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    line = one_error_line(code, err)
+    assert "line 2" in line and "is the output of job a" in line, err
+    assert list((out / "sub").iterdir()) == []
 
 
 def test_d_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(tmp_path, monkeypatch, capsys, bind):
