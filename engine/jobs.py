@@ -466,6 +466,10 @@ class JobsCheck:
         self.count += 1
 
 
+    def style_folder(self, path: Path) -> str | None:
+        """Whose style folder `path` is (by identity), or None."""
+        return self._style_folders.get(_folder(path))
+
     def _check_nesting(self, job: Job, where: str, output: str) -> list[str]:
         """ConfigError if `output` (resolved) is a folder on the way to an earlier output, or an earlier output
         is a folder on its way (one name cannot be a picture and a folder); else the folders on its way."""

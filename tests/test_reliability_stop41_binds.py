@@ -15,13 +15,13 @@ import pytest
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability import hooked
-    from test_reliability_batch import one_error_line
+    from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
     from test_reliability_stop40 import _clip
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability import hooked
-    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
     from tests.test_reliability_stop40 import _clip
 
@@ -197,3 +197,32 @@ def test_f_benchs_two_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypat
                            "--json", d / "r.json", "--csv", bd / "r.json")
     assert "--json and --csv name the same file" in one_error_line(code, err), err
     assert list(d.iterdir()) == []
+
+
+def test_1_a_batch_rescue_never_lands_in_a_jobs_style_folder(tmp_path, monkeypatch, capsys):
+    """A job `{"styles": "out", "output": "r/x.png"}` with out/r gone at the write: the picture was rescued into
+    --out, the job's style folder, and the rerun read it as a second style, exit 0 (probe 34b 1). It goes to the
+    temp folder, as run's does."""
+    from styleengine.engine import batch as engine
+
+    _pictures(tmp_path)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "r").mkdir(parents=True)
+    elsewhere.mkdir()
+    (tmp_path / "s.png").rename(out / "s.png")
+    line = {"content": str(tmp_path / "c.png"), "styles": str(out), "output": "r/x.png"}
+    (tmp_path / "j.jsonl").write_text(json.dumps(line) + "\n")
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    real = engine.stylise_batch
+
+    def vanish(*args, **kwargs):
+        result = real(*args, **kwargs)
+        shutil.rmtree(out / "r")
+        return result
+
+    monkeypatch.setattr(engine, "stylise_batch", vanish)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    assert code == 1 and "Traceback" not in err, err
+    [done] = manifest_lines(out)
+    assert done["status"] == "failed" and f"saved the image to {elsewhere}" in done["reason"], done
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.jsonl", "s.png"]
