@@ -226,3 +226,21 @@ def test_1_a_batch_rescue_never_lands_in_a_jobs_style_folder(tmp_path, monkeypat
     [done] = manifest_lines(out)
     assert done["status"] == "failed" and f"saved the image to {elsewhere}" in done["reason"], done
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.jsonl", "s.png"]
+
+
+def test_inside_and_same_file_go_by_identity_and_keep_the_links_rules(tmp_path):
+    """paths.inside and same_file's spot, with no mount: a link to a folder is the folder, a file not written yet
+    is its folder's identity and its name, '..' below a missing folder folds, a folder not made yet is its path."""
+    from styleengine import paths
+
+    (tmp_path / "sty" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "sty")
+    assert paths.inside(tmp_path / "link" / "new.png", tmp_path / "sty", directly=True)
+    assert paths.inside(tmp_path / "sty" / "gone" / ".." / "t.png", tmp_path / "sty", directly=True)
+    assert not paths.inside(tmp_path / "sty" / "sub" / "t.png", tmp_path / "sty", directly=True)
+    assert paths.inside(tmp_path / "link" / "sub" / "no" / "t.png", tmp_path / "sty")
+    assert not paths.inside(tmp_path / "t.png", tmp_path / "sty")
+    assert paths.inside(tmp_path / "later" / "a" / "t.png", tmp_path / "later")  # not made yet: by its path
+    assert paths.same_file(tmp_path / "link" / "x.png", tmp_path / "sty" / "x.png")
+    assert not paths.same_file(tmp_path / "link" / "x.png", tmp_path / "sty" / "sub" / "x.png")
+    assert paths.same_file(tmp_path / "no" / "x.png", tmp_path / "sty" / ".." / "no" / "x.png")

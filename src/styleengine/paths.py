@@ -543,7 +543,7 @@ def spot(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
     followed) and the names below it; one spot is one file, however the path was spelled."""
     try:
         here = os.path.realpath(path)  # Path.resolve raises on a symlink loop; this does not
-    except ValueError:  # a NUL byte: no folder holds it
+    except ValueError:  # a NUL byte or a lone surrogate: no folder holds it
         return None, os.fspath(path)
     below = [os.path.basename(here)]
     here = os.path.dirname(here)
@@ -557,10 +557,10 @@ def spot(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
 
 
 def inside(path: str | os.PathLike, folder: str | os.PathLike, directly: bool = False) -> bool:
-    """Whether `path` (existing or not) is `folder` or lies in it, by the folders' identity: a bind mount of
-    the folder, or of one above it, is no way out as a symbolic link is not (its other name is seen through).
-    `directly`: only the folder `path` is named in, a link at its end not followed (a style folder's images
-    are its own files; a write replaces such a link). A folder not made yet: its path, after symbolic links."""
+    """Whether `path` (existing or not) is `folder` or lies in it, by the folders' identity: another name of the
+    folder (a bind mount of it or of a folder above it, which realpath cannot see) is the folder. `directly`:
+    only the folder `path` is named in, a link at its end not followed (a style folder's images are its own
+    files; a write replaces such a link). A folder not made yet: its path, after symbolic links."""
     want = identity(folder)
     if directly:  # its folder after links, '..' below a missing one folded (`sty/sub/../t.png` is in sty)
         return want is not None and identity(os.path.realpath(Path(path).parent)) == want
@@ -569,7 +569,7 @@ def inside(path: str | os.PathLike, folder: str | os.PathLike, directly: bool = 
         if want is None:
             top = os.path.realpath(folder)
             return os.path.commonpath([top, here]) == top
-    except ValueError:  # a NUL byte, or one path relative and the other absolute (cannot be: both are real)
+    except ValueError:  # a NUL byte or a lone surrogate: no folder holds it
         return False
     while True:
         if identity(here) == want:
