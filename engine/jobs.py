@@ -163,10 +163,11 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
 
 
 def outside(output: Path, out_dir: Path) -> str | None:
-    """Where `output`'s folder leads when that is outside `out_dir` (after symbolic links), else None: asked
-    again right before a job's folder is made and its picture written (a folder may have become a link since)."""
-    root, folder = os.path.realpath(out_dir), os.path.realpath(Path(output).parent)
-    return None if os.path.commonpath([root, folder]) == root else folder
+    """Where `output`'s folder leads when that is outside `out_dir` (after symbolic links; a bind mount of a
+    folder in it is in it), else None: asked again right before a job's folder is made and its picture written
+    (a folder may have become a link since)."""
+    folder = Path(output).parent
+    return None if paths.inside(folder, out_dir) else os.path.realpath(folder)
 
 
 def _given(value: Any) -> bool:
@@ -381,10 +382,11 @@ class _Resolver:
         return os.path.realpath(full) if os.path.islink(full) else full
 
     def identities(self, path: Path) -> list[Any]:
-        """What names one file: its resolved path and, when it exists, its device and inode (hard links)."""
+        """What names one file: its resolved path, its spot (its folder's identity and its name: a bind mount of
+        the folder is the folder) and, when it exists, its device and inode (hard links)."""
         if paths.unnameable(path) is not None:  # no file at all (plan fails the job)
             return [os.path.abspath(path)]
-        found: list[Any] = [self(path)]
+        found: list[Any] = [self(path), paths.spot(path)]
         try:
             info = os.stat(path)
             found.append((info.st_dev, info.st_ino))
@@ -413,8 +415,8 @@ class JobsCheck:
         self._inputs: dict[Any, str] = {}
         self._outputs: dict[Any, str] = {}
         self._known: dict[str, list[Any]] = {}  # path -> identities: inputs repeat from job to job
-        self._style_folders: dict[str, str] = {}  # resolved folder -> whose style folder it is
-        self._output_folders: dict[str, str] = {}  # resolved folder of an output -> whose output it is
+        self._style_folders: dict[Any, str] = {}  # a folder's key (_folder) -> whose style folder it is
+        self._output_folders: dict[Any, str] = {}  # the key of an output's folder -> whose output it is
         self._on_the_way: dict[str, str] = {}  # resolved folders between --out and an output -> whose output
         self._folds = paths.folds_names(self._out_dir)  # "A.png" and "a.png" are one file there
         self._folded: dict[str, str] = {}  # an output's resolved path, case and normalisation folded -> whose
@@ -433,7 +435,7 @@ class JobsCheck:
         inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
         mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
         outputs = self._resolve.identities(job.output)  # not kept in _known: every output is a new path
-        if "\0" not in str(job.output) and os.path.commonpath([self._root, outputs[0]]) != self._root:
+        if paths.unnameable(job.output) is None and not paths.inside(outputs[0], self._out_dir):  # plan fails it
             raise ConfigError(f"{where}output {job.output} is outside --out {self._out_dir} (through a symbolic "
                               f"link to {outputs[0]}); outputs are paths inside it")
         for key in outputs:
@@ -464,6 +466,10 @@ class JobsCheck:
         self.count += 1
 
 
+    def style_folder(self, path: Path) -> str | None:
+        """Whose style folder `path` is (by identity), or None."""
+        return self._style_folders.get(_folder(path))
+
     def _check_nesting(self, job: Job, where: str, output: str) -> list[str]:
         """ConfigError if `output` (resolved) is a folder on the way to an earlier output, or an earlier output
         is a folder on its way (one name cannot be a picture and a folder); else the folders on its way."""
@@ -485,8 +491,9 @@ class JobsCheck:
         """ConfigError if `output` (resolved) lies in a style folder of this or an earlier job, or one of this
         job's style folders holds an earlier job's output: the next run would read it as a style image (and,
         its output now an input, refuse to resume)."""
-        folders = {os.path.realpath(f): f for f in job.style_folders}
-        parent, name = os.path.split(output)
+        folders = {_folder(f): f for f in job.style_folders}
+        folder, name = os.path.split(output)
+        parent = _folder(folder)
         if not name.startswith("."):  # images_in leaves hidden files out
             found = (f"its own style folder {folders[parent]}" if parent in folders
                      else self._style_folders.get(parent))
@@ -502,6 +509,12 @@ class JobsCheck:
             self._style_folders.setdefault(key, f"the style folder {given} of job {job.id}{source}")
         if not name.startswith("."):
             self._output_folders.setdefault(parent, f"the output of job {job.id}{source}")
+
+
+def _folder(path: str | os.PathLike) -> Any:
+    """What names a folder for the style folders' checks: its identity (a bind mount of it is it), or, not made
+    yet, its path after symbolic links."""
+    return paths.identity(path) or os.path.realpath(path)
 
 
 def check_jobs(jobs: Iterable[Job], out_dir: Path, shared: dict[str, Path] | None = None) -> int:

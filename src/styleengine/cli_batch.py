@@ -37,14 +37,17 @@ SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more 
 
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
-          shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]]]:
+          shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
     """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
-    job reads): (how many, a function that gives them again, read from the file as they are needed)."""
+    job reads): (how many, a function that gives them again, read from the file as they are needed, whether
+    `out` is a job's style folder)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
-        total = engine.check_jobs(engine.iter_jobs(jobs_file, out), out, shared)
-        return total, lambda: _checked_again(jobs_file, out, shared)
+        check = engine.JobsCheck(out, shared)
+        for job in engine.iter_jobs(jobs_file, out):
+            check.add(job)
+        return check.count, lambda: _checked_again(jobs_file, out, shared), check.style_folder(out) is not None
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -53,7 +56,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
             raise ConfigError(f"--out is the {flag} folder {folder}: the outputs would become inputs of the next "
                               f"run; give another --out")
     pairs = engine.pair_jobs(contents, styles, out, shared)
-    return len(pairs), lambda: pairs
+    return len(pairs), lambda: pairs, False  # --out is not the --styles folder (above)
 
 
 def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path]) -> Iterator[engine.Job]:
@@ -156,7 +159,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     # the masks read whole, then the rest)
     check_own_files(settings, decode=True)
     paths.check_inputs(shared)
-    total, job_source = _jobs(jobs, contents, styles, out, shared)
+    total, job_source, styled = _jobs(jobs, contents, styles, out, shared)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
     if ray is None:
@@ -191,13 +194,17 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
                     told = True
                 yield items
 
-        _run(planned(), total, manifest, out, ray, warm, batch_size, settings.weights == "random", console)
+        # a rescue in a job's style folder would be read as a style by the next run: the temp folder then
+        _run(planned(), total, manifest, out, [] if styled else [out], ray, warm, batch_size,
+             settings.weights == "random", console)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
-         ray: str | None, warm: engine.Warm | None, batch_size: int | None, untrained: bool, console) -> None:
+         rescue_in: list[Path], ray: str | None, warm: engine.Warm | None, batch_size: int | None, untrained: bool,
+         console) -> None:
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
-    (signals held during a write and acted on right after it)."""
+    (signals held during a write and acted on right after it; a picture its output cannot take goes to the
+    first of `rescue_in`, then the temp folder)."""
     if untrained:
         console.print("WARNING: --weights random: the network is untrained, so the outputs are NOT "
                       "stylisations (random weights are for tests and timing only)", style="bold red", soft_wrap=True)
@@ -213,7 +220,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                       highlight=False, markup=False)
 
     def save_elsewhere(image, output: Path) -> Path | None:
-        return rescue(image, output, [out])
+        return rescue(image, output, rescue_in)
 
     try:
         if ray is not None:  # one runner (its actors) for every job: planned whole

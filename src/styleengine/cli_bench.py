@@ -29,7 +29,7 @@ from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time,
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine.errors import ConfigError, printable
-from styleengine.paths import cache_root, check_cache_dir, check_writable, named_file
+from styleengine.paths import cache_root, check_cache_dir, check_writable, named_file, same_file
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
 
@@ -186,14 +186,15 @@ def bench(
     positive(mem_budget, "--mem-budget")
     positive(time_budget, "--time-budget", MAX_SECONDS)
     positive(timeout, "--timeout", MAX_SECONDS)
-    named: dict[str, str] = {}  # each output file once: two flags on one path lost the first file's contents
+    named: list[tuple[Path, str]] = []  # each output file once: two flags on one path lost the first file's contents
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (plot, "--plot"), (report, "--report")):
         _check_writable(path, flag)
         if path is not None:
-            where = os.path.realpath(os.path.expanduser(path))
-            if where in named:
-                raise ConfigError(f"{named[where]} and {flag} name the same file {path}; give each its own")
-            named[where] = flag
+            where = Path(os.path.expanduser(path))
+            first = next((given for earlier, given in named if same_file(earlier, where)), None)
+            if first is not None:
+                raise ConfigError(f"{first} and {flag} name the same file {path}; give each its own")
+            named.append((where, flag))
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

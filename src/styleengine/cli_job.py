@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import typer
 
 from styleengine.cli import signals
+from styleengine import paths
 from styleengine.engine import images, loop, masks
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
@@ -125,10 +126,10 @@ def _write_result(image: Any, output: Path, trace: Path | None, styles: list[Pat
         images.save_image(image, output)
         return output, None
     except ImageError as e:
-        beside = [trace.parent] if trace is not None else []
-        folders = {os.path.realpath(p.parent) for p in styles} | {os.path.dirname(os.path.realpath(p)) for p in styles}
-        if beside and os.path.realpath(beside[0]) in folders:  # the style's folder as named, and its file's
-            beside = []
+        folders = {*(p.parent for p in styles), *(Path(os.path.realpath(p)).parent for p in styles)}
+        # the style's folder as named, and its file's, by identity (a bind mount of it is it)
+        beside = [trace.parent] if trace is not None and not any(
+            paths.inside(trace, f, directly=True) for f in folders) else []
         return rescue(image, output, beside), str(e)
 
 

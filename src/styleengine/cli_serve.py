@@ -64,7 +64,7 @@ def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path |
     for name in (("",) if ray else (RESULTS, UPLOADS)):
         kept = os.path.realpath(root / name)
         for role, path in own.items():
-            if os.path.commonpath([kept, os.path.realpath(path)]) == kept:
+            if paths.inside(path, root / name):  # by identity: a bind mount of results/ is it
                 raise ConfigError(f"{role} {path} is inside {kept}, where the server keeps its jobs' files "
                                   f"and removes what a crash left; move it out")
 

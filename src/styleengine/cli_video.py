@@ -365,18 +365,18 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     video_io.check_video_output(output)
     inputs = {"video": video, **run_inputs(None, styles, settings.init, settings.weights)}
     paths.check_not_an_input(output, "output", inputs)
-    kept = os.path.realpath(output.with_name(output.name + ".frames"))
+    kept = output.with_name(output.name + ".frames")
     read = {**inputs, **settings_inputs(settings.init, settings.weights, content_masks=settings.content_masks,
                                         style_masks=settings.style_masks)}
     for role, path in read.items():  # its frames would be written among them (a style folder's: read as styles)
-        if os.path.commonpath([kept, os.path.realpath(path)]) == kept:
+        if paths.inside(path, kept):  # by identity: a bind mount of a style folder as the frames' folder is it
             raise ConfigError(f"{role} {path} is inside {output.name}.frames/, where the finished frames are kept; "
                               f"choose another output")
     if trace is not None:
         paths.check_writable(trace, "trace")
         paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
         # over a kept frame or video.json: inside the folder, or another name (a hard link) of a file in it
-        if os.path.commonpath([kept, os.path.realpath(trace)]) == kept or paths.links_into(trace, Path(kept)):
+        if paths.inside(trace, kept) or paths.links_into(trace, kept):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
                               f"(or is another name of a file there); choose a file outside it")
     check_own_files(settings, decode=True)  # the --init read whole, before the weights (said after them)

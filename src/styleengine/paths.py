@@ -518,13 +518,66 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """Whether a and b name one file: after symlinks and relative paths, or the same inode (hard links)."""
+    """Whether a and b name one file: the same inode (hard links, symbolic links), or, not written yet, one
+    name in one folder (spot: a folder reached by a bind mount is its other name)."""
     try:
         if os.path.samefile(a, b):
             return True
-    except OSError:  # one of them does not exist (yet)
+    except (OSError, ValueError):  # one of them does not exist (yet)
         pass
-    return os.path.realpath(a) == os.path.realpath(b)  # Path.resolve raises on a symlink loop; this does not
+    return spot(a) == spot(b)
+
+
+def identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """What a file or folder is whatever its spelling, a link or a bind mount (`mount --bind sty bsty`, which
+    realpath cannot see): its (st_dev, st_ino), symbolic links followed; None if there is none to stat."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def spot(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str]:
+    """Where `path` would be written, existing or not: the identity of its nearest existing folder (symbolic links
+    followed) and the names below it; one spot is one file, however the path was spelled."""
+    try:
+        here = os.path.realpath(path)  # Path.resolve raises on a symlink loop; this does not
+    except ValueError:  # a NUL byte or a lone surrogate: no folder holds it
+        return None, os.fspath(path)
+    below = [os.path.basename(here)]
+    here = os.path.dirname(here)
+    while True:
+        found = identity(here)
+        parent = os.path.dirname(here)
+        if found is not None or parent == here:
+            return found, os.path.join(*reversed(below))
+        below.append(os.path.basename(here))
+        here = parent
+
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike, directly: bool = False) -> bool:
+    """Whether `path` (existing or not) is `folder` or lies in it, by the folders' identity: another name of the
+    folder (a bind mount of it or of a folder above it, which realpath cannot see) is the folder. `directly`:
+    only the folder `path` is named in, a link at its end not followed (a style folder's images are its own
+    files; a write replaces such a link). A folder not made yet: its path, after symbolic links."""
+    want = identity(folder)
+    if directly:  # its folder after links, '..' below a missing one folded (`sty/sub/../t.png` is in sty)
+        return want is not None and identity(os.path.realpath(Path(path).parent)) == want
+    try:
+        here = os.path.realpath(path)
+        if want is None:
+            top = os.path.realpath(folder)
+            return os.path.commonpath([top, here]) == top
+    except ValueError:  # a NUL byte or a lone surrogate: no folder holds it
+        return False
+    while True:
+        if identity(here) == want:
+            return True
+        parent = os.path.dirname(here)
+        if parent == here:
+            return False
+        here = parent
 
 
 def links_into(path: Path, folder: Path) -> bool:
@@ -805,13 +858,13 @@ def expand_style_arguments(names: Iterable[str | Path], what: str = "style folde
 
 
 def check_outside_style_folders(outputs: Iterable[tuple[Path | None, str]], folders: Iterable[Path]) -> None:
-    """ConfigError for an image written straight into a style folder named (resolved): the next run would read
+    """ConfigError for an image written straight into a style folder named (by identity): the next run would read
     it as a style image, and refuse it as an input it writes (batch's rule, for run, texture and video)."""
-    found = {os.path.realpath(f): f for f in folders}
+    folders = list(folders)
     for path, what in outputs:
         if path is None or path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue  # images_in takes neither: the folder's styles stay as they are
-        folder = found.get(os.path.realpath(path.parent))
+        folder = next((f for f in folders if inside(path, f, directly=True)), None)
         if folder is not None:
             raise ConfigError(f"{what} {path} is in the style folder {folder}, whose images are styles: the next run "
                               f"would read it as one; write it elsewhere")
