@@ -54,7 +54,7 @@ def bind():
 
 
 @pytest.mark.parametrize("case", ["output", "trace", "texture"])
-def test_a_run_and_texture_write_nothing_into_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind, case):
+def test_run_and_texture_write_nothing_into_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind, case):
     """`run c.png sty -o bsty/new.png` (bsty a bind of sty), or `--trace bsty/t.png`, wrote into the style folder
     and the next run read the picture as a style (probe 34b a). Refused before any work, as sty/new.png is."""
     _pictures(tmp_path)
@@ -70,7 +70,7 @@ def test_a_run_and_texture_write_nothing_into_a_style_folder_by_its_bind(tmp_pat
     assert sorted(p.name for p in sty.iterdir()) == ["s.png"]
 
 
-def test_a_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind):
+def test_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_path, monkeypatch, capsys, bind):
     """`run c.png sty -o out/o.png --trace bsty/t.jsonl`, out/ gone at the write: the picture was rescued into
     bsty, next to the trace, that is into the style folder (probe 34b a). It goes to the temp folder."""
     _pictures(tmp_path)
@@ -87,7 +87,7 @@ def test_a_rescue_beside_a_trace_never_lands_in_a_style_folder_by_its_bind(tmp_p
     assert sorted(p.name for p in sty.iterdir()) == ["s.png", "t.jsonl"]
 
 
-def test_a_batch_output_in_a_style_folder_by_its_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
+def test_batch_output_in_a_style_folder_by_its_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
     """A job `{"styles": "out/sty", "output": "bsty/new.png"}` (out/bsty a bind of out/sty) ran, and every rerun
     was refused for good: its output was now a style (probe 34b a). Refused before any work."""
     _pictures(tmp_path)
@@ -102,7 +102,7 @@ def test_a_batch_output_in_a_style_folder_by_its_bind_is_refused(tmp_path, monke
     assert sorted(p.name for p in (out / "sty").iterdir()) == ["s.png"]
 
 
-def test_b_a_video_keeps_no_frames_among_its_styles_by_a_bind(tmp_path, monkeypatch, capsys, bind):
+def test_a_video_keeps_no_frames_among_its_styles_by_a_bind(tmp_path, monkeypatch, capsys, bind):
     """`mount --bind fr paint.mp4.frames` with fr a style folder: the frames were written among the styles (probe
     34b b). Refused before any work."""
     _clip(tmp_path, 2)
@@ -117,7 +117,7 @@ def test_b_a_video_keeps_no_frames_among_its_styles_by_a_bind(tmp_path, monkeypa
     assert sorted(p.name for p in fr.iterdir()) == ["s.png"]
 
 
-def test_b_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
+def test_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind):
     """`--trace bfr/video.json` (bfr a bind of paint.mp4.frames) replaced the resume record (probe 34b b). Refused
     before any work, the record untouched."""
     _clip(tmp_path, 2)
@@ -131,7 +131,7 @@ def test_b_a_videos_trace_over_its_record_by_a_bind_is_refused(tmp_path, monkeyp
     assert (frames / "video.json").read_text() == "{}"
 
 
-def test_c_two_batch_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
+def test_two_batch_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
     """Outputs `sub/a.png` and `bsub/a.png` (out/bsub a bind of out/sub) are one file: both jobs ran, one picture
     lost (probe 34b c). Refused before any work, as a symbolic link's twin is."""
     _pictures(tmp_path)
@@ -147,7 +147,7 @@ def test_c_two_batch_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatc
     assert list((out / "sub").iterdir()) == []
 
 
-def test_d_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(tmp_path, monkeypatch, capsys, bind):
+def test_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(tmp_path, monkeypatch, capsys, bind):
     """`serve --results-dir srv --init bres/<id>.png`, bres a bind of srv/results: the start's sweep removed the
     user's init as a crashed job's picture (probe 34b d). Refused at the start, the file untouched."""
     pytest.importorskip("fastapi")
@@ -171,7 +171,7 @@ def test_d_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(t
 
 
 @pytest.mark.parametrize("case", ["output", "snapshot"])
-def test_e_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind, case):
+def test_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_path, monkeypatch, capsys, bind, case):
     """`-o d/o.png --trace bd/o.png` lost the trace; `-o d/p.png --save-every 2 --trace bd/p_2.png` a snapshot
     (bd a bind of d; probe 34b e). Two names not written yet are one file when their folders are one."""
     _pictures(tmp_path)
@@ -187,7 +187,7 @@ def test_e_a_runs_trace_on_its_output_or_a_snapshot_by_a_bind_is_refused(tmp_pat
     assert list(d.iterdir()) == []
 
 
-def test_f_benchs_two_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
+def test_benchs_two_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch, capsys, bind):
     """`bench --json d/r.json --csv bd/r.json` (bd a bind of d) wrote the file twice, the JSON lost (probe 34b f).
     Refused before any work."""
     d = tmp_path / "d"
@@ -199,7 +199,7 @@ def test_f_benchs_two_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypat
     assert list(d.iterdir()) == []
 
 
-def test_1_a_batch_rescue_never_lands_in_a_jobs_style_folder(tmp_path, monkeypatch, capsys):
+def test_a_batch_rescue_never_lands_in_a_jobs_style_folder(tmp_path, monkeypatch, capsys):
     """A job `{"styles": "out", "output": "r/x.png"}` with out/r gone at the write: the picture was rescued into
     --out, the job's style folder, and the rerun read it as a second style, exit 0 (probe 34b 1). It goes to the
     temp folder, as run's does."""
