@@ -493,6 +493,12 @@ def test_a_servers_own_file_inside_its_folders_is_refused_at_its_start(tmp_path,
     """`serve --results-dir r --init r/results/<a job id>.png`: the start's sweep of what a crash left removed the
     user's init as an unrecorded job's picture, and recorded a job no one sent (probe 31b, 3 of 3); a folder of
     uploads went whole. Refused at the start, the file untouched."""
+    (tmp_path / "r" / where).mkdir(parents=True)
+    serve_refuses_its_init(monkeypatch, capsys, tmp_path / "r", tmp_path / "r" / where)
+
+
+def serve_refuses_its_init(monkeypatch, capsys, root, folder):
+    """`serve --results-dir root --init folder/<a job id>.png` is refused at its start, the init untouched."""
     pytest.importorskip("fastapi")
     from PIL import Image
 
@@ -502,10 +508,9 @@ def test_a_servers_own_file_inside_its_folders_is_refused_at_its_start(tmp_path,
         raise AssertionError("the server started")
 
     monkeypatch.setattr(app, "open_store", started)
-    (tmp_path / "r" / where).mkdir(parents=True)
-    init = tmp_path / "r" / where / "0123456789abcdef01234567.png"
+    init = folder / "0123456789abcdef01234567.png"
     Image.new("RGB", (40, 40), (1, 2, 3)).save(init)
-    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", tmp_path / "r", "--init", init,
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", root, "--init", init,
                            "--weights", "random", "--size", "40", "--port", "1")
     assert one_error_line(code, err).endswith("where the server keeps its jobs' files and removes what a crash "
                                               "left; move it out"), err

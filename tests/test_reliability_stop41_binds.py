@@ -17,13 +17,13 @@ try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_reliability import hooked
     from test_reliability_batch import manifest_lines, one_error_line
     from test_reliability_probe13 import FAST, _pictures
-    from test_reliability_stop40 import _clip
+    from test_reliability_stop40 import _clip, serve_refuses_its_init
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability import hooked
     from tests.test_reliability_batch import manifest_lines, one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
-    from tests.test_reliability_stop40 import _clip
+    from tests.test_reliability_stop40 import _clip, serve_refuses_its_init
 
 STYLES_SAID = "whose images are styles: the next run would read it as one"
 
@@ -150,24 +150,9 @@ def test_two_batch_outputs_one_file_by_a_bind_are_refused(tmp_path, monkeypatch,
 def test_a_servers_own_file_in_its_results_by_a_bind_is_refused_at_its_start(tmp_path, monkeypatch, capsys, bind):
     """`serve --results-dir srv --init bres/<id>.png`, bres a bind of srv/results: the start's sweep removed the
     user's init as a crashed job's picture (probe 34b d). Refused at the start, the file untouched."""
-    pytest.importorskip("fastapi")
-    from PIL import Image
-
-    from styleengine.serve import app
-
-    def started(*args, **kwargs):  # a server started is this test failing: never one that waits
-        raise AssertionError("the server started")
-
-    monkeypatch.setattr(app, "open_store", started)
     (tmp_path / "srv" / "results").mkdir(parents=True)
-    bres = bind(tmp_path / "srv" / "results", tmp_path / "bres")
-    init = bres / "0123456789abcdef01234567.png"
-    Image.new("RGB", (40, 40), (1, 2, 3)).save(init)
-    code, _, err = run_cli(monkeypatch, capsys, "serve", "--results-dir", tmp_path / "srv", "--init", init,
-                           "--weights", "random", "--size", "40", "--port", "1")
-    assert one_error_line(code, err).endswith("where the server keeps its jobs' files and removes what a crash "
-                                              "left; move it out"), err
-    assert init.is_file()
+    serve_refuses_its_init(monkeypatch, capsys, tmp_path / "srv", bind(tmp_path / "srv" / "results",
+                                                                       tmp_path / "bres"))
 
 
 @pytest.mark.parametrize("case", ["output", "snapshot"])
