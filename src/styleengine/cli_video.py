@@ -394,9 +394,9 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     try:
         shape = video_io.output_shape(info.height, info.width, settings.size)
         settings = dataclasses.replace(settings, size=max(shape))  # sides even for 4:2:0: the long side may lose 1 px
-        read = run_inputs(None, styles, settings.init, settings.weights)
-        hashed_files = file_digests(read)  # by role
-        with images.reading(read_as_hashed([(role, p, hashed_files[role]) for role, p in read.items()  # decoded
+        hashed_inputs = run_inputs(None, styles, settings.init, settings.weights)
+        hashed_files = file_digests(hashed_inputs)  # by role
+        with images.reading(read_as_hashed([(role, p, hashed_files[role]) for role, p in hashed_inputs.items()
                                             if role != "weights file"], "after the video started", "run it again")):
             style_arrays = [images.load_image(p, role) for p, role in zip(styles, style_roles(styles))]
             init_image = load_init(settings)  # once: a chain's start (each chunk's) took the file as it was then
