@@ -465,7 +465,6 @@ class JobsCheck:
                 self._inputs.setdefault(key, f"the {role} {path} of job {job.id}{source}")
         self.count += 1
 
-
     def style_folder(self, path: Path) -> str | None:
         """Whose style folder `path` is (by identity), or None."""
         return self._style_folders.get(_folder(path))

@@ -139,17 +139,18 @@ def load(settings: Settings, content_shape: tuple[int, int], style_shapes: list[
     """The masks the settings name (`given`: as read() read them on their own), checked against the content's
     and the styles' (height, width): None without --content-mask. The counts are the plan's check
     (engine/plan.py), made before."""
+    if not settings.content_masks:
+        return None
     labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
-    if given is None:
+    if given is None:  # each mask against its picture as it is read: the run's order
         given = read(settings, content_shape, style_shapes, labels)
-    elif settings.content_masks:
+        assert given is not None  # content masks are named
+    else:
         for i, (mask, path) in enumerate(zip(given.content, settings.content_masks)):
             check_mask_aspect(f"content mask {i + 1}", path, mask.shape, "the content image", content_shape)
         for i, (mask, path, shape, label) in enumerate(zip(given.styles or (), settings.style_masks or (),
                                                            style_shapes, labels)):
             check_mask_aspect(f"style mask {i + 1}", path, mask.shape, label, shape)
-    if given is None:
-        return None
     if not given.overlap_checked:  # masks of other aspects: each against the content said first
         check_overlap(given.content)
     whats = [f"content mask {i + 1}" for i in range(len(given.content))]

@@ -261,3 +261,30 @@ def test_an_inversions_rescued_picture_says_its_distances(tmp_path, monkeypatch,
     else:
         assert line.endswith(f"; distances {tmp_path / 'd.json'} not written either: [Errno 28] No space left on "
                              f"device"), line
+
+
+def test_a_server_reads_its_weights_file_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """Each request's hash read the server's whole weights file again (58 MB for the shared VGG16, ten times that
+    for VGG19): it is hashed again only once the file changes."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from styleengine import paths
+    from styleengine.model.weights import random_state
+
+    try:
+        from serve_helpers import files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import files, png
+    weights = tmp_path / "w.safetensors"
+    save_file(random_state("vgg16", seed=1), str(weights))
+    read: list[int] = []  # the inodes of the files hashed
+    real = paths.stream_sha256
+    monkeypatch.setattr(paths, "stream_sha256", lambda f: read.append(os.fstat(f.fileno()).st_ino) or real(f))
+    with _server(tmp_path, weights=str(weights)) as client:
+        assert client.post("/api/jobs", files=files(png(40, 40))).status_code == 202
+        first = read.count(weights.stat().st_ino)  # its hash, and its load (a server's first job loads them)
+        for _ in range(2):
+            assert client.post("/api/jobs", files=files(png(40, 40))).status_code == 202
+    assert read.count(weights.stat().st_ino) == first, read

@@ -176,15 +176,14 @@ class FrameStore:
     def _load(self, path: Path) -> Any:
         import numpy as np
         from PIL import Image
-        from PIL.PngImagePlugin import PngImageFile
 
         from styleengine.engine import images
 
         if not path.is_file():
             return None
         try:
-            with Image.open(path) as opened:
-                mark = opened.text.get(self.MARK, "") if isinstance(opened, PngImageFile) else ""
+            with Image.open(path) as opened:  # a text chunk before the pixels: in `info`, nothing decoded
+                mark = opened.info.get(self.MARK, "")
         except (OSError, ValueError, SyntaxError):
             mark = None  # unreadable: load_image says how
         if mark is not None and mark != self.digest:  # a picture of this shape that another command put here

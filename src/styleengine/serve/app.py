@@ -222,7 +222,7 @@ def _check_pixels(path: Path, label: str, limit: int) -> None:
                                  f"{limit / 1e6:g} megapixels")
 
 
-def _checkown_files(settings: Settings) -> None:
+def _check_own_files(settings: Settings) -> None:
     """HTTPException 503 where a file of the server's own (--init, a mask, weights), checked at its start, is gone
     or is no file now: the server's fault, said by the file's name only (a traceback and a 500, or a 422 that
     called the server's mask a corrupt upload)."""
@@ -243,7 +243,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     """Save the uploads, decode them through the CLI's checks, check the run: the job to queue (HTTPException
     with the reason otherwise; `sent`: the Settings fields the request gave). Runs in a worker thread of the
     pool."""
-    _checkown_files(settings)
+    _check_own_files(settings)
     saved: list[tuple[Path, str]] = []
     try:
         store.own_folder(store.results)  # before the work: a result that cannot be kept fails nothing later
@@ -298,20 +298,25 @@ def _own_files(store: JobStore, job_id: str, saved: list[tuple[Path, str]], sett
         raise HTTPException(503, "the server cannot read its own files (its log says which); try again later"
                             ) from None
     weights = used.pop("weights file", None)
-    own = [(role, path, sha) for role, (path, sha) in used.items() if not role.startswith(("content", "style"))
-           or "mask" in role]
-    mended = ""
-    try:
+    own = [(role, path, sha) for role, (path, sha) in used.items() if role == "init image" or "mask" in role]
+    try:  # changed under the request, or since the server loaded it
         if weights is not None and store.loaded_weights_sha256(settings) != weights[1]:
             raise UserError(f"weights file {weights[0]} changed after the server loaded it: restart the server to "
                             f"run the new file")
         pinned = batch.read_as_hashed(own, "while this request read it", "try again")
-        mended = "; it cannot run jobs until it is mended"  # a file broken, not changed under the request
+    except UserError as e:
+        raise _own_fault(store, job_id, first_line(e)) from None
+    try:  # broken
         with images.reading(pinned):
             return digest, load_init(settings), masks.read(settings)
     except UserError as e:
-        log.error("job %s: %s", job_id, first_line(e))
-        raise HTTPException(503, store.for_clients(_servers(first_line(e)) + mended)) from None
+        raise _own_fault(store, job_id, f"{first_line(e)}; it cannot run jobs until it is mended") from None
+
+
+def _own_fault(store: JobStore, job_id: str, said: str) -> HTTPException:
+    """The 503 of a server's own file that is not as it was, logged whole, said to clients by its name."""
+    log.error("job %s: %s", job_id, said)
+    return HTTPException(503, store.for_clients(_servers(said)))
 
 
 def _servers(said: str) -> str:

@@ -72,6 +72,10 @@ class JobStore:
                  own: Collection[str] = ()):
         self.root = Path(root)
         self.own = tuple(own)  # the server's own files (--init, masks, weights): said to clients by name only
+        # their hashes, kept from request to request while each file is unchanged (a weights file was read whole
+        # at every request)
+        self._own_digests: batch.Digests = {}
+        self._own_keys = {batch.digest_key(path) for path in self.own}
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
         for folder in (self.results, self.uploads):
@@ -217,9 +221,12 @@ class JobStore:
     def settings_hash(self, job_id: str, content: Path, styles: list[Path], settings: Settings,
                       used: dict[str, tuple[str, str]] | None = None) -> str:
         """batch's settings hash of an uploaded job (its settings and the bytes of its images; `used`: as
-        batch.settings_hash's)."""
-        return batch.settings_hash(batch.Job(job_id, content, tuple(styles), self.result_path(job_id)), settings,
-                                   {}, used=used)
+        batch.settings_hash's); the server's own files hashed again only where one changed."""
+        cache = dict(self._own_digests)  # a request's own copy: the uploads' entries are not kept
+        digest = batch.settings_hash(batch.Job(job_id, content, tuple(styles), self.result_path(job_id)), settings,
+                                     cache, used=used)
+        self._own_digests.update({key: cache[key] for key in self._own_keys if key in cache})
+        return digest
 
     def loaded_weights_sha256(self, settings: Settings) -> str:
         """The sha256 of the weights file's bytes as the jobs run them: loaded once (at the start, or a replica's
