@@ -42,11 +42,34 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
                           f"read as {expected}: rescale it or save it as 8 or 16 bits per channel")
 
 
-def _to_float_rgb(img: Image.Image, backdrop: float = 1.0) -> np.ndarray:
-    """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`."""
+def _rawmode(img: Image.Image) -> str | None:
+    """How the file holds its pixels, as PIL's decoder was told ("L;4", "RGB;16B"), while they are not decoded
+    yet: after the decode PIL keeps only the mode it made of them."""
+    tile = getattr(img, "tile", None)
+    args = tile[0].args if tile else None
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else None
+
+
+def _to_float_rgb(img: Image.Image, backdrop: float = 1.0, rawmode: str | None = None) -> np.ndarray:
+    """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`. rawmode: _rawmode's,
+    taken before the decode (None: not known)."""
     mode = img.mode
     # a PNG's tRNS chunk: one grey level or colour that is transparent (palette images keep theirs per entry)
     keyed = img.info.get("transparency") if mode in ("1", "L", "RGB", "I", "I;16", "I;16B", "I;16L") else None
+    if mode == "RGB" and isinstance(keyed, tuple) and (rawmode in ("RGB;16B", "RGB;16L", "RGB;16N")
+                                                       or max(keyed, default=0) > 255):
+        # PIL keeps a 16-bit RGB PNG's high bytes only: the pixels that are the key cannot be told from the rest
+        raise _RangeError("is a 16-bit RGB PNG with a transparent colour (a tRNS key), which is read at 8 bits, "
+                          "where that colour cannot be told apart exactly; save it with an alpha channel instead")
+    if mode == "L" and isinstance(keyed, int) and rawmode in ("L;2", "L;4"):
+        # PIL stretches 2- and 4-bit grey levels to 0-255 but leaves the key as the file holds it
+        levels = (1 << int(rawmode[2:])) - 1
+        grey = np.asarray(img, dtype=np.float32) / 255.0
+        alpha = np.asarray(img) != keyed * (255 // levels)
+        return _composite(np.stack([grey, grey, grey, alpha.astype(np.float32)], axis=2), backdrop
+                          ).astype(np.float32)
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
         gray = np.asarray(img).astype(np.float64)
@@ -126,10 +149,11 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
         pinned = _PINNED.get().get(pin_key(path))
         source = io.BytesIO(pinned) if pinned is not None else path
         with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
+            rawmode = _rawmode(opened)
             opened.load()  # decode every byte now: truncation shows here, not later
             img = ImageOps.exif_transpose(opened) or opened
             size = img.size
-            array = _to_float_rgb(img, backdrop)
+            array = _to_float_rgb(img, backdrop, rawmode)
     except _RangeError as e:
         raise ImageError(f"refusing {role} {path}: it {e}") from None
     paths.check_sides(f"{role} {path}", (size[1], size[0]))
@@ -183,12 +207,13 @@ def from_picture(picture: object, what: str) -> np.ndarray:
         if isinstance(picture, ImageFile.ImageFile) and picture.tile and picture.fp is None:
             raise ImageError(f"cannot read {what} (a PIL image): its file was closed before its pixels were read "
                              f"(call .load() inside the `with` block)")
+        rawmode = _rawmode(picture)
         try:
             picture.load()  # a closed image, or a lazy one whose file is truncated: before the pixels
         except (ValueError, OSError) as e:
             raise ImageError(f"cannot read {what} (a PIL image): {first_line(e)}") from None
         try:
-            array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture)
+            array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture, rawmode=rawmode)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
             raise ImageError(f"refusing {what}: it {e}") from None
     elif isinstance(picture, np.ndarray):

@@ -1,0 +1,68 @@
+"""Issue 23, stop 42: probe 35's findings (on e476fb8)."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+
+def _png(path, depth: int, colour: int, rows: list[bytes], key: bytes) -> None:
+    """A PNG PIL cannot write (2- or 4-bit greyscale, 16-bit RGB) with a tRNS key, unfiltered rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = len(rows), {0: 8 // depth, 2: 1}[colour] * len(rows[0]) // (1 if colour == 0 else 6 * depth // 16)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    body = zlib.compress(b"".join(b"\0" + row for row in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", key) + chunk(b"IDAT", body)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_a_low_bit_greyscale_pngs_transparent_key_is_transparent(tmp_path, depth):
+    """PIL stretches 2- and 4-bit grey levels to 0-255 but leaves the tRNS key as the file holds it: a mask's
+    transparent half read as its grey (two such masks were refused as an overlap; probe 35a, 5). The key is
+    stretched as the pixels are."""
+    from styleengine.engine import images
+
+    top, keyed = (1 << depth) - 1, (1 << depth) // 2 - 1  # white, and a mid grey that is the key
+    per_byte = 8 // depth
+    pack = lambda level: sum(level << (8 - depth * (i + 1)) for i in range(per_byte))  # noqa: E731
+    row = bytes([pack(top)] * (32 // per_byte) + [pack(keyed)] * (32 // per_byte))
+    _png(tmp_path / "k.png", depth, 0, [row] * 40, struct.pack(">H", keyed))
+    for backdrop in (0.0, 1.0):  # a mask's, a picture's
+        read = images.load_image(tmp_path / "k.png", backdrop=backdrop)
+        assert np.array_equal(read[:, :32], np.ones((40, 32, 3), np.float32)), backdrop
+        assert np.array_equal(read[:, 32:], np.full((40, 32, 3), backdrop, np.float32)), backdrop
+    lazy = images.from_picture(Image.open(tmp_path / "k.png"), "content")  # the API's PIL image, not decoded yet
+    assert np.array_equal(lazy[:, 32:], np.ones((40, 32, 3), np.float32))
+
+
+def test_a_16_bit_rgb_pngs_transparent_key_is_refused_not_guessed(tmp_path, monkeypatch, capsys):
+    """PIL keeps a 16-bit RGB PNG's high bytes only, so its 16-bit key matched no pixel or the wrong ones (a mask's
+    key read as grey; a pixel (0, 0, 200) of key (0, 0, 0) as transparent; probe 35a, 5). Refused in one line."""
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    row = struct.pack(">96H", *([65535] * 48 + [30000] * 48))
+    _png(tmp_path / "k.png", 16, 2, [row] * 40, struct.pack(">3H", 30000, 30000, 30000))
+    with pytest.raises(ImageError, match="16-bit RGB PNG with a transparent colour"):
+        images.load_image(tmp_path / "k.png")
+    with pytest.raises(ImageError, match="16-bit RGB PNG with a transparent colour"):
+        images.from_picture(Image.open(tmp_path / "k.png"), "content")
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "k.png", tmp_path / "s.png", *FAST, "-o",
+                           tmp_path / "o.png")
+    assert "save it with an alpha channel" in one_error_line(code, err)
