@@ -240,6 +240,8 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audi
             for packet in stream.encode():
                 out.mux(packet)
             if audio_in is not None:
+                if span is not None:  # the frames ran out early (a caller's iterator ended): the sound ends with them
+                    audio_in.span = (span[0], min(span[1], span[0] + count / float(fps)))
                 audio_in.copy()
         os.replace(tmp, path)
     return count

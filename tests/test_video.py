@@ -281,6 +281,112 @@ def test_a_finished_frame_another_command_wrote_runs_again(tmp_path, monkeypatch
     assert (foreign.parent / "frame_000001.png.foreign").is_file() and "styleengine-video" in Image.open(foreign).text
 
 
+def the_error(code: int, err: str) -> str:
+    """The one error line of a run that failed (exit 1, no traceback); its notes and warnings aside."""
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_another_commands_picture_past_the_resume_point_is_kept_aside(tmp_path, monkeypatch, capsys, clip, style,
+                                                                     caplog):
+    """Another command's picture at a frame past the first missing one was overwritten (exit 0, the picture
+    lost), and a frame moved aside replaced an earlier `.foreign` (probe 35a, 1 and 2): each goes to a name of
+    its own."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:4"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    folder = tmp_path / "out.mp4.frames"
+    (folder / "frame_000001.png").unlink()
+    foreign = folder / "frame_000002.png"
+    Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
+    picture = foreign.read_bytes()
+    (folder / "frame_000002.png.foreign").write_bytes(b"kept aside by an earlier run")
+    ran = hook_frames(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "Traceback" not in err, err
+    assert ran == [1, 2, 3] and frame_count(out) == 4 and "is not a frame this video wrote" in caplog.text
+    assert (folder / "frame_000002.png.foreign").read_bytes() == b"kept aside by an earlier run"
+    assert (folder / "frame_000002.png.foreign.2").read_bytes() == picture
+
+
+@pytest.mark.parametrize("case", ["damaged", "removed", "another's, then SIGTERM"])
+def test_a_frame_changed_during_the_run_ends_the_video_before_it(tmp_path, monkeypatch, capsys, clip, style, case):
+    """A finished frame damaged or replaced while later frames ran: a TypeError traceback from the encode and no
+    video (with a SIGTERM too: exit 1, not 143); one removed: "the video ended at frame 1", as if the input had
+    (probe 35a, 3; 35b, 2). The video ends before it, said in one line; the rerun makes it again."""
+    out = tmp_path / "out.mp4"
+    folder = tmp_path / "out.mp4.frames"
+    real = ORIGINAL_FRAME
+
+    def frame(self, index, picture):
+        if index == 3:
+            changed = folder / "frame_000001.png"
+            if case == "damaged":
+                changed.write_bytes(changed.read_bytes()[:200])
+            elif case == "removed":
+                changed.unlink()
+            else:
+                Image.new("RGB", Image.open(changed).size, (1, 2, 3)).save(changed)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        return real(self, index, picture)
+
+    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:5"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert "Traceback" not in err, err
+    if case.endswith("SIGTERM"):
+        assert code == 143 and "wrote" in err and "(1 of 5 frames); rerun to continue" in err, err
+    else:
+        line = the_error(code, err)
+        assert "frame 1 in" in line and "was removed or changed after it was written" in line, line
+        assert "(1 of 5 frames); rerun to continue" in line, line
+    assert frame_count(out) == 1
+    monkeypatch.setattr(video_engine.VideoRun, "frame", real)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and frame_count(out) == 5, err
+
+
+def test_a_fault_in_the_loop_is_not_said_as_a_signal(tmp_path, monkeypatch, capsys, clip, style):
+    """An OSError in the loop, then a failed encode, was said "interrupted (Ctrl-C) ... cannot write out.mp4",
+    exit 130, where no signal came (probe 35a, 4). The fault keeps its traceback; the encode's is a warning."""
+    real = ORIGINAL_FRAME
+
+    def frame(self, index, picture):
+        if index == 2:
+            raise OSError(5, "Input/output error")
+        return real(self, index, picture)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    monkeypatch.setattr(video_io, "write_video", full)
+    with pytest.raises(OSError, match="Input/output error"):  # a bug's way out: the command's handler adds the rest
+        run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size", "64",
+                "--frames", "0:4")
+    err = capsys.readouterr().err
+    assert "interrupted" not in err and "warning: cannot write" in err, err
+
+
+def test_a_frames_folder_that_cannot_be_written_says_so(tmp_path, monkeypatch, capsys, clip, style):
+    """A read-only frames folder said "cannot lock OUT.frames (.../.lock: Read-only file system); remove it": the
+    folder holds the user's finished frames (probe 35a, minor 6)."""
+    import errno
+
+    from styleengine import paths
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(paths, "open_lock", read_only)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2")
+    line = the_error(code, err)
+    assert "Read-only file system" in line and "make it writable" in line and "remove" not in line, line
+
+
 def test_an_init_file_is_read_once_as_the_videos_hash_holds_it(tmp_path, monkeypatch, capsys, clip, style):
     """A video's --init file was hashed at its start and decoded again where a chain starts (the first frame, each
     `--ray` chunk's): one replaced in between ran under the other's hash (probe 34's neighbour). It is decoded

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ class FrameStore:
         self.digest, self.about = digest, about or {}
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
+        self.saved: set[int] = set()  # frames this run wrote: one missing at the encode was removed meanwhile
         self._lock: Any = None
 
     def take(self) -> None:
@@ -99,8 +101,12 @@ class FrameStore:
         lock = self.folder / self.LOCK
         try:
             self._lock = paths.open_lock(lock)
-        except OSError as e:  # a link, a FIFO, a folder by that name
-            raise ConfigError(f"cannot lock {self.folder} ({lock}: {e.strerror or e}); remove it") from None
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the folder's: its frames are the user's work
+                raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}; make it writable "
+                                  f"or choose another output") from None
+            # a link, a FIFO, a folder by that name
+            raise ConfigError(f"cannot lock {self.folder} ({lock}: {e.strerror or e}); remove {lock}") from None
         if self._lock is None:
             raise ConfigError(f"another video is writing {self.folder} (it holds {lock}); wait for it to finish or "
                               f"choose another output")
@@ -172,23 +178,17 @@ class FrameStore:
 
     def save(self, index: int, image: Any) -> None:
         self._save(image, self.path(index))
+        self.saved.add(index)
 
     def _load(self, path: Path) -> Any:
         import numpy as np
-        from PIL import Image
 
         from styleengine.engine import images
 
         if not path.is_file():
             return None
-        try:
-            with Image.open(path) as opened:  # a text chunk before the pixels: in `info`, nothing decoded
-                mark = opened.info.get(self.MARK, "")
-        except (OSError, ValueError, SyntaxError):
-            mark = None  # unreadable: load_image says how
-        if mark is not None and mark != self.digest:  # a picture of this shape that another command put here
-            aside = path.with_name(path.name + ".foreign")
-            path.replace(aside)
+        if self._ours(path) is False:  # a picture of this shape that another command put here
+            aside = self._aside(path, "foreign")
             logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s, that frame runs "
                                                 "again", path, aside.name)
             return None
@@ -199,15 +199,46 @@ class FrameStore:
                                  f"{self.shape[1]}x{self.shape[0]}")
             return frame
         except ImageError as e:  # written atomically, so damaged from outside: kept aside, the frame runs again
-            aside = path.with_name(path.name + ".damaged")
-            path.replace(aside)
+            aside = self._aside(path, "damaged")
             logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s, that frame runs again", path,
                                                 first_line(e), aside.name)
             return None
 
+    def _ours(self, path: Path) -> bool | None:
+        """Whether the file at `path` carries this video's mark; None where it cannot be read far enough to tell
+        (damaged: its decode says how)."""
+        from PIL import Image
+
+        try:
+            with Image.open(path) as opened:  # a text chunk before the pixels: in `info`, nothing decoded
+                return bool(opened.info.get(self.MARK, "") == self.digest)
+        except (OSError, ValueError, SyntaxError):
+            return None
+
+    def _aside(self, path: Path, kind: str) -> Path:
+        """Move `path` to a name of its own beside it (PATH.KIND, else PATH.KIND.2, ...): an earlier one is a
+        picture kept aside too. UserError where the folder takes no rename."""
+        for n in range(1, 10_000):
+            aside = path.with_name(f"{path.name}.{kind}" + (f".{n}" if n > 1 else ""))
+            if not os.path.lexists(aside):
+                break
+        else:  # renaming onto the last would replace it
+            raise UserError(f"{path} is not a frame this video can use, and {path.name}.{kind} to .{n} are all "
+                            f"taken; move them away and run again")
+        try:
+            path.rename(aside)
+        except OSError as e:
+            raise UserError(f"{path} is not a frame this video can use and cannot be moved aside ({e.strerror or e}); "
+                            f"move it away and run again") from None
+        return aside
+
     def _save(self, image: Any, path: Path) -> None:
         from styleengine.engine import images
 
+        ours = self._ours(path) if path.is_file() else True
+        if not ours:  # another command's picture (or an unreadable file) where a frame not finished yet goes
+            aside = self._aside(path, "damaged" if ours is None else "foreign")
+            logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s", path, aside.name)
         images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self.digest})
 
     def seam(self, index: int, side: str) -> Path:
@@ -221,12 +252,19 @@ class FrameStore:
     def save_seam(self, index: int, side: str, image: Any) -> None:
         self._save(image, self.seam(index, side))
 
+    def finished(self, index: int) -> bool:
+        """Frame `index` is there, and is not another command's (read to its mark, not decoded)."""
+        path = self.path(index)
+        return path.is_file() and self._ours(path) is not False
+
     def recorded(self, index: int, side: str | None) -> bool:
         """Frame `index` is finished, or (side given) that side of its seam is kept."""
-        return self.path(index).is_file() or (side is not None and self.seam(index, side).is_file())
+        return self.finished(index) or (side is not None and self.seam(index, side).is_file()
+                                        and self._ours(self.seam(index, side)) is not False)
 
     def finished_from(self, start: int, stop: int) -> int:
-        """The first frame of start..stop-1 not finished yet (stop: all are)."""
+        """The first frame of start..stop-1 not there (stop: all are); one there is checked as it is read (load):
+        another command's then runs again, and the frames after it stay."""
         index = start
         while index < stop and self.path(index).is_file():
             index += 1
@@ -444,13 +482,15 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                         console=console)
     tracer = TraceWriter(trace) if trace is not None else None  # a full disk stops the trace, not the video
     began, made = time.perf_counter(), 0
-    stopped: str | None = "interrupted"
+    stopped: str | None = None
     failure: UserError | None = None
+    escaping = False  # a bug or an OSError on its way out: its traceback stands, the encode's fault is a warning
+    known = set(range(start, resumed))  # finished before this run
     try:
         with progress:
-            finished = resumed - start if chunked is None else sum(  # chunks finish out of order
-                store.path(i).is_file() for i in range(start, stop))
-            task = progress.add_task("video", total=stop - start, completed=finished, rate=0.0)
+            if chunked is not None:  # chunks finish out of order
+                known = {i for i in range(start, stop) if store.finished(i)}
+            task = progress.add_task("video", total=stop - start, completed=len(known), rate=0.0)
 
             def on_frame(frame: Frame) -> None:
                 nonlocal made
@@ -480,6 +520,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         stopped = "interrupted"
     except UserError as e:  # a frame that cannot be written, a worker's fault: said with what was written
         stopped, failure = None, e
+    except BaseException:
+        escaping = True
+        raise
     finally:
         signals.hold()  # to the command's end: a signal before the `stopped` below is said, none after it
         if chunked is not None:
@@ -489,22 +532,33 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
             if tracer.failure:
                 console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
         end = store.finished_from(start, stop)
+        written, lost = 0, None
         try:
-            written = _encode(store, output, info, rate, start, end, signals) if end > start else 0
+            if end > start:
+                written, lost = _encode(store, output, info, rate, start, end, signals)
         except UserError as e:  # a full disk at the encode: said with the signal that came first, and its exit
-            if not signals.stopped(stopped):
+            if escaping:
+                console.print(f"warning: {first_line(e)}", highlight=False, soft_wrap=True)
+            elif not signals.stopped(stopped):
                 raise
-            signals.reported = True
-            console.print(f"interrupted ({signals.name}) after {made} new frames; {first_line(e)}",
-                          highlight=False, soft_wrap=True)
-            raise typer.Exit(signals.exit_code) from None
+            else:
+                signals.reported = True
+                console.print(f"interrupted ({signals.name}) after {made} new frames; {first_line(e)}",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(signals.exit_code) from None
+        if lost is None and end < stop and end in known | store.saved:  # there once: removed since
+            lost = end
+        if lost is not None and failure is None and not signals.stopped(stopped) and not escaping:
+            failure = UserError(f"frame {lost} in {store.folder} was removed or changed after it was written, so "
+                                f"the video ends before it")
         if not written:  # what open() made, where nothing else is there (a chunk's frames or seams stay)
             store.discard()
     seconds = time.perf_counter() - began
     if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True
-        where = (f"wrote {output} ({written} of {stop - start} frames)" if written
-                 else "no frame finished; nothing written")
+        gone = (f"the frames are not in {store.folder} any more" if any(  # chunks finish out of order
+            not store.path(i).is_file() for i in known | store.saved) else "no frame finished")
+        where = f"wrote {output} ({written} of {stop - start} frames)" if written else f"{gone}; nothing written"
         left = "rerun to continue" if written < stop - start else "every frame is in it"  # nothing to rerun
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
@@ -518,8 +572,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         print(printable(f"error: frame {end}: {stopped}; {where}"), file=sys.stderr)
         raise typer.Exit(1)
     if written < stop - start:
-        print(printable(f"error: the video ended at frame {end}, before {stop}; wrote {output} ({written} frames)"),
-              file=sys.stderr)
+        where = f"wrote {output} ({written} frames)" if written else "nothing written"
+        print(printable(f"error: the video ended at frame {end}, before {stop}; {where}"), file=sys.stderr)
         raise typer.Exit(1)
     console.print(f"wrote {output} ({written} frames, {made} stylised in {seconds:.1f} s: "
                   f"{made / seconds if seconds > 0 else 0:.2f} frames/s)", highlight=False, soft_wrap=True)
@@ -552,7 +606,7 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
                 index, side = frame.index, chunked.side(chunk, frame.index)
                 if tracer is not None:
                     tracer.write_object({**frame.trace, "chunk": chunk.index, "seam": side}, f"frame {index}")
-                if store.path(index).is_file():
+                if store.finished(index):
                     continue
                 if side is None:
                     store.save(index, frame.image)
@@ -574,19 +628,36 @@ def _run_chunks(chunked: _Chunked, info: Any, rate: Fraction, shape: tuple[int, 
     return None
 
 
-def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: int, end: int, signals: Any) -> int:
-    """The finished frames start..end-1 as the output video, with the sound of their span; signals wait."""
+def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: int, end: int,
+            signals: Any) -> tuple[int, int | None]:
+    """The finished frames start..end-1 as the output video, with the sound of their span; signals wait.
+    How many were written, and the first found changed since it was written (moved aside by store.load; the
+    video ends before it), or None."""
     from styleengine.engine import video_io
+
+    lost: list[int] = []
+
+    def frames() -> Any:
+        for index in range(start, end):
+            frame = store.load(index)
+            if frame is None:  # another process's picture or a damaged file since: the frames before it
+                lost.append(index)
+                return
+            yield frame
 
     with signals.shielded(deliver=False):  # the run ends right after, saying what the signal did
         span = (info.start + start / float(rate), info.start + end / float(rate))
         try:
-            return video_io.write_video(output, (store.load(i) for i in range(start, end)), rate, audio=info,
-                                        span=span)
+            written = video_io.write_video(output, frames(), rate, audio=info, span=span)
         except OSError as e:  # a full disk: the frames are kept, a rerun with room encodes them
             why = e.strerror or first_line(e)  # not its temp file's name: that is gone
             raise UserError(f"cannot write {output}: {why}; frames {start}-{end - 1} are kept in "
                             f"{store.folder}, rerun to finish") from None
+        except ValueError:  # the first frame was lost: nothing to encode
+            if not lost:
+                raise
+            written = 0
+    return written, lost[0] if lost else None
 
 
 video = with_settings(_video, VIDEO)
