@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,9 +442,9 @@ def _update(change: Callable[[dict], None]) -> str:
             paths.atomic_write(path, json.dumps(data, indent=1).encode())
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         problem = first_line(e)
-        if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (not the temp file beside it)
-            temp = re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp", os.path.basename(e.filename))
-            problem = f"{e.strerror or e}" if temp else f"{e.filename}: {e.strerror or e}"
+        if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (named by the line already)
+            problem = f"{e.strerror or e}" if os.fspath(e.filename) == os.fspath(path) else \
+                f"{e.filename}: {e.strerror or e}"
         if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
             _SAID.add(str(path))
             log.warning("could not keep the tuning record in %s: %s; set STYLEENGINE_CACHE_DIR to a writable folder "

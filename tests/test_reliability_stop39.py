@@ -464,15 +464,13 @@ def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch,
     28a)."""
     import errno
     import logging
-    import os
 
     from styleengine.engine import autotune
 
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
 
-    def full(path, data):  # named by a temp file of its own each time, as atomic_write's (probe 28a)
-        raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(f".{path.name}."
-                                                                                 f"{os.urandom(4).hex()}.tmp")))
+    def full(path, data):  # as atomic_write's: of the record itself (it named a temp file of its own each time)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(autotune.paths, "atomic_write", full)
     with caplog.at_level(logging.WARNING, logger=autotune.log.name):

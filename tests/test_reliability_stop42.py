@@ -1,6 +1,9 @@
 """Issue 23, stop 42: probe 35's findings (on e476fb8)."""
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import struct
 import zlib
 
@@ -66,3 +69,24 @@ def test_a_16_bit_rgb_pngs_transparent_key_is_refused_not_guessed(tmp_path, monk
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "k.png", tmp_path / "s.png", *FAST, "-o",
                            tmp_path / "o.png")
     assert "save it with an alpha channel" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("when", ["at the open", "at the rename"])
+def test_an_atomic_write_is_said_of_its_file_not_its_temp_file(tmp_path, when):
+    """`invert -o d/o.png --distances d/dist.json`, d removed mid-run, said "... not written either: [Errno 2] No
+    such file or directory: 'd/.dist.json.69989e9e.tmp'" (probe 35a, 7): a name the user never gave. An atomic
+    write's fault names the file asked for."""
+    from styleengine import paths
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    target = folder / "dist.json"
+    with pytest.raises(FileNotFoundError) as caught:
+        if when == "at the open":
+            shutil.rmtree(folder)
+            paths.atomic_write(target, b"{}")
+        else:
+            with paths.atomic_writer(target) as f:
+                f.write(b"{}")
+                shutil.rmtree(folder)
+    assert caught.value.filename == os.fspath(target) and caught.value.errno == errno.ENOENT

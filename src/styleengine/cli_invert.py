@@ -106,7 +106,7 @@ def _write(out: Any, result: Any, output: Path, distances: Path | None, picture:
         try:
             paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
         except OSError as e:  # a full disk: only the numbers are lost
-            lost = first_line(e)
+            lost = e.strerror or first_line(e)  # not its temp file's name: that is gone
     if failed is not None:
         tail = "" if distances is None else (f"; distances {distances} not written either: {lost}" if lost
                                              else f"; the distances are in {distances}")

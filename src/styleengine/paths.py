@@ -396,6 +396,9 @@ def temp_beside(path: Path, dir_fd: int | None = None) -> Iterator[tuple[int, st
                 break
             except FileExistsError:
                 name = None  # another's file: never removed
+            except OSError as e:  # said of the file asked for: the temp name is nothing the user knows
+                name = None
+                raise OSError(e.errno, e.strerror, os.fspath(path)) from None
         else:
             raise FileExistsError(errno.EEXIST, "no free temp file name", str(path.parent))
         yield fd, name
@@ -412,7 +415,10 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     with temp_beside(Path(path)) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # its folder removed meanwhile: said of `path`, not of the temp file
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from None
 
 
 # POSIX: rename replaces as os.replace does (which supports_dir_fd does not list, though it takes dir fds)
