@@ -90,3 +90,14 @@ def test_an_atomic_write_is_said_of_its_file_not_its_temp_file(tmp_path, when):
                 f.write(b"{}")
                 shutil.rmtree(folder)
     assert caught.value.filename == os.fspath(target) and caught.value.errno == errno.ENOENT
+
+
+def test_a_snapshot_that_is_an_input_is_called_a_snapshot(tmp_path, monkeypatch, capsys):
+    """`run o_2.png sty -o o.png --save-every 2` said "output .../o_2.png is the content image": the clash is a
+    snapshot's (probe 35a, 8)."""
+    _pictures(tmp_path)
+    shutil.copy(tmp_path / "c.png", tmp_path / "o_2.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "o_2.png", tmp_path / "s.png", *FAST, "--iters", "4",
+                           "--save-every", "2", "-o", tmp_path / "o.png")
+    assert one_error_line(code, err).startswith("error: --save-every snapshot ") and "is the content image" in err
+    assert not (tmp_path / "o.png").exists()

@@ -37,7 +37,7 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         paths.check_writable(trace, "trace")
     inputs = run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
                         settings.style_masks)
-    for path, what in [(output, "output"), *((p, "output") for p in saves), (trace, "trace")]:
+    for path, what in [(output, "output"), *((p, "--save-every snapshot") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
     if trace is not None:
