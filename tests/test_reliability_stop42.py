@@ -101,3 +101,32 @@ def test_a_snapshot_that_is_an_input_is_called_a_snapshot(tmp_path, monkeypatch,
                            "--save-every", "2", "-o", tmp_path / "o.png")
     assert one_error_line(code, err).startswith("error: --save-every snapshot ") and "is the content image" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_batch_signalled_after_its_out_was_moved_says_where_its_lines_went(tmp_path, monkeypatch, capsys):
+    """`mv out out2` after a job was recorded, then SIGTERM: "nothing was recorded yet; the same command starts
+    again", where out2/manifest.jsonl held the job's line (probe 35b, 4)."""
+    import signal
+
+    from styleengine.engine import batch as engine
+
+    real, calls = engine.record, []
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first job's line is written: its folder goes, then a signal
+            (tmp_path / "out").rename(tmp_path / "out2")
+            os.kill(os.getpid(), signal.SIGTERM)  # held by the shield around the record, then raised
+        return written
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n'
+                                      '{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n'
+                                      '{"content": "c.png", "styles": ["s.png"], "output": "c.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST,
+                           "--batch-size", "1")
+    assert code == 143 and "nothing was recorded" not in err, err
+    assert "is not there any more (moved or removed during the run)" in err, err
+    assert (tmp_path / "out2" / "manifest.jsonl").read_text().count('"status": "ok"') >= 1

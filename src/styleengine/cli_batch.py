@@ -245,9 +245,12 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     except KeyboardInterrupt:
         signals.reported = True
         left = total - sum(counts.values())
+        recorded = sum(counts.values())
         kept = (f"every job is recorded in {manifest.path}" if not left else  # nothing to resume
                 f"the same command resumes ({manifest.path} records what is done)"
                 if manifest.path.is_file() and manifest.path.stat().st_size else
+                f"{manifest.path} is not there any more (moved or removed during the run) with the lines of the "
+                f"{recorded} jobs done" if recorded else
                 "nothing was recorded yet; the same command starts again")
         print(printable(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}"),
               file=sys.stderr)
