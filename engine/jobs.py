@@ -375,7 +375,10 @@ class _Resolver:
         self._folders: dict[str, str] = {}
 
     def __call__(self, path: Path) -> str:
-        folder, name = os.path.split(os.path.abspath(path))
+        # not abspath: it folds `LINK/..` by its spelling, where the file system goes up from the link's target
+        folder, name = os.path.split(os.path.join(os.getcwd(), path))
+        if name in ("", ".", ".."):  # the path names a folder by what leads to it
+            return os.path.realpath(os.path.join(folder, name))
         if folder not in self._folders:
             self._folders[folder] = os.path.realpath(folder)
         full = os.path.join(self._folders[folder], name)

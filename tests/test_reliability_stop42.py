@@ -130,3 +130,15 @@ def test_a_batch_signalled_after_its_out_was_moved_says_where_its_lines_went(tmp
     assert code == 143 and "nothing was recorded" not in err, err
     assert "is not there any more (moved or removed during the run)" in err, err
     assert (tmp_path / "out2" / "manifest.jsonl").read_text().count('"status": "ok"') >= 1
+
+
+def test_a_batch_out_named_through_a_link_and_dotdot_is_where_the_file_system_goes(tmp_path, monkeypatch, capsys):
+    """`--out LQ/..` (LQ a link to Q/sub) refused every output as outside --out, "through a symbolic link to
+    ./c__s.png": '..' was folded by its spelling, where the file system goes up from Q/sub (probe 35b, 5)."""
+    _pictures(tmp_path)
+    (tmp_path / "Q" / "sub").mkdir(parents=True)
+    (tmp_path / "LQ").symlink_to(tmp_path / "Q" / "sub")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "x.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", f"{tmp_path}/LQ/..", *FAST)
+    assert code == 0, err
+    assert (tmp_path / "Q" / "x.png").is_file() and not (tmp_path / "x.png").exists()
