@@ -142,3 +142,34 @@ def test_a_batch_out_named_through_a_link_and_dotdot_is_where_the_file_system_go
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", f"{tmp_path}/LQ/..", *FAST)
     assert code == 0, err
     assert (tmp_path / "Q" / "x.png").is_file() and not (tmp_path / "x.png").exists()
+
+
+def test_a_trace_cut_short_by_a_full_disk_ends_on_a_whole_line(tmp_path):
+    """A trace stopped by a full disk kept its torn last line (`{"iteratio`), where a manifest's is cut (probe 35b,
+    7): every line left parses."""
+    import json
+
+    from styleengine.cli_job import TraceWriter
+
+    trace = TraceWriter(tmp_path / "t.jsonl")
+    for i in range(3):
+        trace.write_object({"iteration": i, "loss": 1.5}, f"iteration {i}")
+    real = trace.file
+
+    class Full:
+        def write(self, text):
+            real.write(text[:7])  # what fits, then the disk is full
+            real.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            real.flush()
+
+        def close(self):
+            real.close()
+
+    trace.file = Full()
+    trace.write_object({"iteration": 3, "loss": 1.5}, "iteration 3")
+    assert trace.failure and "stopped at iteration 3" in trace.failure
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 2]

@@ -42,6 +42,7 @@ class TraceWriter:
     def __init__(self, path: Path | None, plan: dict[str, Any] | None = None):
         self.path, self.file, self.failure = path, None, None
         self.lines, self.opened = 0, False  # lines written whole (flushed); whether this writer opened the file
+        self.whole = 0  # bytes of those lines: a failed write's torn tail is cut back to here
         self.plan = plan  # the run's plan, in the first iteration's object
 
     def _extra(self) -> dict[str, Any]:
@@ -67,15 +68,20 @@ class TraceWriter:
             if self.file is None:
                 self.file = open(self.path, "w", encoding="utf-8")
                 self.opened = True
-            self.file.write(json.dumps(line) + "\n")
+            text = json.dumps(line) + "\n"
+            self.file.write(text)
             self.file.flush()
             self.lines += 1
+            self.whole += len(text.encode("utf-8"))
         except OSError as e:
             self.failure = f"trace {self.path} stopped at {at}: {e.strerror or e}"
             self.close()
             if self.opened and self.lines == 0:  # an empty or torn first line is no trace; the warning says why
                 with contextlib.suppress(OSError):
                     self.path.unlink()
+            elif self.opened:  # every line left parses, as a manifest's do
+                with contextlib.suppress(OSError):
+                    os.truncate(self.path, self.whole)
 
     def close(self) -> None:
         file, self.file = self.file, None
