@@ -173,3 +173,17 @@ def test_a_trace_cut_short_by_a_full_disk_ends_on_a_whole_line(tmp_path):
     assert trace.failure and "stopped at iteration 3" in trace.failure
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 2]
+
+
+def test_the_api_says_a_cache_folder_that_is_a_file_as_the_command_does(tmp_path, monkeypatch):
+    """STYLEENGINE_CACHE_DIR naming a file: the API said "cannot write in the cache folder .../exports (Not a
+    directory); free some space ..." after its set-up; the command says "it is a file" before any work (probe
+    35b, 8)."""
+    from styleengine import api
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "c.png"))
+    with pytest.raises(ConfigError, match="it is a file"):
+        api.stylise(tmp_path / "c.png", tmp_path / "s.png", size=40, iterations=1, weights="random",
+                    backend="ort", model="vgg16")

@@ -113,6 +113,9 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
         if content is None:
             config.check_texture_start()
         config.validate(texture=content is None)
+        from styleengine.cli_plan import check_cache_for
+
+        check_cache_for(config)  # the command's words, before any work (an export said "free some space")
         image, result = run(content_array, style_arrays, config, callback=callback)
     except ConfigError as e:  # a setting said as the keyword argument that sets it, not as its flag
         raise said_as(e, {f.name: f.name for f in dataclasses.fields(Settings)}) from None
