@@ -42,6 +42,9 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
                           f"read as {expected}: rescale it or save it as 8 or 16 bits per channel")
 
 
+LOADED = "loaded"  # _rawmode of a PNG whose pixels were decoded already: its bit depth is gone
+
+
 def _rawmode(img: Image.Image) -> str | None:
     """How the file holds its pixels, as PIL's decoder was told ("L;4", "RGB;16B"), while they are not decoded
     yet: after the decode PIL keeps only the mode it made of them."""
@@ -49,20 +52,25 @@ def _rawmode(img: Image.Image) -> str | None:
     args = tile[0].args if tile else None
     if isinstance(args, tuple) and args:
         args = args[0]
+    if not tile and getattr(img, "format", None) == "PNG":
+        return LOADED
     return args if isinstance(args, str) else None
 
 
 def _to_float_rgb(img: Image.Image, backdrop: float = 1.0, rawmode: str | None = None) -> np.ndarray:
     """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`. rawmode: _rawmode's,
-    taken before the decode (None: not known)."""
+    taken before the decode (None: not a file's; LOADED: a PNG decoded before it came here)."""
     mode = img.mode
     # a PNG's tRNS chunk: one grey level or colour that is transparent (palette images keep theirs per entry)
     keyed = img.info.get("transparency") if mode in ("1", "L", "RGB", "I", "I;16", "I;16B", "I;16L") else None
-    if mode == "RGB" and isinstance(keyed, tuple) and (rawmode in ("RGB;16B", "RGB;16L", "RGB;16N")
-                                                       or max(keyed, default=0) > 255):
-        # PIL keeps a 16-bit RGB PNG's high bytes only: the pixels that are the key cannot be told from the rest
-        raise _RangeError("is a 16-bit RGB PNG with a transparent colour (a tRNS key), which is read at 8 bits, "
-                          "where that colour cannot be told apart exactly; save it with an alpha channel instead")
+    if rawmode == LOADED and ((mode == "L" and isinstance(keyed, int) and 0 < keyed < 16)
+                              or (mode == "RGB" and isinstance(keyed, tuple))):
+        raise _RangeError("is a PNG with a transparent colour (a tRNS key), loaded before it was passed: PIL no "
+                          "longer says its bit depth, which decides the key's meaning; pass its path or the image "
+                          "Image.open gives, before .load()")
+    problem = paths.key_problem(mode, keyed, rawmode)
+    if problem is not None:
+        raise _RangeError(problem)
     if mode == "L" and isinstance(keyed, int) and rawmode in ("L;2", "L;4"):
         # PIL stretches 2- and 4-bit grey levels to 0-255 but leaves the key as the file holds it
         levels = (1 << int(rawmode[2:])) - 1

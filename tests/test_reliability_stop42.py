@@ -187,3 +187,37 @@ def test_the_api_says_a_cache_folder_that_is_a_file_as_the_command_does(tmp_path
     with pytest.raises(ConfigError, match="it is a file"):
         api.stylise(tmp_path / "c.png", tmp_path / "s.png", size=40, iterations=1, weights="random",
                     backend="ort", model="vgg16")
+
+
+def test_a_loaded_pil_png_with_a_transparent_key_is_refused_not_guessed(tmp_path):
+    """A PIL image loaded before it was passed keeps no bit depth: a 2-bit key read as an 8-bit level (the keyed
+    half grey, exit 0), a 16-bit RGB key of small values taken (probe 36a, 1). Refused in one line; the path and
+    the image Image.open gives are read exactly."""
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    row = bytes([0x55] * 8 + [0xFF] * 8)  # 2-bit: level 1 (the key) left, white right
+    _png(tmp_path / "g2.png", 2, 0, [row] * 40, struct.pack(">H", 1))
+    row16 = struct.pack(">96H", *([0] * 48 + [65535] * 48))
+    _png(tmp_path / "k16.png", 16, 2, [row16] * 40, struct.pack(">3H", 0, 0, 0))
+    assert np.array_equal(images.from_picture(Image.open(tmp_path / "g2.png"), "content")[:, :32],
+                          np.ones((40, 32, 3), np.float32))
+    for name in ("g2.png", "k16.png"):
+        loaded = Image.open(tmp_path / name)
+        loaded.load()
+        with pytest.raises(ImageError, match="loaded before it was passed"):
+            images.from_picture(loaded, "content")
+    plain = Image.new("L", (40, 40), 3)  # not a file's: its key is a pixel value, as PIL says
+    plain.info["transparency"] = 3
+    assert images.from_picture(plain, "content").min() == 1.0
+
+
+def test_the_dry_run_refuses_a_16_bit_rgb_pngs_key_as_the_run_does(tmp_path, monkeypatch, capsys):
+    """`--dry-run` passed a 16-bit RGB PNG with a tRNS key (exit 0, a plan) that the run refuses (probe 36a, 5): its
+    header says so."""
+    _pictures(tmp_path)
+    row = struct.pack(">96H", *([65535] * 48 + [30000] * 48))
+    _png(tmp_path / "k.png", 16, 2, [row] * 40, struct.pack(">3H", 30000, 30000, 30000))
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "k.png", tmp_path / "s.png", *FAST, "-o",
+                           tmp_path / "o.png", "--dry-run")
+    assert "16-bit RGB PNG with a transparent colour" in one_error_line(code, err)

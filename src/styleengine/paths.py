@@ -19,7 +19,7 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, BinaryIO, Callable, Iterable, Iterator
+from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator
 
 from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_SUFFIXES, WEIGHT_WORDS
 from styleengine.errors import ConfigError, ImageError, UserError, first_line
@@ -732,7 +732,21 @@ def header_shape(path: str | os.PathLike, role: str, quiet: bool = False) -> tup
             width, height = im.size
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
                 width, height = height, width
+            tile = im.tile[0].args if im.tile else None
+            problem = key_problem(im.mode, im.info.get("transparency"), tile if isinstance(tile, str) else None)
+    if problem is not None:  # the run refuses it as it decodes: said from the header alike
+        raise ImageError(f"refusing {role} {path}: it {problem}")
     return height, width
+
+
+def key_problem(mode: str, key: Any, rawmode: str | None) -> str | None:
+    """Why an image's transparent colour (a PNG's tRNS key) cannot be read exactly, or None: PIL keeps a 16-bit
+    RGB PNG's high bytes only, so the pixels that are the key cannot be told from the rest."""
+    if mode == "RGB" and isinstance(key, tuple) and (rawmode in ("RGB;16B", "RGB;16L", "RGB;16N")
+                                                     or max(key, default=0) > 255):
+        return ("is a 16-bit RGB PNG with a transparent colour (a tRNS key), which is read at 8 bits, where that "
+                "colour cannot be told apart exactly; save it with an alpha channel instead")
+    return None
 
 
 @contextlib.contextmanager
