@@ -221,3 +221,29 @@ def test_the_dry_run_refuses_a_16_bit_rgb_pngs_key_as_the_run_does(tmp_path, mon
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "k.png", tmp_path / "s.png", *FAST, "-o",
                            tmp_path / "o.png", "--dry-run")
     assert "16-bit RGB PNG with a transparent colour" in one_error_line(code, err)
+
+
+def test_a_batch_leaves_a_folder_the_user_made_where_its_out_was(tmp_path, monkeypatch, capsys):
+    """`mv out moved; mkdir out`, then SIGTERM: the batch removed the user's new empty `out/` as the folder it had
+    made (probe 36a, 4). It removes only the folder it made."""
+    import signal
+
+    from styleengine.engine import batch as engine
+
+    real = engine.record
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        if not (tmp_path / "moved").exists():
+            (tmp_path / "out").rename(tmp_path / "moved")
+            (tmp_path / "out").mkdir()
+            os.kill(os.getpid(), signal.SIGTERM)  # held by the shield around the record, then raised
+        return written
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n'
+                                      '{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST,
+                           "--batch-size", "1")
+    assert code == 143 and (tmp_path / "out").is_dir(), err

@@ -260,14 +260,16 @@ def made_folder(path: Path, what: str) -> Iterator[None]:
         folder = folder.parent
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+        ours = {made: identity(made) for made in missing}  # a folder made since by that name is another's
     except OSError as e:
         raise ConfigError(f"cannot make {what} {path}: {_reason(e)}") from None
     try:
         yield
     except BaseException:
         for made in missing:
-            with contextlib.suppress(OSError):  # one holding anything (an output, the manifest) stays
-                made.rmdir()
+            if identity(made) == ours[made] is not None:  # moved away, and the user's own made in its place: kept
+                with contextlib.suppress(OSError):  # one holding anything (an output, the manifest) stays
+                    made.rmdir()
         raise
 
 
