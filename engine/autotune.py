@@ -269,7 +269,7 @@ def _load_all() -> dict:
         return _damaged(path, paths.not_a_file(path) or "is not a file")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or no cache folder (the write says why)
         return {}
     except (OSError, ValueError, RecursionError) as e:
         return _damaged(path, f"is unreadable ({first_line(e)})")
@@ -445,6 +445,10 @@ def _update(change: Callable[[dict], None]) -> str:
         if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (named by the line already)
             problem = f"{e.strerror or e}" if os.fspath(e.filename) == os.fspath(path) else \
                 f"{e.filename}: {e.strerror or e}"
+        in_way = next((p for p in (path.parent, *path.parent.parents) if os.path.lexists(p) and not p.is_dir()),
+                      None)
+        if in_way is not None:  # the cache folder a file or a broken link: mkdir said only "File exists"
+            problem = f"{in_way} {paths.not_a_folder(in_way)}"
         if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
             _SAID.add(str(path))
             log.warning("could not keep the tuning record in %s: %s; set STYLEENGINE_CACHE_DIR to a writable folder "

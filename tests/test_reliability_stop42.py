@@ -247,3 +247,21 @@ def test_a_batch_leaves_a_folder_the_user_made_where_its_out_was(tmp_path, monke
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST,
                            "--batch-size", "1")
     assert code == 143 and (tmp_path / "out").is_dir(), err
+
+
+def test_a_tuning_record_under_a_cache_that_is_a_file_says_so(tmp_path, monkeypatch, caplog):
+    """STYLEENGINE_CACHE_DIR naming a file or a broken link: "could not keep the tuning record in ...: File
+    exists", after "unreadable ([Errno 20] Not a directory ...)" (probe 36a, nit). It says what is in the way."""
+    import logging
+
+    from styleengine.engine import autotune
+
+    _pictures(tmp_path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    for cache, said in (("c.png", "is a file"), ("dangling", "is a broken symbolic link")):
+        monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / cache))
+        monkeypatch.setattr(autotune, "_SAID", set())
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=autotune.log.name):
+            assert said in autotune._update(lambda data: None)
+        assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == []
