@@ -310,6 +310,34 @@ def test_another_commands_picture_past_the_resume_point_is_kept_aside(tmp_path, 
     assert (folder / "frame_000002.png.foreign.2").read_bytes() == picture
 
 
+@pytest.mark.parametrize("case", ["a copy of frame 3", "a folder", "a link"])
+def test_what_is_not_that_frame_at_a_frames_name_runs_again(tmp_path, monkeypatch, capsys, clip, style, case):
+    """A copy of the video's own frame 3 over frame 1 was encoded as frame 1 (exit 0: its mark held the settings
+    hash only); a folder at a frame's name failed every rerun alike ("it is a directory; ... rerun to continue";
+    probe 36a, 2 and 3). A frame's mark holds its name too, and what is in a frame's way is kept aside."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:4"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    folder = tmp_path / "out.mp4.frames"
+    frame = folder / "frame_000001.png"
+    frame.unlink()
+    if case == "a copy of frame 3":
+        frame.write_bytes((folder / "frame_000003.png").read_bytes())
+    elif case == "a folder":
+        frame.mkdir()
+        (frame / "mine.txt").write_text("the user's")
+    else:
+        frame.symlink_to(folder / "frame_000003.png")
+    ran = hook_frames(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "Traceback" not in err, err
+    assert ran[0] == 1 and frame_count(out) == 4 and frame.is_file() and not frame.is_symlink()
+    aside = folder / "frame_000001.png.foreign"
+    assert aside.is_dir() if case == "a folder" else os.path.lexists(aside)
+    if case == "a folder":
+        assert (aside / "mine.txt").read_text() == "the user's"
+
+
 @pytest.mark.parametrize("case", ["damaged", "removed", "another's, then SIGTERM"])
 def test_a_frame_changed_during_the_run_ends_the_video_before_it(tmp_path, monkeypatch, capsys, clip, style, case):
     """A finished frame damaged or replaced while later frames ran: a TypeError traceback from the encode and no

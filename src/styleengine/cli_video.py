@@ -43,7 +43,7 @@ class FrameStore:
     frame, each written atomically."""
 
     RECORD = "video.json"
-    MARK = "styleengine-video"  # a frame's PNG text: the settings hash it was made under (another command's is not)
+    MARK = "styleengine-video"  # a frame's PNG text: the settings hash it was made under and its own name
     LOCK = ".lock"  # held (flock) while a run writes here: one video per folder, and its temp files are stale
     # what an atomic write (paths.temp_beside) killed mid-way leaves: ".NAME.XXXXXXXX.tmp"
     STALE = re.compile(r"\.(frame_\d{6}\.png|seam_\d{6}_(earlier|later)\.png|video\.json)\.[0-9a-f]{8}\.tmp")
@@ -211,7 +211,7 @@ class FrameStore:
 
         try:
             with Image.open(path) as opened:  # a text chunk before the pixels: in `info`, nothing decoded
-                return bool(opened.info.get(self.MARK, "") == self.digest)
+                return bool(opened.info.get(self.MARK, "") == self._mark(path))
         except (OSError, ValueError, SyntaxError):
             return None
 
@@ -235,11 +235,20 @@ class FrameStore:
     def _save(self, image: Any, path: Path) -> None:
         from styleengine.engine import images
 
-        ours = self._ours(path) if path.is_file() else True
-        if not ours:  # another command's picture (or an unreadable file) where a frame not finished yet goes
-            aside = self._aside(path, "damaged" if ours is None else "foreign")
+        kind = None  # where a frame not finished yet goes: another command's picture, an unreadable file
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):  # a link, a folder: the user's
+            kind = "foreign"
+        elif path.is_file():
+            ours = self._ours(path)
+            kind = None if ours else "foreign" if ours is False else "damaged"
+        if kind is not None:
+            aside = self._aside(path, kind)
             logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s", path, aside.name)
-        images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self.digest})
+        images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self._mark(path)})
+
+    def _mark(self, path: Path) -> str:
+        """What a frame this video wrote at `path` carries: a copy of another frame over it is not this one."""
+        return f"{self.digest} {path.name}"
 
     def seam(self, index: int, side: str) -> Path:
         """One chunk's own frame `index` over a seam (--ray), kept until the other side's comes: "earlier" or
