@@ -31,6 +31,7 @@ import numpy as np
 from styleengine import paths
 from styleengine.engine import batch, images
 from styleengine.engine.loop import Record, non_finite
+from styleengine.engine.manifest import FolderBusy, take_lock  # noqa: F401  (FolderBusy: ray_app's, from here)
 from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
 from styleengine.errors import ConfigError, UserError, first_line
 
@@ -47,10 +48,6 @@ UPLOADS = "uploads"  # under the server's folder: a job's images until it has ru
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
                                    new_id, png_bytes)
-
-
-class FolderBusy(UserError):
-    """Another server (or Ray replica) holds the folder's lock."""
 
 
 class ServerFolderGone(UserError):
@@ -113,16 +110,8 @@ class JobStore:
     # ------------------------------------------------------------ start and stop
 
     def _take_lock(self) -> None:
-        """One server per folder: a second would append to the same manifest."""
-        path = self.results / batch.LOCK_FILE
-        try:
-            f = paths.open_lock(path)
-        except OSError as e:
-            raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
-        if f is None:
-            raise FolderBusy(f"another server uses {self.root} (it holds {path}); stop it or use another "
-                            f"--results-dir")
-        self._lock_file = f
+        """One server per folder, and no batch writing there: either would append to the same manifest."""
+        self._lock_file = take_lock(self.results, "server", "--results-dir")
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
