@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
+
+from PIL import Image  # noqa: E402
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
@@ -20,7 +23,54 @@ except ModuleNotFoundError:
 
 from styleengine.engine import manifest as manifest_module  # noqa: E402
 from styleengine.engine.batch import LOCK_FILE, MANIFEST  # noqa: E402
+from styleengine.serve.job import new_id  # noqa: E402
 from styleengine.serve.jobs import FolderBusy, JobStore  # noqa: E402
+
+
+def _batch(monkeypatch, capsys, folder, out, output: str) -> None:
+    """`batch --out OUT` of one job (id holiday) whose output has a job id's name."""
+    (folder / "jobs.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": output,
+                                                   "id": "holiday"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", folder / "jobs.jsonl", "--out", out, *FAST)
+    assert code == 0, err
+
+
+def test_the_start_sweep_leaves_other_commands_files_with_a_jobs_name(tmp_path, monkeypatch, capsys, caplog):
+    """serve's start removed results/<24 hex>.png that a batch's manifest line records (under "file", its id
+    another) and a whole batch --out uploads/<24 hex>/ (its manifest and picture), as a killed server's leftovers:
+    the names were matched against a job's id only (probe 35b). Only what the server made goes: a job's upload
+    folder (its upload files only) and the picture of such a job with no line; what any line records stays."""
+    _pictures(tmp_path)
+    root = tmp_path / "D"
+    batch_picture, batch_folder = "0123456789abcdef01234567.png", root / "uploads" / "abcdefabcdefabcdefabcdef"
+    _batch(monkeypatch, capsys, tmp_path, root / "results", batch_picture)
+    _batch(monkeypatch, capsys, tmp_path, batch_folder, batch_picture)
+    made = root / "results" / f"{new_id()}.png"  # `run -o D/results/<24 hex>.png`: no line, no job's uploads
+    Image.new("RGB", (8, 8)).save(made)
+    killed = new_id()  # a server killed between its PNG and its line: the job's uploads are still there
+    (root / "uploads" / killed).mkdir()
+    for name in ("content", "style1", "style2"):
+        (root / "uploads" / killed / name).write_bytes(b"an upload")
+    Image.new("RGB", (8, 8)).save(root / "results" / f"{killed}.png")
+    empty = new_id()  # killed as it made the folder
+    (root / "uploads" / empty).mkdir()
+    before = {p: p.read_bytes() for p in [root / "results" / batch_picture, made, *batch_folder.rglob("*")]
+              if p.is_file()}
+    caplog.set_level(logging.INFO, logger="styleengine.serve.jobs")
+    store = JobStore(root)
+    try:
+        for job_id in (killed, empty):
+            job = store.jobs[job_id].to_json()
+            assert job["status"] == "failed" and "server was killed" in job["reason"], job
+        assert batch_picture.removesuffix(".png") not in store.jobs and made.stem not in store.jobs
+    finally:
+        store.close()
+    assert {p: p.read_bytes() for p in before if p.is_file()} == before
+    assert not (root / "results" / f"{killed}.png").exists()
+    assert sorted(p.name for p in (root / "uploads").iterdir()) == [batch_folder.name]
+    said = caplog.text
+    assert f"removing {root / 'results' / batch_picture}" not in said and f"{batch_folder} is not a job's" in said
+    assert f"{made} is no result of this server's jobs" in said and f"removing {root / 'results' / killed}.png" in said
 
 
 def test_the_folder_lock_says_what_holds_it(tmp_path, monkeypatch, capsys):

@@ -45,9 +45,27 @@ RESULTS = "results"  # under the server's folder: ID.png and the manifest
 JOB_ID = re.compile(r"[0-9a-f]{24}")  # job.new_id's
 RESULT_TEMP = re.compile(r"\.[0-9a-f]{24}\.png\.[0-9a-f]{8}\.tmp")  # paths.temp_beside's for a result
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
+UPLOAD_FILE = re.compile(r"content|style[1-9][0-9]*")  # upload_name's: all a job's upload folder holds
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
                                    new_id, png_bytes)
+
+
+def upload_name(index: int) -> str:
+    """The name of a request's upload `index` (0: the content, then its styles) in its job's upload folder."""
+    return "content" if index == 0 else f"style{index}"
+
+
+def made_upload_folder(entry: Path) -> bool:
+    """Whether `entry` (in uploads/) is a job's upload folder as the server makes it: a job's id holding only its
+    upload files (none yet: killed as it began); another command's folder of that name holds something else."""
+    if not (JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+        return False
+    try:
+        with os.scandir(entry) as found:
+            return all(UPLOAD_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in found)
+    except OSError:
+        return False
 
 
 class ServerFolderGone(UserError):
@@ -138,7 +156,7 @@ class JobStore:
             elif job.last_finite and gone:
                 job.last_finite = False  # its reason says so
             self.jobs[job.id] = job
-        self._clear_leftovers()
+        self._clear_leftovers(entries)
         log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
                  self.results)
 
@@ -163,25 +181,33 @@ class JobStore:
             raise ServerFolderGone(f"cannot make {folder} again: {e.strerror or e}") from None
         return folder
 
-    def _clear_leftovers(self) -> None:
+    def _clear_leftovers(self, entries: list[dict[str, Any]]) -> None:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
-        run, and half-written results. Only what the server makes (a job's id, its temp files); anything else
-        is the user's and stays."""
+        run, their results written with no manifest line, and half-written results. Only what the server makes
+        (a job's upload folder, the picture of such a job, its temp files); anything else is another command's
+        and stays, and so does every picture a line of the manifest (`entries`) records."""
         lost: set[str] = set()  # jobs a client may ask after: they say what became of them, not a 404
         for entry in self.uploads.iterdir():
-            if JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            if made_upload_folder(entry):
                 shutil.rmtree(entry, ignore_errors=True)
                 lost.add(entry.name)
             else:
                 log.warning("%s is not a job's upload folder; left as it is", entry)
+        recorded = {e["file"] for e in entries if isinstance(e.get("file"), str)}  # any line's: a batch's too
+        recorded |= {batch.place(self.results, e["output"]) for e in entries if isinstance(e.get("output"), str)}
         for entry in self.results.iterdir():
             if RESULT_TEMP.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
                 entry.unlink(missing_ok=True)
-            elif (entry.suffix == ".png" and JOB_ID.fullmatch(entry.stem) and entry.stem not in self.jobs
-                  and entry.is_file() and not entry.is_symlink()):  # killed between the PNG and its line
+            elif (entry.suffix != ".png" or not JOB_ID.fullmatch(entry.stem) or entry.name in recorded
+                  or entry.stem in self.jobs):
+                continue
+            elif entry.stem in lost and entry.is_file() and not entry.is_symlink():
+                # its job's uploads were still there: killed between the PNG and its line
                 log.info("removing %s: its job was never recorded (the server was killed)", entry)
                 entry.unlink(missing_ok=True)
-                lost.add(entry.stem)
+            else:
+                log.warning("%s is no result of this server's jobs (no manifest line records it, and no job's "
+                            "upload folder of that id was left); left as it is", entry)
         for job_id in sorted(lost - self.jobs.keys()):
             job = self.jobs[job_id] = Job(job_id, None, keep=True)
             self._finish_unrun(job, "failed", "the server was killed before the job finished; submit it again")
