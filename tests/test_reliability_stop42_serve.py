@@ -1,6 +1,8 @@
-"""Issue 24, stop 42: probe 35b's serve findings (on e476fb8)."""
+"""Issue 24, stop 42: probe 35b's serve findings (on e476fb8): the start's sweep, a job's line on a full disk, the
+folder lock's words."""
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -10,19 +12,24 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
+from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from serve_helpers import SETTINGS, files, wait_for
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
+    from tests.serve_helpers import SETTINGS, files, wait_for
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
 
 from styleengine.engine import manifest as manifest_module  # noqa: E402
 from styleengine.engine.batch import LOCK_FILE, MANIFEST  # noqa: E402
+from styleengine.errors import UserError  # noqa: E402
+from styleengine.serve.app import Config, create_app  # noqa: E402
 from styleengine.serve.job import new_id  # noqa: E402
 from styleengine.serve.jobs import FolderBusy, JobStore  # noqa: E402
 
@@ -71,6 +78,41 @@ def test_the_start_sweep_leaves_other_commands_files_with_a_jobs_name(tmp_path, 
     said = caplog.text
     assert f"removing {root / 'results' / batch_picture}" not in said and f"{batch_folder} is not a job's" in said
     assert f"{made} is no result of this server's jobs" in said and f"removing {root / 'results' / killed}.png" in said
+
+
+def _full(monkeypatch) -> None:
+    """Every manifest line refused as a full disk refuses it."""
+    def append(self, entry):
+        raise UserError(f"cannot write the manifest {self.path}: No space left on device")
+
+    monkeypatch.setattr(manifest_module.Manifest, "append", append)
+
+
+@pytest.mark.parametrize("how", ["finished", "stopped"])
+def test_a_job_whose_line_cannot_be_written_is_failed_after_a_restart(tmp_path, monkeypatch, how):
+    """A full disk when a job's manifest line was written (the job done, or stopped by the server's stop): its
+    uploads were removed all the same, and the restarted server answered 404 "no job" for it (probe 35b). Its
+    uploads stay, and the next start's sweep records it as failed, as after a SIGKILL."""
+    settings = dataclasses.replace(SETTINGS, iterations=3 if how == "finished" else 100_000).resolved()
+    config = Config(settings=settings, root=tmp_path / "srv", max_iters=100_000)
+    with TestClient(create_app(config)) as client:
+        job_id = client.post("/api/jobs", files=files(), data={"keep": "true"}).json()["id"]
+        if how == "finished":
+            _full(monkeypatch)
+            job = wait_for(client, job_id)
+        else:
+            wait_for(client, job_id, ("running",))
+            _full(monkeypatch)  # the server's stop records it
+    if how == "finished":
+        assert job["status"] == "failed" and "No space left on device" in job["reason"], job
+    assert (config.root / "uploads" / job_id).is_dir()
+    monkeypatch.undo()
+    for _ in range(2):  # the first restart records it; the next reads its line
+        with TestClient(create_app(config)) as client:
+            job = client.get(f"/api/jobs/{job_id}").json()
+            assert job.get("status") == "failed" and "could not record the job" in job["reason"], job
+    assert not any((config.root / "uploads").iterdir())
+    assert not (config.root / "results" / f"{job_id}.png").exists()
 
 
 def test_the_folder_lock_says_what_holds_it(tmp_path, monkeypatch, capsys):

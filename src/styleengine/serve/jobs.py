@@ -202,15 +202,17 @@ class JobStore:
                   or entry.stem in self.jobs):
                 continue
             elif entry.stem in lost and entry.is_file() and not entry.is_symlink():
-                # its job's uploads were still there: killed between the PNG and its line
-                log.info("removing %s: its job was never recorded (the server was killed)", entry)
+                # its job's uploads were still there: killed (or its line refused) between the PNG and its line
+                log.info("removing %s: its job was never recorded (the server was killed, or could not write its "
+                         "line)", entry)
                 entry.unlink(missing_ok=True)
             else:
                 log.warning("%s is no result of this server's jobs (no manifest line records it, and no job's "
                             "upload folder of that id was left); left as it is", entry)
         for job_id in sorted(lost - self.jobs.keys()):
             job = self.jobs[job_id] = Job(job_id, None, keep=True)
-            self._finish_unrun(job, "failed", "the server was killed before the job finished; submit it again")
+            self._finish_unrun(job, "failed", "the server was killed, or could not record the job, before it "
+                                              "finished; submit it again")
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
@@ -451,12 +453,14 @@ class JobStore:
                                job.settings_hash, job.seconds, device, result.iterations if result is not None else 0,
                                losses, result.distances.to_json() if result is not None and result.distances else None,
                                job.batch, image)
+        recorded = True
         try:
             self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
             done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
+            recorded = False
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
         changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, done.last_finite),
                                    "finished": time.time(), "last_finite": done.last_finite}
@@ -470,7 +474,8 @@ class JobStore:
             changes["preview"] = png_bytes(image)
             changes["preview_iteration"] = result.iterations
         self._set(job, **changes)
-        self._forget_inputs(job)
+        # with no line, its upload folder stays: the next start's sweep records the job as failed, not a 404
+        self._forget_inputs(job, keep_folder=not recorded)
         with self._lock:  # memory stays bounded however many jobs the server has finished
             self._previews.append(job)
             while len(self._previews) > KEPT_PREVIEWS:
@@ -501,9 +506,9 @@ class JobStore:
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
 
-    def _forget_inputs(self, job: Job) -> None:
+    def _forget_inputs(self, job: Job, keep_folder: bool = False) -> None:
         job.content, job.styles, job.masks, job.init_image = None, [], None, None
-        if job.upload_dir is not None:
+        if job.upload_dir is not None and not keep_folder:
             shutil.rmtree(job.upload_dir, ignore_errors=True)
 
 
