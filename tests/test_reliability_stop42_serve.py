@@ -140,3 +140,29 @@ def test_the_folder_lock_says_what_holds_it(tmp_path, monkeypatch, capsys):
         with pytest.raises(FolderBusy, match="another batch or server is running on"):
             JobStore(tmp_path / "SV")
     assert not (tmp_path / "SV" / "results" / MANIFEST).exists()
+
+
+def test_a_killed_jobs_uploads_stay_until_its_line_is_written(tmp_path, monkeypatch):
+    """The start's sweep removed a killed job's uploads before its failed line was written: on a disk still full
+    the line was lost with them, and the next start answered 404 for the job. They go once its line is written."""
+    root = tmp_path / "srv"
+    JobStore(root).close()
+    job_id = new_id()
+    (root / "uploads" / job_id).mkdir()
+    (root / "uploads" / job_id / "content").write_bytes(b"an upload")
+    _full(monkeypatch)
+    store = JobStore(root)
+    try:
+        assert store.jobs[job_id].status == "failed"
+    finally:
+        store.close()
+    assert (root / "uploads" / job_id / "content").is_file()
+    monkeypatch.undo()
+    for _ in range(2):  # the first start records it; the next reads its line
+        store = JobStore(root)
+        try:
+            job = store.jobs[job_id].to_json()
+            assert job["status"] == "failed" and "could not record the job" in job["reason"], job
+        finally:
+            store.close()
+    assert not any((root / "uploads").iterdir())

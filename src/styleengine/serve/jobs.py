@@ -186,11 +186,10 @@ class JobStore:
         run, their results written with no manifest line, and half-written results. Only what the server makes
         (a job's upload folder, the picture of such a job, its temp files); anything else is another command's
         and stays, and so does every picture a line of the manifest (`entries`) records."""
-        lost: set[str] = set()  # jobs a client may ask after: they say what became of them, not a 404
+        lost: dict[str, Path] = {}  # jobs a client may ask after (their upload folders): not a 404
         for entry in self.uploads.iterdir():
             if made_upload_folder(entry):
-                shutil.rmtree(entry, ignore_errors=True)
-                lost.add(entry.name)
+                lost[entry.name] = entry
             else:
                 log.warning("%s is not a job's upload folder; left as it is", entry)
         recorded = {e["file"] for e in entries if isinstance(e.get("file"), str)}  # any line's: a batch's too
@@ -209,8 +208,12 @@ class JobStore:
             else:
                 log.warning("%s is no result of this server's jobs (no manifest line records it, and no job's "
                             "upload folder of that id was left); left as it is", entry)
-        for job_id in sorted(lost - self.jobs.keys()):
-            job = self.jobs[job_id] = Job(job_id, None, keep=True)
+        for job_id, folder in sorted(lost.items()):
+            if job_id in self.jobs:  # recorded, then killed before its uploads went
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            # its uploads go once its line is written (_record): on a disk still full, the next start says it
+            job = self.jobs[job_id] = Job(job_id, None, upload_dir=folder, keep=True)
             self._finish_unrun(job, "failed", "the server was killed, or could not record the job, before it "
                                               "finished; submit it again")
 
