@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.engine.settings import BATCH, VIDEO, options
@@ -360,22 +360,58 @@ def _check_links(path: Path, links: int, error: type[UserError]) -> None:
                     f"give it its own copy (cp {path} {path}.new && mv {path}.new {path})")
 
 
-@contextlib.contextmanager
-def locked(out_dir: Path) -> Iterator[None]:
-    """Hold out_dir's batch lock (LOCK_FILE); UserError at once if another process holds it. The lock file is
-    removed when released, so --out keeps only what the batch wrote."""
-    path = Path(out_dir) / LOCK_FILE
+class FolderBusy(UserError):
+    """Another process (a batch or a server) holds a folder's lock (LOCK_FILE)."""
+
+
+LOCK_HOLDERS = {"batch": "wait for it to finish", "server": "stop it"}  # what takes LOCK_FILE -> what to do then
+
+
+def take_lock(folder: Path, taker: str, option: str) -> BinaryIO:
+    """folder's LOCK_FILE open and held, `taker` (a LOCK_HOLDERS key) written in it so that a process refused
+    says what holds it; FolderBusy naming that holder (`option`: what the user can change), UserError if the
+    file cannot be opened. Both batch and serve take it: a folder may be either's."""
+    path = Path(folder) / LOCK_FILE
     try:
         f = paths.open_lock(path)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UserError(f"cannot lock {out_dir}: {path} is a symbolic link; remove it (the lock is a file "
-                            f"of --out)") from None
-        raise UserError(f"cannot lock {out_dir} ({path}: {e.strerror or e})") from None
+            raise UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of "
+                            f"{option})") from None
+        raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
     if f is None:
-        raise UserError(f"another batch is running on {out_dir} (it holds {path}); wait for it to finish "
-                        f"or use another --out")
+        holder = _holder(path)
+        advice = LOCK_HOLDERS.get(holder or "", " or ".join(LOCK_HOLDERS.values()))
+        raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
+                         f"{advice} or use another {option}")
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
+        f.truncate(0)
+        f.write(taker.encode())
+        f.flush()
+    return f
+
+
+def _holder(path: Path) -> str | None:
+    """What holds the lock file `path` as it says (None: not known, e.g. it has not written itself in yet)."""
+    try:
+        fd = paths.open_regular(path)
+    except OSError:
+        return None
+    try:
+        said = os.read(fd, 16).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return said if said in LOCK_HOLDERS else None
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold out_dir's batch lock (LOCK_FILE); FolderBusy at once if another process holds it. The lock file is
+    removed when released, so --out keeps only what the batch wrote."""
+    f = take_lock(Path(out_dir), "batch", "--out")
     try:
         yield
     finally:
-        paths.release_lock(f, path)
+        paths.release_lock(f, Path(out_dir) / LOCK_FILE)

@@ -81,8 +81,9 @@ def test_a_job_a_killed_server_left_says_so_after_a_restart(tmp_path):
     root = tmp_path / "srv"
     JobStore(root).close()
     queued, unrecorded = new_id(), new_id()  # one never ran; one killed between its PNG and its manifest line
-    (root / "uploads" / queued).mkdir()
-    (root / "uploads" / queued / "content").write_bytes(b"an upload")
+    for job_id in (queued, unrecorded):  # the uploads of each: removed only once its line is written
+        (root / "uploads" / job_id).mkdir()
+        (root / "uploads" / job_id / "content").write_bytes(b"an upload")
     Image.new("RGB", (8, 8)).save(root / "results" / f"{unrecorded}.png")
     for _ in range(2):  # the next server reads it from the manifest
         store = JobStore(root)

@@ -353,5 +353,8 @@ def test_a_result_whose_job_was_never_recorded_is_removed_at_start(tmp_path):
     results.mkdir(parents=True)
     orphan, mine = results / f"{new_id()}.png", results / "holiday.png"
     orphan.write_bytes(b"png"), mine.write_bytes(b"png")
+    # what the kill leaves of that job: its uploads, removed only once its line is written (probe 35b)
+    (tmp_path / "srv" / "uploads" / orphan.stem).mkdir(parents=True)
+    (tmp_path / "srv" / "uploads" / orphan.stem / "content").write_bytes(b"an upload")
     JobStore(tmp_path / "srv").close()
     assert not orphan.exists() and mine.exists()

@@ -39,7 +39,7 @@ from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.errors import SettingError, UserError, first_line
 from styleengine.serve.jobs import (Job, JobStore, QueueFull, ResultGone, ServerFolderGone, distance_every,
-                                    load_upload, new_id)
+                                    load_upload, new_id, upload_name)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         folder.mkdir()
         for index, upload in enumerate([content, *styles]):
             label = "content image" if index == 0 else (f"style image {index}" if len(styles) > 1 else "style image")
-            path = folder / ("content" if index == 0 else f"style{index}")
+            path = folder / upload_name(index)
             upload.file.seek(0)
             with open(path, "wb") as out:
                 shutil.copyfileobj(upload.file, out)

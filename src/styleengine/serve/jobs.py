@@ -31,6 +31,7 @@ import numpy as np
 from styleengine import paths
 from styleengine.engine import batch, images
 from styleengine.engine.loop import Record, non_finite
+from styleengine.engine.manifest import FolderBusy, take_lock  # noqa: F401  (FolderBusy: ray_app's, from here)
 from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
 from styleengine.errors import ConfigError, UserError, first_line
 
@@ -44,13 +45,27 @@ RESULTS = "results"  # under the server's folder: ID.png and the manifest
 JOB_ID = re.compile(r"[0-9a-f]{24}")  # job.new_id's
 RESULT_TEMP = re.compile(r"\.[0-9a-f]{24}\.png\.[0-9a-f]{8}\.tmp")  # paths.temp_beside's for a result
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
+UPLOAD_FILE = re.compile(r"content|style[1-9][0-9]*")  # upload_name's: all a job's upload folder holds
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
                                    new_id, png_bytes)
 
 
-class FolderBusy(UserError):
-    """Another server (or Ray replica) holds the folder's lock."""
+def upload_name(index: int) -> str:
+    """The name of a request's upload `index` (0: the content, then its styles) in its job's upload folder."""
+    return "content" if index == 0 else f"style{index}"
+
+
+def made_upload_folder(entry: Path) -> bool:
+    """Whether `entry` (in uploads/) is a job's upload folder as the server makes it: a job's id holding only its
+    upload files (none yet: killed as it began); another command's folder of that name holds something else."""
+    if not (JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+        return False
+    try:
+        with os.scandir(entry) as found:
+            return all(UPLOAD_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in found)
+    except OSError:
+        return False
 
 
 class ServerFolderGone(UserError):
@@ -113,16 +128,8 @@ class JobStore:
     # ------------------------------------------------------------ start and stop
 
     def _take_lock(self) -> None:
-        """One server per folder: a second would append to the same manifest."""
-        path = self.results / batch.LOCK_FILE
-        try:
-            f = paths.open_lock(path)
-        except OSError as e:
-            raise UserError(f"cannot lock {self.results} ({path}: {e.strerror or e})") from None
-        if f is None:
-            raise FolderBusy(f"another server uses {self.root} (it holds {path}); stop it or use another "
-                            f"--results-dir")
-        self._lock_file = f
+        """One server per folder, and no batch writing there: either would append to the same manifest."""
+        self._lock_file = take_lock(self.results, "server", "--results-dir")
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
@@ -149,7 +156,7 @@ class JobStore:
             elif job.last_finite and gone:
                 job.last_finite = False  # its reason says so
             self.jobs[job.id] = job
-        self._clear_leftovers()
+        self._clear_leftovers(entries)
         log.info("serving %d earlier results from %s", sum(j.status == "done" for j in self.jobs.values()),
                  self.results)
 
@@ -174,28 +181,41 @@ class JobStore:
             raise ServerFolderGone(f"cannot make {folder} again: {e.strerror or e}") from None
         return folder
 
-    def _clear_leftovers(self) -> None:
+    def _clear_leftovers(self, entries: list[dict[str, Any]]) -> None:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
-        run, and half-written results. Only what the server makes (a job's id, its temp files); anything else
-        is the user's and stays."""
-        lost: set[str] = set()  # jobs a client may ask after: they say what became of them, not a 404
+        run, their results written with no manifest line, and half-written results. Only what the server makes
+        (a job's upload folder, the picture of such a job, its temp files); anything else is another command's
+        and stays, and so does every picture a line of the manifest (`entries`) records."""
+        lost: dict[str, Path] = {}  # jobs a client may ask after (their upload folders): not a 404
         for entry in self.uploads.iterdir():
-            if JOB_ID.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-                lost.add(entry.name)
+            if made_upload_folder(entry):
+                lost[entry.name] = entry
             else:
                 log.warning("%s is not a job's upload folder; left as it is", entry)
+        recorded = {e["file"] for e in entries if isinstance(e.get("file"), str)}  # any line's: a batch's too
+        recorded |= {batch.place(self.results, e["output"]) for e in entries if isinstance(e.get("output"), str)}
         for entry in self.results.iterdir():
             if RESULT_TEMP.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
                 entry.unlink(missing_ok=True)
-            elif (entry.suffix == ".png" and JOB_ID.fullmatch(entry.stem) and entry.stem not in self.jobs
-                  and entry.is_file() and not entry.is_symlink()):  # killed between the PNG and its line
-                log.info("removing %s: its job was never recorded (the server was killed)", entry)
+            elif (entry.suffix != ".png" or not JOB_ID.fullmatch(entry.stem) or entry.name in recorded
+                  or entry.stem in self.jobs):
+                continue
+            elif entry.stem in lost and entry.is_file() and not entry.is_symlink():
+                # its job's uploads were still there: killed (or its line refused) between the PNG and its line
+                log.info("removing %s: its job was never recorded (the server was killed, or could not write its "
+                         "line)", entry)
                 entry.unlink(missing_ok=True)
-                lost.add(entry.stem)
-        for job_id in sorted(lost - self.jobs.keys()):
-            job = self.jobs[job_id] = Job(job_id, None, keep=True)
-            self._finish_unrun(job, "failed", "the server was killed before the job finished; submit it again")
+            else:
+                log.warning("%s is no result of this server's jobs (no manifest line records it, and no job's "
+                            "upload folder of that id was left); left as it is", entry)
+        for job_id, folder in sorted(lost.items()):
+            if job_id in self.jobs:  # recorded, then killed before its uploads went
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            # its uploads go once its line is written (_record): on a disk still full, the next start says it
+            job = self.jobs[job_id] = Job(job_id, None, upload_dir=folder, keep=True)
+            self._finish_unrun(job, "failed", "the server was killed, or could not record the job, before it "
+                                              "finished; submit it again")
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
@@ -436,12 +456,14 @@ class JobStore:
                                job.settings_hash, job.seconds, device, result.iterations if result is not None else 0,
                                losses, result.distances.to_json() if result is not None and result.distances else None,
                                job.batch, image)
+        recorded = True
         try:
             self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
             done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
+            recorded = False
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
         changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, done.last_finite),
                                    "finished": time.time(), "last_finite": done.last_finite}
@@ -455,7 +477,8 @@ class JobStore:
             changes["preview"] = png_bytes(image)
             changes["preview_iteration"] = result.iterations
         self._set(job, **changes)
-        self._forget_inputs(job)
+        # with no line, its upload folder stays: the next start's sweep records the job as failed, not a 404
+        self._forget_inputs(job, keep_folder=not recorded)
         with self._lock:  # memory stays bounded however many jobs the server has finished
             self._previews.append(job)
             while len(self._previews) > KEPT_PREVIEWS:
@@ -486,9 +509,9 @@ class JobStore:
     def _finish_unrun(self, job: Job, status: str, reason: str) -> None:
         self._record(job, status, reason, None, None)
 
-    def _forget_inputs(self, job: Job) -> None:
+    def _forget_inputs(self, job: Job, keep_folder: bool = False) -> None:
         job.content, job.styles, job.masks, job.init_image = None, [], None, None
-        if job.upload_dir is not None:
+        if job.upload_dir is not None and not keep_folder:
             shutil.rmtree(job.upload_dir, ignore_errors=True)
 
 
