@@ -385,9 +385,11 @@ def take_lock(folder: Path, taker: str, option: str) -> BinaryIO:
         raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
                          f"{advice} or use another {option}")
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
-        f.truncate(0)
-        f.write(taker.encode())
-        f.flush()
+        if os.fstat(f.fileno()).st_nlink == 1:  # another name of a user's file is locked, never written
+            f.seek(0)  # opened to append: after a killed holder's name, it wrote past NULs
+            f.truncate(0)
+            f.write(taker.encode())
+            f.flush()
     return f
 
 

@@ -1,4 +1,4 @@
-"""Issue 24, stop 42: probe 35b's serve findings (on e476fb8): the start's sweep, a job's line on a full disk, the
+"""Issue 23, stop 42: probe 35b's serve findings (on e476fb8): the start's sweep, a job's line on a full disk, the
 folder lock's words."""
 from __future__ import annotations
 
@@ -166,3 +166,37 @@ def test_a_killed_jobs_uploads_stay_until_its_line_is_written(tmp_path, monkeypa
         finally:
             store.close()
     assert not any((root / "uploads").iterdir())
+
+
+def test_a_lock_left_by_a_killed_holder_or_linked_to_a_users_file(tmp_path, caplog):
+    """The taker's name was written after NULs over a lock file a killed holder left ("another batch or server":
+    it is opened to append), and into a user's file hard-linked at the lock's name (its text lost); a server
+    refused by the lock made uploads/; the sweep said a link at a killed job's result name was "no result of this
+    server's jobs" (probe 37)."""
+    results = tmp_path / "D" / "results"
+    results.mkdir(parents=True)
+    (results / LOCK_FILE).write_bytes(b"server")  # what a server killed with SIGKILL leaves
+    with manifest_module.locked(results):
+        assert (results / LOCK_FILE).read_bytes() == b"batch"
+        with pytest.raises(FolderBusy, match="another batch is running on"):
+            JobStore(tmp_path / "D")
+    assert not (tmp_path / "D" / "uploads").exists()  # refused: nothing made
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's notes\n")
+    (tmp_path / "L").mkdir()
+    (tmp_path / "L" / LOCK_FILE).hardlink_to(notes)
+    with manifest_module.locked(tmp_path / "L"):
+        pass
+    assert notes.read_text() == "the user's notes\n"
+
+    root = tmp_path / "S"
+    JobStore(root).close()
+    job_id = new_id()
+    (root / "uploads" / job_id).mkdir()
+    (root / "uploads" / job_id / "content").write_bytes(b"an upload")
+    (root / "results" / f"{job_id}.png").symlink_to(tmp_path / "elsewhere.png")
+    with caplog.at_level(logging.WARNING):
+        JobStore(root).close()
+    said = [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
+    assert said and all("is a symbolic link, not a result the server wrote" in s for s in said), said
+    assert (root / "results" / f"{job_id}.png").is_symlink()

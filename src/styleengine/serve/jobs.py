@@ -97,7 +97,7 @@ class JobStore:
             if folder.is_symlink():  # the server removes and replaces what is in them: only its own folders
                 raise ConfigError(f"{folder} is a symbolic link; the server keeps its own {folder.name} folder in "
                                   f"{SERVER_FOLDER}: remove the link or use another --results-dir")
-            paths.check_cache_dir(folder, what=SERVER_FOLDER)
+        paths.check_cache_dir(self.results, what=SERVER_FOLDER)  # the lock's; uploads/ once it is held
         self.manifest = batch.Manifest(self.results / batch.MANIFEST)
         self.manifest.check_own(SERVER_FOLDER)
         self.max_queue = max_queue
@@ -118,6 +118,7 @@ class JobStore:
         self._lock_file: IO[bytes] | None = None
         self._take_lock()
         try:
+            paths.check_cache_dir(self.uploads, what=SERVER_FOLDER)  # a server refused makes nothing there
             self._restore()
             self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
             self._thread.start()
@@ -205,6 +206,9 @@ class JobStore:
                 log.info("removing %s: its job was never recorded (the server was killed, or could not write its "
                          "line)", entry)
                 entry.unlink(missing_ok=True)
+            elif entry.stem in lost:  # the server writes a regular file there, never this
+                log.warning("%s %s, not a result the server wrote; left as it is", entry, "is a symbolic link"
+                            if entry.is_symlink() else paths.not_a_file(entry) or "is not a regular file")
             else:
                 log.warning("%s is no result of this server's jobs (no manifest line records it, and no job's "
                             "upload folder of that id was left); left as it is", entry)
