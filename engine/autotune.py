@@ -445,10 +445,7 @@ def _update(change: Callable[[dict], None]) -> str:
         if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (named by the line already)
             problem = f"{e.strerror or e}" if os.fspath(e.filename) == os.fspath(path) else \
                 f"{e.filename}: {e.strerror or e}"
-        in_way = next((p for p in (path.parent, *path.parent.parents) if os.path.lexists(p) and not p.is_dir()),
-                      None)
-        if in_way is not None:  # the cache folder a file or a broken link: mkdir said only "File exists"
-            problem = f"{in_way} {paths.not_a_folder(in_way)}"
+        problem = paths.in_the_way(path.parent) or problem  # a cache folder that is a file: mkdir said "File exists"
         if str(path) not in _SAID:  # a run writes its race, then its pick: one warning, not two
             _SAID.add(str(path))
             log.warning("could not keep the tuning record in %s: %s; set STYLEENGINE_CACHE_DIR to a writable folder "

@@ -385,11 +385,10 @@ def take_lock(folder: Path, taker: str, option: str) -> BinaryIO:
         raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
                          f"{advice} or use another {option}")
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
-        if os.fstat(f.fileno()).st_nlink == 1:  # another name of a user's file is locked, never written
-            f.seek(0)  # opened to append: after a killed holder's name, it wrote past NULs
-            f.truncate(0)
-            f.write(taker.encode())
-            f.flush()
+        fd = f.fileno()
+        if os.fstat(fd).st_nlink == 1:  # another name of a user's file is locked, never written
+            os.ftruncate(fd, 0)  # unbuffered: a buffer a full disk refused failed again at the close
+            os.pwrite(fd, taker.encode(), 0)  # at the start, not where the append mode leaves it
     return f
 
 

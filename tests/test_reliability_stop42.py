@@ -212,12 +212,13 @@ def test_a_loaded_pil_png_with_a_transparent_key_is_refused_not_guessed(tmp_path
     assert images.from_picture(plain, "content").min() == 1.0
 
 
-def test_the_dry_run_refuses_a_16_bit_rgb_pngs_key_as_the_run_does(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("key", [30000, 0])
+def test_the_dry_run_refuses_a_16_bit_rgb_pngs_key_as_the_run_does(tmp_path, monkeypatch, capsys, key):
     """`--dry-run` passed a 16-bit RGB PNG with a tRNS key (exit 0, a plan) that the run refuses (probe 36a, 5): its
-    header says so."""
+    header says so; a key of small values (black) too, read before getexif decodes the PNG (probe 38, 1)."""
     _pictures(tmp_path)
-    row = struct.pack(">96H", *([65535] * 48 + [30000] * 48))
-    _png(tmp_path / "k.png", 16, 2, [row] * 40, struct.pack(">3H", 30000, 30000, 30000))
+    row = struct.pack(">96H", *([65535] * 48 + [key] * 48))
+    _png(tmp_path / "k.png", 16, 2, [row] * 40, struct.pack(">3H", key, key, key))
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "k.png", tmp_path / "s.png", *FAST, "-o",
                            tmp_path / "o.png", "--dry-run")
     assert "16-bit RGB PNG with a transparent colour" in one_error_line(code, err)
@@ -265,3 +266,60 @@ def test_a_tuning_record_under_a_cache_that_is_a_file_says_so(tmp_path, monkeypa
         with caplog.at_level(logging.WARNING, logger=autotune.log.name):
             assert said in autotune._update(lambda data: None)
         assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()] == []
+
+
+def test_a_folder_lock_on_a_full_disk_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    """The lock's holder name, refused by a full disk, stayed in the file's buffer and failed again at the lock's
+    release: a traceback after the batch's line, and a signal's 143 lost to exit 1 (probe 38, 2). It is written
+    unbuffered, or not at all."""
+    from styleengine import paths
+    from styleengine.engine import manifest
+
+    real = paths.open_lock
+
+    class Full:  # a lock file on a full disk: what is written waits in a buffer that no flush empties
+        def __init__(self, f):
+            self.f, self.kept = f, b""
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, data):
+            self.kept += data
+            return len(data)
+
+        def flush(self):
+            if self.kept:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def truncate(self, size=None):
+            return self.f.truncate(size)
+
+        def seek(self, *args):
+            return self.f.seek(*args)
+
+        def close(self):
+            self.f.close()
+            self.flush()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.close()
+
+    monkeypatch.setattr(paths, "open_lock", lambda path: Full(real(path)))
+    (tmp_path / "out").mkdir()
+    with manifest.locked(tmp_path / "out"):
+        pass
+    assert not (tmp_path / "out" / manifest.LOCK_FILE).exists()
+
+
+def test_an_out_below_a_broken_link_says_the_link(tmp_path, monkeypatch, capsys):
+    """`--out dl/new` (dl a broken link) said "cannot make the output folder dl/new: File exists" (probe 38, 3)."""
+    _pictures(tmp_path)
+    (tmp_path / "dl").symlink_to(tmp_path / "nothing" / "x")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n')
+    for out in ("dl/new", "dl/../new"):
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", f"{tmp_path}/{out}", *FAST)
+        assert "dl is a broken symbolic link" in one_error_line(code, err), out

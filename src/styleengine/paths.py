@@ -249,6 +249,15 @@ def not_a_folder(path: str | os.PathLike) -> str:
     return (kind or "is a file").replace(", not a regular file", "")  # a FIFO: not "not a file"
 
 
+def in_the_way(folder: str | os.PathLike) -> str | None:
+    """What stops the folder `folder` being made or used, said ("dl is a broken symbolic link"): it or a folder
+    above it that is there and is not a folder; None if nothing is."""
+    for path in (Path(folder), *Path(folder).parents):
+        if os.path.lexists(path) and not path.is_dir():
+            return f"{path} {not_a_folder(path)}"
+    return None
+
+
 @contextlib.contextmanager
 def made_folder(path: Path, what: str) -> Iterator[None]:
     """Make the folder `path` (and its missing parents; ConfigError if it cannot be); should the block fail,
@@ -261,8 +270,8 @@ def made_folder(path: Path, what: str) -> Iterator[None]:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
         ours = {made: identity(made) for made in missing}  # a folder made since by that name is another's
-    except OSError as e:
-        raise ConfigError(f"cannot make {what} {path}: {_reason(e)}") from None
+    except OSError as e:  # a broken link on the way: mkdir says only "File exists"
+        raise ConfigError(f"cannot make {what} {path}: {in_the_way(path) or _reason(e)}") from None
     try:
         yield
     except BaseException:
@@ -630,8 +639,7 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
         with temp_beside(root / "write-test") as (fd, _):  # made and removed: a signal leaves no file
             os.close(fd)
     except OSError as e:
-        in_way = next((p for p in Path(root).parents if os.path.lexists(p) and not p.is_dir()), None)
-        reason = f"{in_way} {not_a_folder(in_way)}" if in_way is not None else _reason(e)  # not "Not a directory"
+        reason = in_the_way(root) or _reason(e)  # not "Not a directory"
         raise ConfigError(f"cannot use {what} {root}{named}: {reason}") from None
 
 
@@ -732,10 +740,10 @@ def header_shape(path: str | os.PathLike, role: str, quiet: bool = False) -> tup
     with image_errors(path, role, quiet=quiet):
         with Image.open(path) as im:
             width, height = im.size
+            tile = im.tile[0].args if im.tile else None  # before getexif, which decodes a PNG (the tile gone)
+            problem = key_problem(im.mode, im.info.get("transparency"), tile if isinstance(tile, str) else None)
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
                 width, height = height, width
-            tile = im.tile[0].args if im.tile else None
-            problem = key_problem(im.mode, im.info.get("transparency"), tile if isinstance(tile, str) else None)
     if problem is not None:  # the run refuses it as it decodes: said from the header alike
         raise ImageError(f"refusing {role} {path}: it {problem}")
     return height, width
