@@ -52,22 +52,22 @@ def _rawmode(img: Image.Image) -> str | None:
     args = tile[0].args if tile else None
     if isinstance(args, tuple) and args:
         args = args[0]
-    if not tile and getattr(img, "format", None) == "PNG":
+    if not tile:  # loaded, copied, cropped: PIL no longer says what its key means
         return LOADED
     return args if isinstance(args, str) else None
 
 
 def _to_float_rgb(img: Image.Image, backdrop: float = 1.0, rawmode: str | None = None) -> np.ndarray:
     """Any PIL mode -> float32 (H, W, 3) RGB in [0, 1]; alpha over the grey `backdrop`. rawmode: _rawmode's,
-    taken before the decode (None: not a file's; LOADED: a PNG decoded before it came here)."""
+    taken before the decode (None: not known; LOADED: an image decoded before it came here, its bit depth gone)."""
     mode = img.mode
     # a PNG's tRNS chunk: one grey level or colour that is transparent (palette images keep theirs per entry)
     keyed = img.info.get("transparency") if mode in ("1", "L", "RGB", "I", "I;16", "I;16B", "I;16L") else None
     if rawmode == LOADED and ((mode == "L" and isinstance(keyed, int) and 0 < keyed < 16)
                               or (mode == "RGB" and isinstance(keyed, tuple))):
-        raise _RangeError("is a PNG with a transparent colour (a tRNS key), loaded before it was passed: PIL no "
-                          "longer says its bit depth, which decides the key's meaning; pass its path or the image "
-                          "Image.open gives, before .load()")
+        raise _RangeError("has a transparent colour (a PNG's tRNS key) and was loaded, copied or changed before it "
+                          "was passed: PIL no longer says its bit depth, which decides the key's meaning; pass its "
+                          "path or the image Image.open gives, or picture.convert('RGBA') for PIL's own reading")
     problem = paths.key_problem(mode, keyed, rawmode)
     if problem is not None:
         raise _RangeError(problem)

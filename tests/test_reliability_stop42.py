@@ -190,9 +190,9 @@ def test_the_api_says_a_cache_folder_that_is_a_file_as_the_command_does(tmp_path
 
 
 def test_a_loaded_pil_png_with_a_transparent_key_is_refused_not_guessed(tmp_path):
-    """A PIL image loaded before it was passed keeps no bit depth: a 2-bit key read as an 8-bit level (the keyed
-    half grey, exit 0), a 16-bit RGB key of small values taken (probe 36a, 1). Refused in one line; the path and
-    the image Image.open gives are read exactly."""
+    """A PIL image loaded (or copied, cropped: probe 39) before it was passed keeps no bit depth: a 2-bit key read as
+    an 8-bit level (the keyed half grey, exit 0), a 16-bit RGB key of small values taken (probe 36a, 1). Refused in
+    one line; the path and the image Image.open gives are read exactly."""
     from styleengine.engine import images
     from styleengine.errors import ImageError
 
@@ -205,11 +205,15 @@ def test_a_loaded_pil_png_with_a_transparent_key_is_refused_not_guessed(tmp_path
     for name in ("g2.png", "k16.png"):
         loaded = Image.open(tmp_path / name)
         loaded.load()
-        with pytest.raises(ImageError, match="loaded before it was passed"):
-            images.from_picture(loaded, "content")
-    plain = Image.new("L", (40, 40), 3)  # not a file's: its key is a pixel value, as PIL says
+        # and what PIL derives from it, keeping the key (probe 39: a copy, a crop or a resize was read as 8 bits)
+        for picture in (loaded, Image.open(tmp_path / name).copy(), Image.open(tmp_path / name).crop((0, 0, 40, 40))):
+            with pytest.raises(ImageError, match="loaded, copied or changed before it was passed"):
+                images.from_picture(picture, "content")
+    plain = Image.new("L", (40, 40), 3)  # not a file's: what its key means is the caller's to say
     plain.info["transparency"] = 3
-    assert images.from_picture(plain, "content").min() == 1.0
+    with pytest.raises(ImageError, match="convert"):
+        images.from_picture(plain, "content")
+    assert images.from_picture(plain.convert("RGBA"), "content").min() == 1.0
 
 
 @pytest.mark.parametrize("key", [30000, 0])
