@@ -376,6 +376,62 @@ def test_a_frame_changed_during_the_run_ends_the_video_before_it(tmp_path, monke
     assert code == 0 and frame_count(out) == 5, err
 
 
+@pytest.mark.parametrize("signalled", [False, True])
+def test_a_frames_folder_replaced_mid_run_is_left_to_its_maker(tmp_path, monkeypatch, capsys, clip, style,
+                                                               signalled):
+    """`mv OUT.frames elsewhere; mkdir OUT.frames` while the video ran: its later frames went into the user's folder
+    (no video.json: every rerun refused), and with a signal the user's empty folder was removed as its own (probe
+    39, 2 and 3). It writes into the folder it took only, and removes only that."""
+    out = tmp_path / "out.mp4"
+    folder = tmp_path / "out.mp4.frames"
+    real = ORIGINAL_FRAME
+
+    def frame(self, index, picture):
+        if index == 2:
+            folder.rename(tmp_path / "moved")
+            folder.mkdir()
+            if signalled:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        return real(self, index, picture)
+
+    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:4"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    if signalled:
+        assert code == 143 and "Traceback" not in err, err
+    else:
+        assert "was moved or replaced while the video ran" in the_error(code, err)
+    assert folder.is_dir() and list(folder.iterdir()) == []  # the user's, as they made it
+    assert sorted(p.name for p in (tmp_path / "moved").glob("frame_*")) == ["frame_000000.png", "frame_000001.png"]
+    monkeypatch.setattr(video_engine.VideoRun, "frame", real)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and frame_count(out) == 4, err
+
+
+def test_a_frame_not_written_then_a_full_disk_at_the_encode_says_both(tmp_path, monkeypatch, capsys, clip, style):
+    """A frame refused by a full disk, then the encode refused too: only the encode's fault was said (probe 39, 4)."""
+    from styleengine import cli_video
+    from styleengine.errors import ImageError
+
+    real = cli_video.FrameStore.save
+
+    def save(self, index, image):
+        if index == 2:
+            raise ImageError(f"cannot write {self.path(index)}: No space left on device")
+        return real(self, index, image)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli_video.FrameStore, "save", save)
+    monkeypatch.setattr(video_io, "write_video", full)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:4")
+    line = the_error(code, err)
+    assert "frame_000002.png: No space left on device" in line and "cannot write" in line.split(";", 1)[1], line
+
+
 def test_a_fault_in_the_loop_is_not_said_as_a_signal(tmp_path, monkeypatch, capsys, clip, style):
     """An OSError in the loop, then a failed encode, was said "interrupted (Ctrl-C) ... cannot write out.mp4",
     exit 130, where no signal came (probe 35a, 4). The fault keeps its traceback; the encode's is a warning."""

@@ -56,6 +56,7 @@ class FrameStore:
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
         self.saved: set[int] = set()  # frames this run wrote: one missing at the encode was removed meanwhile
+        self._identity: tuple[int, int] | None = None  # the folder taken: one put in its place is another's
         self._lock: Any = None
 
     def take(self) -> None:
@@ -70,6 +71,7 @@ class FrameStore:
         try:
             self.folder.mkdir(exist_ok=True)
             self.made = (made, False)
+            self._identity = paths.identity(self.folder)
             self._take_lock()
             self._sweep()
         except OSError as e:  # a full disk, a read-only folder
@@ -93,7 +95,7 @@ class FrameStore:
     def give_up(self) -> None:
         """Refused at the start: the lock let go, and a folder this run made and recorded nothing in removed."""
         self.close()
-        if self.made[0] and not self.made[1]:  # nothing left behind (an empty OUT.frames on a full disk)
+        if self.made[0] and not self.made[1] and self._taken():  # nothing left behind (an empty OUT.frames)
             with contextlib.suppress(OSError):
                 self.folder.rmdir()
 
@@ -159,7 +161,7 @@ class FrameStore:
         except OSError:  # removed or moved away during the run (the user's): nothing here to take back
             self.close()
             return
-        if not record or others:
+        if not record or others or not self._taken():  # a folder put in its place is the user's
             return
         try:
             (self.folder / self.RECORD).unlink(missing_ok=True)
@@ -232,9 +234,16 @@ class FrameStore:
                             f"move it away and run again") from None
         return aside
 
+    def _taken(self) -> bool:
+        """Whether the folder at OUT.frames is still the one this run took (not moved away, another made there)."""
+        return self._identity is not None and paths.identity(self.folder) == self._identity
+
     def _save(self, image: Any, path: Path) -> None:
         from styleengine.engine import images
 
+        if not self._taken():  # its frames would go into a folder the user made, with no record of their settings
+            raise UserError(f"{self.folder} was moved or replaced while the video ran; move the frames back or "
+                            f"rerun to make them again")
         kind = None  # where a frame not finished yet goes: another command's picture, an unreadable file
         if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):  # a link, a folder: the user's
             kind = "foreign"
@@ -549,6 +558,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
             if escaping:
                 console.print(f"warning: {first_line(e)}", highlight=False, soft_wrap=True)
             elif not signals.stopped(stopped):
+                if failure is not None:  # the loop's fault came first: both said
+                    raise UserError(f"{first_line(failure)}; {first_line(e)}") from None
                 raise
             else:
                 signals.reported = True
