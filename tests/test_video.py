@@ -225,6 +225,21 @@ def hook_frames(monkeypatch, stop_at: int | None = None) -> list[int]:
     return ran
 
 
+def act_at(monkeypatch, at: int, action, signalled: bool = False) -> None:
+    """As the engine starts frame `at`, `action()` (another process's doing), then SIGTERM if `signalled`."""
+    real = ORIGINAL_FRAME
+
+    def frame(self, index, picture):
+        if index == at:
+            action()
+            if signalled:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        return real(self, index, picture)
+
+    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+
+
 def test_a_signal_leaves_a_partial_video_and_a_rerun_runs_no_frame_twice(tmp_path, monkeypatch, capsys, clip,
                                                                         style):
     out = tmp_path / "out.mp4"
@@ -344,23 +359,17 @@ def test_a_frame_changed_during_the_run_ends_the_video_before_it(tmp_path, monke
     video (with a SIGTERM too: exit 1, not 143); one removed: "the video ended at frame 1", as if the input had
     (probe 35a, 3; 35b, 2). The video ends before it, said in one line; the rerun makes it again."""
     out = tmp_path / "out.mp4"
-    folder = tmp_path / "out.mp4.frames"
-    real = ORIGINAL_FRAME
+    changed = tmp_path / "out.mp4.frames" / "frame_000001.png"
 
-    def frame(self, index, picture):
-        if index == 3:
-            changed = folder / "frame_000001.png"
-            if case == "damaged":
-                changed.write_bytes(changed.read_bytes()[:200])
-            elif case == "removed":
-                changed.unlink()
-            else:
-                Image.new("RGB", Image.open(changed).size, (1, 2, 3)).save(changed)
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-        return real(self, index, picture)
+    def change():
+        if case == "damaged":
+            changed.write_bytes(changed.read_bytes()[:200])
+        elif case == "removed":
+            changed.unlink()
+        else:
+            Image.new("RGB", Image.open(changed).size, (1, 2, 3)).save(changed)
 
-    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    act_at(monkeypatch, 3, change, signalled=case.endswith("SIGTERM"))
     args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:5"]
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert "Traceback" not in err, err
@@ -371,7 +380,7 @@ def test_a_frame_changed_during_the_run_ends_the_video_before_it(tmp_path, monke
         assert "frame 1 in" in line and "was removed or changed after it was written" in line, line
         assert "(1 of 5 frames); rerun to continue" in line, line
     assert frame_count(out) == 1
-    monkeypatch.setattr(video_engine.VideoRun, "frame", real)
+    monkeypatch.setattr(video_engine.VideoRun, "frame", ORIGINAL_FRAME)
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0 and frame_count(out) == 5, err
 
@@ -384,18 +393,12 @@ def test_a_frames_folder_replaced_mid_run_is_left_to_its_maker(tmp_path, monkeyp
     39, 2 and 3). It writes into the folder it took only, and removes only that."""
     out = tmp_path / "out.mp4"
     folder = tmp_path / "out.mp4.frames"
-    real = ORIGINAL_FRAME
 
-    def frame(self, index, picture):
-        if index == 2:
-            folder.rename(tmp_path / "moved")
-            folder.mkdir()
-            if signalled:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-        return real(self, index, picture)
+    def replace():
+        folder.rename(tmp_path / "moved")
+        folder.mkdir()
 
-    monkeypatch.setattr(video_engine.VideoRun, "frame", frame)
+    act_at(monkeypatch, 2, replace, signalled)
     args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:4"]
     code, _, err = run_cli(monkeypatch, capsys, *args)
     if signalled:
@@ -404,7 +407,7 @@ def test_a_frames_folder_replaced_mid_run_is_left_to_its_maker(tmp_path, monkeyp
         assert "was moved or replaced while the video ran" in the_error(code, err)
     assert folder.is_dir() and list(folder.iterdir()) == []  # the user's, as they made it
     assert sorted(p.name for p in (tmp_path / "moved").glob("frame_*")) == ["frame_000000.png", "frame_000001.png"]
-    monkeypatch.setattr(video_engine.VideoRun, "frame", real)
+    monkeypatch.setattr(video_engine.VideoRun, "frame", ORIGINAL_FRAME)
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0 and frame_count(out) == 4, err
 
