@@ -276,6 +276,7 @@ def test_a_damaged_finished_frame_is_kept_aside_and_runs_again(tmp_path, monkeyp
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0 and "Traceback" not in err, err
     assert ran == [1] and "is damaged" in caplog.text and frame_count(out) == 3
+    assert "(frame 1 is not this video's to use and runs again)" in err, err
     assert (damaged.parent / "frame_000001.png.damaged").read_bytes().endswith(b"not a picture any more")
 
 
@@ -294,6 +295,27 @@ def test_a_finished_frame_another_command_wrote_runs_again(tmp_path, monkeypatch
     assert code == 0 and "Traceback" not in err, err
     assert ran == [1] and "is not a frame this video wrote" in caplog.text and frame_count(out) == 3
     assert (foreign.parent / "frame_000001.png.foreign").is_file() and "styleengine-video" in Image.open(foreign).text
+    # the resume line said all three were there (stop 42's nit)
+    assert "resuming: frames 0-2 are in" in err and "(frame 1 is not this video's to use and runs again)" in err, err
+
+
+def test_another_commands_picture_at_the_first_frame_then_a_signal_is_said_truly(tmp_path, monkeypatch, capsys,
+                                                                               clip, style):
+    """Another command's picture at frame 0, then SIGTERM as that frame runs again: the resume line said
+    "resuming: frames 0-2" and the signal's line "the frames are not in OUT.frames any more" (the picture had
+    been counted as a finished frame)."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:3"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    out.unlink()
+    foreign = tmp_path / "out.mp4.frames" / "frame_000000.png"
+    Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
+    hook_frames(monkeypatch, stop_at=0)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 143 and "Traceback" not in err, err
+    assert "(frame 0 is not this video's to use and runs again)" in err, err
+    assert "no frame finished; nothing written" in err and "any more" not in err, err
+    assert (foreign.parent / "frame_000000.png.foreign").is_file() and not out.exists()
 
 
 def the_error(code: int, err: str) -> str:

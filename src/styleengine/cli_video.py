@@ -280,6 +280,11 @@ class FrameStore:
         return self.finished(index) or (side is not None and self.seam(index, side).is_file()
                                         and self._ours(self.seam(index, side)) is not False)
 
+    def not_ours(self, start: int, stop: int) -> list[int]:
+        """The frames of start..stop-1 whose file does not carry this video's mark (another command's picture, or
+        one too damaged to tell), read to the mark only."""
+        return [i for i in range(start, stop) if self._ours(self.path(i)) is not True]
+
     def finished_from(self, start: int, stop: int) -> int:
         """The first frame of start..stop-1 not there (stop: all are); one there is checked as it is read (load):
         another command's then runs again, and the frames after it stay."""
@@ -492,8 +497,12 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     from styleengine.engine.video import Frame, stylise_frames
 
     resumed = store.finished_from(start, stop)
+    redo = store.not_ours(start, resumed)  # moved aside as each is reached: said here, not as "resuming" them
     if resumed > start:
-        console.print(f"resuming: frames {start}-{resumed - 1} are in {store.folder}", highlight=False,
+        one = len(redo) == 1
+        but = (f" ({'frame' if one else 'frames'} {', '.join(map(str, redo))} {'is' if one else 'are'} not this "
+               f"video's to use and {'runs' if one else 'run'} again)") if redo else ""
+        console.print(f"resuming: frames {start}-{resumed - 1} are in {store.folder}{but}", highlight=False,
                       soft_wrap=True)
     progress = Progress(TextColumn("video"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
                         TextColumn("{task.fields[rate]:.2f} frames/s"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -503,7 +512,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     stopped: str | None = None
     failure: UserError | None = None
     escaping = False  # a bug or an OSError on its way out: its traceback stands, the encode's fault is a warning
-    known = set(range(start, resumed))  # finished before this run
+    known = set(range(start, resumed)) - set(redo)  # finished before this run
     try:
         with progress:
             if chunked is not None:  # chunks finish out of order
@@ -518,7 +527,7 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
                     if tracer is not None:
                         tracer.write_object(frame.to_json(), f"frame {frame.index}")
                 # a resumed frame found damaged runs again: it was counted among the finished already
-                counted = chunked is None and frame.index < resumed
+                counted = chunked is None and frame.index in known
                 progress.update(task, advance=0 if counted else 1, rate=made / (time.perf_counter() - began))
 
             if chunked is None:
