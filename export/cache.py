@@ -67,8 +67,13 @@ class CacheWriteError(ConfigError):
 
 
 def _cannot_write(where: Path, error: OSError) -> CacheWriteError:
-    return CacheWriteError(f"cannot write in the cache folder {where} ({error.strerror or error}); free some "
-                           f"space or set STYLEENGINE_CACHE_DIR to a writable folder")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space or set STYLEENGINE_CACHE_DIR to another folder"
+    elif error.errno == errno.ENOENT:  # removed while it ran (a `rm -r` of the cache): the next run makes it again
+        advice = "it was removed while this ran; run again"
+    else:  # read-only, not writable, in the way
+        advice = "make it writable or set STYLEENGINE_CACHE_DIR to a writable folder"
+    return CacheWriteError(f"cannot write in the cache folder {where} ({error.strerror or error}); {advice}")
 
 
 @dataclass(frozen=True)
