@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 
 import pytest
@@ -32,3 +33,19 @@ def test_a_cache_folder_that_cannot_take_an_entry_says_what_to_do_for_its_cause(
               "full": "free some space or set STYLEENGINE_CACHE_DIR to another folder",
               "read-only": "make it writable or set STYLEENGINE_CACHE_DIR to a writable folder"}[case]
     assert said.endswith(advice), said
+
+
+def test_nothing_is_written_outside_the_outputs_and_the_cache_by_onnxruntime(tmp_path):
+    """ONNX Runtime 1.29+ wrote a device id and a database under ~/.cache/Microsoft/DeveloperTools and a `.ses` file
+    in $TMPDIR as it was imported, even by `run --backend torch` (probe 40b, 1): its telemetry is off unless the user
+    turned it on."""
+    import subprocess
+    import sys
+
+    home, temp = tmp_path / "home", tmp_path / "temp"
+    home.mkdir()
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), TMPDIR=str(temp), XDG_CACHE_HOME=str(home / ".cache"))
+    subprocess.run([sys.executable, "-c", "import styleengine.engine.ort_step, onnxruntime"], env=env, check=True)
+    assert not list(home.rglob("*")) and not list(temp.iterdir())

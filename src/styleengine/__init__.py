@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from styleengine.runtime import no_onnxruntime_telemetry
+
 if TYPE_CHECKING:
     from PIL import Image
 
 __version__ = "0.1.0"
+
+no_onnxruntime_telemetry()  # before any module of ours imports onnxruntime
 
 
 def stylise(content: Any, style_or_styles: Any, **settings: Any) -> Image.Image:

@@ -13,3 +13,11 @@ def passive_openmp() -> None:
     loop: 0.423 vs 0.422 s)."""
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def no_onnxruntime_telemetry() -> None:
+    """ONNX Runtime 1.29+ on Linux writes a device id under ~/.cache/Microsoft, a session file in $TMPDIR and
+    uploads usage events as it is imported: a style transfer writes its outputs and its cache only. Off unless the
+    user set ORT_DISABLE_TELEMETRY (0 turns it back on); set before onnxruntime loads."""
+    if "onnxruntime" not in sys.modules:
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
