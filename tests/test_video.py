@@ -434,6 +434,39 @@ def test_a_frames_folder_replaced_mid_run_is_left_to_its_maker(tmp_path, monkeyp
     assert code == 0 and frame_count(out) == 4, err
 
 
+@pytest.mark.parametrize("signalled", [False, True])
+def test_pictures_in_a_frames_folder_put_in_its_place_are_neither_encoded_nor_moved(tmp_path, monkeypatch, capsys,
+                                                                                    clip, style, caplog,
+                                                                                    signalled):
+    """`mv OUT.frames saved; mkdir OUT.frames; cp mine.png OUT.frames/frame_000000.png` while the video ran: the
+    encode read the user's folder and renamed their picture to `.foreign`, "that frame runs again" (probe 40a, 1).
+    Nothing in a folder put in its place is read, encoded or moved."""
+    out = tmp_path / "out.mp4"
+    folder = tmp_path / "out.mp4.frames"
+    theirs = {}
+
+    def replace():
+        folder.rename(tmp_path / "saved")
+        folder.mkdir()
+        for index in (0, 1):
+            picture = folder / f"frame_{index:06d}.png"
+            Image.open(tmp_path / "saved" / picture.name).convert("L").convert("RGB").save(picture)
+            theirs[picture] = picture.read_bytes()
+
+    act_at(monkeypatch, 2, replace, signalled)
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:4"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    if signalled:
+        assert code == 143 and "Traceback" not in err, err
+        assert f"the frames are not in {folder} any more; nothing written" in err, err
+    else:
+        error = the_error(code, err)
+        assert "was moved or replaced while the video ran" in error and "nothing written" in error, error
+    assert "runs again" not in err + caplog.text and not out.exists()
+    assert {p: p.read_bytes() for p in folder.iterdir()} == theirs  # the user's, as they made it
+    assert sorted(p.name for p in (tmp_path / "saved").glob("frame_*")) == ["frame_000000.png", "frame_000001.png"]
+
+
 def test_a_frame_not_written_then_a_full_disk_at_the_encode_says_both(tmp_path, monkeypatch, capsys, clip, style):
     """A frame refused by a full disk, then the encode refused too: only the encode's fault was said (probe 39, 4)."""
     from styleengine import cli_video

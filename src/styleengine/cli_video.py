@@ -187,6 +187,7 @@ class FrameStore:
 
         from styleengine.engine import images
 
+        self._check_taken()  # the user's pictures in a folder put in its place are neither encoded nor moved
         if not path.is_file():
             return None
         if self._ours(path) is False:  # a picture of this shape that another command put here
@@ -238,12 +239,23 @@ class FrameStore:
         """Whether the folder at OUT.frames is still the one this run took (not moved away, another made there)."""
         return self._identity is not None and paths.identity(self.folder) == self._identity
 
+    def taken_error(self) -> UserError | None:
+        """Why nothing at OUT.frames may be read, written or moved any more: another folder is there (the user's,
+        with no record of these settings), or none; None while it is the one this run took."""
+        if self._taken():
+            return None
+        return UserError(f"{self.folder} was moved or replaced while the video ran; move the frames back or rerun "
+                         f"to make them again")
+
+    def _check_taken(self) -> None:
+        error = self.taken_error()
+        if error is not None:
+            raise error
+
     def _save(self, image: Any, path: Path) -> None:
         from styleengine.engine import images
 
-        if not self._taken():  # its frames would go into a folder the user made, with no record of their settings
-            raise UserError(f"{self.folder} was moved or replaced while the video ran; move the frames back or "
-                            f"rerun to make them again")
+        self._check_taken()  # its frames would go into a folder the user made, with no record of their settings
         kind = None  # where a frame not finished yet goes: another command's picture, an unreadable file
         if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):  # a link, a folder: the user's
             kind = "foreign"
@@ -558,7 +570,10 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
             tracer.close()
             if tracer.failure:
                 console.print(f"warning: {tracer.failure}", highlight=False, soft_wrap=True)
-        end = store.finished_from(start, stop)
+        moved = store.taken_error()  # nothing in a folder put in its place is the video's
+        if moved is not None and failure is None and not escaping:
+            failure = moved
+        end = store.finished_from(start, stop) if moved is None else start
         written, lost = 0, None
         try:
             if end > start:
@@ -585,8 +600,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     seconds = time.perf_counter() - began
     if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True
-        gone = (f"the frames are not in {store.folder} any more" if any(  # chunks finish out of order
-            not store.path(i).is_file() for i in known | store.saved) else "no frame finished")
+        gone = (f"the frames are not in {store.folder} any more" if moved is not None or any(
+            not store.path(i).is_file() for i in known | store.saved) else "no frame finished")  # out of order
         where = f"wrote {output} ({written} of {stop - start} frames)" if written else f"{gone}; nothing written"
         left = "rerun to continue" if written < stop - start else "every frame is in it"  # nothing to rerun
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
