@@ -45,6 +45,17 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
 LOADED = "loaded"  # _rawmode of a PNG whose pixels were decoded already: its bit depth is gone
 
 
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """img.convert(mode) applying its transparency, which PIL may refuse (a palette index past the palette, a
+    key of another type: set by hand, or a 16-bit key PIL kept through convert('P')): _RangeError, one line."""
+    try:
+        return img.convert(mode)
+    except (ValueError, TypeError) as e:
+        raise _RangeError(f"has a transparency PIL cannot apply ({img.mode} image, transparency "
+                          f"{img.info.get('transparency')!r:.40}: {first_line(e)}); remove it from the image's "
+                          f"info or pass the file's path") from None
+
+
 def _rawmode(img: Image.Image) -> str | None:
     """How the file holds its pixels, as PIL's decoder was told ("L;4", "RGB;16B"), while they are not decoded
     yet: after the decode PIL keeps only the mode it made of them."""
@@ -82,6 +93,11 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0, rawmode: str | None =
         # 16-bit greyscale (PNG decodes as I;16 or I): full scale is 65535, not 255
         gray = np.asarray(img).astype(np.float64)
         _check_range(gray, 0.0, 65535.0, "integer", "0-65535")
+        if rawmode == LOADED and gray.size and gray.max() <= 255:  # a value past 255 says 16 bits; none, nothing
+            raise _RangeError(f"is a PIL image of mode {mode} with values 0-255 only that was loaded, copied or made "
+                              f"in memory: PIL does not say whether they are 8-bit levels (convert('{mode}') of an "
+                              f"8-bit picture) or a dark 16-bit picture; pass its path, the image Image.open gives, "
+                              f"or a numpy array (uint8 for 0-255, uint16 for 0-65535)")
         grey = np.repeat((gray / 65535.0)[..., None], 3, axis=2)
         if isinstance(keyed, int):  # PIL's RGBA conversion drops a 16-bit key (and the low byte)
             return _composite(np.concatenate([grey, (gray != keyed)[..., None]], axis=2), backdrop).astype(np.float32)
@@ -93,11 +109,11 @@ def _to_float_rgb(img: Image.Image, backdrop: float = 1.0, rawmode: str | None =
         _check_range(gray, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
         return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
     if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        img = _convert(img, "RGBA") if "transparency" in img.info else img.convert("RGB")
     elif mode == "PA":
         img = img.convert("RGBA")
     elif mode in ("1", "L", "RGB") and keyed is not None:
-        img = img.convert("RGBA")
+        img = _convert(img, "RGBA")
     elif mode in ("1", "L"):
         img = img.convert("RGB")
     elif mode == "La":
@@ -246,7 +262,8 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
         try:
             _check_range(values, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
         except _RangeError as e:
-            raise ImageError(f"{what} {e}; for 0-255 values pass a uint8 array or divide by 255") from None
+            advice = "; for 0-255 values pass a uint8 array or divide by 255" if np.isfinite(values).all() else ""
+            raise ImageError(f"{what} {e}{advice}") from None
         values = np.clip(values, 0.0, 1.0)
     else:
         raise ImageError(f"{what}: image arrays are uint8 (0-255), uint16 (0-65535) or float (0-1), "
@@ -281,7 +298,9 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
             pil.save(encoded, format=fmt)
         with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within) as f:
             f.write(encoded.getbuffer())
-    except (OSError, ValueError, KeyError) as e:
+    except OSError as e:  # "Read-only file system", as the other writes say it, not "[Errno 30] ...: 'path'"
+        raise ImageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None
+    except (ValueError, KeyError) as e:
         raise ImageError(f"cannot write {path}: {first_line(e)}") from None
     return hashlib.sha256(encoded.getbuffer()).hexdigest()
 

@@ -49,3 +49,86 @@ def test_nothing_is_written_outside_the_outputs_and_the_cache_by_onnxruntime(tmp
     env.update(HOME=str(home), TMPDIR=str(temp), XDG_CACHE_HOME=str(home / ".cache"))
     subprocess.run([sys.executable, "-c", "import styleengine.engine.ort_step, onnxruntime"], env=env, check=True)
     assert not list(home.rglob("*")) and not list(temp.iterdir())
+
+
+def _keyed_pictures():
+    """PIL images whose transparency PIL's convert('RGBA') refuses."""
+    from PIL import Image
+
+    palette = Image.new("P", (64, 64))
+    palette.info["transparency"] = 300  # an index past the palette (a 16-bit grey key kept through convert('P'))
+    grey = Image.new("L", (64, 64))
+    grey.info["transparency"] = "x"
+    rgb = Image.new("RGB", (64, 64))
+    rgb.info["transparency"] = b"ab"
+    return {"palette index past the palette": palette, "a grey key of another type": grey,
+            "an rgb key of bytes": rgb}
+
+
+@pytest.mark.parametrize("case", sorted(_keyed_pictures()))
+def test_a_pil_transparency_pil_cannot_apply_is_one_line(case):
+    """`convert('P')` of a 16-bit keyed grey PNG keeps the key (32767) as a palette index, and a key set by hand may be
+    of any type: PIL's own ValueError or TypeError came out of `styleengine.stylise` as a traceback (probe 40a, 2)."""
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    with pytest.raises(ImageError, match="refusing content image: it has a transparency PIL cannot apply") as caught:
+        images.from_picture(_keyed_pictures()[case], "content image")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_pil_integer_image_of_no_known_scale_is_refused_not_read_as_16_bits(tmp_path):
+    """`picture.convert('I')` (or 'I;16') of an 8-bit picture holds 0-255 and was read on a 0-65535 scale: a black
+    picture stylised, exit 0 (probe 40a, 3). A loaded or derived integer image with no value past 255 is refused in
+    one line (a value past 255 says 16 bits); a 16-bit file, by path or as Image.open gives it, is read exactly."""
+    import numpy as np
+    from PIL import Image
+
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    grey = Image.fromarray((np.arange(4096).reshape(64, 64) % 256).astype(np.uint8), "L")
+    for mode in ("I", "I;16"):
+        with pytest.raises(ImageError, match=f"is a PIL image of mode {mode} with values 0-255 only that was "
+                                             f"loaded, copied or made"):
+            images.from_picture(grey.convert(mode), "content image")
+    levels = (np.arange(4096).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "g16.png")  # a 16-bit greyscale PNG
+    want = np.repeat((levels / 65535.0)[..., None], 3, axis=2)
+    loaded = Image.open(tmp_path / "g16.png")
+    loaded.load()
+    for given in (tmp_path / "g16.png", Image.open(tmp_path / "g16.png"), loaded, Image.fromarray(levels), levels):
+        assert np.abs(images.from_picture(given, "content image") - want).max() < 1e-6
+
+
+def test_a_frame_the_file_system_refuses_is_said_in_its_words(tmp_path, monkeypatch):
+    """A read-only frames folder said "cannot write F: [Errno 30] Read-only file system: 'F'" (probe 40a, 4): the
+    path twice and Python's errno text, where every other write says "cannot write F: Read-only file system"."""
+    import numpy as np
+
+    from styleengine import paths
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    def refused(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(paths, "atomic_writer", refused)
+    with pytest.raises(ImageError) as caught:
+        images.save_image(np.zeros((8, 8, 3), np.float32), tmp_path / "f.png")
+    assert str(caught.value) == f"cannot write {tmp_path / 'f.png'}: Read-only file system"
+
+
+def test_a_float_array_with_nan_is_not_told_to_divide_by_255():
+    """"content image has NaN or infinite pixel values; for 0-255 values pass a uint8 array or divide by 255" (probe
+    40a, 5): dividing keeps the NaN. The advice is for a range only."""
+    import numpy as np
+
+    from styleengine.engine import images
+    from styleengine.errors import ImageError
+
+    with pytest.raises(ImageError) as caught:
+        images.from_picture(np.full((64, 64, 3), np.nan, np.float32), "content image")
+    assert str(caught.value) == "content image has NaN or infinite pixel values"
+    with pytest.raises(ImageError, match="from 0 to 255; .* for 0-255 values pass a uint8 array or divide by 255"):
+        images.from_picture(np.full((64, 64, 3), 255.0, np.float32) * np.eye(64)[..., None], "content image")
