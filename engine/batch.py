@@ -148,6 +148,7 @@ def record(result: JobResult, manifest: Manifest,
     saved: Path | None = None  # where a picture its output could not take was put instead
     if result.image is not None:
         try:
+            manifest.check_home()  # not into a folder put in --out's place (no lock there, nor earlier lines)
             escaped = outside(result.job.output, out_dir) if out_dir is not None else None
             if escaped is not None:
                 raise ConfigError(f"cannot write {result.job.output}: its folder now leads outside --out (to "

@@ -242,6 +242,19 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.home: tuple[int, int] | None = None  # the folder locked (pin): lines go there or nowhere
+
+    def pin(self) -> None:
+        """The manifest's folder as it is now (its lock just taken) is the one every later line and picture goes
+        to: another put in its place (`mv out old; mkdir out`, a link) holds no lock, and a second batch or server
+        could run there at once."""
+        self.home = paths.identity(self.path.parent)
+
+    def check_home(self) -> None:
+        """UserError where the folder pinned is not at its path any more."""
+        if self.home is not None and paths.identity(self.path.parent) != self.home:
+            raise UserError(f"{self.path.parent} was moved, removed or replaced during the run (its lock and "
+                            f"earlier lines went with the folder that was there)")
 
     def check_own(self, inside: str) -> None:
         """ConfigError unless the manifest is absent or a file of its own in its folder (`inside` names that
@@ -325,6 +338,10 @@ class Manifest:
     def append(self, entry: dict[str, Any]) -> None:
         """One line, written whole or not at all; UserError (disk full, say) if it cannot be."""
         data = memoryview((json.dumps(entry, sort_keys=True) + "\n").encode())
+        try:
+            self.check_home()
+        except UserError as e:
+            raise UserError(f"cannot write the manifest {self.path}: {e}") from None
         try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
             fd = paths.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError as e:

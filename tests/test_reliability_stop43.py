@@ -132,3 +132,44 @@ def test_a_float_array_with_nan_is_not_told_to_divide_by_255():
     assert str(caught.value) == "content image has NaN or infinite pixel values"
     with pytest.raises(ImageError, match="from 0 to 255; .* for 0-255 values pass a uint8 array or divide by 255"):
         images.from_picture(np.full((64, 64, 3), 255.0, np.float32) * np.eye(64)[..., None], "content image")
+
+
+@pytest.mark.parametrize("replacement", ["a folder", "a link"])
+def test_a_batch_writes_nothing_into_a_folder_put_in_its_outs_place(tmp_path, monkeypatch, capsys, replacement):
+    """`mv out out.moved; mkdir out` (or `ln -s elsewhere out`) after a job was recorded: the batch went on writing
+    pictures and a new manifest there, with no lock in it, so a second batch on `--out out` ran every job at once,
+    and a link sent them outside the folder it had checked (probe 40b, 3). It stops, its picture kept elsewhere."""
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_reliability_probe13 import FAST, _pictures
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+
+    real = engine.record
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        if not (tmp_path / "out.moved").exists():  # the first job's line is written
+            out.rename(tmp_path / "out.moved")
+            elsewhere.mkdir()
+            out.symlink_to(elsewhere) if replacement == "a link" else out.mkdir()
+        return written
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
+                           "--batch-size", "1")
+    line = one_error_line(code, err)
+    assert "was moved, removed or replaced during the run" in line and "saved it to" in line, line
+    assert list(elsewhere.iterdir()) == [] and (out.is_symlink() or list(out.iterdir()) == [])
+    assert sorted(p.name for p in (tmp_path / "out.moved").iterdir()) == ["a.png", "manifest.jsonl"]

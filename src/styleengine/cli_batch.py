@@ -170,6 +170,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
         check_weights(settings)
         warm = None
     with engine.locked(out):
+        manifest.pin()
         done, problems = manifest.load()
         for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
@@ -220,6 +221,10 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                       highlight=False, markup=False)
 
     def save_elsewhere(image, output: Path) -> Path | None:
+        try:
+            manifest.check_home()
+        except UserError:  # not into a folder put in --out's place: the temp folder
+            return rescue(image, output, [])
         return rescue(image, output, rescue_in)
 
     try:

@@ -323,14 +323,26 @@ def open_lock(path: Path) -> BinaryIO | None:
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
 
-def release_lock(f: IO[bytes], path: Path) -> None:
+def release_lock(f: IO[bytes], path: Path | None) -> None:
     """Remove the lock file `path` that open_lock gave as `f`, if it is still ours, then close it (releasing the
     lock): the folder keeps only what its owner wrote. Removed while held: a process that opened it meanwhile sees
-    it gone and opens it again (open_lock); one made anew by another process is that process's."""
+    it gone and opens it again (open_lock); one made anew by another process is that process's. Where its folder
+    was moved away (or `path` is None), the file is found where it is now, as the kernel names it."""
     with f:
-        with contextlib.suppress(OSError):
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                os.unlink(path)
+        held = os.fstat(f.fileno())
+        for where in (path, _where_now(f.fileno())):
+            with contextlib.suppress(OSError):  # not there (moved, removed): the next name, or none
+                if where is not None and os.path.samestat(held, os.stat(where, follow_symlinks=False)):
+                    os.unlink(where)
+                    return
+
+
+def _where_now(fd: int) -> str | None:
+    """Where the open file `fd` is now (Linux's /proc names it after a rename of it or a folder above it)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False) -> int:

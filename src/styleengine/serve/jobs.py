@@ -116,6 +116,7 @@ class JobStore:
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
         self._lock_file: IO[bytes] | None = None
+        self._relocking = threading.Lock()
         self._take_lock()
         try:
             paths.check_cache_dir(self.uploads, what=SERVER_FOLDER)  # a server refused makes nothing there
@@ -131,6 +132,7 @@ class JobStore:
     def _take_lock(self) -> None:
         """One server per folder, and no batch writing there: either would append to the same manifest."""
         self._lock_file = take_lock(self.results, "server", "--results-dir")
+        self.manifest.pin()  # the folder locked: where its lines go
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
@@ -180,7 +182,26 @@ class JobStore:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ServerFolderGone(f"cannot make {folder} again: {e.strerror or e}") from None
+        if folder == self.results and paths.identity(folder) != self.manifest.home:
+            self._lock_again()
         return folder
+
+    def _lock_again(self) -> None:
+        """results/ is another folder than the one locked (moved away or removed while the server ran): its lock
+        is taken too, or nothing is recorded there (a second server started on it meanwhile appends to its
+        manifest); the lock left in the old folder goes with its file."""
+        with self._relocking:  # request threads and the engine's: one takes it, the others see it taken
+            if paths.identity(self.results) == self.manifest.home:
+                return
+            try:
+                taken = take_lock(self.results, "server", "--results-dir")
+            except UserError as e:
+                raise ServerFolderGone(f"{self.results} was moved or removed while the server ran, and {e}"
+                                       ) from None
+            old, self._lock_file = self._lock_file, taken
+            self.manifest.pin()
+            if old is not None:
+                paths.release_lock(old, None)
 
     def _clear_leftovers(self, entries: list[dict[str, Any]]) -> None:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
