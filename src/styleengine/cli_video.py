@@ -174,15 +174,16 @@ class FrameStore:
     def path(self, index: int) -> Path:
         return self.folder / f"frame_{index:06d}.png"
 
-    def load(self, index: int) -> Any:
-        """The finished frame `index` as (H, W, 3) uint8, or None if it is not there."""
-        return self._load(self.path(index))
+    def load(self, index: int, then: str = "that frame runs again") -> Any:
+        """The finished frame `index` as (H, W, 3) uint8, or None if it is not there (`then`: what a warning that it
+        was moved aside says follows)."""
+        return self._load(self.path(index), then)
 
     def save(self, index: int, image: Any) -> None:
         self._save(image, self.path(index))
         self.saved.add(index)
 
-    def _load(self, path: Path) -> Any:
+    def _load(self, path: Path, then: str = "that frame runs again") -> Any:
         import numpy as np
 
         from styleengine.engine import images
@@ -192,8 +193,8 @@ class FrameStore:
             return None
         if self._ours(path) is False:  # a picture of this shape that another command put here
             aside = self._aside(path, "foreign")
-            logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s, that frame runs "
-                                                "again", path, aside.name)
+            logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s, %s", path,
+                                                aside.name, then)
             return None
         try:
             frame = np.round(images.load_image(path) * 255.0).astype(np.uint8)
@@ -203,8 +204,8 @@ class FrameStore:
             return frame
         except ImageError as e:  # written atomically, so damaged from outside: kept aside, the frame runs again
             aside = self._aside(path, "damaged")
-            logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s, that frame runs again", path,
-                                                first_line(e), aside.name)
+            logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s, %s", path, first_line(e),
+                                                aside.name, then)
             return None
 
     def _ours(self, path: Path) -> bool | None:
@@ -683,7 +684,7 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
 
     def frames() -> Any:
         for index in range(start, end):
-            frame = store.load(index)
+            frame = store.load(index, then="the video ends before it")  # the run ends: a rerun makes it
             if frame is None:  # another process's picture or a damaged file since: the frames before it
                 lost.append(index)
                 return
