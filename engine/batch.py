@@ -377,7 +377,7 @@ def _run_together(members: list[tuple[Planned, Picture]], warm: Warm) -> list[Jo
                           device_name(settings)) for item, _ in members]
     seconds = (time.perf_counter() - start) / len(members)  # a batch's time, shared
     if any(result.stopped == "interrupted" for _, result in out):
-        total = sum(count for _, count in settings.scale_plan()) if settings is not None else 0
+        total = settings.total_iterations() if settings is not None else 0
         raise Interrupted([_finished(item, dataclasses.replace(result, stopped=None), image, seconds,
                                      device_name(settings), len(members))
                            for (item, _), (image, result) in zip(members, out)

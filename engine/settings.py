@@ -337,6 +337,10 @@ class Settings:
         """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""
         return scale_plan(self.size, self.iterations, self.scales, self.start_size, self.iters_per_scale)
 
+    def total_iterations(self) -> int:
+        """Iterations over every scale: where the loop's record.iteration ends."""
+        return sum(count for _, count in self.scale_plan())
+
     def convention_changes(self) -> dict[str, Any]:
         """The input-convention fields these settings override (upper-cased channel order)."""
         changes: dict[str, Any] = {}

@@ -33,3 +33,26 @@ def test_a_results_folder_made_again_is_locked_again(tmp_path):
         if second is not None:
             second.close()
     assert not (tmp_path / "D" / "results" / LOCK_FILE).exists()
+
+
+def test_a_coarse_to_fine_jobs_iterations_are_its_total(tmp_path):
+    """A job run over scales said "iteration 40 of 20" (the first scale's count) and the page's bar was full when
+    the first scale ended (probe 40b, 6): `iterations` is the total over its scales."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, wait_for
+    from styleengine.serve.app import Config, create_app
+
+    settings = dataclasses.replace(SETTINGS, size=64, iterations=4, scales=2, start_size=40).resolved()
+    assert settings.total_iterations() > settings.iterations
+    config = Config(settings=settings, root=tmp_path / "srv")
+    with TestClient(create_app(config)) as client:
+        job_id = client.post("/api/jobs", files=files()).json()["id"]
+        job = wait_for(client, job_id)
+    assert job["status"] == "done", job
+    assert job["iteration"] == job["iterations"] == settings.total_iterations(), job

@@ -27,7 +27,7 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
                  trace: Path | None) -> None:
     """Every file the job writes can be written, and none of them is one it reads."""
-    total = sum(iters for _, iters in settings.scale_plan())
+    total = settings.total_iterations()
     paths.check_output_path(output)
     every = settings.save_every
     saves = [numbered(output, i, total) for i in range(every, total, every)] if every else []

@@ -322,7 +322,8 @@ class JobStore:
             waiting = len(self._queue) + sum(not j.cancelled for j in self._running)
             if waiting >= self.max_queue:
                 raise QueueFull(max(1, math.ceil(self._mean_seconds * waiting / max(1, self.max_batch))))
-            job.iterations = job.settings.iterations if job.settings is not None else 0
+            # over every scale: a coarse-to-fine job read "40 / 20", its bar full at the first scale's end
+            job.iterations = job.settings.total_iterations() if job.settings is not None else 0
             self.jobs[job.id] = job
             self._queue.append(job)
             self._lock.notify_all()
