@@ -21,7 +21,7 @@ from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
 from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START, scale_plan, scale_sizes
-from styleengine.errors import ConfigError, SettingError, UserError
+from styleengine.errors import ConfigError, SettingError, UnavailableError, UserError
 from styleengine.model.convention import RANDOM, TORCHVISION, Convention, reads_as_zero
 
 # the loop keeps 16 bytes of loss terms an iteration on the device; past this a run is a typo, not a plan
@@ -588,10 +588,10 @@ def said_as(error: UserError, names: Mapping[str, str]) -> UserError:
         label, problem = names.get(error.setting, error.label), renamed(error.problem)
         return error if (label, problem) == (error.label, error.problem) else SettingError(error.setting, label,
                                                                                             problem)
-    if type(error) is not ConfigError:  # a file's or a device's error names no setting
+    if type(error) not in (ConfigError, UnavailableError):  # a file's error names no setting
         return error
     text = renamed(str(error))
-    return error if text == str(error) else ConfigError(text)
+    return error if text == str(error) else type(error)(text)
 
 
 def run_inputs(content: Path | None, styles: Sequence[Path], init: str, weights: str,

@@ -173,3 +173,21 @@ def test_a_batch_writes_nothing_into_a_folder_put_in_its_outs_place(tmp_path, mo
     assert "was moved, removed or replaced during the run" in line and "saved it to" in line, line
     assert list(elsewhere.iterdir()) == [] and (out.is_symlink() or list(out.iterdir()) == [])
     assert sorted(p.name for p in (tmp_path / "out.moved").iterdir()) == ["a.png", "manifest.jsonl"]
+
+
+def test_the_api_says_a_missing_device_as_its_keyword():
+    """`stylise(..., device='cuda:9')` said "--device cuda:9 needs an NVIDIA GPU ...; use --device cpu", the
+    command's flag, where every other setting is said as its keyword (probe 40b, 4)."""
+    import numpy as np
+    import torch
+
+    import styleengine
+    from styleengine.errors import UnavailableError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    picture = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(UnavailableError) as caught:
+        styleengine.stylise(picture, picture, size=48, iterations=2, weights="random", device="cuda:9")
+    said = str(caught.value)
+    assert said.startswith("device cuda:9 needs an NVIDIA GPU") and said.endswith("use device cpu"), said

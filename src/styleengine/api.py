@@ -21,7 +21,7 @@ from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.engine.settings import TEXTURE_INIT, said_as
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
-from styleengine.errors import ConfigError
+from styleengine.errors import ConfigError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
 
         check_cache_for(config)  # the command's words, before any work (an export said "free some space")
         image, result = run(content_array, style_arrays, config, callback=callback)
-    except ConfigError as e:  # a setting said as the keyword argument that sets it, not as its flag
+    except (ConfigError, UnavailableError) as e:  # a setting said as the keyword argument that sets it, not its flag
         raise said_as(e, {f.name: f.name for f in dataclasses.fields(Settings)}) from None
     logger.info("stylised: %d iterations, stopped: %s", result.iterations, result.stopped or "done")
     if result.stopped == "interrupted":  # returned as a finished result, a caller could not tell
