@@ -191,3 +191,34 @@ def test_the_api_says_a_missing_device_as_its_keyword():
         styleengine.stylise(picture, picture, size=48, iterations=2, weights="random", device="cuda:9")
     said = str(caught.value)
     assert said.startswith("device cuda:9 needs an NVIDIA GPU") and said.endswith("use device cpu"), said
+
+
+def test_a_bench_json_whose_final_write_fails_says_it_holds_the_partial_document(tmp_path, monkeypatch):
+    """`bench --json full/r.json` on a disk that filled after the partial documents: "cannot write full/r.json (No
+    space left on device)" while the file was there, a valid partial document (probe 40b, 5). The line says what is
+    on disk."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from styleengine import paths
+    from styleengine.cli import app
+    from styleengine.errors import ConfigError
+
+    real, calls = paths.atomic_write, []
+
+    def fills(path, data):
+        calls.append(path)
+        if len(calls) > 1:  # the first row's partial document fits, nothing after it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(paths, "atomic_write", fills)
+    target = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["bench", "--res", "32,40", "--backends", "torch", "--iters", "1", "--warmup",
+                                      "0", "--json", str(target)])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(result.exception).startswith(f"cannot write {target} (No space left on device); it holds the partial "
+                                            f"document (1 row, machine.partial: true)")
+    held = json.loads(target.read_text())
+    assert held["machine"]["partial"] is True and len(held["rows"]) == 1

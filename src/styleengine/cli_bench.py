@@ -221,6 +221,7 @@ def bench(
                             time_budget=time_budget, timeout=timeout)
     finished: list[dict] = []
     partial_failed: list[OSError] = []
+    partial_rows = [0]  # rows of the last partial document written: what --json holds if the final write fails
 
     def progress(event: str, config: Config, row: dict | None) -> None:
         if row is None:
@@ -238,6 +239,7 @@ def bench(
                 partial["machine"]["partial"] = True
                 try:
                     write_json(json_path, partial)
+                    partial_rows[0] = len(finished)
                 except OSError as e:  # a full disk: the run goes on, the final write says so again
                     if not partial_failed:
                         err.print(f"warning: cannot write {json_path} ({e.strerror or e}); the run goes on",
@@ -302,7 +304,10 @@ def bench(
         try:
             write(path)
         except OSError as e:
-            failures.append(f"cannot write {path} ({e.strerror or e})")
+            rows_held = f"{partial_rows[0]} {'row' if partial_rows[0] == 1 else 'rows'}"
+            held = (f"; it holds the partial document ({rows_held}, machine.partial: true)"
+                    if path == json_path and partial_rows[0] else "")  # written atomically: the last one stays
+            failures.append(f"cannot write {path} ({e.strerror or e}){held}")
             continue
         written.append(path)
 
