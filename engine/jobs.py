@@ -260,6 +260,12 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
     """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
     lower-cased, an unclosed quote an error."""
     header = next(lines, "")
+    if not header.strip():  # blank lines only are no jobs, as an empty file; a blank line above a header is not
+        ahead = next((number for number, line in enumerate(lines, 2) if line.strip()), None)
+        if ahead is not None:
+            raise ConfigError(f"{path} line 1: the header is blank (line {ahead} follows it); a CSV jobs file's first "
+                              f"line names its columns: remove the blank lines above it")
+        return
     delimiter = ";" if header.count(";") > header.count(",") else ","
     reader = csv.reader(itertools.chain([header], lines), delimiter=delimiter, strict=True)
     try:
@@ -271,7 +277,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
             raise ConfigError(f"{path} line {reader.line_num}: the header has no 'content' column (it reads as "
                               f"{', '.join(repr(n) for n in names[:4])}{tabs}); a CSV jobs file separates its "
                               f"cells with ',' or ';'")
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted({n for n in names if n and names.count(n) > 1})
         if twice:
             raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
                               f"give each once")
@@ -281,7 +287,12 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
                 continue
             if len(row) > len(names):
                 raise ConfigError(f"{path} line {reader.line_num}: more cells than the header has columns")
-            yield reader.line_num, dict(zip(typed, row))
+            # a column the header leaves unnamed (a spreadsheet's trailing ','): its cells must be empty
+            stray = next((i for i, cell in enumerate(row) if not names[i] and cell.strip()), None)
+            if stray is not None:
+                raise ConfigError(f"{path} line {reader.line_num}: cell {stray + 1} is under a column the header "
+                                  f"(line 1) does not name; name the column or empty the cell")
+            yield reader.line_num, {name: cell for name, cell in zip(typed, row) if name}
     except csv.Error as e:
         what = "a quote is not closed" if "end of data" in str(e) or "EOF" in str(e) else str(e)
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None

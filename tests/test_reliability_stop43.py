@@ -222,3 +222,42 @@ def test_a_bench_json_whose_final_write_fails_says_it_holds_the_partial_document
                                             f"document (1 row, machine.partial: true)")
     held = json.loads(target.read_text())
     assert held["machine"]["partial"] is True and len(held["rows"]) == 1
+
+
+@pytest.mark.parametrize("text, says", [
+    ("\ncontent,styles,output\nc.png,s.png,a.png\n", "line 1: the header is blank (line 2 follows it)"),
+    (" \n\ncontent,styles,output\nc.png,s.png,a.png\n", "line 1: the header is blank (line 3 follows it)"),
+    ("content,styles,output,\nc.png,s.png,a.png,x\n", "line 2: cell 4 is under a column the header (line 1) does "
+                                                      "not name"),
+])
+def test_a_csv_header_fault_is_said_at_the_header(tmp_path, monkeypatch, capsys, text, says):
+    """A blank line above the header said "line 2: more cells than the header has columns" (line 2 was the header),
+    and a header ending in ',' said "line 2: '' is not a per-job setting" for an empty cell (probe 40b, 7)."""
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    _pictures(tmp_path)
+    (tmp_path / "j.csv").write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "out", *FAST)
+    assert says in one_error_line(code, err), err
+
+
+def test_a_csv_with_a_trailing_comma_on_every_line_runs(tmp_path, monkeypatch, capsys):
+    """What spreadsheets export: `content,styles,output,` and rows ending in ',' (an unnamed column, empty)."""
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    _pictures(tmp_path)
+    (tmp_path / "j.csv").write_text("content,styles,output,\nc.png,s.png,a.png,\n\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "out", *FAST)
+    assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
