@@ -9,7 +9,9 @@ import contextlib
 import contextvars
 import hashlib
 import io
+import logging
 import os
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -43,6 +45,18 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
 
 
 LOADED = "loaded"  # _rawmode of a PNG whose pixels were decoded already: its bit depth is gone
+log = logging.getLogger(__name__)
+
+
+def _oriented(img: Image.Image, what: str) -> Image.Image:
+    """img turned as its EXIF orientation says; as stored (a warning naming `what`) where its EXIF cannot be
+    read (not TIFF data: a PNG's eXIf chunk of anything; a value set by hand), as PIL's own corrupt-EXIF warning
+    leaves it."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except (SyntaxError, TypeError, ValueError, struct.error) as e:
+        log.warning("%s: its EXIF data cannot be read (%s); used as stored, not turned", what, first_line(e))
+        return img
 
 
 def _convert(img: Image.Image, mode: str) -> Image.Image:
@@ -50,7 +64,7 @@ def _convert(img: Image.Image, mode: str) -> Image.Image:
     key of another type: set by hand, or a 16-bit key PIL kept through convert('P')): _RangeError, one line."""
     try:
         return img.convert(mode)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a key past a C long (2**70)
         raise _RangeError(f"has a transparency PIL cannot apply ({img.mode} image, transparency "
                           f"{img.info.get('transparency')!r:.40}: {first_line(e)}); remove it from the image's "
                           f"info or pass the file's path") from None
@@ -175,7 +189,7 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
         with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
             rawmode = _rawmode(opened)
             opened.load()  # decode every byte now: truncation shows here, not later
-            img = ImageOps.exif_transpose(opened) or opened
+            img = _oriented(opened, f"{role} {path}")
             size = img.size
             array = _to_float_rgb(img, backdrop, rawmode)
     except _RangeError as e:
@@ -237,7 +251,7 @@ def from_picture(picture: object, what: str) -> np.ndarray:
         except (ValueError, OSError) as e:
             raise ImageError(f"cannot read {what} (a PIL image): {first_line(e)}") from None
         try:
-            array = _to_float_rgb(ImageOps.exif_transpose(picture) or picture, rawmode=rawmode)
+            array = _to_float_rgb(_oriented(picture, what), rawmode=rawmode)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
             raise ImageError(f"refusing {what}: it {e}") from None
     elif isinstance(picture, np.ndarray):

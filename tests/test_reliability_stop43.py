@@ -61,8 +61,10 @@ def _keyed_pictures():
     grey.info["transparency"] = "x"
     rgb = Image.new("RGB", (64, 64))
     rgb.info["transparency"] = b"ab"
+    huge = Image.new("RGB", (64, 64))
+    huge.info["transparency"] = 2**70  # past a C long: OverflowError (probe 41a, 5)
     return {"palette index past the palette": palette, "a grey key of another type": grey,
-            "an rgb key of bytes": rgb}
+            "an rgb key of bytes": rgb, "a key past a C long": huge}
 
 
 @pytest.mark.parametrize("case", sorted(_keyed_pictures()))
@@ -261,3 +263,30 @@ def test_a_csv_with_a_trailing_comma_on_every_line_runs(tmp_path, monkeypatch, c
     (tmp_path / "j.csv").write_text("content,styles,output,\nc.png,s.png,a.png,\n\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "out", *FAST)
     assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
+
+
+@pytest.mark.parametrize("how", ["a png's exif chunk", "set by hand"])
+def test_exif_that_cannot_be_read_is_a_warning_not_a_traceback(tmp_path, caplog, how):
+    """A PNG whose eXIf chunk is not TIFF data, or `info['exif'] = 12345`: a SyntaxError or TypeError traceback from
+    the API, and "cannot decode ... (truncated or corrupt?)" by path though the pixels are whole (probe 41a, 11).
+    The picture is used as stored, with a warning, as PIL's own corrupt-EXIF warning leaves it."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    from styleengine.engine import images
+
+    pixels = np.full((48, 64, 3), 120, np.uint8)
+    if how == "set by hand":
+        given = [Image.fromarray(pixels)]
+        given[0].info["exif"] = 12345
+    else:
+        Image.fromarray(pixels).save(tmp_path / "e.png", exif=b"garbage")
+        given = [Image.open(tmp_path / "e.png"), tmp_path / "e.png"]
+    for picture in given:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=images.log.name):
+            got = images.from_picture(picture, "content image")
+        assert np.abs(got - 120 / 255).max() < 1e-6
+        assert "its EXIF data cannot be read" in caplog.text and "used as stored" in caplog.text
