@@ -34,7 +34,7 @@ from styleengine.choices import MAX_SIDE, WEIGHT_WORDS
 from styleengine.engine.settings import Settings
 from styleengine.engine.trial import Trial, measure_candidates, pick_fastest
 
-from styleengine.errors import ConfigError, UserError, first_line
+from styleengine.errors import ConfigError, UnavailableError, UserError, first_line
 from styleengine.units import fmt_time
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,13 @@ def open_options(settings: Settings, machine: capability.Machine
     """Where these settings run and the (backend, precision, conv) candidates left open there; ConfigError
     (or UnavailableError) when nothing can run what they ask. Torch-free: a dry run asks the same."""
     device = settings.devices[0] if settings.devices else settings.device  # a spread run lives on the first
-    where = capability.place(settings.backend, device, settings.provider, machine)
+    try:
+        where = capability.place(settings.backend, device, settings.provider, machine)
+    except UnavailableError:
+        if not settings.devices:
+            raise
+        raise UnavailableError(f"--devices {','.join(settings.devices)} needs NVIDIA GPUs, and torch sees no CUDA "
+                               f"device here; drop --devices") from None  # not "--device cuda:0": it was not given
     torch_only = settings.torch_only()
     if settings.backend != "auto":
         capability.check(settings.backend, where.place, settings.precision, settings.conv, machine,

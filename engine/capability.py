@@ -89,8 +89,10 @@ def place(backend: str, device: str, provider: str, machine: Machine | None = No
     else:
         where = device
     if where == "cuda" and machine is not None and not machine.cuda:
-        raise UnavailableError(f"{_asked(backend, named, provider)} needs an NVIDIA GPU, and torch sees no CUDA "
-                               f"device here; use --device cpu")
+        asked = _asked(backend, named, provider)
+        instead = ("use --backend torch or ort" if backend == "tensorrt" else  # what asked for the GPU changes
+                   "use --provider cpu (or leave it at auto)" if asked.startswith("--provider") else "use --device cpu")
+        raise UnavailableError(f"{asked} needs an NVIDIA GPU, and torch sees no CUDA device here; {instead}")
     if backend == "tensorrt":
         chosen = "tensorrt"
     elif backend == "torch" or provider == "auto":

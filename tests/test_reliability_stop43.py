@@ -265,6 +265,31 @@ def test_a_csv_with_a_trailing_comma_on_every_line_runs(tmp_path, monkeypatch, c
     assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
 
 
+def test_a_gpu_asked_for_on_a_machine_without_one_is_told_what_to_change():
+    """`--provider cuda` and `--devices cuda:0,cuda:1` without CUDA were told "use --device cpu", which the next run
+    refused ("--device cpu and --provider cuda disagree", "--devices ... disagree: drop --device"; probe 41a, 6)."""
+    from styleengine.engine import capability
+    from styleengine.engine.autotune import open_options
+    from styleengine.engine.settings import Settings
+    from styleengine.errors import UnavailableError
+
+    cpu = capability.Machine(cuda=False, ort_providers=("cpu",), nnpack=True)
+    for (backend, device, provider), advice in {
+            ("ort", "auto", "cuda"): "--provider cuda needs an NVIDIA GPU, and torch sees no CUDA device here; use "
+                                     "--provider cpu (or leave it at auto)",
+            ("tensorrt", "auto", "auto"): "the tensorrt backend needs an NVIDIA GPU, and torch sees no CUDA device "
+                                          "here; use --backend torch or ort",
+            ("torch", "cuda", "auto"): "--device cuda needs an NVIDIA GPU, and torch sees no CUDA device here; use "
+                                       "--device cpu"}.items():
+        with pytest.raises(UnavailableError) as caught:
+            capability.place(backend, device, provider, cpu)
+        assert str(caught.value) == advice
+    with pytest.raises(UnavailableError) as caught:
+        open_options(Settings(devices=("cuda:0", "cuda:1")), cpu)
+    assert str(caught.value) == ("--devices cuda:0,cuda:1 needs NVIDIA GPUs, and torch sees no CUDA device here; drop "
+                                 "--devices")
+
+
 @pytest.mark.parametrize("how", ["a png's exif chunk", "set by hand"])
 def test_exif_that_cannot_be_read_is_a_warning_not_a_traceback(tmp_path, caplog, how):
     """A PNG whose eXIf chunk is not TIFF data, or `info['exif'] = 12345`: a SyntaxError or TypeError traceback from
