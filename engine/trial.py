@@ -147,6 +147,8 @@ def exports_that_fit(options: list[tuple[str, str, str]], uncached: set[tuple[st
         if option in uncached and planned + 2 + export <= budget:
             fit.add(option)
             planned += 2 + export
+    if options and not fit and uncached >= set(options):  # `--backend ort` on a fresh cache: nothing else could
+        fit.add(options[0])  # run, so the rule's pick is exported whatever the budget (a run of it would export it)
     return fit
 
 

@@ -290,6 +290,33 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_told_what_to_change():
                                  "--devices")
 
 
+def test_a_batch_with_the_graph_backend_asked_for_on_a_fresh_cache_runs(tmp_path, monkeypatch, capsys):
+    """`batch --backend ort` (conv auto) on a fresh cache failed every job: "no candidate for auto ran here: ... not
+    exported: over the trial's budget" (probe 41a, 10; video and serve alike). Where no candidate can run without an
+    export, the rule's pick is exported."""
+    from styleengine.engine import autotune
+    from styleengine.engine.trial import exports_that_fit
+
+    graphs = [("ort", "fp32", "winograd"), ("ort", "fp32", "direct")]
+    assert exports_that_fit(graphs, set(graphs), 384 * 512) == {graphs[0]}
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import _pictures
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STYLEENGINE_TUNE", "on")
+    autotune._memo.clear()
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", "--size",
+                           "48", "--iters", "2", "--weights", "random", "--model", "vgg16", "--backend", "ort",
+                           "--device", "cpu")
+    assert code == 0 and (tmp_path / "out" / "a.png").is_file(), err
+
+
 @pytest.mark.parametrize("how", ["a png's exif chunk", "set by hand"])
 def test_exif_that_cannot_be_read_is_a_warning_not_a_traceback(tmp_path, caplog, how):
     """A PNG whose eXIf chunk is not TIFF data, or `info['exif'] = 12345`: a SyntaxError or TypeError traceback from
