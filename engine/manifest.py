@@ -14,7 +14,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.engine.settings import BATCH, VIDEO, options
@@ -242,17 +242,21 @@ class Manifest:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.home: tuple[int, int] | None = None  # the folder locked (pin): lines go there or nowhere
+        self._lock: IO[bytes] | None = None  # the folder's lock, held (pin): lines go where it is, or nowhere
 
-    def pin(self) -> None:
-        """The manifest's folder as it is now (its lock just taken) is the one every later line and picture goes
-        to: another put in its place (`mv out old; mkdir out`, a link) holds no lock, and a second batch or server
-        could run there at once."""
-        self.home = paths.identity(self.path.parent)
+    def pin(self, lock: IO[bytes]) -> None:
+        """The folder holding `lock` (its LOCK_FILE, just taken) is the one every later line and picture goes to:
+        another put in its place (`mv out old; mkdir out`, a link) holds no lock, and a second batch or server could
+        run there at once. Told by the lock file, not the folder's inode number, which a new folder may reuse."""
+        self._lock = lock
+
+    def at_home(self) -> bool:
+        """Whether the folder at the manifest's path holds the lock pinned (True when none was)."""
+        return self._lock is None or paths.holds(self._lock, self.path.parent / LOCK_FILE)
 
     def check_home(self) -> None:
         """UserError where the folder pinned is not at its path any more."""
-        if self.home is not None and paths.identity(self.path.parent) != self.home:
+        if not self.at_home():
             raise UserError(f"{self.path.parent} was moved, removed or replaced during the run (its lock and "
                             f"earlier lines went with the folder that was there)")
 
@@ -425,11 +429,11 @@ def _holder(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def locked(out_dir: Path) -> Iterator[None]:
-    """Hold out_dir's batch lock (LOCK_FILE); FolderBusy at once if another process holds it. The lock file is
-    removed when released, so --out keeps only what the batch wrote."""
+def locked(out_dir: Path) -> Iterator[BinaryIO]:
+    """Hold out_dir's batch lock (LOCK_FILE), yielded; FolderBusy at once if another process holds it. The lock
+    file is removed when released, so --out keeps only what the batch wrote."""
     f = take_lock(Path(out_dir), "batch", "--out")
     try:
-        yield
+        yield f
     finally:
         paths.release_lock(f, Path(out_dir) / LOCK_FILE)

@@ -11,28 +11,38 @@ from styleengine.serve.jobs import FolderBusy, JobStore, ServerFolderGone  # noq
 
 def test_a_results_folder_made_again_is_locked_again(tmp_path):
     """`mv D/results D/results.old` while a server ran: it made results/ again at its next job with no lock in it,
-    so a second server started on D, appended to the same manifest and swept the first one's uploads in flight
-    (probe 40b, 2). The folder made again is locked again; where another took it first, nothing is recorded
-    there. The lock file left in the moved folder goes with the old lock."""
+    so a second server started on D, appended to the same manifest and swept the first one's uploads of running
+    jobs (probes 40b, 2 and 41a, 3). The server's own lock is in D; the results/ it makes again is locked again,
+    and one found in its place (the user's, a batch's: probe 41a, 8) is not taken; the lock left in the moved
+    folder goes with it."""
+    from styleengine.engine import manifest
+
     first = JobStore(tmp_path / "D")
-    second = None
     try:
+        upload = tmp_path / "D" / "uploads" / "0123456789abcdef01234567"
+        upload.mkdir()
+        (upload / "content").write_bytes(b"a running job's upload")
         (tmp_path / "D" / "results").rename(tmp_path / "D" / "results.old")
+        with pytest.raises(FolderBusy, match="another server is running on .*D \\(it holds .*\\.serve\\.lock\\)"):
+            JobStore(tmp_path / "D")  # before the first made results/ again
+        assert (upload / "content").is_file()
         first.own_folder(first.results)  # what a job's submission and its record do first
         assert (tmp_path / "D" / "results" / LOCK_FILE).is_file()
         assert not (tmp_path / "D" / "results.old" / LOCK_FILE).exists()
-        with pytest.raises(FolderBusy, match="another server is running on"):
-            second = JobStore(tmp_path / "D")
         (tmp_path / "D" / "results").rename(tmp_path / "D" / "results.2")
-        second = JobStore(tmp_path / "D")  # started while the first had not made it again
-        with pytest.raises(ServerFolderGone, match="was moved or removed while the server ran, and another server "
-                                                   "is running on"):
+        (tmp_path / "D" / "results").mkdir()  # the user's, or a batch's (probe 41a, 8): never the server's
+        (tmp_path / "D" / "results" / "mine.txt").write_text("the user's")
+        with manifest.locked(tmp_path / "D" / "results"):
+            with pytest.raises(ServerFolderGone, match="was replaced while the server ran by a folder it did not "
+                                                       "make"):
+                first.own_folder(first.results)
+        with pytest.raises(ServerFolderGone, match="was replaced while the server ran by a folder it did not make"):
             first.own_folder(first.results)
     finally:
         first.close()
-        if second is not None:
-            second.close()
-    assert not (tmp_path / "D" / "results" / LOCK_FILE).exists()
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["results", "results.2", "results.old", "uploads"]
+    assert not any((tmp_path / "D" / name / LOCK_FILE).exists() for name in ("results", "results.2", "results.old"))
+    assert [p.name for p in (tmp_path / "D" / "results").iterdir()] == ["mine.txt"]
 
 
 def test_a_coarse_to_fine_jobs_iterations_are_its_total(tmp_path):

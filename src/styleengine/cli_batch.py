@@ -169,8 +169,8 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
 
         check_weights(settings)
         warm = None
-    with engine.locked(out):
-        manifest.pin()
+    with engine.locked(out) as lock:
+        manifest.pin(lock)
         done, problems = manifest.load()
         for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)

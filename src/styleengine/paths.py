@@ -319,30 +319,41 @@ def open_lock(path: Path) -> BinaryIO | None:
         except FileNotFoundError:
             same = False
         if same:
+            with contextlib.suppress(OSError):  # without it, release_lock goes by the path alone
+                _LOCK_FOLDERS[f.fileno()] = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             return f
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
 
-def release_lock(f: IO[bytes], path: Path | None) -> None:
+def holds(f: IO[bytes], path: Path) -> bool:
+    """Whether the lock file open as `f` is the file at `path` (not a link to it): its folder is still there."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path, follow_symlinks=False))
+    except (OSError, ValueError):  # not there; `f` closed
+        return False
+
+
+# a held lock's folder, open (by the lock file's descriptor): its file is removed there at the release, wherever
+# the folder went meanwhile (moved away, or covered by a bind mount at its path)
+_LOCK_FOLDERS: dict[int, int] = {}
+
+
+def release_lock(f: IO[bytes], path: Path) -> None:
     """Remove the lock file `path` that open_lock gave as `f`, if it is still ours, then close it (releasing the
     lock): the folder keeps only what its owner wrote. Removed while held: a process that opened it meanwhile sees
-    it gone and opens it again (open_lock); one made anew by another process is that process's. Where its folder
-    was moved away (or `path` is None), the file is found where it is now, as the kernel names it."""
+    it gone and opens it again (open_lock); one made anew by another process is that process's. It is looked for
+    in the folder it was made in, wherever that is now, then at `path`."""
+    folder = _LOCK_FOLDERS.pop(f.fileno(), None)
+    places: list[tuple[str | Path, int | None]] = [(path.name, folder)] if folder is not None else []
     with f:
         held = os.fstat(f.fileno())
-        for where in (path, _where_now(f.fileno())):
-            with contextlib.suppress(OSError):  # not there (moved, removed): the next name, or none
-                if where is not None and os.path.samestat(held, os.stat(where, follow_symlinks=False)):
-                    os.unlink(where)
-                    return
-
-
-def _where_now(fd: int) -> str | None:
-    """Where the open file `fd` is now (Linux's /proc names it after a rename of it or a folder above it)."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return None
+        for name, where in [*places, (path, None)]:
+            with contextlib.suppress(OSError):  # not there (removed, another's): the next place, or none
+                if os.path.samestat(held, os.stat(name, dir_fd=where, follow_symlinks=False)):
+                    os.unlink(name, dir_fd=where)
+                    break
+        if folder is not None:
+            os.close(folder)
 
 
 def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False) -> int:

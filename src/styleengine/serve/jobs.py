@@ -77,6 +77,9 @@ class ResultGone(UserError):
 
 
 SERVER_FOLDER = "the server's folder (--results-dir)"  # in messages: what the user can change
+# the server's own lock, in its folder: results/ is locked for batch too, but uploads/ is its sibling, and a second
+# server on a results/ made anew (the first's moved away) swept the first one's uploads of running jobs
+SERVER_LOCK = ".serve.lock"
 
 
 class JobStore:
@@ -97,7 +100,7 @@ class JobStore:
             if folder.is_symlink():  # the server removes and replaces what is in them: only its own folders
                 raise ConfigError(f"{folder} is a symbolic link; the server keeps its own {folder.name} folder in "
                                   f"{SERVER_FOLDER}: remove the link or use another --results-dir")
-        paths.check_cache_dir(self.results, what=SERVER_FOLDER)  # the lock's; uploads/ once it is held
+        paths.check_cache_dir(self.root, what=SERVER_FOLDER)  # the server's lock's; results/, uploads/ once held
         self.manifest = batch.Manifest(self.results / batch.MANIFEST)
         self.manifest.check_own(SERVER_FOLDER)
         self.max_queue = max_queue
@@ -116,6 +119,7 @@ class JobStore:
         self._mean_seconds = 1.0  # of a finished job: what Retry-After says
         self.started = 0  # batches run (tests and the health figures)
         self._lock_file: IO[bytes] | None = None
+        self._server_lock: IO[bytes] | None = None
         self._relocking = threading.Lock()
         self._take_lock()
         try:
@@ -130,9 +134,24 @@ class JobStore:
     # ------------------------------------------------------------ start and stop
 
     def _take_lock(self) -> None:
-        """One server per folder, and no batch writing there: either would append to the same manifest."""
-        self._lock_file = take_lock(self.results, "server", "--results-dir")
-        self.manifest.pin()  # the folder locked: where its lines go
+        """One server per folder (its own lock, in the server's folder), and no batch writing in results/ (the
+        lock batch takes too): either would append to the same manifest."""
+        path = self.root / SERVER_LOCK
+        try:
+            held = paths.open_lock(path)
+        except OSError as e:  # a link, a folder, a FIFO by that name
+            raise UserError(f"cannot lock {self.root} ({path}: {e.strerror or e}); remove {path}") from None
+        if held is None:
+            raise FolderBusy(f"another server is running on {self.root} (it holds {path}); stop it or use another "
+                             f"--results-dir")
+        try:
+            paths.check_cache_dir(self.results, what=SERVER_FOLDER)  # a server refused made it for the other
+            self._lock_file = take_lock(self.results, "server", "--results-dir")
+        except BaseException:
+            paths.release_lock(held, path)
+            raise
+        self._server_lock = held
+        self.manifest.pin(self._lock_file)  # the folder locked: where its lines go
 
     def _restore(self) -> None:
         """The jobs a previous server finished: done ones are served again, failed ones say why."""
@@ -178,30 +197,38 @@ class JobStore:
         if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
             raise ServerFolderGone(f"{folder} is no longer the server's folder (it {paths.not_a_folder(folder)}); "
                                    f"put it back or restart the server")
+        if folder == self.results:
+            self._results_again()
+            return folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ServerFolderGone(f"cannot make {folder} again: {e.strerror or e}") from None
-        if folder == self.results and paths.identity(folder) != self.manifest.home:
-            self._lock_again()
         return folder
 
-    def _lock_again(self) -> None:
-        """results/ is another folder than the one locked (moved away or removed while the server ran): its lock
-        is taken too, or nothing is recorded there (a second server started on it meanwhile appends to its
-        manifest); the lock left in the old folder goes with its file."""
-        with self._relocking:  # request threads and the engine's: one takes it, the others see it taken
-            if paths.identity(self.results) == self.manifest.home:
+    def _results_again(self) -> None:
+        """results/ where its lock is not (moved away or removed while the server ran): made again and locked, or
+        nothing is recorded there. A folder found in its place is another's (the user's, a batch's): not taken.
+        The lock left in the old folder goes with its file."""
+        with self._relocking:  # request threads and the engine's: one makes it, the others find it made
+            if self.manifest.at_home():
                 return
             try:
+                self.results.mkdir(parents=True)
+            except FileExistsError:
+                raise ServerFolderGone(f"{self.results} was replaced while the server ran by a folder it did not "
+                                       f"make; put its own back or restart the server") from None
+            except OSError as e:
+                raise ServerFolderGone(f"cannot make {self.results} again: {e.strerror or e}") from None
+            try:
                 taken = take_lock(self.results, "server", "--results-dir")
-            except UserError as e:
+            except UserError as e:  # taken by a batch between the mkdir and here
                 raise ServerFolderGone(f"{self.results} was moved or removed while the server ran, and {e}"
                                        ) from None
             old, self._lock_file = self._lock_file, taken
-            self.manifest.pin()
+            self.manifest.pin(taken)
             if old is not None:
-                paths.release_lock(old, None)
+                paths.release_lock(old, self.results / batch.LOCK_FILE)  # found in the folder it went with
 
     def _clear_leftovers(self, entries: list[dict[str, Any]]) -> None:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
@@ -260,6 +287,9 @@ class JobStore:
         if self._lock_file is not None:  # the folder keeps no lock file after a clean stop, as batch's --out
             paths.release_lock(self._lock_file, self.results / batch.LOCK_FILE)
             self._lock_file = None
+        if self._server_lock is not None:
+            paths.release_lock(self._server_lock, self.root / SERVER_LOCK)
+            self._server_lock = None
 
     # ------------------------------------------------------------ requests
 
