@@ -175,6 +175,12 @@ def record(result: JobResult, manifest: Manifest,
             raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture could not be written to "
                              f"{result.job.output} either: {kept}", result.job.id, kept) from None
         output = result.job.output
+        if not manifest.at_home():  # the name leads into a folder put in its place: nothing is removed by it
+            saved = rescue(result.image, output) if rescue is not None and result.image is not None else None
+            kept = f"saved a copy to {saved}" if saved is not None else "no copy could be saved"
+            raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture is in the folder that was at "
+                             f"{manifest.path.parent} as it was written, with no line for it; {kept}",
+                             result.job.id, kept) from None
         if rescue is None:  # a server's output is its job's own: no other job's line can claim it
             raise UserError(f"{first_line(e)}; {output} holds job {result.job.id}'s picture, with no line for it"
                             ) from None

@@ -290,6 +290,44 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_told_what_to_change():
                                  "--devices")
 
 
+def test_a_batch_signalled_after_its_out_was_replaced_says_where_its_lines_went(tmp_path, monkeypatch, capsys):
+    """`mv out out.moved; mv prev out` (another batch's folder) after a job was recorded, then SIGTERM: "the same
+    command resumes (out/manifest.jsonl records what is done)", naming the other folder's manifest (probe 41a, 2)."""
+    import signal
+
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    real = engine.record
+    out = tmp_path / "out"
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        if not (tmp_path / "out.moved").exists():  # the first job's line is written
+            out.rename(tmp_path / "out.moved")
+            (tmp_path / "prev").rename(out)
+            os.kill(os.getpid(), signal.SIGTERM)  # held by the shield around the record, then raised
+        return written
+
+    _pictures(tmp_path)
+    (tmp_path / "prev").mkdir()
+    (tmp_path / "prev" / "manifest.jsonl").write_text("{}\n")  # another batch's lines
+    monkeypatch.setattr(engine, "record", record)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
+                           "--batch-size", "1")
+    assert code == 143 and "resumes" not in err, err
+    assert (f"{out} was replaced during the run by another folder or a link; the lines of the 1 jobs done went with "
+            f"the folder that was there") in err, err
+
+
 def test_a_batch_with_the_graph_backend_asked_for_on_a_fresh_cache_runs(tmp_path, monkeypatch, capsys):
     """`batch --backend ort` (conv auto) on a fresh cache failed every job: "no candidate for auto ran here: ... not
     exported: over the trial's budget" (probe 41a, 10; video and serve alike). Where no candidate can run without an
@@ -342,3 +380,40 @@ def test_exif_that_cannot_be_read_is_a_warning_not_a_traceback(tmp_path, caplog,
             got = images.from_picture(picture, "content image")
         assert np.abs(got - 120 / 255).max() < 1e-6
         assert "its EXIF data cannot be read" in caplog.text and "used as stored" in caplog.text
+
+
+def test_a_folder_swapped_between_a_picture_and_its_line_loses_no_file(tmp_path, monkeypatch, capsys):
+    """`mv out out.moved; mkdir out; echo mine > out/b.png` right after job b's picture was written: the refused
+    line removed out/b.png by its name (the user's file) and said the batch's picture was not left, though it was,
+    in out.moved (probe 41a, 12)."""
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    real = engine.images.save_image
+    out = tmp_path / "out"
+
+    def save_image(image, path, *args, **kwargs):
+        written = real(image, path, *args, **kwargs)
+        if os.path.basename(path) == "b.png" and not (tmp_path / "out.moved").exists():
+            out.rename(tmp_path / "out.moved")
+            out.mkdir()
+            (out / "b.png").write_text("the user's")
+        return written
+
+    monkeypatch.setattr(engine.images, "save_image", save_image)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
+                           "--batch-size", "1")
+    line = one_error_line(code, err)
+    assert "job b's picture is in the folder that was at" in line and "saved a copy to" in line, line
+    assert (out / "b.png").read_text() == "the user's" and (tmp_path / "out.moved" / "b.png").is_file()

@@ -251,7 +251,16 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
         signals.reported = True
         left = total - sum(counts.values())
         recorded = sum(counts.values())
-        kept = (f"every job is recorded in {manifest.path}" if not left else  # nothing to resume
+        try:
+            manifest.check_home()
+            replaced = False
+        except UserError:  # another folder at --out now (one gone is said below): not where this run's lines went
+            replaced = os.path.lexists(out)
+        kept = (f"{out} was replaced during the run by another folder or a link; the lines of the {recorded} jobs "
+                f"done went with the folder that was there" if replaced and recorded else
+                f"{out} was replaced during the run by another folder or a link, before any job was recorded"
+                if replaced else
+                f"every job is recorded in {manifest.path}" if not left else  # nothing to resume
                 f"the same command resumes ({manifest.path} records what is done)"
                 if manifest.path.is_file() and manifest.path.stat().st_size else
                 f"{manifest.path} is not there any more (moved or removed during the run) with the lines of the "
