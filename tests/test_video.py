@@ -310,12 +310,33 @@ def test_another_commands_picture_at_the_first_frame_then_a_signal_is_said_truly
     out.unlink()
     foreign = tmp_path / "out.mp4.frames" / "frame_000000.png"
     Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
+    picture = foreign.read_bytes()
     hook_frames(monkeypatch, stop_at=0)
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 143 and "Traceback" not in err, err
     assert "(frame 0 is not this video's to use and runs again)" in err, err
-    assert "no frame finished; nothing written" in err and "any more" not in err, err
-    assert (foreign.parent / "frame_000000.png.foreign").is_file() and not out.exists()
+    assert "frame 0 is not finished; nothing written" in err and "any more" not in err, err
+    assert foreign.read_bytes() == picture and not out.exists()  # kept aside once the frame is made (probe 41a, 4)
+
+
+def test_a_run_stopped_before_it_made_another_commands_frame_again_keeps_the_frames_after_it(
+        tmp_path, monkeypatch, capsys, clip, style):
+    """Another command's picture at frame 1 was moved aside as the rerun reached it; stopped then, the next run found
+    a gap at frame 1 and stylised frames 2-4 again, finished and counted as such the run before (probe 41a, 4). The
+    picture stays until the frame is made again."""
+    out = tmp_path / "out.mp4"
+    args = ["video", clip, style, "-o", out, *FAST, "--size", "64", "--frames", "0:5"]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    foreign = tmp_path / "out.mp4.frames" / "frame_000001.png"
+    Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
+    picture = foreign.read_bytes()
+    hook_frames(monkeypatch, stop_at=1)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 143 and "Traceback" not in err and foreign.read_bytes() == picture, err
+    ran = hook_frames(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and ran == [1] and frame_count(out) == 5, err
+    assert (foreign.parent / "frame_000001.png.foreign").read_bytes() == picture
 
 
 def the_error(code: int, err: str) -> str:
@@ -459,7 +480,8 @@ def test_pictures_in_a_frames_folder_put_in_its_place_are_neither_encoded_nor_mo
     code, _, err = run_cli(monkeypatch, capsys, *args)
     if signalled:
         assert code == 143 and "Traceback" not in err, err
-        assert f"the frames are not in {folder} any more; nothing written" in err, err
+        assert f"the frames are not in {folder} any more; nothing written; move the frames back or rerun to make " \
+               f"them again" in err, err  # "rerun to continue" started over (probe 41a, 9)
     else:
         error = the_error(code, err)
         assert "was moved or replaced while the video ran" in error and "nothing written" in error, error

@@ -191,10 +191,10 @@ class FrameStore:
         self._check_taken()  # the user's pictures in a folder put in its place are neither encoded nor moved
         if not path.is_file():
             return None
+        # left where it is until the frame is made again (_save keeps it aside then): a run stopped before that
+        # finds it again, not a gap that would run the finished frames after it again
         if self._ours(path) is False:  # a picture of this shape that another command put here
-            aside = self._aside(path, "foreign")
-            logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s, %s", path,
-                                                aside.name, then)
+            logging.getLogger(__name__).warning("%s is not a frame this video wrote: %s", path, then)
             return None
         try:
             frame = np.round(images.load_image(path) * 255.0).astype(np.uint8)
@@ -202,10 +202,8 @@ class FrameStore:
                 raise ImageError(f"it is {frame.shape[1]}x{frame.shape[0]} px, this video's frames "
                                  f"{self.shape[1]}x{self.shape[0]}")
             return frame
-        except ImageError as e:  # written atomically, so damaged from outside: kept aside, the frame runs again
-            aside = self._aside(path, "damaged")
-            logging.getLogger(__name__).warning("%s is damaged (%s): moved to %s, %s", path, first_line(e),
-                                                aside.name, then)
+        except ImageError as e:  # written atomically, so damaged from outside: the frame runs again
+            logging.getLogger(__name__).warning("%s is damaged (%s): %s", path, first_line(e), then)
             return None
 
     def _ours(self, path: Path) -> bool | None:
@@ -602,9 +600,12 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True
         gone = (f"the frames are not in {store.folder} any more" if moved is not None or any(
-            not store.path(i).is_file() for i in known | store.saved) else "no frame finished")  # out of order
+            not store.path(i).is_file() for i in known | store.saved) else  # chunks finish out of order
+                f"frame {end if lost is None else lost} is not finished" if known | store.saved else
+                "no frame finished")
         where = f"wrote {output} ({written} of {stop - start} frames)" if written else f"{gone}; nothing written"
-        left = "rerun to continue" if written < stop - start else "every frame is in it"  # nothing to rerun
+        left = ("move the frames back or rerun to make them again" if moved is not None else  # a rerun starts over
+                "rerun to continue" if written < stop - start else "every frame is in it")  # nothing to rerun
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
