@@ -82,13 +82,15 @@ class JobResult:
     image: np.ndarray | None = field(default=None, repr=False)
     last_finite: bool = False  # a failed job's last finite image was written to its output
     output_sha256: str | None = None  # of the picture written to its output: what a resumed batch checks it against
+    planned: int | None = None  # iterations its settings plan over every scale (serve: what a restart shows)
 
     def manifest_line(self) -> dict[str, Any]:
         return {"id": self.job.id, "status": self.status, "reason": self.reason, "output": str(self.job.output),
                 "settings_hash": self.settings_hash, "seconds": round(self.seconds, 3), "device": self.device,
                 "iterations": self.iterations, "losses": self.losses, "distances": self.distances,
                 "batch": self.batch, **({"last_finite": True} if self.last_finite else {}),
-                **({"output_sha256": self.output_sha256} if self.output_sha256 else {})}
+                **({"output_sha256": self.output_sha256} if self.output_sha256 else {}),
+                **({"planned_iterations": self.planned} if self.planned is not None else {})}
 
 
 def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digests | None = None

@@ -168,6 +168,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "device": ("a text", lambda v: isinstance(v, str)),
     "seconds": ("a number of seconds", _number),
     "iterations": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "planned_iterations": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "batch": ("a whole number of jobs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "losses": ("names and numbers", lambda v: isinstance(v, dict) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())),

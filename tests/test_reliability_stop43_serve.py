@@ -66,3 +66,29 @@ def test_a_coarse_to_fine_jobs_iterations_are_its_total(tmp_path):
         job = wait_for(client, job_id)
     assert job["status"] == "done", job
     assert job["iteration"] == job["iterations"] == settings.total_iterations(), job
+
+
+def test_a_restored_coarse_to_fine_job_keeps_its_total(tmp_path):
+    """A coarse-to-fine job stopped mid-run read "37 / 45" and, after a restart, "37 / 37", its bar full: the line
+    held only the count run (probe 41a, 7). It holds the job's total over its scales too."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, wait_for
+    from styleengine.serve.app import Config, create_app
+
+    settings = dataclasses.replace(SETTINGS, size=64, iterations=100_000, scales=2, start_size=40).resolved()
+    config = Config(settings=settings, root=tmp_path / "srv", max_iters=200_000)
+    with TestClient(create_app(config)) as client:
+        job_id = client.post("/api/jobs", files=files()).json()["id"]
+        wait_for(client, job_id, ("running",))
+        client.delete(f"/api/jobs/{job_id}")
+        stopped = wait_for(client, job_id)
+    with TestClient(create_app(config)) as client:
+        restored = client.get(f"/api/jobs/{job_id}").json()
+    assert stopped["iterations"] == restored["iterations"] == settings.total_iterations(), (stopped, restored)
+    assert restored["iteration"] < restored["iterations"]

@@ -165,7 +165,9 @@ class JobStore:
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
                       reason=self.for_clients(entry.get("reason"), not gone if kept else None), last_finite=kept,
                       iteration=entry.get("iterations") or 0,
-                      iterations=entry.get("iterations") or 0, losses=entry.get("losses"),
+                      # its total over its scales (a cancelled job's count run read "37 / 37", the bar full)
+                      iterations=entry.get("planned_iterations") or entry.get("iterations") or 0,
+                      losses=entry.get("losses"),
                       seconds=entry.get("seconds") or 0.0, loop_seconds=None,  # the manifest keeps no loop time
                       batch=entry.get("batch") or 1, keep=True)
             distances = entry.get("distances")
@@ -511,7 +513,7 @@ class JobStore:
         done = batch.JobResult(self._batch_job(job), "failed" if status == "cancelled" else status, reason,
                                job.settings_hash, job.seconds, device, result.iterations if result is not None else 0,
                                losses, result.distances.to_json() if result is not None and result.distances else None,
-                               job.batch, image)
+                               job.batch, image, planned=job.iterations)
         recorded = True
         try:
             self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
