@@ -9,9 +9,7 @@ import contextlib
 import contextvars
 import hashlib
 import io
-import logging
 import os
-import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -45,7 +43,6 @@ def _check_range(values: np.ndarray, low: float, high: float, kind: str, expecte
 
 
 LOADED = "loaded"  # _rawmode of a PNG whose pixels were decoded already: its bit depth is gone
-log = logging.getLogger(__name__)
 
 
 def _oriented(img: Image.Image, what: str) -> Image.Image:
@@ -54,8 +51,8 @@ def _oriented(img: Image.Image, what: str) -> Image.Image:
     leaves it."""
     try:
         return ImageOps.exif_transpose(img) or img
-    except (SyntaxError, TypeError, ValueError, struct.error) as e:
-        log.warning("%s: its EXIF data cannot be read (%s); used as stored, not turned", what, first_line(e))
+    except paths.EXIF_FAULTS as e:
+        paths.exif_unreadable(what, e)
         return img
 
 

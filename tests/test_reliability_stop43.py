@@ -376,7 +376,7 @@ def test_exif_that_cannot_be_read_is_a_warning_not_a_traceback(tmp_path, caplog,
         given = [Image.open(tmp_path / "e.png"), tmp_path / "e.png"]
     for picture in given:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger=images.log.name):
+        with caplog.at_level(logging.WARNING):
             got = images.from_picture(picture, "content image")
         assert np.abs(got - 120 / 255).max() < 1e-6
         assert "its EXIF data cannot be read" in caplog.text and "used as stored" in caplog.text
@@ -417,3 +417,24 @@ def test_a_folder_swapped_between_a_picture_and_its_line_loses_no_file(tmp_path,
     line = one_error_line(code, err)
     assert "job b's picture is in the folder that was at" in line and "saved a copy to" in line, line
     assert (out / "b.png").read_text() == "the user's" and (tmp_path / "out.moved" / "b.png").is_file()
+
+
+def test_the_dry_run_plans_a_picture_whose_exif_cannot_be_read_as_the_run_does(tmp_path, monkeypatch, capsys):
+    """`--dry-run` refused it, "cannot decode content image ... (truncated or corrupt?): not a TIFF file", where the
+    run uses it as stored with a warning (probe 42a, 4)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    _pictures(tmp_path)
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "e.png", exif=b"not tiff")
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "e.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, *dry)
+        assert code == 0 and "its EXIF data cannot be read" in err and "corrupt" not in err, err

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import stat
+import struct
 import tempfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator
@@ -765,11 +766,27 @@ def header_shape(path: str | os.PathLike, role: str, quiet: bool = False) -> tup
             width, height = im.size
             tile = im.tile[0].args if im.tile else None  # before getexif, which decodes a PNG (the tile gone)
             problem = key_problem(im.mode, im.info.get("transparency"), tile if isinstance(tile, str) else None)
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+            try:
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # rotated by 90 degrees
+            except EXIF_FAULTS as e:  # the run uses it as stored: planned so
+                turned = False
+                if not quiet:
+                    exif_unreadable(f"{role} {path}", e)
+            if turned:
                 width, height = height, width
     if problem is not None:  # the run refuses it as it decodes: said from the header alike
         raise ImageError(f"refusing {role} {path}: it {problem}")
     return height, width
+
+
+# what PIL raises for EXIF it cannot read (not TIFF data: a PNG's eXIf chunk of anything; a value set by hand)
+EXIF_FAULTS = (SyntaxError, TypeError, ValueError, struct.error)
+
+
+def exif_unreadable(what: str, error: BaseException) -> None:
+    """The warning for a picture whose EXIF cannot be read: used as stored, as PIL's corrupt-EXIF warning leaves it
+    (the run and the dry run alike)."""
+    logger.warning("%s: its EXIF data cannot be read (%s); used as stored, not turned", what, first_line(error))
 
 
 def key_problem(mode: str, key: Any, rawmode: str | None) -> str | None:
