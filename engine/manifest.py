@@ -255,8 +255,15 @@ class Manifest:
         """Whether the folder at the manifest's path holds the lock pinned (True when none was)."""
         return self._lock is None or paths.holds(self._lock, self.path.parent / LOCK_FILE)
 
+    def lock_removed(self) -> bool:
+        """Whether the folder is the one pinned but its lock file was removed (by hand: it looks stale)."""
+        return self._lock is not None and not self.at_home() and paths.made_in(self._lock, self.path.parent)
+
     def check_home(self) -> None:
-        """UserError where the folder pinned is not at its path any more."""
+        """UserError where the folder pinned is not at its path any more, or has lost its lock file."""
+        if self.lock_removed():
+            raise UserError(f"{self.path.parent / LOCK_FILE} was removed during the run, so another batch or server "
+                            f"could run on {self.path.parent} at once; its lines so far are in {self.path}")
         if not self.at_home():
             raise UserError(f"{self.path.parent} was moved, removed or replaced during the run (its lock and "
                             f"earlier lines went with the folder that was there)")
@@ -389,11 +396,12 @@ class FolderBusy(UserError):
 LOCK_HOLDERS = {"batch": "wait for it to finish", "server": "stop it"}  # what takes LOCK_FILE -> what to do then
 
 
-def take_lock(folder: Path, taker: str, option: str) -> BinaryIO:
-    """folder's LOCK_FILE open and held, `taker` (a LOCK_HOLDERS key) written in it so that a process refused
-    says what holds it; FolderBusy naming that holder (`option`: what the user can change), UserError if the
-    file cannot be opened. Both batch and serve take it: a folder may be either's."""
-    path = Path(folder) / LOCK_FILE
+def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> BinaryIO:
+    """folder's LOCK_FILE (or `name`) open and held, `taker` (a LOCK_HOLDERS key) written in it so that a process
+    refused says what holds it; FolderBusy naming that holder (`option`: what the user can change), UserError if
+    the file cannot be opened or holds other data (a user's file of that name: neither written nor removed).
+    Both batch and serve take LOCK_FILE: a folder may be either's."""
+    path = Path(folder) / name
     try:
         f = paths.open_lock(path)
     except OSError as e:
@@ -406,6 +414,14 @@ def take_lock(folder: Path, taker: str, option: str) -> BinaryIO:
         advice = LOCK_HOLDERS.get(holder or "", " or ".join(LOCK_HOLDERS.values()))
         raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
                          f"{advice} or use another {option}")
+    try:
+        said = os.pread(f.fileno(), 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        said = ""
+    if said and said not in LOCK_HOLDERS:  # not a lock file any version wrote (those are empty or say their holder)
+        paths.close_lock(f)
+        raise UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock "
+                        f"is a file of {option})")
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
         fd = f.fileno()
         if os.fstat(fd).st_nlink == 1:  # another name of a user's file is locked, never written

@@ -185,9 +185,10 @@ def test_a_lock_left_by_a_killed_holder_or_linked_to_a_users_file(tmp_path, capl
     notes.write_text("the user's notes\n")
     (tmp_path / "L").mkdir()
     (tmp_path / "L" / LOCK_FILE).hardlink_to(notes)
-    with manifest_module.locked(tmp_path / "L"):
-        pass
-    assert notes.read_text() == "the user's notes\n"
+    with pytest.raises(UserError, match="is a file of other data, not a lock"):  # stop 43: refused, not taken
+        with manifest_module.locked(tmp_path / "L"):
+            pass
+    assert notes.read_text() == "the user's notes\n" and (tmp_path / "L" / LOCK_FILE).is_file()
 
     root = tmp_path / "S"
     JobStore(root).close()

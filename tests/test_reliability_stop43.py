@@ -438,3 +438,39 @@ def test_the_dry_run_plans_a_picture_whose_exif_cannot_be_read_as_the_run_does(t
         code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "e.png", tmp_path / "s.png", "-o",
                                tmp_path / "o.png", *FAST, *dry)
         assert code == 0 and "its EXIF data cannot be read" in err and "corrupt" not in err, err
+
+
+def test_a_batch_whose_lock_file_was_removed_says_so(tmp_path, monkeypatch, capsys):
+    """`rm out/.batch.lock` (it looks stale) under a running batch: it stopped saying `out` was "moved, removed or
+    replaced ... its lines went with the folder that was there" (false: they are in out/manifest.jsonl) and put the
+    next picture in the temp folder (probe 42a, 1). It says what happened and keeps the picture in `--out`."""
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    real = engine.record
+    out = tmp_path / "out"
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        (out / ".batch.lock").unlink(missing_ok=True)
+        return written
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
+                           "--batch-size", "1")
+    line = one_error_line(code, err)
+    assert f"{out / '.batch.lock'} was removed during the run" in line and "was moved" not in line, line
+    assert f"saved it to {out}" in line, line
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    assert "1 skipped" in err or code == 1, err

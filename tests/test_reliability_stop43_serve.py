@@ -92,3 +92,32 @@ def test_a_restored_coarse_to_fine_job_keeps_its_total(tmp_path):
         restored = client.get(f"/api/jobs/{job_id}").json()
     assert stopped["iterations"] == restored["iterations"] == settings.total_iterations(), (stopped, restored)
     assert restored["iteration"] < restored["iterations"]
+
+
+def test_a_servers_lock_file_removed_by_hand_is_taken_again(tmp_path):
+    """`rm D/results/.batch.lock` under a running server: every later job was refused, "was replaced while the
+    server ran by a folder it did not make; put its own back" (its own folder; probe 42a, 2). It is its own folder:
+    the lock is taken again."""
+    store = JobStore(tmp_path / "D")
+    try:
+        (tmp_path / "D" / "results" / LOCK_FILE).unlink()
+        store.own_folder(store.results)
+        assert (tmp_path / "D" / "results" / LOCK_FILE).is_file() and store.manifest.at_home()
+    finally:
+        store.close()
+    assert not (tmp_path / "D" / "results" / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("name", [".serve.lock", f"results/{LOCK_FILE}"])
+def test_a_users_file_named_as_a_lock_is_neither_written_nor_removed(tmp_path, name):
+    """A user's file named `.serve.lock` in the server's folder was taken as its lock and removed at the stop
+    (probe 42a, 3). A lock file holding other data is refused in one line and left as it is."""
+    from styleengine.errors import UserError
+
+    mine = tmp_path / "D" / name
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"USER DATA")
+    with pytest.raises(UserError, match="is a file of other data, not a lock; move it away"):
+        JobStore(tmp_path / "D")
+    assert mine.read_bytes() == b"USER DATA"
+    assert not (tmp_path / "D" / "uploads").exists()

@@ -221,9 +221,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                       highlight=False, markup=False)
 
     def save_elsewhere(image, output: Path) -> Path | None:
-        try:
-            manifest.check_home()
-        except UserError:  # not into a folder put in --out's place: the temp folder
+        if not manifest.at_home() and not manifest.lock_removed():  # not into a folder put in --out's place
             return rescue(image, output, [])
         return rescue(image, output, rescue_in)
 
@@ -251,11 +249,8 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
         signals.reported = True
         left = total - sum(counts.values())
         recorded = sum(counts.values())
-        try:
-            manifest.check_home()
-            replaced = False
-        except UserError:  # another folder at --out now (one gone is said below): not where this run's lines went
-            replaced = os.path.lexists(out)
+        # another folder at --out now (one gone is said below; one that lost only its lock file resumes)
+        replaced = not manifest.at_home() and not manifest.lock_removed() and os.path.lexists(out)
         kept = (f"{out} was replaced during the run by another folder or a link; the lines of the {recorded} jobs "
                 f"done went with the folder that was there" if replaced and recorded else
                 f"{out} was replaced during the run by another folder or a link, before any job was recorded"

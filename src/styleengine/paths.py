@@ -334,6 +334,23 @@ def holds(f: IO[bytes], path: Path) -> bool:
         return False
 
 
+def close_lock(f: IO[bytes]) -> None:
+    """Let go of a lock open_lock gave without removing its file (one found to be another's)."""
+    folder = _LOCK_FOLDERS.pop(f.fileno(), None)
+    f.close()
+    if folder is not None:
+        os.close(folder)
+
+
+def made_in(f: IO[bytes], folder: Path) -> bool:
+    """Whether the lock open as `f` (open_lock's) was made in the folder at `folder` now: its file removed from a
+    folder still in place, not a folder moved or put there."""
+    try:
+        return os.path.samestat(os.fstat(_LOCK_FOLDERS[f.fileno()]), os.stat(folder))
+    except (KeyError, OSError, ValueError):
+        return False
+
+
 # a held lock's folder, open (by the lock file's descriptor): its file is removed there at the release, wherever
 # the folder went meanwhile (moved away, or covered by a bind mount at its path)
 _LOCK_FOLDERS: dict[int, int] = {}

@@ -137,13 +137,7 @@ class JobStore:
         """One server per folder (its own lock, in the server's folder), and no batch writing in results/ (the
         lock batch takes too): either would append to the same manifest."""
         path = self.root / SERVER_LOCK
-        try:
-            held = paths.open_lock(path)
-        except OSError as e:  # a link, a folder, a FIFO by that name
-            raise UserError(f"cannot lock {self.root} ({path}: {e.strerror or e}); remove {path}") from None
-        if held is None:
-            raise FolderBusy(f"another server is running on {self.root} (it holds {path}); stop it or use another "
-                             f"--results-dir")
+        held = take_lock(self.root, "server", "--results-dir", SERVER_LOCK)
         try:
             paths.check_cache_dir(self.results, what=SERVER_FOLDER)  # a server refused made it for the other
             self._lock_file = take_lock(self.results, "server", "--results-dir")
@@ -215,6 +209,9 @@ class JobStore:
         with self._relocking:  # request threads and the engine's: one makes it, the others find it made
             if self.manifest.at_home():
                 return
+            if self.manifest.lock_removed():  # its own folder, its lock file removed (by hand): taken again
+                self._relock()
+                return
             try:
                 self.results.mkdir(parents=True)
             except FileExistsError:
@@ -222,15 +219,19 @@ class JobStore:
                                        f"make; put its own back or restart the server") from None
             except OSError as e:
                 raise ServerFolderGone(f"cannot make {self.results} again: {e.strerror or e}") from None
-            try:
-                taken = take_lock(self.results, "server", "--results-dir")
-            except UserError as e:  # taken by a batch between the mkdir and here
-                raise ServerFolderGone(f"{self.results} was moved or removed while the server ran, and {e}"
-                                       ) from None
-            old, self._lock_file = self._lock_file, taken
-            self.manifest.pin(taken)
-            if old is not None:
-                paths.release_lock(old, self.results / batch.LOCK_FILE)  # found in the folder it went with
+            self._relock()
+
+    def _relock(self) -> None:
+        """results/'s lock taken again (hold _relocking); the old one let go where its folder is now."""
+        try:
+            taken = take_lock(self.results, "server", "--results-dir")
+        except UserError as e:  # taken by a batch meanwhile
+            raise ServerFolderGone(f"{self.results} was moved, removed or lost its lock while the server ran, and "
+                                   f"{e}") from None
+        old, self._lock_file = self._lock_file, taken
+        self.manifest.pin(taken)
+        if old is not None:
+            paths.release_lock(old, self.results / batch.LOCK_FILE)  # found in the folder it went with
 
     def _clear_leftovers(self, entries: list[dict[str, Any]]) -> None:
         """What a crash left (the folder's lock is held): the uploads of jobs that never ran, which nothing will
