@@ -77,8 +77,9 @@ def place(backend: str, device: str, provider: str, machine: Machine | None = No
     asked_gpu_provider = graph and provider in PROVIDERS["cuda"]
     if device == "cpu" and (asked_gpu_provider or backend == "tensorrt"):
         what = "the tensorrt backend" if backend == "tensorrt" else f"--provider {provider}"
+        other = "--backend torch or ort" if backend == "tensorrt" else "--provider cpu"  # what the next run takes
         raise ConfigError(f"--device cpu and {what} disagree: {what} runs on an NVIDIA GPU; drop --device cpu "
-                          f"or use --provider cpu")
+                          f"or use {other}")
     if device == "cuda" and graph and provider == "cpu":
         raise ConfigError("--device cuda and --provider cpu disagree: the ort backend's provider decides where it "
                           "runs; use --provider cuda (or leave it at auto)")

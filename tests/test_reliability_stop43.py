@@ -474,3 +474,17 @@ def test_a_batch_whose_lock_file_was_removed_says_so(tmp_path, monkeypatch, caps
     assert f"saved it to {out}" in line, line
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
     assert "1 skipped" in err or code == 1, err
+
+
+def test_the_tensorrt_backend_on_the_cpu_is_told_a_fix_the_next_run_takes():
+    """`--backend tensorrt --device cpu` said "drop --device cpu or use --provider cpu": --provider cpu is refused for
+    tensorrt on any machine (probe 42a, 5)."""
+    from styleengine.engine import capability
+    from styleengine.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        capability.place("tensorrt", "cpu", "auto", None)
+    assert str(caught.value).endswith("drop --device cpu or use --backend torch or ort"), caught.value
+    with pytest.raises(ConfigError) as caught:
+        capability.place("ort", "cpu", "cuda", None)
+    assert str(caught.value).endswith("drop --device cpu or use --provider cpu"), caught.value
