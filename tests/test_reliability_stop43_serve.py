@@ -121,3 +121,30 @@ def test_a_users_file_named_as_a_lock_is_neither_written_nor_removed(tmp_path, n
         JobStore(tmp_path / "D")
     assert mine.read_bytes() == b"USER DATA"
     assert not (tmp_path / "D" / "uploads").exists()
+
+
+def test_a_batchs_jobs_in_a_servers_folder_stay_done_after_a_rerun_skipped_them(tmp_path, monkeypatch, capsys):
+    """A batch's `--out D/results` run twice (the second: `skipped` lines), then a server on D: it showed the jobs as
+    "failed" with no reason and no result, and their distances as None (a batch's line says "style", the server's
+    own "style_distance"; probe 42a, 6)."""
+    import json
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": "c.png", "style": "s.png", "output": "p1.png"}) + "\n")
+    for _ in range(2):
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "D" / "results",
+                               *FAST)
+        assert code == 0, err
+    store = JobStore(tmp_path / "D")
+    try:
+        job = store.jobs["p1"]
+        assert job.status == "done" and job.distances["style"] is not None, job
+    finally:
+        store.close()

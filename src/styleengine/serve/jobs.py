@@ -154,6 +154,8 @@ class JobStore:
         for problem in torn + problems:
             log.warning("%s", problem)
         for entry in entries:
+            if entry["status"] == "skipped":  # a batch's rerun over its own folder: the earlier line stands
+                continue
             kept = entry["status"] == "failed" and entry.get("last_finite") is True
             gone = not self.result_path(entry["id"]).is_file()
             job = Job(entry["id"], None, status="done" if entry["status"] == "ok" else "failed",
@@ -166,7 +168,8 @@ class JobStore:
                       batch=entry.get("batch") or 1, keep=True)
             distances = entry.get("distances")
             if isinstance(distances, dict):
-                job.distances = {"style": distances.get("style_distance"), "content": distances.get("content_distance")}
+                job.distances = {kind: distances.get(f"{kind}_distance", distances.get(kind))  # a batch's: "style"
+                                 for kind in ("style", "content")}
             if entry.get("reason") == "cancelled":
                 job.status = "cancelled"
             if job.status == "done" and gone:
