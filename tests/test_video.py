@@ -330,13 +330,18 @@ def test_a_run_stopped_before_it_made_another_commands_frame_again_keeps_the_fra
     foreign = tmp_path / "out.mp4.frames" / "frame_000001.png"
     Image.new("RGB", Image.open(foreign).size, (1, 2, 3)).save(foreign)
     picture = foreign.read_bytes()
+    folder = tmp_path / "out.mp4.frames" / "frame_000003.png"  # a folder of the user's at a finished frame's name
+    folder.unlink()
+    folder.mkdir()
+    (folder / "note.txt").write_text("the user's")  # made frames 3 and 4 again, as a gap (probe 42a, 8)
     hook_frames(monkeypatch, stop_at=1)
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 143 and "Traceback" not in err and foreign.read_bytes() == picture, err
     ran = hook_frames(monkeypatch)
     code, _, err = run_cli(monkeypatch, capsys, *args)
-    assert code == 0 and ran == [1] and frame_count(out) == 5, err
+    assert code == 0 and ran == [1, 3] and frame_count(out) == 5, err
     assert (foreign.parent / "frame_000001.png.foreign").read_bytes() == picture
+    assert (foreign.parent / "frame_000003.png.foreign" / "note.txt").read_text() == "the user's"
 
 
 def the_error(code: int, err: str) -> str:

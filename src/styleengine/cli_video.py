@@ -300,7 +300,9 @@ class FrameStore:
         """The first frame of start..stop-1 not there (stop: all are); one there is checked as it is read (load):
         another command's then runs again, and the frames after it stay."""
         index = start
-        while index < stop and self.path(index).is_file():
+        # a folder or a link of another's at a frame's name is that frame to make, as another's picture is (a gap
+        # there made the finished frames after it again)
+        while index < stop and os.path.lexists(self.path(index)):
             index += 1
         return index
 
