@@ -7,6 +7,36 @@ import shutil
 
 import pytest
 
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+
+def _three_jobs(tmp_path, monkeypatch, capsys, after_record) -> tuple[int, str]:
+    """`batch` of jobs a, b, c (one at a time) into tmp_path/out, `after_record()` as each job's line is written:
+    (exit code, stderr)."""
+    from styleengine.engine import batch as engine
+
+    real = engine.record
+
+    def record(*args, **kwargs):
+        written = real(*args, **kwargs)
+        after_record()
+        return written
+
+    monkeypatch.setattr(engine, "record", record)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST,
+                           "--batch-size", "1")
+    return code, err
+
 
 @pytest.mark.parametrize("case", ["removed", "full", "read-only"])
 def test_a_cache_folder_that_cannot_take_an_entry_says_what_to_do_for_its_cause(tmp_path, monkeypatch, case):
@@ -141,36 +171,15 @@ def test_a_batch_writes_nothing_into_a_folder_put_in_its_outs_place(tmp_path, mo
     """`mv out out.moved; mkdir out` (or `ln -s elsewhere out`) after a job was recorded: the batch went on writing
     pictures and a new manifest there, with no lock in it, so a second batch on `--out out` ran every job at once,
     and a link sent them outside the folder it had checked (probe 40b, 3). It stops, its picture kept elsewhere."""
-    from styleengine.engine import batch as engine
-
-    try:
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_reliability_probe13 import FAST, _pictures
-    try:
-        from test_cli import run_cli
-        from test_reliability_batch import one_error_line
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_batch import one_error_line
-
-    real = engine.record
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
 
-    def record(*args, **kwargs):
-        written = real(*args, **kwargs)
+    def replace():
         if not (tmp_path / "out.moved").exists():  # the first job's line is written
             out.rename(tmp_path / "out.moved")
             elsewhere.mkdir()
             out.symlink_to(elsewhere) if replacement == "a link" else out.mkdir()
-        return written
 
-    monkeypatch.setattr(engine, "record", record)
-    _pictures(tmp_path)
-    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
-                                              for n in "abc"))
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
-                           "--batch-size", "1")
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, replace)
     line = one_error_line(code, err)
     assert "was moved, removed or replaced during the run" in line and "saved it to" in line, line
     assert list(elsewhere.iterdir()) == [] and (out.is_symlink() or list(out.iterdir()) == [])
@@ -235,15 +244,6 @@ def test_a_bench_json_whose_final_write_fails_says_it_holds_the_partial_document
 def test_a_csv_header_fault_is_said_at_the_header(tmp_path, monkeypatch, capsys, text, says):
     """A blank line above the header said "line 2: more cells than the header has columns" (line 2 was the header),
     and a header ending in ',' said "line 2: '' is not a per-job setting" for an empty cell (probe 40b, 7)."""
-    try:
-        from test_cli import run_cli
-        from test_reliability_batch import one_error_line
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_batch import one_error_line
-        from tests.test_reliability_probe13 import FAST, _pictures
-
     _pictures(tmp_path)
     (tmp_path / "j.csv").write_text(text)
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "out", *FAST)
@@ -252,13 +252,6 @@ def test_a_csv_header_fault_is_said_at_the_header(tmp_path, monkeypatch, capsys,
 
 def test_a_csv_with_a_trailing_comma_on_every_line_runs(tmp_path, monkeypatch, capsys):
     """What spreadsheets export: `content,styles,output,` and rows ending in ',' (an unnamed column, empty)."""
-    try:
-        from test_cli import run_cli
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_probe13 import FAST, _pictures
-
     _pictures(tmp_path)
     (tmp_path / "j.csv").write_text("content,styles,output,\nc.png,s.png,a.png,\n\n")
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.csv", "--out", tmp_path / "out", *FAST)
@@ -295,34 +288,17 @@ def test_a_batch_signalled_after_its_out_was_replaced_says_where_its_lines_went(
     command resumes (out/manifest.jsonl records what is done)", naming the other folder's manifest (probe 41a, 2)."""
     import signal
 
-    from styleengine.engine import batch as engine
-
-    try:
-        from test_cli import run_cli
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_probe13 import FAST, _pictures
-
-    real = engine.record
     out = tmp_path / "out"
 
-    def record(*args, **kwargs):
-        written = real(*args, **kwargs)
+    def replace():
         if not (tmp_path / "out.moved").exists():  # the first job's line is written
             out.rename(tmp_path / "out.moved")
             (tmp_path / "prev").rename(out)
             os.kill(os.getpid(), signal.SIGTERM)  # held by the shield around the record, then raised
-        return written
 
-    _pictures(tmp_path)
     (tmp_path / "prev").mkdir()
     (tmp_path / "prev" / "manifest.jsonl").write_text("{}\n")  # another batch's lines
-    monkeypatch.setattr(engine, "record", record)
-    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
-                                              for n in "abc"))
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
-                           "--batch-size", "1")
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, replace)
     assert code == 143 and "resumes" not in err, err
     assert (f"{out} was replaced during the run by another folder or a link; the lines of the 1 jobs done went with "
             f"the folder that was there") in err, err
@@ -337,13 +313,6 @@ def test_a_batch_with_the_graph_backend_asked_for_on_a_fresh_cache_runs(tmp_path
 
     graphs = [("ort", "fp32", "winograd"), ("ort", "fp32", "direct")]
     assert exports_that_fit(graphs, set(graphs), 384 * 512) == {graphs[0]}
-    try:
-        from test_cli import run_cli
-        from test_reliability_probe13 import _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_probe13 import _pictures
-
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("STYLEENGINE_TUNE", "on")
     autotune._memo.clear()
@@ -388,15 +357,6 @@ def test_a_folder_swapped_between_a_picture_and_its_line_loses_no_file(tmp_path,
     in out.moved (probe 41a, 12)."""
     from styleengine.engine import batch as engine
 
-    try:
-        from test_cli import run_cli
-        from test_reliability_batch import one_error_line
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_batch import one_error_line
-        from tests.test_reliability_probe13 import FAST, _pictures
-
     real = engine.images.save_image
     out = tmp_path / "out"
 
@@ -425,13 +385,6 @@ def test_the_dry_run_plans_a_picture_whose_exif_cannot_be_read_as_the_run_does(t
     import numpy as np
     from PIL import Image
 
-    try:
-        from test_cli import run_cli
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_probe13 import FAST, _pictures
-
     _pictures(tmp_path)
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "e.png", exif=b"not tiff")
     for dry in (["--dry-run"], []):
@@ -446,34 +399,14 @@ def test_a_batch_whose_lock_file_was_removed_says_so(tmp_path, monkeypatch, caps
     next picture in the temp folder (probe 42a, 1). It says what happened and keeps the picture in `--out`."""
     from styleengine.engine import batch as engine
 
-    try:
-        from test_cli import run_cli
-        from test_reliability_batch import one_error_line
-        from test_reliability_probe13 import FAST, _pictures
-    except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-        from tests.test_reliability_batch import one_error_line
-        from tests.test_reliability_probe13 import FAST, _pictures
-
-    real = engine.record
-    out = tmp_path / "out"
-
-    def record(*args, **kwargs):
-        written = real(*args, **kwargs)
-        (out / ".batch.lock").unlink(missing_ok=True)
-        return written
-
-    monkeypatch.setattr(engine, "record", record)
-    _pictures(tmp_path)
-    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
-                                              for n in "abc"))
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
-                           "--batch-size", "1")
+    out, real = tmp_path / "out", engine.record
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: (out / ".batch.lock").unlink(missing_ok=True))
     line = one_error_line(code, err)
     assert f"{out / '.batch.lock'} was removed during the run" in line and "was moved" not in line, line
     assert f"saved it to {out}" in line, line
+    monkeypatch.setattr(engine, "record", real)
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
-    assert "1 skipped" in err or code == 1, err
+    assert code == 0 and "2 ok, 1 skipped" in err, err  # resumed where it stopped
 
 
 def test_the_tensorrt_backend_on_the_cpu_is_told_a_fix_the_next_run_takes():
