@@ -394,6 +394,7 @@ class FolderBusy(UserError):
 
 
 LOCK_HOLDERS = {"batch": "wait for it to finish", "server": "stop it"}  # what takes LOCK_FILE -> what to do then
+LOCK_SIZE = 16  # a lock file holds one LOCK_HOLDERS key at most (and a newline an editor added): past it, another's
 
 
 def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> BinaryIO:
@@ -415,10 +416,12 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
         raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
                          f"{advice} or use another {option}")
     try:
+        size = os.fstat(f.fileno()).st_size
         said = os.pread(f.fileno(), 64, 0).decode("ascii", "replace").strip()
     except OSError:
-        said = ""
-    if said and said not in LOCK_HOLDERS:  # not a lock file any version wrote (those are empty or say their holder)
+        size, said = 0, ""
+    # not a lock file any version wrote (those are empty or say their holder, a few bytes)
+    if size > LOCK_SIZE or (said and said not in LOCK_HOLDERS):
         paths.close_lock(f)
         raise UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock "
                         f"is a file of {option})")

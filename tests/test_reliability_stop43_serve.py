@@ -108,18 +108,20 @@ def test_a_servers_lock_file_removed_by_hand_is_taken_again(tmp_path):
     assert not (tmp_path / "D" / "results" / LOCK_FILE).exists()
 
 
+@pytest.mark.parametrize("data", [b"USER DATA", b"\n" * 70 + b"my notes", b"batch" + b" " * 70 + b"my notes"])
 @pytest.mark.parametrize("name", [".serve.lock", f"results/{LOCK_FILE}"])
-def test_a_users_file_named_as_a_lock_is_neither_written_nor_removed(tmp_path, name):
+def test_a_users_file_named_as_a_lock_is_neither_written_nor_removed(tmp_path, name, data):
     """A user's file named `.serve.lock` in the server's folder was taken as its lock and removed at the stop
-    (probe 42a, 3). A lock file holding other data is refused in one line and left as it is."""
+    (probe 42a, 3); so was one whose first 64 bytes are blank or a holder's name (probe 43a, 1). A lock file holding
+    other data is refused in one line and left as it is."""
     from styleengine.errors import UserError
 
     mine = tmp_path / "D" / name
     mine.parent.mkdir(parents=True)
-    mine.write_bytes(b"USER DATA")
+    mine.write_bytes(data)
     with pytest.raises(UserError, match="is a file of other data, not a lock; move it away"):
         JobStore(tmp_path / "D")
-    assert mine.read_bytes() == b"USER DATA"
+    assert mine.read_bytes() == data
     assert not (tmp_path / "D" / "uploads").exists()
 
 
