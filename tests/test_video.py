@@ -344,6 +344,19 @@ def test_a_run_stopped_before_it_made_another_commands_frame_again_keeps_the_fra
     assert (foreign.parent / "frame_000003.png.foreign" / "note.txt").read_text() == "the user's"
 
 
+def test_a_users_file_at_the_frames_lock_is_neither_taken_nor_removed(tmp_path, monkeypatch, capsys, clip, style):
+    """A file of the user's at `OUT.frames/.lock` was taken as the video's lock and removed at its end (probe 43a,
+    3): a video's lock is empty, so another file there is refused in one line and left as it is."""
+    out = tmp_path / "out.mp4"
+    (tmp_path / "out.mp4.frames").mkdir()
+    mine = tmp_path / "out.mp4.frames" / ".lock"
+    mine.write_text("my notes, not a lock")
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64", "--frames",
+                           "0:2")
+    assert "is a file of other data, not a lock" in the_error(code, err)
+    assert mine.read_text() == "my notes, not a lock" and not out.exists()
+
+
 def the_error(code: int, err: str) -> str:
     """The one error line of a run that failed (exit 1, no traceback); its notes and warnings aside."""
     errors = [line for line in err.splitlines() if line.startswith("error: ")]

@@ -112,6 +112,10 @@ class FrameStore:
         if self._lock is None:
             raise ConfigError(f"another video is writing {self.folder} (it holds {lock}); wait for it to finish or "
                               f"choose another output")
+        if os.fstat(self._lock.fileno()).st_size:  # a video's lock is empty: this is another's file, kept as it is
+            held, self._lock = self._lock, None
+            paths.close_lock(held)
+            raise ConfigError(f"cannot lock {self.folder}: {lock} is a file of other data, not a lock; move it away")
 
     def _sweep(self) -> None:
         """Remove the temp files of a run killed mid-write (SIGKILL, a power cut): only a run holding this lock
