@@ -508,6 +508,34 @@ def test_pictures_in_a_frames_folder_put_in_its_place_are_neither_encoded_nor_mo
     assert sorted(p.name for p in (tmp_path / "saved").glob("frame_*")) == ["frame_000000.png", "frame_000001.png"]
 
 
+@pytest.mark.parametrize("how", ["remade", "lock removed"])
+def test_a_frames_folder_remade_or_unlocked_mid_run_is_told_by_its_lock(tmp_path, monkeypatch, capsys, clip, style,
+                                                                        how):
+    """`rm -r OUT.frames; mkdir OUT.frames` while the video ran: the new folder may get the old one's inode number
+    (ext4 gave it 49 times in 50, probe 41a), which the folder's identity took for the one it had taken, and its
+    later frames went there. It is told by the lock file it holds, as batch and serve tell theirs; a lock file
+    removed by hand is said as that."""
+    import shutil
+
+    out = tmp_path / "out.mp4"
+    folder = tmp_path / "out.mp4.frames"
+
+    def act():
+        if how == "remade":
+            shutil.rmtree(folder)
+            folder.mkdir()
+        else:
+            (folder / ".lock").unlink()
+
+    act_at(monkeypatch, 2, act)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64", "--frames",
+                           "0:4")
+    said = {"remade": "was moved or replaced while the video ran", "lock removed": "was removed while the video ran"}
+    assert said[how] in the_error(code, err)
+    if how == "remade":
+        assert list(folder.iterdir()) == []  # the user's, as they made it
+
+
 def test_a_frame_not_written_then_a_full_disk_at_the_encode_says_both(tmp_path, monkeypatch, capsys, clip, style):
     """A frame refused by a full disk, then the encode refused too: only the encode's fault was said (probe 39, 4)."""
     from styleengine import cli_video

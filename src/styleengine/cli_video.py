@@ -94,8 +94,9 @@ class FrameStore:
 
     def give_up(self) -> None:
         """Refused at the start: the lock let go, and a folder this run made and recorded nothing in removed."""
+        taken = self._taken()  # told by the lock while it is held
         self.close()
-        if self.made[0] and not self.made[1] and self._taken():  # nothing left behind (an empty OUT.frames)
+        if self.made[0] and not self.made[1] and taken:  # nothing left behind (an empty OUT.frames)
             with contextlib.suppress(OSError):
                 self.folder.rmdir()
 
@@ -239,14 +240,22 @@ class FrameStore:
         return aside
 
     def _taken(self) -> bool:
-        """Whether the folder at OUT.frames is still the one this run took (not moved away, another made there)."""
+        """Whether the folder at OUT.frames is still the one this run took (not moved away, another made there):
+        told by the lock file it holds, as batch's and serve's are (a new folder may reuse the old one's inode
+        number: `rm -r OUT.frames; mkdir OUT.frames`), by the folder's identity before the lock is taken."""
+        if self._lock is not None:
+            return paths.holds(self._lock, self.folder / self.LOCK)
         return self._identity is not None and paths.identity(self.folder) == self._identity
 
     def taken_error(self) -> UserError | None:
         """Why nothing at OUT.frames may be read, written or moved any more: another folder is there (the user's,
-        with no record of these settings), or none; None while it is the one this run took."""
+        with no record of these settings), or none, or its lock file was removed; None while it is the one this run
+        took."""
         if self._taken():
             return None
+        if self._lock is not None and paths.made_in(self._lock, self.folder):
+            return UserError(f"{self.folder / self.LOCK} was removed while the video ran, so another video could "
+                             f"write there at once; rerun to continue")
         return UserError(f"{self.folder} was moved or replaced while the video ran; move the frames back or rerun "
                          f"to make them again")
 
