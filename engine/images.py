@@ -10,6 +10,7 @@ import contextvars
 import hashlib
 import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -321,6 +322,28 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                         [0.595716, -0.274453, -0.321263],
                         [0.211456, -0.522591, 0.311135]], dtype=np.float64)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) -> Path | None:
+    """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
+    folder) that takes it; where it went, or None."""
+    for folder in [*folders, Path(tempfile.gettempdir())]:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
+        except (OSError, ValueError):
+            continue
+        os.close(fd)
+        try:
+            save_image(image, name)
+            return Path(name)
+        except ImageError:
+            Path(name).unlink(missing_ok=True)
+    return None
+
+
+def rescued(saved: Path | None) -> str:
+    """Where a picture whose write failed went, for the error line."""
+    return f"saved the image to {saved} instead" if saved else "nor could a copy be saved; the image is lost"
 
 
 def luminance(array: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import typer
 
 from styleengine import paths
 from styleengine.cli import signals
-from styleengine.cli_job import rescue
+from styleengine.engine.images import rescue
 from styleengine.cli_plan import check_cache_for, check_files, check_own_files
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine import batch as engine

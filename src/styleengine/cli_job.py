@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,6 +26,7 @@ import typer
 from styleengine.cli import signals
 from styleengine import paths
 from styleengine.engine import images, loop, masks
+from styleengine.engine.images import rescue, rescued
 from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
@@ -91,28 +91,6 @@ class TraceWriter:
             file.close()  # flushes what a failed write left in the buffer (failing again); the fd is closed
         except OSError as e:
             self.failure = self.failure or f"trace {self.path} could not be completed: {e.strerror or e}"
-
-
-def rescue(image: Any, output: Path, folders: list[Path]) -> Path | None:
-    """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
-    folder) that takes it; where it went, or None."""
-    for folder in [*folders, Path(tempfile.gettempdir())]:
-        try:
-            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
-        except (OSError, ValueError):
-            continue
-        os.close(fd)
-        try:
-            images.save_image(image, name)
-            return Path(name)
-        except ImageError:
-            Path(name).unlink(missing_ok=True)
-    return None
-
-
-def rescued(saved: Path | None) -> str:
-    """Where a picture whose write failed went, for the error line."""
-    return f"saved the image to {saved} instead" if saved else "nor could a copy be saved; the image is lost"
 
 
 def write_or_rescue(image: Any, output: Path, folders: list[Path]) -> None:

@@ -256,8 +256,9 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
             with open(path, "wb") as out:
                 shutil.copyfileobj(upload.file, out)
             saved.append((path, label))
-    except ServerFolderGone as e:
-        raise HTTPException(503, first_line(e)) from None
+    except ServerFolderGone as e:  # said as a job's reason is: the operator's paths not spelled out
+        log.error("%s", first_line(e))
+        raise HTTPException(503, store.for_clients(first_line(e))) from None
     except OSError as e:  # the server's disk, not the request: 507 when it is full
         full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
         log.error("cannot store job %s's upload in %s: %s", job_id, folder, e.strerror or e)

@@ -30,6 +30,7 @@ import numpy as np
 
 from styleengine import paths
 from styleengine.engine import batch, images
+from styleengine.engine.images import rescue, rescued
 from styleengine.engine.loop import Record, non_finite
 from styleengine.engine.manifest import FolderBusy, take_lock  # noqa: F401  (FolderBusy: ray_app's, from here)
 from styleengine.engine.stylise import Picture, Settings, batch_key, stylise_batch
@@ -228,7 +229,11 @@ class JobStore:
         """results/'s lock taken again (hold _relocking); the old one let go where its folder is now."""
         try:
             taken = take_lock(self.results, "server", "--results-dir")
-        except UserError as e:  # taken by a batch meanwhile
+        except FolderBusy as e:  # its lock file removed by hand, and a batch took the folder meanwhile
+            holder = first_line(e).partition(";")[0]  # "another batch is running on X (it holds X/.batch.lock)"
+            raise ServerFolderGone(f"{self.results} lost its lock while the server ran, and {holder}; the server "
+                                   f"records no job there until that one ends") from None
+        except UserError as e:
             raise ServerFolderGone(f"{self.results} was moved, removed or lost its lock while the server ran, and "
                                    f"{e}") from None
         old, self._lock_file = self._lock_file, taken
@@ -476,6 +481,13 @@ class JobStore:
             self._record(job, "cancelled", "cancelled", None, None)
         if not members:
             return
+        try:  # queued before results/ was lost: no work whose picture nothing could keep
+            self.own_folder(self.results)
+        except ServerFolderGone as e:
+            for job in members:
+                self._record(job, "failed", f"{first_line(e)}; submit it again once the server's folder is its own "
+                             f"again", None, None)
+            return
         settings = members[0].run_settings
         for job in members:
             job._last_preview = -math.inf
@@ -520,7 +532,10 @@ class JobStore:
                                job.batch, image, planned=job.iterations)
         recorded = True
         try:
-            self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
+            try:
+                self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
+            except ServerFolderGone as e:  # lost while the job ran: its finished picture kept aside, not dropped
+                raise ServerFolderGone(self._kept_aside(job, first_line(e), image)) from None
             done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
@@ -545,6 +560,17 @@ class JobStore:
             self._previews.append(job)
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
+
+    def _kept_aside(self, job: Job, reason: str, image: np.ndarray | None) -> str:
+        """`reason` (results/ is not the server's now) with what became of the job's picture: saved in the
+        server's folder (then the temp folder) for the operator, the log saying where; the client told to submit
+        it again, as nothing serves it."""
+        if image is None:
+            return f"{reason}; submit it again once the server's folder is its own again"
+        saved = rescue(image, self.result_path(job.id), [self.root])
+        log.error("job %s's picture could not be kept in %s: %s", job.id, self.results, rescued(saved))
+        kept = "its picture was saved aside on the server" if saved is not None else "its picture is lost"
+        return f"{reason}; {kept}; submit it again once the server's folder is its own again"
 
     def for_clients(self, reason: str | None, last_finite: bool | None = None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line

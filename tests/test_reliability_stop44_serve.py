@@ -1,0 +1,87 @@
+"""Issue 23, stop 44: probe 43a's serve finding left open (on c99ac9c)."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from styleengine.engine import manifest  # noqa: E402
+from styleengine.engine.batch import LOCK_FILE  # noqa: E402
+
+try:
+    from serve_helpers import SETTINGS, files, wait_for
+except ModuleNotFoundError:
+    from tests.serve_helpers import SETTINGS, files, wait_for
+
+
+def test_a_job_whose_results_a_batch_took_meanwhile_keeps_its_picture(tmp_path, monkeypatch):
+    """`rm D/results/.batch.lock` under a running server, then `batch --out D/results`: the server's running job
+    went on to its end, then failed with "another batch is running ...; wait for it to finish", its finished
+    picture kept nowhere (probe 43a, 4). Its picture is saved aside in the server's folder, the client is told to
+    submit it again; a job queued meanwhile fails before any work; once the batch ends the server takes its folder
+    back."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve import jobs
+    from styleengine.serve.app import Config, create_app
+
+    results = tmp_path / "D" / "results"
+    batch: contextlib.ExitStack = contextlib.ExitStack()
+    runs: list[int] = []
+    real = jobs.stylise_batch
+
+    def stylise_batch(pictures, **kwargs):
+        runs.append(len(pictures))
+        if len(runs) == 1:  # while the first job runs: the lock file removed by hand, a batch takes the folder
+            (results / LOCK_FILE).unlink()
+            batch.enter_context(manifest.locked(results))
+        return real(pictures, **kwargs)
+
+    monkeypatch.setattr(jobs, "stylise_batch", stylise_batch)
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "D")
+    with TestClient(create_app(config)) as client:
+        first = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+        assert first["status"] == "failed", first
+        assert "lost its lock while the server ran, and another batch is running on <server folder>/results" in \
+            first["reason"], first
+        assert "its picture was saved aside on the server; submit it again" in first["reason"], first
+        assert "wait for it to finish" not in first["reason"], first
+        assert first["iteration"] == first["iterations"], first
+        kept = list((tmp_path / "D").glob(f"{first['id']}-rescued-*.png"))
+        assert len(kept) == 1 and kept[0].stat().st_size > 0, list((tmp_path / "D").iterdir())
+
+        refused = client.post("/api/jobs", files=files())  # while the batch holds it: refused at once
+        assert refused.status_code == 503, refused.text
+        assert "another batch is running on <server folder>/results" in refused.json()["detail"], refused.text
+        assert "the server records no job there until that one ends" in refused.json()["detail"], refused.text
+        assert str(tmp_path) not in refused.text
+        assert runs == [1], runs
+
+        batch.close()  # the batch ends, its lock with it: the server's folder is its own again
+        third = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+        assert third["status"] == "done", third
+        assert (results / f"{third['id']}.png").is_file()
+    assert not (results / LOCK_FILE).exists()
+
+
+def test_a_queued_job_whose_results_were_taken_fails_before_its_run(tmp_path, monkeypatch):
+    """A job queued before results/ was taken by a batch ran all its iterations and then failed: it fails at its
+    turn, with no work done."""
+    from styleengine.serve import jobs
+    from styleengine.serve.job import Job
+
+    ran: list[int] = []
+    monkeypatch.setattr(jobs, "stylise_batch", lambda pictures, **kwargs: ran.append(len(pictures)))
+    store = jobs.JobStore(tmp_path / "D", batch_wait_s=0.0)
+    try:
+        (store.results / LOCK_FILE).unlink()
+        with manifest.locked(store.results):
+            job = Job("0123456789abcdef01234567", settings=SETTINGS.resolved())
+            store._run([job])
+        assert ran == []
+        assert job.status == "failed" and "another batch is running on" in job.reason, job.reason
+        assert "submit it again once the server's folder is its own again" in job.reason, job.reason
+    finally:
+        store.close()
