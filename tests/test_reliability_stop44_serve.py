@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 
 import pytest
 
@@ -85,3 +87,48 @@ def test_a_queued_job_whose_results_were_taken_fails_before_its_run(tmp_path, mo
         assert "submit it again once the server's folder is its own again" in job.reason, job.reason
     finally:
         store.close()
+
+
+def _wait(until, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return until()
+
+
+def test_both_lock_files_removed_by_hand_are_taken_again_before_a_second_server(tmp_path, caplog):
+    """`rm D/.serve.lock D/results/.batch.lock` under a running server: nothing took `.serve.lock` again, so a
+    second server started on D, swept the first one's uploads of running jobs and called its running job killed
+    (probe 43a, 2). Both are taken again within a second, with no job or request: the second server is refused."""
+    from styleengine import paths
+    from styleengine.serve.jobs import LOCK_WATCH_S, SERVER_LOCK, FolderBusy, JobStore
+
+    first = JobStore(tmp_path / "D")
+    try:
+        upload = tmp_path / "D" / "uploads" / "0123456789abcdef01234567"
+        upload.mkdir()
+        (upload / "content").write_bytes(b"a running job's upload")
+        (tmp_path / "D" / SERVER_LOCK).unlink()
+        (tmp_path / "D" / "results" / LOCK_FILE).unlink()
+        assert _wait(lambda: (tmp_path / "D" / SERVER_LOCK).is_file() and first.manifest.at_home(),
+                     timeout=10 * LOCK_WATCH_S)
+        with pytest.raises(FolderBusy, match="another server is running on"):
+            JobStore(tmp_path / "D")
+        assert (upload / "content").is_file()
+
+        with caplog.at_level(logging.ERROR, logger="styleengine.serve.jobs"):
+            with first._relocking:  # removed, and another server takes it before the watch looks: said once
+                (tmp_path / "D" / SERVER_LOCK).unlink()
+                other = manifest.take_lock(tmp_path / "D", "server", "--results-dir", SERVER_LOCK)
+            try:
+                assert _wait(lambda: any("stop one of the two" in r.message for r in caplog.records))
+                time.sleep(3 * LOCK_WATCH_S)
+                said = [r.message for r in caplog.records if "stop one of the two" in r.message]
+                assert len(said) == 1, said
+                assert "was removed while the server ran, and another server is running on" in said[0]
+            finally:
+                paths.release_lock(other, tmp_path / "D" / SERVER_LOCK)
+        assert _wait(lambda: (tmp_path / "D" / SERVER_LOCK).is_file(), timeout=10 * LOCK_WATCH_S)  # the first's again
+    finally:
+        first.close()
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["results", "uploads"]

@@ -47,6 +47,7 @@ JOB_ID = re.compile(r"[0-9a-f]{24}")  # job.new_id's
 RESULT_TEMP = re.compile(r"\.[0-9a-f]{24}\.png\.[0-9a-f]{8}\.tmp")  # paths.temp_beside's for a result
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
 UPLOAD_FILE = re.compile(r"content|style[1-9][0-9]*")  # upload_name's: all a job's upload folder holds
+LOCK_WATCH_S = 1.0  # how often the server looks for a lock file of its own removed by hand, and takes it again
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
                                    new_id, png_bytes)
@@ -128,6 +129,9 @@ class JobStore:
             self._restore()
             self._thread = threading.Thread(target=self._work, name="styleengine-engine", daemon=True)
             self._thread.start()
+            self._closed = threading.Event()
+            self._watch = threading.Thread(target=self._watch_locks, name="styleengine-locks", daemon=True)
+            self._watch.start()
         except BaseException:  # a signal or an error in the start: the folder keeps no lock file
             self._release_lock()
             raise
@@ -225,6 +229,41 @@ class JobStore:
                 raise ServerFolderGone(f"cannot make {self.results} again: {e.strerror or e}") from None
             self._relock()
 
+    def _watch_locks(self) -> None:
+        """A lock file removed by hand (both, and a second server started on the folder: it swept this one's
+        uploads of running jobs) is taken again within LOCK_WATCH_S, not at the next job; what it cannot mend is
+        logged once, and the next job or request says it."""
+        said = None
+        while not self._closed.wait(LOCK_WATCH_S):
+            try:
+                with self._relocking:
+                    self._server_lock_again()
+                    if self.manifest.lock_removed():
+                        self._relock()
+                said = None
+            except ServerFolderGone as e:
+                if first_line(e) != said:
+                    log.error("%s", first_line(e))
+                said = first_line(e)
+
+    def _server_lock_again(self) -> None:
+        """.serve.lock removed by hand from the server's folder (hold _relocking): taken again, so a second server
+        is refused; ServerFolderGone when another server took it meanwhile."""
+        path = self.root / SERVER_LOCK
+        held = self._server_lock
+        if held is None or paths.holds(held, path) or not paths.made_in(held, self.root):
+            return  # held; or the folder moved away with its lock, which goes on guarding it
+        try:
+            taken = take_lock(self.root, "server", "--results-dir", SERVER_LOCK)
+        except FolderBusy as e:
+            holder = first_line(e).partition(";")[0]  # "another server is running on D (it holds D/.serve.lock)"
+            raise ServerFolderGone(f"{path} was removed while the server ran, and {holder}; stop one of the two") \
+                from None
+        except UserError as e:  # a user's file at its name now: left as it is
+            raise ServerFolderGone(f"{path} was removed while the server ran, and {first_line(e)}") from None
+        self._server_lock = taken
+        paths.release_lock(held, path)  # its file is gone: only let go
+
     def _relock(self) -> None:
         """results/'s lock taken again (hold _relocking); the old one let go where its folder is now."""
         try:
@@ -292,6 +331,8 @@ class JobStore:
             self._finish_unrun(job, "failed", "the server stopped before the job ran; submit it again")
         self._thread.join(wait_s)
         self._warm.close()
+        self._closed.set()
+        self._watch.join()  # it takes locks: not while they are let go
         self._release_lock()
 
     def _release_lock(self) -> None:
