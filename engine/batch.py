@@ -155,7 +155,9 @@ def record(result: JobResult, manifest: Manifest,
             if escaped is not None:
                 raise ConfigError(f"cannot write {result.job.output}: its folder now leads outside --out (to "
                                   f"{escaped}: a symbolic link made during the run)")
-            written = images.save_image(result.image, result.job.output, within=out_dir)
+            # at the locked folder: one put at its name since the check takes nothing
+            written = images.save_image(result.image, result.job.output, within=out_dir,
+                                        within_fd=manifest.folder() if out_dir == manifest.path.parent else None)
         except UserError as e:
             saved = rescue(result.image, result.job.output) if rescue is not None else None
             reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")

@@ -251,6 +251,11 @@ class Manifest:
         run there at once. Told by the lock file, not the folder's inode number, which a new folder may reuse."""
         self._lock = lock
 
+    def folder(self) -> int | None:
+        """The pinned folder's descriptor (None: none pinned, or not known): a line or picture written at it goes
+        where the lock is, though another folder were put at its name after the check."""
+        return paths.lock_folder(self._lock)
+
     def at_home(self) -> bool:
         """Whether the folder at the manifest's path holds the lock pinned (True when none was)."""
         return self._lock is None or paths.holds(self._lock, self.path.parent / LOCK_FILE)
@@ -355,7 +360,9 @@ class Manifest:
         except UserError as e:
             raise UserError(f"cannot write the manifest {self.path}: {e}") from None
         try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
-            fd = paths.open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            folder = self.folder()
+            fd = paths.open_regular(self.path if folder is None else self.path.name,
+                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, dir_fd=folder)
         except OSError as e:
             what = paths.not_a_file(self.path) if os.path.lexists(self.path) else None
             raise UserError(f"cannot write the manifest {self.path}: "

@@ -162,7 +162,7 @@ def test_a_failed_jobs_reason_does_not_spell_out_the_servers_folder(tmp_path, mo
     from styleengine.serve import jobs as jobs_module
     from styleengine.serve.app import Config, create_app
 
-    def full(image, path, within=None):
+    def full(image, path, within=None, **kwargs):
         raise ImageError(f"cannot write {path}: [Errno 28] No space left on device")
 
     config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv")

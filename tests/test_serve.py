@@ -217,7 +217,7 @@ def test_a_second_server_on_the_same_folder_is_refused(config):
 
 
 def test_a_write_that_fails_fails_the_job_not_the_server(client, monkeypatch):
-    def full(image, path, within=None):
+    def full(image, path, within=None, **kwargs):
         raise ImageError(f"cannot write {path}: [Errno 28] No space left on device")
 
     monkeypatch.setattr(jobs_module.batch.images, "save_image", full)

@@ -1009,3 +1009,26 @@ def test_a_second_video_on_one_output_is_refused_while_the_first_runs(tmp_path, 
     finally:
         paths.release_lock(held, frames / ".lock")
     assert run_cli(monkeypatch, capsys, *args)[0] == 0
+
+
+def test_a_frames_folder_swapped_between_the_check_and_the_write_takes_no_frame(tmp_path, monkeypatch, capsys, clip,
+                                                                                style):
+    """`mv OUT.frames old; mkdir OUT.frames` after a frame's check that the folder is the one taken, before its
+    write: the frame went into the new folder by its name. It is written at the locked folder, wherever it went."""
+    from styleengine import cli_video
+
+    folder = tmp_path / "out.mp4.frames"
+    real = cli_video.FrameStore._check_taken
+
+    def check_taken(self):
+        real(self)
+        if (folder / "frame_000001.png").exists() and not (tmp_path / "old").exists():
+            folder.rename(tmp_path / "old")
+            folder.mkdir()
+
+    monkeypatch.setattr(cli_video.FrameStore, "_check_taken", check_taken)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:4")
+    assert "was moved or replaced while the video ran" in the_error(code, err)
+    assert list(folder.iterdir()) == []
+    assert (tmp_path / "old" / "frame_000002.png").is_file()

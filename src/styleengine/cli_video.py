@@ -277,7 +277,10 @@ class FrameStore:
         if kind is not None:
             aside = self._aside(path, kind)
             logging.getLogger(__name__).warning("%s is not a frame this video wrote: moved to %s", path, aside.name)
-        images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self._mark(path)})
+        # at the locked folder: one put at its name since the check takes nothing
+        folder = paths.lock_folder(self._lock)
+        images.save_image(image.astype("float32") / 255.0, path, text={self.MARK: self._mark(path)},
+                          within=self.folder if folder is not None else None, within_fd=folder)
 
     def _mark(self, path: Path) -> str:
         """What a frame this video wrote at `path` carries: a copy of another frame over it is not this one."""

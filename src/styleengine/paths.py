@@ -321,7 +321,11 @@ def open_lock(path: Path) -> BinaryIO | None:
             same = False
         if same:
             with contextlib.suppress(OSError):  # without it, release_lock goes by the path alone
-                _LOCK_FOLDERS[f.fileno()] = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                if os.path.samestat(os.fstat(f.fileno()), os.stat(path.name, dir_fd=folder, follow_symlinks=False)):
+                    _LOCK_FOLDERS[f.fileno()] = folder
+                else:  # the folder swapped as it was opened: the lock's own is not known
+                    os.close(folder)
             return f
         f.close()  # its holder removed it while we opened it: a lock on that file guards nothing now
 
@@ -340,6 +344,15 @@ def close_lock(f: IO[bytes]) -> None:
     f.close()
     if folder is not None:
         os.close(folder)
+
+
+def lock_folder(f: IO[bytes] | None) -> int | None:
+    """A descriptor of the folder the lock open as `f` (open_lock's) was made in, wherever it is now; None if not
+    known. Writes made at it go to the locked folder, never to one put at its name since its check."""
+    try:
+        return _LOCK_FOLDERS.get(f.fileno()) if f is not None else None
+    except ValueError:  # closed
+        return None
 
 
 def made_in(f: IO[bytes], folder: Path) -> bool:
@@ -374,13 +387,15 @@ def release_lock(f: IO[bytes], path: Path) -> None:
             os.close(folder)
 
 
-def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False) -> int:
+def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False,
+                 dir_fd: int | None = None) -> int:
     """os.open(path) for a regular file only, never blocking on a FIFO, and (unless `follow`) never through a
     symbolic link: an OSError otherwise (O_NONBLOCK, then the kind checked on the descriptor). A record or lock
-    of ours is a file we wrote; anything else there is damage. follow: a user's file, which may be a link."""
+    of ours is a file we wrote; anything else there is damage. follow: a user's file, which may be a link.
+    dir_fd: `path` is its name in that folder."""
     nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode)
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | nofollow, mode, dir_fd=dir_fd)
     except ValueError:  # "embedded null byte", a lone surrogate: an OSError as every name that cannot be opened
         raise OSError(errno.EINVAL, unnameable(path) or "a path no file system takes", os.fspath(path)) from None
     kind = os.fstat(fd).st_mode
@@ -478,17 +493,18 @@ CONFINED = (os.name == "posix" and hasattr(os, "O_NOFOLLOW")
             and {os.open, os.rename, os.mkdir, os.unlink} <= os.supports_dir_fd)
 
 
-def open_confined_folder(folder: Path, root: Path, make: bool = False) -> int:
+def open_confined_folder(folder: Path, root: Path, make: bool = False, root_fd: int | None = None) -> int:
     """A descriptor of `folder` (inside `root`, as the checks found it) reached from root's own folder with no
     symbolic link followed below it: a folder swapped for a link after the checks is an OSError (ELOOP or
-    ENOTDIR), never a way out. make: missing folders are made on the way (mkdir at each descriptor)."""
+    ENOTDIR), never a way out. make: missing folders are made on the way (mkdir at each descriptor). root_fd:
+    root's folder as opened before (a lock's: lock_folder), not whatever is at its name now."""
     top, where = os.path.realpath(root), os.path.realpath(folder)
     if os.path.commonpath([top, where]) != top:
         raise OSError(errno.EXDEV, "the folder leads outside its root (a symbolic link)", str(folder))
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    if make:
+    if make and root_fd is None:
         os.makedirs(top, exist_ok=True)
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.dup(root_fd) if root_fd is not None else os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
         here = top
         for part in Path(os.path.relpath(where, top)).parts:
@@ -523,16 +539,17 @@ def make_confined_folder(folder: Path, root: Path) -> None:
 
 
 @contextlib.contextmanager
-def confined_writer(path: Path, root: Path) -> Iterator[BinaryIO]:
+def confined_writer(path: Path, root: Path, root_fd: int | None = None) -> Iterator[BinaryIO]:
     """atomic_writer for `path` inside `root` whose folders are opened without following links
-    (open_confined_folder), the temp file made and renamed at that descriptor: nothing is written through a
-    folder made a link between the checks and the write. atomic_writer where the OS has no *at calls."""
+    (open_confined_folder, from `root_fd` when given), the temp file made and renamed at that descriptor: nothing
+    is written through a folder made a link between the checks and the write. atomic_writer where the OS has no
+    *at calls."""
     if not CONFINED:
         with atomic_writer(path) as f:
             yield f
         return
     path = Path(path)
-    fd = open_confined_folder(path.parent, root)
+    fd = open_confined_folder(path.parent, root, root_fd=root_fd)
     try:
         with temp_beside(path, dir_fd=fd) as (out, tmp):
             with os.fdopen(out, "wb") as f:

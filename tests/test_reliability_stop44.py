@@ -1,0 +1,68 @@
+"""Issue 23, stop 44: the limits stop 43 left in README, closed (on c99ac9c)."""
+from __future__ import annotations
+
+import os
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
+
+
+def _swap(out) -> None:
+    """`mv out out.moved; mkdir out; echo mine > out/b.png`."""
+    out.rename(out.parent / "out.moved")
+    out.mkdir()
+    (out / "b.png").write_text("the user's")
+
+
+def test_a_folder_swapped_between_the_check_and_the_picture_takes_nothing(tmp_path, monkeypatch, capsys):
+    """A batch checks that --out holds its lock, then wrote the picture by its name: a folder put there within
+    that moment took the picture, over the user's file of that name (probe 41a forced it; a README limit). The
+    picture is written at the locked folder, wherever it went."""
+    from styleengine.engine import batch as engine
+
+    real = engine.images.save_image
+    out = tmp_path / "out"
+
+    def save_image(image, path, *args, **kwargs):
+        if os.path.basename(path) == "b.png" and not (tmp_path / "out.moved").exists():
+            _swap(out)  # after the check, before the write
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(engine.images, "save_image", save_image)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "abc"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
+                           "--batch-size", "1")
+    line = one_error_line(code, err)
+    assert "job b's picture is in the folder that was at" in line, line
+    assert (out / "b.png").read_text() == "the user's"
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+    assert {"a.png", "b.png"} <= {p.name for p in (tmp_path / "out.moved").iterdir()}
+
+
+def test_a_folder_swapped_between_the_check_and_the_line_takes_nothing(tmp_path, monkeypatch):
+    """The same moment before a manifest line: the line went into the folder put at --out's name."""
+    from styleengine.engine import manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with manifest.locked(out) as lock:
+        m = manifest.Manifest(out / "manifest.jsonl")
+        m.pin(lock)
+        real = m.check_home
+
+        def check_home():
+            real()
+            _swap(out)
+
+        monkeypatch.setattr(m, "check_home", check_home)
+        m.append({"id": "b", "status": "ok"})
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+    assert (tmp_path / "out.moved" / "manifest.jsonl").read_text().count('"id": "b"') == 1
