@@ -404,6 +404,13 @@ LOCK_HOLDERS = {"batch": "wait for it to finish", "server": "stop it"}  # what t
 LOCK_SIZE = 16  # a lock file holds one LOCK_HOLDERS key at most (and a newline an editor added): past it, another's
 
 
+def _lock_says(data: bytes) -> str | None:
+    """The holder a lock file's bytes name ("" for an empty one), or None for bytes no lock holds: only a
+    holder's name, with the line end an editor adds (blanks of other kinds, 16 spaces, are a user's file)."""
+    said = data.removesuffix(b"\n").removesuffix(b"\r").decode("ascii", "replace")
+    return said if said == "" or said in LOCK_HOLDERS else None
+
+
 def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> BinaryIO:
     """folder's LOCK_FILE (or `name`) open and held, `taker` (a LOCK_HOLDERS key) written in it so that a process
     refused says what holds it; FolderBusy naming that holder (`option`: what the user can change), UserError if
@@ -424,11 +431,11 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
                          f"{advice} or use another {option}")
     try:
         size = os.fstat(f.fileno()).st_size
-        said = os.pread(f.fileno(), 64, 0).decode("ascii", "replace").strip()
+        said = _lock_says(os.pread(f.fileno(), LOCK_SIZE + 1, 0))
     except OSError:
         size, said = 0, ""
     # not a lock file any version wrote (those are empty or say their holder, a few bytes)
-    if size > LOCK_SIZE or (said and said not in LOCK_HOLDERS):
+    if size > LOCK_SIZE or said is None:
         paths.close_lock(f)
         raise UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock "
                         f"is a file of {option})")
@@ -447,12 +454,12 @@ def _holder(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        said = os.read(fd, 16).decode("ascii", "replace").strip()
+        said = _lock_says(os.read(fd, LOCK_SIZE + 1))
     except OSError:
         return None
     finally:
         os.close(fd)
-    return said if said in LOCK_HOLDERS else None
+    return said or None
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
@@ -66,3 +68,28 @@ def test_a_folder_swapped_between_the_check_and_the_line_takes_nothing(tmp_path,
         m.append({"id": "b", "status": "ok"})
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]
     assert (tmp_path / "out.moved" / "manifest.jsonl").read_text().count('"id": "b"') == 1
+
+
+@pytest.mark.parametrize("data", [b" " * 16, b"\t" * 16, b"\x0b\x0c\x1c\x1d\x1e\x1f", b"\n\nbatch   \t\t",
+                                  b"batch\x0b\x0c", b"\r\r\rserver\r\r\r"])
+def test_a_lock_file_of_blanks_of_any_kind_is_a_users_file(tmp_path, data):
+    """A file of up to 16 bytes of tabs, form feeds or spaces, or a holder's name padded with them, at a lock's
+    name was taken, emptied and removed (Python's strip() takes every ASCII blank; probe 44a, 1). Only a holder's
+    name, with the line end an editor adds, is a lock."""
+    from styleengine.engine import manifest
+    from styleengine.errors import UserError
+
+    (tmp_path / manifest.LOCK_FILE).write_bytes(data)
+    with pytest.raises(UserError, match="is a file of other data, not a lock; move it away"):
+        manifest.take_lock(tmp_path, "batch", "--out")
+    assert (tmp_path / manifest.LOCK_FILE).read_bytes() == data
+
+
+@pytest.mark.parametrize("data", [b"", b"batch", b"batch\n", b"server\r\n", b"\n"])
+def test_a_lock_file_as_a_holder_or_an_editor_left_it_is_taken(tmp_path, data):
+    from styleengine.engine import manifest
+
+    (tmp_path / manifest.LOCK_FILE).write_bytes(data)
+    with manifest.locked(tmp_path):
+        assert (tmp_path / manifest.LOCK_FILE).read_bytes() == b"batch"
+    assert not (tmp_path / manifest.LOCK_FILE).exists()
