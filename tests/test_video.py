@@ -1032,3 +1032,21 @@ def test_a_frames_folder_swapped_between_the_check_and_the_write_takes_no_frame(
     assert "was moved or replaced while the video ran" in the_error(code, err)
     assert list(folder.iterdir()) == []
     assert (tmp_path / "old" / "frame_000002.png").is_file()
+
+
+def test_a_signal_after_the_frames_lock_was_removed_says_the_rerun_resumes(tmp_path, monkeypatch, capsys, clip,
+                                                                           style):
+    """`rm OUT.frames/.lock`, then SIGTERM: the line said "the frames are not in OUT.frames any more ... move the
+    frames back or rerun to make them again", though every frame was there and the rerun resumed (probe 44a, 3)."""
+    out = tmp_path / "out.mp4"
+    act_at(monkeypatch, 2, lambda: (tmp_path / "out.mp4.frames" / ".lock").unlink(), signalled=True)
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64", "--frames",
+                           "0:4")
+    assert code == 143, err
+    assert ".lock was removed while the video ran; nothing written; rerun to continue" in err, err
+    assert "not in" not in err and "move the frames back" not in err, err
+    ran = hook_frames(monkeypatch)
+    code, out_text, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", out, *FAST, "--size", "64",
+                                  "--frames", "0:4")
+    assert code == 0 and "resuming: frames 0-1" in out_text + err, out_text + err
+    assert ran == [2, 3]

@@ -253,11 +253,15 @@ class FrameStore:
         took."""
         if self._taken():
             return None
-        if self._lock is not None and paths.made_in(self._lock, self.folder):
+        if self.lock_removed():
             return UserError(f"{self.folder / self.LOCK} was removed while the video ran, so another video could "
                              f"write there at once; rerun to continue")
         return UserError(f"{self.folder} was moved or replaced while the video ran; move the frames back or rerun "
                          f"to make them again")
+
+    def lock_removed(self) -> bool:
+        """Whether the folder is the one taken but its lock file was removed (by hand): its frames are all there."""
+        return self._lock is not None and not self._taken() and paths.made_in(self._lock, self.folder)
 
     def _check_taken(self) -> None:
         error = self.taken_error()
@@ -617,12 +621,15 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
     seconds = time.perf_counter() - began
     if signals.stopped(stopped):  # a signal held through the encode is said too
         signals.reported = True
-        gone = (f"the frames are not in {store.folder} any more" if moved is not None or any(
+        unlocked = moved is not None and store.lock_removed()  # the frames are there: the rerun resumes them
+        gone = (f"{store.folder / store.LOCK} was removed while the video ran" if unlocked else
+                f"the frames are not in {store.folder} any more" if moved is not None or any(
             not store.path(i).is_file() for i in known | store.saved) else  # chunks finish out of order
                 f"frame {end if lost is None else lost} is not finished" if known | store.saved else
                 "no frame finished")
         where = f"wrote {output} ({written} of {stop - start} frames)" if written else f"{gone}; nothing written"
-        left = ("move the frames back or rerun to make them again" if moved is not None else  # a rerun starts over
+        left = ("rerun to continue" if unlocked else
+                "move the frames back or rerun to make them again" if moved is not None else  # a rerun starts over
                 "rerun to continue" if written < stop - start else "every frame is in it")  # nothing to rerun
         console.print(f"interrupted ({signals.name}) after {made} new frames; {where}; {left}",
                       highlight=False, soft_wrap=True)
