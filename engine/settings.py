@@ -176,6 +176,19 @@ class Option:
         return dict(self.spellings).get(parsed, parsed) if self.spellings else parsed
 
 
+def expanded_paths(meta: Option, value: Any) -> Any:
+    """A path setting's parsed value with `~` and $VARIABLES expanded, as a flag's and a jobs file's are (no
+    shell expanded `--init=~/x.png`, nor a notebook's string); its words as they are. ConfigError for a variable
+    that is not set."""
+    from styleengine import paths
+
+    if meta.files and isinstance(value, (tuple, list)):
+        return tuple(paths.expand_text(v) for v in value)
+    if meta.words and isinstance(value, str) and value not in meta.words and value != TEXTURE_INIT:
+        return paths.expand_text(value)
+    return value
+
+
 def option(default: Any, help: str, group: str, kind: str, **meta: Any) -> Any:
     return field(default=default, metadata={"option": Option(help=help, group=group, kind=kind,
                                                               optional=default is None, **meta)})

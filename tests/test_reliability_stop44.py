@@ -93,3 +93,47 @@ def test_a_lock_file_as_a_holder_or_an_editor_left_it_is_taken(tmp_path, data):
     with manifest.locked(tmp_path):
         assert (tmp_path / manifest.LOCK_FILE).read_bytes() == b"batch"
     assert not (tmp_path / manifest.LOCK_FILE).exists()
+
+
+def test_the_apis_path_settings_expand_as_their_flags_do(tmp_path, monkeypatch):
+    """`stylise(..., init="~/start.png")` said "init image ~/start.png was not found" (and a mask, and
+    `weights="$HOME/w.pth"`), where `--init=~/start.png` runs: a notebook's string is not shell-expanded either
+    (probe 44b, 3)."""
+    import numpy as np
+
+    import styleengine
+    from styleengine.api import settings_of
+    from styleengine.errors import ConfigError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PICS", str(tmp_path / "pics"))
+    config = settings_of({"init": "~/start.png", "content_masks": ["$PICS/m.png"], "weights": "$HOME/w.pth",
+                          "style_masks": ("~/s.png",)})
+    assert config.init == str(tmp_path / "start.png") and config.weights == str(tmp_path / "w.pth")
+    assert config.content_masks == (str(tmp_path / "pics" / "m.png"),)
+    assert config.style_masks == (str(tmp_path / "s.png"),)
+    assert settings_of({"init": "content", "weights": "random"}).init == "content"
+    with pytest.raises(ConfigError, match=r"^init '\$NOPE/x.png': the variable \$NOPE is not set"):
+        settings_of({"init": "$NOPE/x.png"})
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(pixels).save(tmp_path / "start.png")
+    out = styleengine.stylise(pixels, pixels, size=32, iterations=1, weights="random", model="vgg16",
+                              backend="torch", init="~/start.png")
+    assert out.size == (32, 32)
+
+
+@pytest.mark.parametrize("callback", [lambda record: None, lambda: None, lambda a, b, c: None])
+def test_the_api_refuses_a_callback_of_the_wrong_arguments_before_any_work(callback, monkeypatch):
+    """`callback=lambda record: ...` was a raw TypeError at the first iteration, after the weights were loaded and
+    the step built (probe 44b, 4)."""
+    import numpy as np
+
+    import styleengine
+    from styleengine import api
+
+    monkeypatch.setattr(api, "run", lambda *a, **k: pytest.fail("work began"))
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"^callback must take two arguments \(record, current\); a lambda takes"):
+        styleengine.stylise(pixels, pixels, size=32, iterations=1, weights="random", callback=callback)

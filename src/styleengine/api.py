@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import logging
 import os
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from PIL import Image
 
 from styleengine.engine import images, loop
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.engine.settings import TEXTURE_INIT, said_as
+from styleengine.engine.settings import TEXTURE_INIT, expanded_paths, said_as
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
 from styleengine.errors import ConfigError, UnavailableError
@@ -49,7 +50,9 @@ def settings_of(given: dict[str, Any], recipe: str | None = None) -> Settings:
         if isinstance(value, (list, tuple)):
             value = [_plain(v) for v in value]
         try:
-            parsed[name] = meta.parse(value)
+            parsed[name] = expanded_paths(meta, meta.parse(value))  # `init="~/start.png"`, as its flag reads it
+        except ConfigError as e:  # an unset $VARIABLE
+            raise ConfigError(f"{name} {e}") from None
         except (TypeError, ValueError, OverflowError) as e:
             shown = " ".join(repr(value).split())  # one line: an array's repr has many
             shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(shown)} characters)"
@@ -67,6 +70,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim <= 1):
         return value.tolist()
     return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _called(function: Callable) -> str:
+    name = getattr(function, "__qualname__", None) or type(function).__name__
+    return "a lambda" if name.endswith("<lambda>") else name
 
 
 class Interrupted(KeyboardInterrupt):
@@ -95,6 +103,14 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     """
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (record, current), got {type(callback).__name__}")
+    if callback is not None:  # `lambda record: ...` failed at the first iteration, after the weights and the step
+        try:
+            inspect.signature(callback).bind(None, None)
+        except TypeError:
+            raise TypeError(f"callback must take two arguments (record, current); {_called(callback)} takes "
+                            f"{inspect.signature(callback)}") from None
+        except ValueError:  # no signature to read (some builtins): called as it is
+            pass
     # taken (a command's settings passed through stay valid), but said: they do nothing here
     if settings.get("print_every"):  # a command's progress lines: the API prints nothing
         logger.warning("print_every is ignored: stylise() prints nothing; pass callback=... to follow the run "

@@ -19,7 +19,8 @@ from typer._click.core import ParameterSource
 
 from styleengine import paths
 from styleengine.engine.recipes import recipe_values
-from styleengine.engine.settings import DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, Underflow, options
+from styleengine.engine.settings import (DEFAULTS, KINDS, TEXTURE, TEXTURE_INIT, Option, Settings, Underflow,
+                                         expanded_paths, options)
 from styleengine.errors import ConfigError
 
 
@@ -75,10 +76,10 @@ def parse_list(name: str, meta: Option, value: Any) -> Any:
                           f"{'numbers' if meta.kind == 'numbers' else 'names'}, got {value!r}") from None
 
 
-def _expanded(name: str, meta: Option, text: str) -> str:
-    """paths.expand_text, an unset $VARIABLE said with its flag."""
+def _expanded(name: str, meta: Option, value: Any) -> Any:
+    """expanded_paths, an unset $VARIABLE said with its flag."""
     try:
-        return paths.expand_text(text)
+        return expanded_paths(meta, value)
     except ConfigError as e:
         raise ConfigError(f"{flag(name, meta)} {e}") from None
 
@@ -105,11 +106,7 @@ def settings_from(flags: dict[str, Any], command: str, recipe: str | None = None
             raise ConfigError(f"{flag(name, meta)} is empty; name {wanted}, or leave the flag out")
         if meta.kind in ("words", "numbers") and value is not None:
             value = parse_list(name, meta, value)
-            if meta.files and value:
-                value = tuple(_expanded(name, meta, v) for v in value)
-        elif meta.words and value not in meta.words and value != TEXTURE_INIT:
-            value = _expanded(name, meta, value)
-        values[name] = value
+        values[name] = _expanded(name, meta, value)
     if recipe is not None:
         values = recipe_values(recipe, values)
     return Settings(**{**values, **fixed})
