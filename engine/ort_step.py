@@ -16,6 +16,7 @@ import torch
 
 from styleengine.choices import PROVIDER_NAMES, PROVIDERS, check_choice
 from styleengine.engine import capability
+from styleengine import paths
 from styleengine.errors import ConfigError, ExportValidationError, UnavailableError, first_line
 from styleengine.engine.losses import LossConfig, Targets
 from styleengine.engine.graph_io import GraphIO
@@ -134,9 +135,12 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
 OPTIMISED_FILE = "optimised.onnx"
 
 
+_NOT_KEPT: set[str] = set()  # why an optimised graph could not be kept, as said already
+
+
 def optimised_folder(sha256: str) -> Path:
     """The cache entry of ORT's optimised CPU graph of the graph with this sha256, on this ORT and CPU."""
-    return cache_root() / "ort-optimised" / machine_tag() / sha256[:32]
+    return cache_root() / paths.CACHE_ORT_OPTIMISED / machine_tag() / sha256[:32]
 
 
 def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
@@ -174,8 +178,10 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
             return build_entry(folder, [OPTIMISED_FILE], claims, optimise)
     except (CacheWriteError, *load_errors) as e:  # ORT reports a failed write of its graph as one of these
         # the optimised graph only saves start-up time: without it the run is the same, optimised in memory
-        logger.warning("cannot keep ONNX Runtime's optimised graph in the cache (%s); optimising it for this "
-                       "run only", first_line(e))
+        if first_line(e) not in _NOT_KEPT:  # once a process: each graph of a run (step, features) said it again
+            _NOT_KEPT.add(first_line(e))
+            logger.warning("cannot keep ONNX Runtime's optimised graph in the cache (%s); optimising it for this "
+                           "run only", first_line(e))
         options.optimized_model_filepath = ""
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                     **_optimizer_kwargs(unfolded))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from styleengine.engine.capability import precisions
+from styleengine import paths
 from styleengine.errors import ConfigError, UnavailableError, first_line
 from styleengine.choices import MIN_SIDE
 from styleengine.engine.losses import LossConfig, Targets
@@ -113,7 +114,7 @@ def engine_key(step_sha256: str, precision: str, profile: Profile) -> str:
 def cached_engine(export: Export, precision: str, profile: Profile, *, rebuild: bool = False) -> bytes:
     """The serialized engine for (step graph, precision, profile), hash-checked; built on a miss."""
     key = engine_key(export.sha256(export.step_path), precision, profile)
-    folder = cache_root() / "tensorrt" / key
+    folder = cache_root() / paths.CACHE_TENSORRT / key
     claims = {"engine_key": key}  # what the engine was built from (graph, TensorRT, GPU, precision, profile)
     with entry_lock(folder):
         if not rebuild and read_record(folder, claims) is not None:

@@ -67,6 +67,10 @@ class CacheWriteError(ConfigError):
 
 
 def _cannot_write(where: Path, error: OSError) -> CacheWriteError:
+    in_the_way = paths.in_the_way(where)  # a file, FIFO or broken link where a folder of the cache goes
+    if in_the_way is not None:
+        return CacheWriteError(f"cannot write in the cache folder {where}: {in_the_way}; remove it or set "
+                               f"STYLEENGINE_CACHE_DIR to another folder")
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "free some space or set STYLEENGINE_CACHE_DIR to another folder"
     elif error.errno == errno.ENOENT:  # removed while it ran (a `rm -r` of the cache): the next run makes it again
@@ -360,7 +364,7 @@ def check_entry(folder: Path, weights: Weights, spec: ExportSpec) -> Export | No
 
 def export_folder(weights: Weights, spec: ExportSpec) -> Path:
     """Where the export of (weights, spec) is cached."""
-    return cache_root() / "exports" / cache_key(weights, spec)
+    return cache_root() / paths.CACHE_EXPORTS / cache_key(weights, spec)
 
 
 def cached_export(weights: Weights, spec: ExportSpec, validate) -> Export:

@@ -137,3 +137,42 @@ def test_the_api_refuses_a_callback_of_the_wrong_arguments_before_any_work(callb
     pixels = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(TypeError, match=r"^callback must take two arguments \(record, current\); a lambda takes"):
         styleengine.stylise(pixels, pixels, size=32, iterations=1, weights="random", callback=callback)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo", "broken link"])
+def test_a_file_in_the_way_of_a_cache_folder_is_said_as_that_before_any_work(tmp_path, monkeypatch, capsys, kind):
+    """`<cache>/exports` a file, FIFO or broken link: "(File exists); make it writable", after the weights were
+    loaded (probe 44b, 2). It is said before any work, with what to remove; the cache's own write says it too."""
+    from styleengine.export import cache
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(root))
+    made = {"file": lambda p: p.write_text("mine"), "fifo": os.mkfifo,
+            "broken link": lambda p: p.symlink_to(tmp_path / "nowhere")}
+    made[kind](root / "exports")
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--backend", "ort")
+    line = one_error_line(code, err)
+    assert f"cannot use the cache folder {root}: {root / 'exports'} is" in line and "remove it" in line, line
+    assert "stylise" not in err and "writable" not in line
+    error = cache._cannot_write(root / "exports" / "key", FileExistsError(17, "File exists"))
+    assert f"{root / 'exports'} is" in str(error) and "remove it" in str(error), error
+
+
+def test_a_dry_run_makes_no_cache_folder(tmp_path, monkeypatch, capsys):
+    """`run --dry-run --backend ort` made the cache folder and its parents: a dry run writes nothing (probe 44b,
+    5). A cache that cannot be made is refused all the same."""
+    _pictures(tmp_path)
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "drc" / "deep" / "c"))
+    code, out, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                             tmp_path / "o.png", *FAST, "--backend", "ort", "--dry-run")
+    assert code == 0, err
+    assert not (tmp_path / "drc").exists()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "deep").write_text("a file")
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "ro" / "deep" / "c"))
+    code, out, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                             tmp_path / "o.png", *FAST, "--backend", "ort", "--dry-run")
+    assert f"{tmp_path / 'ro' / 'deep'} is a file" in one_error_line(code, err)

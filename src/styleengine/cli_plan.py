@@ -25,8 +25,8 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 
 
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
-                 trace: Path | None) -> None:
-    """Every file the job writes can be written, and none of them is one it reads."""
+                 trace: Path | None, dry: bool = False) -> None:
+    """Every file the job writes can be written, and none of them is one it reads (dry: asked, nothing made)."""
     total = settings.total_iterations()
     paths.check_output_path(output)
     every = settings.save_every
@@ -44,15 +44,21 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
             if paths.same_file(trace, path):
                 raise ConfigError(f"trace {trace} is {what}; choose another file name")
-    check_cache_for(settings)
+    check_cache_for(settings, make=not dry)
 
 
-def check_cache_for(settings: Settings) -> None:
+def check_cache_for(settings: Settings, make: bool = True) -> None:
     """ConfigError when the ONNX backends, which export into the cache before the first iteration, have no
     cache to use. auto needs none: its trial and race skip a graph the cache does not hold (a read-only cache
-    refused `run` while `tune` went on)."""
+    refused `run` while `tune` went on). make=False: a dry run's, which makes no folder."""
     if settings.backend in ("ort", "tensorrt"):
-        paths.check_cache_dir(paths.cache_root(), "STYLEENGINE_CACHE_DIR")
+        root = paths.cache_root()
+        paths.check_cache_dir(root, "STYLEENGINE_CACHE_DIR", make=make)
+        for name in (paths.CACHE_EXPORTS, paths.CACHE_ORT_OPTIMISED, paths.CACHE_TENSORRT):
+            problem = paths.in_the_way(root / name)  # found only as the first export began, after the weights
+            if problem is not None:
+                raise ConfigError(f"cannot use the cache folder {root}: {problem}; remove it or set "
+                                  f"STYLEENGINE_CACHE_DIR to another folder")
 
 
 def _shape(path: str | os.PathLike, what: str) -> tuple[int, int]:

@@ -47,7 +47,7 @@ def _dry_run_checked(content: Path | None, styles: list[Path], output: Path, tra
 
     # what the run refuses before its work, the dry run refuses too (a trace onto the content, a FIFO as --init)
     settings.validate(texture=content is None)
-    check_files(content=content, styles=styles, output=output, settings=settings, trace=trace)
+    check_files(content=content, styles=styles, output=output, settings=settings, trace=trace, dry=True)
     plan = dry_plan(content, styles, settings)
     paths.check_inputs(run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
                                   settings.style_masks))

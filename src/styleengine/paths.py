@@ -686,12 +686,22 @@ def check_not_an_input(output: Path, what: str, inputs: dict[str, Path]) -> None
             raise ConfigError(f"{what} {output} is the {role} {source}; choose another file name")
 
 
-def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cache folder") -> None:
+def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cache folder",
+                    make: bool = True) -> None:
     """ConfigError unless the cache folder `root` (or `what` the user knows it as) exists or can be made, and is
-    writable."""
+    writable. make=False (a dry run, which writes nothing): a missing one is asked of the folder it would be made
+    in, not made."""
     named = f" ({env_var}={os.environ[env_var]})" if env_var and os.environ.get(env_var) else ""
     if os.path.lexists(root) and not root.is_dir():  # a broken link too: mkdir says only "File exists"
         raise ConfigError(f"cannot use {what} {root}{named}: it {not_a_folder(root)}")
+    if not make and not root.is_dir():
+        reason = in_the_way(root)
+        above = next(folder for folder in Path(root).absolute().parents if folder.is_dir())
+        if reason is None and not os.access(above, os.W_OK | os.X_OK):
+            reason = f"it cannot be made in {above} (Permission denied)"
+        if reason is not None:
+            raise ConfigError(f"cannot use {what} {root}{named}: {reason}")
+        return
     try:
         root.mkdir(parents=True, exist_ok=True)
         with temp_beside(root / "write-test") as (fd, _):  # made and removed: a signal leaves no file
@@ -865,6 +875,10 @@ def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseExce
         raise ImageError(f"cannot read {role} {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
+
+
+# the cache's folders of entries (export/cache.py, engine/ort_step.py, engine/trt_step.py), checked before any work
+CACHE_EXPORTS, CACHE_ORT_OPTIMISED, CACHE_TENSORRT = "exports", "ort-optimised", "tensorrt"
 
 
 def cache_root() -> Path:
