@@ -176,3 +176,27 @@ def test_a_dry_run_makes_no_cache_folder(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                              tmp_path / "o.png", *FAST, "--backend", "ort", "--dry-run")
     assert f"{tmp_path / 'ro' / 'deep'} is a file" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("command", ["run", "texture", "invert"])
+def test_a_json_output_never_replaces_a_users_picture(tmp_path, monkeypatch, capsys, command):
+    """`--trace holiday.png` (a slip of the flag) replaced the photo with JSON lines, as did `invert --distances`;
+    `bench --json` refused the same slip (probe 44b, 8). A JSON output replaces only JSON text: an earlier trace,
+    torn or whole, is replaced."""
+    import shutil
+
+    _pictures(tmp_path)
+    shutil.copy(tmp_path / "s.png", tmp_path / "holiday.png")
+    photo = (tmp_path / "holiday.png").read_bytes()
+    flag = "--distances" if command == "invert" else "--trace"
+    args = {"run": ["run", tmp_path / "c.png", tmp_path / "s.png"], "texture": ["texture", tmp_path / "s.png"],
+            "invert": ["invert", tmp_path / "c.png"]}[command]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag,
+                           tmp_path / "holiday.png")
+    line = one_error_line(code, err)
+    assert "a file is there that is not JSON" in line and "name another file" in line, line
+    assert (tmp_path / "holiday.png").read_bytes() == photo and not (tmp_path / "o.png").exists()
+    (tmp_path / "t.jsonl").write_text('{"iteration": 1, "loss": 2.0}\n{"iter')  # an earlier one, torn
+    code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag, tmp_path / "t.jsonl")
+    assert code == 0, err
+    assert (tmp_path / "t.jsonl").read_text().lstrip().startswith("{")

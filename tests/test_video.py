@@ -1050,3 +1050,15 @@ def test_a_signal_after_the_frames_lock_was_removed_says_the_rerun_resumes(tmp_p
                                   "--frames", "0:4")
     assert code == 0 and "resuming: frames 0-1" in out_text + err, out_text + err
     assert ran == [2, 3]
+
+
+def test_a_videos_trace_never_replaces_a_users_video(tmp_path, monkeypatch, capsys, clip, style):
+    """`video ... --trace other.mp4` replaced a second video with JSON lines (probe 44b, 8)."""
+    import shutil
+
+    shutil.copy(clip, tmp_path / "other.mp4")
+    kept = (tmp_path / "other.mp4").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2", "--trace", tmp_path / "other.mp4")
+    assert "a file is there that is not JSON" in the_error(code, err)
+    assert (tmp_path / "other.mp4").read_bytes() == kept

@@ -472,6 +472,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         if paths.inside(trace, kept) or paths.links_into(trace, kept):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
                               f"(or is another name of a file there); choose a file outside it")
+        paths.check_json_text(trace, "trace")
     check_own_files(settings, decode=True)  # the --init read whole, before the weights (said after them)
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)

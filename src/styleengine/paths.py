@@ -592,6 +592,21 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
+def check_json_text(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
+    """Raise `error` when a file at `path`, which a JSON output (a trace, distances) would replace, is not JSON
+    text: `--trace holiday.png` replaced the photo. An earlier one, torn or whole, or an empty file is replaced."""
+    if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
+        return
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4096).lstrip(b" \t\r\n\xef\xbb\xbf")
+    except OSError:  # unreadable: the write says why
+        return
+    if start and start[:1] not in (b"{", b"["):
+        raise error(f"cannot write {what} {path}: a file is there that is not JSON (a picture, a video, notes?); "
+                    f"the {what} replaces only JSON text; name another file")
+
+
 def same_file(a: Path, b: Path) -> bool:
     """Whether a and b name one file: the same inode (hard links, symbolic links), or, not written yet, one
     name in one folder (spot: a folder reached by a bind mount is its other name)."""
