@@ -437,14 +437,41 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
     # not a lock file any version wrote (those are empty or say their holder, a few bytes)
     if size > LOCK_SIZE or said is None:
         paths.close_lock(f)
-        raise UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock "
-                        f"is a file of {option})")
+        raise _other_data(folder, path, option)
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
         fd = f.fileno()
         if os.fstat(fd).st_nlink == 1:  # another name of a user's file is locked, never written
             os.ftruncate(fd, 0)  # unbuffered: a buffer a full disk refused failed again at the close
             os.pwrite(fd, taker.encode(), 0)  # at the start, not where the append mode leaves it
     return f
+
+
+def _other_data(folder: Path, path: Path, option: str) -> UserError:
+    return UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock is a "
+                     f"file of {option})")
+
+
+def check_lock_file(folder: Path, option: str, name: str = LOCK_FILE) -> None:
+    """UserError where take_lock(folder, ..., name) would be refused for what is at the name (a link, a FIFO, a
+    folder, a file of other data), read without taking it: a server checks its Ray replicas' folders before
+    deploying them (a replica's refusal was some 300 lines of Ray's tracebacks)."""
+    path = Path(folder) / name
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path):
+        raise UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of {option})")
+    try:
+        fd = paths.open_regular(path)
+    except OSError as e:
+        raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
+    try:
+        data = os.read(fd, LOCK_SIZE + 1)
+    except OSError as e:
+        raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > LOCK_SIZE or _lock_says(data) is None:
+        raise _other_data(folder, path, option)
 
 
 def _holder(path: Path) -> str | None:

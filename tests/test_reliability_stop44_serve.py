@@ -132,3 +132,54 @@ def test_both_lock_files_removed_by_hand_are_taken_again_before_a_second_server(
     finally:
         first.close()
     assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["results", "uploads"]
+
+
+@pytest.mark.parametrize("case", ["serve.lock of other data", "results lock a link", "replica a file"])
+def test_serve_ray_over_a_replica_folder_it_cannot_take_is_one_line_before_ray(tmp_path, monkeypatch, capsys, case):
+    """`serve --ray` over `D/replica-0/.serve.lock` holding a user's text: some 300 lines of Ray's tracebacks after
+    33 s, the replica refused as it started (probe 44a, 6). Checked before Ray starts: one line, the file kept."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    try:
+        from test_cli import run_cli
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+
+    def init(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", init)
+    replica = tmp_path / "D" / "replica-0"
+    if case == "replica a file":
+        replica.parent.mkdir()
+        replica.write_text("mine")
+    else:
+        (replica / "results").mkdir(parents=True)
+        if case == "serve.lock of other data":
+            (replica / ".serve.lock").write_text("hello")
+        else:
+            (replica / "results" / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    code, out, err = run_cli(monkeypatch, capsys, "serve", "--ray", "auto", "--results-dir", tmp_path / "D",
+                             "--weights", "random", "--device", "cpu")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    said = {"serve.lock of other data": "is a file of other data, not a lock; move it away",
+            "results lock a link": "is a symbolic link; remove it", "replica a file": "is not a replica's folder"}
+    assert said[case] in lines[0], lines
+    if case == "serve.lock of other data":
+        assert (replica / ".serve.lock").read_text() == "hello"
+
+
+def test_replica_folders_a_smaller_server_does_not_serve_are_named(tmp_path):
+    """`serve --ray --replicas 2`, then again with 1: the second replica's finished jobs were 404 with no word
+    (probe 44a, 5). The start names the folders and the --replicas that serves them."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from styleengine.engine.batch import Manifest
+    from styleengine.serve.ray_app import unserved
+
+    for slot, jobs in ((0, 4), (1, 2), (2, 0), (10, 1)):
+        results = tmp_path / f"replica-{slot}" / "results"
+        results.mkdir(parents=True)
+        for n in range(jobs):
+            Manifest(results / "manifest.jsonl").append({"id": f"{slot}-{n}", "status": "ok", "settings_hash": "h"})
+    assert [(p.name, n) for p, n in unserved(tmp_path, 1)] == [("replica-1", 2), ("replica-10", 1)]
+    assert unserved(tmp_path, 11) == []

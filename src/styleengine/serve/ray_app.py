@@ -16,6 +16,7 @@ job only through a stream on the owner (or DELETE).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import logging
 import threading
@@ -27,9 +28,11 @@ from typing import Any
 
 from styleengine import paths
 from styleengine.engine.batch_ray import CPUS_PER_WORKER
-from styleengine.errors import ConfigError
+from styleengine.engine.batch import MANIFEST, Manifest
+from styleengine.engine.manifest import check_lock_file
+from styleengine.errors import ConfigError, UserError
 from styleengine.serve.app import Config, create_app, own_files
-from styleengine.serve.jobs import SERVER_FOLDER, FolderBusy, Job, JobStore
+from styleengine.serve.jobs import RESULTS, SERVER_FOLDER, SERVER_LOCK, FolderBusy, Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,39 @@ def server_root(config: Config) -> Path:
     return config.root if config.root is not None else cache_root() / "serve"
 
 
+def replica_folders(root: Path) -> list[Path]:
+    """The replica folders under the server's folder, in slot order."""
+    found = [(int(p.name.removeprefix("replica-")), p) for p in root.glob("replica-*")
+             if p.name.removeprefix("replica-").isdigit()]
+    return [p for _, p in sorted(found)]
+
+
+def check_replica_folders(root: Path) -> None:
+    """ConfigError, one line before any replica starts, for what a replica would refuse in its folder: a file
+    in the folder's place, a lock file that is a link or another's data (each replica's refusal was Ray's
+    tracebacks, some 300 lines)."""
+    for folder in replica_folders(root):
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a replica's folder (it {paths.not_a_folder(folder)}); move it away "
+                              f"or use another --results-dir")
+        check_lock_file(folder, "--results-dir", SERVER_LOCK)
+        check_lock_file(folder / RESULTS, "--results-dir")
+
+
+def unserved(root: Path, replicas: int) -> list[tuple[Path, int]]:
+    """Replica folders past the first `replicas` that hold finished jobs (folder, count): a server restarted
+    with fewer replicas does not serve them."""
+    kept = []
+    for folder in replica_folders(root)[replicas:]:
+        manifest = folder / RESULTS / MANIFEST
+        if manifest.is_file():
+            with contextlib.suppress(UserError, OSError):
+                entries, _ = Manifest(manifest).read()
+                if entries:
+                    kept.append((folder, len(entries)))
+    return kept
+
+
 def open_replica_store(config: Config, board: Any) -> RayJobStore:
     """The first free replica folder under the server's folder (one JobStore lock each)."""
     root = server_root(config)
@@ -247,6 +283,7 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     ray = import_ray()
     check_address(address, connect=not ray.is_initialized())  # ray.init waits minutes on a dead address
     paths.check_cache_dir(server_root(config), what=SERVER_FOLDER)  # one line, not a traceback in Ray's logs
+    check_replica_folders(server_root(config))
     with _keeping_signal_handlers():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, namespace=NAMESPACE)
     from ray import serve
@@ -254,6 +291,9 @@ def serve_forever(config: Config, *, host: str, port: int, replicas: int | None,
     try:
         deployed = deploy(config, host=host, port=port, replicas=replicas)
         log.info("serving on http://%s:%d with %d replicas", host, port, deployed.replicas)
+        for folder, count in unserved(server_root(config), deployed.replicas):
+            log.warning("%s holds %d earlier jobs that no replica serves now (%d replicas); --replicas %d serves "
+                        "them", folder, count, deployed.replicas, int(folder.name.removeprefix("replica-")) + 1)
         while True:
             time.sleep(1)
     finally:
