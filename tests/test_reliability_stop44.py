@@ -200,3 +200,17 @@ def test_a_json_output_never_replaces_a_users_picture(tmp_path, monkeypatch, cap
     code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag, tmp_path / "t.jsonl")
     assert code == 0, err
     assert (tmp_path / "t.jsonl").read_text().lstrip().startswith("{")
+
+
+def test_an_output_that_is_a_link_is_written_through_it(tmp_path, monkeypatch, capsys):
+    """`invert --distances /dev/stdout > out.json` replaced the system's /dev/stdout link with a file holding the
+    JSON, out.json left empty: the checks followed the link, the atomic write renamed over it (probe 44b, 13). The
+    file the link leads to is replaced, never the link."""
+    _pictures(tmp_path)
+    (tmp_path / "out.json").write_text("")
+    (tmp_path / "so").symlink_to(tmp_path / "out.json")
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", *FAST,
+                           "--distances", tmp_path / "so")
+    assert code == 0, err
+    assert (tmp_path / "so").is_symlink() and os.readlink(tmp_path / "so") == str(tmp_path / "out.json")
+    assert (tmp_path / "out.json").read_text().lstrip().startswith("{")

@@ -478,7 +478,11 @@ def temp_beside(path: Path, dir_fd: int | None = None) -> Iterator[tuple[int, st
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
-    and the temp file is gone."""
+    and the temp file is gone. A symbolic link at `path` is written through, as the checks before the write
+    read it: the file it leads to is replaced, never the link (`--distances /dev/stdout > out.json` replaced
+    the system's link with a file)."""
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
     with temp_beside(Path(path)) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
