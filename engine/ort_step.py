@@ -123,7 +123,12 @@ def create_session(path: Path, provider: str, threads: int | None = None, arena:
     if provider == "cpu":
         session = _cpu_session(path, sha256 or file_sha256(path), options, unfolded)
     else:
-        session = ort.InferenceSession(str(path), options, providers=providers, **_optimizer_kwargs(unfolded))
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers, **_optimizer_kwargs(unfolded))
+        except state.NoSuchFile:
+            raise _graph_gone(path) from None
     got = session.get_providers()
     logger.debug("ONNX Runtime session for %s: asked for %s, got %s", path.name, wanted, got)
     if not got or got[0] != wanted:
@@ -177,14 +182,24 @@ def _cpu_session(path: Path, sha256: str, options, unfolded: bool):
             logger.info("optimising %s for this CPU into the cache (%s)", path.name, folder)
             return build_entry(folder, [OPTIMISED_FILE], claims, optimise)
     except (CacheWriteError, *load_errors) as e:  # ORT reports a failed write of its graph as one of these
+        if not path.is_file():  # the graph itself went (`rm -r` of the cache as the run began): no session at all
+            raise _graph_gone(path) from None
         # the optimised graph only saves start-up time: without it the run is the same, optimised in memory
         if first_line(e) not in _NOT_KEPT:  # once a process: each graph of a run (step, features) said it again
             _NOT_KEPT.add(first_line(e))
             logger.warning("cannot keep ONNX Runtime's optimised graph in the cache (%s); optimising it for this "
                            "run only", first_line(e))
         options.optimized_model_filepath = ""
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                    **_optimizer_kwargs(unfolded))
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                        **_optimizer_kwargs(unfolded))
+        except state.NoSuchFile:
+            raise _graph_gone(path) from None
+
+
+def _graph_gone(path: Path) -> CacheWriteError:
+    return CacheWriteError(f"the graph {path} was removed from the cache while this ran (the cache folder cleared?); "
+                           f"run again")
 
 
 def _ort_device(device: torch.device) -> tuple[str, int]:

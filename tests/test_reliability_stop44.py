@@ -214,3 +214,16 @@ def test_an_output_that_is_a_link_is_written_through_it(tmp_path, monkeypatch, c
     assert code == 0, err
     assert (tmp_path / "so").is_symlink() and os.readlink(tmp_path / "so") == str(tmp_path / "out.json")
     assert (tmp_path / "out.json").read_text().lstrip().startswith("{")
+
+
+def test_a_graph_removed_from_the_cache_as_the_run_begins_is_one_line(tmp_path, monkeypatch):
+    """`rm -rf` of the cache a second after a `--backend ort` run exported into it: two chained ONNX Runtime
+    NoSuchFile tracebacks (probe 44b, 11). One line: the graph was removed while this ran; run again."""
+    pytest.importorskip("onnxruntime")
+    from styleengine.engine import ort_step
+    from styleengine.export.cache import CacheWriteError
+
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    gone = tmp_path / "cache" / "exports" / "key" / "step.onnx"
+    with pytest.raises(CacheWriteError, match="was removed from the cache while this ran .*; run again$"):
+        ort_step.create_session(gone, "cpu", sha256="0" * 64)
