@@ -48,7 +48,8 @@ def test_a_job_whose_results_a_batch_took_meanwhile_keeps_its_picture(tmp_path, 
         assert first["status"] == "failed", first
         assert "lost its lock while the server ran, and another batch is running on <server folder>/results" in \
             first["reason"], first
-        assert "its picture was saved aside on the server; submit it again" in first["reason"], first
+        assert "its picture was saved aside on the server as " in first["reason"], first
+        assert first["reason"].endswith("; submit it again once the server's folder is its own again"), first
         assert "wait for it to finish" not in first["reason"], first
         assert first["iteration"] == first["iterations"], first
         kept = list((tmp_path / "D").glob(f"{first['id']}-rescued-*.png"))
@@ -66,6 +67,12 @@ def test_a_job_whose_results_a_batch_took_meanwhile_keeps_its_picture(tmp_path, 
         assert third["status"] == "done", third
         assert (results / f"{third['id']}.png").is_file()
     assert not (results / LOCK_FILE).exists()
+    # its line was written once the folder was the server's again: a restart says why it failed, not "killed"
+    with TestClient(create_app(config)) as client:
+        again = client.get(f"/api/jobs/{first['id']}").json()
+    assert again["status"] == "failed" and again["iteration"] == first["iteration"], again
+    assert f"saved aside on the server as {kept[0].name}" in again["reason"] and "killed" not in again["reason"]
+    assert not (tmp_path / "D" / "uploads" / first["id"]).exists()
 
 
 def test_a_queued_job_whose_results_were_taken_fails_before_its_run(tmp_path, monkeypatch):

@@ -123,6 +123,8 @@ class JobStore:
         self._lock_file: IO[bytes] | None = None
         self._server_lock: IO[bytes] | None = None
         self._relocking = threading.Lock()
+        self._recording = threading.RLock()  # one manifest line at a time: the engine's and the lock watch's
+        self._unrecorded: list[tuple[Job, batch.JobResult]] = []  # failed while results/ was another's
         self._take_lock()
         try:
             paths.check_cache_dir(self.uploads, what=SERVER_FOLDER)  # a server refused makes nothing there
@@ -240,8 +242,10 @@ class JobStore:
                     self._server_lock_again()
                     if self.manifest.lock_removed():
                         self._relock()
+                if self._unrecorded and self.manifest.at_home():
+                    self._record_unrecorded()
                 said = None
-            except ServerFolderGone as e:
+            except UserError as e:
                 if first_line(e) != said:
                     log.error("%s", first_line(e))
                 said = first_line(e)
@@ -333,6 +337,12 @@ class JobStore:
         self._warm.close()
         self._closed.set()
         self._watch.join()  # it takes locks: not while they are let go
+        if self._unrecorded:
+            try:
+                self.own_folder(self.results)
+                self._record_unrecorded()
+            except UserError as e:  # still another's: the next start's sweep says these jobs failed
+                log.error("%s", first_line(e))
         self._release_lock()
 
     def _release_lock(self) -> None:
@@ -576,8 +586,14 @@ class JobStore:
             try:
                 self.own_folder(self.results)  # removed while the server ran: made again, not a 500 at every job
             except ServerFolderGone as e:  # lost while the job ran: its finished picture kept aside, not dropped
-                raise ServerFolderGone(self._kept_aside(job, first_line(e), image)) from None
-            done = batch.record(done, self.manifest, out_dir=self.results)
+                done = dataclasses.replace(done, status="failed", reason=self._kept_aside(job, first_line(e), image),
+                                           image=None)
+                with self._recording:  # its line written once results/ is the server's again
+                    self._unrecorded.append((job, done))
+                raise ServerFolderGone(done.reason) from None
+            self._record_unrecorded()
+            with self._recording:
+                done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             done = dataclasses.replace(done, status="failed", reason=first_line(e))
             log.error("%s", first_line(e))
@@ -602,6 +618,17 @@ class JobStore:
             while len(self._previews) > KEPT_PREVIEWS:
                 self._previews.popleft().preview = None
 
+    def _record_unrecorded(self) -> None:
+        """The lines of jobs that failed while results/ was not the server's, written now that it is (a restart
+        said of them "the server was killed"); their upload folders go with them. UserError if one cannot be."""
+        with self._recording:
+            while self._unrecorded:
+                job, done = self._unrecorded[0]
+                batch.record(done, self.manifest, out_dir=self.results)
+                self._unrecorded.pop(0)
+                if job.upload_dir is not None:
+                    shutil.rmtree(job.upload_dir, ignore_errors=True)
+
     def _kept_aside(self, job: Job, reason: str, image: np.ndarray | None) -> str:
         """`reason` (results/ is not the server's now) with what became of the job's picture: saved in the
         server's folder (then the temp folder) for the operator, the log saying where; the client told to submit
@@ -610,7 +637,8 @@ class JobStore:
             return f"{reason}; submit it again once the server's folder is its own again"
         saved = rescue(image, self.result_path(job.id), [self.root])
         log.error("job %s's picture could not be kept in %s: %s", job.id, self.results, rescued(saved))
-        kept = "its picture was saved aside on the server" if saved is not None else "its picture is lost"
+        kept = f"its picture was saved aside on the server as {saved.name}" if saved is not None else \
+            "its picture is lost"
         return f"{reason}; {kept}; submit it again once the server's folder is its own again"
 
     def for_clients(self, reason: str | None, last_finite: bool | None = None) -> str | None:
