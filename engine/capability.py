@@ -33,7 +33,7 @@ PROVIDERS = {"cpu": ("cpu",), "cuda": ("cuda", "tensorrt")}
 
 _WHY_PRECISION = {
     ("ort", "cpu"): ("ONNX Runtime's CPU provider has no {p} convolutions (it runs them in fp32, no faster); "
-                     "use --precision fp32, or --device cuda"),
+                     "use --precision fp32 (fp16 runs on an NVIDIA GPU: --device cuda)"),
     ("ort", "cuda"): "the ort backend runs fp32 or fp16 on a GPU, not {p}",
     ("torch", "cpu"): "the torch backend runs fp32 or bf16, not {p}",
     ("torch", "cuda"): "the torch backend runs fp32 or bf16, not {p}",
@@ -230,7 +230,13 @@ def check_settings(backend: str, device: str, provider: str, precision: str, con
     for b in backends:
         why = [refusal(b, p, precision, conv, torch_only=torch_only) for p in places]
         if all(why):
-            reasons.append(str(why[-1]))  # device auto: the GPU's reason holds on every machine
+            # device auto: a place that runs the precision refuses the rest (--conv winograd), which holds at
+            # every place; else the first place the backend runs at (the CPU's: a machine without a GPU is not
+            # told a GPU's fix; it names the GPU's where that differs)
+            convs_only = [w for w, p in zip(why, places) if refusal(b, p, precision, "auto", torch_only=torch_only)
+                          is None]
+            runs = [w for w, p in zip(why, places) if precisions(b, p)]
+            reasons.append(str((convs_only or runs or why)[0]))
         else:
             return
     raise ConfigError(reasons[0] if len(reasons) == 1 else no_backend(precision, conv, reasons))
