@@ -220,12 +220,17 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
         float(result.losses[0])  # waits for the device
         return time.perf_counter() - t0
 
+    from styleengine.export.cache import CacheWriteError
+
+    refused: str | None = None  # why the cache took no export: the later ones would fail the same way
     try:
         for option in options:
             b, p, c = option
-            if option in uncached and option not in exported:
-                trials[option] = Trial(b, p, c, status="skipped", note="not exported: over the trial's budget "
-                                       "(`styleengine tune` or a run with --backend ort exports it)")
+            if option in uncached and (option not in exported or refused):
+                note = (f"not exported: {refused}" if refused else "not exported: over the trial's budget "
+                        f"(`styleengine tune` exports it, as does a run that names it: --backend {b} --precision {p} "
+                        f"--conv {c})")
+                trials[option] = Trial(b, p, c, status="skipped", note=note)
                 log.info("auto: %s %s %s skipped: %s", b, p, c, trials[option].note)
                 continue
             candidate = dataclasses.replace(settings, backend=b, precision=p, conv=c, device=where.device,
@@ -240,6 +245,8 @@ def measure_candidates(settings: Settings, where: capability.Placement, options:
                     warm = timed(step, content)
             except (ExportValidationError, UserError) as e:
                 first = first_line(e)
+                if isinstance(e, CacheWriteError):
+                    refused = "the cache cannot take an export (said above)"
                 trials[option] = Trial(b, p, c, status="skipped", note=first)
                 log.info("auto: %s %s %s skipped: %s", b, p, c, first)
                 continue

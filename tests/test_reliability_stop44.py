@@ -227,3 +227,33 @@ def test_a_graph_removed_from_the_cache_as_the_run_begins_is_one_line(tmp_path, 
     gone = tmp_path / "cache" / "exports" / "key" / "step.onnx"
     with pytest.raises(CacheWriteError, match="was removed from the cache while this ran .*; run again$"):
         ort_step.create_session(gone, "cpu", sha256="0" * 64)
+
+
+def test_an_export_the_full_cache_refused_is_said_for_the_graphs_after_it(monkeypatch):
+    """`--backend ort` on a full cache: the first graph's export failed for the disk, and the next was "over the
+    trial's budget (... a run with --backend ort exports it)", advice to do what the run did (probe 44b, 9)."""
+    from styleengine.engine import capability, stylise
+    from styleengine.engine import trial as trial_mod
+    from styleengine.engine.settings import Settings
+    from styleengine.export.cache import CacheWriteError
+
+    options = [("ort", "fp32", "winograd"), ("ort", "fp32", "direct")]
+    built: list[tuple[str, str]] = []
+
+    def build(settings, weights, loss):
+        built.append((settings.precision, settings.conv))
+        raise CacheWriteError("cannot write in the cache folder c/exports (No space left on device); free some space")
+
+    monkeypatch.setattr(stylise, "build_step", build)
+    monkeypatch.setattr(trial_mod, "uncached_graphs", lambda *a: set(options))
+    settings = Settings(size=64, model="vgg16", weights="random", backend="ort", style_layers=("relu1_1",),
+                        content_layers=("relu2_2",))
+    where = capability.place("ort", "cpu", "auto", capability.Machine())
+    trials = {(t.backend, t.precision, t.conv): t for t in trial_mod.measure_candidates(settings, where, options,
+                                                                                         64)}
+    assert built == [("fp32", "winograd")]
+    assert "No space left" in trials[options[0]].note
+    assert trials[options[1]].note == "not exported: the cache cannot take an export (said above)"
+    with pytest.raises(Exception, match="no candidate") as raised:
+        trial_mod.pick_fastest(list(trials.values()))
+    assert "a run with --backend ort exports it" not in str(raised.value)
