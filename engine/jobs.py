@@ -421,7 +421,7 @@ class JobsCheck:
         self._out_dir = Path(out_dir)
         self._resolve = _Resolver()
         self._root = self._resolve(self._out_dir)
-        self._ids: set[str] = set()
+        self._ids: dict[str, Job] = {}
         self._reserved = {key: f"the batch's {name}" for name in (MANIFEST, LOCK_FILE)
                           for key in self._resolve.identities(self._out_dir / name)}
         self._reserved.update({key: f"the batch's {role} {path}" for role, path in (shared or {}).items()
@@ -445,7 +445,18 @@ class JobsCheck:
         """ConfigError (pointing at the job's line) if `job` conflicts with itself or an earlier job."""
         where = f"{job.where}: " if job.where else ""
         if job.id in self._ids:
-            raise ConfigError(f"{where}two jobs have the id {job.id}; each job needs its own")
+            first = self._ids[job.id]
+            if not job.where:  # folder mode: no id the user wrote; two pictures' names make one output name
+                raise ConfigError(f"{first.content.name} with {first.styles[0].name} and {job.content.name} with "
+                                  f"{job.styles[0].name} both make {job.output.name} (CONTENT__STYLE.png); rename "
+                                  f"one picture, or use a jobs file with an output for each")
+            try:  # an id the user did not write: the output without its suffix (x.png and x.jpg make one)
+                derived = str(job.output.relative_to(self._out_dir).with_suffix("")) == job.id
+            except ValueError:
+                derived = False
+            given = (f" (from the outputs {first.output.name} and {job.output.name}: an id is its output without "
+                     f"the suffix; give one an \"id\")" if derived else "")
+            raise ConfigError(f"{where}two jobs have the id {job.id}{given}; each job needs its own")
         inputs = {role: (path, self._keys(path)) for role, path in job.inputs().items()}
         mine = {key: f"its own {role} {path}" for role, (path, keys) in inputs.items() for key in keys}
         outputs = self._resolve.identities(job.output)  # not kept in _known: every output is a new path
@@ -467,7 +478,7 @@ class JobsCheck:
         if folded is not None and folded in self._folded:
             raise ConfigError(f"{where}output {job.output} is {self._folded[folded]} on this file system, which "
                               f"folds case (and accents' spelling); choose another name")
-        self._ids.add(job.id)
+        self._ids[job.id] = job
         if folded is not None:
             self._folded[folded] = f"the output of job {job.id}{source}"
         for key in folders:

@@ -257,3 +257,27 @@ def test_an_export_the_full_cache_refused_is_said_for_the_graphs_after_it(monkey
     with pytest.raises(Exception, match="no candidate") as raised:
         trial_mod.pick_fastest(list(trials.values()))
     assert "a run with --backend ort exports it" not in str(raised.value)
+
+
+def test_two_jobs_of_one_output_name_say_where_the_name_came_from(tmp_path, monkeypatch, capsys):
+    """Folder mode's `p/c.png` and `p/c.jpg` said "two jobs have the id c__a; each job needs its own", naming no
+    file; a jobs file's `x.png` and `x.jpg` outputs did not say the id came from them (probe 44b, 7)."""
+    import shutil
+
+    _pictures(tmp_path)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "st").mkdir()
+    shutil.copy(tmp_path / "c.png", tmp_path / "p" / "c.png")
+    from PIL import Image
+
+    Image.open(tmp_path / "c.png").convert("RGB").save(tmp_path / "p" / "c.jpg")
+    shutil.copy(tmp_path / "s.png", tmp_path / "st" / "a.png")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", tmp_path / "p", "--styles", tmp_path / "st",
+                           "--out", tmp_path / "o", *FAST)
+    line = one_error_line(code, err)
+    assert "c.jpg with a.png and c.png with a.png both make c__a.png" in line and "rename one picture" in line, line
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "x.png"}\n'
+                                      '{"content": "c.png", "style": "s.png", "output": "x.jpg"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    line = one_error_line(code, err)
+    assert "two jobs have the id x (from the outputs x.png and x.jpg" in line and 'give one an "id"' in line, line

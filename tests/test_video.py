@@ -1062,3 +1062,11 @@ def test_a_videos_trace_never_replaces_a_users_video(tmp_path, monkeypatch, caps
                            "64", "--frames", "0:2", "--trace", tmp_path / "other.mp4")
     assert "a file is there that is not JSON" in the_error(code, err)
     assert (tmp_path / "other.mp4").read_bytes() == kept
+
+
+def test_a_trace_in_a_frames_folder_not_made_yet_is_said_as_that(tmp_path, monkeypatch, capsys, clip, style):
+    """`--trace out.mp4.frames/t.jsonl` on a first run said "folder out.mp4.frames does not exist"; made, the next
+    run said it is the frames folder (probe 44b, 14). The second is said first."""
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2", "--trace", tmp_path / "out.mp4.frames" / "t.jsonl")
+    assert "is inside out.mp4.frames/, where the finished frames are kept" in the_error(code, err)

@@ -466,12 +466,13 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             raise ConfigError(f"{role} {path} is inside {output.name}.frames/, where the finished frames are kept; "
                               f"choose another output")
     if trace is not None:
-        paths.check_writable(trace, "trace")
-        paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
-        # over a kept frame or video.json: inside the folder, or another name (a hard link) of a file in it
+        # over a kept frame or video.json: inside the folder, or another name (a hard link) of a file in it; said
+        # first (inside a frames folder not made yet, "folder OUT.frames does not exist" led only to this)
         if paths.inside(trace, kept) or paths.links_into(trace, kept):
             raise ConfigError(f"trace {trace} is inside {output.name}.frames/, where the finished frames are kept "
                               f"(or is another name of a file there); choose a file outside it")
+        paths.check_writable(trace, "trace")
+        paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
         paths.check_json_text(trace, "trace")
     check_own_files(settings, decode=True)  # the --init read whole, before the weights (said after them)
     info = video_io.probe(video)
