@@ -14,7 +14,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
@@ -323,11 +323,13 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     except OSError as e:
         raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
     base_dir = path.parent
+    number = 0
     with f:
         try:
             if suffix == ".csv":
                 for number, row in _csv_rows(iter(f), path):
                     yield _located(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
+                _check_whole(f, path, number)
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -339,14 +341,26 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 except _DuplicateKey as e:
                     raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
                 except json.JSONDecodeError as e:
+                    _check_whole(f, path, number - 1)  # the tail of a line the file no longer has
                     raise ConfigError(f"{where}: not JSON ({e.msg}: column {e.colno})") from None
                 except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
                     raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
                 if not isinstance(raw, dict):
                     raise ConfigError(f"{where}: a job is a JSON object")
                 yield _located(raw, where, base_dir, out_dir)
+            _check_whole(f, path, number)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _check_whole(f: IO[str], path: Path, lines: int) -> None:
+    """ConfigError where the jobs file is now shorter than what was read of it (emptied or cut short while the
+    batch ran: the read then ended early, silently, or on the tail of a line it no longer has)."""
+    read, size = os.lseek(f.fileno(), 0, os.SEEK_CUR), os.fstat(f.fileno()).st_size
+    if read > size:
+        raise ConfigError(f"{path} was cut short while the batch read it ({size} bytes now, {read} read): the jobs "
+                          f"after line {lines} were not read; the manifest keeps what was done, and the same command "
+                          f"resumes once the file holds them again")
 
 
 def load_jobs(path: Path, out_dir: Path) -> list[Job]:

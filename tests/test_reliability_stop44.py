@@ -281,3 +281,25 @@ def test_two_jobs_of_one_output_name_say_where_the_name_came_from(tmp_path, monk
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
     line = one_error_line(code, err)
     assert "two jobs have the id x (from the outputs x.png and x.jpg" in line and 'give one an "id"' in line, line
+
+
+@pytest.mark.parametrize("left", [10, 0])
+def test_a_jobs_file_cut_short_while_its_batch_reads_it_is_said(tmp_path, left):
+    """A jobs file cut to its first 10 lines (or emptied) while the batch ran: "line 70: not JSON (Unterminated
+    string ...)", a line it no longer had; at a buffer's edge the read would end early with no word (probe 44b,
+    12)."""
+    from styleengine.engine.jobs import iter_jobs
+    from styleengine.errors import ConfigError
+
+    pad = "x" * 200  # 70 lines past a read buffer's 8 KiB
+    lines = [f'{{"content": "c.png", "style": "s.png", "output": "o{n}{pad}.png"}}\n' for n in range(70)]
+    jobs_file = tmp_path / "j.jsonl"
+    jobs_file.write_text("".join(lines))
+    jobs = iter_jobs(jobs_file, tmp_path / "out")
+    read = [next(jobs) for _ in range(5)]
+    with open(jobs_file, "r+") as f:
+        f.truncate(len("".join(lines[:left])))
+    with pytest.raises(ConfigError, match=r"j.jsonl was cut short while the batch read it \(\d+ bytes now, \d+ "
+                                          r"read\): the jobs after line \d+ were not read"):
+        read += list(jobs)
+    assert len(read) >= 5
