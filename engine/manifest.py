@@ -404,7 +404,7 @@ LOCK_HOLDERS = {"batch": "wait for it to finish", "server": "stop it"}  # what t
 LOCK_SIZE = 16  # a lock file holds one LOCK_HOLDERS key at most (and a newline an editor added): past it, another's
 
 
-def _lock_says(data: bytes) -> str | None:
+def lock_says(data: bytes) -> str | None:
     """The holder a lock file's bytes name ("" for an empty one), or None for bytes no lock holds: only a
     holder's name, with the line end an editor adds (blanks of other kinds, 16 spaces, are a user's file)."""
     said = data.removesuffix(b"\n").removesuffix(b"\r").decode("ascii", "replace")
@@ -431,7 +431,7 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
                          f"{advice} or use another {option}")
     try:
         size = os.fstat(f.fileno()).st_size
-        said = _lock_says(os.pread(f.fileno(), LOCK_SIZE + 1, 0))
+        said = lock_says(os.pread(f.fileno(), LOCK_SIZE + 1, 0))
     except OSError:
         size, said = 0, ""
     # not a lock file any version wrote (those are empty or say their holder, a few bytes)
@@ -470,7 +470,7 @@ def check_lock_file(folder: Path, option: str, name: str = LOCK_FILE) -> None:
         raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
     finally:
         os.close(fd)
-    if len(data) > LOCK_SIZE or _lock_says(data) is None:
+    if len(data) > LOCK_SIZE or lock_says(data) is None:
         raise _other_data(folder, path, option)
 
 
@@ -481,7 +481,7 @@ def _holder(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        said = _lock_says(os.read(fd, LOCK_SIZE + 1))
+        said = lock_says(os.read(fd, LOCK_SIZE + 1))
     except OSError:
         return None
     finally:

@@ -1070,3 +1070,23 @@ def test_a_trace_in_a_frames_folder_not_made_yet_is_said_as_that(tmp_path, monke
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
                            "64", "--frames", "0:2", "--trace", tmp_path / "out.mp4.frames" / "t.jsonl")
     assert "is inside out.mp4.frames/, where the finished frames are kept" in the_error(code, err)
+
+
+@pytest.mark.parametrize("kind", ["newline", "link"])
+def test_a_frames_lock_follows_the_rule_of_batchs_and_serves(tmp_path, monkeypatch, capsys, clip, style, kind):
+    """`OUT.frames/.lock` holding a newline an editor added was refused where batch's and serve's take it; one that
+    is a symbolic link was said as "Too many levels of symbolic links" (probe 44a, 7 and 8)."""
+    folder = tmp_path / "out.mp4.frames"
+    folder.mkdir()
+    if kind == "newline":
+        (folder / ".lock").write_text("\n")
+    else:
+        (tmp_path / "mine.txt").write_text("mine")
+        (folder / ".lock").symlink_to(tmp_path / "mine.txt")
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2")
+    if kind == "newline":
+        assert code == 0, err
+    else:
+        assert "out.mp4.frames/.lock is a symbolic link; remove it" in the_error(code, err)
+        assert (tmp_path / "mine.txt").read_text() == "mine" and (folder / ".lock").is_symlink()

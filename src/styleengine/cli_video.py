@@ -27,6 +27,7 @@ import typer
 from styleengine import paths
 from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.manifest import LOCK_SIZE, lock_says
 from styleengine.engine.settings import VIDEO, Settings
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
 from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
@@ -108,12 +109,17 @@ class FrameStore:
             if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # the folder's: its frames are the user's work
                 raise ConfigError(f"cannot keep the frames in {self.folder}: {e.strerror or e}; make it writable "
                                   f"or choose another output") from None
-            # a link, a FIFO, a folder by that name
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW's word for a link, said as batch's and serve's say it
+                raise ConfigError(f"cannot lock {self.folder}: {lock} is a symbolic link; remove it") from None
+            # a FIFO, a folder by that name
             raise ConfigError(f"cannot lock {self.folder} ({lock}: {e.strerror or e}); remove {lock}") from None
         if self._lock is None:
             raise ConfigError(f"another video is writing {self.folder} (it holds {lock}); wait for it to finish or "
                               f"choose another output")
-        if os.fstat(self._lock.fileno()).st_size:  # a video's lock is empty: this is another's file, kept as it is
+        # a video's lock is empty (or a newline an editor added: one rule with batch's and serve's locks); more is
+        # another's file, kept as it is
+        data = os.pread(self._lock.fileno(), LOCK_SIZE + 1, 0)
+        if len(data) > LOCK_SIZE or lock_says(data) != "":
             held, self._lock = self._lock, None
             paths.close_lock(held)
             raise ConfigError(f"cannot lock {self.folder}: {lock} is a file of other data, not a lock; move it away")
