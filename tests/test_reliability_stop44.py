@@ -303,3 +303,12 @@ def test_a_jobs_file_cut_short_while_its_batch_reads_it_is_said(tmp_path, left):
                                           r"read\): the jobs after line \d+ were not read"):
         read += list(jobs)
     assert len(read) >= 5
+
+
+def test_an_absolute_output_inside_out_is_told_to_be_relative(tmp_path, monkeypatch, capsys):
+    """`"output": "/abs/o/x.png"` with `--out o` said "is outside --out o", which it is not (probe 44b, 1)."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text(f'{{"content": "c.png", "style": "s.png", "output": "{tmp_path}/o/x.png"}}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    line = one_error_line(code, err)
+    assert "is an absolute path; outputs are paths relative to --out" in line and line.endswith("name it x.png")
