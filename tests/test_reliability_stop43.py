@@ -30,6 +30,11 @@ def _three_jobs(tmp_path, monkeypatch, capsys, after_record) -> tuple[int, str]:
         return written
 
     monkeypatch.setattr(engine, "record", record)
+    return three_jobs_batch(tmp_path, monkeypatch, capsys)
+
+
+def three_jobs_batch(tmp_path, monkeypatch, capsys) -> tuple[int, str]:
+    """`batch` of jobs a, b, c (one at a time) into tmp_path/out: (exit code, stderr)."""
     _pictures(tmp_path)
     (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
                                               for n in "abc"))
@@ -369,12 +374,7 @@ def test_a_folder_swapped_between_a_picture_and_its_line_loses_no_file(tmp_path,
         return written
 
     monkeypatch.setattr(engine.images, "save_image", save_image)
-    _pictures(tmp_path)
-    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
-                                              for n in "abc"))
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
-                           "--batch-size", "1")
-    line = one_error_line(code, err)
+    line = one_error_line(*three_jobs_batch(tmp_path, monkeypatch, capsys))
     assert "job b's picture is in the folder that was at" in line and "saved a copy to" in line, line
     assert (out / "b.png").read_text() == "the user's" and (tmp_path / "out.moved" / "b.png").is_file()
 

@@ -9,10 +9,12 @@ try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import FAST, _pictures
+    from test_reliability_stop43 import three_jobs_batch
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
+    from tests.test_reliability_stop43 import three_jobs_batch
 
 
 def _swap(out) -> None:
@@ -37,12 +39,7 @@ def test_a_folder_swapped_between_the_check_and_the_picture_takes_nothing(tmp_pa
         return real(image, path, *args, **kwargs)
 
     monkeypatch.setattr(engine.images, "save_image", save_image)
-    _pictures(tmp_path)
-    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
-                                              for n in "abc"))
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST,
-                           "--batch-size", "1")
-    line = one_error_line(code, err)
+    line = one_error_line(*three_jobs_batch(tmp_path, monkeypatch, capsys))
     assert "job b's picture is in the folder that was at" in line, line
     assert (out / "b.png").read_text() == "the user's"
     assert sorted(p.name for p in out.iterdir()) == ["b.png"]
