@@ -48,6 +48,7 @@ RESULT_TEMP = re.compile(r"\.[0-9a-f]{24}\.png\.[0-9a-f]{8}\.tmp")  # paths.temp
 UPLOADS = "uploads"  # under the server's folder: a job's images until it has run
 UPLOAD_FILE = re.compile(r"content|style[1-9][0-9]*")  # upload_name's: all a job's upload folder holds
 LOCK_WATCH_S = 1.0  # how often the server looks for a lock file of its own removed by hand, and takes it again
+AGAIN = "submit it again once the server's folder is its own again"  # a job failed while results/ was another's
 # one job (its request, progress and result) lives in serve/job.py; its names stay importable from here
 from styleengine.serve.job import (STATUSES, Job, QueueFull, _distances, _losses, distance_every,  # noqa: E402,F401
                                    new_id, png_bytes)
@@ -536,8 +537,7 @@ class JobStore:
             self.own_folder(self.results)
         except ServerFolderGone as e:
             for job in members:
-                self._record(job, "failed", f"{first_line(e)}; submit it again once the server's folder is its own "
-                             f"again", None, None)
+                self._record(job, "failed", f"{first_line(e)}; {AGAIN}", None, None)
             return
         settings = members[0].run_settings
         for job in members:
@@ -591,7 +591,10 @@ class JobStore:
                 with self._recording:  # its line written once results/ is the server's again
                     self._unrecorded.append((job, done))
                 raise ServerFolderGone(done.reason) from None
-            self._record_unrecorded()
+            try:
+                self._record_unrecorded()
+            except UserError as e:  # said as theirs, not as this job's
+                log.error("%s", first_line(e))
             with self._recording:
                 done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
@@ -634,12 +637,12 @@ class JobStore:
         server's folder (then the temp folder) for the operator, the log saying where; the client told to submit
         it again, as nothing serves it."""
         if image is None:
-            return f"{reason}; submit it again once the server's folder is its own again"
+            return f"{reason}; {AGAIN}"
         saved = rescue(image, self.result_path(job.id), [self.root])
         log.error("job %s's picture could not be kept in %s: %s", job.id, self.results, rescued(saved))
         kept = f"its picture was saved aside on the server as {saved.name}" if saved is not None else \
             "its picture is lost"
-        return f"{reason}; {kept}; submit it again once the server's folder is its own again"
+        return f"{reason}; {kept}; {AGAIN}"
 
     def for_clients(self, reason: str | None, last_finite: bool | None = None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
