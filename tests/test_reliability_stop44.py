@@ -309,3 +309,17 @@ def test_an_absolute_output_inside_out_is_told_to_be_relative(tmp_path, monkeypa
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
     line = one_error_line(code, err)
     assert "is an absolute path; outputs are paths relative to --out" in line and line.endswith("name it x.png")
+
+
+@pytest.mark.parametrize("text", ['[build-system]\nrequires = ["x"]\n', "[section]\nx = 1\n",
+                                  "[link](http://x) my notes\n", "{\\rtf1\\ansi hello}\n"])
+def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(tmp_path, monkeypatch, capsys,
+                                                                                 text):
+    """`--trace pyproject.toml` replaced it: a file was JSON text when its first byte was `{` or `[`, as TOML, INI,
+    Markdown and RTF start too (probe 45a, 1). JSON text is a JSON document, or lines whose first is an object."""
+    _pictures(tmp_path)
+    (tmp_path / "mine.txt").write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--trace", tmp_path / "mine.txt")
+    assert "a file is there that is not JSON" in one_error_line(code, err)
+    assert (tmp_path / "mine.txt").read_text() == text

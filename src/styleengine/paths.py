@@ -596,6 +596,34 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
+JSON_HEAD = 1 << 20  # bytes of a file read to tell whether it is JSON text (a trace's first line is far shorter)
+
+
+def _json_head(head: bytes, whole: bool) -> bool:
+    """Whether `head` (a file's start; `whole`: all of it) is JSON text: blank, a JSON document (distances), or
+    JSON lines whose first line is a whole object (a trace, torn at its end or not). TOML, INI, Markdown and RTF
+    start with `[` or `{` too."""
+    import json
+
+    if not head.strip():
+        return True
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        if whole:
+            return False
+        text = head.decode("utf-8", "ignore")  # cut inside a character at the end
+    if whole:
+        with contextlib.suppress(ValueError):
+            json.loads(text)
+            return True
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
 def check_json_text(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
     """Raise `error` when a file at `path`, which a JSON output (a trace, distances) would replace, is not JSON
     text: `--trace holiday.png` replaced the photo. An earlier one, torn or whole, or an empty file is replaced."""
@@ -603,10 +631,10 @@ def check_json_text(path: Path, what: str, error: type[UserError] = ConfigError)
         return
     try:
         with open(path, "rb") as f:
-            start = f.read(4096).lstrip(b" \t\r\n\xef\xbb\xbf")
+            head = f.read(JSON_HEAD + 1)
     except OSError:  # unreadable: the write says why
         return
-    if start and start[:1] not in (b"{", b"["):
+    if not _json_head(head.removeprefix(b"\xef\xbb\xbf"), whole=len(head) <= JSON_HEAD):
         raise error(f"cannot write {what} {path}: a file is there that is not JSON (a picture, a video, notes?); "
                     f"the {what} replaces only JSON text; name another file")
 
