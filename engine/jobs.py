@@ -156,8 +156,9 @@ def _inside(output: str, out_dir: Path, where: str) -> Path:
             raise ConfigError(f"{where}: output {output!r} climbs out of a symbolic link with '..' (to "
                               f"{os.path.realpath(out_dir / output)}); name the file without '..'")
     if relative.is_absolute() and paths.inside(relative, out_dir):  # refused all the same: named relative to it
+        there = os.path.relpath(os.path.realpath(relative), os.path.realpath(out_dir))  # through links, as inside()
         raise ConfigError(f"{where}: output {output!r} is an absolute path; outputs are paths relative to --out "
-                          f"{out_dir}: name it {os.path.relpath(relative, os.path.abspath(out_dir))}")
+                          f"{out_dir}: name it {there}")
     if relative.is_absolute() or relative.parts[:1] == ("..",):
         raise ConfigError(f"{where}: output {output!r} is outside --out {out_dir}; outputs are paths inside it")
     if not relative.name:  # "." or "./": the folder itself

@@ -309,6 +309,10 @@ def test_an_absolute_output_inside_out_is_told_to_be_relative(tmp_path, monkeypa
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
     line = one_error_line(code, err)
     assert "is an absolute path; outputs are paths relative to --out" in line and line.endswith("name it x.png")
+    (tmp_path / "lnk").symlink_to(tmp_path / "o")  # the name it gives runs (probe 45a, 3)
+    (tmp_path / "j.jsonl").write_text(f'{{"content": "c.png", "style": "s.png", "output": "{tmp_path}/lnk/z.png"}}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "o", *FAST)
+    assert one_error_line(code, err).endswith("name it z.png")
 
 
 @pytest.mark.parametrize("text", ['[build-system]\nrequires = ["x"]\n', "[section]\nx = 1\n",

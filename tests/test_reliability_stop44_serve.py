@@ -190,3 +190,34 @@ def test_replica_folders_a_smaller_server_does_not_serve_are_named(tmp_path):
             Manifest(results / "manifest.jsonl").append({"id": f"{slot}-{n}", "status": "ok", "settings_hash": "h"})
     assert [(p.name, n) for p, n in unserved(tmp_path, 1)] == [("replica-1", 2), ("replica-10", 1)]
     assert unserved(tmp_path, 11) == []
+
+
+def test_a_server_stopped_while_a_batch_holds_results_names_the_picture_after_a_restart(tmp_path, monkeypatch):
+    """Stopped while the batch still held results/, the server could not write the failed job's line, and the
+    restart said "the server was killed ... 0 iterations" of a job that had finished, its picture saved aside and
+    named nowhere (probe 45a, 2). The restart names it."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve import jobs
+    from styleengine.serve.app import Config, create_app
+
+    results = tmp_path / "D" / "results"
+    real = jobs.stylise_batch
+    held = contextlib.ExitStack()
+
+    def stylise_batch(pictures, **kwargs):
+        (results / LOCK_FILE).unlink()
+        held.enter_context(manifest.locked(results))
+        return real(pictures, **kwargs)
+
+    monkeypatch.setattr(jobs, "stylise_batch", stylise_batch)
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "D")
+    with held:
+        with TestClient(create_app(config)) as client:
+            first = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+        assert first["status"] == "failed", first
+    (kept,) = (tmp_path / "D").glob(f"{first['id']}-rescued-*.png")
+    with TestClient(create_app(config)) as client:
+        again = client.get(f"/api/jobs/{first['id']}").json()
+    assert again["status"] == "failed" and f"saved aside on the server as {kept.name}" in again["reason"], again
+    assert "killed" not in again["reason"], again

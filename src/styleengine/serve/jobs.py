@@ -321,8 +321,13 @@ class JobStore:
                 continue
             # its uploads go once its line is written (_record): on a disk still full, the next start says it
             job = self.jobs[job_id] = Job(job_id, None, upload_dir=folder, keep=True)
-            self._finish_unrun(job, "failed", "the server was killed, or could not record the job, before it "
-                                              "finished; submit it again")
+            # a picture saved aside while results/ was another's (a batch held it as the server stopped)
+            aside = sorted(p.name for p in self.root.glob(f"{job_id}-rescued-*.png") if p.is_file())
+            self._finish_unrun(job, "failed", f"the server could not record the job (its results folder was "
+                                              f"another's as it stopped); its picture was saved aside on the server "
+                                              f"as {aside[-1]}; submit it again" if aside else
+                               "the server was killed, or could not record the job, before it finished; submit it "
+                               "again")
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
@@ -343,7 +348,8 @@ class JobStore:
                 self.own_folder(self.results)
                 self._record_unrecorded()
             except UserError as e:  # still another's: the next start's sweep says these jobs failed
-                log.error("%s", first_line(e))
+                log.error("%s; the lines of jobs %s are not written (the next start says they failed)",
+                          first_line(e), ", ".join(job.id for job, _ in self._unrecorded))
         self._release_lock()
 
     def _release_lock(self) -> None:
