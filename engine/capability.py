@@ -163,6 +163,9 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
     if precision != "auto" and precision not in runs:
         if (backend, where, precision) == ("ort", "cuda", "bf16"):
             return f"--precision bf16 on ONNX Runtime's GPU providers: {BF16_ON_ORT_CUDA}"
+        if (backend, where, precision) == ("ort", "cpu", "bf16"):  # the torch backend runs it here
+            return ("ONNX Runtime's CPU provider has no bf16 convolutions (it runs them in fp32, no faster); use "
+                    "--precision fp32, or --backend torch for bf16")
         return _WHY_PRECISION[(backend, where)].format(p=precision)
     if conv in ("auto", "direct"):
         return None

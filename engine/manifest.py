@@ -423,7 +423,7 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
         if e.errno == errno.ELOOP:
             raise UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of "
                             f"{option})") from None
-        raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
+        raise _cannot_open(folder, path, option, e) from None
     if f is None:
         holder = _holder(path)
         advice = LOCK_HOLDERS.get(holder or "", " or ".join(LOCK_HOLDERS.values()))
@@ -446,6 +446,12 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
     return f
 
 
+def _cannot_open(folder: Path, path: Path, option: str, error: OSError) -> UserError:
+    """Why the lock file could not be opened; a FIFO, a device or a folder at its name is told to go."""
+    advice = f"; remove it (the lock is a file of {option})" if error.errno in (errno.EINVAL, errno.EISDIR) else ""
+    return UserError(f"cannot lock {folder} ({path}: {error.strerror or error}){advice}")
+
+
 def _other_data(folder: Path, path: Path, option: str) -> UserError:
     return UserError(f"cannot lock {folder}: {path} is a file of other data, not a lock; move it away (the lock is a "
                      f"file of {option})")
@@ -463,7 +469,7 @@ def check_lock_file(folder: Path, option: str, name: str = LOCK_FILE) -> None:
     try:
         fd = paths.open_regular(path)
     except OSError as e:
-        raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
+        raise _cannot_open(folder, path, option, e) from None
     try:
         data = os.read(fd, LOCK_SIZE + 1)
     except OSError as e:

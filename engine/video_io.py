@@ -215,6 +215,7 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audi
     The number of frames written. A video of no frames is not written (ValueError)."""
     muxer, codec, pix_fmt = CONTAINERS[path.suffix.lower()]
     count = 0
+    path = paths.written_through(path)  # a link at -o: its file replaced, as every atomic write does
     with paths.temp_beside(path) as (fd, tmp):
         os.close(fd)  # FFmpeg writes it by name: through a Python file, a full disk printed PyAV's dropped traceback
         with av.open(tmp, "w", format=muxer) as out:

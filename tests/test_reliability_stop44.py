@@ -327,3 +327,16 @@ def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(
                            tmp_path / "o.png", *FAST, "--trace", tmp_path / "mine.txt")
     assert "a file is there that is not JSON" in one_error_line(code, err)
     assert (tmp_path / "mine.txt").read_text() == text
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_at_a_locks_name_is_told_to_go(tmp_path, kind):
+    """A FIFO at a lock's name said only "not a regular file" where the other kinds say what to do (probe 45a)."""
+    from styleengine.engine import manifest
+    from styleengine.errors import UserError
+
+    (os.mkfifo if kind == "fifo" else os.mkdir)(tmp_path / manifest.LOCK_FILE)
+    for check in (lambda: manifest.take_lock(tmp_path, "batch", "--out"),
+                  lambda: manifest.check_lock_file(tmp_path, "--out")):
+        with pytest.raises(UserError, match=r"; remove it \(the lock is a file of --out\)$"):
+            check()

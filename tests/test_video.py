@@ -1090,3 +1090,15 @@ def test_a_frames_lock_follows_the_rule_of_batchs_and_serves(tmp_path, monkeypat
     else:
         assert "out.mp4.frames/.lock is a symbolic link; remove it" in the_error(code, err)
         assert (tmp_path / "mine.txt").read_text() == "mine" and (folder / ".lock").is_symlink()
+
+
+def test_a_video_output_that_is_a_link_is_written_through_it(tmp_path, monkeypatch, capsys, clip, style):
+    """`-o out.mp4` a link to keep/movie.mp4: the link was replaced by a new file, its target left as it was; every
+    other atomic write replaces the file the link leads to (probe 45a, 4)."""
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "movie.mp4").write_text("an earlier video")
+    (tmp_path / "out.mp4").symlink_to(tmp_path / "keep" / "movie.mp4")
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2")
+    assert code == 0, err
+    assert (tmp_path / "out.mp4").is_symlink() and frame_count(tmp_path / "keep" / "movie.mp4") == 2

@@ -475,15 +475,20 @@ def temp_beside(path: Path, dir_fd: int | None = None) -> Iterator[tuple[int, st
                 os.unlink(name, dir_fd=dir_fd)
 
 
+def written_through(path: str | os.PathLike) -> Path:
+    """Where an atomic write of `path` renames its temp file: the file a symbolic link at `path` leads to (as the
+    checks before the write read it), never the link."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
     and the temp file is gone. A symbolic link at `path` is written through, as the checks before the write
     read it: the file it leads to is replaced, never the link (`--distances /dev/stdout > out.json` replaced
     the system's link with a file)."""
-    if os.path.islink(path):
-        path = Path(os.path.realpath(path))
-    with temp_beside(Path(path)) as (fd, tmp):
+    path = written_through(path)
+    with temp_beside(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
         try:
