@@ -191,9 +191,11 @@ def test_a_json_output_never_replaces_a_users_picture(tmp_path, monkeypatch, cap
     code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag,
                            tmp_path / "holiday.png")
     line = one_error_line(code, err)
-    assert "a file is there that is not JSON" in line and "name another file" in line, line
+    assert "a file is there that is not an earlier" in line and "name another file" in line, line
     assert (tmp_path / "holiday.png").read_bytes() == photo and not (tmp_path / "o.png").exists()
-    (tmp_path / "t.jsonl").write_text('{"iteration": 1, "loss": 2.0}\n{"iter')  # an earlier one, torn
+    earlier = ('{"layer": "relu4_2", "feature_distance": 0.5}\n' if command == "invert" else
+               '{"iteration": 1, "loss": 2.0}\n{"iter')  # an earlier one (a trace torn)
+    (tmp_path / "t.jsonl").write_text(earlier)
     code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag, tmp_path / "t.jsonl")
     assert code == 0, err
     assert (tmp_path / "t.jsonl").read_text().lstrip().startswith("{")
@@ -316,16 +318,19 @@ def test_an_absolute_output_inside_out_is_told_to_be_relative(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("text", ['[build-system]\nrequires = ["x"]\n', "[section]\nx = 1\n",
-                                  "[link](http://x) my notes\n", "{\\rtf1\\ansi hello}\n"])
+                                  "[link](http://x) my notes\n", "{\\rtf1\\ansi hello}\n",
+                                  '{\n  "name": "my-app",\n  "version": "1.0.0"\n}\n', '[{"id": 1, "label": "cat"}]\n',
+                                  '{"a": 1}\nthis is my notes file\n', '{"user": "a", "score": 3}\n', "42\n"])
 def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(tmp_path, monkeypatch, capsys,
                                                                                  text):
     """`--trace pyproject.toml` replaced it: a file was JSON text when its first byte was `{` or `[`, as TOML, INI,
-    Markdown and RTF start too (probe 45a, 1). JSON text is a JSON document, or lines whose first is an object."""
+    Markdown and RTF start too (probe 45a, 1); then any JSON document or a first line of JSON (a package.json, a
+    user's JSON lines; probe 46a, 1 and 2). Only an earlier trace is replaced: lines of objects holding the loss."""
     _pictures(tmp_path)
     (tmp_path / "mine.txt").write_text(text)
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *FAST, "--trace", tmp_path / "mine.txt")
-    assert "a file is there that is not JSON" in one_error_line(code, err)
+    assert "a file is there that is not an earlier trace file (only that is replaced)" in one_error_line(code, err)
     assert (tmp_path / "mine.txt").read_text() == text
 
 
@@ -340,3 +345,19 @@ def test_a_fifo_or_folder_at_a_locks_name_is_told_to_go(tmp_path, kind):
                   lambda: manifest.check_lock_file(tmp_path, "--out")):
         with pytest.raises(UserError, match=r"; remove it \(the lock is a file of --out\)$"):
             check()
+
+
+def test_an_output_link_to_a_file_of_another_kind_is_refused(tmp_path, monkeypatch, capsys):
+    """`-o o.jpg` a link to holiday.png: JPEG bytes went into holiday.png once writes went through links (probe
+    46a, 4). A link to a file named as another kind is refused before any work, the file kept."""
+    import shutil
+
+    _pictures(tmp_path)
+    shutil.copy(tmp_path / "s.png", tmp_path / "holiday.png")
+    photo = (tmp_path / "holiday.png").read_bytes()
+    (tmp_path / "o.jpg").symlink_to(tmp_path / "holiday.png")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.jpg", *FAST)
+    line = one_error_line(code, err)
+    assert f"it is a symbolic link to {tmp_path / 'holiday.png'}, a file of another kind" in line, line
+    assert (tmp_path / "holiday.png").read_bytes() == photo and (tmp_path / "o.jpg").is_symlink()

@@ -1060,7 +1060,7 @@ def test_a_videos_trace_never_replaces_a_users_video(tmp_path, monkeypatch, caps
     kept = (tmp_path / "other.mp4").read_bytes()
     code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
                            "64", "--frames", "0:2", "--trace", tmp_path / "other.mp4")
-    assert "a file is there that is not JSON" in the_error(code, err)
+    assert "a file is there that is not an earlier trace file" in the_error(code, err)
     assert (tmp_path / "other.mp4").read_bytes() == kept
 
 
@@ -1102,3 +1102,13 @@ def test_a_video_output_that_is_a_link_is_written_through_it(tmp_path, monkeypat
                            "64", "--frames", "0:2")
     assert code == 0, err
     assert (tmp_path / "out.mp4").is_symlink() and frame_count(tmp_path / "keep" / "movie.mp4") == 2
+
+
+def test_a_video_output_link_to_a_file_of_another_kind_is_refused(tmp_path, monkeypatch, capsys, clip, style):
+    """`-o v.gif` a link to movie.mp4: a GIF went into movie.mp4 (probe 46a, 4)."""
+    (tmp_path / "movie.mp4").write_text("an earlier video")
+    (tmp_path / "v.gif").symlink_to(tmp_path / "movie.mp4")
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "v.gif", *FAST, "--size",
+                           "64", "--frames", "0:2")
+    assert "a file of another kind" in the_error(code, err)
+    assert (tmp_path / "movie.mp4").read_text() == "an earlier video"

@@ -477,8 +477,25 @@ def temp_beside(path: Path, dir_fd: int | None = None) -> Iterator[tuple[int, st
 
 def written_through(path: str | os.PathLike) -> Path:
     """Where an atomic write of `path` renames its temp file: the file a symbolic link at `path` leads to (as the
-    checks before the write read it), never the link."""
-    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    checks before the write read it), never the link; OSError for a link to a file of another kind."""
+    if not os.path.islink(path):
+        return Path(path)
+    problem = link_of_another_kind(path)
+    if problem is not None:
+        raise OSError(errno.EINVAL, problem, os.fspath(path))
+    return Path(os.path.realpath(path))
+
+
+def link_of_another_kind(path: str | os.PathLike) -> str | None:
+    """Why an output that is a symbolic link is not written through it: it leads to a file named as another kind
+    (`o.jpg` -> holiday.png took JPEG bytes under .png, `v.gif` -> movie.mp4 a GIF); None otherwise, and for a
+    link whose name has no suffix."""
+    if not os.path.islink(path) or not Path(path).suffix:  # /dev/stdout: no format is chosen by its name
+        return None
+    target = os.path.realpath(path)
+    if Path(target).suffix.lower() == Path(path).suffix.lower():
+        return None
+    return f"it is a symbolic link to {target}, a file of another kind; name that file itself, or remove the link"
 
 
 @contextlib.contextmanager
@@ -589,6 +606,9 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
         raise error(f"cannot write {what} {path}: it is a directory")
     if path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
+    another = link_of_another_kind(path)
+    if another is not None:
+        raise error(f"cannot write {what} {path}: {another}")
     try:
         with temp_beside(path) as (fd, _):  # made and removed: a signal at any point leaves no file
             os.close(fd)
@@ -601,37 +621,42 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
-JSON_HEAD = 1 << 20  # bytes of a file read to tell whether it is JSON text (a trace's first line is far shorter)
+JSON_HEAD = 1 << 20  # bytes of a file read to tell whether it is an earlier output (a trace's lines are short)
+# what a JSON output's own earlier file holds, by its kind: a trace's lines (run's, video's) each carry the loss;
+# invert's distances one object with the feature distance
+TRACE_KEY, DISTANCES_KEY = "loss", "feature_distance"
 
 
-def _json_head(head: bytes, whole: bool) -> bool:
-    """Whether `head` (a file's start; `whole`: all of it) is JSON text: blank, a JSON document (distances), or
-    JSON lines whose first line is a whole object (a trace, torn at its end or not). TOML, INI, Markdown and RTF
-    start with `[` or `{` too."""
+def _own_json(head: bytes, whole: bool, key: str, lines: bool) -> bool:
+    """Whether `head` (a file's start; `whole`: all of it) is blank or an earlier output of ours: JSON lines of
+    objects each holding `key` (a torn last line allowed), or (`lines` False) one JSON object holding it. A
+    package.json, a user's JSON lines, TOML, INI, Markdown and RTF (which start with `[` or `{` too) are not."""
     import json
 
-    if not head.strip():
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "ignore" if not whole else "strict")
+    if not text.strip():
         return True
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        if whole:
+    if not lines:
+        try:
+            found = json.loads(text) if whole else None
+        except ValueError:
             return False
-        text = head.decode("utf-8", "ignore")  # cut inside a character at the end
-    if whole:
-        with contextlib.suppress(ValueError):
-            json.loads(text)
-            return True
-    first = text.lstrip().split("\n", 1)[0]
+        return isinstance(found, dict) and key in found
+    rows = text.split("\n")
+    if not whole or not text.endswith("\n"):
+        rows = rows[:-1]  # a line cut by the read, or torn by a crash: not judged
     try:
-        return isinstance(json.loads(first), dict)
+        found = [json.loads(row) for row in rows if row.strip()]
     except ValueError:
         return False
+    return bool(found) and all(isinstance(row, dict) and key in row for row in found)
 
 
-def check_json_text(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
-    """Raise `error` when a file at `path`, which a JSON output (a trace, distances) would replace, is not JSON
-    text: `--trace holiday.png` replaced the photo. An earlier one, torn or whole, or an empty file is replaced."""
+def check_own_json(path: Path, what: str, key: str, lines: bool = True, error: type[UserError] = ConfigError
+                   ) -> None:
+    """Raise `error` when a file at `path`, which a JSON output (a trace, distances) would replace, is not an
+    earlier one of its kind (_own_json): `--trace holiday.png`, `--trace pyproject.toml` or `package.json`
+    replaced the user's file. An empty file is replaced."""
     if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
         return
     try:
@@ -639,9 +664,13 @@ def check_json_text(path: Path, what: str, error: type[UserError] = ConfigError)
             head = f.read(JSON_HEAD + 1)
     except OSError:  # unreadable: the write says why
         return
-    if not _json_head(head.removeprefix(b"\xef\xbb\xbf"), whole=len(head) <= JSON_HEAD):
-        raise error(f"cannot write {what} {path}: a file is there that is not JSON (a picture, a video, notes?); "
-                    f"the {what} replaces only JSON text; name another file")
+    try:
+        own = _own_json(head[:JSON_HEAD], whole=len(head) <= JSON_HEAD, key=key, lines=lines)
+    except UnicodeDecodeError:
+        own = False
+    if not own:
+        raise error(f"cannot write {what} {path}: a file is there that is not an earlier {what} file (only that "
+                    f"is replaced); name another file")
 
 
 def same_file(a: Path, b: Path) -> bool:
