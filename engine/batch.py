@@ -175,7 +175,8 @@ def record(result: JobResult, manifest: Manifest,
         if result.output_sha256 is None:
             if result.image is None:  # no picture to say anything of
                 raise
-            kept = f"saved it to {saved} instead" if saved is not None else "nor could a copy be saved; it is lost"
+            kept = (f"saved it to {saved} instead" if saved is not None else
+                    "nor could a copy be saved; it is lost" if rescue is not None else "no copy was made here")
             raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture could not be written to "
                              f"{result.job.output} either: {kept}", result.job.id, kept) from None
         output = result.job.output

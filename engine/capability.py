@@ -33,7 +33,7 @@ PROVIDERS = {"cpu": ("cpu",), "cuda": ("cuda", "tensorrt")}
 
 _WHY_PRECISION = {
     ("ort", "cpu"): ("ONNX Runtime's CPU provider has no {p} convolutions (it runs them in fp32, no faster); "
-                     "use --precision fp32 (fp16 runs on an NVIDIA GPU: --device cuda)"),
+                     "use --precision fp32"),
     ("ort", "cuda"): "the ort backend runs fp32 or fp16 on a GPU, not {p}",
     ("torch", "cpu"): "the torch backend runs fp32 or bf16, not {p}",
     ("torch", "cuda"): "the torch backend runs fp32 or bf16, not {p}",
@@ -163,7 +163,7 @@ def refusal(backend: str, where: str, precision: str, conv: str, machine: Machin
     if precision != "auto" and precision not in runs:
         if (backend, where, precision) == ("ort", "cuda", "bf16"):
             return f"--precision bf16 on ONNX Runtime's GPU providers: {BF16_ON_ORT_CUDA}"
-        if (backend, where, precision) == ("ort", "cpu", "bf16"):  # the torch backend runs it here
+        if (backend, where, precision) == ("ort", "cpu", "bf16") and conv != "winograd":  # torch runs it here
             return ("ONNX Runtime's CPU provider has no bf16 convolutions (it runs them in fp32, no faster); use "
                     "--precision fp32, or --backend torch for bf16")
         return _WHY_PRECISION[(backend, where)].format(p=precision)

@@ -448,7 +448,9 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
 
 def _cannot_open(folder: Path, path: Path, option: str, error: OSError) -> UserError:
     """Why the lock file could not be opened; a FIFO, a device or a folder at its name is told to go."""
-    advice = f"; remove it (the lock is a file of {option})" if error.errno in (errno.EINVAL, errno.EISDIR) else ""
+    # a FIFO, a device or a folder (EINVAL: open_regular's), a UNIX socket (ENXIO)
+    advice = f"; remove it (the lock is a file of {option})" if error.errno in (errno.EINVAL, errno.EISDIR,
+                                                                              errno.ENXIO) else ""
     return UserError(f"cannot lock {folder} ({path}: {error.strerror or error}){advice}")
 
 

@@ -334,13 +334,20 @@ def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(
     assert (tmp_path / "mine.txt").read_text() == text
 
 
-@pytest.mark.parametrize("kind", ["fifo", "folder"])
-def test_a_fifo_or_folder_at_a_locks_name_is_told_to_go(tmp_path, kind):
-    """A FIFO at a lock's name said only "not a regular file" where the other kinds say what to do (probe 45a)."""
+@pytest.mark.parametrize("kind", ["fifo", "folder", "socket"])
+def test_a_fifo_or_folder_at_a_locks_name_is_told_to_go(tmp_path, monkeypatch, kind):
+    """A FIFO at a lock's name said only "not a regular file", a socket "No such device or address", where the
+    other kinds say what to do (probes 45a and 46a, 6)."""
+    import socket
+
     from styleengine.engine import manifest
     from styleengine.errors import UserError
 
-    (os.mkfifo if kind == "fifo" else os.mkdir)(tmp_path / manifest.LOCK_FILE)
+    if kind == "socket":  # a short path: a socket's name has a length limit
+        monkeypatch.chdir(tmp_path)
+        socket.socket(socket.AF_UNIX).bind(manifest.LOCK_FILE)
+    else:
+        (os.mkfifo if kind == "fifo" else os.mkdir)(tmp_path / manifest.LOCK_FILE)
     for check in (lambda: manifest.take_lock(tmp_path, "batch", "--out"),
                   lambda: manifest.check_lock_file(tmp_path, "--out")):
         with pytest.raises(UserError, match=r"; remove it \(the lock is a file of --out\)$"):
@@ -361,3 +368,14 @@ def test_an_output_link_to_a_file_of_another_kind_is_refused(tmp_path, monkeypat
     line = one_error_line(code, err)
     assert f"it is a symbolic link to {tmp_path / 'holiday.png'}, a file of another kind" in line, line
     assert (tmp_path / "holiday.png").read_bytes() == photo and (tmp_path / "o.jpg").is_symlink()
+
+
+def test_bench_through_a_link_to_a_file_of_another_kind_is_refused(tmp_path, monkeypatch, capsys):
+    """`bench --json j.json`, j.json a link to notes.txt: bench's own-kind rule read the link's name and the write
+    replaced the notes (probe 46a, 10)."""
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    (tmp_path / "j.json").symlink_to(tmp_path / "notes.txt")
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "48", "--backends", "torch", "--json",
+                           tmp_path / "j.json")
+    assert "a file of another kind" in one_error_line(code, err)
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"

@@ -221,3 +221,37 @@ def test_a_server_stopped_while_a_batch_holds_results_names_the_picture_after_a_
         again = client.get(f"/api/jobs/{first['id']}").json()
     assert again["status"] == "failed" and f"saved aside on the server as {kept.name}" in again["reason"], again
     assert "killed" not in again["reason"], again
+
+
+def test_a_job_whose_picture_and_line_a_full_results_refused_keeps_its_picture(tmp_path, monkeypatch):
+    """results/ full (a disk of its own): the finished picture was lost and the client told "nor could a copy be
+    saved", though none was tried and the server's folder had room (probe 46a, 9). It is saved aside there."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.engine import batch
+    from styleengine.errors import ImageError, UserError
+    from styleengine.serve.app import Config, create_app
+
+    results = tmp_path / "D" / "results"
+    real = batch.images.save_image
+
+    def save_image(image, path, *args, **kwargs):
+        if str(path).startswith(str(results)):
+            raise ImageError(f"cannot write {path}: No space left on device")
+        return real(image, path, *args, **kwargs)
+
+    def append(self, entry):
+        raise UserError(f"cannot write the manifest {self.path}: No space left on device")
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "D")
+    with TestClient(create_app(config)) as client:
+        monkeypatch.setattr(batch.images, "save_image", save_image)
+        monkeypatch.setattr(batch.Manifest, "append", append)
+        job = wait_for(client, client.post("/api/jobs", files=files()).json()["id"])
+        monkeypatch.undo()
+    assert job["status"] == "failed" and "nor could a copy" not in job["reason"], job
+    (kept,) = (tmp_path / "D").glob(f"{job['id']}-rescued-*.png")
+    assert f"its picture was saved aside on the server as {kept.name}" in job["reason"], job
+    with TestClient(create_app(config)) as client:
+        again = client.get(f"/api/jobs/{job['id']}").json()
+    assert f"saved aside on the server as {kept.name}" in again["reason"] and "killed" not in again["reason"], again

@@ -323,9 +323,9 @@ class JobStore:
             job = self.jobs[job_id] = Job(job_id, None, upload_dir=folder, keep=True)
             # a picture saved aside while results/ was another's (a batch held it as the server stopped)
             aside = sorted(p.name for p in self.root.glob(f"{job_id}-rescued-*.png") if p.is_file())
-            self._finish_unrun(job, "failed", f"the server could not record the job (its results folder was "
-                                              f"another's as it stopped); its picture was saved aside on the server "
-                                              f"as {aside[-1]}; submit it again" if aside else
+            self._finish_unrun(job, "failed", f"the server could not record the job (its results folder was full, "
+                                              f"or another's as it stopped); its picture was saved aside on the "
+                                              f"server as {aside[-1]}; submit it again" if aside else
                                "the server was killed, or could not record the job, before it finished; submit it "
                                "again")
 
@@ -604,8 +604,14 @@ class JobStore:
             with self._recording:
                 done = batch.record(done, self.manifest, out_dir=self.results)
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
-            done = dataclasses.replace(done, status="failed", reason=first_line(e))
-            log.error("%s", first_line(e))
+            reason = first_line(e)
+            if isinstance(e, batch.Unrecorded) and image is not None and not self.result_path(job.id).is_file():
+                # neither its picture nor its line (results/ full, a disk of its own): the picture kept aside
+                saved = rescue(image, self.result_path(job.id), [self.root])
+                reason += (f"; its picture was saved aside on the server as {saved.name}" if saved is not None
+                           else "; nor could a copy be saved aside; it is lost")
+            done = dataclasses.replace(done, status="failed", reason=reason)
+            log.error("%s", reason)
             recorded = False
         final = "done" if done.status == "ok" else "cancelled" if status == "cancelled" else "failed"
         changes: dict[str, Any] = {"status": final, "reason": self.for_clients(done.reason, done.last_finite),
