@@ -405,8 +405,11 @@ LOCK_SIZE = 16  # a lock file holds one LOCK_HOLDERS key at most (and a newline 
 
 
 def lock_says(data: bytes) -> str | None:
-    """The holder a lock file's bytes name ("" for an empty one), or None for bytes no lock holds: only a
-    holder's name, with the line end an editor adds (blanks of other kinds, 16 spaces, are a user's file)."""
+    """The holder a lock file's bytes (its first LOCK_SIZE + 1) name ("" for an empty one), or None for bytes no
+    lock holds: only a holder's name, with the line end an editor adds (blanks of other kinds, 16 spaces, or more
+    than LOCK_SIZE bytes are a user's file)."""
+    if len(data) > LOCK_SIZE:
+        return None
     said = data.removesuffix(b"\n").removesuffix(b"\r").decode("ascii", "replace")
     return said if said == "" or said in LOCK_HOLDERS else None
 
@@ -420,9 +423,6 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
     try:
         f = paths.open_lock(path)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of "
-                            f"{option})") from None
         raise _cannot_open(folder, path, option, e) from None
     if f is None:
         holder = _holder(path)
@@ -430,12 +430,10 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
         raise FolderBusy(f"another {holder or ' or '.join(LOCK_HOLDERS)} is running on {folder} (it holds {path}); "
                          f"{advice} or use another {option}")
     try:
-        size = os.fstat(f.fileno()).st_size
         said = lock_says(os.pread(f.fileno(), LOCK_SIZE + 1, 0))
     except OSError:
-        size, said = 0, ""
-    # not a lock file any version wrote (those are empty or say their holder, a few bytes)
-    if size > LOCK_SIZE or said is None:
+        said = ""
+    if said is None:  # not a lock file any version wrote (those are empty or say their holder, a few bytes)
         paths.close_lock(f)
         raise _other_data(folder, path, option)
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, its holder said as unknown
@@ -447,7 +445,11 @@ def take_lock(folder: Path, taker: str, option: str, name: str = LOCK_FILE) -> B
 
 
 def _cannot_open(folder: Path, path: Path, option: str, error: OSError) -> UserError:
-    """Why the lock file could not be opened; a FIFO, a device or a folder at its name is told to go."""
+    """Why the lock file could not be opened; a link, a FIFO, a device, a socket or a folder at its name is told to
+    go."""
+    if error.errno == errno.ELOOP:  # open_regular's O_NOFOLLOW
+        return UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of "
+                         f"{option})")
     # a FIFO, a device or a folder (EINVAL: open_regular's), a UNIX socket (ENXIO)
     advice = f"; remove it (the lock is a file of {option})" if error.errno in (errno.EINVAL, errno.EISDIR,
                                                                               errno.ENXIO) else ""
@@ -466,8 +468,6 @@ def check_lock_file(folder: Path, option: str, name: str = LOCK_FILE) -> None:
     path = Path(folder) / name
     if not os.path.lexists(path):
         return
-    if os.path.islink(path):
-        raise UserError(f"cannot lock {folder}: {path} is a symbolic link; remove it (the lock is a file of {option})")
     try:
         fd = paths.open_regular(path)
     except OSError as e:
@@ -478,7 +478,7 @@ def check_lock_file(folder: Path, option: str, name: str = LOCK_FILE) -> None:
         raise UserError(f"cannot lock {folder} ({path}: {e.strerror or e})") from None
     finally:
         os.close(fd)
-    if len(data) > LOCK_SIZE or lock_says(data) is None:
+    if lock_says(data) is None:
         raise _other_data(folder, path, option)
 
 

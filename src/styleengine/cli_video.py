@@ -118,8 +118,7 @@ class FrameStore:
                               f"choose another output")
         # a video's lock is empty (or a newline an editor added: one rule with batch's and serve's locks); more is
         # another's file, kept as it is
-        data = os.pread(self._lock.fileno(), LOCK_SIZE + 1, 0)
-        if len(data) > LOCK_SIZE or lock_says(data) != "":
+        if lock_says(os.pread(self._lock.fileno(), LOCK_SIZE + 1, 0)) != "":
             held, self._lock = self._lock, None
             paths.close_lock(held)
             raise ConfigError(f"cannot lock {self.folder}: {lock} is a file of other data, not a lock; move it away")

@@ -261,8 +261,7 @@ class JobStore:
         try:
             taken = take_lock(self.root, "server", "--results-dir", SERVER_LOCK)
         except FolderBusy as e:
-            holder = first_line(e).partition(";")[0]  # "another server is running on D (it holds D/.serve.lock)"
-            raise ServerFolderGone(f"{path} was removed while the server ran, and {holder}; stop one of the two") \
+            raise ServerFolderGone(f"{path} was removed while the server ran, and {_holder(e)}; stop one of the two") \
                 from None
         except UserError as e:  # a user's file at its name now: left as it is
             raise ServerFolderGone(f"{path} was removed while the server ran, and {first_line(e)}") from None
@@ -274,8 +273,7 @@ class JobStore:
         try:
             taken = take_lock(self.results, "server", "--results-dir")
         except FolderBusy as e:  # its lock file removed by hand, and a batch took the folder meanwhile
-            holder = first_line(e).partition(";")[0]  # "another batch is running on X (it holds X/.batch.lock)"
-            raise ServerFolderGone(f"{self.results} lost its lock while the server ran, and {holder}; the server "
+            raise ServerFolderGone(f"{self.results} lost its lock while the server ran, and {_holder(e)}; the server "
                                    f"records no job there until that one ends") from None
         except UserError as e:
             raise ServerFolderGone(f"{self.results} was moved, removed or lost its lock while the server ran, and "
@@ -685,6 +683,11 @@ class JobStore:
         job.content, job.styles, job.masks, job.init_image = None, [], None, None
         if job.upload_dir is not None and not keep_folder:
             shutil.rmtree(job.upload_dir, ignore_errors=True)
+
+
+def _holder(busy: FolderBusy) -> str:
+    """What holds the folder, as take_lock says it: "another batch is running on X (it holds X/.batch.lock)"."""
+    return first_line(busy).partition(";")[0]
 
 
 def load_upload(path: Path, label: str) -> np.ndarray:
