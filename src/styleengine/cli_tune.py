@@ -35,6 +35,9 @@ def _tune(**flags: Any) -> None:
     from styleengine.engine.stylise import check_weights
 
     check_weights(settings)  # a file the trial could not load is said before "timing", not after it
+    # what this machine cannot run (fp16 on ONNX Runtime's CPU provider, a missing GPU) is said alone, before
+    # "timing", as run says it
+    autotune.open_options(settings, autotune.probe())
     console = Console(stderr=True, markup=False)
     with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
         console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
