@@ -85,16 +85,28 @@ def style_size(settings: Settings, size: int) -> int:
     return max(MIN_SIDE, round(size * settings.style_scale))
 
 
+class TooThin(ConfigError):
+    """An image whose short side would vanish at the run's size: the long side it `needs`, and the `knob` that
+    sets it; `fix` says what to do ("crop the image or use a larger size": a front end without the knob says its
+    own)."""
+
+    def __init__(self, head: str, needed: int, knob: str, fix: str = "crop the image or use a larger size"):
+        super().__init__(f"{head} ({knob} {needed}): {fix}")
+        self.head, self.needed, self.knob, self.fix = head, needed, knob, fix
+
+    def __reduce__(self) -> tuple:  # pickled whole (a Ray worker's error)
+        return type(self), (self.head, self.needed, self.knob, self.fix)
+
+
 def check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
-    """ConfigError if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
+    """TooThin if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
     `knob` names the setting that would give the long side it needs ("--size", ...)."""
     height, width = long_side_shape(shape[0], shape[1], long_side)
     if min(height, width) >= MIN_SIDE:
         return
     needed = math.ceil(MIN_SIDE * max(shape) / min(shape))
-    raise ConfigError(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
-                      f"be at least {MIN_SIDE} px, so it needs a long side of {needed} px ({knob} {needed}): "
-                      f"crop the image or use a larger size")
+    raise TooThin(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
+                  f"be at least {MIN_SIDE} px, so it needs a long side of {needed} px", needed, knob)
 
 
 def _gib(value: float) -> str:

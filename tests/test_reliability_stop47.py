@@ -1,6 +1,8 @@
 """Issue 23, stop 47: probe 46a's last minor findings and probe 47's (on 064bbf4)."""
 from __future__ import annotations
 
+import pytest
+
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
@@ -21,3 +23,13 @@ def test_tune_says_what_this_machine_cannot_run_before_timing(monkeypatch, capsy
                              "--precision", "fp16", "--backend", "ort")
     assert "no fp16 convolutions" in one_error_line(code, err) and not out
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text, name", [("", "e.jsonl"), ("\n\n", "b.jsonl"), ("content,style\n", "h.csv")])
+def test_a_jobs_file_with_no_jobs_is_refused_as_an_empty_contents_is(tmp_path, monkeypatch, capsys, text, name):
+    """An empty jobs file (or blank lines, or a CSV header) made --out and ended "0 ok ...; manifest
+    out/manifest.jsonl", a manifest never written (probe 47b, 1); an empty --contents is refused in one line."""
+    (tmp_path / name).write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / name, "--out", tmp_path / "out", "--size", "40",
+                           "--iters", "2", "--weights", "random")
+    assert one_error_line(code, err).endswith("holds no jobs") and not (tmp_path / "out").exists()

@@ -47,6 +47,8 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         check = engine.JobsCheck(out, shared)
         for job in engine.iter_jobs(jobs_file, out):
             check.add(job)
+        if not check.count:  # as an empty --contents is: not a summary that names a manifest never written
+            raise ConfigError(f"jobs file {jobs_file} holds no jobs")
         return check.count, lambda: _checked_again(jobs_file, out, shared), check.style_folder(out) is not None
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")

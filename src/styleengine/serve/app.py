@@ -35,6 +35,7 @@ from styleengine.choices import INITS
 from styleengine.engine import batch, images, masks
 from styleengine.engine.settings import flag_of, said_as
 from styleengine.engine.stylise import Settings, check_run, load_init
+from styleengine.engine.plan import TooThin
 from styleengine.engine.jobs import RECIPE
 from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.errors import SettingError, UserError, first_line
@@ -274,6 +275,8 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
                             f"{len(styles)}")
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
+    except TooThin as e:  # a client has the form's fields, not the flags, and none past the server's limit
+        raise HTTPException(422, store.for_clients(_too_thin(e, config.max_size))) from None
     except UserError as e:
         raise HTTPException(422, store.for_clients(_said(e, sent))) from None
     digest, init_image, read = _own_files(store, job_id, saved, settings)
@@ -344,6 +347,17 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
         return settings.resolved()
     except UserError as e:
         raise HTTPException(422, _said(e, sent)) from None
+
+
+def _too_thin(error: TooThin, max_size: int) -> str:
+    """An image too thin for the job's size, with the fix a client has: the field that sets the size it needs
+    where this server makes that size, else only cropping."""
+    if error.needed > max_size:
+        return f"{error.head}, over this server's limit of {max_size} px: crop the image"
+    knob = {"--size": "size", "--size x --style-scale": "size x style_scale"}.get(error.knob)
+    if knob is None:  # a coarse scale's (the server's own --start-size)
+        return f"{error.head} at the server's {error.knob}: crop the image"
+    return f"{error.head} ({knob} {error.needed}): crop the image or send a larger {knob}"
 
 
 def _said(error: UserError, sent: Collection[str]) -> str:

@@ -1,0 +1,36 @@
+"""Issue 23, stop 47: probe 47's serve findings (on 064bbf4)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+try:
+    from serve_helpers import SETTINGS, files, png
+except ModuleNotFoundError:
+    from tests.serve_helpers import SETTINGS, files, png
+
+
+@pytest.mark.parametrize("long_side, words", [
+    (250, "needs a long side of 200 px (size 200): crop the image or send a larger size"),
+    (2000, "needs a long side of 1600 px, over this server's limit of 256 px: crop the image")])
+@pytest.mark.parametrize("role", ["content", "style"])
+def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, long_side, words, role):
+    """A 2000x40 upload was told "(--size 1600): crop the image or use a larger size": a client has no flags, and
+    size 1600 is over the server's limit (probe 47b, 2). It names the form's field where the server makes that
+    size, else only cropping."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=256, max_iters=50)
+    thin = png(40, long_side)
+    parts = files(thin) if role == "content" else files(None, thin)
+    if role == "style":  # the style's side is size x style_scale
+        words = words.replace("(size 200)", "(size x style_scale 200)").replace("larger size", "larger size x "
+                                                                                              "style_scale")
+    with TestClient(create_app(config)) as client:
+        response = client.post("/api/jobs", files=parts)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert words in detail and "--" not in detail, detail
