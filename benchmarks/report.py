@@ -37,15 +37,20 @@ def document(machine: dict, rows: list[dict], *, limits: list[dict] | None = Non
     }
 
 
-def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure as PNG, atomically; no version stamp, so the same figures give the same bytes."""
+PLOT_TITLE = "styleengine bench"  # in bench's plot, the PNG's Title: an earlier plot is told by it
+REPORT_HEAD = "# styleengine bench"  # a report's first line, likewise
+
+
+def save_figure(fig, path: Path, title: str | None = None) -> None:
+    """A matplotlib figure as PNG, atomically; no version stamp, so the same figures give the same bytes
+    (`title`: the PNG's Title text)."""
     import matplotlib.pyplot as plt
 
     from styleengine.paths import atomic_writer
 
     try:
         with atomic_writer(Path(path)) as f:
-            fig.savefig(f, format="png", dpi=110, metadata={"Software": None})
+            fig.savefig(f, format="png", dpi=110, metadata={"Software": None, "Title": title})
     finally:
         plt.close(fig)
 
@@ -127,7 +132,7 @@ def write_plot(path: Path, doc: dict) -> None:
     fig.suptitle(f"styleengine step: {machine.get('cpu', '')}"
                  + (f" / {machine['gpus'][0]['name']}" if machine.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, PLOT_TITLE)
 
 
 def _limit_points(limit: dict) -> list[dict]:
@@ -210,7 +215,7 @@ def limit_sentence(lim: dict) -> str:
 
 def write_report(path: Path, doc: dict, plot_path: Path | None = None) -> None:
     m = doc["machine"]
-    lines = ["# styleengine bench", "",
+    lines = [REPORT_HEAD, "",
              f"- machine: {m.get('cpu')} ({m.get('logical_cpus')} logical CPUs, "
              f"{gib(m.get('memory_total_bytes'))} GiB), torch threads {m.get('torch_threads')}, "
              f"load average {fmt(m.get('load_avg_1m'), '.2f')} at start",

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import itertools
 import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
@@ -322,10 +324,12 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
     try:
-        # undecodable bytes kept as surrogates, so the line they are on is named (_utf8)
-        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="" if suffix == ".csv" else None)
+        read = _Read(open(path, "rb", buffering=0))
     except OSError as e:
         raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
+    # undecodable bytes kept as surrogates, so the line they are on is named (_utf8)
+    f = io.TextIOWrapper(io.BufferedReader(read), encoding="utf-8-sig", errors="surrogateescape",
+                         newline="" if suffix == ".csv" else None)
     base_dir = path.parent
     number = 0
     with f:
@@ -333,7 +337,7 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
             if suffix == ".csv":
                 for number, row in _csv_rows(iter(f), path):
                     yield _located(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
-                _check_whole(f, path, number)
+                _check_whole(read, path, number)
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -345,26 +349,70 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 except _DuplicateKey as e:
                     raise ConfigError(f"{where}: the key {e.args[0]!r} appears twice; give each once") from None
                 except json.JSONDecodeError as e:
-                    _check_whole(f, path, number - 1)  # the tail of a line the file no longer has
+                    _check_whole(read, path, number - 1)  # the tail of a line the file no longer has
                     raise ConfigError(f"{where}: not JSON ({e.msg}: column {e.colno})") from None
                 except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
                     raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
                 if not isinstance(raw, dict):
                     raise ConfigError(f"{where}: a job is a JSON object")
                 yield _located(raw, where, base_dir, out_dir)
-            _check_whole(f, path, number)
+            _check_whole(read, path, number)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _check_whole(f: IO[str], path: Path, lines: int) -> None:
+class _Read(io.RawIOBase):
+    """A jobs file's bytes as read, hashed on the way (whether the file changed under the read: _check_whole)."""
+
+    def __init__(self, raw: io.FileIO):
+        self.raw, self.hash, self.count = raw, hashlib.sha256(), 0
+        self.start = os.fstat(raw.fileno())
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer) or 0
+        self.hash.update(memoryview(buffer)[:n])
+        self.count += n
+        return n
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+    def changed(self) -> bool:
+        """Whether the bytes read are not the file's first bytes now (rewritten in place while read: old lines
+        then new ones, one job list from two files); lines appended since (a jobs file as a queue) are not."""
+        now = os.fstat(self.fileno())
+        if (now.st_mtime_ns, now.st_size) == (self.start.st_mtime_ns, self.start.st_size):
+            return False
+        again, at = hashlib.sha256(), 0
+        while at < self.count:
+            block = os.pread(self.fileno(), min(1 << 20, self.count - at), at)
+            if not block:
+                return True
+            again.update(block)
+            at += len(block)
+        return again.digest() != self.hash.digest()
+
+
+def _check_whole(read: _Read, path: Path, lines: int) -> None:
     """ConfigError where the jobs file is now shorter than what was read of it (emptied or cut short while the
-    batch ran: the read then ended early, silently, or on the tail of a line it no longer has)."""
-    read, size = os.lseek(f.fileno(), 0, os.SEEK_CUR), os.fstat(f.fileno()).st_size
-    if read > size:
-        raise ConfigError(f"{path} was cut short while the batch read it ({size} bytes now, {read} read): the jobs "
-                          f"after line {lines} were not read; the manifest keeps what was done, and the same command "
-                          f"resumes once the file holds them again")
+    batch ran: the read then ended early, silently, or on the tail of a line it no longer has), or where what was
+    read is not what it holds now (rewritten in place meanwhile)."""
+    size = os.fstat(read.fileno()).st_size
+    if read.count > size:
+        raise ConfigError(f"{path} was cut short while the batch read it ({size} bytes now, {read.count} read): the "
+                          f"jobs after line {lines} were not read; the manifest keeps what was done, and the same "
+                          f"command resumes once the file holds them again")
+    if read.changed():
+        raise ConfigError(f"{path} was rewritten while the batch read it (by line {lines}): the jobs read may mix "
+                          f"the old file and the new one; the manifest keeps what was done, and the same command "
+                          f"resumes with the file as it is now")
 
 
 def load_jobs(path: Path, out_dir: Path) -> list[Job]:

@@ -173,6 +173,22 @@ def _pickle_calls(path: Path) -> list[str]:
     return [g for g in dict.fromkeys(found) if not g.startswith(_TORCH_GLOBALS)]
 
 
+def _kind(path: Path) -> str | None:
+    """What a weights file's first bytes say it is, whatever its name: "torch" (a zip, or a pickle), "safetensors"
+    (a little-endian header length, then the header's `{`), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return "torch"
+    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A .safetensors or .pth file's tensors and metadata; .pth only as plain tensors (weights_only)."""
     problem = not_a_file(path)
@@ -187,6 +203,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as e:
+            if _kind(path) == "torch":  # "header too large" sent the user looking for damage
+                raise WeightsError(f"{path} is a PyTorch checkpoint, not a safetensors file; name it .pth") from e
             raise WeightsError(f"cannot read safetensors file {path}: {e}") from e
         return state, meta
     if suffix in TORCH_SUFFIXES:
@@ -200,6 +218,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                 raise WeightsError(
                     f"refusing {path}: it needs code to unpickle ({', '.join(calls[:3])}; only plain tensors are "
                     f"loaded, weights_only=True)") from e
+            if _kind(path) == "safetensors":
+                raise WeightsError(f"{path} is a safetensors file, not a PyTorch checkpoint; name it "
+                                   f".safetensors") from e
             raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"

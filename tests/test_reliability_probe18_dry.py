@@ -70,7 +70,8 @@ def test_the_dry_run_refuses_a_weights_suffix_no_loader_reads(tmp_path, monkeypa
         code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", out, *flags,
                                "--weights", tmp_path / "c.png", *dry)
         lines.append(one_error_line(code, err))
-    assert lines[0] == lines[1] == f"error: unsupported weights file {tmp_path / 'c.png'}: use .safetensors or .pth"
+    assert lines[0] == lines[1] == (f"error: unsupported weights file {tmp_path / 'c.png'}: use .safetensors, .pth, "
+                                    f".pt or .bin")
 
 
 def test_bench_refuses_a_cache_folder_that_is_a_file_before_timing(tmp_path, monkeypatch, capsys):

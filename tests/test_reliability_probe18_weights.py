@@ -33,7 +33,7 @@ def bad_weights(request, tmp_path):
         path.write_bytes(os.urandom(1000))
         return path, "cannot read safetensors file"
     if request.param == "suffix":
-        return tmp_path / "c.png", "use .safetensors or .pth"
+        return tmp_path / "c.png", "use .safetensors, .pth, .pt or .bin"
     shared = shared_vgg16_path()
     if shared is None:
         pytest.skip("the shared VGG16 file (../shared/weights) is not on this machine")

@@ -193,8 +193,10 @@ def test_a_json_output_never_replaces_a_users_picture(tmp_path, monkeypatch, cap
     line = one_error_line(code, err)
     assert "a file is there that is not an earlier" in line and "name another file" in line, line
     assert (tmp_path / "holiday.png").read_bytes() == photo and not (tmp_path / "o.png").exists()
-    earlier = ('{"layer": "relu4_2", "feature_distance": 0.5}\n' if command == "invert" else
-               '{"iteration": 1, "loss": 2.0}\n{"iter')  # an earlier one (a trace torn)
+    earlier = ('{"layer": "relu4_2", "feature_distance": 0.5, "pixel_rmse": 0.1, "iterations": 1, "model": "vgg16", '
+               '"weights": "random"}\n' if command == "invert" else
+               '{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 1.0, "tv_loss": 0.0, "seconds": 0.1}'
+               '\n{"iter')  # an earlier one (a trace torn)
     (tmp_path / "t.jsonl").write_text(earlier)
     code, _, err = run_cli(monkeypatch, capsys, *args, "-o", tmp_path / "o.png", *FAST, flag, tmp_path / "t.jsonl")
     assert code == 0, err

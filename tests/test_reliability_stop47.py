@@ -1,14 +1,18 @@
 """Issue 23, stop 47: probe 46a's last minor findings and probe 47's (on 064bbf4)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import FAST, _pictures
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import FAST, _pictures
 
 
 def test_tune_says_what_this_machine_cannot_run_before_timing(monkeypatch, capsys):
@@ -33,3 +37,238 @@ def test_a_jobs_file_with_no_jobs_is_refused_as_an_empty_contents_is(tmp_path, m
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / name, "--out", tmp_path / "out", "--size", "40",
                            "--iters", "2", "--weights", "random")
     assert one_error_line(code, err).endswith("holds no jobs") and not (tmp_path / "out").exists()
+
+
+TRACE_LINE = ('{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 1.0, "tv_loss": 0.0, "seconds": 0.1}'
+              '\n')
+
+
+@pytest.mark.parametrize("text", [
+    '{"loss": 0.5}\nremember: the real notes are here',  # a "torn" last line of any text
+    TRACE_LINE + "my notes after it, no newline",
+    TRACE_LINE + "\0\0\0",
+    '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n',  # a training log
+    TRACE_LINE * 3 + "USER TAIL\n"])
+def test_a_trace_replaces_only_a_trace_of_ours(tmp_path, monkeypatch, capsys, text):
+    """Any text after one line with "loss" passed as a torn last line, a training log's lines (each with "loss")
+    passed as a trace, and so did a user's tail past the first MiB read (probe 47a, 1 to 3). A trace's lines carry
+    its keys; a torn last line begins as a trace line; the whole file is judged."""
+    _pictures(tmp_path)
+    (tmp_path / "t.jsonl").write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *FAST, "--trace", tmp_path / "t.jsonl")
+    assert "not an earlier trace file" in one_error_line(code, err)
+    assert (tmp_path / "t.jsonl").read_text() == text
+
+
+def test_a_trace_past_the_first_mib_is_judged_whole(tmp_path):
+    from styleengine import paths
+    from styleengine.errors import ConfigError
+
+    trace = tmp_path / "t.jsonl"
+    with open(trace, "w") as f:
+        f.write(TRACE_LINE * (2 * 2**20 // len(TRACE_LINE)))
+    paths.check_own(trace, "trace", paths.own_trace)  # an earlier trace: replaced
+    with open(trace, "a") as f:
+        f.write("USER TAIL: precious\n")
+    with pytest.raises(ConfigError, match="not an earlier trace file"):
+        paths.check_own(trace, "trace", paths.own_trace)
+
+
+def test_a_file_put_at_the_traces_name_during_the_set_up_is_not_replaced(tmp_path):
+    """The trace was checked at the start and opened with "w" at the first iteration: a user's file (or a FIFO,
+    which hung the run) put there meanwhile was replaced (probe 47a, 4). The first line checks again; the trace
+    then stops with a warning, the file kept."""
+    from styleengine.cli_job import TraceWriter
+
+    trace = TraceWriter(tmp_path / "t.jsonl")
+    (tmp_path / "t.jsonl").write_text("my notes\n")
+    trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+    assert trace.failure and "not an earlier trace file" in trace.failure
+    assert (tmp_path / "t.jsonl").read_text() == "my notes\n"
+    os.unlink(tmp_path / "t.jsonl")
+    os.mkfifo(tmp_path / "t.jsonl")
+    trace = TraceWriter(tmp_path / "t.jsonl")
+    trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")  # no hang
+    assert trace.failure and "not a regular file" in trace.failure
+
+
+def test_distances_replace_only_invert_distances(tmp_path, monkeypatch, capsys):
+    """A user's JSON object with "feature_distance" was replaced by `invert --distances` (probe 47a, 5)."""
+    _pictures(tmp_path)
+    mine = '{"name": "experiment 3", "feature_distance": 1.0, "notes": "keep"}\n'
+    (tmp_path / "exp.json").write_text(mine)
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", *FAST,
+                           "--distances", tmp_path / "exp.json")
+    assert "not an earlier distances file" in one_error_line(code, err)
+    assert (tmp_path / "exp.json").read_text() == mine
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", *FAST,
+                           "--distances", tmp_path / "d.json")
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", *FAST,
+                           "--distances", tmp_path / "d.json")  # its own: replaced
+    assert code == 0, err
+
+
+def test_a_runs_trace_replaces_its_earlier_trace(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    for _ in range(2):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", *FAST, "--trace", tmp_path / "t.jsonl")
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("link, target", [("o.jpg", "holiday.jpeg"), ("o.jpeg", "holiday.JPG"),
+                                          ("o.tif", "holiday.tiff")])
+def test_a_link_to_a_file_of_the_same_format_is_written_through(tmp_path, monkeypatch, capsys, link, target):
+    """`-o o.jpg` to holiday.jpeg was refused as "a file of another kind": both are JPEG (probe 47a, 6)."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / target, format="TIFF" if "tif" in target else "JPEG")
+    (tmp_path / link).symlink_to(tmp_path / target)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / link, *FAST)
+    assert code == 0, err
+    assert (tmp_path / link).is_symlink() and Image.open(tmp_path / target).size == (40, 33)
+
+
+@pytest.mark.parametrize("flag, name, text", [("--json", "package.json", '{"name": "pkg"}\n'),
+                                              ("--csv", "contacts.csv", "name,phone\n"),
+                                              ("--report", "notes.md", "# my notes\n"),
+                                              ("--plot", "photo.png", None)])
+def test_bench_replaces_only_its_own_earlier_outputs(tmp_path, monkeypatch, capsys, flag, name, text):
+    """`bench --json package.json` (`--csv contacts.csv`, `--report notes.md`, `--plot photo.png`) replaced the
+    user's file: bench checked only the suffix, where run's trace checks it is its own (probe 47a, 7)."""
+    from PIL import Image
+
+    path = tmp_path / name
+    if text is None:
+        Image.new("RGB", (8, 8)).save(path)
+    else:
+        path.write_text(text)
+    before = path.read_bytes()
+    bench = ["bench", "--res", "32", "--backends", "torch", "--devices", "cpu", "--precision", "fp32", "--iters", "1",
+             "--rounds", "1", "--warmup", "0", "--model", "vgg16"]
+    code, _, err = run_cli(monkeypatch, capsys, *bench, flag, path)
+    assert f"not an earlier bench {flag} file" in one_error_line(code, err)
+    assert path.read_bytes() == before
+    own = tmp_path / f"own{path.suffix}"
+    for _ in range(2):  # written, then its own replaced
+        code, _, err = run_cli(monkeypatch, capsys, *bench, flag, own)
+        assert code == 0, err
+
+
+@pytest.mark.parametrize("saved, name, words", [
+    ("torch", "w.safetensors", "is a PyTorch checkpoint, not a safetensors file; name it .pth"),
+    ("safetensors", "w.pth", "is a safetensors file, not a PyTorch checkpoint; name it .safetensors"),
+    ("torch", "w", "use .safetensors, .pth, .pt or .bin")])
+def test_a_weights_file_named_as_another_kind_is_told_what_it_is(tmp_path, saved, name, words):
+    """A good PyTorch checkpoint named .safetensors was "header too large" (damage, it said), a safetensors file
+    named .pth "not a PyTorch checkpoint", and a file of no suffix was told two of the four suffixes read (probe
+    47b, 3)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from styleengine.model.weights import read_checkpoint
+    from styleengine.errors import UserError
+
+    state = {"features.0.weight": torch.zeros(2, 3, 3, 3)}
+    path = tmp_path / name
+    if saved == "torch":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    with pytest.raises(UserError, match=words.replace(".", r"\.")):
+        read_checkpoint(path)
+
+
+def _jobs_lines(mark: str, count: int = 70) -> list[str]:
+    pad = "x" * 200  # past a read buffer's 8 KiB
+    return [f'{{"content": "c.png", "style": "s.png", "output": "{mark}{n}{pad}.png"}}\n' for n in range(count)]
+
+
+@pytest.mark.parametrize("longer", [0, 40])
+def test_a_jobs_file_rewritten_while_its_batch_reads_it_is_said(tmp_path, longer):
+    """`cat new.jsonl > jobs.jsonl` while the batch read a long file: old lines then new ones, one job list from
+    two files, no word; or "line 351: not JSON", a line the file has whole now (probe 47a, 8)."""
+    from styleengine.engine.jobs import iter_jobs
+    from styleengine.errors import ConfigError
+
+    jobs_file = tmp_path / "j.jsonl"
+    jobs_file.write_text("".join(_jobs_lines("o")))
+    jobs = iter_jobs(jobs_file, tmp_path / "out")
+    read = [next(jobs) for _ in range(5)]
+    with open(jobs_file, "r+") as f:  # in place, as `>` and some editors write
+        f.write("".join(line.replace("x" * 200, "y" * (200 + longer)) for line in _jobs_lines("n")))
+    with pytest.raises(ConfigError, match=r"j.jsonl was rewritten while the batch read it \(by line \d+\): the jobs "
+                                          r"read may mix the old file and the new one"):
+        read += list(jobs)
+
+
+def test_lines_appended_while_its_batch_reads_a_jobs_file_are_read(tmp_path):
+    """A jobs file used as a queue: lines appended during the read are jobs, not a rewrite."""
+    from styleengine.engine.jobs import iter_jobs
+
+    jobs_file = tmp_path / "j.jsonl"
+    jobs_file.write_text("".join(_jobs_lines("o")))
+    jobs = iter_jobs(jobs_file, tmp_path / "out")
+    read = [next(jobs) for _ in range(5)]
+    with open(jobs_file, "a") as f:
+        f.write("".join(_jobs_lines("n", 3)))
+    read += list(jobs)
+    assert len(read) == 73
+
+
+@pytest.mark.parametrize("name", ["video.json", ".lock"])
+def test_a_batch_refuses_a_videos_frames_folder(tmp_path, monkeypatch, capsys, name):
+    """`batch --out OUT.frames` beside a running video: the batch's lock and the video's are blind to each other;
+    the video moved the batch's picture aside as not its frame, the batch's line said ok (probe 47b, 4)."""
+    _pictures(tmp_path)
+    frames = tmp_path / "v.mp4.frames"
+    frames.mkdir()
+    (frames / name).write_text("")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "frame_000030.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", frames, *FAST)
+    assert "is a video's frames folder" in one_error_line(code, err)
+    assert sorted(p.name for p in frames.iterdir()) == [name]
+
+
+def test_the_apis_image_paths_expand_as_its_path_settings_do(tmp_path, monkeypatch):
+    """`stylise("$DIR/c.png", ...)` said "content image $DIR/c.png was not found" where `init="$DIR/c.png"` in the
+    same call ran (probe 47a, 9)."""
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    monkeypatch.setenv("PICS", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    image = styleengine.stylise("$PICS/c.png", ["~/s.png"], size=40, iterations=1, weights="random", model="vgg16",
+                                backend="torch")
+    assert image.size == (40, 33)
+    with pytest.raises(ConfigError, match=r"the variable \$NOPE is not set"):
+        styleengine.stylise("$NOPE/c.png", "~/s.png", size=40, iterations=1, weights="random")
+
+
+def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, capsys):
+    """`bench --json g.json --csv g.csv` stopped after its first row said only "interrupted (SIGHUP)": not that
+    g.json holds that row (a partial document), nor that g.csv was not written (probe 47b, 6)."""
+    import signal
+
+    from styleengine.benchmarks import runner
+
+    real, state = runner.Runner.outcome, {"rows": 0}
+
+    def outcome_then_signal(self, config, *args, **kwargs):
+        if state["rows"] == 1:  # the second size's turn
+            os.kill(os.getpid(), signal.SIGHUP)
+        state["rows"] += 1
+        return real(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_signal)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
+                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
+                           "--json", tmp_path / "g.json", "--csv", tmp_path / "g.csv")
+    assert code == 129, err
+    assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGHUP); {tmp_path / 'g.json'} holds the 1 row done "
+                                            f"(machine.partial: true); {tmp_path / 'g.csv'} not written")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from styleengine import paths
 from styleengine.engine import images, loop
 from styleengine.engine.recipes import RECIPES, recipe_values
 from styleengine.engine.settings import TEXTURE_INIT, expanded_paths, said_as
@@ -72,6 +73,10 @@ def _plain(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+def _expanded(picture: Any) -> Any:
+    return paths.expand_text(picture) if isinstance(picture, str) else picture
+
+
 def _called(function: Callable) -> str:
     name = getattr(function, "__qualname__", None) or type(function).__name__
     return "a lambda" if name.endswith("<lambda>") else name
@@ -122,6 +127,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     if content is None and "init" not in settings and config.init == "content":  # the default, not a recipe's
         config = dataclasses.replace(config, init=TEXTURE_INIT)  # a texture starts from noise, as `texture` does
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
+    # a path as text expands `~` and $VARS, as the path settings (init=...) and a jobs file's images do
+    content, styles = _expanded(content), [_expanded(s) for s in styles]
     content_array = images.from_picture(content, "content image") if content is not None else None
     style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
                     for i, s in enumerate(styles)]

@@ -23,11 +23,12 @@ from styleengine.benchmarks.config import (DEFAULT_BACKENDS, DEFAULT_DEVICES, DE
                                            DEFAULT_ROUNDS, DEFAULT_TIMEOUT_S, DEFAULT_TIME_BUDGET_S, DEFAULT_WARMUP,
                                            DEVICES, BENCH_BACKENDS, PAPER_RES, SPEEDUP_NOTE, Config, expand,
                                            MAX_SECONDS, parse_choices, parse_resolutions, parse_tiles, positive,
-                                           series_name, split_iters)
-from styleengine.benchmarks.report import (SPREAD_NOTE, document, fmt, fmt_time, gib, limit_sentence,
-                                           table_rows, write_csv, write_json, write_plot, write_report)
+                                           series_name, split_iters, COLUMNS)
+from styleengine.benchmarks.report import (PLOT_TITLE, REPORT_HEAD, SPREAD_NOTE, document, fmt, fmt_time, gib,
+                                           limit_sentence, table_rows, write_csv, write_json, write_plot, write_report)
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
+from styleengine import paths
 from styleengine.errors import ConfigError, printable
 from styleengine.paths import cache_root, check_cache_dir, check_writable, named_file, same_file
 
@@ -58,6 +59,26 @@ def _check_writable(path: Path | None, flag: str) -> None:
     if os.path.lexists(path) and Path(path).suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} {path}: a file is there and it is no {suffixes[0]} file; name a "
                           f"{' or '.join(suffixes)} file (bench replaces only its own kind)")
+    paths.check_own(path, f"bench {flag}", OWN[flag])  # `--json package.json` replaced the user's
+
+
+def _own_csv(data: bytes) -> bool:
+    """bench's CSV: a header of its columns."""
+    header = (paths.own_text(data) or "").split("\n", 1)[0].strip().split(",")
+    return "median_s" in header and set(header) <= set(COLUMNS)
+
+
+def _own_report(data: bytes) -> bool:
+    return (paths.own_text(data) or "").split("\n", 1)[0].rstrip("\r") == REPORT_HEAD
+
+
+def _own_plot(data: bytes) -> bool:
+    return data.startswith(b"\x89PNG") and b"tEXtTitle\x00" + PLOT_TITLE.encode() in data[:1 << 16]
+
+
+# what an earlier output of each holds: only that is replaced
+OWN = {"--json": paths.own_object({"machine", "rows", "notes"}), "--csv": _own_csv, "--report": _own_report,
+       "--plot": _own_plot}
 
 
 def _console_table(rows: list[dict], title: str):
@@ -252,26 +273,38 @@ def bench(
     runner = Runner(machine, iters=iters, warmup=warmup, timeout_s=timeout, time_limit_s=time_budget,
                     mem_budget_bytes=budget_bytes, progress=progress, rounds=1 if limit else rounds)
     limits: list[dict] = []
-    if limit:
-        kinds = expand([(PAPER_RES, PAPER_RES)], backend_list, provider_list, device_list, precision_list,
-                         model, pooling, tile_list, convs=conv_list)
-        rows = []
-        for config in kinds:
-            reason = availability(config, machine)
-            if reason:
-                rows.append(runner.run(config))
-                continue
-            err.print(f"searching the limit of {series_name(asdict(config))} (time budget {time_budget:g} s per "
-                      f"iteration, memory budget {gib(budget_bytes or default_mem_budget(config, machine))} GiB)"
-                      f" ...", highlight=False)
-            found = find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
-            limits.append(found)
-            if found["at_limit"]:
-                rows.append(found["at_limit"])
-        add_speedups(rows)
-    else:
-        rows = runner.run_all(expand(sizes, backend_list, provider_list, device_list, precision_list,
-                                       model, pooling, tile_list, loop, conv_list))
+    try:
+        if limit:
+            kinds = expand([(PAPER_RES, PAPER_RES)], backend_list, provider_list, device_list, precision_list,
+                           model, pooling, tile_list, convs=conv_list)
+            rows = []
+            for config in kinds:
+                reason = availability(config, machine)
+                if reason:
+                    rows.append(runner.run(config))
+                    continue
+                err.print(f"searching the limit of {series_name(asdict(config))} (time budget {time_budget:g} s "
+                          f"per iteration, memory budget {gib(budget_bytes or default_mem_budget(config, machine))} "
+                          f"GiB) ...", highlight=False)
+                found = find_limit(runner, config, mem_budget_bytes=budget_bytes, time_budget_s=time_budget)
+                limits.append(found)
+                if found["at_limit"]:
+                    rows.append(found["at_limit"])
+            add_speedups(rows)
+        else:
+            rows = runner.run_all(expand(sizes, backend_list, provider_list, device_list, precision_list,
+                                         model, pooling, tile_list, loop, conv_list))
+    except KeyboardInterrupt:  # said with what is kept, as run says its picture
+        from styleengine.cli import signals as stopped
+
+        stopped.reported = True
+        done = f"{partial_rows[0]} {'row' if partial_rows[0] == 1 else 'rows'}"
+        kept = (f"{json_path} holds the {done} done (machine.partial: true)" if json_path is not None and
+                partial_rows[0] else f"{json_path} not written" if json_path is not None else "")
+        others = [str(p) for p in (csv_path, plot, report) if p is not None]
+        kept = "; ".join(filter(None, [kept, f"{', '.join(others)} not written" if others else ""]))
+        print(printable(f"error: interrupted ({stopped.name})" + (f"; {kept}" if kept else "")), file=sys.stderr)
+        raise typer.Exit(stopped.exit_code) from None
     elapsed = time.perf_counter() - started
 
     from styleengine.cli import signals

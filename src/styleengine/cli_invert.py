@@ -74,7 +74,7 @@ def _invert(
         if distances is not None:
             paths.check_writable(distances, "distances")
             paths.check_not_an_input(distances, "distances", {**inputs, "output": output})
-            paths.check_own_json(distances, "distances", paths.DISTANCES_KEY, lines=False)
+            paths.check_own(distances, "distances", paths.own_distances)
         picture = images.load_image(image, "image")
         check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
         loaded = load_run_weights(settings)

@@ -31,7 +31,7 @@ from styleengine.cli_plan import check_files, numbered
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
 from styleengine.console import warnings_on
-from styleengine.errors import ImageError, UserError, first_line, printable
+from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
 
 
 class TraceWriter:
@@ -66,6 +66,7 @@ class TraceWriter:
             return
         try:
             if self.file is None:
+                self._check_again()
                 self.file = open(self.path, "w", encoding="utf-8")
                 self.opened = True
             text = json.dumps(line) + "\n"
@@ -73,6 +74,8 @@ class TraceWriter:
             self.file.flush()
             self.lines += 1
             self.whole += len(text.encode("utf-8"))
+        except ConfigError as e:  # _check_again: nothing opened, nothing to remove
+            self.failure = f"trace {self.path} not written: {first_line(e)}"
         except OSError as e:
             self.failure = f"trace {self.path} stopped at {at}: {e.strerror or e}"
             self.close()
@@ -82,6 +85,13 @@ class TraceWriter:
             elif self.opened:  # every line left parses, as a manifest's do
                 with contextlib.suppress(OSError):
                     os.truncate(self.path, self.whole)
+
+    def _check_again(self) -> None:
+        """The start's checks, again at the first line: a FIFO, or a user's file, put at the name during the
+        set-up would hang the run, or be replaced (ConfigError's line becomes the warning)."""
+        assert self.path is not None
+        paths.check_writable(self.path, "trace")
+        paths.check_own(self.path, "trace", paths.own_trace)
 
     def close(self) -> None:
         file, self.file = self.file, None

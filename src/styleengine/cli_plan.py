@@ -44,7 +44,7 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
         for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
             if paths.same_file(trace, path):
                 raise ConfigError(f"trace {trace} is {what}; choose another file name")
-        paths.check_own_json(trace, "trace", paths.TRACE_KEY)
+        paths.check_own(trace, "trace", paths.own_trace)
     check_cache_for(settings, make=not dry)
 
 

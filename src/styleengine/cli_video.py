@@ -478,7 +478,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
                               f"(or is another name of a file there); choose a file outside it")
         paths.check_writable(trace, "trace")
         paths.check_not_an_input(trace, "trace", {**inputs, "output": output})
-        paths.check_own_json(trace, "trace", paths.TRACE_KEY)
+        paths.check_own(trace, "trace", paths.own_trace)
     check_own_files(settings, decode=True)  # the --init read whole, before the weights (said after them)
     info = video_io.probe(video)
     rate = _rate(fps, info.fps)

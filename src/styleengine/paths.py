@@ -174,7 +174,8 @@ def unsupported_weights(spec: str | os.PathLike) -> str | None:
     """The line for a weights file no loader reads (by its suffix: model/weights.read_checkpoint's), or None."""
     if Path(spec).suffix.lower() in WEIGHT_SUFFIXES:
         return None
-    return f"unsupported weights file {os.fspath(spec)}: use .safetensors or .pth"
+    return (f"unsupported weights file {os.fspath(spec)}: use "
+            f"{', '.join(WEIGHT_SUFFIXES[:-1])} or {WEIGHT_SUFFIXES[-1]}")
 
 
 NOT_AN_IMAGE = "is not an image (or a format PIL cannot read)"  # the run's words and the dry run's
@@ -493,9 +494,17 @@ def link_of_another_kind(path: str | os.PathLike) -> str | None:
     if not os.path.islink(path) or not Path(path).suffix:  # /dev/stdout: no format is chosen by its name
         return None
     target = os.path.realpath(path)
-    if Path(target).suffix.lower() == Path(path).suffix.lower():
+    if _kind(Path(target).suffix) == _kind(Path(path).suffix):
         return None
     return f"it is a symbolic link to {target}, a file of another kind; name that file itself, or remove the link"
+
+
+def _kind(suffix: str) -> str:
+    """What a file of this suffix is: an image's format (.jpg and .jpeg are one, as PIL writes them), else the
+    suffix, any case."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(suffix.lower(), suffix.lower())
 
 
 @contextlib.contextmanager
@@ -609,66 +618,93 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
     another = link_of_another_kind(path)
     if another is not None:
         raise error(f"cannot write {what} {path}: {another}")
+    # a link's file is written (/dev/fd/5 leads to one in a folder that takes files; /dev/fd takes none)
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     try:
-        with temp_beside(path) as (fd, _):  # made and removed: a signal at any point leaves no file
+        with temp_beside(target) as (fd, _):  # made and removed: a signal at any point leaves no file
             os.close(fd)
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
             raise error(f"cannot write {what} {path}: the name is too long ({len(path.name)} characters, "
                         f"{len(path.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)") from None
-        raise error(f"cannot write {what} {path}: cannot create files in {folder} ({_reason(e)})") from None
+        raise error(f"cannot write {what} {path}: cannot create files in {target.parent} ({_reason(e)})") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
-JSON_HEAD = 1 << 20  # bytes of a file read to tell whether it is an earlier output (a trace's lines are short)
-# what a JSON output's own earlier file holds, by its kind: a trace's lines (run's, video's) each carry the loss;
-# invert's distances one object with the feature distance
-TRACE_KEY, DISTANCES_KEY = "loss", "feature_distance"
+OWN_LIMIT = 64 << 20  # bytes of a file read whole to tell whether it is an earlier output of ours
+# what an earlier trace of ours holds: each line (run's, video's) carries one of these key sets and starts as
+# json.dumps writes its first key
+TRACE_KEYS = ({"iteration", "loss", "content_loss", "style_loss", "tv_loss", "seconds"},
+              {"frame", "iterations", "seconds", "loss", "temporal_loss"})
+TRACE_HEADS = ('{"iteration": ', '{"frame": ')
 
 
-def _own_json(head: bytes, whole: bool, key: str, lines: bool) -> bool:
-    """Whether `head` (a file's start; `whole`: all of it) is blank or an earlier output of ours: JSON lines of
-    objects each holding `key` (a torn last line allowed), or (`lines` False) one JSON object holding it. A
-    package.json, a user's JSON lines, TOML, INI, Markdown and RTF (which start with `[` or `{` too) are not."""
+def own_text(data: bytes) -> str | None:
+    """A file's bytes as UTF-8 text (a BOM dropped); None where they are not."""
+    try:
+        return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _rows(text: str) -> list[object] | None:
+    """The JSON values of `text`'s lines (blank lines skipped; a last line without its newline, torn by a
+    crash, only where it begins as a trace line does); None where a line is not JSON."""
     import json
 
-    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "ignore" if not whole else "strict")
-    if not text.strip():
-        return True
-    if not lines:
+    rows = text.split("\n")
+    torn = rows.pop()  # "" after a final newline
+    if torn.strip() and not any(torn.startswith(head) or head.startswith(torn) for head in TRACE_HEADS):
+        return None
+    try:
+        return [json.loads(row) for row in rows if row.strip()]
+    except ValueError:
+        return None
+
+
+def own_trace(data: bytes) -> bool:
+    """Whether `data` is a trace of ours: JSON lines, each an object with a trace's keys (a training log's
+    lines carry "loss" too, not the rest)."""
+    text = own_text(data)
+    rows = _rows(text) if text is not None else None
+    return bool(rows) and all(isinstance(row, dict) and any(keys <= row.keys() for keys in TRACE_KEYS)
+                              for row in rows or ())
+
+
+def own_object(keys: set[str]) -> Callable[[bytes], bool]:
+    """Whether a file's bytes are one JSON object with `keys` (invert's distances, bench's document)."""
+    def ours(data: bytes) -> bool:
+        import json
+
+        text = own_text(data)
         try:
-            found = json.loads(text) if whole else None
+            found = json.loads(text) if text is not None else None
         except ValueError:
             return False
-        return isinstance(found, dict) and key in found
-    rows = text.split("\n")
-    if not whole or not text.endswith("\n"):
-        rows = rows[:-1]  # a line cut by the read, or torn by a crash: not judged
-    try:
-        found = [json.loads(row) for row in rows if row.strip()]
-    except ValueError:
-        return False
-    return bool(found) and all(isinstance(row, dict) and key in row for row in found)
+        return isinstance(found, dict) and keys <= found.keys()
+
+    return ours
 
 
-def check_own_json(path: Path, what: str, key: str, lines: bool = True, error: type[UserError] = ConfigError
-                   ) -> None:
-    """Raise `error` when a file at `path`, which a JSON output (a trace, distances) would replace, is not an
-    earlier one of its kind (_own_json): `--trace holiday.png`, `--trace pyproject.toml` or `package.json`
-    replaced the user's file. An empty file is replaced."""
+own_distances = own_object({"layer", "feature_distance", "pixel_rmse", "iterations", "model", "weights"})
+
+
+def check_own(path: Path, what: str, ours: Callable[[bytes], bool], error: type[UserError] = ConfigError) -> None:
+    """Raise `error` when a file at `path`, which an output would replace, is not an earlier output of its kind
+    (`ours`, on the file's whole bytes): `--trace holiday.png`, `pyproject.toml`, `package.json` or a training
+    log replaced the user's file. An empty (or blank) file is replaced; one past OWN_LIMIT cannot be told."""
     if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
         return
     try:
         with open(path, "rb") as f:
-            head = f.read(JSON_HEAD + 1)
+            data = f.read(OWN_LIMIT + 1)
     except OSError:  # unreadable: the write says why
         return
-    try:
-        own = _own_json(head[:JSON_HEAD], whole=len(head) <= JSON_HEAD, key=key, lines=lines)
-    except UnicodeDecodeError:
-        own = False
-    if not own:
+    text = own_text(data)
+    if text is not None and not text.strip():
+        return
+    if len(data) > OWN_LIMIT or not ours(data):
         raise error(f"cannot write {what} {path}: a file is there that is not an earlier {what} file (only that "
                     f"is replaced); name another file")
 
