@@ -272,3 +272,44 @@ def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, caps
     assert code == 129, err
     assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGHUP); {tmp_path / 'g.json'} holds the 1 row done "
                                             f"(machine.partial: true); {tmp_path / 'g.csv'} not written")
+
+
+def test_an_export_another_replaced_as_it_was_published_is_said_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Two `export --force` into one folder at once: the loser's "wrote" line read export.json back from the folder
+    while the other's publish swapped it: a FileNotFoundError traceback (probe 47b, 7). The line comes from what it
+    exported; that another replaced it is said."""
+    from styleengine import cli_export
+
+    try:
+        from test_cli_export import NO_CHECK
+    except ModuleNotFoundError:
+        from tests.test_cli_export import NO_CHECK
+
+    real = cli_export._publish
+
+    def published_then_swapped(staging, output, names):
+        real(staging, output, names)
+        (output / "export.json").unlink()  # the other export's publish, half-way
+
+    monkeypatch.setattr(cli_export, "_publish", published_then_swapped)
+    code, out, err = run_cli(monkeypatch, capsys, "export", "-o", tmp_path / "e", *NO_CHECK)
+    assert code == 0 and "Traceback" not in err, err
+    assert "another export into" in out + err and "wrote " in out + err
+
+
+def test_a_batch_replaces_a_link_at_an_outputs_name_whatever_it_leads_to(tmp_path, monkeypatch, capsys):
+    """A batch replaces a link at a job's output (its writes stay in --out), yet refused one to a file of another
+    kind with run's advice ("name that file itself"), a rule about writing through (probe 47a, 11). The link is
+    replaced, the file it led to kept."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.new("RGB", (8, 8)).save(out / "hol.jpg")
+    before = (out / "hol.jpg").read_bytes()
+    (out / "o.png").symlink_to("hol.jpg")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "o.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    assert code == 0, err
+    assert not (out / "o.png").is_symlink() and (out / "hol.jpg").read_bytes() == before

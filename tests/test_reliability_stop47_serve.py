@@ -34,3 +34,13 @@ def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, l
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert words in detail and "--" not in detail, detail
+
+
+def test_replica_folders_are_the_slots_own_names(tmp_path):
+    """`mkdir D/replica-²` made `serve --ray` a 61-line traceback (int() of a digit isdigit takes), and
+    `replica-01`, a name no replica uses, was checked as a replica's (probe 47a, 10)."""
+    from styleengine.serve.ray_app import replica_folders
+
+    for name in ("replica-0", "replica-2", "replica-10", "replica-²", "replica-01", "replica-", "replica-x"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in replica_folders(tmp_path)] == ["replica-0", "replica-2", "replica-10"]

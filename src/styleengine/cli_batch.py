@@ -84,8 +84,9 @@ def _check(item: engine.Planned, out: Path) -> engine.Planned:
             paths.make_confined_folder(job.output.parent, out)
         except OSError as e:
             raise ConfigError(f"cannot make folder {job.output.parent}: {e.strerror or e}") from None
+        # a link at the output's name is replaced, never written through: the writes stay in --out
         check_files(content=job.content, styles=list(job.styles), output=job.output, settings=item.settings,
-                    trace=None)
+                    trace=None, through=False)
     except UserError as e:
         return engine.Planned(job, item.settings, item.hash, "failed", first_line(e))
     return item

@@ -214,6 +214,8 @@ def export(
     # from here the export is as good as done: a signal is held to the command's end, and only reported (exit 0)
     signals.hold()
     try:
+        # what was exported, from the staging folder: another export may replace the published one meanwhile
+        mine = (staging / "export.json").read_bytes()
         _publish(staging, output, names)
     except OSError as e:
         raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
@@ -223,7 +225,14 @@ def export(
             owner.close()
     if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
         console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
-    meta = json.loads((output / "export.json").read_text())
+    meta = json.loads(mine)
+    try:
+        replaced = (output / "export.json").read_bytes() != mine
+    except OSError:
+        replaced = True
+    if replaced:  # two exports into one folder at once: the folder holds one of them whole
+        console.print(f"warning: another export into {output} replaced this one as it was published; the folder "
+                      f"holds that one whole")
     if signals.received is not None:  # before the last line: one after it stops nothing, and is not said
         console.print(f"{signals.name} arrived after the export was published; the export is complete")
     console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "

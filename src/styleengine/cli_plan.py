@@ -25,10 +25,11 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 
 
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
-                 trace: Path | None, dry: bool = False) -> None:
-    """Every file the job writes can be written, and none of them is one it reads (dry: asked, nothing made)."""
+                 trace: Path | None, dry: bool = False, through: bool = True) -> None:
+    """Every file the job writes can be written, and none of them is one it reads (dry: asked, nothing made;
+    through: paths.check_writable's)."""
     total = settings.total_iterations()
-    paths.check_output_path(output)
+    paths.check_output_path(output, through)
     every = settings.save_every
     saves = [numbered(output, i, total) for i in range(every, total, every)] if every else []
     if saves:

@@ -600,8 +600,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) -> None:
-    """Raise `error` unless `path` (a file) could be written atomically; `what` names it ("trace", "--json")."""
+def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, through: bool = True) -> None:
+    """Raise `error` unless `path` (a file) could be written atomically; `what` names it ("trace", "--json").
+    through: a link at `path` is written through (False: replaced, as a batch's confined writes do)."""
     check_name(path, f"cannot write {what}", error)
     path = Path(path)
     folder = path.parent
@@ -615,11 +616,11 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError) 
         raise error(f"cannot write {what} {path}: it is a directory")
     if path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
-    another = link_of_another_kind(path)
+    another = link_of_another_kind(path) if through else None
     if another is not None:
         raise error(f"cannot write {what} {path}: {another}")
     # a link's file is written (/dev/fd/5 leads to one in a folder that takes files; /dev/fd takes none)
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target = Path(os.path.realpath(path)) if through and os.path.islink(path) else path
     try:
         with temp_beside(target) as (fd, _):  # made and removed: a signal at any point leaves no file
             os.close(fd)
@@ -866,14 +867,14 @@ def check_suffix(path: str | os.PathLike) -> None:
         raise ImageError(f"cannot write {path}: PIL cannot save RGB images as {fmt} ({problem}); use .png or .jpg")
 
 
-def check_output_path(path: str | os.PathLike) -> None:
+def check_output_path(path: str | os.PathLike, through: bool = True) -> None:
     """Raise ImageError unless an RGB image could be written to `path`, by trying what images.save_image will do:
     its folder exists, its suffix names a format whose encoder takes 8-bit RGB (check_suffix), and its temp
     file can be made there (permissions, read-only or pseudo file systems, a name too long once the temp
-    prefix is added)."""
+    prefix is added); through: check_writable's."""
 
     check_suffix(path)
-    check_writable(Path(path), "image", ImageError)
+    check_writable(Path(path), "image", ImageError, through)
 
 
 def check_sides(what: str, shape: tuple[int, ...]) -> None:

@@ -322,7 +322,7 @@ class JobStore:
             # a picture saved aside while results/ was another's (a batch held it as the server stopped)
             aside = sorted(p.name for p in self.root.glob(f"{job_id}-rescued-*.png") if p.is_file())
             self._finish_unrun(job, "failed", f"the server could not record the job (its results folder was full, "
-                                              f"or another's as it stopped); its picture was saved aside on the "
+                                              f"replaced, or another's); its picture was saved aside on the "
                                               f"server as {aside[-1]}; submit it again" if aside else
                                "the server was killed, or could not record the job, before it finished; submit it "
                                "again")

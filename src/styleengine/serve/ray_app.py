@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -191,7 +192,7 @@ def server_root(config: Config) -> Path:
 def replica_folders(root: Path) -> list[Path]:
     """The replica folders under the server's folder, in slot order."""
     found = [(int(p.name.removeprefix("replica-")), p) for p in root.glob("replica-*")
-             if p.name.removeprefix("replica-").isdigit()]
+             if re.fullmatch(r"replica-(0|[1-9][0-9]*)", p.name)]  # a slot's own name: not replica-01, nor -²
     return [p for _, p in sorted(found)]
 
 
