@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,17 +135,29 @@ def _default_output(content: Path, styles: Iterable[Path]) -> str:
     return f"{content.stem}__{'+'.join(p.stem for p in styles)}.png"
 
 
-def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False, typed: dict[str, str] | None = None) -> str:
-    """raw[key] as stripped text ("" if absent); a number only where `numbers` (an id), nothing else. A bad
-    value names its key as `typed` spells it."""
+def _text(raw: dict[str, Any], key: str, where: str, numbers: bool = False, typed: dict[str, str] | None = None,
+          exact: bool = False) -> str:
+    """raw[key] as stripped text (exact: as written, a JSON string's) ("" if absent); a number only where
+    `numbers` (an id), nothing else. A bad value names its key as `typed` spells it."""
     value = raw.get(key)
     if value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return value if exact else value.strip()
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{where}: bad {(typed or {}).get(key, key)} {_shown(value)} (not a text)")
+
+
+def _style_names(value: Any, exact: bool) -> tuple[str, ...]:
+    """A job's style images: ';'- (or ',')-separated text, or a list. exact (JSON): only the blanks around a
+    separator are dropped, and a list's names are as written."""
+    words = KINDS["words"][0](value)  # ValueError for what is no list of names
+    if not exact:
+        return words
+    if isinstance(value, str):
+        return tuple(name for name in re.split(r"\s*[;,]\s*", value) if name.strip())
+    return tuple(value)
 
 
 def _inside(output: str, out_dir: Path, where: str) -> Path:
@@ -192,14 +205,16 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         blank = next((k for k, v in raw.items() if isinstance(v, str) and not v.strip()), None)
         if blank is not None:
             raise ConfigError(f"{where}: {typed.get(blank, blank)} is empty; give a value, or leave the key out")
-    content = _text(raw, "content", where, typed=typed)
+    # a JSON string names its file as written (" c.png" read c.png, another file); a CSV cell is trimmed
+    exact = not csv_row
+    content = _text(raw, "content", where, typed=typed, exact=exact)
     if all(_given(raw.get(k)) for k in ("style", "styles")):  # both columns of a CSV, one per row, is fine
         raise ConfigError(f"{where}: 'style' and 'styles' are one thing; give one of them")
     # the one given: a CSV with both columns leaves one blank a row, and a JSON null is no value
     style_key = next((k for k in ("styles", "style") if _given(raw.get(k))), "styles")
     styles = raw.get(style_key)
     try:
-        style_names = KINDS["words"][0](styles) if styles is not None else ()
+        style_names = _style_names(styles, exact) if styles is not None else ()
     except ValueError:
         raise ConfigError(f"{where}: bad {typed.get(style_key, style_key)} {_shown(styles)} "
                           f"(a text, ';'-separated, or a list of texts)") from None
@@ -210,7 +225,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
     # ~ and $VARS expanded
-    output = paths.expand_text(_text(raw, "output", where, typed=typed)) or _default_output(content_path, given)
+    output = paths.expand_text(_text(raw, "output", where, typed=typed, exact=exact)) or _default_output(content_path,
+                                                                                                       given)
     if paths.ends_as_folder(output):
         raise ConfigError(f"{where}: output {output}: a name ending in '/' (or '/.') is a folder; name a file")
     output_path = _inside(output, out_dir, where)
@@ -262,9 +278,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a CSV jobs file: ',' or ';' (whichever the header uses), headers trimmed and
-    lower-cased, an unclosed quote an error."""
+def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(last line number, where it is: "FILE line N" or "FILE lines N-M", row) of a CSV jobs file: ',' or ';'
+    (whichever the header uses), headers trimmed and lower-cased, an unclosed quote an error."""
     header = next(lines, "")
     if not header.strip():  # blank lines only are no jobs, as an empty file; a blank line above a header is not
         ahead = next((number for number, line in enumerate(lines, 2) if line.strip()), None)
@@ -287,18 +303,22 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, dict[str,
         if twice:
             raise ConfigError(f"{path} line {reader.line_num}: the column {twice[0]!r} appears twice in the header; "
                               f"give each once")
+        last = reader.line_num
         for row in reader:
-            _utf8("".join(row), f"{path} line {reader.line_num}")
+            # a quoted cell may hold line ends: the record is said by every line it spans
+            first, last = last + 1, reader.line_num
+            where = f"{path} line {last}" if first == last else f"{path} lines {first}-{last}"
+            _utf8("".join(row), where)
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) > len(names):
-                raise ConfigError(f"{path} line {reader.line_num}: more cells than the header has columns")
+                raise ConfigError(f"{where}: more cells than the header has columns")
             # a column the header leaves unnamed (a spreadsheet's trailing ','): its cells must be empty
             stray = next((i for i, cell in enumerate(row) if not names[i] and cell.strip()), None)
             if stray is not None:
-                raise ConfigError(f"{path} line {reader.line_num}: cell {stray + 1} is under a column the header "
-                                  f"(line 1) does not name; name the column or empty the cell")
-            yield reader.line_num, {name: cell for name, cell in zip(typed, row) if name}
+                raise ConfigError(f"{where}: cell {stray + 1} is under a column the header (line 1) does not name; "
+                                  f"name the column or empty the cell")
+            yield last, where, {name: cell for name, cell in zip(typed, row) if name}
     except csv.Error as e:
         what = "a quote is not closed" if "end of data" in str(e) or "EOF" in str(e) else str(e)
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
@@ -335,8 +355,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
     with f:
         try:
             if suffix == ".csv":
-                for number, row in _csv_rows(iter(f), path):
-                    yield _located(row, f"{path} line {number}", base_dir, out_dir, csv_row=True)
+                for number, where, row in _csv_rows(iter(f), path):
+                    yield _located(row, where, base_dir, out_dir, csv_row=True)
                 _check_whole(read, path, number)
                 return
             for number, line in enumerate(f, 1):

@@ -313,3 +313,30 @@ def test_a_batch_replaces_a_link_at_an_outputs_name_whatever_it_leads_to(tmp_pat
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
     assert code == 0, err
     assert not (out / "o.png").is_symlink() and (out / "hol.jpg").read_bytes() == before
+
+
+def test_a_jsonl_jobs_names_are_the_files_as_written(tmp_path):
+    """`"content": " c.png"` stylised c.png, another file, exit 0, and `" sp.jpg"` was "sp.jpg was not found":
+    a JSON string was trimmed where `run " c.png"` reads the file named (probe 47b, 8). A CSV cell is trimmed."""
+    from styleengine.engine.jobs import iter_jobs
+
+    (tmp_path / "j.jsonl").write_text('{"content": " c.png", "styles": " s.png; t.png ", "output": "a.png"}\n'
+                                      '{"content": "c.png", "styles": [" s.png", "t.png"]}\n')
+    first, second = iter_jobs(tmp_path / "j.jsonl", tmp_path / "out")
+    assert first.content == tmp_path / " c.png"
+    assert [p.name for p in first.styles] == [" s.png", "t.png "]
+    assert [p.name for p in second.styles] == [" s.png", "t.png"]
+    (tmp_path / "j.csv").write_text("content,styles\n c.png , s.png; t.png\n")
+    (only,) = iter_jobs(tmp_path / "j.csv", tmp_path / "out")
+    assert only.content == tmp_path / "c.png" and [p.name for p in only.styles] == ["s.png", "t.png"]
+
+
+def test_a_csv_record_over_several_lines_is_said_by_its_lines(tmp_path):
+    """A quoted cell holding line ends: its error named the record's last line alone (probe 47b, 9)."""
+    from styleengine.engine.jobs import iter_jobs
+    from styleengine.errors import ConfigError
+
+    (tmp_path / "j.csv").write_text('content,style,output,iters\nc.png,s.png,"a.png",2\n'
+                                    '"c.png",s.png,"x\n\n\ny.png",x\n')
+    with pytest.raises(ConfigError, match=r"j.csv lines 3-6: "):
+        list(iter_jobs(tmp_path / "j.csv", tmp_path / "out"))
