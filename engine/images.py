@@ -294,7 +294,7 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
     fmt = paths.image_format(path)
     if not path.parent.is_dir():
         raise ImageError(f"cannot write {path}: folder {path.parent} does not exist")
-    if path.is_dir():
+    if path.is_dir() and (within is None or not path.is_symlink()):  # a confined write replaces a link
         raise ImageError(f"cannot write {path}: it is a directory")
     pil = to_pil(image)
     try:

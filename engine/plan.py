@@ -87,15 +87,14 @@ def style_size(settings: Settings, size: int) -> int:
 
 class TooThin(ConfigError):
     """An image whose short side would vanish at the run's size: the long side it `needs`, and the `knob` that
-    sets it; `fix` says what to do ("crop the image or use a larger size": a front end without the knob says its
-    own)."""
+    sets it (a front end without the knob says its own fix)."""
 
-    def __init__(self, head: str, needed: int, knob: str, fix: str = "crop the image or use a larger size"):
-        super().__init__(f"{head} ({knob} {needed}): {fix}")
-        self.head, self.needed, self.knob, self.fix = head, needed, knob, fix
+    def __init__(self, head: str, needed: int, knob: str):
+        super().__init__(f"{head} ({knob} {needed}): crop the image or use a larger size")
+        self.head, self.needed, self.knob = head, needed, knob
 
     def __reduce__(self) -> tuple:  # pickled whole (a Ray worker's error)
-        return type(self), (self.head, self.needed, self.knob, self.fix)
+        return type(self), (self.head, self.needed, self.knob)
 
 
 def check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:

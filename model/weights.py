@@ -182,10 +182,10 @@ def _kind(path: Path) -> str | None:
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
-    if head.startswith((b"PK\x03\x04", b"\x80")):
-        return "torch"
     if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"
+        return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
     return None
 
 

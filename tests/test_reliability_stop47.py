@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -234,6 +235,29 @@ def test_a_batch_refuses_a_videos_frames_folder(tmp_path, monkeypatch, capsys, n
     assert sorted(p.name for p in frames.iterdir()) == [name]
 
 
+def test_a_lock_of_another_tool_is_no_videos(tmp_path, monkeypatch, capsys):
+    _pictures(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".lock").write_text("held by syncthing\n")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", ".batch.lock"])
+def test_a_video_refuses_a_batchs_out_as_its_frames_folder(tmp_path, monkeypatch, capsys, name):
+    """The other way round: a video over a batch's --out moved the batch's pictures aside (review 47, 8)."""
+    from styleengine.cli_video import FrameStore
+    from styleengine.errors import ConfigError
+
+    frames = tmp_path / "v.gif.frames"
+    frames.mkdir()
+    (frames / name).write_text("")
+    with pytest.raises(ConfigError, match=rf"it is a batch's --out \(it holds {re.escape(name)}\)"):
+        FrameStore(tmp_path / "v.gif").take()
+    assert sorted(p.name for p in frames.iterdir()) == [name]
+
+
 def test_the_apis_image_paths_expand_as_its_path_settings_do(tmp_path, monkeypatch):
     """`stylise("$DIR/c.png", ...)` said "content image $DIR/c.png was not found" where `init="$DIR/c.png"` in the
     same call ran (probe 47a, 9)."""
@@ -246,8 +270,13 @@ def test_the_apis_image_paths_expand_as_its_path_settings_do(tmp_path, monkeypat
     image = styleengine.stylise("$PICS/c.png", ["~/s.png"], size=40, iterations=1, weights="random", model="vgg16",
                                 backend="torch")
     assert image.size == (40, 33)
-    with pytest.raises(ConfigError, match=r"the variable \$NOPE is not set"):
+    with pytest.raises(ConfigError, match=r"^content image '\$NOPE/c.png': the variable \$NOPE is not set"):
         styleengine.stylise("$NOPE/c.png", "~/s.png", size=40, iterations=1, weights="random")
+    from pathlib import Path
+
+    image = styleengine.stylise(Path("~/c.png"), "$PICS/s.png", size=40, iterations=1, weights="random",
+                                model="vgg16", backend="torch")
+    assert image.size == (40, 33)
 
 
 def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, capsys):
@@ -340,3 +369,81 @@ def test_a_csv_record_over_several_lines_is_said_by_its_lines(tmp_path):
                                     '"c.png",s.png,"x\n\n\ny.png",x\n')
     with pytest.raises(ConfigError, match=r"j.csv lines 3-6: "):
         list(iter_jobs(tmp_path / "j.csv", tmp_path / "out"))
+
+
+def test_a_link_to_a_name_too_long_says_that_name(tmp_path):
+    """A short link to a 250-character name was told its own name is too long (review 47, 1)."""
+    from styleengine import paths
+    from styleengine.errors import ConfigError
+
+    long = tmp_path / ("a" * 250 + ".json")
+    long.write_text("")
+    (tmp_path / "s.json").symlink_to(long)
+    with pytest.raises(ConfigError, match=r"the name it leads to \(a+\.json\) is too long \(255 characters"):
+        paths.check_writable(tmp_path / "s.json", "trace")
+
+
+def test_a_safetensors_file_whose_length_starts_as_a_pickle_is_told_as_safetensors(tmp_path):
+    """A header length of 128 (mod 256) starts the file with 0x80, a pickle's first byte: a damaged one was told
+    "is a PyTorch checkpoint" (review 47, 2)."""
+    from styleengine.model.weights import _kind
+
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    header += b" " * (128 - len(header))
+    (tmp_path / "w.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    assert _kind(tmp_path / "w.safetensors") == "safetensors"
+
+
+@pytest.mark.parametrize("kind", ["broken", "folder"])
+def test_a_batch_replaces_a_broken_link_or_one_to_a_folder_at_an_outputs_name(tmp_path, monkeypatch, capsys, kind):
+    """The batch's checks judged a link at an output's name by what it leads to, though the batch replaces it: a
+    broken link, or one to a folder, failed the job (review 47, 3)."""
+    _pictures(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "folder":
+        (out / "d").mkdir()
+    (out / "o.png").symlink_to("d" if kind == "folder" else "missing.png")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "o.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", out, *FAST)
+    assert code == 0, err
+    assert (out / "o.png").is_file() and not (out / "o.png").is_symlink()
+
+
+def test_a_trace_over_the_limit_is_said_as_too_large_to_tell(tmp_path, monkeypatch):
+    from styleengine import paths
+    from styleengine.errors import ConfigError
+
+    monkeypatch.setattr(paths, "OWN_LIMIT", 1000)
+    (tmp_path / "t.jsonl").write_text(TRACE_LINE * 20)
+    with pytest.raises(ConfigError, match="too large to tell whether it is an earlier trace file"):
+        paths.check_own(tmp_path / "t.jsonl", "trace", paths.own_trace)
+
+
+def test_a_trace_torn_in_its_first_line_is_ours(tmp_path):
+    """A kill during the first line's write left `{"iteration": 1, "loss": 1.` alone: the rerun refused its own
+    trace (review 47, 5)."""
+    from styleengine import paths
+
+    (tmp_path / "t.jsonl").write_text('{"iteration": 1, "loss": 1.')
+    paths.check_own(tmp_path / "t.jsonl", "trace", paths.own_trace)
+
+
+def test_distances_put_at_their_name_during_the_run_are_not_replaced(tmp_path, monkeypatch, capsys):
+    """Invert's distances were checked before the run and written after it, unchecked: a user's file put there
+    meanwhile was replaced (review 47, 12). The picture is written, the file kept, one line."""
+    from styleengine.engine import images
+
+    _pictures(tmp_path)
+    real = images.save_image
+
+    def save_then_mine(image, path, *args, **kwargs):
+        (tmp_path / "d.json").write_text("my notes\n")
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", save_then_mine)
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "c.png", "-o", tmp_path / "o.png", *FAST,
+                           "--distances", tmp_path / "d.json")
+    line = one_error_line(code, err)
+    assert "not an earlier distances file" in line and "the picture is in" in line
+    assert (tmp_path / "d.json").read_text() == "my notes\n" and (tmp_path / "o.png").is_file()

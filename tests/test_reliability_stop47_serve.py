@@ -43,4 +43,18 @@ def test_replica_folders_are_the_slots_own_names(tmp_path):
 
     for name in ("replica-0", "replica-2", "replica-10", "replica-²", "replica-01", "replica-", "replica-x"):
         (tmp_path / name).mkdir()
-    assert [p.name for p in replica_folders(tmp_path)] == ["replica-0", "replica-2", "replica-10"]
+    assert [(n, p.name) for n, p in replica_folders(tmp_path)] == [(0, "replica-0"), (2, "replica-2"),
+                                                                   (10, "replica-10")]
+
+
+def test_a_replica_folder_past_a_gap_is_named_unserved(tmp_path):
+    """replica-0 and replica-2 with --replicas 2: slot 2 is not served, and was not named (the folders were
+    counted by their place in the list; review 47, 9)."""
+    from styleengine.engine.batch import Manifest
+    from styleengine.serve.ray_app import unserved
+
+    for slot in (0, 2):
+        results = tmp_path / f"replica-{slot}" / "results"
+        results.mkdir(parents=True)
+        Manifest(results / "manifest.jsonl").append({"id": f"{slot}", "status": "ok", "settings_hash": "h"})
+    assert [(p.name, n) for p, n in unserved(tmp_path, 2)] == [("replica-2", 1)]

@@ -73,8 +73,15 @@ def _plain(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-def _expanded(picture: Any) -> Any:
-    return paths.expand_text(picture) if isinstance(picture, str) else picture
+def _expanded(picture: Any, role: str) -> Any:
+    """A picture's path with `~` and $VARS expanded, as the path settings (init=...) and a jobs file's images
+    are; a picture that is no path as it is."""
+    if not isinstance(picture, (str, os.PathLike)):
+        return picture
+    try:
+        return paths.expand_text(picture)
+    except ConfigError as e:
+        raise ConfigError(f"{role} {e}") from None
 
 
 def _called(function: Callable) -> str:
@@ -127,11 +134,10 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     if content is None and "init" not in settings and config.init == "content":  # the default, not a recipe's
         config = dataclasses.replace(config, init=TEXTURE_INIT)  # a texture starts from noise, as `texture` does
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
-    # a path as text expands `~` and $VARS, as the path settings (init=...) and a jobs file's images do
-    content, styles = _expanded(content), [_expanded(s) for s in styles]
-    content_array = images.from_picture(content, "content image") if content is not None else None
-    style_arrays = [images.from_picture(s, f"style image {i + 1}" if len(styles) > 1 else "style image")
-                    for i, s in enumerate(styles)]
+    style_roles = [f"style image {i + 1}" if len(styles) > 1 else "style image" for i in range(len(styles))]
+    content_array = images.from_picture(_expanded(content, "content image"), "content image") \
+        if content is not None else None
+    style_arrays = [images.from_picture(_expanded(s, role), role) for s, role in zip(styles, style_roles)]
     try:
         if content is None:
             config.check_texture_start()

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -29,7 +29,7 @@ from styleengine.benchmarks.report import (PLOT_TITLE, REPORT_HEAD, SPREAD_NOTE,
 from styleengine.benchmarks.runner import Runner, add_speedups, availability, default_mem_budget, machine_info
 from styleengine.choices import CONV_ALGOS, MODELS, POOLINGS, PRECISIONS, PROVIDER_NAMES, PROVIDERS
 from styleengine import paths
-from styleengine.errors import ConfigError, printable
+from styleengine.errors import ConfigError, first_line, printable
 from styleengine.paths import cache_root, check_cache_dir, check_writable, named_file, same_file
 
 WEIGHTS_NOTE = "weights: random (seeded), offline; timing does not depend on weight values"
@@ -43,42 +43,53 @@ def _resolve_auto(chosen: list[str], auto: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-# what each output is; a file already there under another suffix is the user's (`--json photo.png`), not ours
-WRITES = {"--json": (".json",), "--csv": (".csv",), "--plot": (".png",), "--report": (".md", ".markdown")}
-
-
-def _check_writable(path: Path | None, flag: str) -> None:
-    """Before row 1: the folder exists and takes a new file, the name is not a directory's (see paths), and a
-    file already there is one of this flag's kind."""
-    if path is None:
-        return
-    check_writable(path, flag)
-    suffixes = WRITES[flag]
-    if flag == "--plot" and Path(path).suffix.lower() != ".png":  # PNG bytes under another suffix
-        raise ConfigError(f"--plot {path}: the plot is a PNG; name a .png file")
-    if os.path.lexists(path) and Path(path).suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path}: a file is there and it is no {suffixes[0]} file; name a "
-                          f"{' or '.join(suffixes)} file (bench replaces only its own kind)")
-    paths.check_own(path, f"bench {flag}", OWN[flag])  # `--json package.json` replaced the user's
-
-
-def _own_csv(data: bytes) -> bool:
+def _own_csv(text: str) -> bool:
     """bench's CSV: a header of its columns."""
-    header = (paths.own_text(data) or "").split("\n", 1)[0].strip().split(",")
+    header = text.split("\n", 1)[0].strip().split(",")
     return "median_s" in header and set(header) <= set(COLUMNS)
 
 
-def _own_report(data: bytes) -> bool:
-    return (paths.own_text(data) or "").split("\n", 1)[0].rstrip("\r") == REPORT_HEAD
+def _own_report(text: str) -> bool:
+    return text.split("\n", 1)[0].rstrip("\r") == REPORT_HEAD
 
 
 def _own_plot(data: bytes) -> bool:
     return data.startswith(b"\x89PNG") and b"tEXtTitle\x00" + PLOT_TITLE.encode() in data[:1 << 16]
 
 
-# what an earlier output of each holds: only that is replaced
-OWN = {"--json": paths.own_object({"machine", "rows", "notes"}), "--csv": _own_csv, "--report": _own_report,
-       "--plot": _own_plot}
+# what each output is: its suffixes, and what an earlier one holds (its text's or its bytes' judge); a file there
+# of another suffix, or not an earlier output, is the user's (`--json photo.png`, `--json package.json`)
+WRITES: dict[str, tuple[tuple[str, ...], Callable[[str], bool] | None, Callable[[bytes], bool] | None]] = {
+    "--json": ((".json",), paths.own_object({"machine", "rows", "notes"}), None),
+    "--csv": ((".csv",), _own_csv, None),
+    "--plot": ((".png",), None, _own_plot),
+    "--report": ((".md", ".markdown"), _own_report, None)}
+
+
+def _check_writable(path: Path | None, flag: str) -> None:
+    """Before row 1: the folder exists and takes a new file, the name is not a directory's (see paths), and a
+    file already there is an earlier output of this flag's."""
+    if path is None:
+        return
+    check_writable(path, flag)
+    suffixes = WRITES[flag][0]
+    if flag == "--plot" and Path(path).suffix.lower() != ".png":  # PNG bytes under another suffix
+        raise ConfigError(f"--plot {path}: the plot is a PNG; name a .png file")
+    if os.path.lexists(path) and Path(path).suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: a file is there and it is no {suffixes[0]} file; name a "
+                          f"{' or '.join(suffixes)} file (bench replaces only its own kind)")
+    _check_own(path, flag)
+
+
+def _check_own(path: Path, flag: str) -> None:
+    """ConfigError unless a file at `path` is an earlier output of `flag`'s (said again before each write: a
+    user's file put there during a run of hours is not replaced)."""
+    _, ours, binary = WRITES[flag]
+    paths.check_own(path, f"bench {flag}", ours, binary=binary)
+
+
+def _rows(count: int) -> str:
+    return f"{count} {'row' if count == 1 else 'rows'}"
 
 
 def _console_table(rows: list[dict], title: str):
@@ -259,11 +270,13 @@ def bench(
                 partial = document(machine, finished, command=command)
                 partial["machine"]["partial"] = True
                 try:
+                    _check_own(json_path, "--json")
                     write_json(json_path, partial)
                     partial_rows[0] = len(finished)
-                except OSError as e:  # a full disk: the run goes on, the final write says so again
+                except (OSError, ConfigError) as e:  # a full disk: the run goes on, the final write says so again
                     if not partial_failed:
-                        err.print(f"warning: cannot write {json_path} ({e.strerror or e}); the run goes on",
+                        why = getattr(e, "strerror", None) or first_line(e)
+                        err.print(f"warning: cannot write {json_path} ({why}); the run goes on",
                                   highlight=False, markup=False)
                     partial_failed.append(e)
 
@@ -298,8 +311,7 @@ def bench(
         from styleengine.cli import signals as stopped
 
         stopped.reported = True
-        done = f"{partial_rows[0]} {'row' if partial_rows[0] == 1 else 'rows'}"
-        kept = (f"{json_path} holds the {done} done (machine.partial: true)" if json_path is not None and
+        kept = (f"{json_path} holds the {_rows(partial_rows[0])} done (machine.partial: true)" if json_path is not None and
                 partial_rows[0] else f"{json_path} not written" if json_path is not None else "")
         others = [str(p) for p in (csv_path, plot, report) if p is not None]
         kept = "; ".join(filter(None, [kept, f"{', '.join(others)} not written" if others else ""]))
@@ -330,17 +342,20 @@ def bench(
         out.print(limit_sentence(found))
 
     failures, written = [], []  # each file on its own: a full disk for one loses none of the others, nor the table
-    for path, write in ((json_path, lambda p: write_json(p, doc)), (csv_path, lambda p: write_csv(p, doc["rows"])),
-                        (plot, lambda p: write_plot(p, doc)), (report, lambda p: write_report(p, doc, plot))):
+    for path, flag, write in ((json_path, "--json", lambda p: write_json(p, doc)),
+                              (csv_path, "--csv", lambda p: write_csv(p, doc["rows"])),
+                              (plot, "--plot", lambda p: write_plot(p, doc)),
+                              (report, "--report", lambda p: write_report(p, doc, plot))):
         if path is None:
             continue
         try:
+            _check_own(path, flag)
             write(path)
-        except OSError as e:
-            rows_held = f"{partial_rows[0]} {'row' if partial_rows[0] == 1 else 'rows'}"
-            held = (f"; it holds the partial document ({rows_held}, machine.partial: true)"
+        except (OSError, ConfigError) as e:
+            held = (f"; it holds the partial document ({_rows(partial_rows[0])}, machine.partial: true)"
                     if path == json_path and partial_rows[0] else "")  # written atomically: the last one stays
-            failures.append(f"cannot write {path} ({e.strerror or e}){held}")
+            failures.append((f"cannot write {path} ({e.strerror or e})" if isinstance(e, OSError) else first_line(e))
+                            + held)
             continue
         written.append(path)
 

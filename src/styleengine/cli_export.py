@@ -215,7 +215,7 @@ def export(
     signals.hold()
     try:
         # what was exported, from the staging folder: another export may replace the published one meanwhile
-        mine = (staging / "export.json").read_bytes()
+        mine = (staging / META_FILE).read_bytes()
         _publish(staging, output, names)
     except OSError as e:
         raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
@@ -227,12 +227,12 @@ def export(
         console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
     meta = json.loads(mine)
     try:
-        replaced = (output / "export.json").read_bytes() != mine
+        replaced = (output / META_FILE).read_bytes() != mine
     except OSError:
         replaced = True
     if replaced:  # two exports into one folder at once: the folder holds one of them whole
-        console.print(f"warning: another export into {output} replaced this one as it was published; the folder "
-                      f"holds that one whole")
+        console.print(f"warning: another export into {output} was published at the same time; run export "
+                      f"--force again to be sure of what the folder holds")
     if signals.received is not None:  # before the last line: one after it stops nothing, and is not said
         console.print(f"{signals.name} arrived after the export was published; the export is complete")
     console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "

@@ -75,7 +75,8 @@ class TraceWriter:
             self.lines += 1
             self.whole += len(text.encode("utf-8"))
         except ConfigError as e:  # _check_again: nothing opened, nothing to remove
-            self.failure = f"trace {self.path} not written: {first_line(e)}"
+            self.failure = f"trace {self.path} not written: " + first_line(e).removeprefix(
+                f"cannot write trace {self.path}: ")
         except OSError as e:
             self.failure = f"trace {self.path} stopped at {at}: {e.strerror or e}"
             self.close()

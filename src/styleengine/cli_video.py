@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from fractions import Fraction
@@ -60,6 +61,20 @@ class FrameStore:
         self._identity: tuple[int, int] | None = None  # the folder taken: one put in its place is another's
         self._lock: Any = None
 
+    @classmethod
+    def holds_a_video(cls, folder: Path) -> bool:
+        """Whether `folder` is a video's frames folder: its record, or its lock (empty: another tool's `.lock`
+        holds something)."""
+        if os.path.lexists(folder / cls.RECORD):
+            return True
+        try:
+            if not stat.S_ISREG(os.lstat(folder / cls.LOCK).st_mode):  # a FIFO's open would wait for a writer
+                return False
+            with open(folder / cls.LOCK, "rb") as f:
+                return lock_says(f.read(LOCK_SIZE + 1)) == ""
+        except OSError:
+            return False
+
     def take(self) -> None:
         """Make the folder if needed and take its lock (ConfigError if another run holds it), before the run's
         heavy set-up; what a killed run's atomic writes left (here and beside the output) is removed."""
@@ -69,6 +84,12 @@ class FrameStore:
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"cannot keep the frames in {self.folder}: it {paths.not_a_folder(self.folder)}")
         made = not self.folder.exists()
+        from styleengine.engine.manifest import LOCK_FILE, MANIFEST
+
+        taken = next((name for name in (LOCK_FILE, MANIFEST) if os.path.lexists(self.folder / name)), None)
+        if taken is not None:  # a batch's --out: its pictures would be moved aside as not this video's frames
+            raise ConfigError(f"cannot keep the frames in {self.folder}: it is a batch's --out (it holds {taken}); "
+                              f"choose another output")
         try:
             self.folder.mkdir(exist_ok=True)
             self.made = (made, False)

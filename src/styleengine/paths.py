@@ -609,12 +609,14 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
     if not folder.is_dir():
         problem = "does not exist" if not folder.exists() else "is not a folder"
         raise error(f"cannot write {what} {path}: folder {folder} {problem}")
-    if os.path.islink(path) and not os.path.exists(path):  # the trace follows it: "stopped at iteration 1"
+    # a link is written through (its file judged), or replaced (through False: only its own name counts)
+    followed = through or not os.path.islink(path)
+    if followed and os.path.islink(path) and not os.path.exists(path):  # the trace follows it: "stopped at ..."
         raise error(f"cannot write {what} {path}: it {not_a_file(path)} (to {os.readlink(path)}); remove it or "
                     f"name another file")
-    if path.is_dir():
+    if followed and path.is_dir():
         raise error(f"cannot write {what} {path}: it is a directory")
-    if path.exists() and not path.is_file():
+    if followed and path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
     another = link_of_another_kind(path) if through else None
     if another is not None:
@@ -626,10 +628,12 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
             os.close(fd)
     except OSError as e:
         if e.errno == errno.ENAMETOOLONG:
-            raise error(f"cannot write {what} {path}: the name is too long ({len(path.name)} characters, "
-                        f"{len(path.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)") from None
+            named = "the name" if target == path else f"the name it leads to ({target.name})"
+            raise error(f"cannot write {what} {path}: {named} is too long ({len(target.name)} characters, "
+                        f"{len(target.name) + TEMP_EXTRA} as the atomic write's temp file; use a shorter one)"
+                        ) from None
         raise error(f"cannot write {what} {path}: cannot create files in {target.parent} ({_reason(e)})") from None
-    if path.exists() and not os.access(path, os.W_OK):
+    if followed and path.exists() and not os.access(path, os.W_OK):
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
@@ -649,38 +653,39 @@ def own_text(data: bytes) -> str | None:
         return None
 
 
-def _rows(text: str) -> list[object] | None:
-    """The JSON values of `text`'s lines (blank lines skipped; a last line without its newline, torn by a
-    crash, only where it begins as a trace line does); None where a line is not JSON."""
+def _trace_rows(text: str) -> tuple[list[object], bool] | None:
+    """The JSON values of a trace's whole lines (blank lines skipped) and whether a last line without its newline,
+    torn by a crash, begins as a trace line does; None where a line is not JSON, or the torn one is not that."""
     import json
 
     rows = text.split("\n")
-    torn = rows.pop()  # "" after a final newline
-    if torn.strip() and not any(torn.startswith(head) or head.startswith(torn) for head in TRACE_HEADS):
+    torn = rows.pop().strip()  # "" after a final newline
+    if torn and not any(torn.startswith(head) or head.startswith(torn) for head in TRACE_HEADS):
         return None
     try:
-        return [json.loads(row) for row in rows if row.strip()]
+        return [json.loads(row) for row in rows if row.strip()], bool(torn)
     except ValueError:
         return None
 
 
-def own_trace(data: bytes) -> bool:
-    """Whether `data` is a trace of ours: JSON lines, each an object with a trace's keys (a training log's
-    lines carry "loss" too, not the rest)."""
-    text = own_text(data)
-    rows = _rows(text) if text is not None else None
-    return bool(rows) and all(isinstance(row, dict) and any(keys <= row.keys() for keys in TRACE_KEYS)
-                              for row in rows or ())
+def own_trace(text: str) -> bool:
+    """Whether `text` is a trace of ours: JSON lines, each an object with a trace's keys (a training log's
+    lines carry "loss" too, not the rest); a first line torn by a kill is one too."""
+    found = _trace_rows(text)
+    if found is None:
+        return False
+    rows, torn = found
+    return (bool(rows) or torn) and all(isinstance(row, dict) and any(keys <= row.keys() for keys in TRACE_KEYS)
+                                        for row in rows)
 
 
-def own_object(keys: set[str]) -> Callable[[bytes], bool]:
-    """Whether a file's bytes are one JSON object with `keys` (invert's distances, bench's document)."""
-    def ours(data: bytes) -> bool:
+def own_object(keys: set[str]) -> Callable[[str], bool]:
+    """Whether a file's text is one JSON object with `keys` (invert's distances, bench's document)."""
+    def ours(text: str) -> bool:
         import json
 
-        text = own_text(data)
         try:
-            found = json.loads(text) if text is not None else None
+            found = json.loads(text)
         except ValueError:
             return False
         return isinstance(found, dict) and keys <= found.keys()
@@ -691,10 +696,12 @@ def own_object(keys: set[str]) -> Callable[[bytes], bool]:
 own_distances = own_object({"layer", "feature_distance", "pixel_rmse", "iterations", "model", "weights"})
 
 
-def check_own(path: Path, what: str, ours: Callable[[bytes], bool], error: type[UserError] = ConfigError) -> None:
+def check_own(path: Path, what: str, ours: Callable[[str], bool] | None = None, error: type[UserError] = ConfigError,
+              binary: Callable[[bytes], bool] | None = None) -> None:
     """Raise `error` when a file at `path`, which an output would replace, is not an earlier output of its kind
-    (`ours`, on the file's whole bytes): `--trace holiday.png`, `pyproject.toml`, `package.json` or a training
-    log replaced the user's file. An empty (or blank) file is replaced; one past OWN_LIMIT cannot be told."""
+    (`ours`, on the file's whole text; `binary`, on its bytes): `--trace holiday.png`, `pyproject.toml`,
+    `package.json` or a training log replaced the user's file. An empty (or blank) file is replaced; one past
+    OWN_LIMIT cannot be told, and is not."""
     if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
         return
     try:
@@ -702,10 +709,13 @@ def check_own(path: Path, what: str, ours: Callable[[bytes], bool], error: type[
             data = f.read(OWN_LIMIT + 1)
     except OSError:  # unreadable: the write says why
         return
+    if len(data) > OWN_LIMIT:
+        raise error(f"cannot write {what} {path}: a file of over {OWN_LIMIT >> 20} MiB is there, too large to tell "
+                    f"whether it is an earlier {what} file; remove it or name another file")
     text = own_text(data)
     if text is not None and not text.strip():
         return
-    if len(data) > OWN_LIMIT or not ours(data):
+    if not (binary(data) if binary is not None else text is not None and ours is not None and ours(text)):
         raise error(f"cannot write {what} {path}: a file is there that is not an earlier {what} file (only that "
                     f"is replaced); name another file")
 

@@ -351,12 +351,15 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
 
 def _too_thin(error: TooThin, max_size: int) -> str:
     """An image too thin for the job's size, with the fix a client has: the field that sets the size it needs
-    where this server makes that size, else only cropping."""
+    where this server makes that size, else only cropping (the server's first scale is its own)."""
     if error.needed > max_size:
         return f"{error.head}, over this server's limit of {max_size} px: crop the image"
-    knob = {"--size": "size", "--size x --style-scale": "size x style_scale"}.get(error.knob)
-    if knob is None:  # a coarse scale's (the server's own --start-size)
-        return f"{error.head} at the server's {error.knob}: crop the image"
+    if error.knob == "--start-size":
+        return f"{error.head} at the server's first scale (--start-size): crop the image"
+    if error.knob == "--start-size x --style-scale":
+        return (f"{error.head} at the server's first scale (--start-size x style_scale): crop the image or send a "
+                f"larger style_scale")
+    knob = {"--size": "size", "--size x --style-scale": "size x style_scale"}[error.knob]
     return f"{error.head} ({knob} {error.needed}): crop the image or send a larger {knob}"
 
 

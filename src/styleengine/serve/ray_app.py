@@ -189,18 +189,18 @@ def server_root(config: Config) -> Path:
     return config.root if config.root is not None else cache_root() / "serve"
 
 
-def replica_folders(root: Path) -> list[Path]:
-    """The replica folders under the server's folder, in slot order."""
+def replica_folders(root: Path) -> list[tuple[int, Path]]:
+    """The replica folders under the server's folder (slot, folder), in slot order."""
     found = [(int(p.name.removeprefix("replica-")), p) for p in root.glob("replica-*")
              if re.fullmatch(r"replica-(0|[1-9][0-9]*)", p.name)]  # a slot's own name: not replica-01, nor -²
-    return [p for _, p in sorted(found)]
+    return sorted(found)
 
 
 def check_replica_folders(root: Path) -> None:
     """ConfigError, one line before any replica starts, for what a replica would refuse in its folder: a file
     in the folder's place, a lock file that is a link or another's data (each replica's refusal was Ray's
     tracebacks, some 300 lines)."""
-    for folder in replica_folders(root):
+    for _, folder in replica_folders(root):
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a replica's folder (it {paths.not_a_folder(folder)}); move it away "
                               f"or use another --results-dir")
@@ -209,10 +209,10 @@ def check_replica_folders(root: Path) -> None:
 
 
 def unserved(root: Path, replicas: int) -> list[tuple[Path, int]]:
-    """Replica folders past the first `replicas` that hold finished jobs (folder, count): a server restarted
+    """Replica folders of slots `replicas` and on that hold finished jobs (folder, count): a server restarted
     with fewer replicas does not serve them."""
     kept = []
-    for folder in replica_folders(root)[replicas:]:
+    for _, folder in (found for found in replica_folders(root) if found[0] >= replicas):
         manifest = folder / RESULTS / MANIFEST
         if manifest.is_file():
             with contextlib.suppress(UserError, OSError):
