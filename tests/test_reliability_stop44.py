@@ -319,15 +319,24 @@ def test_an_absolute_output_inside_out_is_told_to_be_relative(tmp_path, monkeypa
     assert one_error_line(code, err).endswith("name it z.png")
 
 
+TRACE_LINE = ('{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 1.0, "tv_loss": 0.0, "seconds": 0.1}'
+              '\n')
+
+
 @pytest.mark.parametrize("text", ['[build-system]\nrequires = ["x"]\n', "[section]\nx = 1\n",
                                   "[link](http://x) my notes\n", "{\\rtf1\\ansi hello}\n",
                                   '{\n  "name": "my-app",\n  "version": "1.0.0"\n}\n', '[{"id": 1, "label": "cat"}]\n',
-                                  '{"a": 1}\nthis is my notes file\n', '{"user": "a", "score": 3}\n', "42\n"])
+                                  '{"a": 1}\nthis is my notes file\n', '{"user": "a", "score": 3}\n', "42\n",
+                                  # probe 47a: text after one line with "loss", a training log, a user's tail
+                                  '{"loss": 0.5}\nremember: the real notes are here', TRACE_LINE + "notes, no newline",
+                                  TRACE_LINE + "\0\0\0", '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n',
+                                  TRACE_LINE * 3 + "USER TAIL\n"])
 def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(tmp_path, monkeypatch, capsys,
                                                                                  text):
     """`--trace pyproject.toml` replaced it: a file was JSON text when its first byte was `{` or `[`, as TOML, INI,
     Markdown and RTF start too (probe 45a, 1); then any JSON document or a first line of JSON (a package.json, a
-    user's JSON lines; probe 46a, 1 and 2). Only an earlier trace is replaced: lines of objects holding the loss."""
+    user's JSON lines; probe 46a, 1 and 2); then any text after one line with "loss", a training log, a tail past
+    the first MiB (probe 47a, 1 to 3). Only an earlier trace is replaced, judged whole: lines with a trace's keys."""
     _pictures(tmp_path)
     (tmp_path / "mine.txt").write_text(text)
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",

@@ -10,10 +10,12 @@ try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import FAST, _pictures
+    from test_reliability_stop44 import TRACE_LINE
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import FAST, _pictures
+    from tests.test_reliability_stop44 import TRACE_LINE
 
 
 def test_tune_says_what_this_machine_cannot_run_before_timing(monkeypatch, capsys):
@@ -38,28 +40,6 @@ def test_a_jobs_file_with_no_jobs_is_refused_as_an_empty_contents_is(tmp_path, m
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / name, "--out", tmp_path / "out", "--size", "40",
                            "--iters", "2", "--weights", "random")
     assert one_error_line(code, err).endswith("holds no jobs") and not (tmp_path / "out").exists()
-
-
-TRACE_LINE = ('{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 1.0, "tv_loss": 0.0, "seconds": 0.1}'
-              '\n')
-
-
-@pytest.mark.parametrize("text", [
-    '{"loss": 0.5}\nremember: the real notes are here',  # a "torn" last line of any text
-    TRACE_LINE + "my notes after it, no newline",
-    TRACE_LINE + "\0\0\0",
-    '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n',  # a training log
-    TRACE_LINE * 3 + "USER TAIL\n"])
-def test_a_trace_replaces_only_a_trace_of_ours(tmp_path, monkeypatch, capsys, text):
-    """Any text after one line with "loss" passed as a torn last line, a training log's lines (each with "loss")
-    passed as a trace, and so did a user's tail past the first MiB read (probe 47a, 1 to 3). A trace's lines carry
-    its keys; a torn last line begins as a trace line; the whole file is judged."""
-    _pictures(tmp_path)
-    (tmp_path / "t.jsonl").write_text(text)
-    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
-                           tmp_path / "o.png", *FAST, "--trace", tmp_path / "t.jsonl")
-    assert "not an earlier trace file" in one_error_line(code, err)
-    assert (tmp_path / "t.jsonl").read_text() == text
 
 
 def test_a_trace_past_the_first_mib_is_judged_whole(tmp_path):
