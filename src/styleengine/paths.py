@@ -637,7 +637,7 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
         raise error(f"cannot write {what} {path}: the file is read-only")
 
 
-OWN_LIMIT = 64 << 20  # bytes of a file read whole to tell whether it is an earlier output of ours
+OWN_LIMIT = 16 << 20  # bytes of a file read whole to tell whether it is an earlier output of ours
 # what an earlier trace of ours holds: each line (run's, video's) carries one of these key sets and starts as
 # json.dumps writes its first key
 TRACE_KEYS = ({"iteration", "loss", "content_loss", "style_loss", "tv_loss", "seconds"},
@@ -653,30 +653,30 @@ def own_text(data: bytes) -> str | None:
         return None
 
 
-def _trace_rows(text: str) -> tuple[list[object], bool] | None:
-    """The JSON values of a trace's whole lines (blank lines skipped) and whether a last line without its newline,
-    torn by a crash, begins as a trace line does; None where a line is not JSON, or the torn one is not that."""
-    import json
-
-    rows = text.split("\n")
-    torn = rows.pop().strip()  # "" after a final newline
-    if torn and not any(torn.startswith(head) or head.startswith(torn) for head in TRACE_HEADS):
-        return None
-    try:
-        return [json.loads(row) for row in rows if row.strip()], bool(torn)
-    except ValueError:
-        return None
-
-
 def own_trace(text: str) -> bool:
     """Whether `text` is a trace of ours: JSON lines, each an object with a trace's keys (a training log's
-    lines carry "loss" too, not the rest); a first line torn by a kill is one too."""
-    found = _trace_rows(text)
-    if found is None:
-        return False
-    rows, torn = found
-    return (bool(rows) or torn) and all(isinstance(row, dict) and any(keys <= row.keys() for keys in TRACE_KEYS)
-                                        for row in rows)
+    lines carry "loss" too, not the rest); a last line without its newline, torn by a crash, only where it
+    begins as a trace line does (a first line torn by a kill is a trace too). Judged a line at a time."""
+    import json
+
+    whole, at = False, 0
+    while at < len(text):  # a line at a time: no copy of a file of many lines
+        end = text.find("\n", at)
+        if end < 0:  # the last line, torn
+            torn = text[at:].strip()
+            return (whole or bool(torn)) and (not torn or any(torn.startswith(head) or head.startswith(torn)
+                                                              for head in TRACE_HEADS))
+        line, at = text[at:end], end + 1
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return False
+        if not (isinstance(row, dict) and any(keys <= row.keys() for keys in TRACE_KEYS)):
+            return False
+        whole = True
+    return whole
 
 
 def own_object(keys: set[str]) -> Callable[[str], bool]:
