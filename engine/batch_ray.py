@@ -35,6 +35,7 @@ _CLOSING = threading.Event()  # a pool is closing: what Ray says of the actors i
 RESTARTS = 2  # Ray restarts a crashed worker this many times, re-running its task (max_task_retries)
 CPUS_PER_WORKER = 4  # on a cluster without GPUs: one worker per this many CPUs (fewer if the cluster has fewer)
 CONNECT_SECONDS = 5.0  # a --ray HOST:PORT that does not answer within this is refused
+WAIT_S = 0.25  # the longest a driver waits on Ray in one call: a signal is acted on between calls
 
 
 @contextlib.contextmanager
@@ -220,7 +221,10 @@ class ActorPool:
                     raise UnavailableError(f"every Ray worker died; {len(queue)} pieces of work were not run "
                                            f"(the same command resumes)")
                 return
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+            # a bounded wait: Python's signal handlers run only between calls (a SIGTERM waited for the job)
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=WAIT_S)
+            if not ready:
+                continue
             actor, item = self.in_flight.pop(ready[0])
             try:
                 result = ray.get(ready[0])

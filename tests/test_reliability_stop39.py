@@ -309,7 +309,7 @@ def test_a_users_fault_in_a_ray_worker_is_said_in_its_own_words(monkeypatch):
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: None,
                                  cluster_resources=lambda: {"CPU": 2}, remote=lambda **kw: lambda body: Actor(),
                                  kill=lambda actor: None, shutdown=lambda: None, exceptions=ray.exceptions,
-                                 wait=lambda refs, num_returns: (refs[:1], refs[1:]), get=get)
+                                 wait=lambda refs, num_returns, timeout=None: (refs[:1], refs[1:]), get=get)
     monkeypatch.setattr(batch_ray, "import_ray", lambda: fake)
     monkeypatch.setattr(batch_ray, "check_address", lambda address, connect=True: None)
     pool = batch_ray.ActorPool(object, "auto", cpus_per_worker=2)

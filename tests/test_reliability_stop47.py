@@ -427,3 +427,20 @@ def test_distances_put_at_their_name_during_the_run_are_not_replaced(tmp_path, m
     line = one_error_line(code, err)
     assert "not an earlier distances file" in line and "the picture is in" in line
     assert (tmp_path / "d.json").read_text() == "my notes\n" and (tmp_path / "o.png").is_file()
+
+
+def test_a_trace_on_the_commands_own_stderr_is_refused_at_the_start(tmp_path):
+    """`--trace /dev/stderr 2>log`: the start saw an empty file and took it, the first line then saw the run's own
+    messages there and wrote no trace, exit 0 (probe 48a, 2). It is one line before any work."""
+    import subprocess
+    import sys
+
+    _pictures(tmp_path)
+    with open(tmp_path / "log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "styleengine", "run", "c.png", "s.png", "-o", "o.png", *FAST,
+                               "--trace", "/dev/stderr"], cwd=tmp_path, stderr=log, timeout=300,
+                              env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 1
+    assert (tmp_path / "log").read_text() == ("error: cannot write trace /dev/stderr: it is this command's stderr, "
+                                              "where its messages go; name a file, or /dev/stdout\n")
+    assert not (tmp_path / "o.png").exists()

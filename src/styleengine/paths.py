@@ -600,6 +600,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def _stderr() -> tuple[int, int] | None:
+    """The file this process's messages go to, as identity() gives it (None: none to stat)."""
+    try:
+        found = os.fstat(2)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, through: bool = True) -> None:
     """Raise `error` unless `path` (a file) could be written atomically; `what` names it ("trace", "--json").
     through: a link at `path` is written through (False: replaced, as a batch's confined writes do)."""
@@ -618,6 +627,9 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
         raise error(f"cannot write {what} {path}: it is a directory")
     if followed and path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
+    if followed and identity(path) is not None and identity(path) == _stderr():  # `--trace /dev/stderr 2>log`
+        raise error(f"cannot write {what} {path}: it is this command's stderr, where its messages go; name a "
+                    f"file, or /dev/stdout")
     another = link_of_another_kind(path) if through else None
     if another is not None:
         raise error(f"cannot write {what} {path}: {another}")
