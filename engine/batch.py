@@ -142,11 +142,13 @@ def kept_last_finite(output: Path) -> str:
 
 
 def record(result: JobResult, manifest: Manifest,
-           rescue: Callable[[np.ndarray, Path], Path | None] | None = None, out_dir: Path | None = None) -> JobResult:
+           rescue: Callable[[np.ndarray, Path], Path | None] | None = None, out_dir: Path | None = None,
+           aside: Callable[[np.ndarray, Path], Path | None] | None = None) -> JobResult:
     """Write a job's image (atomically: an "ok" job's, or a failed one's last finite image), then its manifest
     line. A failed write turns the job into a failed one (its line says why), the image handed to
-    `rescue(image, output)` (-> where it saved it, or None); so does an output whose folder now leads outside
-    `out_dir`. Returns what was recorded; UserError if the manifest cannot be written."""
+    `rescue(image, output)` (-> where it saved it, or None; else to `aside`, which only keeps such a picture: a
+    server's); so does an output whose folder now leads outside `out_dir`. Returns what was recorded;
+    UserError if the manifest cannot be written."""
     saved: Path | None = None  # where a picture its output could not take was put instead
     if result.image is not None:
         try:
@@ -159,7 +161,8 @@ def record(result: JobResult, manifest: Manifest,
             written = images.save_image(result.image, result.job.output, within=out_dir,
                                         within_fd=manifest.folder() if out_dir == manifest.path.parent else None)
         except UserError as e:
-            saved = rescue(result.image, result.job.output) if rescue is not None else None
+            keep = rescue or aside
+            saved = keep(result.image, result.job.output) if keep is not None else None
             reason = first_line(e) + (f"; saved the image to {saved} instead" if saved is not None else "")
             if result.status == "failed":  # its own reason first (a loss that was not finite)
                 reason = f"{result.reason}; {reason}"
@@ -178,7 +181,7 @@ def record(result: JobResult, manifest: Manifest,
             kept = (f"saved it to {saved} instead" if saved is not None else
                     "nor could a copy be saved; it is lost" if rescue is not None else "no copy was made here")
             raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture could not be written to "
-                             f"{result.job.output} either: {kept}", result.job.id, kept) from None
+                             f"{result.job.output} either: {kept}", result.job.id, kept, saved) from None
         output = result.job.output
         if not manifest.at_home():  # the name leads into a folder put in its place: nothing is removed by it
             saved = rescue(result.image, output) if rescue is not None and result.image is not None else None
@@ -203,9 +206,9 @@ def record(result: JobResult, manifest: Manifest,
 class Unrecorded(UserError):
     """record's manifest line refused after the job's picture was written: where the picture went (`kept`)."""
 
-    def __init__(self, message: str, job_id: str, kept: str):
+    def __init__(self, message: str, job_id: str, kept: str, saved: Path | None = None):
         super().__init__(message)
-        self.job_id, self.kept = job_id, kept
+        self.job_id, self.kept, self.saved = job_id, kept, saved  # saved: a copy made (None: none)
 
 
 def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[JobResult], None],

@@ -58,3 +58,35 @@ def test_a_replica_folder_past_a_gap_is_named_unserved(tmp_path):
         results.mkdir(parents=True)
         Manifest(results / "manifest.jsonl").append({"id": f"{slot}", "status": "ok", "settings_hash": "h"})
     assert [(p.name, n) for p, n in unserved(tmp_path, 2)] == [("replica-2", 1)]
+
+
+def test_a_finished_picture_results_cannot_take_is_kept_aside(tmp_path, monkeypatch):
+    """A full results/ refused a finished job's picture (its line went in): the picture was dropped, where a
+    batch keeps it (probe 48b, 3). It is kept in the server's folder and its reason says so."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.engine import images
+    from styleengine.serve import jobs
+    from styleengine.serve.app import Config, create_app
+
+    try:
+        from serve_helpers import wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import wait_for
+
+    real = images.save_image
+
+    def full(image, path, *args, **kwargs):
+        if "results" in str(path):
+            raise images.ImageError(f"cannot write {path}: No space left on device")
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(jobs.batch.images, "save_image", full)
+    root = tmp_path / "srv"
+    config = Config(settings=SETTINGS.resolved(), root=root, max_size=256, max_iters=50)
+    with TestClient(create_app(config)) as client:
+        response = client.post("/api/jobs", files=files())
+        job = wait_for(client, response.json()["id"])
+    assert job["status"] == "failed" and "No space left on device" in job["reason"], job
+    kept = list(root.glob(f"{job['id']}-rescued-*.png"))
+    assert len(kept) == 1 and kept[0].name in job["reason"], job["reason"]

@@ -629,6 +629,17 @@ def test_other_settings_do_not_reuse_the_frames(tmp_path, monkeypatch, capsys, c
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "out.mp4.frames").iterdir()) == before
 
 
+def test_a_record_with_no_frame_is_taken_by_other_settings(tmp_path, monkeypatch, capsys, clip, style):
+    """A video killed before its first frame left video.json alone; a run of other settings was told the folder
+    "holds frames of other settings" (probe 48b, 2). With no frame there is nothing to keep: it is taken."""
+    frames = tmp_path / "out.mp4.frames"
+    frames.mkdir()
+    (frames / "video.json").write_text('{"settings_hash": "1c249ab928ce208f"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "video", clip, style, "-o", tmp_path / "out.mp4", *FAST, "--size",
+                           "64", "--frames", "0:2")
+    assert code == 0 and frame_count(tmp_path / "out.mp4") == 2, err
+
+
 def test_sigterm_to_a_real_process_leaves_a_playable_partial_video(tmp_path, clip, style):
     out = tmp_path / "out.mp4"
     frames = tmp_path / "out.mp4.frames"

@@ -163,11 +163,13 @@ class FrameStore:
             except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):  # nested too deep
                 raise ConfigError(f"{self.folder}: its {self.RECORD} is damaged, so the settings of its frames are "
                                   f"unknown; move it away or choose another output") from None
-            if held != self.digest:
+            if held == self.digest:
+                return
+            if any(p.name not in (self.RECORD, self.LOCK) for p in self.folder.iterdir()):
                 raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
-            return
-        if any(self.folder.glob("frame_*")):  # the record is written before any frame
+            # a record and no frame (killed before its first): nothing to keep, recorded anew
+        elif any(self.folder.glob("frame_*")):  # the record is written before any frame
             raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
                               f"it away or choose another output")
         try:

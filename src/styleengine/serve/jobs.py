@@ -599,13 +599,16 @@ class JobStore:
                 self._record_unrecorded()
             except UserError as e:  # said as theirs, not as this job's
                 log.error("%s", first_line(e))
-            with self._recording:
-                done = batch.record(done, self.manifest, out_dir=self.results)
+            with self._recording:  # a picture results/ cannot take (a full disk) is kept in the server's folder
+                done = batch.record(done, self.manifest, out_dir=self.results,
+                                    aside=lambda picture, output: rescue(picture, output, [self.root]))
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             reason = first_line(e)
             if isinstance(e, batch.Unrecorded) and image is not None and not self.result_path(job.id).is_file():
-                # neither its picture nor its line (results/ full, a disk of its own): the picture kept aside
-                saved = rescue(image, self.result_path(job.id), [self.root])
+                # neither its picture nor its line (results/ full, a disk of its own): the picture kept aside,
+                # once (record's `aside` may have kept it already)
+                saved = e.saved or rescue(image, self.result_path(job.id), [self.root])
+                reason = reason.removesuffix(f": {e.kept}") if e.saved else reason  # said once, by its name
                 reason += (f"; its picture was saved aside on the server as {saved.name}" if saved is not None
                            else "; nor could a copy be saved aside; it is lost")
             done = dataclasses.replace(done, status="failed", reason=reason)
