@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 from collections import deque
-from typing import Any, Generator, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 from styleengine.engine.batch import MAX_BATCH, JobResult, Planned, Warm, groups, run_jobs
 from styleengine.errors import ConfigError, UnavailableError, UserError, first_line
@@ -239,12 +239,18 @@ class ActorPool:
             idle.append(actor)
             yield item, result
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """The actors killed (at once): nothing runs on them any more."""
         _CLOSING.set()
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
+
+    def close(self) -> None:
+        """stop(), and the cluster this pool started shut down (Ray gives each of its processes a second)."""
+        self.stop()
         if self.started:
+            self.started = False
             self.ray.shutdown()
 
 
@@ -264,11 +270,17 @@ class RayRunner(ActorPool):
             yield results
 
 
-def run_jobs_ray(planned: list[Planned], address: str, *,
-                 batch_size: int | None = None) -> Generator[list[JobResult], None, None]:
-    """batch.run_groups on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned."""
+def run_jobs_ray(planned: list[Planned], address: str, *, batch_size: int | None = None,
+                 on_interrupt: Callable[[], None] | None = None) -> Generator[list[JobResult], None, None]:
+    """batch.run_groups on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned;
+    `on_interrupt` is called as a KeyboardInterrupt passes, before the close (Ray's shutdown of a cluster it
+    started takes some seconds: the signal's line comes first)."""
     runner = RayRunner(address, batch_size=batch_size)
     try:
         yield from runner.run(planned)
+    except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
+        raise
     finally:
         runner.close()

@@ -83,10 +83,10 @@ class Job:
                 "output": str(self.output), "overrides": dict(self.overrides)}
 
 
-def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str, str]
+def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str, str], exact: bool = False
                ) -> tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, str], ...]]:
     """(Settings field, value) of a job's own keys (lower-cased; `typed`: each as typed), under its recipe, and
-    (Settings field, the key as typed)."""
+    (Settings field, the key as typed). exact: a file's name as written (a JSON string's), as _style_names."""
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # setting -> the key that gave it
     recipe = _text(raw, RECIPE, where)
@@ -105,6 +105,8 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str,
             continue  # an empty CSV cell: the batch's value (a JSON "" is refused by _job)
         try:
             parsed = OVERRIDES[name](value)
+            if exact and name in _FILES and parsed not in _FILES[name]:  # " x.png" read x.png, another file
+                parsed = value if isinstance(parsed, str) else _style_names(value, exact)
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{where}: bad {key} {_shown(value)} ({e})") from None
         values[name] = parsed
@@ -122,6 +124,11 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str,
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return tuple(sorted(values.items())), tuple(sorted(spelled.items()))
+
+
+# the settings that name files, and their words (which stay words, trimmed)
+_FILES: dict[str, tuple[str, ...]] = {"init": (*INITS, *INIT_ALIASES), "weights": WEIGHT_WORDS, "content_masks": (),
+                                      "style_masks": ()}
 
 
 def _beside(base_dir: Path, name: str, words: Iterable[str]) -> str:
@@ -239,7 +246,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
                           f"of text (it is the output's name when not given)")
-    overrides, keys = _overrides({k: v for k, v in raw.items() if k not in _JOB_KEYS}, where, base_dir, typed)
+    overrides, keys = _overrides({k: v for k, v in raw.items() if k not in _JOB_KEYS}, where, base_dir, typed,
+                                 exact)
     return Job(job_id, content_path, style_paths, output_path, overrides, where, folders, keys)
 
 
@@ -425,14 +433,14 @@ def _check_whole(read: _Read, path: Path, lines: int) -> None:
     batch ran: the read then ended early, silently, or on the tail of a line it no longer has), or where what was
     read is not what it holds now (rewritten in place meanwhile)."""
     size = os.fstat(read.fileno()).st_size
-    if read.count > size:
-        raise ConfigError(f"{path} was cut short while the batch read it ({size} bytes now, {read.count} read): the "
-                          f"jobs after line {lines} were not read; the manifest keeps what was done, and the same "
-                          f"command resumes once the file holds them again")
+    if read.count > size:  # read up to line `lines`, which the file no longer holds whole
+        raise ConfigError(f"{path} was cut short (or rewritten shorter) while the batch read it ({size} bytes now, "
+                          f"{read.count} read, to line {lines}): the jobs not in the manifest were not run; the same "
+                          f"command resumes them once the file holds them")
     if read.changed():
         raise ConfigError(f"{path} was rewritten while the batch read it (by line {lines}): the jobs read may mix "
-                          f"the old file and the new one; the manifest keeps what was done, and the same command "
-                          f"resumes with the file as it is now")
+                          f"the old file and the new one; the jobs not in the manifest were not run, and the same "
+                          f"command resumes with the file as it is now")
 
 
 def load_jobs(path: Path, out_dir: Path) -> list[Job]:

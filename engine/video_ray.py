@@ -159,5 +159,9 @@ class VideoRayRunner:
         for item, (frames, stopped) in self.pool.map("stylise", items):
             yield item[0], frames, stopped
 
+    def stop(self) -> None:
+        """The actors ended; close() shuts Ray down after it."""
+        self.pool.stop()
+
     def close(self) -> None:
         self.pool.close()

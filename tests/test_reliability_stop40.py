@@ -70,6 +70,9 @@ def test_a_videos_weights_replaced_after_its_hash_are_said(tmp_path, monkeypatch
                                                     init_image)
                     yield chunk, done, why
 
+            def stop(self):
+                pass
+
             def close(self):
                 pass
 

@@ -300,8 +300,9 @@ def test_a_jobs_file_cut_short_while_its_batch_reads_it_is_said(tmp_path, left):
     read = [next(jobs) for _ in range(5)]
     with open(jobs_file, "r+") as f:
         f.truncate(len("".join(lines[:left])))
-    with pytest.raises(ConfigError, match=r"j.jsonl was cut short while the batch read it \(\d+ bytes now, \d+ "
-                                          r"read\): the jobs after line \d+ were not read"):
+    with pytest.raises(ConfigError, match=r"j.jsonl was cut short \(or rewritten shorter\) while the batch read it "
+                                          r"\(\d+ bytes now, \d+ read, to line \d+\): the jobs not in the manifest "
+                                          r"were not run"):
         read += list(jobs)
     assert len(read) >= 5
 

@@ -444,3 +444,21 @@ def test_a_trace_on_the_commands_own_stderr_is_refused_at_the_start(tmp_path):
     assert (tmp_path / "log").read_text() == ("error: cannot write trace /dev/stderr: it is this command's stderr, "
                                               "where its messages go; name a file, or /dev/stdout\n")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_jsonl_jobs_own_files_are_named_as_written(tmp_path, monkeypatch, capsys):
+    """`"init": "x.png "` started from x.png, another file, exit 0 (content, style and output were exact, a
+    job's init, weights and masks not); a name with an edge blank that is missing was said unquoted
+    ("init image x.png  was not found") (probe 48a, 5)."""
+    from styleengine.engine.jobs import iter_jobs
+
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "init": "x.png ", "weights": " random", '
+                                      '"content_masks": " m.png"}\n')
+    (job,) = iter_jobs(tmp_path / "j.jsonl", tmp_path / "out")
+    overrides = dict(job.overrides)
+    assert overrides["init"] == str(tmp_path / "x.png ") and overrides["weights"] == "random"
+    assert overrides["content_masks"] == (str(tmp_path / " m.png"),)
+    _pictures(tmp_path)
+    (tmp_path / "k.jsonl").write_text('{"content": "c.png ", "style": "s.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "k.jsonl", "--out", tmp_path / "out", *FAST)
+    assert f"content image '{tmp_path / 'c.png '}' was not found" in err, err

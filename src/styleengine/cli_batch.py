@@ -233,27 +233,10 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
             return rescue(image, output, [])
         return rescue(image, output, rescue_in)
 
-    try:
-        if ray is not None:  # one runner (its actors) for every job: planned whole
-            chunks = [[item for chunk in chunks for item in chunk]]
-        for planned in chunks:
-            for item in planned:
-                if item.status != "run":
-                    with signals.shielded():
-                        note(engine.record(engine.unrun(item), manifest))
-            if warm is None:
-                from styleengine.engine.batch_ray import run_jobs_ray
-
-                finished = run_jobs_ray(planned, ray, batch_size=batch_size)
-            else:
-                finished = engine.run_groups(planned, warm, batch_size=batch_size)
-            try:
-                for results in finished:  # one optimisation's jobs: a signal or a refused line loses none of them
-                    with signals.shielded():
-                        engine.record_all(results, manifest, note, save_elsewhere, out)
-            finally:  # now, not at the interpreter's exit (Ray's shutdown then printed a traceback)
-                finished.close()
-    except KeyboardInterrupt:
+    def interrupted() -> None:
+        """The signal's line, said once: before Ray's shutdown of a cluster it started (some seconds)."""
+        if signals.reported:
+            return
         signals.reported = True
         left = total - sum(counts.values())
         recorded = sum(counts.values())
@@ -271,6 +254,32 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 "nothing was recorded yet; the same command starts again")
         print(printable(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}"),
               file=sys.stderr)
+
+    try:
+        if ray is not None:  # one runner (its actors) for every job: planned whole
+            chunks = [[item for chunk in chunks for item in chunk]]
+        for planned in chunks:
+            for item in planned:
+                if item.status != "run":
+                    with signals.shielded():
+                        note(engine.record(engine.unrun(item), manifest))
+            if warm is None:
+                from styleengine.engine.batch_ray import run_jobs_ray
+
+                finished = run_jobs_ray(planned, ray, batch_size=batch_size, on_interrupt=interrupted)
+            else:
+                finished = engine.run_groups(planned, warm, batch_size=batch_size)
+            try:
+                for results in finished:  # one optimisation's jobs: a signal or a refused line loses none of them
+                    with signals.shielded():
+                        engine.record_all(results, manifest, note, save_elsewhere, out)
+            except KeyboardInterrupt:
+                interrupted()
+                raise
+            finally:  # now, not at the interpreter's exit (Ray's shutdown then printed a traceback)
+                finished.close()
+    except KeyboardInterrupt:
+        interrupted()
         raise typer.Exit(signals.exit_code) from None
     else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
         signals.finish()

@@ -427,6 +427,8 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
             _execute(*prepared, output=output, trace=trace, console=console, chunked=chunked)
         finally:
             prepared[9].close()  # the frames folder's lock
+            if chunked is not None:
+                chunked.close()
 
 
 class _Chunked:
@@ -464,6 +466,11 @@ class _Chunked:
         if after < len(self.chunks) and index >= self.chunks[after].first:
             return "earlier"
         return None
+
+    def stop(self) -> None:
+        """The actors ended (at once); Ray itself is shut down by close(), after the run's last line."""
+        if self.runner is not None:
+            self.runner.stop()
 
     def close(self) -> None:
         if self.runner is not None:
@@ -615,8 +622,8 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         raise
     finally:
         signals.hold()  # to the command's end: a signal before the `stopped` below is said, none after it
-        if chunked is not None:
-            chunked.close()
+        if chunked is not None:  # Ray's shutdown (seconds) comes after the last line: the caller's close()
+            chunked.stop()
         if tracer is not None:
             tracer.close()
             if tracer.failure:

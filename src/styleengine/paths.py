@@ -202,7 +202,10 @@ def input_problem(role: str, path: str | os.PathLike, shown: str | None = None) 
         hint = f" (the {name} weights are named '{name}', with no folder)"
     elif problem == "was not found" and role.endswith("init image"):
         hint = f" (the named starts: {', '.join(INITS)})"
-    return f"{role} {as_given(path, role) if shown is None else shown} {problem}{hint}"
+    named = as_given(path, role) if shown is None else shown
+    if os.path.basename(named) != os.path.basename(named).strip():  # "c.png  was not found": c.png is there
+        named = repr(named)
+    return f"{role} {named} {problem}{hint}"
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:
