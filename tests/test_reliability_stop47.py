@@ -462,3 +462,29 @@ def test_a_jsonl_jobs_own_files_are_named_as_written(tmp_path, monkeypatch, caps
     (tmp_path / "k.jsonl").write_text('{"content": "c.png ", "style": "s.png"}\n')
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "k.jsonl", "--out", tmp_path / "out", *FAST)
     assert f"content image '{tmp_path / 'c.png '}' was not found" in err, err
+
+
+def test_a_ray_batchs_signal_line_comes_before_rays_shutdown(monkeypatch):
+    """`batch --ray auto` said its signal's line after Ray's shutdown of the cluster it started (8 s: Ray gives
+    each process a second; probe 48b, 1). The line's hook runs as the interrupt passes, before the close."""
+    from styleengine.engine import batch_ray
+
+    order = []
+
+    class Runner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, planned):
+            yield []
+            raise KeyboardInterrupt
+
+        def close(self):
+            order.append("close")
+
+    monkeypatch.setattr(batch_ray, "RayRunner", Runner)
+    finished = batch_ray.run_jobs_ray([], "auto", on_interrupt=lambda: order.append("line"))
+    with pytest.raises(KeyboardInterrupt):
+        for _ in finished:
+            pass
+    assert order == ["line", "close"]
