@@ -330,7 +330,7 @@ TRACE_LINE = ('{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 
                                   '{"a": 1}\nthis is my notes file\n', '{"user": "a", "score": 3}\n', "42\n",
                                   # probe 47a: text after one line with "loss", a training log, a user's tail
                                   '{"loss": 0.5}\nremember: the real notes are here', TRACE_LINE + "notes, no newline",
-                                  TRACE_LINE + "\0\0\0", '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n',
+                                  '{"loss": 1}\n\0\0\0', '{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n',
                                   TRACE_LINE * 3 + "USER TAIL\n"])
 def test_a_json_output_never_replaces_a_config_or_notes_that_start_as_json_does(tmp_path, monkeypatch, capsys,
                                                                                  text):

@@ -488,3 +488,48 @@ def test_a_ray_batchs_signal_line_comes_before_rays_shutdown(monkeypatch):
         for _ in finished:
             pass
     assert order == ["line", "close"]
+
+
+def test_a_trace_with_a_power_cuts_nul_tail_is_ours(tmp_path):
+    """A whole trace followed by NULs (what ext4 may leave after a power cut) was refused as not a trace (probe
+    48a, 10)."""
+    from styleengine import paths
+
+    (tmp_path / "t.jsonl").write_text(TRACE_LINE * 3 + "\0" * 4096)
+    paths.check_own(tmp_path / "t.jsonl", "trace", paths.own_trace)
+
+
+def test_a_traces_other_hard_link_keeps_the_earlier_trace(tmp_path):
+    """The rerun's trace truncated the earlier one's inode, so an archive's hard link to it took the new lines
+    (probe 48a, 12). The name is replaced; the other link keeps the earlier trace."""
+    from styleengine.cli_job import TraceWriter
+
+    (tmp_path / "t.jsonl").write_text(TRACE_LINE)
+    os.link(tmp_path / "t.jsonl", tmp_path / "archive.jsonl")
+    trace = TraceWriter(tmp_path / "t.jsonl")
+    trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+    trace.close()
+    assert (tmp_path / "archive.jsonl").read_text() == TRACE_LINE
+    assert (tmp_path / "t.jsonl").read_text() == '{"iteration": 1, "loss": 1.5}\n'
+
+
+def test_a_second_export_into_a_folder_one_is_writing_is_refused(tmp_path, monkeypatch, capsys):
+    """Two `export --force` into one folder at once: the one replaced second said "wrote ... sha256 X", the folder
+    holding the other (probe 48a, 6). The second is refused while the first holds the folder."""
+    import fcntl
+
+    try:
+        from test_cli_export import NO_CHECK
+    except ModuleNotFoundError:
+        from tests.test_cli_export import NO_CHECK
+
+    out = tmp_path / "e"
+    out.mkdir()
+    held = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--force")
+    finally:
+        os.close(held)
+    assert one_error_line(code, err).endswith(f"another export into {out} is running; wait for it to finish")
+    assert run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--force")[0] == 0

@@ -12,7 +12,7 @@ except ModuleNotFoundError:
 
 
 @pytest.mark.parametrize("long_side, words", [
-    (250, "needs a long side of 200 px (size 200): crop the image or send a larger size"),
+    (150, "needs a long side of 120 px (size 120): crop the image or send a larger size"),
     (2000, "needs a long side of 1600 px, over this server's limit of 256 px: crop the image")])
 @pytest.mark.parametrize("role", ["content", "style"])
 def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, long_side, words, role):
@@ -27,7 +27,7 @@ def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, l
     thin = png(40, long_side)
     parts = files(thin) if role == "content" else files(None, thin)
     if role == "style":  # the style's side is size x style_scale
-        words = words.replace("(size 200)", "(size x style_scale 200)").replace("larger size", "larger size x "
+        words = words.replace("(size 120)", "(size x style_scale 120)").replace("larger size", "larger size x "
                                                                                               "style_scale")
     with TestClient(create_app(config)) as client:
         response = client.post("/api/jobs", files=parts)
@@ -90,3 +90,17 @@ def test_a_finished_picture_results_cannot_take_is_kept_aside(tmp_path, monkeypa
     assert job["status"] == "failed" and "No space left on device" in job["reason"], job
     kept = list(root.glob(f"{job['id']}-rescued-*.png"))
     assert len(kept) == 1 and kept[0].name in job["reason"], job["reason"]
+
+
+def test_a_thin_uploads_size_advice_is_one_its_plan_takes(tmp_path):
+    """"send a larger size 240" for a 300x40 upload was a dead end: at size 240 the job starts at 128 px, where it
+    is refused again (probe 48a, 7). A size is advised only where its first scale is that size."""
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=512, max_iters=50)
+    with TestClient(create_app(config)) as client:
+        detail = client.post("/api/jobs", files=files(png(40, 300))).json()["detail"]
+    assert detail.endswith("needs a long side of 240 px, and at that size the server's first scale is 128 px: crop "
+                           "the image"), detail

@@ -11,6 +11,7 @@ so it exits 0.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -76,6 +77,27 @@ def _remove_abandoned(parent: Path) -> None:
         if paths.abandoned(staging, staging / OWNER_LOCK, unowned_age_s=UNOWNED_AGE_S, owned_age_s=OWNED_AGE_S):
             logger.info("removing %s, left by an export that did not finish", staging)
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _held(output: Path) -> Iterator[None]:
+    """The existing folder `output` locked (flock) for the block; ConfigError if another export holds it."""
+    if not output.is_dir():  # made by the publish: a second export then refuses it without --force
+        yield
+        return
+    fd = os.open(output, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another export into {output} is running; wait for it to finish") from None
+        except ImportError:  # Windows: no lock
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _existing(output: Path, names: tuple[str, ...], force: bool) -> None:
@@ -171,70 +193,71 @@ def export(
 
     names = (*GRAPH_FILES, META_FILE)
     _existing(output, names, force)
-    w = load_weights(model, weights, seed=seed)
-    spec = graph_spec(w, loss, pooling, precision, conv)
-    console = Console(stderr=True, markup=False)
-    # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
-    # never read by setting it, which changed it for every thread meanwhile)
-    parent = output if output.is_dir() else output.parent
-    _remove_abandoned(parent)
-    staging = paths.fresh_folder(parent, STAGING_PREFIX)
-    owner = None
-    try:
-        owner = paths.lock_file(staging / OWNER_LOCK)  # held while this process lives: the next export sees it
-        paths.try_lock(owner, blocking=False)
+    with _held(output):  # a second export into it at once is refused: each said it wrote its own
+        w = load_weights(model, weights, seed=seed)
+        spec = graph_spec(w, loss, pooling, precision, conv)
+        console = Console(stderr=True, markup=False)
+        # published whole, it becomes the user's folder: made as mkdir makes one (the umask applied by the kernel,
+        # never read by setting it, which changed it for every thread meanwhile)
+        parent = output if output.is_dir() else output.parent
+        _remove_abandoned(parent)
+        staging = paths.fresh_folder(parent, STAGING_PREFIX)
+        owner = None
         try:
-            written = write_export(w, spec, staging)
-        except OSError as e:
-            raise UserError(f"cannot write the export beside {output} ({e.strerror or e}); nothing written") from None
-        provider = validation_provider(precision) if validate else None
-        if provider is not None:
+            owner = paths.lock_file(staging / OWNER_LOCK)  # held while this process lives: the next export sees it
+            paths.try_lock(owner, blocking=False)
             try:
-                report = validate_step(lambda: OrtStep(written, spec, loss, provider=provider), w, loss, spec)
-            except ExportValidationError as e:
-                raise UserError(f"the exported graph disagrees with torch ({str(e).splitlines()[0]}); nothing "
-                                f"written to {output}") from None
-            record_validation(written, [c.to_json() for c in report], provider)
-            table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
-            arbiter = any(c.fp64_graph is not None for c in report)  # a size over the tolerance went to float64
-            for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs",
-                        *(("float64: torch fp32 / graph",) if arbiter else ())):
-                table.add_column(col, justify="right")
-            for c in report:
-                fp64 = (f"{c.fp64_torch:.2e} / {c.fp64_graph:.2e}" if c.fp64_graph is not None else "-",)
-                table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
-                              f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}", *(fp64 if arbiter else ()))
-            console.print(table)
-        _existing(output, names, force)  # a file that appeared meanwhile is the user's too
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if owner is not None:
-            owner.close()
-        raise
-    # from here the export is as good as done: a signal is held to the command's end, and only reported (exit 0)
-    signals.hold()
-    try:
-        # what was exported, from the staging folder: another export may replace the published one meanwhile
-        mine = (staging / META_FILE).read_bytes()
-        _publish(staging, output, names)
-    except OSError as e:
-        raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if owner is not None:
-            owner.close()
-    if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
-        console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
-    meta = json.loads(mine)
-    try:
-        replaced = (output / META_FILE).read_bytes() != mine
-    except OSError:
-        replaced = True
-    if replaced:  # two exports into one folder at once: the folder holds one of them whole
-        console.print(f"warning: another export into {output} was published at the same time; run export "
-                      f"--force again to be sure of what the folder holds")
-    if signals.received is not None:  # before the last line: one after it stops nothing, and is not said
-        console.print(f"{signals.name} arrived after the export was published; the export is complete")
-    console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
-                  f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
-                  f"weights sha256 {w.sha256[:12]})", soft_wrap=True)  # one line, piped or not
+                written = write_export(w, spec, staging)
+            except OSError as e:
+                raise UserError(f"cannot write the export beside {output} ({e.strerror or e}); nothing written") from None
+            provider = validation_provider(precision) if validate else None
+            if provider is not None:
+                try:
+                    report = validate_step(lambda: OrtStep(written, spec, loss, provider=provider), w, loss, spec)
+                except ExportValidationError as e:
+                    raise UserError(f"the exported graph disagrees with torch ({str(e).splitlines()[0]}); nothing "
+                                    f"written to {output}") from None
+                record_validation(written, [c.to_json() for c in report], provider)
+                table = Table(title=f"{precision} step graph on ONNX Runtime {provider} vs torch fp32")
+                arbiter = any(c.fp64_graph is not None for c in report)  # a size over the tolerance went to float64
+                for col in ("size", "loss rel", "grad rel L2", "grad max abs", "grad p99 abs",
+                            *(("float64: torch fp32 / graph",) if arbiter else ())):
+                    table.add_column(col, justify="right")
+                for c in report:
+                    fp64 = (f"{c.fp64_torch:.2e} / {c.fp64_graph:.2e}" if c.fp64_graph is not None else "-",)
+                    table.add_row(f"{c.height}x{c.width}", f"{c.loss_rel:.2e}", f"{c.grad_rel_l2:.2e}",
+                                  f"{c.grad_max_abs:.2e}", f"{c.grad_p99_abs:.2e}", *(fp64 if arbiter else ()))
+                console.print(table)
+            _existing(output, names, force)  # a file that appeared meanwhile is the user's too
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if owner is not None:
+                owner.close()
+            raise
+        # from here the export is as good as done: a signal is held to the command's end, and only reported (exit 0)
+        signals.hold()
+        try:
+            # what was exported, from the staging folder: another export may replace the published one meanwhile
+            mine = (staging / META_FILE).read_bytes()
+            _publish(staging, output, names)
+        except OSError as e:
+            raise UserError(f"cannot move the export into {output}: {e.strerror or e}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if owner is not None:
+                owner.close()
+        if validate and precision in _NOT_ON_A_GPU and provider != "cuda":
+            console.print(f"{precision}: {_NOT_ON_A_GPU[precision]}")
+        meta = json.loads(mine)
+        try:
+            replaced = (output / META_FILE).read_bytes() != mine
+        except OSError:
+            replaced = True
+        if replaced:  # two exports into one folder at once: the folder holds one of them whole
+            console.print(f"warning: another export into {output} was published at the same time; run export "
+                          f"--force again to be sure of what the folder holds")
+        if signals.received is not None:  # before the last line: one after it stops nothing, and is not said
+            console.print(f"{signals.name} arrived after the export was published; the export is complete")
+        console.print(f"wrote {output}/step.onnx ({meta['files']['step.onnx']['bytes'] / 1e6:.1f} MB), "
+                      f"features.onnx, tile_step.onnx, export.json (opset {spec.opset}, IR {meta['ir_version']}, "
+                      f"weights sha256 {w.sha256[:12]})", soft_wrap=True)  # one line, piped or not

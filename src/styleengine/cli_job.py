@@ -67,6 +67,8 @@ class TraceWriter:
         try:
             if self.file is None:
                 self._check_again()
+                if not self.path.is_symlink() and self.path.is_file() and self.path.stat().st_nlink > 1:
+                    self.path.unlink()  # an earlier trace's other names (an archive's hard link) keep it
                 self.file = open(self.path, "w", encoding="utf-8")
                 self.opened = True
             text = json.dumps(line) + "\n"

@@ -677,8 +677,8 @@ def own_trace(text: str) -> bool:
     whole, at = False, 0
     while at < len(text):  # a line at a time: no copy of a file of many lines
         end = text.find("\n", at)
-        if end < 0:  # the last line, torn
-            torn = text[at:].strip()
+        if end < 0:  # the last line, torn (NULs after it: what a power cut may leave)
+            torn = text[at:].strip().rstrip("\0")
             return (whole or bool(torn)) and (not torn or any(torn.startswith(head) or head.startswith(torn)
                                                               for head in TRACE_HEADS))
         line, at = text[at:end], end + 1

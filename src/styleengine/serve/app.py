@@ -276,7 +276,7 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
         check_run(settings, arrays[0].shape[:2], [a.shape[:2] for a in arrays[1:]],
                   style_labels=[label for _, label in saved[1:]])
     except TooThin as e:  # a client has the form's fields, not the flags, and none past the server's limit
-        raise HTTPException(422, store.for_clients(_too_thin(e, config.max_size))) from None
+        raise HTTPException(422, store.for_clients(_too_thin(e, config.max_size, settings))) from None
     except UserError as e:
         raise HTTPException(422, store.for_clients(_said(e, sent))) from None
     digest, init_image, read = _own_files(store, job_id, saved, settings)
@@ -349,11 +349,14 @@ def _settings(base: Settings, values: dict[str, Any], config: Config, recipe: st
         raise HTTPException(422, _said(e, sent)) from None
 
 
-def _too_thin(error: TooThin, max_size: int) -> str:
+def _too_thin(error: TooThin, max_size: int, settings: Settings) -> str:
     """An image too thin for the job's size, with the fix a client has: the field that sets the size it needs
     where this server makes that size, else only cropping (the server's first scale is its own)."""
     if error.needed > max_size:
         return f"{error.head}, over this server's limit of {max_size} px: crop the image"
+    first = dataclasses.replace(settings, size=error.needed).scale_plan()[0][0]
+    if error.knob == "--size" and first < error.needed:  # that size starts coarser: refused again there
+        return f"{error.head}, and at that size the server's first scale is {first} px: crop the image"
     if error.knob == "--start-size":
         return f"{error.head} at the server's first scale (--start-size): crop the image"
     if error.knob == "--start-size x --style-scale":
