@@ -268,7 +268,9 @@ class Manifest:
         """UserError where the folder pinned is not at its path any more, or has lost its lock file."""
         if self.lock_removed():
             raise UserError(f"{self.path.parent / LOCK_FILE} was removed during the run, so another batch or server "
-                            f"could run on {self.path.parent} at once; its lines so far are in {self.path}")
+                            f"could run on {self.path.parent} at once; "
+                            + (f"its lines so far are in {self.path}" if self.path.is_file() else "no line was written "
+                               "yet"))
         if not self.at_home():
             raise UserError(f"{self.path.parent} was moved, removed or replaced during the run (its lock and "
                             f"earlier lines went with the folder that was there)")

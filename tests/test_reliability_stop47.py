@@ -533,3 +533,26 @@ def test_a_second_export_into_a_folder_one_is_writing_is_refused(tmp_path, monke
         os.close(held)
     assert one_error_line(code, err).endswith(f"another export into {out} is running; wait for it to finish")
     assert run_cli(monkeypatch, capsys, "export", "-o", out, *NO_CHECK, "--force")[0] == 0
+
+
+def test_a_lock_removed_before_the_first_line_says_no_line_was_written(tmp_path, monkeypatch, capsys):
+    """`rm out/.batch.lock` before any job came back: "its lines so far are in out/manifest.jsonl", a file that was
+    never made (probe 48b, 6)."""
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+
+    real = engine.record
+
+    def record(*args, **kwargs):
+        (tmp_path / "out" / ".batch.lock").unlink(missing_ok=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    line = one_error_line(code, err)
+    assert "was removed during the run" in line and "no line was written yet" in line, line
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
