@@ -64,6 +64,8 @@ def whole(value: Any) -> int:
         if len(value.strip().lstrip("+-").lstrip("0")) > 19:  # past 2**63; int() refuses 4300 digits itself
             raise OutOfRange("out of range")
         number = int(value)
+    elif type(value).__name__.startswith("float") and float(value).is_integer():  # 64.0, numpy's float32(64)
+        raise ValueError("a whole number is given as an int, not a float")
     else:
         raise ValueError("not a whole number")
     if abs(number) >= 2**63:

@@ -556,3 +556,16 @@ def test_a_lock_removed_before_the_first_line_says_no_line_was_written(tmp_path,
     line = one_error_line(code, err)
     assert "was removed during the run" in line and "no line was written yet" in line, line
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_a_whole_number_given_as_a_float_is_told_to_be_an_int():
+    """`stylise(..., size=64.0)` (or numpy's float32(64)) was "size 64.0: not a whole number" (probe 48b, 5)."""
+    import numpy as np
+
+    from styleengine.engine.settings import whole
+
+    for value in (64.0, np.float32(64)):
+        with pytest.raises(ValueError, match="a whole number is given as an int, not a float"):
+            whole(value)
+    with pytest.raises(ValueError, match="^not a whole number$"):
+        whole(2.7)
