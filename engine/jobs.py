@@ -332,7 +332,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, str, dict
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
 
 
-def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
+def iter_jobs(path: Path, out_dir: Path, read_to: list[int] | None = None) -> Iterator[Job]:
     """The jobs of a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated),
     read as they are needed (a long file starts at once and takes no more memory than a short one).
 
@@ -366,6 +366,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                 for number, where, row in _csv_rows(iter(f), path):
                     yield _located(row, where, base_dir, out_dir, csv_row=True)
                 _check_whole(read, path, number)
+                if read_to is not None:
+                    read_to.append(read.count)
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -385,6 +387,8 @@ def iter_jobs(path: Path, out_dir: Path) -> Iterator[Job]:
                     raise ConfigError(f"{where}: a job is a JSON object")
                 yield _located(raw, where, base_dir, out_dir)
             _check_whole(read, path, number)
+            if read_to is not None:  # how far the file was read: lines appended after are not (a queue's end)
+                read_to.append(read.count)
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 

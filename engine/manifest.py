@@ -244,6 +244,7 @@ class Manifest:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock: IO[bytes] | None = None  # the folder's lock, held (pin): lines go where it is, or nowhere
+        self.written = 0  # lines this process appended
 
     def pin(self, lock: IO[bytes]) -> None:
         """The folder holding `lock` (its LOCK_FILE, just taken) is the one every later line and picture goes to:
@@ -269,8 +270,9 @@ class Manifest:
         if self.lock_removed():
             raise UserError(f"{self.path.parent / LOCK_FILE} was removed during the run, so another batch or server "
                             f"could run on {self.path.parent} at once; "
-                            + (f"its lines so far are in {self.path}" if self.path.is_file() else "no line was written "
-                               "yet"))
+                            + (f"its lines so far are in {self.path}" if self.path.is_file() else
+                               f"{self.path} is not there any more (removed during the run)" if self.written else
+                               "no line was written yet"))
         if not self.at_home():
             raise UserError(f"{self.path.parent} was moved, removed or replaced during the run (its lock and "
                             f"earlier lines went with the folder that was there)")
@@ -380,6 +382,7 @@ class Manifest:
                         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                     data = data[written:]
                 os.fsync(fd)
+                self.written += 1
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)  # no torn line left behind

@@ -206,19 +206,25 @@ def test_a_batch_refuses_a_videos_frames_folder(tmp_path, monkeypatch, capsys, n
     """`batch --out OUT.frames` beside a running video: the batch's lock and the video's are blind to each other;
     the video moved the batch's picture aside as not its frame, the batch's line said ok (probe 47b, 4)."""
     _pictures(tmp_path)
+    import fcntl
+
     frames = tmp_path / "v.mp4.frames"
     frames.mkdir()
     (frames / name).write_text("")
     (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "frame_000030.png"}\n')
-    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", frames, *FAST)
+    with open(frames / name, "rb") as held:  # a running video holds its lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", frames, *FAST)
     assert "is a video's frames folder" in one_error_line(code, err)
     assert sorted(p.name for p in frames.iterdir()) == [name]
 
 
-def test_a_lock_of_another_tool_is_no_videos(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("text", ["held by syncthing\n", ""])
+def test_a_lock_of_another_tool_is_no_videos(tmp_path, monkeypatch, capsys, text):
+    """Another tool's `.lock`, or an empty one no process holds (`touch .lock`), is no video's (probe 49a, 10)."""
     _pictures(tmp_path)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".lock").write_text("held by syncthing\n")
+    (tmp_path / "out" / ".lock").write_text(text)
     (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png"}\n')
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
     assert code == 0, err
@@ -442,7 +448,7 @@ def test_a_trace_on_the_commands_own_stderr_is_refused_at_the_start(tmp_path):
                               env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 1
     assert (tmp_path / "log").read_text() == ("error: cannot write trace /dev/stderr: it is this command's stderr, "
-                                              "where its messages go; name a file, or /dev/stdout\n")
+                                              "where its messages go; name a file\n")
     assert not (tmp_path / "o.png").exists()
 
 
@@ -569,3 +575,101 @@ def test_a_whole_number_given_as_a_float_is_told_to_be_an_int():
             whole(value)
     with pytest.raises(ValueError, match="^not a whole number$"):
         whole(2.7)
+
+
+@pytest.mark.parametrize("text", ["\0" * 300, "\0" * 200 + "\n" + TRACE_LINE])
+def test_a_trace_of_a_power_cuts_nuls_is_ours(tmp_path, text):
+    """A trace of NULs only, or NULs before its lines (delayed allocation after a power cut), was "not an earlier
+    trace file" (probe 49a, 4)."""
+    from styleengine import paths
+
+    (tmp_path / "t.jsonl").write_text(text)
+    paths.check_own(tmp_path / "t.jsonl", "trace", paths.own_trace)
+
+
+def test_a_trace_reached_by_a_link_keeps_its_other_hard_links_and_its_mode(tmp_path):
+    """Through a symbolic link, the earlier trace's inode was truncated, its archive's hard link taking the new
+    lines; a private trace's replacement became world-readable (probe 49a, 2 and 3)."""
+    from styleengine.cli_job import TraceWriter
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r.jsonl").write_text(TRACE_LINE)
+    os.chmod(tmp_path / "runs" / "r.jsonl", 0o600)
+    os.link(tmp_path / "runs" / "r.jsonl", tmp_path / "archive.jsonl")
+    (tmp_path / "latest.jsonl").symlink_to(tmp_path / "runs" / "r.jsonl")
+    trace = TraceWriter(tmp_path / "latest.jsonl")
+    trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+    trace.close()
+    assert (tmp_path / "archive.jsonl").read_text() == TRACE_LINE
+    assert (tmp_path / "runs" / "r.jsonl").read_text() == '{"iteration": 1, "loss": 1.5}\n'
+    assert (tmp_path / "latest.jsonl").is_symlink() and (tmp_path / "runs" / "r.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_and_manifest_removed_after_a_line_say_the_manifest_is_gone(tmp_path, monkeypatch, capsys):
+    """`rm out/.batch.lock out/manifest.jsonl` after the first line: "no line was written yet" (probe 49a, 8)."""
+    from styleengine.engine import batch as engine
+
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+
+    real, seen = engine.record, []
+
+    def record(*args, **kwargs):
+        if seen:
+            for name in (".batch.lock", "manifest.jsonl"):
+                (tmp_path / "out" / name).unlink(missing_ok=True)
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    line = one_error_line(code, err)
+    assert "manifest.jsonl is not there any more (removed during the run)" in line, line
+
+
+def test_a_users_file_put_at_benchs_json_is_not_said_to_hold_its_rows(tmp_path, monkeypatch, capsys):
+    """bench said --json "holds the partial document (1 row ...)" when the check before its last write found a
+    user's file there, which it kept (probe 49a, 9)."""
+    from styleengine.benchmarks import runner
+
+    real, state = runner.Runner.outcome, {"rows": 0}
+
+    def outcome_then_mine(self, config, *args, **kwargs):
+        if state["rows"] == 1:
+            (tmp_path / "b.json").write_text('{"name": "my package"}\n')
+        state["rows"] += 1
+        return real(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_mine)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
+                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
+                           "--json", tmp_path / "b.json")
+    line = one_error_line(code, err)
+    assert "not an earlier bench --json file" in line and "holds the partial document" not in line, line
+    assert (tmp_path / "b.json").read_text() == '{"name": "my package"}\n'
+
+
+def test_lines_a_short_queue_got_after_its_read_are_said(tmp_path, monkeypatch, capsys):
+    """A jobs file shorter than a chunk is read whole at the start: lines appended during the run were neither run
+    nor mentioned, exit 0 (probe 49b, 2). The end says the file grew and that the same command runs them."""
+    from styleengine.engine import batch as engine
+
+    real, seen = engine.record, []
+
+    def record(*args, **kwargs):
+        if not seen:
+            with open(tmp_path / "j.jsonl", "a") as f:
+                f.write('{"content": "c.png", "styles": ["s.png"], "output": "q.png"}\n')
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 0 and "j.jsonl grew by 61 bytes after the batch had read it to its end" in err, err

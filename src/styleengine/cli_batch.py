@@ -16,6 +16,7 @@ same command resumes. Exit 1 if any job failed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import sys
@@ -37,10 +38,10 @@ SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more 
 
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
-          shared: dict[str, Path]) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
+          shared: dict[str, Path], read_to: list[int]) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
     """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
-    job reads): (how many, a function that gives them again, read from the file as they are needed, whether
-    `out` is a job's style folder)."""
+    job reads; read_to: how far the running pass read the file, once it ends): (how many, a function that gives
+    them again, read from the file as they are needed, whether `out` is a job's style folder)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
@@ -49,7 +50,8 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
             check.add(job)
         if not check.count:  # as an empty --contents is: not a summary that names a manifest never written
             raise ConfigError(f"jobs file {jobs_file} holds no jobs")
-        return check.count, lambda: _checked_again(jobs_file, out, shared), check.style_folder(out) is not None
+        return check.count, lambda: _checked_again(jobs_file, out, shared, read_to), \
+            check.style_folder(out) is not None
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -61,11 +63,12 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
     return len(pairs), lambda: pairs, False  # --out is not the --styles folder (above)
 
 
-def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path]) -> Iterator[engine.Job]:
+def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path], read_to: list[int]
+                   ) -> Iterator[engine.Job]:
     """The jobs as they are read for running, checked across jobs again: a line appended (or changed) since the
-    first reading would otherwise run unchecked (a jobs file used as a queue)."""
+    first reading would otherwise run unchecked (a jobs file used as a queue). read_to: how far it was read."""
     check = engine.JobsCheck(out, shared)
-    for job in engine.iter_jobs(jobs_file, out):
+    for job in engine.iter_jobs(jobs_file, out, read_to):
         check.add(job)
         yield job
 
@@ -167,7 +170,8 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     # the masks read whole, then the rest)
     check_own_files(settings, decode=True)
     paths.check_inputs(shared)
-    total, job_source, styled = _jobs(jobs, contents, styles, out, shared)
+    read_to: list[int] = []  # how far the running pass read the jobs file
+    total, job_source, styled = _jobs(jobs, contents, styles, out, shared, read_to)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
     if ray is None:
@@ -206,6 +210,12 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
         # a rescue in a job's style folder would be read as a style by the next run: the temp folder then
         _run(planned(), total, manifest, out, [] if styled else [out], ray, warm, batch_size,
              settings.weights == "random", console)
+    if jobs is not None and read_to:
+        with contextlib.suppress(OSError):
+            grown = os.stat(jobs).st_size - read_to[-1]
+            if grown > 0:  # a queue's lines after the reader reached its end (a short file is read at the start)
+                console.print(f"warning: {jobs} grew by {grown} bytes after the batch had read it to its end; the "
+                              f"same command runs the jobs added", soft_wrap=True, highlight=False, markup=False)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,

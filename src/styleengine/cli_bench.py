@@ -275,9 +275,9 @@ def bench(
                     partial_rows[0] = len(finished)
                 except (OSError, ConfigError) as e:  # a full disk: the run goes on, the final write says so again
                     if not partial_failed:
-                        why = getattr(e, "strerror", None) or first_line(e)
-                        err.print(f"warning: cannot write {json_path} ({why}); the run goes on",
-                                  highlight=False, markup=False)
+                        said = (f"cannot write {json_path} ({e.strerror or e})" if isinstance(e, OSError) else
+                                first_line(e))
+                        err.print(f"warning: {said}; the run goes on", highlight=False, markup=False)
                     partial_failed.append(e)
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
@@ -353,7 +353,7 @@ def bench(
             write(path)
         except (OSError, ConfigError) as e:
             held = (f"; it holds the partial document ({_rows(partial_rows[0])}, machine.partial: true)"
-                    if path == json_path and partial_rows[0] else "")  # written atomically: the last one stays
+                    if path == json_path and partial_rows[0] and isinstance(e, OSError) else "")  # the last stays
             failures.append((f"cannot write {path} ({e.strerror or e})" if isinstance(e, OSError) else first_line(e))
                             + held)
             continue

@@ -67,9 +67,7 @@ class TraceWriter:
         try:
             if self.file is None:
                 self._check_again()
-                if not self.path.is_symlink() and self.path.is_file() and self.path.stat().st_nlink > 1:
-                    self.path.unlink()  # an earlier trace's other names (an archive's hard link) keep it
-                self.file = open(self.path, "w", encoding="utf-8")
+                self.file = self._open()
                 self.opened = True
             text = json.dumps(line) + "\n"
             self.file.write(text)
@@ -88,6 +86,19 @@ class TraceWriter:
             elif self.opened:  # every line left parses, as a manifest's do
                 with contextlib.suppress(OSError):
                     os.truncate(self.path, self.whole)
+
+    def _open(self) -> Any:
+        """The trace's file for writing: an earlier trace with other names (an archive's hard link, reached by a
+        link or not) is replaced by a new file of its mode, those names keeping it; a stream's name (/dev/stdout,
+        /dev/fd/N) is written through as it is."""
+        assert self.path is not None
+        target = Path(os.path.realpath(self.path))
+        through_a_stream = os.path.abspath(self.path).startswith(("/dev/", "/proc/"))
+        if not through_a_stream and target.is_file() and target.stat().st_nlink > 1:
+            mode = target.stat().st_mode & 0o7777
+            target.unlink()
+            return os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8")
+        return open(self.path, "w", encoding="utf-8")
 
     def _check_again(self) -> None:
         """The start's checks, again at the first line: a FIFO, or a user's file, put at the name during the

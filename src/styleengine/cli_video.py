@@ -63,15 +63,15 @@ class FrameStore:
 
     @classmethod
     def holds_a_video(cls, folder: Path) -> bool:
-        """Whether `folder` is a video's frames folder: its record, or its lock (empty: another tool's `.lock`
-        holds something)."""
+        """Whether `folder` is a video's frames folder: its record, or its lock held by a running video (empty and
+        locked: another tool's `.lock` holds something, or is not held)."""
         if os.path.lexists(folder / cls.RECORD):
             return True
         try:
             if not stat.S_ISREG(os.lstat(folder / cls.LOCK).st_mode):  # a FIFO's open would wait for a writer
                 return False
             with open(folder / cls.LOCK, "rb") as f:
-                return lock_says(f.read(LOCK_SIZE + 1)) == ""
+                return lock_says(f.read(LOCK_SIZE + 1)) == "" and not paths.try_lock(f, blocking=False)
         except OSError:
             return False
 
@@ -165,8 +165,11 @@ class FrameStore:
                                   f"unknown; move it away or choose another output") from None
             if held == self.digest:
                 return
-            if any(p.name not in (self.RECORD, self.LOCK) for p in self.folder.iterdir()):
-                raise ConfigError(f"{self.folder} holds frames of other settings or another video (settings hash "
+            others = sorted(p.name for p in self.folder.iterdir() if p.name not in (self.RECORD, self.LOCK))
+            if others:
+                what = ("frames" if any(name.startswith("frame_") for name in others) else
+                        f"files ({', '.join(others[:3])}) beside a record")
+                raise ConfigError(f"{self.folder} holds {what} of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             # a record and no frame (killed before its first): nothing to keep, recorded anew
         elif any(self.folder.glob("frame_*")):  # the record is written before any frame

@@ -631,8 +631,7 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
     if followed and path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
     if followed and identity(path) is not None and identity(path) == _stderr():  # `--trace /dev/stderr 2>log`
-        raise error(f"cannot write {what} {path}: it is this command's stderr, where its messages go; name a "
-                    f"file, or /dev/stdout")
+        raise error(f"cannot write {what} {path}: it is this command's stderr, where its messages go; name a file")
     another = link_of_another_kind(path) if through else None
     if another is not None:
         raise error(f"cannot write {what} {path}: {another}")
@@ -682,7 +681,7 @@ def own_trace(text: str) -> bool:
             return (whole or bool(torn)) and (not torn or any(torn.startswith(head) or head.startswith(torn)
                                                               for head in TRACE_HEADS))
         line, at = text[at:end], end + 1
-        if not line.strip():
+        if not line.replace("\0", "").strip():  # blank, or a power cut's NULs
             continue
         try:
             row = json.loads(line)
@@ -728,7 +727,7 @@ def check_own(path: Path, what: str, ours: Callable[[str], bool] | None = None, 
         raise error(f"cannot write {what} {path}: a file of over {OWN_LIMIT >> 20} MiB is there, too large to tell "
                     f"whether it is an earlier {what} file; remove it or name another file")
     text = own_text(data)
-    if text is not None and not text.strip():
+    if text is not None and not text.replace("\0", "").strip():  # blank, or NULs (a power cut's, before any line)
         return
     if not (binary(data) if binary is not None else text is not None and ours is not None and ours(text)):
         raise error(f"cannot write {what} {path}: a file is there that is not an earlier {what} file (only that "
