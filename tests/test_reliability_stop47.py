@@ -673,3 +673,16 @@ def test_lines_a_short_queue_got_after_its_read_are_said(tmp_path, monkeypatch, 
     monkeypatch.setattr(engine, "record", record)
     code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
     assert code == 0 and "j.jsonl grew by 61 bytes after the batch had read it to its end" in err, err
+
+
+def test_the_api_does_not_call_a_value_it_refuses_ignored(caplog):
+    """`stylise(..., save_every=-1)` warned "save_every is ignored" and then refused it (probe 49b, 4)."""
+    import numpy as np
+
+    import styleengine
+    from styleengine.errors import ConfigError
+
+    pixels = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ConfigError, match="save_every must be >= 0"):
+        styleengine.stylise(pixels, pixels, save_every=-1, size=40, iterations=1, weights="random")
+    assert "ignored" not in caplog.text

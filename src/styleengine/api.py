@@ -123,14 +123,15 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
                             f"{inspect.signature(callback)}") from None
         except ValueError:  # no signature to read (some builtins): called as it is
             pass
-    # taken (a command's settings passed through stay valid), but said: they do nothing here
-    if settings.get("print_every"):  # a command's progress lines: the API prints nothing
+    config = settings_of(settings, recipe)
+    # taken (a command's settings passed through stay valid), but said: they do nothing here (a value the run
+    # refuses, save_every=-1, is not said to be ignored first)
+    if "print_every" in settings and config.print_every > 0:  # a command's progress lines: the API prints nothing
         logger.warning("print_every is ignored: stylise() prints nothing; pass callback=... to follow the run "
                        "(it gets every iteration's record)")
-    if settings.get("save_every") and callback is None:  # snapshots are a command's files
+    if "save_every" in settings and config.save_every > 0 and callback is None:  # snapshots are a command's
         logger.warning("save_every is ignored without callback=...: it makes the callback's image exact at every "
                        "N-th iteration (a command writes it as a snapshot)")
-    config = settings_of(settings, recipe)
     if content is None and "init" not in settings and config.init == "content":  # the default, not a recipe's
         config = dataclasses.replace(config, init=TEXTURE_INIT)  # a texture starts from noise, as `texture` does
     styles = style_or_styles if isinstance(style_or_styles, (list, tuple)) else [style_or_styles]
