@@ -87,14 +87,8 @@ def _held(output: Path) -> Iterator[None]:
         return
     fd = os.open(output, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another export into {output} is running; wait for it to finish") from None
-        except ImportError:  # Windows: no lock
-            pass
+        if not paths.try_lock(fd, blocking=False):
+            raise ConfigError(f"another export into {output} is running; wait for it to finish")
         yield
     finally:
         os.close(fd)

@@ -19,7 +19,7 @@ from styleengine.engine.jobs import settings_inputs
 from styleengine.engine.loss_config import check_float32
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
-from styleengine.errors import ConfigError, ImageError, UserError, first_line
+from styleengine.errors import ImageError, UserError, first_line
 
 
 def pixel_rmse(a, b) -> float:
@@ -104,11 +104,10 @@ def _write(out: Any, result: Any, output: Path, distances: Path | None, picture:
         record = {"layer": layer, "feature_distance": feature, "pixel_rmse": rmse, "iterations": result.iterations,
                   "size": size, "model": model, "weights": loaded.source, "tv_weight": tv_weight,
                   "feature_weight": content_weight, "stopped": result.stopped}
+        lost = paths.not_ours(distances, "distances", paths.own_distances)  # a user's file put there meanwhile
         try:
-            paths.check_own(distances, "distances", paths.own_distances)  # a user's file put there meanwhile
-            paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
-        except ConfigError as e:
-            lost = first_line(e).removeprefix(f"cannot write distances {distances}: ")
+            if lost is None:
+                paths.atomic_write(distances, (json.dumps(record, indent=1) + "\n").encode())
         except OSError as e:  # a full disk: only the numbers are lost
             lost = e.strerror or first_line(e)  # not its temp file's name: that is gone
     if failed is not None:

@@ -288,8 +288,9 @@ def made_folder(path: Path, what: str) -> Iterator[None]:
 
 
 def try_lock(f, blocking: bool) -> bool:
-    """Take the exclusive lock of the open file `f` (flock: it goes with the process), waiting for it if
-    `blocking`; False if another process holds it (and not blocking)."""
+    """Take the exclusive lock of the open file `f` (or descriptor: a folder's too) (flock: it goes with the
+    process), waiting for it if `blocking`; False if another process holds it (and not blocking)."""
+    fd = f if isinstance(f, int) else f.fileno()
     try:
         import fcntl
     except ImportError:  # Windows
@@ -298,14 +299,14 @@ def try_lock(f, blocking: bool) -> bool:
 
         while True:
             try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only names
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows-only names
                 return True
             except OSError:
                 if not blocking:
                     return False
                 time.sleep(0.1)
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
     return True
@@ -630,7 +631,7 @@ def check_writable(path: Path, what: str, error: type[UserError] = ConfigError, 
         raise error(f"cannot write {what} {path}: it is a directory")
     if followed and path.exists() and not path.is_file():
         raise error(f"cannot write {what} {path}: it is not a regular file")
-    if followed and identity(path) is not None and identity(path) == _stderr():  # `--trace /dev/stderr 2>log`
+    if followed and (found := identity(path)) is not None and found == _stderr():  # `--trace /dev/stderr 2>log`
         raise error(f"cannot write {what} {path}: it is this command's stderr, where its messages go; name a file")
     another = link_of_another_kind(path) if through else None
     if another is not None:
@@ -713,25 +714,34 @@ own_distances = own_object({"layer", "feature_distance", "pixel_rmse", "iteratio
 def check_own(path: Path, what: str, ours: Callable[[str], bool] | None = None, error: type[UserError] = ConfigError,
               binary: Callable[[bytes], bool] | None = None) -> None:
     """Raise `error` when a file at `path`, which an output would replace, is not an earlier output of its kind
-    (`ours`, on the file's whole text; `binary`, on its bytes): `--trace holiday.png`, `pyproject.toml`,
-    `package.json` or a training log replaced the user's file. An empty (or blank) file is replaced; one past
-    OWN_LIMIT cannot be told, and is not."""
+    (not_ours)."""
+    problem = not_ours(path, what, ours, binary)
+    if problem is not None:
+        raise error(f"cannot write {what} {path}: {problem}")
+
+
+def not_ours(path: Path, what: str, ours: Callable[[str], bool] | None = None,
+             binary: Callable[[bytes], bool] | None = None) -> str | None:
+    """Why a file at `path`, which an output would replace, is not an earlier output of its kind (`ours`, on the
+    file's whole text; `binary`, on its bytes), or None: `--trace holiday.png`, `pyproject.toml`, `package.json` or
+    a training log replaced the user's file. An empty (or blank) file is replaced; one past OWN_LIMIT cannot be
+    told, and is not."""
     if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
-        return
+        return None
     try:
         with open(path, "rb") as f:
             data = f.read(OWN_LIMIT + 1)
     except OSError:  # unreadable: the write says why
-        return
+        return None
     if len(data) > OWN_LIMIT:
-        raise error(f"cannot write {what} {path}: a file of over {OWN_LIMIT >> 20} MiB is there, too large to tell "
-                    f"whether it is an earlier {what} file; remove it or name another file")
+        return (f"a file of over {OWN_LIMIT >> 20} MiB is there, too large to tell whether it is an earlier {what} "
+                f"file; remove it or name another file")
     text = own_text(data)
     if text is not None and not text.replace("\0", "").strip():  # blank, or NULs (a power cut's, before any line)
-        return
-    if not (binary(data) if binary is not None else text is not None and ours is not None and ours(text)):
-        raise error(f"cannot write {what} {path}: a file is there that is not an earlier {what} file (only that "
-                    f"is replaced); name another file")
+        return None
+    if binary(data) if binary is not None else text is not None and ours is not None and ours(text):
+        return None
+    return f"a file is there that is not an earlier {what} file (only that is replaced); name another file"
 
 
 def same_file(a: Path, b: Path) -> bool:
