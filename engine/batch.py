@@ -181,14 +181,14 @@ def record(result: JobResult, manifest: Manifest,
             kept = (f"saved it to {saved} instead" if saved is not None else
                     "nor could a copy be saved; it is lost" if rescue is not None else "no copy was made here")
             raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture could not be written to "
-                             f"{result.job.output} either: {kept}", result.job.id, kept, saved) from None
+                             f"{result.job.output} either", kept, result.job.id, saved) from None
         output = result.job.output
         if not manifest.at_home():  # the name leads into a folder put in its place: nothing is removed by it
             saved = rescue(result.image, output) if rescue is not None and result.image is not None else None
             kept = f"saved a copy to {saved}" if saved is not None else "no copy could be saved"
             raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture is in the folder that was at "
-                             f"{manifest.path.parent} as it was written, with no line for it; {kept}",
-                             result.job.id, kept) from None
+                             f"{manifest.path.parent} as it was written, with no line for it", kept, result.job.id,
+                             sep="; ") from None
         if rescue is None:  # a server's output is its job's own: no other job's line can claim it
             raise UserError(f"{first_line(e)}; {output} holds job {result.job.id}'s picture, with no line for it"
                             ) from None
@@ -199,16 +199,17 @@ def record(result: JobResult, manifest: Manifest,
         saved = rescue(result.image, output) if result.image is not None else None
         kept = f"saved it to {saved} instead" if saved is not None else "nor could a copy be saved; it is lost"
         raise Unrecorded(f"{first_line(e)}; job {result.job.id}'s picture is not left in {output} with no line "
-                         f"for it: {kept}", result.job.id, kept) from None
+                         f"for it", kept, result.job.id) from None
     return result
 
 
 class Unrecorded(UserError):
-    """record's manifest line refused after the job's picture was written: where the picture went (`kept`)."""
+    """record's manifest line refused after the job's picture was written: what went wrong (`head`), then where
+    the picture went (`kept`), kept apart so that a caller who keeps it itself can say so in its own words."""
 
-    def __init__(self, message: str, job_id: str, kept: str, saved: Path | None = None):
-        super().__init__(message)
-        self.job_id, self.kept, self.saved = job_id, kept, saved  # saved: a copy made (None: none)
+    def __init__(self, head: str, kept: str, job_id: str, saved: Path | None = None, sep: str = ": "):
+        super().__init__(f"{head}{sep}{kept}")
+        self.head, self.job_id, self.kept, self.saved = head, job_id, kept, saved  # saved: a copy made (None: none)
 
 
 def record_all(results: list[JobResult], manifest: Manifest, note: Callable[[JobResult], None],

@@ -608,7 +608,7 @@ class JobStore:
                 # neither its picture nor its line (results/ full, a disk of its own): the picture kept aside,
                 # once (record's `aside` may have kept it already)
                 saved = e.saved or rescue(image, self.result_path(job.id), [self.root])
-                reason = reason.removesuffix(f": {e.kept}") if e.saved else reason  # said once, by its name
+                reason = e.head if e.saved else reason  # said once, by its name
                 reason += (f"; its picture was saved aside on the server as {saved.name}" if saved is not None
                            else "; nor could a copy be saved aside; it is lost")
             done = dataclasses.replace(done, status="failed", reason=reason)
