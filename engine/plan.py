@@ -97,15 +97,59 @@ class TooThin(ConfigError):
         return type(self), (self.head, self.needed, self.knob)
 
 
+def needed_side(shape: tuple[int, int], long_side: int) -> int | None:
+    """The long side `shape` (height, width) needs for both sides to be at least the network's minimum, or None
+    where `long_side` gives that already."""
+    if min(long_side_shape(shape[0], shape[1], long_side)) >= MIN_SIDE:
+        return None
+    needed = max(long_side, math.floor((MIN_SIDE - 0.5) * max(shape) / min(shape)))  # rounding: exact below
+    while min(long_side_shape(shape[0], shape[1], needed)) < MIN_SIDE:
+        needed += 1
+    return needed
+
+
+def _thin(label: str, shape: tuple[int, int], long_side: int, what: str, needed: int) -> str:
+    height, width = long_side_shape(shape[0], shape[1], long_side)
+    return (f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must be at least "
+            f"{MIN_SIDE} px, so it needs a long side of {needed} px")
+
+
 def check_sides(label: str, shape: tuple[int, int], long_side: int, what: str, knob: str) -> None:
     """TooThin if `shape` (height, width) resized to `long_side` has a side under the network's minimum;
     `knob` names the setting that would give the long side it needs ("--size", ...)."""
-    height, width = long_side_shape(shape[0], shape[1], long_side)
-    if min(height, width) >= MIN_SIDE:
-        return
-    needed = math.ceil(MIN_SIDE * max(shape) / min(shape))
-    raise TooThin(f"{label} ({shape[1]}x{shape[0]} px) would be {width}x{height} px at {what}; both sides must "
-                  f"be at least {MIN_SIDE} px, so it needs a long side of {needed} px", needed, knob)
+    needed = needed_side(shape, long_side)
+    if needed is not None:
+        raise TooThin(_thin(label, shape, long_side, what, needed), needed, knob)
+
+
+def _size_for_style(settings: Settings, side: int) -> int:
+    """The smallest output long side whose style long side is at least `side`."""
+    size = max(1, math.ceil(side / settings.style_scale) - 1)
+    while style_size(settings, size) < side:
+        size += 1
+    return size
+
+
+def _check_scale(settings: Settings, size: int, knob: str, content: tuple[str, tuple[int, int]] | None,
+                 styles: list[tuple[str, tuple[int, int]]]) -> None:
+    """TooThin if an image vanishes at the scale of long side `size` (set by `knob`): the content's refusal names
+    the size every image needs there, so that following it is not refused again for a style."""
+    side = style_size(settings, size)
+    what = f"the style size {side} px ({knob[2:].replace('-', ' ')} x style scale)"
+    thin = [(label, shape, needed) for label, shape in styles if (needed := needed_side(shape, side)) is not None]
+    need = needed_side(content[1], size) if content is not None else None
+    if need is not None:
+        assert content is not None
+        head = _thin(content[0], content[1], size, f"{size} px", need)
+        widest = max(thin, key=lambda t: t[2], default=None)
+        if widest is not None and _size_for_style(settings, widest[2]) > need:  # the style needs more than it
+            need = _size_for_style(settings, widest[2])
+            scale = f" at style scale {settings.style_scale:g}" if settings.style_scale != 1 else ""
+            head += f", and {widest[0]} one of {widest[2]} px{scale}"
+        raise TooThin(head, need, knob)
+    if thin:  # the one that needs most: its size is every style's
+        label, shape, needed = max(thin, key=lambda t: t[2])
+        raise TooThin(_thin(label, shape, side, what, needed), needed, f"{knob} x --style-scale")
 
 
 def _gib(value: float) -> str:
@@ -173,12 +217,9 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     steps = settings.scale_plan()
     sizes = [size for size, _ in steps]
     for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
-        side = style_size(settings, size)
         knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
-        check_sides(content_label if content_shape is not None else labels[0], ref, size, f"{size} px", knob)
-        for label, shape in zip(labels, style_shapes):  # at an earlier scale, its long side is the start's
-            check_sides(label, shape, side, f"the style size {side} px ({knob[2:].replace('-', ' ')} x style scale)",
-                        f"{knob} x --style-scale")
+        _check_scale(settings, size, knob, (content_label if content_shape is not None else labels[0], ref),
+                     list(zip(labels, style_shapes)))
     if settings.mem_budget_gib is None and memory is None:
         memory = free_memory(settings.device)
     budget = settings.mem_budget_gib * 2**30 if settings.mem_budget_gib is not None else memory

@@ -396,7 +396,7 @@ def test_a_size_or_memory_refusal_names_what_to_change(tmp_path, monkeypatch, ca
     run = ["run", tmp_path / "square.png", tmp_path / "wide.png", "-o", tmp_path / "o.png", *FAST, "--size", "64"]
     code, _, err = run_cli(monkeypatch, capsys, *run, "--scales", "3", "--dry-run")
     line = one_error_line(code, err)
-    assert "at the style size 32 px (start size x style scale)" in line and "(--start-size x --style-scale 43)" in line
+    assert "at the style size 32 px (start size x style scale)" in line and "(--start-size x --style-scale 42)" in line
     code, _, err = run_cli(monkeypatch, capsys, *run, "--lbfgs-history", "100000000")
     assert one_error_line(code, err).endswith("100000000 L-BFGS pairs alone); use a smaller --lbfgs-history"), err
     for size in ("64", "128", "1024"):  # one scale, and coarse to fine (probe 28a: 0.58, then 0.6, then 0.68 ...)

@@ -12,13 +12,14 @@ except ModuleNotFoundError:
 
 
 @pytest.mark.parametrize("long_side, words", [
-    (150, "needs a long side of 120 px (size 120): crop the image or send a larger size"),
-    (2000, "needs a long side of 1600 px, over this server's limit of 256 px: crop the image")])
+    (150, "needs a long side of 119 px: crop the image or send size 119"),
+    (2000, "needs a long side of 1575 px, over this server's limit of 256 px: crop the image")])
 @pytest.mark.parametrize("role", ["content", "style"])
 def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, long_side, words, role):
     """A 2000x40 upload was told "(--size 1600): crop the image or use a larger size": a client has no flags, and
     size 1600 is over the server's limit (probe 47b, 2). It names the form's field where the server makes that
-    size, else only cropping."""
+    size (that size: a larger one may start at a coarser scale, refused again; probe 49a, 12), else only
+    cropping."""
     from fastapi.testclient import TestClient
 
     from styleengine.serve.app import Config, create_app
@@ -27,8 +28,7 @@ def test_an_image_too_thin_for_the_size_is_told_the_field_or_to_crop(tmp_path, l
     thin = png(40, long_side)
     parts = files(thin) if role == "content" else files(None, thin)
     if role == "style":  # the style's side is size x style_scale
-        words = words.replace("(size 120)", "(size x style_scale 120)").replace("larger size", "larger size x "
-                                                                                              "style_scale")
+        words = words.replace("send size 119", "send a style_scale of at least 2.97")  # at size 40
     with TestClient(create_app(config)) as client:
         response = client.post("/api/jobs", files=parts)
     assert response.status_code == 422, response.text
@@ -102,5 +102,5 @@ def test_a_thin_uploads_size_advice_is_one_its_plan_takes(tmp_path):
     config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=512, max_iters=50)
     with TestClient(create_app(config)) as client:
         detail = client.post("/api/jobs", files=files(png(40, 300))).json()["detail"]
-    assert detail.endswith("needs a long side of 240 px, and at that size the server's first scale is 128 px: crop "
+    assert detail.endswith("needs a long side of 237 px, and at that size the server's first scale is 128 px: crop "
                            "the image"), detail

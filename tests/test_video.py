@@ -683,7 +683,7 @@ def test_a_video_too_narrow_for_its_size_is_refused_not_squashed(tmp_path, monke
     out = tmp_path / "out.mp4"
     code, _, err = run_cli(monkeypatch, capsys, "video", wide, style, "-o", out, *FAST, "--size", "64")
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "--size 160" in lines[0], err
+    assert code == 1 and len(lines) == 1 and "--size 158" in lines[0], err
     assert not out.exists()
 
 

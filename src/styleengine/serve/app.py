@@ -359,11 +359,15 @@ def _too_thin(error: TooThin, max_size: int, settings: Settings) -> str:
         return f"{error.head}, and at that size the server's first scale is {first} px: crop the image"
     if error.knob == "--start-size":
         return f"{error.head} at the server's first scale (--start-size): crop the image"
-    if error.knob == "--start-size x --style-scale":
-        return (f"{error.head} at the server's first scale (--start-size x style_scale): crop the image or send a "
-                f"larger style_scale")
-    knob = {"--size": "size", "--size x --style-scale": "size x style_scale"}[error.knob]
-    return f"{error.head} ({knob} {error.needed}): crop the image or send a larger {knob}"
+    if error.knob == "--size":  # that size, not "a larger" one: past it the server may start coarser, refused there
+        return f"{error.head}: crop the image or send size {error.needed}"
+    # a style's side is size x style_scale: the scale that gives it at the size the refusal was for
+    size = settings.scale_plan()[0][0] if error.knob == "--start-size x --style-scale" else settings.size
+    hundredths = math.ceil((error.needed - 0.5) * 100 / size)
+    while round(size * hundredths / 100) < error.needed:
+        hundredths += 1
+    at = f" at the server's first scale ({size} px)" if size != settings.size else ""
+    return f"{error.head}{at}: crop the image or send a style_scale of at least {hundredths / 100:g}"
 
 
 def _said(error: UserError, sent: Collection[str]) -> str:
