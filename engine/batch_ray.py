@@ -39,10 +39,11 @@ WAIT_S = 0.25  # the longest a driver waits on Ray in one call: a signal is acte
 
 
 @contextlib.contextmanager
-def _keeping_signal_handlers() -> Iterator[None]:
+def _keeping_signal_handlers(on_signal: Callable[[int], None] | None = None) -> Iterator[None]:
     """The caller's SIGINT/SIGTERM/SIGHUP handlers stay through ray.init, which sets its own (a SIGTERM exited 15
     with no line, or its SystemExit was lost in logging's at-fork hook and the batch ran on): a signal in it is
-    kept, then raised once ray.init is done, to the handler the caller has (the CLI's: KeyboardInterrupt)."""
+    kept, then raised once ray.init is done, to the handler the caller has (the CLI's: KeyboardInterrupt).
+    `on_signal(signum)` is called at the first one, as it comes: the command's line, not seconds later."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -56,9 +57,17 @@ def _keeping_signal_handlers() -> Iterator[None]:
     def kept(signum: int, handler: Any) -> Any:  # Ray's own handlers for these are not set
         return saved[signum] if signum in saved else real(signum, handler)
 
+    def keep(signum: int, frame: Any) -> None:
+        came.append(signum)
+        if len(came) == 1 and on_signal is not None:
+            try:
+                on_signal(signum)
+            except Exception:  # noqa: BLE001 - the line is said again after ray.init; nothing raised into Ray
+                log.debug("the signal's early line failed; it comes after ray.init", exc_info=True)
+
     for s, handler in saved.items():
         if handler is not signal.SIG_IGN:  # an ignored one (nohup) stays ignored
-            real(s, lambda signum, frame: came.append(signum))
+            real(s, keep)
     signal.signal = kept  # type: ignore[assignment]
     try:
         yield
@@ -168,7 +177,11 @@ class ActorPool:
     one) or a cluster's address. If Ray is already initialised in this process, that cluster is used and left
     running."""
 
-    def __init__(self, body: type, address: str, *, cpus_per_worker: int | None = None):
+    def __init__(self, body: type, address: str, *, cpus_per_worker: int | None = None,
+                 on_interrupt: Callable[[int | None], None] | None = None):
+        """`on_interrupt(signum)` says a signal's line as it comes while the cluster starts, before the close
+        (Ray's shutdown takes seconds): signum is one the caller's handler has not seen yet, as ray.init holds
+        it; None, one that came to the caller as a KeyboardInterrupt."""
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
         check_address(address, connect=self.started)
@@ -176,16 +189,19 @@ class ActorPool:
         self.in_flight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, its item)
         self.resubmitted = 0  # items put back after their actor died
         try:
-            self._start(body, address, cpus_per_worker)
-        except BaseException:  # a signal as the cluster or its workers start: no caller has a pool to close
+            self._start(body, address, cpus_per_worker, on_interrupt)
+        except BaseException as e:  # a signal as the cluster or its workers start: no caller has a pool to close
+            if isinstance(e, KeyboardInterrupt) and on_interrupt is not None:
+                on_interrupt(None)
             self.close()
             raise
 
-    def _start(self, body: type, address: str, cpus_per_worker: int | None) -> None:
+    def _start(self, body: type, address: str, cpus_per_worker: int | None,
+               on_interrupt: Callable[[int | None], None] | None) -> None:
         ray = self.ray
         _CLOSING.clear()
         if self.started:
-            with _keeping_signal_handlers():
+            with _keeping_signal_handlers(on_interrupt):
                 try:
                     ray.init(address=None if address == "auto" else address, include_dashboard=False,
                              log_to_driver=False)
@@ -258,8 +274,8 @@ class RayRunner(ActorPool):
     """Runs planned jobs on a Ray cluster, one _Worker per actor."""
 
     def __init__(self, address: str, *, batch_size: int | None = None,
-                 cpus_per_worker: int | None = None):
-        super().__init__(_Worker, address, cpus_per_worker=cpus_per_worker)
+                 cpus_per_worker: int | None = None, on_interrupt: Callable[[int | None], None] | None = None):
+        super().__init__(_Worker, address, cpus_per_worker=cpus_per_worker, on_interrupt=on_interrupt)
         self.batch_size = batch_size
 
     def run(self, planned: list[Planned]) -> Iterator[list[JobResult]]:
@@ -271,16 +287,16 @@ class RayRunner(ActorPool):
 
 
 def run_jobs_ray(planned: list[Planned], address: str, *, batch_size: int | None = None,
-                 on_interrupt: Callable[[], None] | None = None) -> Generator[list[JobResult], None, None]:
+                 on_interrupt: Callable[[int | None], None] | None = None) -> Generator[list[JobResult], None, None]:
     """batch.run_groups on a Ray cluster (RayRunner), closed when the iteration ends or is abandoned;
-    `on_interrupt` is called as a KeyboardInterrupt passes, before the close (Ray's shutdown of a cluster it
-    started takes some seconds: the signal's line comes first)."""
-    runner = RayRunner(address, batch_size=batch_size)
+    `on_interrupt` is called as a signal comes while the cluster starts (ActorPool) or a KeyboardInterrupt
+    passes, before the close (Ray's shutdown of a cluster it started takes some seconds: the line comes first)."""
+    runner = RayRunner(address, batch_size=batch_size, on_interrupt=on_interrupt)
     try:
         yield from runner.run(planned)
     except KeyboardInterrupt:
         if on_interrupt is not None:
-            on_interrupt()
+            on_interrupt(None)
         raise
     finally:
         runner.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -139,10 +139,11 @@ class VideoWorker:
 class VideoRayRunner:
     """Chunks on a Ray cluster, one VideoWorker per actor (batch_ray.ActorPool: same sizing and restarts)."""
 
-    def __init__(self, address: str, *, cpus_per_worker: int | None = None):
+    def __init__(self, address: str, *, cpus_per_worker: int | None = None,
+                 on_interrupt: Callable[[int | None], None] | None = None):
         from styleengine.engine.batch_ray import ActorPool
 
-        self.pool = ActorPool(VideoWorker, address, cpus_per_worker=cpus_per_worker)
+        self.pool = ActorPool(VideoWorker, address, cpus_per_worker=cpus_per_worker, on_interrupt=on_interrupt)
 
     @property
     def workers(self) -> int:

@@ -372,12 +372,12 @@ def test_a_link_to_a_name_too_long_says_that_name(tmp_path):
 def test_a_safetensors_file_whose_length_starts_as_a_pickle_is_told_as_safetensors(tmp_path):
     """A header length of 128 (mod 256) starts the file with 0x80, a pickle's first byte: a damaged one was told
     "is a PyTorch checkpoint" (review 47, 2)."""
-    from styleengine.model.weights import _kind
+    from styleengine.paths import weights_kind
 
     header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
     header += b" " * (128 - len(header))
     (tmp_path / "w.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
-    assert _kind(tmp_path / "w.safetensors") == "safetensors"
+    assert weights_kind(tmp_path / "w.safetensors") == "safetensors"
 
 
 @pytest.mark.parametrize("kind", ["broken", "folder"])
@@ -489,7 +489,7 @@ def test_a_ray_batchs_signal_line_comes_before_rays_shutdown(monkeypatch):
             order.append("close")
 
     monkeypatch.setattr(batch_ray, "RayRunner", Runner)
-    finished = batch_ray.run_jobs_ray([], "auto", on_interrupt=lambda: order.append("line"))
+    finished = batch_ray.run_jobs_ray([], "auto", on_interrupt=lambda signum: order.append("line"))
     with pytest.raises(KeyboardInterrupt):
         for _ in finished:
             pass

@@ -77,3 +77,54 @@ def test_a_thin_style_upload_is_told_a_style_scale_that_is_taken(tmp_path, size)
         assert again.status_code == 202, again.text
         lower = client.post("/api/jobs", files=parts, data={"style_scale": f"{float(scale) - 0.01:g}"})
         assert lower.status_code == 422, lower.text
+
+
+@pytest.mark.parametrize("command", ["batch", "video"])
+def test_a_signal_while_ray_starts_is_said_as_it_comes(tmp_path, monkeypatch, capsys, command):
+    """A signal while `--ray auto` started its cluster was said once ray.init returned, then once Ray had shut
+    that cluster down: 5-7 s after it came (probe 49b, 1). ray.init still holds it (Ray's handlers would take
+    it), but the line is said as it comes; the exit follows the shutdown, with the signal's code."""
+    import json
+    import os
+    import signal
+    import sys
+    import types
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+    from styleengine.engine import batch_ray
+
+    _pictures(tmp_path)
+    seen = {}
+
+    def init(**kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen["init returns"] = sys.stderr.getvalue()  # what the user has read by the time ray.init is done
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, cluster_resources=lambda: {"CPU": 2},
+                                 remote=lambda **kw: lambda body: None, kill=lambda actor: None,
+                                 shutdown=lambda: seen.setdefault("shutdown", sys.stderr.getvalue()))
+    monkeypatch.setattr(batch_ray, "import_ray", lambda: fake)
+    monkeypatch.setattr(batch_ray, "check_address", lambda address, connect=True: None)
+    if command == "batch":
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(json.dumps({"content": "c.png", "style": "s.png"}) + "\n")
+        args = ["batch", jobs, "--out", tmp_path / "out"]
+        line = "error: interrupted (SIGTERM) with 1 of 1 jobs left"
+    else:
+        pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+        import numpy as np
+
+        from styleengine.benchmarks.video_clips import write_clip
+
+        write_clip(tmp_path / "in.mp4", [np.full((40, 48, 3), v / 8, np.float32) for v in range(3)], fps=12)
+        args = ["video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4"]
+        line = "error: interrupted (SIGTERM) before the first frame; nothing written"
+    code, _, err = run_cli(monkeypatch, capsys, *args, *FAST, "--ray", "auto")
+    assert code == 143 and line in seen["init returns"] and line in seen["shutdown"], (seen, err)
+    assert err.count("interrupted") == 1 and "Traceback" not in err, err
+

@@ -201,6 +201,7 @@ class _Signals:
         self._holding = False  # from its last lines to its end (hold)
         self._arrivals: int | None = None  # the wakeup pipe's read end: signal numbers in the order they came
         self._installing = False  # installed() is putting the handlers in place: a signal is only recorded
+        self._coming: int | None = None  # one another library holds until it is done (early), not received yet
 
     def _first_arrived(self, signum: int) -> int:
         """The first of ours that arrived: Python runs the handlers of signals pending together in number order
@@ -258,6 +259,7 @@ class _Signals:
             yield
             return
         self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
+        self._coming = None
         self._holding, self._installing = False, True
         read, write = os.pipe()
         os.set_blocking(read, False)
@@ -302,6 +304,11 @@ class _Signals:
             self._stop_alarm()
             raise KeyboardInterrupt
         self._forward = to
+
+    def early(self, signum: int) -> None:
+        """A signal another library holds until it is done (ray.init keeps it, then raises it to _handle): its
+        name and exit code are said now, for the line said before the wait."""
+        self._coming = signum
 
     def finish(self) -> None:
         """The command has returned: a signal from now on stops nothing that is left, so it is not raised (a
@@ -350,11 +357,13 @@ class _Signals:
 
     @property
     def name(self) -> str:
-        return self.NAMES.get(self.received, "Ctrl-C")  # type: ignore[call-overload]  # an int looks up a Signals key
+        known = self.received if self.received is not None else self._coming
+        return self.NAMES.get(known, "Ctrl-C")  # type: ignore[call-overload]  # an int looks up a Signals key
 
     @property
     def exit_code(self) -> int:
-        return self.EXIT_CODES.get(self.received, 130)  # type: ignore[call-overload]  # as in name
+        known = self.received if self.received is not None else self._coming
+        return self.EXIT_CODES.get(known, 130)  # type: ignore[call-overload]  # as in name
 
 
 def _importing(frame: Any) -> bool:

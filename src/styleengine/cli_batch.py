@@ -243,11 +243,13 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
             return rescue(image, output, [])
         return rescue(image, output, rescue_in)
 
-    def interrupted() -> None:
-        """The signal's line, said once: before Ray's shutdown of a cluster it started (some seconds)."""
+    def interrupted(signum: int | None = None) -> None:
+        """The signal's line, said once: before Ray's shutdown of a cluster it started (some seconds), and as it
+        comes while ray.init holds it (`signum`)."""
         if signals.reported:
             return
-        signals.reported = True
+        if signum is not None:
+            signals.early(signum)
         left = total - sum(counts.values())
         recorded = sum(counts.values())
         # another folder at --out now (one gone is said below; one that lost only its lock file resumes)
@@ -264,6 +266,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 "nothing was recorded yet; the same command starts again")
         print(printable(f"error: interrupted ({signals.name}) with {left} of {total} jobs left; {kept}"),
               file=sys.stderr)
+        signals.reported = True  # after the line: one that failed inside ray.init is said again after it
 
     try:
         if ray is not None:  # one runner (its actors) for every job: planned whole

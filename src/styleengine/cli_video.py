@@ -417,8 +417,7 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
         except KeyboardInterrupt:
             from styleengine.cli import signals
 
-            signals.reported = True
-            print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
+            _interrupted_before_frames()
             if chunked is not None:
                 chunked.close()
             raise typer.Exit(signals.exit_code) from None
@@ -432,6 +431,19 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
             prepared[9].close()  # the frames folder's lock
             if chunked is not None:
                 chunked.close()
+
+
+def _interrupted_before_frames(signum: int | None = None) -> None:
+    """The line of a signal before the first frame, said once: as it comes while ray.init holds it (`signum`),
+    not after Ray's start and shutdown (seconds)."""
+    from styleengine.cli import signals
+
+    if signals.reported:
+        return
+    if signum is not None:
+        signals.early(signum)
+    print(f"error: interrupted ({signals.name}) before the first frame; nothing written", file=sys.stderr)
+    signals.reported = True
 
 
 class _Chunked:
@@ -456,7 +468,7 @@ class _Chunked:
         """Start the runner and cut start..stop-1 into chunks; what the settings hash records of them."""
         from styleengine.engine.video_ray import VideoRayRunner, chunking, plan_chunks
 
-        self.runner = VideoRayRunner(self.address)
+        self.runner = VideoRayRunner(self.address, on_interrupt=_interrupted_before_frames)
         self.length, self.overlap = chunking(stop - start, self.runner.workers, self.length, self.overlap)
         self.chunks = plan_chunks(start, stop, self.length, self.overlap)
         return {"chunk_frames": self.length, "overlap": self.overlap}
