@@ -173,22 +173,6 @@ def _pickle_calls(path: Path) -> list[str]:
     return [g for g in dict.fromkeys(found) if not g.startswith(_TORCH_GLOBALS)]
 
 
-def _kind(path: Path) -> str | None:
-    """What a weights file's first bytes say it is, whatever its name: "torch" (a zip, or a pickle), "safetensors"
-    (a little-endian header length, then the header's `{`), or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return None
-    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
-    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        return "torch"
-    return None
-
-
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A .safetensors or .pth file's tensors and metadata; .pth only as plain tensors (weights_only)."""
     problem = not_a_file(path)
@@ -202,10 +186,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            if _kind(path) == "torch":  # "header too large" sent the user looking for damage
-                raise WeightsError(f"{path} is a PyTorch checkpoint, not a safetensors file; name it .pth") from e
-            raise WeightsError(f"cannot read safetensors file {path}: {e}") from e
+        except (SafetensorError, OSError, ValueError) as e:  # "header too large" sent the user looking for damage
+            raise WeightsError(paths.named_as_another(path) or f"cannot read safetensors file {path}: {e}") from e
         return state, meta
     if suffix in TORCH_SUFFIXES:
         try:
@@ -218,10 +200,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                 raise WeightsError(
                     f"refusing {path}: it needs code to unpickle ({', '.join(calls[:3])}; only plain tensors are "
                     f"loaded, weights_only=True)") from e
-            if _kind(path) == "safetensors":
-                raise WeightsError(f"{path} is a safetensors file, not a PyTorch checkpoint; name it "
-                                   f".safetensors") from e
-            raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint") from e
+            raise WeightsError(paths.named_as_another(path) or f"cannot read checkpoint {path}: not a PyTorch "
+                                                                 f"checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
             raise WeightsError(f"cannot read checkpoint {path}: {reason}") from e

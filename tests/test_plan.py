@@ -18,10 +18,11 @@ except ImportError:  # run from the repository root as a package
 
 def test_dry_run_prints_the_plan_without_torch_weights_or_writing(tmp_path, pics):
     """The plan in under a second: torch (1.5 s to import here), ONNX and ONNX Runtime stay unloaded, the
-    weights file is not read, nothing is written (the check runs in a fresh interpreter)."""
+    weights file is not loaded (its first bytes tell its kind: a safetensors header, then no tensors), nothing is
+    written (the check runs in a fresh interpreter)."""
     out = tmp_path / "out.png"
     weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"not read by a dry run")
+    weights.write_bytes((2).to_bytes(8, "little") + b"{}" + b"not read by a dry run")
     code = ("import sys; sys.argv = sys.argv[1:]\n"
             "from styleengine.cli import main\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"

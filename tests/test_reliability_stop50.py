@@ -128,3 +128,40 @@ def test_a_signal_while_ray_starts_is_said_as_it_comes(tmp_path, monkeypatch, ca
     assert code == 143 and line in seen["init returns"] and line in seen["shutdown"], (seen, err)
     assert err.count("interrupted") == 1 and "Traceback" not in err, err
 
+
+@pytest.mark.parametrize("name, body, words", [
+    ("w.safetensors", "torch", "is a PyTorch checkpoint, not a safetensors file; name it .pth"),
+    ("w.pth", "safetensors", "is a safetensors file, not a PyTorch checkpoint; name it .safetensors"),
+    ("w.safetensors", '{"features.0.weight": [1, 2]}', "is text (JSON, or a protocol-0 pickle), not a safetensors"),
+    ("w.safetensors", "(dp0\nS'a'\np1\n.", "is text (JSON, or a protocol-0 pickle), not a safetensors")])
+def test_a_dry_run_tells_weights_named_as_another_kind_as_the_run_does(tmp_path, monkeypatch, capsys, name, body,
+                                                                       words):
+    """`--dry-run` read no weights' bytes, so a checkpoint named .safetensors passed it and the run refused it;
+    a JSON file or a protocol-0 pickle named .safetensors read "header too large" (probe 48a, 9). The dry run
+    reads the first bytes, and both say what the file is, in one line."""
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import _pictures
+    import torch
+    from safetensors.torch import save_file
+
+    _pictures(tmp_path)
+    path = tmp_path / name
+    state = {"features.0.weight": torch.zeros(2, 3, 3, 3)}
+    if body == "torch":
+        torch.save(state, path)
+    elif body == "safetensors":
+        save_file(state, str(path))
+    else:
+        path.write_text(body)
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--size", "40", "--iters", "1", "--model", "vgg16",
+                               "--weights", path, *dry)
+        assert words in one_error_line(code, err), (dry, err)
+    assert not (tmp_path / "o.png").exists()

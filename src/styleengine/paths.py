@@ -167,7 +167,43 @@ def weights_problem(spec: str) -> str | None:
     if spec in WEIGHT_WORDS:
         return None
     problem = input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
-    return problem if problem is not None else unsupported_weights(spec)
+    if problem is not None:
+        return problem
+    return unsupported_weights(spec) or named_as_another(Path(spec).expanduser(), shown=spec)
+
+
+def weights_kind(path: Path) -> str | None:
+    """What a weights file's first bytes say it is, whatever its name: "torch" (a zip, or a pickle),
+    "safetensors" (a little-endian header length, then the header's `{`), "text" (no such length: JSON, a
+    protocol-0 pickle), or None (unreadable, or none of these)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    if len(head) >= 8 and all(32 <= b < 127 or b in b"\t\n\r" for b in head[:8]):
+        return "text"  # as a header length: past any file
+    return None
+
+
+def named_as_another(path: Path, shown: str | None = None) -> str | None:
+    """The line for a weights file whose bytes are another kind than its suffix says (the loader's error
+    was "header too large", or "not a PyTorch checkpoint"), or None."""
+    from styleengine.choices import TORCH_SUFFIXES
+
+    suffix, kind, name = path.suffix.lower(), weights_kind(path), shown if shown is not None else os.fspath(path)
+    if suffix == ".safetensors" and kind == "torch":
+        return f"{name} is a PyTorch checkpoint, not a safetensors file; name it .pth"
+    if suffix == ".safetensors" and kind == "text":
+        return f"{name} is text (JSON, or a protocol-0 pickle), not a safetensors file"
+    if suffix in TORCH_SUFFIXES and kind == "safetensors":
+        return f"{name} is a safetensors file, not a PyTorch checkpoint; name it .safetensors"
+    return None
 
 
 def unsupported_weights(spec: str | os.PathLike) -> str | None:
