@@ -165,3 +165,107 @@ def test_a_dry_run_tells_weights_named_as_another_kind_as_the_run_does(tmp_path,
                                "--weights", path, *dry)
         assert words in one_error_line(code, err), (dry, err)
     assert not (tmp_path / "o.png").exists()
+
+
+TRACE_LINE = '{"iteration": 1, "loss": 2.0, "content_loss": 1.0, "style_loss": 1.0, "tv_loss": 0.0, "seconds": 0.1}\n'
+
+
+def _archived_trace(folder, mode: int = 0o600):
+    """An earlier trace in `folder` with a second name (an archive's hard link)."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t.jsonl").write_text(TRACE_LINE)
+    os.chmod(folder / "t.jsonl", mode)
+    os.link(folder / "t.jsonl", folder / "archive.jsonl")
+    return folder / "t.jsonl"
+
+
+@pytest.mark.parametrize("where", ["shm", "proc"])
+def test_a_trace_in_a_folder_under_dev_or_proc_keeps_its_other_hard_links(tmp_path, monkeypatch, where):
+    """Any name under /dev/ or /proc/ was written through as a stream is: a trace in /dev/shm (a folder users keep
+    files in) or named /proc/self/cwd/t.jsonl truncated its archive's hard link (probe 50a, 1). Only a
+    descriptor's name (/dev/stdout, /dev/fd/N) is."""
+    import os
+    import tempfile
+
+    from styleengine.cli_job import TraceWriter
+
+    if where == "shm":
+        if not os.access("/dev/shm", os.W_OK):
+            pytest.skip("no writable /dev/shm here")
+        folder = __import__("pathlib").Path(tempfile.mkdtemp(dir="/dev/shm"))
+        monkeypatch.setattr("styleengine.paths.check_writable", lambda *a, **k: None)  # its free space is not ours
+        name = folder / "t.jsonl"
+    else:
+        folder = tmp_path
+        monkeypatch.chdir(folder)
+        name = __import__("pathlib").Path("/proc/self/cwd/t.jsonl")
+    try:
+        _archived_trace(folder)
+        trace = TraceWriter(name)
+        trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+        trace.close()
+        assert (folder / "archive.jsonl").read_text() == TRACE_LINE
+        assert (folder / "t.jsonl").read_text() == '{"iteration": 1, "loss": 1.5}\n'
+    finally:
+        if where == "shm":
+            import shutil
+
+            shutil.rmtree(folder)
+
+
+def test_a_replaced_trace_keeps_its_mode_whatever_the_umask(tmp_path):
+    """A group-writable 664 trace with another hard link became 644: os.open's mode went through the umask
+    (probe 50a, 2)."""
+    import os
+
+    from styleengine.cli_job import TraceWriter
+
+    path = _archived_trace(tmp_path, 0o664)
+    old = os.umask(0o022)
+    try:
+        trace = TraceWriter(path)
+        trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+        trace.close()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o7777 == 0o664 and path.stat().st_nlink == 1
+    assert (tmp_path / "archive.jsonl").read_text() == TRACE_LINE
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_a_trace_a_full_disk_refuses_removes_its_file_not_the_users_link(tmp_path, monkeypatch, linked):
+    """A trace named through a link whose first line a full disk refused: the user's link was removed and the
+    empty file left (probe 50a, 10). The file the trace opened is what goes."""
+    import errno
+
+    from styleengine.cli_job import TraceWriter
+
+    (tmp_path / "full").mkdir()
+    target = tmp_path / "full" / "t.jsonl"
+    target.write_text(TRACE_LINE)
+    if linked:
+        (tmp_path / "lk.jsonl").symlink_to(target)
+    real = TraceWriter._open
+
+    class Full:
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text):
+            return self.file.write(text)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(TraceWriter, "_open", lambda self: Full(real(self)))
+    trace = TraceWriter(tmp_path / "lk.jsonl" if linked else target)
+    trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+    trace.close()
+    assert "No space left on device" in trace.failure
+    assert not target.exists()
+    assert (tmp_path / "lk.jsonl").is_symlink() == linked

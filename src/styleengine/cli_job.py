@@ -41,9 +41,10 @@ class TraceWriter:
 
     def __init__(self, path: Path | None, plan: dict[str, Any] | None = None):
         self.path, self.file, self.failure = path, None, None
-        self.lines, self.opened = 0, False  # lines written whole (flushed); whether this writer opened the file
+        self.lines = 0  # lines written whole (flushed)
         self.whole = 0  # bytes of those lines: a failed write's torn tail is cut back to here
         self.plan = plan  # the run's plan, in the first iteration's object
+        self.written_at: Path | None = None  # the regular file opened (a link's file): a failure cleans it up
 
     def _extra(self) -> dict[str, Any]:
         plan, self.plan = self.plan, None
@@ -68,7 +69,6 @@ class TraceWriter:
             if self.file is None:
                 self._check_again()
                 self.file = self._open()
-                self.opened = True
             text = json.dumps(line) + "\n"
             self.file.write(text)
             self.file.flush()
@@ -80,25 +80,35 @@ class TraceWriter:
         except OSError as e:
             self.failure = f"trace {self.path} stopped at {at}: {e.strerror or e}"
             self.close()
-            if self.opened and self.lines == 0:  # an empty or torn first line is no trace; the warning says why
+            # the file opened, never a link to it (a descriptor's name, say /dev/stdout: nothing to clean up)
+            if self.written_at is not None and self.lines == 0:  # an empty or torn first line is no trace
                 with contextlib.suppress(OSError):
-                    self.path.unlink()
-            elif self.opened:  # every line left parses, as a manifest's do
+                    self.written_at.unlink()
+            elif self.written_at is not None:  # every line left parses, as a manifest's do
                 with contextlib.suppress(OSError):
-                    os.truncate(self.path, self.whole)
+                    os.truncate(self.written_at, self.whole)
 
     def _open(self) -> Any:
         """The trace's file for writing: an earlier trace with other names (an archive's hard link, reached by a
-        link or not) is replaced by a new file of its mode, those names keeping it; a stream's name (/dev/stdout,
-        /dev/fd/N) is written through as it is."""
+        link or not) is replaced by a new file of its mode and owner, those names keeping it; a descriptor's name
+        (/dev/stdout, /dev/fd/N) is written through as it is. Sets `written_at`: the file a failure cleans up."""
         assert self.path is not None
-        target = Path(os.path.realpath(self.path))
-        through_a_stream = os.path.abspath(self.path).startswith(("/dev/", "/proc/"))
-        if not through_a_stream and target.is_file() and target.stat().st_nlink > 1:
-            mode = target.stat().st_mode & 0o7777
+        if paths.names_a_descriptor(self.path):
+            return open(self.path, "w", encoding="utf-8")
+        target = Path(os.path.realpath(self.path))  # the file, not a link the user made to it
+        found = target.stat() if target.is_file() else None
+        if found is not None and found.st_nlink > 1:
             target.unlink()
-            return os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8")
-        return open(self.path, "w", encoding="utf-8")
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, found.st_mode & 0o7777)  # exactly: os.open's mode goes through the umask
+            if (found.st_uid, found.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):  # only root gives a file away: a user's own stays theirs
+                    os.fchown(fd, found.st_uid, found.st_gid)
+            file = os.fdopen(fd, "w", encoding="utf-8")
+        else:
+            file = open(target, "w", encoding="utf-8")
+        self.written_at = target
+        return file
 
     def _check_again(self) -> None:
         """The start's checks, again at the first line: a FIFO, or a user's file, put at the name during the

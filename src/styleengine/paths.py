@@ -547,6 +547,24 @@ def _kind(suffix: str) -> str:
     return Image.registered_extensions().get(suffix.lower(), suffix.lower())
 
 
+# the names of a descriptor the process holds (its stdout, a shell's 5>file): written as they are, never replaced
+_DESCRIPTOR_NAME = re.compile(r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(?:self|thread-self|\d+)/fd/\d+")
+
+
+def names_a_descriptor(path: str | os.PathLike) -> bool:
+    """Whether `path`, or a link on the way to its file, names an open descriptor (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N): not a folder's file such as /dev/shm/t.jsonl or /proc/self/cwd/t.jsonl."""
+    here = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if _DESCRIPTOR_NAME.fullmatch(here):
+            return True
+        try:
+            here = os.path.abspath(os.path.join(os.path.dirname(here), os.readlink(here)))
+        except OSError:  # not a link (or gone): the chain ends here
+            return False
+    return False
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
