@@ -239,12 +239,34 @@ class Manifest:
     last line (a power cut mid-write) is cut off by `load` before anything is
     appended (a whole one that lacks only its newline, as an editor saves it,
     gets it); a line that cannot be used is reported by number and skipped.
-    Hold the batch's lock (`locked`) around `load` and `append`."""
+    Hold the batch's lock (`locked`) around `load` and `append`. Lines go to the file found at `repair` (or made
+    by the first line): one put in its place is another's, never appended to; one removed is made again only
+    where `remade` (a server's, which goes on; a batch says its lines are gone)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, remade: bool = False):
         self.path = Path(path)
         self._lock: IO[bytes] | None = None  # the folder's lock, held (pin): lines go where it is, or nowhere
         self.written = 0  # lines this process appended
+        self.remade = remade
+        # the manifest lines go to, held open once known: its inode number is not reused by a file put there
+        self._file: IO[bytes] | None = None
+
+    def holds_its_lines(self) -> bool:
+        """Whether the file at the manifest's name is the one its lines went to (False: none there, or another
+        put in its place; True when none is known yet)."""
+        try:
+            found = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return self._file is None or self._is_ours(found)
+
+    def _is_ours(self, found: os.stat_result) -> bool:
+        ours = os.fstat(self._file.fileno()) if self._file is not None else None
+        return ours is None or (found.st_dev, found.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def _hold(self, fd: int) -> None:
+        """Hold the manifest `fd` is open on (a duplicate) as the one lines go to."""
+        self._file = os.fdopen(os.dup(fd), "rb")
 
     def pin(self, lock: IO[bytes]) -> None:
         """The folder holding `lock` (its LOCK_FILE, just taken) is the one every later line and picture goes to:
@@ -270,7 +292,9 @@ class Manifest:
         if self.lock_removed():
             raise UserError(f"{self.path.parent / LOCK_FILE} was removed during the run, so another batch or server "
                             f"could run on {self.path.parent} at once; "
-                            + (f"its lines so far are in {self.path}" if self.path.is_file() else
+                            + (f"its lines so far are in {self.path}" if self.path.is_file() and self.holds_its_lines()
+                               else f"{self.path} is not the manifest written (replaced during the run)"
+                               if self.path.is_file() and self.written else
                                f"{self.path} is not there any more (removed during the run)" if self.written else
                                "no line was written yet"))
         if not self.at_home():
@@ -324,6 +348,7 @@ class Manifest:
         UserError if the file cannot be read or repaired."""
         try:
             with os.fdopen(paths.open_regular(self.path, os.O_RDWR), "r+b") as f:
+                self._hold(f.fileno())
                 data = f.read()
                 if data and _whole(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
                     f.write(b"\n")
@@ -363,16 +388,14 @@ class Manifest:
             self.check_home()
         except UserError as e:
             raise UserError(f"cannot write the manifest {self.path}: {e}") from None
-        try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
-            folder = self.folder()
-            fd = paths.open_regular(self.path if folder is None else self.path.name,
-                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, dir_fd=folder)
-        except OSError as e:
-            what = paths.not_a_file(self.path) if os.path.lexists(self.path) else None
-            raise UserError(f"cannot write the manifest {self.path}: "
-                            f"{('it ' + what) if what else (e.strerror or e)}") from None
+        fd = self._open()
         try:
             found = os.fstat(fd)
+            if not self._is_ours(found):
+                raise UserError(f"cannot write the manifest {self.path}: another file was put in its place during "
+                                f"the run (not appended to; the earlier lines went with the file that was there)")
+            if self._file is None:
+                self._hold(fd)
             _check_links(self.path, found.st_nlink, UserError)  # made a hard link while in use
             start = found.st_size
             try:
@@ -391,6 +414,29 @@ class Manifest:
             raise UserError(f"cannot write the manifest {self.path}: {e.strerror or e}") from None
         finally:
             os.close(fd)
+
+    def _open(self) -> int:
+        """The manifest's descriptor for appending: made where none is known yet (or `remade`, as a new file);
+        UserError where it cannot be opened, a removed one among them."""
+        folder = self.folder()
+        name = self.path if folder is None else self.path.name
+        flags = os.O_WRONLY | os.O_APPEND
+        try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
+            try:
+                return paths.open_regular(name, flags | (os.O_CREAT if self._file is None else 0), dir_fd=folder)
+            except FileNotFoundError:
+                if not self.remade:
+                    raise UserError(f"cannot write the manifest {self.path}: it is not there any more (removed "
+                                    f"during the run, with its lines)") from None
+                fd = paths.open_regular(name, flags | os.O_CREAT | os.O_EXCL, dir_fd=folder)  # a new one, as said
+                self._hold(fd)
+                return fd
+        except OSError as e:
+            what = paths.not_a_file(self.path) if os.path.lexists(self.path) else None
+            if e.errno == errno.ELOOP and os.path.islink(self.path):
+                what = "is a symbolic link (put there during the run; not followed)"
+            raise UserError(f"cannot write the manifest {self.path}: "
+                            f"{('it ' + what) if what else (e.strerror or e)}") from None
 
 
 def _check_links(path: Path, links: int, error: type[UserError]) -> None:

@@ -269,3 +269,63 @@ def test_a_trace_a_full_disk_refuses_removes_its_file_not_the_users_link(tmp_pat
     assert "No space left on device" in trace.failure
     assert not target.exists()
     assert (tmp_path / "lk.jsonl").is_symlink() == linked
+
+
+@pytest.mark.parametrize("change, lock, says", [
+    ("replaced", False, "another file was put in its place during the run (not appended to"),
+    ("removed", False, "it is not there any more (removed during the run, with its lines)"),
+    ("replaced", True, "manifest.jsonl is not the manifest written (replaced during the run)"),
+    ("link", False, "it is a symbolic link (put there during the run; not followed)")])
+def test_a_manifest_replaced_or_removed_during_a_batch_is_not_appended_to(tmp_path, monkeypatch, capsys, change,
+                                                                          lock, says):
+    """A user's file put at the manifest's name during a batch (its lock kept) was appended to, the run's first line
+    lost with it, and the batch said "3 ok"; one removed was made again with the later lines only (probe 50a, 5).
+    With the lock removed too, the batch said "its lines so far are in manifest.jsonl", the user's file (6); a link
+    put there read "Too many levels of symbolic links" (7). The line is refused, the picture kept elsewhere."""
+    try:
+        from test_reliability_batch import one_error_line
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_stop43 import three_jobs_batch
+    from styleengine.engine import batch as engine
+
+    real, seen, out = engine.record, [], tmp_path / "out"
+
+    def record(*args, **kwargs):
+        if len(seen) == 1:
+            (out / "manifest.jsonl").unlink()
+            if change == "replaced":
+                (out / "manifest.jsonl").write_text("my notes\n")
+            elif change == "link":
+                (out / "manifest.jsonl").symlink_to(tmp_path / "mine.txt")
+            if lock:
+                (out / ".batch.lock").unlink()
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    (tmp_path / "mine.txt").write_text("mine\n")
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert says in one_error_line(code, err), err
+    assert (tmp_path / "mine.txt").read_text() == "mine\n"
+    if change == "replaced":
+        assert (out / "manifest.jsonl").read_text() == "my notes\n"
+    if change == "removed":
+        assert not (out / "manifest.jsonl").exists()
+
+
+def test_a_servers_manifest_removed_by_hand_is_made_again(tmp_path):
+    """A server goes on where a batch stops: its manifest removed while it runs is made again by the next line."""
+    from styleengine.engine.manifest import Manifest
+
+    manifest = Manifest(tmp_path / "manifest.jsonl", remade=True)
+    manifest.repair()
+    manifest.append({"id": "a"})
+    (tmp_path / "manifest.jsonl").unlink()
+    manifest.append({"id": "b"})
+    assert (tmp_path / "manifest.jsonl").read_text() == '{"id": "b"}\n'
+    (tmp_path / "manifest.jsonl").unlink()
+    (tmp_path / "manifest.jsonl").write_text("my notes\n")
+    with pytest.raises(Exception, match="another file was put in its place"):
+        manifest.append({"id": "c"})

@@ -104,7 +104,7 @@ class JobStore:
                 raise ConfigError(f"{folder} is a symbolic link; the server keeps its own {folder.name} folder in "
                                   f"{SERVER_FOLDER}: remove the link or use another --results-dir")
         paths.check_cache_dir(self.root, what=SERVER_FOLDER)  # the server's lock's; results/, uploads/ once held
-        self.manifest = batch.Manifest(self.results / batch.MANIFEST)
+        self.manifest = batch.Manifest(self.results / batch.MANIFEST, remade=True)  # a server goes on
         self.manifest.check_own(SERVER_FOLDER)
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
