@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from styleengine.errors import WeightsError
-from styleengine.model.weights import IMAGENET_URLS, imagenet_checkpoint, read_checkpoint
+from styleengine.model.weights import IMAGENET_URLS, imagenet_checkpoint, read_checkpoint, tensor_problem
 
 LINEAR_INDICES = (0, 3, 6)  # the Linear layers of torchvision's (and neural-style-pt's) classifier Sequential
 POOL5_CHANNELS = 512
@@ -61,6 +61,10 @@ def load_classifier(spec: str, model: str, seed: int = 0) -> Classifier:
         if weight is None or bias is None:
             raise WeightsError(f"{path}: no classifier.{index}.weight/.bias; class visualisation needs a full "
                                f"VGG checkpoint (features-only files have no classifier)")
+        for key, tensor in ((f"classifier.{index}.weight", weight), (f"classifier.{index}.bias", bias)):
+            problem = tensor_problem(tensor)
+            if problem is not None:
+                raise WeightsError(f"{path}: {key} {problem}")
         weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
         if weight.dim() != 2 or bias.shape != (weight.shape[0],):
             raise WeightsError(f"{path}: classifier.{index} has shapes {tuple(weight.shape)} and "

@@ -94,6 +94,29 @@ def random_state(model: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
+def _torchscript(path: Path) -> bool:
+    """Whether `path` is a zip that torch.jit.save wrote (its constants and code beside the data)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def tensor_problem(tensor: torch.Tensor) -> str | None:
+    """Why a loaded tensor cannot be read as real weights (its dtype, layout or device), or None."""
+    if tensor.device.type == "meta":  # a model built under torch.device("meta") and saved before loading
+        return "holds no data (a tensor on the 'meta' device); save the weights once they are loaded"
+    if tensor.layout != torch.strided:
+        return f"is a sparse tensor ({tensor.layout}); save it dense (tensor.to_dense())"
+    if tensor.is_quantized:
+        return f"is quantized ({tensor.dtype}); save it dequantized (tensor.dequantize())"
+    if not tensor.is_floating_point():  # complex lost its imaginary part, bool and int ran as 0/1 or as counts
+        return f"is {str(tensor.dtype).removeprefix('torch.')}, not a real floating-point tensor"
+    return None
+
+
 def check_state(model: str, state: dict[str, torch.Tensor], origin: str, *,
                 strict: bool = True) -> dict[str, torch.Tensor]:
     """Keep the conv keys of `model`, checking each key, shape and value (NaN or inf is refused). Layer-named
@@ -109,6 +132,9 @@ def check_state(model: str, state: dict[str, torch.Tensor], origin: str, *,
         if key not in state:
             raise WeightsError(f"{origin}: missing key {key} ({layer}); is this a {model} checkpoint?")
         tensor = state[key]
+        problem = tensor_problem(tensor)
+        if problem is not None:
+            raise WeightsError(f"{origin}: {key} ({layer}) {problem}")
         if tuple(tensor.shape) != shape:
             raise WeightsError(
                 f"{origin}: {key} ({layer}) has shape {tuple(tensor.shape)}, {model} needs {shape}; "
@@ -193,6 +219,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         try:
             with warnings.catch_warnings():  # a plain pickle's protocol: torch asks the user to file an issue
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")  # said below
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             calls = _pickle_calls(path)
@@ -203,6 +230,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             raise WeightsError(paths.named_as_another(path) or f"cannot read checkpoint {path}: not a PyTorch "
                                                                  f"checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
+            if _torchscript(path):  # torch's advice (weights_only=False, torch.jit.load) is no user's to follow
+                raise WeightsError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of tensors; "
+                                   f"save the model's state_dict() with torch.save or safetensors") from e
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
             raise WeightsError(f"cannot read checkpoint {path}: {reason}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

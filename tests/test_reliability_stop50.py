@@ -329,3 +329,75 @@ def test_a_servers_manifest_removed_by_hand_is_made_again(tmp_path):
     (tmp_path / "manifest.jsonl").write_text("my notes\n")
     with pytest.raises(Exception, match="another file was put in its place"):
         manifest.append({"id": "c"})
+
+
+def _vgg16_state():
+    import torch
+
+    from styleengine.model.vgg import conv_weight_keys
+
+    return {key: torch.randn(shape) * 0.1 for key, (_, shape) in conv_weight_keys("vgg16").items()}
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("meta", "features.0.weight (conv1_1) holds no data (a tensor on the 'meta' device)"),
+    ("sparse", "features.0.weight (conv1_1) is a sparse tensor (torch.sparse_coo)"),
+    ("quantized", "features.0.weight (conv1_1) is quantized (torch.qint8)"),
+    ("complex", "features.0.weight (conv1_1) is complex64, not a real floating-point tensor"),
+    ("bool", "features.0.weight (conv1_1) is bool, not a real floating-point tensor"),
+    ("int", "features.0.bias (conv1_1) is int64, not a real floating-point tensor")])
+def test_weights_whose_tensors_are_no_real_numbers_are_one_line(tmp_path, monkeypatch, capsys, kind, words):
+    """A checkpoint with a tensor on the meta device (saved from a model built under torch.device("meta")), a
+    sparse or a quantized one ended run, export, batch and serve in a traceback; complex and bool weights ran,
+    the imaginary part dropped without a word (probe 50b, 6 and 7). Each is one line naming the key."""
+    import torch
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import _pictures
+
+    _pictures(tmp_path)
+    state = _vgg16_state()
+    first = state["features.0.weight"]
+    if kind == "meta":
+        state["features.0.weight"] = torch.empty(first.shape, device="meta")
+    elif kind == "sparse":
+        state["features.0.weight"] = first.to_sparse()
+    elif kind == "quantized":
+        state["features.0.weight"] = torch.quantize_per_tensor(first, 0.01, 0, torch.qint8)
+    elif kind == "complex":
+        state["features.0.weight"] = torch.complex(first, torch.ones_like(first))
+    elif kind == "bool":
+        state["features.0.weight"] = first > 0
+    else:
+        state["features.0.bias"] = torch.ones(64, dtype=torch.int64)
+    torch.save(state, tmp_path / "w.pth")
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", tmp_path / "o.png",
+                           "--size", "40", "--iters", "1", "--model", "vgg16", "--weights", tmp_path / "w.pth",
+                           "--backend", "torch")
+    assert words in one_error_line(code, err) and "Traceback" not in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_torchscript_archive_as_weights_is_told_what_it_is(tmp_path):
+    """A TorchScript archive gave torch's warning and its advice to re-run torch.load with weights_only=False,
+    neither of which a user of the command can follow (probe 50b, 8)."""
+    import warnings
+
+    import torch
+
+    from styleengine.errors import UserError
+    from styleengine.model.weights import read_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's own deprecation, not what is tested
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Identity())), str(tmp_path / "jit.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of torch's on the way
+        with pytest.raises(UserError, match=r"is a TorchScript archive \(torch.jit.save\), not a checkpoint"):
+            read_checkpoint(tmp_path / "jit.pth")
