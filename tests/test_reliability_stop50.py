@@ -401,3 +401,38 @@ def test_a_torchscript_archive_as_weights_is_told_what_it_is(tmp_path):
         warnings.simplefilter("error")  # no warning of torch's on the way
         with pytest.raises(UserError, match=r"is a TorchScript archive \(torch.jit.save\), not a checkpoint"):
             read_checkpoint(tmp_path / "jit.pth")
+
+
+@pytest.mark.parametrize("change", ["mine", "removed"])
+def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_not_its_own(tmp_path, monkeypatch,
+                                                                                           capsys, change):
+    """A user's file put at --json after the first row (kept, rightly), or the file removed, then a signal: bench
+    said the file "holds the 1 row done" (probe 50a, 9). It says the rows are not kept."""
+    import os
+    import signal
+
+    try:
+        from test_cli import run_cli
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+    from styleengine.benchmarks import runner
+
+    real, state, path = runner.Runner.outcome, {"rows": 0}, tmp_path / "g.json"
+
+    def outcome_then_signal(self, config, *args, **kwargs):
+        if state["rows"] == 1:  # the second size's turn: the first row's partial document is there
+            path.unlink()
+            if change == "mine":
+                path.write_text('{"name": "my package"}\n')
+            os.kill(os.getpid(), signal.SIGTERM)
+        state["rows"] += 1
+        return real(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_signal)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
+                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
+                           "--json", path)
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGTERM); {path} no longer holds the 1 row done "
+                                            f"(removed or replaced during the run): not kept"), err
+    assert path.exists() == (change == "mine")

@@ -7,6 +7,7 @@ Registered by src/styleengine/cli.py; `python -m styleengine.cli_bench` runs it 
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -86,6 +87,22 @@ def _check_own(path: Path, flag: str) -> None:
     user's file put there during a run of hours is not replaced)."""
     _, ours, binary = WRITES[flag]
     paths.check_own(path, f"bench {flag}", ours, binary=binary)
+
+
+def _holds_partial(path: Path, rows: int) -> bool:
+    """Whether --json still holds the partial document of `rows` rows written last (a user's file put there, or
+    the file removed, holds none of them)."""
+    try:
+        with os.fdopen(paths.open_regular(path, follow=True), "rb") as f:  # never a FIFO's wait
+            doc = json.loads(f.read(paths.OWN_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        doc = None
+    machine = doc.get("machine") if isinstance(doc, dict) else None
+    return isinstance(machine, dict) and machine.get("partial") is True and len(doc.get("rows") or ()) == rows
+
+
+def _partial_lost(path: Path, rows: int) -> str:
+    return f"{path} no longer holds the {_rows(rows)} done (removed or replaced during the run): not kept"
 
 
 def _rows(count: int) -> str:
@@ -311,8 +328,9 @@ def bench(
         from styleengine.cli import signals as stopped
 
         stopped.reported = True
-        kept = (f"{json_path} holds the {_rows(partial_rows[0])} done (machine.partial: true)" if json_path is not None and
-                partial_rows[0] else f"{json_path} not written" if json_path is not None else "")
+        kept = ("" if json_path is None else f"{json_path} not written" if not partial_rows[0] else
+                f"{json_path} holds the {_rows(partial_rows[0])} done (machine.partial: true)"
+                if _holds_partial(json_path, partial_rows[0]) else _partial_lost(json_path, partial_rows[0]))
         others = [str(p) for p in (csv_path, plot, report) if p is not None]
         kept = "; ".join(filter(None, [kept, f"{', '.join(others)} not written" if others else ""]))
         print(printable(f"error: interrupted ({stopped.name})" + (f"; {kept}" if kept else "")), file=sys.stderr)
@@ -352,8 +370,9 @@ def bench(
             _check_own(path, flag)
             write(path)
         except (OSError, ConfigError) as e:
-            held = (f"; it holds the partial document ({_rows(partial_rows[0])}, machine.partial: true)"
-                    if path == json_path and partial_rows[0] and isinstance(e, OSError) else "")  # the last stays
+            held = ("" if path != json_path or not partial_rows[0] or not isinstance(e, OSError) else
+                    f"; it holds the partial document ({_rows(partial_rows[0])}, machine.partial: true)"
+                    if _holds_partial(path, partial_rows[0]) else f"; {_partial_lost(path, partial_rows[0])}")
             failures.append((f"cannot write {path} ({e.strerror or e})" if isinstance(e, OSError) else first_line(e))
                             + held)
             continue
