@@ -33,7 +33,7 @@ from styleengine import paths
 from styleengine.engine import images, masks as spatial
 from styleengine.engine.settings import style_roles
 # the jobs and the manifest live in their own modules; their names stay importable from here
-from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, check_jobs, chunks,  # noqa: F401
+from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, JobsRead, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Digests, Finished, Manifest, _jsonable, digest_key,  # noqa: F401
                                          file_digest, locked, place, read_as_hashed, settings_hash)

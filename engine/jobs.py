@@ -332,7 +332,7 @@ def _csv_rows(lines: Iterator[str], path: Path) -> Iterator[tuple[int, str, dict
         raise ConfigError(f"{path} line {reader.line_num}: {what}") from None
 
 
-def iter_jobs(path: Path, out_dir: Path, read_to: list[int] | None = None) -> Iterator[Job]:
+def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) -> Iterator[Job]:
     """The jobs of a .jsonl (one object a line) or .csv file (a header row; styles and blend ';'-separated),
     read as they are needed (a long file starts at once and takes no more memory than a short one).
 
@@ -367,7 +367,7 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[int] | None = None) -> It
                     yield _located(row, where, base_dir, out_dir, csv_row=True)
                 _check_whole(read, path, number)
                 if read_to is not None:
-                    read_to.append(read.count)
+                    read_to.append(read.done())
                 return
             for number, line in enumerate(f, 1):
                 if not line.strip():
@@ -388,9 +388,47 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[int] | None = None) -> It
                 yield _located(raw, where, base_dir, out_dir)
             _check_whole(read, path, number)
             if read_to is not None:  # how far the file was read: lines appended after are not (a queue's end)
-                read_to.append(read.count)
+                read_to.append(read.done())
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+@dataclass(frozen=True)
+class JobsRead:
+    """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
+    (device, inode)."""
+
+    count: int
+    digest: bytes
+    file: tuple[int, int]
+
+    def since(self, path: Path) -> str | None:
+        """What became of the file at `path` since it was read to its end, as the end of a sentence that starts
+        with its name, or None (nothing, or blank lines: no job was added)."""
+        try:
+            found = os.stat(path)
+            if (found.st_dev, found.st_ino) != self.file:
+                return "was replaced after the batch had read it; the same command runs the jobs it holds now"
+            if found.st_size < self.count:
+                return None  # cut short after the read: the jobs read were run, the manifest says which
+            again = hashlib.sha256()
+            with open(path, "rb") as f:
+                at = 0
+                while at < self.count:
+                    block = f.read(min(1 << 20, self.count - at))
+                    if not block:
+                        return None
+                    again.update(block)
+                    at += len(block)
+                if again.digest() != self.digest:
+                    return "was rewritten after the batch had read it; the same command runs the jobs it holds now"
+                added = sum(1 for line in f if line.strip())
+        except OSError:  # gone, or unreadable now: nothing the batch can say of it
+            return None
+        if not added:
+            return None
+        lines = "a line" if added == 1 else f"{added} lines"
+        return f"got {lines} after the batch had read it to its end; the same command runs the jobs added"
 
 
 class _Read(io.RawIOBase):
@@ -411,6 +449,9 @@ class _Read(io.RawIOBase):
 
     def fileno(self) -> int:
         return self.raw.fileno()
+
+    def done(self) -> JobsRead:
+        return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino))
 
     def close(self) -> None:
         self.raw.close()

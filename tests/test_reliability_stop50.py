@@ -436,3 +436,49 @@ def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_
     assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGTERM); {path} no longer holds the 1 row done "
                                             f"(removed or replaced during the run): not kept"), err
     assert path.exists() == (change == "mine")
+
+
+@pytest.mark.parametrize("change, says", [
+    ("blank", None),
+    ("replaced", "was replaced after the batch had read it; the same command runs the jobs it holds now"),
+    ("rewritten", "was rewritten after the batch had read it"),
+    ("failed", "got a line after the batch had read it to its end")])
+def test_what_became_of_a_jobs_file_after_its_read_is_said_as_it_is(tmp_path, monkeypatch, capsys, change, says):
+    """The end said "grew by 6 bytes ... runs the jobs added" for blank lines, and for a file replaced by a longer
+    one (probe 50a, 8); it said nothing where a job failed (13)."""
+    import os
+
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+    from styleengine.engine import batch as engine
+
+    real, seen, jobs = engine.record, [], tmp_path / "j.jsonl"
+
+    def record(*args, **kwargs):
+        if not seen:
+            text = jobs.read_text()
+            if change == "blank":
+                jobs.write_text(text + "\n   \n\n")
+            elif change == "replaced":
+                (tmp_path / "new.jsonl").write_text(text + text.replace(".png\"}", "2.png\"}"))
+                os.replace(tmp_path / "new.jsonl", jobs)
+            elif change == "rewritten":
+                with open(jobs, "r+") as f:
+                    f.write(text.replace("a.png", "z.png") + "\n")
+            else:
+                with open(jobs, "a") as f:
+                    f.write('{"content": "c.png", "styles": ["s.png"], "output": "q.png"}\n')
+                (tmp_path / "s.png").write_bytes(b"not a picture now")  # the next job fails
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == (1 if change == "failed" else 0), err
+    if says is None:
+        assert "warning: " + str(jobs) not in err, err
+    else:
+        assert f"warning: {jobs} {says}" in err.strip().splitlines()[-1], err
+    assert "/3]" in err and "[4/3]" not in err

@@ -16,7 +16,6 @@ same command resumes. Exit 1 if any job failed.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 
 import sys
@@ -38,7 +37,8 @@ SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more 
 
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
-          shared: dict[str, Path], read_to: list[int]) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
+          shared: dict[str, Path], read_to: list[engine.JobsRead]
+          ) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
     """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
     job reads; read_to: how far the running pass read the file, once it ends): (how many, a function that gives
     them again, read from the file as they are needed, whether `out` is a job's style folder)."""
@@ -63,7 +63,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
     return len(pairs), lambda: pairs, False  # --out is not the --styles folder (above)
 
 
-def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path], read_to: list[int]
+def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path], read_to: list[engine.JobsRead]
                    ) -> Iterator[engine.Job]:
     """The jobs as they are read for running, checked across jobs again: a line appended (or changed) since the
     first reading would otherwise run unchecked (a jobs file used as a queue). read_to: how far it was read."""
@@ -170,7 +170,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     # the masks read whole, then the rest)
     check_own_files(settings, decode=True)
     paths.check_inputs(shared)
-    read_to: list[int] = []  # how far the running pass read the jobs file
+    read_to: list[engine.JobsRead] = []  # how far the running pass read the jobs file
     total, job_source, styled = _jobs(jobs, contents, styles, out, shared, read_to)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
@@ -208,14 +208,22 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
                 yield items
 
         # a rescue in a job's style folder would be read as a style by the next run: the temp folder then
-        _run(planned(), total, manifest, out, [] if styled else [out], ray, warm, batch_size,
-             settings.weights == "random", console)
-    if jobs is not None and read_to:
-        with contextlib.suppress(OSError):
-            grown = os.stat(jobs).st_size - read_to[-1]
-            if grown > 0:  # a queue's lines after the reader reached its end (a short file is read at the start)
-                console.print(f"warning: {jobs} grew by {grown} bytes after the batch had read it to its end; the "
-                              f"same command runs the jobs added", soft_wrap=True, highlight=False, markup=False)
+        try:
+            _run(planned(), total, manifest, out, [] if styled else [out], ray, warm, batch_size,
+                 settings.weights == "random", console)
+        except typer.Exit as e:
+            if e.exit_code == 1:  # a job failed: the file's news is said all the same
+                _since_read(jobs, read_to, console)
+            raise
+    _since_read(jobs, read_to, console)
+
+
+def _since_read(jobs: Path | None, read_to: list[engine.JobsRead], console: Any) -> None:
+    """A warning where the jobs file changed after the batch read it to its end (a queue's lines: a short file is
+    read at the start), as its summary's last word."""
+    said = read_to[-1].since(jobs) if jobs is not None and read_to else None
+    if said is not None:
+        console.print(f"warning: {jobs} {said}", soft_wrap=True, highlight=False, markup=False)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
@@ -231,8 +239,10 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     counts = {"ok": 0, "skipped": 0, "failed": 0}
 
     def note(result: engine.JobResult) -> None:
+        nonlocal total
         counts[result.status] += 1
         done = sum(counts.values())
+        total = max(total, done)  # a queue's lines appended after the count: not "[67/66]"
         detail = (f"{result.seconds:.1f} s" + (f", batch of {result.batch}" if result.batch > 1 else "")
                   if result.status == "ok" else result.reason or "same settings hash, output exists")
         console.print(f"[{done}/{total}] {result.status} {result.job.id} ({detail})", soft_wrap=True,
