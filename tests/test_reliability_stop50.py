@@ -482,3 +482,32 @@ def test_what_became_of_a_jobs_file_after_its_read_is_said_as_it_is(tmp_path, mo
     else:
         assert f"warning: {jobs} {says}" in err.strip().splitlines()[-1], err
     assert "/3]" in err and "[4/3]" not in err
+
+
+@pytest.mark.parametrize("body, ours", [
+    (TRACE_LINE + "\0" * 100 + 'ss": 0.5, "seconds": 0.1}\n' + TRACE_LINE, True),  # a block lost mid-line
+    ("\0" * 4096 + '": 0.1}\n' + TRACE_LINE, True),
+    ("\0" * 4096, True),  # a power cut before any line reached the disk
+    ("\0" * (2 << 20), False),  # a disk image's zeros
+    ("\0" * 100 + "\n" + "my notes\n", False)])
+def test_a_power_cuts_nuls_pass_in_a_trace_and_nowhere_else(tmp_path, body, ours):
+    """NULs ending mid-line (a lost block's, then the torn rest of a line) made an earlier trace "not a trace"
+    (probe 50a, 4); any all-NUL file up to 16 MiB (a zeroed disk image) was blank and replaced, by bench's and
+    invert's outputs too (3)."""
+    from styleengine import paths
+
+    (tmp_path / "t.jsonl").write_bytes(body.encode())
+    assert (paths.not_ours(tmp_path / "t.jsonl", "trace", paths.own_trace) is None) == ours
+    assert paths.not_ours(tmp_path / "t.jsonl", "distances", paths.own_distances) is not None
+
+
+def test_a_fifo_put_at_the_distances_name_during_the_run_is_not_replaced(tmp_path):
+    """invert's check before its write took anything not a regular file as its own, and replaced a FIFO put at
+    --distances during the run (probe 50a, 12)."""
+    import os
+
+    from styleengine import paths
+
+    os.mkfifo(tmp_path / "d.json")
+    said = paths.not_ours(tmp_path / "d.json", "distances", paths.own_distances)
+    assert said is not None and "FIFO" in said, said

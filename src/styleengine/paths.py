@@ -722,22 +722,28 @@ def own_text(data: bytes) -> str | None:
         return None
 
 
+NUL_LIMIT = 1 << 20  # a trace of NULs alone up to this: the lines a power cut lost (past it, a disk image's zeros)
+
+
 def own_trace(text: str) -> bool:
     """Whether `text` is a trace of ours: JSON lines, each an object with a trace's keys (a training log's
     lines carry "loss" too, not the rest); a last line without its newline, torn by a crash, only where it
-    begins as a trace line does (a first line torn by a kill is a trace too). Judged a line at a time."""
+    begins as a trace line does (a first line torn by a kill is a trace too). A power cut's damage passes: a
+    line with NULs in it (the block's NULs, then the torn rest of a line), or a short file of NULs alone. Judged
+    a line at a time."""
     import json
 
+    if not text.replace("\0", "").strip():
+        return len(text.encode("utf-8")) <= NUL_LIMIT
     whole, at = False, 0
     while at < len(text):  # a line at a time: no copy of a file of many lines
         end = text.find("\n", at)
-        if end < 0:  # the last line, torn (NULs after it: what a power cut may leave)
-            torn = text[at:].strip().rstrip("\0")
-            return (whole or bool(torn)) and (not torn or any(torn.startswith(head) or head.startswith(torn)
-                                                              for head in TRACE_HEADS))
-        line, at = text[at:end], end + 1
-        if not line.replace("\0", "").strip():  # blank, or a power cut's NULs
+        line, at = (text[at:], len(text)) if end < 0 else (text[at:end], end + 1)
+        if "\0" in line or not line.strip():  # blank, or a power cut's NULs and the torn rest of a line
             continue
+        if end < 0:  # the last line, torn by a crash: only as a trace line begins
+            torn = line.strip()
+            return any(torn.startswith(head) or head.startswith(torn) for head in TRACE_HEADS)
         try:
             row = json.loads(line)
         except ValueError:
@@ -780,8 +786,10 @@ def not_ours(path: Path, what: str, ours: Callable[[str], bool] | None = None,
     file's whole text; `binary`, on its bytes), or None: `--trace holiday.png`, `pyproject.toml`, `package.json` or
     a training log replaced the user's file. An empty (or blank) file is replaced; one past OWN_LIMIT cannot be
     told, and is not."""
-    if not Path(path).is_file():  # a FIFO is not read here: check_writable refuses it
+    if not os.path.exists(path):  # nothing there (or a broken link: its file is written)
         return None
+    if not Path(path).is_file():  # never read (a FIFO blocks); the start's check_writable refused one already
+        return f"it {not_a_file(path) or 'is not a regular file'} (put there during the run); name another file"
     try:
         with open(path, "rb") as f:
             data = f.read(OWN_LIMIT + 1)
@@ -791,7 +799,7 @@ def not_ours(path: Path, what: str, ours: Callable[[str], bool] | None = None,
         return (f"a file of over {OWN_LIMIT >> 20} MiB is there, too large to tell whether it is an earlier {what} "
                 f"file; remove it or name another file")
     text = own_text(data)
-    if text is not None and not text.replace("\0", "").strip():  # blank, or NULs (a power cut's, before any line)
+    if text is not None and not text.strip():  # blank (NULs are the judge's: a power cut's in a trace only)
         return None
     if binary(data) if binary is not None else text is not None and ours is not None and ours(text):
         return None
