@@ -387,7 +387,8 @@ def _video(video: Annotated[Path, typer.Argument(help="Input video.", show_defau
                "--frames", help="Frames A:B of the video (at --fps; B excluded, either side may be left out); "
                                 "decoding starts at A.")] = None,
            fps: Annotated[Optional[float], typer.Option(
-               "--fps", help="Output frame rate (default: the input's); frames are picked, not blended.")] = None,
+               "--fps", help="Output frame rate (default: the input's); frames are picked, not blended (above "
+                             "the input's, repeated, and each repeat stylised again).")] = None,
            ray: Annotated[Optional[str], typer.Option(
                "--ray", help="Stylise overlapping chunks of the frames on a Ray cluster: auto (the one this "
                              "machine belongs to, else a local one) or its address. Needs styleengine[ray].")] = None,
@@ -531,6 +532,10 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     if count == 0:  # the progress said 0/0 and 'wrote' a video it never wrote
         raise ConfigError(f"--fps {float(rate):g} picks no frame of {video} ({info.frames} frames at "
                           f"{float(info.fps):g} fps); a rate of at least {float(info.fps) / info.frames:g} picks one")
+    if rate > info.fps:  # each repeat is warped from the one before and optimised again: a frame's full work
+        logging.getLogger(__name__).warning(
+            "--fps %g is above the clip's own rate (%g fps): each source frame is repeated, and each repeat is "
+            "stylised as a frame of its own (%d frames for its %d)", float(rate), float(info.fps), count, info.frames)
     start, stop = video_io.frame_range(frames, count, video)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
