@@ -1,8 +1,11 @@
 """Issue 23, stop 50: probe 50's video findings."""
 from __future__ import annotations
 
+import fcntl
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
@@ -12,9 +15,13 @@ from styleengine.benchmarks.video_clips import moving_window, write_clip  # noqa
 
 try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
     from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import _pictures
     from test_video import FAST, photo, style  # noqa: F401  (style: a fixture)
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import _pictures
     from tests.test_video import FAST, photo, style  # noqa: F401
 
 
@@ -48,3 +55,56 @@ def test_a_video_rate_above_the_clips_says_each_repeat_is_stylised_again(tmp_pat
         code, _, err = run_cli(monkeypatch, capsys, "video", three, style, "-o", tmp_path / f"o{n}.mp4",
                                *FAST, "--size", "64", *rate)
         assert code == 0 and not [line for line in _warnings(err) if "--fps" in line], err
+
+
+def test_an_empty_lock_another_tool_holds_is_said_as_a_lock_not_a_video(tmp_path, monkeypatch, capsys, three,
+                                                                         style):
+    """An empty `.lock` held (flock) by another tool, with no video's record: `batch --out` there said "is a video's
+    frames folder", and a video onto it "another video is writing" (probe 50a, 11): both say a folder locked by
+    another process. A video's folder (its record there) is still said as a video's."""
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "style": "s.png", "output": "o.png"}\n')
+    for folder in (tmp_path / "b", tmp_path / "vb.mp4.frames"):
+        folder.mkdir()
+        (folder / ".lock").write_text("")
+    with open(tmp_path / "b" / ".lock", "rb") as b, open(tmp_path / "vb.mp4.frames" / ".lock", "rb") as vb:
+        fcntl.flock(b, fcntl.LOCK_EX)
+        fcntl.flock(vb, fcntl.LOCK_EX)
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b",
+                               "--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch")
+        line = one_error_line(code, err)
+        assert "locked by another process" in line and "video" not in line, line
+        code, _, err = run_cli(monkeypatch, capsys, "video", three, style, "-o", tmp_path / "vb.mp4", *FAST,
+                               "--size", "64")
+        line = one_error_line(code, err)
+        assert "locked by another process" in line and "another video" not in line, line
+        (tmp_path / "b" / "video.json").write_text("{}")
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "b",
+                               "--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch")
+        assert "is a video's frames folder" in one_error_line(code, err)
+
+
+def test_files_beside_a_record_of_other_settings_are_all_counted_and_only_frames_are_frames(tmp_path, monkeypatch,
+                                                                                           capsys, three, style):
+    """Beside a record of other settings, five user files were named as three with no word of the rest, and a
+    user's `frame_notes.txt` made the folder "hold frames of other settings" (the rule was a name starting
+    "frame_", not the names the folder's frames have; probe 50a, 11). Now "and 2 more", and only a frame's name is
+    a frame; nothing there is touched."""
+    frames = tmp_path / "out.mp4.frames"
+    frames.mkdir()
+    (frames / "video.json").write_text(json.dumps({"settings_hash": "0123456789abcdef"}))
+    for name in ("notes.txt", "ua.txt", "ub.txt", "uc.txt", "ud.txt"):
+        (frames / name).write_text("mine")
+    args = ["video", three, style, "-o", tmp_path / "out.mp4", *FAST, "--size", "64"]
+    line = one_error_line(*run_cli(monkeypatch, capsys, *args)[::2])
+    assert "files (notes.txt, ua.txt, ub.txt and 2 more) beside a record" in line, line
+    for name in ("ua.txt", "ub.txt", "uc.txt", "ud.txt"):
+        (frames / name).unlink()
+    (frames / "frame_notes.txt").write_text("mine")
+    line = one_error_line(*run_cli(monkeypatch, capsys, *args)[::2])
+    assert "files (frame_notes.txt, notes.txt) beside a record" in line and "holds frames" not in line, line
+    (frames / "frame_000000.png").write_bytes(np.zeros(8, np.uint8).tobytes())
+    line = one_error_line(*run_cli(monkeypatch, capsys, *args)[::2])
+    assert "holds frames of other settings" in line, line
+    assert sorted(p.name for p in frames.iterdir()) == ["frame_000000.png", "frame_notes.txt", "notes.txt",
+                                                        "video.json"]

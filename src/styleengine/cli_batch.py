@@ -143,9 +143,9 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     manifest.check_own("--out")
     from styleengine.cli_video import FrameStore
 
-    if FrameStore.holds_a_video(out):  # each lock is blind to the other: the two undid each other's pictures
-        raise ConfigError(f"--out {out} is a video's frames folder: the video would move the batch's pictures aside "
-                          f"as not its frames; give another --out")
+    # each lock is blind to the other: the two undid each other's pictures
+    FrameStore.refuse_inside(out, f"--out {out} is", "the video would move the batch's pictures aside as not its "
+                             "frames", "give another --out")
     paths.check_writable(manifest.path, "manifest")
     if jobs is not None:  # the batch appends to its manifest: a jobs file there would be changed, then unreadable
         from styleengine.engine.manifest import LOCK_FILE

@@ -47,8 +47,9 @@ class FrameStore:
     RECORD = "video.json"
     MARK = "styleengine-video"  # a frame's PNG text: the settings hash it was made under and its own name
     LOCK = ".lock"  # held (flock) while a run writes here: one video per folder, and its temp files are stale
+    FRAMES = r"frame_\d{6,}\.png|seam_\d{6,}_(earlier|later)\.png"  # the names path() and seam() give
     # what an atomic write (paths.temp_beside) killed mid-way leaves: ".NAME.XXXXXXXX.tmp"
-    STALE = re.compile(r"\.(frame_\d{6}\.png|seam_\d{6}_(earlier|later)\.png|video\.json)\.[0-9a-f]{8}\.tmp")
+    STALE = re.compile(rf"\.({FRAMES}|video\.json)\.[0-9a-f]{{8}}\.tmp")
 
     def __init__(self, output: Path, digest: str = "", about: dict[str, Any] | None = None,
                  shape: tuple[int, int] | None = None):
@@ -62,18 +63,32 @@ class FrameStore:
         self._lock: Any = None
 
     @classmethod
-    def holds_a_video(cls, folder: Path) -> bool:
-        """Whether `folder` is a video's frames folder: its record, or its lock held by a running video (empty and
-        locked: another tool's `.lock` holds something, or is not held)."""
+    def held_as(cls, folder: Path) -> str | None:
+        """What keeps other commands' files out of `folder`: "video" (a video's record there), "lock" (its `.lock`
+        empty and held: a video setting up, or another tool; a lock of other data, or one no process holds, is
+        not), or None."""
         if os.path.lexists(folder / cls.RECORD):
-            return True
+            return "video"
         try:
             if not stat.S_ISREG(os.lstat(folder / cls.LOCK).st_mode):  # a FIFO's open would wait for a writer
-                return False
+                return None
             with open(folder / cls.LOCK, "rb") as f:
-                return lock_says(f.read(LOCK_SIZE + 1)) == "" and not paths.try_lock(f, blocking=False)
+                held = lock_says(f.read(LOCK_SIZE + 1)) == "" and not paths.try_lock(f, blocking=False)
         except OSError:
-            return False
+            return None
+        return "lock" if held else None
+
+    @classmethod
+    def refuse_inside(cls, folder: Path, what: str, why: str, advice: str) -> None:
+        """ConfigError where `folder` is held (held_as): `what` ("--out D is") then what it is, `why` (a video's
+        folder: what becomes of the files put there) and `advice`; a locked folder's holder is not said to be a
+        video (another tool's flock is one too)."""
+        held = cls.held_as(folder)
+        if held == "video":
+            raise ConfigError(f"{what} a video's frames folder: {why}; {advice}")
+        if held == "lock":
+            raise ConfigError(f"{what} a folder locked by another process (it holds {folder / cls.LOCK}); wait for "
+                              f"it to finish or {advice}")
 
     def take(self) -> None:
         """Make the folder if needed and take its lock (ConfigError if another run holds it), before the run's
@@ -134,9 +149,10 @@ class FrameStore:
                 raise ConfigError(f"cannot lock {self.folder}: {lock} is a symbolic link; remove it") from None
             # a FIFO, a folder by that name
             raise ConfigError(f"cannot lock {self.folder} ({lock}: {e.strerror or e}); remove {lock}") from None
-        if self._lock is None:
-            raise ConfigError(f"another video is writing {self.folder} (it holds {lock}); wait for it to finish or "
-                              f"choose another output")
+        if self._lock is None:  # its record says whose: an empty lock alone may be another tool's flock
+            who = (f"another video is writing {self.folder}" if os.path.lexists(self.folder / self.RECORD) else
+                   f"{self.folder} is locked by another process")
+            raise ConfigError(f"{who} (it holds {lock}); wait for it to finish or choose another output")
         # a video's lock is empty (or a newline an editor added: one rule with batch's and serve's locks); more is
         # another's file, kept as it is
         if lock_says(os.pread(self._lock.fileno(), LOCK_SIZE + 1, 0)) != "":
@@ -166,13 +182,14 @@ class FrameStore:
             if held == self.digest:
                 return
             others = sorted(p.name for p in self.folder.iterdir() if p.name not in (self.RECORD, self.LOCK))
-            if others:
-                what = ("frames" if any(name.startswith("frame_") for name in others) else
-                        f"files ({', '.join(others[:3])}) beside a record")
+            if others:  # a user's frame_notes.txt is no frame: the names this store gives are
+                more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+                what = ("frames" if any(re.fullmatch(self.FRAMES, name) for name in others) else
+                        f"files ({', '.join(others[:3])}{more}) beside a record")
                 raise ConfigError(f"{self.folder} holds {what} of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             # a record and no frame (killed before its first): nothing to keep, recorded anew
-        elif any(self.folder.glob("frame_*")):  # the record is written before any frame
+        elif any(re.fullmatch(self.FRAMES, p.name) for p in self.folder.iterdir()):  # the record comes first
             raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
                               f"it away or choose another output")
         try:
