@@ -57,6 +57,22 @@ def test_a_video_rate_above_the_clips_says_each_repeat_is_stylised_again(tmp_pat
         assert code == 0 and not [line for line in _warnings(err) if "--fps" in line], err
 
 
+def test_a_video_written_inside_another_videos_frames_folder_is_refused(tmp_path, monkeypatch, capsys, three,
+                                                                         style):
+    """`video ... -o base.mp4.frames/x.mp4` wrote x.mp4 and x.mp4.frames/ among base.mp4's frames: moving that
+    folder away (or removing it once base.mp4 is done) took the user's video with it (probe 50b, 4). Refused in
+    one line, as a batch's --out there is; nothing is written in it."""
+    base = tmp_path / "base.mp4"
+    assert run_cli(monkeypatch, capsys, "video", three, style, "-o", base, *FAST, "--size", "64")[0] == 0
+    frames = tmp_path / "base.mp4.frames"
+    before = sorted(p.name for p in frames.iterdir())
+    code, _, err = run_cli(monkeypatch, capsys, "video", three, style, "-o", frames / "x.mp4", *FAST, "--size", "64")
+    line = one_error_line(code, err)
+    assert "is inside" in line and "a video's frames folder" in line and "choose another output" in line, line
+    assert "random" not in err, err  # refused before the weights
+    assert sorted(p.name for p in frames.iterdir()) == before
+
+
 def test_an_empty_lock_another_tool_holds_is_said_as_a_lock_not_a_video(tmp_path, monkeypatch, capsys, three,
                                                                          style):
     """An empty `.lock` held (flock) by another tool, with no video's record: `batch --out` there said "is a video's

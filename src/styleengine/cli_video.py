@@ -556,6 +556,9 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     start, stop = video_io.frame_range(frames, count, video)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
+    # the other video's clean-up (its frames folder moved away or removed) would take this one with it
+    FrameStore.refuse_inside(output.parent, f"output {output} is inside {output.parent},",
+                             "this video would go with its frames when they are moved away", "choose another output")
     store = FrameStore(output)
     store.take()  # another run on this output is refused before the styles and the weights are read
     try:
