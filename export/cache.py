@@ -277,7 +277,12 @@ def publish(staging: Path, folder: Path) -> None:
     if folder.exists():
         logger.info("replacing the invalid cache entry %s", folder)
         old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=folder.parent))
-        os.replace(folder, old / folder.name)
+        try:
+            os.replace(folder, old / folder.name)
+        except OSError as e:  # the entry itself (immutable, another user's): its folder above takes files
+            shutil.rmtree(old, ignore_errors=True)
+            raise CacheWriteError(f"cannot replace the damaged cache entry {folder} ({e.strerror or e}); remove it, "
+                                  f"or set STYLEENGINE_CACHE_DIR to another folder") from None
         os.replace(staging, folder)
         shutil.rmtree(old, ignore_errors=True)
     else:

@@ -511,3 +511,29 @@ def test_a_fifo_put_at_the_distances_name_during_the_run_is_not_replaced(tmp_pat
     os.mkfifo(tmp_path / "d.json")
     said = paths.not_ours(tmp_path / "d.json", "distances", paths.own_distances)
     assert said is not None and "FIFO" in said, said
+
+
+def test_a_damaged_cache_entry_that_cannot_be_moved_aside_is_named(tmp_path, monkeypatch):
+    """An immutable (or another user's) damaged entry: the error blamed its writable parent, cache/exports, and
+    advised making that writable (probe 50b, 2). It names the entry to remove."""
+    import errno
+    import os
+
+    from styleengine.export import cache
+
+    folder, staging = tmp_path / "exports" / "key", tmp_path / "exports" / ".build-key"
+    folder.mkdir(parents=True)
+    staging.mkdir()
+    real = os.replace
+
+    def replace(src, dst):
+        if os.fspath(src) == os.fspath(folder):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", replace)
+    with pytest.raises(cache.CacheWriteError, match=rf"cannot replace the damaged cache entry {folder} \(Operation "
+                                                    r"not permitted\); remove it"):
+        cache.publish(staging, folder)
+    assert folder.is_dir() and staging.is_dir() and sorted(p.name for p in folder.parent.iterdir()) == [".build-key",
+                                                                                                          "key"]
