@@ -120,17 +120,24 @@ def check_available(settings: Settings) -> None:
         check_provider(settings.provider)
 
 
+def check_place(settings: Settings) -> Settings:
+    """The settings placed by rule (no trial), or ConfigError / UnavailableError now for a device, provider or
+    TensorRT this machine lacks: every command says it before the weights are read (check_run; visualize)."""
+    from styleengine.engine.autotune import choose
+
+    settings = choose(settings, tune=False).settings
+    check_available(settings)
+    return settings
+
+
 def check_run(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
               content_label: str = "the content image", style_labels: list[str] | None = None,
               memory: int | None = None) -> Plan:
     """Everything the settings and the images' (height, width) decide, before any work: the run's Plan, or
     ConfigError / UnavailableError. content_shape None: a texture. The place comes by rule (no trial: a
     trial, if any, runs after these checks); the plan's checks are engine/plan.make_plan's."""
-    from styleengine.engine.autotune import choose
-
     settings.validate(texture=content_shape is None)
-    settings = choose(settings, tune=False).settings
-    check_available(settings)
+    settings = check_place(settings)
     return make_plan(settings, content_shape, style_shapes, content_label=content_label, style_labels=style_labels,
                      memory=memory)
 

@@ -44,6 +44,7 @@ def _visualize(
     from styleengine.console import Console
 
     from styleengine.engine.loop import optimise
+    from styleengine.engine.stylise import check_place
     from styleengine.engine.visualize import ClassScoreStep, mean_image
     from styleengine.model.classifier import class_name, load_classifier
     from styleengine.model.weights import load_weights
@@ -59,6 +60,7 @@ def _visualize(
         size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
                                                            settings.lr, settings.seed, settings.model, settings.device)
         paths.check_output_path(output)
+        check_place(settings)  # a missing GPU in run's words, before the weights are read or downloaded
         classifier = load_classifier(weights, model, seed)
         if target >= classifier.classes:
             raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
