@@ -360,7 +360,7 @@ def test_the_dry_run_refuses_a_decompression_bomb_in_the_runs_words(tmp_path, mo
         code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "b.png", tmp_path / "s.png", "-o",
                                tmp_path / "o.png", *FAST, *dry)
         said.append(one_error_line(code, err))
-    assert all(words in line and "exceeds limit" in line for line in said), said
+    assert all(words in line and "over the limit of 1000 past which" in line for line in said), said
 
 
 def test_the_api_names_the_content_and_each_style_by_its_role(tmp_path):

@@ -50,3 +50,49 @@ def test_visualize_refuses_a_missing_cuda_device_before_the_weights(tmp_path, mo
     assert said == one_error_line(code, err) == (f"error: --device {device} needs an NVIDIA GPU, and torch sees no "
                                                  f"CUDA device here; use --device cpu"), said
     assert not (tmp_path / "v.png").exists()
+
+
+@pytest.mark.parametrize("side", [40, 64])
+def test_a_decompression_bomb_is_refused_naming_the_one_limit_applied(tmp_path, monkeypatch, capsys, side):
+    """A bomb's refusal passed PIL's text on: 89478485 pixels for one past PIL's warning (the limit applied: the
+    warning is an error here), 178956970 for one past twice that (PIL's own error), so a user who made a 200 MP
+    picture 170 MP was refused again with the other number (probe 50b, 5). Both name the limit applied, the run's
+    and the dry run's alike."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    Image.new("RGB", (side, side), (9, 9, 9)).save(tmp_path / "b.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40: past the warning; 64x64: past twice it
+    for dry in ([], ["--dry-run"]):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "b.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--weights", "random", "--size", "40", "--iters", "1", *dry)
+        assert one_error_line(code, err) == (
+            f"error: refusing content image {tmp_path / 'b.png'}: it has {side * side} pixels, over the limit of "
+            f"1000 past which an image is refused as a possible decompression bomb; make it smaller"), err
+
+
+@pytest.mark.parametrize("side", [40, 64])
+def test_serve_says_its_own_pixel_limit_before_pils_for_any_bomb(tmp_path, monkeypatch, side):
+    """`serve --max-pixels` said its own limit for an upload past PIL's warning, but PIL's error text (and its
+    doubled number) for one past twice it (probe 50b, 5). The server's limit comes first for both; past PIL's
+    limit only, the run's words."""
+    pytest.importorskip("fastapi")
+    from fastapi import HTTPException
+    from PIL import Image
+
+    from styleengine.serve.app import _check_pixels
+
+    Image.new("RGB", (side, side)).save(tmp_path / "b.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(HTTPException) as caught:
+        _check_pixels(tmp_path / "b.png", "style image 2", 500)
+    assert caught.value.status_code == 413, caught.value.detail
+    assert str(caught.value.detail).endswith("; this server takes at most 0.0005 megapixels"), caught.value.detail
+    if side == 40:  # past PIL's warning only: the upload's decoding refuses it (load_upload), in the run's words
+        assert _check_pixels(tmp_path / "b.png", "style image 2", 10**9) is None
+        return
+    with pytest.raises(HTTPException) as caught:
+        _check_pixels(tmp_path / "b.png", "style image 2", 10**9)
+    assert str(caught.value.detail) == ("refusing style image 2: it has 4096 pixels, over the limit of 1000 past "
+                                        "which an image is refused as a possible decompression bomb; make it "
+                                        "smaller"), caught.value.detail

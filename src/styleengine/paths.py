@@ -1082,13 +1082,32 @@ def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseExce
     except passes:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing {role} {path}: {first_line(e)}") from None
+        raise ImageError(f"refusing {role} {path}: {too_many_pixels(e)}") from None
     except UnidentifiedImageError:
         raise ImageError(f"{role} {path} {NOT_AN_IMAGE}") from None
     except PermissionError:
         raise ImageError(f"cannot read {role} {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
+
+
+def bomb_pixels(error: BaseException) -> int | None:
+    """The pixel count PIL's decompression-bomb warning or error names ("Image size (N pixels) ..."), or None."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found[1]) if found else None
+
+
+def too_many_pixels(error: BaseException) -> str:
+    """PIL's decompression-bomb warning (an error here) or error in our words, naming the one limit applied:
+    PIL's MAX_IMAGE_PIXELS, past which its warning refuses (its error, past twice that, named the double)."""
+    from PIL import Image
+
+    limit, pixels = Image.MAX_IMAGE_PIXELS, bomb_pixels(error)
+    if limit is None:  # an application unset it since: nothing to name but PIL's words
+        return first_line(error)
+    has = f"{pixels} pixels, over" if pixels is not None else "more pixels than"
+    return (f"it has {has} the limit of {limit} past which an image is refused as a possible decompression bomb; "
+            f"make it smaller")
 
 
 # the cache's folders of entries (export/cache.py, engine/ort_step.py, engine/trt_step.py), checked before any work

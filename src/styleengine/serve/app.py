@@ -209,18 +209,23 @@ def _check_pixels(path: Path, label: str, limit: int) -> None:
 
     from PIL import Image
 
+    from styleengine import paths
+
     try:
         with warnings.catch_warnings():  # load_upload says what the image holds, in the run's words
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 width, height = im.size
-    except Image.DecompressionBombError as e:
-        raise HTTPException(413, f"refusing {label}: {first_line(e)}") from None  # the run's words
+        pixels, size = width * height, f"is {width}x{height} px"
+    except Image.DecompressionBombError as e:  # past twice PIL's limit: its pixel count, no size
+        found = paths.bomb_pixels(e)
+        if found is None or found <= limit:  # past PIL's limit, not the server's: the run's words
+            raise HTTPException(413, f"refusing {label}: {paths.too_many_pixels(e)}") from None
+        pixels, size = found, f"has {found} pixels"
     except (OSError, ValueError, SyntaxError, EOFError):  # not an image PIL can open: load_upload says what it is
         return
-    if width * height > limit:
-        raise HTTPException(413, f"the {label} is {width}x{height} px; this server takes at most "
-                                 f"{limit / 1e6:g} megapixels")
+    if pixels > limit:  # the server's own limit first, whatever PIL's
+        raise HTTPException(413, f"the {label} {size}; this server takes at most {limit / 1e6:g} megapixels")
 
 
 def _check_own_files(settings: Settings) -> None:
