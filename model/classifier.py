@@ -13,6 +13,7 @@ from styleengine.errors import WeightsError
 from styleengine.model.weights import IMAGENET_URLS, imagenet_checkpoint, read_checkpoint, tensor_problem
 
 LINEAR_INDICES = (0, 3, 6)  # the Linear layers of torchvision's (and neural-style-pt's) classifier Sequential
+KEYS = tuple(f"classifier.{i}.{part}" for i in LINEAR_INDICES for part in ("weight", "bias"))  # what a file gives
 POOL5_CHANNELS = 512
 
 

@@ -11,6 +11,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import torch
 
@@ -61,15 +62,17 @@ class Weights:
     def is_random(self) -> bool:
         return self.source.startswith("random")
 
-    def describe(self) -> str:
-        """The run's weights line: 'weights: FILE: caffe convention (BGR, 0-255) from metadata'."""
+    def describe(self, read: Collection[str] = ()) -> str:
+        """The run's weights line: 'weights: FILE: caffe convention (BGR, 0-255) from metadata'. read: keys of the
+        file that the command reads elsewhere (visualize's classifier), so not said to be ignored."""
         if self.is_random:
             return f"weights: {self.source} (untrained), {convention_name(self.convention)}"
         line = f"weights: {self.source}: {convention_name(self.convention)} {self.convention_source}"
-        if self.ignored:
-            more = len(self.ignored) - 6
-            shown = ", ".join(self.ignored[:6]) + (f" and {more} more" if more > 0 else "")
-            line += f"; ignored {len(self.ignored)} key{'s' * (len(self.ignored) > 1)}: {shown}"
+        ignored = [key for key in self.ignored if key not in read]
+        if ignored:
+            more = len(ignored) - 6
+            shown = ", ".join(ignored[:6]) + (f" and {more} more" if more > 0 else "")
+            line += f"; ignored {len(ignored)} key{'s' * (len(ignored) > 1)}: {shown}"
         return line
 
 

@@ -96,3 +96,22 @@ def test_serve_says_its_own_pixel_limit_before_pils_for_any_bomb(tmp_path, monke
     assert str(caught.value.detail) == ("refusing style image 2: it has 4096 pixels, over the limit of 1000 past "
                                         "which an image is refused as a possible decompression bomb; make it "
                                         "smaller"), caught.value.detail
+
+
+def test_visualize_says_it_read_the_classifier_not_that_it_ignored_its_keys(tmp_path, monkeypatch, capsys,
+                                                                             vgg16_random):
+    """`visualize --weights full.pth` said "ignored 6 keys: classifier.0.bias, ..." and then used them: the
+    features loader's line, right for run (probe 50b, 9). It says the classifier was read, and its class count."""
+    import torch
+
+    from styleengine.model.classifier import random_classifier
+
+    small = random_classifier(seed=2, hidden=16, classes=5, pool=1)
+    torch.save({**vgg16_random.state, **{f"classifier.{i}.{p}": t for i, (w, b) in zip((0, 3, 6), small.layers)
+                                          for p, t in (("weight", w), ("bias", b))}}, tmp_path / "full.pth")
+    code, _, err = run_cli(monkeypatch, capsys, "visualize", "--class", "4", "--size", "32", "--iters", "1",
+                           "--model", "vgg16", "--weights", tmp_path / "full.pth", "-o", tmp_path / "v.png")
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("weights: "))
+    assert "ignored" not in line and line.endswith("; classifier: 5 classes"), err
+    assert "rank" in err and "of 5;" in err, err

@@ -46,7 +46,7 @@ def _visualize(
     from styleengine.engine.loop import optimise
     from styleengine.engine.stylise import check_place
     from styleengine.engine.visualize import ClassScoreStep, mean_image
-    from styleengine.model.classifier import class_name, load_classifier
+    from styleengine.model.classifier import KEYS, class_name, load_classifier
     from styleengine.model.weights import load_weights
 
     console = Console(stderr=True, markup=False)
@@ -65,7 +65,9 @@ def _visualize(
         if target >= classifier.classes:
             raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
         features = load_weights(model, weights, seed=seed)
-        console.print(features.describe(), highlight=False, soft_wrap=True, markup=False)
+        # the classifier's keys are read here: the features' line said they were ignored
+        console.print(f"{features.describe(read=KEYS)}; classifier: {classifier.classes} classes", highlight=False,
+                      soft_wrap=True, markup=False)
         name = class_name(target) if classifier.classes == 1000 and not features.is_random else None
         with ClassScoreStep(features, classifier, target, l2_weight=l2_weight, tv_weight=tv_weight,
                             device=device) as step:
