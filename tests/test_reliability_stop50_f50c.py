@@ -115,3 +115,27 @@ def test_visualize_says_it_read_the_classifier_not_that_it_ignored_its_keys(tmp_
     line = next(line for line in err.splitlines() if line.startswith("weights: "))
     assert "ignored" not in line and line.endswith("; classifier: 5 classes"), err
     assert "rank" in err and "of 5;" in err, err
+
+
+@pytest.mark.parametrize("given, says", [
+    ({"content_weight": 5}, ["content_weight is ignored: a texture has no content image"]),
+    ({"content_layers": "relu4_2", "luminance_only": True},
+     ["content_layers is ignored: a texture has no content image",
+      "luminance_only is ignored: a texture has no content image"]),
+    ({"temporal_weight": 3}, ["temporal_weight is ignored: only a video's frames read it (styleengine video)"]),
+    ({"content_weight": 0, "preserve_colors": False}, [])])
+def test_the_api_says_a_setting_a_texture_cannot_use(caplog, given, says):
+    """`stylise(None, style, content_weight=5)` returned a texture without a word, where `texture` has no such
+    flag and the API says print_every and save_every are ignored (probe 50b, 10). Said the same way (a logged
+    warning: taken, so one call's settings serve a run and a texture alike); a value that does nothing anyway
+    is not said."""
+    from PIL import Image
+
+    import styleengine
+
+    with caplog.at_level("WARNING", logger="styleengine.api"):
+        picture = styleengine.stylise(None, Image.new("RGB", (48, 48), (20, 30, 230)), size=40, iterations=1,
+                                      weights="random", model="vgg16", backend="torch", **given)
+    assert picture.size == (40, 40)
+    assert [r.getMessage() for r in caplog.records if r.name == "styleengine.api" and r.levelname == "WARNING"] \
+        == says, caplog.text

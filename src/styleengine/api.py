@@ -20,7 +20,7 @@ from PIL import Image
 from styleengine import paths
 from styleengine.engine import images, loop
 from styleengine.engine.recipes import RECIPES, recipe_values
-from styleengine.engine.settings import TEXTURE_INIT, expanded_paths, said_as
+from styleengine.engine.settings import RUN, TEXTURE, TEXTURE_INIT, expanded_paths, options, said_as
 from styleengine.engine.stylise import Settings, stylise as run
 from styleengine.model.convention import Convention
 from styleengine.errors import ConfigError, UnavailableError
@@ -84,6 +84,16 @@ def _expanded(picture: Any, role: str) -> Any:
         raise ConfigError(f"{role} {e}") from None
 
 
+def _unused(given: dict[str, Any], config: Settings, *, texture: bool) -> list[tuple[str, str]]:
+    """(name, why) of each setting given that this call cannot use (the command it stands for, `texture` or `run`,
+    has no such option) and set to do something: taken, as print_every is, so that one call's settings serve both."""
+    offered, fields = options(TEXTURE if texture else RUN), {f.name: f for f in dataclasses.fields(Settings)}
+    return [(name, "a texture has no content image" if name in options(RUN) else
+             "only a video's frames read it (styleengine video)")
+            for name in given if name not in offered and "option" in fields[name].metadata
+            and getattr(config, name)]  # 0, (), None, False: what the call does anyway
+
+
 def _called(function: Callable) -> str:
     name = getattr(function, "__qualname__", None) or type(function).__name__
     return "a lambda" if name.endswith("<lambda>") else name
@@ -110,6 +120,7 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
     given, whose content_weight, style_weight and tv_weight are then in its units).
     callback(record, current): called every iteration, as engine/stylise.py's;
     `current` is the image of the newest record, exact at every save_every-th iteration.
+    A setting the call cannot use (print_every; a texture's content_weight) is taken and logged as ignored.
     User errors (a bad image, setting or weights file) raise styleengine.errors.UserError, one line. Ctrl-C
     raises styleengine.api.Interrupted, a KeyboardInterrupt holding the picture so far in `.image`.
     """
@@ -143,6 +154,8 @@ def stylise(content: Any, style_or_styles: Any, *, callback: Callable | None = N
         if content is None:
             config.check_texture_start()
         config.validate(texture=content is None)
+        for name, why in _unused(settings, config, texture=content is None):  # after validate: none it refuses
+            logger.warning("%s is ignored: %s", name, why)
         from styleengine.cli_plan import check_cache_for
 
         check_cache_for(config)  # the command's words, before any work (an export said "free some space")
