@@ -267,25 +267,33 @@ def test_the_apis_image_paths_expand_as_its_path_settings_do(tmp_path, monkeypat
     assert image.size == (40, 33)
 
 
+def bench_of_two_sizes(monkeypatch, capsys, before_second, *flags) -> tuple[int, str]:
+    """`bench` of two sizes with `flags`, `before_second()` called as the second size's turn comes (the first
+    row's partial document written): (exit code, stderr)."""
+    from styleengine.benchmarks import runner
+
+    real, state = runner.Runner.outcome, {"rows": 0}
+
+    def outcome(self, config, *args, **kwargs):
+        if state["rows"] == 1:
+            before_second()
+        state["rows"] += 1
+        return real(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(runner.Runner, "outcome", outcome)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
+                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
+                           *flags)
+    return code, err
+
+
 def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, capsys):
     """`bench --json g.json --csv g.csv` stopped after its first row said only "interrupted (SIGHUP)": not that
     g.json holds that row (a partial document), nor that g.csv was not written (probe 47b, 6)."""
     import signal
 
-    from styleengine.benchmarks import runner
-
-    real, state = runner.Runner.outcome, {"rows": 0}
-
-    def outcome_then_signal(self, config, *args, **kwargs):
-        if state["rows"] == 1:  # the second size's turn
-            os.kill(os.getpid(), signal.SIGHUP)
-        state["rows"] += 1
-        return real(self, config, *args, **kwargs)
-
-    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_signal)
-    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
-                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
-                           "--json", tmp_path / "g.json", "--csv", tmp_path / "g.csv")
+    code, err = bench_of_two_sizes(monkeypatch, capsys, lambda: os.kill(os.getpid(), signal.SIGHUP),
+                                   "--json", tmp_path / "g.json", "--csv", tmp_path / "g.csv")
     assert code == 129, err
     assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGHUP); {tmp_path / 'g.json'} holds the 1 row done "
                                             f"(machine.partial: true); {tmp_path / 'g.csv'} not written")
@@ -634,20 +642,9 @@ def test_a_lock_and_manifest_removed_after_a_line_say_the_manifest_is_gone(tmp_p
 def test_a_users_file_put_at_benchs_json_is_not_said_to_hold_its_rows(tmp_path, monkeypatch, capsys):
     """bench said --json "holds the partial document (1 row ...)" when the check before its last write found a
     user's file there, which it kept (probe 49a, 9)."""
-    from styleengine.benchmarks import runner
-
-    real, state = runner.Runner.outcome, {"rows": 0}
-
-    def outcome_then_mine(self, config, *args, **kwargs):
-        if state["rows"] == 1:
-            (tmp_path / "b.json").write_text('{"name": "my package"}\n')
-        state["rows"] += 1
-        return real(self, config, *args, **kwargs)
-
-    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_mine)
-    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
-                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
-                           "--json", tmp_path / "b.json")
+    code, err = bench_of_two_sizes(monkeypatch, capsys,
+                                   lambda: (tmp_path / "b.json").write_text('{"name": "my package"}\n'),
+                                   "--json", tmp_path / "b.json")
     line = one_error_line(code, err)
     assert "not an earlier bench --json file" in line and "holds the partial document" not in line, line
     assert (tmp_path / "b.json").read_text() == '{"name": "my package"}\n'

@@ -412,26 +412,19 @@ def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_
     import signal
 
     try:
-        from test_cli import run_cli
+        from test_reliability_stop47 import bench_of_two_sizes
     except ModuleNotFoundError:
-        from tests.test_cli import run_cli
-    from styleengine.benchmarks import runner
+        from tests.test_reliability_stop47 import bench_of_two_sizes
 
-    real, state, path = runner.Runner.outcome, {"rows": 0}, tmp_path / "g.json"
+    path = tmp_path / "g.json"
 
-    def outcome_then_signal(self, config, *args, **kwargs):
-        if state["rows"] == 1:  # the second size's turn: the first row's partial document is there
-            path.unlink()
-            if change == "mine":
-                path.write_text('{"name": "my package"}\n')
-            os.kill(os.getpid(), signal.SIGTERM)
-        state["rows"] += 1
-        return real(self, config, *args, **kwargs)
+    def mine_then_signal():  # the first row's partial document is there
+        path.unlink()
+        if change == "mine":
+            path.write_text('{"name": "my package"}\n')
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(runner.Runner, "outcome", outcome_then_signal)
-    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32,40", "--backends", "torch", "--devices", "cpu",
-                           "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1", "--warmup", "0",
-                           "--json", path)
+    code, err = bench_of_two_sizes(monkeypatch, capsys, mine_then_signal, "--json", path)
     assert code == 143, err
     assert err.strip().splitlines()[-1] == (f"error: interrupted (SIGTERM); {path} no longer holds the 1 row done "
                                             f"(removed or replaced during the run): not kept"), err
