@@ -250,6 +250,7 @@ class Manifest:
         self.remade = remade
         # the manifest lines go to, held open once known: its inode number is not reused by a file put there
         self._file: IO[bytes] | None = None
+        self._found_none = False  # repair found no manifest: the first line makes one, never takes one put there
 
     def holds_its_lines(self) -> bool:
         """Whether the file at the manifest's name is the one its lines went to (False: none there, or another
@@ -357,7 +358,7 @@ class Manifest:
                     number = data.count(b"\n") + 1
                     return [f"{self.path} line {number} was torn (a write cut short); cut off"]
         except FileNotFoundError:
-            pass
+            self._found_none = self._file is None
         except OSError as e:
             raise UserError(f"cannot use the manifest {self.path}: {e.strerror or e}") from None
         return []
@@ -423,7 +424,14 @@ class Manifest:
         flags = os.O_WRONLY | os.O_APPEND
         try:  # a regular file only: a FIFO put there while the batch or server ran blocked it for ever
             try:
+                if self._file is None and self._found_none:  # none at the start: one there now is another's
+                    fd = paths.open_regular(name, flags | os.O_CREAT | os.O_EXCL, dir_fd=folder)
+                    self._hold(fd)
+                    return fd
                 return paths.open_regular(name, flags | (os.O_CREAT if self._file is None else 0), dir_fd=folder)
+            except FileExistsError:
+                raise UserError(f"cannot write the manifest {self.path}: another file was put at its name during "
+                                f"the run (not appended to)") from None
             except FileNotFoundError:
                 if not self.remade:
                     raise UserError(f"cannot write the manifest {self.path}: it is not there any more (removed "

@@ -530,3 +530,45 @@ def test_a_damaged_cache_entry_that_cannot_be_moved_aside_is_named(tmp_path, mon
         cache.publish(staging, folder)
     assert folder.is_dir() and staging.is_dir() and sorted(p.name for p in folder.parent.iterdir()) == [".build-key",
                                                                                                           "key"]
+
+
+def test_a_file_put_at_the_manifests_name_before_the_first_line_is_not_appended_to(tmp_path, monkeypatch, capsys):
+    """A batch that found no manifest took a user's file put at its name before its first line as its own, and
+    appended every line to it ("3 ok"; probe 51a, 1)."""
+    try:
+        from test_reliability_batch import one_error_line
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_stop43 import three_jobs_batch
+    from styleengine.engine import batch as engine
+
+    real, out = engine.record, tmp_path / "out"
+
+    def record(*args, **kwargs):
+        if not (out / "manifest.jsonl").exists():
+            (out / "manifest.jsonl").write_text("my notes\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert "another file was put at its name during the run (not appended to)" in one_error_line(code, err), err
+    assert (out / "manifest.jsonl").read_text() == "my notes\n"
+
+
+def test_a_trace_named_by_a_descriptor_opened_to_append_is_appended_to(tmp_path):
+    """`--trace /dev/fd/3 3>>t.jsonl` truncated the earlier trace (its other hard link's too): the name was opened
+    again with truncation, not as the shell's `>>` asks (probe 51a, 2)."""
+    import os
+
+    from styleengine.cli_job import TraceWriter
+
+    path = _archived_trace(tmp_path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        trace = TraceWriter(__import__("pathlib").Path(f"/dev/fd/{fd}"))
+        trace.write_object({"iteration": 1, "loss": 1.5}, "iteration 1")
+        trace.close()
+    finally:
+        os.close(fd)
+    assert path.read_text() == TRACE_LINE + '{"iteration": 1, "loss": 1.5}\n'

@@ -93,8 +93,8 @@ class TraceWriter:
         link or not) is replaced by a new file of its mode and owner, those names keeping it; a descriptor's name
         (/dev/stdout, /dev/fd/N) is written through as it is. Sets `written_at`: the file a failure cleans up."""
         assert self.path is not None
-        if paths.names_a_descriptor(self.path):
-            return open(self.path, "w", encoding="utf-8")
+        if paths.names_a_descriptor(self.path):  # appended to, as the shell's `>>` asks (`>` emptied it already)
+            return open(self.path, "a", encoding="utf-8")
         target = Path(os.path.realpath(self.path))  # the file, not a link the user made to it
         found = target.stat() if target.is_file() else None
         if found is not None and found.st_nlink > 1:
