@@ -269,8 +269,13 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
                 f"{out} was replaced during the run by another folder or a link, before any job was recorded"
                 if replaced else
                 f"every job is recorded in {manifest.path}" if not left else  # nothing to resume
+                f"{manifest.path} is not the manifest written (replaced during the run); the lines of the "
+                f"{recorded} jobs done went with the file that was there"
+                if recorded and os.path.lexists(manifest.path) and not manifest.holds_its_lines() else
                 f"the same command resumes ({manifest.path} records what is done)"
                 if manifest.path.is_file() and manifest.path.stat().st_size else
+                f"{manifest.path} was emptied during the run, with the lines of the {recorded} jobs done"
+                if recorded and manifest.path.is_file() else
                 f"{manifest.path} is not there any more (moved or removed during the run) with the lines of the "
                 f"{recorded} jobs done" if recorded else
                 "nothing was recorded yet; the same command starts again")
