@@ -71,6 +71,12 @@ def test_a_video_written_inside_another_videos_frames_folder_is_refused(tmp_path
     assert "is inside" in line and "a video's frames folder" in line and "choose another output" in line, line
     assert "random" not in err, err  # refused before the weights
     assert sorted(p.name for p in frames.iterdir()) == before
+    (frames / "sub").mkdir()  # a folder below goes with the frames too (probe 52a, 7)
+    code, _, err = run_cli(monkeypatch, capsys, "video", three, style, "-o", frames / "sub" / "x.mp4", *FAST,
+                           "--size", "64")
+    line = one_error_line(code, err)
+    assert f"is inside {frames}, a video's frames folder" in line and "choose another output" in line, line
+    assert not any((frames / "sub").iterdir())
 
 
 def test_an_empty_lock_another_tool_holds_is_said_as_a_lock_not_a_video(tmp_path, monkeypatch, capsys, three,

@@ -82,13 +82,18 @@ class FrameStore:
     def refuse_inside(cls, folder: Path, what: str, why: str, advice: str) -> None:
         """ConfigError where `folder` is held (held_as): `what` ("--out D is") then what it is, `why` (a video's
         folder: what becomes of the files put there) and `advice`; a locked folder's holder is not said to be a
-        video (another tool's flock is one too)."""
+        video (another tool's flock is one too). A folder below a video's frames folder is refused as well."""
         held = cls.held_as(folder)
         if held == "video":
             raise ConfigError(f"{what} a video's frames folder: {why}; {advice}")
         if held == "lock":
             raise ConfigError(f"{what} a folder locked by another process (it holds {folder / cls.LOCK}); wait for "
                               f"it to finish or {advice}")
+        for above in Path(os.path.realpath(folder)).parents:  # a folder made inside one goes with it too
+            # named as FrameStore names them: a video.json of a user's own up the tree is no frames folder
+            if above.name.endswith(".frames") and os.path.lexists(above / cls.RECORD):
+                raise ConfigError(f"{folder} is inside {above}, a video's frames folder: what is written there "
+                                  f"would go with its frames when they are moved away or removed; {advice}")
 
     def take(self) -> None:
         """Make the folder if needed and take its lock (ConfigError if another run holds it), before the run's
