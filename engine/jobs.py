@@ -6,6 +6,7 @@ No printing: a bad line is a ConfigError naming the file and line.
 """
 from __future__ import annotations
 
+import array
 import csv
 import dataclasses
 import hashlib
@@ -14,10 +15,12 @@ import itertools
 import json
 import os
 import re
+import sys
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
@@ -36,6 +39,7 @@ OVERRIDES: dict[str, Callable[[Any], Any]] = {name: meta.parse for name, meta in
 _ALIASES = {alias: name for name, meta in options(BATCH).items() if meta.per_job
             for alias in ((meta.flag[2:].replace("-", "_"),) if meta.flag else ()) + meta.aliases}
 _JOB_KEYS = ("id", "content", "style", "styles", "output")  # the columns / keys that are not overrides
+ID_MAX = 1024  # characters of an id a jobs file gives (one made from the output is as long as its path)
 RECIPE = "recipe"  # another tool's recipe (engine/recipes.py) under the job's other keys: no setting of its own
 
 
@@ -241,7 +245,11 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
         paths.check_suffix(output_path)
     except ImageError as e:
         raise ConfigError(f"{where}: {first_line(e)}") from None
-    job_id = _text(raw, "id", where, numbers=True, typed=typed) or str(output_path.relative_to(out_dir).with_suffix(""))
+    given_id = _text(raw, "id", where, numbers=True, typed=typed)
+    if len(given_id) > ID_MAX:  # shown on every progress line and in the manifest: a 100 MB id cost minutes
+        raise ConfigError(f"{where}: id {_shown(given_id[:24])}... is {len(given_id)} characters long; an id is a "
+                          f"name (at most {ID_MAX})")
+    job_id = given_id or str(output_path.relative_to(out_dir).with_suffix(""))
     control = paths.control_character(job_id)
     if control is not None:  # an id is shown on one line of the progress output and the manifest's readers
         raise ConfigError(f"{where}: id {_shown(job_id)} has a control character ({control}); an id is one line "
@@ -352,7 +360,7 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
     if suffix not in (".jsonl", ".csv"):
         raise ConfigError(f"jobs file {path}: unknown suffix {path.suffix or '(none)'!r}; use .jsonl or .csv")
     try:
-        read = _Read(open(path, "rb", buffering=0))
+        read = _Read(open(path, "rb", buffering=0), csv=suffix == ".csv")
     except OSError as e:
         raise ConfigError(f"cannot read jobs file {path}: {e.strerror or e}") from None
     # undecodable bytes kept as surrogates, so the line they are on is named (_utf8)
@@ -381,8 +389,11 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
                 except json.JSONDecodeError as e:
                     _check_whole(read, path, number - 1)  # the tail of a line the file no longer has
                     raise ConfigError(f"{where}: not JSON ({e.msg}: column {e.colno})") from None
-                except (RecursionError, ValueError) as e:  # nested too deep, or an integer over 4300 digits
-                    raise ConfigError(f"{where}: not a job ({type(e).__name__}: {first_line(e)})") from None
+                except RecursionError:
+                    raise ConfigError(f"{where}: not a job (JSON nested too deeply)") from None
+                except ValueError:  # what json's parser raises beside JSONDecodeError: Python's digit limit
+                    raise ConfigError(f"{where}: not a job (an integer of more than {sys.get_int_max_str_digits()} "
+                                      f"digits)") from None
                 if not isinstance(raw, dict):
                     raise ConfigError(f"{where}: a job is a JSON object")
                 yield _located(raw, where, base_dir, out_dir)
@@ -393,14 +404,20 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+REWRITTEN = "was rewritten after the batch had read it; the same command runs the jobs it holds now"
+
+
 @dataclass(frozen=True)
 class JobsRead:
     """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
-    (device, inode)."""
+    (device, inode); `lines`, the CRC-32 of each whole line read (a file shorter now: cut, or rewritten?);
+    `csv`, whether a row of empty cells (`,,,`) is no job."""
 
     count: int
     digest: bytes
     file: tuple[int, int]
+    lines: array.array = field(default_factory=lambda: array.array("I"))
+    csv: bool = False
 
     def since(self, path: Path) -> str | None:
         """What became of the file at `path` since it was read to its end, as the end of a sentence that starts
@@ -409,10 +426,10 @@ class JobsRead:
             found = os.stat(path)
             if (found.st_dev, found.st_ino) != self.file:
                 return "was replaced after the batch had read it; the same command runs the jobs it holds now"
-            if found.st_size < self.count:
-                return None  # cut short after the read: the jobs read were run, the manifest says which
-            again = hashlib.sha256()
             with open(path, "rb") as f:
+                if found.st_size < self.count:  # cut short after the read (the jobs read were run), or rewritten
+                    return self._rewritten(f)
+                again = hashlib.sha256()
                 at = 0
                 while at < self.count:
                     block = f.read(min(1 << 20, self.count - at))
@@ -421,8 +438,9 @@ class JobsRead:
                     again.update(block)
                     at += len(block)
                 if again.digest() != self.digest:
-                    return "was rewritten after the batch had read it; the same command runs the jobs it holds now"
-                added = sum(1 for line in f if line.strip())
+                    return REWRITTEN
+                # a spreadsheet's row of empty cells is skipped as a blank line is
+                added = sum(1 for line in f if line.strip(b",; \t\r\n\"" if self.csv else None))
         except OSError:  # gone, or unreadable now: nothing the batch can say of it
             return None
         if not added:
@@ -430,28 +448,45 @@ class JobsRead:
         lines = "a line" if added == 1 else f"{added} lines"
         return f"got {lines} after the batch had read it to its end; the same command runs the jobs added"
 
+    def _rewritten(self, f: IO[bytes]) -> str | None:
+        """REWRITTEN where a whole line of `f` (shorter than what was read) is not the one read there; None for
+        the read's first bytes (a cut, at a line's end or within one)."""
+        for number, line in enumerate(f):
+            if not line.endswith(b"\n"):
+                return None  # a line cut short
+            if number >= len(self.lines) or zlib.crc32(line) != self.lines[number]:
+                return REWRITTEN
+        return None
+
 
 class _Read(io.RawIOBase):
     """A jobs file's bytes as read, hashed on the way (whether the file changed under the read: _check_whole)."""
 
-    def __init__(self, raw: io.FileIO):
-        self.raw, self.hash, self.count = raw, hashlib.sha256(), 0
+    def __init__(self, raw: io.FileIO, csv: bool = False):
+        self.raw, self.hash, self.count, self.csv = raw, hashlib.sha256(), 0, csv
         self.start = os.fstat(raw.fileno())
+        self.lines, self._line = array.array("I"), 0  # each whole line's CRC-32; the one of the line read so far
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         n = self.raw.readinto(buffer) or 0
-        self.hash.update(memoryview(buffer)[:n])
+        block = bytes(memoryview(buffer)[:n])
+        self.hash.update(block)
         self.count += n
+        start = 0
+        while (end := block.find(b"\n", start)) != -1:
+            self.lines.append(zlib.crc32(block[start:end + 1], self._line))
+            self._line, start = 0, end + 1
+        self._line = zlib.crc32(block[start:], self._line)
         return n
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
     def done(self) -> JobsRead:
-        return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino))
+        return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino), self.lines, self.csv)
 
     def close(self) -> None:
         self.raw.close()
