@@ -222,13 +222,33 @@ def _manifest_problem(entry: Any) -> str | None:
     return None
 
 
-def _whole(tail: bytes) -> bool:
-    """Whether a last line without its newline is a whole, usable entry (a write cut short never is: a line is
-    one JSON object, and no prefix of one parses)."""
+def _parsed(line: bytes) -> Any:
+    """A line as JSON, or _NOT_JSON."""
     try:
-        return _manifest_problem(json.loads(tail.decode("utf-8"))) is None
+        return json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError):  # not UTF-8, not JSON (the empty tail of a whole file among them)
-        return False
+        return _NOT_JSON
+
+
+_NOT_JSON = object()
+
+
+def _whole(tail: bytes) -> bool:
+    """Whether a last line without its newline is whole (a write cut short never is: a line is one JSON object,
+    and no prefix of one parses); one that is no entry is said and skipped by `read`, never cut."""
+    return _parsed(tail) is not _NOT_JSON
+
+
+def _written_by_us(data: bytes) -> bool:
+    """Whether a manifest's bytes are a batch's or a server's: empty, a power cut's NULs or a first line torn, or
+    a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
+    *lines, tail = data.split(b"\n")
+    found = [line for line in lines if line.strip(b" \t\r\0")]
+    for line in [*found, tail]:
+        entry = _parsed(line)
+        if isinstance(entry, dict) and "id" in entry and "status" in entry:
+            return True
+    return not found and (not tail.strip(b" \t\r\0") or tail.startswith(b'{"'))
 
 
 class Manifest:
@@ -351,6 +371,9 @@ class Manifest:
             with os.fdopen(paths.open_regular(self.path, os.O_RDWR), "r+b") as f:
                 self._hold(f.fileno())
                 data = f.read()
+                if not _written_by_us(data):
+                    raise UserError(f"{self.path} is not a manifest styleengine wrote (no line of it is a job's): "
+                                    f"another tool's file, not appended to; move it away or give another folder")
                 if data and _whole(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
                     f.write(b"\n")
                 elif data and not data.endswith(b"\n"):

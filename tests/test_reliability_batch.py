@@ -404,10 +404,11 @@ def test_a_symlinked_manifest_is_refused_and_its_target_untouched(folder, monkey
 def test_json_too_deep_or_too_long_is_a_bad_line_not_a_traceback(folder, monkeypatch, capsys, no_step, line):
     out = folder / "out"
     out.mkdir()
-    (out / engine.MANIFEST).write_text(line + "\n")
+    # after a line of its own (a file of that line alone is no manifest of ours: refused, stop 52)
+    (out / engine.MANIFEST).write_text('{"id": "x", "status": "failed", "error": "e"}\n' + line + "\n")
     jobs = write_jobs(folder / "jobs.jsonl", [{"id": "a", "content": "missing.png", "style": "s1.png"}])
     code, err = batch(monkeypatch, capsys, jobs, out)
-    assert "Traceback" not in err and "line 1" in err  # the manifest's bad line, reported and skipped
+    assert "Traceback" not in err and "line 2" in err  # the manifest's bad line, reported and skipped
     bad_jobs = folder / "bad.jsonl"
     bad_jobs.write_text(line + "\n")
     code, err = batch(monkeypatch, capsys, bad_jobs, folder / "out2")

@@ -186,12 +186,13 @@ def test_many_bad_manifest_lines_are_a_few_warnings_and_a_count(folder, monkeypa
     warning lines before the first job."""
     out = folder / "out"
     out.mkdir()
-    (out / "manifest.jsonl").write_text("garbage\n" * 5000)
+    # appended to a manifest's line (a file of garbage alone is no manifest of ours: refused, stop 52)
+    (out / "manifest.jsonl").write_text('{"id": "x", "status": "failed", "error": "e"}\n' + "garbage\n" * 5000)
     jobs = write_jobs(folder / "jobs.jsonl", [{"content": "c1.png", "styles": "nope.png"}])  # fails at once
     code, err = batch(monkeypatch, capsys, jobs, out)
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) <= 11, len(warnings)
-    assert "line 1:" in warnings[0] and "4990 more" in warnings[-1], warnings[-1]
+    assert "line 2:" in warnings[0] and "4990 more" in warnings[-1], warnings[-1]
 
 
 def test_a_bad_batch_size_names_its_flag(folder, monkeypatch, capsys, no_step):

@@ -138,3 +138,40 @@ def test_a_jobs_line_past_pythons_limits_or_an_id_of_thousands_of_characters_is_
     with pytest.raises(ConfigError) as caught:
         list(iter_jobs(path, tmp_path / "out"))
     assert str(caught.value) == f"{path} {said}"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"audio_filepath": "a.wav", "duration": 1.2}\n{"audio_filepath": "b.wav", "duration": 3.4}',
+    b"my notes\nline two without newline",
+    b"{}"])
+def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_path, monkeypatch, capsys, body):
+    """A dataset's manifest.jsonl in --out (NeMo writes one per folder) lost its last record, "torn (a write cut
+    short); cut off", and took the batch's line, exit 0 (probe 52b, 5): a file with no job's line is refused before
+    any work, and a last line that parses is whole."""
+    try:
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_bytes(body)
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
+    line = one_error_line(code, err)
+    assert "is not a manifest styleengine wrote (no line of it is a job's)" in line and "random" not in err, line
+    assert manifest.read_bytes() == body
+
+
+@pytest.mark.parametrize("body, kept", [
+    (b'{"id": "x", "status": "failed", "error": "e"}\n5', True),  # whole: said and skipped, not cut
+    (b'{"id": "x", "status": "failed", "error": "e"}\n{"id": "y", "sta', False),  # torn: cut
+    (b'{"content": "c.png", "id": "a", "sta', False),  # the first line torn by a power cut
+    (b"\0" * 4096, False)])  # a power cut's zeros: cut
+def test_a_manifests_last_line_is_cut_only_where_torn(tmp_path, monkeypatch, capsys, body, kept):
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_bytes(body)
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
+    assert code == 0, err
+    assert manifest.read_bytes().startswith(body if kept else body[:body.rfind(b"\n") + 1]), err
+    assert ("was torn (a write cut short); cut off" in err) == (not kept), err
