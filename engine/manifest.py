@@ -274,12 +274,14 @@ class Manifest:
 
     def holds_its_lines(self) -> bool:
         """Whether the file at the manifest's name is the one its lines went to (False: none there, or another
-        put in its place; True when none is known yet)."""
+        put in its place, or one put there after `repair` found none; True when none is known yet)."""
         try:
             found = os.stat(self.path, follow_symlinks=False)
         except OSError:
             return False
-        return self._file is None or self._is_ours(found)
+        if self._file is None:  # one there now that was not at the start is another's
+            return not self._found_none
+        return self._is_ours(found)
 
     def _is_ours(self, found: os.stat_result) -> bool:
         ours = os.fstat(self._file.fileno()) if self._file is not None else None
@@ -457,8 +459,10 @@ class Manifest:
                                 f"the run (not appended to)") from None
             except FileNotFoundError:
                 if not self.remade:
-                    raise UserError(f"cannot write the manifest {self.path}: it is not there any more (removed "
-                                    f"during the run, with its lines)") from None
+                    moved = self._file is not None and os.fstat(self._file.fileno()).st_nlink > 0
+                    raise UserError(f"cannot write the manifest {self.path}: " + (
+                        "it was moved away during the run, with its lines (put it back to resume)" if moved else
+                        "it is not there any more (removed during the run, with its lines)")) from None
                 fd = paths.open_regular(name, flags | os.O_CREAT | os.O_EXCL, dir_fd=folder)  # a new one, as said
                 self._hold(fd)
                 return fd

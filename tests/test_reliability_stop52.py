@@ -175,3 +175,38 @@ def test_a_manifests_last_line_is_cut_only_where_torn(tmp_path, monkeypatch, cap
     assert code == 0, err
     assert manifest.read_bytes().startswith(body if kept else body[:body.rfind(b"\n") + 1]), err
     assert ("was torn (a write cut short); cut off" in err) == (not kept), err
+
+
+def test_a_manifest_moved_away_during_a_batch_is_said_moved_with_its_lines(tmp_path, monkeypatch, capsys):
+    """`mv out/manifest.jsonl out/manifest.bak` mid-run was "not there any more (removed during the run, with its
+    lines)": the lines were in manifest.bak, and moving it back resumes (probe 52a, 13)."""
+    manifest, calls = tmp_path / "out" / "manifest.jsonl", []
+
+    def after_record():
+        calls.append(1)
+        if len(calls) == 1:
+            manifest.rename(manifest.with_name("manifest.bak"))
+
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, after_record)
+    assert code == 1 and "it was moved away during the run, with its lines (put it back to resume)" in err, err
+    assert "removed" not in err, err
+
+
+def test_a_users_file_at_the_manifests_name_with_the_lock_removed_before_any_line_holds_none(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """The lock removed and a user's file put at the manifest's name before the first line: "its lines so far are
+    in out/manifest.jsonl", of the user's file (probe 52a, 11)."""
+    from styleengine.engine import batch as engine
+
+    real, out = engine.record, tmp_path / "out"
+
+    def record(*args, **kwargs):
+        if not (out / "manifest.jsonl").exists():
+            (out / ".batch.lock").unlink()
+            (out / "manifest.jsonl").write_text("my notes\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "record", record)
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
+    assert code == 1 and "no line was written yet" in err and "its lines so far are in" not in err, err
+    assert (out / "manifest.jsonl").read_text() == "my notes\n"
