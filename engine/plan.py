@@ -16,7 +16,7 @@ from styleengine.choices import MIN_SIDE
 from styleengine.engine.loss_config import LossConfig
 from styleengine.engine.memory import (TILE_COST_FLOOR, free_memory, lbfgs_history, lbfgs_pair_bytes,
                                        least_budget_gib, tile_cost, tile_for_budget, too_small)
-from styleengine.engine.schedule import long_side_shape
+from styleengine.engine.schedule import long_side_shape, scale_sizes
 from styleengine.engine.settings import Settings
 from styleengine.errors import ConfigError, SettingError
 
@@ -89,12 +89,34 @@ class TooThin(ConfigError):
     """An image whose short side would vanish at the run's size: the long side it `needs`, and the `knob` that
     sets it (a front end without the knob says its own fix)."""
 
-    def __init__(self, head: str, needed: int, knob: str):
-        super().__init__(f"{head} ({knob} {needed}): crop the image or use a larger size")
+    def __init__(self, head: str, needed: int, knob: str, advice: str | None = None):
         self.head, self.needed, self.knob = head, needed, knob
+        self.advice = advice or f"{knob} {needed}"  # the flags to give: that one, or with others (make_plan)
+        super().__init__(f"{head} ({self.advice}): crop the image or use a larger size")
 
     def __reduce__(self) -> tuple:  # pickled whole (a Ray worker's error)
-        return type(self), (self.head, self.needed, self.knob)
+        return type(self), (self.head, self.needed, self.knob, self.advice)
+
+    def renamed(self, rename: Callable[[str], str]) -> TooThin:
+        """This refusal with its flags said as `rename` says them (a jobs file's keys, the API's keywords)."""
+        return TooThin(self.head, self.needed, rename(self.knob), rename(self.advice))
+
+
+def _advice(settings: Settings, needed: int, knob: str) -> str:
+    """`knob needed`, and --scales 1 where the coarse-to-fine run it gives would start below what the images need
+    (`--size 315` alone was refused again at its 128 px first scale, naming --start-size)."""
+    given = f"{knob} {needed}"
+    side = _size_for_style(settings, needed) if knob.endswith(" x --style-scale") else needed  # every scale's least
+    if knob.startswith("--start-size") and side > settings.size:  # no first scale past the last one
+        return given.replace("--start-size", "--size", 1) + " and --scales 1"
+    size, start = (max(side, settings.size), settings.start_size) if knob.startswith("--size") else (settings.size,
+                                                                                                       side)
+    try:
+        if min(scale_sizes(size, settings.scales, start)) >= side:
+            return given
+    except ConfigError:  # too many --scales between that start and the size
+        pass
+    return "--scales 1" if knob.startswith("--start-size") else given + " and --scales 1"
 
 
 def needed_side(shape: tuple[int, int], long_side: int) -> int | None:
@@ -218,8 +240,11 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     sizes = [size for size, _ in steps]
     for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
         knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
-        _check_scale(settings, size, knob, (content_label if content_shape is not None else labels[0], ref),
-                     list(zip(labels, style_shapes)))
+        try:
+            _check_scale(settings, size, knob, (content_label if content_shape is not None else labels[0], ref),
+                         list(zip(labels, style_shapes)))
+        except TooThin as e:  # advice that is not refused again at another scale
+            raise TooThin(e.head, e.needed, e.knob, _advice(settings, e.needed, e.knob)) from None
     if settings.mem_budget_gib is None and memory is None:
         memory = free_memory(settings.device)
     budget = settings.mem_budget_gib * 2**30 if settings.mem_budget_gib is not None else memory

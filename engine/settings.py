@@ -603,6 +603,9 @@ def said_as(error: UserError, names: Mapping[str, str]) -> UserError:
         label, problem = names.get(error.setting, error.label), renamed(error.problem)
         return error if (label, problem) == (error.label, error.problem) else SettingError(error.setting, label,
                                                                                             problem)
+    rename = getattr(error, "renamed", None)  # one that keeps its parts (plan.TooThin) says them renamed
+    if rename is not None:
+        return rename(renamed)
     if type(error) not in (ConfigError, UnavailableError):  # a file's error names no setting
         return error
     text = renamed(str(error))

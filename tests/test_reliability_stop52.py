@@ -210,3 +210,82 @@ def test_a_users_file_at_the_manifests_name_with_the_lock_removed_before_any_lin
     code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
     assert code == 1 and "no line was written yet" in err and "its lines so far are in" not in err, err
     assert (out / "manifest.jsonl").read_text() == "my notes\n"
+
+
+def _follow(settings, advice: str):
+    """`settings` with the flags of a thin image's advice given (a style's "--size x --style-scale N" as --size N:
+    these cases run at style scale 1)."""
+    import dataclasses
+    import re
+
+    found = re.findall(r"--([a-z-]+)(?: x --style-scale)? (\d+)", advice)
+    assert found, advice
+    return dataclasses.replace(settings, **{flag.replace("-", "_"): int(value) for flag, value in found})
+
+
+@pytest.mark.parametrize("content, style, given", [
+    ((40, 400), (48, 48), dict(size=48)),  # one scale at 48 px; 315 px starts at 128
+    ((40, 400), (48, 48), dict(size=300)),  # coarse to fine at 300 px, the content needs 315 at every scale
+    ((40, 400), (48, 48), dict(size=1000)),  # needs only a later start
+    ((40, 400), (48, 48), dict(size=1000, scales=8)),  # a start of 315 leaves too few px for 8 scales
+    ((48, 48), (40, 400), dict(size=64)),  # a thin style
+    ((48, 48), (40, 400), dict(size=300)),
+    ((40, 400), (48, 48), dict(size=200, start_size=64))])
+def test_a_thin_images_advice_works_when_followed(content, style, given):
+    """`--size 315` for a 400x40 image at --size 48 was refused again at 315's first scale, 128 px, naming
+    --start-size; a style's the same way, and a start size past the size could not be given at all (probe 52a, 6;
+    52b, 4). Following the advice now runs."""
+    from styleengine.engine.plan import TooThin, make_plan
+    from styleengine.engine.settings import Settings
+
+    settings = Settings(iterations=4, **given)
+    with pytest.raises(TooThin) as caught:
+        make_plan(settings, content, [style], memory=2**34)
+    make_plan(_follow(settings, caught.value.advice), content, [style], memory=2**34)
+
+
+def test_a_thin_images_advice_names_a_jobs_key_and_the_apis_keywords(tmp_path, monkeypatch, capsys):
+    """A job's `"size": 48` was told `--size 315`, which its key overrides; `stylise(size=48)` was told flags
+    (probe 52a, 10)."""
+    import numpy as np
+
+    import styleengine
+    from styleengine.errors import UserError
+
+    try:
+        from test_cli import run_cli
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 400, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((48, 48, 3), 200, np.uint8)).save(tmp_path / "s.png")
+    (tmp_path / "j.jsonl").write_text('{"content": "wide.png", "styles": "s.png", "output": "w.png", "Size": 48}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out",
+                           "--weights", "random", "--iters", "1", "--backend", "torch")
+    assert code == 1 and "(Size 315 and --scales 1)" in err, err
+    with pytest.raises(UserError) as caught:
+        styleengine.stylise(tmp_path / "wide.png", tmp_path / "s.png", size=48, iterations=1, weights="random")
+    assert "(size 315 and scales 1)" in str(caught.value), caught.value
+
+
+def test_invert_tells_a_thin_image_to_crop_not_a_flag_it_does_not_have(tmp_path, monkeypatch, capsys):
+    """invert advised `--size 315`, then `--start-size 315`, an option it does not have; no --size makes such an
+    image run there (probe 52a, 14)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+
+    Image.fromarray(np.full((40, 400, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    for size in ("48", "315"):
+        code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "wide.png", "-o", tmp_path / "i.png",
+                               "--size", size, "--weights", "random", "--iters", "1")
+        line = one_error_line(code, err)
+        assert line.endswith("which invert cannot give (it starts any --size over 181 px at 128 px): crop the image")
+        assert "--start-size" not in line and "--scales" not in line, line

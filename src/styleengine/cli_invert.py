@@ -13,13 +13,15 @@ from styleengine.cli_job import end_if_stopped, nothing_before_the_result, resul
     write_or_rescue
 from styleengine.cli_run import Output
 from styleengine.cli_settings import settings_from, with_settings
+from styleengine.engine.plan import TooThin
+from styleengine.engine.schedule import AUTO_SCALES_ABOVE, AUTO_START
 from styleengine.engine.settings import RUN
 from styleengine.engine import images
 from styleengine.engine.jobs import settings_inputs
 from styleengine.engine.loss_config import check_float32
 from styleengine.engine.invert import FEATURE_WEIGHT, INIT, TV_WEIGHT, invert as run_inversion, inversion_settings
 from styleengine.engine.stylise import check_run, load_run_weights
-from styleengine.errors import ImageError, UserError, first_line
+from styleengine.errors import ConfigError, ImageError, UserError, first_line
 
 
 def pixel_rmse(a, b) -> float:
@@ -56,13 +58,9 @@ def _invert(
     console = Console(stderr=True, markup=False)
     with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
         if init not in ("noise", "content"):
-            from styleengine.errors import ConfigError
-
             raise ConfigError(f"--init for an inversion is noise or content, got {init!r}")
         # else the settings' check names the content weight
         if not (math.isfinite(feature_weight) and feature_weight > 0):
-            from styleengine.errors import ConfigError
-
             raise ConfigError(f"--feature-weight must be a number > 0 (the feature term is what an inversion matches), "
                               f"got {feature_weight}")
         check_float32("--feature-weight", feature_weight)  # the settings' check named the content weight
@@ -76,7 +74,13 @@ def _invert(
             paths.check_not_an_input(distances, "distances", {**inputs, "output": output})
             paths.check_own(distances, "distances", paths.own_distances)
         picture = images.load_image(image, "image")
-        check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
+        try:
+            check_run(settings, picture.shape[:2], [], content_label=f"image {image}")
+        except TooThin as e:  # its first scale is its own: run's --start-size and --scales are not invert's
+            if e.advice == f"--size {e.needed}":
+                raise
+            raise ConfigError(f"{e.head}, which invert cannot give (it starts any --size over {AUTO_SCALES_ABOVE} "
+                              f"px at {AUTO_START} px): crop the image") from None
         loaded = load_run_weights(settings)
         console.print(loaded.describe(), highlight=False, soft_wrap=True, markup=False)
         out, result, ran = run_inversion(picture, layer, settings, weights=loaded)
