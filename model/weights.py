@@ -97,16 +97,6 @@ def random_state(model: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _torchscript(path: Path) -> bool:
-    """Whether `path` is a zip that torch.jit.save wrote (its constants and code beside the data)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
 def tensor_problem(tensor: torch.Tensor) -> str | None:
     """Why a loaded tensor cannot be read as real weights (its dtype, layout or device), or None."""
     if tensor.device.type == "meta":  # a model built under torch.device("meta") and saved before loading
@@ -220,9 +210,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         return state, meta
     if suffix in TORCH_SUFFIXES:
         try:
-            with warnings.catch_warnings():  # a plain pickle's protocol: torch asks the user to file an issue
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")  # said below
+            # torch's load-time warnings are advice to a programmer (file an issue, TypedStorage, quantized or
+            # sparse tensors' states); what is wrong with the file is said below in one line
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             calls = _pickle_calls(path)
@@ -233,11 +224,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             raise WeightsError(paths.named_as_another(path) or f"cannot read checkpoint {path}: not a PyTorch "
                                                                  f"checkpoint") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
-            if _torchscript(path):  # torch's advice (weights_only=False, torch.jit.load) is no user's to follow
-                raise WeightsError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of tensors; "
-                                   f"save the model's state_dict() with torch.save or safetensors") from e
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
-            raise WeightsError(f"cannot read checkpoint {path}: {reason}") from e
+            # what the file is (a TorchScript archive, a zip, an image) before torch's words for it
+            raise WeightsError(paths.named_as_another(path) or f"cannot read checkpoint {path}: {reason}") from e
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -454,8 +454,9 @@ def test_a_plain_pickle_as_weights_is_one_line(tmp_path, monkeypatch, capsys):
         pickle.dump({"features.0.weight": [1.0]}, f, protocol=4)
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *FAST, "--weights", tmp_path / "w.pth")
-    assert code == 1 and err.strip().splitlines() == [f"error: cannot read checkpoint {tmp_path / 'w.pth'}: not a "
-                                                      f"PyTorch checkpoint"], err
+    assert code == 1 and err.strip().splitlines() == [f"error: {tmp_path / 'w.pth'} is a plain Python pickle "
+                                                      f"(pickle.dump), not a PyTorch checkpoint; save the weights "
+                                                      f"with torch.save or safetensors"], err
 
 
 def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch, caplog):

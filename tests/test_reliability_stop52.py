@@ -289,3 +289,87 @@ def test_invert_tells_a_thin_image_to_crop_not_a_flag_it_does_not_have(tmp_path,
         line = one_error_line(code, err)
         assert line.endswith("which invert cannot give (it starts any --size over 181 px at 128 px): crop the image")
         assert "--start-size" not in line and "--scales" not in line, line
+
+
+def _weights_files(tmp_path):
+    """Files that are no weights, by name: (file, the line's words)."""
+    import io
+    import pickle
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    made = {}
+    with zipfile.ZipFile(tmp_path / "plain.zip.safetensors", "w") as z:
+        z.writestr("notes.txt", "hello")
+    made["plain.zip.safetensors"] = "is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl)"
+    (tmp_path / "plain.zip.pth").write_bytes((tmp_path / "plain.zip.safetensors").read_bytes())
+    made["plain.zip.pth"] = made["plain.zip.safetensors"]
+    for suffix in ("safetensors", "pth"):
+        (tmp_path / f"p4.{suffix}").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+        made[f"p4.{suffix}"] = "is a plain Python pickle (pickle.dump), not a PyTorch checkpoint"
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "PNG")
+        (tmp_path / f"png.{suffix}").write_bytes(buffer.getvalue())
+        made[f"png.{suffix}"] = "is a PNG image, not weights"
+    return made
+
+
+def test_weights_that_are_another_kind_of_file_are_told_what_they_are(tmp_path):
+    """Any zip or binary pickle named .safetensors was "a PyTorch checkpoint ...; name it .pth", and the rename
+    then read torch's "[enforce fail at inline_container.cc:180]"; a PNG was "header too large" (probe 52a, 4).
+    The run, and --dry-run's check, say what the file is."""
+    from styleengine import paths
+    from styleengine.errors import UserError
+    from styleengine.model.weights import read_checkpoint
+
+    for name, words in _weights_files(tmp_path).items():
+        with pytest.raises(UserError) as caught:
+            read_checkpoint(tmp_path / name)
+        assert str(caught.value) == f"{tmp_path / name} {words}" or words in str(caught.value), caught.value
+        assert "enforce fail" not in str(caught.value) and "name it" not in str(caught.value)
+        assert words in (paths.named_as_another(tmp_path / name) or ""), name
+
+
+def test_a_torch_checkpoint_of_either_format_is_still_one(tmp_path):
+    import torch
+
+    from styleengine import paths
+
+    for legacy in (False, True):
+        path = tmp_path / f"w{legacy}.safetensors"
+        torch.save({"a": torch.zeros(2)}, path, _use_new_zipfile_serialization=not legacy)
+        assert paths.weights_kind(path) == "torch"
+        assert paths.named_as_another(path) == f"{path} is a PyTorch checkpoint, not a safetensors file; name it .pth"
+
+
+def test_weights_refused_for_their_tensors_are_one_line_without_torchs_warnings(tmp_path):
+    """A quantized checkpoint's one line came after torch's TypedStorage and quantize_per_tensor deprecation
+    warnings (a sparse CSR one after "Sparse CSR tensor support is in beta state"; probe 52a, 5). In a process
+    of its own: torch says each of them once per process."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    import torch
+
+    try:
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_reliability_probe13 import _pictures
+    from styleengine.model.vgg import conv_weight_keys
+
+    _pictures(tmp_path)
+    state = {k: torch.randn(shape) * 0.1 for k, (_, shape) in conv_weight_keys("vgg16").items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state["features.0.weight"] = torch.quantize_per_tensor(state["features.0.weight"], 0.01, 0, torch.qint8)
+    torch.save(state, tmp_path / "q.pth")
+    done = subprocess.run([sys.executable, "-m", "styleengine", "run", "c.png", "s.png", "-o", "o.png", "--size", "40",
+                           "--iters", "1", "--model", "vgg16", "--weights", "q.pth", "--backend", "torch"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "is quantized (torch.qint8)" in done.stderr, done.stderr

@@ -19,6 +19,7 @@ import secrets
 import stat
 import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterable, Iterator
 
@@ -169,31 +170,53 @@ def weights_problem(spec: str) -> str | None:
     problem = input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
     if problem is not None:
         return problem
-    return unsupported_weights(spec) or named_as_another(Path(spec).expanduser(), shown=spec)
+    return unsupported_weights(spec) or named_as_another(Path(spec).expanduser(), shown=spec, before_load=True)
+
+
+TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old format: its pickled magic number
+_IMAGES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+           b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
 
 
 def weights_kind(path: Path) -> str | None:
-    """What a weights file's first bytes say it is, whatever its name: "torch" (a zip, or a pickle),
-    "safetensors" (a little-endian header length, then the header's `{`), "text" (no such length: JSON, a
-    protocol-0 pickle), or None (unreadable, or none of these)."""
+    """What a weights file's bytes say it is, whatever its name: "torch" (torch.save's zip, with a data.pkl, or
+    its old pickle), "torchscript" (torch.jit.save's zip), "zip" (another), "pickle" (a plain one: torch.load
+    reads none), "safetensors" (a little-endian header length, then the header's `{`), "text" (no such length:
+    JSON, a protocol-0 pickle), an image ("a PNG image"), or None (unreadable, or none of these). Never
+    unpickles: a zip's names are read from its directory."""
     try:
         with open(path, "rb") as f:
-            head = f.read(9)
+            head = f.read(len(TORCH_LEGACY))
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
-    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
-    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return "zip"
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"  # its constants and code beside the data
+        return "torch" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
+    if head.startswith(TORCH_LEGACY):
         return "torch"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    image = next((what for magic, what in _IMAGES.items() if head.startswith(magic)), None)
+    if image is not None:
+        return image
     if len(head) >= 8 and all(32 <= b < 127 or b in b"\t\n\r" for b in head[:8]):
         return "text"  # as a header length: past any file
     return None
 
 
-def named_as_another(path: Path, shown: str | None = None) -> str | None:
-    """The line for a weights file whose bytes are another kind than its suffix says (the loader's error
-    was "header too large", or "not a PyTorch checkpoint"), or None."""
+def named_as_another(path: Path, shown: str | None = None, before_load: bool = False) -> str | None:
+    """The line for a weights file whose bytes are another kind than its suffix says, or no weights at all
+    (the loader's error was "header too large", "not a PyTorch checkpoint" or torch's own), or None.
+    before_load: a pickle named as a checkpoint is left to the loader, which says first if it needs code."""
     from styleengine.choices import TORCH_SUFFIXES
 
     suffix, kind, name = path.suffix.lower(), weights_kind(path), shown if shown is not None else os.fspath(path)
@@ -203,6 +226,16 @@ def named_as_another(path: Path, shown: str | None = None) -> str | None:
         return f"{name} is text (JSON, or a protocol-0 pickle), not a safetensors file"
     if suffix in TORCH_SUFFIXES and kind == "safetensors":
         return f"{name} is a safetensors file, not a PyTorch checkpoint; name it .safetensors"
+    if kind == "torchscript":  # torch's advice (weights_only=False, torch.jit.load) is no user's to follow
+        return (f"{name} is a TorchScript archive (torch.jit.save), not a checkpoint of tensors; save the model's "
+                f"state_dict() with torch.save or safetensors")
+    if kind == "zip":
+        return f"{name} is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl)"
+    if kind == "pickle" and not (before_load and suffix in TORCH_SUFFIXES):
+        return (f"{name} is a plain Python pickle (pickle.dump), not a PyTorch checkpoint; save the weights with "
+                f"torch.save or safetensors")
+    if kind is not None and kind.startswith("a "):
+        return f"{name} is {kind}, not weights"
     return None
 
 
