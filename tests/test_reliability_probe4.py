@@ -474,7 +474,7 @@ def test_a_graph_as_exact_as_torch_is_not_refused_where_fp32_itself_is_off(rando
     ~2e-3 from torch's (the 1e-3 tolerance), because fp32 itself is that far from float64 there: torch's direct
     step at 96x80 (seed 7), torch's NNPACK Winograd at 64x64 (seed 11), the graph at 72x57 (seed 42: 3.2e-3,
     torch's steps 4e-4). `run --backend ort` was a traceback."""
-    from styleengine.engine.validate import FLOAT64_CEILING
+    from styleengine.engine.validate import FLOAT64_CEILING, TOLERANCES
 
     from styleengine.engine.ort_step import ensure_export
     from styleengine.engine.settings import Settings
@@ -482,9 +482,11 @@ def test_a_graph_as_exact_as_torch_is_not_refused_where_fp32_itself_is_off(rando
     weights = random_weights("vgg16", seed)
     loss = Settings(model="vgg16").loss_config()
     export = ensure_export(weights, loss, "avg", conv=conv)  # raised ExportValidationError
-    kept = export.meta["validation"]  # export.json keeps both distances from float64
-    assert all(c["fp64_graph"] is not None
-               and c["fp64_graph"] <= max(2 * max(r["fp64_torch"] for r in kept), FLOAT64_CEILING["fp32"])
+    kept = export.meta["validation"]  # export.json keeps both distances from float64, where they were asked
+    # a CPU whose fp32 steps agree (AVX2 only: 5e-6 apart) asks no arbiter; where they do not, float64 decides
+    assert all(c["grad_rel_l2"] <= TOLERANCES["fp32"][1] if c["fp64_graph"] is None else
+               c["fp64_graph"] <= max(2 * max(r["fp64_torch"] for r in kept if r["fp64_torch"] is not None),
+                                      FLOAT64_CEILING["fp32"])
                for c in kept)
 
 

@@ -172,11 +172,21 @@ def test_coarse_to_fine_stylise(vgg19_random):
 
 
 def test_tiled_stylise_equals_untiled(vgg19_random):
+    """The first iteration's picture to fp32 rounding, and the loss of later ones: past it the line search's
+    branches turn rounding into different paths to the same loss (0.1 apart in iteration 2, 0.003 in 3 on an
+    AVX2-only CPU, where the untiled and tiled convolutions round differently)."""
+    import dataclasses
+
     content, style = tiny_arrays(1)
-    untiled, _ = stylise(content, [style], short_settings(conv="direct"), weights=vgg19_random)
-    tiled, result = stylise(content, [style], short_settings(tile=32, conv="direct"), weights=vgg19_random)
-    assert result.stopped is None
-    assert np.abs(tiled - untiled).max() <= 1e-3
+    for iterations in (1, 3):
+        untiled, done = stylise(content, [style], dataclasses.replace(short_settings(conv="direct"),
+                                                                      iterations=iterations), weights=vgg19_random)
+        tiled, result = stylise(content, [style], dataclasses.replace(short_settings(tile=32, conv="direct"),
+                                                                      iterations=iterations), weights=vgg19_random)
+        assert result.stopped is None
+        assert result.records[-1].loss == pytest.approx(done.records[-1].loss, rel=1e-4)
+        if iterations == 1:
+            assert np.abs(tiled - untiled).max() <= 1e-5
 
 
 def test_ort_tile_step(vgg19_random, make_image):
