@@ -373,3 +373,32 @@ def test_weights_refused_for_their_tensors_are_one_line_without_torchs_warnings(
                           env={**os.environ, "STYLEENGINE_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "is quantized (torch.qint8)" in done.stderr, done.stderr
+
+
+def test_a_fifo_put_at_the_pictures_name_during_a_run_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """`mkfifo o.png` while `run -o o.png` ran: the picture replaced the FIFO, where the start refuses one and
+    the other outputs refuse one put there mid-run (probe 52a, 12). The picture is saved beside, as said."""
+    import stat
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+    from styleengine.engine import images
+
+    _pictures(tmp_path)
+    output, real = tmp_path / "o.png", images.to_pil
+
+    def to_pil(image):  # the loop is over: its picture is being written
+        if not output.exists():
+            os.mkfifo(output)
+        return real(image)
+
+    monkeypatch.setattr(images, "to_pil", to_pil)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", output, *FAST)
+    assert code == 1 and "is a FIFO (a named pipe)" in err and "(put there during the run; not replaced)" in err, err
+    assert stat.S_ISFIFO(os.lstat(output).st_mode)
+    saved = err.split("saved the image to ")[1].split(" instead")[0]
+    assert os.path.isfile(saved), err

@@ -608,6 +608,11 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     with temp_beside(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
+        found = os.lstat(path).st_mode if os.path.lexists(path) else None
+        if found is not None and not stat.S_ISREG(found) and not stat.S_ISDIR(found):
+            # a FIFO, socket or device put there during the run is another program's, as it is at the start
+            raise OSError(errno.EEXIST, f"it {not_a_file(path) or 'is not a regular file'} (put there during the "
+                                        f"run; not replaced)", os.fspath(path))
         try:
             os.replace(tmp, path)
         except OSError as e:  # its folder removed meanwhile: said of `path`, not of the temp file
