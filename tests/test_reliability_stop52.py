@@ -402,3 +402,16 @@ def test_a_fifo_put_at_the_pictures_name_during_a_run_is_not_replaced(tmp_path, 
     assert stat.S_ISFIFO(os.lstat(output).st_mode)
     saved = err.split("saved the image to ")[1].split(" instead")[0]
     assert os.path.isfile(saved), err
+
+
+def test_a_long_manifests_read_is_said_before_it(tmp_path, monkeypatch, capsys):
+    """A manifest of 300 000 lines (a 10 000-job batch resumed 30 times: each skipped job adds a line) was read for
+    22 s before any line was said (probe 52b, 1). Said first, past LONG_MANIFEST bytes (lowered here)."""
+    from styleengine import cli_batch
+
+    monkeypatch.setattr(cli_batch, "LONG_MANIFEST", 10)
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text('{"id": "x", "status": "failed", "error": "e"}\n')
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
+    assert code == 0 and f"reading {manifest} (0 MiB) for the jobs done" in err.splitlines()[0] + err, err

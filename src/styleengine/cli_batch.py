@@ -16,6 +16,7 @@ same command resumes. Exit 1 if any job failed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import sys
@@ -34,6 +35,7 @@ from styleengine.engine.settings import BATCH, Settings
 from styleengine.errors import ConfigError, SettingError, UserError, first_line, printable
 
 SHOWN_PROBLEMS = 10  # manifest lines that cannot be used, each a warning; more are counted
+LONG_MANIFEST = 32 << 20  # bytes of manifest whose read (seconds: each line parsed) is said first
 
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
@@ -183,6 +185,11 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
         warm = None
     with engine.locked(out) as lock:
         manifest.pin(lock)
+        with contextlib.suppress(OSError):  # one resumed many times reads for seconds: said, not silent
+            size = os.stat(manifest.path).st_size
+            if size >= LONG_MANIFEST:
+                console.print(printable(f"reading {manifest.path} ({size / 2**20:.0f} MiB) for the jobs done"),
+                              soft_wrap=True, highlight=False, markup=False)
         done, problems = manifest.load()
         for problem in problems[:SHOWN_PROBLEMS]:
             console.print(f"warning: {problem}", soft_wrap=True, highlight=False, markup=False)
