@@ -166,6 +166,26 @@ def output_shape(height: int, width: int, size: int) -> tuple[int, int]:
             max(MIN_SIDE, int(round(width * scale)) // 2 * 2))
 
 
+def source_frames(info: VideoInfo, start: int, stop: int, fps: Fraction) -> int:
+    """How many source frames output frames start..stop-1 at `fps` show, by read_frames' rule (the frame on screen
+    at each one's time, within half a source frame): fewer than stop - start where one is shown more than once."""
+    if fps <= info.fps:  # a source frame's time apart or more: each shows another
+        return stop - start
+    last = max(info.frames - 1, 0)  # the last source frame stays on screen to the end
+    half = 0.5 / float(info.fps)
+
+    def shown(index: int) -> int:  # read_frames' float sums: a tie (--fps twice the clip's) goes its way
+        at = info.start + index / float(fps) + half
+        source = min(math.floor(index * info.fps / fps + Fraction(1, 2)), last)
+        while source > 0 and info.start + source / float(info.fps) > at:
+            source -= 1
+        while source < last and info.start + (source + 1) / float(info.fps) <= at:
+            source += 1
+        return source
+
+    return shown(stop - 1) - shown(start) + 1  # less than a frame apart: every one between is shown
+
+
 def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tuple[int, int]
                 ) -> Iterator[tuple[int, np.ndarray]]:
     """(index, frame) for output frames start..stop-1 at `fps`: each the source frame shown at its time,

@@ -554,11 +554,12 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     if count == 0:  # the progress said 0/0 and 'wrote' a video it never wrote
         raise ConfigError(f"--fps {float(rate):g} picks no frame of {video} ({info.frames} frames at "
                           f"{float(info.fps):g} fps); a rate of at least {float(info.fps) / info.frames:g} picks one")
-    if rate > info.fps:  # each repeat is warped from the one before and optimised again: a frame's full work
-        logging.getLogger(__name__).warning(
-            "--fps %g is above the clip's own rate (%g fps): each source frame is repeated, and each repeat is "
-            "stylised as a frame of its own (%d frames for its %d)", float(rate), float(info.fps), count, info.frames)
     start, stop = video_io.frame_range(frames, count, video)
+    shown = video_io.source_frames(info, start, stop, rate)  # a rate just above the clip's (30 of 29.97) repeats none
+    if shown < stop - start:  # each repeat is warped from the one before and optimised again: a frame's full work
+        logging.getLogger(__name__).warning(
+            "--fps %g is above the clip's own rate (%g fps): source frames are repeated, and each repeat is "
+            "stylised as a frame of its own (%d frames for its %d)", float(rate), float(info.fps), stop - start, shown)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
     # the other video's clean-up (its frames folder moved away or removed) would take this one with it

@@ -1,0 +1,52 @@
+"""Issue 23, stop 52: probe 52's small findings (video's --fps warning, a cache entry that is a broken link, serve's
+form, a PNG's metadata, an empty blend list)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+try:  # tests/ as a plain folder (pytest puts it on sys.path) or as a package
+    from test_cli import run_cli
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+
+
+@pytest.fixture
+def three(tmp_path) -> Path:
+    """A 64x48 px clip of 3 frames at 10 fps, with no sound."""
+    pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+    pytest.importorskip("cv2", reason="the video extra (OpenCV) is not installed")
+    from styleengine.benchmarks.video_clips import moving_window, write_clip
+
+    try:
+        from test_video import photo
+    except ModuleNotFoundError:
+        from tests.test_video import photo
+    frames, _ = moving_window(photo(), 3, (48, 64))
+    path = tmp_path / "three.mp4"
+    write_clip(path, frames, fps=10, audio=False)
+    return path
+
+
+@pytest.mark.parametrize("rate, span, said", [("10.5", [], None), ("30", ["--frames", "0:2"], "(2 frames for its 1)")])
+def test_the_fps_warning_is_given_only_where_a_frame_is_repeated_with_this_runs_counts(tmp_path, monkeypatch, capsys,
+                                                                                       three, rate, span, said):
+    """`video --fps 3.5` of a 3 fps clip said each source frame was repeated "(3 frames for its 3)", where none was
+    (an NTSC clip given `--fps 30` alike), and under `--frames 0:2` it counted the whole clip's frames, not the 2
+    made (probe 52a, 8). The warning is given only where a source frame is shown twice, with this run's counts."""
+    try:
+        from test_video import FAST
+    except ModuleNotFoundError:
+        from tests.test_video import FAST
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (200, 40, 90)).save(tmp_path / "s.png")
+    code, _, err = run_cli(monkeypatch, capsys, "video", three, tmp_path / "s.png", "-o", tmp_path / "o.mp4", *FAST,
+                           "--size", "64", "--fps", rate, *span)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning: ") and "--fps" in line]
+    if said is None:
+        assert not warned, err
+    else:
+        assert len(warned) == 1 and said in warned[0] and "repeated" in warned[0], err
