@@ -274,7 +274,7 @@ def staging_folder(folder: Path) -> Iterator[Path]:
 def publish(staging: Path, folder: Path) -> None:
     """Rename a built entry into place (hold entry_lock(folder)); an entry found invalid there is
     moved aside first, so the path never points at a half-removed folder."""
-    if folder.exists():
+    if os.path.lexists(folder):  # a broken link or a loop too: renaming a folder onto it failed "Not a directory"
         logger.info("replacing the invalid cache entry %s", folder)
         old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}-", dir=folder.parent))
         try:

@@ -50,3 +50,27 @@ def test_the_fps_warning_is_given_only_where_a_frame_is_repeated_with_this_runs_
         assert not warned, err
     else:
         assert len(warned) == 1 and said in warned[0] and "repeated" in warned[0], err
+
+
+@pytest.mark.parametrize("link", ["broken", "loop"])
+def test_a_cache_entry_that_is_a_broken_link_or_a_loop_is_replaced(tmp_path, link):
+    """A cache entry that was a broken symbolic link (or one to itself) failed the run with "cannot write in the
+    cache folder cache/exports (Not a directory); make it writable", of a writable folder (probe 52a, 9). It is
+    replaced, as an entry that is a file is; the link's target is not made."""
+    from styleengine.export import cache
+
+    folder = tmp_path / "exports" / "key"
+    folder.parent.mkdir()
+    folder.symlink_to(tmp_path / "elsewhere" if link == "broken" else "key")
+
+    def build(staging: Path) -> str:
+        (staging / "graph.onnx").write_bytes(b"graph")
+        return "built"
+
+    with cache.entry_lock(folder):
+        assert cache.read_record(folder) is None  # rebuilt, not read through the link
+        assert cache.build_entry(folder, ["graph.onnx"], {"of": "test"}, build) == "built"
+        assert cache.read_record(folder, {"of": "test"}) is not None
+    assert folder.is_dir() and not folder.is_symlink() and (folder / "graph.onnx").read_bytes() == b"graph"
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [".key.lock", "key"]  # nothing staged is left
