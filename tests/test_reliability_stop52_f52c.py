@@ -74,3 +74,37 @@ def test_a_cache_entry_that_is_a_broken_link_or_a_loop_is_replaced(tmp_path, lin
     assert folder.is_dir() and not folder.is_symlink() and (folder / "graph.onnx").read_bytes() == b"graph"
     assert not (tmp_path / "elsewhere").exists()
     assert sorted(p.name for p in folder.parent.iterdir()) == [".key.lock", "key"]  # nothing staged is left
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A TestClient of a server on random VGG16 weights, 40 px."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS
+    from styleengine.serve.app import Config, create_app
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_upload_mb=2, max_size=256, max_iters=50)
+    with TestClient(create_app(config)) as client:
+        yield client
+
+
+def _uploads(styles: int = 1) -> list:
+    try:
+        from serve_helpers import files, png
+    except ModuleNotFoundError:
+        from tests.serve_helpers import files, png
+    return files(None, *[png(40, 40, n) for n in range(styles)])
+
+
+def test_serve_refuses_keep_given_twice(server):
+    """`-F keep=1 -F keep=0` made a job that was cancelled when its page closed (the last one won); every other
+    field given twice is refused (probe 52b, 6)."""
+    response = server.post("/api/jobs", files=_uploads() + [("keep", (None, "1")), ("keep", (None, "0"))])
+    assert response.status_code == 422 and response.json()["detail"] == "keep is given twice", response.text
+    assert server.get("/api/jobs").json() == []

@@ -168,7 +168,7 @@ async def _read_form(request: Request,
     content: list[UploadFile] = []
     styles: list[UploadFile] = []
     values: dict[str, Any] = {}
-    keep = False
+    keep: bool | None = None
     recipe: str | None = None
     for name, item in form.multi_items():
         if name in ("content", "style"):
@@ -184,6 +184,8 @@ async def _read_form(request: Request,
                 raise HTTPException(422, f"{name} is given twice")
             recipe = item.strip()
         elif name == "keep":
+            if keep is not None:  # a hidden default and a checkbox: the last one won, unsaid
+                raise HTTPException(422, f"{name} is given twice")
             try:
                 keep = batch.OVERRIDES["preserve_colors"](item)  # the same yes/no reading
             except ValueError as e:
@@ -200,7 +202,7 @@ async def _read_form(request: Request,
         raise HTTPException(422, f"a job needs one content image (field content), got {len(content)}")
     if not styles:
         raise HTTPException(422, "a job needs at least one style image (field style)")
-    return content[0], styles, values, keep, recipe
+    return content[0], styles, values, bool(keep), recipe
 
 
 def _check_pixels(path: Path, label: str, limit: int) -> None:
