@@ -108,3 +108,53 @@ def test_serve_refuses_keep_given_twice(server):
     response = server.post("/api/jobs", files=_uploads() + [("keep", (None, "1")), ("keep", (None, "0"))])
     assert response.status_code == 422 and response.json()["detail"] == "keep is given twice", response.text
     assert server.get("/api/jobs").json() == []
+
+
+def test_serve_says_its_own_style_limit_for_too_many_uploads(server):
+    """Nine style uploads were told Starlette's "Too many files. Maximum number of files is 9." (a 400), where the
+    user sent 9 styles and /api/health says max_styles 8 (probe 52b, 7). The server's own 422 names its limit."""
+    from styleengine.serve.app import MAX_STYLES
+
+    assert server.get("/api/health").json()["limits"]["max_styles"] == MAX_STYLES
+    for styles in (MAX_STYLES + 1, MAX_STYLES + 5):
+        response = server.post("/api/jobs", files=_uploads(styles))
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert f"at most {MAX_STYLES} style images" in detail and "max_styles" in detail, detail
+        assert "Too many files" not in detail, detail
+    assert server.get("/api/jobs").json() == []
+
+
+def _big_text_png(path: Path) -> Path:
+    """A 40x40 PNG whose compressed text chunk holds 2 MB: past PIL's MAX_TEXT_CHUNK (1 MiB) once decompressed."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("notes", "a" * 2_000_000, zip=True)
+    Image.new("RGB", (40, 40), (10, 120, 30)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_png_whose_text_decompresses_past_pils_limit_is_said_so(tmp_path, monkeypatch, capsys, server):
+    """A PNG whose zTXt chunk decompresses past PIL's limit was told "cannot decode content image (truncated or
+    corrupt?): Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK": the file is neither; its metadata is
+    too large (probe 52b, 7). The run, a batch job and the server say so in one line."""
+    try:
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import FAST, _pictures
+    _pictures(tmp_path)
+    big = _big_text_png(tmp_path / "big.png")
+    said = "its metadata (a compressed text chunk or colour profile) is over"
+    code, _, err = run_cli(monkeypatch, capsys, "run", big, tmp_path / "s.png", "-o", tmp_path / "o.png", *FAST)
+    line = one_error_line(code, err)
+    assert f"content image {big}" in line and said in line and "truncated" not in line, line
+    (tmp_path / "j.jsonl").write_text('{"id": "b", "content": "c.png", "styles": ["big.png"], "output": "b.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
+    assert code == 1 and said in err and "truncated" not in err, err
+    response = server.post("/api/jobs", files=[("content", ("c.png", big.read_bytes(), "image/png")),
+                                               *_uploads()[1:]])
+    assert response.status_code == 422, response.text
+    assert said in response.json()["detail"] and "truncated" not in response.json()["detail"], response.text

@@ -1126,7 +1126,26 @@ def image_errors(path: str | os.PathLike, role: str, passes: tuple[type[BaseExce
     except PermissionError:
         raise ImageError(f"cannot read {role} {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
+        too_large = metadata_too_large(e)
+        if too_large is not None:  # the file is whole: PIL refuses to decompress that much
+            raise ImageError(f"refusing {role} {path}: {too_large}") from None
         raise ImageError(f"cannot decode {role} {path} (truncated or corrupt?): {first_line(e)}") from None
+
+
+def metadata_too_large(error: BaseException) -> str | None:
+    """PIL's refusal of a PNG whose metadata decompresses past its limits, in our words; None for another error."""
+    from PIL import PngImagePlugin
+
+    if not isinstance(error, ValueError):
+        return None
+    if "MAX_TEXT_CHUNK" in str(error):  # a zTXt/iTXt chunk or an ICC profile
+        return (f"its metadata (a compressed text chunk or colour profile) is over "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK / 2**20:g} MiB decompressed, more than PIL reads; save the picture "
+                f"without it")
+    if "MAX_TEXT_MEMORY" in str(error):
+        return (f"its text metadata is over {PngImagePlugin.MAX_TEXT_MEMORY / 2**20:g} MiB in all, more than PIL "
+                f"reads; save the picture without it")
+    return None
 
 
 def bomb_pixels(error: BaseException) -> int | None:

@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from styleengine.choices import INITS
 from styleengine.engine import batch, images, masks
@@ -164,7 +165,13 @@ def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
 
 async def _read_form(request: Request,
                      config: Config) -> tuple[UploadFile, list[UploadFile], dict[str, Any], bool, str | None]:
-    form = await request.form(max_files=1 + MAX_STYLES, max_fields=64, max_part_size=64 * 1024)
+    try:
+        form = await request.form(max_files=1 + MAX_STYLES, max_fields=64, max_part_size=64 * 1024)
+    except StarletteHTTPException as e:  # its parser stops at the file past max_files, in its own words and a 400
+        if e.status_code == 400 and str(e.detail).startswith("Too many files"):
+            raise HTTPException(422, f"more than {1 + MAX_STYLES} files; a job takes one content image and at most "
+                                     f"{MAX_STYLES} style images (this server's max_styles)") from None
+        raise
     content: list[UploadFile] = []
     styles: list[UploadFile] = []
     values: dict[str, Any] = {}
