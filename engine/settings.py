@@ -531,7 +531,7 @@ class Settings:
             for v in values or ():
                 if not (v >= 0 and math.isfinite(v)):
                     raise SettingError(setting, name, f"must be a finite number >= 0, got {v}")
-        if self.style_blend is not None and not sum(self.style_blend) > 0:
+        if self.style_blend and not sum(self.style_blend) > 0:  # an empty list: its count is said (check_counts)
             raise SettingError("style_blend", "style blend", "weights must not all be zero (they are normalised to "
                                                              "sum to 1)")
         if self.normalize_gradients and (self.tile is not None or self.mem_budget_gib is not None):

@@ -158,3 +158,24 @@ def test_a_png_whose_text_decompresses_past_pils_limit_is_said_so(tmp_path, monk
                                                *_uploads()[1:]])
     assert response.status_code == 422, response.text
     assert said in response.json()["detail"] and "truncated" not in response.json()["detail"], response.text
+
+
+def test_an_empty_blend_list_is_told_it_has_no_weights(tmp_path, monkeypatch, capsys):
+    """`"blend": []` (and the API's style_blend=[]) was told "weights must not all be zero": there are none; `[1, 2]`
+    for one style is told its count (probe 52b, 8). An empty list is told it has 0 weights for the style images."""
+    from styleengine import api
+    from styleengine.errors import UserError
+
+    try:
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_reliability_probe13 import FAST, _pictures
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"id": "e", "content": "c.png", "styles": ["s.png"], "output": "e.png", '
+                                      '"blend": []}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
+    assert code == 1 and "blend has 0 weights for 1 style images" in err and "zero" not in err, err
+    with pytest.raises(UserError, match=r"^style_blend has 0 weights for 1 style images") as caught:
+        api.stylise(tmp_path / "c.png", tmp_path / "s.png", size=32, iterations=1, weights="random", model="vgg16",
+                    style_blend=[])
+    assert "zero" not in str(caught.value)
