@@ -64,40 +64,6 @@ def test_a_folder_below_a_videos_frames_folder_is_refused(tmp_path, monkeypatch,
     assert code == 0, err
 
 
-@pytest.mark.parametrize("change, says", [
-    ("shorter", "was rewritten after the batch had read it; the same command runs the jobs it holds now"),
-    ("cut at a line's end", None),
-    ("cut within a line", None)])
-def test_a_jobs_file_shorter_after_its_read_is_told_rewritten_or_cut(tmp_path, monkeypatch, capsys, change, says):
-    """A queue emptied and refilled with `>` after the batch had read it (one new job, shorter than the three
-    read) was said nothing, its job never run, exit 0: a shorter file was taken as cut short (probe 52a, 2). Its
-    whole lines are now compared with those read; a cut, at a line's end or within one, is still no word."""
-    try:
-        from test_reliability_stop43 import three_jobs_batch
-    except ModuleNotFoundError:
-        from tests.test_reliability_stop43 import three_jobs_batch
-    from styleengine.engine import batch as engine
-
-    real, seen, jobs = engine.record, [], tmp_path / "j.jsonl"
-
-    def record(*args, **kwargs):
-        if not seen:
-            text = jobs.read_text()
-            first = text.index("\n") + 1
-            jobs.write_text({"shorter": '{"content": "c.png", "styles": ["s.png"], "output": "n.png"}\n',
-                             "cut at a line's end": text[:first], "cut within a line": text[:first + 9]}[change])
-        seen.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "record", record)
-    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
-    assert code == 0, err
-    if says is None:
-        assert "warning: " + str(jobs) not in err, err
-    else:
-        assert err.strip().splitlines()[-1] == f"warning: {jobs} {says}", err
-
-
 def test_rows_of_empty_cells_appended_to_a_csv_jobs_file_are_no_jobs_added(tmp_path):
     """A spreadsheet's rows of empty cells (`,,,`) appended after the read were said as "got 2 lines ... the same
     command runs the jobs added"; the reader skips them, so the same command ran none (probe 52a, 3)."""
