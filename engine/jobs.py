@@ -407,6 +407,14 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
 REWRITTEN = "was rewritten after the batch had read it; the same command runs the jobs it holds now"
 
 
+def _whole_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class JobsRead:
     """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
@@ -452,8 +460,8 @@ class JobsRead:
         """REWRITTEN where a whole line of `f` (shorter than what was read) is not the one read there; None for
         the read's first bytes (a cut, at a line's end or within one)."""
         for number, line in enumerate(f):
-            if not line.endswith(b"\n"):
-                return None  # a line cut short
+            if not line.endswith(b"\n"):  # a line cut short, unless whole (no prefix of a JSON object parses)
+                return REWRITTEN if not self.csv and _whole_json(line) else None
             if number >= len(self.lines) or zlib.crc32(line) != self.lines[number]:
                 return REWRITTEN
         return None

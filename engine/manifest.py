@@ -243,12 +243,14 @@ def _written_by_us(data: bytes) -> bool:
     """Whether a manifest's bytes are a batch's or a server's: empty, a power cut's NULs or a first line torn, or
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
     *lines, tail = data.split(b"\n")
-    found = [line for line in lines if line.strip(b" \t\r\0")]
+    found = [line for line in lines if line.strip(b" \t\r\0") and b"\0" not in line]  # NULs: a power cut's
     for line in [*found, tail]:
         entry = _parsed(line)
         if isinstance(entry, dict) and "id" in entry and "status" in entry:
             return True
-    return not found and (not tail.strip(b" \t\r\0") or tail.startswith(b'{"'))
+    # nothing but a first line torn (no prefix of a line parses: one that does is another tool's) or zeroed
+    return not found and (not tail.strip(b" \t\r\0") or b"\0" in tail
+                          or (tail.startswith(b'{"') and _parsed(tail) is _NOT_JSON))
 
 
 class Manifest:

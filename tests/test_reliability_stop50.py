@@ -438,7 +438,8 @@ def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_
     ("failed", "got a line after the batch had read it to its end"),
     ("shorter", "was rewritten after the batch had read it; the same command runs the jobs it holds now"),
     ("cut at a line's end", None),
-    ("cut within a line", None)])
+    ("cut within a line", None),
+    ("shorter without its newline", "was rewritten after the batch had read it")])
 def test_what_became_of_a_jobs_file_after_its_read_is_said_as_it_is(tmp_path, monkeypatch, capsys, change, says):
     """The end said "grew by 6 bytes ... runs the jobs added" for blank lines, and for a file replaced by a longer
     one (probe 50a, 8); it said nothing where a job failed (13). A queue emptied and refilled with `>` after the
@@ -469,6 +470,7 @@ def test_what_became_of_a_jobs_file_after_its_read_is_said_as_it_is(tmp_path, mo
             elif change != "failed":
                 first = text.index("\n") + 1
                 jobs.write_text({"shorter": '{"content": "c.png", "styles": ["s.png"], "output": "n.png"}\n',
+                                 "shorter without its newline": '{"content": "c.png", "styles": ["s.png"]}',
                                  "cut at a line's end": text[:first], "cut within a line": text[:first + 9]}[change])
             else:
                 with open(jobs, "a") as f:

@@ -109,7 +109,8 @@ def test_a_jobs_line_past_pythons_limits_or_an_id_of_thousands_of_characters_is_
 @pytest.mark.parametrize("body", [
     b'{"audio_filepath": "a.wav", "duration": 1.2}\n{"audio_filepath": "b.wav", "duration": 3.4}',
     b"my notes\nline two without newline",
-    b"{}"])
+    b"{}",
+    b'{"audio_filepath": "a.wav", "duration": 1.0}'])  # one whole line: no newline, yet no torn line of ours
 def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_path, monkeypatch, capsys, body):
     """A dataset's manifest.jsonl in --out (NeMo writes one per folder) lost its last record, "torn (a write cut
     short); cut off", and took the batch's line, exit 0 (probe 52b, 5): a file with no job's line is refused before
@@ -132,7 +133,8 @@ def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_
     (b'{"id": "x", "status": "failed", "error": "e"}\n5', True),  # whole: said and skipped, not cut
     (b'{"id": "x", "status": "failed", "error": "e"}\n{"id": "y", "sta', False),  # torn: cut
     (b'{"content": "c.png", "id": "a", "sta', False),  # the first line torn by a power cut
-    (b"\0" * 4096, False)])  # a power cut's zeros: cut
+    (b"\0" * 4096, False),  # a power cut's zeros: cut
+    (b"\0" * 100 + b'us": "ok"}', False)])  # a lost block, then the torn rest of the first line
 def test_a_manifests_last_line_is_cut_only_where_torn(tmp_path, monkeypatch, capsys, body, kept):
     manifest = tmp_path / "out" / "manifest.jsonl"
     manifest.parent.mkdir()
@@ -381,3 +383,44 @@ def test_a_long_manifests_read_is_said_before_it(tmp_path, monkeypatch, capsys):
     manifest.write_text('{"id": "x", "status": "failed", "error": "e"}\n')
     code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
     assert code == 0 and f"reading {manifest} (0 MiB) for the jobs done" in err.splitlines()[0] + err, err
+
+
+def test_a_torch_checkpoint_cut_short_is_left_to_the_loaders_words(tmp_path):
+    """A .pth download cut short (its zip directory lost) was "a zip archive, not a PyTorch checkpoint" (review of
+    stop 52): a zip whose directory cannot be read is no kind the first bytes can tell."""
+    import torch
+
+    from styleengine import paths
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"a": torch.zeros(1000)}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    assert paths.weights_kind(whole) == "torch" and paths.weights_kind(cut) is None
+    assert paths.named_as_another(cut) is None
+
+
+def test_invert_advises_a_size_it_runs_in_one_scale(tmp_path, monkeypatch, capsys):
+    """invert --size 512 of a 500x100 image failed at its 128 px first scale and was told to crop, though --size 158
+    runs (one scale up to 181 px; review of stop 52)."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+
+    Image.fromarray(np.full((100, 500, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "wide.png", "-o", tmp_path / "i.png",
+                           "--size", "512", "--weights", "random", "--iters", "1")
+    line = one_error_line(code, err)
+    advised = re.search(r"\(--size (\d+)\): crop the image or use a larger size$", line)
+    assert advised is not None, line
+    code, _, err = run_cli(monkeypatch, capsys, "invert", tmp_path / "wide.png", "-o", tmp_path / "i.png",
+                           "--size", advised.group(1), "--weights", "random", "--iters", "1")
+    assert code == 0, err

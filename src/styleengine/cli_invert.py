@@ -79,6 +79,8 @@ def _invert(
         except TooThin as e:  # its first scale is its own: run's --start-size and --scales are not invert's
             if e.advice == f"--size {e.needed}":
                 raise
+            if e.needed <= AUTO_SCALES_ABOVE:  # one scale at that size: invert gives it
+                raise TooThin(e.head, e.needed, "--size") from None
             raise ConfigError(f"{e.head}, which invert cannot give (it starts any --size over {AUTO_SCALES_ABOVE} "
                               f"px at {AUTO_START} px): crop the image") from None
         loaded = load_run_weights(settings)

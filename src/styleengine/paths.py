@@ -196,8 +196,8 @@ def weights_kind(path: Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):
-            return "zip"
+        except (OSError, zipfile.BadZipFile):  # cut short (a download's end lost): the loader says how
+            return None
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"  # its constants and code beside the data
         return "torch" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
@@ -609,7 +609,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
         found = os.lstat(path).st_mode if os.path.lexists(path) else None
-        if found is not None and not stat.S_ISREG(found) and not stat.S_ISDIR(found):
+        if found is not None and not (stat.S_ISREG(found) or stat.S_ISDIR(found) or stat.S_ISLNK(found)):
             # a FIFO, socket or device put there during the run is another program's, as it is at the start
             raise OSError(errno.EEXIST, f"it {not_a_file(path) or 'is not a regular file'} (put there during the "
                                         f"run; not replaced)", os.fspath(path))
