@@ -25,7 +25,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
 from styleengine.choices import INIT_ALIASES, INITS, WEIGHT_WORDS
-from styleengine.engine.manifest import LOCK_FILE, MANIFEST
+from styleengine.engine.manifest import LOCK_FILE, MANIFEST, whole_line
 from styleengine.engine.recipes import recipe_values
 from styleengine.engine.settings import (BATCH, KINDS, Settings, flag_of, json_number, options, run_inputs, said_as,  # noqa: F401
                                          settings_inputs)
@@ -407,14 +407,6 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
 REWRITTEN = "was rewritten after the batch had read it; the same command runs the jobs it holds now"
 
 
-def _whole_json(line: bytes) -> bool:
-    try:
-        json.loads(line)
-    except (ValueError, RecursionError):
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class JobsRead:
     """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
@@ -461,7 +453,7 @@ class JobsRead:
         the read's first bytes (a cut, at a line's end or within one)."""
         for number, line in enumerate(f):
             if not line.endswith(b"\n"):  # a line cut short, unless whole (no prefix of a JSON object parses)
-                return REWRITTEN if not self.csv and _whole_json(line) else None
+                return REWRITTEN if not self.csv and whole_line(line) else None
             if number >= len(self.lines) or zlib.crc32(line) != self.lines[number]:
                 return REWRITTEN
         return None

@@ -233,9 +233,10 @@ def _parsed(line: bytes) -> Any:
 _NOT_JSON = object()
 
 
-def _whole(tail: bytes) -> bool:
+def whole_line(tail: bytes) -> bool:
     """Whether a last line without its newline is whole (a write cut short never is: a line is one JSON object,
-    and no prefix of one parses); one that is no entry is said and skipped by `read`, never cut."""
+    and no prefix of one parses); one that is no entry is said and skipped by `read`, never cut. The jobs file's
+    reader asks the same of a line rewritten after its read."""
     return _parsed(tail) is not _NOT_JSON
 
 
@@ -250,7 +251,7 @@ def _written_by_us(data: bytes) -> bool:
             return True
     # nothing but a first line torn (no prefix of a line parses: one that does is another tool's) or zeroed
     return not found and (not tail.strip(b" \t\r\0") or b"\0" in tail
-                          or (tail.startswith(b'{"') and _parsed(tail) is _NOT_JSON))
+                          or (tail.startswith(b'{"') and not whole_line(tail)))
 
 
 class Manifest:
@@ -378,7 +379,7 @@ class Manifest:
                 if not _written_by_us(data):
                     raise UserError(f"{self.path} is not a manifest styleengine wrote (no line of it is a job's): "
                                     f"another tool's file, not appended to; move it away or give another folder")
-                if data and _whole(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
+                if data and whole_line(data[data.rfind(b"\n") + 1:]):  # an editor dropped the final newline
                     f.write(b"\n")
                 elif data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
