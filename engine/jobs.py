@@ -405,18 +405,21 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
 
 
 REWRITTEN = "was rewritten after the batch had read it; the same command runs the jobs it holds now"
+CUT_OR_REWRITTEN = ("was cut short or rewritten after the batch had read it (its last row is not one read); the same "
+                    "command runs the jobs it holds now")
 
 
 @dataclass(frozen=True)
 class JobsRead:
     """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
-    (device, inode); `lines`, the CRC-32 of each whole line read (a file shorter now: cut, or rewritten?);
-    `csv`, whether a row of empty cells (`,,,`) is no job."""
+    (device, inode); `lines` and `sizes`, the CRC-32 and length of each line read, its newline left out (a file
+    shorter now: cut, or rewritten?); `csv`, whether a row of empty cells (`,,,`) is no job."""
 
     count: int
     digest: bytes
     file: tuple[int, int]
     lines: array.array = field(default_factory=lambda: array.array("I"))
+    sizes: array.array = field(default_factory=lambda: array.array("Q"))
     csv: bool = False
 
     def since(self, path: Path) -> str | None:
@@ -449,13 +452,20 @@ class JobsRead:
         return f"got {lines} after the batch had read it to its end; the same command runs the jobs added"
 
     def _rewritten(self, f: IO[bytes]) -> str | None:
-        """REWRITTEN where a whole line of `f` (shorter than what was read) is not the one read there; None for
-        the read's first bytes (a cut, at a line's end or within one)."""
+        """REWRITTEN where a line of `f` (shorter than what was read) is not the one read there; None for the
+        read's first bytes (a cut, at a line's end or within one)."""
         for number, line in enumerate(f):
-            if not line.endswith(b"\n"):  # a line cut short, unless whole (no prefix of a JSON object parses)
-                return REWRITTEN if not self.csv and whole_line(line) else None
-            if number >= len(self.lines) or zlib.crc32(line) != self.lines[number]:
+            whole = line.endswith(b"\n")
+            body = line[:-1] if whole else line
+            read = number < len(self.lines)
+            if read and len(body) == self.sizes[number] and zlib.crc32(body) == self.lines[number]:
+                continue  # the line read there (the last one may lack its newline: cut just before it)
+            if whole or not read or len(body) >= self.sizes[number]:  # a cut is shorter than the line read
                 return REWRITTEN
+            if not self.csv:  # no prefix of a JSON object parses: a line that does is another
+                return REWRITTEN if whole_line(body) else None
+            # a row cut within is a row too, and only a CRC of the row read is kept: either may be
+            return CUT_OR_REWRITTEN
         return None
 
 
@@ -465,7 +475,8 @@ class _Read(io.RawIOBase):
     def __init__(self, raw: io.FileIO, csv: bool = False):
         self.raw, self.hash, self.count, self.csv = raw, hashlib.sha256(), 0, csv
         self.start = os.fstat(raw.fileno())
-        self.lines, self._line = array.array("I"), 0  # each whole line's CRC-32; the one of the line read so far
+        # each line's CRC-32 and length, its newline left out; those of the line read so far
+        self.lines, self.sizes, self._line, self._size = array.array("I"), array.array("Q"), 0, 0
 
     def readable(self) -> bool:
         return True
@@ -477,16 +488,24 @@ class _Read(io.RawIOBase):
         self.count += n
         start = 0
         while (end := block.find(b"\n", start)) != -1:
-            self.lines.append(zlib.crc32(block[start:end + 1], self._line))
-            self._line, start = 0, end + 1
+            self.lines.append(zlib.crc32(block[start:end], self._line))
+            self.sizes.append(self._size + end - start)
+            self._line, self._size, start = 0, 0, end + 1
         self._line = zlib.crc32(block[start:], self._line)
+        self._size += n - start
         return n
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
     def done(self) -> JobsRead:
-        return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino), self.lines, self.csv)
+        """What was read, once the read is at its end."""
+        if self._size:  # a last line read without its newline
+            self.lines.append(self._line)
+            self.sizes.append(self._size)
+            self._line, self._size = 0, 0
+        return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino), self.lines,
+                        self.sizes, self.csv)
 
     def close(self) -> None:
         self.raw.close()

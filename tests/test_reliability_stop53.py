@@ -1,0 +1,60 @@
+"""Issue 23, stop 53: probe 53's findings (on ba5df50)."""
+from __future__ import annotations
+
+import pytest
+
+HEADER = "content,styles,output\n"
+
+
+@pytest.mark.parametrize("now, says", [
+    (HEADER + "c.png,s.png,z.png", "was rewritten after the batch had read it"),  # as long as the row read
+    (HEADER + "c.png,s.png,zz.png", "was rewritten after the batch had read it"),
+    (HEADER + "c.png,s.png,a.png\nc.png,s.png,b.png", None),  # cut just before the last newline
+    (HEADER + "c.png,s.png,a.png\nc.png,s.p", "was cut short or rewritten after the batch had read it"),
+    (HEADER + "c.png,s.png,a.png\n", None)])  # cut at a line's end: a file that ends there
+def test_a_csv_jobs_file_rewritten_shorter_without_a_last_newline_is_said(tmp_path, now, says):
+    """A CSV jobs file rewritten shorter after its read, its last row with no newline (as spreadsheets and printf
+    write it), was taken as cut short: its new job never ran, no word, exit 0 (probe 53a, 2). A row cut within is
+    a row too: the end says the file was cut short or rewritten."""
+    from styleengine.engine.jobs import iter_jobs
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "j.csv"
+    path.write_text(HEADER + "c.png,s.png,a.png\nc.png,s.png,b.png\n")
+    read: list = []
+    assert len(list(iter_jobs(path, tmp_path / "out", read))) == 2
+    with open(path, "r+") as f:  # in place: the same file, as an editor or `>` leaves it
+        f.write(now)
+        f.truncate()
+    said = read[0].since(path)
+    assert said == says if says is None else said.startswith(says), said
+
+
+@pytest.mark.parametrize("read_text, now, says", [
+    ('{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.png"}\n',
+     '{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.png"}',
+     None),  # the same lines, the last newline cut: nothing new to run
+    ('{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.png"}',
+     '{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.p',
+     None),  # read without its last newline, then cut within that line
+    ('{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.png"}',
+     '{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "x.pn',
+     None),  # a torn line that is another's cannot be told from a cut one: none parses
+    ('{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "b.png"}',
+     '{"content": "c.png", "styles": ["s.png"]}\n{"content": "c.png", "styles": ["s.png"], "output": "x"}',
+     "was rewritten after the batch had read it")])
+def test_a_jsonl_jobs_file_cut_before_its_last_newline_is_no_rewrite(tmp_path, read_text, now, says):
+    """A JSONL jobs file whose last newline was cut was said rewritten (its last line parses), of the very lines
+    run; a line read without its newline is kept too, so a shorter one there is told apart."""
+    from styleengine.engine.jobs import iter_jobs
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "j.jsonl"
+    path.write_text(read_text)
+    read: list = []
+    assert len(list(iter_jobs(path, tmp_path / "out", read))) == 2
+    path.write_text(now)
+    said = read[0].since(path)
+    assert said == says if says is None else said.startswith(says), said
