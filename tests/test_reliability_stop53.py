@@ -1,6 +1,8 @@
 """Issue 23, stop 53: probe 53's findings (on ba5df50)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 HEADER = "content,styles,output\n"
@@ -58,3 +60,40 @@ def test_a_jsonl_jobs_file_cut_before_its_last_newline_is_no_rewrite(tmp_path, r
     path.write_text(now)
     said = read[0].since(path)
     assert said == says if says is None else said.startswith(says), said
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_fifo_or_socket_put_at_a_jobs_output_during_a_batch_is_not_replaced(tmp_path, monkeypatch, capsys, kind):
+    """`mkfifo out/b.png` after job a's line: the batch wrote b's picture over the FIFO (a socket's listener lost
+    its address), exit 0, where `run -o` refuses one put there mid-run and the batch's start fails such a job
+    (probe 53a, 3). The job fails, its picture saved aside; the other jobs run."""
+    import socket
+    import stat
+
+    try:
+        from test_reliability_stop43 import _three_jobs
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import _three_jobs
+
+    out, held = tmp_path / "out", []
+
+    def after_record():
+        if not held:
+            if kind == "fifo":
+                os.mkfifo(out / "b.png")
+            else:
+                listener = socket.socket(socket.AF_UNIX)
+                listener.bind(str(out / "b.png"))
+                held.append(listener)
+            held.append(1)
+
+    try:
+        code, err = _three_jobs(tmp_path, monkeypatch, capsys, after_record)
+    finally:
+        for thing in held:
+            if isinstance(thing, socket.socket):
+                thing.close()
+    test = stat.S_ISFIFO if kind == "fifo" else stat.S_ISSOCK
+    assert code == 1 and test(os.lstat(out / "b.png").st_mode), err
+    assert "failed b" in err and "(put there during the run; not replaced)" in err, err
+    assert "2 ok, 0 skipped, 1 failed" in err and (out / "c.png").is_file(), err

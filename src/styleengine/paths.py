@@ -598,6 +598,18 @@ def names_a_descriptor(path: str | os.PathLike) -> bool:
     return False
 
 
+def _refuse_special(path: Path, dir_fd: int | None = None) -> None:
+    """OSError where a FIFO, socket or device is at `path` (its name at `dir_fd`): put there during the run, it is
+    another program's, as it is at the start; a file, folder or link is replaced as the checks before found it."""
+    try:
+        mode = os.stat(path.name if dir_fd is not None else path, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise OSError(errno.EEXIST, f"it {not_a_file(path) or 'is not a regular file'} (put there during the run; "
+                                    f"not replaced)", os.fspath(path))
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
@@ -608,11 +620,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     with temp_beside(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
-        found = os.lstat(path).st_mode if os.path.lexists(path) else None
-        if found is not None and not (stat.S_ISREG(found) or stat.S_ISDIR(found) or stat.S_ISLNK(found)):
-            # a FIFO, socket or device put there during the run is another program's, as it is at the start
-            raise OSError(errno.EEXIST, f"it {not_a_file(path) or 'is not a regular file'} (put there during the "
-                                        f"run; not replaced)", os.fspath(path))
+        _refuse_special(path)
         try:
             os.replace(tmp, path)
         except OSError as e:  # its folder removed meanwhile: said of `path`, not of the temp file
@@ -685,6 +693,7 @@ def confined_writer(path: Path, root: Path, root_fd: int | None = None) -> Itera
         with temp_beside(path, dir_fd=fd) as (out, tmp):
             with os.fdopen(out, "wb") as f:
                 yield f
+            _refuse_special(path, fd)
             os.rename(tmp, path.name, src_dir_fd=fd, dst_dir_fd=fd)
     finally:
         os.close(fd)
