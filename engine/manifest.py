@@ -240,6 +240,11 @@ def whole_line(tail: bytes) -> bool:
     return _parsed(tail) is not _NOT_JSON
 
 
+# how every line a batch or server writes starts: its keys sorted (Manifest.append), "batch" the first of a
+# result's (batch.Result.manifest_line)
+_LINE_START = b'{"batch": '
+
+
 def _written_by_us(data: bytes) -> bool:
     """Whether a manifest's bytes are a batch's or a server's: empty, a power cut's NULs or a first line torn, or
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
@@ -249,9 +254,9 @@ def _written_by_us(data: bytes) -> bool:
         entry = _parsed(line)
         if isinstance(entry, dict) and "id" in entry and "status" in entry:
             return True
-    # nothing but a first line torn (no prefix of a line parses: one that does is another tool's) or zeroed
+    # nothing but a first line torn (a prefix of a line we write, which parses only whole) or zeroed
     return not found and (not tail.strip(b" \t\r\0") or b"\0" in tail
-                          or (tail.startswith(b'{"') and not whole_line(tail)))
+                          or (_LINE_START.startswith(tail[:len(_LINE_START)]) and not whole_line(tail)))
 
 
 class Manifest:

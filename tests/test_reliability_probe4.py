@@ -332,7 +332,7 @@ def test_a_server_cuts_a_torn_manifest_tail_before_it_appends(tmp_path):
     with TestClient(create_app(config)):
         pass
     manifest = tmp_path / "srv" / "results" / "manifest.jsonl"
-    manifest.write_bytes(b'{"id": "torn", "status": "ok", "settings_h')
+    manifest.write_bytes(b'{"batch": 1, "device": "cpu", "distances": {}, "file": "torn.png", "id": "torn", "sta')
     with TestClient(create_app(config)) as client:
         job = client.post("/api/jobs", files=files(None, png(40, 40, 1)), data={"iters": "2", "size": "40"}).json()
         assert wait_for(client, job["id"])["status"] == "done"

@@ -110,7 +110,9 @@ def test_a_jobs_line_past_pythons_limits_or_an_id_of_thousands_of_characters_is_
     b'{"audio_filepath": "a.wav", "duration": 1.2}\n{"audio_filepath": "b.wav", "duration": 3.4}',
     b"my notes\nline two without newline",
     b"{}",
-    b'{"audio_filepath": "a.wav", "duration": 1.0}'])  # one whole line: no newline, yet no torn line of ours
+    b'{"audio_filepath": "a.wav", "duration": 1.0}',  # one whole line: no newline, yet no torn line of ours
+    # one line that does not parse is no torn line of ours either (probe 53a, 1): ours starts '{"batch": '
+    b'{"a": 1}{"b": 2}', b'{"text": "caf\xe9"}', b'{"a": 1,}', b'{"id": "x", "status": "ok"} // a comment'])
 def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_path, monkeypatch, capsys, body):
     """A dataset's manifest.jsonl in --out (NeMo writes one per folder) lost its last record, "torn (a write cut
     short); cut off", and took the batch's line, exit 0 (probe 52b, 5): a file with no job's line is refused before
@@ -132,7 +134,7 @@ def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_
 @pytest.mark.parametrize("body, kept", [
     (b'{"id": "x", "status": "failed", "error": "e"}\n5', True),  # whole: said and skipped, not cut
     (b'{"id": "x", "status": "failed", "error": "e"}\n{"id": "y", "sta', False),  # torn: cut
-    (b'{"content": "c.png", "id": "a", "sta', False),  # the first line torn by a power cut
+    (b'{"batch": 1, "device": "cpu", "distances": {}, "file": "a.png", "id": "a", "sta', False),  # a first line torn
     (b"\0" * 4096, False),  # a power cut's zeros: cut
     (b"\0" * 100 + b'us": "ok"}', False)])  # a lost block, then the torn rest of the first line
 def test_a_manifests_last_line_is_cut_only_where_torn(tmp_path, monkeypatch, capsys, body, kept):

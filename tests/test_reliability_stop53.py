@@ -97,3 +97,21 @@ def test_a_fifo_or_socket_put_at_a_jobs_output_during_a_batch_is_not_replaced(tm
     assert code == 1 and test(os.lstat(out / "b.png").st_mode), err
     assert "failed b" in err and "(put there during the run; not replaced)" in err, err
     assert "2 ok, 0 skipped, 1 failed" in err and (out / "c.png").is_file(), err
+
+
+def test_a_batchs_own_first_line_torn_anywhere_is_ours(tmp_path, monkeypatch, capsys):
+    """A one-line manifest.jsonl with no newline that did not parse and started `{"` was taken for a batch's first
+    line torn: cut to nothing, the batch's line appended, exit 0 (probe 53a, 1; such files are refused in
+    test_reliability_stop52's test of another tool's manifest). A torn line of ours is a prefix of a line a batch
+    writes: each of those starts as the check expects, and its first line cut at any byte is ours."""
+    try:
+        from test_reliability_stop43 import _three_jobs
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import _three_jobs
+    from styleengine.engine import manifest as module
+
+    code, err = _three_jobs(tmp_path, monkeypatch, capsys, lambda: None)
+    lines = (tmp_path / "out" / "manifest.jsonl").read_bytes().splitlines()
+    assert code == 0 and len(lines) == 3, err
+    assert all(line.startswith(module._LINE_START) for line in lines), lines
+    assert all(module._written_by_us(lines[0][:cut]) for cut in range(1, len(lines[0])))
