@@ -37,7 +37,7 @@ from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, 
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Digests, Finished, Manifest, _jsonable, digest_key,  # noqa: F401
                                          file_digest, locked, place, read_as_hashed, settings_hash)
-from styleengine.engine.plan import make_plan
+from styleengine.engine.plan import check_shapes, make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.loop import non_finite, whole
 from styleengine.engine.steps import TargetCache
@@ -108,10 +108,12 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
                 paths.check_name(path, role)
             settings = job.settings(base)
             settings.validate()
-            settings = settings.resolved()
             shapes = [paths.image_shape(p) for p in (job.content, *job.styles)]
             scales = None  # a file whose header cannot be read fails when it is loaded, saying why
             known = [shape for shape in shapes if shape is not None]
+            if len(known) == len(shapes):  # refused before `auto` measures for it (tens of seconds, for nothing)
+                check_shapes(settings, known[0], known[1:])
+            settings = settings.resolved()
             if len(known) == len(shapes):
                 run_plan = make_plan(settings, known[0], known[1:], memory=memory)
                 memory = run_plan.memory

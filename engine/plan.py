@@ -222,6 +222,25 @@ def check_counts(settings: Settings, styles: int) -> None:
                           f"per style image, in order")
 
 
+def check_shapes(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
+                 content_label: str = "the content image", style_labels: list[str] | None = None) -> None:
+    """make_plan's checks that need no place (the images' count and sides at every scale): ConfigError before
+    `auto` measures for settings it would refuse (a batch's job)."""
+    if not style_shapes and (content_shape is None or settings.style_layers):  # inversion: no style image
+        raise ConfigError("at least one style image is needed")
+    check_counts(settings, len(style_shapes))
+    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    ref = content_shape if content_shape is not None else style_shapes[0]
+    sizes = [size for size, _ in settings.scale_plan()]
+    for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
+        knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
+        try:
+            _check_scale(settings, size, knob, (content_label if content_shape is not None else labels[0], ref),
+                         list(zip(labels, style_shapes)))
+        except TooThin as e:  # advice that is not refused again at another scale
+            raise TooThin(e.head, e.needed, e.knob, _advice(settings, e.needed, e.knob)) from None
+
+
 def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_shapes: list[tuple[int, int]], *,
               content_label: str = "the content image", style_labels: list[str] | None = None,
               memory: int | None = None, auto: str = "") -> Plan:
@@ -230,21 +249,10 @@ def make_plan(settings: Settings, content_shape: tuple[int, int] | None, style_s
     MIN_SIDE (a 2000x40 image at 64 px would be 64x1), and the run fits the memory: with a budget, a tile
     exists for it; else the step, as run, fits the memory free now (probed here once unless `memory` is given)."""
     texture = content_shape is None
-    if not style_shapes and (texture or settings.style_layers):  # no style layers (inversion): no style image
-        raise ConfigError("at least one style image is needed")
-    check_counts(settings, len(style_shapes))
-    labels = style_labels or [f"style image {i + 1}" for i in range(len(style_shapes))]
+    check_shapes(settings, content_shape, style_shapes, content_label=content_label, style_labels=style_labels)
     ref = content_shape if content_shape is not None else style_shapes[0]
     loss = settings.loss_config(texture=texture)
     steps = settings.scale_plan()
-    sizes = [size for size, _ in steps]
-    for size in sizes:  # the smallest scale first: there a side is likeliest to vanish
-        knob = "--size" if size == sizes[-1] else "--start-size"  # an earlier scale's long side
-        try:
-            _check_scale(settings, size, knob, (content_label if content_shape is not None else labels[0], ref),
-                         list(zip(labels, style_shapes)))
-        except TooThin as e:  # advice that is not refused again at another scale
-            raise TooThin(e.head, e.needed, e.knob, _advice(settings, e.needed, e.knob)) from None
     if settings.mem_budget_gib is None and memory is None:
         memory = free_memory(settings.device)
     budget = settings.mem_budget_gib * 2**30 if settings.mem_budget_gib is not None else memory

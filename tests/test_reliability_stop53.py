@@ -115,3 +115,33 @@ def test_a_batchs_own_first_line_torn_anywhere_is_ours(tmp_path, monkeypatch, ca
     assert code == 0 and len(lines) == 3, err
     assert all(line.startswith(module._LINE_START) for line in lines), lines
     assert all(module._written_by_us(lines[0][:cut]) for cut in range(1, len(lines[0])))
+
+
+def test_a_batch_job_with_a_thin_image_is_refused_before_auto_measures(tmp_path, monkeypatch, capsys):
+    """A job whose 400x40 content image is too thin at --size 300 was refused only after `auto` had measured the
+    candidates for it: 48 s of silence on a fresh cache, then the line `run` gives at once (probe 53a, 4)."""
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import _pictures
+    from styleengine.engine import autotune
+
+    _pictures(tmp_path)
+    Image.new("RGB", (400, 40), (200, 30, 30)).save(tmp_path / "thin.png")
+    (tmp_path / "j.jsonl").write_text('{"content": "thin.png", "styles": ["s.png"]}\n')
+    measured, real = [], autotune.choose
+
+    def choose(settings, *args, **kwargs):
+        if kwargs.get("tune", True):
+            measured.append(settings)
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(autotune, "choose", choose)
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out",
+                           "--weights", "random", "--size", "300", "--iters", "1")
+    assert code == 1 and "failed thin__s" in err and "--size 315 and --scales 1" in err, err
+    assert not measured and "auto:" not in err, err
