@@ -387,21 +387,6 @@ def test_a_long_manifests_read_is_said_before_it(tmp_path, monkeypatch, capsys):
     assert code == 0 and f"reading {manifest} (0 MiB) for the jobs done" in err.splitlines()[0] + err, err
 
 
-def test_a_torch_checkpoint_cut_short_is_left_to_the_loaders_words(tmp_path):
-    """A .pth download cut short (its zip directory lost) was "a zip archive, not a PyTorch checkpoint" (review of
-    stop 52): a zip whose directory cannot be read is no kind the first bytes can tell."""
-    import torch
-
-    from styleengine import paths
-
-    whole = tmp_path / "whole.pth"
-    torch.save({"a": torch.zeros(1000)}, whole)
-    cut = tmp_path / "cut.pth"
-    cut.write_bytes(whole.read_bytes()[:2000])
-    assert paths.weights_kind(whole) == "torch" and paths.weights_kind(cut) is None
-    assert paths.named_as_another(cut) is None
-
-
 def test_invert_advises_a_size_it_runs_in_one_scale(tmp_path, monkeypatch, capsys):
     """invert --size 512 of a 500x100 image failed at its 128 px first scale and was told to crop, though --size 158
     runs (one scale up to 181 px; review of stop 52)."""

@@ -145,3 +145,42 @@ def test_a_batch_job_with_a_thin_image_is_refused_before_auto_measures(tmp_path,
                            "--weights", "random", "--size", "300", "--iters", "1")
     assert code == 1 and "failed thin__s" in err and "--size 315 and --scales 1" in err, err
     assert not measured and "auto:" not in err, err
+
+
+def _other_weights(tmp_path):
+    import tarfile
+
+    import torch
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"a": torch.zeros(1000)}, whole)
+    (tmp_path / "cut.pth").write_bytes(whole.read_bytes()[:2000])  # a download cut short: its zip directory lost
+    (tmp_path / "nul.pth").write_bytes(b"\0" * 4096)
+    (tmp_path / "text.pth").write_text("hello world\n")
+    (tmp_path / "member").write_bytes(b"x" * 10)
+    with tarfile.open(tmp_path / "t.pth", "w") as archive:
+        archive.add(tmp_path / "member", arcname="member")
+    (tmp_path / "t.safetensors").write_bytes((tmp_path / "t.pth").read_bytes())
+
+
+@pytest.mark.parametrize("name, said", [
+    ("cut.pth", "is a zip archive whose end is missing or damaged (a download or copy cut short?)"),
+    ("nul.pth", "begins with zero bytes, as no weights file does"),
+    ("text.pth", "is text, not a PyTorch checkpoint"),
+    ("t.pth", "is a tar archive, not a checkpoint of tensors"),
+    ("t.safetensors", "is a tar archive, not a checkpoint of tensors")])
+def test_weights_of_another_kind_named_pth_are_told_what_they_are(tmp_path, name, said):
+    """Weights named .pth got torch's words: a file of NULs or a tar, torch's advice to load it with
+    weights_only=False; a checkpoint cut short, "[Errno 22] Invalid argument"; a text file, "101"; a tar named
+    .safetensors was "text" (probe 53a, 5). The run and --dry-run's check say the same."""
+    from styleengine import paths
+    from styleengine.errors import WeightsError
+    from styleengine.model.weights import read_checkpoint
+
+    _other_weights(tmp_path)
+    path = tmp_path / name
+    with pytest.raises(WeightsError) as caught:
+        read_checkpoint(path)
+    assert str(caught.value) == f"{path} {said}" or str(caught.value).startswith(f"{path} {said}"), caught.value
+    assert paths.weights_problem(str(path)) == str(caught.value)
+    assert paths.weights_kind(tmp_path / "whole.pth") == "torch"

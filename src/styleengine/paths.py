@@ -174,6 +174,7 @@ def weights_problem(spec: str) -> str | None:
 
 
 TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old format: its pickled magic number
+_FIRST = 4096  # the bytes weights_kind reads: a tar's magic is at 257
 _IMAGES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
            b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image"}
 
@@ -182,22 +183,28 @@ def weights_kind(path: Path) -> str | None:
     """What a weights file's bytes say it is, whatever its name: "torch" (torch.save's zip, with a data.pkl, or
     its old pickle), "torchscript" (torch.jit.save's zip), "zip" (another), "pickle" (a plain one: torch.load
     reads none), "safetensors" (a little-endian header length, then the header's `{`), "text" (no such length:
-    JSON, a protocol-0 pickle), an image ("a PNG image"), or None (unreadable, or none of these). Never
-    unpickles: a zip's names are read from its directory."""
+    JSON, a protocol-0 pickle), an image ("a PNG image"), "cut zip" (a zip whose directory cannot be read),
+    "tar", "zeros" (its first bytes all zero: a power cut's, a failed copy's), or None (unreadable, or none of
+    these). Never unpickles: a zip's names are read from its directory."""
     try:
         with open(path, "rb") as f:
-            head = f.read(len(TORCH_LEGACY))
+            first = f.read(_FIRST)
             size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
+    head = first[:len(TORCH_LEGACY)]
+    if first and not first.strip(b"\0"):
+        return "zeros"
+    if first[257:262] == b"ustar":  # a tar header's magic (POSIX and GNU)
+        return "tar"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
     if head.startswith(b"PK\x03\x04"):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):  # cut short (a download's end lost): the loader says how
-            return None
+        except (OSError, zipfile.BadZipFile):  # its directory, at the end, lost: a download or copy cut short
+            return "cut zip"
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"  # its constants and code beside the data
         return "torch" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
@@ -231,6 +238,15 @@ def named_as_another(path: Path, shown: str | None = None, before_load: bool = F
                 f"state_dict() with torch.save or safetensors")
     if kind == "zip":
         return f"{name} is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl)"
+    if kind == "cut zip":
+        return (f"{name} is a zip archive whose end is missing or damaged (a download or copy cut short?); "
+                f"fetch or copy it again")
+    if kind == "tar":  # torch.save's format before 0.4 loads only by running its code: refused as a pickle is
+        return f"{name} is a tar archive, not a checkpoint of tensors; save the weights with torch.save or safetensors"
+    if kind == "zeros":
+        return f"{name} begins with zero bytes, as no weights file does (a power cut or a failed copy?)"
+    if suffix in TORCH_SUFFIXES and kind == "text":
+        return f"{name} is text, not a PyTorch checkpoint"
     if kind == "pickle" and not (before_load and suffix in TORCH_SUFFIXES):
         return (f"{name} is a plain Python pickle (pickle.dump), not a PyTorch checkpoint; save the weights with "
                 f"torch.save or safetensors")
