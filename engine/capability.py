@@ -49,6 +49,7 @@ class Machine:
     ort_providers: tuple[str, ...] = ("cpu",)  # ONNX Runtime providers usable here, by short name
     nnpack: bool = True  # torch's NNPACK (Winograd) initialises on this CPU
     tensorrt: bool = False  # the tensorrt package imports
+    bf16: bool = True  # the CPU has bf16 units (AMX, AVX-512 BF16); without them torch emulates bf16
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,8 @@ def rule(backend: str, where: str, precision: str, conv: str, machine: Machine |
 def candidates(backend: str, where: str, precision: str, conv: str, machine: Machine | None = None, *,
                torch_only: str | None = None) -> list[tuple[str, str, str]]:
     """Every (backend, precision, conv) the settings leave open at `where`, the rule's pick first.
-    backend "auto": AUTO_BACKENDS that run there (torch_only: torch)."""
+    backend "auto": AUTO_BACKENDS that run there (torch_only: torch); precision "auto": no bf16 on a CPU
+    without bf16 units (asked for, it runs)."""
     backends = [b for b in AUTO_BACKENDS if precisions(b, where) and not (torch_only and b != "torch")
                 ] if backend == "auto" else [backend]
     out = []
@@ -213,6 +215,8 @@ def candidates(backend: str, where: str, precision: str, conv: str, machine: Mac
         for p in precisions(b, where):
             if precision != "auto" and p != precision:
                 continue
+            if precision == "auto" and (where, p) == ("cpu", "bf16") and machine is not None and not machine.bf16:
+                continue  # emulated: never faster than fp32, and its trial's one step ran 7 s unstoppable
             for c in convs(b, where, p, machine):
                 if conv == "auto" or c == conv:
                     out.append((b, p, c))

@@ -68,7 +68,7 @@ def probe_light() -> Machine:
         providers += tuple(short for name, short in names.items() if name in ort.get_available_providers())
     x86 = platform.machine() in ("x86_64", "AMD64", "i686")
     return Machine(cuda=cuda, ort_providers=providers, nnpack=not x86 or "avx2" in cpu_flags(),
-                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None)
+                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=not x86 or native_bf16())
 
 
 @functools.cache
@@ -86,8 +86,9 @@ def probe() -> Machine:
         names = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
         # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
         providers += tuple(short for name, short in names.items() if cuda and name in ort.get_available_providers())
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
     return Machine(cuda=cuda, ort_providers=providers, nnpack=bool(torch.backends.nnpack.is_available()),
-                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None)
+                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=not x86 or native_bf16())
 
 
 def fingerprint() -> dict[str, object]:

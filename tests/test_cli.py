@@ -454,7 +454,11 @@ def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
     """`styleengine tune` measures (whatever STYLEENGINE_TUNE says) and prints every candidate and the pick."""
     from styleengine.engine import autotune
 
+    import dataclasses
+
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
+    here = autotune.probe()  # with bf16 units, whatever this CPU has: three candidates
+    monkeypatch.setattr(autotune, "probe", lambda: dataclasses.replace(here, bf16=True))
     monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side, export_all: [
         autotune.Trial(*o, seconds=(0.2 + 0.1 * i,) * 3) for i, o in enumerate(options)])
     autotune._memo.clear()
