@@ -212,6 +212,24 @@ def _check_memory(settings: Settings, loss: LossConfig, height: int, width: int,
                       f"untiled; add --mem-budget {_suggested_budget(free)} (tiles chosen per scale) or --tile {fits}")
 
 
+def check_untiled(settings: Settings, layers: tuple[str, ...], height: int, width: int) -> int:
+    """A step through the network up to `layers` that cannot tile (visualize's) against the memory free now on the
+    (placed) settings' device, by the estimate a run's plan makes: ConfigError naming --size where it does not
+    fit (it ran into torch's allocator, or swap, unstoppable for minutes); the L-BFGS history it leaves room for."""
+    free = free_memory(settings.device)
+    history = lbfgs_history(None, free, height, width) if settings.optimizer == "lbfgs" else 0
+    loss = LossConfig(content_layers=layers, style_layers=())
+    try:
+        fits = tile_for_budget(free / 2**30, settings.model, loss, height, width,
+                               other_bytes=history * lbfgs_pair_bytes(height, width))
+    except ConfigError:  # not even tiled
+        fits = 0
+    if fits is not None:
+        raise ConfigError(f"a {width}x{height} image needs more than the {_gib(free / 2**30)} GiB of memory "
+                          f"available; use a smaller --size")
+    return history
+
+
 def check_counts(settings: Settings, styles: int) -> None:
     """The settings that take one value per style image against `styles` of them."""
     if settings.style_blend is not None and len(settings.style_blend) != styles:

@@ -204,3 +204,30 @@ def test_auto_times_no_bf16_on_a_cpu_without_bf16_units(monkeypatch, flags, bf16
     assert any(p == "bf16" for _, p, _ in options) == bf16, options
     assert capability.candidates("torch", "cpu", "bf16", "auto", here) == [("torch", "bf16", "direct")]
     assert any(p == "bf16" for _, p, _ in capability.candidates("auto", "cuda", "auto", "auto", here))
+
+
+def test_visualize_refuses_a_size_whose_step_does_not_fit_the_memory(tmp_path, monkeypatch, capsys):
+    """`visualize --size 65536` was a MemoryError traceback, and at 8192 px it swapped for minutes with SIGTERM
+    not acted on (probe 53b, 1, 2): run and invert refuse such a size at once. With 1 GiB free, 1024 px is
+    refused before the weights are read, and 32 px runs."""
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+    from styleengine.engine import plan
+
+    monkeypatch.setattr(plan, "free_memory", lambda device: 2**30)
+    monkeypatch.setattr("styleengine.model.classifier.load_classifier", lambda *a: pytest.fail("work started"))
+    code, _, err = run_cli(monkeypatch, capsys, "visualize", "--class", "3", "-o", tmp_path / "v.png",
+                           "--size", "1024", "--iters", "1", "--weights", "random")
+    assert one_error_line(code, err) == ("error: a 1024x1024 image needs more than the 1 GiB of memory available; "
+                                         "use a smaller --size"), err
+    monkeypatch.undo()
+    monkeypatch.setattr(plan, "free_memory", lambda device: 2**30)
+    code, _, err = run_cli(monkeypatch, capsys, "visualize", "--class", "3", "-o", tmp_path / "v.png",
+                           "--size", "32", "--iters", "2", "--weights", "random")
+    assert code == 0 and Image.open(tmp_path / "v.png").size == (32, 32), err

@@ -44,6 +44,7 @@ def _visualize(
     from styleengine.console import Console
 
     from styleengine.engine.loop import optimise
+    from styleengine.engine.plan import check_untiled
     from styleengine.engine.stylise import check_place
     from styleengine.engine.visualize import ClassScoreStep, mean_image
     from styleengine.model.classifier import KEYS, class_name, load_classifier
@@ -60,7 +61,8 @@ def _visualize(
         size, iters, optimizer, lr, seed, model, device = (settings.size, settings.iterations, settings.optimizer,
                                                            settings.lr, settings.seed, settings.model, settings.device)
         paths.check_output_path(output)
-        check_place(settings)  # a missing GPU in run's words, before the weights are read or downloaded
+        placed = check_place(settings)  # a missing GPU in run's words, before the weights are read or downloaded
+        history = check_untiled(placed, ("pool5",), size, size)  # the classifier reads pool5
         classifier = load_classifier(weights, model, seed)
         if target >= classifier.classes:
             raise ConfigError(f"--class {target}: the classifier has classes 0-{classifier.classes - 1}")
@@ -75,7 +77,7 @@ def _visualize(
             with torch.no_grad():
                 before = float(step.scores(start.to(step.device))[0, target])
             result = loop_result(lambda kept: optimise(step, start, iterations=iters, optimizer=optimizer, lr=lr,
-                                                       max_step=d.lbfgs_max_step, kept=kept))
+                                                       max_step=d.lbfgs_max_step, kept=kept, history=history))
             with result_held(result):  # from here to the last line: a signal before `stopped` is said, none after
                 with torch.no_grad():
                     after = step.scores(result.image.clamp(0, 1).to(step.device))[0]
