@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -231,3 +232,41 @@ def test_visualize_refuses_a_size_whose_step_does_not_fit_the_memory(tmp_path, m
     code, _, err = run_cli(monkeypatch, capsys, "visualize", "--class", "3", "-o", tmp_path / "v.png",
                            "--size", "32", "--iters", "2", "--weights", "random")
     assert code == 0 and Image.open(tmp_path / "v.png").size == (32, 32), err
+
+
+def test_a_client_gone_mid_upload_and_a_stop_with_an_upload_coming_in_are_one_line_each(tmp_path):
+    """A client that closed its connection during its upload left a 77-line ClientDisconnect traceback in the
+    server's log (an ERROR, which log monitors take for a crash); a SIGTERM while an upload was still coming in
+    logged a CancelledError traceback and answered 500 (probe 53b, 4, 5). Each is one INFO line now, and the
+    slow client is told 503."""
+    import socket
+    import time
+
+    try:
+        from serve_helpers import serve_process
+    except ModuleNotFoundError:
+        from tests.serve_helpers import serve_process
+
+    server, url = serve_process(tmp_path / "srv")
+    port = int(url.rsplit(":", 1)[1])
+    head = (b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XX\r\n"
+            b"Content-Length: 20000\r\n\r\n--XX\r\nContent-Disposition: form-data; name=\"content\"; "
+            b"filename=\"c.png\"\r\nContent-Type: image/png\r\n\r\n" + b"\x89PNG" + b"x" * 2000)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(head)
+            time.sleep(0.5)
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(head)
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)
+            slow.settimeout(30)
+            answer = slow.recv(4096)
+        out, _ = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert "Traceback" not in out and "Exception in ASGI application" not in out, out
+    assert out.count("a client went away during its upload; nothing queued") == 1, out
+    assert "the server is stopping: POST /api/jobs, still coming in, was dropped" in out, out

@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from styleengine.choices import INITS
@@ -468,7 +469,14 @@ def create_app(config: Config, store: JobStore | None = None,
             given = given or request.query_params.get("token", "")
             if not secrets.compare_digest(given.encode(), config.token.encode()):
                 return _one_line(401, "a token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except asyncio.CancelledError:  # uvicorn's graceful stop timed out on it (an upload still coming in)
+            store = state.get("store")
+            if store is None or not store.draining:
+                raise
+            log.info("the server is stopping: %s %s, still coming in, was dropped", request.method, path)
+            return _one_line(503, "the server is stopping; submit the job again once it is back")
 
     async def job_or_404(job_id: str) -> Job:
         job = await current().lookup(job_id)
@@ -514,7 +522,12 @@ def create_app(config: Config, store: JobStore | None = None,
     async def submit(request: Request) -> JSONResponse:
         if current().draining:
             raise HTTPException(503, "the server is stopping; submit the job again once it is back")
-        content, styles, values, keep, recipe = await _read_form(request, config)
+        try:
+            content, styles, values, keep, recipe = await _read_form(request, config)
+        except ClientDisconnect:  # a tab closed, a connection lost: the network's, no fault of the server's
+            if not current().draining:  # else said as dropped by the stop (_auth)
+                log.info("a client went away during its upload; nothing queued")
+            raise HTTPException(400, "the upload ended before its end") from None
         if len(styles) > MAX_STYLES:
             raise HTTPException(422, f"{len(styles)} style images; this server takes at most {MAX_STYLES}")
         settings = await run_in_threadpool(_settings, config.settings, values, config, recipe)
