@@ -270,3 +270,17 @@ def test_a_client_gone_mid_upload_and_a_stop_with_an_upload_coming_in_are_one_li
     assert "Traceback" not in out and "Exception in ASGI application" not in out, out
     assert out.count("a client went away during its upload; nothing queued") == 1, out
     assert "the server is stopping: POST /api/jobs, still coming in, was dropped" in out, out
+
+
+@pytest.mark.parametrize("command", ["batch", "video", "serve"])
+def test_help_is_printed_as_written(monkeypatch, capsys, command):
+    """`--help` said `--ray` "Needs styleengine.": typer read "styleengine[ray]" as Rich markup and dropped its
+    "[ray]", so the help never named the extra to install (probe 53b, 6)."""
+    try:
+        from test_cli import run_cli
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(monkeypatch, capsys, command, "--help")
+    assert code == 0 and "Needs styleengine[ray]" in out, out

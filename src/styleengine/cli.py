@@ -84,8 +84,14 @@ def _load(name: str) -> click.Command | None:
     holder.command(name)(_finishing(getattr(module, attr)))
     command = typer.main.get_command(holder)  # a lone command comes back as itself
     command.name = name
+    from rich.markup import escape
+
+    # help as written: typer reads it as Rich markup, and "styleengine[ray]" lost its "[ray]"
+    command.help = escape(command.help) if command.help else command.help
     for param in command.params:
         _read_numbers_strictly(param)
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
     return command
 
 
