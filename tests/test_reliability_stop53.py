@@ -284,3 +284,23 @@ def test_help_is_printed_as_written(monkeypatch, capsys, command):
     monkeypatch.setenv("COLUMNS", "200")
     code, out, err = run_cli(monkeypatch, capsys, command, "--help")
     assert code == 0 and "Needs styleengine[ray]" in out, out
+
+
+def test_serve_says_a_host_name_is_not_known_to_be_loopback(monkeypatch, capsys):
+    """`serve --host vm`, a name /etc/hosts gives 127.0.0.1, was refused as "reachable from other machines", which
+    was never checked (names are not resolved: what one leads to can change); `--token ''` was "0 characters of
+    spaces" (probe 53b, 7)."""
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+
+    monkeypatch.delenv("STYLEENGINE_TOKEN", raising=False)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--host", "vm", "--weights", "random")
+    assert one_error_line(code, err) == ("error: --host vm is a host name, not known to reach this machine alone: give "
+                                         "a loopback address (127.0.0.1, ::1 or localhost), or set --token or "
+                                         "STYLEENGINE_TOKEN first"), err
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--token", "", "--weights", "random")
+    assert one_error_line(code, err).endswith("got 0 characters"), err

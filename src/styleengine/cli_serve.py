@@ -45,6 +45,14 @@ def _check_listen(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+def _address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -105,8 +113,11 @@ def _serve(
     if token is not None and (not token.strip() or token != token.strip() or not token.isprintable()):
         # '  ' opened a public server: `?token=%20%20` got in, and no Authorization header carries it
         raise ConfigError(f"--token ({TOKEN_ENV}) must be printable text with no spaces at its ends, got "
-                          f"{len(token)} characters{' of spaces' if not token.strip() else ''}")
+                          f"{len(token)} characters{' of spaces' if token and not token.strip() else ''}")
     if not _loopback(host) and not token:
+        if not _address(host):  # never resolved: what a name leads to can change after the check
+            raise ConfigError(f"--host {host} is a host name, not known to reach this machine alone: give a loopback "
+                              f"address (127.0.0.1, ::1 or localhost), or set --token or {TOKEN_ENV} first")
         raise ConfigError(f"--host {host} is reachable from other machines: set --token or {TOKEN_ENV} first")
     for name, value in (("--max-queue", max_queue), ("--max-upload-mb", max_upload_mb),
                         ("--max-pixels", max_pixels), ("--max-size", max_size), ("--max-iters", max_iters)):
