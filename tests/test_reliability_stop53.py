@@ -304,3 +304,25 @@ def test_serve_says_a_host_name_is_not_known_to_be_loopback(monkeypatch, capsys)
                                          "STYLEENGINE_TOKEN first"), err
     code, _, err = run_cli(monkeypatch, capsys, "serve", "--token", "", "--weights", "random")
     assert one_error_line(code, err).endswith("got 0 characters"), err
+
+
+def test_serve_takes_a_blank_keep_as_the_servers_value(tmp_path):
+    """A blank `keep=` (a form's empty hidden input) was "422 bad keep ''", where every other blank field means
+    the server's value (probe 53a, a note); a blank one beside a given one is no field given twice."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    try:
+        from serve_helpers import SETTINGS, files, png, wait_for
+    except ModuleNotFoundError:
+        from tests.serve_helpers import SETTINGS, files, png, wait_for
+    from styleengine.serve.app import Config, create_app
+
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "srv", max_size=256, max_iters=50)
+    with TestClient(create_app(config)) as client:
+        for keep in ([("keep", (None, ""))], [("keep", (None, "")), ("keep", (None, "1"))]):
+            response = client.post("/api/jobs", files=files(None, png(40, 40, 1)) + keep,
+                                   data={"iters": "2", "size": "40"})
+            assert response.status_code == 202, response.text
+            assert wait_for(client, response.json()["id"])["status"] == "done"

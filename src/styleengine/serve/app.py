@@ -185,7 +185,7 @@ async def _read_form(request: Request,
             (content if name == "content" else styles).append(item)
         elif isinstance(item, UploadFile):
             raise HTTPException(422, f"{name} is a file; only content and style are files")
-        elif (name in FIELDS or name == RECIPE) and not item.strip():  # a blank form input: the server's value
+        elif (name in FIELDS or name in (RECIPE, "keep")) and not item.strip():  # a blank input: the server's value
             continue
         elif name == RECIPE:
             if recipe is not None:
