@@ -456,7 +456,7 @@ class JobsRead:
         read's first bytes (a cut, at a line's end or within one)."""
         for number, line in enumerate(f):
             whole = line.endswith(b"\n")
-            body = line[:-1] if whole else line
+            body = line.removesuffix(b"\n").removesuffix(b"\r")  # as _Read keeps it
             read = number < len(self.lines)
             if read and len(body) == self.sizes[number] and zlib.crc32(body) == self.lines[number]:
                 continue  # the line read there (the last one may lack its newline: cut just before it)
@@ -475,32 +475,45 @@ class _Read(io.RawIOBase):
     def __init__(self, raw: io.FileIO, csv: bool = False):
         self.raw, self.hash, self.count, self.csv = raw, hashlib.sha256(), 0, csv
         self.start = os.fstat(raw.fileno())
-        # each line's CRC-32 and length, its newline left out; those of the line read so far
-        self.lines, self.sizes, self._line, self._size = array.array("I"), array.array("Q"), 0, 0
+        # each line's CRC-32 and length, its line end (\n or \r\n) left out; those of the line read so far, and
+        # whether a \r ended the last block (a line end's, if a \n follows)
+        self.lines, self.sizes, self._line, self._size, self._cr = array.array("I"), array.array("Q"), 0, 0, False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         n = self.raw.readinto(buffer) or 0
+        if not n:  # the end: a \r held back stays out, as a cut line's is
+            return 0
         block = bytes(memoryview(buffer)[:n])
         self.hash.update(block)
         self.count += n
         start = 0
         while (end := block.find(b"\n", start)) != -1:
-            self.lines.append(zlib.crc32(block[start:end], self._line))
-            self.sizes.append(self._size + end - start)
+            self._fold(block[start:end], True)
+            self.lines.append(self._line)
+            self.sizes.append(self._size)
             self._line, self._size, start = 0, 0, end + 1
-        self._line = zlib.crc32(block[start:], self._line)
-        self._size += n - start
+        self._fold(block[start:], False)
         return n
+
+    def _fold(self, data: bytes, line_end: bool) -> None:
+        """`data`, the next bytes of the line read so far (up to its \n where `line_end`), into its CRC and
+        length, a \r before the \n left out."""
+        if self._cr and not (line_end and not data):  # the \r held back was the line's own
+            self._line, self._size = zlib.crc32(b"\r", self._line), self._size + 1
+        self._cr = False
+        if data.endswith(b"\r"):
+            data, self._cr = data[:-1], not line_end
+        self._line, self._size = zlib.crc32(data, self._line), self._size + len(data)
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
     def done(self) -> JobsRead:
         """What was read, once the read is at its end."""
-        if self._size:  # a last line read without its newline
+        if self._size:  # a last line read without its newline (a \r at its end left out, as a cut line's is)
             self.lines.append(self._line)
             self.sizes.append(self._size)
             self._line, self._size = 0, 0

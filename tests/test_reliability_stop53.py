@@ -326,3 +326,47 @@ def test_serve_takes_a_blank_keep_as_the_servers_value(tmp_path):
                                    data={"iters": "2", "size": "40"})
             assert response.status_code == 202, response.text
             assert wait_for(client, response.json()["id"])["status"] == "done"
+
+
+@pytest.mark.parametrize("text", [b"a,b\r\nc,d\r\n", b"a,b\nc\rd\r\n\r\n", b"x" * 20 + b"\r\n" + b"y\r", b"\r\n\r\n",
+                                  b"one\r\ntwo"])
+def test_a_jobs_files_lines_are_kept_without_their_line_ends_whatever_the_blocks(tmp_path, text):
+    """Each line's CRC and length leave its \\n or \\r\\n out, however the reads cut the file (a \\r at one
+    block's end, its \\n at the next's): a CRLF file (what Excel and csv.writer write) that lost only its last
+    line end was said rewritten (review of stop 53)."""
+    import io
+    import zlib
+
+    from styleengine.engine.jobs import _Read
+
+    path = tmp_path / "j.csv"
+    path.write_bytes(text)
+    lines = [line.removesuffix(b"\n").removesuffix(b"\r") for line in io.BytesIO(text)]
+    lines = [line for n, line in enumerate(lines) if line or n < len(lines) - 1 or text.endswith(b"\n")]
+    for block in (1, 2, 3, 5, 8192):
+        read = _Read(open(path, "rb", buffering=0))
+        buffer = bytearray(block)
+        while read.readinto(buffer):
+            pass
+        done = read.done()
+        read.close()
+        assert list(done.sizes) == [len(line) for line in lines], (block, done.sizes)
+        assert list(done.lines) == [zlib.crc32(line) for line in lines], block
+
+
+@pytest.mark.parametrize("now, says", [
+    ("content,styles,output\r\nc.png,s.png,a.png\r\nc.png,s.png,b.png", None),  # its last \r\n cut
+    ("content,styles,output\r\nc.png,s.png,a.png\r\nc.png,s.png,b.png\r", None),  # its last \n cut
+    ("content,styles,output\r\nc.png,s.png,z.png\r\n", "was rewritten after the batch had read it")])
+def test_a_crlf_jobs_file_that_lost_its_last_line_end_is_no_rewrite(tmp_path, now, says):
+    from styleengine.engine.jobs import iter_jobs
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "j.csv"
+    path.write_bytes(b"content,styles,output\r\nc.png,s.png,a.png\r\nc.png,s.png,b.png\r\n")
+    read: list = []
+    assert len(list(iter_jobs(path, tmp_path / "out", read))) == 2
+    path.write_bytes(now.encode())
+    said = read[0].since(path)
+    assert said == says if says is None else said.startswith(says), said
