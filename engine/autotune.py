@@ -39,7 +39,7 @@ from styleengine.units import fmt_time
 
 log = logging.getLogger(__name__)
 
-TUNE_VERSION = 4  # bump when the trial or the record changes meaning: older records are measured again
+TUNE_VERSION = 5  # bump when the trial or the record changes meaning: older records are measured again
 RECORD_NAME = "tune.json"
 SIZE_CLASSES = (128, 256, 512, 1024, 2048)  # a run is tuned at the class nearest its size (log scale)
 # the trial's long side at most (3:4): the ranking moves with the size (on a 2-core EPYC ORT led torch fp32 at

@@ -47,6 +47,13 @@ def native_bf16() -> bool:
     return any(f in cpu_flags() for f in ("amx_bf16", "avx512_bf16"))
 
 
+def _bf16_units() -> bool:
+    """Machine.bf16: False only for an x86 CPU whose flags are known and name no bf16 units (elsewhere, or with
+    no /proc/cpuinfo to read, bf16 is timed and the trial tells)."""
+    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
+    return not x86 or not cpu_flags() or native_bf16()
+
+
 def kernel_flags() -> list[str]:
     """The CPU flags that change which kernels run (and so what is fastest)."""
     return sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
@@ -68,7 +75,7 @@ def probe_light() -> Machine:
         providers += tuple(short for name, short in names.items() if name in ort.get_available_providers())
     x86 = platform.machine() in ("x86_64", "AMD64", "i686")
     return Machine(cuda=cuda, ort_providers=providers, nnpack=not x86 or "avx2" in cpu_flags(),
-                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=not x86 or native_bf16())
+                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=_bf16_units())
 
 
 @functools.cache
@@ -86,9 +93,8 @@ def probe() -> Machine:
         names = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
         # onnxruntime-gpu lists its GPU providers whether or not a GPU is there
         providers += tuple(short for name, short in names.items() if cuda and name in ort.get_available_providers())
-    x86 = platform.machine() in ("x86_64", "AMD64", "i686")
     return Machine(cuda=cuda, ort_providers=providers, nnpack=bool(torch.backends.nnpack.is_available()),
-                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=not x86 or native_bf16())
+                   tensorrt=cuda and importlib.util.find_spec("tensorrt") is not None, bf16=_bf16_units())
 
 
 def fingerprint() -> dict[str, object]:

@@ -37,11 +37,16 @@ def _tune(**flags: Any) -> None:
     check_weights(settings)  # a file the trial could not load is said before "timing", not after it
     # what this machine cannot run (fp16 on ONNX Runtime's CPU provider, a missing GPU) is said alone, before
     # "timing", as run says it
-    autotune.open_options(settings, autotune.probe())
+    machine = autotune.probe()
+    where, _ = autotune.open_options(settings, machine)
     console = Console(stderr=True, markup=False)
     with warnings_on(console):  # the engine's warnings as "warning:" lines, escaped
         console.print(f"timing the candidates for {model} at {size} px (size class {size_class(size)}) ...",
                       highlight=False)
+        if (settings.precision == "auto" and where.place == "cpu" and not machine.bf16
+                and settings.backend in ("auto", "torch")):  # a row the table leaves out, said
+            console.print("bf16 is not timed: this CPU has no bf16 units (AMX, AVX-512 BF16), and emulated it is "
+                          "never faster than fp32 (--precision bf16 runs it)", highlight=False, soft_wrap=True)
         # asked for: the graphs auto's trial would skip as over its budget are exported now
         choice = choose(settings, refresh=True, tune=True, measure=functools.partial(autotune.measure_candidates,
                                                                                     export_all=True))
