@@ -304,6 +304,14 @@ def test_serve_says_a_host_name_is_not_known_to_be_loopback(monkeypatch, capsys)
                                          "STYLEENGINE_TOKEN first"), err
     code, _, err = run_cli(monkeypatch, capsys, "serve", "--token", "", "--weights", "random")
     assert one_error_line(code, err).endswith("got 0 characters"), err
+    from styleengine.cli_serve import _loopback
+
+    # numbers as the socket calls read them (`0` listens everywhere), and localhost in any case (review, probe 54a)
+    assert [_loopback(h) for h in ("0", "127.1", "2130706433", "LOCALHOST", "::1", "::", "vm")] == [
+        False, True, True, True, True, False, False]
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--host", "0", "--weights", "random")
+    assert one_error_line(code, err) == ("error: --host 0 is reachable from other machines: set --token or "
+                                         "STYLEENGINE_TOKEN first"), err
 
 
 def test_serve_takes_a_blank_keep_as_the_servers_value(tmp_path):

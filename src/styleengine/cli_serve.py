@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -45,21 +46,21 @@ def _check_listen(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def _address(host: str) -> bool:
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a numeric --host binds (`0`, `127.1` and `2130706433` are as the socket calls read them), or
+    None for a host name (never resolved: what a name leads to can change after the check)."""
     try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+        found = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return ipaddress.ip_address(str(found[0][4][0]).split("%")[0]) if found else None
 
 
 def _loopback(host: str) -> bool:
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: not known to be this machine alone
-        return False
+    address = _address(host)
+    return address is not None and address.is_loopback
 
 
 def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path | None, ray: bool) -> None:
@@ -115,7 +116,7 @@ def _serve(
         raise ConfigError(f"--token ({TOKEN_ENV}) must be printable text with no spaces at its ends, got "
                           f"{len(token)} characters{' of spaces' if token and not token.strip() else ''}")
     if not _loopback(host) and not token:
-        if not _address(host):  # never resolved: what a name leads to can change after the check
+        if _address(host) is None:
             raise ConfigError(f"--host {host} is a host name, not known to reach this machine alone: give a loopback "
                               f"address (127.0.0.1, ::1 or localhost), or set --token or {TOKEN_ENV} first")
         raise ConfigError(f"--host {host} is reachable from other machines: set --token or {TOKEN_ENV} first")
