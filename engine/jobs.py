@@ -20,7 +20,7 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from styleengine import paths
 from styleengine.paths import IMAGE_SUFFIXES, expand_styles, images_in  # noqa: F401  (batch reads the suffixes here)
@@ -404,6 +404,7 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
             raise ConfigError(f"cannot read jobs file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as the reader takes them (universal newlines; csv's too)
 REWRITTEN = "was rewritten after the batch had read it; the same command runs the jobs it holds now"
 CUT_OR_REWRITTEN = ("was cut short or rewritten after the batch had read it (its last row is not one read); the same "
                     "command runs the jobs it holds now")
@@ -412,8 +413,9 @@ CUT_OR_REWRITTEN = ("was cut short or rewritten after the batch had read it (its
 @dataclass(frozen=True)
 class JobsRead:
     """What a pass read of a jobs file: its first `count` bytes, of sha256 `digest`, from the file `file`
-    (device, inode); `lines` and `sizes`, the CRC-32 and length of each line read, its newline left out (a file
-    shorter now: cut, or rewritten?); `csv`, whether a row of empty cells (`,,,`) is no job."""
+    (device, inode); `lines` and `sizes`, the CRC-32 and length of each line read, its line end (\n, \r\n or
+    \r, as the reader takes them) left out (a file shorter now: cut, or rewritten?); `csv`, whether a row of
+    empty cells (`,,,`) is no job; `ended`, whether the last line read had its line end."""
 
     count: int
     digest: bytes
@@ -421,6 +423,7 @@ class JobsRead:
     lines: array.array = field(default_factory=lambda: array.array("I"))
     sizes: array.array = field(default_factory=lambda: array.array("Q"))
     csv: bool = False
+    ended: bool = True
 
     def since(self, path: Path) -> str | None:
         """What became of the file at `path` since it was read to its end, as the end of a sentence that starts
@@ -429,9 +432,9 @@ class JobsRead:
             found = os.stat(path)
             if (found.st_dev, found.st_ino) != self.file:
                 return "was replaced after the batch had read it; the same command runs the jobs it holds now"
+            if found.st_size < self.count:  # cut short after the read (the jobs read were run), or rewritten
+                return self._rewritten(path)
             with open(path, "rb") as f:
-                if found.st_size < self.count:  # cut short after the read (the jobs read were run), or rewritten
-                    return self._rewritten(f)
                 again = hashlib.sha256()
                 at = 0
                 while at < self.count:
@@ -451,19 +454,27 @@ class JobsRead:
         lines = "a line" if added == 1 else f"{added} lines"
         return f"got {lines} after the batch had read it to its end; the same command runs the jobs added"
 
-    def _rewritten(self, f: IO[bytes]) -> str | None:
-        """REWRITTEN where a line of `f` (shorter than what was read) is not the one read there; None for the
-        read's first bytes (a cut, at a line's end or within one)."""
-        for number, line in enumerate(f):
-            whole = line.endswith(b"\n")
-            body = line.removesuffix(b"\n").removesuffix(b"\r")  # as _Read keeps it
+    def _rewritten(self, path: Path) -> str | None:
+        """REWRITTEN where a line of the file at `path` (shorter than what was read) is not the one read there;
+        None for the read's first bytes (a cut, at a line's end or within one)."""
+        now = _Read(open(path, "rb", buffering=0))
+        try:
+            while now.read(1 << 20):
+                pass
+            found = now.done()
+        finally:
+            now.close()
+        whole = len(found.lines) - (0 if found.ended else 1)
+        for number in range(len(found.lines)):
             read = number < len(self.lines)
-            if read and len(body) == self.sizes[number] and zlib.crc32(body) == self.lines[number]:
-                continue  # the line read there (the last one may lack its newline: cut just before it)
-            if whole or not read or len(body) >= self.sizes[number]:  # a cut is shorter than the line read
+            if read and (found.lines[number], found.sizes[number]) == (self.lines[number], self.sizes[number]):
+                continue  # the line read there (the last one may lack its line end: cut just before it)
+            if number < whole or not read or found.sizes[number] >= self.sizes[number]:  # a cut is shorter
                 return REWRITTEN
             if not self.csv:  # no prefix of a JSON object parses: a line that does is another
-                return REWRITTEN if whole_line(body) else None
+                with open(path, "rb") as f:  # the last line: the file's last bytes
+                    f.seek(-found.sizes[number], os.SEEK_END)
+                    return REWRITTEN if whole_line(f.read()) else None
             # a row cut within is a row too, and only a CRC of the row read is kept: either may be
             return CUT_OR_REWRITTEN
         return None
@@ -475,8 +486,8 @@ class _Read(io.RawIOBase):
     def __init__(self, raw: io.FileIO, csv: bool = False):
         self.raw, self.hash, self.count, self.csv = raw, hashlib.sha256(), 0, csv
         self.start = os.fstat(raw.fileno())
-        # each line's CRC-32 and length, its line end (\n or \r\n) left out; those of the line read so far, and
-        # whether a \r ended the last block (a line end's, if a \n follows)
+        # each line's CRC-32 and length, its line end left out; those of the line read so far, and whether the
+        # last block ended in \r (a line end: \r\n if the next opens with \n)
         self.lines, self.sizes, self._line, self._size, self._cr = array.array("I"), array.array("Q"), 0, 0, False
 
     def readable(self) -> bool:
@@ -484,41 +495,40 @@ class _Read(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         n = self.raw.readinto(buffer) or 0
-        if not n:  # the end: a \r held back stays out, as a cut line's is
+        if not n:
             return 0
         block = bytes(memoryview(buffer)[:n])
         self.hash.update(block)
         self.count += n
         start = 0
-        while (end := block.find(b"\n", start)) != -1:
-            self._fold(block[start:end], True)
-            self.lines.append(self._line)
-            self.sizes.append(self._size)
-            self._line, self._size, start = 0, 0, end + 1
-        self._fold(block[start:], False)
+        if self._cr:  # the last block ended in \r: a line's end, whose \n (\r\n) may open this one
+            self._cr = False
+            start = 1 if block.startswith(b"\n") else 0
+        for end in _LINE_END.finditer(block, start):
+            self._line = zlib.crc32(block[start:end.start()], self._line)
+            self._size += end.start() - start
+            start = end.end()
+            self._cr = end.group() == b"\r" and start == n  # its \n, if any, is the next block's
+            self._end_line()
+        self._line = zlib.crc32(block[start:], self._line)
+        self._size += n - start
         return n
 
-    def _fold(self, data: bytes, line_end: bool) -> None:
-        """`data`, the next bytes of the line read so far (up to its \n where `line_end`), into its CRC and
-        length, a \r before the \n left out."""
-        if self._cr and not (line_end and not data):  # the \r held back was the line's own
-            self._line, self._size = zlib.crc32(b"\r", self._line), self._size + 1
-        self._cr = False
-        if data.endswith(b"\r"):
-            data, self._cr = data[:-1], not line_end
-        self._line, self._size = zlib.crc32(data, self._line), self._size + len(data)
+    def _end_line(self) -> None:
+        self.lines.append(self._line)
+        self.sizes.append(self._size)
+        self._line, self._size = 0, 0
 
     def fileno(self) -> int:
         return self.raw.fileno()
 
     def done(self) -> JobsRead:
         """What was read, once the read is at its end."""
-        if self._size:  # a last line read without its newline (a \r at its end left out, as a cut line's is)
-            self.lines.append(self._line)
-            self.sizes.append(self._size)
-            self._line, self._size = 0, 0
+        ended = not self._size
+        if not ended:  # a last line read without its line end
+            self._end_line()
         return JobsRead(self.count, self.hash.digest(), (self.start.st_dev, self.start.st_ino), self.lines,
-                        self.sizes, self.csv)
+                        self.sizes, self.csv, ended)
 
     def close(self) -> None:
         self.raw.close()

@@ -337,20 +337,21 @@ def test_serve_takes_a_blank_keep_as_the_servers_value(tmp_path):
 
 
 @pytest.mark.parametrize("text", [b"a,b\r\nc,d\r\n", b"a,b\nc\rd\r\n\r\n", b"x" * 20 + b"\r\n" + b"y\r", b"\r\n\r\n",
-                                  b"one\r\ntwo"])
+                                  b"one\r\ntwo", b"a\rb\rc", b"\r\r\n\n"])
 def test_a_jobs_files_lines_are_kept_without_their_line_ends_whatever_the_blocks(tmp_path, text):
-    """Each line's CRC and length leave its \\n or \\r\\n out, however the reads cut the file (a \\r at one
-    block's end, its \\n at the next's): a CRLF file (what Excel and csv.writer write) that lost only its last
-    line end was said rewritten (review of stop 53)."""
-    import io
+    """Each line's CRC and length leave its line end out (\\n, \\r\\n or \\r, as the reader takes them), however
+    the reads cut the file (a \\r at one block's end, its \\n at the next's): a CRLF file (what Excel and
+    csv.writer write) that lost only its last line end was said rewritten (review of stop 53), and a JSONL file
+    with \\r line ends rewritten shorter was taken as cut, its new job never run (probe 54a, 1)."""
+    import re
     import zlib
 
     from styleengine.engine.jobs import _Read
 
     path = tmp_path / "j.csv"
     path.write_bytes(text)
-    lines = [line.removesuffix(b"\n").removesuffix(b"\r") for line in io.BytesIO(text)]
-    lines = [line for n, line in enumerate(lines) if line or n < len(lines) - 1 or text.endswith(b"\n")]
+    *lines, last = re.split(rb"\r\n|\r|\n", text)  # as the reader takes line ends (universal newlines)
+    lines += [last] if last else []
     for block in (1, 2, 3, 5, 8192):
         read = _Read(open(path, "rb", buffering=0))
         buffer = bytearray(block)
@@ -402,3 +403,20 @@ def test_tune_says_why_bf16_is_not_in_its_table(monkeypatch, capsys, tmp_path):
     assert code == 0 and "bf16" not in out.split("auto:")[0], out
     assert "bf16 is not timed: this CPU has no bf16 units (AMX, AVX-512 BF16)" in err, err
     assert autotune.TUNE_VERSION == 5
+
+
+def test_a_jsonl_jobs_file_with_cr_line_ends_rewritten_shorter_is_said(tmp_path):
+    """(probe 54a, 1) The reader takes \\r as a line end; the rewrite check took the file as one line."""
+    from styleengine.engine.jobs import iter_jobs
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"")
+    job = '{"content": "c.png", "styles": ["s.png"], "output": "%s.png"}'
+    path = tmp_path / "j.jsonl"
+    path.write_text("\r".join(job % n for n in ("a", "b", "bbb")) + "\r", newline="")
+    read: list = []
+    assert len(list(iter_jobs(path, tmp_path / "out", read))) == 3
+    path.write_text((job % "a") + "\r" + (job % "n") + "\r", newline="")
+    assert read[0].since(path).startswith("was rewritten after the batch had read it")
+    path.write_text((job % "a") + "\r" + (job % "b"), newline="")  # its last line end cut
+    assert read[0].since(path) is None
