@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator
 
@@ -240,9 +241,21 @@ def whole_line(tail: bytes) -> bool:
     return _parsed(tail) is not _NOT_JSON
 
 
-# how every line a batch or server writes starts: its keys sorted (Manifest.append), "batch" the first of a
-# result's (batch.Result.manifest_line)
+# how every line a batch or server writes starts: its keys sorted (Manifest.append), "batch" (a count) and
+# "device" the first two of a result's (batch.JobResult.manifest_line)
 _LINE_START = b'{"batch": '
+_LINE_ON = b', "device": "'
+
+
+def _torn_of_ours(tail: bytes) -> bool:
+    """Whether `tail` is a prefix of how a line of ours starts (`{"batch": 3, "device": "`, or all of that and
+    more): a prefix of another tool's line that happens to start `{"batch": ` is not (probe 54a, 2)."""
+    if not _LINE_START.startswith(tail[:len(_LINE_START)]):
+        return False
+    count = re.match(rb"\d*", tail[len(_LINE_START):])
+    assert count is not None  # \d* matches the empty string
+    after = tail[len(_LINE_START) + count.end():]
+    return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]))
 
 
 def _written_by_us(data: bytes) -> bool:
@@ -256,7 +269,7 @@ def _written_by_us(data: bytes) -> bool:
             return True
     # nothing but a first line torn (a prefix of a line we write, which parses only whole) or zeroed
     return not found and (not tail.strip(b" \t\r\0") or b"\0" in tail
-                          or (_LINE_START.startswith(tail[:len(_LINE_START)]) and not whole_line(tail)))
+                          or (_torn_of_ours(tail) and not whole_line(tail)))
 
 
 class Manifest:

@@ -112,7 +112,9 @@ def test_a_jobs_line_past_pythons_limits_or_an_id_of_thousands_of_characters_is_
     b"{}",
     b'{"audio_filepath": "a.wav", "duration": 1.0}',  # one whole line: no newline, yet no torn line of ours
     # one line that does not parse is no torn line of ours either (probe 53a, 1): ours starts '{"batch": '
-    b'{"a": 1}{"b": 2}', b'{"text": "caf\xe9"}', b'{"a": 1,}', b'{"id": "x", "status": "ok"} // a comment'])
+    b'{"a": 1}{"b": 2}', b'{"text": "caf\xe9"}', b'{"a": 1,}', b'{"id": "x", "status": "ok"} // a comment',
+    # nor one that starts as ours and goes on as no line of ours does (probe 54a, 2)
+    b'{"batch": 1, "path": "x.png"}{"batch": 2, "path": "y.png"}', b'{"batch": 1, "path": "x.png",}'])
 def test_another_tools_manifest_jsonl_in_out_is_neither_cut_nor_appended_to(tmp_path, monkeypatch, capsys, body):
     """A dataset's manifest.jsonl in --out (NeMo writes one per folder) lost its last record, "torn (a write cut
     short); cut off", and took the batch's line, exit 0 (probe 52b, 5): a file with no job's line is refused before
