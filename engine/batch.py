@@ -111,6 +111,10 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
             shapes = [paths.image_shape(p) for p in (job.content, *job.styles)]
             scales = None  # a file whose header cannot be read fails when it is loaded, saying why
             known = [shape for shape in shapes if shape is not None]
+            for role, path, shape in zip(("content image", *["style image"] * len(job.styles)),
+                                         (job.content, *job.styles), shapes):
+                if shape is not None:  # an image too small whatever the size: said as run says it (no advice)
+                    paths.check_sides(f"{role} {path}", shape)
             if len(known) == len(shapes):  # refused before `auto` measures for it (tens of seconds, for nothing)
                 check_shapes(settings, known[0], known[1:])
             settings = settings.resolved()

@@ -420,3 +420,23 @@ def test_a_jsonl_jobs_file_with_cr_line_ends_rewritten_shorter_is_said(tmp_path)
     assert read[0].since(path).startswith("was rewritten after the batch had read it")
     path.write_text((job % "a") + "\r" + (job % "b"), newline="")  # its last line end cut
     assert read[0].since(path) is None
+
+
+def test_a_batch_job_whose_image_is_under_the_least_side_is_told_so_not_a_size(tmp_path, monkeypatch, capsys):
+    """A 30x300 style image in a batch job was told '--size 315 and --scales 1', which failed again when
+    followed: the image itself is under 32 px a side, as run says at once (probe 54a, 6)."""
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_probe13 import FAST, _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_probe13 import FAST, _pictures
+
+    _pictures(tmp_path)
+    Image.new("RGB", (30, 300)).save(tmp_path / "thin.png")
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["thin.png"], "output": "t.png"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
+    assert code == 1 and f"style image {tmp_path / 'thin.png'} is 30x300 px; both sides must be at least 32 px" in err
+    assert "--size" not in err, err
