@@ -215,7 +215,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, IndexError) as e:  # IndexError: the unpickler's, on a few stray bytes
             calls = _pickle_calls(path)
             if calls:  # judged from the file itself: torch's wording of this error changes between versions
                 raise WeightsError(

@@ -162,6 +162,12 @@ def _other_weights(tmp_path):
     with tarfile.open(tmp_path / "t.pth", "w") as archive:
         archive.add(tmp_path / "member", arcname="member")
     (tmp_path / "t.safetensors").write_bytes((tmp_path / "t.pth").read_bytes())
+    (tmp_path / "three.pth").write_bytes(b"abc")  # torch's unpickler: IndexError, a traceback (probe 54a, 4)
+    (tmp_path / "one.pth").write_bytes(b"\x80")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    import gzip
+
+    (tmp_path / "tgz.pth").write_bytes(gzip.compress((tmp_path / "t.pth").read_bytes()))
 
 
 @pytest.mark.parametrize("name, said", [
@@ -169,11 +175,15 @@ def _other_weights(tmp_path):
     ("nul.pth", "begins with zero bytes, as no weights file does"),
     ("text.pth", "is text, not a PyTorch checkpoint"),
     ("t.pth", "is a tar archive, not a checkpoint of tensors"),
-    ("t.safetensors", "is a tar archive, not a checkpoint of tensors")])
+    ("t.safetensors", "is a tar archive, not a checkpoint of tensors"),
+    ("three.pth", "is only 3 bytes, not weights"), ("one.pth", "is only 1 byte, not weights"),
+    ("empty.pth", "is empty, not weights"), ("tgz.pth", "is gzip-compressed: decompress it (gunzip)")])
 def test_weights_of_another_kind_named_pth_are_told_what_they_are(tmp_path, name, said):
     """Weights named .pth got torch's words: a file of NULs or a tar, torch's advice to load it with
     weights_only=False; a checkpoint cut short, "[Errno 22] Invalid argument"; a text file, "101"; a tar named
-    .safetensors was "text" (probe 53a, 5). The run and --dry-run's check say the same."""
+    .safetensors was "text" (probe 53a, 5); 1 to 3 bytes were torch's IndexError traceback, and --dry-run passed
+    them, an empty file and a gzip'd one (probe 54a, 4, 5). The run and --dry-run's check say the same, but for
+    text, which torch's oldest checkpoints may be: the load tells."""
     from styleengine import paths
     from styleengine.errors import WeightsError
     from styleengine.model.weights import read_checkpoint
@@ -183,7 +193,7 @@ def test_weights_of_another_kind_named_pth_are_told_what_they_are(tmp_path, name
     with pytest.raises(WeightsError) as caught:
         read_checkpoint(path)
     assert str(caught.value) == f"{path} {said}" or str(caught.value).startswith(f"{path} {said}"), caught.value
-    assert paths.weights_problem(str(path)) == str(caught.value)
+    assert paths.weights_problem(str(path)) == (None if name == "text.pth" else str(caught.value))
     assert paths.weights_kind(tmp_path / "whole.pth") == "torch"
 
 

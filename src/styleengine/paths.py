@@ -184,8 +184,9 @@ def weights_kind(path: Path) -> str | None:
     its old pickle), "torchscript" (torch.jit.save's zip), "zip" (another), "pickle" (a plain one: torch.load
     reads none), "safetensors" (a little-endian header length, then the header's `{`), "text" (no such length:
     JSON, a protocol-0 pickle), an image ("a PNG image"), "cut zip" (a zip whose directory cannot be read),
-    "tar", "zeros" (its first bytes all zero: a power cut's, a failed copy's), or None (unreadable, or none of
-    these). Never unpickles: a zip's names are read from its directory."""
+    "tar", "gzip", "zeros" (its first bytes all zero: a power cut's, a failed copy's), "tiny" (under 8 bytes:
+    no weights file is), or None (unreadable, or none of these). Never unpickles: a zip's names are read from
+    its directory."""
     try:
         with open(path, "rb") as f:
             first = f.read(_FIRST)
@@ -193,10 +194,10 @@ def weights_kind(path: Path) -> str | None:
     except OSError:
         return None
     head = first[:len(TORCH_LEGACY)]
-    if first and not first.strip(b"\0"):
+    if size < 8:  # not even a safetensors header's length (torch's unpickler raised IndexError on 3 bytes)
+        return "tiny"
+    if not first.strip(b"\0"):
         return "zeros"
-    if first[257:262] == b"ustar":  # a tar header's magic (POSIX and GNU)
-        return "tar"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
     if head.startswith(b"PK\x03\x04"):
@@ -215,6 +216,10 @@ def weights_kind(path: Path) -> str | None:
     image = next((what for magic, what in _IMAGES.items() if head.startswith(magic)), None)
     if image is not None:
         return image
+    if first[257:262] == b"ustar":  # a tar header's magic (POSIX and GNU), after the stronger ones at 0
+        return "tar"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
     if len(head) >= 8 and all(32 <= b < 127 or b in b"\t\n\r" for b in head[:8]):
         return "text"  # as a header length: past any file
     return None
@@ -245,7 +250,13 @@ def named_as_another(path: Path, shown: str | None = None, before_load: bool = F
         return f"{name} is a tar archive, not a checkpoint of tensors; save the weights with torch.save or safetensors"
     if kind == "zeros":
         return f"{name} begins with zero bytes, as no weights file does (a power cut or a failed copy?)"
-    if suffix in TORCH_SUFFIXES and kind == "text":
+    if kind == "tiny":
+        size = os.path.getsize(path)
+        return f"{name} is empty, not weights" if not size else \
+            f"{name} is only {size} byte{'s' if size > 1 else ''}, not weights"
+    if kind == "gzip":
+        return f"{name} is gzip-compressed: decompress it (gunzip), then give the checkpoint it holds"
+    if suffix in TORCH_SUFFIXES and kind == "text" and not before_load:  # torch's oldest files may be text
         return f"{name} is text, not a PyTorch checkpoint"
     if kind == "pickle" and not (before_load and suffix in TORCH_SUFFIXES):
         return (f"{name} is a plain Python pickle (pickle.dump), not a PyTorch checkpoint; save the weights with "
