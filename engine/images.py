@@ -299,13 +299,15 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
     pil = to_pil(image)
     try:
         encoded = io.BytesIO()
-        if text:
+        if text and fmt == "PNG":
             from PIL.PngImagePlugin import PngInfo
 
             info = PngInfo()
             for key, value in text.items():
                 info.add_text(key, value)
             pil.save(encoded, format=fmt, pnginfo=info)
+        elif text and fmt == "JPEG":  # its comment segment, as paths.marked reads it
+            pil.save(encoded, format=fmt, comment="\n".join(f"{k}: {v}" for k, v in text.items()).encode())
         else:
             pil.save(encoded, format=fmt)
         with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within, within_fd) as f:

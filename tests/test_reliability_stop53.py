@@ -450,3 +450,35 @@ def test_a_batch_job_whose_image_is_under_the_least_side_is_told_so_not_a_size(t
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
     assert code == 1 and f"style image {tmp_path / 'thin.png'} is 30x300 px; both sides must be at least 32 px" in err
     assert "--size" not in err, err
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_save_every_keeps_a_users_picture_at_a_snapshots_name(tmp_path, monkeypatch, capsys, suffix):
+    """`-o o.png --save-every 1` replaced the user's own o_2.png with a snapshot, exit 0, no word (probe 54b, 1):
+    a file there is refused before any work unless it is an earlier snapshot of that output, as a rerun finds."""
+    from PIL import Image
+
+    try:
+        from test_cli import run_cli
+        from test_reliability_batch import one_error_line
+        from test_reliability_probe13 import _pictures
+    except ModuleNotFoundError:
+        from tests.test_cli import run_cli
+        from tests.test_reliability_batch import one_error_line
+        from tests.test_reliability_probe13 import _pictures
+
+    _pictures(tmp_path)
+    output = tmp_path / f"o{suffix}"
+    flags = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch", "--save-every", "1"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", output, *flags)
+    assert code == 0 and (tmp_path / f"o_2{suffix}").is_file(), err
+    # a rerun replaces its own snapshots
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", output, *flags)
+    assert code == 0, err
+    mine = tmp_path / f"o_2{suffix}"
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(mine)
+    before = mine.read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", output, *flags)
+    assert one_error_line(code, err) == (f"error: cannot write --save-every snapshot {mine}: a file is there that is "
+                                         f"not an earlier snapshot of o{suffix}; move it, or choose another -o"), err
+    assert mine.read_bytes() == before

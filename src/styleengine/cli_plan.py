@@ -24,6 +24,19 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
     return output.with_name(f"{output.stem}_{iteration:0{len(str(iterations))}d}{output.suffix}")
 
 
+SNAPSHOT = "styleengine-snapshot"  # a snapshot's mark (images.save_image's text): the output it is a snapshot of
+MARKABLE = (".png", ".jpg", ".jpeg")  # snapshots of other formats carry no mark, and replace what is there
+
+
+def check_snapshots(saves: list[Path], output: Path) -> None:
+    """ConfigError for a file at a snapshot's name that is not an earlier snapshot of `output` (a user's picture
+    named o_2.png was replaced, unsaid)."""
+    for path in saves:
+        if path.suffix.lower() in MARKABLE and os.path.lexists(path) and paths.marked(path, SNAPSHOT) != output.name:
+            raise ConfigError(f"cannot write --save-every snapshot {path}: a file is there that is not an earlier "
+                              f"snapshot of {output.name}; move it, or choose another -o")
+
+
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,
                  trace: Path | None, dry: bool = False, through: bool = True) -> None:
     """Every file the job writes can be written, and none of them is one it reads (dry: asked, nothing made;
@@ -41,6 +54,7 @@ def check_files(*, content: Path | None, styles: list[Path], output: Path, setti
     for path, what in [(output, "output"), *((p, "--save-every snapshot") for p in saves), (trace, "trace")]:
         if path is not None:
             paths.check_not_an_input(path, what, inputs)
+    check_snapshots(saves, output)  # after the inputs: a snapshot that is one is said as one
     if trace is not None:
         for path, what in [(output, "the output image"), *((p, "a --save-every snapshot") for p in saves)]:
             if paths.same_file(trace, path):

@@ -999,6 +999,26 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
         raise ConfigError(f"cannot use {what} {root}{named}: {reason}") from None
 
 
+def marked(path: str | os.PathLike, key: str) -> str | None:
+    """The value images.save_image wrote under `key` into the image at `path` (a PNG's text, a JPEG's comment), or
+    None: none there, or no image PIL reads."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            if opened.format == "PNG":
+                value = opened.info.get(key)
+                return value if isinstance(value, str) else None
+            comment = opened.info.get("comment", b"")
+            for line in (comment.decode("utf-8", "replace") if isinstance(comment, bytes) else "").splitlines():
+                name, _, value = line.partition(": ")
+                if name == key:
+                    return value
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return None
+
+
 def image_format(path: Path) -> str:
     """PIL's format for `path`'s suffix, one it can save; ImageError otherwise."""
     from PIL import Image
