@@ -482,3 +482,24 @@ def test_save_every_keeps_a_users_picture_at_a_snapshots_name(tmp_path, monkeypa
     assert one_error_line(code, err) == (f"error: cannot write --save-every snapshot {mine}: a file is there that is "
                                          f"not an earlier snapshot of o{suffix}; move it, or choose another -o"), err
     assert mine.read_bytes() == before
+
+
+def test_a_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
+    """A signal just after a row's "ok" line, before its partial --json was written, lost a row the user had seen
+    done: "b.json not written" (probe 54b, 2). The row's last line is said once --json holds it."""
+    try:
+        from test_reliability_stop47 import bench_of_two_sizes
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop47 import bench_of_two_sizes
+    from styleengine import cli_bench
+
+    real, path = cli_bench.write_json, tmp_path / "b.json"
+
+    def write_json(*args, **kwargs):  # the signal lands between the row's round and its write
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_bench, "write_json", write_json)
+    code, err = bench_of_two_sizes(monkeypatch, capsys, lambda: None, "--json", path)
+    assert code == 143, err
+    assert "32x32: ok" not in err and f"{path} not written" in err, err

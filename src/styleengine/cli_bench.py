@@ -272,14 +272,19 @@ def bench(
     partial_failed: list[OSError] = []
     partial_rows = [0]  # rows of the last partial document written: what --json holds if the final write fails
 
+    shown: list[str] = []  # a row's last round line, held until its row is in --json
+
     def progress(event: str, config: Config, row: dict | None) -> None:
         if row is None:
             return
         if event == "round" or (event == "done" and limit):  # run_all reports rounds, the limit search probes
             turn = f" round {row['round']}/{row['rounds']}" if event == "round" and row["rounds"] > 1 else ""
             detail = f"{fmt_time(row['median_s'])}/iter" if row["status"] == "ok" else row["reason"]
-            err.print(f"  {series_name(row)} {config.height}x{config.width}{turn}: {row['status']} ({detail})",
-                      highlight=False)
+            line = f"  {series_name(row)} {config.height}x{config.width}{turn}: {row['status']} ({detail})"
+            if json_path is not None and event == "round" and row["round"] == row["rounds"]:
+                shown.append(line)  # said once --json holds the row: a signal between lost a row shown as ok
+            else:
+                err.print(line, highlight=False)
         if event == "done":
             if json_path is not None:  # a partial document after every row: an interrupted run keeps its rows
                 finished.append(dict(row))
@@ -296,6 +301,9 @@ def bench(
                                 first_line(e))
                         err.print(f"warning: {said}; the run goes on", highlight=False, markup=False)
                     partial_failed.append(e)
+            for line in shown:
+                err.print(line, highlight=False)
+            shown.clear()
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
     if limit and time_budget is None:
