@@ -279,7 +279,7 @@ def test_a_client_gone_mid_upload_and_a_stop_with_an_upload_coming_in_are_one_li
     assert answer.startswith(b"HTTP/1.1 503"), answer
     assert "Traceback" not in out and "Exception in ASGI application" not in out, out
     assert out.count("a client went away during its upload; nothing queued") == 1, out
-    assert "the server is stopping: POST /api/jobs, still coming in, was dropped" in out, out
+    assert "the server is stopping: POST /api/jobs, unfinished when its wait ran out, was answered 503" in out, out
 
 
 @pytest.mark.parametrize("command", ["batch", "video", "serve"])

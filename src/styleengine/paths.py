@@ -318,6 +318,11 @@ def not_a_file(path: str | os.PathLike) -> str | None:
         return f"cannot be read ({_reason(e).lower()})"
     except ValueError:  # os.stat's "embedded null byte", or a lone surrogate (UnicodeEncodeError)
         return f"cannot be read ({unnameable(path) or 'a path no file system takes'})"
+    return _mode_problem(mode)
+
+
+def _mode_problem(mode: int) -> str | None:
+    """not_a_file's words for a file of this st_mode (None: a regular file)."""
     for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (a named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -627,14 +632,15 @@ def names_a_descriptor(path: str | os.PathLike) -> bool:
 
 def _refuse_special(path: Path, dir_fd: int | None = None) -> None:
     """OSError where a FIFO, socket or device is at `path` (its name at `dir_fd`): put there during the run, it is
-    another program's, as it is at the start; a file, folder or link is replaced as the checks before found it."""
+    another program's, as it is at the start; a file, folder or link is replaced as the checks before found it.
+    One put there between this look and the rename is replaced: no call renames only onto a regular file."""
     try:
         mode = os.stat(path.name if dir_fd is not None else path, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
         return
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-        raise OSError(errno.EEXIST, f"it {not_a_file(path) or 'is not a regular file'} (put there during the run; "
-                                    f"not replaced)", os.fspath(path))
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):  # said of the mode found
+        raise OSError(errno.EEXIST, f"it {_mode_problem(mode)} (put there during the run; not replaced)",
+                      os.fspath(path))
 
 
 @contextlib.contextmanager

@@ -475,7 +475,11 @@ def create_app(config: Config, store: JobStore | None = None,
             store = state.get("store")
             if store is None or not store.draining:
                 raise
-            log.info("the server is stopping: %s %s, still coming in, was dropped", request.method, path)
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11's
+            if uncancel is not None:
+                uncancel()  # answered: the cancel is spent here
+            log.info("the server is stopping: %s %s, unfinished when its wait ran out, was answered 503",
+                     request.method, path)
             return _one_line(503, "the server is stopping; submit the job again once it is back")
 
     async def job_or_404(job_id: str) -> Job:
@@ -525,7 +529,7 @@ def create_app(config: Config, store: JobStore | None = None,
         try:
             content, styles, values, keep, recipe = await _read_form(request, config)
         except ClientDisconnect:  # a tab closed, a connection lost: the network's, no fault of the server's
-            if not current().draining:  # else said as dropped by the stop (_auth)
+            if not current().draining:  # a stop's own: said by _auth where the stop cut it off
                 log.info("a client went away during its upload; nothing queued")
             raise HTTPException(400, "the upload ended before its end") from None
         if len(styles) > MAX_STYLES:
