@@ -503,3 +503,14 @@ def test_a_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
     code, err = bench_of_two_sizes(monkeypatch, capsys, lambda: None, "--json", path)
     assert code == 143, err
     assert "32x32: ok" not in err and f"{path} not written" in err, err
+
+
+def test_help_without_rich_shows_no_escapes():
+    """With TYPER_USE_RICH=0 typer prints help as text: the escape that keeps '[ray]' from Rich was shown,
+    'styleengine\\\\[ray]' (review of stop 53)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "styleengine", "batch", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "TYPER_USE_RICH": "0", "COLUMNS": "200"}, timeout=120)
+    assert proc.returncode == 0 and "Needs styleengine[ray]" in proc.stdout, proc.stdout + proc.stderr

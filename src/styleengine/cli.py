@@ -86,12 +86,16 @@ def _load(name: str) -> click.Command | None:
     command.name = name
     from rich.markup import escape
 
-    # help as written: typer reads it as Rich markup, and "styleengine[ray]" lost its "[ray]"
-    command.help = escape(command.help) if command.help else command.help
+    # help as written: typer reads it as Rich markup, and "styleengine[ray]" lost its "[ray]" (where it does
+    # not, TYPER_USE_RICH=0, an escape would be shown)
+    marked = typer.core.HAS_RICH and typer.core.DEFAULT_MARKUP_MODE == "rich"
+    if marked and command.help:
+        command.help = escape(command.help)
     for param in command.params:
         _read_numbers_strictly(param)
-        if getattr(param, "help", None):
-            param.help = escape(param.help)
+        written = getattr(param, "help", None)  # options and typer's arguments carry one
+        if marked and written:
+            setattr(param, "help", escape(written))
     return command
 
 
