@@ -450,20 +450,26 @@ def test_lbfgs_gradient_scaling_keeps_loss_and_tames_the_gradient():
     assert result.stopped is None and torch.isfinite(result.image).all()
 
 
-def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
-    """`styleengine tune` measures (whatever STYLEENGINE_TUNE says) and prints every candidate and the pick."""
-    from styleengine.engine import autotune
-
+def tune_timed(monkeypatch, capsys, tmp_path, bf16: bool) -> tuple[int, str, str]:
+    """`tune` of the torch candidates on the cpu, on a CPU with or without bf16 units (whatever this one has),
+    each candidate timed 100 ms slower than the one before: (exit code, stdout, stderr)."""
     import dataclasses
 
+    from styleengine.engine import autotune
+
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
-    here = autotune.probe()  # with bf16 units, whatever this CPU has: three candidates
-    monkeypatch.setattr(autotune, "probe", lambda: dataclasses.replace(here, bf16=True))
+    here = autotune.probe()
+    monkeypatch.setattr(autotune, "probe", lambda: dataclasses.replace(here, bf16=bf16))
     monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side, export_all: [
         autotune.Trial(*o, seconds=(0.2 + 0.1 * i,) * 3) for i, o in enumerate(options)])
     autotune._memo.clear()
-    code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "64", "--weights", "random", "--device", "cpu",
-                             "--backend", "torch")
+    return run_cli(monkeypatch, capsys, "tune", "--size", "64", "--weights", "random", "--device", "cpu",
+                   "--backend", "torch")
+
+
+def test_tune_prints_the_table_it_chose_from(monkeypatch, capsys, tmp_path):
+    """`styleengine tune` measures (whatever STYLEENGINE_TUNE says) and prints every candidate and the pick."""
+    code, out, err = tune_timed(monkeypatch, capsys, tmp_path, bf16=True)  # three candidates
     assert code == 0, err
     table = out.split("auto:")[0]  # rich wraps the table's cells to the terminal
     assert "(chosen)" in table and "bf16" in table and "200.00 ms" in table and "400.00 ms" in table

@@ -394,22 +394,13 @@ def test_a_crlf_jobs_file_that_lost_its_last_line_end_is_no_rewrite(tmp_path, no
 def test_tune_says_why_bf16_is_not_in_its_table(monkeypatch, capsys, tmp_path):
     """On a CPU without bf16 units tune's table had no bf16 row and no word why (review of stop 53); a record kept
     before bf16 left the candidates is measured again (TUNE_VERSION 5), not called damaged."""
-    import dataclasses
-
     try:
-        from test_cli import run_cli
+        from test_cli import tune_timed
     except ModuleNotFoundError:
-        from tests.test_cli import run_cli
+        from tests.test_cli import tune_timed
     from styleengine.engine import autotune
 
-    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path))
-    here = autotune.probe()
-    monkeypatch.setattr(autotune, "probe", lambda: dataclasses.replace(here, bf16=False))
-    monkeypatch.setattr(autotune, "measure_candidates", lambda settings, where, options, side, export_all: [
-        autotune.Trial(*o, seconds=(0.2 + 0.1 * i,) * 3) for i, o in enumerate(options)])
-    autotune._memo.clear()
-    code, out, err = run_cli(monkeypatch, capsys, "tune", "--size", "64", "--weights", "random", "--device", "cpu",
-                             "--backend", "torch")
+    code, out, err = tune_timed(monkeypatch, capsys, tmp_path, bf16=False)
     assert code == 0 and "bf16" not in out.split("auto:")[0], out
     assert "bf16 is not timed: this CPU has no bf16 units (AMX, AVX-512 BF16)" in err, err
     assert autotune.TUNE_VERSION == 5
