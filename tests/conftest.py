@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -48,6 +49,16 @@ _SKIP_SHARED = (
     f"shared VGG16 weights not found at {_DEFAULT_SHARED_WEIGHTS} "
     "(set STYLEENGINE_SHARED_WEIGHTS to the file or its folder)"
 )
+
+
+@pytest.fixture(autouse=True)
+def no_signal_left_over():
+    """A test whose command a signal stopped leaves it recorded; the next test's command, invoked without
+    main()'s handlers (CliRunner), would say it was interrupted as it ended."""
+    yield
+    cli = sys.modules.get("styleengine.cli")
+    if cli is not None:
+        cli.signals.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)

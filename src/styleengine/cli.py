@@ -260,6 +260,11 @@ class _Signals:
             signal.signal(signal.SIGALRM, self._alarm)
             self._alarm = None
 
+    def clear(self) -> None:
+        """Forget the last command's signal: each command starts with none (tests run many in one process)."""
+        self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
+        self._coming, self._holding = None, False
+
     @contextlib.contextmanager
     def installed(self, exiting: bool = False):
         """Route SIGINT, SIGTERM and SIGHUP to _handle for the duration (main thread only; others keep Python's).
@@ -268,9 +273,8 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.received, self.reported, self._held, self._forward, self._finished = None, False, False, None, False
-        self._coming = None
-        self._holding, self._installing = False, True
+        self.clear()
+        self._installing = True
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
