@@ -225,8 +225,8 @@ def _manifest_problem(entry: Any) -> str | None:
 
 def _parsed(line: bytes) -> Any:
     """A line as JSON, or _NOT_JSON."""
-    try:
-        return json.loads(line.decode("utf-8"))
+    try:  # utf-8-sig: an editor's byte-order mark before the first line
+        return json.loads(line.decode("utf-8-sig"))
     except (ValueError, RecursionError):  # not UTF-8, not JSON (the empty tail of a whole file among them)
         return _NOT_JSON
 
@@ -372,7 +372,7 @@ class Manifest:
             if not raw.strip():
                 continue
             try:
-                entry = json.loads(raw.decode("utf-8"))
+                entry = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # an editor's BOM
             except UnicodeDecodeError:
                 problem: str | None = "not UTF-8 text"
             except json.JSONDecodeError as e:

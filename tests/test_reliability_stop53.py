@@ -505,3 +505,23 @@ def test_help_without_rich_shows_no_escapes():
     proc = subprocess.run([sys.executable, "-m", "styleengine", "batch", "--help"], capture_output=True, text=True,
                           env={**os.environ, "TYPER_USE_RICH": "0", "COLUMNS": "200"}, timeout=120)
     assert proc.returncode == 0 and "Needs styleengine[ray]" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("lines", [1, 3])
+def test_a_manifest_of_ours_saved_with_a_bom_is_still_ours(tmp_path, monkeypatch, capsys, lines):
+    """A manifest opened and saved by an editor that adds a UTF-8 byte-order mark: one line was refused as another
+    tool's file, and of three the first was 'not JSON' and its job ran again (stop 53's note). The mark is read as
+    the editor meant it: every job is skipped."""
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    assert code == 0, err
+    kept = manifest.read_bytes().splitlines(keepends=True)[:lines]
+    manifest.write_bytes(b"\xef\xbb\xbf" + b"".join(kept))
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 0 and f"{3 - lines} ok, {lines} skipped, 0 failed" in err, err
+    assert "line 1" not in err, err
