@@ -272,7 +272,7 @@ def bench(
     partial_failed: list[OSError] = []
     partial_rows = [0]  # rows of the last partial document written: what --json holds if the final write fails
 
-    shown: list[str] = []  # a row's last round line, held until its row is in --json
+    shown: dict[Config, str] = {}  # a row's last round line, held until that row is in --json
 
     def progress(event: str, config: Config, row: dict | None) -> None:
         if row is None:
@@ -282,7 +282,7 @@ def bench(
             detail = f"{fmt_time(row['median_s'])}/iter" if row["status"] == "ok" else row["reason"]
             line = f"  {series_name(row)} {config.height}x{config.width}{turn}: {row['status']} ({detail})"
             if json_path is not None and event == "round" and row["round"] == row["rounds"]:
-                shown.append(line)  # said once --json holds the row: a signal between lost a row shown as ok
+                shown[config] = line  # said once --json holds the row: a signal between lost a row shown as ok
             else:
                 err.print(line, highlight=False)
         if event == "done":
@@ -301,9 +301,8 @@ def bench(
                                 first_line(e))
                         err.print(f"warning: {said}; the run goes on", highlight=False, markup=False)
                     partial_failed.append(e)
-            for line in shown:
-                err.print(line, highlight=False)
-            shown.clear()
+            if config in shown:  # its own line only: a size's rows take turns, their lines come before any is done
+                err.print(shown.pop(config), highlight=False)
 
     budget_bytes = int(mem_budget * 2**30) if mem_budget else None
     if limit and time_budget is None:
