@@ -306,8 +306,9 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
             for key, value in text.items():
                 info.add_text(key, value)
             pil.save(encoded, format=fmt, pnginfo=info)
-        elif text and fmt == "JPEG":  # its comment segment, as paths.marked reads it
-            pil.save(encoded, format=fmt, comment="\n".join(f"{k}: {v}" for k, v in text.items()).encode())
+        elif text and fmt == "JPEG":  # its comment segment, one key, as paths.marked reads it
+            (key, value), = text.items()
+            pil.save(encoded, format=fmt, comment=f"{key}: {value}".encode())
         else:
             pil.save(encoded, format=fmt)
         with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within, within_fd) as f:

@@ -27,7 +27,7 @@ from styleengine.cli import signals
 from styleengine import paths
 from styleengine.engine import images, loop, masks
 from styleengine.engine.images import rescue, rescued
-from styleengine.cli_plan import SNAPSHOT, check_files, numbered
+from styleengine.cli_plan import SNAPSHOT, check_files, numbered, snapshot_mark, snapshot_problem
 from styleengine.engine.stylise import Settings, check_run, load_init, load_run_weights, stylise
 from styleengine.engine.settings import style_roles
 from styleengine.console import warnings_on
@@ -346,7 +346,11 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                 if every and record.iteration % every == 0 and record.iteration < total:
                     path = numbered(output, record.iteration, total)
                     try:
-                        images.save_image(current(), path, text={SNAPSHOT: output.name})
+                        problem = snapshot_problem(path, output)  # checked at the start; one put there since
+                        if problem is not None:
+                            raise ImageError(f"cannot write {path}: {problem} (put there during the run; not "
+                                             f"replaced)")
+                        images.save_image(current(), path, text={SNAPSHOT: snapshot_mark(output)})
                     except ImageError as e:  # a lost snapshot is no reason to lose the run
                         if not failures:
                             failures.append(f"{e}; later snapshots were still tried")

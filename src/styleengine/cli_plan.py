@@ -25,16 +25,35 @@ def numbered(output: Path, iteration: int, iterations: int) -> Path:
 
 
 SNAPSHOT = "styleengine-snapshot"  # a snapshot's mark (images.save_image's text): the output it is a snapshot of
-MARKABLE = (".png", ".jpg", ".jpeg")  # snapshots of other formats carry no mark, and replace what is there
+MARKED = ("PNG", "JPEG")  # snapshots of other formats carry no mark, and replace what is there
+
+
+def snapshot_mark(output: Path) -> str:
+    """The mark a snapshot of `output` carries: its name's bytes, one latin-1 character each, so that any name a
+    file system takes can be written (a name not UTF-8 lost every snapshot) and read back as it was."""
+    return os.fsencode(output.name).decode("latin-1")
+
+
+def snapshot_problem(path: Path, output: Path) -> str | None:
+    """Why a --save-every snapshot of `output` may not be written at `path` (what is there is not an earlier
+    snapshot of it: a user's picture, a FIFO), or None."""
+    if not os.path.lexists(path):
+        return None
+    kind = paths.not_a_file(path)  # a FIFO's open would wait for a writer
+    if kind is not None:
+        return f"it {kind}"
+    if paths.image_format(path) in MARKED and paths.marked(path, SNAPSHOT) != snapshot_mark(output):
+        return f"a file is there that is not an earlier snapshot of {output.name}"
+    return None
 
 
 def check_snapshots(saves: list[Path], output: Path) -> None:
     """ConfigError for a file at a snapshot's name that is not an earlier snapshot of `output` (a user's picture
     named o_2.png was replaced, unsaid)."""
     for path in saves:
-        if path.suffix.lower() in MARKABLE and os.path.lexists(path) and paths.marked(path, SNAPSHOT) != output.name:
-            raise ConfigError(f"cannot write --save-every snapshot {path}: a file is there that is not an earlier "
-                              f"snapshot of {output.name}; move it, or choose another -o")
+        problem = snapshot_problem(path, output)
+        if problem is not None:
+            raise ConfigError(f"cannot write --save-every snapshot {path}: {problem}; move it, or choose another -o")
 
 
 def check_files(*, content: Path | None, styles: list[Path], output: Path, settings: Settings,

@@ -1007,22 +1007,20 @@ def check_cache_dir(root: Path, env_var: str | None = None, what: str = "the cac
 
 def marked(path: str | os.PathLike, key: str) -> str | None:
     """The value images.save_image wrote under `key` into the image at `path` (a PNG's text, a JPEG's comment), or
-    None: none there, or no image PIL reads."""
+    None: none there, or no regular file PIL reads (a FIFO is not waited on)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as opened:
+        with os.fdopen(open_regular(path, follow=True), "rb") as f, Image.open(f) as opened:
             if opened.format == "PNG":
                 value = opened.info.get(key)
                 return value if isinstance(value, str) else None
             comment = opened.info.get("comment", b"")
-            for line in (comment.decode("utf-8", "replace") if isinstance(comment, bytes) else "").splitlines():
-                name, _, value = line.partition(": ")
-                if name == key:
-                    return value
+            # the comment is the one key (images.save_image): a value may hold any character but a NUL
+            name, _, value = (comment.decode("utf-8", "replace") if isinstance(comment, bytes) else "").partition(": ")
+            return value if name == key else None
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    return None
 
 
 def image_format(path: Path) -> str:

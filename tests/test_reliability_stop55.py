@@ -1,0 +1,116 @@
+"""Issue 23, stop 55: probe 55's findings (on d5ca44a)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+try:
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import _pictures
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import _pictures
+
+SNAPSHOTS = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch", "--save-every", "1"]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp"])
+def test_a_fifo_at_any_snapshots_name_is_refused_at_once(tmp_path, suffix):
+    """A FIFO at o_1.png (not the last snapshot's name, which was checked as an output) hung `run` before any work,
+    no word: the mark's check opened it and waited for a writer (probe 55a, 1). At o_1.bmp, which carries no mark,
+    it was said 'put there during the run' at the end (55a, 2). Each is refused at the start."""
+    _pictures(tmp_path)
+    os.mkfifo(tmp_path / f"o_1{suffix}")
+    done = subprocess.run([sys.executable, "-m", "styleengine", "run", "c.png", "s.png", "-o", f"o{suffix}",
+                           *SNAPSHOTS], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "STYLEENGINE_TUNE": "off"})
+    assert one_error_line(done.returncode, done.stderr) == (
+        f"error: cannot write --save-every snapshot o_1{suffix}: it is a FIFO (a named pipe), not a regular file; "
+        f"move it, or choose another -o"), done.stderr
+
+
+def test_a_users_picture_put_at_a_snapshots_name_during_the_run_is_kept(tmp_path, monkeypatch, capsys):
+    """A user's o_2.png put there after the run's start was replaced by the snapshot, exit 0, no word: the mark was
+    read only at the start (probe 55a, 3). The write looks again, keeps it and says so."""
+    from PIL import Image
+
+    from styleengine.engine import images
+
+    _pictures(tmp_path)
+    mine, real = tmp_path / "o_2.png", images.save_image
+
+    def save_image(image, path, *args, **kwargs):
+        if not mine.exists():
+            Image.new("RGB", (40, 40), (1, 2, 3)).save(mine)
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", save_image)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *SNAPSHOTS)
+    before = Image.open(mine).getpixel((0, 0))
+    assert code == 0 and (tmp_path / "o.png").is_file() and (tmp_path / "o_1.png").is_file(), err
+    assert before == (1, 2, 3), err
+    assert (f"cannot write {mine}: a file is there that is not an earlier snapshot of o.png (put there during the "
+            f"run; not replaced)") in err, err
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".apng"])
+def test_a_users_picture_at_a_snapshots_name_is_kept_for_every_png_and_jpeg_suffix(tmp_path, monkeypatch, capsys,
+                                                                                  suffix):
+    """o.jfif, o.jpe and o.apng are JPEG and PNG, and their snapshots carry the mark, yet a user's o_2.jfif was
+    replaced, exit 0 (probe 55a, 4): the check went by a list of suffixes, not by the format written."""
+    from PIL import Image
+
+    _pictures(tmp_path)
+    mine = tmp_path / f"o_2{suffix}"
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(mine, format="PNG" if suffix == ".apng" else "JPEG")
+    before = mine.read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / f"o{suffix}", *SNAPSHOTS)
+    assert one_error_line(code, err) == (f"error: cannot write --save-every snapshot {mine}: a file is there that is "
+                                         f"not an earlier snapshot of o{suffix}; move it, or choose another -o"), err
+    assert mine.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["a\udcffb.png", "a\udcffb.jpg", "a\u2028b.jpg", "a\x1cb.jpg", "a\nb.jpg"])
+def test_snapshots_of_an_output_of_any_name_are_written_and_a_rerun_replaces_them(tmp_path, monkeypatch, capsys,
+                                                                                   name):
+    """An output named with a byte that is not UTF-8 got none of its snapshots ("surrogates not allowed"), and a
+    rerun over a JPEG's own snapshots was refused where its name holds a character that str.splitlines splits on
+    (probe 55a, 5, 6). The mark holds the name's bytes; a JPEG's comment is read whole."""
+    _pictures(tmp_path)
+    output = tmp_path / name
+    for _ in range(2):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o", output,
+                               *SNAPSHOTS)
+        assert code == 0 and "warning" not in err, err
+        assert all(output.with_name(f"{output.stem}_{i}{output.suffix}").is_file() for i in (1, 2)), err
+
+
+def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
+    """A size's rows take turns, so every row's last line came before any row was done, and all of them were said
+    at the first row's partial --json: a signal during the second's write lost a row shown 'ok' (probe 55a, 7;
+    stop 53's fix, incomplete). Each row's line is said once --json holds that row."""
+    from styleengine import cli_bench
+
+    real, path, calls = cli_bench.write_json, tmp_path / "b.json", []
+
+    def write_json(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second row's partial document
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_bench, "write_json", write_json)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32", "--backends", "naive,torch", "--devices",
+                           "cpu", "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1",
+                           "--warmup", "0", "--json", path)
+    assert code == 143, err
+    assert "naive cpu fp32 32x32: ok" in err and "torch cpu fp32 direct 32x32: ok" not in err, err
+    assert f"{path} holds the 1 row done" in err, err
