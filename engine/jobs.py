@@ -446,7 +446,8 @@ class JobsRead:
                 if again.digest() != self.digest:
                     return REWRITTEN
                 # a spreadsheet's row of empty cells is skipped as a blank line is
-                added = sum(1 for line in f if line.strip(b",; \t\r\n\"" if self.csv else None))
+                blank = b",; \t\r\n\"" if self.csv else None
+                added = sum(1 for line in f for piece in line.split(b"\r") if piece.strip(blank))  # \r ends one too
         except OSError:  # gone, or unreadable now: nothing the batch can say of it
             return None
         if not added:
