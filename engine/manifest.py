@@ -258,17 +258,23 @@ def _torn_of_ours(tail: bytes) -> bool:
     return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]))
 
 
+# NULs with text after them, fewer than a lost block's: UTF-16's (one in every two bytes, PowerShell's Out-File),
+# not a power cut's, whose NULs fill a block or run to the file's end
+_TEXTS_NULS = re.compile(rb"(?<!\0)\0{1,15}(?=[^\0])")
+
+
 def _written_by_us(data: bytes) -> bool:
     """Whether a manifest's bytes are a batch's or a server's: empty, a power cut's NULs or a first line torn, or
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
+    zeroed = _TEXTS_NULS.search(data) is None  # every NUL there may be a power cut's
     *lines, tail = data.split(b"\n")
-    found = [line for line in lines if line.strip(b" \t\r\0") and b"\0" not in line]  # NULs: a power cut's
+    found = [line for line in lines if line.strip(b" \t\r\0") and not (zeroed and b"\0" in line)]
     for line in [*found, tail]:
         entry = _parsed(line)
         if isinstance(entry, dict) and "id" in entry and "status" in entry:
             return True
     # nothing but a first line torn (a prefix of a line we write, which parses only whole) or zeroed
-    return not found and (not tail.strip(b" \t\r\0") or b"\0" in tail
+    return not found and (not tail.strip(b" \t\r\0") or (zeroed and b"\0" in tail)
                           or (_torn_of_ours(tail) and not whole_line(tail)))
 
 

@@ -114,3 +114,47 @@ def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
     assert code == 143, err
     assert "naive cpu fp32 32x32: ok" in err and "torch cpu fp32 direct 32x32: ok" not in err, err
     assert f"{path} holds the 1 row done" in err, err
+
+
+def test_lines_appended_with_cr_line_ends_are_counted_as_the_reader_splits_them(tmp_path):
+    """Two jobs appended with \\r line ends to a file read to its end were 'got a line' (probe 55a, 9): counted by
+    \\n alone, where the reader takes \\r as a line end too."""
+    from styleengine.engine.jobs import iter_jobs
+
+    for name in ("c.png", "s.png"):
+        (tmp_path / name).write_bytes(b"")
+    job = '{"content": "c.png", "styles": ["s.png"], "output": "%s.png"}\r'
+    path = tmp_path / "j.jsonl"
+    path.write_text(job % "a", newline="")
+    read: list = []
+    assert len(list(iter_jobs(path, tmp_path / "out", read))) == 1
+    with open(path, "a", newline="") as f:
+        f.write(job % "b" + job % "c" + "\r\n")
+    assert read[0].since(path) == ("got 2 lines after the batch had read it to its end; the same command runs the "
+                                   "jobs added")
+
+
+@pytest.mark.parametrize("lines", [1, 2])
+def test_another_tools_utf16_manifest_is_refused_not_cut(tmp_path, monkeypatch, capsys, lines):
+    """A manifest.jsonl in UTF-16 (PowerShell's Out-File) was taken for ours: one NUL in every two bytes read as a
+    power cut's, so a one-line file was cut to nothing and a longer one cut by a byte and appended to, exit 0
+    (probe 55a, 10). A power cut's NULs are the file's end; NULs among the text are another's."""
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+    from styleengine.engine import manifest as module
+
+    text = "\r\n".join(['{"file": "x.png", "label": 3}', '{"file": "y.png", "label": 4}'][:lines])
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_bytes(("\ufeff" + text + "\r\n" * (lines - 1)).encode("utf-16-le"))
+    before = manifest.read_bytes()
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 1 and "is not a manifest styleengine wrote" in err, err
+    assert manifest.read_bytes() == before
+    line = b'{"batch": 1, "device": "cpu", "id": "a", "status": "ok"}'
+    assert module._written_by_us(line + b"\n" + line[:20] + b"\0" * 4096)  # a power cut's, still ours
+    assert module._written_by_us(line[:20] + b"\0" * 5)  # the file's last block, lost
+    assert module._written_by_us(b"\0" * 512)
+    assert not module._written_by_us("{}".encode("utf-16-le"))
