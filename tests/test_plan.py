@@ -22,7 +22,8 @@ def test_dry_run_prints_the_plan_without_torch_weights_or_writing(tmp_path, pics
     written (the check runs in a fresh interpreter)."""
     out = tmp_path / "out.png"
     weights = tmp_path / "w.safetensors"
-    weights.write_bytes((2).to_bytes(8, "little") + b"{}" + b"not read by a dry run")
+    header = b'{"w": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}'  # its 24 bytes are never read
+    weights.write_bytes(len(header).to_bytes(8, "little") + header + b"not read by a dry run...")
     code = ("import sys; sys.argv = sys.argv[1:]\n"
             "from styleengine.cli import main\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"

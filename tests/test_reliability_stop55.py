@@ -158,3 +158,34 @@ def test_another_tools_utf16_manifest_is_refused_not_cut(tmp_path, monkeypatch, 
     assert module._written_by_us(line[:20] + b"\0" * 5)  # the file's last block, lost
     assert module._written_by_us(b"\0" * 512)
     assert not module._written_by_us("{}".encode("utf-16-le"))
+
+
+def _bad_headers(tmp_path):
+    import json
+    import struct
+    import zipfile
+
+    made = {"huge.safetensors": struct.pack("<Q", 2**63) + b"{}",
+            "nonjson.safetensors": struct.pack("<Q", 20) + b"this is not json!!!!" + bytes(10)}
+    header = json.dumps({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}).encode()
+    made["short.safetensors"] = struct.pack("<Q", len(header)) + header + bytes(10)
+    for name, data in made.items():
+        (tmp_path / name).write_bytes(data)
+    zipfile.ZipFile(tmp_path / "empty.pth", "w").close()
+    return [*made, "empty.pth"]
+
+
+def test_the_dry_run_tells_weights_the_run_refuses_from_their_header(tmp_path, monkeypatch, capsys):
+    """--dry-run passed a safetensors file whose header's length is 2**63, whose header is not JSON or names more
+    bytes than the file holds, and an empty zip named .pth; the run refused each at once (probe 55a, 12). The dry
+    run says the run's line."""
+    _pictures(tmp_path)
+    for name in _bad_headers(tmp_path):
+        lines = []
+        for dry in (["--dry-run"], []):
+            code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                                   tmp_path / "o.png", "--weights", tmp_path / name, "--size", "40", "--iters", "2",
+                                   "--backend", "torch", *dry)
+            lines.append(one_error_line(code, err))
+        assert lines[0] == lines[1], (name, lines)
+    assert not (tmp_path / "o.png").exists()

@@ -170,7 +170,23 @@ def weights_problem(spec: str) -> str | None:
     problem = input_problem("weights file", Path(spec).expanduser(), shown=spec)  # "./random" as typed
     if problem is not None:
         return problem
-    return unsupported_weights(spec) or named_as_another(Path(spec).expanduser(), shown=spec, before_load=True)
+    path = Path(spec).expanduser()
+    return (unsupported_weights(spec) or named_as_another(path, shown=spec, before_load=True)
+            or _safetensors_header_problem(path, spec))
+
+
+def _safetensors_header_problem(path: Path, shown: str) -> str | None:
+    """The run's line for a .safetensors file whose header the library refuses (a length past the file, not JSON,
+    tensors past the file's end), or None: told from the header alone, no tensor read, no torch."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="numpy"):
+            return None
+    except (SafetensorError, OSError, ValueError) as e:  # the words model.weights.read_checkpoint says
+        return f"cannot read safetensors file {shown}: {e}"
 
 
 TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old format: its pickled magic number
@@ -200,7 +216,7 @@ def weights_kind(path: Path) -> str | None:
         return "zeros"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"  # first: its length's low byte may be 0x80, a pickle's first byte
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a file's header, or an empty zip's directory
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
