@@ -189,3 +189,23 @@ def test_the_dry_run_tells_weights_the_run_refuses_from_their_header(tmp_path, m
             lines.append(one_error_line(code, err))
         assert lines[0] == lines[1], (name, lines)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_serve_refuses_a_token_no_header_carries_and_knows_mapped_loopback(monkeypatch, capsys):
+    """A non-ASCII --token was taken, and curl's header (its UTF-8 bytes, read as Latin-1) was 401 'a token is
+    required' (probe 55a, 13); --host ::ffff:127.0.0.1, the loopback, was 'reachable from other machines' (55a,
+    14)."""
+    from styleengine.cli_serve import _loopback
+
+    uvicorn = pytest.importorskip("uvicorn")
+
+    def never(*args, **kwargs):  # the server the token was taken for
+        raise AssertionError("served")
+
+    monkeypatch.setattr(uvicorn.Server, "run", never)
+    monkeypatch.delenv("STYLEENGINE_TOKEN", raising=False)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--token", "pässwörd-long-enough-123456", "--weights",
+                           "random")
+    assert one_error_line(code, err) == ("error: --token (STYLEENGINE_TOKEN) must be ASCII, as an Authorization "
+                                         "header carries it; got 2 other characters"), err
+    assert _loopback("::ffff:127.0.0.1") and _loopback("::FFFF:127.0.0.2") and not _loopback("::ffff:10.0.0.1")

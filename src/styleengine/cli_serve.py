@@ -60,7 +60,8 @@ def _loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     address = _address(host)
-    return address is not None and address.is_loopback
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1: Python 3.11 calls it no loopback
+    return address is not None and (address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _check_outside_the_servers_folders(own: dict[str, Path], results_dir: Path | None, ray: bool) -> None:
@@ -115,6 +116,9 @@ def _serve(
         # '  ' opened a public server: `?token=%20%20` got in, and no Authorization header carries it
         raise ConfigError(f"--token ({TOKEN_ENV}) must be printable text with no spaces at its ends, got "
                           f"{len(token)} characters{' of spaces' if token and not token.strip() else ''}")
+    if token is not None and not token.isascii():  # curl sends a header's UTF-8 bytes, the server reads Latin-1
+        raise ConfigError(f"--token ({TOKEN_ENV}) must be ASCII, as an Authorization header carries it; got "
+                          f"{sum(not c.isascii() for c in token)} other characters")
     if not _loopback(host) and not token:
         if _address(host) is None:
             raise ConfigError(f"--host {host} is a host name, not known to reach this machine alone: give a loopback "
