@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from styleengine.engine.machine import cpu_isa, cpu_name  # noqa: F401  (re-exported: bench rows name the CPU)
-from styleengine.paths import atomic_write
+from styleengine.paths import atomic_write, read_regular
 
 
 def synchronize(device: Any) -> None:
@@ -53,8 +53,10 @@ def cached_fp32_peak(device: str, key: str, refresh: bool = False) -> tuple[floa
     """(GFLOP/s, from cache?) keyed by device model, thread count and torch version."""
     path = _peak_cache_path()
     try:
-        cache = json.loads(path.read_text())
+        cache = json.loads(read_regular(path))  # a file of ours: never through a link, nor a FIFO's wait
     except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache, dict):  # damaged: measured again, and written whole
         cache = {}
     if not refresh and isinstance(cache.get(key), (int, float)):
         return float(cache[key]), True
@@ -62,7 +64,7 @@ def cached_fp32_peak(device: str, key: str, refresh: bool = False) -> tuple[floa
     cache[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(cache, indent=1, sort_keys=True).encode())
+        atomic_write(path, json.dumps(cache, indent=1, sort_keys=True).encode(), through=False)
     except OSError:
         pass  # an unwritable cache only costs a re-measurement
     return value, False

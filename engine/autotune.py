@@ -271,10 +271,12 @@ def _damaged(path: Path, what: str, then: str = "measuring again") -> dict:
 def _load_all() -> dict:
     """The whole record: {"entries": {id: entry}, "accounts": {id: account}}, empty when absent or damaged."""
     path = record_path()
+    if path.is_symlink():  # a record of ours is a file we wrote: never read, nor written, through a link
+        return _damaged(path, "is a symbolic link, not the file a run writes")
     if path.exists() and not path.is_file():  # a FIFO would block the read until a writer came
         return _damaged(path, paths.not_a_file(path) or "is not a file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(paths.read_regular(path))
     except (FileNotFoundError, NotADirectoryError):  # none yet, or no cache folder (the write says why)
         return {}
     except (OSError, ValueError, RecursionError) as e:
@@ -445,7 +447,7 @@ def _update(change: Callable[[dict], None]) -> str:
             data = _load_all()
             data = {"version": TUNE_VERSION, "entries": data.get("entries", {}), "accounts": data.get("accounts", {})}
             change(data)
-            paths.atomic_write(path, json.dumps(data, indent=1).encode())
+            paths.atomic_write(path, json.dumps(data, indent=1).encode(), through=False)
     except (OSError, UserError) as e:  # a choice not kept is measured again next time; the run goes on
         problem = first_line(e)
         if isinstance(e, OSError) and e.filename:  # its lock's, or the record's own (named by the line already)

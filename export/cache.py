@@ -185,7 +185,7 @@ def write_record(folder: Path, names, claims: dict | None = None) -> None:
     """The record of a derived entry: its files' hashes and sizes, and `claims`, what it was derived from
     (the source graph's sha256, ...), compared on every use."""
     record = {"files": describe_files(folder, names), "claims": claims or {}}
-    atomic_write(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True).encode())
+    atomic_write(folder / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True).encode(), through=False)
 
 
 def read_record(folder: Path, claims: dict | None = None) -> dict[str, dict] | None:
@@ -325,7 +325,7 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
         model = build(weights, spec)
         strict_check(model, name)
         data = model.SerializeToString()
-        atomic_write(folder / name, data)
+        atomic_write(folder / name, data, through=False)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     meta = {"builder_version": BUILDER_VERSION, "spec": spec.to_json(), "weights_sha256": weights.sha256,
             "weights_source": weights.source, "convention": weights.convention.to_json(),
@@ -333,14 +333,14 @@ def write_export(weights: Weights, spec: ExportSpec, folder: Path, validation: l
             "precision": spec.precision, "dynamic_axes": DYNAMIC_AXES, "files": files,
             "inputs": spec.input_names(), "outputs": spec.output_names(),
             "validation": validation, "validated_on": None}
-    atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(folder / META_FILE, json.dumps(meta, indent=2).encode(), through=False)
     return Export(folder, meta)
 
 
 def record_validation(export: Export, validation: list[dict], provider: str = "cpu") -> Export:
     """Store the validation figures, and the ONNX Runtime provider they were made on, in export.json."""
     meta = dict(export.meta, validation=validation, validated_on=provider)
-    atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(export.folder / META_FILE, json.dumps(meta, indent=2).encode(), through=False)
     return Export(export.folder, meta)
 
 

@@ -470,7 +470,7 @@ def test_a_tuning_record_that_cannot_be_kept_is_said_once(tmp_path, monkeypatch,
 
     monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(tmp_path / "cache"))
 
-    def full(path, data):  # as atomic_write's: of the record itself (it named a temp file of its own each time)
+    def full(path, data, through=True):  # as atomic_write's: of the record itself (it named a temp file each time)
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(autotune.paths, "atomic_write", full)

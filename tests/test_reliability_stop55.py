@@ -209,3 +209,32 @@ def test_serve_refuses_a_token_no_header_carries_and_knows_mapped_loopback(monke
     assert one_error_line(code, err) == ("error: --token (STYLEENGINE_TOKEN) must be ASCII, as an Authorization "
                                          "header carries it; got 2 other characters"), err
     assert _loopback("::ffff:127.0.0.1") and _loopback("::FFFF:127.0.0.2") and not _loopback("::ffff:10.0.0.1")
+
+
+@pytest.mark.parametrize("target", ["victim.json", "elsewhere/made.json"])
+def test_a_link_at_the_tuning_record_is_never_written_through(tmp_path, monkeypatch, target):
+    """A symbolic link at <cache>/tune.json: the user's file it led to was replaced by the tuning record, exit 0;
+    a dangling one made a file outside the cache (probe 55b, 5). A record of ours is a file: the link is damage,
+    replaced, and what it leads to is left as it was. The bench's peak figure, beside it, alike."""
+    from styleengine.benchmarks import machine as bench_machine
+    from styleengine.engine import autotune
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("STYLEENGINE_CACHE_DIR", str(cache))
+    (tmp_path / "elsewhere").mkdir()
+    victim = tmp_path / target
+    if target == "victim.json":
+        victim.write_text('{"my": "settings"}\n')
+    record = autotune.record_path()
+    record.symlink_to(victim)
+    autotune._update(lambda data: data["entries"].__setitem__("x", {"pick": ["torch", "fp32", "direct"]}))
+    assert not record.is_symlink() and "x" in autotune._load_all()["entries"]
+    assert (victim.read_text() == '{"my": "settings"}\n') if target == "victim.json" else not victim.exists()
+    peak = bench_machine._peak_cache_path()
+    peak.parent.mkdir(parents=True, exist_ok=True)
+    peak.symlink_to(tmp_path / "peak_victim.json")
+    (tmp_path / "peak_victim.json").write_text("[1, 2]")
+    monkeypatch.setattr(bench_machine, "measure_fp32_peak", lambda device: 7.0)
+    assert bench_machine.cached_fp32_peak("cpu", "k") == (7.0, False)
+    assert (tmp_path / "peak_victim.json").read_text() == "[1, 2]" and not peak.is_symlink()

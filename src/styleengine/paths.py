@@ -660,12 +660,14 @@ def _refuse_special(path: Path, dir_fd: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, through: bool = True) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` whole when the block ends; on an error `path` is untouched
     and the temp file is gone. A symbolic link at `path` is written through, as the checks before the write
     read it: the file it leads to is replaced, never the link (`--distances /dev/stdout > out.json` replaced
-    the system's link with a file)."""
-    path = written_through(path)
+    the system's link with a file). through=False (a file of ours in the cache): the link itself is replaced,
+    never the file it leads to (a link at the tuning record replaced a user's file)."""
+    if through:
+        path = written_through(path)
     with temp_beside(path) as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -748,9 +750,9 @@ def confined_writer(path: Path, root: Path, root_fd: int | None = None) -> Itera
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, through: bool = True) -> None:
     """Write `data` to `path` atomically (atomic_writer)."""
-    with atomic_writer(path) as f:
+    with atomic_writer(path, through) as f:
         f.write(data)
 
 
