@@ -44,6 +44,8 @@ def test_a_loss_with_weights_but_no_layer_to_read_is_refused(values, texture, sa
     follow = {**values, "tv_weight": 1.0}  # one term left that moves the image
     if follow.get("style_layers") == () or follow.get("style_layer_weights") == (0.0,) * 5:
         follow["style_weight"] = 0.0  # no style layer (or no weight on one) with a style weight: probes 12, 13
+    if follow.get("content_layers") == ():
+        follow["content_weight"] = 0.0  # no content layer with a content weight: probe 55b, 6
     Settings(**follow).validate(texture=texture)
 
 

@@ -238,3 +238,25 @@ def test_a_link_at_the_tuning_record_is_never_written_through(tmp_path, monkeypa
     monkeypatch.setattr(bench_machine, "measure_fp32_peak", lambda device: 7.0)
     assert bench_machine.cached_fp32_peak("cpu", "k") == (7.0, False)
     assert (tmp_path / "peak_victim.json").read_text() == "[1, 2]" and not peak.is_symlink()
+
+
+def test_an_empty_content_layer_list_with_a_content_weight_is_refused(tmp_path, monkeypatch, capsys):
+    """`--content-layers "$LAYERS"` with LAYERS unset ran with no content term, exit 0, where the style's twin is
+    refused (probe 55b, 6); a jobs file's [] and the API's content_layers=[] alike. --content-weight 0 runs."""
+    import numpy as np
+
+    import styleengine
+    from styleengine.errors import UserError
+
+    _pictures(tmp_path)
+    flags = ["--weights", "random", "--size", "40", "--iters", "2", "--backend", "torch"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *flags, "--content-layers", "")
+    assert one_error_line(code, err) == ("error: --content-layers names no layer, so the content image would only be "
+                                         "the start; name one (default: relu4_2), or set --content-weight 0"), err
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", *flags, "--content-layers", "", "--content-weight", "0")
+    assert code == 0, err
+    picture = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
+    with pytest.raises(UserError, match="names no layer, so the content image"):
+        styleengine.stylise(picture, picture, size=40, iterations=2, weights="random", content_layers=[])
