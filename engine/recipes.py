@@ -61,6 +61,10 @@ def recipe_values(name: str, given: dict[str, Any], flags: bool = True,
         value = given.get(key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ConfigError(f"{spelled(key)} must be a finite number >= 0 (in {name}'s units), got {value}")
+    weighting = given.get("weighting")
+    if weighting is not None and weighting != _DEFAULTS[name]["weighting"]:  # its units hold for its weighting only
+        raise ConfigError(f"{spelled('weighting')} {weighting} is not {name}'s: its weights are mapped for "
+                          f"{_DEFAULTS[name]['weighting']} weighting; drop {spelled('weighting')}, or the recipe")
     values = {**_DEFAULTS[name], **given}
     size = values["size"]
     # equal gradients: t * 255 per unit |dx| against tv * TV_UNIT / (3 H W) * 2 dx, at dx = TYPICAL_DIFFERENCE

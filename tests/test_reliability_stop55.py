@@ -260,3 +260,20 @@ def test_an_empty_content_layer_list_with_a_content_weight_is_refused(tmp_path, 
     picture = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
     with pytest.raises(UserError, match="names no layer, so the content image"):
         styleengine.stylise(picture, picture, size=40, iterations=2, weights="random", content_layers=[])
+
+
+def test_a_recipe_with_another_weighting_is_refused(tmp_path, monkeypatch, capsys):
+    """`--recipe neural-style-pt --weighting paper` ran the recipe's weights, mapped for invariant weighting (means),
+    on sums: the content term 12 000 times neural-style-pt's at 48 px, no word, exit 0 (probe 55b, 3)."""
+    from styleengine.engine.recipes import recipe_values
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", "--weights", "random", "--size", "40", "--iters", "2",
+                           "--recipe", "neural-style-pt", "--weighting", "paper", "--dry-run")
+    assert one_error_line(code, err) == ("error: --weighting paper is not neural-style-pt's: its weights are mapped "
+                                         "for invariant weighting; drop --weighting, or the recipe"), err
+    with pytest.raises(ConfigError, match="^weighting paper is not neural-style-pt's"):
+        recipe_values("neural-style-pt", {"weighting": "paper"}, flags=False)
+    assert recipe_values("neural-style-pt", {"weighting": "invariant"})["weighting"] == "invariant"
