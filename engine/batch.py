@@ -117,13 +117,15 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
                     paths.check_sides(f"{role} {path}", shape)
             if len(known) == len(shapes):  # refused before `auto` measures for it (tens of seconds, for nothing)
                 check_shapes(settings, known[0], known[1:])
-            settings = settings.resolved()
+            asked, settings = settings, settings.resolved()
             if len(known) == len(shapes):
                 run_plan = make_plan(settings, known[0], known[1:], memory=memory)
                 memory = run_plan.memory
                 scales = run_plan.to_json()["scales"]
             used: dict[str, tuple[str, str]] = {}
-            digest = settings_hash(job, settings, digests, scales, used)
+            digest = settings_hash(job, settings.as_asked(asked), digests, scales, used)
+            # a line written before the hash held `auto` as asked holds the way it picked then
+            earlier = settings_hash(job, settings, digests, scales) if settings != settings.as_asked(asked) else None
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
             planned.append(Planned(job, None, None, "failed", job.said(e)))
             continue
@@ -131,7 +133,7 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
             planned.append(Planned(job, None, None, "failed",
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
-        skip = done is not None and done.holds(job.id, job.output, digest)
+        skip = done is not None and any(done.holds(job.id, job.output, d) for d in (digest, earlier) if d)
         weights = used.pop("weights file", (None, None))[1]  # checked as loaded
         files = tuple((role, path, sha) for role, (path, sha) in used.items())
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights,

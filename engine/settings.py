@@ -149,6 +149,10 @@ ONE_RUN = frozenset({RUN, TEXTURE})  # progress a batch does not report per pict
 ONE_CONTENT = frozenset({RUN, BATCH})  # files beside each content image (masks): run's, a batch's or a job's
 
 
+# the ways of running a step that `auto` picks (engine/autotune.py): how fast a picture is made, not what it is
+AUTO_FIELDS = ("backend", "device", "provider", "precision", "conv")
+
+
 @dataclass(frozen=True)
 class Option:
     """How a front-end offers one setting."""
@@ -347,6 +351,13 @@ class Settings:
         from styleengine.engine.autotune import choose
 
         return choose(self).settings
+
+    def as_asked(self, asked: "Settings") -> "Settings":
+        """These resolved settings with each way of running that `asked` left to `auto` put back to `auto`: what
+        a finished picture's hash holds (a batch job's, a video's). auto measured again and picking another way,
+        which keeps the look, left finished work unknown: a video's resume was refused, a batch job ran again."""
+        auto: dict[str, Any] = {name: "auto" for name in AUTO_FIELDS if getattr(asked, name) == "auto"}
+        return dataclasses.replace(self, **auto)
 
     def scale_plan(self) -> list[tuple[int, int]]:
         """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""

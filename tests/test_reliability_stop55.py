@@ -277,3 +277,80 @@ def test_a_recipe_with_another_weighting_is_refused(tmp_path, monkeypatch, capsy
     with pytest.raises(ConfigError, match="^weighting paper is not neural-style-pt's"):
         recipe_values("neural-style-pt", {"weighting": "paper"}, flags=False)
     assert recipe_values("neural-style-pt", {"weighting": "invariant"})["weighting"] == "invariant"
+
+
+def _auto_picks_the_other_conv(monkeypatch):
+    """auto, measured again, picks the other convolution from now on (a fresh record, another load)."""
+    import dataclasses
+
+    from styleengine.engine import autotune
+
+    real = autotune.choose
+
+    def choose(settings, *args, **kwargs):
+        choice = real(settings, *args, **kwargs)
+        other = "winograd" if choice.settings.conv != "winograd" else "direct"
+        return dataclasses.replace(choice, settings=dataclasses.replace(choice.settings, conv=other))
+
+    monkeypatch.setattr(autotune, "choose", choose)
+
+
+def _as_before(monkeypatch):
+    """The hash as it was before it held `auto` as asked: the way auto picked."""
+    from styleengine.engine.settings import Settings
+
+    monkeypatch.setattr(Settings, "as_asked", lambda self, asked: self)
+
+
+@pytest.mark.parametrize("first", ["now", "before"])
+def test_a_video_continues_when_auto_picks_another_way(tmp_path, monkeypatch, capsys, first):
+    """A video's resume was refused, 'holds frames of other settings or another video', after auto measured again
+    and picked the other convolution, the user's command unchanged; its advice, moving the frames away, threw the
+    work out (probe 55b, 1). Its hash holds `auto` as asked; a folder recorded before that, by the way auto picks
+    still, continues too."""
+    try:
+        from test_video import FAST, moving_window, photo, write_clip
+    except ModuleNotFoundError:
+        from tests.test_video import FAST, moving_window, photo, write_clip
+
+    frames, _ = moving_window(photo(), 4, (48, 64))
+    write_clip(tmp_path / "in.mp4", frames, fps=12)
+    _pictures(tmp_path)
+    flags = [f for f in FAST if f not in ("--backend", "torch")]
+    with monkeypatch.context() as m:
+        if first == "before":
+            _as_before(m)
+        code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                               tmp_path / "o.mp4", *flags, "--size", "64", "--frames", "0:2")
+        assert code == 0, err
+    if first == "now":
+        _auto_picks_the_other_conv(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "o.mp4", *flags, "--size", "64", "--frames", "0:4")
+    assert code == 0 and f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "o.mp4", *flags, "--size", "64", "--frames", "2:4")
+    assert one_error_line(code, err) == (
+        f"error: {tmp_path / 'o.mp4.frames'} holds frames that follow from frame 0, and this run's start at frame 2; "
+        f"give --frames from 0 to continue them, or choose another output"), err
+
+
+@pytest.mark.parametrize("first", ["now", "before"])
+def test_a_batch_job_done_is_skipped_when_auto_picks_another_way(tmp_path, monkeypatch, capsys, first):
+    """A batch rerun after auto picked another way ran its finished jobs again, their pictures replaced (probe
+    55b, 1): the hash holds `auto` as asked; a line written before that, by the way auto picks still, is the
+    job's."""
+    try:
+        from test_reliability_stop43 import three_jobs_batch
+    except ModuleNotFoundError:
+        from tests.test_reliability_stop43 import three_jobs_batch
+
+    with monkeypatch.context() as m:
+        if first == "before":
+            _as_before(m)
+        code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+        assert code == 0, err
+    if first == "now":
+        _auto_picks_the_other_conv(monkeypatch)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 0 and "0 ok, 3 skipped, 0 failed" in err, err

@@ -56,6 +56,7 @@ class FrameStore:
         self.output = output
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about or {}
+        self._earlier: str | None = None
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
         self.saved: set[int] = set()  # frames this run wrote: one missing at the encode was removed meanwhile
@@ -123,10 +124,12 @@ class FrameStore:
             self.give_up()
             raise
 
-    def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None) -> None:
+    def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None,
+             earlier: str | None = None) -> None:
         """Check that the folder (taken) holds frames of these settings, or record them there (ConfigError if it
-        holds others': nothing there is overwritten)."""
-        self.digest, self.about = digest, about
+        holds others': nothing there is overwritten). earlier: the same settings' hash as a video recorded it
+        before the hash held `auto` as asked (its frames carry it: continued under it)."""
+        self.digest, self.about, self._earlier = digest, about, earlier
         self.shape = tuple(shape) if shape is not None else None
         try:
             self._check_or_record(self.made[0])
@@ -180,17 +183,28 @@ class FrameStore:
         record = self.folder / self.RECORD
         if record.is_file():
             try:
-                held = json.loads(record.read_text(encoding="utf-8")).get("settings_hash")
+                kept = json.loads(record.read_text(encoding="utf-8"))
+                held = kept.get("settings_hash")
             except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):  # nested too deep
                 raise ConfigError(f"{self.folder}: its {self.RECORD} is damaged, so the settings of its frames are "
                                   f"unknown; move it away or choose another output") from None
             if held == self.digest:
+                return
+            if held is not None and held == self._earlier:
+                self.digest = held
                 return
             others = sorted(p.name for p in self.folder.iterdir() if p.name not in (self.RECORD, self.LOCK))
             if others:  # a user's frame_notes.txt is no frame: the names this store gives are
                 more = f" and {len(others) - 3} more" if len(others) > 3 else ""
                 what = ("frames" if any(re.fullmatch(self.FRAMES, name) for name in others) else
                         f"files ({', '.join(others[:3])}{more}) beside a record")
+                first = kept.get("first")
+                if (what == "frames" and isinstance(first, int) and first != self.about.get("first")
+                        and all(kept.get(k) == self.about.get(k) for k in ("video", "fps"))):
+                    # each frame follows from the one before, back to the first: another first, other frames
+                    raise ConfigError(f"{self.folder} holds frames that follow from frame {first}, and this run's "
+                                      f"start at frame {self.about.get('first')}; give --frames from {first} to "
+                                      f"continue them, or choose another output")
                 raise ConfigError(f"{self.folder} holds {what} of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             # a record and no frame (killed before its first): nothing to keep, recorded anew
@@ -578,6 +592,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             init_image = load_init(settings)  # once: a chain's start (each chunk's) took the file as it was then
         plan = check_run(settings, shape, [s.shape[:2] for s in style_arrays], content_label=f"video {video}",
                          style_labels=[f"style image {p}" for p in styles])
+        asked = settings
         settings, plan = announce(settings, plan, console)
         files = [video_io.identity(info), *hashed_files.values()]
         selection = {"first": start, "fps": str(rate), "shape": list(shape)}
@@ -593,7 +608,11 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
 
             weights = load_run_weights(settings)
             check_weights_unchanged(weights, hashed, settings.weights)
-        store.open(video_hash(settings, plan, files, selection), about, shape)
+        # auto's pick is how fast, not what: measured again and picking another way, a resume was refused
+        hashed_settings = settings.as_asked(asked)
+        digest = video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, selection)
+        earlier = video_hash(settings, plan, files, selection) if hashed_settings != settings else None
+        store.open(digest, about, shape, earlier)
     except BaseException:
         store.give_up()
         raise
