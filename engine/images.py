@@ -252,8 +252,11 @@ def from_picture(picture: object, what: str) -> np.ndarray:
             array = _to_float_rgb(_oriented(picture, what), rawmode=rawmode)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
             raise ImageError(f"refusing {what}: it {e}") from None
+    elif isinstance(picture, np.ma.MaskedArray):  # its masked pixels hold whatever they held: no picture's values
+        raise ImageError(f"{what}: a masked array's masked pixels are not a picture's; fill them first "
+                         f"(array.filled(value)) or pass array.data")
     elif isinstance(picture, np.ndarray):
-        array = _array_to_float_rgb(picture, what)
+        array = _array_to_float_rgb(np.asarray(picture), what)  # np.matrix is 2-D whatever is done to it
     else:
         raise ImageError(f"{what}: expected a path, a PIL image or a numpy array, got {type(picture).__name__}")
     paths.check_sides(what, array.shape)

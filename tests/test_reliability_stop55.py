@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -354,3 +355,21 @@ def test_a_batch_job_done_is_skipped_when_auto_picks_another_way(tmp_path, monke
         _auto_picks_the_other_conv(monkeypatch)
     code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
     assert code == 0 and "0 ok, 3 skipped, 0 failed" in err, err
+
+
+def test_a_masked_array_is_refused_and_a_matrix_read_as_its_array():
+    """The API read a numpy masked array's masked pixels as they were (values past 1: another picture, no word),
+    and an np.matrix was a raw ValueError (probe 55b, 2)."""
+    import numpy as np
+
+    from styleengine.engine.images import from_picture
+    from styleengine.errors import ImageError
+
+    picture = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    with pytest.raises(ImageError, match=r"^content image: a masked array's masked pixels are not a picture's"):
+        from_picture(np.ma.masked_array(picture, mask=picture > 200), "content image")
+    gray = picture[:, :, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # numpy's word on np.matrix itself
+        matrix = np.asmatrix(gray)
+    assert np.array_equal(from_picture(matrix, "content image"), from_picture(gray, "content image"))
