@@ -8,6 +8,7 @@ is there whole or not at all.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ import numpy as np
 
 from styleengine import paths
 from styleengine.choices import MIN_SIDE
-from styleengine.errors import ConfigError, ImageError
+from styleengine.errors import ConfigError, ImageError, first_line
 from styleengine.engine.settings import whole
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,39 @@ def write_video(path: Path, frames: Iterable[np.ndarray], fps: Fraction, *, audi
     return count
 
 
+def encoder_rate(codec: str, rate: int) -> int:
+    """The sample rate `codec` encodes sound of `rate` Hz at: that rate where the encoder takes it, else the nearest
+    it takes above (nothing of the sound lost), else its highest (libopus takes 8 to 48 kHz, no 44.1)."""
+    rates = av.Codec(codec, "w").audio_rates
+    if not rates or rate in rates:
+        return rate
+    above = [r for r in rates if r >= rate]
+    return min(above) if above else max(rates)
+
+
+def check_sound(info: VideoInfo, path: Path, span: tuple[float, float]) -> None:
+    """Before any frame is made: whether the sound of `info` over `span` (seconds of the source) goes into the
+    video at `path` as write_video will put it there, tried on its first half second in memory (ConfigError where
+    it cannot); a GIF holds no sound."""
+    if not info.audio:
+        return
+    muxer = CONTAINERS[path.suffix.lower()][0]
+    if muxer == "gif":  # it holds no sound
+        return
+    sound = None
+    try:
+        with av.open(io.BytesIO(), "w", format=muxer) as out:
+            sound = _AudioCopy(info.path, out, muxer, (span[0], min(span[1], span[0] + 0.5)))
+            out.start_encoding()  # the encoder opened, as the first frame's packet would, even with no sound here
+            sound.copy()
+    except av.error.FFmpegError as e:
+        raise ConfigError(f"cannot put the sound of {info.path} into {path.name} ({first_line(e)}); choose .mkv, "
+                          f"which keeps any sound as it is") from None
+    finally:
+        if sound is not None:  # copy() closes it; an encoder refused before it is not
+            sound.input.close()
+
+
 class _AudioCopy:
     """The source's first audio stream over a span of seconds into an output container: packets copied where
     the container takes the codec (COPYABLE), else decoded and re-encoded."""
@@ -283,13 +317,15 @@ class _AudioCopy:
         if muxer == "matroska" or codec in COPYABLE.get(muxer, ()):
             self.stream_out = out.add_stream_from_template(self.stream_in)
             return
-        rate = self.stream_in.codec_context.sample_rate or 48000
+        heard = self.stream_in.codec_context.sample_rate or 48000
+        rate = encoder_rate(AUDIO_CODEC[muxer], heard)
         self.stream_out = out.add_stream(AUDIO_CODEC[muxer], rate=rate)
         layout = self.stream_in.codec_context.layout
-        self.stream_out.layout = layout.name if layout is not None and layout.nb_channels <= 2 else "stereo"
+        # by the count: a PCM stream's layout may be "1 channels" (no order named), which aac refuses
+        self.stream_out.layout = "mono" if layout is not None and layout.nb_channels == 1 else "stereo"
         self.resampler = av.AudioResampler(format=self.stream_out.codec_context.format, layout=self.stream_out.layout,
                                            rate=rate, frame_size=self.stream_out.codec_context.frame_size or None)
-        log.info("audio: %s re-encoded as %s for %s", codec, AUDIO_CODEC[muxer], muxer)
+        log.info("audio: %s at %d Hz re-encoded as %s at %d Hz for %s", codec, heard, AUDIO_CODEC[muxer], rate, muxer)
 
     def copy(self) -> None:
         try:

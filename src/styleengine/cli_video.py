@@ -576,6 +576,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             "stylised as a frame of its own (%d frames for its %d)", float(rate), float(info.fps), stop - start, shown)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
+    # the sound's encoder refusing its rate was a traceback at the end, every frame made
+    video_io.check_sound(info, output, (info.start + start / float(rate), info.start + stop / float(rate)))
     # the other video's clean-up (its frames folder moved away or removed) would take this one with it
     FrameStore.refuse_inside(output.parent, f"output {output} is inside {output.parent},",
                              "this video would go with its frames when they are moved away", "choose another output")
@@ -806,6 +808,8 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
     """The finished frames start..end-1 as the output video, with the sound of their span; signals wait.
     How many were written, and the first found changed since it was written (moved aside by store.load; the
     video ends before it), or None."""
+    import av
+
     from styleengine.engine import video_io
 
     lost: list[int] = []
@@ -826,6 +830,9 @@ def _encode(store: FrameStore, output: Path, info: Any, rate: Fraction, start: i
             why = e.strerror or first_line(e)  # not its temp file's name: that is gone
             raise UserError(f"cannot write {output}: {why}; frames {start}-{end - 1} are kept in "
                             f"{store.folder}, rerun to finish") from None
+        except av.error.FFmpegError as e:  # an encoder check_sound did not foresee: a line, not a traceback
+            raise UserError(f"cannot write {output}: {first_line(e)}; frames {start}-{end - 1} are kept in "
+                            f"{store.folder}") from None
         except ValueError:  # the first frame was lost: nothing to encode
             if not lost:
                 raise
