@@ -282,11 +282,12 @@ def encoder_rate(codec: str, rate: int) -> int:
 def check_sound(info: VideoInfo, path: Path, span: tuple[float, float]) -> None:
     """Before any frame is made: whether the sound of `info` over `span` (seconds of the source) goes into the
     video at `path` as write_video will put it there, tried on its first half second in memory (ConfigError where
-    it cannot); a GIF holds no sound."""
+    it cannot); a GIF, which holds no sound, is said in a warning."""
     if not info.audio:
         return
     muxer = CONTAINERS[path.suffix.lower()][0]
-    if muxer == "gif":  # it holds no sound
+    if muxer == "gif":
+        log.warning("GIF holds no sound: the sound of %s is not in %s", info.path, path)
         return
     sound = None
     try:

@@ -1,4 +1,5 @@
-"""Issue 23, stop 55: probe 55b's video findings (on d5ca44a): sound at a rate its encoder does not take (7)."""
+"""Issue 23, stop 55: probe 55b's video findings (on d5ca44a): sound at a rate its encoder does not take (7), a
+GIF's sound (8)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -128,3 +129,15 @@ def test_a_sound_refused_at_the_final_encode_anyway_is_one_line_with_the_frames_
     assert line.startswith(f"error: cannot write {out}: ") and "libopus" in line and line.endswith(
         f"; frames 0-3 are kept in {tmp_path / 'out.webm.frames'}"), err
     assert not out.exists() and len(list((tmp_path / "out.webm.frames").glob("frame_*.png"))) == 4
+
+
+def test_a_gif_of_a_clip_with_sound_says_the_sound_is_not_in_it(tmp_path, monkeypatch, capsys, style):
+    """probe 55b, 8: `-o X.gif` of a clip with sound dropped the sound without a word (README: the sound is kept).
+    GIF holds none: said once, in a warning line, and the GIF written."""
+    source = clip_with_sound(tmp_path / "in.mp4", *SOUNDS["aac 44.1 kHz"][1:])
+    out = tmp_path / "out.gif"
+    code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST, "--size", "48")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "sound" in line]
+    assert said == [f"warning: GIF holds no sound: the sound of {source} is not in {out}"], err
+    assert video_io.probe(out).frames == 4
