@@ -198,28 +198,72 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
     with av.open(str(info.path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        half = 0.5 / float(info.fps)  # a frame's time is matched within half a source frame
+        _seek(container, stream, info, start, fps)
+        timed = ((float(frame.pts * stream.time_base), frame) for frame in container.decode(stream)
+                 if frame.pts is not None)
+        last: Any = None
+        for index, frame in _on_screen(timed, info, start, stop, fps):
+            if frame is not last:  # a repeat is the same picture: converted once
+                last, picture = frame, _picture(frame, size, info.rotation)
+            yield index, picture
+
+
+def repeats(info: VideoInfo, start: int, stop: int, fps: Fraction) -> tuple[int, int]:
+    """(output frames, source frames they show) for output frames start..stop-1 at `fps`, by read_frames' rule
+    on the frames' timestamps: read from the packets (nothing decoded), so a variable-rate clip's repeats are
+    told before any frame is stylised."""
+    with av.open(str(info.path)) as container:
+        stream = container.streams.video[0]
+        _seek(container, stream, info, start, fps)
+        # packets come in decode order (dts <= pts): past this dts no frame shown in the range is left
+        bound = info.start + stop / float(fps) + 1.0 / float(info.fps)
+        times, more = [], False
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                times.append(float(packet.pts * stream.time_base))
+                if packet.dts is not None and float(packet.dts * stream.time_base) > bound:
+                    more = True
+                    break
+        except av.error.FFmpegError:  # a file cut short: counted to there; its decode says the rest
+            pass
+    times.sort()
+    if more:  # the frames after the bound: read_frames shows the range's last one until the next comes
+        times.append(math.inf)
+    shown = [at for _, at in _on_screen(((t, t) for t in times), info, start, stop, fps)]
+    return len(shown), len(set(shown))
+
+
+def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", info: VideoInfo, start: int,
+          fps: Fraction) -> None:
+    """To output frame `start`'s time (FFmpeg lands on the keyframe before it); nothing for the first frame."""
+    if start:
         begin = info.start + start / float(fps)
-        if start:
-            container.seek(int(max(0.0, begin - info.start) / stream.time_base) + (stream.start_time or 0),
-                           stream=stream, backward=True)
-        index, shown = start, None
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            t = float(frame.pts * stream.time_base)
-            while index < stop and t > info.start + index / float(fps) + half and shown is not None:
-                yield index, shown  # the frame on screen at output frame `index`'s time
-                index += 1
-            if index >= stop:
-                return
-            if t <= info.start + index / float(fps) + half:
-                shown = _picture(frame, size, info.rotation)
-        while index < stop and shown is not None:  # the last source frame stays on screen to the end
-            yield index, shown
+        base = stream.time_base or Fraction(1, 1000000)  # as probe() reads the start
+        container.seek(int(max(0.0, begin - info.start) / base) + (stream.start_time or 0), stream=stream,
+                       backward=True)
+
+
+def _on_screen(timed: Iterable[tuple[float, Any]], info: VideoInfo, start: int, stop: int, fps: Fraction
+               ) -> Iterator[tuple[int, Any]]:
+    """(index, item) for output frames start..stop-1 at `fps`, from (seconds, item) in presentation order: each
+    the item on screen at the frame's time (the last at or before it, within half a source frame)."""
+    half = 0.5 / float(info.fps)  # a frame's time is matched within half a source frame
+    index, shown, t = start, None, 0.0
+    for t, item in timed:
+        while index < stop and t > info.start + index / float(fps) + half and shown is not None:
+            yield index, shown  # the frame on screen at output frame `index`'s time
             index += 1
-            if info.start + index / float(fps) > t + 1.0 / float(info.fps):
-                return
+        if index >= stop:
+            return
+        if t <= info.start + index / float(fps) + half:
+            shown = item
+    while index < stop and shown is not None:  # the last source frame stays on screen to the end
+        yield index, shown
+        index += 1
+        if info.start + index / float(fps) > t + 1.0 / float(info.fps):
+            return
 
 
 def _picture(frame: "av.VideoFrame", size: tuple[int, int], rotation: int) -> np.ndarray:

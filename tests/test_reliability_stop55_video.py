@@ -1,7 +1,8 @@
 """Issue 23, stop 55: probe 55b's video findings (on d5ca44a): sound at a rate its encoder does not take (7), a
-GIF's sound (8)."""
+GIF's sound (8), a variable-rate clip's repeats (4)."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,43 @@ def test_a_gif_of_a_clip_with_sound_says_the_sound_is_not_in_it(tmp_path, monkey
     said = [line for line in err.splitlines() if "sound" in line]
     assert said == [f"warning: GIF holds no sound: the sound of {source} is not in {out}"], err
     assert video_io.probe(out).frames == 4
+
+
+def variable_rate_clip(path: Path, shown_ms: list[int], rate: int = 30) -> Path:
+    """A clip whose frames are shown at `shown_ms` (a phone's variable rate), its stream rate `rate`."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+        stream.time_base = Fraction(1, 1000)
+        for i, at in enumerate(shown_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = at, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_a_variable_rate_clip_whose_frames_repeat_is_warned(tmp_path, monkeypatch, capsys, style):
+    """probe 55b, 4: a variable-rate clip (frames at 0, 10, 500, 520 and 2000 ms, stream rate 30) stylised 61 frames
+    for its pictures, each repeat optimised again, with no word (the --fps warning compared rates only). Its
+    timestamps are read before the first frame (packets, nothing decoded) and the repeats said, as --fps's are; the
+    count is read_frames' own, and a steady clip is said nothing."""
+    path = variable_rate_clip(tmp_path / "vfr.mkv", [0, 10, 500, 520, 2000])
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", path, style, "-o", out, *FAST, "--size", "48",
+                           "--frames", "0:3")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "repeat" in line]
+    assert said == [f"warning: {path} has a variable frame rate (its frames' times are uneven): at 30 fps source "
+                    f"frames are repeated, and each repeat is stylised as a frame of its own (3 frames for its 1)"], err
+    info = video_io.probe(path)
+    for start, stop in ((0, info.frames), (16, 40), (40, info.frames)):
+        shown = list(video_io.read_frames(info, start, stop, info.fps, (48, 64)))
+        assert video_io.repeats(info, start, stop, info.fps) == (len(shown), len({p[0, 0, 0] for _, p in shown}))
+    assert video_io.repeats(info, 0, info.frames, info.fps) == (61, 4)  # 0 and 10 ms: one frame's time
+    steady = variable_rate_clip(tmp_path / "steady.mkv", [round(i * 1000 / 30) for i in range(12)])
+    steady_info = video_io.probe(steady)
+    assert video_io.repeats(steady_info, 0, 12, steady_info.fps) == (12, 12)
+    assert video_io.repeats(steady_info, 5, 12, steady_info.fps) == (7, 7)

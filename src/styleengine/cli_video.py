@@ -574,6 +574,13 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         logging.getLogger(__name__).warning(
             "--fps %g is above the clip's own rate (%g fps): source frames are repeated, and each repeat is "
             "stylised as a frame of its own (%d frames for its %d)", float(rate), float(info.fps), stop - start, shown)
+    else:  # a variable-rate clip's gaps (a phone's, in low light) repeat frames at its average rate too
+        made, shown = video_io.repeats(info, start, stop, rate)
+        if shown < made:
+            logging.getLogger(__name__).warning(
+                "%s has a variable frame rate (its frames' times are uneven): at %g fps source frames are repeated, "
+                "and each repeat is stylised as a frame of its own (%d frames for its %d)", video, float(rate), made,
+                shown)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
     check_sides(f"video {video}", (info.height, info.width), settings.size, f"{settings.size} px", "--size")
     # the sound's encoder refusing its rate was a traceback at the end, every frame made
