@@ -124,8 +124,10 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
                 scales = run_plan.to_json()["scales"]
             used: dict[str, tuple[str, str]] = {}
             digest = settings_hash(job, settings.as_asked(asked), digests, scales, used)
-            # a line written before the hash held `auto` as asked holds the way it picked then
-            earlier = settings_hash(job, settings, digests, scales) if settings != settings.as_asked(asked) else None
+            earlier = None
+            if done is not None and done.hash_of(job.id, job.output) not in (None, digest):
+                # a line written before the hash held `auto` as asked holds the way auto picked then
+                earlier = settings_hash(job, settings, digests, scales)
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
             planned.append(Planned(job, None, None, "failed", job.said(e)))
             continue

@@ -195,6 +195,11 @@ class Finished:
     folder: Path
     lines: dict[tuple[str, str], tuple[str, str | None]] = dataclasses.field(default_factory=dict)
 
+    def hash_of(self, job_id: str, output: Path) -> str | None:
+        """The settings hash of job `job_id`'s ok line that last wrote `output`, or None."""
+        found = self.lines.get((job_id, place(self.folder, output)))
+        return None if found is None else found[0]
+
     def holds(self, job_id: str, output: Path, settings_hash: str) -> bool:
         """Whether `output` is job `job_id`'s finished picture of these settings: its ok line last wrote it with
         this hash, and the file is still what that line wrote (a picture written with no line since is not)."""
