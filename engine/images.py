@@ -252,7 +252,7 @@ def from_picture(picture: object, what: str) -> np.ndarray:
             array = _to_float_rgb(_oriented(picture, what), rawmode=rawmode)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
             raise ImageError(f"refusing {what}: it {e}") from None
-    elif isinstance(picture, np.ma.MaskedArray):  # its masked pixels hold whatever they held: no picture's values
+    elif isinstance(picture, np.ma.MaskedArray) and np.ma.is_masked(picture):  # masked pixels hold no picture's
         raise ImageError(f"{what}: a masked array's masked pixels are not a picture's; fill them first "
                          f"(array.filled(value)) or pass array.data")
     elif isinstance(picture, np.ndarray):

@@ -447,7 +447,7 @@ class JobsRead:
                     return REWRITTEN
                 # a spreadsheet's row of empty cells is skipped as a blank line is
                 blank = b",; \t\r\n\"" if self.csv else None
-                added = sum(1 for line in f for piece in line.split(b"\r") if piece.strip(blank))  # \r ends one too
+                added = sum(1 for line in f for piece in _LINE_END.split(line) if piece.strip(blank))
         except OSError:  # gone, or unreadable now: nothing the batch can say of it
             return None
         if not added:

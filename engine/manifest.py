@@ -128,10 +128,11 @@ PLAN_ONLY = ("scales", "start_size", "iters_per_scale", "mem_budget_gib", "tile"
 
 def settings_hash(job: Job, settings: Settings, digests: Digests, scales: list[dict[str, Any]] | None = None,
                   used: dict[str, tuple[str, str]] | None = None) -> str:
-    """sha256 of what decides the picture: the resolved Settings (with the job's overrides, the input convention's
-    among them), the job's overrides, the plan's scales (sizes, iterations, tiles, L-BFGS history: engine/plan.py)
-    and the bytes of every file read (content, styles, an init image, a weights file, masks). OSError if a file cannot
-    be read. 16 hex digits. `used` is given each file's (path, sha256) by its role: the bytes hashed."""
+    """sha256 of what decides the picture: the Settings as given (a batch's: `auto` as asked, Settings.as_asked;
+    with the job's overrides, the input convention's among them), the job's overrides, the plan's scales (sizes,
+    iterations, tiles, L-BFGS history: engine/plan.py) and the bytes of every file read (content, styles, an init
+    image, a weights file, masks). OSError if a file cannot be read. 16 hex digits. `used` is given each file's
+    (path, sha256) by its role: the bytes hashed."""
     from styleengine.engine.settings import run_inputs
 
     files = run_inputs(job.content, job.styles, settings.init, settings.weights,  # roles, in the hash's order

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY, check_choice
+from styleengine.choices import FLOAT32_MAX, FLOAT32_TINY, WEIGHTINGS, check_choice
 from styleengine.engine.loss_config import STYLE_LAYERS, TV_UNIT, in_float32
 from styleengine.model import vgg
 
@@ -62,6 +62,8 @@ def recipe_values(name: str, given: dict[str, Any], flags: bool = True,
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ConfigError(f"{spelled(key)} must be a finite number >= 0 (in {name}'s units), got {value}")
     weighting = given.get("weighting")
+    if weighting is not None:  # a misspelling is said as one, not as another weighting
+        check_choice(spelled("weighting"), weighting, WEIGHTINGS)
     if weighting is not None and weighting != _DEFAULTS[name]["weighting"]:  # its units hold for its weighting only
         raise ConfigError(f"{spelled('weighting')} {weighting} is not {name}'s: its weights are mapped for "
                           f"{_DEFAULTS[name]['weighting']} weighting; drop {spelled('weighting')}, or the recipe")

@@ -566,7 +566,7 @@ class Settings:
             raise ConfigError("--style-layers names no layer, so the style images would do nothing; name at least "
                               "one (default: relu1_1,relu2_1,relu3_1,relu4_1,relu5_1), or set --style-weight 0")
         if not texture and not self.content_layers and self.content_weight > 0:  # as the style's: ran with no content
-            raise ConfigError(f"--content-layers names no layer, so the content image would only be the start; name "
+            raise ConfigError(f"--content-layers names no layer, so the content image would not be followed; name "
                               f"one (default: {','.join(_LOSS.content_layers)}), or set --content-weight 0")
         if self.style_weight > 0 and not any(w > 0 for w in loss.layer_weights()):  # ran with no style term
             raise ConfigError("every style layer weight is 0 (--style-layer-weights), so the style images would do "

@@ -151,8 +151,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def video_hash(settings: Settings, plan: Plan, files: list[str], selection: dict[str, Any]) -> str:
-    """sha256 of what decides the frames (16 hex digits): the resolved settings, the plan, the digests of the
-    files read (video, styles, init, weights) and which frames (first frame and rate: later frames never
+    """sha256 of what decides the frames (16 hex digits): the settings as given (`auto` as asked), the plan, the
+    digests of the files read (video, styles, init, weights) and which frames (first frame and rate: later frames never
     change earlier ones, so a longer range continues a shorter one)."""
     from styleengine.engine.manifest import _jsonable, unspelled
 

@@ -206,7 +206,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as e:  # "header too large" sent the user looking for damage
-            raise WeightsError(paths.named_as_another(path) or f"cannot read safetensors file {path}: {e}") from e
+            raise WeightsError(paths.named_as_another(path) or paths.unreadable_safetensors(path, e)) from e
         return state, meta
     if suffix in TORCH_SUFFIXES:
         try:

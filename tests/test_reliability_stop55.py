@@ -253,13 +253,13 @@ def test_an_empty_content_layer_list_with_a_content_weight_is_refused(tmp_path, 
     flags = ["--weights", "random", "--size", "40", "--iters", "2", "--backend", "torch"]
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *flags, "--content-layers", "")
-    assert one_error_line(code, err) == ("error: --content-layers names no layer, so the content image would only be "
-                                         "the start; name one (default: relu4_2), or set --content-weight 0"), err
+    assert one_error_line(code, err) == ("error: --content-layers names no layer, so the content image would not be "
+                                         "followed; name one (default: relu4_2), or set --content-weight 0"), err
     code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                            tmp_path / "o.png", *flags, "--content-layers", "", "--content-weight", "0")
     assert code == 0, err
     picture = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
-    with pytest.raises(UserError, match="names no layer, so the content image"):
+    with pytest.raises(UserError, match="names no layer, so the content image would not be followed"):
         styleengine.stylise(picture, picture, size=40, iterations=2, weights="random", content_layers=[])
 
 
@@ -334,6 +334,10 @@ def test_a_video_continues_when_auto_picks_another_way(tmp_path, monkeypatch, ca
     assert one_error_line(code, err) == (
         f"error: {tmp_path / 'o.mp4.frames'} holds frames that follow from frame 0, and this run's start at frame 2; "
         f"give --frames from 0 to continue them, or choose another output"), err
+    # other settings as well: said as other settings, not as a first frame whose advice is refused again (review)
+    code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                           tmp_path / "o.mp4", *flags, "--size", "64", "--frames", "2:4", "--temporal-weight", "3")
+    assert "holds frames of other settings or another video" in one_error_line(code, err), err
 
 
 @pytest.mark.parametrize("first", ["now", "before"])
@@ -373,3 +377,32 @@ def test_a_masked_array_is_refused_and_a_matrix_read_as_its_array():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # numpy's word on np.matrix itself
         matrix = np.asmatrix(gray)
     assert np.array_equal(from_picture(matrix, "content image"), from_picture(gray, "content image"))
+
+
+def test_the_review_of_stop_55s_mends(tmp_path, monkeypatch, capsys):
+    """(review of stop 55, 3-5) A snapshot marked before stop 55 (the name as text) is ours; a masked array with
+    nothing masked is its data, as before; a misspelt --weighting beside a recipe is said as unknown."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from styleengine.engine.images import from_picture
+    from styleengine.engine.recipes import recipe_values
+    from styleengine.errors import ConfigError
+
+    _pictures(tmp_path)
+    info = PngInfo()
+    info.add_text("styleengine-snapshot", "caf\u00e9.png")  # as stop 53 wrote it
+    Image.new("RGB", (40, 40)).save(tmp_path / "caf\u00e9_1.png", pnginfo=info)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                           tmp_path / "caf\u00e9.png", *SNAPSHOTS)
+    assert code == 0, err
+    picture = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert np.array_equal(from_picture(np.ma.masked_array(picture), "content image"),
+                          from_picture(picture, "content image"))
+    with pytest.raises(ConfigError, match="invarient"):
+        recipe_values("neural-style-pt", {"weighting": "invarient"})
+    try:
+        recipe_values("neural-style-pt", {"weighting": "invarient"})
+    except ConfigError as e:
+        assert "is not neural-style-pt's" not in str(e), e

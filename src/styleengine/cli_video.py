@@ -21,7 +21,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -57,6 +57,7 @@ class FrameStore:
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about or {}
         self._earlier: str | None = None
+        self._from_first: Callable[[int], set[str]] | None = None
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
         self.saved: set[int] = set()  # frames this run wrote: one missing at the encode was removed meanwhile
@@ -125,11 +126,12 @@ class FrameStore:
             raise
 
     def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None,
-             earlier: str | None = None) -> None:
+             earlier: str | None = None, from_first: Callable[[int], set[str]] | None = None) -> None:
         """Check that the folder (taken) holds frames of these settings, or record them there (ConfigError if it
         holds others': nothing there is overwritten). earlier: the same settings' hash as a video recorded it
-        before the hash held `auto` as asked (its frames carry it: continued under it)."""
-        self.digest, self.about, self._earlier = digest, about, earlier
+        before the hash held `auto` as asked (its frames carry it: continued under it). from_first: these
+        settings' hashes from another first frame (what tells a range that starts elsewhere)."""
+        self.digest, self.about, self._earlier, self._from_first = digest, about, earlier, from_first
         self.shape = tuple(shape) if shape is not None else None
         try:
             self._check_or_record(self.made[0])
@@ -200,7 +202,7 @@ class FrameStore:
                         f"files ({', '.join(others[:3])}{more}) beside a record")
                 first = kept.get("first")
                 if (what == "frames" and isinstance(first, int) and first != self.about.get("first")
-                        and all(kept.get(k) == self.about.get(k) for k in ("video", "fps"))):
+                        and self._from_first is not None and held in self._from_first(first)):
                     # each frame follows from the one before, back to the first: another first, other frames
                     raise ConfigError(f"{self.folder} holds frames that follow from frame {first}, and this run's "
                                       f"start at frame {self.about.get('first')}; give --frames from {first} to "
@@ -621,7 +623,13 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         hashed_settings = settings.as_asked(asked)
         digest = video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, selection)
         earlier = video_hash(settings, plan, files, selection) if hashed_settings != settings else None
-        store.open(digest, about, shape, earlier)
+
+        def from_first(first: int) -> set[str]:  # a chunk's selection holds its starts: told only unchunked
+            moved = {**selection, "first": first}
+            return {video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, moved),
+                    video_hash(settings, plan, files, moved)}
+
+        store.open(digest, about, shape, earlier, from_first if chunked is None else None)
     except BaseException:
         store.give_up()
         raise

@@ -185,8 +185,13 @@ def _safetensors_header_problem(path: Path, shown: str) -> str | None:
     try:
         with safe_open(os.fspath(path), framework="numpy"):
             return None
-    except (SafetensorError, OSError, ValueError) as e:  # the words model.weights.read_checkpoint says
-        return f"cannot read safetensors file {shown}: {e}"
+    except (SafetensorError, OSError, ValueError) as e:
+        return unreadable_safetensors(shown, e)
+
+
+def unreadable_safetensors(shown: str | os.PathLike, error: Exception) -> str:
+    """The line for a safetensors file its library refuses: the dry run's and the load's."""
+    return f"cannot read safetensors file {os.fspath(shown)}: {error}"
 
 
 TORCH_LEGACY = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old format: its pickled magic number
