@@ -139,8 +139,9 @@ def peak_gflops(config: Config, machine: dict, device: str | None = None) -> flo
 
 
 def gflop_per_iter(config: Config) -> float:
-    """GFLOP of one loss-and-gradient iteration from the layer table (the default loss's layers)."""
-    from styleengine.engine.losses import LossConfig
+    """GFLOP of one loss-and-gradient iteration from the layer table (the default loss's layers). torch-free: in
+    bench's own process, as a row ends, torch's import held a signal for seconds."""
+    from styleengine.engine.loss_config import LossConfig
     from styleengine.model.vgg import gflop
 
     loss = LossConfig()

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from PIL import Image, ImageFile, ImageOps
 from styleengine import paths
 from styleengine.engine.schedule import long_side_shape  # noqa: F401  (callers read it here)
 from styleengine.errors import ImageError, first_line
+
+log = logging.getLogger(__name__)
 
 FLOAT_SLACK = 1e-3  # float images may stray this far outside [0, 1] (rounding), and are clipped
 
@@ -186,6 +189,7 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
         source = io.BytesIO(pinned) if pinned is not None else path
         with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
             rawmode = _rawmode(opened)
+            _first_frame_said(opened, f"{role} {path}")
             opened.load()  # decode every byte now: truncation shows here, not later
             img = _oriented(opened, f"{role} {path}")
             size = img.size
@@ -194,6 +198,14 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
         raise ImageError(f"refusing {role} {path}: it {e}") from None
     paths.check_sides(f"{role} {path}", (size[1], size[0]))
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _first_frame_said(image: Image.Image, what: str) -> None:
+    """A warning for an animation (GIF, APNG, WebP) of which only the first frame is read: it ran unsaid."""
+    frames = getattr(image, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        log.warning("%s is an animation of %d frames: only its first is used (`styleengine video` stylises every "
+                    "frame)", what, frames)
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -244,6 +256,7 @@ def from_picture(picture: object, what: str) -> np.ndarray:
             raise ImageError(f"cannot read {what} (a PIL image): its file was closed before its pixels were read "
                              f"(call .load() inside the `with` block)")
         rawmode = _rawmode(picture)
+        _first_frame_said(picture, what)
         try:
             picture.load()  # a closed image, or a lazy one whose file is truncated: before the pixels
         except (ValueError, OSError) as e:

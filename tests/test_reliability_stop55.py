@@ -406,3 +406,35 @@ def test_the_review_of_stop_55s_mends(tmp_path, monkeypatch, capsys):
         recipe_values("neural-style-pt", {"weighting": "invarient"})
     except ConfigError as e:
         assert "is not neural-style-pt's" not in str(e), e
+
+
+def test_an_animated_content_image_says_only_its_first_frame_is_used(tmp_path, monkeypatch, capsys):
+    """An animated GIF, APNG or WebP as the content image: its first frame alone was stylised, exit 0, no word,
+    where `video` takes every frame of the same file (probe 56b, 1)."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "a.gif", tmp_path / "s.png", "-o",
+                           tmp_path / "o.png", "--weights", "random", "--size", "40", "--iters", "2", "--backend",
+                           "torch")
+    assert code == 0, err
+    assert (f"content image {tmp_path / 'a.gif'} is an animation of 3 frames: only its first is used "
+            f"(`styleengine video` stylises every frame)") in " ".join(err.split()), err
+
+
+def test_bench_imports_no_torch_in_its_own_process(tmp_path):
+    """A signal as a row's worker ended was acted on 2.5 to 4 s late: bench's own process imported torch for the
+    row's GFLOP figure, and a signal waits for an import (probe 56b, 3). The figure comes from torch-free tables."""
+    script = ("import sys\nfrom styleengine import cli\n"
+              "sys.argv = ['styleengine', 'bench', '--res', '32', '--backends', 'torch', '--devices', 'cpu', "
+              "'--precision', 'fp32', '--conv', 'direct', '--iters', '1', '--rounds', '1', '--warmup', '0', "
+              "'--json', sys.argv[1]]\n"
+              "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+              "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.json")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "STYLEENGINE_TUNE": "off"})
+    assert "TORCH False" in done.stderr and (tmp_path / "b.json").is_file(), done.stderr
