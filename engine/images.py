@@ -302,10 +302,11 @@ def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within: Path | None = None,
-               text: dict[str, str] | None = None, within_fd: int | None = None) -> str:
+               text: dict[str, str] | None = None, within_fd: int | None = None, through: bool = True) -> str:
     """Write an image (clamped to [0, 1], rounded to 8 bits) atomically: a temp file, then os.replace; returns the
     sha256 of the bytes written. within: a folder the image must stay in, no symbolic link below it followed
-    (paths.confined_writer); within_fd: that folder as opened before (its lock's). text: a PNG's text chunks."""
+    (paths.confined_writer); within_fd: that folder as opened before (its lock's). text: a PNG's text chunks.
+    through: a link at `path` is written through (an output's), else replaced (a snapshot's)."""
     path = Path(path)
     fmt = paths.image_format(path)
     if not path.parent.is_dir():
@@ -327,7 +328,8 @@ def save_image(image: np.ndarray | torch.Tensor, path: str | os.PathLike, within
             pil.save(encoded, format=fmt, comment=f"{key}: {value}".encode())
         else:
             pil.save(encoded, format=fmt)
-        with paths.atomic_writer(path) if within is None else paths.confined_writer(path, within, within_fd) as f:
+        with paths.atomic_writer(path, through) if within is None else paths.confined_writer(path, within,
+                                                                                             within_fd) as f:
             f.write(encoded.getbuffer())
     except OSError as e:  # "Read-only file system", as the other writes say it, not "[Errno 30] ...: 'path'"
         raise ImageError(f"cannot write {path}: {e.strerror or first_line(e)}") from None

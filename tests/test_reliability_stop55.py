@@ -438,3 +438,39 @@ def test_bench_imports_no_torch_in_its_own_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b.json")], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "STYLEENGINE_TUNE": "off"})
     assert "TORCH False" in done.stderr and (tmp_path / "b.json").is_file(), done.stderr
+
+
+def test_a_snapshot_is_written_at_its_own_name_not_through_a_link(tmp_path, monkeypatch, capsys):
+    """A link at o_2.png to an earlier snapshot kept elsewhere (which carries the mark): the snapshot was written
+    through it, the kept picture replaced, no word (probe 56a, 1). A snapshot replaces a link at its name."""
+    _pictures(tmp_path)
+    output = tmp_path / "o.png"
+    args = ["run", tmp_path / "c.png", tmp_path / "s.png", "-o", output, *SNAPSHOTS]
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    (tmp_path / "keep").mkdir()
+    kept = (tmp_path / "o_1.png").rename(tmp_path / "keep" / "o_1.png")
+    before = kept.read_bytes()
+    (tmp_path / "o_2.png").unlink()
+    (tmp_path / "o_2.png").symlink_to(kept)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and kept.read_bytes() == before, err
+    assert not (tmp_path / "o_2.png").is_symlink() and (tmp_path / "o_1.png").is_file()
+
+
+def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys):
+    """A row that failed in round 1 of 2 is done, yet its line was said at once, before --json held it: a signal
+    then lost three rows shown, 'b.json not written' (probe 56a, 2; stop 55's fix held only last rounds)."""
+    from styleengine import cli_bench
+
+    real, path = cli_bench.write_json, tmp_path / "b.json"
+
+    def write_json(*args, **kwargs):  # the first row's partial document
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_bench, "write_json", write_json)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32", "--backends", "naive,torch", "--devices",
+                           "cpu", "--precision", "fp32", "--conv", "direct", "--iters", "2", "--rounds", "2",
+                           "--warmup", "0", "--time-budget", "0.000001", "--json", path)
+    assert code == 143, err
+    assert "timeout" not in err and f"{path} not written" in err, err

@@ -350,7 +350,8 @@ def _checked_run(*, content: Path | None, styles: list[Path], output: Path, sett
                         if problem is not None:
                             raise ImageError(f"cannot write {path}: {problem} (put there during the run; not "
                                              f"replaced)")
-                        images.save_image(current(), path, text={SNAPSHOT: snapshot_mark(output)})
+                        # at its own name: a link there to an earlier snapshot (which the mark passes) is replaced
+                        images.save_image(current(), path, text={SNAPSHOT: snapshot_mark(output)}, through=False)
                     except ImageError as e:  # a lost snapshot is no reason to lose the run
                         if not failures:
                             failures.append(f"{e}; later snapshots were still tried")
