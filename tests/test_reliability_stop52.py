@@ -275,7 +275,8 @@ def _weights_files(tmp_path):
     made = {}
     with zipfile.ZipFile(tmp_path / "plain.zip.safetensors", "w") as z:
         z.writestr("notes.txt", "hello")
-    made["plain.zip.safetensors"] = "is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl)"
+    made["plain.zip.safetensors"] = ("is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl "
+                                     "and a version record)")
     (tmp_path / "plain.zip.pth").write_bytes((tmp_path / "plain.zip.safetensors").read_bytes())
     made["plain.zip.pth"] = made["plain.zip.safetensors"]
     for suffix in ("safetensors", "pth"):

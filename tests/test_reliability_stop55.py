@@ -474,3 +474,31 @@ def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys):
                            "--warmup", "0", "--time-budget", "0.000001", "--json", path)
     assert code == 143, err
     assert "timeout" not in err and f"{path} not written" in err, err
+
+
+def test_a_zip_with_a_data_pkl_but_no_version_is_told_and_a_mapped_host_is_refused_at_once(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A zip named .pth holding a data.pkl but no version record got PyTorch's 'Expected hasRecord("version")...
+    please report an enhancement request', and the dry run passed it (probe 56a, 6). serve --host ::ffff:127.0.0.1
+    started, then uvicorn could not bind it: its own ERROR line, exit 3, folders made (56a, 7)."""
+    import zipfile
+
+    _pictures(tmp_path)
+    with zipfile.ZipFile(tmp_path / "w.pth", "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--weights", tmp_path / "w.pth", "--size", "40", *dry)
+        assert one_error_line(code, err) == (f"error: {tmp_path / 'w.pth'} is a zip archive, not a PyTorch checkpoint "
+                                             f"(torch.save's zip holds a data.pkl and a version record)"), err
+    uvicorn = pytest.importorskip("uvicorn")
+
+    def never(*args, **kwargs):
+        raise AssertionError("served")
+
+    monkeypatch.setattr(uvicorn.Server, "run", never)
+    monkeypatch.delenv("STYLEENGINE_TOKEN", raising=False)
+    code, _, err = run_cli(monkeypatch, capsys, "serve", "--host", "::ffff:127.0.0.1", "--port", "18799",
+                           "--weights", "random", "--results-dir", tmp_path / "r")
+    assert one_error_line(code, err).endswith("(an IPv4 address written as IPv6: give --host 127.0.0.1)"), err
+    assert not (tmp_path / "r").exists()

@@ -40,10 +40,14 @@ def _check_listen(host: str, port: int) -> None:
         raise ConfigError(f"--host {host}: not an address here ({e.args[-1] if e.args else e})") from None
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):  # as asyncio's create_server binds
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             probe.bind(address)
         except OSError as e:
-            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            mapped = getattr(_address(host), "ipv4_mapped", None)
+            advice = f" (an IPv4 address written as IPv6: give --host {mapped})" if mapped is not None else ""
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}{advice}") from None
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -229,7 +229,9 @@ def weights_kind(path: Path) -> str | None:
             return "cut zip"
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"  # its constants and code beside the data
-        return "torch" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
+        # torch.load asks for both (a data.pkl alone was PyTorch's 'Expected hasRecord("version")' text)
+        ours = all(any(n == name or n.endswith("/" + name) for n in names) for name in ("data.pkl", "version"))
+        return "torch" if ours else "zip"
     if head.startswith(TORCH_LEGACY):
         return "torch"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -263,7 +265,8 @@ def named_as_another(path: Path, shown: str | None = None, before_load: bool = F
         return (f"{name} is a TorchScript archive (torch.jit.save), not a checkpoint of tensors; save the model's "
                 f"state_dict() with torch.save or safetensors")
     if kind == "zip":
-        return f"{name} is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl)"
+        return (f"{name} is a zip archive, not a PyTorch checkpoint (torch.save's zip holds a data.pkl and a "
+                f"version record)")
     if kind == "cut zip":
         return (f"{name} is a zip archive whose end is missing or damaged (a download or copy cut short?); "
                 f"fetch or copy it again")
