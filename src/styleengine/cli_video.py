@@ -621,13 +621,13 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             check_weights_unchanged(weights, hashed, settings.weights)
         # auto's pick is how fast, not what: measured again and picking another way, a resume was refused
         hashed_settings = settings.as_asked(asked)
-        digest = video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, selection)
+        hashed_plan = dataclasses.replace(plan, settings=hashed_settings)
+        digest = video_hash(hashed_settings, hashed_plan, files, selection)
         earlier = video_hash(settings, plan, files, selection) if hashed_settings != settings else None
 
         def from_first(first: int) -> set[str]:  # a chunk's selection holds its starts: told only unchunked
             moved = {**selection, "first": first}
-            return {video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, moved),
-                    video_hash(settings, plan, files, moved)}
+            return {video_hash(hashed_settings, hashed_plan, files, moved), video_hash(settings, plan, files, moved)}
 
         store.open(digest, about, shape, earlier, from_first if chunked is None else None)
     except BaseException:
