@@ -281,8 +281,8 @@ def bench(
             turn = f" round {row['round']}/{row['rounds']}" if event == "round" and row["rounds"] > 1 else ""
             detail = f"{fmt_time(row['median_s'])}/iter" if row["status"] == "ok" else row["reason"]
             line = f"  {series_name(row)} {config.height}x{config.width}{turn}: {row['status']} ({detail})"
-            # a row's last round: its last line, and a failed round's row takes no more turns
-            if json_path is not None and event == "round" and (row["round"] == row["rounds"] or row["status"] != "ok"):
+            # a limit probe, a row's last round and a failed round (its row takes no more turns) are its last line
+            if json_path is not None and (event == "done" or row["round"] == row["rounds"] or row["status"] != "ok"):
                 shown[config] = line  # said once --json holds the row: a signal between lost a row shown as ok
             else:
                 err.print(line, highlight=False)
