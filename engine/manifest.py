@@ -273,15 +273,19 @@ def _written_by_us(data: bytes) -> bool:
     """Whether a manifest's bytes are a batch's or a server's: empty, a power cut's NULs or a first line torn, or
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
     zeroed = _TEXTS_NULS.search(data) is None  # every NUL there may be a power cut's
+
+    def cut(line: bytes) -> bool:  # a power cut's NULs after nothing, or after a start of a line of ours
+        before = line.split(b"\0", 1)[0].removeprefix(b"\xef\xbb\xbf").strip(b" \t\r")
+        return zeroed and b"\0" in line and (not before or _torn_of_ours(before))
+
     *lines, tail = data.split(b"\n")
-    found = [line for line in lines if line.strip(b" \t\r\0") and not (zeroed and b"\0" in line)]
+    found = [line for line in lines if line.strip(b" \t\r\0") and not cut(line)]
     for line in [*found, tail]:
         entry = _parsed(line)
         if isinstance(entry, dict) and "id" in entry and "status" in entry:
             return True
     # nothing but a first line torn (a prefix of a line we write, which parses only whole) or zeroed
-    return not found and (not tail.strip(b" \t\r\0") or (zeroed and b"\0" in tail)
-                          or (_torn_of_ours(tail) and not whole_line(tail)))
+    return not found and (not tail.strip(b" \t\r\0") or cut(tail) or (_torn_of_ours(tail) and not whole_line(tail)))
 
 
 class Manifest:
