@@ -229,8 +229,11 @@ def weights_kind(path: Path) -> str | None:
             return "cut zip"
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"  # its constants and code beside the data
-        # torch.load asks for both (a data.pkl alone was PyTorch's 'Expected hasRecord("version")' text)
-        ours = all(any(n == name or n.endswith("/" + name) for n in names) for name in ("data.pkl", "version"))
+        # torch.load reads its records in the first name's folder and asks for both (a data.pkl alone was
+        # PyTorch's 'Expected hasRecord("version")' text; at the zip's root, 'not in a subdirectory')
+        folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
+        ours = folder is not None and folder + "data.pkl" in names and any(
+            folder + name in names for name in ("version", ".data/version"))
         return "torch" if ours else "zip"
     if head.startswith(TORCH_LEGACY):
         return "torch"
