@@ -456,7 +456,9 @@ def _main() -> None:
     except UserError as e:
         _fail(e)
     except click.exceptions.NoArgsIsHelpError as e:  # bare `styleengine`: the listing, as --help gives it
-        print(e.ctx.get_help() if e.ctx is not None else str(e))
+        from styleengine.console import say
+
+        say(e.ctx.get_help() if e.ctx is not None else str(e))
         sys.exit(0)
     except click.exceptions.UsageError as e:
         command = e.ctx.command_path if e.ctx is not None else "styleengine"

@@ -43,6 +43,7 @@ def _dry_run_checked(content: Path | None, styles: list[Path], output: Path, tra
                      settings: Settings) -> None:
     from styleengine import paths
     from styleengine.cli_plan import check_files, dry_plan
+    from styleengine.console import say
     from styleengine.engine.settings import run_inputs
 
     # what the run refuses before its work, the dry run refuses too (a trace onto the content, a FIFO as --init)
@@ -52,7 +53,7 @@ def _dry_run_checked(content: Path | None, styles: list[Path], output: Path, tra
     paths.check_inputs(run_inputs(content, styles, settings.init, settings.weights, settings.content_masks,
                                   settings.style_masks))
     for line in plan.lines():
-        print(printable(line))
+        say(printable(line))
 
 
 def _run(content: Annotated[Path, typer.Argument(help="Content image.", show_default=False,

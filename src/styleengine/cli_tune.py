@@ -18,9 +18,9 @@ TUNED = ("size", "model", "weights", "pooling", "seed", "device", "backend", "pr
 
 def _tune(**flags: Any) -> None:
     """Time every candidate `auto` may pick for runs of this size here, keep the choice, print the table."""
-    from styleengine.console import warnings_on
-    from styleengine.console import Console
     from rich.table import Table
+
+    from styleengine.console import Console, say, warnings_on
 
     from styleengine.engine import autotune
     from styleengine.engine.autotune import choose, record_path, size_class, trial_side, tuning_enabled
@@ -67,7 +67,7 @@ def _tune(**flags: Any) -> None:
                     table.add_row(t.label + mark, fmt_time(t.median) if t.seconds else "-",
                                   " ".join(fmt_time(s) for s in t.seconds), t.status, t.note)
                 Console(file=sys.stdout, markup=False).print(table)
-            print(printable(f"auto: {choice.why}"))
+            say(printable(f"auto: {choice.why}"))
             if choice.kept:
                 console.print(f"kept in {record_path()}", highlight=False, soft_wrap=True)
                 if not tuning_enabled():  # asked for, so measured; but the runs here would never read it

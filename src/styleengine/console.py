@@ -5,19 +5,64 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import warnings
 from typing import Any, Iterator
 
 from rich.console import Console as _RichConsole
 from rich.measure import Measurement
 
-from styleengine.errors import printable
+from styleengine.errors import UserError, printable
 
 
 WIDEST = 1000  # a table's cells measured up to this many columns
 
 
+def _silenced(stream: Any) -> None:
+    """Later writes to `stream`'s file go nowhere (a last line, Python's flush at exit), not to a traceback."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's captured stream)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _cannot_write(stream: Any, error: OSError, talk: bool) -> None:
+    """A write to stdout or stderr failed. Talk (stderr: lines beside the work) stops and the work goes on: a run
+    whose `2>&1 | head -1` ended lost its finished picture. A command's output (stdout) read by none (`| head`)
+    ends quietly; one that cannot be written (a full disk) is one error line, not a traceback."""
+    if talk or isinstance(error, BrokenPipeError):
+        _silenced(stream)
+        return
+    raise UserError(f"cannot write the standard output: {error.strerror or error}")
+
+
+def say(line: str) -> None:
+    """One line of a command's output on stdout (a dry run's plan, tune's choice)."""
+    try:
+        print(line, flush=True)
+    except OSError as e:
+        _cannot_write(sys.stdout, e, talk=False)
+
+
 class Console(_RichConsole):
+    def on_broken_pipe(self) -> None:
+        """Its reader went away (rich's own exits 1): see _cannot_write."""
+        self.quiet = True
+        _cannot_write(self.file, BrokenPipeError(), talk=self.stderr)
+
+    def _check_buffer(self) -> None:
+        try:  # rich's catches only a broken pipe (a full disk was a traceback)
+            super()._check_buffer()
+        except OSError as e:
+            self.quiet = True
+            _cannot_write(self.file, e, talk=self.stderr)
+
     def print(self, *objects: Any, **kwargs: Any) -> None:
         from rich.table import Table
 

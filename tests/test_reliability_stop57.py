@@ -1,0 +1,146 @@
+"""Issue 23, stop 57: probe 57's findings (on 4172d7f)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+try:
+    from test_cli import run_cli
+    from test_reliability_batch import one_error_line
+    from test_reliability_probe13 import _pictures
+    from test_reliability_stop43 import three_jobs_batch
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_batch import one_error_line
+    from tests.test_reliability_probe13 import _pictures
+    from tests.test_reliability_stop43 import three_jobs_batch
+
+FAST = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch"]
+
+
+def test_a_limit_probe_shown_is_in_json(tmp_path, monkeypatch, capsys):
+    """bench --limit said each probe's line before --json held it: a signal then lost a row shown (probe 57a, 1;
+    stop 55 held back only run_all's round lines). A probe's line is said once --json holds it."""
+    from styleengine import cli_bench
+    from styleengine.benchmarks import analysis
+
+    real, path, calls = cli_bench.write_json, tmp_path / "b.json", []
+
+    def write_json(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second probe's partial document
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    def search_limit(probe, *, start):  # two small probes, not the search from 512 px
+        probes = [probe(32), probe(24)]
+        return 32, probes
+
+    monkeypatch.setattr(cli_bench, "write_json", write_json)
+    monkeypatch.setattr(analysis, "search_limit", search_limit)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", "--limit", "--backends", "naive", "--devices", "cpu",
+                           "--precision", "fp32", "--iters", "1", "--warmup", "0", "--time-budget", "60",
+                           "--json", path)
+    assert code == 143, err
+    assert "naive cpu fp32 32x32: ok" in err and "24x24" not in err, err
+    assert f"{path} holds the 1 row done" in err and len(json.loads(path.read_text())["rows"]) == 1, err
+
+
+def test_another_tools_manifest_a_power_cut_zeroed_is_refused_not_cut(tmp_path, monkeypatch, capsys):
+    """Another tool's one-line manifest.jsonl whose tail a power cut zeroed was cut to nothing and taken over as
+    'torn', exit 0 (probe 57a, 2): any line holding a power cut's NULs counted as ours. The text before the NULs is
+    judged: nothing, or the start of a line of ours."""
+    from styleengine.engine import manifest as module
+
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_bytes(b'{"file": "x.png", "label": 3}' + b"\0" * 4096)
+    before = manifest.read_bytes()
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 1 and "is not a manifest styleengine wrote" in err, err
+    assert manifest.read_bytes() == before
+    line = b'{"batch": 1, "device": "cpu", "id": "a", "status": "ok"}'
+    assert not module._written_by_us(b'{"file": "x.png"}\n' + b"\0" * 4096 + b"\n")
+    assert module._written_by_us(line + b"\n" + line[:30] + b"\0" * 4096)  # ours, its last line cut
+    assert module._written_by_us(b"\xef\xbb\xbf" + line[:5] + b"\0" * 4096)  # ours, saved with a BOM, then cut
+
+
+def test_a_zip_whose_records_are_at_its_root_is_told_as_a_zip(tmp_path, monkeypatch, capsys):
+    """A .pth zip with data.pkl and version at its root (a checkpoint unzipped and zipped again from inside its
+    folder) was torch's '[enforce fail at inline_container.cc:180] ... not in a subdirectory', and the dry run
+    passed it (probe 57a, 3). torch reads both records in the first name's folder."""
+    from styleengine.paths import weights_kind
+
+    _pictures(tmp_path)
+    with zipfile.ZipFile(tmp_path / "w.pth", "w") as z:
+        z.writestr("data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("version", b"3\n")
+    for dry in (["--dry-run"], []):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--weights", tmp_path / "w.pth", "--size", "40", *dry)
+        assert one_error_line(code, err) == (f"error: {tmp_path / 'w.pth'} is a zip archive, not a PyTorch checkpoint "
+                                             f"(torch.save's zip holds a data.pkl and a version record)"), err
+    for names, kind in ((["a/data.pkl", "b/version"], "zip"), (["a/b/data.pkl", "a/b/version"], "zip"),
+                        (["archive/data.pkl", "archive/.data/version"], "torch")):
+        with zipfile.ZipFile(tmp_path / "x.pth", "w") as z:
+            for name in names:
+                z.writestr(name, b"3\n")
+        assert weights_kind(tmp_path / "x.pth") == kind, names
+
+
+def _styleengine(tmp_path, *argv, **streams) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "styleengine", *argv], cwd=tmp_path, timeout=300,
+                          env={**os.environ, "STYLEENGINE_TUNE": "off", "STYLEENGINE_CACHE_DIR": str(tmp_path / "c")},
+                          **streams)
+
+
+@pytest.mark.parametrize("command, stderr", [("run", "gone"), ("batch", "gone"), ("run", "full")])
+def test_stderr_that_cannot_be_written_costs_no_picture(tmp_path, command, stderr):
+    """A run whose stderr reader went away (`2>&1 | head -1`, a log pipe that died) or whose stderr is a full disk
+    lost its finished picture, exit 1, no word anywhere: rich's console exits at a broken pipe, and a full disk was
+    an OSError (probe 57b, 1). The talk stops; the work goes on."""
+    if stderr == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text('{"content": "c.png", "styles": ["s.png"], "output": "a.png"}\n')
+    argv = {"run": ["run", "c.png", "s.png", "-o", "o.png"], "batch": ["batch", "j.jsonl", "--out", "out"]}[command]
+    if stderr == "gone":
+        read, write = os.pipe()
+        os.close(read)  # the reader gone before the first line
+    else:
+        write = os.open("/dev/full", os.O_WRONLY)
+    try:
+        done = _styleengine(tmp_path, *argv, *FAST, stderr=write, stdout=subprocess.PIPE)
+    finally:
+        os.close(write)
+    assert done.returncode == 0
+    assert (tmp_path / ("o.png" if command == "run" else "out/a.png")).is_file()
+
+
+@pytest.mark.parametrize("argv", [["run", "c.png", "s.png", "-o", "o.png", "--dry-run", *FAST[:4]],
+                                  ["bench", "--res", "32", "--backends", "naive", "--devices", "cpu", "--iters",
+                                   "1", "--warmup", "0", "--rounds", "1"]])
+def test_stdout_on_a_full_disk_is_one_line(tmp_path, argv):
+    """A dry run's plan or bench's table onto a full disk (`> /dev/full`) was an OSError traceback (probe 57b, 2):
+    a command's output that cannot be written is one error line, exit 1; one read by none (`| head`) ends
+    quietly."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    _pictures(tmp_path)
+    with open("/dev/full", "w") as full:
+        done = _styleengine(tmp_path, *argv, stdout=full, stderr=subprocess.PIPE, text=True)
+    assert one_error_line(done.returncode, done.stderr) == ("error: cannot write the standard output: No space left "
+                                                            "on device"), done.stderr
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = _styleengine(tmp_path, *argv, stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
