@@ -36,7 +36,7 @@ from styleengine.engine.settings import style_roles
 from styleengine.engine.jobs import (IMAGE_SUFFIXES, OVERRIDES, Job, JobsCheck, JobsRead, check_jobs, chunks,  # noqa: F401
                                      iter_jobs, load_jobs, located, outside, pair_jobs, settings_inputs)
 from styleengine.engine.manifest import (LOCK_FILE, MANIFEST, Digests, Finished, Manifest, _jsonable, digest_key,  # noqa: F401
-                                         file_digest, locked, place, read_as_hashed, settings_hash)
+                                         file_digest, locked, place, read_as_hashed, settings_hash, settings_hashes)
 from styleengine.engine.plan import check_shapes, make_plan
 from styleengine.engine.memory import free_memory, lbfgs_history, lbfgs_pair_bytes, tile_for_budget
 from styleengine.engine.loop import non_finite, whole
@@ -124,10 +124,13 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
                 scales = run_plan.to_json()["scales"]
             used: dict[str, tuple[str, str]] = {}
             digest = settings_hash(job, settings.as_asked(asked), digests, scales, used)
-            earlier = None
-            if done is not None and done.hash_of(job.id, job.output) not in (None, digest):
-                # a line written before the hash held `auto` as asked holds the way auto picked then
-                earlier = settings_hash(job, settings, digests, scales)
+            alike = None
+            held = done.hash_of(job.id, job.output) if done is not None else None
+            # a line of another way alike (auto's pick now given, or given then and auto now; a line written before
+            # the hash held `auto` as asked holds the way auto picked then)
+            if held not in (None, digest) and held in settings_hashes(job, settings, digests, scales,
+                                                                      ways=settings.ways_alike(asked)):
+                alike = held
         except UserError as e:  # where a jobs file gave it, said: the settings may be the line's own
             planned.append(Planned(job, None, None, "failed", job.said(e)))
             continue
@@ -135,7 +138,7 @@ def plan(jobs: list[Job], base: Settings, done: Finished | None, digests: Digest
             planned.append(Planned(job, None, None, "failed",
                                    f"cannot read {e.filename}: {e.strerror or type(e).__name__}"))
             continue
-        skip = done is not None and any(done.holds(job.id, job.output, d) for d in (digest, earlier) if d)
+        skip = done is not None and any(done.holds(job.id, job.output, d) for d in (digest, alike) if d)
         weights = used.pop("weights file", (None, None))[1]  # checked as loaded
         files = tuple((role, path, sha) for role, (path, sha) in used.items())
         planned.append(Planned(job, settings, digest, "skipped" if skip else "run", weights_sha256=weights,

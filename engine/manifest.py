@@ -128,11 +128,19 @@ PLAN_ONLY = ("scales", "start_size", "iters_per_scale", "mem_budget_gib", "tile"
 
 def settings_hash(job: Job, settings: Settings, digests: Digests, scales: list[dict[str, Any]] | None = None,
                   used: dict[str, tuple[str, str]] | None = None) -> str:
+    """See settings_hashes: the hash of `settings` as they are."""
+    return next(settings_hashes(job, settings, digests, scales, used))
+
+
+def settings_hashes(job: Job, settings: Settings, digests: Digests, scales: list[dict[str, Any]] | None = None,
+                    used: dict[str, tuple[str, str]] | None = None,
+                    ways: Iterable[dict[str, Any]] = ({},)) -> Iterator[str]:
     """sha256 of what decides the picture: the Settings as given (a batch's: `auto` as asked, Settings.as_asked;
     with the job's overrides, the input convention's among them), the job's overrides, the plan's scales (sizes,
     iterations, tiles, L-BFGS history: engine/plan.py) and the bytes of every file read (content, styles, an init
     image, a weights file, masks). OSError if a file cannot be read. 16 hex digits. `used` is given each file's
-    (path, sha256) by its role: the bytes hashed."""
+    (path, sha256) by its role: the bytes hashed. One hash for each of `ways` (values of Settings' AUTO_FIELDS
+    put in place of these)."""
     from styleengine.engine.settings import run_inputs
 
     files = run_inputs(job.content, job.styles, settings.init, settings.weights,  # roles, in the hash's order
@@ -150,10 +158,12 @@ def settings_hash(job: Job, settings: Settings, digests: Digests, scales: list[d
     hashed = file_digests(files, digests)
     if used is not None:
         used.update({role: (str(files[role]), sha) for role, sha in hashed.items()})
-    payload = {"settings": kept, "scales": scales,
-               "overrides": unspelled(_jsonable({k: v for k, v in job.overrides if k not in planned})),
-               "files": list(hashed.values())}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    payload: dict[str, Any] = {
+        "settings": kept, "scales": scales, "files": list(hashed.values()),
+        "overrides": unspelled(_jsonable({k: v for k, v in job.overrides if k not in planned}))}
+    for way in ways:  # each way of running put in (Settings.ways_alike): the files read and hashed once
+        payload["settings"].update(way)
+        yield hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _STATUSES = ("ok", "failed", "skipped")

@@ -9,11 +9,12 @@ setting is adding one field here.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
                                  PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
@@ -358,6 +359,19 @@ class Settings:
         which keeps the look, left finished work unknown: a video's resume was refused, a batch job ran again."""
         auto: dict[str, Any] = {name: "auto" for name in AUTO_FIELDS if getattr(asked, name) == "auto"}
         return dataclasses.replace(self, **auto)
+
+    def ways_alike(self, asked: "Settings") -> Iterator[dict[str, Any]]:
+        """Each way of running (AUTO_FIELDS' values) a finished picture's hash may hold and still be these resolved
+        settings' work, as_asked's first: a field left to auto, as auto or as auto picks it now (made with it
+        given); a field given, as given or as auto (made by auto, whose pick is how fast, not what). Frames made
+        with --conv winograd were refused without it, where auto picks winograd."""
+        options = [("auto", getattr(self, name)) if getattr(asked, name) == "auto" else (getattr(self, name), "auto")
+                   for name in AUTO_FIELDS]
+        seen: set[tuple[Any, ...]] = set()
+        for values in itertools.product(*options):
+            if values not in seen:
+                seen.add(values)
+                yield dict(zip(AUTO_FIELDS, values))
 
     def scale_plan(self) -> list[tuple[int, int]]:
         """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""

@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -154,12 +154,22 @@ def video_hash(settings: Settings, plan: Plan, files: list[str], selection: dict
     """sha256 of what decides the frames (16 hex digits): the settings as given (`auto` as asked), the plan, the
     digests of the files read (video, styles, init, weights) and which frames (first frame and rate: later frames never
     change earlier ones, so a longer range continues a shorter one)."""
+    return next(video_hashes(settings, plan, files, selection))
+
+
+def video_hashes(settings: Settings, plan: Plan, files: list[str], selection: dict[str, Any],
+                 ways: Iterable[dict[str, Any]] = ({},)) -> Iterator[str]:
+    """video_hash with each of `ways` (values of Settings' AUTO_FIELDS, Settings.ways_alike) put in place of the
+    settings' and the plan's."""
     from styleengine.engine.manifest import _jsonable, unspelled
 
-    payload = {"settings": unspelled(_jsonable(dataclasses.replace(settings, save_every=0, distance_every=0))),
-               "plan": plan.to_json(), "files": files, "selection": selection,
-               "frame_iters": frame_iterations(settings)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    payload: dict[str, Any] = {
+        "settings": unspelled(_jsonable(dataclasses.replace(settings, save_every=0, distance_every=0))),
+        "plan": plan.to_json(), "files": files, "selection": selection, "frame_iters": frame_iterations(settings)}
+    for way in ways:
+        payload["settings"].update(way)
+        payload["plan"].update(way)
+        yield hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_weights_unchanged(weights: Weights, hashed: str | None, path: str) -> None:

@@ -144,3 +144,57 @@ def test_stdout_on_a_full_disk_is_one_line(tmp_path, argv):
     finally:
         os.close(write)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def _auto_picks(monkeypatch, conv):
+    """auto picks `conv` (as a measurement here could)."""
+    import dataclasses
+
+    from styleengine.engine import autotune
+
+    real = autotune.choose
+
+    def choose(settings, *args, **kwargs):
+        choice = real(settings, *args, **kwargs)
+        picked = conv if settings.conv == "auto" else settings.conv
+        return dataclasses.replace(choice, settings=dataclasses.replace(choice.settings, conv=picked))
+
+    monkeypatch.setattr(autotune, "choose", choose)
+
+
+@pytest.mark.parametrize("then, now, picks, skipped", [("winograd", "auto", "winograd", True),
+                                                       ("auto", "direct", "winograd", True),
+                                                       ("winograd", "auto", "direct", False)])
+def test_a_batch_job_made_with_a_way_auto_picks_now_is_done(tmp_path, monkeypatch, capsys, then, now, picks,
+                                                            skipped):
+    """Jobs made with --conv winograd ran again without it where auto picks winograd: the hash held each way as
+    asked, given and auto unlike (probe 57a, 7). A way given then or now, and auto's pick the other time, is
+    alike; auto (any way) then and a way given now too; a way given and auto picking another is not."""
+    _auto_picks(monkeypatch, picks)
+    _pictures(tmp_path)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
+                                              for n in "ab"))
+    for conv in (then, now):
+        code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out",
+                               *FAST, "--conv", conv)
+        assert code == 0, err
+    assert ("0 ok, 2 skipped, 0 failed" if skipped else "2 ok, 0 skipped, 0 failed") in err, err
+
+
+def test_a_video_made_with_a_way_auto_picks_now_continues(tmp_path, monkeypatch, capsys):
+    """A video made with --conv winograd was refused on resume without it, 'other settings or another video ...
+    move it away', where auto picks winograd (probe 57a, 7)."""
+    try:
+        from test_video import FAST as VIDEO, moving_window, photo, write_clip
+    except ModuleNotFoundError:
+        from tests.test_video import FAST as VIDEO, moving_window, photo, write_clip
+
+    _auto_picks(monkeypatch, "winograd")
+    frames, _ = moving_window(photo(), 4, (48, 64))
+    write_clip(tmp_path / "in.mp4", frames, fps=12)
+    _pictures(tmp_path)
+    for conv, selected in (("winograd", "0:2"), ("auto", "0:4")):
+        code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                               tmp_path / "o.mp4", *VIDEO, "--size", "64", "--frames", selected, "--conv", conv)
+        assert code == 0, err
+    assert f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err

@@ -56,7 +56,7 @@ class FrameStore:
         self.output = output
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about or {}
-        self._earlier: str | None = None
+        self._alike: Callable[[str], bool] | None = None
         self._from_first: Callable[[int], set[str]] | None = None
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
@@ -126,12 +126,14 @@ class FrameStore:
             raise
 
     def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None,
-             earlier: str | None = None, from_first: Callable[[int], set[str]] | None = None) -> None:
+             alike: Callable[[str], bool] | None = None,
+             from_first: Callable[[int], set[str]] | None = None) -> None:
         """Check that the folder (taken) holds frames of these settings, or record them there (ConfigError if it
-        holds others': nothing there is overwritten). earlier: the same settings' hash as a video recorded it
-        before the hash held `auto` as asked (its frames carry it: continued under it). from_first: these
-        settings' hashes from another first frame (what tells a range that starts elsewhere)."""
-        self.digest, self.about, self._earlier, self._from_first = digest, about, earlier, from_first
+        holds others': nothing there is overwritten). alike: whether a recorded hash is these settings' made
+        another way alike (Settings.ways_alike; a video recorded before the hash held `auto` as asked among them:
+        its frames carry it, continued under it). from_first: these settings' hashes from another first frame
+        (what tells a range that starts elsewhere)."""
+        self.digest, self.about, self._alike, self._from_first = digest, about, alike, from_first
         self.shape = tuple(shape) if shape is not None else None
         try:
             self._check_or_record(self.made[0])
@@ -192,7 +194,7 @@ class FrameStore:
                                   f"unknown; move it away or choose another output") from None
             if held == self.digest:
                 return
-            if held is not None and held == self._earlier:
+            if isinstance(held, str) and self._alike is not None and self._alike(held):
                 self.digest = held
                 return
             others = sorted(p.name for p in self.folder.iterdir() if p.name not in (self.RECORD, self.LOCK))
@@ -541,7 +543,7 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
     from styleengine.engine.settings import run_inputs, settings_inputs, style_roles
     from styleengine.engine.plan import check_sides
     from styleengine.engine.stylise import check_run, load_init
-    from styleengine.engine.video import check_weights_unchanged, video_hash
+    from styleengine.engine.video import check_weights_unchanged, video_hash, video_hashes
 
     settings.validate()
     video_io.check_video_output(output)
@@ -621,15 +623,16 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
             check_weights_unchanged(weights, hashed, settings.weights)
         # auto's pick is how fast, not what: measured again and picking another way, a resume was refused
         hashed_settings = settings.as_asked(asked)
-        hashed_plan = dataclasses.replace(plan, settings=hashed_settings)
-        digest = video_hash(hashed_settings, hashed_plan, files, selection)
-        earlier = video_hash(settings, plan, files, selection) if hashed_settings != settings else None
+        digest = video_hash(hashed_settings, dataclasses.replace(plan, settings=hashed_settings), files, selection)
+        ways = list(settings.ways_alike(asked))
+
+        def alike(held: str) -> bool:  # frames of another way alike (Settings.ways_alike)
+            return held in video_hashes(settings, plan, files, selection, ways)
 
         def from_first(first: int) -> set[str]:  # a chunk's selection holds its starts: told only unchunked
-            moved = {**selection, "first": first}
-            return {video_hash(hashed_settings, hashed_plan, files, moved), video_hash(settings, plan, files, moved)}
+            return set(video_hashes(settings, plan, files, {**selection, "first": first}, ways))
 
-        store.open(digest, about, shape, earlier, from_first if chunked is None else None)
+        store.open(digest, about, shape, alike, from_first if chunked is None else None)
     except BaseException:
         store.give_up()
         raise
