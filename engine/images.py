@@ -265,15 +265,36 @@ def from_picture(picture: object, what: str) -> np.ndarray:
             array = _to_float_rgb(_oriented(picture, what), rawmode=rawmode)
         except _RangeError as e:  # a 32-bit integer or float PIL image holding values no picture has
             raise ImageError(f"refusing {what}: it {e}") from None
-    elif isinstance(picture, np.ma.MaskedArray) and np.ma.is_masked(picture):  # masked pixels hold no picture's
-        raise ImageError(f"{what}: a masked array's masked pixels are not a picture's; fill them first "
-                         f"(array.filled(value)) or pass array.data")
     elif isinstance(picture, np.ndarray):
+        _refuse_masked(picture, what)
         array = _array_to_float_rgb(np.asarray(picture), what)  # np.matrix is 2-D whatever is done to it
     else:
         raise ImageError(f"{what}: expected a path, a PIL image or a numpy array, got {type(picture).__name__}")
     paths.check_sides(what, array.shape)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _refuse_masked(array: object, what: str) -> None:
+    if isinstance(array, np.ma.MaskedArray) and np.ma.is_masked(array):  # masked pixels hold no picture's
+        raise ImageError(f"{what}: a masked array's masked pixels are not a picture's; fill them first "
+                         f"(array.filled(value)) or pass array.data")
+
+
+def check_loaded(array: object, what: str) -> None:
+    """Refuse an array that is not what load_image gives (float (H, W, 3) in [0, 1]): the engine's stylise reads
+    it as it is, so a uint8 picture ran as values 0-255 (a white result), a masked array its hidden values, no
+    word. ImageError, naming `what`, with the entry that takes any picture."""
+    _refuse_masked(array, what)
+    if not (isinstance(array, np.ndarray) and array.ndim == 3 and array.shape[2] == 3
+            and np.issubdtype(array.dtype, np.floating)):
+        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__)
+        raise ImageError(f"{what}: the engine takes float (H, W, 3) arrays in [0, 1], as images.load_image gives "
+                         f"them, got {got}; styleengine.stylise takes paths, PIL images and uint8 arrays")
+    try:
+        _check_range(array, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
+    except _RangeError as e:
+        advice = "; divide 0-255 values by 255" if np.isfinite(array).all() else ""
+        raise ImageError(f"{what} {e}{advice}") from None
 
 
 def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:

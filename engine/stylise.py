@@ -311,6 +311,10 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     plans: list[Plan] = []
     race = None  # one run's own step with auto left open: its candidates race in its first steps
     for picture in pictures:
+        for what, array in (("content image", picture.content), ("init image", picture.init_image),
+                            *((f"style image {i + 1}", style) for i, style in enumerate(picture.styles))):
+            if array is not None:
+                images.check_loaded(array, what)
         if picture.content is None:
             # texture synthesis: alpha = 0, no content layers, white noise unless another init is asked for
             picture = dataclasses.replace(picture, settings=dataclasses.replace(

@@ -198,3 +198,27 @@ def test_a_video_made_with_a_way_auto_picks_now_continues(tmp_path, monkeypatch,
                                tmp_path / "o.mp4", *VIDEO, "--size", "64", "--frames", selected, "--conv", conv)
         assert code == 0, err
     assert f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err
+
+
+def test_the_engines_stylise_refuses_arrays_load_image_never_gives():
+    """README's other Python entry, styleengine.engine.stylise.stylise, read any array as it was: a uint8
+    picture gave a near-white result, a masked array its hidden values, a 0-255 float a clipped one, no word
+    (probe 57a, 4). Each is refused in one line naming the entry that takes it; load_image's arrays run."""
+    import numpy as np
+
+    from styleengine.engine.stylise import Settings, stylise
+    from styleengine.errors import ImageError
+
+    picture = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    floats = picture / 255.0
+    settings = Settings(size=40, iterations=1, weights="random", backend="torch")
+    for array, said in ((picture, r"content image: the engine takes float \(H, W, 3\) arrays in \[0, 1\]"),
+                        (picture * 1.0, r"content image has float pixel values from 0 to 255"),
+                        (np.ma.masked_array(floats, mask=picture > 200), r"content image: a masked array's"),
+                        (floats[..., 0], r"content image: the engine takes float")):
+        with pytest.raises(ImageError, match="^" + said):
+            stylise(array, [floats], settings)
+    with pytest.raises(ImageError, match=r"^style image 1 has NaN"):
+        stylise(floats, [np.full_like(floats, np.nan)], settings)
+    out, _ = stylise(floats.astype(np.float32), [floats], settings)
+    assert out.shape == (33, 40, 3) and out.dtype == np.float32  # --size 40: the long side
