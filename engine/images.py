@@ -189,7 +189,7 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
         source = io.BytesIO(pinned) if pinned is not None else path
         with paths.image_errors(path, role, passes=(_RangeError,)), Image.open(source) as opened:
             rawmode = _rawmode(opened)
-            _first_frame_said(opened, f"{role} {path}")
+            _first_frame_said(opened, f"{role} {path}", once=True)
             opened.load()  # decode every byte now: truncation shows here, not later
             img = _oriented(opened, f"{role} {path}")
             size = img.size
@@ -200,12 +200,18 @@ def load_image(path: str | os.PathLike, role: str = "image", backdrop: float = 1
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _first_frame_said(image: Image.Image, what: str) -> None:
-    """A warning for an animation (GIF, APNG, WebP) of which only the first frame is read: it ran unsaid."""
+_ANIMATIONS_SAID: set[str] = set()  # files said (a role and a path)
+
+
+def _first_frame_said(image: Image.Image, what: str, once: bool = False) -> None:
+    """A warning for an animation (GIF, APNG, WebP) of which only the first frame is read: it ran unsaid.
+    `styleengine video` is named for a content image only: a style or init image is one picture there too.
+    once: a file's (`what` names it), said once a process: a batch's jobs share their files."""
     frames = getattr(image, "n_frames", 1)
-    if isinstance(frames, int) and frames > 1:
-        log.warning("%s is an animation of %d frames: only its first is used (`styleengine video` stylises every "
-                    "frame)", what, frames)
+    if isinstance(frames, int) and frames > 1 and not (once and what in _ANIMATIONS_SAID):
+        _ANIMATIONS_SAID.add(what)
+        advice = " (`styleengine video` stylises every frame)" if what.startswith("content image") else ""
+        log.warning("%s is an animation of %d frames: only its first is used%s", what, frames, advice)
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:

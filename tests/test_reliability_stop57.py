@@ -222,3 +222,26 @@ def test_the_engines_stylise_refuses_arrays_load_image_never_gives():
         stylise(floats, [np.full_like(floats, np.nan)], settings)
     out, _ = stylise(floats.astype(np.float32), [floats], settings)
     assert out.shape == (33, 40, 3) and out.dtype == np.float32  # --size 40: the long side
+
+
+def test_an_animated_style_is_said_once_a_batch_without_the_video_advice(tmp_path, monkeypatch, capsys):
+    """An animated style said `styleengine video` stylises every frame (video reads a style as one picture too),
+    and a batch said its two lines again for every job (probe 57a, 5). A file is said once a process; the video
+    advice is a content image's."""
+    import numpy as np
+    from PIL import Image
+
+    _pictures(tmp_path)
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "a.gif", "styles": ["a.gif"], "output": "{n}.png"}}\n'
+                                              for n in "xyz"))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *FAST)
+    assert code == 0, err
+    said = " ".join(err.split())
+    content = (f"content image {tmp_path / 'a.gif'} is an animation of 3 frames: only its first is used "
+               f"(`styleengine video` stylises every frame)")
+    style = f"style image {tmp_path / 'a.gif'} is an animation of 3 frames: only its first is used"
+    assert said.count(content) == 1 and said.count(style) == 1, err
+    assert f"{style} (`styleengine video`" not in said, err
