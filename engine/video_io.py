@@ -38,6 +38,7 @@ CONTAINERS = {
 COPYABLE = {"mp4": ("aac", "mp3", "opus", "ac3", "alac", "flac"), "mov": ("aac", "mp3", "alac", "ac3", "pcm_s16le"),
             "webm": ("opus", "vorbis"), "avi": ("mp3", "ac3", "pcm_s16le"), "gif": ()}
 AUDIO_CODEC = {"mp4": "aac", "mov": "aac", "webm": "libopus", "avi": "libmp3lame"}
+SOUND_NAMES = {"libopus": "opus", "libmp3lame": "mp3"}  # as the sound is named where it is read back
 IDENTITY_BYTES = 1 << 20  # read from each end of a video for its identity
 CRF = "18"  # x264: visually lossless; the stylised texture is all detail and suffers from the default 23
 
@@ -326,18 +327,20 @@ def encoder_rate(codec: str, rate: int) -> int:
 def check_sound(info: VideoInfo, path: Path, span: tuple[float, float]) -> None:
     """Before any frame is made: whether the sound of `info` over `span` (seconds of the source) goes into the
     video at `path` as write_video will put it there, tried on its first half second in memory (ConfigError where
-    it cannot); a GIF, which holds no sound, is said in a warning."""
+    it cannot); a GIF, which holds no sound, is said in a warning, as are sound streams after the first (not kept)
+    and channels mixed down to stereo by a re-encode."""
     if not info.audio:
         return
     muxer = CONTAINERS[path.suffix.lower()][0]
     if muxer == "gif":
         log.warning("GIF holds no sound: the sound of %s is not in %s", info.path, path)
         return
-    sound = None
+    sound, streams, mixed = None, 1, None
     try:
         with av.open(io.BytesIO(), "w", format=muxer) as out:
             sound = _AudioCopy(info.path, out, muxer, (span[0], min(span[1], span[0] + 0.5)))
             out.start_encoding()  # the encoder opened, as the first frame's packet would, even with no sound here
+            streams, mixed = len(sound.input.streams.audio), sound.mixed
             sound.copy()
     except av.error.FFmpegError as e:
         raise ConfigError(f"cannot put the sound of {info.path} into {path.name} ({first_line(e)}); choose .mkv, "
@@ -345,6 +348,11 @@ def check_sound(info: VideoInfo, path: Path, span: tuple[float, float]) -> None:
     finally:
         if sound is not None:  # copy() closes it; an encoder refused before it is not
             sound.input.close()
+    if streams > 1:
+        log.warning("%s has %d sound streams: only the first is kept in %s", info.path, streams, path)
+    if mixed is not None:
+        log.warning("the sound of %s has %d channels: they are mixed down to stereo for %s's encoder (%s); .mkv "
+                    "keeps them", info.path, mixed, path, SOUND_NAMES.get(AUDIO_CODEC[muxer], AUDIO_CODEC[muxer]))
 
 
 class _AudioCopy:
@@ -358,6 +366,7 @@ class _AudioCopy:
         self.stream_in = self.input.streams.audio[0]
         self.stream_out: Any = None
         self.resampler = None
+        self.mixed: int | None = None  # the source's channel count where the re-encode mixes them down to stereo
         codec = self.stream_in.codec_context.name
         if muxer == "matroska" or codec in COPYABLE.get(muxer, ()):
             self.stream_out = out.add_stream_from_template(self.stream_in)
@@ -368,6 +377,8 @@ class _AudioCopy:
         layout = self.stream_in.codec_context.layout
         # by the count: a PCM stream's layout may be "1 channels" (no order named), which aac refuses
         self.stream_out.layout = "mono" if layout is not None and layout.nb_channels == 1 else "stereo"
+        if layout is not None and layout.nb_channels > 2:
+            self.mixed = layout.nb_channels
         self.resampler = av.AudioResampler(format=self.stream_out.codec_context.format, layout=self.stream_out.layout,
                                            rate=rate, frame_size=self.stream_out.codec_context.frame_size or None)
         log.info("audio: %s at %d Hz re-encoded as %s at %d Hz for %s", codec, heard, AUDIO_CODEC[muxer], rate, muxer)
