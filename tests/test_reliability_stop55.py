@@ -94,21 +94,27 @@ def test_snapshots_of_an_output_of_any_name_are_written_and_a_rerun_replaces_the
         assert all(output.with_name(f"{output.stem}_{i}{output.suffix}").is_file() for i in (1, 2)), err
 
 
-def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
-    """A size's rows take turns, so every row's last line came before any row was done, and all of them were said
-    at the first row's partial --json: a signal during the second's write lost a row shown 'ok' (probe 55a, 7;
-    stop 53's fix, incomplete). Each row's line is said once --json holds that row."""
+def signal_at_json_write(monkeypatch, at: int) -> None:
+    """SIGTERM to this process as bench writes its `at`-th --json document (1 the first)."""
     from styleengine import cli_bench
 
-    real, path, calls = cli_bench.write_json, tmp_path / "b.json", []
+    real, calls = cli_bench.write_json, []
 
     def write_json(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:  # the second row's partial document
+        if len(calls) == at:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cli_bench, "write_json", write_json)
+
+
+def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
+    """A size's rows take turns, so every row's last line came before any row was done, and all of them were said
+    at the first row's partial --json: a signal during the second's write lost a row shown 'ok' (probe 55a, 7;
+    stop 53's fix, incomplete). Each row's line is said once --json holds that row."""
+    path = tmp_path / "b.json"
+    signal_at_json_write(monkeypatch, 2)  # the second row's partial document
     code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32", "--backends", "naive,torch", "--devices",
                            "cpu", "--precision", "fp32", "--conv", "direct", "--iters", "1", "--rounds", "1",
                            "--warmup", "0", "--json", path)
@@ -460,15 +466,8 @@ def test_a_snapshot_is_written_at_its_own_name_not_through_a_link(tmp_path, monk
 def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys):
     """A row that failed in round 1 of 2 is done, yet its line was said at once, before --json held it: a signal
     then lost three rows shown, 'b.json not written' (probe 56a, 2; stop 55's fix held only last rounds)."""
-    from styleengine import cli_bench
-
-    real, path = cli_bench.write_json, tmp_path / "b.json"
-
-    def write_json(*args, **kwargs):  # the first row's partial document
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cli_bench, "write_json", write_json)
+    path = tmp_path / "b.json"
+    signal_at_json_write(monkeypatch, 1)  # the first row's partial document
     code, _, err = run_cli(monkeypatch, capsys, "bench", "--res", "32", "--backends", "naive,torch", "--devices",
                            "cpu", "--precision", "fp32", "--conv", "direct", "--iters", "2", "--rounds", "2",
                            "--warmup", "0", "--time-budget", "0.000001", "--json", path)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import zipfile
@@ -15,11 +14,13 @@ try:
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import _pictures
     from test_reliability_stop43 import three_jobs_batch
+    from test_reliability_stop55 import signal_at_json_write
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import _pictures
     from tests.test_reliability_stop43 import three_jobs_batch
+    from tests.test_reliability_stop55 import signal_at_json_write
 
 FAST = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch"]
 
@@ -27,22 +28,15 @@ FAST = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "tor
 def test_a_limit_probe_shown_is_in_json(tmp_path, monkeypatch, capsys):
     """bench --limit said each probe's line before --json held it: a signal then lost a row shown (probe 57a, 1;
     stop 55 held back only run_all's round lines). A probe's line is said once --json holds it."""
-    from styleengine import cli_bench
     from styleengine.benchmarks import analysis
 
-    real, path, calls = cli_bench.write_json, tmp_path / "b.json", []
-
-    def write_json(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # the second probe's partial document
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
+    path = tmp_path / "b.json"
+    signal_at_json_write(monkeypatch, 2)  # the second probe's partial document
 
     def search_limit(probe, *, start):  # two small probes, not the search from 512 px
         probes = [probe(32), probe(24)]
         return 32, probes
 
-    monkeypatch.setattr(cli_bench, "write_json", write_json)
     monkeypatch.setattr(analysis, "search_limit", search_limit)
     code, _, err = run_cli(monkeypatch, capsys, "bench", "--limit", "--backends", "naive", "--devices", "cpu",
                            "--precision", "fp32", "--iters", "1", "--warmup", "0", "--time-budget", "60",

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 pytest.importorskip("cv2", reason="the video extra (OpenCV) is not installed")
@@ -15,9 +14,11 @@ from styleengine.engine import video as video_engine, video_io  # noqa: E402
 
 try:
     from test_cli import run_cli
+    from test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from test_video import FAST
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
+    from tests.test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from tests.test_video import FAST
 
 
@@ -48,13 +49,6 @@ def clip(path: Path, sounds: list[tuple[str, str, int]], frames: int = 3, fps: i
                     out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
-    return path
-
-
-@pytest.fixture
-def style(tmp_path) -> Path:
-    path = tmp_path / "style.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
     return path
 
 
