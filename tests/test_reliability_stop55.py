@@ -475,21 +475,28 @@ def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys):
     assert "timeout" not in err and f"{path} not written" in err, err
 
 
-def test_a_zip_with_a_data_pkl_but_no_version_is_told_and_a_mapped_host_is_refused_at_once(tmp_path, monkeypatch,
-                                                                                            capsys):
-    """A zip named .pth holding a data.pkl but no version record got PyTorch's 'Expected hasRecord("version")...
-    please report an enhancement request', and the dry run passed it (probe 56a, 6). serve --host ::ffff:127.0.0.1
-    started, then uvicorn could not bind it: its own ERROR line, exit 3, folders made (56a, 7)."""
+def told_as_a_zip(tmp_path, monkeypatch, capsys, names: list[str]) -> None:
+    """A zip w.pth holding `names` is told as a zip, not a checkpoint, by the run and its dry run."""
     import zipfile
 
     _pictures(tmp_path)
     with zipfile.ZipFile(tmp_path / "w.pth", "w") as z:
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        for name in names:
+            z.writestr(name, b"\x80\x02}q\x00." if name.endswith(".pkl") else b"3\n")
     for dry in (["--dry-run"], []):
         code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
                                tmp_path / "o.png", "--weights", tmp_path / "w.pth", "--size", "40", *dry)
         assert one_error_line(code, err) == (f"error: {tmp_path / 'w.pth'} is a zip archive, not a PyTorch checkpoint "
                                              f"(torch.save's zip holds a data.pkl and a version record)"), err
+
+
+def test_a_zip_with_a_data_pkl_but_no_version_is_told_and_a_mapped_host_is_refused_at_once(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A zip named .pth holding a data.pkl but no version record got PyTorch's 'Expected hasRecord("version")...
+    please report an enhancement request', and the dry run passed it (probe 56a, 6). serve --host ::ffff:127.0.0.1
+    started, then uvicorn could not bind it: its own ERROR line, exit 3, folders made (56a, 7)."""
+
+    told_as_a_zip(tmp_path, monkeypatch, capsys, ["archive/data.pkl"])
     uvicorn = pytest.importorskip("uvicorn")
 
     def never(*args, **kwargs):

@@ -14,13 +14,13 @@ try:
     from test_reliability_batch import one_error_line
     from test_reliability_probe13 import _pictures
     from test_reliability_stop43 import three_jobs_batch
-    from test_reliability_stop55 import signal_at_json_write
+    from test_reliability_stop55 import signal_at_json_write, told_as_a_zip
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_batch import one_error_line
     from tests.test_reliability_probe13 import _pictures
     from tests.test_reliability_stop43 import three_jobs_batch
-    from tests.test_reliability_stop55 import signal_at_json_write
+    from tests.test_reliability_stop55 import signal_at_json_write, told_as_a_zip
 
 FAST = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch"]
 
@@ -71,15 +71,7 @@ def test_a_zip_whose_records_are_at_its_root_is_told_as_a_zip(tmp_path, monkeypa
     passed it (probe 57a, 3). torch reads both records in the first name's folder."""
     from styleengine.paths import weights_kind
 
-    _pictures(tmp_path)
-    with zipfile.ZipFile(tmp_path / "w.pth", "w") as z:
-        z.writestr("data.pkl", b"\x80\x02}q\x00.")
-        z.writestr("version", b"3\n")
-    for dry in (["--dry-run"], []):
-        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
-                               tmp_path / "o.png", "--weights", tmp_path / "w.pth", "--size", "40", *dry)
-        assert one_error_line(code, err) == (f"error: {tmp_path / 'w.pth'} is a zip archive, not a PyTorch checkpoint "
-                                             f"(torch.save's zip holds a data.pkl and a version record)"), err
+    told_as_a_zip(tmp_path, monkeypatch, capsys, ["data.pkl", "version"])
     for names, kind in ((["a/data.pkl", "b/version"], "zip"), (["a/b/data.pkl", "a/b/version"], "zip"),
                         (["archive/data.pkl", "archive/.data/version"], "torch")):
         with zipfile.ZipFile(tmp_path / "x.pth", "w") as z:
