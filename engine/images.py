@@ -296,11 +296,13 @@ def check_loaded(array: object, what: str) -> None:
         got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__)
         raise ImageError(f"{what}: the engine takes float (H, W, 3) arrays in [0, 1], as images.load_image gives "
                          f"them, got {got}; styleengine.stylise takes paths, PIL images and uint8 arrays")
-    try:
-        _check_range(array, -FLOAT_SLACK, 1.0 + FLOAT_SLACK, "float", "0-1")
-    except _RangeError as e:
-        advice = "; divide 0-255 values by 255" if np.isfinite(array).all() else ""
-        raise ImageError(f"{what} {e}{advice}") from None
+    if not np.isfinite(array).all():
+        raise ImageError(f"{what} has NaN or infinite values")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
+        advice = " (0-255 values: divide by 255)" if low >= 0 and 2 < high <= 255 else ""
+        raise ImageError(f"{what} has values from {low:g} to {high:g}; the engine takes float arrays in [0, 1]"
+                         f"{advice}")
 
 
 def _array_to_float_rgb(array: np.ndarray, what: str) -> np.ndarray:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from styleengine.choices import (BACKENDS, CONV_ALGOS, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS, POOLINGS,
-                                 PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
+from styleengine.choices import (BACKENDS, CONV_ALGOS, DEVICES, INIT_ALIASES, INITS, MIN_SIDE, MODELS, OPTIMIZERS,
+                                 POOLINGS, PRECISIONS, PROVIDERS, MAX_SIDE, check_choice, check_seed,
                                  device_kind, FLOAT32_TINY, MAX_LR, MAX_SEED, WEIGHT_WORDS)  # noqa: F401
 from styleengine.engine import capability
 from styleengine.engine.loss_config import LossConfig, check_float32
@@ -363,15 +363,24 @@ class Settings:
     def ways_alike(self, asked: "Settings") -> Iterator[dict[str, Any]]:
         """Each way of running (AUTO_FIELDS' values) a finished picture's hash may hold and still be these resolved
         settings' work, as_asked's first: a field left to auto, as auto or as auto picks it now (made with it
-        given); a field given, as given or as auto (made by auto, whose pick is how fast, not what). Frames made
-        with --conv winograd were refused without it, where auto picks winograd."""
-        options = [("auto", getattr(self, name)) if getattr(asked, name) == "auto" else (getattr(self, name), "auto")
+        given: frames made with --conv winograd were refused without it, where auto picks winograd); a field
+        given, as given only (made by auto, whatever it picked then, is not what the flag asks)."""
+        options = [("auto", getattr(self, name)) if getattr(asked, name) == "auto" else (getattr(self, name),)
                    for name in AUTO_FIELDS]
-        seen: set[tuple[Any, ...]] = set()
         for values in itertools.product(*options):
-            if values not in seen:
-                seen.add(values)
-                yield dict(zip(AUTO_FIELDS, values))
+            yield dict(zip(AUTO_FIELDS, values))
+
+    def ways_one_apart(self, asked: "Settings") -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(field, value, way) for each way of running one field apart from these settings' as asked or as
+        resolved: what names the flag that made frames refused as other settings (a way given then, not now)."""
+        choices = {"backend": ("auto", *BACKENDS), "device": DEVICES, "provider": ("auto", *PROVIDERS),
+                   "precision": ("auto", *PRECISIONS), "conv": CONV_ALGOS}
+        ways = list(self.ways_alike(asked))
+        for base in (ways[0], {name: getattr(self, name) for name in AUTO_FIELDS}):
+            for name in AUTO_FIELDS:
+                for value in choices[name]:
+                    if value != base[name]:
+                        yield name, value, {**base, name: value}
 
     def scale_plan(self) -> list[tuple[int, int]]:
         """(long side, iterations) per scale, coarse to fine (engine/schedule.py)."""

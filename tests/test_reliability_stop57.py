@@ -149,13 +149,14 @@ def _auto_picks(monkeypatch, conv):
 
 
 @pytest.mark.parametrize("then, now, picks, skipped", [("winograd", "auto", "winograd", True),
-                                                       ("auto", "direct", "winograd", True),
+                                                       ("auto", "winograd", "winograd", False),
                                                        ("winograd", "auto", "direct", False)])
 def test_a_batch_job_made_with_a_way_auto_picks_now_is_done(tmp_path, monkeypatch, capsys, then, now, picks,
                                                             skipped):
     """Jobs made with --conv winograd ran again without it where auto picks winograd: the hash held each way as
-    asked, given and auto unlike (probe 57a, 7). A way given then or now, and auto's pick the other time, is
-    alike; auto (any way) then and a way given now too; a way given and auto picking another is not."""
+    asked, given and auto unlike (probe 57a, 7). A way given then and auto picking it now is alike; auto then and
+    a way given now is not (whatever auto picked then: the flag asks for that way, review 3), nor a way given and
+    auto picking another."""
     _auto_picks(monkeypatch, picks)
     _pictures(tmp_path)
     (tmp_path / "j.jsonl").write_text("".join(f'{{"content": "c.png", "styles": ["s.png"], "output": "{n}.png"}}\n'
@@ -199,7 +200,8 @@ def test_the_engines_stylise_refuses_arrays_load_image_never_gives():
     floats = picture / 255.0
     settings = Settings(size=40, iterations=1, weights="random", backend="torch")
     for array, said in ((picture, r"content image: the engine takes float \(H, W, 3\) arrays in \[0, 1\]"),
-                        (picture * 1.0, r"content image has float pixel values from 0 to 255"),
+                        (picture * 1.0, r"content image has values from 0 to 255; the engine takes float arrays "
+                                        r"in \[0, 1\] \(0-255 values: divide by 255\)$"),
                         (np.ma.masked_array(floats, mask=picture > 200), r"content image: a masked array's"),
                         (floats[..., 0], r"content image: the engine takes float")):
         with pytest.raises(ImageError, match="^" + said):
@@ -231,3 +233,39 @@ def test_an_animated_style_is_said_once_a_batch_without_the_video_advice(tmp_pat
     style = f"style image {tmp_path / 'a.gif'} is an animation of 3 frames: only its first is used"
     assert said.count(content) == 1 and said.count(style) == 1, err
     assert f"{style} (`styleengine video`" not in said, err
+
+
+@pytest.mark.parametrize("then, now, told", [("winograd", "direct", "--conv winograd"),
+                                             ("auto", "direct", "--conv auto")])
+def test_a_video_made_with_another_way_given_names_its_flag(tmp_path, monkeypatch, capsys, then, now, told):
+    """Frames made with --conv winograd (or by auto) and resumed with --conv direct were told 'other settings or
+    another video ... move it away', throwing the work out for a flag (review of stop 57, 2): the flag is named."""
+    try:
+        from test_video import FAST as VIDEO, moving_window, photo, write_clip
+    except ModuleNotFoundError:
+        from tests.test_video import FAST as VIDEO, moving_window, photo, write_clip
+
+    _auto_picks(monkeypatch, "winograd")
+    frames, _ = moving_window(photo(), 4, (48, 64))
+    write_clip(tmp_path / "in.mp4", frames, fps=12)
+    _pictures(tmp_path)
+    results = []
+    for conv, selected in ((then, "0:2"), (now, "0:4"), (told.split()[1], "0:4")):
+        results.append(run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
+                               tmp_path / "o.mp4", *VIDEO, "--size", "64", "--frames", selected, "--conv", conv))
+    assert one_error_line(results[1][0], results[1][2]) == (
+        f"error: {tmp_path / 'o.mp4.frames'} holds frames made with {told}; give {told} to continue them, or choose "
+        f"another output"), results[1][2]
+    assert results[2][0] == 0 and "resuming: frames 0-1" in results[2][2], results[2][2]
+
+
+def test_a_bare_command_listing_onto_a_full_disk_is_one_line(tmp_path):
+    """A bare `styleengine` (its listing on stdout, typer's plain help) onto a full disk was three chained
+    tracebacks: the stdout error was raised inside the except clause meant for it (review of stop 57, 1)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "styleengine"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=120, env={**os.environ, "TYPER_USE_RICH": "0"})
+    assert one_error_line(done.returncode, done.stderr) == ("error: cannot write the standard output: No space left "
+                                                            "on device"), done.stderr

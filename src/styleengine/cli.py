@@ -458,7 +458,10 @@ def _main() -> None:
     except click.exceptions.NoArgsIsHelpError as e:  # bare `styleengine`: the listing, as --help gives it
         from styleengine.console import say
 
-        say(e.ctx.get_help() if e.ctx is not None else str(e))
+        try:
+            say(e.ctx.get_help() if e.ctx is not None else str(e))
+        except UserError as failed:  # a full disk: out of the except clause above's reach
+            _fail(failed)
         sys.exit(0)
     except click.exceptions.UsageError as e:
         command = e.ctx.command_path if e.ctx is not None else "styleengine"

@@ -29,7 +29,7 @@ from styleengine import paths
 from styleengine.cli_run import Styles, Trace
 from styleengine.cli_settings import settings_from, with_settings
 from styleengine.engine.manifest import LOCK_SIZE, lock_says
-from styleengine.engine.settings import VIDEO, Settings
+from styleengine.engine.settings import VIDEO, Settings, flag_of
 from styleengine.engine.video_ray import DEFAULT_OVERLAP
 from styleengine.errors import ConfigError, ImageError, UserError, first_line, printable
 
@@ -57,6 +57,7 @@ class FrameStore:
         self.folder = output.with_name(output.name + ".frames")
         self.digest, self.about = digest, about or {}
         self._alike: Callable[[str], bool] | None = None
+        self._made_with: Callable[[str], str | None] | None = None
         self._from_first: Callable[[int], set[str]] | None = None
         self.shape = tuple(shape) if shape is not None else None  # (height, width) every frame has
         self.made: tuple[bool, bool] = (False, False)  # (the folder, its record) made by this run
@@ -127,13 +128,16 @@ class FrameStore:
 
     def open(self, digest: str, about: dict[str, Any], shape: tuple[int, int] | None = None,
              alike: Callable[[str], bool] | None = None,
-             from_first: Callable[[int], set[str]] | None = None) -> None:
+             from_first: Callable[[int], set[str]] | None = None,
+             made_with: Callable[[str], str | None] | None = None) -> None:
         """Check that the folder (taken) holds frames of these settings, or record them there (ConfigError if it
         holds others': nothing there is overwritten). alike: whether a recorded hash is these settings' made
         another way alike (Settings.ways_alike; a video recorded before the hash held `auto` as asked among them:
         its frames carry it, continued under it). from_first: these settings' hashes from another first frame
-        (what tells a range that starts elsewhere)."""
+        (what tells a range that starts elsewhere). made_with: the flag a recorded hash's frames were made with
+        where that alone differs (a way of running given then), or None."""
         self.digest, self.about, self._alike, self._from_first = digest, about, alike, from_first
+        self._made_with = made_with
         self.shape = tuple(shape) if shape is not None else None
         try:
             self._check_or_record(self.made[0])
@@ -209,6 +213,11 @@ class FrameStore:
                     raise ConfigError(f"{self.folder} holds frames that follow from frame {first}, and this run's "
                                       f"start at frame {self.about.get('first')}; give --frames from {first} to "
                                       f"continue them, or choose another output")
+                flag = self._made_with(held) if what == "frames" and self._made_with and isinstance(held, str) \
+                    else None
+                if flag is not None:  # a way of running apart: moving the frames away threw the work out
+                    raise ConfigError(f"{self.folder} holds frames made with {flag}; give {flag} to continue them, "
+                                      f"or choose another output")
                 raise ConfigError(f"{self.folder} holds {what} of other settings or another video (settings hash "
                                   f"{held} here, {self.digest} now); move it away or choose another output")
             # a record and no frame (killed before its first): nothing to keep, recorded anew
@@ -632,7 +641,12 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         def from_first(first: int) -> set[str]:  # a chunk's selection holds its starts: told only unchunked
             return set(video_hashes(settings, plan, files, {**selection, "first": first}, ways))
 
-        store.open(digest, about, shape, alike, from_first if chunked is None else None)
+        def made_with(held: str) -> str | None:  # frames of these settings a way given then, not now: its flag
+            apart = list(settings.ways_one_apart(asked))
+            found = zip(apart, video_hashes(settings, plan, files, selection, [way for *_, way in apart]))
+            return next((f"{flag_of(name)} {value}" for (name, value, _), d in found if d == held), None)
+
+        store.open(digest, about, shape, alike, from_first if chunked is None else None, made_with)
     except BaseException:
         store.give_up()
         raise
