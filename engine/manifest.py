@@ -284,9 +284,14 @@ def _written_by_us(data: bytes) -> bool:
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
     zeroed = _TEXTS_NULS.search(data) is None  # every NUL there may be a power cut's
 
-    def cut(line: bytes) -> bool:  # a power cut's NULs after nothing, or after a start of a line of ours
+    def cut(line: bytes) -> bool:  # a power cut's NULs after nothing, a start of a line of ours, or one whole
         before = line.split(b"\0", 1)[0].removeprefix(b"\xef\xbb\xbf").strip(b" \t\r")
-        return zeroed and b"\0" in line and (not before or _torn_of_ours(before))
+        if not (zeroed and b"\0" in line):
+            return False
+        entry = _parsed(before) if before else _NOT_JSON
+        if entry is not _NOT_JSON:  # whole: ours only as a job's line (another's may start as ours do)
+            return isinstance(entry, dict) and "id" in entry and "status" in entry
+        return not before or _torn_of_ours(before)
 
     *lines, tail = data.split(b"\n")
     found = [line for line in lines if line.strip(b" \t\r\0") and not cut(line)]
@@ -295,7 +300,9 @@ def _written_by_us(data: bytes) -> bool:
         if isinstance(entry, dict) and "id" in entry and "status" in entry:
             return True
     # nothing but a first line torn (a prefix of a line we write, which parses only whole) or zeroed
-    return not found and (not tail.strip(b" \t\r\0") or cut(tail) or (_torn_of_ours(tail) and not whole_line(tail)))
+    zeroed_tail = zeroed and b"\0" in tail  # cut judges the text before its NULs
+    return not found and (not tail.strip(b" \t\r\0") or cut(tail) if zeroed_tail else
+                          not tail.strip(b" \t\r") or (_torn_of_ours(tail) and not whole_line(tail)))
 
 
 class Manifest:

@@ -63,6 +63,9 @@ def test_another_tools_manifest_a_power_cut_zeroed_is_refused_not_cut(tmp_path, 
     assert not module._written_by_us(b'{"file": "x.png"}\n' + b"\0" * 4096 + b"\n")
     assert module._written_by_us(line + b"\n" + line[:30] + b"\0" * 4096)  # ours, its last line cut
     assert module._written_by_us(b"\xef\xbb\xbf" + line[:5] + b"\0" * 4096)  # ours, saved with a BOM, then cut
+    assert module._written_by_us(line + b"\0" * 4096)  # ours whole, its newline lost
+    # another's whole line that starts as ours do (probe 58a, 3)
+    assert not module._written_by_us(b'{"batch": 3, "device": "cpu", "note": "kept"}' + b"\0" * 4096)
 
 
 def test_a_zip_whose_records_are_at_its_root_is_told_as_a_zip(tmp_path, monkeypatch, capsys):
@@ -73,6 +76,7 @@ def test_a_zip_whose_records_are_at_its_root_is_told_as_a_zip(tmp_path, monkeypa
 
     told_as_a_zip(tmp_path, monkeypatch, capsys, ["data.pkl", "version"])
     for names, kind in ((["a/data.pkl", "b/version"], "zip"), (["a/b/data.pkl", "a/b/version"], "zip"),
+                        (["a/data.pkl", "a/version", "other/data.pkl"], "zip"),  # a second folder last (58a, 4)
                         (["archive/data.pkl", "archive/.data/version"], "torch")):
         with zipfile.ZipFile(tmp_path / "x.pth", "w") as z:
             for name in names:

@@ -229,10 +229,10 @@ def weights_kind(path: Path) -> str | None:
             return "cut zip"
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"  # its constants and code beside the data
-        # torch.load reads its records in the first name's folder and asks for both (a data.pkl alone was
-        # PyTorch's 'Expected hasRecord("version")' text; at the zip's root, 'not in a subdirectory')
+        # torch.load reads every name in the first name's folder and asks for both records (a data.pkl alone was
+        # PyTorch's 'Expected hasRecord("version")' text; a name elsewhere, 'not in a subdirectory')
         folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
-        ours = folder is not None and folder + "data.pkl" in names and any(
+        ours = folder is not None and all(n.startswith(folder) for n in names) and folder + "data.pkl" in names and any(
             folder + name in names for name in ("version", ".data/version"))
         return "torch" if ours else "zip"
     if head.startswith(TORCH_LEGACY):
