@@ -83,6 +83,8 @@ def probe(path: Path) -> VideoInfo:
                     raise ImageError(f"not a video (or a format FFmpeg cannot read): {path}") from None
                 raise ImageError(f"not a video (a still image; stylise it with `styleengine run`): {path}")
             stream = streams[0]
+            if len(streams) > 1:  # another angle or a thumbnail track: dropped as a second sound stream is, said
+                log.warning("%s has %d video streams: only the first is stylised", path, len(streams))
             fps = stream.average_rate or stream.guessed_rate
             if not fps:
                 raise ImageError(f"cannot tell the frame rate of {path}")

@@ -116,3 +116,24 @@ def test_a_multichannel_sound_mixed_down_by_its_re_encode_is_said(tmp_path, monk
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
     (codec, channels, samples), = sounds(kept)
     assert (codec, channels) == ("aac", 6) and samples > 0
+
+
+def test_a_clip_with_two_video_streams_says_only_the_first_is_stylised(tmp_path, caplog):
+    """probe 58a (noted): a clip's second video stream (another angle) was dropped, no word, where a second sound
+    stream is said."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as out:
+        streams = [out.add_stream("ffv1", rate=10) for _ in range(2)]
+        for stream in streams:
+            stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+        for i in range(3):
+            rgb = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            for stream in streams:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    out.mux(packet)
+        for stream in streams:
+            for packet in stream.encode():
+                out.mux(packet)
+    with caplog.at_level("WARNING", logger="styleengine"):
+        assert video_io.probe(path).frames == 3
+    assert [r.getMessage() for r in caplog.records] == [f"{path} has 2 video streams: only the first is stylised"]
