@@ -175,6 +175,14 @@ def test_a_batch_job_made_with_a_way_auto_picks_now_is_done(tmp_path, monkeypatc
 def test_a_video_made_with_a_way_auto_picks_now_continues(tmp_path, monkeypatch, capsys):
     """A video made with --conv winograd was refused on resume without it, 'other settings or another video ...
     move it away', where auto picks winograd (probe 57a, 7)."""
+    results = _video_runs(tmp_path, monkeypatch, capsys, [("winograd", "0:2"), ("auto", "0:4")])
+    assert all(code == 0 for code, _, _ in results), results
+    err = results[1][2]
+    assert f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err
+
+
+def _video_runs(tmp_path, monkeypatch, capsys, runs: list[tuple[str, str]]) -> list[tuple[int, str, str]]:
+    """`video` of a 4-frame clip into o.mp4 with each (--conv, --frames) in turn, auto picking winograd."""
     try:
         from test_video import FAST as VIDEO, moving_window, photo, write_clip
     except ModuleNotFoundError:
@@ -184,11 +192,8 @@ def test_a_video_made_with_a_way_auto_picks_now_continues(tmp_path, monkeypatch,
     frames, _ = moving_window(photo(), 4, (48, 64))
     write_clip(tmp_path / "in.mp4", frames, fps=12)
     _pictures(tmp_path)
-    for conv, selected in (("winograd", "0:2"), ("auto", "0:4")):
-        code, _, err = run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
-                               tmp_path / "o.mp4", *VIDEO, "--size", "64", "--frames", selected, "--conv", conv)
-        assert code == 0, err
-    assert f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err
+    return [run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4",
+                    *VIDEO, "--size", "64", "--frames", selected, "--conv", conv) for conv, selected in runs]
 
 
 def test_the_engines_stylise_refuses_arrays_load_image_never_gives():
@@ -244,19 +249,7 @@ def test_an_animated_style_is_said_once_a_batch_without_the_video_advice(tmp_pat
 def test_a_video_made_with_another_way_given_names_its_flag(tmp_path, monkeypatch, capsys, then, now, told):
     """Frames made with --conv winograd (or by auto) and resumed with --conv direct were told 'other settings or
     another video ... move it away', throwing the work out for a flag (review of stop 57, 2): the flag is named."""
-    try:
-        from test_video import FAST as VIDEO, moving_window, photo, write_clip
-    except ModuleNotFoundError:
-        from tests.test_video import FAST as VIDEO, moving_window, photo, write_clip
-
-    _auto_picks(monkeypatch, "winograd")
-    frames, _ = moving_window(photo(), 4, (48, 64))
-    write_clip(tmp_path / "in.mp4", frames, fps=12)
-    _pictures(tmp_path)
-    results = []
-    for conv, selected in ((then, "0:2"), (now, "0:4"), (told.split()[1], "0:4")):
-        results.append(run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o",
-                               tmp_path / "o.mp4", *VIDEO, "--size", "64", "--frames", selected, "--conv", conv))
+    results = _video_runs(tmp_path, monkeypatch, capsys, [(then, "0:2"), (now, "0:4"), (told.split()[1], "0:4")])
     assert one_error_line(results[1][0], results[1][2]) == (
         f"error: {tmp_path / 'o.mp4.frames'} holds frames made with {told}; give {told} to continue them, or choose "
         f"another output"), results[1][2]
