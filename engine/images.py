@@ -296,6 +296,7 @@ def check_loaded(array: object, what: str) -> None:
         got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__)
         raise ImageError(f"{what}: the engine takes float (H, W, 3) arrays in [0, 1], as images.load_image gives "
                          f"them, got {got}; styleengine.stylise takes paths, PIL images and uint8 arrays")
+    paths.check_sides(what, array.shape)  # an empty one divided by its zero side in the plan
     if not np.isfinite(array).all():
         raise ImageError(f"{what} has NaN or infinite values")
     low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -94,6 +95,8 @@ def probe(path: Path) -> VideoInfo:
                 count = stream.frames
             elif stream.duration:
                 count = int(math.floor(float(stream.duration * time_base) * fps + 0.5))
+            elif (tagged := _tagged_seconds(stream)) is not None:  # Matroska's: this stream's, not the longest's
+                count = int(math.floor(tagged * fps + 0.5))
             elif container.duration:
                 count = int(math.floor(container.duration / av.time_base * fps + 0.5))
             else:
@@ -113,6 +116,16 @@ def probe(path: Path) -> VideoInfo:
     if min(height, width) < MIN_SIDE:
         raise ImageError(f"video {path} is {width}x{height} px; both sides must be at least {MIN_SIDE} px")
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
+
+
+def _tagged_seconds(stream: Any) -> float | None:
+    """The DURATION tag Matroska writes for each stream (HH:MM:SS.fraction), in seconds, or None: the container's
+    duration is its longest stream's (a sound longer than the video counted frames the video does not hold)."""
+    found = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")))
+    if found is None:
+        return None
+    hours, minutes, seconds = found.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def identity(info: VideoInfo) -> str:

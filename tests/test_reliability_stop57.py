@@ -181,8 +181,9 @@ def test_a_video_made_with_a_way_auto_picks_now_continues(tmp_path, monkeypatch,
     assert f"resuming: frames 0-1 are in {tmp_path / 'o.mp4.frames'}\n" in err, err
 
 
-def _video_runs(tmp_path, monkeypatch, capsys, runs: list[tuple[str, str]]) -> list[tuple[int, str, str]]:
-    """`video` of a 4-frame clip into o.mp4 with each (--conv, --frames) in turn, auto picking winograd."""
+def _video_runs(tmp_path, monkeypatch, capsys, runs: list[tuple[str, ...]]) -> list[tuple[int, str, str]]:
+    """`video` of a 4-frame clip into o.mp4 with each (--conv, --frames, more flags) in turn, auto picking
+    winograd."""
     try:
         from test_video import FAST as VIDEO, moving_window, photo, write_clip
     except ModuleNotFoundError:
@@ -193,7 +194,8 @@ def _video_runs(tmp_path, monkeypatch, capsys, runs: list[tuple[str, str]]) -> l
     write_clip(tmp_path / "in.mp4", frames, fps=12)
     _pictures(tmp_path)
     return [run_cli(monkeypatch, capsys, "video", tmp_path / "in.mp4", tmp_path / "s.png", "-o", tmp_path / "o.mp4",
-                    *VIDEO, "--size", "64", "--frames", selected, "--conv", conv) for conv, selected in runs]
+                    *VIDEO, "--size", "64", "--frames", selected, "--conv", conv, *more)
+            for conv, selected, *more in runs]
 
 
 def test_the_engines_stylise_refuses_arrays_load_image_never_gives():
@@ -266,3 +268,41 @@ def test_a_bare_command_listing_onto_a_full_disk_is_one_line(tmp_path):
                               timeout=120, env={**os.environ, "TYPER_USE_RICH": "0"})
     assert one_error_line(done.returncode, done.stderr) == ("error: cannot write the standard output: No space left "
                                                             "on device"), done.stderr
+
+
+def test_probe_58bs_findings(tmp_path, monkeypatch, capsys):
+    """Probe 58b: frames two ways of running apart were told only 'move it away' (1); the engine's stylise ran a
+    zero-size array into a ZeroDivisionError (2); a legacy checkpoint cut short, or a zip whose data.pkl is half
+    written, was torch's unpickler's struct.error traceback (3); a checkpoint whose records a zip tool upper-cased
+    loads in torch but was told as a zip (4)."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    from styleengine.engine.stylise import Settings, stylise
+    from styleengine.errors import ImageError
+    from styleengine.paths import weights_kind
+
+    two_apart = [("direct", "0:2"), ("winograd", "0:4", "--precision", "fp32")]  # precision auto, then given
+    results = _video_runs(tmp_path, monkeypatch, capsys, two_apart)
+    assert "give the flags they were made with" in one_error_line(results[1][0], results[1][2]), results[1][2]
+    floats = np.random.default_rng(0).random((40, 40, 3))
+    with pytest.raises(ImageError, match=r"^content image is 40x0 px"):
+        stylise(np.zeros((0, 40, 3)), [floats], Settings(size=40, iterations=1, weights="random"))
+    state = {"features.0.weight": torch.zeros(2)}
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "legacy.pth").read_bytes()[:18])
+    torch.save(state, tmp_path / "real.pth")
+    with zipfile.ZipFile(tmp_path / "real.pth") as z, zipfile.ZipFile(tmp_path / "half.pth", "w") as half, \
+            zipfile.ZipFile(tmp_path / "upper.pth", "w") as upper:
+        for name in z.namelist():
+            data = z.read(name)
+            half.writestr(name, data[:len(data) // 2] if name.endswith("data.pkl") else data)
+            upper.writestr(name.upper() if name.endswith(("data.pkl", "version")) else name, data)
+    assert weights_kind(tmp_path / "upper.pth") == "torch"
+    for name in ("cut.pth", "half.pth"):
+        code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", tmp_path / "s.png", "-o",
+                               tmp_path / "o.png", "--weights", tmp_path / name, "--size", "40", "--iters", "1",
+                               "--backend", "torch")
+        assert one_error_line(code, err).startswith(f"error: cannot read checkpoint {tmp_path / name}: "), err

@@ -137,3 +137,28 @@ def test_a_clip_with_two_video_streams_says_only_the_first_is_stylised(tmp_path,
     with caplog.at_level("WARNING", logger="styleengine"):
         assert video_io.probe(path).frames == 3
     assert [r.getMessage() for r in caplog.records] == [f"{path} has 2 video streams: only the first is stylised"]
+
+
+def test_an_mkv_whose_sound_runs_longer_counts_its_video_frames(tmp_path):
+    """probe 58b, 5: an .mkv of 3 frames whose sound runs 1 s was counted 11 frames (the container's duration, its
+    longest stream's), warned as variable-rate, one frame repeated, and ended 'the video ended at frame 4, before
+    11', exit 1, every run. Matroska's own DURATION tag of the video stream counts it."""
+    path = tmp_path / "long_sound.mkv"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
+        sound = out.add_stream("flac", rate=48000)
+        sound.layout = "stereo"
+        for i in range(3):
+            rgb = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for k in range(11):
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 4608), "int16"), format="s16", layout="stereo")
+            chunk.sample_rate, chunk.pts = 48000, k * 4608
+            for packet in sound.encode(chunk):
+                out.mux(packet)
+        for stream in (sound, video):
+            for packet in stream.encode():
+                out.mux(packet)
+    assert video_io.probe(path).frames == 3

@@ -218,8 +218,11 @@ class FrameStore:
                 if flag is not None:  # a way of running apart: moving the frames away threw the work out
                     raise ConfigError(f"{self.folder} holds frames made with {flag}; give {flag} to continue them, "
                                       f"or choose another output")
+                ways = ("; if they differ only in ways of running (--backend, --device, --provider, --precision, "
+                        "--conv), give the flags they were made with, else move it away or choose another output"
+                        if what == "frames" else "; move it away or choose another output")
                 raise ConfigError(f"{self.folder} holds {what} of other settings or another video (settings hash "
-                                  f"{held} here, {self.digest} now); move it away or choose another output")
+                                  f"{held} here, {self.digest} now){ways}")
             # a record and no frame (killed before its first): nothing to keep, recorded anew
         elif any(re.fullmatch(self.FRAMES, p.name) for p in self.folder.iterdir()):  # the record comes first
             raise ConfigError(f"{self.folder} holds frames but no {self.RECORD}, so their settings are unknown; move "
