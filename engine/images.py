@@ -299,7 +299,7 @@ def check_loaded(array: object, what: str) -> None:
     paths.check_sides(what, array.shape)  # an empty one divided by its zero side in the plan
     if not np.isfinite(array).all():
         raise ImageError(f"{what} has NaN or infinite values")
-    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    low, high = float(array.min()), float(array.max())  # not empty: check_sides refused that
     if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
         advice = " (0-255 values: divide by 255)" if low >= 0 and 2 < high <= 255 else ""
         raise ImageError(f"{what} has values from {low:g} to {high:g}; the engine takes float arrays in [0, 1]"

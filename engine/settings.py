@@ -375,8 +375,7 @@ class Settings:
         resolved: what names the flag that made frames refused as other settings (a way given then, not now)."""
         choices = {"backend": ("auto", *BACKENDS), "device": DEVICES, "provider": ("auto", *PROVIDERS),
                    "precision": ("auto", *PRECISIONS), "conv": CONV_ALGOS}
-        ways = list(self.ways_alike(asked))
-        for base in (ways[0], {name: getattr(self, name) for name in AUTO_FIELDS}):
+        for base in (next(self.ways_alike(asked)), {name: getattr(self, name) for name in AUTO_FIELDS}):
             for name in AUTO_FIELDS:
                 for value in choices[name]:
                     if value != base[name]:
