@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -47,7 +46,7 @@ CRF = "18"  # x264: visually lossless; the stylised texture is all detail and su
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
-    frames: int  # at `fps`, from the container's count or its duration (an estimate for some formats)
+    frames: int  # at `fps`, from the container's count or its last packets' times
     fps: Fraction  # the stream's average frame rate
     height: int  # upright (rotation applied)
     width: int
@@ -91,17 +90,17 @@ def probe(path: Path) -> VideoInfo:
                 raise ImageError(f"cannot tell the frame rate of {path}")
             time_base = stream.time_base or Fraction(1, 1000000)
             start = float((stream.start_time or 0) * time_base)
+            first = _first_frame(container, stream)
             if stream.frames:
                 count = stream.frames
+            elif (end := _stream_end(container, stream, fps)) is not None:  # .mkv, .webm: no count in the headers
+                count = int(math.floor((end - start) * fps + 0.5))
             elif stream.duration:
                 count = int(math.floor(float(stream.duration * time_base) * fps + 0.5))
-            elif (tagged := _tagged_seconds(stream)) is not None:  # Matroska's: this stream's, not the longest's
-                count = int(math.floor(tagged * fps + 0.5))
             elif container.duration:
                 count = int(math.floor(container.duration / av.time_base * fps + 0.5))
             else:
                 count = 0
-            first = _first_frame(container, stream)
             rotation = int(round(first.rotation / 90.0)) * 90 % 360 if first is not None and first.rotation else 0
             height, width = stream.codec_context.height, stream.codec_context.width
             audio = bool(container.streams.audio)
@@ -118,14 +117,27 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
 
 
-def _tagged_seconds(stream: Any) -> float | None:
-    """The DURATION tag Matroska writes for each stream (HH:MM:SS.fraction), in seconds, or None: the container's
-    duration is its longest stream's (a sound longer than the video counted frames the video does not hold)."""
-    found = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")))
-    if found is None:
-        return None
-    hours, minutes, seconds = found.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+def _stream_end(container: "av.container.InputContainer", stream: "av.VideoStream", fps: Fraction
+                ) -> float | None:
+    """When the stream's last frame ends, in seconds, from the packets after its last keyframe (nothing decoded),
+    or None for packets without times. Matroska's DURATION tag may be stale, zero or absent (a streamed .webm has
+    no durations at all), and the container's duration is its longest stream's end, sound included."""
+    base = stream.time_base or Fraction(1, 1000000)
+    try:  # past the end, backward: FFmpeg lands on the last keyframe (a file without cues is scanned)
+        container.seek(1 << 62, backward=True, any_frame=False, stream=stream)
+    except av.error.FFmpegError:
+        container.seek(0)
+    end = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            last = float((packet.pts + packet.duration) * base) if packet.duration else \
+                float(packet.pts * base) + 1.0 / float(fps)
+            end = last if end is None else max(end, last)
+    except av.error.FFmpegError:  # a file cut short: its end is where it was cut, as its decode finds
+        pass
+    return end
 
 
 def identity(info: VideoInfo) -> str:

@@ -139,11 +139,8 @@ def test_a_clip_with_two_video_streams_says_only_the_first_is_stylised(tmp_path,
     assert [r.getMessage() for r in caplog.records] == [f"{path} has 2 video streams: only the first is stylised"]
 
 
-def test_an_mkv_whose_sound_runs_longer_counts_its_video_frames(tmp_path):
-    """probe 58b, 5: an .mkv of 3 frames whose sound runs 1 s was counted 11 frames (the container's duration, its
-    longest stream's), warned as variable-rate, one frame repeated, and ended 'the video ended at frame 4, before
-    11', exit 1, every run. Matroska's own DURATION tag of the video stream counts it."""
-    path = tmp_path / "long_sound.mkv"
+def long_sound_mkv(path: Path) -> Path:
+    """An .mkv of 3 frames at 10 fps whose sound runs about 1 s."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("mpeg4", rate=10)
         video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
@@ -161,4 +158,11 @@ def test_an_mkv_whose_sound_runs_longer_counts_its_video_frames(tmp_path):
         for stream in (sound, video):
             for packet in stream.encode():
                 out.mux(packet)
-    assert video_io.probe(path).frames == 3
+    return path
+
+
+def test_an_mkv_whose_sound_runs_longer_counts_its_video_frames(tmp_path):
+    """probe 58b, 5: an .mkv of 3 frames whose sound runs 1 s was counted 11 frames (the container's duration, its
+    longest stream's), warned as variable-rate, one frame repeated, and ended 'the video ended at frame 4, before
+    11', exit 1, every run."""
+    assert video_io.probe(long_sound_mkv(tmp_path / "long_sound.mkv")).frames == 3

@@ -1,0 +1,119 @@
+"""Stop 59: probe 59a's video findings (on 589f682). A clip's frames were counted from Matroska's DURATION tag, and
+without it from the container's duration: a stale tag dropped frames with exit 0 (1), a zero tag or a streamed
+file's missing durations was "has no frames" (1, 3), and a missing tag or a video starting after 0 s counted past
+the end, exit 1 every run (2). The count now comes from the video stream's last packets."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
+pytest.importorskip("cv2", reason="the video extra (OpenCV) is not installed")
+
+from styleengine.engine import video_io  # noqa: E402
+
+try:
+    from test_cli import run_cli
+    from test_reliability_stop55_video import style  # noqa: F401 (a fixture)
+    from test_reliability_stop57_video import long_sound_mkv
+    from test_video import FAST
+except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_stop55_video import style  # noqa: F401 (a fixture)
+    from tests.test_reliability_stop57_video import long_sound_mkv
+    from tests.test_video import FAST
+
+TAG = re.compile(rb"\d\d:\d\d:\d\d\.\d{9}")
+
+
+def retagged(source: Path, path: Path, tag: bytes) -> Path:
+    """`source` with its video stream's DURATION tag (the first one) replaced in place by `tag`, of the same length:
+    what an editing tool that leaves the statistics tags stale writes."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"DURATION")
+    found = TAG.search(data, at)
+    assert at >= 0 and found is not None
+    data[found.start():found.end()] = tag
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("tag", [b"00:00:00.100000000", b"00:00:00.000000000", b"abcdefghijklmnopqr",
+                                 b"99:99:99.000000000"], ids=["stale", "zero", "garbage", "huge"])
+def test_a_clip_with_a_wrong_duration_tag_counts_its_frames(tmp_path, tag):
+    """A stale tag of 0.1 s made a 3-frame clip one frame long with exit 0; a zero tag made it 'has no frames'."""
+    path = retagged(long_sound_mkv(tmp_path / "long.mkv"), tmp_path / "tagged.mkv", tag)
+    assert video_io.probe(path).frames == 3
+
+
+def test_a_clip_without_a_duration_tag_is_not_counted_by_its_longer_sound(tmp_path, monkeypatch, capsys, style):
+    """Without the video's tag the count was the container's (the sound's 1 s): 10 frames, a false variable-rate
+    warning, and 'the video ended at frame 4, before 10', exit 1 on every run."""
+    data = bytearray(long_sound_mkv(tmp_path / "long.mkv").read_bytes())
+    at = data.find(b"DURATION")
+    data[at:at + 8] = b"DURATIOX"
+    source = tmp_path / "untagged.mkv"
+    source.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST)
+    assert code == 0, err
+    assert "variable frame rate" not in err
+    assert video_io.probe(out).frames == 3
+
+
+def write_frames(target, fmt: str, codec: str, first_pts: int = 0) -> None:
+    """3 frames of 48x48 at 10 fps into `target` (a path, or a file object)."""
+    with av.open(target, "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=10)
+        video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
+        for i in range(3):
+            rgb = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = first_pts + i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+
+
+def test_a_clip_that_starts_after_zero_counts_its_frames(tmp_path):
+    """A clip whose video starts at 1 s: its tag (an end time, 1.3 s) counted 13 frames, exit 1 every run."""
+    path = tmp_path / "late.mkv"
+    write_frames(str(path), "matroska", "ffv1", first_pts=10)
+    info = video_io.probe(path)
+    assert (info.frames, info.start) == (3, 1.0)
+
+
+class Pipe(io.RawIOBase):
+    """A file that cannot seek, as a pipe: the muxer cannot go back to write the durations."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+@pytest.mark.parametrize("suffix,fmt,codec", [(".webm", "webm", "libvpx-vp9"), (".mkv", "matroska", "ffv1")])
+def test_a_streamed_clip_without_durations_counts_its_frames(tmp_path, suffix, fmt, codec):
+    """A browser's MediaRecorder .webm (or ffmpeg's matroska into a pipe) holds no duration at all: 'has no
+    frames', and --frames was refused the same way."""
+    path = tmp_path / f"streamed{suffix}"
+    pipe = Pipe(path)
+    write_frames(pipe, fmt, codec)
+    pipe.close()
+    assert video_io.probe(path).frames == 3
