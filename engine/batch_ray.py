@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Generator, Iterable, Iterator
 
@@ -104,15 +107,30 @@ def _errors_to_log() -> None:
     if printer is None or getattr(printer, "styleengine", False):
         return
 
+    said: dict[str, float] = {}
+
     def to_log(data: dict, *args: Any, **kwargs: Any) -> None:
         if data.get("pid") != "raylet":  # a worker's own output (log_to_driver, which ActorPool turns off)
             printer(data, *args, **kwargs)
         elif not _CLOSING.is_set():
-            for line in data.get("lines", []):
-                log.warning("Ray: %s", line)
+            for message in data.get("lines", []):
+                line = _first_sentences(str(message))
+                now = time.monotonic()
+                if now - said.get(line, -math.inf) > 10.0:  # published by each of its watchers: one event, once
+                    log.warning("Ray: %s", line)
+                said[line] = now
 
     to_log.styleengine = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = to_log
+
+
+def _first_sentences(message: str) -> str:
+    """A message Ray publishes, without the log lines it may carry after its first line (a raylet's end carries
+    its last 20, a few KB): the sentence that announces them is cut, and where the rest is said."""
+    head, _, rest = message.strip().partition("\n")
+    if rest.strip():
+        head = re.sub(r"\s*[^.:]*:\s*$", "", head) + " (the rest is in Ray's logs)"
+    return head
 
 
 def enter(folder: str | None) -> str | None:

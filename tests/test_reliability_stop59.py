@@ -1,0 +1,33 @@
+"""Stop 59: probe 59a's and 59b's findings (on 589f682) outside serve and video: Ray's news of a raylet's end said
+twice as a 3.7 KB line of its log (59b, 2); a zip whose record names differ in case from one another passed for a
+checkpoint (59a, 4); another tool's manifest taken over at the edges of the power-cut rule (59a, 5)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+
+def test_a_raylets_end_is_said_once_in_its_first_sentences(capsys, caplog):
+    """A raylet killed mid-batch: Ray published 'Raylet is terminated ...' with its log's last 20 lines, twice;
+    each became one warning of 3.7 KB with the log's line ends escaped."""
+    pytest.importorskip("ray")
+    from styleengine.engine import batch_ray
+
+    batch_ray.import_ray()
+    from ray._private import worker
+
+    dump = "".join(f"    [state-dump] NodeManager line {i}\n" for i in range(20))
+    text = ("Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the user or "
+            "system OOM killer, (2) Invalid memory access from Raylet causing SIGSEGV or SIGBUS, (3) Other "
+            "termination signals. Last 20 lines of the Raylet logs:\n" + dump)
+    message = {"lines": [text], "pid": "raylet", "is_err": False}
+    batch_ray._CLOSING.clear()
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
+        worker.print_to_stdstream(message, ignore_prefix=False)
+        worker.print_to_stdstream(message, ignore_prefix=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["Ray: Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL "
+                    "by the user or system OOM killer, (2) Invalid memory access from Raylet causing SIGSEGV or "
+                    "SIGBUS, (3) Other termination signals. (the rest is in Ray's logs)"]
+    assert capsys.readouterr().out == ""
