@@ -4,8 +4,14 @@ checkpoint (59a, 4); another tool's manifest taken over at the edges of the powe
 from __future__ import annotations
 
 import logging
+import zipfile
 
 import pytest
+
+try:
+    from test_reliability_stop55 import told_as_a_zip
+except ModuleNotFoundError:
+    from tests.test_reliability_stop55 import told_as_a_zip
 
 
 def test_a_raylets_end_is_said_once_in_its_first_sentences(capsys, caplog):
@@ -31,3 +37,29 @@ def test_a_raylets_end_is_said_once_in_its_first_sentences(capsys, caplog):
                     "by the user or system OOM killer, (2) Invalid memory access from Raylet causing SIGSEGV or "
                     "SIGBUS, (3) Other termination signals. (the rest is in Ray's logs)"]
     assert capsys.readouterr().out == ""
+
+
+def test_a_zip_whose_names_differ_in_case_from_one_another_is_told_as_a_zip(tmp_path, monkeypatch, capsys):
+    """torch finds its records whatever their case, but reads every name in the first name's folder as spelled:
+    `REAL/` names and one `real/data/0` passed the dry run, and the run said torch's '[enforce fail at
+    inline_container.cc:340] ... not in a subdirectory REAL/'. All upper-cased, torch loads it."""
+    import torch
+
+    from styleengine.paths import weights_kind
+
+    told_as_a_zip(tmp_path, monkeypatch, capsys, ["REAL/DATA.PKL", "REAL/VERSION", "real/data/0"])
+    torch.save({"features.0.weight": torch.zeros(2)}, tmp_path / "real.pth")
+    with zipfile.ZipFile(tmp_path / "real.pth") as z:
+        for name, rename in (("mixed.pth", lambda n: n if n.endswith("/data/0") else n.upper()),
+                             ("upper.pth", str.upper)):
+            with zipfile.ZipFile(tmp_path / name, "w") as out:
+                for record in z.namelist():
+                    out.writestr(rename(record), z.read(record))
+    try:
+        torch.load(tmp_path / "mixed.pth", weights_only=True)
+    except RuntimeError as e:
+        assert "not in a subdirectory" in str(e)  # what torch says of it, as this test holds
+    else:
+        raise AssertionError("torch loads a zip whose names differ in case")
+    assert torch.load(tmp_path / "upper.pth", weights_only=True)["features.0.weight"].shape == (2,)
+    assert (weights_kind(tmp_path / "mixed.pth"), weights_kind(tmp_path / "upper.pth")) == ("zip", "torch")

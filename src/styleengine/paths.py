@@ -231,10 +231,11 @@ def weights_kind(path: Path) -> str | None:
             return "torchscript"  # its constants and code beside the data
         # torch.load reads every name in the first name's folder and asks for both records (a data.pkl alone was
         # PyTorch's 'Expected hasRecord("version")' text; a name elsewhere, 'not in a subdirectory')
-        names = [n.lower() for n in names]  # torch finds its records whatever their case
         folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
-        ours = folder is not None and all(n.startswith(folder) for n in names) and folder + "data.pkl" in names and any(
-            folder + name in names for name in ("version", ".data/version"))
+        found = {n.lower() for n in names}  # torch finds its records whatever their case, not its folder's names
+        ours = folder is not None and all(n.startswith(folder) for n in names) and any(
+            (folder + name).lower() in found for name in ("version", ".data/version")) and (
+            folder + "data.pkl").lower() in found
         return "torch" if ours else "zip"
     if head.startswith(TORCH_LEGACY):
         return "torch"
