@@ -271,7 +271,23 @@ def _torn_of_ours(tail: bytes) -> bool:
     count = re.match(rb"\d*", tail[len(_LINE_START):])
     assert count is not None  # \d* matches the empty string
     after = tail[len(_LINE_START) + count.end():]
-    return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]))
+    return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]) and _json_prefix(tail))
+
+
+# what may follow where json stops reading a prefix of a line: a number, true, false or null cut within
+_TORN_TOKEN = re.compile(r"(-?\d*(\.\d*)?([eE][-+]?\d*)?|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)\s*")
+
+
+def _json_prefix(text: bytes) -> bool:
+    """Whether `text` is the start of some JSON text (a write cut short); another tool's line that only starts as
+    ours do goes wrong before its end (`"note": "kept",}`, `} # mine`)."""
+    try:
+        json.loads(text.decode("utf-8-sig", errors="replace"))
+    except json.JSONDecodeError as e:  # where it stopped: in a string cut short, or within a token at the end
+        return e.msg.startswith("Unterminated string") or _TORN_TOKEN.fullmatch(e.doc[e.pos:]) is not None
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 # NULs with text after them, fewer than a lost block's: UTF-16's (one in every two bytes, PowerShell's Out-File),
@@ -288,7 +304,7 @@ def _written_by_us(data: bytes) -> bool:
         before = line.split(b"\0", 1)[0].removeprefix(b"\xef\xbb\xbf").strip(b" \t\r")
         if not (zeroed and b"\0" in line):
             return False
-        entry = _parsed(before) if before else _NOT_JSON
+        entry = _parsed(before) if before else _parsed(line.rsplit(b"\0", 1)[1])  # or the text after NULs first
         if entry is not _NOT_JSON:  # whole: ours only as a job's line (another's may start as ours do)
             return isinstance(entry, dict) and "id" in entry and "status" in entry
         return not before or _torn_of_ours(before)

@@ -9,8 +9,10 @@ import zipfile
 import pytest
 
 try:
+    from test_reliability_stop43 import three_jobs_batch
     from test_reliability_stop55 import told_as_a_zip
 except ModuleNotFoundError:
+    from tests.test_reliability_stop43 import three_jobs_batch
     from tests.test_reliability_stop55 import told_as_a_zip
 
 
@@ -63,3 +65,36 @@ def test_a_zip_whose_names_differ_in_case_from_one_another_is_told_as_a_zip(tmp_
         raise AssertionError("torch loads a zip whose names differ in case")
     assert torch.load(tmp_path / "upper.pth", weights_only=True)["features.0.weight"].shape == (2,)
     assert (weights_kind(tmp_path / "mixed.pth"), weights_kind(tmp_path / "upper.pth")) == ("zip", "torch")
+
+
+FOREIGN = [b"\0" * 4096 + b'{"file": "x.png", "label": 3}\n',  # a power cut zeroed its first block
+           b"\0" * 512 + b'{"batch": 3, "device": "cpu", "note": "kept"}',
+           b'{"batch": 3, "device": "cpu", "note": "kept",}',  # starts as ours do, goes wrong before its end
+           b'{"batch": 3, "device": "cpu", "note": "kept",}' + b"\0" * 4096,
+           b'{"batch": 3, "device": "cpu", "note": "kept"} # mine' + b"\0" * 4096]
+
+
+@pytest.mark.parametrize("data", FOREIGN, ids=["nuls-first", "nuls-first-ours-start", "trailing-comma",
+                                               "trailing-comma-nuls", "comment-nuls"])
+def test_another_tools_manifest_at_the_power_cut_rules_edges_is_refused(tmp_path, monkeypatch, capsys, data):
+    """Another tool's manifest.jsonl whose first block a power cut zeroed had our lines appended to it; one whose
+    line starts as ours do but is no JSON's start was cut as 'torn' and taken over, exit 0."""
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_bytes(data)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 1 and "is not a manifest styleengine wrote" in err, err
+    assert manifest.read_bytes() == data
+
+
+def test_a_line_of_ours_cut_anywhere_is_still_ours():
+    """The other side of the rule above: a line of ours cut within a string, a key, a number, true/false/null, or
+    after a comma, with or without a power cut's NULs, and ours whole after a zeroed first block."""
+    from styleengine.engine.manifest import _written_by_us
+
+    line = (b'{"batch": 1, "device": "cpu", "early": false, "id": "a", "loss": -1.5e-3, "p": "\xc3\xa9", '
+            b'"status": "ok"}')
+    for end in range(len(b'{"batch": 1, "device": "'), len(line)):
+        for nuls in (b"", b"\0" * 4096):
+            assert _written_by_us(line[:end] + nuls), line[:end]
+    assert _written_by_us(b"\0" * 4096 + line + b"\n")
