@@ -226,8 +226,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                                                                  f"checkpoint") from e
         except (struct.error, ValueError, AssertionError, AttributeError, TypeError) as e:  # torch's unpickler on
             # damaged bytes (a legacy file cut short, a zip's data.pkl half written, bytes flipped)
+            found = first_line(e) or type(e).__name__
             raise WeightsError(paths.named_as_another(path) or f"cannot read checkpoint {path}: its pickle is damaged "
-                                                                 f"or cut short ({type(e).__name__})") from e
+                                                                 f"or cut short ({found})") from e
         except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError) as e:
             reason = first_line(e) if str(e).strip() else f"{type(e).__name__}, empty or cut short?"
             # what the file is (a TorchScript archive, a zip, an image) before torch's words for it

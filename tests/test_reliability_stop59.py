@@ -98,3 +98,17 @@ def test_a_line_of_ours_cut_anywhere_is_still_ours():
         for nuls in (b"", b"\0" * 4096):
             assert _written_by_us(line[:end] + nuls), line[:end]
     assert _written_by_us(b"\0" * 4096 + line + b"\n")
+
+
+def test_a_legacy_checkpoint_cut_short_says_what_its_reader_found(tmp_path):
+    """Said as '(error)', struct.error's class name (probe 59a, a note)."""
+    import torch
+
+    from styleengine.errors import WeightsError
+    from styleengine.model.weights import read_checkpoint
+
+    torch.save({"features.0.weight": torch.zeros(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "legacy.pth").read_bytes()[:18])
+    with pytest.raises(WeightsError) as caught:
+        read_checkpoint(tmp_path / "cut.pth")
+    assert "damaged or cut short (" in str(caught.value) and not str(caught.value).endswith("(error)"), caught.value
