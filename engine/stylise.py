@@ -307,6 +307,8 @@ def stylise_batch(pictures: list[Picture], *, callback: Callback | None = None, 
     anything); None: made here. Its scales (size, iterations, tile, L-BFGS history) are what runs.
     cache: a warm engine's targets of pictures seen before (batch.Warm.targets), used with its warm `step`.
     """
+    if not pictures:  # nothing to run: an empty result, as a batch of no jobs has
+        return []
     fixed: list[Picture] = []
     plans: list[Plan] = []
     race = None  # one run's own step with auto left open: its candidates race in its first steps

@@ -112,3 +112,10 @@ def test_a_legacy_checkpoint_cut_short_says_what_its_reader_found(tmp_path):
     with pytest.raises(WeightsError) as caught:
         read_checkpoint(tmp_path / "cut.pth")
     assert "damaged or cut short (" in str(caught.value) and not str(caught.value).endswith("(error)"), caught.value
+
+
+def test_the_engines_stylise_batch_of_no_pictures_is_an_empty_result():
+    """An IndexError (probe 59a, a note)."""
+    from styleengine.engine.stylise import stylise_batch
+
+    assert stylise_batch([]) == []
