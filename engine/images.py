@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import glob
 import hashlib
 import io
 import logging
@@ -375,12 +376,24 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
+def rescue_folders(folders: list[Path]) -> list[Path]:
+    """Where `rescue(..., folders)` tries to save a picture, in order: `folders`, then the temp folder."""
+    return [*folders, Path(tempfile.gettempdir())]
+
+
+RESCUED = "-rescued-"  # in a rescued picture's name, after its output's name
+
+
+def _rescued_prefix(output: Path) -> str:
+    return f"{output.stem[:64]}{RESCUED}"
+
+
 def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) -> Path | None:
     """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
     folder) that takes it; where it went, or None."""
-    for folder in [*folders, Path(tempfile.gettempdir())]:
+    for folder in rescue_folders(folders):
         try:
-            fd, name = tempfile.mkstemp(prefix=f"{output.stem[:64]}-rescued-", suffix=".png", dir=folder)
+            fd, name = tempfile.mkstemp(prefix=_rescued_prefix(output), suffix=".png", dir=folder)
         except (OSError, ValueError):
             continue
         os.close(fd)
@@ -390,6 +403,13 @@ def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) 
         except ImageError:
             Path(name).unlink(missing_ok=True)
     return None
+
+
+def rescued_copies(output: Path, folders: list[Path]) -> list[Path]:
+    """The pictures `rescue(..., output, folders)` saved, in any of the folders it tries (a later start's look)."""
+    pattern = f"{glob.escape(_rescued_prefix(output))}*.png"
+    return [p for folder in dict.fromkeys(rescue_folders(folders)) for p in sorted(folder.glob(pattern))
+            if p.is_file()]
 
 
 def rescued(saved: Path | None) -> str:

@@ -99,6 +99,9 @@ class JobStore:
         self._own_keys = {batch.digest_key(path) for path in self.own}
         self.results = self.root / RESULTS
         self.uploads = self.root / UPLOADS
+        # where a picture results/ cannot take is saved aside (`rescue` tries the temp folder after it): the log
+        # and the manifest say it whole, a client by its name
+        self.aside = [self.root.absolute()]
         for folder in (self.results, self.uploads):
             if folder.is_symlink():  # the server removes and replaces what is in them: only its own folders
                 raise ConfigError(f"{folder} is a symbolic link; the server keeps its own {folder.name} folder in "
@@ -319,13 +322,15 @@ class JobStore:
                 continue
             # its uploads go once its line is written (_record): on a disk still full, the next start says it
             job = self.jobs[job_id] = Job(job_id, None, upload_dir=folder, keep=True)
-            # a picture saved aside while results/ was another's (a batch held it as the server stopped)
-            aside = sorted(p.name for p in self.root.glob(f"{job_id}-rescued-*.png") if p.is_file())
-            self._finish_unrun(job, "failed", f"the server could not record the job (its results folder was full, "
-                                              f"replaced, or another's); its picture was saved aside on the "
-                                              f"server as {aside[-1]}; submit it again" if aside else
-                               "the server was killed, or could not record the job, before it finished; submit it "
-                               "again")
+            # a picture saved aside while results/ was another's (a batch held it as the server stopped) or full
+            aside = images.rescued_copies(self.result_path(job_id), self.aside)
+            if aside:
+                reason = (f"the server could not record the job (its results folder was full, replaced, or "
+                          f"another's); its picture was saved aside on the server as {aside[0]}; submit it again")
+                log.warning("job %s: %s", job_id, reason)  # the operator's: where the picture is
+            else:
+                reason = "the server was killed, or could not record the job, before it finished; submit it again"
+            self._finish_unrun(job, "failed", reason)
 
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued jobs are recorded as failed, the running batch stops at its next iteration and its jobs
@@ -599,17 +604,17 @@ class JobStore:
                 self._record_unrecorded()
             except UserError as e:  # said as theirs, not as this job's
                 log.error("%s", first_line(e))
-            with self._recording:  # a picture results/ cannot take (a full disk) is kept in the server's folder
+            with self._recording:  # a picture results/ cannot take (a full disk) is kept aside (self.aside)
                 done = batch.record(done, self.manifest, out_dir=self.results,
-                                    aside=lambda picture, output: rescue(picture, output, [self.root]))
+                                    aside=lambda picture, output: rescue(picture, output, self.aside))
         except UserError as e:  # the manifest cannot be written: the job says so; its PNG may be there
             reason = first_line(e)
             if isinstance(e, batch.Unrecorded) and image is not None and not self.result_path(job.id).is_file():
                 # neither its picture nor its line (results/ full, a disk of its own): the picture kept aside,
                 # once (record's `aside` may have kept it already)
-                saved = e.saved or rescue(image, self.result_path(job.id), [self.root])
-                reason = e.head if e.saved else reason  # said once, by its name
-                reason += (f"; its picture was saved aside on the server as {saved.name}" if saved is not None
+                saved = e.saved or rescue(image, self.result_path(job.id), self.aside)
+                reason = e.head if e.saved else reason  # said once
+                reason += (f"; its picture was saved aside on the server as {saved}" if saved is not None
                            else "; nor could a copy be saved aside; it is lost")
             done = dataclasses.replace(done, status="failed", reason=reason)
             log.error("%s", reason)
@@ -651,15 +656,16 @@ class JobStore:
         it again, as nothing serves it."""
         if image is None:
             return f"{reason}; {AGAIN}"
-        saved = rescue(image, self.result_path(job.id), [self.root])
+        saved = rescue(image, self.result_path(job.id), self.aside)
         log.error("job %s's picture could not be kept in %s: %s", job.id, self.results, rescued(saved))
-        kept = f"its picture was saved aside on the server as {saved.name}" if saved is not None else \
+        kept = f"its picture was saved aside on the server as {saved}" if saved is not None else \
             "its picture is lost"
         return f"{reason}; {kept}; {AGAIN}"
 
     def for_clients(self, reason: str | None, last_finite: bool | None = None) -> str | None:
         """A reason as clients see it: the server's folder not spelled out (the manifest keeps the whole line
-        for the operator, as a 507's log line does), a job's last finite image said as its result (`last_finite`:
+        for the operator, as a 507's log line does), nor the temp folder (a picture saved aside is said by its
+        name), a job's last finite image said as its result (`last_finite`:
         True, or False once its file is gone) wherever the folder was when the line was written."""
         if reason is None:
             return None
@@ -667,6 +673,10 @@ class JobStore:
         if said and last_finite is not None:
             reason = head + ("; its last finite image is the job's result" if last_finite else
                              "; its last finite image was the job's result, and that file is gone")
+        for folder in images.rescue_folders(self.aside):  # a picture saved aside, here or in the temp folder
+            for spelled in {str(folder), os.path.realpath(folder)}:
+                reason = re.sub(rf"(?<![^\s('\"]){re.escape(spelled)}/(?={JOB_ID.pattern}{images.RESCUED})", "",
+                                reason)
         for path in self.own:  # the operator's paths: a client sees the file's name
             for spelled in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
                 reason = reason.replace(spelled, Path(path).name)
