@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
 
 try:
     from serve_helpers import SETTINGS, files, wait_for
@@ -110,3 +111,39 @@ def test_a_picture_in_the_temp_folder_is_said_to_clients_by_its_name(tmp_path, m
         again = client.get(f"/api/jobs/{job['id']}").json()
     assert kept.name in again["reason"] and str(temp_folder) not in json.dumps(again), again
 
+
+def test_a_multipart_upload_cut_short_is_told_so_not_a_missing_field(tmp_path, caplog):
+    """A multipart body without its closing boundary (a client or a proxy cut it) was a 422 "a job needs at least
+    one style image (field style)" for a request that sent one (probe 59b, 3). It is a 400 saying the upload was
+    cut short, nothing stored; a whole body still runs, and no boundary or a wrong one keeps its 400."""
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    sent = httpx.Request("POST", "http://x/api/jobs", files=files())
+    body, kind = sent.read(), sent.headers["Content-Type"]
+    boundary = kind.partition("boundary=")[2].encode()
+    end = b"--" + boundary + b"--\r\n"
+    assert body.endswith(end)
+    style = body.rindex(b'name="style"')
+    cuts = {"its closing '--' lost": body[:-4], "no closing boundary": body[:-len(end)],
+            "cut inside the style part": body[:style + 200], "cut inside the content part": body[:style - 200]}
+    config = Config(settings=SETTINGS.resolved(), root=tmp_path / "D")
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(config)) as client:
+        for case, cut in cuts.items():
+            answer = client.post("/api/jobs", content=cut, headers={"Content-Type": kind})
+            assert answer.status_code == 400, (case, answer.text)
+            assert answer.json()["detail"] == "the upload is cut short (its multipart body has no closing " \
+                                              "boundary)", (case, answer.text)
+        assert client.get("/api/jobs").json() == []
+        assert list((tmp_path / "D" / "uploads").iterdir()) == []
+        plain = client.post("/api/jobs", content=body, headers={"Content-Type": "multipart/form-data"})
+        other = client.post("/api/jobs", content=body, headers={"Content-Type": "multipart/form-data; boundary=zz"})
+        assert (plain.status_code, plain.json()["detail"]) == (400, "Missing boundary in multipart."), plain.text
+        assert (other.status_code, other.json()["detail"]) == (400, "Invalid multipart data."), other.text
+        whole = client.post("/api/jobs", content=body, headers={"Content-Type": kind})
+        assert whole.status_code == 202, whole.text
+        assert wait_for(client, whole.json()["id"])["status"] == "done"
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text

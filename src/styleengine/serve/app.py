@@ -29,9 +29,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from styleengine.choices import INITS
 from styleengine.engine import batch, images, masks
@@ -164,10 +165,38 @@ def _field(name: str, text: str, config: Config) -> tuple[str, Any]:
     return target, value
 
 
+class _Parser(MultiPartParser):
+    """starlette's multipart parser, noting whether the body reached its closing boundary: python-multipart
+    drops a last part cut short unsaid (its `finalize` checks nothing)."""
+    closed = False
+
+    def on_end(self) -> None:
+        self.closed = True
+
+
+async def _form(request: Request) -> FormData:
+    """The request's form as `request.form` reads it; a multipart body with no closing boundary (a client or a
+    proxy cut it short) is a 400 saying so, not a form that lacks the fields it sent."""
+    limits = {"max_files": 1 + MAX_STYLES, "max_fields": 64, "max_part_size": 64 * 1024}
+    kind, _ = parse_options_header(request.headers.get("Content-Type"))
+    if kind != b"multipart/form-data":
+        return await request.form(**limits)
+    async with contextlib.aclosing(request.stream()) as stream:
+        parser = _Parser(request.headers, stream, **limits)
+        try:
+            form = await parser.parse()
+        except MultiPartException as e:  # as request.form says it
+            raise HTTPException(400, e.message) from None
+    if not parser.closed:
+        await form.close()
+        raise HTTPException(400, "the upload is cut short (its multipart body has no closing boundary)")
+    return form
+
+
 async def _read_form(request: Request,
                      config: Config) -> tuple[UploadFile, list[UploadFile], dict[str, Any], bool, str | None]:
     try:
-        form = await request.form(max_files=1 + MAX_STYLES, max_fields=64, max_part_size=64 * 1024)
+        form = await _form(request)
     except StarletteHTTPException as e:  # its parser stops at the file past max_files, in its own words and a 400
         if e.status_code == 400 and str(e.detail).startswith("Too many files"):
             raise HTTPException(422, f"more than {1 + MAX_STYLES} files; a job takes one content image and at most "
