@@ -7,6 +7,7 @@ is there whole or not at all.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -46,7 +47,7 @@ CRF = "18"  # x264: visually lossless; the stylised texture is all detail and su
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
-    frames: int  # at `fps`, from the container's count or its last packets' times
+    frames: int  # at `fps`: the header's count, else from its last packets' times, else its durations
     fps: Fraction  # the stream's average frame rate
     height: int  # upright (rotation applied)
     width: int
@@ -89,9 +90,14 @@ def probe(path: Path) -> VideoInfo:
             if not fps:
                 raise ImageError(f"cannot tell the frame rate of {path}")
             time_base = stream.time_base or Fraction(1, 1000000)
-            start = float((stream.start_time or 0) * time_base)
-            first = _first_frame(container, stream)
-            if stream.frames:
+            first = _first_frame(container, stream)  # before _stream_end, which leaves the container at the end
+            # the first frame's time, not the stream's: an .avi's H.264 starts at its first decode time, a frame
+            # before its first picture, and no frame was ever on screen at output frame 0's time
+            start = float(first.pts * time_base) if first is not None and first.pts is not None else \
+                float((stream.start_time or 0) * time_base)
+            if container.format.flags & NO_TIMES:  # a raw stream (.h264, .m2v): its times are made up at a rate
+                count = 0  # FFmpeg guesses (25 fps for an .m2v of 10)
+            elif stream.frames:
                 count = stream.frames
             elif (end := _stream_end(container, stream, fps)) is not None:  # .mkv, .webm: no count in the headers
                 count = int(math.floor((end - start) * fps + 0.5))
@@ -108,8 +114,11 @@ def probe(path: Path) -> VideoInfo:
         raise ImageError(f"video {path} has no frames (or is cut short)") from None
     except av.error.FFmpegError as e:
         raise ImageError(f"not a video (or a format FFmpeg cannot read): {path} ({e.strerror or e})") from None
-    if count <= 0 or first is None:
+    if first is None:
         raise ImageError(f"video {path} has no frames")
+    if count <= 0:  # a raw stream: frames without times, no count, no duration
+        raise ImageError(f"cannot tell how many frames {path} holds, or their rate (its frames carry no times); put "
+                         f"it in a container first, e.g. ffmpeg -r RATE -i {path.name} -c copy {path.stem}.mkv")
     if rotation in (90, -90):
         height, width = width, height
     if min(height, width) < MIN_SIDE:
@@ -117,27 +126,46 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
 
 
+NO_TIMES = 0x80  # AVFMT_NOTIMESTAMPS: a raw stream's demuxer, whose packets' times are its own guess
+# seconds before where a seek to the end lands that are read again: where the format keeps no index (MPEG-TS,
+# MPEG-PS) FFmpeg lands on any late packet, a B-frame sent after the last frame shown; this holds the last GOP
+END_MARGIN = 10.0
+
+
 def _stream_end(container: "av.container.InputContainer", stream: "av.VideoStream", fps: Fraction
                 ) -> float | None:
-    """When the stream's last frame ends, in seconds, from the packets after its last keyframe (nothing decoded),
-    or None for packets without times. Matroska's DURATION tag may be stale, zero or absent (a streamed .webm has
-    no durations at all), and the container's duration is its longest stream's end, sound included."""
+    """When the stream's last frame leaves the screen (its time and one source frame, as `_on_screen` shows it),
+    in seconds, from its last packets' times (nothing decoded); None where its packets carry none. Matroska's
+    DURATION tag may be stale, zero or absent (a streamed .webm has no durations at all), and the container's
+    duration is its longest stream's end, sound included."""
     base = stream.time_base or Fraction(1, 1000000)
-    try:  # past the end, backward: FFmpeg lands on the last keyframe (a file without cues is scanned)
+    times = []
+    try:
         container.seek(1 << 62, backward=True, any_frame=False, stream=stream)
-    except av.error.FFmpegError:
-        container.seek(0)
-    end = None
+        landed = next(_packet_times(container, stream), None)
+        if landed is not None:
+            times.append(landed[0])
+        # nothing after the landing (an .flv lands past its end): from the start
+        container.seek(max(int((landed[1] - END_MARGIN) / base) if landed is not None else 0,
+                           stream.start_time or 0), backward=True, any_frame=False, stream=stream)
+    except av.error.FFmpegError:  # from the start where it can (the first frame's decode may have read them all)
+        with contextlib.suppress(av.error.FFmpegError):
+            container.seek(0)
+    times.extend(at for at, _ in _packet_times(container, stream))
+    return max(times) + 1.0 / float(fps) if times else None
+
+
+def _packet_times(container: "av.container.InputContainer", stream: "av.VideoStream"
+                  ) -> Iterator[tuple[float, float]]:
+    """(pts, dts) in seconds of the stream's packets from where the container is, in decode order (dts as pts
+    where it has none), skipping those without times; a file cut short ends them where it was cut."""
+    base = stream.time_base or Fraction(1, 1000000)
     try:
         for packet in container.demux(stream):
-            if packet.pts is None:
-                continue
-            last = float((packet.pts + packet.duration) * base) if packet.duration else \
-                float(packet.pts * base) + 1.0 / float(fps)
-            end = last if end is None else max(end, last)
-    except av.error.FFmpegError:  # a file cut short: its end is where it was cut, as its decode finds
-        pass
-    return end
+            if packet.pts is not None:
+                yield float(packet.pts * base), float((packet.dts if packet.dts is not None else packet.pts) * base)
+    except av.error.FFmpegError:
+        return
 
 
 def identity(info: VideoInfo) -> str:
@@ -246,16 +274,11 @@ def repeats(info: VideoInfo, start: int, stop: int, fps: Fraction) -> tuple[int,
         # packets come in decode order (dts <= pts): past this dts no frame shown in the range is left
         bound = info.start + stop / float(fps) + 1.0 / float(info.fps)
         times, more = [], False
-        try:
-            for packet in container.demux(stream):
-                if packet.pts is None:
-                    continue
-                times.append(float(packet.pts * stream.time_base))
-                if packet.dts is not None and float(packet.dts * stream.time_base) > bound:
-                    more = True
-                    break
-        except av.error.FFmpegError:  # a file cut short: counted to there; its decode says the rest
-            pass
+        for at, decoded in _packet_times(container, stream):  # a file cut short: to there; its decode says the rest
+            times.append(at)
+            if decoded > bound:
+                more = True
+                break
     times.sort()
     if more:  # the frames after the bound: read_frames shows the range's last one until the next comes
         times.append(math.inf)
@@ -269,8 +292,26 @@ def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", in
     if start:
         begin = info.start + start / float(fps)
         base = stream.time_base or Fraction(1, 1000000)  # as probe() reads the start
-        container.seek(int(max(0.0, begin - info.start) / base) + (stream.start_time or 0), stream=stream,
-                       backward=True)
+        at = int(max(0.0, begin - info.start) / base) + (stream.start_time or 0)
+        container.seek(at, stream=stream, backward=True)
+        # where the format keeps no index (MPEG-TS, MPEG-PS) FFmpeg lands on any packet near the time, and the
+        # first keyframe after it may come after frame `start`, which then is never on screen: from the start
+        key = next((t for t, _ in _key_times(container, stream)), None)
+        if key is not None and key <= begin + 0.5 / float(info.fps):
+            container.seek(at, stream=stream, backward=True)
+        else:  # the file's start: a seek to the stream's first time may land after its first keyframe (dts < pts)
+            container.seek(0)
+
+
+def _key_times(container: "av.container.InputContainer", stream: "av.VideoStream") -> Iterator[tuple[float, float]]:
+    """_packet_times of the keyframes only."""
+    base = stream.time_base or Fraction(1, 1000000)
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.is_keyframe:
+                yield float(packet.pts * base), 0.0
+    except av.error.FFmpegError:
+        return
 
 
 def _on_screen(timed: Iterable[tuple[float, Any]], info: VideoInfo, start: int, stop: int, fps: Fraction

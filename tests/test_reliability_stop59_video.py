@@ -117,3 +117,76 @@ def test_a_streamed_clip_without_durations_counts_its_frames(tmp_path, suffix, f
     write_frames(pipe, fmt, codec)
     pipe.close()
     assert video_io.probe(path).frames == 3
+
+
+def encoded(path: Path, codec: str, frames: int = 12, **context) -> Path:
+    """`frames` 48x48 frames at 10 fps, each another grey, in `path`'s container; `context` set on the codec."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=10)
+        video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
+        for name, value in context.items():
+            setattr(video.codec_context, name, value)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), i * 16, np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    return path
+
+
+CLIPS = {  # review of stop 59, 1 and 3; probe 60a, 1, 3 and 4
+    "ts-bframes": (".ts", "mpeg2video", {"max_b_frames": 2, "gop_size": 6}),  # the last packet sent is a B-frame
+    "mpg-bframes": (".mpg", "mpeg2video", {"max_b_frames": 2, "gop_size": 6}),
+    "avi-h264": (".avi", "libx264", {"gop_size": 6}),  # its first frame a frame's time after the stream's start
+    "flv-h264": (".flv", "libx264", {"gop_size": 6}),
+    "mkv-h264": (".mkv", "libx264", {"gop_size": 6}),
+}
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_every_frame_of_a_clip_is_counted_and_reached(tmp_path, name):
+    """A .ts with B-frames was counted a frame short (the seek to its end lands on a B-frame sent after its last
+    frame: exit 0, the frame dropped), an H.264 .avi showed no frame at all ('the video ended at frame 0'), and
+    `--frames A:B` of a .ts showed none (its seek lands past frame A's keyframe)."""
+    suffix, codec, context = CLIPS[name]
+    path = encoded(tmp_path / f"clip{suffix}", codec, **context)
+    decoded = [frame.to_ndarray(format="rgb24") for frame in av.open(str(path)).decode(video=0)]
+    info = video_io.probe(path)
+    assert info.frames == len(decoded) == 12
+    whole = dict(video_io.read_frames(info, 0, info.frames, info.fps, (48, 48)))
+    assert sorted(whole) == list(range(12))
+    for start, stop in ((1, 4), (7, 10), (9, 12)):
+        part = dict(video_io.read_frames(info, start, stop, info.fps, (48, 48)))
+        assert sorted(part) == list(range(start, stop)), (start, stop)
+        assert all(np.array_equal(part[k], whole[k]) for k in part)
+        assert video_io.repeats(info, start, stop, info.fps) == (stop - start, stop - start)
+
+
+def test_a_raw_stream_is_told_its_frames_cannot_be_timed(tmp_path):
+    """A raw .h264 (no container: frames without times) was 'not a video ... (Operation not permitted)'."""
+    path = encoded(tmp_path / "raw.h264", "libx264")
+    with pytest.raises(video_io.ImageError, match=r"^cannot tell how many frames .*raw\.h264 holds, or their rate"):
+        video_io.probe(path)
+
+
+def test_a_clip_whose_last_frame_lasts_longer_counts_it_once(tmp_path):
+    """A .webm whose last frame stays a second (a recording that stops changing) was counted 12 frames for its 3:
+    a false variable-rate warning and 'the video ended at frame 4, before 12', exit 1 every run."""
+    path = tmp_path / "held.webm"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libvpx-vp9", rate=10)
+        video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
+        packets = []
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), i * 60, np.uint8), format="rgb24")
+            frame.pts = i
+            packets += video.encode(frame)
+        packets += video.encode()
+        packets[-1].duration = 10
+        for packet in packets:
+            out.mux(packet)
+    info = video_io.probe(path)
+    assert info.frames == 3
+    assert video_io.repeats(info, 0, 3, info.fps) == (3, 3)
