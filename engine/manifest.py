@@ -260,22 +260,31 @@ def whole_line(tail: bytes) -> bool:
 # how every line a batch or server writes starts: its keys sorted (Manifest.append), "batch" (a count) and
 # "device" the first two of a result's (batch.JobResult.manifest_line)
 _LINE_START = b'{"batch": '
-_LINE_ON = b', "device": "'
+_LINE_ON = b', "device": '  # then a device's name, or null (a job that failed before it ran)
 
 
 def _torn_of_ours(tail: bytes) -> bool:
-    """Whether `tail` is a prefix of how a line of ours starts (`{"batch": 3, "device": "`, or all of that and
-    more): a prefix of another tool's line that happens to start `{"batch": ` is not (probe 54a, 2)."""
+    """Whether `tail` is a prefix of how a line of ours starts (`{"batch": 3, "device": "` or `null`, or all of
+    that and more, the start of some JSON): a prefix of another tool's line that happens to start `{"batch": ` is
+    not (probe 54a, 2), nor one that goes wrong before its end (`"note": "kept",}`, probe 59a, 5)."""
     if not _LINE_START.startswith(tail[:len(_LINE_START)]):
         return False
     count = re.match(rb"\d*", tail[len(_LINE_START):])
     assert count is not None  # \d* matches the empty string
     after = tail[len(_LINE_START) + count.end():]
-    return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]) and _json_prefix(tail))
+    return not after or (count.end() > 0 and _LINE_ON.startswith(after[:len(_LINE_ON)]) and _json_prefix(tail)
+                         and (len(after) <= len(_LINE_ON) or after[len(_LINE_ON):len(_LINE_ON) + 1] in b'"n'))
 
 
-# what may follow where json stops reading a prefix of a line: a number, true, false or null cut within
+# what may follow where json stops reading a prefix of a line: a number, true, false or null cut within; an
+# escape json reads as invalid where the text ends in it (even whole: it looks for a surrogate's second half)
 _TORN_TOKEN = re.compile(r"(-?\d*(\.\d*)?([eE][-+]?\d*)?|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)\s*")
+_TORN_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}")
+# how every line of ours ends, and what a zeroed block may leave of that: its keys sorted, "status" the last
+# (batch.JobResult.manifest_line, and "file")
+_STATUS = b'"status": "'
+_LINE_END = re.compile(rb"(?:.*" + re.escape(_STATUS) + rb"|" + rb"|".join(
+    re.escape(_STATUS[at:]) for at in range(1, len(_STATUS))) + rb")?[a-z]*\"?\}$", re.S)
 
 
 def _json_prefix(text: bytes) -> bool:
@@ -283,8 +292,11 @@ def _json_prefix(text: bytes) -> bool:
     ours do goes wrong before its end (`"note": "kept",}`, `} # mine`)."""
     try:
         json.loads(text.decode("utf-8-sig", errors="replace"))
-    except json.JSONDecodeError as e:  # where it stopped: in a string cut short, or within a token at the end
-        return e.msg.startswith("Unterminated string") or _TORN_TOKEN.fullmatch(e.doc[e.pos:]) is not None
+    except json.JSONDecodeError as e:  # where it stopped: in a string or an escape cut short, or in a last token
+        if e.msg.startswith("Invalid \\uXXXX escape"):  # json.dumps writes non-ASCII as \uXXXX: cut within one
+            return _TORN_ESCAPE.fullmatch(e.doc[e.pos:]) is not None
+        return e.msg.startswith("Unterminated string") or (
+            e.msg != "Extra data" and _TORN_TOKEN.fullmatch(e.doc[e.pos:]) is not None)
     except (ValueError, RecursionError):
         return False
     return True
@@ -300,14 +312,22 @@ def _written_by_us(data: bytes) -> bool:
     a line with a job's id and status among them (another tool's manifest.jsonl, a dataset's, has none)."""
     zeroed = _TEXTS_NULS.search(data) is None  # every NUL there may be a power cut's
 
-    def cut(line: bytes) -> bool:  # a power cut's NULs after nothing, a start of a line of ours, or one whole
-        before = line.split(b"\0", 1)[0].removeprefix(b"\xef\xbb\xbf").strip(b" \t\r")
+    def cut(line: bytes) -> bool:  # a line a power cut zeroed in places: each text between its NULs is ours
         if not (zeroed and b"\0" in line):
             return False
-        entry = _parsed(before) if before else _parsed(line.rsplit(b"\0", 1)[1])  # or the text after NULs first
-        if entry is not _NOT_JSON:  # whole: ours only as a job's line (another's may start as ours do)
-            return isinstance(entry, dict) and "id" in entry and "status" in entry
-        return not before or _torn_of_ours(before)
+        pieces = line.removeprefix(b"\xef\xbb\xbf").split(b"\0")
+        for at, piece in enumerate(pieces):
+            text = piece.strip(b" \t\r")
+            if not text:
+                continue
+            entry = _parsed(text)
+            if entry is not _NOT_JSON:  # whole: ours only as a job's line (another's may start as ours do)
+                if not (isinstance(entry, dict) and "id" in entry and "status" in entry):
+                    return False
+            elif not (at == 0 and _torn_of_ours(text) or  # a line of ours cut short, or zeroed at its start
+                      at == len(pieces) - 1 and _LINE_END.fullmatch(text) is not None):
+                return False  # another's text, or one between two zeroed blocks, which cannot be told
+        return True
 
     *lines, tail = data.split(b"\n")
     found = [line for line in lines if line.strip(b" \t\r\0") and not cut(line)]

@@ -3,6 +3,7 @@ twice as a 3.7 KB line of its log (59b, 2); a zip whose record names differ in c
 checkpoint (59a, 4); another tool's manifest taken over at the edges of the power-cut rule (59a, 5)."""
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 
@@ -71,11 +72,16 @@ FOREIGN = [b"\0" * 4096 + b'{"file": "x.png", "label": 3}\n',  # a power cut zer
            b"\0" * 512 + b'{"batch": 3, "device": "cpu", "note": "kept"}',
            b'{"batch": 3, "device": "cpu", "note": "kept",}',  # starts as ours do, goes wrong before its end
            b'{"batch": 3, "device": "cpu", "note": "kept",}' + b"\0" * 4096,
-           b'{"batch": 3, "device": "cpu", "note": "kept"} # mine' + b"\0" * 4096]
+           b'{"batch": 3, "device": "cpu", "note": "kept"} # mine' + b"\0" * 4096,
+           # probe 60a, 7; review of stop 59, 5
+           b'{"batch": 3, "device": "cpu", "note": "kept"}.',  # whole, then text json stops at as extra
+           b"\0" * 4096 + b"hello, this is my file\n",  # not JSON after a zeroed first block
+           b"\0" * 4096 + b'{"file": "x.png"}' + b"\0" * 4096]  # between two zeroed blocks
 
 
 @pytest.mark.parametrize("data", FOREIGN, ids=["nuls-first", "nuls-first-ours-start", "trailing-comma",
-                                               "trailing-comma-nuls", "comment-nuls"])
+                                               "trailing-comma-nuls", "comment-nuls", "extra-data",
+                                               "nuls-first-text", "between-nuls"])
 def test_another_tools_manifest_at_the_power_cut_rules_edges_is_refused(tmp_path, monkeypatch, capsys, data):
     """Another tool's manifest.jsonl whose first block a power cut zeroed had our lines appended to it; one whose
     line starts as ours do but is no JSON's start was cut as 'torn' and taken over, exit 0."""
@@ -88,16 +94,26 @@ def test_another_tools_manifest_at_the_power_cut_rules_edges_is_refused(tmp_path
 
 
 def test_a_line_of_ours_cut_anywhere_is_still_ours():
-    """The other side of the rule above: a line of ours cut within a string, a key, a number, true/false/null, or
-    after a comma, with or without a power cut's NULs, and ours whole after a zeroed first block."""
+    """The other side of the rule above: a line of ours cut anywhere, with or without a power cut's NULs or a BOM,
+    or zeroed at its start. A cut within a \\uXXXX escape (json.dumps writes non-ASCII so: an id, an output) was
+    another tool's, and so was every cut of a failed job's line past `"device": n` (its device is null)."""
     from styleengine.engine.manifest import _written_by_us
 
-    line = (b'{"batch": 1, "device": "cpu", "early": false, "id": "a", "loss": -1.5e-3, "p": "\xc3\xa9", '
-            b'"status": "ok"}')
-    for end in range(len(b'{"batch": 1, "device": "'), len(line)):
-        for nuls in (b"", b"\0" * 4096):
-            assert _written_by_us(line[:end] + nuls), line[:end]
-    assert _written_by_us(b"\0" * 4096 + line + b"\n")
+    # as Manifest.append writes a batch's line (JobResult.manifest_line and "file", keys sorted, ASCII)
+    ok = {"batch": 1, "device": "cpu", "distances": {"style": 0.5}, "file": "caf\u00e9.png",
+          "id": "caf\u00e9 \U0001f600", "iterations": 2, "losses": {"total": -1.5e-3},
+          "output": "out/caf\u00e9_\u65e5\u672c.png", "reason": None, "seconds": 0.25, "settings_hash": "ab12",
+          "status": "ok"}
+    failed = {**ok, "device": None, "distances": None, "losses": None, "status": "failed", "reason": "gone \u00e9"}
+    zeros = b"\0" * 4096
+    for entry in (ok, failed):
+        line = json.dumps(entry, sort_keys=True).encode()
+        assert b"\\u00e9" in line
+        for end in range(len(b'{"batch": 1, "device": '), len(line)):
+            for torn in (line[:end], line[:end] + zeros, b"\xef\xbb\xbf" + line[:end] + zeros):
+                assert _written_by_us(torn), torn
+        for start in range(1, len(line)):
+            assert _written_by_us(zeros + line[start:] + b"\n"), line[start:]
 
 
 def test_a_legacy_checkpoint_cut_short_says_what_its_reader_found(tmp_path):
