@@ -113,24 +113,28 @@ def _errors_to_log() -> None:
         if data.get("pid") != "raylet":  # a worker's own output (log_to_driver, which ActorPool turns off)
             printer(data, *args, **kwargs)
         elif not _CLOSING.is_set():
-            for message in data.get("lines", []):
-                line = _first_sentences(str(message))
+            for message in map(str, data.get("lines", [])):
                 now = time.monotonic()
-                if now - said.get(line, -math.inf) > 10.0:  # published by each of its watchers: one event, once
-                    log.warning("Ray: %s", line)
-                said[line] = now
+                if now - said.get(message, -math.inf) > 10.0:  # published by each of its watchers: one event, once
+                    said[message] = now
+                    log.warning("Ray: %s", _first_sentences(message))
 
     to_log.styleengine = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = to_log
 
 
 def _first_sentences(message: str) -> str:
-    """A message Ray publishes, without the log lines it may carry after its first line (a raylet's end carries
-    its last 20, a few KB): the sentence that announces them is cut, and where the rest is said."""
+    """A message Ray publishes in one line: its first line, and the last of the rest where the first announces
+    them (a traceback's exception); the log lines a raylet's end carries (its last 20, a few KB) left to Ray's."""
     head, _, rest = message.strip().partition("\n")
-    if rest.strip():
-        head = re.sub(r"\s*[^.:]*:\s*$", "", head) + " (the rest is in Ray's logs)"
-    return head
+    lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    if not lines:
+        return head
+    dump = re.search(r"\s*Last \d+ lines of [^.:]*:$", head)
+    if dump:
+        return head[:dump.start()] + " (the rest is in Ray's logs)"
+    return f"{head} {lines[-1]} (the rest is in Ray's logs)" if head.endswith(":") or head.startswith(
+        "Traceback") else f"{head} (the rest is in Ray's logs)"
 
 
 def enter(folder: str | None) -> str | None:

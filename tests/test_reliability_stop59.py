@@ -40,6 +40,19 @@ def test_a_raylets_end_is_said_once_in_its_first_sentences(capsys, caplog):
                     "by the user or system OOM killer, (2) Invalid memory access from Raylet causing SIGSEGV or "
                     "SIGBUS, (3) Other termination signals. (the rest is in Ray's logs)"]
     assert capsys.readouterr().out == ""
+    # review of stop 59, 6: a first line that announces a traceback was cut to nothing, and different messages
+    # within 10 s were said once, as nothing
+    caplog.clear()
+    failures = ["The autoscaler failed with the following error:\nTraceback (most recent call last):\n  x\n"
+                "RuntimeError: boom",
+                "Traceback (most recent call last):\n  File \"w.py\"\nRuntimeError: Version mismatch: 2.60 and 2.59"]
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
+        for text in failures:
+            worker.print_to_stdstream({"lines": [text], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Ray: The autoscaler failed with the following error: RuntimeError: boom (the rest is in Ray's logs)",
+        "Ray: Traceback (most recent call last): RuntimeError: Version mismatch: 2.60 and 2.59 (the rest is in "
+        "Ray's logs)"]
 
 
 def test_a_zip_whose_names_differ_in_case_from_one_another_is_told_as_a_zip(tmp_path, monkeypatch, capsys):
