@@ -79,6 +79,13 @@ def test_a_zip_whose_names_differ_in_case_from_one_another_is_told_as_a_zip(tmp_
         raise AssertionError("torch loads a zip whose names differ in case")
     assert torch.load(tmp_path / "upper.pth", weights_only=True)["features.0.weight"].shape == (2,)
     assert (weights_kind(tmp_path / "mixed.pth"), weights_kind(tmp_path / "upper.pth")) == ("zip", "torch")
+    # probe 60a, 8: str.lower() reads KELVIN SIGN as k; torch's miniz compares ASCII letters only
+    with zipfile.ZipFile(tmp_path / "real.pth") as z, zipfile.ZipFile(tmp_path / "kelvin.pth", "w") as out:
+        for record in z.namelist():
+            out.writestr(record.replace("data.pkl", "data.p\u212al"), z.read(record))
+    with pytest.raises(RuntimeError):
+        torch.load(tmp_path / "kelvin.pth", weights_only=True)
+    assert weights_kind(tmp_path / "kelvin.pth") == "zip"
 
 
 FOREIGN = [b"\0" * 4096 + b'{"file": "x.png", "label": 3}\n',  # a power cut zeroed its first block

@@ -232,10 +232,12 @@ def weights_kind(path: Path) -> str | None:
         # torch.load reads every name in the first name's folder and asks for both records (a data.pkl alone was
         # PyTorch's 'Expected hasRecord("version")' text; a name elsewhere, 'not in a subdirectory')
         folder = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else None
-        found = {n.lower() for n in names}  # torch finds its records whatever their case, not its folder's names
-        ours = folder is not None and all(n.startswith(folder) for n in names) and any(
-            (folder + name).lower() in found for name in ("version", ".data/version")) and (
-            folder + "data.pkl").lower() in found
+        def key(name: str) -> bytes:  # torch finds a record whatever its ASCII case (miniz's: U+212A is no K)
+            return name.encode("utf-8", "surrogateescape").lower()
+
+        found = {key(n) for n in names}  # not the folder's names: every one in the first's, as spelled
+        ours = folder is not None and all(n.startswith(folder) for n in names) and key(
+            folder + "data.pkl") in found and any(key(folder + name) in found for name in ("version", ".data/version"))
         return "torch" if ours else "zip"
     if head.startswith(TORCH_LEGACY):
         return "torch"
