@@ -376,9 +376,15 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
 
 
+TEMP_FOLDERS = ("/tmp", "/var/tmp", "/usr/tmp")  # where Python looks for a temp folder after $TMPDIR, $TEMP, $TMP
+
+
 def rescue_folders(folders: list[Path]) -> list[Path]:
-    """Where `rescue(..., folders)` tries to save a picture, in order: `folders`, then the temp folder."""
-    return [*folders, Path(tempfile.gettempdir())]
+    """Where `rescue(..., folders)` tries to save a picture, in order: `folders`, then the temp folder, then every
+    folder Python would have taken for it (a $TMPDIR full at the first call is passed over for /tmp, unsaid: a
+    later process with another temp folder looks in each)."""
+    temp = [tempfile.gettempdir(), *(os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")), *TEMP_FOLDERS]
+    return list(dict.fromkeys([*folders, *(Path(os.path.abspath(t)) for t in temp if t)]))
 
 
 RESCUED = "-rescued-"  # in a rescued picture's name, after its output's name
@@ -389,8 +395,8 @@ def _rescued_prefix(output: Path) -> str:
 
 
 def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) -> Path | None:
-    """Save `image`, whose write to `output` failed, as a new PNG in the first of `folders` (then the temp
-    folder) that takes it; where it went, or None."""
+    """Save `image`, whose write to `output` failed, as a new PNG in the first of `rescue_folders(folders)` that
+    takes it; where it went, or None."""
     for folder in rescue_folders(folders):
         try:
             fd, name = tempfile.mkstemp(prefix=_rescued_prefix(output), suffix=".png", dir=folder)
@@ -408,8 +414,7 @@ def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) 
 def rescued_copies(output: Path, folders: list[Path]) -> list[Path]:
     """The pictures `rescue(..., output, folders)` saved, in any of the folders it tries (a later start's look)."""
     pattern = f"{glob.escape(_rescued_prefix(output))}*.png"
-    return [p for folder in dict.fromkeys(rescue_folders(folders)) for p in sorted(folder.glob(pattern))
-            if p.is_file()]
+    return [p for folder in rescue_folders(folders) for p in sorted(folder.glob(pattern)) if p.is_file()]
 
 
 def rescued(saved: Path | None) -> str:

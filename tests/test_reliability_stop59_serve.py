@@ -147,3 +147,50 @@ def test_a_multipart_upload_cut_short_is_told_so_not_a_missing_field(tmp_path, c
         assert whole.status_code == 202, whole.text
         assert wait_for(client, whole.json()["id"])["status"] == "done"
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_picture_aside_in_a_temp_folder_python_fell_back_to_is_found_by_a_restart(tmp_path, monkeypatch):
+    """$TMPDIR full at the rescue: Python's temp folder was /tmp, unsaid, and a restart with $TMPDIR usable again
+    looked only there: the finished job was recorded for good as 'the server was killed' (probe 60b, 1). A
+    picture is looked for in every folder a rescue may have used; a client sees its name wherever it lies (60b, 2)."""
+    from styleengine.engine import images
+    from styleengine.serve.jobs import JobStore
+
+    fell_back, tmpdir = tmp_path / "fell_back", tmp_path / "tmpdir"
+    fell_back.mkdir()
+    tmpdir.mkdir()
+    monkeypatch.setattr(images, "TEMP_FOLDERS", (str(fell_back),))
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))  # the restart's: $TMPDIR usable again
+    job_id = "0123456789abcdef01234567"
+    kept = fell_back / f"{job_id}-rescued-x1y2.png"
+    images.save_image(images.np.zeros((8, 8, 3), images.np.float32), kept)
+    assert images.rescued_copies(tmp_path / "D" / "results" / f"{job_id}.png", [tmp_path / "D"]) == [kept]
+    store = JobStore.__new__(JobStore)
+    store.root, store.aside, store.own = tmp_path / "D", [tmp_path / "D"], []
+    for where in (kept, tmp_path / "elsewhere" / kept.name):
+        said = store.for_clients(f"saved aside on the server as {where}; submit it again")
+        assert said == f"saved aside on the server as {kept.name}; submit it again", said
+
+
+def test_an_upload_the_full_temp_folder_cannot_hold_is_a_507(tmp_path, monkeypatch, caplog):
+    """A file part over 1 MB goes to the temp folder: full, it was a 500 and a 40-line traceback (probe 60b, 3)."""
+    from starlette import formparsers
+    from fastapi.testclient import TestClient
+
+    from styleengine.serve.app import Config, create_app
+
+    class Full(formparsers.SpooledTemporaryFile):  # type: ignore[misc]
+        def rollover(self):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(formparsers, "SpooledTemporaryFile", lambda max_size=0: Full(max_size=max_size))
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(Config(settings=SETTINGS.resolved(), root=tmp_path / "D"))) as client:
+        (_, (_, picture, _)), *styles = files()
+        answer = client.post("/api/jobs", files=[("content", ("c.png", picture + b"\0" * (1 << 20), "image/png")),
+                                                 *styles])
+        assert answer.status_code == 507, answer.text
+        assert answer.json()["detail"] == "the server cannot store the upload (No space left on device); try again " \
+                                          "later"
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

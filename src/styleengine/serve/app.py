@@ -20,6 +20,7 @@ import math
 import re
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -174,19 +175,30 @@ class _Parser(MultiPartParser):
         self.closed = True
 
 
+def _cannot_store(e: OSError) -> HTTPException:
+    """The server's disk, not the request: 507 when it is full."""
+    full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    return HTTPException(507 if full else 503, f"the server cannot store the upload ({e.strerror or e}); try again "
+                                               f"later")
+
+
 async def _form(request: Request) -> FormData:
     """The request's form as `request.form` reads it; a multipart body with no closing boundary (a client or a
     proxy cut it short) is a 400 saying so, not a form that lacks the fields it sent."""
     limits = {"max_files": 1 + MAX_STYLES, "max_fields": 64, "max_part_size": 64 * 1024}
     kind, _ = parse_options_header(request.headers.get("Content-Type"))
-    if kind != b"multipart/form-data":
-        return await request.form(**limits)
-    async with contextlib.aclosing(request.stream()) as stream:
-        parser = _Parser(request.headers, stream, **limits)
-        try:
-            form = await parser.parse()
-        except MultiPartException as e:  # as request.form says it
-            raise HTTPException(400, e.message) from None
+    try:
+        if kind != b"multipart/form-data":
+            return await request.form(**limits)
+        async with contextlib.aclosing(request.stream()) as stream:
+            parser = _Parser(request.headers, stream, **limits)
+            try:
+                form = await parser.parse()
+            except MultiPartException as e:  # as request.form says it
+                raise HTTPException(400, e.message) from None
+    except OSError as e:  # a part over 1 MB goes to the temp folder, which may be full
+        log.error("cannot hold an upload in the temp folder %s: %s", tempfile.gettempdir(), e.strerror or e)
+        raise _cannot_store(e) from None
     if not parser.closed:
         await form.close()
         raise HTTPException(400, "the upload is cut short (its multipart body has no closing boundary)")
@@ -304,11 +316,9 @@ def _prepare(store: JobStore, job_id: str, folder: Path, content: UploadFile, st
     except ServerFolderGone as e:  # said as a job's reason is: the operator's paths not spelled out
         log.error("%s", first_line(e))
         raise HTTPException(503, store.for_clients(first_line(e))) from None
-    except OSError as e:  # the server's disk, not the request: 507 when it is full
-        full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    except OSError as e:
         log.error("cannot store job %s's upload in %s: %s", job_id, folder, e.strerror or e)
-        raise HTTPException(507 if full else 503, f"the server cannot store the upload ({e.strerror or e}); try "
-                                                  f"again later") from None
+        raise _cannot_store(e) from None
     for path, label in saved:
         _check_pixels(path, label, config.max_pixels)
     try:

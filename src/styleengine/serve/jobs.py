@@ -673,10 +673,12 @@ class JobStore:
         if said and last_finite is not None:
             reason = head + ("; its last finite image is the job's result" if last_finite else
                              "; its last finite image was the job's result, and that file is gone")
-        for folder in images.rescue_folders(self.aside):  # a picture saved aside, here or in the temp folder
+        aside = rf"/(?={JOB_ID.pattern}{images.RESCUED})"  # a picture saved aside: its name only
+        for folder in images.rescue_folders(self.aside):  # here or in a temp folder, spaces in its name or not
             for spelled in {str(folder), os.path.realpath(folder)}:
-                reason = re.sub(rf"(?<![^\s('\"]){re.escape(spelled)}/(?={JOB_ID.pattern}{images.RESCUED})", "",
-                                reason)
+                reason = re.sub(rf"(?<![^\s('\"]){re.escape(spelled)}{aside}", "", reason)
+        # or where another process put it (a restart under another $TMPDIR, the server's folder moved)
+        reason = re.sub(rf"(?<![^\s('\"])[^\s('\"]*{aside}", "", reason)
         for path in self.own:  # the operator's paths: a client sees the file's name
             for spelled in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
                 reason = reason.replace(spelled, Path(path).name)
