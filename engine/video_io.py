@@ -89,7 +89,7 @@ def probe(path: Path) -> VideoInfo:
             fps = stream.average_rate or stream.guessed_rate
             if not fps:
                 raise ImageError(f"cannot tell the frame rate of {path}")
-            time_base = stream.time_base or Fraction(1, 1000000)
+            time_base = _time_base(stream)
             first = _first_frame(container, stream)  # before _stream_end, which leaves the container at the end
             # the first frame's time, not the stream's: an .avi's H.264 starts at its first decode time, a frame
             # before its first picture, and no frame was ever on screen at output frame 0's time
@@ -138,7 +138,7 @@ def _stream_end(container: "av.container.InputContainer", stream: "av.VideoStrea
     in seconds, from its last packets' times (nothing decoded); None where its packets carry none. Matroska's
     DURATION tag may be stale, zero or absent (a streamed .webm has no durations at all), and the container's
     duration is its longest stream's end, sound included."""
-    base = stream.time_base or Fraction(1, 1000000)
+    base = _time_base(stream)
     times = []
     try:
         container.seek(1 << 62, backward=True, any_frame=False, stream=stream)
@@ -155,17 +155,22 @@ def _stream_end(container: "av.container.InputContainer", stream: "av.VideoStrea
     return max(times) + 1.0 / float(fps) if times else None
 
 
-def _packet_times(container: "av.container.InputContainer", stream: "av.VideoStream"
+def _packet_times(container: "av.container.InputContainer", stream: "av.VideoStream", keys: bool = False
                   ) -> Iterator[tuple[float, float]]:
-    """(pts, dts) in seconds of the stream's packets from where the container is, in decode order (dts as pts
-    where it has none), skipping those without times; a file cut short ends them where it was cut."""
-    base = stream.time_base or Fraction(1, 1000000)
+    """(pts, dts) in seconds of the stream's packets (`keys`: its keyframes') from where the container is, in
+    decode order (dts as pts where it has none), skipping those without times; a file cut short ends them where
+    it was cut."""
+    base = _time_base(stream)
     try:
         for packet in container.demux(stream):
-            if packet.pts is not None:
+            if packet.pts is not None and (packet.is_keyframe or not keys):
                 yield float(packet.pts * base), float((packet.dts if packet.dts is not None else packet.pts) * base)
     except av.error.FFmpegError:
         return
+
+
+def _time_base(stream: "av.VideoStream") -> Fraction:
+    return stream.time_base or Fraction(1, 1000000)  # FFmpeg's own where a stream has none
 
 
 def identity(info: VideoInfo) -> str:
@@ -291,27 +296,16 @@ def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", in
     """To output frame `start`'s time (FFmpeg lands on the keyframe before it); nothing for the first frame."""
     if start:
         begin = info.start + start / float(fps)
-        base = stream.time_base or Fraction(1, 1000000)  # as probe() reads the start
+        base = _time_base(stream)  # as probe() reads the start
         at = int(max(0.0, begin - info.start) / base) + (stream.start_time or 0)
         container.seek(at, stream=stream, backward=True)
         # where the format keeps no index (MPEG-TS, MPEG-PS) FFmpeg lands on any packet near the time, and the
         # first keyframe after it may come after frame `start`, which then is never on screen: from the start
-        key = next((t for t, _ in _key_times(container, stream)), None)
+        key = next((t for t, _ in _packet_times(container, stream, keys=True)), None)
         if key is not None and key <= begin + 0.5 / float(info.fps):
             container.seek(at, stream=stream, backward=True)
         else:  # the file's start: a seek to the stream's first time may land after its first keyframe (dts < pts)
             container.seek(0)
-
-
-def _key_times(container: "av.container.InputContainer", stream: "av.VideoStream") -> Iterator[tuple[float, float]]:
-    """_packet_times of the keyframes only."""
-    base = stream.time_base or Fraction(1, 1000000)
-    try:
-        for packet in container.demux(stream):
-            if packet.pts is not None and packet.is_keyframe:
-                yield float(packet.pts * base), 0.0
-    except av.error.FFmpegError:
-        return
 
 
 def _on_screen(timed: Iterable[tuple[float, Any]], info: VideoInfo, start: int, stop: int, fps: Fraction

@@ -171,7 +171,8 @@ def test_a_variable_rate_clip_whose_frames_repeat_is_warned(tmp_path, monkeypatc
                            "--frames", "0:3")
     assert code == 0, err
     said = [line for line in err.splitlines() if "repeat" in line]
-    assert said == [f"warning: {path} has a variable frame rate (its frames' times are uneven): at 30 fps source "
+    assert said == [f"warning: {path} has a variable frame rate (its frames' times are uneven), or frames lost to "
+                    f"a cut: at 30 fps source "
                     f"frames are repeated, and each repeat is stylised as a frame of its own (3 frames for its 1)"], err
     info = video_io.probe(path)
     for start, stop in ((0, info.frames), (16, 40), (40, info.frames)):

@@ -594,7 +594,8 @@ def _prepare(video: Path, styles: list[Path], output: Path, trace: Path | None, 
         made, shown = video_io.repeats(info, start, stop, rate)
         if shown < made:
             logging.getLogger(__name__).warning(
-                "%s has a variable frame rate (its frames' times are uneven): at %g fps source frames are repeated, "
+                "%s has a variable frame rate (its frames' times are uneven), or frames lost to a cut: at %g fps "
+                "source frames are repeated, "
                 "and each repeat is stylised as a frame of its own (%d frames for its %d)", video, float(rate), made,
                 shown)
     # before output_shape lifts a short side to the minimum (a 400x40 video at 64 px was written 64x32, squashed)
