@@ -91,6 +91,10 @@ def probe(path: Path) -> VideoInfo:
                 raise ImageError(f"cannot tell the frame rate of {path}")
             time_base = _time_base(stream)
             first = _first_frame(container, stream)  # before _stream_end, which leaves the container at the end
+            if container.format.name == "avi" and first is not None:  # told before any frame is stylised
+                for _ in zip(range(AVI_CHECKED), _in_order(((float(frame.pts or 0), frame) for frame in
+                                                             container.decode(stream)), path)):
+                    pass
             # the first frame's time, not the stream's: an .avi's H.264 starts at its first decode time, a frame
             # before its first picture, and no frame was ever on screen at output frame 0's time
             start = float(first.pts * time_base) if first is not None and first.pts is not None else \
@@ -126,6 +130,7 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
 
 
+AVI_CHECKED = 32  # an .avi's first frames whose times are checked in order by probe (B-frames come within them)
 NO_TIMES = 0x80  # AVFMT_NOTIMESTAMPS: a raw stream's demuxer, whose packets' times are its own guess
 # seconds before where a seek to the end lands that are read again: where the format keeps no index (MPEG-TS,
 # MPEG-PS) FFmpeg lands on any late packet, a B-frame sent after the last frame shown; this holds the last GOP
@@ -260,13 +265,25 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _seek(container, stream, info, start, fps)
-        timed = ((float(frame.pts * stream.time_base), frame) for frame in container.decode(stream)
-                 if frame.pts is not None)
+        timed = _in_order(((float(frame.pts * stream.time_base), frame) for frame in container.decode(stream)
+                           if frame.pts is not None), info.path)
         last: Any = None
         for index, frame in _on_screen(timed, info, start, stop, fps):
             if frame is not last:  # a repeat is the same picture: converted once
                 last, picture = frame, _picture(frame, size, info.rotation)
             yield index, picture
+
+
+def _in_order(timed: Iterator[tuple[float, Any]], path: Path) -> Iterator[tuple[float, Any]]:
+    """`timed` as it comes; ImageError where a frame's time goes back: an .avi keeps decode times, and H.264 with
+    B-frames in it gives its frames in display order under times out of order (frames shown at the wrong times)."""
+    last = -math.inf
+    for at, frame in timed:
+        if at < last:
+            raise ImageError(f"the frames of {path} carry their times out of order (an .avi's H.264 with B-frames?); "
+                             f"convert it first, e.g. ffmpeg -i {path.name} -c:v libx264 {path.stem}.mp4")
+        last = at
+        yield at, frame
 
 
 def repeats(info: VideoInfo, start: int, stop: int, fps: Fraction) -> tuple[int, int]:
@@ -304,8 +321,12 @@ def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", in
         key = next((t for t, _ in _packet_times(container, stream, keys=True)), None)
         if key is not None and key <= begin + 0.5 / float(info.fps):
             container.seek(at, stream=stream, backward=True)
-        else:  # the file's start: a seek to the stream's first time may land after its first keyframe (dts < pts)
-            container.seek(0)
+        else:  # before the file's start: a seek to the stream's first time may land after its first keyframe
+            # (dts < pts), and a .ts whose clock wrapped starts before 0
+            try:
+                container.seek(min(stream.start_time or 0, 0) - int(END_MARGIN / base), stream=stream, backward=True)
+            except av.error.FFmpegError:  # a format that takes no time before 0 (.flv)
+                container.seek(0)
 
 
 def _on_screen(timed: Iterable[tuple[float, Any]], info: VideoInfo, start: int, stop: int, fps: Fraction

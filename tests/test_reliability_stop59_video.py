@@ -119,16 +119,17 @@ def test_a_streamed_clip_without_durations_counts_its_frames(tmp_path, suffix, f
     assert video_io.probe(path).frames == 3
 
 
-def encoded(path: Path, codec: str, frames: int = 12, **context) -> Path:
-    """`frames` 48x48 frames at 10 fps, each another grey, in `path`'s container; `context` set on the codec."""
+def encoded(path: Path, codec: str, frames: int = 12, first: int = 0, **context) -> Path:
+    """`frames` 48x48 frames at 10 fps from pts `first`, each another grey, in `path`'s container; `context` set on
+    the codec."""
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=10)
         video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
         for name, value in context.items():
             setattr(video.codec_context, name, value)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), i * 16, np.uint8), format="rgb24")
-            frame.pts = i
+            frame = av.VideoFrame.from_ndarray(np.full((48, 48, 3), i * 16 % 256, np.uint8), format="rgb24")
+            frame.pts = first + i
             for packet in video.encode(frame):
                 out.mux(packet)
         for packet in video.encode():
@@ -139,7 +140,8 @@ def encoded(path: Path, codec: str, frames: int = 12, **context) -> Path:
 CLIPS = {  # review of stop 59, 1 and 3; probe 60a, 1, 3 and 4
     "ts-bframes": (".ts", "mpeg2video", {"max_b_frames": 2, "gop_size": 6}),  # the last packet sent is a B-frame
     "mpg-bframes": (".mpg", "mpeg2video", {"max_b_frames": 2, "gop_size": 6}),
-    "avi-h264": (".avi", "libx264", {"gop_size": 6}),  # its first frame a frame's time after the stream's start
+    "avi-h264": (".avi", "libx264", {"gop_size": 6, "max_b_frames": 0}),  # its first frame after the stream's start
+    "avi-mpeg4-bframes": (".avi", "mpeg4", {"gop_size": 6, "max_b_frames": 2}),
     "flv-h264": (".flv", "libx264", {"gop_size": 6}),
     "mkv-h264": (".mkv", "libx264", {"gop_size": 6}),
 }
@@ -190,3 +192,25 @@ def test_a_clip_whose_last_frame_lasts_longer_counts_it_once(tmp_path):
     info = video_io.probe(path)
     assert info.frames == 3
     assert video_io.repeats(info, 0, 3, info.fps) == (3, 3)
+
+
+def test_an_avi_whose_frames_carry_times_out_of_order_is_refused(tmp_path):
+    """An .avi keeps decode times: H.264 with B-frames in it gives its frames in display order under times out of
+    order. Once the start was the first frame's time, such a clip ran, exit 0, its frames shown at the wrong times
+    (probe 61a, 1); it is refused before any frame, with the command that converts it."""
+    path = encoded(tmp_path / "bframes.avi", "libx264", gop_size=6, max_b_frames=2)
+    with pytest.raises(video_io.ImageError, match=r"carry their times out of order .* ffmpeg -i bframes\.avi"):
+        video_io.probe(path)
+
+
+def test_frames_of_a_ts_whose_clock_wrapped_are_reached(tmp_path):
+    """A broadcast .ts whose 33-bit clock wraps starts before 0: `--frames A:B` sought 'from the start' at time 0,
+    after frame A, and showed nothing, exit 1 (probe 61a, 3)."""
+    path = encoded(tmp_path / "wrapped.ts", "mpeg2video", frames=24, first=(1 << 33) // 9000 - 5, gop_size=12,
+                   max_b_frames=2)
+    info = video_io.probe(path)
+    assert info.frames == 24 and info.start < 0, info
+    whole = dict(video_io.read_frames(info, 0, 24, info.fps, (48, 48)))
+    for start in (1, 3, 5, 8):
+        part = dict(video_io.read_frames(info, start, start + 3, info.fps, (48, 48)))
+        assert sorted(part) == list(range(start, start + 3)) and all(np.array_equal(part[k], whole[k]) for k in part)
