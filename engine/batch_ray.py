@@ -123,16 +123,21 @@ def _errors_to_log() -> None:
     worker.print_to_stdstream = to_log
 
 
+LONGEST = 200  # characters of a message Ray publishes in one line that are said
+
+
 def _first_sentences(message: str) -> str:
     """A message Ray publishes in one line: its first line, and the last of the rest where the first announces
     them (a traceback's exception); the log lines a raylet's end carries (its last 20, a few KB) left to Ray's."""
     head, _, rest = message.strip().partition("\n")
     lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    dump = re.search(r"\s*Last \d+ lines of [^.:]*:$", head)
+    if dump and lines:
+        return head[:dump.start()] + " (the rest is in Ray's logs)"
+    if len(head) > LONGEST and (end := head.rfind(". ", 0, LONGEST)) > 0:  # one line of advice and ids (a
+        return head[:end + 1] + " (the rest is in Ray's logs)"  # worker's death): its first sentences
     if not lines:
         return head
-    dump = re.search(r"\s*Last \d+ lines of [^.:]*:$", head)
-    if dump:
-        return head[:dump.start()] + " (the rest is in Ray's logs)"
     return f"{head} {lines[-1]} (the rest is in Ray's logs)" if head.endswith(":") or head.startswith(
         "Traceback") else f"{head} (the rest is in Ray's logs)"
 

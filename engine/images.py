@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -394,10 +394,14 @@ def _rescued_prefix(output: Path) -> str:
     return f"{output.stem[:64]}{RESCUED}"
 
 
-def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path]) -> Path | None:
+def rescue(image: np.ndarray | torch.Tensor, output: Path, folders: list[Path],
+           avoid: Callable[[Path], bool] = lambda folder: False) -> Path | None:
     """Save `image`, whose write to `output` failed, as a new PNG in the first of `rescue_folders(folders)` that
-    takes it; where it went, or None."""
+    takes it, passing over those `avoid` names (a style folder, whose next run would read it as a style: a temp
+    folder may be one); where it went, or None."""
     for folder in rescue_folders(folders):
+        if avoid(folder):
+            continue
         try:
             fd, name = tempfile.mkstemp(prefix=_rescued_prefix(output), suffix=".png", dir=folder)
         except (OSError, ValueError):

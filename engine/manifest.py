@@ -280,11 +280,11 @@ def _torn_of_ours(tail: bytes) -> bool:
 # escape json reads as invalid where the text ends in it (even whole: it looks for a surrogate's second half)
 _TORN_TOKEN = re.compile(r"(-?\d*(\.\d*)?([eE][-+]?\d*)?|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?)\s*")
 _TORN_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}")
-# how every line of ours ends, and what a zeroed block may leave of that: its keys sorted, "status" the last
-# (batch.JobResult.manifest_line, and "file")
+# how every line of ours ends, and what a zeroed block may leave of that (to a letter of the status, `k"}`: a
+# shorter end cannot be told from another's): its keys sorted, "status" the last (JobResult.manifest_line, "file")
 _STATUS = b'"status": "'
 _LINE_END = re.compile(rb"(?:.*" + re.escape(_STATUS) + rb"|" + rb"|".join(
-    re.escape(_STATUS[at:]) for at in range(1, len(_STATUS))) + rb")?[a-z]*\"?\}$", re.S)
+    re.escape(_STATUS[at:]) for at in range(1, len(_STATUS))) + rb")?[a-z]+\"\}$", re.S)
 
 
 def _json_prefix(text: bytes) -> bool:

@@ -10,9 +10,13 @@ import zipfile
 import pytest
 
 try:
+    from test_cli import run_cli
+    from test_reliability_probe13 import _pictures
     from test_reliability_stop43 import three_jobs_batch
     from test_reliability_stop55 import told_as_a_zip
 except ModuleNotFoundError:
+    from tests.test_cli import run_cli
+    from tests.test_reliability_probe13 import _pictures
     from tests.test_reliability_stop43 import three_jobs_batch
     from tests.test_reliability_stop55 import told_as_a_zip
 
@@ -49,6 +53,20 @@ def test_a_raylets_end_is_said_once_in_its_first_sentences(capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
         for text in failures:
             worker.print_to_stdstream({"lines": [text], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    # probe 61b, 2: a worker's death, one line of 1 KB of advice and ids
+    caplog.clear()
+    died = ("A worker died or was killed while executing a task by an unexpected system error. To troubleshoot the "
+            "problem, check the logs for the dead worker. Lease ID: 00a42 Worker ID: 5394 Node ID: 87cd Worker IP "
+            "address: 192.0.2.2 Worker port: 39419 Worker PID: 3021 Worker exit type: SYSTEM_ERROR. " * 3)
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
+        worker.print_to_stdstream({"lines": [died], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Ray: A worker died or was killed while executing a task by an unexpected system error. To troubleshoot the "
+        "problem, check the logs for the dead worker. (the rest is in Ray's logs)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="styleengine.engine.batch_ray"):
+        for text in failures:
+            worker.print_to_stdstream({"lines": [text + " "], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     assert [r.getMessage() for r in caplog.records] == [
         "Ray: The autoscaler failed with the following error: RuntimeError: boom (the rest is in Ray's logs)",
         "Ray: Traceback (most recent call last): RuntimeError: Version mismatch: 2.60 and 2.59 (the rest is in "
@@ -96,12 +114,13 @@ FOREIGN = [b"\0" * 4096 + b'{"file": "x.png", "label": 3}\n',  # a power cut zer
            # probe 60a, 7; review of stop 59, 5
            b'{"batch": 3, "device": "cpu", "note": "kept"}.',  # whole, then text json stops at as extra
            b"\0" * 4096 + b"hello, this is my file\n",  # not JSON after a zeroed first block
-           b"\0" * 4096 + b'{"file": "x.png"}' + b"\0" * 4096]  # between two zeroed blocks
+           b"\0" * 4096 + b'{"file": "x.png"}' + b"\0" * 4096,  # between two zeroed blocks
+           b"\0" * 4096 + b"hello}\n"]  # an end not ours (probe 61a, 4)
 
 
 @pytest.mark.parametrize("data", FOREIGN, ids=["nuls-first", "nuls-first-ours-start", "trailing-comma",
                                                "trailing-comma-nuls", "comment-nuls", "extra-data",
-                                               "nuls-first-text", "between-nuls"])
+                                               "nuls-first-text", "between-nuls", "nuls-first-brace"])
 def test_another_tools_manifest_at_the_power_cut_rules_edges_is_refused(tmp_path, monkeypatch, capsys, data):
     """Another tool's manifest.jsonl whose first block a power cut zeroed had our lines appended to it; one whose
     line starts as ours do but is no JSON's start was cut as 'torn' and taken over, exit 0."""
@@ -132,7 +151,7 @@ def test_a_line_of_ours_cut_anywhere_is_still_ours():
         for end in range(len(b'{"batch": 1, "device": '), len(line)):
             for torn in (line[:end], line[:end] + zeros, b"\xef\xbb\xbf" + line[:end] + zeros):
                 assert _written_by_us(torn), torn
-        for start in range(1, len(line)):
+        for start in range(1, len(line) - 2):  # to its status's last letter
             assert _written_by_us(zeros + line[start:] + b"\n"), line[start:]
 
 
@@ -155,3 +174,44 @@ def test_the_engines_stylise_batch_of_no_pictures_is_an_empty_result():
     from styleengine.engine.stylise import stylise_batch
 
     assert stylise_batch([]) == []
+
+
+def test_a_rescue_never_lands_in_a_style_folder_that_is_a_temp_folder(tmp_path, monkeypatch, capsys):
+    """A picture whose output cannot be written went to the temp folder, which may be the styles' own ($TMPDIR,
+    /tmp): the next run read it as a second style, exit 0 (probe 61b, 1). run and batch pass such a folder over."""
+    import tempfile
+
+    from styleengine.engine import images
+
+    _pictures(tmp_path)
+    styles, other = tmp_path / "styles", tmp_path / "other"
+    styles.mkdir()
+    other.mkdir()
+    (tmp_path / "s.png").rename(styles / "s.png")
+    monkeypatch.setattr(tempfile, "tempdir", str(styles))
+    monkeypatch.setenv("TMPDIR", str(styles))
+    monkeypatch.setattr(images, "TEMP_FOLDERS", (str(other),))
+    save_image = images.save_image
+
+    def refused(image, path, *args, **kwargs):  # the output's disk is full
+        if "rescued" not in str(path):
+            raise images.ImageError(f"cannot write {path}: No space left on device")
+        return save_image(image, path, *args, **kwargs)
+
+    mkstemp = tempfile.mkstemp
+
+    def full(*args, dir=None, **kwargs):  # and --out's, where a batch saves it first
+        if dir is not None and str(dir).startswith(str(tmp_path / "out")):
+            raise OSError(28, "No space left on device")
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", refused)
+    monkeypatch.setattr(images.tempfile, "mkstemp", full)
+    flags = ["--weights", "random", "--size", "40", "--iters", "1", "--backend", "torch"]
+    code, _, err = run_cli(monkeypatch, capsys, "run", tmp_path / "c.png", styles, "-o", tmp_path / "o.png", *flags)
+    assert code == 1 and f"saved the image to {other}" in err, err
+    (tmp_path / "j.jsonl").write_text(json.dumps({"content": str(tmp_path / "c.png"), "styles": str(styles),
+                                                  "output": "x.png"}) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *flags)
+    assert f"saved it to {other}" in err or f"saved the image to {other}" in err, err
+    assert [p.name for p in styles.iterdir()] == ["s.png"]

@@ -40,10 +40,10 @@ LONG_MANIFEST = 32 << 20  # bytes of manifest whose read (seconds: each line par
 
 def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, out: Path,
           shared: dict[str, Path], read_to: list[engine.JobsRead]
-          ) -> tuple[int, Callable[[], Iterable[engine.Job]], bool]:
+          ) -> tuple[int, Callable[[], Iterable[engine.Job]], Callable[[Path], bool]]:
     """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
     job reads; read_to: how far the running pass read the file, once it ends): (how many, a function that gives
-    them again, read from the file as they are needed, whether `out` is a job's style folder)."""
+    them again, read from the file as they are needed, whether a folder is a job's style folder)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
@@ -53,7 +53,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
         if not check.count:  # as an empty --contents is: not a summary that names a manifest never written
             raise ConfigError(f"jobs file {jobs_file} holds no jobs")
         return check.count, lambda: _checked_again(jobs_file, out, shared, read_to), \
-            check.style_folder(out) is not None
+            lambda folder: check.style_folder(folder) is not None
     if contents is None or styles is None:
         raise ConfigError("give a jobs file (.jsonl or .csv), or --contents DIR and --styles DIR")
     for folder, flag in ((contents, "--contents"), (styles, "--styles")):
@@ -62,7 +62,7 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
             raise ConfigError(f"--out is the {flag} folder {folder}: the outputs would become inputs of the next "
                               f"run; give another --out")
     pairs = engine.pair_jobs(contents, styles, out, shared)
-    return len(pairs), lambda: pairs, False  # --out is not the --styles folder (above)
+    return len(pairs), lambda: pairs, lambda folder: paths.inside(folder, styles) and paths.inside(styles, folder)
 
 
 def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path], read_to: list[engine.JobsRead]
@@ -173,7 +173,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
     check_own_files(settings, decode=True)
     paths.check_inputs(shared)
     read_to: list[engine.JobsRead] = []  # how far the running pass read the jobs file
-    total, job_source, styled = _jobs(jobs, contents, styles, out, shared, read_to)
+    total, job_source, style_folder = _jobs(jobs, contents, styles, out, shared, read_to)
     check_cache_for(settings)
     # the batch's own weights file, loaded now: one it cannot use is one line, not every job's failure
     if ray is None:
@@ -216,7 +216,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
 
         # a rescue in a job's style folder would be read as a style by the next run: the temp folder then
         try:
-            _run(planned(), total, manifest, out, [] if styled else [out], ray, warm, batch_size,
+            _run(planned(), total, manifest, out, [out], style_folder, ray, warm, batch_size,
                  settings.weights == "random", console)
         except typer.Exit as e:
             if e.exit_code == 1:  # a job failed: the file's news is said all the same
@@ -234,11 +234,12 @@ def _since_read(jobs: Path | None, read_to: list[engine.JobsRead], console: Any)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
-         rescue_in: list[Path], ray: str | None, warm: engine.Warm | None, batch_size: int | None, untrained: bool,
+         rescue_in: list[Path], style_folder: Callable[[Path], bool], ray: str | None, warm: engine.Warm | None,
+         batch_size: int | None, untrained: bool,
          console) -> None:
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
     (signals held during a write and acted on right after it; a picture its output cannot take goes to the
-    first of `rescue_in`, then the temp folder)."""
+    first of `rescue_in`, then the temp folders, never a job's style folder)."""
     if untrained:
         console.print("WARNING: --weights random: the network is untrained, so the outputs are NOT "
                       "stylisations (random weights are for tests and timing only)", style="bold red", soft_wrap=True)
@@ -257,8 +258,8 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
 
     def save_elsewhere(image, output: Path) -> Path | None:
         if not manifest.at_home() and not manifest.lock_removed():  # not into a folder put in --out's place
-            return rescue(image, output, [])
-        return rescue(image, output, rescue_in)
+            return rescue(image, output, [], avoid=style_folder)
+        return rescue(image, output, rescue_in, avoid=style_folder)
 
     def interrupted(signum: int | None = None) -> None:
         """The signal's line, said once: before Ray's shutdown of a cluster it started (some seconds), and as it

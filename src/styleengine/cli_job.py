@@ -148,7 +148,9 @@ def _write_result(image: Any, output: Path, trace: Path | None, styles: list[Pat
         # the style's folder as named, and its file's, by identity (a bind mount of it is it)
         beside = [trace.parent] if trace is not None and not any(
             paths.inside(trace, f, directly=True) for f in folders) else []
-        return rescue(image, output, beside), str(e)
+        named = [os.fspath(p) for p in styles] + [os.path.realpath(p) for p in styles]  # a link's folder and its file's
+        return rescue(image, output, beside, avoid=lambda folder: any(
+            paths.inside(style, folder, directly=True) for style in named)), str(e)
 
 
 def execute(*, content: Path | None, styles: list[Path], output: Path, settings: Settings, trace: Path | None,
