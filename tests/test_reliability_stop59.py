@@ -215,3 +215,13 @@ def test_a_rescue_never_lands_in_a_style_folder_that_is_a_temp_folder(tmp_path, 
     code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j.jsonl", "--out", tmp_path / "out", *flags)
     assert f"saved it to {other}" in err or f"saved the image to {other}" in err, err
     assert [p.name for p in styles.iterdir()] == ["s.png"]
+    # --contents as the temp folder: the next run stylised the rescued picture as a job of its own (probe 62b, 1)
+    contents = tmp_path / "contents"
+    contents.mkdir()
+    (tmp_path / "c.png").rename(contents / "c.png")
+    monkeypatch.setattr(tempfile, "tempdir", str(contents))
+    monkeypatch.setenv("TMPDIR", str(contents))
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "--contents", contents, "--styles", styles, "--out",
+                           tmp_path / "out", *flags)
+    assert f"saved it to {other}" in err or f"saved the image to {other}" in err, err
+    assert [p.name for p in contents.iterdir()] == ["c.png"]

@@ -43,7 +43,8 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
           ) -> tuple[int, Callable[[], Iterable[engine.Job]], Callable[[Path], bool]]:
     """Every job checked (one pass: a bad one refuses the batch before any work; `shared`: the files every
     job reads; read_to: how far the running pass read the file, once it ends): (how many, a function that gives
-    them again, read from the file as they are needed, whether a folder is a job's style folder)."""
+    them again, read from the file as they are needed, whether a folder is one a job reads as a folder: a style
+    folder, or --contents)."""
     if jobs_file is not None and (contents is not None or styles is not None):
         raise ConfigError("give a jobs file or --contents and --styles, not both")
     if jobs_file is not None:
@@ -62,7 +63,9 @@ def _jobs(jobs_file: Path | None, contents: Path | None, styles: Path | None, ou
             raise ConfigError(f"--out is the {flag} folder {folder}: the outputs would become inputs of the next "
                               f"run; give another --out")
     pairs = engine.pair_jobs(contents, styles, out, shared)
-    return len(pairs), lambda: pairs, lambda folder: paths.inside(folder, styles) and paths.inside(styles, folder)
+    # a picture rescued into either folder would be read by the next run: as a style, or as a job of its own
+    return len(pairs), lambda: pairs, lambda folder: any(
+        paths.inside(folder, read) and paths.inside(read, folder) for read in (contents, styles))
 
 
 def _checked_again(jobs_file: Path, out: Path, shared: dict[str, Path], read_to: list[engine.JobsRead]
