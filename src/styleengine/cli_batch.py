@@ -219,7 +219,7 @@ def _start(out: Path, jobs: Path | None, contents: Path | None, styles: Path | N
 
         # a rescue in a job's style folder would be read as a style by the next run: the temp folder then
         try:
-            _run(planned(), total, manifest, out, [out], style_folder, ray, warm, batch_size,
+            _run(planned(), total, manifest, out, style_folder, ray, warm, batch_size,
                  settings.weights == "random", console)
         except typer.Exit as e:
             if e.exit_code == 1:  # a job failed: the file's news is said all the same
@@ -237,12 +237,11 @@ def _since_read(jobs: Path | None, read_to: list[engine.JobsRead], console: Any)
 
 
 def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Manifest, out: Path,
-         rescue_in: list[Path], style_folder: Callable[[Path], bool], ray: str | None, warm: engine.Warm | None,
-         batch_size: int | None, untrained: bool,
-         console) -> None:
+         style_folder: Callable[[Path], bool], ray: str | None, warm: engine.Warm | None, batch_size: int | None,
+         untrained: bool, console) -> None:
     """Per chunk of planned jobs: record what is not run, run the rest, record each as it finishes
     (signals held during a write and acted on right after it; a picture its output cannot take goes to the
-    first of `rescue_in`, then the temp folders, never a job's style folder)."""
+    `out`, then the temp folders, never a folder a job reads)."""
     if untrained:
         console.print("WARNING: --weights random: the network is untrained, so the outputs are NOT "
                       "stylisations (random weights are for tests and timing only)", style="bold red", soft_wrap=True)
@@ -262,7 +261,7 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     def save_elsewhere(image, output: Path) -> Path | None:
         if not manifest.at_home() and not manifest.lock_removed():  # not into a folder put in --out's place
             return rescue(image, output, [], avoid=style_folder)
-        return rescue(image, output, rescue_in, avoid=style_folder)
+        return rescue(image, output, [out], avoid=style_folder)
 
     def interrupted(signum: int | None = None) -> None:
         """The signal's line, said once: before Ray's shutdown of a cluster it started (some seconds), and as it
