@@ -283,8 +283,10 @@ _TORN_ESCAPE = re.compile(r"u[0-9a-fA-F]{0,4}")
 # how every line of ours ends, and what a zeroed block may leave of that (to a letter of the status, `k"}`: a
 # shorter end cannot be told from another's): its keys sorted, "status" the last (JobResult.manifest_line, "file")
 _STATUS = b'"status": "'
-_LINE_END = re.compile(rb"(?:.*" + re.escape(_STATUS) + rb"|" + rb"|".join(
-    re.escape(_STATUS[at:]) for at in range(1, len(_STATUS))) + rb")?[a-z]+\"\}$", re.S)
+_ENDS = [word.encode() for word in _STATUSES]
+_LINE_END = re.compile(rb"(?:(?:.*" + re.escape(_STATUS) + rb"|" + rb"|".join(
+    re.escape(_STATUS[at:]) for at in range(1, len(_STATUS))) + rb")(?:" + rb"|".join(_ENDS) + rb")|" + rb"|".join(
+    re.escape(word[at:]) for word in _ENDS for at in range(len(word))) + rb")\"\}$", re.S)
 
 
 def _json_prefix(text: bytes) -> bool:
