@@ -7,8 +7,10 @@ is there whole or not at all.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -91,10 +93,6 @@ def probe(path: Path) -> VideoInfo:
                 raise ImageError(f"cannot tell the frame rate of {path}")
             time_base = _time_base(stream)
             first = _first_frame(container, stream)  # before _stream_end, which leaves the container at the end
-            if container.format.name == "avi" and first is not None:  # told before any frame is stylised
-                for _ in zip(range(AVI_CHECKED), _in_order(((float(frame.pts or 0), frame) for frame in
-                                                             container.decode(stream)), path)):
-                    pass
             # the first frame's time, not the stream's: an .avi's H.264 starts at its first decode time, a frame
             # before its first picture, and no frame was ever on screen at output frame 0's time
             start = float(first.pts * time_base) if first is not None and first.pts is not None else \
@@ -130,7 +128,8 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), count, Fraction(fps), height, width, rotation, audio, start)
 
 
-AVI_CHECKED = 32  # an .avi's first frames whose times are checked in order by probe (B-frames come within them)
+# the most frames H.264 or HEVC holds back before showing a picture (max_num_reorder_frames; MPEG-4 Part 2: 1)
+REORDER = 16
 NO_TIMES = 0x80  # AVFMT_NOTIMESTAMPS: a raw stream's demuxer, whose packets' times are its own guess
 # seconds before where a seek to the end lands that are read again: where the format keeps no index (MPEG-TS,
 # MPEG-PS) FFmpeg lands on any late packet, a B-frame sent after the last frame shown; this holds the last GOP
@@ -265,8 +264,11 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _seek(container, stream, info, start, fps)
-        timed = _in_order(((float(frame.pts * stream.time_base), frame) for frame in container.decode(stream)
-                           if frame.pts is not None), info.path)
+        decoded: Iterator[tuple[int, Any]] = ((frame.pts, frame) for frame in container.decode(stream)
+                                               if frame.pts is not None)
+        if container.format.name == "avi":
+            decoded = _display_times(decoded)
+        timed = _in_order(((float(at * stream.time_base), frame) for at, frame in decoded), info.path)
         last: Any = None
         for index, frame in _on_screen(timed, info, start, stop, fps):
             if frame is not last:  # a repeat is the same picture: converted once
@@ -274,13 +276,28 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
             yield index, picture
 
 
+def _display_times(decoded: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """(time, frame) for frames in display order that carry their decode times (an .avi keeps no other: H.264 with
+    B-frames gives its pictures in display order under times out of order): each the next of the times sorted,
+    among the frames REORDER ahead (a picture waits at most that many); frames in order keep their own."""
+    waiting: collections.deque[Any] = collections.deque()
+    times: list[int] = []
+    for at, frame in decoded:
+        waiting.append(frame)
+        heapq.heappush(times, at)
+        if len(waiting) > REORDER:
+            yield heapq.heappop(times), waiting.popleft()
+    while waiting:
+        yield heapq.heappop(times), waiting.popleft()
+
+
 def _in_order(timed: Iterator[tuple[float, Any]], path: Path) -> Iterator[tuple[float, Any]]:
-    """`timed` as it comes; ImageError where a frame's time goes back: an .avi keeps decode times, and H.264 with
-    B-frames in it gives its frames in display order under times out of order (frames shown at the wrong times)."""
+    """`timed` as it comes; ImageError where a frame's time goes back (frames would be shown at the wrong times:
+    a container that keeps decode times, as an .avi does, which _display_times sorts out)."""
     last = -math.inf
     for at, frame in timed:
         if at < last:
-            raise ImageError(f"the frames of {path} carry their times out of order (an .avi's H.264 with B-frames?); "
+            raise ImageError(f"the frames of {path} carry their times out of order; "
                              f"convert it first, e.g. ffmpeg -i {path.name} -c:v libx264 {path.stem}.mp4")
         last = at
         yield at, frame

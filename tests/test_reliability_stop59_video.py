@@ -194,15 +194,6 @@ def test_a_clip_whose_last_frame_lasts_longer_counts_it_once(tmp_path):
     assert video_io.repeats(info, 0, 3, info.fps) == (3, 3)
 
 
-def test_an_avi_whose_frames_carry_times_out_of_order_is_refused(tmp_path):
-    """An .avi keeps decode times: H.264 with B-frames in it gives its frames in display order under times out of
-    order. Once the start was the first frame's time, such a clip ran, exit 0, its frames shown at the wrong times
-    (probe 61a, 1); it is refused before any frame, with the command that converts it."""
-    path = encoded(tmp_path / "bframes.avi", "libx264", gop_size=6, max_b_frames=2)
-    with pytest.raises(video_io.ImageError, match=r"carry their times out of order .* ffmpeg -i bframes\.avi"):
-        video_io.probe(path)
-
-
 def test_frames_of_a_ts_whose_clock_wrapped_are_reached(tmp_path):
     """A broadcast .ts whose 33-bit clock wraps starts before 0: `--frames A:B` sought 'from the start' at time 0,
     after frame A, and showed nothing, exit 1 (probe 61a, 3)."""
