@@ -101,6 +101,9 @@ def probe(path: Path) -> VideoInfo:
                 count = 0  # FFmpeg guesses (25 fps for an .m2v of 10)
             elif stream.frames:
                 count = stream.frames
+                if stream.duration and container.format.name.startswith("mov,"):  # an edit list (`-ss T -c copy`)
+                    # hides the samples before T: the stream's duration is what it shows
+                    count = min(count, int(math.floor(float(stream.duration * time_base) * fps + 0.5)))
             elif (end := _stream_end(container, stream, fps)) is not None:  # .mkv, .webm: no count in the headers
                 count = int(math.floor((end - start) * fps + 0.5))
             elif stream.duration:

@@ -72,3 +72,19 @@ def test_an_avi_of_h264_with_bframes_shows_each_frame_at_its_time(tmp_path):
             assert sorted(part) == list(range(start, start + 3)), (path, start)
             assert all(np.array_equal(part[k], whole[k]) for k in part), (path, start)
             assert video_io.repeats(info, start, start + 3, info.fps) == (3, 3)
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mp4", "libx264"), (".mov", "libx264"), (".mp4", "mpeg4")])
+def test_a_clip_whose_edit_list_hides_its_first_frames_counts_the_frames_it_shows(tmp_path, suffix, codec):
+    """`ffmpeg -ss T -i in.mp4 -c copy cut.mp4` keeps the GOP's frames before T and hides them with an edit list:
+    the clip was counted by its samples (30 for the 25 shown), and every whole run ended 'the video ended at frame
+    26, before 30', exit 1, after stylising it all, with a false variable-rate warning (probe 61a, 2)."""
+    path = encoded(tmp_path / f"cut{suffix}", codec, frames=30, first=-5, gop_size=10, max_b_frames=2)
+    pictures = [frame.to_ndarray(format="rgb24") for frame in av.open(str(path)).decode(video=0)]
+    assert av.open(str(path)).streams.video[0].frames == 30 and len(pictures) == 25  # as such a cut is
+    info = video_io.probe(path)
+    assert info.frames == 25, info
+    whole = dict(video_io.read_frames(info, 0, info.frames, info.fps, (48, 48)))
+    assert sorted(whole) == list(range(25))
+    assert all(np.abs(whole[k] * 255 - pictures[k]).max() < 3 for k in whole)
+    assert video_io.repeats(info, 0, 25, info.fps) == (25, 25) and video_io.repeats(info, 22, 25, info.fps) == (3, 3)
