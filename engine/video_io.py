@@ -158,20 +158,28 @@ def _stream_end(container: "av.container.InputContainer", stream: "av.VideoStrea
     except av.error.FFmpegError:  # from the start where it can (the first frame's decode may have read them all)
         with contextlib.suppress(av.error.FFmpegError):
             container.seek(0)
-    times.extend(at for at, _ in _packet_times(container, stream))
-    return max(times) + 1.0 / float(fps) if times else None
+    untimed = 0  # packets after the last timed one that carry no time (an MPEG-PS pack holds several frames)
+    for at, _ in _packet_times(container, stream, untimed=True):
+        if math.isnan(at):
+            untimed += 1 if times else 0
+        else:
+            times.append(at)
+            untimed = 0
+    return max(max(times), times[-1] + untimed / float(fps)) + 1.0 / float(fps) if times else None
 
 
-def _packet_times(container: "av.container.InputContainer", stream: "av.VideoStream", keys: bool = False
-                  ) -> Iterator[tuple[float, float]]:
+def _packet_times(container: "av.container.InputContainer", stream: "av.VideoStream", keys: bool = False,
+                  untimed: bool = False) -> Iterator[tuple[float, float]]:
     """(pts, dts) in seconds of the stream's packets (`keys`: its keyframes') from where the container is, in
-    decode order (dts as pts where it has none), skipping those without times; a file cut short ends them where
-    it was cut."""
+    decode order (dts as pts where it has none), skipping those without times (`untimed`: NaN for each); a file
+    cut short ends them where it was cut."""
     base = _time_base(stream)
     try:
         for packet in container.demux(stream):
             if packet.pts is not None and (packet.is_keyframe or not keys):
                 yield float(packet.pts * base), float((packet.dts if packet.dts is not None else packet.pts) * base)
+            elif untimed and packet.pts is None and packet.size:
+                yield math.nan, math.nan
     except av.error.FFmpegError:
         return
 
@@ -199,11 +207,29 @@ def identity(info: VideoInfo) -> str:
 def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStream") -> "av.VideoFrame | None":
     """The first frame (its side data holds the display rotation), or None for a stream without frames."""
     try:
-        for frame in container.decode(stream):
+        for frame in _decode(container, stream):
             return frame
     except av.error.EOFError:
         pass
     return None
+
+
+def _decode(container: "av.container.InputContainer", stream: "av.VideoStream") -> Iterator["av.VideoFrame"]:
+    """The stream's frames from where the container is, past packets the decoder refuses (a damaged file: as
+    FFmpeg goes on, the frame before one stays on screen in its place), said once with their count."""
+    damaged: list[float] = []
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                damaged.append(float((packet.pts if packet.pts is not None else packet.dts or 0) * _time_base(stream)))
+                continue
+            yield from frames
+    finally:
+        if damaged:
+            log.warning("%s: %d damaged packet(s) could not be decoded, the first near %.1f s: the frame before "
+                        "each is shown in its place", container.name, len(damaged), damaged[0])
 
 
 def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
@@ -267,8 +293,7 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _seek(container, stream, info, start, fps)
-        decoded: Iterator[tuple[int, Any]] = ((frame.pts, frame) for frame in container.decode(stream)
-                                               if frame.pts is not None)
+        decoded = _timed(_decode(container, stream), stream, info.fps)
         if container.format.name == "avi":
             decoded = _display_times(decoded)
         timed = _in_order(((float(at * stream.time_base), frame) for at, frame in decoded), info.path)
@@ -277,6 +302,19 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
             if frame is not last:  # a repeat is the same picture: converted once
                 last, picture = frame, _picture(frame, size, info.rotation)
             yield index, picture
+
+
+def _timed(frames: Iterator["av.VideoFrame"], stream: "av.VideoStream", fps: Fraction
+           ) -> Iterator[tuple[int, Any]]:
+    """(time in the stream's time base, frame): a frame that carries no time (an MPEG-PS pack of several frames
+    times its first) one frame after the one before it."""
+    step = max(1, round(1 / (fps * _time_base(stream))))
+    last: int | None = None
+    for frame in frames:
+        at = frame.pts if frame.pts is not None else None if last is None else last + step
+        if at is not None:
+            last = at
+            yield at, frame
 
 
 def _display_times(decoded: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
@@ -331,16 +369,23 @@ def repeats(info: VideoInfo, start: int, stop: int, fps: Fraction) -> tuple[int,
 def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", info: VideoInfo, start: int,
           fps: Fraction) -> None:
     """To output frame `start`'s time (FFmpeg lands on the keyframe before it); nothing for the first frame."""
-    if start:
+    if start and container.format.name != "mpeg":  # MPEG-PS: times read after a seek come from a pack cut
+        # within (half a frame late, and frames that carry none): read from the start
         begin = info.start + start / float(fps)
         base = _time_base(stream)  # as probe() reads the start
         at = int(max(0.0, begin - info.start) / base) + (stream.start_time or 0)
         container.seek(at, stream=stream, backward=True)
-        # where the format keeps no index (MPEG-TS, MPEG-PS) FFmpeg lands on any packet near the time, and the
-        # first keyframe after it may come after frame `start`, which then is never on screen: from the start
-        key = next((t for t, _ in _packet_times(container, stream, keys=True)), None)
-        if key is not None and key <= begin + 0.5 / float(info.fps):
-            container.seek(at, stream=stream, backward=True)
+        # where the format keeps no index (MPEG-TS) FFmpeg lands on any packet near the time, and the first
+        # keyframe after it may come after frame `start`, which then is never on screen: from the start
+        key = next(_packet_times(container, stream, keys=True), None)
+        if key is not None and key[0] <= begin + 0.5 / float(info.fps):
+            if container.format.name == "avi":  # its index holds decode times: the keyframe landed on may be
+                # shown after frames sent after it (an open GOP's B-frames), which need the keyframe before it
+                at = int(key[1] / base) - 1
+            try:
+                container.seek(at, stream=stream, backward=True)
+            except av.error.FFmpegError:  # nothing before the first keyframe
+                container.seek(0)
         else:  # before the file's start: a seek to the stream's first time may land after its first keyframe
             # (dts < pts), and a .ts whose clock wrapped starts before 0
             try:

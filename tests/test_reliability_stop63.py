@@ -13,11 +13,17 @@ av = pytest.importorskip("av")
 from styleengine.engine import video_io  # noqa: E402
 
 try:
+    from test_cli import run_cli
     from test_reliability_stop43 import three_jobs_batch
+    from test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from test_reliability_stop59_video import encoded
+    from test_video import FAST
 except ModuleNotFoundError:
+    from tests.test_cli import run_cli
     from tests.test_reliability_stop43 import three_jobs_batch
+    from tests.test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from tests.test_reliability_stop59_video import encoded
+    from tests.test_video import FAST
 
 LINE = json.dumps({"boxes": [[i, i, i + 9, i + 9] for i in range(30)], "label": "cat"}).encode()
 
@@ -88,3 +94,73 @@ def test_a_clip_whose_edit_list_hides_its_first_frames_counts_the_frames_it_show
     assert sorted(whole) == list(range(25))
     assert all(np.abs(whole[k] * 255 - pictures[k]).max() < 3 for k in whole)
     assert video_io.repeats(info, 0, 25, info.fps) == (25, 25) and video_io.repeats(info, 22, 25, info.fps) == (3, 3)
+
+
+def test_a_damaged_packet_is_passed_over_with_a_warning(tmp_path, monkeypatch, capsys, style):
+    """A few bytes of noise in a clip (a bad sector, a download cut and resumed) made FFmpeg refuse a packet: the
+    run ended in a traceback from PyAV, its frames left in OUT.frames. As FFmpeg does, the packet is passed over
+    and the frame before it stays on screen in its place, said once."""
+    path = encoded(tmp_path / "damaged.mp4", "libx264", gop_size=6, max_b_frames=0)
+    sizes = [(packet.pos, packet.size) for packet in av.open(str(path)).demux(video=0) if packet.size]
+    data = bytearray(path.read_bytes())
+    data[sizes[3][0] + 4:sizes[3][0] + 12] = b"\xff" * 8  # frame 3's NAL unit, after its length
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(monkeypatch, capsys, "video", path, style, "-o", out, "--frames", "0:6", *FAST,
+                           "--size", "32")
+    assert code == 0, err
+    assert "Traceback" not in err and "1 damaged packet(s) could not be decoded" in err, err
+    assert video_io.probe(out).frames == 6
+
+
+def barred(path: Path, codec: str, frames: int, options: dict[str, str], **context) -> Path:
+    """`frames` 48x48 frames at 10 fps, each another grey with a bar at another row and one down its side
+    (frames big enough that a muxer gives each its own packet); `options` and `context` set on the codec."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(codec, rate=10, options=options)
+        video.width, video.height, video.pix_fmt = 48, 48, "yuv420p"
+        for name, value in context.items():
+            setattr(video.codec_context, name, value)
+        for i in range(frames):
+            picture = np.full((48, 48, 3), i * 8 % 256, np.uint8)
+            picture[i % 48, :, 0], picture[:, 0, 2] = 255, 255
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    return path
+
+
+def every_window_shows_its_frames(path: Path) -> None:
+    """Every `--frames A:A+3` of `path` shows what a whole read shows, and that is each picture FFmpeg decodes."""
+    pictures = [frame.to_ndarray(format="rgb24") for frame in av.open(str(path)).decode(video=0)]
+    info = video_io.probe(path)
+    assert info.frames == len(pictures), (path, info)
+    whole = dict(video_io.read_frames(info, 0, info.frames, info.fps, (48, 48)))
+    assert sorted(whole) == list(range(len(pictures))) and all(
+        np.abs(whole[k] * 255 - pictures[k]).max() < 3 for k in whole), path
+    for start in range(1, info.frames - 3):
+        part = dict(video_io.read_frames(info, start, start + 3, info.fps, (48, 48)))
+        assert sorted(part) == list(range(start, start + 3)), (path, start)
+        assert all(np.array_equal(part[k], whole[k]) for k in part), (path, start)
+
+
+def test_frames_of_an_open_gop_avi_are_reached_from_the_keyframe_before(tmp_path):
+    """An .avi's index holds decode times: a seek to frame 5 landed on the keyframe sent at 5 but shown at 8, whose
+    B-frames shown before it need the GOP before; FFmpeg dropped them and `--frames 5:8` (or a resumed run) showed
+    picture 8 thrice, exit 0 (probe 63a, 1)."""
+    every_window_shows_its_frames(barred(tmp_path / "open.avi", "libx264", 40, {
+        "x264-params": "bframes=3:b-adapt=0:keyint=8:min-keyint=8:open-gop=1:scenecut=0"}))
+
+
+def test_frames_of_an_mpeg_ps_are_read_from_its_start(tmp_path):
+    """After a seek in an MPEG-PS (.mpg) FFmpeg's times come from a pack cut within: half a frame late, and an open
+    GOP's first B-frames lost; `--frames 13:16` showed pictures 3 later, exit 0, and `--frames 37:40` of 40 'ended
+    at frame 38' (probe 63a, 2). A pack of several small frames times only its first: the others were dropped,
+    the clip counted 22 of its 40 frames, and frames 0-20 all showed picture 0 (probe 63a, 3)."""
+    every_window_shows_its_frames(barred(tmp_path / "open.mpg", "mpeg2video", 40, {"bf": "2", "g": "8"}))
+    packed = encoded(tmp_path / "packed.mpg", "libx264", frames=40, gop_size=10, max_b_frames=0)
+    assert sum(packet.pts is None for packet in av.open(str(packed)).demux(video=0) if packet.size) > 20
+    every_window_shows_its_frames(packed)
