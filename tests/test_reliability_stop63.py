@@ -113,6 +113,26 @@ def test_a_damaged_packet_is_passed_over_with_a_warning(tmp_path, monkeypatch, c
     assert video_io.probe(out).frames == 6
 
 
+def test_a_signal_held_through_a_write_that_fails_is_said_too(tmp_path, monkeypatch, capsys):
+    """A signal that came while a job's line was written onto a full --out was held, the write failed (the
+    picture rescued), and the batch ended with the disk's line alone and the signal's exit code: 'interrupted',
+    the jobs left and what a rerun does went unsaid (probe 63b, 1)."""
+    import os
+    import signal
+
+    from styleengine.engine import batch as engine
+    from styleengine.errors import UserError
+
+    def full_disk(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # held: the write goes on
+        raise UserError("cannot write the manifest out/manifest.jsonl: No space left on device")
+
+    monkeypatch.setattr(engine, "record_all", full_disk)
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 130, err
+    assert "No space left on device" in err and "error: interrupted (Ctrl-C) with 3 of 3 jobs left" in err, err
+
+
 def barred(path: Path, codec: str, frames: int, options: dict[str, str], **context) -> Path:
     """`frames` 48x48 frames at 10 fps, each another grey with a bar at another row and one down its side
     (frames big enough that a muxer gives each its own packet); `options` and `context` set on the codec."""

@@ -319,6 +319,10 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
     except KeyboardInterrupt:
         interrupted()
         raise typer.Exit(signals.exit_code) from None
+    except UserError:  # a write that failed (a full disk) with a signal held through it: both are said
+        if signals.received is not None:
+            interrupted()
+        raise
     else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
         signals.finish()
     finally:
