@@ -90,6 +90,27 @@ def random_weights() -> Callable[..., Weights]:
     return make
 
 
+_MACHINE: list[dict] = []
+
+
+@pytest.fixture
+def machine_once(monkeypatch) -> None:
+    """`bench` in this process describes the machine from a worker process once per session, not once per
+    command: that worker (importing torch, onnx, onnxruntime) costs seconds a command, and a test of what bench
+    does with its outputs does not depend on what it says of the machine. The first use runs the real one."""
+    import copy
+
+    from styleengine import cli_bench
+    from styleengine.benchmarks.runner import machine_info
+
+    def once() -> dict:
+        if not _MACHINE:
+            _MACHINE.append(machine_info())
+        return copy.deepcopy(_MACHINE[0])
+
+    monkeypatch.setattr(cli_bench, "machine_info", once)
+
+
 @pytest.fixture(scope="session")
 def vgg19_random(random_weights) -> Weights:
     return random_weights("vgg19", 0)

@@ -118,7 +118,7 @@ def test_a_link_to_a_file_of_the_same_format_is_written_through(tmp_path, monkey
                                               ("--csv", "contacts.csv", "name,phone\n"),
                                               ("--report", "notes.md", "# my notes\n"),
                                               ("--plot", "photo.png", None)])
-def test_bench_replaces_only_its_own_earlier_outputs(tmp_path, monkeypatch, capsys, flag, name, text):
+def test_bench_replaces_only_its_own_earlier_outputs(tmp_path, monkeypatch, capsys, flag, name, text, machine_once):
     """`bench --json package.json` (`--csv contacts.csv`, `--report notes.md`, `--plot photo.png`) replaced the
     user's file: bench checked only the suffix, where run's trace checks it is its own (probe 47a, 7)."""
     from PIL import Image
@@ -287,7 +287,7 @@ def bench_of_two_sizes(monkeypatch, capsys, before_second, *flags) -> tuple[int,
     return code, err
 
 
-def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, capsys):
+def test_bench_stopped_by_a_signal_says_what_it_kept(tmp_path, monkeypatch, capsys, machine_once):
     """`bench --json g.json --csv g.csv` stopped after its first row said only "interrupted (SIGHUP)": not that
     g.json holds that row (a partial document), nor that g.csv was not written (probe 47b, 6)."""
     import signal
@@ -639,7 +639,7 @@ def test_a_lock_and_manifest_removed_after_a_line_say_the_manifest_is_gone(tmp_p
     assert "manifest.jsonl is not there any more (removed during the run)" in line, line
 
 
-def test_a_users_file_put_at_benchs_json_is_not_said_to_hold_its_rows(tmp_path, monkeypatch, capsys):
+def test_a_users_file_put_at_benchs_json_is_not_said_to_hold_its_rows(tmp_path, monkeypatch, capsys, machine_once):
     """bench said --json "holds the partial document (1 row ...)" when the check before its last write found a
     user's file there, which it kept (probe 49a, 9)."""
     code, err = bench_of_two_sizes(monkeypatch, capsys,

@@ -404,8 +404,8 @@ def test_a_torchscript_archive_as_weights_is_told_what_it_is(tmp_path):
 
 
 @pytest.mark.parametrize("change", ["mine", "removed"])
-def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_not_its_own(tmp_path, monkeypatch,
-                                                                                           capsys, change):
+def test_bench_stopped_by_a_signal_says_its_rows_are_not_kept_where_its_json_is_not_its_own(
+        tmp_path, monkeypatch, capsys, change, machine_once):
     """A user's file put at --json after the first row (kept, rightly), or the file removed, then a signal: bench
     said the file "holds the 1 row done" (probe 50a, 9). It says the rows are not kept."""
     import os

@@ -475,7 +475,7 @@ def test_save_every_keeps_a_users_picture_at_a_snapshots_name(tmp_path, monkeypa
     assert mine.read_bytes() == before
 
 
-def test_a_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
+def test_a_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys, machine_once):
     """A signal just after a row's "ok" line, before its partial --json was written, lost a row the user had seen
     done: "b.json not written" (probe 54b, 2). The row's last line is said once --json holds it."""
     try:
