@@ -288,7 +288,7 @@ def test_bad_input_via_the_cli_is_one_line_and_exit_1():
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
 
 
-def test_tiled_and_untiled_rows_in_one_run(tmp_path):
+def test_tiled_and_untiled_rows_in_one_run(tmp_path, machine_once):
     """--tile none,32 at 64 px: both steps time in one run; the tiled row says its tile and tile count,
     counts the untiled GFLOP and takes the untiled row as its speed-up baseline."""
     result = CliRunner().invoke(app, [

@@ -14,7 +14,7 @@ from styleengine.errors import ConfigError
 TORCH_CPU = "torch cpu fp32 winograd" if winograd_available() else "torch cpu fp32 direct"
 
 
-def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path):
+def test_loop_rows_follow_step_rows_and_compare_with_naive(tmp_path, machine_once):
     result = CliRunner().invoke(app, [
         "bench", "--res", "32", "--backends", "naive,torch,ort", "--loop", "3", "--iters", "1", "--warmup", "1",
         "--json", str(tmp_path / "l.json")])

@@ -180,7 +180,7 @@ def test_the_worker_resolves_auto_through_choose(monkeypatch, random_weights):
                                  "conv": "direct"}, "why": "bf16: 0.42x of fp32 in the trial"}
 
 
-def test_an_auto_row_through_the_command(tmp_path):
+def test_an_auto_row_through_the_command(tmp_path, machine_once):
     result = CliRunner().invoke(app, ["bench", "--res", "32", "--backends", "auto", "--iters", "1", "--warmup",
                                       "0", "--json", str(tmp_path / "a.json"), "--report", str(tmp_path / "a.md")])
     assert result.exit_code == 0, result.output
@@ -368,7 +368,7 @@ def test_the_readme_table_reads_old_and_new_rows(tmp_path):
     assert "| Fake GPU | auto (ort cuda fp16 direct) | 384x384 | 4.10 ms |" in body
 
 
-def test_a_full_disk_under_json_is_one_line_and_the_other_files_are_written(tmp_path, monkeypatch):
+def test_a_full_disk_under_json_is_one_line_and_the_other_files_are_written(tmp_path, monkeypatch, machine_once):
     """Issue 23: `bench --json` onto a full disk was a traceback; now each file is written on its own, the
     failure is one line and exit 1, after the table."""
     import errno

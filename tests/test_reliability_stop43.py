@@ -209,7 +209,7 @@ def test_the_api_says_a_missing_device_as_its_keyword():
     assert said.startswith("device cuda:9 needs an NVIDIA GPU") and said.endswith("use device cpu"), said
 
 
-def test_a_bench_json_whose_final_write_fails_says_it_holds_the_partial_document(tmp_path, monkeypatch):
+def test_a_bench_json_whose_final_write_fails_says_it_holds_the_partial_document(tmp_path, monkeypatch, machine_once):
     """`bench --json full/r.json` on a disk that filled after the partial documents: "cannot write full/r.json (No
     space left on device)" while the file was there, a valid partial document (probe 40b, 5). The line says what is
     on disk."""

@@ -109,7 +109,7 @@ def signal_at_json_write(monkeypatch, at: int) -> None:
     monkeypatch.setattr(cli_bench, "write_json", write_json)
 
 
-def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys):
+def test_every_bench_row_shown_as_ok_is_in_json(tmp_path, monkeypatch, capsys, machine_once):
     """A size's rows take turns, so every row's last line came before any row was done, and all of them were said
     at the first row's partial --json: a signal during the second's write lost a row shown 'ok' (probe 55a, 7;
     stop 53's fix, incomplete). Each row's line is said once --json holds that row."""
@@ -463,7 +463,7 @@ def test_a_snapshot_is_written_at_its_own_name_not_through_a_link(tmp_path, monk
     assert not (tmp_path / "o_2.png").is_symlink() and (tmp_path / "o_1.png").is_file()
 
 
-def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys):
+def test_a_failed_bench_row_shown_is_in_json(tmp_path, monkeypatch, capsys, machine_once):
     """A row that failed in round 1 of 2 is done, yet its line was said at once, before --json held it: a signal
     then lost three rows shown, 'b.json not written' (probe 56a, 2; stop 55's fix held only last rounds)."""
     path = tmp_path / "b.json"

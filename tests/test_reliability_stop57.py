@@ -25,7 +25,7 @@ except ModuleNotFoundError:
 FAST = ["--weights", "random", "--size", "40", "--iters", "3", "--backend", "torch"]
 
 
-def test_a_limit_probe_shown_is_in_json(tmp_path, monkeypatch, capsys):
+def test_a_limit_probe_shown_is_in_json(tmp_path, monkeypatch, capsys, machine_once):
     """bench --limit said each probe's line before --json held it: a signal then lost a row shown (probe 57a, 1;
     stop 55 held back only run_all's round lines). A probe's line is said once --json holds it."""
     from styleengine.benchmarks import analysis
