@@ -115,12 +115,16 @@ FOREIGN = [b"\0" * 4096 + b'{"file": "x.png", "label": 3}\n',  # a power cut zer
            b'{"batch": 3, "device": "cpu", "note": "kept"}.',  # whole, then text json stops at as extra
            b"\0" * 4096 + b"hello, this is my file\n",  # not JSON after a zeroed first block
            b"\0" * 4096 + b'{"file": "x.png"}' + b"\0" * 4096,  # between two zeroed blocks
-           b"\0" * 4096 + b"hello}\n"]  # an end not ours (probe 61a, 4)
+           b"\0" * 4096 + b"hello}\n",  # an end not ours (probe 61a, 4)
+           # a word, a quote and a brace: no status of ours (ok, failed, skipped) or its tail (probe 62a, 2)
+           b"\0" * 4096 + b'"label": "cat"}\n', b"\0" * 4096 + b"z" * 30 + b'"}\n',
+           b"\0" * 4096 + b'"status": "cat"}\n']
 
 
 @pytest.mark.parametrize("data", FOREIGN, ids=["nuls-first", "nuls-first-ours-start", "trailing-comma",
                                                "trailing-comma-nuls", "comment-nuls", "extra-data",
-                                               "nuls-first-text", "between-nuls", "nuls-first-brace"])
+                                               "nuls-first-text", "between-nuls", "nuls-first-brace",
+                                               "nuls-first-cat", "nuls-first-letters", "nuls-first-status-cat"])
 def test_another_tools_manifest_at_the_power_cut_rules_edges_is_refused(tmp_path, monkeypatch, capsys, data):
     """Another tool's manifest.jsonl whose first block a power cut zeroed had our lines appended to it; one whose
     line starts as ours do but is no JSON's start was cut as 'torn' and taken over, exit 0."""
