@@ -86,6 +86,9 @@ def probe(path: Path) -> VideoInfo:
                     raise ImageError(f"not a video (or a format FFmpeg cannot read): {path}") from None
                 raise ImageError(f"not a video (a still image; stylise it with `styleengine run`): {path}")
             stream = streams[0]
+            if stream.codec_context is None:  # FFmpeg knows no decoder for what the header names (noise there?)
+                raise ImageError(f"not a video (or a format FFmpeg cannot read): {path} (no decoder for its video "
+                                 f"stream: damaged?)")
             if len(streams) > 1:  # another angle or a thumbnail track: dropped as a second sound stream is, said
                 log.warning("%s has %d video streams: only the first is stylised", path, len(streams))
             fps = stream.average_rate or stream.guessed_rate
@@ -207,29 +210,60 @@ def identity(info: VideoInfo) -> str:
 def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStream") -> "av.VideoFrame | None":
     """The first frame (its side data holds the display rotation), or None for a stream without frames."""
     try:
-        for frame in _decode(container, stream):
+        for frame in _decode(container, stream, _Damage(None)):  # damage is said by the read
             return frame
     except av.error.EOFError:
         pass
     return None
 
 
-def _decode(container: "av.container.InputContainer", stream: "av.VideoStream") -> Iterator["av.VideoFrame"]:
-    """The stream's frames from where the container is, past packets the decoder refuses (a damaged file: as
-    FFmpeg goes on, the frame before one stays on screen in its place), said once with their count."""
-    damaged: list[float] = []
-    try:
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.InvalidDataError:
-                damaged.append(float((packet.pts if packet.pts is not None else packet.dts or 0) * _time_base(stream)))
-                continue
-            yield from frames
-    finally:
-        if damaged:
-            log.warning("%s: %d damaged packet(s) could not be decoded, the first near %.1f s: the frame before "
-                        "each is shown in its place", container.name, len(damaged), damaged[0])
+class _Damage:
+    """Whether a read met a damaged file's packets, said once, as it is met (before any line a stop says)."""
+
+    def __init__(self, path: Path | None, whole: bool = False) -> None:
+        self.path, self.whole, self.met = path, whole, False  # whole: read from the file's start
+
+    def found(self, near: float | None, what: str) -> None:
+        if not self.met and self.path is not None:
+            where = "" if near is None else f" near {near:.1f} s" if math.isfinite(near) else " at its start"
+            log.warning("%s is damaged%s (%s): the frame before each gap is shown in its place", self.path, where,
+                        what)
+        self.met = True
+
+
+def _decode(container: "av.container.InputContainer", stream: "av.VideoStream", damage: _Damage
+            ) -> Iterator["av.VideoFrame"]:
+    """The stream's frames from where the container is, past what a damaged file holds (as FFmpeg goes on: the
+    frame before a gap stays on screen in its place): packets the decoder refuses, and the end where the
+    demuxer can read no further. Pictures fewer than packets are said too for an .avi read from its start: its
+    frames' times are its packets' sorted, and one lost moves the later ones."""
+    base, good, sent, got = _time_base(stream), -math.inf, 0, 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except (StopIteration, av.error.EOFError):
+            break
+        except av.error.FFmpegError as e:  # noise where the demuxer reads a box's or a chunk's size
+            damage.found(good, f"nothing after it could be read: {first_line(e)}")
+            with contextlib.suppress(av.error.FFmpegError):  # the frames the decoder still holds
+                yield from stream.decode(None)
+            return
+        try:
+            frames = packet.decode()
+        except av.error.EOFError:
+            break
+        except av.error.FFmpegError:
+            damage.found(good, "the decoder refused a packet")
+            continue
+        if packet.size and not packet.is_discard:
+            sent += 1
+            if packet.pts is not None:
+                good = float(packet.pts * base)
+        got += len(frames)
+        yield from frames
+    if container.format.name == "avi" and got < sent and damage.whole:
+        damage.found(None, f"{sent - got} picture(s) fewer than its packets: later frames may show a picture early")
 
 
 def frame_range(spec: str | None, count: int, path: Path) -> tuple[int, int]:
@@ -292,11 +326,11 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
     with av.open(str(info.path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        _seek(container, stream, info, start, fps)
-        decoded = _timed(_decode(container, stream), stream, info.fps)
+        damage = _Damage(info.path, whole=not _seek(container, stream, info, start, fps))
+        decoded = _timed(_decode(container, stream, damage), stream, info.fps)
         if container.format.name == "avi":
             decoded = _display_times(decoded)
-        timed = _in_order(((float(at * stream.time_base), frame) for at, frame in decoded), info.path)
+        timed = _in_order(((float(at * stream.time_base), frame) for at, frame in decoded), info.path, damage)
         last: Any = None
         for index, frame in _on_screen(timed, info, start, stop, fps):
             if frame is not last:  # a repeat is the same picture: converted once
@@ -332,14 +366,17 @@ def _display_times(decoded: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, An
         yield heapq.heappop(times), waiting.popleft()
 
 
-def _in_order(timed: Iterator[tuple[float, Any]], path: Path) -> Iterator[tuple[float, Any]]:
+def _in_order(timed: Iterator[tuple[float, Any]], path: Path, damage: _Damage) -> Iterator[tuple[float, Any]]:
     """`timed` as it comes; ImageError where a frame's time goes back (frames would be shown at the wrong times:
-    a container that keeps decode times, as an .avi does, which _display_times sorts out)."""
+    a container that keeps decode times, as an .avi does, which _display_times sorts out), but for a frame held
+    in the decoder's reorder past a damaged packet: dropped."""
     last = -math.inf
     for at, frame in timed:
         if at < last:
-            raise ImageError(f"the frames of {path} carry their times out of order; "
-                             f"convert it first, e.g. ffmpeg -i {path.name} -c:v libx264 {path.stem}.mp4")
+            if damage.met:
+                continue
+            raise ImageError(f"the frames of {path} carry their times out of order; convert it first, e.g. "
+                             f"ffmpeg -i {path.name} -c:v libx264 {path.stem}-in-order.mp4")
         last = at
         yield at, frame
 
@@ -367,8 +404,9 @@ def repeats(info: VideoInfo, start: int, stop: int, fps: Fraction) -> tuple[int,
 
 
 def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", info: VideoInfo, start: int,
-          fps: Fraction) -> None:
-    """To output frame `start`'s time (FFmpeg lands on the keyframe before it); nothing for the first frame."""
+          fps: Fraction) -> bool:
+    """To output frame `start`'s time (FFmpeg lands on the keyframe before it); nothing for the first frame.
+    Whether it landed after the file's start."""
     if start and container.format.name != "mpeg":  # MPEG-PS: times read after a seek come from a pack cut
         # within (half a frame late, and frames that carry none): read from the start
         begin = info.start + start / float(fps)
@@ -384,14 +422,23 @@ def _seek(container: "av.container.InputContainer", stream: "av.VideoStream", in
                 at = int(key[1] / base) - 1
             try:
                 container.seek(at, stream=stream, backward=True)
+                if container.format.name == "avi":  # one without its index (a recording cut short) goes back
+                    back = next(_packet_times(container, stream, keys=True), None)  # no further: from the start
+                    if back is None or back[1] >= key[1]:
+                        container.seek(0)
+                        return False
+                    container.seek(at, stream=stream, backward=True)
             except av.error.FFmpegError:  # nothing before the first keyframe
                 container.seek(0)
+                return False
+            return True
         else:  # before the file's start: a seek to the stream's first time may land after its first keyframe
             # (dts < pts), and a .ts whose clock wrapped starts before 0
             try:
                 container.seek(min(stream.start_time or 0, 0) - int(END_MARGIN / base), stream=stream, backward=True)
             except av.error.FFmpegError:  # a format that takes no time before 0 (.flv)
                 container.seek(0)
+    return False
 
 
 def _on_screen(timed: Iterable[tuple[float, Any]], info: VideoInfo, start: int, stop: int, fps: Fraction

@@ -94,7 +94,7 @@ def test_a_damaged_packet_is_passed_over_with_a_warning(tmp_path, monkeypatch, c
     code, _, err = run_cli(monkeypatch, capsys, "video", path, style, "-o", out, "--frames", "0:6", *FAST,
                            "--size", "32")
     assert code == 0, err
-    assert "Traceback" not in err and "1 damaged packet(s) could not be decoded" in err, err
+    assert "Traceback" not in err and "damaged.mp4 is damaged near 0.4 s (the decoder refused a packet)" in err, err
     assert video_io.probe(out).frames == 6
 
 
@@ -169,3 +169,76 @@ def test_frames_of_an_mpeg_ps_are_read_from_its_start(tmp_path):
     packed = encoded(tmp_path / "packed.mpg", "libx264", frames=40, gop_size=10, max_b_frames=0)
     assert sum(packet.pts is None for packet in av.open(str(packed)).demux(video=0) if packet.size) > 20
     every_window_shows_its_frames(packed)
+
+
+def test_frames_of_an_open_gop_avi_without_its_index_are_reached_from_its_start(tmp_path):
+    """Without its index (a recording stopped by a crash) an .avi's seek to the keyframe before went no further
+    back, and `--frames 5:8` showed picture 8 thrice again (probe 64a, 4): such an .avi is read from its start."""
+    path = barred(tmp_path / "open.avi", "libx264", 40, {
+        "x264-params": "bframes=3:b-adapt=0:keyint=8:min-keyint=8:open-gop=1:scenecut=0"})
+    data = path.read_bytes()
+    (tmp_path / "no-index.avi").write_bytes(data[:data.rfind(b"idx1")])
+    every_window_shows_its_frames(tmp_path / "no-index.avi")
+
+
+def test_a_damaged_clip_runs_to_its_end_and_says_so_as_it_meets_the_damage(tmp_path, caplog):
+    """A tenth of an .mp4 zeroed: past the packets the decoder refused, a frame held in its reorder came out with
+    its time gone back, and the run stopped there, 'out of order; convert it first' (with a command writing onto
+    the input), every rerun; the damage was said after the run's last line, without its 'warning:' (probe 64a, 1
+    and 6)."""
+    path = barred(tmp_path / "clip.mp4", "libx264", 60, {"x264-params": "bframes=3:keyint=10"})
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3:len(data) // 3 + len(data) // 10] = bytes(len(data) // 10)
+    path.write_bytes(bytes(data))
+    info = video_io.probe(path)
+    frames = video_io.read_frames(info, 0, info.frames, info.fps, (48, 48))
+    with caplog.at_level("WARNING"):
+        seen = [index for index, _ in zip(range(40), frames)]
+        assert "is damaged near" in caplog.text  # met before the frames after it, not when the read is closed
+        seen += [index for index, _ in frames]
+    assert seen == list(range(60)) and caplog.text.count("is damaged") == 1, caplog.text
+
+
+def test_a_clip_the_demuxer_cannot_read_past_a_point_keeps_its_frames_before(tmp_path, monkeypatch, caplog):
+    """Noise in a fragmented .mp4 made FFmpeg's demuxer fail ('Invalid data', 'Cannot allocate memory'): a
+    traceback from PyAV (probe 64a, 2). The frames before it are read, the rest is the damage, said."""
+    path = barred(tmp_path / "clip.mp4", "libx264", 12, {})
+    opened = av.open
+
+    class Failing:  # the file's own container whose demuxer fails after six packets
+        def __init__(self, *args, **kwargs):
+            self.container = opened(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.container.close()
+
+        def demux(self, *args):
+            for n, packet in enumerate(self.container.demux(*args)):
+                if n == 6:
+                    raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                yield packet
+
+    info = video_io.probe(path)
+    monkeypatch.setattr(video_io.av, "open", Failing)
+    with caplog.at_level("WARNING"):
+        read = [index for index, _ in video_io.read_frames(info, 0, info.frames, info.fps, (48, 48))]
+    assert read[:6] == list(range(6)) and "nothing after it could be read: Invalid data" in caplog.text, caplog.text
+
+
+def test_a_clip_whose_header_names_no_decoder_is_refused_in_a_line(tmp_path):
+    """Noise in an .mp4's header left its video stream without a decoder: 'NoneType' object has no attribute
+    'height', a traceback (found by probe 64a's damaged files)."""
+    path = barred(tmp_path / "clip.mp4", "libx264", 12, {})
+    data = bytearray(path.read_bytes())
+    at = data.find(b"minf")
+    data[at:at + 4] = b"\xff" * 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(video_io.ImageError, match="no decoder for its video stream"):
+        video_io.probe(path)
+
