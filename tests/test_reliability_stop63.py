@@ -242,3 +242,32 @@ def test_a_clip_whose_header_names_no_decoder_is_refused_in_a_line(tmp_path):
     with pytest.raises(video_io.ImageError, match="no decoder for its video stream"):
         video_io.probe(path)
 
+
+def test_a_signal_that_lands_in_a_weakref_callback_is_raised_again():
+    """A signal that arrived while the garbage collector ran a weakref callback (WeakKeyDictionary's remove, as a
+    batch went from one job to the next) raised its KeyboardInterrupt there, where Python drops it ('Exception
+    ignored in'): the batch ran its last job and exited 0 (probe 64b, 1, 2 of 26 tries)."""
+    import os
+    import signal
+    import time
+    import weakref
+
+    from styleengine.cli import signals
+
+    class Thing:
+        pass
+
+    def gone(_):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, inside the callback
+            pass
+
+    with signals.installed():
+        thing = Thing()
+        watch = weakref.ref(thing, gone)
+        with pytest.raises(KeyboardInterrupt):
+            del thing
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert watch() is None and signals.exit_code == 143

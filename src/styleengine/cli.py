@@ -212,6 +212,7 @@ class _Signals:
         self._arrivals: int | None = None  # the wakeup pipe's read end: signal numbers in the order they came
         self._installing = False  # installed() is putting the handlers in place: a signal is only recorded
         self._coming: int | None = None  # one another library holds until it is done (early), not received yet
+        self._unraisable: Any = sys.unraisablehook  # the hook before installed()'s
 
     def _first_arrived(self, signum: int) -> int:
         """The first of ours that arrived: Python runs the handlers of signals pending together in number order
@@ -240,12 +241,24 @@ class _Signals:
     def _raise(self, frame: Any) -> None:
         """KeyboardInterrupt, unless an import is running: put off until it is done (SIGALRM, RETRY_S)."""
         if _importing(frame) and hasattr(signal, "setitimer"):
-            if self._alarm is None:
-                self._alarm = signal.signal(signal.SIGALRM, self._again)
-            signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+            self._put_off()
             return
         self._stop_alarm()
         raise KeyboardInterrupt
+
+    def _put_off(self) -> None:
+        if self._alarm is None:
+            self._alarm = signal.signal(signal.SIGALRM, self._again)
+        signal.setitimer(signal.ITIMER_REAL, self.RETRY_S)
+
+    def _dropped(self, unraisable: Any) -> None:
+        """sys.unraisablehook while installed: our KeyboardInterrupt raised inside a weakref callback or a
+        finalizer (the garbage collector runs them anywhere) is dropped by Python: raised again in a moment."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.received is not None \
+                and hasattr(signal, "setitimer"):
+            self._put_off()
+        else:
+            self._unraisable(unraisable)
 
     def _again(self, signum: int, frame: Any) -> None:
         if self._shield or self._holding:  # held: raised as a shield's block ends, never under hold
@@ -286,9 +299,11 @@ class _Signals:
         previous = {s: signal.signal(s, self._handle) for s, was in previous.items()
                     if not (s == signal.SIGHUP and was is signal.SIG_IGN)}
         self._installing = False
+        self._unraisable, sys.unraisablehook = sys.unraisablehook, self._dropped
         try:
             yield
         finally:
+            sys.unraisablehook = self._unraisable
             self._stop_alarm()
             signal.set_wakeup_fd(wakeup)
             self._arrivals = None
