@@ -59,7 +59,7 @@ def test_a_clip_without_a_duration_tag_is_not_counted_by_its_longer_sound(tmp_pa
     source = tmp_path / "untagged.mkv"
     source.write_bytes(bytes(data))
     out = tmp_path / "out.mp4"
-    code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST)
+    code, _, err = run_cli(monkeypatch, capsys, "video", source, style, "-o", out, *FAST, "--size", "64")
     assert code == 0, err
     assert "variable frame rate" not in err
     assert video_io.probe(out).frames == 3
