@@ -245,7 +245,7 @@ def _decode(container: "av.container.InputContainer", stream: "av.VideoStream", 
         except (StopIteration, av.error.EOFError):
             break
         except av.error.FFmpegError as e:  # noise where the demuxer reads a box's or a chunk's size
-            damage.found(good, f"nothing after it could be read: {first_line(e)}")
+            damage.found(good, f"nothing after it could be read: {e.strerror or first_line(e)}")
             with contextlib.suppress(av.error.FFmpegError):  # the frames the decoder still holds
                 yield from stream.decode(None)
             return
@@ -367,16 +367,13 @@ def _display_times(decoded: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, An
 
 
 def _in_order(timed: Iterator[tuple[float, Any]], path: Path, damage: _Damage) -> Iterator[tuple[float, Any]]:
-    """`timed` as it comes; ImageError where a frame's time goes back (frames would be shown at the wrong times:
-    a container that keeps decode times, as an .avi does, which _display_times sorts out), but for a frame held
-    in the decoder's reorder past a damaged packet: dropped."""
+    """`timed` as it comes, but for a frame whose time goes back (held in a damaged file's decoder past its gap, or
+    timed wrong by its muxer; an .avi's decode times are sorted out by _display_times): dropped, said as damage."""
     last = -math.inf
     for at, frame in timed:
-        if at < last:
-            if damage.met:
-                continue
-            raise ImageError(f"the frames of {path} carry their times out of order; convert it first, e.g. "
-                             f"ffmpeg -i {path.name} -c:v libx264 {path.stem}-in-order.mp4")
+        if at < last:  # a frame a damaged file's decoder gave late (or a muxer timed wrong): never shown
+            damage.found(last, "a frame whose time goes back: dropped")
+            continue
         last = at
         yield at, frame
 
@@ -538,6 +535,10 @@ def check_sound(info: VideoInfo, path: Path, span: tuple[float, float]) -> None:
             streams, mixed = len(sound.input.streams.audio), sound.mixed
             sound.copy()
     except av.error.FFmpegError as e:
+        if muxer == "matroska":  # which takes any sound as it is: the sound read is what failed (damaged?)
+            raise ConfigError(f"cannot copy the sound of {info.path} ({first_line(e)}: damaged?); make a copy "
+                              f"without it first, e.g. ffmpeg -i {info.path.name} -an -c copy "
+                              f"{info.path.stem}-silent{info.path.suffix}") from None
         raise ConfigError(f"cannot put the sound of {info.path} into {path.name} ({first_line(e)}); choose .mkv, "
                           f"which keeps any sound as it is") from None
     finally:

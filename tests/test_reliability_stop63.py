@@ -16,12 +16,14 @@ try:
     from test_cli import run_cli
     from test_reliability_stop43 import three_jobs_batch
     from test_reliability_stop55_video import style  # noqa: F401 (a fixture)
+    from test_reliability_stop57_video import long_sound_mkv
     from test_reliability_stop59_video import encoded
     from test_video import FAST
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
     from tests.test_reliability_stop43 import three_jobs_batch
     from tests.test_reliability_stop55_video import style  # noqa: F401 (a fixture)
+    from tests.test_reliability_stop57_video import long_sound_mkv
     from tests.test_reliability_stop59_video import encoded
     from tests.test_video import FAST
 
@@ -271,3 +273,46 @@ def test_a_signal_that_lands_in_a_weakref_callback_is_raised_again():
             while time.monotonic() < deadline:
                 time.sleep(0.01)
         assert watch() is None and signals.exit_code == 143
+
+
+def test_a_frame_whose_time_goes_back_is_dropped_and_said(caplog):
+    """A demuxer that passed over damage unsaid (Matroska) left a frame in the decoder's reorder, given late with
+    its time gone back: the run stopped, 'out of order; convert it first', every rerun (probe 65a, 1)."""
+    damage = video_io._Damage(Path("clip.mkv"))
+    timed = [(0.0, "a"), (0.1, "b"), (0.05, "late"), (0.2, "c"), (0.15, "later")]
+    with caplog.at_level("WARNING"):
+        assert [frame for _, frame in video_io._in_order(iter(timed), Path("clip.mkv"), damage)] == ["a", "b", "c"]
+    assert caplog.text.count("clip.mkv is damaged near 0.1 s (a frame whose time goes back: dropped)") == 1
+
+
+def test_a_video_that_ends_before_its_count_names_the_range_that_runs(tmp_path, monkeypatch, capsys, style):
+    """An .avi cut short (its header counts the frames it held), or a clip whose damage ends the read: 'the video
+    ended at frame 27, before 32', exit 1 every run, and no way on (probe 64a, 5; 65a, 2 and 3)."""
+    path = barred(tmp_path / "clip.avi", "libx264", 40, {"x264-params": "bframes=0:keyint=5"})
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 7 // 10])
+    info = video_io.probe(path)
+    read = len(list(video_io.read_frames(info, 0, info.frames, info.fps, (48, 48))))
+    assert info.frames == 40 and read < 36, (info, read)
+    code, _, err = run_cli(monkeypatch, capsys, "video", path, style, "-o", tmp_path / "out.mp4", "--frames",
+                           f"{read - 2}:", *FAST, "--size", "32")
+    assert code == 1 and f"the video ended at frame {read}, before 40" in err, err
+    assert f"`--frames {read - 2}:{read}` runs what was read" in err, err
+
+
+def test_a_sound_an_mkv_cannot_take_is_not_told_to_choose_mkv(tmp_path, monkeypatch):
+    """A damaged clip's sound failed its copy ('Operation not permitted') into .mp4 and into .mkv alike, and each
+    time the line said 'choose .mkv' (probe 65a, 4)."""
+    source = long_sound_mkv(tmp_path / "long.mkv")
+    info = video_io.probe(source)
+
+    def damaged(*args, **kwargs):
+        raise av.error.PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(video_io, "_AudioCopy", damaged)
+    with pytest.raises(video_io.ConfigError, match=r"cannot copy the sound of .*long\.mkv \(.*damaged\?\); make a "
+                                                   r"copy without it first, e\.g\. ffmpeg -i long\.mkv -an -c copy "
+                                                   r"long-silent\.mkv"):
+        video_io.check_sound(info, tmp_path / "out.mkv", (0.0, 0.3))
+    with pytest.raises(video_io.ConfigError, match="choose .mkv"):  # another container: .mkv may take it
+        video_io.check_sound(info, tmp_path / "out.mp4", (0.0, 0.3))

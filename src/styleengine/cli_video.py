@@ -784,7 +784,9 @@ def _execute(info: Any, rate: Fraction, start: int, stop: int, shape: tuple[int,
         raise typer.Exit(1)
     if written < stop - start:
         where = f"wrote {output} ({written} frames)" if written else "nothing written"
-        print(printable(f"error: the video ended at frame {end}, before {stop}; {where}"), file=sys.stderr)
+        print(printable(f"error: the video ended at frame {end}, before {stop} (cut short, or damaged there: "
+                        f"`--frames {start}:{end}` runs what was read, a range after it may read on); {where}"),
+              file=sys.stderr)
         raise typer.Exit(1)
     console.print(f"wrote {output} ({written} frames, {made} stylised in {seconds:.1f} s: "
                   f"{made / seconds if seconds > 0 else 0:.2f} frames/s)", highlight=False, soft_wrap=True)
