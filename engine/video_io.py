@@ -220,12 +220,13 @@ def _first_frame(container: "av.container.InputContainer", stream: "av.VideoStre
 class _Damage:
     """Whether a read met a damaged file's packets, said once, as it is met (before any line a stop says)."""
 
-    def __init__(self, path: Path | None, whole: bool = False) -> None:
-        self.path, self.whole, self.met = path, whole, False  # whole: read from the file's start
+    def __init__(self, path: Path | None, whole: bool = False, end: float = math.inf) -> None:
+        self.path, self.whole, self.end, self.met = path, whole, end, False  # whole: read from the file's start
 
     def found(self, near: float | None, what: str) -> None:
         if not self.met and self.path is not None:
-            where = "" if near is None else f" near {near:.1f} s" if math.isfinite(near) else " at its start"
+            where = ("" if near is None or near > self.end else  # a time the damage made: none said
+                     f" near {near:.1f} s" if math.isfinite(near) else " at its start")
             log.warning("%s is damaged%s (%s): the frame before each gap is shown in its place", self.path, where,
                         what)
         self.met = True
@@ -326,7 +327,8 @@ def read_frames(info: VideoInfo, start: int, stop: int, fps: Fraction, shape: tu
     with av.open(str(info.path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        damage = _Damage(info.path, whole=not _seek(container, stream, info, start, fps))
+        damage = _Damage(info.path, whole=not _seek(container, stream, info, start, fps),
+                         end=info.start + (info.frames + 1) / float(info.fps))
         decoded = _timed(_decode(container, stream, damage), stream, info.fps)
         if container.format.name == "avi":
             decoded = _display_times(decoded)

@@ -283,6 +283,11 @@ def test_a_frame_whose_time_goes_back_is_dropped_and_said(caplog):
     with caplog.at_level("WARNING"):
         assert [frame for _, frame in video_io._in_order(iter(timed), Path("clip.mkv"), damage)] == ["a", "b", "c"]
     assert caplog.text.count("clip.mkv is damaged near 0.1 s (a frame whose time goes back: dropped)") == 1
+    caplog.clear()
+    damage = video_io._Damage(Path("clip.mkv"), end=1.8)  # a time past the clip's end is the damage's own
+    with caplog.at_level("WARNING"):
+        damage.found(166024.2, "the decoder refused a packet")
+    assert "clip.mkv is damaged (the decoder refused a packet)" in caplog.text, caplog.text
 
 
 def test_a_video_that_ends_before_its_count_names_the_range_that_runs(tmp_path, monkeypatch, capsys, style):
