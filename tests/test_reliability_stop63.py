@@ -321,3 +321,30 @@ def test_a_sound_an_mkv_cannot_take_is_not_told_to_choose_mkv(tmp_path, monkeypa
         video_io.check_sound(info, tmp_path / "out.mkv", (0.0, 0.3))
     with pytest.raises(video_io.ConfigError, match="choose .mkv"):  # another container: .mkv may take it
         video_io.check_sound(info, tmp_path / "out.mp4", (0.0, 0.3))
+
+
+def test_a_signal_put_off_as_the_last_job_ends_is_said(tmp_path, monkeypatch, capsys):
+    """A signal whose KeyboardInterrupt Python dropped in a finalizer during the last job was put off, and the
+    batch's end (signals.finish) cancelled it: '3 ok', exit 0 (probe 65b, 1)."""
+    import os
+    import signal
+
+    from styleengine.cli import signals
+    from styleengine.engine import batch as engine
+
+    real = engine.run_groups
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the finalizer
+                pass
+
+    def then_a_signal(*args, **kwargs):
+        yield from real(*args, **kwargs)
+        Finalized()  # after the last job's line, as the jobs run out
+
+    monkeypatch.setattr(engine, "run_groups", then_a_signal)
+    monkeypatch.setattr(signals, "RETRY_S", 30.0)  # not raised again before the batch's end looks
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 143 and "interrupted (SIGTERM) with 0 of 3 jobs left; every job is recorded" in err, err

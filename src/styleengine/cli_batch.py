@@ -324,6 +324,9 @@ def _run(chunks: Iterable[list[engine.Planned]], total: int, manifest: engine.Ma
             interrupted()
         raise
     else:  # every job is recorded: a signal from here on (the summary, the lock let go) stops nothing
+        if signals.received is not None:  # one put off and not raised yet (dropped in a finalizer, or an import's)
+            interrupted()
+            raise typer.Exit(signals.exit_code)
         signals.finish()
     finally:
         if warm is not None:
