@@ -121,7 +121,7 @@ def _overrides(raw: dict[str, Any], where: str, base_dir: Path, typed: dict[str,
         values["weights"] = _beside(base_dir, values["weights"], WEIGHT_WORDS)
     for name in ("content_masks", "style_masks"):  # mask files too
         if values.get(name):
-            values[name] = tuple(str(base_dir / paths.expand(p)) for p in values[name])
+            values[name] = tuple(str(base_dir / paths.expand(p, base_dir)) for p in values[name])
     if recipe:  # its values under the job's own, which are in its units (as with run's --recipe)
         try:
             values = recipe_values(recipe, values, flags=False, keys=spelled)  # said as the file's keys
@@ -138,7 +138,7 @@ _FILES: dict[str, tuple[str, ...]] = {"init": (*INITS, *INIT_ALIASES), "weights"
 def _beside(base_dir: Path, name: str, words: Iterable[str]) -> str:
     """A job's file `name` beside the jobs file; one that joins to a word stays a file (`./random` in a jobs file
     in the working folder was the word: random weights)."""
-    path = str(base_dir / paths.expand(name))
+    path = str(base_dir / paths.expand(name, base_dir))
     return path if path not in words else os.path.join(".", path)
 
 
@@ -231,8 +231,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
                           f"(a text, ';'-separated, or a list of texts)") from None
     if not content or not style_names:
         raise ConfigError(f"{where}: a job needs a content image and at least one style image")
-    content_path = base_dir / paths.expand(content)  # ~ and $VARS as in a job's init, weights and masks
-    given = tuple(base_dir / paths.expand(s) for s in style_names)
+    content_path = base_dir / paths.expand(content, base_dir)  # ~ and $VARS as in a job's init, weights and masks
+    given = tuple(base_dir / paths.expand(s, base_dir) for s in style_names)
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
     # ~ and $VARS expanded
@@ -353,6 +353,9 @@ def iter_jobs(path: Path, out_dir: Path, read_to: list[JobsRead] | None = None) 
     ';' between cells. Checks across jobs: check_jobs.
     """
     path = Path(path)
+    if str(path) == "-" or path.parent == Path("/dev"):  # standard input (a pipe): read twice, and named by suffix
+        raise ConfigError(f"jobs file {path}: jobs are read from a file named .jsonl or .csv, not standard input; "
+                          f"save them to one first (e.g. jobs.jsonl)")
     problem = paths.not_a_file(path)
     if path.exists() and problem is not None:
         raise ConfigError(f"cannot read jobs file {path}: it {problem}")

@@ -176,7 +176,7 @@ def _number(value: Any) -> bool:
 # what each optional field of a line may hold (None always): a server serves them as they are
 _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "reason": ("a text", lambda v: isinstance(v, str)),
-    "output": ("a text", lambda v: isinstance(v, str)),
+    "output": ("a text naming a file", lambda v: isinstance(v, str) and paths.unnameable(v) is None),
     "device": ("a text", lambda v: isinstance(v, str)),
     "seconds": ("a number of seconds", _number),
     "iterations": ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),

@@ -14,6 +14,7 @@ from styleengine.engine import video_io  # noqa: E402
 
 try:
     from test_cli import run_cli
+    from test_reliability_probe13 import FAST as BATCH_FAST
     from test_reliability_stop43 import three_jobs_batch
     from test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from test_reliability_stop57_video import long_sound_mkv
@@ -21,6 +22,7 @@ try:
     from test_video import FAST
 except ModuleNotFoundError:
     from tests.test_cli import run_cli
+    from tests.test_reliability_probe13 import FAST as BATCH_FAST
     from tests.test_reliability_stop43 import three_jobs_batch
     from tests.test_reliability_stop55_video import style  # noqa: F401 (a fixture)
     from tests.test_reliability_stop57_video import long_sound_mkv
@@ -348,3 +350,43 @@ def test_a_signal_put_off_as_the_last_job_ends_is_said(tmp_path, monkeypatch, ca
     monkeypatch.setattr(signals, "RETRY_S", 30.0)  # not raised again before the batch's end looks
     code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
     assert code == 143 and "interrupted (SIGTERM) with 0 of 3 jobs left; every job is recorded" in err, err
+
+
+@pytest.mark.parametrize("output", ["x\u0000/a.png", "\ud800/a.png"], ids=["nul", "surrogate"])
+def test_a_manifest_line_whose_output_names_no_file_is_skipped(tmp_path, monkeypatch, capsys, output):
+    """An ok line without its `file` whose output holds a NUL or a lone surrogate in a folder part: a traceback
+    from place()'s realpath (ValueError, UnicodeEncodeError) at the next run (probe 66a, 1)."""
+    import json
+
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    with open(tmp_path / "out" / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"id": "zz", "output": output, "settings_hash": "abc", "status": "ok"}) + "\n")
+    code, err = three_jobs_batch(tmp_path, monkeypatch, capsys)
+    assert code == 0 and "line 4: its output is not a text naming a file; skipped" in err, err
+
+
+def test_a_jobs_files_picture_named_with_a_dollar_is_read_beside_it_from_anywhere(tmp_path, monkeypatch, capsys):
+    """A jobs file's `c$NOPE.png` beside it was 'the variable $NOPE is not set (a file by that name does not
+    exist)' from another folder, and ran from its own: the literal name was looked for in the working folder
+    (probe 66a, 2)."""
+    from PIL import Image
+
+    monkeypatch.delenv("NOPE", raising=False)
+    (tmp_path / "j").mkdir()
+    for name, colour in (("c$NOPE.png", (200, 30, 30)), ("s.png", (20, 20, 200))):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "j" / name)
+    (tmp_path / "j" / "jobs.jsonl").write_text('{"content": "c$NOPE.png", "style": "s.png", "output": "x.png"}\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j" / "jobs.jsonl", "--out", tmp_path / "o",
+                           *BATCH_FAST)
+    assert code == 0 and (tmp_path / "o" / "x.png").is_file(), err
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_jobs_given_on_standard_input_are_told_to_be_saved_to_a_file(tmp_path, monkeypatch, capsys, name):
+    """`batch -` and `batch /dev/stdin` said "unknown suffix '(none)'; use .jsonl or .csv", which no pipe can have
+    (and `<(...)` is a FIFO, refused): the line now says to save the jobs to a file (probe 66b, 3)."""
+    code, _, err = run_cli(monkeypatch, capsys, "batch", name, "--out", tmp_path / "o", *BATCH_FAST)
+    assert code == 1 and "not standard input; save them to one first" in err, err

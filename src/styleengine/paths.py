@@ -36,9 +36,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 NAME_MAX = 255  # bytes in one path component: ext4, xfs, btrfs, tmpfs, APFS, NTFS (in UTF-16 units)
 
 
-def expand(path: str | os.PathLike) -> Path:
-    """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=`."""
-    return Path(expand_text(path))
+def expand(path: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """`~` and $VARIABLES expanded, as a shell would have done had the path not followed `--flag=` (`base`: the
+    folder a relative path is read from, where not the working folder: a jobs file's)."""
+    return Path(expand_text(path, base))
 
 
 def named_folder(flag: str) -> Callable[[str], Path]:
@@ -94,14 +95,16 @@ def ends_as_folder(text: str) -> bool:
 _VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})", re.ASCII)
 
 
-def expand_text(path: str | os.PathLike) -> str:
+def expand_text(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
     """expand() spelled as given otherwise: Path would make `./random` the word `random`, not the file.
     ConfigError for a variable that is not set (left as it was, `$NOPE/x.png` made a folder named `$NOPE`),
-    unless a file by that literal name exists, and for a name that expands to nothing (Path makes it ".")."""
+    unless a file by that literal name exists (in `base` for a relative one), and for a name that expands to
+    nothing (Path makes it ".")."""
     text = os.fspath(path)
     expanded = os.path.expandvars(os.path.expanduser(text))
     left = _VARIABLE.search(expanded)
-    if left is not None and left.group(0) in text and not os.path.lexists(expanded):
+    if left is not None and left.group(0) in text and not os.path.lexists(
+            expanded if base is None else os.path.join(base, expanded)):
         raise ConfigError(f"{text!r}: the variable {left.group(0)} is not set (a file by that name does not exist)")
     if text.strip() and not expanded.strip():  # `--out "$E"` with E='' wrote into the working folder
         raise ConfigError(f"{text!r} is empty once its variables are expanded; name a file or a folder")
