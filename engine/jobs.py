@@ -236,8 +236,8 @@ def _job(raw: dict[str, Any], where: str, base_dir: Path, out_dir: Path, csv_row
     found, named_folders = paths.styles_and_folders(given, f"{where}: style folder")
     style_paths, folders = tuple(found), tuple(named_folders)
     # ~ and $VARS expanded
-    output = paths.expand_text(_text(raw, "output", where, typed=typed, exact=exact)) or _default_output(content_path,
-                                                                                                       given)
+    output = paths.expand_text(_text(raw, "output", where, typed=typed, exact=exact), out_dir) or _default_output(
+        content_path, given)  # a literal $NAME's file looked for where the output goes
     if paths.ends_as_folder(output):
         raise ConfigError(f"{where}: output {output}: a name ending in '/' (or '/.') is a folder; name a file")
     output_path = _inside(output, out_dir, where)

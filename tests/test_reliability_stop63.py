@@ -390,3 +390,20 @@ def test_jobs_given_on_standard_input_are_told_to_be_saved_to_a_file(tmp_path, m
     (and `<(...)` is a FIFO, refused): the line now says to save the jobs to a file (probe 66b, 3)."""
     code, _, err = run_cli(monkeypatch, capsys, "batch", name, "--out", tmp_path / "o", *BATCH_FAST)
     assert code == 1 and "not standard input; save them to one first" in err, err
+
+
+def test_a_jobs_files_output_named_with_a_dollar_is_looked_for_in_out(tmp_path, monkeypatch, capsys):
+    """An output `y$NOPE.png` was judged in the working folder: refused ('$NOPE is not set') from one folder though
+    --out held it, run from another that held an unrelated file of that name (probe 67a, 1)."""
+    from PIL import Image
+
+    monkeypatch.delenv("NOPE", raising=False)
+    (tmp_path / "j").mkdir()
+    Image.new("RGB", (40, 40), (20, 20, 200)).save(tmp_path / "j" / "s.png")
+    (tmp_path / "j" / "jobs.jsonl").write_text('{"content": "s.png", "style": "s.png", "output": "y$NOPE.png"}\n')
+    (tmp_path / "o").mkdir()
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "o" / "y$NOPE.png")  # an earlier run's, say
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "batch", tmp_path / "j" / "jobs.jsonl", "--out", tmp_path / "o",
+                             *BATCH_FAST)
+    assert code == 0 and "ok y$NOPE" in out + err, out + err
